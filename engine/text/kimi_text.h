@@ -1,0 +1,118 @@
+/*
+ * Kimi's text stack: tokenizer, chat template, incremental detokenizer,
+ * tool-call parser.  Compiled into the nginx module and kimi-engine.
+ *
+ * Owns:   the public C API of engine/text/ (one header for the gateway).
+ * Never:  touches nginx, the shm segment or the model weights.
+ * Memory: functions that return buffers malloc them; the caller frees with
+ *         free().  Loaded objects are immutable and thread-safe to share
+ *         (the gateway uses them from its thread pool); per-request state
+ *         (detokenizer, tool parser) belongs to one thread at a time.
+ */
+
+#ifndef KIMI_TEXT_H
+#define KIMI_TEXT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "../common/kimi_err.h"
+
+/* ---- tokenizer ----------------------------------------------------------- */
+
+typedef struct kimi_tokenizer  kimi_tokenizer_t;
+
+/* Reads DIR/tiktoken.model and DIR/tokenizer_config.json. */
+int  kimi_tokenizer_load(kimi_tokenizer_t **out, const char *model_dir,
+    kimi_err_t *err);
+void kimi_tokenizer_free(kimi_tokenizer_t *tok);
+
+uint32_t kimi_tokenizer_n_vocab(const kimi_tokenizer_t *tok);  /* 163840 */
+int32_t  kimi_tokenizer_bos(const kimi_tokenizer_t *tok);
+int32_t  kimi_tokenizer_eos(const kimi_tokenizer_t *tok);      /* [EOS] */
+/* id of a special token by its text ("<|im_end|>"), or -1 */
+int32_t  kimi_tokenizer_special_id(const kimi_tokenizer_t *tok,
+    const char *text);
+int      kimi_tokenizer_is_special(const kimi_tokenizer_t *tok, int32_t id);
+
+/* Encodes text.  allow_special: special-token strings in the text become
+ * their ids (vLLM's behaviour for rendered prompts); otherwise they are
+ * ordinary text.  *ids is malloc'ed. */
+int  kimi_tokenize(const kimi_tokenizer_t *tok, const char *text, size_t len,
+    int allow_special, int32_t **ids, size_t *n_ids, kimi_err_t *err);
+
+/* Bytes of one token (not NUL-terminated), or NULL for an invalid id. */
+const char *kimi_token_bytes(const kimi_tokenizer_t *tok, int32_t id,
+    size_t *len);
+
+/* Whole decode; *text is malloc'ed and NUL-terminated; invalid UTF-8
+ * becomes U+FFFD as Hugging Face's decode does. */
+int  kimi_detokenize(const kimi_tokenizer_t *tok, const int32_t *ids,
+    size_t n_ids, int skip_special, char **text, size_t *len,
+    kimi_err_t *err);
+
+/* Incremental detokenizer: O(new tokens), never emits partial UTF-8. */
+typedef struct kimi_detok  kimi_detok_t;
+
+kimi_detok_t *kimi_detok_new(const kimi_tokenizer_t *tok, int skip_special);
+void kimi_detok_free(kimi_detok_t *d);
+/* Appends the text completed by this token to *out (at most *out_len on
+ * return; pointer valid until the next call). */
+int  kimi_detok_push(kimi_detok_t *d, int32_t id, const char **out,
+    size_t *out_len);
+/* End of stream: whatever bytes are held become U+FFFD. */
+int  kimi_detok_flush(kimi_detok_t *d, const char **out, size_t *out_len);
+
+/* ---- chat template --------------------------------------------------------- */
+
+typedef struct kimi_template  kimi_template_t;
+
+/* Reads DIR/chat_template.jinja, or the chat_template embedded in
+ * DIR/tokenizer_config.json.  A construct the renderer does not support is
+ * an error naming it (a startup error for the caller). */
+int  kimi_template_load(kimi_template_t **out, const char *model_dir,
+    kimi_err_t *err);
+void kimi_template_free(kimi_template_t *t);
+
+/* Renders an OpenAI chat request: messages (array), tools (array or NULL),
+ * add_generation_prompt, after vLLM's preprocessing (string tool-call
+ * arguments parsed to objects).  Invalid messages are KIMI_EINVAL with a
+ * message fit for a 400.  *text is malloc'ed, NUL-terminated. */
+int  kimi_template_render(const kimi_template_t *t, json_t *messages,
+    json_t *tools, int add_generation_prompt, char **text, size_t *len,
+    kimi_err_t *err);
+
+/* ---- tool calls (kimi_k2 format) ------------------------------------------ */
+
+typedef struct kimi_toolparse  kimi_toolparse_t;
+
+typedef enum {
+    KIMI_TOOL_EV_CONTENT = 0,     /* text: ordinary content */
+    KIMI_TOOL_EV_CALL_BEGIN,      /* index, id ("functions.NAME:IDX"), name */
+    KIMI_TOOL_EV_ARGS,            /* text: argument JSON fragment */
+    KIMI_TOOL_EV_CALL_END,        /* index */
+} kimi_tool_ev_e;
+
+typedef struct {
+    kimi_tool_ev_e  type;
+    uint32_t        index;        /* 0-based tool call index */
+    const char     *text;         /* content or args fragment */
+    size_t          len;
+    const char     *id;           /* CALL_BEGIN: NUL-terminated */
+    const char     *name;         /* CALL_BEGIN: NUL-terminated */
+} kimi_tool_ev_t;
+
+typedef void (*kimi_tool_ev_pt)(void *ctx, const kimi_tool_ev_t *ev);
+
+/* One state machine for streaming and one-shot parsing: feed decoded text
+ * as it arrives, then finish.  Marker text never leaks into CONTENT; a
+ * malformed section falls back to content without markers. */
+kimi_toolparse_t *kimi_toolparse_new(kimi_tool_ev_pt cb, void *ctx);
+void kimi_toolparse_free(kimi_toolparse_t *p);
+int  kimi_toolparse_feed(kimi_toolparse_t *p, const char *text, size_t len);
+int  kimi_toolparse_finish(kimi_toolparse_t *p);
+uint32_t kimi_toolparse_n_calls(const kimi_toolparse_t *p);
+
+#endif
