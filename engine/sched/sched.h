@@ -29,6 +29,11 @@ typedef struct {
     kimi_kv_params_t  kv;
     const int32_t    *eos_ids;                 /* borrowed for sched life */
     uint32_t          n_eos;
+    /* added by sched: */
+    uint32_t          logprobs_mode;           /* kimi_logprobs_mode_e:
+                                                  0 raw (vLLM default) */
+    uint64_t          seed;                    /* seeds unseeded requests'
+                                                  RNGs; 0 = from the clock */
 } kimi_sched_params_t;
 
 kimi_sched_params_t kimi_sched_default_params(void);
@@ -42,7 +47,20 @@ typedef struct {
     void                       *user;          /* server's handle */
 } kimi_seq_desc_t;
 
-/* Server callbacks (called from inside step/add/cancel). */
+/*
+ * Server callbacks (called from inside step/add/cancel).
+ *
+ * Added by sched, the behaviour the server can rely on:
+ *  - a callback may call kimi_sched_add(), _cancel() and _abort_all();
+ *    inside kimi_sched_step() a cancel or abort is applied (blocks freed,
+ *    finish called) before the step returns, never under the caller;
+ *  - emit() comes only in a step where can_emit() said 1 for that
+ *    sequence; a stop or eos token is emitted, then finish(STOP) (vLLM
+ *    counts it in completion_tokens; the gateway hides special tokens);
+ *  - n_output_tokens in finish() counts every token emitted;
+ *  - sampling.max_tokens 0 means "up to max_model_len", as OpenAI's API
+ *    does when max_tokens is absent; finish is then LENGTH at the limit.
+ */
 typedef struct {
     void  *ctx;
     /* 1 if the sequence may take one more token now (room in its slot's
@@ -66,6 +84,14 @@ typedef struct {
     uint64_t  generation_tokens_total;
     uint64_t  last_step_us;              /* wall time of the last step */
     uint64_t  last_step_sched_us;        /* of which scheduling overhead */
+    /* added by sched: */
+    uint64_t  last_step_forward_us;      /* of which backend forward */
+    uint64_t  last_step_sample_us;       /* of which sampling */
+    uint32_t  last_step_n_seqs;          /* sequences in the last batch */
+    uint32_t  last_step_n_tokens;        /* tokens in the last batch */
+    uint32_t  max_model_len;             /* in force (params or backend) */
+    uint32_t  block_size;
+    uint64_t  last_step_sched_ns;        /* last_step_sched_us, finer */
 } kimi_sched_stats_t;
 
 /* backend is borrowed and must outlive the scheduler. */
@@ -75,6 +101,11 @@ void kimi_sched_free(kimi_sched_t *s);                 /* NULL is a no-op */
 
 /* Admission: KIMI_EINVAL (too long: message has vLLM's "maximum context
  * length is N tokens" wording), KIMI_EFULL (waiting queue full). */
+/* Added by sched: KIMI_EINVAL also for an empty prompt, a prompt token
+ * outside the vocabulary, sampling parameters outside vLLM's ranges, a
+ * duplicate seq_id, a request longer than the whole KV cache, and (with
+ * chunked prefill off) a prompt over max_num_batched_tokens.  The queue is
+ * full when running + waiting reaches max_num_seqs + max_waiting. */
 int  kimi_sched_add(kimi_sched_t *s, const kimi_seq_desc_t *desc,
     kimi_err_t *err);
 

@@ -1,0 +1,910 @@
+/*
+ * Host sampler (see sample.h for the semantics, which follow vLLM v1).
+ *
+ * Owns:   the scratch rows and the selection algorithms.
+ * Never:  sorts the whole vocabulary: min_p is a threshold, top_k a
+ *         min-heap of k (quickselect beyond 4096), top_p a mass histogram
+ *         plus a weighted quickselect inside one bucket, so a 163840-entry
+ *         row costs a few linear passes, not a sort.
+ * Holds:  count[] and seen[] are all zero between calls (only the ids
+ *         listed in touched[] are ever set, and they are cleared again).
+ */
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sample.h"
+
+
+/* top_k up to this uses a min-heap (one predictable compare per entry);
+ * larger k a quickselect */
+#define KIMI_SAMPLE_HEAP_K   4096
+
+/* top_p first sorts candidates into this many equal-width buckets of
+ * (max - logit), so the exact selection only runs inside one bucket */
+#define KIMI_SAMPLE_BUCKETS  2048
+
+typedef struct {
+    float     v;              /* logit after temperature */
+    float     w;              /* exp(v - max v): unnormalised probability */
+    uint32_t  id;
+} kimi_cand_t;
+
+struct kimi_sampler {
+    uint32_t      vocab;
+    float        *x;          /* [vocab] row after suppression/penalties */
+    uint32_t     *count;      /* [vocab] occurrences in the output */
+    uint8_t      *seen;       /* [vocab] in prompt or output */
+    uint32_t     *touched;    /* [vocab] ids with seen set */
+    float        *cv;         /* [vocab] candidates: logit / temperature */
+    float        *cw;         /* [vocab]   exp(cv - max): weight */
+    uint32_t     *cid;        /* [vocab]   token id */
+    kimi_cand_t  *cand;       /* [vocab] quickselect space, top_k > heap */
+    uint16_t     *cb;         /* [vocab]   top_p bucket of each candidate */
+    kimi_cand_t  *edge;       /* [vocab] top_p: the boundary bucket */
+    float        *heap;       /* [KIMI_SAMPLE_HEAP_K] top_k min-heap */
+    double       *mass;       /* [KIMI_SAMPLE_BUCKETS] top_p histogram */
+};
+
+
+/* ---- RNG ----------------------------------------------------------------- */
+
+static uint64_t
+kimi_splitmix64(uint64_t *x)
+{
+    uint64_t  z;
+
+    z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+
+void
+kimi_rng_seed(kimi_rng_t *rng, uint64_t seed)
+{
+    for (int i = 0; i < 4; i++) {
+        rng->s[i] = kimi_splitmix64(&seed);
+    }
+}
+
+
+static inline uint64_t
+kimi_rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+
+uint64_t
+kimi_rng_next(kimi_rng_t *rng)
+{
+    uint64_t  *s = rng->s, r, t;
+
+    r = kimi_rotl(s[1] * 5, 7) * 9;
+    t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = kimi_rotl(s[3], 45);
+
+    return r;
+}
+
+
+double
+kimi_rng_uniform(kimi_rng_t *rng)
+{
+    return (double) (kimi_rng_next(rng) >> 11) * 0x1.0p-53;
+}
+
+
+/* ---- parameters ---------------------------------------------------------- */
+
+int
+kimi_sample_params_check(const kimi_shm_sampling_t *sp, uint32_t vocab,
+    kimi_err_t *err)
+{
+    if (!(sp->temperature >= 0.0f) || isinf(sp->temperature)) {
+        return kimi_err_set(err, KIMI_EINVAL, "temperature must be "
+                            "non-negative, got %g", sp->temperature);
+    }
+
+    if (!(sp->top_p > 0.0f && sp->top_p <= 1.0f)) {
+        return kimi_err_set(err, KIMI_EINVAL, "top_p must be in (0, 1], "
+                            "got %g", sp->top_p);
+    }
+
+    if (!(sp->min_p >= 0.0f && sp->min_p <= 1.0f)) {
+        return kimi_err_set(err, KIMI_EINVAL, "min_p must be in [0, 1], "
+                            "got %g", sp->min_p);
+    }
+
+    if (sp->top_k < -1) {
+        return kimi_err_set(err, KIMI_EINVAL, "top_k must be 0 or -1 "
+                            "(disable), or at least 1, got %d", sp->top_k);
+    }
+
+    if (!(sp->presence_penalty >= -2.0f && sp->presence_penalty <= 2.0f)) {
+        return kimi_err_set(err, KIMI_EINVAL, "presence_penalty must be in "
+                            "[-2, 2], got %g", sp->presence_penalty);
+    }
+
+    if (!(sp->frequency_penalty >= -2.0f && sp->frequency_penalty <= 2.0f)) {
+        return kimi_err_set(err, KIMI_EINVAL, "frequency_penalty must be in "
+                            "[-2, 2], got %g", sp->frequency_penalty);
+    }
+
+    if (!(sp->repetition_penalty > 0.0f && sp->repetition_penalty <= 2.0f)) {
+        return kimi_err_set(err, KIMI_EINVAL, "repetition_penalty must be "
+                            "in (0, 2], got %g", sp->repetition_penalty);
+    }
+
+    if (sp->n_stop_ids > KIMI_SHM_MAX_STOP_IDS) {
+        return kimi_err_set(err, KIMI_EINVAL, "at most %d stop token ids, "
+                            "got %u", KIMI_SHM_MAX_STOP_IDS, sp->n_stop_ids);
+    }
+
+    for (uint32_t i = 0; i < sp->n_stop_ids; i++) {
+        if (sp->stop_ids[i] < 0 || (uint32_t) sp->stop_ids[i] >= vocab) {
+            return kimi_err_set(err, KIMI_EINVAL, "stop token id %d is out "
+                                "of range [0, %u)", sp->stop_ids[i], vocab);
+        }
+    }
+
+    if (sp->top_logprobs > KIMI_SHM_MAX_TOP_LOGPROBS) {
+        return kimi_err_set(err, KIMI_EINVAL, "top_logprobs must be at most "
+                            "%d, got %u", KIMI_SHM_MAX_TOP_LOGPROBS,
+                            sp->top_logprobs);
+    }
+
+    if (sp->max_tokens != 0 && sp->min_tokens > sp->max_tokens) {
+        return kimi_err_set(err, KIMI_EINVAL, "min_tokens must be less than "
+                            "or equal to max_tokens=%u, got %u",
+                            sp->max_tokens, sp->min_tokens);
+    }
+
+    return KIMI_OK;
+}
+
+
+int
+kimi_sample_is_greedy(const kimi_shm_sampling_t *sp)
+{
+    return sp->temperature < KIMI_SAMPLE_GREEDY_EPS;
+}
+
+
+/* ---- sampler ------------------------------------------------------------- */
+
+int
+kimi_sampler_init(kimi_sampler_t **out, uint32_t vocab, kimi_err_t *err)
+{
+    kimi_sampler_t  *s;
+
+    if (vocab == 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "sampler: vocab size is 0");
+    }
+
+    s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        goto failed;
+    }
+
+    s->vocab = vocab;
+    s->x = malloc((size_t) vocab * sizeof(float));
+    s->count = calloc(vocab, sizeof(uint32_t));
+    s->seen = calloc(vocab, 1);
+    s->touched = malloc((size_t) vocab * sizeof(uint32_t));
+    s->cv = malloc((size_t) vocab * sizeof(float));
+    s->cw = malloc((size_t) vocab * sizeof(float));
+    s->cid = malloc((size_t) vocab * sizeof(uint32_t));
+    s->cand = malloc((size_t) vocab * sizeof(kimi_cand_t));
+    s->cb = malloc((size_t) vocab * sizeof(uint16_t));
+    s->edge = malloc((size_t) vocab * sizeof(kimi_cand_t));
+    s->heap = malloc(KIMI_SAMPLE_HEAP_K * sizeof(float));
+    s->mass = malloc(KIMI_SAMPLE_BUCKETS * sizeof(double));
+
+    if (s->x == NULL || s->count == NULL || s->seen == NULL
+        || s->touched == NULL || s->cand == NULL || s->cb == NULL
+        || s->cv == NULL || s->cw == NULL || s->cid == NULL
+        || s->edge == NULL || s->heap == NULL || s->mass == NULL)
+    {
+        goto failed;
+    }
+
+    *out = s;
+    return KIMI_OK;
+
+failed:
+
+    kimi_sampler_free(s);
+    return kimi_err_set(err, KIMI_ENOMEM, "sampler: out of memory for a "
+                        "vocab of %u", vocab);
+}
+
+
+void
+kimi_sampler_free(kimi_sampler_t *s)
+{
+    if (s == NULL) {
+        return;
+    }
+
+    free(s->x);
+    free(s->count);
+    free(s->seen);
+    free(s->touched);
+    free(s->cv);
+    free(s->cw);
+    free(s->cid);
+    free(s->cand);
+    free(s->cb);
+    free(s->edge);
+    free(s->heap);
+    free(s->mass);
+    free(s);
+}
+
+
+static int
+kimi_sample_has_penalties(const kimi_shm_sampling_t *sp)
+{
+    return sp->repetition_penalty != 1.0f || sp->presence_penalty != 0.0f
+           || sp->frequency_penalty != 0.0f;
+}
+
+
+/* Copies the row into s->x and applies min_tokens suppression and the
+ * penalties.  Only called when at least one of them applies. */
+static void
+kimi_sample_process(kimi_sampler_t *s, const float *logits,
+    const kimi_sample_req_t *req, int suppress)
+{
+    const kimi_shm_sampling_t  *sp = req->sampling;
+    uint32_t                    n_touched = 0, n_all, id;
+    float                       v;
+
+    memcpy(s->x, logits, (size_t) s->vocab * sizeof(float));
+
+    if (kimi_sample_has_penalties(sp)) {
+        n_all = req->n_prompt + req->n_output;
+
+        for (uint32_t i = 0; i < n_all; i++) {
+            id = (uint32_t) req->tokens[i];
+            if (id >= s->vocab) {
+                continue;               /* checked at admission; be safe */
+            }
+
+            if (!s->seen[id]) {
+                s->seen[id] = 1;
+                s->touched[n_touched++] = id;
+            }
+
+            if (i >= req->n_prompt) {
+                s->count[id]++;
+            }
+        }
+
+        for (uint32_t i = 0; i < n_touched; i++) {
+            id = s->touched[i];
+            v = s->x[id];
+
+            if (sp->repetition_penalty != 1.0f) {
+                v = v > 0.0f ? v / sp->repetition_penalty
+                             : v * sp->repetition_penalty;
+            }
+
+            if (s->count[id] > 0) {
+                v -= sp->frequency_penalty * (float) s->count[id];
+                v -= sp->presence_penalty;
+            }
+
+            s->x[id] = v;
+            s->seen[id] = 0;
+            s->count[id] = 0;
+        }
+    }
+
+    if (suppress) {
+        for (uint32_t i = 0; i < sp->n_stop_ids; i++) {
+            s->x[sp->stop_ids[i]] = -INFINITY;
+        }
+
+        for (uint32_t i = 0; !sp->ignore_eos && i < req->n_eos; i++) {
+            if ((uint32_t) req->eos_ids[i] < s->vocab) {
+                s->x[req->eos_ids[i]] = -INFINITY;
+            }
+        }
+    }
+}
+
+
+/* Four lanes of e^x for x in [-87, 0]: 2^n from the exponent bits times a
+ * degree-6 polynomial of the remainder |r| <= ln2/2; within 3e-7 relative
+ * of exp().  GCC/clang vector types, because -O2's cost model will not
+ * vectorise a loop of unknown length by itself. */
+typedef float    kimi_v4f_t __attribute__((vector_size(16)));
+typedef int32_t  kimi_v4i_t __attribute__((vector_size(16)));
+
+static kimi_v4f_t
+kimi_sample_exp4(kimi_v4f_t x)
+{
+    kimi_v4f_t  t, fn, r, p;
+    kimi_v4i_t  bits;
+
+    t = x * 1.44269504088896341f;                        /* log2(e) */
+    fn = __builtin_convertvector(
+             __builtin_convertvector(t - 0.5f, kimi_v4i_t), kimi_v4f_t);
+    r = x - fn * 0.693145751953125f                      /* ln2, hi + lo */
+        - fn * 1.42860682030941723212e-6f;
+    p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6.0f + r * (1.0f / 24.0f
+        + r * (1.0f / 120.0f + r * (1.0f / 720.0f))))));
+    bits = (__builtin_convertvector(fn, kimi_v4i_t) + 127) << 23;
+
+    return p * (kimi_v4f_t) bits;                        /* times 2^fn */
+}
+
+
+/* w[i] = e^(v[i] - m) for v[i] - m in [-87, 0]; returns their sum.  About
+ * 4x faster than expf() per element on this box. */
+static double
+kimi_sample_exp_row(const float *v, float m, float *w, uint32_t n)
+{
+    kimi_v4f_t  x, y;
+    double      a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    float       tail[4];
+    uint32_t    i, k;
+
+    for (i = 0; i + 4 <= n; i += 4) {
+        memcpy(&x, v + i, sizeof(x));
+        y = kimi_sample_exp4(x - m);
+        memcpy(w + i, &y, sizeof(y));
+
+        /* four chains, so the adds are not one long dependency */
+        a0 += y[0];
+        a1 += y[1];
+        a2 += y[2];
+        a3 += y[3];
+    }
+
+    if (i < n) {
+        for (k = 0; k < 4; k++) {
+            tail[k] = i + k < n ? v[i + k] - m : -87.0f;
+        }
+
+        memcpy(&x, tail, sizeof(x));
+        y = kimi_sample_exp4(x);
+        for (k = 0; i + k < n; k++) {
+            w[i + k] = y[k];
+            a0 += y[k];
+        }
+    }
+
+    return (a0 + a1) + (a2 + a3);
+}
+
+
+/* Lowest id of the largest entry (NaN never wins).  Four independent
+ * lanes, so the compares do not wait on each other. */
+static uint32_t
+kimi_sample_argmax(const float *x, uint32_t n)
+{
+    uint32_t  bi[4] = { 0, 0, 0, 0 }, i, k, best;
+    float     bv[4] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY }, v;
+
+    for (i = 0; i + 4 <= n; i += 4) {
+        for (k = 0; k < 4; k++) {
+            if (x[i + k] > bv[k]) {     /* strict: the earlier one stays */
+                bv[k] = x[i + k];
+                bi[k] = i + k;
+            }
+        }
+    }
+
+    for ( /* void */ ; i < n; i++) {
+        if (x[i] > bv[0]) {
+            bv[0] = x[i];
+            bi[0] = i;
+        }
+    }
+
+    /* combine lanes: larger value wins, the lower id on a tie */
+    best = bi[0];
+    v = bv[0];
+    for (k = 1; k < 4; k++) {
+        if (bv[k] > v || (bv[k] == v && bi[k] < best)) {
+            v = bv[k];
+            best = bi[k];
+        }
+    }
+
+    return best;
+}
+
+
+/* The largest entry, four independent lanes (NaN is skipped). */
+static float
+kimi_sample_max(const float *x, uint32_t n)
+{
+    float     m[4] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY };
+    uint32_t  i, k;
+
+    for (i = 0; i + 4 <= n; i += 4) {
+        for (k = 0; k < 4; k++) {
+            m[k] = x[i + k] > m[k] ? x[i + k] : m[k];
+        }
+    }
+
+    for ( /* void */ ; i < n; i++) {
+        m[0] = x[i] > m[0] ? x[i] : m[0];
+    }
+
+    m[0] = m[1] > m[0] ? m[1] : m[0];
+    m[2] = m[3] > m[2] ? m[3] : m[2];
+    return m[2] > m[0] ? m[2] : m[0];
+}
+
+
+/* Keeps the n_top largest entries of x (id ascending on ties) in
+ * descending order. */
+static uint32_t
+kimi_sample_top_n(const float *x, uint32_t vocab, uint32_t n_top,
+    int32_t *ids, float *vals)
+{
+    uint32_t  n = 0, j;
+
+    for (uint32_t i = 0; i < vocab && n_top > 0; i++) {
+        float  v = x[i];
+
+        if (!(v > -INFINITY)) {
+            continue;
+        }
+
+        if (n == n_top && !(v > vals[n - 1])) {
+            continue;
+        }
+
+        j = n < n_top ? n++ : n - 1;
+        while (j > 0 && v > vals[j - 1]) {
+            vals[j] = vals[j - 1];
+            ids[j] = ids[j - 1];
+            j--;
+        }
+
+        vals[j] = v;
+        ids[j] = (int32_t) i;
+    }
+
+    return n;
+}
+
+
+static double
+kimi_sample_logsumexp(const float *x, uint32_t n)
+{
+    double  sum = 0.0;
+    float   m = kimi_sample_max(x, n);
+
+    if (!(m > -INFINITY)) {
+        return -INFINITY;
+    }
+
+    for (uint32_t i = 0; i < n; i++) {
+        sum += expf(x[i] - m);
+    }
+
+    return (double) m + log(sum);
+}
+
+
+static void
+kimi_cand_swap(kimi_cand_t *a, kimi_cand_t *b)
+{
+    kimi_cand_t  t = *a;
+
+    *a = *b;
+    *b = t;
+}
+
+
+/* Three-way partition of c[0..n) around pivot: [> pivot][== pivot][<]. */
+static void
+kimi_cand_partition(kimi_cand_t *c, uint32_t n, float pivot, uint32_t *n_gt,
+    uint32_t *n_eq)
+{
+    uint32_t  lt = 0, i = 0, gt = n;
+
+    /* Dijkstra's flag, descending: [0,lt) > p, [lt,i) == p, [gt,n) < p */
+    while (i < gt) {
+        if (c[i].v > pivot) {
+            kimi_cand_swap(&c[i++], &c[lt++]);
+
+        } else if (c[i].v < pivot) {
+            kimi_cand_swap(&c[i], &c[--gt]);
+
+        } else {
+            i++;
+        }
+    }
+
+    *n_gt = lt;
+    *n_eq = gt - lt;
+}
+
+
+static float
+kimi_cand_pivot(const kimi_cand_t *c, uint32_t n)
+{
+    float  a = c[0].v, b = c[n / 2].v, d = c[n - 1].v;
+
+    /* median of three keeps sorted and reversed inputs linear */
+    if ((a <= b && b <= d) || (d <= b && b <= a)) {
+        return b;
+    }
+
+    if ((b <= a && a <= d) || (d <= a && a <= b)) {
+        return a;
+    }
+
+    return d;
+}
+
+
+/* The k-th largest value of c[0..n), 1 <= k <= n (reorders c). */
+static float
+kimi_cand_kth(kimi_cand_t *c, uint32_t n, uint32_t k)
+{
+    uint32_t  n_gt, n_eq;
+    float     pivot;
+
+    for ( ;; ) {
+        pivot = kimi_cand_pivot(c, n);
+        kimi_cand_partition(c, n, pivot, &n_gt, &n_eq);
+
+        if (k <= n_gt) {
+            n = n_gt;
+
+        } else if (k <= n_gt + n_eq) {
+            return pivot;
+
+        } else {
+            k -= n_gt + n_eq;
+            c += n_gt + n_eq;
+            n -= n_gt + n_eq;
+        }
+    }
+}
+
+
+/* top_p: reorders c so that its first *n_keep entries are the smallest
+ * most-likely set whose probability mass reaches target (entry i is kept
+ * iff the mass of the entries ranked above it is below target, as vLLM's
+ * cumulative-sum mask has it).  Weights are exp(v - m). */
+static uint32_t
+kimi_cand_top_p(kimi_cand_t *c, uint32_t n, double target)
+{
+    uint32_t  lo = 0, hi = n, n_gt, n_eq, j;
+    double    acc = 0.0, mass_gt, w;
+    float     pivot;
+
+    while (lo < hi) {
+        pivot = kimi_cand_pivot(c + lo, hi - lo);
+        kimi_cand_partition(c + lo, hi - lo, pivot, &n_gt, &n_eq);
+
+        mass_gt = 0.0;
+        for (j = lo; j < lo + n_gt; j++) {
+            mass_gt += c[j].w;
+        }
+
+        if (n_gt > 0 && acc + mass_gt >= target) {
+            hi = lo + n_gt;             /* the boundary lies above pivot */
+            continue;
+        }
+
+        acc += mass_gt;
+        lo += n_gt;
+
+        w = c[lo].w;                   /* every entry of E has it */
+        for (j = 0; j < n_eq && acc < target; j++) {
+            acc += w;
+        }
+
+        lo += j;
+        if (j < n_eq || acc >= target) {
+            return lo;
+        }
+    }
+
+    return lo > 0 ? lo : 1;
+}
+
+
+/* The k-th largest of c[0..n), k <= KIMI_SAMPLE_HEAP_K, through a min-heap
+ * of the k largest seen so far. */
+static float
+kimi_sample_kth_heap(const float *c, uint32_t n, uint32_t k, float *h)
+{
+    uint32_t  i, j, child;
+    float     v;
+
+    for (i = 0; i < k; i++) {
+        /* sift up */
+        v = c[i];
+        for (j = i; j > 0 && h[(j - 1) / 2] > v; j = (j - 1) / 2) {
+            h[j] = h[(j - 1) / 2];
+        }
+        h[j] = v;
+    }
+
+    for (i = k; i < n; i++) {
+        v = c[i];
+        if (!(v > h[0])) {
+            continue;
+        }
+
+        /* replace the minimum, sift down */
+        for (j = 0; (child = 2 * j + 1) < k; j = child) {
+            if (child + 1 < k && h[child + 1] < h[child]) {
+                child++;
+            }
+
+            if (!(h[child] < v)) {
+                break;
+            }
+
+            h[j] = h[child];
+        }
+        h[j] = v;
+    }
+
+    return h[0];
+}
+
+
+/* top_p over the candidates s->cv/cw[0..n) (max m, all >= m - range):
+ * a mass histogram over equal-width buckets of (m - v) finds the bucket
+ * where the mass crosses target in one pass; only that bucket needs the
+ * exact selection.  Dropped candidates get weight 0, so the draw and the
+ * logprobs can walk all n unchanged.  Returns the kept mass. */
+static double
+kimi_sample_top_p(kimi_sampler_t *s, uint32_t n, float m, float range,
+    double target)
+{
+    uint32_t  b, nb = KIMI_SAMPLE_BUCKETS, n_edge = 0, n_keep, i;
+    float    *cw = s->cw;
+    uint16_t *cb = s->cb;
+    double    acc = 0.0, z0 = 0.0, z1 = 0.0, z2 = 0.0, z3 = 0.0;
+    float     scale;
+
+    scale = range > 0.0f ? (float) (nb - 1) / range : 0.0f;
+    memset(s->mass, 0, nb * sizeof(double));
+
+    for (uint32_t i = 0; i < n; i++) {
+        b = (uint32_t) ((m - s->cv[i]) * scale);
+        b = b < nb ? b : nb - 1;
+        s->cb[i] = (uint16_t) b;
+        s->mass[b] += s->cw[i];
+    }
+
+    for (b = 0; b < nb - 1 && acc + s->mass[b] < target; b++) {
+        acc += s->mass[b];
+    }
+
+    /* the boundary bucket; id holds the candidate index here */
+    for (uint32_t i = 0; i < n; i++) {
+        if (s->cb[i] == b) {
+            s->edge[n_edge].v = s->cv[i];
+            s->edge[n_edge].w = s->cw[i];
+            s->edge[n_edge].id = i;
+            n_edge++;
+        }
+    }
+
+    /* rounding can leave the last bucket empty: then all above is kept */
+    n_keep = n_edge > 0 ? kimi_cand_top_p(s->edge, n_edge, target - acc) : 0;
+
+    /* weights below the boundary to 0 without a branch (the buckets come
+     * in random order), summing the rest on four chains */
+    for (i = 0; i + 4 <= n; i += 4) {
+        cw[i] *= (float) (cb[i] < b);
+        cw[i + 1] *= (float) (cb[i + 1] < b);
+        cw[i + 2] *= (float) (cb[i + 2] < b);
+        cw[i + 3] *= (float) (cb[i + 3] < b);
+        z0 += cw[i];
+        z1 += cw[i + 1];
+        z2 += cw[i + 2];
+        z3 += cw[i + 3];
+    }
+
+    for ( /* void */ ; i < n; i++) {
+        cw[i] *= (float) (cb[i] < b);
+        z0 += cw[i];
+    }
+
+    for (uint32_t j = 0; j < n_keep; j++) {
+        cw[s->edge[j].id] = s->edge[j].w;
+        z0 += s->edge[j].w;
+    }
+
+    return (z0 + z1) + (z2 + z3);
+}
+
+
+int
+kimi_sampler_sample(kimi_sampler_t *s, const float *logits,
+    const kimi_sample_req_t *req, kimi_sample_out_t *out, kimi_err_t *err)
+{
+    const kimi_shm_sampling_t  *sp = req->sampling;
+    const float                *x;
+    kimi_shm_token_t           *tok = &out->tok;
+    uint32_t                    vocab = s->vocab, n, token, n_keep = 0, i;
+    float                       m, inv_t, cut;
+    double                      z, u, acc, lse;
+    int                         suppress, processed;
+
+    memset(tok, 0, sizeof(*tok));
+
+    suppress = req->n_output < sp->min_tokens;
+    processed = suppress || kimi_sample_has_penalties(sp);
+
+    if (processed) {
+        kimi_sample_process(s, logits, req, suppress);
+        x = s->x;
+
+    } else {
+        x = logits;
+    }
+
+    if (kimi_sample_is_greedy(sp)) {
+        token = kimi_sample_argmax(x, vocab);
+        if (!(x[token] > -INFINITY)) {
+            token = kimi_sample_argmax(logits, vocab);  /* all masked */
+        }
+
+        goto logprobs;
+    }
+
+    /* candidates after temperature and min_p */
+    inv_t = 1.0f / sp->temperature;
+    m = kimi_sample_max(x, vocab);
+
+    if (!(m > -INFINITY)) {
+        token = kimi_sample_argmax(logits, vocab);
+        goto logprobs;
+    }
+
+    m *= inv_t;
+
+    /* expf underflows to 0 below -87: such entries can never be drawn */
+    cut = m - 87.0f;
+    if (sp->min_p > 0.0f && m + logf(sp->min_p) > cut) {
+        cut = m + logf(sp->min_p);
+    }
+
+    /* candidates, structure of arrays so the passes below vectorise */
+    n = 0;
+    for (uint32_t i = 0; i < vocab; i++) {
+        float  v = x[i] * inv_t;
+
+        if (v >= cut) {
+            s->cv[n] = v;
+            s->cid[n] = i;
+            n++;
+        }
+    }
+
+    if (sp->top_k > 0 && (uint32_t) sp->top_k < n) {
+        float     kth;
+        uint32_t  k = 0;
+
+        if (sp->top_k <= KIMI_SAMPLE_HEAP_K) {
+            kth = kimi_sample_kth_heap(s->cv, n, (uint32_t) sp->top_k,
+                                       s->heap);
+
+        } else {
+            for (uint32_t i = 0; i < n; i++) {
+                s->cand[i].v = s->cv[i];
+            }
+
+            kth = kimi_cand_kth(s->cand, n, (uint32_t) sp->top_k);
+        }
+
+        for (uint32_t i = 0; i < n; i++) {
+            if (s->cv[i] >= kth) {
+                s->cv[k] = s->cv[i];
+                s->cid[k] = s->cid[i];
+                k++;
+            }
+        }
+
+        n = k;
+    }
+
+    z = kimi_sample_exp_row(s->cv, m, s->cw, n);
+
+    n_keep = n;
+    if (sp->top_p < 1.0f) {
+        float  range = m - cut;
+
+        z = kimi_sample_top_p(s, n, m, range, (double) sp->top_p * z);
+    }
+
+    /* inverse CDF, skipping four weights at a time */
+    u = kimi_rng_uniform(req->rng) * z;
+    acc = 0.0;
+    token = s->cid[n_keep - 1];
+    i = 0;
+    for ( /* void */ ; i + 4 <= n_keep; i += 4) {
+        double  blk = (double) s->cw[i] + s->cw[i + 1] + s->cw[i + 2]
+                      + s->cw[i + 3];
+
+        if (u < acc + blk) {
+            break;
+        }
+
+        acc += blk;
+    }
+
+    for ( /* void */ ; i < n_keep; i++) {
+        acc += s->cw[i];
+        if (u < acc) {
+            token = s->cid[i];
+            break;
+        }
+    }
+
+    if ((sp->logprobs || sp->top_logprobs)
+        && req->logprobs_mode == KIMI_LOGPROBS_PROCESSED)
+    {
+        /* the distribution drawn from: kept candidates, renormalised */
+        for (uint32_t i = 0; i < vocab; i++) {
+            s->x[i] = -INFINITY;
+        }
+
+        for (i = 0; i < n_keep; i++) {
+            if (s->cw[i] > 0.0f) {          /* top_p left it in */
+                s->x[s->cid[i]] = s->cv[i];
+            }
+        }
+
+        x = s->x;
+        lse = (double) m + log(z);
+        goto top;
+    }
+
+logprobs:
+
+    if (!sp->logprobs && !sp->top_logprobs) {
+        tok->token = (int32_t) token;
+        return KIMI_OK;
+    }
+
+    if (req->logprobs_mode == KIMI_LOGPROBS_PROCESSED) {
+        /* greedy or fully masked: the processed row at temperature 1 */
+        lse = kimi_sample_logsumexp(x, vocab);
+
+    } else {
+        x = logits;
+        lse = kimi_sample_logsumexp(logits, vocab);
+    }
+
+top:
+
+    tok->token = (int32_t) token;
+    tok->logprob = (float) ((double) x[token] - lse);
+    tok->n_top = kimi_sample_top_n(x, vocab, sp->top_logprobs, tok->top_ids,
+                                   tok->top_logprobs);
+
+    for (uint32_t i = 0; i < tok->n_top; i++) {
+        tok->top_logprobs[i] = (float) (tok->top_logprobs[i] - lse);
+    }
+
+    (void) err;
+    return KIMI_OK;
+}
