@@ -1,0 +1,275 @@
+/*
+ * Dense FP8 block-scaled GEMM: our decode-size kernel and cuBLASLt for
+ * prefill sizes.
+ *
+ *   Y[T,N] = sum_kb (Xq[T,kb] . Wq[N,kb]) * xs[T,kb] * ws[N/128,kb]     (fp32 acc)
+ *
+ * Layout:  Xq e4m3 [T][K], xs fp32 token-major [T][K/128] (own kernel) or
+ *          MN-major [K/128][T] (cuBLASLt VEC128); W e4m3 [N][K] with the
+ *          checkpoint's weight_scale_inv [N/128][K/128] (BLK128x128: usable
+ *          as stored since every Kimi-K2 K/128 is a multiple of 4); Y bf16.
+ * Cost:    2*T*N*K FLOPs; N*K weight bytes.  Decode (T <= 32) is bound by the
+ *          weight stream: floor = N*K / copy bandwidth.  The own kernel gives
+ *          each warp 32 weight rows x all K (fp8_tile.cuh), so a matrix costs
+ *          one pass over its bytes and no per-call 10 us floor like cuBLASLt's
+ *          (reference/gpu-anchors.md 1.5).  Prefill goes to cuBLASLt
+ *          (1.0-1.2 PFLOP/s measured), which needs T % 4 == 0 and never T = 1
+ *          with X as cuBLAS A (silently wrong): we always pass W as A.
+ * Twin:    kimi_gemm_fp8a_fp8w() in engine/backend/cpu/ops.h.
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublasLt.h>
+
+#include "fp8_tile.cuh"
+#include "kimi_kernels.h"
+
+/* A block is GEMM_KS warps on the same 32 weight rows, each over 1/GEMM_KS
+ * of K (split-K inside the block, summed through shared memory): one 32-row
+ * tile per warp would leave a 4096x7168 matrix with 128 warps, far too few
+ * to keep HBM busy. */
+#define GEMM_KS 8
+
+template <int NG>
+static __global__ void __launch_bounds__(GEMM_KS * 32)
+gemm_nt_kernel(const uint8_t *__restrict__ xq,   // [T, K]
+               const float *__restrict__ xs,     // [T, K/128]
+               int T, int K,
+               const uint8_t *__restrict__ w,    // [N, K]
+               const float *__restrict__ ws,     // [N/128, K/128]
+               int N, uint16_t *__restrict__ y, int ldy)   // [T, ldy]
+{
+    __shared__ float red[GEMM_KS - 1][2 * NG * 4][32];   // partials of warps 1..KS-1
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int n0 = blockIdx.x * 32;
+    const int tok0 = blockIdx.y * 8 * NG;
+    const int KB = K / 128;
+    const int kb0 = warp * KB / GEMM_KS, kb1 = (warp + 1) * KB / GEMM_KS;
+    const uint8_t *xrow[NG];
+    const float   *xs0[NG], *xs1[NG];
+#pragma unroll
+    for (int j = 0; j < NG; j++) {
+        /* columns past T read a valid row and are never stored */
+        xrow[j] = xq + (size_t) min(tok0 + j * 8 + g, T - 1) * K;
+        xs0[j] = xs + (size_t) min(tok0 + j * 8 + 2 * t, T - 1) * KB;
+        xs1[j] = xs + (size_t) min(tok0 + j * 8 + 2 * t + 1, T - 1) * KB;
+    }
+    const int ngroups = min(NG, (T - tok0 + 7) / 8);
+    float acc[2][NG][4];
+    fp8_tile<NG>(w + (size_t) (n0 + g) * K, w + (size_t) (n0 + 16 + g) * K,
+                 ws + (size_t) (n0 / 128) * KB, ws + (size_t) ((n0 + 16) / 128) * KB,
+                 (size_t) K, xrow, xs0, xs1, ngroups, acc, kb0, kb1);
+    if (warp > 0) {
+#pragma unroll
+        for (int s = 0; s < 2; s++)
+#pragma unroll
+            for (int j = 0; j < NG; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) red[warp - 1][(s * NG + j) * 4 + e][lane] = acc[s][j][e];
+    }
+    __syncthreads();
+    if (warp != 0) {
+        return;
+    }
+#pragma unroll
+    for (int s = 0; s < 2; s++)
+#pragma unroll
+        for (int j = 0; j < NG; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                for (int q = 0; q < GEMM_KS - 1; q++) acc[s][j][e] += red[q][(s * NG + j) * 4 + e][lane];
+#pragma unroll
+    for (int s = 0; s < 2; s++) {
+#pragma unroll
+        for (int j = 0; j < NG; j++) {
+            const int r = n0 + s * 16 + g, c = tok0 + j * 8 + 2 * t;
+            if (c < T) {
+                y[(size_t) c * ldy + r] = kimi_f2bf(acc[s][j][0]);
+                y[(size_t) c * ldy + r + 8] = kimi_f2bf(acc[s][j][2]);
+            }
+            if (c + 1 < T) {
+                y[(size_t) (c + 1) * ldy + r] = kimi_f2bf(acc[s][j][1]);
+                y[(size_t) (c + 1) * ldy + r + 8] = kimi_f2bf(acc[s][j][3]);
+            }
+        }
+    }
+}
+
+extern "C" int
+kimi_fp8_gemm_nt(const uint8_t *xq, const float *xs, int T, int K,
+                 const uint8_t *w, const float *ws, int N, kimi_bf16_t *y,
+                 int ldy, cudaStream_t s, kimi_err_t *err)
+{
+    if (xq == NULL || xs == NULL || w == NULL || ws == NULL || y == NULL
+        || T < 0 || K <= 0 || K % 128 != 0 || N <= 0 || N % 32 != 0 || ldy < N) {
+        return kimi_err_set(err, KIMI_EINVAL,
+                            "fp8_gemm_nt: T=%d N=%d K=%d ldy=%d (need K %% 128, N %% 32)",
+                            T, N, K, ldy);
+    }
+    if (((uintptr_t) xq | (uintptr_t) w) & 15) {
+        return kimi_err_set(err, KIMI_EINVAL, "fp8_gemm_nt: xq or w not 16-byte aligned");
+    }
+    if (T == 0) {
+        return KIMI_OK;
+    }
+    dim3 grid(N / 32, 1);
+    if (T <= 8) {
+        gemm_nt_kernel<1><<<grid, GEMM_KS * 32, 0, s>>>(xq, xs, T, K, w, ws, N, y, ldy);
+    } else if (T <= 16) {
+        gemm_nt_kernel<2><<<grid, GEMM_KS * 32, 0, s>>>(xq, xs, T, K, w, ws, N, y, ldy);
+    } else {
+        grid.y = (T + 31) / 32;
+        gemm_nt_kernel<4><<<grid, GEMM_KS * 32, 0, s>>>(xq, xs, T, K, w, ws, N, y, ldy);
+    }
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
+/* ---- cuBLASLt ----------------------------------------------------------- */
+
+#define LT_CACHE 32
+
+typedef struct {
+    int                      T, K, N;
+    cublasLtMatmulDesc_t     op;
+    cublasLtMatrixLayout_t   a, b, d;
+    cublasLtMatmulAlgo_t     algo;
+} lt_plan_t;
+
+struct kimi_cublaslt {
+    cublasLtHandle_t  lt;
+    void             *ws;
+    size_t            ws_bytes;
+    lt_plan_t         plan[LT_CACHE];
+    int               n_plan;
+};
+
+#define KIMI_LT_TRY(call, err)                                                \
+    do {                                                                      \
+        cublasStatus_t st_ = (call);                                          \
+        if (st_ != CUBLAS_STATUS_SUCCESS) {                                   \
+            return kimi_err_set(err, KIMI_ECUDA, "%s:%d: %s: cublas status %d", \
+                                __FILE__, __LINE__, #call, (int) st_);        \
+        }                                                                     \
+    } while (0)
+
+extern "C" int
+kimi_cublaslt_create(kimi_cublaslt_t **out, void *workspace,
+                     size_t workspace_bytes, kimi_err_t *err)
+{
+    kimi_cublaslt_t *h = (kimi_cublaslt_t *) calloc(1, sizeof(*h));
+    if (h == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "cublaslt: calloc");
+    }
+    cublasStatus_t st = cublasLtCreate(&h->lt);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        free(h);
+        return kimi_err_set(err, KIMI_ECUDA, "cublasLtCreate: status %d", (int) st);
+    }
+    h->ws = workspace;
+    h->ws_bytes = workspace_bytes;
+    *out = h;
+    return KIMI_OK;
+}
+
+extern "C" void
+kimi_cublaslt_destroy(kimi_cublaslt_t *h)
+{
+    if (h == NULL) {
+        return;
+    }
+    for (int i = 0; i < h->n_plan; i++) {
+        cublasLtMatrixLayoutDestroy(h->plan[i].a);
+        cublasLtMatrixLayoutDestroy(h->plan[i].b);
+        cublasLtMatrixLayoutDestroy(h->plan[i].d);
+        cublasLtMatmulDescDestroy(h->plan[i].op);
+    }
+    cublasLtDestroy(h->lt);
+    free(h);
+}
+
+/* The block-scale pointers must be set before the heuristic is asked:
+ * without them it answers CUBLAS_STATUS_INVALID_VALUE (seen on cuBLASLt 13.1). */
+static int
+lt_plan_get(kimi_cublaslt_t *h, int T, int K, int N, const void *ws, const void *xs,
+            lt_plan_t **out, kimi_err_t *err)
+{
+    for (int i = 0; i < h->n_plan; i++) {
+        if (h->plan[i].T == T && h->plan[i].K == K && h->plan[i].N == N) {
+            *out = &h->plan[i];
+            return KIMI_OK;
+        }
+    }
+    if (h->n_plan == LT_CACHE) {
+        return kimi_err_set(err, KIMI_EFULL, "cublaslt: more than %d GEMM shapes", LT_CACHE);
+    }
+    lt_plan_t *p = &h->plan[h->n_plan];
+    memset(p, 0, sizeof(*p));
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    int32_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+    int32_t b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+    KIMI_LT_TRY(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), err);
+    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), err);
+    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), err);
+    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode, sizeof(a_mode)), err);
+    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode, sizeof(b_mode)), err);
+    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ws, sizeof(ws)), err);
+    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof(xs)), err);
+    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, K, N, K), err);
+    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, K, T, K), err);
+    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->d, CUDA_R_16BF, N, T, N), err);
+
+    cublasLtMatmulPreference_t pref;
+    KIMI_LT_TRY(cublasLtMatmulPreferenceCreate(&pref), err);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                         &h->ws_bytes, sizeof(h->ws_bytes));
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(h->lt, p->op, p->a, p->b, p->d, p->d,
+                                                       pref, 1, &res, &n);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || n == 0) {
+        cublasLtMatrixLayoutDestroy(p->a);
+        cublasLtMatrixLayoutDestroy(p->b);
+        cublasLtMatrixLayoutDestroy(p->d);
+        cublasLtMatmulDescDestroy(p->op);
+        return kimi_err_set(err, KIMI_EUNSUPPORTED,
+                            "cublaslt: no block-scaled FP8 algorithm for T=%d N=%d K=%d (status %d)",
+                            T, N, K, (int) st);
+    }
+    p->algo = res.algo;
+    p->T = T;
+    p->K = K;
+    p->N = N;
+    h->n_plan++;
+    *out = p;
+    return KIMI_OK;
+}
+
+extern "C" int
+kimi_fp8_gemm_nt_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
+                          const float *xs_mn, int T, int K, const uint8_t *w,
+                          const float *ws, int N, kimi_bf16_t *y,
+                          cudaStream_t s, kimi_err_t *err)
+{
+    if (h == NULL || xq == NULL || xs_mn == NULL || w == NULL || ws == NULL || y == NULL
+        || T <= 0 || T % 4 != 0 || K % 128 != 0 || (K / 128) % 4 != 0 || N % 4 != 0 || N <= 0) {
+        return kimi_err_set(err, KIMI_EINVAL,
+                            "fp8_gemm_nt_cublaslt: T=%d N=%d K=%d (T %% 4, K %% 512, N %% 4)",
+                            T, N, K);
+    }
+    lt_plan_t *p = NULL;
+    int rc = lt_plan_get(h, T, K, N, ws, xs_mn, &p, err);
+    if (rc != KIMI_OK) {
+        return rc;
+    }
+    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ws, sizeof(ws)), err);
+    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs_mn, sizeof(xs_mn)), err);
+    const float alpha = 1.f, beta = 0.f;
+    KIMI_LT_TRY(cublasLtMatmul(h->lt, p->op, &alpha, w, p->a, xq, p->b, &beta, y, p->d, y, p->d,
+                               &p->algo, h->ws, h->ws_bytes, s), err);
+    return KIMI_OK;
+}

@@ -1,0 +1,130 @@
+/*
+ * Shared device helpers for kernels/ (.cu files) (C++ only, never included by C).
+ *
+ * Owns:   KIMI_CUDA_TRY, bf16/fp8 conversions, warp reductions, the bf16
+ *         tensor-core fragment (mma.sync m16n8k16; the e4m3 one lives in
+ *         fp8_tile.cuh) and the cp.async helpers.
+ * Never:  allocates, synchronizes, or holds state.
+ */
+
+#ifndef KIMI_CUDA_CUH
+#define KIMI_CUDA_CUH
+
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <stdint.h>
+
+extern "C" {
+#include "../engine/common/kimi_err.h"
+}
+
+#define KIMI_CUDA_TRY(call, err)                                              \
+    do {                                                                      \
+        cudaError_t  e_ = (call);                                             \
+        if (e_ != cudaSuccess) {                                              \
+            return kimi_err_set(err, KIMI_ECUDA, "%s:%d: %s: %s", __FILE__,   \
+                                __LINE__, #call, cudaGetErrorString(e_));     \
+        }                                                                     \
+    } while (0)
+
+/* After every launch: the launch error, and in a debug build (-DKIMI_CUDA_SYNC)
+ * the kernel's own fault, pinned to this line. */
+#ifdef KIMI_CUDA_SYNC
+#define KIMI_CUDA_LAUNCHED(stream, err)                                       \
+    do {                                                                      \
+        KIMI_CUDA_TRY(cudaGetLastError(), err);                               \
+        KIMI_CUDA_TRY(cudaStreamSynchronize(stream), err);                    \
+    } while (0)
+#else
+#define KIMI_CUDA_LAUNCHED(stream, err) KIMI_CUDA_TRY(cudaGetLastError(), err)
+#endif
+
+#define KIMI_FP8_MAX 448.0f
+
+static __device__ __forceinline__ float kimi_bf2f(uint16_t v)
+{
+    return __uint_as_float((uint32_t) v << 16);
+}
+
+/* Round to nearest even, NaN kept NaN. */
+static __device__ __forceinline__ uint16_t kimi_f2bf(float f)
+{
+    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+
+static __device__ __forceinline__ float kimi_fp82f(uint8_t v)
+{
+    __nv_fp8_e4m3 q;
+    q.__x = v;
+    return (float) q;
+}
+
+/* Saturating: |x| > 448 becomes +-448, as torch's e4m3 cast of a scaled
+ * group never exceeds 448 anyway. */
+static __device__ __forceinline__ uint8_t kimi_f2fp8(float f)
+{
+    return (uint8_t) __nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E4M3);
+}
+
+static __device__ __forceinline__ float kimi_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    }
+    return v;
+}
+
+static __device__ __forceinline__ float kimi_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    }
+    return v;
+}
+
+/* D[16x8] += A[16x16] * B[16x8], bf16 in, fp32 accumulate (same lane map
+ * with 2 elements per register: a0 A[g][2t..], a1 A[g+8][2t..], a2
+ * A[g][8+2t..], a3 A[g+8][8+2t..]; b0 B[2t..][g], b1 B[8+2t..][g]). */
+static __device__ __forceinline__ void kimi_mma_bf16(float d[4], uint32_t a0,
+    uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1)
+{
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* Streaming 16-byte load that should not stay in L1 (weights are read once). */
+static __device__ __forceinline__ uint4 kimi_ld_stream(const void *p)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+static __device__ __forceinline__ uint32_t kimi_smem_addr(const void *p)
+{
+    return (uint32_t) __cvta_generic_to_shared(p);
+}
+
+static __device__ __forceinline__ void kimi_cp_async16(void *smem, const void *gmem)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n"
+                 :: "r"(kimi_smem_addr(smem)), "l"(gmem));
+}
+
+static __device__ __forceinline__ void kimi_cp_async_commit(void)
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N>
+static __device__ __forceinline__ void kimi_cp_async_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+}
+
+#endif

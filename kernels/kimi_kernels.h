@@ -1,0 +1,252 @@
+/*
+ * CUDA kernels for Kimi-K2 (DeepSeek-V3 architecture) on Hopper, C entry points.
+ *
+ * Owns:   the launchers of every kernel family in kernels/ (.cu files): their
+ *         preconditions, grid choice and the layouts they read and write.
+ * Never:  allocates device memory, synchronizes, or keeps state between
+ *         calls (except kimi_cublaslt_t, created once): callers pass every
+ *         buffer and workspace, so a decode step can be captured in a graph.
+ *
+ * Notation (reference/gpu-anchors.md): Y[T,N] = X[T,K] * W[N,K]^T, T tokens,
+ * row-major, last dim contiguous.  bf16 is stored as uint16_t, fp8 e4m3 as
+ * uint8_t.  FP8 weights carry one fp32 dequantisation multiplier per 128x128
+ * block (checkpoint "weight_scale_inv" [ceil(N/128)][K/128]); FP8 activations
+ * one per 1x128 group: s = max(amax, 1e-4) / 448, q = e4m3(x / s).
+ *
+ * Every entry returns KIMI_OK or a negative kimi_err_t code with the message
+ * (KIMI_EINVAL names the bad shape, KIMI_ECUDA the call, file and line).
+ */
+
+#ifndef KIMI_KERNELS_H
+#define KIMI_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+
+#include "../engine/common/kimi_err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef uint16_t kimi_bf16_t;
+
+/* ---- norm.cu --------------------------------------------------------- */
+
+/* y[t,:] = bf16(x[t,:] * rsqrt(mean(x^2) + eps) * w); D % 8 == 0. */
+int kimi_rmsnorm_bf16(const kimi_bf16_t *x, const kimi_bf16_t *w,
+                      kimi_bf16_t *y, int T, int D, float eps,
+                      cudaStream_t s, kimi_err_t *err);
+
+/* res[t,:] += x[t,:] (stored back, bf16), then y = rmsnorm(res) as above. */
+int kimi_rmsnorm_residual_bf16(const kimi_bf16_t *x, kimi_bf16_t *res,
+                               const kimi_bf16_t *w, kimi_bf16_t *y,
+                               int T, int D, float eps,
+                               cudaStream_t s, kimi_err_t *err);
+
+/* ---- rope.cu --------------------------------------------------------- */
+
+#define KIMI_ROPE_MAX_PAIRS 64
+
+typedef struct {
+    int    rot_dim;                          /* 64 for Kimi-K2 */
+    float  mscale;                           /* cos/sin amplitude (1.0 for K2) */
+    float  inv_freq[KIMI_ROPE_MAX_PAIRS];    /* rot_dim / 2 used */
+} kimi_rope_t;
+
+/* Host: YaRN frequencies (DeepSeek-V3 precompute_freqs_cis); factor <= 1
+ * gives plain RoPE.  No device work. */
+int kimi_rope_yarn_init(kimi_rope_t *r, int rot_dim, double theta,
+                        double factor, int orig_max_pos, double beta_fast,
+                        double beta_slow, double mscale,
+                        double mscale_all_dim, kimi_err_t *err);
+
+/* In place, interleaved pairs (x[2i], x[2i+1]) rotated by pos[t]*inv_freq[i]:
+ * q[t*q_ld + h*q_hd + i] for h < n_heads (q may be NULL), k[t*k_ld + i]
+ * (k may be NULL). */
+int kimi_rope_bf16(kimi_bf16_t *q, int q_ld, int q_hd, int n_heads,
+                   kimi_bf16_t *k, int k_ld, const int32_t *pos, int T,
+                   const kimi_rope_t *r, cudaStream_t s, kimi_err_t *err);
+
+/* ---- quant.cu -------------------------------------------------------- */
+
+/* xq[t,k] = e4m3(x[t,k] / s[t,k/128]); K % 128 == 0.
+ * scale_mn_major = 0: scales[t*(K/128) + kb]; 1: scales[kb*ld_scale + t]
+ * (cuBLASLt VEC128 layout, ld_scale >= T, rows T..ld_scale-1 untouched). */
+int kimi_fp8_quant_1x128(const kimi_bf16_t *x, int ldx, int T, int K,
+                         uint8_t *xq, float *scales, int scale_mn_major,
+                         int ld_scale, cudaStream_t s, kimi_err_t *err);
+
+/* ---- gemm_fp8.cu ----------------------------------------------------- */
+
+/* Decode-size FP8 block-scaled GEMM on the tensor cores (mma.sync), weights
+ * streamed once: Y[T,N] = (xq*xs)[T,K] * (w*ws)[N,K]^T, fp32 accumulate,
+ * y bf16 (ldy >= N).  xs token-major [T][K/128]; N % 32 == 0, K % 128 == 0.
+ * Split-K inside the block (8 warps per 32 rows).  Faster than cuBLASLt up
+ * to T = 16 (measured, bench/RESULTS.md); use cuBLASLt above.  Correct for
+ * any T. */
+int kimi_fp8_gemm_nt(const uint8_t *xq, const float *xs, int T, int K,
+                     const uint8_t *w, const float *ws, int N,
+                     kimi_bf16_t *y, int ldy, cudaStream_t s, kimi_err_t *err);
+
+/* Prefill-size GEMM through cuBLASLt block scaling (A = W BLK128x128,
+ * B = X VEC128).  T % 4 == 0 (pad), xs MN-major [K/128][T], y bf16 [T][N]. */
+typedef struct kimi_cublaslt kimi_cublaslt_t;
+
+int  kimi_cublaslt_create(kimi_cublaslt_t **out, void *workspace,
+                          size_t workspace_bytes, kimi_err_t *err);
+void kimi_cublaslt_destroy(kimi_cublaslt_t *h);
+int  kimi_fp8_gemm_nt_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
+                               const float *xs_mn, int T, int K,
+                               const uint8_t *w, const float *ws, int N,
+                               kimi_bf16_t *y, cudaStream_t s,
+                               kimi_err_t *err);
+
+/* ---- router.cu ------------------------------------------------------- */
+
+/* logits[t,e] = sum_d x[t,d] * w[e,d], fp32 accumulate; D % 1024 == 0. */
+int kimi_moe_router_logits(const kimi_bf16_t *x, const kimi_bf16_t *w,
+                           float *logits, int T, int D, int E,
+                           cudaStream_t s, kimi_err_t *err);
+
+/* s = sigmoid(logit); selection by s + bias (bias may be NULL), limited to the
+ * topk_group best groups (group score = sum of its 2 best, n_group groups of
+ * E/n_group; n_group 1 = no limit); idx[t,k] in descending selection order,
+ * exact ties to the lower index; w[t,k] = s[idx] (normalised to sum 1 when
+ * norm != 0) * scale.  E <= 1024, top_k <= 16. */
+int kimi_moe_router_select(const float *logits, const float *bias, int T,
+                           int E, int top_k, int n_group, int topk_group,
+                           int norm, float scale, int32_t *idx, float *w,
+                           cudaStream_t s, kimi_err_t *err);
+
+/* ---- moe.cu ---------------------------------------------------------- */
+
+/*
+ * Expert-major plan ("permute") of one MoE layer for T tokens (decode sizes:
+ * T * top_k * 4 bytes must fit shared memory, T <= ~6000):
+ * slot = one expert's share of the work.  The shared expert (id E) comes
+ * first, in slots of at most KIMI_MOE_SLOT_TOKENS tokens; then the routed
+ * experts in ascending id, each with its tokens in ascending order.  Rows of
+ * a routed expert are contiguous from slot_row0; token of row r is
+ * row_token[r]; pair (t, j) sits at row row_of_pair[t*top_k + j] (-1 if its
+ * id was out of range), the shared row of token t is T*top_k + t.
+ */
+#define KIMI_MOE_SLOT_TOKENS 32
+
+typedef struct {
+    int32_t *slot_expert;    /* [max_slots] expert id (E = shared), -1 unused */
+    int32_t *slot_row0;      /* [max_slots] first row */
+    int32_t *slot_rows;      /* [max_slots] rows (0 = unused slot) */
+    int32_t *row_token;      /* [rows] */
+    int32_t *row_of_pair;    /* [T*top_k] routed rows; shared row = T*top_k + t */
+    float   *h;              /* [rows][I] fp32 silu(gate)*up */
+    uint8_t *hq;             /* [rows][I] e4m3 h (large batches) */
+    float   *hs;             /* [rows][I/128] its scales */
+    float   *y;              /* [rows][D] fp32 expert outputs (unweighted) */
+} kimi_moe_ws_t;
+
+/* Sizes for kimi_moe_ws_t: slots, rows, and the bytes of one workspace
+ * laid out by kimi_moe_ws_carve. */
+int    kimi_moe_max_slots(int T, int top_k, int E, int shared);
+int    kimi_moe_rows(int T, int top_k, int shared);
+size_t kimi_moe_ws_bytes(int T, int top_k, int E, int shared, int D, int I);
+void   kimi_moe_ws_carve(kimi_moe_ws_t *ws, void *base, int T, int top_k,
+                         int E, int shared, int D, int I);
+
+int kimi_moe_plan(const int32_t *topk_idx, int T, int top_k, int E,
+                  int shared, const kimi_moe_ws_t *ws, cudaStream_t s,
+                  kimi_err_t *err);
+
+/* Expert weight tables: device arrays of device pointers, indexed by expert
+ * id 0..E-1, then E for the shared expert. */
+typedef struct {
+    const uint8_t *const *gate;   /* [I][D] e4m3 */
+    const float   *const *gate_s; /* [I/128][D/128] */
+    const uint8_t *const *up;
+    const float   *const *up_s;
+    const uint8_t *const *down;   /* [D][I] e4m3 */
+    const float   *const *down_s; /* [D/128][I/128] */
+} kimi_experts_t;
+
+/* h[r,:] = silu(xq[tok]*W_gate^T) * (xq[tok]*W_up^T) for every row of every
+ * slot; xq/xs the layer input quantised per token (xs token-major). Masked:
+ * grid covers max_slots, unused slots exit.  I % 64 == 0, D % 128 == 0. */
+int kimi_moe_gate_up(const uint8_t *xq, const float *xs, int T, int D, int I,
+                     int max_slots, const kimi_experts_t *ex,
+                     const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err);
+
+/* y[r,:] = e4m3_1x128(h[r,:]) * W_down^T: h is re-quantised to FP8 1x128
+ * (T <= 16: in shared memory as each block loads it; larger T: once per row
+ * by a small kernel into ws->hq/hs).  D % 128 == 0, I % 128 == 0.  T and
+ * top_k as given to kimi_moe_plan. */
+int kimi_moe_down(int T, int top_k, int D, int I, int max_slots,
+                  const kimi_experts_t *ex, const kimi_moe_ws_t *ws,
+                  cudaStream_t s, kimi_err_t *err);
+
+/* "Unpermute": out[t,:] = bf16(sum_k w[t,k] * y[row_of_pair[t,k]] +
+ * (shared ? y[T*top_k + t] : 0)). */
+int kimi_moe_combine(const kimi_moe_ws_t *ws, const float *topk_w, int T,
+                     int top_k, int shared, int D, kimi_bf16_t *out,
+                     cudaStream_t s, kimi_err_t *err);
+
+/* ---- mla.cu ---------------------------------------------------------- */
+
+/*
+ * Absorbed MLA decode, one query token per sequence, H heads, over the paged
+ * latent cache: token p of sequence b is row p % bs of block
+ * block_table[b*bt_ld + p/bs]; a row is 576 values: c[512] then k_pe[64].
+ * bf16 cache: kv[block][bs][576].  fp8 cache: kv8[block][bs][576] e4m3 with
+ * one fp32 multiplier kv_scale[block][bs].
+ *   score[b,h,p] = scale * (q[b,h,0:512].c_p + q[b,h,512:576].kpe_p)
+ *   o[b,h,:]     = sum_p softmax_p(score) c_p                    (512, bf16)
+ * q bf16 [B][H][576] (q_nope already absorbed through W_UK, q_pe rotated).
+ * H % 16 == 0, H <= 64.  Work is split over the context; partial results go
+ * to ws (kimi_mla_ws_bytes) and a second kernel merges them.
+ */
+size_t kimi_mla_ws_bytes(int B, int H, int n_splits);
+int    kimi_mla_n_splits(int B, int max_ctx, int n_sm);
+int kimi_mla_decode(const kimi_bf16_t *q, int B, int H,
+                    const void *kv, const float *kv_scale, int kv_fp8,
+                    int bs, const int32_t *block_table, int bt_ld,
+                    const int32_t *seq_len, int n_splits, float scale,
+                    void *ws, kimi_bf16_t *o, cudaStream_t s, kimi_err_t *err);
+
+/* ---- mla_prefill.cu ---------------------------------------------------- */
+
+/* Causal MLA prefill in the expanded form: q [T][H][192], k [S][H][192],
+ * v [S][H][128], query t at position pos0 + t sees keys s <= pos0 + t
+ * (S <= pos0 + T), o [T][H][128] = softmax(scale * q.k) v.  bf16. */
+int kimi_mla_prefill(const kimi_bf16_t *q, const kimi_bf16_t *k,
+                     const kimi_bf16_t *v, int T, int S, int pos0, int H,
+                     float scale, kimi_bf16_t *o, cudaStream_t s,
+                     kimi_err_t *err);
+
+/* ---- sample.cu ------------------------------------------------------- */
+
+/* out[r] = argmax_v logits[r*ld + v], ties to the lower id. */
+int kimi_sample_greedy(const float *logits, int rows, int vocab, int ld,
+                       int32_t *out, cudaStream_t s, kimi_err_t *err);
+
+/* ---- util.cu --------------------------------------------------------- */
+
+/* Deterministic pseudo-random fill for tests and dummy weights (never
+ * zeros): bf16 / fp32 uniform in [lo, hi), e4m3 from N(0,1)-like values
+ * scaled into range, all finite. */
+int kimi_fill_bf16(kimi_bf16_t *p, size_t n, uint64_t seed, float lo,
+                   float hi, cudaStream_t s, kimi_err_t *err);
+int kimi_fill_f32(float *p, size_t n, uint64_t seed, float lo, float hi,
+                  cudaStream_t s, kimi_err_t *err);
+int kimi_fill_fp8(uint8_t *p, size_t n, uint64_t seed, cudaStream_t s,
+                  kimi_err_t *err);
+
+/* dst = src, n % 16 == 0: a 16-byte streaming copy used as a bandwidth
+ * floor by the benchmarks. */
+int kimi_copy_d2d(void *dst, const void *src, size_t n, cudaStream_t s,
+                  kimi_err_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,397 @@
+/*
+ * Absorbed MLA decode over the paged 576-wide latent cache (bf16 or fp8).
+ *
+ *   score[b,h,p] = scale * (q[b,h,:512] . c_p + q[b,h,512:] . kpe_p)
+ *   o[b,h,:]     = sum_p softmax_p(score[b,h,:]) * c_p            (512 wide)
+ *
+ * Layout:  q bf16 [B][H][576]; cache rows of 576 (c[512] | k_pe[64]),
+ *          bf16 [blocks][bs][576] or e4m3 [blocks][bs][576] with fp32
+ *          kv_scale[blocks][bs]; token p of sequence b is row p % bs of block
+ *          block_table[b*bt_ld + p/bs]; o bf16 [B][H][512].
+ * Work:    grid (split, b): a block streams its share of the context in tiles
+ *          of 32 tokens (cp.async, double-buffered) and serves ALL H heads
+ *          from one read of each tile, so the cache is read once.
+ *          16 warps: S = Q K^T (H x 32, mma.sync bf16, K split in halves),
+ *          online softmax (exp2),
+ *          O += P V (H x 512, V = c); partial (O, m, l) per split go to ws and
+ *          mla_combine_kernel merges them.
+ * Cost:    bytes = sum_b ctx_b * 1152 (bf16) or 580 (fp8 + scale);
+ *          FLOPs = 2 * H * ctx * (576 + 512) per sequence: 121 FLOP/byte at
+ *          H = 64 on bf16, under the H100's ridge, so memory bound:
+ *          floor = KV bytes / copy bandwidth (+ q, o and the split partials).
+ * Twin:    kimi_mla_decode_absorbed() in engine/backend/cpu/ops.h (fp8:
+ *          value = e4m3 * per-token scale, the twin's kimi_kv_read).
+ */
+
+#include "kimi_cuda.cuh"
+#include "kimi_kernels.h"
+
+#define MLA_D      576
+#define MLA_DV     512
+#define MLA_LD     584            /* smem row stride (bf16): 1168 B = 73 x 16 B, odd, so
+                                     8 consecutive rows of an ldmatrix hit 8 bank groups */
+#define MLA_TILE   32
+#define MLA_PLD    40             /* P row stride (bf16): 80 B = 5 x 16 B, odd */
+#define MLA_SLD    33
+#define MLA_THREADS 512         /* 16 warps: at 8 the SM had 0.37 eligible warps per
+                                     scheduler (ncu: fixed-latency and MIO stalls) */
+#define LOG2E      1.4426950408889634f
+
+static __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(kimi_smem_addr(p)));
+}
+
+static __device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(kimi_smem_addr(p)));
+}
+
+struct mla_smem {
+    uint16_t q[64 * MLA_LD];                  // [H, 576] (+pad)
+    uint16_t kv[2][MLA_TILE * MLA_LD];        // [2][32 tokens, 576]
+    uint8_t  kv8[2][MLA_TILE * MLA_D];        // fp8 staging [2][32, 576]
+    float    kvs[2][MLA_TILE];                // fp8 per-token scales
+    float    s[2][64 * MLA_SLD];              // [K half][H, 32] partial scores (log2 units)
+    uint16_t p[64 * MLA_PLD];                 // [H, 32] probabilities, bf16
+    float    alpha[64];                       // per-head rescale of O this tile
+    float    m[64], l[64];
+};
+
+/* Issues the copies of tile `tile` of sequence b into buffer buf. Rows past
+ * the sequence are zeroed (their probability is 0, and 0 * garbage could be
+ * NaN). */
+template <bool FP8>
+static __device__ __forceinline__ void
+mla_load_tile(mla_smem &sm, int buf, int tile, int len, const void *kv,
+              const float *kv_scale, int bs, const int32_t *bt)
+{
+    const int p0 = tile * MLA_TILE;
+    const int per_row = FP8 ? MLA_D / 16 : MLA_D * 2 / 16;   /* 36 or 72 chunks */
+    for (int c = threadIdx.x; c < MLA_TILE * per_row; c += MLA_THREADS) {
+        const int r = c / per_row, k = c % per_row;
+        const int p = p0 + r;
+        if (p < len) {
+            const size_t row = (size_t) bt[p / bs] * bs + p % bs;
+            if (FP8) {
+                kimi_cp_async16(&sm.kv8[buf][r * MLA_D + k * 16],
+                                (const uint8_t *) kv + row * MLA_D + k * 16);
+            } else {
+                kimi_cp_async16(&sm.kv[buf][r * MLA_LD + k * 8],
+                                (const uint16_t *) kv + row * MLA_D + k * 8);
+            }
+        } else if (FP8) {
+            *(uint4 *) &sm.kv8[buf][r * MLA_D + k * 16] = make_uint4(0, 0, 0, 0);
+        } else {
+            *(uint4 *) &sm.kv[buf][r * MLA_LD + k * 8] = make_uint4(0, 0, 0, 0);
+        }
+    }
+    if (FP8 && threadIdx.x < MLA_TILE) {
+        const int p = p0 + threadIdx.x;
+        sm.kvs[buf][threadIdx.x] = p < len ? kv_scale[(size_t) bt[p / bs] * bs + p % bs] : 0.f;
+    }
+}
+
+template <bool FP8>
+static __global__ void __launch_bounds__(MLA_THREADS, 1)
+mla_decode_kernel(const uint16_t *__restrict__ q, int H, const void *__restrict__ kv,
+                  const float *__restrict__ kv_scale, int bs,
+                  const int32_t *__restrict__ block_table, int bt_ld,
+                  const int32_t *__restrict__ seq_len, int n_splits, float scale2,
+                  float *__restrict__ opart,      // [B][splits][H][512]
+                  float *__restrict__ mlpart)     // [B][splits][H][2]
+{
+    extern __shared__ __align__(16) uint8_t smem_raw[];
+    mla_smem &sm = *(mla_smem *) smem_raw;
+    const int split = blockIdx.x, b = blockIdx.y;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int MT = H / 16;
+    const int len = seq_len[b];
+    const int ntiles = (len + MLA_TILE - 1) / MLA_TILE;
+    const int per = (ntiles + n_splits - 1) / n_splits;
+    const int t0 = split * per, t1 = min(ntiles, t0 + per);
+    const int32_t *bt = block_table + (size_t) b * bt_ld;
+
+    /* q -> smem */
+    for (int c = threadIdx.x; c < H * (MLA_D / 8); c += MLA_THREADS) {
+        const int h = c / (MLA_D / 8), k = c % (MLA_D / 8);
+        kimi_cp_async16(&sm.q[h * MLA_LD + k * 8], q + ((size_t) b * H + h) * MLA_D + k * 8);
+    }
+    if (threadIdx.x < 64) {
+        sm.m[threadIdx.x] = -INFINITY;
+        sm.l[threadIdx.x] = 0.f;
+    }
+    if (t0 < t1) {
+        mla_load_tile<FP8>(sm, 0, t0, len, kv, kv_scale, bs, bt);
+    }
+    kimi_cp_async_commit();
+
+    float acc[4][4][4];           /* O[m-tile][n-tile of this warp's 32 columns][frag] */
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
+
+    for (int tile = t0; tile < t1; tile++) {
+        const int buf = (tile - t0) & 1;
+        if (tile + 1 < t1) {
+            mla_load_tile<FP8>(sm, buf ^ 1, tile + 1, len, kv, kv_scale, bs, bt);
+        }
+        kimi_cp_async_commit();
+        kimi_cp_async_wait<1>();
+        __syncthreads();
+        uint16_t *kvt = sm.kv[buf];
+        if (FP8) {
+            /* dequantise into the bf16 tile: value * per-token scale */
+            for (int c = threadIdx.x; c < MLA_TILE * MLA_D / 4; c += MLA_THREADS) {
+                const int r = c / (MLA_D / 4), k = (c % (MLA_D / 4)) * 4;
+                const uint32_t v = *(const uint32_t *) &sm.kv8[buf][r * MLA_D + k];
+                const float sc = sm.kvs[buf][r];
+                uint2 o;
+                o.x = (uint32_t) kimi_f2bf(kimi_fp82f(v & 0xff) * sc)
+                      | (uint32_t) kimi_f2bf(kimi_fp82f((v >> 8) & 0xff) * sc) << 16;
+                o.y = (uint32_t) kimi_f2bf(kimi_fp82f((v >> 16) & 0xff) * sc)
+                      | (uint32_t) kimi_f2bf(kimi_fp82f(v >> 24) * sc) << 16;
+                *(uint2 *) &kvt[r * MLA_LD + k] = o;
+            }
+            __syncthreads();
+        }
+
+        /* S = Q K^T: warp -> m-tile (warp & 3), tokens 16*((warp >> 2) & 1) .. +15,
+         * half (warp >> 3) of the 576 dims; the halves are summed in the softmax */
+        {
+            const int mt = warp & 3, nb = ((warp >> 2) & 1) * 16, kh = warp >> 3;
+            if (mt < MT) {
+                float s0[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+                float s1[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+                const int mi = lane >> 3, mr = lane & 7;
+                const int kb = kh * (MLA_D / 2);
+#pragma unroll 3
+                for (int k0 = kb; k0 < kb + MLA_D / 2; k0 += 32) {
+#pragma unroll
+                    for (int u = 0; u < 2; u++) {
+                        uint32_t a[4], bb[4];
+                        const int kk = k0 + u * 16;
+                        ldsm_x4(a, &sm.q[(mt * 16 + (lane & 15)) * MLA_LD + kk + (lane >> 4) * 8]);
+                        ldsm_x4(bb, &kvt[(nb + (mi >> 1) * 8 + mr) * MLA_LD + kk + (mi & 1) * 8]);
+                        kimi_mma_bf16(s0[u], a[0], a[1], a[2], a[3], bb[0], bb[1]);
+                        kimi_mma_bf16(s1[u], a[0], a[1], a[2], a[3], bb[2], bb[3]);
+                    }
+                }
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    s0[0][e] += s0[1][e];
+                    s1[0][e] += s1[1][e];
+                }
+                const int p0 = tile * MLA_TILE + nb;
+                float *srow0 = &sm.s[kh][(mt * 16 + g) * MLA_SLD + nb];
+                float *srow1 = &sm.s[kh][(mt * 16 + g + 8) * MLA_SLD + nb];
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int c0 = 2 * t + e, c1 = 8 + 2 * t + e;
+                    srow0[c0] = p0 + c0 < len ? s0[0][e] * scale2 : -INFINITY;
+                    srow1[c0] = p0 + c0 < len ? s0[0][2 + e] * scale2 : -INFINITY;
+                    srow0[c1] = p0 + c1 < len ? s1[0][e] * scale2 : -INFINITY;
+                    srow1[c1] = p0 + c1 < len ? s1[0][2 + e] * scale2 : -INFINITY;
+                }
+            }
+        }
+        __syncthreads();
+        /* online softmax: 4 lanes per head, 8 tokens each */
+        if (threadIdx.x < 4 * H) {
+            const int h = threadIdx.x >> 2, qd = threadIdx.x & 3;
+            const float *sr = &sm.s[0][h * MLA_SLD + qd * 8];
+            const float *sr2 = &sm.s[1][h * MLA_SLD + qd * 8];
+            float v[8], mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                v[j] = sr[j] + sr2[j];   /* -inf + -inf for dead tokens */
+                mx = fmaxf(mx, v[j]);
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mold = sm.m[h];
+            mx = fmaxf(mx, mold);   /* finite: every tile holds a live token */
+            float sum = 0.f;
+            uint32_t pk[4];
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                const uint16_t p0 = kimi_f2bf(exp2f(v[j] - mx)), p1 = kimi_f2bf(exp2f(v[j + 1] - mx));
+                sum += kimi_bf2f(p0) + kimi_bf2f(p1);   /* l sums what P V multiplies */
+                pk[j / 2] = (uint32_t) p0 | (uint32_t) p1 << 16;
+            }
+            *(uint4 *) &sm.p[h * MLA_PLD + qd * 8] = make_uint4(pk[0], pk[1], pk[2], pk[3]);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            __syncwarp();
+            if (qd == 0) {
+                const float al = exp2f(mold - mx);
+                sm.l[h] = sm.l[h] * al + sum;
+                sm.m[h] = mx;
+                sm.alpha[h] = al;
+            }
+        }
+        __syncthreads();
+        /* O = O * alpha + P V: warp owns columns 32*warp .. +31 */
+        {
+            const int n0 = warp * 32;
+#pragma unroll
+            for (int mt = 0; mt < 4; mt++) {
+                if (mt < MT) {
+                    const float a0 = sm.alpha[mt * 16 + g], a1 = sm.alpha[mt * 16 + g + 8];
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        acc[mt][j][0] *= a0;
+                        acc[mt][j][1] *= a0;
+                        acc[mt][j][2] *= a1;
+                        acc[mt][j][3] *= a1;
+                    }
+                }
+            }
+            const int mi = lane >> 3, mr = lane & 7;
+#pragma unroll
+            for (int k0 = 0; k0 < MLA_TILE; k0 += 16) {
+                uint32_t bv[2][4];
+#pragma unroll
+                for (int jj = 0; jj < 2; jj++) {
+                    ldsm_x4_t(bv[jj], &kvt[(k0 + (mi & 1) * 8 + mr) * MLA_LD + n0 + jj * 16 + (mi >> 1) * 8]);
+                }
+#pragma unroll
+                for (int mt = 0; mt < 4; mt++) {
+                    if (mt < MT) {
+                        uint32_t a[4];
+                        ldsm_x4(a, &sm.p[(mt * 16 + (lane & 15)) * MLA_PLD + k0 + (lane >> 4) * 8]);
+#pragma unroll
+                        for (int jj = 0; jj < 2; jj++) {
+                            kimi_mma_bf16(acc[mt][2 * jj], a[0], a[1], a[2], a[3], bv[jj][0], bv[jj][1]);
+                            kimi_mma_bf16(acc[mt][2 * jj + 1], a[0], a[1], a[2], a[3], bv[jj][2], bv[jj][3]);
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();   /* buffer buf is refilled by the next iteration's load */
+    }
+    kimi_cp_async_wait<0>();
+
+    /* partials: unnormalised O, m, l */
+    const size_t base = ((size_t) b * n_splits + split) * H;
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++) {
+        if (mt < MT) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int col = warp * 32 + j * 8 + 2 * t;
+                float *o0 = opart + (base + mt * 16 + g) * MLA_DV + col;
+                float *o1 = opart + (base + mt * 16 + g + 8) * MLA_DV + col;
+                *(float2 *) o0 = make_float2(acc[mt][j][0], acc[mt][j][1]);
+                *(float2 *) o1 = make_float2(acc[mt][j][2], acc[mt][j][3]);
+            }
+        }
+    }
+    if (threadIdx.x < H) {
+        mlpart[(base + threadIdx.x) * 2] = sm.m[threadIdx.x];
+        mlpart[(base + threadIdx.x) * 2 + 1] = sm.l[threadIdx.x];
+    }
+}
+
+/* o[b,h,:] = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s */
+static __global__ void
+mla_combine_kernel(const float *__restrict__ opart, const float *__restrict__ mlpart,
+                   int H, int n_splits, uint16_t *__restrict__ o)
+{
+    const int b = blockIdx.x, h = blockIdx.y;
+    float M = -INFINITY;
+    for (int s = 0; s < n_splits; s++) {
+        const float *ml = mlpart + (((size_t) b * n_splits + s) * H + h) * 2;
+        if (ml[1] > 0.f) {
+            M = fmaxf(M, ml[0]);
+        }
+    }
+    float L = 0.f;
+    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int s = 0; s < n_splits; s++) {
+        const size_t idx = ((size_t) b * n_splits + s) * H + h;
+        const float2 ml = *(const float2 *) (mlpart + idx * 2);
+        const float4 v = *(const float4 *) (opart + idx * MLA_DV + threadIdx.x * 4);
+        /* empty splits have l = 0 and O = 0: weight 0, never NaN */
+        const float f = ml.y > 0.f ? exp2f(ml.x - M) : 0.f;
+        L += f * ml.y;
+        a.x += f * v.x;
+        a.y += f * v.y;
+        a.z += f * v.z;
+        a.w += f * v.w;
+    }
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    uint2 out;
+    out.x = (uint32_t) kimi_f2bf(a.x * inv) | (uint32_t) kimi_f2bf(a.y * inv) << 16;
+    out.y = (uint32_t) kimi_f2bf(a.z * inv) | (uint32_t) kimi_f2bf(a.w * inv) << 16;
+    *(uint2 *) (o + ((size_t) b * H + h) * MLA_DV + threadIdx.x * 4) = out;
+}
+
+extern "C" size_t
+kimi_mla_ws_bytes(int B, int H, int n_splits)
+{
+    return (size_t) B * n_splits * H * (MLA_DV + 2) * sizeof(float);
+}
+
+/* One wave: at most n_sm blocks in all (the kernel holds one block per SM),
+ * and at least 4 tiles (128 tokens) per split so the fp32 partials (128 KB
+ * per block) stay small next to the cache bytes a split reads. */
+extern "C" int
+kimi_mla_n_splits(int B, int max_ctx, int n_sm)
+{
+    const int tiles = (max_ctx + MLA_TILE - 1) / MLA_TILE;
+    int s = n_sm / (B > 0 ? B : 1);
+    if (s > tiles / 4) {
+        s = tiles / 4;
+    }
+    return s < 1 ? 1 : s;
+}
+
+extern "C" int
+kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
+                const float *kv_scale, int kv_fp8, int bs,
+                const int32_t *block_table, int bt_ld, const int32_t *seq_len,
+                int n_splits, float scale, void *ws, kimi_bf16_t *o,
+                cudaStream_t s, kimi_err_t *err)
+{
+    if (q == NULL || kv == NULL || block_table == NULL || seq_len == NULL || ws == NULL
+        || o == NULL || B <= 0 || H <= 0 || H % 16 != 0 || H > 64 || bs <= 0
+        || bt_ld <= 0 || n_splits <= 0 || (kv_fp8 && kv_scale == NULL)) {
+        return kimi_err_set(err, KIMI_EINVAL,
+                            "mla_decode: B=%d H=%d bs=%d bt_ld=%d splits=%d fp8=%d (H %% 16, H <= 64)",
+                            B, H, bs, bt_ld, n_splits, kv_fp8);
+    }
+    if (((uintptr_t) q | (uintptr_t) kv | (uintptr_t) ws) & 15) {
+        return kimi_err_set(err, KIMI_EINVAL, "mla_decode: q, kv or ws not 16-byte aligned");
+    }
+    float *opart = (float *) ws;
+    float *mlpart = opart + (size_t) B * n_splits * H * MLA_DV;
+    const size_t smem = sizeof(mla_smem);
+    dim3 grid(n_splits, B);
+    const float scale2 = scale * LOG2E;
+    if (kv_fp8) {
+        KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_kernel<true>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem), err);
+        mla_decode_kernel<true><<<grid, MLA_THREADS, smem, s>>>(q, H, kv, kv_scale, bs, block_table,
+                                                                bt_ld, seq_len, n_splits, scale2,
+                                                                opart, mlpart);
+    } else {
+        KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_kernel<false>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem), err);
+        mla_decode_kernel<false><<<grid, MLA_THREADS, smem, s>>>(q, H, kv, kv_scale, bs, block_table,
+                                                                 bt_ld, seq_len, n_splits, scale2,
+                                                                 opart, mlpart);
+    }
+    KIMI_CUDA_LAUNCHED(s, err);
+    mla_combine_kernel<<<dim3(B, H), MLA_DV / 4, 0, s>>>(opart, mlpart, H, n_splits, o);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}

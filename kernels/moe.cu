@@ -1,0 +1,569 @@
+/*
+ * MoE experts for decode: plan (permute), fused gate/up + SiLU, down with
+ * FP8 re-quantisation, and the weighted combine (unpermute).
+ *
+ *   plan:     rows grouped by expert ("slots", masked layout: the grid covers
+ *             the most slots T tokens can touch; empty slots exit at once)
+ *   gate_up:  h[r,i]  = silu(G[r,i]) * U[r,i],  G/U[r,:] = fp8gemm(xq[tok r], W_gate/up[e])
+ *   down:     hq     = e4m3_1x128(h[r,:])  (T <= 16: in shared memory, in each block's
+ *                                           prologue; above: once per row, own kernel)
+ *             y[r,:] = fp8gemm(hq, W_down[e])
+ *   combine:  out[t,:] = sum_k w[t,k] * y[row(t,k),:] + y[shared row(t),:]
+ *
+ * Layout:  xq e4m3 [T][D] + xs [T][D/128] token-major (kimi_fp8_quant_1x128);
+ *          expert weights through kimi_experts_t pointer tables (gate/up
+ *          [I][D], down [D][I], checkpoint 128x128 scales); h fp32 [rows][I],
+ *          y fp32 [rows][D]; rows = T*top_k routed + T shared.
+ * Cost:    bytes = distinct experts touched * 3*I*D (+ shared) + scales; each
+ *          weight byte is streamed once per 32 tokens of its slot
+ *          (fp8_tile.cuh), so decode is bound by HBM: floor = those bytes /
+ *          copy bandwidth.  h and y stay in L2-sized buffers (T*9*(I+D)*4 B).
+ *          FLOPs 2*rows*3*I*D on mma.sync e4m3.
+ * Twin:    kimi_act_quant_fp8, kimi_gemm_fp8a_fp8w, kimi_silu_mul and the
+ *          MoE sum of engine/backend/cpu/ops.h.
+ */
+
+#include "fp8_tile.cuh"
+#include "kimi_kernels.h"
+
+#define MOE_WARPS 4
+#define MOE_PLAN_THREADS 1024
+
+/* ---- sizes ---------------------------------------------------------------- */
+
+extern "C" int
+kimi_moe_max_slots(int T, int top_k, int E, int shared)
+{
+    const int routed = T * top_k < E ? T * top_k : E;
+    return routed + (shared ? (T + KIMI_MOE_SLOT_TOKENS - 1) / KIMI_MOE_SLOT_TOKENS : 0);
+}
+
+extern "C" int
+kimi_moe_rows(int T, int top_k, int shared)
+{
+    return T * top_k + (shared ? T : 0);
+}
+
+static size_t al256(size_t n)
+{
+    return (n + 255) & ~(size_t) 255;
+}
+
+extern "C" size_t
+kimi_moe_ws_bytes(int T, int top_k, int E, int shared, int D, int I)
+{
+    const size_t ms = (size_t) kimi_moe_max_slots(T, top_k, E, shared);
+    const size_t rows = (size_t) kimi_moe_rows(T, top_k, shared);
+    return 3 * al256(ms * 4) + al256(rows * 4) + al256((size_t) T * top_k * 4)
+           + al256(rows * I * 4) + al256(rows * I) + al256(rows * (I / 128) * 4)
+           + al256(rows * D * 4);
+}
+
+extern "C" void
+kimi_moe_ws_carve(kimi_moe_ws_t *ws, void *base, int T, int top_k, int E,
+                  int shared, int D, int I)
+{
+    const size_t ms = (size_t) kimi_moe_max_slots(T, top_k, E, shared);
+    const size_t rows = (size_t) kimi_moe_rows(T, top_k, shared);
+    char *p = (char *) base;
+    ws->slot_expert = (int32_t *) p;  p += al256(ms * 4);
+    ws->slot_row0 = (int32_t *) p;    p += al256(ms * 4);
+    ws->slot_rows = (int32_t *) p;    p += al256(ms * 4);
+    ws->row_token = (int32_t *) p;    p += al256(rows * 4);
+    ws->row_of_pair = (int32_t *) p;  p += al256((size_t) T * top_k * 4);
+    ws->h = (float *) p;              p += al256(rows * I * 4);
+    ws->hq = (uint8_t *) p;           p += al256(rows * I);
+    ws->hs = (float *) p;             p += al256(rows * (I / 128) * 4);
+    ws->y = (float *) p;    /* [rows][D]: the last region, sized by kimi_moe_ws_bytes */
+    (void) D;
+}
+
+/* ---- plan ------------------------------------------------------------------- */
+
+/*
+ * One block.  Thread e owns expert e: it counts its pairs, then (after an
+ * exclusive scan over experts) walks the pairs in order again and appends its
+ * own, so rows of an expert are in token order without a sort.  O(E*T*k)
+ * shared-memory reads, all broadcasts: ~8 us at T = 256, < 1 us at T = 1.
+ */
+static __global__ void __launch_bounds__(MOE_PLAN_THREADS)
+moe_plan_kernel(const int32_t *__restrict__ topk_idx, int T, int top_k, int E,
+                int shared, int max_slots, kimi_moe_ws_t ws)
+{
+    extern __shared__ int sm[];
+    int *ids = sm;                      /* [P] */
+    int *cnt = sm + T * top_k;          /* [E]: count, then row offset */
+    int *act = cnt + E;                 /* [E]: active-slot scan */
+    __shared__ int tot_act;
+    const int P = T * top_k;
+    const int nsh = shared ? (T + KIMI_MOE_SLOT_TOKENS - 1) / KIMI_MOE_SLOT_TOKENS : 0;
+
+    for (int p = threadIdx.x; p < P; p += blockDim.x) {
+        int e = topk_idx[p];
+        ids[p] = (e >= 0 && e < E) ? e : -1;   /* out-of-range ids are dropped */
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int c = 0;
+        for (int p = 0; p < P; p++) {
+            c += ids[p] == e;
+        }
+        cnt[e] = c;
+        act[e] = c > 0;
+    }
+    __syncthreads();
+    /* exclusive scans of counts and of "active" over the experts, one pass
+     * of MOE_PLAN_THREADS-wide chunks (warp shuffles, then warp totals) */
+    {
+        __shared__ int wsum_r[32], wsum_a[32], carry_r, carry_a;
+        const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+        if (threadIdx.x == 0) {
+            carry_r = 0;
+            carry_a = 0;
+        }
+        __syncthreads();
+        for (int base = 0; base < E; base += MOE_PLAN_THREADS) {
+            const int e = base + threadIdx.x;
+            const int c = e < E ? cnt[e] : 0, f = e < E ? act[e] : 0;
+            int ir = c, ia = f;
+            for (int o = 1; o < 32; o <<= 1) {
+                int vr = __shfl_up_sync(0xffffffffu, ir, o), va = __shfl_up_sync(0xffffffffu, ia, o);
+                if (lane >= o) {
+                    ir += vr;
+                    ia += va;
+                }
+            }
+            if (lane == 31) {
+                wsum_r[wid] = ir;
+                wsum_a[wid] = ia;
+            }
+            __syncthreads();
+            if (wid == 0) {
+                int r = wsum_r[lane], a = wsum_a[lane];
+                for (int o = 1; o < 32; o <<= 1) {
+                    int vr = __shfl_up_sync(0xffffffffu, r, o), va = __shfl_up_sync(0xffffffffu, a, o);
+                    if (lane >= o) {
+                        r += vr;
+                        a += va;
+                    }
+                }
+                wsum_r[lane] = r;   /* inclusive over warps */
+                wsum_a[lane] = a;
+            }
+            __syncthreads();
+            const int pr = carry_r + (wid > 0 ? wsum_r[wid - 1] : 0) + ir - c;
+            const int pa = carry_a + (wid > 0 ? wsum_a[wid - 1] : 0) + ia - f;
+            __syncthreads();
+            if (e < E) {
+                cnt[e] = pr;
+                act[e] = pa;
+            }
+            if (threadIdx.x == MOE_PLAN_THREADS - 1) {
+                carry_r = pr + c;
+                carry_a = pa + f;
+                tot_act = pa + f;
+            }
+            __syncthreads();
+        }
+    }
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        const int row0 = cnt[e];
+        int n = 0;
+        for (int p = 0; p < P; p++) {
+            if (ids[p] == e) {
+                ws.row_token[row0 + n] = p / top_k;
+                ws.row_of_pair[p] = row0 + n;
+                n++;
+            }
+        }
+        if (n > 0) {
+            const int s = nsh + act[e];
+            ws.slot_expert[s] = e;
+            ws.slot_row0[s] = row0;
+            ws.slot_rows[s] = n;
+        }
+    }
+    for (int p = threadIdx.x; p < P; p += blockDim.x) {
+        if (ids[p] < 0) {
+            ws.row_of_pair[p] = -1;
+        }
+    }
+    /* shared expert slots first, so their (fuller) blocks start first */
+    for (int c = threadIdx.x; c < nsh; c += blockDim.x) {
+        ws.slot_expert[c] = E;
+        ws.slot_row0[c] = P + c * KIMI_MOE_SLOT_TOKENS;
+        ws.slot_rows[c] = min(KIMI_MOE_SLOT_TOKENS, T - c * KIMI_MOE_SLOT_TOKENS);
+    }
+    if (shared) {
+        for (int t = threadIdx.x; t < T; t += blockDim.x) {
+            ws.row_token[P + t] = t;
+        }
+    }
+    __syncthreads();
+    for (int s = nsh + tot_act + threadIdx.x; s < max_slots; s += blockDim.x) {
+        ws.slot_expert[s] = -1;
+        ws.slot_row0[s] = 0;
+        ws.slot_rows[s] = 0;
+    }
+}
+
+extern "C" int
+kimi_moe_plan(const int32_t *topk_idx, int T, int top_k, int E, int shared,
+              const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
+{
+    if (topk_idx == NULL || ws == NULL || T <= 0 || top_k <= 0 || E <= 0 || E > 4096) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe_plan: T=%d top_k=%d E=%d", T, top_k, E);
+    }
+    const size_t smem = ((size_t) T * top_k + 2 * (size_t) E) * sizeof(int);
+    if (smem > 200 * 1024) {
+        return kimi_err_set(err, KIMI_EINVAL,
+                            "moe_plan: T*top_k=%d too large for one decode plan (prefill uses chunks)",
+                            T * top_k);
+    }
+    KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_plan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int) smem), err);
+    moe_plan_kernel<<<1, MOE_PLAN_THREADS, smem, s>>>(topk_idx, T, top_k, E, shared,
+                                                      kimi_moe_max_slots(T, top_k, E, shared), *ws);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
+/* ---- gate/up + SiLU ------------------------------------------------------- */
+
+/*
+ * Block: 4 warps, 64 intermediate columns of one slot.  A warp's two tile
+ * sets are the SAME 16 columns of W_gate and W_up, so silu(gate)*up is formed
+ * in registers: lane (g,t) holds G and U of columns c0+g, c0+g+8 for tokens
+ * 2t, 2t+1 of each group.
+ */
+template <int NG>
+static __global__ void __launch_bounds__(MOE_WARPS * 32)
+moe_gate_up_kernel(const uint8_t *__restrict__ xq,   // [T, D]
+                   const float *__restrict__ xs,     // [T, D/128]
+                   int D, int I, kimi_experts_t ex, kimi_moe_ws_t ws)
+{
+    const int slot = blockIdx.y;
+    const int rows = ws.slot_rows[slot];
+    if (rows == 0) {
+        return;
+    }
+    const int e = ws.slot_expert[slot], row0 = ws.slot_row0[slot];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int c0 = blockIdx.x * 64 + warp * 16;
+    const int KB = D / 128;
+    const uint8_t *wg = ex.gate[e] + (size_t) (c0 + g) * D;
+    const uint8_t *wu = ex.up[e] + (size_t) (c0 + g) * D;
+    const float *sg = ex.gate_s[e] + (size_t) (c0 / 128) * KB;
+    const float *su = ex.up_s[e] + (size_t) (c0 / 128) * KB;
+    const int32_t *tok = ws.row_token + row0;
+
+    for (int ch = 0; ch < rows; ch += 8 * NG) {
+        const uint8_t *xrow[NG];
+        const float *xs0[NG], *xs1[NG];
+#pragma unroll
+        for (int j = 0; j < NG; j++) {
+            xrow[j] = xq + (size_t) tok[min(ch + j * 8 + g, rows - 1)] * D;
+            xs0[j] = xs + (size_t) tok[min(ch + j * 8 + 2 * t, rows - 1)] * KB;
+            xs1[j] = xs + (size_t) tok[min(ch + j * 8 + 2 * t + 1, rows - 1)] * KB;
+        }
+        float acc[2][NG][4];
+        fp8_tile<NG>(wg, wu, sg, su, (size_t) D, xrow, xs0, xs1,
+                     min(NG, (rows - ch + 7) / 8), acc, 0, KB);
+#pragma unroll
+        for (int j = 0; j < NG; j++) {
+            const int r = ch + j * 8 + 2 * t;
+#pragma unroll
+            for (int q = 0; q < 2; q++) {
+                if (r + q < rows) {
+                    float *hr = ws.h + (size_t) (row0 + r + q) * I + c0 + g;
+                    const float g0 = acc[0][j][q], g1 = acc[0][j][2 + q];
+                    hr[0] = g0 / (1.f + expf(-g0)) * acc[1][j][q];
+                    hr[8] = g1 / (1.f + expf(-g1)) * acc[1][j][2 + q];
+                }
+            }
+        }
+    }
+}
+
+/* ---- down with FP8 re-quantisation ------------------------------------------ */
+
+/* Shared-memory row stride: +64 bytes so the 8 token rows a quarter-warp reads
+ * land in different banks. */
+#define HQ_PAD 64
+
+/* Large batches: h is quantised once into ws.hq/hs (one warp per 128-group);
+ * re-quantising it in every down block's prologue (56 blocks per slot) costs
+ * more than the weights at T = 256. */
+static __global__ void
+moe_hquant_kernel(int n_rows, int I, kimi_moe_ws_t ws)
+{
+    const int IB = I / 128;
+    const int q = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (q >= n_rows * IB) {
+        return;
+    }
+    const int r = q / IB, gi = q % IB;
+    const float4 v = *(const float4 *) (ws.h + (size_t) r * I + gi * 128 + lane * 4);
+    float am = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+    am = kimi_warp_max(am);
+    const float sc = fmaxf(am, 1e-4f) / KIMI_FP8_MAX;
+    const uint32_t pk = (uint32_t) kimi_f2fp8(v.x / sc) | (uint32_t) kimi_f2fp8(v.y / sc) << 8
+                        | (uint32_t) kimi_f2fp8(v.z / sc) << 16 | (uint32_t) kimi_f2fp8(v.w / sc) << 24;
+    *(uint32_t *) (ws.hq + (size_t) r * I + gi * 128 + lane * 4) = pk;
+    if (lane == 0) {
+        ws.hs[(size_t) r * IB + gi] = sc;
+    }
+}
+
+/* NG = 1 (T <= 8): at most 128 registers, so 4 blocks (16 warps) fit an SM
+ * and the ~2000 warps of a batch-1 layer run in one wave instead of 1.3. */
+template <int NG, bool HQG>
+static __global__ void __launch_bounds__(MOE_WARPS * 32, NG == 1 ? 4 : 1)
+moe_down_kernel(int D, int I, kimi_experts_t ex, kimi_moe_ws_t ws)
+{
+    extern __shared__ __align__(16) uint8_t smem[];
+    const int slot = blockIdx.y;
+    const int rows = ws.slot_rows[slot];
+    if (rows == 0) {
+        return;
+    }
+    const int e = ws.slot_expert[slot], row0 = ws.slot_row0[slot];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int n0 = (blockIdx.x * MOE_WARPS + warp) * 32;
+    const int IB = I / 128, ld = I + HQ_PAD;
+    uint8_t *hq = smem;                                        // [8*NG, I+pad] e4m3
+    float   *hs = (float *) (smem + (size_t) 8 * NG * ld);     // [8*NG, I/128]
+    const uint8_t *wa = ex.down[e] + (size_t) (n0 + g) * I;
+    const uint8_t *wb = ex.down[e] + (size_t) (n0 + 16 + g) * I;
+    const float *sa = ex.down_s[e] + (size_t) (n0 / 128) * IB;
+    const float *sb = ex.down_s[e] + (size_t) ((n0 + 16) / 128) * IB;
+
+    for (int ch = 0; ch < rows; ch += 8 * NG) {
+        const int nr = min(8 * NG, rows - ch);
+        if (HQG) {
+            const uint8_t *xrow[NG];
+            const float *xs0[NG], *xs1[NG];
+            const size_t r0 = (size_t) row0 + ch;
+#pragma unroll
+            for (int j = 0; j < NG; j++) {
+                xrow[j] = ws.hq + (r0 + min(j * 8 + g, nr - 1)) * I;
+                xs0[j] = ws.hs + (r0 + min(j * 8 + 2 * t, nr - 1)) * IB;
+                xs1[j] = ws.hs + (r0 + min(j * 8 + 2 * t + 1, nr - 1)) * IB;
+            }
+            float acc[2][NG][4];
+            fp8_tile<NG>(wa, wb, sa, sb, (size_t) I, xrow, xs0, xs1,
+                         min(NG, (nr + 7) / 8), acc, 0, IB);
+#pragma unroll
+            for (int s = 0; s < 2; s++) {
+#pragma unroll
+                for (int j = 0; j < NG; j++) {
+                    const int r = j * 8 + 2 * t;
+#pragma unroll
+                    for (int q = 0; q < 2; q++) {
+                        if (r + q < nr) {
+                            float *yr = ws.y + (r0 + r + q) * D + n0 + s * 16 + g;
+                            yr[0] = acc[s][j][q];
+                            yr[8] = acc[s][j][2 + q];
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        __syncthreads();   /* the previous chunk's readers are done */
+        /* quantise h rows [ch, ch+nr): one warp per (row, 128-group) */
+        for (int q = warp; q < nr * IB; q += MOE_WARPS) {
+            const int r = q / IB, gi = q % IB;
+            const float4 v = *(const float4 *) (ws.h + (size_t) (row0 + ch + r) * I
+                                                + gi * 128 + lane * 4);
+            float am = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+            am = kimi_warp_max(am);
+            const float sc = fmaxf(am, 1e-4f) / KIMI_FP8_MAX;
+            const uint32_t pk = (uint32_t) kimi_f2fp8(v.x / sc)
+                                | (uint32_t) kimi_f2fp8(v.y / sc) << 8
+                                | (uint32_t) kimi_f2fp8(v.z / sc) << 16
+                                | (uint32_t) kimi_f2fp8(v.w / sc) << 24;
+            *(uint32_t *) (hq + (size_t) r * ld + gi * 128 + lane * 4) = pk;
+            if (lane == 0) {
+                hs[r * IB + gi] = sc;
+            }
+        }
+        __syncthreads();
+        if (n0 < D) {
+            const uint8_t *xrow[NG];
+            const float *xs0[NG], *xs1[NG];
+#pragma unroll
+            for (int j = 0; j < NG; j++) {
+                xrow[j] = hq + (size_t) min(j * 8 + g, nr - 1) * ld;
+                xs0[j] = hs + min(j * 8 + 2 * t, nr - 1) * IB;
+                xs1[j] = hs + min(j * 8 + 2 * t + 1, nr - 1) * IB;
+            }
+            float acc[2][NG][4];
+            fp8_tile<NG>(wa, wb, sa, sb, (size_t) I, xrow, xs0, xs1,
+                         min(NG, (nr + 7) / 8), acc, 0, IB);
+#pragma unroll
+            for (int s = 0; s < 2; s++) {
+#pragma unroll
+                for (int j = 0; j < NG; j++) {
+                    const int r = j * 8 + 2 * t;
+#pragma unroll
+                    for (int q = 0; q < 2; q++) {
+                        if (r + q < nr) {
+                            float *yr = ws.y + (size_t) (row0 + ch + r + q) * D + n0 + s * 16 + g;
+                            yr[0] = acc[s][j][q];
+                            yr[8] = acc[s][j][2 + q];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+static int
+moe_check(int D, int I, int max_slots, const kimi_experts_t *ex,
+          const kimi_moe_ws_t *ws, kimi_err_t *err)
+{
+    if (ex == NULL || ws == NULL || ex->gate == NULL || ex->up == NULL || ex->down == NULL
+        || ex->gate_s == NULL || ex->up_s == NULL || ex->down_s == NULL
+        || D <= 0 || D % 128 != 0 || I <= 0 || I % 128 != 0 || max_slots <= 0) {
+        return kimi_err_set(err, KIMI_EINVAL,
+                            "moe: D=%d I=%d slots=%d (D %% 128, I %% 128, tables set)",
+                            D, I, max_slots);
+    }
+    return KIMI_OK;
+}
+
+/* Tokens per slot never exceed T (routed) or 32 (shared chunks): fewer
+ * register groups for small batches. */
+static int ng_for(int T)
+{
+    return T <= 8 ? 1 : (T <= 16 ? 2 : 4);
+}
+
+extern "C" int
+kimi_moe_gate_up(const uint8_t *xq, const float *xs, int T, int D, int I,
+                 int max_slots, const kimi_experts_t *ex, const kimi_moe_ws_t *ws,
+                 cudaStream_t s, kimi_err_t *err)
+{
+    int rc = moe_check(D, I, max_slots, ex, ws, err);
+    if (rc != KIMI_OK) {
+        return rc;
+    }
+    if (xq == NULL || xs == NULL || T <= 0 || ((uintptr_t) xq & 15)) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe_gate_up: xq/xs NULL or unaligned, T=%d", T);
+    }
+    dim3 grid(I / 64, max_slots);
+    switch (ng_for(T)) {
+    case 1:
+        moe_gate_up_kernel<1><<<grid, MOE_WARPS * 32, 0, s>>>(xq, xs, D, I, *ex, *ws);
+        break;
+    case 2:
+        moe_gate_up_kernel<2><<<grid, MOE_WARPS * 32, 0, s>>>(xq, xs, D, I, *ex, *ws);
+        break;
+    default:
+        moe_gate_up_kernel<4><<<grid, MOE_WARPS * 32, 0, s>>>(xq, xs, D, I, *ex, *ws);
+    }
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
+template <int NG, bool HQG>
+static int
+launch_down(int D, int I, int max_slots, const kimi_experts_t *ex,
+            const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
+{
+    const size_t smem = HQG ? 0 : (size_t) 8 * NG * (I + HQ_PAD) + (size_t) 8 * NG * (I / 128) * 4;
+    if (smem > 227 * 1024) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe_down: I=%d too wide for shared memory", I);
+    }
+    if (!HQG) {
+        KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_down_kernel<NG, HQG>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem), err);
+    }
+    dim3 grid((D / 32 + MOE_WARPS - 1) / MOE_WARPS, max_slots);
+    moe_down_kernel<NG, HQG><<<grid, MOE_WARPS * 32, smem, s>>>(D, I, *ex, *ws);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
+/* Up to 16 tokens the re-quantisation rides in each block's prologue
+ * (one launch fewer on the latency-bound small batches); above, once per
+ * row in moe_hquant_kernel. */
+extern "C" int
+kimi_moe_down(int T, int top_k, int D, int I, int max_slots, const kimi_experts_t *ex,
+              const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
+{
+    int rc = moe_check(D, I, max_slots, ex, ws, err);
+    if (rc != KIMI_OK) {
+        return rc;
+    }
+    if (T <= 0 || top_k <= 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe_down: T=%d top_k=%d", T, top_k);
+    }
+    switch (ng_for(T)) {
+    case 1:
+        return launch_down<1, false>(D, I, max_slots, ex, ws, s, err);
+    case 2:
+        return launch_down<2, false>(D, I, max_slots, ex, ws, s, err);
+    default:
+        break;
+    }
+    /* shared rows are included: rows = T*top_k + T covers both layouts */
+    const int n_rows = T * top_k + T;
+    const int warps = n_rows * (I / 128);
+    moe_hquant_kernel<<<(warps + 7) / 8, 256, 0, s>>>(n_rows, I, *ws);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return launch_down<4, true>(D, I, max_slots, ex, ws, s, err);
+}
+
+/* ---- combine (unpermute) ---------------------------------------------------- */
+
+static __global__ void
+moe_combine_kernel(const float *__restrict__ y, const int32_t *__restrict__ row_of_pair,
+                   const float *__restrict__ w, int T, int top_k, int shared, int D,
+                   uint16_t *__restrict__ out)
+{
+    const int t = blockIdx.x;
+    for (int d = (blockIdx.y * blockDim.x + threadIdx.x) * 4; d < D; d += gridDim.y * blockDim.x * 4) {
+        float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int k = 0; k < top_k; k++) {
+            const int r = row_of_pair[t * top_k + k];
+            if (r < 0) {
+                continue;
+            }
+            const float wk = w[t * top_k + k];
+            const float4 v = *(const float4 *) (y + (size_t) r * D + d);
+            a.x += wk * v.x;
+            a.y += wk * v.y;
+            a.z += wk * v.z;
+            a.w += wk * v.w;
+        }
+        if (shared) {
+            const float4 v = *(const float4 *) (y + (size_t) (T * top_k + t) * D + d);
+            a.x += v.x;
+            a.y += v.y;
+            a.z += v.z;
+            a.w += v.w;
+        }
+        uint2 o;
+        o.x = (uint32_t) kimi_f2bf(a.x) | (uint32_t) kimi_f2bf(a.y) << 16;
+        o.y = (uint32_t) kimi_f2bf(a.z) | (uint32_t) kimi_f2bf(a.w) << 16;
+        *(uint2 *) (out + (size_t) t * D + d) = o;
+    }
+}
+
+extern "C" int
+kimi_moe_combine(const kimi_moe_ws_t *ws, const float *topk_w, int T, int top_k,
+                 int shared, int D, kimi_bf16_t *out, cudaStream_t s, kimi_err_t *err)
+{
+    if (ws == NULL || topk_w == NULL || out == NULL || T <= 0 || top_k <= 0 || D % 4 != 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe_combine: T=%d top_k=%d D=%d", T, top_k, D);
+    }
+    /* ~4 blocks per token: a single block per token is latency bound at T = 1 */
+    moe_combine_kernel<<<dim3(T, (D / 4 + 255) / 256 < 8 ? (D / 4 + 255) / 256 : 8), 256, 0, s>>>(ws->y, ws->row_of_pair, topk_w, T, top_k, shared, D, out);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}

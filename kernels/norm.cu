@@ -1,0 +1,125 @@
+/*
+ * RMSNorm, alone and fused with the residual add.  bf16 in and out, fp32 math.
+ *
+ *   r[t,:] = x[t,:] + res[t,:]                       (stored back into res)
+ *   y[t,:] = r[t,:] * rsqrt(mean_i(r[t,i]^2) + eps) * w[:]
+ *
+ * Layout:  x, res, y row-major [T, D], D contiguous, D % 8 == 0; w [D].
+ * Cost:    per row reads 4*D bytes (x, res) and writes 4*D (res, y); ~5*D
+ *          FLOPs, so memory bound: floor = 8*D*T bytes / copy bandwidth.
+ *          (The second pass re-reads r from L1/L2, not HBM.)
+ * Twin:    kimi_cpu_rmsnorm / residual add in engine/backend/cpu/ops.h.
+ */
+
+#include "kimi_cuda.cuh"
+#include "kimi_kernels.h"
+
+#define NORM_THREADS 256
+
+/* One block per row; 16-byte vectors of 8 bf16. */
+template <bool RESIDUAL>
+static __global__ void __launch_bounds__(NORM_THREADS)
+rmsnorm_kernel(const uint16_t *__restrict__ x,      // [T, D]
+               uint16_t *__restrict__ res,          // [T, D] or unused
+               const uint16_t *__restrict__ w,      // [D]
+               uint16_t *__restrict__ y,            // [T, D]
+               int D, float eps)
+{
+    __shared__ float part[NORM_THREADS / 32];
+    const size_t  row = (size_t) blockIdx.x * D;
+    const uint4  *xv = (const uint4 *) (x + row);
+    uint4        *rv = (uint4 *) ((RESIDUAL ? res : (uint16_t *) x) + row);
+    const int     nv = D / 8;
+    float         ss = 0.f;
+
+    for (int i = threadIdx.x; i < nv; i += NORM_THREADS) {
+        uint4  a = xv[i];
+        const uint16_t *pa = (const uint16_t *) &a;
+        if (RESIDUAL) {
+            uint4  b = rv[i];
+            uint16_t *pb = (uint16_t *) &b;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                /* the sum is rounded to bf16 first: that is what is stored */
+                pb[j] = kimi_f2bf(kimi_bf2f(pa[j]) + kimi_bf2f(pb[j]));
+                float v = kimi_bf2f(pb[j]);
+                ss += v * v;
+            }
+            rv[i] = b;
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float v = kimi_bf2f(pa[j]);
+                ss += v * v;
+            }
+        }
+    }
+    ss = kimi_warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) {
+        part[threadIdx.x >> 5] = ss;
+    }
+    __syncthreads();
+    float tot = 0.f;
+#pragma unroll
+    for (int i = 0; i < NORM_THREADS / 32; i++) {
+        tot += part[i];
+    }
+    const float rstd = rsqrtf(tot / (float) D + eps);
+
+    const uint4 *wv = (const uint4 *) w;
+    uint4       *yv = (uint4 *) (y + row);
+    for (int i = threadIdx.x; i < nv; i += NORM_THREADS) {
+        uint4  a = rv[i], b = wv[i], o;
+        const uint16_t *pa = (const uint16_t *) &a, *pb = (const uint16_t *) &b;
+        uint16_t *po = (uint16_t *) &o;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            po[j] = kimi_f2bf(kimi_bf2f(pa[j]) * rstd * kimi_bf2f(pb[j]));
+        }
+        yv[i] = o;
+    }
+}
+
+static int
+norm_check(const void *x, const void *w, const void *y, int T, int D,
+           kimi_err_t *err)
+{
+    if (x == NULL || w == NULL || y == NULL || T < 0 || D <= 0 || D % 8 != 0) {
+        return kimi_err_set(err, KIMI_EINVAL,
+                            "rmsnorm: T=%d D=%d (need D %% 8 == 0, buffers)", T, D);
+    }
+    if (((uintptr_t) x | (uintptr_t) w | (uintptr_t) y) & 15) {
+        return kimi_err_set(err, KIMI_EINVAL, "rmsnorm: buffers not 16-byte aligned");
+    }
+    return KIMI_OK;
+}
+
+extern "C" int
+kimi_rmsnorm_bf16(const kimi_bf16_t *x, const kimi_bf16_t *w, kimi_bf16_t *y,
+                  int T, int D, float eps, cudaStream_t s, kimi_err_t *err)
+{
+    int rc = norm_check(x, w, y, T, D, err);
+    if (rc != KIMI_OK || T == 0) {
+        return rc;
+    }
+    rmsnorm_kernel<false><<<T, NORM_THREADS, 0, s>>>(x, NULL, w, y, D, eps);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
+extern "C" int
+kimi_rmsnorm_residual_bf16(const kimi_bf16_t *x, kimi_bf16_t *res,
+                           const kimi_bf16_t *w, kimi_bf16_t *y, int T, int D,
+                           float eps, cudaStream_t s, kimi_err_t *err)
+{
+    int rc = norm_check(x, w, y, T, D, err);
+    if (rc != KIMI_OK || T == 0) {
+        return rc;
+    }
+    if (res == NULL || ((uintptr_t) res & 15)) {
+        return kimi_err_set(err, KIMI_EINVAL, "rmsnorm_residual: res NULL or unaligned");
+    }
+    rmsnorm_kernel<true><<<T, NORM_THREADS, 0, s>>>(x, res, w, y, D, eps);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}

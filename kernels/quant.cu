@@ -1,0 +1,75 @@
+/*
+ * FP8 e4m3 activation quantisation, one fp32 scale per 1x128 group
+ * (DeepSeek-V3 "dynamic" activations).
+ *
+ *   s[t,g]   = max(max_{k in group g} |x[t,k]|, 1e-4) / 448
+ *   xq[t,k]  = e4m3_satfinite(x[t,k] / s[t,k/128])
+ *
+ * Layout:  x bf16 [T, ldx] (K used), xq [T, K]; scales token-major
+ *          [T][K/128] (our GEMV kernels) or MN-major [K/128][ld_scale]
+ *          (cuBLASLt VEC128), K % 128 == 0.  One warp per group, 4 values
+ *          per lane.
+ * Cost:    reads 2*T*K, writes T*K + 4*T*K/128 bytes: memory bound.
+ * Twin:    the act-quant of engine/backend/cpu/ops.h.
+ */
+
+#include "kimi_cuda.cuh"
+#include "kimi_kernels.h"
+
+static __global__ void
+quant_kernel(const uint16_t *__restrict__ x, int ldx, int T, int K,
+             uint8_t *__restrict__ xq, float *__restrict__ sc, int mn_major,
+             int ld_scale)
+{
+    const int groups = K / 128;
+    const int gw = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (gw >= T * groups) {
+        return;
+    }
+    const int t = gw / groups, g = gw % groups;
+    const uint2 raw = *(const uint2 *) (x + (size_t) t * ldx + g * 128 + lane * 4);
+    const uint16_t *pv = (const uint16_t *) &raw;
+    float v[4], am = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        v[j] = kimi_bf2f(pv[j]);
+        am = fmaxf(am, fabsf(v[j]));
+    }
+    am = kimi_warp_max(am);
+    const float s = fmaxf(am, 1e-4f) / KIMI_FP8_MAX;
+    uint32_t packed = 0;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        packed |= (uint32_t) kimi_f2fp8(v[j] / s) << (8 * j);
+    }
+    *(uint32_t *) (xq + (size_t) t * K + g * 128 + lane * 4) = packed;
+    if (lane == 0) {
+        sc[mn_major ? (size_t) g * ld_scale + t : (size_t) t * groups + g] = s;
+    }
+}
+
+extern "C" int
+kimi_fp8_quant_1x128(const kimi_bf16_t *x, int ldx, int T, int K, uint8_t *xq,
+                     float *scales, int scale_mn_major, int ld_scale,
+                     cudaStream_t s, kimi_err_t *err)
+{
+    if (x == NULL || xq == NULL || scales == NULL || T < 0 || K <= 0
+        || K % 128 != 0 || ldx < K || ldx % 4 != 0
+        || (scale_mn_major && ld_scale < T)) {
+        return kimi_err_set(err, KIMI_EINVAL,
+                            "fp8_quant_1x128: T=%d K=%d ldx=%d ld_scale=%d (K %% 128, ldx %% 4)",
+                            T, K, ldx, ld_scale);
+    }
+    if (((uintptr_t) x & 7) || ((uintptr_t) xq & 3)) {
+        return kimi_err_set(err, KIMI_EINVAL, "fp8_quant_1x128: x or xq misaligned");
+    }
+    if (T == 0) {
+        return KIMI_OK;
+    }
+    const int warps = T * (K / 128);
+    quant_kernel<<<(warps + 7) / 8, 256, 0, s>>>(x, ldx, T, K, xq, scales,
+                                                 scale_mn_major, ld_scale);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}

@@ -1,0 +1,238 @@
+/*
+ * MoE router: logits GEMV (bf16 weight) and the sigmoid/bias top-k selection.
+ *
+ *   logits[t,e] = sum_d x[t,d] * Wg[e,d]                      (fp32 acc)
+ *   s = sigmoid(logits); sel = s + bias
+ *   groups (n_group of E/n_group): score = sum of the group's 2 best sel;
+ *     keep the topk_group best groups (ties: lower group)
+ *   idx[t,0..k) = the k best sel among kept experts, descending, ties lower id
+ *   w[t,j] = s[idx_j] / (sum_j s[idx_j] + 1e-20) (if norm) * scale
+ *
+ * Layout:  x bf16 [T][D], Wg bf16 [E][D] (5.5 MB for Kimi-K2), logits fp32
+ *          [T][E], bias fp32 [E], idx int32 / w fp32 [T][k].
+ * Cost:    logits: E*D*2 weight bytes (floor 1.8 us at 3 TB/s) + 2*T*E*D
+ *          FLOPs; a block owns one expert row and 8 tokens, so weights are
+ *          streamed once per 8 tokens (L2 serves the repeats).  select: one
+ *          warp per token, E*k comparisons, negligible.
+ * Twin:    kimi_gemm_f32_bf16w() and kimi_moe_route() in engine/backend/cpu/ops.h.
+ */
+
+#include "kimi_cuda.cuh"
+#include "kimi_kernels.h"
+
+#define ROUTER_TOK 8
+#define ROUTER_WARPS 4
+
+/* Block: one expert row, ROUTER_TOK tokens; the 4 warps split D and sum
+ * through shared memory, so each warp has all of its loads in flight at once
+ * (a warp walking a whole 14 KB row alone is latency bound). */
+static __global__ void __launch_bounds__(ROUTER_WARPS * 32)
+router_logits_kernel(const uint16_t *__restrict__ x,   // [T, D]
+                     const uint16_t *__restrict__ w,   // [E, D]
+                     float *__restrict__ logits,       // [T, E]
+                     int T, int D, int E)
+{
+    __shared__ float part[ROUTER_WARPS][ROUTER_TOK];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int e = blockIdx.x % E, tok0 = (blockIdx.x / E) * ROUTER_TOK;
+    const int nt = min(ROUTER_TOK, T - tok0);
+    const int chunk = D / ROUTER_WARPS;              /* D % 1024 == 0 */
+    float acc[ROUTER_TOK];
+#pragma unroll
+    for (int j = 0; j < ROUTER_TOK; j++) acc[j] = 0.f;
+    const uint16_t *wr = w + (size_t) e * D + warp * chunk;
+    const uint16_t *xr = x + (size_t) tok0 * D + warp * chunk;
+#pragma unroll 8
+    for (int d = lane * 8; d < chunk; d += 256) {
+        const uint4 wv = kimi_ld_stream(wr + d);
+        const uint16_t *pw = (const uint16_t *) &wv;
+        float wf[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) wf[i] = kimi_bf2f(pw[i]);
+#pragma unroll
+        for (int j = 0; j < ROUTER_TOK; j++) {
+            if (j < nt) {
+                const uint4 xv = *(const uint4 *) (xr + (size_t) j * D + d);
+                const uint16_t *px = (const uint16_t *) &xv;
+#pragma unroll
+                for (int i = 0; i < 8; i++) acc[j] += kimi_bf2f(px[i]) * wf[i];
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < ROUTER_TOK; j++) {
+        float v = kimi_warp_sum(acc[j]);
+        if (lane == 0) {
+            part[warp][j] = v;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < nt) {
+        float v = 0.f;
+#pragma unroll
+        for (int q = 0; q < ROUTER_WARPS; q++) v += part[q][threadIdx.x];
+        logits[(size_t) (tok0 + threadIdx.x) * E + e] = v;
+    }
+}
+
+extern "C" int
+kimi_moe_router_logits(const kimi_bf16_t *x, const kimi_bf16_t *w, float *logits,
+                       int T, int D, int E, cudaStream_t s, kimi_err_t *err)
+{
+    if (x == NULL || w == NULL || logits == NULL || T < 0 || D <= 0 || D % 1024 != 0 || E <= 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "router_logits: T=%d D=%d E=%d (D %% 1024)", T, D, E);
+    }
+    if (((uintptr_t) x | (uintptr_t) w) & 15) {
+        return kimi_err_set(err, KIMI_EINVAL, "router_logits: x or w not 16-byte aligned");
+    }
+    if (T == 0) {
+        return KIMI_OK;
+    }
+    const int blocks = E * ((T + ROUTER_TOK - 1) / ROUTER_TOK);
+    router_logits_kernel<<<blocks, ROUTER_WARPS * 32, 0, s>>>(x, w, logits, T, D, E);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
+/* (value, index) order: larger value first, then lower index. */
+static __device__ __forceinline__ bool better(float v, int i, float bv, int bi)
+{
+    return v > bv || (v == bv && i < bi);
+}
+
+static __device__ __forceinline__ void warp_best(float &v, int &i)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        int   oi = __shfl_xor_sync(0xffffffffu, i, o);
+        if (better(ov, oi, v, i)) {
+            v = ov;
+            i = oi;
+        }
+    }
+}
+
+/* One warp per token (4 tokens per block). */
+static __global__ void __launch_bounds__(128)
+router_select_kernel(const float *__restrict__ logits, const float *__restrict__ bias,
+                     int T, int E, int top_k, int n_group, int topk_group, int norm,
+                     float scale, int32_t *__restrict__ idx, float *__restrict__ wout)
+{
+    __shared__ float sel_s[4][1024];
+    __shared__ float sc_s[4][1024];
+    __shared__ float gsc[4][64];
+    const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int t = blockIdx.x * 4 + wi;
+    if (t >= T) {
+        return;
+    }
+    float *sel = sel_s[wi], *sc = sc_s[wi];
+    for (int e = lane; e < E; e += 32) {
+        const float l = logits[(size_t) t * E + e];
+        const float sg = 1.f / (1.f + expf(-l));
+        sc[e] = sg;
+        sel[e] = sg + (bias != NULL ? bias[e] : 0.f);
+    }
+    __syncwarp();
+    if (n_group > 1 && topk_group < n_group) {
+        const int gs = E / n_group;
+        for (int gi = lane; gi < n_group; gi += 32) {
+            float b1 = -INFINITY, b2 = -INFINITY;
+            for (int e = gi * gs; e < (gi + 1) * gs; e++) {
+                const float v = sel[e];
+                if (v > b1) {
+                    b2 = b1;
+                    b1 = v;
+                } else if (v > b2) {
+                    b2 = v;
+                }
+            }
+            gsc[wi][gi] = b1 + (gs > 1 ? b2 : 0.f);
+        }
+        __syncwarp();
+        /* keep topk_group groups: lane 0 marks the rest with -inf score */
+        if (lane == 0) {
+            unsigned long long keep = 0;
+            for (int r = 0; r < topk_group; r++) {
+                int bi = -1;
+                float bv = -INFINITY;
+                for (int gi = 0; gi < n_group; gi++) {
+                    if (!((keep >> gi) & 1) && (bi < 0 || gsc[wi][gi] > bv)) {
+                        bv = gsc[wi][gi];
+                        bi = gi;
+                    }
+                }
+                keep |= 1ull << bi;
+            }
+            for (int gi = 0; gi < n_group; gi++) {
+                gsc[wi][gi] = ((keep >> gi) & 1) ? 1.f : 0.f;
+            }
+        }
+        __syncwarp();
+        for (int e = lane; e < E; e += 32) {
+            if (gsc[wi][e / gs] == 0.f) {
+                sel[e] = -INFINITY;
+            }
+        }
+        __syncwarp();
+    }
+    float wsum = 0.f, myw = 0.f;
+    int myi = 0;
+    for (int k = 0; k < top_k; k++) {
+        float bv = -INFINITY;
+        int   bi = 0x7fffffff;
+        for (int e = lane; e < E; e += 32) {
+            const float v = sel[e];
+            /* masked (-inf) experts are never chosen over a real one; NaN never */
+            if (v != -INFINITY && better(v, e, bv, bi)) {
+                bv = v;
+                bi = e;
+            }
+        }
+        warp_best(bv, bi);
+        if (bi == 0x7fffffff) {
+            bi = 0;   /* fewer than top_k eligible experts: cannot happen for valid configs */
+        }
+        if (lane == (bi & 31)) {
+            sel[bi] = -INFINITY;
+        }
+        __syncwarp();
+        const float wk = sc[bi];
+        wsum += wk;
+        if (lane == k) {
+            myw = wk;
+            myi = bi;
+        }
+    }
+    if (lane < top_k) {
+        float v = myw;
+        if (norm) {
+            v = v / (wsum + 1e-20f);
+        }
+        idx[(size_t) t * top_k + lane] = myi;
+        wout[(size_t) t * top_k + lane] = v * scale;
+    }
+}
+
+extern "C" int
+kimi_moe_router_select(const float *logits, const float *bias, int T, int E,
+                       int top_k, int n_group, int topk_group, int norm,
+                       float scale, int32_t *idx, float *w, cudaStream_t s,
+                       kimi_err_t *err)
+{
+    if (logits == NULL || idx == NULL || w == NULL || T < 0 || E <= 0 || E > 1024
+        || top_k <= 0 || top_k > 16 || top_k > E || n_group <= 0 || n_group > 64
+        || E % n_group != 0 || topk_group <= 0 || topk_group > n_group
+        || topk_group * (E / n_group) < top_k) {
+        return kimi_err_set(err, KIMI_EINVAL,
+                            "router_select: T=%d E=%d top_k=%d n_group=%d topk_group=%d",
+                            T, E, top_k, n_group, topk_group);
+    }
+    if (T == 0) {
+        return KIMI_OK;
+    }
+    router_select_kernel<<<(T + 3) / 4, 128, 0, s>>>(logits, bias, T, E, top_k, n_group,
+                                                     topk_group, norm, scale, idx, w);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}

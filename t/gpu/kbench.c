@@ -1,0 +1,538 @@
+/*
+ * GPU benchmarks for "kcheck bench" (see kcheck.c).
+ *
+ * Owns:   the floors measured in the same run (device-to-device copy
+ *         bandwidth, cuBLASLt FP8 GEMM rate at M=4096) and the timings of
+ *         MoE layer decode, MLA decode and dense decode GEMMs, as CUDA-graph
+ *         replays (median), with every figure's ratio to its floor.
+ * Never:  checks numerics (kcheck test does); data is random, never zeros.
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "../../kernels/kimi_kernels.h"
+
+#define CK(call)                                                              \
+    do {                                                                      \
+        cudaError_t e_ = (call);                                              \
+        if (e_ != cudaSuccess) {                                              \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,     \
+                    cudaGetErrorString(e_));                                  \
+            exit(1);                                                          \
+        }                                                                     \
+    } while (0)
+
+#define KK(call)                                                              \
+    do {                                                                      \
+        kimi_err_t err_ = {0};                                                \
+        int rc_ = (call);                                                     \
+        if (rc_ != KIMI_OK) {                                                 \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,     \
+                    err_.msg);                                                \
+            exit(1);                                                          \
+        }                                                                     \
+    } while (0)
+#define ERR &err_
+
+static cudaStream_t st;
+static FILE *tab;              /* summary table, printed last */
+static double copy_gbs;        /* read + write, GB/s */
+
+static void *
+dalloc(size_t n)
+{
+    void *p;
+    CK(cudaMalloc(&p, n));
+    return p;
+}
+
+static int
+cmpd(const void *a, const void *b)
+{
+    double x = *(const double *) a, y = *(const double *) b;
+    return x < y ? -1 : x > y;
+}
+
+typedef void (*work_fn)(void *ctx, int rep);
+
+/* Median over `iters` replays of a graph of `reps` calls, per call, in us. */
+static double
+time_graph(work_fn fn, void *ctx, int reps, int iters)
+{
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    fn(ctx, 0);                       /* warm: attributes, plans */
+    CK(cudaStreamSynchronize(st));
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed));
+    for (int r = 0; r < reps; r++) {
+        fn(ctx, r);
+    }
+    CK(cudaStreamEndCapture(st, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    double *t = malloc(iters * sizeof(double));
+    CK(cudaGraphLaunch(ge, st));
+    for (int i = 0; i < iters; i++) {
+        float ms;
+        CK(cudaEventRecord(a, st));
+        CK(cudaGraphLaunch(ge, st));
+        CK(cudaEventRecord(b, st));
+        CK(cudaEventSynchronize(b));
+        CK(cudaEventElapsedTime(&ms, a, b));
+        t[i] = ms * 1e3 / reps;
+    }
+    qsort(t, iters, sizeof(double), cmpd);
+    double m = t[iters / 2];
+    free(t);
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    return m;
+}
+
+/* ---- floors ---------------------------------------------------------------- */
+
+typedef struct { void *a, *b; size_t n; } copy_ctx;
+
+static void
+copy_fn(void *c, int r)
+{
+    copy_ctx *x = c;
+    CK(cudaMemcpyAsync(x->b, x->a, x->n, cudaMemcpyDeviceToDevice, st));
+}
+
+static void
+copy_kernel_fn(void *c, int r)
+{
+    copy_ctx *x = c;
+    KK(kimi_copy_d2d(x->b, x->a, x->n, st, ERR));
+}
+
+/* The floor is the best of three ways to copy 2 GiB device to device,
+ * counting bytes read + written: cudaMemcpyAsync timed with events (how
+ * reference/gpu-baseline-h100.md measured 3017 GB/s), the same as a graph
+ * node, and our 16-byte copy kernel.  The best keeps every ratio honest. */
+static void
+bench_copy(void)
+{
+    copy_ctx c = { dalloc(2ull << 30), dalloc(2ull << 30), 2ull << 30 };
+    KK(kimi_fill_f32(c.a, c.n / 4, 7, -1, 1, st, ERR));
+    double us_g = time_graph(copy_fn, &c, 2, 9);
+    double us_k = time_graph(copy_kernel_fn, &c, 2, 9);
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    double t[9];
+    for (int i = 0; i < 9; i++) {
+        float ms;
+        CK(cudaEventRecord(a, st));
+        copy_fn(&c, 0);
+        CK(cudaEventRecord(b, st));
+        CK(cudaEventSynchronize(b));
+        CK(cudaEventElapsedTime(&ms, a, b));
+        t[i] = ms * 1e3;
+    }
+    qsort(t, 9, sizeof(double), cmpd);
+    double us = t[4] < us_g ? t[4] : us_g;
+    us = us_k < us ? us_k : us;
+    copy_gbs = 2.0 * c.n / (us * 1e3);
+    printf("copy 2 GiB d2d: memcpy+events %.1f us (%.0f GB/s), memcpy graph %.1f us (%.0f), kernel %.1f us (%.0f) -> floor %.0f GB/s\n",
+           t[4], 2.0 * c.n / (t[4] * 1e3), us_g, 2.0 * c.n / (us_g * 1e3), us_k, 2.0 * c.n / (us_k * 1e3), copy_gbs);
+    fprintf(tab, "floor  D2D copy bandwidth, best of memcpy/graph/kernel, 2 GiB, read+write  %6.0f GB/s\n", copy_gbs);
+    cudaFree(c.a);
+    cudaFree(c.b);
+}
+
+typedef struct {
+    kimi_cublaslt_t *lt;
+    uint8_t *x, *w;
+    float *xs, *ws;
+    uint16_t *y;
+    int T, N, K, own, ncopy;
+    size_t wbytes;
+} gemm_ctx;
+
+static void
+gemm_fn(void *c, int r)
+{
+    gemm_ctx *g = c;
+    const uint8_t *w = g->w + (size_t) (r % g->ncopy) * g->wbytes;
+    if (g->own) {
+        KK(kimi_fp8_gemm_nt(g->x, g->xs, g->T, g->K, w, g->ws, g->N, g->y, g->N, st, ERR));
+    } else {
+        KK(kimi_fp8_gemm_nt_cublaslt(g->lt, g->x, g->xs, g->T, g->K, w, g->ws, g->N, g->y, st, ERR));
+    }
+}
+
+static double fp8_peak_tflops;
+
+static void
+gemm_setup(gemm_ctx *g, kimi_cublaslt_t *lt, int T, int N, int K)
+{
+    memset(g, 0, sizeof(*g));
+    g->lt = lt;
+    g->T = T;
+    g->N = N;
+    g->K = K;
+    g->wbytes = (size_t) N * K;
+    /* enough weight copies that the 50 MB L2 cannot serve them */
+    g->ncopy = (int) ((320u << 20) / g->wbytes) + 1;
+    if (g->ncopy > 24) g->ncopy = 24;
+    int Tp = (T + 3) / 4 * 4;
+    g->x = dalloc((size_t) Tp * K);
+    g->xs = dalloc((size_t) Tp * (K / 128) * 4);
+    g->w = dalloc(g->wbytes * g->ncopy);
+    g->ws = dalloc((size_t) ((N + 127) / 128) * (K / 128) * 4);
+    g->y = dalloc((size_t) Tp * N * 2);
+    KK(kimi_fill_fp8(g->x, (size_t) Tp * K, 11, st, ERR));
+    KK(kimi_fill_f32(g->xs, (size_t) Tp * (K / 128), 12, 0.5f / 64, 1.5f / 64, st, ERR));
+    KK(kimi_fill_fp8(g->w, g->wbytes * g->ncopy, 13, st, ERR));
+    KK(kimi_fill_f32(g->ws, (size_t) ((N + 127) / 128) * (K / 128), 14, 0.5f / 64, 1.5f / 64, st, ERR));
+}
+
+static void
+gemm_free(gemm_ctx *g)
+{
+    cudaFree(g->x); cudaFree(g->xs); cudaFree(g->w); cudaFree(g->ws); cudaFree(g->y);
+}
+
+static void
+bench_peak(kimi_cublaslt_t *lt)
+{
+    gemm_ctx g;
+    gemm_setup(&g, lt, 4096, 7168, 7168);
+    g.ncopy = 1;
+    kimi_err_t err = {0};
+    if (kimi_fp8_gemm_nt_cublaslt(lt, g.x, g.xs, g.T, g.K, g.w, g.ws, g.N, g.y, st, &err) != KIMI_OK) {
+        fp8_peak_tflops = 1979;
+        printf("fp8 peak: cuBLASLt failed (%s): using the datasheet 1979 TFLOP/s\n", err.msg);
+        fprintf(tab, "floor  FP8 GEMM rate: cuBLASLt failed, datasheet         1979 TFLOP/s\n");
+        gemm_free(&g);
+        return;
+    }
+    double us = time_graph(gemm_fn, &g, 10, 7);
+    fp8_peak_tflops = 2.0 * 4096 * 7168 * 7168 / (us * 1e6);
+    printf("fp8 peak: cuBLASLt block-scaled 4096x7168x7168 %.1f us -> %.0f TFLOP/s (datasheet 1979)\n",
+           us, fp8_peak_tflops);
+    fprintf(tab, "floor  FP8 GEMM rate, cuBLASLt block-scaled M=N=K~4-7K %8.0f TFLOP/s\n", fp8_peak_tflops);
+    gemm_free(&g);
+}
+
+static void
+bench_gemm(kimi_cublaslt_t *lt, int N, int K, const char *role)
+{
+    int Ts[] = {1, 4, 16, 64};
+    for (int i = 0; i < 4; i++) {
+        gemm_ctx g;
+        gemm_setup(&g, lt, Ts[i], N, K);
+        double floor_us = (double) g.wbytes / (copy_gbs * 1e3);
+        g.own = 1;
+        double us_own = time_graph(gemm_fn, &g, 40, 15);
+        double us_lt = -1;
+        kimi_err_t err = {0};
+        if (Ts[i] % 4 == 0
+            && kimi_fp8_gemm_nt_cublaslt(lt, g.x, g.xs, g.T, g.K, g.w, g.ws, g.N, g.y, st, &err) == KIMI_OK) {
+            g.own = 0;
+            us_lt = time_graph(gemm_fn, &g, 40, 15);
+        }
+        printf("gemm %-14s N=%5d K=%5d T=%3d: own %.1f us (%.0f%% of copy BW), cuBLASLt %s%.1f us, floor %.1f us\n",
+               role, N, K, Ts[i], us_own, 100 * floor_us / us_own, us_lt < 0 ? "n/a " : "", us_lt, floor_us);
+        fprintf(tab, "gemm   %-12s %5dx%-5d T=%-3d own %7.1f us  %3.0f%% copy | cuBLASLt %7.1f us | x%.2f floor\n",
+                role, N, K, Ts[i], us_own, 100 * floor_us / us_own, us_lt, us_own / floor_us);
+        gemm_free(&g);
+    }
+}
+
+/* ---- MoE layer decode at Kimi-K2 widths ---------------------------------- */
+
+typedef struct {
+    int T, D, I, E, K;
+    uint16_t *x, *out, *wr;
+    uint8_t *xq;
+    float *xs, *logits, *bias, *tw;
+    int32_t *idx;
+    kimi_experts_t ex;
+    kimi_moe_ws_t ws;
+    int max_slots;
+    int part;   /* 0 = whole layer, 1 = gate_up only, 2 = down only */
+} moe_ctx;
+
+static void
+moe_fn(void *c, int r)
+{
+    moe_ctx *m = c;
+    if (m->part == 1) {
+        KK(kimi_moe_gate_up(m->xq, m->xs, m->T, m->D, m->I, m->max_slots, &m->ex, &m->ws, st, ERR));
+        return;
+    }
+    if (m->part == 2) {
+        KK(kimi_moe_down(m->T, m->K, m->D, m->I, m->max_slots, &m->ex, &m->ws, st, ERR));
+        return;
+    }
+    KK(kimi_fp8_quant_1x128(m->x, m->D, m->T, m->D, m->xq, m->xs, 0, 0, st, ERR));
+    KK(kimi_moe_router_logits(m->x, m->wr, m->logits, m->T, m->D, m->E, st, ERR));
+    KK(kimi_moe_router_select(m->logits, m->bias, m->T, m->E, m->K, 1, 1, 1, 2.827f, m->idx, m->tw, st, ERR));
+    KK(kimi_moe_plan(m->idx, m->T, m->K, m->E, 1, &m->ws, st, ERR));
+    KK(kimi_moe_gate_up(m->xq, m->xs, m->T, m->D, m->I, m->max_slots, &m->ex, &m->ws, st, ERR));
+    KK(kimi_moe_down(m->T, m->K, m->D, m->I, m->max_slots, &m->ex, &m->ws, st, ERR));
+    KK(kimi_moe_combine(&m->ws, m->tw, m->T, m->K, 1, m->D, m->out, st, ERR));
+}
+
+static void
+bench_moe(void)
+{
+    const int D = 7168, I = 2048, NE = 384, K = 8;
+    const size_t wsz = (size_t) I * D, ssz = (size_t) (I / 128) * (D / 128);
+    const size_t expert_bytes = 3 * wsz + 3 * ssz * 4;
+    printf("moe: allocating %d+1 experts, %.2f GB of FP8 weights\n", NE, (NE + 1) * expert_bytes / 1e9);
+    uint8_t *w = dalloc((NE + 1) * 3 * wsz);
+    float *s = dalloc((NE + 1) * 3 * ssz * 4);
+    KK(kimi_fill_fp8(w, (NE + 1) * 3 * wsz, 21, st, ERR));
+    KK(kimi_fill_f32(s, (NE + 1) * 3 * ssz, 22, 0.5f / 1024, 1.5f / 1024, st, ERR));
+    const void **tp = malloc(6 * (NE + 1) * sizeof(void *));
+    for (int e = 0; e <= NE; e++) {
+        for (int j = 0; j < 3; j++) {
+            tp[j * (NE + 1) + e] = w + ((size_t) e * 3 + j) * wsz;
+            tp[(3 + j) * (NE + 1) + e] = s + ((size_t) e * 3 + j) * ssz;
+        }
+    }
+    void **dtp = dalloc(6 * (NE + 1) * sizeof(void *));
+    CK(cudaMemcpy(dtp, tp, 6 * (NE + 1) * sizeof(void *), cudaMemcpyHostToDevice));
+    kimi_experts_t ex = {
+        .gate = (const uint8_t *const *) dtp, .up = (const uint8_t *const *) dtp + (NE + 1),
+        .down = (const uint8_t *const *) dtp + 2 * (NE + 1),
+        .gate_s = (const float *const *) (dtp + 3 * (NE + 1)),
+        .up_s = (const float *const *) (dtp + 4 * (NE + 1)),
+        .down_s = (const float *const *) (dtp + 5 * (NE + 1)),
+    };
+    uint16_t *wr = dalloc((size_t) NE * D * 2);
+    float *bias = dalloc(NE * 4);
+    KK(kimi_fill_bf16(wr, (size_t) NE * D, 23, -0.03f, 0.03f, st, ERR));
+    KK(kimi_fill_f32(bias, NE, 24, -0.01f, 0.01f, st, ERR));
+    /* 2048: a prefill-sized batch (~48 tokens per expert), for the FLOP rate */
+    int Ts[] = {1, 16, 64, 256, 2048};
+    for (int i = 0; i < 5; i++) {
+        moe_ctx m = { .T = Ts[i], .D = D, .I = I, .E = NE, .K = K, .ex = ex, .wr = wr, .bias = bias };
+        m.x = dalloc((size_t) m.T * D * 2);
+        m.out = dalloc((size_t) m.T * D * 2);
+        m.xq = dalloc((size_t) m.T * D);
+        m.xs = dalloc((size_t) m.T * (D / 128) * 4);
+        m.logits = dalloc((size_t) m.T * NE * 4);
+        m.tw = dalloc((size_t) m.T * K * 4);
+        m.idx = dalloc((size_t) m.T * K * 4);
+        void *wsb = dalloc(kimi_moe_ws_bytes(m.T, K, NE, 1, D, I));
+        kimi_moe_ws_carve(&m.ws, wsb, m.T, K, NE, 1, D, I);
+        m.max_slots = kimi_moe_max_slots(m.T, K, NE, 1);
+        KK(kimi_fill_bf16(m.x, (size_t) m.T * D, 100 + i, -2.f, 2.f, st, ERR));
+        double us = time_graph(moe_fn, &m, 5, 15);
+        /* distinct experts actually touched */
+        int32_t *hidx = malloc((size_t) m.T * K * 4);
+        CK(cudaMemcpy(hidx, m.idx, (size_t) m.T * K * 4, cudaMemcpyDeviceToHost));
+        char seen[384] = {0};
+        int distinct = 0;
+        for (int j = 0; j < m.T * K; j++) {
+            if (!seen[hidx[j]]) { seen[hidx[j]] = 1; distinct++; }
+        }
+        free(hidx);
+        double bytes = (distinct + 1) * (double) expert_bytes + (double) NE * D * 2 + NE * 4;
+        double floor_us = bytes / (copy_gbs * 1e3);
+        m.part = 1;
+        double us_gu = time_graph(moe_fn, &m, 5, 15);
+        m.part = 2;
+        double us_dn = time_graph(moe_fn, &m, 5, 15);
+        double gu_floor = (distinct + 1) * 2.0 * (wsz + ssz * 4) / (copy_gbs * 1e3);
+        double dn_floor = (distinct + 1) * 1.0 * (wsz + ssz * 4) / (copy_gbs * 1e3);
+        printf("moe layer decode B=%3d: %.1f us; distinct experts %d (+1 shared), %.1f MB, floor %.1f us -> x%.2f "
+               "(gate_up %.1f us = x%.2f, down %.1f us = x%.2f, glue %.1f us)\n",
+               m.T, us, distinct, bytes / 1e6, floor_us, us / floor_us, us_gu, us_gu / gu_floor,
+               us_dn, us_dn / dn_floor, us - us_gu - us_dn);
+        const double tflops = 2.0 * (m.T * K + m.T) * 3.0 * I * D / (us * 1e6);
+        fprintf(tab, "moe    layer decode B=%-4d  %8.1f us  floor %7.1f us (%3d+1 experts, %6.0f MB)  x%.2f  [%s <= 1.35]  %5.0f TFLOP/s\n",
+                m.T, us, floor_us, distinct, bytes / 1e6, us / floor_us, us / floor_us <= 1.35 ? "met" : "MISSED",
+                tflops);
+        fprintf(tab, "moe      parts B=%-3d gate_up %7.1f us (x%.2f)  down %7.1f us (x%.2f)  glue %6.1f us\n",
+                m.T, us_gu, us_gu / gu_floor, us_dn, us_dn / dn_floor, us - us_gu - us_dn);
+        cudaFree(m.x); cudaFree(m.out); cudaFree(m.xq); cudaFree(m.xs); cudaFree(m.logits);
+        cudaFree(m.tw); cudaFree(m.idx); cudaFree(wsb);
+    }
+    cudaFree(w); cudaFree(s); cudaFree(dtp); cudaFree(wr); cudaFree(bias);
+    free(tp);
+}
+
+/* ---- MLA decode -------------------------------------------------------------- */
+
+typedef struct {
+    int B, H, ctx, fp8, splits, ntab;
+    void *kv;
+    float *kvs;
+    int32_t *bt;        /* [ntab][B][ctx/64] */
+    int32_t *len;
+    uint16_t *q, *o;
+    void *ws;
+} mla_ctx;
+
+static void
+mla_fn(void *c, int r)
+{
+    mla_ctx *m = c;
+    const int nb = m->ctx / 64;
+    KK(kimi_mla_decode(m->q, m->B, m->H, m->kv, m->kvs, m->fp8, 64,
+                       m->bt + (size_t) (r % m->ntab) * m->B * nb, nb, m->len, m->splits,
+                       0.1308608f, m->ws, m->o, st, ERR));
+}
+
+static void
+bench_mla(int n_sm)
+{
+    const size_t pool_tok = 1u << 20;        /* 1M tokens: 1.2 GB bf16 */
+    const size_t pool_blk = pool_tok / 64;
+    void *kv = dalloc(pool_tok * 576 * 2);
+    void *kv8 = dalloc(pool_tok * 576);
+    float *kvs = dalloc(pool_tok * 4);
+    KK(kimi_fill_bf16(kv, pool_tok * 576, 31, -1.5f, 1.5f, st, ERR));
+    KK(kimi_fill_fp8(kv8, pool_tok * 576, 32, st, ERR));
+    KK(kimi_fill_f32(kvs, pool_tok, 33, 0.01f, 0.02f, st, ERR));
+    int Bs[] = {1, 16, 64}, ctxs[] = {1024, 8192};
+    for (int fp8 = 0; fp8 < 2; fp8++)
+    for (int ci = 0; ci < 2; ci++)
+    for (int bi = 0; bi < 3; bi++) {
+        mla_ctx m = { .B = Bs[bi], .H = 64, .ctx = ctxs[ci], .fp8 = fp8 };
+        const int nb = m.ctx / 64;
+        size_t need = (size_t) m.B * nb;
+        m.ntab = (int) (pool_blk / need);
+        if (m.ntab > 16) m.ntab = 16;
+        int32_t *hbt = malloc((size_t) m.ntab * need * 4);
+        /* each table a disjoint random-ish set of blocks: stride permutation */
+        for (size_t i = 0; i < (size_t) m.ntab * need; i++) {
+            hbt[i] = (int32_t) ((i * 2654435761u) % pool_blk);
+        }
+        m.bt = dalloc((size_t) m.ntab * need * 4);
+        CK(cudaMemcpy(m.bt, hbt, (size_t) m.ntab * need * 4, cudaMemcpyHostToDevice));
+        free(hbt);
+        int32_t *hl = malloc(m.B * 4);
+        for (int b = 0; b < m.B; b++) hl[b] = m.ctx;
+        m.len = dalloc(m.B * 4);
+        CK(cudaMemcpy(m.len, hl, m.B * 4, cudaMemcpyHostToDevice));
+        free(hl);
+        m.q = dalloc((size_t) m.B * 64 * 576 * 2);
+        m.o = dalloc((size_t) m.B * 64 * 512 * 2);
+        KK(kimi_fill_bf16(m.q, (size_t) m.B * 64 * 576, 34, -1, 1, st, ERR));
+        m.splits = kimi_mla_n_splits(m.B, m.ctx, n_sm);
+        m.ws = dalloc(kimi_mla_ws_bytes(m.B, 64, m.splits));
+        m.kv = fp8 ? kv8 : kv;
+        m.kvs = kvs;
+        double us = time_graph(mla_fn, &m, 20, 15);
+        double kvb = (double) m.B * m.ctx * (fp8 ? 580 : 1152);
+        double bytes = kvb + (double) m.B * 64 * (576 + 512) * 2;
+        double gbs = kvb / (us * 1e3);
+        printf("mla decode %s B=%2d ctx=%4d: %.1f us, KV %.1f MB -> %.0f GB/s = %.0f%% of copy (splits %d)\n",
+               fp8 ? "fp8 " : "bf16", m.B, m.ctx, us, kvb / 1e6, gbs, 100 * gbs / copy_gbs, m.splits);
+        fprintf(tab, "mla    %s B=%-2d ctx=%-4d    %8.1f us  KV %7.1f MB  %5.0f GB/s = %3.0f%% copy  x%.2f floor [%s >= 85%%]\n",
+                fp8 ? "fp8 " : "bf16", m.B, m.ctx, us, kvb / 1e6, gbs, 100 * gbs / copy_gbs,
+                us / (bytes / (copy_gbs * 1e3)), 100 * gbs / copy_gbs >= 85 ? "met" : "MISSED");
+        cudaFree(m.bt); cudaFree(m.len); cudaFree(m.q); cudaFree(m.o); cudaFree(m.ws);
+    }
+    cudaFree(kv); cudaFree(kv8); cudaFree(kvs);
+}
+
+typedef struct { int T, H; uint16_t *q, *k, *v, *o; } pf_ctx;
+
+static void
+pf_fn(void *c, int r)
+{
+    pf_ctx *p = c;
+    KK(kimi_mla_prefill(p->q, p->k, p->v, p->T, p->T, 0, p->H, 0.1308608f, p->o, st, ERR));
+}
+
+static void
+bench_mla_prefill(void)
+{
+    int Ts[] = {1024, 4096};
+    for (int i = 0; i < 2; i++) {
+        pf_ctx p = { .T = Ts[i], .H = 64 };
+        size_t n = (size_t) p.T * p.H;
+        p.q = dalloc(n * 192 * 2);
+        p.k = dalloc(n * 192 * 2);
+        p.v = dalloc(n * 128 * 2);
+        p.o = dalloc(n * 128 * 2);
+        KK(kimi_fill_bf16(p.q, n * 192, 41, -1, 1, st, ERR));
+        KK(kimi_fill_bf16(p.k, n * 192, 42, -1, 1, st, ERR));
+        KK(kimi_fill_bf16(p.v, n * 128, 43, -1, 1, st, ERR));
+        double us = time_graph(pf_fn, &p, 3, 7);
+        /* causal: query t sees t+1 keys */
+        double flops = 2.0 * p.H * (192 + 128) * ((double) p.T * (p.T + 1) / 2);
+        double tf = flops / (us * 1e6);
+        printf("mla prefill T=%d H=64 causal: %.1f us, %.0f TFLOP/s (bf16 dense peak 989)\n", p.T, us, tf);
+        fprintf(tab, "mla    prefill T=%-4d H=64 causal %8.1f us  %5.0f TFLOP/s = %3.0f%% of 989 bf16 peak (mma.sync, no wgmma)\n",
+                p.T, us, tf, 100 * tf / 989);
+        cudaFree(p.q); cudaFree(p.k); cudaFree(p.v); cudaFree(p.o);
+    }
+}
+
+int
+run_bench(int argc, char **argv)
+{
+    const char *tabpath = argc > 1 ? argv[1] : "bench_table.txt";
+    const char *what = argc > 2 ? argv[2] : "all";
+    tab = fopen(tabpath, "w");
+    if (tab == NULL) {
+        perror(tabpath);
+        return 1;
+    }
+    struct cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    fprintf(tab, "device %s, %d SMs, %.0f MB L2\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
+    CK(cudaStreamCreate(&st));
+    if (strcmp(what, "mlaone") == 0) {
+        /* one plain MLA decode call (B=64, 8K, bf16) for a profiler */
+        mla_ctx m = { .B = 64, .H = 64, .ctx = 8192, .fp8 = 0, .ntab = 1 };
+        const int nb = m.ctx / 64;
+        m.kv = dalloc((size_t) m.B * m.ctx * 576 * 2);
+        KK(kimi_fill_bf16(m.kv, (size_t) m.B * m.ctx * 576, 31, -1.5f, 1.5f, st, ERR));
+        int32_t *hbt = malloc((size_t) m.B * nb * 4), *hl = malloc(m.B * 4);
+        for (int i = 0; i < m.B * nb; i++) hbt[i] = (int32_t) (((size_t) i * 2654435761u) % (m.B * nb));
+        for (int b = 0; b < m.B; b++) hl[b] = m.ctx;
+        m.bt = dalloc((size_t) m.B * nb * 4);
+        m.len = dalloc(m.B * 4);
+        CK(cudaMemcpy(m.bt, hbt, (size_t) m.B * nb * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(m.len, hl, m.B * 4, cudaMemcpyHostToDevice));
+        m.q = dalloc((size_t) m.B * 64 * 576 * 2);
+        m.o = dalloc((size_t) m.B * 64 * 512 * 2);
+        KK(kimi_fill_bf16(m.q, (size_t) m.B * 64 * 576, 34, -1, 1, st, ERR));
+        m.splits = kimi_mla_n_splits(m.B, m.ctx, prop.multiProcessorCount);
+        m.ws = dalloc(kimi_mla_ws_bytes(m.B, 64, m.splits));
+        mla_fn(&m, 0);
+        CK(cudaStreamSynchronize(st));
+        printf("mlaone done (splits %d)\n", m.splits);
+        fclose(tab);
+        return 0;
+    }
+    void *ltws = dalloc(64 << 20);
+    kimi_cublaslt_t *lt;
+    KK(kimi_cublaslt_create(&lt, ltws, 64 << 20, ERR));
+    bench_copy();
+    bench_peak(lt);
+    if (strstr(what, "all") || strstr(what, "moe")) bench_moe();
+    if (strstr(what, "all") || strstr(what, "mla")) {
+        bench_mla(prop.multiProcessorCount);
+        bench_mla_prefill();
+    }
+    if (strstr(what, "all") || strstr(what, "gemm")) {
+        bench_gemm(lt, 4096, 7168, "expert gate+up");
+        bench_gemm(lt, 7168, 2048, "expert down");
+        bench_gemm(lt, 2112, 7168, "q_a+kv_a");
+        bench_gemm(lt, 7168, 8192, "o_proj");
+    }
+    kimi_cublaslt_destroy(lt);
+    fclose(tab);
+    return 0;
+}
