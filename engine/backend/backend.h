@@ -28,6 +28,7 @@ struct kimi_model;                       /* engine/model/model.h */
 typedef enum {
     KIMI_KV_DTYPE_AUTO = 0,              /* bf16 */
     KIMI_KV_DTYPE_FP8 = 1,               /* e4m3, per-token scale */
+    KIMI_KV_DTYPE_F32 = 2,               /* cpu only: oracle comparison */
 } kimi_kv_dtype_e;
 
 typedef struct {
@@ -93,5 +94,22 @@ struct kimi_backend {
     uint32_t                   vocab_size;
     uint32_t                   max_model_len;
 };
+
+
+/* ---- factory (backend.c) ------------------------------------------------- */
+
+typedef struct {
+    const char         *name;            /* "cpu" | "cuda" | "replay" */
+    struct kimi_model  *model;           /* cpu, cuda: borrowed, loaded */
+    uint32_t            n_threads;       /* cpu: 0 = online CPUs */
+    int                 device;          /* cuda: device ordinal */
+    const void         *replay;          /* replay: kimi_replay_params_t */
+} kimi_backend_params_t;
+
+/* Creates the named backend; *out is the caller's (ops->free).  A backend
+ * this binary was built without is KIMI_EUNSUPPORTED with a message that
+ * says so ("built without CUDA"). */
+int kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
+    kimi_err_t *err);
 
 #endif

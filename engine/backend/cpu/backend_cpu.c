@@ -1,0 +1,871 @@
+/*
+ * The CPU backend: Kimi-K2's forward pass, written to be read next to
+ * DeepSeek-V3's inference/model.py (Block -> MLA -> MoE).
+ *
+ * Owns:   the paged latent KV cache in host memory (per layer [n_blocks]
+ *         [block_size][kv_lora_rank + qk_rope_head_dim]), fp32 copies of
+ *         kv_b_proj for the absorbed attention, RoPE tables, scratch, the
+ *         thread pool, and the last step's logits.
+ * Never:  picks blocks (block tables come with the batch), samples, or
+ *         supports expert parallelism (all experts must be loaded).
+ * Holds:  all tokens of a step go through the GEMMs together; attention is
+ *         per (token, head) over that token's sequence in the cache, after
+ *         every new token of the step has been written, so a prefill chunk
+ *         sees itself causally and earlier chunks through the cache.
+ *
+ * Activations entering FP8 GEMMs are quantised to FP8 1x128 groups
+ * (DS-REF act_quant) unless act_fp32; kv_b_proj is applied in fp32 in the
+ * absorbed form (as the GPU's bf16 absorbed kernels do not requantise).
+ */
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../model/model.h"
+#include "backend_cpu.h"
+#include "ops.h"
+#include "pool.h"
+
+
+typedef struct {
+    kimi_backend_t             base;
+    kimi_model_t              *model;
+    const kimi_model_config_t *cfg;
+    kimi_pool_t               *pool;
+    int                        act_fp32;
+    int                        all_logits;
+
+    float                     *inv_freq;       /* [rope/2] */
+    float                      attn_factor;
+    float                      softmax_scale;
+    float                    **kv_b;           /* [L] -> [H*(nope+v)][R] */
+
+    kimi_cpu_kv_view_t        *kv;             /* [L] */
+    void                      *kv_mem;
+    float                     *kv_scales;
+    uint32_t                   n_blocks;
+
+    float                     *logits;         /* [n_logits][vocab] */
+    uint32_t                   n_logits;
+    size_t                     cap_logits;
+
+    /* step scratch, sized for cap_tokens tokens */
+    uint32_t                   cap_tokens;
+    float                     *h, *a, *qa, *q, *ckv, *qpe, *qlat, *olat;
+    float                     *attn, *o, *g, *u, *y, *rl, *xe, *ye;
+    uint8_t                   *xq;
+    float                     *xs;
+    int32_t                   *tok_id;         /* [T] token ids */
+    uint32_t                  *tok_pos;        /* [T] positions */
+    uint32_t                  *tok_seq;        /* [T] batch seq index */
+    int32_t                   *route_ids;      /* [T][top_k] */
+    float                     *route_w;        /* [T][top_k] */
+    uint32_t                  *gather;         /* [T] */
+    float                     *wscratch;       /* per worker attention */
+    size_t                     wscratch_per;
+    uint32_t                   max_inter;
+    uint32_t                   max_k;
+} kimi_cpu_t;
+
+
+/* ---- parallel GEMM ---- */
+
+typedef struct {
+    const float          *X;
+    const uint8_t        *xq;
+    const float          *xs;
+    uint32_t              T;
+    const kimi_weight_t  *w;
+    float                *Y;
+    int                   fp8_act;
+} kimi_cpu_gemm_job_t;
+
+
+static void
+kimi_cpu_gemm_chunk(void *ctx, uint32_t worker, uint32_t i0, uint32_t i1)
+{
+    kimi_cpu_gemm_job_t  *j = ctx;
+    const kimi_weight_t  *w = j->w;
+
+    (void) worker;
+
+    switch (w->dtype) {
+
+    case KIMI_DTYPE_F8_E4M3:
+        if (j->fp8_act) {
+            kimi_gemm_fp8a_fp8w(j->xq, j->xs, j->T, w->cols, w->data,
+                                w->scale_inv, w->rows, i0, i1, j->Y);
+
+        } else {
+            kimi_gemm_f32_fp8w(j->X, j->T, w->cols, w->data, w->scale_inv,
+                               w->rows, i0, i1, j->Y);
+        }
+
+        break;
+
+    case KIMI_DTYPE_BF16:
+        kimi_gemm_f32_bf16w(j->X, j->T, w->cols, w->data, w->rows, i0, i1,
+                            j->Y);
+        break;
+
+    default:
+        kimi_gemm_f32_f32w(j->X, j->T, w->cols, w->data, w->rows, i0, i1,
+                           j->Y);
+        break;
+    }
+}
+
+
+/* Y[T][w.rows] = X[T][w.cols] * W^T */
+static void
+kimi_cpu_linear(kimi_cpu_t *b, const float *X, uint32_t T,
+    const kimi_weight_t *w, float *Y)
+{
+    kimi_cpu_gemm_job_t  j = { X, b->xq, b->xs, T, w, Y, 0 };
+
+    if (w->dtype == KIMI_DTYPE_F8_E4M3 && !b->act_fp32) {
+        kimi_act_quant_fp8(X, T, w->cols, b->xq, b->xs);
+        j.fp8_act = 1;
+    }
+
+    kimi_pool_run(b->pool, w->rows, kimi_cpu_gemm_chunk, &j);
+}
+
+
+/* ---- MLA ---- */
+
+typedef struct {
+    kimi_cpu_t             *b;
+    uint32_t                layer;
+    const kimi_batch_t     *batch;
+} kimi_cpu_attn_job_t;
+
+
+static void
+kimi_cpu_attn_chunk(void *ctx, uint32_t worker, uint32_t i0, uint32_t i1)
+{
+    kimi_cpu_attn_job_t        *j = ctx;
+    kimi_cpu_t                 *b = j->b;
+    const kimi_model_config_t  *c = b->cfg;
+    uint32_t                    H = c->num_attention_heads;
+    uint32_t                    R = c->kv_lora_rank, P = c->qk_rope_head_dim;
+    uint32_t                    nope = c->qk_nope_head_dim, dv = c->v_head_dim;
+    uint32_t                    qk = nope + P, rows_h = nope + dv;
+    const float                *wkvb = b->kv_b[j->layer];
+    float                      *scratch = b->wscratch
+                                          + (size_t) worker * b->wscratch_per;
+
+    for (uint32_t i = i0; i < i1; i++) {
+        uint32_t                 t = i / H, h = i % H;
+        const kimi_batch_seq_t  *s = &j->batch->seqs[b->tok_seq[t]];
+        const float             *qn = b->q + ((size_t) t * H + h) * qk;
+        float                   *ql = b->qlat + (size_t) t * H * R;
+        float                   *ol = b->olat + (size_t) t * H * R;
+        float                   *out = b->attn + ((size_t) t * H + h) * dv;
+
+        /* q_lat[h] = W_UK_h^T q_nope_h: bshd,hdc->bshc */
+        memset(ql + (size_t) h * R, 0, R * sizeof(float));
+
+        for (uint32_t d = 0; d < nope; d++) {
+            const float  *wr = wkvb + ((size_t) h * rows_h + d) * R;
+            float         qd = qn[d];
+
+            for (uint32_t r = 0; r < R; r++) {
+                ql[(size_t) h * R + r] += qd * wr[r];
+            }
+        }
+
+        kimi_mla_decode_absorbed(&b->kv[j->layer], s->block_table,
+                                 b->tok_pos[t] + 1, ql,
+                                 b->qpe + (size_t) t * H * P, H,
+                                 b->softmax_scale, h, h + 1, scratch, ol);
+
+        /* o_h = W_UV_h o_lat[h]: bshc,hdc->bshd */
+        for (uint32_t d = 0; d < dv; d++) {
+            const float  *wr = wkvb + ((size_t) h * rows_h + nope + d) * R;
+            float         acc = 0.0f;
+
+            for (uint32_t r = 0; r < R; r++) {
+                acc += wr[r] * ol[(size_t) h * R + r];
+            }
+
+            out[d] = acc;
+        }
+    }
+}
+
+
+static void
+kimi_cpu_mla(kimi_cpu_t *b, uint32_t l, const kimi_batch_t *batch,
+    uint32_t T)
+{
+    const kimi_model_config_t   *c = b->cfg;
+    const kimi_layer_weights_t  *L = &b->model->layers[l];
+    uint32_t                     H = c->num_attention_heads;
+    uint32_t                     R = c->kv_lora_rank;
+    uint32_t                     P = c->qk_rope_head_dim, half = P / 2;
+    uint32_t                     nope = c->qk_nope_head_dim, qk = nope + P;
+    float                        cs[512], sn[512];
+    kimi_cpu_attn_job_t          j = { b, l, batch };
+
+    /* q = q_b(rms(q_a(a)))                     [T][H][nope + rope] */
+    kimi_cpu_linear(b, b->a, T, &L->q_a_proj, b->qa);
+
+    for (uint32_t t = 0; t < T; t++) {
+        float  *row = b->qa + (size_t) t * c->q_lora_rank;
+        kimi_rmsnorm(row, L->q_a_layernorm, c->q_lora_rank, c->rms_norm_eps,
+                     row);
+    }
+
+    kimi_cpu_linear(b, b->qa, T, &L->q_b_proj, b->q);
+
+    /* ckv = kv_a(a) = [c (R) ; k_pe (rope)]      [T][R + P] */
+    kimi_cpu_linear(b, b->a, T, &L->kv_a_proj_with_mqa, b->ckv);
+
+    for (uint32_t t = 0; t < T; t++) {
+        const kimi_batch_seq_t  *s = &batch->seqs[b->tok_seq[t]];
+        float                   *row = b->ckv + (size_t) t * (R + P);
+
+        kimi_rope_cos_sin(b->inv_freq, half, b->tok_pos[t], b->attn_factor,
+                          cs, sn);
+        kimi_rmsnorm(row, L->kv_a_layernorm, R, c->rms_norm_eps, row);
+        kimi_rope_apply(row + R, cs, sn, half);
+
+        for (uint32_t h = 0; h < H; h++) {
+            float  *qp = b->qpe + ((size_t) t * H + h) * P;
+
+            memcpy(qp, b->q + ((size_t) t * H + h) * qk + nope,
+                   P * sizeof(float));
+            kimi_rope_apply(qp, cs, sn, half);
+        }
+
+        kimi_kv_write(&b->kv[l], s->block_table, b->tok_pos[t], row,
+                      row + R);
+    }
+
+    kimi_pool_run(b->pool, T * H, kimi_cpu_attn_chunk, &j);
+
+    /* out = o_proj(concat_h o_h) */
+    kimi_cpu_linear(b, b->attn, T, &L->o_proj, b->o);
+}
+
+
+/* ---- FFN ---- */
+
+/* y[T][D] = down(silu(gate(x)) * up(x)) */
+static void
+kimi_cpu_mlp(kimi_cpu_t *b, const kimi_mlp_weights_t *w, const float *x,
+    uint32_t T, float *y)
+{
+    uint32_t  I = w->gate_proj.rows;
+
+    kimi_cpu_linear(b, x, T, &w->gate_proj, b->g);
+    kimi_cpu_linear(b, x, T, &w->up_proj, b->u);
+    kimi_silu_mul(b->g, b->u, T * I, b->g);
+    kimi_cpu_linear(b, b->g, T, &w->down_proj, y);
+}
+
+
+static int
+kimi_cpu_moe(kimi_cpu_t *b, const kimi_layer_weights_t *L, uint32_t T,
+    kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    uint32_t                    D = c->hidden_size, E = c->n_routed_experts;
+    uint32_t                    K = c->num_experts_per_tok;
+
+    /* router in fp32 over the bf16 gate (HF and DS-REF do the same) */
+    kimi_cpu_linear(b, b->a, T, &L->gate, b->rl);
+
+    for (uint32_t t = 0; t < T; t++) {
+        if (kimi_moe_route(b->rl + (size_t) t * E, L->e_score_correction_bias,
+                           E, c->n_group, c->topk_group, K,
+                           c->norm_topk_prob, c->routed_scaling_factor,
+                           b->route_ids + (size_t) t * K,
+                           b->route_w + (size_t) t * K) != 0)
+        {
+            return kimi_err_set(err, KIMI_EINVAL, "moe routing: bad config");
+        }
+    }
+
+    /* shared expert on every token: not weighted, not scaled */
+    if (c->n_shared_experts > 0) {
+        kimi_cpu_mlp(b, &L->shared_experts, b->a, T, b->y);
+
+    } else {
+        memset(b->y, 0, (size_t) T * D * sizeof(float));
+    }
+
+    /* routed experts: gather each expert's tokens, run, scatter-add */
+    for (uint32_t e = 0; e < E; e++) {
+        uint32_t  n = 0;
+
+        for (uint32_t t = 0; t < T; t++) {
+            for (uint32_t k = 0; k < K; k++) {
+                if (b->route_ids[(size_t) t * K + k] == (int32_t) e) {
+                    b->gather[n] = t * K + k;
+                    memcpy(b->xe + (size_t) n * D, b->a + (size_t) t * D,
+                           D * sizeof(float));
+                    n++;
+                }
+            }
+        }
+
+        if (n == 0) {
+            continue;
+        }
+
+        kimi_cpu_mlp(b, &L->experts[e], b->xe, n, b->ye);
+
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t  t = b->gather[i] / K;
+            float     wt = b->route_w[b->gather[i]];
+
+            for (uint32_t d = 0; d < D; d++) {
+                b->y[(size_t) t * D + d] += wt * b->ye[(size_t) i * D + d];
+            }
+        }
+    }
+
+    return 0;
+}
+
+
+/* ---- scratch ---- */
+
+static int
+kimi_cpu_reserve(kimi_cpu_t *b, uint32_t T, uint32_t max_ctx,
+    kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    uint32_t                    H = c->num_attention_heads;
+    uint32_t                    R = c->kv_lora_rank, P = c->qk_rope_head_dim;
+    uint32_t                    qk = kimi_model_qk_head_dim(c);
+    uint32_t                    D = c->hidden_size, nw;
+    size_t                      per;
+
+    nw = kimi_pool_size(b->pool);
+    per = (size_t) max_ctx + R + P;
+
+    if (per > b->wscratch_per) {
+        free(b->wscratch);
+        b->wscratch = malloc(per * nw * sizeof(float));
+        b->wscratch_per = b->wscratch ? per : 0;
+
+        if (b->wscratch == NULL) {
+            return kimi_err_set(err, KIMI_ENOMEM, "cpu: attention scratch");
+        }
+    }
+
+    if (T <= b->cap_tokens) {
+        return 0;
+    }
+
+#define KIMI_RE(ptr, n)                                                      \
+    do {                                                                     \
+        void  *np = realloc(ptr, (size_t) (n) * sizeof(*(ptr)));             \
+        if (np == NULL) goto nomem;                                          \
+        ptr = np;                                                            \
+    } while (0)
+
+    KIMI_RE(b->h, (size_t) T * D);
+    KIMI_RE(b->a, (size_t) T * D);
+    KIMI_RE(b->qa, (size_t) T * c->q_lora_rank);
+    KIMI_RE(b->q, (size_t) T * H * qk);
+    KIMI_RE(b->ckv, (size_t) T * (R + P));
+    KIMI_RE(b->qpe, (size_t) T * H * P);
+    KIMI_RE(b->qlat, (size_t) T * H * R);
+    KIMI_RE(b->olat, (size_t) T * H * R);
+    KIMI_RE(b->attn, (size_t) T * H * c->v_head_dim);
+    KIMI_RE(b->o, (size_t) T * D);
+    KIMI_RE(b->g, (size_t) T * c->num_experts_per_tok * b->max_inter
+                  + (size_t) T * b->max_inter);
+    KIMI_RE(b->u, (size_t) T * c->num_experts_per_tok * b->max_inter
+                  + (size_t) T * b->max_inter);
+    KIMI_RE(b->y, (size_t) T * D);
+    KIMI_RE(b->rl, (size_t) T * (c->n_routed_experts + 1));
+    KIMI_RE(b->xe, (size_t) T * (c->num_experts_per_tok + 1) * D);
+    KIMI_RE(b->ye, (size_t) T * (c->num_experts_per_tok + 1) * D);
+    KIMI_RE(b->xq, (size_t) T * (c->num_experts_per_tok + 1) * b->max_k);
+    KIMI_RE(b->xs, (size_t) T * (c->num_experts_per_tok + 1)
+                   * ((b->max_k + 127) / 128));
+    KIMI_RE(b->tok_id, T);
+    KIMI_RE(b->tok_pos, T);
+    KIMI_RE(b->tok_seq, T);
+    KIMI_RE(b->route_ids, (size_t) T * (c->num_experts_per_tok + 1));
+    KIMI_RE(b->route_w, (size_t) T * (c->num_experts_per_tok + 1));
+    KIMI_RE(b->gather, (size_t) T * (c->num_experts_per_tok + 1));
+#undef KIMI_RE
+
+    b->cap_tokens = T;
+    return 0;
+
+nomem:
+
+    return kimi_err_set(err, KIMI_ENOMEM, "cpu: scratch for %u tokens", T);
+}
+
+
+/* ---- vtable ---- */
+
+static int
+kimi_cpu_kv_init(kimi_backend_t *base, const kimi_kv_params_t *p,
+    uint32_t *n_blocks_out, kimi_err_t *err)
+{
+    kimi_cpu_t                 *b = (kimi_cpu_t *) base;
+    const kimi_model_config_t  *c = b->cfg;
+    uint32_t                    L = c->num_hidden_layers;
+    uint32_t                    W = c->kv_lora_rank + c->qk_rope_head_dim;
+    uint32_t                    bs = p->block_size ? p->block_size : 64;
+    kimi_cpu_kv_dtype_e         dt;
+    size_t                      esize, per_block;
+    uint64_t                    budget, n;
+
+    switch (p->dtype) {
+    case KIMI_KV_DTYPE_AUTO: dt = KIMI_CPU_KV_BF16; esize = 2; break;
+    case KIMI_KV_DTYPE_FP8:  dt = KIMI_CPU_KV_FP8;  esize = 1; break;
+    case KIMI_KV_DTYPE_F32:  dt = KIMI_CPU_KV_F32;  esize = 4; break;
+    default:
+        return kimi_err_set(err, KIMI_EINVAL, "cpu kv: unknown dtype %d",
+                            (int) p->dtype);
+    }
+
+    if (b->kv_mem != NULL) {
+        return kimi_err_set(err, KIMI_ESTATE, "cpu kv: already initialised");
+    }
+
+    if (bs > 4096) {
+        return kimi_err_set(err, KIMI_EINVAL, "cpu kv: block_size %u > 4096",
+                            bs);
+    }
+
+    per_block = (size_t) bs * W * esize + (dt == KIMI_CPU_KV_FP8 ? bs * 4 : 0);
+    budget = p->budget_bytes ? p->budget_bytes : (1ull << 30);
+    n = budget / ((uint64_t) per_block * L);
+
+    if (p->max_blocks && n > p->max_blocks) {
+        n = p->max_blocks;
+    }
+
+    if (n > UINT32_MAX / 2) {
+        n = UINT32_MAX / 2;
+    }
+
+    if (n == 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "cpu kv: budget %llu bytes "
+                            "holds no %u-token block for %u layers",
+                            (unsigned long long) budget, bs, L);
+    }
+
+    /* calloc: untouched pages of a large cache cost nothing */
+    b->kv_mem = calloc((size_t) n * L, (size_t) bs * W * esize);
+    b->kv = calloc(L, sizeof(kimi_cpu_kv_view_t));
+
+    if (dt == KIMI_CPU_KV_FP8) {
+        b->kv_scales = calloc((size_t) n * L * bs, sizeof(float));
+    }
+
+    if (b->kv_mem == NULL || b->kv == NULL
+        || (dt == KIMI_CPU_KV_FP8 && b->kv_scales == NULL))
+    {
+        free(b->kv_mem);
+        free(b->kv);
+        free(b->kv_scales);
+        b->kv_mem = NULL;
+        b->kv = NULL;
+        b->kv_scales = NULL;
+        return kimi_err_set(err, KIMI_ENOMEM, "cpu kv: %llu blocks do not "
+                            "fit in memory", (unsigned long long) n);
+    }
+
+    for (uint32_t l = 0; l < L; l++) {
+        b->kv[l].data = (uint8_t *) b->kv_mem
+                        + (size_t) l * n * bs * W * esize;
+        b->kv[l].scales = b->kv_scales ? b->kv_scales + (size_t) l * n * bs
+                                       : NULL;
+        b->kv[l].dtype = dt;
+        b->kv[l].block_size = bs;
+        b->kv[l].kv_lora_rank = c->kv_lora_rank;
+        b->kv[l].rope_dim = c->qk_rope_head_dim;
+        b->kv[l].n_blocks = (uint32_t) n;
+    }
+
+    b->n_blocks = (uint32_t) n;
+    *n_blocks_out = (uint32_t) n;
+    return 0;
+}
+
+
+static int
+kimi_cpu_check_batch(kimi_cpu_t *b, const kimi_batch_t *batch, uint32_t *T,
+    uint32_t *max_ctx, uint32_t *n_rows, kimi_err_t *err)
+{
+    uint32_t  bs;
+
+    if (b->kv == NULL) {
+        return kimi_err_set(err, KIMI_ESTATE, "cpu: forward before kv_init");
+    }
+
+    bs = b->kv[0].block_size;
+    *T = *max_ctx = *n_rows = 0;
+
+    for (uint32_t i = 0; i < batch->n_seqs; i++) {
+        const kimi_batch_seq_t  *s = &batch->seqs[i];
+        uint64_t                 end = (uint64_t) s->pos + s->n_tokens;
+
+        if (s->n_tokens == 0 || s->tokens == NULL || s->block_table == NULL) {
+            return kimi_err_set(err, KIMI_EINVAL, "cpu: seq %llu: empty",
+                                (unsigned long long) s->seq_id);
+        }
+
+        if (end > b->base.max_model_len) {
+            return kimi_err_set(err, KIMI_EINVAL, "cpu: seq %llu: position "
+                                "%llu beyond max_model_len %u",
+                                (unsigned long long) s->seq_id,
+                                (unsigned long long) end,
+                                b->base.max_model_len);
+        }
+
+        if ((uint64_t) s->n_blocks * bs < end) {
+            return kimi_err_set(err, KIMI_EINVAL, "cpu: seq %llu: %u blocks "
+                                "do not cover %llu tokens",
+                                (unsigned long long) s->seq_id, s->n_blocks,
+                                (unsigned long long) end);
+        }
+
+        for (uint32_t k = 0; k < (end + bs - 1) / bs; k++) {
+            if (s->block_table[k] >= b->n_blocks) {
+                return kimi_err_set(err, KIMI_EINVAL, "cpu: seq %llu: block "
+                                    "%u out of range (%u blocks)",
+                                    (unsigned long long) s->seq_id,
+                                    s->block_table[k], b->n_blocks);
+            }
+        }
+
+        for (uint32_t k = 0; k < s->n_tokens; k++) {
+            if (s->tokens[k] < 0
+                || (uint32_t) s->tokens[k] >= b->cfg->vocab_size)
+            {
+                return kimi_err_set(err, KIMI_EINVAL, "cpu: seq %llu: token "
+                                    "%d outside the vocabulary",
+                                    (unsigned long long) s->seq_id,
+                                    s->tokens[k]);
+            }
+        }
+
+        if (*T + (uint64_t) s->n_tokens > (1u << 24)) {
+            return kimi_err_set(err, KIMI_EINVAL, "cpu: batch too large");
+        }
+
+        *T += s->n_tokens;
+        *max_ctx = end > *max_ctx ? (uint32_t) end : *max_ctx;
+
+        if (s->want_logits) {
+            *n_rows += b->all_logits ? s->n_tokens : 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static int
+kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
+    kimi_err_t *err)
+{
+    kimi_cpu_t                 *b = (kimi_cpu_t *) base;
+    const kimi_model_t         *m = b->model;
+    const kimi_model_config_t  *c = b->cfg;
+    uint32_t                    D = c->hidden_size, V = c->vocab_size;
+    uint32_t                    T = 0, max_ctx = 0, n_rows = 0, t = 0;
+    uint32_t                    row = 0;
+    int                         rc;
+
+    if ((rc = kimi_cpu_check_batch(b, batch, &T, &max_ctx, &n_rows, err))
+        != 0 || (rc = kimi_cpu_reserve(b, T, max_ctx, err)) != 0)
+    {
+        return rc;
+    }
+
+    /* flatten: token t of the step -> (seq, position, id); embed */
+    for (uint32_t i = 0; i < batch->n_seqs; i++) {
+        const kimi_batch_seq_t  *s = &batch->seqs[i];
+
+        for (uint32_t k = 0; k < s->n_tokens; k++, t++) {
+            const kimi_weight_t  *e = &m->embed_tokens;
+            float                *h = b->h + (size_t) t * D;
+
+            b->tok_id[t] = s->tokens[k];
+            b->tok_pos[t] = s->pos + k;
+            b->tok_seq[t] = i;
+
+            for (uint32_t d = 0; d < D; d++) {
+                size_t  idx = (size_t) s->tokens[k] * D + d;
+
+                h[d] = e->dtype == KIMI_DTYPE_BF16
+                       ? kimi_bf16_to_f32(((const uint16_t *) e->data)[idx])
+                       : ((const float *) e->data)[idx];
+            }
+        }
+    }
+
+    for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
+        const kimi_layer_weights_t  *L = &m->layers[l];
+
+        /* h = h + attn(rms(h)) */
+        for (t = 0; t < T; t++) {
+            kimi_rmsnorm(b->h + (size_t) t * D, L->input_layernorm, D,
+                         c->rms_norm_eps, b->a + (size_t) t * D);
+        }
+
+        kimi_cpu_mla(b, l, batch, T);
+
+        /* h = h + ffn(rms(h)) */
+        for (t = 0; t < T; t++) {
+            kimi_rmsnorm_residual(b->h + (size_t) t * D, b->o + (size_t) t * D,
+                                  L->post_attention_layernorm, D,
+                                  c->rms_norm_eps, b->a + (size_t) t * D);
+        }
+
+        if (L->is_moe) {
+            if ((rc = kimi_cpu_moe(b, L, T, err)) != 0) {
+                return rc;
+            }
+
+        } else {
+            kimi_cpu_mlp(b, &L->mlp, b->a, T, b->y);
+        }
+
+        for (size_t i = 0; i < (size_t) T * D; i++) {
+            b->h[i] += b->y[i];
+        }
+    }
+
+    /* logits of the wanted tokens: lm_head(rms(h)) */
+    if ((size_t) n_rows * V > b->cap_logits) {
+        float  *nl = realloc(b->logits, (size_t) n_rows * V * sizeof(float));
+
+        if (nl == NULL) {
+            return kimi_err_set(err, KIMI_ENOMEM, "cpu: logits");
+        }
+
+        b->logits = nl;
+        b->cap_logits = (size_t) n_rows * V;
+    }
+
+    t = 0;
+
+    for (uint32_t i = 0; i < batch->n_seqs; i++) {
+        const kimi_batch_seq_t  *s = &batch->seqs[i];
+
+        for (uint32_t k = 0; k < s->n_tokens; k++, t++) {
+            if (!s->want_logits || (!b->all_logits && k + 1 < s->n_tokens)) {
+                continue;
+            }
+
+            kimi_rmsnorm(b->h + (size_t) t * D, m->norm, D, c->rms_norm_eps,
+                         b->a + (size_t) row * D);
+            row++;
+        }
+    }
+
+    if (n_rows > 0) {
+        kimi_cpu_linear(b, b->a, n_rows, &m->lm_head, b->logits);
+    }
+
+    b->n_logits = n_rows;
+    return 0;
+}
+
+
+static const float *
+kimi_cpu_logits(kimi_backend_t *base, uint32_t *n_rows, uint32_t *vocab)
+{
+    kimi_cpu_t  *b = (kimi_cpu_t *) base;
+
+    *n_rows = b->n_logits;
+    *vocab = b->cfg->vocab_size;
+    return b->logits;
+}
+
+
+static void
+kimi_cpu_free(kimi_backend_t *base)
+{
+    kimi_cpu_t  *b = (kimi_cpu_t *) base;
+
+    if (b == NULL) {
+        return;
+    }
+
+    kimi_pool_free(b->pool);
+
+    if (b->kv_b != NULL) {
+        for (uint32_t l = 0; l < b->cfg->num_hidden_layers; l++) {
+            free(b->kv_b[l]);
+        }
+    }
+
+    free(b->kv_b);
+    free(b->inv_freq);
+    free(b->kv_mem);
+    free(b->kv_scales);
+    free(b->kv);
+    free(b->logits);
+    free(b->wscratch);
+    free(b->h); free(b->a); free(b->qa); free(b->q); free(b->ckv);
+    free(b->qpe); free(b->qlat); free(b->olat); free(b->attn); free(b->o);
+    free(b->g); free(b->u); free(b->y); free(b->rl); free(b->xe);
+    free(b->ye); free(b->xq); free(b->xs); free(b->tok_id); free(b->tok_pos);
+    free(b->tok_seq); free(b->route_ids); free(b->route_w); free(b->gather);
+    free(b);
+}
+
+
+static const kimi_backend_ops_t  kimi_cpu_ops = {
+    .name = "cpu",
+    .kv_init = kimi_cpu_kv_init,
+    .forward = kimi_cpu_forward,
+    .logits = kimi_cpu_logits,
+    .sample = NULL,
+    .seq_free = NULL,                     /* no per-sequence state */
+    .free = kimi_cpu_free,
+};
+
+
+void
+kimi_backend_cpu_set_all_logits(kimi_backend_t *base, int on)
+{
+    ((kimi_cpu_t *) base)->all_logits = on;
+}
+
+
+/* Dequantises any weight kind to fp32 [rows][cols]. */
+static float *
+kimi_cpu_dequant(const kimi_weight_t *w)
+{
+    float  *f = malloc((size_t) w->rows * w->cols * sizeof(float));
+
+    if (f == NULL) {
+        return NULL;
+    }
+
+    if (w->dtype == KIMI_DTYPE_F8_E4M3) {
+        kimi_fp8_dequant(w->data, w->scale_inv, w->rows, w->cols, f);
+
+    } else if (w->dtype == KIMI_DTYPE_BF16) {
+        for (size_t i = 0; i < (size_t) w->rows * w->cols; i++) {
+            f[i] = kimi_bf16_to_f32(((const uint16_t *) w->data)[i]);
+        }
+
+    } else {
+        memcpy(f, w->data, (size_t) w->rows * w->cols * sizeof(float));
+    }
+
+    return f;
+}
+
+
+int
+kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
+    const kimi_backend_cpu_params_t *p, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = &model->cfg;
+    kimi_rope_params_t          rp;
+    kimi_cpu_t                 *b;
+    const char                 *env;
+    int                         rc;
+
+    if (c->n_routed_experts > 0
+        && (model->expert_first != 0
+            || model->expert_last != c->n_routed_experts))
+    {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "cpu backend: needs all "
+                            "%u experts loaded (expert parallel is cuda only)",
+                            c->n_routed_experts);
+    }
+
+    if (c->qk_rope_head_dim > 1024) {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "cpu backend: "
+                            "qk_rope_head_dim %u > 1024", c->qk_rope_head_dim);
+    }
+
+    b = calloc(1, sizeof(*b));
+
+    if (b == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "cpu backend: out of memory");
+    }
+
+    b->base.ops = &kimi_cpu_ops;
+    b->base.vocab_size = c->vocab_size;
+    b->base.max_model_len = c->max_position_embeddings;
+    b->model = model;
+    b->cfg = c;
+    b->act_fp32 = p->act_fp32;
+
+    if (b->act_fp32 < 0) {
+        env = getenv("KIMI_CPU_ACT");
+        b->act_fp32 = env != NULL && strcmp(env, "fp32") == 0;
+    }
+
+    if ((rc = kimi_pool_init(&b->pool, p->n_threads, err)) != 0) {
+        free(b);
+        return rc;
+    }
+
+    rp.rope_dim = c->qk_rope_head_dim;
+    rp.theta = c->rope_theta;
+    rp.yarn = c->rope_is_yarn;
+    rp.factor = c->rope_factor;
+    rp.beta_fast = c->rope_beta_fast;
+    rp.beta_slow = c->rope_beta_slow;
+    rp.mscale = c->rope_mscale;
+    rp.mscale_all_dim = c->rope_mscale_all_dim;
+    rp.original_max_pos = c->rope_original_max_position_embeddings;
+    b->inv_freq = malloc(c->qk_rope_head_dim / 2 * sizeof(float) + 1);
+    b->kv_b = calloc(c->num_hidden_layers, sizeof(float *));
+
+    if (b->inv_freq == NULL || b->kv_b == NULL) {
+        kimi_cpu_free(&b->base);
+        return kimi_err_set(err, KIMI_ENOMEM, "cpu backend: out of memory");
+    }
+
+    kimi_rope_inv_freq(&rp, b->inv_freq, &b->attn_factor);
+    b->softmax_scale = kimi_model_softmax_scale(c);
+
+    for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
+        b->kv_b[l] = kimi_cpu_dequant(&model->layers[l].kv_b_proj);
+
+        if (b->kv_b[l] == NULL) {
+            kimi_cpu_free(&b->base);
+            return kimi_err_set(err, KIMI_ENOMEM, "cpu backend: kv_b_proj");
+        }
+    }
+
+    b->max_inter = c->intermediate_size;
+    b->max_inter = c->moe_intermediate_size * c->n_shared_experts
+                   > b->max_inter
+                   ? c->moe_intermediate_size * c->n_shared_experts
+                   : b->max_inter;
+    b->max_inter = c->moe_intermediate_size > b->max_inter
+                   ? c->moe_intermediate_size : b->max_inter;
+    b->max_k = c->hidden_size;
+    b->max_k = b->max_inter > b->max_k ? b->max_inter : b->max_k;
+    b->max_k = c->q_lora_rank > b->max_k ? c->q_lora_rank : b->max_k;
+    b->max_k = c->num_attention_heads * c->v_head_dim > b->max_k
+               ? c->num_attention_heads * c->v_head_dim : b->max_k;
+
+    *out = &b->base;
+    return 0;
+}
+
+
+int
+kimi_backend_cpu_init(kimi_backend_t **out, struct kimi_model *model,
+    uint32_t n_threads, kimi_err_t *err)
+{
+    kimi_backend_cpu_params_t  p = { n_threads, -1 };
+
+    return kimi_backend_cpu_init_params(out, model, &p, err);
+}

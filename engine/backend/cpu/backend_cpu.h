@@ -1,0 +1,41 @@
+/*
+ * The CPU backend: the reference forward pass of Kimi-K2.
+ *
+ * Owns:   the paged latent KV cache storage in host memory, the thread
+ *         pool, and the forward pass (embedding -> MLA -> MoE -> logits).
+ * Never:  chooses which blocks a sequence uses (the scheduler's block
+ *         tables say), samples, or reads files (the model is loaded).
+ *
+ * Activations entering FP8 GEMMs are quantised to FP8 1x128 groups as the
+ * GPU does; KIMI_CPU_ACT=fp32 in the environment (or act_fp32 = 1) keeps
+ * them fp32 for comparison with the fp32 oracle.
+ */
+
+#ifndef KIMI_BACKEND_CPU_H
+#define KIMI_BACKEND_CPU_H
+
+#include <stdint.h>
+
+#include "../backend.h"
+
+struct kimi_model;
+
+typedef struct {
+    uint32_t  n_threads;               /* 0 = online CPUs */
+    int       act_fp32;                /* -1 = from KIMI_CPU_ACT, 0/1 */
+} kimi_backend_cpu_params_t;
+
+/* Borrows model, which must outlive the backend. */
+int kimi_backend_cpu_init(kimi_backend_t **out, struct kimi_model *model,
+    uint32_t n_threads, kimi_err_t *err);
+
+int kimi_backend_cpu_init_params(kimi_backend_t **out,
+    struct kimi_model *model, const kimi_backend_cpu_params_t *p,
+    kimi_err_t *err);
+
+/* CPU only (scoring, oracle tests): when on, forward() keeps the logits of
+ * EVERY new token of each want_logits seq (rows in batch, then token
+ * order), not just the last one. */
+void kimi_backend_cpu_set_all_logits(kimi_backend_t *b, int on);
+
+#endif
