@@ -43,6 +43,22 @@ int      kimi_tokenizer_is_special(const kimi_tokenizer_t *tok, int32_t id);
 int  kimi_tokenize(const kimi_tokenizer_t *tok, const char *text, size_t len,
     int allow_special, int32_t **ids, size_t *n_ids, kimi_err_t *err);
 
+/* A byte range of a text. */
+typedef struct {
+    size_t  off;
+    size_t  len;
+} kimi_span_t;
+
+/* kimi_tokenize() where special-token names that overlap one of the
+ * plain spans (sorted, disjoint; e.g. the message contents reported by
+ * kimi_template_render_ex()) stay ordinary text even with allow_special:
+ * users cannot forge turns, while the template's own markers stay
+ * special.  The text is still split as one string, so ids equal
+ * kimi_tokenize()'s whenever no name lies in a plain span. */
+int  kimi_tokenize_ex(const kimi_tokenizer_t *tok, const char *text,
+    size_t len, int allow_special, const kimi_span_t *plain, size_t n_plain,
+    int32_t **ids, size_t *n_ids, kimi_err_t *err);
+
 /* Bytes of one token (not NUL-terminated), or NULL for an invalid id. */
 const char *kimi_token_bytes(const kimi_tokenizer_t *tok, int32_t id,
     size_t *len);
@@ -84,6 +100,19 @@ int  kimi_template_render(const kimi_template_t *t, json_t *messages,
     json_t *tools, int add_generation_prompt, char **text, size_t *len,
     kimi_err_t *err);
 
+/* kimi_template_render() that also reports the byte ranges of *text that
+ * came from request data (message contents, names, ids, tool JSON), in
+ * order and disjoint; *plain is malloc'ed (may be NULL when none).  Pass
+ * them to kimi_tokenize_ex() so special-token names typed by users stay
+ * text (the gateway's "no forged turns" mode). */
+int  kimi_template_render_ex(const kimi_template_t *t, json_t *messages,
+    json_t *tools, int add_generation_prompt, char **text, size_t *len,
+    kimi_span_t **plain, size_t *n_plain, kimi_err_t *err);
+
+/* Compiles a template from memory (name is used in error messages). */
+int  kimi_template_load_string(kimi_template_t **out, const char *src,
+    size_t len, const char *name, kimi_err_t *err);
+
 /* ---- tool calls (kimi_k2 format) ------------------------------------------ */
 
 typedef struct kimi_toolparse  kimi_toolparse_t;
@@ -108,7 +137,13 @@ typedef void (*kimi_tool_ev_pt)(void *ctx, const kimi_tool_ev_t *ev);
 
 /* One state machine for streaming and one-shot parsing: feed decoded text
  * as it arrives, then finish.  Marker text never leaks into CONTENT; a
- * malformed section falls back to content without markers. */
+ * malformed section falls back to content without markers.
+ * CALL_BEGIN comes when the argument marker arrives (id complete); ARGS
+ * fragments are the raw argument text, trimmed of surrounding whitespace
+ * (never validated, as vLLM); a call cut off by the end of output is
+ * closed by finish(); a call whose id is not "[^<]+:\d+" is dropped; text
+ * after a section end is CONTENT again.  Event pointers are valid during
+ * the callback only. */
 kimi_toolparse_t *kimi_toolparse_new(kimi_tool_ev_pt cb, void *ctx);
 void kimi_toolparse_free(kimi_toolparse_t *p);
 int  kimi_toolparse_feed(kimi_toolparse_t *p, const char *text, size_t len);

@@ -1,0 +1,283 @@
+/*
+ * The chat template of a model directory: load once, render per request.
+ *
+ * Owns:   finding the template (DIR/chat_template.jinja, else the
+ *         "chat_template" of DIR/tokenizer_config.json), compiling it, and
+ *         kimi_template_render[_ex](): vLLM's preprocessing (chat.c), then
+ *         the evaluator with the variables transformers passes.
+ * Never:  tokenizes.
+ * Holds:  a loaded template is immutable and may be rendered by many
+ *         threads at once.
+ */
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "template_internal.h"
+
+struct kimi_template {
+    kimi_node_t  **body;
+    size_t         n_body;
+    char          *source;       /* "DIR/chat_template.jinja" etc. */
+    char          *tokens[4];    /* bos, eos, unk, pad from the config */
+};
+
+
+static char *
+kimi_read_text(const char *path, size_t *len)
+{
+    FILE  *f;
+    long   n;
+    char  *s;
+
+    f = fopen(path, "rb");
+    if (f == NULL) {
+        return NULL;
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0
+        || fseek(f, 0, SEEK_SET) != 0)
+    {
+        fclose(f);
+        return NULL;
+    }
+    s = malloc((size_t) n + 1);
+    if (s == NULL || fread(s, 1, (size_t) n, f) != (size_t) n) {
+        free(s);
+        fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    s[n] = '\0';
+    *len = (size_t) n;
+    return s;
+}
+
+
+static char *
+kimi_token_name(json_t *v)
+{
+    if (json_is_object(v)) {
+        v = json_object_get(v, "content");
+    }
+    return json_is_string(v) ? strdup(json_string_value(v)) : NULL;
+}
+
+
+int
+kimi_template_load_string(kimi_template_t **out, const char *src, size_t len,
+    const char *name, kimi_err_t *err)
+{
+    int               rc;
+    kimi_ttoks_t      toks;
+    kimi_template_t  *t;
+
+    *out = NULL;
+
+    t = calloc(1, sizeof(*t));
+    if (t == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "chat template: out of memory");
+    }
+
+    t->source = strdup(name != NULL ? name : "chat template");
+    if (t->source == NULL) {
+        free(t);
+        return kimi_err_set(err, KIMI_ENOMEM, "chat template: out of memory");
+    }
+
+    rc = kimi_tmpl_lex(src, len, &toks, err);
+    if (rc == KIMI_OK) {
+        rc = kimi_tmpl_parse(&toks, &t->body, &t->n_body, err);
+        kimi_tmpl_toks_free(&toks);
+    }
+
+    if (rc != KIMI_OK) {
+        kimi_err_wrap(err, "%s", t->source);
+        kimi_template_free(t);
+        return rc;
+    }
+
+    *out = t;
+    return KIMI_OK;
+}
+
+
+int
+kimi_template_load(kimi_template_t **out, const char *model_dir,
+    kimi_err_t *err)
+{
+    int               rc;
+    char              path[4096], cfg_path[4096];
+    char             *src = NULL;
+    size_t            len = 0, i;
+    json_t           *cfg, *ct, *x;
+    json_error_t      jerr;
+    kimi_template_t  *t;
+    static const char *fields[4] = {
+        "bos_token", "eos_token", "unk_token", "pad_token"
+    };
+
+    *out = NULL;
+
+    snprintf(cfg_path, sizeof(cfg_path), "%s/tokenizer_config.json",
+             model_dir);
+    cfg = json_load_file(cfg_path, JSON_DECODE_INT_AS_REAL, &jerr);
+
+    snprintf(path, sizeof(path), "%s/chat_template.jinja", model_dir);
+    src = kimi_read_text(path, &len);
+
+    if (src == NULL) {
+        if (errno != ENOENT) {
+            json_decref(cfg);
+            return kimi_err_set(err, KIMI_EIO, "%s: %s", path,
+                                strerror(errno));
+        }
+
+        if (cfg == NULL) {
+            return kimi_err_set(err, KIMI_EFORMAT, "no chat template: %s is "
+                                "missing and %s: %s", path, cfg_path,
+                                jerr.text);
+        }
+
+        ct = json_object_get(cfg, "chat_template");
+        if (json_is_array(ct)) {
+            /* a list of named templates: HF uses "default" */
+            json_array_foreach(ct, i, x) {
+                if (json_is_string(json_object_get(x, "name"))
+                    && strcmp(json_string_value(json_object_get(x, "name")),
+                              "default") == 0)
+                {
+                    ct = json_object_get(x, "template");
+                    break;
+                }
+            }
+        }
+
+        if (!json_is_string(ct)) {
+            json_decref(cfg);
+            return kimi_err_set(err, KIMI_EFORMAT, "no chat template: %s is "
+                                "missing and %s has no \"chat_template\" "
+                                "string", path, cfg_path);
+        }
+
+        len = json_string_length(ct);
+        src = malloc(len + 1);
+        if (src == NULL) {
+            json_decref(cfg);
+            return kimi_err_set(err, KIMI_ENOMEM, "out of memory");
+        }
+        memcpy(src, json_string_value(ct), len + 1);
+        snprintf(path, sizeof(path), "%.4000s (chat_template)", cfg_path);
+    }
+
+    rc = kimi_template_load_string(&t, src, len, path, err);
+    free(src);
+    if (rc != KIMI_OK) {
+        json_decref(cfg);
+        return rc;
+    }
+
+    for (i = 0; i < 4 && cfg != NULL; i++) {
+        t->tokens[i] = kimi_token_name(json_object_get(cfg, fields[i]));
+    }
+    json_decref(cfg);
+
+    *out = t;
+    return KIMI_OK;
+}
+
+
+void
+kimi_template_free(kimi_template_t *t)
+{
+    size_t  i;
+
+    if (t == NULL) {
+        return;
+    }
+    kimi_tmpl_nodes_free(t->body, t->n_body);
+    for (i = 0; i < 4; i++) {
+        free(t->tokens[i]);
+    }
+    free(t->source);
+    free(t);
+}
+
+
+int
+kimi_template_render_ex(const kimi_template_t *t, json_t *messages,
+    json_t *tools, int add_generation_prompt, char **text, size_t *len,
+    kimi_span_t **plain, size_t *n_plain, kimi_err_t *err)
+{
+    int               rc;
+    json_t           *conv = NULL, *tool_dicts = NULL;
+    kimi_buf_t        out;
+    kimi_tmpl_vars_t  vars;
+
+    *text = NULL;
+    *len = 0;
+    if (plain != NULL) {
+        *plain = NULL;
+        *n_plain = 0;
+    }
+
+    rc = kimi_chat_messages(messages, &conv, err);
+    if (rc == KIMI_OK) {
+        rc = kimi_chat_tools(tools, &tool_dicts, err);
+    }
+    if (rc != KIMI_OK) {
+        json_decref(conv);
+        return rc;
+    }
+
+    memset(&out, 0, sizeof(out));
+    memset(&vars, 0, sizeof(vars));
+    vars.messages = conv;
+    vars.tools = tool_dicts;
+    vars.add_generation_prompt = add_generation_prompt;
+    vars.bos_token = t->tokens[0];
+    vars.eos_token = t->tokens[1];
+    vars.unk_token = t->tokens[2];
+    vars.pad_token = t->tokens[3];
+
+    rc = kimi_tmpl_eval(t->body, t->n_body, &vars, &out, err);
+
+    json_decref(conv);
+    json_decref(tool_dicts);
+
+    if (rc == KIMI_OK && out.failed) {
+        rc = kimi_err_set(err, KIMI_ENOMEM, "chat template: out of memory");
+    }
+    if (rc != KIMI_OK) {
+        kimi_buf_free(&out);
+        return rc;
+    }
+
+    if (out.p == NULL) {
+        out.p = strdup("");
+        if (out.p == NULL) {
+            return kimi_err_set(err, KIMI_ENOMEM, "out of memory");
+        }
+    }
+
+    *text = out.p;
+    *len = out.len;
+    if (plain != NULL) {
+        *plain = out.spans;
+        *n_plain = out.n_spans;
+    } else {
+        free(out.spans);
+    }
+    return KIMI_OK;
+}
+
+
+int
+kimi_template_render(const kimi_template_t *t, json_t *messages,
+    json_t *tools, int add_generation_prompt, char **text, size_t *len,
+    kimi_err_t *err)
+{
+    return kimi_template_render_ex(t, messages, tools, add_generation_prompt,
+                                   text, len, NULL, NULL, err);
+}

@@ -1,0 +1,110 @@
+/*
+ * Private layout of the tokenizer, shared by the files of engine/text/.
+ *
+ * Owns:   struct kimi_tokenizer and the helpers its files call each other
+ *         through (pre-tokenizer, special-token table, UTF-8 checks).
+ * Never:  included outside engine/text/ (kimi_text.h is the public API).
+ * Holds:  a loaded tokenizer is never written after kimi_tokenizer_load()
+ *         returns, so any number of threads may encode with it at once.
+ */
+
+#ifndef KIMI_TEXT_INTERNAL_H
+#define KIMI_TEXT_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "kimi_text.h"
+
+#define KIMI_TOK_N_SPECIAL      256       /* slots after the last rank */
+#define KIMI_TOK_MAX_TOKEN      256       /* longest token in bytes */
+
+/* ---- pre-tokenizer (pretokenize.c) ---------------------------------------- */
+
+typedef struct {
+    pcre2_code  *re;
+    int          has_jit;
+    int          no_fast;     /* tests only: PCRE2 for every piece */
+} kimi_pretok_t;
+
+/* One piece of text; returns 0 or a KIMI_E* code that stops the split. */
+typedef int (*kimi_piece_pt)(void *ctx, const uint8_t *p, size_t n);
+
+int  kimi_pretok_init(kimi_pretok_t *pt, kimi_err_t *err);
+void kimi_pretok_free(kimi_pretok_t *pt);
+
+/* Splits valid UTF-8 text into pieces with Kimi's pat_str, after the
+ * same chunking as the reference encode() (chunks of at most 400,000
+ * code points, runs of at most 25,000 space/non-space code points). */
+/* Per-call PCRE2 state, made on first need; zero it before the first
+ * split and free it after the last. */
+typedef struct {
+    pcre2_match_data     *md;
+    pcre2_match_context  *mc;
+    pcre2_jit_stack      *js;
+} kimi_pretok_scratch_t;
+
+int  kimi_pretok_split(const kimi_pretok_t *pt, kimi_pretok_scratch_t *scr,
+    const uint8_t *text, size_t len, kimi_piece_pt cb, void *ctx,
+    kimi_err_t *err);
+void kimi_pretok_scratch_free(kimi_pretok_scratch_t *scr);
+
+/* ---- special tokens (special.c) -------------------------------------------- */
+
+typedef struct {
+    char      *name[KIMI_TOK_N_SPECIAL];  /* malloc'ed, NUL-terminated */
+    uint16_t   name_len[KIMI_TOK_N_SPECIAL];
+    uint8_t    is_special[KIMI_TOK_N_SPECIAL]; /* skipped by skip_special */
+    uint32_t   first_id;                  /* id of slot 0 (= n_ranks) */
+    int32_t    bos, eos, unk, pad;
+    uint16_t   table[4 * KIMI_TOK_N_SPECIAL];  /* name hash: slot + 1 */
+    uint8_t    first_byte[256];           /* a name starts with this byte */
+    uint16_t   lens[KIMI_TOK_N_SPECIAL];  /* distinct name lengths, longest
+                                             first */
+    uint32_t   n_lens;
+} kimi_specials_t;
+
+int  kimi_specials_load(kimi_specials_t *sp, uint32_t first_id,
+    const char *config_path, kimi_err_t *err);
+void kimi_specials_free(kimi_specials_t *sp);
+int32_t kimi_specials_find(const kimi_specials_t *sp, const char *s,
+    size_t n);
+
+/* Leftmost special-token name in text[0..len) at or after 0: returns its
+ * offset and sets *id and *n, or returns len when there is none. */
+size_t kimi_specials_next(const kimi_specials_t *sp, const uint8_t *text,
+    size_t len, int32_t *id, size_t *n);
+
+/* ---- the tokenizer ---------------------------------------------------------- */
+
+struct kimi_tokenizer {
+    uint8_t         *blob;        /* token bytes of every rank, packed */
+    uint32_t        *off;         /* rank r is blob[off[r] .. off[r+1]) */
+    uint32_t         n_ranks;     /* mergeable ranks (163584) */
+    uint32_t        *slots;       /* open addressing: rank + 1, 0 = empty */
+    uint32_t         mask;        /* slots has mask + 1 entries */
+    uint32_t         byte_rank[256];
+    kimi_specials_t  sp;
+    kimi_pretok_t    pt;
+};
+
+/* Rank of a byte string, or -1. */
+int32_t kimi_tok_rank(const kimi_tokenizer_t *tok, const uint8_t *p,
+    size_t n);
+
+/* ---- UTF-8 ---------------------------------------------------------------- */
+
+/* Length of the valid UTF-8 prefix of s (== n when all of it is valid). */
+size_t kimi_utf8_valid_prefix(const uint8_t *s, size_t n);
+
+/* Decodes s with U+FFFD for every maximal invalid subpart (what Python's
+ * bytes.decode("utf-8", "replace") does) into out, which must hold 3 * n
+ * bytes.  When hold is set, a valid but incomplete sequence at the very
+ * end is not decoded: *held gets its length.  Returns bytes written. */
+size_t kimi_utf8_repair(const uint8_t *s, size_t n, uint8_t *out, int hold,
+    size_t *held);
+
+#endif

@@ -1,0 +1,85 @@
+/*
+ * Fuzz target: encode and decode.  Checks, beyond "no crash": the ASCII
+ * fast path of the pre-tokenizer agrees with PCRE2 alone, decode(encode(x))
+ * is x, and the streaming decoder equals the whole decode.
+ */
+
+#include <stdint.h>
+#include <string.h>
+
+#include "fuzz_common.h"
+#include "text/text_internal.h"
+
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    int                rc, rc2, allow;
+    char              *text;
+    size_t             n, n2, len, i, acc_len, out_len;
+    int32_t           *ids, *ids2;
+    kimi_err_t         err;
+    const char        *out;
+    char              *acc;
+    kimi_detok_t      *d;
+    kimi_tokenizer_t  *tok = fuzz_tokenizer();
+
+    if (size == 0) {
+        return 0;
+    }
+    allow = data[0] & 1;
+    data++;
+    size--;
+
+    rc = kimi_tokenize(tok, (const char *) data, size, allow, &ids, &n, &err);
+    if (rc != 0) {
+        /* only invalid UTF-8 may be refused */
+        if (kimi_utf8_valid_prefix(data, size) == size) {
+            abort();
+        }
+        return 0;
+    }
+
+    /* the same text with the fast path off */
+    tok->pt.no_fast = 1;
+    rc2 = kimi_tokenize(tok, (const char *) data, size, allow, &ids2, &n2,
+                        &err);
+    tok->pt.no_fast = 0;
+    if (rc2 != 0 || n2 != n || memcmp(ids, ids2, n * sizeof(int32_t)) != 0) {
+        abort();
+    }
+    free(ids2);
+
+    if (kimi_detokenize(tok, ids, n, 0, &text, &len, &err) != 0
+        || len != size || memcmp(text, data, size) != 0)
+    {
+        abort();
+    }
+
+    d = kimi_detok_new(tok, 1);
+    acc = malloc(3 * (size + 64) * 8 + 64);
+    acc_len = 0;
+    for (i = 0; i < n; i++) {
+        if (kimi_detok_push(d, ids[i], &out, &out_len) != 0) {
+            abort();
+        }
+        memcpy(acc + acc_len, out, out_len);
+        acc_len += out_len;
+    }
+    kimi_detok_flush(d, &out, &out_len);
+    memcpy(acc + acc_len, out, out_len);
+    acc_len += out_len;
+    kimi_detok_free(d);
+    free(text);
+
+    if (kimi_detokenize(tok, ids, n, 1, &text, &len, &err) != 0
+        || len != acc_len || memcmp(text, acc, len) != 0)
+    {
+        abort();
+    }
+
+    free(text);
+    free(acc);
+    free(ids);
+    return 0;
+}
