@@ -264,7 +264,9 @@ typedef struct {
     uint32_t             max_num_seqs;
     uint32_t             max_waiting;      /* queue limit per rank */
     uint64_t             model_created;    /* unix seconds, /v1/models */
-    uint32_t             pad0[16];
+    _Atomic uint32_t     slot_cursor;      /* where the next acquire scan
+                                              starts (workers, relaxed) */
+    uint32_t             pad0[15];
 } kimi_shm_header_t;
 
 _Static_assert(sizeof(kimi_shm_header_t) % 8 == 0, "header alignment");
@@ -303,10 +305,32 @@ typedef struct {
     size_t               size;
     uint64_t             epoch;
     uint64_t             inode;     /* to notice a segment renamed over ours */
+
+    /* Private copies of the geometry, validated at create/attach: every
+     * accessor checks indices against these, never against the header a
+     * corrupt peer could rewrite after we validated it. */
+    uint64_t             dev;
+    uint32_t             n_ranks;
+    uint32_t             n_slots;
+    uint32_t             slot_prompt_capacity;
+    uint32_t             ring_capacity;
+    uint64_t             off_ranks;
+    uint64_t             off_workers;
+    uint64_t             off_rings;
+    uint64_t             ring_stride;
+    uint64_t             off_slots;
+    uint64_t             off_prompts;
+
+    /* creator only: DIR/engine.lock, held (flock) while the segment is
+     * ours, so a second engine on the same DIR is refused, not raced */
+    int                  lock_fd;
+    uint32_t             has_lock;
 } kimi_shm_t;
 
 /* Engine: builds DIR/segment.tmp, initialises, renames to DIR/segment.
- * DIR is created 0700 (0770 when mode is 0660) if missing. */
+ * DIR is created 0700 (0770 when mode is 0660) if missing.  Holds an
+ * exclusive flock on DIR/engine.lock until detach (the kernel drops it if
+ * the engine dies): a second live engine on DIR gets KIMI_ESTATE. */
 int kimi_shm_create(kimi_shm_t *shm, const char *dir,
     const kimi_shm_params_t *params, kimi_err_t *err);
 
@@ -367,6 +391,17 @@ int kimi_shm_slot_release(const kimi_shm_t *shm, uint32_t slot);
 
 /* CAS helper for either side: 1 if state moved from -> to. */
 int kimi_shm_slot_cas(kimi_shm_slot_t *s, uint32_t from, uint32_t to);
+
+/* Worker: claims a worker record (CAS pid 0 -> pid), bumping incarnation
+ * and clearing wake_pending.  Returns the index, or -1 when all records
+ * are taken.  A record whose pid no longer exists (kill(pid, 0) fails with
+ * ESRCH) is taken over: the engine frees records on socket EOF, so this
+ * only matters for a worker that died while no engine was running. */
+int32_t kimi_shm_worker_claim(const kimi_shm_t *shm, int32_t pid);
+
+/* Worker: gives the record back (pid -> 0) at worker exit. */
+void kimi_shm_worker_release(const kimi_shm_t *shm, uint32_t worker,
+    int32_t pid);
 
 
 /* ---- token ring (per slot, engine -> worker) ----------------------------- */

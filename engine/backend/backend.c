@@ -1,0 +1,69 @@
+/*
+ * Backend factory: a name from the command line to a backend instance.
+ *
+ * Owns:   the list of backends this binary knows and the message for one it
+ *         was built without.
+ * Never:  loads models or parses flags (the caller hands a loaded model or
+ *         replay parameters).
+ */
+
+#include <string.h>
+
+#include "backend.h"
+#include "cpu/backend_cpu.h"
+#include "replay/replay.h"
+
+/* engine/backend/cuda/ is compiled only with nvcc; the Makefile defines
+ * KIMI_HAVE_CUDA_BACKEND once that folder has sources */
+#if defined(KIMI_HAVE_CUDA) && defined(KIMI_HAVE_CUDA_BACKEND)
+int kimi_backend_cuda_init(kimi_backend_t **out, struct kimi_model *model,
+    int device, kimi_err_t *err);
+#endif
+
+
+int
+kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
+    kimi_err_t *err)
+{
+    *out = NULL;
+
+    if (p->name == NULL) {
+        return kimi_err_set(err, KIMI_EINVAL, "no backend named");
+    }
+
+    if (strcmp(p->name, "replay") == 0) {
+        if (p->replay == NULL) {
+            return kimi_err_set(err, KIMI_EINVAL, "replay backend without"
+                                " parameters");
+        }
+        return kimi_backend_replay_init(out, p->replay, err);
+    }
+
+    if (strcmp(p->name, "cpu") == 0) {
+        if (p->model == NULL) {
+            return kimi_err_set(err, KIMI_EINVAL, "cpu backend needs a model");
+        }
+        return kimi_backend_cpu_init(out, p->model, p->n_threads, err);
+    }
+
+    if (strcmp(p->name, "cuda") == 0) {
+#if defined(KIMI_HAVE_CUDA) && defined(KIMI_HAVE_CUDA_BACKEND)
+        if (p->model == NULL) {
+            return kimi_err_set(err, KIMI_EINVAL, "cuda backend needs a"
+                                " model");
+        }
+        return kimi_backend_cuda_init(out, p->model, p->device, err);
+#elif defined(KIMI_HAVE_CUDA)
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "this kimi-engine was"
+                            " built with nvcc but without the cuda backend"
+                            " (engine/backend/cuda/ has no sources yet)");
+#else
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "this kimi-engine was"
+                            " built without CUDA (no nvcc at build time):"
+                            " use --backend cpu");
+#endif
+    }
+
+    return kimi_err_set(err, KIMI_EINVAL, "unknown backend \"%s\" (expected"
+                        " cpu, cuda or replay)", p->name);
+}

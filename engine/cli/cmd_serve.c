@@ -1,0 +1,655 @@
+/*
+ * `kimi-engine serve`: flags -> model, backend, scheduler and server.
+ *
+ * Owns:   the serve flags (vLLM's names where vLLM has the flag), their
+ *         defaults and ranges, the order of startup, and the exit code:
+ *         0 after a drain, 1 when startup or serving failed, 2 for a bad
+ *         command line.
+ * Never:  serves anything itself (engine/server/ does) or keeps going after
+ *         a flag it does not understand.
+ */
+
+#include <ctype.h>
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "commands.h"
+#include "../common/kimi_log.h"
+#include "../backend/backend.h"
+#include "../backend/replay/replay.h"
+#include "../model/model.h"
+#include "../sched/sched.h"
+#include "../server/server.h"
+#include "../text/kimi_text.h"
+
+/* Kimi-K2's own numbers, used only when no --model directory says
+ * otherwise (the replay backend with a "tokens" script). */
+#define KIMI_K2_VOCAB           163840
+#define KIMI_K2_EOS             163585      /* [EOS] */
+#define KIMI_K2_IM_END          163586      /* <|im_end|>: end of a turn */
+#define KIMI_SERVE_DEFAULT_LEN  8192
+
+typedef enum {
+    OPT_STR,
+    OPT_U32,
+    OPT_I32,
+    OPT_U64,
+    OPT_FLOAT,
+    OPT_ON,
+    OPT_OFF,
+    OPT_MODE,
+} kimi_opt_kind_e;
+
+typedef struct {
+    const char  *model;
+    const char  *served_model_name;
+    const char  *backend;
+    const char  *replay_script;
+    const char  *ipc_dir;
+    const char  *kv_cache_dtype;
+    const char  *load_format;
+    const char  *hf_overrides;
+    const char  *log_level;
+    const char  *log_format;
+    uint32_t     max_model_len;           /* 0 = the model's */
+    uint32_t     max_num_seqs;
+    uint32_t     max_num_batched_tokens;
+    uint32_t     block_size;
+    uint32_t     shutdown_timeout;        /* seconds */
+    uint32_t     data_parallel_size;
+    uint32_t     max_slots;               /* 0 = seqs + waiting */
+    uint32_t     max_waiting;
+    uint32_t     threads;
+    uint32_t     device;
+    uint32_t     ipc_mode;
+    int32_t      replay_delay_ms;         /* -1 = the script's */
+    uint64_t     seed;
+    uint64_t     cpu_kv_cache_bytes;
+    float        gpu_memory_utilization;
+    int          enable_chunked_prefill;
+    int          help;
+} kimi_serve_opts_t;
+
+typedef struct {
+    const char       *name;
+    kimi_opt_kind_e   kind;
+    size_t            off;
+    double            min;
+    double            max;
+    const char       *choices;            /* "a|b|c" for OPT_STR */
+    const char       *help;
+} kimi_opt_t;
+
+#define O(f)  offsetof(kimi_serve_opts_t, f)
+
+static const kimi_opt_t  kimi_serve_opts[] = {
+    { "--model", OPT_STR, O(model), 0, 0, NULL,
+      "model directory (Hugging Face layout: config.json, shards, tokenizer)" },
+    { "--served-model-name", OPT_STR, O(served_model_name), 0, 0, NULL,
+      "name clients use in \"model\" (default: --model as given)" },
+    { "--backend", OPT_STR, O(backend), 0, 0, "cpu|cuda|replay",
+      "compute backend (default: cuda when built with CUDA, else cpu)" },
+    { "--max-model-len", OPT_U32, O(max_model_len), 1, 1 << 24, NULL,
+      "prompt + output token limit (default: the model's, 8192 without one)" },
+    { "--max-num-seqs", OPT_U32, O(max_num_seqs), 1, 1 << 16, NULL,
+      "sequences running at once (256)" },
+    { "--max-num-batched-tokens", OPT_U32, O(max_num_batched_tokens), 1,
+      1 << 24, NULL, "tokens per step, prefill and decode (8192)" },
+    { "--enable-chunked-prefill", OPT_ON, O(enable_chunked_prefill), 0, 0,
+      NULL, "split long prompts over steps (default)" },
+    { "--no-enable-chunked-prefill", OPT_OFF, O(enable_chunked_prefill), 0, 0,
+      NULL, "a prompt must fit one step's token budget" },
+    { "--gpu-memory-utilization", OPT_FLOAT, O(gpu_memory_utilization), 0.01,
+      1.0, NULL, "cuda: fraction of GPU memory for weights + KV (0.9)" },
+    { "--kv-cache-dtype", OPT_STR, O(kv_cache_dtype), 0, 0,
+      "auto|fp8|fp8_e4m3", "KV cache element type (auto = bf16)" },
+    { "--block-size", OPT_U32, O(block_size), 1, 1024, NULL,
+      "tokens per KV block (64)" },
+    { "--cpu-kv-cache-bytes", OPT_U64, O(cpu_kv_cache_bytes), 1, 1e15, NULL,
+      "cpu/replay: KV cache budget, suffix K, M or G allowed (1G)" },
+    { "--shutdown-timeout", OPT_U32, O(shutdown_timeout), 0, 86400, NULL,
+      "seconds a SIGTERM drain waits before aborting in-flight requests (30)"},
+    { "--seed", OPT_U64, O(seed), 0, 1.8e19, NULL,
+      "seed for dummy weights (0)" },
+    { "--load-format", OPT_STR, O(load_format), 0, 0,
+      "auto|safetensors|dummy", "weights from files, or random (dummy)" },
+    { "--hf-overrides", OPT_STR, O(hf_overrides), 0, 0, NULL,
+      "JSON object replacing config.json keys" },
+    { "--data-parallel-size", OPT_U32, O(data_parallel_size), 1, 64, NULL,
+      "engine ranks (only 1 is supported yet)" },
+    { "--device", OPT_U32, O(device), 0, 63, NULL,
+      "cuda: device ordinal (0)" },
+    { "--threads", OPT_U32, O(threads), 0, 1024, NULL,
+      "cpu: worker threads (0 = online CPUs)" },
+    { "--replay-script", OPT_STR, O(replay_script), 0, 0, NULL,
+      "replay: JSON script of replies" },
+    { "--replay-delay-ms", OPT_I32, O(replay_delay_ms), 0, 2000, NULL,
+      "replay: per-token delay, overrides the script's delay_ms" },
+    { "--ipc-dir", OPT_STR, O(ipc_dir), 0, 0, NULL,
+      "directory of the shm segment and rank sockets (/run/kimi)" },
+    { "--ipc-mode", OPT_MODE, O(ipc_mode), 0, 0, NULL,
+      "file mode of segment and sockets: 0600 or 0660 (0600)" },
+    { "--max-slots", OPT_U32, O(max_slots), 1, 1 << 20, NULL,
+      "request slots in shm (default: max-num-seqs + max-waiting)" },
+    { "--max-waiting", OPT_U32, O(max_waiting), 0, 1 << 20, NULL,
+      "queued requests beyond the running ones; more get 429 (1024)" },
+    { "--log-level", OPT_STR, O(log_level), 0, 0,
+      "emerg|alert|error|err|warn|notice|info|debug", "log level (notice)" },
+    { "--log-format", OPT_STR, O(log_format), 0, 0, "text|json",
+      "log line format (text)" },
+    { "--help", OPT_ON, O(help), 0, 0, NULL, "this list" },
+    { NULL, 0, 0, 0, 0, NULL, NULL }
+};
+
+
+static void
+kimi_serve_usage(FILE *f)
+{
+    const kimi_opt_t  *o;
+
+    fprintf(f, "usage: kimi-engine serve [OPTIONS]\n\noptions:\n");
+
+    for (o = kimi_serve_opts; o->name != NULL; o++) {
+        fprintf(f, "  %-28s %s\n", o->name, o->help);
+    }
+}
+
+
+static int
+kimi_serve_bad(const char *fmt, const char *a, const char *b)
+{
+    fprintf(stderr, "kimi-engine: ");
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, " (see `kimi-engine serve --help`)\n");
+
+    return 2;
+}
+
+
+static int
+kimi_choice_ok(const char *choices, const char *v)
+{
+    size_t       n = strlen(v);
+    const char  *p = choices, *bar;
+
+    for ( ;; ) {
+        bar = strchr(p, '|');
+        if ((bar ? (size_t) (bar - p) : strlen(p)) == n
+            && strncmp(p, v, n) == 0)
+        {
+            return 1;
+        }
+        if (bar == NULL) {
+            return 0;
+        }
+        p = bar + 1;
+    }
+}
+
+
+static int
+kimi_opt_set(const kimi_opt_t *o, kimi_serve_opts_t *opts, const char *v)
+{
+    char                *end;
+    double               d;
+    uint64_t             mult = 1;
+    unsigned long long   u;
+    void                *dst = (char *) opts + o->off;
+
+    switch (o->kind) {
+
+    case OPT_STR:
+        if (o->choices != NULL && !kimi_choice_ok(o->choices, v)) {
+            fprintf(stderr, "kimi-engine: %s: invalid value \"%s\" (expected"
+                    " one of %s)\n", o->name, v, o->choices);
+            return 2;
+        }
+        *(const char **) dst = v;
+        return 0;
+
+    case OPT_MODE:
+        if (strcmp(v, "0600") != 0 && strcmp(v, "600") != 0
+            && strcmp(v, "0660") != 0 && strcmp(v, "660") != 0)
+        {
+            return kimi_serve_bad("%s: invalid mode \"%s\" (expected 0600 or"
+                                  " 0660)", o->name, v);
+        }
+        *(uint32_t *) dst = strstr(v, "66") ? 0660 : 0600;
+        return 0;
+
+    case OPT_FLOAT:
+        errno = 0;
+        d = strtod(v, &end);
+        if (errno != 0 || end == v || *end != '\0' || !(d >= o->min)
+            || !(d <= o->max))
+        {
+            fprintf(stderr, "kimi-engine: %s: invalid value \"%s\" (expected"
+                    " a number in [%g, %g])\n", o->name, v, o->min, o->max);
+            return 2;
+        }
+        *(float *) dst = (float) d;
+        return 0;
+
+    default:
+        break;
+    }
+
+    /* integers: decimal only, no sign; K/M/G suffix for byte sizes */
+    if (!isdigit((unsigned char) v[0])) {
+        goto bad_int;
+    }
+
+    errno = 0;
+    u = strtoull(v, &end, 10);
+    if (o->kind == OPT_U64 && *end != '\0' && end[1] == '\0') {
+        switch (*end) {
+        case 'K': case 'k': mult = 1ull << 10; end++; break;
+        case 'M': case 'm': mult = 1ull << 20; end++; break;
+        case 'G': case 'g': mult = 1ull << 30; end++; break;
+        }
+    }
+
+    if (errno != 0 || *end != '\0' || (mult > 1 && u > UINT64_MAX / mult)) {
+        goto bad_int;
+    }
+
+    u *= mult;
+    if ((double) u < o->min || (double) u > o->max) {
+        goto bad_int;
+    }
+
+    switch (o->kind) {
+    case OPT_U32:
+        *(uint32_t *) dst = (uint32_t) u;
+        break;
+    case OPT_I32:
+        *(int32_t *) dst = (int32_t) u;
+        break;
+    default:
+        *(uint64_t *) dst = (uint64_t) u;
+        break;
+    }
+
+    return 0;
+
+bad_int:
+
+    fprintf(stderr, "kimi-engine: %s: invalid value \"%s\" (expected an"
+            " integer in [%.0f, %.0f])\n", o->name, v, o->min, o->max);
+    return 2;
+}
+
+
+static int
+kimi_serve_parse(int argc, char **argv, kimi_serve_opts_t *opts)
+{
+    int                rc, i;
+    char               name[64];
+    size_t             n;
+    const char        *arg, *eq, *val;
+    const kimi_opt_t  *o;
+
+    for (i = 1; i < argc; i++) {
+        arg = argv[i];
+
+        if (strncmp(arg, "--", 2) != 0) {
+            return kimi_serve_bad("unexpected argument \"%s\"%s", arg, "");
+        }
+
+        eq = strchr(arg, '=');
+        n = eq ? (size_t) (eq - arg) : strlen(arg);
+        if (n >= sizeof(name)) {
+            return kimi_serve_bad("unknown option \"%s\"%s", arg, "");
+        }
+        memcpy(name, arg, n);
+        name[n] = '\0';
+
+        for (o = kimi_serve_opts; o->name != NULL; o++) {
+            if (strcmp(o->name, name) == 0) {
+                break;
+            }
+        }
+
+        if (o->name == NULL) {
+            return kimi_serve_bad("unknown option \"%s\"%s", name, "");
+        }
+
+        if (o->kind == OPT_ON || o->kind == OPT_OFF) {
+            if (eq != NULL) {
+                return kimi_serve_bad("%s takes no value%s", name, "");
+            }
+            *(int *) ((char *) opts + o->off) = o->kind == OPT_ON;
+            continue;
+        }
+
+        if (eq != NULL) {
+            val = eq + 1;
+
+        } else if (i + 1 < argc) {
+            val = argv[++i];
+
+        } else {
+            return kimi_serve_bad("%s needs a value%s", name, "");
+        }
+
+        rc = kimi_opt_set(o, opts, val);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+
+    return 0;
+}
+
+
+static void
+kimi_serve_defaults(kimi_serve_opts_t *o)
+{
+    kimi_sched_params_t  sp = kimi_sched_default_params();
+
+    memset(o, 0, sizeof(*o));
+#ifdef KIMI_HAVE_CUDA
+    o->backend = "cuda";
+#else
+    o->backend = "cpu";
+#endif
+    o->ipc_dir = "/run/kimi";
+    o->ipc_mode = 0600;
+    o->kv_cache_dtype = "auto";
+    o->load_format = "auto";
+    o->log_level = "notice";
+    o->log_format = "text";
+    o->max_num_seqs = sp.max_num_seqs;
+    o->max_num_batched_tokens = sp.max_num_batched_tokens;
+    o->enable_chunked_prefill = sp.enable_chunked_prefill;
+    o->gpu_memory_utilization = sp.kv.gpu_memory_utilization;
+    o->block_size = sp.kv.block_size;
+    o->cpu_kv_cache_bytes = sp.kv.budget_bytes;
+    o->max_waiting = sp.max_waiting;
+    o->shutdown_timeout = 30;
+    o->data_parallel_size = 1;
+    o->replay_delay_ms = -1;
+}
+
+
+static int
+kimi_serve_signals(void)
+{
+    sigset_t  set;
+
+    /* SIGPIPE: a worker that died under us is noticed by EOF instead */
+    signal(SIGPIPE, SIG_IGN);
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+
+    /* blocked before any thread exists, so every thread inherits it and
+     * only the signalfd in the server loop sees these */
+    if (sigprocmask(SIG_BLOCK, &set, NULL) != 0) {
+        return -1;
+    }
+
+    return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
+
+int
+kimi_cmd_serve(int argc, char **argv)
+{
+    int                    rc, sfd = -1, exit_code = 1;
+    uint32_t               i, n_eos = 0, vocab = KIMI_K2_VOCAB, model_len;
+    int32_t                eos_ids[KIMI_MODEL_MAX_EOS + 2];
+    kimi_err_t             err;
+    kimi_log_level_e       level;
+    kimi_serve_opts_t      o;
+    kimi_model_config_t    cfg;
+    kimi_model_params_t    mp;
+    kimi_replay_params_t   rp;
+    kimi_backend_params_t  bp;
+    kimi_server_params_t   sp;
+    struct kimi_model     *model = NULL;
+    kimi_tokenizer_t      *tok = NULL;
+    kimi_backend_t        *backend = NULL;
+    kimi_server_t         *srv = NULL;
+    int                    is_replay;
+    char                   model_abs[PATH_MAX];
+
+    kimi_serve_defaults(&o);
+
+    rc = kimi_serve_parse(argc, argv, &o);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (o.help) {
+        kimi_serve_usage(stdout);
+        return 0;
+    }
+
+    if (kimi_log_level_parse(o.log_level, &level) != 0) {
+        return kimi_serve_bad("--log-level: invalid value \"%s\"%s",
+                              o.log_level, "");
+    }
+    kimi_log_set_level(level);
+    kimi_log_set_json(strcmp(o.log_format, "json") == 0);
+    kimi_log_set_rank(0);           /* one rank per engine process, yet */
+
+    if (o.hf_overrides != NULL && o.hf_overrides[0] != '\0') {
+        json_t        *j;
+        json_error_t   jerr;
+
+        j = json_loads(o.hf_overrides, 0, &jerr);
+        if (!json_is_object(j)) {
+            fprintf(stderr, "kimi-engine: --hf-overrides: expected a JSON"
+                    " object, %s\n", j ? "got another JSON value" : jerr.text);
+            json_decref(j);
+            return 2;
+        }
+        json_decref(j);
+    }
+
+    if (o.data_parallel_size != 1) {
+        fprintf(stderr, "kimi-engine: --data-parallel-size %u: only 1 is"
+                " supported yet (multi-rank serving is not implemented)\n",
+                o.data_parallel_size);
+        return 2;
+    }
+
+    is_replay = strcmp(o.backend, "replay") == 0;
+
+    if (!is_replay && o.model == NULL) {
+        return kimi_serve_bad("--backend %s needs --model DIR%s", o.backend,
+                              "");
+    }
+
+    if (is_replay && o.replay_script == NULL) {
+        return kimi_serve_bad("--backend replay needs --replay-script FILE%s",
+                              "", "");
+    }
+
+    if (o.max_slots == 0) {
+        uint64_t  n = (uint64_t) o.max_num_seqs + o.max_waiting;
+        o.max_slots = n > (1u << 20) ? (1u << 20) : (uint32_t) n;
+    }
+
+    if (o.max_slots < o.max_num_seqs) {
+        fprintf(stderr, "kimi-engine: --max-slots %u is smaller than"
+                " --max-num-seqs %u: the extra sequences could never"
+                " arrive\n", o.max_slots, o.max_num_seqs);
+        return 2;
+    }
+
+    if (o.served_model_name == NULL) {
+        o.served_model_name = o.model ? o.model : "replay";
+    }
+
+    /* model facts: vocabulary, context length, eos ids */
+    model_len = 0;
+    if (o.model != NULL) {
+        rc = kimi_model_config_load(&cfg, o.model, o.hf_overrides, &err);
+        if (rc != 0) {
+            kimi_log(KIMI_LOG_EMERG, "model config: %s", err.msg);
+            return 1;
+        }
+        vocab = cfg.vocab_size;
+        model_len = cfg.max_position_embeddings;
+        for (i = 0; i < cfg.n_eos && i < KIMI_MODEL_MAX_EOS; i++) {
+            eos_ids[n_eos++] = cfg.eos_token_ids[i];
+        }
+    }
+
+    if (n_eos == 0) {
+        eos_ids[n_eos++] = KIMI_K2_IM_END;
+        eos_ids[n_eos++] = KIMI_K2_EOS;
+    }
+
+    if (o.max_model_len == 0) {
+        o.max_model_len = model_len ? model_len : KIMI_SERVE_DEFAULT_LEN;
+
+    } else if (model_len != 0 && o.max_model_len > model_len) {
+        fprintf(stderr, "kimi-engine: --max-model-len %u exceeds the model's"
+                " max_position_embeddings %u\n", o.max_model_len, model_len);
+        return 2;
+    }
+
+    sfd = kimi_serve_signals();
+    if (sfd == -1) {
+        kimi_log(KIMI_LOG_EMERG, "signalfd() failed: %s", strerror(errno));
+        return 1;
+    }
+
+    memset(&sp, 0, sizeof(sp));
+    sp.ipc_dir = o.ipc_dir;
+    sp.ipc_mode = o.ipc_mode;
+    sp.rank = 0;
+    sp.n_ranks = 1;
+    sp.n_slots = o.max_slots;
+    sp.shutdown_timeout_ms = o.shutdown_timeout * 1000;
+    sp.signal_fd = sfd;
+    sp.served_model_name = o.served_model_name;
+    /* absolute: nginx workers read the tokenizer from another cwd */
+    if (o.model != NULL && realpath(o.model, model_abs) != NULL) {
+        sp.model_dir = model_abs;
+
+    } else {
+        sp.model_dir = o.model ? o.model : "";
+    }
+    sp.vocab_size = vocab;
+    sp.sched = kimi_sched_default_params();
+    sp.sched.max_num_seqs = o.max_num_seqs;
+    sp.sched.max_num_batched_tokens = o.max_num_batched_tokens;
+    sp.sched.max_model_len = o.max_model_len;
+    sp.sched.max_waiting = o.max_waiting;
+    sp.sched.enable_chunked_prefill = o.enable_chunked_prefill;
+    sp.sched.kv.block_size = o.block_size;
+    sp.sched.kv.dtype = strcmp(o.kv_cache_dtype, "auto") == 0
+                        ? KIMI_KV_DTYPE_AUTO : KIMI_KV_DTYPE_FP8;
+    sp.sched.kv.budget_bytes = o.cpu_kv_cache_bytes;
+    sp.sched.kv.gpu_memory_utilization = o.gpu_memory_utilization;
+    sp.sched.eos_ids = eos_ids;
+    sp.sched.n_eos = n_eos;
+
+    kimi_log(KIMI_LOG_NOTICE, "starting backend=%s model=\"%s\" served_as="
+             "\"%s\" max_model_len=%u max_num_seqs=%u max_slots=%u"
+             " ipc_dir=%s", o.backend, o.model ? o.model : "",
+             o.served_model_name, o.max_model_len, o.max_num_seqs,
+             o.max_slots, o.ipc_dir);
+
+    /* publish a STARTING segment first: the gateway can answer 503
+     * "loading" instead of "no engine" while weights load */
+    rc = kimi_server_init(&srv, &sp, &err);
+    if (rc != 0) {
+        kimi_log(KIMI_LOG_EMERG, "server: %s", err.msg);
+        goto done;
+    }
+
+    memset(&bp, 0, sizeof(bp));
+    bp.name = o.backend;
+    bp.n_threads = o.threads;
+    bp.device = (int) o.device;
+
+    if (is_replay) {
+        if (o.model != NULL) {
+            rc = kimi_tokenizer_load(&tok, o.model, &err);
+            if (rc != 0) {
+                /* a "tokens" script needs no tokenizer; a "text" one will
+                 * say so when it is parsed */
+                kimi_log(KIMI_LOG_WARN, "replay without tokenizer: %s",
+                         err.msg);
+                tok = NULL;
+            }
+        }
+
+        memset(&rp, 0, sizeof(rp));
+        rp.script_path = o.replay_script;
+        rp.delay_ms = o.replay_delay_ms;
+        rp.tokenizer = tok;
+        rp.vocab_size = vocab;
+        rp.max_model_len = o.max_model_len;
+        rp.eos_ids = eos_ids;
+        rp.n_eos = n_eos;
+        bp.replay = &rp;
+
+    } else {
+        mp = kimi_model_default_params();
+        mp.dir = o.model;
+        mp.load_format = strcmp(o.load_format, "dummy") == 0 ? "dummy"
+                                                              : "auto";
+        mp.hf_overrides = o.hf_overrides;
+        mp.seed = o.seed;
+
+        rc = kimi_model_load(&model, &mp, &err);
+        if (rc != 0) {
+            kimi_log(KIMI_LOG_EMERG, "model: %s", err.msg);
+            goto done;
+        }
+        bp.model = model;
+    }
+
+    rc = kimi_backend_create(&backend, &bp, &err);
+    if (rc != 0) {
+        kimi_log(KIMI_LOG_EMERG, "backend %s: %s", o.backend, err.msg);
+        goto done;
+    }
+
+    rc = kimi_server_start(srv, backend, &err);
+    if (rc != 0) {
+        kimi_log(KIMI_LOG_EMERG, "scheduler: %s", err.msg);
+        goto done;
+    }
+
+    rc = kimi_server_run(srv, &err);
+    if (rc != 0) {
+        kimi_log(KIMI_LOG_EMERG, "server: %s", err.msg);
+        goto done;
+    }
+
+    exit_code = 0;
+
+done:
+
+    /* the server (and its scheduler) goes before the backend it borrows */
+    kimi_server_free(srv);
+    if (backend != NULL) {
+        backend->ops->free(backend);
+    }
+    kimi_model_free(model);
+    kimi_tokenizer_free(tok);
+    if (sfd != -1) {
+        close(sfd);
+    }
+
+    kimi_log(KIMI_LOG_NOTICE, "exit code=%d", exit_code);
+
+    return exit_code;
+}

@@ -1,0 +1,214 @@
+/*
+ * kimi-engine's command line: bad flags and values exit 2 with a message
+ * naming the flag, `help` lists the commands, serve --help the flags, and
+ * startup errors (missing script, unsupported data parallelism, an ipc dir
+ * held by another engine) are clear and exit non-zero.
+ */
+
+#include <stdarg.h>
+#include <fcntl.h>
+
+#include "engine_client.h"
+
+
+static int  test_n;
+static int  test_failed;
+
+
+static void
+ok(int cond, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+ok(int cond, const char *fmt, ...)
+{
+    va_list  ap;
+
+    printf("%sok %d - ", cond ? "" : "not ", ++test_n);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+    fflush(stdout);
+
+    if (!cond) {
+        test_failed++;
+    }
+}
+
+
+static char  bin[512];
+static char  out[8192];
+
+
+/* Runs kimi-engine with args; returns the exit status, output in out[]. */
+static int
+run(char **args)
+{
+    int     fds[2], status, n, i;
+    char   *argv[32];
+    size_t  len = 0;
+    pid_t   pid;
+
+    argv[0] = bin;
+    for (i = 0; args[i] != NULL && i < 30; i++) {
+        argv[i + 1] = args[i];
+    }
+    argv[i + 1] = NULL;
+
+    if (pipe(fds) != 0) {
+        return -1;
+    }
+
+    pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        execv(bin, argv);
+        _exit(127);
+    }
+
+    close(fds[1]);
+    while ((n = (int) read(fds[0], out + len, sizeof(out) - 1 - len)) > 0) {
+        len += (size_t) n;
+    }
+    out[len] = '\0';
+    close(fds[0]);
+
+    waitpid(pid, &status, 0);
+
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+
+#define ARGS(...)  ((char *[]) { __VA_ARGS__, NULL })
+
+
+int
+main(void)
+{
+    int     rc, fd;
+    char    dir[] = "/tmp/kimi-cli-test-XXXXXX";
+    char    script[600], log[600], cmd[700];
+    pid_t   engine;
+
+    if (kc_engine_path(bin, sizeof(bin)) != 0 || mkdtemp(dir) == NULL) {
+        printf("Bail out! kimi-engine not built next to the tests\n");
+        return 1;
+    }
+
+    rc = run(ARGS("help"));
+    ok(rc == 0 && strstr(out, "serve") != NULL, "help lists serve");
+
+    rc = run(ARGS("serve", "--help"));
+    ok(rc == 0 && strstr(out, "--max-num-batched-tokens") != NULL
+       && strstr(out, "--no-enable-chunked-prefill") != NULL
+       && strstr(out, "--ipc-mode") != NULL,
+       "serve --help lists vLLM-named and our flags");
+
+    rc = run(ARGS("frobnicate"));
+    ok(rc == 2 && strstr(out, "unknown command \"frobnicate\"") != NULL,
+       "unknown command: exit 2 and says so");
+
+    rc = run(ARGS("--max-num-seqz", "4"));
+    ok(rc == 2 && strstr(out, "unknown option \"--max-num-seqz\"") != NULL,
+       "a first flag means serve; an unknown flag: exit 2");
+
+    rc = run(ARGS("serve", "--max-num-seqs", "0"));
+    ok(rc == 2 && strstr(out, "--max-num-seqs: invalid value \"0\"") != NULL,
+       "out-of-range integer: exit 2 (%s)", strtok(out, "\n"));
+
+    rc = run(ARGS("serve", "--gpu-memory-utilization=1.5"));
+    ok(rc == 2 && strstr(out, "--gpu-memory-utilization") != NULL,
+       "--flag=value form is parsed and range-checked");
+
+    rc = run(ARGS("serve", "--kv-cache-dtype", "int4"));
+    ok(rc == 2 && strstr(out, "expected one of auto|fp8") != NULL,
+       "bad choice lists the allowed ones");
+
+    rc = run(ARGS("serve", "--ipc-mode", "0666"));
+    ok(rc == 2 && strstr(out, "0600 or 0660") != NULL,
+       "world-accessible ipc mode refused");
+
+    rc = run(ARGS("serve", "--seed"));
+    ok(rc == 2 && strstr(out, "--seed needs a value") != NULL,
+       "missing value: exit 2");
+
+    rc = run(ARGS("serve", "--hf-overrides", "{\"num_hidden_layers\": "));
+    ok(rc == 2 && strstr(out, "--hf-overrides: expected a JSON object")
+                  != NULL, "malformed --hf-overrides: exit 2");
+
+    rc = run(ARGS("serve", "--data-parallel-size", "2"));
+    ok(rc == 2 && strstr(out, "only 1 is supported yet") != NULL,
+       "data parallel > 1 says it is not supported yet");
+
+    rc = run(ARGS("serve", "--backend", "replay"));
+    ok(rc == 2 && strstr(out, "--replay-script") != NULL,
+       "replay without a script: exit 2");
+
+    rc = run(ARGS("serve", "--backend", "cpu"));
+    ok(rc == 2 && strstr(out, "needs --model") != NULL,
+       "cpu without a model: exit 2");
+
+    snprintf(script, sizeof(script), "%s/bad.json", dir);
+    fd = open(script, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (write(fd, "{\"replies\": 3}", 14) != 14) {
+        ok(0, "write script");
+    }
+    close(fd);
+    rc = run(ARGS("serve", "--backend", "replay", "--replay-script", script,
+                  "--ipc-dir", dir));
+    ok(rc == 1 && strstr(out, "replies must be an array") != NULL,
+       "malformed replay script: exit 1 naming the problem");
+
+    /* a second engine on a held --ipc-dir */
+    snprintf(script, sizeof(script), "%s/ok.json", dir);
+    snprintf(log, sizeof(log), "%s/engine.log", dir);
+    fd = open(script, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (write(fd, "{\"default\": {\"tokens\": [1]}}", 28) != 28) {
+        ok(0, "write script");
+    }
+    close(fd);
+
+    engine = kc_engine_start(dir, log, ARGS("--backend", "replay",
+                             "--replay-script", script, "--max-slots", "300"));
+    rc = run(ARGS("serve", "--backend", "replay", "--replay-script", script,
+                  "--ipc-dir", dir));
+    ok(engine > 0 && rc == 1 && strstr(out, "another kimi-engine") != NULL,
+       "a second engine on the same --ipc-dir is refused");
+
+    rc = run(ARGS("status", "--ipc-dir", dir));
+    ok(rc == 0 && strstr(out, "state=ready") != NULL
+       && strstr(out, "slots free=300 owned=0") != NULL
+       && strstr(out, "rank=0 pid=") != NULL,
+       "status of a ready engine: exit 0, all 300 slots free");
+
+    rc = run(ARGS("status", "--ipc-dir", dir, "--json"));
+    ok(rc == 0 && strstr(out, "\"healthy\":true") != NULL
+       && strstr(out, "\"abandoned\":0") != NULL, "status --json");
+
+    if (engine > 0) {
+        kill(engine, SIGTERM);
+        waitpid(engine, &rc, 0);
+        ok(WIFEXITED(rc) && WEXITSTATUS(rc) == 0,
+           "idle engine exits 0 on SIGTERM");
+    }
+
+    rc = run(ARGS("status", "--ipc-dir", dir));
+    ok(rc == 1 && strstr(out, "state=stopped") != NULL,
+       "status after the engine stopped: exit 1, state=stopped");
+
+    rc = run(ARGS("status", "--ipc-dir", "/nonexistent-kimi"));
+    ok(rc == 1 && strstr(out, "state=absent") != NULL,
+       "status without a segment: exit 1, state=absent");
+
+    printf("1..%d\n", test_n);
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "# could not remove %s\n", dir);
+    }
+
+    return test_failed ? 1 : 0;
+}
