@@ -1,0 +1,294 @@
+
+/*
+ * ngx_http_kimi_module: types shared by the module's files.
+ *
+ * Owns:   the configuration structs, the per-request context and the
+ *         prototypes the module's files call across each other.
+ * Never:  defines behaviour; every function lives in one .c file named
+ *         after its concern (module, openai, sse, engine, text).
+ *
+ * For the ops files (metrics, variables, keys): the gateway fills their
+ * ngx_http_kimi_ops_req_t (ngx_http_kimi_ops.h) at submit and at the end
+ * (ngx_http_kimi_observe()); the same facts are in ngx_http_kimi_ctx_t's
+ * "usage" block, through ngx_http_get_module_ctx(r, ngx_http_kimi_module),
+ * valid until the request pool is destroyed (log phase included).
+ */
+
+
+#ifndef _NGX_HTTP_KIMI_H_INCLUDED_
+#define _NGX_HTTP_KIMI_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <jansson.h>
+
+#include "../engine/shm/kimi_shm.h"
+#include "../engine/text/kimi_text.h"
+
+
+#define NGX_HTTP_KIMI_MAX_STOP          16     /* OpenAI allows 4; vLLM more */
+#define NGX_HTTP_KIMI_MAX_STOP_LEN      256    /* bytes per stop string */
+#define NGX_HTTP_KIMI_MAX_TOOL_CALLS    64     /* per response */
+
+
+typedef enum {
+    NGX_HTTP_KIMI_ROUTE_NONE = 0,
+    NGX_HTTP_KIMI_ROUTE_CHAT,
+    NGX_HTTP_KIMI_ROUTE_COMPLETIONS,
+    NGX_HTTP_KIMI_ROUTE_MODELS,
+    NGX_HTTP_KIMI_ROUTE_HEALTH,
+    NGX_HTTP_KIMI_ROUTE_TOKENIZE,
+    NGX_HTTP_KIMI_ROUTE_DETOKENIZE,
+} ngx_http_kimi_route_e;
+
+
+typedef enum {
+    NGX_HTTP_KIMI_TOOL_CHOICE_NONE = 0,
+    NGX_HTTP_KIMI_TOOL_CHOICE_AUTO,
+    NGX_HTTP_KIMI_TOOL_CHOICE_REQUIRED,
+    NGX_HTTP_KIMI_TOOL_CHOICE_NAMED,
+} ngx_http_kimi_tool_choice_e;
+
+
+/* where a request is in its life; the cleanup handler reads it */
+typedef enum {
+    NGX_HTTP_KIMI_PHASE_PARSE = 0,     /* body read, validating */
+    NGX_HTTP_KIMI_PHASE_TEXT,          /* template/tokenize (maybe thread) */
+    NGX_HTTP_KIMI_PHASE_SUBMITTED,     /* waiting for ACCEPTED */
+    NGX_HTTP_KIMI_PHASE_STREAMING,     /* accepted, tokens flowing */
+    NGX_HTTP_KIMI_PHASE_DONE,          /* last byte handed to nginx */
+} ngx_http_kimi_phase_e;
+
+
+typedef struct ngx_http_kimi_engine_s  ngx_http_kimi_engine_t;
+typedef struct ngx_http_kimi_attach_s  ngx_http_kimi_attach_t;
+typedef struct ngx_http_kimi_text_s    ngx_http_kimi_text_t;
+typedef struct ngx_http_kimi_ctx_s     ngx_http_kimi_ctx_t;
+
+
+typedef struct {
+    ngx_str_t                    engine_dir;       /* kimi_engine */
+    ngx_str_t                    model_dir;        /* kimi_model_dir */
+    ngx_str_t                    thread_pool_name; /* kimi_thread_pool */
+    size_t                       offload_threshold;
+#if (NGX_THREADS)
+    ngx_thread_pool_t           *thread_pool;
+#endif
+    ngx_flag_t                   used;             /* some kimi_pass exists */
+    kimi_shm_t                   shm;              /* current segment view
+                                                      (hdr NULL: detached),
+                                                      kept by _engine.c */
+} ngx_http_kimi_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                   pass;             /* kimi_pass */
+    ngx_str_t                    served_model_name;
+    ngx_msec_t                   first_token_timeout;
+    ngx_msec_t                   token_timeout;
+    ngx_uint_t                   default_max_tokens;
+    ngx_uint_t                   queue_limit;
+    ngx_flag_t                   special_tokens_in_content;
+} ngx_http_kimi_loc_conf_t;
+
+
+/* What the client asked for, validated (ngx_http_kimi_openai.c). */
+typedef struct {
+    json_t                      *root;             /* the parsed body */
+    json_t                      *messages;         /* chat: borrowed */
+    json_t                      *tools;            /* NULL or non-empty */
+    json_t                      *prompt_ids;       /* completions: ids */
+    ngx_str_t                    prompt_text;      /* completions: text */
+    ngx_str_t                    model;            /* as sent, may be empty */
+    ngx_str_t                    tool_name;        /* NAMED choice */
+    ngx_str_t                    stop[NGX_HTTP_KIMI_MAX_STOP];
+    ngx_uint_t                   n_stop;
+    size_t                       max_stop_len;
+    kimi_shm_sampling_t          sampling;
+    ngx_int_t                    max_tokens;       /* -1: not given */
+    size_t                       body_len;         /* offload decision */
+    ngx_http_kimi_tool_choice_e  tool_choice;
+    unsigned                     stream:1;
+    unsigned                     include_usage:1;
+    unsigned                     skip_special:1;
+    unsigned                     echo:1;
+    unsigned                     add_generation_prompt:1;
+} ngx_http_kimi_params_t;
+
+
+/* The observable outcome, for logging/metrics (the ops files read it). */
+typedef struct {
+    ngx_str_t                    model;            /* served model name */
+    ngx_http_kimi_route_e        route;
+    ngx_uint_t                   prompt_tokens;
+    ngx_uint_t                   completion_tokens;
+    ngx_uint_t                   cached_tokens;
+    ngx_msec_t                   start;            /* ngx_current_msec */
+    ngx_msec_int_t               ttft;             /* ms; -1: no token */
+    ngx_msec_int_t               duration;         /* ms, at finalize */
+    ngx_str_t                    finish_reason;    /* "" until known */
+    ngx_int_t                    rank;             /* -1: not routed */
+    ngx_uint_t                   status;           /* HTTP status sent */
+    unsigned                     stream:1;
+    unsigned                     observed:1;       /* ops hook ran */
+} ngx_http_kimi_usage_t;
+
+
+/* One tool call of a non-streaming response, assembled from events. */
+typedef struct {
+    ngx_str_t                    id;
+    ngx_str_t                    name;
+    ngx_str_t                    arguments;        /* grows in r->pool */
+    size_t                       arguments_cap;
+} ngx_http_kimi_tool_call_t;
+
+
+struct ngx_http_kimi_ctx_s {
+    ngx_http_request_t          *request;
+    ngx_http_kimi_loc_conf_t    *conf;
+    ngx_http_kimi_route_e        route;
+    ngx_http_kimi_phase_e        phase;
+
+    ngx_str_t                    id;               /* chatcmpl-... */
+    time_t                       created;
+    ngx_http_kimi_params_t       params;
+    ngx_http_kimi_usage_t        usage;
+
+    /* text work (ngx_http_kimi_text.c) */
+    ngx_http_kimi_text_t        *text;             /* referenced */
+    void                        *task;             /* in-flight thread task */
+    int32_t                     *prompt;           /* ngx_alloc'ed ids */
+    size_t                       n_prompt;
+    kimi_detok_t                *detok;
+    kimi_toolparse_t            *toolparse;
+
+    /* engine slot (ngx_http_kimi_engine.c) */
+    ngx_http_kimi_attach_t      *attach;           /* referenced */
+    kimi_shm_slot_t             *slot;
+    int32_t                      slot_index;       /* -1: none */
+    uint32_t                     generation;
+    ngx_int_t                    pinned_rank;      /* X-Kimi-Rank, or -1 */
+    uint64_t                     queue_ns;         /* engine: submit->run */
+    ngx_queue_t                  queue;            /* attach->requests */
+    ngx_event_t                  timer;            /* first/next token */
+
+    /* output (ngx_http_kimi_sse.c) */
+    ngx_chain_t                 *free;
+    ngx_chain_t                 *busy;
+    ngx_str_t                    held;             /* stop-string hold-back */
+    size_t                       held_cap;
+    ngx_str_t                    prefix;           /* SSE chunk head */
+    ngx_str_t                    logprobs;         /* entries not yet sent,
+                                                      JSON, comma-separated */
+    size_t                       logprobs_cap;
+    ngx_str_t                    lp[4];            /* /v1/completions:
+                                                      tokens, token_logprobs,
+                                                      top_logprobs,
+                                                      text_offset lists */
+    size_t                       lp_cap[4];
+    size_t                       lp_chars;         /* text_offset so far */
+    ngx_str_t                    content;          /* non-stream text */
+    size_t                       content_cap;
+    ngx_http_kimi_tool_call_t   *calls;            /* non-stream */
+    ngx_uint_t                   n_calls;
+    ngx_uint_t                   n_calls_streamed;
+    ngx_str_t                    stop_reason;      /* matched stop string */
+    uint32_t                     finish;           /* kimi_finish_e */
+    ngx_int_t                    final_rc;         /* when failed is set */
+
+    unsigned                     headers_sent:1;
+    unsigned                     role_sent:1;
+    unsigned                     stopped:1;        /* stop string matched */
+    unsigned                     finalized:1;
+    unsigned                     released:1;
+    unsigned                     output_busy:1;
+    unsigned                     want_tools:1;
+    unsigned                     tool_error:1;
+    unsigned                     counted:1;        /* in engine pending */
+    unsigned                     failed:1;         /* ended by an error */
+};
+
+
+extern ngx_module_t  ngx_http_kimi_module;
+
+
+/* ngx_http_kimi_module.c */
+void ngx_http_kimi_finalize(ngx_http_kimi_ctx_t *ctx, ngx_int_t rc);
+void ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx);
+void ngx_http_kimi_touch(ngx_http_kimi_ctx_t *ctx);
+void ngx_http_kimi_observe(ngx_http_kimi_ctx_t *ctx, ngx_uint_t final);
+void ngx_http_kimi_observe_tokens(ngx_http_kimi_ctx_t *ctx, ngx_uint_t n);
+
+/* ngx_http_kimi_openai.c */
+ngx_int_t ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body,
+    size_t len, ngx_str_t *error, ngx_str_t *param);
+ngx_int_t ngx_http_kimi_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *type, const char *message, size_t len, const char *param,
+    const char *code);
+ngx_int_t ngx_http_kimi_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *body);
+ngx_int_t ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx);
+u_char *ngx_http_kimi_json_escape(u_char *dst, const u_char *src,
+    size_t len);
+size_t ngx_http_kimi_json_escape_len(const u_char *src, size_t len);
+const char *ngx_http_kimi_finish_name(ngx_http_kimi_ctx_t *ctx);
+
+/* ngx_http_kimi_output.c */
+ngx_int_t ngx_http_kimi_output_start(ngx_http_kimi_ctx_t *ctx);
+ngx_int_t ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
+    const kimi_shm_token_t *tok);
+ngx_int_t ngx_http_kimi_output_finish(ngx_http_kimi_ctx_t *ctx);
+u_char *ngx_http_kimi_json_escape_utf8(u_char *dst, const u_char *src,
+    size_t len);
+size_t ngx_http_kimi_logprobs_legacy_len(ngx_http_kimi_ctx_t *ctx);
+u_char *ngx_http_kimi_logprobs_legacy(ngx_http_kimi_ctx_t *ctx, u_char *p);
+
+/* ngx_http_kimi_sse.c */
+ngx_int_t ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx);
+ngx_int_t ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx,
+    const u_char *p, size_t len);
+ngx_int_t ngx_http_kimi_sse_tool_begin(ngx_http_kimi_ctx_t *ctx,
+    ngx_uint_t index, const char *id, const char *name);
+ngx_int_t ngx_http_kimi_sse_tool_args(ngx_http_kimi_ctx_t *ctx,
+    ngx_uint_t index, const u_char *p, size_t len);
+ngx_int_t ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx);
+ngx_int_t ngx_http_kimi_sse_error(ngx_http_kimi_ctx_t *ctx,
+    const char *message, size_t len, const char *type);
+void ngx_http_kimi_write_handler(ngx_http_request_t *r);
+
+/* ngx_http_kimi_engine.c */
+ngx_int_t ngx_http_kimi_engine_init_process(ngx_cycle_t *cycle);
+void ngx_http_kimi_engine_exit_process(ngx_cycle_t *cycle);
+ngx_http_kimi_attach_t *ngx_http_kimi_engine_get(ngx_log_t *log);
+ngx_int_t ngx_http_kimi_engine_ready(ngx_http_kimi_attach_t *a,
+    ngx_str_t *why);
+kimi_shm_header_t *ngx_http_kimi_engine_header(ngx_http_kimi_attach_t *a);
+ngx_uint_t ngx_http_kimi_engine_n_ranks(ngx_http_kimi_attach_t *a);
+ngx_uint_t ngx_http_kimi_engine_pending(void);
+void ngx_http_kimi_engine_pending_add(ngx_http_kimi_ctx_t *ctx);
+void ngx_http_kimi_engine_pending_done(ngx_http_kimi_ctx_t *ctx);
+ngx_int_t ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx,
+    ngx_str_t *error);
+void ngx_http_kimi_engine_release(ngx_http_kimi_ctx_t *ctx);
+void ngx_http_kimi_engine_process(ngx_http_kimi_ctx_t *ctx);
+void ngx_http_kimi_engine_resume(ngx_http_kimi_ctx_t *ctx);
+void ngx_http_kimi_engine_json(ngx_http_kimi_attach_t *a, json_t *out);
+
+/* ngx_http_kimi_text.c */
+ngx_int_t ngx_http_kimi_text_init_process(ngx_cycle_t *cycle);
+void ngx_http_kimi_text_exit_process(ngx_cycle_t *cycle);
+void ngx_http_kimi_text_want(ngx_cycle_t *cycle, const char *model_dir);
+ngx_http_kimi_text_t *ngx_http_kimi_text_get(ngx_str_t *why);
+const kimi_tokenizer_t *ngx_http_kimi_text_tokenizer(ngx_http_kimi_text_t *t);
+void ngx_http_kimi_text_ref(ngx_http_kimi_text_t *t);
+void ngx_http_kimi_text_unref(ngx_http_kimi_text_t *t);
+ngx_int_t ngx_http_kimi_text_prepare(ngx_http_kimi_ctx_t *ctx);
+void ngx_http_kimi_text_cancel(ngx_http_kimi_ctx_t *ctx);
+ngx_int_t ngx_http_kimi_tokenize_handler(ngx_http_kimi_ctx_t *ctx);
+ngx_int_t ngx_http_kimi_detokenize_handler(ngx_http_kimi_ctx_t *ctx);
+
+
+#endif /* _NGX_HTTP_KIMI_H_INCLUDED_ */

@@ -1,0 +1,1302 @@
+
+/*
+ * ngx_http_kimi_module: directives, routing and the life of one request.
+ *
+ * Owns:   the directive table, conf create/merge, the content handler
+ *         (kimi_pass), body handling, submission after the text work, the
+ *         first-token / inter-token timers, finalization and the one
+ *         cleanup handler that gives the engine slot back.
+ * Never:  blocks the event loop, sends a header before the engine accepted
+ *         the request, or finalizes a request twice (ctx->finalized).
+ *
+ * A request moves: handler -> body handler (parse, validate) -> text
+ * (template + tokenize, inline or on the thread pool) -> submit (slot,
+ * ring, doorbell) -> engine events (ngx_http_kimi_engine.c) -> output
+ * (ngx_http_kimi_sse.c) -> finalize -> cleanup.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_kimi.h"
+
+#if (NGX_HTTP_KIMI_OPS)
+#include "ngx_http_kimi_ops.h"
+#endif
+
+
+/* default offload threshold: a 16 KiB body templates+tokenizes in ~1 ms */
+#define NGX_HTTP_KIMI_OFFLOAD_DEFAULT   16384
+
+
+typedef struct {
+    ngx_str_t                suffix;
+    ngx_http_kimi_route_e    route;
+    ngx_uint_t               method;
+} ngx_http_kimi_route_t;
+
+
+static ngx_int_t ngx_http_kimi_handler(ngx_http_request_t *r);
+static ngx_http_kimi_route_e ngx_http_kimi_route(ngx_http_request_t *r,
+    ngx_uint_t *method);
+static void ngx_http_kimi_body_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_kimi_request_id(ngx_http_kimi_ctx_t *ctx);
+static ngx_int_t ngx_http_kimi_read_body(ngx_http_request_t *r,
+    ngx_str_t *body);
+static ngx_int_t ngx_http_kimi_models(ngx_http_request_t *r);
+static ngx_int_t ngx_http_kimi_health(ngx_http_request_t *r);
+static ngx_int_t ngx_http_kimi_served_name(ngx_http_kimi_ctx_t *ctx,
+    ngx_http_kimi_attach_t *a, ngx_str_t *name);
+static ngx_int_t ngx_http_kimi_pin_rank(ngx_http_kimi_ctx_t *ctx);
+static void ngx_http_kimi_timeout_handler(ngx_event_t *ev);
+static void ngx_http_kimi_cleanup(void *data);
+
+static void *ngx_http_kimi_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_kimi_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_kimi_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_kimi_pass(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_kimi_preconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_kimi_init_process(ngx_cycle_t *cycle);
+static void ngx_http_kimi_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_command_t  ngx_http_kimi_commands[] = {
+
+    { ngx_string("kimi_engine"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_kimi_main_conf_t, engine_dir),
+      NULL },
+
+    { ngx_string("kimi_model_dir"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_kimi_main_conf_t, model_dir),
+      NULL },
+
+    { ngx_string("kimi_thread_pool"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_kimi_main_conf_t, thread_pool_name),
+      NULL },
+
+    { ngx_string("kimi_offload_threshold"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_kimi_main_conf_t, offload_threshold),
+      NULL },
+
+    { ngx_string("kimi_pass"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_kimi_pass,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("kimi_served_model_name"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_kimi_loc_conf_t, served_model_name),
+      NULL },
+
+    { ngx_string("kimi_first_token_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_kimi_loc_conf_t, first_token_timeout),
+      NULL },
+
+    { ngx_string("kimi_token_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_kimi_loc_conf_t, token_timeout),
+      NULL },
+
+    { ngx_string("kimi_default_max_tokens"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_kimi_loc_conf_t, default_max_tokens),
+      NULL },
+
+    { ngx_string("kimi_queue_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_kimi_loc_conf_t, queue_limit),
+      NULL },
+
+    { ngx_string("kimi_special_tokens_in_content"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_kimi_loc_conf_t, special_tokens_in_content),
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_kimi_module_ctx = {
+    ngx_http_kimi_preconfiguration,        /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    ngx_http_kimi_create_main_conf,        /* create main configuration */
+    ngx_http_kimi_init_main_conf,          /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_kimi_create_loc_conf,         /* create location configuration */
+    ngx_http_kimi_merge_loc_conf           /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_kimi_module = {
+    NGX_MODULE_V1,
+    &ngx_http_kimi_module_ctx,             /* module context */
+    ngx_http_kimi_commands,                /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_kimi_init_process,            /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_kimi_exit_process,            /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_kimi_route_t  ngx_http_kimi_routes[] = {
+    { ngx_string("/v1/chat/completions"), NGX_HTTP_KIMI_ROUTE_CHAT,
+      NGX_HTTP_POST },
+    { ngx_string("/v1/completions"), NGX_HTTP_KIMI_ROUTE_COMPLETIONS,
+      NGX_HTTP_POST },
+    { ngx_string("/v1/models"), NGX_HTTP_KIMI_ROUTE_MODELS, NGX_HTTP_GET },
+    { ngx_string("/health"), NGX_HTTP_KIMI_ROUTE_HEALTH, NGX_HTTP_GET },
+    { ngx_string("/tokenize"), NGX_HTTP_KIMI_ROUTE_TOKENIZE, NGX_HTTP_POST },
+    { ngx_string("/detokenize"), NGX_HTTP_KIMI_ROUTE_DETOKENIZE,
+      NGX_HTTP_POST },
+    { ngx_null_string, NGX_HTTP_KIMI_ROUTE_NONE, 0 }
+};
+
+
+static ngx_int_t
+ngx_http_kimi_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_uint_t                 method;
+    ngx_table_elt_t           *h;
+    ngx_http_cleanup_t        *cln;
+    ngx_http_kimi_ctx_t       *ctx;
+    ngx_http_kimi_route_e      route;
+
+    route = ngx_http_kimi_route(r, &method);
+
+    if (route == NGX_HTTP_KIMI_ROUTE_NONE) {
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_kimi_send_error(r, NGX_HTTP_NOT_FOUND,
+                                        "invalid_request_error",
+                                        "Not Found", 9, NULL, NULL);
+    }
+
+    if (!(r->method & method)) {
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Allow");
+
+        if (method == NGX_HTTP_GET) {
+            ngx_str_set(&h->value, "GET");
+
+        } else {
+            ngx_str_set(&h->value, "POST");
+        }
+
+        return ngx_http_kimi_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                        "invalid_request_error",
+                                        "Method Not Allowed", 18, NULL, NULL);
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_kimi_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     ctx->text = NULL;
+     *     ctx->attach = NULL;
+     *     ctx->slot = NULL;
+     *     ctx->headers_sent = 0;
+     *     ctx->finalized = 0;
+     */
+
+    ctx->request = r;
+    ctx->conf = ngx_http_get_module_loc_conf(r, ngx_http_kimi_module);
+    ctx->route = route;
+    ctx->slot_index = -1;
+    ctx->pinned_rank = -1;
+    ctx->created = ngx_time();
+    ctx->usage.route = route;
+    ctx->usage.start = ngx_current_msec;
+    ctx->usage.ttft = -1;
+    ctx->usage.rank = -1;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_kimi_module);
+
+    /* registered before anything is acquired; copes with a half-built ctx */
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_kimi_cleanup;
+    cln->data = ctx;
+
+#if (NGX_HTTP_KIMI_OPS)
+    rc = ngx_http_kimi_ops_access(r);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+#endif
+
+    switch (route) {
+
+    case NGX_HTTP_KIMI_ROUTE_MODELS:
+    case NGX_HTTP_KIMI_ROUTE_HEALTH:
+
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return (route == NGX_HTTP_KIMI_ROUTE_MODELS)
+               ? ngx_http_kimi_models(r) : ngx_http_kimi_health(r);
+
+    default:
+        break;
+    }
+
+    /* the whole body in one buffer: the JSON parser wants it contiguous */
+    r->request_body_in_single_buf = 1;
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_kimi_body_handler);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static ngx_http_kimi_route_e
+ngx_http_kimi_route(ngx_http_request_t *r, ngx_uint_t *method)
+{
+    ngx_str_t                  uri;
+    ngx_http_kimi_route_t     *rt;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    uri = r->uri;
+
+    /* routes are relative to a prefix location: "location /kimi/" serves
+     * /kimi/v1/models; "location /" serves /v1/models */
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (clcf->name.len > 1
+#if (NGX_PCRE)
+        && clcf->regex == NULL
+#endif
+        && uri.len >= clcf->name.len
+        && ngx_strncmp(uri.data, clcf->name.data, clcf->name.len) == 0)
+    {
+        uri.data += clcf->name.len;
+        uri.len -= clcf->name.len;
+
+        if (clcf->name.data[clcf->name.len - 1] == '/') {
+            uri.data--;
+            uri.len++;
+        }
+    }
+
+    for (rt = ngx_http_kimi_routes; rt->suffix.len; rt++) {
+        if (uri.len == rt->suffix.len
+            && ngx_strncmp(uri.data, rt->suffix.data, uri.len) == 0)
+        {
+            *method = rt->method;
+            return rt->route;
+        }
+    }
+
+    return NGX_HTTP_KIMI_ROUTE_NONE;
+}
+
+
+static void
+ngx_http_kimi_body_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                rc;
+    ngx_str_t                body, error, param, name, why;
+    ngx_connection_t        *c;
+    ngx_http_kimi_ctx_t     *ctx;
+    ngx_http_kimi_attach_t  *a;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_kimi_module);
+
+    /* from here on a client close is a cancel: nginx leaves
+     * ngx_http_block_reading in place after the body was read */
+    r->read_event_handler = ngx_http_test_reading;
+    r->write_event_handler = ngx_http_kimi_write_handler;
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    if (ngx_http_kimi_read_body(r, &body) != NGX_OK) {
+        ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_str_null(&param);
+    ctx->params.body_len = body.len;
+
+    if (ctx->route == NGX_HTTP_KIMI_ROUTE_TOKENIZE
+        || ctx->route == NGX_HTTP_KIMI_ROUTE_DETOKENIZE)
+    {
+        rc = ngx_http_kimi_parse_request(ctx, body.data, body.len, &error,
+                                         &param);
+        if (rc != NGX_OK) {
+            goto invalid;
+        }
+
+        rc = (ctx->route == NGX_HTTP_KIMI_ROUTE_TOKENIZE)
+             ? ngx_http_kimi_tokenize_handler(ctx)
+             : ngx_http_kimi_detokenize_handler(ctx);
+
+        if (rc != NGX_DONE) {
+            ngx_http_kimi_finalize(ctx, rc);
+        }
+
+        return;
+    }
+
+    rc = ngx_http_kimi_parse_request(ctx, body.data, body.len, &error,
+                                     &param);
+    if (rc != NGX_OK) {
+        goto invalid;
+    }
+
+    if (ngx_http_kimi_pin_rank(ctx) != NGX_OK) {
+        ngx_str_set(&error, "X-Kimi-Rank must be an engine rank number");
+        ngx_str_null(&param);
+        goto invalid;
+    }
+
+    a = ngx_http_kimi_engine_get(c->log);
+
+    if (ngx_http_kimi_engine_ready(a, &why) != NGX_OK) {
+        ngx_http_kimi_finalize(ctx,
+            ngx_http_kimi_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                     "service_unavailable", (char *) why.data,
+                                     why.len, NULL, NULL));
+        return;
+    }
+
+    rc = ngx_http_kimi_served_name(ctx, a, &name);
+    if (rc != NGX_OK) {
+        ngx_http_kimi_finalize(ctx, rc);
+        return;
+    }
+
+    if (ctx->params.model.len
+        && (ctx->params.model.len != name.len
+            || ngx_strncmp(ctx->params.model.data, name.data, name.len) != 0))
+    {
+        error.data = ngx_pnalloc(r->pool, ctx->params.model.len + 64);
+        if (error.data == NULL) {
+            ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
+
+        error.len = ngx_sprintf(error.data, "The model `%V` does not exist.",
+                                &ctx->params.model)
+                    - error.data;
+
+        ngx_http_kimi_finalize(ctx,
+            ngx_http_kimi_send_error(r, NGX_HTTP_NOT_FOUND,
+                                     "invalid_request_error",
+                                     (char *) error.data, error.len, "model",
+                                     "model_not_found"));
+        return;
+    }
+
+    ctx->usage.model = name;
+    ctx->usage.stream = ctx->params.stream;
+
+    if (ngx_http_kimi_request_id(ctx) != NGX_OK) {
+        ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    if (ngx_http_kimi_engine_pending() >= ctx->conf->queue_limit) {
+        ngx_log_error(NGX_LOG_WARN, c->log, 0,
+                      "kimi queue limit %ui reached", ctx->conf->queue_limit);
+
+        ngx_http_kimi_finalize(ctx,
+            ngx_http_kimi_send_error(r, NGX_HTTP_TOO_MANY_REQUESTS,
+                                     "rate_limit_error",
+                                     "Too many requests are waiting for "
+                                     "the engine; retry later", 51, NULL,
+                                     NULL));
+        return;
+    }
+
+    ctx->phase = NGX_HTTP_KIMI_PHASE_TEXT;
+    ngx_http_kimi_engine_pending_add(ctx);
+
+    /* NGX_DONE: a thread task continues it, or it was answered */
+    if (ngx_http_kimi_text_prepare(ctx) == NGX_OK) {
+        ngx_http_kimi_submit(ctx);
+    }
+
+    return;
+
+invalid:
+
+    ngx_http_kimi_finalize(ctx,
+        ngx_http_kimi_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                 "invalid_request_error",
+                                 (char *) error.data, error.len,
+                                 param.len ? (char *) param.data : NULL,
+                                 NULL));
+}
+
+
+/* "chatcmpl-" or "cmpl-" and 96 random bits, as OpenAI's ids look */
+static ngx_int_t
+ngx_http_kimi_request_id(ngx_http_kimi_ctx_t *ctx)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(ctx->request->pool, sizeof("chatcmpl-") - 1 + 24);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->id.data = p;
+    p = ngx_sprintf(p, "%s%08xD%08xD%08xD",
+                    ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT ? "chatcmpl-"
+                                                           : "cmpl-",
+                    (uint32_t) ngx_random(), (uint32_t) ngx_random(),
+                    (uint32_t) ngx_random());
+    ctx->id.len = p - ctx->id.data;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_read_body(ngx_http_request_t *r, ngx_str_t *body)
+{
+    u_char       *p;
+    size_t        len;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    ngx_str_null(body);
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    cl = r->request_body->bufs;
+
+    if (cl->next == NULL && !cl->buf->in_file) {
+        b = cl->buf;
+        body->data = b->pos;
+        body->len = b->last - b->pos;
+        return NGX_OK;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+        len += b->in_file ? (size_t) (b->file_last - b->file_pos)
+                          : (size_t) (b->last - b->pos);
+    }
+
+    p = ngx_pnalloc(r->pool, len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    body->data = p;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (b->in_file) {
+            /*
+             * A body larger than client_body_buffer_size was spooled to a
+             * temp file by nginx; reading a local temp file back is what
+             * nginx itself does for such bodies.  conf/ sets
+             * client_body_buffer_size = client_max_body_size so it stays
+             * in memory.
+             */
+            n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
+                              b->file_pos);
+            if (n != b->file_last - b->file_pos) {
+                return NGX_ERROR;
+            }
+
+            p += n;
+            continue;
+        }
+
+        p = ngx_cpymem(p, b->pos, b->last - b->pos);
+    }
+
+    body->len = p - body->data;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_models(ngx_http_request_t *r)
+{
+    json_t                  *root, *data, *card;
+    ngx_int_t                rc;
+    ngx_str_t                name;
+    kimi_shm_header_t       *hdr;
+    ngx_http_kimi_ctx_t     *ctx;
+    ngx_http_kimi_attach_t  *a;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_kimi_module);
+
+    a = ngx_http_kimi_engine_get(r->connection->log);
+    hdr = ngx_http_kimi_engine_header(a);
+
+    if (hdr == NULL && ctx->conf->served_model_name.len == 0) {
+        return ngx_http_kimi_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                        "service_unavailable",
+                                        "the engine is not running", 25,
+                                        NULL, NULL);
+    }
+
+    rc = ngx_http_kimi_served_name(ctx, a, &name);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    card = json_pack("{s:s%,s:s,s:I,s:s,s:s%}",
+                     "id", name.data, name.len,
+                     "object", "model",
+                     "created", (json_int_t) (hdr ? hdr->model_created
+                                                  : (uint64_t) ngx_time()),
+                     "owned_by", "kimi",
+                     "root", name.data, name.len);
+    if (card == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (hdr) {
+        json_object_set_new(card, "max_model_len",
+                            json_integer(hdr->max_model_len));
+    }
+
+    json_object_set_new(card, "parent", json_null());
+
+    data = json_array();
+    root = json_object();
+
+    if (data == NULL || root == NULL
+        || json_array_append_new(data, card) != 0
+        || json_object_set_new(root, "object", json_string("list")) != 0
+        || json_object_set_new(root, "data", data) != 0)
+    {
+        json_decref(root);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, root);
+    json_decref(root);
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_health(ngx_http_request_t *r)
+{
+    json_t                  *root;
+    ngx_int_t                rc;
+    ngx_str_t                why;
+    ngx_uint_t               status;
+    ngx_http_kimi_attach_t  *a;
+
+    a = ngx_http_kimi_engine_get(r->connection->log);
+
+    root = json_object();
+    if (root == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_kimi_engine_ready(a, &why) == NGX_OK
+        && ngx_http_kimi_text_get(&why) != NULL)
+    {
+        status = NGX_HTTP_OK;
+        json_object_set_new(root, "status", json_string("ok"));
+
+    } else {
+        status = NGX_HTTP_SERVICE_UNAVAILABLE;
+        json_object_set_new(root, "status", json_string("unavailable"));
+        json_object_set_new(root, "reason",
+                            json_stringn((char *) why.data, why.len));
+    }
+
+    ngx_http_kimi_engine_json(a, root);
+
+    rc = ngx_http_kimi_send_json(r, status, root);
+    json_decref(root);
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_served_name(ngx_http_kimi_ctx_t *ctx, ngx_http_kimi_attach_t *a,
+    ngx_str_t *name)
+{
+    kimi_shm_header_t  *hdr;
+
+    if (ctx->conf->served_model_name.len) {
+        *name = ctx->conf->served_model_name;
+        return NGX_OK;
+    }
+
+    hdr = ngx_http_kimi_engine_header(a);
+    if (hdr == NULL) {
+        ngx_str_set(name, "");
+        return NGX_OK;
+    }
+
+    /* copied: the mapping may go away before the request pool does */
+    name->len = ngx_strnlen((u_char *) hdr->served_model_name,
+                            KIMI_SHM_NAME_LEN);
+    name->data = ngx_pnalloc(ctx->request->pool, name->len);
+    if (name->data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(name->data, hdr->served_model_name, name->len);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_pin_rank(ngx_http_kimi_ctx_t *ctx)
+{
+    ngx_int_t         n;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+    ngx_uint_t        i;
+
+    part = &ctx->request->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("X-Kimi-Rank") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "X-Kimi-Rank",
+                               h[i].key.len) == 0)
+        {
+            n = ngx_atoi(h[i].value.data, h[i].value.len);
+            if (n == NGX_ERROR || n >= KIMI_SHM_MAX_RANKS) {
+                return NGX_ERROR;
+            }
+
+            ctx->pinned_rank = n;
+            return NGX_OK;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Called once the prompt ids exist (inline or from the thread pool's
+ * completion handler): checks the context length, then hands the request
+ * to the engine.  Headers stay unsent until the engine accepts.
+ */
+void
+ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
+{
+    u_char                  *p;
+    size_t                   len;
+    ngx_str_t                error;
+    ngx_int_t                rc;
+    ngx_uint_t               max_len, max_tokens;
+    kimi_shm_header_t       *hdr;
+    ngx_http_request_t      *r;
+    ngx_http_kimi_attach_t  *a;
+
+    r = ctx->request;
+
+    ctx->usage.prompt_tokens = ctx->n_prompt;
+
+    a = ngx_http_kimi_engine_get(r->connection->log);
+
+    if (ngx_http_kimi_engine_ready(a, &error) != NGX_OK) {
+        ngx_http_kimi_finalize(ctx,
+            ngx_http_kimi_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                     "service_unavailable",
+                                     (char *) error.data, error.len,
+                                     NULL, NULL));
+        return;
+    }
+
+    hdr = ngx_http_kimi_engine_header(a);
+    max_len = hdr->max_model_len;
+
+    if (ctx->params.max_tokens >= 0) {
+        max_tokens = ctx->params.max_tokens;
+
+    } else if (ctx->conf->default_max_tokens) {
+        max_tokens = max_len > ctx->n_prompt ? max_len - ctx->n_prompt : 1;
+        max_tokens = ngx_min(ctx->conf->default_max_tokens, max_tokens);
+
+    } else {
+        /* vLLM's default: whatever room the context has left */
+        max_tokens = max_len > ctx->n_prompt ? max_len - ctx->n_prompt : 1;
+    }
+
+    if (ctx->n_prompt == 0) {
+        ngx_str_set(&error, "The prompt is empty after tokenization");
+        goto invalid;
+    }
+
+    if (ctx->n_prompt + max_tokens > max_len) {
+        len = 256;
+        p = ngx_pnalloc(r->pool, len);
+        if (p == NULL) {
+            ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
+
+        error.data = p;
+        error.len = ngx_snprintf(p, len,
+                        "This model's maximum context length is %ui tokens. "
+                        "However, you requested %ui tokens (%uz in the "
+                        "messages, %ui in the completion). Please reduce the "
+                        "length of the messages or completion.",
+                        max_len, ctx->n_prompt + max_tokens, ctx->n_prompt,
+                        max_tokens)
+                    - p;
+
+        ngx_http_kimi_finalize(ctx,
+            ngx_http_kimi_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                     "invalid_request_error",
+                                     (char *) error.data, error.len,
+                                     "messages", "context_length_exceeded"));
+        return;
+    }
+
+    ctx->params.sampling.max_tokens = max_tokens;
+
+    rc = ngx_http_kimi_engine_submit(ctx, &error);
+
+    if (rc != NGX_OK) {
+        ngx_http_kimi_finalize(ctx,
+            ngx_http_kimi_send_error(r, rc, rc < NGX_HTTP_INTERNAL_SERVER_ERROR
+                                            ? "invalid_request_error"
+                                            : "service_unavailable",
+                                     (char *) error.data, error.len,
+                                     NULL, NULL));
+        return;
+    }
+
+    ctx->phase = NGX_HTTP_KIMI_PHASE_SUBMITTED;
+    ngx_http_kimi_observe(ctx, 0);
+
+    ctx->timer.handler = ngx_http_kimi_timeout_handler;
+    ctx->timer.data = ctx;
+    ctx->timer.log = r->connection->log;
+
+    /* non-cancelable on purpose: a graceful reload waits for the stream */
+    ngx_add_timer(&ctx->timer, ctx->conf->first_token_timeout);
+
+    return;
+
+invalid:
+
+    ngx_http_kimi_finalize(ctx,
+        ngx_http_kimi_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                 "invalid_request_error",
+                                 (char *) error.data, error.len, NULL, NULL));
+}
+
+
+/* the engine made progress (or may again): re-arm the token timer */
+void
+ngx_http_kimi_touch(ngx_http_kimi_ctx_t *ctx)
+{
+    if (ctx->finalized) {
+        return;
+    }
+
+    /* a drain before the first token keeps the first-token limit */
+    ngx_add_timer(&ctx->timer, ctx->usage.ttft < 0
+                               ? ctx->conf->first_token_timeout
+                               : ctx->conf->token_timeout);
+}
+
+
+static void
+ngx_http_kimi_timeout_handler(ngx_event_t *ev)
+{
+    ngx_connection_t     *c;
+    ngx_http_request_t   *r;
+    ngx_http_kimi_ctx_t  *ctx;
+
+    ctx = ev->data;
+    r = ctx->request;
+    c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                  "kimi engine timed out waiting for %s token",
+                  ctx->usage.ttft < 0 ? "the first" : "the next");
+
+    ngx_str_set(&ctx->usage.finish_reason, "error");
+
+    if (!ctx->headers_sent) {
+        ngx_http_kimi_finalize(ctx,
+            ngx_http_kimi_send_error(r, NGX_HTTP_GATEWAY_TIME_OUT,
+                                     "timeout_error",
+                                     "The engine did not produce a token in "
+                                     "time", 42, NULL, NULL));
+
+    } else {
+        ngx_http_kimi_finalize(ctx,
+            ngx_http_kimi_sse_error(ctx, "The engine did not produce a "
+                                    "token in time", 42, "timeout_error"));
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * The one way out for a request that reached the body handler.  The
+ * request (and ctx) may be freed inside; callers must not touch either
+ * afterwards.
+ */
+void
+ngx_http_kimi_finalize(ngx_http_kimi_ctx_t *ctx, ngx_int_t rc)
+{
+    ngx_http_request_t  *r;
+
+    if (ctx->finalized) {
+        return;
+    }
+
+    ctx->finalized = 1;
+    ctx->phase = NGX_HTTP_KIMI_PHASE_DONE;
+
+    r = ctx->request;
+
+    if (ctx->timer.timer_set) {
+        ngx_del_timer(&ctx->timer);
+    }
+
+    /* the slot goes back as soon as nothing more is wanted from it */
+    ngx_http_kimi_engine_release(ctx);
+
+    if (ctx->usage.status == 0) {
+        ctx->usage.status = (rc >= NGX_HTTP_SPECIAL_RESPONSE) ? (ngx_uint_t) rc
+                            : r->headers_out.status;
+    }
+
+    if (ctx->usage.finish_reason.len == 0 && ctx->usage.status >= 400) {
+        ngx_str_set(&ctx->usage.finish_reason, "error");
+    }
+
+    ctx->usage.duration = (ngx_msec_int_t) (ngx_current_msec
+                                            - ctx->usage.start);
+    ngx_http_kimi_observe(ctx, 1);
+
+    ngx_http_finalize_request(r, rc);
+}
+
+
+static void
+ngx_http_kimi_cleanup(void *data)
+{
+    ngx_http_kimi_ctx_t  *ctx = data;
+
+    if (ctx->timer.timer_set) {
+        ngx_del_timer(&ctx->timer);
+    }
+
+    if (ctx->slot != NULL && ctx->phase != NGX_HTTP_KIMI_PHASE_DONE) {
+        ngx_log_error(NGX_LOG_INFO, ctx->request->connection->log, 0,
+                      "client closed stream, cancelling slot %D",
+                      ctx->slot_index);
+        ngx_str_set(&ctx->usage.finish_reason, "abort");
+    }
+
+    ctx->phase = NGX_HTTP_KIMI_PHASE_DONE;
+
+    ngx_http_kimi_text_cancel(ctx);
+    ngx_http_kimi_engine_release(ctx);
+
+    if (ctx->detok) {
+        kimi_detok_free(ctx->detok);
+        ctx->detok = NULL;
+    }
+
+    if (ctx->toolparse) {
+        kimi_toolparse_free(ctx->toolparse);
+        ctx->toolparse = NULL;
+    }
+
+    if (ctx->prompt) {
+        ngx_free(ctx->prompt);
+        ctx->prompt = NULL;
+    }
+
+    if (ctx->text) {
+        ngx_http_kimi_text_unref(ctx->text);
+        ctx->text = NULL;
+    }
+
+    if (ctx->params.root) {
+        json_decref(ctx->params.root);
+        ctx->params.root = NULL;
+    }
+
+    ctx->usage.duration = (ngx_msec_int_t) (ngx_current_msec
+                                            - ctx->usage.start);
+
+    if (ctx->usage.status == 0) {
+        ctx->usage.status = ctx->request->headers_out.status;
+    }
+
+    ngx_http_kimi_observe(ctx, 1);
+}
+
+
+/*
+ * Hands the request's facts to the ops module (metrics, budgets, log
+ * variables): as they become known, and with final set exactly once at
+ * the end.  A no-op when the ops files are not built in.
+ */
+void
+ngx_http_kimi_observe(ngx_http_kimi_ctx_t *ctx, ngx_uint_t final)
+{
+#if (NGX_HTTP_KIMI_OPS)
+    ngx_str_t                 *f;
+    ngx_http_kimi_ops_req_t   *ops;
+
+    if (ctx->usage.observed) {
+        return;
+    }
+
+    ops = ngx_http_kimi_ops_req(ctx->request);
+    if (ops == NULL) {
+        ctx->usage.observed = 1;
+        return;
+    }
+
+    /* written as soon as known too (submit), so that the ops cleanup,
+     * which runs before ours on an abort, sees them */
+    ops->model = ctx->usage.model;
+    ops->request_id = ctx->id;
+    ops->engine_rank = ctx->usage.rank;
+    ops->prompt_tokens = ctx->usage.prompt_tokens;
+    ops->cached_tokens = ctx->usage.cached_tokens;
+    ops->completion_tokens = ctx->usage.completion_tokens;
+    ops->queue_ns = ctx->queue_ns;
+
+    f = &ctx->usage.finish_reason;
+
+    if (f->len == 0) {
+        ops->finish = NGX_HTTP_KIMI_OPS_FINISH_NONE;
+
+    } else if (ngx_strncmp(f->data, "stop", f->len) == 0) {
+        ops->finish = NGX_HTTP_KIMI_OPS_FINISH_STOP;
+
+    } else if (ngx_strncmp(f->data, "length", f->len) == 0) {
+        ops->finish = NGX_HTTP_KIMI_OPS_FINISH_LENGTH;
+
+    } else if (ngx_strncmp(f->data, "tool_calls", f->len) == 0) {
+        ops->finish = NGX_HTTP_KIMI_OPS_FINISH_TOOL_CALLS;
+
+    } else if (ngx_strncmp(f->data, "abort", f->len) == 0) {
+        ops->finish = NGX_HTTP_KIMI_OPS_FINISH_ABORT;
+
+    } else {
+        ops->finish = NGX_HTTP_KIMI_OPS_FINISH_ERROR;
+    }
+
+    if (!final) {
+        return;
+    }
+
+    ctx->usage.observed = 1;
+    ngx_http_kimi_ops_finalize(ctx->request);
+#else
+    ctx->usage.observed = final;
+#endif
+}
+
+
+/* n new tokens reached this worker for the request (ops: TTFT, ITL) */
+void
+ngx_http_kimi_observe_tokens(ngx_http_kimi_ctx_t *ctx, ngx_uint_t n)
+{
+    if (ctx->usage.ttft < 0 && n) {
+        ctx->usage.ttft = (ngx_msec_int_t) (ngx_current_msec
+                                            - ctx->usage.start);
+    }
+
+#if (NGX_HTTP_KIMI_OPS)
+    ngx_http_kimi_ops_tokens(ctx->request, n);
+#endif
+}
+
+
+static void *
+ngx_http_kimi_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_kimi_main_conf_t  *kmcf;
+
+    kmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_kimi_main_conf_t));
+    if (kmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     kmcf->engine_dir = { 0, NULL };
+     *     kmcf->model_dir = { 0, NULL };
+     *     kmcf->thread_pool_name = { 0, NULL };
+     *     kmcf->used = 0;
+     */
+
+    kmcf->offload_threshold = NGX_CONF_UNSET_SIZE;
+
+    return kmcf;
+}
+
+
+static char *
+ngx_http_kimi_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_kimi_main_conf_t  *kmcf = conf;
+
+    ngx_conf_init_size_value(kmcf->offload_threshold,
+                             NGX_HTTP_KIMI_OFFLOAD_DEFAULT);
+
+    if (!kmcf->used) {
+        return NGX_CONF_OK;
+    }
+
+    if (kmcf->engine_dir.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"kimi_pass\" is used but \"kimi_engine\" "
+                           "is not set");
+        return NGX_CONF_ERROR;
+    }
+
+#if (NGX_THREADS)
+    /* NULL names nginx's "default" pool (32 threads), created on demand */
+    kmcf->thread_pool = ngx_thread_pool_add(cf, kmcf->thread_pool_name.len
+                                                ? &kmcf->thread_pool_name
+                                                : NULL);
+    if (kmcf->thread_pool == NULL) {
+        return NGX_CONF_ERROR;
+    }
+#endif
+
+#if (NGX_HTTP_KIMI_OPS)
+    /* /metrics reads the rank records of the segment this worker holds */
+    if (ngx_http_kimi_ops_add_engine(cf, &kmcf->shm) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+#endif
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_kimi_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_kimi_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_kimi_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->served_model_name = { 0, NULL };
+     */
+
+    conf->pass = NGX_CONF_UNSET;
+    conf->first_token_timeout = NGX_CONF_UNSET_MSEC;
+    conf->token_timeout = NGX_CONF_UNSET_MSEC;
+    conf->default_max_tokens = NGX_CONF_UNSET_UINT;
+    conf->queue_limit = NGX_CONF_UNSET_UINT;
+    conf->special_tokens_in_content = NGX_CONF_UNSET;
+
+    return conf;
+}
+
+
+static char *
+ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_kimi_loc_conf_t *prev = parent;
+    ngx_http_kimi_loc_conf_t *conf = child;
+
+    ngx_conf_merge_value(conf->pass, prev->pass, 0);
+
+    /* empty: the name the engine publishes in its segment */
+    ngx_conf_merge_str_value(conf->served_model_name,
+                             prev->served_model_name, "");
+
+    /* a long prompt can prefill for minutes before the first token */
+    ngx_conf_merge_msec_value(conf->first_token_timeout,
+                              prev->first_token_timeout, 600000);
+    ngx_conf_merge_msec_value(conf->token_timeout,
+                              prev->token_timeout, 60000);
+
+    /* 0: the rest of the context, as vLLM does */
+    ngx_conf_merge_uint_value(conf->default_max_tokens,
+                              prev->default_max_tokens, 0);
+
+    /* requests per worker between body read and the engine's accept */
+    ngx_conf_merge_uint_value(conf->queue_limit, prev->queue_limit, 1024);
+
+    /* vLLM parity: special-token strings in contents are recognised */
+    ngx_conf_merge_value(conf->special_tokens_in_content,
+                         prev->special_tokens_in_content, 1);
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_kimi_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_kimi_loc_conf_t *klcf = conf;
+
+    ngx_http_core_loc_conf_t   *clcf;
+    ngx_http_kimi_main_conf_t  *kmcf;
+
+    if (klcf->pass != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    klcf->pass = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_kimi_handler;
+
+    kmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_kimi_module);
+    kmcf->used = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_preconfiguration(ngx_conf_t *cf)
+{
+    /* jansson's hash seed must be set before any thread uses it */
+    json_object_seed(0);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_kimi_main_conf_t  *kmcf;
+
+    kmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_kimi_module);
+
+    if (kmcf == NULL || !kmcf->used) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_kimi_text_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* an absent engine is not an error: requests get 503 until it comes */
+    return ngx_http_kimi_engine_init_process(cycle);
+}
+
+
+static void
+ngx_http_kimi_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_kimi_main_conf_t  *kmcf;
+
+    kmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_kimi_module);
+
+    if (kmcf == NULL || !kmcf->used) {
+        return;
+    }
+
+    ngx_http_kimi_engine_exit_process(cycle);
+    ngx_http_kimi_text_exit_process(cycle);
+}

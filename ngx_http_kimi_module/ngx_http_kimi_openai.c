@@ -1,0 +1,1256 @@
+
+/*
+ * The OpenAI surface: request validation and response bodies.
+ *
+ * Owns:   strict parsing of chat/completions/tokenize/detokenize bodies
+ *         into ngx_http_kimi_params_t, OpenAI-shaped error bodies, the
+ *         non-streaming response objects and the JSON string escaper the
+ *         SSE writer uses.
+ * Never:  talks to the engine or the tokenizer; a field is either checked
+ *         here with a message naming it, or ignored on purpose (user,
+ *         parallel_tool_calls, chat_template_kwargs ...).
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_kimi.h"
+
+
+#define NGX_HTTP_KIMI_ERR_LEN   512
+
+
+static ngx_int_t ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx,
+    json_t *root, u_char *err, const char **param);
+static ngx_int_t ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx,
+    json_t *root, u_char *err, const char **param);
+static ngx_int_t ngx_http_kimi_parse_prompt(ngx_http_kimi_ctx_t *ctx,
+    json_t *root, u_char *err, const char **param);
+static ngx_int_t ngx_http_kimi_parse_stop(ngx_http_kimi_ctx_t *ctx,
+    json_t *v, u_char *err);
+static ngx_int_t ngx_http_kimi_token_array(json_t *v);
+static ngx_int_t ngx_http_kimi_get_number(json_t *root, const char *key,
+    double lo, double hi, double *out, u_char *err);
+static ngx_int_t ngx_http_kimi_get_int(json_t *root, const char *key,
+    json_int_t lo, json_int_t hi, json_int_t *out, u_char *err);
+static ngx_int_t ngx_http_kimi_get_bool(json_t *root, const char *key,
+    ngx_uint_t *out, u_char *err);
+
+
+ngx_int_t
+ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
+    ngx_str_t *error, ngx_str_t *param)
+{
+    u_char                *err;
+    json_t                *root;
+    ngx_int_t              rc;
+    const char            *p;
+    json_error_t           jerr;
+    ngx_http_request_t    *r;
+
+    r = ctx->request;
+
+    err = ngx_pnalloc(r->pool, NGX_HTTP_KIMI_ERR_LEN);
+    if (err == NULL) {
+        return NGX_ERROR;
+    }
+
+    error->data = err;
+    p = NULL;
+    rc = NGX_ERROR;
+
+    if (len == 0) {
+        error->len = ngx_sprintf(err, "The request body is empty; expected "
+                                 "a JSON object") - err;
+        return NGX_ERROR;
+    }
+
+    /* jansson refuses invalid UTF-8 and NUL in strings: both are 400s */
+    root = json_loadb((char *) body, len, 0, &jerr);
+    if (root == NULL) {
+        error->len = ngx_snprintf(err, NGX_HTTP_KIMI_ERR_LEN - 1,
+                                  "Invalid JSON body: %s (line %d, column %d)",
+                                  jerr.text, jerr.line, jerr.column)
+                     - err;
+        return NGX_ERROR;
+    }
+
+    ctx->params.root = root;     /* the cleanup handler decrefs it */
+
+    if (!json_is_object(root)) {
+        error->len = ngx_sprintf(err, "The request body must be a JSON "
+                                 "object") - err;
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(err, NGX_HTTP_KIMI_ERR_LEN);
+
+    switch (ctx->route) {
+
+    case NGX_HTTP_KIMI_ROUTE_CHAT:
+        rc = ngx_http_kimi_parse_common(ctx, root, err, &p);
+        if (rc == NGX_OK) {
+            rc = ngx_http_kimi_parse_chat(ctx, root, err, &p);
+        }
+        break;
+
+    case NGX_HTTP_KIMI_ROUTE_COMPLETIONS:
+        rc = ngx_http_kimi_parse_common(ctx, root, err, &p);
+        if (rc == NGX_OK) {
+            rc = ngx_http_kimi_parse_prompt(ctx, root, err, &p);
+        }
+        break;
+
+    case NGX_HTTP_KIMI_ROUTE_TOKENIZE:
+        if (json_object_get(root, "messages") != NULL) {
+            rc = ngx_http_kimi_parse_chat(ctx, root, err, &p);
+
+        } else {
+            rc = ngx_http_kimi_parse_prompt(ctx, root, err, &p);
+        }
+        break;
+
+    case NGX_HTTP_KIMI_ROUTE_DETOKENIZE:
+        if (ngx_http_kimi_token_array(json_object_get(root, "tokens"))
+            != NGX_OK)
+        {
+            ngx_sprintf(err, "\"tokens\" must be an array of token ids");
+            p = "tokens";
+            rc = NGX_ERROR;
+            break;
+        }
+
+        ctx->params.prompt_ids = json_object_get(root, "tokens");
+        rc = NGX_OK;
+        break;
+
+    default:
+        break;
+    }
+
+    if (rc != NGX_OK) {
+        error->len = ngx_strlen(err);
+        if (p) {
+            param->data = (u_char *) p;
+            param->len = ngx_strlen(p);
+        }
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
+    const char **param)
+{
+    json_t                  *v, *so;
+    double                   d;
+    json_int_t               n;
+    ngx_uint_t               flag;
+    kimi_shm_sampling_t     *s;
+    ngx_http_kimi_params_t  *pr;
+
+    pr = &ctx->params;
+    s = &pr->sampling;
+
+    /* OpenAI's defaults; 0/1 values switch each sampler off */
+    s->temperature = 1.0f;
+    s->top_p = 1.0f;
+    s->repetition_penalty = 1.0f;
+    s->top_k = -1;
+    pr->max_tokens = -1;
+    pr->skip_special = 1;
+
+    v = json_object_get(root, "model");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_string(v)) {
+            *param = "model";
+            ngx_sprintf(err, "\"model\" must be a string");
+            return NGX_ERROR;
+        }
+
+        pr->model.data = (u_char *) json_string_value(v);
+        pr->model.len = json_string_length(v);
+    }
+
+    *param = "stream";
+    if (ngx_http_kimi_get_bool(root, "stream", &flag, err) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    pr->stream = flag;
+
+    so = json_object_get(root, "stream_options");
+    if (so != NULL && !json_is_null(so)) {
+        *param = "stream_options";
+
+        if (!json_is_object(so)) {
+            ngx_sprintf(err, "\"stream_options\" must be an object");
+            return NGX_ERROR;
+        }
+
+        if (!pr->stream) {
+            ngx_sprintf(err, "\"stream_options\" is only allowed when "
+                        "\"stream\" is true");
+            return NGX_ERROR;
+        }
+
+        if (ngx_http_kimi_get_bool(so, "include_usage", &flag, err)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+        pr->include_usage = flag;
+    }
+
+    *param = "max_tokens";
+    if (ngx_http_kimi_get_int(root, "max_tokens", 1, UINT32_MAX, &n, err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+    if (n >= 0) {
+        pr->max_tokens = n;
+    }
+
+    /* the newer name wins, as in vLLM */
+    *param = "max_completion_tokens";
+    if (ngx_http_kimi_get_int(root, "max_completion_tokens", 1, UINT32_MAX,
+                              &n, err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+    if (n >= 0) {
+        pr->max_tokens = n;
+    }
+
+    *param = "temperature";
+    if (ngx_http_kimi_get_number(root, "temperature", 0, 100, &d, err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+    if (d >= 0) {
+        s->temperature = d;
+    }
+
+    *param = "top_p";
+    if (ngx_http_kimi_get_number(root, "top_p", 0, 1, &d, err) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    if (d >= 0) {
+        if (d == 0) {
+            ngx_sprintf(err, "\"top_p\" must be in (0, 1]");
+            return NGX_ERROR;
+        }
+        s->top_p = d;
+    }
+
+    *param = "min_p";
+    if (ngx_http_kimi_get_number(root, "min_p", 0, 1, &d, err) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    if (d >= 0) {
+        s->min_p = d;
+    }
+
+    *param = "top_k";
+    if (ngx_http_kimi_get_int(root, "top_k", -1, INT32_MAX, &n, err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+    if (json_object_get(root, "top_k") && !json_is_null(
+                                              json_object_get(root, "top_k")))
+    {
+        s->top_k = (int32_t) n;
+    }
+
+    *param = "presence_penalty";
+    d = 0;
+    v = json_object_get(root, "presence_penalty");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_number(v) || json_number_value(v) < -2
+            || json_number_value(v) > 2)
+        {
+            ngx_sprintf(err, "\"presence_penalty\" must be a number in "
+                        "[-2, 2]");
+            return NGX_ERROR;
+        }
+        s->presence_penalty = json_number_value(v);
+    }
+
+    *param = "frequency_penalty";
+    v = json_object_get(root, "frequency_penalty");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_number(v) || json_number_value(v) < -2
+            || json_number_value(v) > 2)
+        {
+            ngx_sprintf(err, "\"frequency_penalty\" must be a number in "
+                        "[-2, 2]");
+            return NGX_ERROR;
+        }
+        s->frequency_penalty = json_number_value(v);
+    }
+
+    *param = "repetition_penalty";
+    v = json_object_get(root, "repetition_penalty");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_number(v) || json_number_value(v) <= 0
+            || json_number_value(v) > 100)
+        {
+            ngx_sprintf(err, "\"repetition_penalty\" must be a number in "
+                        "(0, 100]");
+            return NGX_ERROR;
+        }
+        s->repetition_penalty = json_number_value(v);
+    }
+
+    *param = "seed";
+    v = json_object_get(root, "seed");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_integer(v)) {
+            ngx_sprintf(err, "\"seed\" must be an integer");
+            return NGX_ERROR;
+        }
+        s->seed = (uint64_t) json_integer_value(v);
+        s->has_seed = 1;
+    }
+
+    *param = "stop";
+    if (ngx_http_kimi_parse_stop(ctx, json_object_get(root, "stop"), err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    *param = "stop_token_ids";
+    v = json_object_get(root, "stop_token_ids");
+    if (v != NULL && !json_is_null(v)) {
+        size_t   i;
+        json_t  *id;
+
+        /* two entries stay free for the model's end-of-turn ids */
+        if (ngx_http_kimi_token_array(v) != NGX_OK
+            || json_array_size(v) > KIMI_SHM_MAX_STOP_IDS - 2)
+        {
+            ngx_sprintf(err, "\"stop_token_ids\" must be an array of at most "
+                        "%d token ids", KIMI_SHM_MAX_STOP_IDS - 2);
+            return NGX_ERROR;
+        }
+
+        json_array_foreach(v, i, id) {
+            s->stop_ids[s->n_stop_ids++] = (int32_t) json_integer_value(id);
+        }
+    }
+
+    *param = "ignore_eos";
+    if (ngx_http_kimi_get_bool(root, "ignore_eos", &flag, err) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    s->ignore_eos = flag;
+
+    *param = "min_tokens";
+    if (ngx_http_kimi_get_int(root, "min_tokens", 0, UINT32_MAX, &n, err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+    if (n > 0) {
+        s->min_tokens = n;
+    }
+
+    *param = "skip_special_tokens";
+    v = json_object_get(root, "skip_special_tokens");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_boolean(v)) {
+            ngx_sprintf(err, "\"skip_special_tokens\" must be a boolean");
+            return NGX_ERROR;
+        }
+        pr->skip_special = json_is_true(v);
+    }
+
+    *param = "n";
+    v = json_object_get(root, "n");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_integer(v)) {
+            ngx_sprintf(err, "\"n\" must be an integer");
+            return NGX_ERROR;
+        }
+
+        if (json_integer_value(v) != 1) {
+            ngx_sprintf(err, "Only n=1 is supported");
+            return NGX_ERROR;
+        }
+    }
+
+    /* logprobs: a boolean (chat), or 0..20 alternatives (completions) */
+    *param = "logprobs";
+    v = json_object_get(root, "logprobs");
+    if (v != NULL && !json_is_null(v)) {
+        if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT) {
+            if (!json_is_boolean(v)) {
+                ngx_sprintf(err, "\"logprobs\" must be a boolean");
+                return NGX_ERROR;
+            }
+            s->logprobs = json_is_true(v);
+
+        } else {
+            if (!json_is_integer(v) || json_integer_value(v) < 0
+                || json_integer_value(v) > KIMI_SHM_MAX_TOP_LOGPROBS)
+            {
+                ngx_sprintf(err, "\"logprobs\" must be an integer in "
+                            "[0, %d]", KIMI_SHM_MAX_TOP_LOGPROBS);
+                return NGX_ERROR;
+            }
+
+            s->logprobs = 1;
+            s->top_logprobs = json_integer_value(v);
+        }
+    }
+
+    *param = "top_logprobs";
+    v = json_object_get(root, "top_logprobs");
+    if (v != NULL && !json_is_null(v)) {
+        if (ctx->route != NGX_HTTP_KIMI_ROUTE_CHAT || !json_is_integer(v)
+            || json_integer_value(v) < 0
+            || json_integer_value(v) > KIMI_SHM_MAX_TOP_LOGPROBS)
+        {
+            ngx_sprintf(err, "\"top_logprobs\" must be an integer in [0, %d]",
+                        KIMI_SHM_MAX_TOP_LOGPROBS);
+            return NGX_ERROR;
+        }
+
+        if (!s->logprobs) {
+            ngx_sprintf(err, "\"top_logprobs\" requires \"logprobs\" to be "
+                        "true");
+            return NGX_ERROR;
+        }
+
+        s->top_logprobs = json_integer_value(v);
+    }
+
+    *param = NULL;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
+    const char **param)
+{
+    size_t                   i;
+    json_t                  *v, *m, *role, *content, *tool, *fn, *name;
+    ngx_uint_t               flag, found;
+    const char              *r;
+    ngx_http_kimi_params_t  *pr;
+
+    pr = &ctx->params;
+
+    v = json_object_get(root, "messages");
+
+    *param = "messages";
+
+    if (v == NULL || json_is_null(v)) {
+        ngx_sprintf(err, "\"messages\" is required");
+        return NGX_ERROR;
+    }
+
+    if (!json_is_array(v) || json_array_size(v) == 0) {
+        ngx_sprintf(err, "\"messages\" must be a non-empty array");
+        return NGX_ERROR;
+    }
+
+    json_array_foreach(v, i, m) {
+        if (!json_is_object(m)) {
+            ngx_sprintf(err, "messages[%uz] must be an object", i);
+            return NGX_ERROR;
+        }
+
+        role = json_object_get(m, "role");
+        if (!json_is_string(role)) {
+            ngx_sprintf(err, "messages[%uz].role must be a string", i);
+            return NGX_ERROR;
+        }
+
+        r = json_string_value(role);
+
+        if (ngx_strcmp(r, "system") != 0 && ngx_strcmp(r, "user") != 0
+            && ngx_strcmp(r, "assistant") != 0 && ngx_strcmp(r, "tool") != 0
+            && ngx_strcmp(r, "developer") != 0)
+        {
+            ngx_snprintf(err, NGX_HTTP_KIMI_ERR_LEN - 1,
+                         "messages[%uz].role \"%s\" is not one of system, "
+                         "user, assistant, tool, developer", i, r);
+            return NGX_ERROR;
+        }
+
+        content = json_object_get(m, "content");
+        if (content != NULL && !json_is_string(content)
+            && !json_is_array(content) && !json_is_null(content))
+        {
+            ngx_sprintf(err, "messages[%uz].content must be a string, an "
+                        "array of parts or null", i);
+            return NGX_ERROR;
+        }
+
+        if ((content == NULL || json_is_null(content))
+            && ngx_strcmp(r, "assistant") != 0)
+        {
+            ngx_sprintf(err, "messages[%uz].content is required", i);
+            return NGX_ERROR;
+        }
+    }
+
+    pr->messages = v;
+
+    *param = "add_generation_prompt";
+    flag = 1;
+    if (json_object_get(root, "add_generation_prompt") != NULL
+        && ngx_http_kimi_get_bool(root, "add_generation_prompt", &flag, err)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+    pr->add_generation_prompt = flag;
+
+    *param = "tools";
+    v = json_object_get(root, "tools");
+
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_array(v) || json_array_size(v) == 0) {
+            ngx_sprintf(err, "\"tools\" must be a non-empty array");
+            return NGX_ERROR;
+        }
+
+        json_array_foreach(v, i, tool) {
+            fn = json_object_get(tool, "function");
+            name = json_object_get(fn, "name");
+
+            if (!json_is_object(tool)
+                || !json_is_string(json_object_get(tool, "type"))
+                || ngx_strcmp(json_string_value(json_object_get(tool, "type")),
+                              "function") != 0
+                || !json_is_object(fn) || !json_is_string(name)
+                || json_string_length(name) == 0)
+            {
+                ngx_sprintf(err, "tools[%uz] must be {\"type\": \"function\", "
+                            "\"function\": {\"name\": ...}}", i);
+                return NGX_ERROR;
+            }
+        }
+
+        pr->tools = v;
+        pr->tool_choice = NGX_HTTP_KIMI_TOOL_CHOICE_AUTO;
+    }
+
+    *param = "tool_choice";
+    v = json_object_get(root, "tool_choice");
+
+    if (v != NULL && !json_is_null(v)) {
+        if (json_is_string(v)) {
+            r = json_string_value(v);
+
+            if (ngx_strcmp(r, "none") == 0) {
+                pr->tool_choice = NGX_HTTP_KIMI_TOOL_CHOICE_NONE;
+
+            } else if (ngx_strcmp(r, "auto") == 0) {
+                pr->tool_choice = NGX_HTTP_KIMI_TOOL_CHOICE_AUTO;
+
+            } else if (ngx_strcmp(r, "required") == 0) {
+                pr->tool_choice = NGX_HTTP_KIMI_TOOL_CHOICE_REQUIRED;
+
+            } else {
+                ngx_sprintf(err, "\"tool_choice\" must be \"none\", "
+                            "\"auto\", \"required\" or a named function");
+                return NGX_ERROR;
+            }
+
+        } else if (json_is_object(v)) {
+            fn = json_object_get(v, "function");
+            name = json_object_get(fn, "name");
+
+            if (!json_is_string(name)) {
+                ngx_sprintf(err, "\"tool_choice\" must name a function: "
+                            "{\"type\": \"function\", \"function\": "
+                            "{\"name\": ...}}");
+                return NGX_ERROR;
+            }
+
+            pr->tool_choice = NGX_HTTP_KIMI_TOOL_CHOICE_NAMED;
+            pr->tool_name.data = (u_char *) json_string_value(name);
+            pr->tool_name.len = json_string_length(name);
+
+        } else {
+            ngx_sprintf(err, "\"tool_choice\" must be a string or an "
+                        "object");
+            return NGX_ERROR;
+        }
+
+        if (pr->tool_choice != NGX_HTTP_KIMI_TOOL_CHOICE_NONE
+            && pr->tools == NULL)
+        {
+            ngx_sprintf(err, "\"tool_choice\" requires \"tools\"");
+            return NGX_ERROR;
+        }
+
+        if (pr->tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_NAMED) {
+            found = 0;
+
+            json_array_foreach(pr->tools, i, tool) {
+                name = json_object_get(json_object_get(tool, "function"),
+                                       "name");
+                if (json_string_length(name) == pr->tool_name.len
+                    && ngx_strncmp(json_string_value(name),
+                                   pr->tool_name.data, pr->tool_name.len)
+                       == 0)
+                {
+                    found = 1;
+                    break;
+                }
+            }
+
+            if (!found) {
+                ngx_snprintf(err, NGX_HTTP_KIMI_ERR_LEN - 1,
+                             "\"tool_choice\" names function \"%V\", which "
+                             "is not in \"tools\"", &pr->tool_name);
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    *param = NULL;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_parse_prompt(ngx_http_kimi_ctx_t *ctx, json_t *root,
+    u_char *err, const char **param)
+{
+    json_t                  *v, *e;
+    ngx_uint_t               flag;
+    ngx_http_kimi_params_t  *pr;
+
+    pr = &ctx->params;
+
+    *param = "prompt";
+    v = json_object_get(root, "prompt");
+
+    if (v == NULL || json_is_null(v)) {
+        ngx_sprintf(err, "\"prompt\" is required");
+        return NGX_ERROR;
+    }
+
+    /* a list of one prompt is the same request as the prompt itself */
+    if (json_is_array(v) && json_array_size(v) == 1) {
+        e = json_array_get(v, 0);
+        if (json_is_string(e) || json_is_array(e)) {
+            v = e;
+        }
+    }
+
+    if (json_is_string(v)) {
+        pr->prompt_text.data = (u_char *) json_string_value(v);
+        pr->prompt_text.len = json_string_length(v);
+
+    } else if (ngx_http_kimi_token_array(v) == NGX_OK
+               && json_array_size(v) > 0)
+    {
+        pr->prompt_ids = v;
+
+    } else if (json_is_array(v) && json_array_size(v) > 1
+               && (json_is_string(json_array_get(v, 0))
+                   || json_is_array(json_array_get(v, 0))))
+    {
+        ngx_sprintf(err, "Batched prompts are not supported; send one "
+                    "prompt per request");
+        return NGX_ERROR;
+
+    } else {
+        ngx_sprintf(err, "\"prompt\" must be a string, a non-empty array of "
+                    "token ids, or a list holding one of those");
+        return NGX_ERROR;
+    }
+
+    *param = "echo";
+    if (ngx_http_kimi_get_bool(root, "echo", &flag, err) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (flag) {
+        ngx_sprintf(err, "\"echo\" is not supported");
+        return NGX_ERROR;
+    }
+
+    v = json_object_get(root, "suffix");
+    if (v != NULL && !json_is_null(v)) {
+        *param = "suffix";
+        ngx_sprintf(err, "\"suffix\" is not supported");
+        return NGX_ERROR;
+    }
+
+    *param = NULL;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_parse_stop(ngx_http_kimi_ctx_t *ctx, json_t *v, u_char *err)
+{
+    size_t                   i;
+    json_t                  *s;
+    ngx_str_t               *st;
+    ngx_http_kimi_params_t  *pr;
+
+    pr = &ctx->params;
+
+    if (v == NULL || json_is_null(v)) {
+        return NGX_OK;
+    }
+
+    if (json_is_string(v)) {
+        if (json_string_length(v) == 0
+            || json_string_length(v) > NGX_HTTP_KIMI_MAX_STOP_LEN)
+        {
+            goto invalid;
+        }
+
+        st = &pr->stop[pr->n_stop++];
+        st->data = (u_char *) json_string_value(v);
+        st->len = json_string_length(v);
+        pr->max_stop_len = st->len;
+
+        return NGX_OK;
+    }
+
+    if (!json_is_array(v) || json_array_size(v) > NGX_HTTP_KIMI_MAX_STOP) {
+        goto invalid;
+    }
+
+    json_array_foreach(v, i, s) {
+        if (!json_is_string(s) || json_string_length(s) == 0
+            || json_string_length(s) > NGX_HTTP_KIMI_MAX_STOP_LEN)
+        {
+            goto invalid;
+        }
+
+        st = &pr->stop[pr->n_stop++];
+        st->data = (u_char *) json_string_value(s);
+        st->len = json_string_length(s);
+        pr->max_stop_len = ngx_max(pr->max_stop_len, st->len);
+    }
+
+    return NGX_OK;
+
+invalid:
+
+    ngx_sprintf(err, "\"stop\" must be a non-empty string or an array of at "
+                "most %d such strings of at most %d bytes",
+                NGX_HTTP_KIMI_MAX_STOP, NGX_HTTP_KIMI_MAX_STOP_LEN);
+
+    return NGX_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_token_array(json_t *v)
+{
+    size_t   i;
+    json_t  *e;
+
+    if (!json_is_array(v)) {
+        return NGX_ERROR;
+    }
+
+    json_array_foreach(v, i, e) {
+        if (!json_is_integer(e) || json_integer_value(e) < 0
+            || json_integer_value(e) > INT32_MAX)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* *out = -1 when absent or null */
+static ngx_int_t
+ngx_http_kimi_get_number(json_t *root, const char *key, double lo, double hi,
+    double *out, u_char *err)
+{
+    json_t  *v;
+
+    *out = -1;
+
+    v = json_object_get(root, key);
+    if (v == NULL || json_is_null(v)) {
+        return NGX_OK;
+    }
+
+    if (!json_is_number(v) || json_number_value(v) < lo
+        || json_number_value(v) > hi)
+    {
+        ngx_sprintf(err, "\"%s\" must be a number in [%.1f, %.1f]", key, lo,
+                    hi);
+        return NGX_ERROR;
+    }
+
+    *out = json_number_value(v);
+
+    return NGX_OK;
+}
+
+
+/* *out = -1 when absent or null */
+static ngx_int_t
+ngx_http_kimi_get_int(json_t *root, const char *key, json_int_t lo,
+    json_int_t hi, json_int_t *out, u_char *err)
+{
+    json_t  *v;
+
+    *out = -1;
+
+    v = json_object_get(root, key);
+    if (v == NULL || json_is_null(v)) {
+        return NGX_OK;
+    }
+
+    if (!json_is_integer(v) || json_integer_value(v) < lo
+        || json_integer_value(v) > hi)
+    {
+        ngx_sprintf(err, "\"%s\" must be an integer in [%L, %L]", key,
+                    (int64_t) lo, (int64_t) hi);
+        return NGX_ERROR;
+    }
+
+    *out = json_integer_value(v);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_get_bool(json_t *root, const char *key, ngx_uint_t *out,
+    u_char *err)
+{
+    json_t  *v;
+
+    *out = 0;
+
+    v = json_object_get(root, key);
+    if (v == NULL || json_is_null(v)) {
+        return NGX_OK;
+    }
+
+    if (!json_is_boolean(v)) {
+        ngx_sprintf(err, "\"%s\" must be a boolean", key);
+        return NGX_ERROR;
+    }
+
+    *out = json_is_true(v);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_kimi_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *type, const char *message, size_t len, const char *param,
+    const char *code)
+{
+    json_t     *root, *err;
+    ngx_int_t   rc;
+
+    err = json_object();
+    root = json_object();
+
+    if (err == NULL || root == NULL) {
+        json_decref(err);
+        json_decref(root);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json_object_set_new(err, "message", json_stringn_nocheck(message, len));
+    json_object_set_new(err, "type", json_string(type));
+    json_object_set_new(err, "param", param ? json_string(param)
+                                            : json_null());
+    json_object_set_new(err, "code", code ? json_string(code)
+                                          : json_integer(status));
+    json_object_set_new(root, "error", err);
+
+    rc = ngx_http_kimi_send_json(r, status, root);
+    json_decref(root);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_kimi_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *body)
+{
+    char             *s;
+    size_t            len;
+    ngx_int_t         rc;
+    ngx_buf_t        *b;
+    ngx_chain_t       out;
+    ngx_table_elt_t  *h;
+
+    if (r->header_sent) {
+        return NGX_ERROR;
+    }
+
+    s = json_dumps(body, JSON_COMPACT);
+    if (s == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = ngx_strlen(s);
+
+    b = ngx_create_temp_buf(r->pool, len + 1);
+    if (b == NULL) {
+        free(s);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, s, len);
+    *b->last++ = '\n';
+    free(s);
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    if (status == NGX_HTTP_SERVICE_UNAVAILABLE
+        || status == NGX_HTTP_TOO_MANY_REQUESTS)
+    {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Retry-After");
+        ngx_str_set(&h->value, "1");
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+const char *
+ngx_http_kimi_finish_name(ngx_http_kimi_ctx_t *ctx)
+{
+    if (ctx->stopped) {
+        return "stop";
+    }
+
+    switch (ctx->finish) {
+
+    case KIMI_FINISH_LENGTH:
+        return "length";
+
+    case KIMI_FINISH_STOP:
+        /* a named choice reports "stop", as vLLM does */
+        if (ctx->n_calls
+            && (ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_AUTO
+                || ctx->params.tool_choice
+                   == NGX_HTTP_KIMI_TOOL_CHOICE_REQUIRED))
+        {
+            return "tool_calls";
+        }
+
+        return "stop";
+
+    case KIMI_FINISH_CANCELLED:
+    case KIMI_FINISH_ABORT:
+        return "abort";
+
+    default:
+        return "error";
+    }
+}
+
+
+/* The body of a non-streaming response, once the engine said DONE. */
+ngx_int_t
+ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx)
+{
+    u_char                     *a, *e;
+    json_t                     *root, *choice, *msg, *calls, *call, *usage,
+                               *lp;
+    ngx_int_t                   rc;
+    ngx_uint_t                  i;
+    const char                 *finish;
+    ngx_http_request_t         *r;
+    ngx_http_kimi_tool_call_t  *tc;
+
+    r = ctx->request;
+    finish = ngx_http_kimi_finish_name(ctx);
+    ngx_str_set(&ctx->usage.finish_reason, "");
+    ctx->usage.finish_reason.data = (u_char *) finish;
+    ctx->usage.finish_reason.len = ngx_strlen(finish);
+
+    root = json_object();
+    choice = json_object();
+    usage = json_pack("{s:I,s:I,s:I}",
+                      "prompt_tokens", (json_int_t) ctx->usage.prompt_tokens,
+                      "completion_tokens",
+                      (json_int_t) ctx->usage.completion_tokens,
+                      "total_tokens",
+                      (json_int_t) (ctx->usage.prompt_tokens
+                                    + ctx->usage.completion_tokens));
+
+    if (root == NULL || choice == NULL || usage == NULL) {
+        goto failed;
+    }
+
+    if (ctx->usage.cached_tokens) {
+        json_object_set_new(usage, "prompt_tokens_details",
+                            json_pack("{s:I}", "cached_tokens",
+                                      (json_int_t) ctx->usage.cached_tokens));
+    }
+
+    json_object_set_new(root, "id",
+                        json_stringn((char *) ctx->id.data, ctx->id.len));
+
+    json_object_set_new(choice, "index", json_integer(0));
+
+    if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT) {
+        json_object_set_new(root, "object", json_string("chat.completion"));
+
+        msg = json_object();
+        if (msg == NULL) {
+            goto failed;
+        }
+
+        json_object_set_new(msg, "role", json_string("assistant"));
+        json_object_set_new(msg, "content",
+                            (ctx->content.len || ctx->n_calls == 0)
+                            ? json_stringn_nocheck((char *) ctx->content.data,
+                                                   ctx->content.len)
+                            : json_null());
+
+        if (ctx->n_calls) {
+            calls = json_array();
+            if (calls == NULL) {
+                json_decref(msg);
+                goto failed;
+            }
+
+            for (i = 0; i < ctx->n_calls; i++) {
+                tc = &ctx->calls[i];
+
+                call = json_pack("{s:s%,s:s,s:{s:s%,s:s%}}",
+                                 "id", tc->id.data, tc->id.len,
+                                 "type", "function",
+                                 "function",
+                                 "name", tc->name.data, tc->name.len,
+                                 "arguments",
+                                 tc->arguments.len ? (char *) tc->arguments.data
+                                                   : "",
+                                 tc->arguments.len);
+                if (call == NULL) {
+                    json_decref(calls);
+                    json_decref(msg);
+                    goto failed;
+                }
+
+                json_array_append_new(calls, call);
+            }
+
+            json_object_set_new(msg, "tool_calls", calls);
+        }
+
+        json_object_set_new(choice, "message", msg);
+
+    } else {
+        json_object_set_new(root, "object", json_string("text_completion"));
+        json_object_set_new(choice, "text",
+                            json_stringn_nocheck((char *) ctx->content.data,
+                                                 ctx->content.len));
+    }
+
+    lp = NULL;
+
+    if (ctx->params.sampling.logprobs && ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT)
+    {
+        /* entries were written as JSON text while tokens arrived */
+        a = ngx_pnalloc(r->pool, ctx->logprobs.len + 2);
+        if (a == NULL) {
+            goto failed;
+        }
+
+        a[0] = '[';
+        ngx_memcpy(a + 1, ctx->logprobs.data, ctx->logprobs.len);
+        a[ctx->logprobs.len + 1] = ']';
+
+        lp = json_pack("{s:o}", "content",
+                       json_loadb((char *) a, ctx->logprobs.len + 2, 0, NULL));
+    }
+
+    if (ctx->params.sampling.logprobs
+        && ctx->route == NGX_HTTP_KIMI_ROUTE_COMPLETIONS)
+    {
+        a = ngx_pnalloc(r->pool, ngx_http_kimi_logprobs_legacy_len(ctx));
+        if (a == NULL) {
+            goto failed;
+        }
+
+        e = ngx_http_kimi_logprobs_legacy(ctx, a);
+        lp = json_loadb((char *) a, e - a, 0, NULL);
+    }
+
+    json_object_set_new(choice, "logprobs", lp ? lp : json_null());
+    json_object_set_new(choice, "finish_reason", json_string(finish));
+
+    if (ctx->stop_reason.len) {
+        json_object_set_new(choice, "stop_reason",
+                            json_stringn_nocheck((char *) ctx->stop_reason.data,
+                                                 ctx->stop_reason.len));
+    }
+
+    json_object_set_new(root, "created", json_integer(ctx->created));
+    json_object_set_new(root, "model",
+                        json_stringn_nocheck((char *) ctx->usage.model.data,
+                                             ctx->usage.model.len));
+    json_object_set_new(root, "choices", json_pack("[o]", choice));
+    json_object_set_new(root, "usage", usage);
+
+    rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, root);
+    json_decref(root);
+
+    ctx->headers_sent = 1;
+
+    return rc;
+
+failed:
+
+    json_decref(root);
+    json_decref(choice);
+    json_decref(usage);
+
+    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+size_t
+ngx_http_kimi_json_escape_len(const u_char *src, size_t len)
+{
+    size_t  n;
+
+    n = len;
+
+    while (len--) {
+        if (*src < 0x20) {
+            n += 5;                     /* \u00XX */
+
+        } else if (*src == '"' || *src == '\\') {
+            n++;
+        }
+
+        src++;
+    }
+
+    return n;
+}
+
+
+/* JSON string body (no quotes); UTF-8 passes through unchanged */
+u_char *
+ngx_http_kimi_json_escape(u_char *dst, const u_char *src, size_t len)
+{
+    u_char         ch;
+    static u_char  hex[] = "0123456789abcdef";
+
+    while (len--) {
+        ch = *src++;
+
+        if (ch == '"' || ch == '\\') {
+            *dst++ = '\\';
+            *dst++ = ch;
+
+        } else if (ch >= 0x20) {
+            *dst++ = ch;
+
+        } else {
+            switch (ch) {
+            case '\n':
+                *dst++ = '\\'; *dst++ = 'n';
+                break;
+            case '\r':
+                *dst++ = '\\'; *dst++ = 'r';
+                break;
+            case '\t':
+                *dst++ = '\\'; *dst++ = 't';
+                break;
+            default:
+                *dst++ = '\\'; *dst++ = 'u'; *dst++ = '0'; *dst++ = '0';
+                *dst++ = hex[ch >> 4];
+                *dst++ = hex[ch & 0xf];
+            }
+        }
+    }
+
+    return dst;
+}
+
+
+/*
+ * As ngx_http_kimi_json_escape(), for bytes that may not be UTF-8 (a
+ * single token's bytes): each invalid byte becomes U+FFFD, as Hugging
+ * Face's decode shows it.  dst needs 6 bytes per source byte.
+ */
+u_char *
+ngx_http_kimi_json_escape_utf8(u_char *dst, const u_char *src, size_t len)
+{
+    u_char        *p;
+    uint32_t       ch;
+    const u_char  *end, *next;
+
+    end = src + len;
+
+    while (src < end) {
+        if (*src < 0x80) {
+            dst = ngx_http_kimi_json_escape(dst, src, 1);
+            src++;
+            continue;
+        }
+
+        p = (u_char *) src;
+        ch = ngx_utf8_decode(&p, end - src);
+        next = p;
+
+        if (ch > 0x10ffff) {
+            dst = ngx_cpymem(dst, "\\ufffd", 6);
+            src++;
+            continue;
+        }
+
+        dst = ngx_cpymem(dst, src, next - src);
+        src = next;
+    }
+
+    return dst;
+}

@@ -1,0 +1,655 @@
+
+/*
+ * From generated token ids to what the client sees.
+ *
+ * Owns:   the per-request text pipeline: incremental detokenizer -> stop
+ *         strings (with hold-back of a partial match) -> kimi_k2 tool-call
+ *         parser -> sink (an SSE event, or the non-streaming body being
+ *         assembled in r->pool).
+ * Never:  emits a byte that could still turn out to be part of a stop
+ *         string, or a tool-call marker; never touches the engine slot.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_kimi.h"
+
+
+static ngx_int_t ngx_http_kimi_output_text(ngx_http_kimi_ctx_t *ctx,
+    const u_char *p, size_t len);
+static ngx_int_t ngx_http_kimi_output_visible(ngx_http_kimi_ctx_t *ctx,
+    const u_char *p, size_t len);
+static ngx_int_t ngx_http_kimi_output_content(ngx_http_kimi_ctx_t *ctx,
+    const u_char *p, size_t len);
+static void ngx_http_kimi_output_tool_event(void *data,
+    const kimi_tool_ev_t *ev);
+static ngx_int_t ngx_http_kimi_output_logprob(ngx_http_kimi_ctx_t *ctx,
+    const kimi_shm_token_t *tok);
+static ngx_int_t ngx_http_kimi_output_logprob_legacy(
+    ngx_http_kimi_ctx_t *ctx, const kimi_tokenizer_t *tk,
+    const kimi_shm_token_t *tok, uint32_t n_top);
+static u_char *ngx_http_kimi_logprob_value(u_char *p, float logprob);
+static u_char *ngx_http_kimi_logprob_entry(u_char *p,
+    const kimi_tokenizer_t *tk, int32_t id, float logprob);
+static ngx_int_t ngx_http_kimi_append(ngx_pool_t *pool, ngx_str_t *s,
+    size_t *cap, const u_char *p, size_t len);
+
+
+ngx_int_t
+ngx_http_kimi_output_start(ngx_http_kimi_ctx_t *ctx)
+{
+    const kimi_tokenizer_t  *tok;
+
+    tok = ngx_http_kimi_text_tokenizer(ctx->text);
+
+    ctx->detok = kimi_detok_new(tok, ctx->params.skip_special);
+    if (ctx->detok == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT && ctx->params.tools
+        && ctx->params.tool_choice != NGX_HTTP_KIMI_TOOL_CHOICE_NONE)
+    {
+        ctx->want_tools = 1;
+
+        ctx->toolparse = kimi_toolparse_new(ngx_http_kimi_output_tool_event,
+                                            ctx);
+        if (ctx->toolparse == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (!ctx->params.stream) {
+            ctx->calls = ngx_pcalloc(ctx->request->pool,
+                                     NGX_HTTP_KIMI_MAX_TOOL_CALLS
+                                     * sizeof(ngx_http_kimi_tool_call_t));
+            if (ctx->calls == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+        }
+    }
+
+    if (ctx->params.stream) {
+        return ngx_http_kimi_sse_start(ctx);
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
+    const kimi_shm_token_t *tok)
+{
+    size_t       len;
+    const char  *out;
+
+    if (ctx->stopped) {
+        return NGX_OK;
+    }
+
+    if (ctx->params.sampling.logprobs
+        && ngx_http_kimi_output_logprob(ctx, tok) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (kimi_detok_push(ctx->detok, tok->token, &out, &len) != 0) {
+        ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
+                      "kimi engine sent token id %D, not in the vocabulary",
+                      tok->token);
+
+        if (!ctx->headers_sent) {
+            return NGX_HTTP_BAD_GATEWAY;
+        }
+
+        /* the stream ends here; the caller finalizes with final_rc */
+        ctx->failed = 1;
+        ctx->final_rc = ngx_http_kimi_sse_error(ctx, "The engine sent an "
+                                                "invalid token", 32,
+                                                "server_error");
+        return NGX_OK;
+    }
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    return ngx_http_kimi_output_text(ctx, (const u_char *) out, len);
+}
+
+
+/*
+ * Stop strings.  held is text that may still be the start of a stop
+ * string; everything before the longest such suffix goes out now.
+ */
+static ngx_int_t
+ngx_http_kimi_output_text(ngx_http_kimi_ctx_t *ctx, const u_char *p,
+    size_t len)
+{
+    size_t                   from, pos, best, keep, l, old;
+    ngx_str_t               *st, *hit;
+    ngx_uint_t               i;
+    ngx_http_kimi_params_t  *pr;
+
+    pr = &ctx->params;
+
+    if (pr->n_stop == 0) {
+        return ngx_http_kimi_output_visible(ctx, p, len);
+    }
+
+    old = ctx->held.len;
+
+    if (ngx_http_kimi_append(ctx->request->pool, &ctx->held, &ctx->held_cap,
+                             p, len)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* a match not found before must end inside the new text */
+    from = (old + 1 > pr->max_stop_len) ? old + 1 - pr->max_stop_len : 0;
+    best = ctx->held.len;
+    hit = NULL;
+
+    for (i = 0; i < pr->n_stop; i++) {
+        st = &pr->stop[i];
+
+        for (pos = from; pos + st->len <= ctx->held.len && pos < best; pos++) {
+            if (ngx_memcmp(ctx->held.data + pos, st->data, st->len) == 0) {
+                best = pos;
+                hit = st;
+                break;
+            }
+        }
+    }
+
+    if (hit != NULL) {
+        ctx->stopped = 1;
+        ctx->stop_reason = *hit;
+        ctx->held.len = 0;
+
+        return ngx_http_kimi_output_visible(ctx, ctx->held.data, best);
+    }
+
+    keep = 0;
+
+    for (i = 0; i < pr->n_stop; i++) {
+        st = &pr->stop[i];
+
+        for (l = ngx_min(st->len - 1, ctx->held.len); l > keep; l--) {
+            if (ngx_memcmp(ctx->held.data + ctx->held.len - l, st->data, l)
+                == 0)
+            {
+                keep = l;
+                break;
+            }
+        }
+    }
+
+    l = ctx->held.len - keep;
+
+    if (l == 0) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_kimi_output_visible(ctx, ctx->held.data, l) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_memmove(ctx->held.data, ctx->held.data + l, keep);
+    ctx->held.len = keep;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_output_visible(ngx_http_kimi_ctx_t *ctx, const u_char *p,
+    size_t len)
+{
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    if (ctx->toolparse) {
+        if (kimi_toolparse_feed(ctx->toolparse, (const char *) p, len) != 0
+            || ctx->tool_error)
+        {
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
+    return ngx_http_kimi_output_content(ctx, p, len);
+}
+
+
+static ngx_int_t
+ngx_http_kimi_output_content(ngx_http_kimi_ctx_t *ctx, const u_char *p,
+    size_t len)
+{
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    if (ctx->params.stream) {
+        return ngx_http_kimi_sse_content(ctx, p, len);
+    }
+
+    return ngx_http_kimi_append(ctx->request->pool, &ctx->content,
+                                &ctx->content_cap, p, len);
+}
+
+
+static void
+ngx_http_kimi_output_tool_event(void *data, const kimi_tool_ev_t *ev)
+{
+    ngx_http_kimi_ctx_t *ctx = data;
+
+    size_t                      len;
+    ngx_http_kimi_tool_call_t  *tc;
+
+    if (ctx->tool_error) {
+        return;
+    }
+
+    switch (ev->type) {
+
+    case KIMI_TOOL_EV_CONTENT:
+        if (ngx_http_kimi_output_content(ctx, (const u_char *) ev->text,
+                                         ev->len)
+            != NGX_OK)
+        {
+            ctx->tool_error = 1;
+        }
+        return;
+
+    case KIMI_TOOL_EV_CALL_BEGIN:
+        if (ev->index >= NGX_HTTP_KIMI_MAX_TOOL_CALLS) {
+            ctx->tool_error = 1;
+            return;
+        }
+
+        ctx->n_calls = ngx_max(ctx->n_calls, (ngx_uint_t) ev->index + 1);
+
+        if (ctx->params.stream) {
+            if (ngx_http_kimi_sse_tool_begin(ctx, ev->index, ev->id,
+                                             ev->name)
+                != NGX_OK)
+            {
+                ctx->tool_error = 1;
+            }
+            return;
+        }
+
+        tc = &ctx->calls[ev->index];
+
+        len = ngx_strlen(ev->id);
+        tc->id.data = ngx_pnalloc(ctx->request->pool, len);
+        if (tc->id.data == NULL) {
+            ctx->tool_error = 1;
+            return;
+        }
+        tc->id.len = len;
+        ngx_memcpy(tc->id.data, ev->id, len);
+
+        len = ngx_strlen(ev->name);
+        tc->name.data = ngx_pnalloc(ctx->request->pool, len);
+        if (tc->name.data == NULL) {
+            ctx->tool_error = 1;
+            return;
+        }
+        tc->name.len = len;
+        ngx_memcpy(tc->name.data, ev->name, len);
+
+        return;
+
+    case KIMI_TOOL_EV_ARGS:
+        if (ev->index >= ctx->n_calls) {
+            ctx->tool_error = 1;
+            return;
+        }
+
+        if (ctx->params.stream) {
+            if (ngx_http_kimi_sse_tool_args(ctx, ev->index,
+                                            (const u_char *) ev->text, ev->len)
+                != NGX_OK)
+            {
+                ctx->tool_error = 1;
+            }
+            return;
+        }
+
+        tc = &ctx->calls[ev->index];
+
+        if (ngx_http_kimi_append(ctx->request->pool, &tc->arguments,
+                                 &tc->arguments_cap,
+                                 (const u_char *) ev->text, ev->len)
+            != NGX_OK)
+        {
+            ctx->tool_error = 1;
+        }
+        return;
+
+    default:
+        return;
+    }
+}
+
+
+/* The engine finished (or a stop string did): flush, then the ending. */
+ngx_int_t
+ngx_http_kimi_output_finish(ngx_http_kimi_ctx_t *ctx)
+{
+    size_t       len;
+    const char  *out, *finish;
+
+    if (!ctx->stopped && ctx->detok) {
+        if (kimi_detok_flush(ctx->detok, &out, &len) == 0 && len) {
+            if (ngx_http_kimi_output_text(ctx, (const u_char *) out, len)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    /* what was held for a stop string that never completed is text */
+    if (!ctx->stopped && ctx->held.len) {
+        len = ctx->held.len;
+        ctx->held.len = 0;
+
+        if (ngx_http_kimi_output_visible(ctx, ctx->held.data, len) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (ctx->toolparse) {
+        if (kimi_toolparse_finish(ctx->toolparse) != 0 || ctx->tool_error) {
+            return NGX_ERROR;
+        }
+    }
+
+    finish = ngx_http_kimi_finish_name(ctx);
+    ctx->usage.finish_reason.data = (u_char *) finish;
+    ctx->usage.finish_reason.len = ngx_strlen(finish);
+
+    if (ctx->params.stream) {
+        return ngx_http_kimi_sse_finish(ctx);
+    }
+
+    return ngx_http_kimi_send_response(ctx);
+}
+
+
+/*
+ * One OpenAI chat logprobs entry for a generated token, appended to the
+ * pending list that the next content chunk (or the response) carries:
+ * {"token","logprob","bytes","top_logprobs":[{"token","logprob","bytes"}]}
+ */
+static ngx_int_t
+ngx_http_kimi_output_logprob(ngx_http_kimi_ctx_t *ctx,
+    const kimi_shm_token_t *tok)
+{
+    u_char                  *p, *start;
+    size_t                   size;
+    uint32_t                 i, n_top;
+    const kimi_tokenizer_t  *tk;
+
+    tk = ngx_http_kimi_text_tokenizer(ctx->text);
+    n_top = ngx_min(tok->n_top, ctx->params.sampling.top_logprobs);
+
+    if (ctx->route == NGX_HTTP_KIMI_ROUTE_COMPLETIONS) {
+        return ngx_http_kimi_output_logprob_legacy(ctx, tk, tok, n_top);
+    }
+
+    /* a token is at most a few hundred bytes; escaped x6, bytes x4 */
+    size = (n_top + 1) * 4096 + 32;
+
+    start = ngx_pnalloc(ctx->request->pool, size);
+    if (start == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = start;
+
+    if (ctx->logprobs.len) {
+        *p++ = ',';
+    }
+
+    p = ngx_http_kimi_logprob_entry(p, tk, tok->token, tok->logprob);
+    p--;                                   /* reopen the entry's '}' */
+    p = ngx_cpymem(p, ",\"top_logprobs\":[", sizeof(",\"top_logprobs\":[") - 1);
+
+    for (i = 0; i < n_top; i++) {
+        if (i) {
+            *p++ = ',';
+        }
+
+        p = ngx_http_kimi_logprob_entry(p, tk, tok->top_ids[i],
+                                        tok->top_logprobs[i]);
+    }
+
+    p = ngx_cpymem(p, "]}", 2);
+
+    return ngx_http_kimi_append(ctx->request->pool, &ctx->logprobs,
+                                &ctx->logprobs_cap, start, p - start);
+}
+
+
+/*
+ * /v1/completions keeps OpenAI's older shape: four parallel lists, kept
+ * here as JSON text until the chunk (or response) that carries them:
+ * {"tokens":[..],"token_logprobs":[..],"top_logprobs":[{tok: lp}],
+ *  "text_offset":[..]} (offsets in characters of the completion text).
+ */
+static ngx_int_t
+ngx_http_kimi_output_logprob_legacy(ngx_http_kimi_ctx_t *ctx,
+    const kimi_tokenizer_t *tk, const kimi_shm_token_t *tok, uint32_t n_top)
+{
+    u_char       *p, *start;
+    size_t        len, i;
+    uint32_t      k;
+    ngx_str_t    *lp;
+    ngx_pool_t   *pool;
+    const char   *b;
+
+    pool = ctx->request->pool;
+    lp = ctx->lp;
+
+    start = ngx_pnalloc(pool, (n_top + 1) * 3200 + 64);
+    if (start == NULL) {
+        return NGX_ERROR;
+    }
+
+    b = kimi_token_bytes(tk, tok->token, &len);
+    if (b == NULL) {
+        b = "";
+        len = 0;
+    }
+
+    len = ngx_min(len, 512);
+
+    /* tokens */
+    p = start;
+    if (lp[0].len) {
+        *p++ = ',';
+    }
+    *p++ = '"';
+    p = ngx_http_kimi_json_escape_utf8(p, (const u_char *) b, len);
+    *p++ = '"';
+
+    if (ngx_http_kimi_append(pool, &lp[0], &ctx->lp_cap[0], start, p - start)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* token_logprobs */
+    p = start;
+    if (lp[1].len) {
+        *p++ = ',';
+    }
+    p = ngx_http_kimi_logprob_value(p, tok->logprob);
+
+    if (ngx_http_kimi_append(pool, &lp[1], &ctx->lp_cap[1], start, p - start)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* top_logprobs: {token text: logprob} */
+    p = start;
+    if (lp[2].len) {
+        *p++ = ',';
+    }
+    *p++ = '{';
+
+    for (k = 0; k < n_top; k++) {
+        const char  *tb;
+        size_t       tl;
+
+        tb = kimi_token_bytes(tk, tok->top_ids[k], &tl);
+        if (tb == NULL) {
+            tb = "";
+            tl = 0;
+        }
+
+        if (k) {
+            *p++ = ',';
+        }
+        *p++ = '"';
+        p = ngx_http_kimi_json_escape_utf8(p, (const u_char *) tb,
+                                           ngx_min(tl, 512));
+        *p++ = '"';
+        *p++ = ':';
+        p = ngx_http_kimi_logprob_value(p, tok->top_logprobs[k]);
+    }
+
+    *p++ = '}';
+
+    if (ngx_http_kimi_append(pool, &lp[2], &ctx->lp_cap[2], start, p - start)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* text_offset: characters before this token */
+    p = ngx_sprintf(start, lp[3].len ? ",%uz" : "%uz", ctx->lp_chars);
+
+    for (i = 0; i < len; i++) {
+        if (((u_char) b[i] & 0xc0) != 0x80) {
+            ctx->lp_chars++;
+        }
+    }
+
+    return ngx_http_kimi_append(pool, &lp[3], &ctx->lp_cap[3], start,
+                                p - start);
+}
+
+
+size_t
+ngx_http_kimi_logprobs_legacy_len(ngx_http_kimi_ctx_t *ctx)
+{
+    return ctx->lp[0].len + ctx->lp[1].len + ctx->lp[2].len + ctx->lp[3].len
+           + sizeof("{\"tokens\":[],\"token_logprobs\":[],"
+                    "\"top_logprobs\":[],\"text_offset\":[]}");
+}
+
+
+/* writes the pending lists as one object and empties them */
+u_char *
+ngx_http_kimi_logprobs_legacy(ngx_http_kimi_ctx_t *ctx, u_char *p)
+{
+    static const char  *names[] = {
+        "{\"tokens\":[", "],\"token_logprobs\":[", "],\"top_logprobs\":[",
+        "],\"text_offset\":["
+    };
+    ngx_uint_t          i;
+
+    for (i = 0; i < 4; i++) {
+        p = ngx_cpymem(p, names[i], ngx_strlen(names[i]));
+        p = ngx_cpymem(p, ctx->lp[i].data, ctx->lp[i].len);
+        ctx->lp[i].len = 0;
+    }
+
+    return ngx_cpymem(p, "]}", 2);
+}
+
+
+static u_char *
+ngx_http_kimi_logprob_value(u_char *p, float logprob)
+{
+    /* -inf (a token the filters removed) has no JSON spelling */
+    if (logprob < -9999.0f || logprob != logprob) {
+        logprob = -9999.0f;
+    }
+
+    return ngx_sprintf(p, "%s%.6f", logprob < 0 ? "-" : "",
+                       (double) (logprob < 0 ? -logprob : logprob));
+}
+
+
+static u_char *
+ngx_http_kimi_logprob_entry(u_char *p, const kimi_tokenizer_t *tk,
+    int32_t id, float logprob)
+{
+    size_t       len, i;
+    const char  *b;
+
+    b = kimi_token_bytes(tk, id, &len);
+    if (b == NULL) {
+        b = "";
+        len = 0;
+    }
+
+    len = ngx_min(len, 512);
+
+    p = ngx_cpymem(p, "{\"token\":\"", sizeof("{\"token\":\"") - 1);
+    p = ngx_http_kimi_json_escape_utf8(p, (const u_char *) b, len);
+    p = ngx_cpymem(p, "\",\"logprob\":", sizeof("\",\"logprob\":") - 1);
+    p = ngx_http_kimi_logprob_value(p, logprob);
+    p = ngx_cpymem(p, ",\"bytes\":[", sizeof(",\"bytes\":[") - 1);
+
+    for (i = 0; i < len; i++) {
+        p = ngx_sprintf(p, i ? ",%d" : "%d", (int) (u_char) b[i]);
+    }
+
+    return ngx_cpymem(p, "]}", 2);
+}
+
+
+/* grows a pool string by doubling; the old block stays with the pool */
+static ngx_int_t
+ngx_http_kimi_append(ngx_pool_t *pool, ngx_str_t *s, size_t *cap,
+    const u_char *p, size_t len)
+{
+    u_char  *n;
+    size_t   size;
+
+    if (s->len + len > *cap) {
+        size = ngx_max(*cap * 2, s->len + len);
+        size = ngx_max(size, 256);
+
+        n = ngx_pnalloc(pool, size);
+        if (n == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (s->len) {
+            ngx_memcpy(n, s->data, s->len);
+        }
+
+        s->data = n;
+        *cap = size;
+    }
+
+    ngx_memcpy(s->data + s->len, p, len);
+    s->len += len;
+
+    return NGX_OK;
+}

@@ -1,0 +1,556 @@
+
+/*
+ * Server-sent events in OpenAI's chunk shape, and the client write side.
+ *
+ * Owns:   the event framing (role chunk, content, tool_calls deltas,
+ *         finish chunk, usage chunk with "choices": [], [DONE], error
+ *         event), output buffers cycling through free/busy chains tagged
+ *         with the module, backpressure (ctx->output_busy stops token
+ *         consumption until the client drains) and send_timeout.
+ * Never:  holds an event back: each is one flush=1 buffer, so the write
+ *         filter's postpone_output cannot delay it.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_kimi.h"
+
+
+#define NGX_HTTP_KIMI_SSE_BUF    1024      /* typical event fits, reused */
+
+#define NGX_HTTP_KIMI_CHUNK_TAIL                                              \
+    "},\"logprobs\":null,\"finish_reason\":null}]}\n\n"
+#define NGX_HTTP_KIMI_TEXT_TAIL                                               \
+    "\",\"logprobs\":null,\"finish_reason\":null}]}\n\n"
+
+
+static ngx_chain_t *ngx_http_kimi_sse_buf(ngx_http_kimi_ctx_t *ctx,
+    size_t size);
+static ngx_int_t ngx_http_kimi_sse_send(ngx_http_kimi_ctx_t *ctx,
+    ngx_chain_t *out);
+static ngx_int_t ngx_http_kimi_sse_done(ngx_http_kimi_ctx_t *ctx,
+    ngx_chain_t *cl);
+static u_char *ngx_http_kimi_sse_logprobs(ngx_http_kimi_ctx_t *ctx,
+    u_char *p, const char *close);
+
+
+ngx_int_t
+ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx)
+{
+    u_char              *p;
+    size_t               len;
+    ngx_int_t            rc;
+    ngx_chain_t         *cl;
+    ngx_table_elt_t     *h;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+    c = r->connection;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = -1;
+    ngx_str_set(&r->headers_out.content_type, "text/event-stream");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Cache-Control");
+    ngx_str_set(&h->value, "no-cache");
+
+    /* a fronting nginx proxy relays the stream unbuffered */
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "X-Accel-Buffering");
+    ngx_str_set(&h->value, "no");
+
+    r->limit_rate = 0;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK) {
+        return rc;
+    }
+
+    ctx->headers_sent = 1;
+    ctx->usage.status = NGX_HTTP_OK;
+
+#if (NGX_HTTP_V2)
+    if (r->stream == NULL)
+#endif
+    {
+        if (ngx_tcp_nodelay(c) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    /* the part every chunk of this response shares, escaped once */
+    len = sizeof("data: {\"id\":\"\",\"object\":\"chat.completion.chunk\","
+                 "\"created\":,\"model\":\"\",\"choices\":[") - 1
+          + ctx->id.len + NGX_TIME_T_LEN
+          + ngx_http_kimi_json_escape_len(ctx->usage.model.data,
+                                          ctx->usage.model.len);
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->prefix.data = p;
+    p = ngx_sprintf(p, "data: {\"id\":\"%V\",\"object\":\"%s\",\"created\":%T,"
+                    "\"model\":\"", &ctx->id,
+                    ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT
+                    ? "chat.completion.chunk" : "text_completion",
+                    ctx->created);
+    p = ngx_http_kimi_json_escape(p, ctx->usage.model.data,
+                                  ctx->usage.model.len);
+    p = ngx_cpymem(p, "\",\"choices\":[", sizeof("\",\"choices\":[") - 1);
+    ctx->prefix.len = p - ctx->prefix.data;
+
+    if (ctx->route != NGX_HTTP_KIMI_ROUTE_CHAT) {
+        return NGX_OK;
+    }
+
+    /* OpenAI opens every chat stream with the role */
+    cl = ngx_http_kimi_sse_buf(ctx, ctx->prefix.len + 128);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = cl->buf->last;
+    p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
+    p = ngx_sprintf(p, "{\"index\":0,\"delta\":{\"role\":\"assistant\","
+                    "\"content\":\"\"" NGX_HTTP_KIMI_CHUNK_TAIL);
+    cl->buf->last = p;
+
+    ctx->role_sent = 1;
+
+    return ngx_http_kimi_sse_send(ctx, cl);
+}
+
+
+ngx_int_t
+ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx, const u_char *text,
+    size_t len)
+{
+    u_char       *p;
+    ngx_chain_t  *cl;
+
+    cl = ngx_http_kimi_sse_buf(ctx, ctx->prefix.len + 128 + ctx->logprobs.len
+                               + ngx_http_kimi_logprobs_legacy_len(ctx)
+                               + ngx_http_kimi_json_escape_len(text, len));
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(cl->buf->last, ctx->prefix.data, ctx->prefix.len);
+
+    if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT) {
+        p = ngx_cpymem(p, "{\"index\":0,\"delta\":{\"content\":\"",
+                       sizeof("{\"index\":0,\"delta\":{\"content\":\"") - 1);
+        p = ngx_http_kimi_json_escape(p, text, len);
+
+        if (ctx->params.sampling.logprobs) {
+            p = ngx_http_kimi_sse_logprobs(ctx, p, "\"}");
+
+        } else {
+            p = ngx_cpymem(p, "\"" NGX_HTTP_KIMI_CHUNK_TAIL,
+                           sizeof("\"" NGX_HTTP_KIMI_CHUNK_TAIL) - 1);
+        }
+
+    } else if (ctx->params.sampling.logprobs) {
+        p = ngx_cpymem(p, "{\"index\":0,\"text\":\"",
+                       sizeof("{\"index\":0,\"text\":\"") - 1);
+        p = ngx_http_kimi_json_escape(p, text, len);
+        p = ngx_cpymem(p, "\",\"logprobs\":",
+                       sizeof("\",\"logprobs\":") - 1);
+        p = ngx_http_kimi_logprobs_legacy(ctx, p);
+        p = ngx_cpymem(p, ",\"finish_reason\":null}]}\n\n",
+                       sizeof(",\"finish_reason\":null}]}\n\n") - 1);
+
+    } else {
+        p = ngx_cpymem(p, "{\"index\":0,\"text\":\"",
+                       sizeof("{\"index\":0,\"text\":\"") - 1);
+        p = ngx_http_kimi_json_escape(p, text, len);
+        p = ngx_cpymem(p, NGX_HTTP_KIMI_TEXT_TAIL,
+                       sizeof(NGX_HTTP_KIMI_TEXT_TAIL) - 1);
+    }
+
+    cl->buf->last = p;
+
+    return ngx_http_kimi_sse_send(ctx, cl);
+}
+
+
+ngx_int_t
+ngx_http_kimi_sse_tool_begin(ngx_http_kimi_ctx_t *ctx, ngx_uint_t index,
+    const char *id, const char *name)
+{
+    u_char       *p;
+    size_t        id_len, name_len;
+    ngx_chain_t  *cl;
+
+    id_len = ngx_strlen(id);
+    name_len = ngx_strlen(name);
+
+    cl = ngx_http_kimi_sse_buf(ctx, ctx->prefix.len + 256
+                               + ngx_http_kimi_json_escape_len((u_char *) id,
+                                                               id_len)
+                               + ngx_http_kimi_json_escape_len(
+                                                  (u_char *) name, name_len));
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(cl->buf->last, ctx->prefix.data, ctx->prefix.len);
+    p = ngx_sprintf(p, "{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%ui,"
+                    "\"id\":\"", index);
+    p = ngx_http_kimi_json_escape(p, (u_char *) id, id_len);
+    p = ngx_cpymem(p, "\",\"type\":\"function\",\"function\":{\"name\":\"",
+                   sizeof("\",\"type\":\"function\",\"function\":{\"name\":\"")
+                   - 1);
+    p = ngx_http_kimi_json_escape(p, (u_char *) name, name_len);
+    p = ngx_cpymem(p, "\",\"arguments\":\"\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL,
+                   sizeof("\",\"arguments\":\"\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL)
+                   - 1);
+    cl->buf->last = p;
+
+    return ngx_http_kimi_sse_send(ctx, cl);
+}
+
+
+ngx_int_t
+ngx_http_kimi_sse_tool_args(ngx_http_kimi_ctx_t *ctx, ngx_uint_t index,
+    const u_char *text, size_t len)
+{
+    u_char       *p;
+    ngx_chain_t  *cl;
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    cl = ngx_http_kimi_sse_buf(ctx, ctx->prefix.len + 160
+                               + ngx_http_kimi_json_escape_len(text, len));
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(cl->buf->last, ctx->prefix.data, ctx->prefix.len);
+    p = ngx_sprintf(p, "{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%ui,"
+                    "\"function\":{\"arguments\":\"", index);
+    p = ngx_http_kimi_json_escape(p, text, len);
+    p = ngx_cpymem(p, "\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL,
+                   sizeof("\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL) - 1);
+    cl->buf->last = p;
+
+    return ngx_http_kimi_sse_send(ctx, cl);
+}
+
+
+/* closes a delta with the pending logprobs entries, which it consumes:
+ * ...close,"logprobs":{"content":[...]},"finish_reason":null}]}\n\n */
+static u_char *
+ngx_http_kimi_sse_logprobs(ngx_http_kimi_ctx_t *ctx, u_char *p,
+    const char *close)
+{
+    p = ngx_cpymem(p, close, ngx_strlen(close));
+    p = ngx_cpymem(p, ",\"logprobs\":{\"content\":[",
+                   sizeof(",\"logprobs\":{\"content\":[") - 1);
+    p = ngx_cpymem(p, ctx->logprobs.data, ctx->logprobs.len);
+    ctx->logprobs.len = 0;
+
+    return ngx_cpymem(p, "]},\"finish_reason\":null}]}\n\n",
+                      sizeof("]},\"finish_reason\":null}]}\n\n") - 1);
+}
+
+
+/* finish chunk, usage chunk when asked for, [DONE]: one flushed chain */
+ngx_int_t
+ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx)
+{
+    u_char       *p;
+    ngx_chain_t  *cl;
+
+    cl = ngx_http_kimi_sse_buf(ctx, 2 * ctx->prefix.len + 512
+                                    + ctx->logprobs.len
+                                    + ngx_http_kimi_logprobs_legacy_len(ctx));
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(cl->buf->last, ctx->prefix.data, ctx->prefix.len);
+
+    if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT && ctx->logprobs.len) {
+        /* entries of tokens whose text was held back or went to tools */
+        p = ngx_cpymem(p, "{\"index\":0,\"delta\":{",
+                       sizeof("{\"index\":0,\"delta\":{") - 1);
+        p = ngx_http_kimi_sse_logprobs(ctx, p, "}");
+        p -= sizeof("\"finish_reason\":null}]}\n\n") - 1;
+        p = ngx_sprintf(p, "\"finish_reason\":\"%V\"}]}\n\n",
+                        &ctx->usage.finish_reason);
+
+    } else if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT) {
+        p = ngx_sprintf(p, "{\"index\":0,\"delta\":{},\"logprobs\":null,"
+                        "\"finish_reason\":\"%V\"}]}\n\n",
+                        &ctx->usage.finish_reason);
+
+    } else if (ctx->params.sampling.logprobs) {
+        /* lists of tokens whose text was held back or never shown */
+        p = ngx_cpymem(p, "{\"index\":0,\"text\":\"\",\"logprobs\":",
+                       sizeof("{\"index\":0,\"text\":\"\",\"logprobs\":")
+                       - 1);
+        p = ngx_http_kimi_logprobs_legacy(ctx, p);
+        p = ngx_sprintf(p, ",\"finish_reason\":\"%V\"}]}\n\n",
+                        &ctx->usage.finish_reason);
+
+    } else {
+        p = ngx_sprintf(p, "{\"index\":0,\"text\":\"\",\"logprobs\":null,"
+                        "\"finish_reason\":\"%V\"}]}\n\n",
+                        &ctx->usage.finish_reason);
+    }
+
+    if (ctx->params.include_usage) {
+        p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
+        p = ngx_sprintf(p, "],\"usage\":{\"prompt_tokens\":%ui,"
+                        "\"completion_tokens\":%ui,\"total_tokens\":%ui",
+                        ctx->usage.prompt_tokens,
+                        ctx->usage.completion_tokens,
+                        ctx->usage.prompt_tokens
+                        + ctx->usage.completion_tokens);
+
+        if (ctx->usage.cached_tokens) {
+            p = ngx_sprintf(p, ",\"prompt_tokens_details\":"
+                            "{\"cached_tokens\":%ui}",
+                            ctx->usage.cached_tokens);
+        }
+
+        p = ngx_cpymem(p, "}}\n\n", 4);
+    }
+
+    cl->buf->last = p;
+
+    return ngx_http_kimi_sse_done(ctx, cl);
+}
+
+
+/* an error after the 200 went out: one error event, then [DONE] */
+ngx_int_t
+ngx_http_kimi_sse_error(ngx_http_kimi_ctx_t *ctx, const char *message,
+    size_t len, const char *type)
+{
+    u_char       *p;
+    ngx_chain_t  *cl;
+
+    cl = ngx_http_kimi_sse_buf(ctx, 128 + ngx_strlen(type)
+                               + ngx_http_kimi_json_escape_len(
+                                                  (u_char *) message, len));
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(cl->buf->last, "data: {\"error\":{\"message\":\"",
+                   sizeof("data: {\"error\":{\"message\":\"") - 1);
+    p = ngx_http_kimi_json_escape(p, (u_char *) message, len);
+    p = ngx_sprintf(p, "\",\"type\":\"%s\",\"param\":null,\"code\":null}}\n\n",
+                    type);
+    cl->buf->last = p;
+
+    return ngx_http_kimi_sse_done(ctx, cl);
+}
+
+
+static ngx_int_t
+ngx_http_kimi_sse_done(ngx_http_kimi_ctx_t *ctx, ngx_chain_t *cl)
+{
+    ngx_int_t            rc;
+    ngx_buf_t           *b;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+    b = cl->buf;
+
+    if ((size_t) (b->end - b->last) < sizeof("data: [DONE]\n\n") - 1) {
+        return NGX_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, "data: [DONE]\n\n",
+                         sizeof("data: [DONE]\n\n") - 1);
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    rc = ngx_http_output_filter(r, cl);
+
+    ngx_chain_update_chains(r->pool, &ctx->free, &ctx->busy, &cl,
+                            (ngx_buf_tag_t) &ngx_http_kimi_module);
+
+    return rc;
+}
+
+
+/* a buffer with room for size bytes, from the free chain when one fits */
+static ngx_chain_t *
+ngx_http_kimi_sse_buf(ngx_http_kimi_ctx_t *ctx, size_t size)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    /* room for the [DONE] a finishing event may append */
+    size += sizeof("data: [DONE]\n\n");
+
+    cl = ngx_chain_get_free_buf(ctx->request->pool, &ctx->free);
+    if (cl == NULL) {
+        return NULL;
+    }
+
+    b = cl->buf;
+
+    if (b->start == NULL || (size_t) (b->end - b->start) < size) {
+        size = ngx_max(size, NGX_HTTP_KIMI_SSE_BUF);
+
+        b->start = ngx_palloc(ctx->request->pool, size);
+        if (b->start == NULL) {
+            return NULL;
+        }
+
+        b->end = b->start + size;
+    }
+
+    b->pos = b->start;
+    b->last = b->start;
+    b->temporary = 1;
+    b->flush = 1;
+    b->tag = (ngx_buf_tag_t) &ngx_http_kimi_module;
+
+    return cl;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_sse_send(ngx_http_kimi_ctx_t *ctx, ngx_chain_t *out)
+{
+    ngx_int_t                  rc;
+    ngx_event_t               *wev;
+    ngx_http_request_t        *r;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    r = ctx->request;
+
+    rc = ngx_http_output_filter(r, out);
+
+    ngx_chain_update_chains(r->pool, &ctx->free, &ctx->busy, &out,
+                            (ngx_buf_tag_t) &ngx_http_kimi_module);
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    ctx->output_busy = (ctx->busy != NULL);
+
+    if (!ctx->output_busy) {
+        return NGX_OK;
+    }
+
+    /* the client is slower than the engine: wait for it to drain, and
+     * give up on it after send_timeout (upstream does the same) */
+    wev = r->connection->write;
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (wev->active && !wev->ready) {
+        ngx_add_timer(wev, clcf->send_timeout);
+
+        /* the engine is paused by us, not late: send_timeout rules now */
+        if (ctx->timer.timer_set) {
+            ngx_del_timer(&ctx->timer);
+        }
+
+    } else if (wev->timer_set) {
+        ngx_del_timer(wev);
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_kimi_write_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_chain_t               *none;
+    ngx_event_t               *wev;
+    ngx_connection_t          *c;
+    ngx_http_kimi_ctx_t       *ctx;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    c = r->connection;
+    wev = c->write;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_kimi_module);
+
+    if (ctx == NULL) {
+        return;
+    }
+
+    if (wev->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "client timed out reading the stream");
+        c->timedout = 1;
+        ngx_str_set(&ctx->usage.finish_reason, "abort");
+        ngx_http_kimi_finalize(ctx, NGX_HTTP_REQUEST_TIME_OUT);
+        return;
+    }
+
+    if (!ctx->headers_sent || ctx->finalized) {
+        return;
+    }
+
+    rc = ngx_http_output_filter(r, NULL);
+
+    none = NULL;
+    ngx_chain_update_chains(r->pool, &ctx->free, &ctx->busy, &none,
+                            (ngx_buf_tag_t) &ngx_http_kimi_module);
+
+    if (rc == NGX_ERROR) {
+        ngx_http_kimi_finalize(ctx, NGX_ERROR);
+        return;
+    }
+
+    ctx->output_busy = (ctx->busy != NULL);
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (ctx->output_busy) {
+        if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
+            ngx_http_kimi_finalize(ctx, NGX_ERROR);
+            return;
+        }
+
+        if (wev->active && !wev->ready) {
+            ngx_add_timer(wev, clcf->send_timeout);
+        }
+
+        return;
+    }
+
+    if (wev->timer_set) {
+        ngx_del_timer(wev);
+    }
+
+    /* drained: the engine's clock runs again; take the waiting tokens */
+    ngx_http_kimi_touch(ctx);
+    ngx_http_kimi_engine_resume(ctx);
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/perl
+
+# The official `openai` Python client works unchanged against the gateway:
+# models, chat (streaming with usage, non-streaming), tool calls both ways,
+# completions, and its typed errors.  The client is installed with pip when
+# missing; without python3/pip the file skips with the reason.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use KimiTest;
+
+sub have_openai { system('python3 -c "import openai" >/dev/null 2>&1') == 0 }
+
+unless (have_openai()) {
+    plan skip_all => 'python3 is not installed'
+        if system('command -v python3 >/dev/null 2>&1') != 0;
+    diag('installing the openai client with pip');
+    system('python3 -m pip install -q openai >/dev/null 2>&1 || '
+        . 'python3 -m pip install -q --break-system-packages openai '
+        . '>/dev/null 2>&1');
+    plan skip_all => 'the openai package is not installable (no pip?)'
+        unless have_openai();
+}
+
+my $call = '<|tool_calls_section_begin|><|tool_call_begin|>'
+    . 'functions.get_weather:0<|tool_call_argument_begin|>{"city": "Paris"}'
+    . '<|tool_call_end|><|tool_calls_section_end|>';
+
+my $t = KimiTest->new(
+    replies => [ { match => 'sunny', text => 'It is sunny.' },
+                 { match => 'weather', text => $call } ],
+    default => { text => 'Hi there!' });
+$t->start;
+
+my $url = 'http://127.0.0.1:' . $t->port . '/v1';
+open my $py, '-|', "python3 $FindBin::Bin/py/openai_client.py $url 2>&1"
+    or die "python3: $!";
+my $n = 0;
+while (my $line = <$py>) {
+    chomp $line;
+    if ($line =~ /^(not ok|ok) \d+ - (.*)$/) {
+        ok($1 eq 'ok', "openai client: $2");
+        $n++;
+    } elsif ($line !~ /^1\.\.\d+$/) {
+        diag($line);
+    }
+}
+close $py;
+is($?, 0, 'the openai client script ran to its end');
+cmp_ok($n, '>=', 18, 'every client check ran');
+
+$t->stop;
+
+done_testing;

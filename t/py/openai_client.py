@@ -1,0 +1,108 @@
+"""The official openai client against the gateway, unchanged.
+
+Usage: openai_client.py BASE_URL.  Prints TAP lines ("ok N - claim") for
+t/gateway-openai.t to relay; exits non-zero on an unexpected exception.
+"""
+
+import sys
+
+import openai
+
+base = sys.argv[1]
+client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0)
+n = 0
+
+
+def check(cond, claim):
+    global n
+    n += 1
+    print(("ok" if cond else "not ok") + " %d - %s" % (n, claim), flush=True)
+
+
+models = client.models.list()
+check([m.id for m in models.data] == ["kimi-test"], "models.list sees kimi-test")
+
+r = client.chat.completions.create(
+    model="kimi-test", messages=[{"role": "user", "content": "Hello"}])
+check(r.choices[0].message.content == "Hi there!", "non-streaming content")
+check(r.choices[0].finish_reason == "stop", "non-streaming finish_reason")
+check(r.usage.total_tokens == r.usage.prompt_tokens
+      + r.usage.completion_tokens, "non-streaming usage adds up")
+
+stream = client.chat.completions.create(
+    model="kimi-test", messages=[{"role": "user", "content": "Hello"}],
+    stream=True, stream_options={"include_usage": True})
+text, finish, usage = "", None, None
+for chunk in stream:
+    if chunk.usage:
+        usage = chunk.usage
+    for c in chunk.choices:
+        text += c.delta.content or ""
+        finish = c.finish_reason or finish
+check(text == "Hi there!", "streaming content")
+check(finish == "stop", "streaming finish_reason")
+check(usage is not None and usage.completion_tokens > 0, "streaming usage")
+
+tools = [{"type": "function", "function": {
+    "name": "get_weather", "description": "weather of a city",
+    "parameters": {"type": "object",
+                   "properties": {"city": {"type": "string"}}}}}]
+r = client.chat.completions.create(
+    model="kimi-test", tools=tools,
+    messages=[{"role": "user", "content": "weather in Paris?"}])
+calls = r.choices[0].message.tool_calls or []
+check(len(calls) == 1 and calls[0].function.name == "get_weather",
+      "non-streaming tool call")
+check(calls and calls[0].id == "functions.get_weather:0", "tool call id kept")
+check(calls and calls[0].function.arguments == '{"city": "Paris"}',
+      "tool call arguments")
+check(r.choices[0].finish_reason == "tool_calls", "finish_reason tool_calls")
+
+stream = client.chat.completions.create(
+    model="kimi-test", tools=tools, stream=True,
+    messages=[{"role": "user", "content": "weather in Paris?"}])
+acc = {}
+finish = None
+for chunk in stream:
+    for c in chunk.choices:
+        finish = c.finish_reason or finish
+        for tc in c.delta.tool_calls or []:
+            e = acc.setdefault(tc.index, {"id": None, "name": "", "args": ""})
+            if tc.id:
+                e["id"] = tc.id
+            if tc.function and tc.function.name:
+                e["name"] = tc.function.name
+            if tc.function and tc.function.arguments:
+                e["args"] += tc.function.arguments
+check(acc.get(0, {}).get("name") == "get_weather", "streaming tool call name")
+check(acc.get(0, {}).get("args") == '{"city": "Paris"}',
+      "streaming tool call arguments")
+check(finish == "tool_calls", "streaming finish_reason tool_calls")
+
+# the tool result goes back with the id unchanged and is accepted
+r = client.chat.completions.create(model="kimi-test", tools=tools, messages=[
+    {"role": "user", "content": "weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "functions.get_weather:0", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "functions.get_weather:0",
+     "content": "sunny"}])
+check(r.choices[0].message.content is not None, "tool result turn accepted")
+
+r = client.completions.create(model="kimi-test", prompt="Hello", max_tokens=2)
+check(r.choices[0].finish_reason == "length", "completions with max_tokens")
+
+try:
+    client.chat.completions.create(
+        model="nope", messages=[{"role": "user", "content": "x"}])
+    check(False, "unknown model raises NotFoundError")
+except openai.NotFoundError as e:
+    check("does not exist" in str(e), "unknown model raises NotFoundError")
+
+try:
+    client.chat.completions.create(model="kimi-test", messages=[])
+    check(False, "empty messages raises BadRequestError")
+except openai.BadRequestError:
+    check(True, "empty messages raises BadRequestError")
+
+print("1..%d" % n)
