@@ -228,6 +228,34 @@ int kimi_mla_prefill(const kimi_bf16_t *q, const kimi_bf16_t *k,
 int kimi_sample_greedy(const float *logits, int rows, int vocab, int ld,
                        int32_t *out, cudaStream_t s, kimi_err_t *err);
 
+/* ---- glue.cu ---------------------------------------------------------- */
+
+/* out[t,:] = table[ids[t],:] (embedding lookup, or picking rows); D % 8 == 0. */
+int kimi_gather_rows_bf16(const kimi_bf16_t *table, const int32_t *ids, int T,
+                          int D, kimi_bf16_t *out, cudaStream_t s,
+                          kimi_err_t *err);
+
+/* out[i] = bf16(silu(g[i]) * u[i]) (out may alias g). */
+int kimi_silu_mul_bf16(const kimi_bf16_t *g, const kimi_bf16_t *u,
+                       kimi_bf16_t *out, size_t n, cudaStream_t s,
+                       kimi_err_t *err);
+
+/* ckv [T][576] = [c 512 | k_pe 64 (rotated)]: cache row slot[t] (block * bs +
+ * row, in the kimi_mla_decode layout) = [rmsnorm(c) * norm_w | k_pe], bf16,
+ * or e4m3 with kv_scale[slot] = max(amax, 1e-4) / 448. */
+int kimi_mla_kv_write(const kimi_bf16_t *ckv, const kimi_bf16_t *norm_w,
+                      float eps, const int32_t *slot, int T, void *kv,
+                      float *kv_scale, int kv_fp8, cudaStream_t s,
+                      kimi_err_t *err);
+
+/* Per-head vector x matrix (MLA absorption): y[t*y_ld_t + h*y_ld_h + n] =
+ * sum_k x[t*x_ld_t + h*x_ld_h + k] * M[h*m_ld_h + k*m_ld_k + n], fp32
+ * accumulate; K <= 1536. */
+int kimi_head_mv_bf16(const kimi_bf16_t *x, int x_ld_t, int x_ld_h,
+                      const kimi_bf16_t *M, size_t m_ld_h, int m_ld_k, int K,
+                      int N, kimi_bf16_t *y, int y_ld_t, int y_ld_h, int T,
+                      int H, cudaStream_t s, kimi_err_t *err);
+
 /* ---- util.cu --------------------------------------------------------- */
 
 /* Deterministic pseudo-random fill for tests and dummy weights (never

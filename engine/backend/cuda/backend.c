@@ -1,0 +1,473 @@
+/*
+ * The CUDA backend's vtable: init (shape checks, weight upload, workspaces),
+ * the paged latent KV cache, logits and device greedy argmax.
+ *
+ * Owns:   the device and stream choice, the KV cache allocation (sized by
+ *         gpu_memory_utilization), the pinned host buffers of a step.
+ * Never:  computes layers (forward.c), converts weights (weights.c), or
+ *         samples anything but greedy (sample is NULL: the engine samples
+ *         on the host from logits(), which covers every request kind).
+ * Holds:  a model the kernels cannot take is refused at init with the name
+ *         of the dimension; no step ever runs on one.
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_impl.h"
+
+
+#define KIMI_CUDA_DEFAULT_TOKENS  2048
+#define KIMI_CUDA_DEFAULT_ROWS    256
+
+
+static int
+kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = &m->cfg;
+    uint32_t                    H = c->num_attention_heads;
+
+#define KIMI_NEED(cond, ...)                                                  \
+    if (!(cond)) return kimi_err_set(err, KIMI_EUNSUPPORTED,                 \
+                                     "cuda backend: " __VA_ARGS__)
+
+    KIMI_NEED(c->hidden_size % 1024 == 0, "hidden_size %u is not a multiple "
+              "of 1024 (router and lm_head kernels)", c->hidden_size);
+    KIMI_NEED(c->kv_lora_rank == 512 && c->qk_rope_head_dim == 64,
+              "kv_lora_rank %u + qk_rope_head_dim %u: the MLA kernels take "
+              "512 + 64 only", c->kv_lora_rank, c->qk_rope_head_dim);
+    KIMI_NEED(H % 16 == 0 && H <= 64, "num_attention_heads %u: the MLA "
+              "kernels need a multiple of 16, at most 64", H);
+    KIMI_NEED(c->q_lora_rank > 0 && c->q_lora_rank % 128 == 0,
+              "q_lora_rank %u is not a positive multiple of 128",
+              c->q_lora_rank);
+    KIMI_NEED((H * c->v_head_dim) % 128 == 0 && c->v_head_dim <= 512,
+              "num_attention_heads * v_head_dim %u is not a multiple of 128",
+              H * c->v_head_dim);
+    KIMI_NEED((H * kimi_model_qk_head_dim(c)) % 32 == 0 && c->qk_nope_head_dim
+              <= 1536, "qk_nope_head_dim %u", c->qk_nope_head_dim);
+    KIMI_NEED(c->intermediate_size % 128 == 0, "intermediate_size %u is not a "
+              "multiple of 128", c->intermediate_size);
+    KIMI_NEED(c->quant_fp8 && c->weight_block_size[0] == 128
+              && c->weight_block_size[1] == 128, "the model is not FP8 with "
+              "128x128 block scales (quantization_config)");
+
+    if (c->n_routed_experts > 0) {
+        KIMI_NEED(c->moe_intermediate_size % 128 == 0, "moe_intermediate_size "
+                  "%u is not a multiple of 128", c->moe_intermediate_size);
+        KIMI_NEED(c->n_routed_experts <= 1024, "n_routed_experts %u > 1024",
+                  c->n_routed_experts);
+        KIMI_NEED(c->num_experts_per_tok >= 1 && c->num_experts_per_tok <= 16,
+                  "num_experts_per_tok %u not in 1..16",
+                  c->num_experts_per_tok);
+        KIMI_NEED(c->n_shared_experts <= 1, "n_shared_experts %u > 1",
+                  c->n_shared_experts);
+        KIMI_NEED(m->expert_first == 0
+                  && m->expert_last == c->n_routed_experts, "all %u experts "
+                  "must be loaded (expert parallel is not implemented)",
+                  c->n_routed_experts);
+    }
+
+#undef KIMI_NEED
+
+    return 0;
+}
+
+
+static int
+kimi_cuda_kv_init(kimi_backend_t *base, const kimi_kv_params_t *p,
+    uint32_t *n_blocks_out, kimi_err_t *err)
+{
+    kimi_cuda_t                *b = (kimi_cuda_t *) base;
+    const kimi_model_config_t  *c = b->cfg;
+    uint32_t                    L = c->num_hidden_layers;
+    uint32_t                    W = c->kv_lora_rank + c->qk_rope_head_dim;
+    uint32_t                    bs = p->block_size ? p->block_size : 64;
+    size_t                      free_b, total_b, per_block, meta, budget;
+    double                      util;
+    uint64_t                    n;
+    cudaError_t                 ce;
+
+    if (b->kv != NULL) {
+        return kimi_err_set(err, KIMI_ESTATE, "cuda kv: already initialised");
+    }
+
+    switch (p->dtype) {
+    case KIMI_KV_DTYPE_AUTO: b->kv_fp8 = 0; break;
+    case KIMI_KV_DTYPE_FP8:  b->kv_fp8 = 1; break;
+    default:
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda kv: dtype %d (bf16 "
+                            "or fp8 only)", (int) p->dtype);
+    }
+
+    if (bs == 0 || bs > 4096) {
+        return kimi_err_set(err, KIMI_EINVAL, "cuda kv: block_size %u", bs);
+    }
+
+    util = p->gpu_memory_utilization > 0 ? p->gpu_memory_utilization : 0.9;
+
+    if (util > 1.0) {
+        return kimi_err_set(err, KIMI_EINVAL, "cuda kv: gpu_memory_utilization"
+                            " %.3f > 1", util);
+    }
+
+    b->bs = bs;
+    b->max_bt = (b->base.max_model_len + bs - 1) / bs;
+
+    /* per-step staging first: it is part of what the cache must leave */
+    meta = (5 * (size_t) b->cap + (size_t) b->cap * b->max_bt)
+           * sizeof(int32_t);
+    b->meta_words = meta / sizeof(int32_t);
+    KIMI_CU(cudaMallocHost((void **) &b->meta_h, meta), err);
+    KIMI_CU(cudaMalloc((void **) &b->meta_d, meta), err);
+    KIMI_CU(cudaMemset(b->meta_d, 0, meta), err);
+    memset(b->meta_h, 0, meta);
+
+    KIMI_CU(cudaMemGetInfo(&free_b, &total_b), err);
+
+    /* what may be used in all, minus what is already used */
+    budget = (size_t) (util * (double) total_b);
+    budget = budget > total_b - free_b ? budget - (total_b - free_b) : 0;
+
+    per_block = (size_t) bs * W * (b->kv_fp8 ? 1 : 2)
+                + (b->kv_fp8 ? (size_t) bs * sizeof(float) : 0);
+    n = budget / (per_block * L);
+
+    if (p->max_blocks && n > p->max_blocks) {
+        n = p->max_blocks;
+    }
+
+    if (n > UINT32_MAX / 2) {
+        n = UINT32_MAX / 2;
+    }
+
+    if (n == 0) {
+        return kimi_err_set(err, KIMI_ENOMEM, "cuda kv: gpu_memory_utilization"
+                            " %.2f of %.1f GiB leaves no room for a %u-token "
+                            "block in %u layers (%.1f GiB already used)",
+                            util, total_b / 1073741824.0, bs, L,
+                            (total_b - free_b) / 1073741824.0);
+    }
+
+    ce = cudaMalloc(&b->kv, (size_t) n * L * bs * W * (b->kv_fp8 ? 1 : 2));
+
+    if (ce == cudaSuccess && b->kv_fp8) {
+        ce = cudaMalloc((void **) &b->kv_scale,
+                        (size_t) n * L * bs * sizeof(float));
+    }
+
+    if (ce != cudaSuccess) {
+        (void) cudaGetLastError();
+        cudaFree(b->kv);
+        b->kv = NULL;
+        return kimi_err_set(err, KIMI_ENOMEM, "cuda kv: %llu blocks: %s",
+                            (unsigned long long) n, cudaGetErrorString(ce));
+    }
+
+    b->n_blocks = (uint32_t) n;
+    *n_blocks_out = (uint32_t) n;
+    return 0;
+}
+
+
+static const float *
+kimi_cuda_logits(kimi_backend_t *base, uint32_t *n_rows, uint32_t *vocab)
+{
+    kimi_cuda_t  *b = (kimi_cuda_t *) base;
+    size_t        n = (size_t) b->n_rows * b->cfg->vocab_size;
+
+    *n_rows = b->n_rows;
+    *vocab = b->cfg->vocab_size;
+
+    /* copied on first use: a step that samples on the device never pays
+     * for the [rows][vocab] transfer */
+    if (!b->logits_on_host && n > 0) {
+        if (cudaMemcpy(b->logits_h, b->logits, n * sizeof(float),
+                       cudaMemcpyDeviceToHost) != cudaSuccess)
+        {
+            (void) cudaGetLastError();
+            *n_rows = 0;
+            return NULL;
+        }
+
+        b->logits_on_host = 1;
+    }
+
+    return b->logits_h;
+}
+
+
+int
+kimi_backend_cuda_greedy(kimi_backend_t *base, int32_t *ids, uint32_t *n_rows,
+    kimi_err_t *err)
+{
+    kimi_cuda_t  *b = (kimi_cuda_t *) base;
+    int           rc;
+
+    *n_rows = b->n_rows;
+
+    if (b->n_rows == 0) {
+        return 0;
+    }
+
+    if ((rc = kimi_sample_greedy(b->logits, (int) b->n_rows,
+                                 (int) b->cfg->vocab_size,
+                                 (int) b->cfg->vocab_size, b->argmax,
+                                 b->stream, err)) != 0)
+    {
+        return rc;
+    }
+
+    KIMI_CU(cudaMemcpyAsync(ids, b->argmax, b->n_rows * sizeof(int32_t),
+                            cudaMemcpyDeviceToHost, b->stream), err);
+    KIMI_CU(cudaStreamSynchronize(b->stream), err);
+    return 0;
+}
+
+
+double
+kimi_backend_cuda_last_step_us(kimi_backend_t *base)
+{
+    return ((kimi_cuda_t *) base)->last_ms * 1000.0;
+}
+
+
+void
+kimi_backend_cuda_set_profile(kimi_backend_t *base, int on)
+{
+    ((kimi_cuda_t *) base)->prof = on;
+}
+
+
+int
+kimi_backend_cuda_profile(kimi_backend_t *base, kimi_cuda_profile_t *p,
+    kimi_err_t *err)
+{
+    kimi_cuda_t  *b = (kimi_cuda_t *) base;
+    uint32_t      L = b->cfg->num_hidden_layers;
+    float         ms;
+
+    memset(p, 0, sizeof(*p));
+
+    if (!b->prof || b->n_rows == 0) {
+        return kimi_err_set(err, KIMI_ESTATE, "cuda profile: no profiled "
+                            "step with logits");
+    }
+
+    KIMI_CU(cudaEventElapsedTime(&ms, b->pev[0], b->pev[1]), err);
+    p->embed_us = ms * 1e3;
+
+    for (uint32_t l = 0; l < L; l++) {
+        KIMI_CU(cudaEventElapsedTime(&ms, b->pev[2 * l + 1], b->pev[2 * l + 2]),
+                err);
+        p->attn_us += ms * 1e3;
+        KIMI_CU(cudaEventElapsedTime(&ms, b->pev[2 * l + 2], b->pev[2 * l + 3]),
+                err);
+
+        if (b->layers[l].is_moe) {
+            p->ffn_moe_us += ms * 1e3;
+
+        } else {
+            p->ffn_dense_us += ms * 1e3;
+        }
+    }
+
+    KIMI_CU(cudaEventElapsedTime(&ms, b->pev[2 * L + 1], b->pev[2 * L + 2]),
+            err);
+    p->head_us = ms * 1e3;
+    return 0;
+}
+
+
+static void
+kimi_cuda_free(kimi_backend_t *base)
+{
+    kimi_cuda_t  *b = (kimi_cuda_t *) base;
+
+    if (b == NULL) {
+        return;
+    }
+
+    if (b->stream != NULL) {
+        (void) cudaStreamSynchronize(b->stream);
+        (void) cudaStreamDestroy(b->stream);
+    }
+
+    if (b->ev0 != NULL) {
+        (void) cudaEventDestroy(b->ev0);
+    }
+
+    if (b->ev1 != NULL) {
+        (void) cudaEventDestroy(b->ev1);
+    }
+
+    for (uint32_t i = 0; b->pev != NULL && i < 2 * b->cfg->num_hidden_layers
+                                               + 3; i++)
+    {
+        if (b->pev[i] != NULL) {
+            (void) cudaEventDestroy(b->pev[i]);
+        }
+    }
+
+    free(b->pev);
+
+    cudaFree(b->warena);
+    cudaFree(b->sarena);
+    cudaFree(b->kv);
+    cudaFree(b->kv_scale);
+    cudaFree(b->meta_d);
+    cudaFreeHost(b->meta_h);
+    cudaFreeHost(b->logits_h);
+    free(b->layers);
+    free(b);
+}
+
+
+static const kimi_backend_ops_t  kimi_cuda_ops = {
+    .name = "cuda",
+    .kv_init = kimi_cuda_kv_init,
+    .forward = kimi_cuda_forward,
+    .logits = kimi_cuda_logits,
+    .sample = NULL,                       /* host sampling from logits() */
+    .seq_free = NULL,                     /* no per-sequence state */
+    .free = kimi_cuda_free,
+};
+
+
+kimi_backend_cuda_params_t
+kimi_backend_cuda_default_params(void)
+{
+    kimi_backend_cuda_params_t  p = { 0, KIMI_CUDA_DEFAULT_TOKENS, 0,
+                                       KIMI_CUDA_DEFAULT_ROWS };
+
+    return p;
+}
+
+
+int
+kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
+    const kimi_backend_cuda_params_t *p, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = &model->cfg;
+    kimi_cuda_t                *b;
+    double                      factor;
+    int                         n_dev = 0, rc;
+
+    *out = NULL;
+
+    if ((rc = kimi_cuda_check_model(model, err)) != 0) {
+        return rc;
+    }
+
+    if (p->max_batched_tokens == 0 || p->max_batched_tokens > 6000) {
+        return kimi_err_set(err, KIMI_EINVAL, "cuda backend: "
+                            "max_batched_tokens %u not in 1..6000 (one MoE "
+                            "plan per step)", p->max_batched_tokens);
+    }
+
+    KIMI_CU(cudaGetDeviceCount(&n_dev), err);
+
+    if (p->device < 0 || p->device >= n_dev) {
+        return kimi_err_set(err, KIMI_EINVAL, "cuda backend: device %d of %d",
+                            p->device, n_dev);
+    }
+
+    KIMI_CU(cudaSetDevice(p->device), err);
+
+    b = calloc(1, sizeof(*b));
+
+    if (b == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "cuda backend: out of memory");
+    }
+
+    b->base.ops = &kimi_cuda_ops;
+    b->base.vocab_size = c->vocab_size;
+    b->base.max_model_len = p->max_model_len ? p->max_model_len
+                                             : c->max_position_embeddings;
+    b->model = model;
+    b->cfg = c;
+    b->device = p->device;
+    b->cap = p->max_batched_tokens;
+    b->max_rows = p->max_logit_rows ? p->max_logit_rows : 1;
+    b->max_rows = b->max_rows < b->cap ? b->max_rows : b->cap;
+    b->E = c->n_routed_experts;
+    b->top_k = c->num_experts_per_tok;
+    b->shared = c->n_shared_experts > 0;
+    b->I_dense = c->intermediate_size;
+    b->I_moe = c->moe_intermediate_size;
+    b->softmax_scale = kimi_model_softmax_scale(c);
+    b->layers = calloc(c->num_hidden_layers, sizeof(kimi_cuda_layer_t));
+
+    if (b->layers == NULL) {
+        free(b);
+        return kimi_err_set(err, KIMI_ENOMEM, "cuda backend: out of memory");
+    }
+
+    factor = c->rope_is_yarn ? c->rope_factor : 1.0;
+
+    if ((rc = kimi_rope_yarn_init(&b->rope, (int) c->qk_rope_head_dim,
+                                  c->rope_theta, factor,
+                                  (int) c->rope_original_max_position_embeddings,
+                                  c->rope_beta_fast, c->rope_beta_slow,
+                                  c->rope_mscale, c->rope_mscale_all_dim,
+                                  err)) != 0)
+    {
+        goto failed;
+    }
+
+#define KIMI_TRY(call)                                                        \
+    do {                                                                      \
+        cudaError_t  e_ = (call);                                             \
+        if (e_ != cudaSuccess) {                                              \
+            rc = kimi_err_set(err, KIMI_ECUDA, "cuda: %s: %s", #call,         \
+                              cudaGetErrorString(e_));                        \
+            goto failed;                                                      \
+        }                                                                     \
+    } while (0)
+
+    KIMI_TRY(cudaDeviceGetAttribute(&b->n_sm, cudaDevAttrMultiProcessorCount,
+                                    p->device));
+    KIMI_TRY(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
+    KIMI_TRY(cudaEventCreate(&b->ev0));
+    KIMI_TRY(cudaEventCreate(&b->ev1));
+
+    b->pev = calloc(2 * c->num_hidden_layers + 3, sizeof(cudaEvent_t));
+
+    if (b->pev == NULL) {
+        rc = kimi_err_set(err, KIMI_ENOMEM, "cuda backend: out of memory");
+        goto failed;
+    }
+
+    for (uint32_t i = 0; i < 2 * c->num_hidden_layers + 3; i++) {
+        KIMI_TRY(cudaEventCreate(&b->pev[i]));
+    }
+    KIMI_TRY(cudaMallocHost((void **) &b->logits_h, (size_t) b->max_rows
+                            * c->vocab_size * sizeof(float)));
+
+#undef KIMI_TRY
+
+    if ((rc = kimi_cuda_weights_upload(b, err)) != 0
+        || (rc = kimi_cuda_workspaces(b, err)) != 0)
+    {
+        goto failed;
+    }
+
+    *out = &b->base;
+    return 0;
+
+failed:
+
+    kimi_cuda_free(&b->base);
+    return rc;
+}
+
+
+int
+kimi_backend_cuda_init(kimi_backend_t **out, struct kimi_model *model,
+    int device, kimi_err_t *err)
+{
+    kimi_backend_cuda_params_t  p = kimi_backend_cuda_default_params();
+
+    p.device = device;
+    return kimi_backend_cuda_init_params(out, model, &p, err);
+}

@@ -1,0 +1,55 @@
+/*
+ * The CUDA backend: Kimi-K2's forward pass on one GPU through kernels/.
+ *
+ * Owns:   the public entry points of engine/backend/cuda/ (the factory in
+ *         engine/backend/backend.c calls kimi_backend_cuda_init).
+ * Never:  exposes device pointers or CUDA types to the rest of the engine.
+ */
+
+#ifndef KIMI_BACKEND_CUDA_H
+#define KIMI_BACKEND_CUDA_H
+
+#include <stdint.h>
+
+#include "../backend.h"
+
+typedef struct {
+    int       device;              /* CUDA device ordinal */
+    uint32_t  max_batched_tokens;  /* tokens of one step: sizes workspaces */
+    uint32_t  max_model_len;       /* 0 = max_position_embeddings */
+    uint32_t  max_logit_rows;      /* sequences wanting logits per step */
+} kimi_backend_cuda_params_t;
+
+kimi_backend_cuda_params_t kimi_backend_cuda_default_params(void);
+
+/* Uploads the model's weights (FP8 block-scaled, bf16 embeddings/lm_head)
+ * and sizes every step workspace.  A model whose widths the kernels cannot
+ * take (hidden_size % 1024, kv_lora_rank != 512, heads % 16, ...) fails with
+ * KIMI_EUNSUPPORTED naming the field; nothing is computed for it. */
+int kimi_backend_cuda_init(kimi_backend_t **out, struct kimi_model *model,
+    int device, kimi_err_t *err);
+int kimi_backend_cuda_init_params(kimi_backend_t **out,
+    struct kimi_model *model, const kimi_backend_cuda_params_t *p,
+    kimi_err_t *err);
+
+/* Greedy ids of the last forward's logits rows, argmax on the device
+ * (ties to the lower id); ids[n_rows]. */
+int kimi_backend_cuda_greedy(kimi_backend_t *b, int32_t *ids, uint32_t *n_rows,
+    kimi_err_t *err);
+
+/* Device time of the last forward's GPU work, in microseconds (events around
+ * the step's stream work). */
+double kimi_backend_cuda_last_step_us(kimi_backend_t *b);
+
+/* Per-phase device times of the following steps (events between phases;
+ * costs a little, off by default): summed over layers, microseconds, of
+ * the last forward. */
+typedef struct {
+    double  embed_us, attn_us, ffn_dense_us, ffn_moe_us, head_us;
+} kimi_cuda_profile_t;
+
+void kimi_backend_cuda_set_profile(kimi_backend_t *b, int on);
+int  kimi_backend_cuda_profile(kimi_backend_t *b, kimi_cuda_profile_t *p,
+    kimi_err_t *err);
+
+#endif

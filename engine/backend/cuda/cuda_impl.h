@@ -1,0 +1,113 @@
+/*
+ * Inside the CUDA backend: the device state shared by its files.
+ *
+ * Owns:   kimi_cuda_t (weights on the device, KV cache, step workspaces,
+ *         host staging) and the CUDA-call check macro of the C files.
+ * Never:  seen outside engine/backend/cuda/.
+ * Holds:  every buffer a step touches is allocated by init or kv_init;
+ *         forward only carves and launches (so a step can be captured).
+ */
+
+#ifndef KIMI_CUDA_IMPL_H
+#define KIMI_CUDA_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+
+#include "../../../kernels/kimi_kernels.h"
+#include "../../model/model.h"
+#include "cuda_backend.h"
+
+#define KIMI_CU(call, err)                                                    \
+    do {                                                                      \
+        cudaError_t  e_ = (call);                                             \
+        if (e_ != cudaSuccess) {                                              \
+            return kimi_err_set(err, KIMI_ECUDA, "cuda: %s:%d: %s: %s",       \
+                                __FILE__, __LINE__, #call,                    \
+                                cudaGetErrorString(e_));                      \
+        }                                                                     \
+    } while (0)
+
+/* a kernels/ launcher: pass its error on */
+#define KIMI_K(call)                                                          \
+    do {                                                                      \
+        int  rc_ = (call);                                                    \
+        if (rc_ != 0) return rc_;                                             \
+    } while (0)
+
+
+typedef struct {
+    uint8_t        *w;                    /* e4m3 [rows][cols] */
+    float          *s;                    /* [ceil(rows/128)][cols/128] */
+    uint32_t        rows, cols;
+} kimi_cuda_fp8_t;
+
+typedef struct {
+    kimi_bf16_t      *in_ln, *post_ln, *q_a_ln, *kv_a_ln;
+    kimi_cuda_fp8_t   q_a, q_b, kv_a, o;
+    kimi_bf16_t      *kv_b;               /* [H][nope + v][R]: W_UK rows */
+    kimi_bf16_t      *uv_t;               /* [H][R][v]: W_UV transposed */
+    int               is_moe;
+    kimi_cuda_fp8_t   gate, up, down;     /* dense FFN */
+    kimi_bf16_t      *router;             /* [E][D] */
+    float            *bias;               /* [E] or NULL */
+    kimi_experts_t    ex;                 /* device tables [E + shared] */
+} kimi_cuda_layer_t;
+
+typedef struct {
+    kimi_backend_t              base;
+    kimi_model_t               *model;
+    const kimi_model_config_t  *cfg;
+    int                         device;
+    int                         n_sm;
+    cudaStream_t                stream;
+    cudaEvent_t                 ev0, ev1;
+    float                       last_ms;
+    int                         prof;
+    cudaEvent_t                *pev;          /* [2 * L + 3] phase marks */
+
+    /* weights: one device arena */
+    void                       *warena;
+    size_t                      wbytes;
+    kimi_cuda_layer_t          *layers;
+    kimi_bf16_t                *embed, *lm_head, *norm;
+    kimi_rope_t                 rope;
+    float                       softmax_scale;
+    uint32_t                    I_dense, I_moe, top_k, E;
+    int                         shared;
+
+    /* KV cache */
+    void                       *kv;           /* [L][n_blocks][bs][576] */
+    float                      *kv_scale;     /* fp8: [L][n_blocks][bs] */
+    int                         kv_fp8;
+    uint32_t                    bs, n_blocks, max_bt;  /* max_bt = blocks/seq */
+
+    /* step workspaces, for cap tokens */
+    uint32_t                    cap;
+    uint32_t                    max_rows;     /* logits rows */
+    void                       *sarena;
+    kimi_bf16_t                *h, *a, *qa, *qn, *q, *ckv, *qlat, *olat;
+    kimi_bf16_t                *attn, *o, *g, *u, *y, *fin;
+    uint8_t                    *xq;
+    float                      *xs, *rl, *tw, *logits;
+    int32_t                    *tidx, *argmax;
+    void                       *moe_ws, *mla_ws;
+
+    /* per-step metadata: host pinned staging mirrored on the device */
+    int32_t                    *meta_h, *meta_d;
+    size_t                      meta_words;
+    float                      *logits_h;
+    uint32_t                    n_rows, n_tokens;
+    int                         logits_on_host;
+} kimi_cuda_t;
+
+/* weights.c */
+int  kimi_cuda_weights_upload(kimi_cuda_t *b, kimi_err_t *err);
+
+/* forward.c */
+int  kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err);
+int  kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
+    kimi_err_t *err);
+
+#endif

@@ -1,0 +1,437 @@
+/*
+ * The CUDA forward pass: DeepSeek-V3's Block -> MLA -> MoE on kernels/,
+ * step for step the CPU backend's (engine/backend/cpu/backend_cpu.c).
+ *
+ * Owns:   the step workspaces (sized once for cap tokens), the per-step
+ *         metadata upload (token ids, positions, cache slots, per-token
+ *         block tables) and the launch sequence of one step.
+ * Never:  allocates in a step, picks blocks, or samples.
+ * Holds:  the KV of every new token is written before any attention runs,
+ *         and attention is the absorbed MLA decode with one query per token
+ *         (its own block table row and length pos + 1), so a prefill chunk
+ *         sees itself causally and earlier chunks through the cache, as on
+ *         the CPU.  Activations are bf16 between kernels; every FP8 GEMM
+ *         input is quantised per 1x128 group first.
+ */
+
+#include <string.h>
+
+#include "cuda_impl.h"
+
+
+/* metadata words: [tok][pos][slot][seq_len][row][block tables cap x max_bt] */
+enum { KIMI_M_TOK, KIMI_M_POS, KIMI_M_SLOT, KIMI_M_LEN, KIMI_M_ROW, KIMI_M_N };
+
+
+static size_t
+kimi_al256(size_t n)
+{
+    return (n + 255) & ~(size_t) 255;
+}
+
+
+int
+kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    size_t                      T = b->cap, off = 0, moe = 0, mla;
+    uint32_t                    H = c->num_attention_heads;
+    uint32_t                    D = c->hidden_size, R = c->kv_lora_rank;
+    uint32_t                    qk = kimi_model_qk_head_dim(c);
+    uint32_t                    maxk, I = b->I_dense > b->I_moe ? b->I_dense
+                                                                : b->I_moe;
+    size_t                      bmax = T > (size_t) b->n_sm ? T
+                                                            : (size_t) b->n_sm;
+    char                       *p;
+
+    maxk = D;
+    maxk = c->q_lora_rank > maxk ? c->q_lora_rank : maxk;
+    maxk = H * c->v_head_dim > maxk ? H * c->v_head_dim : maxk;
+    maxk = I > maxk ? I : maxk;
+
+    if (b->E > 0) {
+        moe = kimi_moe_ws_bytes((int) T, (int) b->top_k, (int) b->E,
+                                b->shared, (int) D, (int) b->I_moe);
+    }
+
+    /* B * n_splits <= max(B, n_sm) (kimi_mla_n_splits) */
+    mla = kimi_mla_ws_bytes((int) bmax, (int) H, 1);
+
+#define KIMI_WS(ptr, bytes)                                                  \
+    do {                                                                     \
+        ptr = (void *) (p ? p + off : NULL);                                 \
+        off += kimi_al256(bytes);                                            \
+    } while (0)
+
+    for (int pass = 0; pass < 2; pass++) {
+        p = pass ? b->sarena : NULL;
+        off = 0;
+        KIMI_WS(b->h, T * D * 2);
+        KIMI_WS(b->a, T * D * 2);
+        KIMI_WS(b->qa, T * c->q_lora_rank * 2);
+        KIMI_WS(b->qn, T * c->q_lora_rank * 2);
+        KIMI_WS(b->q, T * H * qk * 2);
+        KIMI_WS(b->ckv, T * (R + c->qk_rope_head_dim) * 2);
+        KIMI_WS(b->qlat, T * H * (R + c->qk_rope_head_dim) * 2);
+        KIMI_WS(b->olat, T * H * R * 2);
+        KIMI_WS(b->attn, T * H * c->v_head_dim * 2);
+        KIMI_WS(b->o, T * D * 2);
+        KIMI_WS(b->g, T * b->I_dense * 2);
+        KIMI_WS(b->u, T * b->I_dense * 2);
+        KIMI_WS(b->y, T * D * 2);
+        KIMI_WS(b->fin, T * D * 2);
+        KIMI_WS(b->xq, T * maxk);
+        KIMI_WS(b->xs, T * (maxk / 128) * sizeof(float));
+        KIMI_WS(b->rl, T * (b->E ? b->E : 1) * sizeof(float));
+        KIMI_WS(b->tw, T * (b->top_k ? b->top_k : 1) * sizeof(float));
+        KIMI_WS(b->tidx, T * (b->top_k ? b->top_k : 1) * sizeof(int32_t));
+        KIMI_WS(b->logits, (size_t) b->max_rows * c->vocab_size * sizeof(float));
+        KIMI_WS(b->argmax, (size_t) b->max_rows * sizeof(int32_t));
+        KIMI_WS(b->moe_ws, moe ? moe : 256);
+        KIMI_WS(b->mla_ws, mla);
+
+        if (pass == 0) {
+            cudaError_t  ce = cudaMalloc(&b->sarena, off);
+
+            if (ce != cudaSuccess) {
+                (void) cudaGetLastError();
+                b->sarena = NULL;
+                return kimi_err_set(err, KIMI_ENOMEM, "cuda backend: step "
+                                    "workspaces for %zu tokens need %.2f GiB "
+                                    "(%s): lower max_batched_tokens", T,
+                                    off / 1073741824.0,
+                                    cudaGetErrorString(ce));
+            }
+
+            /* padding rows and scales stay finite */
+            KIMI_CU(cudaMemset(b->sarena, 0, off), err);
+        }
+    }
+
+#undef KIMI_WS
+
+    return 0;
+}
+
+
+/* Checks the batch as the CPU backend does and fills the host staging. */
+static int
+kimi_cuda_stage(kimi_cuda_t *b, const kimi_batch_t *batch, uint32_t *T_out,
+    uint32_t *rows_out, uint32_t *max_ctx, kimi_err_t *err)
+{
+    int32_t   *m = b->meta_h, *bt;
+    uint32_t   T = 0, rows = 0, cap = b->cap;
+
+    *max_ctx = 0;
+
+    for (uint32_t i = 0; i < batch->n_seqs; i++) {
+        const kimi_batch_seq_t  *s = &batch->seqs[i];
+        uint64_t                 end = (uint64_t) s->pos + s->n_tokens;
+        uint32_t                 nb;
+
+        if (s->n_tokens == 0 || s->tokens == NULL || s->block_table == NULL) {
+            return kimi_err_set(err, KIMI_EINVAL, "cuda: seq %llu: empty",
+                                (unsigned long long) s->seq_id);
+        }
+
+        if (end > b->base.max_model_len) {
+            return kimi_err_set(err, KIMI_EINVAL, "cuda: seq %llu: position "
+                                "%llu beyond max_model_len %u",
+                                (unsigned long long) s->seq_id,
+                                (unsigned long long) end,
+                                b->base.max_model_len);
+        }
+
+        if (T + (uint64_t) s->n_tokens > cap) {
+            return kimi_err_set(err, KIMI_EINVAL, "cuda: step of more than "
+                                "%u tokens (max_batched_tokens)", cap);
+        }
+
+        nb = (uint32_t) ((end + b->bs - 1) / b->bs);
+
+        if (s->n_blocks < nb) {
+            return kimi_err_set(err, KIMI_EINVAL, "cuda: seq %llu: %u blocks "
+                                "do not cover %llu tokens",
+                                (unsigned long long) s->seq_id, s->n_blocks,
+                                (unsigned long long) end);
+        }
+
+        for (uint32_t k = 0; k < nb; k++) {
+            if (s->block_table[k] >= b->n_blocks) {
+                return kimi_err_set(err, KIMI_EINVAL, "cuda: seq %llu: block "
+                                    "%u out of range (%u blocks)",
+                                    (unsigned long long) s->seq_id,
+                                    s->block_table[k], b->n_blocks);
+            }
+        }
+
+        for (uint32_t k = 0; k < s->n_tokens; k++, T++) {
+            uint32_t  pos = s->pos + k;
+
+            if (s->tokens[k] < 0
+                || (uint32_t) s->tokens[k] >= b->cfg->vocab_size)
+            {
+                return kimi_err_set(err, KIMI_EINVAL, "cuda: seq %llu: token "
+                                    "%d outside the vocabulary",
+                                    (unsigned long long) s->seq_id,
+                                    s->tokens[k]);
+            }
+
+            m[KIMI_M_TOK * cap + T] = s->tokens[k];
+            m[KIMI_M_POS * cap + T] = (int32_t) pos;
+            m[KIMI_M_SLOT * cap + T] = (int32_t) (s->block_table[pos / b->bs]
+                                                  * b->bs + pos % b->bs);
+            m[KIMI_M_LEN * cap + T] = (int32_t) (pos + 1);
+            bt = m + KIMI_M_N * cap + (size_t) T * b->max_bt;
+            memcpy(bt, s->block_table, (size_t) ((pos / b->bs) + 1)
+                                       * sizeof(int32_t));
+        }
+
+        if (s->want_logits) {
+            if (rows == b->max_rows) {
+                return kimi_err_set(err, KIMI_EINVAL, "cuda: more than %u "
+                                    "sequences want logits in one step",
+                                    b->max_rows);
+            }
+
+            m[KIMI_M_ROW * cap + rows++] = (int32_t) (T - 1);
+        }
+
+        *max_ctx = end > *max_ctx ? (uint32_t) end : *max_ctx;
+    }
+
+    if (T == 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "cuda: empty batch");
+    }
+
+    *T_out = T;
+    *rows_out = rows;
+    return 0;
+}
+
+
+/* y[T][w.rows] = x[T][w.cols] * W^T with x already quantised in xq/xs */
+static int
+kimi_cuda_gemm(kimi_cuda_t *b, uint32_t T, const kimi_cuda_fp8_t *w,
+    kimi_bf16_t *y, kimi_err_t *err)
+{
+    return kimi_fp8_gemm_nt(b->xq, b->xs, (int) T, (int) w->cols, w->w, w->s,
+                            (int) w->rows, y, (int) w->rows, b->stream, err);
+}
+
+
+static int
+kimi_cuda_quant(kimi_cuda_t *b, const kimi_bf16_t *x, uint32_t T, uint32_t K,
+    kimi_err_t *err)
+{
+    return kimi_fp8_quant_1x128(x, (int) K, (int) T, (int) K, b->xq, b->xs,
+                                0, 0, b->stream, err);
+}
+
+
+static int
+kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t max_ctx,
+    kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    const kimi_cuda_layer_t    *L = &b->layers[l];
+    const int32_t              *md = b->meta_d;
+    int                         H = (int) c->num_attention_heads;
+    int                         R = (int) c->kv_lora_rank;
+    int                         P = (int) c->qk_rope_head_dim;
+    int                         nope = (int) c->qk_nope_head_dim;
+    int                         dv = (int) c->v_head_dim, qk = nope + P;
+    size_t                      kv_per = (size_t) b->n_blocks * b->bs;
+    void                       *kv;
+    float                      *ks = NULL;
+    int                         splits;
+
+    kv = (uint8_t *) b->kv + l * kv_per * (R + P) * (b->kv_fp8 ? 1 : 2);
+
+    if (b->kv_fp8) {
+        ks = b->kv_scale + l * kv_per;
+    }
+
+    /* q = q_b(rms(q_a(a))); ckv = kv_a(a) */
+    KIMI_K(kimi_cuda_quant(b, b->a, T, c->hidden_size, err));
+    KIMI_K(kimi_cuda_gemm(b, T, &L->kv_a, b->ckv, err));
+    KIMI_K(kimi_cuda_gemm(b, T, &L->q_a, b->qa, err));
+    KIMI_K(kimi_rmsnorm_bf16(b->qa, L->q_a_ln, b->qn, (int) T,
+                             (int) c->q_lora_rank, c->rms_norm_eps, b->stream,
+                             err));
+    KIMI_K(kimi_cuda_quant(b, b->qn, T, c->q_lora_rank, err));
+    KIMI_K(kimi_cuda_gemm(b, T, &L->q_b, b->q, err));
+
+    /* rotate q_pe of every head and k_pe, then write the latent rows */
+    KIMI_K(kimi_rope_bf16(b->q + nope, H * qk, qk, H, b->ckv + R, R + P,
+                          md + KIMI_M_POS * b->cap, (int) T, &b->rope,
+                          b->stream, err));
+    KIMI_K(kimi_mla_kv_write(b->ckv, L->kv_a_ln, c->rms_norm_eps,
+                             md + KIMI_M_SLOT * b->cap, (int) T, kv, ks,
+                             b->kv_fp8, b->stream, err));
+
+    /* q_lat[h] = W_UK_h^T q_nope_h, q_pe alongside: [T][H][R + P] */
+    KIMI_K(kimi_head_mv_bf16(b->q, H * qk, qk, L->kv_b,
+                             (size_t) (nope + dv) * R, R, nope, R, b->qlat,
+                             H * (R + P), R + P, (int) T, H, b->stream, err));
+    KIMI_CU(cudaMemcpy2DAsync(b->qlat + R, (size_t) (R + P) * 2, b->q + nope,
+                              (size_t) qk * 2, (size_t) P * 2,
+                              (size_t) T * H, cudaMemcpyDeviceToDevice,
+                              b->stream), err);
+
+    splits = kimi_mla_n_splits((int) T, (int) max_ctx, b->n_sm);
+    KIMI_K(kimi_mla_decode(b->qlat, (int) T, H, kv, ks, b->kv_fp8,
+                           (int) b->bs, md + KIMI_M_N * b->cap,
+                           (int) b->max_bt, md + KIMI_M_LEN * b->cap, splits,
+                           b->softmax_scale, b->mla_ws, b->olat, b->stream,
+                           err));
+
+    /* o_h = W_UV_h o_lat_h, then o_proj */
+    KIMI_K(kimi_head_mv_bf16(b->olat, H * R, R, L->uv_t, (size_t) R * dv, dv,
+                             R, dv, b->attn, H * dv, dv, (int) T, H,
+                             b->stream, err));
+    KIMI_K(kimi_cuda_quant(b, b->attn, T, (uint32_t) (H * dv), err));
+    return kimi_cuda_gemm(b, T, &L->o, b->o, err);
+}
+
+
+static int
+kimi_cuda_ffn(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    const kimi_cuda_layer_t    *L = &b->layers[l];
+    int                         D = (int) c->hidden_size;
+    int                         K = (int) b->top_k, E = (int) b->E;
+    int                         I = (int) b->I_moe, slots;
+    kimi_moe_ws_t               ws;
+
+    KIMI_K(kimi_cuda_quant(b, b->a, T, c->hidden_size, err));
+
+    if (!L->is_moe) {
+        KIMI_K(kimi_cuda_gemm(b, T, &L->gate, b->g, err));
+        KIMI_K(kimi_cuda_gemm(b, T, &L->up, b->u, err));
+        KIMI_K(kimi_silu_mul_bf16(b->g, b->u, b->g,
+                                  (size_t) T * L->gate.rows, b->stream, err));
+        KIMI_K(kimi_cuda_quant(b, b->g, T, L->gate.rows, err));
+        return kimi_cuda_gemm(b, T, &L->down, b->y, err);
+    }
+
+    /* router in fp32 over the bf16 gate, then the expert-major plan */
+    KIMI_K(kimi_moe_router_logits(b->a, L->router, b->rl, (int) T, D, E,
+                                  b->stream, err));
+    KIMI_K(kimi_moe_router_select(b->rl, L->bias, (int) T, E, K,
+                                  (int) c->n_group, (int) c->topk_group,
+                                  c->norm_topk_prob,
+                                  c->routed_scaling_factor, b->tidx, b->tw,
+                                  b->stream, err));
+
+    kimi_moe_ws_carve(&ws, b->moe_ws, (int) T, K, E, b->shared, D, I);
+    slots = kimi_moe_max_slots((int) T, K, E, b->shared);
+
+    KIMI_K(kimi_moe_plan(b->tidx, (int) T, K, E, b->shared, &ws, b->stream,
+                         err));
+    KIMI_K(kimi_moe_gate_up(b->xq, b->xs, (int) T, D, I, slots, &L->ex, &ws,
+                            b->stream, err));
+    KIMI_K(kimi_moe_down((int) T, K, D, I, slots, &L->ex, &ws, b->stream,
+                         err));
+    return kimi_moe_combine(&ws, b->tw, (int) T, K, b->shared, D, b->y,
+                            b->stream, err);
+}
+
+
+static int
+kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t max_ctx,
+    kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    int                         D = (int) c->hidden_size;
+    float                       eps = c->rms_norm_eps;
+
+#define KIMI_MARK(i)                                                          \
+    if (b->prof) KIMI_CU(cudaEventRecord(b->pev[i], b->stream), err)
+
+    KIMI_MARK(0);
+    KIMI_K(kimi_gather_rows_bf16(b->embed, b->meta_d + KIMI_M_TOK * b->cap,
+                                 (int) T, D, b->h, b->stream, err));
+    KIMI_MARK(1);
+
+    for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
+        const kimi_cuda_layer_t  *L = &b->layers[l];
+
+        /* h += ffn of the layer before (none for layer 0); a = rms(h) */
+        if (l == 0) {
+            KIMI_K(kimi_rmsnorm_bf16(b->h, L->in_ln, b->a, (int) T, D, eps,
+                                     b->stream, err));
+
+        } else {
+            KIMI_K(kimi_rmsnorm_residual_bf16(b->y, b->h, L->in_ln, b->a,
+                                              (int) T, D, eps, b->stream,
+                                              err));
+        }
+
+        KIMI_K(kimi_cuda_mla(b, l, T, max_ctx, err));
+        KIMI_K(kimi_rmsnorm_residual_bf16(b->o, b->h, L->post_ln, b->a,
+                                          (int) T, D, eps, b->stream, err));
+        KIMI_MARK(2 + 2 * l);
+        KIMI_K(kimi_cuda_ffn(b, l, T, err));
+        KIMI_MARK(3 + 2 * l);
+    }
+
+    if (rows == 0) {
+        return 0;
+    }
+
+    /* logits of the wanted rows: lm_head(rms(h + ffn)), fp32 */
+    KIMI_K(kimi_rmsnorm_residual_bf16(b->y, b->h, b->norm, b->a, (int) T, D,
+                                      eps, b->stream, err));
+    KIMI_K(kimi_gather_rows_bf16(b->a, b->meta_d + KIMI_M_ROW * b->cap,
+                                 (int) rows, D, b->fin, b->stream, err));
+    KIMI_K(kimi_moe_router_logits(b->fin, b->lm_head, b->logits, (int) rows,
+                                  D, (int) c->vocab_size, b->stream, err));
+    KIMI_MARK(2 + 2 * c->num_hidden_layers);
+    return 0;
+
+#undef KIMI_MARK
+}
+
+
+int
+kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
+    kimi_err_t *err)
+{
+    kimi_cuda_t  *b = (kimi_cuda_t *) base;
+    uint32_t      T = 0, rows = 0, max_ctx = 0;
+    size_t        words;
+    int           rc;
+
+    if (b->kv == NULL) {
+        return kimi_err_set(err, KIMI_ESTATE, "cuda: forward before kv_init");
+    }
+
+    b->n_rows = 0;
+    b->logits_on_host = 0;
+
+    if ((rc = kimi_cuda_stage(b, batch, &T, &rows, &max_ctx, err)) != 0) {
+        return rc;
+    }
+
+    words = KIMI_M_N * (size_t) b->cap + (size_t) T * b->max_bt;
+
+    KIMI_CU(cudaEventRecord(b->ev0, b->stream), err);
+    KIMI_CU(cudaMemcpyAsync(b->meta_d, b->meta_h, words * sizeof(int32_t),
+                            cudaMemcpyHostToDevice, b->stream), err);
+
+    if ((rc = kimi_cuda_step(b, T, rows, max_ctx, err)) != 0) {
+        /* drain what was queued so the next step starts clean */
+        (void) cudaStreamSynchronize(b->stream);
+        return rc;
+    }
+
+    KIMI_CU(cudaEventRecord(b->ev1, b->stream), err);
+    KIMI_CU(cudaStreamSynchronize(b->stream), err);
+    KIMI_CU(cudaEventElapsedTime(&b->last_ms, b->ev0, b->ev1), err);
+
+    b->n_rows = rows;
+    b->n_tokens = T;
+    return 0;
+}

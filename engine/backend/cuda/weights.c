@@ -1,0 +1,391 @@
+/*
+ * Uploading a loaded model's weights to the device.
+ *
+ * Owns:   the device weight arena (one cudaMalloc, carved 256-byte aligned)
+ *         and the conversions made on the way: fp32 norms -> bf16, kv_b_proj
+ *         -> bf16 W_UK plus a transposed W_UV, routers -> bf16, the expert
+ *         pointer tables of kernels/ (kimi_experts_t).
+ * Never:  changes the model, or keeps host copies after init.
+ * Holds:  two passes over the same walk: the first only sums sizes, so the
+ *         arena is exactly as large as what the second pass copies.
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "../cpu/ops.h"
+#include "cuda_impl.h"
+
+
+typedef struct {
+    char        *base;                   /* NULL in the sizing pass */
+    size_t       off;
+    void        *tmp;                    /* host conversion buffer */
+    size_t       tmp_cap;
+} kimi_cuda_arena_t;
+
+
+static size_t
+kimi_al256(size_t n)
+{
+    return (n + 255) & ~(size_t) 255;
+}
+
+
+/* Copies n bytes of src (NULL: reserve only) into the arena. */
+static int
+kimi_cuda_put(kimi_cuda_arena_t *ar, const void *src, size_t n, void **dst,
+    kimi_err_t *err)
+{
+    *dst = ar->base ? ar->base + ar->off : NULL;
+
+    if (ar->base != NULL && src != NULL) {
+        KIMI_CU(cudaMemcpy(*dst, src, n, cudaMemcpyHostToDevice), err);
+    }
+
+    ar->off += kimi_al256(n);
+    return 0;
+}
+
+
+static void *
+kimi_cuda_tmp(kimi_cuda_arena_t *ar, size_t n)
+{
+    if (ar->base == NULL) {
+        return NULL;
+    }
+
+    if (n > ar->tmp_cap) {
+        void  *p = realloc(ar->tmp, n);
+
+        if (p == NULL) {
+            return NULL;
+        }
+
+        ar->tmp = p;
+        ar->tmp_cap = n;
+    }
+
+    return ar->tmp;
+}
+
+
+static int
+kimi_cuda_put_fp8(kimi_cuda_arena_t *ar, const kimi_weight_t *w,
+    const char *what, uint32_t l, kimi_cuda_fp8_t *d, kimi_err_t *err)
+{
+    size_t  ns = (size_t) ((w->rows + 127) / 128) * ((w->cols + 127) / 128);
+    int     rc;
+
+    if (w->data == NULL || w->dtype != KIMI_DTYPE_F8_E4M3
+        || w->scale_inv == NULL)
+    {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda backend: layer %u "
+                            "%s is %s, the kernels take FP8 e4m3 with "
+                            "128x128 block scales", l, what,
+                            w->data ? kimi_dtype_name(w->dtype) : "not loaded");
+    }
+
+    d->rows = w->rows;
+    d->cols = w->cols;
+
+    if ((rc = kimi_cuda_put(ar, w->data, (size_t) w->rows * w->cols,
+                            (void **) &d->w, err)) != 0)
+    {
+        return rc;
+    }
+
+    return kimi_cuda_put(ar, w->scale_inv, ns * sizeof(float),
+                         (void **) &d->s, err);
+}
+
+
+/* Any 2-D weight as bf16 (transposed: [cols][rows]) */
+static int
+kimi_cuda_put_bf16(kimi_cuda_arena_t *ar, const kimi_weight_t *w,
+    kimi_bf16_t **dst, kimi_err_t *err)
+{
+    size_t     n = (size_t) w->rows * w->cols;
+    uint16_t  *t;
+    float     *f;
+
+    if (ar->base == NULL || w->dtype == KIMI_DTYPE_BF16) {
+        return kimi_cuda_put(ar, w->data, n * 2, (void **) dst, err);
+    }
+
+    f = kimi_cuda_tmp(ar, n * (sizeof(float) + 2));
+
+    if (f == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "cuda weights: host buffer");
+    }
+
+    t = (uint16_t *) (f + n);
+
+    if (w->dtype == KIMI_DTYPE_F8_E4M3) {
+        kimi_fp8_dequant(w->data, w->scale_inv, w->rows, w->cols, f);
+
+    } else if (w->dtype == KIMI_DTYPE_F32) {
+        memcpy(f, w->data, n * sizeof(float));
+
+    } else {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda weights: dtype %s",
+                            kimi_dtype_name(w->dtype));
+    }
+
+    for (size_t i = 0; i < n; i++) {
+        t[i] = kimi_f32_to_bf16(f[i]);
+    }
+
+    return kimi_cuda_put(ar, t, n * 2, (void **) dst, err);
+}
+
+
+static int
+kimi_cuda_put_vec(kimi_cuda_arena_t *ar, const float *v, uint32_t n,
+    kimi_bf16_t **dst, kimi_err_t *err)
+{
+    uint16_t  *t = kimi_cuda_tmp(ar, (size_t) n * 2);
+
+    if (ar->base != NULL && t == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "cuda weights: host buffer");
+    }
+
+    for (uint32_t i = 0; t != NULL && i < n; i++) {
+        t[i] = kimi_f32_to_bf16(v[i]);
+    }
+
+    return kimi_cuda_put(ar, t, (size_t) n * 2, (void **) dst, err);
+}
+
+
+/* kv_b_proj [H][nope + v][R] -> bf16 as is (W_UK rows are read in place)
+ * and W_UV^T [H][R][v] for the output absorption. */
+static int
+kimi_cuda_put_kv_b(kimi_cuda_t *b, kimi_cuda_arena_t *ar,
+    const kimi_weight_t *w, kimi_cuda_layer_t *d, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    uint32_t                    H = c->num_attention_heads;
+    uint32_t                    R = c->kv_lora_rank, nope = c->qk_nope_head_dim;
+    uint32_t                    dv = c->v_head_dim, rows_h = nope + dv;
+    size_t                      n = (size_t) w->rows * w->cols;
+    uint16_t                   *src, *t;
+    float                      *f;
+    int                         rc;
+
+    if ((rc = kimi_cuda_put_bf16(ar, w, &d->kv_b, err)) != 0) {
+        return rc;
+    }
+
+    if (ar->base == NULL) {
+        return kimi_cuda_put(ar, NULL, (size_t) H * R * dv * 2,
+                             (void **) &d->uv_t, err);
+    }
+
+    f = kimi_cuda_tmp(ar, n * (sizeof(float) + 4));
+
+    if (f == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "cuda weights: host buffer");
+    }
+
+    src = (uint16_t *) (f + n);
+    t = src + n;
+    KIMI_CU(cudaMemcpy(src, d->kv_b, n * 2, cudaMemcpyDeviceToHost), err);
+
+    for (uint32_t h = 0; h < H; h++) {
+        for (uint32_t r = 0; r < R; r++) {
+            for (uint32_t j = 0; j < dv; j++) {
+                t[((size_t) h * R + r) * dv + j] =
+                    src[((size_t) h * rows_h + nope + j) * R + r];
+            }
+        }
+    }
+
+    return kimi_cuda_put(ar, t, (size_t) H * R * dv * 2, (void **) &d->uv_t,
+                         err);
+}
+
+
+/* The pointer tables of one MoE layer: 6 arrays of E + 1 device pointers. */
+static int
+kimi_cuda_put_experts(kimi_cuda_t *b, kimi_cuda_arena_t *ar, uint32_t l,
+    const kimi_layer_weights_t *L, kimi_cuda_layer_t *d, kimi_err_t *err)
+{
+    uint32_t          E = b->E, ne = E + (b->shared ? 1 : 0);
+    kimi_cuda_fp8_t   g, u, dn;
+    void            **tab = NULL;
+    void             *dev;
+    int               rc;
+
+    if (ar->base != NULL) {
+        tab = calloc((size_t) 6 * (E + 1), sizeof(void *));
+
+        if (tab == NULL) {
+            return kimi_err_set(err, KIMI_ENOMEM, "cuda weights: tables");
+        }
+    }
+
+    for (uint32_t e = 0; e < ne; e++) {
+        const kimi_mlp_weights_t  *m = e < E ? &L->experts[e]
+                                             : &L->shared_experts;
+
+        if ((rc = kimi_cuda_put_fp8(ar, &m->gate_proj, "expert gate_proj", l,
+                                    &g, err)) != 0
+            || (rc = kimi_cuda_put_fp8(ar, &m->up_proj, "expert up_proj", l,
+                                       &u, err)) != 0
+            || (rc = kimi_cuda_put_fp8(ar, &m->down_proj, "expert down_proj",
+                                       l, &dn, err)) != 0)
+        {
+            free(tab);
+            return rc;
+        }
+
+        if (tab != NULL) {
+            tab[0 * (E + 1) + e] = g.w;
+            tab[1 * (E + 1) + e] = g.s;
+            tab[2 * (E + 1) + e] = u.w;
+            tab[3 * (E + 1) + e] = u.s;
+            tab[4 * (E + 1) + e] = dn.w;
+            tab[5 * (E + 1) + e] = dn.s;
+        }
+    }
+
+    rc = kimi_cuda_put(ar, tab, (size_t) 6 * (E + 1) * sizeof(void *), &dev,
+                       err);
+    free(tab);
+
+    if (rc == 0 && dev != NULL) {
+        void  **p = dev;
+
+        d->ex.gate = (const uint8_t *const *) (p + 0 * (E + 1));
+        d->ex.gate_s = (const float *const *) (p + 1 * (E + 1));
+        d->ex.up = (const uint8_t *const *) (p + 2 * (E + 1));
+        d->ex.up_s = (const float *const *) (p + 3 * (E + 1));
+        d->ex.down = (const uint8_t *const *) (p + 4 * (E + 1));
+        d->ex.down_s = (const float *const *) (p + 5 * (E + 1));
+    }
+
+    return rc;
+}
+
+
+static int
+kimi_cuda_walk(kimi_cuda_t *b, kimi_cuda_arena_t *ar, kimi_err_t *err)
+{
+    const kimi_model_t         *m = b->model;
+    const kimi_model_config_t  *c = b->cfg;
+    uint32_t                    D = c->hidden_size;
+    int                         rc;
+
+    if ((rc = kimi_cuda_put_bf16(ar, &m->embed_tokens, &b->embed, err)) != 0
+        || (rc = kimi_cuda_put_vec(ar, m->norm, D, &b->norm, err)) != 0)
+    {
+        return rc;
+    }
+
+    if (m->lm_head.data == m->embed_tokens.data) {
+        b->lm_head = b->embed;
+
+    } else if ((rc = kimi_cuda_put_bf16(ar, &m->lm_head, &b->lm_head, err))
+               != 0)
+    {
+        return rc;
+    }
+
+    for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
+        const kimi_layer_weights_t  *L = &m->layers[l];
+        kimi_cuda_layer_t           *d = &b->layers[l];
+
+        if ((rc = kimi_cuda_put_vec(ar, L->input_layernorm, D, &d->in_ln,
+                                    err)) != 0
+            || (rc = kimi_cuda_put_vec(ar, L->post_attention_layernorm, D,
+                                       &d->post_ln, err)) != 0
+            || (rc = kimi_cuda_put_vec(ar, L->q_a_layernorm, c->q_lora_rank,
+                                       &d->q_a_ln, err)) != 0
+            || (rc = kimi_cuda_put_vec(ar, L->kv_a_layernorm, c->kv_lora_rank,
+                                       &d->kv_a_ln, err)) != 0
+            || (rc = kimi_cuda_put_fp8(ar, &L->q_a_proj, "q_a_proj", l,
+                                       &d->q_a, err)) != 0
+            || (rc = kimi_cuda_put_fp8(ar, &L->q_b_proj, "q_b_proj", l,
+                                       &d->q_b, err)) != 0
+            || (rc = kimi_cuda_put_fp8(ar, &L->kv_a_proj_with_mqa,
+                                       "kv_a_proj_with_mqa", l, &d->kv_a,
+                                       err)) != 0
+            || (rc = kimi_cuda_put_fp8(ar, &L->o_proj, "o_proj", l, &d->o,
+                                       err)) != 0
+            || (rc = kimi_cuda_put_kv_b(b, ar, &L->kv_b_proj, d, err)) != 0)
+        {
+            return rc;
+        }
+
+        d->is_moe = L->is_moe;
+
+        if (!L->is_moe) {
+            if ((rc = kimi_cuda_put_fp8(ar, &L->mlp.gate_proj, "gate_proj", l,
+                                        &d->gate, err)) != 0
+                || (rc = kimi_cuda_put_fp8(ar, &L->mlp.up_proj, "up_proj", l,
+                                           &d->up, err)) != 0
+                || (rc = kimi_cuda_put_fp8(ar, &L->mlp.down_proj, "down_proj",
+                                           l, &d->down, err)) != 0)
+            {
+                return rc;
+            }
+
+            continue;
+        }
+
+        if ((rc = kimi_cuda_put_bf16(ar, &L->gate, &d->router, err)) != 0
+            || (rc = kimi_cuda_put_experts(b, ar, l, L, d, err)) != 0)
+        {
+            return rc;
+        }
+
+        d->bias = NULL;
+
+        if (L->e_score_correction_bias != NULL
+            && (rc = kimi_cuda_put(ar, L->e_score_correction_bias,
+                                   (size_t) b->E * sizeof(float),
+                                   (void **) &d->bias, err)) != 0)
+        {
+            return rc;
+        }
+    }
+
+    return 0;
+}
+
+
+int
+kimi_cuda_weights_upload(kimi_cuda_t *b, kimi_err_t *err)
+{
+    kimi_cuda_arena_t  ar;
+    size_t             free_b = 0, total_b = 0;
+    cudaError_t        ce;
+    int                rc;
+
+    memset(&ar, 0, sizeof(ar));
+
+    if ((rc = kimi_cuda_walk(b, &ar, err)) != 0) {
+        return rc;
+    }
+
+    b->wbytes = ar.off;
+    ce = cudaMalloc(&b->warena, ar.off);
+
+    if (ce != cudaSuccess) {
+        (void) cudaGetLastError();
+        (void) cudaMemGetInfo(&free_b, &total_b);
+        b->warena = NULL;
+        return kimi_err_set(err, KIMI_ENOMEM, "cuda backend: the weights "
+                            "need %.2f GiB, device %d has %.2f GiB free of "
+                            "%.2f (%s)", ar.off / 1073741824.0, b->device,
+                            free_b / 1073741824.0, total_b / 1073741824.0,
+                            cudaGetErrorString(ce));
+    }
+
+    ar.base = b->warena;
+    ar.off = 0;
+    rc = kimi_cuda_walk(b, &ar, err);
+    free(ar.tmp);
+    return rc;
+}

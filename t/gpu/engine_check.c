@@ -1,0 +1,611 @@
+/*
+ * The CUDA backend against the CPU backend on the same dummy weights.
+ *
+ * Owns:   the engine-level GPU check of t/gpu/run (step "engine"): a
+ *         prefill, greedy decode steps and a mixed prefill+decode step on
+ *         both backends, logits compared row by row (TAP), the refusal of
+ *         widths the kernels cannot take, and the batch-1 decode step time
+ *         next to its HBM byte floor measured in the same run.
+ * Never:  passes without comparing: every claim is a number against a
+ *         stated tolerance.
+ *
+ *   engine_check --model DIR [--hf-overrides JSON] [--prefill 40]
+ *                [--decode 8] [--kv bf16|fp8] [--iters 30]
+ */
+
+#include <getopt.h>
+#include <stdarg.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <cuda_runtime_api.h>
+
+#include "../../engine/backend/backend.h"
+#include "../../engine/backend/cpu/backend_cpu.h"
+#include "../../engine/backend/cuda/cuda_backend.h"
+#include "../../engine/model/model.h"
+
+/* Tolerance.  The GPU keeps activations in bf16 between kernels where the
+ * CPU keeps fp32, and both quantise GEMM inputs to FP8 1x128, so a tiny
+ * input difference flips some FP8 codes by a whole step (1/8 to 1/16 of
+ * the value), and a near-tie of router scores can swap an expert.  The
+ * yardstick is measured in the same run: how far the CPU itself moves when
+ * its activations are not quantised at all (KIMI_CPU_ACT=fp32).  Passing:
+ * the median over rows of (1 - cos) cuda-vs-cpu is at most that of
+ * cpu-fp32-vs-cpu, and no row falls below cos 0.95 (a wrong table, slot,
+ * head or scale gives far less; an expert swap gives ~0.97). */
+#define TOL_COS_ROW  0.95
+
+static int  n_test, n_fail;
+
+
+static void
+ok(int cond, const char *fmt, ...)
+{
+    va_list  ap;
+
+    printf("%s %d - ", cond ? "ok" : "not ok", ++n_test);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+    fflush(stdout);
+    n_fail += !cond;
+}
+
+
+static double
+now(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+
+static int
+argmax(const float *v, uint32_t n)
+{
+    int  b = 0;
+
+    for (uint32_t i = 1; i < n; i++) {
+        if (v[i] > v[b]) {
+            b = (int) i;
+        }
+    }
+
+    return b;
+}
+
+
+typedef struct {
+    double  cos, rel, maxdiff;
+    int     top_cpu, top_gpu;
+    double  margin;             /* cpu logit of its top1 minus of gpu's top1 */
+} cmp_t;
+
+
+static double
+median(double *v, int n)
+{
+    for (int i = 1; i < n; i++) {
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            double  t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    }
+
+    return n == 0 ? 0 : (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2);
+}
+
+
+static cmp_t
+compare(const float *c, const float *g, uint32_t V)
+{
+    cmp_t   r;
+    double  dot = 0, nc = 0, ng = 0, mc = 0, md = 0;
+
+    for (uint32_t i = 0; i < V; i++) {
+        double  d = fabs((double) c[i] - g[i]);
+
+        dot += (double) c[i] * g[i];
+        nc += (double) c[i] * c[i];
+        ng += (double) g[i] * g[i];
+        mc = fabs(c[i]) > mc ? fabs(c[i]) : mc;
+        md = d > md || isnan(d) ? d : md;
+    }
+
+    r.cos = dot / sqrt(nc * ng + 1e-30);
+    r.maxdiff = md;
+    r.rel = md / (mc + 1e-30);
+    r.top_cpu = argmax(c, V);
+    r.top_gpu = argmax(g, V);
+    r.margin = c[r.top_cpu] - c[r.top_gpu];
+    return r;
+}
+
+
+static int
+step(kimi_backend_t *be, const kimi_batch_seq_t *seqs, uint32_t n,
+    const float **logits, kimi_err_t *err)
+{
+    kimi_batch_t  batch = { n, seqs };
+    uint32_t      rows, V;
+
+    if (be->ops->forward(be, &batch, err) != 0) {
+        return -1;
+    }
+
+    *logits = be->ops->logits(be, &rows, &V);
+    return *logits == NULL ? -1 : 0;
+}
+
+
+/* HBM bytes a batch-1 decode step must read, by phase: every weight it
+ * uses once (top_k routed experts per MoE layer), the KV rows, lm_head. */
+typedef struct {
+    double  attn, dense, moe, head;
+} floor_t;
+
+
+static floor_t
+floor_bytes(const kimi_model_t *m, uint32_t ctx, int kv_fp8)
+{
+    const kimi_model_config_t  *c = &m->cfg;
+    floor_t                     f = { 0, 0, 0, 0 };
+
+#define FP8(w) ((double) (w).rows * (w).cols                                  \
+                + 4.0 * (((w).rows + 127) / 128) * (((w).cols + 127) / 128))
+
+    for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
+        const kimi_layer_weights_t  *L = &m->layers[l];
+
+        f.attn += FP8(L->q_a_proj) + FP8(L->q_b_proj)
+                  + FP8(L->kv_a_proj_with_mqa) + FP8(L->o_proj);
+        f.attn += 2.0 * L->kv_b_proj.rows * L->kv_b_proj.cols; /* bf16 */
+        f.attn += 2.0 * (2 * c->hidden_size + c->q_lora_rank
+                         + c->kv_lora_rank);
+        f.attn += (double) ctx * (c->kv_lora_rank + c->qk_rope_head_dim)
+                  * (kv_fp8 ? 1 : 2);
+
+        if (!L->is_moe) {
+            f.dense += FP8(L->mlp.gate_proj) + FP8(L->mlp.up_proj)
+                       + FP8(L->mlp.down_proj);
+            continue;
+        }
+
+        f.moe += 2.0 * c->n_routed_experts * c->hidden_size
+                 + 4.0 * c->n_routed_experts;
+        f.moe += (FP8(L->experts[0].gate_proj) + FP8(L->experts[0].up_proj)
+                  + FP8(L->experts[0].down_proj)) * c->num_experts_per_tok;
+
+        if (c->n_shared_experts) {
+            f.moe += FP8(L->shared_experts.gate_proj)
+                     + FP8(L->shared_experts.up_proj)
+                     + FP8(L->shared_experts.down_proj);
+        }
+    }
+
+#undef FP8
+
+    f.head = 2.0 * c->vocab_size * c->hidden_size;   /* lm_head bf16 */
+    return f;
+}
+
+
+static double
+copy_gbps(void)
+{
+    size_t       n = (size_t) 1 << 30;
+    void        *a = NULL, *b = NULL;
+    cudaEvent_t  e0, e1;
+    float        ms, best = 1e30f;
+
+    if (cudaMalloc(&a, n) != cudaSuccess || cudaMalloc(&b, n) != cudaSuccess) {
+        cudaFree(a);
+        return 0;
+    }
+
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+
+    for (int i = 0; i < 6; i++) {
+        cudaEventRecord(e0, 0);
+        cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, 0);
+        cudaEventRecord(e1, 0);
+        cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&ms, e0, e1);
+        best = i > 0 && ms < best ? ms : best;
+    }
+
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaFree(a);
+    cudaFree(b);
+    return 2.0 * n / (best * 1e-3) / 1e9;        /* read + write */
+}
+
+
+int
+main(int argc, char **argv)
+{
+    static const struct option  opts[] = {
+        { "model", required_argument, NULL, 'm' },
+        { "hf-overrides", required_argument, NULL, 'o' },
+        { "prefill", required_argument, NULL, 'p' },
+        { "decode", required_argument, NULL, 'd' },
+        { "kv", required_argument, NULL, 'k' },
+        { "iters", required_argument, NULL, 'i' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    kimi_model_params_t         mp = kimi_model_default_params();
+    kimi_backend_cpu_params_t   cp = { 0, -1 };
+    kimi_kv_params_t            kp;
+    kimi_model_t               *m = NULL, bad;
+    kimi_backend_cpu_params_t   cp32 = { 0, 1 };
+    kimi_backend_t             *cpu = NULL, *gpu = NULL, *tmp = NULL;
+    kimi_backend_t             *cpu32 = NULL;
+    double                      e_gpu[16], e_ref[16];
+    int                         n_e = 0, worst_ok = 1;
+    kimi_err_t                  err = { 0 };
+    const float                *lc, *lg;
+    float                      *saved = NULL;
+    uint32_t                    P = 40, ND = 8, iters = 30, nb, V, rows;
+    uint32_t                    bt_a[8], bt_b[8];
+    int32_t                    *toks, next, ids[2];
+    int                         kv_fp8 = 0, c, agree = 0, ambiguous = 0;
+    double                      t0, worst_cos = 1, worst_rel = 0;
+    kimi_batch_seq_t            s[2];
+
+    mp.load_format = "dummy";
+    mp.seed = 7;
+
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': mp.dir = optarg; break;
+        case 'o': mp.hf_overrides = optarg; break;
+        case 'p': P = (uint32_t) atoi(optarg); break;
+        case 'd': ND = (uint32_t) atoi(optarg); break;
+        case 'k': kv_fp8 = strcmp(optarg, "fp8") == 0; break;
+        case 'i': iters = (uint32_t) atoi(optarg); break;
+        default:
+            return 2;
+        }
+    }
+
+    if (mp.dir == NULL || P == 0 || ND > 15 || P + ND + 1 > 256) {
+        fprintf(stderr, "usage: engine_check --model DIR [--hf-overrides "
+                "JSON] [--prefill N] [--decode N] [--kv bf16|fp8]\n");
+        return 2;
+    }
+
+    t0 = now();
+
+    if (kimi_model_load(&m, &mp, &err) != 0) {
+        fprintf(stderr, "model: %s\n", err.msg);
+        return 1;
+    }
+
+    V = m->cfg.vocab_size;
+    printf("# model: %u layers, hidden %u, %u experts top-%u, vocab %u, "
+           "dummy weights in %.1f s\n", m->cfg.num_hidden_layers,
+           m->cfg.hidden_size, m->cfg.n_routed_experts,
+           m->cfg.num_experts_per_tok, V, now() - t0);
+
+    /* a width the kernels cannot take is refused, naming the field */
+    bad = *m;
+    bad.cfg.hidden_size = 64;
+    ok(kimi_backend_cuda_init(&tmp, &bad, 0, &err) == KIMI_EUNSUPPORTED
+       && strstr(err.msg, "hidden_size") != NULL,
+       "hidden_size 64 refused at init: %s", err.msg);
+    bad = *m;
+    bad.cfg.num_attention_heads = 8;
+    ok(kimi_backend_cuda_init(&tmp, &bad, 0, &err) == KIMI_EUNSUPPORTED
+       && strstr(err.msg, "num_attention_heads") != NULL,
+       "8 heads refused at init: %s", err.msg);
+
+    t0 = now();
+
+    if (kimi_backend_cpu_init_params(&cpu, m, &cp, &err) != 0
+        || kimi_backend_cpu_init_params(&cpu32, m, &cp32, &err) != 0
+        || kimi_backend_cuda_init(&gpu, m, 0, &err) != 0)
+    {
+        fprintf(stderr, "backend: %s\n", err.msg);
+        return 1;
+    }
+
+    printf("# backends up in %.1f s\n", now() - t0);
+
+    memset(&kp, 0, sizeof(kp));
+    kp.block_size = 64;
+    kp.max_blocks = 16;
+    kp.budget_bytes = 256ull << 20;
+    kp.gpu_memory_utilization = 0.9f;
+
+    if (cpu->ops->kv_init(cpu, &kp, &nb, &err) != 0
+        || cpu32->ops->kv_init(cpu32, &kp, &nb, &err) != 0)
+    {
+        fprintf(stderr, "cpu kv: %s\n", err.msg);
+        return 1;
+    }
+
+    kp.dtype = kv_fp8 ? KIMI_KV_DTYPE_FP8 : KIMI_KV_DTYPE_AUTO;
+
+    if (gpu->ops->kv_init(gpu, &kp, &nb, &err) != 0) {
+        fprintf(stderr, "cuda kv: %s\n", err.msg);
+        return 1;
+    }
+
+    ok(nb == 16, "cuda kv_init: %u blocks of 64 (%s)", nb,
+       kv_fp8 ? "fp8" : "bf16");
+
+    toks = calloc(P + ND + 64, sizeof(int32_t));
+    saved = malloc((size_t) 2 * V * sizeof(float));
+
+    for (uint32_t i = 0; i < P; i++) {
+        toks[i] = (int32_t) ((i * 2654435761u + 12345u) % V);
+    }
+
+    for (uint32_t i = 0; i < 8; i++) {
+        bt_a[i] = 7 - i;                  /* not in order: tables matter */
+        bt_b[i] = 8 + i;
+    }
+
+    /* prefill, then greedy decode steps fed the CPU's choice */
+    for (uint32_t k = 0; k <= ND; k++) {
+        uint32_t  pos = k == 0 ? 0 : P + k - 1;
+        cmp_t     r;
+        double    tc, tg;
+
+        memset(s, 0, sizeof(s));
+        s[0].seq_id = 1;
+        s[0].tokens = toks + pos;
+        s[0].n_tokens = k == 0 ? P : 1;
+        s[0].pos = pos;
+        s[0].block_table = bt_a;
+        s[0].n_blocks = 8;
+        s[0].want_logits = 1;
+
+        tc = now();
+
+        if (step(cpu, s, 1, &lc, &err) != 0) {
+            fprintf(stderr, "cpu forward: %s\n", err.msg);
+            return 1;
+        }
+
+        tc = now() - tc;
+        memcpy(saved, lc, (size_t) V * sizeof(float));
+
+        if (step(cpu32, s, 1, &lg, &err) != 0) {
+            fprintf(stderr, "cpu fp32 forward: %s\n", err.msg);
+            return 1;
+        }
+
+        e_ref[n_e] = 1 - compare(saved, lg, V).cos;
+        lc = saved;
+        tg = now();
+
+        if (step(gpu, s, 1, &lg, &err) != 0) {
+            fprintf(stderr, "cuda forward: %s\n", err.msg);
+            return 1;
+        }
+
+        tg = now() - tg;
+
+        if (kimi_backend_cuda_greedy(gpu, ids, &rows, &err) != 0) {
+            fprintf(stderr, "cuda greedy: %s\n", err.msg);
+            return 1;
+        }
+
+        r = compare(lc, lg, V);
+        worst_cos = r.cos < worst_cos ? r.cos : worst_cos;
+        worst_rel = r.rel > worst_rel ? r.rel : worst_rel;
+        e_gpu[n_e++] = 1 - r.cos;
+        worst_ok &= r.cos >= TOL_COS_ROW;
+        printf("# %s pos %u: cuda vs cpu cos %.6f, max |d| %.4f = %.4f of "
+               "max |cpu|; cpu(fp32 act) vs cpu cos %.6f (cpu %.2f s, cuda "
+               "%.3f s)\n", k == 0 ? "prefill" : "decode", pos, r.cos,
+               r.maxdiff, r.rel, 1 - e_ref[n_e - 1], tc, tg);
+        ok(ids[0] == r.top_gpu, "device argmax %d = host argmax of the "
+           "cuda logits %d", ids[0], r.top_gpu);
+
+        if (r.top_cpu == r.top_gpu) {
+            agree++;
+
+        } else if (r.margin <= 2 * r.maxdiff) {
+            ambiguous++;
+        }
+
+        next = r.top_cpu;
+        toks[P + k] = next;
+    }
+
+    {
+        double  mg = median(e_gpu, n_e), mr = median(e_ref, n_e);
+
+        ok(mg <= mr, "logits: median (1 - cos) cuda vs cpu %.2e <= median "
+           "(1 - cos) of the cpu's own FP8 activation quantisation (fp32 "
+           "act vs fp8 act) %.2e", mg, mr);
+        ok(worst_ok, "logits: every row cos >= %.2f (worst %.6f)",
+           TOL_COS_ROW, worst_cos);
+    }
+
+    ok(agree + ambiguous == (int) ND + 1, "greedy: %d of %u steps pick the "
+       "same token, %d differ within the logit tolerance (cpu top-2 gap <= "
+       "2 max|d|)", agree, ND + 1, ambiguous);
+
+    /* one step with a decode and a prefill chunk of another sequence */
+    {
+        cmp_t     r0, r1;
+        int32_t   tb[16];
+
+        for (int i = 0; i < 16; i++) {
+            tb[i] = (int32_t) ((i * 40503u + 977u) % V);
+        }
+
+        memset(s, 0, sizeof(s));
+        s[0].seq_id = 1;
+        s[0].tokens = toks + P + ND;
+        s[0].n_tokens = 1;
+        s[0].pos = P + ND;
+        s[0].block_table = bt_a;
+        s[0].n_blocks = 8;
+        s[0].want_logits = 1;
+        s[1].seq_id = 2;
+        s[1].tokens = tb;
+        s[1].n_tokens = 16;
+        s[1].pos = 0;
+        s[1].block_table = bt_b;
+        s[1].n_blocks = 8;
+        s[1].want_logits = 1;
+
+        if (step(cpu, s, 2, &lc, &err) != 0) {
+            fprintf(stderr, "cpu forward: %s\n", err.msg);
+            return 1;
+        }
+
+        memcpy(saved, lc, (size_t) 2 * V * sizeof(float));
+
+        if (step(gpu, s, 2, &lg, &err) != 0) {
+            fprintf(stderr, "cuda forward: %s\n", err.msg);
+            return 1;
+        }
+
+        r0 = compare(saved, lg, V);
+        r1 = compare(saved + V, lg + V, V);
+        ok(r0.cos >= TOL_COS_ROW && r1.cos >= TOL_COS_ROW, "mixed step (decode + 16-token prefill of "
+           "a second sequence): cos %.6f / %.6f, rel %.4f / %.4f", r0.cos,
+           r1.cos, r0.rel, r1.rel);
+    }
+
+    /* bad input is an error, not a crash */
+    {
+        int32_t  badtok = (int32_t) V;
+        uint32_t badbt[1] = { 99999 };
+
+        memset(s, 0, sizeof(s));
+        s[0].tokens = &badtok;
+        s[0].n_tokens = 1;
+        s[0].pos = 0;
+        s[0].block_table = bt_a;
+        s[0].n_blocks = 8;
+        ok(step(gpu, s, 1, &lg, &err) != 0 && strstr(err.msg, "vocabulary"),
+           "token id = vocab refused: %s", err.msg);
+        s[0].tokens = toks;
+        s[0].block_table = badbt;
+        s[0].n_blocks = 1;
+        ok(step(gpu, s, 1, &lg, &err) != 0 && strstr(err.msg, "range"),
+           "block id out of range refused: %s", err.msg);
+    }
+
+    /* batch-1 decode step: all layers + lm_head + device argmax */
+    {
+        double   gbps = copy_gbps(), bytes, floor_us, wall = 0, dev = 0;
+        floor_t  f;
+        kimi_cuda_profile_t  pr, acc;
+        double   best_wall = 1e30;
+        uint32_t pos = P + ND + 1;
+
+        for (uint32_t i = 0; i < iters + 3; i++, pos++) {
+            double  t;
+
+            memset(s, 0, sizeof(s));
+            s[0].seq_id = 1;
+            toks[pos % (P + ND)] = next;
+            s[0].tokens = &toks[pos % (P + ND)];
+            s[0].n_tokens = 1;
+            s[0].pos = pos;
+            s[0].block_table = bt_a;
+            s[0].n_blocks = 8;
+            s[0].want_logits = 1;
+
+            t = now();
+
+            {
+                kimi_batch_t  b1 = { 1, s };
+
+                if (gpu->ops->forward(gpu, &b1, &err) != 0
+                    || kimi_backend_cuda_greedy(gpu, ids, &rows, &err) != 0)
+                {
+                    fprintf(stderr, "timing: %s\n", err.msg);
+                    return 1;
+                }
+            }
+
+            t = now() - t;
+            next = ids[0];
+
+            if (i >= 3) {                 /* warm-up */
+                wall += t;
+                dev += kimi_backend_cuda_last_step_us(gpu);
+                best_wall = t < best_wall ? t : best_wall;
+            }
+        }
+
+        wall = wall / iters * 1e6;
+        dev /= iters;
+        f = floor_bytes(m, pos, kv_fp8);
+        bytes = f.attn + f.dense + f.moe + f.head;
+        floor_us = bytes / (gbps * 1e3);
+        printf("# decode step B=1 (%u layers + lm_head, ctx ~%u): wall %.1f "
+               "us (best %.1f), device %.1f us; floor %.1f us = %.1f MB at "
+               "%.0f GB/s copy; wall/floor %.2fx; host share %.1f%%\n",
+               m->cfg.num_hidden_layers, pos, wall, best_wall * 1e6, dev,
+               floor_us, bytes / 1e6, gbps, wall / floor_us,
+               100.0 * (wall - dev) / wall);
+        ok(wall > 0 && floor_us > 0, "decode step timed (%u iterations)",
+           iters);
+
+        /* where the time goes: events between phases, 10 more steps */
+        memset(&acc, 0, sizeof(acc));
+        kimi_backend_cuda_set_profile(gpu, 1);
+
+        for (uint32_t i = 0; i < 10; i++, pos++) {
+            kimi_batch_t  b1 = { 1, s };
+
+            s[0].tokens = &toks[pos % (P + ND)];
+            s[0].pos = pos;
+
+            if (gpu->ops->forward(gpu, &b1, &err) != 0
+                || kimi_backend_cuda_profile(gpu, &pr, &err) != 0)
+            {
+                fprintf(stderr, "profile: %s\n", err.msg);
+                return 1;
+            }
+
+            acc.embed_us += pr.embed_us / 10;
+            acc.attn_us += pr.attn_us / 10;
+            acc.ffn_dense_us += pr.ffn_dense_us / 10;
+            acc.ffn_moe_us += pr.ffn_moe_us / 10;
+            acc.head_us += pr.head_us / 10;
+        }
+
+        kimi_backend_cuda_set_profile(gpu, 0);
+#define PH(name, us, b)                                                      \
+        printf("# phase %-22s %8.1f us  floor %8.1f us (%7.1f MB)  x%.2f\n", \
+               name, us, (b) / (gbps * 1e3), (b) / 1e6,                      \
+               (us) / ((b) / (gbps * 1e3)))
+        PH("attention (all layers)", acc.attn_us, f.attn);
+        PH("dense ffn", acc.ffn_dense_us, f.dense);
+        PH("moe ffn", acc.ffn_moe_us, f.moe);
+        PH("final norm + lm_head", acc.head_us, f.head);
+#undef PH
+        printf("# phase embed %.1f us\n", acc.embed_us);
+    }
+
+    gpu->ops->free(gpu);
+    cpu->ops->free(cpu);
+    cpu32->ops->free(cpu32);
+    kimi_model_free(m);
+    free(toks);
+    free(saved);
+    printf("1..%d\n# worst row: cos %.6f, max|d| %.4f of max |cpu| "
+           "(row tolerance cos >= %g)\n", n_test, worst_cos, worst_rel,
+           TOL_COS_ROW);
+    return n_fail ? 1 : 0;
+}
