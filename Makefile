@@ -29,7 +29,7 @@ CLI_SRC    := $(shell find engine/cli -name '*.c' | sort)
 UNIT_SRC   := $(shell find t/unit -name '*.c' 2>/dev/null | sort)
 BENCH_SRC  := $(sort $(wildcard bench/*.c))
 CUDA_C_SRC := $(shell find engine/backend/cuda -name '*.c' 2>/dev/null | sort)
-CUDA_CU_SRC:= $(shell find kernels -name '*.cu' 2>/dev/null | sort)
+CUDA_CU_SRC:= $(shell find kernels engine/parallel -name '*.cu' 2>/dev/null | sort)
 
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/obj/%.o)
 CLI_OBJ    := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
@@ -39,7 +39,7 @@ ifneq ($(NVCC),)
 CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_OBJ   := $(CUDA_C_SRC:%.c=$(BUILD)/obj/%.o) $(CUDA_CU_SRC:%.cu=$(BUILD)/obj/%.o)
 CUDA_LIBS  := -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib \
-              -lcublasLt -lcublas -lcudart
+              -lcublasLt -lcublas -lcudart -lnccl
 NVCCFLAGS  ?= -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -lineinfo \
               -Xcompiler -fPIC,-Wall --expt-relaxed-constexpr
 CFLAGS     += -DKIMI_HAVE_CUDA -I$(CUDA_HOME)/include

@@ -1,0 +1,392 @@
+/*
+ * The random dataset and request arrival times of `vllm bench serve`.
+ *
+ * Owns:   the seeded generator, per-request input/output lengths, prompt
+ *         text whose token count is exact for Kimi's tokenizer, and the
+ *         Poisson / gamma arrival schedule.
+ * Never:  touches the network.
+ *
+ * Method (kimi-k2-facts.md section 8, vLLM's RandomDataset): lengths are
+ * uniform integers in [floor(L(1-r)), ceil(L(1+r))]; the prompt is a run of
+ * consecutive allowed ids (every id below the vocabulary size except the
+ * tokenizer's special ids) starting at a random offset, after an optional
+ * shared random prefix; the ids are decoded to text and re-encoded (special
+ * names recognised, as the server does), then cut or padded with random ids
+ * until the re-encoded length is the target (10 tries, then whatever length
+ * the text has).  prompt_len is always the token count of the text sent.
+ *
+ * Difference from vLLM: the generator is splitmix64, not numpy's PCG64, so
+ * the same --seed gives other (equally distributed) prompts than vLLM.
+ */
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "text/kimi_text.h"
+#include "bench.h"
+
+#define BENCH_DECODE_RETRIES  10    /* vLLM's max_retry */
+
+
+uint64_t
+bench_rng_next(uint64_t *state)
+{
+    uint64_t  z;
+
+    /* splitmix64: full period, passes BigCrush, one word of state */
+    z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+
+    return z ^ (z >> 31);
+}
+
+
+double
+bench_rng_uniform(uint64_t *state)
+{
+    return (double) (bench_rng_next(state) >> 11) * 0x1.0p-53;
+}
+
+
+/* uniform integer in [lo, hi], unbiased by rejection */
+static uint64_t
+bench_rng_range(uint64_t *state, uint64_t lo, uint64_t hi)
+{
+    uint64_t  span = hi - lo + 1, limit, x;
+
+    if (span == 0) {
+        return bench_rng_next(state);
+    }
+
+    limit = UINT64_MAX - UINT64_MAX % span;
+    do {
+        x = bench_rng_next(state);
+    } while (x >= limit);
+
+    return lo + x % span;
+}
+
+
+static double
+bench_rng_normal(uint64_t *state)
+{
+    double  u1, u2;
+
+    do {
+        u1 = bench_rng_uniform(state);
+    } while (u1 <= 0.0);
+    u2 = bench_rng_uniform(state);
+
+    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+
+
+/* Marsaglia and Tsang (2000); shape < 1 by the U^(1/shape) boost. */
+double
+bench_rng_gamma(uint64_t *state, double shape, double scale)
+{
+    double  d, c, x, v, u;
+
+    if (shape < 1.0) {
+        do {
+            u = bench_rng_uniform(state);
+        } while (u <= 0.0);
+        return bench_rng_gamma(state, shape + 1.0, scale)
+               * pow(u, 1.0 / shape);
+    }
+
+    d = shape - 1.0 / 3.0;
+    c = 1.0 / sqrt(9.0 * d);
+
+    for ( ;; ) {
+        do {
+            x = bench_rng_normal(state);
+            v = 1.0 + c * x;
+        } while (v <= 0.0);
+
+        v = v * v * v;
+        u = bench_rng_uniform(state);
+
+        if (u < 1.0 - 0.0331 * x * x * x * x
+            || log(u) < 0.5 * x * x + d * (1.0 - v + log(v)))
+        {
+            return d * v * scale;
+        }
+    }
+}
+
+
+/*
+ * vLLM's get_request(): gamma(burstiness, 1/(rate*burstiness)) gaps,
+ * accumulated, then scaled so the last request leaves at n/rate.
+ */
+void
+bench_arrivals(const bench_opts_t *o, double *arrival_s, size_t n)
+{
+    uint64_t  st = o->seed ^ 0x61727269766c7331ULL;   /* own stream */
+    double    theta, scale;
+    size_t    i;
+
+    for (i = 0; i < n; i++) {
+        if (isinf(o->request_rate)) {
+            arrival_s[i] = 0.0;
+        } else if (isinf(o->burstiness)) {
+            arrival_s[i] = 1.0 / o->request_rate;
+        } else {
+            theta = 1.0 / (o->request_rate * o->burstiness);
+            arrival_s[i] = bench_rng_gamma(&st, o->burstiness, theta);
+        }
+        if (i > 0) {
+            arrival_s[i] += arrival_s[i - 1];
+        }
+    }
+
+    if (n > 0 && arrival_s[n - 1] > 0.0) {
+        scale = ((double) n / o->request_rate) / arrival_s[n - 1];
+        for (i = 0; i < n; i++) {
+            arrival_s[i] *= scale;
+        }
+    }
+}
+
+
+/*
+ * decode -> encode until the encoding has target ids (vLLM's
+ * gen_prompt_decode_to_target_len).  *ids is consumed and replaced.
+ */
+static int
+bench_decode_to_target(const kimi_tokenizer_t *tok, uint64_t *rng,
+    int32_t **ids, size_t *n_ids, size_t target, char **text,
+    size_t *text_len, long *mismatch, kimi_err_t *err)
+{
+    int32_t  *enc, *grown;
+    size_t    n_enc, i, vocab = kimi_tokenizer_n_vocab(tok);
+    int       tries, rc;
+
+    *mismatch = 0;
+    *text = NULL;
+
+    for (tries = BENCH_DECODE_RETRIES; ; tries--) {
+        free(*text);
+        *text = NULL;
+
+        rc = kimi_detokenize(tok, *ids, *n_ids, 0, text, text_len, err);
+        if (rc != 0) {
+            return rc;
+        }
+
+        rc = kimi_tokenize(tok, *text, *text_len, 1, &enc, &n_enc, err);
+        if (rc != 0) {
+            return rc;
+        }
+
+        free(*ids);
+        *ids = enc;
+        *n_ids = n_enc;
+
+        if (n_enc == target) {
+            return 0;
+        }
+
+        if (tries <= 0) {
+            *mismatch = (long) n_enc - (long) target;
+            return 0;
+        }
+
+        if (n_enc > target) {
+            *n_ids = target;
+            continue;
+        }
+
+        grown = realloc(*ids, target * sizeof(int32_t));
+        if (grown == NULL) {
+            return kimi_err_set(err, KIMI_ENOMEM, "prompt of %zu tokens",
+                                target);
+        }
+        *ids = grown;
+        for (i = n_enc; i < target; i++) {
+            grown[i] = (int32_t) bench_rng_range(rng, 0, vocab - 1);
+        }
+        *n_ids = target;
+    }
+}
+
+
+static int
+bench_is_special(const kimi_tokenizer_t *tok, int32_t id,
+    const int32_t *special, size_t n_special)
+{
+    size_t  i;
+
+    (void) tok;
+    for (i = 0; i < n_special; i++) {
+        if (special[i] == id) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+int
+bench_dataset_random(const bench_opts_t *o, const kimi_tokenizer_t *tok,
+    bench_req_t *reqs, kimi_err_t *err)
+{
+    /* HF all_special_ids: bos, eos, unk, pad + additional_special_tokens */
+    static const char *const  names[] = {
+        "[UNK]", "[PAD]", "<|im_end|>", "<|im_user|>", "<|im_assistant|>",
+        "<|start_header_id|>", "<|end_header_id|>", "[EOT]",
+        "<|im_system|>", "<|im_middle|>",
+    };
+
+    int32_t    special[2 + sizeof(names) / sizeof(names[0])], *allowed;
+    int32_t   *prefix = NULL, *ids;
+    uint32_t  *in_lens, *out_lens, *offsets;
+    uint64_t   rng = o->seed;
+    size_t     vocab, n_allowed = 0, n_special = 0, i, j, n_ids, n_prefix = 0;
+    size_t     target, text_len;
+    uint32_t   in_lo, in_hi, out_lo, out_hi;
+    long       mismatch, mismatch_total = 0;
+    char      *text;
+    int        rc = 0;
+
+    vocab = kimi_tokenizer_n_vocab(tok);
+
+    special[n_special++] = kimi_tokenizer_bos(tok);
+    special[n_special++] = kimi_tokenizer_eos(tok);
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        int32_t  id = kimi_tokenizer_special_id(tok, names[i]);
+
+        if (id >= 0) {
+            special[n_special++] = id;
+        }
+    }
+
+    if (o->range_ratio < 0.0 || o->range_ratio >= 1.0) {
+        return kimi_err_set(err, KIMI_EINVAL,
+                            "--random-range-ratio must be in [0, 1)");
+    }
+
+    /* Kimi's num_special_tokens_to_add() is 0: no BOS is added */
+    in_lo = (uint32_t) floor(o->input_len * (1.0 - o->range_ratio));
+    in_hi = (uint32_t) ceil(o->input_len * (1.0 + o->range_ratio));
+    out_lo = (uint32_t) floor(o->output_len * (1.0 - o->range_ratio));
+    out_hi = (uint32_t) ceil(o->output_len * (1.0 + o->range_ratio));
+    out_lo = out_lo < 1 ? 1 : out_lo;
+    out_hi = out_hi < 1 ? 1 : out_hi;
+
+    if (o->prefix_len + in_lo < 1) {
+        return kimi_err_set(err, KIMI_EINVAL,
+                            "--random-input-len is too small: the shortest "
+                            "prompt (prefix %u + %u sampled) has no token",
+                            o->prefix_len, in_lo);
+    }
+
+    allowed = malloc(vocab * sizeof(int32_t));
+    in_lens = malloc(o->num_prompts * sizeof(uint32_t));
+    out_lens = malloc(o->num_prompts * sizeof(uint32_t));
+    offsets = malloc(o->num_prompts * sizeof(uint32_t));
+    if (allowed == NULL || in_lens == NULL || out_lens == NULL
+        || offsets == NULL)
+    {
+        rc = kimi_err_set(err, KIMI_ENOMEM, "dataset of %u prompts",
+                          o->num_prompts);
+        goto failed;
+    }
+
+    for (i = 0; i < vocab; i++) {
+        if (!bench_is_special(tok, (int32_t) i, special, n_special)) {
+            allowed[n_allowed++] = (int32_t) i;
+        }
+    }
+
+    /* the same draw order as vLLM: all input lengths, outputs, offsets */
+    for (i = 0; i < o->num_prompts; i++) {
+        in_lens[i] = (uint32_t) bench_rng_range(&rng, in_lo, in_hi);
+    }
+    for (i = 0; i < o->num_prompts; i++) {
+        out_lens[i] = (uint32_t) bench_rng_range(&rng, out_lo, out_hi);
+    }
+    for (i = 0; i < o->num_prompts; i++) {
+        offsets[i] = (uint32_t) bench_rng_range(&rng, 0, vocab - 1);
+    }
+
+    if (o->prefix_len > 0) {
+        n_prefix = o->prefix_len;
+        prefix = malloc(n_prefix * sizeof(int32_t));
+        if (prefix == NULL) {
+            rc = kimi_err_set(err, KIMI_ENOMEM, "prefix");
+            goto failed;
+        }
+        for (i = 0; i < n_prefix; i++) {
+            prefix[i] = allowed[bench_rng_range(&rng, 0, n_allowed - 1)];
+        }
+
+        rc = bench_decode_to_target(tok, &rng, &prefix, &n_prefix,
+                                    o->prefix_len, &text, &text_len,
+                                    &mismatch, err);
+        free(text);
+        if (rc != 0) {
+            goto failed;
+        }
+        if (mismatch != 0) {
+            fprintf(stderr, "WARNING: the prefix re-encodes to %ld %s "
+                    "tokens than asked\n", labs(mismatch),
+                    mismatch > 0 ? "more" : "fewer");
+        }
+    }
+
+    for (i = 0; i < o->num_prompts; i++) {
+        target = n_prefix + in_lens[i];
+        n_ids = target;
+        ids = malloc((target + 1) * sizeof(int32_t));
+        if (ids == NULL) {
+            rc = kimi_err_set(err, KIMI_ENOMEM, "prompt %zu", i);
+            goto failed;
+        }
+
+        if (n_prefix > 0) {
+            memcpy(ids, prefix, n_prefix * sizeof(int32_t));
+        }
+        for (j = 0; j < in_lens[i]; j++) {
+            ids[n_prefix + j] =
+                allowed[((size_t) offsets[i] + i + j) % n_allowed];
+        }
+
+        rc = bench_decode_to_target(tok, &rng, &ids, &n_ids,
+                                    o->prefix_len + in_lens[i], &text,
+                                    &text_len, &mismatch, err);
+        free(ids);
+        if (rc != 0) {
+            kimi_err_wrap(err, "prompt %zu", i);
+            goto failed;
+        }
+
+        mismatch_total += mismatch;
+        reqs[i].prompt = text;
+        reqs[i].prompt_bytes = text_len;
+        reqs[i].prompt_len = (uint32_t) n_ids;
+        reqs[i].output_len = out_lens[i];
+    }
+
+    if (mismatch_total != 0) {
+        fprintf(stderr, "WARNING: across all prompts the text re-encodes to "
+                "%ld %s tokens than asked (decode/encode is not 1:1 for "
+                "every id run); prompt_len counts the text as sent\n",
+                labs(mismatch_total), mismatch_total > 0 ? "more" : "fewer");
+    }
+
+failed:
+
+    free(prefix);
+    free(allowed);
+    free(in_lens);
+    free(out_lens);
+    free(offsets);
+
+    return rc;
+}

@@ -1,0 +1,474 @@
+#!/usr/bin/perl
+
+# kimi-bench against a scripted SSE server whose delays we know: the
+# reported TTFT, TPOT and ITL must match them within 5%, the result block
+# must read like vLLM's, and every kind of failure (refused, HTTP error,
+# error event, cut stream, a server that never answers) must be counted,
+# never hang the run.  The server is part of this file (core Perl only),
+# so the check does not depend on our own gateway; t/bench-replay.t runs
+# the same checks through nginx and kimi-engine.
+
+use strict;
+use warnings;
+
+use Test::More;
+use IO::Socket::INET;
+use IO::Select;
+use File::Temp qw(tempdir);
+use JSON::PP;
+use POSIX ();
+use Time::HiRes qw(time);
+
+my $build = $ENV{BUILD} // 'build';
+my $bench = "$build/kimi-bench";
+
+plan skip_all => "$bench is not built" unless -x $bench;
+
+my ($tokdir) = grep { -f "$_/tiktoken.model" }
+    ($ENV{KIMI_TOKENIZER} // (), '../shared/kimi-k2', '/work/shared/kimi-k2');
+plan skip_all => 'no tokenizer dir (set KIMI_TOKENIZER)' unless $tokdir;
+
+my $dir = tempdir('kimi-bench-t-XXXXXX', TMPDIR => 1,
+    CLEANUP => !$ENV{TEST_KIMI_LEAVE});
+
+# ---- the scripted server ---------------------------------------------------
+
+# Modes: ok; mixed (request index % 3: 0 -> HTTP 500, 1 -> error event
+# after 2 tokens, 2 -> ok); close (cut after 2 tokens); hang (headers never
+# sent).  Tokens leave at absolute times first + k * delay, so sleep
+# overshoot does not accumulate into the mean.
+sub fake_server {
+    my (%o) = @_;
+
+    my $ls = IO::Socket::INET->new(Listen => 1024, LocalAddr => '127.0.0.1',
+        LocalPort => 0, ReuseAddr => 1, Proto => 'tcp')
+        or die "listen: $!";
+    my $port = $ls->sockport;
+    my $stats = "$dir/fake-$port.stats";
+
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        # the child must never return into the test script
+        eval { fake_loop($ls, $stats, %o) };
+        print STDERR "# fake server: $@" if $@;
+        POSIX::_exit($@ ? 1 : 0);
+    }
+    close $ls;
+
+    return { pid => $pid, port => $port, stats => $stats };
+}
+
+sub fake_stop {
+    my ($s) = @_;
+
+    kill 'TERM', $s->{pid};
+    waitpid $s->{pid}, 0;
+
+    open my $fh, '<', $s->{stats} or return {};
+    my %st = map { /^(\w+)=(\d+)$/ ? ($1, $2) : () } <$fh>;
+    return \%st;
+}
+
+sub fake_loop {
+    my ($ls, $stats, %o) = @_;
+    my $mode = $o{mode} // 'ok';
+    my $ttft = ($o{ttft_ms} // 50) / 1000;
+    my $delay = ($o{delay_ms} // 20) / 1000;
+    my (%c, $stop);
+    my %st = (accepts => 0, requests => 0, max_active => 0, auth => 0);
+    my $active = 0;
+
+    $SIG{TERM} = sub { $stop = 1 };
+    $SIG{PIPE} = 'IGNORE';          # the client may close mid-stream
+    my $sel = IO::Select->new($ls);
+
+    my $chunk = sub {
+        my ($k, $data) = @_;
+        my $b = "data: $data\n\n";
+        syswrite($k->{sock}, sprintf("%x\r\n%s\r\n", length $b, $b));
+    };
+    my $close = sub {
+        my ($k) = @_;
+        $active-- if $k->{streaming};
+        $sel->remove($k->{sock});
+        close $k->{sock};
+        delete $c{$k->{fd}};
+    };
+
+    until ($stop) {
+        my $now = time;
+        my $wait = 0.05;
+        for my $k (values %c) {
+            next unless $k->{streaming};
+            my $w = $k->{due} - $now;
+            $wait = $w if $w < $wait;
+        }
+        $wait = 0 if $wait < 0;
+
+        for my $s ($sel->can_read($wait)) {
+            if ($s == $ls) {
+                my $a = $ls->accept or next;
+                $st{accepts}++;
+                $sel->add($a);
+                $c{fileno $a} = { sock => $a, fd => fileno $a, in => '' };
+                next;
+            }
+
+            my $k = $c{fileno $s} or next;
+            my $n = sysread($s, my $buf, 65536);
+            if (!$n) {
+                $close->($k);
+                next;
+            }
+            $k->{in} .= $buf;
+
+            next unless $k->{in} =~ /\r\n\r\n/;
+            my ($head, $body) = split /\r\n\r\n/, $k->{in}, 2;
+            my ($len) = $head =~ /^content-length:\s*(\d+)/mi;
+            next unless defined $len && length $body >= $len;
+            $k->{in} = '';
+
+            my ($path) = $head =~ /^POST (\S+)/;
+            my ($idx) = $head =~ /^x-request-id: \S*?(\d+)\s*$/mi;
+            $st{auth}++ if $head =~ /^authorization: Bearer k123\r?$/mi;
+            my $req = decode_json(substr $body, 0, $len);
+            $st{requests}++;
+
+            my $how = $mode;
+            if ($mode eq 'mixed') {
+                $how = (qw(http500 error ok))[($idx // 0) % 3];
+            }
+            next if $how eq 'hang';
+
+            if ($how eq 'http500') {
+                my $e = '{"error":{"message":"scripted failure",'
+                      . '"type":"server_error","code":500}}';
+                syswrite($s, "HTTP/1.1 500 Internal Server Error\r\n"
+                    . "Content-Type: application/json\r\n"
+                    . "Content-Length: " . length($e) . "\r\n\r\n$e");
+                next;
+            }
+
+            syswrite($s, "HTTP/1.1 200 OK\r\n"
+                . "Content-Type: text/event-stream\r\n"
+                . "Transfer-Encoding: chunked\r\n\r\n");
+
+            $k->{how} = $how;
+            $k->{chat} = $path =~ /chat/ ? 1 : 0;
+            $k->{left} = $req->{max_tokens} // $req->{max_completion_tokens};
+            $k->{sent} = 0;
+            $k->{first} = time + $ttft;
+            $k->{due} = $k->{first};
+            $k->{streaming} = 1;
+            $active++;
+            $st{max_active} = $active if $active > $st{max_active};
+        }
+
+        $now = time;
+        for my $k (values %c) {
+            next unless $k->{streaming} && $k->{due} <= $now;
+
+            if ($k->{how} ne 'ok' && $k->{sent} == 2) {
+                if ($k->{how} eq 'error') {
+                    $chunk->($k, '{"error":{"message":"scripted error event",'
+                        . '"type":"server_error","code":500}}');
+                    $chunk->($k, '[DONE]');
+                    syswrite($k->{sock}, "0\r\n\r\n");
+                    $k->{streaming} = 0;
+                    $active--;
+                } else {
+                    $close->($k);                   # cut mid-stream
+                }
+                next;
+            }
+
+            my $last = $k->{left} == 1;
+            my $fin = $last ? '"length"' : 'null';
+            my $tok = $k->{chat} ? '"delta":{"content":"tok "}'
+                                 : '"text":"tok "';
+            $chunk->($k, sprintf('{"object":"%s","choices":[{"index":0,'
+                . '%s,"finish_reason":%s}]}',
+                $k->{chat} ? 'chat.completion.chunk' : 'text_completion',
+                $tok, $fin));
+            $k->{sent}++;
+            $k->{left}--;
+            $k->{due} = $k->{first} + $k->{sent} * $delay;
+
+            if ($last) {
+                $chunk->($k, '{"choices":[],"usage":{"completion_tokens":'
+                    . "$k->{sent}}}");
+                $chunk->($k, '[DONE]');
+                syswrite($k->{sock}, "0\r\n\r\n");
+                $k->{streaming} = 0;
+                $active--;
+            }
+        }
+    }
+
+    open my $fh, '>', $stats or return;
+    print $fh "$_=$st{$_}\n" for sort keys %st;
+    close $fh;
+}
+
+# ---- running kimi-bench ----------------------------------------------------
+
+my $runs = 0;
+my $all_out = '';
+
+sub bench {
+    my ($port, @args) = @_;
+    my $json = "$dir/result-" . ++$runs . '.json';
+
+    my @cmd = ($bench, '--model', 'fake', '--tokenizer', $tokdir,
+        '--port', $port, '--random-input-len', 32, '--random-output-len', 25,
+        '--ready-check-timeout-sec', 0, '--disable-tqdm', '--timeout', 60,
+        '--save-result', '--result-filename', $json, @args);
+
+    my $t0 = time;
+    my $out = `@cmd 2>&1`;
+    my $rc = $? >> 8;
+    my $r = -f $json ? decode_json(do { local (@ARGV, $/) = $json; <> }) : {};
+    $all_out .= $out;
+
+    return { out => $out, rc => $rc, r => $r, wall => time - $t0 };
+}
+
+sub within {
+    my ($got, $want, $rel) = @_;
+    return defined $got && abs($got - $want) <= $want * $rel;
+}
+
+# ---- timing against known delays -------------------------------------------
+
+my $s = fake_server(ttft_ms => 60, delay_ms => 20);
+my $b = bench($s->{port}, '--num-prompts', 8);
+my $st = fake_stop($s);
+my $r = $b->{r};
+
+is($b->{rc}, 0, 'run against the scripted server exits 0')
+    or diag $b->{out};
+is($r->{completed}, 8, 'all 8 requests succeed');
+is($r->{failed}, 0, 'none fails');
+is($r->{total_output_tokens}, 200, 'output tokens from usage: 8 x 25');
+is($r->{total_input_tokens}, 256, 'input tokens: 8 x 32, exact');
+ok(within($r->{mean_tpot_ms}, 20, 0.05), 'mean TPOT within 5% of 20 ms')
+    or diag "mean TPOT $r->{mean_tpot_ms}";
+ok(within($r->{median_itl_ms}, 20, 0.05), 'median ITL within 5% of 20 ms')
+    or diag "median ITL $r->{median_itl_ms}";
+ok(within($r->{mean_itl_ms}, 20, 0.05), 'mean ITL within 5% of 20 ms')
+    or diag "mean ITL $r->{mean_itl_ms}";
+ok($r->{mean_ttft_ms} >= 60 && $r->{mean_ttft_ms} < 100,
+    'TTFT is the scripted 60 ms plus little')
+    or diag "mean TTFT $r->{mean_ttft_ms}";
+ok($r->{duration} > 0.54 && $r->{duration} < 1.0,
+    'duration: 60 ms + 24 x 20 ms, all in parallel')
+    or diag "duration $r->{duration}";
+is($st->{max_active}, 8, 'request rate inf sends all 8 at once');
+
+like($b->{out}, qr/^============ Serving Benchmark Result ============$/m,
+    'result block header as vLLM prints it');
+my @labels = ('Successful requests:', 'Failed requests:',
+    'Benchmark duration (s):', 'Total input tokens:',
+    'Total generated tokens:', 'Request throughput (req/s):',
+    'Output token throughput (tok/s):',
+    'Peak output token throughput (tok/s):', 'Peak concurrent requests:',
+    'Total Token throughput (tok/s):', 'Mean TTFT (ms):', 'Median TTFT (ms):',
+    'P99 TTFT (ms):', 'Mean TPOT (ms):', 'Median TPOT (ms):',
+    'P99 TPOT (ms):', 'Mean ITL (ms):', 'Median ITL (ms):', 'P99 ITL (ms):');
+my @lines = grep { /^\S.*:\s/ } split /\n/, $b->{out};
+my @got = map { /^(.{40}) / ? do { (my $l = $1) =~ s/\s+$//; $l } : () }
+    grep { /^(Successful|Failed|Benchmark|Total|Request|Output|Peak|Mean|Median|P99)/ }
+    @lines;
+is_deeply(\@got, \@labels, 'the block has vLLM\'s lines, in order, '
+    . 'labels padded to 40');
+like($b->{out}, qr/^-{15}Time to First Token-{16}$/m,
+    'section header centered like Python\'s ^50');
+like($b->{out}, qr/^-----Time per Output Token \(excl\. 1st token\)------$/m,
+    'TPOT section header');
+unlike($b->{out}, qr/End-to-end Latency/, 'E2EL only when asked');
+like($b->{out}, qr/^Mean TPOT \(ms\):\s{26}\d+\.\d\d\s*$/m,
+    'values printed with 2 decimals');
+like($b->{out}, qr/^Client CPU \(kimi-bench, one thread\): .* of one core/m,
+    'the client reports its own CPU use');
+for my $k (qw(date backend model_id tokenizer_id num_prompts request_rate
+    burstiness max_concurrency duration completed failed total_input_tokens
+    total_output_tokens request_throughput output_throughput
+    total_token_throughput max_output_tokens_per_s max_concurrent_requests
+    mean_ttft_ms median_ttft_ms std_ttft_ms p99_ttft_ms mean_tpot_ms
+    p99_tpot_ms mean_itl_ms median_itl_ms std_itl_ms p99_itl_ms))
+{
+    ok(exists $r->{$k}, "result JSON has vLLM's key $k") or last;
+}
+is($r->{request_rate}, 'inf', 'request_rate inf is the string "inf"');
+
+# ---- chat endpoint, E2EL, other percentiles --------------------------------
+
+$s = fake_server(ttft_ms => 30, delay_ms => 15);
+$b = bench($s->{port}, '--num-prompts', 4, '--endpoint',
+    '/v1/chat/completions', '--backend', 'openai-chat',
+    '--percentile-metrics', 'ttft,tpot,itl,e2el',
+    '--metric-percentiles', '50,90,99.9', '--save-detailed');
+fake_stop($s);
+$r = $b->{r};
+
+is($r->{completed}, 4, 'chat: all requests succeed');
+ok(within($r->{mean_tpot_ms}, 15, 0.05), 'chat: mean TPOT within 5% of 15 ms')
+    or diag "mean TPOT $r->{mean_tpot_ms}";
+like($b->{out}, qr/^P99\.9 ITL \(ms\):/m, 'fractional percentile label');
+like($b->{out}, qr/^Median E2EL \(ms\):/m, 'E2EL printed when asked');
+ok(within($r->{mean_e2el_ms}, 30 + 24 * 15, 0.1),
+    'E2EL = TTFT + 24 gaps') or diag "E2EL $r->{mean_e2el_ms}";
+ok(exists $r->{p90_ttft_ms} && exists $r->{'p99.9_tpot_ms'},
+    'JSON percentile keys follow vLLM (p90, p99.9)');
+is(scalar @{$r->{itls}[0] // []}, 24, '--save-detailed keeps 24 ITLs a request');
+is($r->{generated_texts}[0], 'tok ' x 25, 'generated text is the deltas');
+
+# ---- traffic shape ----------------------------------------------------------
+
+$s = fake_server(ttft_ms => 5, delay_ms => 5);
+$b = bench($s->{port}, '--num-prompts', 10, '--request-rate', 20,
+    '--random-output-len', 3, '--base-url', "http://127.0.0.1:$s->{port}/");
+fake_stop($s);
+ok($b->{r}{duration} >= 0.5 && $b->{r}{duration} < 1.5,
+    'rate 20 req/s: the 10th request leaves at 0.5 s (vLLM rescales)')
+    or diag "duration $b->{r}{duration}";
+like($b->{out}, qr/^Request rate configured \(RPS\):\s+20\.00\s*$/m,
+    'configured rate line for a finite rate');
+is($b->{r}{completed}, 10, '--base-url with a trailing slash works');
+
+$s = fake_server(ttft_ms => 5, delay_ms => 5);
+$b = bench($s->{port}, '--num-prompts', 6, '--max-concurrency', 2,
+    '--random-output-len', 10, '--api-key', 'k123');
+$st = fake_stop($s);
+is($b->{r}{completed}, 6, 'max-concurrency run completes');
+is($st->{max_active}, 2, 'at most 2 streams in flight');
+is($st->{accepts}, 2, 'keep-alive: 6 requests over 2 connections');
+is($st->{auth}, 6, '--api-key sent as a Bearer token on every request');
+like($b->{out}, qr/^Maximum request concurrency:\s+2\s*$/m,
+    'concurrency line printed');
+
+# ---- failures ---------------------------------------------------------------
+
+$s = fake_server(mode => 'mixed', ttft_ms => 5, delay_ms => 5);
+$b = bench($s->{port}, '--num-prompts', 9);
+fake_stop($s);
+is($b->{r}{completed}, 3, 'mixed: the 3 clean requests succeed')
+    or diag $b->{out};
+is($b->{r}{failed}, 6, 'mixed: HTTP 500 and error events are failures');
+like($b->{out}, qr/HTTP 500: .*scripted failure/, 'HTTP error reported');
+like($b->{out}, qr/error event: scripted error event/,
+    'error event reported with its message');
+is($b->{rc}, 0, 'some successes: exit 0');
+
+$s = fake_server(mode => 'close', ttft_ms => 5, delay_ms => 5);
+$b = bench($s->{port}, '--num-prompts', 3);
+fake_stop($s);
+is($b->{r}{failed}, 3, 'streams cut mid-response fail');
+like($b->{out}, qr/connection closed mid-response/, 'and say so');
+is($b->{rc}, 1, 'all failed: exit 1');
+
+my $probe = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+    LocalPort => 0) or die;
+my $dead = $probe->sockport;
+close $probe;                         # nothing listens there now
+$b = bench($dead, '--num-prompts', 4);
+is($b->{r}{failed}, 4, 'connection refused: every request fails');
+like($b->{out}, qr/Error 0: connection refused/, 'refusal is named');
+
+$s = fake_server(mode => 'hang');
+$b = bench($s->{port}, '--num-prompts', 5, '--timeout', 1.5);
+fake_stop($s);
+ok($b->{wall} < 5, 'a server that never answers cannot hang the run')
+    or diag "wall $b->{wall}";
+is($b->{r}{failed}, 5, 'the unanswered requests fail');
+like($b->{out}, qr/timeout: the run reached --timeout/, 'as timeouts');
+
+$s = fake_server(mode => 'hang');
+$b = bench($s->{port}, '--num-prompts', 2, '--request-timeout', 0.5,
+    '--timeout', 10);
+fake_stop($s);
+ok($b->{wall} < 3, '--request-timeout ends each request');
+like($b->{out}, qr/no complete response in --request-timeout/,
+    'and names the per-request limit');
+
+my $bad = `$bench --model m --tokenizer $tokdir --request-rate 0 2>&1`;
+is($? >> 8, 2, 'bad flag value: exit 2');
+like($bad, qr/--request-rate must be > 0/, 'with a clear message');
+
+# ---- prompt lengths against the real tiktoken ------------------------------------
+
+SKIP: {
+    skip 'python3 with tiktoken is not installed', 2
+        unless system('python3 -c "import tiktoken" 2>/dev/null') == 0;
+
+    # Kimi's encoding built from its files as tokenization_kimi.py does
+    # (kimi-k2-facts.md section 5); every prompt must encode to exactly
+    # the prompt_len kimi-bench reports
+    open my $py, '>', "$dir/check.py" or die;
+    print $py <<'PY';
+import base64, json, sys, tiktoken
+d = sys.argv[1]
+ranks = {}
+for line in open(d + '/tiktoken.model'):
+    b, r = line.split()
+    ranks[base64.b64decode(b)] = int(r)
+pat = '|'.join([
+    r"[\p{Han}]+",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"\p{N}{1,3}", r" ?[^\s\p{L}\p{N}]+[\r\n]*", r"\s*[\r\n]+", r"\s+(?!\S)", r"\s+"])
+cfg = json.load(open(d + '/tokenizer_config.json'))
+named = {int(k): v['content'] for k, v in cfg['added_tokens_decoder'].items()}
+special = {named.get(i, '<|reserved_token_%d|>' % i): i
+           for i in range(len(ranks), len(ranks) + 256)}
+enc = tiktoken.Encoding('kimi', pat_str=pat, mergeable_ranks=ranks,
+                        special_tokens=special)
+bad = 0
+prompts = json.load(open(sys.argv[2]))
+for p in prompts:
+    n = len(enc.encode(p['prompt'], allowed_special='all'))
+    if n != p['prompt_len']:
+        bad += 1
+        print('mismatch', n, p['prompt_len'])
+print('checked', len(prompts), 'bad', bad)
+PY
+    close $py;
+
+    my $probe2 = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+        LocalPort => 0) or die;
+    my $nowhere = $probe2->sockport;
+    close $probe2;
+    bench($nowhere, '--num-prompts', 12, '--random-input-len', 300,
+        '--random-range-ratio', 0.5, '--random-prefix-len', 20, '--seed', 7,
+        '--dump-prompts', "$dir/prompts.json");
+    my $check = `python3 $dir/check.py $tokdir $dir/prompts.json 2>&1`;
+    like($check, qr/^checked 12 bad 0$/m,
+        'tiktoken counts every prompt exactly as kimi-bench reports')
+        or diag $check;
+    my $p = decode_json(do { local (@ARGV, $/) = "$dir/prompts.json"; <> });
+    ok(!grep({ $_->{prompt_len} < 20 + 150 || $_->{prompt_len} > 20 + 450 }
+        @$p), 'lengths within prefix + [L(1-r), L(1+r)]');
+}
+
+# ---- ready check and plot ---------------------------------------------------
+
+SKIP: {
+    skip 'gnuplot is not installed', 3
+        unless `command -v gnuplot 2>/dev/null` ne '';
+
+    $s = fake_server(ttft_ms => 5, delay_ms => 5);
+    $b = bench($s->{port}, '--num-prompts', 4, '--ready-check-timeout-sec', 5,
+        '--plot', "$dir/plot.png");
+    fake_stop($s);
+    like($b->{out}, qr/Initial test run completed\./, 'ready check passes');
+    ok(-s "$dir/plot.png", 'plot written');
+    open my $fh, '<:raw', "$dir/plot.png";
+    read $fh, my $magic, 4;
+    is($magic, "\x89PNG", 'and it is a PNG');
+}
+
+# a sanitizer build (CC=clang CFLAGS=-fsanitize=...) reports here
+unlike($all_out, qr/AddressSanitizer|LeakSanitizer|runtime error:/,
+    'no sanitizer report from any run');
+
+done_testing();
