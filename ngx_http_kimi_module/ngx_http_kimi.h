@@ -248,6 +248,7 @@ u_char *ngx_http_kimi_logprobs_legacy(ngx_http_kimi_ctx_t *ctx, u_char *p);
 
 /* ngx_http_kimi_sse.c */
 ngx_int_t ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx);
+ngx_int_t ngx_http_kimi_sse_role(ngx_http_kimi_ctx_t *ctx);
 ngx_int_t ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx,
     const u_char *p, size_t len);
 ngx_int_t ngx_http_kimi_sse_tool_begin(ngx_http_kimi_ctx_t *ctx,

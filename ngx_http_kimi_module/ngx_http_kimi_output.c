@@ -90,6 +90,10 @@ ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
         return NGX_OK;
     }
 
+    if (ctx->params.stream && ngx_http_kimi_sse_role(ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (ctx->params.sampling.logprobs
         && ngx_http_kimi_output_logprob(ctx, tok) != NGX_OK)
     {
@@ -379,6 +383,10 @@ ngx_http_kimi_output_finish(ngx_http_kimi_ctx_t *ctx)
     ctx->usage.finish_reason.len = ngx_strlen(finish);
 
     if (ctx->params.stream) {
+        if (ngx_http_kimi_sse_role(ctx) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
         return ngx_http_kimi_sse_finish(ctx);
     }
 

@@ -43,7 +43,6 @@ ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx)
     u_char              *p;
     size_t               len;
     ngx_int_t            rc;
-    ngx_chain_t         *cl;
     ngx_table_elt_t     *h;
     ngx_connection_t    *c;
     ngx_http_request_t  *r;
@@ -118,11 +117,25 @@ ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx)
     p = ngx_cpymem(p, "\",\"choices\":[", sizeof("\",\"choices\":[") - 1);
     ctx->prefix.len = p - ctx->prefix.data;
 
-    if (ctx->route != NGX_HTTP_KIMI_ROUTE_CHAT) {
+    return NGX_OK;
+}
+
+
+/*
+ * OpenAI opens every chat stream with the role.  It goes out with the
+ * first token, not at accept, as vLLM does: clients (and vllm bench) take
+ * the first chunk as the time to first token.
+ */
+ngx_int_t
+ngx_http_kimi_sse_role(ngx_http_kimi_ctx_t *ctx)
+{
+    u_char       *p;
+    ngx_chain_t  *cl;
+
+    if (ctx->role_sent || ctx->route != NGX_HTTP_KIMI_ROUTE_CHAT) {
         return NGX_OK;
     }
 
-    /* OpenAI opens every chat stream with the role */
     cl = ngx_http_kimi_sse_buf(ctx, ctx->prefix.len + 128);
     if (cl == NULL) {
         return NGX_ERROR;
