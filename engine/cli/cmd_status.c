@@ -145,15 +145,15 @@ kimi_cmd_status(int argc, char **argv)
         printf(json ? "%s{\"rank\":%u,\"pid\":%d,\"state\":\"%s\","
                       "\"heartbeat_age_ms\":%.1f,\"running\":%u,"
                       "\"waiting\":%u,\"kv_blocks_used\":%u,"
-                      "\"kv_blocks_total\":%u}"
+                      "\"kv_blocks_total\":%u,\"preemptions\":%u}"
                     : "%srank=%u pid=%d state=%s heartbeat_age_ms=%.1f"
                       " running=%u waiting=%u kv_blocks_used=%u"
-                      " kv_blocks_total=%u\n",
+                      " kv_blocks_total=%u preemptions=%u\n",
                json && r ? "," : "", r, (int) atomic_load(&rk->pid),
                kimi_status_state_name(atomic_load(&rk->state)),
                (double) age / 1e6, atomic_load(&rk->num_running),
                atomic_load(&rk->num_waiting), atomic_load(&rk->kv_blocks_used),
-               rk->kv_blocks_total);
+               rk->kv_blocks_total, atomic_load(&rk->num_preemptions));
     }
 
     if (json) {

@@ -501,9 +501,11 @@ sub sse {
 
 # n requests at once over n connections; returns the parsed responses in
 # order.  The requests are all written before any response is read.
+# abort => [indices]: those connections close after their first bytes.
 sub many {
     my ($self, $n, $method, $path, $body, %opt) = @_;
     my (@socks, %raw, %idx);
+    my %abort = map { $_ => 1 } @{$opt{abort} // []};
     my $sel = IO::Select->new;
     for my $i (0 .. $n - 1) {
         my $s = $self->connect_gw($opt{port});
@@ -521,7 +523,7 @@ sub many {
             my $n = sysread($s, my $buf, 65536);
             if ($n) {
                 $raw{$idx{fileno $s}} .= $buf;
-                next;
+                next unless $abort{$idx{fileno $s}};
             }
             $sel->remove($s);
             close $s;
