@@ -28,6 +28,7 @@
 #include "../backend/replay/replay.h"
 #include "../model/model.h"
 #include "../sched/sched.h"
+#include "../parallel/dp.h"
 #include "../server/server.h"
 #include "../text/kimi_text.h"
 
@@ -66,6 +67,13 @@ typedef struct {
     uint32_t     block_size;
     uint32_t     shutdown_timeout;        /* seconds */
     uint32_t     data_parallel_size;
+    uint32_t     data_parallel_size_local;  /* 0 = data_parallel_size */
+    int32_t      data_parallel_start_rank;  /* -1 = unset */
+    const char  *data_parallel_address;
+    uint32_t     data_parallel_rpc_port;
+    uint32_t     data_parallel_bootstrap_timeout;   /* seconds */
+    uint32_t     data_parallel_liveness_timeout;    /* seconds */
+    int          headless;
     uint32_t     max_slots;               /* 0 = seqs + waiting */
     uint32_t     max_waiting;
     uint32_t     threads;
@@ -125,14 +133,30 @@ static const kimi_opt_t  kimi_serve_opts[] = {
     { "--hf-overrides", OPT_STR, O(hf_overrides), 0, 0, NULL,
       "JSON object replacing config.json keys" },
     { "--data-parallel-size", OPT_U32, O(data_parallel_size), 1, 64, NULL,
-      "engine ranks (only 1 is supported yet)" },
+      "engine ranks in all, one process each (1)" },
+    { "--data-parallel-size-local", OPT_U32, O(data_parallel_size_local), 1,
+      64, NULL, "ranks on this node (default: all; fewer = multi-node)" },
+    { "--data-parallel-start-rank", OPT_I32, O(data_parallel_start_rank), 0,
+      63, NULL, "headless: first global rank here (default: head assigns)" },
+    { "--data-parallel-address", OPT_STR, O(data_parallel_address), 0, 0,
+      NULL, "multi-node: the head node's bootstrap address (127.0.0.1)" },
+    { "--data-parallel-rpc-port", OPT_U32, O(data_parallel_rpc_port), 1,
+      65535, NULL, "multi-node: the head node's bootstrap port (29550)" },
+    { "--headless", OPT_ON, O(headless), 0, 0, NULL,
+      "multi-node: join the head node instead of being it" },
+    { "--data-parallel-bootstrap-timeout", OPT_U32,
+      O(data_parallel_bootstrap_timeout), 1, 86400, NULL,
+      "multi-node: seconds for every node to join (300)" },
+    { "--data-parallel-liveness-timeout", OPT_U32,
+      O(data_parallel_liveness_timeout), 1, 3600, NULL,
+      "multi-node: seconds of silence that end the group (10)" },
     { "--device", OPT_U32, O(device), 0, 63, NULL,
-      "cuda: device ordinal (0)" },
+      "cuda: device ordinal (0); local rank R uses N + R" },
     { "--threads", OPT_U32, O(threads), 0, 1024, NULL,
       "cpu: worker threads (0 = online CPUs)" },
     { "--replay-script", OPT_STR, O(replay_script), 0, 0, NULL,
       "replay: JSON script of replies" },
-    { "--replay-delay-ms", OPT_I32, O(replay_delay_ms), 0, 2000, NULL,
+    { "--replay-delay-ms", OPT_I32, O(replay_delay_ms), 0, 10000, NULL,
       "replay: per-token delay, overrides the script's delay_ms" },
     { "--ipc-dir", OPT_STR, O(ipc_dir), 0, 0, NULL,
       "directory of the shm segment and rank sockets (/run/kimi)" },
@@ -377,6 +401,9 @@ kimi_serve_defaults(kimi_serve_opts_t *o)
     o->max_waiting = sp.max_waiting;
     o->shutdown_timeout = 30;
     o->data_parallel_size = 1;
+    o->data_parallel_start_rank = -1;
+    o->data_parallel_bootstrap_timeout = 300;
+    o->data_parallel_liveness_timeout = 10;
     o->replay_delay_ms = -1;
 }
 
@@ -416,6 +443,8 @@ kimi_cmd_serve(int argc, char **argv)
     kimi_model_params_t    mp;
     kimi_replay_params_t   rp;
     kimi_backend_params_t  bp;
+    kimi_dp_params_t       dpp;
+    kimi_dp_t              dp;
     kimi_server_params_t   sp;
     struct kimi_model     *model = NULL;
     kimi_tokenizer_t      *tok = NULL;
@@ -442,7 +471,6 @@ kimi_cmd_serve(int argc, char **argv)
     }
     kimi_log_set_level(level);
     kimi_log_set_json(strcmp(o.log_format, "json") == 0);
-    kimi_log_set_rank(0);           /* one rank per engine process, yet */
 
     if (o.hf_overrides != NULL && o.hf_overrides[0] != '\0') {
         json_t        *j;
@@ -458,10 +486,19 @@ kimi_cmd_serve(int argc, char **argv)
         json_decref(j);
     }
 
-    if (o.data_parallel_size != 1) {
-        fprintf(stderr, "kimi-engine: --data-parallel-size %u: only 1 is"
-                " supported yet (multi-rank serving is not implemented)\n",
+    if (o.data_parallel_size_local > o.data_parallel_size) {
+        fprintf(stderr, "kimi-engine: --data-parallel-size-local %u exceeds"
+                " --data-parallel-size %u\n", o.data_parallel_size_local,
                 o.data_parallel_size);
+        return 2;
+    }
+
+    if (o.data_parallel_start_rank >= 0
+        && (uint32_t) o.data_parallel_start_rank >= o.data_parallel_size)
+    {
+        fprintf(stderr, "kimi-engine: --data-parallel-start-rank %d is not"
+                " below --data-parallel-size %u\n",
+                (int) o.data_parallel_start_rank, o.data_parallel_size);
         return 2;
     }
 
@@ -522,6 +559,33 @@ kimi_cmd_serve(int argc, char **argv)
         return 2;
     }
 
+    /* data parallel: fork one process per local rank (and form the
+     * multi-node group first); this process either becomes a rank or
+     * supervises them and returns their verdict */
+    memset(&dpp, 0, sizeof(dpp));
+    dpp.data_parallel_size = o.data_parallel_size;
+    dpp.size_local = o.data_parallel_size_local;
+    dpp.start_rank = o.data_parallel_start_rank;
+    dpp.address = o.data_parallel_address;
+    dpp.rpc_port = o.data_parallel_rpc_port;
+    dpp.headless = o.headless;
+    dpp.join_timeout_ms = o.data_parallel_bootstrap_timeout * 1000;
+    dpp.liveness_timeout_ms = o.data_parallel_liveness_timeout * 1000;
+    dpp.shutdown_timeout_ms = o.shutdown_timeout * 1000;
+    dpp.ipc_dir = o.ipc_dir;
+    dpp.want_nccl_id = strcmp(o.backend, "cuda") == 0;
+
+    rc = kimi_dp_launch(&dp, &dpp, &err);
+    if (rc != 0) {
+        kimi_log(KIMI_LOG_EMERG, "data parallel: %s", err.msg);
+        return err.code == KIMI_EINVAL ? 2 : 1;
+    }
+    if (!dp.is_rank) {
+        kimi_log(KIMI_LOG_NOTICE, "launcher exit code=%d", dp.exit_code);
+        return dp.exit_code;
+    }
+    kimi_log_set_rank((int) dp.global_rank);
+
     sfd = kimi_serve_signals();
     if (sfd == -1) {
         kimi_log(KIMI_LOG_EMERG, "signalfd() failed: %s", strerror(errno));
@@ -531,8 +595,9 @@ kimi_cmd_serve(int argc, char **argv)
     memset(&sp, 0, sizeof(sp));
     sp.ipc_dir = o.ipc_dir;
     sp.ipc_mode = o.ipc_mode;
-    sp.rank = 0;
-    sp.n_ranks = 1;
+    sp.rank = dp.local_rank;
+    sp.n_ranks = dp.n_local;
+    sp.epoch = dp.epoch;
     sp.n_slots = o.max_slots;
     sp.shutdown_timeout_ms = o.shutdown_timeout * 1000;
     sp.signal_fd = sfd;
@@ -573,10 +638,19 @@ kimi_cmd_serve(int argc, char **argv)
         goto done;
     }
 
+    /* local rank 0: the launcher may start the other ranks now */
+    kimi_dp_published(&dp, kimi_server_epoch(srv));
+
     memset(&bp, 0, sizeof(bp));
     bp.name = o.backend;
     bp.n_threads = o.threads;
-    bp.device = (int) o.device;
+    if (o.threads == 0 && dp.n_local > 1) {
+        /* cpu: N ranks share the machine's cores instead of each taking
+         * all of them */
+        long  n = sysconf(_SC_NPROCESSORS_ONLN) / (long) dp.n_local;
+        bp.n_threads = n > 1 ? (uint32_t) n : 1;
+    }
+    bp.device = (int) (o.device + dp.local_rank);   /* a GPU per rank */
 
     if (is_replay) {
         if (o.model != NULL) {

@@ -17,12 +17,15 @@
  */
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "server_impl.h"
@@ -30,6 +33,49 @@
 
 #define KIMI_SRV_HEARTBEAT_MS   100
 #define KIMI_SRV_HELLO_MS       5000  /* a connection must say hello */
+
+
+/* Rank > 0: the segment rank 0 created, with room for this rank. */
+static int
+kimi_srv_attach_rank(kimi_server_t *srv, kimi_err_t *err)
+{
+    int               rc;
+    int32_t           pid;
+    kimi_shm_rank_t  *rk;
+
+    rc = kimi_shm_attach(&srv->shm, srv->ipc_dir, err);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (srv->p.epoch != 0 && srv->shm.epoch != srv->p.epoch) {
+        return kimi_err_set(err, KIMI_ESTATE, "the segment in \"%s\" is not"
+                            " the one rank 0 created (epoch %016llx, expected"
+                            " %016llx)", srv->ipc_dir,
+                            (unsigned long long) srv->shm.epoch,
+                            (unsigned long long) srv->p.epoch);
+    }
+
+    if (srv->shm.n_ranks != srv->p.n_ranks
+        || srv->shm.n_slots != srv->p.n_slots)
+    {
+        return kimi_err_set(err, KIMI_ESTATE, "the segment in \"%s\" has %u"
+                            " ranks and %u slots, this rank expects %u and"
+                            " %u", srv->ipc_dir, srv->shm.n_ranks,
+                            srv->shm.n_slots, srv->p.n_ranks,
+                            srv->p.n_slots);
+    }
+
+    rk = kimi_shm_rank(&srv->shm, srv->p.rank);
+    pid = atomic_load(&rk->pid);
+    if (pid != 0 && pid != getpid() && kill(pid, 0) == 0) {
+        return kimi_err_set(err, KIMI_ESTATE, "rank %u of \"%s\" is already"
+                            " served by pid %d", srv->p.rank, srv->ipc_dir,
+                            (int) pid);
+    }
+
+    return 0;
+}
 
 
 int
@@ -45,9 +91,8 @@ kimi_server_init(kimi_server_t **out, const kimi_server_params_t *p,
 
     *out = NULL;
 
-    if (p->rank != 0 || p->n_ranks != 1) {
-        return kimi_err_set(err, KIMI_EUNSUPPORTED, "only one rank per"
-                            " engine is supported yet (rank %u of %u asked)",
+    if (p->n_ranks == 0 || p->rank >= p->n_ranks) {
+        return kimi_err_set(err, KIMI_EINVAL, "rank %u of %u ranks",
                             p->rank, p->n_ranks);
     }
 
@@ -84,7 +129,10 @@ kimi_server_init(kimi_server_t **out, const kimi_server_params_t *p,
     sp.served_model_name = p->served_model_name;
     sp.model_dir = p->model_dir;
 
-    rc = kimi_shm_create(&srv->shm, srv->ipc_dir, &sp, err);
+    /* data parallel: rank 0 creates, the others join its segment (the
+     * launcher starts them only after rank 0 published it) */
+    rc = p->rank == 0 ? kimi_shm_create(&srv->shm, srv->ipc_dir, &sp, err)
+                      : kimi_srv_attach_rank(srv, err);
     if (rc != 0) {
         goto failed;
     }
@@ -137,9 +185,10 @@ kimi_server_init(kimi_server_t **out, const kimi_server_params_t *p,
     atomic_store(&srv->rank->heartbeat_ns, kimi_shm_now_ns());
     atomic_store(&srv->rank->pid, (int32_t) getpid());
 
-    kimi_log(KIMI_LOG_NOTICE, "segment created dir=%s slots=%u"
+    kimi_log(KIMI_LOG_NOTICE, "segment %s dir=%s slots=%u"
              " prompt_capacity=%u bytes=%zu epoch=%016llx socket=%s",
-             srv->ipc_dir, srv->shm.n_slots, srv->shm.slot_prompt_capacity,
+             p->rank == 0 ? "created" : "attached", srv->ipc_dir,
+             srv->shm.n_slots, srv->shm.slot_prompt_capacity,
              srv->shm.size, (unsigned long long) srv->shm.epoch,
              srv->sock_path);
 
@@ -329,16 +378,61 @@ kimi_srv_timer(kimi_server_t *srv)
 }
 
 
+/*
+ * The heartbeat while a step runs.  A step blocks the loop (and its timer)
+ * for as long as the backend computes: an 8k-token prefill of the tiny
+ * model on the cpu backend is minutes.  Busy is not dead, so a small
+ * thread keeps heartbeat_ns fresh while the loop is inside a step; a loop
+ * stuck anywhere else still goes stale.  It touches nothing but these
+ * fields and the rank's heartbeat_ns.
+ */
+typedef struct {
+    kimi_shm_rank_t      *rank;
+    _Atomic uint64_t      step_since_ns;   /* 0: not in a step */
+    _Atomic int           stop;
+} kimi_srv_pulse_t;
+
+
+static void *
+kimi_srv_pulse(void *arg)
+{
+    kimi_srv_pulse_t  *p = arg;
+    struct timespec    ts = { 0, KIMI_SRV_HEARTBEAT_MS * 1000000L };
+
+    while (!atomic_load(&p->stop)) {
+        (void) nanosleep(&ts, NULL);
+
+        if (atomic_load(&p->step_since_ns) != 0) {
+            atomic_store_explicit(&p->rank->heartbeat_ns, kimi_shm_now_ns(),
+                                  memory_order_release);
+        }
+    }
+
+    return NULL;
+}
+
+
 int
 kimi_server_run(kimi_server_t *srv, kimi_err_t *err)
 {
-    int                 i, n, rc, timeout, busy, stalled = 0;
+    int                 i, n, rc, timeout, busy, stalled = 0, pulsing;
+    pthread_t           pulse_tid;
+    kimi_srv_pulse_t    pulse;
     uint32_t            kind, idx;
     kimi_err_t          serr;
     struct epoll_event  evs[64];
 
     if (srv->sched == NULL) {
         return kimi_err_set(err, KIMI_ESTATE, "server run before start");
+    }
+
+    pulse.rank = srv->rank;
+    atomic_init(&pulse.step_since_ns, 0);
+    atomic_init(&pulse.stop, 0);
+    pulsing = pthread_create(&pulse_tid, NULL, kimi_srv_pulse, &pulse) == 0;
+    if (!pulsing) {
+        kimi_log(KIMI_LOG_WARN, "no heartbeat thread: a step longer than"
+                 " 3 s will look like a hung engine to the gateway");
     }
 
     while (!srv->stop) {
@@ -359,8 +453,9 @@ kimi_server_run(kimi_server_t *srv, kimi_err_t *err)
             if (errno == EINTR) {
                 continue;
             }
-            return kimi_err_set(err, KIMI_EIO, "epoll_wait() failed: %s",
-                                strerror(errno));
+            rc = kimi_err_set(err, KIMI_EIO, "epoll_wait() failed: %s",
+                              strerror(errno));
+            goto done;
         }
 
         for (i = 0; i < n; i++) {
@@ -390,7 +485,9 @@ kimi_server_run(kimi_server_t *srv, kimi_err_t *err)
         kimi_srv_check_abandoned(srv);
 
         if (kimi_sched_has_work(srv->sched)) {
+            atomic_store(&pulse.step_since_ns, kimi_shm_now_ns());
             rc = kimi_sched_step(srv->sched, &serr);
+            atomic_store(&pulse.step_since_ns, 0);
             if (rc < 0) {
                 /* the scheduler ended every running sequence with ERROR;
                  * the engine keeps serving new requests */
@@ -425,8 +522,23 @@ kimi_server_run(kimi_server_t *srv, kimi_err_t *err)
 
     kimi_srv_heartbeat(srv);
     kimi_log(KIMI_LOG_NOTICE, "drained, stopping");
+    rc = 0;
 
-    return 0;
+done:
+
+    if (pulsing) {
+        atomic_store(&pulse.stop, 1);
+        (void) pthread_join(pulse_tid, NULL);
+    }
+
+    return rc;
+}
+
+
+uint64_t
+kimi_server_epoch(const kimi_server_t *srv)
+{
+    return srv->shm.epoch;
 }
 
 
@@ -439,9 +551,13 @@ kimi_server_free(kimi_server_t *srv)
         return;
     }
 
-    if (srv->shm.hdr != NULL) {
+    if (srv->shm.hdr != NULL && srv->rank != NULL) {
         atomic_store(&srv->rank->state, KIMI_SHM_STATE_STOPPED);
         atomic_store(&srv->rank->pid, 0);
+    }
+
+    /* the segment is rank 0's: other ranks stop only themselves */
+    if (srv->shm.hdr != NULL && srv->p.rank == 0) {
         atomic_store(&srv->shm.hdr->state, KIMI_SHM_STATE_STOPPED);
     }
 

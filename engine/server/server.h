@@ -28,8 +28,11 @@ typedef struct kimi_server  kimi_server_t;
 typedef struct {
     const char           *ipc_dir;             /* segment + sockets */
     uint32_t              ipc_mode;            /* 0600 or 0660 */
-    uint32_t              rank;                /* this rank (0) */
-    uint32_t              n_ranks;             /* 1 for now */
+    uint32_t              rank;                /* local rank: 0 creates the
+                                                  segment, others attach */
+    uint32_t              n_ranks;             /* ranks in the segment */
+    uint64_t              epoch;               /* rank > 0: the segment
+                                                  rank 0 created (0: any) */
     uint32_t              n_slots;             /* shm request slots */
     uint32_t              shutdown_timeout_ms; /* drain before abort */
     int                   signal_fd;           /* signalfd: TERM/INT, or -1 */
@@ -48,6 +51,9 @@ int  kimi_server_start(kimi_server_t *srv, kimi_backend_t *backend,
 
 /* Serves until a drain completes (0) or a fatal error (< 0). */
 int  kimi_server_run(kimi_server_t *srv, kimi_err_t *err);
+
+/* The segment's epoch (rank 0 hands it to the ranks it starts). */
+uint64_t kimi_server_epoch(const kimi_server_t *srv);
 
 /* Marks the segment STOPPED, removes the socket; NULL is a no-op. */
 void kimi_server_free(kimi_server_t *srv);

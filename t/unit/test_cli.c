@@ -139,9 +139,10 @@ main(void)
     ok(rc == 2 && strstr(out, "--hf-overrides: expected a JSON object")
                   != NULL, "malformed --hf-overrides: exit 2");
 
-    rc = run(ARGS("serve", "--data-parallel-size", "2"));
-    ok(rc == 2 && strstr(out, "only 1 is supported yet") != NULL,
-       "data parallel > 1 says it is not supported yet");
+    rc = run(ARGS("serve", "--data-parallel-size", "2",
+                  "--data-parallel-size-local", "3"));
+    ok(rc == 2 && strstr(out, "exceeds --data-parallel-size 2") != NULL,
+       "more local ranks than data-parallel ranks: exit 2");
 
     rc = run(ARGS("serve", "--backend", "replay"));
     ok(rc == 2 && strstr(out, "--replay-script") != NULL,

@@ -1,0 +1,288 @@
+/*
+ * Expert-parallel pack, all-to-all and unpack (contract and layout in
+ * ep.h).
+ *
+ *   pack      one warp per peer p scans the T tokens in order, 32 at a
+ *             time: a token is sent if any of its top_k experts lives on
+ *             p; its row is the number of sent tokens before it (ballot +
+ *             popc), so rows are in token order and the result does not
+ *             depend on scheduling.  Rows past the count are padding.
+ *   copy      grid (T, W): the e4m3 row (D bytes, 16 at a time) and its
+ *             D/128 scales of every sent token into block p.
+ *   unpack    grid T: out[t,d] = bf16(sum_p y[p][pos[t][p]][d] + shared).
+ *
+ * Cost:  pack reads T*top_k ids per peer; copy moves W*T*(D + D/32) bytes
+ *        at most; unpack reads (W+1)*T*D*2 bytes.  All memory bound and
+ *        tiny next to the expert GEMMs; the all-to-all dominates.
+ * Twin:  none yet in engine/backend/cpu/ (the cpu backend has no EP);
+ *        TODO(issue 7): compare against a host loop on 2 GPUs.
+ */
+
+#include <cuda_runtime.h>
+
+#include "../../kernels/kimi_cuda.cuh"
+#include "ep.h"
+
+#define KIMI_EP_ALIGN 256            /* every carved array starts here */
+
+
+static __global__ void
+kimi_ep_pack_kernel(const int32_t *idx, const float *w, int T, int t_cap,
+                    int top_k, int e_local, int world, int32_t *send_idx,
+                    float *send_w, int32_t *pos)
+{
+    int       p = blockIdx.x;
+    int       lane = threadIdx.x;
+    int       base, t, k, e, row, count = 0;
+    unsigned  mask, sent;
+
+    for (base = 0; base < t_cap; base += 32) {
+        t = base + lane;
+        sent = 0;
+
+        if (t < T) {
+            for (k = 0; k < top_k; k++) {
+                e = idx[t * top_k + k];                  /* [T][top_k] */
+                sent |= e >= 0 && e / e_local == p;
+            }
+        }
+
+        mask = __ballot_sync(0xffffffffu, sent);
+        row = count + __popc(mask & ((1u << lane) - 1));
+
+        if (t < t_cap) {
+            pos[t * world + p] = sent ? row : -1;        /* [T_cap][W] */
+        }
+
+        if (sent) {
+            for (k = 0; k < top_k; k++) {
+                e = idx[t * top_k + k];
+                size_t  o = ((size_t) p * t_cap + row) * top_k + k;
+                int     mine = e >= 0 && e / e_local == p;
+                send_idx[o] = mine ? e % e_local : -1;
+                send_w[o] = mine ? w[t * top_k + k] : 0.0f;
+            }
+        }
+
+        count += __popc(mask);
+    }
+
+    /* padding: no valid pair, so kimi_moe_plan gives these rows no slot */
+    for (row = count + lane; row < t_cap; row += 32) {
+        for (k = 0; k < top_k; k++) {
+            size_t  o = ((size_t) p * t_cap + row) * top_k + k;
+            send_idx[o] = -1;
+            send_w[o] = 0.0f;
+        }
+    }
+}
+
+
+static __global__ void
+kimi_ep_copy_kernel(const uint8_t *xq, const float *xs, const int32_t *pos,
+                    int t_cap, int world, int D, uint8_t *send_xq,
+                    float *send_xs)
+{
+    int            t = blockIdx.x;
+    int            p = blockIdx.y;
+    int            row = pos[t * world + p];
+    int            i, n_groups = D / 128;
+    const uint4   *src;                                  /* [D/16] */
+    uint4         *dst;
+
+    if (row < 0) {
+        return;
+    }
+
+    src = (const uint4 *) (xq + (size_t) t * D);
+    dst = (uint4 *) (send_xq + ((size_t) p * t_cap + row) * D);
+    for (i = threadIdx.x; i < D / 16; i += blockDim.x) {
+        dst[i] = src[i];
+    }
+
+    for (i = threadIdx.x; i < n_groups; i += blockDim.x) {
+        send_xs[((size_t) p * t_cap + row) * n_groups + i] =
+            xs[(size_t) t * n_groups + i];
+    }
+}
+
+
+static __global__ void
+kimi_ep_unpack_kernel(const uint16_t *y_recv, const int32_t *pos,
+                      const uint16_t *shared_out, int t_cap, int world,
+                      int D, uint16_t *out)
+{
+    int    t = blockIdx.x;
+    int    d, p, row;
+    float  acc;
+
+    for (d = threadIdx.x; d < D; d += blockDim.x) {
+        acc = shared_out ? kimi_bf2f(shared_out[(size_t) t * D + d]) : 0.0f;
+
+        /* fixed peer order: the sum is the same on every run */
+        for (p = 0; p < world; p++) {
+            row = pos[t * world + p];
+            if (row >= 0) {
+                acc += kimi_bf2f(y_recv[((size_t) p * t_cap + row) * D + d]);
+            }
+        }
+
+        out[(size_t) t * D + d] = kimi_f2bf(acc);
+    }
+}
+
+
+static size_t
+kimi_ep_round(size_t n)
+{
+    return (n + KIMI_EP_ALIGN - 1) / KIMI_EP_ALIGN * KIMI_EP_ALIGN;
+}
+
+
+extern "C" int
+kimi_ep_check(const kimi_ep_shape_t *sh, kimi_err_t *err)
+{
+    if (sh->world < 1 || sh->t_cap < 1 || sh->top_k < 1 || sh->top_k > 32
+        || sh->n_experts < sh->world || sh->n_experts % sh->world != 0
+        || sh->dim < 128 || sh->dim % 128 != 0)
+    {
+        return kimi_err_set(err, KIMI_EINVAL, "ep: world=%d t_cap=%d"
+                            " top_k=%d n_experts=%d dim=%d (need experts %%"
+                            " world == 0, dim %% 128 == 0, top_k <= 32)",
+                            sh->world, sh->t_cap, sh->top_k, sh->n_experts,
+                            sh->dim);
+    }
+
+    return 0;
+}
+
+
+extern "C" size_t
+kimi_ep_ws_bytes(const kimi_ep_shape_t *sh)
+{
+    size_t  rows = (size_t) sh->world * sh->t_cap;
+
+    return 2 * kimi_ep_round(rows * sh->top_k * sizeof(int32_t))
+           + 2 * kimi_ep_round(rows * sh->top_k * sizeof(float))
+           + 2 * kimi_ep_round(rows * sh->dim)
+           + 2 * kimi_ep_round(rows * (sh->dim / 128) * sizeof(float))
+           + kimi_ep_round((size_t) sh->t_cap * sh->world * sizeof(int32_t))
+           + 2 * kimi_ep_round(rows * sh->dim * sizeof(uint16_t));
+}
+
+
+extern "C" void
+kimi_ep_ws_carve(kimi_ep_ws_t *ws, void *base, const kimi_ep_shape_t *sh)
+{
+    char    *p = (char *) base;
+    size_t   rows = (size_t) sh->world * sh->t_cap;
+
+#define KIMI_EP_TAKE(field, type, n)                                          \
+    ws->field = (type *) p;                                                   \
+    p += kimi_ep_round((n) * sizeof(type))
+
+    KIMI_EP_TAKE(send_idx, int32_t, rows * sh->top_k);
+    KIMI_EP_TAKE(recv_idx, int32_t, rows * sh->top_k);
+    KIMI_EP_TAKE(send_w, float, rows * sh->top_k);
+    KIMI_EP_TAKE(recv_w, float, rows * sh->top_k);
+    KIMI_EP_TAKE(send_xq, uint8_t, rows * sh->dim);
+    KIMI_EP_TAKE(recv_xq, uint8_t, rows * sh->dim);
+    KIMI_EP_TAKE(send_xs, float, rows * (sh->dim / 128));
+    KIMI_EP_TAKE(recv_xs, float, rows * (sh->dim / 128));
+    KIMI_EP_TAKE(pos, int32_t, (size_t) sh->t_cap * sh->world);
+    KIMI_EP_TAKE(y_send, uint16_t, rows * sh->dim);
+    KIMI_EP_TAKE(y_recv, uint16_t, rows * sh->dim);
+
+#undef KIMI_EP_TAKE
+}
+
+
+extern "C" int
+kimi_ep_dispatch(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
+    const uint8_t *xq, const float *xs, const int32_t *idx, const float *w,
+    const kimi_ep_ws_t *ws, cudaStream_t s, kimi_err_t *err)
+{
+    int     rc, rc2;
+    size_t  blk = (size_t) sh->t_cap;
+
+    rc = kimi_ep_check(sh, err);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (T < 0 || T > sh->t_cap || (int) kimi_nccl_world(comm) != sh->world
+        || ((uintptr_t) xq & 15) != 0)
+    {
+        return kimi_err_set(err, KIMI_EINVAL, "ep dispatch: T=%d t_cap=%d"
+                            " world=%d comm world=%u xq %s16-byte aligned",
+                            T, sh->t_cap, sh->world, kimi_nccl_world(comm),
+                            ((uintptr_t) xq & 15) ? "not " : "");
+    }
+
+    kimi_ep_pack_kernel<<<sh->world, 32, 0, s>>>(idx, w, T, sh->t_cap,
+        sh->top_k, sh->n_experts / sh->world, sh->world, ws->send_idx,
+        ws->send_w, ws->pos);
+    KIMI_CUDA_LAUNCHED(s, err);
+
+    if (T > 0) {
+        kimi_ep_copy_kernel<<<dim3(T, sh->world), 128, 0, s>>>(xq, xs,
+            ws->pos, sh->t_cap, sh->world, sh->dim, ws->send_xq,
+            ws->send_xs);
+        KIMI_CUDA_LAUNCHED(s, err);
+    }
+
+    /* one group: NCCL issues the four exchanges as one launch */
+    rc = kimi_nccl_group_start(err);
+    if (rc != 0) {
+        return rc;
+    }
+    rc = kimi_nccl_all_to_all(comm, ws->send_idx, ws->recv_idx,
+                              blk * sh->top_k * sizeof(int32_t), s, err);
+    if (rc == 0) {
+        rc = kimi_nccl_all_to_all(comm, ws->send_w, ws->recv_w,
+                                  blk * sh->top_k * sizeof(float), s, err);
+    }
+    if (rc == 0) {
+        rc = kimi_nccl_all_to_all(comm, ws->send_xq, ws->recv_xq,
+                                  blk * sh->dim, s, err);
+    }
+    if (rc == 0) {
+        rc = kimi_nccl_all_to_all(comm, ws->send_xs, ws->recv_xs,
+                                  blk * (sh->dim / 128) * sizeof(float), s,
+                                  err);
+    }
+
+    /* the group must be closed even after a failed call */
+    rc2 = kimi_nccl_group_end(rc == 0 ? err : NULL);
+
+    return rc != 0 ? rc : rc2;
+}
+
+
+extern "C" int
+kimi_ep_combine(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
+    const uint16_t *shared_out, const kimi_ep_ws_t *ws, uint16_t *out,
+    cudaStream_t s, kimi_err_t *err)
+{
+    int  rc;
+
+    if (T < 0 || T > sh->t_cap) {
+        return kimi_err_set(err, KIMI_EINVAL, "ep combine: T=%d t_cap=%d",
+                            T, sh->t_cap);
+    }
+
+    rc = kimi_nccl_all_to_all(comm, ws->y_send, ws->y_recv,
+                              (size_t) sh->t_cap * sh->dim * sizeof(uint16_t),
+                              s, err);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (T > 0) {
+        kimi_ep_unpack_kernel<<<T, 256, 0, s>>>(ws->y_recv, ws->pos,
+            shared_out, sh->t_cap, sh->world, sh->dim, out);
+        KIMI_CUDA_LAUNCHED(s, err);
+    }
+
+    return 0;
+}

@@ -1,0 +1,90 @@
+/*
+ * Expert-parallel dispatch and combine of one MoE layer over a padded
+ * all-to-all (NCCL), written around kernels/kimi_kernels.h's MoE plan.
+ *
+ * W ranks each hold T <= T_cap tokens of their own batch (DP attention)
+ * and E_local = E / W routed experts: global expert e lives on rank
+ * e / E_local as local expert e % E_local.  A token travels at most once
+ * to each rank owning any of its top_k experts.
+ *
+ *   dispatch  pack: for every peer p, in token order, padded to T_cap rows
+ *               send_idx[p][r][k]  local expert id, -1 if not on p / pad
+ *               send_w  [p][r][k]  router weight (0 for -1 entries)
+ *               send_xq [p][r][D]  e4m3 token, send_xs [p][r][D/128] f32
+ *               pos[t][p]          row of token t in block p, -1 if unsent
+ *             then four all-to-alls in one NCCL group; recv_* are the
+ *             same arrays with block p = what peer p sent us, i.e.
+ *             [W*T_cap] contiguous rows ready for the MoE kernels
+ *   experts   (caller) kimi_moe_plan(recv_idx, W*T_cap, top_k, E_local,
+ *             shared=0), kimi_moe_gate_up(recv_xq, recv_xs, ...),
+ *             kimi_moe_down, kimi_moe_combine(topk_w = recv_w) -> y_send
+ *             [W*T_cap][D] bf16; padded rows have no valid pair, so the
+ *             plan skips them and their y rows are 0
+ *   combine   all-to-all y_send -> y_recv (block p returns to peer p),
+ *             out[t] = bf16(sum_p y_recv[p][pos[t][p]] + shared_out[t])
+ *
+ * Shapes are fixed by (W, T_cap, top_k, D), so a decode step containing
+ * dispatch + experts + combine can be captured in a CUDA graph.  FP8 goes
+ * out, bf16 comes back.  Cost per layer and rank: 2 * W * T_cap rows on
+ * the wire, most of them padding at small batch (the price of padding;
+ * a count-exchange version would send only real rows).
+ *
+ * Not yet run on GPUs (no multi-GPU time this session): compiled only.
+ */
+
+#ifndef KIMI_EP_H
+#define KIMI_EP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+
+#include "../common/kimi_err.h"
+#include "nccl_comm.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int       world;       /* W */
+    int       t_cap;       /* token rows per rank and per peer block */
+    int       top_k;
+    int       n_experts;   /* E (global routed experts), E % W == 0 */
+    int       dim;         /* D, % 128 == 0 */
+} kimi_ep_shape_t;
+
+/* Device views into one workspace (kimi_ep_ws_carve). */
+typedef struct {
+    int32_t   *send_idx, *recv_idx;   /* [W][T_cap][top_k] */
+    float     *send_w, *recv_w;       /* [W][T_cap][top_k] */
+    uint8_t   *send_xq, *recv_xq;     /* [W][T_cap][D] e4m3 */
+    float     *send_xs, *recv_xs;     /* [W][T_cap][D/128] */
+    int32_t   *pos;                   /* [T_cap][W] */
+    uint16_t  *y_send, *y_recv;       /* [W][T_cap][D] bf16 */
+} kimi_ep_ws_t;
+
+int    kimi_ep_check(const kimi_ep_shape_t *sh, kimi_err_t *err);
+size_t kimi_ep_ws_bytes(const kimi_ep_shape_t *sh);
+void   kimi_ep_ws_carve(kimi_ep_ws_t *ws, void *base,
+    const kimi_ep_shape_t *sh);
+
+/* T real tokens (<= T_cap): xq [T][D], xs [T][D/128] (token-major),
+ * idx/w [T][top_k] from kimi_moe_router_select.  Fills send_*, pos, and
+ * after the all-to-all recv_*. */
+int kimi_ep_dispatch(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
+    const uint8_t *xq, const float *xs, const int32_t *idx, const float *w,
+    const kimi_ep_ws_t *ws, cudaStream_t s, kimi_err_t *err);
+
+/* After the caller wrote ws->y_send: returns the rows and sums them into
+ * out [T][D] bf16; shared_out [T][D] bf16 (the shared expert, computed
+ * locally) is added when not NULL. */
+int kimi_ep_combine(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
+    const uint16_t *shared_out, const kimi_ep_ws_t *ws, uint16_t *out,
+    cudaStream_t s, kimi_err_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,301 @@
+/*
+ * NCCL communicator and collectives (contract in nccl_comm.h).
+ *
+ * Owns:   the ncclComm_t, the version check, NCCL's init environment.
+ * Never:  synchronizes or allocates device memory; compiled to stubs that
+ *         return KIMI_EUNSUPPORTED without KIMI_HAVE_CUDA.
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "nccl_comm.h"
+
+#ifdef KIMI_HAVE_CUDA
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+struct kimi_nccl {
+    ncclComm_t  comm;
+    uint32_t    rank;
+    uint32_t    world;
+    int         version;
+};
+
+#define KIMI_NCCL_TRY(call, err)                                              \
+    do {                                                                      \
+        ncclResult_t  r_ = (call);                                            \
+        if (r_ != ncclSuccess) {                                              \
+            return kimi_err_set(err, KIMI_ECUDA, "%s:%d: %s: %s", __FILE__,   \
+                                __LINE__, #call, ncclGetErrorString(r_));     \
+        }                                                                     \
+    } while (0)
+
+
+int
+kimi_nccl_version(int *version, kimi_err_t *err)
+{
+    KIMI_NCCL_TRY(ncclGetVersion(version), err);
+
+    /* the library loaded at run time, not the header we built against */
+    if (*version < KIMI_NCCL_MIN_VERSION) {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "NCCL %d.%d.%d is too"
+                            " old: at least 2.14 is needed",
+                            *version / 10000, *version / 100 % 100,
+                            *version % 100);
+    }
+
+    return 0;
+}
+
+
+int
+kimi_nccl_unique_id(uint8_t *buf, size_t cap, uint32_t *len, kimi_err_t *err)
+{
+    int           rc, version;
+    ncclUniqueId  id;
+
+    rc = kimi_nccl_version(&version, err);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (cap < sizeof(id)) {
+        return kimi_err_set(err, KIMI_EINVAL, "ncclUniqueId needs %zu bytes",
+                            sizeof(id));
+    }
+
+    KIMI_NCCL_TRY(ncclGetUniqueId(&id), err);
+    memcpy(buf, &id, sizeof(id));
+    *len = (uint32_t) sizeof(id);
+
+    return 0;
+}
+
+
+int
+kimi_nccl_init(kimi_nccl_t **out, const uint8_t *blob, uint32_t blob_len,
+    uint32_t rank, uint32_t world, kimi_err_t *err)
+{
+    int                rc, version;
+    const char        *nvls;
+    kimi_nccl_t       *c;
+    ncclUniqueId       id;
+    ncclConfig_t       config = NCCL_CONFIG_INITIALIZER;
+    ncclResult_t       r;
+
+    *out = NULL;
+
+    if (blob_len != sizeof(id)) {
+        return kimi_err_set(err, KIMI_EINVAL, "bootstrap blob is %u bytes,"
+                            " an ncclUniqueId %zu (was the head built"
+                            " without CUDA?)", blob_len, sizeof(id));
+    }
+
+    if (world == 0 || rank >= world) {
+        return kimi_err_set(err, KIMI_EINVAL, "rank %u of world %u", rank,
+                            world);
+    }
+
+    rc = kimi_nccl_version(&version, err);
+    if (rc != 0) {
+        return rc;
+    }
+
+    /* NVLink SHARP multicast (NVLS) stays off: a project rule for the
+     * machines we run on (reference/gpu-anchors.md, NCCL config row).
+     * Overwrite: an inherited NCCL_NVLS_ENABLE=1 must not win.  setenv()
+     * is not thread-safe: a process with one communicator per thread sets
+     * it before its threads start, and then we only read it here */
+    nvls = getenv("NCCL_NVLS_ENABLE");
+    if ((nvls == NULL || strcmp(nvls, "0") != 0)
+        && setenv("NCCL_NVLS_ENABLE", "0", 1) != 0)
+    {
+        return kimi_err_set(err, KIMI_EIO, "setenv(NCCL_NVLS_ENABLE) failed");
+    }
+
+    c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "nccl: out of memory");
+    }
+
+    memcpy(&id, blob, sizeof(id));
+    config.blocking = 1;
+
+    r = ncclCommInitRankConfig(&c->comm, (int) world, id, (int) rank,
+                               &config);
+    if (r != ncclSuccess) {
+        free(c);
+        return kimi_err_set(err, KIMI_ECUDA, "ncclCommInitRankConfig(rank %u"
+                            " of %u) failed: %s", rank, world,
+                            ncclGetErrorString(r));
+    }
+
+    c->rank = rank;
+    c->world = world;
+    c->version = version;
+    *out = c;
+
+    return 0;
+}
+
+
+void
+kimi_nccl_free(kimi_nccl_t *c)
+{
+    if (c == NULL) {
+        return;
+    }
+
+    (void) ncclCommDestroy(c->comm);
+    free(c);
+}
+
+
+int
+kimi_nccl_all_reduce_bf16(kimi_nccl_t *c, void *buf, size_t n, void *stream,
+    kimi_err_t *err)
+{
+    KIMI_NCCL_TRY(ncclAllReduce(buf, buf, n, ncclBfloat16, ncclSum, c->comm,
+                                (cudaStream_t) stream), err);
+    return 0;
+}
+
+
+int
+kimi_nccl_group_start(kimi_err_t *err)
+{
+    KIMI_NCCL_TRY(ncclGroupStart(), err);
+    return 0;
+}
+
+
+int
+kimi_nccl_group_end(kimi_err_t *err)
+{
+    KIMI_NCCL_TRY(ncclGroupEnd(), err);
+    return 0;
+}
+
+
+int
+kimi_nccl_all_to_all(kimi_nccl_t *c, const void *send, void *recv,
+    size_t bytes_per_peer, void *stream, kimi_err_t *err)
+{
+    uint32_t       p;
+    cudaStream_t   s = (cudaStream_t) stream;
+
+#if NCCL_VERSION_CODE >= KIMI_NCCL_ALLTOALL_VERSION
+    if (c->version >= KIMI_NCCL_ALLTOALL_VERSION) {
+        KIMI_NCCL_TRY(ncclAlltoAll(send, recv, bytes_per_peer, ncclUint8,
+                                   c->comm, s), err);
+        return 0;
+    }
+#endif
+
+    KIMI_NCCL_TRY(ncclGroupStart(), err);
+    for (p = 0; p < c->world; p++) {
+        KIMI_NCCL_TRY(ncclSend((const uint8_t *) send + p * bytes_per_peer,
+                               bytes_per_peer, ncclUint8, (int) p, c->comm,
+                               s), err);
+        KIMI_NCCL_TRY(ncclRecv((uint8_t *) recv + p * bytes_per_peer,
+                               bytes_per_peer, ncclUint8, (int) p, c->comm,
+                               s), err);
+    }
+    KIMI_NCCL_TRY(ncclGroupEnd(), err);
+
+    return 0;
+}
+
+#else  /* !KIMI_HAVE_CUDA */
+
+struct kimi_nccl {
+    uint32_t    rank;
+    uint32_t    world;
+};
+
+static int
+kimi_nccl_none(kimi_err_t *err)
+{
+    return kimi_err_set(err, KIMI_EUNSUPPORTED, "this kimi-engine was built"
+                        " without CUDA and NCCL");
+}
+
+
+int
+kimi_nccl_version(int *version, kimi_err_t *err)
+{
+    *version = 0;
+    return kimi_nccl_none(err);
+}
+
+
+int
+kimi_nccl_unique_id(uint8_t *buf, size_t cap, uint32_t *len, kimi_err_t *err)
+{
+    *len = 0;
+    return kimi_nccl_none(err);
+}
+
+
+int
+kimi_nccl_init(kimi_nccl_t **out, const uint8_t *blob, uint32_t blob_len,
+    uint32_t rank, uint32_t world, kimi_err_t *err)
+{
+    *out = NULL;
+    return kimi_nccl_none(err);
+}
+
+
+void
+kimi_nccl_free(kimi_nccl_t *c)
+{
+    free(c);
+}
+
+
+int
+kimi_nccl_all_reduce_bf16(kimi_nccl_t *c, void *buf, size_t n, void *stream,
+    kimi_err_t *err)
+{
+    return kimi_nccl_none(err);
+}
+
+
+int
+kimi_nccl_group_start(kimi_err_t *err)
+{
+    return kimi_nccl_none(err);
+}
+
+
+int
+kimi_nccl_group_end(kimi_err_t *err)
+{
+    return kimi_nccl_none(err);
+}
+
+
+int
+kimi_nccl_all_to_all(kimi_nccl_t *c, const void *send, void *recv,
+    size_t bytes_per_peer, void *stream, kimi_err_t *err)
+{
+    return kimi_nccl_none(err);
+}
+
+#endif
+
+
+uint32_t
+kimi_nccl_rank(const kimi_nccl_t *c)
+{
+    return c->rank;
+}
+
+
+uint32_t
+kimi_nccl_world(const kimi_nccl_t *c)
+{
+    return c->world;
+}

@@ -1,0 +1,222 @@
+/*
+ * Unit tests for engine/parallel/bootstrap.c: rank-range placement (the
+ * head's validation of --data-parallel-start-rank and -size-local) and a
+ * head + headless pair forming a group over loopback TCP in one process
+ * tree, including a refused join.  t/parallel-bootstrap.t covers the
+ * same through kimi-engine with failures and timeouts.
+ */
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "parallel/bootstrap.h"
+
+
+static int  test_n;
+static int  test_failed;
+
+
+static void
+ok(int cond, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+ok(int cond, const char *fmt, ...)
+{
+    va_list  ap;
+
+    printf("%sok %d - ", cond ? "" : "not ", ++test_n);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+
+    if (!cond) {
+        test_failed++;
+    }
+}
+
+
+static void
+test_place(void)
+{
+    int         rc;
+    uint32_t    start = 99;
+    uint32_t    ts[3] = { 0, 4 }, tl[3] = { 2, 2 };
+    kimi_err_t  err;
+
+    rc = kimi_boot_place(8, ts, tl, 2, -1, 2, &start, &err);
+    ok(rc == 0 && start == 2, "head picks the lowest free range (2, got %u)",
+       start);
+
+    rc = kimi_boot_place(9, ts, tl, 2, -1, 3, &start, &err);
+    ok(rc == 0 && start == 6, "a range of 3 skips the gap of 2 (start %u)",
+       start);
+
+    rc = kimi_boot_place(8, ts, tl, 2, -1, 3, &start, &err);
+    ok(rc == KIMI_EINVAL, "with 8 ranks no 3 are consecutive and free");
+
+    rc = kimi_boot_place(8, ts, tl, 2, 1, 2, &start, &err);
+    ok(rc == KIMI_EINVAL && strstr(err.msg, "overlap ranks 0..1") != NULL,
+       "an overlapping start rank is refused: %s", err.msg);
+
+    rc = kimi_boot_place(8, ts, tl, 2, 7, 2, &start, &err);
+    ok(rc == KIMI_EINVAL && strstr(err.msg, "do not fit") != NULL,
+       "a range past the world is refused: %s", err.msg);
+
+    rc = kimi_boot_place(8, ts, tl, 2, 2, 2, &start, &err);
+    ok(rc == 0 && start == 2, "an explicit free start rank is taken");
+
+    ts[2] = 2;
+    tl[2] = 2;
+    rc = kimi_boot_place(8, ts, tl, 3, -1, 3, &start, &err);
+    ok(rc == KIMI_EINVAL && strstr(err.msg, "no 3 free") != NULL,
+       "no room for 3 of 8 with 6 taken and 2 free: %s", err.msg);
+
+    rc = kimi_boot_place(8, ts, tl, 3, -1, 2, &start, &err);
+    ok(rc == 0 && start == 6, "the last 2 ranks fit (start %u)", start);
+
+    rc = kimi_boot_place(4, NULL, NULL, 0, -1, 0, &start, &err);
+    ok(rc == KIMI_EINVAL, "a node of 0 ranks is refused");
+}
+
+
+static uint16_t
+free_port(void)
+{
+    int                 fd;
+    socklen_t           len;
+    struct sockaddr_in  sa;
+
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    len = sizeof(sa);
+    if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) != 0
+        || getsockname(fd, (struct sockaddr *) &sa, &len) != 0)
+    {
+        close(fd);
+        return 0;
+    }
+    close(fd);
+
+    return ntohs(sa.sin_port);
+}
+
+
+/* Child: a headless node; exit code 0 if assigned [want, want+len) with the
+ * head's blob, 10 + (refused) otherwise. */
+static int
+node(uint16_t port, uint32_t world, uint32_t len, int32_t start,
+    uint32_t want)
+{
+    int                  rc;
+    kimi_boot_t         *b;
+    kimi_err_t           err;
+    kimi_boot_params_t   p;
+    kimi_boot_assign_t   a;
+
+    memset(&p, 0, sizeof(p));
+    p.data_parallel_size = world;
+    p.size_local = len;
+    p.start_rank = start;
+    p.address = "127.0.0.1";
+    p.rpc_port = port;
+    p.headless = 1;
+    p.join_timeout_ms = 5000;
+    p.liveness_timeout_ms = 2000;
+    p.cancel_fd = -1;
+
+    rc = kimi_boot_init(&b, &p, NULL, 0, &a, &err);
+    if (rc != 0) {
+        return strstr(err.msg, "refused") ? 10 : 11;
+    }
+
+    rc = a.start_rank == want && a.blob_len == 4
+         && memcmp(a.blob, "blob", 4) == 0 ? 0 : 12;
+
+    /* stay until the head is done with us: its EOF ends the group */
+    while (kimi_boot_watch(b, -1, 100, &err) >= 0) {
+    }
+
+    kimi_boot_free(b);
+    return rc;
+}
+
+
+static void
+test_group(void)
+{
+    int                  rc, st1, st2, st3;
+    pid_t                c1, c2, c3;
+    uint16_t             port = free_port();
+    kimi_boot_t         *b;
+    kimi_err_t           err;
+    kimi_boot_params_t   p;
+    kimi_boot_assign_t   a;
+
+    /* ranks 0..1 head, 2..3 node c1 (picked), 4 node c2 (asked for);
+     * c3 comes late, asking for rank 2, and must be refused */
+    c1 = fork();
+    if (c1 == 0) {
+        _exit(node(port, 5, 2, -1, 2));
+    }
+    c2 = fork();
+    if (c2 == 0) {
+        usleep(300000);         /* after c1, so c1 is placed first */
+        _exit(node(port, 5, 1, 4, 4));
+    }
+    c3 = fork();
+    if (c3 == 0) {
+        usleep(1000000);        /* the group is complete by then */
+        _exit(node(port, 5, 1, 2, 0));
+    }
+
+    memset(&p, 0, sizeof(p));
+    p.data_parallel_size = 5;
+    p.size_local = 2;
+    p.start_rank = -1;
+    p.address = "127.0.0.1";
+    p.rpc_port = port;
+    p.join_timeout_ms = 5000;
+    p.liveness_timeout_ms = 2000;
+    p.cancel_fd = -1;
+
+    rc = kimi_boot_init(&b, &p, (const uint8_t *) "blob", 4, &a, &err);
+    ok(rc == 0, "head forms a group of 5 ranks (%s)", rc ? err.msg : "ok");
+    ok(rc == 0 && a.n_nodes == 3 && a.start_rank == 0 && a.node_index == 0,
+       "head: 3 nodes, ranks 0..1");
+
+    kimi_boot_free(b);          /* the nodes see EOF and return */
+
+    waitpid(c1, &st1, 0);
+    waitpid(c2, &st2, 0);
+    waitpid(c3, &st3, 0);
+
+    ok(WIFEXITED(st1) && WEXITSTATUS(st1) == 0,
+       "node without a start rank got ranks 2..3 and the blob (%d)",
+       WEXITSTATUS(st1));
+    ok(WIFEXITED(st2) && WEXITSTATUS(st2) == 0,
+       "node with start rank 4 got it (%d)", WEXITSTATUS(st2));
+    ok(WIFEXITED(st3) && WEXITSTATUS(st3) == 10,
+       "node asking for a taken rank is refused (%d)", WEXITSTATUS(st3));
+}
+
+
+int
+main(void)
+{
+    test_place();
+    test_group();
+
+    printf("1..%d\n", test_n);
+
+    return test_failed ? 1 : 0;
+}

@@ -1,0 +1,130 @@
+/*
+ * Unit tests for the host side of engine/parallel/ (no GPU needed): the
+ * expert-parallel workspace layout (ep.h) and the NCCL version check
+ * (nccl_comm.h).  The kernels and collectives themselves need GPUs and
+ * are not run here.  A build without CUDA checks that every NCCL entry
+ * says so instead.
+ */
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "parallel/nccl_comm.h"
+#ifdef KIMI_HAVE_CUDA
+#include "parallel/ep.h"
+#endif
+
+
+static int  test_n;
+static int  test_failed;
+
+
+static void
+ok(int cond, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+ok(int cond, const char *fmt, ...)
+{
+    va_list  ap;
+
+    printf("%sok %d - ", cond ? "" : "not ", ++test_n);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+
+    if (!cond) {
+        test_failed++;
+    }
+}
+
+
+#ifdef KIMI_HAVE_CUDA
+
+static void
+test_layout(void)
+{
+    size_t            bytes, i, j, n;
+    uintptr_t         lo[11], hi[11];
+    kimi_err_t        err;
+    kimi_ep_ws_t      ws;
+    kimi_ep_shape_t   sh = { 4, 64, 8, 384, 7168 };   /* Kimi-K2 widths */
+    size_t            rows = (size_t) sh.world * sh.t_cap;
+
+    ok(kimi_ep_check(&sh, &err) == 0, "Kimi-K2 shape on 4 ranks is valid");
+
+    bytes = kimi_ep_ws_bytes(&sh);
+    kimi_ep_ws_carve(&ws, (void *) (uintptr_t) 0x100000, &sh);
+
+    /* [start, end) of each array, in carve order */
+    lo[0] = (uintptr_t) ws.send_idx; hi[0] = lo[0] + rows * 8 * 4;
+    lo[1] = (uintptr_t) ws.recv_idx; hi[1] = lo[1] + rows * 8 * 4;
+    lo[2] = (uintptr_t) ws.send_w;   hi[2] = lo[2] + rows * 8 * 4;
+    lo[3] = (uintptr_t) ws.recv_w;   hi[3] = lo[3] + rows * 8 * 4;
+    lo[4] = (uintptr_t) ws.send_xq;  hi[4] = lo[4] + rows * 7168;
+    lo[5] = (uintptr_t) ws.recv_xq;  hi[5] = lo[5] + rows * 7168;
+    lo[6] = (uintptr_t) ws.send_xs;  hi[6] = lo[6] + rows * 56 * 4;
+    lo[7] = (uintptr_t) ws.recv_xs;  hi[7] = lo[7] + rows * 56 * 4;
+    lo[8] = (uintptr_t) ws.pos;      hi[8] = lo[8] + 64 * 4 * 4;
+    lo[9] = (uintptr_t) ws.y_send;   hi[9] = lo[9] + rows * 7168 * 2;
+    lo[10] = (uintptr_t) ws.y_recv;  hi[10] = lo[10] + rows * 7168 * 2;
+
+    for (i = 0, n = 0; i < 11; i++) {
+        n += lo[i] % 256 == 0;
+    }
+    ok(n == 11, "every array starts 256-byte aligned (%zu of 11)", n);
+
+    for (i = 0, n = 0; i < 11; i++) {
+        for (j = i + 1; j < 11; j++) {
+            n += lo[i] < hi[j] && lo[j] < hi[i];
+        }
+    }
+    ok(n == 0, "no two arrays overlap (%zu overlaps)", n);
+
+    ok(hi[10] <= 0x100000 + bytes && hi[10] + 256 > 0x100000 + bytes,
+       "the last array ends where ws_bytes says (%zu bytes)", bytes);
+
+    sh.n_experts = 383;
+    ok(kimi_ep_check(&sh, &err) == KIMI_EINVAL
+       && strstr(err.msg, "n_experts=383") != NULL,
+       "experts not divisible by ranks are refused: %s", err.msg);
+
+    sh.n_experts = 384;
+    sh.dim = 7000;
+    ok(kimi_ep_check(&sh, &err) == KIMI_EINVAL, "dim %% 128 != 0 refused");
+}
+
+#endif
+
+
+int
+main(void)
+{
+    int         rc, version = -1;
+    uint8_t     blob[256];
+    uint32_t    len = 0;
+    kimi_err_t  err;
+
+    rc = kimi_nccl_version(&version, &err);
+
+#ifdef KIMI_HAVE_CUDA
+    ok(rc == 0 && version >= KIMI_NCCL_MIN_VERSION,
+       "NCCL loaded at run time is %d (>= %d)", version,
+       KIMI_NCCL_MIN_VERSION);
+    test_layout();
+    (void) blob;
+    (void) len;
+#else
+    ok(rc == KIMI_EUNSUPPORTED && strstr(err.msg, "without CUDA") != NULL,
+       "a CPU build says NCCL is missing: %s", err.msg);
+    rc = kimi_nccl_unique_id(blob, sizeof(blob), &len, &err);
+    ok(rc == KIMI_EUNSUPPORTED && len == 0, "no unique id without NCCL");
+#endif
+
+    printf("1..%d\n", test_n);
+
+    return test_failed ? 1 : 0;
+}
