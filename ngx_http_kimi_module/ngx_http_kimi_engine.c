@@ -67,6 +67,8 @@ static uint64_t ngx_http_kimi_segment_inode(ngx_http_kimi_main_conf_t *kmcf);
 static ngx_int_t ngx_http_kimi_connect_rank(ngx_http_kimi_attach_t *a,
     uint32_t rank, kimi_err_t *err);
 static void ngx_http_kimi_doorbell_handler(ngx_event_t *rev);
+static void ngx_http_kimi_rank_lost(ngx_http_kimi_attach_t *a,
+    ngx_connection_t *c, const char *why);
 static void ngx_http_kimi_engine_lost(ngx_http_kimi_attach_t *a,
     const char *why);
 static void ngx_http_kimi_ring(ngx_http_kimi_attach_t *a, uint32_t rank);
@@ -180,7 +182,7 @@ static ngx_http_kimi_attach_t *
 ngx_http_kimi_attach(ngx_log_t *log)
 {
     int32_t                     w;
-    uint32_t                    r;
+    uint32_t                    r, n_up;
     ngx_uint_t                  level;
     kimi_err_t                  err;
     kimi_shm_header_t          *hdr;
@@ -227,10 +229,27 @@ ngx_http_kimi_attach(ngx_log_t *log)
 
     a->worker = w;
 
+    /* a rank that died stays down (its launcher marked it stopped and
+     * removed its socket): serve with the others, fail only if none is up */
+    n_up = 0;
+
     for (r = 0; r < a->n_ranks; r++) {
-        if (ngx_http_kimi_connect_rank(a, r, &err) != NGX_OK) {
+        if (ngx_http_kimi_connect_rank(a, r, &err) == NGX_OK) {
+            n_up++;
+            continue;
+        }
+
+        if (a->n_ranks == 1) {
             goto failed;
         }
+
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "kimi engine rank %uD is unavailable: %s", r, err.msg);
+    }
+
+    if (n_up == 0) {
+        kimi_err_set(&err, KIMI_ESTATE, "no engine rank is up");
+        goto failed;
     }
 
     a->by_slot = ngx_calloc(a->shm.n_slots * sizeof(ngx_http_kimi_ctx_t *),
@@ -827,8 +846,88 @@ ngx_http_kimi_doorbell_handler(ngx_event_t *rev)
     }
 
     if (eof) {
-        ngx_http_kimi_engine_lost(a, "the engine closed its socket");
+        ngx_http_kimi_rank_lost(a, c, "the engine closed its socket");
     }
+}
+
+
+/*
+ * One rank's socket closed.  With other ranks still connected only the
+ * requests routed to that rank fail; the last rank gone is the engine gone.
+ */
+static void
+ngx_http_kimi_rank_lost(ngx_http_kimi_attach_t *a, ngx_connection_t *c,
+    const char *why)
+{
+    uint32_t                 r, lost, n_up;
+    ngx_queue_t             *q, *next, failing;
+    ngx_connection_t        *rc;
+    ngx_http_kimi_ctx_t     *ctx;
+
+    lost = KIMI_SHM_MAX_RANKS;
+    n_up = 0;
+
+    for (r = 0; r < a->n_ranks; r++) {
+        if (a->conns[r] == c) {
+            lost = r;
+
+        } else if (a->conns[r]) {
+            n_up++;
+        }
+    }
+
+    if (lost == KIMI_SHM_MAX_RANKS || n_up == 0) {
+        ngx_http_kimi_engine_lost(a, why);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, a->log, 0,
+                  "kimi engine rank %uD lost: %s; %uD ranks still serve",
+                  lost, why, n_up);
+
+    ngx_close_connection(c);
+    a->conns[lost] = NULL;
+
+    a->refs++;                         /* hold it while requests end */
+
+    /* move the lost rank's requests aside; releasing one unlinks it */
+    ngx_queue_init(&failing);
+
+    for (q = ngx_queue_head(&a->requests);
+         q != ngx_queue_sentinel(&a->requests);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        ctx = ngx_queue_data(q, ngx_http_kimi_ctx_t, queue);
+
+        if (ctx->usage.rank == (ngx_int_t) lost) {
+            ngx_queue_remove(q);
+            ngx_queue_insert_tail(&failing, q);
+        }
+    }
+
+    while (!ngx_queue_empty(&failing)) {
+        q = ngx_queue_head(&failing);
+        ctx = ngx_queue_data(q, ngx_http_kimi_ctx_t, queue);
+        rc = ctx->request->connection;
+
+        ngx_http_kimi_engine_error(ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "The engine rank serving this request "
+                                   "stopped",
+                                   sizeof("The engine rank serving this "
+                                          "request stopped") - 1);
+
+        if (!ngx_queue_empty(&failing) && ngx_queue_head(&failing) == q) {
+            /* cannot happen: a linked ctx is never finalized */
+            ngx_log_error(NGX_LOG_ALERT, a->log, 0,
+                          "kimi request not released on rank loss");
+            ngx_queue_remove(q);
+        }
+
+        ngx_http_run_posted_requests(rc);
+    }
+
+    ngx_http_kimi_attach_unref(a);
 }
 
 

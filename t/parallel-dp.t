@@ -81,7 +81,32 @@ ok(accepted(0) >= 2 && accepted(1) >= 3,
 
 # --- a rank dies ---------------------------------------------------------
 
+# two streams of 40 tokens at 20 ms, one pinned to each rank; rank 1 dies
+# mid-stream: its stream ends with an error event, rank 0's completes
+my %sock;
+for my $rank (0, 1) {
+    $sock{$rank} = $t->connect_gw;
+    print { $sock{$rank} } KimiTest::request_text('POST',
+        '/v1/chat/completions', chat_body(stream => $true),
+        'X-Kimi-Rank' => $rank);
+}
+sleep 0.3;      # both streams are well under way (40 tokens take 0.8 s)
 kill 'KILL', $pid1;
+
+my %got;
+for my $rank (0, 1) {
+    local $/;
+    my $s = $sock{$rank};
+    local $SIG{ALRM} = sub { die "timeout\n" };
+    alarm(10);
+    $got{$rank} = KimiTest::parse_response(scalar <$s> // '');
+    alarm(0);
+}
+is(KimiTest::stream_text($got{0}{events}), join(' ', ('word') x 40),
+    'a stream on the surviving rank completes while the other rank dies');
+ok((grep { ref $_ eq 'HASH' && $_->{error} } @{$got{1}{events} // []}),
+    'the stream on the dead rank ends with an error event')
+    or diag explain $got{1}{events};
 ok(KimiTest::wait_for(5, sub { rank_line(1) =~ /pid=0 state=stopped/ }),
     'the dead rank is marked stopped in the segment at once');
 like($t->read_file('engine.log'),
@@ -91,9 +116,7 @@ sleep 0.3;      # three heartbeat periods: rank 0 must still be beating
 like(rank_line(0), qr/state=ready heartbeat_age_ms=(\d{1,2}|1\d\d)\./,
     'the surviving rank keeps its heartbeat');
 
-TODO: {
-    local $TODO = 'the gateway treats EOF on any rank socket as the whole'
-        . ' engine lost and re-attach needs every rank socket';
+{
     my $ok = KimiTest::wait_for(3, sub {
         $t->post('/v1/chat/completions', chat_body(max_tokens => 3))
             ->{status} == 200 });
