@@ -837,7 +837,9 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
             ngx_http_kimi_send_error(r, NGX_HTTP_BAD_REQUEST,
                                      "invalid_request_error",
                                      (char *) error.data, error.len,
-                                     "messages", "context_length_exceeded"));
+                                     ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT
+                                     ? "messages" : "prompt",
+                                     "context_length_exceeded"));
         return;
     }
 

@@ -69,7 +69,10 @@
  *
  *      where the kimi_shm_t lives as long as the cycle and the gateway
  *      keeps it current in each worker (hdr == NULL while detached).
- *      GET /metrics reads running/waiting/KV gauges from its rank records.
+ *      GET /metrics reads running/waiting/KV gauges from its rank records,
+ *      after calling ngx_http_kimi_engine_get() (ngx_http_kimi.h) so that
+ *      a scrape attaches a worker that has not served a kimi request yet
+ *      and notices a restarted engine, as a request would.
  */
 
 #ifndef _NGX_HTTP_KIMI_OPS_H_INCLUDED_
