@@ -39,6 +39,8 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_kimi_handler(ngx_http_request_t *r);
+static ngx_http_kimi_route_e ngx_http_kimi_route_find(ngx_str_t *uri,
+    ngx_uint_t *method);
 static ngx_http_kimi_route_e ngx_http_kimi_route(ngx_http_request_t *r,
     ngx_uint_t *method);
 static void ngx_http_kimi_body_handler(ngx_http_request_t *r);
@@ -317,34 +319,49 @@ static ngx_http_kimi_route_e
 ngx_http_kimi_route(ngx_http_request_t *r, ngx_uint_t *method)
 {
     ngx_str_t                  uri;
-    ngx_http_kimi_route_t     *rt;
+    ngx_http_kimi_route_e      route;
     ngx_http_core_loc_conf_t  *clcf;
 
     uri = r->uri;
 
-    /* routes are relative to a prefix location: "location /kimi/" serves
-     * /kimi/v1/models; "location /" serves /v1/models */
+    /* the URI as it is first: "location = /health", "location /v1/" and
+     * "location /" all serve the API paths under their own names */
+    route = ngx_http_kimi_route_find(&uri, method);
+    if (route != NGX_HTTP_KIMI_ROUTE_NONE) {
+        return route;
+    }
+
+    /* then relative to a prefix location: "location /kimi/" serves
+     * /kimi/v1/models */
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
     if (clcf->name.len > 1
+        && clcf->name.data[clcf->name.len - 1] == '/'
+        && !clcf->exact_match
 #if (NGX_PCRE)
         && clcf->regex == NULL
 #endif
         && uri.len >= clcf->name.len
         && ngx_strncmp(uri.data, clcf->name.data, clcf->name.len) == 0)
     {
-        uri.data += clcf->name.len;
-        uri.len -= clcf->name.len;
+        uri.data += clcf->name.len - 1;
+        uri.len -= clcf->name.len - 1;
 
-        if (clcf->name.data[clcf->name.len - 1] == '/') {
-            uri.data--;
-            uri.len++;
-        }
+        return ngx_http_kimi_route_find(&uri, method);
     }
 
+    return NGX_HTTP_KIMI_ROUTE_NONE;
+}
+
+
+static ngx_http_kimi_route_e
+ngx_http_kimi_route_find(ngx_str_t *uri, ngx_uint_t *method)
+{
+    ngx_http_kimi_route_t  *rt;
+
     for (rt = ngx_http_kimi_routes; rt->suffix.len; rt++) {
-        if (uri.len == rt->suffix.len
-            && ngx_strncmp(uri.data, rt->suffix.data, uri.len) == 0)
+        if (uri->len == rt->suffix.len
+            && ngx_strncmp(uri->data, rt->suffix.data, uri->len) == 0)
         {
             *method = rt->method;
             return rt->route;
