@@ -32,14 +32,14 @@
  * to keep HBM busy. */
 #define GEMM_KS 8
 
-template <int NG>
+template <int NG, typename Y>
 static __global__ void __launch_bounds__(GEMM_KS * 32)
 gemm_nt_kernel(const uint8_t *__restrict__ xq,   // [T, K]
                const float *__restrict__ xs,     // [T, K/128]
                int T, int K,
                const uint8_t *__restrict__ w,    // [N, K]
                const float *__restrict__ ws,     // [N/128, K/128]
-               int N, uint16_t *__restrict__ y, int ldy)   // [T, ldy]
+               int N, Y *__restrict__ y, int ldy)   // [T, ldy]
 {
     __shared__ float red[GEMM_KS - 1][2 * NG * 4][32];   // partials of warps 1..KS-1
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -87,20 +87,21 @@ gemm_nt_kernel(const uint8_t *__restrict__ xq,   // [T, K]
         for (int j = 0; j < NG; j++) {
             const int r = n0 + s * 16 + g, c = tok0 + j * 8 + 2 * t;
             if (c < T) {
-                y[(size_t) c * ldy + r] = kimi_f2bf(acc[s][j][0]);
-                y[(size_t) c * ldy + r + 8] = kimi_f2bf(acc[s][j][2]);
+                kimi_stf(&y[(size_t) c * ldy + r], acc[s][j][0]);
+                kimi_stf(&y[(size_t) c * ldy + r + 8], acc[s][j][2]);
             }
             if (c + 1 < T) {
-                y[(size_t) (c + 1) * ldy + r] = kimi_f2bf(acc[s][j][1]);
-                y[(size_t) (c + 1) * ldy + r + 8] = kimi_f2bf(acc[s][j][3]);
+                kimi_stf(&y[(size_t) (c + 1) * ldy + r], acc[s][j][1]);
+                kimi_stf(&y[(size_t) (c + 1) * ldy + r + 8], acc[s][j][3]);
             }
         }
     }
 }
 
-extern "C" int
-kimi_fp8_gemm_nt(const uint8_t *xq, const float *xs, int T, int K,
-                 const uint8_t *w, const float *ws, int N, kimi_bf16_t *y,
+template <typename Y>
+static int
+gemm_nt_launch(const uint8_t *xq, const float *xs, int T, int K,
+                 const uint8_t *w, const float *ws, int N, Y *y,
                  int ldy, cudaStream_t s, kimi_err_t *err)
 {
     if (xq == NULL || xs == NULL || w == NULL || ws == NULL || y == NULL
@@ -117,15 +118,31 @@ kimi_fp8_gemm_nt(const uint8_t *xq, const float *xs, int T, int K,
     }
     dim3 grid(N / 32, 1);
     if (T <= 8) {
-        gemm_nt_kernel<1><<<grid, GEMM_KS * 32, 0, s>>>(xq, xs, T, K, w, ws, N, y, ldy);
+        gemm_nt_kernel<1, Y><<<grid, GEMM_KS * 32, 0, s>>>(xq, xs, T, K, w, ws, N, y, ldy);
     } else if (T <= 16) {
-        gemm_nt_kernel<2><<<grid, GEMM_KS * 32, 0, s>>>(xq, xs, T, K, w, ws, N, y, ldy);
+        gemm_nt_kernel<2, Y><<<grid, GEMM_KS * 32, 0, s>>>(xq, xs, T, K, w, ws, N, y, ldy);
     } else {
         grid.y = (T + 31) / 32;
-        gemm_nt_kernel<4><<<grid, GEMM_KS * 32, 0, s>>>(xq, xs, T, K, w, ws, N, y, ldy);
+        gemm_nt_kernel<4, Y><<<grid, GEMM_KS * 32, 0, s>>>(xq, xs, T, K, w, ws, N, y, ldy);
     }
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
+}
+
+extern "C" int
+kimi_fp8_gemm_nt(const uint8_t *xq, const float *xs, int T, int K,
+                 const uint8_t *w, const float *ws, int N, kimi_bf16_t *y,
+                 int ldy, cudaStream_t s, kimi_err_t *err)
+{
+    return gemm_nt_launch(xq, xs, T, K, w, ws, N, y, ldy, s, err);
+}
+
+extern "C" int
+kimi_fp8_gemm_nt_f32(const uint8_t *xq, const float *xs, int T, int K,
+                     const uint8_t *w, const float *ws, int N, float *y,
+                     int ldy, cudaStream_t s, kimi_err_t *err)
+{
+    return gemm_nt_launch(xq, xs, T, K, w, ws, N, y, ldy, s, err);
 }
 
 /* ---- cuBLASLt ----------------------------------------------------------- */

@@ -1,9 +1,11 @@
 /*
  * Small kernels between the big ones of a forward pass: embedding (and row)
  * gather, SiLU(gate)*up, the latent KV write into the paged cache, and the
- * per-head absorption matrices of MLA (W_UK on q, W_UV on the output).
+ * per-head absorption matrices of MLA (W_UK on q, W_UV on the output):
+ * the bf16 forms the kernel checks drive, and the fp32 forms the engine
+ * uses (fp32 activations, absorption straight from the FP8 kv_b_proj).
  *
- * Owns:   those four launchers and their preconditions.
+ * Owns:   those launchers and their preconditions.
  * Never:  allocates, synchronizes, or holds state.
  * Twin:   engine/backend/cpu/ backend_cpu.c (embedding, kimi_silu_mul,
  *         kimi_rmsnorm + kimi_kv_write, the absorbed q/o loops of
@@ -78,30 +80,107 @@ kimi_silu_mul_bf16(const kimi_bf16_t *g, const kimi_bf16_t *u, kimi_bf16_t *out,
     return KIMI_OK;
 }
 
+/* ---- fp32 forms of the engine (residual stream and GEMM outputs in fp32) ---- */
+
+template <typename S>
+static __global__ void
+gather_rows_f32_kernel(const S *__restrict__ table, const int32_t *__restrict__ ids, int D,
+                       float *__restrict__ out)
+{
+    const int t = blockIdx.x;
+    const S *src = table + (size_t) ids[t] * D;
+    float *dst = out + (size_t) t * D;
+    for (int i = threadIdx.x * 4; i < D; i += blockDim.x * 4) {
+        float v[4];
+        kimi_ld4(src + i, v);
+        kimi_st4(dst + i, v);
+    }
+}
+
+template <typename S>
+static int
+gather_f32_launch(const S *table, const int32_t *ids, int T, int D, float *out,
+                  cudaStream_t s, kimi_err_t *err)
+{
+    if (table == NULL || ids == NULL || out == NULL || T < 0 || D <= 0 || D % 8 != 0
+        || (((uintptr_t) table | (uintptr_t) out) & 15)) {
+        return kimi_err_set(err, KIMI_EINVAL, "gather_rows: T=%d D=%d (D %% 8, 16-byte aligned)",
+                            T, D);
+    }
+    if (T == 0) {
+        return KIMI_OK;
+    }
+    gather_rows_f32_kernel<S><<<T, 256, 0, s>>>(table, ids, D, out);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
+extern "C" int
+kimi_gather_rows_bf16_f32(const kimi_bf16_t *table, const int32_t *ids, int T, int D,
+                          float *out, cudaStream_t s, kimi_err_t *err)
+{
+    return gather_f32_launch(table, ids, T, D, out, s, err);
+}
+
+extern "C" int
+kimi_gather_rows_f32(const float *table, const int32_t *ids, int T, int D, float *out,
+                     cudaStream_t s, kimi_err_t *err)
+{
+    return gather_f32_launch(table, ids, T, D, out, s, err);
+}
+
+/* expf, not __expf: the CPU oracle's kimi_silu_mul uses the accurate one */
+static __global__ void
+silu_mul_f32_kernel(const float *__restrict__ g, const float *__restrict__ u,
+                    float *__restrict__ out, size_t n)
+{
+    for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t) gridDim.x * blockDim.x) {
+        const float a = g[i];
+        out[i] = a / (1.f + expf(-a)) * u[i];
+    }
+}
+
+extern "C" int
+kimi_silu_mul_f32(const float *g, const float *u, float *out, size_t n, cudaStream_t s,
+                  kimi_err_t *err)
+{
+    if (g == NULL || u == NULL || out == NULL) {
+        return kimi_err_set(err, KIMI_EINVAL, "silu_mul: NULL buffer");
+    }
+    if (n == 0) {
+        return KIMI_OK;
+    }
+    size_t blocks = (n + 255) / 256;
+    silu_mul_f32_kernel<<<blocks < 8192 ? (unsigned) blocks : 8192u, 256, 0, s>>>(g, u, out, n);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
 /* ---- latent KV write --------------------------------------------------------------- */
 
 /* One block per token: c = rmsnorm(ckv[0:512]) * w, k_pe = ckv[512:576] (already
  * rotated); stored at cache row slot[t] (block * bs + row) as bf16, or as e4m3
  * with one multiplier per row (max(amax, 1e-4) / 448, as kimi_kv_write). */
-template <bool FP8>
+template <bool FP8, typename X>
 static __global__ void __launch_bounds__(KV_THREADS)
-kv_write_kernel(const uint16_t *__restrict__ ckv, const uint16_t *__restrict__ w, float eps,
+kv_write_kernel(const X *__restrict__ ckv, const uint16_t *__restrict__ w, float eps,
                 const int32_t *__restrict__ slot, void *__restrict__ kv,
                 float *__restrict__ kv_scale)
 {
     __shared__ float red[KV_THREADS / 32];
     __shared__ float bc;
     const int t = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    const uint16_t *row = ckv + (size_t) t * KV_ROW;
+    const X *row = ckv + (size_t) t * KV_ROW;
     float v[KV_ROW / KV_THREADS + 1];
     float ss = 0.f;
 #pragma unroll
     for (int j = 0; j < KV_LATENT / KV_THREADS; j++) {
-        v[j] = kimi_bf2f(row[threadIdx.x + j * KV_THREADS]);
+        v[j] = kimi_ldf(&row[threadIdx.x + j * KV_THREADS]);
         ss += v[j] * v[j];
     }
     const bool has_pe = threadIdx.x < KV_ROW - KV_LATENT;
-    float pe = has_pe ? kimi_bf2f(row[KV_LATENT + threadIdx.x]) : 0.f;
+    float pe = has_pe ? kimi_ldf(&row[KV_LATENT + threadIdx.x]) : 0.f;
     ss = kimi_warp_sum(ss);
     if (lane == 0) {
         red[wid] = ss;
@@ -158,8 +237,9 @@ kv_write_kernel(const uint16_t *__restrict__ ckv, const uint16_t *__restrict__ w
     }
 }
 
-extern "C" int
-kimi_mla_kv_write(const kimi_bf16_t *ckv, const kimi_bf16_t *norm_w, float eps,
+template <typename X>
+static int
+kv_write_launch(const X *ckv, const kimi_bf16_t *norm_w, float eps,
                   const int32_t *slot, int T, void *kv, float *kv_scale, int kv_fp8,
                   cudaStream_t s, kimi_err_t *err)
 {
@@ -171,12 +251,28 @@ kimi_mla_kv_write(const kimi_bf16_t *ckv, const kimi_bf16_t *norm_w, float eps,
         return KIMI_OK;
     }
     if (kv_fp8) {
-        kv_write_kernel<true><<<T, KV_THREADS, 0, s>>>(ckv, norm_w, eps, slot, kv, kv_scale);
+        kv_write_kernel<true, X><<<T, KV_THREADS, 0, s>>>(ckv, norm_w, eps, slot, kv, kv_scale);
     } else {
-        kv_write_kernel<false><<<T, KV_THREADS, 0, s>>>(ckv, norm_w, eps, slot, kv, kv_scale);
+        kv_write_kernel<false, X><<<T, KV_THREADS, 0, s>>>(ckv, norm_w, eps, slot, kv, kv_scale);
     }
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
+}
+
+extern "C" int
+kimi_mla_kv_write(const kimi_bf16_t *ckv, const kimi_bf16_t *norm_w, float eps,
+                  const int32_t *slot, int T, void *kv, float *kv_scale, int kv_fp8,
+                  cudaStream_t s, kimi_err_t *err)
+{
+    return kv_write_launch(ckv, norm_w, eps, slot, T, kv, kv_scale, kv_fp8, s, err);
+}
+
+extern "C" int
+kimi_mla_kv_write_f32(const float *ckv, const kimi_bf16_t *norm_w, float eps,
+                      const int32_t *slot, int T, void *kv, float *kv_scale, int kv_fp8,
+                      cudaStream_t s, kimi_err_t *err)
+{
+    return kv_write_launch(ckv, norm_w, eps, slot, T, kv, kv_scale, kv_fp8, s, err);
 }
 
 /* ---- per-head vector x matrix --------------------------------------------------------- */
@@ -238,6 +334,218 @@ kimi_head_mv_bf16(const kimi_bf16_t *x, int x_ld_t, int x_ld_h, const kimi_bf16_
     dim3 grid(H, (T + HMV_TOK - 1) / HMV_TOK);
     head_mv_kernel<<<grid, N < 512 ? N : 512, smem, s>>>(x, x_ld_t, x_ld_h, M, m_ld_h, m_ld_k,
                                                         K, N, y, y_ld_t, y_ld_h, T);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
+/* ---- MLA absorption on the FP8 kv_b_proj -------------------------------------------- */
+
+/* kv_b_proj W [H*(nope+dv)][R] e4m3 with 128x128 block multipliers, dequantised
+ * on the fly as the CPU oracle dequantises it (fp32 product of code and
+ * multiplier), so both apply the same fp32 matrix; 1 byte per weight read.
+ * A warp reads one whole 512-wide row per instruction (32 lanes x 16 bytes),
+ * AB_U rows in flight per warp; a block serves one head and AB_TOK tokens. */
+#define AB_WARPS 8
+#define AB_TOK 4
+#define AB_U 8
+#define AB_R 512
+#define AB_MAX_NOPE 256
+
+static __device__ __forceinline__ void
+ab_dequant(uint4 raw, float sc, float wf[16])
+{
+    const uint8_t *p = (const uint8_t *) &raw;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        wf[i] = kimi_fp82f(p[i]) * sc;
+    }
+}
+
+/* AB_U rows d0.. of a head (rows past n read as zero weights) */
+static __device__ __forceinline__ void
+ab_load(const uint8_t *__restrict__ w, const float *__restrict__ ws, int row0, int d0, int n,
+        int lane, uint4 raw[AB_U], float sc[AB_U])
+{
+#pragma unroll
+    for (int u = 0; u < AB_U; u++) {
+        const int d = d0 + u;
+        if (d < n) {
+            raw[u] = kimi_ld_stream(w + (size_t) (row0 + d) * AB_R + lane * 16);
+            sc[u] = ws[(size_t) ((row0 + d) / 128) * (AB_R / 128) + lane / 8];
+        } else {
+            raw[u] = make_uint4(0, 0, 0, 0);
+            sc[u] = 0.f;
+        }
+    }
+}
+
+/* qlat[t,h,0:R] = bf16(sum_d q[t,h,d] W(h,d,:)), qlat[t,h,R:R+P] = bf16(q_pe) */
+static __global__ void __launch_bounds__(AB_WARPS * 32)
+absorb_q_kernel(const float *__restrict__ q, int T, int H, int nope, int P,
+                const uint8_t *__restrict__ w, const float *__restrict__ ws, int rows_h,
+                uint16_t *__restrict__ qlat)
+{
+    __shared__ float qs[AB_TOK][AB_MAX_NOPE];
+    __shared__ __align__(16) float red[AB_WARPS][AB_R];
+    const int h = blockIdx.x, t0 = blockIdx.y * AB_TOK, nt = min(AB_TOK, T - t0);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int qk = nope + P;
+    const size_t ldo = (size_t) H * (AB_R + P);
+
+    for (int i = threadIdx.x; i < AB_TOK * nope; i += blockDim.x) {
+        const int j = i / nope, d = i % nope;
+        qs[j][d] = j < nt ? q[((size_t) (t0 + j) * H + h) * qk + d] : 0.f;
+    }
+    for (int i = threadIdx.x; i < nt * P; i += blockDim.x) {
+        const int j = i / P, d = i % P;
+        qlat[(size_t) (t0 + j) * ldo + (size_t) h * (AB_R + P) + AB_R + d] =
+            kimi_f2bf(q[((size_t) (t0 + j) * H + h) * qk + nope + d]);
+    }
+    __syncthreads();
+
+    float acc[AB_TOK][16];
+#pragma unroll
+    for (int j = 0; j < AB_TOK; j++)
+#pragma unroll
+        for (int i = 0; i < 16; i++) acc[j][i] = 0.f;
+
+    const int row0 = h * rows_h;
+    for (int d0 = warp * AB_U; d0 < nope; d0 += AB_WARPS * AB_U) {
+        uint4 raw[AB_U];
+        float sc[AB_U];
+        ab_load(w, ws, row0, d0, nope, lane, raw, sc);
+#pragma unroll
+        for (int u = 0; u < AB_U; u++) {
+            if (d0 + u < nope) {
+                float wf[16];
+                ab_dequant(raw[u], sc[u], wf);
+#pragma unroll
+                for (int j = 0; j < AB_TOK; j++) {
+                    const float x = qs[j][d0 + u];
+#pragma unroll
+                    for (int i = 0; i < 16; i++) acc[j][i] += x * wf[i];
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int j = 0; j < AB_TOK; j++) {
+        if (j < nt) {
+#pragma unroll
+            for (int i = 0; i < 16; i += 4) {
+                *(float4 *) &red[warp][lane * 16 + i] =
+                    make_float4(acc[j][i], acc[j][i + 1], acc[j][i + 2], acc[j][i + 3]);
+            }
+            __syncthreads();
+            for (int r = threadIdx.x; r < AB_R; r += blockDim.x) {
+                float v = 0.f;
+#pragma unroll
+                for (int k = 0; k < AB_WARPS; k++) v += red[k][r];
+                qlat[(size_t) (t0 + j) * ldo + (size_t) h * (AB_R + P) + r] = kimi_f2bf(v);
+            }
+            __syncthreads();
+        }
+    }
+}
+
+/* out[t,h,d] = sum_r W(h,nope+d,r) olat[t,h,r], fp32; grid.z splits the rows */
+static __global__ void __launch_bounds__(AB_WARPS * 32)
+absorb_o_kernel(const uint16_t *__restrict__ olat, int T, int H, int nope, int dv,
+                const uint8_t *__restrict__ w, const float *__restrict__ ws, int rows_h,
+                float *__restrict__ out)
+{
+    const int h = blockIdx.x, t0 = blockIdx.y * AB_TOK, nt = min(AB_TOK, T - t0);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int nw = AB_WARPS * gridDim.z, wg = blockIdx.z * AB_WARPS + warp;
+    float ol[AB_TOK][16];
+
+#pragma unroll
+    for (int j = 0; j < AB_TOK; j++) {
+        if (j < nt) {
+            const uint16_t *p = olat + ((size_t) (t0 + j) * H + h) * AB_R + lane * 16;
+            kimi_ld8(p, ol[j]);
+            kimi_ld8(p + 8, ol[j] + 8);
+        } else {
+#pragma unroll
+            for (int i = 0; i < 16; i++) ol[j][i] = 0.f;
+        }
+    }
+
+    const int row0 = h * rows_h + nope;
+    for (int d0 = wg * AB_U; d0 < dv; d0 += nw * AB_U) {
+        uint4 raw[AB_U];
+        float sc[AB_U];
+        ab_load(w, ws, row0, d0, dv, lane, raw, sc);
+#pragma unroll
+        for (int u = 0; u < AB_U; u++) {
+            if (d0 + u < dv) {
+                float wf[16];
+                ab_dequant(raw[u], sc[u], wf);
+#pragma unroll
+                for (int j = 0; j < AB_TOK; j++) {
+                    if (j < nt) {
+                        float p = 0.f;
+#pragma unroll
+                        for (int i = 0; i < 16; i++) p += wf[i] * ol[j][i];
+                        p = kimi_warp_sum(p);
+                        if (lane == 0) {
+                            out[((size_t) (t0 + j) * H + h) * dv + d0 + u] = p;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+static int
+absorb_check(const void *x, const void *y, int T, int H, int R, int nope, int dv,
+             const uint8_t *w, const float *ws, kimi_err_t *err)
+{
+    if (x == NULL || y == NULL || w == NULL || ws == NULL || T < 0 || H <= 0 || R != AB_R
+        || nope <= 0 || nope > AB_MAX_NOPE || dv <= 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "mla_absorb: T=%d H=%d R=%d nope=%d dv=%d "
+                            "(R == %d, nope <= %d)", T, H, R, nope, dv, AB_R, AB_MAX_NOPE);
+    }
+    if (((uintptr_t) w | (uintptr_t) x) & 15) {
+        return kimi_err_set(err, KIMI_EINVAL, "mla_absorb: kv_b or input not 16-byte aligned");
+    }
+    return KIMI_OK;
+}
+
+extern "C" int
+kimi_mla_absorb_q(const float *q, int T, int H, int nope, int P, int R, int dv,
+                  const uint8_t *kv_b, const float *kv_b_s, kimi_bf16_t *qlat,
+                  cudaStream_t s, kimi_err_t *err)
+{
+    int rc = absorb_check(q, qlat, T, H, R, nope, dv, kv_b, kv_b_s, err);
+    if (rc != KIMI_OK || T == 0) {
+        return rc;
+    }
+    if (P < 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "mla_absorb_q: P=%d", P);
+    }
+    dim3 grid(H, (T + AB_TOK - 1) / AB_TOK);
+    absorb_q_kernel<<<grid, AB_WARPS * 32, 0, s>>>(q, T, H, nope, P, kv_b, kv_b_s, nope + dv,
+                                                   qlat);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
+extern "C" int
+kimi_mla_absorb_o(const kimi_bf16_t *olat, int T, int H, int R, int nope, int dv,
+                  const uint8_t *kv_b, const float *kv_b_s, float *out, cudaStream_t s,
+                  kimi_err_t *err)
+{
+    int rc = absorb_check(olat, out, T, H, R, nope, dv, kv_b, kv_b_s, err);
+    if (rc != KIMI_OK || T == 0) {
+        return rc;
+    }
+    /* two blocks per head while one wave has room: 64 heads fill only half of 132 SMs */
+    dim3 grid(H, (T + AB_TOK - 1) / AB_TOK, dv > AB_WARPS * AB_U ? 2 : 1);
+    absorb_o_kernel<<<grid, AB_WARPS * 32, 0, s>>>(olat, T, H, nope, dv, kv_b, kv_b_s,
+                                                   nope + dv, out);
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
 }

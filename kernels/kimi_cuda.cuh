@@ -67,6 +67,68 @@ static __device__ __forceinline__ uint8_t kimi_f2fp8(float f)
     return (uint8_t) __nv_cvt_float_to_fp8(f, __NV_SATFINITE, __NV_E4M3);
 }
 
+/* Element access for kernels instantiated on bf16 (uint16_t) or fp32 storage:
+ * the engine keeps its activations in fp32 (as the CPU oracle does), the
+ * kernel checks also drive the bf16 forms. */
+static __device__ __forceinline__ float kimi_ldf(const uint16_t *p)
+{
+    return kimi_bf2f(*p);
+}
+
+static __device__ __forceinline__ float kimi_ldf(const float *p)
+{
+    return *p;
+}
+
+static __device__ __forceinline__ void kimi_stf(uint16_t *p, float v)
+{
+    *p = kimi_f2bf(v);
+}
+
+static __device__ __forceinline__ void kimi_stf(float *p, float v)
+{
+    *p = v;
+}
+
+/* 4 / 8 consecutive values; p aligned to 4 / 8 elements. */
+static __device__ __forceinline__ void kimi_ld4(const uint16_t *p, float v[4])
+{
+    const uint2 r = *(const uint2 *) p;
+    v[0] = __uint_as_float(r.x << 16);
+    v[1] = __uint_as_float(r.x & 0xffff0000u);
+    v[2] = __uint_as_float(r.y << 16);
+    v[3] = __uint_as_float(r.y & 0xffff0000u);
+}
+
+static __device__ __forceinline__ void kimi_ld4(const float *p, float v[4])
+{
+    const float4 r = *(const float4 *) p;
+    v[0] = r.x;
+    v[1] = r.y;
+    v[2] = r.z;
+    v[3] = r.w;
+}
+
+template <typename E>
+static __device__ __forceinline__ void kimi_ld8(const E *p, float v[8])
+{
+    kimi_ld4(p, v);
+    kimi_ld4(p + 4, v + 4);
+}
+
+static __device__ __forceinline__ void kimi_st4(uint16_t *p, const float v[4])
+{
+    uint2 r;
+    r.x = (uint32_t) kimi_f2bf(v[0]) | (uint32_t) kimi_f2bf(v[1]) << 16;
+    r.y = (uint32_t) kimi_f2bf(v[2]) | (uint32_t) kimi_f2bf(v[3]) << 16;
+    *(uint2 *) p = r;
+}
+
+static __device__ __forceinline__ void kimi_st4(float *p, const float v[4])
+{
+    *(float4 *) p = make_float4(v[0], v[1], v[2], v[3]);
+}
+
 static __device__ __forceinline__ float kimi_warp_sum(float v)
 {
     for (int o = 16; o > 0; o >>= 1) {

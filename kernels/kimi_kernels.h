@@ -45,6 +45,15 @@ int kimi_rmsnorm_residual_bf16(const kimi_bf16_t *x, kimi_bf16_t *res,
                                int T, int D, float eps,
                                cudaStream_t s, kimi_err_t *err);
 
+/* fp32 forms (the engine's residual stream): x, res, y fp32 [T, D], w bf16;
+ * y = w * (r * rstd) with rstd = 1 / sqrt(mean(r^2) + eps), the CPU
+ * oracle's order; D % 8 == 0, 16-byte aligned. */
+int kimi_rmsnorm_f32(const float *x, const kimi_bf16_t *w, float *y, int T,
+                     int D, float eps, cudaStream_t s, kimi_err_t *err);
+int kimi_rmsnorm_residual_f32(const float *x, float *res, const kimi_bf16_t *w,
+                              float *y, int T, int D, float eps,
+                              cudaStream_t s, kimi_err_t *err);
+
 /* ---- rope.cu --------------------------------------------------------- */
 
 #define KIMI_ROPE_MAX_PAIRS 64
@@ -69,6 +78,11 @@ int kimi_rope_bf16(kimi_bf16_t *q, int q_ld, int q_hd, int n_heads,
                    kimi_bf16_t *k, int k_ld, const int32_t *pos, int T,
                    const kimi_rope_t *r, cudaStream_t s, kimi_err_t *err);
 
+/* The same on fp32 q / k. */
+int kimi_rope_f32(float *q, int q_ld, int q_hd, int n_heads, float *k,
+                  int k_ld, const int32_t *pos, int T, const kimi_rope_t *r,
+                  cudaStream_t s, kimi_err_t *err);
+
 /* ---- quant.cu -------------------------------------------------------- */
 
 /* xq[t,k] = e4m3(x[t,k] / s[t,k/128]); K % 128 == 0.
@@ -77,6 +91,11 @@ int kimi_rope_bf16(kimi_bf16_t *q, int q_ld, int q_hd, int n_heads,
 int kimi_fp8_quant_1x128(const kimi_bf16_t *x, int ldx, int T, int K,
                          uint8_t *xq, float *scales, int scale_mn_major,
                          int ld_scale, cudaStream_t s, kimi_err_t *err);
+
+/* The same from fp32 x (16-byte aligned). */
+int kimi_fp8_quant_1x128_f32(const float *x, int ldx, int T, int K,
+                             uint8_t *xq, float *scales, int scale_mn_major,
+                             int ld_scale, cudaStream_t s, kimi_err_t *err);
 
 /* ---- gemm_fp8.cu ----------------------------------------------------- */
 
@@ -89,6 +108,11 @@ int kimi_fp8_quant_1x128(const kimi_bf16_t *x, int ldx, int T, int K,
 int kimi_fp8_gemm_nt(const uint8_t *xq, const float *xs, int T, int K,
                      const uint8_t *w, const float *ws, int N,
                      kimi_bf16_t *y, int ldy, cudaStream_t s, kimi_err_t *err);
+
+/* The same with fp32 y (the engine's GEMM outputs stay fp32, as on the CPU). */
+int kimi_fp8_gemm_nt_f32(const uint8_t *xq, const float *xs, int T, int K,
+                         const uint8_t *w, const float *ws, int N, float *y,
+                         int ldy, cudaStream_t s, kimi_err_t *err);
 
 /* Prefill-size GEMM through cuBLASLt block scaling (A = W BLK128x128,
  * B = X VEC128).  T % 4 == 0 (pad), xs MN-major [K/128][T], y bf16 [T][N]. */
@@ -109,6 +133,11 @@ int  kimi_fp8_gemm_nt_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
 int kimi_moe_router_logits(const kimi_bf16_t *x, const kimi_bf16_t *w,
                            float *logits, int T, int D, int E,
                            cudaStream_t s, kimi_err_t *err);
+
+/* The same over fp32 x (router and lm_head of the engine). */
+int kimi_moe_router_logits_f32(const float *x, const kimi_bf16_t *w,
+                               float *logits, int T, int D, int E,
+                               cudaStream_t s, kimi_err_t *err);
 
 /* s = sigmoid(logit); selection by s + bias (bias may be NULL), limited to the
  * topk_group best groups (group score = sum of its 2 best, n_group groups of
@@ -190,6 +219,11 @@ int kimi_moe_combine(const kimi_moe_ws_t *ws, const float *topk_w, int T,
                      int top_k, int shared, int D, kimi_bf16_t *out,
                      cudaStream_t s, kimi_err_t *err);
 
+/* The same with fp32 out. */
+int kimi_moe_combine_f32(const kimi_moe_ws_t *ws, const float *topk_w, int T,
+                         int top_k, int shared, int D, float *out,
+                         cudaStream_t s, kimi_err_t *err);
+
 /* ---- mla.cu ---------------------------------------------------------- */
 
 /*
@@ -235,10 +269,21 @@ int kimi_gather_rows_bf16(const kimi_bf16_t *table, const int32_t *ids, int T,
                           int D, kimi_bf16_t *out, cudaStream_t s,
                           kimi_err_t *err);
 
+/* out fp32 [T][D] from a bf16 table (embedding) or an fp32 one (rows). */
+int kimi_gather_rows_bf16_f32(const kimi_bf16_t *table, const int32_t *ids,
+                              int T, int D, float *out, cudaStream_t s,
+                              kimi_err_t *err);
+int kimi_gather_rows_f32(const float *table, const int32_t *ids, int T, int D,
+                         float *out, cudaStream_t s, kimi_err_t *err);
+
 /* out[i] = bf16(silu(g[i]) * u[i]) (out may alias g). */
 int kimi_silu_mul_bf16(const kimi_bf16_t *g, const kimi_bf16_t *u,
                        kimi_bf16_t *out, size_t n, cudaStream_t s,
                        kimi_err_t *err);
+
+/* out[i] = silu(g[i]) * u[i], fp32 (expf, as the CPU oracle). */
+int kimi_silu_mul_f32(const float *g, const float *u, float *out, size_t n,
+                      cudaStream_t s, kimi_err_t *err);
 
 /* ckv [T][576] = [c 512 | k_pe 64 (rotated)]: cache row slot[t] (block * bs +
  * row, in the kimi_mla_decode layout) = [rmsnorm(c) * norm_w | k_pe], bf16,
@@ -248,6 +293,12 @@ int kimi_mla_kv_write(const kimi_bf16_t *ckv, const kimi_bf16_t *norm_w,
                       float *kv_scale, int kv_fp8, cudaStream_t s,
                       kimi_err_t *err);
 
+/* The same from fp32 ckv. */
+int kimi_mla_kv_write_f32(const float *ckv, const kimi_bf16_t *norm_w,
+                          float eps, const int32_t *slot, int T, void *kv,
+                          float *kv_scale, int kv_fp8, cudaStream_t s,
+                          kimi_err_t *err);
+
 /* Per-head vector x matrix (MLA absorption): y[t*y_ld_t + h*y_ld_h + n] =
  * sum_k x[t*x_ld_t + h*x_ld_h + k] * M[h*m_ld_h + k*m_ld_k + n], fp32
  * accumulate; K <= 1536. */
@@ -255,6 +306,21 @@ int kimi_head_mv_bf16(const kimi_bf16_t *x, int x_ld_t, int x_ld_h,
                       const kimi_bf16_t *M, size_t m_ld_h, int m_ld_k, int K,
                       int N, kimi_bf16_t *y, int y_ld_t, int y_ld_h, int T,
                       int H, cudaStream_t s, kimi_err_t *err);
+
+/* MLA absorption straight from the FP8 kv_b_proj [H*(nope+dv)][R] (e4m3,
+ * 128x128 multipliers kv_b_s), W(h,j,:) = row h*(nope+dv)+j, dequantised in
+ * fp32 as the CPU oracle does.  R == 512, nope <= 256.
+ *   absorb_q: qlat[t][h][0:R] = bf16(sum_d q[t][h][d] W(h,d,:)) and
+ *             qlat[t][h][R:R+P] = bf16(q[t][h][nope:nope+P]); q fp32
+ *             [T][H][nope+P], qlat [T][H][R+P] (kimi_mla_decode's q).
+ *   absorb_o: out[t][h][d] = sum_r W(h,nope+d,r) olat[t][h][r]; olat bf16
+ *             [T][H][R], out fp32 [T][H][dv]. */
+int kimi_mla_absorb_q(const float *q, int T, int H, int nope, int P, int R,
+                      int dv, const uint8_t *kv_b, const float *kv_b_s,
+                      kimi_bf16_t *qlat, cudaStream_t s, kimi_err_t *err);
+int kimi_mla_absorb_o(const kimi_bf16_t *olat, int T, int H, int R, int nope,
+                      int dv, const uint8_t *kv_b, const float *kv_b_s,
+                      float *out, cudaStream_t s, kimi_err_t *err);
 
 /* ---- util.cu --------------------------------------------------------- */
 

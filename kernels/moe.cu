@@ -521,10 +521,11 @@ kimi_moe_down(int T, int top_k, int D, int I, int max_slots, const kimi_experts_
 
 /* ---- combine (unpermute) ---------------------------------------------------- */
 
+template <typename O>
 static __global__ void
 moe_combine_kernel(const float *__restrict__ y, const int32_t *__restrict__ row_of_pair,
                    const float *__restrict__ w, int T, int top_k, int shared, int D,
-                   uint16_t *__restrict__ out)
+                   O *__restrict__ out)
 {
     const int t = blockIdx.x;
     for (int d = (blockIdx.y * blockDim.x + threadIdx.x) * 4; d < D; d += gridDim.y * blockDim.x * 4) {
@@ -548,22 +549,35 @@ moe_combine_kernel(const float *__restrict__ y, const int32_t *__restrict__ row_
             a.z += v.z;
             a.w += v.w;
         }
-        uint2 o;
-        o.x = (uint32_t) kimi_f2bf(a.x) | (uint32_t) kimi_f2bf(a.y) << 16;
-        o.y = (uint32_t) kimi_f2bf(a.z) | (uint32_t) kimi_f2bf(a.w) << 16;
-        *(uint2 *) (out + (size_t) t * D + d) = o;
+        const float o[4] = { a.x, a.y, a.z, a.w };
+        kimi_st4(out + (size_t) t * D + d, o);
     }
+}
+
+template <typename O>
+static int
+moe_combine_launch(const kimi_moe_ws_t *ws, const float *topk_w, int T, int top_k,
+                 int shared, int D, O *out, cudaStream_t s, kimi_err_t *err)
+{
+    if (ws == NULL || topk_w == NULL || out == NULL || T <= 0 || top_k <= 0 || D % 4 != 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe_combine: T=%d top_k=%d D=%d", T, top_k, D);
+    }
+    /* ~4 blocks per token: a single block per token is latency bound at T = 1 */
+    moe_combine_kernel<O><<<dim3(T, (D / 4 + 255) / 256 < 8 ? (D / 4 + 255) / 256 : 8), 256, 0, s>>>(ws->y, ws->row_of_pair, topk_w, T, top_k, shared, D, out);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
 }
 
 extern "C" int
 kimi_moe_combine(const kimi_moe_ws_t *ws, const float *topk_w, int T, int top_k,
                  int shared, int D, kimi_bf16_t *out, cudaStream_t s, kimi_err_t *err)
 {
-    if (ws == NULL || topk_w == NULL || out == NULL || T <= 0 || top_k <= 0 || D % 4 != 0) {
-        return kimi_err_set(err, KIMI_EINVAL, "moe_combine: T=%d top_k=%d D=%d", T, top_k, D);
-    }
-    /* ~4 blocks per token: a single block per token is latency bound at T = 1 */
-    moe_combine_kernel<<<dim3(T, (D / 4 + 255) / 256 < 8 ? (D / 4 + 255) / 256 : 8), 256, 0, s>>>(ws->y, ws->row_of_pair, topk_w, T, top_k, shared, D, out);
-    KIMI_CUDA_LAUNCHED(s, err);
-    return KIMI_OK;
+    return moe_combine_launch(ws, topk_w, T, top_k, shared, D, out, s, err);
+}
+
+extern "C" int
+kimi_moe_combine_f32(const kimi_moe_ws_t *ws, const float *topk_w, int T, int top_k,
+                     int shared, int D, float *out, cudaStream_t s, kimi_err_t *err)
+{
+    return moe_combine_launch(ws, topk_w, T, top_k, shared, D, out, s, err);
 }

@@ -123,3 +123,83 @@ kimi_rmsnorm_residual_bf16(const kimi_bf16_t *x, kimi_bf16_t *res,
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
 }
+
+/* ---- fp32 residual stream ----------------------------------------------- */
+
+/* The engine's form: res and y fp32 (the CPU oracle keeps the residual
+ * stream in fp32; rounding it to bf16 every layer moves FP8 codes of the
+ * next GEMM inputs).  y = w * (r * rstd) in the oracle's order. */
+template <bool RESIDUAL>
+static __global__ void __launch_bounds__(NORM_THREADS)
+rmsnorm_f32_kernel(const float *__restrict__ x, float *__restrict__ res,
+                   const uint16_t *__restrict__ w, float *__restrict__ y, int D, float eps)
+{
+    __shared__ float part[NORM_THREADS / 32];
+    const size_t  row = (size_t) blockIdx.x * D;
+    const float4 *xv = (const float4 *) (x + row);
+    float4       *rv = (float4 *) ((RESIDUAL ? res : (float *) x) + row);
+    const int     nv = D / 4;
+    float         ss = 0.f;
+
+    for (int i = threadIdx.x; i < nv; i += NORM_THREADS) {
+        float4 a = xv[i];
+        if (RESIDUAL) {
+            const float4 b = rv[i];
+            a.x += b.x;
+            a.y += b.y;
+            a.z += b.z;
+            a.w += b.w;
+            rv[i] = a;
+        }
+        ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    }
+    ss = kimi_warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) {
+        part[threadIdx.x >> 5] = ss;
+    }
+    __syncthreads();
+    float tot = 0.f;
+#pragma unroll
+    for (int i = 0; i < NORM_THREADS / 32; i++) {
+        tot += part[i];
+    }
+    const float rstd = 1.f / sqrtf(tot / (float) D + eps);
+
+    for (int i = threadIdx.x; i < nv; i += NORM_THREADS) {
+        const float4 a = rv[i];
+        float wf[4];
+        kimi_ld4(w + 4 * i, wf);
+        ((float4 *) (y + row))[i] = make_float4(wf[0] * (a.x * rstd), wf[1] * (a.y * rstd),
+                                                wf[2] * (a.z * rstd), wf[3] * (a.w * rstd));
+    }
+}
+
+extern "C" int
+kimi_rmsnorm_f32(const float *x, const kimi_bf16_t *w, float *y, int T, int D,
+                 float eps, cudaStream_t s, kimi_err_t *err)
+{
+    int rc = norm_check(x, w, y, T, D, err);
+    if (rc != KIMI_OK || T == 0) {
+        return rc;
+    }
+    rmsnorm_f32_kernel<false><<<T, NORM_THREADS, 0, s>>>(x, NULL, w, y, D, eps);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
+extern "C" int
+kimi_rmsnorm_residual_f32(const float *x, float *res, const kimi_bf16_t *w,
+                          float *y, int T, int D, float eps, cudaStream_t s,
+                          kimi_err_t *err)
+{
+    int rc = norm_check(x, w, y, T, D, err);
+    if (rc != KIMI_OK || T == 0) {
+        return rc;
+    }
+    if (res == NULL || ((uintptr_t) res & 15)) {
+        return kimi_err_set(err, KIMI_EINVAL, "rmsnorm_residual: res NULL or unaligned");
+    }
+    rmsnorm_f32_kernel<true><<<T, NORM_THREADS, 0, s>>>(x, res, w, y, D, eps);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}

@@ -5,7 +5,7 @@
  *   s[t,g]   = max(max_{k in group g} |x[t,k]|, 1e-4) / 448
  *   xq[t,k]  = e4m3_satfinite(x[t,k] / s[t,k/128])
  *
- * Layout:  x bf16 [T, ldx] (K used), xq [T, K]; scales token-major
+ * Layout:  x bf16 or fp32 (_f32) [T, ldx] (K used), xq [T, K]; scales token-major
  *          [T][K/128] (our GEMV kernels) or MN-major [K/128][ld_scale]
  *          (cuBLASLt VEC128), K % 128 == 0.  One warp per group, 4 values
  *          per lane.
@@ -16,8 +16,9 @@
 #include "kimi_cuda.cuh"
 #include "kimi_kernels.h"
 
+template <typename X>
 static __global__ void
-quant_kernel(const uint16_t *__restrict__ x, int ldx, int T, int K,
+quant_kernel(const X *__restrict__ x, int ldx, int T, int K,
              uint8_t *__restrict__ xq, float *__restrict__ sc, int mn_major,
              int ld_scale)
 {
@@ -28,12 +29,10 @@ quant_kernel(const uint16_t *__restrict__ x, int ldx, int T, int K,
         return;
     }
     const int t = gw / groups, g = gw % groups;
-    const uint2 raw = *(const uint2 *) (x + (size_t) t * ldx + g * 128 + lane * 4);
-    const uint16_t *pv = (const uint16_t *) &raw;
     float v[4], am = 0.f;
+    kimi_ld4(x + (size_t) t * ldx + g * 128 + lane * 4, v);
 #pragma unroll
     for (int j = 0; j < 4; j++) {
-        v[j] = kimi_bf2f(pv[j]);
         am = fmaxf(am, fabsf(v[j]));
     }
     am = kimi_warp_max(am);
@@ -49,10 +48,10 @@ quant_kernel(const uint16_t *__restrict__ x, int ldx, int T, int K,
     }
 }
 
-extern "C" int
-kimi_fp8_quant_1x128(const kimi_bf16_t *x, int ldx, int T, int K, uint8_t *xq,
-                     float *scales, int scale_mn_major, int ld_scale,
-                     cudaStream_t s, kimi_err_t *err)
+template <typename X>
+static int
+quant_launch(const X *x, int ldx, int T, int K, uint8_t *xq, float *scales,
+             int scale_mn_major, int ld_scale, cudaStream_t s, kimi_err_t *err)
 {
     if (x == NULL || xq == NULL || scales == NULL || T < 0 || K <= 0
         || K % 128 != 0 || ldx < K || ldx % 4 != 0
@@ -61,15 +60,31 @@ kimi_fp8_quant_1x128(const kimi_bf16_t *x, int ldx, int T, int K, uint8_t *xq,
                             "fp8_quant_1x128: T=%d K=%d ldx=%d ld_scale=%d (K %% 128, ldx %% 4)",
                             T, K, ldx, ld_scale);
     }
-    if (((uintptr_t) x & 7) || ((uintptr_t) xq & 3)) {
+    if (((uintptr_t) x & (4 * sizeof(X) - 1)) || ((uintptr_t) xq & 3)) {
         return kimi_err_set(err, KIMI_EINVAL, "fp8_quant_1x128: x or xq misaligned");
     }
     if (T == 0) {
         return KIMI_OK;
     }
     const int warps = T * (K / 128);
-    quant_kernel<<<(warps + 7) / 8, 256, 0, s>>>(x, ldx, T, K, xq, scales,
-                                                 scale_mn_major, ld_scale);
+    quant_kernel<X><<<(warps + 7) / 8, 256, 0, s>>>(x, ldx, T, K, xq, scales,
+                                                    scale_mn_major, ld_scale);
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
+}
+
+extern "C" int
+kimi_fp8_quant_1x128(const kimi_bf16_t *x, int ldx, int T, int K, uint8_t *xq,
+                     float *scales, int scale_mn_major, int ld_scale,
+                     cudaStream_t s, kimi_err_t *err)
+{
+    return quant_launch(x, ldx, T, K, xq, scales, scale_mn_major, ld_scale, s, err);
+}
+
+extern "C" int
+kimi_fp8_quant_1x128_f32(const float *x, int ldx, int T, int K, uint8_t *xq,
+                         float *scales, int scale_mn_major, int ld_scale,
+                         cudaStream_t s, kimi_err_t *err)
+{
+    return quant_launch(x, ldx, T, K, xq, scales, scale_mn_major, ld_scale, s, err);
 }

@@ -22,8 +22,9 @@
 #include "kimi_cuda.cuh"
 #include "kimi_kernels.h"
 
+template <typename E>
 static __global__ void
-rope_kernel(uint16_t *q, int q_ld, int q_hd, int n_heads, uint16_t *k,
+rope_kernel(E *q, int q_ld, int q_hd, int n_heads, E *k,
             int k_ld, const int32_t *__restrict__ pos, kimi_rope_t r)
 {
     const int t = blockIdx.x;
@@ -33,7 +34,7 @@ rope_kernel(uint16_t *q, int q_ld, int q_hd, int n_heads, uint16_t *k,
 
     for (int j = threadIdx.x; j < nh * half; j += blockDim.x) {
         const int h = j / half, i = j % half;
-        uint16_t *x;
+        E *x;
         if (q != NULL && h < n_heads) {
             x = q + (size_t) t * q_ld + (size_t) h * q_hd;
         } else {
@@ -41,9 +42,9 @@ rope_kernel(uint16_t *q, int q_ld, int q_hd, int n_heads, uint16_t *k,
         }
         float sn, cs;
         sincosf(p * r.inv_freq[i], &sn, &cs);
-        const float x0 = kimi_bf2f(x[2 * i]), x1 = kimi_bf2f(x[2 * i + 1]);
-        x[2 * i] = kimi_f2bf((x0 * cs - x1 * sn) * r.mscale);
-        x[2 * i + 1] = kimi_f2bf((x0 * sn + x1 * cs) * r.mscale);
+        const float x0 = kimi_ldf(&x[2 * i]), x1 = kimi_ldf(&x[2 * i + 1]);
+        kimi_stf(&x[2 * i], (x0 * cs - x1 * sn) * r.mscale);
+        kimi_stf(&x[2 * i + 1], (x0 * sn + x1 * cs) * r.mscale);
     }
 }
 
@@ -97,8 +98,9 @@ kimi_rope_yarn_init(kimi_rope_t *r, int rot_dim, double theta, double factor,
     return KIMI_OK;
 }
 
-extern "C" int
-kimi_rope_bf16(kimi_bf16_t *q, int q_ld, int q_hd, int n_heads, kimi_bf16_t *k,
+template <typename E>
+static int
+rope_launch(E *q, int q_ld, int q_hd, int n_heads, E *k,
                int k_ld, const int32_t *pos, int T, const kimi_rope_t *r,
                cudaStream_t s, kimi_err_t *err)
 {
@@ -111,7 +113,23 @@ kimi_rope_bf16(kimi_bf16_t *q, int q_ld, int q_hd, int n_heads, kimi_bf16_t *k,
     if (T == 0) {
         return KIMI_OK;
     }
-    rope_kernel<<<T, 256, 0, s>>>(q, q_ld, q_hd, n_heads, k, k_ld, pos, *r);
+    rope_kernel<E><<<T, 256, 0, s>>>(q, q_ld, q_hd, n_heads, k, k_ld, pos, *r);
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
+}
+
+extern "C" int
+kimi_rope_bf16(kimi_bf16_t *q, int q_ld, int q_hd, int n_heads, kimi_bf16_t *k,
+               int k_ld, const int32_t *pos, int T, const kimi_rope_t *r,
+               cudaStream_t s, kimi_err_t *err)
+{
+    return rope_launch(q, q_ld, q_hd, n_heads, k, k_ld, pos, T, r, s, err);
+}
+
+extern "C" int
+kimi_rope_f32(float *q, int q_ld, int q_hd, int n_heads, float *k, int k_ld,
+              const int32_t *pos, int T, const kimi_rope_t *r, cudaStream_t s,
+              kimi_err_t *err)
+{
+    return rope_launch(q, q_ld, q_hd, n_heads, k, k_ld, pos, T, r, s, err);
 }

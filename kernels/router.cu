@@ -26,8 +26,9 @@
 /* Block: one expert row, ROUTER_TOK tokens; the 4 warps split D and sum
  * through shared memory, so each warp has all of its loads in flight at once
  * (a warp walking a whole 14 KB row alone is latency bound). */
+template <typename X>
 static __global__ void __launch_bounds__(ROUTER_WARPS * 32)
-router_logits_kernel(const uint16_t *__restrict__ x,   // [T, D]
+router_logits_kernel(const X *__restrict__ x,          // [T, D]
                      const uint16_t *__restrict__ w,   // [E, D]
                      float *__restrict__ logits,       // [T, E]
                      int T, int D, int E)
@@ -41,7 +42,7 @@ router_logits_kernel(const uint16_t *__restrict__ x,   // [T, D]
 #pragma unroll
     for (int j = 0; j < ROUTER_TOK; j++) acc[j] = 0.f;
     const uint16_t *wr = w + (size_t) e * D + warp * chunk;
-    const uint16_t *xr = x + (size_t) tok0 * D + warp * chunk;
+    const X *xr = x + (size_t) tok0 * D + warp * chunk;
 #pragma unroll 8
     for (int d = lane * 8; d < chunk; d += 256) {
         const uint4 wv = kimi_ld_stream(wr + d);
@@ -52,10 +53,10 @@ router_logits_kernel(const uint16_t *__restrict__ x,   // [T, D]
 #pragma unroll
         for (int j = 0; j < ROUTER_TOK; j++) {
             if (j < nt) {
-                const uint4 xv = *(const uint4 *) (xr + (size_t) j * D + d);
-                const uint16_t *px = (const uint16_t *) &xv;
+                float xf[8];
+                kimi_ld8(xr + (size_t) j * D + d, xf);
 #pragma unroll
-                for (int i = 0; i < 8; i++) acc[j] += kimi_bf2f(px[i]) * wf[i];
+                for (int i = 0; i < 8; i++) acc[j] += xf[i] * wf[i];
             }
         }
     }
@@ -75,8 +76,75 @@ router_logits_kernel(const uint16_t *__restrict__ x,   // [T, D]
     }
 }
 
-extern "C" int
-kimi_moe_router_logits(const kimi_bf16_t *x, const kimi_bf16_t *w, float *logits,
+/* fp32 x (the engine's router and lm_head): a block owns ROUTER_ROWS rows,
+ * so each x vector loaded from L1 feeds ROUTER_ROWS weight vectors (one row
+ * per block read 2x the weight bytes of fp32 x from L1 on lm_head's
+ * 163840 rows and was L1-bound, 2.5x slower than the bf16 form). */
+#define ROUTER_ROWS 4
+
+static __global__ void __launch_bounds__(ROUTER_WARPS * 32)
+router_logits_rows_kernel(const float *__restrict__ x,      // [T, D]
+                          const uint16_t *__restrict__ w,   // [E, D]
+                          float *__restrict__ logits,       // [T, E]
+                          int T, int D, int E)
+{
+    __shared__ float part[ROUTER_WARPS][ROUTER_ROWS][ROUTER_TOK];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int nrb = E / ROUTER_ROWS;
+    const int e0 = (blockIdx.x % nrb) * ROUTER_ROWS, tok0 = (blockIdx.x / nrb) * ROUTER_TOK;
+    const int nt = min(ROUTER_TOK, T - tok0);
+    const int chunk = D / ROUTER_WARPS;              /* D % 1024 == 0 */
+    float acc[ROUTER_ROWS][ROUTER_TOK];
+#pragma unroll
+    for (int r = 0; r < ROUTER_ROWS; r++)
+#pragma unroll
+        for (int j = 0; j < ROUTER_TOK; j++) acc[r][j] = 0.f;
+    const uint16_t *wr = w + (size_t) e0 * D + warp * chunk;
+    const float *xr = x + (size_t) tok0 * D + warp * chunk;
+#pragma unroll 2
+    for (int d = lane * 8; d < chunk; d += 256) {
+        float wf[ROUTER_ROWS][8];
+#pragma unroll
+        for (int r = 0; r < ROUTER_ROWS; r++) {
+            const uint4 wv = kimi_ld_stream(wr + (size_t) r * D + d);
+            const uint16_t *pw = (const uint16_t *) &wv;
+#pragma unroll
+            for (int i = 0; i < 8; i++) wf[r][i] = kimi_bf2f(pw[i]);
+        }
+#pragma unroll
+        for (int j = 0; j < ROUTER_TOK; j++) {
+            if (j < nt) {
+                float xf[8];
+                kimi_ld8(xr + (size_t) j * D + d, xf);
+#pragma unroll
+                for (int r = 0; r < ROUTER_ROWS; r++)
+#pragma unroll
+                    for (int i = 0; i < 8; i++) acc[r][j] += xf[i] * wf[r][i];
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROUTER_ROWS; r++)
+#pragma unroll
+        for (int j = 0; j < ROUTER_TOK; j++) {
+            float v = kimi_warp_sum(acc[r][j]);
+            if (lane == 0) {
+                part[warp][r][j] = v;
+            }
+        }
+    __syncthreads();
+    if (threadIdx.x < ROUTER_ROWS * nt) {
+        const int r = threadIdx.x / nt, j = threadIdx.x % nt;
+        float v = 0.f;
+#pragma unroll
+        for (int q = 0; q < ROUTER_WARPS; q++) v += part[q][r][j];
+        logits[(size_t) (tok0 + j) * E + e0 + r] = v;
+    }
+}
+
+template <typename X>
+static int
+router_logits_launch(const X *x, const kimi_bf16_t *w, float *logits,
                        int T, int D, int E, cudaStream_t s, kimi_err_t *err)
 {
     if (x == NULL || w == NULL || logits == NULL || T < 0 || D <= 0 || D % 1024 != 0 || E <= 0) {
@@ -89,7 +157,33 @@ kimi_moe_router_logits(const kimi_bf16_t *x, const kimi_bf16_t *w, float *logits
         return KIMI_OK;
     }
     const int blocks = E * ((T + ROUTER_TOK - 1) / ROUTER_TOK);
-    router_logits_kernel<<<blocks, ROUTER_WARPS * 32, 0, s>>>(x, w, logits, T, D, E);
+    router_logits_kernel<X><<<blocks, ROUTER_WARPS * 32, 0, s>>>(x, w, logits, T, D, E);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
+extern "C" int
+kimi_moe_router_logits(const kimi_bf16_t *x, const kimi_bf16_t *w, float *logits,
+                       int T, int D, int E, cudaStream_t s, kimi_err_t *err)
+{
+    return router_logits_launch(x, w, logits, T, D, E, s, err);
+}
+
+extern "C" int
+kimi_moe_router_logits_f32(const float *x, const kimi_bf16_t *w, float *logits,
+                           int T, int D, int E, cudaStream_t s, kimi_err_t *err)
+{
+    if (E <= 0 || E % ROUTER_ROWS != 0 || T <= 0) {
+        return router_logits_launch(x, w, logits, T, D, E, s, err);
+    }
+    if (x == NULL || w == NULL || logits == NULL || D <= 0 || D % 1024 != 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "router_logits: T=%d D=%d E=%d (D %% 1024)", T, D, E);
+    }
+    if (((uintptr_t) x | (uintptr_t) w) & 15) {
+        return kimi_err_set(err, KIMI_EINVAL, "router_logits: x or w not 16-byte aligned");
+    }
+    const int blocks = (E / ROUTER_ROWS) * ((T + ROUTER_TOK - 1) / ROUTER_TOK);
+    router_logits_rows_kernel<<<blocks, ROUTER_WARPS * 32, 0, s>>>(x, w, logits, T, D, E);
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
 }

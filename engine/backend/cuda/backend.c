@@ -239,6 +239,24 @@ kimi_backend_cuda_set_profile(kimi_backend_t *base, int on)
 }
 
 
+void
+kimi_backend_cuda_set_graphs(kimi_backend_t *base, int on)
+{
+    ((kimi_cuda_t *) base)->graphs_on = on;
+}
+
+
+void
+kimi_backend_cuda_graph_stats(kimi_backend_t *base, uint64_t *captures,
+    uint64_t *launches)
+{
+    kimi_cuda_t  *b = (kimi_cuda_t *) base;
+
+    *captures = b->graph_captures;
+    *launches = b->graph_launches;
+}
+
+
 int
 kimi_backend_cuda_profile(kimi_backend_t *base, kimi_cuda_profile_t *p,
     kimi_err_t *err)
@@ -258,11 +276,20 @@ kimi_backend_cuda_profile(kimi_backend_t *base, kimi_cuda_profile_t *p,
     p->embed_us = ms * 1e3;
 
     for (uint32_t l = 0; l < L; l++) {
-        KIMI_CU(cudaEventElapsedTime(&ms, b->pev[2 * l + 1], b->pev[2 * l + 2]),
-                err);
-        p->attn_us += ms * 1e3;
-        KIMI_CU(cudaEventElapsedTime(&ms, b->pev[2 * l + 2], b->pev[2 * l + 3]),
-                err);
+        double  *sub[5] = { &p->attn_proj_us, &p->absorb_q_us, &p->mla_us,
+                            &p->absorb_o_us, &p->attn_out_us };
+        uint32_t prev = l == 0 ? 1 : KIMI_CUDA_MARK(l - 1, 5);
+
+        for (uint32_t k = 0; k < 5; k++) {
+            KIMI_CU(cudaEventElapsedTime(&ms, b->pev[prev],
+                                         b->pev[KIMI_CUDA_MARK(l, k)]), err);
+            *sub[k] += ms * 1e3;
+            p->attn_us += ms * 1e3;
+            prev = KIMI_CUDA_MARK(l, k);
+        }
+
+        KIMI_CU(cudaEventElapsedTime(&ms, b->pev[KIMI_CUDA_MARK(l, 4)],
+                                     b->pev[KIMI_CUDA_MARK(l, 5)]), err);
 
         if (b->layers[l].is_moe) {
             p->ffn_moe_us += ms * 1e3;
@@ -272,8 +299,8 @@ kimi_backend_cuda_profile(kimi_backend_t *base, kimi_cuda_profile_t *p,
         }
     }
 
-    KIMI_CU(cudaEventElapsedTime(&ms, b->pev[2 * L + 1], b->pev[2 * L + 2]),
-            err);
+    KIMI_CU(cudaEventElapsedTime(&ms, b->pev[KIMI_CUDA_MARK(L - 1, 5)],
+                                 b->pev[KIMI_CUDA_MARKS(L) - 1]), err);
     p->head_us = ms * 1e3;
     return 0;
 }
@@ -293,6 +320,8 @@ kimi_cuda_free(kimi_backend_t *base)
         (void) cudaStreamDestroy(b->stream);
     }
 
+    kimi_cuda_graphs_free(b);
+
     if (b->ev0 != NULL) {
         (void) cudaEventDestroy(b->ev0);
     }
@@ -301,8 +330,8 @@ kimi_cuda_free(kimi_backend_t *base)
         (void) cudaEventDestroy(b->ev1);
     }
 
-    for (uint32_t i = 0; b->pev != NULL && i < 2 * b->cfg->num_hidden_layers
-                                               + 3; i++)
+    for (uint32_t i = 0; b->pev != NULL
+                         && i < KIMI_CUDA_MARKS(b->cfg->num_hidden_layers); i++)
     {
         if (b->pev[i] != NULL) {
             (void) cudaEventDestroy(b->pev[i]);
@@ -431,14 +460,15 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
     KIMI_TRY(cudaEventCreate(&b->ev0));
     KIMI_TRY(cudaEventCreate(&b->ev1));
 
-    b->pev = calloc(2 * c->num_hidden_layers + 3, sizeof(cudaEvent_t));
+    b->pev = calloc(KIMI_CUDA_MARKS(c->num_hidden_layers),
+                    sizeof(cudaEvent_t));
 
     if (b->pev == NULL) {
         rc = kimi_err_set(err, KIMI_ENOMEM, "cuda backend: out of memory");
         goto failed;
     }
 
-    for (uint32_t i = 0; i < 2 * c->num_hidden_layers + 3; i++) {
+    for (uint32_t i = 0; i < KIMI_CUDA_MARKS(c->num_hidden_layers); i++) {
         KIMI_TRY(cudaEventCreate(&b->pev[i]));
     }
     KIMI_TRY(cudaMallocHost((void **) &b->logits_h, (size_t) b->max_rows
@@ -447,7 +477,8 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
 #undef KIMI_TRY
 
     if ((rc = kimi_cuda_weights_upload(b, err)) != 0
-        || (rc = kimi_cuda_workspaces(b, err)) != 0)
+        || (rc = kimi_cuda_workspaces(b, err)) != 0
+        || (rc = kimi_cuda_graphs_init(b, err)) != 0)
     {
         goto failed;
     }

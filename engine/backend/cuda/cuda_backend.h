@@ -46,10 +46,21 @@ double kimi_backend_cuda_last_step_us(kimi_backend_t *b);
  * the last forward. */
 typedef struct {
     double  embed_us, attn_us, ffn_dense_us, ffn_moe_us, head_us;
+    /* attn_us split: norm + q/kv projections + rope + cache write, W_UK
+     * absorption, MLA decode, W_UV absorption, quant + o_proj + norm */
+    double  attn_proj_us, absorb_q_us, mla_us, absorb_o_us, attn_out_us;
 } kimi_cuda_profile_t;
 
 void kimi_backend_cuda_set_profile(kimi_backend_t *b, int on);
 int  kimi_backend_cuda_profile(kimi_backend_t *b, kimi_cuda_profile_t *p,
     kimi_err_t *err);
+
+/* Steps of up to 256 tokens replay a CUDA graph captured once per token
+ * count (on by default; KIMI_CUDA_GRAPHS=0 in the environment turns it off
+ * at init).  set_graphs switches it for the following steps (profiled steps
+ * always run eagerly); graph_stats counts captures and graph launches. */
+void kimi_backend_cuda_set_graphs(kimi_backend_t *b, int on);
+void kimi_backend_cuda_graph_stats(kimi_backend_t *b, uint64_t *captures,
+    uint64_t *launches);
 
 #endif

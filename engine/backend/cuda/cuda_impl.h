@@ -5,7 +5,8 @@
  *         host staging) and the CUDA-call check macro of the C files.
  * Never:  seen outside engine/backend/cuda/.
  * Holds:  every buffer a step touches is allocated by init or kv_init;
- *         forward only carves and launches (so a step can be captured).
+ *         forward only carves and launches (so a step can be captured:
+ *         graphs.c keeps one graph per step size).
  */
 
 #ifndef KIMI_CUDA_IMPL_H
@@ -46,14 +47,34 @@ typedef struct {
 typedef struct {
     kimi_bf16_t      *in_ln, *post_ln, *q_a_ln, *kv_a_ln;
     kimi_cuda_fp8_t   q_a, q_b, kv_a, o;
-    kimi_bf16_t      *kv_b;               /* [H][nope + v][R]: W_UK rows */
-    kimi_bf16_t      *uv_t;               /* [H][R][v]: W_UV transposed */
+    kimi_cuda_fp8_t   kv_b;               /* [H][nope + v][R]: W_UK, W_UV */
     int               is_moe;
     kimi_cuda_fp8_t   gate, up, down;     /* dense FFN */
     kimi_bf16_t      *router;             /* [E][D] */
     float            *bias;               /* [E] or NULL */
     kimi_experts_t    ex;                 /* device tables [E + shared] */
 } kimi_cuda_layer_t;
+
+/* A captured step: valid for any batch of the same T, logit rows and MLA
+ * splits (everything else a step reads is in device memory). */
+typedef struct {
+    cudaGraphExec_t             exec;
+    uint32_t                    rows, splits;
+    /* a key is captured the second time it is seen: the first run is
+     * eager (one-off prefill sizes never pay for a capture) */
+    int                         seen;
+    uint32_t                    seen_rows, seen_splits;
+} kimi_cuda_graph_t;
+
+#define KIMI_CUDA_GRAPH_MAX_T  256
+
+/* Profiled steps record events: [0] start, [1] after the embedding, then
+ * per layer l six marks KIMI_CUDA_MARK(l, k): k = 0 after the q/kv
+ * projections, rope and the cache write, 1 after the W_UK absorption, 2
+ * after the MLA decode, 3 after the W_UV absorption, 4 after o_proj and
+ * the post-attention norm, 5 after the FFN; [6L + 2] after lm_head. */
+#define KIMI_CUDA_MARKS(L)      (6 * (L) + 3)
+#define KIMI_CUDA_MARK(l, k)    (2 + 6 * (l) + (k))
 
 typedef struct {
     kimi_backend_t              base;
@@ -65,7 +86,7 @@ typedef struct {
     cudaEvent_t                 ev0, ev1;
     float                       last_ms;
     int                         prof;
-    cudaEvent_t                *pev;          /* [2 * L + 3] phase marks */
+    cudaEvent_t                *pev;          /* [KIMI_CUDA_MARKS(L)] */
 
     /* weights: one device arena */
     void                       *warena;
@@ -87,8 +108,11 @@ typedef struct {
     uint32_t                    cap;
     uint32_t                    max_rows;     /* logits rows */
     void                       *sarena;
-    kimi_bf16_t                *h, *a, *qa, *qn, *q, *ckv, *qlat, *olat;
-    kimi_bf16_t                *attn, *o, *g, *u, *y, *fin;
+    /* fp32 as on the CPU oracle (residual stream, GEMM outputs, norms);
+     * bf16 only where the MLA kernel takes it (q_lat, o_lat) */
+    float                      *h, *a, *qa, *qn, *q, *ckv;
+    float                      *attn, *o, *g, *u, *y, *fin;
+    kimi_bf16_t                *qlat, *olat;
     uint8_t                    *xq;
     float                      *xs, *rl, *tw, *logits;
     int32_t                    *tidx, *argmax;
@@ -100,6 +124,12 @@ typedef struct {
     float                      *logits_h;
     uint32_t                    n_rows, n_tokens;
     int                         logits_on_host;
+
+    /* graphs.c: one captured step per token count T <= graph_max_t */
+    kimi_cuda_graph_t          *graphs;       /* [graph_max_t + 1] */
+    uint32_t                    graph_max_t;
+    int                         graphs_on;
+    uint64_t                    graph_captures, graph_launches;
 } kimi_cuda_t;
 
 /* weights.c */
@@ -109,5 +139,13 @@ int  kimi_cuda_weights_upload(kimi_cuda_t *b, kimi_err_t *err);
 int  kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err);
 int  kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     kimi_err_t *err);
+int  kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows,
+    uint32_t splits, kimi_err_t *err);
+
+/* graphs.c */
+int  kimi_cuda_graphs_init(kimi_cuda_t *b, kimi_err_t *err);
+int  kimi_cuda_graph_step(kimi_cuda_t *b, uint32_t T, uint32_t rows,
+    uint32_t splits, kimi_err_t *err);
+void kimi_cuda_graphs_free(kimi_cuda_t *b);
 
 #endif

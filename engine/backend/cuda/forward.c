@@ -10,8 +10,11 @@
  *         and attention is the absorbed MLA decode with one query per token
  *         (its own block table row and length pos + 1), so a prefill chunk
  *         sees itself causally and earlier chunks through the cache, as on
- *         the CPU.  Activations are bf16 between kernels; every FP8 GEMM
- *         input is quantised per 1x128 group first.
+ *         the CPU.  Activations stay fp32 between kernels as on the CPU
+ *         oracle (residual stream, GEMM outputs, norms, the absorptions
+ *         from the FP8 kv_b_proj), except q_lat / o_lat, which the MLA
+ *         kernel takes in bf16; every FP8 GEMM input is quantised per
+ *         1x128 group first, from fp32.
  */
 
 #include <string.h>
@@ -66,20 +69,20 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
     for (int pass = 0; pass < 2; pass++) {
         p = pass ? b->sarena : NULL;
         off = 0;
-        KIMI_WS(b->h, T * D * 2);
-        KIMI_WS(b->a, T * D * 2);
-        KIMI_WS(b->qa, T * c->q_lora_rank * 2);
-        KIMI_WS(b->qn, T * c->q_lora_rank * 2);
-        KIMI_WS(b->q, T * H * qk * 2);
-        KIMI_WS(b->ckv, T * (R + c->qk_rope_head_dim) * 2);
+        KIMI_WS(b->h, T * D * 4);
+        KIMI_WS(b->a, T * D * 4);
+        KIMI_WS(b->qa, T * c->q_lora_rank * 4);
+        KIMI_WS(b->qn, T * c->q_lora_rank * 4);
+        KIMI_WS(b->q, T * H * qk * 4);
+        KIMI_WS(b->ckv, T * (R + c->qk_rope_head_dim) * 4);
         KIMI_WS(b->qlat, T * H * (R + c->qk_rope_head_dim) * 2);
         KIMI_WS(b->olat, T * H * R * 2);
-        KIMI_WS(b->attn, T * H * c->v_head_dim * 2);
-        KIMI_WS(b->o, T * D * 2);
-        KIMI_WS(b->g, T * b->I_dense * 2);
-        KIMI_WS(b->u, T * b->I_dense * 2);
-        KIMI_WS(b->y, T * D * 2);
-        KIMI_WS(b->fin, T * D * 2);
+        KIMI_WS(b->attn, T * H * c->v_head_dim * 4);
+        KIMI_WS(b->o, T * D * 4);
+        KIMI_WS(b->g, T * b->I_dense * 4);
+        KIMI_WS(b->u, T * b->I_dense * 4);
+        KIMI_WS(b->y, T * D * 4);
+        KIMI_WS(b->fin, (size_t) b->max_rows * D * 4);
         KIMI_WS(b->xq, T * maxk);
         KIMI_WS(b->xs, T * (maxk / 128) * sizeof(float));
         KIMI_WS(b->rl, T * (b->E ? b->E : 1) * sizeof(float));
@@ -213,24 +216,36 @@ kimi_cuda_stage(kimi_cuda_t *b, const kimi_batch_t *batch, uint32_t *T_out,
 /* y[T][w.rows] = x[T][w.cols] * W^T with x already quantised in xq/xs */
 static int
 kimi_cuda_gemm(kimi_cuda_t *b, uint32_t T, const kimi_cuda_fp8_t *w,
-    kimi_bf16_t *y, kimi_err_t *err)
+    float *y, kimi_err_t *err)
 {
-    return kimi_fp8_gemm_nt(b->xq, b->xs, (int) T, (int) w->cols, w->w, w->s,
-                            (int) w->rows, y, (int) w->rows, b->stream, err);
+    return kimi_fp8_gemm_nt_f32(b->xq, b->xs, (int) T, (int) w->cols, w->w,
+                                w->s, (int) w->rows, y, (int) w->rows,
+                                b->stream, err);
 }
 
 
 static int
-kimi_cuda_quant(kimi_cuda_t *b, const kimi_bf16_t *x, uint32_t T, uint32_t K,
+kimi_cuda_quant(kimi_cuda_t *b, const float *x, uint32_t T, uint32_t K,
     kimi_err_t *err)
 {
-    return kimi_fp8_quant_1x128(x, (int) K, (int) T, (int) K, b->xq, b->xs,
-                                0, 0, b->stream, err);
+    return kimi_fp8_quant_1x128_f32(x, (int) K, (int) T, (int) K, b->xq,
+                                    b->xs, 0, 0, b->stream, err);
 }
 
 
 static int
-kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t max_ctx,
+kimi_cuda_mark(kimi_cuda_t *b, uint32_t i, kimi_err_t *err)
+{
+    if (b->prof) {
+        KIMI_CU(cudaEventRecord(b->pev[i], b->stream), err);
+    }
+
+    return 0;
+}
+
+
+static int
+kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
     kimi_err_t *err)
 {
     const kimi_model_config_t  *c = b->cfg;
@@ -244,7 +259,6 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t max_ctx,
     size_t                      kv_per = (size_t) b->n_blocks * b->bs;
     void                       *kv;
     float                      *ks = NULL;
-    int                         splits;
 
     kv = (uint8_t *) b->kv + l * kv_per * (R + P) * (b->kv_fp8 ? 1 : 2);
 
@@ -256,40 +270,37 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t max_ctx,
     KIMI_K(kimi_cuda_quant(b, b->a, T, c->hidden_size, err));
     KIMI_K(kimi_cuda_gemm(b, T, &L->kv_a, b->ckv, err));
     KIMI_K(kimi_cuda_gemm(b, T, &L->q_a, b->qa, err));
-    KIMI_K(kimi_rmsnorm_bf16(b->qa, L->q_a_ln, b->qn, (int) T,
-                             (int) c->q_lora_rank, c->rms_norm_eps, b->stream,
-                             err));
+    KIMI_K(kimi_rmsnorm_f32(b->qa, L->q_a_ln, b->qn, (int) T,
+                            (int) c->q_lora_rank, c->rms_norm_eps, b->stream,
+                            err));
     KIMI_K(kimi_cuda_quant(b, b->qn, T, c->q_lora_rank, err));
     KIMI_K(kimi_cuda_gemm(b, T, &L->q_b, b->q, err));
 
     /* rotate q_pe of every head and k_pe, then write the latent rows */
-    KIMI_K(kimi_rope_bf16(b->q + nope, H * qk, qk, H, b->ckv + R, R + P,
-                          md + KIMI_M_POS * b->cap, (int) T, &b->rope,
-                          b->stream, err));
-    KIMI_K(kimi_mla_kv_write(b->ckv, L->kv_a_ln, c->rms_norm_eps,
-                             md + KIMI_M_SLOT * b->cap, (int) T, kv, ks,
-                             b->kv_fp8, b->stream, err));
+    KIMI_K(kimi_rope_f32(b->q + nope, H * qk, qk, H, b->ckv + R, R + P,
+                         md + KIMI_M_POS * b->cap, (int) T, &b->rope,
+                         b->stream, err));
+    KIMI_K(kimi_mla_kv_write_f32(b->ckv, L->kv_a_ln, c->rms_norm_eps,
+                                 md + KIMI_M_SLOT * b->cap, (int) T, kv, ks,
+                                 b->kv_fp8, b->stream, err));
+    KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 0), err));
 
     /* q_lat[h] = W_UK_h^T q_nope_h, q_pe alongside: [T][H][R + P] */
-    KIMI_K(kimi_head_mv_bf16(b->q, H * qk, qk, L->kv_b,
-                             (size_t) (nope + dv) * R, R, nope, R, b->qlat,
-                             H * (R + P), R + P, (int) T, H, b->stream, err));
-    KIMI_CU(cudaMemcpy2DAsync(b->qlat + R, (size_t) (R + P) * 2, b->q + nope,
-                              (size_t) qk * 2, (size_t) P * 2,
-                              (size_t) T * H, cudaMemcpyDeviceToDevice,
-                              b->stream), err);
+    KIMI_K(kimi_mla_absorb_q(b->q, (int) T, H, nope, P, R, dv, L->kv_b.w,
+                             L->kv_b.s, b->qlat, b->stream, err));
+    KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 1), err));
 
-    splits = kimi_mla_n_splits((int) T, (int) max_ctx, b->n_sm);
     KIMI_K(kimi_mla_decode(b->qlat, (int) T, H, kv, ks, b->kv_fp8,
                            (int) b->bs, md + KIMI_M_N * b->cap,
-                           (int) b->max_bt, md + KIMI_M_LEN * b->cap, splits,
-                           b->softmax_scale, b->mla_ws, b->olat, b->stream,
-                           err));
+                           (int) b->max_bt, md + KIMI_M_LEN * b->cap,
+                           (int) splits, b->softmax_scale, b->mla_ws,
+                           b->olat, b->stream, err));
+    KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 2), err));
 
     /* o_h = W_UV_h o_lat_h, then o_proj */
-    KIMI_K(kimi_head_mv_bf16(b->olat, H * R, R, L->uv_t, (size_t) R * dv, dv,
-                             R, dv, b->attn, H * dv, dv, (int) T, H,
-                             b->stream, err));
+    KIMI_K(kimi_mla_absorb_o(b->olat, (int) T, H, R, nope, dv, L->kv_b.w,
+                             L->kv_b.s, b->attn, b->stream, err));
+    KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 3), err));
     KIMI_K(kimi_cuda_quant(b, b->attn, T, (uint32_t) (H * dv), err));
     return kimi_cuda_gemm(b, T, &L->o, b->o, err);
 }
@@ -310,15 +321,15 @@ kimi_cuda_ffn(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
     if (!L->is_moe) {
         KIMI_K(kimi_cuda_gemm(b, T, &L->gate, b->g, err));
         KIMI_K(kimi_cuda_gemm(b, T, &L->up, b->u, err));
-        KIMI_K(kimi_silu_mul_bf16(b->g, b->u, b->g,
-                                  (size_t) T * L->gate.rows, b->stream, err));
+        KIMI_K(kimi_silu_mul_f32(b->g, b->u, b->g,
+                                 (size_t) T * L->gate.rows, b->stream, err));
         KIMI_K(kimi_cuda_quant(b, b->g, T, L->gate.rows, err));
         return kimi_cuda_gemm(b, T, &L->down, b->y, err);
     }
 
     /* router in fp32 over the bf16 gate, then the expert-major plan */
-    KIMI_K(kimi_moe_router_logits(b->a, L->router, b->rl, (int) T, D, E,
-                                  b->stream, err));
+    KIMI_K(kimi_moe_router_logits_f32(b->a, L->router, b->rl, (int) T, D, E,
+                                      b->stream, err));
     KIMI_K(kimi_moe_router_select(b->rl, L->bias, (int) T, E, K,
                                   (int) c->n_group, (int) c->topk_group,
                                   c->norm_topk_prob,
@@ -334,13 +345,14 @@ kimi_cuda_ffn(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
                             b->stream, err));
     KIMI_K(kimi_moe_down((int) T, K, D, I, slots, &L->ex, &ws, b->stream,
                          err));
-    return kimi_moe_combine(&ws, b->tw, (int) T, K, b->shared, D, b->y,
-                            b->stream, err);
+    return kimi_moe_combine_f32(&ws, b->tw, (int) T, K, b->shared, D, b->y,
+                                b->stream, err);
 }
 
 
-static int
-kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t max_ctx,
+/* The launches of one step (captured by graphs.c, or run eagerly). */
+int
+kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t splits,
     kimi_err_t *err)
 {
     const kimi_model_config_t  *c = b->cfg;
@@ -351,8 +363,9 @@ kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t max_ctx,
     if (b->prof) KIMI_CU(cudaEventRecord(b->pev[i], b->stream), err)
 
     KIMI_MARK(0);
-    KIMI_K(kimi_gather_rows_bf16(b->embed, b->meta_d + KIMI_M_TOK * b->cap,
-                                 (int) T, D, b->h, b->stream, err));
+    KIMI_K(kimi_gather_rows_bf16_f32(b->embed,
+                                     b->meta_d + KIMI_M_TOK * b->cap,
+                                     (int) T, D, b->h, b->stream, err));
     KIMI_MARK(1);
 
     for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
@@ -360,21 +373,21 @@ kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t max_ctx,
 
         /* h += ffn of the layer before (none for layer 0); a = rms(h) */
         if (l == 0) {
-            KIMI_K(kimi_rmsnorm_bf16(b->h, L->in_ln, b->a, (int) T, D, eps,
-                                     b->stream, err));
+            KIMI_K(kimi_rmsnorm_f32(b->h, L->in_ln, b->a, (int) T, D, eps,
+                                    b->stream, err));
 
         } else {
-            KIMI_K(kimi_rmsnorm_residual_bf16(b->y, b->h, L->in_ln, b->a,
-                                              (int) T, D, eps, b->stream,
-                                              err));
+            KIMI_K(kimi_rmsnorm_residual_f32(b->y, b->h, L->in_ln, b->a,
+                                             (int) T, D, eps, b->stream,
+                                             err));
         }
 
-        KIMI_K(kimi_cuda_mla(b, l, T, max_ctx, err));
-        KIMI_K(kimi_rmsnorm_residual_bf16(b->o, b->h, L->post_ln, b->a,
-                                          (int) T, D, eps, b->stream, err));
-        KIMI_MARK(2 + 2 * l);
+        KIMI_K(kimi_cuda_mla(b, l, T, splits, err));
+        KIMI_K(kimi_rmsnorm_residual_f32(b->o, b->h, L->post_ln, b->a,
+                                         (int) T, D, eps, b->stream, err));
+        KIMI_MARK(KIMI_CUDA_MARK(l, 4));
         KIMI_K(kimi_cuda_ffn(b, l, T, err));
-        KIMI_MARK(3 + 2 * l);
+        KIMI_MARK(KIMI_CUDA_MARK(l, 5));
     }
 
     if (rows == 0) {
@@ -382,13 +395,14 @@ kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t max_ctx,
     }
 
     /* logits of the wanted rows: lm_head(rms(h + ffn)), fp32 */
-    KIMI_K(kimi_rmsnorm_residual_bf16(b->y, b->h, b->norm, b->a, (int) T, D,
-                                      eps, b->stream, err));
-    KIMI_K(kimi_gather_rows_bf16(b->a, b->meta_d + KIMI_M_ROW * b->cap,
-                                 (int) rows, D, b->fin, b->stream, err));
-    KIMI_K(kimi_moe_router_logits(b->fin, b->lm_head, b->logits, (int) rows,
-                                  D, (int) c->vocab_size, b->stream, err));
-    KIMI_MARK(2 + 2 * c->num_hidden_layers);
+    KIMI_K(kimi_rmsnorm_residual_f32(b->y, b->h, b->norm, b->a, (int) T, D,
+                                     eps, b->stream, err));
+    KIMI_K(kimi_gather_rows_f32(b->a, b->meta_d + KIMI_M_ROW * b->cap,
+                                (int) rows, D, b->fin, b->stream, err));
+    KIMI_K(kimi_moe_router_logits_f32(b->fin, b->lm_head, b->logits,
+                                      (int) rows, D, (int) c->vocab_size,
+                                      b->stream, err));
+    KIMI_MARK(KIMI_CUDA_MARKS(c->num_hidden_layers) - 1);
     return 0;
 
 #undef KIMI_MARK
@@ -400,7 +414,7 @@ kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     kimi_err_t *err)
 {
     kimi_cuda_t  *b = (kimi_cuda_t *) base;
-    uint32_t      T = 0, rows = 0, max_ctx = 0;
+    uint32_t      T = 0, rows = 0, max_ctx = 0, splits;
     size_t        words;
     int           rc;
 
@@ -421,7 +435,17 @@ kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     KIMI_CU(cudaMemcpyAsync(b->meta_d, b->meta_h, words * sizeof(int32_t),
                             cudaMemcpyHostToDevice, b->stream), err);
 
-    if ((rc = kimi_cuda_step(b, T, rows, max_ctx, err)) != 0) {
+    /* the MLA split count is a launch shape: part of a graph's key */
+    splits = (uint32_t) kimi_mla_n_splits((int) T, (int) max_ctx, b->n_sm);
+
+    if (b->graphs_on && !b->prof && T <= b->graph_max_t) {
+        rc = kimi_cuda_graph_step(b, T, rows, splits, err);
+
+    } else {
+        rc = kimi_cuda_step(b, T, rows, splits, err);
+    }
+
+    if (rc != 0) {
         /* drain what was queued so the next step starts clean */
         (void) cudaStreamSynchronize(b->stream);
         return rc;

@@ -2,8 +2,9 @@
  * Uploading a loaded model's weights to the device.
  *
  * Owns:   the device weight arena (one cudaMalloc, carved 256-byte aligned)
- *         and the conversions made on the way: fp32 norms -> bf16, kv_b_proj
- *         -> bf16 W_UK plus a transposed W_UV, routers -> bf16, the expert
+ *         and the conversions made on the way: fp32 norms -> bf16,
+ *         routers -> bf16 (kv_b_proj stays FP8: the absorption kernels
+ *         dequantise it as the CPU oracle does), the expert
  *         pointer tables of kernels/ (kimi_experts_t).
  * Never:  changes the model, or keeps host copies after init.
  * Holds:  two passes over the same walk: the first only sums sizes, so the
@@ -158,54 +159,6 @@ kimi_cuda_put_vec(kimi_cuda_arena_t *ar, const float *v, uint32_t n,
 }
 
 
-/* kv_b_proj [H][nope + v][R] -> bf16 as is (W_UK rows are read in place)
- * and W_UV^T [H][R][v] for the output absorption. */
-static int
-kimi_cuda_put_kv_b(kimi_cuda_t *b, kimi_cuda_arena_t *ar,
-    const kimi_weight_t *w, kimi_cuda_layer_t *d, kimi_err_t *err)
-{
-    const kimi_model_config_t  *c = b->cfg;
-    uint32_t                    H = c->num_attention_heads;
-    uint32_t                    R = c->kv_lora_rank, nope = c->qk_nope_head_dim;
-    uint32_t                    dv = c->v_head_dim, rows_h = nope + dv;
-    size_t                      n = (size_t) w->rows * w->cols;
-    uint16_t                   *src, *t;
-    float                      *f;
-    int                         rc;
-
-    if ((rc = kimi_cuda_put_bf16(ar, w, &d->kv_b, err)) != 0) {
-        return rc;
-    }
-
-    if (ar->base == NULL) {
-        return kimi_cuda_put(ar, NULL, (size_t) H * R * dv * 2,
-                             (void **) &d->uv_t, err);
-    }
-
-    f = kimi_cuda_tmp(ar, n * (sizeof(float) + 4));
-
-    if (f == NULL) {
-        return kimi_err_set(err, KIMI_ENOMEM, "cuda weights: host buffer");
-    }
-
-    src = (uint16_t *) (f + n);
-    t = src + n;
-    KIMI_CU(cudaMemcpy(src, d->kv_b, n * 2, cudaMemcpyDeviceToHost), err);
-
-    for (uint32_t h = 0; h < H; h++) {
-        for (uint32_t r = 0; r < R; r++) {
-            for (uint32_t j = 0; j < dv; j++) {
-                t[((size_t) h * R + r) * dv + j] =
-                    src[((size_t) h * rows_h + nope + j) * R + r];
-            }
-        }
-    }
-
-    return kimi_cuda_put(ar, t, (size_t) H * R * dv * 2, (void **) &d->uv_t,
-                         err);
-}
-
-
 /* The pointer tables of one MoE layer: 6 arrays of E + 1 device pointers. */
 static int
 kimi_cuda_put_experts(kimi_cuda_t *b, kimi_cuda_arena_t *ar, uint32_t l,
@@ -313,7 +266,8 @@ kimi_cuda_walk(kimi_cuda_t *b, kimi_cuda_arena_t *ar, kimi_err_t *err)
                                        err)) != 0
             || (rc = kimi_cuda_put_fp8(ar, &L->o_proj, "o_proj", l, &d->o,
                                        err)) != 0
-            || (rc = kimi_cuda_put_kv_b(b, ar, &L->kv_b_proj, d, err)) != 0)
+            || (rc = kimi_cuda_put_fp8(ar, &L->kv_b_proj, "kv_b_proj", l,
+                                       &d->kv_b, err)) != 0)
         {
             return rc;
         }
