@@ -430,6 +430,7 @@ bench_http_feed(bench_http_t *h, const char *p, size_t n, bench_sse_pt cb,
             break;
 
         case BENCH_HTTP_BODY_LEN:
+        case BENCH_HTTP_CHUNK_DATA:
             k = end - p;
             k = k < h->remaining ? k : (size_t) h->remaining;
             rc = bench_http_body(h, p, k, cb, ctx);
@@ -439,7 +440,9 @@ bench_http_feed(bench_http_t *h, const char *p, size_t n, bench_sse_pt cb,
             p += k;
             h->remaining -= k;
             if (h->remaining == 0) {
-                h->state = BENCH_HTTP_END;
+                /* a chunk's data ends in CRLF; a Content-Length body ends */
+                h->state = h->state == BENCH_HTTP_CHUNK_DATA
+                           ? BENCH_HTTP_CHUNK_CRLF : BENCH_HTTP_END;
             }
             break;
 
@@ -482,20 +485,6 @@ bench_http_feed(bench_http_t *h, const char *p, size_t n, bench_sse_pt cb,
             h->head.len = 0;
             h->state = h->remaining ? BENCH_HTTP_CHUNK_DATA
                                     : BENCH_HTTP_TRAILER;
-            break;
-
-        case BENCH_HTTP_CHUNK_DATA:
-            k = end - p;
-            k = k < h->remaining ? k : (size_t) h->remaining;
-            rc = bench_http_body(h, p, k, cb, ctx);
-            if (rc != 0) {
-                return rc;
-            }
-            p += k;
-            h->remaining -= k;
-            if (h->remaining == 0) {
-                h->state = BENCH_HTTP_CHUNK_CRLF;
-            }
             break;
 
         case BENCH_HTTP_CHUNK_CRLF:

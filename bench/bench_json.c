@@ -70,12 +70,49 @@ bench_json_string(bench_json_t *j, const char **s, size_t *n, int *escaped)
 }
 
 
+/* A key and its ':' (white space around both). */
+static int
+bench_json_key(bench_json_t *j, const char **s, size_t *n, int *esc)
+{
+    bench_json_ws(j);
+    if (bench_json_string(j, s, n, esc) != 0) {
+        return -1;
+    }
+    bench_json_ws(j);
+    if (j->p >= j->end || *j->p != ':') {
+        return -1;
+    }
+    j->p++;
+    return 0;
+}
+
+
+/* After a member: 1 past a ',' (another follows), 0 past close, else -1. */
+static int
+bench_json_next(bench_json_t *j, char close)
+{
+    bench_json_ws(j);
+    if (j->p >= j->end) {
+        return -1;
+    }
+    if (*j->p == ',') {
+        j->p++;
+        return 1;
+    }
+    if (*j->p == close) {
+        j->p++;
+        return 0;
+    }
+    return -1;
+}
+
+
 static int
 bench_json_skip(bench_json_t *j, int depth)
 {
     const char  *s;
     size_t       n;
-    int          esc;
+    int          esc, rc;
 
     if (depth > BENCH_JSON_MAX_DEPTH) {
         return -1;
@@ -105,32 +142,17 @@ bench_json_skip(bench_json_t *j, int depth)
             }
             for ( ;; ) {
                 if (is_obj) {
-                    bench_json_ws(j);
-                    if (bench_json_string(j, &s, &n, &esc) != 0) {
+                    if (bench_json_key(j, &s, &n, &esc) != 0) {
                         return -1;
                     }
-                    bench_json_ws(j);
-                    if (j->p >= j->end || *j->p != ':') {
-                        return -1;
-                    }
-                    j->p++;
                 }
                 if (bench_json_skip(j, depth + 1) != 0) {
                     return -1;
                 }
-                bench_json_ws(j);
-                if (j->p >= j->end) {
-                    return -1;
+                rc = bench_json_next(j, close);
+                if (rc <= 0) {
+                    return rc;
                 }
-                if (*j->p == ',') {
-                    j->p++;
-                    continue;
-                }
-                if (*j->p == close) {
-                    j->p++;
-                    return 0;
-                }
-                return -1;
             }
         }
 
@@ -204,7 +226,7 @@ bench_json_object(bench_json_t *j, bench_json_field_pt field, void *ctx)
 {
     const char  *k;
     size_t       kn;
-    int          esc;
+    int          esc, rc;
 
     bench_json_ws(j);
     if (j->p >= j->end || *j->p != '{') {
@@ -218,34 +240,19 @@ bench_json_object(bench_json_t *j, bench_json_field_pt field, void *ctx)
     }
 
     for ( ;; ) {
-        bench_json_ws(j);
-        if (bench_json_string(j, &k, &kn, &esc) != 0 || esc) {
+        if (bench_json_key(j, &k, &kn, &esc) != 0 || esc) {
             return -1;                /* an escaped key: let jansson do it */
         }
-        bench_json_ws(j);
-        if (j->p >= j->end || *j->p != ':') {
-            return -1;
-        }
-        j->p++;
         bench_json_ws(j);
 
         if (field(j, k, kn, ctx) != 0) {
             return -1;
         }
 
-        bench_json_ws(j);
-        if (j->p >= j->end) {
-            return -1;
+        rc = bench_json_next(j, '}');
+        if (rc <= 0) {
+            return rc;
         }
-        if (*j->p == ',') {
-            j->p++;
-            continue;
-        }
-        if (*j->p == '}') {
-            j->p++;
-            return 0;
-        }
-        return -1;
     }
 }
 

@@ -15,6 +15,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <netdb.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +82,31 @@ static const struct option  bench_options[] = {
     { "help",                    no_argument,       NULL, OPT_HELP },
     { NULL, 0, NULL, 0 }
 };
+
+/* The options that only set a number in bench_opts_t (as nginx's
+ * ngx_conf_set_num_slot does for a directive): parsed in one place. */
+typedef struct {
+    int          opt;
+    const char  *name;
+    size_t       offset;
+    int          is_u32;                 /* uint32_t, else double */
+} bench_num_opt_t;
+
+static const bench_num_opt_t  bench_num_opts[] = {
+    { OPT_IN_LEN, "random-input-len", offsetof(bench_opts_t, input_len), 1 },
+    { OPT_OUT_LEN, "random-output-len", offsetof(bench_opts_t, output_len), 1 },
+    { OPT_PREFIX, "random-prefix-len", offsetof(bench_opts_t, prefix_len), 1 },
+    { OPT_NUM_PROMPTS, "num-prompts", offsetof(bench_opts_t, num_prompts), 1 },
+    { OPT_MAX_CONC, "max-concurrency", offsetof(bench_opts_t, max_concurrency), 1 },
+    { OPT_RANGE, "random-range-ratio", offsetof(bench_opts_t, range_ratio), 0 },
+    { OPT_RATE, "request-rate", offsetof(bench_opts_t, request_rate), 0 },
+    { OPT_BURST, "burstiness", offsetof(bench_opts_t, burstiness), 0 },
+    { OPT_TEMPERATURE, "temperature", offsetof(bench_opts_t, temperature), 0 },
+    { OPT_TIMEOUT, "timeout", offsetof(bench_opts_t, timeout_s), 0 },
+    { OPT_REQ_TIMEOUT, "request-timeout", offsetof(bench_opts_t, request_timeout_s), 0 },
+    { OPT_READY_TIMEOUT, "ready-check-timeout-sec", offsetof(bench_opts_t, ready_timeout_s), 0 },
+};
+
 
 static const char  bench_usage[] =
 "usage: kimi-bench --model NAME [options]   (vLLM `bench serve` flags)\n"
@@ -161,6 +187,33 @@ bench_parse_u32(const char *name, const char *s, uint32_t *out)
 }
 
 
+/* 1 if c is one of bench_num_opts (parsed into o, or -1 if bad), else 0. */
+static int
+bench_parse_num_opt(int c, const char *arg, bench_opts_t *o)
+{
+    size_t                  i;
+    char                   *field;
+    const bench_num_opt_t  *n;
+
+    for (i = 0; i < sizeof(bench_num_opts) / sizeof(bench_num_opts[0]); i++) {
+        n = &bench_num_opts[i];
+        if (n->opt != c) {
+            continue;
+        }
+
+        field = (char *) o + n->offset;
+        if (n->is_u32 ? bench_parse_u32(n->name, arg, (uint32_t *) field)
+                      : bench_parse_double(n->name, arg, (double *) field))
+        {
+            return -1;
+        }
+        return 1;
+    }
+
+    return 0;
+}
+
+
 static int
 bench_parse_args(int argc, char **argv, bench_opts_t *o)
 {
@@ -186,6 +239,13 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     o->observer_max_width_us = 10.0;
 
     while ((c = getopt_long(argc, argv, "h", bench_options, NULL)) != -1) {
+        switch (bench_parse_num_opt(c, optarg, o)) {
+        case 1:
+            continue;
+        case -1:
+            return -1;
+        }
+
         switch (c) {
         case OPT_BACKEND:      backend = optarg; break;
         case OPT_BASE_URL:     o->base_url = optarg; break;
@@ -221,37 +281,6 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
             port_set = 1;
             break;
 
-        case OPT_IN_LEN:
-            if (bench_parse_u32("random-input-len", optarg, &o->input_len)) {
-                return -1;
-            }
-            break;
-        case OPT_OUT_LEN:
-            if (bench_parse_u32("random-output-len", optarg,
-                                &o->output_len))
-            {
-                return -1;
-            }
-            break;
-        case OPT_PREFIX:
-            if (bench_parse_u32("random-prefix-len", optarg,
-                                &o->prefix_len))
-            {
-                return -1;
-            }
-            break;
-        case OPT_NUM_PROMPTS:
-            if (bench_parse_u32("num-prompts", optarg, &o->num_prompts)) {
-                return -1;
-            }
-            break;
-        case OPT_MAX_CONC:
-            if (bench_parse_u32("max-concurrency", optarg,
-                                &o->max_concurrency))
-            {
-                return -1;
-            }
-            break;
         case OPT_SEED:
             if (bench_parse_u32("seed", optarg, &u)) {
                 return -1;
@@ -259,51 +288,10 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
             o->seed = u;
             break;
 
-        case OPT_RANGE:
-            if (bench_parse_double("random-range-ratio", optarg,
-                                   &o->range_ratio))
-            {
-                return -1;
-            }
-            break;
-        case OPT_RATE:
-            if (bench_parse_double("request-rate", optarg, &o->request_rate)) {
-                return -1;
-            }
-            break;
-        case OPT_BURST:
-            if (bench_parse_double("burstiness", optarg, &o->burstiness)) {
-                return -1;
-            }
-            break;
-        case OPT_TEMPERATURE:
-            if (bench_parse_double("temperature", optarg, &o->temperature)) {
-                return -1;
-            }
-            break;
-        case OPT_TIMEOUT:
-            if (bench_parse_double("timeout", optarg, &o->timeout_s)) {
-                return -1;
-            }
-            break;
-        case OPT_REQ_TIMEOUT:
-            if (bench_parse_double("request-timeout", optarg,
-                                   &o->request_timeout_s))
-            {
-                return -1;
-            }
-            break;
         case OPT_OBS_WIDTH:
             if (bench_parse_double("observer-max-width-us", optarg,
                                    &o->observer_max_width_us)
                 || !(o->observer_max_width_us > 0.0))
-            {
-                return -1;
-            }
-            break;
-        case OPT_READY_TIMEOUT:
-            if (bench_parse_double("ready-check-timeout-sec", optarg,
-                                   &o->ready_timeout_s))
             {
                 return -1;
             }

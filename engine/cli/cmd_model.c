@@ -194,6 +194,29 @@ kimi_run_opt(kimi_run_opts_t *o, int c, const char *arg)
     }
 }
 
+
+/* getopt_long() over argv that consumes the shared options itself: returns
+ * the next command-specific option, -1 at the end, or '?' (a usage error,
+ * as getopt_long() says for an unknown one) when a shared value is bad. */
+static int
+kimi_run_getopt(kimi_run_opts_t *o, int argc, char **argv,
+    const struct option *opts)
+{
+    int  c, h;
+
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        h = kimi_run_opt(o, c, optarg);
+        if (h < 0) {
+            return '?';
+        }
+        if (h == 0) {
+            return c;
+        }
+    }
+
+    return -1;
+}
+
 #define KIMI_RUN_LONGOPTS                                                     \
     { "model", required_argument, NULL, 'm' },                                \
     { "load-format", required_argument, NULL, 'L' },                          \
@@ -416,17 +439,7 @@ kimi_cmd_score(int argc, char **argv)
     kimi_run_opts_init(&o);
     optind = 1;
 
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int  h = kimi_run_opt(&o, c, optarg);
-
-        if (h < 0) {
-            return 2;
-        }
-
-        if (h) {
-            continue;
-        }
-
+    while ((c = kimi_run_getopt(&o, argc, argv, opts)) != -1) {
         switch (c) {
         case 't': tokens_arg = optarg; break;
         case 'o': out_path = optarg; break;
@@ -544,17 +557,7 @@ kimi_cmd_generate(int argc, char **argv)
     memset(&r, 0, sizeof(r));
     optind = 1;
 
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int  h = kimi_run_opt(&o, c, optarg);
-
-        if (h < 0) {
-            return 2;
-        }
-
-        if (h) {
-            continue;
-        }
-
+    while ((c = kimi_run_getopt(&o, argc, argv, opts)) != -1) {
         switch (c) {
         case 'p': prompt = optarg; break;
         case 'r': raw = 1; break;
@@ -805,17 +808,7 @@ kimi_cmd_model_info(int argc, char **argv)
     kimi_run_opts_init(&o);
     optind = 1;
 
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        int  h = kimi_run_opt(&o, ch, optarg);
-
-        if (h < 0) {
-            return 2;
-        }
-
-        if (h) {
-            continue;
-        }
-
+    while ((ch = kimi_run_getopt(&o, argc, argv, opts)) != -1) {
         switch (ch) {
         case 't': touch = 1; break;
         case 'p': mp.populate = 1; break;

@@ -164,6 +164,45 @@ kimi_text_request(const char *buf, size_t len, int raw_ok, kimi_err_t *err)
 }
 
 
+/* Reads stdin and parses it as a request; NULL with err set on failure.
+ * With raw_ok, stdin that is not JSON becomes a string, and NULL then means
+ * it was not UTF-8. */
+static json_t *
+kimi_text_read_request(int raw_ok, kimi_err_t *err)
+{
+    char    *buf;
+    size_t   len;
+    json_t  *req;
+
+    buf = kimi_text_stdin(&len);
+    if (buf == NULL) {
+        kimi_err_set(err, KIMI_ENOMEM, "out of memory reading stdin");
+        return NULL;
+    }
+
+    err->msg[0] = '\0';
+    req = kimi_text_request(buf, len, raw_ok, err);
+    free(buf);
+    if (req == NULL && err->msg[0] == '\0') {
+        kimi_err_set(err, KIMI_EINVAL, "stdin is not valid UTF-8");
+    }
+
+    return req;
+}
+
+
+/* Prints {"prompt": text}; frees text. */
+static int
+kimi_text_print_prompt(char *text, size_t len)
+{
+    json_t  *out = json_object();
+
+    json_object_set_new(out, "prompt", json_stringn(text, len));
+    free(text);
+    return kimi_text_print(out);
+}
+
+
 static int
 kimi_text_render(const kimi_template_t *t, json_t *req, char **text,
     size_t *len, kimi_span_t **plain, size_t *n_plain, kimi_err_t *err)
@@ -182,7 +221,7 @@ int
 kimi_cmd_tokenize(int argc, char **argv)
 {
     int                rc;
-    char              *buf, *text = NULL;
+    char              *text = NULL;
     size_t             len, n_ids, i, n_plain = 0;
     json_t            *req, *tokens, *out;
     int32_t           *ids;
@@ -201,18 +240,11 @@ kimi_cmd_tokenize(int argc, char **argv)
         return kimi_text_fail(argv[0], &err);
     }
 
-    err.msg[0] = '\0';
-    buf = kimi_text_stdin(&len);
-    req = buf != NULL ? kimi_text_request(buf, len, 1, &err) : NULL;
+    req = kimi_text_read_request(1, &err);
     if (req == NULL) {
-        if (buf != NULL && err.msg[0] == '\0') {
-            kimi_err_set(&err, KIMI_EINVAL, "stdin is not valid UTF-8");
-        }
-        free(buf);
         kimi_tokenizer_free(tok);
         return kimi_text_fail(argv[0], &err);
     }
-    free(buf);
 
     rc = 0;
     if (json_is_object(req) && json_object_get(req, "messages") != NULL) {
@@ -272,9 +304,9 @@ int
 kimi_cmd_detokenize(int argc, char **argv)
 {
     int                rc;
-    char              *buf, *text;
+    char              *text;
     size_t             len, i, n;
-    json_t            *req, *list, *v, *out;
+    json_t            *req, *list, *v;
     int32_t           *ids;
     kimi_err_t         err;
     kimi_text_opts_t   o;
@@ -289,9 +321,7 @@ kimi_cmd_detokenize(int argc, char **argv)
         return kimi_text_fail(argv[0], &err);
     }
 
-    buf = kimi_text_stdin(&len);
-    req = buf != NULL ? kimi_text_request(buf, len, 0, &err) : NULL;
-    free(buf);
+    req = kimi_text_read_request(0, &err);
     if (req == NULL) {
         kimi_tokenizer_free(tok);
         return kimi_text_fail(argv[0], &err);
@@ -334,10 +364,7 @@ kimi_cmd_detokenize(int argc, char **argv)
         return kimi_text_fail(argv[0], &err);
     }
 
-    out = json_object();
-    json_object_set_new(out, "prompt", json_stringn(text, len));
-    free(text);
-    return kimi_text_print(out);
+    return kimi_text_print_prompt(text, len);
 }
 
 
@@ -345,9 +372,9 @@ int
 kimi_cmd_render(int argc, char **argv)
 {
     int                rc;
-    char              *buf, *text;
+    char              *text;
     size_t             len;
-    json_t            *req, *out;
+    json_t            *req;
     kimi_err_t         err;
     kimi_template_t   *t;
     kimi_text_opts_t   o;
@@ -361,9 +388,7 @@ kimi_cmd_render(int argc, char **argv)
         return kimi_text_fail(argv[0], &err);
     }
 
-    buf = kimi_text_stdin(&len);
-    req = buf != NULL ? kimi_text_request(buf, len, 0, &err) : NULL;
-    free(buf);
+    req = kimi_text_read_request(0, &err);
     if (req == NULL || !json_is_object(req)) {
         if (req != NULL) {
             kimi_err_set(&err, KIMI_EINVAL, "the request must be an object "
@@ -381,10 +406,7 @@ kimi_cmd_render(int argc, char **argv)
         return kimi_text_fail(argv[0], &err);
     }
 
-    out = json_object();
-    json_object_set_new(out, "prompt", json_stringn(text, len));
-    free(text);
-    return kimi_text_print(out);
+    return kimi_text_print_prompt(text, len);
 }
 
 
@@ -453,8 +475,6 @@ int
 kimi_cmd_parse_tools(int argc, char **argv)
 {
     int                 rc;
-    char               *buf;
-    size_t              len;
     json_t             *req, *text, *out;
     kimi_err_t          err;
     kimi_text_opts_t    o;
@@ -466,9 +486,7 @@ kimi_cmd_parse_tools(int argc, char **argv)
         return kimi_text_usage(argv[0], rc == 1 ? 0 : 2);
     }
 
-    buf = kimi_text_stdin(&len);
-    req = buf != NULL ? kimi_text_request(buf, len, 1, &err) : NULL;
-    free(buf);
+    req = kimi_text_read_request(1, &err);
     text = json_is_string(req) ? req : json_object_get(req, "text");
     if (!json_is_string(text)) {
         json_decref(req);

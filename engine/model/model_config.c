@@ -28,22 +28,42 @@ typedef struct {
 } kimi_cfg_ctx_t;
 
 
+/* The value of key, or NULL when it is absent or null; *rc is 0 then unless
+ * the field is required (the error is set and returned in *rc). */
+static json_t *
+kimi_cfg_get(kimi_cfg_ctx_t *cx, json_t *o, const char *key, int required,
+    int *rc)
+{
+    json_t  *v = json_object_get(o, key);
+
+    *rc = 0;
+    if (v != NULL && !json_is_null(v)) {
+        return v;
+    }
+
+    if (required) {
+        *rc = kimi_err_set(cx->err, KIMI_EFORMAT,
+                           "%s: missing required field \"%s\"",
+                           cx->what, key);
+    }
+
+    return NULL;
+}
+
+
 static int
 kimi_cfg_u32(kimi_cfg_ctx_t *cx, json_t *o, const char *key, int required,
     uint32_t def, uint32_t max, uint32_t *out)
 {
-    json_t     *v = json_object_get(o, key);
+    int         rc;
+    json_t     *v = kimi_cfg_get(cx, o, key, required, &rc);
     json_int_t  i;
 
-    if (v == NULL || json_is_null(v)) {
-        if (required) {
-            return kimi_err_set(cx->err, KIMI_EFORMAT,
-                                "%s: missing required field \"%s\"",
-                                cx->what, key);
+    if (v == NULL) {
+        if (rc == 0) {
+            *out = def;
         }
-
-        *out = def;
-        return 0;
+        return rc;
     }
 
     if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v))) {
@@ -73,17 +93,14 @@ static int
 kimi_cfg_f32(kimi_cfg_ctx_t *cx, json_t *o, const char *key, int required,
     float def, float *out)
 {
-    json_t  *v = json_object_get(o, key);
+    int      rc;
+    json_t  *v = kimi_cfg_get(cx, o, key, required, &rc);
 
-    if (v == NULL || json_is_null(v)) {
-        if (required) {
-            return kimi_err_set(cx->err, KIMI_EFORMAT,
-                                "%s: missing required field \"%s\"",
-                                cx->what, key);
+    if (v == NULL) {
+        if (rc == 0) {
+            *out = def;
         }
-
-        *out = def;
-        return 0;
+        return rc;
     }
 
     if (!json_is_number(v)) {

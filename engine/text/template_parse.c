@@ -368,6 +368,34 @@ kimi_parse_primary(kimi_parser_t *p)
 }
 
 
+/* At the NAME of an attribute, filter or test applied to n (one of list,
+ * unless list is NULL): the node of type over n, past the name.  Else frees
+ * n and fails with bad. */
+static kimi_node_t *
+kimi_parse_named(kimi_parser_t *p, kimi_node_t *n, kimi_node_e type,
+    const char **list, const char *bad)
+{
+    kimi_node_t  *x;
+
+    if (kimi_cur(p)->type != KIMI_T_NAME
+        || (list != NULL && !kimi_in_list(kimi_cur(p)->text, list)))
+    {
+        kimi_node_free(n);
+        return kimi_fail(p, KIMI_EUNSUPPORTED, bad);
+    }
+
+    x = kimi_node(p, type);
+    if (x == NULL || (x->str = kimi_strdup_tok(p)) == NULL) {
+        kimi_node_free(x);
+        kimi_node_free(n);
+        return kimi_fail(p, KIMI_ENOMEM, "out of memory");
+    }
+    x->a = n;
+    kimi_advance(p);
+    return x;
+}
+
+
 static kimi_node_t *
 kimi_parse_postfix(kimi_parser_t *p, kimi_node_t *n)
 {
@@ -376,20 +404,11 @@ kimi_parse_postfix(kimi_parser_t *p, kimi_node_t *n)
     for ( ;; ) {
         if (kimi_is_op(p, ".")) {
             kimi_advance(p);
-            if (kimi_cur(p)->type != KIMI_T_NAME) {
-                kimi_node_free(n);
-                return kimi_fail(p, KIMI_EUNSUPPORTED, "expected an "
-                                 "attribute name after '.'");
+            n = kimi_parse_named(p, n, KIMI_N_GETATTR, NULL,
+                                 "expected an attribute name after '.'");
+            if (n == NULL) {
+                return NULL;
             }
-            x = kimi_node(p, KIMI_N_GETATTR);
-            if (x == NULL || (x->str = kimi_strdup_tok(p)) == NULL) {
-                kimi_node_free(x);
-                kimi_node_free(n);
-                return kimi_fail(p, KIMI_ENOMEM, "out of memory");
-            }
-            x->a = n;
-            n = x;
-            kimi_advance(p);
 
         } else if (kimi_is_op(p, "[")) {
             kimi_advance(p);
@@ -453,26 +472,15 @@ static kimi_node_t *
 kimi_parse_filters(kimi_parser_t *p, kimi_node_t *n)
 {
     int           negate;
-    kimi_node_t  *x;
 
     for ( ;; ) {
         if (kimi_is_op(p, "|")) {
             kimi_advance(p);
-            if (kimi_cur(p)->type != KIMI_T_NAME
-                || !kimi_in_list(kimi_cur(p)->text, kimi_filters))
-            {
-                kimi_node_free(n);
-                return kimi_fail(p, KIMI_EUNSUPPORTED, "unsupported filter");
+            n = kimi_parse_named(p, n, KIMI_N_FILTER, kimi_filters,
+                                 "unsupported filter");
+            if (n == NULL) {
+                return NULL;
             }
-            x = kimi_node(p, KIMI_N_FILTER);
-            if (x == NULL || (x->str = kimi_strdup_tok(p)) == NULL) {
-                kimi_node_free(x);
-                kimi_node_free(n);
-                return kimi_fail(p, KIMI_ENOMEM, "out of memory");
-            }
-            x->a = n;
-            n = x;
-            kimi_advance(p);
             if (kimi_is_op(p, "(") && kimi_parse_args(p, n) != 0) {
                 kimi_node_free(n);
                 return NULL;
@@ -490,22 +498,12 @@ kimi_parse_filters(kimi_parser_t *p, kimi_node_t *n)
                 negate = 1;
                 kimi_advance(p);
             }
-            if (kimi_cur(p)->type != KIMI_T_NAME
-                || !kimi_in_list(kimi_cur(p)->text, kimi_tests))
-            {
-                kimi_node_free(n);
-                return kimi_fail(p, KIMI_EUNSUPPORTED, "unsupported test");
+            n = kimi_parse_named(p, n, KIMI_N_TEST, kimi_tests,
+                                 "unsupported test");
+            if (n == NULL) {
+                return NULL;
             }
-            x = kimi_node(p, KIMI_N_TEST);
-            if (x == NULL || (x->str = kimi_strdup_tok(p)) == NULL) {
-                kimi_node_free(x);
-                kimi_node_free(n);
-                return kimi_fail(p, KIMI_ENOMEM, "out of memory");
-            }
-            x->a = n;
-            x->op = negate;
-            n = x;
-            kimi_advance(p);
+            n->op = negate;
 
         } else {
             return n;
@@ -514,30 +512,44 @@ kimi_parse_filters(kimi_parser_t *p, kimi_node_t *n)
 }
 
 
+typedef kimi_node_t *(*kimi_parse_pt)(kimi_parser_t *p);
+
+/* At a prefix operator ("-" or "not"): a node of type whose operand is
+ * parsed by operand, which may meet the operator again ("not not x"), so
+ * each level counts against the nesting limit. */
+static kimi_node_t *
+kimi_parse_prefix(kimi_parser_t *p, kimi_node_e type, kimi_parse_pt operand)
+{
+    kimi_node_t  *x;
+
+    x = kimi_node(p, type);
+    if (x == NULL) {
+        return NULL;
+    }
+    kimi_advance(p);
+    if (p->depth + 1 > KIMI_PARSE_MAX_DEPTH) {
+        kimi_node_free(x);
+        return kimi_fail(p, KIMI_EUNSUPPORTED, "expression nested too "
+                         "deeply");
+    }
+    p->depth++;
+    x->a = operand(p);
+    p->depth--;
+    if (x->a == NULL) {
+        kimi_node_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+
 static kimi_node_t *
 kimi_parse_unary(kimi_parser_t *p)
 {
-    kimi_node_t  *n, *x;
+    kimi_node_t  *n;
 
     if (kimi_is_op(p, "-")) {
-        x = kimi_node(p, KIMI_N_NEG);
-        if (x == NULL) {
-            return NULL;
-        }
-        kimi_advance(p);
-        if (p->depth + 1 > KIMI_PARSE_MAX_DEPTH) {
-            kimi_node_free(x);
-            return kimi_fail(p, KIMI_EUNSUPPORTED, "expression nested too "
-                             "deeply");
-        }
-        p->depth++;
-        x->a = kimi_parse_unary(p);
-        p->depth--;
-        if (x->a == NULL) {
-            kimi_node_free(x);
-            return NULL;
-        }
-        return x;
+        return kimi_parse_prefix(p, KIMI_N_NEG, kimi_parse_unary);
     }
 
     n = kimi_parse_primary(p);
@@ -661,27 +673,8 @@ kimi_parse_compare(kimi_parser_t *p)
 static kimi_node_t *
 kimi_parse_not(kimi_parser_t *p)
 {
-    kimi_node_t  *x;
-
     if (kimi_is_name(p, "not")) {
-        x = kimi_node(p, KIMI_N_NOT);
-        if (x == NULL) {
-            return NULL;
-        }
-        kimi_advance(p);
-        if (p->depth + 1 > KIMI_PARSE_MAX_DEPTH) {
-            kimi_node_free(x);
-            return kimi_fail(p, KIMI_EUNSUPPORTED, "expression nested too "
-                             "deeply");
-        }
-        p->depth++;
-        x->a = kimi_parse_not(p);
-        p->depth--;
-        if (x->a == NULL) {
-            kimi_node_free(x);
-            return NULL;
-        }
-        return x;
+        return kimi_parse_prefix(p, KIMI_N_NOT, kimi_parse_not);
     }
 
     return kimi_parse_compare(p);
@@ -780,6 +773,25 @@ kimi_expect_block_end(kimi_parser_t *p)
 }
 
 
+/* At "{%" NAME, NAME being "else" or the end tag (end_only[0]): parses an
+ * optional "else %} body" into n->orelse, then the end tag and its "%}". */
+static int
+kimi_parse_else_end(kimi_parser_t *p, const char **end_only, kimi_node_t *n)
+{
+    if (kimi_is_name(p, "else")) {
+        kimi_advance(p);
+        if (kimi_expect_block_end(p) != 0
+            || kimi_parse_body(p, end_only, &n->orelse, &n->n_orelse) != 0)
+        {
+            return -1;
+        }
+    }
+
+    kimi_advance(p);                     /* the end tag */
+    return kimi_expect_block_end(p);
+}
+
+
 /* After "{% if" or "{% elif": cond %} body [elif ...|else body] endif %} */
 static kimi_node_t *
 kimi_parse_if(kimi_parser_t *p)
@@ -812,18 +824,7 @@ kimi_parse_if(kimi_parser_t *p)
         return n;                        /* the nested if ate the endif */
     }
 
-    if (kimi_is_name(p, "else")) {
-        kimi_advance(p);
-        if (kimi_expect_block_end(p) != 0
-            || kimi_parse_body(p, end_only, &n->orelse, &n->n_orelse) != 0)
-        {
-            kimi_node_free(n);
-            return NULL;
-        }
-    }
-
-    kimi_advance(p);                     /* endif */
-    if (kimi_expect_block_end(p) != 0) {
+    if (kimi_parse_else_end(p, end_only, n) != 0) {
         kimi_node_free(n);
         return NULL;
     }
@@ -896,18 +897,7 @@ kimi_parse_for(kimi_parser_t *p)
         return NULL;
     }
 
-    if (kimi_is_name(p, "else")) {
-        kimi_advance(p);
-        if (kimi_expect_block_end(p) != 0
-            || kimi_parse_body(p, end_only, &n->orelse, &n->n_orelse) != 0)
-        {
-            kimi_node_free(n);
-            return NULL;
-        }
-    }
-
-    kimi_advance(p);                     /* endfor */
-    if (kimi_expect_block_end(p) != 0) {
+    if (kimi_parse_else_end(p, end_only, n) != 0) {
         kimi_node_free(n);
         return NULL;
     }

@@ -217,14 +217,50 @@ kimi_py_json_string(kimi_buf_t *b, const char *s, size_t n, int trusted)
 }
 
 
-void
-kimi_py_json(kimi_buf_t *b, const json_t *v, int trusted)
+typedef void (*kimi_py_key_pt)(kimi_buf_t *b, const char *s, size_t n,
+    int trusted);
+typedef void (*kimi_py_item_pt)(kimi_buf_t *b, const json_t *v, int trusted);
+
+/* A list as "[a, b]" or a dict as "{k: v}", the separators Python's repr()
+ * and json.dumps() share; key writes a key, item writes each value. */
+static void
+kimi_py_container(kimi_buf_t *b, const json_t *v, int trusted,
+    kimi_py_key_pt key_fn, kimi_py_item_pt item)
 {
     size_t       i;
     const char  *key;
     json_t      *x;
-    int          first;
+    int          first = 1;
 
+    if (json_is_array(v)) {
+        kimi_buf_add(b, "[", 1, trusted);
+        json_array_foreach(v, i, x) {
+            if (i > 0) {
+                kimi_buf_add(b, ", ", 2, trusted);
+            }
+            item(b, x, trusted);
+        }
+        kimi_buf_add(b, "]", 1, trusted);
+        return;
+    }
+
+    kimi_buf_add(b, "{", 1, trusted);
+    json_object_foreach((json_t *) v, key, x) {
+        if (!first) {
+            kimi_buf_add(b, ", ", 2, trusted);
+        }
+        first = 0;
+        key_fn(b, key, strlen(key), trusted);
+        kimi_buf_add(b, ": ", 2, trusted);
+        item(b, x, trusted);
+    }
+    kimi_buf_add(b, "}", 1, trusted);
+}
+
+
+void
+kimi_py_json(kimi_buf_t *b, const json_t *v, int trusted)
+{
     switch (json_typeof(v)) {
     case JSON_NULL:
         kimi_buf_add(b, "null", 4, trusted);
@@ -246,28 +282,8 @@ kimi_py_json(kimi_buf_t *b, const json_t *v, int trusted)
                             trusted);
         break;
     case JSON_ARRAY:
-        kimi_buf_add(b, "[", 1, trusted);
-        json_array_foreach(v, i, x) {
-            if (i > 0) {
-                kimi_buf_add(b, ", ", 2, trusted);
-            }
-            kimi_py_json(b, x, trusted);
-        }
-        kimi_buf_add(b, "]", 1, trusted);
-        break;
     case JSON_OBJECT:
-        kimi_buf_add(b, "{", 1, trusted);
-        first = 1;
-        json_object_foreach((json_t *) v, key, x) {
-            if (!first) {
-                kimi_buf_add(b, ", ", 2, trusted);
-            }
-            first = 0;
-            kimi_py_json_string(b, key, strlen(key), trusted);
-            kimi_buf_add(b, ": ", 2, trusted);
-            kimi_py_json(b, x, trusted);
-        }
-        kimi_buf_add(b, "}", 1, trusted);
+        kimi_py_container(b, v, trusted, kimi_py_json_string, kimi_py_json);
         break;
     }
 }
@@ -381,11 +397,6 @@ kimi_py_repr_string(kimi_buf_t *b, const char *s, size_t n, int trusted)
 void
 kimi_py_repr(kimi_buf_t *b, const json_t *v, int trusted)
 {
-    size_t       i;
-    const char  *key;
-    json_t      *x;
-    int          first;
-
     pthread_once(&kimi_py_once, kimi_py_init);
 
     switch (json_typeof(v)) {
@@ -394,28 +405,8 @@ kimi_py_repr(kimi_buf_t *b, const json_t *v, int trusted)
                             trusted);
         break;
     case JSON_ARRAY:
-        kimi_buf_add(b, "[", 1, trusted);
-        json_array_foreach(v, i, x) {
-            if (i > 0) {
-                kimi_buf_add(b, ", ", 2, trusted);
-            }
-            kimi_py_repr(b, x, trusted);
-        }
-        kimi_buf_add(b, "]", 1, trusted);
-        break;
     case JSON_OBJECT:
-        kimi_buf_add(b, "{", 1, trusted);
-        first = 1;
-        json_object_foreach((json_t *) v, key, x) {
-            if (!first) {
-                kimi_buf_add(b, ", ", 2, trusted);
-            }
-            first = 0;
-            kimi_py_repr_string(b, key, strlen(key), trusted);
-            kimi_buf_add(b, ": ", 2, trusted);
-            kimi_py_repr(b, x, trusted);
-        }
-        kimi_buf_add(b, "}", 1, trusted);
+        kimi_py_container(b, v, trusted, kimi_py_repr_string, kimi_py_repr);
         break;
     default:
         kimi_py_str(b, v, trusted);

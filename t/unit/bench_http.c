@@ -12,24 +12,12 @@
 
 #include "../../bench/bench_http.c"
 
-static int  test_n;
-static int  test_failed;
+#include "tap.h"
 
 typedef struct {
     char  log[4096];
     int   n;
 } events_t;
-
-
-static void
-ok(int cond, const char *name)
-{
-    test_n++;
-    if (!cond) {
-        test_failed++;
-    }
-    printf("%s %d - %s\n", cond ? "ok" : "not ok", test_n, name);
-}
 
 
 static int

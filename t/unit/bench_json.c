@@ -14,19 +14,7 @@
 
 #include "../../bench/bench_json.c"
 
-static int  test_n;
-static int  test_failed;
-
-
-static void
-ok(int cond, const char *name)
-{
-    test_n++;
-    if (!cond) {
-        test_failed++;
-    }
-    printf("%s %d - %s\n", cond ? "ok" : "not ok", test_n, name);
-}
+#include "tap.h"
 
 
 /* scanner vs jansson on one chunk; 1 if they agree (or the scanner

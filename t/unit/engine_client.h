@@ -12,6 +12,7 @@
 #define KIMI_T_ENGINE_CLIENT_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -105,20 +106,13 @@ kc_sampling(uint32_t max_tokens)
 }
 
 
-/* Acquires a slot, fills it and submits.  Returns the slot or -1. */
+/* Fills slot idx (OWNED by this worker) and submits it.  Returns idx. */
 static inline int32_t
-kc_submit(kc_t *c, const int32_t *prompt, uint32_t n,
+kc_submit_slot(kc_t *c, int32_t idx, const int32_t *prompt, uint32_t n,
     const kimi_shm_sampling_t *sp, const char *request_id)
 {
-    int32_t           idx;
-    kimi_shm_slot_t  *s;
+    kimi_shm_slot_t  *s = kimi_shm_slot(&c->shm, (uint32_t) idx);
 
-    idx = kimi_shm_slot_acquire(&c->shm, (uint32_t) c->worker, c->pid);
-    if (idx < 0) {
-        return -1;
-    }
-
-    s = kimi_shm_slot(&c->shm, (uint32_t) idx);
     memcpy(kimi_shm_prompt(&c->shm, (uint32_t) idx), prompt,
            n * sizeof(int32_t));
     s->n_prompt_tokens = n;
@@ -136,6 +130,22 @@ kc_submit(kc_t *c, const int32_t *prompt, uint32_t n,
     kc_ring_engine(c);
 
     return idx;
+}
+
+
+/* Acquires a slot, fills it and submits.  Returns the slot or -1. */
+static inline int32_t
+kc_submit(kc_t *c, const int32_t *prompt, uint32_t n,
+    const kimi_shm_sampling_t *sp, const char *request_id)
+{
+    int32_t  idx;
+
+    idx = kimi_shm_slot_acquire(&c->shm, (uint32_t) c->worker, c->pid);
+    if (idx < 0) {
+        return -1;
+    }
+
+    return kc_submit_slot(c, idx, prompt, n, sp, request_id);
 }
 
 
@@ -355,6 +365,66 @@ kc_log_has(const char *logpath, const char *needle, int ms)
     } while (kimi_shm_now_ns() < deadline);
 
     return 0;
+}
+
+/* Writes body to a new file at path (mode 0600).  Returns 0 or -1. */
+static inline int
+kc_write_file(const char *path, const char *body)
+{
+    int     fd;
+    size_t  len = strlen(body);
+
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) {
+        return -1;
+    }
+    if (write(fd, body, len) != (ssize_t) len) {
+        close(fd);
+        return -1;
+    }
+
+    return close(fd);
+}
+
+
+/* Makes the test's directory from tmpl (mkdtemp), writes the replay
+ * script body to script and names the engine log there.  On failure it
+ * prints the TAP bail-out and returns -1. */
+static inline int
+kc_workdir(char *tmpl, const char *body, char *script, size_t script_len,
+    char *log, size_t log_len)
+{
+    if (mkdtemp(tmpl) == NULL) {
+        printf("Bail out! mkdtemp\n");
+        return -1;
+    }
+
+    snprintf(script, script_len, "%s/script.json", tmpl);
+    snprintf(log, log_len, "%s/engine.log", tmpl);
+    if (kc_write_file(script, body) != 0) {
+        printf("Bail out! script\n");
+        return -1;
+    }
+
+    return 0;
+}
+
+
+/* Removes the test's directory after a clean run (unless TEST_KIMI_LEAVE
+ * is set); otherwise keeps it for a look and says where. */
+static inline void
+kc_workdir_done(const char *dir, const char *log, int failed)
+{
+    char  cmd[700];
+
+    if (!failed && getenv("TEST_KIMI_LEAVE") == NULL) {
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        if (system(cmd) != 0) {
+            fprintf(stderr, "# could not remove %s\n", dir);
+        }
+    } else {
+        fprintf(stderr, "# left %s (engine log: %s)\n", dir, log);
+    }
 }
 
 #endif

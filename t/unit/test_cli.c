@@ -11,30 +11,7 @@
 #include "engine_client.h"
 
 
-static int  test_n;
-static int  test_failed;
-
-
-static void
-ok(int cond, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
-ok(int cond, const char *fmt, ...)
-{
-    va_list  ap;
-
-    printf("%sok %d - ", cond ? "" : "not ", ++test_n);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-
-    if (!cond) {
-        test_failed++;
-    }
-}
+#include "tap.h"
 
 
 static char  bin[512];
@@ -88,7 +65,7 @@ run(char **args)
 int
 main(void)
 {
-    int     rc, fd;
+    int     rc;
     char    dir[] = "/tmp/kimi-cli-test-XXXXXX";
     char    script[600], log[600], cmd[700];
     pid_t   engine;
@@ -153,11 +130,9 @@ main(void)
        "cpu without a model: exit 2");
 
     snprintf(script, sizeof(script), "%s/bad.json", dir);
-    fd = open(script, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (write(fd, "{\"replies\": 3}", 14) != 14) {
+    if (kc_write_file(script, "{\"replies\": 3}") != 0) {
         ok(0, "write script");
     }
-    close(fd);
     rc = run(ARGS("serve", "--backend", "replay", "--replay-script", script,
                   "--ipc-dir", dir));
     ok(rc == 1 && strstr(out, "replies must be an array") != NULL,
@@ -166,11 +141,9 @@ main(void)
     /* a second engine on a held --ipc-dir */
     snprintf(script, sizeof(script), "%s/ok.json", dir);
     snprintf(log, sizeof(log), "%s/engine.log", dir);
-    fd = open(script, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (write(fd, "{\"default\": {\"tokens\": [1]}}", 28) != 28) {
+    if (kc_write_file(script, "{\"default\": {\"tokens\": [1]}}") != 0) {
         ok(0, "write script");
     }
-    close(fd);
 
     engine = kc_engine_start(dir, log, ARGS("--backend", "replay",
                              "--replay-script", script, "--max-slots", "300"));

@@ -43,29 +43,7 @@
 #define KIMI_TOL_ABS      2e-3f     /* fp32 path vs HF fp32 */
 #define KIMI_FP8_MEAN_ABS 1.0      /* fp8 activations vs HF fp32 */
 
-static int  test_n;
-static int  test_failed;
-
-
-static void
-ok(int cond, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-#include <stdarg.h>
-
-static void
-ok(int cond, const char *fmt, ...)
-{
-    va_list  ap;
-
-    test_n++;
-    test_failed += !cond;
-    printf("%s %d - ", cond ? "ok" : "not ok", test_n);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-}
+#include "tap.h"
 
 
 typedef struct {
@@ -113,6 +91,23 @@ fixtures_load(fixtures_t *fx, const char *dir)
     fx->vocab = (uint32_t) json_integer_value(json_object_get(fx->ref,
                                                              "vocab_size"));
     return 0;
+}
+
+
+/* Frees fx and removes the model directory the test wrote. */
+static void
+fixtures_done(fixtures_t *fx, const char *dir)
+{
+    char  cmd[256];
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+
+    if (system(cmd) != 0) {
+        printf("# could not remove %s\n", dir);
+    }
+
+    json_decref(fx->ref);
+    free(fx->bin);
 }
 
 
@@ -310,7 +305,7 @@ test_k2width(void)
     const char           *ov = "{\"num_hidden_layers\":2,"
                                "\"n_routed_experts\":12,"
                                "\"vocab_size\":8192}";
-    char                  dir[] = "/tmp/kimi-k2w-test-XXXXXX", cmd[256];
+    char                  dir[] = "/tmp/kimi-k2w-test-XXXXXX";
     kimi_model_params_t   mp = kimi_model_default_params();
     kimi_model_t         *m = NULL;
     fixtures_t            fx = { 0 };
@@ -373,14 +368,7 @@ test_k2width(void)
 
     runner_free(&r);
     kimi_model_free(m);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-
-    if (system(cmd) != 0) {
-        printf("# could not remove %s\n", dir);
-    }
-
-    json_decref(fx.ref);
-    free(fx.bin);
+    fixtures_done(&fx, dir);
 }
 
 
@@ -396,7 +384,6 @@ main(void)
     runner_t              r;
     json_t               *prompts, *p;
     size_t                i;
-    char                  cmd[256];
 
     if (fxdir == NULL) {
         fxdir = "t/fixtures/model";
@@ -611,14 +598,7 @@ main(void)
     }
 
     kimi_model_free(m);
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-
-    if (system(cmd) != 0) {
-        printf("# could not remove %s\n", dir);
-    }
-
-    json_decref(fx.ref);
-    free(fx.bin);
+    fixtures_done(&fx, dir);
     test_k2width();
     printf("1..%d\n", test_n);
     return test_failed ? 1 : 0;

@@ -14,30 +14,7 @@
 #include "engine_client.h"
 
 
-static int  test_n;
-static int  test_failed;
-
-
-static void
-ok(int cond, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
-ok(int cond, const char *fmt, ...)
-{
-    va_list  ap;
-
-    printf("%sok %d - ", cond ? "" : "not ", ++test_n);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-
-    if (!cond) {
-        test_failed++;
-    }
-}
+#include "tap.h"
 
 
 static const int32_t  prompt[] = { 100, 200, 300 };
@@ -415,27 +392,16 @@ test_drain(kc_t *c, pid_t engine, const char *dir, const char *log)
 int
 main(void)
 {
-    int     fd;
     char    dir[] = "/tmp/kimi-engine-test-XXXXXX";
-    char    script[600], log[600], cmd[700];
+    char    script[600], log[600];
     pid_t   engine;
     kc_t    c;
 
-    if (mkdtemp(dir) == NULL) {
-        printf("Bail out! mkdtemp\n");
-        return 1;
-    }
-
-    snprintf(script, sizeof(script), "%s/script.json", dir);
-    snprintf(log, sizeof(log), "%s/engine.log", dir);
-    fd = open(script, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0 || write(fd, "{\"replies\": [{\"tokens\": [10, 11, 12, 13]}]}",
-                        43) != 43)
+    if (kc_workdir(dir, "{\"replies\": [{\"tokens\": [10, 11, 12, 13]}]}",
+                   script, sizeof(script), log, sizeof(log)) != 0)
     {
-        printf("Bail out! script\n");
         return 1;
     }
-    close(fd);
 
     char  *args[] = {
         (char *) "--backend", (char *) "replay",
@@ -478,14 +444,7 @@ main(void)
 
     printf("1..%d\n", test_n);
 
-    if (test_failed == 0 && getenv("TEST_KIMI_LEAVE") == NULL) {
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-        if (system(cmd) != 0) {
-            fprintf(stderr, "# could not remove %s\n", dir);
-        }
-    } else {
-        fprintf(stderr, "# left %s (engine log: %s)\n", dir, log);
-    }
+    kc_workdir_done(dir, log, test_failed);
 
     return test_failed ? 1 : 0;
 }

@@ -14,30 +14,7 @@
 #include "engine_client.h"
 
 
-static int  test_n;
-static int  test_failed;
-
-
-static void
-ok(int cond, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
-ok(int cond, const char *fmt, ...)
-{
-    va_list  ap;
-
-    printf("%sok %d - ", cond ? "" : "not ", ++test_n);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-
-    if (!cond) {
-        test_failed++;
-    }
-}
+#include "tap.h"
 
 
 static uint64_t  rng_state = 0x9e3779b97f4a7c15ull;
@@ -189,36 +166,12 @@ reown(kc_t *c, int32_t slot)
 }
 
 
-static int32_t
-submit_in(kc_t *c, int32_t slot, const int32_t *prompt, uint32_t n,
-    const kimi_shm_sampling_t *sp)
-{
-    kimi_shm_slot_t  *s = kimi_shm_slot(&c->shm, (uint32_t) slot);
-
-    memcpy(kimi_shm_prompt(&c->shm, (uint32_t) slot), prompt,
-           n * sizeof(int32_t));
-    s->n_prompt_tokens = n;
-    s->rank = 0;
-    s->kind = KIMI_REQ_GENERATE;
-    s->sampling = *sp;
-    snprintf(s->request_id, sizeof(s->request_id), "good");
-    kimi_shm_slot_cas(s, KIMI_SLOT_OWNED, KIMI_SLOT_SUBMITTED);
-    kimi_shm_ring_push(&c->shm, kimi_shm_ring(&c->shm, (uint32_t) c->worker,
-                       0, KIMI_SHM_RING_SUBMIT),
-                       KIMI_SHM_ENTRY((uint32_t) slot,
-                                      s->generation & KIMI_SHM_GEN_MASK));
-    kc_ring_engine(c);
-
-    return slot;
-}
-
-
 int
 main(void)
 {
-    int                  fd, status, i, n, good = 1, n_good;
+    int                  status, i, n, good = 1, n_good;
     char                 dir[] = "/tmp/kimi-engine-fuzz-XXXXXX";
-    char                 script[600], log[600], cmd[700];
+    char                 script[600], log[600];
     pid_t                engine;
     kc_t                 h, g;
     int32_t              held[8], slot, tok[16], mine;
@@ -226,19 +179,11 @@ main(void)
     const char          *body = "{\"replies\": [{\"tokens\": [10, 11, 12]}]}";
     static const int32_t prompt[] = { 5, 6, 7 };
 
-    if (mkdtemp(dir) == NULL) {
-        printf("Bail out! mkdtemp\n");
+    if (kc_workdir(dir, body, script, sizeof(script), log, sizeof(log))
+        != 0)
+    {
         return 1;
     }
-
-    snprintf(script, sizeof(script), "%s/script.json", dir);
-    snprintf(log, sizeof(log), "%s/engine.log", dir);
-    fd = open(script, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0 || write(fd, body, strlen(body)) != (ssize_t) strlen(body)) {
-        printf("Bail out! script\n");
-        return 1;
-    }
-    close(fd);
 
     char  *args[] = {
         (char *) "--backend", (char *) "replay",
@@ -323,7 +268,7 @@ main(void)
         sp = kc_sampling(10);
         slot = n_good == 0 ? mine : reown(&g, mine);
         if (slot >= 0) {
-            submit_in(&g, slot, prompt, 3, &sp);
+            kc_submit_slot(&g, slot, prompt, 3, &sp, "good");
         }
         n = slot >= 0 ? kc_collect(&g, slot, tok, 16, 2000) : 0;
         if (slot < 0 || n != 4 || tok[0] != 10 || tok[2] != 12
@@ -387,14 +332,7 @@ main(void)
 
     printf("1..%d\n", test_n);
 
-    if (test_failed == 0 && getenv("TEST_KIMI_LEAVE") == NULL) {
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-        if (system(cmd) != 0) {
-            fprintf(stderr, "# could not remove %s\n", dir);
-        }
-    } else {
-        fprintf(stderr, "# left %s\n", dir);
-    }
+    kc_workdir_done(dir, log, test_failed);
 
     return test_failed ? 1 : 0;
 }

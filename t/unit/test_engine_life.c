@@ -13,30 +13,7 @@
 #include "engine_client.h"
 
 
-static int  test_n;
-static int  test_failed;
-
-
-static void
-ok(int cond, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
-ok(int cond, const char *fmt, ...)
-{
-    va_list  ap;
-
-    printf("%sok %d - ", cond ? "" : "not ", ++test_n);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-
-    if (!cond) {
-        test_failed++;
-    }
-}
+#include "tap.h"
 
 
 static const int32_t  prompt[] = { 100, 200, 300 };
@@ -257,28 +234,20 @@ test_double_sigterm(kc_t *c, pid_t engine)
 int
 main(void)
 {
-    int     fd, status;
+    int     status;
     char    dir[] = "/tmp/kimi-engine-life-XXXXXX";
-    char    log[600], cmd[700];
+    char    log[600];
     pid_t   engine;
     kc_t    c, c2;
     const char  *body = "{\"replies\": [{\"tokens\": [10, 11, 12, 13]}]}";
 
-    if (mkdtemp(dir) == NULL) {
-        printf("Bail out! mkdtemp\n");
+    if (kc_workdir(dir, body, script, sizeof(script), log, sizeof(log))
+        != 0)
+    {
         return 1;
     }
-
-    snprintf(script, sizeof(script), "%s/script.json", dir);
-    snprintf(log, sizeof(log), "%s/engine.log", dir);
     kimi_shm_socket_path(kc_socket_path_tmp, sizeof(kc_socket_path_tmp), dir,
                          0);
-    fd = open(script, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0 || write(fd, body, strlen(body)) != (ssize_t) strlen(body)) {
-        printf("Bail out! script\n");
-        return 1;
-    }
-    close(fd);
 
     /* engine 1: text logs, killed with SIGKILL */
     engine = start(dir, log, "30", 0);
@@ -327,14 +296,7 @@ main(void)
 
     printf("1..%d\n", test_n);
 
-    if (test_failed == 0 && getenv("TEST_KIMI_LEAVE") == NULL) {
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-        if (system(cmd) != 0) {
-            fprintf(stderr, "# could not remove %s\n", dir);
-        }
-    } else {
-        fprintf(stderr, "# left %s\n", dir);
-    }
+    kc_workdir_done(dir, log, test_failed);
 
     return test_failed ? 1 : 0;
 }

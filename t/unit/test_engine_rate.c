@@ -15,30 +15,7 @@
 #define RATE_FLOOR_TOK_S  50000.0
 
 
-static int  test_n;
-static int  test_failed;
-
-
-static void
-ok(int cond, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
-ok(int cond, const char *fmt, ...)
-{
-    va_list  ap;
-
-    printf("%sok %d - ", cond ? "" : "not ", ++test_n);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-
-    if (!cond) {
-        test_failed++;
-    }
-}
+#include "tap.h"
 
 
 /* Drives n_streams streams of n_tokens each the way a worker does: one
@@ -140,26 +117,18 @@ streams(kc_t *c, uint32_t n_streams, uint32_t n_tokens)
 int
 main(void)
 {
-    int     fd, status;
+    int     status;
     char    dir[] = "/tmp/kimi-engine-rate-XXXXXX";
-    char    script[600], log[600], cmd[700];
+    char    script[600], log[600];
     pid_t   engine;
     kc_t    c;
     const char  *body = "{\"replies\": [{\"tokens\": [10, 11, 12, 13]}]}";
 
-    if (mkdtemp(dir) == NULL) {
-        printf("Bail out! mkdtemp\n");
+    if (kc_workdir(dir, body, script, sizeof(script), log, sizeof(log))
+        != 0)
+    {
         return 1;
     }
-
-    snprintf(script, sizeof(script), "%s/script.json", dir);
-    snprintf(log, sizeof(log), "%s/engine.log", dir);
-    fd = open(script, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0 || write(fd, body, strlen(body)) != (ssize_t) strlen(body)) {
-        printf("Bail out! script\n");
-        return 1;
-    }
-    close(fd);
 
     char  *args[] = {
         (char *) "--backend", (char *) "replay",
@@ -187,12 +156,7 @@ main(void)
 
     printf("1..%d\n", test_n);
 
-    if (test_failed == 0 && getenv("TEST_KIMI_LEAVE") == NULL) {
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-        if (system(cmd) != 0) {
-            fprintf(stderr, "# could not remove %s\n", dir);
-        }
-    }
+    kc_workdir_done(dir, log, test_failed);
 
     return test_failed ? 1 : 0;
 }

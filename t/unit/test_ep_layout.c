@@ -17,29 +17,7 @@
 #endif
 
 
-static int  test_n;
-static int  test_failed;
-
-
-static void
-ok(int cond, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
-ok(int cond, const char *fmt, ...)
-{
-    va_list  ap;
-
-    printf("%sok %d - ", cond ? "" : "not ", ++test_n);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-
-    if (!cond) {
-        test_failed++;
-    }
-}
+#include "tap.h"
 
 
 #ifdef KIMI_HAVE_CUDA

@@ -22,26 +22,7 @@
 #include "model/tiny_model.h"
 #include "backend/cpu/ops.h"
 
-static int  test_n;
-static int  test_failed;
-
-
-static void
-ok(int cond, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-ok(int cond, const char *fmt, ...)
-{
-    va_list  ap;
-
-    test_n++;
-    test_failed += !cond;
-    printf("%s %d - ", cond ? "ok" : "not ok", test_n);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-}
+#include "tap.h"
 
 
 static uint64_t  rs = 88172645463325252ull;

@@ -22,24 +22,7 @@
 #include "sample/sample.h"
 
 
-static int  n_test, n_fail;
-
-static void
-ok(int cond, const char *fmt, ...)
-{
-    va_list  ap;
-
-    n_test++;
-    if (!cond) {
-        n_fail++;
-    }
-
-    printf("%sok %d - ", cond ? "" : "not ", n_test);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-}
+#include "tap.h"
 
 
 /* ---- test backend ------------------------------------------------------ */
@@ -1572,6 +1555,6 @@ main(void)
     test_sampler_selection();
     test_sampler_speed();
 
-    printf("1..%d\n", n_test);
-    return n_fail != 0;
+    printf("1..%d\n", test_n);
+    return test_failed != 0;
 }

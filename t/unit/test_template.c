@@ -15,22 +15,7 @@
 
 #include "text/kimi_text.h"
 
-static int  n_test, n_fail;
-
-
-static void
-ok(int cond, const char *fmt, ...)
-{
-    va_list  ap;
-
-    n_test++;
-    n_fail += !cond;
-    printf("%sok %d - ", cond ? "" : "not ", n_test);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-}
+#include "tap.h"
 
 
 static const char *
@@ -406,9 +391,9 @@ main(void)
     test_errors(t[2]);
     test_spans(t[2]);
 
-    printf("1..%d\n", n_test);
+    printf("1..%d\n", test_n);
     kimi_template_free(t[0]);
     kimi_template_free(t[1]);
     kimi_template_free(t[2]);
-    return n_fail != 0;
+    return test_failed != 0;
 }

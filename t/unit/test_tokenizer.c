@@ -16,25 +16,7 @@
 
 #include "text/kimi_text.h"
 
-static int  n_test, n_fail;
-
-
-static void
-ok(int cond, const char *fmt, ...)
-{
-    va_list  ap;
-
-    n_test++;
-    if (!cond) {
-        n_fail++;
-    }
-
-    printf("%sok %d - ", cond ? "" : "not ", n_test);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-}
+#include "tap.h"
 
 
 static const char *
@@ -350,8 +332,8 @@ main(void)
     test_decode(tok, json_object_get(root, "decode"));
     test_threads(tok, json_object_get(root, "encode"));
 
-    printf("1..%d\n", n_test);
+    printf("1..%d\n", test_n);
     json_decref(root);
     kimi_tokenizer_free(tok);
-    return n_fail != 0;
+    return test_failed != 0;
 }

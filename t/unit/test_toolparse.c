@@ -27,22 +27,7 @@ typedef struct {
     int       order_ok;          /* events arrived in a legal order */
 } result_t;
 
-static int  n_test, n_fail;
-
-
-static void
-ok(int cond, const char *fmt, ...)
-{
-    va_list  ap;
-
-    n_test++;
-    n_fail += !cond;
-    printf("%sok %d - ", cond ? "" : "not ", n_test);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-}
+#include "tap.h"
 
 
 static void
@@ -304,6 +289,6 @@ main(void)
 {
     test_fixtures();
     test_semantics();
-    printf("1..%d\n", n_test);
-    return n_fail != 0;
+    printf("1..%d\n", test_n);
+    return test_failed != 0;
 }

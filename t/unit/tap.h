@@ -1,0 +1,43 @@
+/*
+ * The TAP line every t/unit test prints: ok() counts, says "ok N - claim"
+ * or "not ok N - claim", and flushes so that forked children never repeat
+ * a buffered line.
+ *
+ * Owns:   test_n, test_failed and ok(); header-only (static) so each test
+ *         binary stays one .c file.
+ * Never:  used outside tests; decides a plan or an exit status (each test's
+ *         main() prints "1..test_n" and returns test_failed != 0).
+ */
+
+#ifndef KIMI_T_TAP_H
+#define KIMI_T_TAP_H
+
+#include <stdarg.h>
+#include <stdio.h>
+
+static int  test_n;
+static int  test_failed;
+
+
+static void
+ok(int cond, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+ok(int cond, const char *fmt, ...)
+{
+    va_list  ap;
+
+    printf("%sok %d - ", cond ? "" : "not ", ++test_n);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+    fflush(stdout);
+
+    if (!cond) {
+        test_failed++;
+    }
+}
+
+#endif
