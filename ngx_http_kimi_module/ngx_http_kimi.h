@@ -32,6 +32,7 @@
 #define NGX_HTTP_KIMI_MAX_STOP          16     /* OpenAI allows 4; vLLM more */
 #define NGX_HTTP_KIMI_MAX_STOP_LEN      256    /* bytes per stop string */
 #define NGX_HTTP_KIMI_MAX_TOOL_CALLS    64     /* per response */
+#define NGX_HTTP_KIMI_COMPLETIONS_MAX_TOKENS  16  /* max_tokens absent */
 
 
 typedef enum {
@@ -109,6 +110,7 @@ typedef struct {
     size_t                       max_stop_len;
     kimi_shm_sampling_t          sampling;
     ngx_int_t                    max_tokens;       /* -1: not given */
+    unsigned                     max_tokens_absent:1;  /* no key, not null */
     size_t                       body_len;         /* offload decision */
     ngx_http_kimi_tool_choice_e  tool_choice;
     unsigned                     stream:1;

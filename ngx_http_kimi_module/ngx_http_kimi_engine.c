@@ -29,6 +29,10 @@
 /* at most one attach attempt per this many ms while the engine is away */
 #define NGX_HTTP_KIMI_ATTACH_BACKOFF   100
 
+/* while detached a worker looks for the engine this often on its own, so
+ * it attaches and loads its tokenizer before its first request needs it */
+#define NGX_HTTP_KIMI_ATTACH_POLL      250
+
 
 struct ngx_http_kimi_attach_s {
     kimi_shm_t                 shm;
@@ -59,6 +63,7 @@ static struct {
     u_char                     why_buf[600];
     ngx_uint_t                 logged_fail;
     uint64_t                   failed_inode;     /* segment last refused */
+    ngx_event_t                attach_timer;     /* armed while detached */
 } ngx_http_kimi_engine;
 
 
@@ -77,19 +82,55 @@ static void ngx_http_kimi_engine_error(ngx_http_kimi_ctx_t *ctx,
     ngx_uint_t status, const char *msg, size_t len);
 static ngx_int_t ngx_http_kimi_rank_ready(ngx_http_kimi_attach_t *a,
     uint32_t r, uint64_t now);
+static void ngx_http_kimi_attach_poll(ngx_event_t *ev);
 
 
 ngx_int_t
 ngx_http_kimi_engine_init_process(ngx_cycle_t *cycle)
 {
+    ngx_event_t  *ev;
+
     ngx_http_kimi_engine.cycle = cycle;
     ngx_http_kimi_engine.kmcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                        ngx_http_kimi_module);
     ngx_str_set(&ngx_http_kimi_engine.why, "the engine is not attached yet");
 
-    (void) ngx_http_kimi_engine_get(cycle->log);
+    ev = &ngx_http_kimi_engine.attach_timer;
+    ev->handler = ngx_http_kimi_attach_poll;
+    ev->log = cycle->log;
+    ev->data = &ngx_http_kimi_engine;
+    /* never holds up a graceful shutdown */
+    ev->cancelable = 1;
+
+    ngx_http_kimi_attach_poll(ev);
 
     return NGX_OK;
+}
+
+
+/*
+ * nginx and the engine often start together (`make run`, systemd), and an
+ * engine restarts on its own: a worker that waited for a request to look
+ * would answer that request 503 while its tokenizer loads.  One stat(2) of
+ * the segment path per tick, only while detached; attaching stops it.
+ */
+static void
+ngx_http_kimi_attach_poll(ngx_event_t *ev)
+{
+    ngx_http_kimi_attach_t  *a;
+
+    if (ngx_exiting || ngx_quit || ngx_terminate
+        || ngx_http_kimi_engine.kmcf == NULL
+        || ngx_http_kimi_engine.kmcf->engine_dir.len == 0)
+    {
+        return;
+    }
+
+    a = ngx_http_kimi_engine_get(ev->log);
+
+    if ((a == NULL || a->dead) && !ev->timer_set) {
+        ngx_add_timer(ev, NGX_HTTP_KIMI_ATTACH_POLL);
+    }
 }
 
 
@@ -1160,6 +1201,14 @@ ngx_http_kimi_engine_lost(ngx_http_kimi_attach_t *a, const char *why)
         ngx_http_kimi_engine.current = NULL;
         ngx_http_kimi_engine.kmcf->shm.hdr = NULL;
         ngx_http_kimi_engine.tried = 0;
+
+        /* look for its successor without waiting for a request */
+        if (why && !ngx_http_kimi_engine.attach_timer.timer_set
+            && ngx_http_kimi_engine.attach_timer.handler)
+        {
+            ngx_add_timer(&ngx_http_kimi_engine.attach_timer,
+                          NGX_HTTP_KIMI_ATTACH_POLL);
+        }
     }
 
     if (why) {

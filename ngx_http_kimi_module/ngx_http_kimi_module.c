@@ -822,6 +822,12 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
         max_tokens = max_len > ctx->n_prompt ? max_len - ctx->n_prompt : 1;
         max_tokens = ngx_min(ctx->conf->default_max_tokens, max_tokens);
 
+    } else if (ctx->route == NGX_HTTP_KIMI_ROUTE_COMPLETIONS
+               && ctx->params.max_tokens_absent)
+    {
+        /* OpenAI's completions default, which vLLM keeps: 16 */
+        max_tokens = NGX_HTTP_KIMI_COMPLETIONS_MAX_TOKENS;
+
     } else {
         /* vLLM's default: whatever room the context has left */
         max_tokens = max_len > ctx->n_prompt ? max_len - ctx->n_prompt : 1;

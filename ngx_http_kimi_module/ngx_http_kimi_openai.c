@@ -227,6 +227,10 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         pr->max_tokens = n;
     }
 
+    /* absent, unlike null, has a default of its own on /v1/completions */
+    pr->max_tokens_absent = json_object_get(root, "max_tokens") == NULL
+                    && json_object_get(root, "max_completion_tokens") == NULL;
+
     *param = "temperature";
     if (ngx_http_kimi_get_number(root, "temperature", 0, 100, &d, err)
         != NGX_OK)

@@ -78,6 +78,10 @@ $r = bad(chat_body(max_tokens => 100000), 400,
     'prompt + max_tokens over max_model_len');
 is($r->{json}{error}{code}, 'context_length_exceeded',
     'code context_length_exceeded');
+is($r->{json}{error}{param}, 'messages', 'chat: param names messages');
+$r = $t->post('/v1/completions', completion_body(max_tokens => 100000));
+is($r->{status} . ' ' . ($r->{json}{error}{param} // ''), '400 prompt',
+    'completions over the context: 400 whose param names prompt');
 
 bad(chat_body(), 400, qr/X-Kimi-Rank/, 'X-Kimi-Rank not a number',
     'X-Kimi-Rank' => 'abc');

@@ -65,15 +65,24 @@ for (1 .. 8) {
 }
 # every stream must be running before the kill
 my $running = 0;
+my @refused;
 for my $s (@socks) {
     my $got = '';
     while ($got !~ /data: .*data: /s) {
         sysread($s, my $b, 4096) or last;
         $got .= $b;
     }
-    $running++ if $got =~ /data: .*data: /s;
+    if ($got =~ /data: .*data: /s) {
+        $running++;
+        next;
+    }
+    # not streaming: keep the whole answer for the diagnostics below
+    while (sysread($s, my $b, 4096)) { $got .= $b }
+    push @refused, $got;
 }
-is($running, 8, '8 streams hold every slot');
+is($running, 8, '8 streams hold every slot')
+    or diag(join("\n", map { substr($_, 0, 600) } @refused)
+        . $t->tail('error.log') . $t->tail('engine.log'));
 kill 'KILL', $t->nginx_workers;
 close $_ for @socks;
 

@@ -42,7 +42,12 @@ my $t = bless { port => $port }, 'KimiTest';
 my $healthy = KimiTest::wait_for(120, sub {
     return 1 if waitpid($pid, WNOHANG) != 0 && ($pid = 0);
     my $r = eval { $t->get('/health') };
-    $r && $r->{status} == 200;
+    # /health answers for one worker: also wait for both of serve's
+    # workers to have loaded their text stack (each logs it once)
+    my $log = do { local (@ARGV, $/) = "$dir/run/logs/error.log";
+                   eval { <> } } // '';
+    my %loaded = map { $_ => 1 } $log =~ /(\d+)#\d+: kimi text stack loaded/g;
+    $r && $r->{status} == 200 && keys %loaded >= 2;
 });
 ok($pid && $healthy, 'make run\'s script serves /health')
     or diag(`tail -20 $dir/serve.out`);
@@ -52,6 +57,16 @@ my $r = $t->post('/v1/chat/completions', { model => 'kimi-k2-tiny',
     max_tokens => 3 });
 is($r->{status}, 200, 'the tiny model answers a chat completion');
 is($r->{json}{usage}{completion_tokens}, 3, 'with the tokens asked for');
+# `make run` builds $(BUILD)/tiny-kimi-k2 first: serve must use that one,
+# not generate a second copy elsewhere
+like(do { local (@ARGV, $/) = "$dir/serve.out"; <> },
+    qr{starting backend=cpu model="[^"]*/tiny-kimi-k2"},
+    'it serves the tiny model the Makefile\'s tiny-model target writes');
+# a long prompt must not stall other streams past kimi_token_timeout (60 s):
+# the cpu backend's steps stay short by default
+like(do { local (@ARGV, $/) = "$dir/serve.out"; <> },
+    qr{starting backend=cpu .* max_num_batched_tokens=512\b},
+    'the cpu backend defaults to 512 tokens per step');
 
 SKIP: {
     skip 'serve is not running', 2 unless $pid;

@@ -19,8 +19,11 @@ use KimiTest qw(chat_body completion_body);
 
 my $reply = 'Hi there, friend! 你好';
 
+my $long = join(' ', map { "w$_" } 1 .. 30);     # well over 16 tokens
+
 my $t = KimiTest->new(
-    replies => [ { match => 'Hello', text => $reply } ],
+    replies => [ { match => 'Hello', text => $reply },
+                 { match => 'Count to thirty', text => $long } ],
     default => { text => 'default reply' });
 $t->start;
 
@@ -140,6 +143,20 @@ is($r->{status}, 200, 'completion is 200');
 is($r->{json}{object}, 'text_completion', 'object is text_completion');
 like($r->{json}{id}, qr/^cmpl-/, 'id looks like cmpl-...');
 is($r->{json}{choices}[0]{text}, $reply, 'completion text');
+
+# OpenAI's and vLLM's completions default: max_tokens absent means 16
+# (explicit null: the rest of the context); chat has no such default
+$r = $t->post('/v1/completions', completion_body(prompt => 'Count to thirty'));
+is($r->{json}{usage}{completion_tokens} . ' '
+    . $r->{json}{choices}[0]{finish_reason}, '16 length',
+    'completions without max_tokens stop at 16 tokens');
+$r = $t->post('/v1/completions', completion_body(prompt => 'Count to thirty',
+    max_tokens => undef));
+is($r->{json}{choices}[0]{text}, $long,
+    'completions with max_tokens null run to the end');
+$r = $t->post('/v1/chat/completions', chat_body(content => 'Count to thirty'));
+is($r->{json}{choices}[0]{message}{content}, $long,
+    'chat without max_tokens runs to the end');
 
 $r = $t->post('/v1/completions', completion_body(prompt => [19180]));
 is($r->{json}{choices}[0]{text}, $reply, 'prompt as token ids ("Hello")');

@@ -38,6 +38,7 @@
 #define KIMI_K2_EOS             163585      /* [EOS] */
 #define KIMI_K2_IM_END          163586      /* <|im_end|>: end of a turn */
 #define KIMI_SERVE_DEFAULT_LEN  8192
+#define KIMI_SERVE_CPU_BATCHED_TOKENS  512  /* --max-num-batched-tokens */
 
 typedef enum {
     OPT_STR,
@@ -111,7 +112,8 @@ static const kimi_opt_t  kimi_serve_opts[] = {
     { "--max-num-seqs", OPT_U32, O(max_num_seqs), 1, 1 << 16, NULL,
       "sequences running at once (256)" },
     { "--max-num-batched-tokens", OPT_U32, O(max_num_batched_tokens), 1,
-      1 << 24, NULL, "tokens per step, prefill and decode (8192)" },
+      1 << 24, NULL,
+      "tokens per step, prefill and decode (8192; cpu backend: 512)" },
     { "--enable-chunked-prefill", OPT_ON, O(enable_chunked_prefill), 0, 0,
       NULL, "split long prompts over steps (default)" },
     { "--no-enable-chunked-prefill", OPT_OFF, O(enable_chunked_prefill), 0, 0,
@@ -393,7 +395,7 @@ kimi_serve_defaults(kimi_serve_opts_t *o)
     o->log_level = "notice";
     o->log_format = "text";
     o->max_num_seqs = sp.max_num_seqs;
-    o->max_num_batched_tokens = sp.max_num_batched_tokens;
+    o->max_num_batched_tokens = 0;              /* per backend, below */
     o->enable_chunked_prefill = sp.enable_chunked_prefill;
     o->gpu_memory_utilization = sp.kv.gpu_memory_utilization;
     o->block_size = sp.kv.block_size;
@@ -612,6 +614,16 @@ kimi_cmd_serve(int argc, char **argv)
     sp.vocab_size = vocab;
     sp.sched = kimi_sched_default_params();
     sp.sched.max_num_seqs = o.max_num_seqs;
+    /* not given: the scheduler's default, except on the cpu backend with
+     * chunked prefill, where a step over a long context takes seconds per
+     * 512 tokens: a bigger step stalls every running stream for minutes
+     * (past the gateway's 60 s token timeout) while one prompt prefills */
+    if (o.max_num_batched_tokens == 0) {
+        o.max_num_batched_tokens = (strcmp(o.backend, "cpu") == 0
+                                    && o.enable_chunked_prefill)
+                                   ? KIMI_SERVE_CPU_BATCHED_TOKENS
+                                   : sp.sched.max_num_batched_tokens;
+    }
     sp.sched.max_num_batched_tokens = o.max_num_batched_tokens;
     sp.sched.max_model_len = o.max_model_len;
     sp.sched.max_waiting = o.max_waiting;
@@ -626,9 +638,10 @@ kimi_cmd_serve(int argc, char **argv)
 
     kimi_log(KIMI_LOG_NOTICE, "starting backend=%s model=\"%s\" served_as="
              "\"%s\" max_model_len=%u max_num_seqs=%u max_slots=%u"
-             " ipc_dir=%s", o.backend, o.model ? o.model : "",
-             o.served_model_name, o.max_model_len, o.max_num_seqs,
-             o.max_slots, o.ipc_dir);
+             " max_num_batched_tokens=%u ipc_dir=%s", o.backend,
+             o.model ? o.model : "", o.served_model_name, o.max_model_len,
+             o.max_num_seqs, o.max_slots, o.max_num_batched_tokens,
+             o.ipc_dir);
 
     /* publish a STARTING segment first: the gateway can answer 503
      * "loading" instead of "no engine" while weights load */
