@@ -52,6 +52,15 @@ $t->kill_engine('TERM');
 $t->start_engine(args => [ '--max-num-seqs', '8', '--max-slots', '8' ]);
 ok($t->wait_health(20), 'engine with 8 slots is up');
 
+# /health answers from one worker: every worker must have attached to the
+# new engine before all 8 slots can be taken through them
+my $ipc = $t->dir . '/ipc';
+ok(KimiTest::wait_for(10, sub {
+    my $st = `$t->{engine_bin} status --ipc-dir $ipc --json 2>/dev/null`;
+    my ($n) = $st =~ /"workers":(\d+)/;
+    return ($n // 0) >= scalar($t->nginx_workers);
+}), 'every nginx worker attached to the restarted engine');
+
 # open 8 long streams (every slot), SIGKILL the worker(s) serving them
 my @w = $t->nginx_workers;
 cmp_ok(scalar @w, '>=', 1, 'nginx has workers');
