@@ -180,6 +180,8 @@ struct ngx_http_kimi_ctx_s {
     /* output (ngx_http_kimi_sse.c) */
     ngx_chain_t                 *free;
     ngx_chain_t                 *busy;
+    ngx_chain_t                 *last_chunk;       /* held to carry the
+                                                      finish_reason */
     ngx_str_t                    held;             /* stop-string hold-back */
     size_t                       held_cap;
     ngx_str_t                    prefix;           /* SSE chunk head */
@@ -204,6 +206,8 @@ struct ngx_http_kimi_ctx_s {
     unsigned                     headers_sent:1;
     unsigned                     role_sent:1;
     unsigned                     stopped:1;        /* stop string matched */
+    unsigned                     sse_final:1;      /* last drain: hold the
+                                                      last content chunk */
     unsigned                     finalized:1;
     unsigned                     released:1;
     unsigned                     output_busy:1;

@@ -1061,6 +1061,16 @@ ngx_http_kimi_engine_process(ngx_http_kimi_ctx_t *ctx)
         return;
     }
 
+    /* DONE is stored after the last token: these are all the tokens, so
+     * a stream cut by max_tokens carries finish_reason on its last token's
+     * chunk, as vLLM's does (a stream ended by eos gets the eos token's own
+     * empty chunk, as there too) */
+    if (st == KIMI_SLOT_DONE && ctx->params.stream
+        && s->finish_reason == KIMI_FINISH_LENGTH)
+    {
+        ctx->sse_final = 1;
+    }
+
     n = 0;
 
     for (i = 0; i < (uint32_t) avail; i++) {

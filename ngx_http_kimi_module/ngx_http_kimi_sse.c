@@ -27,6 +27,9 @@
     "\",\"logprobs\":null,\"finish_reason\":null}]}\n\n"
 
 
+static ngx_chain_t *ngx_http_kimi_sse_unhold(ngx_http_kimi_ctx_t *ctx,
+    ngx_chain_t *out);
+static ngx_int_t ngx_http_kimi_sse_finish_held(ngx_http_kimi_ctx_t *ctx);
 static ngx_chain_t *ngx_http_kimi_sse_buf(ngx_http_kimi_ctx_t *ctx,
     size_t size);
 static ngx_int_t ngx_http_kimi_sse_send(ngx_http_kimi_ctx_t *ctx,
@@ -158,7 +161,7 @@ ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx, const u_char *text,
     size_t len)
 {
     u_char       *p;
-    ngx_chain_t  *cl;
+    ngx_chain_t  *cl, *out;
 
     cl = ngx_http_kimi_sse_buf(ctx, ctx->prefix.len + 128 + ctx->logprobs.len
                                + ngx_http_kimi_logprobs_legacy_len(ctx)
@@ -201,6 +204,21 @@ ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx, const u_char *text,
     }
 
     cl->buf->last = p;
+
+    if (ctx->sse_final) {
+        /* the last drain: keep the newest chunk so the finish_reason rides
+         * on the last token's chunk, as vLLM sends it */
+        out = ctx->last_chunk;
+        ctx->last_chunk = NULL;
+
+        if (out && ngx_http_kimi_sse_send(ctx, out) == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        ctx->last_chunk = cl;
+
+        return NGX_OK;
+    }
 
     return ngx_http_kimi_sse_send(ctx, cl);
 }
@@ -303,9 +321,13 @@ ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx)
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(cl->buf->last, ctx->prefix.data, ctx->prefix.len);
+    p = cl->buf->last;
 
-    if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT && ctx->logprobs.len) {
+    if (ngx_http_kimi_sse_finish_held(ctx) == NGX_OK) {
+        /* the finish_reason went out on the last content chunk */
+
+    } else if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT && ctx->logprobs.len) {
+        p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
         /* entries of tokens whose text was held back or went to tools */
         p = ngx_cpymem(p, "{\"index\":0,\"delta\":{",
                        sizeof("{\"index\":0,\"delta\":{") - 1);
@@ -315,12 +337,14 @@ ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx)
                         &ctx->usage.finish_reason);
 
     } else if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT) {
+        p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
         p = ngx_sprintf(p, "{\"index\":0,\"delta\":{},\"logprobs\":null,"
                         "\"finish_reason\":\"%V\"}]}\n\n",
                         &ctx->usage.finish_reason);
 
     } else if (ctx->params.sampling.logprobs) {
         /* lists of tokens whose text was held back or never shown */
+        p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
         p = ngx_cpymem(p, "{\"index\":0,\"text\":\"\",\"logprobs\":",
                        sizeof("{\"index\":0,\"text\":\"\",\"logprobs\":")
                        - 1);
@@ -329,6 +353,7 @@ ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx)
                         &ctx->usage.finish_reason);
 
     } else {
+        p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
         p = ngx_sprintf(p, "{\"index\":0,\"text\":\"\",\"logprobs\":null,"
                         "\"finish_reason\":\"%V\"}]}\n\n",
                         &ctx->usage.finish_reason);
@@ -403,12 +428,67 @@ ngx_http_kimi_sse_done(ngx_http_kimi_ctx_t *ctx, ngx_chain_t *cl)
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 
+    cl = ngx_http_kimi_sse_unhold(ctx, cl);
+
     rc = ngx_http_output_filter(r, cl);
 
     ngx_chain_update_chains(r->pool, &ctx->free, &ctx->busy, &cl,
                             (ngx_buf_tag_t) &ngx_http_kimi_module);
 
     return rc;
+}
+
+
+/* a held content chunk leaves before anything sent after it */
+static ngx_chain_t *
+ngx_http_kimi_sse_unhold(ngx_http_kimi_ctx_t *ctx, ngx_chain_t *out)
+{
+    ngx_chain_t  *held;
+
+    held = ctx->last_chunk;
+
+    if (held == NULL || held == out) {
+        return out;
+    }
+
+    ctx->last_chunk = NULL;
+    held->next = out;
+
+    return held;
+}
+
+
+/*
+ * Puts finish_reason on the held last content chunk (its tail reads
+ * "finish_reason":null}]}) unless logprob entries of held-back tokens
+ * still need a chunk of their own.  NGX_DECLINED: nothing to patch.
+ */
+static ngx_int_t
+ngx_http_kimi_sse_finish_held(ngx_http_kimi_ctx_t *ctx)
+{
+    u_char     *p;
+    ngx_buf_t  *b;
+
+    static const u_char  tail[] = "null}]}\n\n";
+
+    if (ctx->last_chunk == NULL || ctx->logprobs.len || ctx->lp[0].len) {
+        return NGX_DECLINED;
+    }
+
+    b = ctx->last_chunk->buf;
+
+    if ((size_t) (b->last - b->pos) < sizeof(tail) - 1
+        || ngx_memcmp(b->last - (sizeof(tail) - 1), tail, sizeof(tail) - 1)
+           != 0
+        || (size_t) (b->end - b->last) < ctx->usage.finish_reason.len + 2)
+    {
+        return NGX_DECLINED;
+    }
+
+    p = b->last - (sizeof(tail) - 1);
+    b->last = ngx_sprintf(p, "\"%V\"}]}\n\n", &ctx->usage.finish_reason);
+
+    return NGX_OK;
 }
 
 
@@ -459,6 +539,8 @@ ngx_http_kimi_sse_send(ngx_http_kimi_ctx_t *ctx, ngx_chain_t *out)
     ngx_http_core_loc_conf_t  *clcf;
 
     r = ctx->request;
+
+    out = ngx_http_kimi_sse_unhold(ctx, out);
 
     rc = ngx_http_output_filter(r, out);
 

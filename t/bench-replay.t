@@ -92,14 +92,10 @@ ok($r->{mean_ttft_ms} >= $D * 0.9 && $r->{mean_ttft_ms} <= 2 * $D + 20,
 # vLLM's server sends one chunk per token, finish_reason on the last one;
 # an extra empty finish chunk adds a ~0 ms gap that pulls the mean ITL
 # down by 1/n (and would show up in every vLLM bench of our server)
-TODO: {
-    local $TODO = 'the gateway sends finish_reason in a chunk of its own';
-
-    is(scalar @{$r->{itls}[0] // []} + 1, $r->{output_lens}[0],
-        'one choices chunk per token');
-    ok(within($r->{mean_itl_ms}, $D, 0.05), "mean ITL within 5% of $D ms")
-        or diag "mean ITL $r->{mean_itl_ms}";
-}
+is(scalar @{$r->{itls}[0] // []} + 1, $r->{output_lens}[0],
+    'one choices chunk per token');
+ok(within($r->{mean_itl_ms}, $D, 0.05), "mean ITL within 5% of $D ms")
+    or diag "mean ITL $r->{mean_itl_ms}";
 
 # ---- engine-side times: the gateway's added latency ---------------------------
 

@@ -66,6 +66,18 @@ $r = $t->post('/v1/chat/completions', chat_body(max_tokens => 2));
 is($r->{json}{choices}[0]{finish_reason}, 'length', 'max_tokens gives length');
 is($r->{json}{usage}{completion_tokens}, 2, 'exactly max_tokens generated');
 
+# streamed and cut by max_tokens: as vLLM, the finish_reason rides on the
+# last token's chunk (no extra empty chunk: clients time every chunk)
+my $cut = $t->sse('/v1/chat/completions', chat_body(stream => $true,
+    max_tokens => 2));
+my @with_choices = grep { ref $_ eq 'HASH' && @{$_->{choices} // []} }
+    @{$cut->{events}};
+is(scalar @with_choices, 3, 'role chunk plus one chunk per token');
+is($with_choices[-1]{choices}[0]{finish_reason}, 'length',
+    'the last token\'s chunk carries finish_reason length');
+ok(length($with_choices[-1]{choices}[0]{delta}{content} // ''),
+    'and that token\'s text');
+
 # ---- chat, streaming -----------------------------------------------------------
 
 $r = $t->sse('/v1/chat/completions', chat_body(stream => $true));
