@@ -502,13 +502,12 @@ static ngx_int_t
 ngx_http_kimi_rank_ready(ngx_http_kimi_attach_t *a, uint32_t r, uint64_t now)
 {
     uint64_t          hb;
+    kimi_err_t        err;
     kimi_shm_rank_t  *rk;
 
     rk = kimi_shm_rank(&a->shm, r);
 
-    if (rk == NULL || a->conns[r] == NULL
-        || atomic_load(&rk->state) != KIMI_SHM_STATE_READY)
-    {
+    if (rk == NULL || atomic_load(&rk->state) != KIMI_SHM_STATE_READY) {
         return NGX_DECLINED;
     }
 
@@ -516,6 +515,20 @@ ngx_http_kimi_rank_ready(ngx_http_kimi_attach_t *a, uint32_t r, uint64_t now)
 
     if (hb + NGX_HTTP_KIMI_HEARTBEAT_NS < now) {
         return NGX_DECLINED;
+    }
+
+    if (a->conns[r] == NULL) {
+        /* a rank still loading when this worker attached: it published
+         * READY since, so its socket answers now (a local, non-blocking
+         * connect) */
+        if (ngx_http_kimi_connect_rank(a, r, &err) != NGX_OK) {
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, a->log, 0,
+                           "kimi rank %uD not connected: %s", r, err.msg);
+            return NGX_DECLINED;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, a->log, 0,
+                      "kimi engine rank %uD attached", r);
     }
 
     return NGX_OK;
