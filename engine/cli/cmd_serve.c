@@ -105,8 +105,9 @@ static const kimi_opt_t  kimi_serve_opts[] = {
       "model directory (Hugging Face layout: config.json, shards, tokenizer)" },
     { "--served-model-name", OPT_STR, O(served_model_name), 0, 0, NULL,
       "name clients use in \"model\" (default: --model as given)" },
-    { "--backend", OPT_STR, O(backend), 0, 0, "cpu|cuda|replay",
-      "compute backend (default: cuda when built with CUDA, else cpu)" },
+    { "--backend", OPT_STR, O(backend), 0, 0, "auto|cpu|cuda|replay",
+      "compute backend (auto: cuda when built with it and an NVIDIA GPU is"
+      " present, else cpu)" },
     { "--max-model-len", OPT_U32, O(max_model_len), 1, 1 << 24, NULL,
       "prompt + output token limit (default: the model's, 8192 without one)" },
     { "--max-num-seqs", OPT_U32, O(max_num_seqs), 1, 1 << 16, NULL,
@@ -377,17 +378,34 @@ kimi_serve_parse(int argc, char **argv, kimi_serve_opts_t *opts)
 }
 
 
+/*
+ * cuda when this build has the cuda backend and the machine an NVIDIA GPU,
+ * else cpu.  Looks at the driver's files rather than asking the CUDA
+ * runtime: initialising CUDA here would poison the rank processes that
+ * the data-parallel launcher forks afterwards.
+ */
+static const char *
+kimi_serve_auto_backend(void)
+{
+#ifdef KIMI_HAVE_CUDA_BACKEND
+    if (access("/dev/nvidia0", F_OK) == 0
+        || access("/proc/driver/nvidia/gpus", F_OK) == 0)
+    {
+        return "cuda";
+    }
+#endif
+
+    return "cpu";
+}
+
+
 static void
 kimi_serve_defaults(kimi_serve_opts_t *o)
 {
     kimi_sched_params_t  sp = kimi_sched_default_params();
 
     memset(o, 0, sizeof(*o));
-#ifdef KIMI_HAVE_CUDA
-    o->backend = "cuda";
-#else
-    o->backend = "cpu";
-#endif
+    o->backend = "auto";
     o->ipc_dir = "/run/kimi";
     o->ipc_mode = 0600;
     o->kv_cache_dtype = "auto";
@@ -502,6 +520,11 @@ kimi_cmd_serve(int argc, char **argv)
                 " below --data-parallel-size %u\n",
                 (int) o.data_parallel_start_rank, o.data_parallel_size);
         return 2;
+    }
+
+    if (strcmp(o.backend, "auto") == 0) {
+        o.backend = kimi_serve_auto_backend();
+        kimi_log(KIMI_LOG_NOTICE, "backend auto: %s", o.backend);
     }
 
     is_replay = strcmp(o.backend, "replay") == 0;

@@ -129,6 +129,15 @@ main(void)
     ok(rc == 2 && strstr(out, "needs --model") != NULL,
        "cpu without a model: exit 2");
 
+    /* the default picks the backend by the machine; with no NVIDIA driver
+     * files it is cpu, whatever the build */
+    rc = run(ARGS("serve"));
+    ok(rc == 2 && strstr(out, "backend auto: ") != NULL
+       && (access("/dev/nvidia0", F_OK) == 0
+           || access("/proc/driver/nvidia/gpus", F_OK) == 0
+           || strstr(out, "--backend cpu needs --model") != NULL),
+       "no --backend: auto resolves to cpu without a GPU");
+
     snprintf(script, sizeof(script), "%s/bad.json", dir);
     if (kc_write_file(script, "{\"replies\": 3}") != 0) {
         ok(0, "write script");
