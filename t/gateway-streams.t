@@ -19,7 +19,8 @@ my @replies = map { { match => "question $_.", text =>
     "answer number $_ is " . ('x' x ($_ % 7)) . " done" } } 0 .. 9;
 
 my $t = KimiTest->new(replies => [ @replies,
-    { match => 'stop test', text => 'alpha beta gamma delta' } ],
+    { match => 'stop test', text => 'alpha beta gamma delta' },
+    { match => 'long stop', text => 'alpha beta ' . ('word ' x 300) } ],
     delay_ms => 2, engine_args => [ '--max-num-seqs', '256' ]);
 $t->start;
 
@@ -56,6 +57,13 @@ $r = $t->post('/v1/chat/completions', chat_body(content => 'stop test',
     stop => 'ta ga'));
 is($r->{json}{choices}[0]{message}{content}, 'alpha be',
     'a stop string spanning tokens is found');
+
+# a reply long enough (300 tokens at 2 ms) that the engine is still
+# generating when the gateway's stop string cancels it
+$r = $t->post('/v1/chat/completions', chat_body(content => 'long stop',
+    stop => 'beta'));
+is($r->{json}{choices}[0]{message}{content}, 'alpha ',
+    'a stop string ends a long reply early');
 my $id = $r->{json}{id};
 ok(KimiTest::wait_for(5, sub { $t->read_file('engine.log')
     =~ /sequence cancelled.*request_id=\Q$id\E/ }),
