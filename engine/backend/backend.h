@@ -104,6 +104,8 @@ typedef struct {
     uint32_t            n_threads;       /* cpu: 0 = online CPUs */
     int                 device;          /* cuda: device ordinal */
     const void         *replay;          /* replay: kimi_replay_params_t */
+    struct kimi_group  *ep;              /* cpu: expert-parallel group of
+                                            the node (parallel/group.h) */
 } kimi_backend_params_t;
 
 /* Creates the named backend; *out is the caller's (ops->free).  A backend

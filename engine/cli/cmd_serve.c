@@ -29,6 +29,7 @@
 #include "../model/model.h"
 #include "../sched/sched.h"
 #include "../parallel/dp.h"
+#include "../parallel/group.h"
 #include "../server/server.h"
 #include "../text/kimi_text.h"
 
@@ -75,6 +76,7 @@ typedef struct {
     uint32_t     data_parallel_bootstrap_timeout;   /* seconds */
     uint32_t     data_parallel_liveness_timeout;    /* seconds */
     int          headless;
+    int          enable_expert_parallel;
     uint32_t     max_slots;               /* 0 = seqs + waiting */
     uint32_t     max_waiting;
     uint32_t     threads;
@@ -145,6 +147,9 @@ static const kimi_opt_t  kimi_serve_opts[] = {
       NULL, "multi-node: the head node's bootstrap address (127.0.0.1)" },
     { "--data-parallel-rpc-port", OPT_U32, O(data_parallel_rpc_port), 1,
       65535, NULL, "multi-node: the head node's bootstrap port (29550)" },
+    { "--enable-expert-parallel", OPT_ON, O(enable_expert_parallel), 0, 0,
+      NULL, "the data-parallel ranks split the routed experts and step"
+      " together (cpu backend, one node)" },
     { "--headless", OPT_ON, O(headless), 0, 0, NULL,
       "multi-node: join the head node instead of being it" },
     { "--data-parallel-bootstrap-timeout", OPT_U32,
@@ -450,6 +455,51 @@ kimi_serve_signals(void)
 }
 
 
+
+/*
+ * --enable-expert-parallel with N > 1 ranks: what this build can do
+ * (cpu backend, the N ranks on one node, experts split evenly) and the
+ * largest message of the node's exchange: one step's tokens, each a
+ * hidden row plus top-k ids and weights.
+ */
+static int
+kimi_serve_ep_check(const kimi_serve_opts_t *o,
+    const kimi_model_config_t *cfg, size_t *seg_bytes)
+{
+    uint32_t  W = o->data_parallel_size;
+    size_t    row;
+
+    if (strcmp(o->backend, "cpu") != 0) {
+        fprintf(stderr, "kimi-engine: --enable-expert-parallel is implemented"
+                " on the cpu backend only; the %s backend serves data"
+                " parallel without it (drop the flag)\n", o->backend);
+        return 2;
+    }
+
+    if ((o->data_parallel_size_local != 0
+         && o->data_parallel_size_local != W) || o->headless
+        || o->data_parallel_start_rank > 0)
+    {
+        fprintf(stderr, "kimi-engine: --enable-expert-parallel across nodes"
+                " is not implemented (the cpu backend exchanges tokens"
+                " through shared memory on one node)\n");
+        return 2;
+    }
+
+    if (cfg->n_routed_experts == 0 || cfg->n_routed_experts % W != 0) {
+        fprintf(stderr, "kimi-engine: --enable-expert-parallel: %u routed"
+                " experts do not split evenly over --data-parallel-size"
+                " %u\n", cfg->n_routed_experts, W);
+        return 2;
+    }
+
+    row = (size_t) cfg->hidden_size * 4 + (size_t) cfg->num_experts_per_tok
+          * 8;
+    *seg_bytes = row * o->max_num_batched_tokens;
+    return 0;
+}
+
+
 int
 kimi_cmd_serve(int argc, char **argv)
 {
@@ -470,6 +520,7 @@ kimi_cmd_serve(int argc, char **argv)
     kimi_tokenizer_t      *tok = NULL;
     kimi_backend_t        *backend = NULL;
     kimi_server_t         *srv = NULL;
+    kimi_group_t          *group = NULL;
     int                    is_replay;
     char                   model_abs[PATH_MAX];
 
@@ -584,10 +635,30 @@ kimi_cmd_serve(int argc, char **argv)
         return 2;
     }
 
+    /* not given: the scheduler's default, except on the cpu backend with
+     * chunked prefill, where a step over a long context takes seconds per
+     * 512 tokens: a bigger step stalls every running stream for minutes
+     * (past the gateway's 60 s token timeout) while one prompt prefills */
+    if (o.max_num_batched_tokens == 0) {
+        o.max_num_batched_tokens = (strcmp(o.backend, "cpu") == 0
+                                    && o.enable_chunked_prefill)
+                                   ? KIMI_SERVE_CPU_BATCHED_TOKENS
+                                   : kimi_sched_default_params()
+                                     .max_num_batched_tokens;
+    }
+
+    memset(&dpp, 0, sizeof(dpp));
+
+    if (o.enable_expert_parallel && o.data_parallel_size > 1) {
+        rc = kimi_serve_ep_check(&o, &cfg, &dpp.group_seg_bytes);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+
     /* data parallel: fork one process per local rank (and form the
      * multi-node group first); this process either becomes a rank or
      * supervises them and returns their verdict */
-    memset(&dpp, 0, sizeof(dpp));
     dpp.data_parallel_size = o.data_parallel_size;
     dpp.size_local = o.data_parallel_size_local;
     dpp.start_rank = o.data_parallel_start_rank;
@@ -617,7 +688,15 @@ kimi_cmd_serve(int argc, char **argv)
         return 1;
     }
 
+    if (dp.group_mem != NULL
+        && kimi_group_attach(&group, dp.group_mem, dp.local_rank, &err) != 0)
+    {
+        kimi_log(KIMI_LOG_EMERG, "expert parallel: %s", err.msg);
+        return 1;
+    }
+
     memset(&sp, 0, sizeof(sp));
+    sp.group = group;
     sp.ipc_dir = o.ipc_dir;
     sp.ipc_mode = o.ipc_mode;
     sp.rank = dp.local_rank;
@@ -637,16 +716,6 @@ kimi_cmd_serve(int argc, char **argv)
     sp.vocab_size = vocab;
     sp.sched = kimi_sched_default_params();
     sp.sched.max_num_seqs = o.max_num_seqs;
-    /* not given: the scheduler's default, except on the cpu backend with
-     * chunked prefill, where a step over a long context takes seconds per
-     * 512 tokens: a bigger step stalls every running stream for minutes
-     * (past the gateway's 60 s token timeout) while one prompt prefills */
-    if (o.max_num_batched_tokens == 0) {
-        o.max_num_batched_tokens = (strcmp(o.backend, "cpu") == 0
-                                    && o.enable_chunked_prefill)
-                                   ? KIMI_SERVE_CPU_BATCHED_TOKENS
-                                   : sp.sched.max_num_batched_tokens;
-    }
     sp.sched.max_num_batched_tokens = o.max_num_batched_tokens;
     sp.sched.max_model_len = o.max_model_len;
     sp.sched.max_waiting = o.max_waiting;
@@ -718,6 +787,17 @@ kimi_cmd_serve(int argc, char **argv)
         mp.hf_overrides = o.hf_overrides;
         mp.seed = o.seed;
 
+        if (group != NULL) {
+            uint32_t  per = cfg.n_routed_experts / dp.n_local;
+
+            mp.expert_first = dp.local_rank * per;
+            mp.expert_last = mp.expert_first + per;
+            bp.ep = group;
+            kimi_log(KIMI_LOG_NOTICE, "expert parallel: rank %u of %u holds"
+                     " experts [%u, %u)", dp.local_rank, dp.n_local,
+                     mp.expert_first, mp.expert_last);
+        }
+
         rc = kimi_model_load(&model, &mp, &err);
         if (rc != 0) {
             kimi_log(KIMI_LOG_EMERG, "model: %s", err.msg);
@@ -754,6 +834,7 @@ done:
         backend->ops->free(backend);
     }
     kimi_model_free(model);
+    kimi_group_free(group);
     kimi_tokenizer_free(tok);
     if (sfd != -1) {
         close(sfd);

@@ -22,10 +22,12 @@
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/signalfd.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "dp.h"
+#include "group.h"
 #include "nccl_comm.h"
 #include "../common/kimi_log.h"
 #include "../shm/kimi_shm.h"
@@ -233,7 +235,12 @@ kimi_dp_reap(kimi_dp_launcher_t *l)
                      r, (int) pid, how);
             kimi_dp_fail(l, why);
 
-        } else if (l->dp->n_nodes > 1) {
+        } else if (l->dp->n_nodes > 1 || l->dp->group_mem != NULL) {
+            /* other nodes' collectives, or the other ranks' MoE layers,
+             * would wait for it forever */
+            if (l->dp->group_mem != NULL) {
+                kimi_group_fail(l->dp->group_mem, why);
+            }
             kimi_dp_fail(l, why);
 
         } else {
@@ -572,6 +579,25 @@ kimi_dp_launch(kimi_dp_t *dp, const kimi_dp_params_t *p, kimi_err_t *err)
     l->dp = dp;
     l->pub_fd = -1;
     dp->is_rank = 0;
+
+    if (p->group_seg_bytes > 0) {
+        /* made before the forks: every rank inherits the same pages */
+        size_t  bytes = kimi_group_bytes(dp->n_local, p->group_seg_bytes);
+        void   *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+        if (mem == MAP_FAILED) {
+            rc = kimi_err_set(err, KIMI_ENOMEM, "expert-parallel exchange:"
+                              " mmap of %zu bytes failed: %s",
+                              bytes, strerror(errno));
+            dp->is_rank = 1;
+            free(l);
+            return rc;
+        }
+
+        kimi_group_init(mem, dp->n_local, p->group_seg_bytes);
+        dp->group_mem = mem;
+    }
 
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);

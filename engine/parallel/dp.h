@@ -23,6 +23,7 @@
 #ifndef KIMI_DP_H
 #define KIMI_DP_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../common/kimi_err.h"
@@ -42,6 +43,10 @@ typedef struct {
     uint32_t     shutdown_timeout_ms;     /* the ranks' drain time */
     const char  *ipc_dir;
     int          want_nccl_id;            /* head: blob = ncclUniqueId */
+    size_t       group_seg_bytes;         /* > 0: make the node's expert-
+                                             parallel group (group.h) with
+                                             this segment size, before the
+                                             forks */
 } kimi_dp_params_t;
 
 typedef struct {
@@ -58,6 +63,7 @@ typedef struct {
     int          published_fd;   /* local rank 0: kimi_dp_published() */
     uint32_t     blob_len;       /* collective bootstrap blob (opaque) */
     uint8_t      blob[KIMI_BOOT_BLOB_MAX];
+    void        *group_mem;      /* group_seg_bytes asked: its mapping */
 } kimi_dp_t;
 
 /*

@@ -902,6 +902,22 @@ kimi_sched_sweep(kimi_sched_t *s)
 }
 
 
+/* A step without sequences of ours: in lockstep the peers' step still
+ * needs our forward (the experts this rank holds). */
+static void
+kimi_sched_forward_empty(kimi_sched_t *s)
+{
+    kimi_batch_t  none = { 0, NULL };
+    kimi_err_t    err;
+
+    if (s->params.lockstep
+        && s->backend->ops->forward(s->backend, &none, &err) != KIMI_OK)
+    {
+        kimi_log(KIMI_LOG_ERR, "empty lockstep step failed: %s", err.msg);
+    }
+}
+
+
 int
 kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
 {
@@ -919,10 +935,12 @@ kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
 
     rc = kimi_sched_schedule(s, err);
     if (rc != KIMI_OK) {
+        kimi_sched_forward_empty(s);
         goto failed;
     }
 
     if (s->n_batched == 0) {
+        kimi_sched_forward_empty(s);
         kimi_sched_sweep(s);
         s->in_step = 0;
         s->stats.last_step_n_seqs = 0;

@@ -34,6 +34,10 @@ typedef struct {
                                                   0 raw (vLLM default) */
     uint64_t          seed;                    /* seeds unseeded requests'
                                                   RNGs; 0 = from the clock */
+    int               lockstep;                /* every step calls forward,
+                                                  with an empty batch if
+                                                  need be: peers (expert
+                                                  parallel) step with us */
 } kimi_sched_params_t;
 
 kimi_sched_params_t kimi_sched_default_params(void);

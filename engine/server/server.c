@@ -29,9 +29,11 @@
 #include <unistd.h>
 
 #include "server_impl.h"
+#include "../parallel/group.h"
 #include "../common/kimi_log.h"
 
 #define KIMI_SRV_HEARTBEAT_MS   100
+#define KIMI_SRV_GROUP_POLL_MS  1       /* idle rank of an EP group */
 #define KIMI_SRV_HELLO_MS       5000  /* a connection must say hello */
 
 
@@ -220,6 +222,7 @@ kimi_server_start(kimi_server_t *srv, kimi_backend_t *backend,
     srv->backend = backend;
     sink = kimi_srv_sink(srv);
 
+    srv->p.sched.lockstep = srv->p.group != NULL;
     rc = kimi_sched_init(&srv->sched, &srv->p.sched, backend, &sink, err);
     if (rc != 0) {
         return rc;
@@ -412,6 +415,66 @@ kimi_srv_pulse(void *arg)
 }
 
 
+/*
+ * One turn of a rank in an expert-parallel group: the ranks vote, and if
+ * any has work all of them step (those with none run an empty batch, so
+ * their experts serve the others).  A rank leaves only when every rank
+ * is draining with nothing left: a peer's sequences need our experts to
+ * the end.  A broken group (a rank died, ranks out of step) ends this
+ * rank with an error: its experts are gone for everyone.
+ */
+static int
+kimi_srv_group_step(kimi_server_t *srv, kimi_srv_pulse_t *pulse, int woken,
+    int *stalled, kimi_err_t *err)
+{
+    int          has, want_exit, any, all, rc;
+    kimi_err_t   serr;
+
+    has = kimi_sched_has_work(srv->sched) && (!*stalled || woken
+                                              || srv->wake);
+    want_exit = srv->draining && srv->n_active == 0
+                && !kimi_sched_has_work(srv->sched);
+
+    if (!has && !want_exit && !kimi_group_pending(srv->p.group)) {
+        return 0;
+    }
+
+    atomic_store(&pulse->step_since_ns, kimi_shm_now_ns());
+
+    rc = kimi_group_vote(srv->p.group, (uint64_t) 1 << 56, has, want_exit,
+                         &any, &all, &serr);
+    if (rc == 0 && any) {
+        rc = kimi_sched_step(srv->sched, &serr);
+        *stalled = rc == 0 && kimi_sched_has_work(srv->sched);
+        if (rc > 0) {
+            rc = 0;
+        }
+    }
+
+    atomic_store(&pulse->step_since_ns, 0);
+
+    if (rc < 0 && !kimi_group_failed(srv->p.group)) {
+        /* this rank's sequences ended with ERROR; the group goes on */
+        kimi_log(KIMI_LOG_ERR, "step failed: %s", serr.msg);
+        rc = 0;
+    }
+
+    if (rc < 0) {
+        kimi_srv_abort_all(srv, "the expert-parallel group failed");
+        kimi_srv_flush_bells(srv);
+        return kimi_err_set(err, KIMI_ESTATE, "%s", serr.msg);
+    }
+
+    if (all) {
+        kimi_srv_drain_submissions(srv);
+        kimi_srv_flush_bells(srv);
+        srv->stop = 1;
+    }
+
+    return 0;
+}
+
+
 int
 kimi_server_run(kimi_server_t *srv, kimi_err_t *err)
 {
@@ -444,6 +507,10 @@ kimi_server_run(kimi_server_t *srv, kimi_err_t *err)
          * and the heartbeat tick re-looks within 100 ms should a bell be
          * lost with a dying worker */
         timeout = (busy && !stalled) ? 0 : -1;
+        if (srv->p.group != NULL && timeout == -1) {
+            /* an idle rank looks for peers waiting at the step barrier */
+            timeout = KIMI_SRV_GROUP_POLL_MS;
+        }
         if (srv->wake) {
             timeout = 0;
         }
@@ -484,7 +551,13 @@ kimi_server_run(kimi_server_t *srv, kimi_err_t *err)
 
         kimi_srv_check_abandoned(srv);
 
-        if (kimi_sched_has_work(srv->sched)) {
+        if (srv->p.group != NULL) {
+            rc = kimi_srv_group_step(srv, &pulse, n > 0, &stalled, err);
+            if (rc != 0) {
+                goto done;
+            }
+
+        } else if (kimi_sched_has_work(srv->sched)) {
             atomic_store(&pulse.step_since_ns, kimi_shm_now_ns());
             rc = kimi_sched_step(srv->sched, &serr);
             atomic_store(&pulse.step_since_ns, 0);
@@ -511,7 +584,7 @@ kimi_server_run(kimi_server_t *srv, kimi_err_t *err)
         }
 
         if (srv->draining && srv->n_active == 0
-            && !kimi_sched_has_work(srv->sched))
+            && !kimi_sched_has_work(srv->sched) && srv->p.group == NULL)
         {
             /* answer what was queued behind the drain with 503, then go */
             kimi_srv_drain_submissions(srv);

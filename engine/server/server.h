@@ -40,6 +40,9 @@ typedef struct {
     const char           *model_dir;           /* published for the gateway */
     uint32_t              vocab_size;
     kimi_sched_params_t   sched;               /* max_model_len etc. */
+    struct kimi_group    *group;               /* expert parallel: step in
+                                                  lockstep with the node's
+                                                  other ranks (borrowed) */
 } kimi_server_params_t;
 
 int  kimi_server_init(kimi_server_t **out, const kimi_server_params_t *p,

@@ -6,8 +6,10 @@
  *         [block_size][kv_lora_rank + qk_rope_head_dim]), fp32 copies of
  *         kv_b_proj for the absorbed attention, RoPE tables, scratch, the
  *         thread pool, and the last step's logits.
- * Never:  picks blocks (block tables come with the batch), samples, or
- *         supports expert parallelism (all experts must be loaded).
+ * Never:  picks blocks (block tables come with the batch) or samples.
+ *         Under expert parallelism it holds only its rank's experts and
+ *         serves the peers' tokens in every step, its own batch empty or
+ *         not (kimi_cpu_moe_ep).
  * Holds:  all tokens of a step go through the GEMMs together; attention is
  *         per (token, head) over that token's sequence in the cache, after
  *         every new token of the step has been written, so a prefill chunk
@@ -23,6 +25,7 @@
 #include <string.h>
 
 #include "../../model/model.h"
+#include "../../parallel/group.h"
 #include "backend_cpu.h"
 #include "ops.h"
 #include "pool.h"
@@ -61,12 +64,23 @@ typedef struct {
     uint32_t                  *tok_seq;        /* [T] batch seq index */
     int32_t                   *route_ids;      /* [T][top_k] */
     float                     *route_w;        /* [T][top_k] */
-    uint32_t                  *gather;         /* [T] */
+    uint32_t                  *gather;         /* [rows] */
+    float                     *gather_w;       /* [rows] ep: router weight */
+    uint32_t                   cap_rows;
+
+    /* expert parallelism: this rank's experts, the peers' rows */
+    kimi_group_t              *ep;
+    uint32_t                   ep_cap;         /* tokens per exchange */
+    int32_t                   *ep_pos;         /* [T][world] row at peer */
     float                     *wscratch;       /* per worker attention */
     size_t                     wscratch_per;
     uint32_t                   max_inter;
     uint32_t                   max_k;
 } kimi_cpu_t;
+
+
+static int kimi_cpu_reserve_rows(kimi_cpu_t *b, uint32_t rows,
+    kimi_err_t *err);
 
 
 /* ---- parallel GEMM ---- */
@@ -267,13 +281,20 @@ kimi_cpu_mlp(kimi_cpu_t *b, const kimi_mlp_weights_t *w, const float *x,
 }
 
 
+/* Routes the step's T tokens (route_ids, route_w) and runs the shared
+ * expert into y: the part of an MoE layer every rank does for its own
+ * tokens. */
 static int
-kimi_cpu_moe(kimi_cpu_t *b, const kimi_layer_weights_t *L, uint32_t T,
-    kimi_err_t *err)
+kimi_cpu_route_shared(kimi_cpu_t *b, const kimi_layer_weights_t *L,
+    uint32_t T, kimi_err_t *err)
 {
     const kimi_model_config_t  *c = b->cfg;
     uint32_t                    D = c->hidden_size, E = c->n_routed_experts;
     uint32_t                    K = c->num_experts_per_tok;
+
+    if (T == 0) {
+        return 0;
+    }
 
     /* router in fp32 over the bf16 gate (HF and DS-REF do the same) */
     kimi_cpu_linear(b, b->a, T, &L->gate, b->rl);
@@ -295,6 +316,195 @@ kimi_cpu_moe(kimi_cpu_t *b, const kimi_layer_weights_t *L, uint32_t T,
 
     } else {
         memset(b->y, 0, (size_t) T * D * sizeof(float));
+    }
+
+    return 0;
+}
+
+
+/*
+ * One MoE layer under expert parallelism (DP attention + EP MoE): each
+ * rank routes its own T tokens; a token goes once to every rank owning
+ * any of its top-k experts (fp32 row + its top-k local ids and weights,
+ * -1 where another rank owns the expert); each rank runs its experts over
+ * every row it received and sends back one weighted sum per row; the
+ * sender adds them to the shared expert's output.  Ranks with no tokens
+ * still take part: they send nothing and compute for the others.
+ *
+ * A dispatch row is D floats, then K int32 ids, then K float weights.
+ */
+static int
+kimi_cpu_moe_ep(kimi_cpu_t *b, uint32_t l, const kimi_layer_weights_t *L,
+    uint32_t T, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    uint32_t                    D = c->hidden_size;
+    uint32_t                    K = c->num_experts_per_tok;
+    uint32_t                    W = kimi_group_world(b->ep);
+    uint32_t                    me = kimi_group_rank(b->ep);
+    uint32_t                    E_local = c->n_routed_experts / W;
+    size_t                      row = (size_t) D * 4 + (size_t) K * 8;
+    size_t                      bytes[KIMI_GROUP_MAX_RANKS];
+    uint32_t                    n_to[KIMI_GROUP_MAX_RANKS];
+    uint32_t                    n_from[KIMI_GROUP_MAX_RANKS], R = 0;
+    const uint8_t              *in[KIMI_GROUP_MAX_RANKS];
+    float                      *out[KIMI_GROUP_MAX_RANKS];
+    int                         rc, route_rc;
+
+    /* a routing error still takes part in both exchanges, with no rows */
+    route_rc = kimi_cpu_route_shared(b, L, T, err);
+    if (route_rc != 0) {
+        T = 0;
+    }
+
+    /* dispatch */
+    memset(n_to, 0, sizeof(n_to));
+
+    for (uint32_t t = 0; t < T; t++) {
+        const int32_t  *ids = b->route_ids + (size_t) t * K;
+        const float    *ws = b->route_w + (size_t) t * K;
+
+        for (uint32_t p = 0; p < W; p++) {
+            uint8_t  *r = NULL;
+            int32_t  *rid;
+            float    *rw;
+
+            b->ep_pos[(size_t) t * W + p] = -1;
+
+            for (uint32_t k = 0; k < K; k++) {
+                if ((uint32_t) ids[k] / E_local != p) {
+                    continue;
+                }
+
+                if (r == NULL) {
+                    r = (uint8_t *) kimi_group_sendbuf(b->ep, p)
+                        + (size_t) n_to[p] * row;
+                    memcpy(r, b->a + (size_t) t * D, (size_t) D * 4);
+                    rid = (int32_t *) (r + (size_t) D * 4);
+                    rw = (float *) (rid + K);
+                    for (uint32_t j = 0; j < K; j++) {
+                        rid[j] = -1;
+                        rw[j] = 0.0f;
+                    }
+                    b->ep_pos[(size_t) t * W + p] = (int32_t) n_to[p]++;
+                }
+
+                rid[k] = (int32_t) ((uint32_t) ids[k] % E_local);
+                rw[k] = ws[k];
+            }
+        }
+    }
+
+    for (uint32_t p = 0; p < W; p++) {
+        bytes[p] = (size_t) n_to[p] * row;
+    }
+
+    rc = kimi_group_exchange(b->ep, ((uint64_t) 2 << 56) | ((uint64_t) l << 8),
+                             bytes, err);
+    if (rc != 0) {
+        return rc;
+    }
+
+    for (uint32_t p = 0; p < W; p++) {
+        in[p] = kimi_group_recvbuf(b->ep, p, &bytes[p]);
+        n_from[p] = (uint32_t) (bytes[p] / row);
+        R += n_from[p];
+
+        /* the combine's rows go to the other bank: this one is being read */
+        out[p] = kimi_group_sendbuf(b->ep, p);
+        memset(out[p], 0, (size_t) n_from[p] * D * sizeof(float));
+    }
+
+    if ((rc = kimi_cpu_reserve_rows(b, R, err)) != 0) {
+        kimi_group_abort(b->ep, err->msg);
+        return rc;
+    }
+
+    /* this rank's experts over every received row */
+    for (uint32_t le = 0; le < E_local; le++) {
+        uint32_t  n = 0;
+
+        for (uint32_t p = 0; p < W; p++) {
+            for (uint32_t i = 0; i < n_from[p]; i++) {
+                const uint8_t  *r = in[p] + (size_t) i * row;
+                const int32_t  *rid = (const int32_t *) (r + (size_t) D * 4);
+                const float    *rw = (const float *) (rid + K);
+
+                for (uint32_t k = 0; k < K; k++) {
+                    if (rid[k] != (int32_t) le) {
+                        continue;
+                    }
+
+                    memcpy(b->xe + (size_t) n * D, r, (size_t) D * 4);
+                    b->gather[n] = (p << 24) | i;
+                    b->gather_w[n] = rw[k];
+                    n++;
+                }
+            }
+        }
+
+        if (n == 0) {
+            continue;
+        }
+
+        kimi_cpu_mlp(b, &L->experts[me * E_local + le], b->xe, n, b->ye);
+
+        for (uint32_t j = 0; j < n; j++) {
+            float  *o = out[b->gather[j] >> 24]
+                        + (size_t) (b->gather[j] & 0xffffff) * D;
+            float   wt = b->gather_w[j];
+
+            for (uint32_t d = 0; d < D; d++) {
+                o[d] += wt * b->ye[(size_t) j * D + d];
+            }
+        }
+    }
+
+    /* combine */
+    for (uint32_t p = 0; p < W; p++) {
+        bytes[p] = (size_t) n_from[p] * D * sizeof(float);
+    }
+
+    rc = kimi_group_exchange(b->ep,
+                             ((uint64_t) 2 << 56) | ((uint64_t) l << 8) | 1,
+                             bytes, err);
+    if (rc != 0) {
+        return rc;
+    }
+
+    for (uint32_t p = 0; p < W; p++) {
+        const float  *back = kimi_group_recvbuf(b->ep, p, &bytes[p]);
+
+        for (uint32_t t = 0; t < T; t++) {
+            int32_t       pos = b->ep_pos[(size_t) t * W + p];
+            float        *y = b->y + (size_t) t * D;
+            const float  *v;
+
+            if (pos < 0) {
+                continue;
+            }
+
+            v = back + (size_t) pos * D;
+            for (uint32_t d = 0; d < D; d++) {
+                y[d] += v[d];
+            }
+        }
+    }
+
+    return route_rc;
+}
+
+
+static int
+kimi_cpu_moe(kimi_cpu_t *b, const kimi_layer_weights_t *L, uint32_t T,
+    kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    uint32_t                    D = c->hidden_size, E = c->n_routed_experts;
+    uint32_t                    K = c->num_experts_per_tok;
+
+    if (kimi_cpu_route_shared(b, L, T, err) != 0) {
+        return KIMI_EINVAL;
     }
 
     /* routed experts: gather each expert's tokens, run, scatter-add */
@@ -334,6 +544,44 @@ kimi_cpu_moe(kimi_cpu_t *b, const kimi_layer_weights_t *L, uint32_t T,
 
 /* ---- scratch ---- */
 
+#define KIMI_RE(ptr, n)                                                      \
+    do {                                                                     \
+        void  *np = realloc(ptr, ((size_t) (n) + 1) * sizeof(*(ptr)));       \
+        if (np == NULL) goto nomem;                                          \
+        ptr = np;                                                            \
+    } while (0)
+
+/* Scratch of the expert MLPs, in rows: a step's T * (top_k + 1) (every
+ * routed pair and the shared expert), or under expert parallelism every
+ * row the peers sent. */
+static int
+kimi_cpu_reserve_rows(kimi_cpu_t *b, uint32_t rows, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    uint32_t                    D = c->hidden_size;
+
+    if (rows <= b->cap_rows) {
+        return 0;
+    }
+
+    KIMI_RE(b->g, (size_t) rows * b->max_inter);
+    KIMI_RE(b->u, (size_t) rows * b->max_inter);
+    KIMI_RE(b->xe, (size_t) rows * D);
+    KIMI_RE(b->ye, (size_t) rows * D);
+    KIMI_RE(b->xq, (size_t) rows * b->max_k);
+    KIMI_RE(b->xs, (size_t) rows * ((b->max_k + 127) / 128));
+    KIMI_RE(b->gather, rows);
+    KIMI_RE(b->gather_w, rows);
+
+    b->cap_rows = rows;
+    return 0;
+
+nomem:
+
+    return kimi_err_set(err, KIMI_ENOMEM, "cpu: scratch for %u rows", rows);
+}
+
+
 static int
 kimi_cpu_reserve(kimi_cpu_t *b, uint32_t T, uint32_t max_ctx,
     kimi_err_t *err)
@@ -358,16 +606,15 @@ kimi_cpu_reserve(kimi_cpu_t *b, uint32_t T, uint32_t max_ctx,
         }
     }
 
+    if (kimi_cpu_reserve_rows(b, T * (c->num_experts_per_tok + 1), err)
+        != 0)
+    {
+        return KIMI_ENOMEM;
+    }
+
     if (T <= b->cap_tokens) {
         return 0;
     }
-
-#define KIMI_RE(ptr, n)                                                      \
-    do {                                                                     \
-        void  *np = realloc(ptr, (size_t) (n) * sizeof(*(ptr)));             \
-        if (np == NULL) goto nomem;                                          \
-        ptr = np;                                                            \
-    } while (0)
 
     KIMI_RE(b->h, (size_t) T * D);
     KIMI_RE(b->a, (size_t) T * D);
@@ -379,24 +626,16 @@ kimi_cpu_reserve(kimi_cpu_t *b, uint32_t T, uint32_t max_ctx,
     KIMI_RE(b->olat, (size_t) T * H * R);
     KIMI_RE(b->attn, (size_t) T * H * c->v_head_dim);
     KIMI_RE(b->o, (size_t) T * D);
-    KIMI_RE(b->g, (size_t) T * c->num_experts_per_tok * b->max_inter
-                  + (size_t) T * b->max_inter);
-    KIMI_RE(b->u, (size_t) T * c->num_experts_per_tok * b->max_inter
-                  + (size_t) T * b->max_inter);
     KIMI_RE(b->y, (size_t) T * D);
     KIMI_RE(b->rl, (size_t) T * (c->n_routed_experts + 1));
-    KIMI_RE(b->xe, (size_t) T * (c->num_experts_per_tok + 1) * D);
-    KIMI_RE(b->ye, (size_t) T * (c->num_experts_per_tok + 1) * D);
-    KIMI_RE(b->xq, (size_t) T * (c->num_experts_per_tok + 1) * b->max_k);
-    KIMI_RE(b->xs, (size_t) T * (c->num_experts_per_tok + 1)
-                   * ((b->max_k + 127) / 128));
     KIMI_RE(b->tok_id, T);
     KIMI_RE(b->tok_pos, T);
     KIMI_RE(b->tok_seq, T);
     KIMI_RE(b->route_ids, (size_t) T * (c->num_experts_per_tok + 1));
     KIMI_RE(b->route_w, (size_t) T * (c->num_experts_per_tok + 1));
-    KIMI_RE(b->gather, (size_t) T * (c->num_experts_per_tok + 1));
-#undef KIMI_RE
+    if (b->ep != NULL) {
+        KIMI_RE(b->ep_pos, (size_t) T * kimi_group_world(b->ep));
+    }
 
     b->cap_tokens = T;
     return 0;
@@ -570,6 +809,33 @@ kimi_cpu_check_batch(kimi_cpu_t *b, const kimi_batch_t *batch, uint32_t *T,
 }
 
 
+/* A step with no tokens of this rank's own (idle, or its batch was bad:
+ * rc): under expert parallelism it still serves the peers' MoE layers. */
+static int
+kimi_cpu_ep_idle(kimi_cpu_t *b, int rc, kimi_err_t *err)
+{
+    kimi_err_t  lerr;
+
+    if (b->ep == NULL) {
+        return rc;
+    }
+
+    for (uint32_t l = 0; l < b->cfg->num_hidden_layers; l++) {
+        const kimi_layer_weights_t  *L = &b->model->layers[l];
+
+        if (L->is_moe && kimi_cpu_moe_ep(b, l, L, 0, &lerr) != 0) {
+            if (rc == 0) {
+                *err = lerr;
+                return lerr.code;
+            }
+            break;
+        }
+    }
+
+    return rc;
+}
+
+
 static int
 kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     kimi_err_t *err)
@@ -582,10 +848,22 @@ kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     uint32_t                    row = 0;
     int                         rc;
 
-    if ((rc = kimi_cpu_check_batch(b, batch, &T, &max_ctx, &n_rows, err))
-        != 0 || (rc = kimi_cpu_reserve(b, T, max_ctx, err)) != 0)
-    {
-        return rc;
+    rc = kimi_cpu_check_batch(b, batch, &T, &max_ctx, &n_rows, err);
+
+    if (rc == 0 && b->ep != NULL && T > b->ep_cap) {
+        rc = kimi_err_set(err, KIMI_EINVAL, "cpu: %u tokens in a step, more"
+                          " than the %u an expert-parallel exchange holds",
+                          T, b->ep_cap);
+    }
+
+    if (rc == 0) {
+        rc = kimi_cpu_reserve(b, T, max_ctx, err);
+    }
+
+    if (rc != 0 || (T == 0 && b->ep != NULL)) {
+        /* the peers' MoE layers need this rank's experts all the same */
+        b->n_logits = 0;
+        return kimi_cpu_ep_idle(b, rc, err);
     }
 
     /* flatten: token t of the step -> (seq, position, id); embed */
@@ -629,7 +907,9 @@ kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
         }
 
         if (L->is_moe) {
-            if ((rc = kimi_cpu_moe(b, L, T, err)) != 0) {
+            rc = b->ep != NULL ? kimi_cpu_moe_ep(b, l, L, T, err)
+                               : kimi_cpu_moe(b, L, T, err);
+            if (rc != 0) {
                 return rc;
             }
 
@@ -719,6 +999,7 @@ kimi_cpu_free(kimi_backend_t *base)
     free(b->g); free(b->u); free(b->y); free(b->rl); free(b->xe);
     free(b->ye); free(b->xq); free(b->xs); free(b->tok_id); free(b->tok_pos);
     free(b->tok_seq); free(b->route_ids); free(b->route_w); free(b->gather);
+    free(b->gather_w); free(b->ep_pos);
     free(b);
 }
 
@@ -775,15 +1056,32 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
     kimi_rope_params_t          rp;
     kimi_cpu_t                 *b;
     const char                 *env;
+    uint32_t                    e_first, e_last;
     int                         rc;
 
+    e_first = 0;
+    e_last = c->n_routed_experts;
+
+    if (p->ep != NULL) {
+        uint32_t  W = kimi_group_world(p->ep), r = kimi_group_rank(p->ep);
+
+        if (c->n_routed_experts % W != 0 || W > KIMI_GROUP_MAX_RANKS) {
+            return kimi_err_set(err, KIMI_EINVAL, "cpu backend: %u routed "
+                                "experts do not split over %u expert-parallel"
+                                " ranks", c->n_routed_experts, W);
+        }
+
+        e_first = r * (c->n_routed_experts / W);
+        e_last = e_first + c->n_routed_experts / W;
+    }
+
     if (c->n_routed_experts > 0
-        && (model->expert_first != 0
-            || model->expert_last != c->n_routed_experts))
+        && (model->expert_first != e_first || model->expert_last != e_last))
     {
-        return kimi_err_set(err, KIMI_EUNSUPPORTED, "cpu backend: needs all "
-                            "%u experts loaded (expert parallel is cuda only)",
-                            c->n_routed_experts);
+        return kimi_err_set(err, KIMI_EINVAL, "cpu backend: the model holds "
+                            "experts [%u, %u), this rank needs [%u, %u)",
+                            model->expert_first, model->expert_last, e_first,
+                            e_last);
     }
 
     if (c->qk_rope_head_dim > 1024) {
@@ -803,6 +1101,12 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
     b->model = model;
     b->cfg = c;
     b->act_fp32 = p->act_fp32;
+    b->ep = p->ep;
+    if (b->ep != NULL) {
+        b->ep_cap = (uint32_t) (kimi_group_seg_bytes(b->ep)
+                                / ((size_t) c->hidden_size * 4
+                                   + (size_t) c->num_experts_per_tok * 8));
+    }
 
     if (b->act_fp32 < 0) {
         env = getenv("KIMI_CPU_ACT");
@@ -865,7 +1169,7 @@ int
 kimi_backend_cpu_init(kimi_backend_t **out, struct kimi_model *model,
     uint32_t n_threads, kimi_err_t *err)
 {
-    kimi_backend_cpu_params_t  p = { n_threads, -1 };
+    kimi_backend_cpu_params_t  p = { n_threads, -1, NULL };
 
     return kimi_backend_cpu_init_params(out, model, &p, err);
 }

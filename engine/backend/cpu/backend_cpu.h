@@ -23,6 +23,9 @@ struct kimi_model;
 typedef struct {
     uint32_t  n_threads;               /* 0 = online CPUs */
     int       act_fp32;                /* -1 = from KIMI_CPU_ACT, 0/1 */
+    struct kimi_group *ep;             /* expert parallel: the node's group
+                                          (borrowed); the model holds this
+                                          rank's E / world experts */
 } kimi_backend_cpu_params_t;
 
 /* Borrows model, which must outlive the backend. */

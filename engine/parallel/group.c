@@ -1,0 +1,375 @@
+/*
+ * The node-local process group (group.h): barrier, vote and exchange over
+ * one shared anonymous mapping.
+ *
+ * Layout: header | slots [2 banks][world] | outboxes [2][world][world] of
+ * seg_bytes (bank, sender, receiver), each 64-byte aligned.  Bank b holds
+ * the slots and outboxes of every sync whose count is b mod 2; every rank
+ * counts its syncs, and all ranks make the same syncs, so the counts agree.
+ */
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "group.h"
+
+#define KIMI_GROUP_MAGIC     0x4b47525055ull      /* "KGRPU" */
+#define KIMI_GROUP_SPINS     4000                 /* before sleeping */
+#define KIMI_GROUP_NAP_NS    20000000L            /* futex wait slice */
+
+typedef struct {
+    uint64_t  tag;
+    uint32_t  any, all;
+    uint64_t  bytes[KIMI_GROUP_MAX_RANKS];        /* exchange: per peer */
+} kimi_group_slot_t;
+
+typedef struct {
+    uint64_t          magic;
+    uint32_t          world;
+    uint32_t          pad0;
+    uint64_t          seg_bytes;
+    _Atomic uint32_t  arrived;                    /* at the current barrier */
+    _Atomic uint32_t  gen;                        /* futex word */
+    _Atomic uint32_t  failed;
+    uint32_t          pad1;
+    char              why[256];
+} kimi_group_hdr_t;
+
+struct kimi_group {
+    kimi_group_hdr_t   *hdr;
+    kimi_group_slot_t  *slots;                    /* [2][world] */
+    uint8_t            *boxes;                    /* [2][world][world] */
+    uint32_t            rank;
+    uint32_t            world;
+    uint64_t            n_sync;                   /* syncs made so far */
+    uint32_t            recv_bank;                /* of the last exchange */
+};
+
+
+static size_t
+kimi_group_align(size_t n)
+{
+    return (n + 63) & ~(size_t) 63;
+}
+
+
+static size_t
+kimi_group_slots_off(void)
+{
+    return kimi_group_align(sizeof(kimi_group_hdr_t));
+}
+
+
+static size_t
+kimi_group_boxes_off(uint32_t world)
+{
+    return kimi_group_slots_off()
+           + kimi_group_align(2 * (size_t) world * sizeof(kimi_group_slot_t));
+}
+
+
+size_t
+kimi_group_bytes(uint32_t world, size_t seg_bytes)
+{
+    return kimi_group_boxes_off(world)
+           + 2 * (size_t) world * world * kimi_group_align(seg_bytes);
+}
+
+
+void
+kimi_group_init(void *mem, uint32_t world, size_t seg_bytes)
+{
+    kimi_group_hdr_t  *h = mem;
+
+    memset(mem, 0, kimi_group_boxes_off(world));
+    h->world = world;
+    h->seg_bytes = kimi_group_align(seg_bytes);
+    atomic_init(&h->arrived, 0);
+    atomic_init(&h->gen, 0);
+    atomic_init(&h->failed, 0);
+    h->magic = KIMI_GROUP_MAGIC;
+}
+
+
+static void
+kimi_group_wake(_Atomic uint32_t *word)
+{
+    (void) syscall(SYS_futex, (uint32_t *) word, FUTEX_WAKE, INT_MAX, NULL,
+                   NULL, 0);
+}
+
+
+void
+kimi_group_fail(void *mem, const char *why)
+{
+    kimi_group_hdr_t  *h = mem;
+    uint32_t           was = 0;
+
+    /* the first failure names the cause; the ones it causes do not */
+    if (atomic_compare_exchange_strong(&h->failed, &was, 1)) {
+        snprintf(h->why, sizeof(h->why), "%s", why);
+        atomic_store(&h->failed, 2);
+    }
+
+    atomic_fetch_add(&h->gen, 0x10000);       /* wakes, never matches */
+    kimi_group_wake(&h->gen);
+}
+
+
+void
+kimi_group_abort(kimi_group_t *g, const char *why)
+{
+    char  msg[256];
+
+    snprintf(msg, sizeof(msg), "rank %u: %s", g->rank, why);
+    kimi_group_fail(g->hdr, msg);
+}
+
+
+int
+kimi_group_failed(const kimi_group_t *g)
+{
+    return atomic_load(&g->hdr->failed) != 0;
+}
+
+
+static int
+kimi_group_error(kimi_group_t *g, kimi_err_t *err)
+{
+    struct timespec  ts = { 0, 1000000 };
+
+    /* the message is written between the two stores of kimi_group_fail */
+    for (int i = 0; i < 100 && atomic_load(&g->hdr->failed) == 1; i++) {
+        (void) nanosleep(&ts, NULL);
+    }
+
+    return kimi_err_set(err, KIMI_ESTATE, "expert-parallel group failed: %s",
+                        g->hdr->why[0] ? g->hdr->why : "(no reason given)");
+}
+
+
+int
+kimi_group_attach(kimi_group_t **out, void *mem, uint32_t rank,
+    kimi_err_t *err)
+{
+    kimi_group_hdr_t  *h = mem;
+    kimi_group_t      *g;
+
+    if (h == NULL || h->magic != KIMI_GROUP_MAGIC) {
+        return kimi_err_set(err, KIMI_EINVAL, "group: not initialised");
+    }
+
+    if (rank >= h->world) {
+        return kimi_err_set(err, KIMI_EINVAL, "group: rank %u of %u", rank,
+                            h->world);
+    }
+
+    g = calloc(1, sizeof(*g));
+    if (g == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "group: out of memory");
+    }
+
+    g->hdr = h;
+    g->slots = (kimi_group_slot_t *) ((uint8_t *) mem
+                                      + kimi_group_slots_off());
+    g->boxes = (uint8_t *) mem + kimi_group_boxes_off(h->world);
+    g->rank = rank;
+    g->world = h->world;
+
+    *out = g;
+    return 0;
+}
+
+
+void
+kimi_group_free(kimi_group_t *g)
+{
+    free(g);
+}
+
+
+uint32_t
+kimi_group_rank(const kimi_group_t *g)
+{
+    return g->rank;
+}
+
+
+uint32_t
+kimi_group_world(const kimi_group_t *g)
+{
+    return g->world;
+}
+
+
+size_t
+kimi_group_seg_bytes(const kimi_group_t *g)
+{
+    return g->hdr->seg_bytes;
+}
+
+
+int
+kimi_group_pending(const kimi_group_t *g)
+{
+    return atomic_load(&g->hdr->arrived) != 0
+           || atomic_load(&g->hdr->failed) != 0;
+}
+
+
+static kimi_group_slot_t *
+kimi_group_slot(const kimi_group_t *g, uint32_t bank, uint32_t r)
+{
+    return &g->slots[(size_t) bank * g->world + r];
+}
+
+
+static uint8_t *
+kimi_group_box(const kimi_group_t *g, uint32_t bank, uint32_t from,
+    uint32_t to)
+{
+    return g->boxes + (((size_t) bank * g->world + from) * g->world + to)
+                      * g->hdr->seg_bytes;
+}
+
+
+/* The barrier, then the tag check.  The caller filled its slot in bank
+ * n_sync & 1. */
+static int
+kimi_group_sync(kimi_group_t *g, uint64_t tag, kimi_err_t *err)
+{
+    kimi_group_hdr_t  *h = g->hdr;
+    uint32_t           gen, bank = (uint32_t) (g->n_sync & 1);
+    struct timespec    nap = { 0, KIMI_GROUP_NAP_NS };
+    char               why[160];
+
+    /* gen cannot move before our arrival: it needs every rank's */
+    gen = atomic_load(&h->gen);
+
+    if (atomic_load(&h->failed)) {
+        return kimi_group_error(g, err);
+    }
+
+    kimi_group_slot(g, bank, g->rank)->tag = tag;
+
+    if (atomic_fetch_add(&h->arrived, 1) + 1 == g->world) {
+        atomic_store(&h->arrived, 0);
+        atomic_fetch_add(&h->gen, 1);
+        kimi_group_wake(&h->gen);
+
+    } else {
+        for (int i = 0; i < KIMI_GROUP_SPINS; i++) {
+            if (atomic_load_explicit(&h->gen, memory_order_acquire) != gen) {
+                break;
+            }
+#if defined(__x86_64__)
+            __builtin_ia32_pause();
+#endif
+        }
+
+        while (atomic_load(&h->gen) == gen) {
+            (void) syscall(SYS_futex, (uint32_t *) &h->gen, FUTEX_WAIT, gen,
+                           &nap, NULL, 0);
+        }
+    }
+
+    g->n_sync++;
+
+    if (atomic_load(&h->failed)) {
+        return kimi_group_error(g, err);
+    }
+
+    for (uint32_t r = 0; r < g->world; r++) {
+        uint64_t  t = kimi_group_slot(g, bank, r)->tag;
+
+        if (t != tag) {
+            snprintf(why, sizeof(why), "ranks out of step: rank %u synced"
+                     " for 0x%llx, rank %u for 0x%llx", g->rank,
+                     (unsigned long long) tag, r, (unsigned long long) t);
+            kimi_group_fail(h, why);
+            return kimi_group_error(g, err);
+        }
+    }
+
+    return 0;
+}
+
+
+int
+kimi_group_vote(kimi_group_t *g, uint64_t tag, int mine_any, int mine_all,
+    int *any, int *all, kimi_err_t *err)
+{
+    uint32_t            bank = (uint32_t) (g->n_sync & 1);
+    kimi_group_slot_t  *s = kimi_group_slot(g, bank, g->rank);
+    int                 rc;
+
+    s->any = mine_any != 0;
+    s->all = mine_all != 0;
+
+    if ((rc = kimi_group_sync(g, tag, err)) != 0) {
+        return rc;
+    }
+
+    *any = 0;
+    *all = 1;
+
+    for (uint32_t r = 0; r < g->world; r++) {
+        s = kimi_group_slot(g, bank, r);
+        *any |= (int) s->any;
+        *all &= (int) s->all;
+    }
+
+    return 0;
+}
+
+
+void *
+kimi_group_sendbuf(kimi_group_t *g, uint32_t peer)
+{
+    return kimi_group_box(g, (uint32_t) (g->n_sync & 1), g->rank, peer);
+}
+
+
+int
+kimi_group_exchange(kimi_group_t *g, uint64_t tag, const size_t *bytes,
+    kimi_err_t *err)
+{
+    uint32_t            bank = (uint32_t) (g->n_sync & 1);
+    kimi_group_slot_t  *s = kimi_group_slot(g, bank, g->rank);
+
+    for (uint32_t p = 0; p < g->world; p++) {
+        if (bytes[p] > g->hdr->seg_bytes) {
+            /* a local bug, but the peers wait for us: fail them too */
+            char  why[160];
+
+            snprintf(why, sizeof(why), "rank %u: %zu bytes for rank %u,"
+                     " more than the %llu of a segment", g->rank, bytes[p],
+                     p, (unsigned long long) g->hdr->seg_bytes);
+            kimi_group_fail(g->hdr, why);
+            return kimi_group_error(g, err);
+        }
+
+        s->bytes[p] = bytes[p];
+    }
+
+    g->recv_bank = bank;
+
+    return kimi_group_sync(g, tag, err);
+}
+
+
+const void *
+kimi_group_recvbuf(const kimi_group_t *g, uint32_t peer, size_t *bytes)
+{
+    *bytes = kimi_group_slot(g, g->recv_bank, peer)->bytes[g->rank];
+
+    return kimi_group_box(g, g->recv_bank, peer, g->rank);
+}

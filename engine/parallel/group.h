@@ -1,0 +1,76 @@
+/*
+ * A node-local process group: the ranks of one node stepping together and
+ * exchanging rows through one shared anonymous mapping that the launcher
+ * makes before it forks them (expert parallelism on the cpu backend).
+ *
+ * Owns:   the mapping's layout (header, per-rank slots, two banks of
+ *         outboxes), the barrier (a futex on the generation word), the
+ *         group's failure state and its message.
+ * Never:  crosses a node (collectives between nodes are NCCL's), allocates
+ *         per call, or waits on a dead peer forever: the launcher fails
+ *         the group when it reaps a rank, and a peer out of step (another
+ *         tag at the same barrier) fails it too, with a message that
+ *         every rank returns.
+ *
+ * Every sync is a barrier all ranks enter in the same order.  An exchange
+ * writes into the bank of the sync it precedes and reads peers' rows from
+ * it after; the next sync uses the other bank, so a fast rank never
+ * overwrites rows a slow one is still reading.
+ */
+
+#ifndef KIMI_GROUP_H
+#define KIMI_GROUP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/kimi_err.h"
+
+#define KIMI_GROUP_MAX_RANKS  64
+
+typedef struct kimi_group  kimi_group_t;
+
+/* Launcher, before fork: size, then layout of a fresh MAP_SHARED mapping
+ * of kimi_group_bytes() bytes.  seg_bytes: the largest message one rank
+ * sends one peer in one exchange. */
+size_t kimi_group_bytes(uint32_t world, size_t seg_bytes);
+void   kimi_group_init(void *mem, uint32_t world, size_t seg_bytes);
+
+/* Anyone (the launcher reaping a rank, a rank that lost its step): every
+ * rank's current and next sync fails with why.  The first message stays. */
+void   kimi_group_fail(void *mem, const char *why);
+int    kimi_group_failed(const kimi_group_t *g);
+/* The same from a rank that cannot go on (its peers wait for it). */
+void   kimi_group_abort(kimi_group_t *g, const char *why);
+
+/* A rank's handle on the mapping (after fork). */
+int    kimi_group_attach(kimi_group_t **out, void *mem, uint32_t rank,
+    kimi_err_t *err);
+void   kimi_group_free(kimi_group_t *g);
+
+uint32_t kimi_group_rank(const kimi_group_t *g);
+uint32_t kimi_group_world(const kimi_group_t *g);
+size_t   kimi_group_seg_bytes(const kimi_group_t *g);
+
+/* Some peer waits at the barrier: an idle rank must join it. */
+int    kimi_group_pending(const kimi_group_t *g);
+
+/* Barrier with a reduction: *any = OR of every rank's mine_any, *all = AND
+ * of every rank's mine_all.  tag names what the ranks sync for; ranks at
+ * different tags fail the group. */
+int    kimi_group_vote(kimi_group_t *g, uint64_t tag, int mine_any,
+    int mine_all, int *any, int *all, kimi_err_t *err);
+
+/* Where this rank writes its message to peer (itself included) for the
+ * next exchange: kimi_group_seg_bytes() bytes. */
+void  *kimi_group_sendbuf(kimi_group_t *g, uint32_t peer);
+
+/* Barrier; bytes[p] is what this rank wrote for peer p.  After it,
+ * kimi_group_recvbuf() is what each peer wrote for this rank, valid until
+ * the sync after next. */
+int    kimi_group_exchange(kimi_group_t *g, uint64_t tag,
+    const size_t *bytes, kimi_err_t *err);
+const void *kimi_group_recvbuf(const kimi_group_t *g, uint32_t peer,
+    size_t *bytes);
+
+#endif

@@ -1,0 +1,150 @@
+#!/usr/bin/perl
+
+# Data-parallel attention + expert-parallel MoE on the cpu backend, behind
+# nginx: two ranks (--data-parallel-size 2 --enable-expert-parallel) each
+# hold 8 of the tiny model's 16 routed experts and step together.  Greedy
+# completions and their logprobs must match a single rank holding every
+# expert, whether a request runs alone on rank 0, alone on rank 1 (rank 0
+# idle but serving its experts) or beside others on both ranks.  Then the
+# failure path: one rank killed ends the whole group with errors, no hang.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use JSON::PP;
+use List::Util qw(max);
+use Test::More;
+use KimiTest qw(completion_body);
+
+my $true = JSON::PP::true;
+my @prompts = ('The capital of France is', 'Once upon a time, in a',
+    '1, 2, 3, 4, 5,', 'def fibonacci(n):', 'Moonshot AI builds',
+    'The quick brown fox');
+
+sub complete {
+    my ($t, $prompt, @hdr) = @_;
+    my $r = $t->post('/v1/completions', completion_body(prompt => $prompt,
+        max_tokens => 10, temperature => 0, logprobs => 1), @hdr);
+    return $r;
+}
+
+sub logprobs_of { $_[0]{json}{choices}[0]{logprobs}{token_logprobs} // [] }
+
+# ---- the reference: one rank, all experts ------------------------------------
+
+my $ref = KimiTest->new(workers => 1);
+my $tiny = $ref->dir . '/tiny';
+system("$ref->{engine_bin} gen-tiny-model --out $tiny --tokenizer-dir"
+    . " $ref->{tokdir} >/dev/null 2>&1") == 0
+    or plan(skip_all => 'gen-tiny-model failed');
+
+my @common = ('--backend', 'cpu', '--model', $tiny, '--threads', 1,
+    '--cpu-kv-cache-bytes', '64M', '--max-num-batched-tokens', 256);
+
+$ref->{engine_args} = [ @common ];
+$ref->start;
+my %want;
+for my $p (@prompts) {
+    my $r = complete($ref, $p);
+    is($r->{status}, 200, "reference: '$p' served");
+    $want{$p} = { text => $r->{json}{choices}[0]{text},
+                  lp => logprobs_of($r) };
+}
+$ref->stop;
+
+# ---- two expert-parallel ranks -----------------------------------------------
+
+my $t = KimiTest->new(workers => 1);
+$t->{engine_args} = [ @common, '--data-parallel-size', 2,
+    '--enable-expert-parallel', '--log-level', 'debug' ];
+$t->start;
+
+my $bin = $t->{engine_bin};
+my $ipc = $t->dir . '/ipc';
+ok(KimiTest::wait_for(20, sub {
+        `$bin status --ipc-dir $ipc 2>&1` =~ /rank=1 .*state=ready/ }),
+    'rank 1 is ready');
+
+my $log = $t->read_file('engine.log');
+like($log, qr/rank=0 .*holds experts \[0, 8\)/, 'rank 0 holds experts 0..7');
+like($log, qr/rank=1 .*holds experts \[8, 16\)/, 'rank 1 holds experts 8..15');
+
+my $worst = 0;
+for my $rank (0, 1) {
+    for my $p (@prompts[0 .. 2]) {
+        my $r = complete($t, $p, 'X-Kimi-Rank' => $rank);
+        is($r->{status}, 200, "rank $rank alone: '$p' served");
+        is($r->{json}{choices}[0]{text}, $want{$p}{text},
+            "rank $rank alone: '$p' greedy text equals one rank's");
+        my ($a, $b) = (logprobs_of($r), $want{$p}{lp});
+        is(scalar @$a, scalar @$b, "rank $rank alone: '$p' logprob count");
+        $worst = max($worst, map { abs($a->[$_] - $b->[$_]) } 0 .. $#$a);
+    }
+}
+
+# both ranks at once: 12 requests spread by the gateway (least loaded),
+# so steps mix a busy rank with an idle one and with a busy one
+my @res = $t->many(12, 'POST', '/v1/completions', sub {
+    my $p = $prompts[$_[0] % @prompts];
+    completion_body(prompt => $p, max_tokens => 10, temperature => 0,
+                    logprobs => 1)
+}, timeout => 120);
+my ($ok, $same) = (0, 0);
+for my $i (0 .. $#res) {
+    my $p = $prompts[$i % @prompts];
+    next unless $res[$i]{status} == 200;
+    $ok++;
+    my $r = $res[$i];
+    if ($r->{json}{choices}[0]{text} eq $want{$p}{text}) {
+        $same++;
+    } else {
+        diag("request $i: '$r->{json}{choices}[0]{text}' vs '$want{$p}{text}'");
+    }
+    my ($a, $b) = (logprobs_of($r), $want{$p}{lp});
+    $worst = max($worst, map { abs($a->[$_] - ($b->[$_] // 1e9)) } 0 .. $#$a);
+}
+is($ok, 12, '12 concurrent requests over both ranks served');
+is($same, 12, 'each carries the single-rank greedy text');
+cmp_ok($worst, '<', 1e-3, 'logprobs within 1e-3 of one rank holding'
+    . ' every expert') or diag("worst |diff| $worst");
+diag(sprintf 'worst logprob |diff| vs one rank: %.3g', $worst);
+
+$log = $t->read_file('engine.log');
+my @ran = map { scalar(() = $log =~ /rank=$_ sequence accepted/g) } (0, 1);
+ok($ran[0] >= 3 && $ran[1] >= 3, "both ranks ran requests (@ran)");
+
+# ---- a dead rank ends the group ----------------------------------------------
+
+my @pids = map { /kimi-engine\[(\d+)\] rank=1 engine ready/ ? $1 : () }
+    split /\n/, $log;
+ok(@pids, 'rank 1 pid found in the log');
+my $s = $t->connect_gw;
+print $s KimiTest::request_text('POST', '/v1/completions',
+    completion_body(prompt => 'The capital of France is', max_tokens => 400,
+                    temperature => 0, stream => $true), 'X-Kimi-Rank' => 0);
+select(undef, undef, undef, 0.3);
+kill 'KILL', $pids[0] if @pids;
+my $raw = '';
+my $end = time + 20;
+while (time < $end) {
+    my $n = sysread($s, my $buf, 65536);
+    last unless $n;
+    $raw .= $buf;
+}
+like($raw, qr/"error"/, 'a stream on the surviving rank ends with an error');
+ok(time < $end, 'it ends, no hang');
+
+ok(KimiTest::wait_for(15, sub { !$t->alive('engine') }),
+    'the engine group exits when a rank dies');
+like($t->read_file('engine.log'), qr/expert-parallel group failed/,
+    'the log says the group failed');
+my $r = complete($t, 'The capital of France is');
+is($r->{status}, 503, 'the gateway answers 503 once the group is gone');
+delete $t->{pids}{engine};
+
+$t->stop;
+
+done_testing();
