@@ -106,6 +106,7 @@ typedef struct {
     const void         *replay;          /* replay: kimi_replay_params_t */
     struct kimi_group  *ep;              /* cpu: expert-parallel group of
                                             the node (parallel/group.h) */
+    struct kimi_group  *tp;              /* cpu: tensor-parallel group */
 } kimi_backend_params_t;
 
 /* Creates the named backend; *out is the caller's (ops->free).  A backend

@@ -17,7 +17,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -27,6 +31,7 @@
 #include "../backend/backend.h"
 #include "../backend/replay/replay.h"
 #include "../model/model.h"
+#include "../backend/cpu/backend_cpu.h"
 #include "../sched/sched.h"
 #include "../parallel/dp.h"
 #include "../parallel/group.h"
@@ -77,6 +82,7 @@ typedef struct {
     uint32_t     data_parallel_liveness_timeout;    /* seconds */
     int          headless;
     int          enable_expert_parallel;
+    uint32_t     tensor_parallel_size;
     uint32_t     max_slots;               /* 0 = seqs + waiting */
     uint32_t     max_waiting;
     uint32_t     threads;
@@ -147,6 +153,11 @@ static const kimi_opt_t  kimi_serve_opts[] = {
       NULL, "multi-node: the head node's bootstrap address (127.0.0.1)" },
     { "--data-parallel-rpc-port", OPT_U32, O(data_parallel_rpc_port), 1,
       65535, NULL, "multi-node: the head node's bootstrap port (29550)" },
+    { "--tensor-parallel-size", OPT_U32, O(tensor_parallel_size), 1, 64,
+      NULL, "processes per rank splitting heads and MLP widths, all-reduced"
+      " (cpu backend, 1)" },
+    { "-tp", OPT_U32, O(tensor_parallel_size), 1, 64, NULL,
+      "same as --tensor-parallel-size" },
     { "--enable-expert-parallel", OPT_ON, O(enable_expert_parallel), 0, 0,
       NULL, "the data-parallel ranks split the routed experts and step"
       " together (cpu backend, one node)" },
@@ -426,6 +437,7 @@ kimi_serve_defaults(kimi_serve_opts_t *o)
     o->max_waiting = sp.max_waiting;
     o->shutdown_timeout = 30;
     o->data_parallel_size = 1;
+    o->tensor_parallel_size = 1;
     o->data_parallel_start_rank = -1;
     o->data_parallel_bootstrap_timeout = 300;
     o->data_parallel_liveness_timeout = 10;
@@ -454,6 +466,224 @@ kimi_serve_signals(void)
     return signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 }
 
+
+
+
+static kimi_kv_params_t
+kimi_serve_kv_params(const kimi_serve_opts_t *o)
+{
+    kimi_kv_params_t  kv;
+
+    memset(&kv, 0, sizeof(kv));
+    kv.block_size = o->block_size;
+    kv.dtype = strcmp(o->kv_cache_dtype, "auto") == 0 ? KIMI_KV_DTYPE_AUTO
+                                                      : KIMI_KV_DTYPE_FP8;
+    kv.budget_bytes = o->cpu_kv_cache_bytes;
+    kv.gpu_memory_utilization = o->gpu_memory_utilization;
+    return kv;
+}
+
+
+/*
+ * --tensor-parallel-size T: what this build can do (cpu backend, not with
+ * expert parallelism) and the largest message of the rank's group: an
+ * all-reduce of one step's hidden rows, or the leader's step (sequence
+ * headers, tokens, block tables).
+ */
+static int
+kimi_serve_tp_check(const kimi_serve_opts_t *o,
+    const kimi_model_config_t *cfg, size_t *seg_bytes)
+{
+    size_t  sum, step, blocks;
+
+    if (strcmp(o->backend, "cpu") != 0) {
+        fprintf(stderr, "kimi-engine: --tensor-parallel-size is implemented"
+                " on the cpu backend only (the %s backend runs one GPU per"
+                " rank: use --data-parallel-size)\n", o->backend);
+        return 2;
+    }
+
+    if (o->enable_expert_parallel && o->data_parallel_size > 1) {
+        fprintf(stderr, "kimi-engine: --tensor-parallel-size with"
+                " --enable-expert-parallel is not implemented\n");
+        return 2;
+    }
+
+    if (cfg->num_attention_heads % o->tensor_parallel_size != 0) {
+        fprintf(stderr, "kimi-engine: --tensor-parallel-size %u does not"
+                " divide the model's %u attention heads\n",
+                o->tensor_parallel_size, cfg->num_attention_heads);
+        return 2;
+    }
+
+    blocks = ((size_t) o->max_model_len + o->block_size - 1) / o->block_size;
+    sum = (size_t) o->max_num_batched_tokens * cfg->hidden_size * 4;
+    step = 8 + (size_t) o->max_num_seqs * (24 + blocks * 4)
+           + (size_t) o->max_num_batched_tokens * 4;
+    *seg_bytes = sum > step ? sum : step;
+    return 0;
+}
+
+
+/* A follower of a tensor-parallel rank: loads its shard, runs the
+ * leader's steps, ends with the leader (stop message or its death). */
+static int
+kimi_serve_tp_follower(const kimi_serve_opts_t *o, void *mem, uint32_t k,
+    pid_t leader, uint32_t n_threads)
+{
+    kimi_group_t          *g = NULL;
+    kimi_model_t          *model = NULL;
+    kimi_backend_t        *backend = NULL;
+    kimi_model_params_t    mp;
+    kimi_backend_params_t  bp;
+    kimi_kv_params_t       kv = kimi_serve_kv_params(o);
+    kimi_err_t             err;
+    uint32_t               n_blocks;
+    int                    rc;
+
+    (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != leader) {
+        return 1;
+    }
+
+    if ((rc = kimi_group_attach(&g, mem, k, &err)) != 0) {
+        goto failed;
+    }
+
+    mp = kimi_model_default_params();
+    mp.dir = o->model;
+    mp.load_format = strcmp(o->load_format, "dummy") == 0 ? "dummy" : "auto";
+    mp.hf_overrides = o->hf_overrides;
+    mp.seed = o->seed;
+    mp.tp_rank = k;
+    mp.tp_size = o->tensor_parallel_size;
+
+    if ((rc = kimi_model_load(&model, &mp, &err)) != 0) {
+        goto failed;
+    }
+
+    memset(&bp, 0, sizeof(bp));
+    bp.name = "cpu";
+    bp.model = model;
+    bp.n_threads = n_threads;
+    bp.tp = g;
+
+    if ((rc = kimi_backend_create(&backend, &bp, &err)) != 0
+        || (rc = backend->ops->kv_init(backend, &kv, &n_blocks, &err)) != 0
+        || (rc = kimi_backend_cpu_tp_ready(backend, &err)) != 0)
+    {
+        goto failed;
+    }
+
+    kimi_log(KIMI_LOG_NOTICE, "tensor-parallel follower %u of %u ready"
+             " (heads [%u, %u), %u KV blocks)", k, o->tensor_parallel_size,
+             model->head_first, model->head_first + model->n_heads,
+             n_blocks);
+
+    rc = kimi_backend_cpu_tp_follow(backend, &err);
+    if (rc == 0) {
+        kimi_log(KIMI_LOG_NOTICE, "tensor-parallel follower %u done", k);
+    }
+
+failed:
+
+    if (rc != 0) {
+        kimi_log(KIMI_LOG_EMERG, "tensor-parallel follower %u: %s", k,
+                 err.msg);
+        if (g != NULL) {
+            kimi_group_abort(g, err.msg);
+        }
+    }
+
+    if (backend != NULL) {
+        backend->ops->free(backend);
+    }
+    kimi_model_free(model);
+    kimi_group_free(g);
+
+    return rc == 0 ? 0 : 1;
+}
+
+
+/* The leader forks its T - 1 followers into a fresh group and watches
+ * them.  Returns 0 in the leader (*group set), or the exit code of a
+ * follower in the follower (*is_follower set). */
+static int
+kimi_serve_tp_start(const kimi_serve_opts_t *o, size_t seg_bytes,
+    uint32_t n_threads, kimi_group_t **group, pid_t *pids, int *is_follower,
+    int sfd)
+{
+    uint32_t     T = o->tensor_parallel_size, ranks[KIMI_GROUP_MAX_RANKS];
+    size_t       bytes = kimi_group_bytes(T, seg_bytes);
+    void        *mem;
+    pid_t        leader = getpid();
+    int          ipids[KIMI_GROUP_MAX_RANKS];
+    kimi_err_t   err;
+
+    mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+               -1, 0);
+    if (mem == MAP_FAILED) {
+        kimi_log(KIMI_LOG_EMERG, "tensor parallel: mmap of %zu bytes: %s",
+                 bytes, strerror(errno));
+        return 1;
+    }
+
+    kimi_group_init(mem, T, seg_bytes);
+
+    for (uint32_t k = 1; k < T; k++) {
+        pids[k] = fork();
+
+        if (pids[k] == 0) {
+            close(sfd);
+            *is_follower = 1;
+            return kimi_serve_tp_follower(o, mem, k, leader, n_threads);
+        }
+
+        if (pids[k] == -1) {
+            kimi_log(KIMI_LOG_EMERG, "tensor parallel: fork: %s",
+                     strerror(errno));
+            kimi_group_fail(mem, "the leader could not fork its followers");
+            return 1;
+        }
+
+        ipids[k - 1] = (int) pids[k];
+        ranks[k - 1] = k;
+    }
+
+    if (kimi_group_attach(group, mem, 0, &err) != 0
+        || kimi_group_watch(*group, ipids, T - 1, ranks, &err) != 0)
+    {
+        kimi_log(KIMI_LOG_EMERG, "tensor parallel: %s", err.msg);
+        kimi_group_fail(mem, err.msg);
+        return 1;
+    }
+
+    kimi_log(KIMI_LOG_NOTICE, "tensor parallel: %u followers started", T - 1);
+    return 0;
+}
+
+
+/* The leader's end: followers leave on the stop message (sent when the
+ * backend is freed) or are killed after a grace period. */
+static void
+kimi_serve_tp_reap(const pid_t *pids, uint32_t T)
+{
+    struct timespec  nap = { 0, 10000000 };
+    int              status;
+
+    for (uint32_t k = 1; k < T; k++) {
+        for (int i = 0; pids[k] > 0 && i < 500; i++) {
+            if (waitpid(pids[k], &status, WNOHANG) != 0) {
+                break;
+            }
+            if (i == 499) {
+                (void) kill(pids[k], SIGKILL);
+                (void) waitpid(pids[k], &status, 0);
+            }
+            (void) nanosleep(&nap, NULL);
+        }
+    }
+}
 
 
 /*
@@ -521,6 +751,10 @@ kimi_cmd_serve(int argc, char **argv)
     kimi_backend_t        *backend = NULL;
     kimi_server_t         *srv = NULL;
     kimi_group_t          *group = NULL;
+    kimi_group_t          *tp_group = NULL;
+    pid_t                  tp_pids[KIMI_GROUP_MAX_RANKS];
+    size_t                 tp_seg_bytes = 0;
+    int                    is_follower = 0;
     int                    is_replay;
     char                   model_abs[PATH_MAX];
 
@@ -656,6 +890,13 @@ kimi_cmd_serve(int argc, char **argv)
         }
     }
 
+    if (o.tensor_parallel_size > 1) {
+        rc = kimi_serve_tp_check(&o, &cfg, &tp_seg_bytes);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+
     /* data parallel: fork one process per local rank (and form the
      * multi-node group first); this process either becomes a rank or
      * supervises them and returns their verdict */
@@ -686,6 +927,22 @@ kimi_cmd_serve(int argc, char **argv)
     if (sfd == -1) {
         kimi_log(KIMI_LOG_EMERG, "signalfd() failed: %s", strerror(errno));
         return 1;
+    }
+
+    if (o.threads == 0 && dp.n_local * o.tensor_parallel_size > 1) {
+        /* cpu: the ranks and their shards share the machine's cores
+         * instead of each taking all of them */
+        long  n = sysconf(_SC_NPROCESSORS_ONLN)
+                  / (long) (dp.n_local * o.tensor_parallel_size);
+        o.threads = n > 1 ? (uint32_t) n : 1;
+    }
+
+    if (o.tensor_parallel_size > 1) {
+        rc = kimi_serve_tp_start(&o, tp_seg_bytes, o.threads, &tp_group,
+                                 tp_pids, &is_follower, sfd);
+        if (is_follower || rc != 0) {
+            return rc;
+        }
     }
 
     if (dp.group_mem != NULL
@@ -720,11 +977,7 @@ kimi_cmd_serve(int argc, char **argv)
     sp.sched.max_model_len = o.max_model_len;
     sp.sched.max_waiting = o.max_waiting;
     sp.sched.enable_chunked_prefill = o.enable_chunked_prefill;
-    sp.sched.kv.block_size = o.block_size;
-    sp.sched.kv.dtype = strcmp(o.kv_cache_dtype, "auto") == 0
-                        ? KIMI_KV_DTYPE_AUTO : KIMI_KV_DTYPE_FP8;
-    sp.sched.kv.budget_bytes = o.cpu_kv_cache_bytes;
-    sp.sched.kv.gpu_memory_utilization = o.gpu_memory_utilization;
+    sp.sched.kv = kimi_serve_kv_params(&o);
     sp.sched.eos_ids = eos_ids;
     sp.sched.n_eos = n_eos;
 
@@ -749,12 +1002,6 @@ kimi_cmd_serve(int argc, char **argv)
     memset(&bp, 0, sizeof(bp));
     bp.name = o.backend;
     bp.n_threads = o.threads;
-    if (o.threads == 0 && dp.n_local > 1) {
-        /* cpu: N ranks share the machine's cores instead of each taking
-         * all of them */
-        long  n = sysconf(_SC_NPROCESSORS_ONLN) / (long) dp.n_local;
-        bp.n_threads = n > 1 ? (uint32_t) n : 1;
-    }
     bp.device = (int) (o.device + dp.local_rank);   /* a GPU per rank */
 
     if (is_replay) {
@@ -787,6 +1034,12 @@ kimi_cmd_serve(int argc, char **argv)
         mp.hf_overrides = o.hf_overrides;
         mp.seed = o.seed;
 
+        if (tp_group != NULL) {
+            mp.tp_rank = 0;
+            mp.tp_size = o.tensor_parallel_size;
+            bp.tp = tp_group;
+        }
+
         if (group != NULL) {
             uint32_t  per = cfg.n_routed_experts / dp.n_local;
 
@@ -812,6 +1065,11 @@ kimi_cmd_serve(int argc, char **argv)
         goto done;
     }
 
+    if (tp_group != NULL && kimi_backend_cpu_tp_ready(backend, &err) != 0) {
+        kimi_log(KIMI_LOG_EMERG, "tensor parallel: %s", err.msg);
+        goto done;
+    }
+
     rc = kimi_server_start(srv, backend, &err);
     if (rc != 0) {
         kimi_log(KIMI_LOG_EMERG, "scheduler: %s", err.msg);
@@ -833,8 +1091,15 @@ done:
     if (backend != NULL) {
         backend->ops->free(backend);
     }
+    if (tp_group != NULL) {
+        if (exit_code != 0) {
+            kimi_group_abort(tp_group, "the leader is exiting");
+        }
+        kimi_serve_tp_reap(tp_pids, o.tensor_parallel_size);
+    }
     kimi_model_free(model);
     kimi_group_free(group);
+    kimi_group_free(tp_group);
     kimi_tokenizer_free(tok);
     if (sfd != -1) {
         close(sfd);

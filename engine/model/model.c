@@ -43,6 +43,10 @@ struct kimi_model_store {
 };
 
 
+static int kimi_model_shard_tp(kimi_model_t *m, uint32_t rank, uint32_t size,
+    kimi_err_t *err);
+
+
 kimi_model_params_t
 kimi_model_default_params(void)
 {
@@ -700,6 +704,15 @@ kimi_model_load(struct kimi_model **out, const kimi_model_params_t *p,
         }
     }
 
+    m->tp_size = 1;
+    m->n_heads = c->num_attention_heads;
+
+    if (p->tp_size > 1
+        && (rc = kimi_model_shard_tp(m, p->tp_rank, p->tp_size, err)) != 0)
+    {
+        goto failed;
+    }
+
     m->store->dir = NULL;                 /* borrowed only while loading */
     *out = m;
     return 0;
@@ -708,6 +721,214 @@ failed:
 
     kimi_model_free(m);
     return rc;
+}
+
+
+/* ---- tensor parallel shards ---- */
+
+static size_t
+kimi_model_elt(kimi_dtype_e dt)
+{
+    return dt == KIMI_DTYPE_F8_E4M3 ? 1 : dt == KIMI_DTYPE_F32 ? 4 : 2;
+}
+
+
+/* An FP8 slice must start on a 128 block and be whole blocks (or run to
+ * the end): its scales are then the blocks it covers, as the GEMMs index
+ * them. */
+static int
+kimi_model_slice_ok(const kimi_weight_t *w, uint32_t first, uint32_t n,
+    uint32_t total)
+{
+    return w->dtype != KIMI_DTYPE_F8_E4M3
+           || (first % KIMI_FP8_BLOCK == 0
+               && (n % KIMI_FP8_BLOCK == 0 || first + n == total));
+}
+
+
+/* rows [r0, r0 + n) of w: a view */
+static int
+kimi_model_rows(kimi_weight_t *w, uint32_t r0, uint32_t n, const char *what,
+    kimi_err_t *err)
+{
+    size_t  sc = (w->cols + KIMI_FP8_BLOCK - 1) / KIMI_FP8_BLOCK;
+
+    if (w->data == NULL) {
+        return 0;                          /* an expert this rank skips */
+    }
+
+    if (!kimi_model_slice_ok(w, r0, n, w->rows)) {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "tensor parallel: %s rows"
+                            " [%u, %u) do not fall on 128-row FP8 blocks",
+                            what, r0, r0 + n);
+    }
+
+    w->data = (const uint8_t *) w->data
+              + (size_t) r0 * w->cols * kimi_model_elt(w->dtype);
+    if (w->scale_inv != NULL) {
+        w->scale_inv += (size_t) (r0 / KIMI_FP8_BLOCK) * sc;
+    }
+    w->rows = n;
+    return 0;
+}
+
+
+/* columns [c0, c0 + n) of w: a copy (rows stay whole) */
+static int
+kimi_model_cols(kimi_model_t *m, kimi_weight_t *w, uint32_t c0, uint32_t n,
+    const char *what, kimi_err_t *err)
+{
+    size_t    e = kimi_model_elt(w->dtype);
+    size_t    sc = (w->cols + KIMI_FP8_BLOCK - 1) / KIMI_FP8_BLOCK;
+    size_t    nsc = (n + KIMI_FP8_BLOCK - 1) / KIMI_FP8_BLOCK;
+    size_t    sr = (w->rows + KIMI_FP8_BLOCK - 1) / KIMI_FP8_BLOCK;
+    uint8_t  *d;
+    float    *s = NULL;
+
+    if (w->data == NULL) {
+        return 0;
+    }
+
+    if (!kimi_model_slice_ok(w, c0, n, w->cols)) {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "tensor parallel: %s"
+                            " columns [%u, %u) do not fall on 128-column FP8"
+                            " blocks", what, c0, c0 + n);
+    }
+
+    d = kimi_model_alloc(m, (size_t) w->rows * n * e);
+    if (d == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "tensor parallel: %s", what);
+    }
+
+    for (uint32_t r = 0; r < w->rows; r++) {
+        memcpy(d + (size_t) r * n * e,
+               (const uint8_t *) w->data + ((size_t) r * w->cols + c0) * e,
+               (size_t) n * e);
+    }
+
+    if (w->scale_inv != NULL) {
+        s = kimi_model_alloc(m, sr * nsc * sizeof(float));
+        if (s == NULL) {
+            return kimi_err_set(err, KIMI_ENOMEM, "tensor parallel: %s",
+                                what);
+        }
+
+        for (size_t br = 0; br < sr; br++) {
+            memcpy(s + br * nsc, w->scale_inv + br * sc + c0 / KIMI_FP8_BLOCK,
+                   nsc * sizeof(float));
+        }
+    }
+
+    w->data = d;
+    w->scale_inv = s;
+    w->cols = n;
+    return 0;
+}
+
+
+/* gate/up rows and down columns [rank * I / W, ...) of an MLP */
+static int
+kimi_model_shard_mlp(kimi_model_t *m, kimi_mlp_weights_t *w, uint32_t rank,
+    uint32_t size, const char *what, kimi_err_t *err)
+{
+    uint32_t  I = w->gate_proj.rows, n = I / size;
+    int       rc;
+
+    if (w->gate_proj.data == NULL) {
+        return 0;
+    }
+
+    if (I % size != 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "tensor parallel: %s width %u"
+                            " does not split over %u ranks", what, I, size);
+    }
+
+    if ((rc = kimi_model_rows(&w->gate_proj, rank * n, n, what, err)) != 0
+        || (rc = kimi_model_rows(&w->up_proj, rank * n, n, what, err)) != 0
+        || (rc = kimi_model_cols(m, &w->down_proj, rank * n, n, what, err))
+           != 0)
+    {
+        return rc;
+    }
+
+    return 0;
+}
+
+
+/*
+ * Megatron-style shards for rank of size: attention heads [h0, h0 + H/W)
+ * (q_b_proj rows, o_proj columns; kv_b_proj stays whole, the backend
+ * keeps its heads' rows), every MLP's intermediate width (dense, shared,
+ * each routed expert).  Replicated: embeddings, norms, q_a, kv_a, the
+ * router, lm_head.  Each rank's o_proj and down_proj give partial sums.
+ */
+static int
+kimi_model_shard_tp(kimi_model_t *m, uint32_t rank, uint32_t size,
+    kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = &m->cfg;
+    uint32_t                    H = c->num_attention_heads, Hl;
+    uint32_t                    qk = kimi_model_qk_head_dim(c);
+    char                        what[96];
+    int                         rc;
+
+    if (H % size != 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "tensor parallel: %u attention"
+                            " heads do not split over %u ranks", H, size);
+    }
+
+    Hl = H / size;
+    m->tp_rank = rank;
+    m->tp_size = size;
+    m->head_first = rank * Hl;
+    m->n_heads = Hl;
+
+    for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
+        kimi_layer_weights_t  *L = &m->layers[l];
+
+        snprintf(what, sizeof(what), "layer %u q_b_proj", l);
+        if ((rc = kimi_model_rows(&L->q_b_proj, rank * Hl * qk, Hl * qk,
+                                  what, err)) != 0)
+        {
+            return rc;
+        }
+
+        snprintf(what, sizeof(what), "layer %u o_proj", l);
+        if ((rc = kimi_model_cols(m, &L->o_proj, rank * Hl * c->v_head_dim,
+                                  Hl * c->v_head_dim, what, err)) != 0)
+        {
+            return rc;
+        }
+
+        if (!L->is_moe) {
+            snprintf(what, sizeof(what), "layer %u mlp", l);
+            if ((rc = kimi_model_shard_mlp(m, &L->mlp, rank, size, what,
+                                           err)) != 0)
+            {
+                return rc;
+            }
+            continue;
+        }
+
+        snprintf(what, sizeof(what), "layer %u shared_experts", l);
+        if (c->n_shared_experts > 0
+            && (rc = kimi_model_shard_mlp(m, &L->shared_experts, rank, size,
+                                          what, err)) != 0)
+        {
+            return rc;
+        }
+
+        for (uint32_t e = m->expert_first; e < m->expert_last; e++) {
+            snprintf(what, sizeof(what), "layer %u expert %u", l, e);
+            if ((rc = kimi_model_shard_mlp(m, &L->experts[e], rank, size,
+                                           what, err)) != 0)
+            {
+                return rc;
+            }
+        }
+    }
+
+    return 0;
 }
 
 

@@ -162,6 +162,10 @@ typedef struct kimi_model {
     kimi_layer_weights_t  *layers;         /* [num_hidden_layers] */
     uint32_t               expert_first;   /* owned routed experts */
     uint32_t               expert_last;    /* [first, last) */
+    uint32_t               tp_rank;        /* tensor parallel shard */
+    uint32_t               tp_size;        /* 1: whole weights */
+    uint32_t               head_first;     /* this shard's attention heads */
+    uint32_t               n_heads;        /* [head_first, + n_heads) */
     uint64_t               bytes_mapped;   /* weight bytes touched */
     struct kimi_model_store *store;
 } kimi_model_t;
@@ -174,6 +178,9 @@ typedef struct {
     uint32_t     expert_first;             /* EP: experts owned by this */
     uint32_t     expert_last;              /* rank; 0,0 = all */
     int          populate;                 /* MAP_POPULATE the shards */
+    uint32_t     tp_rank;                  /* tensor parallel: this rank's */
+    uint32_t     tp_size;                  /* shard of heads and MLP widths;
+                                              0 or 1 = whole */
 } kimi_model_params_t;
 
 kimi_model_params_t kimi_model_default_params(void);

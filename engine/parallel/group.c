@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <linux/futex.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -45,6 +46,10 @@ typedef struct {
 
 struct kimi_group {
     kimi_group_hdr_t   *hdr;
+    int                 watch_fd[KIMI_GROUP_MAX_RANKS];   /* pidfds */
+    int                 watch_pid[KIMI_GROUP_MAX_RANKS];
+    uint32_t            watch_rank[KIMI_GROUP_MAX_RANKS];
+    uint32_t            n_watch;
     kimi_group_slot_t  *slots;                    /* [2][world] */
     uint8_t            *boxes;                    /* [2][world][world] */
     uint32_t            rank;
@@ -192,7 +197,59 @@ kimi_group_attach(kimi_group_t **out, void *mem, uint32_t rank,
 void
 kimi_group_free(kimi_group_t *g)
 {
+    if (g == NULL) {
+        return;
+    }
+
+    for (uint32_t i = 0; i < g->n_watch; i++) {
+        close(g->watch_fd[i]);
+    }
+
     free(g);
+}
+
+
+int
+kimi_group_watch(kimi_group_t *g, const int *pids, uint32_t n,
+    const uint32_t *ranks, kimi_err_t *err)
+{
+    for (uint32_t i = 0; i < n && g->n_watch < KIMI_GROUP_MAX_RANKS; i++) {
+        int  fd = (int) syscall(SYS_pidfd_open, pids[i], 0);
+
+        if (fd == -1) {
+            return kimi_err_set(err, KIMI_EIO, "group: pidfd_open(%d): %s",
+                                pids[i], strerror(errno));
+        }
+
+        g->watch_fd[g->n_watch] = fd;
+        g->watch_pid[g->n_watch] = pids[i];
+        g->watch_rank[g->n_watch] = ranks[i];
+        g->n_watch++;
+    }
+
+    return 0;
+}
+
+
+/* A watched process that exited fails the group: it will never arrive. */
+static void
+kimi_group_check_watched(kimi_group_t *g)
+{
+    struct pollfd  pfd;
+    char           why[128];
+
+    for (uint32_t i = 0; i < g->n_watch; i++) {
+        pfd.fd = g->watch_fd[i];
+        pfd.events = POLLIN;
+        pfd.revents = 0;
+
+        if (poll(&pfd, 1, 0) == 1) {
+            snprintf(why, sizeof(why), "rank %u (pid %d) exited",
+                     g->watch_rank[i], g->watch_pid[i]);
+            kimi_group_fail(g->hdr, why);
+            return;
+        }
+    }
 }
 
 
@@ -278,6 +335,7 @@ kimi_group_sync(kimi_group_t *g, uint64_t tag, kimi_err_t *err)
         while (atomic_load(&h->gen) == gen) {
             (void) syscall(SYS_futex, (uint32_t *) &h->gen, FUTEX_WAIT, gen,
                            &nap, NULL, 0);
+            kimi_group_check_watched(g);
         }
     }
 
@@ -325,6 +383,43 @@ kimi_group_vote(kimi_group_t *g, uint64_t tag, int mine_any, int mine_all,
         s = kimi_group_slot(g, bank, r);
         *any |= (int) s->any;
         *all &= (int) s->all;
+    }
+
+    return 0;
+}
+
+
+int
+kimi_group_allreduce_f32(kimi_group_t *g, uint64_t tag, float *x, size_t n,
+    kimi_err_t *err)
+{
+    size_t        bytes[KIMI_GROUP_MAX_RANKS];
+    const float  *in;
+    int           rc;
+
+    /* every rank publishes its whole x in its own box; all of them then
+     * add the same boxes in the same order */
+    memset(bytes, 0, sizeof(bytes));
+    bytes[g->rank] = n * sizeof(float);
+    if (bytes[g->rank] <= g->hdr->seg_bytes) {
+        memcpy(kimi_group_sendbuf(g, g->rank), x, bytes[g->rank]);
+    }
+
+    if ((rc = kimi_group_exchange(g, tag, bytes, err)) != 0) {
+        return rc;
+    }
+
+    for (uint32_t r = 0; r < g->world; r++) {
+        in = (const float *) kimi_group_box(g, g->recv_bank, r, r);
+
+        if (r == 0) {
+            memcpy(x, in, n * sizeof(float));
+            continue;
+        }
+
+        for (size_t i = 0; i < n; i++) {
+            x[i] += in[i];
+        }
     }
 
     return 0;

@@ -61,6 +61,17 @@ int    kimi_group_pending(const kimi_group_t *g);
 int    kimi_group_vote(kimi_group_t *g, uint64_t tag, int mine_any,
     int mine_all, int *any, int *all, kimi_err_t *err);
 
+/* Sums x [n] over the ranks, in rank order on every rank (the results
+ * are bitwise equal everywhere); n * 4 <= kimi_group_seg_bytes(). */
+int    kimi_group_allreduce_f32(kimi_group_t *g, uint64_t tag, float *x,
+    size_t n, kimi_err_t *err);
+
+/* The processes this rank forked into the group (tensor-parallel
+ * followers): a barrier that waits for one that has exited fails the
+ * group instead of waiting forever.  pids are watched through pidfds. */
+int    kimi_group_watch(kimi_group_t *g, const int *pids, uint32_t n,
+    const uint32_t *ranks, kimi_err_t *err);
+
 /* Where this rank writes its message to peer (itself included) for the
  * next exchange: kimi_group_seg_bytes() bytes. */
 void  *kimi_group_sendbuf(kimi_group_t *g, uint32_t peer);

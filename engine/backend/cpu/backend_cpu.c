@@ -21,6 +21,7 @@
  */
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,6 +69,11 @@ typedef struct {
     float                     *gather_w;       /* [rows] ep: router weight */
     uint32_t                   cap_rows;
 
+    /* tensor parallelism: this rank's heads and MLP widths; rank 0 leads */
+    kimi_group_t              *tp;
+    kimi_batch_seq_t          *tp_seqs;        /* follower: the leader's */
+    uint32_t                   cap_tp_seqs;
+
     /* expert parallelism: this rank's experts, the peers' rows */
     kimi_group_t              *ep;
     uint32_t                   ep_cap;         /* tokens per exchange */
@@ -78,6 +84,11 @@ typedef struct {
     uint32_t                   max_k;
 } kimi_cpu_t;
 
+
+/* what a rank syncs for (group.h tags): ranks at different ones fail */
+#define KIMI_CPU_TAG_TP_STEP   ((uint64_t) 3 << 56)
+#define KIMI_CPU_TAG_TP_SUM    ((uint64_t) 4 << 56)
+#define KIMI_CPU_TAG_TP_READY  ((uint64_t) 5 << 56)
 
 static int kimi_cpu_reserve_rows(kimi_cpu_t *b, uint32_t rows,
     kimi_err_t *err);
@@ -162,11 +173,13 @@ kimi_cpu_attn_chunk(void *ctx, uint32_t worker, uint32_t i0, uint32_t i1)
     kimi_cpu_attn_job_t        *j = ctx;
     kimi_cpu_t                 *b = j->b;
     const kimi_model_config_t  *c = b->cfg;
-    uint32_t                    H = c->num_attention_heads;
+    uint32_t                    H = b->model->n_heads;
     uint32_t                    R = c->kv_lora_rank, P = c->qk_rope_head_dim;
     uint32_t                    nope = c->qk_nope_head_dim, dv = c->v_head_dim;
     uint32_t                    qk = nope + P, rows_h = nope + dv;
-    const float                *wkvb = b->kv_b[j->layer];
+    const float                *wkvb = b->kv_b[j->layer]
+                                       + (size_t) b->model->head_first
+                                         * rows_h * R;
     float                      *scratch = b->wscratch
                                           + (size_t) worker * b->wscratch_per;
 
@@ -216,7 +229,7 @@ kimi_cpu_mla(kimi_cpu_t *b, uint32_t l, const kimi_batch_t *batch,
 {
     const kimi_model_config_t   *c = b->cfg;
     const kimi_layer_weights_t  *L = &b->model->layers[l];
-    uint32_t                     H = c->num_attention_heads;
+    uint32_t                     H = b->model->n_heads;
     uint32_t                     R = c->kv_lora_rank;
     uint32_t                     P = c->qk_rope_head_dim, half = P / 2;
     uint32_t                     nope = c->qk_nope_head_dim, qk = nope + P;
@@ -587,7 +600,7 @@ kimi_cpu_reserve(kimi_cpu_t *b, uint32_t T, uint32_t max_ctx,
     kimi_err_t *err)
 {
     const kimi_model_config_t  *c = b->cfg;
-    uint32_t                    H = c->num_attention_heads;
+    uint32_t                    H = b->model->n_heads;
     uint32_t                    R = c->kv_lora_rank, P = c->qk_rope_head_dim;
     uint32_t                    qk = kimi_model_qk_head_dim(c);
     uint32_t                    D = c->hidden_size, nw;
@@ -836,11 +849,150 @@ kimi_cpu_ep_idle(kimi_cpu_t *b, int rc, kimi_err_t *err)
 }
 
 
+/* ---- tensor parallel: the leader's batch to every rank ---- */
+
+/* Message of one step: kind, n_seqs, then per sequence seq_id, n_tokens,
+ * pos, n_blocks, want_logits, then its tokens and block ids. */
+#define KIMI_CPU_TP_STEP   1u
+#define KIMI_CPU_TP_STOP   2u
+
 static int
-kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
+kimi_cpu_tp_send(kimi_cpu_t *b, uint32_t kind, const kimi_batch_t *batch,
     kimi_err_t *err)
 {
-    kimi_cpu_t                 *b = (kimi_cpu_t *) base;
+    uint32_t   W = kimi_group_world(b->tp);
+    size_t     bytes[KIMI_GROUP_MAX_RANKS], cap, n = 0;
+    uint32_t  *out;
+
+    cap = kimi_group_seg_bytes(b->tp) / 4;
+    out = kimi_group_sendbuf(b->tp, 1 % W);
+
+#define KIMI_PUT(v)  do { if (n < cap) out[n] = (uint32_t) (v); n++; } while (0)
+
+    KIMI_PUT(kind);
+    KIMI_PUT(batch ? batch->n_seqs : 0);
+
+    for (uint32_t i = 0; batch && i < batch->n_seqs; i++) {
+        const kimi_batch_seq_t  *s = &batch->seqs[i];
+
+        KIMI_PUT(s->seq_id);
+        KIMI_PUT(s->seq_id >> 32);
+        KIMI_PUT(s->n_tokens);
+        KIMI_PUT(s->pos);
+        KIMI_PUT(s->n_blocks);
+        KIMI_PUT(s->want_logits);
+        for (uint32_t k = 0; k < s->n_tokens; k++) {
+            KIMI_PUT(s->tokens[k]);
+        }
+        for (uint32_t k = 0; k < s->n_blocks; k++) {
+            KIMI_PUT(s->block_table[k]);
+        }
+    }
+#undef KIMI_PUT
+
+    /* one message, the same for every follower */
+    for (uint32_t p = 0; p < W; p++) {
+        bytes[p] = 0;
+        if (p != 0 && n <= cap) {
+            if (p != 1) {
+                memcpy(kimi_group_sendbuf(b->tp, p), out, n * 4);
+            }
+            bytes[p] = n * 4;
+        }
+    }
+
+    if (n > cap) {
+        char  why[160];
+
+        snprintf(why, sizeof(why), "a step of %u sequences needs %zu bytes,"
+                 " more than the %zu of the exchange", batch->n_seqs, n * 4,
+                 cap * 4);
+        kimi_group_abort(b->tp, why);
+    }
+
+    return kimi_group_exchange(b->tp, KIMI_CPU_TAG_TP_STEP, bytes, err);
+}
+
+
+/* A follower's copy of the leader's step; NULL batch = stop. */
+static int
+kimi_cpu_tp_recv(kimi_cpu_t *b, kimi_batch_t *batch, int *stop,
+    kimi_err_t *err)
+{
+    size_t           bytes[KIMI_GROUP_MAX_RANKS] = { 0 }, len, n, at = 2;
+    const uint32_t  *in;
+    int              rc;
+
+    if ((rc = kimi_group_exchange(b->tp, KIMI_CPU_TAG_TP_STEP, bytes, err))
+        != 0)
+    {
+        return rc;
+    }
+
+    in = kimi_group_recvbuf(b->tp, 0, &len);
+    n = len / 4;
+
+    if (n < 2) {
+        return kimi_err_set(err, KIMI_EFORMAT, "tensor parallel: a step"
+                            " message of %zu bytes", len);
+    }
+
+    *stop = in[0] == KIMI_CPU_TP_STOP;
+    batch->n_seqs = in[1];
+    batch->seqs = NULL;
+
+    if (*stop) {
+        return 0;
+    }
+
+    if (in[1] > b->cap_tp_seqs) {
+        kimi_batch_seq_t  *ns = realloc(b->tp_seqs, in[1] * sizeof(*ns));
+
+        if (ns == NULL) {
+            return kimi_err_set(err, KIMI_ENOMEM, "tensor parallel: seqs");
+        }
+        b->tp_seqs = ns;
+        b->cap_tp_seqs = in[1];
+    }
+
+    for (uint32_t i = 0; i < in[1]; i++) {
+        kimi_batch_seq_t  *s = &b->tp_seqs[i];
+
+        if (at + 6 > n) {
+            return kimi_err_set(err, KIMI_EFORMAT, "tensor parallel: a"
+                                " truncated step message");
+        }
+
+        memset(s, 0, sizeof(*s));
+        s->seq_id = (uint64_t) in[at] | ((uint64_t) in[at + 1] << 32);
+        s->n_tokens = in[at + 2];
+        s->pos = in[at + 3];
+        s->n_blocks = in[at + 4];
+        s->want_logits = (uint8_t) in[at + 5];
+        at += 6;
+
+        if (at + (size_t) s->n_tokens + s->n_blocks > n) {
+            return kimi_err_set(err, KIMI_EFORMAT, "tensor parallel: a"
+                                " truncated step message");
+        }
+
+        /* the message stays put until the sync after next: the forward's
+         * first all-reduce is the next one */
+        s->tokens = (const int32_t *) in + at;
+        at += s->n_tokens;
+        s->block_table = in + at;
+        at += s->n_blocks;
+    }
+
+    batch->seqs = b->tp_seqs;
+    return 0;
+}
+
+
+static int
+kimi_cpu_forward_local(kimi_cpu_t *b, const kimi_batch_t *batch,
+    kimi_err_t *err)
+{
     const kimi_model_t         *m = b->model;
     const kimi_model_config_t  *c = b->cfg;
     uint32_t                    D = c->hidden_size, V = c->vocab_size;
@@ -854,6 +1006,13 @@ kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
         rc = kimi_err_set(err, KIMI_EINVAL, "cpu: %u tokens in a step, more"
                           " than the %u an expert-parallel exchange holds",
                           T, b->ep_cap);
+    }
+
+    if (rc == 0 && b->tp != NULL
+        && (size_t) T * D * sizeof(float) > kimi_group_seg_bytes(b->tp))
+    {
+        rc = kimi_err_set(err, KIMI_EINVAL, "cpu: %u tokens in a step, more"
+                          " than a tensor-parallel all-reduce holds", T);
     }
 
     if (rc == 0) {
@@ -899,6 +1058,15 @@ kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
 
         kimi_cpu_mla(b, l, batch, T);
 
+        /* each tensor-parallel rank's o_proj saw only its heads */
+        if (b->tp != NULL
+            && (rc = kimi_group_allreduce_f32(b->tp, KIMI_CPU_TAG_TP_SUM
+                                              | ((uint64_t) l << 8), b->o,
+                                              (size_t) T * D, err)) != 0)
+        {
+            return rc;
+        }
+
         /* h = h + ffn(rms(h)) */
         for (t = 0; t < T; t++) {
             kimi_rmsnorm_residual(b->h + (size_t) t * D, b->o + (size_t) t * D,
@@ -917,9 +1085,24 @@ kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
             kimi_cpu_mlp(b, &L->mlp, b->a, T, b->y);
         }
 
+        /* ... and its down_projs only its slice of every MLP width */
+        if (b->tp != NULL
+            && (rc = kimi_group_allreduce_f32(b->tp, KIMI_CPU_TAG_TP_SUM
+                                              | ((uint64_t) l << 8) | 1,
+                                              b->y, (size_t) T * D, err))
+               != 0)
+        {
+            return rc;
+        }
+
         for (size_t i = 0; i < (size_t) T * D; i++) {
             b->h[i] += b->y[i];
         }
+    }
+
+    if (b->tp != NULL && kimi_group_rank(b->tp) != 0) {
+        b->n_logits = 0;                  /* the leader samples */
+        return 0;
     }
 
     /* logits of the wanted tokens: lm_head(rms(h)) */
@@ -959,6 +1142,71 @@ kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
 }
 
 
+static int
+kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
+    kimi_err_t *err)
+{
+    kimi_cpu_t  *b = (kimi_cpu_t *) base;
+    int          rc;
+
+    if (b->tp != NULL
+        && (rc = kimi_cpu_tp_send(b, KIMI_CPU_TP_STEP, batch, err)) != 0)
+    {
+        return rc;
+    }
+
+    return kimi_cpu_forward_local(b, batch, err);
+}
+
+
+int
+kimi_backend_cpu_tp_ready(kimi_backend_t *base, kimi_err_t *err)
+{
+    kimi_cpu_t  *b = (kimi_cpu_t *) base;
+    int          any, all;
+
+    if (b->tp == NULL) {
+        return 0;
+    }
+
+    return kimi_group_vote(b->tp, KIMI_CPU_TAG_TP_READY, 1, 1, &any, &all,
+                           err);
+}
+
+
+int
+kimi_backend_cpu_tp_follow(kimi_backend_t *base, kimi_err_t *err)
+{
+    kimi_cpu_t    *b = (kimi_cpu_t *) base;
+    kimi_batch_t   batch;
+    kimi_err_t     ferr;
+    int            stop = 0, rc;
+
+    if (b->tp == NULL || kimi_group_rank(b->tp) == 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "cpu: not a tensor-parallel"
+                            " follower");
+    }
+
+    for ( ;; ) {
+        if ((rc = kimi_cpu_tp_recv(b, &batch, &stop, err)) != 0) {
+            return rc;
+        }
+
+        if (stop) {
+            return 0;
+        }
+
+        /* the leader hits the same batch error and reports it; only a
+         * broken group ends the follower */
+        rc = kimi_cpu_forward_local(b, &batch, &ferr);
+        if (rc != 0 && kimi_group_failed(b->tp)) {
+            *err = ferr;
+            return rc;
+        }
+    }
+}
+
+
 static const float *
 kimi_cpu_logits(kimi_backend_t *base, uint32_t *n_rows, uint32_t *vocab)
 {
@@ -974,9 +1222,17 @@ static void
 kimi_cpu_free(kimi_backend_t *base)
 {
     kimi_cpu_t  *b = (kimi_cpu_t *) base;
+    kimi_err_t   err;
 
     if (b == NULL) {
         return;
+    }
+
+    /* the leader lets its followers go */
+    if (b->tp != NULL && kimi_group_rank(b->tp) == 0
+        && !kimi_group_failed(b->tp))
+    {
+        (void) kimi_cpu_tp_send(b, KIMI_CPU_TP_STOP, NULL, &err);
     }
 
     kimi_pool_free(b->pool);
@@ -999,7 +1255,7 @@ kimi_cpu_free(kimi_backend_t *base)
     free(b->g); free(b->u); free(b->y); free(b->rl); free(b->xe);
     free(b->ye); free(b->xq); free(b->xs); free(b->tok_id); free(b->tok_pos);
     free(b->tok_seq); free(b->route_ids); free(b->route_w); free(b->gather);
-    free(b->gather_w); free(b->ep_pos);
+    free(b->gather_w); free(b->ep_pos); free(b->tp_seqs);
     free(b);
 }
 
@@ -1075,6 +1331,21 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
         e_last = e_first + c->n_routed_experts / W;
     }
 
+    if (model->tp_size > 1
+        && (p->tp == NULL || kimi_group_world(p->tp) != model->tp_size
+            || kimi_group_rank(p->tp) != model->tp_rank))
+    {
+        return kimi_err_set(err, KIMI_EINVAL, "cpu backend: the model is"
+                            " tensor-parallel shard %u of %u, the group does"
+                            " not match", model->tp_rank, model->tp_size);
+    }
+
+    if (p->tp != NULL && p->ep != NULL) {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "cpu backend: tensor and"
+                            " expert parallelism together are not"
+                            " implemented");
+    }
+
     if (c->n_routed_experts > 0
         && (model->expert_first != e_first || model->expert_last != e_last))
     {
@@ -1101,6 +1372,7 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
     b->model = model;
     b->cfg = c;
     b->act_fp32 = p->act_fp32;
+    b->tp = p->tp;
     b->ep = p->ep;
     if (b->ep != NULL) {
         b->ep_cap = (uint32_t) (kimi_group_seg_bytes(b->ep)
@@ -1169,7 +1441,7 @@ int
 kimi_backend_cpu_init(kimi_backend_t **out, struct kimi_model *model,
     uint32_t n_threads, kimi_err_t *err)
 {
-    kimi_backend_cpu_params_t  p = { n_threads, -1, NULL };
+    kimi_backend_cpu_params_t  p = { n_threads, -1, NULL, NULL };
 
     return kimi_backend_cpu_init_params(out, model, &p, err);
 }

@@ -26,6 +26,9 @@ typedef struct {
     struct kimi_group *ep;             /* expert parallel: the node's group
                                           (borrowed); the model holds this
                                           rank's E / world experts */
+    struct kimi_group *tp;             /* tensor parallel: the group of this
+                                          rank's shards (borrowed); rank 0
+                                          leads, the model is shard rank */
 } kimi_backend_cpu_params_t;
 
 /* Borrows model, which must outlive the backend. */
@@ -40,5 +43,16 @@ int kimi_backend_cpu_init_params(kimi_backend_t **out,
  * EVERY new token of each want_logits seq (rows in batch, then token
  * order), not just the last one. */
 void kimi_backend_cpu_set_all_logits(kimi_backend_t *b, int on);
+
+/*
+ * Tensor parallel.  Every rank calls _ready() once its backend and KV
+ * cache exist (a barrier: the leader serves only once all shards are up).
+ * The leader then runs forward() as usual: each step's batch goes to the
+ * followers first, and the heads' and MLP slices' partial sums are
+ * all-reduced.  A follower calls _follow(), which runs the leader's steps
+ * until the leader's backend is freed (0) or the group breaks (< 0).
+ */
+int kimi_backend_cpu_tp_ready(kimi_backend_t *b, kimi_err_t *err);
+int kimi_backend_cpu_tp_follow(kimi_backend_t *b, kimi_err_t *err);
 
 #endif
