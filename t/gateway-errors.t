@@ -100,6 +100,31 @@ my $big = '{"messages":[{"role":"user","content":"' . ('a' x (10 << 20))
     . '"}]}';
 $r = $t->post('/v1/chat/completions', $big);
 is($r->{status}, 413, '10 MB body: 413 from nginx');
+like($r->{headers}{'content-type'} // '', qr{^application/json},
+    '413 comes as JSON, not nginx\'s HTML page');
+like($r->{json} && $r->{json}{error}{message}, qr/client_max_body_size/,
+    '413 JSON says which limit');
+is($r->{json} && $r->{json}{error}{code}, 413, '413 JSON carries the code');
+
+# the same limit met while a chunked body streams in
+{
+    my $s = $t->connect_gw;
+    my $chunk = 'a' x 65536;
+    print $s "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+        . "Connection: close\r\nContent-Type: application/json\r\n"
+        . "Transfer-Encoding: chunked\r\n\r\n";
+    local $SIG{PIPE} = 'IGNORE';
+    for (1 .. 200) {
+        last unless print $s sprintf("%x\r\n%s\r\n", length $chunk, $chunk);
+    }
+    print $s "0\r\n\r\n";
+    my $raw = '';
+    while (sysread($s, my $buf, 65536)) { $raw .= $buf; }
+    my $cr = KimiTest::parse_response($raw);
+    is($cr->{status}, 413, 'chunked 12 MB body: 413');
+    is($cr->{json} && $cr->{json}{error}{type}, 'invalid_request_error',
+        'chunked 413 as OpenAI JSON');
+}
 
 # and after all of that the server still serves
 $r = $t->post('/v1/chat/completions', chat_body());
