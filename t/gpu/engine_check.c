@@ -32,12 +32,16 @@
  * quantise GEMM inputs to FP8 1x128, so a tiny input difference flips some
  * FP8 codes by a whole step (1/8 to 1/16 of the value), flips cascade
  * through the serial quantisations, and a near-tie of router scores can
- * swap an expert.  The
- * yardstick is measured in the same run: how far the CPU itself moves when
- * its activations are not quantised at all (KIMI_CPU_ACT=fp32).  Passing:
- * the median over rows of (1 - cos) cuda-vs-cpu is at most that of
- * cpu-fp32-vs-cpu, and no row falls below cos 0.95 (a wrong table, slot,
- * head or scale gives far less; an expert swap gives ~0.97). */
+ * swap an expert.  Two FP8 paths therefore decorrelate: cuda vs cpu(fp8)
+ * is about the sum of each one's own error, not a measure of either.
+ * The oracle is the cpu with fp32 activations (KIMI_CPU_ACT=fp32), run in
+ * the same process on the same weights; the cpu's FP8-activation path is
+ * the yardstick of what FP8 activations cost.  Passing: the median over
+ * rows of (1 - cos) of cuda vs the oracle is at most 1.5x that of the
+ * cpu's FP8 path vs the oracle, and no row of cuda vs the oracle falls
+ * below cos 0.95 (a wrong table, slot, head or scale gives far less; an
+ * expert swap gives ~0.97).  cuda vs cpu(fp8) is printed, not judged. */
+#define TOL_MEDIAN_X 1.5
 #define TOL_COS_ROW  0.95
 
 static int  n_test, n_fail;
@@ -407,10 +411,10 @@ main(int argc, char **argv)
 
         r = compare(lc, lg, V);
         e_g32[n_e] = 1 - compare(l32, lg, V).cos;
-        worst_cos = r.cos < worst_cos ? r.cos : worst_cos;
+        worst_cos = 1 - e_g32[n_e] < worst_cos ? 1 - e_g32[n_e] : worst_cos;
         worst_rel = r.rel > worst_rel ? r.rel : worst_rel;
+        worst_ok &= 1 - e_g32[n_e] >= TOL_COS_ROW;
         e_gpu[n_e++] = 1 - r.cos;
-        worst_ok &= r.cos >= TOL_COS_ROW;
         printf("# %s pos %u: cuda vs cpu cos %.6f, max |d| %.4f = %.4f of "
                "max |cpu|; cpu(fp32 act) vs cpu cos %.6f; cuda vs cpu(fp32 "
                "act) cos %.6f (cpu %.2f s, cuda %.3f s)\n",
@@ -443,10 +447,12 @@ main(int argc, char **argv)
         printf("# median (1 - cos) vs the fp32-activation cpu: cuda %.2e, "
                "cpu(fp8 act) %.2e; cuda vs cpu(fp8 act) %.2e\n", m32, mr, mg);
 
-        ok(mg <= mr, "logits: median (1 - cos) cuda vs cpu %.2e <= median "
-           "(1 - cos) of the cpu's own FP8 activation quantisation (fp32 "
-           "act vs fp8 act) %.2e", mg, mr);
-        ok(worst_ok, "logits: every row cos >= %.2f (worst %.6f)",
+        ok(m32 <= TOL_MEDIAN_X * mr, "logits: median (1 - cos) cuda vs the"
+           " fp32-activation cpu %.2e <= %.1f x that of the cpu's own FP8"
+           " activations %.2e (x%.2f)", m32, TOL_MEDIAN_X, mr,
+           mr > 0 ? m32 / mr : 0.0);
+        ok(worst_ok, "logits: every row of cuda vs the fp32-activation cpu"
+           " cos >= %.2f (worst %.6f)",
            TOL_COS_ROW, worst_cos);
     }
 
@@ -682,7 +688,8 @@ main(int argc, char **argv)
     kimi_model_free(m);
     free(toks);
     free(saved);
-    printf("1..%d\n# worst row: cos %.6f, max|d| %.4f of max |cpu| "
+    printf("1..%d\n# worst row of cuda vs the fp32-activation cpu: cos %.6f;"
+           " worst max|d| vs cpu(fp8 act) %.4f of max |cpu| "
            "(row tolerance cos >= %g)\n", n_test, worst_cos, worst_rel,
            TOL_COS_ROW);
     return n_fail ? 1 : 0;
