@@ -139,7 +139,7 @@ ok(time < $end, 'it ends, no hang');
 
 ok(KimiTest::wait_for(15, sub { !$t->alive('engine') }),
     'the engine group exits when a rank dies');
-like($t->read_file('engine.log'), qr/expert-parallel group failed/,
+like($t->read_file('engine.log'), qr/parallel group failed/,
     'the log says the group failed');
 my $r = complete($t, 'The capital of France is');
 is($r->{status}, 503, 'the gateway answers 503 once the group is gone');

@@ -182,6 +182,15 @@ ok(KimiTest::wait_for(10, sub { $t->read_file('engine.log')
     =~ /rank 1 \(pid \d+\) exited/ }), 'the log names the dead follower');
 my $r = complete($t, 'The capital of France is', 'X-Kimi-Rank' => 0);
 is($r->{status}, 200, 'DP rank 0 and its follower still serve');
+ok(KimiTest::wait_for(10, sub { $t->read_file('engine.log')
+    =~ /rank 1 \(local 1\) pid=\d+ (died|exited)/ }),
+    'the broken rank ends (the launcher reaps it)');
+my $served = 0;
+for (1 .. 4) {
+    my $u = complete($t, 'Once upon a time, in a');
+    $served++ if $u->{status} == 200;
+}
+is($served, 4, 'unpinned requests go to the surviving rank');
 $t->stop;
 
 done_testing();

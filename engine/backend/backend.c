@@ -31,13 +31,16 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
         return kimi_err_set(err, KIMI_EINVAL, "no backend named");
     }
 
-    if ((p->ep != NULL || p->tp != NULL) && strcmp(p->name, "cpu") != 0) {
+    if ((p->ep != NULL || p->tp != NULL || p->pp != NULL)
+        && strcmp(p->name, "cpu") != 0)
+    {
         /* engine/parallel/ep.cu (NCCL dispatch/combine) is not wired into
          * the cuda backend: say so rather than run every expert twice */
         return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s parallelism is"
                             " implemented on the cpu backend only; the %s"
                             " backend runs data parallel without it",
-                            p->ep ? "expert" : "tensor", p->name);
+                            p->ep ? "expert" : p->tp ? "tensor" : "pipeline",
+                            p->name);
     }
 
     if (strcmp(p->name, "replay") == 0) {
@@ -52,7 +55,8 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
         if (p->model == NULL) {
             return kimi_err_set(err, KIMI_EINVAL, "cpu backend needs a model");
         }
-        kimi_backend_cpu_params_t  cp = { p->n_threads, -1, p->ep, p->tp };
+        kimi_backend_cpu_params_t  cp = { p->n_threads, -1, p->ep, p->tp,
+                                         p->pp };
 
         return kimi_backend_cpu_init_params(out, p->model, &cp, err);
     }

@@ -107,6 +107,7 @@ typedef struct {
     struct kimi_group  *ep;              /* cpu: expert-parallel group of
                                             the node (parallel/group.h) */
     struct kimi_group  *tp;              /* cpu: tensor-parallel group */
+    struct kimi_group  *pp;              /* cpu: pipeline-parallel group */
 } kimi_backend_params_t;
 
 /* Creates the named backend; *out is the caller's (ops->free).  A backend

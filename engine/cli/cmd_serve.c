@@ -83,6 +83,7 @@ typedef struct {
     int          headless;
     int          enable_expert_parallel;
     uint32_t     tensor_parallel_size;
+    uint32_t     pipeline_parallel_size;
     uint32_t     max_slots;               /* 0 = seqs + waiting */
     uint32_t     max_waiting;
     uint32_t     threads;
@@ -158,6 +159,11 @@ static const kimi_opt_t  kimi_serve_opts[] = {
       " (cpu backend, 1)" },
     { "-tp", OPT_U32, O(tensor_parallel_size), 1, 64, NULL,
       "same as --tensor-parallel-size" },
+    { "--pipeline-parallel-size", OPT_U32, O(pipeline_parallel_size), 1, 64,
+      NULL, "processes per rank each running a slice of the layers in turn"
+      " (cpu backend, 1)" },
+    { "-pp", OPT_U32, O(pipeline_parallel_size), 1, 64, NULL,
+      "same as --pipeline-parallel-size" },
     { "--enable-expert-parallel", OPT_ON, O(enable_expert_parallel), 0, 0,
       NULL, "the data-parallel ranks split the routed experts and step"
       " together (cpu backend, one node)" },
@@ -438,6 +444,7 @@ kimi_serve_defaults(kimi_serve_opts_t *o)
     o->shutdown_timeout = 30;
     o->data_parallel_size = 1;
     o->tensor_parallel_size = 1;
+    o->pipeline_parallel_size = 1;
     o->data_parallel_start_rank = -1;
     o->data_parallel_bootstrap_timeout = 300;
     o->data_parallel_liveness_timeout = 10;
@@ -485,34 +492,47 @@ kimi_serve_kv_params(const kimi_serve_opts_t *o)
 
 
 /*
- * --tensor-parallel-size T: what this build can do (cpu backend, not with
- * expert parallelism) and the largest message of the rank's group: an
- * all-reduce of one step's hidden rows, or the leader's step (sequence
- * headers, tokens, block tables).
+ * --tensor-parallel-size T or --pipeline-parallel-size P: what this build
+ * can do (cpu backend, one kind of parallelism at a time) and the largest
+ * message of the rank's group: an all-reduce or hop of one step's hidden
+ * rows, the leader's step (sequence headers, tokens, block tables), and
+ * for a pipeline at least one row of logits.
  */
 static int
-kimi_serve_tp_check(const kimi_serve_opts_t *o,
+kimi_serve_group_check(const kimi_serve_opts_t *o,
     const kimi_model_config_t *cfg, size_t *seg_bytes)
 {
-    size_t  sum, step, blocks;
+    uint32_t     tp = o->tensor_parallel_size, pp = o->pipeline_parallel_size;
+    const char  *flag = tp > 1 ? "--tensor-parallel-size"
+                               : "--pipeline-parallel-size";
+    size_t       sum, step, blocks, logits;
 
     if (strcmp(o->backend, "cpu") != 0) {
-        fprintf(stderr, "kimi-engine: --tensor-parallel-size is implemented"
-                " on the cpu backend only (the %s backend runs one GPU per"
-                " rank: use --data-parallel-size)\n", o->backend);
+        fprintf(stderr, "kimi-engine: %s is implemented on the cpu backend"
+                " only (the %s backend runs one GPU per rank: use"
+                " --data-parallel-size)\n", flag, o->backend);
         return 2;
     }
 
-    if (o->enable_expert_parallel && o->data_parallel_size > 1) {
-        fprintf(stderr, "kimi-engine: --tensor-parallel-size with"
-                " --enable-expert-parallel is not implemented\n");
+    if ((tp > 1 && pp > 1)
+        || (o->enable_expert_parallel && o->data_parallel_size > 1))
+    {
+        fprintf(stderr, "kimi-engine: %s with %s is not implemented\n", flag,
+                tp > 1 && pp > 1 ? "--pipeline-parallel-size"
+                                 : "--enable-expert-parallel");
         return 2;
     }
 
-    if (cfg->num_attention_heads % o->tensor_parallel_size != 0) {
+    if (tp > 1 && cfg->num_attention_heads % tp != 0) {
         fprintf(stderr, "kimi-engine: --tensor-parallel-size %u does not"
-                " divide the model's %u attention heads\n",
-                o->tensor_parallel_size, cfg->num_attention_heads);
+                " divide the model's %u attention heads\n", tp,
+                cfg->num_attention_heads);
+        return 2;
+    }
+
+    if (pp > cfg->num_hidden_layers) {
+        fprintf(stderr, "kimi-engine: --pipeline-parallel-size %u exceeds"
+                " the model's %u layers\n", pp, cfg->num_hidden_layers);
         return 2;
     }
 
@@ -520,16 +540,56 @@ kimi_serve_tp_check(const kimi_serve_opts_t *o,
     sum = (size_t) o->max_num_batched_tokens * cfg->hidden_size * 4;
     step = 8 + (size_t) o->max_num_seqs * (24 + blocks * 4)
            + (size_t) o->max_num_batched_tokens * 4;
+    logits = pp > 1 ? (size_t) cfg->vocab_size * 4 * 8 : 0;
     *seg_bytes = sum > step ? sum : step;
+    *seg_bytes = logits > *seg_bytes ? logits : *seg_bytes;
     return 0;
 }
 
 
-/* A follower of a tensor-parallel rank: loads its shard, runs the
- * leader's steps, ends with the leader (stop message or its death). */
+/* Followers per rank and what they split: T heads/widths or P stages. */
+static uint32_t
+kimi_serve_group_size(const kimi_serve_opts_t *o)
+{
+    return o->tensor_parallel_size > 1 ? o->tensor_parallel_size
+                                       : o->pipeline_parallel_size;
+}
+
+
+static const char *
+kimi_serve_group_kind(const kimi_serve_opts_t *o)
+{
+    return o->tensor_parallel_size > 1 ? "tensor-parallel"
+                                       : "pipeline-parallel";
+}
+
+
+/* Member k's share of the weights and its group in the backend. */
+static void
+kimi_serve_group_shard(const kimi_serve_opts_t *o,
+    const kimi_model_config_t *cfg, uint32_t k, kimi_group_t *g,
+    kimi_model_params_t *mp, kimi_backend_params_t *bp)
+{
+    if (o->tensor_parallel_size > 1) {
+        mp->tp_rank = k;
+        mp->tp_size = o->tensor_parallel_size;
+        bp->tp = g;
+
+    } else {
+        kimi_model_pp_layers(cfg, k, o->pipeline_parallel_size,
+                             &mp->layer_first, &mp->layer_last);
+        bp->pp = g;
+    }
+}
+
+
+/* A follower of a tensor- or pipeline-parallel rank: loads its share,
+ * runs the leader's steps, ends with the leader (stop message or its
+ * death). */
 static int
-kimi_serve_tp_follower(const kimi_serve_opts_t *o, void *mem, uint32_t k,
-    pid_t leader, uint32_t n_threads)
+kimi_serve_tp_follower(const kimi_serve_opts_t *o,
+    const kimi_model_config_t *cfg, void *mem, uint32_t k, pid_t leader,
+    uint32_t n_threads)
 {
     kimi_group_t          *g = NULL;
     kimi_model_t          *model = NULL;
@@ -555,18 +615,16 @@ kimi_serve_tp_follower(const kimi_serve_opts_t *o, void *mem, uint32_t k,
     mp.load_format = strcmp(o->load_format, "dummy") == 0 ? "dummy" : "auto";
     mp.hf_overrides = o->hf_overrides;
     mp.seed = o->seed;
-    mp.tp_rank = k;
-    mp.tp_size = o->tensor_parallel_size;
+    memset(&bp, 0, sizeof(bp));
+    kimi_serve_group_shard(o, cfg, k, g, &mp, &bp);
 
     if ((rc = kimi_model_load(&model, &mp, &err)) != 0) {
         goto failed;
     }
 
-    memset(&bp, 0, sizeof(bp));
     bp.name = "cpu";
     bp.model = model;
     bp.n_threads = n_threads;
-    bp.tp = g;
 
     if ((rc = kimi_backend_create(&backend, &bp, &err)) != 0
         || (rc = backend->ops->kv_init(backend, &kv, &n_blocks, &err)) != 0
@@ -575,21 +633,29 @@ kimi_serve_tp_follower(const kimi_serve_opts_t *o, void *mem, uint32_t k,
         goto failed;
     }
 
-    kimi_log(KIMI_LOG_NOTICE, "tensor-parallel follower %u of %u ready"
-             " (heads [%u, %u), %u KV blocks)", k, o->tensor_parallel_size,
-             model->head_first, model->head_first + model->n_heads,
-             n_blocks);
+    if (o->tensor_parallel_size > 1) {
+        kimi_log(KIMI_LOG_NOTICE, "tensor-parallel follower %u of %u ready"
+                 " (heads [%u, %u), %u KV blocks)", k, o->tensor_parallel_size,
+                 model->head_first, model->head_first + model->n_heads,
+                 n_blocks);
+    } else {
+        kimi_log(KIMI_LOG_NOTICE, "pipeline-parallel follower %u of %u ready"
+                 " (layers [%u, %u), %u KV blocks)", k,
+                 o->pipeline_parallel_size, model->layer_first,
+                 model->layer_last, n_blocks);
+    }
 
     rc = kimi_backend_cpu_tp_follow(backend, &err);
     if (rc == 0) {
-        kimi_log(KIMI_LOG_NOTICE, "tensor-parallel follower %u done", k);
+        kimi_log(KIMI_LOG_NOTICE, "%s follower %u done",
+                 kimi_serve_group_kind(o), k);
     }
 
 failed:
 
     if (rc != 0) {
-        kimi_log(KIMI_LOG_EMERG, "tensor-parallel follower %u: %s", k,
-                 err.msg);
+        kimi_log(KIMI_LOG_EMERG, "%s follower %u: %s",
+                 kimi_serve_group_kind(o), k, err.msg);
         if (g != NULL) {
             kimi_group_abort(g, err.msg);
         }
@@ -609,11 +675,11 @@ failed:
  * them.  Returns 0 in the leader (*group set), or the exit code of a
  * follower in the follower (*is_follower set). */
 static int
-kimi_serve_tp_start(const kimi_serve_opts_t *o, size_t seg_bytes,
-    uint32_t n_threads, kimi_group_t **group, pid_t *pids, int *is_follower,
-    int sfd)
+kimi_serve_tp_start(const kimi_serve_opts_t *o,
+    const kimi_model_config_t *cfg, size_t seg_bytes, uint32_t n_threads,
+    kimi_group_t **group, pid_t *pids, int *is_follower, int sfd)
 {
-    uint32_t     T = o->tensor_parallel_size, ranks[KIMI_GROUP_MAX_RANKS];
+    uint32_t     T = kimi_serve_group_size(o), ranks[KIMI_GROUP_MAX_RANKS];
     size_t       bytes = kimi_group_bytes(T, seg_bytes);
     void        *mem;
     pid_t        leader = getpid();
@@ -636,7 +702,7 @@ kimi_serve_tp_start(const kimi_serve_opts_t *o, size_t seg_bytes,
         if (pids[k] == 0) {
             close(sfd);
             *is_follower = 1;
-            return kimi_serve_tp_follower(o, mem, k, leader, n_threads);
+            return kimi_serve_tp_follower(o, cfg, mem, k, leader, n_threads);
         }
 
         if (pids[k] == -1) {
@@ -658,7 +724,8 @@ kimi_serve_tp_start(const kimi_serve_opts_t *o, size_t seg_bytes,
         return 1;
     }
 
-    kimi_log(KIMI_LOG_NOTICE, "tensor parallel: %u followers started", T - 1);
+    kimi_log(KIMI_LOG_NOTICE, "%s: %u followers started",
+             kimi_serve_group_kind(o), T - 1);
     return 0;
 }
 
@@ -890,8 +957,8 @@ kimi_cmd_serve(int argc, char **argv)
         }
     }
 
-    if (o.tensor_parallel_size > 1) {
-        rc = kimi_serve_tp_check(&o, &cfg, &tp_seg_bytes);
+    if (o.tensor_parallel_size > 1 || o.pipeline_parallel_size > 1) {
+        rc = kimi_serve_group_check(&o, &cfg, &tp_seg_bytes);
         if (rc != 0) {
             return rc;
         }
@@ -929,16 +996,16 @@ kimi_cmd_serve(int argc, char **argv)
         return 1;
     }
 
-    if (o.threads == 0 && dp.n_local * o.tensor_parallel_size > 1) {
+    if (o.threads == 0 && dp.n_local * kimi_serve_group_size(&o) > 1) {
         /* cpu: the ranks and their shards share the machine's cores
          * instead of each taking all of them */
         long  n = sysconf(_SC_NPROCESSORS_ONLN)
-                  / (long) (dp.n_local * o.tensor_parallel_size);
+                  / (long) (dp.n_local * kimi_serve_group_size(&o));
         o.threads = n > 1 ? (uint32_t) n : 1;
     }
 
-    if (o.tensor_parallel_size > 1) {
-        rc = kimi_serve_tp_start(&o, tp_seg_bytes, o.threads, &tp_group,
+    if (kimi_serve_group_size(&o) > 1) {
+        rc = kimi_serve_tp_start(&o, &cfg, tp_seg_bytes, o.threads, &tp_group,
                                  tp_pids, &is_follower, sfd);
         if (is_follower || rc != 0) {
             return rc;
@@ -954,6 +1021,7 @@ kimi_cmd_serve(int argc, char **argv)
 
     memset(&sp, 0, sizeof(sp));
     sp.group = group;
+    sp.followers = tp_group;
     sp.ipc_dir = o.ipc_dir;
     sp.ipc_mode = o.ipc_mode;
     sp.rank = dp.local_rank;
@@ -1035,9 +1103,7 @@ kimi_cmd_serve(int argc, char **argv)
         mp.seed = o.seed;
 
         if (tp_group != NULL) {
-            mp.tp_rank = 0;
-            mp.tp_size = o.tensor_parallel_size;
-            bp.tp = tp_group;
+            kimi_serve_group_shard(&o, &cfg, 0, tp_group, &mp, &bp);
         }
 
         if (group != NULL) {
@@ -1066,7 +1132,8 @@ kimi_cmd_serve(int argc, char **argv)
     }
 
     if (tp_group != NULL && kimi_backend_cpu_tp_ready(backend, &err) != 0) {
-        kimi_log(KIMI_LOG_EMERG, "tensor parallel: %s", err.msg);
+        kimi_log(KIMI_LOG_EMERG, "%s: %s", kimi_serve_group_kind(&o),
+                 err.msg);
         goto done;
     }
 
@@ -1095,7 +1162,7 @@ done:
         if (exit_code != 0) {
             kimi_group_abort(tp_group, "the leader is exiting");
         }
-        kimi_serve_tp_reap(tp_pids, o.tensor_parallel_size);
+        kimi_serve_tp_reap(tp_pids, kimi_serve_group_size(&o));
     }
     kimi_model_free(model);
     kimi_group_free(group);

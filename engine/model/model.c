@@ -658,6 +658,18 @@ kimi_model_load(struct kimi_model **out, const kimi_model_params_t *p,
         goto failed;
     }
 
+    m->layer_first = p->layer_first;
+    m->layer_last = p->layer_last ? p->layer_last : c->num_hidden_layers;
+
+    if (m->layer_first >= m->layer_last
+        || m->layer_last > c->num_hidden_layers)
+    {
+        rc = kimi_err_set(err, KIMI_EINVAL, "model: layer range [%u, %u) "
+                          "outside [0, %u)", m->layer_first, m->layer_last,
+                          c->num_hidden_layers);
+        goto failed;
+    }
+
     if (!m->store->dummy && (rc = kimi_model_open_index(m, err)) != 0) {
         goto failed;
     }
@@ -699,6 +711,10 @@ kimi_model_load(struct kimi_model **out, const kimi_model_params_t *p,
     memset(m->layers, 0, c->num_hidden_layers * sizeof(kimi_layer_weights_t));
 
     for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
+        if (l < m->layer_first || l >= m->layer_last) {
+            continue;                      /* another pipeline stage's */
+        }
+
         if ((rc = kimi_model_layer(m, l, err)) != 0) {
             goto failed;
         }
@@ -883,7 +899,7 @@ kimi_model_shard_tp(kimi_model_t *m, uint32_t rank, uint32_t size,
     m->head_first = rank * Hl;
     m->n_heads = Hl;
 
-    for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
+    for (uint32_t l = m->layer_first; l < m->layer_last; l++) {
         kimi_layer_weights_t  *L = &m->layers[l];
 
         snprintf(what, sizeof(what), "layer %u q_b_proj", l);
@@ -960,6 +976,17 @@ kimi_model_free(struct kimi_model *m)
     }
 
     free(m);
+}
+
+
+void
+kimi_model_pp_layers(const kimi_model_config_t *cfg, uint32_t stage,
+    uint32_t stages, uint32_t *first, uint32_t *last)
+{
+    uint32_t  L = cfg->num_hidden_layers, per = L / stages, extra = L % stages;
+
+    *first = stage * per + (stage < extra ? stage : extra);
+    *last = *first + per + (stage < extra ? 1 : 0);
 }
 
 

@@ -162,6 +162,8 @@ typedef struct kimi_model {
     kimi_layer_weights_t  *layers;         /* [num_hidden_layers] */
     uint32_t               expert_first;   /* owned routed experts */
     uint32_t               expert_last;    /* [first, last) */
+    uint32_t               layer_first;    /* pipeline stage: layers loaded */
+    uint32_t               layer_last;     /* [first, last); others zero */
     uint32_t               tp_rank;        /* tensor parallel shard */
     uint32_t               tp_size;        /* 1: whole weights */
     uint32_t               head_first;     /* this shard's attention heads */
@@ -178,6 +180,8 @@ typedef struct {
     uint32_t     expert_first;             /* EP: experts owned by this */
     uint32_t     expert_last;              /* rank; 0,0 = all */
     int          populate;                 /* MAP_POPULATE the shards */
+    uint32_t     layer_first;              /* pipeline stage: its layers */
+    uint32_t     layer_last;               /* [first, last); 0, 0 = all */
     uint32_t     tp_rank;                  /* tensor parallel: this rank's */
     uint32_t     tp_size;                  /* shard of heads and MLP widths;
                                               0 or 1 = whole */
@@ -193,6 +197,11 @@ kimi_model_params_t kimi_model_default_params(void);
 int  kimi_model_load(struct kimi_model **out, const kimi_model_params_t *p,
     kimi_err_t *err);
 void kimi_model_free(struct kimi_model *m);         /* NULL is a no-op */
+
+/* Pipeline stage `stage` of `stages`: layers [*first, *last), the layers
+ * split as evenly as they go, earlier stages taking the remainder. */
+void kimi_model_pp_layers(const kimi_model_config_t *cfg, uint32_t stage,
+    uint32_t stages, uint32_t *first, uint32_t *last);
 
 /* eos ids (config.json eos_token_id + generation_config.json's), deduped */
 uint32_t kimi_model_eos_ids(const struct kimi_model *m, const int32_t **ids);

@@ -156,7 +156,7 @@ kimi_group_error(kimi_group_t *g, kimi_err_t *err)
         (void) nanosleep(&ts, NULL);
     }
 
-    return kimi_err_set(err, KIMI_ESTATE, "expert-parallel group failed: %s",
+    return kimi_err_set(err, KIMI_ESTATE, "parallel group failed: %s",
                         g->hdr->why[0] ? g->hdr->why : "(no reason given)");
 }
 

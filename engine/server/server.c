@@ -561,6 +561,18 @@ kimi_server_run(kimi_server_t *srv, kimi_err_t *err)
             atomic_store(&pulse.step_since_ns, kimi_shm_now_ns());
             rc = kimi_sched_step(srv->sched, &serr);
             atomic_store(&pulse.step_since_ns, 0);
+            if (rc < 0 && srv->p.followers != NULL
+                && kimi_group_failed(srv->p.followers))
+            {
+                /* a tensor or pipeline peer is gone: every later step
+                 * would fail too, so this rank ends and the gateway
+                 * routes around it */
+                kimi_srv_abort_all(srv, "a tensor- or pipeline-parallel"
+                                   " peer of this rank failed");
+                kimi_srv_flush_bells(srv);
+                rc = kimi_err_set(err, KIMI_ESTATE, "%s", serr.msg);
+                goto done;
+            }
             if (rc < 0) {
                 /* the scheduler ended every running sequence with ERROR;
                  * the engine keeps serving new requests */
@@ -629,8 +641,10 @@ kimi_server_free(kimi_server_t *srv)
         atomic_store(&srv->rank->pid, 0);
     }
 
-    /* the segment is rank 0's: other ranks stop only themselves */
-    if (srv->shm.hdr != NULL && srv->p.rank == 0) {
+    /* the segment is rank 0's: other ranks stop only themselves.  With
+     * several ranks the launcher marks it stopped once all are gone: rank
+     * 0 failing alone must not take its live peers off the gateway */
+    if (srv->shm.hdr != NULL && srv->p.rank == 0 && srv->p.n_ranks <= 1) {
         atomic_store(&srv->shm.hdr->state, KIMI_SHM_STATE_STOPPED);
     }
 

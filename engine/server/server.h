@@ -43,6 +43,9 @@ typedef struct {
     struct kimi_group    *group;               /* expert parallel: step in
                                                   lockstep with the node's
                                                   other ranks (borrowed) */
+    struct kimi_group    *followers;           /* tensor/pipeline parallel:
+                                                  its failure ends the rank
+                                                  (borrowed) */
 } kimi_server_params_t;
 
 int  kimi_server_init(kimi_server_t **out, const kimi_server_params_t *p,

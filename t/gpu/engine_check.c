@@ -250,10 +250,10 @@ main(int argc, char **argv)
     };
 
     kimi_model_params_t         mp = kimi_model_default_params();
-    kimi_backend_cpu_params_t   cp = { 0, -1, NULL, NULL };
+    kimi_backend_cpu_params_t   cp = { 0, -1, NULL, NULL, NULL };
     kimi_kv_params_t            kp;
     kimi_model_t               *m = NULL, bad;
-    kimi_backend_cpu_params_t   cp32 = { 0, 1, NULL, NULL };
+    kimi_backend_cpu_params_t   cp32 = { 0, 1, NULL, NULL, NULL };
     kimi_backend_t             *cpu = NULL, *gpu = NULL, *tmp = NULL;
     kimi_backend_t             *cpu32 = NULL;
     double                      e_gpu[16], e_ref[16], e_g32[16];

@@ -69,8 +69,11 @@ typedef struct {
     float                     *gather_w;       /* [rows] ep: router weight */
     uint32_t                   cap_rows;
 
-    /* tensor parallelism: this rank's heads and MLP widths; rank 0 leads */
+    /* tensor parallelism: this rank's heads and MLP widths; pipeline
+     * parallelism: its layers.  The group's rank 0 leads (lead = tp or pp) */
     kimi_group_t              *tp;
+    kimi_group_t              *pp;
+    kimi_group_t              *lead;
     kimi_batch_seq_t          *tp_seqs;        /* follower: the leader's */
     uint32_t                   cap_tp_seqs;
 
@@ -89,6 +92,8 @@ typedef struct {
 #define KIMI_CPU_TAG_TP_STEP   ((uint64_t) 3 << 56)
 #define KIMI_CPU_TAG_TP_SUM    ((uint64_t) 4 << 56)
 #define KIMI_CPU_TAG_TP_READY  ((uint64_t) 5 << 56)
+#define KIMI_CPU_TAG_PP_HOP    ((uint64_t) 6 << 56)
+#define KIMI_CPU_TAG_PP_LOGITS ((uint64_t) 7 << 56)
 
 static int kimi_cpu_reserve_rows(kimi_cpu_t *b, uint32_t rows,
     kimi_err_t *err);
@@ -849,7 +854,7 @@ kimi_cpu_ep_idle(kimi_cpu_t *b, int rc, kimi_err_t *err)
 }
 
 
-/* ---- tensor parallel: the leader's batch to every rank ---- */
+/* ---- tensor and pipeline parallel: the leader's batch to every rank ---- */
 
 /* Message of one step: kind, n_seqs, then per sequence seq_id, n_tokens,
  * pos, n_blocks, want_logits, then its tokens and block ids. */
@@ -860,12 +865,12 @@ static int
 kimi_cpu_tp_send(kimi_cpu_t *b, uint32_t kind, const kimi_batch_t *batch,
     kimi_err_t *err)
 {
-    uint32_t   W = kimi_group_world(b->tp);
+    uint32_t   W = kimi_group_world(b->lead);
     size_t     bytes[KIMI_GROUP_MAX_RANKS], cap, n = 0;
     uint32_t  *out;
 
-    cap = kimi_group_seg_bytes(b->tp) / 4;
-    out = kimi_group_sendbuf(b->tp, 1 % W);
+    cap = kimi_group_seg_bytes(b->lead) / 4;
+    out = kimi_group_sendbuf(b->lead, 1 % W);
 
 #define KIMI_PUT(v)  do { if (n < cap) out[n] = (uint32_t) (v); n++; } while (0)
 
@@ -895,7 +900,7 @@ kimi_cpu_tp_send(kimi_cpu_t *b, uint32_t kind, const kimi_batch_t *batch,
         bytes[p] = 0;
         if (p != 0 && n <= cap) {
             if (p != 1) {
-                memcpy(kimi_group_sendbuf(b->tp, p), out, n * 4);
+                memcpy(kimi_group_sendbuf(b->lead, p), out, n * 4);
             }
             bytes[p] = n * 4;
         }
@@ -907,10 +912,10 @@ kimi_cpu_tp_send(kimi_cpu_t *b, uint32_t kind, const kimi_batch_t *batch,
         snprintf(why, sizeof(why), "a step of %u sequences needs %zu bytes,"
                  " more than the %zu of the exchange", batch->n_seqs, n * 4,
                  cap * 4);
-        kimi_group_abort(b->tp, why);
+        kimi_group_abort(b->lead, why);
     }
 
-    return kimi_group_exchange(b->tp, KIMI_CPU_TAG_TP_STEP, bytes, err);
+    return kimi_group_exchange(b->lead, KIMI_CPU_TAG_TP_STEP, bytes, err);
 }
 
 
@@ -923,13 +928,13 @@ kimi_cpu_tp_recv(kimi_cpu_t *b, kimi_batch_t *batch, int *stop,
     const uint32_t  *in;
     int              rc;
 
-    if ((rc = kimi_group_exchange(b->tp, KIMI_CPU_TAG_TP_STEP, bytes, err))
+    if ((rc = kimi_group_exchange(b->lead, KIMI_CPU_TAG_TP_STEP, bytes, err))
         != 0)
     {
         return rc;
     }
 
-    in = kimi_group_recvbuf(b->tp, 0, &len);
+    in = kimi_group_recvbuf(b->lead, 0, &len);
     n = len / 4;
 
     if (n < 2) {
@@ -989,69 +994,20 @@ kimi_cpu_tp_recv(kimi_cpu_t *b, kimi_batch_t *batch, int *stop,
 }
 
 
+/* Layers [l0, l1) over the step's T tokens in b->h. */
 static int
-kimi_cpu_forward_local(kimi_cpu_t *b, const kimi_batch_t *batch,
-    kimi_err_t *err)
+kimi_cpu_layers(kimi_cpu_t *b, const kimi_batch_t *batch, uint32_t T,
+    uint32_t l0, uint32_t l1, kimi_err_t *err)
 {
-    const kimi_model_t         *m = b->model;
     const kimi_model_config_t  *c = b->cfg;
-    uint32_t                    D = c->hidden_size, V = c->vocab_size;
-    uint32_t                    T = 0, max_ctx = 0, n_rows = 0, t = 0;
-    uint32_t                    row = 0;
+    uint32_t                    D = c->hidden_size;
     int                         rc;
 
-    rc = kimi_cpu_check_batch(b, batch, &T, &max_ctx, &n_rows, err);
-
-    if (rc == 0 && b->ep != NULL && T > b->ep_cap) {
-        rc = kimi_err_set(err, KIMI_EINVAL, "cpu: %u tokens in a step, more"
-                          " than the %u an expert-parallel exchange holds",
-                          T, b->ep_cap);
-    }
-
-    if (rc == 0 && b->tp != NULL
-        && (size_t) T * D * sizeof(float) > kimi_group_seg_bytes(b->tp))
-    {
-        rc = kimi_err_set(err, KIMI_EINVAL, "cpu: %u tokens in a step, more"
-                          " than a tensor-parallel all-reduce holds", T);
-    }
-
-    if (rc == 0) {
-        rc = kimi_cpu_reserve(b, T, max_ctx, err);
-    }
-
-    if (rc != 0 || (T == 0 && b->ep != NULL)) {
-        /* the peers' MoE layers need this rank's experts all the same */
-        b->n_logits = 0;
-        return kimi_cpu_ep_idle(b, rc, err);
-    }
-
-    /* flatten: token t of the step -> (seq, position, id); embed */
-    for (uint32_t i = 0; i < batch->n_seqs; i++) {
-        const kimi_batch_seq_t  *s = &batch->seqs[i];
-
-        for (uint32_t k = 0; k < s->n_tokens; k++, t++) {
-            const kimi_weight_t  *e = &m->embed_tokens;
-            float                *h = b->h + (size_t) t * D;
-
-            b->tok_id[t] = s->tokens[k];
-            b->tok_pos[t] = s->pos + k;
-            b->tok_seq[t] = i;
-
-            for (uint32_t d = 0; d < D; d++) {
-                size_t  idx = (size_t) s->tokens[k] * D + d;
-
-                h[d] = e->dtype == KIMI_DTYPE_BF16
-                       ? kimi_bf16_to_f32(((const uint16_t *) e->data)[idx])
-                       : ((const float *) e->data)[idx];
-            }
-        }
-    }
-
-    for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
-        const kimi_layer_weights_t  *L = &m->layers[l];
+    for (uint32_t l = l0; l < l1; l++) {
+        const kimi_layer_weights_t  *L = &b->model->layers[l];
 
         /* h = h + attn(rms(h)) */
-        for (t = 0; t < T; t++) {
+        for (uint32_t t = 0; t < T; t++) {
             kimi_rmsnorm(b->h + (size_t) t * D, L->input_layernorm, D,
                          c->rms_norm_eps, b->a + (size_t) t * D);
         }
@@ -1068,7 +1024,7 @@ kimi_cpu_forward_local(kimi_cpu_t *b, const kimi_batch_t *batch,
         }
 
         /* h = h + ffn(rms(h)) */
-        for (t = 0; t < T; t++) {
+        for (uint32_t t = 0; t < T; t++) {
             kimi_rmsnorm_residual(b->h + (size_t) t * D, b->o + (size_t) t * D,
                                   L->post_attention_layernorm, D,
                                   c->rms_norm_eps, b->a + (size_t) t * D);
@@ -1100,6 +1056,190 @@ kimi_cpu_forward_local(kimi_cpu_t *b, const kimi_batch_t *batch,
         }
     }
 
+    return 0;
+}
+
+
+/*
+ * The pipeline: stage 0 runs its layers on the embeddings, then for each
+ * hop k (0 .. P-2) stage k hands its hidden rows to stage k + 1, which
+ * runs its layers.  Every stage takes part in every hop (the group's
+ * syncs are collective), sending nothing where it is not the sender.
+ */
+static int
+kimi_cpu_pipeline(kimi_cpu_t *b, const kimi_batch_t *batch, uint32_t T,
+    kimi_err_t *err)
+{
+    const kimi_model_t  *m = b->model;
+    uint32_t             stage = kimi_group_rank(b->pp);
+    uint32_t             P = kimi_group_world(b->pp);
+    size_t               bytes[KIMI_GROUP_MAX_RANKS], rows, got;
+    int                  rc;
+
+    rows = (size_t) T * b->cfg->hidden_size * sizeof(float);
+
+    if (stage == 0
+        && (rc = kimi_cpu_layers(b, batch, T, m->layer_first, m->layer_last,
+                                 err)) != 0)
+    {
+        return rc;
+    }
+
+    for (uint32_t hop = 0; hop + 1 < P; hop++) {
+        memset(bytes, 0, sizeof(bytes));
+
+        if (hop == stage) {
+            memcpy(kimi_group_sendbuf(b->pp, stage + 1), b->h, rows);
+            bytes[stage + 1] = rows;
+        }
+
+        if ((rc = kimi_group_exchange(b->pp, KIMI_CPU_TAG_PP_HOP | hop, bytes,
+                                      err)) != 0)
+        {
+            return rc;
+        }
+
+        if (hop + 1 == stage) {
+            const void  *in = kimi_group_recvbuf(b->pp, stage - 1, &got);
+
+            if (got != rows) {
+                return kimi_err_set(err, KIMI_ESTATE, "pipeline: %zu bytes"
+                                    " from stage %u, expected %zu", got,
+                                    stage - 1, rows);
+            }
+
+            memcpy(b->h, in, rows);
+
+            if ((rc = kimi_cpu_layers(b, batch, T, m->layer_first,
+                                      m->layer_last, err)) != 0)
+            {
+                return rc;
+            }
+        }
+    }
+
+    return 0;
+}
+
+
+/* The last stage's logits rows to stage 0, a segment at a time. */
+static int
+kimi_cpu_pipeline_logits(kimi_cpu_t *b, uint32_t n_rows, kimi_err_t *err)
+{
+    uint32_t  stage = kimi_group_rank(b->pp);
+    uint32_t  last = kimi_group_world(b->pp) - 1;
+    size_t    V = b->cfg->vocab_size, row = V * sizeof(float), got;
+    size_t    per = kimi_group_seg_bytes(b->pp) / row;
+    size_t    bytes[KIMI_GROUP_MAX_RANKS];
+    int       rc;
+
+    if (per == 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "pipeline: a segment holds no"
+                            " row of %zu logits", V);
+    }
+
+    for (uint32_t r0 = 0, chunk = 0; r0 < n_rows; r0 += per, chunk++) {
+        uint32_t  n = n_rows - r0 < per ? n_rows - r0 : (uint32_t) per;
+
+        memset(bytes, 0, sizeof(bytes));
+
+        if (stage == last) {
+            memcpy(kimi_group_sendbuf(b->pp, 0), b->logits + (size_t) r0 * V,
+                   n * row);
+            bytes[0] = n * row;
+        }
+
+        if ((rc = kimi_group_exchange(b->pp, KIMI_CPU_TAG_PP_LOGITS | chunk,
+                                      bytes, err)) != 0)
+        {
+            return rc;
+        }
+
+        if (stage == 0) {
+            const void  *in = kimi_group_recvbuf(b->pp, last, &got);
+
+            if (got != n * row) {
+                return kimi_err_set(err, KIMI_ESTATE, "pipeline: %zu logit"
+                                    " bytes, expected %zu", got, n * row);
+            }
+            memcpy(b->logits + (size_t) r0 * V, in, got);
+        }
+    }
+
+    return 0;
+}
+
+
+static int
+kimi_cpu_forward_local(kimi_cpu_t *b, const kimi_batch_t *batch,
+    kimi_err_t *err)
+{
+    const kimi_model_t         *m = b->model;
+    const kimi_model_config_t  *c = b->cfg;
+    uint32_t                    D = c->hidden_size, V = c->vocab_size;
+    uint32_t                    T = 0, max_ctx = 0, n_rows = 0, t = 0;
+    uint32_t                    row = 0, stage = 0, last = 0;
+    int                         rc;
+
+    if (b->pp != NULL) {
+        stage = kimi_group_rank(b->pp);
+        last = kimi_group_world(b->pp) - 1;
+    }
+
+    rc = kimi_cpu_check_batch(b, batch, &T, &max_ctx, &n_rows, err);
+
+    if (rc == 0 && b->ep != NULL && T > b->ep_cap) {
+        rc = kimi_err_set(err, KIMI_EINVAL, "cpu: %u tokens in a step, more"
+                          " than the %u an expert-parallel exchange holds",
+                          T, b->ep_cap);
+    }
+
+    if (rc == 0 && b->lead != NULL
+        && (size_t) T * D * sizeof(float) > kimi_group_seg_bytes(b->lead))
+    {
+        rc = kimi_err_set(err, KIMI_EINVAL, "cpu: %u tokens in a step, more"
+                          " than the group's exchange holds", T);
+    }
+
+    if (rc == 0) {
+        rc = kimi_cpu_reserve(b, T, max_ctx, err);
+    }
+
+    if (rc != 0 || (T == 0 && b->ep != NULL)) {
+        /* the peers' MoE layers need this rank's experts all the same */
+        b->n_logits = 0;
+        return kimi_cpu_ep_idle(b, rc, err);
+    }
+
+    /* flatten: token t of the step -> (seq, position, id); embed */
+    for (uint32_t i = 0; i < batch->n_seqs; i++) {
+        const kimi_batch_seq_t  *s = &batch->seqs[i];
+
+        for (uint32_t k = 0; k < s->n_tokens; k++, t++) {
+            const kimi_weight_t  *e = &m->embed_tokens;
+            float                *h = b->h + (size_t) t * D;
+
+            b->tok_id[t] = s->tokens[k];
+            b->tok_pos[t] = s->pos + k;
+            b->tok_seq[t] = i;
+
+            for (uint32_t d = 0; stage == 0 && d < D; d++) {
+                size_t  idx = (size_t) s->tokens[k] * D + d;
+
+                h[d] = e->dtype == KIMI_DTYPE_BF16
+                       ? kimi_bf16_to_f32(((const uint16_t *) e->data)[idx])
+                       : ((const float *) e->data)[idx];
+            }
+        }
+    }
+
+    rc = b->pp != NULL ? kimi_cpu_pipeline(b, batch, T, err)
+                       : kimi_cpu_layers(b, batch, T, 0, c->num_hidden_layers,
+                                         err);
+    if (rc != 0) {
+        return rc;
+    }
+
     if (b->tp != NULL && kimi_group_rank(b->tp) != 0) {
         b->n_logits = 0;                  /* the leader samples */
         return 0;
@@ -1119,7 +1259,7 @@ kimi_cpu_forward_local(kimi_cpu_t *b, const kimi_batch_t *batch,
 
     t = 0;
 
-    for (uint32_t i = 0; i < batch->n_seqs; i++) {
+    for (uint32_t i = 0; stage == last && i < batch->n_seqs; i++) {
         const kimi_batch_seq_t  *s = &batch->seqs[i];
 
         for (uint32_t k = 0; k < s->n_tokens; k++, t++) {
@@ -1133,14 +1273,19 @@ kimi_cpu_forward_local(kimi_cpu_t *b, const kimi_batch_t *batch,
         }
     }
 
-    if (n_rows > 0) {
+    if (n_rows > 0 && stage == last) {
         kimi_cpu_linear(b, b->a, n_rows, &m->lm_head, b->logits);
     }
 
-    b->n_logits = n_rows;
+    if (b->pp != NULL
+        && (rc = kimi_cpu_pipeline_logits(b, n_rows, err)) != 0)
+    {
+        return rc;
+    }
+
+    b->n_logits = stage == 0 ? n_rows : 0;
     return 0;
 }
-
 
 static int
 kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
@@ -1149,7 +1294,7 @@ kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     kimi_cpu_t  *b = (kimi_cpu_t *) base;
     int          rc;
 
-    if (b->tp != NULL
+    if (b->lead != NULL
         && (rc = kimi_cpu_tp_send(b, KIMI_CPU_TP_STEP, batch, err)) != 0)
     {
         return rc;
@@ -1165,11 +1310,11 @@ kimi_backend_cpu_tp_ready(kimi_backend_t *base, kimi_err_t *err)
     kimi_cpu_t  *b = (kimi_cpu_t *) base;
     int          any, all;
 
-    if (b->tp == NULL) {
+    if (b->lead == NULL) {
         return 0;
     }
 
-    return kimi_group_vote(b->tp, KIMI_CPU_TAG_TP_READY, 1, 1, &any, &all,
+    return kimi_group_vote(b->lead, KIMI_CPU_TAG_TP_READY, 1, 1, &any, &all,
                            err);
 }
 
@@ -1182,7 +1327,7 @@ kimi_backend_cpu_tp_follow(kimi_backend_t *base, kimi_err_t *err)
     kimi_err_t     ferr;
     int            stop = 0, rc;
 
-    if (b->tp == NULL || kimi_group_rank(b->tp) == 0) {
+    if (b->lead == NULL || kimi_group_rank(b->lead) == 0) {
         return kimi_err_set(err, KIMI_EINVAL, "cpu: not a tensor-parallel"
                             " follower");
     }
@@ -1199,7 +1344,7 @@ kimi_backend_cpu_tp_follow(kimi_backend_t *base, kimi_err_t *err)
         /* the leader hits the same batch error and reports it; only a
          * broken group ends the follower */
         rc = kimi_cpu_forward_local(b, &batch, &ferr);
-        if (rc != 0 && kimi_group_failed(b->tp)) {
+        if (rc != 0 && kimi_group_failed(b->lead)) {
             *err = ferr;
             return rc;
         }
@@ -1229,8 +1374,8 @@ kimi_cpu_free(kimi_backend_t *base)
     }
 
     /* the leader lets its followers go */
-    if (b->tp != NULL && kimi_group_rank(b->tp) == 0
-        && !kimi_group_failed(b->tp))
+    if (b->lead != NULL && kimi_group_rank(b->lead) == 0
+        && !kimi_group_failed(b->lead))
     {
         (void) kimi_cpu_tp_send(b, KIMI_CPU_TP_STOP, NULL, &err);
     }
@@ -1312,7 +1457,7 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
     kimi_rope_params_t          rp;
     kimi_cpu_t                 *b;
     const char                 *env;
-    uint32_t                    e_first, e_last;
+    uint32_t                    e_first, e_last, l_first, l_last;
     int                         rc;
 
     e_first = 0;
@@ -1340,10 +1485,23 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
                             " not match", model->tp_rank, model->tp_size);
     }
 
-    if (p->tp != NULL && p->ep != NULL) {
-        return kimi_err_set(err, KIMI_EUNSUPPORTED, "cpu backend: tensor and"
-                            " expert parallelism together are not"
-                            " implemented");
+    if ((p->tp != NULL) + (p->pp != NULL) + (p->ep != NULL) > 1) {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "cpu backend: tensor,"
+                            " pipeline and expert parallelism are"
+                            " implemented one at a time");
+    }
+
+    l_first = 0;
+    l_last = c->num_hidden_layers;
+    if (p->pp != NULL) {
+        kimi_model_pp_layers(c, kimi_group_rank(p->pp),
+                             kimi_group_world(p->pp), &l_first, &l_last);
+    }
+
+    if (model->layer_first != l_first || model->layer_last != l_last) {
+        return kimi_err_set(err, KIMI_EINVAL, "cpu backend: the model holds"
+                            " layers [%u, %u), not this pipeline stage's",
+                            model->layer_first, model->layer_last);
     }
 
     if (c->n_routed_experts > 0
@@ -1373,6 +1531,8 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
     b->cfg = c;
     b->act_fp32 = p->act_fp32;
     b->tp = p->tp;
+    b->pp = p->pp;
+    b->lead = p->tp ? p->tp : p->pp;
     b->ep = p->ep;
     if (b->ep != NULL) {
         b->ep_cap = (uint32_t) (kimi_group_seg_bytes(b->ep)
@@ -1410,7 +1570,7 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
     kimi_rope_inv_freq(&rp, b->inv_freq, &b->attn_factor);
     b->softmax_scale = kimi_model_softmax_scale(c);
 
-    for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
+    for (uint32_t l = model->layer_first; l < model->layer_last; l++) {
         b->kv_b[l] = kimi_cpu_dequant(&model->layers[l].kv_b_proj);
 
         if (b->kv_b[l] == NULL) {
@@ -1441,7 +1601,7 @@ int
 kimi_backend_cpu_init(kimi_backend_t **out, struct kimi_model *model,
     uint32_t n_threads, kimi_err_t *err)
 {
-    kimi_backend_cpu_params_t  p = { n_threads, -1, NULL, NULL };
+    kimi_backend_cpu_params_t  p = { n_threads, -1, NULL, NULL, NULL };
 
     return kimi_backend_cpu_init_params(out, model, &p, err);
 }

@@ -29,6 +29,10 @@ typedef struct {
     struct kimi_group *tp;             /* tensor parallel: the group of this
                                           rank's shards (borrowed); rank 0
                                           leads, the model is shard rank */
+    struct kimi_group *pp;             /* pipeline parallel: the group of
+                                          this rank's stages (borrowed);
+                                          stage 0 leads, the model holds
+                                          the stage's layers */
 } kimi_backend_cpu_params_t;
 
 /* Borrows model, which must outlive the backend. */
@@ -45,7 +49,8 @@ int kimi_backend_cpu_init_params(kimi_backend_t **out,
 void kimi_backend_cpu_set_all_logits(kimi_backend_t *b, int on);
 
 /*
- * Tensor parallel.  Every rank calls _ready() once its backend and KV
+ * Tensor or pipeline parallel (the functions keep their tp_ names).
+ * Every rank calls _ready() once its backend and KV
  * cache exist (a barrier: the leader serves only once all shards are up).
  * The leader then runs forward() as usual: each step's batch goes to the
  * followers first, and the heads' and MLP slices' partial sums are

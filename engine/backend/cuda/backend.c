@@ -68,6 +68,10 @@ kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
                   c->n_routed_experts);
     }
 
+    KIMI_NEED(m->layer_first == 0 && m->layer_last == c->num_hidden_layers,
+              "a pipeline stage (layers [%u, %u)): pipeline parallel is"
+              " implemented on the cpu backend only", m->layer_first,
+              m->layer_last);
     KIMI_NEED(m->tp_size <= 1, "a tensor-parallel shard (rank %u of %u):"
               " tensor parallel is implemented on the cpu backend only",
               m->tp_rank, m->tp_size);
