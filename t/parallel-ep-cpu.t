@@ -72,10 +72,10 @@ my $log = $t->read_file('engine.log');
 like($log, qr/rank=0 .*holds experts \[0, 8\)/, 'rank 0 holds experts 0..7');
 like($log, qr/rank=1 .*holds experts \[8, 16\)/, 'rank 1 holds experts 8..15');
 
-my $worst = 0;
+my ($worst, $r) = (0);
 for my $rank (0, 1) {
     for my $p (@prompts[0 .. 2]) {
-        my $r = complete($t, $p, 'X-Kimi-Rank' => $rank);
+        $r = complete($t, $p, 'X-Kimi-Rank' => $rank);
         is($r->{status}, 200, "rank $rank alone: '$p' served");
         is($r->{json}{choices}[0]{text}, $want{$p}{text},
             "rank $rank alone: '$p' greedy text equals one rank's");
@@ -116,6 +116,26 @@ $log = $t->read_file('engine.log');
 my @ran = map { scalar(() = $log =~ /rank=$_ sequence accepted/g) } (0, 1);
 ok($ran[0] >= 3 && $ran[1] >= 3, "both ranks ran requests (@ran)");
 
+# ---- streams with client aborts while both ranks step together --------------
+
+my @abort = grep { $_ % 4 == 3 } 0 .. 31;
+@res = $t->many(32, 'POST', '/v1/completions', sub {
+    completion_body(prompt => $prompts[$_[0] % @prompts],
+                    max_tokens => 20 + $_[0] % 13, temperature => 0,
+                    stream => $true)
+}, timeout => 120, abort => \@abort);
+my %aborted = map { $_ => 1 } @abort;
+my $done = grep { !$aborted{$_}
+    && (($res[$_]{events} // [])->[-1] // '') eq '[DONE]' } 0 .. 31;
+is($done, 32 - @abort, 'streams not aborted all end with [DONE]');
+ok(KimiTest::wait_for(10, sub {
+        my $l = $t->read_file('engine.log');
+        (() = $l =~ /sequence (cancelled|finished)/g) >= 18 + 32 }),
+    'the engine ended every stream, aborted ones included');
+$r = complete($t, $prompts[0]);
+is($r->{json} && $r->{json}{choices}[0]{text}, $want{$prompts[0]}{text},
+    'after the aborts the group still gives the single-rank text');
+
 # ---- a dead rank ends the group ----------------------------------------------
 
 my @pids = map { /kimi-engine\[(\d+)\] rank=1 engine ready/ ? $1 : () }
@@ -141,7 +161,7 @@ ok(KimiTest::wait_for(15, sub { !$t->alive('engine') }),
     'the engine group exits when a rank dies');
 like($t->read_file('engine.log'), qr/parallel group failed/,
     'the log says the group failed');
-my $r = complete($t, 'The capital of France is');
+$r = complete($t, 'The capital of France is');
 is($r->{status}, 503, 'the gateway answers 503 once the group is gone');
 delete $t->{pids}{engine};
 
