@@ -587,7 +587,7 @@ kimi_serve_group_shard(const kimi_serve_opts_t *o,
  * runs the leader's steps, ends with the leader (stop message or its
  * death). */
 static int
-kimi_serve_tp_follower(const kimi_serve_opts_t *o,
+kimi_serve_follower(const kimi_serve_opts_t *o,
     const kimi_model_config_t *cfg, void *mem, uint32_t k, pid_t leader,
     uint32_t n_threads)
 {
@@ -628,7 +628,7 @@ kimi_serve_tp_follower(const kimi_serve_opts_t *o,
 
     if ((rc = kimi_backend_create(&backend, &bp, &err)) != 0
         || (rc = backend->ops->kv_init(backend, &kv, &n_blocks, &err)) != 0
-        || (rc = kimi_backend_cpu_tp_ready(backend, &err)) != 0)
+        || (rc = kimi_backend_cpu_followers_ready(backend, &err)) != 0)
     {
         goto failed;
     }
@@ -645,7 +645,7 @@ kimi_serve_tp_follower(const kimi_serve_opts_t *o,
                  model->layer_last, n_blocks);
     }
 
-    rc = kimi_backend_cpu_tp_follow(backend, &err);
+    rc = kimi_backend_cpu_follow(backend, &err);
     if (rc == 0) {
         kimi_log(KIMI_LOG_NOTICE, "%s follower %u done",
                  kimi_serve_group_kind(o), k);
@@ -675,7 +675,7 @@ failed:
  * them.  Returns 0 in the leader (*group set), or the exit code of a
  * follower in the follower (*is_follower set). */
 static int
-kimi_serve_tp_start(const kimi_serve_opts_t *o,
+kimi_serve_followers_start(const kimi_serve_opts_t *o,
     const kimi_model_config_t *cfg, size_t seg_bytes, uint32_t n_threads,
     kimi_group_t **group, pid_t *pids, int *is_follower, int sfd)
 {
@@ -702,7 +702,7 @@ kimi_serve_tp_start(const kimi_serve_opts_t *o,
         if (pids[k] == 0) {
             close(sfd);
             *is_follower = 1;
-            return kimi_serve_tp_follower(o, cfg, mem, k, leader, n_threads);
+            return kimi_serve_follower(o, cfg, mem, k, leader, n_threads);
         }
 
         if (pids[k] == -1) {
@@ -733,7 +733,7 @@ kimi_serve_tp_start(const kimi_serve_opts_t *o,
 /* The leader's end: followers leave on the stop message (sent when the
  * backend is freed) or are killed after a grace period. */
 static void
-kimi_serve_tp_reap(const pid_t *pids, uint32_t T)
+kimi_serve_followers_reap(const pid_t *pids, uint32_t T)
 {
     struct timespec  nap = { 0, 10000000 };
     int              status;
@@ -818,9 +818,9 @@ kimi_cmd_serve(int argc, char **argv)
     kimi_backend_t        *backend = NULL;
     kimi_server_t         *srv = NULL;
     kimi_group_t          *group = NULL;
-    kimi_group_t          *tp_group = NULL;
-    pid_t                  tp_pids[KIMI_GROUP_MAX_RANKS];
-    size_t                 tp_seg_bytes = 0;
+    kimi_group_t          *followers = NULL;
+    pid_t                  follower_pids[KIMI_GROUP_MAX_RANKS];
+    size_t                 followers_seg_bytes = 0;
     int                    is_follower = 0;
     int                    is_replay;
     char                   model_abs[PATH_MAX];
@@ -958,7 +958,7 @@ kimi_cmd_serve(int argc, char **argv)
     }
 
     if (o.tensor_parallel_size > 1 || o.pipeline_parallel_size > 1) {
-        rc = kimi_serve_group_check(&o, &cfg, &tp_seg_bytes);
+        rc = kimi_serve_group_check(&o, &cfg, &followers_seg_bytes);
         if (rc != 0) {
             return rc;
         }
@@ -1005,8 +1005,8 @@ kimi_cmd_serve(int argc, char **argv)
     }
 
     if (kimi_serve_group_size(&o) > 1) {
-        rc = kimi_serve_tp_start(&o, &cfg, tp_seg_bytes, o.threads, &tp_group,
-                                 tp_pids, &is_follower, sfd);
+        rc = kimi_serve_followers_start(&o, &cfg, followers_seg_bytes, o.threads, &followers,
+                                 follower_pids, &is_follower, sfd);
         if (is_follower || rc != 0) {
             return rc;
         }
@@ -1021,7 +1021,7 @@ kimi_cmd_serve(int argc, char **argv)
 
     memset(&sp, 0, sizeof(sp));
     sp.group = group;
-    sp.followers = tp_group;
+    sp.followers = followers;
     sp.ipc_dir = o.ipc_dir;
     sp.ipc_mode = o.ipc_mode;
     sp.rank = dp.local_rank;
@@ -1102,8 +1102,8 @@ kimi_cmd_serve(int argc, char **argv)
         mp.hf_overrides = o.hf_overrides;
         mp.seed = o.seed;
 
-        if (tp_group != NULL) {
-            kimi_serve_group_shard(&o, &cfg, 0, tp_group, &mp, &bp);
+        if (followers != NULL) {
+            kimi_serve_group_shard(&o, &cfg, 0, followers, &mp, &bp);
         }
 
         if (group != NULL) {
@@ -1131,7 +1131,7 @@ kimi_cmd_serve(int argc, char **argv)
         goto done;
     }
 
-    if (tp_group != NULL && kimi_backend_cpu_tp_ready(backend, &err) != 0) {
+    if (followers != NULL && kimi_backend_cpu_followers_ready(backend, &err) != 0) {
         kimi_log(KIMI_LOG_EMERG, "%s: %s", kimi_serve_group_kind(&o),
                  err.msg);
         goto done;
@@ -1158,15 +1158,15 @@ done:
     if (backend != NULL) {
         backend->ops->free(backend);
     }
-    if (tp_group != NULL) {
+    if (followers != NULL) {
         if (exit_code != 0) {
-            kimi_group_abort(tp_group, "the leader is exiting");
+            kimi_group_abort(followers, "the leader is exiting");
         }
-        kimi_serve_tp_reap(tp_pids, kimi_serve_group_size(&o));
+        kimi_serve_followers_reap(follower_pids, kimi_serve_group_size(&o));
     }
     kimi_model_free(model);
     kimi_group_free(group);
-    kimi_group_free(tp_group);
+    kimi_group_free(followers);
     kimi_tokenizer_free(tok);
     if (sfd != -1) {
         close(sfd);

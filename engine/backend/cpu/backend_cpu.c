@@ -74,8 +74,8 @@ typedef struct {
     kimi_group_t              *tp;
     kimi_group_t              *pp;
     kimi_group_t              *lead;
-    kimi_batch_seq_t          *tp_seqs;        /* follower: the leader's */
-    uint32_t                   cap_tp_seqs;
+    kimi_batch_seq_t          *lead_seqs;        /* follower: the leader's */
+    uint32_t                   cap_lead_seqs;
 
     /* expert parallelism: this rank's experts, the peers' rows */
     kimi_group_t              *ep;
@@ -89,9 +89,9 @@ typedef struct {
 
 
 /* what a rank syncs for (group.h tags): ranks at different ones fail */
-#define KIMI_CPU_TAG_TP_STEP   ((uint64_t) 3 << 56)
+#define KIMI_CPU_TAG_LEAD_STEP   ((uint64_t) 3 << 56)
 #define KIMI_CPU_TAG_TP_SUM    ((uint64_t) 4 << 56)
-#define KIMI_CPU_TAG_TP_READY  ((uint64_t) 5 << 56)
+#define KIMI_CPU_TAG_READY  ((uint64_t) 5 << 56)
 #define KIMI_CPU_TAG_PP_HOP    ((uint64_t) 6 << 56)
 #define KIMI_CPU_TAG_PP_LOGITS ((uint64_t) 7 << 56)
 
@@ -858,11 +858,11 @@ kimi_cpu_ep_idle(kimi_cpu_t *b, int rc, kimi_err_t *err)
 
 /* Message of one step: kind, n_seqs, then per sequence seq_id, n_tokens,
  * pos, n_blocks, want_logits, then its tokens and block ids. */
-#define KIMI_CPU_TP_STEP   1u
-#define KIMI_CPU_TP_STOP   2u
+#define KIMI_CPU_LEAD_STEP   1u
+#define KIMI_CPU_LEAD_STOP   2u
 
 static int
-kimi_cpu_tp_send(kimi_cpu_t *b, uint32_t kind, const kimi_batch_t *batch,
+kimi_cpu_lead_send(kimi_cpu_t *b, uint32_t kind, const kimi_batch_t *batch,
     kimi_err_t *err)
 {
     uint32_t   W = kimi_group_world(b->lead);
@@ -915,20 +915,20 @@ kimi_cpu_tp_send(kimi_cpu_t *b, uint32_t kind, const kimi_batch_t *batch,
         kimi_group_abort(b->lead, why);
     }
 
-    return kimi_group_exchange(b->lead, KIMI_CPU_TAG_TP_STEP, bytes, err);
+    return kimi_group_exchange(b->lead, KIMI_CPU_TAG_LEAD_STEP, bytes, err);
 }
 
 
 /* A follower's copy of the leader's step; NULL batch = stop. */
 static int
-kimi_cpu_tp_recv(kimi_cpu_t *b, kimi_batch_t *batch, int *stop,
+kimi_cpu_lead_recv(kimi_cpu_t *b, kimi_batch_t *batch, int *stop,
     kimi_err_t *err)
 {
     size_t           bytes[KIMI_GROUP_MAX_RANKS] = { 0 }, len, n, at = 2;
     const uint32_t  *in;
     int              rc;
 
-    if ((rc = kimi_group_exchange(b->lead, KIMI_CPU_TAG_TP_STEP, bytes, err))
+    if ((rc = kimi_group_exchange(b->lead, KIMI_CPU_TAG_LEAD_STEP, bytes, err))
         != 0)
     {
         return rc;
@@ -942,7 +942,7 @@ kimi_cpu_tp_recv(kimi_cpu_t *b, kimi_batch_t *batch, int *stop,
                             " message of %zu bytes", len);
     }
 
-    *stop = in[0] == KIMI_CPU_TP_STOP;
+    *stop = in[0] == KIMI_CPU_LEAD_STOP;
     batch->n_seqs = in[1];
     batch->seqs = NULL;
 
@@ -950,18 +950,18 @@ kimi_cpu_tp_recv(kimi_cpu_t *b, kimi_batch_t *batch, int *stop,
         return 0;
     }
 
-    if (in[1] > b->cap_tp_seqs) {
-        kimi_batch_seq_t  *ns = realloc(b->tp_seqs, in[1] * sizeof(*ns));
+    if (in[1] > b->cap_lead_seqs) {
+        kimi_batch_seq_t  *ns = realloc(b->lead_seqs, in[1] * sizeof(*ns));
 
         if (ns == NULL) {
             return kimi_err_set(err, KIMI_ENOMEM, "tensor parallel: seqs");
         }
-        b->tp_seqs = ns;
-        b->cap_tp_seqs = in[1];
+        b->lead_seqs = ns;
+        b->cap_lead_seqs = in[1];
     }
 
     for (uint32_t i = 0; i < in[1]; i++) {
-        kimi_batch_seq_t  *s = &b->tp_seqs[i];
+        kimi_batch_seq_t  *s = &b->lead_seqs[i];
 
         if (at + 6 > n) {
             return kimi_err_set(err, KIMI_EFORMAT, "tensor parallel: a"
@@ -989,7 +989,7 @@ kimi_cpu_tp_recv(kimi_cpu_t *b, kimi_batch_t *batch, int *stop,
         at += s->n_blocks;
     }
 
-    batch->seqs = b->tp_seqs;
+    batch->seqs = b->lead_seqs;
     return 0;
 }
 
@@ -1295,7 +1295,7 @@ kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     int          rc;
 
     if (b->lead != NULL
-        && (rc = kimi_cpu_tp_send(b, KIMI_CPU_TP_STEP, batch, err)) != 0)
+        && (rc = kimi_cpu_lead_send(b, KIMI_CPU_LEAD_STEP, batch, err)) != 0)
     {
         return rc;
     }
@@ -1305,7 +1305,7 @@ kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
 
 
 int
-kimi_backend_cpu_tp_ready(kimi_backend_t *base, kimi_err_t *err)
+kimi_backend_cpu_followers_ready(kimi_backend_t *base, kimi_err_t *err)
 {
     kimi_cpu_t  *b = (kimi_cpu_t *) base;
     int          any, all;
@@ -1314,13 +1314,13 @@ kimi_backend_cpu_tp_ready(kimi_backend_t *base, kimi_err_t *err)
         return 0;
     }
 
-    return kimi_group_vote(b->lead, KIMI_CPU_TAG_TP_READY, 1, 1, &any, &all,
+    return kimi_group_vote(b->lead, KIMI_CPU_TAG_READY, 1, 1, &any, &all,
                            err);
 }
 
 
 int
-kimi_backend_cpu_tp_follow(kimi_backend_t *base, kimi_err_t *err)
+kimi_backend_cpu_follow(kimi_backend_t *base, kimi_err_t *err)
 {
     kimi_cpu_t    *b = (kimi_cpu_t *) base;
     kimi_batch_t   batch;
@@ -1333,7 +1333,7 @@ kimi_backend_cpu_tp_follow(kimi_backend_t *base, kimi_err_t *err)
     }
 
     for ( ;; ) {
-        if ((rc = kimi_cpu_tp_recv(b, &batch, &stop, err)) != 0) {
+        if ((rc = kimi_cpu_lead_recv(b, &batch, &stop, err)) != 0) {
             return rc;
         }
 
@@ -1377,7 +1377,7 @@ kimi_cpu_free(kimi_backend_t *base)
     if (b->lead != NULL && kimi_group_rank(b->lead) == 0
         && !kimi_group_failed(b->lead))
     {
-        (void) kimi_cpu_tp_send(b, KIMI_CPU_TP_STOP, NULL, &err);
+        (void) kimi_cpu_lead_send(b, KIMI_CPU_LEAD_STOP, NULL, &err);
     }
 
     kimi_pool_free(b->pool);
@@ -1400,7 +1400,7 @@ kimi_cpu_free(kimi_backend_t *base)
     free(b->g); free(b->u); free(b->y); free(b->rl); free(b->xe);
     free(b->ye); free(b->xq); free(b->xs); free(b->tok_id); free(b->tok_pos);
     free(b->tok_seq); free(b->route_ids); free(b->route_w); free(b->gather);
-    free(b->gather_w); free(b->ep_pos); free(b->tp_seqs);
+    free(b->gather_w); free(b->ep_pos); free(b->lead_seqs);
     free(b);
 }
 

@@ -49,15 +49,16 @@ int kimi_backend_cpu_init_params(kimi_backend_t **out,
 void kimi_backend_cpu_set_all_logits(kimi_backend_t *b, int on);
 
 /*
- * Tensor or pipeline parallel (the functions keep their tp_ names).
- * Every rank calls _ready() once its backend and KV
- * cache exist (a barrier: the leader serves only once all shards are up).
- * The leader then runs forward() as usual: each step's batch goes to the
- * followers first, and the heads' and MLP slices' partial sums are
- * all-reduced.  A follower calls _follow(), which runs the leader's steps
- * until the leader's backend is freed (0) or the group breaks (< 0).
+ * Tensor or pipeline parallel: a leader (group rank 0) and its followers.
+ * Every member calls _followers_ready() once its backend and KV cache
+ * exist (a barrier: the leader serves only once all shares are up).  The
+ * leader then runs forward() as usual: each step's batch goes to the
+ * followers first; tensor shards all-reduce their partial sums, pipeline
+ * stages hand their hidden rows on.  A follower calls _follow(), which
+ * runs the leader's steps until the leader's backend is freed (0) or the
+ * group breaks (< 0).
  */
-int kimi_backend_cpu_tp_ready(kimi_backend_t *b, kimi_err_t *err);
-int kimi_backend_cpu_tp_follow(kimi_backend_t *b, kimi_err_t *err);
+int kimi_backend_cpu_followers_ready(kimi_backend_t *b, kimi_err_t *err);
+int kimi_backend_cpu_follow(kimi_backend_t *b, kimi_err_t *err);
 
 #endif
