@@ -16,6 +16,7 @@ use lib "$FindBin::Bin/lib";
 
 use JSON::PP;
 use List::Util qw(max);
+use POSIX qw(WNOHANG);
 use Test::More;
 use KimiTest qw(completion_body);
 
@@ -165,6 +166,43 @@ $r = complete($t, 'The capital of France is');
 is($r->{status}, 503, 'the gateway answers 503 once the group is gone');
 delete $t->{pids}{engine};
 
+$t->stop;
+
+# ---- SIGTERM drains both ranks together -------------------------------------
+
+$t = KimiTest->new(workers => 1);
+$t->{engine_args} = [ @common, '--data-parallel-size', 2,
+    '--enable-expert-parallel' ];
+$t->start;
+ok(KimiTest::wait_for(20, sub {
+        `$bin status --ipc-dir ${\ $t->dir}/ipc 2>&1` =~ /rank=1 .*state=ready/ }),
+    'drain: rank 1 is ready');
+$s = $t->connect_gw;
+print $s KimiTest::request_text('POST', '/v1/completions',
+    completion_body(prompt => 'Once upon a time, in a', max_tokens => 60,
+                    temperature => 0, stream => $true), 'X-Kimi-Rank' => 1);
+select(undef, undef, undef, 0.3);
+my $epid = $t->engine_pid;
+kill 'TERM', $epid;
+$raw = '';
+$end = time + 30;
+while (time < $end) {
+    my $n = sysread($s, my $buf, 65536);
+    last unless $n;
+    $raw .= $buf;
+}
+like($raw, qr/"finish_reason":"length".*data: \[DONE\]/s,
+    'a stream on rank 1 runs to its end through the drain (rank 0 idle,'
+    . ' serving its experts)');
+my $gone = KimiTest::wait_for(15, sub { waitpid($epid, WNOHANG) == $epid });
+my $code = $? >> 8;
+ok($gone, 'the engine exits after the drain');
+is($code, 0, 'with exit code 0');
+$log = $t->read_file('engine.log');
+is(scalar(() = $log =~ /rank=\d drained, stopping/g), 2,
+    'both ranks drained and stopped together');
+unlike($log, qr/parallel group failed/, 'no group failure on a clean stop');
+delete $t->{pids}{engine};
 $t->stop;
 
 done_testing();
