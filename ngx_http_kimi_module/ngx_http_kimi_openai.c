@@ -24,6 +24,10 @@
 
 static ngx_int_t ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx,
     json_t *root, u_char *err, const char **param);
+static ngx_int_t ngx_http_kimi_parse_logit_bias(json_t *v,
+    kimi_shm_sampling_t *s, u_char *err);
+static ngx_int_t ngx_http_kimi_check_structured(json_t *root, u_char *err,
+    const char **param);
 static ngx_int_t ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx,
     json_t *root, u_char *err, const char **param);
 static ngx_int_t ngx_http_kimi_parse_prompt(ngx_http_kimi_ctx_t *ctx,
@@ -141,6 +145,132 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
     return rc;
 }
 
+
+
+
+/* Structured output (JSON mode, JSON schema, vLLM's guided decoding) is
+ * not implemented: a request that asks for it gets a 400 naming the field,
+ * never text that silently ignores the constraint. */
+static ngx_int_t
+ngx_http_kimi_check_structured(json_t *root, u_char *err, const char **param)
+{
+    json_t             *v, *t;
+    ngx_uint_t          i;
+    static const char  *guided[] = { "guided_json", "guided_regex",
+                                     "guided_choice", "guided_grammar",
+                                     "structured_outputs", NULL };
+
+    *param = "response_format";
+    v = json_object_get(root, "response_format");
+
+    if (v != NULL && !json_is_null(v)) {
+        t = json_is_object(v) ? json_object_get(v, "type") : NULL;
+
+        if (!json_is_string(t)) {
+            ngx_sprintf(err, "\"response_format\" must be an object with a"
+                        " string \"type\"");
+            return NGX_ERROR;
+        }
+
+        if (ngx_strcmp(json_string_value(t), "text") != 0) {
+            ngx_sprintf(err, "\"response_format\" of type \"%*s\" is not"
+                        " supported: this server does not implement"
+                        " structured output (JSON mode, JSON schema)",
+                        (size_t) ngx_min(json_string_length(t), (size_t) 64),
+                        json_string_value(t));
+            return NGX_ERROR;
+        }
+    }
+
+    for (i = 0; guided[i] != NULL; i++) {
+        v = json_object_get(root, guided[i]);
+
+        if (v != NULL && !json_is_null(v)) {
+            *param = guided[i];
+            ngx_sprintf(err, "\"%s\" is not supported: this server does not"
+                        " implement structured output", guided[i]);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+/* {"token id": bias, ...}: ids as decimal strings (JSON keys), biases in
+ * [-100, 100], at most KIMI_SHM_MAX_LOGIT_BIAS; the engine checks the ids
+ * against the vocabulary. */
+static ngx_int_t
+ngx_http_kimi_parse_logit_bias(json_t *v, kimi_shm_sampling_t *s, u_char *err)
+{
+    u_char      *p, *end;
+    double       bias;
+    int64_t      id;
+    json_t      *b;
+    const char  *key;
+
+    if (v == NULL || json_is_null(v)) {
+        return NGX_OK;
+    }
+
+    if (!json_is_object(v)) {
+        ngx_sprintf(err, "\"logit_bias\" must be an object mapping token ids"
+                    " to biases");
+        return NGX_ERROR;
+    }
+
+    if (json_object_size(v) > KIMI_SHM_MAX_LOGIT_BIAS) {
+        ngx_sprintf(err, "\"logit_bias\" has %uz entries; at most %d are"
+                    " accepted", json_object_size(v),
+                    KIMI_SHM_MAX_LOGIT_BIAS);
+        return NGX_ERROR;
+    }
+
+    json_object_foreach(v, key, b) {
+        p = (u_char *) key;
+        end = p + ngx_strlen(key);
+        id = 0;
+
+        if (p == end || end - p > 10) {
+            goto bad_key;
+        }
+
+        for ( /* void */ ; p < end; p++) {
+            if (*p < '0' || *p > '9') {
+                goto bad_key;
+            }
+            id = id * 10 + (*p - '0');
+        }
+
+        if (id > INT32_MAX) {
+            goto bad_key;
+        }
+
+        if (!json_is_number(b)) {
+            ngx_sprintf(err, "\"logit_bias\" of token %L must be a number",
+                        id);
+            return NGX_ERROR;
+        }
+
+        bias = json_number_value(b);
+        if (!(bias >= -100.0 && bias <= 100.0)) {
+            ngx_sprintf(err, "\"logit_bias\" of token %L must be in"
+                        " [-100, 100]", id);
+            return NGX_ERROR;
+        }
+
+        s->logit_bias[s->n_logit_bias].token = (int32_t) id;
+        s->logit_bias[s->n_logit_bias].bias = (float) bias;
+        s->n_logit_bias++;
+    }
+
+    return NGX_OK;
+
+bad_key:
+
+    ngx_sprintf(err, "\"logit_bias\" keys must be token ids (decimal"
+                " integers as strings)");
+    return NGX_ERROR;
+}
 
 static ngx_int_t
 ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
@@ -349,6 +479,18 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         json_array_foreach(v, i, id) {
             s->stop_ids[s->n_stop_ids++] = (int32_t) json_integer_value(id);
         }
+    }
+
+    if (ngx_http_kimi_check_structured(root, err, param) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    *param = "logit_bias";
+    if (ngx_http_kimi_parse_logit_bias(json_object_get(root, "logit_bias"), s,
+                                       err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
     *param = "ignore_eos";

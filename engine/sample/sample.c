@@ -157,6 +157,27 @@ kimi_sample_params_check(const kimi_shm_sampling_t *sp, uint32_t vocab,
         }
     }
 
+    if (sp->n_logit_bias > KIMI_SHM_MAX_LOGIT_BIAS) {
+        return kimi_err_set(err, KIMI_EINVAL, "at most %d logit_bias entries,"
+                            " got %u", KIMI_SHM_MAX_LOGIT_BIAS,
+                            sp->n_logit_bias);
+    }
+
+    for (uint32_t i = 0; i < sp->n_logit_bias; i++) {
+        const kimi_shm_logit_bias_t  *lb = &sp->logit_bias[i];
+
+        if (lb->token < 0 || (uint32_t) lb->token >= vocab) {
+            return kimi_err_set(err, KIMI_EINVAL, "logit_bias token id %d is"
+                                " out of range [0, %u)", lb->token, vocab);
+        }
+
+        if (!(lb->bias >= -100.0f && lb->bias <= 100.0f)) {
+            return kimi_err_set(err, KIMI_EINVAL, "logit_bias of token %d"
+                                " must be in [-100, 100], got %g", lb->token,
+                                lb->bias);
+        }
+    }
+
     if (sp->top_logprobs > KIMI_SHM_MAX_TOP_LOGPROBS) {
         return kimi_err_set(err, KIMI_EINVAL, "top_logprobs must be at most "
                             "%d, got %u", KIMI_SHM_MAX_TOP_LOGPROBS,
@@ -260,8 +281,9 @@ kimi_sample_has_penalties(const kimi_shm_sampling_t *sp)
 }
 
 
-/* Copies the row into s->x and applies min_tokens suppression and the
- * penalties.  Only called when at least one of them applies. */
+/* Copies the row into s->x and applies, in vLLM's order, min_tokens
+ * suppression, logit_bias, then the penalties.  Only called when at least
+ * one of them applies. */
 static void
 kimi_sample_process(kimi_sampler_t *s, const float *logits,
     const kimi_sample_req_t *req, int suppress)
@@ -271,6 +293,13 @@ kimi_sample_process(kimi_sampler_t *s, const float *logits,
     float                       v;
 
     memcpy(s->x, logits, (size_t) s->vocab * sizeof(float));
+
+    for (uint32_t i = 0; i < sp->n_logit_bias; i++) {
+        id = (uint32_t) sp->logit_bias[i].token;
+        if (id < s->vocab) {
+            s->x[id] += sp->logit_bias[i].bias;
+        }
+    }
 
     if (kimi_sample_has_penalties(sp)) {
         n_all = req->n_prompt + req->n_output;
@@ -751,7 +780,8 @@ kimi_sampler_sample(kimi_sampler_t *s, const float *logits,
     memset(tok, 0, sizeof(*tok));
 
     suppress = req->n_output < sp->min_tokens;
-    processed = suppress || kimi_sample_has_penalties(sp);
+    processed = suppress || sp->n_logit_bias > 0
+                || kimi_sample_has_penalties(sp);
 
     if (processed) {
         kimi_sample_process(s, logits, req, suppress);

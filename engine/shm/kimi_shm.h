@@ -57,7 +57,7 @@
 #include "../common/kimi_err.h"
 
 #define KIMI_SHM_MAGIC           0x4d48534d494d494bULL  /* "KIMIMSHM" */
-#define KIMI_SHM_ABI_VERSION     1
+#define KIMI_SHM_ABI_VERSION     2
 
 #define KIMI_SHM_MAX_RANKS       8      /* DP ranks served by one segment */
 #define KIMI_SHM_MAX_WORKERS     128    /* nginx workers, two generations */
@@ -66,6 +66,7 @@
 #define KIMI_SHM_REQUEST_ID_LEN  64
 #define KIMI_SHM_MAX_STOP_IDS    32
 #define KIMI_SHM_MAX_TOP_LOGPROBS 20
+#define KIMI_SHM_MAX_LOGIT_BIAS  300      /* OpenAI's own limit */
 #define KIMI_SHM_TOKEN_RING      64     /* entries per slot; power of two */
 #define KIMI_SHM_CACHE_LINE      64
 
@@ -103,6 +104,12 @@ typedef enum {
     KIMI_REQ_GENERATE = 0,
 } kimi_req_kind_e;
 
+/* One logit_bias entry: added to the token's logit before penalties. */
+typedef struct {
+    int32_t   token;
+    float     bias;                /* [-100, 100] */
+} kimi_shm_logit_bias_t;
+
 /* Sampling parameters, as the OpenAI/vLLM request gave them. */
 typedef struct {
     float     temperature;         /* 0 = greedy */
@@ -121,10 +128,11 @@ typedef struct {
     uint8_t   ignore_eos;
     uint8_t   logprobs;            /* return the sampled token's logprob */
     uint8_t   top_logprobs;        /* 0..KIMI_SHM_MAX_TOP_LOGPROBS */
-    uint32_t  pad0;                /* aligns the struct to 8 */
+    uint32_t  n_logit_bias;        /* <= KIMI_SHM_MAX_LOGIT_BIAS */
+    kimi_shm_logit_bias_t  logit_bias[KIMI_SHM_MAX_LOGIT_BIAS];
 } kimi_shm_sampling_t;
 
-_Static_assert(sizeof(kimi_shm_sampling_t) == 184, "sampling layout");
+_Static_assert(sizeof(kimi_shm_sampling_t) == 2584, "sampling layout");
 
 /* One generated token as the engine publishes it. */
 typedef struct {

@@ -1310,6 +1310,40 @@ test_sampler(void)
        && near(out.tok.top_logprobs[3], -0.25 - lse, 1e-5),
        "frequency x count and presence once, output tokens only");
 
+    /* logit_bias before the penalties (vLLM's order), greedy included;
+     * raw logprobs stay those of the model */
+    float  lb[4] = { 1.0f, 2.0f, 0.5f, 1.5f };
+    toks[0] = 2;
+    req.n_prompt = 1;
+    req.n_output = 0;
+    sp = sp_base(0.0f);
+    sp.n_logit_bias = 2;
+    sp.logit_bias[0].token = 1;
+    sp.logit_bias[0].bias = -100.0f;
+    sp.logit_bias[1].token = 2;
+    sp.logit_bias[1].bias = 1.5f;
+    sp.repetition_penalty = 2.0f;
+    sp.logprobs = 1;
+    sp.top_logprobs = 1;
+    req.logprobs_mode = KIMI_LOGPROBS_RAW;
+    kimi_sampler_sample(smp, lb, &req, &out, &err);
+    /* processed: [1, -98, (0.5+1.5)/2 = 1, 1.5] -> 3; biased then
+     * penalised: the penalty would have kept id 2 at 0.25 + 1.5 = 1.75 */
+    lse = log(exp(1.0) + exp(2.0) + exp(0.5) + exp(1.5));
+    ok(out.tok.token == 3 && near(out.tok.logprob, 1.5 - lse, 1e-5),
+       "logit_bias: added before the repetition penalty, raw logprobs"
+       " unbiased");
+    ok(kimi_sample_params_check(&sp, 4, &err) == 0,
+       "logit_bias: valid entries pass the check");
+    sp.logit_bias[1].token = 4;
+    ok(kimi_sample_params_check(&sp, 4, &err) != 0
+       && strstr(err.msg, "logit_bias token id 4") != NULL,
+       "logit_bias: an id outside the vocabulary is refused: %s", err.msg);
+    sp.logit_bias[1].token = 2;
+    sp.logit_bias[1].bias = 101.0f;
+    ok(kimi_sample_params_check(&sp, 4, &err) != 0,
+       "logit_bias: a bias over 100 is refused");
+
     /* min_tokens masks eos (id 3) and stop ids */
     float  me[4] = { 0.0f, 1.0f, 0.5f, 9.0f };
     req.n_prompt = 1;
