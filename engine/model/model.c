@@ -439,11 +439,20 @@ kimi_model_layer(kimi_model_t *m, uint32_t l, kimi_err_t *err)
     KIMI_V(input_layernorm, "input_layernorm.weight", c->hidden_size);
     KIMI_V(post_attention_layernorm, "post_attention_layernorm.weight",
            c->hidden_size);
-    KIMI_W(q_a_proj, "self_attn.q_a_proj.weight", c->q_lora_rank,
-           c->hidden_size, 1.0f / sqrtf((float) c->hidden_size));
-    KIMI_V(q_a_layernorm, "self_attn.q_a_layernorm.weight", c->q_lora_rank);
-    KIMI_W(q_b_proj, "self_attn.q_b_proj.weight", H * qk, c->q_lora_rank,
-           1.0f / sqrtf((float) c->q_lora_rank));
+    if (c->q_lora_rank > 0) {
+        KIMI_W(q_a_proj, "self_attn.q_a_proj.weight", c->q_lora_rank,
+               c->hidden_size, 1.0f / sqrtf((float) c->hidden_size));
+        KIMI_V(q_a_layernorm, "self_attn.q_a_layernorm.weight",
+               c->q_lora_rank);
+        KIMI_W(q_b_proj, "self_attn.q_b_proj.weight", H * qk, c->q_lora_rank,
+               1.0f / sqrtf((float) c->q_lora_rank));
+
+    } else {
+        /* q_lora_rank null (Moonlight, DeepSeek-V2-Lite shapes): one q_proj,
+         * kept in q_b_proj's place with hidden_size columns */
+        KIMI_W(q_b_proj, "self_attn.q_proj.weight", H * qk, c->hidden_size,
+               1.0f / sqrtf((float) c->hidden_size));
+    }
     KIMI_W(kv_a_proj_with_mqa, "self_attn.kv_a_proj_with_mqa.weight", R + P,
            c->hidden_size, 1.0f / sqrtf((float) c->hidden_size));
     KIMI_V(kv_a_layernorm, "self_attn.kv_a_layernorm.weight", R);

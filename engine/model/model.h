@@ -40,7 +40,7 @@ typedef struct {
     uint32_t  topk_group;                  /* groups kept per token */
     uint32_t  first_k_dense_replace;       /* layers [0, k) are dense */
     uint32_t  moe_layer_freq;              /* MoE every n-th layer >= k */
-    uint32_t  q_lora_rank;                 /* 1536 (0 = no q LoRA: unsupported) */
+    uint32_t  q_lora_rank;                 /* 1536 (0 = no q LoRA: q_proj) */
     uint32_t  kv_lora_rank;                /* 512: latent width */
     uint32_t  qk_nope_head_dim;            /* 128 */
     uint32_t  qk_rope_head_dim;            /* 64 */
@@ -136,7 +136,10 @@ typedef struct {
     /* MLA */
     kimi_weight_t       q_a_proj;           /* [q_lora_rank, hidden] */
     const float        *q_a_layernorm;      /* [q_lora_rank] */
-    kimi_weight_t       q_b_proj;           /* [heads * (nope + rope), q_lora] */
+    kimi_weight_t       q_b_proj;           /* [heads * (nope + rope), q_lora];
+                                               q_lora_rank 0: q_proj, [heads *
+                                               (nope + rope), hidden], and no
+                                               q_a_proj / q_a_layernorm */
     kimi_weight_t       kv_a_proj_with_mqa; /* [kv_lora + rope, hidden] */
     const float        *kv_a_layernorm;     /* [kv_lora_rank] */
     kimi_weight_t       kv_b_proj;          /* [heads * (nope + v), kv_lora] */

@@ -394,12 +394,6 @@ kimi_cfg_validate(kimi_cfg_ctx_t *cx, kimi_model_config_t *c)
                             "(noaux_tc only)", cx->what, c->topk_method);
     }
 
-    if (c->q_lora_rank == 0) {
-        return kimi_err_set(cx->err, KIMI_EUNSUPPORTED,
-                            "%s: q_lora_rank null/0 (no q LoRA) is not "
-                            "supported", cx->what);
-    }
-
 #define KIMI_CFG_NONZERO(f)                                                   \
     if (c->f == 0) {                                                          \
         return kimi_err_set(cx->err, KIMI_EFORMAT, "%s: " #f " must be > 0", \

@@ -241,16 +241,21 @@ kimi_cpu_mla(kimi_cpu_t *b, uint32_t l, const kimi_batch_t *batch,
     float                        cs[512], sn[512];
     kimi_cpu_attn_job_t          j = { b, l, batch };
 
-    /* q = q_b(rms(q_a(a)))                     [T][H][nope + rope] */
-    kimi_cpu_linear(b, b->a, T, &L->q_a_proj, b->qa);
+    /* q = q_b(rms(q_a(a))), or q_proj(a) without q LoRA  [T][H][nope + rope] */
+    if (c->q_lora_rank > 0) {
+        kimi_cpu_linear(b, b->a, T, &L->q_a_proj, b->qa);
 
-    for (uint32_t t = 0; t < T; t++) {
-        float  *row = b->qa + (size_t) t * c->q_lora_rank;
-        kimi_rmsnorm(row, L->q_a_layernorm, c->q_lora_rank, c->rms_norm_eps,
-                     row);
+        for (uint32_t t = 0; t < T; t++) {
+            float  *row = b->qa + (size_t) t * c->q_lora_rank;
+            kimi_rmsnorm(row, L->q_a_layernorm, c->q_lora_rank,
+                         c->rms_norm_eps, row);
+        }
+
+        kimi_cpu_linear(b, b->qa, T, &L->q_b_proj, b->q);
+
+    } else {
+        kimi_cpu_linear(b, b->a, T, &L->q_b_proj, b->q);
     }
-
-    kimi_cpu_linear(b, b->qa, T, &L->q_b_proj, b->q);
 
     /* ckv = kv_a(a) = [c (R) ; k_pe (rope)]      [T][R + P] */
     kimi_cpu_linear(b, b->a, T, &L->kv_a_proj_with_mqa, b->ckv);

@@ -38,7 +38,9 @@ kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
               "512 + 64 only", c->kv_lora_rank, c->qk_rope_head_dim);
     KIMI_NEED(H % 16 == 0 && H <= 64, "num_attention_heads %u: the MLA "
               "kernels need a multiple of 16, at most 64", H);
-    KIMI_NEED(c->q_lora_rank > 0 && c->q_lora_rank % 128 == 0,
+    KIMI_NEED(c->q_lora_rank > 0, "q_lora_rank null (q_proj without a q"
+              " LoRA) is implemented on the cpu backend only%s", "");
+    KIMI_NEED(c->q_lora_rank % 128 == 0,
               "q_lora_rank %u is not a positive multiple of 128",
               c->q_lora_rank);
     KIMI_NEED((H * c->v_head_dim) % 128 == 0 && c->v_head_dim <= 512,
