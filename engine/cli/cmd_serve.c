@@ -950,6 +950,11 @@ kimi_cmd_serve(int argc, char **argv)
 
     memset(&dpp, 0, sizeof(dpp));
 
+    if (o.enable_expert_parallel && o.data_parallel_size == 1) {
+        kimi_log(KIMI_LOG_NOTICE, "--enable-expert-parallel with one rank:"
+                 " every expert is local (use --data-parallel-size N)");
+    }
+
     if (o.enable_expert_parallel && o.data_parallel_size > 1) {
         rc = kimi_serve_ep_check(&o, &cfg, &dpp.group_seg_bytes);
         if (rc != 0) {
