@@ -94,6 +94,7 @@ typedef struct {
     uint64_t     cpu_kv_cache_bytes;
     float        gpu_memory_utilization;
     int          enable_chunked_prefill;
+    int          enable_prefix_caching;
     int          help;
 } kimi_serve_opts_t;
 
@@ -128,6 +129,10 @@ static const kimi_opt_t  kimi_serve_opts[] = {
       NULL, "split long prompts over steps (default)" },
     { "--no-enable-chunked-prefill", OPT_OFF, O(enable_chunked_prefill), 0, 0,
       NULL, "a prompt must fit one step's token budget" },
+    { "--enable-prefix-caching", OPT_ON, O(enable_prefix_caching), 0, 0,
+      NULL, "reuse the KV blocks of prompt prefixes seen before (default)" },
+    { "--no-enable-prefix-caching", OPT_OFF, O(enable_prefix_caching), 0, 0,
+      NULL, "compute every prompt from its first token" },
     { "--gpu-memory-utilization", OPT_FLOAT, O(gpu_memory_utilization), 0.01,
       1.0, NULL, "cuda: fraction of GPU memory for weights + KV (0.9)" },
     { "--kv-cache-dtype", OPT_STR, O(kv_cache_dtype), 0, 0,
@@ -437,6 +442,7 @@ kimi_serve_defaults(kimi_serve_opts_t *o)
     o->max_num_seqs = sp.max_num_seqs;
     o->max_num_batched_tokens = 0;              /* per backend, below */
     o->enable_chunked_prefill = sp.enable_chunked_prefill;
+    o->enable_prefix_caching = 1;              /* vLLM's default */
     o->gpu_memory_utilization = sp.kv.gpu_memory_utilization;
     o->block_size = sp.kv.block_size;
     o->cpu_kv_cache_bytes = sp.kv.budget_bytes;
@@ -1050,6 +1056,7 @@ kimi_cmd_serve(int argc, char **argv)
     sp.sched.max_model_len = o.max_model_len;
     sp.sched.max_waiting = o.max_waiting;
     sp.sched.enable_chunked_prefill = o.enable_chunked_prefill;
+    sp.sched.enable_prefix_caching = o.enable_prefix_caching;
     sp.sched.kv = kimi_serve_kv_params(&o);
     sp.sched.eos_ids = eos_ids;
     sp.sched.n_eos = n_eos;

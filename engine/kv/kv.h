@@ -7,9 +7,11 @@
  *         (kv_init in backend.h); this file only hands out ids.
  * Never:  touches cache memory, talks to a backend, or knows what a
  *         sequence is beyond its table.
- * Holds:  alloc and free are O(1) (a LIFO stack of free ids); a block is
- *         on the free stack iff its refcount is 0; n_free + used == total.
- *         Scheduler thread only.
+ * Holds:  alloc and free are O(1) (a LIFO stack of free ids); a block with
+ *         refcount 0 is on the free stack, or, with the prefix cache on and
+ *         a registered hash, on the LRU list of cached blocks, which alloc
+ *         evicts (oldest first) once the free stack is empty; n_free counts
+ *         both; n_free + used == total.  Scheduler thread only.
  */
 
 #ifndef KIMI_KV_H
@@ -57,12 +59,44 @@ uint32_t kimi_kv_blocks_for(const kimi_kv_t *kv, uint32_t n_tokens);
 int  kimi_kv_table_reserve(kimi_kv_t *kv, kimi_kv_table_t *t,
     uint32_t n_tokens, kimi_err_t *err);
 
+/* Appends a block the caller already holds (a prefix-cache hit). */
+int  kimi_kv_table_push(kimi_kv_table_t *t, uint32_t id, kimi_err_t *err);
+
 /* Returns every block of the table to the allocator and empties it (the
  * ids array is kept for reuse). */
 void kimi_kv_table_release(kimi_kv_t *kv, kimi_kv_table_t *t);
 
 /* Frees the ids array too (after release). */
 void kimi_kv_table_free(kimi_kv_table_t *t);
+
+
+/* ---- prefix cache ---------------------------------------------------------
+ *
+ * A full block's content is named by a hash chained over every token from
+ * the start of the sequence (the KV of a token depends on all before it).
+ * Registered blocks outlive their sequences while no one needs the space,
+ * so a later sequence with the same prefix takes them instead of
+ * recomputing.  Off until enabled: every call below is then a miss/no-op.
+ */
+
+typedef struct {
+    uint64_t  queries;         /* blocks looked up */
+    uint64_t  hits;            /* of them found */
+    uint64_t  evictions;       /* cached blocks reused for new content */
+    uint32_t  cached_blocks;   /* held by no sequence, still cached */
+} kimi_kv_prefix_stats_t;
+
+int      kimi_kv_prefix_enable(kimi_kv_t *kv, kimi_err_t *err);
+int      kimi_kv_prefix_on(const kimi_kv_t *kv);
+uint64_t kimi_kv_prefix_hash(uint64_t parent, const int32_t *tokens,
+    uint32_t n);
+/* 1 and *id held (one more reference) if a block holds hash h; else 0. */
+int      kimi_kv_prefix_acquire(kimi_kv_t *kv, uint64_t h, uint32_t *id);
+/* Block id (held, fully written) now holds hash h; a no-op if h is cached
+ * already, here or in another block. */
+void     kimi_kv_prefix_register(kimi_kv_t *kv, uint32_t id, uint64_t h);
+void     kimi_kv_prefix_stats(const kimi_kv_t *kv,
+    kimi_kv_prefix_stats_t *out);
 
 
 /* ---- sizing, for backends' kv_init ------------------------------------- */

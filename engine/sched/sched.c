@@ -51,6 +51,11 @@ struct kimi_seq {
     uint32_t             max_tokens;   /* in force (0 in the request: to
                                           max_model_len) */
     uint32_t             n_computed;   /* tokens whose KV is cached */
+    uint32_t             n_hashed;     /* leading full blocks hashed (prefix
+                                          cache); chain = the last's hash */
+    uint64_t             chain;
+    uint32_t             n_cached;     /* prompt tokens the prefix cache
+                                          served at the first start */
     uint32_t             n_sched;      /* tokens in this step's batch */
     uint64_t             step;         /* last step it was batched in */
     kimi_kv_table_t      table;
@@ -326,6 +331,12 @@ kimi_sched_init(kimi_sched_t **out, const kimi_sched_params_t *params,
 
     rc = kimi_kv_init(&s->kv, n_blocks, params->kv.block_size, err);
     if (rc != KIMI_OK) {
+        goto failed;
+    }
+
+    if (params->enable_prefix_caching
+        && (rc = kimi_kv_prefix_enable(s->kv, err)) != KIMI_OK)
+    {
         goto failed;
     }
 
@@ -626,6 +637,8 @@ kimi_sched_preempt(kimi_sched_t *s, kimi_seq_t *q)
 
     kimi_list_remove(&s->running, q);
     q->n_computed = 0;
+    q->n_hashed = 0;
+    q->chain = 0;
     q->n_sched = 0;
     q->state = KIMI_SEQ_WAITING;
     kimi_list_push_front(&s->waiting, q);
@@ -690,6 +703,77 @@ kimi_sched_reserve(kimi_sched_t *s, kimi_seq_t *q, uint32_t n_tokens,
         if (victim == q) {
             return KIMI_EFULL;
         }
+    }
+}
+
+
+/* ---- prefix cache ------------------------------------------------------- */
+
+/* A sequence about to start (no blocks yet) takes the cached blocks of its
+ * leading full blocks, in order, up to the first miss; at least its last
+ * token is always computed (its logits are needed). */
+static int
+kimi_sched_prefix_match(kimi_sched_t *s, kimi_seq_t *q, kimi_err_t *err)
+{
+    uint32_t  bs = kimi_kv_block_size(s->kv), id, n_full;
+    uint64_t  h = 0;
+    int       rc;
+
+    if (!kimi_kv_prefix_on(s->kv) || q->table.n != 0 || q->n_computed != 0) {
+        return KIMI_OK;
+    }
+
+    n_full = (q->n_tokens - 1) / bs;
+
+    for (uint32_t i = 0; i < n_full; i++) {
+        h = kimi_kv_prefix_hash(q->chain, q->tokens + (size_t) i * bs, bs);
+
+        if (!kimi_kv_prefix_acquire(s->kv, h, &id)) {
+            break;
+        }
+
+        if ((rc = kimi_kv_table_push(&q->table, id, err)) != KIMI_OK) {
+            kimi_kv_block_unref(s->kv, id);
+            return rc;
+        }
+
+        q->chain = h;
+        q->n_hashed++;
+        q->n_computed += bs;
+    }
+
+    return KIMI_OK;
+}
+
+
+/* Not admitted after all: the matched blocks go back (still cached). */
+static void
+kimi_sched_prefix_unmatch(kimi_sched_t *s, kimi_seq_t *q)
+{
+    kimi_kv_table_release(s->kv, &q->table);
+    q->n_computed = 0;
+    q->n_hashed = 0;
+    q->chain = 0;
+}
+
+
+/* After a step: every block the sequence filled is named for later ones. */
+static void
+kimi_sched_prefix_register(kimi_sched_t *s, kimi_seq_t *q)
+{
+    uint32_t  bs = kimi_kv_block_size(s->kv);
+
+    if (!kimi_kv_prefix_on(s->kv)) {
+        return;
+    }
+
+    while ((uint64_t) (q->n_hashed + 1) * bs <= q->n_computed
+           && q->n_hashed < q->table.n)
+    {
+        q->chain = kimi_kv_prefix_hash(q->chain, q->tokens
+                                       + (size_t) q->n_hashed * bs, bs);
+        kimi_kv_prefix_register(s->kv, q->table.ids[q->n_hashed], q->chain);
+        q->n_hashed++;
     }
 }
 
@@ -772,29 +856,31 @@ kimi_sched_schedule(kimi_sched_t *s, kimi_err_t *err)
             break;
         }
 
+        /* blocks of its prefix some sequence already computed */
+        if ((rc = kimi_sched_prefix_match(s, q, err)) != KIMI_OK) {
+            return rc;
+        }
+
         remaining = q->n_tokens - q->n_computed;
         n = remaining < budget ? remaining : budget;
 
         /* without chunked prefill a prompt goes in whole; a sequence that
-         * was preempted may be longer than the budget and is chunked */
-        if (n < remaining && !s->params.enable_chunked_prefill
-            && q->n_tokens == q->n_prompt)
-        {
-            break;
-        }
-
-        if (n == remaining && !kimi_sched_can_emit(s, q)) {
-            break;
-        }
-
-        /* start a prefill only if all of it fits now: a half-prefilled
+         * was preempted may be longer than the budget and is chunked.
+         * start a prefill only if all of it fits now: a half-prefilled
          * sequence would be the first victim when decodes need blocks */
-        if (kimi_kv_blocks_for(s->kv, q->n_tokens) > kimi_kv_n_free(s->kv)) {
+        if ((n < remaining && !s->params.enable_chunked_prefill
+             && q->n_tokens == q->n_prompt)
+            || (n == remaining && !kimi_sched_can_emit(s, q))
+            || kimi_kv_blocks_for(s->kv, q->n_tokens) - q->table.n
+               > kimi_kv_n_free(s->kv))
+        {
+            kimi_sched_prefix_unmatch(s, q);
             break;
         }
 
         rc = kimi_kv_table_reserve(s->kv, &q->table, q->n_computed + n, err);
         if (rc == KIMI_EFULL) {
+            kimi_sched_prefix_unmatch(s, q);
             break;
         }
 
@@ -808,8 +894,10 @@ kimi_sched_schedule(kimi_sched_t *s, kimi_err_t *err)
 
         if (!q->is_started) {
             q->is_started = 1;
+            q->n_cached = q->n_computed < q->n_prompt ? q->n_computed
+                                                      : q->n_prompt;
             if (s->sink.started != NULL) {
-                s->sink.started(s->sink.ctx, q->user);
+                s->sink.started(s->sink.ctx, q->user, q->n_cached);
             }
         }
 
@@ -1033,6 +1121,7 @@ kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
 
         q->n_computed += q->n_sched;
         q->n_sched = 0;
+        kimi_sched_prefix_register(s, q);
 
         if (!s->bseqs[i].want_logits) {
             continue;

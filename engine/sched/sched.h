@@ -26,6 +26,8 @@ typedef struct {
     uint32_t          max_model_len;           /* prompt + output limit */
     uint32_t          max_waiting;             /* queued beyond running */
     int               enable_chunked_prefill;  /* else a prompt must fit */
+    int               enable_prefix_caching;   /* reuse computed blocks of a
+                                                  shared prefix (kv.h) */
     kimi_kv_params_t  kv;
     const int32_t    *eos_ids;                 /* borrowed for sched life */
     uint32_t          n_eos;
@@ -71,8 +73,9 @@ typedef struct {
      * token ring); 0 pauses it for this step (client backpressure). */
     int   (*can_emit)(void *ctx, void *user);
     void  (*emit)(void *ctx, void *user, const kimi_shm_token_t *tok);
-    /* first time the sequence is scheduled (queue time ends) */
-    void  (*started)(void *ctx, void *user);
+    /* first time the sequence is scheduled (queue time ends); n_cached
+     * prompt tokens came from the prefix cache */
+    void  (*started)(void *ctx, void *user, uint32_t n_cached);
     /* last call for this sequence; user is not used again */
     void  (*finish)(void *ctx, void *user, kimi_finish_e reason,
                     uint32_t n_output_tokens, const char *message);

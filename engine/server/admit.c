@@ -425,7 +425,7 @@ kimi_srv_emit(void *ctx, void *user, const kimi_shm_token_t *tok)
 
 
 static void
-kimi_srv_started(void *ctx, void *user)
+kimi_srv_started(void *ctx, void *user, uint32_t n_cached)
 {
     uint64_t          now, from;
     kimi_server_t    *srv = ctx;
@@ -441,6 +441,7 @@ kimi_srv_started(void *ctx, void *user)
     }
 
     s->queue_ns = now - from;
+    s->n_prompt_cached = n_cached;
 }
 
 

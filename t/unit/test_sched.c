@@ -50,6 +50,8 @@ typedef struct {
     uint32_t        n_rows;
     tb_seq_t        seqs[TB_MAX_SEQS];
     int             fail_next;   /* next forward fails */
+    int             prefix_ok;   /* a new sequence may start at a block
+                                    boundary (prefix cache hit) */
     int             bad;         /* a contract violation was seen */
     char            bad_msg[256];
     uint64_t        n_tokens_fwd;
@@ -137,6 +139,10 @@ tb_forward(kimi_backend_t *b, const kimi_batch_t *batch, kimi_err_t *err)
         tb_seq_t                *ts = tb_seq(tb, q->seq_id, 1);
         uint32_t                 end = q->pos + q->n_tokens;
         uint64_t                 h = 0x1234;
+
+        if (tb->prefix_ok && ts->n_stream == 0 && q->pos % tb->bs == 0) {
+            ts->next_pos = q->pos;          /* earlier blocks came cached */
+        }
 
         if (q->pos != ts->next_pos) {
             tb_violation(tb, "position gap", q->seq_id, q->pos, ts->next_pos);
@@ -257,6 +263,7 @@ typedef struct {
     uint32_t          n_out;
     int               blocked;      /* can_emit answers 0 */
     int               started;
+    uint32_t          n_cached;     /* reported at the start */
     int               finished;
     kimi_finish_e     reason;
     uint32_t          n_reported;
@@ -299,9 +306,10 @@ sink_emit(void *ctx, void *user, const kimi_shm_token_t *tok)
 
 
 static void
-sink_started(void *ctx, void *user)
+sink_started(void *ctx, void *user, uint32_t n_cached)
 {
     ((rec_t *) user)->started++;
+    ((rec_t *) user)->n_cached = n_cached;
 }
 
 
@@ -532,6 +540,162 @@ test_kv(void)
     ok(kimi_kv_blocks_in_budget(&kp, 1000, 2, 576, &nb, &err) == KIMI_EINVAL
        && strstr(err.msg, "holds no block") != NULL,
        "kv: a budget below one block is an error");
+}
+
+
+/* ---- prefix cache ------------------------------------------------------ */
+
+static void
+test_prefix_kv(void)
+{
+    kimi_kv_t               *kv;
+    kimi_err_t               err;
+    kimi_kv_prefix_stats_t   st;
+    uint32_t                 a, b, c, id, got[6], n_hit = 0;
+    int                      all = 1;
+
+    kimi_kv_init(&kv, 6, 4, &err);
+    ok(kimi_kv_prefix_enable(kv, &err) == KIMI_OK, "prefix: enabled");
+    kimi_kv_block_alloc(kv, &a);
+    kimi_kv_block_alloc(kv, &b);
+    kimi_kv_block_alloc(kv, &c);
+    kimi_kv_prefix_register(kv, a, 101);
+    kimi_kv_prefix_register(kv, b, 102);
+    kimi_kv_prefix_register(kv, c, 101);         /* 101 is cached in a */
+    kimi_kv_block_unref(kv, a);
+    kimi_kv_block_unref(kv, b);
+    kimi_kv_block_unref(kv, c);
+    ok(kimi_kv_n_free(kv) == 6, "prefix: cached blocks count as free");
+    ok(kimi_kv_prefix_acquire(kv, 101, &id) == 1 && id == a
+       && kimi_kv_n_free(kv) == 5, "prefix: a hit returns the block, held");
+    ok(kimi_kv_prefix_acquire(kv, 103, &id) == 0, "prefix: a miss is 0");
+    kimi_kv_block_unref(kv, a);                  /* LRU: b, then a */
+
+    for (int i = 0; i < 6; i++) {
+        all &= kimi_kv_block_alloc(kv, &got[i]) == KIMI_OK;
+    }
+    ok(all && got[4] == b && got[5] == a,
+       "prefix: the free stack first, then cached blocks oldest first");
+    ok(kimi_kv_block_alloc(kv, &id) == KIMI_EFULL, "prefix: then EFULL");
+    ok(kimi_kv_prefix_acquire(kv, 101, &id) == 0
+       && kimi_kv_prefix_acquire(kv, 102, &id) == 0,
+       "prefix: evicted blocks no longer answer their hash");
+    kimi_kv_prefix_stats(kv, &st);
+    ok(st.hits == 1 && st.queries == 4 && st.evictions == 2,
+       "prefix: stats count queries %llu, hits %llu, evictions %llu",
+       (unsigned long long) st.queries, (unsigned long long) st.hits,
+       (unsigned long long) st.evictions);
+    kimi_kv_free(kv);
+
+    /* the hash map under churn: 1000 blocks, colliding home slots, half
+     * evicted in LRU order; every survivor still found, no evicted one */
+    kimi_kv_init(&kv, 1000, 4, &err);
+    kimi_kv_prefix_enable(kv, &err);
+    for (uint32_t i = 0; i < 1000; i++) {
+        kimi_kv_block_alloc(kv, &id);
+        /* hashes sharing low bits pile up in the same probe runs */
+        kimi_kv_prefix_register(kv, id, ((uint64_t) (i % 37) << 40)
+                                        | (i * 4096 + 7));
+    }
+    for (uint32_t i = 0; i < 1000; i++) {
+        kimi_kv_block_unref(kv, i);
+    }
+    for (uint32_t i = 0; i < 500; i++) {
+        kimi_kv_block_alloc(kv, &id);            /* evicts 0..499 */
+    }
+    all = 1;
+    for (uint32_t i = 0; i < 1000; i++) {
+        int  hit = kimi_kv_prefix_acquire(kv, ((uint64_t) (i % 37) << 40)
+                                              | (i * 4096 + 7), &id);
+
+        all &= hit == (i >= 500) && (!hit || id == i);
+        n_hit += hit;
+    }
+    ok(all && n_hit == 500, "prefix: after 500 evictions the other 500 of"
+       " 1000 colliding hashes are found, in their blocks (%u)", n_hit);
+    kimi_kv_free(kv);
+}
+
+
+static void
+test_prefix_sched(void)
+{
+    env_t                 e, f;
+    kimi_sched_params_t   p = params(8, 64, 32, 16);
+    kimi_shm_sampling_t   sp = greedy(8);
+    kimi_err_t            err;
+    int32_t               pa[40], pc[40];
+    rec_t                 ra, rb, rc, rd, ref;
+    uint64_t              fwd;
+
+    make_prompt(pa, 40, 77);
+    memcpy(pc, pa, 16 * sizeof(int32_t));
+    make_prompt(pc + 16, 24, 78);
+
+    /* without the cache: the reference output */
+    env_init(&f, &p);
+    add(&f, &ref, 1, pa, 40, &sp, &err);
+    while (kimi_sched_has_work(f.s)) {
+        kimi_sched_step(f.s, &err);
+    }
+    env_free(&f);
+
+    p.enable_prefix_caching = 1;
+    env_init(&e, &p);
+    e.tb->prefix_ok = 1;
+    add(&e, &ra, 1, pa, 40, &sp, &err);
+    while (kimi_sched_has_work(e.s)) {
+        kimi_sched_step(e.s, &err);
+    }
+    ok(ra.n_cached == 0 && ra.n_out == 8
+       && memcmp(ra.out, ref.out, 8 * sizeof(int32_t)) == 0,
+       "prefix sched: a first prompt is computed whole, same output");
+
+    fwd = e.tb->n_tokens_fwd;
+    add(&e, &rb, 2, pa, 40, &sp, &err);
+    while (kimi_sched_has_work(e.s)) {
+        kimi_sched_step(e.s, &err);
+    }
+    ok(rb.n_cached == 32 && e.tb->n_tokens_fwd - fwd == 8 + 7,
+       "prefix sched: the same prompt again takes 2 cached blocks (%u"
+       " tokens) and computes %llu", rb.n_cached,
+       (unsigned long long) (e.tb->n_tokens_fwd - fwd));
+    ok(memcmp(rb.out, ref.out, 8 * sizeof(int32_t)) == 0 && !e.tb->bad,
+       "prefix sched: with the same output, read through shared blocks%s%s",
+       e.tb->bad ? ": " : "", e.tb->bad ? e.tb->bad_msg : "");
+
+    add(&e, &rc, 3, pc, 40, &sp, &err);
+    while (kimi_sched_has_work(e.s)) {
+        kimi_sched_step(e.s, &err);
+    }
+    ok(rc.n_cached == 16, "prefix sched: a prompt sharing one block takes"
+       " just that one (%u)", rc.n_cached);
+
+    /* generated tokens are cached too: a longer answer, then the next
+     * turn sends prompt + answer + more, and finds blocks holding output */
+    {
+        kimi_shm_sampling_t  sp30 = greedy(30);
+        int32_t              conv[72];
+        rec_t                re;
+
+        add(&e, &re, 4, pa, 40, &sp30, &err);
+        while (kimi_sched_has_work(e.s)) {
+            kimi_sched_step(e.s, &err);
+        }
+        memcpy(conv, pa, 40 * sizeof(int32_t));
+        memcpy(conv + 40, re.out, 30 * sizeof(int32_t));
+        conv[70] = 5;
+        conv[71] = 6;
+        add(&e, &rd, 5, conv, 72, &sp, &err);
+        while (kimi_sched_has_work(e.s)) {
+            kimi_sched_step(e.s, &err);
+        }
+        ok(rd.n_cached == 64 && !e.tb->bad, "prefix sched: prompt + answer"
+           " + a new turn reuses 4 blocks, 24 tokens of them generated"
+           " (%u)", rd.n_cached);
+    }
+
+    env_free(&e);
 }
 
 
@@ -1574,6 +1738,7 @@ int
 main(void)
 {
     test_kv();
+    test_prefix_kv();
     test_batch_invariance();
     test_chunked_prefill();
     test_preemption();
@@ -1586,6 +1751,7 @@ main(void)
     test_fifo_decode_first();
     test_random_load();
     test_sampler();
+    test_prefix_sched();
     test_sampler_selection();
     test_sampler_speed();
 
