@@ -333,6 +333,27 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
             return NGX_ERROR;
         }
         pr->include_usage = flag;
+
+        /* vLLM's per-chunk usage: not produced here, so not accepted */
+        if (ngx_http_kimi_get_bool(so, "continuous_usage_stats", &flag, err)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+        if (flag) {
+            ngx_sprintf(err, "\"stream_options.continuous_usage_stats\" is"
+                        " not supported; \"include_usage\" sends the usage"
+                        " once, at the end");
+            return NGX_ERROR;
+        }
+    }
+
+    /* vLLM's logprobs of the prompt tokens: not computed here */
+    v = json_object_get(root, "prompt_logprobs");
+    if (v != NULL && !json_is_null(v)) {
+        *param = "prompt_logprobs";
+        ngx_sprintf(err, "\"prompt_logprobs\" is not supported");
+        return NGX_ERROR;
     }
 
     *param = "max_tokens";
@@ -838,6 +859,16 @@ ngx_http_kimi_parse_prompt(ngx_http_kimi_ctx_t *ctx, json_t *root,
     if (v != NULL && !json_is_null(v)) {
         *param = "suffix";
         ngx_sprintf(err, "\"suffix\" is not supported");
+        return NGX_ERROR;
+    }
+
+    /* best_of > 1 would be silently one sample */
+    v = json_object_get(root, "best_of");
+    if (v != NULL && !json_is_null(v)
+        && (!json_is_integer(v) || json_integer_value(v) != 1))
+    {
+        *param = "best_of";
+        ngx_sprintf(err, "Only best_of=1 is supported");
         return NGX_ERROR;
     }
 

@@ -95,6 +95,18 @@ like($r->{json}{error}{message}, qr/Batched prompts/, 'batched prompts: 400');
 $r = $t->post('/v1/completions', completion_body(prompt => [ 999999999 ]));
 is($r->{status}, 400, 'prompt id outside the vocabulary: 400');
 
+# fields whose effect this server does not produce: refused, not ignored
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', best_of => 3));
+is($r->{status}, 400, 'best_of 3: 400');
+is($r->{json}{error}{param}, 'best_of', 'best_of: named');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', best_of => 1));
+is($r->{status}, 200, 'best_of 1: 200');
+bad(chat_body(prompt_logprobs => 1), 400, qr/prompt_logprobs/,
+    'prompt_logprobs');
+bad(chat_body(stream => $true, stream_options => { include_usage => $true,
+    continuous_usage_stats => $true }), 400, qr/continuous_usage_stats/,
+    'continuous_usage_stats');
+
 # a 10 MB body: nginx's client_max_body_size answers 413
 my $big = '{"messages":[{"role":"user","content":"' . ('a' x (10 << 20))
     . '"}]}';
