@@ -7,9 +7,9 @@
  *         kv_b_proj for the absorbed attention, RoPE tables, scratch, the
  *         thread pool, and the last step's logits.
  * Never:  picks blocks (block tables come with the batch) or samples.
- *         Under expert parallelism it holds only its rank's experts and
- *         serves the peers' tokens in every step, its own batch empty or
- *         not (kimi_cpu_moe_ep).
+ *         The parallel layouts live beside it: expert-parallel MoE layers
+ *         in moe_ep.c, a tensor/pipeline leader and its followers in
+ *         lead.c, the shared struct in cpu_impl.h.
  * Holds:  all tokens of a step go through the GEMMs together; attention is
  *         per (token, head) over that token's sequence in the cache, after
  *         every new token of the step has been written, so a prefill chunk
@@ -25,78 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../model/model.h"
-#include "../../parallel/group.h"
-#include "backend_cpu.h"
-#include "ops.h"
-#include "pool.h"
-
-
-typedef struct {
-    kimi_backend_t             base;
-    kimi_model_t              *model;
-    const kimi_model_config_t *cfg;
-    kimi_pool_t               *pool;
-    int                        act_fp32;
-    int                        all_logits;
-
-    float                     *inv_freq;       /* [rope/2] */
-    float                      attn_factor;
-    float                      softmax_scale;
-    float                    **kv_b;           /* [L] -> [H*(nope+v)][R] */
-
-    kimi_cpu_kv_view_t        *kv;             /* [L] */
-    void                      *kv_mem;
-    float                     *kv_scales;
-    uint32_t                   n_blocks;
-
-    float                     *logits;         /* [n_logits][vocab] */
-    uint32_t                   n_logits;
-    size_t                     cap_logits;
-
-    /* step scratch, sized for cap_tokens tokens */
-    uint32_t                   cap_tokens;
-    float                     *h, *a, *qa, *q, *ckv, *qpe, *qlat, *olat;
-    float                     *attn, *o, *g, *u, *y, *rl, *xe, *ye;
-    uint8_t                   *xq;
-    float                     *xs;
-    int32_t                   *tok_id;         /* [T] token ids */
-    uint32_t                  *tok_pos;        /* [T] positions */
-    uint32_t                  *tok_seq;        /* [T] batch seq index */
-    int32_t                   *route_ids;      /* [T][top_k] */
-    float                     *route_w;        /* [T][top_k] */
-    uint32_t                  *gather;         /* [rows] */
-    float                     *gather_w;       /* [rows] ep: router weight */
-    uint32_t                   cap_rows;
-
-    /* tensor parallelism: this rank's heads and MLP widths; pipeline
-     * parallelism: its layers.  The group's rank 0 leads (lead = tp or pp) */
-    kimi_group_t              *tp;
-    kimi_group_t              *pp;
-    kimi_group_t              *lead;
-    kimi_batch_seq_t          *lead_seqs;        /* follower: the leader's */
-    uint32_t                   cap_lead_seqs;
-
-    /* expert parallelism: this rank's experts, the peers' rows */
-    kimi_group_t              *ep;
-    uint32_t                   ep_cap;         /* tokens per exchange */
-    int32_t                   *ep_pos;         /* [T][world] row at peer */
-    float                     *wscratch;       /* per worker attention */
-    size_t                     wscratch_per;
-    uint32_t                   max_inter;
-    uint32_t                   max_k;
-} kimi_cpu_t;
-
-
-/* what a rank syncs for (group.h tags): ranks at different ones fail */
-#define KIMI_CPU_TAG_LEAD_STEP   ((uint64_t) 3 << 56)
-#define KIMI_CPU_TAG_TP_SUM    ((uint64_t) 4 << 56)
-#define KIMI_CPU_TAG_READY  ((uint64_t) 5 << 56)
-#define KIMI_CPU_TAG_PP_HOP    ((uint64_t) 6 << 56)
-#define KIMI_CPU_TAG_PP_LOGITS ((uint64_t) 7 << 56)
-
-static int kimi_cpu_reserve_rows(kimi_cpu_t *b, uint32_t rows,
-    kimi_err_t *err);
+#include "cpu_impl.h"
 
 
 /* ---- parallel GEMM ---- */
@@ -148,7 +77,7 @@ kimi_cpu_gemm_chunk(void *ctx, uint32_t worker, uint32_t i0, uint32_t i1)
 
 
 /* Y[T][w.rows] = X[T][w.cols] * W^T */
-static void
+void
 kimi_cpu_linear(kimi_cpu_t *b, const float *X, uint32_t T,
     const kimi_weight_t *w, float *Y)
 {
@@ -291,7 +220,7 @@ kimi_cpu_mla(kimi_cpu_t *b, uint32_t l, const kimi_batch_t *batch,
 /* ---- FFN ---- */
 
 /* y[T][D] = down(silu(gate(x)) * up(x)) */
-static void
+void
 kimi_cpu_mlp(kimi_cpu_t *b, const kimi_mlp_weights_t *w, const float *x,
     uint32_t T, float *y)
 {
@@ -307,7 +236,7 @@ kimi_cpu_mlp(kimi_cpu_t *b, const kimi_mlp_weights_t *w, const float *x,
 /* Routes the step's T tokens (route_ids, route_w) and runs the shared
  * expert into y: the part of an MoE layer every rank does for its own
  * tokens. */
-static int
+int
 kimi_cpu_route_shared(kimi_cpu_t *b, const kimi_layer_weights_t *L,
     uint32_t T, kimi_err_t *err)
 {
@@ -342,179 +271,6 @@ kimi_cpu_route_shared(kimi_cpu_t *b, const kimi_layer_weights_t *L,
     }
 
     return 0;
-}
-
-
-/*
- * One MoE layer under expert parallelism (DP attention + EP MoE): each
- * rank routes its own T tokens; a token goes once to every rank owning
- * any of its top-k experts (fp32 row + its top-k local ids and weights,
- * -1 where another rank owns the expert); each rank runs its experts over
- * every row it received and sends back one weighted sum per row; the
- * sender adds them to the shared expert's output.  Ranks with no tokens
- * still take part: they send nothing and compute for the others.
- *
- * A dispatch row is D floats, then K int32 ids, then K float weights.
- */
-static int
-kimi_cpu_moe_ep(kimi_cpu_t *b, uint32_t l, const kimi_layer_weights_t *L,
-    uint32_t T, kimi_err_t *err)
-{
-    const kimi_model_config_t  *c = b->cfg;
-    uint32_t                    D = c->hidden_size;
-    uint32_t                    K = c->num_experts_per_tok;
-    uint32_t                    W = kimi_group_world(b->ep);
-    uint32_t                    me = kimi_group_rank(b->ep);
-    uint32_t                    E_local = c->n_routed_experts / W;
-    size_t                      row = (size_t) D * 4 + (size_t) K * 8;
-    size_t                      bytes[KIMI_GROUP_MAX_RANKS];
-    uint32_t                    n_to[KIMI_GROUP_MAX_RANKS];
-    uint32_t                    n_from[KIMI_GROUP_MAX_RANKS], R = 0;
-    const uint8_t              *in[KIMI_GROUP_MAX_RANKS];
-    float                      *out[KIMI_GROUP_MAX_RANKS];
-    int                         rc, route_rc;
-
-    /* a routing error still takes part in both exchanges, with no rows */
-    route_rc = kimi_cpu_route_shared(b, L, T, err);
-    if (route_rc != 0) {
-        T = 0;
-    }
-
-    /* dispatch */
-    memset(n_to, 0, sizeof(n_to));
-
-    for (uint32_t t = 0; t < T; t++) {
-        const int32_t  *ids = b->route_ids + (size_t) t * K;
-        const float    *ws = b->route_w + (size_t) t * K;
-
-        for (uint32_t p = 0; p < W; p++) {
-            uint8_t  *r = NULL;
-            int32_t  *rid;
-            float    *rw;
-
-            b->ep_pos[(size_t) t * W + p] = -1;
-
-            for (uint32_t k = 0; k < K; k++) {
-                if ((uint32_t) ids[k] / E_local != p) {
-                    continue;
-                }
-
-                if (r == NULL) {
-                    r = (uint8_t *) kimi_group_sendbuf(b->ep, p)
-                        + (size_t) n_to[p] * row;
-                    memcpy(r, b->a + (size_t) t * D, (size_t) D * 4);
-                    rid = (int32_t *) (r + (size_t) D * 4);
-                    rw = (float *) (rid + K);
-                    for (uint32_t j = 0; j < K; j++) {
-                        rid[j] = -1;
-                        rw[j] = 0.0f;
-                    }
-                    b->ep_pos[(size_t) t * W + p] = (int32_t) n_to[p]++;
-                }
-
-                rid[k] = (int32_t) ((uint32_t) ids[k] % E_local);
-                rw[k] = ws[k];
-            }
-        }
-    }
-
-    for (uint32_t p = 0; p < W; p++) {
-        bytes[p] = (size_t) n_to[p] * row;
-    }
-
-    rc = kimi_group_exchange(b->ep, ((uint64_t) 2 << 56) | ((uint64_t) l << 8),
-                             bytes, err);
-    if (rc != 0) {
-        return rc;
-    }
-
-    for (uint32_t p = 0; p < W; p++) {
-        in[p] = kimi_group_recvbuf(b->ep, p, &bytes[p]);
-        n_from[p] = (uint32_t) (bytes[p] / row);
-        R += n_from[p];
-
-        /* the combine's rows go to the other bank: this one is being read */
-        out[p] = kimi_group_sendbuf(b->ep, p);
-        memset(out[p], 0, (size_t) n_from[p] * D * sizeof(float));
-    }
-
-    if ((rc = kimi_cpu_reserve_rows(b, R, err)) != 0) {
-        kimi_group_abort(b->ep, err->msg);
-        return rc;
-    }
-
-    /* this rank's experts over every received row */
-    for (uint32_t le = 0; le < E_local; le++) {
-        uint32_t  n = 0;
-
-        for (uint32_t p = 0; p < W; p++) {
-            for (uint32_t i = 0; i < n_from[p]; i++) {
-                const uint8_t  *r = in[p] + (size_t) i * row;
-                const int32_t  *rid = (const int32_t *) (r + (size_t) D * 4);
-                const float    *rw = (const float *) (rid + K);
-
-                for (uint32_t k = 0; k < K; k++) {
-                    if (rid[k] != (int32_t) le) {
-                        continue;
-                    }
-
-                    memcpy(b->xe + (size_t) n * D, r, (size_t) D * 4);
-                    b->gather[n] = (p << 24) | i;
-                    b->gather_w[n] = rw[k];
-                    n++;
-                }
-            }
-        }
-
-        if (n == 0) {
-            continue;
-        }
-
-        kimi_cpu_mlp(b, &L->experts[me * E_local + le], b->xe, n, b->ye);
-
-        for (uint32_t j = 0; j < n; j++) {
-            float  *o = out[b->gather[j] >> 24]
-                        + (size_t) (b->gather[j] & 0xffffff) * D;
-            float   wt = b->gather_w[j];
-
-            for (uint32_t d = 0; d < D; d++) {
-                o[d] += wt * b->ye[(size_t) j * D + d];
-            }
-        }
-    }
-
-    /* combine */
-    for (uint32_t p = 0; p < W; p++) {
-        bytes[p] = (size_t) n_from[p] * D * sizeof(float);
-    }
-
-    rc = kimi_group_exchange(b->ep,
-                             ((uint64_t) 2 << 56) | ((uint64_t) l << 8) | 1,
-                             bytes, err);
-    if (rc != 0) {
-        return rc;
-    }
-
-    for (uint32_t p = 0; p < W; p++) {
-        const float  *back = kimi_group_recvbuf(b->ep, p, &bytes[p]);
-
-        for (uint32_t t = 0; t < T; t++) {
-            int32_t       pos = b->ep_pos[(size_t) t * W + p];
-            float        *y = b->y + (size_t) t * D;
-            const float  *v;
-
-            if (pos < 0) {
-                continue;
-            }
-
-            v = back + (size_t) pos * D;
-            for (uint32_t d = 0; d < D; d++) {
-                y[d] += v[d];
-            }
-        }
-    }
-
-    return route_rc;
 }
 
 
@@ -577,7 +333,7 @@ kimi_cpu_moe(kimi_cpu_t *b, const kimi_layer_weights_t *L, uint32_t T,
 /* Scratch of the expert MLPs, in rows: a step's T * (top_k + 1) (every
  * routed pair and the shared expert), or under expert parallelism every
  * row the peers sent. */
-static int
+int
 kimi_cpu_reserve_rows(kimi_cpu_t *b, uint32_t rows, kimi_err_t *err)
 {
     const kimi_model_config_t  *c = b->cfg;
@@ -832,175 +588,9 @@ kimi_cpu_check_batch(kimi_cpu_t *b, const kimi_batch_t *batch, uint32_t *T,
 }
 
 
-/* A step with no tokens of this rank's own (idle, or its batch was bad:
- * rc): under expert parallelism it still serves the peers' MoE layers. */
-static int
-kimi_cpu_ep_idle(kimi_cpu_t *b, int rc, kimi_err_t *err)
-{
-    kimi_err_t  lerr;
-
-    if (b->ep == NULL) {
-        return rc;
-    }
-
-    for (uint32_t l = 0; l < b->cfg->num_hidden_layers; l++) {
-        const kimi_layer_weights_t  *L = &b->model->layers[l];
-
-        if (L->is_moe && kimi_cpu_moe_ep(b, l, L, 0, &lerr) != 0) {
-            if (rc == 0) {
-                *err = lerr;
-                return lerr.code;
-            }
-            break;
-        }
-    }
-
-    return rc;
-}
-
-
-/* ---- tensor and pipeline parallel: the leader's batch to every rank ---- */
-
-/* Message of one step: kind, n_seqs, then per sequence seq_id, n_tokens,
- * pos, n_blocks, want_logits, then its tokens and block ids. */
-#define KIMI_CPU_LEAD_STEP   1u
-#define KIMI_CPU_LEAD_STOP   2u
-
-static int
-kimi_cpu_lead_send(kimi_cpu_t *b, uint32_t kind, const kimi_batch_t *batch,
-    kimi_err_t *err)
-{
-    uint32_t   W = kimi_group_world(b->lead);
-    size_t     bytes[KIMI_GROUP_MAX_RANKS], cap, n = 0;
-    uint32_t  *out;
-
-    cap = kimi_group_seg_bytes(b->lead) / 4;
-    out = kimi_group_sendbuf(b->lead, 1 % W);
-
-#define KIMI_PUT(v)  do { if (n < cap) out[n] = (uint32_t) (v); n++; } while (0)
-
-    KIMI_PUT(kind);
-    KIMI_PUT(batch ? batch->n_seqs : 0);
-
-    for (uint32_t i = 0; batch && i < batch->n_seqs; i++) {
-        const kimi_batch_seq_t  *s = &batch->seqs[i];
-
-        KIMI_PUT(s->seq_id);
-        KIMI_PUT(s->seq_id >> 32);
-        KIMI_PUT(s->n_tokens);
-        KIMI_PUT(s->pos);
-        KIMI_PUT(s->n_blocks);
-        KIMI_PUT(s->want_logits);
-        for (uint32_t k = 0; k < s->n_tokens; k++) {
-            KIMI_PUT(s->tokens[k]);
-        }
-        for (uint32_t k = 0; k < s->n_blocks; k++) {
-            KIMI_PUT(s->block_table[k]);
-        }
-    }
-#undef KIMI_PUT
-
-    /* one message, the same for every follower */
-    for (uint32_t p = 0; p < W; p++) {
-        bytes[p] = 0;
-        if (p != 0 && n <= cap) {
-            if (p != 1) {
-                memcpy(kimi_group_sendbuf(b->lead, p), out, n * 4);
-            }
-            bytes[p] = n * 4;
-        }
-    }
-
-    if (n > cap) {
-        char  why[160];
-
-        snprintf(why, sizeof(why), "a step of %u sequences needs %zu bytes,"
-                 " more than the %zu of the exchange", batch->n_seqs, n * 4,
-                 cap * 4);
-        kimi_group_abort(b->lead, why);
-    }
-
-    return kimi_group_exchange(b->lead, KIMI_CPU_TAG_LEAD_STEP, bytes, err);
-}
-
-
-/* A follower's copy of the leader's step; NULL batch = stop. */
-static int
-kimi_cpu_lead_recv(kimi_cpu_t *b, kimi_batch_t *batch, int *stop,
-    kimi_err_t *err)
-{
-    size_t           bytes[KIMI_GROUP_MAX_RANKS] = { 0 }, len, n, at = 2;
-    const uint32_t  *in;
-    int              rc;
-
-    if ((rc = kimi_group_exchange(b->lead, KIMI_CPU_TAG_LEAD_STEP, bytes, err))
-        != 0)
-    {
-        return rc;
-    }
-
-    in = kimi_group_recvbuf(b->lead, 0, &len);
-    n = len / 4;
-
-    if (n < 2) {
-        return kimi_err_set(err, KIMI_EFORMAT, "tensor parallel: a step"
-                            " message of %zu bytes", len);
-    }
-
-    *stop = in[0] == KIMI_CPU_LEAD_STOP;
-    batch->n_seqs = in[1];
-    batch->seqs = NULL;
-
-    if (*stop) {
-        return 0;
-    }
-
-    if (in[1] > b->cap_lead_seqs) {
-        kimi_batch_seq_t  *ns = realloc(b->lead_seqs, in[1] * sizeof(*ns));
-
-        if (ns == NULL) {
-            return kimi_err_set(err, KIMI_ENOMEM, "tensor parallel: seqs");
-        }
-        b->lead_seqs = ns;
-        b->cap_lead_seqs = in[1];
-    }
-
-    for (uint32_t i = 0; i < in[1]; i++) {
-        kimi_batch_seq_t  *s = &b->lead_seqs[i];
-
-        if (at + 6 > n) {
-            return kimi_err_set(err, KIMI_EFORMAT, "tensor parallel: a"
-                                " truncated step message");
-        }
-
-        memset(s, 0, sizeof(*s));
-        s->seq_id = (uint64_t) in[at] | ((uint64_t) in[at + 1] << 32);
-        s->n_tokens = in[at + 2];
-        s->pos = in[at + 3];
-        s->n_blocks = in[at + 4];
-        s->want_logits = (uint8_t) in[at + 5];
-        at += 6;
-
-        if (at + (size_t) s->n_tokens + s->n_blocks > n) {
-            return kimi_err_set(err, KIMI_EFORMAT, "tensor parallel: a"
-                                " truncated step message");
-        }
-
-        /* the message stays put until the sync after next: the forward's
-         * first all-reduce is the next one */
-        s->tokens = (const int32_t *) in + at;
-        at += s->n_tokens;
-        s->block_table = in + at;
-        at += s->n_blocks;
-    }
-
-    batch->seqs = b->lead_seqs;
-    return 0;
-}
-
 
 /* Layers [l0, l1) over the step's T tokens in b->h. */
-static int
+int
 kimi_cpu_layers(kimi_cpu_t *b, const kimi_batch_t *batch, uint32_t T,
     uint32_t l0, uint32_t l1, kimi_err_t *err)
 {
@@ -1065,117 +655,7 @@ kimi_cpu_layers(kimi_cpu_t *b, const kimi_batch_t *batch, uint32_t T,
 }
 
 
-/*
- * The pipeline: stage 0 runs its layers on the embeddings, then for each
- * hop k (0 .. P-2) stage k hands its hidden rows to stage k + 1, which
- * runs its layers.  Every stage takes part in every hop (the group's
- * syncs are collective), sending nothing where it is not the sender.
- */
-static int
-kimi_cpu_pipeline(kimi_cpu_t *b, const kimi_batch_t *batch, uint32_t T,
-    kimi_err_t *err)
-{
-    const kimi_model_t  *m = b->model;
-    uint32_t             stage = kimi_group_rank(b->pp);
-    uint32_t             P = kimi_group_world(b->pp);
-    size_t               bytes[KIMI_GROUP_MAX_RANKS], rows, got;
-    int                  rc;
-
-    rows = (size_t) T * b->cfg->hidden_size * sizeof(float);
-
-    if (stage == 0
-        && (rc = kimi_cpu_layers(b, batch, T, m->layer_first, m->layer_last,
-                                 err)) != 0)
-    {
-        return rc;
-    }
-
-    for (uint32_t hop = 0; hop + 1 < P; hop++) {
-        memset(bytes, 0, sizeof(bytes));
-
-        if (hop == stage) {
-            memcpy(kimi_group_sendbuf(b->pp, stage + 1), b->h, rows);
-            bytes[stage + 1] = rows;
-        }
-
-        if ((rc = kimi_group_exchange(b->pp, KIMI_CPU_TAG_PP_HOP | hop, bytes,
-                                      err)) != 0)
-        {
-            return rc;
-        }
-
-        if (hop + 1 == stage) {
-            const void  *in = kimi_group_recvbuf(b->pp, stage - 1, &got);
-
-            if (got != rows) {
-                return kimi_err_set(err, KIMI_ESTATE, "pipeline: %zu bytes"
-                                    " from stage %u, expected %zu", got,
-                                    stage - 1, rows);
-            }
-
-            memcpy(b->h, in, rows);
-
-            if ((rc = kimi_cpu_layers(b, batch, T, m->layer_first,
-                                      m->layer_last, err)) != 0)
-            {
-                return rc;
-            }
-        }
-    }
-
-    return 0;
-}
-
-
-/* The last stage's logits rows to stage 0, a segment at a time. */
-static int
-kimi_cpu_pipeline_logits(kimi_cpu_t *b, uint32_t n_rows, kimi_err_t *err)
-{
-    uint32_t  stage = kimi_group_rank(b->pp);
-    uint32_t  last = kimi_group_world(b->pp) - 1;
-    size_t    V = b->cfg->vocab_size, row = V * sizeof(float), got;
-    size_t    per = kimi_group_seg_bytes(b->pp) / row;
-    size_t    bytes[KIMI_GROUP_MAX_RANKS];
-    int       rc;
-
-    if (per == 0) {
-        return kimi_err_set(err, KIMI_EINVAL, "pipeline: a segment holds no"
-                            " row of %zu logits", V);
-    }
-
-    for (uint32_t r0 = 0, chunk = 0; r0 < n_rows; r0 += per, chunk++) {
-        uint32_t  n = n_rows - r0 < per ? n_rows - r0 : (uint32_t) per;
-
-        memset(bytes, 0, sizeof(bytes));
-
-        if (stage == last) {
-            memcpy(kimi_group_sendbuf(b->pp, 0), b->logits + (size_t) r0 * V,
-                   n * row);
-            bytes[0] = n * row;
-        }
-
-        if ((rc = kimi_group_exchange(b->pp, KIMI_CPU_TAG_PP_LOGITS | chunk,
-                                      bytes, err)) != 0)
-        {
-            return rc;
-        }
-
-        if (stage == 0) {
-            const void  *in = kimi_group_recvbuf(b->pp, last, &got);
-
-            if (got != n * row) {
-                return kimi_err_set(err, KIMI_ESTATE, "pipeline: %zu logit"
-                                    " bytes, expected %zu", got, n * row);
-            }
-            memcpy(b->logits + (size_t) r0 * V, in, got);
-        }
-    }
-
-    return 0;
-}
-
-
-static int
+int
 kimi_cpu_forward_local(kimi_cpu_t *b, const kimi_batch_t *batch,
     kimi_err_t *err)
 {
@@ -1306,54 +786,6 @@ kimi_cpu_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     }
 
     return kimi_cpu_forward_local(b, batch, err);
-}
-
-
-int
-kimi_backend_cpu_followers_ready(kimi_backend_t *base, kimi_err_t *err)
-{
-    kimi_cpu_t  *b = (kimi_cpu_t *) base;
-    int          any, all;
-
-    if (b->lead == NULL) {
-        return 0;
-    }
-
-    return kimi_group_vote(b->lead, KIMI_CPU_TAG_READY, 1, 1, &any, &all,
-                           err);
-}
-
-
-int
-kimi_backend_cpu_follow(kimi_backend_t *base, kimi_err_t *err)
-{
-    kimi_cpu_t    *b = (kimi_cpu_t *) base;
-    kimi_batch_t   batch;
-    kimi_err_t     ferr;
-    int            stop = 0, rc;
-
-    if (b->lead == NULL || kimi_group_rank(b->lead) == 0) {
-        return kimi_err_set(err, KIMI_EINVAL, "cpu: not a tensor-parallel"
-                            " follower");
-    }
-
-    for ( ;; ) {
-        if ((rc = kimi_cpu_lead_recv(b, &batch, &stop, err)) != 0) {
-            return rc;
-        }
-
-        if (stop) {
-            return 0;
-        }
-
-        /* the leader hits the same batch error and reports it; only a
-         * broken group ends the follower */
-        rc = kimi_cpu_forward_local(b, &batch, &ferr);
-        if (rc != 0 && kimi_group_failed(b->lead)) {
-            *err = ferr;
-            return rc;
-        }
-    }
 }
 
 
