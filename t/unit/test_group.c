@@ -5,6 +5,7 @@
  *
  *   - 300 rounds of exchanges with random sizes and contents, all three
  *     ranks checking every byte they receive, interleaved with votes;
+ *   - all-reduces equal the rank-order sum, bit for bit on every rank;
  *   - ranks out of step (one votes, the other exchanges) fail the group;
  *   - a rank that dies, reported by the parent as the launcher does,
  *     releases the others' barrier with its message, no hang;
@@ -164,6 +165,43 @@ rank_rounds(kimi_group_t *g, void *mem)
 }
 
 
+/* all-reduce: every rank ends with the same bits, the sum in rank order */
+static int
+rank_allreduce(kimi_group_t *g, void *mem)
+{
+    uint32_t    me = kimi_group_rank(g), W = kimi_group_world(g);
+    float       x[700], want[700];
+    kimi_err_t  err;
+
+    for (uint32_t round = 0; round < 50; round++) {
+        for (uint32_t i = 0; i < 700; i++) {
+            x[i] = (float) (int32_t) mix(round, me, i, 9) / 1e6f;
+        }
+
+        if (kimi_group_allreduce_f32(g, 0x300 + round, x, 700, &err) != 0) {
+            fprintf(stderr, "allreduce: %s\n", err.msg);
+            return 1;
+        }
+
+        for (uint32_t i = 0; i < 700; i++) {
+            want[i] = 0.0f;
+            for (uint32_t r = 0; r < W; r++) {
+                float  v = (float) (int32_t) mix(round, r, i, 9) / 1e6f;
+
+                want[i] = r == 0 ? v : want[i] + v;
+            }
+            if (memcmp(&want[i], &x[i], sizeof(float)) != 0) {
+                fprintf(stderr, "round %u: element %u is %g, want %g\n",
+                        round, i, x[i], want[i]);
+                return 1;
+            }
+        }
+    }
+
+    return 0;
+}
+
+
 static int
 rank_out_of_step(kimi_group_t *g, void *mem)
 {
@@ -219,6 +257,9 @@ main(void)
 {
     ok(run_group(3, rank_rounds, -1, NULL) == 3,
        "3 ranks: 300 exchanges of random sizes arrive intact, votes agree");
+    ok(run_group(3, rank_allreduce, -1, NULL) == 3,
+       "3 ranks: 50 all-reduces of 700 floats give every rank the rank-order"
+       " sum, bit for bit");
     ok(run_group(2, rank_out_of_step, -1, NULL) == 2,
        "a vote meeting an exchange fails the group as out of step");
     ok(run_group(3, rank_one_dies, 2, "rank 2 pid 42 died") == 3,
