@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,6 +42,8 @@ typedef struct {
     _Atomic uint32_t  gen;                        /* futex word */
     _Atomic uint32_t  failed;
     uint32_t          pad1;
+    int32_t           wake_fd[KIMI_GROUP_MAX_RANKS];  /* eventfds made before
+                                                         the fork, -1 none */
     char              why[256];
 } kimi_group_hdr_t;
 
@@ -96,6 +99,14 @@ kimi_group_init(void *mem, uint32_t world, size_t seg_bytes)
 
     memset(mem, 0, kimi_group_boxes_off(world));
     h->world = world;
+
+    /* inherited by every rank at the same numbers: a rank arriving at a
+     * vote rings its idle peers instead of their polling for it */
+    for (uint32_t r = 0; r < KIMI_GROUP_MAX_RANKS; r++) {
+        h->wake_fd[r] = r < world ? eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+                                  : -1;
+    }
+
     h->seg_bytes = kimi_group_align(seg_bytes);
     atomic_init(&h->arrived, 0);
     atomic_init(&h->gen, 0);
@@ -275,6 +286,24 @@ kimi_group_seg_bytes(const kimi_group_t *g)
 
 
 int
+kimi_group_wake_fd(const kimi_group_t *g)
+{
+    return g->hdr->wake_fd[g->rank];
+}
+
+
+void
+kimi_group_wake_drain(const kimi_group_t *g)
+{
+    uint64_t  n;
+
+    if (g->hdr->wake_fd[g->rank] != -1) {
+        (void) !read(g->hdr->wake_fd[g->rank], &n, sizeof(n));
+    }
+}
+
+
+int
 kimi_group_pending(const kimi_group_t *g)
 {
     return atomic_load(&g->hdr->arrived) != 0
@@ -301,10 +330,10 @@ kimi_group_box(const kimi_group_t *g, uint32_t bank, uint32_t from,
 /* The barrier, then the tag check.  The caller filled its slot in bank
  * n_sync & 1. */
 static int
-kimi_group_sync(kimi_group_t *g, uint64_t tag, kimi_err_t *err)
+kimi_group_sync(kimi_group_t *g, uint64_t tag, int ring, kimi_err_t *err)
 {
     kimi_group_hdr_t  *h = g->hdr;
-    uint32_t           gen, bank = (uint32_t) (g->n_sync & 1);
+    uint32_t           gen, arrived, bank = (uint32_t) (g->n_sync & 1);
     struct timespec    nap = { 0, KIMI_GROUP_NAP_NS };
     char               why[160];
 
@@ -317,12 +346,25 @@ kimi_group_sync(kimi_group_t *g, uint64_t tag, kimi_err_t *err)
 
     kimi_group_slot(g, bank, g->rank)->tag = tag;
 
-    if (atomic_fetch_add(&h->arrived, 1) + 1 == g->world) {
+    arrived = atomic_fetch_add(&h->arrived, 1);
+
+    if (arrived + 1 == g->world) {
         atomic_store(&h->arrived, 0);
         atomic_fetch_add(&h->gen, 1);
         kimi_group_wake(&h->gen);
 
     } else {
+        if (ring && arrived == 0) {
+            /* the first at a vote wakes the peers that sleep in epoll */
+            for (uint32_t r = 0; r < g->world; r++) {
+                uint64_t  one = 1;
+
+                if (r != g->rank && h->wake_fd[r] != -1) {
+                    (void) !write(h->wake_fd[r], &one, sizeof(one));
+                }
+            }
+        }
+
         for (int i = 0; i < KIMI_GROUP_SPINS; i++) {
             if (atomic_load_explicit(&h->gen, memory_order_acquire) != gen) {
                 break;
@@ -372,7 +414,7 @@ kimi_group_vote(kimi_group_t *g, uint64_t tag, int mine_any, int mine_all,
     s->any = mine_any != 0;
     s->all = mine_all != 0;
 
-    if ((rc = kimi_group_sync(g, tag, err)) != 0) {
+    if ((rc = kimi_group_sync(g, tag, 1, err)) != 0) {
         return rc;
     }
 
@@ -457,7 +499,7 @@ kimi_group_exchange(kimi_group_t *g, uint64_t tag, const size_t *bytes,
 
     g->recv_bank = bank;
 
-    return kimi_group_sync(g, tag, err);
+    return kimi_group_sync(g, tag, 0, err);
 }
 
 

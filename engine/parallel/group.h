@@ -55,6 +55,11 @@ size_t   kimi_group_seg_bytes(const kimi_group_t *g);
 /* Some peer waits at the barrier: an idle rank must join it. */
 int    kimi_group_pending(const kimi_group_t *g);
 
+/* This rank's eventfd (-1: none): readable when a peer arrived first at a
+ * vote, so an idle rank can sleep in epoll; drain it after each wake. */
+int    kimi_group_wake_fd(const kimi_group_t *g);
+void   kimi_group_wake_drain(const kimi_group_t *g);
+
 /* Barrier with a reduction: *any = OR of every rank's mine_any, *all = AND
  * of every rank's mine_all.  tag names what the ranks sync for; ranks at
  * different tags fail the group. */

@@ -178,6 +178,13 @@ kimi_server_init(kimi_server_t **out, const kimi_server_params_t *p,
         ev.data.u64 = KIMI_SRV_EV(KIMI_SRV_EV_SIGNAL, 0);
         rc |= epoll_ctl(srv->epfd, EPOLL_CTL_ADD, p->signal_fd, &ev);
     }
+
+    if (p->group != NULL && kimi_group_wake_fd(p->group) != -1) {
+        ev.data.u64 = KIMI_SRV_EV(KIMI_SRV_EV_GROUP, 0);
+        rc |= epoll_ctl(srv->epfd, EPOLL_CTL_ADD, kimi_group_wake_fd(p->group),
+                        &ev);
+    }
+
     if (rc != 0 || timerfd_settime(srv->tfd, 0, &its, NULL) != 0) {
         rc = kimi_err_set(err, KIMI_EIO, "epoll_ctl/timerfd_settime: %s",
                           strerror(errno));
@@ -507,8 +514,10 @@ kimi_server_run(kimi_server_t *srv, kimi_err_t *err)
          * and the heartbeat tick re-looks within 100 ms should a bell be
          * lost with a dying worker */
         timeout = (busy && !stalled) ? 0 : -1;
-        if (srv->p.group != NULL && timeout == -1) {
-            /* an idle rank looks for peers waiting at the step barrier */
+        if (srv->p.group != NULL && timeout == -1
+            && kimi_group_wake_fd(srv->p.group) == -1)
+        {
+            /* no eventfd: an idle rank looks for peers at the barrier */
             timeout = KIMI_SRV_GROUP_POLL_MS;
         }
         if (srv->wake) {
@@ -541,6 +550,9 @@ kimi_server_run(kimi_server_t *srv, kimi_err_t *err)
                 break;
             case KIMI_SRV_EV_SIGNAL:
                 kimi_srv_signal(srv);
+                break;
+            case KIMI_SRV_EV_GROUP:
+                kimi_group_wake_drain(srv->p.group);
                 break;
             }
         }

@@ -23,6 +23,7 @@
 #define KIMI_SRV_EV_CONN    2ull
 #define KIMI_SRV_EV_TIMER   3ull
 #define KIMI_SRV_EV_SIGNAL  4ull
+#define KIMI_SRV_EV_GROUP   5ull          /* a peer rank arrived at a vote */
 #define KIMI_SRV_EV(kind, i)  (((kind) << 32) | (uint64_t) (i))
 
 typedef struct {
