@@ -27,7 +27,9 @@ system($t->{engine_bin}, 'gen-tiny-model', '--out', $tiny) == 0
 $t->{engine_args} = [ '--backend', 'cpu', '--model', $tiny,
     '--max-num-seqs', '64', '--max-num-batched-tokens', '40',
     '--block-size', '16', '--cpu-kv-cache-bytes', '540K',
-    '--max-waiting', '2048', '--threads', '2' ];
+    '--max-waiting', '2048', '--threads', '2',
+    # t/parallel-*-load.t run this same load on a parallel layout
+    split(' ', $ENV{KIMI_LOAD_LAYOUT} // '') ];
 $t->start;
 
 my $true = JSON::PP::true;
