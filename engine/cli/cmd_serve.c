@@ -1063,9 +1063,10 @@ kimi_cmd_serve(int argc, char **argv)
 
     kimi_log(KIMI_LOG_NOTICE, "starting backend=%s model=\"%s\" served_as="
              "\"%s\" max_model_len=%u max_num_seqs=%u max_slots=%u"
-             " max_num_batched_tokens=%u ipc_dir=%s", o.backend,
-             o.model ? o.model : "", o.served_model_name, o.max_model_len,
-             o.max_num_seqs, o.max_slots, o.max_num_batched_tokens,
+             " max_num_batched_tokens=%u prefix_caching=%s ipc_dir=%s",
+             o.backend, o.model ? o.model : "", o.served_model_name,
+             o.max_model_len, o.max_num_seqs, o.max_slots,
+             o.max_num_batched_tokens, o.enable_prefix_caching ? "on" : "off",
              o.ipc_dir);
 
     /* publish a STARTING segment first: the gateway can answer 503
