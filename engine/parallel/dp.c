@@ -224,6 +224,12 @@ kimi_dp_reap(kimi_dp_launcher_t *l)
         snprintf(why, sizeof(why), "rank %u (local %u) pid=%d died: %s",
                  l->dp->global_rank + r, r, (int) pid, how);
 
+        /* its peers in an expert-parallel step would wait for it, even
+         * while the group drains */
+        if (l->dp->group_mem != NULL) {
+            kimi_group_fail(l->dp->group_mem, why);
+        }
+
         if (l->stopping) {
             kimi_log(KIMI_LOG_WARN, "%s", why);
 
@@ -238,9 +244,6 @@ kimi_dp_reap(kimi_dp_launcher_t *l)
         } else if (l->dp->n_nodes > 1 || l->dp->group_mem != NULL) {
             /* other nodes' collectives, or the other ranks' MoE layers,
              * would wait for it forever */
-            if (l->dp->group_mem != NULL) {
-                kimi_group_fail(l->dp->group_mem, why);
-            }
             kimi_dp_fail(l, why);
 
         } else {
