@@ -125,8 +125,10 @@ is($same_greedy, $n_ref, 'greedy output inside a busy, preempting batch'
     . ' equals the output alone');
 is($same_seeded, $n_ref, 'seeded output inside the batch equals it alone');
 
-ok((status()->{ranks}[0]{preemptions} // 0) > 0,
-    'the small cache forced preemption')
+# on a parallel layout (KIMI_LOAD_LAYOUT) any rank may be the one
+my $preempted = 0;
+$preempted += $_->{preemptions} // 0 for @{ status()->{ranks} // [] };
+ok($preempted > 0, 'the small cache forced preemption')
     or diag explain status();
 
 # cancelled streams leave nothing behind: the engine goes idle with every
