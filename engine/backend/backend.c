@@ -16,8 +16,7 @@
 /* engine/backend/cuda/ is compiled only with nvcc; the Makefile defines
  * KIMI_HAVE_CUDA_BACKEND once that folder has sources */
 #if defined(KIMI_HAVE_CUDA) && defined(KIMI_HAVE_CUDA_BACKEND)
-int kimi_backend_cuda_init(kimi_backend_t **out, struct kimi_model *model,
-    int device, kimi_err_t *err);
+#include "cuda/cuda_backend.h"
 #endif
 
 
@@ -31,16 +30,16 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
         return kimi_err_set(err, KIMI_EINVAL, "no backend named");
     }
 
-    if ((p->ep != NULL || p->tp != NULL || p->pp != NULL)
-        && strcmp(p->name, "cpu") != 0)
+    if ((p->ep != NULL && strcmp(p->name, "cpu") != 0
+         && strcmp(p->name, "cuda") != 0)
+        || ((p->tp != NULL || p->pp != NULL) && strcmp(p->name, "cpu") != 0))
     {
-        /* engine/parallel/ep.cu (NCCL dispatch/combine) is not wired into
-         * the cuda backend: say so rather than run every expert twice */
+        /* say so rather than run every expert or layer on every rank */
         return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s parallelism is"
-                            " implemented on the cpu backend only; the %s"
+                            " implemented on the %s backend only; the %s"
                             " backend runs data parallel without it",
                             p->ep ? "expert" : p->tp ? "tensor" : "pipeline",
-                            p->name);
+                            p->ep ? "cpu and cuda" : "cpu", p->name);
     }
 
     if (strcmp(p->name, "replay") == 0) {
@@ -67,7 +66,17 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
             return kimi_err_set(err, KIMI_EINVAL, "cuda backend needs a"
                                 " model");
         }
-        return kimi_backend_cuda_init(out, p->model, p->device, err);
+        kimi_backend_cuda_params_t  gp = kimi_backend_cuda_default_params();
+
+        gp.device = p->device;
+        gp.ep = p->ep;
+        gp.max_batched_tokens = p->max_batched_tokens
+                                ? p->max_batched_tokens
+                                : gp.max_batched_tokens;
+        gp.max_model_len = p->max_model_len;
+        gp.max_logit_rows = p->max_num_seqs ? p->max_num_seqs
+                                            : gp.max_logit_rows;
+        return kimi_backend_cuda_init_params(out, p->model, &gp, err);
 #elif defined(KIMI_HAVE_CUDA)
         return kimi_err_set(err, KIMI_EUNSUPPORTED, "this kimi-engine was"
                             " built with nvcc but without the cuda backend"

@@ -103,9 +103,14 @@ typedef struct {
     struct kimi_model  *model;           /* cpu, cuda: borrowed, loaded */
     uint32_t            n_threads;       /* cpu: 0 = online CPUs */
     int                 device;          /* cuda: device ordinal */
+    uint32_t            max_batched_tokens; /* cuda: one step's tokens
+                                            (sizes workspaces), 0 = 2048 */
+    uint32_t            max_model_len;   /* cuda: 0 = the model's */
+    uint32_t            max_num_seqs;    /* cuda: logit rows per step,
+                                            0 = 256 */
     const void         *replay;          /* replay: kimi_replay_params_t */
-    struct kimi_group  *ep;              /* cpu: expert-parallel group of
-                                            the node (parallel/group.h) */
+    struct kimi_group  *ep;              /* cpu, cuda: expert-parallel group
+                                            of the node (parallel/group.h) */
     struct kimi_group  *tp;              /* cpu: tensor-parallel group */
     struct kimi_group  *pp;              /* cpu: pipeline-parallel group */
 } kimi_backend_params_t;

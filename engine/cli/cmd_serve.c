@@ -45,6 +45,7 @@
 #define KIMI_K2_IM_END          163586      /* <|im_end|>: end of a turn */
 #define KIMI_SERVE_DEFAULT_LEN  8192
 #define KIMI_SERVE_CPU_BATCHED_TOKENS  512  /* --max-num-batched-tokens */
+#define KIMI_SERVE_CUDA_BATCHED_TOKENS 2048 /* its workspaces: 6000 at most */
 
 typedef enum {
     OPT_STR,
@@ -124,7 +125,8 @@ static const kimi_opt_t  kimi_serve_opts[] = {
       "sequences running at once (256)" },
     { "--max-num-batched-tokens", OPT_U32, O(max_num_batched_tokens), 1,
       1 << 24, NULL,
-      "tokens per step, prefill and decode (8192; cpu backend: 512)" },
+      "tokens per step, prefill and decode (8192; cpu backend: 512; cuda"
+      " backend: 2048, at most 6000)" },
     { "--enable-chunked-prefill", OPT_ON, O(enable_chunked_prefill), 0, 0,
       NULL, "split long prompts over steps (default)" },
     { "--no-enable-chunked-prefill", OPT_OFF, O(enable_chunked_prefill), 0, 0,
@@ -761,9 +763,11 @@ kimi_serve_followers_reap(const pid_t *pids, uint32_t T)
 
 /*
  * --enable-expert-parallel with N > 1 ranks: what this build can do
- * (cpu backend, the N ranks on one node, experts split evenly) and the
- * largest message of the node's exchange: one step's tokens, each a
- * hidden row plus top-k ids and weights.
+ * (cpu or cuda backend, the N ranks on one node, experts split evenly)
+ * and the largest message of the node's exchange: on the cpu, one step's
+ * tokens, each a hidden row plus top-k ids and weights; on the cuda
+ * backend the rows go over NCCL and the group only carries the step's
+ * token counts and the NCCL id.
  */
 static int
 kimi_serve_ep_check(const kimi_serve_opts_t *o,
@@ -772,9 +776,9 @@ kimi_serve_ep_check(const kimi_serve_opts_t *o,
     uint32_t  W = o->data_parallel_size;
     size_t    row;
 
-    if (strcmp(o->backend, "cpu") != 0) {
+    if (strcmp(o->backend, "cpu") != 0 && strcmp(o->backend, "cuda") != 0) {
         fprintf(stderr, "kimi-engine: --enable-expert-parallel is implemented"
-                " on the cpu backend only; the %s backend serves data"
+                " on the cpu and cuda backends; the %s backend serves data"
                 " parallel without it (drop the flag)\n", o->backend);
         return 2;
     }
@@ -784,8 +788,8 @@ kimi_serve_ep_check(const kimi_serve_opts_t *o,
         || o->data_parallel_start_rank > 0)
     {
         fprintf(stderr, "kimi-engine: --enable-expert-parallel across nodes"
-                " is not implemented (the cpu backend exchanges tokens"
-                " through shared memory on one node)\n");
+                " is not implemented (the ranks vote each step through"
+                " shared memory on one node)\n");
         return 2;
     }
 
@@ -794,6 +798,11 @@ kimi_serve_ep_check(const kimi_serve_opts_t *o,
                 " experts do not split evenly over --data-parallel-size"
                 " %u\n", cfg->n_routed_experts, W);
         return 2;
+    }
+
+    if (strcmp(o->backend, "cuda") == 0) {
+        *seg_bytes = 4096;
+        return 0;
     }
 
     row = (size_t) cfg->hidden_size * 4 + (size_t) cfg->num_experts_per_tok
@@ -950,6 +959,8 @@ kimi_cmd_serve(int argc, char **argv)
         o.max_num_batched_tokens = (strcmp(o.backend, "cpu") == 0
                                     && o.enable_chunked_prefill)
                                    ? KIMI_SERVE_CPU_BATCHED_TOKENS
+                                   : strcmp(o.backend, "cuda") == 0
+                                   ? KIMI_SERVE_CUDA_BATCHED_TOKENS
                                    : kimi_sched_default_params()
                                      .max_num_batched_tokens;
     }
@@ -1084,6 +1095,9 @@ kimi_cmd_serve(int argc, char **argv)
     bp.name = o.backend;
     bp.n_threads = o.threads;
     bp.device = (int) (o.device + dp.local_rank);   /* a GPU per rank */
+    bp.max_batched_tokens = o.max_num_batched_tokens;
+    bp.max_model_len = o.max_model_len;
+    bp.max_num_seqs = o.max_num_seqs;
 
     if (is_replay) {
         if (o.model != NULL) {

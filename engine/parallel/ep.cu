@@ -9,13 +9,14 @@
  *             depend on scheduling.  Rows past the count are padding.
  *   copy      grid (T, W): the e4m3 row (D bytes, 16 at a time) and its
  *             D/128 scales of every sent token into block p.
- *   unpack    grid T: out[t,d] = bf16(sum_p y[p][pos[t][p]][d] + shared).
+ *   unpack    grid T: y[t,d] += sum_p y_recv[p][pos[t][p]][d], fp32.
  *
  * Cost:  pack reads T*top_k ids per peer; copy moves W*T*(D + D/32) bytes
  *        at most; unpack reads (W+1)*T*D*2 bytes.  All memory bound and
  *        tiny next to the expert GEMMs; the all-to-all dominates.
- * Twin:  none yet in engine/backend/cpu/ (the cpu backend has no EP);
- *        TODO(issue 7): compare against a host loop on 2 GPUs.
+ * Twin:  engine/backend/cpu/moe_ep.c does the same exchange through
+ *        shared memory; t/gpu/parallel_check.c holds a host model of the
+ *        pack and checks dispatch + combine against it on 2 GPUs.
  */
 
 #include <cuda_runtime.h>
@@ -108,16 +109,15 @@ kimi_ep_copy_kernel(const uint8_t *xq, const float *xs, const int32_t *pos,
 
 
 static __global__ void
-kimi_ep_unpack_kernel(const uint16_t *y_recv, const int32_t *pos,
-                      const uint16_t *shared_out, int t_cap, int world,
-                      int D, uint16_t *out)
+kimi_ep_unpack_kernel(const uint16_t *y_recv, const int32_t *pos, int t_cap,
+                      int world, int D, float *y)
 {
     int    t = blockIdx.x;
     int    d, p, row;
     float  acc;
 
     for (d = threadIdx.x; d < D; d += blockDim.x) {
-        acc = shared_out ? kimi_bf2f(shared_out[(size_t) t * D + d]) : 0.0f;
+        acc = y[(size_t) t * D + d];
 
         /* fixed peer order: the sum is the same on every run */
         for (p = 0; p < world; p++) {
@@ -127,7 +127,7 @@ kimi_ep_unpack_kernel(const uint16_t *y_recv, const int32_t *pos,
             }
         }
 
-        out[(size_t) t * D + d] = kimi_f2bf(acc);
+        y[(size_t) t * D + d] = acc;
     }
 }
 
@@ -253,7 +253,7 @@ kimi_ep_dispatch(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
     }
 
     /* the group must be closed even after a failed call */
-    rc2 = kimi_nccl_group_end(rc == 0 ? err : NULL);
+    rc2 = kimi_nccl_group_end(comm, rc == 0 ? err : NULL);
 
     return rc != 0 ? rc : rc2;
 }
@@ -261,8 +261,7 @@ kimi_ep_dispatch(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
 
 extern "C" int
 kimi_ep_combine(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
-    const uint16_t *shared_out, const kimi_ep_ws_t *ws, uint16_t *out,
-    cudaStream_t s, kimi_err_t *err)
+    const kimi_ep_ws_t *ws, float *y, cudaStream_t s, kimi_err_t *err)
 {
     int  rc;
 
@@ -280,7 +279,7 @@ kimi_ep_combine(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
 
     if (T > 0) {
         kimi_ep_unpack_kernel<<<T, 256, 0, s>>>(ws->y_recv, ws->pos,
-            shared_out, sh->t_cap, sh->world, sh->dim, out);
+            sh->t_cap, sh->world, sh->dim, y);
         KIMI_CUDA_LAUNCHED(s, err);
     }
 

@@ -21,7 +21,8 @@
  *             [W*T_cap][D] bf16; padded rows have no valid pair, so the
  *             plan skips them and their y rows are 0
  *   combine   all-to-all y_send -> y_recv (block p returns to peer p),
- *             out[t] = bf16(sum_p y_recv[p][pos[t][p]] + shared_out[t])
+ *             y[t] += sum_p y_recv[p][pos[t][p]] (fp32; y holds the
+ *             shared expert's output of the caller's own tokens)
  *
  * Shapes are fixed by (W, T_cap, top_k, D), so a decode step containing
  * dispatch + experts + combine can be captured in a CUDA graph.  FP8 goes
@@ -29,7 +30,9 @@
  * the wire, most of them padding at small batch (the price of padding;
  * a count-exchange version would send only real rows).
  *
- * Not yet run on GPUs (no multi-GPU time this session): compiled only.
+ * Used by the cuda backend's MoE layers under --enable-expert-parallel
+ * (engine/backend/cuda/forward.c); t/gpu/parallel_check.c checks the
+ * routing against a host model and times it against raw ncclAlltoAll.
  */
 
 #ifndef KIMI_EP_H
@@ -76,12 +79,11 @@ int kimi_ep_dispatch(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
     const uint8_t *xq, const float *xs, const int32_t *idx, const float *w,
     const kimi_ep_ws_t *ws, cudaStream_t s, kimi_err_t *err);
 
-/* After the caller wrote ws->y_send: returns the rows and sums them into
- * out [T][D] bf16; shared_out [T][D] bf16 (the shared expert, computed
- * locally) is added when not NULL. */
+/* After the caller wrote ws->y_send: returns the rows and adds them, in
+ * peer order, to y [T][D] fp32 (the caller's shared-expert output, or
+ * zeros). */
 int kimi_ep_combine(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
-    const uint16_t *shared_out, const kimi_ep_ws_t *ws, uint16_t *out,
-    cudaStream_t s, kimi_err_t *err);
+    const kimi_ep_ws_t *ws, float *y, cudaStream_t s, kimi_err_t *err);
 
 #ifdef __cplusplus
 }

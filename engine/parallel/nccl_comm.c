@@ -8,6 +8,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "nccl_comm.h"
 
@@ -17,10 +18,12 @@
 #include <nccl.h>
 
 struct kimi_nccl {
-    ncclComm_t  comm;
-    uint32_t    rank;
-    uint32_t    world;
-    int         version;
+    ncclComm_t         comm;         /* NULL once aborted */
+    uint32_t           rank;
+    uint32_t           world;
+    int                version;
+    kimi_nccl_stop_fn  stop;
+    void              *stop_arg;
 };
 
 #define KIMI_NCCL_TRY(call, err)                                              \
@@ -74,9 +77,46 @@ kimi_nccl_unique_id(uint8_t *buf, size_t cap, uint32_t *len, kimi_err_t *err)
 }
 
 
+/*
+ * A nonblocking communicator's calls may answer ncclInProgress while NCCL
+ * finishes them on its own threads (connection setup, the first
+ * collectives): wait for the verdict, asking c->stop between looks, so a
+ * peer that died never leaves this rank waiting forever.
+ */
+static int
+kimi_nccl_settle(kimi_nccl_t *c, ncclResult_t r, const char *what,
+    kimi_err_t *err)
+{
+    struct timespec  nap = { 0, 100 * 1000 };
+
+    while (r == ncclInProgress) {
+        if (c->stop != NULL && c->stop(c->stop_arg)) {
+            (void) ncclCommAbort(c->comm);
+            c->comm = NULL;
+            return kimi_err_set(err, KIMI_EIO, "nccl: %s abandoned: the"
+                                " group failed", what);
+        }
+
+        (void) nanosleep(&nap, NULL);
+
+        if (ncclCommGetAsyncError(c->comm, &r) != ncclSuccess) {
+            r = ncclInternalError;
+        }
+    }
+
+    if (r != ncclSuccess) {
+        return kimi_err_set(err, KIMI_ECUDA, "nccl: %s: %s", what,
+                            ncclGetErrorString(r));
+    }
+
+    return 0;
+}
+
+
 int
 kimi_nccl_init(kimi_nccl_t **out, const uint8_t *blob, uint32_t blob_len,
-    uint32_t rank, uint32_t world, kimi_err_t *err)
+    uint32_t rank, uint32_t world, kimi_nccl_stop_fn stop, void *stop_arg,
+    kimi_err_t *err)
 {
     int                rc, version;
     const char        *nvls;
@@ -121,21 +161,66 @@ kimi_nccl_init(kimi_nccl_t **out, const uint8_t *blob, uint32_t blob_len,
     }
 
     memcpy(&id, blob, sizeof(id));
-    config.blocking = 1;
-
-    r = ncclCommInitRankConfig(&c->comm, (int) world, id, (int) rank,
-                               &config);
-    if (r != ncclSuccess) {
-        free(c);
-        return kimi_err_set(err, KIMI_ECUDA, "ncclCommInitRankConfig(rank %u"
-                            " of %u) failed: %s", rank, world,
-                            ncclGetErrorString(r));
-    }
-
     c->rank = rank;
     c->world = world;
     c->version = version;
+    c->stop = stop;
+    c->stop_arg = stop_arg;
+
+    /* nonblocking only where someone can tell us to give up */
+    config.blocking = stop != NULL ? 0 : 1;
+
+    r = ncclCommInitRankConfig(&c->comm, (int) world, id, (int) rank,
+                               &config);
+    if (r == ncclInProgress || r == ncclSuccess) {
+        rc = kimi_nccl_settle(c, r, "ncclCommInitRankConfig", err);
+
+    } else {
+        rc = kimi_err_set(err, KIMI_ECUDA, "ncclCommInitRankConfig(rank %u"
+                          " of %u) failed: %s", rank, world,
+                          ncclGetErrorString(r));
+        c->comm = NULL;
+    }
+
+    if (rc != 0) {
+        kimi_nccl_abort(c);
+        free(c);
+        return rc;
+    }
+
     *out = c;
+    return 0;
+}
+
+
+void
+kimi_nccl_abort(kimi_nccl_t *c)
+{
+    if (c != NULL && c->comm != NULL) {
+        (void) ncclCommAbort(c->comm);
+        c->comm = NULL;
+    }
+}
+
+
+int
+kimi_nccl_check(kimi_nccl_t *c, kimi_err_t *err)
+{
+    ncclResult_t  r;
+
+    if (c->comm == NULL) {
+        return kimi_err_set(err, KIMI_ESTATE, "nccl: the communicator was"
+                            " aborted");
+    }
+
+    if (ncclCommGetAsyncError(c->comm, &r) != ncclSuccess) {
+        r = ncclInternalError;
+    }
+
+    if (r != ncclSuccess && r != ncclInProgress) {
+        return kimi_err_set(err, KIMI_ECUDA, "nccl: %s",
+                            ncclGetErrorString(r));
+    }
 
     return 0;
 }
@@ -148,17 +233,43 @@ kimi_nccl_free(kimi_nccl_t *c)
         return;
     }
 
-    (void) ncclCommDestroy(c->comm);
+    if (c->comm != NULL) {
+        (void) ncclCommDestroy(c->comm);
+    }
     free(c);
 }
+
+
+#define KIMI_NCCL_CALL(c, call, err)                                          \
+    do {                                                                      \
+        if ((c)->comm == NULL) {                                              \
+            return kimi_err_set(err, KIMI_ESTATE, "nccl: %s after an abort", \
+                                #call);                                       \
+        }                                                                     \
+        ncclResult_t  r_ = (call);                                            \
+        if (r_ != ncclSuccess) {                                              \
+            int  rc_ = kimi_nccl_settle(c, r_, #call, err);                   \
+            if (rc_ != 0) return rc_;                                         \
+        }                                                                     \
+    } while (0)
 
 
 int
 kimi_nccl_all_reduce_bf16(kimi_nccl_t *c, void *buf, size_t n, void *stream,
     kimi_err_t *err)
 {
-    KIMI_NCCL_TRY(ncclAllReduce(buf, buf, n, ncclBfloat16, ncclSum, c->comm,
-                                (cudaStream_t) stream), err);
+    KIMI_NCCL_CALL(c, ncclAllReduce(buf, buf, n, ncclBfloat16, ncclSum,
+                                    c->comm, (cudaStream_t) stream), err);
+    return 0;
+}
+
+
+int
+kimi_nccl_all_reduce_f32(kimi_nccl_t *c, float *buf, size_t n, void *stream,
+    kimi_err_t *err)
+{
+    KIMI_NCCL_CALL(c, ncclAllReduce(buf, buf, n, ncclFloat32, ncclSum,
+                                    c->comm, (cudaStream_t) stream), err);
     return 0;
 }
 
@@ -172,9 +283,9 @@ kimi_nccl_group_start(kimi_err_t *err)
 
 
 int
-kimi_nccl_group_end(kimi_err_t *err)
+kimi_nccl_group_end(kimi_nccl_t *c, kimi_err_t *err)
 {
-    KIMI_NCCL_TRY(ncclGroupEnd(), err);
+    KIMI_NCCL_CALL(c, ncclGroupEnd(), err);
     return 0;
 }
 
@@ -188,22 +299,31 @@ kimi_nccl_all_to_all(kimi_nccl_t *c, const void *send, void *recv,
 
 #if NCCL_VERSION_CODE >= KIMI_NCCL_ALLTOALL_VERSION
     if (c->version >= KIMI_NCCL_ALLTOALL_VERSION) {
-        KIMI_NCCL_TRY(ncclAlltoAll(send, recv, bytes_per_peer, ncclUint8,
-                                   c->comm, s), err);
+        KIMI_NCCL_CALL(c, ncclAlltoAll(send, recv, bytes_per_peer, ncclUint8,
+                                       c->comm, s), err);
         return 0;
     }
 #endif
 
+    /* inside a caller's group these only queue: errors come at its end */
     KIMI_NCCL_TRY(ncclGroupStart(), err);
     for (p = 0; p < c->world; p++) {
-        KIMI_NCCL_TRY(ncclSend((const uint8_t *) send + p * bytes_per_peer,
-                               bytes_per_peer, ncclUint8, (int) p, c->comm,
-                               s), err);
-        KIMI_NCCL_TRY(ncclRecv((uint8_t *) recv + p * bytes_per_peer,
-                               bytes_per_peer, ncclUint8, (int) p, c->comm,
-                               s), err);
+        ncclResult_t  r1, r2;
+
+        r1 = ncclSend((const uint8_t *) send + p * bytes_per_peer,
+                      bytes_per_peer, ncclUint8, (int) p, c->comm, s);
+        r2 = ncclRecv((uint8_t *) recv + p * bytes_per_peer, bytes_per_peer,
+                      ncclUint8, (int) p, c->comm, s);
+        if ((r1 != ncclSuccess && r1 != ncclInProgress)
+            || (r2 != ncclSuccess && r2 != ncclInProgress))
+        {
+            (void) ncclGroupEnd();
+            return kimi_err_set(err, KIMI_ECUDA, "nccl: send/recv to %u: %s",
+                                p, ncclGetErrorString(r1 != ncclSuccess
+                                                      ? r1 : r2));
+        }
     }
-    KIMI_NCCL_TRY(ncclGroupEnd(), err);
+    KIMI_NCCL_CALL(c, ncclGroupEnd(), err);
 
     return 0;
 }
@@ -241,9 +361,23 @@ kimi_nccl_unique_id(uint8_t *buf, size_t cap, uint32_t *len, kimi_err_t *err)
 
 int
 kimi_nccl_init(kimi_nccl_t **out, const uint8_t *blob, uint32_t blob_len,
-    uint32_t rank, uint32_t world, kimi_err_t *err)
+    uint32_t rank, uint32_t world, kimi_nccl_stop_fn stop, void *stop_arg,
+    kimi_err_t *err)
 {
     *out = NULL;
+    return kimi_nccl_none(err);
+}
+
+
+void
+kimi_nccl_abort(kimi_nccl_t *c)
+{
+}
+
+
+int
+kimi_nccl_check(kimi_nccl_t *c, kimi_err_t *err)
+{
     return kimi_nccl_none(err);
 }
 
@@ -252,6 +386,14 @@ void
 kimi_nccl_free(kimi_nccl_t *c)
 {
     free(c);
+}
+
+
+int
+kimi_nccl_all_reduce_f32(kimi_nccl_t *c, float *buf, size_t n, void *stream,
+    kimi_err_t *err)
+{
+    return kimi_nccl_none(err);
 }
 
 
@@ -271,7 +413,7 @@ kimi_nccl_group_start(kimi_err_t *err)
 
 
 int
-kimi_nccl_group_end(kimi_err_t *err)
+kimi_nccl_group_end(kimi_nccl_t *c, kimi_err_t *err)
 {
     return kimi_nccl_none(err);
 }

@@ -10,8 +10,8 @@
  *         CUDA graph; never used by a rank that holds a lock.
  *
  * Built only with CUDA (KIMI_HAVE_CUDA, NCCL from the CUDA toolkit); in a
- * CPU build every entry returns KIMI_EUNSUPPORTED.  Not yet run on GPUs:
- * see README "Parallelism".
+ * CPU build every entry returns KIMI_EUNSUPPORTED.  Used by the cuda
+ * backend's expert parallelism; t/gpu/parallel_check.c checks it.
  */
 
 #ifndef KIMI_NCCL_COMM_H
@@ -33,6 +33,10 @@ extern "C" {
 
 typedef struct kimi_nccl  kimi_nccl_t;
 
+/* Asked while a call waits on the other ranks: nonzero = give up (the
+ * group failed), and the communicator is aborted. */
+typedef int (*kimi_nccl_stop_fn)(void *arg);
+
 /* Head node: a fresh ncclUniqueId as an opaque blob for the bootstrap. */
 int  kimi_nccl_unique_id(uint8_t *buf, size_t cap, uint32_t *len,
     kimi_err_t *err);
@@ -44,11 +48,22 @@ int  kimi_nccl_version(int *version, kimi_err_t *err);
 /*
  * Joins the communicator: blob from the bootstrap (every rank the same),
  * rank in [0, world).  Sets NCCL_NVLS_ENABLE=0 first (NVLink multicast
- * stays off: a project rule, reference/gpu-anchors.md).  The calling thread's current
- * CUDA device must be the rank's GPU.  Blocks until all ranks joined.
+ * stays off: a project rule, reference/gpu-anchors.md).  The calling
+ * thread's current CUDA device must be the rank's GPU.  Waits until all
+ * ranks joined; with stop (nonblocking communicator) it gives up when
+ * stop(stop_arg) says so, and so does every later call that waits.
  */
 int  kimi_nccl_init(kimi_nccl_t **out, const uint8_t *blob, uint32_t blob_len,
-    uint32_t rank, uint32_t world, kimi_err_t *err);
+    uint32_t rank, uint32_t world, kimi_nccl_stop_fn stop, void *stop_arg,
+    kimi_err_t *err);
+
+/* Ends the communicator now, from any thread: kernels waiting on a dead
+ * peer return; every later call fails.  NULL is a no-op. */
+void kimi_nccl_abort(kimi_nccl_t *c);
+
+/* An asynchronous NCCL error (a peer's failure seen by the proxy), or an
+ * aborted communicator, as an error; 0 while sound. */
+int  kimi_nccl_check(kimi_nccl_t *c, kimi_err_t *err);
 
 void kimi_nccl_free(kimi_nccl_t *c);       /* NULL is a no-op */
 
@@ -57,14 +72,16 @@ uint32_t kimi_nccl_world(const kimi_nccl_t *c);
 
 /* stream is a cudaStream_t (void * keeps this header C-only). */
 
-/* TP: buf[n] bf16 summed over ranks, in place. */
+/* TP: buf[n] bf16 / fp32 summed over ranks, in place. */
 int  kimi_nccl_all_reduce_bf16(kimi_nccl_t *c, void *buf, size_t n,
+    void *stream, kimi_err_t *err);
+int  kimi_nccl_all_reduce_f32(kimi_nccl_t *c, float *buf, size_t n,
     void *stream, kimi_err_t *err);
 
 /* Several collectives as one launch (ncclGroupStart/End): calls between
  * the two are queued and issued together at group end. */
 int  kimi_nccl_group_start(kimi_err_t *err);
-int  kimi_nccl_group_end(kimi_err_t *err);
+int  kimi_nccl_group_end(kimi_nccl_t *c, kimi_err_t *err);
 
 /* EP: send[world][bytes_per_peer] -> recv[world][bytes_per_peer]; block p
  * of send goes to rank p, block p of recv came from rank p.  Fixed size

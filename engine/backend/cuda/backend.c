@@ -64,10 +64,6 @@ kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
                   c->num_experts_per_tok);
         KIMI_NEED(c->n_shared_experts <= 1, "n_shared_experts %u > 1",
                   c->n_shared_experts);
-        KIMI_NEED(m->expert_first == 0
-                  && m->expert_last == c->n_routed_experts, "all %u experts "
-                  "must be loaded (expert parallel is not implemented)",
-                  c->n_routed_experts);
     }
 
     KIMI_NEED(m->layer_first == 0 && m->layer_last == c->num_hidden_layers,
@@ -81,6 +77,136 @@ kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
 #undef KIMI_NEED
 
     return 0;
+}
+
+
+/* Expert parallelism: the experts this rank must hold and has loaded. */
+static int
+kimi_cuda_check_ep(kimi_cuda_t *b, const kimi_group_t *g, kimi_err_t *err)
+{
+    const kimi_model_t  *m = b->model;
+    uint32_t             W = g ? kimi_group_world(g) : 1;
+    uint32_t             r = g ? kimi_group_rank(g) : 0;
+
+    if (b->E > 0 && b->E % W != 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "cuda backend: %u routed "
+                            "experts do not split over %u expert-parallel "
+                            "ranks", b->E, W);
+    }
+
+    /* the MoE plan of the rows received keeps W * cap tokens' ids in
+     * shared memory (kernels/moe.cu) */
+    if (b->E > 0 && W > 1 && (uint64_t) W * b->cap > 6000) {
+        return kimi_err_set(err, KIMI_EINVAL, "cuda backend: %u expert-"
+                            "parallel ranks x --max-num-batched-tokens %u "
+                            "exceeds 6000 rows per MoE plan: lower "
+                            "--max-num-batched-tokens to %u", W, b->cap,
+                            6000 / W);
+    }
+
+    b->ep_world = W;
+    b->ep_rank = r;
+    b->E_local = b->E / W;
+    b->expert_first = r * b->E_local;
+
+    /* expert_last 0: every expert was loaded, ours among them */
+    if (b->E > 0 && m->expert_last != 0
+        && (m->expert_first > b->expert_first
+            || m->expert_last < b->expert_first + b->E_local))
+    {
+        return kimi_err_set(err, KIMI_EINVAL, "cuda backend: rank %u of %u "
+                            "needs experts [%u, %u), the model holds [%u, %u)",
+                            r, W, b->expert_first,
+                            b->expert_first + b->E_local, m->expert_first,
+                            m->expert_last);
+    }
+
+    return 0;
+}
+
+
+static int
+kimi_cuda_ep_stop(void *group)
+{
+    return kimi_group_failed(group);
+}
+
+
+/*
+ * Joins the expert-parallel ranks' NCCL communicator: rank 0 makes the
+ * ncclUniqueId and hands it over through the node's group (every rank is
+ * here, in the same order of group syncs), then a first all-to-all sets
+ * up the connections outside any graph capture.  Every wait gives up when
+ * the group fails (a rank died): no rank waits for a dead peer.
+ */
+static int
+kimi_cuda_ep_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
+{
+    uint8_t      blob[256];              /* an ncclUniqueId: 128 */
+    uint32_t     len = 0, W = b->ep_world;
+    size_t       bytes[KIMI_GROUP_MAX_RANKS];
+    const void  *in;
+    size_t       n;
+    int          rc;
+
+    if (b->ep_rank == 0) {
+        rc = kimi_nccl_unique_id(blob, sizeof(blob), &len, err);
+        if (rc != 0) {
+            kimi_group_abort(g, err->msg);
+            return rc;
+        }
+    }
+
+    for (uint32_t p = 0; p < W; p++) {
+        bytes[p] = b->ep_rank == 0 ? 4 + len : 0;
+
+        if (b->ep_rank == 0) {
+            memcpy(kimi_group_sendbuf(g, p), &len, 4);
+            memcpy((uint8_t *) kimi_group_sendbuf(g, p) + 4, blob, len);
+        }
+    }
+
+    if ((rc = kimi_group_exchange(g, KIMI_CUDA_TAG_NCCL_ID, bytes, err)) != 0) {
+        return rc;
+    }
+
+    in = kimi_group_recvbuf(g, 0, &n);
+    if (n < 4) {
+        return kimi_err_set(err, KIMI_EIO, "expert parallel: no NCCL id from"
+                            " rank 0");
+    }
+    memcpy(&len, in, 4);
+    if (len > sizeof(blob) || n < 4 + (size_t) len) {
+        return kimi_err_set(err, KIMI_EIO, "expert parallel: a bad NCCL id"
+                            " from rank 0");
+    }
+    memcpy(blob, (const uint8_t *) in + 4, len);
+
+    rc = kimi_nccl_init(&b->nccl, blob, len, b->ep_rank, W,
+                        kimi_cuda_ep_stop, g, err);
+    if (rc != 0) {
+        kimi_group_abort(g, err->msg);
+        return rc;
+    }
+
+    b->ep = g;
+
+    {
+        kimi_ep_ws_t     ws;
+        kimi_ep_shape_t  sh = { (int) W, 1, (int) b->top_k, (int) b->E,
+                                (int) b->cfg->hidden_size };
+
+        kimi_ep_ws_carve(&ws, b->ep_ws, &sh);
+        rc = kimi_nccl_all_to_all(b->nccl, ws.y_send, ws.y_recv, 256,
+                                  b->stream, err);
+    }
+
+    if (rc == 0) {
+        KIMI_CU(cudaEventRecord(b->ev1, b->stream), err);
+        rc = kimi_cuda_wait(b, err);
+    }
+
+    return rc;
 }
 
 
@@ -350,6 +476,9 @@ kimi_cuda_free(kimi_backend_t *base)
 
     free(b->pev);
 
+    kimi_nccl_free(b->nccl);
+    cudaFree(b->ep_ws);
+    cudaFree(b->ep_moe_ws);
     cudaFree(b->warena);
     cudaFree(b->sarena);
     cudaFree(b->kv);
@@ -377,7 +506,7 @@ kimi_backend_cuda_params_t
 kimi_backend_cuda_default_params(void)
 {
     kimi_backend_cuda_params_t  p = { 0, KIMI_CUDA_DEFAULT_TOKENS, 0,
-                                       KIMI_CUDA_DEFAULT_ROWS };
+                                       KIMI_CUDA_DEFAULT_ROWS, NULL };
 
     return p;
 }
@@ -400,7 +529,7 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
 
     if (p->max_batched_tokens == 0 || p->max_batched_tokens > 6000) {
         return kimi_err_set(err, KIMI_EINVAL, "cuda backend: "
-                            "max_batched_tokens %u not in 1..6000 (one MoE "
+                            "--max-num-batched-tokens %u not in 1..6000 (one MoE "
                             "plan per step)", p->max_batched_tokens);
     }
 
@@ -434,6 +563,7 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
     b->shared = c->n_shared_experts > 0;
     b->I_dense = c->intermediate_size;
     b->I_moe = c->moe_intermediate_size;
+    b->I_shared = c->moe_intermediate_size * c->n_shared_experts;
     b->softmax_scale = kimi_model_softmax_scale(c);
     b->layers = calloc(c->num_hidden_layers, sizeof(kimi_cuda_layer_t));
 
@@ -486,9 +616,11 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
 
 #undef KIMI_TRY
 
-    if ((rc = kimi_cuda_weights_upload(b, err)) != 0
+    if ((rc = kimi_cuda_check_ep(b, p->ep, err)) != 0
+        || (rc = kimi_cuda_weights_upload(b, err)) != 0
         || (rc = kimi_cuda_workspaces(b, err)) != 0
-        || (rc = kimi_cuda_graphs_init(b, err)) != 0)
+        || (rc = kimi_cuda_graphs_init(b, err)) != 0
+        || (p->ep != NULL && (rc = kimi_cuda_ep_join(b, p->ep, err)) != 0))
     {
         goto failed;
     }
@@ -498,6 +630,10 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
 
 failed:
 
+    if (p->ep != NULL) {
+        /* the peers wait for this rank at the NCCL id or in NCCL init */
+        kimi_group_abort(p->ep, err->msg);
+    }
     kimi_cuda_free(&b->base);
     return rc;
 }

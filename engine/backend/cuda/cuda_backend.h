@@ -13,17 +13,26 @@
 
 #include "../backend.h"
 
+struct kimi_group;
+
 typedef struct {
-    int       device;              /* CUDA device ordinal */
-    uint32_t  max_batched_tokens;  /* tokens of one step: sizes workspaces */
-    uint32_t  max_model_len;       /* 0 = max_position_embeddings */
-    uint32_t  max_logit_rows;      /* sequences wanting logits per step */
+    int                 device;              /* CUDA device ordinal */
+    uint32_t            max_batched_tokens;  /* tokens of one step: sizes
+                                                workspaces */
+    uint32_t            max_model_len;       /* 0 = max_position_embeddings */
+    uint32_t            max_logit_rows;      /* sequences wanting logits per
+                                                step */
+    struct kimi_group  *ep;                  /* expert-parallel group of the
+                                                node (rank r holds routed
+                                                experts [r E/W, (r+1) E/W)),
+                                                NULL: all experts here */
 } kimi_backend_cuda_params_t;
 
 kimi_backend_cuda_params_t kimi_backend_cuda_default_params(void);
 
 /* Uploads the model's weights (FP8 block-scaled, bf16 embeddings/lm_head)
- * and sizes every step workspace.  A model whose widths the kernels cannot
+ * and sizes every step workspace; with p->ep, joins the group's NCCL
+ * communicator (every rank of the group calls this).  A model whose widths the kernels cannot
  * take (hidden_size % 1024, kv_lora_rank != 512, heads % 16, ...) fails with
  * KIMI_EUNSUPPORTED naming the field; nothing is computed for it. */
 int kimi_backend_cuda_init(kimi_backend_t **out, struct kimi_model *model,

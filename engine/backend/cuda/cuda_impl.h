@@ -18,6 +18,9 @@
 
 #include "../../../kernels/kimi_kernels.h"
 #include "../../model/model.h"
+#include "../../parallel/ep.h"
+#include "../../parallel/group.h"
+#include "../../parallel/nccl_comm.h"
 #include "cuda_backend.h"
 
 #define KIMI_CU(call, err)                                                    \
@@ -52,18 +55,20 @@ typedef struct {
     kimi_cuda_fp8_t   gate, up, down;     /* dense FFN */
     kimi_bf16_t      *router;             /* [E][D] */
     float            *bias;               /* [E] or NULL */
-    kimi_experts_t    ex;                 /* device tables [E + shared] */
+    kimi_experts_t    ex;                 /* device tables [E_local + shared] */
+    kimi_cuda_fp8_t   sh_gate, sh_up, sh_down;  /* the shared expert: run
+                                                   as a dense MLP under EP */
 } kimi_cuda_layer_t;
 
 /* A captured step: valid for any batch of the same T, logit rows and MLA
  * splits (everything else a step reads is in device memory). */
 typedef struct {
     cudaGraphExec_t             exec;
-    uint32_t                    rows, splits;
+    uint32_t                    rows, splits, t_cap;
     /* a key is captured the second time it is seen: the first run is
      * eager (one-off prefill sizes never pay for a capture) */
     int                         seen;
-    uint32_t                    seen_rows, seen_splits;
+    uint32_t                    seen_rows, seen_splits, seen_t_cap;
 } kimi_cuda_graph_t;
 
 #define KIMI_CUDA_GRAPH_MAX_T  256
@@ -95,8 +100,19 @@ typedef struct {
     kimi_bf16_t                *embed, *lm_head, *norm;
     kimi_rope_t                 rope;
     float                       softmax_scale;
-    uint32_t                    I_dense, I_moe, top_k, E;
+    uint32_t                    I_dense, I_moe, I_shared, top_k, E;
     int                         shared;
+
+    /* expert parallelism (DP attention + EP MoE): this rank holds routed
+     * experts [expert_first, expert_first + E_local) (all of them, E,
+     * without EP); the node's group carries the step's token-count vote,
+     * NCCL the token rows; t_cap = this step's rows per peer */
+    kimi_group_t               *ep;
+    kimi_nccl_t                *nccl;
+    uint32_t                    ep_world, ep_rank, E_local, expert_first;
+    uint32_t                    t_cap;
+    void                       *ep_ws;        /* kimi_ep_ws_t for cap */
+    void                       *ep_moe_ws;    /* MoE plan of W * cap rows */
 
     /* KV cache */
     void                       *kv;           /* [L][n_blocks][bs][576] */
@@ -141,6 +157,14 @@ int  kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     kimi_err_t *err);
 int  kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows,
     uint32_t splits, kimi_err_t *err);
+/* Waits for the step's end event (ev1); under EP gives up, aborting NCCL,
+ * when the group fails or NCCL reports a peer's failure. */
+int  kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err);
+
+/* what the expert-parallel ranks sync for in the group (group.h tags;
+ * the server's step vote is 1, the cpu backend's 2..7) */
+#define KIMI_CUDA_TAG_EP_TOKENS  ((uint64_t) 8 << 56)
+#define KIMI_CUDA_TAG_NCCL_ID    ((uint64_t) 9 << 56)
 
 /* graphs.c */
 int  kimi_cuda_graphs_init(kimi_cuda_t *b, kimi_err_t *err);

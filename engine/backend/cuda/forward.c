@@ -43,6 +43,8 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
     uint32_t                    qk = kimi_model_qk_head_dim(c);
     uint32_t                    maxk, I = b->I_dense > b->I_moe ? b->I_dense
                                                                 : b->I_moe;
+    uint32_t                    I_mlp = b->I_dense > b->I_shared
+                                        ? b->I_dense : b->I_shared;
     size_t                      bmax = T > (size_t) b->n_sm ? T
                                                             : (size_t) b->n_sm;
     char                       *p;
@@ -51,10 +53,40 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
     maxk = c->q_lora_rank > maxk ? c->q_lora_rank : maxk;
     maxk = H * c->v_head_dim > maxk ? H * c->v_head_dim : maxk;
     maxk = I > maxk ? I : maxk;
+    maxk = I_mlp > maxk ? I_mlp : maxk;
 
-    if (b->E > 0) {
+    if (b->E > 0 && b->ep_world <= 1) {
         moe = kimi_moe_ws_bytes((int) T, (int) b->top_k, (int) b->E,
                                 b->shared, (int) D, (int) b->I_moe);
+    }
+
+    if (b->E > 0 && b->ep_world > 1) {
+        /* EP: the padded exchange of cap tokens per peer, and the MoE plan
+         * over every row received (W * cap, this rank's experts only) */
+        kimi_ep_shape_t  sh = { (int) b->ep_world, (int) T, (int) b->top_k,
+                                (int) b->E, (int) D };
+        size_t           ep_bytes = kimi_ep_ws_bytes(&sh);
+        size_t           ep_moe = kimi_moe_ws_bytes((int) (b->ep_world * T),
+                                      (int) b->top_k, (int) b->E_local, 0,
+                                      (int) D, (int) b->I_moe);
+        cudaError_t      ce = cudaMalloc(&b->ep_ws, ep_bytes);
+
+        if (ce == cudaSuccess) {
+            ce = cudaMalloc(&b->ep_moe_ws, ep_moe);
+        }
+
+        if (ce != cudaSuccess) {
+            (void) cudaGetLastError();
+            return kimi_err_set(err, KIMI_ENOMEM, "cuda backend: expert-"
+                                "parallel workspaces for %zu tokens per "
+                                "rank need %.2f GiB (%s): lower "
+                                "max_batched_tokens", T,
+                                (ep_bytes + ep_moe) / 1073741824.0,
+                                cudaGetErrorString(ce));
+        }
+
+        KIMI_CU(cudaMemset(b->ep_ws, 0, ep_bytes), err);
+        KIMI_CU(cudaMemset(b->ep_moe_ws, 0, ep_moe), err);
     }
 
     /* B * n_splits <= max(B, n_sm) (kimi_mla_n_splits) */
@@ -79,8 +111,8 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
         KIMI_WS(b->olat, T * H * R * 2);
         KIMI_WS(b->attn, T * H * c->v_head_dim * 4);
         KIMI_WS(b->o, T * D * 4);
-        KIMI_WS(b->g, T * b->I_dense * 4);
-        KIMI_WS(b->u, T * b->I_dense * 4);
+        KIMI_WS(b->g, T * I_mlp * 4);
+        KIMI_WS(b->u, T * I_mlp * 4);
         KIMI_WS(b->y, T * D * 4);
         KIMI_WS(b->fin, (size_t) b->max_rows * D * 4);
         KIMI_WS(b->xq, T * maxk);
@@ -306,6 +338,84 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
 }
 
 
+/* y = down(silu(gate(x)) * up(x)) over T rows quantised in xq/xs */
+static int
+kimi_cuda_dense_mlp(kimi_cuda_t *b, uint32_t T, const kimi_cuda_fp8_t *gate,
+    const kimi_cuda_fp8_t *up, const kimi_cuda_fp8_t *down, kimi_err_t *err)
+{
+    KIMI_K(kimi_cuda_gemm(b, T, gate, b->g, err));
+    KIMI_K(kimi_cuda_gemm(b, T, up, b->u, err));
+    KIMI_K(kimi_silu_mul_f32(b->g, b->u, b->g, (size_t) T * gate->rows,
+                             b->stream, err));
+    KIMI_K(kimi_cuda_quant(b, b->g, T, gate->rows, err));
+    return kimi_cuda_gemm(b, T, down, b->y, err);
+}
+
+
+/*
+ * One MoE layer under expert parallelism (the cpu twin is
+ * engine/backend/cpu/moe_ep.c): route this rank's T tokens over all E
+ * experts, send each token once to every rank owning one of its top-k
+ * (ep.h: FP8 rows, t_cap rows per peer, padded), run this rank's experts
+ * over the W * t_cap rows received, send the weighted sums back in bf16
+ * and add them to the shared expert's output of the rank's own tokens.
+ * T = 0 (an idle rank, or one whose batch was refused) still takes part:
+ * it sends padding and computes for its peers.
+ */
+static int
+kimi_cuda_moe_ep(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    const kimi_cuda_layer_t    *L = &b->layers[l];
+    int                         D = (int) c->hidden_size;
+    int                         K = (int) b->top_k, I = (int) b->I_moe;
+    int                         rows = (int) (b->ep_world * b->t_cap), slots;
+    kimi_ep_shape_t             sh = { (int) b->ep_world, (int) b->t_cap, K,
+                                       (int) b->E, D };
+    kimi_ep_ws_t                ews;
+    kimi_moe_ws_t               ws;
+
+    kimi_ep_ws_carve(&ews, b->ep_ws, &sh);
+
+    if (T > 0) {
+        KIMI_K(kimi_moe_router_logits_f32(b->a, L->router, b->rl, (int) T, D,
+                                          (int) b->E, b->stream, err));
+        KIMI_K(kimi_moe_router_select(b->rl, L->bias, (int) T, (int) b->E, K,
+                                      (int) c->n_group, (int) c->topk_group,
+                                      c->norm_topk_prob,
+                                      c->routed_scaling_factor, b->tidx,
+                                      b->tw, b->stream, err));
+    }
+
+    KIMI_K(kimi_ep_dispatch(b->nccl, &sh, (int) T, b->xq, b->xs, b->tidx,
+                            b->tw, &ews, b->stream, err));
+
+    /* the shared expert of the own tokens, while the rows travel (it
+     * re-quantises xq: the dispatch copied it first, in stream order) */
+    if (T > 0 && b->shared) {
+        KIMI_K(kimi_cuda_dense_mlp(b, T, &L->sh_gate, &L->sh_up, &L->sh_down,
+                                   err));
+
+    } else if (T > 0) {
+        KIMI_CU(cudaMemsetAsync(b->y, 0, (size_t) T * D * sizeof(float),
+                                b->stream), err);
+    }
+
+    kimi_moe_ws_carve(&ws, b->ep_moe_ws, rows, K, (int) b->E_local, 0, D, I);
+    slots = kimi_moe_max_slots(rows, K, (int) b->E_local, 0);
+
+    KIMI_K(kimi_moe_plan(ews.recv_idx, rows, K, (int) b->E_local, 0, &ws,
+                         b->stream, err));
+    KIMI_K(kimi_moe_gate_up(ews.recv_xq, ews.recv_xs, rows, D, I, slots,
+                            &L->ex, &ws, b->stream, err));
+    KIMI_K(kimi_moe_down(rows, K, D, I, slots, &L->ex, &ws, b->stream, err));
+    KIMI_K(kimi_moe_combine(&ws, ews.recv_w, rows, K, 0, D,
+                            (kimi_bf16_t *) ews.y_send, b->stream, err));
+
+    return kimi_ep_combine(b->nccl, &sh, (int) T, &ews, b->y, b->stream, err);
+}
+
+
 static int
 kimi_cuda_ffn(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
 {
@@ -319,12 +429,11 @@ kimi_cuda_ffn(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
     KIMI_K(kimi_cuda_quant(b, b->a, T, c->hidden_size, err));
 
     if (!L->is_moe) {
-        KIMI_K(kimi_cuda_gemm(b, T, &L->gate, b->g, err));
-        KIMI_K(kimi_cuda_gemm(b, T, &L->up, b->u, err));
-        KIMI_K(kimi_silu_mul_f32(b->g, b->u, b->g,
-                                 (size_t) T * L->gate.rows, b->stream, err));
-        KIMI_K(kimi_cuda_quant(b, b->g, T, L->gate.rows, err));
-        return kimi_cuda_gemm(b, T, &L->down, b->y, err);
+        return kimi_cuda_dense_mlp(b, T, &L->gate, &L->up, &L->down, err);
+    }
+
+    if (b->nccl != NULL) {
+        return kimi_cuda_moe_ep(b, l, T, err);
     }
 
     /* router in fp32 over the bf16 gate, then the expert-major plan */
@@ -361,6 +470,19 @@ kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t splits,
 
 #define KIMI_MARK(i)                                                          \
     if (b->prof) KIMI_CU(cudaEventRecord(b->pev[i], b->stream), err)
+
+    if (T == 0) {
+        /* no tokens of this rank's own: serve the peers' MoE layers */
+        for (uint32_t l = 0; b->nccl != NULL && l < c->num_hidden_layers;
+             l++)
+        {
+            if (b->layers[l].is_moe) {
+                KIMI_K(kimi_cuda_moe_ep(b, l, 0, err));
+            }
+        }
+
+        return 0;
+    }
 
     KIMI_MARK(0);
     KIMI_K(kimi_gather_rows_bf16_f32(b->embed,
@@ -410,33 +532,126 @@ kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t splits,
 
 
 int
+kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err)
+{
+    cudaError_t  ce;
+    kimi_err_t   lerr;
+
+    if (b->nccl == NULL) {
+        KIMI_CU(cudaEventSynchronize(b->ev1), err);
+        return 0;
+    }
+
+    /* a dead peer would leave the NCCL kernels waiting forever: look at
+     * the group between polls, and abort the communicator if it failed */
+    for ( ;; ) {
+        ce = cudaEventQuery(b->ev1);
+
+        if (ce == cudaSuccess) {
+            return 0;
+        }
+
+        if (ce != cudaErrorNotReady) {
+            KIMI_CU(ce, err);
+        }
+
+        if (kimi_group_failed(b->ep) || kimi_nccl_check(b->nccl, &lerr) != 0)
+        {
+            kimi_nccl_abort(b->nccl);
+            (void) cudaStreamSynchronize(b->stream);
+            (void) cudaGetLastError();
+            return kimi_err_set(err, KIMI_EIO, "expert parallel: %s",
+                                kimi_group_failed(b->ep)
+                                ? "the group failed (a rank ended)"
+                                : lerr.msg);
+        }
+    }
+}
+
+
+/* EP: every rank's token count of this step; the largest sets the rows
+ * per peer (a power of two, so graphs are reused across steps) */
+static int
+kimi_cuda_ep_vote(kimi_cuda_t *b, uint32_t T, uint32_t *max_T,
+    kimi_err_t *err)
+{
+    float     n[KIMI_GROUP_MAX_RANKS];
+    uint32_t  cap = 1;
+
+    memset(n, 0, sizeof(n));
+    n[b->ep_rank] = (float) T;
+
+    KIMI_K(kimi_group_allreduce_f32(b->ep, KIMI_CUDA_TAG_EP_TOKENS, n,
+                                    b->ep_world, err));
+
+    *max_T = 0;
+    for (uint32_t r = 0; r < b->ep_world; r++) {
+        *max_T = (uint32_t) n[r] > *max_T ? (uint32_t) n[r] : *max_T;
+    }
+
+    while (cap < *max_T) {
+        cap *= 2;
+    }
+
+    b->t_cap = cap < b->cap ? cap : b->cap;
+    return 0;
+}
+
+
+int
 kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     kimi_err_t *err)
 {
     kimi_cuda_t  *b = (kimi_cuda_t *) base;
-    uint32_t      T = 0, rows = 0, max_ctx = 0, splits;
+    uint32_t      T = 0, rows = 0, max_ctx = 0, splits = 0, max_T;
     size_t        words;
-    int           rc;
+    int           rc, batch_rc = 0;
+    kimi_err_t    batch_err;
 
     if (b->kv == NULL) {
         return kimi_err_set(err, KIMI_ESTATE, "cuda: forward before kv_init");
     }
 
     b->n_rows = 0;
+    b->n_tokens = 0;
     b->logits_on_host = 0;
 
-    if ((rc = kimi_cuda_stage(b, batch, &T, &rows, &max_ctx, err)) != 0) {
-        return rc;
+    if (batch->n_seqs > 0 || b->nccl == NULL) {
+        batch_rc = kimi_cuda_stage(b, batch, &T, &rows, &max_ctx, &batch_err);
+
+        if (batch_rc != 0 && b->nccl == NULL) {
+            *err = batch_err;
+            return batch_rc;
+        }
     }
 
-    words = KIMI_M_N * (size_t) b->cap + (size_t) T * b->max_bt;
+    if (batch_rc != 0) {
+        /* a refused batch still serves the peers' experts, with no tokens */
+        T = 0;
+        rows = 0;
+    }
+
+    if (b->nccl != NULL) {
+        if ((rc = kimi_cuda_ep_vote(b, T, &max_T, err)) != 0) {
+            return rc;
+        }
+
+        if (max_T == 0) {
+            goto done;
+        }
+    }
 
     KIMI_CU(cudaEventRecord(b->ev0, b->stream), err);
-    KIMI_CU(cudaMemcpyAsync(b->meta_d, b->meta_h, words * sizeof(int32_t),
-                            cudaMemcpyHostToDevice, b->stream), err);
 
-    /* the MLA split count is a launch shape: part of a graph's key */
-    splits = (uint32_t) kimi_mla_n_splits((int) T, (int) max_ctx, b->n_sm);
+    if (T > 0) {
+        words = KIMI_M_N * (size_t) b->cap + (size_t) T * b->max_bt;
+        KIMI_CU(cudaMemcpyAsync(b->meta_d, b->meta_h, words * sizeof(int32_t),
+                                cudaMemcpyHostToDevice, b->stream), err);
+
+        /* the MLA split count is a launch shape: part of a graph's key */
+        splits = (uint32_t) kimi_mla_n_splits((int) T, (int) max_ctx,
+                                              b->n_sm);
+    }
 
     if (b->graphs_on && !b->prof && T <= b->graph_max_t) {
         rc = kimi_cuda_graph_step(b, T, rows, splits, err);
@@ -446,14 +661,31 @@ kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     }
 
     if (rc != 0) {
-        /* drain what was queued so the next step starts clean */
+        /* drain what was queued so the next step starts clean; under EP
+         * the peers wait for this rank's rows: the group ends */
+        if (b->nccl != NULL) {
+            kimi_group_abort(b->ep, err->msg);
+            kimi_nccl_abort(b->nccl);
+        }
         (void) cudaStreamSynchronize(b->stream);
+        (void) cudaGetLastError();
         return rc;
     }
 
     KIMI_CU(cudaEventRecord(b->ev1, b->stream), err);
-    KIMI_CU(cudaStreamSynchronize(b->stream), err);
+
+    if ((rc = kimi_cuda_wait(b, err)) != 0) {
+        return rc;
+    }
+
     KIMI_CU(cudaEventElapsedTime(&b->last_ms, b->ev0, b->ev1), err);
+
+done:
+
+    if (batch_rc != 0) {
+        *err = batch_err;
+        return batch_rc;
+    }
 
     b->n_rows = rows;
     b->n_tokens = T;

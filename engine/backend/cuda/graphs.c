@@ -7,8 +7,10 @@
  *         metadata before the launch and waits after it.
  * Holds:  a step reads every per-batch value (token ids, positions, slots,
  *         block tables, lengths, logit rows) from device memory, so the
- *         launch sequence depends only on T, the logit row count and the
- *         MLA split count (a grid size): those three are the key.  A key
+ *         launch sequence depends only on T, the logit row count, the
+ *         MLA split count (a grid size) and, under expert parallelism, the
+ *         rows per peer of the exchange: those are the key (T = 0 is an
+ *         expert-parallel rank serving only its peers' MoE layers).  A key
  *         runs eagerly the first time it is seen and is captured the
  *         second time (also keeps module loading out of captures).  When
  *         the split count changes as contexts grow, the graph is captured
@@ -87,11 +89,16 @@ kimi_cuda_graph_step(kimi_cuda_t *b, uint32_t T, uint32_t rows,
     cudaGraphExecUpdateResultInfo    info;
     int                              rc;
 
-    if (gr->exec == NULL || gr->rows != rows || gr->splits != splits) {
-        if (!gr->seen || gr->seen_rows != rows || gr->seen_splits != splits) {
+    if (gr->exec == NULL || gr->rows != rows || gr->splits != splits
+        || gr->t_cap != b->t_cap)
+    {
+        if (!gr->seen || gr->seen_rows != rows || gr->seen_splits != splits
+            || gr->seen_t_cap != b->t_cap)
+        {
             gr->seen = 1;
             gr->seen_rows = rows;
             gr->seen_splits = splits;
+            gr->seen_t_cap = b->t_cap;
             return kimi_cuda_step(b, T, rows, splits, err);
         }
 
@@ -131,6 +138,7 @@ kimi_cuda_graph_step(kimi_cuda_t *b, uint32_t T, uint32_t rows,
         (void) cudaGraphDestroy(g);
         gr->rows = rows;
         gr->splits = splits;
+        gr->t_cap = b->t_cap;
         b->graph_captures++;
     }
 

@@ -159,12 +159,15 @@ kimi_cuda_put_vec(kimi_cuda_arena_t *ar, const float *v, uint32_t n,
 }
 
 
-/* The pointer tables of one MoE layer: 6 arrays of E + 1 device pointers. */
+/* The pointer tables of one MoE layer: 6 arrays of E_local + 1 device
+ * pointers, this rank's routed experts then the shared one (also kept as
+ * plain FP8 weights: under EP it runs as a dense MLP on the rank's own
+ * tokens). */
 static int
 kimi_cuda_put_experts(kimi_cuda_t *b, kimi_cuda_arena_t *ar, uint32_t l,
     const kimi_layer_weights_t *L, kimi_cuda_layer_t *d, kimi_err_t *err)
 {
-    uint32_t          E = b->E, ne = E + (b->shared ? 1 : 0);
+    uint32_t          E = b->E_local, ne = E + (b->shared ? 1 : 0);
     kimi_cuda_fp8_t   g, u, dn;
     void            **tab = NULL;
     void             *dev;
@@ -179,8 +182,9 @@ kimi_cuda_put_experts(kimi_cuda_t *b, kimi_cuda_arena_t *ar, uint32_t l,
     }
 
     for (uint32_t e = 0; e < ne; e++) {
-        const kimi_mlp_weights_t  *m = e < E ? &L->experts[e]
-                                             : &L->shared_experts;
+        const kimi_mlp_weights_t  *m = e < E
+                                       ? &L->experts[b->expert_first + e]
+                                       : &L->shared_experts;
 
         if ((rc = kimi_cuda_put_fp8(ar, &m->gate_proj, "expert gate_proj", l,
                                     &g, err)) != 0
@@ -191,6 +195,12 @@ kimi_cuda_put_experts(kimi_cuda_t *b, kimi_cuda_arena_t *ar, uint32_t l,
         {
             free(tab);
             return rc;
+        }
+
+        if (e == E) {
+            d->sh_gate = g;
+            d->sh_up = u;
+            d->sh_down = dn;
         }
 
         if (tab != NULL) {
