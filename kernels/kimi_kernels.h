@@ -173,6 +173,8 @@ typedef struct {
     uint8_t *hq;             /* [rows][I] e4m3 h (large batches) */
     float   *hs;             /* [rows][I/128] its scales */
     float   *y;              /* [rows][D] fp32 expert outputs (unweighted) */
+    int      rows;           /* kimi_moe_rows() of the carve: T*top_k
+                                (+ T with the shared expert) */
 } kimi_moe_ws_t;
 
 /* Sizes for kimi_moe_ws_t: slots, rows, and the bytes of one workspace

@@ -75,6 +75,7 @@ kimi_moe_ws_carve(kimi_moe_ws_t *ws, void *base, int T, int top_k, int E,
     ws->hq = (uint8_t *) p;           p += al256(rows * I);
     ws->hs = (float *) p;             p += al256(rows * (I / 128) * 4);
     ws->y = (float *) p;    /* [rows][D]: the last region, sized by kimi_moe_ws_bytes */
+    ws->rows = (int) rows;
     (void) D;
 }
 
@@ -511,8 +512,9 @@ kimi_moe_down(int T, int top_k, int D, int I, int max_slots, const kimi_experts_
     default:
         break;
     }
-    /* shared rows are included: rows = T*top_k + T covers both layouts */
-    const int n_rows = T * top_k + T;
+    /* the carve's rows: a plan without the shared expert has no T shared
+     * rows, and quantising them would write past hq into hs */
+    const int n_rows = ws->rows;
     const int warps = n_rows * (I / 128);
     moe_hquant_kernel<<<(warps + 7) / 8, 256, 0, s>>>(n_rows, I, *ws);
     KIMI_CUDA_LAUNCHED(s, err);

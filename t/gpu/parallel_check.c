@@ -532,6 +532,7 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
         double            us1 = 0, us2, touched1 = 0, touched2 = 0;
         int               seen[MOE_E];
 
+        fprintf(stderr, "rank %d: moe bench T=%d\n", rank, T);
         hl = malloc((size_t) T * MOE_E * 4);
         for (i = 0; i < (size_t) T * MOE_E; i++) {
             hl[i] = (float) ((i * 2654435761u + (size_t) rank * 97
@@ -594,6 +595,8 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
             CK(cudaGraphInstantiate(&x1, g, 0));
             cudaGraphDestroy(g);
             us1 = time_graph(x1, s, MOE_ITER);
+            fprintf(stderr, "rank 0: one-GPU MoE T=%d: %.1f us (%s)\n", T,
+                    us1, cudaGetErrorString(cudaGetLastError()));
         }
         pthread_barrier_wait(&barrier);
 
@@ -625,6 +628,8 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
             cudaGraphDestroy(g);
             pthread_barrier_wait(&barrier);
             us2 = time_graph(x2, s, MOE_ITER);
+            fprintf(stderr, "rank %d: EP MoE T=%d: %.1f us (%s)\n", rank, T,
+                    us2, cudaGetErrorString(cudaGetLastError()));
         }
 
         /* experts this rank ran under EP: those of its share that any
