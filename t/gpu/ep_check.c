@@ -1,0 +1,538 @@
+/*
+ * Expert parallelism of the CUDA backend against one GPU and the fp32
+ * CPU oracle, on the same dummy weights (needs >= 2 GPUs).
+ *
+ * Owns:   the engine-level EP check of t/gpu/ep-run (step "engine"): W
+ *         processes, one per GPU, each a cuda backend in one expert-
+ *         parallel group (the serve path's: group.h for the step's token
+ *         counts and the NCCL id, NCCL for the rows), rank r holding
+ *         routed experts [r E/W, (r+1) E/W) only.
+ * Never:  passes without comparing: every claim is a number against a
+ *         stated tolerance.
+ *
+ *   ep_check --model DIR [--hf-overrides JSON] [--prefill 40]
+ *            [--decode 8] [--kv bf16|fp8] [--ranks 2]
+ *
+ * Rank 0 first runs the script (a prefill, then greedy decode steps fed
+ * the oracle's choice) on the fp32-activation cpu (the oracle), the cpu
+ * with FP8 activations (the yardstick of what FP8 costs) and one GPU
+ * holding every expert; then on its EP backend, twice: alone (the other
+ * ranks step with no tokens of their own and serve their experts), and
+ * with every rank running the same script at once (each rank sends its
+ * logits to rank 0 through the group).
+ *
+ * Tolerance (as t/gpu/engine_check.c, whose comment says why): the median
+ * over rows of (1 - cos) against the oracle is at most 1.5x the cpu FP8
+ * path's, and no row falls below cos 0.95.  EP differs from one GPU by
+ * the bf16 return of each rank's expert sums and the shared expert run as
+ * a dense MLP: a rounding difference, which FP8 re-quantisation then
+ * spreads like any other.  Ranks running the same tokens at once must
+ * agree bit for bit (same routing, same peer order of the sums).
+ */
+
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <cuda_runtime_api.h>
+
+#include "../../engine/backend/backend.h"
+#include "../../engine/backend/cpu/backend_cpu.h"
+#include "../../engine/backend/cuda/cuda_backend.h"
+#include "../../engine/model/model.h"
+#include "../../engine/parallel/group.h"
+
+#define TOL_MEDIAN_X 1.5
+#define TOL_COS_ROW  0.95
+#define MAX_STEPS    16
+
+static int  n_test, n_fail;
+
+
+static void
+ok(int cond, const char *fmt, ...)
+{
+    va_list  ap;
+
+    printf("%s %d - ", cond ? "ok" : "not ok", ++n_test);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+    fflush(stdout);
+    n_fail += !cond;
+}
+
+
+static double
+now(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+
+static double
+cosine(const float *a, const float *b, uint32_t V)
+{
+    double  dot = 0, na = 0, nb = 0;
+
+    for (uint32_t i = 0; i < V; i++) {
+        dot += (double) a[i] * b[i];
+        na += (double) a[i] * a[i];
+        nb += (double) b[i] * b[i];
+    }
+
+    return dot / sqrt(na * nb + 1e-30);
+}
+
+
+static int
+argmax(const float *v, uint32_t n)
+{
+    int  best = 0;
+
+    for (uint32_t i = 1; i < n; i++) {
+        if (v[i] > v[best]) {
+            best = (int) i;
+        }
+    }
+
+    return best;
+}
+
+
+static double
+median(double *v, int n)
+{
+    for (int i = 1; i < n; i++) {
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            double  t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    }
+
+    return n == 0 ? 0 : (n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2);
+}
+
+
+/* the script's step k: the prefill (k = 0) or a decode step */
+static void
+script_seq(kimi_batch_seq_t *s, uint64_t id, const int32_t *toks, uint32_t P,
+    uint32_t k, const uint32_t *bt)
+{
+    uint32_t  pos = k == 0 ? 0 : P + k - 1;
+
+    memset(s, 0, sizeof(*s));
+    s->seq_id = id;
+    s->tokens = toks + pos;
+    s->n_tokens = k == 0 ? P : 1;
+    s->pos = pos;
+    s->block_table = bt;
+    s->n_blocks = 8;
+    s->want_logits = 1;
+}
+
+
+static const float *
+forward(kimi_backend_t *be, const kimi_batch_seq_t *s, uint32_t n,
+    const char *what)
+{
+    kimi_batch_t  batch = { n, s };
+    kimi_err_t    err;
+    uint32_t      rows, V;
+
+    if (be->ops->forward(be, &batch, &err) != 0) {
+        fprintf(stderr, "%s forward: %s\n", what, err.msg);
+        exit(1);
+    }
+
+    return n ? be->ops->logits(be, &rows, &V) : NULL;
+}
+
+
+static kimi_backend_t *
+cuda_backend(kimi_model_t *m, int device, kimi_group_t *g, int kv_fp8)
+{
+    kimi_backend_cuda_params_t  p = kimi_backend_cuda_default_params();
+    kimi_kv_params_t            kp;
+    kimi_backend_t             *be;
+    kimi_err_t                  err;
+    uint32_t                    nb;
+
+    p.device = device;
+    p.ep = g;
+    p.max_batched_tokens = 512;
+    p.max_model_len = 1024;
+
+    memset(&kp, 0, sizeof(kp));
+    kp.block_size = 64;
+    kp.max_blocks = 32;
+    kp.dtype = kv_fp8 ? KIMI_KV_DTYPE_FP8 : KIMI_KV_DTYPE_AUTO;
+    kp.gpu_memory_utilization = 0.9f;
+
+    if (kimi_backend_cuda_init_params(&be, m, &p, &err) != 0
+        || be->ops->kv_init(be, &kp, &nb, &err) != 0)
+    {
+        fprintf(stderr, "cuda backend (device %d%s): %s\n", device,
+                g ? ", expert parallel" : "", err.msg);
+        if (g != NULL) {
+            kimi_group_abort(g, err.msg);
+        }
+        exit(1);
+    }
+
+    return be;
+}
+
+
+/* a follower rank: the script's steps, alone (idle) then at once */
+static int
+follower(kimi_group_t *g, kimi_model_params_t *mp, uint32_t P, uint32_t ND,
+    int kv_fp8)
+{
+    uint32_t           r = kimi_group_rank(g), W = kimi_group_world(g);
+    kimi_model_t      *m;
+    kimi_backend_t    *be;
+    kimi_err_t         err;
+    kimi_batch_seq_t   s;
+    int32_t           *toks;
+    uint32_t           bt[8], V;
+    size_t             bytes[KIMI_GROUP_MAX_RANKS];
+    const float       *l;
+
+    if (kimi_model_load(&m, mp, &err) != 0) {
+        kimi_group_abort(g, err.msg);
+        fprintf(stderr, "rank %u model: %s\n", r, err.msg);
+        return 1;
+    }
+
+    V = m->cfg.vocab_size;
+    be = cuda_backend(m, (int) r, g, kv_fp8);
+
+    /* alone: rank 0 runs the script, this rank serves its experts */
+    for (uint32_t k = 0; k <= ND; k++) {
+        forward(be, NULL, 0, "idle");
+    }
+
+    /* at once: the same script; the tokens come from rank 0 */
+    toks = calloc(P + ND + 1, sizeof(int32_t));
+    for (uint32_t i = 0; i < 8; i++) {
+        bt[i] = 16 + i;
+    }
+
+    for (uint32_t k = 0; k <= ND; k++) {
+        const void  *in;
+        size_t       n;
+
+        memset(bytes, 0, sizeof(bytes));
+        if (kimi_group_exchange(g, 0x51, bytes, &err) != 0) {
+            fprintf(stderr, "rank %u: %s\n", r, err.msg);
+            return 1;
+        }
+        in = kimi_group_recvbuf(g, 0, &n);
+        memcpy(toks, in, n);
+
+        script_seq(&s, 100 + r, toks, P, k, bt);
+        l = forward(be, &s, 1, "ep (at once)");
+
+        for (uint32_t p = 0; p < W; p++) {
+            bytes[p] = p == 0 ? (size_t) V * sizeof(float) : 0;
+        }
+        memcpy(kimi_group_sendbuf(g, 0), l, (size_t) V * sizeof(float));
+        if (kimi_group_exchange(g, 0x52, bytes, &err) != 0) {
+            fprintf(stderr, "rank %u: %s\n", r, err.msg);
+            return 1;
+        }
+    }
+
+    be->ops->free(be);
+    kimi_model_free(m);
+    return 0;
+}
+
+
+int
+main(int argc, char **argv)
+{
+    static const struct option  opts[] = {
+        { "model", required_argument, NULL, 'm' },
+        { "hf-overrides", required_argument, NULL, 'o' },
+        { "prefill", required_argument, NULL, 'p' },
+        { "decode", required_argument, NULL, 'd' },
+        { "kv", required_argument, NULL, 'k' },
+        { "ranks", required_argument, NULL, 'r' },
+        { NULL, 0, NULL, 0 }
+    };
+
+    kimi_model_params_t         mp = kimi_model_default_params();
+    kimi_backend_cpu_params_t   cp8 = { 0, -1, NULL, NULL, NULL };
+    kimi_backend_cpu_params_t   cp32 = { 0, 1, NULL, NULL, NULL };
+    kimi_kv_params_t            kp;
+    kimi_model_t               *m = NULL;
+    kimi_backend_t             *cpu8 = NULL, *cpu32 = NULL, *one, *ep;
+    kimi_group_t               *g;
+    kimi_err_t                  err;
+    kimi_batch_seq_t            s;
+    uint32_t                    P = 40, ND = 8, W = 2, V, E, nb, bt[8];
+    uint32_t                    bt0[8];
+    int                         kv_fp8 = 0, c, n_dev = 0;
+    int32_t                    *toks;
+    float                      *oracle, *single;
+    double                      e8[MAX_STEPS], e1[MAX_STEPS];
+    double                      ea[MAX_STEPS], eb[MAX_STEPS];
+    double                      worst_a = 1, worst_b = 1, worst_1 = 1;
+    double                      min_ep_one = 1;
+    int                         agree = 0, bitwise = 1;
+    size_t                      seg, bytes[KIMI_GROUP_MAX_RANKS];
+    void                       *mem;
+    pid_t                       kids[KIMI_GROUP_MAX_RANKS];
+    int                         status, rc = 0;
+    double                      t0;
+
+    mp.load_format = "dummy";
+    mp.seed = 7;
+
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': mp.dir = optarg; break;
+        case 'o': mp.hf_overrides = optarg; break;
+        case 'p': P = (uint32_t) atoi(optarg); break;
+        case 'd': ND = (uint32_t) atoi(optarg); break;
+        case 'k': kv_fp8 = strcmp(optarg, "fp8") == 0; break;
+        case 'r': W = (uint32_t) atoi(optarg); break;
+        default:
+            return 2;
+        }
+    }
+
+    if (mp.dir == NULL || P == 0 || P > 256 || ND + 1 > MAX_STEPS || W < 2
+        || W > 8)
+    {
+        fprintf(stderr, "usage: ep_check --model DIR [--hf-overrides JSON]"
+                " [--prefill N<=256] [--decode N<16] [--kv bf16|fp8]"
+                " [--ranks 2..8]\n");
+        return 2;
+    }
+
+    /* a failed rank leaves the others at a barrier or in NCCL: bounded */
+    alarm(480);
+
+    /* the group is made before any CUDA call, as kimi-engine's launcher
+     * does, and the ranks fork from here */
+    seg = (size_t) 1 << 20;          /* a logits row of 163840 floats */
+    mem = mmap(NULL, kimi_group_bytes(W, seg), PROT_READ | PROT_WRITE,
+               MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
+        perror("mmap");
+        return 1;
+    }
+    kimi_group_init(mem, W, seg);
+
+    for (uint32_t r = 1; r < W; r++) {
+        kids[r] = fork();
+
+        if (kids[r] == 0) {
+            kimi_model_config_t  cfg;
+
+            if (kimi_group_attach(&g, mem, r, &err) != 0
+                || kimi_model_config_load(&cfg, mp.dir, mp.hf_overrides,
+                                          &err) != 0)
+            {
+                kimi_group_fail(mem, err.msg);
+                _exit(1);
+            }
+            mp.expert_first = r * (cfg.n_routed_experts / W);
+            mp.expert_last = mp.expert_first + cfg.n_routed_experts / W;
+            _exit(follower(g, &mp, P, ND, kv_fp8));
+        }
+    }
+
+    if (kimi_group_attach(&g, mem, 0, &err) != 0) {
+        fprintf(stderr, "group: %s\n", err.msg);
+        return 1;
+    }
+
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev < (int) W) {
+        printf("1..0 # SKIP %d GPUs, %u needed\n", n_dev, W);
+        kimi_group_fail(mem, "rank 0: not enough GPUs");
+        return 0;
+    }
+
+    t0 = now();
+
+    if (kimi_model_load(&m, &mp, &err) != 0) {
+        kimi_group_fail(mem, err.msg);
+        fprintf(stderr, "model: %s\n", err.msg);
+        return 1;
+    }
+
+    V = m->cfg.vocab_size;
+    E = m->cfg.n_routed_experts;
+    printf("# model: %u layers, hidden %u, %u experts top-%u, vocab %u, "
+           "dummy weights in %.1f s; %u expert-parallel ranks, %u experts"
+           " each, kv %s\n", m->cfg.num_hidden_layers, m->cfg.hidden_size,
+           E, m->cfg.num_experts_per_tok, V, now() - t0, W, E / W,
+           kv_fp8 ? "fp8" : "bf16");
+
+    if (kimi_backend_cpu_init_params(&cpu8, m, &cp8, &err) != 0
+        || kimi_backend_cpu_init_params(&cpu32, m, &cp32, &err) != 0)
+    {
+        kimi_group_fail(mem, err.msg);
+        fprintf(stderr, "cpu backend: %s\n", err.msg);
+        return 1;
+    }
+
+    memset(&kp, 0, sizeof(kp));
+    kp.block_size = 64;
+    kp.max_blocks = 32;
+    kp.budget_bytes = 256ull << 20;
+
+    if (cpu8->ops->kv_init(cpu8, &kp, &nb, &err) != 0
+        || cpu32->ops->kv_init(cpu32, &kp, &nb, &err) != 0)
+    {
+        kimi_group_fail(mem, err.msg);
+        fprintf(stderr, "cpu kv: %s\n", err.msg);
+        return 1;
+    }
+
+    toks = calloc(P + ND + 1, sizeof(int32_t));
+    oracle = malloc((size_t) (ND + 1) * V * sizeof(float));
+    single = malloc((size_t) (ND + 1) * V * sizeof(float));
+
+    for (uint32_t i = 0; i < P; i++) {
+        toks[i] = (int32_t) ((i * 2654435761u + 12345u) % V);
+    }
+    for (uint32_t i = 0; i < 8; i++) {
+        bt0[i] = 7 - i;                   /* not in order: tables matter */
+        bt[i] = 8 + i;
+    }
+
+    /* the oracle's script (its greedy choices feed every backend) */
+    one = cuda_backend(m, 0, NULL, kv_fp8);
+
+    for (uint32_t k = 0; k <= ND; k++) {
+        const float  *l;
+
+        script_seq(&s, 1, toks, P, k, bt0);
+        l = forward(cpu32, &s, 1, "cpu fp32");
+        memcpy(oracle + (size_t) k * V, l, (size_t) V * sizeof(float));
+        toks[P + k] = argmax(l, V);
+        l = forward(cpu8, &s, 1, "cpu fp8");
+        e8[k] = 1 - cosine(oracle + (size_t) k * V, l, V);
+        l = forward(one, &s, 1, "one gpu");
+        memcpy(single + (size_t) k * V, l, (size_t) V * sizeof(float));
+        e1[k] = 1 - cosine(oracle + (size_t) k * V, l, V);
+        worst_1 = 1 - e1[k] < worst_1 ? 1 - e1[k] : worst_1;
+    }
+
+    one->ops->free(one);
+    cpu8->ops->free(cpu8);
+    cpu32->ops->free(cpu32);
+
+    /* the EP backend: rank 0 holds its share of the experts */
+    ep = cuda_backend(m, 0, g, kv_fp8);
+    printf("# backends up in %.1f s\n", now() - t0);
+
+    /* alone */
+    for (uint32_t k = 0; k <= ND; k++) {
+        const float  *l;
+        double        c1;
+
+        script_seq(&s, 1, toks, P, k, bt0);
+        l = forward(ep, &s, 1, "ep (alone)");
+        ea[k] = 1 - cosine(oracle + (size_t) k * V, l, V);
+        c1 = cosine(single + (size_t) k * V, l, V);
+        min_ep_one = c1 < min_ep_one ? c1 : min_ep_one;
+        worst_a = 1 - ea[k] < worst_a ? 1 - ea[k] : worst_a;
+        agree += argmax(l, V) == toks[P + k];
+        printf("# %s pos %u: ep vs oracle cos %.6f, one GPU vs oracle %.6f,"
+               " cpu fp8 vs oracle %.6f; ep vs one GPU cos %.6f\n",
+               k ? "decode" : "prefill", s.pos, 1 - ea[k], 1 - e1[k],
+               1 - e8[k], c1);
+    }
+
+    /* at once: every rank runs the script; rank 0 hands out the tokens */
+    for (uint32_t k = 0; k <= ND; k++) {
+        const float  *l;
+        float        *mine = malloc((size_t) V * sizeof(float));
+
+        for (uint32_t p = 0; p < W; p++) {
+            bytes[p] = (size_t) (P + ND + 1) * sizeof(int32_t);
+            memcpy(kimi_group_sendbuf(g, p), toks, bytes[p]);
+        }
+        if (kimi_group_exchange(g, 0x51, bytes, &err) != 0) {
+            fprintf(stderr, "group: %s\n", err.msg);
+            return 1;
+        }
+
+        script_seq(&s, 100, toks, P, k, bt);
+        l = forward(ep, &s, 1, "ep (at once)");
+        memcpy(mine, l, (size_t) V * sizeof(float));
+        eb[k] = 1 - cosine(oracle + (size_t) k * V, mine, V);
+        worst_b = 1 - eb[k] < worst_b ? 1 - eb[k] : worst_b;
+
+        memset(bytes, 0, sizeof(bytes));
+        if (kimi_group_exchange(g, 0x52, bytes, &err) != 0) {
+            fprintf(stderr, "group: %s\n", err.msg);
+            return 1;
+        }
+        for (uint32_t p = 1; p < W; p++) {
+            size_t       n;
+            const float *peer = kimi_group_recvbuf(g, p, &n);
+
+            bitwise &= n == (size_t) V * sizeof(float)
+                       && memcmp(peer, mine, n) == 0;
+        }
+        free(mine);
+    }
+
+    for (uint32_t r = 1; r < W; r++) {
+        if (waitpid(kids[r], &status, 0) != kids[r] || !WIFEXITED(status)
+            || WEXITSTATUS(status) != 0)
+        {
+            rc = 1;
+        }
+    }
+    ok(rc == 0, "every follower rank ran its steps and exited 0");
+
+    {
+        double  m8 = median(e8, (int) ND + 1), m1 = median(e1, (int) ND + 1);
+        double  ma = median(ea, (int) ND + 1), mb = median(eb, (int) ND + 1);
+
+        printf("# median (1 - cos) vs the fp32-activation cpu: cpu fp8 %.2e,"
+               " one GPU %.2e, EP=%u alone %.2e, EP=%u every rank at once"
+               " %.2e; worst row ep vs one GPU cos %.6f\n", m8, m1, W, ma,
+               W, mb, min_ep_one);
+        ok(m1 <= TOL_MEDIAN_X * m8, "one GPU: median (1 - cos) %.2e <= %.1f"
+           " x cpu fp8's %.2e (worst row cos %.6f)", m1, TOL_MEDIAN_X, m8,
+           worst_1);
+        ok(ma <= TOL_MEDIAN_X * m8 && worst_a >= TOL_COS_ROW, "EP=%u, rank"
+           " 0 alone: median (1 - cos) %.2e <= %.1f x cpu fp8's %.2e, every"
+           " row cos >= %.2f (worst %.6f)", W, ma, TOL_MEDIAN_X, m8,
+           TOL_COS_ROW, worst_a);
+        ok(mb <= TOL_MEDIAN_X * m8 && worst_b >= TOL_COS_ROW, "EP=%u, every"
+           " rank at once: median (1 - cos) %.2e <= %.1f x cpu fp8's %.2e,"
+           " every row cos >= %.2f (worst %.6f)", W, mb, TOL_MEDIAN_X, m8,
+           TOL_COS_ROW, worst_b);
+        ok(bitwise, "EP=%u: every rank's logits of the same tokens equal"
+           " rank 0's bit for bit", W);
+        printf("# greedy: EP's argmax = the oracle's at %d of %u steps\n",
+               agree, ND + 1);
+    }
+
+    ep->ops->free(ep);
+    kimi_model_free(m);
+    printf("1..%d\n", n_test);
+    return n_fail ? 1 : 0;
+}
