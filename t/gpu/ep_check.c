@@ -46,6 +46,7 @@
 #include "../../engine/backend/backend.h"
 #include "../../engine/backend/cpu/backend_cpu.h"
 #include "../../engine/backend/cuda/cuda_backend.h"
+#include "../../engine/common/kimi_log.h"
 #include "../../engine/model/model.h"
 #include "../../engine/parallel/group.h"
 
@@ -78,6 +79,20 @@ now(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+
+/* progress on stderr, unbuffered: a stuck rank shows where */
+static void
+note(const char *fmt, ...)
+{
+    va_list  ap;
+
+    fprintf(stderr, "[%.3f pid %d] ", now(), (int) getpid());
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
 }
 
 
@@ -211,6 +226,8 @@ follower(kimi_group_t *g, kimi_model_params_t *mp, uint32_t P, uint32_t ND,
     size_t             bytes[KIMI_GROUP_MAX_RANKS];
     const float       *l;
 
+    note("rank %u: loading experts [%u, %u)", r, mp->expert_first,
+         mp->expert_last);
     if (kimi_model_load(&m, mp, &err) != 0) {
         kimi_group_abort(g, err.msg);
         fprintf(stderr, "rank %u model: %s\n", r, err.msg);
@@ -218,12 +235,16 @@ follower(kimi_group_t *g, kimi_model_params_t *mp, uint32_t P, uint32_t ND,
     }
 
     V = m->cfg.vocab_size;
+    note("rank %u: cuda backend on device %u", r, r);
     be = cuda_backend(m, (int) r, g, kv_fp8);
+    note("rank %u: up, serving rank 0's steps", r);
 
     /* alone: rank 0 runs the script, this rank serves its experts */
     for (uint32_t k = 0; k <= ND; k++) {
         forward(be, NULL, 0, "idle");
     }
+
+    note("rank %u: idle steps done", r);
 
     /* at once: the same script; the tokens come from rank 0 */
     toks = calloc(P + ND + 1, sizeof(int32_t));
@@ -256,6 +277,7 @@ follower(kimi_group_t *g, kimi_model_params_t *mp, uint32_t P, uint32_t ND,
         }
     }
 
+    note("rank %u: done", r);
     be->ops->free(be);
     kimi_model_free(m);
     return 0;
@@ -327,6 +349,7 @@ main(int argc, char **argv)
 
     /* a failed rank leaves the others at a barrier or in NCCL: bounded */
     alarm(480);
+    kimi_log_set_level(KIMI_LOG_INFO);
 
     /* the group is made before any CUDA call, as kimi-engine's launcher
      * does, and the ranks fork from here */
@@ -358,9 +381,27 @@ main(int argc, char **argv)
         }
     }
 
+    setvbuf(stdout, NULL, _IOLBF, 0);
+
     if (kimi_group_attach(&g, mem, 0, &err) != 0) {
         fprintf(stderr, "group: %s\n", err.msg);
         return 1;
+    }
+
+    /* a follower that dies fails the group instead of leaving rank 0 at a
+     * barrier (kimi-engine's launcher does this for its ranks) */
+    {
+        int       pids[KIMI_GROUP_MAX_RANKS];
+        uint32_t  ranks[KIMI_GROUP_MAX_RANKS];
+
+        for (uint32_t r = 1; r < W; r++) {
+            pids[r - 1] = kids[r];
+            ranks[r - 1] = r;
+        }
+        if (kimi_group_watch(g, pids, W - 1, ranks, &err) != 0) {
+            fprintf(stderr, "group: %s\n", err.msg);
+            return 1;
+        }
     }
 
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev < (int) W) {
@@ -419,7 +460,9 @@ main(int argc, char **argv)
     }
 
     /* the oracle's script (its greedy choices feed every backend) */
+    note("rank 0: model loaded; one-GPU backend");
     one = cuda_backend(m, 0, NULL, kv_fp8);
+    note("rank 0: oracle, cpu fp8 and one GPU over the script");
 
     for (uint32_t k = 0; k <= ND; k++) {
         const float  *l;
@@ -441,7 +484,9 @@ main(int argc, char **argv)
     cpu32->ops->free(cpu32);
 
     /* the EP backend: rank 0 holds its share of the experts */
+    note("rank 0: EP backend");
     ep = cuda_backend(m, 0, g, kv_fp8);
+    note("rank 0: EP up; steps alone");
     printf("# backends up in %.1f s\n", now() - t0);
 
     /* alone */
@@ -450,6 +495,7 @@ main(int argc, char **argv)
         double        c1;
 
         script_seq(&s, 1, toks, P, k, bt0);
+        note("rank 0: alone step %u", k);
         l = forward(ep, &s, 1, "ep (alone)");
         ea[k] = 1 - cosine(oracle + (size_t) k * V, l, V);
         c1 = cosine(single + (size_t) k * V, l, V);
@@ -461,6 +507,8 @@ main(int argc, char **argv)
                k ? "decode" : "prefill", s.pos, 1 - ea[k], 1 - e1[k],
                1 - e8[k], c1);
     }
+
+    note("rank 0: steps at once");
 
     /* at once: every rank runs the script; rank 0 hands out the tokens */
     for (uint32_t k = 0; k <= ND; k++) {

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../common/kimi_log.h"
 #include "cuda_impl.h"
 
 
@@ -182,6 +183,8 @@ kimi_cuda_ep_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
     }
     memcpy(blob, (const uint8_t *) in + 4, len);
 
+    kimi_log(KIMI_LOG_INFO, "expert parallel: rank %u of %u joins NCCL",
+             b->ep_rank, W);
     rc = kimi_nccl_init(&b->nccl, blob, len, b->ep_rank, W,
                         kimi_cuda_ep_stop, g, err);
     if (rc != 0) {
@@ -204,6 +207,12 @@ kimi_cuda_ep_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
     if (rc == 0) {
         KIMI_CU(cudaEventRecord(b->ev1, b->stream), err);
         rc = kimi_cuda_wait(b, err);
+    }
+
+    if (rc == 0) {
+        kimi_log(KIMI_LOG_NOTICE, "expert parallel: rank %u of %u holds "
+                 "experts [%u, %u) on device %d, NCCL up", b->ep_rank, W,
+                 b->expert_first, b->expert_first + b->E_local, b->device);
     }
 
     return rc;
