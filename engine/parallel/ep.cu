@@ -9,10 +9,16 @@
  *             depend on scheduling.  Rows past the count are padding.
  *   copy      grid (T, W): the e4m3 row (D bytes, 16 at a time) and its
  *             D/128 scales of every sent token into block p.
+ *   send      one all-to-all of the blocks: a message per peer, not four
+ *             (four grouped all-to-alls cost 2.3-2.9x one of the same
+ *             bytes on 2 H200s, bench/RESULTS.md).
+ *   split     grid W*T_cap: the received blocks into the contiguous
+ *             arrays the MoE kernels read (padding rows: ids only).
  *   unpack    grid T: y[t,d] += sum_p y_recv[p][pos[t][p]][d], fp32.
  *
  * Cost:  pack reads T*top_k ids per peer; copy moves W*T*(D + D/32) bytes
- *        at most; unpack reads (W+1)*T*D*2 bytes.  All memory bound and
+ *        at most, split W*T_cap*(D + D/32) (less where rows are padding);
+ *        unpack reads W*T*D*2 + T*D*8 bytes.  All memory bound and
  *        tiny next to the expert GEMMs; the all-to-all dominates.
  * Twin:  engine/backend/cpu/moe_ep.c does the same exchange through
  *        shared memory; t/gpu/parallel_check.c holds a host model of the
@@ -27,15 +33,32 @@
 #define KIMI_EP_ALIGN 256            /* every carved array starts here */
 
 
+/* Where the arrays of peer p's message sit (ep.h: xq, xs, idx, w). */
+struct kimi_ep_block {
+    size_t  bytes, xs, idx, w;       /* block size and offsets in it */
+
+    __host__ __device__ kimi_ep_block(int t_cap, int D, int top_k)
+    {
+        xs = (size_t) t_cap * D;
+        idx = xs + (size_t) t_cap * (D / 128) * sizeof(float);
+        w = idx + (size_t) t_cap * top_k * sizeof(int32_t);
+        bytes = w + (size_t) t_cap * top_k * sizeof(float);
+    }
+};
+
+
 static __global__ void
 kimi_ep_pack_kernel(const int32_t *idx, const float *w, int T, int t_cap,
-                    int top_k, int e_local, int world, int32_t *send_idx,
-                    float *send_w, int32_t *pos)
+                    int top_k, int e_local, int world, int D,
+                    uint8_t *send, int32_t *pos)
 {
-    int       p = blockIdx.x;
-    int       lane = threadIdx.x;
-    int       base, t, k, e, row, count = 0;
-    unsigned  mask, sent;
+    int            p = blockIdx.x;
+    int            lane = threadIdx.x;
+    int            base, t, k, e, row, count = 0;
+    unsigned       mask, sent;
+    kimi_ep_block  blk(t_cap, D, top_k);
+    int32_t       *send_idx = (int32_t *) (send + p * blk.bytes + blk.idx);
+    float         *send_w = (float *) (send + p * blk.bytes + blk.w);
 
     for (base = 0; base < t_cap; base += 32) {
         t = base + lane;
@@ -58,10 +81,9 @@ kimi_ep_pack_kernel(const int32_t *idx, const float *w, int T, int t_cap,
         if (sent) {
             for (k = 0; k < top_k; k++) {
                 e = idx[t * top_k + k];
-                size_t  o = ((size_t) p * t_cap + row) * top_k + k;
-                int     mine = e >= 0 && e / e_local == p;
-                send_idx[o] = mine ? e % e_local : -1;
-                send_w[o] = mine ? w[t * top_k + k] : 0.0f;
+                int  mine = e >= 0 && e / e_local == p;
+                send_idx[row * top_k + k] = mine ? e % e_local : -1;
+                send_w[row * top_k + k] = mine ? w[t * top_k + k] : 0.0f;
             }
         }
 
@@ -71,9 +93,8 @@ kimi_ep_pack_kernel(const int32_t *idx, const float *w, int T, int t_cap,
     /* padding: no valid pair, so kimi_moe_plan gives these rows no slot */
     for (row = count + lane; row < t_cap; row += 32) {
         for (k = 0; k < top_k; k++) {
-            size_t  o = ((size_t) p * t_cap + row) * top_k + k;
-            send_idx[o] = -1;
-            send_w[o] = 0.0f;
+            send_idx[row * top_k + k] = -1;
+            send_w[row * top_k + k] = 0.0f;
         }
     }
 }
@@ -81,29 +102,74 @@ kimi_ep_pack_kernel(const int32_t *idx, const float *w, int T, int t_cap,
 
 static __global__ void
 kimi_ep_copy_kernel(const uint8_t *xq, const float *xs, const int32_t *pos,
-                    int t_cap, int world, int D, uint8_t *send_xq,
-                    float *send_xs)
+                    int t_cap, int world, int D, int top_k, uint8_t *send)
 {
     int            t = blockIdx.x;
     int            p = blockIdx.y;
     int            row = pos[t * world + p];
     int            i, n_groups = D / 128;
+    kimi_ep_block  blk(t_cap, D, top_k);
     const uint4   *src;                                  /* [D/16] */
     uint4         *dst;
+    float         *dst_s;
 
     if (row < 0) {
         return;
     }
 
     src = (const uint4 *) (xq + (size_t) t * D);
-    dst = (uint4 *) (send_xq + ((size_t) p * t_cap + row) * D);
+    dst = (uint4 *) (send + p * blk.bytes + (size_t) row * D);
     for (i = threadIdx.x; i < D / 16; i += blockDim.x) {
         dst[i] = src[i];
     }
 
+    dst_s = (float *) (send + p * blk.bytes + blk.xs) + (size_t) row
+                                                        * n_groups;
     for (i = threadIdx.x; i < n_groups; i += blockDim.x) {
-        send_xs[((size_t) p * t_cap + row) * n_groups + i] =
-            xs[(size_t) t * n_groups + i];
+        dst_s[i] = xs[(size_t) t * n_groups + i];
+    }
+}
+
+
+/* recv_buf's blocks -> the contiguous [W*T_cap] arrays the MoE takes;
+ * grid W*T_cap, one row each (padding rows: ids only, their x is unread) */
+static __global__ void
+kimi_ep_split_kernel(const uint8_t *recv, int t_cap, int D, int top_k,
+                     uint8_t *xq, float *xs, int32_t *idx, float *w)
+{
+    int            r = blockIdx.x;                       /* p * t_cap + row */
+    int            p = r / t_cap, row = r % t_cap, i, any = 0;
+    int            n_groups = D / 128;
+    kimi_ep_block  blk(t_cap, D, top_k);
+    const uint8_t *b = recv + p * blk.bytes;
+    const int32_t *bi = (const int32_t *) (b + blk.idx) + row * top_k;
+    const float   *bw = (const float *) (b + blk.w) + row * top_k;
+
+    for (i = 0; i < top_k; i++) {
+        any |= bi[i] >= 0;
+    }
+
+    for (i = threadIdx.x; i < top_k; i += blockDim.x) {
+        idx[(size_t) r * top_k + i] = bi[i];
+        w[(size_t) r * top_k + i] = bw[i];
+    }
+
+    if (!any) {
+        return;
+    }
+
+    {
+        const uint4  *src = (const uint4 *) (b + (size_t) row * D);
+        uint4        *dst = (uint4 *) (xq + (size_t) r * D);
+        const float  *ss = (const float *) (b + blk.xs) + (size_t) row
+                                                          * n_groups;
+
+        for (i = threadIdx.x; i < D / 16; i += blockDim.x) {
+            dst[i] = src[i];
+        }
+        for (i = threadIdx.x; i < n_groups; i += blockDim.x) {
+            xs[(size_t) r * n_groups + i] = ss[i];
+        }
     }
 }
 
@@ -158,14 +224,22 @@ kimi_ep_check(const kimi_ep_shape_t *sh, kimi_err_t *err)
 
 
 extern "C" size_t
+kimi_ep_block_bytes(const kimi_ep_shape_t *sh)
+{
+    return kimi_ep_block(sh->t_cap, sh->dim, sh->top_k).bytes;
+}
+
+
+extern "C" size_t
 kimi_ep_ws_bytes(const kimi_ep_shape_t *sh)
 {
     size_t  rows = (size_t) sh->world * sh->t_cap;
 
-    return 2 * kimi_ep_round(rows * sh->top_k * sizeof(int32_t))
-           + 2 * kimi_ep_round(rows * sh->top_k * sizeof(float))
-           + 2 * kimi_ep_round(rows * sh->dim)
-           + 2 * kimi_ep_round(rows * (sh->dim / 128) * sizeof(float))
+    return 2 * kimi_ep_round((size_t) sh->world * kimi_ep_block_bytes(sh))
+           + kimi_ep_round(rows * sh->top_k * sizeof(int32_t))
+           + kimi_ep_round(rows * sh->top_k * sizeof(float))
+           + kimi_ep_round(rows * sh->dim)
+           + kimi_ep_round(rows * (sh->dim / 128) * sizeof(float))
            + kimi_ep_round((size_t) sh->t_cap * sh->world * sizeof(int32_t))
            + 2 * kimi_ep_round(rows * sh->dim * sizeof(uint16_t));
 }
@@ -176,18 +250,17 @@ kimi_ep_ws_carve(kimi_ep_ws_t *ws, void *base, const kimi_ep_shape_t *sh)
 {
     char    *p = (char *) base;
     size_t   rows = (size_t) sh->world * sh->t_cap;
+    size_t   msg = (size_t) sh->world * kimi_ep_block_bytes(sh);
 
 #define KIMI_EP_TAKE(field, type, n)                                          \
     ws->field = (type *) p;                                                   \
     p += kimi_ep_round((n) * sizeof(type))
 
-    KIMI_EP_TAKE(send_idx, int32_t, rows * sh->top_k);
+    KIMI_EP_TAKE(send_buf, uint8_t, msg);
+    KIMI_EP_TAKE(recv_buf, uint8_t, msg);
     KIMI_EP_TAKE(recv_idx, int32_t, rows * sh->top_k);
-    KIMI_EP_TAKE(send_w, float, rows * sh->top_k);
     KIMI_EP_TAKE(recv_w, float, rows * sh->top_k);
-    KIMI_EP_TAKE(send_xq, uint8_t, rows * sh->dim);
     KIMI_EP_TAKE(recv_xq, uint8_t, rows * sh->dim);
-    KIMI_EP_TAKE(send_xs, float, rows * (sh->dim / 128));
     KIMI_EP_TAKE(recv_xs, float, rows * (sh->dim / 128));
     KIMI_EP_TAKE(pos, int32_t, (size_t) sh->t_cap * sh->world);
     KIMI_EP_TAKE(y_send, uint16_t, rows * sh->dim);
@@ -202,8 +275,7 @@ kimi_ep_dispatch(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
     const uint8_t *xq, const float *xs, const int32_t *idx, const float *w,
     const kimi_ep_ws_t *ws, cudaStream_t s, kimi_err_t *err)
 {
-    int     rc, rc2;
-    size_t  blk = (size_t) sh->t_cap;
+    int  rc;
 
     rc = kimi_ep_check(sh, err);
     if (rc != 0) {
@@ -220,42 +292,29 @@ kimi_ep_dispatch(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
     }
 
     kimi_ep_pack_kernel<<<sh->world, 32, 0, s>>>(idx, w, T, sh->t_cap,
-        sh->top_k, sh->n_experts / sh->world, sh->world, ws->send_idx,
-        ws->send_w, ws->pos);
+        sh->top_k, sh->n_experts / sh->world, sh->world, sh->dim,
+        ws->send_buf, ws->pos);
     KIMI_CUDA_LAUNCHED(s, err);
 
     if (T > 0) {
         kimi_ep_copy_kernel<<<dim3(T, sh->world), 128, 0, s>>>(xq, xs,
-            ws->pos, sh->t_cap, sh->world, sh->dim, ws->send_xq,
-            ws->send_xs);
+            ws->pos, sh->t_cap, sh->world, sh->dim, sh->top_k, ws->send_buf);
         KIMI_CUDA_LAUNCHED(s, err);
     }
 
-    /* one group: NCCL issues the four exchanges as one launch */
-    rc = kimi_nccl_group_start(err);
+    /* one message per peer: ids, weights, rows and scales together */
+    rc = kimi_nccl_all_to_all(comm, ws->send_buf, ws->recv_buf,
+                              kimi_ep_block_bytes(sh), s, err);
     if (rc != 0) {
         return rc;
     }
-    rc = kimi_nccl_all_to_all(comm, ws->send_idx, ws->recv_idx,
-                              blk * sh->top_k * sizeof(int32_t), s, err);
-    if (rc == 0) {
-        rc = kimi_nccl_all_to_all(comm, ws->send_w, ws->recv_w,
-                                  blk * sh->top_k * sizeof(float), s, err);
-    }
-    if (rc == 0) {
-        rc = kimi_nccl_all_to_all(comm, ws->send_xq, ws->recv_xq,
-                                  blk * sh->dim, s, err);
-    }
-    if (rc == 0) {
-        rc = kimi_nccl_all_to_all(comm, ws->send_xs, ws->recv_xs,
-                                  blk * (sh->dim / 128) * sizeof(float), s,
-                                  err);
-    }
 
-    /* the group must be closed even after a failed call */
-    rc2 = kimi_nccl_group_end(comm, rc == 0 ? err : NULL);
+    kimi_ep_split_kernel<<<sh->world * sh->t_cap, 128, 0, s>>>(ws->recv_buf,
+        sh->t_cap, sh->dim, sh->top_k, ws->recv_xq, ws->recv_xs,
+        ws->recv_idx, ws->recv_w);
+    KIMI_CUDA_LAUNCHED(s, err);
 
-    return rc != 0 ? rc : rc2;
+    return 0;
 }
 
 

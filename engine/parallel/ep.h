@@ -7,14 +7,16 @@
  * e / E_local as local expert e % E_local.  A token travels at most once
  * to each rank owning any of its top_k experts.
  *
- *   dispatch  pack: for every peer p, in token order, padded to T_cap rows
- *               send_idx[p][r][k]  local expert id, -1 if not on p / pad
- *               send_w  [p][r][k]  router weight (0 for -1 entries)
- *               send_xq [p][r][D]  e4m3 token, send_xs [p][r][D/128] f32
- *               pos[t][p]          row of token t in block p, -1 if unsent
- *             then four all-to-alls in one NCCL group; recv_* are the
- *             same arrays with block p = what peer p sent us, i.e.
- *             [W*T_cap] contiguous rows ready for the MoE kernels
+ *   dispatch  pack: for every peer p, in token order, padded to T_cap rows,
+ *             one message (block p of send_buf, struct of arrays):
+ *               xq  [T_cap][D]        e4m3 token
+ *               xs  [T_cap][D/128]    f32 scales
+ *               idx [T_cap][top_k]    local expert id, -1 if not on p / pad
+ *               w   [T_cap][top_k]    router weight (0 for -1 entries)
+ *             pos[t][p] = row of token t in block p, -1 if unsent; then
+ *             one all-to-all of the blocks, and a split of recv_buf into
+ *             recv_xq / recv_xs / recv_idx / recv_w, each [W*T_cap] rows
+ *             in peer order, ready for the MoE kernels
  *   experts   (caller) kimi_moe_plan(recv_idx, W*T_cap, top_k, E_local,
  *             shared=0), kimi_moe_gate_up(recv_xq, recv_xs, ...),
  *             kimi_moe_down, kimi_moe_combine(topk_w = recv_w) -> y_send
@@ -59,22 +61,25 @@ typedef struct {
 
 /* Device views into one workspace (kimi_ep_ws_carve). */
 typedef struct {
-    int32_t   *send_idx, *recv_idx;   /* [W][T_cap][top_k] */
-    float     *send_w, *recv_w;       /* [W][T_cap][top_k] */
-    uint8_t   *send_xq, *recv_xq;     /* [W][T_cap][D] e4m3 */
-    float     *send_xs, *recv_xs;     /* [W][T_cap][D/128] */
+    uint8_t   *send_buf, *recv_buf;   /* [W][kimi_ep_block_bytes] */
+    int32_t   *recv_idx;              /* [W][T_cap][top_k] */
+    float     *recv_w;                /* [W][T_cap][top_k] */
+    uint8_t   *recv_xq;               /* [W][T_cap][D] e4m3 */
+    float     *recv_xs;               /* [W][T_cap][D/128] */
     int32_t   *pos;                   /* [T_cap][W] */
     uint16_t  *y_send, *y_recv;       /* [W][T_cap][D] bf16 */
 } kimi_ep_ws_t;
 
 int    kimi_ep_check(const kimi_ep_shape_t *sh, kimi_err_t *err);
+/* One peer's dispatch message: T_cap * (D + D/32 + 8 top_k) bytes. */
+size_t kimi_ep_block_bytes(const kimi_ep_shape_t *sh);
 size_t kimi_ep_ws_bytes(const kimi_ep_shape_t *sh);
 void   kimi_ep_ws_carve(kimi_ep_ws_t *ws, void *base,
     const kimi_ep_shape_t *sh);
 
 /* T real tokens (<= T_cap): xq [T][D], xs [T][D/128] (token-major),
- * idx/w [T][top_k] from kimi_moe_router_select.  Fills send_*, pos, and
- * after the all-to-all recv_*. */
+ * idx/w [T][top_k] from kimi_moe_router_select.  Fills send_buf and pos,
+ * and after the all-to-all recv_buf and the recv_* arrays. */
 int kimi_ep_dispatch(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
     const uint8_t *xq, const float *xs, const int32_t *idx, const float *w,
     const kimi_ep_ws_t *ws, cudaStream_t s, kimi_err_t *err);

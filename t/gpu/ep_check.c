@@ -545,15 +545,6 @@ main(int argc, char **argv)
         free(mine);
     }
 
-    for (uint32_t r = 1; r < W; r++) {
-        if (waitpid(kids[r], &status, 0) != kids[r] || !WIFEXITED(status)
-            || WEXITSTATUS(status) != 0)
-        {
-            rc = 1;
-        }
-    }
-    ok(rc == 0, "every follower rank ran its steps and exited 0");
-
     {
         double  m8 = median(e8, (int) ND + 1), m1 = median(e1, (int) ND + 1);
         double  ma = median(ea, (int) ND + 1), mb = median(eb, (int) ND + 1);
@@ -581,6 +572,16 @@ main(int argc, char **argv)
 
     ep->ops->free(ep);
     kimi_model_free(m);
+
+    for (uint32_t r = 1; r < W; r++) {
+        if (waitpid(kids[r], &status, 0) != kids[r] || !WIFEXITED(status)
+            || WEXITSTATUS(status) != 0)
+        {
+            rc = 1;
+        }
+    }
+    ok(rc == 0, "every follower rank ran its steps and exited 0");
+
     printf("1..%d\n", n_test);
     return n_fail ? 1 : 0;
 }

@@ -485,6 +485,9 @@ kimi_cuda_free(kimi_backend_t *base)
 
     free(b->pev);
 
+    /* abort, not destroy: the stream is idle, and a destroy may wait for
+     * peers that already exited (or died) */
+    kimi_nccl_abort(b->nccl);
     kimi_nccl_free(b->nccl);
     cudaFree(b->ep_ws);
     cudaFree(b->ep_moe_ws);
