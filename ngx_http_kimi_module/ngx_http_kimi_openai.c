@@ -35,6 +35,7 @@ static ngx_int_t ngx_http_kimi_parse_prompt(ngx_http_kimi_ctx_t *ctx,
 static ngx_int_t ngx_http_kimi_parse_stop(ngx_http_kimi_ctx_t *ctx,
     json_t *v, u_char *err);
 static ngx_int_t ngx_http_kimi_token_array(json_t *v);
+static json_t *ngx_http_kimi_find_nul(json_t *v, json_t *allowed);
 static ngx_int_t ngx_http_kimi_get_number(json_t *root, const char *key,
     double lo, double hi, double *out, u_char *err);
 static ngx_int_t ngx_http_kimi_get_int(json_t *root, const char *key,
@@ -71,8 +72,9 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
         return NGX_ERROR;
     }
 
-    /* jansson refuses invalid UTF-8 and NUL in strings: both are 400s */
-    root = json_loadb((char *) body, len, 0, &jerr);
+    /* jansson refuses invalid UTF-8 (a 400); NUL is let in here and
+     * refused below everywhere but a prompt string */
+    root = json_loadb((char *) body, len, JSON_ALLOW_NUL, &jerr);
     if (root == NULL) {
         error->len = ngx_snprintf(err, NGX_HTTP_KIMI_ERR_LEN - 1,
                                   "Invalid JSON body: %s (line %d, column %d)",
@@ -132,6 +134,33 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
 
     default:
         break;
+    }
+
+    /*
+     * \u0000 is text a completions prompt may hold (vLLM tokenizes it; a
+     * random-token benchmark makes such prompts): the prompt is carried
+     * with its length.  Every other string is read as a C string (names,
+     * roles, the chat template's contents), so a NUL there is refused
+     * rather than cut short silently.
+     */
+    if (rc == NGX_OK) {
+        json_t  *allowed = NULL, *bad;
+
+        if (ctx->params.prompt_text.data != NULL) {
+            allowed = json_object_get(root, "prompt");
+            if (json_is_array(allowed)) {
+                allowed = json_array_get(allowed, 0);
+            }
+        }
+
+        bad = ngx_http_kimi_find_nul(root, allowed);
+        if (bad != NULL) {
+            ngx_sprintf(err, "A string holds a NUL character (\\u0000);"
+                        " it is accepted only in a completions \"prompt\""
+                        " string");
+            p = NULL;
+            rc = NGX_ERROR;
+        }
     }
 
     if (rc != NGX_OK) {
@@ -793,6 +822,40 @@ ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
     *param = NULL;
 
     return NGX_OK;
+}
+
+
+/* The first string under v (other than allowed) holding a NUL byte. */
+static json_t *
+ngx_http_kimi_find_nul(json_t *v, json_t *allowed)
+{
+    size_t       i;
+    json_t      *e, *bad;
+    const char  *key;
+
+    if (json_is_string(v)) {
+        return v != allowed
+               && ngx_strlen(json_string_value(v)) != json_string_length(v)
+               ? v : NULL;
+    }
+
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, e) {
+            if ((bad = ngx_http_kimi_find_nul(e, allowed)) != NULL) {
+                return bad;
+            }
+        }
+    }
+
+    if (json_is_object(v)) {
+        json_object_foreach(v, key, e) {
+            if ((bad = ngx_http_kimi_find_nul(e, allowed)) != NULL) {
+                return bad;
+            }
+        }
+    }
+
+    return NULL;
 }
 
 

@@ -18,7 +18,7 @@ use JSON::PP;
 use Test::More;
 binmode(Test::More->builder->$_, ':utf8')
     for qw(output failure_output todo_output);
-use KimiTest qw(chat_body);
+use KimiTest qw(chat_body completion_body);
 
 my $call = 'Let me check.<|tool_calls_section_begin|><|tool_call_begin|>'
     . 'functions.get_weather:0<|tool_call_argument_begin|>{"city": "Paris"}'
@@ -130,6 +130,41 @@ $r = $t->post('/v1/chat/completions', chat_body(content => $long,
 is($r->{status}, 200, 'long chat request generates');
 is($r->{json}{usage}{prompt_tokens}, $again->{json}{count},
     'usage prompt_tokens equals /tokenize count');
+
+# ---- NUL characters -----------------------------------------------------------------
+# a completions prompt may hold \u0000 (vLLM tokenizes it, and random-token
+# benchmarks make such prompts: kimi-bench's seed 0 has one in 256); any
+# other string is read as a C string, so a NUL there is refused by name
+
+$r = $t->post('/tokenize', { prompt => "a\x{0}b" });
+is($r->{status}, 200, 'a prompt holding NUL tokenizes');
+cmp_ok($r->{json}{count}, '>=', 3, 'NUL is a token of its own');
+my $back = $t->post('/detokenize', { tokens => $r->{json}{tokens} });
+is($back->{json}{prompt}, "a\x{0}b", 'and detokenizes back to it');
+
+$r = $t->post('/v1/completions', completion_body(prompt => "x\x{0}y",
+    max_tokens => 2));
+is($r->{status}, 200, 'a completion of a prompt holding NUL is 200');
+is($r->{json}{usage}{prompt_tokens}, $t->post('/tokenize',
+    { prompt => "x\x{0}y" })->{json}{count}, 'every token of it counted');
+
+$r = $t->post('/v1/completions', completion_body(prompt => ["x\x{0}y"],
+    max_tokens => 2));
+is($r->{status}, 200, 'the same as a list of one prompt');
+
+for my $case (
+    [ 'a chat message', '/v1/chat/completions',
+      chat_body(content => "x\x{0}y") ],
+    [ 'a stop string', '/v1/completions',
+      completion_body(prompt => 'hi', stop => ["a\x{0}"]) ],
+    [ 'the model name', '/v1/completions',
+      completion_body(prompt => 'hi', model => "kimi\x{0}") ])
+{
+    $r = $t->post($case->[1], $case->[2]);
+    is($r->{status}, 400, "NUL in $case->[0] is a 400");
+    like($r->{json}{error}{message} // '', qr/NUL character/,
+        "... saying why ($case->[0])");
+}
 
 $t->stop;
 
