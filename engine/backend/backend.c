@@ -30,16 +30,16 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
         return kimi_err_set(err, KIMI_EINVAL, "no backend named");
     }
 
-    if ((p->ep != NULL && strcmp(p->name, "cpu") != 0
+    if (((p->ep != NULL || p->tp != NULL) && strcmp(p->name, "cpu") != 0
          && strcmp(p->name, "cuda") != 0)
-        || ((p->tp != NULL || p->pp != NULL) && strcmp(p->name, "cpu") != 0))
+        || (p->pp != NULL && strcmp(p->name, "cpu") != 0))
     {
         /* say so rather than run every expert or layer on every rank */
         return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s parallelism is"
                             " implemented on the %s backend only; the %s"
                             " backend runs data parallel without it",
                             p->ep ? "expert" : p->tp ? "tensor" : "pipeline",
-                            p->ep ? "cpu and cuda" : "cpu", p->name);
+                            p->pp ? "cpu" : "cpu and cuda", p->name);
     }
 
     if (strcmp(p->name, "replay") == 0) {
@@ -70,6 +70,7 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
 
         gp.device = p->device;
         gp.ep = p->ep;
+        gp.tp = p->tp;
         gp.max_batched_tokens = p->max_batched_tokens
                                 ? p->max_batched_tokens
                                 : gp.max_batched_tokens;
@@ -90,4 +91,35 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
 
     return kimi_err_set(err, KIMI_EINVAL, "unknown backend \"%s\" (expected"
                         " cpu, cuda or replay)", p->name);
+}
+
+
+int
+kimi_backend_followers_ready(kimi_backend_t *b, kimi_err_t *err)
+{
+    if (strcmp(b->ops->name, "cpu") == 0) {
+        return kimi_backend_cpu_followers_ready(b, err);
+    }
+#if defined(KIMI_HAVE_CUDA) && defined(KIMI_HAVE_CUDA_BACKEND)
+    if (strcmp(b->ops->name, "cuda") == 0) {
+        return kimi_backend_cuda_followers_ready(b, err);
+    }
+#endif
+    return 0;
+}
+
+
+int
+kimi_backend_follow(kimi_backend_t *b, kimi_err_t *err)
+{
+    if (strcmp(b->ops->name, "cpu") == 0) {
+        return kimi_backend_cpu_follow(b, err);
+    }
+#if defined(KIMI_HAVE_CUDA) && defined(KIMI_HAVE_CUDA_BACKEND)
+    if (strcmp(b->ops->name, "cuda") == 0) {
+        return kimi_backend_cuda_follow(b, err);
+    }
+#endif
+    return kimi_err_set(err, KIMI_EUNSUPPORTED, "the %s backend has no"
+                        " followers", b->ops->name);
 }

@@ -111,7 +111,8 @@ typedef struct {
     const void         *replay;          /* replay: kimi_replay_params_t */
     struct kimi_group  *ep;              /* cpu, cuda: expert-parallel group
                                             of the node (parallel/group.h) */
-    struct kimi_group  *tp;              /* cpu: tensor-parallel group */
+    struct kimi_group  *tp;              /* cpu, cuda: tensor-parallel
+                                            group */
     struct kimi_group  *pp;              /* cpu: pipeline-parallel group */
 } kimi_backend_params_t;
 
@@ -120,5 +121,12 @@ typedef struct {
  * says so ("built without CUDA"). */
 int kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
     kimi_err_t *err);
+
+/* Tensor or pipeline parallel (cpu; cuda: tensor only): every member of
+ * a rank's group calls _followers_ready() once its backend is up; a
+ * follower then calls _follow(), which runs the leader's steps until the
+ * leader's backend is freed (0) or the group fails. */
+int kimi_backend_followers_ready(kimi_backend_t *b, kimi_err_t *err);
+int kimi_backend_follow(kimi_backend_t *b, kimi_err_t *err);
 
 #endif

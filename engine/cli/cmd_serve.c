@@ -515,10 +515,12 @@ kimi_serve_group_check(const kimi_serve_opts_t *o,
                                : "--pipeline-parallel-size";
     size_t       sum, step, blocks, logits;
 
-    if (strcmp(o->backend, "cpu") != 0) {
-        fprintf(stderr, "kimi-engine: %s is implemented on the cpu backend"
-                " only (the %s backend runs one GPU per rank: use"
-                " --data-parallel-size)\n", flag, o->backend);
+    if (strcmp(o->backend, "cpu") != 0
+        && !(strcmp(o->backend, "cuda") == 0 && pp == 1))
+    {
+        fprintf(stderr, "kimi-engine: %s is implemented on the %s only (use"
+                " --data-parallel-size)\n", flag,
+                tp > 1 ? "cpu and cuda backends" : "cpu backend");
         return 2;
     }
 
@@ -549,6 +551,9 @@ kimi_serve_group_check(const kimi_serve_opts_t *o,
     step = 8 + (size_t) o->max_num_seqs * (24 + blocks * 4)
            + (size_t) o->max_num_batched_tokens * 4;
     logits = pp > 1 ? (size_t) cfg->vocab_size * 4 * 8 : 0;
+    if (strcmp(o->backend, "cuda") == 0) {
+        sum = 4096;               /* the sums go over NCCL; the NCCL id */
+    }
     *seg_bytes = sum > step ? sum : step;
     *seg_bytes = logits > *seg_bytes ? logits : *seg_bytes;
     return 0;
@@ -597,7 +602,7 @@ kimi_serve_group_shard(const kimi_serve_opts_t *o,
 static int
 kimi_serve_follower(const kimi_serve_opts_t *o,
     const kimi_model_config_t *cfg, void *mem, uint32_t k, pid_t leader,
-    uint32_t n_threads)
+    uint32_t n_threads, int device)
 {
     kimi_group_t          *g = NULL;
     kimi_model_t          *model = NULL;
@@ -630,13 +635,17 @@ kimi_serve_follower(const kimi_serve_opts_t *o,
         goto failed;
     }
 
-    bp.name = "cpu";
+    bp.name = o->backend;
     bp.model = model;
     bp.n_threads = n_threads;
+    bp.device = device;
+    bp.max_batched_tokens = o->max_num_batched_tokens;
+    bp.max_model_len = o->max_model_len;
+    bp.max_num_seqs = o->max_num_seqs;
 
     if ((rc = kimi_backend_create(&backend, &bp, &err)) != 0
         || (rc = backend->ops->kv_init(backend, &kv, &n_blocks, &err)) != 0
-        || (rc = kimi_backend_cpu_followers_ready(backend, &err)) != 0)
+        || (rc = kimi_backend_followers_ready(backend, &err)) != 0)
     {
         goto failed;
     }
@@ -653,7 +662,7 @@ kimi_serve_follower(const kimi_serve_opts_t *o,
                  model->layer_last, n_blocks);
     }
 
-    rc = kimi_backend_cpu_follow(backend, &err);
+    rc = kimi_backend_follow(backend, &err);
     if (rc == 0) {
         kimi_log(KIMI_LOG_NOTICE, "%s follower %u done",
                  kimi_serve_group_kind(o), k);
@@ -685,7 +694,7 @@ failed:
 static int
 kimi_serve_followers_start(const kimi_serve_opts_t *o,
     const kimi_model_config_t *cfg, size_t seg_bytes, uint32_t n_threads,
-    kimi_group_t **group, pid_t *pids, int *is_follower, int sfd)
+    int device, kimi_group_t **group, pid_t *pids, int *is_follower, int sfd)
 {
     uint32_t     T = kimi_serve_group_size(o), ranks[KIMI_GROUP_MAX_RANKS];
     size_t       bytes = kimi_group_bytes(T, seg_bytes);
@@ -710,7 +719,9 @@ kimi_serve_followers_start(const kimi_serve_opts_t *o,
         if (pids[k] == 0) {
             close(sfd);
             *is_follower = 1;
-            return kimi_serve_follower(o, cfg, mem, k, leader, n_threads);
+            /* cuda: member k of local rank R on --device + R * T + k */
+            return kimi_serve_follower(o, cfg, mem, k, leader, n_threads,
+                                       device + (int) k);
         }
 
         if (pids[k] == -1) {
@@ -1027,7 +1038,10 @@ kimi_cmd_serve(int argc, char **argv)
     }
 
     if (kimi_serve_group_size(&o) > 1) {
-        rc = kimi_serve_followers_start(&o, &cfg, followers_seg_bytes, o.threads, &followers,
+        rc = kimi_serve_followers_start(&o, &cfg, followers_seg_bytes, o.threads,
+                                 (int) (o.device + dp.local_rank
+                                        * kimi_serve_group_size(&o)),
+                                 &followers,
                                  follower_pids, &is_follower, sfd);
         if (is_follower || rc != 0) {
             return rc;
@@ -1094,7 +1108,9 @@ kimi_cmd_serve(int argc, char **argv)
     memset(&bp, 0, sizeof(bp));
     bp.name = o.backend;
     bp.n_threads = o.threads;
-    bp.device = (int) (o.device + dp.local_rank);   /* a GPU per rank */
+    /* a GPU per rank; under cuda tensor parallelism T per rank */
+    bp.device = (int) (o.device + dp.local_rank
+                       * (followers != NULL ? kimi_serve_group_size(&o) : 1));
     bp.max_batched_tokens = o.max_num_batched_tokens;
     bp.max_model_len = o.max_model_len;
     bp.max_num_seqs = o.max_num_seqs;
@@ -1158,7 +1174,7 @@ kimi_cmd_serve(int argc, char **argv)
         goto done;
     }
 
-    if (followers != NULL && kimi_backend_cpu_followers_ready(backend, &err) != 0) {
+    if (followers != NULL && kimi_backend_followers_ready(backend, &err) != 0) {
         kimi_log(KIMI_LOG_EMERG, "%s: %s", kimi_serve_group_kind(&o),
                  err.msg);
         goto done;

@@ -26,7 +26,7 @@ static void
 test_layout(void)
 {
     size_t            bytes, i, j, n;
-    uintptr_t         lo[11], hi[11];
+    uintptr_t         lo[9], hi[9];
     kimi_err_t        err;
     kimi_ep_ws_t      ws;
     kimi_ep_shape_t   sh = { 4, 64, 8, 384, 7168 };   /* Kimi-K2 widths */
@@ -38,31 +38,34 @@ test_layout(void)
     kimi_ep_ws_carve(&ws, (void *) (uintptr_t) 0x100000, &sh);
 
     /* [start, end) of each array, in carve order */
-    lo[0] = (uintptr_t) ws.send_idx; hi[0] = lo[0] + rows * 8 * 4;
-    lo[1] = (uintptr_t) ws.recv_idx; hi[1] = lo[1] + rows * 8 * 4;
-    lo[2] = (uintptr_t) ws.send_w;   hi[2] = lo[2] + rows * 8 * 4;
-    lo[3] = (uintptr_t) ws.recv_w;   hi[3] = lo[3] + rows * 8 * 4;
-    lo[4] = (uintptr_t) ws.send_xq;  hi[4] = lo[4] + rows * 7168;
-    lo[5] = (uintptr_t) ws.recv_xq;  hi[5] = lo[5] + rows * 7168;
-    lo[6] = (uintptr_t) ws.send_xs;  hi[6] = lo[6] + rows * 56 * 4;
-    lo[7] = (uintptr_t) ws.recv_xs;  hi[7] = lo[7] + rows * 56 * 4;
-    lo[8] = (uintptr_t) ws.pos;      hi[8] = lo[8] + 64 * 4 * 4;
-    lo[9] = (uintptr_t) ws.y_send;   hi[9] = lo[9] + rows * 7168 * 2;
-    lo[10] = (uintptr_t) ws.y_recv;  hi[10] = lo[10] + rows * 7168 * 2;
+    /* one peer's message: rows, scales, ids, weights of 64 rows */
+    ok(kimi_ep_block_bytes(&sh) == 64 * (7168 + 56 * 4 + 8 * 4 + 8 * 4),
+       "a peer's message is 64 x (7168 + 224 + 64) bytes (%zu)",
+       kimi_ep_block_bytes(&sh));
 
-    for (i = 0, n = 0; i < 11; i++) {
+    lo[0] = (uintptr_t) ws.send_buf; hi[0] = lo[0] + 4 * kimi_ep_block_bytes(&sh);
+    lo[1] = (uintptr_t) ws.recv_buf; hi[1] = lo[1] + 4 * kimi_ep_block_bytes(&sh);
+    lo[2] = (uintptr_t) ws.recv_idx; hi[2] = lo[2] + rows * 8 * 4;
+    lo[3] = (uintptr_t) ws.recv_w;   hi[3] = lo[3] + rows * 8 * 4;
+    lo[4] = (uintptr_t) ws.recv_xq;  hi[4] = lo[4] + rows * 7168;
+    lo[5] = (uintptr_t) ws.recv_xs;  hi[5] = lo[5] + rows * 56 * 4;
+    lo[6] = (uintptr_t) ws.pos;      hi[6] = lo[6] + 64 * 4 * 4;
+    lo[7] = (uintptr_t) ws.y_send;   hi[7] = lo[7] + rows * 7168 * 2;
+    lo[8] = (uintptr_t) ws.y_recv;   hi[8] = lo[8] + rows * 7168 * 2;
+
+    for (i = 0, n = 0; i < 9; i++) {
         n += lo[i] % 256 == 0;
     }
-    ok(n == 11, "every array starts 256-byte aligned (%zu of 11)", n);
+    ok(n == 9, "every array starts 256-byte aligned (%zu of 9)", n);
 
-    for (i = 0, n = 0; i < 11; i++) {
-        for (j = i + 1; j < 11; j++) {
+    for (i = 0, n = 0; i < 9; i++) {
+        for (j = i + 1; j < 9; j++) {
             n += lo[i] < hi[j] && lo[j] < hi[i];
         }
     }
     ok(n == 0, "no two arrays overlap (%zu overlaps)", n);
 
-    ok(hi[10] <= 0x100000 + bytes && hi[10] + 256 > 0x100000 + bytes,
+    ok(hi[8] <= 0x100000 + bytes && hi[8] + 256 > 0x100000 + bytes,
        "the last array ends where ws_bytes says (%zu bytes)", bytes);
 
     sh.n_experts = 383;

@@ -837,7 +837,7 @@ kimi_cpu_free(kimi_backend_t *base)
     free(b->g); free(b->u); free(b->y); free(b->rl); free(b->xe);
     free(b->ye); free(b->xq); free(b->xs); free(b->tok_id); free(b->tok_pos);
     free(b->tok_seq); free(b->route_ids); free(b->route_w); free(b->gather);
-    free(b->gather_w); free(b->ep_pos); free(b->lead_seqs);
+    free(b->gather_w); free(b->ep_pos); kimi_step_buf_free(&b->lead_buf);
     free(b);
 }
 

@@ -15,6 +15,7 @@
 
 #include "../../model/model.h"
 #include "../../parallel/group.h"
+#include "../../parallel/step.h"
 #include "backend_cpu.h"
 #include "ops.h"
 #include "pool.h"
@@ -62,8 +63,8 @@ typedef struct {
     kimi_group_t              *tp;
     kimi_group_t              *pp;
     kimi_group_t              *lead;
-    kimi_batch_seq_t          *lead_seqs;        /* follower: the leader's */
-    uint32_t                   cap_lead_seqs;
+    kimi_step_buf_t            lead_buf;         /* follower: the leader's
+                                                    sequence headers */
 
     float                     *wscratch;       /* per worker attention */
     size_t                     wscratch_per;
@@ -84,9 +85,9 @@ typedef struct {
 #define KIMI_CPU_TAG_PP_HOP    ((uint64_t) 6 << 56)
 #define KIMI_CPU_TAG_PP_LOGITS ((uint64_t) 7 << 56)
 
-/* messages of the leader's step channel (lead.c) */
-#define KIMI_CPU_LEAD_STEP     1u
-#define KIMI_CPU_LEAD_STOP     2u
+/* messages of the leader's step channel (parallel/step.h) */
+#define KIMI_CPU_LEAD_STEP     KIMI_STEP_RUN
+#define KIMI_CPU_LEAD_STOP     KIMI_STEP_STOP
 
 
 /* backend_cpu.c */

@@ -9,15 +9,14 @@
  * Never:  decides what a step holds (the leader's scheduler does) or
  *         computes layers (kimi_cpu_layers in backend_cpu.c).
  *
- * Message of one step: kind, n_seqs, then per sequence seq_id (two
- * words), n_tokens, pos, n_blocks, want_logits, then its tokens and block
- * ids, all 32-bit words.
+ * The step channel's messages: engine/parallel/step.h.
  */
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../parallel/step.h"
 #include "cpu_impl.h"
 
 
@@ -25,132 +24,7 @@ int
 kimi_cpu_lead_send(kimi_cpu_t *b, uint32_t kind, const kimi_batch_t *batch,
     kimi_err_t *err)
 {
-    uint32_t   W = kimi_group_world(b->lead);
-    size_t     bytes[KIMI_GROUP_MAX_RANKS], cap, n = 0;
-    uint32_t  *out;
-
-    cap = kimi_group_seg_bytes(b->lead) / 4;
-    out = kimi_group_sendbuf(b->lead, 1 % W);
-
-#define KIMI_PUT(v)  do { if (n < cap) out[n] = (uint32_t) (v); n++; } while (0)
-
-    KIMI_PUT(kind);
-    KIMI_PUT(batch ? batch->n_seqs : 0);
-
-    for (uint32_t i = 0; batch && i < batch->n_seqs; i++) {
-        const kimi_batch_seq_t  *s = &batch->seqs[i];
-
-        KIMI_PUT(s->seq_id);
-        KIMI_PUT(s->seq_id >> 32);
-        KIMI_PUT(s->n_tokens);
-        KIMI_PUT(s->pos);
-        KIMI_PUT(s->n_blocks);
-        KIMI_PUT(s->want_logits);
-        for (uint32_t k = 0; k < s->n_tokens; k++) {
-            KIMI_PUT(s->tokens[k]);
-        }
-        for (uint32_t k = 0; k < s->n_blocks; k++) {
-            KIMI_PUT(s->block_table[k]);
-        }
-    }
-#undef KIMI_PUT
-
-    /* one message, the same for every follower */
-    for (uint32_t p = 0; p < W; p++) {
-        bytes[p] = 0;
-        if (p != 0 && n <= cap) {
-            if (p != 1) {
-                memcpy(kimi_group_sendbuf(b->lead, p), out, n * 4);
-            }
-            bytes[p] = n * 4;
-        }
-    }
-
-    if (n > cap) {
-        char  why[160];
-
-        snprintf(why, sizeof(why), "a step of %u sequences needs %zu bytes,"
-                 " more than the %zu of the exchange", batch->n_seqs, n * 4,
-                 cap * 4);
-        kimi_group_abort(b->lead, why);
-    }
-
-    return kimi_group_exchange(b->lead, KIMI_CPU_TAG_LEAD_STEP, bytes, err);
-}
-
-
-/* A follower's copy of the leader's step; NULL batch = stop. */
-static int
-kimi_cpu_lead_recv(kimi_cpu_t *b, kimi_batch_t *batch, int *stop,
-    kimi_err_t *err)
-{
-    size_t           bytes[KIMI_GROUP_MAX_RANKS] = { 0 }, len, n, at = 2;
-    const uint32_t  *in;
-    int              rc;
-
-    if ((rc = kimi_group_exchange(b->lead, KIMI_CPU_TAG_LEAD_STEP, bytes, err))
-        != 0)
-    {
-        return rc;
-    }
-
-    in = kimi_group_recvbuf(b->lead, 0, &len);
-    n = len / 4;
-
-    if (n < 2) {
-        return kimi_err_set(err, KIMI_EFORMAT, "tensor parallel: a step"
-                            " message of %zu bytes", len);
-    }
-
-    *stop = in[0] == KIMI_CPU_LEAD_STOP;
-    batch->n_seqs = in[1];
-    batch->seqs = NULL;
-
-    if (*stop) {
-        return 0;
-    }
-
-    if (in[1] > b->cap_lead_seqs) {
-        kimi_batch_seq_t  *ns = realloc(b->lead_seqs, in[1] * sizeof(*ns));
-
-        if (ns == NULL) {
-            return kimi_err_set(err, KIMI_ENOMEM, "tensor parallel: seqs");
-        }
-        b->lead_seqs = ns;
-        b->cap_lead_seqs = in[1];
-    }
-
-    for (uint32_t i = 0; i < in[1]; i++) {
-        kimi_batch_seq_t  *s = &b->lead_seqs[i];
-
-        if (at + 6 > n) {
-            return kimi_err_set(err, KIMI_EFORMAT, "tensor parallel: a"
-                                " truncated step message");
-        }
-
-        memset(s, 0, sizeof(*s));
-        s->seq_id = (uint64_t) in[at] | ((uint64_t) in[at + 1] << 32);
-        s->n_tokens = in[at + 2];
-        s->pos = in[at + 3];
-        s->n_blocks = in[at + 4];
-        s->want_logits = (uint8_t) in[at + 5];
-        at += 6;
-
-        if (at + (size_t) s->n_tokens + s->n_blocks > n) {
-            return kimi_err_set(err, KIMI_EFORMAT, "tensor parallel: a"
-                                " truncated step message");
-        }
-
-        /* the message stays put until the sync after next: the forward's
-         * first all-reduce is the next one */
-        s->tokens = (const int32_t *) in + at;
-        at += s->n_tokens;
-        s->block_table = in + at;
-        at += s->n_blocks;
-    }
-
-    batch->seqs = b->lead_seqs;
-    return 0;
+    return kimi_step_send(b->lead, KIMI_CPU_TAG_LEAD_STEP, kind, batch, err);
 }
 
 
@@ -293,7 +167,9 @@ kimi_backend_cpu_follow(kimi_backend_t *base, kimi_err_t *err)
     }
 
     for ( ;; ) {
-        if ((rc = kimi_cpu_lead_recv(b, &batch, &stop, err)) != 0) {
+        if ((rc = kimi_step_recv(b->lead, KIMI_CPU_TAG_LEAD_STEP,
+                                 &b->lead_buf, &batch, &stop, err)) != 0)
+        {
             return rc;
         }
 

@@ -26,7 +26,8 @@ static int
 kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
 {
     const kimi_model_config_t  *c = &m->cfg;
-    uint32_t                    H = c->num_attention_heads;
+    uint32_t                    H = m->n_heads;      /* this shard's */
+    uint32_t                    tp = m->tp_size > 1 ? m->tp_size : 1;
 
 #define KIMI_NEED(cond, ...)                                                  \
     if (!(cond)) return kimi_err_set(err, KIMI_EUNSUPPORTED,                 \
@@ -37,8 +38,17 @@ kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
     KIMI_NEED(c->kv_lora_rank == 512 && c->qk_rope_head_dim == 64,
               "kv_lora_rank %u + qk_rope_head_dim %u: the MLA kernels take "
               "512 + 64 only", c->kv_lora_rank, c->qk_rope_head_dim);
-    KIMI_NEED(H % 16 == 0 && H <= 64, "num_attention_heads %u: the MLA "
-              "kernels need a multiple of 16, at most 64", H);
+    KIMI_NEED(H % 16 == 0 && H <= 64, "num_attention_heads %u (per "
+              "tensor-parallel rank): the MLA kernels need a multiple of 16,"
+              " at most 64", H);
+    KIMI_NEED(tp == 1 || (c->qk_nope_head_dim + c->v_head_dim) * m->head_first
+              % 128 == 0, "a tensor-parallel shard's kv_b_proj rows do not "
+              "start on a 128-row FP8 block (heads from %u)", m->head_first);
+    KIMI_NEED(c->intermediate_size % (128 * tp) == 0
+              && c->moe_intermediate_size % (128 * tp) == 0,
+              "intermediate_size %u / moe_intermediate_size %u do not split"
+              " over %u tensor-parallel ranks on 128 columns",
+              c->intermediate_size, c->moe_intermediate_size, tp);
     KIMI_NEED(c->q_lora_rank > 0, "q_lora_rank null (q_proj without a q"
               " LoRA) is implemented on the cpu backend only%s", "");
     KIMI_NEED(c->q_lora_rank % 128 == 0,
@@ -71,9 +81,6 @@ kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
               "a pipeline stage (layers [%u, %u)): pipeline parallel is"
               " implemented on the cpu backend only", m->layer_first,
               m->layer_last);
-    KIMI_NEED(m->tp_size <= 1, "a tensor-parallel shard (rank %u of %u):"
-              " tensor parallel is implemented on the cpu backend only",
-              m->tp_rank, m->tp_size);
 
 #undef KIMI_NEED
 
@@ -134,23 +141,25 @@ kimi_cuda_ep_stop(void *group)
 
 
 /*
- * Joins the expert-parallel ranks' NCCL communicator: rank 0 makes the
- * ncclUniqueId and hands it over through the node's group (every rank is
- * here, in the same order of group syncs), then a first all-to-all sets
- * up the connections outside any graph capture.  Every wait gives up when
- * the group fails (a rank died): no rank waits for a dead peer.
+ * Joins the NCCL communicator of a group's ranks (expert or tensor
+ * parallel): rank 0 makes the ncclUniqueId and hands it over through the
+ * node's group (every rank is here, in the same order of group syncs),
+ * then a first collective sets up the connections outside any graph
+ * capture.  Every wait gives up when the group fails (a rank died): no
+ * rank waits for a dead peer.
  */
 static int
-kimi_cuda_ep_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
+kimi_cuda_join(kimi_cuda_t *b, kimi_group_t *g, kimi_nccl_t **comm,
+    kimi_err_t *err)
 {
     uint8_t      blob[256];              /* an ncclUniqueId: 128 */
-    uint32_t     len = 0, W = b->ep_world;
+    uint32_t     len = 0, W = kimi_group_world(g), me = kimi_group_rank(g);
     size_t       bytes[KIMI_GROUP_MAX_RANKS];
     const void  *in;
     size_t       n;
     int          rc;
 
-    if (b->ep_rank == 0) {
+    if (me == 0) {
         rc = kimi_nccl_unique_id(blob, sizeof(blob), &len, err);
         if (rc != 0) {
             kimi_group_abort(g, err->msg);
@@ -159,9 +168,9 @@ kimi_cuda_ep_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
     }
 
     for (uint32_t p = 0; p < W; p++) {
-        bytes[p] = b->ep_rank == 0 ? 4 + len : 0;
+        bytes[p] = me == 0 ? 4 + len : 0;
 
-        if (b->ep_rank == 0) {
+        if (me == 0) {
             memcpy(kimi_group_sendbuf(g, p), &len, 4);
             memcpy((uint8_t *) kimi_group_sendbuf(g, p) + 4, blob, len);
         }
@@ -173,49 +182,117 @@ kimi_cuda_ep_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
 
     in = kimi_group_recvbuf(g, 0, &n);
     if (n < 4) {
-        return kimi_err_set(err, KIMI_EIO, "expert parallel: no NCCL id from"
+        return kimi_err_set(err, KIMI_EIO, "parallel group: no NCCL id from"
                             " rank 0");
     }
     memcpy(&len, in, 4);
     if (len > sizeof(blob) || n < 4 + (size_t) len) {
-        return kimi_err_set(err, KIMI_EIO, "expert parallel: a bad NCCL id"
+        return kimi_err_set(err, KIMI_EIO, "parallel group: a bad NCCL id"
                             " from rank 0");
     }
     memcpy(blob, (const uint8_t *) in + 4, len);
 
-    kimi_log(KIMI_LOG_INFO, "expert parallel: rank %u of %u joins NCCL",
-             b->ep_rank, W);
-    rc = kimi_nccl_init(&b->nccl, blob, len, b->ep_rank, W,
-                        kimi_cuda_ep_stop, g, err);
+    kimi_log(KIMI_LOG_INFO, "rank %u of %u joins NCCL", me, W);
+    rc = kimi_nccl_init(comm, blob, len, me, W, kimi_cuda_ep_stop, g, err);
     if (rc != 0) {
         kimi_group_abort(g, err->msg);
         return rc;
     }
 
-    b->ep = g;
-
-    {
-        kimi_ep_ws_t     ws;
-        kimi_ep_shape_t  sh = { (int) W, 1, (int) b->top_k, (int) b->E,
-                                (int) b->cfg->hidden_size };
-
-        kimi_ep_ws_carve(&ws, b->ep_ws, &sh);
-        rc = kimi_nccl_all_to_all(b->nccl, ws.y_send, ws.y_recv, 256,
-                                  b->stream, err);
-    }
+    /* the first collective connects the peers (a float sum over y) */
+    rc = kimi_nccl_all_reduce_f32(*comm, b->y, 64, b->stream, err);
 
     if (rc == 0) {
         KIMI_CU(cudaEventRecord(b->ev1, b->stream), err);
         rc = kimi_cuda_wait(b, err);
     }
 
-    if (rc == 0) {
-        kimi_log(KIMI_LOG_NOTICE, "expert parallel: rank %u of %u holds "
-                 "experts [%u, %u) on device %d, NCCL up", b->ep_rank, W,
-                 b->expert_first, b->expert_first + b->E_local, b->device);
+    return rc;
+}
+
+
+static int
+kimi_cuda_ep_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
+{
+    int  rc;
+
+    b->ep = g;
+    if ((rc = kimi_cuda_join(b, g, &b->nccl, err)) != 0) {
+        return rc;
     }
 
-    return rc;
+    kimi_log(KIMI_LOG_NOTICE, "expert parallel: rank %u of %u holds experts"
+             " [%u, %u) on device %d, NCCL up", b->ep_rank, b->ep_world,
+             b->expert_first, b->expert_first + b->E_local, b->device);
+    return 0;
+}
+
+
+static int
+kimi_cuda_tp_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
+{
+    int  rc;
+
+    b->tp = g;
+    if ((rc = kimi_cuda_join(b, g, &b->tp_nccl, err)) != 0) {
+        return rc;
+    }
+
+    kimi_log(KIMI_LOG_NOTICE, "tensor parallel: rank %u of %u holds heads"
+             " [%u, %u) and 1/%u of every MLP on device %d, NCCL up",
+             kimi_group_rank(g), kimi_group_world(g), b->model->head_first,
+             b->model->head_first + b->H, kimi_group_world(g), b->device);
+    return 0;
+}
+
+
+int
+kimi_backend_cuda_followers_ready(kimi_backend_t *base, kimi_err_t *err)
+{
+    kimi_cuda_t  *b = (kimi_cuda_t *) base;
+    int           any, all;
+
+    if (b->tp == NULL) {
+        return 0;
+    }
+
+    return kimi_group_vote(b->tp, KIMI_CUDA_TAG_TP_READY, 1, 1, &any, &all,
+                           err);
+}
+
+
+int
+kimi_backend_cuda_follow(kimi_backend_t *base, kimi_err_t *err)
+{
+    kimi_cuda_t   *b = (kimi_cuda_t *) base;
+    kimi_batch_t   batch;
+    kimi_err_t     ferr;
+    int            stop = 0, rc;
+
+    if (b->tp == NULL || kimi_group_rank(b->tp) == 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "cuda: not a tensor-parallel"
+                            " follower");
+    }
+
+    for ( ;; ) {
+        if ((rc = kimi_step_recv(b->tp, KIMI_CUDA_TAG_TP_STEP, &b->tp_buf,
+                                 &batch, &stop, err)) != 0)
+        {
+            return rc;
+        }
+
+        if (stop) {
+            return 0;
+        }
+
+        /* the leader hits the same batch error and reports it; only a
+         * broken group ends the follower */
+        rc = kimi_cuda_forward_local(b, &batch, &ferr);
+        if (rc != 0 && kimi_group_failed(b->tp)) {
+            *err = ferr;
+            return rc;
+        }
+    }
 }
 
 
@@ -460,6 +537,16 @@ kimi_cuda_free(kimi_backend_t *base)
         return;
     }
 
+    if (b->tp != NULL && kimi_group_rank(b->tp) == 0
+        && !kimi_group_failed(b->tp))
+    {
+        kimi_err_t  err;
+
+        /* the followers leave their loop */
+        (void) kimi_step_send(b->tp, KIMI_CUDA_TAG_TP_STEP, KIMI_STEP_STOP,
+                              NULL, &err);
+    }
+
     if (b->stream != NULL) {
         (void) cudaStreamSynchronize(b->stream);
         (void) cudaStreamDestroy(b->stream);
@@ -489,6 +576,9 @@ kimi_cuda_free(kimi_backend_t *base)
      * peers that already exited (or died) */
     kimi_nccl_abort(b->nccl);
     kimi_nccl_free(b->nccl);
+    kimi_nccl_abort(b->tp_nccl);
+    kimi_nccl_free(b->tp_nccl);
+    kimi_step_buf_free(&b->tp_buf);
     cudaFree(b->ep_ws);
     cudaFree(b->ep_moe_ws);
     cudaFree(b->warena);
@@ -518,7 +608,7 @@ kimi_backend_cuda_params_t
 kimi_backend_cuda_default_params(void)
 {
     kimi_backend_cuda_params_t  p = { 0, KIMI_CUDA_DEFAULT_TOKENS, 0,
-                                       KIMI_CUDA_DEFAULT_ROWS, NULL };
+                                       KIMI_CUDA_DEFAULT_ROWS, NULL, NULL };
 
     return p;
 }
@@ -573,9 +663,14 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
     b->E = c->n_routed_experts;
     b->top_k = c->num_experts_per_tok;
     b->shared = c->n_shared_experts > 0;
-    b->I_dense = c->intermediate_size;
-    b->I_moe = c->moe_intermediate_size;
-    b->I_shared = c->moe_intermediate_size * c->n_shared_experts;
+    {
+        uint32_t  tp = model->tp_size > 1 ? model->tp_size : 1;
+
+        b->H = model->n_heads;
+        b->I_dense = c->intermediate_size / tp;
+        b->I_moe = c->moe_intermediate_size / tp;
+        b->I_shared = c->moe_intermediate_size * c->n_shared_experts / tp;
+    }
     b->softmax_scale = kimi_model_softmax_scale(c);
     b->layers = calloc(c->num_hidden_layers, sizeof(kimi_cuda_layer_t));
 
@@ -628,11 +723,19 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
 
 #undef KIMI_TRY
 
+    if (p->ep != NULL && p->tp != NULL) {
+        rc = kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda backend: expert and"
+                          " tensor parallelism together are not"
+                          " implemented");
+        goto failed;
+    }
+
     if ((rc = kimi_cuda_check_ep(b, p->ep, err)) != 0
         || (rc = kimi_cuda_weights_upload(b, err)) != 0
         || (rc = kimi_cuda_workspaces(b, err)) != 0
         || (rc = kimi_cuda_graphs_init(b, err)) != 0
-        || (p->ep != NULL && (rc = kimi_cuda_ep_join(b, p->ep, err)) != 0))
+        || (p->ep != NULL && (rc = kimi_cuda_ep_join(b, p->ep, err)) != 0)
+        || (p->tp != NULL && (rc = kimi_cuda_tp_join(b, p->tp, err)) != 0))
     {
         goto failed;
     }
@@ -642,9 +745,9 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
 
 failed:
 
-    if (p->ep != NULL) {
+    if (p->ep != NULL || p->tp != NULL) {
         /* the peers wait for this rank at the NCCL id or in NCCL init */
-        kimi_group_abort(p->ep, err->msg);
+        kimi_group_abort(p->ep ? p->ep : p->tp, err->msg);
     }
     kimi_cuda_free(&b->base);
     return rc;

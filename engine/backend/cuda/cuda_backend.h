@@ -26,6 +26,10 @@ typedef struct {
                                                 node (rank r holds routed
                                                 experts [r E/W, (r+1) E/W)),
                                                 NULL: all experts here */
+    struct kimi_group  *tp;                  /* tensor-parallel group of the
+                                                rank (the model is this
+                                                member's shard; rank 0
+                                                leads), NULL: none */
 } kimi_backend_cuda_params_t;
 
 kimi_backend_cuda_params_t kimi_backend_cuda_default_params(void);
@@ -40,6 +44,13 @@ int kimi_backend_cuda_init(kimi_backend_t **out, struct kimi_model *model,
 int kimi_backend_cuda_init_params(kimi_backend_t **out,
     struct kimi_model *model, const kimi_backend_cuda_params_t *p,
     kimi_err_t *err);
+
+/* Tensor parallel: every member calls _followers_ready() once its
+ * backend is up (a barrier); a follower then calls _follow(), which runs
+ * the leader's steps until the leader's backend is freed (0) or the group
+ * fails (< 0). */
+int kimi_backend_cuda_followers_ready(kimi_backend_t *b, kimi_err_t *err);
+int kimi_backend_cuda_follow(kimi_backend_t *b, kimi_err_t *err);
 
 /* Greedy ids of the last forward's logits rows, argmax on the device
  * (ties to the lower id); ids[n_rows]. */

@@ -21,6 +21,7 @@
 #include "../../parallel/ep.h"
 #include "../../parallel/group.h"
 #include "../../parallel/nccl_comm.h"
+#include "../../parallel/step.h"
 #include "cuda_backend.h"
 
 #define KIMI_CU(call, err)                                                    \
@@ -114,6 +115,15 @@ typedef struct {
     void                       *ep_ws;        /* kimi_ep_ws_t for cap */
     void                       *ep_moe_ws;    /* MoE plan of W * cap rows */
 
+    /* tensor parallelism: this rank's H heads (all of them without TP)
+     * and 1/tp of every MLP width; the leader (tp rank 0) sends each step
+     * to its followers through the group, partial sums (after o_proj and
+     * after the FFN) are all-reduced over NCCL */
+    uint32_t                    H;
+    kimi_group_t               *tp;
+    kimi_nccl_t                *tp_nccl;
+    kimi_step_buf_t             tp_buf;
+
     /* KV cache */
     void                       *kv;           /* [L][n_blocks][bs][576] */
     float                      *kv_scale;     /* fp8: [L][n_blocks][bs] */
@@ -155,6 +165,8 @@ int  kimi_cuda_weights_upload(kimi_cuda_t *b, kimi_err_t *err);
 int  kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err);
 int  kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     kimi_err_t *err);
+int  kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
+    kimi_err_t *err);
 int  kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows,
     uint32_t splits, kimi_err_t *err);
 /* Waits for the step's end event (ev1); under EP gives up, aborting NCCL,
@@ -165,6 +177,8 @@ int  kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err);
  * the server's step vote is 1, the cpu backend's 2..7) */
 #define KIMI_CUDA_TAG_EP_TOKENS  ((uint64_t) 8 << 56)
 #define KIMI_CUDA_TAG_NCCL_ID    ((uint64_t) 9 << 56)
+#define KIMI_CUDA_TAG_TP_STEP    ((uint64_t) 10 << 56)
+#define KIMI_CUDA_TAG_TP_READY   ((uint64_t) 11 << 56)
 
 /* graphs.c */
 int  kimi_cuda_graphs_init(kimi_cuda_t *b, kimi_err_t *err);

@@ -38,7 +38,7 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
 {
     const kimi_model_config_t  *c = b->cfg;
     size_t                      T = b->cap, off = 0, moe = 0, mla;
-    uint32_t                    H = c->num_attention_heads;
+    uint32_t                    H = b->H;       /* this rank's heads */
     uint32_t                    D = c->hidden_size, R = c->kv_lora_rank;
     uint32_t                    qk = kimi_model_qk_head_dim(c);
     uint32_t                    maxk, I = b->I_dense > b->I_moe ? b->I_dense
@@ -283,7 +283,7 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
     const kimi_model_config_t  *c = b->cfg;
     const kimi_cuda_layer_t    *L = &b->layers[l];
     const int32_t              *md = b->meta_d;
-    int                         H = (int) c->num_attention_heads;
+    int                         H = (int) b->H;
     int                         R = (int) c->kv_lora_rank;
     int                         P = (int) c->qk_rope_head_dim;
     int                         nope = (int) c->qk_nope_head_dim;
@@ -334,7 +334,16 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
                              L->kv_b.s, b->attn, b->stream, err));
     KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 3), err));
     KIMI_K(kimi_cuda_quant(b, b->attn, T, (uint32_t) (H * dv), err));
-    return kimi_cuda_gemm(b, T, &L->o, b->o, err);
+    KIMI_K(kimi_cuda_gemm(b, T, &L->o, b->o, err));
+
+    /* tensor parallel: o_proj of this rank's heads is a partial sum */
+    if (b->tp_nccl != NULL) {
+        KIMI_K(kimi_nccl_all_reduce_f32(b->tp_nccl, b->o,
+                                        (size_t) T * c->hidden_size,
+                                        b->stream, err));
+    }
+
+    return 0;
 }
 
 
@@ -416,8 +425,28 @@ kimi_cuda_moe_ep(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
 }
 
 
+static int kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T,
+    kimi_err_t *err);
+
+
+/* The FFN; under tensor parallelism every width is 1/tp: a partial sum */
 static int
 kimi_cuda_ffn(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
+{
+    KIMI_K(kimi_cuda_ffn_shard(b, l, T, err));
+
+    if (b->tp_nccl != NULL) {
+        return kimi_nccl_all_reduce_f32(b->tp_nccl, b->y,
+                                        (size_t) T * b->cfg->hidden_size,
+                                        b->stream, err);
+    }
+
+    return 0;
+}
+
+
+static int
+kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
 {
     const kimi_model_config_t  *c = b->cfg;
     const kimi_cuda_layer_t    *L = &b->layers[l];
@@ -534,10 +563,12 @@ kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t splits,
 int
 kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err)
 {
-    cudaError_t  ce;
-    kimi_err_t   lerr;
+    cudaError_t    ce;
+    kimi_err_t     lerr;
+    kimi_nccl_t   *comm = b->nccl ? b->nccl : b->tp_nccl;
+    kimi_group_t  *g = b->nccl ? b->ep : b->tp;
 
-    if (b->nccl == NULL) {
+    if (comm == NULL) {
         KIMI_CU(cudaEventSynchronize(b->ev1), err);
         return 0;
     }
@@ -555,13 +586,13 @@ kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err)
             KIMI_CU(ce, err);
         }
 
-        if (kimi_group_failed(b->ep) || kimi_nccl_check(b->nccl, &lerr) != 0)
-        {
-            kimi_nccl_abort(b->nccl);
+        if (kimi_group_failed(g) || kimi_nccl_check(comm, &lerr) != 0) {
+            kimi_nccl_abort(comm);
             (void) cudaStreamSynchronize(b->stream);
             (void) cudaGetLastError();
-            return kimi_err_set(err, KIMI_EIO, "expert parallel: %s",
-                                kimi_group_failed(b->ep)
+            return kimi_err_set(err, KIMI_EIO, "%s parallel: %s",
+                                b->nccl ? "expert" : "tensor",
+                                kimi_group_failed(g)
                                 ? "the group failed (a rank ended)"
                                 : lerr.msg);
         }
@@ -598,11 +629,36 @@ kimi_cuda_ep_vote(kimi_cuda_t *b, uint32_t T, uint32_t *max_T,
 }
 
 
+/* The vtable's forward: a tensor-parallel leader first hands the step to
+ * its followers (they run the same launches; the all-reduces meet). */
 int
 kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     kimi_err_t *err)
 {
     kimi_cuda_t  *b = (kimi_cuda_t *) base;
+    int           rc;
+
+    if (b->tp != NULL) {
+        if (kimi_group_rank(b->tp) != 0) {
+            return kimi_err_set(err, KIMI_ESTATE, "cuda: a tensor-parallel"
+                                " follower takes its steps from the leader");
+        }
+
+        rc = kimi_step_send(b->tp, KIMI_CUDA_TAG_TP_STEP, KIMI_STEP_RUN,
+                            batch, err);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+
+    return kimi_cuda_forward_local(b, batch, err);
+}
+
+
+int
+kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
+    kimi_err_t *err)
+{
     uint32_t      T = 0, rows = 0, max_ctx = 0, splits = 0, max_T;
     size_t        words;
     int           rc, batch_rc = 0;
@@ -663,9 +719,9 @@ kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     if (rc != 0) {
         /* drain what was queued so the next step starts clean; under EP
          * the peers wait for this rank's rows: the group ends */
-        if (b->nccl != NULL) {
-            kimi_group_abort(b->ep, err->msg);
-            kimi_nccl_abort(b->nccl);
+        if (b->nccl != NULL || b->tp_nccl != NULL) {
+            kimi_group_abort(b->nccl ? b->ep : b->tp, err->msg);
+            kimi_nccl_abort(b->nccl ? b->nccl : b->tp_nccl);
         }
         (void) cudaStreamSynchronize(b->stream);
         (void) cudaGetLastError();

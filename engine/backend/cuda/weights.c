@@ -232,6 +232,29 @@ kimi_cuda_put_experts(kimi_cuda_t *b, kimi_cuda_arena_t *ar, uint32_t l,
 }
 
 
+/* kv_b_proj stays whole in a tensor-parallel shard (model.c): the rows of
+ * this rank's heads ([H][nope + v][R], FP8 blocks of 128 rows) go up. */
+static int
+kimi_cuda_put_kv_b(kimi_cuda_t *b, kimi_cuda_arena_t *ar, uint32_t l,
+    const kimi_layer_weights_t *L, kimi_cuda_layer_t *d, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    kimi_weight_t               w = L->kv_b_proj;
+    size_t                      per = c->qk_nope_head_dim + c->v_head_dim;
+    size_t                      r0 = b->model->head_first * per;
+
+    if (b->H != c->num_attention_heads && w.data != NULL
+        && w.scale_inv != NULL)
+    {
+        w.data = (const uint8_t *) w.data + r0 * w.cols;
+        w.scale_inv += (r0 / 128) * ((w.cols + 127) / 128);
+        w.rows = (uint32_t) (b->H * per);
+    }
+
+    return kimi_cuda_put_fp8(ar, &w, "kv_b_proj", l, &d->kv_b, err);
+}
+
+
 static int
 kimi_cuda_walk(kimi_cuda_t *b, kimi_cuda_arena_t *ar, kimi_err_t *err)
 {
@@ -276,8 +299,7 @@ kimi_cuda_walk(kimi_cuda_t *b, kimi_cuda_arena_t *ar, kimi_err_t *err)
                                        err)) != 0
             || (rc = kimi_cuda_put_fp8(ar, &L->o_proj, "o_proj", l, &d->o,
                                        err)) != 0
-            || (rc = kimi_cuda_put_fp8(ar, &L->kv_b_proj, "kv_b_proj", l,
-                                       &d->kv_b, err)) != 0)
+            || (rc = kimi_cuda_put_kv_b(b, ar, l, L, d, err)) != 0)
         {
             return rc;
         }
