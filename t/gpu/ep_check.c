@@ -11,7 +11,12 @@
  *         stated tolerance.
  *
  *   ep_check --model DIR [--hf-overrides JSON] [--prefill 40]
- *            [--decode 8] [--kv bf16|fp8] [--ranks 2]
+ *            [--decode 8] [--kv bf16|fp8] [--ranks 2] [--tp]
+ *
+ * --tp checks tensor parallelism the same way instead: rank r holds heads
+ * [r H/W, (r+1) H/W) and 1/W of every MLP width, the followers take rank
+ * 0's steps through the step channel (kimi_backend_cuda_follow), as the
+ * serve path's followers do; no "at once" phase (one batch per group).
  *
  * Rank 0 first runs the script (a prefill, then greedy decode steps fed
  * the oracle's choice) on the fp32-activation cpu (the oracle), the cpu
@@ -176,6 +181,9 @@ forward(kimi_backend_t *be, const kimi_batch_seq_t *s, uint32_t n,
 }
 
 
+static int  tp_mode;
+
+
 static kimi_backend_t *
 cuda_backend(kimi_model_t *m, int device, kimi_group_t *g, int kv_fp8)
 {
@@ -186,7 +194,8 @@ cuda_backend(kimi_model_t *m, int device, kimi_group_t *g, int kv_fp8)
     uint32_t                    nb;
 
     p.device = device;
-    p.ep = g;
+    p.ep = tp_mode ? NULL : g;
+    p.tp = tp_mode ? g : NULL;
     p.max_batched_tokens = 512;
     p.max_model_len = 1024;
 
@@ -200,7 +209,8 @@ cuda_backend(kimi_model_t *m, int device, kimi_group_t *g, int kv_fp8)
         || be->ops->kv_init(be, &kp, &nb, &err) != 0)
     {
         fprintf(stderr, "cuda backend (device %d%s): %s\n", device,
-                g ? ", expert parallel" : "", err.msg);
+                g ? (tp_mode ? ", tensor parallel" : ", expert parallel")
+                  : "", err.msg);
         if (g != NULL) {
             kimi_group_abort(g, err.msg);
         }
@@ -238,6 +248,19 @@ follower(kimi_group_t *g, kimi_model_params_t *mp, uint32_t P, uint32_t ND,
     note("rank %u: cuda backend on device %u", r, r);
     be = cuda_backend(m, (int) r, g, kv_fp8);
     note("rank %u: up, serving rank 0's steps", r);
+
+    if (tp_mode) {
+        if (kimi_backend_cuda_followers_ready(be, &err) != 0
+            || kimi_backend_cuda_follow(be, &err) != 0)
+        {
+            fprintf(stderr, "rank %u: %s\n", r, err.msg);
+            return 1;
+        }
+        note("rank %u: the leader stopped", r);
+        be->ops->free(be);
+        kimi_model_free(m);
+        return 0;
+    }
 
     /* alone: rank 0 runs the script, this rank serves its experts */
     for (uint32_t k = 0; k <= ND; k++) {
@@ -294,6 +317,7 @@ main(int argc, char **argv)
         { "decode", required_argument, NULL, 'd' },
         { "kv", required_argument, NULL, 'k' },
         { "ranks", required_argument, NULL, 'r' },
+        { "tp", no_argument, NULL, 't' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -333,6 +357,7 @@ main(int argc, char **argv)
         case 'd': ND = (uint32_t) atoi(optarg); break;
         case 'k': kv_fp8 = strcmp(optarg, "fp8") == 0; break;
         case 'r': W = (uint32_t) atoi(optarg); break;
+        case 't': tp_mode = 1; break;
         default:
             return 2;
         }
@@ -375,8 +400,13 @@ main(int argc, char **argv)
                 kimi_group_fail(mem, err.msg);
                 _exit(1);
             }
-            mp.expert_first = r * (cfg.n_routed_experts / W);
-            mp.expert_last = mp.expert_first + cfg.n_routed_experts / W;
+            if (tp_mode) {
+                mp.tp_rank = r;
+                mp.tp_size = W;
+            } else {
+                mp.expert_first = r * (cfg.n_routed_experts / W);
+                mp.expert_last = mp.expert_first + cfg.n_routed_experts / W;
+            }
             _exit(follower(g, &mp, P, ND, kv_fp8));
         }
     }
@@ -483,9 +513,26 @@ main(int argc, char **argv)
     cpu8->ops->free(cpu8);
     cpu32->ops->free(cpu32);
 
-    /* the EP backend: rank 0 holds its share of the experts */
-    note("rank 0: EP backend");
+    /* the EP backend: rank 0 holds its share of the experts (every expert
+     * is loaded; it uploads its own); the TP one: rank 0's shard */
+    if (tp_mode) {
+        kimi_model_params_t  sp = mp;
+
+        kimi_model_free(m);
+        sp.tp_rank = 0;
+        sp.tp_size = W;
+        if (kimi_model_load(&m, &sp, &err) != 0) {
+            kimi_group_fail(mem, err.msg);
+            fprintf(stderr, "model shard: %s\n", err.msg);
+            return 1;
+        }
+    }
+    note("rank 0: %s backend", tp_mode ? "TP" : "EP");
     ep = cuda_backend(m, 0, g, kv_fp8);
+    if (tp_mode && kimi_backend_cuda_followers_ready(ep, &err) != 0) {
+        fprintf(stderr, "followers: %s\n", err.msg);
+        return 1;
+    }
     note("rank 0: EP up; steps alone");
     printf("# backends up in %.1f s\n", now() - t0);
 
@@ -502,8 +549,9 @@ main(int argc, char **argv)
         min_ep_one = c1 < min_ep_one ? c1 : min_ep_one;
         worst_a = 1 - ea[k] < worst_a ? 1 - ea[k] : worst_a;
         agree += argmax(l, V) == toks[P + k];
-        printf("# %s pos %u: ep vs oracle cos %.6f, one GPU vs oracle %.6f,"
-               " cpu fp8 vs oracle %.6f; ep vs one GPU cos %.6f\n",
+        printf("# %s pos %u: parallel vs oracle cos %.6f, one GPU vs oracle"
+               " %.6f, cpu fp8 vs oracle %.6f; parallel vs one GPU cos"
+               " %.6f\n",
                k ? "decode" : "prefill", s.pos, 1 - ea[k], 1 - e1[k],
                1 - e8[k], c1);
     }
@@ -511,7 +559,7 @@ main(int argc, char **argv)
     note("rank 0: steps at once");
 
     /* at once: every rank runs the script; rank 0 hands out the tokens */
-    for (uint32_t k = 0; k <= ND; k++) {
+    for (uint32_t k = 0; !tp_mode && k <= ND; k++) {
         const float  *l;
         float        *mine = malloc((size_t) V * sizeof(float));
 
@@ -548,26 +596,29 @@ main(int argc, char **argv)
     {
         double  m8 = median(e8, (int) ND + 1), m1 = median(e1, (int) ND + 1);
         double  ma = median(ea, (int) ND + 1), mb = median(eb, (int) ND + 1);
+        const char *kind = tp_mode ? "TP" : "EP";
 
         printf("# median (1 - cos) vs the fp32-activation cpu: cpu fp8 %.2e,"
-               " one GPU %.2e, EP=%u alone %.2e, EP=%u every rank at once"
-               " %.2e; worst row ep vs one GPU cos %.6f\n", m8, m1, W, ma,
-               W, mb, min_ep_one);
+               " one GPU %.2e, %s=%u %.2e, every rank at once %.2e; worst"
+               " row %s vs one GPU cos %.6f\n", m8, m1, kind, W, ma,
+               tp_mode ? 0.0 : mb, kind, min_ep_one);
         ok(m1 <= TOL_MEDIAN_X * m8, "one GPU: median (1 - cos) %.2e <= %.1f"
            " x cpu fp8's %.2e (worst row cos %.6f)", m1, TOL_MEDIAN_X, m8,
            worst_1);
-        ok(ma <= TOL_MEDIAN_X * m8 && worst_a >= TOL_COS_ROW, "EP=%u, rank"
-           " 0 alone: median (1 - cos) %.2e <= %.1f x cpu fp8's %.2e, every"
-           " row cos >= %.2f (worst %.6f)", W, ma, TOL_MEDIAN_X, m8,
-           TOL_COS_ROW, worst_a);
-        ok(mb <= TOL_MEDIAN_X * m8 && worst_b >= TOL_COS_ROW, "EP=%u, every"
-           " rank at once: median (1 - cos) %.2e <= %.1f x cpu fp8's %.2e,"
-           " every row cos >= %.2f (worst %.6f)", W, mb, TOL_MEDIAN_X, m8,
-           TOL_COS_ROW, worst_b);
-        ok(bitwise, "EP=%u: every rank's logits of the same tokens equal"
-           " rank 0's bit for bit", W);
-        printf("# greedy: EP's argmax = the oracle's at %d of %u steps\n",
-               agree, ND + 1);
+        ok(ma <= TOL_MEDIAN_X * m8 && worst_a >= TOL_COS_ROW, "%s=%u, rank"
+           " 0's batch: median (1 - cos) %.2e <= %.1f x cpu fp8's %.2e,"
+           " every row cos >= %.2f (worst %.6f)", kind, W, ma, TOL_MEDIAN_X,
+           m8, TOL_COS_ROW, worst_a);
+        if (!tp_mode) {
+            ok(mb <= TOL_MEDIAN_X * m8 && worst_b >= TOL_COS_ROW, "EP=%u,"
+               " every rank at once: median (1 - cos) %.2e <= %.1f x cpu"
+               " fp8's %.2e, every row cos >= %.2f (worst %.6f)", W, mb,
+               TOL_MEDIAN_X, m8, TOL_COS_ROW, worst_b);
+            ok(bitwise, "EP=%u: every rank's logits of the same tokens"
+               " equal rank 0's bit for bit", W);
+        }
+        printf("# greedy: %s's argmax = the oracle's at %d of %u steps\n",
+               kind, agree, ND + 1);
     }
 
     ep->ops->free(ep);
