@@ -451,10 +451,12 @@ main(int argc, char **argv)
     V = m->cfg.vocab_size;
     E = m->cfg.n_routed_experts;
     printf("# model: %u layers, hidden %u, %u experts top-%u, vocab %u, "
-           "dummy weights in %.1f s; %u expert-parallel ranks, %u experts"
-           " each, kv %s\n", m->cfg.num_hidden_layers, m->cfg.hidden_size,
-           E, m->cfg.num_experts_per_tok, V, now() - t0, W, E / W,
-           kv_fp8 ? "fp8" : "bf16");
+           "dummy weights in %.1f s; %u %s ranks (%u %s each), kv %s\n",
+           m->cfg.num_hidden_layers, m->cfg.hidden_size, E,
+           m->cfg.num_experts_per_tok, V, now() - t0, W,
+           tp_mode ? "tensor-parallel" : "expert-parallel",
+           tp_mode ? m->cfg.num_attention_heads / W : E / W,
+           tp_mode ? "heads" : "experts", kv_fp8 ? "fp8" : "bf16");
 
     if (kimi_backend_cpu_init_params(&cpu8, m, &cp8, &err) != 0
         || kimi_backend_cpu_init_params(&cpu32, m, &cp32, &err) != 0)
