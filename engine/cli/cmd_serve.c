@@ -501,10 +501,11 @@ kimi_serve_kv_params(const kimi_serve_opts_t *o)
 
 /*
  * --tensor-parallel-size T or --pipeline-parallel-size P: what this build
- * can do (cpu backend, one kind of parallelism at a time) and the largest
- * message of the rank's group: an all-reduce or hop of one step's hidden
- * rows, the leader's step (sequence headers, tokens, block tables), and
- * for a pipeline at least one row of logits.
+ * can do (cpu backend; cuda: tensor only; one kind of parallelism at a
+ * time) and the largest message of the rank's group: an all-reduce or hop
+ * of one step's hidden rows (cpu; the cuda backend's sums go over NCCL),
+ * the leader's step (sequence headers, tokens, block tables), and for a
+ * pipeline at least one row of logits.
  */
 static int
 kimi_serve_group_check(const kimi_serve_opts_t *o,

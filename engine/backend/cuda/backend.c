@@ -3,7 +3,9 @@
  * the paged latent KV cache, logits and device greedy argmax.
  *
  * Owns:   the device and stream choice, the KV cache allocation (sized by
- *         gpu_memory_utilization), the pinned host buffers of a step.
+ *         gpu_memory_utilization), the pinned host buffers of a step, and
+ *         joining a parallel group's NCCL communicator (expert or tensor
+ *         parallel) and a follower's loop.
  * Never:  computes layers (forward.c), converts weights (weights.c), or
  *         samples anything but greedy (sample is NULL: the engine samples
  *         on the host from logits(), which covers every request kind).

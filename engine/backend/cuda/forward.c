@@ -4,7 +4,10 @@
  *
  * Owns:   the step workspaces (sized once for cap tokens), the per-step
  *         metadata upload (token ids, positions, cache slots, per-token
- *         block tables) and the launch sequence of one step.
+ *         block tables), the launch sequence of one step, and where the
+ *         parallel layouts meet in it: the expert-parallel MoE layer (the
+ *         ranks' token-count vote, dispatch, combine) and the tensor-
+ *         parallel all-reduces and step hand-over.
  * Never:  allocates in a step, picks blocks, or samples.
  * Holds:  the KV of every new token is written before any attention runs,
  *         and attention is the absorbed MLA decode with one query per token
