@@ -9,7 +9,10 @@
  *   - ranks out of step (one votes, the other exchanges) fail the group;
  *   - a rank that dies, reported by the parent as the launcher does,
  *     releases the others' barrier with its message, no hang;
- *   - a message larger than a segment fails the group.
+ *   - a message larger than a segment fails the group;
+ *   - the step channel (parallel/step.c): a leader's batches reach two
+ *     followers field for field, a step too big for the segment fails the
+ *     group with why, the stop message ends the followers.
  *
  * Each child exits 0 when every check of its own passed; alarm() turns a
  * hang into a failure.
@@ -25,6 +28,7 @@
 #include <unistd.h>
 
 #include "parallel/group.h"
+#include "parallel/step.h"
 
 #include "tap.h"
 
@@ -252,6 +256,122 @@ rank_oversized(kimi_group_t *g, void *mem)
 }
 
 
+/* the leader's step k: k + 1 sequences of k + 2 tokens */
+static void
+make_step(uint32_t k, kimi_batch_seq_t *seqs, int32_t *toks, uint32_t *bt)
+{
+    for (uint32_t i = 0; i <= k; i++) {
+        memset(&seqs[i], 0, sizeof(seqs[i]));
+        seqs[i].seq_id = ((uint64_t) k << 40) | (i * 7 + 1);
+        seqs[i].tokens = toks + i * 16;
+        seqs[i].n_tokens = k + 2;
+        seqs[i].pos = 100 * k + i;
+        seqs[i].block_table = bt + i * 4;
+        seqs[i].n_blocks = 1 + (k + i) % 4;
+        seqs[i].want_logits = (uint8_t) ((k + i) & 1);
+
+        for (uint32_t t = 0; t < 16; t++) {
+            toks[i * 16 + t] = (int32_t) mix(k, i, t, 1);
+        }
+        for (uint32_t b = 0; b < 4; b++) {
+            bt[i * 4 + b] = mix(k, i, b, 2) % 1000;
+        }
+    }
+}
+
+
+static int
+rank_step_channel(kimi_group_t *g, void *mem)
+{
+    kimi_batch_seq_t   want[8];
+    int32_t            toks[8 * 16];
+    uint32_t           bt[8 * 4];
+    kimi_batch_t       batch;
+    kimi_step_buf_t    buf = { NULL, 0 };
+    kimi_err_t         err;
+    int                stop, bad = 0;
+
+    (void) mem;
+
+    for (uint32_t k = 0; k < 6; k++) {
+        make_step(k, want, toks, bt);
+        batch.n_seqs = k + 1;
+        batch.seqs = want;
+
+        if (kimi_group_rank(g) == 0) {
+            if (kimi_step_send(g, 9, KIMI_STEP_RUN, &batch, &err) != 0) {
+                return 1;
+            }
+            continue;
+        }
+
+        if (kimi_step_recv(g, 9, &buf, &batch, &stop, &err) != 0 || stop
+            || batch.n_seqs != k + 1)
+        {
+            return 1;
+        }
+
+        for (uint32_t i = 0; i <= k; i++) {
+            const kimi_batch_seq_t  *s = &batch.seqs[i];
+
+            bad += s->seq_id != want[i].seq_id
+                   || s->n_tokens != want[i].n_tokens
+                   || s->pos != want[i].pos
+                   || s->n_blocks != want[i].n_blocks
+                   || s->want_logits != want[i].want_logits
+                   || memcmp(s->tokens, want[i].tokens,
+                             s->n_tokens * sizeof(int32_t)) != 0
+                   || memcmp(s->block_table, want[i].block_table,
+                             s->n_blocks * sizeof(uint32_t)) != 0;
+        }
+    }
+
+    /* the stop message */
+    if (kimi_group_rank(g) == 0) {
+        if (kimi_step_send(g, 9, KIMI_STEP_STOP, NULL, &err) != 0) {
+            return 1;
+        }
+
+    } else if (kimi_step_recv(g, 9, &buf, &batch, &stop, &err) != 0
+               || !stop)
+    {
+        return 1;
+    }
+
+    kimi_step_buf_free(&buf);
+    return bad != 0;
+}
+
+
+/* a step bigger than the segment: the group fails with why */
+static int
+rank_step_too_big(kimi_group_t *g, void *mem)
+{
+    static int32_t     toks[SEG];
+    kimi_batch_seq_t   s;
+    kimi_batch_t       batch = { 1, &s };
+    kimi_step_buf_t    buf = { NULL, 0 };
+    uint32_t           bt[1] = { 0 };
+    kimi_err_t         err;
+    int                stop;
+
+    (void) mem;
+    memset(&s, 0, sizeof(s));
+    s.tokens = toks;
+    s.n_tokens = SEG;                 /* 4 SEG bytes of tokens */
+    s.block_table = bt;
+    s.n_blocks = 1;
+
+    if (kimi_group_rank(g) == 0) {
+        return kimi_step_send(g, 9, KIMI_STEP_RUN, &batch, &err) != 0
+               && strstr(err.msg, "more than") != NULL ? 0 : 1;
+    }
+
+    return kimi_step_recv(g, 9, &buf, &batch, &stop, &err) != 0
+           && strstr(err.msg, "more than") != NULL ? 0 : 1;
+}
+
+
 int
 main(void)
 {
@@ -267,6 +387,12 @@ main(void)
        " message");
     ok(run_group(2, rank_oversized, -1, NULL) == 2,
        "a message over the segment size fails the group on every rank");
+    ok(run_group(3, rank_step_channel, -1, NULL) == 3,
+       "step channel: 6 batches reach 2 followers field for field, then"
+       " the stop message");
+    ok(run_group(2, rank_step_too_big, -1, NULL) == 2,
+       "step channel: a step over the segment fails the group on both"
+       " sides, saying why");
 
     printf("1..%d\n", test_n);
     return test_failed != 0;
