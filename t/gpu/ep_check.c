@@ -13,6 +13,14 @@
  *   ep_check --model DIR [--hf-overrides JSON] [--prefill 40]
  *            [--decode 8] [--kv bf16|fp8] [--ranks 2] [--tp]
  *
+ * Build (where libjansson-dev is; the GPU machine may lack it), after
+ * `make engine` with nvcc:
+ *   cc -std=c11 -D_GNU_SOURCE -O2 -DKIMI_HAVE_CUDA -I$CUDA_HOME/include \
+ *      t/gpu/ep_check.c build/libkimi.a -Wl,-Bstatic -ljansson -lpcre2-8 \
+ *      -Wl,-Bdynamic -L$CUDA_HOME/lib64 -lcublasLt -lcublas \
+ *      -lcudart_static -lnccl -lstdc++ -lm -lpthread -ldl -lrt \
+ *      -o build/ep_check
+ *
  * --tp checks tensor parallelism the same way instead: rank r holds heads
  * [r H/W, (r+1) H/W) and 1/W of every MLP width, the followers take rank
  * 0's steps through the step channel (kimi_backend_cuda_follow), as the
