@@ -46,6 +46,7 @@
 #define KIMI_SERVE_DEFAULT_LEN  8192
 #define KIMI_SERVE_CPU_BATCHED_TOKENS  512  /* --max-num-batched-tokens */
 #define KIMI_SERVE_CUDA_BATCHED_TOKENS 2048 /* its workspaces: 6000 at most */
+#define KIMI_SERVE_CUDA_EP_ROWS        6000 /* ranks x tokens of one step */
 
 typedef enum {
     OPT_STR,
@@ -126,7 +127,8 @@ static const kimi_opt_t  kimi_serve_opts[] = {
     { "--max-num-batched-tokens", OPT_U32, O(max_num_batched_tokens), 1,
       1 << 24, NULL,
       "tokens per step, prefill and decode (8192; cpu backend: 512; cuda"
-      " backend: 2048, at most 6000)" },
+      " backend: 2048, at most 6000, 6000 / ranks with"
+      " --enable-expert-parallel)" },
     { "--enable-chunked-prefill", OPT_ON, O(enable_chunked_prefill), 0, 0,
       NULL, "split long prompts over steps (default)" },
     { "--no-enable-chunked-prefill", OPT_OFF, O(enable_chunked_prefill), 0, 0,
@@ -975,6 +977,17 @@ kimi_cmd_serve(int argc, char **argv)
                                    ? KIMI_SERVE_CUDA_BATCHED_TOKENS
                                    : kimi_sched_default_params()
                                      .max_num_batched_tokens;
+
+        /* cuda expert parallelism: one MoE plan takes every rank's step
+         * (ranks x tokens <= 6000, kernels/moe.cu's shared memory) */
+        if (strcmp(o.backend, "cuda") == 0 && o.enable_expert_parallel
+            && o.data_parallel_size > 1
+            && o.max_num_batched_tokens * o.data_parallel_size
+               > KIMI_SERVE_CUDA_EP_ROWS)
+        {
+            o.max_num_batched_tokens = KIMI_SERVE_CUDA_EP_ROWS
+                                       / o.data_parallel_size;
+        }
     }
 
     memset(&dpp, 0, sizeof(dpp));
