@@ -21,7 +21,7 @@ CFLAGS     ?= $(CFLAGS_BASE)
 LDLIBS     := -ljansson -lpcre2-8 -lm -pthread -ldl
 
 APT_PKGS   := nginx nginx-dev libjansson-dev libpcre2-dev perl wrk gnuplot-nox \
-              python3 clang libclang-rt-14-dev curl openssl
+              python3 python3-numpy clang libclang-rt-14-dev curl openssl
 
 ENGINE_SRC := $(shell find engine -name '*.c' ! -path 'engine/cli/*' \
                 ! -path 'engine/backend/cuda/*' | sort)

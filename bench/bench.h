@@ -175,6 +175,20 @@ uint64_t bench_rng_next(uint64_t *state);
 double   bench_rng_uniform(uint64_t *state);           /* [0, 1) */
 double   bench_rng_gamma(uint64_t *state, double shape, double scale);
 
+/* numpy's np.random.default_rng(seed) (SeedSequence -> PCG64) and its
+ * Generator.integers(low, high): the prompts' draws, value for value */
+__extension__ typedef unsigned __int128  bench_u128_t;
+
+typedef struct {
+    bench_u128_t  state, inc;
+    int           has_u32;
+    uint32_t      u32;
+} bench_np_rng_t;
+
+void     bench_np_rng_seed(bench_np_rng_t *r, uint64_t seed);
+uint64_t bench_np_rng_integers(bench_np_rng_t *r, uint64_t low,
+    uint64_t high);                                    /* [low, high) */
+
 /* bench_client.c */
 typedef struct {
     struct sockaddr_storage  addr;

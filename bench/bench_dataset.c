@@ -10,13 +10,19 @@
  * uniform integers in [floor(L(1-r)), ceil(L(1+r))]; the prompt is a run of
  * consecutive allowed ids (every id below the vocabulary size except the
  * tokenizer's special ids) starting at a random offset, after an optional
- * shared random prefix; the ids are decoded to text and re-encoded (special
- * names recognised, as the server does), then cut or padded with random ids
- * until the re-encoded length is the target (10 tries, then whatever length
- * the text has).  prompt_len is always the token count of the text sent.
+ * shared random prefix (allowed ids, drawn after the lengths and offsets);
+ * prefix + run are decoded to text and re-encoded (special names
+ * recognised, as the server does), then cut or padded with random ids below
+ * the vocabulary size until the re-encoded length is the target (10 tries,
+ * then whatever length the text has).  prompt_len is always the token count
+ * of the text sent.
  *
- * Difference from vLLM: the generator is splitmix64, not numpy's PCG64, so
- * the same --seed gives other (equally distributed) prompts than vLLM.
+ * The draws are numpy's: vLLM seeds np.random.default_rng(seed) and calls
+ * Generator.integers, so the same --seed gives the same lengths, offsets,
+ * prefix and padding ids, draw for draw (bench_np_rng_*: SeedSequence's
+ * hashing, PCG64 XSL-RR 128/64, Lemire's bounded draws on 32- or 64-bit
+ * outputs as numpy picks them), and with Kimi's tokenizer the same prompt
+ * text.  Arrival times use their own splitmix64 stream.
  */
 
 #include <math.h>
@@ -51,22 +57,160 @@ bench_rng_uniform(uint64_t *state)
 }
 
 
-/* uniform integer in [lo, hi], unbiased by rejection */
-static uint64_t
-bench_rng_range(uint64_t *state, uint64_t lo, uint64_t hi)
-{
-    uint64_t  span = hi - lo + 1, limit, x;
+/* ---- numpy's default_rng ------------------------------------------------ */
 
-    if (span == 0) {
-        return bench_rng_next(state);
+#define BENCH_PCG_MULT  (((bench_u128_t) 0x2360ed051fc65da4ULL << 64)       \
+                         | 0x4385df649fccf645ULL)
+
+/* SeedSequence's hash of one word, with its running constant */
+static uint32_t
+bench_np_hashmix(uint32_t v, uint32_t *h)
+{
+    v ^= *h;
+    *h *= 0x931e8875u;
+    v *= *h;
+    return v ^ (v >> 16);
+}
+
+
+static uint32_t
+bench_np_mix(uint32_t x, uint32_t y)
+{
+    uint32_t  r = 0xca01f9ddu * x - 0x4973f715u * y;
+
+    return r ^ (r >> 16);
+}
+
+
+/* one PCG64 step, then the XSL-RR output of the new state */
+static uint64_t
+bench_np_next64(bench_np_rng_t *r)
+{
+    uint64_t  x;
+    unsigned  rot;
+
+    r->state = r->state * BENCH_PCG_MULT + r->inc;
+    x = (uint64_t) (r->state >> 64) ^ (uint64_t) r->state;
+    rot = (unsigned) (r->state >> 122);
+
+    return (x >> rot) | (x << ((0u - rot) & 63));
+}
+
+
+/* numpy hands out the two halves of a 64-bit output, low half first */
+static uint32_t
+bench_np_next32(bench_np_rng_t *r)
+{
+    uint64_t  n;
+
+    if (r->has_u32) {
+        r->has_u32 = 0;
+        return r->u32;
     }
 
-    limit = UINT64_MAX - UINT64_MAX % span;
-    do {
-        x = bench_rng_next(state);
-    } while (x >= limit);
+    n = bench_np_next64(r);
+    r->has_u32 = 1;
+    r->u32 = (uint32_t) (n >> 32);
+    return (uint32_t) n;
+}
 
-    return lo + x % span;
+
+void
+bench_np_rng_seed(bench_np_rng_t *r, uint64_t seed)
+{
+    uint32_t      ent[2], pool[4], h = 0x43b0d7e5u, hb = 0x8b51f9ddu, v;
+    uint32_t      st[8];
+    uint64_t      w[4];
+    int           n = 0, i, a, b;
+    bench_u128_t  s, inc;
+
+    /* the seed as 32-bit words, low first (0 is one word) */
+    do {
+        ent[n++] = (uint32_t) seed;
+        seed >>= 32;
+    } while (seed != 0);
+
+    /* SeedSequence: a pool of 4 words mixed from the entropy ... */
+    for (i = 0; i < 4; i++) {
+        pool[i] = bench_np_hashmix(i < n ? ent[i] : 0, &h);
+    }
+    for (a = 0; a < 4; a++) {
+        for (b = 0; b < 4; b++) {
+            if (a != b) {
+                pool[b] = bench_np_mix(pool[b], bench_np_hashmix(pool[a], &h));
+            }
+        }
+    }
+
+    /* ... and generate_state(4, uint64) from it */
+    for (i = 0; i < 8; i++) {
+        v = pool[i % 4] ^ hb;
+        hb *= 0x58f38dedu;
+        v *= hb;
+        st[i] = v ^ (v >> 16);
+    }
+    for (i = 0; i < 4; i++) {
+        w[i] = (uint64_t) st[2 * i] | ((uint64_t) st[2 * i + 1] << 32);
+    }
+
+    /* PCG64: state from words 0-1, stream (increment) from words 2-3 */
+    s = ((bench_u128_t) w[0] << 64) | w[1];
+    inc = ((bench_u128_t) w[2] << 64) | w[3];
+    r->state = 0;
+    r->inc = (inc << 1) | 1;
+    r->has_u32 = 0;
+    r->u32 = 0;
+    (void) bench_np_next64(r);
+    r->state += s;
+    (void) bench_np_next64(r);
+}
+
+
+/* Generator.integers(low, high): Lemire's multiply-shift with rejection,
+ * on 32-bit outputs when the span fits 32 bits (numpy's choice), else on
+ * 64-bit ones; a span of one value draws nothing */
+uint64_t
+bench_np_rng_integers(bench_np_rng_t *r, uint64_t low, uint64_t high)
+{
+    uint64_t      rng = high - low - 1, m, left64, ex64;
+    uint32_t      ex, left;
+    bench_u128_t  m128;
+
+    if (high <= low + 1) {
+        return low;
+    }
+
+    if (rng <= 0xffffffffULL) {
+        if (rng == 0xffffffffULL) {
+            return low + bench_np_next32(r);
+        }
+
+        ex = (uint32_t) rng + 1;
+        m = (uint64_t) bench_np_next32(r) * ex;
+        left = (uint32_t) m;
+        if (left < ex) {
+            uint32_t  threshold = (0u - ex) % ex;
+
+            while (left < threshold) {
+                m = (uint64_t) bench_np_next32(r) * ex;
+                left = (uint32_t) m;
+            }
+        }
+        return low + (m >> 32);
+    }
+
+    ex64 = rng + 1;
+    m128 = (bench_u128_t) bench_np_next64(r) * ex64;
+    left64 = (uint64_t) m128;
+    if (left64 < ex64) {
+        uint64_t  threshold = (0 - ex64) % ex64;
+
+        while (left64 < threshold) {
+            m128 = (bench_u128_t) bench_np_next64(r) * ex64;
+            left64 = (uint64_t) m128;
+        }
+    }
+    return low + (uint64_t) (m128 >> 64);
 }
 
 
@@ -158,7 +302,7 @@ bench_arrivals(const bench_opts_t *o, double *arrival_s, size_t n)
  * gen_prompt_decode_to_target_len).  *ids is consumed and replaced.
  */
 static int
-bench_decode_to_target(const kimi_tokenizer_t *tok, uint64_t *rng,
+bench_decode_to_target(const kimi_tokenizer_t *tok, bench_np_rng_t *rng,
     int32_t **ids, size_t *n_ids, size_t target, char **text,
     size_t *text_len, long *mismatch, kimi_err_t *err)
 {
@@ -208,7 +352,7 @@ bench_decode_to_target(const kimi_tokenizer_t *tok, uint64_t *rng,
         }
         *ids = grown;
         for (i = n_enc; i < target; i++) {
-            grown[i] = (int32_t) bench_rng_range(rng, 0, vocab - 1);
+            grown[i] = (int32_t) bench_np_rng_integers(rng, 0, vocab);
         }
         *n_ids = target;
     }
@@ -246,7 +390,7 @@ bench_dataset_random(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     int32_t    special[2 + sizeof(names) / sizeof(names[0])], *allowed;
     int32_t   *prefix = NULL, *ids;
     uint32_t  *in_lens, *out_lens, *offsets;
-    uint64_t   rng = o->seed;
+    bench_np_rng_t  rng;
     size_t     vocab, n_allowed = 0, n_special = 0, i, j, n_ids, n_prefix = 0;
     size_t     target, text_len;
     uint32_t   in_lo, in_hi, out_lo, out_hi;
@@ -304,15 +448,19 @@ bench_dataset_random(const bench_opts_t *o, const kimi_tokenizer_t *tok,
         }
     }
 
-    /* the same draw order as vLLM: all input lengths, outputs, offsets */
+    /* the same draws in the same order as vLLM: all input lengths, all
+     * output lengths, all offsets, the prefix, then each prompt's padding */
+    bench_np_rng_seed(&rng, o->seed);
     for (i = 0; i < o->num_prompts; i++) {
-        in_lens[i] = (uint32_t) bench_rng_range(&rng, in_lo, in_hi);
+        in_lens[i] = (uint32_t) bench_np_rng_integers(&rng, in_lo,
+                                                      (uint64_t) in_hi + 1);
     }
     for (i = 0; i < o->num_prompts; i++) {
-        out_lens[i] = (uint32_t) bench_rng_range(&rng, out_lo, out_hi);
+        out_lens[i] = (uint32_t) bench_np_rng_integers(&rng, out_lo,
+                                                       (uint64_t) out_hi + 1);
     }
     for (i = 0; i < o->num_prompts; i++) {
-        offsets[i] = (uint32_t) bench_rng_range(&rng, 0, vocab - 1);
+        offsets[i] = (uint32_t) bench_np_rng_integers(&rng, 0, vocab);
     }
 
     if (o->prefix_len > 0) {
@@ -323,20 +471,7 @@ bench_dataset_random(const bench_opts_t *o, const kimi_tokenizer_t *tok,
             goto failed;
         }
         for (i = 0; i < n_prefix; i++) {
-            prefix[i] = allowed[bench_rng_range(&rng, 0, n_allowed - 1)];
-        }
-
-        rc = bench_decode_to_target(tok, &rng, &prefix, &n_prefix,
-                                    o->prefix_len, &text, &text_len,
-                                    &mismatch, err);
-        free(text);
-        if (rc != 0) {
-            goto failed;
-        }
-        if (mismatch != 0) {
-            fprintf(stderr, "WARNING: the prefix re-encodes to %ld %s "
-                    "tokens than asked\n", labs(mismatch),
-                    mismatch > 0 ? "more" : "fewer");
+            prefix[i] = allowed[bench_np_rng_integers(&rng, 0, n_allowed)];
         }
     }
 

@@ -450,6 +450,79 @@ PY
         @$p), 'lengths within prefix + [L(1-r), L(1+r)]');
 }
 
+# ---- the same prompts as vLLM for the same seed -------------------------------
+
+SKIP: {
+    skip 'python3 with tiktoken and numpy is not installed', 2
+        unless system('python3 -c "import tiktoken, numpy" 2>/dev/null') == 0;
+
+    # vLLM's RandomDataset, written out from its description: numpy's
+    # default_rng(seed); all input lengths, all output lengths, all offsets,
+    # the prefix (allowed ids), then per prompt a run of consecutive allowed
+    # ids decoded and re-encoded until its length is the target, short ones
+    # padded with ids below the vocabulary size drawn from the same rng.
+    # Kimi's tokenizer is tiktoken built as check.py builds it.
+    open my $py, '>', "$dir/vllm_random.py" or die;
+    print $py <<'PY';
+import json, sys
+import numpy as np
+check_py, tokdir, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.argv = [check_py, tokdir]
+exec(open(check_py).read().split('bad = 0')[0])        # enc, as check.py
+cfg = json.load(open(tokdir + '/tokenizer_config.json'))
+by_name = {v['content']: int(k) for k, v in cfg['added_tokens_decoder'].items()}
+names = [cfg.get(k) for k in ('bos_token', 'eos_token', 'unk_token', 'pad_token')]
+names += cfg.get('additional_special_tokens', [])
+special = {by_name[n] for n in names if isinstance(n, str) and n in by_name}
+seed, n, in_len, out_len, ratio, prefix_len = (int(rest[0]), int(rest[1]),
+    int(rest[2]), int(rest[3]), float(rest[4]), int(rest[5]))
+vocab = enc.n_vocab
+allowed = [t for t in range(vocab) if t not in special]
+rng = np.random.default_rng(seed)
+import math
+lo, hi = math.floor(in_len * (1 - ratio)), math.ceil(in_len * (1 + ratio))
+olo = max(math.floor(out_len * (1 - ratio)), 1)
+ohi = max(math.ceil(out_len * (1 + ratio)), 1)
+ins = rng.integers(lo, hi + 1, size=n)
+outs = rng.integers(olo, ohi + 1, size=n)
+offs = rng.integers(0, vocab, size=n)
+prefix = [allowed[k] for k in rng.integers(0, len(allowed), size=prefix_len)] if prefix_len else []
+res = []
+for i in range(n):
+    seq = prefix + [allowed[(int(offs[i]) + i + j) % len(allowed)] for j in range(int(ins[i]))]
+    target, tries = prefix_len + int(ins[i]), 10
+    while True:
+        text = enc.decode(seq)
+        seq = enc.encode(text, allowed_special='all')
+        if tries <= 0 or len(seq) == target:
+            break
+        if len(seq) < target:
+            seq += [int(x) for x in rng.integers(0, vocab, size=target - len(seq))]
+        else:
+            seq = seq[:target]
+        tries -= 1
+    res.append({'prompt': text, 'prompt_len': len(seq), 'output_len': int(outs[i])})
+json.dump(res, sys.stdout)
+PY
+    close $py;
+
+    my $probe3 = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+        LocalPort => 0) or die;
+    my $nowhere3 = $probe3->sockport;
+    close $probe3;
+    bench($nowhere3, '--num-prompts', 16, '--random-input-len', 200,
+        '--random-output-len', 40, '--random-range-ratio', 0.3,
+        '--random-prefix-len', 12, '--seed', 11,
+        '--dump-prompts', "$dir/ours.json");
+    my $ref = `python3 $dir/vllm_random.py $dir/check.py $tokdir 11 16 200 40 0.3 12 2>&1`;
+    my $ours = decode_json(do { local (@ARGV, $/) = "$dir/ours.json"; <> });
+    my $want = eval { decode_json($ref) };
+    ok($want && @$want == 16, 'the vLLM reference made 16 prompts')
+        or diag substr($ref, 0, 2000);
+    is_deeply($ours, $want // [], 'kimi-bench --seed 11 gives vLLM\'s prompts,'
+        . ' token counts and output lengths, all 16');
+}
+
 # ---- ready check and plot ---------------------------------------------------
 
 SKIP: {
