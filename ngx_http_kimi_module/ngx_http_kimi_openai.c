@@ -35,7 +35,7 @@ static ngx_int_t ngx_http_kimi_parse_prompt(ngx_http_kimi_ctx_t *ctx,
 static ngx_int_t ngx_http_kimi_parse_stop(ngx_http_kimi_ctx_t *ctx,
     json_t *v, u_char *err);
 static ngx_int_t ngx_http_kimi_token_array(json_t *v);
-static json_t *ngx_http_kimi_find_nul(json_t *v, json_t *allowed);
+static json_t *ngx_http_kimi_find_nul(json_t *v, ngx_uint_t top);
 static ngx_int_t ngx_http_kimi_get_number(json_t *root, const char *key,
     double lo, double hi, double *out, u_char *err);
 static ngx_int_t ngx_http_kimi_get_int(json_t *root, const char *key,
@@ -137,30 +137,17 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
     }
 
     /*
-     * \u0000 is text a completions prompt may hold (vLLM tokenizes it; a
-     * random-token benchmark makes such prompts): the prompt is carried
-     * with its length.  Every other string is read as a C string (names,
-     * roles, the chat template's contents), so a NUL there is refused
-     * rather than cut short silently.
+     * \u0000 is text a prompt or a message may hold (vLLM tokenizes it; a
+     * random-token benchmark makes such prompts): those strings are carried
+     * with their lengths, through the chat template too.  Every other
+     * string is read as a C string (names, roles, ids, stop strings), so a
+     * NUL there is refused rather than cut short silently.
      */
-    if (rc == NGX_OK) {
-        json_t  *allowed = NULL, *bad;
-
-        if (ctx->params.prompt_text.data != NULL) {
-            allowed = json_object_get(root, "prompt");
-            if (json_is_array(allowed)) {
-                allowed = json_array_get(allowed, 0);
-            }
-        }
-
-        bad = ngx_http_kimi_find_nul(root, allowed);
-        if (bad != NULL) {
-            ngx_sprintf(err, "A string holds a NUL character (\\u0000);"
-                        " it is accepted only in a completions \"prompt\""
-                        " string");
-            p = NULL;
-            rc = NGX_ERROR;
-        }
+    if (rc == NGX_OK && ngx_http_kimi_find_nul(root, 1) != NULL) {
+        ngx_sprintf(err, "A string holds a NUL character (\\u0000); it is"
+                    " accepted only in a prompt or a message's content");
+        p = NULL;
+        rc = NGX_ERROR;
     }
 
     if (rc != NGX_OK) {
@@ -825,33 +812,106 @@ ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
 }
 
 
-/* The first string under v (other than allowed) holding a NUL byte. */
+/*
+ * The first string under v holding a NUL byte, other than the text a NUL
+ * may be part of: at the top level the "prompt" (a string, or strings in
+ * a list) and each message's "content" (a string, or its parts' "text").
+ */
 static json_t *
-ngx_http_kimi_find_nul(json_t *v, json_t *allowed)
+ngx_http_kimi_find_nul(json_t *v, ngx_uint_t top)
 {
-    size_t       i;
-    json_t      *e, *bad;
-    const char  *key;
+    size_t       i, j;
+    json_t      *e, *m, *c, *part, *bad;
+    const char  *key, *k2;
 
     if (json_is_string(v)) {
-        return v != allowed
-               && ngx_strlen(json_string_value(v)) != json_string_length(v)
+        return ngx_strlen(json_string_value(v)) != json_string_length(v)
                ? v : NULL;
     }
 
     if (json_is_array(v)) {
         json_array_foreach(v, i, e) {
-            if ((bad = ngx_http_kimi_find_nul(e, allowed)) != NULL) {
+            if ((bad = ngx_http_kimi_find_nul(e, 0)) != NULL) {
                 return bad;
             }
         }
+        return NULL;
     }
 
-    if (json_is_object(v)) {
-        json_object_foreach(v, key, e) {
-            if ((bad = ngx_http_kimi_find_nul(e, allowed)) != NULL) {
-                return bad;
+    if (!json_is_object(v)) {
+        return NULL;
+    }
+
+    json_object_foreach(v, key, e) {
+        if (top && ngx_strcmp(key, "prompt") == 0) {
+            if (json_is_string(e)) {
+                continue;
             }
+            if (json_is_array(e)) {
+                json_array_foreach(e, i, c) {
+                    if (!json_is_string(c)
+                        && (bad = ngx_http_kimi_find_nul(c, 0)) != NULL)
+                    {
+                        return bad;
+                    }
+                }
+                continue;
+            }
+        }
+
+        if (top && ngx_strcmp(key, "messages") == 0 && json_is_array(e)) {
+            json_array_foreach(e, i, m) {
+                if (!json_is_object(m)) {
+                    if ((bad = ngx_http_kimi_find_nul(m, 0)) != NULL) {
+                        return bad;
+                    }
+                    continue;
+                }
+
+                json_object_foreach(m, k2, c) {
+                    if (ngx_strcmp(k2, "content") != 0) {
+                        if ((bad = ngx_http_kimi_find_nul(c, 0)) != NULL) {
+                            return bad;
+                        }
+                        continue;
+                    }
+
+                    if (json_is_string(c)) {
+                        continue;
+                    }
+
+                    /* parts: their "text" may hold one */
+                    json_array_foreach(c, j, part) {
+                        const char  *k3;
+                        json_t      *x;
+
+                        if (!json_is_object(part)) {
+                            if ((bad = ngx_http_kimi_find_nul(part, 0))
+                                != NULL)
+                            {
+                                return bad;
+                            }
+                            continue;
+                        }
+
+                        json_object_foreach(part, k3, x) {
+                            if (ngx_strcmp(k3, "text") == 0
+                                && json_is_string(x))
+                            {
+                                continue;
+                            }
+                            if ((bad = ngx_http_kimi_find_nul(x, 0)) != NULL) {
+                                return bad;
+                            }
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+
+        if ((bad = ngx_http_kimi_find_nul(e, 0)) != NULL) {
+            return bad;
         }
     }
 

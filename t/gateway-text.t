@@ -132,9 +132,9 @@ is($r->{json}{usage}{prompt_tokens}, $again->{json}{count},
     'usage prompt_tokens equals /tokenize count');
 
 # ---- NUL characters -----------------------------------------------------------------
-# a completions prompt may hold \u0000 (vLLM tokenizes it, and random-token
-# benchmarks make such prompts: kimi-bench's seed 0 has one in 256); any
-# other string is read as a C string, so a NUL there is refused by name
+# a prompt or a message's content may hold \u0000 (vLLM tokenizes it, and
+# random-token benchmarks make such prompts: kimi-bench's seed 0 has one in
+# 256); any other string is read as a C string, so a NUL there is refused
 
 $r = $t->post('/tokenize', { prompt => "a\x{0}b" });
 is($r->{status}, 200, 'a prompt holding NUL tokenizes');
@@ -152,9 +152,24 @@ $r = $t->post('/v1/completions', completion_body(prompt => ["x\x{0}y"],
     max_tokens => 2));
 is($r->{status}, 200, 'the same as a list of one prompt');
 
+$r = $t->post('/tokenize', { messages => [ { role => 'user',
+    content => "x\x{0}y" } ] });
+is($r->{status}, 200, 'a message holding NUL tokenizes');
+$back = $t->post('/detokenize', { tokens => $r->{json}{tokens} });
+like($back->{json}{prompt} // '', qr/x\x{0}y/,
+    'the template keeps the NUL where the message had it');
+my $parts = $t->post('/tokenize', { messages => [ { role => 'user',
+    content => [ { type => 'text', text => "x\x{0}y" } ] } ] });
+is_deeply($parts->{json}{tokens}, $r->{json}{tokens},
+    'the same as a text part');
+$r = $t->post('/v1/chat/completions', chat_body(content => "x\x{0}y",
+    max_tokens => 2));
+is($r->{status}, 200, 'a chat completion of it is 200');
+
 for my $case (
-    [ 'a chat message', '/v1/chat/completions',
-      chat_body(content => "x\x{0}y") ],
+    [ 'a role name', '/v1/chat/completions',
+      { model => 'kimi-test', messages => [ { role => "user\x{0}",
+        content => 'hi' } ] } ],
     [ 'a stop string', '/v1/completions',
       completion_body(prompt => 'hi', stop => ["a\x{0}"]) ],
     [ 'the model name', '/v1/completions',
