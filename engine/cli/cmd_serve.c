@@ -32,6 +32,9 @@
 #include "../backend/replay/replay.h"
 #include "../model/model.h"
 #include "../backend/cpu/backend_cpu.h"
+#ifdef KIMI_HAVE_CUDA_BACKEND
+#include "../backend/cuda/cuda_backend.h"
+#endif
 #include "../sched/sched.h"
 #include "../parallel/dp.h"
 #include "../parallel/group.h"
@@ -118,8 +121,8 @@ static const kimi_opt_t  kimi_serve_opts[] = {
     { "--served-model-name", OPT_STR, O(served_model_name), 0, 0, NULL,
       "name clients use in \"model\" (default: --model as given)" },
     { "--backend", OPT_STR, O(backend), 0, 0, "auto|cpu|cuda|replay",
-      "compute backend (auto: cuda when built with it and an NVIDIA GPU is"
-      " present, else cpu)" },
+      "compute backend (auto: cuda when built with it, an NVIDIA GPU is"
+      " present and the kernels take the model's shapes, else cpu)" },
     { "--max-model-len", OPT_U32, O(max_model_len), 1, 1 << 24, NULL,
       "prompt + output token limit (default: the model's, 8192 without one)" },
     { "--max-num-seqs", OPT_U32, O(max_num_seqs), 1, 1 << 16, NULL,
@@ -410,22 +413,39 @@ kimi_serve_parse(int argc, char **argv, kimi_serve_opts_t *opts)
 
 
 /*
- * cuda when this build has the cuda backend and the machine an NVIDIA GPU,
- * else cpu.  Looks at the driver's files rather than asking the CUDA
- * runtime: initialising CUDA here would poison the rank processes that
- * the data-parallel launcher forks afterwards.
+ * cuda when this build has the cuda backend, the machine an NVIDIA GPU and
+ * the model shapes the kernels take, else cpu.  Looks at the driver's
+ * files rather than asking the CUDA runtime: initialising CUDA here would
+ * poison the rank processes that the data-parallel launcher forks
+ * afterwards.
  */
 static const char *
-kimi_serve_auto_backend(void)
+kimi_serve_auto_backend(const char *model, const char *overrides)
 {
 #ifdef KIMI_HAVE_CUDA_BACKEND
+    kimi_model_config_t  cfg;
+    kimi_err_t           err;
+
     if (access("/dev/nvidia0", F_OK) == 0
         || access("/proc/driver/nvidia/gpus", F_OK) == 0)
     {
+        /* a model the kernels cannot take (the tiny one: 64 wide) runs on
+         * the cpu instead of failing at start */
+        if (model != NULL
+            && kimi_model_config_load(&cfg, model, overrides, &err) == 0
+            && kimi_backend_cuda_check_config(&cfg, &err) != 0)
+        {
+            kimi_log(KIMI_LOG_NOTICE, "backend auto: cpu (a GPU is here,"
+                     " but %s)", err.msg);
+            return "cpu";
+        }
+
+        kimi_log(KIMI_LOG_NOTICE, "backend auto: cuda");
         return "cuda";
     }
 #endif
 
+    kimi_log(KIMI_LOG_NOTICE, "backend auto: cpu");
     return "cpu";
 }
 
@@ -904,8 +924,7 @@ kimi_cmd_serve(int argc, char **argv)
     }
 
     if (strcmp(o.backend, "auto") == 0) {
-        o.backend = kimi_serve_auto_backend();
-        kimi_log(KIMI_LOG_NOTICE, "backend auto: %s", o.backend);
+        o.backend = kimi_serve_auto_backend(o.model, o.hf_overrides);
     }
 
     is_replay = strcmp(o.backend, "replay") == 0;

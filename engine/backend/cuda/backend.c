@@ -24,13 +24,12 @@
 #define KIMI_CUDA_DEFAULT_ROWS    256
 
 
+/* The shapes the kernels take; H heads per rank, tp ranks, the shard's
+ * first head (a whole model: all heads, 1, 0). */
 static int
-kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
+kimi_cuda_check_shapes(const kimi_model_config_t *c, uint32_t H, uint32_t tp,
+    uint32_t head_first, kimi_err_t *err)
 {
-    const kimi_model_config_t  *c = &m->cfg;
-    uint32_t                    H = m->n_heads;      /* this shard's */
-    uint32_t                    tp = m->tp_size > 1 ? m->tp_size : 1;
-
 #define KIMI_NEED(cond, ...)                                                  \
     if (!(cond)) return kimi_err_set(err, KIMI_EUNSUPPORTED,                 \
                                      "cuda backend: " __VA_ARGS__)
@@ -43,9 +42,9 @@ kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
     KIMI_NEED(H % 16 == 0 && H <= 64, "num_attention_heads %u (per "
               "tensor-parallel rank): the MLA kernels need a multiple of 16,"
               " at most 64", H);
-    KIMI_NEED(tp == 1 || (c->qk_nope_head_dim + c->v_head_dim) * m->head_first
+    KIMI_NEED(tp == 1 || (c->qk_nope_head_dim + c->v_head_dim) * head_first
               % 128 == 0, "a tensor-parallel shard's kv_b_proj rows do not "
-              "start on a 128-row FP8 block (heads from %u)", m->head_first);
+              "start on a 128-row FP8 block (heads from %u)", head_first);
     KIMI_NEED(c->intermediate_size % (128 * tp) == 0
               && c->moe_intermediate_size % (128 * tp) == 0,
               "intermediate_size %u / moe_intermediate_size %u do not split"
@@ -77,6 +76,30 @@ kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
                   c->num_experts_per_tok);
         KIMI_NEED(c->n_shared_experts <= 1, "n_shared_experts %u > 1",
                   c->n_shared_experts);
+    }
+
+    return 0;
+}
+
+
+int
+kimi_backend_cuda_check_config(const kimi_model_config_t *c, kimi_err_t *err)
+{
+    return kimi_cuda_check_shapes(c, c->num_attention_heads, 1, 0, err);
+}
+
+
+static int
+kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = &m->cfg;
+    int                         rc;
+
+    rc = kimi_cuda_check_shapes(c, m->n_heads,
+                                m->tp_size > 1 ? m->tp_size : 1,
+                                m->head_first, err);
+    if (rc != 0) {
+        return rc;
     }
 
     KIMI_NEED(m->layer_first == 0 && m->layer_last == c->num_hidden_layers,

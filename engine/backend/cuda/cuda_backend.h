@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "../backend.h"
+#include "../../model/model.h"
 
 struct kimi_group;
 
@@ -33,6 +34,12 @@ typedef struct {
 } kimi_backend_cuda_params_t;
 
 kimi_backend_cuda_params_t kimi_backend_cuda_default_params(void);
+
+/* 0 when the kernels take this model's shapes (whole weights, one rank),
+ * else KIMI_EUNSUPPORTED naming the dimension: lets `--backend auto` pick
+ * the cpu for a model the cuda backend would refuse. */
+int kimi_backend_cuda_check_config(const kimi_model_config_t *c,
+    kimi_err_t *err);
 
 /* Uploads the model's weights (FP8 block-scaled, bf16 embeddings/lm_head)
  * and sizes every step workspace; with p->ep, joins the group's NCCL
