@@ -49,7 +49,8 @@
 #define KIMI_SERVE_DEFAULT_LEN  8192
 #define KIMI_SERVE_CPU_BATCHED_TOKENS  512  /* --max-num-batched-tokens */
 #define KIMI_SERVE_CUDA_BATCHED_TOKENS 2048 /* its workspaces: 6000 at most */
-#define KIMI_SERVE_CUDA_EP_ROWS        6000 /* ranks x tokens of one step */
+#define KIMI_SERVE_CUDA_PLAN_ROWS      6000 /* rows of one MoE plan: a step's
+                                               tokens (x ranks under EP) */
 
 typedef enum {
     OPT_STR,
@@ -130,7 +131,7 @@ static const kimi_opt_t  kimi_serve_opts[] = {
     { "--max-num-batched-tokens", OPT_U32, O(max_num_batched_tokens), 1,
       1 << 24, NULL,
       "tokens per step, prefill and decode (8192; cpu backend: 512; cuda"
-      " backend: 2048, at most 6000, 6000 / ranks with"
+      " backend: 2048, and more is capped at 6000, 6000 / ranks with"
       " --enable-expert-parallel)" },
     { "--enable-chunked-prefill", OPT_ON, O(enable_chunked_prefill), 0, 0,
       NULL, "split long prompts over steps (default)" },
@@ -871,7 +872,7 @@ kimi_cmd_serve(int argc, char **argv)
     pid_t                  follower_pids[KIMI_GROUP_MAX_RANKS];
     size_t                 followers_seg_bytes = 0;
     int                    is_follower = 0;
-    int                    is_replay;
+    int                    is_replay, given_batched;
     char                   model_abs[PATH_MAX];
 
     kimi_serve_defaults(&o);
@@ -988,6 +989,8 @@ kimi_cmd_serve(int argc, char **argv)
      * chunked prefill, where a step over a long context takes seconds per
      * 512 tokens: a bigger step stalls every running stream for minutes
      * (past the gateway's 60 s token timeout) while one prompt prefills */
+    given_batched = o.max_num_batched_tokens != 0;
+
     if (o.max_num_batched_tokens == 0) {
         o.max_num_batched_tokens = (strcmp(o.backend, "cpu") == 0
                                     && o.enable_chunked_prefill)
@@ -996,16 +999,25 @@ kimi_cmd_serve(int argc, char **argv)
                                    ? KIMI_SERVE_CUDA_BATCHED_TOKENS
                                    : kimi_sched_default_params()
                                      .max_num_batched_tokens;
+    }
 
-        /* cuda expert parallelism: one MoE plan takes every rank's step
-         * (ranks x tokens <= 6000, kernels/moe.cu's shared memory) */
-        if (strcmp(o.backend, "cuda") == 0 && o.enable_expert_parallel
-            && o.data_parallel_size > 1
-            && o.max_num_batched_tokens * o.data_parallel_size
-               > KIMI_SERVE_CUDA_EP_ROWS)
-        {
-            o.max_num_batched_tokens = KIMI_SERVE_CUDA_EP_ROWS
-                                       / o.data_parallel_size;
+    /* the cuda backend runs one MoE plan per step (kernels/moe.cu keeps its
+     * ids in shared memory): 6000 rows, shared by the ranks under expert
+     * parallelism.  A larger budget (vLLM's recipes pass 8192 and more) is
+     * capped, saying so, rather than refused */
+    if (strcmp(o.backend, "cuda") == 0) {
+        uint32_t  ranks = o.enable_expert_parallel ? o.data_parallel_size : 1;
+        uint32_t  limit = KIMI_SERVE_CUDA_PLAN_ROWS / (ranks ? ranks : 1);
+
+        if (o.max_num_batched_tokens > limit) {
+            if (given_batched) {
+                kimi_log(KIMI_LOG_WARN, "--max-num-batched-tokens %u: the"
+                         " cuda backend takes at most %u tokens per step%s;"
+                         " using %u", o.max_num_batched_tokens, limit,
+                         ranks > 1 ? " and rank under expert parallelism"
+                                   : "", limit);
+            }
+            o.max_num_batched_tokens = limit;
         }
     }
 
