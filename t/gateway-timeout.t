@@ -20,7 +20,8 @@ my $t = KimiTest->new(delay_ms => 400, default => { text => 'slow slow slow' },
     loc_conf => 'kimi_first_token_timeout 150ms;',
     server_conf => 'location /gap/ { kimi_pass; kimi_token_timeout 150ms; '
         . 'kimi_first_token_timeout 5s; } '
-        . 'location /limited/ { kimi_pass; kimi_queue_limit 0; }');
+        . 'location /limited/ { kimi_pass; kimi_queue_limit 0; } '
+        . 'location /hold/ { kimi_pass; kimi_first_token_timeout 5s; }');
 $t->start;
 
 my $true = JSON::PP::true;
@@ -55,8 +56,10 @@ $t->start_engine(args => [ '--max-num-seqs', '1', '--max-waiting', '0',
     '--max-slots', '4' ]);
 ok($t->wait_health(20), 'engine with room for one sequence is up');
 
-my @res = $t->many(3, 'POST', '/gap/v1/chat/completions',
-    chat_body(max_tokens => 1), timeout => 30);
+# six tokens (2.4 s) hold the one sequence long enough that the others
+# arrive while it runs, however slowly a loaded box starts them
+my @res = $t->many(3, 'POST', '/hold/v1/chat/completions',
+    chat_body(max_tokens => 6), timeout => 30);
 my %st;
 $st{$_->{status}}++ for @res;
 ok($st{200}, 'the request that fits runs');
