@@ -44,8 +44,10 @@ my $healthy = KimiTest::wait_for(120, sub {
     my $r = eval { $t->get('/health') };
     # /health answers for one worker: also wait for both of serve's
     # workers to have loaded their text stack (each logs it once)
-    my $log = do { local (@ARGV, $/) = "$dir/run/logs/error.log";
-                   eval { <> } } // '';
+    my $log = -e "$dir/run/logs/error.log"
+        ? do { local (@ARGV, $/) = "$dir/run/logs/error.log"; eval { <> } }
+        : '';
+    $log //= '';
     my %loaded = map { $_ => 1 } $log =~ /(\d+)#\d+: kimi text stack loaded/g;
     $r && $r->{status} == 200 && keys %loaded >= 2;
 });
