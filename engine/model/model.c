@@ -12,10 +12,12 @@
  */
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -144,9 +146,99 @@ kimi_model_find(kimi_model_t *m, const char *name,
 }
 
 
+/* One thread's share of a dummy weight: elements [first, last) of the
+ * stream, random number k for element k (bf16) or for bytes 8k..8k+7
+ * (fp8), the values one sequential pass would give. */
+typedef struct {
+    const kimi_rand_t  *r;
+    void               *data;
+    kimi_dtype_e        dtype;
+    float               std;
+    size_t              first;
+    size_t              last;
+} kimi_dummy_range_t;
+
+
+static void *
+kimi_model_dummy_fill(void *arg)
+{
+    kimi_dummy_range_t  *d = arg;
+
+    if (d->dtype == KIMI_DTYPE_F8_E4M3) {
+        uint8_t  *q = d->data;
+
+        for (size_t i = d->first; i < d->last; i += 8) {
+            uint64_t  v = kimi_rand_at(d->r, i / 8) & 0xbfbfbfbfbfbfbfbfull;
+
+            /* little-endian: byte j is bits 8j..8j+7, as the format says */
+            memcpy(q + i, &v, d->last - i < 8 ? d->last - i : 8);
+        }
+
+        return NULL;
+    }
+
+    uint16_t  *b = d->data;
+
+    for (size_t i = d->first; i < d->last; i++) {
+        double  u = (double) (kimi_rand_at(d->r, i) >> 11) * 0x1p-53;
+
+        b[i] = kimi_f32_to_bf16((float) ((u * 2 - 1) * 1.7320508 * d->std));
+    }
+
+    return NULL;
+}
+
+
+/* Fills n elements of a dummy weight, over several threads when it is
+ * large (Kimi-K2 widths: tens of GB per rank; one thread made ~0.4 GB/s). */
+static void
+kimi_model_dummy_values(const kimi_rand_t *r, void *data, kimi_dtype_e dt,
+    float std, size_t n)
+{
+    enum { MAX_THREADS = 16, MIN_PER_THREAD = 1 << 20 };
+    kimi_dummy_range_t  d[MAX_THREADS];
+    pthread_t           th[MAX_THREADS];
+    long                cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t              k, nt, per, started = 0;
+
+    nt = n / MIN_PER_THREAD;
+    nt = nt < 1 ? 1 : nt;
+    nt = nt > MAX_THREADS ? MAX_THREADS : nt;
+    nt = cpus > 0 && nt > (size_t) cpus ? (size_t) cpus : nt;
+    per = (n / nt + 7) & ~(size_t) 7;        /* fp8 ranges on 8-byte words */
+
+    for (k = 0; k < nt; k++) {
+        d[k] = (kimi_dummy_range_t) { r, data, dt, std,
+                                      k * per < n ? k * per : n,
+                                      (k + 1) * per < n && k + 1 < nt
+                                      ? (k + 1) * per : n };
+    }
+
+    for (k = 1; k < nt; k++) {
+        if (pthread_create(&th[k], NULL, kimi_model_dummy_fill, &d[k]) != 0) {
+            break;
+        }
+
+        started = k;
+    }
+
+    /* ranges a thread could not be started for are filled here */
+    for (k = started + 1; k < nt; k++) {
+        kimi_model_dummy_fill(&d[k]);
+    }
+
+    kimi_model_dummy_fill(&d[0]);
+
+    for (k = 1; k <= started; k++) {
+        pthread_join(th[k], NULL);
+    }
+}
+
+
 /* Dummy fp8 weight: random codes with exponent field <= 7 (|q| < 2, never
- * NaN) and per-block scales near std / rms(q); fast enough for real widths
- * (one random 64-bit number per 8 weights). */
+ * NaN) and per-block scales near std / rms(q); bf16: uniform with the
+ * given std.  One stream per name: codes (one random number per 8 bytes)
+ * then scales. */
 static int
 kimi_model_dummy_weight(kimi_model_t *m, const char *name, uint32_t rows,
     uint32_t cols, kimi_dtype_e dt, float std, kimi_weight_t *w,
@@ -171,13 +263,8 @@ kimi_model_dummy_weight(kimi_model_t *m, const char *name, uint32_t rows,
                                 "memory (%zu bytes)", name, n);
         }
 
-        for (size_t i = 0; i < n; i += 8) {
-            uint64_t  v = kimi_rand_next(&r);
-
-            for (size_t j = 0; j < 8 && i + j < n; j++) {
-                q[i + j] = (uint8_t) (v >> (8 * j)) & 0xbf;
-            }
-        }
+        kimi_model_dummy_values(&r, q, dt, std, n);
+        r.s += ((n + 7) / 8) * 0x9e3779b97f4a7c15ull;   /* past the codes */
 
         /* rms of the code distribution above is about 0.72 */
         for (size_t i = 0; i < (size_t) nbr * nbc; i++) {
@@ -197,11 +284,7 @@ kimi_model_dummy_weight(kimi_model_t *m, const char *name, uint32_t rows,
                             name);
     }
 
-    for (size_t i = 0; i < n; i++) {
-        b[i] = kimi_f32_to_bf16((float) ((kimi_rand_unif(&r) * 2 - 1)
-                                         * 1.7320508 * std));
-    }
-
+    kimi_model_dummy_values(&r, b, KIMI_DTYPE_BF16, std, n);
     w->data = b;
     w->dtype = KIMI_DTYPE_BF16;
     m->bytes_mapped += n * 2;

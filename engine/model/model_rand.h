@@ -42,6 +42,20 @@ kimi_rand_init(kimi_rand_t *r, uint64_t seed, const char *name)
 }
 
 
+/* The value the (k+1)-th kimi_rand_next(r) would return, r unchanged:
+ * splitmix64 is a counter, so a stream splits into ranges that threads
+ * fill independently and still give the same values. */
+static inline uint64_t
+kimi_rand_at(const kimi_rand_t *r, uint64_t k)
+{
+    uint64_t  z = r->s + (k + 1) * 0x9e3779b97f4a7c15ull;
+
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+
 /* uniform in [0, 1) with 53 bits */
 static inline double
 kimi_rand_unif(kimi_rand_t *r)
