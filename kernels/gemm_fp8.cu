@@ -148,8 +148,11 @@ kimi_fp8_gemm_nt_f32(const uint8_t *xq, const float *xs, int T, int K,
 /* ---- cuBLASLt ----------------------------------------------------------- */
 
 #define LT_CACHE 32
+#define LT_FP8   0
+#define LT_BF16  1
 
 typedef struct {
+    int                      kind;             /* LT_FP8 | LT_BF16 */
     int                      T, K, N;
     cublasLtMatmulDesc_t     op;
     cublasLtMatrixLayout_t   a, b, d;
@@ -162,6 +165,7 @@ struct kimi_cublaslt {
     size_t            ws_bytes;
     lt_plan_t         plan[LT_CACHE];
     int               n_plan;
+    int               evict;              /* next slot reused when full */
 };
 
 #define KIMI_LT_TRY(call, err)                                                \
@@ -172,6 +176,16 @@ struct kimi_cublaslt {
                                 __FILE__, __LINE__, #call, (int) st_);        \
         }                                                                     \
     } while (0)
+
+static void
+lt_plan_destroy(lt_plan_t *p)
+{
+    cublasLtMatrixLayoutDestroy(p->a);
+    cublasLtMatrixLayoutDestroy(p->b);
+    cublasLtMatrixLayoutDestroy(p->d);
+    cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof(*p));
+}
 
 extern "C" int
 kimi_cublaslt_create(kimi_cublaslt_t **out, void *workspace,
@@ -199,13 +213,33 @@ kimi_cublaslt_destroy(kimi_cublaslt_t *h)
         return;
     }
     for (int i = 0; i < h->n_plan; i++) {
-        cublasLtMatrixLayoutDestroy(h->plan[i].a);
-        cublasLtMatrixLayoutDestroy(h->plan[i].b);
-        cublasLtMatrixLayoutDestroy(h->plan[i].d);
-        cublasLtMatmulDescDestroy(h->plan[i].op);
+        lt_plan_destroy(&h->plan[i]);
     }
     cublasLtDestroy(h->lt);
     free(h);
+}
+
+/* A slot for a new shape: the next free one, else the oldest plan's (row
+ * counts vary step to step; a captured graph keeps its kernels' arguments,
+ * not the plan). */
+static lt_plan_t *
+lt_plan_slot(kimi_cublaslt_t *h)
+{
+    if (h->n_plan < LT_CACHE) {
+        lt_plan_t *p = &h->plan[h->n_plan];
+        memset(p, 0, sizeof(*p));
+        return p;
+    }
+    lt_plan_t *p = &h->plan[h->evict];
+    h->evict = (h->evict + 1) % LT_CACHE;
+    lt_plan_destroy(p);
+    h->n_plan--;
+    /* keep plan[0, n_plan) dense: the freed slot takes the last one */
+    if (p != &h->plan[h->n_plan]) {
+        *p = h->plan[h->n_plan];
+        memset(&h->plan[h->n_plan], 0, sizeof(*p));
+    }
+    return &h->plan[h->n_plan];
 }
 
 /* The block-scale pointers must be set before the heuristic is asked:
@@ -215,16 +249,13 @@ lt_plan_get(kimi_cublaslt_t *h, int T, int K, int N, const void *ws, const void 
             lt_plan_t **out, kimi_err_t *err)
 {
     for (int i = 0; i < h->n_plan; i++) {
-        if (h->plan[i].T == T && h->plan[i].K == K && h->plan[i].N == N) {
+        if (h->plan[i].kind == LT_FP8 && h->plan[i].T == T && h->plan[i].K == K
+            && h->plan[i].N == N) {
             *out = &h->plan[i];
             return KIMI_OK;
         }
     }
-    if (h->n_plan == LT_CACHE) {
-        return kimi_err_set(err, KIMI_EFULL, "cublaslt: more than %d GEMM shapes", LT_CACHE);
-    }
-    lt_plan_t *p = &h->plan[h->n_plan];
-    memset(p, 0, sizeof(*p));
+    lt_plan_t *p = lt_plan_slot(h);
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     int32_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
     int32_t b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
@@ -258,6 +289,7 @@ lt_plan_get(kimi_cublaslt_t *h, int T, int K, int N, const void *ws, const void 
                             T, N, K, (int) st);
     }
     p->algo = res.algo;
+    p->kind = LT_FP8;
     p->T = T;
     p->K = K;
     p->N = N;
@@ -287,6 +319,77 @@ kimi_fp8_gemm_nt_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
     KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs_mn, sizeof(xs_mn)), err);
     const float alpha = 1.f, beta = 0.f;
     KIMI_LT_TRY(cublasLtMatmul(h->lt, p->op, &alpha, w, p->a, xq, p->b, &beta, y, p->d, y, p->d,
+                               &p->algo, h->ws, h->ws_bytes, s), err);
+    return KIMI_OK;
+}
+
+/* bf16 x bf16 -> fp32: A = W [N][K] (transposed), B = X [T][K], D = Y [T][N],
+ * all column-major views of the row-major arrays, as above. */
+static int
+lt_plan_get_bf16(kimi_cublaslt_t *h, int T, int K, int N, lt_plan_t **out, kimi_err_t *err)
+{
+    for (int i = 0; i < h->n_plan; i++) {
+        if (h->plan[i].kind == LT_BF16 && h->plan[i].T == T && h->plan[i].K == K
+            && h->plan[i].N == N) {
+            *out = &h->plan[i];
+            return KIMI_OK;
+        }
+    }
+    lt_plan_t *p = lt_plan_slot(h);
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    KIMI_LT_TRY(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), err);
+    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), err);
+    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), err);
+    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, K, N, K), err);
+    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, K, T, K), err);
+    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->d, CUDA_R_32F, N, T, N), err);
+
+    cublasLtMatmulPreference_t pref;
+    KIMI_LT_TRY(cublasLtMatmulPreferenceCreate(&pref), err);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                         &h->ws_bytes, sizeof(h->ws_bytes));
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(h->lt, p->op, p->a, p->b, p->d, p->d,
+                                                       pref, 1, &res, &n);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || n == 0) {
+        cublasLtMatrixLayoutDestroy(p->a);
+        cublasLtMatrixLayoutDestroy(p->b);
+        cublasLtMatrixLayoutDestroy(p->d);
+        cublasLtMatmulDescDestroy(p->op);
+        return kimi_err_set(err, KIMI_EUNSUPPORTED,
+                            "cublaslt: no bf16 algorithm for T=%d N=%d K=%d (status %d)",
+                            T, N, K, (int) st);
+    }
+    p->algo = res.algo;
+    p->kind = LT_BF16;
+    p->T = T;
+    p->K = K;
+    p->N = N;
+    h->n_plan++;
+    *out = p;
+    return KIMI_OK;
+}
+
+extern "C" int
+kimi_bf16_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const kimi_bf16_t *x, int T, int K,
+                               const kimi_bf16_t *w, int N, float *y, cudaStream_t s,
+                               kimi_err_t *err)
+{
+    if (h == NULL || x == NULL || w == NULL || y == NULL || T <= 0 || K <= 0 || K % 8 != 0
+        || N <= 0 || N % 4 != 0 || (((uintptr_t) x | (uintptr_t) w | (uintptr_t) y) & 15)) {
+        return kimi_err_set(err, KIMI_EINVAL,
+                            "bf16_gemm_nt_cublaslt: T=%d N=%d K=%d (K %% 8, N %% 4, 16-byte aligned)",
+                            T, N, K);
+    }
+    lt_plan_t *p = NULL;
+    int rc = lt_plan_get_bf16(h, T, K, N, &p, err);
+    if (rc != KIMI_OK) {
+        return rc;
+    }
+    const float alpha = 1.f, beta = 0.f;
+    KIMI_LT_TRY(cublasLtMatmul(h->lt, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->d, y, p->d,
                                &p->algo, h->ws, h->ws_bytes, s), err);
     return KIMI_OK;
 }

@@ -82,14 +82,14 @@ kimi_silu_mul_bf16(const kimi_bf16_t *g, const kimi_bf16_t *u, kimi_bf16_t *out,
 
 /* ---- fp32 forms of the engine (residual stream and GEMM outputs in fp32) ---- */
 
-template <typename S>
+template <typename S, typename O>
 static __global__ void
 gather_rows_f32_kernel(const S *__restrict__ table, const int32_t *__restrict__ ids, int D,
-                       float *__restrict__ out)
+                       O *__restrict__ out)
 {
     const int t = blockIdx.x;
     const S *src = table + (size_t) ids[t] * D;
-    float *dst = out + (size_t) t * D;
+    O *dst = out + (size_t) t * D;
     for (int i = threadIdx.x * 4; i < D; i += blockDim.x * 4) {
         float v[4];
         kimi_ld4(src + i, v);
@@ -97,9 +97,9 @@ gather_rows_f32_kernel(const S *__restrict__ table, const int32_t *__restrict__ 
     }
 }
 
-template <typename S>
+template <typename S, typename O>
 static int
-gather_f32_launch(const S *table, const int32_t *ids, int T, int D, float *out,
+gather_f32_launch(const S *table, const int32_t *ids, int T, int D, O *out,
                   cudaStream_t s, kimi_err_t *err)
 {
     if (table == NULL || ids == NULL || out == NULL || T < 0 || D <= 0 || D % 8 != 0
@@ -110,7 +110,7 @@ gather_f32_launch(const S *table, const int32_t *ids, int T, int D, float *out,
     if (T == 0) {
         return KIMI_OK;
     }
-    gather_rows_f32_kernel<S><<<T, 256, 0, s>>>(table, ids, D, out);
+    gather_rows_f32_kernel<S, O><<<T, 256, 0, s>>>(table, ids, D, out);
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
 }
@@ -127,6 +127,13 @@ kimi_gather_rows_f32(const float *table, const int32_t *ids, int T, int D, float
                      cudaStream_t s, kimi_err_t *err)
 {
     return gather_f32_launch(table, ids, T, D, out, s, err);
+}
+
+extern "C" int
+kimi_gather_rows_f32_bf16(const float *table, const int32_t *ids, int T, int D,
+                          kimi_bf16_t *out, cudaStream_t s, kimi_err_t *err)
+{
+    return gather_f32_launch(table, ids, T, D, (uint16_t *) out, s, err);
 }
 
 /* expf, not __expf: the CPU oracle's kimi_silu_mul uses the accurate one */

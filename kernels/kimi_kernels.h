@@ -127,6 +127,13 @@ int  kimi_fp8_gemm_nt_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
                                kimi_bf16_t *y, cudaStream_t s,
                                kimi_err_t *err);
 
+/* y[T,N] fp32 = x[T,K] . w[N,K]^T, bf16 inputs, fp32 accumulate, through
+ * cuBLASLt's tensor-core kernels (the lm_head at batch: the CUDA-core
+ * GEMV re-reads the weight for every 8 rows).  K % 8 == 0, N % 4 == 0. */
+int  kimi_bf16_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const kimi_bf16_t *x,
+                                    int T, int K, const kimi_bf16_t *w, int N,
+                                    float *y, cudaStream_t s, kimi_err_t *err);
+
 /* ---- router.cu ------------------------------------------------------- */
 
 /* logits[t,e] = sum_d x[t,d] * w[e,d], fp32 accumulate; D % 1024 == 0. */
@@ -263,6 +270,11 @@ int kimi_mla_prefill(const kimi_bf16_t *q, const kimi_bf16_t *k,
 /* out[r] = argmax_v logits[r*ld + v], ties to the lower id. */
 int kimi_sample_greedy(const float *logits, int rows, int vocab, int ld,
                        int32_t *out, cudaStream_t s, kimi_err_t *err);
+/* The same, and logprob[r] = logits[r, out[r]] - log sum_v exp(logits[r, v])
+ * (fp32 sums; the host's are double: they agree to ~1e-6). */
+int kimi_sample_greedy_logprob(const float *logits, int rows, int vocab,
+                               int ld, int32_t *out, float *logprob,
+                               cudaStream_t s, kimi_err_t *err);
 
 /* ---- glue.cu ---------------------------------------------------------- */
 
@@ -277,6 +289,10 @@ int kimi_gather_rows_bf16_f32(const kimi_bf16_t *table, const int32_t *ids,
                               kimi_err_t *err);
 int kimi_gather_rows_f32(const float *table, const int32_t *ids, int T, int D,
                          float *out, cudaStream_t s, kimi_err_t *err);
+/* The same rounded to bf16 (the tensor-core lm_head's input). */
+int kimi_gather_rows_f32_bf16(const float *table, const int32_t *ids, int T,
+                              int D, kimi_bf16_t *out, cudaStream_t s,
+                              kimi_err_t *err);
 
 /* out[i] = bf16(silu(g[i]) * u[i]) (out may alias g). */
 int kimi_silu_mul_bf16(const kimi_bf16_t *g, const kimi_bf16_t *u,

@@ -281,6 +281,17 @@ kimi_sample_has_penalties(const kimi_shm_sampling_t *sp)
 }
 
 
+int
+kimi_sample_is_plain_greedy(const kimi_sample_req_t *req)
+{
+    const kimi_shm_sampling_t  *sp = req->sampling;
+
+    return kimi_sample_is_greedy(sp) && req->n_output >= sp->min_tokens
+           && sp->n_logit_bias == 0 && !kimi_sample_has_penalties(sp)
+           && sp->top_logprobs == 0;
+}
+
+
 /* Copies the row into s->x and applies, in vLLM's order, min_tokens
  * suppression, logit_bias, then the penalties.  Only called when at least
  * one of them applies. */

@@ -78,6 +78,11 @@ int  kimi_sample_params_check(const kimi_shm_sampling_t *sp, uint32_t vocab,
 /* 1 if the request needs no random draw (greedy). */
 int  kimi_sample_is_greedy(const kimi_shm_sampling_t *sp);
 
+/* 1 if this step's token is the argmax of the raw logits row and at most
+ * its own logprob is asked (greedy; no min_tokens suppression, logit_bias,
+ * penalties or top_logprobs): what a device argmax can answer alone. */
+int  kimi_sample_is_plain_greedy(const kimi_sample_req_t *req);
+
 
 typedef struct kimi_sampler  kimi_sampler_t;
 

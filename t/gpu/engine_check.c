@@ -26,6 +26,7 @@
 #include "../../engine/backend/cpu/backend_cpu.h"
 #include "../../engine/backend/cuda/cuda_backend.h"
 #include "../../engine/model/model.h"
+#include "../../engine/sample/sample.h"
 
 /* Tolerance.  Both backends keep activations in fp32 between kernels
  * (the GPU rounds only q_lat, P and o_lat of the MLA kernel to bf16) and
@@ -680,6 +681,129 @@ main(int argc, char **argv)
                "us, W_UV absorb %.1f us, quant + o_proj + norm %.1f us\n",
                acc.attn_proj_us, acc.absorb_q_us, acc.mla_us,
                acc.absorb_o_us, acc.attn_out_us);
+    }
+
+    /* 16 rows at once (one 6-token prefill per sequence, every block of
+     * the cache): lm_head on cuBLASLt's tensor cores from a bf16 input
+     * (above KIMI_CUDA_LM_HEAD_GEMV_ROWS), against the oracle; then the
+     * backend's sample op (device argmax for plain greedy rows, the host
+     * sampler for the rest) against the host sampler on the same logits */
+    {
+        enum { NR = 16, NT = 6 };
+        kimi_batch_seq_t     bs[NR];
+        kimi_batch_t         bb = { NR, bs };
+        uint32_t             bts[NR];
+        int32_t              bt_tok[NR][NT];
+        double               eg[NR], ec[NR], wc = 1;
+        float               *lcpu = malloc((size_t) NR * V * sizeof(float));
+        float               *l32b = malloc((size_t) NR * V * sizeof(float));
+        const float         *lh;
+        kimi_shm_sampling_t  sp[NR];
+        kimi_sample_req_t    rq[NR];
+        kimi_sample_out_t    od[NR], oh[NR];
+        kimi_rng_t           rd[NR], rh[NR];
+        kimi_sampler_t      *hs = NULL;
+        int                  same = 0, exact_host = 1;
+        double               dlp = 0;
+
+        memset(bs, 0, sizeof(bs));
+        for (uint32_t i = 0; i < NR; i++) {
+            bts[i] = i;
+            for (uint32_t t = 0; t < NT; t++) {
+                bt_tok[i][t] = (int32_t) ((i * 7919u + t * 104729u + 31u) % V);
+            }
+            bs[i].seq_id = 100 + i;
+            bs[i].tokens = bt_tok[i];
+            bs[i].n_tokens = NT;
+            bs[i].block_table = &bts[i];
+            bs[i].n_blocks = 1;
+            bs[i].want_logits = 1;
+        }
+
+        if (lcpu == NULL || l32b == NULL
+            || kimi_sampler_init(&hs, V, &err) != 0
+            || step(cpu, bs, NR, &lc, &err) != 0)
+        {
+            fprintf(stderr, "batch of %d (cpu): %s\n", NR, err.msg);
+            return 1;
+        }
+        memcpy(lcpu, lc, (size_t) NR * V * sizeof(float));
+        if (step(cpu32, bs, NR, &lc, &err) != 0) {
+            fprintf(stderr, "batch of %d (cpu fp32): %s\n", NR, err.msg);
+            return 1;
+        }
+        memcpy(l32b, lc, (size_t) NR * V * sizeof(float));
+
+        for (uint32_t i = 0; i < NR; i++) {
+            memset(&sp[i], 0, sizeof(sp[i]));
+            sp[i].top_p = 1.0f;
+            sp[i].repetition_penalty = 1.0f;
+            sp[i].max_tokens = 16;
+            switch (i % 4) {
+            case 0: sp[i].logprobs = 1; break;             /* device */
+            case 1: break;                                  /* device */
+            case 2: sp[i].temperature = 0.7f;               /* host */
+                    sp[i].top_p = 0.9f; sp[i].logprobs = 1; break;
+            case 3: sp[i].logprobs = 1;                     /* host */
+                    sp[i].top_logprobs = 5; break;
+            }
+            kimi_rng_seed(&rd[i], 1000 + i);
+            rh[i] = rd[i];
+            memset(&rq[i], 0, sizeof(rq[i]));
+            rq[i].sampling = &sp[i];
+            rq[i].tokens = bt_tok[i];
+            rq[i].n_prompt = NT;
+            rq[i].rng = &rd[i];
+        }
+
+        /* forward, then sample before anything copies the logits */
+        if (gpu->ops->forward(gpu, &bb, &err) != 0
+            || gpu->ops->sample(gpu, rq, NR, od, &err) != 0
+            || (lh = gpu->ops->logits(gpu, &rows, &V)) == NULL)
+        {
+            fprintf(stderr, "batch of %d (cuda): %s\n", NR, err.msg);
+            return 1;
+        }
+
+        for (uint32_t i = 0; i < NR; i++) {
+            eg[i] = 1 - compare(l32b + (size_t) i * V, lh + (size_t) i * V, V).cos;
+            ec[i] = 1 - compare(l32b + (size_t) i * V, lcpu + (size_t) i * V, V).cos;
+            wc = 1 - eg[i] < wc ? 1 - eg[i] : wc;
+            rq[i].rng = &rh[i];
+            if (kimi_sampler_sample(hs, lh + (size_t) i * V, &rq[i], &oh[i],
+                                    &err) != 0)
+            {
+                fprintf(stderr, "host sampler: %s\n", err.msg);
+                return 1;
+            }
+            same += od[i].tok.token == oh[i].tok.token;
+            if (i % 4 < 2) {
+                double d = fabs((double) od[i].tok.logprob - oh[i].tok.logprob);
+                dlp = d > dlp ? d : dlp;
+            } else {
+                exact_host &= memcmp(&od[i].tok, &oh[i].tok, sizeof(od[i].tok)) == 0;
+            }
+        }
+
+        {
+            double  mg = median(eg, NR), mc = median(ec, NR);
+
+            printf("# %d rows at once (lm_head on cuBLASLt, bf16 input): "
+                   "median (1 - cos) vs the fp32-activation cpu: cuda %.2e, "
+                   "cpu(fp8 act) %.2e; worst row cos %.6f\n", NR, mg, mc, wc);
+            ok(rows == NR && mg <= TOL_MEDIAN_X * mc && wc >= TOL_COS_ROW,
+               "%d rows at once: median (1 - cos) %.2e <= %.1f x %.2e, every "
+               "row cos >= %.2f (worst %.6f)", NR, mg, TOL_MEDIAN_X, mc,
+               TOL_COS_ROW, wc);
+        }
+        ok(same == NR && dlp <= 1e-3 && exact_host, "sample op: %d of %d "
+           "tokens = the host sampler's on the same logits; device greedy "
+           "logprob within %.1e (<= 1e-3); host-sampled rows identical: %s",
+           same, NR, dlp, exact_host ? "yes" : "NO");
+
+        kimi_sampler_free(hs);
+        free(lcpu);
+        free(l32b);
     }
 
     gpu->ops->free(gpu);

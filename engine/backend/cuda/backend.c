@@ -7,8 +7,8 @@
  *         joining a parallel group's NCCL communicator (expert or tensor
  *         parallel) and a follower's loop.
  * Never:  computes layers (forward.c), converts weights (weights.c), or
- *         samples anything but greedy (sample is NULL: the engine samples
- *         on the host from logits(), which covers every request kind).
+ *         samples anything but plain greedy on the device: other rows go
+ *         to the host sampler (engine/sample), their logits copied alone.
  * Holds:  a model the kernels cannot take is refused at init with the name
  *         of the dimension; no step ever runs on one.
  */
@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "../../common/kimi_log.h"
+#include "../../sample/sample.h"
 #include "cuda_impl.h"
 
 
@@ -472,6 +473,71 @@ kimi_backend_cuda_greedy(kimi_backend_t *base, int32_t *ids, uint32_t *n_rows,
 }
 
 
+/* The vtable's sample: plain greedy rows (kimi_sample_is_plain_greedy)
+ * from one device argmax + logprob over every row, without copying their
+ * logits; the others through the host sampler, each row copied alone.
+ * Same tokens as the host path (same tie rule), logprob to ~1e-6. */
+static int
+kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
+    uint32_t n, kimi_sample_out_t *out, kimi_err_t *err)
+{
+    kimi_cuda_t  *b = (kimi_cuda_t *) base;
+    uint32_t      V = b->cfg->vocab_size, n_dev = 0, i;
+    size_t        row = (size_t) V * sizeof(float);
+    int           rc;
+
+    if (n != b->n_rows) {
+        return kimi_err_set(err, KIMI_ESTATE, "cuda: %u rows to sample, the "
+                            "step made %u", n, b->n_rows);
+    }
+
+    for (i = 0; i < n; i++) {
+        n_dev += kimi_sample_is_plain_greedy(&reqs[i]);
+    }
+
+    if (n_dev > 0) {
+        KIMI_K(kimi_sample_greedy_logprob(b->logits, (int) n, (int) V,
+                                          (int) V, b->argmax, b->lp,
+                                          b->stream, err));
+        KIMI_CU(cudaMemcpyAsync(b->ids_h, b->argmax, n * sizeof(int32_t),
+                                cudaMemcpyDeviceToHost, b->stream), err);
+        KIMI_CU(cudaMemcpyAsync(b->lp_h, b->lp, n * sizeof(float),
+                                cudaMemcpyDeviceToHost, b->stream), err);
+    }
+
+    for (i = 0; i < n && !b->logits_on_host; i++) {
+        if (!kimi_sample_is_plain_greedy(&reqs[i])) {
+            KIMI_CU(cudaMemcpyAsync((char *) b->logits_h + i * row,
+                                    (char *) b->logits + i * row, row,
+                                    cudaMemcpyDeviceToHost, b->stream), err);
+        }
+    }
+
+    KIMI_CU(cudaStreamSynchronize(b->stream), err);
+
+    for (i = 0; i < n; i++) {
+        if (kimi_sample_is_plain_greedy(&reqs[i])) {
+            memset(&out[i].tok, 0, sizeof(out[i].tok));
+            out[i].tok.token = b->ids_h[i];
+
+            if (reqs[i].sampling->logprobs) {
+                out[i].tok.logprob = b->lp_h[i];
+            }
+
+            continue;
+        }
+
+        rc = kimi_sampler_sample(b->sampler, b->logits_h + (size_t) i * V,
+                                 &reqs[i], &out[i], err);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+
+    return 0;
+}
+
+
 double
 kimi_backend_cuda_last_step_us(kimi_backend_t *base)
 {
@@ -613,6 +679,10 @@ kimi_cuda_free(kimi_backend_t *base)
     cudaFree(b->meta_d);
     cudaFreeHost(b->meta_h);
     cudaFreeHost(b->logits_h);
+    cudaFreeHost(b->ids_h);
+    cudaFreeHost(b->lp_h);
+    kimi_cublaslt_destroy(b->lt);
+    kimi_sampler_free(b->sampler);
     free(b->layers);
     free(b);
 }
@@ -623,7 +693,7 @@ static const kimi_backend_ops_t  kimi_cuda_ops = {
     .kv_init = kimi_cuda_kv_init,
     .forward = kimi_cuda_forward,
     .logits = kimi_cuda_logits,
-    .sample = NULL,                       /* host sampling from logits() */
+    .sample = kimi_cuda_sample,
     .seq_free = NULL,                     /* no per-sequence state */
     .free = kimi_cuda_free,
 };
@@ -745,8 +815,16 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
     }
     KIMI_TRY(cudaMallocHost((void **) &b->logits_h, (size_t) b->max_rows
                             * c->vocab_size * sizeof(float)));
+    KIMI_TRY(cudaMallocHost((void **) &b->ids_h, (size_t) b->max_rows
+                            * sizeof(int32_t)));
+    KIMI_TRY(cudaMallocHost((void **) &b->lp_h, (size_t) b->max_rows
+                            * sizeof(float)));
 
 #undef KIMI_TRY
+
+    if ((rc = kimi_sampler_init(&b->sampler, c->vocab_size, err)) != 0) {
+        goto failed;
+    }
 
     if (p->ep != NULL && p->tp != NULL) {
         rc = kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda backend: expert and"

@@ -74,6 +74,11 @@ typedef struct {
 
 #define KIMI_CUDA_GRAPH_MAX_T  256
 
+/* lm_head: up to this many rows the GEMV (one pass over the head per 8
+ * rows, no per-call floor); above, cuBLASLt bf16 on the tensor cores */
+#define KIMI_CUDA_LM_HEAD_GEMV_ROWS  8
+#define KIMI_CUDA_LT_WS              ((size_t) 32 << 20)
+
 /* Profiled steps record events: [0] start, [1] after the embedding, then
  * per layer l six marks KIMI_CUDA_MARK(l, k): k = 0 after the q/kv
  * projections, rope and the cache write, 1 after the W_UK absorption, 2
@@ -143,6 +148,12 @@ typedef struct {
     float                      *xs, *rl, *tw, *logits;
     int32_t                    *tidx, *argmax;
     void                       *moe_ws, *mla_ws;
+    /* lm_head over more than KIMI_CUDA_LM_HEAD_GEMV_ROWS rows: bf16 input
+     * to cuBLASLt's tensor cores (the GEMV re-reads the head per 8 rows) */
+    kimi_bf16_t                *fin_bf;
+    kimi_cublaslt_t            *lt;
+    void                       *lt_ws;
+    float                      *lp;           /* device greedy: [max_rows] */
 
     /* per-step metadata: host pinned staging mirrored on the device */
     int32_t                    *meta_h, *meta_d;
@@ -150,6 +161,9 @@ typedef struct {
     float                      *logits_h;
     uint32_t                    n_rows, n_tokens;
     int                         logits_on_host;
+    int32_t                    *ids_h;        /* pinned [max_rows] */
+    float                      *lp_h;         /* pinned [max_rows] */
+    struct kimi_sampler        *sampler;      /* rows the device can't take */
 
     /* graphs.c: one captured step per token count T <= graph_max_t */
     kimi_cuda_graph_t          *graphs;       /* [graph_max_t + 1] */

@@ -125,6 +125,9 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
         KIMI_WS(b->tidx, T * (b->top_k ? b->top_k : 1) * sizeof(int32_t));
         KIMI_WS(b->logits, (size_t) b->max_rows * c->vocab_size * sizeof(float));
         KIMI_WS(b->argmax, (size_t) b->max_rows * sizeof(int32_t));
+        KIMI_WS(b->lp, (size_t) b->max_rows * sizeof(float));
+        KIMI_WS(b->fin_bf, (size_t) b->max_rows * D * 2);
+        KIMI_WS(b->lt_ws, KIMI_CUDA_LT_WS);
         KIMI_WS(b->moe_ws, moe ? moe : 256);
         KIMI_WS(b->mla_ws, mla);
 
@@ -148,7 +151,7 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
 
 #undef KIMI_WS
 
-    return 0;
+    return kimi_cublaslt_create(&b->lt, b->lt_ws, KIMI_CUDA_LT_WS, err);
 }
 
 
@@ -551,11 +554,24 @@ kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t splits,
     /* logits of the wanted rows: lm_head(rms(h + ffn)), fp32 */
     KIMI_K(kimi_rmsnorm_residual_f32(b->y, b->h, b->norm, b->a, (int) T, D,
                                      eps, b->stream, err));
-    KIMI_K(kimi_gather_rows_f32(b->a, b->meta_d + KIMI_M_ROW * b->cap,
-                                (int) rows, D, b->fin, b->stream, err));
-    KIMI_K(kimi_moe_router_logits_f32(b->fin, b->lm_head, b->logits,
-                                      (int) rows, D, (int) c->vocab_size,
-                                      b->stream, err));
+    if (rows <= KIMI_CUDA_LM_HEAD_GEMV_ROWS) {
+        KIMI_K(kimi_gather_rows_f32(b->a, b->meta_d + KIMI_M_ROW * b->cap,
+                                    (int) rows, D, b->fin, b->stream, err));
+        KIMI_K(kimi_moe_router_logits_f32(b->fin, b->lm_head, b->logits,
+                                          (int) rows, D, (int) c->vocab_size,
+                                          b->stream, err));
+
+    } else {
+        /* the normed hidden rounded to bf16 (the head is bf16 anyway):
+         * 2^-9 per element, ~1e-6 on 1 - cos; the tolerance is ~1e-3 */
+        KIMI_K(kimi_gather_rows_f32_bf16(b->a, b->meta_d + KIMI_M_ROW * b->cap,
+                                         (int) rows, D, b->fin_bf, b->stream,
+                                         err));
+        KIMI_K(kimi_bf16_gemm_nt_f32_cublaslt(b->lt, b->fin_bf, (int) rows, D,
+                                              b->lm_head,
+                                              (int) c->vocab_size, b->logits,
+                                              b->stream, err));
+    }
     KIMI_MARK(KIMI_CUDA_MARKS(c->num_hidden_layers) - 1);
     return 0;
 
