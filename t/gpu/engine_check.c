@@ -312,6 +312,7 @@ main(int argc, char **argv)
        "hidden_size 64 refused at init: %s", err.msg);
     bad = *m;
     bad.cfg.num_attention_heads = 8;
+    bad.n_heads = 8;                      /* as the loader sets it */
     ok(kimi_backend_cuda_init(&tmp, &bad, 0, &err) == KIMI_EUNSUPPORTED
        && strstr(err.msg, "num_attention_heads") != NULL,
        "8 heads refused at init: %s", err.msg);
