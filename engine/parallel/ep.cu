@@ -1,6 +1,6 @@
 /*
- * Expert-parallel pack, all-to-all and unpack (contract and layout in
- * ep.h).
+ * Expert-parallel pack, all-to-all and unpack, and the same exchange
+ * over peer memory (contract and layouts in ep.h).
  *
  *   pack      one warp per peer p scans the T tokens in order, 32 at a
  *             time: a token is sent if any of its top_k experts lives on
@@ -25,6 +25,7 @@
  *        pack and checks dispatch + combine against it on 2 GPUs.
  */
 
+#include <string.h>
 #include <cuda_runtime.h>
 
 #include "../../kernels/kimi_cuda.cuh"
@@ -339,6 +340,287 @@ kimi_ep_combine(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
     if (T > 0) {
         kimi_ep_unpack_kernel<<<T, 256, 0, s>>>(ws->y_recv, ws->pos,
             sh->t_cap, sh->world, sh->dim, y);
+        KIMI_CUDA_LAUNCHED(s, err);
+    }
+
+    return 0;
+}
+
+
+
+/* ---- over peer memory (ep.h: kimi_ep_p2p_t) ------------------------------ */
+
+#define KIMI_EP_P2P_THREADS 128
+
+static size_t
+kimi_ep_flags_bytes(int world)
+{
+    return kimi_ep_round((size_t) world * sizeof(uint64_t));
+}
+
+
+extern "C" size_t
+kimi_ep_inbox_bytes(const kimi_ep_shape_t *sh)
+{
+    size_t  rows = (size_t) sh->world * sh->t_cap;
+
+    return kimi_ep_flags_bytes(sh->world)
+           + kimi_ep_round((size_t) sh->t_cap * sh->world * sizeof(int32_t))
+           + kimi_ep_round(rows * sh->top_k * sizeof(int32_t))
+           + kimi_ep_round(rows * sh->top_k * sizeof(float))
+           + kimi_ep_round(rows * sh->dim)
+           + kimi_ep_round(rows * (sh->dim / 128) * sizeof(float))
+           + kimi_ep_round(rows * sh->dim * sizeof(uint16_t));
+}
+
+
+extern "C" void
+kimi_ep_inbox_carve(kimi_ep_ws_t *ws, void *inbox, const kimi_ep_shape_t *sh)
+{
+    char    *p = (char *) inbox + kimi_ep_flags_bytes(sh->world);
+    size_t   rows = (size_t) sh->world * sh->t_cap;
+
+#define KIMI_EP_TAKE(field, type, n)                                          \
+    ws->field = (type *) p;                                                   \
+    p += kimi_ep_round((n) * sizeof(type))
+
+    ws->send_buf = NULL;
+    ws->recv_buf = NULL;
+    ws->y_recv = NULL;
+    KIMI_EP_TAKE(pos, int32_t, (size_t) sh->t_cap * sh->world);
+    KIMI_EP_TAKE(recv_idx, int32_t, rows * sh->top_k);
+    KIMI_EP_TAKE(recv_w, float, rows * sh->top_k);
+    KIMI_EP_TAKE(recv_xq, uint8_t, rows * sh->dim);
+    KIMI_EP_TAKE(recv_xs, float, rows * (sh->dim / 128));
+    KIMI_EP_TAKE(y_send, uint16_t, rows * sh->dim);
+
+#undef KIMI_EP_TAKE
+}
+
+
+/* Offsets of the arrays a peer writes or reads, the same in every inbox
+ * (same shape on every rank). */
+struct kimi_ep_inbox_off {
+    size_t  idx, w, xq, xs, y;
+};
+
+
+static __global__ void __launch_bounds__(KIMI_EP_P2P_THREADS)
+kimi_ep_p2p_dispatch_kernel(const uint8_t *__restrict__ xq,
+    const float *__restrict__ xs, const int32_t *__restrict__ idx,
+    const float *__restrict__ w, int T, int t_cap, int top_k, int e_local,
+    int world, int D, int rank, void *const *peer_inbox,
+    kimi_ep_inbox_off off, int32_t *pos)
+{
+    __shared__ int  sent;
+    int             t = blockIdx.x, p = blockIdx.y, k = threadIdx.x, i;
+    char           *peer = (char *) peer_inbox[p];
+    size_t          R = (size_t) rank * t_cap + t;       /* row at p */
+    int             G = D / 128;
+
+    if (threadIdx.x == 0) {
+        sent = 0;
+    }
+    __syncthreads();
+
+    if (k < top_k) {
+        int  e = t < T ? idx[(size_t) t * top_k + k] : -1;
+        int  mine = e >= 0 && e / e_local == p;
+
+        ((int32_t *) (peer + off.idx))[R * top_k + k] = mine ? e % e_local
+                                                             : -1;
+        ((float *) (peer + off.w))[R * top_k + k] = mine
+                                                    ? w[(size_t) t * top_k + k]
+                                                    : 0.0f;
+        if (mine) {
+            sent = 1;                     /* same value from every writer */
+        }
+    }
+    __syncthreads();
+
+    if (threadIdx.x == 0) {
+        pos[t * world + p] = sent ? t : -1;
+    }
+
+    if (!sent) {
+        return;
+    }
+
+    {
+        const uint4  *src = (const uint4 *) (xq + (size_t) t * D);
+        uint4        *dst = (uint4 *) (peer + off.xq + R * D);
+        float        *dst_s = (float *) (peer + off.xs) + R * G;
+
+        for (i = threadIdx.x; i < D / 16; i += blockDim.x) {
+            dst[i] = src[i];
+        }
+        for (i = threadIdx.x; i < G; i += blockDim.x) {
+            dst_s[i] = xs[(size_t) t * G + i];
+        }
+    }
+}
+
+
+/* Every rank's earlier kernels on its stream are done and visible: each
+ * thread stores the new epoch into one peer's flag for this rank
+ * (release, system scope: cumulative over what this GPU wrote before, in
+ * stream order), then waits for every peer's flag in the own inbox. */
+static __global__ void
+kimi_ep_p2p_barrier_kernel(void *const *peer_inbox, int world, int rank,
+    uint64_t *epoch, const volatile int *abort)
+{
+    __shared__ uint64_t  e;
+    int                  p;
+
+    if (threadIdx.x == 0) {
+        e = ++*epoch;
+    }
+    __syncthreads();
+    __threadfence_system();
+
+    for (p = threadIdx.x; p < world; p += blockDim.x) {
+        uint64_t  *f = (uint64_t *) peer_inbox[p] + rank;
+
+        asm volatile("st.release.sys.global.u64 [%0], %1;"
+                     :: "l"(f), "l"(e) : "memory");
+    }
+
+    for (p = threadIdx.x; p < world; p += blockDim.x) {
+        const uint64_t  *f = (const uint64_t *) peer_inbox[rank] + p;
+        uint64_t         v;
+
+        /* the abort flag lives in host memory: looked at every 1024th
+         * round, not every round (a PCIe read each) */
+        for (unsigned spin = 1; ; spin++) {
+            asm volatile("ld.acquire.sys.global.u64 %0, [%1];"
+                         : "=l"(v) : "l"(f) : "memory");
+            if (v >= e || (spin % 1024 == 0 && *abort)) {
+                break;
+            }
+        }
+    }
+}
+
+
+/* grid (T, D / 1024): 8 bf16 per thread from every peer that got the
+ * token, summed in peer order (the same on every run) */
+static __global__ void __launch_bounds__(KIMI_EP_P2P_THREADS)
+kimi_ep_p2p_combine_kernel(void *const *peer_inbox, size_t off_y,
+    const int32_t *pos, int t_cap, int world, int rank, int D, float *y)
+{
+    int     t = blockIdx.x, d = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
+    float   acc[8], v[8];
+    int     p, i;
+
+    if (d >= D) {
+        return;
+    }
+
+    kimi_ld8(y + (size_t) t * D + d, acc);
+
+    for (p = 0; p < world; p++) {
+        if (pos[t * world + p] < 0) {
+            continue;
+        }
+
+        const uint16_t  *src = (const uint16_t *) ((const char *) peer_inbox[p]
+                                                   + off_y)
+                               + ((size_t) rank * t_cap + t) * D + d;
+
+        kimi_ld8(src, v);
+        for (i = 0; i < 8; i++) {
+            acc[i] += v[i];
+        }
+    }
+
+    kimi_st4(y + (size_t) t * D + d, acc);
+    kimi_st4(y + (size_t) t * D + d + 4, acc + 4);
+}
+
+
+static int
+kimi_ep_p2p_args(const kimi_ep_p2p_t *p2p, const kimi_ep_shape_t *sh, int T,
+    const kimi_ep_ws_t *ws, kimi_ep_inbox_off *off, kimi_err_t *err)
+{
+    int  rc = kimi_ep_check(sh, err);
+
+    memset(off, 0, sizeof(*off));
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (p2p == NULL || p2p->peer_inbox == NULL || p2p->inbox == NULL
+        || p2p->epoch == NULL || p2p->abort == NULL || T < 0
+        || T > sh->t_cap || p2p->rank < 0 || p2p->rank >= sh->world
+        || sh->dim % 1024 != 0)
+    {
+        return kimi_err_set(err, KIMI_EINVAL, "ep p2p: T=%d t_cap=%d rank=%d"
+                            " world=%d dim=%d (dim %% 1024, every pointer"
+                            " set)", T, sh->t_cap, p2p ? p2p->rank : -1,
+                            sh->world, sh->dim);
+    }
+
+    off->idx = (size_t) ((const char *) ws->recv_idx - (const char *) p2p->inbox);
+    off->w = (size_t) ((const char *) ws->recv_w - (const char *) p2p->inbox);
+    off->xq = (size_t) ((const char *) ws->recv_xq - (const char *) p2p->inbox);
+    off->xs = (size_t) ((const char *) ws->recv_xs - (const char *) p2p->inbox);
+    off->y = (size_t) ((const char *) ws->y_send - (const char *) p2p->inbox);
+    return 0;
+}
+
+
+extern "C" int
+kimi_ep_p2p_dispatch(const kimi_ep_p2p_t *p2p, const kimi_ep_shape_t *sh,
+    int T, const uint8_t *xq, const float *xs, const int32_t *idx,
+    const float *w, const kimi_ep_ws_t *ws, cudaStream_t s, kimi_err_t *err)
+{
+    kimi_ep_inbox_off  off;
+    int                rc = kimi_ep_p2p_args(p2p, sh, T, ws, &off, err);
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (sh->top_k > KIMI_EP_P2P_THREADS || ((uintptr_t) xq & 15) != 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "ep p2p dispatch: top_k %d,"
+                            " xq %s16-byte aligned", sh->top_k,
+                            ((uintptr_t) xq & 15) ? "not " : "");
+    }
+
+    kimi_ep_p2p_dispatch_kernel<<<dim3(sh->t_cap, sh->world),
+                                  KIMI_EP_P2P_THREADS, 0, s>>>(xq, xs, idx, w,
+        T, sh->t_cap, sh->top_k, sh->n_experts / sh->world, sh->world,
+        sh->dim, p2p->rank, p2p->peer_inbox, off, ws->pos);
+    KIMI_CUDA_LAUNCHED(s, err);
+
+    kimi_ep_p2p_barrier_kernel<<<1, 32, 0, s>>>(p2p->peer_inbox, sh->world,
+        p2p->rank, p2p->epoch, p2p->abort);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return 0;
+}
+
+
+extern "C" int
+kimi_ep_p2p_combine(const kimi_ep_p2p_t *p2p, const kimi_ep_shape_t *sh,
+    int T, const kimi_ep_ws_t *ws, float *y, cudaStream_t s, kimi_err_t *err)
+{
+    kimi_ep_inbox_off  off;
+    int                rc = kimi_ep_p2p_args(p2p, sh, T, ws, &off, err);
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    kimi_ep_p2p_barrier_kernel<<<1, 32, 0, s>>>(p2p->peer_inbox, sh->world,
+        p2p->rank, p2p->epoch, p2p->abort);
+    KIMI_CUDA_LAUNCHED(s, err);
+
+    if (T > 0) {
+        kimi_ep_p2p_combine_kernel<<<dim3(T, sh->dim / 1024),
+                                     KIMI_EP_P2P_THREADS, 0, s>>>(
+            p2p->peer_inbox, off.y, ws->pos, sh->t_cap, sh->world, p2p->rank,
+            sh->dim, y);
         KIMI_CUDA_LAUNCHED(s, err);
     }
 

@@ -90,6 +90,49 @@ int kimi_ep_dispatch(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
 int kimi_ep_combine(kimi_nccl_t *comm, const kimi_ep_shape_t *sh, int T,
     const kimi_ep_ws_t *ws, float *y, cudaStream_t s, kimi_err_t *err);
 
+/*
+ * The same exchange over peer memory (NVLink P2P, every rank of one node):
+ * each rank owns an inbox, mapped by every peer (CUDA IPC between the
+ * engine's processes, plain pointers between threads), laid out as
+ *   flags [W] u64 | pos [T_cap][W] | recv_idx | recv_w | recv_xq |
+ *   recv_xs | y_send
+ * (the recv_* and y_send arrays as above, for this step's T_cap).
+ *   dispatch  grid (T_cap, W): block (t, p) writes token t's ids, weights
+ *             (-1 / 0 where p owns none of its experts, or t >= T) and,
+ *             if sent, its FP8 row and scales straight into row
+ *             rank * T_cap + t of peer p's inbox; then a barrier
+ *   combine   a barrier (every peer's y_send is complete), then y[t] +=
+ *             sum_p peer p's y_send row rank * T_cap + t, read over NVLink
+ * No pack, no all-to-all, no split: 4 small kernels a layer.  The barrier
+ * is a flag per peer pair in the inboxes: a device-side epoch, stored to
+ * each peer's flag with release semantics at system scope, awaited with
+ * acquire loads; every rank runs the same barriers in the same order, so
+ * epochs agree (graph replays included).  A waiting kernel also returns
+ * when *abort (host memory mapped into the device) turns nonzero, so a
+ * dead peer cannot hang the GPU.
+ */
+typedef struct {
+    int                   rank;
+    void *const          *peer_inbox;  /* device array [W], own included */
+    void                 *inbox;       /* this rank's, = peer_inbox[rank] */
+    uint64_t             *epoch;       /* device: barriers run */
+    const volatile int   *abort;       /* device view of a host flag */
+} kimi_ep_p2p_t;
+
+/* Inbox bytes for sh->t_cap (allocate for the largest T_cap). */
+size_t kimi_ep_inbox_bytes(const kimi_ep_shape_t *sh);
+/* Views of an inbox for this step's sh->t_cap (send_buf, recv_buf and
+ * y_recv are NULL: nothing is packed or received whole). */
+void   kimi_ep_inbox_carve(kimi_ep_ws_t *ws, void *inbox,
+    const kimi_ep_shape_t *sh);
+
+int kimi_ep_p2p_dispatch(const kimi_ep_p2p_t *p2p, const kimi_ep_shape_t *sh,
+    int T, const uint8_t *xq, const float *xs, const int32_t *idx,
+    const float *w, const kimi_ep_ws_t *ws, cudaStream_t s, kimi_err_t *err);
+int kimi_ep_p2p_combine(const kimi_ep_p2p_t *p2p, const kimi_ep_shape_t *sh,
+    int T, const kimi_ep_ws_t *ws, float *y, cudaStream_t s,
+    kimi_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

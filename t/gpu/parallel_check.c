@@ -7,6 +7,8 @@
  *     kimi_ep_combine returns sum_k w * f(expert) for every token when
  *     each rank's "experts" write f into y_send (routing checked end to
  *     end, no GEMM involved)
+ *   - EP over peer memory (kimi_ep_p2p_*): the same checks (rows where
+ *     the host model says, combine sums) and the same bench
  *   - bench: dispatch + combine captured in a CUDA graph at 1, 16, 128
  *     tokens per GPU, against graph-captured ncclAlltoAll calls moving the
  *     same bytes, measured in the same run (issue 7: target <= 1.5x)
@@ -397,6 +399,261 @@ check_ep(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
 }
 
 
+
+/* ---- the same exchange over peer memory (ep.h, kimi_ep_p2p_t) ----------- */
+
+static void  *p2p_inbox[16];            /* every rank's, by rank */
+
+
+static void
+check_ep_p2p(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
+{
+    int               p, t, k, e, g, G = D / 128, i;
+    int               E = E_LOCAL * world;
+    size_t            rows = (size_t) world * T, bad = 0, d;
+    kimi_err_t        err;
+    kimi_ep_ws_t      ws, aws;
+    kimi_ep_shape_t   sh = { world, T, TOP_K, E, D };
+    kimi_ep_p2p_t     p2p;
+    void             *peers_d, *abort_d, *awsbuf;
+    int              *abort_h;
+    uint64_t         *epoch;
+    uint8_t          *xq, *d_xq, *r_xq;
+    float            *xs, *w, *d_xs, *d_w, *r_w, *r_xs, v, *out, *d_out;
+    int32_t          *idx, *d_idx, *r_idx;
+    uint16_t         *y;
+
+    xq = malloc((size_t) T * D);
+    xs = malloc((size_t) T * G * 4);
+    idx = malloc((size_t) T * TOP_K * 4);
+    w = malloc((size_t) T * TOP_K * 4);
+    r_idx = malloc(rows * TOP_K * 4);
+    r_w = malloc(rows * TOP_K * 4);
+    r_xq = malloc(rows * D);
+    r_xs = malloc(rows * G * 4);
+    y = malloc(rows * D * 2);
+    out = malloc((size_t) T * D * 4);
+
+    for (t = 0; t < T; t++) {
+        for (d = 0; d < D; d++) {
+            xq[(size_t) t * D + d] = byte_of(rank, t, (int) d);
+        }
+        for (g = 0; g < G; g++) {
+            xs[t * G + g] = scale_of(rank, t, g);
+        }
+        for (k = 0; k < TOP_K; k++) {
+            idx[t * TOP_K + k] = expert_of(rank, t, k, E);
+            w[t * TOP_K + k] = weight_of(k);
+        }
+    }
+
+    /* the inboxes, poisoned: a row the dispatch should write and did not
+     * shows */
+    CK(cudaMalloc(&p2p_inbox[rank], kimi_ep_inbox_bytes(&sh)));
+    CK(cudaMemset(p2p_inbox[rank], 0xff, kimi_ep_inbox_bytes(&sh)));
+    CK(cudaMemset(p2p_inbox[rank], 0, (size_t) world * 8));   /* flags */
+    CK(cudaDeviceSynchronize());
+    pthread_barrier_wait(&barrier);
+    CK(cudaMalloc(&peers_d, (size_t) world * sizeof(void *)));
+    CK(cudaMemcpy(peers_d, p2p_inbox, (size_t) world * sizeof(void *),
+                  cudaMemcpyHostToDevice));
+    CK(cudaMalloc((void **) &epoch, 8));
+    CK(cudaMemset(epoch, 0, 8));
+    CK(cudaHostAlloc((void **) &abort_h, sizeof(int), cudaHostAllocMapped));
+    *abort_h = 0;
+    CK(cudaHostGetDevicePointer(&abort_d, abort_h, 0));
+    p2p.rank = rank;
+    p2p.peer_inbox = (void *const *) peers_d;
+    p2p.inbox = p2p_inbox[rank];
+    p2p.epoch = epoch;
+    p2p.abort = (const volatile int *) abort_d;
+    kimi_ep_inbox_carve(&ws, p2p_inbox[rank], &sh);
+
+    CK(cudaMalloc((void **) &d_xq, (size_t) T * D));
+    CK(cudaMalloc((void **) &d_xs, (size_t) T * G * 4));
+    CK(cudaMalloc((void **) &d_idx, (size_t) T * TOP_K * 4));
+    CK(cudaMalloc((void **) &d_w, (size_t) T * TOP_K * 4));
+    CK(cudaMalloc((void **) &d_out, (size_t) T * D * 4));
+    CK(cudaMemset(d_out, 0, (size_t) T * D * 4));
+    CK(cudaMemcpy(d_xq, xq, (size_t) T * D, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_xs, xs, (size_t) T * G * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_idx, idx, (size_t) T * TOP_K * 4,
+                  cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_w, w, (size_t) T * TOP_K * 4, cudaMemcpyHostToDevice));
+
+    if (kimi_ep_p2p_dispatch(&p2p, &sh, T, d_xq, d_xs, d_idx, d_w, &ws, s,
+                             &err) != 0)
+    {
+        ok(0, "rank %d T=%d: p2p dispatch: %s", rank, T, err.msg);
+        return;
+    }
+    CK(cudaStreamSynchronize(s));
+    CK(cudaMemcpy(r_idx, ws.recv_idx, rows * TOP_K * 4,
+                  cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(r_w, ws.recv_w, rows * TOP_K * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(r_xq, ws.recv_xq, rows * D, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(r_xs, ws.recv_xs, rows * G * 4, cudaMemcpyDeviceToHost));
+
+    /* host model: peer p's token t is row p * T + t, ids -1 where none of
+     * its experts is ours; rows and scales only where one is */
+    for (p = 0; p < world; p++) {
+        for (t = 0; t < T; t++) {
+            size_t  R = (size_t) p * T + t;
+            int     mine = 0;
+
+            for (k = 0; k < TOP_K; k++) {
+                e = expert_of(p, t, k, E);
+                int  want = e / E_LOCAL == rank ? e % E_LOCAL : -1;
+                mine |= want >= 0;
+                bad += r_idx[R * TOP_K + k] != want;
+                bad += r_w[R * TOP_K + k] != (want >= 0 ? weight_of(k) : 0);
+            }
+            if (!mine) {
+                continue;
+            }
+            for (d = 0; d < D; d++) {
+                bad += r_xq[R * D + d] != byte_of(p, t, (int) d);
+            }
+            for (g = 0; g < G; g++) {
+                bad += r_xs[R * G + g] != scale_of(p, t, g);
+            }
+        }
+    }
+    ok(bad == 0, "rank %d T=%d: p2p dispatch writes every peer's rows where"
+       " the host model says (%zu wrong)", rank, T, bad);
+
+    for (d = 0; d < rows; d++) {
+        v = 0;
+        for (k = 0; k < TOP_K; k++) {
+            e = r_idx[d * TOP_K + k];
+            if (e >= 0) {
+                v += r_w[d * TOP_K + k]
+                     * (float) (rank * E_LOCAL + e + 1) / 64.0f;
+            }
+        }
+        for (g = 0; g < D; g++) {
+            y[d * D + g] = f2bf(v);
+        }
+    }
+    CK(cudaMemcpy(ws.y_send, y, rows * D * 2, cudaMemcpyHostToDevice));
+
+    if (kimi_ep_p2p_combine(&p2p, &sh, T, &ws, d_out, s, &err) != 0) {
+        ok(0, "rank %d T=%d: p2p combine: %s", rank, T, err.msg);
+        return;
+    }
+    CK(cudaStreamSynchronize(s));
+    CK(cudaMemcpy(out, d_out, (size_t) T * D * 4, cudaMemcpyDeviceToHost));
+
+    bad = 0;
+    for (t = 0; t < T; t++) {
+        v = 0;
+        for (k = 0; k < TOP_K; k++) {
+            v += weight_of(k) * (float) (expert_of(rank, t, k, E) + 1)
+                 / 64.0f;
+        }
+        for (d = 0; d < D; d++) {
+            bad += fabsf(out[(size_t) t * D + d] - v)
+                   > fabsf(v) * (2.0f / 128.0f);
+        }
+    }
+    ok(bad == 0, "rank %d T=%d: p2p combine returns sum_k w*f(expert) for"
+       " every token (%zu values off by > 2 bf16 ulps)", rank, T, bad);
+
+    /* ---- bench: graph of p2p dispatch + combine vs raw all-to-all ---- */
+    {
+        cudaGraph_t       g1, g2;
+        cudaGraphExec_t   x1, x2;
+        cudaEvent_t       a, b;
+        float             ms1 = 0, ms2 = 0;
+        size_t            bytes_out = (size_t) T * (TOP_K * 8 + D + G * 4);
+        size_t            bytes_back = (size_t) T * D * 2;
+
+        CK(cudaMalloc(&awsbuf, kimi_ep_ws_bytes(&sh)));
+        kimi_ep_ws_carve(&aws, awsbuf, &sh);
+
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+        if (kimi_ep_p2p_dispatch(&p2p, &sh, T, d_xq, d_xs, d_idx, d_w, &ws,
+                                 s, &err) != 0
+            || kimi_ep_p2p_combine(&p2p, &sh, T, &ws, d_out, s, &err) != 0)
+        {
+            ok(0, "rank %d T=%d: capture: %s", rank, T, err.msg);
+            return;
+        }
+        CK(cudaStreamEndCapture(s, &g1));
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+        if (kimi_nccl_all_to_all(c, aws.y_send, aws.y_recv, bytes_out, s,
+                                 &err) != 0
+            || kimi_nccl_all_to_all(c, aws.y_send, aws.y_recv, bytes_back, s,
+                                    &err) != 0)
+        {
+            ok(0, "rank %d T=%d: capture: %s", rank, T, err.msg);
+            return;
+        }
+        CK(cudaStreamEndCapture(s, &g2));
+        CK(cudaGraphInstantiate(&x1, g1, 0));
+        CK(cudaGraphInstantiate(&x2, g2, 0));
+        CK(cudaEventCreate(&a));
+        CK(cudaEventCreate(&b));
+
+        for (i = 0; i < 20; i++) {
+            CK(cudaGraphLaunch(x1, s));
+            CK(cudaGraphLaunch(x2, s));
+        }
+        CK(cudaStreamSynchronize(s));
+        pthread_barrier_wait(&barrier);
+
+        CK(cudaEventRecord(a, s));
+        for (i = 0; i < ITERS; i++) {
+            CK(cudaGraphLaunch(x1, s));
+        }
+        CK(cudaEventRecord(b, s));
+        CK(cudaEventSynchronize(b));
+        CK(cudaEventElapsedTime(&ms1, a, b));
+        pthread_barrier_wait(&barrier);
+
+        CK(cudaEventRecord(a, s));
+        for (i = 0; i < ITERS; i++) {
+            CK(cudaGraphLaunch(x2, s));
+        }
+        CK(cudaEventRecord(b, s));
+        CK(cudaEventSynchronize(b));
+        CK(cudaEventElapsedTime(&ms2, a, b));
+
+        if (rank == 0) {
+            printf("# ep-p2p W=%d T=%d/GPU D=%d top_k=%d: dispatch+combine"
+                   " over peer memory %.1f us, ncclAlltoAll same bytes %.1f"
+                   " us, ratio %.2f (target <= 1.5; <= 25 us at T=1)\n",
+                   world, T, D, TOP_K, ms1 * 1000 / ITERS,
+                   ms2 * 1000 / ITERS, ms1 / ms2);
+            fflush(stdout);
+        }
+
+        cudaGraphExecDestroy(x1);
+        cudaGraphExecDestroy(x2);
+        cudaGraphDestroy(g1);
+        cudaGraphDestroy(g2);
+        cudaEventDestroy(a);
+        cudaEventDestroy(b);
+        cudaFree(awsbuf);
+    }
+
+    /* every rank done with every inbox before any is freed */
+    CK(cudaStreamSynchronize(s));
+    pthread_barrier_wait(&barrier);
+    cudaFree(p2p_inbox[rank]);
+    cudaFree(peers_d);
+    cudaFree(epoch);
+    cudaFreeHost(abort_h);
+    cudaFree(d_xq);
+    cudaFree(d_xs);
+    cudaFree(d_idx);
+    cudaFree(d_w);
+    cudaFree(d_out);
+    free(xq); free(xs); free(idx); free(w); free(r_idx); free(r_w);
+    free(r_xq); free(r_xs); free(y); free(out);
+}
+
+
 #define MOE_E    384             /* Kimi-K2's routed experts */
 #define MOE_I    2048
 #define MOE_K    8
@@ -713,6 +970,24 @@ rank_main(void *arg)
     for (i = 0; i < sizeof(T) / sizeof(T[0]); i++) {
         pthread_barrier_wait(&barrier);
         check_ep(rank, c, s, T[i]);
+    }
+
+    /* peer access between every pair (the engine's processes get it from
+     * CUDA IPC instead) */
+    for (int q = 0; q < world; q++) {
+        if (q != rank) {
+            cudaError_t  pe = cudaDeviceEnablePeerAccess(q, 0);
+
+            if (pe != cudaSuccess && pe != cudaErrorPeerAccessAlreadyEnabled) {
+                ok(0, "rank %d: peer access to %d: %s", rank, q,
+                   cudaGetErrorString(pe));
+            }
+            (void) cudaGetLastError();
+        }
+    }
+    for (i = 0; i < sizeof(T) / sizeof(T[0]); i++) {
+        pthread_barrier_wait(&barrier);
+        check_ep_p2p(rank, c, s, T[i]);
     }
     pthread_barrier_wait(&barrier);
     bench_moe(rank, c, s);

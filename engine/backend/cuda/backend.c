@@ -237,13 +237,180 @@ kimi_cuda_join(kimi_cuda_t *b, kimi_group_t *g, kimi_nccl_t **comm,
 }
 
 
+void
+kimi_cuda_p2p_abort(kimi_cuda_t *b)
+{
+    if (b->p2p_abort_h != NULL) {
+        *(volatile int *) b->p2p_abort_h = 1;
+    }
+}
+
+
+/* This rank's part of mapping every inbox into every GPU: exports its own
+ * (cudaMalloc'd, so CUDA IPC can share it), sends the handle to each
+ * peer through the group and opens theirs.  0 when this rank can use
+ * peer memory; a refusal (no P2P path, IPC unsupported) is a reason in
+ * why, not an error: the ranks then vote for the all-to-all. */
+static int
+kimi_cuda_p2p_map(kimi_cuda_t *b, kimi_group_t *g, const char **why,
+    kimi_err_t *err)
+{
+    kimi_ep_shape_t      sh = { (int) b->ep_world, (int) b->cap,
+                                (int) b->top_k, (int) b->E,
+                                (int) b->cfg->hidden_size };
+    size_t               bytes = kimi_ep_inbox_bytes(&sh), n;
+    size_t               sizes[KIMI_GROUP_MAX_RANKS];
+    cudaIpcMemHandle_t   h;
+    const char          *env = getenv("KIMI_EP_TRANSPORT");
+    uint32_t             me = b->ep_rank, q;
+    int                  rc;
+
+    *why = NULL;
+    memset(&h, 0, sizeof(h));
+
+    if (env != NULL && strcmp(env, "nccl") == 0) {
+        *why = "KIMI_EP_TRANSPORT=nccl";
+
+    } else if (b->cfg->hidden_size % 1024 != 0) {
+        *why = "hidden_size is not a multiple of 1024";
+
+    } else if (cudaMalloc(&b->ep_inbox, bytes) != cudaSuccess
+               || cudaMemset(b->ep_inbox, 0, bytes) != cudaSuccess
+               || cudaDeviceSynchronize() != cudaSuccess    /* flags 0 */
+               || cudaIpcGetMemHandle(&h, b->ep_inbox) != cudaSuccess)
+    {
+        (void) cudaGetLastError();
+        *why = "the inbox could not be allocated or exported";
+    }
+
+    /* the exchange happens whatever this rank's answer (peers wait in
+     * it); an empty message says "not me" */
+    for (q = 0; q < b->ep_world; q++) {
+        sizes[q] = *why == NULL ? sizeof(h) : 0;
+        memcpy(kimi_group_sendbuf(g, q), &h, sizeof(h));
+    }
+
+    if ((rc = kimi_group_exchange(g, KIMI_CUDA_TAG_P2P_HANDLE, sizes, err))
+        != 0)
+    {
+        return rc;
+    }
+
+    b->p2p_peer[me] = b->ep_inbox;
+
+    for (q = 0; q < b->ep_world && *why == NULL; q++) {
+        const void  *in = kimi_group_recvbuf(g, q, &n);
+
+        if (q == me) {
+            continue;
+        }
+
+        if (n == 0) {
+            *why = "a peer cannot use peer memory";
+            break;
+        }
+
+        if (n != sizeof(h)) {
+            return kimi_err_set(err, KIMI_EIO, "parallel group: a bad IPC "
+                                "handle from rank %u", q);
+        }
+
+        memcpy(&h, in, sizeof(h));
+
+        if (cudaIpcOpenMemHandle(&b->p2p_peer[q], h,
+                                 cudaIpcMemLazyEnablePeerAccess)
+            != cudaSuccess)
+        {
+            (void) cudaGetLastError();
+            b->p2p_peer[q] = NULL;
+            *why = "a peer's inbox could not be mapped (no P2P path?)";
+        }
+    }
+
+    if (*why == NULL
+        && (cudaMalloc((void **) &b->p2p_peer_d, b->ep_world * sizeof(void *))
+            != cudaSuccess
+            || cudaMemcpy(b->p2p_peer_d, b->p2p_peer,
+                          b->ep_world * sizeof(void *),
+                          cudaMemcpyHostToDevice) != cudaSuccess
+            || cudaMalloc((void **) &b->p2p_epoch, sizeof(uint64_t))
+               != cudaSuccess
+            || cudaMemset(b->p2p_epoch, 0, sizeof(uint64_t)) != cudaSuccess
+            || cudaHostAlloc((void **) &b->p2p_abort_h, sizeof(int),
+                             cudaHostAllocMapped) != cudaSuccess))
+    {
+        (void) cudaGetLastError();
+        *why = "device memory for the barrier";
+    }
+
+    return 0;
+}
+
+
+/* Peer memory for the EP exchange when every rank mapped every inbox
+ * (all ranks agree through the group); else the NCCL all-to-all. */
+static int
+kimi_cuda_p2p_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
+{
+    const char  *why;
+    float        vote[KIMI_GROUP_MAX_RANKS];
+    uint32_t     q;
+    int          all = 1, rc;
+    void        *abort_d = NULL;
+
+    if ((rc = kimi_cuda_p2p_map(b, g, &why, err)) != 0) {
+        return rc;
+    }
+
+    memset(vote, 0, sizeof(vote));
+    vote[b->ep_rank] = why == NULL ? 1.0f : 0.0f;
+
+    if ((rc = kimi_group_allreduce_f32(g, KIMI_CUDA_TAG_P2P_VOTE, vote,
+                                       b->ep_world, err)) != 0)
+    {
+        return rc;
+    }
+
+    for (q = 0; q < b->ep_world; q++) {
+        all &= vote[q] > 0.5f;
+    }
+
+    if (!all || cudaHostGetDevicePointer(&abort_d, b->p2p_abort_h, 0)
+                != cudaSuccess)
+    {
+        (void) cudaGetLastError();
+        kimi_log(KIMI_LOG_NOTICE, "expert parallel: NCCL all-to-all (peer "
+                 "memory: %s)", why ? why : all ? "no device view of the "
+                 "abort flag" : "not every rank can use it");
+        return 0;
+    }
+
+    b->p2p.rank = (int) b->ep_rank;
+    b->p2p.peer_inbox = (void *const *) b->p2p_peer_d;
+    b->p2p.inbox = b->ep_inbox;
+    b->p2p.epoch = b->p2p_epoch;
+    b->p2p.abort = (const volatile int *) abort_d;
+    b->p2p_on = 1;
+
+    /* the all-to-all's workspace is not needed any more */
+    cudaFree(b->ep_ws);
+    b->ep_ws = NULL;
+
+    kimi_log(KIMI_LOG_NOTICE, "expert parallel: tokens move over peer "
+             "memory (%u inboxes mapped)", b->ep_world);
+    return 0;
+}
+
+
 static int
 kimi_cuda_ep_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
 {
     int  rc;
 
     b->ep = g;
-    if ((rc = kimi_cuda_join(b, g, &b->nccl, err)) != 0) {
+    if ((rc = kimi_cuda_join(b, g, &b->nccl, err)) != 0
+        || (rc = kimi_cuda_p2p_join(b, g, err)) != 0)
+    {
         return rc;
     }
 
@@ -672,6 +839,17 @@ kimi_cuda_free(kimi_backend_t *base)
     kimi_step_buf_free(&b->tp_buf);
     cudaFree(b->ep_ws);
     cudaFree(b->ep_moe_ws);
+
+    for (uint32_t q = 0; q < KIMI_GROUP_MAX_RANKS; q++) {
+        if (b->p2p_peer[q] != NULL && b->p2p_peer[q] != b->ep_inbox) {
+            cudaIpcCloseMemHandle(b->p2p_peer[q]);
+        }
+    }
+
+    cudaFree(b->ep_inbox);
+    cudaFree(b->p2p_peer_d);
+    cudaFree(b->p2p_epoch);
+    cudaFreeHost(b->p2p_abort_h);
     cudaFree(b->warena);
     cudaFree(b->sarena);
     cudaFree(b->kv);

@@ -120,6 +120,16 @@ typedef struct {
     void                       *ep_ws;        /* kimi_ep_ws_t for cap */
     void                       *ep_moe_ws;    /* MoE plan of W * cap rows */
 
+    /* EP over peer memory (ep.h, kimi_ep_p2p_t) when every rank mapped
+     * every inbox through CUDA IPC; else (p2p_on 0) the all-to-all */
+    int                         p2p_on;
+    kimi_ep_p2p_t               p2p;
+    void                       *ep_inbox;     /* own, IPC-exported */
+    void                       *p2p_peer[KIMI_GROUP_MAX_RANKS];
+    void                      **p2p_peer_d;   /* device copy of p2p_peer */
+    uint64_t                   *p2p_epoch;
+    int                        *p2p_abort_h;  /* host, mapped */
+
     /* tensor parallelism: this rank's H heads (all of them without TP)
      * and 1/tp of every MLP width; the leader (tp rank 0) sends each step
      * to its followers through the group, partial sums (after o_proj and
@@ -193,6 +203,12 @@ int  kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err);
 #define KIMI_CUDA_TAG_NCCL_ID    ((uint64_t) 9 << 56)
 #define KIMI_CUDA_TAG_TP_STEP    ((uint64_t) 10 << 56)
 #define KIMI_CUDA_TAG_TP_READY   ((uint64_t) 11 << 56)
+#define KIMI_CUDA_TAG_P2P_HANDLE ((uint64_t) 12 << 56)
+#define KIMI_CUDA_TAG_P2P_VOTE   ((uint64_t) 13 << 56)
+
+/* backend.c: waiting kernels of the peer-memory exchange return (a peer
+ * died); no-op without it */
+void kimi_cuda_p2p_abort(kimi_cuda_t *b);
 
 /* graphs.c */
 int  kimi_cuda_graphs_init(kimi_cuda_t *b, kimi_err_t *err);

@@ -390,7 +390,12 @@ kimi_cuda_moe_ep(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
     kimi_ep_ws_t                ews;
     kimi_moe_ws_t               ws;
 
-    kimi_ep_ws_carve(&ews, b->ep_ws, &sh);
+    if (b->p2p_on) {
+        kimi_ep_inbox_carve(&ews, b->ep_inbox, &sh);
+
+    } else {
+        kimi_ep_ws_carve(&ews, b->ep_ws, &sh);
+    }
 
     if (T > 0) {
         KIMI_K(kimi_moe_router_logits_f32(b->a, L->router, b->rl, (int) T, D,
@@ -402,8 +407,14 @@ kimi_cuda_moe_ep(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
                                       b->tw, b->stream, err));
     }
 
-    KIMI_K(kimi_ep_dispatch(b->nccl, &sh, (int) T, b->xq, b->xs, b->tidx,
-                            b->tw, &ews, b->stream, err));
+    if (b->p2p_on) {
+        KIMI_K(kimi_ep_p2p_dispatch(&b->p2p, &sh, (int) T, b->xq, b->xs,
+                                    b->tidx, b->tw, &ews, b->stream, err));
+
+    } else {
+        KIMI_K(kimi_ep_dispatch(b->nccl, &sh, (int) T, b->xq, b->xs, b->tidx,
+                                b->tw, &ews, b->stream, err));
+    }
 
     /* the shared expert of the own tokens, while the rows travel (it
      * re-quantises xq: the dispatch copied it first, in stream order) */
@@ -426,6 +437,11 @@ kimi_cuda_moe_ep(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
     KIMI_K(kimi_moe_down(rows, K, D, I, slots, &L->ex, &ws, b->stream, err));
     KIMI_K(kimi_moe_combine(&ws, ews.recv_w, rows, K, 0, D,
                             (kimi_bf16_t *) ews.y_send, b->stream, err));
+
+    if (b->p2p_on) {
+        return kimi_ep_p2p_combine(&b->p2p, &sh, (int) T, &ews, b->y,
+                                   b->stream, err);
+    }
 
     return kimi_ep_combine(b->nccl, &sh, (int) T, &ews, b->y, b->stream, err);
 }
@@ -607,6 +623,7 @@ kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err)
 
         if (kimi_group_failed(g) || kimi_nccl_check(comm, &lerr) != 0) {
             kimi_nccl_abort(comm);
+            kimi_cuda_p2p_abort(b);
             (void) cudaStreamSynchronize(b->stream);
             (void) cudaGetLastError();
             return kimi_err_set(err, KIMI_EIO, "%s parallel: %s",
@@ -741,6 +758,7 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
         if (b->nccl != NULL || b->tp_nccl != NULL) {
             kimi_group_abort(b->nccl ? b->ep : b->tp, err->msg);
             kimi_nccl_abort(b->nccl ? b->nccl : b->tp_nccl);
+            kimi_cuda_p2p_abort(b);
         }
         (void) cudaStreamSynchronize(b->stream);
         (void) cudaGetLastError();
