@@ -400,9 +400,69 @@ check_ep(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
 
 
 
+
 /* ---- the same exchange over peer memory (ep.h, kimi_ep_p2p_t) ----------- */
 
 static void  *p2p_inbox[16];            /* every rank's, by rank */
+
+typedef struct {
+    kimi_ep_p2p_t   p2p;
+    void           *peers_d;
+    uint64_t       *epoch;
+    int            *abort_h;
+} p2p_t;
+
+
+/* Collective over the threads: every rank's inbox for sh, poisoned
+ * (flags zero), mapped into every GPU (peer access is on). */
+static int
+p2p_open(int rank, const kimi_ep_shape_t *sh, p2p_t *x)
+{
+    void  *abort_d;
+
+    memset(x, 0, sizeof(*x));
+    if (cudaMalloc(&p2p_inbox[rank], kimi_ep_inbox_bytes(sh)) != cudaSuccess
+        || cudaMemset(p2p_inbox[rank], 0xff, kimi_ep_inbox_bytes(sh))
+           != cudaSuccess
+        || cudaMemset(p2p_inbox[rank], 0, (size_t) world * 8) != cudaSuccess
+        || cudaDeviceSynchronize() != cudaSuccess)
+    {
+        return -1;
+    }
+    pthread_barrier_wait(&barrier);
+    if (cudaMalloc(&x->peers_d, (size_t) world * sizeof(void *)) != cudaSuccess
+        || cudaMemcpy(x->peers_d, p2p_inbox, (size_t) world * sizeof(void *),
+                      cudaMemcpyHostToDevice) != cudaSuccess
+        || cudaMalloc((void **) &x->epoch, 8) != cudaSuccess
+        || cudaMemset(x->epoch, 0, 8) != cudaSuccess
+        || cudaHostAlloc((void **) &x->abort_h, sizeof(int),
+                         cudaHostAllocMapped) != cudaSuccess
+        || cudaHostGetDevicePointer(&abort_d, x->abort_h, 0) != cudaSuccess
+        || cudaDeviceSynchronize() != cudaSuccess)
+    {
+        return -1;
+    }
+    *x->abort_h = 0;
+    x->p2p.rank = rank;
+    x->p2p.peer_inbox = (void *const *) x->peers_d;
+    x->p2p.inbox = p2p_inbox[rank];
+    x->p2p.epoch = x->epoch;
+    x->p2p.abort = (const volatile int *) abort_d;
+    return 0;
+}
+
+
+/* Collective: every rank done with every inbox before any is freed. */
+static void
+p2p_close(int rank, cudaStream_t s, p2p_t *x)
+{
+    cudaStreamSynchronize(s);
+    pthread_barrier_wait(&barrier);
+    cudaFree(p2p_inbox[rank]);
+    cudaFree(x->peers_d);
+    cudaFree(x->epoch);
+    cudaFreeHost(x->abort_h);
+}
 
 
 static void
@@ -415,9 +475,8 @@ check_ep_p2p(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
     kimi_ep_ws_t      ws, aws;
     kimi_ep_shape_t   sh = { world, T, TOP_K, E, D };
     kimi_ep_p2p_t     p2p;
-    void             *peers_d, *abort_d, *awsbuf;
-    int              *abort_h;
-    uint64_t         *epoch;
+    p2p_t             px;
+    void             *awsbuf;
     uint8_t          *xq, *d_xq, *r_xq;
     float            *xs, *w, *d_xs, *d_w, *r_w, *r_xs, v, *out, *d_out;
     int32_t          *idx, *d_idx, *r_idx;
@@ -449,24 +508,12 @@ check_ep_p2p(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
 
     /* the inboxes, poisoned: a row the dispatch should write and did not
      * shows */
-    CK(cudaMalloc(&p2p_inbox[rank], kimi_ep_inbox_bytes(&sh)));
-    CK(cudaMemset(p2p_inbox[rank], 0xff, kimi_ep_inbox_bytes(&sh)));
-    CK(cudaMemset(p2p_inbox[rank], 0, (size_t) world * 8));   /* flags */
-    CK(cudaDeviceSynchronize());
-    pthread_barrier_wait(&barrier);
-    CK(cudaMalloc(&peers_d, (size_t) world * sizeof(void *)));
-    CK(cudaMemcpy(peers_d, p2p_inbox, (size_t) world * sizeof(void *),
-                  cudaMemcpyHostToDevice));
-    CK(cudaMalloc((void **) &epoch, 8));
-    CK(cudaMemset(epoch, 0, 8));
-    CK(cudaHostAlloc((void **) &abort_h, sizeof(int), cudaHostAllocMapped));
-    *abort_h = 0;
-    CK(cudaHostGetDevicePointer(&abort_d, abort_h, 0));
-    p2p.rank = rank;
-    p2p.peer_inbox = (void *const *) peers_d;
-    p2p.inbox = p2p_inbox[rank];
-    p2p.epoch = epoch;
-    p2p.abort = (const volatile int *) abort_d;
+    if (p2p_open(rank, &sh, &px) != 0) {
+        ok(0, "rank %d T=%d: p2p inboxes: %s", rank, T,
+           cudaGetErrorString(cudaGetLastError()));
+        return;
+    }
+    p2p = px.p2p;
     kimi_ep_inbox_carve(&ws, p2p_inbox[rank], &sh);
 
     CK(cudaMalloc((void **) &d_xq, (size_t) T * D));
@@ -637,13 +684,7 @@ check_ep_p2p(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
         cudaFree(awsbuf);
     }
 
-    /* every rank done with every inbox before any is freed */
-    CK(cudaStreamSynchronize(s));
-    pthread_barrier_wait(&barrier);
-    cudaFree(p2p_inbox[rank]);
-    cudaFree(peers_d);
-    cudaFree(epoch);
-    cudaFreeHost(abort_h);
+    p2p_close(rank, s, &px);
     cudaFree(d_xq);
     cudaFree(d_xs);
     cudaFree(d_idx);
@@ -785,8 +826,8 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
         float            *xs, *logits, *w, *y, *hl;
         int32_t          *idx, *hidx;
         cudaGraph_t       g;
-        cudaGraphExec_t   x1 = NULL, x2;
-        double            us1 = 0, us2, touched1 = 0, touched2 = 0;
+        cudaGraphExec_t   x1 = NULL, x2, x3;
+        double            us1 = 0, us2, us3 = 0, touched1 = 0, touched2 = 0;
         int               seen[MOE_E];
 
         fprintf(stderr, "rank %d: moe bench T=%d\n", rank, T);
@@ -806,6 +847,7 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
                       cudaMemcpyDeviceToDevice));
         CK(cudaMemcpy(logits, hl, (size_t) T * MOE_E * 4,
                       cudaMemcpyHostToDevice));
+        CK(cudaDeviceSynchronize());      /* the D2D copies above too */
         CK(cudaMalloc(&ews_b, kimi_ep_ws_bytes(&sh)));
         CK(cudaMemset(ews_b, 0, kimi_ep_ws_bytes(&sh)));
         kimi_ep_ws_carve(&ews, ews_b, &sh);
@@ -820,11 +862,20 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
             ok(0, "rank %d: router: %s", rank, err.msg);
             return;
         }
+        /* s is a non-blocking stream: a plain cudaMemcpy does not wait
+         * for it (reading idx before the router wrote it indexed seen[]
+         * with garbage and crashed at random sizes) */
+        CK(cudaStreamSynchronize(s));
         hidx = malloc((size_t) T * MOE_K * 4);
         CK(cudaMemcpy(hidx, idx, (size_t) T * MOE_K * 4,
                       cudaMemcpyDeviceToHost));
         memset(seen, 0, sizeof(seen));
         for (i = 0; i < (size_t) T * MOE_K; i++) {
+            if (hidx[i] < 0 || hidx[i] >= MOE_E) {
+                ok(0, "rank %d T=%d: router chose expert %d", rank, T,
+                   hidx[i]);
+                return;
+            }
             touched1 += !seen[hidx[i]]++;
         }
 
@@ -889,16 +940,60 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
                     us2, cudaGetErrorString(cudaGetLastError()));
         }
 
+        /* the same layer with the exchange over peer memory */
+        {
+            int            slots = kimi_moe_max_slots(rows, MOE_K, E_local, 0);
+            p2p_t          px;
+            kimi_ep_ws_t   pws;
+
+            if (p2p_open(rank, &sh, &px) != 0) {
+                ok(0, "rank %d: p2p inboxes: %s", rank,
+                   cudaGetErrorString(cudaGetLastError()));
+                return;
+            }
+            kimi_ep_inbox_carve(&pws, p2p_inbox[rank], &sh);
+            CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+            if (kimi_moe_router_select(logits, NULL, T, MOE_E, MOE_K, 1, 1,
+                                       1, 2.827f, idx, w, s, &err) != 0
+                || kimi_ep_p2p_dispatch(&px.p2p, &sh, T, xq, xs, idx, w, &pws,
+                                        s, &err) != 0
+                || cudaMemsetAsync(y, 0, (size_t) T * D * 4, s)
+                   != cudaSuccess
+                || kimi_moe_plan(pws.recv_idx, rows, MOE_K, E_local, 0, &ws2,
+                                 s, &err) != 0
+                || kimi_moe_gate_up(pws.recv_xq, pws.recv_xs, rows, D, MOE_I,
+                                    slots, &ex, &ws2, s, &err) != 0
+                || kimi_moe_down(rows, MOE_K, D, MOE_I, slots, &ex, &ws2, s,
+                                 &err) != 0
+                || kimi_moe_combine(&ws2, pws.recv_w, rows, MOE_K, 0, D,
+                                    (kimi_bf16_t *) pws.y_send, s, &err) != 0
+                || kimi_ep_p2p_combine(&px.p2p, &sh, T, &pws, y, s, &err) != 0)
+            {
+                ok(0, "rank %d: EP p2p MoE capture: %s", rank, err.msg);
+                return;
+            }
+            CK(cudaStreamEndCapture(s, &g));
+            CK(cudaGraphInstantiate(&x3, g, 0));
+            cudaGraphDestroy(g);
+            pthread_barrier_wait(&barrier);
+            us3 = time_graph(x3, s, MOE_ITER);
+            fprintf(stderr, "rank %d: EP p2p MoE T=%d: %.1f us (%s)\n", rank,
+                    T, us3, cudaGetErrorString(cudaGetLastError()));
+            cudaGraphExecDestroy(x3);
+            p2p_close(rank, s, &px);
+        }
+
         /* experts this rank ran under EP: those of its share that any
          * rank's tokens chose (every rank's logits are the same recipe) */
         {
             int32_t  *ridx = malloc((size_t) rows * MOE_K * 4);
 
+            CK(cudaStreamSynchronize(s));
             CK(cudaMemcpy(ridx, ews.recv_idx, (size_t) rows * MOE_K * 4,
                           cudaMemcpyDeviceToHost));
             memset(seen, 0, sizeof(seen));
             for (i = 0; i < (size_t) rows * MOE_K; i++) {
-                if (ridx[i] >= 0) {
+                if (ridx[i] >= 0 && ridx[i] < MOE_E) {
                     touched2 += !seen[ridx[i]]++;
                 }
             }
@@ -910,11 +1005,12 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
             double  f1 = touched1 * eb / bw * 1e6, f2 = touched2 * eb / bw * 1e6;
 
             printf("# moe W=%d T=%d/GPU: one GPU %.1f us (%.0f experts, floor"
-                   " %.1f us, x%.2f) | EP %.1f us (%.0f local experts, floor"
-                   " %.1f us, x%.2f) | scaling efficiency %.2f (target >= 0.8"
-                   " at T >= 64) | copy bw %.0f GB/s\n", world, T, us1,
-                   touched1, f1, us1 / f1, us2, touched2, f2, us2 / f2,
-                   us1 / us2, bw / 1e9);
+                   " %.1f us, x%.2f) | EP all-to-all %.1f us, EP peer memory"
+                   " %.1f us (%.0f local experts, floor %.1f us, x%.2f) |"
+                   " scaling efficiency %.2f / %.2f (target >= 0.8 at T >="
+                   " 64) | copy bw %.0f GB/s\n", world, T, us1, touched1, f1,
+                   us1 / f1, us2, us3, touched2, f2, us3 / f2, us1 / us2,
+                   us1 / us3, bw / 1e9);
             fflush(stdout);
         }
         pthread_barrier_wait(&barrier);

@@ -1422,6 +1422,37 @@ test_sampler(void)
     kimi_sampler_sample(smp, tie, &req, &out, &err);
     ok(out.tok.token == 1, "greedy: argmax, lowest id on ties");
 
+    /* what a device argmax may answer alone (the cuda backend's sample) */
+    {
+        kimi_shm_sampling_t  q = sp_base(0.0f);
+        kimi_sample_req_t    r = req;
+        int                  plain;
+
+        r.sampling = &q;
+        q.logprobs = 1;
+        plain = kimi_sample_is_plain_greedy(&r);
+        q.top_logprobs = 2;
+        plain = plain * 2 + kimi_sample_is_plain_greedy(&r);
+        q.top_logprobs = 0;
+        q.presence_penalty = 0.5f;
+        plain = plain * 2 + kimi_sample_is_plain_greedy(&r);
+        q.presence_penalty = 0.0f;
+        q.n_logit_bias = 1;
+        plain = plain * 2 + kimi_sample_is_plain_greedy(&r);
+        q.n_logit_bias = 0;
+        q.min_tokens = 3;
+        r.n_output = 2;
+        plain = plain * 2 + kimi_sample_is_plain_greedy(&r);
+        r.n_output = 3;
+        plain = plain * 2 + kimi_sample_is_plain_greedy(&r);
+        q.temperature = 0.7f;
+        plain = plain * 2 + kimi_sample_is_plain_greedy(&r);
+        ok(plain == 0x42, "plain greedy: greedy with logprobs and with "
+           "min_tokens reached; not with top_logprobs, penalties, "
+           "logit_bias, min_tokens pending or a temperature (bits %#x)",
+           plain);
+    }
+
     /* raw logprobs of a known distribution */
     for (int i = 0; i < 4; i++) {
         lg[i] = logf(pr[i]) + 7.0f;
