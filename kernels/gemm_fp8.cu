@@ -148,8 +148,9 @@ kimi_fp8_gemm_nt_f32(const uint8_t *xq, const float *xs, int T, int K,
 /* ---- cuBLASLt ----------------------------------------------------------- */
 
 #define LT_CACHE 32
-#define LT_FP8   0
-#define LT_BF16  1
+#define LT_FP8      0                /* e4m3 x e4m3 -> bf16 */
+#define LT_BF16     1                /* bf16 x bf16 -> fp32 */
+#define LT_FP8_F32  2                /* e4m3 x e4m3 -> fp32 */
 
 typedef struct {
     int                      kind;             /* LT_FP8 | LT_BF16 */
@@ -245,11 +246,11 @@ lt_plan_slot(kimi_cublaslt_t *h)
 /* The block-scale pointers must be set before the heuristic is asked:
  * without them it answers CUBLAS_STATUS_INVALID_VALUE (seen on cuBLASLt 13.1). */
 static int
-lt_plan_get(kimi_cublaslt_t *h, int T, int K, int N, const void *ws, const void *xs,
-            lt_plan_t **out, kimi_err_t *err)
+lt_plan_get(kimi_cublaslt_t *h, int kind, int T, int K, int N, const void *ws,
+            const void *xs, lt_plan_t **out, kimi_err_t *err)
 {
     for (int i = 0; i < h->n_plan; i++) {
-        if (h->plan[i].kind == LT_FP8 && h->plan[i].T == T && h->plan[i].K == K
+        if (h->plan[i].kind == kind && h->plan[i].T == T && h->plan[i].K == K
             && h->plan[i].N == N) {
             *out = &h->plan[i];
             return KIMI_OK;
@@ -268,7 +269,9 @@ lt_plan_get(kimi_cublaslt_t *h, int T, int K, int N, const void *ws, const void 
     KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof(xs)), err);
     KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, K, N, K), err);
     KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, K, T, K), err);
-    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->d, CUDA_R_16BF, N, T, N), err);
+    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->d, kind == LT_FP8_F32 ? CUDA_R_32F
+                                                                     : CUDA_R_16BF,
+                                           N, T, N), err);
 
     cublasLtMatmulPreference_t pref;
     KIMI_LT_TRY(cublasLtMatmulPreferenceCreate(&pref), err);
@@ -285,11 +288,12 @@ lt_plan_get(kimi_cublaslt_t *h, int T, int K, int N, const void *ws, const void 
         cublasLtMatrixLayoutDestroy(p->d);
         cublasLtMatmulDescDestroy(p->op);
         return kimi_err_set(err, KIMI_EUNSUPPORTED,
-                            "cublaslt: no block-scaled FP8 algorithm for T=%d N=%d K=%d (status %d)",
-                            T, N, K, (int) st);
+                            "cublaslt: no block-scaled FP8 algorithm for T=%d N=%d K=%d, %s out"
+                            " (status %d)", T, N, K, kind == LT_FP8_F32 ? "fp32" : "bf16",
+                            (int) st);
     }
     p->algo = res.algo;
-    p->kind = LT_FP8;
+    p->kind = kind;
     p->T = T;
     p->K = K;
     p->N = N;
@@ -298,11 +302,10 @@ lt_plan_get(kimi_cublaslt_t *h, int T, int K, int N, const void *ws, const void 
     return KIMI_OK;
 }
 
-extern "C" int
-kimi_fp8_gemm_nt_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
-                          const float *xs_mn, int T, int K, const uint8_t *w,
-                          const float *ws, int N, kimi_bf16_t *y,
-                          cudaStream_t s, kimi_err_t *err)
+static int
+fp8_lt_launch(kimi_cublaslt_t *h, int kind, const uint8_t *xq, const float *xs_mn, int T,
+              int K, const uint8_t *w, const float *ws, int N, void *y, cudaStream_t s,
+              kimi_err_t *err)
 {
     if (h == NULL || xq == NULL || xs_mn == NULL || w == NULL || ws == NULL || y == NULL
         || T <= 0 || T % 4 != 0 || K % 128 != 0 || (K / 128) % 4 != 0 || N % 4 != 0 || N <= 0) {
@@ -311,7 +314,7 @@ kimi_fp8_gemm_nt_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
                             T, N, K);
     }
     lt_plan_t *p = NULL;
-    int rc = lt_plan_get(h, T, K, N, ws, xs_mn, &p, err);
+    int rc = lt_plan_get(h, kind, T, K, N, ws, xs_mn, &p, err);
     if (rc != KIMI_OK) {
         return rc;
     }
@@ -321,6 +324,24 @@ kimi_fp8_gemm_nt_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
     KIMI_LT_TRY(cublasLtMatmul(h->lt, p->op, &alpha, w, p->a, xq, p->b, &beta, y, p->d, y, p->d,
                                &p->algo, h->ws, h->ws_bytes, s), err);
     return KIMI_OK;
+}
+
+extern "C" int
+kimi_fp8_gemm_nt_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
+                          const float *xs_mn, int T, int K, const uint8_t *w,
+                          const float *ws, int N, kimi_bf16_t *y,
+                          cudaStream_t s, kimi_err_t *err)
+{
+    return fp8_lt_launch(h, LT_FP8, xq, xs_mn, T, K, w, ws, N, y, s, err);
+}
+
+extern "C" int
+kimi_fp8_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
+                              const float *xs_mn, int T, int K, const uint8_t *w,
+                              const float *ws, int N, float *y, cudaStream_t s,
+                              kimi_err_t *err)
+{
+    return fp8_lt_launch(h, LT_FP8_F32, xq, xs_mn, T, K, w, ws, N, y, s, err);
 }
 
 /* bf16 x bf16 -> fp32: A = W [N][K] (transposed), B = X [T][K], D = Y [T][N],

@@ -126,6 +126,11 @@ int  kimi_fp8_gemm_nt_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
                                const uint8_t *w, const float *ws, int N,
                                kimi_bf16_t *y, cudaStream_t s,
                                kimi_err_t *err);
+/* The same with fp32 y [T][N] (the engine's GEMM outputs). */
+int  kimi_fp8_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
+                                   const float *xs_mn, int T, int K,
+                                   const uint8_t *w, const float *ws, int N,
+                                   float *y, cudaStream_t s, kimi_err_t *err);
 
 /* y[T,N] fp32 = x[T,K] . w[N,K]^T, bf16 inputs, fp32 accumulate, through
  * cuBLASLt's tensor-core kernels (the lm_head at batch: the CUDA-core

@@ -219,6 +219,7 @@ check_ep(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
     CK(cudaMemcpy(d_idx, idx, (size_t) T * TOP_K * 4,
                   cudaMemcpyHostToDevice));
     CK(cudaMemcpy(d_w, w, (size_t) T * TOP_K * 4, cudaMemcpyHostToDevice));
+    CK(cudaDeviceSynchronize());      /* legacy-stream uploads vs s */
 
     if (kimi_ep_dispatch(c, &sh, T, d_xq, d_xs, d_idx, d_w, &ws, s, &err)
         != 0)
@@ -527,6 +528,7 @@ check_ep_p2p(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
     CK(cudaMemcpy(d_idx, idx, (size_t) T * TOP_K * 4,
                   cudaMemcpyHostToDevice));
     CK(cudaMemcpy(d_w, w, (size_t) T * TOP_K * 4, cudaMemcpyHostToDevice));
+    CK(cudaDeviceSynchronize());      /* legacy-stream uploads vs s */
 
     if (kimi_ep_p2p_dispatch(&p2p, &sh, T, d_xq, d_xs, d_idx, d_w, &ws, s,
                              &err) != 0)

@@ -720,6 +720,13 @@ kimi_backend_cuda_set_profile(kimi_backend_t *base, int on)
 
 
 void
+kimi_backend_cuda_set_cublaslt(kimi_backend_t *base, int on)
+{
+    ((kimi_cuda_t *) base)->lt_fp8 = on;
+}
+
+
+void
 kimi_backend_cuda_set_graphs(kimi_backend_t *base, int on)
 {
     ((kimi_cuda_t *) base)->graphs_on = on;

@@ -87,6 +87,10 @@ int  kimi_backend_cuda_profile(kimi_backend_t *b, kimi_cuda_profile_t *p,
  * at init).  set_graphs switches it for the following steps (profiled steps
  * always run eagerly); graph_stats counts captures and graph launches. */
 void kimi_backend_cuda_set_graphs(kimi_backend_t *b, int on);
+
+/* Dense FP8 GEMMs of prefill size (>= 64 tokens) on cuBLASLt (on at init)
+ * or on the own kernel (off): for checks and A/B timings. */
+void kimi_backend_cuda_set_cublaslt(kimi_backend_t *b, int on);
 void kimi_backend_cuda_graph_stats(kimi_backend_t *b, uint64_t *captures,
     uint64_t *launches);
 

@@ -79,6 +79,11 @@ typedef struct {
 #define KIMI_CUDA_LM_HEAD_GEMV_ROWS  8
 #define KIMI_CUDA_LT_WS              ((size_t) 32 << 20)
 
+/* dense FP8 GEMMs of at least this many tokens go to cuBLASLt (~1 PFLOP/s
+ * at prefill sizes; at decode sizes its ~10 us per call floor loses to the
+ * own kernel's one pass over the weights, bench/RESULTS.md) */
+#define KIMI_CUDA_LT_MIN_T           64
+
 /* Profiled steps record events: [0] start, [1] after the embedding, then
  * per layer l six marks KIMI_CUDA_MARK(l, k): k = 0 after the q/kv
  * projections, rope and the cache write, 1 after the W_UK absorption, 2
@@ -164,6 +169,11 @@ typedef struct {
     kimi_cublaslt_t            *lt;
     void                       *lt_ws;
     float                      *lp;           /* device greedy: [max_rows] */
+    /* prefill sizes: dense FP8 GEMMs on cuBLASLt (block scales, which
+     * want the activation scales MN-major [K/128][T padded to 4]);
+     * lt_fp8 0 when this cuBLASLt has no algorithm (the own kernel then) */
+    float                      *xs_mn;
+    int                         lt_fp8;
 
     /* per-step metadata: host pinned staging mirrored on the device */
     int32_t                    *meta_h, *meta_d;

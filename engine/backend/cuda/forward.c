@@ -22,6 +22,7 @@
 
 #include <string.h>
 
+#include "../../common/kimi_log.h"
 #include "cuda_impl.h"
 
 
@@ -128,6 +129,8 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
         KIMI_WS(b->lp, (size_t) b->max_rows * sizeof(float));
         KIMI_WS(b->fin_bf, (size_t) b->max_rows * D * 2);
         KIMI_WS(b->lt_ws, KIMI_CUDA_LT_WS);
+        KIMI_WS(b->xs_mn, ((T + 3) & ~(size_t) 3) * (maxk / 128)
+                          * sizeof(float));
         KIMI_WS(b->moe_ws, moe ? moe : 256);
         KIMI_WS(b->mla_ws, mla);
 
@@ -151,6 +154,7 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
 
 #undef KIMI_WS
 
+    b->lt_fp8 = 1;
     return kimi_cublaslt_create(&b->lt, b->lt_ws, KIMI_CUDA_LT_WS, err);
 }
 
@@ -251,11 +255,40 @@ kimi_cuda_stage(kimi_cuda_t *b, const kimi_batch_t *batch, uint32_t *T_out,
 }
 
 
-/* y[T][w.rows] = x[T][w.cols] * W^T with x already quantised in xq/xs */
+/* cuBLASLt for this many tokens: prefill sizes, while it has an
+ * algorithm, and T padded to 4 rows still inside the workspaces (the
+ * padding rows hold an earlier step's finite values; their outputs land
+ * in rows nobody reads) */
+static int
+kimi_cuda_use_lt(const kimi_cuda_t *b, uint32_t T)
+{
+    return b->lt_fp8 && T >= KIMI_CUDA_LT_MIN_T && ((T + 3) & ~3u) <= b->cap;
+}
+
+
+/* y[T][w.rows] = x[T][w.cols] * W^T with x already quantised in xq/xs
+ * (and xs_mn at prefill sizes) */
 static int
 kimi_cuda_gemm(kimi_cuda_t *b, uint32_t T, const kimi_cuda_fp8_t *w,
     float *y, kimi_err_t *err)
 {
+    int  rc;
+
+    if (kimi_cuda_use_lt(b, T) && (w->cols / 128) % 4 == 0) {
+        rc = kimi_fp8_gemm_nt_f32_cublaslt(b->lt, b->xq, b->xs_mn,
+                                           (int) ((T + 3) & ~3u),
+                                           (int) w->cols, w->w, w->s,
+                                           (int) w->rows, y, b->stream, err);
+        if (rc != KIMI_EUNSUPPORTED) {
+            return rc;
+        }
+
+        /* no algorithm in this cuBLASLt: the own kernel from now on */
+        kimi_log(KIMI_LOG_WARN, "cuda: %s; dense GEMMs stay on the own "
+                 "kernel", err->msg);
+        b->lt_fp8 = 0;
+    }
+
     return kimi_fp8_gemm_nt_f32(b->xq, b->xs, (int) T, (int) w->cols, w->w,
                                 w->s, (int) w->rows, y, (int) w->rows,
                                 b->stream, err);
@@ -266,6 +299,13 @@ static int
 kimi_cuda_quant(kimi_cuda_t *b, const float *x, uint32_t T, uint32_t K,
     kimi_err_t *err)
 {
+    if (kimi_cuda_use_lt(b, T)) {
+        /* the same codes again, scales MN-major for cuBLASLt */
+        KIMI_K(kimi_fp8_quant_1x128_f32(x, (int) K, (int) T, (int) K, b->xq,
+                                        b->xs_mn, 1, (int) ((T + 3) & ~3u),
+                                        b->stream, err));
+    }
+
     return kimi_fp8_quant_1x128_f32(x, (int) K, (int) T, (int) K, b->xq,
                                     b->xs, 0, 0, b->stream, err);
 }
