@@ -243,8 +243,11 @@ lt_plan_slot(kimi_cublaslt_t *h)
     return &h->plan[h->n_plan];
 }
 
-/* The block-scale pointers must be set before the heuristic is asked:
- * without them it answers CUBLAS_STATUS_INVALID_VALUE (seen on cuBLASLt 13.1). */
+/* One plan per (kind, T, K, N).  FP8 kinds: the block-scale pointers must
+ * be set before the heuristic is asked (without them it answers
+ * CUBLAS_STATUS_INVALID_VALUE, seen on cuBLASLt 13.1).  A = W [N][K]
+ * (transposed), B = X [T][K], D = Y [T][N]: column-major views of the
+ * row-major arrays. */
 static int
 lt_plan_get(kimi_cublaslt_t *h, int kind, int T, int K, int N, const void *ws,
             const void *xs, lt_plan_t **out, kimi_err_t *err)
@@ -256,22 +259,25 @@ lt_plan_get(kimi_cublaslt_t *h, int kind, int T, int K, int N, const void *ws,
             return KIMI_OK;
         }
     }
+    const int fp8 = kind != LT_BF16;
+    const cudaDataType_t ab = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    const cudaDataType_t dt = kind == LT_FP8 ? CUDA_R_16BF : CUDA_R_32F;
     lt_plan_t *p = lt_plan_slot(h);
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    int32_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
-    int32_t b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
     KIMI_LT_TRY(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), err);
     KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), err);
     KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), err);
-    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode, sizeof(a_mode)), err);
-    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode, sizeof(b_mode)), err);
-    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ws, sizeof(ws)), err);
-    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof(xs)), err);
-    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, K, N, K), err);
-    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, K, T, K), err);
-    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->d, kind == LT_FP8_F32 ? CUDA_R_32F
-                                                                     : CUDA_R_16BF,
-                                           N, T, N), err);
+    if (fp8) {
+        int32_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+        int32_t b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+        KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode, sizeof(a_mode)), err);
+        KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode, sizeof(b_mode)), err);
+        KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ws, sizeof(ws)), err);
+        KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &xs, sizeof(xs)), err);
+    }
+    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->a, ab, K, N, K), err);
+    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->b, ab, K, T, K), err);
+    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->d, dt, N, T, N), err);
 
     cublasLtMatmulPreference_t pref;
     KIMI_LT_TRY(cublasLtMatmulPreferenceCreate(&pref), err);
@@ -283,14 +289,12 @@ lt_plan_get(kimi_cublaslt_t *h, int kind, int T, int K, int N, const void *ws,
                                                        pref, 1, &res, &n);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || n == 0) {
-        cublasLtMatrixLayoutDestroy(p->a);
-        cublasLtMatrixLayoutDestroy(p->b);
-        cublasLtMatrixLayoutDestroy(p->d);
-        cublasLtMatmulDescDestroy(p->op);
+        lt_plan_destroy(p);
         return kimi_err_set(err, KIMI_EUNSUPPORTED,
-                            "cublaslt: no block-scaled FP8 algorithm for T=%d N=%d K=%d, %s out"
-                            " (status %d)", T, N, K, kind == LT_FP8_F32 ? "fp32" : "bf16",
-                            (int) st);
+                            "cublaslt: no %s algorithm for T=%d N=%d K=%d (status %d)",
+                            kind == LT_BF16 ? "bf16" : kind == LT_FP8_F32
+                            ? "block-scaled FP8 (fp32 out)" : "block-scaled FP8",
+                            T, N, K, (int) st);
     }
     p->algo = res.algo;
     p->kind = kind;
@@ -344,55 +348,6 @@ kimi_fp8_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
     return fp8_lt_launch(h, LT_FP8_F32, xq, xs_mn, T, K, w, ws, N, y, s, err);
 }
 
-/* bf16 x bf16 -> fp32: A = W [N][K] (transposed), B = X [T][K], D = Y [T][N],
- * all column-major views of the row-major arrays, as above. */
-static int
-lt_plan_get_bf16(kimi_cublaslt_t *h, int T, int K, int N, lt_plan_t **out, kimi_err_t *err)
-{
-    for (int i = 0; i < h->n_plan; i++) {
-        if (h->plan[i].kind == LT_BF16 && h->plan[i].T == T && h->plan[i].K == K
-            && h->plan[i].N == N) {
-            *out = &h->plan[i];
-            return KIMI_OK;
-        }
-    }
-    lt_plan_t *p = lt_plan_slot(h);
-    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    KIMI_LT_TRY(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), err);
-    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), err);
-    KIMI_LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), err);
-    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, K, N, K), err);
-    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, K, T, K), err);
-    KIMI_LT_TRY(cublasLtMatrixLayoutCreate(&p->d, CUDA_R_32F, N, T, N), err);
-
-    cublasLtMatmulPreference_t pref;
-    KIMI_LT_TRY(cublasLtMatmulPreferenceCreate(&pref), err);
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                         &h->ws_bytes, sizeof(h->ws_bytes));
-    cublasLtMatmulHeuristicResult_t res;
-    int n = 0;
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(h->lt, p->op, p->a, p->b, p->d, p->d,
-                                                       pref, 1, &res, &n);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (st != CUBLAS_STATUS_SUCCESS || n == 0) {
-        cublasLtMatrixLayoutDestroy(p->a);
-        cublasLtMatrixLayoutDestroy(p->b);
-        cublasLtMatrixLayoutDestroy(p->d);
-        cublasLtMatmulDescDestroy(p->op);
-        return kimi_err_set(err, KIMI_EUNSUPPORTED,
-                            "cublaslt: no bf16 algorithm for T=%d N=%d K=%d (status %d)",
-                            T, N, K, (int) st);
-    }
-    p->algo = res.algo;
-    p->kind = LT_BF16;
-    p->T = T;
-    p->K = K;
-    p->N = N;
-    h->n_plan++;
-    *out = p;
-    return KIMI_OK;
-}
-
 extern "C" int
 kimi_bf16_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const kimi_bf16_t *x, int T, int K,
                                const kimi_bf16_t *w, int N, float *y, cudaStream_t s,
@@ -405,7 +360,7 @@ kimi_bf16_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const kimi_bf16_t *x, int T, 
                             T, N, K);
     }
     lt_plan_t *p = NULL;
-    int rc = lt_plan_get_bf16(h, T, K, N, &p, err);
+    int rc = lt_plan_get(h, LT_BF16, T, K, N, NULL, NULL, &p, err);
     if (rc != KIMI_OK) {
         return rc;
     }

@@ -166,6 +166,132 @@ check_tp(int rank, kimi_nccl_t *c, cudaStream_t s)
 }
 
 
+/* The check's "experts": received row R's output is the sum over its
+ * valid pairs of w * (global expert + 1) / 64, the same in every column. */
+static void
+expert_sums(int rank, const int32_t *r_idx, const float *r_w, size_t rows,
+    uint16_t *y)
+{
+    for (size_t d = 0; d < rows; d++) {
+        float  v = 0;
+
+        for (int k = 0; k < TOP_K; k++) {
+            int  e = r_idx[d * TOP_K + k];
+
+            if (e >= 0) {
+                v += r_w[d * TOP_K + k]
+                     * (float) (rank * E_LOCAL + e + 1) / 64.0f;
+            }
+        }
+        for (int g = 0; g < D; g++) {
+            y[d * D + g] = f2bf(v);
+        }
+    }
+}
+
+
+/* Values of the combined out [T][D] off the model's sum_k w * f(expert)
+ * by more than 2 bf16 ulps (bf16 per peer, summed in fp32). */
+static size_t
+combine_errors(int rank, int T, const float *out)
+{
+    size_t  bad = 0;
+
+    for (int t = 0; t < T; t++) {
+        float  v = 0;
+
+        for (int k = 0; k < TOP_K; k++) {
+            v += weight_of(k) * (float) (expert_of(rank, t, k,
+                                                   E_LOCAL * world) + 1)
+                 / 64.0f;
+        }
+        for (int d = 0; d < D; d++) {
+            bad += fabsf(out[(size_t) t * D + d] - v)
+                   > fabsf(v) * (2.0f / 128.0f);
+        }
+    }
+
+    return bad;
+}
+
+
+/* The floor of an exchange: the same bytes per peer in two graph-captured
+ * ncclAlltoAll calls, in the y arrays (2*D bytes a row hold a dispatched
+ * row's D + 4*D/128 + 8*top_k). */
+static int
+capture_raw(int rank, kimi_nccl_t *c, cudaStream_t s, const kimi_ep_ws_t *ws,
+    size_t bytes_out, size_t bytes_back, cudaGraph_t *g)
+{
+    kimi_err_t  err = { 0 };
+
+    if (cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal)
+        != cudaSuccess
+        || kimi_nccl_all_to_all(c, ws->y_send, ws->y_recv, bytes_out, s,
+                                &err) != 0
+        || kimi_nccl_all_to_all(c, ws->y_send, ws->y_recv, bytes_back, s,
+                                &err) != 0
+        || cudaStreamEndCapture(s, g) != cudaSuccess)
+    {
+        ok(0, "rank %d: capture of the raw all-to-alls: %s", rank, err.msg);
+        return -1;
+    }
+
+    return 0;
+}
+
+
+/* ITERS replays of x1, then of x2, every rank at once (after 20 warm-up
+ * rounds of both): the milliseconds of each.  0, or -1 after a not ok. */
+static int
+time_two(int rank, cudaStream_t s, cudaGraphExec_t x1, cudaGraphExec_t x2,
+    float *ms1, float *ms2)
+{
+    cudaEvent_t  a, b;
+    int          i;
+
+#define CKR(call)                                                             \
+    do {                                                                      \
+        cudaError_t  e_ = (call);                                             \
+        if (e_ != cudaSuccess) {                                              \
+            ok(0, "rank %d: %s: %s", rank, #call, cudaGetErrorString(e_));   \
+            return -1;                                                        \
+        }                                                                     \
+    } while (0)
+
+    CKR(cudaEventCreate(&a));
+    CKR(cudaEventCreate(&b));
+    for (i = 0; i < 20; i++) {
+        CKR(cudaGraphLaunch(x1, s));
+        CKR(cudaGraphLaunch(x2, s));
+    }
+    CKR(cudaStreamSynchronize(s));
+    pthread_barrier_wait(&barrier);
+
+    CKR(cudaEventRecord(a, s));
+    for (i = 0; i < ITERS; i++) {
+        CKR(cudaGraphLaunch(x1, s));
+    }
+    CKR(cudaEventRecord(b, s));
+    CKR(cudaEventSynchronize(b));
+    CKR(cudaEventElapsedTime(ms1, a, b));
+    pthread_barrier_wait(&barrier);
+
+    CKR(cudaEventRecord(a, s));
+    for (i = 0; i < ITERS; i++) {
+        CKR(cudaGraphLaunch(x2, s));
+    }
+    CKR(cudaEventRecord(b, s));
+    CKR(cudaEventSynchronize(b));
+    CKR(cudaEventElapsedTime(ms2, a, b));
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return 0;
+
+#undef CKR
+}
+
+
+
 static void
 check_ep(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
 {
@@ -177,7 +303,7 @@ check_ep(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
     kimi_ep_shape_t   sh = { world, T, TOP_K, E, D };
     void             *wsbuf;
     uint8_t          *xq, *d_xq, *r_xq;
-    float            *xs, *w, *d_xs, *d_w, *r_w, *r_xs, v;
+    float            *xs, *w, *d_xs, *d_w, *r_w, *r_xs;
     int32_t          *idx, *d_idx, *r_idx;
     uint16_t         *y;
     float            *out, *d_out;
@@ -270,21 +396,7 @@ check_ep(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
        " the host model packs (%zu wrong, %zu bad padding ids)", rank, T,
        bad, bad_pad);
 
-    /* "experts": row R's output is sum over its valid pairs of
-     * w * (global expert + 1) / 64, the same in every column */
-    for (d = 0; d < rows; d++) {
-        v = 0;
-        for (k = 0; k < TOP_K; k++) {
-            e = r_idx[d * TOP_K + k];
-            if (e >= 0) {
-                v += r_w[d * TOP_K + k]
-                     * (float) (rank * E_LOCAL + e + 1) / 64.0f;
-            }
-        }
-        for (g = 0; g < D; g++) {
-            y[d * D + g] = f2bf(v);
-        }
-    }
+    expert_sums(rank, r_idx, r_w, rows, y);
     CK(cudaMemcpy(ws.y_send, y, rows * D * 2, cudaMemcpyHostToDevice));
 
     if (kimi_ep_combine(c, &sh, T, &ws, d_out, s, &err) != 0) {
@@ -294,19 +406,7 @@ check_ep(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
     CK(cudaStreamSynchronize(s));
     CK(cudaMemcpy(out, d_out, (size_t) T * D * 4, cudaMemcpyDeviceToHost));
 
-    bad = 0;
-    for (t = 0; t < T; t++) {
-        v = 0;
-        for (k = 0; k < TOP_K; k++) {
-            v += weight_of(k) * (float) (expert_of(rank, t, k, E) + 1)
-                 / 64.0f;
-        }
-        for (d = 0; d < D; d++) {
-            /* bf16 per peer, summed in fp32: 2 bf16 ulps */
-            bad += fabsf(out[(size_t) t * D + d] - v)
-                   > fabsf(v) * (2.0f / 128.0f);
-        }
-    }
+    bad = combine_errors(rank, T, out);
     ok(bad == 0, "rank %d T=%d: combine returns sum_k w*f(expert) for every"
        " token (%zu values off by > 2 bf16 ulps)", rank, T, bad);
 
@@ -314,11 +414,9 @@ check_ep(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
     {
         cudaGraph_t       g1, g2;
         cudaGraphExec_t   x1, x2;
-        cudaEvent_t       a, b;
         float             ms1 = 0, ms2 = 0;
         size_t            bytes_out = (size_t) T * (TOP_K * 8 + D + G * 4);
         size_t            bytes_back = (size_t) T * D * 2;
-        int               i;
 
         CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
         if (kimi_ep_dispatch(c, &sh, T, d_xq, d_xs, d_idx, d_w, &ws, s,
@@ -330,48 +428,15 @@ check_ep(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
         }
         CK(cudaStreamEndCapture(s, &g1));
 
-        /* the floor: the same bytes per peer in two ncclAlltoAll calls,
-         * in the y arrays (2*D bytes a row hold a dispatched row's
-         * D + 4*D/128 + 8*top_k) */
-        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-        if (kimi_nccl_all_to_all(c, ws.y_send, ws.y_recv, bytes_out, s,
-                                 &err) != 0
-            || kimi_nccl_all_to_all(c, ws.y_send, ws.y_recv, bytes_back, s,
-                                    &err) != 0)
-        {
-            ok(0, "rank %d T=%d: capture: %s", rank, T, err.msg);
+        if (capture_raw(rank, c, s, &ws, bytes_out, bytes_back, &g2) != 0) {
             return;
         }
-        CK(cudaStreamEndCapture(s, &g2));
 
         CK(cudaGraphInstantiate(&x1, g1, 0));
         CK(cudaGraphInstantiate(&x2, g2, 0));
-        CK(cudaEventCreate(&a));
-        CK(cudaEventCreate(&b));
-
-        for (i = 0; i < 20; i++) {
-            CK(cudaGraphLaunch(x1, s));
-            CK(cudaGraphLaunch(x2, s));
+        if (time_two(rank, s, x1, x2, &ms1, &ms2) != 0) {
+            return;
         }
-        CK(cudaStreamSynchronize(s));
-        pthread_barrier_wait(&barrier);
-
-        CK(cudaEventRecord(a, s));
-        for (i = 0; i < ITERS; i++) {
-            CK(cudaGraphLaunch(x1, s));
-        }
-        CK(cudaEventRecord(b, s));
-        CK(cudaEventSynchronize(b));
-        CK(cudaEventElapsedTime(&ms1, a, b));
-        pthread_barrier_wait(&barrier);
-
-        CK(cudaEventRecord(a, s));
-        for (i = 0; i < ITERS; i++) {
-            CK(cudaGraphLaunch(x2, s));
-        }
-        CK(cudaEventRecord(b, s));
-        CK(cudaEventSynchronize(b));
-        CK(cudaEventElapsedTime(&ms2, a, b));
 
         if (rank == 0) {
             printf("# ep W=%d T=%d/GPU D=%d top_k=%d: dispatch+combine %.1f"
@@ -385,8 +450,6 @@ check_ep(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
         cudaGraphExecDestroy(x2);
         cudaGraphDestroy(g1);
         cudaGraphDestroy(g2);
-        cudaEventDestroy(a);
-        cudaEventDestroy(b);
     }
 
     cudaFree(wsbuf);
@@ -469,7 +532,7 @@ p2p_close(int rank, cudaStream_t s, p2p_t *x)
 static void
 check_ep_p2p(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
 {
-    int               p, t, k, e, g, G = D / 128, i;
+    int               p, t, k, e, g, G = D / 128;
     int               E = E_LOCAL * world;
     size_t            rows = (size_t) world * T, bad = 0, d;
     kimi_err_t        err;
@@ -479,7 +542,7 @@ check_ep_p2p(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
     p2p_t             px;
     void             *awsbuf;
     uint8_t          *xq, *d_xq, *r_xq;
-    float            *xs, *w, *d_xs, *d_w, *r_w, *r_xs, v, *out, *d_out;
+    float            *xs, *w, *d_xs, *d_w, *r_w, *r_xs, *out, *d_out;
     int32_t          *idx, *d_idx, *r_idx;
     uint16_t         *y;
 
@@ -571,19 +634,7 @@ check_ep_p2p(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
     ok(bad == 0, "rank %d T=%d: p2p dispatch writes every peer's rows where"
        " the host model says (%zu wrong)", rank, T, bad);
 
-    for (d = 0; d < rows; d++) {
-        v = 0;
-        for (k = 0; k < TOP_K; k++) {
-            e = r_idx[d * TOP_K + k];
-            if (e >= 0) {
-                v += r_w[d * TOP_K + k]
-                     * (float) (rank * E_LOCAL + e + 1) / 64.0f;
-            }
-        }
-        for (g = 0; g < D; g++) {
-            y[d * D + g] = f2bf(v);
-        }
-    }
+    expert_sums(rank, r_idx, r_w, rows, y);
     CK(cudaMemcpy(ws.y_send, y, rows * D * 2, cudaMemcpyHostToDevice));
 
     if (kimi_ep_p2p_combine(&p2p, &sh, T, &ws, d_out, s, &err) != 0) {
@@ -593,18 +644,7 @@ check_ep_p2p(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
     CK(cudaStreamSynchronize(s));
     CK(cudaMemcpy(out, d_out, (size_t) T * D * 4, cudaMemcpyDeviceToHost));
 
-    bad = 0;
-    for (t = 0; t < T; t++) {
-        v = 0;
-        for (k = 0; k < TOP_K; k++) {
-            v += weight_of(k) * (float) (expert_of(rank, t, k, E) + 1)
-                 / 64.0f;
-        }
-        for (d = 0; d < D; d++) {
-            bad += fabsf(out[(size_t) t * D + d] - v)
-                   > fabsf(v) * (2.0f / 128.0f);
-        }
-    }
+    bad = combine_errors(rank, T, out);
     ok(bad == 0, "rank %d T=%d: p2p combine returns sum_k w*f(expert) for"
        " every token (%zu values off by > 2 bf16 ulps)", rank, T, bad);
 
@@ -612,7 +652,6 @@ check_ep_p2p(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
     {
         cudaGraph_t       g1, g2;
         cudaGraphExec_t   x1, x2;
-        cudaEvent_t       a, b;
         float             ms1 = 0, ms2 = 0;
         size_t            bytes_out = (size_t) T * (TOP_K * 8 + D + G * 4);
         size_t            bytes_back = (size_t) T * D * 2;
@@ -629,44 +668,14 @@ check_ep_p2p(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
             return;
         }
         CK(cudaStreamEndCapture(s, &g1));
-        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-        if (kimi_nccl_all_to_all(c, aws.y_send, aws.y_recv, bytes_out, s,
-                                 &err) != 0
-            || kimi_nccl_all_to_all(c, aws.y_send, aws.y_recv, bytes_back, s,
-                                    &err) != 0)
-        {
-            ok(0, "rank %d T=%d: capture: %s", rank, T, err.msg);
+        if (capture_raw(rank, c, s, &aws, bytes_out, bytes_back, &g2) != 0) {
             return;
         }
-        CK(cudaStreamEndCapture(s, &g2));
         CK(cudaGraphInstantiate(&x1, g1, 0));
         CK(cudaGraphInstantiate(&x2, g2, 0));
-        CK(cudaEventCreate(&a));
-        CK(cudaEventCreate(&b));
-
-        for (i = 0; i < 20; i++) {
-            CK(cudaGraphLaunch(x1, s));
-            CK(cudaGraphLaunch(x2, s));
+        if (time_two(rank, s, x1, x2, &ms1, &ms2) != 0) {
+            return;
         }
-        CK(cudaStreamSynchronize(s));
-        pthread_barrier_wait(&barrier);
-
-        CK(cudaEventRecord(a, s));
-        for (i = 0; i < ITERS; i++) {
-            CK(cudaGraphLaunch(x1, s));
-        }
-        CK(cudaEventRecord(b, s));
-        CK(cudaEventSynchronize(b));
-        CK(cudaEventElapsedTime(&ms1, a, b));
-        pthread_barrier_wait(&barrier);
-
-        CK(cudaEventRecord(a, s));
-        for (i = 0; i < ITERS; i++) {
-            CK(cudaGraphLaunch(x2, s));
-        }
-        CK(cudaEventRecord(b, s));
-        CK(cudaEventSynchronize(b));
-        CK(cudaEventElapsedTime(&ms2, a, b));
 
         if (rank == 0) {
             printf("# ep-p2p W=%d T=%d/GPU D=%d top_k=%d: dispatch+combine"
@@ -681,8 +690,6 @@ check_ep_p2p(int rank, kimi_nccl_t *c, cudaStream_t s, int T)
         cudaGraphExecDestroy(x2);
         cudaGraphDestroy(g1);
         cudaGraphDestroy(g2);
-        cudaEventDestroy(a);
-        cudaEventDestroy(b);
         cudaFree(awsbuf);
     }
 
