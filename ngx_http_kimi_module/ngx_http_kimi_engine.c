@@ -1093,6 +1093,16 @@ ngx_http_kimi_engine_process(ngx_http_kimi_ctx_t *ctx)
 
         tok = kimi_shm_tok_peek(s, i);
 
+        /* the max_tokens-th token is the last whether or not DONE is
+         * stored yet (the engine stores it just after; reading between
+         * the two sent an extra empty finish chunk) */
+        if (ctx->params.stream
+            && ctx->usage.completion_tokens + n + 1
+               == (ngx_uint_t) ctx->params.sampling.max_tokens)
+        {
+            ctx->sse_final = 1;
+        }
+
         rc = ngx_http_kimi_output_token(ctx, tok);
         n++;
 
