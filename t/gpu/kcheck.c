@@ -357,6 +357,20 @@ test_gemm(int T, int N, int K, kimi_cublaslt_t *lt)
         } else {
             ok(0, "fp8_gemm_nt_cublaslt T=%d N=%d K=%d: %s", T, N, K, err.msg);
         }
+
+        /* the engine's form: fp32 out (poisoned first) */
+        float *dyf = dmalloc(ny * 4);
+        rc = kimi_fp8_gemm_nt_f32_cublaslt(lt, dxq, dxs_mn, T, K, dw, dws, N, dyf, 0, &err);
+        CK(cudaDeviceSynchronize());
+        if (rc == KIMI_OK) {
+            down(got, dyf, ny * 4);
+            e = rel_err(got, ref, ny, &nf);
+            ok(nf == 0 && e < 1e-3, "fp8_gemm_nt_f32_cublaslt T=%d N=%d K=%d: rel err %.2e (tol 1e-3, fp32 out), nonfinite %zu",
+               T, N, K, e, nf);
+        } else {
+            ok(0, "fp8_gemm_nt_f32_cublaslt T=%d N=%d K=%d: %s", T, N, K, err.msg);
+        }
+        cudaFree(dyf);
         cudaFree(dxs_mn);
     }
     cudaFree(dw); cudaFree(dxq); cudaFree(dws); cudaFree(dxs); cudaFree(dx); cudaFree(dy);
@@ -676,6 +690,86 @@ test_greedy(int rows, int vocab)
     cudaFree(d); cudaFree(dout); free(h); free(got);
 }
 
+/* The greedy token's logprob (device fp32 sums) against a double
+ * log-sum-exp on the host, rows with -inf entries (masked ids) too. */
+static void
+test_greedy_logprob(int rows, int vocab)
+{
+    size_t n = (size_t) rows * vocab;
+    float *h = hmalloc(n * 4), *glp = hmalloc(rows * 4), *dlp = dmalloc(rows * 4);
+    for (size_t i = 0; i < n; i++) h[i] = runi(-12, 12);
+    for (int v = 0; v < vocab; v += 3) h[v] = -INFINITY;       /* row 0 masked */
+    float *d = dmalloc(n * 4);
+    int32_t *dout = dmalloc(rows * 4), *got = hmalloc(rows * 4);
+    up(d, h, n * 4);
+    KK(kimi_sample_greedy_logprob(d, rows, vocab, vocab, dout, dlp, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    down(got, dout, rows * 4);
+    down(glp, dlp, rows * 4);
+    int bad = 0;
+    double worst = 0;
+    for (int r = 0; r < rows; r++) {
+        const float *x = h + (size_t) r * vocab;
+        int best = 0;
+        double m = -INFINITY, z = 0;
+        for (int v = 1; v < vocab; v++) if (x[v] > x[best]) best = v;
+        for (int v = 0; v < vocab; v++) m = x[v] > m ? x[v] : m;
+        for (int v = 0; v < vocab; v++) z += isinf(x[v]) ? 0 : exp((double) x[v] - m);
+        double lp = (double) x[best] - (m + log(z));
+        bad += got[r] != best || !isfinite(glp[r]);
+        worst = fabs(glp[r] - lp) > worst ? fabs(glp[r] - lp) : worst;
+    }
+    ok(bad == 0 && worst < 1e-4, "sample_greedy_logprob rows=%d vocab=%d: argmax exact, logprob within %.1e of the double log-sum-exp (tol 1e-4; %d wrong)",
+       rows, vocab, worst, bad);
+    cudaFree(d); cudaFree(dout); cudaFree(dlp); free(h); free(got); free(glp);
+}
+
+/* lm_head at batch: rows of fp32 x picked and rounded to bf16, then
+ * x . W^T on cuBLASLt (bf16 in, fp32 out), against the same rounded x in
+ * double on the host; outputs poisoned. */
+static void
+test_lm_head(int T, int D, int V, kimi_cublaslt_t *lt)
+{
+    size_t nx = (size_t) (T + 3) * D, nw = (size_t) V * D, ny = (size_t) T * V;
+    float *hx = hmalloc(nx * 4), *ref = hmalloc(ny * 4), *got = hmalloc(ny * 4);
+    uint16_t *hw = hmalloc(nw * 2), *gx = hmalloc((size_t) T * D * 2);
+    int32_t *ids = hmalloc(T * 4);
+    for (size_t i = 0; i < nx; i++) hx[i] = runi(-3, 3);
+    rand_bf16(hw, nw, -0.05f, 0.05f);
+    for (int t = 0; t < T; t++) ids[t] = (t * 7 + 2) % (T + 3);   /* rows out of order */
+    for (int t = 0; t < T; t++) {
+        for (int d = 0; d < D; d++) {
+            gx[(size_t) t * D + d] = kimi_f32_to_bf16(hx[(size_t) ids[t] * D + d]);
+        }
+        for (int v = 0; v < V; v++) {
+            double acc = 0;
+            for (int d = 0; d < D; d++) {
+                acc += (double) kimi_bf16_to_f32(gx[(size_t) t * D + d])
+                       * kimi_bf16_to_f32(hw[(size_t) v * D + d]);
+            }
+            ref[(size_t) t * V + v] = (float) acc;
+        }
+    }
+    float *dx = dmalloc(nx * 4), *dy = dmalloc(ny * 4);
+    uint16_t *dw = dmalloc(nw * 2), *dxb = dmalloc((size_t) T * D * 2), *back = hmalloc((size_t) T * D * 2);
+    int32_t *dids = dmalloc(T * 4);
+    up(dx, hx, nx * 4);
+    up(dw, hw, nw * 2);
+    up(dids, ids, T * 4);
+    KK(kimi_gather_rows_f32_bf16(dx, dids, T, D, dxb, 0, ERR));
+    KK(kimi_bf16_gemm_nt_f32_cublaslt(lt, dxb, T, D, dw, V, dy, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    down(back, dxb, (size_t) T * D * 2);
+    down(got, dy, ny * 4);
+    ok(memcmp(back, gx, (size_t) T * D * 2) == 0, "gather_rows_f32_bf16 T=%d D=%d: the picked rows rounded to nearest-even bf16, bit for bit", T, D);
+    size_t nf;
+    double e = rel_err(got, ref, ny, &nf);
+    ok(nf == 0 && e < 1e-4, "bf16_gemm_nt_f32_cublaslt T=%d D=%d V=%d: rel err %.2e (tol 1e-4: fp32 sums of exact products), nonfinite %zu",
+       T, D, V, e, nf);
+    cudaFree(dx); cudaFree(dy); cudaFree(dw); cudaFree(dxb); cudaFree(dids);
+    free(hx); free(ref); free(got); free(hw); free(gx); free(ids); free(back);
+}
+
 static void
 test_errors(void)
 {
@@ -739,6 +833,9 @@ main(int argc, char **argv)
     test_mla_prefill(100, 300, 200, 4);
     test_mla_prefill(5, 1029, 1024, 64);
     test_greedy(3, 163840);
+    test_greedy_logprob(5, 163840);
+    test_lm_head(9, 1024, 1000, lt);
+    test_lm_head(37, 7168, 4096, lt);
     printf("1..%d\n", n_test);
     kimi_cublaslt_destroy(lt);
     cudaFree(ltws);
