@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "model/model.h"
+#include "model/model_rand.h"
 #include "model/tiny_model.h"
 #include "backend/cpu/ops.h"
 
@@ -741,6 +742,52 @@ test_loader(void)
                "dummy weights are per-tensor deterministic (same bytes "
                "whatever range a rank owns)");
             kimi_model_free(m3);
+        }
+
+        /* a weight big enough to be filled by several threads: the same
+         * codes and scales as one sequential splitmix64 stream */
+        if (m2 != NULL) {
+            kimi_model_t     *m4 = NULL;
+            const uint8_t    *q;
+            const float      *sc;
+            kimi_rand_t       r;
+            size_t            n, i, bad = 0;
+            uint32_t          nbr, nbc;
+
+            mp.hf_overrides = "{\"intermediate_size\": 16512}";
+            rc = kimi_model_load(&m4, &mp, &err);
+            mp.hf_overrides = NULL;
+            ok(rc == 0 && !m4->layers[0].is_moe, "dummy model with a "
+               "16512-wide dense layer 0 loads: %s", rc ? err.msg : "ok");
+
+            if (rc == 0) {
+                q = m4->layers[0].mlp.gate_proj.data;
+                sc = m4->layers[0].mlp.gate_proj.scale_inv;
+                n = (size_t) m4->layers[0].mlp.gate_proj.rows
+                    * m4->layers[0].mlp.gate_proj.cols;
+                nbr = (m4->layers[0].mlp.gate_proj.rows + 127) / 128;
+                nbc = (m4->layers[0].mlp.gate_proj.cols + 127) / 128;
+                kimi_rand_init(&r, 7, "model.layers.0.mlp.gate_proj.weight");
+                for (i = 0; i < n; i += 8) {
+                    uint64_t  v = kimi_rand_next(&r);
+
+                    for (size_t j = 0; j < 8 && i + j < n; j++) {
+                        bad += q[i + j] != ((uint8_t) (v >> (8 * j)) & 0xbf);
+                    }
+                }
+                /* scales: the same stream on; std cancels in a ratio */
+                double  u0 = 0.75 + 0.5 * kimi_rand_unif(&r);
+
+                for (i = 1; i < (size_t) nbr * nbc; i++) {
+                    double  want = (0.75 + 0.5 * kimi_rand_unif(&r)) / u0;
+
+                    bad += fabs(sc[i] / sc[0] - want) > 1e-5 * want;
+                }
+                ok(n > (1u << 20) && bad == 0, "a %zu-byte dummy weight "
+                   "filled by threads = one sequential stream, codes and "
+                   "scales (%zu differ)", n, bad);
+            }
+            kimi_model_free(m4);
         }
 
         /* index pointing at a missing tensor */
