@@ -185,7 +185,10 @@ test_queue_full(kc_t *c)
     kimi_shm_slot_release(&c->shm, (uint32_t) b);
     kimi_shm_slot_release(&c->shm, (uint32_t) w);
     kc_ring_engine(c);
-    kc_wait_state(c, w, KIMI_SLOT_FREE, 1000);
+    /* the engine frees them in its own order: wait for each one */
+    kc_wait_state(c, a, KIMI_SLOT_FREE, 2000);
+    kc_wait_state(c, b, KIMI_SLOT_FREE, 2000);
+    kc_wait_state(c, w, KIMI_SLOT_FREE, 2000);
     ok(kc_state(c, a) == KIMI_SLOT_FREE && kc_state(c, b) == KIMI_SLOT_FREE
        && kc_state(c, w) == KIMI_SLOT_FREE,
        "released running and waiting slots all come back FREE");
