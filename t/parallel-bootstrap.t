@@ -261,9 +261,25 @@ kill 'TERM', $head->{pid};
 ok(defined wait_exit($head, 10), 'head stops on SIGTERM');
 is($head->{status} >> 8, 0, 'head exits 0 after a drain');
 ok(defined wait_exit($work, 10), 'the headless node stops too');
-my $stopped = qr/ended the group: node 0 \(ranks 0\.\.0\) was stopped by SIGTERM/;
-like(slurp($work), qr/\[error\].*$stopped/,
+is($work->{status} >> 8, 0, 'the headless node drains with it and exits 0');
+my $stopped = qr/node 0 \(ranks 0\.\.0\) was stopped by SIGTERM: draining the 1 local ranks/;
+like(slurp($work), qr/\[notice\].*$stopped/,
     'headless node says which node stopped and why');
+
+# --- a headless node stopped on purpose: the head drains too --------------
+
+$port = free_port();
+@common = ('--data-parallel-size', 2, '--data-parallel-size-local', 1,
+    '--data-parallel-rpc-port', $port);
+$head = node('head5', @common);
+$work = node('work5', @common, '--headless');
+ok(wait_log($work, qr/rank=1 engine ready/), 'fifth group formed');
+kill 'TERM', $work->{pid};
+ok(defined wait_exit($work, 10), 'the headless node stops on SIGTERM');
+ok(defined wait_exit($head, 10), 'the head stops with it');
+is($head->{status} >> 8, 0, 'the head exits 0');
+like(slurp($head), qr/\[notice\].*node 1 \(ranks 1\.\.1\) was stopped by SIGTERM: draining/,
+    'the head says which node stopped');
 
 
 # --- groups that never form time out --------------------------------------

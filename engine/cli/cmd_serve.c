@@ -798,11 +798,12 @@ kimi_serve_followers_reap(const pid_t *pids, uint32_t T)
 
 /*
  * --enable-expert-parallel with N > 1 ranks: what this build can do
- * (cpu or cuda backend, the N ranks on one node, experts split evenly)
- * and the largest message of the node's exchange: on the cpu, one step's
- * tokens, each a hidden row plus top-k ids and weights; on the cuda
- * backend the rows go over NCCL and the group only carries the step's
- * token counts and the NCCL id.
+ * (cpu or cuda backend, experts split evenly, at most 64 ranks) and the
+ * largest message of the group's exchange: on the cpu, one step's tokens,
+ * each a hidden row plus top-k ids and weights; on the cuda backend the
+ * rows go over NCCL (or peer memory on one node) and the group only
+ * carries the step's token counts and the NCCL id.  Ranks on several
+ * nodes sync over a TCP mesh the bootstrap sets up (group.h).
  */
 static int
 kimi_serve_ep_check(const kimi_serve_opts_t *o,
@@ -818,13 +819,9 @@ kimi_serve_ep_check(const kimi_serve_opts_t *o,
         return 2;
     }
 
-    if ((o->data_parallel_size_local != 0
-         && o->data_parallel_size_local != W) || o->headless
-        || o->data_parallel_start_rank > 0)
-    {
-        fprintf(stderr, "kimi-engine: --enable-expert-parallel across nodes"
-                " is not implemented (the ranks vote each step through"
-                " shared memory on one node)\n");
+    if (W > KIMI_GROUP_MAX_RANKS) {
+        fprintf(stderr, "kimi-engine: --enable-expert-parallel over %u ranks:"
+                " at most %d\n", W, KIMI_GROUP_MAX_RANKS);
         return 2;
     }
 
@@ -1093,8 +1090,24 @@ kimi_cmd_serve(int argc, char **argv)
         }
     }
 
-    if (dp.group_mem != NULL
-        && kimi_group_attach(&group, dp.group_mem, dp.local_rank, &err) != 0)
+    if (dp.group_mem != NULL && dp.mesh_n > 0) {
+        kimi_group_mesh_t  mesh = {
+            .rank = dp.global_rank, .world = dp.world,
+            .seg_bytes = dpp.group_seg_bytes, .listen_fd = dp.mesh_fd,
+            .secret = dp.mesh_secret, .addrs = dp.mesh,
+            .timeout_ms = dpp.join_timeout_ms
+        };
+
+        rc = kimi_group_connect(&group, dp.group_mem, dp.local_rank, &mesh,
+                                &err);
+        if (rc != 0) {
+            kimi_log(KIMI_LOG_EMERG, "expert parallel: %s", err.msg);
+            return 1;
+        }
+
+    } else if (dp.group_mem != NULL
+               && kimi_group_attach(&group, dp.group_mem, dp.local_rank,
+                                    &err) != 0)
     {
         kimi_log(KIMI_LOG_EMERG, "expert parallel: %s", err.msg);
         return 1;
@@ -1150,6 +1163,17 @@ kimi_cmd_serve(int argc, char **argv)
     /* local rank 0: the launcher may start the other ranks now */
     kimi_dp_published(&dp, kimi_server_epoch(srv));
 
+    if (group != NULL && kimi_group_spans_nodes(group)) {
+        /* every local rank runs from here on: the mesh can form */
+        rc = kimi_group_form(group, &err);
+        if (rc != 0) {
+            kimi_log(KIMI_LOG_EMERG, "expert parallel: %s", err.msg);
+            goto done;
+        }
+        kimi_log(KIMI_LOG_NOTICE, "expert parallel: mesh of %u ranks over %u"
+                 " nodes up", dp.world, dp.n_nodes);
+    }
+
     memset(&bp, 0, sizeof(bp));
     bp.name = o.backend;
     bp.n_threads = o.threads;
@@ -1195,14 +1219,15 @@ kimi_cmd_serve(int argc, char **argv)
         }
 
         if (group != NULL) {
-            uint32_t  per = cfg.n_routed_experts / dp.n_local;
+            uint32_t  per = cfg.n_routed_experts / kimi_group_world(group);
 
-            mp.expert_first = dp.local_rank * per;
+            mp.expert_first = kimi_group_rank(group) * per;
             mp.expert_last = mp.expert_first + per;
             bp.ep = group;
             kimi_log(KIMI_LOG_NOTICE, "expert parallel: rank %u of %u holds"
-                     " experts [%u, %u)", dp.local_rank, dp.n_local,
-                     mp.expert_first, mp.expert_last);
+                     " experts [%u, %u)", kimi_group_rank(group),
+                     kimi_group_world(group), mp.expert_first,
+                     mp.expert_last);
         }
 
         rc = kimi_model_load(&model, &mp, &err);

@@ -11,6 +11,7 @@
  *         validated; ranges never overlap and lie inside [0, world).
  */
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -26,9 +28,11 @@
 #include "bootstrap.h"
 
 #define KIMI_BOOT_MAGIC        0x4b494d42u     /* "KIMB" */
-#define KIMI_BOOT_VERSION      1
+#define KIMI_BOOT_VERSION      2
 #define KIMI_BOOT_HDR          12
-#define KIMI_BOOT_PAYLOAD_MAX  1024
+#define KIMI_BOOT_PAYLOAD_MAX  4096            /* an ASSIGN of 64 mesh ranks */
+#define KIMI_BOOT_JOIN_FIXED   (16 + KIMI_BOOT_HOST_LEN + 4)
+#define KIMI_BOOT_MESH_ENTRY   (KIMI_BOOT_ADDR_LEN + 2)
 #define KIMI_BOOT_HOST_LEN     64
 #define KIMI_BOOT_RETRY_MS     200             /* connect retry while the
                                                   head is not up yet */
@@ -39,6 +43,7 @@ enum {
     KIMI_BOOT_REFUSE = 3,
     KIMI_BOOT_PING = 4,
     KIMI_BOOT_ABORT = 5,
+    KIMI_BOOT_DRAIN = 6,
 };
 
 typedef struct {
@@ -49,6 +54,8 @@ typedef struct {
     uint32_t   start;
     uint32_t   len;
     unsigned   joined:1;
+    uint32_t   n_ports;
+    uint16_t   ports[KIMI_BOOT_MESH_MAX];
     char       host[KIMI_BOOT_HOST_LEN];
     uint8_t    rx[KIMI_BOOT_HDR + KIMI_BOOT_PAYLOAD_MAX];
 } kimi_boot_peer_t;
@@ -59,6 +66,7 @@ struct kimi_boot {
     int                  lfd;
     uint32_t             n_peers;
     uint64_t             last_ping_ms;
+    int                  draining;           /* DRAIN sent or received */
     kimi_boot_assign_t   a;
     kimi_boot_peer_t     peers[KIMI_BOOT_MAX_NODES + 2];  /* node: [0] = head;
                                                  head: the last two are
@@ -347,7 +355,11 @@ kimi_boot_join(kimi_boot_t *b, kimi_boot_peer_t *pe, const kimi_boot_frame_t *f)
     kimi_err_t  e;
     char        msg[600];
 
-    if (pe->joined || f->len != 16 + KIMI_BOOT_HOST_LEN) {
+    if (pe->joined || f->len < KIMI_BOOT_JOIN_FIXED
+        || kimi_get32(f->payload + KIMI_BOOT_JOIN_FIXED - 4) > KIMI_BOOT_MESH_MAX
+        || f->len != KIMI_BOOT_JOIN_FIXED
+                     + 2 * kimi_get32(f->payload + KIMI_BOOT_JOIN_FIXED - 4))
+    {
         kimi_boot_send_text(pe, KIMI_BOOT_REFUSE, "malformed JOIN");
         kimi_boot_close(pe);
         return;
@@ -369,6 +381,28 @@ kimi_boot_join(kimi_boot_t *b, kimi_boot_peer_t *pe, const kimi_boot_frame_t *f)
         snprintf(msg, sizeof(msg), "the node has --data-parallel-size %u,"
                  " the head %u: every node must give the same size", size,
                  b->p.data_parallel_size);
+        goto refuse;
+    }
+
+    pe->n_ports = kimi_get32(f->payload + KIMI_BOOT_JOIN_FIXED - 4);
+    for (i = 0; i < pe->n_ports; i++) {
+        pe->ports[i] = (uint16_t) (f->payload[KIMI_BOOT_JOIN_FIXED + 2 * i]
+                                   << 8
+                                   | f->payload[KIMI_BOOT_JOIN_FIXED + 2 * i
+                                                + 1]);
+    }
+
+    if ((b->p.mesh_ports != NULL) != (pe->n_ports > 0)) {
+        snprintf(msg, sizeof(msg), "the head %s --enable-expert-parallel and"
+                 " the node %s: start every node with the same flags",
+                 b->p.mesh_ports ? "has" : "does not have",
+                 pe->n_ports ? "has" : "does not");
+        goto refuse;
+    }
+
+    if (pe->n_ports > 0 && pe->n_ports != len) {
+        snprintf(msg, sizeof(msg), "malformed JOIN: %u mesh ports for %u"
+                 " ranks", pe->n_ports, len);
         goto refuse;
     }
 
@@ -573,12 +607,72 @@ kimi_boot_head_form(kimi_boot_t *b, uint64_t deadline, kimi_err_t *err)
 }
 
 
-/* Head: the group is complete; tell every node its ranks and the blob. */
+/* The numeric address of one end of a connected socket, without the
+ * "::ffff:" of an IPv4 peer on a dual-stack socket. */
+static void
+kimi_boot_sock_host(int fd, int peer, char *host, size_t len)
+{
+    struct sockaddr_storage  ss;
+    socklen_t                sl = sizeof(ss);
+    char                     buf[NI_MAXHOST];
+    int                      rc;
+
+    rc = peer ? getpeername(fd, (struct sockaddr *) &ss, &sl)
+              : getsockname(fd, (struct sockaddr *) &ss, &sl);
+    if (rc != 0 || getnameinfo((struct sockaddr *) &ss, sl, buf, sizeof(buf),
+                               NULL, 0, NI_NUMERICHOST) != 0)
+    {
+        snprintf(host, len, "?");
+        return;
+    }
+
+    snprintf(host, len, "%.*s", (int) len - 1,
+             strncmp(buf, "::ffff:", 7) == 0 && strchr(buf + 7, '.')
+             ? buf + 7 : buf);
+}
+
+
+/* Head: every rank's mesh address, as the nodes reached each other. */
+static void
+kimi_boot_mesh_table(kimi_boot_t *b)
+{
+    uint32_t           i, k;
+    char               head_host[KIMI_BOOT_ADDR_LEN] = "";
+    kimi_boot_peer_t  *pe;
+
+    b->a.mesh_n = b->a.world;
+
+    for (i = 0; i < KIMI_BOOT_MAX_NODES; i++) {
+        pe = &b->peers[i];
+        if (pe->fd == -1 || !pe->joined) {
+            continue;
+        }
+        if (head_host[0] == '\0') {
+            /* the address this node used to reach us reaches our ranks */
+            kimi_boot_sock_host(pe->fd, 0, head_host, sizeof(head_host));
+        }
+        for (k = 0; k < pe->len; k++) {
+            kimi_boot_sock_host(pe->fd, 1, b->a.mesh[pe->start + k].host,
+                                KIMI_BOOT_ADDR_LEN);
+            b->a.mesh[pe->start + k].port = pe->ports[k];
+        }
+    }
+
+    for (k = 0; k < b->p.size_local; k++) {
+        snprintf(b->a.mesh[b->a.start_rank + k].host, KIMI_BOOT_ADDR_LEN,
+                 "%s", head_host[0] ? head_host : b->p.address);
+        b->a.mesh[b->a.start_rank + k].port = b->p.mesh_ports[k];
+    }
+}
+
+
+/* Head: the group is complete; tell every node its ranks, the blob and
+ * the mesh. */
 static int
 kimi_boot_head_assign(kimi_boot_t *b, kimi_err_t *err)
 {
-    uint8_t            buf[24 + KIMI_BOOT_BLOB_MAX];
-    uint32_t           i, n_nodes = 1, node = 1;
+    uint8_t            buf[KIMI_BOOT_PAYLOAD_MAX];
+    uint32_t           i, k, n_nodes = 1, node = 1, len;
     char               name[160];
     kimi_boot_peer_t  *pe;
 
@@ -588,6 +682,10 @@ kimi_boot_head_assign(kimi_boot_t *b, kimi_err_t *err)
 
     b->a.n_nodes = n_nodes;
     b->a.node_index = 0;
+
+    if (b->p.mesh_ports != NULL) {
+        kimi_boot_mesh_table(b);
+    }
 
     for (i = 0; i < KIMI_BOOT_MAX_NODES; i++) {
         pe = &b->peers[i];
@@ -607,10 +705,19 @@ kimi_boot_head_assign(kimi_boot_t *b, kimi_err_t *err)
         kimi_put32(buf + 16, node++);
         kimi_put32(buf + 20, b->a.blob_len);
         memcpy(buf + 24, b->a.blob, b->a.blob_len);
+        len = 24 + b->a.blob_len;
+        kimi_put32(buf + len, b->a.mesh_n);
+        kimi_put32(buf + len + 4, (uint32_t) (b->a.mesh_secret >> 32));
+        kimi_put32(buf + len + 8, (uint32_t) b->a.mesh_secret);
+        len += 12;
+        for (k = 0; k < b->a.mesh_n; k++) {
+            memcpy(buf + len, b->a.mesh[k].host, KIMI_BOOT_ADDR_LEN);
+            buf[len + KIMI_BOOT_ADDR_LEN] = (uint8_t) (b->a.mesh[k].port >> 8);
+            buf[len + KIMI_BOOT_ADDR_LEN + 1] = (uint8_t) b->a.mesh[k].port;
+            len += KIMI_BOOT_MESH_ENTRY;
+        }
 
-        if (kimi_boot_send(pe, KIMI_BOOT_ASSIGN, buf, 24 + b->a.blob_len)
-            != 0)
-        {
+        if (kimi_boot_send(pe, KIMI_BOOT_ASSIGN, buf, len) != 0) {
             kimi_err_set(err, KIMI_ESTATE, "sending the rank assignment to"
                          " %s failed", kimi_boot_peer_name(b, pe, name,
                                                            sizeof(name)));
@@ -719,7 +826,8 @@ static int
 kimi_boot_node_form(kimi_boot_t *b, uint64_t deadline, kimi_err_t *err)
 {
     int                 rc;
-    uint8_t             join[16 + KIMI_BOOT_HOST_LEN];
+    uint8_t             join[KIMI_BOOT_JOIN_FIXED + 2 * KIMI_BOOT_MESH_MAX];
+    uint32_t            i, n_ports, off;
     char                text[KIMI_BOOT_PAYLOAD_MAX + 1];
     kimi_boot_frame_t   f;
     kimi_boot_peer_t   *head = &b->peers[0];
@@ -736,8 +844,16 @@ kimi_boot_node_form(kimi_boot_t *b, uint64_t deadline, kimi_err_t *err)
     kimi_put32(join + 8, (uint32_t) b->p.start_rank);
     kimi_put32(join + 12, (uint32_t) getpid());
     (void) gethostname((char *) join + 16, KIMI_BOOT_HOST_LEN - 1);
+    n_ports = b->p.mesh_ports != NULL ? b->p.size_local : 0;
+    kimi_put32(join + KIMI_BOOT_JOIN_FIXED - 4, n_ports);
+    for (i = 0; i < n_ports; i++) {
+        join[KIMI_BOOT_JOIN_FIXED + 2 * i] = (uint8_t) (b->p.mesh_ports[i] >> 8);
+        join[KIMI_BOOT_JOIN_FIXED + 2 * i + 1] = (uint8_t) b->p.mesh_ports[i];
+    }
 
-    if (kimi_boot_send(head, KIMI_BOOT_JOIN, join, sizeof(join)) != 0) {
+    if (kimi_boot_send(head, KIMI_BOOT_JOIN, join,
+                       KIMI_BOOT_JOIN_FIXED + 2 * n_ports) != 0)
+    {
         return kimi_err_set(err, KIMI_ESTATE, "sending JOIN to the head node"
                             " %s:%u failed", b->p.address, b->p.rpc_port);
     }
@@ -760,6 +876,30 @@ kimi_boot_node_form(kimi_boot_t *b, uint64_t deadline, kimi_err_t *err)
                 b->a.node_index = kimi_get32(f.payload + 16);
                 b->a.blob_len = kimi_get32(f.payload + 20);
                 memcpy(b->a.blob, f.payload + 24, b->a.blob_len);
+                off = 24 + b->a.blob_len;
+                b->a.mesh_n = f.len >= off + 12 ? kimi_get32(f.payload + off)
+                                                : 0;
+                if (f.len < off + 12 || b->a.mesh_n > KIMI_BOOT_MESH_MAX
+                    || f.len != off + 12 + b->a.mesh_n * KIMI_BOOT_MESH_ENTRY
+                    || (b->a.mesh_n != 0 && b->a.mesh_n != b->a.world)
+                    || (b->a.mesh_n != 0) != (n_ports != 0))
+                {
+                    return kimi_err_set(err, KIMI_ESTATE, "the head node"
+                                        " sent a malformed ASSIGN (mesh)");
+                }
+                b->a.mesh_secret = (uint64_t) kimi_get32(f.payload + off + 4)
+                                   << 32 | kimi_get32(f.payload + off + 8);
+                off += 12;
+                for (i = 0; i < b->a.mesh_n; i++) {
+                    memcpy(b->a.mesh[i].host, f.payload + off,
+                           KIMI_BOOT_ADDR_LEN);
+                    b->a.mesh[i].host[KIMI_BOOT_ADDR_LEN - 1] = '\0';
+                    b->a.mesh[i].port = (uint16_t) (f.payload[off
+                                            + KIMI_BOOT_ADDR_LEN] << 8
+                                        | f.payload[off + KIMI_BOOT_ADDR_LEN
+                                                    + 1]);
+                    off += KIMI_BOOT_MESH_ENTRY;
+                }
                 kimi_boot_consume(head, &f);
 
                 if (b->a.world != b->p.data_parallel_size
@@ -882,6 +1022,24 @@ kimi_boot_init(kimi_boot_t **out, const kimi_boot_params_t *p,
             goto failed;
         }
 
+        if (p->mesh_ports != NULL
+            && p->data_parallel_size > KIMI_BOOT_MESH_MAX)
+        {
+            rc = kimi_err_set(err, KIMI_EINVAL, "an expert-parallel mesh of"
+                              " %u ranks (at most %d)",
+                              p->data_parallel_size, KIMI_BOOT_MESH_MAX);
+            goto failed;
+        }
+
+        if (p->mesh_ports != NULL
+            && getrandom(&b->a.mesh_secret, sizeof(b->a.mesh_secret), 0)
+               != (ssize_t) sizeof(b->a.mesh_secret))
+        {
+            rc = kimi_err_set(err, KIMI_EIO, "getrandom() failed: %s",
+                              strerror(errno));
+            goto failed;
+        }
+
         rc = kimi_boot_listen(b, err);
         if (rc == 0) {
             rc = kimi_boot_head_form(b, deadline, err);
@@ -940,10 +1098,11 @@ int
 kimi_boot_watch(kimi_boot_t *b, int extra_fd, int timeout_ms,
     kimi_err_t *err)
 {
-    int                 rc;
-    uint32_t            i, n = 0, idx[KIMI_BOOT_MAX_NODES];
+    int                 rc, drain = 0;
+    uint32_t            i, k, n = 0, idx[KIMI_BOOT_MAX_NODES];
     uint64_t            now, next;
     char                text[KIMI_BOOT_PAYLOAD_MAX + 1], name[160];
+    char                drain_why[KIMI_BOOT_PAYLOAD_MAX + 1];
     kimi_boot_frame_t   f;
     kimi_boot_peer_t   *pe;
     struct pollfd       pfd[KIMI_BOOT_MAX_NODES + 2];
@@ -1000,6 +1159,19 @@ kimi_boot_watch(kimi_boot_t *b, int extra_fd, int timeout_ms,
                 kimi_boot_close(pe);
                 break;
             }
+            if (f.type == KIMI_BOOT_DRAIN && !b->draining) {
+                kimi_boot_text(&f, drain_why, sizeof(drain_why));
+                b->draining = 1;
+                drain = 1;
+                /* the head is the hub: the other nodes hear it from us */
+                for (k = 0; b->is_head && k < KIMI_BOOT_MAX_NODES; k++) {
+                    if (&b->peers[k] != pe && b->peers[k].fd != -1) {
+                        (void) kimi_boot_send_text(&b->peers[k],
+                                                   KIMI_BOOT_DRAIN,
+                                                   drain_why);
+                    }
+                }
+            }
             kimi_boot_consume(pe, &f);    /* PING or unknown: liveness */
         }
 
@@ -1045,7 +1217,30 @@ kimi_boot_watch(kimi_boot_t *b, int extra_fd, int timeout_ms,
         }
     }
 
+    if (drain) {
+        kimi_err_set(err, 0, "%s", drain_why);
+        return 2;
+    }
+
     return (extra_fd >= 0 && (pfd[n].revents & POLLIN)) ? 1 : 0;
+}
+
+
+void
+kimi_boot_drain(kimi_boot_t *b, const char *why)
+{
+    uint32_t  i;
+
+    if (b == NULL || b->draining) {
+        return;
+    }
+
+    b->draining = 1;
+    for (i = 0; i < KIMI_BOOT_MAX_NODES; i++) {
+        if (b->peers[i].fd != -1) {
+            (void) kimi_boot_send_text(&b->peers[i], KIMI_BOOT_DRAIN, why);
+        }
+    }
 }
 
 

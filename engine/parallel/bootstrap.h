@@ -16,13 +16,20 @@
  *
  *   header   u32 magic "KIMB", u16 version, u16 type, u32 payload bytes
  *   JOIN     node -> head: u32 data_parallel_size, u32 size_local,
- *            i32 start_rank (-1: head picks), i32 pid, char host[64]
+ *            i32 start_rank (-1: head picks), i32 pid, char host[64],
+ *            u32 n_ports (0 or size_local), u16 ports[n_ports]: where
+ *            the node's ranks listen for the expert-parallel mesh
  *   ASSIGN   head -> node once every rank is covered: u32 world,
  *            u32 start_rank, u32 size_local, u32 n_nodes, u32 node_index,
- *            u32 blob bytes, blob
+ *            u32 blob bytes, blob, u32 mesh_n (0 or world), u64 secret,
+ *            mesh_n x (char host[48], u16 port): every rank's mesh
+ *            address, hosts as the head saw the nodes connect
  *   REFUSE   head -> node, text: why the join was refused; then close
  *   PING     both ways every KIMI_BOOT_PING_MS
  *   ABORT    either way, text: the group is over (a node failed or left)
+ *   DRAIN    either way, text: a node was told to stop; every node drains
+ *            its ranks (in-flight requests finish) and then exits, so the
+ *            group ends cleanly.  The head passes a node's DRAIN on.
  *
  * Group failure: EOF, a malformed frame, an ABORT or no frame within the
  * liveness timeout ends the group.  The head then sends ABORT with the
@@ -40,6 +47,14 @@
 #define KIMI_BOOT_BLOB_MAX   256      /* ncclUniqueId is 128 bytes */
 #define KIMI_BOOT_MAX_NODES  64
 #define KIMI_BOOT_PING_MS    1000
+#define KIMI_BOOT_MESH_MAX   64       /* ranks of an expert-parallel mesh */
+#define KIMI_BOOT_ADDR_LEN   48       /* a numeric IPv4 or IPv6 address */
+
+/* Where one global rank accepts its mesh connections. */
+typedef struct {
+    char         host[KIMI_BOOT_ADDR_LEN];
+    uint16_t     port;
+} kimi_boot_addr_t;
 
 typedef struct kimi_boot  kimi_boot_t;
 
@@ -54,6 +69,10 @@ typedef struct {
     uint32_t     join_timeout_ms;     /* whole group must form in this */
     uint32_t     liveness_timeout_ms; /* silence that ends the group */
     int          cancel_fd;           /* readable = give up (signalfd), -1 */
+    const uint16_t *mesh_ports;       /* [size_local]: the ports this
+                                         node's ranks listen on for the
+                                         expert-parallel mesh; NULL: none.
+                                         Every node must agree. */
 } kimi_boot_params_t;
 
 typedef struct {
@@ -64,6 +83,9 @@ typedef struct {
     uint32_t     node_index;          /* 0 = head */
     uint32_t     blob_len;
     uint8_t      blob[KIMI_BOOT_BLOB_MAX];
+    uint32_t     mesh_n;              /* 0, or world: mesh[] is filled */
+    uint64_t     mesh_secret;         /* a mesh connection proves it */
+    kimi_boot_addr_t  mesh[KIMI_BOOT_MESH_MAX];
 } kimi_boot_assign_t;
 
 /*
@@ -80,14 +102,19 @@ int  kimi_boot_init(kimi_boot_t **out, const kimi_boot_params_t *p,
 /*
  * Liveness: waits up to timeout_ms for traffic on the group's sockets or
  * on extra_fd (-1 for none), answers and sends pings, checks deadlines.
- * Returns 1 if extra_fd is readable, 0 on a quiet return, or < 0 when the
- * group is over (err says which node and why).
+ * Returns 2 when another node asked the group to drain (err->msg says
+ * why; once), 1 if extra_fd is readable, 0 on a quiet return, or < 0
+ * when the group is over (err says which node and why).
  */
 int  kimi_boot_watch(kimi_boot_t *b, int extra_fd, int timeout_ms,
     kimi_err_t *err);
 
 /* Tells every peer the group is over (best effort, never blocks). */
 void kimi_boot_abort(kimi_boot_t *b, const char *why);
+
+/* Tells every peer this node is stopping: drain with it (best effort,
+ * once). */
+void kimi_boot_drain(kimi_boot_t *b, const char *why);
 
 void kimi_boot_free(kimi_boot_t *b);       /* NULL is a no-op */
 

@@ -57,7 +57,20 @@ typedef struct {
     int                group_failed;
     uint64_t           kill_at_ms;       /* 0: none */
     kimi_dp_proc_t     procs[KIMI_SHM_MAX_RANKS];
+    int                mesh_lfd[KIMI_SHM_MAX_RANKS];  /* -1: none */
 } kimi_dp_launcher_t;
+
+
+static void
+kimi_dp_close_mesh(kimi_dp_launcher_t *l, int keep)
+{
+    for (uint32_t r = 0; r < KIMI_SHM_MAX_RANKS; r++) {
+        if (l->mesh_lfd[r] != -1 && (int) r != keep) {
+            close(l->mesh_lfd[r]);
+            l->mesh_lfd[r] = -1;
+        }
+    }
+}
 
 
 static uint64_t
@@ -124,6 +137,9 @@ kimi_dp_fork(kimi_dp_launcher_t *l, uint32_t r, int pub_wr, kimi_err_t *err)
         kimi_shm_detach(&l->shm);
     }
 
+    kimi_dp_close_mesh(l, (int) r);
+    l->dp->mesh_fd = l->mesh_lfd[r];
+
     l->dp->is_rank = 1;
     l->dp->local_rank = r;
     l->dp->global_rank = l->dp->global_rank + r;   /* start + r */
@@ -158,6 +174,11 @@ kimi_dp_fail(kimi_dp_launcher_t *l, const char *why)
     l->group_failed = 1;
     l->stopping = 1;
     kimi_boot_abort(l->boot, why);
+
+    /* a rank waiting in an expert-parallel sync hears it there */
+    if (l->dp->group_mem != NULL) {
+        kimi_group_fail(l->dp->group_mem, why);
+    }
 
     /* INT starts the drain and TERM, a second signal, aborts in-flight
      * requests: two different signals cannot merge while pending */
@@ -277,7 +298,7 @@ kimi_dp_signals(kimi_dp_launcher_t *l)
                      " by %s", l->dp->node_index, l->dp->global_rank,
                      l->dp->global_rank + l->dp->n_local - 1,
                      si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
-            kimi_boot_abort(l->boot, msg);
+            kimi_boot_drain(l->boot, msg);
         }
 
         /* a second signal aborts in-flight requests, as for one rank.
@@ -287,6 +308,25 @@ kimi_dp_signals(kimi_dp_launcher_t *l)
             kimi_dp_signal_all(l, (int) si.ssi_signo);
         }
     }
+}
+
+
+/* Another node is stopping: this one drains with it, so the group ends
+ * together with every in-flight request answered (expert-parallel ranks
+ * need each other to the last step). */
+static void
+kimi_dp_drain(kimi_dp_launcher_t *l, const char *why)
+{
+    if (l->stopping) {
+        return;
+    }
+
+    kimi_log(KIMI_LOG_NOTICE, "%s: draining the %u local ranks", why,
+             l->n_live);
+    l->stopping = 1;
+    l->kill_at_ms = kimi_dp_now_ms() + l->p.shutdown_timeout_ms
+                    + KIMI_DP_KILL_GRACE_MS;
+    kimi_dp_signal_all(l, SIGTERM);
 }
 
 
@@ -337,6 +377,10 @@ kimi_dp_wait(kimi_dp_launcher_t *l, int extra_fd)
 
     if (l->boot != NULL && !l->group_failed && extra_fd == -1) {
         rc = kimi_boot_watch(l->boot, l->sfd, KIMI_DP_TICK_MS, &err);
+        if (rc == 2) {
+            kimi_dp_drain(l, err.msg);
+            return 0;
+        }
         if (rc < 0) {
             if (l->stopping) {
                 kimi_boot_free(l->boot);
@@ -352,7 +396,14 @@ kimi_dp_wait(kimi_dp_launcher_t *l, int extra_fd)
     if (l->boot != NULL && !l->group_failed) {
         /* the group's sockets still need their pings while we wait */
         rc = kimi_boot_watch(l->boot, -1, 0, &err);
-        if (rc < 0) {
+        if (rc == 2) {
+            kimi_dp_drain(l, err.msg);
+
+        } else if (rc < 0 && l->stopping) {
+            kimi_boot_free(l->boot);       /* a peer done draining left */
+            l->boot = NULL;
+
+        } else if (rc < 0) {
             kimi_dp_fail(l, err.msg);
         }
     }
@@ -459,6 +510,8 @@ kimi_dp_supervise(kimi_dp_launcher_t *l, kimi_err_t *err)
         }
     }
 
+    kimi_dp_close_mesh(l, -1);           /* each rank holds its own */
+
     if (!l->stopping) {
         kimi_log(KIMI_LOG_NOTICE, "data-parallel ranks started local=%u"
                  " ranks=%u..%u world=%u node=%u/%u", l->dp->n_local,
@@ -533,10 +586,12 @@ kimi_dp_launch(kimi_dp_t *dp, const kimi_dp_params_t *p, kimi_err_t *err)
     sigset_t             set;
     kimi_boot_params_t   bp;
     kimi_boot_assign_t   a;
+    uint16_t             mesh_ports[KIMI_SHM_MAX_RANKS];
     kimi_dp_launcher_t  *l;
 
     memset(dp, 0, sizeof(*dp));
     dp->published_fd = -1;
+    dp->mesh_fd = -1;
     dp->is_rank = 1;
     dp->n_local = p->size_local ? p->size_local : p->data_parallel_size;
     dp->world = p->data_parallel_size;
@@ -582,6 +637,9 @@ kimi_dp_launch(kimi_dp_t *dp, const kimi_dp_params_t *p, kimi_err_t *err)
     l->dp = dp;
     l->pub_fd = -1;
     dp->is_rank = 0;
+    for (uint32_t r = 0; r < KIMI_SHM_MAX_RANKS; r++) {
+        l->mesh_lfd[r] = -1;
+    }
 
     if (p->group_seg_bytes > 0) {
         /* made before the forks: every rank inherits the same pages */
@@ -631,6 +689,19 @@ kimi_dp_launch(kimi_dp_t *dp, const kimi_dp_params_t *p, kimi_err_t *err)
         bp.liveness_timeout_ms = p->liveness_timeout_ms;
         bp.cancel_fd = l->sfd;
 
+        if (p->group_seg_bytes > 0) {
+            /* expert parallel across nodes: the ranks will sync over a
+             * TCP mesh; their sockets listen before anyone can look */
+            for (uint32_t r = 0; r < dp->n_local; r++) {
+                rc = kimi_group_listen(&mesh_ports[r], err);
+                if (rc < 0) {
+                    goto done;
+                }
+                l->mesh_lfd[r] = rc;
+            }
+            bp.mesh_ports = mesh_ports;
+        }
+
         if (!p->headless) {
             rc = kimi_dp_blob(dp, p, err);
             if (rc != 0) {
@@ -653,6 +724,9 @@ kimi_dp_launch(kimi_dp_t *dp, const kimi_dp_params_t *p, kimi_err_t *err)
         dp->n_nodes = a.n_nodes;
         dp->blob_len = a.blob_len;
         memcpy(dp->blob, a.blob, a.blob_len);
+        dp->mesh_n = a.mesh_n;
+        dp->mesh_secret = a.mesh_secret;
+        memcpy(dp->mesh, a.mesh, sizeof(dp->mesh));
 
         kimi_log(KIMI_LOG_NOTICE, "data-parallel group formed node=%u/%u"
                  " ranks=%u..%u world=%u blob_fnv=%08x", a.node_index,
@@ -666,12 +740,15 @@ kimi_dp_launch(kimi_dp_t *dp, const kimi_dp_params_t *p, kimi_err_t *err)
         return 0;
     }
 
+    kimi_dp_close_mesh(l, -1);
+
     if (rc == 0) {
         dp->exit_code = (l->group_failed || l->n_failed > 0) ? 1 : 0;
     }
 
 done:
 
+    kimi_dp_close_mesh(l, -1);
     if (l->shm.hdr != NULL) {
         atomic_store(&l->shm.hdr->state, KIMI_SHM_STATE_STOPPED);
         kimi_shm_detach(&l->shm);

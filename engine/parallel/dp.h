@@ -64,6 +64,12 @@ typedef struct {
     uint32_t     blob_len;       /* collective bootstrap blob (opaque) */
     uint8_t      blob[KIMI_BOOT_BLOB_MAX];
     void        *group_mem;      /* group_seg_bytes asked: its mapping */
+    /* expert parallel across nodes: every rank's mesh address and this
+     * rank's listening socket (mesh_n 0: the group is this node's) */
+    int          mesh_fd;
+    uint64_t     mesh_secret;
+    uint32_t     mesh_n;
+    kimi_boot_addr_t  mesh[KIMI_BOOT_MESH_MAX];
 } kimi_dp_t;
 
 /*

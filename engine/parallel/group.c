@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "group.h"
+#include "group_net.h"
 
 #define KIMI_GROUP_MAGIC     0x4b47525055ull      /* "KGRPU" */
 #define KIMI_GROUP_SPINS     4000                 /* before sleeping */
@@ -59,6 +60,9 @@ struct kimi_group {
     uint32_t            world;
     uint64_t            n_sync;                   /* syncs made so far */
     uint32_t            recv_bank;                /* of the last exchange */
+    size_t              seg_bytes;
+    kimi_group_net_t   *net;                      /* ranks across nodes:
+                                                     every sync goes here */
 };
 
 
@@ -146,6 +150,10 @@ kimi_group_abort(kimi_group_t *g, const char *why)
     char  msg[256];
 
     snprintf(msg, sizeof(msg), "rank %u: %s", g->rank, why);
+    if (g->net != NULL) {
+        kimi_group_net_fail(g->net, msg);      /* tells the other nodes */
+        return;
+    }
     kimi_group_fail(g->hdr, msg);
 }
 
@@ -153,7 +161,8 @@ kimi_group_abort(kimi_group_t *g, const char *why)
 int
 kimi_group_failed(const kimi_group_t *g)
 {
-    return atomic_load(&g->hdr->failed) != 0;
+    return atomic_load(&g->hdr->failed) != 0
+           || (g->net != NULL && kimi_group_net_failed(g->net) != NULL);
 }
 
 
@@ -161,6 +170,11 @@ static int
 kimi_group_error(kimi_group_t *g, kimi_err_t *err)
 {
     struct timespec  ts = { 0, 1000000 };
+
+    if (g->net != NULL && kimi_group_net_failed(g->net) != NULL) {
+        return kimi_err_set(err, KIMI_ESTATE, "parallel group failed: %s",
+                            kimi_group_net_failed(g->net));
+    }
 
     /* the message is written between the two stores of kimi_group_fail */
     for (int i = 0; i < 100 && atomic_load(&g->hdr->failed) == 1; i++) {
@@ -199,9 +213,72 @@ kimi_group_attach(kimi_group_t **out, void *mem, uint32_t rank,
     g->boxes = (uint8_t *) mem + kimi_group_boxes_off(h->world);
     g->rank = rank;
     g->world = h->world;
+    g->seg_bytes = h->seg_bytes;
 
     *out = g;
     return 0;
+}
+
+
+/* The node's own failure (the launcher lost a rank or another node), as
+ * seen by a mesh wait. */
+static int
+kimi_group_node_failed(void *arg, char *why, size_t len)
+{
+    kimi_group_t  *g = arg;
+    kimi_err_t     e;
+
+    if (atomic_load(&g->hdr->failed) == 0) {
+        return 0;
+    }
+
+    (void) kimi_group_error(g, &e);
+    snprintf(why, len, "%s", e.msg + strlen("parallel group failed: "));
+    return 1;
+}
+
+
+int
+kimi_group_connect(kimi_group_t **out, void *mem, uint32_t local_rank,
+    const kimi_group_mesh_t *m, kimi_err_t *err)
+{
+    kimi_group_t  *g;
+    int            rc;
+
+    if ((rc = kimi_group_attach(&g, mem, local_rank, err)) != 0) {
+        return rc;
+    }
+
+    g->rank = m->rank;
+    g->world = m->world;
+    g->seg_bytes = m->seg_bytes;
+
+    rc = kimi_group_net_open(&g->net, m, kimi_group_node_failed, g, err);
+    if (rc != 0) {
+        free(g);
+        return rc;
+    }
+
+    *out = g;
+    return 0;
+}
+
+
+int
+kimi_group_form(kimi_group_t *g, kimi_err_t *err)
+{
+    if (g->net == NULL) {
+        return 0;
+    }
+
+    return kimi_group_net_form(g->net, err);
+}
+
+
+int
+kimi_group_spans_nodes(const kimi_group_t *g)
+{
+    return g->net != NULL;
 }
 
 
@@ -216,6 +293,7 @@ kimi_group_free(kimi_group_t *g)
         close(g->watch_fd[i]);
     }
 
+    kimi_group_net_free(g->net);
     free(g);
 }
 
@@ -281,13 +359,17 @@ kimi_group_world(const kimi_group_t *g)
 size_t
 kimi_group_seg_bytes(const kimi_group_t *g)
 {
-    return g->hdr->seg_bytes;
+    return g->seg_bytes;
 }
 
 
 int
 kimi_group_wake_fd(const kimi_group_t *g)
 {
+    if (g->net != NULL) {
+        return kimi_group_net_wake_fd(g->net);      /* level-triggered */
+    }
+
     return g->hdr->wake_fd[g->rank];
 }
 
@@ -297,7 +379,7 @@ kimi_group_wake_drain(const kimi_group_t *g)
 {
     uint64_t  n;
 
-    if (g->hdr->wake_fd[g->rank] != -1) {
+    if (g->net == NULL && g->hdr->wake_fd[g->rank] != -1) {
         (void) !read(g->hdr->wake_fd[g->rank], &n, sizeof(n));
     }
 }
@@ -306,6 +388,10 @@ kimi_group_wake_drain(const kimi_group_t *g)
 int
 kimi_group_pending(const kimi_group_t *g)
 {
+    if (g->net != NULL) {
+        return kimi_group_net_pending(g->net);
+    }
+
     return atomic_load(&g->hdr->arrived) != 0
            || atomic_load(&g->hdr->failed) != 0;
 }
@@ -409,7 +495,18 @@ kimi_group_vote(kimi_group_t *g, uint64_t tag, int mine_any, int mine_all,
 {
     uint32_t            bank = (uint32_t) (g->n_sync & 1);
     kimi_group_slot_t  *s = kimi_group_slot(g, bank, g->rank);
+    size_t              none[KIMI_GROUP_MAX_RANKS];
     int                 rc;
+
+    if (g->net != NULL) {
+        memset(none, 0, sizeof(none));
+        if (kimi_group_net_sync(g->net, tag, none, mine_any, mine_all, any,
+                                all) != 0)
+        {
+            return kimi_group_error(g, err);
+        }
+        return 0;
+    }
 
     s->any = mine_any != 0;
     s->all = mine_all != 0;
@@ -439,12 +536,17 @@ kimi_group_allreduce_f32(kimi_group_t *g, uint64_t tag, float *x, size_t n,
     const float  *in;
     int           rc;
 
-    /* every rank publishes its whole x in its own box; all of them then
-     * add the same boxes in the same order */
+    /* every rank publishes its whole x (in shared memory once, in its
+     * own box; over the mesh to each peer); all of them then add the same
+     * rows in the same order */
     memset(bytes, 0, sizeof(bytes));
-    bytes[g->rank] = n * sizeof(float);
-    if (bytes[g->rank] <= g->hdr->seg_bytes) {
-        memcpy(kimi_group_sendbuf(g, g->rank), x, bytes[g->rank]);
+    for (uint32_t r = 0; r < g->world; r++) {
+        if (r == g->rank || g->net != NULL) {
+            bytes[r] = n * sizeof(float);
+            if (bytes[r] <= g->seg_bytes) {
+                memcpy(kimi_group_sendbuf(g, r), x, bytes[r]);
+            }
+        }
     }
 
     if ((rc = kimi_group_exchange(g, tag, bytes, err)) != 0) {
@@ -452,7 +554,11 @@ kimi_group_allreduce_f32(kimi_group_t *g, uint64_t tag, float *x, size_t n,
     }
 
     for (uint32_t r = 0; r < g->world; r++) {
-        in = (const float *) kimi_group_box(g, g->recv_bank, r, r);
+        size_t  got;
+
+        in = g->net != NULL ? kimi_group_net_recvbuf(g->net, r, &got)
+                            : (const float *) kimi_group_box(g, g->recv_bank,
+                                                             r, r);
 
         if (r == 0) {
             memcpy(x, in, n * sizeof(float));
@@ -471,6 +577,10 @@ kimi_group_allreduce_f32(kimi_group_t *g, uint64_t tag, float *x, size_t n,
 void *
 kimi_group_sendbuf(kimi_group_t *g, uint32_t peer)
 {
+    if (g->net != NULL) {
+        return kimi_group_net_sendbuf(g->net, peer);
+    }
+
     return kimi_group_box(g, (uint32_t) (g->n_sync & 1), g->rank, peer);
 }
 
@@ -482,19 +592,30 @@ kimi_group_exchange(kimi_group_t *g, uint64_t tag, const size_t *bytes,
     uint32_t            bank = (uint32_t) (g->n_sync & 1);
     kimi_group_slot_t  *s = kimi_group_slot(g, bank, g->rank);
 
+    int                 any, all;
+
     for (uint32_t p = 0; p < g->world; p++) {
-        if (bytes[p] > g->hdr->seg_bytes) {
+        if (bytes[p] > g->seg_bytes) {
             /* a local bug, but the peers wait for us: fail them too */
             char  why[160];
 
-            snprintf(why, sizeof(why), "rank %u: %zu bytes for rank %u,"
-                     " more than the %llu of a segment", g->rank, bytes[p],
-                     p, (unsigned long long) g->hdr->seg_bytes);
-            kimi_group_fail(g->hdr, why);
+            snprintf(why, sizeof(why), "%zu bytes for rank %u, more than the"
+                     " %llu of a segment", bytes[p], p,
+                     (unsigned long long) g->seg_bytes);
+            kimi_group_abort(g, why);
             return kimi_group_error(g, err);
         }
 
-        s->bytes[p] = bytes[p];
+        if (g->net == NULL) {
+            s->bytes[p] = bytes[p];
+        }
+    }
+
+    if (g->net != NULL) {
+        if (kimi_group_net_sync(g->net, tag, bytes, 0, 0, &any, &all) != 0) {
+            return kimi_group_error(g, err);
+        }
+        return 0;
     }
 
     g->recv_bank = bank;
@@ -506,6 +627,10 @@ kimi_group_exchange(kimi_group_t *g, uint64_t tag, const size_t *bytes,
 const void *
 kimi_group_recvbuf(const kimi_group_t *g, uint32_t peer, size_t *bytes)
 {
+    if (g->net != NULL) {
+        return kimi_group_net_recvbuf(g->net, peer, bytes);
+    }
+
     *bytes = kimi_group_slot(g, g->recv_bank, peer)->bytes[g->rank];
 
     return kimi_group_box(g, g->recv_bank, peer, g->rank);

@@ -1,16 +1,19 @@
 /*
- * A node-local process group: the ranks of one node stepping together and
- * exchanging rows through one shared anonymous mapping that the launcher
- * makes before it forks them (expert parallelism on the cpu backend).
+ * A process group: ranks stepping together and exchanging rows (expert
+ * parallelism, tensor- and pipeline-parallel followers).  On one node the
+ * transport is one shared anonymous mapping that the launcher makes
+ * before it forks the ranks; a group whose ranks span nodes keeps that
+ * mapping for the node's failure state and syncs over a TCP mesh
+ * (group_net.c) with the same calls and the same guarantees.
  *
  * Owns:   the mapping's layout (header, per-rank slots, two banks of
  *         outboxes), the barrier (a futex on the generation word), the
  *         group's failure state and its message.
- * Never:  crosses a node (collectives between nodes are NCCL's), allocates
- *         per call, or waits on a dead peer forever: the launcher fails
- *         the group when it reaps a rank, and a peer out of step (another
- *         tag at the same barrier) fails it too, with a message that
- *         every rank returns.
+ * Never:  allocates per call, or waits on a dead peer forever: the
+ *         launcher fails the group when it reaps a rank or loses a node,
+ *         a closed mesh connection fails it, and a peer out of step
+ *         (another tag at the same barrier) fails it too, with a message
+ *         that every rank returns.
  *
  * Every sync is a barrier all ranks enter in the same order.  An exchange
  * writes into the bank of the sync it precedes and reads peers' rows from
@@ -25,8 +28,22 @@
 #include <stdint.h>
 
 #include "../common/kimi_err.h"
+#include "bootstrap.h"
 
 #define KIMI_GROUP_MAX_RANKS  64
+
+/* A rank's place in a group that spans nodes (from the bootstrap). */
+typedef struct {
+    uint32_t                 rank;        /* global */
+    uint32_t                 world;
+    size_t                   seg_bytes;
+    int                      listen_fd;   /* this rank's, from
+                                             kimi_group_listen(); closed
+                                             by kimi_group_connect() */
+    uint64_t                 secret;
+    const kimi_boot_addr_t  *addrs;       /* [world] */
+    uint32_t                 timeout_ms;  /* for the mesh to form */
+} kimi_group_mesh_t;
 
 typedef struct kimi_group  kimi_group_t;
 
@@ -47,6 +64,25 @@ void   kimi_group_abort(kimi_group_t *g, const char *why);
 int    kimi_group_attach(kimi_group_t **out, void *mem, uint32_t rank,
     kimi_err_t *err);
 void   kimi_group_free(kimi_group_t *g);
+
+/* Launcher, before the bootstrap: a socket on every interface where one
+ * rank will accept its mesh peers; returns the fd (port set) or < 0. */
+int    kimi_group_listen(uint16_t *port, kimi_err_t *err);
+
+/* A rank's handle on a group across nodes: mem is the node's mapping
+ * (kimi_group_init with this node's rank count), m the whole world
+ * (m->addrs must outlive kimi_group_form). */
+int    kimi_group_connect(kimi_group_t **out, void *mem, uint32_t local_rank,
+    const kimi_group_mesh_t *m, kimi_err_t *err);
+
+/* Connects to every other rank and returns when the mesh is whole; a
+ * no-op for a node-local group.  Call once every local rank can run
+ * (after local rank 0 published the segment): peers wait for each other
+ * here, within m->timeout_ms. */
+int    kimi_group_form(kimi_group_t *g, kimi_err_t *err);
+
+/* 1 when the ranks are on more than one node: no shared device memory. */
+int    kimi_group_spans_nodes(const kimi_group_t *g);
 
 uint32_t kimi_group_rank(const kimi_group_t *g);
 uint32_t kimi_group_world(const kimi_group_t *g);

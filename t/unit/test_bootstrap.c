@@ -188,11 +188,131 @@ test_group(void)
 }
 
 
+/* Child: a headless node of an expert-parallel mesh; writes its secret to
+ * fd and exits 0 if every rank's address is the one the head must have
+ * sent (ports 1000 + rank, host 127.0.0.1), 10 if refused. */
+static int
+mesh_node(uint16_t port, const uint16_t *ports, int fd)
+{
+    int                  rc = 0;
+    kimi_boot_t         *b;
+    kimi_err_t           err;
+    kimi_boot_params_t   p;
+    kimi_boot_assign_t   a;
+
+    memset(&p, 0, sizeof(p));
+    p.data_parallel_size = 3;
+    p.size_local = 2;
+    p.start_rank = -1;
+    p.address = "127.0.0.1";
+    p.rpc_port = port;
+    p.headless = 1;
+    p.join_timeout_ms = 5000;
+    p.liveness_timeout_ms = 2000;
+    p.cancel_fd = -1;
+    p.mesh_ports = ports;
+
+    if (kimi_boot_init(&b, &p, NULL, 0, &a, &err) != 0) {
+        return strstr(err.msg, "refused") && strstr(err.msg,
+                                                    "expert-parallel")
+               ? 10 : 11;
+    }
+
+    if (a.mesh_n != 3 || a.start_rank != 1) {
+        rc = 12;
+    }
+    for (uint32_t r = 0; r < a.mesh_n && rc == 0; r++) {
+        if (a.mesh[r].port != 1000 + r
+            || strcmp(a.mesh[r].host, "127.0.0.1") != 0)
+        {
+            rc = 13;
+        }
+    }
+    if (write(fd, &a.mesh_secret, sizeof(a.mesh_secret)) != 8) {
+        rc = 14;
+    }
+
+    while (kimi_boot_watch(b, -1, 100, &err) >= 0) {
+    }
+
+    kimi_boot_free(b);
+    return rc;
+}
+
+
+static void
+test_mesh(void)
+{
+    int                  rc, st, pfd[2];
+    pid_t                c;
+    uint16_t             port = free_port();
+    uint16_t             head_ports[1] = { 1000 }, node_ports[2] = { 1001,
+                                                                     1002 };
+    uint64_t             secret = 0;
+    kimi_boot_t         *b;
+    kimi_err_t           err;
+    kimi_boot_params_t   p;
+    kimi_boot_assign_t   a;
+
+    if (pipe(pfd) != 0) {
+        return;
+    }
+
+    c = fork();
+    if (c == 0) {
+        _exit(mesh_node(port, node_ports, pfd[1]));
+    }
+
+    memset(&p, 0, sizeof(p));
+    p.data_parallel_size = 3;
+    p.size_local = 1;
+    p.start_rank = -1;
+    p.address = "127.0.0.1";
+    p.rpc_port = port;
+    p.join_timeout_ms = 5000;
+    p.liveness_timeout_ms = 2000;
+    p.cancel_fd = -1;
+    p.mesh_ports = head_ports;
+
+    rc = kimi_boot_init(&b, &p, NULL, 0, &a, &err);
+    ok(rc == 0 && a.mesh_n == 3 && a.mesh[0].port == 1000
+       && a.mesh[2].port == 1002 && strcmp(a.mesh[1].host, "127.0.0.1") == 0,
+       "mesh: the head's table has every rank's port and host (%s)",
+       rc ? err.msg : "ok");
+    if (rc == 0) {
+        kimi_boot_free(b);
+    }
+    waitpid(c, &st, 0);
+    ok(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+       "mesh: the node got the same table (%d)", WEXITSTATUS(st));
+    ok(read(pfd[0], &secret, 8) == 8 && secret == a.mesh_secret
+       && secret != 0, "mesh: both hold the same non-zero secret");
+    close(pfd[0]);
+    close(pfd[1]);
+
+    /* a node that does not run expert parallel cannot join such a head */
+    port = free_port();
+    p.rpc_port = port;
+    p.join_timeout_ms = 1500;
+    c = fork();
+    if (c == 0) {
+        _exit(node(port, 3, 2, -1, 1));
+    }
+    rc = kimi_boot_init(&b, &p, NULL, 0, &a, &err);
+    ok(rc != 0, "mesh: the head does not form a group with that node");
+    waitpid(c, &st, 0);
+    ok(WIFEXITED(st) && WEXITSTATUS(st) == 10,
+       "mesh: the node without --enable-expert-parallel is refused (%d)",
+       WEXITSTATUS(st));
+}
+
+
 int
 main(void)
 {
     test_place();
     test_group();
+    test_mesh();
 
     printf("1..%d\n", test_n);
 

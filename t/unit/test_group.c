@@ -14,16 +14,25 @@
  *     followers field for field, a step too big for the segment fails the
  *     group with why, the stop message ends the followers.
  *
+ * The same checks run again over the TCP mesh of a group that spans
+ * nodes (group_net.c, on 127.0.0.1), plus: messages far larger than a
+ * socket buffer both ways at once (no deadlock), a stranger on a rank's
+ * port (bad hello) is dropped while the mesh forms, a killed rank fails
+ * its peers through the closed connection, and the node's failure flag
+ * (the launcher's) ends a mesh wait with its message.
+ *
  * Each child exits 0 when every check of its own passed; alarm() turns a
  * hang into a failure.
  */
 
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -32,9 +41,13 @@
 
 #include "tap.h"
 
-#define SEG  4096
+#define SEG      4096
+#define BIG_SEG  (6u << 20)        /* far over a loopback socket buffer */
 
 typedef int (*rank_fn)(kimi_group_t *g, void *mem);
+
+static int     use_net;            /* 1: the ranks sync over a TCP mesh */
+static size_t  seg_bytes = SEG;
 
 
 static uint32_t
@@ -50,14 +63,42 @@ mix(uint32_t a, uint32_t b, uint32_t c, uint32_t d)
 }
 
 
-/* Forks world ranks running fn; returns how many exited 0. */
+/* A connection to port that says something other than a mesh hello. */
+static int
+stranger(uint16_t port)
+{
+    int                 fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in  a;
+    char                junk[24];
+
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    memset(junk, 'x', sizeof(junk));
+
+    if (fd == -1 || connect(fd, (struct sockaddr *) &a, sizeof(a)) != 0
+        || write(fd, junk, sizeof(junk)) != (ssize_t) sizeof(junk))
+    {
+        return -1;
+    }
+
+    return fd;
+}
+
+
+/* Forks world ranks running fn; returns how many exited 0.  kill_rank:
+ * the rank whose death the parent reports with why, -2: the parent fails
+ * the group with why while the ranks run, -1: neither. */
 static int
 run_group(uint32_t world, rank_fn fn, int kill_rank, const char *why)
 {
-    size_t   bytes = kimi_group_bytes(world, SEG);
-    void    *mem;
-    pid_t    pid[8];
-    int      good = 0, status;
+    size_t              bytes = kimi_group_bytes(world, seg_bytes);
+    void               *mem;
+    pid_t               pid[8];
+    int                 good = 0, status, lfd[8], odd = -1;
+    kimi_boot_addr_t    addrs[8];
+    kimi_err_t          err;
 
     mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
                -1, 0);
@@ -65,21 +106,61 @@ run_group(uint32_t world, rank_fn fn, int kill_rank, const char *why)
         return -1;
     }
 
-    kimi_group_init(mem, world, SEG);
+    kimi_group_init(mem, world, seg_bytes);
+
+    for (uint32_t r = 0; use_net && r < world; r++) {
+        lfd[r] = kimi_group_listen(&addrs[r].port, &err);
+        if (lfd[r] < 0) {
+            fprintf(stderr, "# listen: %s\n", err.msg);
+            return -1;
+        }
+        snprintf(addrs[r].host, sizeof(addrs[r].host), "127.0.0.1");
+    }
+    if (use_net) {
+        odd = stranger(addrs[0].port);   /* first in rank 0's backlog */
+    }
 
     for (uint32_t r = 0; r < world; r++) {
         pid[r] = fork();
         if (pid[r] == 0) {
-            kimi_group_t  *g;
-            kimi_err_t     err;
+            kimi_group_t       *g;
+            kimi_group_mesh_t   m = {
+                .rank = r, .world = world, .seg_bytes = seg_bytes,
+                .secret = 0x5eed5eed12345678ull, .addrs = addrs,
+                .timeout_ms = 10000
+            };
 
             alarm(20);
-            if (kimi_group_attach(&g, mem, r, &err) != 0) {
+            if (use_net) {
+                for (uint32_t q = 0; q < world; q++) {
+                    if (q != r) {
+                        close(lfd[q]);
+                    }
+                }
+                m.listen_fd = lfd[r];
+                if (kimi_group_connect(&g, mem, r, &m, &err) != 0
+                    || kimi_group_form(g, &err) != 0)
+                {
+                    fprintf(stderr, "mesh: %s\n", err.msg);
+                    _exit(3);
+                }
+
+            } else if (kimi_group_attach(&g, mem, r, &err) != 0) {
                 fprintf(stderr, "attach: %s\n", err.msg);
                 _exit(3);
             }
             _exit(fn(g, mem));
         }
+    }
+
+    for (uint32_t r = 0; use_net && r < world; r++) {
+        close(lfd[r]);
+    }
+
+    if (kill_rank == -2) {
+        /* the launcher's part when it loses another node */
+        usleep(300000);
+        kimi_group_fail(mem, why);
     }
 
     if (kill_rank >= 0) {
@@ -103,6 +184,9 @@ run_group(uint32_t world, rank_fn fn, int kill_rank, const char *why)
         }
     }
 
+    if (odd != -1) {
+        close(odd);
+    }
     munmap(mem, bytes);
     return good;
 }
@@ -237,7 +321,74 @@ rank_one_dies(kimi_group_t *g, void *mem)
         return 1;
     }
 
-    return strstr(err.msg, "rank 2 pid 42 died") != NULL ? 0 : 1;
+    /* over the mesh the closed connection may tell first */
+    return strstr(err.msg, "rank 2 pid 42 died") != NULL
+           || (use_net && strstr(err.msg, "connection to rank 2") != NULL)
+           ? 0 : 1;
+}
+
+
+/* Megabytes each way between every two ranks at once, checked. */
+static int
+rank_big(kimi_group_t *g, void *mem)
+{
+    uint32_t    me = kimi_group_rank(g), W = kimi_group_world(g);
+    size_t      bytes[KIMI_GROUP_MAX_RANKS], got;
+    kimi_err_t  err;
+
+    for (uint32_t round = 0; round < 4; round++) {
+        for (uint32_t p = 0; p < W; p++) {
+            uint32_t  *out = kimi_group_sendbuf(g, p);
+            uint32_t   n = (uint32_t) (BIG_SEG / 4) - mix(round, me, p, 0)
+                                                      % 1000;
+
+            for (uint32_t i = 0; i < n; i++) {
+                out[i] = mix(round, me, p, i) ^ i;
+            }
+            bytes[p] = (size_t) n * 4;
+        }
+
+        if (kimi_group_exchange(g, 0x400 + round, bytes, &err) != 0) {
+            fprintf(stderr, "exchange: %s\n", err.msg);
+            return 1;
+        }
+
+        for (uint32_t p = 0; p < W; p++) {
+            const uint32_t  *in = kimi_group_recvbuf(g, p, &got);
+            uint32_t         n = (uint32_t) (BIG_SEG / 4)
+                                 - mix(round, p, me, 0) % 1000;
+
+            if (got != (size_t) n * 4) {
+                return 1;
+            }
+            for (uint32_t i = 0; i < n; i += 997) {
+                if (in[i] != (mix(round, p, me, i) ^ i)) {
+                    return 1;
+                }
+            }
+        }
+    }
+
+    return 0;
+}
+
+
+/* The launcher fails the node while ranks 0 and 1 wait for rank 2. */
+static int
+rank_node_fails(kimi_group_t *g, void *mem)
+{
+    kimi_err_t  err;
+    int         any, all;
+
+    if (kimi_group_rank(g) == 2) {
+        sleep(1);
+    }
+
+    if (kimi_group_vote(g, 1, 1, 0, &any, &all, &err) == 0) {
+        return 1;
+    }
+
+    return strstr(err.msg, "node 7 went away") != NULL ? 0 : 1;
 }
 
 
@@ -393,6 +544,33 @@ main(void)
     ok(run_group(2, rank_step_too_big, -1, NULL) == 2,
        "step channel: a step over the segment fails the group on both"
        " sides, saying why");
+    ok(run_group(3, rank_node_fails, -2, "node 7 went away") == 3,
+       "the launcher failing the group ends the ranks' wait with its"
+       " message");
+
+    use_net = 1;
+    ok(run_group(3, rank_rounds, -1, NULL) == 3,
+       "mesh, 3 ranks: 300 exchanges of random sizes arrive intact, votes"
+       " agree (a stranger's connection was dropped while it formed)");
+    ok(run_group(3, rank_allreduce, -1, NULL) == 3,
+       "mesh: all-reduces give every rank the rank-order sum, bit for bit");
+    ok(run_group(2, rank_out_of_step, -1, NULL) == 2,
+       "mesh: a vote meeting an exchange fails the group as out of step");
+    ok(run_group(3, rank_one_dies, 2, "rank 2 pid 42 died") == 3,
+       "mesh: a rank gone before the vote fails its peers, no hang");
+    ok(run_group(2, rank_oversized, -1, NULL) == 2,
+       "mesh: a message over the segment size fails the group on every"
+       " rank");
+    ok(run_group(3, rank_step_channel, -1, NULL) == 3,
+       "mesh: the step channel's batches and stop message arrive");
+    ok(run_group(3, rank_node_fails, -2, "node 7 went away") == 3,
+       "mesh: the launcher failing the node ends the ranks' wait with its"
+       " message, on the ranks waiting and on the late one");
+    seg_bytes = BIG_SEG;
+    ok(run_group(4, rank_big, -1, NULL) == 4,
+       "mesh, 4 ranks: 6 MB messages between every two ranks at once, 4"
+       " rounds, intact");
+    seg_bytes = SEG;
 
     printf("1..%d\n", test_n);
     return test_failed != 0;

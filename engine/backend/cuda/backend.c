@@ -271,6 +271,9 @@ kimi_cuda_p2p_map(kimi_cuda_t *b, kimi_group_t *g, const char **why,
     if (env != NULL && strcmp(env, "nccl") == 0) {
         *why = "KIMI_EP_TRANSPORT=nccl";
 
+    } else if (kimi_group_spans_nodes(g)) {
+        *why = "the ranks span nodes";
+
     } else if (b->cfg->hidden_size % 1024 != 0) {
         *why = "hidden_size is not a multiple of 1024";
 

@@ -1,0 +1,230 @@
+#!/usr/bin/perl
+
+# Expert parallelism across nodes on the cpu backend: two "nodes" on one
+# machine (two kimi-engine process groups with their own --ipc-dir and
+# their own nginx) form one data-parallel group with vLLM's multi-node
+# flags and --enable-expert-parallel.  The ranks sync over the TCP mesh
+# the bootstrap sets up.  Greedy completions and logprobs through either
+# node's gateway must match one rank holding every expert; 2 + 2 ranks
+# (peers on the same node and on the other) must too.  Then the failure
+# path: a rank of the other node killed mid-stream ends the stream with an
+# error and both nodes exit, no hang; and mismatched flags are refused.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use JSON::PP;
+use List::Util qw(max);
+use POSIX qw(WNOHANG);
+use Test::More;
+use KimiTest qw(completion_body);
+
+my $true = JSON::PP::true;
+my @prompts = ('The capital of France is', 'Once upon a time, in a',
+    '1, 2, 3, 4, 5,', 'def fibonacci(n):');
+
+sub complete {
+    my ($t, $prompt, @hdr) = @_;
+    return $t->post('/v1/completions', completion_body(prompt => $prompt,
+        max_tokens => 10, temperature => 0, logprobs => 1), @hdr);
+}
+
+sub logprobs_of { $_[0]{json}{choices}[0]{logprobs}{token_logprobs} // [] }
+
+# ---- the reference: one rank, all experts ------------------------------------
+
+my $ref = KimiTest->new(workers => 1);
+my $tiny = $ref->dir . '/tiny';
+system("$ref->{engine_bin} gen-tiny-model --out $tiny --tokenizer-dir"
+    . " $ref->{tokdir} >/dev/null 2>&1") == 0
+    or plan(skip_all => 'gen-tiny-model failed');
+
+my @common = ('--backend', 'cpu', '--model', $tiny, '--threads', 1,
+    '--cpu-kv-cache-bytes', '64M', '--max-num-batched-tokens', 256,
+    '--enable-expert-parallel', '--data-parallel-address', '127.0.0.1',
+    '--data-parallel-bootstrap-timeout', 60,
+    '--data-parallel-liveness-timeout', 3);
+
+$ref->{engine_args} = [ grep { !/^--(enable-expert|data-parallel)/ }
+    @common[0 .. 9] ];
+$ref->start;
+my %want;
+for my $p (@prompts) {
+    my $r = complete($ref, $p);
+    is($r->{status}, 200, "reference: '$p' served");
+    $want{$p} = { text => $r->{json}{choices}[0]{text},
+                  lp => logprobs_of($r) };
+}
+$ref->stop;
+
+# Two nodes: the head holds ranks 0..L-1, the headless node the rest.
+sub two_nodes {
+    my ($world, $local) = @_;
+    my $rpc = KimiTest::free_port();
+    my @flags = (@common, '--data-parallel-size', $world,
+        '--data-parallel-size-local', $local, '--data-parallel-rpc-port',
+        $rpc, '--log-level', 'debug');
+    my $head = KimiTest->new(workers => 1);
+    my $work = KimiTest->new(workers => 1);
+    $head->{engine_args} = [ @flags ];
+    $work->{engine_args} = [ @flags, '--headless' ];
+    # both engines first: neither is ready before the mesh is whole
+    $head->start_engine;
+    $work->start_engine;
+    $_->start_nginx for ($head, $work);
+    for my $t ($head, $work) {
+        $t->wait_health(60) or BAIL_OUT('a node never became healthy: '
+            . $t->tail('engine.log'));
+    }
+    return ($head, $work);
+}
+
+my $worst = 0;
+
+sub check {
+    my ($r, $p, $what) = @_;
+    is($r->{status}, 200, "$what: '$p' served");
+    is($r->{json} && $r->{json}{choices}[0]{text}, $want{$p}{text},
+        "$what: '$p' greedy text equals one rank's");
+    my ($a, $b) = (logprobs_of($r), $want{$p}{lp});
+    is(scalar @$a, scalar @$b, "$what: '$p' logprob count");
+    $worst = max($worst, map { abs($a->[$_] - ($b->[$_] // 1e9)) }
+        0 .. $#$a);
+}
+
+# ---- 1 + 1 ranks ---------------------------------------------------------------
+
+my ($head, $work) = two_nodes(2, 1);
+
+like($head->read_file('engine.log'),
+    qr/rank=0 .*mesh of 2 ranks over 2 nodes up/, 'head: the mesh is up');
+like($head->read_file('engine.log'), qr/rank=0 .*holds experts \[0, 8\)/,
+    'rank 0 (head) holds experts 0..7');
+like($work->read_file('engine.log'), qr/rank=1 .*holds experts \[8, 16\)/,
+    'rank 1 (other node) holds experts 8..15');
+
+for my $p (@prompts[0 .. 1]) {
+    check(complete($head, $p), $p, 'through the head');
+    check(complete($work, $p), $p, 'through the other node');
+}
+
+# both nodes at once: their steps mix
+my @hs = map { my $i = $_; [ $head, $prompts[$i % @prompts] ] } 0 .. 3;
+my @ws = map { my $i = $_; [ $work, $prompts[($i + 1) % @prompts] ] } 0 .. 3;
+my %res;
+my $pid = fork // die;
+if ($pid == 0) {
+    my @r = $work->many(4, 'POST', '/v1/completions', sub {
+        completion_body(prompt => $ws[$_[0]][1], max_tokens => 10,
+                        temperature => 0, logprobs => 1) }, timeout => 120);
+    KimiTest::write_file($work->dir . '/many.json',
+        JSON::PP->new->utf8->encode([ map { { status => $_->{status},
+            json => $_->{json} } } @r ]));
+    POSIX::_exit(0);
+}
+my @r = $head->many(4, 'POST', '/v1/completions', sub {
+    completion_body(prompt => $hs[$_[0]][1], max_tokens => 10,
+                    temperature => 0, logprobs => 1) }, timeout => 120);
+waitpid $pid, 0;
+check($r[$_], $hs[$_][1], "concurrent on the head ($_)") for 0 .. 3;
+my $wr = JSON::PP->new->utf8->decode($work->read_file('many.json') || '[]');
+check($wr->[$_] // {}, $ws[$_][1], "concurrent on the other node ($_)")
+    for 0 .. 3;
+
+# ---- a rank of the other node dies mid-stream ---------------------------------
+
+my ($rank1) = $work->read_file('engine.log')
+    =~ /kimi-engine\[(\d+)\] rank=1 engine ready/;
+ok($rank1, 'the other node\'s rank 1 pid is in its log');
+my $s = $head->connect_gw;
+print $s KimiTest::request_text('POST', '/v1/completions',
+    completion_body(prompt => 'The capital of France is', max_tokens => 400,
+                    temperature => 0, stream => $true));
+select(undef, undef, undef, 0.3);
+kill 'KILL', $rank1 if $rank1;
+my $raw = '';
+my $end = time + 20;
+while (time < $end) {
+    my $n = sysread($s, my $buf, 65536);
+    last unless $n;
+    $raw .= $buf;
+}
+like($raw, qr/"error"/, 'the stream on the head ends with an error');
+ok(time < $end, 'it ends, no hang');
+for my $t ($head, $work) {
+    ok(KimiTest::wait_for(15, sub { !$t->alive('engine') }),
+        'the node\'s engine exits when a rank of the group dies');
+    delete $t->{pids}{engine};
+}
+like($head->read_file('engine.log'),
+    qr/parallel group failed: .*(lost its connection to rank 1|rank 1 \(local 0\) pid=\d+ died|node .* closed the connection)/,
+    'the head says the group failed and why');
+$r[0] = complete($head, $prompts[0]);
+is($r[0]{status}, 503, 'the head\'s gateway answers 503 once the group is gone');
+$_->stop for ($head, $work);
+
+# ---- 2 + 2 ranks: peers on the same node and on the other ---------------------
+
+($head, $work) = two_nodes(4, 2);
+like($work->read_file('engine.log'), qr/rank=3 .*holds experts \[12, 16\)/,
+    'rank 3 (other node, local 1) holds experts 12..15');
+for my $p (@prompts[2 .. 3]) {
+    check(complete($head, $p, 'X-Kimi-Rank' => 1), $p, 'head rank 1');
+    check(complete($work, $p, 'X-Kimi-Rank' => 0), $p, 'other node rank 2');
+}
+cmp_ok($worst, '<', 1e-3, 'logprobs within 1e-3 of one rank holding every'
+    . ' expert') or diag("worst |diff| $worst");
+diag(sprintf 'worst logprob |diff| vs one rank: %.3g', $worst);
+
+# SIGTERM on the head: every node drains, a stream on the other node runs
+# to its end, both exit 0
+$s = $work->connect_gw;
+print $s KimiTest::request_text('POST', '/v1/completions',
+    completion_body(prompt => 'Once upon a time, in a', max_tokens => 60,
+                    temperature => 0, stream => $true), 'X-Kimi-Rank' => 1);
+select(undef, undef, undef, 0.3);
+my %code;
+kill 'TERM', $head->engine_pid;
+$raw = '';
+$end = time + 30;
+while (time < $end) {
+    my $n = sysread($s, my $buf, 65536);
+    last unless $n;
+    $raw .= $buf;
+}
+like($raw, qr/"finish_reason":"length".*data: \[DONE\]/s,
+    'a stream on the other node runs to its end through the drain');
+for my $t ($head, $work) {
+    my $pid = $t->engine_pid;
+    ok(KimiTest::wait_for(20, sub { waitpid($pid, WNOHANG) == $pid }),
+        'the node stops') and $code{$t} = $? >> 8;
+    delete $t->{pids}{engine};
+}
+is($code{$head}, 0, 'the head exits 0 after the drain');
+is($code{$work}, 0, 'the other node drains with it and exits 0');
+like($work->read_file('engine.log'),
+    qr/node 0 \(ranks 0\.\.1\) was stopped by SIGTERM: draining the 2 local/,
+    'the other node says which node stopped');
+unlike($head->read_file('engine.log') . $work->read_file('engine.log'),
+    qr/parallel group failed/, 'no group failure on a clean stop');
+$_->stop for ($head, $work);
+
+# ---- flags that do not agree ----------------------------------------------------
+
+my $rpc = KimiTest::free_port();
+my $d = KimiTest->new(workers => 1)->dir;
+my @base = (@common, '--data-parallel-size', 2, '--data-parallel-size-local',
+    1, '--data-parallel-rpc-port', $rpc);
+my $hp = KimiTest::spawn("$d/head.log", $ref->{engine_bin}, 'serve',
+    @base, '--ipc-dir', "$d/h");
+my @plain = grep { $_ ne '--enable-expert-parallel' } @base;
+my $out = `$ref->{engine_bin} serve @plain --headless --ipc-dir $d/w 2>&1`;
+like($out, qr/refused this node: the head has --enable-expert-parallel and the node does not/,
+    'a node without --enable-expert-parallel is refused by an EP head');
+kill 'TERM', $hp;
+waitpid $hp, 0;
+
+done_testing();
