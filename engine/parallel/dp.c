@@ -698,6 +698,8 @@ kimi_dp_launch(kimi_dp_t *dp, const kimi_dp_params_t *p, kimi_err_t *err)
                     goto done;
                 }
                 l->mesh_lfd[r] = rc;
+                kimi_log(KIMI_LOG_NOTICE, "expert-parallel mesh: local rank"
+                         " %u listens on port %u", r, mesh_ports[r]);
             }
             bp.mesh_ports = mesh_ports;
         }
