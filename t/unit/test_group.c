@@ -34,6 +34,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "parallel/group.h"
@@ -48,6 +49,15 @@ typedef int (*rank_fn)(kimi_group_t *g, void *mem);
 
 static int     use_net;            /* 1: the ranks sync over a TCP mesh */
 static size_t  seg_bytes = SEG;
+
+
+static int
+cmp_u64(const void *a, const void *b)
+{
+    uint64_t  x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+    return x < y ? -1 : x > y;
+}
 
 
 static uint32_t
@@ -373,6 +383,63 @@ rank_big(kimi_group_t *g, void *mem)
 }
 
 
+static uint64_t
+now_ns(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000000000ull + (uint64_t) ts.tv_nsec;
+}
+
+
+/* What a sync costs: rank 0 prints the median of 1000 votes and of 20
+ * exchanges of 1 MB to every peer (the cpu backend's MoE rows of 36
+ * tokens at K2's width). */
+static int
+rank_timing(kimi_group_t *g, void *mem)
+{
+    uint32_t    W = kimi_group_world(g);
+    size_t      bytes[KIMI_GROUP_MAX_RANKS];
+    uint64_t    t[1000], t0;
+    kimi_err_t  err;
+    int         any, all;
+
+    for (uint32_t i = 0; i < 1000; i++) {
+        t0 = now_ns();
+        if (kimi_group_vote(g, 5, 1, 1, &any, &all, &err) != 0) {
+            return 1;
+        }
+        t[i] = now_ns() - t0;
+    }
+    qsort(t, 1000, sizeof(t[0]), cmp_u64);
+    if (kimi_group_rank(g) == 0) {
+        printf("# %s, %u ranks: vote %.1f us (median of 1000)", use_net
+               ? "mesh (loopback TCP)" : "shared memory", W, t[500] / 1e3);
+    }
+
+    for (uint32_t i = 0; i < 20; i++) {
+        for (uint32_t p = 0; p < W; p++) {
+            bytes[p] = 1u << 20;
+            memset(kimi_group_sendbuf(g, p), (int) (i + p), bytes[p]);
+        }
+        t0 = now_ns();
+        if (kimi_group_exchange(g, 6, bytes, &err) != 0) {
+            return 1;
+        }
+        t[i] = now_ns() - t0;
+    }
+    qsort(t, 20, sizeof(t[0]), cmp_u64);
+    if (kimi_group_rank(g) == 0) {
+        printf(", exchange of 1 MB per peer %.2f ms (median of 20)\n",
+               t[10] / 1e6);
+        fflush(stdout);
+    }
+
+    return 0;
+}
+
+
 /* The launcher fails the node while ranks 0 and 1 wait for rank 2. */
 static int
 rank_node_fails(kimi_group_t *g, void *mem)
@@ -570,6 +637,15 @@ main(void)
     ok(run_group(4, rank_big, -1, NULL) == 4,
        "mesh, 4 ranks: 6 MB messages between every two ranks at once, 4"
        " rounds, intact");
+
+    /* the cost of a sync, both transports, for bench/RESULTS.md */
+    for (uint32_t W = 2; W <= 4; W += 2) {
+        for (use_net = 0; use_net <= 1; use_net++) {
+            ok(run_group(W, rank_timing, -1, NULL) == (int) W,
+               "%s, %u ranks: timed votes and exchanges", use_net ? "mesh"
+               : "shared memory", W);
+        }
+    }
     seg_bytes = SEG;
 
     printf("1..%d\n", test_n);
