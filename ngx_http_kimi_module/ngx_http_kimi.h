@@ -7,6 +7,13 @@
  * Never:  defines behaviour; every function lives in one .c file named
  *         after its concern (module, openai, sse, engine, text).
  *
+ * Choices ("n" > 1): one ngx_http_kimi_ctx_t per choice, each with its
+ * own engine slot, detokenizer, tool parser and output state; the one the
+ * request holds (main, choice 0) also owns what is the request's: the
+ * headers, the text stack references, the prompt, the final chunk or
+ * response and the end (ngx_http_kimi_finalize() ends a choice with
+ * NGX_HTTP_KIMI_CHOICE_DONE, anything else ends the request).
+ *
  * For the ops files (metrics, variables, keys): the gateway fills their
  * ngx_http_kimi_ops_req_t (ngx_http_kimi_ops.h) at submit and at the end
  * (ngx_http_kimi_observe()); the same facts are in ngx_http_kimi_ctx_t's
@@ -33,6 +40,11 @@
 #define NGX_HTTP_KIMI_MAX_STOP_LEN      256    /* bytes per stop string */
 #define NGX_HTTP_KIMI_MAX_TOOL_CALLS    64     /* per response */
 #define NGX_HTTP_KIMI_COMPLETIONS_MAX_TOKENS  16  /* max_tokens absent */
+#define NGX_HTTP_KIMI_MAX_CHOICES       128    /* "n", as OpenAI allows */
+
+/* ngx_http_kimi_finalize(): one choice of several ended, the request
+ * goes on (never reaches nginx) */
+#define NGX_HTTP_KIMI_CHOICE_DONE       -100
 
 
 typedef enum {
@@ -110,6 +122,7 @@ typedef struct {
     size_t                       max_stop_len;
     kimi_shm_sampling_t          sampling;
     ngx_int_t                    max_tokens;       /* -1: not given */
+    ngx_uint_t                   n;                /* choices, 1.. */
     unsigned                     max_tokens_absent:1;  /* no key, not null */
     size_t                       body_len;         /* offload decision */
     ngx_http_kimi_tool_choice_e  tool_choice;
@@ -153,6 +166,14 @@ struct ngx_http_kimi_ctx_s {
     ngx_http_kimi_loc_conf_t    *conf;
     ngx_http_kimi_route_e        route;
     ngx_http_kimi_phase_e        phase;
+
+    /* choices: main is the request's ctx (choice 0); main->choices holds
+     * all n of them when n > 1, NULL otherwise */
+    ngx_http_kimi_ctx_t         *main;
+    ngx_http_kimi_ctx_t        **choices;
+    ngx_uint_t                   n_choices;        /* main: 1 or n */
+    ngx_uint_t                   n_finished;       /* main: choices ended */
+    ngx_uint_t                   index;            /* this choice's */
 
     ngx_str_t                    id;               /* chatcmpl-... */
     time_t                       created;
@@ -261,7 +282,8 @@ ngx_int_t ngx_http_kimi_sse_tool_begin(ngx_http_kimi_ctx_t *ctx,
     ngx_uint_t index, const char *id, const char *name);
 ngx_int_t ngx_http_kimi_sse_tool_args(ngx_http_kimi_ctx_t *ctx,
     ngx_uint_t index, const u_char *p, size_t len);
-ngx_int_t ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx);
+ngx_int_t ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx,
+    ngx_uint_t last);
 ngx_int_t ngx_http_kimi_sse_error(ngx_http_kimi_ctx_t *ctx,
     const char *message, size_t len, const char *type);
 void ngx_http_kimi_write_handler(ngx_http_request_t *r);

@@ -1001,7 +1001,7 @@ ngx_http_kimi_engine_process(ngx_http_kimi_ctx_t *ctx)
     const kimi_shm_token_t  *tok;
     ngx_http_kimi_attach_t  *a;
 
-    if (ctx->finalized || ctx->slot == NULL) {
+    if (ctx->main->finalized || ctx->slot == NULL) {
         return;
     }
 
@@ -1027,6 +1027,12 @@ ngx_http_kimi_engine_process(ngx_http_kimi_ctx_t *ctx)
             }
 
             ngx_memcpy(msg, s->message, len);
+
+            if (ctx->main->headers_sent) {
+                /* another choice already streams */
+                ngx_http_kimi_engine_error(ctx, status, (char *) msg, len);
+                return;
+            }
 
             ngx_http_kimi_finalize(ctx,
                 ngx_http_kimi_send_error(ctx->request, status,
@@ -1193,9 +1199,9 @@ static void
 ngx_http_kimi_engine_error(ngx_http_kimi_ctx_t *ctx, ngx_uint_t status,
     const char *msg, size_t len)
 {
-    ngx_str_set(&ctx->usage.finish_reason, "error");
+    ngx_str_set(&ctx->main->usage.finish_reason, "error");
 
-    if (!ctx->headers_sent) {
+    if (!ctx->main->headers_sent) {
         ngx_http_kimi_finalize(ctx,
             ngx_http_kimi_send_error(ctx->request, status,
                                      status == NGX_HTTP_SERVICE_UNAVAILABLE

@@ -54,6 +54,8 @@ static ngx_int_t ngx_http_kimi_served_name(ngx_http_kimi_ctx_t *ctx,
 static ngx_int_t ngx_http_kimi_pin_rank(ngx_http_kimi_ctx_t *ctx);
 static void ngx_http_kimi_timeout_handler(ngx_event_t *ev);
 static void ngx_http_kimi_cleanup(void *data);
+static ngx_int_t ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx);
+static void ngx_http_kimi_choice_end(ngx_http_kimi_ctx_t *c);
 
 static void *ngx_http_kimi_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_kimi_init_main_conf(ngx_conf_t *cf, void *conf);
@@ -258,6 +260,8 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
      */
 
     ctx->request = r;
+    ctx->main = ctx;
+    ctx->n_choices = 1;
     ctx->conf = ngx_http_get_module_loc_conf(r, ngx_http_kimi_module);
     ctx->route = route;
     ctx->slot_index = -1;
@@ -781,6 +785,71 @@ ngx_http_kimi_pin_rank(ngx_http_kimi_ctx_t *ctx)
 
 
 /*
+ * n > 1: choices 1..n-1 as contexts of their own beside the request's
+ * (choice 0).  They share what is the request's (the parsed request, the
+ * prompt ids, the text stack, the id) and own the rest; a seed moves by
+ * the choice's index so seeded choices differ and repeat.
+ */
+static ngx_int_t
+ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
+{
+    ngx_uint_t            i, n;
+    ngx_http_kimi_ctx_t  *c;
+
+    n = ctx->params.n;
+
+    ctx->choices = ngx_palloc(ctx->request->pool,
+                              n * sizeof(ngx_http_kimi_ctx_t *));
+    if (ctx->choices == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->choices[0] = ctx;
+
+    for (i = 1; i < n; i++) {
+        c = ngx_pcalloc(ctx->request->pool, sizeof(ngx_http_kimi_ctx_t));
+        if (c == NULL) {
+            return NGX_ERROR;
+        }
+
+        c->request = ctx->request;
+        c->conf = ctx->conf;
+        c->route = ctx->route;
+        c->phase = ctx->phase;
+        c->main = ctx;
+        c->n_choices = 1;
+        c->index = i;
+        c->id = ctx->id;
+        c->created = ctx->created;
+        c->params = ctx->params;
+        c->text = ctx->text;
+        c->prompt = ctx->prompt;
+        c->n_prompt = ctx->n_prompt;
+        c->pinned_rank = ctx->pinned_rank;
+        c->slot_index = -1;
+        c->usage.model = ctx->usage.model;
+        c->usage.route = ctx->usage.route;
+        c->usage.prompt_tokens = ctx->usage.prompt_tokens;
+        c->usage.start = ctx->usage.start;
+        c->usage.stream = ctx->usage.stream;
+        c->usage.ttft = -1;
+        c->usage.rank = -1;
+        c->usage.observed = 1;          /* the request's ctx reports */
+
+        if (c->params.sampling.has_seed) {
+            c->params.sampling.seed += i;
+        }
+
+        ctx->choices[i] = c;
+    }
+
+    ctx->n_choices = n;
+
+    return NGX_OK;
+}
+
+
+/*
  * Called once the prompt ids exist (inline or from the thread pool's
  * completion handler): checks the context length, then hands the request
  * to the engine.  Headers stay unsent until the engine accepts.
@@ -792,7 +861,8 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
     size_t                   len;
     ngx_str_t                error;
     ngx_int_t                rc;
-    ngx_uint_t               max_len, max_tokens;
+    ngx_uint_t               max_len, max_tokens, i;
+    ngx_http_kimi_ctx_t     *c;
     kimi_shm_header_t       *hdr;
     ngx_http_request_t      *r;
     ngx_http_kimi_attach_t  *a;
@@ -868,27 +938,41 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
 
     ctx->params.sampling.max_tokens = max_tokens;
 
-    rc = ngx_http_kimi_engine_submit(ctx, &error);
-
-    if (rc != NGX_OK) {
-        ngx_http_kimi_finalize(ctx,
-            ngx_http_kimi_send_error(r, rc, rc < NGX_HTTP_INTERNAL_SERVER_ERROR
-                                            ? "invalid_request_error"
-                                            : "service_unavailable",
-                                     (char *) error.data, error.len,
-                                     NULL, NULL));
+    if (ctx->params.n > 1 && ngx_http_kimi_choices(ctx) != NGX_OK) {
+        ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
 
-    ctx->phase = NGX_HTTP_KIMI_PHASE_SUBMITTED;
+    for (i = 0; i < ctx->n_choices; i++) {
+        c = ctx->choices ? ctx->choices[i] : ctx;
+
+        /* a refusal of any choice is the request's (the slots of the
+         * ones before go back in finalize) */
+        rc = ngx_http_kimi_engine_submit(c, &error);
+
+        if (rc != NGX_OK) {
+            ngx_http_kimi_finalize(ctx,
+                ngx_http_kimi_send_error(r, rc,
+                                         rc < NGX_HTTP_INTERNAL_SERVER_ERROR
+                                         ? "invalid_request_error"
+                                         : "service_unavailable",
+                                         (char *) error.data, error.len,
+                                         NULL, NULL));
+            return;
+        }
+
+        c->phase = NGX_HTTP_KIMI_PHASE_SUBMITTED;
+
+        c->timer.handler = ngx_http_kimi_timeout_handler;
+        c->timer.data = c;
+        c->timer.log = r->connection->log;
+
+        /* non-cancelable on purpose: a graceful reload waits for the
+         * stream */
+        ngx_add_timer(&c->timer, ctx->conf->first_token_timeout);
+    }
+
     ngx_http_kimi_observe(ctx, 0);
-
-    ctx->timer.handler = ngx_http_kimi_timeout_handler;
-    ctx->timer.data = ctx;
-    ctx->timer.log = r->connection->log;
-
-    /* non-cancelable on purpose: a graceful reload waits for the stream */
-    ngx_add_timer(&ctx->timer, ctx->conf->first_token_timeout);
 
     return;
 
@@ -905,7 +989,7 @@ invalid:
 void
 ngx_http_kimi_touch(ngx_http_kimi_ctx_t *ctx)
 {
-    if (ctx->finalized) {
+    if (ctx->main->finalized || ctx->phase == NGX_HTTP_KIMI_PHASE_DONE) {
         return;
     }
 
@@ -933,9 +1017,9 @@ ngx_http_kimi_timeout_handler(ngx_event_t *ev)
                   "kimi engine timed out waiting for %s token",
                   ctx->usage.ttft < 0 ? "the first" : "the next");
 
-    ngx_str_set(&ctx->usage.finish_reason, "error");
+    ngx_str_set(&ctx->main->usage.finish_reason, "error");
 
-    if (!ctx->headers_sent) {
+    if (!ctx->main->headers_sent) {
         ngx_http_kimi_finalize(ctx,
             ngx_http_kimi_send_error(r, NGX_HTTP_GATEWAY_TIME_OUT,
                                      "timeout_error",
@@ -960,23 +1044,35 @@ ngx_http_kimi_timeout_handler(ngx_event_t *ev)
 void
 ngx_http_kimi_finalize(ngx_http_kimi_ctx_t *ctx, ngx_int_t rc)
 {
+    ngx_uint_t           i, total;
     ngx_http_request_t  *r;
+
+    if (rc == NGX_HTTP_KIMI_CHOICE_DONE) {
+        ngx_http_kimi_choice_end(ctx);     /* the others go on */
+        return;
+    }
+
+    ctx = ctx->main;                       /* any choice ends the request */
 
     if (ctx->finalized) {
         return;
     }
 
     ctx->finalized = 1;
-    ctx->phase = NGX_HTTP_KIMI_PHASE_DONE;
 
     r = ctx->request;
 
-    if (ctx->timer.timer_set) {
-        ngx_del_timer(&ctx->timer);
+    /* the slots go back as soon as nothing more is wanted from them; the
+     * request's token count is every choice's (once: finalized is set) */
+    total = 0;
+    for (i = 0; i < ctx->n_choices; i++) {
+        ngx_http_kimi_choice_end(ctx->choices ? ctx->choices[i] : ctx);
+        total += ctx->choices ? ctx->choices[i]->usage.completion_tokens : 0;
     }
 
-    /* the slot goes back as soon as nothing more is wanted from it */
-    ngx_http_kimi_engine_release(ctx);
+    if (ctx->choices) {
+        ctx->usage.completion_tokens = total;
+    }
 
     if (ctx->usage.status == 0) {
         ctx->usage.status = (rc >= NGX_HTTP_SPECIAL_RESPONSE) ? (ngx_uint_t) rc
@@ -995,10 +1091,52 @@ ngx_http_kimi_finalize(ngx_http_kimi_ctx_t *ctx, ngx_int_t rc)
 }
 
 
+/* A choice is over: its timer, its slot (cancelled if still running). */
+static void
+ngx_http_kimi_choice_end(ngx_http_kimi_ctx_t *c)
+{
+    c->phase = NGX_HTTP_KIMI_PHASE_DONE;
+
+    if (c->timer.timer_set) {
+        ngx_del_timer(&c->timer);
+    }
+
+    ngx_http_kimi_engine_release(c);
+}
+
+
 static void
 ngx_http_kimi_cleanup(void *data)
 {
-    ngx_http_kimi_ctx_t  *ctx = data;
+    ngx_uint_t            i;
+    ngx_http_kimi_ctx_t  *ctx = data, *c;
+
+    /* the other choices first: theirs are the request's resources too
+     * (and their tokens, when finalize did not count them) */
+    for (i = 1; ctx->choices && i < ctx->n_choices; i++) {
+        c = ctx->choices[i];
+
+        if (!ctx->finalized) {
+            ctx->usage.completion_tokens += c->usage.completion_tokens;
+        }
+
+        if (c->timer.timer_set) {
+            ngx_del_timer(&c->timer);
+        }
+
+        c->phase = NGX_HTTP_KIMI_PHASE_DONE;
+        ngx_http_kimi_engine_release(c);
+
+        if (c->detok) {
+            kimi_detok_free(c->detok);
+            c->detok = NULL;
+        }
+
+        if (c->toolparse) {
+            kimi_toolparse_free(c->toolparse);
+            c->toolparse = NULL;
+        }
+    }
 
     if (ctx->timer.timer_set) {
         ngx_del_timer(&ctx->timer);
@@ -1124,6 +1262,11 @@ ngx_http_kimi_observe_tokens(ngx_http_kimi_ctx_t *ctx, ngx_uint_t n)
     if (ctx->usage.ttft < 0 && n) {
         ctx->usage.ttft = (ngx_msec_int_t) (ngx_current_msec
                                             - ctx->usage.start);
+    }
+
+    /* the request's first token is any choice's */
+    if (ctx->main->usage.ttft < 0 && n) {
+        ctx->main->usage.ttft = ctx->usage.ttft;
     }
 
 #if (NGX_HTTP_KIMI_OPS)

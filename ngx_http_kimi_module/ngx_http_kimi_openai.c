@@ -556,7 +556,9 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         pr->skip_special = json_is_true(v);
     }
 
+    /* n choices: n sequences of the same prompt, each its own slot */
     *param = "n";
+    pr->n = 1;
     v = json_object_get(root, "n");
     if (v != NULL && !json_is_null(v)) {
         if (!json_is_integer(v)) {
@@ -564,10 +566,15 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
             return NGX_ERROR;
         }
 
-        if (json_integer_value(v) != 1) {
-            ngx_sprintf(err, "Only n=1 is supported");
+        if (json_integer_value(v) < 1
+            || json_integer_value(v) > NGX_HTTP_KIMI_MAX_CHOICES)
+        {
+            ngx_sprintf(err, "\"n\" must be between 1 and %d",
+                        NGX_HTTP_KIMI_MAX_CHOICES);
             return NGX_ERROR;
         }
+
+        pr->n = (ngx_uint_t) json_integer_value(v);
     }
 
     /* logprobs: a boolean (chat), or 0..20 alternatives (completions) */
@@ -1294,52 +1301,28 @@ ngx_http_kimi_finish_name(ngx_http_kimi_ctx_t *ctx)
 
 
 /* The body of a non-streaming response, once the engine said DONE. */
-ngx_int_t
-ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx)
+/* One element of "choices": the message (or text), logprobs, finish. */
+static json_t *
+ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx)
 {
     u_char                     *a, *e;
-    json_t                     *root, *choice, *msg, *calls, *call, *usage,
-                               *lp;
-    ngx_int_t                   rc;
+    json_t                     *choice, *msg, *calls, *call, *lp;
     ngx_uint_t                  i;
     const char                 *finish;
-    ngx_http_request_t         *r;
     ngx_http_kimi_tool_call_t  *tc;
 
-    r = ctx->request;
     finish = ngx_http_kimi_finish_name(ctx);
-    ngx_str_set(&ctx->usage.finish_reason, "");
     ctx->usage.finish_reason.data = (u_char *) finish;
     ctx->usage.finish_reason.len = ngx_strlen(finish);
 
-    root = json_object();
     choice = json_object();
-    usage = json_pack("{s:I,s:I,s:I}",
-                      "prompt_tokens", (json_int_t) ctx->usage.prompt_tokens,
-                      "completion_tokens",
-                      (json_int_t) ctx->usage.completion_tokens,
-                      "total_tokens",
-                      (json_int_t) (ctx->usage.prompt_tokens
-                                    + ctx->usage.completion_tokens));
-
-    if (root == NULL || choice == NULL || usage == NULL) {
-        goto failed;
+    if (choice == NULL) {
+        return NULL;
     }
 
-    if (ctx->usage.cached_tokens) {
-        json_object_set_new(usage, "prompt_tokens_details",
-                            json_pack("{s:I}", "cached_tokens",
-                                      (json_int_t) ctx->usage.cached_tokens));
-    }
-
-    json_object_set_new(root, "id",
-                        json_stringn((char *) ctx->id.data, ctx->id.len));
-
-    json_object_set_new(choice, "index", json_integer(0));
+    json_object_set_new(choice, "index", json_integer(ctx->index));
 
     if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT) {
-        json_object_set_new(root, "object", json_string("chat.completion"));
-
         msg = json_object();
         if (msg == NULL) {
             goto failed;
@@ -1386,7 +1369,6 @@ ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx)
         json_object_set_new(choice, "message", msg);
 
     } else {
-        json_object_set_new(root, "object", json_string("text_completion"));
         json_object_set_new(choice, "text",
                             json_stringn_nocheck((char *) ctx->content.data,
                                                  ctx->content.len));
@@ -1397,7 +1379,7 @@ ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx)
     if (ctx->params.sampling.logprobs && ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT)
     {
         /* entries were written as JSON text while tokens arrived */
-        a = ngx_pnalloc(r->pool, ctx->logprobs.len + 2);
+        a = ngx_pnalloc(ctx->request->pool, ctx->logprobs.len + 2);
         if (a == NULL) {
             goto failed;
         }
@@ -1413,7 +1395,8 @@ ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx)
     if (ctx->params.sampling.logprobs
         && ctx->route == NGX_HTTP_KIMI_ROUTE_COMPLETIONS)
     {
-        a = ngx_pnalloc(r->pool, ngx_http_kimi_logprobs_legacy_len(ctx));
+        a = ngx_pnalloc(ctx->request->pool,
+                        ngx_http_kimi_logprobs_legacy_len(ctx));
         if (a == NULL) {
             goto failed;
         }
@@ -1431,11 +1414,76 @@ ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx)
                                                  ctx->stop_reason.len));
     }
 
+    return choice;
+
+failed:
+
+    json_decref(choice);
+    return NULL;
+}
+
+
+/* The whole non-streamed response, every choice in it (ctx: the
+ * request's). */
+ngx_int_t
+ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx)
+{
+    json_t                     *root, *choices, *choice, *usage;
+    ngx_int_t                   rc;
+    ngx_uint_t                  i, tokens;
+    ngx_http_kimi_ctx_t        *c;
+    ngx_http_request_t         *r;
+
+    r = ctx->request;
+
+    root = json_object();
+    choices = json_array();
+
+    if (root == NULL || choices == NULL) {
+        goto failed;
+    }
+
+    tokens = 0;
+
+    for (i = 0; i < ctx->n_choices; i++) {
+        c = ctx->choices ? ctx->choices[i] : ctx;
+        tokens += c->usage.completion_tokens;
+
+        choice = ngx_http_kimi_choice_json(c);
+        if (choice == NULL) {
+            goto failed;
+        }
+
+        json_array_append_new(choices, choice);
+    }
+
+    /* the request's figures: one prompt, every choice's tokens (the
+     * request's own count becomes the sum in finalize) */
+    usage = json_pack("{s:I,s:I,s:I}",
+                      "prompt_tokens", (json_int_t) ctx->usage.prompt_tokens,
+                      "completion_tokens", (json_int_t) tokens,
+                      "total_tokens",
+                      (json_int_t) (ctx->usage.prompt_tokens + tokens));
+    if (usage == NULL) {
+        goto failed;
+    }
+
+    if (ctx->usage.cached_tokens) {
+        json_object_set_new(usage, "prompt_tokens_details",
+                            json_pack("{s:I}", "cached_tokens",
+                                      (json_int_t) ctx->usage.cached_tokens));
+    }
+
+    json_object_set_new(root, "id",
+                        json_stringn((char *) ctx->id.data, ctx->id.len));
+    json_object_set_new(root, "object",
+                        json_string(ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT
+                                    ? "chat.completion" : "text_completion"));
     json_object_set_new(root, "created", json_integer(ctx->created));
     json_object_set_new(root, "model",
                         json_stringn_nocheck((char *) ctx->usage.model.data,
                                              ctx->usage.model.len));
-    json_object_set_new(root, "choices", json_pack("[o]", choice));
+    json_object_set_new(root, "choices", choices);
     json_object_set_new(root, "usage", usage);
 
     rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, root);
@@ -1448,8 +1496,7 @@ ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx)
 failed:
 
     json_decref(root);
-    json_decref(choice);
-    json_decref(usage);
+    json_decref(choices);
 
     return NGX_HTTP_INTERNAL_SERVER_ERROR;
 }

@@ -105,7 +105,7 @@ ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
                       "kimi engine sent token id %D, not in the vocabulary",
                       tok->token);
 
-        if (!ctx->headers_sent) {
+        if (!ctx->main->headers_sent) {
             return NGX_HTTP_BAD_GATEWAY;
         }
 
@@ -350,6 +350,7 @@ ngx_int_t
 ngx_http_kimi_output_finish(ngx_http_kimi_ctx_t *ctx)
 {
     size_t       len;
+    ngx_uint_t   last;
     const char  *out, *finish;
 
     if (!ctx->stopped && ctx->detok) {
@@ -382,15 +383,19 @@ ngx_http_kimi_output_finish(ngx_http_kimi_ctx_t *ctx)
     ctx->usage.finish_reason.data = (u_char *) finish;
     ctx->usage.finish_reason.len = ngx_strlen(finish);
 
+    /* the last choice to end ends the request */
+    last = ++ctx->main->n_finished == ctx->main->n_choices;
+
     if (ctx->params.stream) {
         if (ngx_http_kimi_sse_role(ctx) != NGX_OK) {
             return NGX_ERROR;
         }
 
-        return ngx_http_kimi_sse_finish(ctx);
+        return ngx_http_kimi_sse_finish(ctx, last);
     }
 
-    return ngx_http_kimi_send_response(ctx);
+    return last ? ngx_http_kimi_send_response(ctx->main)
+                : NGX_HTTP_KIMI_CHOICE_DONE;
 }
 
 

@@ -40,6 +40,8 @@ static u_char *ngx_http_kimi_sse_logprobs(ngx_http_kimi_ctx_t *ctx,
     u_char *p, const char *close);
 
 
+/* The headers and the chunk prefix, once per request: the first choice
+ * the engine accepts sends them, the others share the prefix. */
 ngx_int_t
 ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx)
 {
@@ -49,6 +51,15 @@ ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx)
     ngx_table_elt_t     *h;
     ngx_connection_t    *c;
     ngx_http_request_t  *r;
+    ngx_http_kimi_ctx_t *choice;
+
+    choice = ctx;
+    ctx = ctx->main;
+
+    if (ctx->headers_sent) {
+        choice->prefix = ctx->prefix;
+        return NGX_OK;
+    }
 
     r = ctx->request;
     c = r->connection;
@@ -119,6 +130,7 @@ ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx)
                                   ctx->usage.model.len);
     p = ngx_cpymem(p, "\",\"choices\":[", sizeof("\",\"choices\":[") - 1);
     ctx->prefix.len = p - ctx->prefix.data;
+    choice->prefix = ctx->prefix;
 
     return NGX_OK;
 }
@@ -146,8 +158,8 @@ ngx_http_kimi_sse_role(ngx_http_kimi_ctx_t *ctx)
 
     p = cl->buf->last;
     p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
-    p = ngx_sprintf(p, "{\"index\":0,\"delta\":{\"role\":\"assistant\","
-                    "\"content\":\"\"" NGX_HTTP_KIMI_CHUNK_TAIL);
+    p = ngx_sprintf(p, "{\"index\":%ui,\"delta\":{\"role\":\"assistant\","
+                    "\"content\":\"\"" NGX_HTTP_KIMI_CHUNK_TAIL, ctx->index);
     cl->buf->last = p;
 
     ctx->role_sent = 1;
@@ -173,8 +185,8 @@ ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx, const u_char *text,
     p = ngx_cpymem(cl->buf->last, ctx->prefix.data, ctx->prefix.len);
 
     if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT) {
-        p = ngx_cpymem(p, "{\"index\":0,\"delta\":{\"content\":\"",
-                       sizeof("{\"index\":0,\"delta\":{\"content\":\"") - 1);
+        p = ngx_sprintf(p, "{\"index\":%ui,\"delta\":{\"content\":\"",
+                        ctx->index);
         p = ngx_http_kimi_json_escape(p, text, len);
 
         if (ctx->params.sampling.logprobs) {
@@ -186,8 +198,7 @@ ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx, const u_char *text,
         }
 
     } else if (ctx->params.sampling.logprobs) {
-        p = ngx_cpymem(p, "{\"index\":0,\"text\":\"",
-                       sizeof("{\"index\":0,\"text\":\"") - 1);
+        p = ngx_sprintf(p, "{\"index\":%ui,\"text\":\"", ctx->index);
         p = ngx_http_kimi_json_escape(p, text, len);
         p = ngx_cpymem(p, "\",\"logprobs\":",
                        sizeof("\",\"logprobs\":") - 1);
@@ -196,8 +207,7 @@ ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx, const u_char *text,
                        sizeof(",\"finish_reason\":null}]}\n\n") - 1);
 
     } else {
-        p = ngx_cpymem(p, "{\"index\":0,\"text\":\"",
-                       sizeof("{\"index\":0,\"text\":\"") - 1);
+        p = ngx_sprintf(p, "{\"index\":%ui,\"text\":\"", ctx->index);
         p = ngx_http_kimi_json_escape(p, text, len);
         p = ngx_cpymem(p, NGX_HTTP_KIMI_TEXT_TAIL,
                        sizeof(NGX_HTTP_KIMI_TEXT_TAIL) - 1);
@@ -245,8 +255,8 @@ ngx_http_kimi_sse_tool_begin(ngx_http_kimi_ctx_t *ctx, ngx_uint_t index,
     }
 
     p = ngx_cpymem(cl->buf->last, ctx->prefix.data, ctx->prefix.len);
-    p = ngx_sprintf(p, "{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%ui,"
-                    "\"id\":\"", index);
+    p = ngx_sprintf(p, "{\"index\":%ui,\"delta\":{\"tool_calls\":[{\"index\":%ui,"
+                    "\"id\":\"", ctx->index, index);
     p = ngx_http_kimi_json_escape(p, (u_char *) id, id_len);
     p = ngx_cpymem(p, "\",\"type\":\"function\",\"function\":{\"name\":\"",
                    sizeof("\",\"type\":\"function\",\"function\":{\"name\":\"")
@@ -279,8 +289,8 @@ ngx_http_kimi_sse_tool_args(ngx_http_kimi_ctx_t *ctx, ngx_uint_t index,
     }
 
     p = ngx_cpymem(cl->buf->last, ctx->prefix.data, ctx->prefix.len);
-    p = ngx_sprintf(p, "{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%ui,"
-                    "\"function\":{\"arguments\":\"", index);
+    p = ngx_sprintf(p, "{\"index\":%ui,\"delta\":{\"tool_calls\":[{\"index\":%ui,"
+                    "\"function\":{\"arguments\":\"", ctx->index, index);
     p = ngx_http_kimi_json_escape(p, text, len);
     p = ngx_cpymem(p, "\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL,
                    sizeof("\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL) - 1);
@@ -307,12 +317,16 @@ ngx_http_kimi_sse_logprobs(ngx_http_kimi_ctx_t *ctx, u_char *p,
 }
 
 
-/* finish chunk, usage chunk when asked for, [DONE]: one flushed chain */
+/* A choice's finish chunk; after the last choice's, the usage chunk when
+ * asked for and [DONE]: one flushed chain.  NGX_HTTP_KIMI_CHOICE_DONE
+ * when other choices still run. */
 ngx_int_t
-ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx)
+ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx, ngx_uint_t last)
 {
-    u_char       *p;
-    ngx_chain_t  *cl;
+    u_char               *p;
+    ngx_uint_t            i, tokens;
+    ngx_chain_t          *cl;
+    ngx_http_kimi_ctx_t  *m;
 
     cl = ngx_http_kimi_sse_buf(ctx, 2 * ctx->prefix.len + 512
                                     + ctx->logprobs.len
@@ -329,8 +343,7 @@ ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx)
     } else if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT && ctx->logprobs.len) {
         p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
         /* entries of tokens whose text was held back or went to tools */
-        p = ngx_cpymem(p, "{\"index\":0,\"delta\":{",
-                       sizeof("{\"index\":0,\"delta\":{") - 1);
+        p = ngx_sprintf(p, "{\"index\":%ui,\"delta\":{", ctx->index);
         p = ngx_http_kimi_sse_logprobs(ctx, p, "}");
         p -= sizeof("\"finish_reason\":null}]}\n\n") - 1;
         p = ngx_sprintf(p, "\"finish_reason\":\"%V\"}]}\n\n",
@@ -338,40 +351,62 @@ ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx)
 
     } else if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT) {
         p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
-        p = ngx_sprintf(p, "{\"index\":0,\"delta\":{},\"logprobs\":null,"
-                        "\"finish_reason\":\"%V\"}]}\n\n",
+        p = ngx_sprintf(p, "{\"index\":%ui,\"delta\":{},\"logprobs\":null,"
+                        "\"finish_reason\":\"%V\"}]}\n\n", ctx->index,
                         &ctx->usage.finish_reason);
 
     } else if (ctx->params.sampling.logprobs) {
         /* lists of tokens whose text was held back or never shown */
         p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
-        p = ngx_cpymem(p, "{\"index\":0,\"text\":\"\",\"logprobs\":",
-                       sizeof("{\"index\":0,\"text\":\"\",\"logprobs\":")
-                       - 1);
+        p = ngx_sprintf(p, "{\"index\":%ui,\"text\":\"\",\"logprobs\":",
+                        ctx->index);
         p = ngx_http_kimi_logprobs_legacy(ctx, p);
         p = ngx_sprintf(p, ",\"finish_reason\":\"%V\"}]}\n\n",
                         &ctx->usage.finish_reason);
 
     } else {
         p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
-        p = ngx_sprintf(p, "{\"index\":0,\"text\":\"\",\"logprobs\":null,"
-                        "\"finish_reason\":\"%V\"}]}\n\n",
+        p = ngx_sprintf(p, "{\"index\":%ui,\"text\":\"\",\"logprobs\":null,"
+                        "\"finish_reason\":\"%V\"}]}\n\n", ctx->index,
                         &ctx->usage.finish_reason);
+    }
+
+    if (!last) {
+        cl->buf->last = p;
+
+        if (cl->buf->last == cl->buf->pos) {
+            /* the finish_reason rode on the held chunk: that goes alone */
+            cl = ctx->last_chunk;
+            ctx->last_chunk = NULL;
+
+            if (cl == NULL) {
+                return NGX_HTTP_KIMI_CHOICE_DONE;
+            }
+        }
+
+        return ngx_http_kimi_sse_send(ctx, cl) == NGX_ERROR
+               ? NGX_ERROR : NGX_HTTP_KIMI_CHOICE_DONE;
+    }
+
+    m = ctx->main;
+    tokens = ctx->usage.completion_tokens;
+
+    for (i = 0; m->choices && i < m->n_choices; i++) {
+        tokens += m->choices[i] == ctx ? 0
+                  : m->choices[i]->usage.completion_tokens;
     }
 
     if (ctx->params.include_usage) {
         p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
         p = ngx_sprintf(p, "],\"usage\":{\"prompt_tokens\":%ui,"
                         "\"completion_tokens\":%ui,\"total_tokens\":%ui",
-                        ctx->usage.prompt_tokens,
-                        ctx->usage.completion_tokens,
-                        ctx->usage.prompt_tokens
-                        + ctx->usage.completion_tokens);
+                        ctx->usage.prompt_tokens, tokens,
+                        ctx->usage.prompt_tokens + tokens);
 
-        if (ctx->usage.cached_tokens) {
+        if (m->usage.cached_tokens) {
             p = ngx_sprintf(p, ",\"prompt_tokens_details\":"
                             "{\"cached_tokens\":%ui}",
-                            ctx->usage.cached_tokens);
+                            m->usage.cached_tokens);
         }
 
         p = ngx_cpymem(p, "}}\n\n", 4);
@@ -586,10 +621,11 @@ void
 ngx_http_kimi_write_handler(ngx_http_request_t *r)
 {
     ngx_int_t                  rc;
+    ngx_uint_t                 i, busy;
     ngx_chain_t               *none;
     ngx_event_t               *wev;
     ngx_connection_t          *c;
-    ngx_http_kimi_ctx_t       *ctx;
+    ngx_http_kimi_ctx_t       *ctx, *c2;
     ngx_http_core_loc_conf_t  *clcf;
 
     c = r->connection;
@@ -615,20 +651,27 @@ ngx_http_kimi_write_handler(ngx_http_request_t *r)
 
     rc = ngx_http_output_filter(r, NULL);
 
-    none = NULL;
-    ngx_chain_update_chains(r->pool, &ctx->free, &ctx->busy, &none,
-                            (ngx_buf_tag_t) &ngx_http_kimi_module);
+    /* every choice writes its own buffers to the one connection */
+    busy = 0;
+    for (i = 0; i < ctx->n_choices; i++) {
+        c2 = ctx->choices ? ctx->choices[i] : ctx;
+
+        none = NULL;
+        ngx_chain_update_chains(r->pool, &c2->free, &c2->busy, &none,
+                                (ngx_buf_tag_t) &ngx_http_kimi_module);
+
+        c2->output_busy = (c2->busy != NULL);
+        busy |= c2->output_busy;
+    }
 
     if (rc == NGX_ERROR) {
         ngx_http_kimi_finalize(ctx, NGX_ERROR);
         return;
     }
 
-    ctx->output_busy = (ctx->busy != NULL);
-
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
-    if (ctx->output_busy) {
+    if (busy) {
         if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
             ngx_http_kimi_finalize(ctx, NGX_ERROR);
             return;
@@ -646,6 +689,22 @@ ngx_http_kimi_write_handler(ngx_http_request_t *r)
     }
 
     /* drained: the engine's clock runs again; take the waiting tokens */
-    ngx_http_kimi_touch(ctx);
-    ngx_http_kimi_engine_resume(ctx);
+    if (ctx->choices == NULL) {
+        ngx_http_kimi_touch(ctx);
+        ngx_http_kimi_engine_resume(ctx);
+        return;
+    }
+
+    /* several choices: one of them may end the request, which must
+     * outlive the loop (our reference, dropped by NGX_DONE) */
+    r->main->count++;
+
+    for (i = 0; i < ctx->n_choices && !ctx->finalized; i++) {
+        c2 = ctx->choices[i];
+
+        ngx_http_kimi_touch(c2);
+        ngx_http_kimi_engine_resume(c2);
+    }
+
+    ngx_http_finalize_request(r, NGX_DONE);
 }

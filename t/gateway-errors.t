@@ -53,7 +53,9 @@ bad(chat_body(stream => 'yes'), 400, qr/"stream" must be a boolean/,
 bad(chat_body(stream_options => { include_usage => $true }), 400,
     qr/only allowed when "stream" is true/, 'stream_options without stream');
 bad(chat_body(stop => [1, 2]), 400, qr/"stop" must be/, 'stop of numbers');
-bad(chat_body(n => 2), 400, qr/Only n=1/, 'n = 2');
+bad(chat_body(n => 0), 400, qr/"n" must be between 1 and 128/, 'n = 0');
+bad(chat_body(n => 129), 400, qr/"n" must be between 1 and 128/, 'n = 129');
+bad(chat_body(n => '2'), 400, qr/"n" must be an integer/, 'n as a string');
 bad(chat_body(seed => 1.5), 400, qr/"seed" must be an integer/, 'seed');
 bad(chat_body(tool_choice => 'auto'), 400, qr/requires "tools"/,
     'tool_choice without tools');

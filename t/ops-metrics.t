@@ -239,6 +239,21 @@ ok((grep { /key=- model=- id=- rank=- status=200 prompt=- completion=- / }
     split /\n/, $t->read_file('kimi-billing.log')),
     'requests that never reached the engine (/health, /metrics) log no counts');
 
+# --- n choices: every choice's tokens count, the request once ------------------
+
+my $gen0 = sample(metrics(), 'vllm:generation_tokens_total', $label);
+my $req0 = sample(metrics(), 'vllm:request_success_total',
+    $label . ',finished_reason="stop"') // 0;
+my $rn = $t->post('/v1/chat/completions', chat_body(n => 3), %auth);
+is($rn->{status}, 200, 'n = 3 served');
+my $n3 = $rn->{json}{usage}{completion_tokens};
+is($n3, 3 * 10, 'usage: three choices of 10 tokens each');
+is(sample(metrics(), 'vllm:generation_tokens_total', $label), $gen0 + $n3,
+    'generation_tokens_total grows by every choice\'s tokens');
+is(sample(metrics(), 'vllm:request_success_total',
+          $label . ',finished_reason="stop"'), $req0 + 1,
+    'and the request counts once');
+
 # --- counters survive a reload ------------------------------------------------------
 
 my $before = sample(metrics(), 'vllm:generation_tokens_total', $label);

@@ -89,6 +89,28 @@ r = client.chat.completions.create(model="kimi-test", tools=tools, messages=[
      "content": "sunny"}])
 check(r.choices[0].message.content is not None, "tool result turn accepted")
 
+# n choices: a list of them, indexed, in one response or one stream
+r = client.chat.completions.create(
+    model="kimi-test", n=2, messages=[{"role": "user", "content": "Hello"}])
+check([c.index for c in r.choices] == [0, 1]
+      and all(c.message.content == "Hi there!" for c in r.choices),
+      "n=2: two choices")
+stream = client.chat.completions.create(
+    model="kimi-test", n=2, stream=True, tools=tools,
+    messages=[{"role": "user", "content": "weather in Paris?"}])
+per = {}
+for chunk in stream:
+    for c in chunk.choices:
+        e = per.setdefault(c.index, {"args": "", "finish": None})
+        e["finish"] = c.finish_reason or e["finish"]
+        for tc in c.delta.tool_calls or []:
+            if tc.function and tc.function.arguments:
+                e["args"] += tc.function.arguments
+check(sorted(per) == [0, 1]
+      and all(e["args"] == '{"city": "Paris"}' and e["finish"] == "tool_calls"
+              for e in per.values()),
+      "n=2 streaming: each choice's tool call and finish_reason")
+
 r = client.completions.create(model="kimi-test", prompt="Hello", max_tokens=2)
 check(r.choices[0].finish_reason == "length", "completions with max_tokens")
 

@@ -1,0 +1,181 @@
+#!/usr/bin/perl
+
+# "n" choices, on the real cpu backend with the tiny model behind nginx:
+# each choice is its own sequence in the engine.  Greedy choices all equal
+# the n = 1 text; seeded sampling gives choices that differ and repeat
+# (choice 0 is the n = 1 request with the same seed); logprobs come per
+# choice; a stream carries every choice's role, content and one finish
+# chunk under its index, one usage chunk summing the choices and one
+# [DONE]; stop strings end each choice on its own; a client that goes
+# away cancels every choice's sequence; a refused choice refuses the
+# request.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use JSON::PP;
+use Test::More;
+use KimiTest qw(completion_body chat_body);
+
+my $t = KimiTest->new(workers => 1);
+my $tiny = $t->dir . '/tiny';
+system("$t->{engine_bin} gen-tiny-model --out $tiny --tokenizer-dir"
+    . " $t->{tokdir} >/dev/null 2>&1") == 0
+    or plan(skip_all => 'gen-tiny-model failed');
+$t->{engine_args} = [ '--backend', 'cpu', '--model', $tiny, '--threads', 1,
+    '--cpu-kv-cache-bytes', '64M' ];
+$t->start;
+
+my $true = JSON::PP::true;
+my $prompt = 'The capital of France is';
+
+sub texts {
+    my ($r, $chat) = @_;
+    return [ map { $chat ? $_->{message}{content} : $_->{text} }
+             sort { $a->{index} <=> $b->{index} }
+             @{$r->{json}{choices} // []} ];
+}
+
+# ---- greedy: every choice is the one greedy text --------------------------
+
+my $one = $t->post('/v1/chat/completions', chat_body(content => $prompt,
+    max_tokens => 8, temperature => 0, ignore_eos => $true));
+is($one->{status}, 200, 'n = 1 greedy chat served');
+my $greedy = $one->{json}{choices}[0]{message}{content};
+
+my $r = $t->post('/v1/chat/completions', chat_body(content => $prompt,
+    max_tokens => 8, temperature => 0, ignore_eos => $true, n => 3));
+is($r->{status}, 200, 'n = 3 greedy chat served');
+is(scalar @{$r->{json}{choices}}, 3, 'three choices');
+is_deeply([ map { $_->{index} } @{$r->{json}{choices}} ], [ 0, 1, 2 ],
+    'indexes 0, 1, 2 in order');
+is_deeply(texts($r, 1), [ ($greedy) x 3 ],
+    'each greedy choice is the n = 1 text');
+is_deeply([ map { $_->{finish_reason} } @{$r->{json}{choices}} ],
+    [ ('length') x 3 ], 'each choice ends by length');
+is($r->{json}{usage}{completion_tokens}, 24,
+    'usage counts every choice\'s tokens (3 x 8)');
+is($r->{json}{usage}{prompt_tokens}, $one->{json}{usage}{prompt_tokens},
+    'and the prompt once');
+
+# ---- seeded sampling: different choices, the same again -------------------
+
+my %sampled = (max_tokens => 8, temperature => 1.0, seed => 7,
+    ignore_eos => $true);
+my $s1 = $t->post('/v1/completions', completion_body(prompt => $prompt,
+    %sampled, n => 4));
+my $s2 = $t->post('/v1/completions', completion_body(prompt => $prompt,
+    %sampled, n => 4));
+my $s0 = $t->post('/v1/completions', completion_body(prompt => $prompt,
+    %sampled));
+is($s1->{status}, 200, 'n = 4 sampled completion served');
+my %distinct = map { $_ => 1 } @{texts($s1)};
+cmp_ok(scalar keys %distinct, '>=', 2, 'seeded choices differ ('
+    . scalar(keys %distinct) . ' distinct of 4)');
+is_deeply(texts($s2), texts($s1), 'the same seed gives the same choices');
+is(texts($s1)->[0], $s0->{json}{choices}[0]{text},
+    'choice 0 is the n = 1 request with that seed');
+
+# ---- logprobs per choice ----------------------------------------------------
+
+$r = $t->post('/v1/completions', completion_body(prompt => $prompt,
+    max_tokens => 5, temperature => 0, ignore_eos => $true, n => 2,
+    logprobs => 1));
+is($r->{status}, 200, 'n = 2 with logprobs served');
+is_deeply([ map { scalar @{$_->{logprobs}{tokens}} } @{$r->{json}{choices}} ],
+    [ 5, 5 ], 'each choice has its 5 logprob entries');
+is_deeply($r->{json}{choices}[1]{logprobs}{token_logprobs},
+    $r->{json}{choices}[0]{logprobs}{token_logprobs},
+    'greedy choices carry the same logprobs');
+
+# ---- streaming --------------------------------------------------------------
+
+$r = $t->sse('/v1/chat/completions', chat_body(content => $prompt,
+    max_tokens => 8, temperature => 0, ignore_eos => $true, n => 3,
+    stream => $true, stream_options => { include_usage => $true }));
+is($r->{status}, 200, 'n = 3 chat stream: 200');
+my @ev = @{$r->{events}};
+is($ev[-1], '[DONE]', 'one stream, ending with [DONE]');
+is(scalar(grep { !ref && $_ eq '[DONE]' } @ev), 1, 'one [DONE]');
+my (%text, %roles, %finish, @usage);
+my $usage_pos = -1;
+for my $i (0 .. $#ev) {
+    my $e = $ev[$i];
+    next unless ref $e eq 'HASH';
+    if ($e->{usage}) {
+        push @usage, $e->{usage};
+        $usage_pos = $i;
+        next;
+    }
+    for my $c (@{$e->{choices}}) {
+        $roles{$c->{index}}++ if ($c->{delta}{role} // '') eq 'assistant';
+        $text{$c->{index}} .= $c->{delta}{content} // '';
+        push @{$finish{$c->{index}}}, [ $c->{finish_reason}, $i ]
+            if defined $c->{finish_reason};
+    }
+}
+is_deeply([ sort keys %text ], [ 0, 1, 2 ], 'chunks for indexes 0, 1, 2');
+is_deeply([ map { $roles{$_} } 0 .. 2 ], [ 1, 1, 1 ],
+    'each choice opens with one role chunk');
+is_deeply([ map { $text{$_} } 0 .. 2 ], [ ($greedy) x 3 ],
+    'each choice streams the greedy text');
+is_deeply([ map { scalar @{$finish{$_} // []} } 0 .. 2 ], [ 1, 1, 1 ],
+    'one finish chunk per choice');
+is_deeply([ map { $finish{$_}[0][0] } 0 .. 2 ], [ ('length') x 3 ],
+    'each finishes by length');
+is(scalar @usage, 1, 'one usage chunk');
+is($usage[0]{completion_tokens}, 24, 'usage sums the choices (24)');
+ok(!grep({ $_->[1] > $usage_pos } map { @$_ } values %finish),
+    'the usage chunk comes after every finish chunk');
+
+my $cg = $t->post('/v1/completions', completion_body(prompt => $prompt,
+    max_tokens => 6, temperature => 0, ignore_eos => $true))
+    ->{json}{choices}[0]{text};
+cmp_ok(length $cg, '>=', 6, "the completion's greedy text is long enough");
+my $stop = substr($cg, 3, 3);
+$r = $t->sse('/v1/completions', completion_body(prompt => $prompt,
+    max_tokens => 6, temperature => 0, ignore_eos => $true, n => 2,
+    stream => $true, stop => [ $stop ]));
+my %ctext;
+my %cfin;
+for my $e (@{$r->{events}}) {
+    next unless ref $e eq 'HASH';
+    for my $c (@{$e->{choices} // []}) {
+        $ctext{$c->{index}} .= $c->{text} // '';
+        $cfin{$c->{index}} = $c->{finish_reason} if $c->{finish_reason};
+    }
+}
+is_deeply([ sort keys %ctext ], [ 0, 1 ], 'completions stream: indexes 0, 1');
+is_deeply([ map { $cfin{$_} // '' } 0, 1 ], [ 'stop', 'stop' ],
+    'a stop string ends each choice');
+is($ctext{0}, $ctext{1}, 'both choices stop at the same place');
+is($ctext{0}, substr($cg, 0, index($cg, $stop)),
+    'each choice is the greedy text up to the stop string');
+
+# ---- a client gone cancels every choice -------------------------------------
+
+my $before = () = $t->read_file('engine.log') =~ /sequence cancelled/g;
+$r = $t->sse('/v1/chat/completions', chat_body(content => $prompt,
+    max_tokens => 400, temperature => 0, ignore_eos => $true, n => 4,
+    stream => $true), abort_after => 6);
+ok(KimiTest::wait_for(10, sub {
+        (() = $t->read_file('engine.log') =~ /sequence cancelled/g)
+            >= $before + 4 }),
+    'closing the stream cancels all 4 sequences in the engine');
+
+# ---- a request over the context for any choice is refused whole -------------
+
+$r = $t->post('/v1/chat/completions', chat_body(content => $prompt,
+    max_tokens => 100000, n => 2));
+is($r->{status}, 400, 'max_tokens over the context with n = 2: 400');
+
+# the engine is whole afterwards
+$r = $t->post('/v1/chat/completions', chat_body(content => $prompt,
+    max_tokens => 8, temperature => 0, ignore_eos => $true, n => 2));
+is_deeply(texts($r, 1), [ ($greedy) x 2 ], 'n = 2 still served after all that');
+
+$t->stop;
+done_testing();
