@@ -79,6 +79,17 @@ ok(accepted(0) >= 2 && accepted(1) >= 3,
     'the gateway spread them over both ranks (rank 0: ' . accepted(0)
     . ', rank 1: ' . (accepted(1) - 1) . ')');
 
+# the choices of one request are sequences of their own, spread too
+my @acc = (accepted(0), accepted(1));
+$r = $t->post('/v1/chat/completions', chat_body(max_tokens => 3, n => 4));
+is(scalar @{$r->{json}{choices} // []}, 4, 'n = 4 over two ranks: 4 choices');
+ok(KimiTest::wait_for(5, sub {
+        accepted(0) + accepted(1) == $acc[0] + $acc[1] + 4 }),
+    'four sequences ran');
+ok(accepted(0) > $acc[0] && accepted(1) > $acc[1],
+    'on both ranks (' . (accepted(0) - $acc[0]) . ' + '
+    . (accepted(1) - $acc[1]) . ')');
+
 # --- a rank dies ---------------------------------------------------------
 
 # two streams of 40 tokens at 20 ms, one pinned to each rank; rank 1 dies
