@@ -114,6 +114,9 @@ typedef struct {
     json_t                      *messages;         /* chat: borrowed */
     json_t                      *tools;            /* NULL or non-empty */
     json_t                      *prompt_ids;       /* completions: ids */
+    json_t                      *batch;            /* completions: a list
+                                                      of prompts (strings
+                                                      or id arrays), > 1 */
     ngx_str_t                    prompt_text;      /* completions: text */
     ngx_str_t                    model;            /* as sent, may be empty */
     ngx_str_t                    tool_name;        /* NAMED choice */
@@ -185,6 +188,11 @@ struct ngx_http_kimi_ctx_s {
     void                        *task;             /* in-flight thread task */
     int32_t                     *prompt;           /* ngx_alloc'ed ids */
     size_t                       n_prompt;
+    int32_t                    **batch_ids;        /* main, a batch: each
+                                                      prompt's ids ([0] is
+                                                      prompt), malloc'ed */
+    size_t                      *batch_n;
+    size_t                       n_batch;          /* 0: no batch */
     kimi_detok_t                *detok;
     kimi_toolparse_t            *toolparse;
 

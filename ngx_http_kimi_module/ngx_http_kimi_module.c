@@ -785,18 +785,21 @@ ngx_http_kimi_pin_rank(ngx_http_kimi_ctx_t *ctx)
 
 
 /*
- * n > 1: choices 1..n-1 as contexts of their own beside the request's
- * (choice 0).  They share what is the request's (the parsed request, the
- * prompt ids, the text stack, the id) and own the rest; a seed moves by
- * the choice's index so seeded choices differ and repeat.
+ * n > 1 or a batch of prompts: choices 1.. as contexts of their own
+ * beside the request's (choice 0).  Choice k * n + j is sample j of
+ * prompt k, as OpenAI orders them.  They share what is the request's (the
+ * parsed request, the prompt ids, the text stack, the id) and own the
+ * rest; a seed moves by the sample's number so seeded samples of a prompt
+ * differ and repeat.
  */
 static ngx_int_t
 ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
 {
-    ngx_uint_t            i, n;
+    ngx_uint_t            i, n, per;
     ngx_http_kimi_ctx_t  *c;
 
-    n = ctx->params.n;
+    per = ctx->params.n;
+    n = per * (ctx->n_batch ? ctx->n_batch : 1);
 
     ctx->choices = ngx_palloc(ctx->request->pool,
                               n * sizeof(ngx_http_kimi_ctx_t *));
@@ -823,13 +826,13 @@ ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
         c->created = ctx->created;
         c->params = ctx->params;
         c->text = ctx->text;
-        c->prompt = ctx->prompt;
-        c->n_prompt = ctx->n_prompt;
+        c->prompt = ctx->n_batch ? ctx->batch_ids[i / per] : ctx->prompt;
+        c->n_prompt = ctx->n_batch ? ctx->batch_n[i / per] : ctx->n_prompt;
         c->pinned_rank = ctx->pinned_rank;
         c->slot_index = -1;
         c->usage.model = ctx->usage.model;
         c->usage.route = ctx->usage.route;
-        c->usage.prompt_tokens = ctx->usage.prompt_tokens;
+        c->usage.prompt_tokens = c->n_prompt;
         c->usage.start = ctx->usage.start;
         c->usage.stream = ctx->usage.stream;
         c->usage.ttft = -1;
@@ -837,7 +840,7 @@ ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
         c->usage.observed = 1;          /* the request's ctx reports */
 
         if (c->params.sampling.has_seed) {
-            c->params.sampling.seed += i;
+            c->params.sampling.seed += i % per;
         }
 
         ctx->choices[i] = c;
@@ -858,7 +861,7 @@ void
 ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
 {
     u_char                  *p;
-    size_t                   len;
+    size_t                   len, n_prompt, shortest;
     ngx_str_t                error;
     ngx_int_t                rc;
     ngx_uint_t               max_len, max_tokens, i;
@@ -869,7 +872,17 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
 
     r = ctx->request;
 
-    ctx->usage.prompt_tokens = ctx->n_prompt;
+    /* a batch: every prompt counts, the longest sets the limits and an
+     * empty one refuses the request */
+    n_prompt = ctx->n_prompt;
+    shortest = ctx->n_prompt;
+    ctx->usage.prompt_tokens = ctx->n_batch ? 0 : ctx->n_prompt;
+
+    for (i = 0; i < ctx->n_batch; i++) {
+        n_prompt = ngx_max(n_prompt, ctx->batch_n[i]);
+        shortest = ngx_min(shortest, ctx->batch_n[i]);
+        ctx->usage.prompt_tokens += ctx->batch_n[i];
+    }
 
     a = ngx_http_kimi_engine_get(r->connection->log);
 
@@ -889,7 +902,7 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
         max_tokens = ctx->params.max_tokens;
 
     } else if (ctx->conf->default_max_tokens) {
-        max_tokens = max_len > ctx->n_prompt ? max_len - ctx->n_prompt : 1;
+        max_tokens = max_len > n_prompt ? max_len - n_prompt : 1;
         max_tokens = ngx_min(ctx->conf->default_max_tokens, max_tokens);
 
     } else if (ctx->route == NGX_HTTP_KIMI_ROUTE_COMPLETIONS
@@ -900,15 +913,15 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
 
     } else {
         /* vLLM's default: whatever room the context has left */
-        max_tokens = max_len > ctx->n_prompt ? max_len - ctx->n_prompt : 1;
+        max_tokens = max_len > n_prompt ? max_len - n_prompt : 1;
     }
 
-    if (ctx->n_prompt == 0) {
+    if (shortest == 0) {
         ngx_str_set(&error, "The prompt is empty after tokenization");
         goto invalid;
     }
 
-    if (ctx->n_prompt + max_tokens > max_len) {
+    if (n_prompt + max_tokens > max_len) {
         len = 256;
         p = ngx_pnalloc(r->pool, len);
         if (p == NULL) {
@@ -922,7 +935,7 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
                         "However, you requested %ui tokens (%uz in the "
                         "messages, %ui in the completion). Please reduce the "
                         "length of the messages or completion.",
-                        max_len, ctx->n_prompt + max_tokens, ctx->n_prompt,
+                        max_len, n_prompt + max_tokens, n_prompt,
                         max_tokens)
                     - p;
 
@@ -938,7 +951,9 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
 
     ctx->params.sampling.max_tokens = max_tokens;
 
-    if (ctx->params.n > 1 && ngx_http_kimi_choices(ctx) != NGX_OK) {
+    if ((ctx->params.n > 1 || ctx->n_batch > 1)
+        && ngx_http_kimi_choices(ctx) != NGX_OK)
+    {
         ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
@@ -1162,6 +1177,19 @@ ngx_http_kimi_cleanup(void *data)
     if (ctx->toolparse) {
         kimi_toolparse_free(ctx->toolparse);
         ctx->toolparse = NULL;
+    }
+
+    /* a batch's prompt 0 is ctx->prompt */
+    for (i = 1; i < ctx->n_batch; i++) {
+        free(ctx->batch_ids[i]);
+    }
+
+    if (ctx->n_batch) {
+        free(ctx->batch_ids);
+        free(ctx->batch_n);
+        ctx->batch_ids = NULL;
+        ctx->batch_n = NULL;
+        ctx->n_batch = 0;
     }
 
     if (ctx->prompt) {

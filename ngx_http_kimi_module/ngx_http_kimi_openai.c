@@ -931,6 +931,7 @@ ngx_http_kimi_parse_prompt(ngx_http_kimi_ctx_t *ctx, json_t *root,
     u_char *err, const char **param)
 {
     json_t                  *v, *e;
+    size_t                   i;
     ngx_uint_t               flag;
     ngx_http_kimi_params_t  *pr;
 
@@ -965,9 +966,34 @@ ngx_http_kimi_parse_prompt(ngx_http_kimi_ctx_t *ctx, json_t *root,
                && (json_is_string(json_array_get(v, 0))
                    || json_is_array(json_array_get(v, 0))))
     {
-        ngx_sprintf(err, "Batched prompts are not supported; send one "
-                    "prompt per request");
-        return NGX_ERROR;
+        /* a batch: each prompt is n choices of the response, in order */
+        if (ctx->route != NGX_HTTP_KIMI_ROUTE_COMPLETIONS) {
+            ngx_sprintf(err, "\"prompt\" must be one prompt here");
+            return NGX_ERROR;
+        }
+
+        for (i = 0; i < json_array_size(v); i++) {
+            e = json_array_get(v, i);
+
+            if (!json_is_string(e)
+                && (ngx_http_kimi_token_array(e) != NGX_OK
+                    || json_array_size(e) == 0))
+            {
+                ngx_sprintf(err, "\"prompt\" item %ui must be a string or a"
+                            " non-empty array of token ids", i);
+                return NGX_ERROR;
+            }
+        }
+
+        if (json_array_size(v) * pr->n > NGX_HTTP_KIMI_MAX_CHOICES) {
+            ngx_sprintf(err, "%uz prompts x \"n\" %ui is more than %d"
+                        " completions in one request",
+                        json_array_size(v), pr->n,
+                        NGX_HTTP_KIMI_MAX_CHOICES);
+            return NGX_ERROR;
+        }
+
+        pr->batch = v;
 
     } else {
         ngx_sprintf(err, "\"prompt\" must be a string, a non-empty array of "

@@ -400,8 +400,8 @@ ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx, ngx_uint_t last)
         p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
         p = ngx_sprintf(p, "],\"usage\":{\"prompt_tokens\":%ui,"
                         "\"completion_tokens\":%ui,\"total_tokens\":%ui",
-                        ctx->usage.prompt_tokens, tokens,
-                        ctx->usage.prompt_tokens + tokens);
+                        m->usage.prompt_tokens, tokens,
+                        m->usage.prompt_tokens + tokens);
 
         if (m->usage.cached_tokens) {
             p = ngx_sprintf(p, ",\"prompt_tokens_details\":"

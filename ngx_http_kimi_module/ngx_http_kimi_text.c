@@ -59,6 +59,10 @@ typedef struct {
     int                        plain_contents;
     int32_t                   *ids;
     size_t                     n_ids;
+    json_t                    *batch;            /* prompts, or NULL */
+    int32_t                  **batch_ids;        /* [n_batch], [0] == ids */
+    size_t                    *batch_n;
+    size_t                     n_batch;
     int                        rc;
     kimi_err_t                 err;
 } ngx_http_kimi_text_job_t;
@@ -82,6 +86,7 @@ static void ngx_http_kimi_text_load_done(ngx_event_t *ev);
 static void ngx_http_kimi_text_job_run(void *data, ngx_log_t *log);
 static void ngx_http_kimi_text_job_done(ngx_event_t *ev);
 static void ngx_http_kimi_text_job_free(ngx_http_kimi_text_job_t *job);
+static void ngx_http_kimi_text_job_batch(ngx_http_kimi_text_job_t *job);
 static ngx_int_t ngx_http_kimi_text_start(ngx_http_kimi_ctx_t *ctx);
 static ngx_int_t ngx_http_kimi_text_apply(ngx_http_kimi_ctx_t *ctx,
     ngx_http_kimi_text_job_t *job);
@@ -441,6 +446,7 @@ ngx_http_kimi_text_start(ngx_http_kimi_ctx_t *ctx)
     job->add_generation_prompt = ctx->params.add_generation_prompt;
     job->prompt = (const char *) ctx->params.prompt_text.data;
     job->prompt_len = ctx->params.prompt_text.len;
+    job->batch = ctx->params.batch;
     job->allow_special = ctx->conf->special_tokens_in_content;
     job->plain_contents = !ctx->conf->special_tokens_in_content;
 
@@ -487,6 +493,11 @@ ngx_http_kimi_text_apply(ngx_http_kimi_ctx_t *ctx,
         ctx->prompt = job->ids;
         ctx->n_prompt = job->n_ids;
         job->ids = NULL;
+        ctx->batch_ids = job->batch_ids;
+        ctx->batch_n = job->batch_n;
+        ctx->n_batch = job->n_batch;
+        job->batch_ids = NULL;
+        job->batch_n = NULL;
         ngx_http_kimi_text_job_free(job);
 
         if (ctx->route == NGX_HTTP_KIMI_ROUTE_TOKENIZE) {
@@ -531,10 +542,24 @@ ngx_http_kimi_text_answered(ngx_http_kimi_ctx_t *ctx, ngx_int_t rc)
 static void
 ngx_http_kimi_text_job_free(ngx_http_kimi_text_job_t *job)
 {
+    size_t  i;
+
+    /* ids may be batch_ids[0]: freed once */
+    for (i = 0; job->batch_ids && i < job->n_batch; i++) {
+        if (job->batch_ids[i] != job->ids) {
+            free(job->batch_ids[i]);
+        }
+    }
+
     if (job->ids) {
         free(job->ids);
         job->ids = NULL;
     }
+
+    free(job->batch_ids);
+    free(job->batch_n);
+    job->batch_ids = NULL;
+    job->batch_n = NULL;
 
     if (job->root) {
         json_decref(job->root);
@@ -545,6 +570,69 @@ ngx_http_kimi_text_job_free(ngx_http_kimi_text_job_t *job)
         ngx_http_kimi_text_unref(job->text);
         job->text = NULL;
     }
+}
+
+
+/* A batch of completion prompts: each tokenized, or its ids checked. */
+static void
+ngx_http_kimi_text_job_batch(ngx_http_kimi_text_job_t *job)
+{
+    size_t     i, k, n;
+    json_t    *e;
+    uint32_t   vocab = kimi_tokenizer_n_vocab(job->text->tok);
+
+    n = json_array_size(job->batch);
+
+    job->batch_ids = calloc(n, sizeof(int32_t *));
+    job->batch_n = calloc(n, sizeof(size_t));
+    if (job->batch_ids == NULL || job->batch_n == NULL) {
+        job->rc = kimi_err_set(&job->err, KIMI_ENOMEM, "out of memory");
+        return;
+    }
+
+    job->n_batch = n;
+
+    for (i = 0; i < n; i++) {
+        e = json_array_get(job->batch, i);
+
+        if (json_is_string(e)) {
+            job->rc = kimi_tokenize(job->text->tok, json_string_value(e),
+                                    json_string_length(e), job->allow_special,
+                                    &job->batch_ids[i], &job->batch_n[i],
+                                    &job->err);
+            if (job->rc != 0) {
+                return;
+            }
+
+        } else {
+            job->batch_n[i] = json_array_size(e);
+            job->batch_ids[i] = malloc(job->batch_n[i] * sizeof(int32_t));
+            if (job->batch_ids[i] == NULL) {
+                job->rc = kimi_err_set(&job->err, KIMI_ENOMEM,
+                                       "out of memory");
+                return;
+            }
+
+            for (k = 0; k < job->batch_n[i]; k++) {
+                json_int_t  id = json_integer_value(json_array_get(e, k));
+
+                if (id < 0 || id >= (json_int_t) vocab) {
+                    job->rc = kimi_err_set(&job->err, KIMI_EINVAL, "prompt"
+                                           " %zu: token id %lld is out of"
+                                           " the vocabulary", i,
+                                           (long long) id);
+                    return;
+                }
+
+                job->batch_ids[i][k] = (int32_t) id;
+            }
+        }
+    }
+
+    /* prompt 0 is the request's own prompt */
+    job->ids = job->batch_ids[0];
+    job->n_ids = job->batch_n[0];
+    job->rc = 0;
 }
 
 
@@ -562,6 +650,11 @@ ngx_http_kimi_text_job_run(void *data, ngx_log_t *log)
     char         *text;
     size_t        len, n_plain;
     kimi_span_t  *plain;
+
+    if (job->batch) {
+        ngx_http_kimi_text_job_batch(job);
+        return;
+    }
 
     if (job->messages == NULL) {
         job->rc = kimi_tokenize(job->text->tok, job->prompt, job->prompt_len,

@@ -8,7 +8,8 @@
 # chunk under its index, one usage chunk summing the choices and one
 # [DONE]; stop strings end each choice on its own; a client that goes
 # away cancels every choice's sequence; a refused choice refuses the
-# request.
+# request.  A batch of prompts on /v1/completions gives each prompt's n
+# choices in order, as OpenAI does.
 
 use strict;
 use warnings;
@@ -154,6 +155,52 @@ is_deeply([ map { $cfin{$_} // '' } 0, 1 ], [ 'stop', 'stop' ],
 is($ctext{0}, $ctext{1}, 'both choices stop at the same place');
 is($ctext{0}, substr($cg, 0, index($cg, $stop)),
     'each choice is the greedy text up to the stop string');
+
+# ---- a batch of prompts: each prompt's choices in order ----------------------
+
+my @batch = ($prompt, 'Once upon a time, in a', '1, 2, 3, 4, 5,');
+my (@single, $single_prompt_tokens);
+for my $p (@batch) {
+    my $x = $t->post('/v1/completions', completion_body(prompt => $p,
+        max_tokens => 5, temperature => 0, ignore_eos => $true));
+    push @single, $x->{json}{choices}[0]{text};
+    $single_prompt_tokens += $x->{json}{usage}{prompt_tokens};
+}
+my $ids = $t->post('/tokenize', { prompt => $batch[2] })->{json}{tokens};
+$r = $t->post('/v1/completions', completion_body(
+    prompt => [ $batch[0], $batch[1], $ids ], max_tokens => 5,
+    temperature => 0, ignore_eos => $true, n => 2));
+is($r->{status}, 200, 'a batch of 3 prompts (strings and ids), n = 2: 200');
+is_deeply(texts($r), [ map { ($_) x 2 } @single ],
+    'choice 2k + j is prompt k\'s greedy text, in order');
+is($r->{json}{usage}{prompt_tokens}, $single_prompt_tokens,
+    'usage counts every prompt\'s tokens');
+is($r->{json}{usage}{completion_tokens}, 30, 'and every choice\'s (6 x 5)');
+
+$r = $t->sse('/v1/completions', completion_body(prompt => [ @batch[0, 1] ],
+    max_tokens => 5, temperature => 0, ignore_eos => $true, stream => $true));
+my %bt;
+for my $e (@{$r->{events}}) {
+    next unless ref $e eq 'HASH';
+    $bt{$_->{index}} .= $_->{text} // '' for @{$e->{choices} // []};
+}
+is_deeply([ map { $bt{$_} } 0, 1 ], [ @single[0, 1] ],
+    'a streamed batch: index k carries prompt k');
+
+$r = $t->post('/v1/completions', completion_body(prompt => [ 'a', 7 ]));
+is($r->{status}, 400, 'a batch item that is not a prompt: 400');
+like($r->{json}{error}{message} // '', qr/item 1 must be a string/,
+    'naming the item');
+$r = $t->post('/v1/completions', completion_body(prompt => [ ('x') x 65 ],
+    n => 2));
+is($r->{status}, 400, '65 prompts x n 2: 400');
+like($r->{json}{error}{message} // '', qr/more than 128 completions/,
+    'saying the limit');
+$r = $t->post('/v1/completions', completion_body(prompt => [ 'a', [ 999999999 ] ],
+    max_tokens => 2));
+is($r->{status}, 400, 'a batch prompt with an id outside the vocabulary: 400');
+$r = $t->post('/tokenize', { prompt => [ 'a', 'b' ] });
+is($r->{status}, 400, '/tokenize takes one prompt');
 
 # ---- a client gone cancels every choice -------------------------------------
 

@@ -131,6 +131,18 @@ is($r->{status}, 200, 'long chat request generates');
 is($r->{json}{usage}{prompt_tokens}, $again->{json}{count},
     'usage prompt_tokens equals /tokenize count');
 
+# a batch of long prompts: tokenized on the thread pool, each counted
+$before = $tasks->();
+my $short = $t->post('/tokenize', { prompt => 'short one' })->{json}{count};
+my $longc = $t->post('/tokenize', { prompt => $long })->{json}{count};
+$r = $t->post('/v1/completions', completion_body(prompt => [ $long,
+    'short one', $long ], max_tokens => 2));
+is($r->{status}, 200, 'a batch of long prompts generates');
+cmp_ok($tasks->(), '>', $before, 'its text job ran on the thread pool');
+is(scalar @{$r->{json}{choices} // []}, 3, 'one choice per prompt');
+is($r->{json}{usage}{prompt_tokens}, 2 * $longc + $short,
+    'usage prompt_tokens counts every prompt');
+
 # ---- NUL characters -----------------------------------------------------------------
 # a prompt or a message's content may hold \u0000 (vLLM tokenizes it, and
 # random-token benchmarks make such prompts: kimi-bench's seed 0 has one in
