@@ -92,8 +92,9 @@ bad(chat_body(), 400, qr/X-Kimi-Rank/, 'X-Kimi-Rank not running',
 
 $r = $t->post('/v1/completions', completion_body(prompt => [ 1, 'x' ]));
 is($r->{status}, 400, 'completions with a mixed prompt list: 400');
-$r = $t->post('/v1/completions', completion_body(prompt => [ 'a', 'b' ]));
-like($r->{json}{error}{message}, qr/Batched prompts/, 'batched prompts: 400');
+$r = $t->post('/v1/completions', completion_body(prompt => [ 'a', [] ]));
+like($r->{json}{error}{message} // '', qr/item 1 must be a string or a non-empty/,
+    'a batch with an empty id list: 400 naming the item');
 $r = $t->post('/v1/completions', completion_body(prompt => [ 999999999 ]));
 is($r->{status}, 400, 'prompt id outside the vocabulary: 400');
 
