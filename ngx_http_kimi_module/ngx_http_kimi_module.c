@@ -3,9 +3,10 @@
  * ngx_http_kimi_module: directives, routing and the life of one request.
  *
  * Owns:   the directive table, conf create/merge, the content handler
- *         (kimi_pass), body handling, submission after the text work, the
+ *         (kimi_pass), body handling, submission after the text work (a
+ *         context per choice when n > 1 or prompts come in a batch), the
  *         first-token / inter-token timers, finalization and the one
- *         cleanup handler that gives the engine slot back.
+ *         cleanup handler that gives the engine slots back.
  * Never:  blocks the event loop, sends a header before the engine accepted
  *         the request, or finalizes a request twice (ctx->finalized).
  *
