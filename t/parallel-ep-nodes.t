@@ -8,7 +8,8 @@
 # node's gateway must match one rank holding every expert; 2 + 2 ranks
 # (peers on the same node and on the other) must too.  Then the failure
 # path: a rank of the other node killed mid-stream ends the stream with an
-# error and both nodes exit, no hang; and mismatched flags are refused.
+# error and both nodes exit, no hang; a node that hangs (SIGSTOP) ends the
+# group by the liveness timeout; and mismatched flags are refused.
 
 use strict;
 use warnings;
@@ -210,6 +211,39 @@ like($work->read_file('engine.log'),
     'the other node says which node stopped');
 unlike($head->read_file('engine.log') . $work->read_file('engine.log'),
     qr/parallel group failed/, 'no group failure on a clean stop');
+$_->stop for ($head, $work);
+
+# ---- the other node hangs (SIGSTOP) mid-stream --------------------------------
+
+($head, $work) = two_nodes(2, 1);
+my @frozen = ($work->engine_pid, $work->read_file('engine.log')
+    =~ /kimi-engine\[(\d+)\] rank=1 engine ready/);
+is(scalar @frozen, 2, 'the other node\'s launcher and rank pids are known');
+$s = $head->connect_gw;
+print $s KimiTest::request_text('POST', '/v1/completions',
+    completion_body(prompt => 'The capital of France is', max_tokens => 400,
+                    temperature => 0, stream => $true));
+select(undef, undef, undef, 0.3);
+kill 'STOP', @frozen;
+my $t0 = time;
+$raw = '';
+$end = time + 30;
+while (time < $end) {
+    my $n = sysread($s, my $buf, 65536);
+    last unless $n;
+    $raw .= $buf;
+}
+my $took = time - $t0;
+like($raw, qr/"error"/, 'the stream on the head ends with an error');
+cmp_ok($took, '<', 12, "within the liveness timeout and a margin ($took s)");
+ok(KimiTest::wait_for(15, sub { !$head->alive('engine') }),
+    'the head\'s engine exits, no hang');
+like($head->read_file('engine.log'), qr/no word from node/,
+    'the head says which node went silent');
+kill 'CONT', @frozen;
+ok(KimiTest::wait_for(20, sub { !$work->alive('engine') }),
+    'the resumed node learns the group is over and exits');
+delete $_->{pids}{engine} for ($head, $work);
 $_->stop for ($head, $work);
 
 # ---- flags that do not agree ----------------------------------------------------
