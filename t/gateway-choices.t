@@ -132,6 +132,22 @@ is($usage[0]{completion_tokens}, 24, 'usage sums the choices (24)');
 ok(!grep({ $_->[1] > $usage_pos } map { @$_ } values %finish),
     'the usage chunk comes after every finish chunk');
 
+$r = $t->sse('/v1/chat/completions', chat_body(content => $prompt,
+    max_tokens => 8, temperature => 0, ignore_eos => $true, n => 2,
+    stream => $true, logprobs => $true, top_logprobs => 2));
+my %lp;
+for my $e (@{$r->{events}}) {
+    next unless ref $e eq 'HASH';
+    for my $c (@{$e->{choices} // []}) {
+        push @{$lp{$c->{index}}}, @{$c->{logprobs}{content} // []}
+            if $c->{logprobs};
+    }
+}
+is_deeply([ map { scalar @{$lp{$_} // []} } 0, 1 ], [ 8, 8 ],
+    'chat stream n = 2 with logprobs: 8 entries per choice');
+is_deeply([ map { scalar @{$_->{top_logprobs}} } @{$lp{1} // []} ],
+    [ (2) x 8 ], 'each with its 2 top logprobs');
+
 my $cg = $t->post('/v1/completions', completion_body(prompt => $prompt,
     max_tokens => 6, temperature => 0, ignore_eos => $true))
     ->{json}{choices}[0]{text};
