@@ -69,6 +69,22 @@ my $left = time;
 check_cancel($h2id // 'none', $left, 'HTTP/2 RST_STREAM');
 $h2->close;
 
+# n = 3 over HTTP/2: every choice streams on the one stream, RST_STREAM
+# cancels all three sequences
+$h2 = KimiH2->new($t->h2port);
+$h2->post('/v1/chat/completions',
+    JSON::PP->new->encode(chat_body(stream => $true, n => 3)));
+$n = $h2->read_events(10, sub { $_[0] >= 9 });
+my %idx = map { $_ => 1 } $h2->data =~ /"index":(\d+),"delta"/g;
+is_deeply([ sort keys %idx ], [ 0, 1, 2 ], 'HTTP/2 n = 3: all three choices stream');
+($h2id) = $h2->data =~ /"id":"(chatcmpl-[0-9a-f]+)"/;
+$h2->rst;
+ok(KimiTest::wait_for(5, sub {
+        (() = $t->read_file('engine.log')
+            =~ /sequence cancelled.*request_id=\Q$h2id\E/g) == 3 }),
+    'HTTP/2 n = 3: RST_STREAM cancels the three sequences');
+$h2->close;
+
 # ---- a client that stops reading: send_timeout ends it ----------------------
 
 {
