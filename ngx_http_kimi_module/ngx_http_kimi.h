@@ -131,6 +131,8 @@ typedef struct {
     ngx_http_kimi_tool_choice_e  tool_choice;
     unsigned                     stream:1;
     unsigned                     include_usage:1;
+    unsigned                     continuous_usage:1;   /* usage in every
+                                                          chunk */
     unsigned                     skip_special:1;
     unsigned                     echo:1;
     unsigned                     add_generation_prompt:1;
@@ -223,6 +225,7 @@ struct ngx_http_kimi_ctx_s {
                                                       text_offset lists */
     size_t                       lp_cap[4];
     size_t                       lp_chars;         /* text_offset so far */
+    ngx_uint_t                   n_out;            /* tokens output so far */
     ngx_str_t                    content;          /* non-stream text */
     size_t                       content_cap;
     ngx_http_kimi_tool_call_t   *calls;            /* non-stream */

@@ -350,18 +350,13 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         }
         pr->include_usage = flag;
 
-        /* vLLM's per-chunk usage: not produced here, so not accepted */
+        /* vLLM's per-chunk usage, which it gives only with include_usage */
         if (ngx_http_kimi_get_bool(so, "continuous_usage_stats", &flag, err)
             != NGX_OK)
         {
             return NGX_ERROR;
         }
-        if (flag) {
-            ngx_sprintf(err, "\"stream_options.continuous_usage_stats\" is"
-                        " not supported; \"include_usage\" sends the usage"
-                        " once, at the end");
-            return NGX_ERROR;
-        }
+        pr->continuous_usage = flag && pr->include_usage;
     }
 
     /* vLLM's logprobs of the prompt tokens: not computed here */

@@ -94,6 +94,8 @@ ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
         return NGX_ERROR;
     }
 
+    ctx->n_out++;
+
     if (ctx->params.sampling.logprobs
         && ngx_http_kimi_output_logprob(ctx, tok) != NGX_OK)
     {

@@ -20,6 +20,9 @@
 
 
 #define NGX_HTTP_KIMI_SSE_BUF    1024      /* typical event fits, reused */
+#define NGX_HTTP_KIMI_USAGE_LEN                                               \
+    (sizeof(",\"usage\":{\"prompt_tokens\":,\"completion_tokens\":,"       \
+            "\"total_tokens\":}") + 3 * NGX_INT_T_LEN)
 
 #define NGX_HTTP_KIMI_CHUNK_TAIL                                              \
     "},\"logprobs\":null,\"finish_reason\":null}]}\n\n"
@@ -38,6 +41,7 @@ static ngx_int_t ngx_http_kimi_sse_done(ngx_http_kimi_ctx_t *ctx,
     ngx_chain_t *cl);
 static u_char *ngx_http_kimi_sse_logprobs(ngx_http_kimi_ctx_t *ctx,
     u_char *p, const char *close);
+static u_char *ngx_http_kimi_sse_usage(ngx_http_kimi_ctx_t *ctx, u_char *p);
 
 
 /* The headers and the chunk prefix, once per request: the first choice
@@ -160,7 +164,7 @@ ngx_http_kimi_sse_role(ngx_http_kimi_ctx_t *ctx)
     p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
     p = ngx_sprintf(p, "{\"index\":%ui,\"delta\":{\"role\":\"assistant\","
                     "\"content\":\"\"" NGX_HTTP_KIMI_CHUNK_TAIL, ctx->index);
-    cl->buf->last = p;
+    cl->buf->last = ngx_http_kimi_sse_usage(ctx, p);
 
     ctx->role_sent = 1;
 
@@ -213,7 +217,7 @@ ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx, const u_char *text,
                        sizeof(NGX_HTTP_KIMI_TEXT_TAIL) - 1);
     }
 
-    cl->buf->last = p;
+    cl->buf->last = ngx_http_kimi_sse_usage(ctx, p);
 
     if (ctx->sse_final) {
         /* the last drain: keep the newest chunk so the finish_reason rides
@@ -265,7 +269,7 @@ ngx_http_kimi_sse_tool_begin(ngx_http_kimi_ctx_t *ctx, ngx_uint_t index,
     p = ngx_cpymem(p, "\",\"arguments\":\"\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL,
                    sizeof("\",\"arguments\":\"\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL)
                    - 1);
-    cl->buf->last = p;
+    cl->buf->last = ngx_http_kimi_sse_usage(ctx, p);
 
     return ngx_http_kimi_sse_send(ctx, cl);
 }
@@ -294,7 +298,7 @@ ngx_http_kimi_sse_tool_args(ngx_http_kimi_ctx_t *ctx, ngx_uint_t index,
     p = ngx_http_kimi_json_escape(p, text, len);
     p = ngx_cpymem(p, "\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL,
                    sizeof("\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL) - 1);
-    cl->buf->last = p;
+    cl->buf->last = ngx_http_kimi_sse_usage(ctx, p);
 
     return ngx_http_kimi_sse_send(ctx, cl);
 }
@@ -314,6 +318,21 @@ ngx_http_kimi_sse_logprobs(ngx_http_kimi_ctx_t *ctx, u_char *p,
 
     return ngx_cpymem(p, "]},\"finish_reason\":null}]}\n\n",
                       sizeof("]},\"finish_reason\":null}]}\n\n") - 1);
+}
+
+
+/* vLLM's continuous_usage_stats: the event just written, ending at p with
+ * its closing "}\n\n", also says this choice's usage so far. */
+static u_char *
+ngx_http_kimi_sse_usage(ngx_http_kimi_ctx_t *ctx, u_char *p)
+{
+    if (!ctx->params.continuous_usage) {
+        return p;
+    }
+
+    return ngx_sprintf(p - 3, ",\"usage\":{\"prompt_tokens\":%uz,"
+                       "\"completion_tokens\":%ui,\"total_tokens\":%uz}}\n\n",
+                       ctx->n_prompt, ctx->n_out, ctx->n_prompt + ctx->n_out);
 }
 
 
@@ -369,6 +388,10 @@ ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx, ngx_uint_t last)
         p = ngx_sprintf(p, "{\"index\":%ui,\"text\":\"\",\"logprobs\":null,"
                         "\"finish_reason\":\"%V\"}]}\n\n", ctx->index,
                         &ctx->usage.finish_reason);
+    }
+
+    if (p > cl->buf->last) {
+        p = ngx_http_kimi_sse_usage(ctx, p);     /* on the finish chunk */
     }
 
     if (!last) {
@@ -534,8 +557,9 @@ ngx_http_kimi_sse_buf(ngx_http_kimi_ctx_t *ctx, size_t size)
     ngx_buf_t    *b;
     ngx_chain_t  *cl;
 
-    /* room for the [DONE] a finishing event may append */
-    size += sizeof("data: [DONE]\n\n");
+    /* room for the [DONE] a finishing event may append, and for the
+     * usage every chunk carries with continuous_usage_stats */
+    size += sizeof("data: [DONE]\n\n") + NGX_HTTP_KIMI_USAGE_LEN;
 
     cl = ngx_chain_get_free_buf(ctx->request->pool, &ctx->free);
     if (cl == NULL) {

@@ -218,6 +218,45 @@ is($r->{status}, 400, 'a batch prompt with an id outside the vocabulary: 400');
 $r = $t->post('/tokenize', { prompt => [ 'a', 'b' ] });
 is($r->{status}, 400, '/tokenize takes one prompt');
 
+# ---- continuous_usage_stats: usage so far in every chunk (vLLM's) ------------
+
+for my $route ('/v1/chat/completions', '/v1/completions') {
+    my $chat = $route =~ /chat/;
+    my %o = (max_tokens => 6, temperature => 0, ignore_eos => $true, n => 2,
+        stream => $true, stream_options => { include_usage => $true,
+        continuous_usage_stats => $true }, logprobs => $chat ? $true : 1);
+    $r = $t->sse($route, $chat ? chat_body(content => $prompt, %o)
+                                : completion_body(prompt => $prompt, %o));
+    my (%last, $bad, $tail);
+    my @chunks = grep { ref eq 'HASH' } @{$r->{events}};
+    $bad = 'a chunk that is not JSON'
+        if grep { !ref && $_ ne '[DONE]' } @{$r->{events}};
+    for my $e (@chunks) {
+        if (!@{$e->{choices}}) {
+            $tail = $e->{usage};
+            next;
+        }
+        my $u = $e->{usage} or ($bad = 'a chunk without usage'), next;
+        my $i = $e->{choices}[0]{index};
+        $bad = 'total != prompt + completion'
+            if $u->{total_tokens} != $u->{prompt_tokens} + $u->{completion_tokens};
+        $bad = 'completion_tokens went down'
+            if $u->{completion_tokens} < ($last{$i} // 0);
+        $last{$i} = $u->{completion_tokens};
+    }
+    ok(!$bad, "$route: every chunk carries usage that adds up and grows"
+        . ($bad ? " ($bad)" : ''));
+    is_deeply([ map { $last{$_} } 0, 1 ], [ 6, 6 ],
+        "$route: each choice's last chunk says its 6 tokens");
+    is($tail && $tail->{completion_tokens}, 12,
+        "$route: the final usage chunk sums the choices");
+}
+$r = $t->sse('/v1/chat/completions', chat_body(content => $prompt,
+    max_tokens => 3, stream => $true,
+    stream_options => { continuous_usage_stats => $true }));
+ok(!grep({ ref eq 'HASH' && $_->{usage} } @{$r->{events}}),
+    'continuous_usage_stats without include_usage adds nothing (as vLLM)');
+
 # ---- a client gone cancels every choice -------------------------------------
 
 my $before = () = $t->read_file('engine.log') =~ /sequence cancelled/g;

@@ -107,8 +107,8 @@ is($r->{status}, 200, 'best_of 1: 200');
 bad(chat_body(prompt_logprobs => 1), 400, qr/prompt_logprobs/,
     'prompt_logprobs');
 bad(chat_body(stream => $true, stream_options => { include_usage => $true,
-    continuous_usage_stats => $true }), 400, qr/continuous_usage_stats/,
-    'continuous_usage_stats');
+    continuous_usage_stats => 'yes' }), 400, qr/continuous_usage_stats/,
+    'continuous_usage_stats not a boolean');
 
 # a 10 MB body: nginx's client_max_body_size answers 413
 my $big = '{"messages":[{"role":"user","content":"' . ('a' x (10 << 20))
