@@ -37,6 +37,9 @@
 #define KIMI_NET_ABORT        2u
 #define KIMI_NET_WHY_MAX      255
 #define KIMI_NET_RETRY_MS     100
+#define KIMI_NET_HELLO_MS     2000           /* an accepted peer's hello */
+
+#define kimi_net_min(a, b)     ((a) < (b) ? (a) : (b))
 
 typedef struct {
     uint32_t  magic;
@@ -371,8 +374,12 @@ kimi_net_accept_all(kimi_group_net_t *n, const kimi_group_mesh_t *m,
         }
         kimi_net_nodelay(fd);
 
-        /* a stranger or a stale rank is dropped; the group waits on */
-        if (kimi_net_hello_io(n, fd, 0, &h, deadline) != 0
+        /* a stranger or a stale rank is dropped; the group waits on.  A
+         * rank sends its hello as it connects: one that says nothing
+         * within KIMI_NET_HELLO_MS is not a rank (and cannot stall us) */
+        if (kimi_net_hello_io(n, fd, 0, &h,
+                              kimi_net_min(deadline, kimi_net_now_ms()
+                                                    + KIMI_NET_HELLO_MS)) != 0
             || !kimi_net_hello_ok(n, &h, m->secret) || h.rank < n->rank
             || n->peer[h.rank].fd != -1)
         {
