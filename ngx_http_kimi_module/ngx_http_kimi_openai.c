@@ -1001,10 +1001,15 @@ ngx_http_kimi_parse_prompt(ngx_http_kimi_ctx_t *ctx, json_t *root,
         return NGX_ERROR;
     }
 
-    if (flag) {
-        ngx_sprintf(err, "\"echo\" is not supported");
+    /* echo: the prompt leads each choice's text; its logprobs would be
+     * the prompt's, which the engine does not compute */
+    if (flag && pr->sampling.logprobs) {
+        ngx_sprintf(err, "\"echo\" with \"logprobs\" is not supported"
+                    " (the prompt's logprobs are not computed)");
         return NGX_ERROR;
     }
+
+    pr->echo = flag;
 
     v = json_object_get(root, "suffix");
     if (v != NULL && !json_is_null(v)) {

@@ -34,6 +34,7 @@ static ngx_int_t ngx_http_kimi_output_logprob_legacy(
 static u_char *ngx_http_kimi_logprob_value(u_char *p, float logprob);
 static u_char *ngx_http_kimi_logprob_entry(u_char *p,
     const kimi_tokenizer_t *tk, int32_t id, float logprob);
+static ngx_int_t ngx_http_kimi_output_echo(ngx_http_kimi_ctx_t *ctx);
 static ngx_int_t ngx_http_kimi_append(ngx_pool_t *pool, ngx_str_t *s,
     size_t *cap, const u_char *p, size_t len);
 
@@ -41,6 +42,7 @@ static ngx_int_t ngx_http_kimi_append(ngx_pool_t *pool, ngx_str_t *s,
 ngx_int_t
 ngx_http_kimi_output_start(ngx_http_kimi_ctx_t *ctx)
 {
+    ngx_int_t                rc;
     const kimi_tokenizer_t  *tok;
 
     tok = ngx_http_kimi_text_tokenizer(ctx->text);
@@ -72,10 +74,57 @@ ngx_http_kimi_output_start(ngx_http_kimi_ctx_t *ctx)
     }
 
     if (ctx->params.stream) {
-        return ngx_http_kimi_sse_start(ctx);
+        rc = ngx_http_kimi_sse_start(ctx);
+        if (rc != NGX_OK) {
+            return rc;
+        }
     }
 
-    return NGX_OK;
+    return ctx->params.echo ? ngx_http_kimi_output_echo(ctx) : NGX_OK;
+}
+
+
+/* echo: the choice's prompt, decoded from its ids as the model saw them
+ * (special tokens kept), goes first: the first chunk of a stream, the
+ * start of the text otherwise.  Stop strings look only at what follows. */
+static ngx_int_t
+ngx_http_kimi_output_echo(ngx_http_kimi_ctx_t *ctx)
+{
+    int            rc;
+    size_t         i, n, cap;
+    ngx_str_t      text;
+    const char    *out;
+    kimi_detok_t  *d;
+
+    d = kimi_detok_new(ngx_http_kimi_text_tokenizer(ctx->text), 0);
+    if (d == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_null(&text);
+    cap = 0;
+    rc = 0;
+
+    for (i = 0; i <= ctx->n_prompt && rc == 0; i++) {
+        n = 0;
+        rc = (i < ctx->n_prompt) ? kimi_detok_push(d, ctx->prompt[i], &out, &n)
+                                 : kimi_detok_flush(d, &out, &n);
+
+        if (rc == 0 && n
+            && ngx_http_kimi_append(ctx->request->pool, &text, &cap,
+                                    (const u_char *) out, n) != NGX_OK)
+        {
+            rc = -1;
+        }
+    }
+
+    kimi_detok_free(d);
+
+    if (rc != 0) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_kimi_output_content(ctx, text.data, text.len);
 }
 
 

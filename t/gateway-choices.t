@@ -257,6 +257,24 @@ $r = $t->sse('/v1/chat/completions', chat_body(content => $prompt,
 ok(!grep({ ref eq 'HASH' && $_->{usage} } @{$r->{events}}),
     'continuous_usage_stats without include_usage adds nothing (as vLLM)');
 
+# ---- echo: the prompt leads each choice ----------------------------------------
+
+$r = $t->post('/v1/completions', completion_body(prompt => [ $batch[0], $ids ],
+    max_tokens => 5, temperature => 0, ignore_eos => $true, echo => $true));
+is_deeply(texts($r), [ $batch[0] . $single[0], $batch[2] . $single[2] ],
+    'echo: each choice is its prompt (text or ids) then the completion');
+$r = $t->sse('/v1/completions', completion_body(prompt => $batch[1],
+    max_tokens => 5, temperature => 0, ignore_eos => $true, echo => $true,
+    stream => $true));
+my @te = map { $_->{choices}[0]{text} // '' }
+    grep { ref eq 'HASH' && @{$_->{choices} // []} } @{$r->{events}};
+is($te[0], $batch[1], 'echo, streamed: the first chunk is the prompt');
+is(join('', @te), $batch[1] . $single[1], 'then the completion');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', echo => $true,
+    logprobs => 1));
+is($r->{status}, 400, 'echo with logprobs: 400 (no prompt logprobs)');
+like($r->{json}{error}{message} // '', qr/prompt's logprobs/, 'saying why');
+
 # ---- a client gone cancels every choice -------------------------------------
 
 my $before = () = $t->read_file('engine.log') =~ /sequence cancelled/g;
