@@ -17,6 +17,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use IO::Socket::INET;
 use JSON::PP;
 use List::Util qw(max);
 use POSIX qw(WNOHANG);
@@ -63,15 +64,15 @@ $ref->stop;
 
 # Two nodes: the head holds ranks 0..L-1, the headless node the rest.
 sub two_nodes {
-    my ($world, $local) = @_;
+    my ($world, $local, $head_extra, $work_extra) = @_;
     my $rpc = KimiTest::free_port();
     my @flags = (@common, '--data-parallel-size', $world,
         '--data-parallel-size-local', $local, '--data-parallel-rpc-port',
         $rpc, '--log-level', 'debug');
     my $head = KimiTest->new(workers => 1);
     my $work = KimiTest->new(workers => 1);
-    $head->{engine_args} = [ @flags ];
-    $work->{engine_args} = [ @flags, '--headless' ];
+    $head->{engine_args} = [ @flags, @{$head_extra // []} ];
+    $work->{engine_args} = [ @flags, '--headless', @{$work_extra // []} ];
     # both engines first: neither is ready before the mesh is whole
     $head->start_engine;
     $work->start_engine;
@@ -169,7 +170,26 @@ $_->stop for ($head, $work);
 
 # ---- 2 + 2 ranks: peers on the same node and on the other ---------------------
 
-($head, $work) = two_nodes(4, 2);
+# fixed mesh ports (what a firewall can open), each node its own range
+sub two_free_ports {
+    for (1 .. 50) {
+        my $p = KimiTest::free_port();
+        my @s = map { IO::Socket::INET->new(LocalAddr => '0.0.0.0',
+            LocalPort => $_, Proto => 'tcp', Listen => 1, ReuseAddr => 1) }
+            ($p, $p + 1);
+        return $p if $s[0] && $s[1];
+    }
+    die 'no two consecutive free ports';
+}
+my ($mhp, $mwp) = (two_free_ports(), two_free_ports());
+($mwp) = two_free_ports() while $mwp <= $mhp + 1 && $mwp + 1 >= $mhp;
+($head, $work) = two_nodes(4, 2, [ "--expert-parallel-mesh-port", $mhp ],
+    [ "--expert-parallel-mesh-port", $mwp ]);
+like($head->read_file('engine.log'),
+    qr/local rank 1 listens on port ${\ ($mhp + 1)}\b/,
+    '--expert-parallel-mesh-port: the head\'s local rank 1 listens on N + 1');
+like($work->read_file('engine.log'), qr/local rank 0 listens on port $mwp\b/,
+    'and the other node\'s local rank 0 on its own N');
 like($work->read_file('engine.log'), qr/rank=3 .*holds experts \[12, 16\)/,
     'rank 3 (other node, local 1) holds experts 12..15');
 for my $p (@prompts[2 .. 3]) {

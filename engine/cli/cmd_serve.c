@@ -86,6 +86,7 @@ typedef struct {
     uint32_t     data_parallel_rpc_port;
     uint32_t     data_parallel_bootstrap_timeout;   /* seconds */
     uint32_t     data_parallel_liveness_timeout;    /* seconds */
+    uint32_t     expert_parallel_mesh_port;         /* 0: ephemeral */
     int          headless;
     int          enable_expert_parallel;
     uint32_t     tensor_parallel_size;
@@ -179,7 +180,7 @@ static const kimi_opt_t  kimi_serve_opts[] = {
       "same as --pipeline-parallel-size" },
     { "--enable-expert-parallel", OPT_ON, O(enable_expert_parallel), 0, 0,
       NULL, "the data-parallel ranks split the routed experts and step"
-      " together (cpu backend, one node)" },
+      " together (cpu and cuda backends; across nodes too)" },
     { "--headless", OPT_ON, O(headless), 0, 0, NULL,
       "multi-node: join the head node instead of being it" },
     { "--data-parallel-bootstrap-timeout", OPT_U32,
@@ -188,6 +189,9 @@ static const kimi_opt_t  kimi_serve_opts[] = {
     { "--data-parallel-liveness-timeout", OPT_U32,
       O(data_parallel_liveness_timeout), 1, 3600, NULL,
       "multi-node: seconds of silence that end the group (10)" },
+    { "--expert-parallel-mesh-port", OPT_U32, O(expert_parallel_mesh_port),
+      0, 65535, NULL,
+      "multi-node EP: local rank R listens on port N + R (0: any free)" },
     { "--device", OPT_U32, O(device), 0, 63, NULL,
       "cuda: device ordinal (0); local rank R uses N + R" },
     { "--threads", OPT_U32, O(threads), 0, 1024, NULL,
@@ -1050,6 +1054,7 @@ kimi_cmd_serve(int argc, char **argv)
     dpp.headless = o.headless;
     dpp.join_timeout_ms = o.data_parallel_bootstrap_timeout * 1000;
     dpp.liveness_timeout_ms = o.data_parallel_liveness_timeout * 1000;
+    dpp.mesh_port = o.expert_parallel_mesh_port;
     dpp.shutdown_timeout_ms = o.shutdown_timeout * 1000;
     dpp.ipc_dir = o.ipc_dir;
     dpp.want_nccl_id = strcmp(o.backend, "cuda") == 0;

@@ -693,6 +693,15 @@ kimi_dp_launch(kimi_dp_t *dp, const kimi_dp_params_t *p, kimi_err_t *err)
             /* expert parallel across nodes: the ranks will sync over a
              * TCP mesh; their sockets listen before anyone can look */
             for (uint32_t r = 0; r < dp->n_local; r++) {
+                if (p->mesh_port + r > 65535) {
+                    rc = kimi_err_set(err, KIMI_EINVAL,
+                                      "--expert-parallel-mesh-port %u + %u"
+                                      " local ranks passes 65535",
+                                      p->mesh_port, dp->n_local);
+                    goto done;
+                }
+                mesh_ports[r] = p->mesh_port ? (uint16_t) (p->mesh_port + r)
+                                             : 0;
                 rc = kimi_group_listen(&mesh_ports[r], err);
                 if (rc < 0) {
                     goto done;

@@ -43,6 +43,9 @@ typedef struct {
     uint32_t     shutdown_timeout_ms;     /* the ranks' drain time */
     const char  *ipc_dir;
     int          want_nccl_id;            /* head: blob = ncclUniqueId */
+    uint32_t     mesh_port;               /* EP across nodes: local rank R
+                                             listens on mesh_port + R; 0:
+                                             a free port */
     size_t       group_seg_bytes;         /* > 0: make the node's expert-
                                              parallel group (group.h) with
                                              this segment size, before the

@@ -66,7 +66,8 @@ int    kimi_group_attach(kimi_group_t **out, void *mem, uint32_t rank,
 void   kimi_group_free(kimi_group_t *g);
 
 /* Launcher, before the bootstrap: a socket on every interface where one
- * rank will accept its mesh peers; returns the fd (port set) or < 0. */
+ * rank will accept its mesh peers, on *port (0: a free one); returns the
+ * fd (*port set) or < 0. */
 int    kimi_group_listen(uint16_t *port, kimi_err_t *err);
 
 /* A rank's handle on a group across nodes: mem is the node's mapping

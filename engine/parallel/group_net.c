@@ -102,7 +102,7 @@ kimi_net_now_ms(void)
 int
 kimi_group_listen(uint16_t *port, kimi_err_t *err)
 {
-    int                  fd, zero = 0;
+    int                  fd, zero = 0, one = 1;
     struct sockaddr_in6  a6;
     struct sockaddr_in   a4;
     struct sockaddr     *sa;
@@ -113,6 +113,7 @@ kimi_group_listen(uint16_t *port, kimi_err_t *err)
     memset(&a6, 0, sizeof(a6));
     a6.sin6_family = AF_INET6;
     a6.sin6_addr = in6addr_any;
+    a6.sin6_port = htons(*port);
     sa = (struct sockaddr *) &a6;
     len = sizeof(a6);
 
@@ -124,9 +125,15 @@ kimi_group_listen(uint16_t *port, kimi_err_t *err)
         memset(&a4, 0, sizeof(a4));
         a4.sin_family = AF_INET;
         a4.sin_addr.s_addr = htonl(INADDR_ANY);
+        a4.sin_port = htons(*port);
         sa = (struct sockaddr *) &a4;
         len = sizeof(a4);
         fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    }
+
+    /* a fixed port must bind again right after a restart */
+    if (fd != -1) {
+        (void) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     }
 
     if (fd == -1 || bind(fd, sa, len) != 0
@@ -139,7 +146,7 @@ kimi_group_listen(uint16_t *port, kimi_err_t *err)
             close(fd);
         }
         return kimi_err_set(err, KIMI_EIO, "expert-parallel mesh: a listening"
-                            " socket: %s", strerror(e));
+                            " socket on port %u: %s", *port, strerror(e));
     }
 
     *port = ntohs(sa->sa_family == AF_INET6 ? a6.sin6_port : a4.sin_port);

@@ -121,6 +121,7 @@ run_group(uint32_t world, rank_fn fn, int kill_rank, const char *why)
     kimi_group_init(mem, world, seg_bytes);
 
     for (uint32_t r = 0; use_net && r < world; r++) {
+        addrs[r].port = 0;
         lfd[r] = kimi_group_listen(&addrs[r].port, &err);
         if (lfd[r] < 0) {
             fprintf(stderr, "# listen: %s\n", err.msg);
