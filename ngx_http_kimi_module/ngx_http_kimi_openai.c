@@ -139,13 +139,14 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
     /*
      * \u0000 is text a prompt or a message may hold (vLLM tokenizes it; a
      * random-token benchmark makes such prompts): those strings are carried
-     * with their lengths, through the chat template too.  Every other
-     * string is read as a C string (names, roles, ids, stop strings), so a
-     * NUL there is refused rather than cut short silently.
+     * with their lengths, through the chat template too, and so are stop
+     * strings.  Every other string is read as a C string (names, roles,
+     * ids), so a NUL there is refused rather than cut short silently.
      */
     if (rc == NGX_OK && ngx_http_kimi_find_nul(root, 1) != NULL) {
         ngx_sprintf(err, "A string holds a NUL character (\\u0000); it is"
-                    " accepted only in a prompt or a message's content");
+                    " accepted only in a prompt, a message's content or a"
+                    " stop string");
         p = NULL;
         rc = NGX_ERROR;
     }
@@ -845,6 +846,11 @@ ngx_http_kimi_find_nul(json_t *v, ngx_uint_t top)
     }
 
     json_object_foreach(v, key, e) {
+        /* stop strings are matched with their lengths */
+        if (top && ngx_strcmp(key, "stop") == 0) {
+            continue;
+        }
+
         if (top && ngx_strcmp(key, "prompt") == 0) {
             if (json_is_string(e)) {
                 continue;

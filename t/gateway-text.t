@@ -27,7 +27,8 @@ my $call = 'Let me check.<|tool_calls_section_begin|><|tool_call_begin|>'
     . '<|tool_calls_section_end|>';
 
 my $t = KimiTest->new(
-    replies => [ { match => 'weather', text => $call } ],
+    replies => [ { match => 'weather', text => $call },
+                 { match => 'nulstop', text => "before\x{0}after" } ],
     default => { text => 'plain answer' },
     # 1 KiB: the long-prompt case below goes through the thread pool
     http_conf => 'kimi_offload_threshold 1k;',
@@ -146,7 +147,8 @@ is($r->{json}{usage}{prompt_tokens}, 2 * $longc + $short,
 # ---- NUL characters -----------------------------------------------------------------
 # a prompt or a message's content may hold \u0000 (vLLM tokenizes it, and
 # random-token benchmarks make such prompts: kimi-bench's seed 0 has one in
-# 256); any other string is read as a C string, so a NUL there is refused
+# 256), and so may a stop string (matched with its length); any other
+# string is read as a C string, so a NUL there is refused
 
 $r = $t->post('/tokenize', { prompt => "a\x{0}b" });
 is($r->{status}, 200, 'a prompt holding NUL tokenizes');
@@ -182,8 +184,6 @@ for my $case (
     [ 'a role name', '/v1/chat/completions',
       { model => 'kimi-test', messages => [ { role => "user\x{0}",
         content => 'hi' } ] } ],
-    [ 'a stop string', '/v1/completions',
-      completion_body(prompt => 'hi', stop => ["a\x{0}"]) ],
     [ 'the model name', '/v1/completions',
       completion_body(prompt => 'hi', model => "kimi\x{0}") ])
 {
@@ -192,6 +192,13 @@ for my $case (
     like($r->{json}{error}{message} // '', qr/NUL character/,
         "... saying why ($case->[0])");
 }
+
+# a stop string may hold NUL (matched with its length, as vLLM does)
+$r = $t->post('/v1/completions', completion_body(prompt => 'nulstop',
+    stop => [ "e\x{0}a" ]));
+is($r->{status}, 200, 'a stop string holding NUL is accepted');
+is($r->{json}{choices}[0]{text}, 'befor', 'and matches the NUL in the text');
+is($r->{json}{choices}[0]{stop_reason}, "e\x{0}a", 'stop_reason is it');
 
 $t->stop;
 

@@ -291,7 +291,7 @@ kimi_replay_load(kimi_replay_t *r, const char *path, int32_t delay_override,
     const char   *key;
     json_error_t  jerr;
 
-    root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    root = json_load_file(path, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
     if (root == NULL) {
         return kimi_err_set(err, KIMI_EFORMAT, "replay script \"%s\": %s"
                             " (line %d, column %d)", path, jerr.text,
