@@ -93,8 +93,7 @@ sub start {
     $t->start_engine unless $opt{no_engine};
     $self->write_conf(%opt);
 
-    $t->{pids}{nginx} = KimiTest::spawn("$d/nginx.out", $t->{nginx_bin},
-        '-p', "$d/", '-c', "$d/nginx.conf", '-e', "$d/error.log");
+    $t->run_nginx;        # (TEST_KIMI_NGINX_PRELOAD applies, as for every test)
 
     return $self if $opt{no_wait};
 
@@ -112,6 +111,10 @@ sub nginx_t {
     my $d = $t->dir;
     my $path = "$d/nginx-t.conf";
     KimiTest::write_file($path, $text);
+    local $ENV{LD_PRELOAD} = $ENV{TEST_KIMI_NGINX_PRELOAD}
+        if $ENV{TEST_KIMI_NGINX_PRELOAD};
+    local $ENV{ASAN_OPTIONS} = $ENV{ASAN_OPTIONS} // 'detect_leaks=0'
+        if $ENV{TEST_KIMI_NGINX_PRELOAD};
     my $out = `$t->{nginx_bin} -t -p $d/ -c $path -e $d/error-t.log 2>&1`;
     return ($? >> 8, $out);
 }
