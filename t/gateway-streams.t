@@ -3,7 +3,8 @@
 # 200 concurrent streams through 2 nginx workers all complete, each with
 # exactly its own expected content (replies differ per request so a mixed-up
 # slot or ring would show), and stop strings end a stream early with the
-# partial match held back.
+# partial match held back; then 40 streams of n = 4 choices, some clients
+# gone early.
 
 use strict;
 use warnings;
@@ -73,6 +74,34 @@ $r = $t->post('/v1/chat/completions', chat_body(content => 'stop test',
     stop => 'deltas'));
 is($r->{json}{choices}[0]{message}{content}, 'alpha beta gamma delta',
     'a held-back partial match is released at the end');
+
+# 40 concurrent streams of n = 4 (160 sequences), every 5th client gone
+# early: the others carry each choice's own reply whole
+my %gone = map { $_ => 1 } grep { $_ % 5 == 4 } 0 .. 39;
+@res = $t->many(40, 'POST', '/v1/chat/completions', sub {
+    chat_body(content => "question " . ($_[0] % 10) . ".", stream => $true,
+              n => 4)
+}, timeout => 120, abort => [ keys %gone ]);
+my ($whole, $streams) = (0, 0);
+for my $i (grep { !$gone{$_} } 0 .. 39) {
+    $streams++;
+    my $want = "answer number " . ($i % 10) . " is " . ('x' x (($i % 10) % 7))
+        . " done";
+    my (%text, %fin);
+    for my $e (@{$res[$i]{events} // []}) {
+        next unless ref $e eq 'HASH';
+        for my $c (@{$e->{choices} // []}) {
+            $text{$c->{index}} .= $c->{delta}{content} // '';
+            $fin{$c->{index}}++ if $c->{finish_reason};
+        }
+    }
+    $whole++ if 4 == grep { ($text{$_} // '') eq $want && ($fin{$_} // 0) == 1 }
+        0 .. 3 and ($res[$i]{events}[-1] // '') eq '[DONE]';
+}
+is($whole, $streams, "$streams concurrent n = 4 streams: every choice whole,"
+    . ' one finish each, [DONE]');
+$r = $t->post('/v1/chat/completions', chat_body(content => 'question 1.'));
+is($r->{status}, 200, 'still serving after them');
 
 $t->stop;
 
