@@ -25,6 +25,8 @@
 
 #include "kimi_cuda.cuh"
 #include "kimi_kernels.h"
+#include "wgmma.cuh"
+#include <stdlib.h>
 
 #define MLA_D      576
 #define MLA_DV     512
@@ -300,6 +302,307 @@ mla_decode_kernel(const uint16_t *__restrict__ q, int H, const void *__restrict_
     }
 }
 
+/* ---- wgmma kernel (sm_90a) ------------------------------------------------
+ *
+ * Two warpgroups share one 64-token tile.  S = Q K^T: warpgroup w computes
+ * the tile's tokens 32w..32w+31 for all 64 heads (36 k16 steps, Q and K from
+ * shared memory); the two halves agree on each head's running max through
+ * shared memory, write P (bf16) into one 64 x 64 tile, and then O += P V:
+ * warpgroup w owns output dims 256w..256w+255 (128 fp32 registers a thread),
+ * V read N-major straight from the same K tile.  The next tile streams in
+ * with cp.async while this one is computed.  fp8: the tile is staged as e4m3
+ * and widened to bf16 (exact) in shared memory; the per-token scale is folded
+ * into S's column and P's column instead of into every element.
+ */
+
+#define MW_TILE     64
+#define MW_THREADS  256
+#define MW_QB       (64 * 128)                /* one 64-col block of Q or of a tile */
+#define MW_TILE_B   (9 * MW_QB)               /* 73728: a bf16 tile (or Q) */
+#define MW_OFF_KV0  MW_TILE_B
+#define MW_OFF_KV1  (2 * MW_TILE_B)
+#define MW_OFF_P    (3 * MW_TILE_B)
+#define MW_OFF_MAX  (MW_OFF_P + MW_QB)
+#define MW_OFF_L    (MW_OFF_MAX + 2 * 64 * 4)
+#define MW_OFF_KS   (MW_OFF_L + 2 * 64 * 4)
+#define MW_SMEM     (MW_OFF_KS + 2 * 64 * 4 + 1024)   /* + alignment slack */
+
+/* Global row of the cache this thread copies for tile `tile` (thread t
+ * copies token t / 4 of the tile, chunks t % 4, t % 4 + 4, ...), or -1 past
+ * the sequence.  Read one tile ahead so the block-table lookup's latency is
+ * hidden behind a tile of compute. */
+static __device__ __forceinline__ long long
+mw_row(int tile, int len, int bs, const int32_t *bt)
+{
+    const int p = tile * MW_TILE + (threadIdx.x >> 2);
+    return p < len ? (long long) bt[p / bs] * bs + p % bs : -1;
+}
+
+/* 64 rows of 576 bf16 (row r from src + r's row * 576, or zeros for a row
+ * of -1) into the swizzled 9 x [64 x 64] layout at dst. */
+static __device__ __forceinline__ void
+mw_copy_rows_bf16(uint8_t *dst, long long row, const uint16_t *src)
+{
+    const int r = threadIdx.x >> 2, q = threadIdx.x & 3;
+    src += row * MLA_D;
+#pragma unroll
+    for (int i = 0; i < MLA_D / 32; i++) {
+        const int k = q + 4 * i;
+        uint8_t *d = dst + (k >> 3) * MW_QB + wg_swz128(r, (k & 7) * 8);
+        if (row >= 0) {
+            kimi_cp_async16(d, src + k * 8);
+        } else {
+            *(uint4 *) d = make_uint4(0, 0, 0, 0);
+        }
+    }
+}
+
+template <bool FP8>
+static __device__ __forceinline__ void
+mw_load_tile(uint8_t *sm, int stage, long long row, const void *kv, const float *kv_scale)
+{
+    if (!FP8) {
+        mw_copy_rows_bf16(sm + (stage ? MW_OFF_KV1 : MW_OFF_KV0), row, (const uint16_t *) kv);
+        return;
+    }
+    /* fp8: e4m3 rows staged linearly, the per-token scale beside them */
+    const int r = threadIdx.x >> 2, q = threadIdx.x & 3;
+    uint8_t *dst = sm + MW_OFF_KV1 + stage * (MW_TILE * MLA_D) + r * MLA_D;
+    const uint8_t *src = (const uint8_t *) kv + row * MLA_D;
+#pragma unroll
+    for (int i = 0; i < MLA_D / 64; i++) {
+        const int k = q + 4 * i;
+        if (row >= 0) {
+            kimi_cp_async16(dst + k * 16, src + k * 16);
+        } else {
+            *(uint4 *) (dst + k * 16) = make_uint4(0, 0, 0, 0);
+        }
+    }
+    if (q == 0) {
+        float *ks = (float *) (sm + MW_OFF_KS) + stage * 64 + r;
+        if (row >= 0) {
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n"
+                         :: "r"(kimi_smem_addr(ks)), "l"(kv_scale + row));
+        } else {
+            *ks = 0.f;
+        }
+    }
+}
+
+/* e4m3 staging -> bf16 swizzled tile (unscaled: e4m3 values are exact in bf16) */
+static __device__ __forceinline__ void
+mw_widen_fp8(uint8_t *sm, int stage)
+{
+    const uint8_t *src = sm + MW_OFF_KV1 + stage * (MW_TILE * MLA_D);
+    uint8_t *dst = sm + MW_OFF_KV0;
+    for (int c = threadIdx.x; c < MW_TILE * (MLA_D / 16); c += MW_THREADS) {
+        const int r = c / (MLA_D / 16), k = c % (MLA_D / 16);   /* dims 16k .. 16k+15 */
+        const uint4 v = *(const uint4 *) (src + r * MLA_D + k * 16);
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+        uint32_t o[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            o[2 * i] = (uint32_t) kimi_f2bf(kimi_fp82f(w[i] & 0xff))
+                       | (uint32_t) kimi_f2bf(kimi_fp82f((w[i] >> 8) & 0xff)) << 16;
+            o[2 * i + 1] = (uint32_t) kimi_f2bf(kimi_fp82f((w[i] >> 16) & 0xff))
+                           | (uint32_t) kimi_f2bf(kimi_fp82f(w[i] >> 24)) << 16;
+        }
+        const int d0 = 16 * k;   /* two 8-dim chunks, same 64-col block */
+        uint8_t *blk = dst + (d0 >> 6) * MW_QB;
+        *(uint4 *) (blk + wg_swz128(r, d0 & 63)) = make_uint4(o[0], o[1], o[2], o[3]);
+        *(uint4 *) (blk + wg_swz128(r, (d0 & 63) + 8)) = make_uint4(o[4], o[5], o[6], o[7]);
+    }
+}
+
+template <bool FP8>
+static __global__ void __launch_bounds__(MW_THREADS, 1)
+mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restrict__ kv,
+                     const float *__restrict__ kv_scale, int bs,
+                     const int32_t *__restrict__ block_table, int bt_ld,
+                     const int32_t *__restrict__ seq_len, int n_splits, float scale2,
+                     float *__restrict__ opart, float *__restrict__ mlpart, int dbg)
+{
+    extern __shared__ __align__(1024) uint8_t mw_smem_raw[];
+    uint8_t *sm = mw_smem_raw + ((1024 - (kimi_smem_addr(mw_smem_raw) & 1023)) & 1023);
+    float *rowmax = (float *) (sm + MW_OFF_MAX);    /* [2 groups][64 heads] */
+    float *lsum = (float *) (sm + MW_OFF_L);
+    const float *ksc = (const float *) (sm + MW_OFF_KS);
+    const uint32_t sq = kimi_smem_addr(sm);
+
+    const int split = blockIdx.x, b = blockIdx.y;
+    const int wg = threadIdx.x >> 7, wt = threadIdx.x & 127;
+    const int lane = wt & 31, t = lane & 3;
+    const int r0 = (wt >> 5) * 16 + (lane >> 2), r1 = r0 + 8;   /* this thread's heads */
+    const int len = seq_len[b];
+    const int ntiles = (len + MW_TILE - 1) / MW_TILE;
+    const int per = (ntiles + n_splits - 1) / n_splits;
+    const int t0 = split * per, t1 = min(ntiles, t0 + per);
+    const int32_t *bt = block_table + (size_t) b * bt_ld;
+
+    long long row_next = t0 < t1 ? mw_row(t0, len, bs, bt) : -1;
+    /* Q -> swizzled 9 x [64 heads x 64 dims] (rows laid out as a tile's);
+     * heads >= H are zero */
+    mw_copy_rows_bf16(sm, (threadIdx.x >> 2) < H ? (long long) b * H + (threadIdx.x >> 2) : -1, q);
+    if (t0 < t1) {
+        mw_load_tile<FP8>(sm, 0, row_next, kv, kv_scale);
+    }
+    kimi_cp_async_commit();
+    if (t0 + 1 < t1) {
+        row_next = mw_row(t0 + 1, len, bs, bt);
+    }
+
+    float o[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) o[i] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+    for (int tile = t0; tile < t1; tile++) {
+        const int stage = (tile - t0) & 1;
+        if (tile + 1 < t1 && !(dbg & 4)) {
+            mw_load_tile<FP8>(sm, stage ^ 1, row_next, kv, kv_scale);
+        }
+        kimi_cp_async_commit();
+        if (tile + 2 < t1) {
+            row_next = mw_row(tile + 2, len, bs, bt);
+        }
+        kimi_cp_async_wait<1>();
+        wg_fence_proxy();
+        __syncthreads();
+        if (FP8) {
+            mw_widen_fp8(sm, stage);
+            wg_fence_proxy();
+            __syncthreads();
+        }
+        const uint32_t skv = sq + (FP8 || stage == 0 ? MW_OFF_KV0 : MW_OFF_KV1);
+
+        /* S (64 heads x this group's 32 tokens) = Q K^T over 576 dims */
+        float s[16];
+        wg_arrive();
+#pragma unroll
+        for (int kk = 0; kk < MLA_D / 16; kk++) {
+            if ((dbg & 1) && kk > 0) break;
+            const uint32_t koff = (kk >> 2) * MW_QB + (kk & 3) * 32;
+            wgmma_m64n32k16_bf16<0>(s, wg_desc(sq + koff, 16, 1024),
+                                    wg_desc(skv + koff + wg * 32 * 128, 16, 1024), kk > 0);
+        }
+        wg_commit();
+        wg_wait<0>();
+        wg_fence_regs(s);
+
+        /* scale (log2 units), mask the tokens past the sequence, row max */
+        const int tok0 = tile * MW_TILE + wg * 32;
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int c = 8 * j + 2 * t + e;
+                const bool live = tok0 + c < len;
+                const float f = FP8 ? scale2 * ksc[stage * 64 + wg * 32 + c] : scale2;
+                s[4 * j + e] = live ? s[4 * j + e] * f : -INFINITY;
+                s[4 * j + 2 + e] = live ? s[4 * j + 2 + e] * f : -INFINITY;
+                mx0 = fmaxf(mx0, s[4 * j + e]);
+                mx1 = fmaxf(mx1, s[4 * j + 2 + e]);
+            }
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        if (t == 0) {
+            rowmax[wg * 64 + r0] = mx0;
+            rowmax[wg * 64 + r1] = mx1;
+        }
+        __syncthreads();
+        /* finite: token 0 of every tile is live and in group 0's half */
+        const float n0 = fmaxf(m0, fmaxf(rowmax[r0], rowmax[64 + r0]));
+        const float n1 = fmaxf(m1, fmaxf(rowmax[r1], rowmax[64 + r1]));
+        const float a0 = exp2f(m0 - n0), a1 = exp2f(m1 - n1);
+        m0 = n0;
+        m1 = n1;
+        float sum0 = 0.f, sum1 = 0.f;
+        uint8_t *ps = sm + MW_OFF_P;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int c = wg * 32 + 8 * j + 2 * t;
+            const uint16_t p00 = kimi_f2bf(exp2f(s[4 * j] - n0)), p01 = kimi_f2bf(exp2f(s[4 * j + 1] - n0));
+            const uint16_t p10 = kimi_f2bf(exp2f(s[4 * j + 2] - n1)), p11 = kimi_f2bf(exp2f(s[4 * j + 3] - n1));
+            /* l sums what P V multiplies (the bf16 P, before any fp8 scale) */
+            sum0 += kimi_bf2f(p00) + kimi_bf2f(p01);
+            sum1 += kimi_bf2f(p10) + kimi_bf2f(p11);
+            uint32_t w0, w1;
+            if (FP8) {
+                const float k0 = ksc[stage * 64 + c], k1 = ksc[stage * 64 + c + 1];
+                w0 = (uint32_t) kimi_f2bf(kimi_bf2f(p00) * k0) | (uint32_t) kimi_f2bf(kimi_bf2f(p01) * k1) << 16;
+                w1 = (uint32_t) kimi_f2bf(kimi_bf2f(p10) * k0) | (uint32_t) kimi_f2bf(kimi_bf2f(p11) * k1) << 16;
+            } else {
+                w0 = (uint32_t) p00 | (uint32_t) p01 << 16;
+                w1 = (uint32_t) p10 | (uint32_t) p11 << 16;
+            }
+            *(uint32_t *) (ps + wg_swz128(r0, c)) = w0;
+            *(uint32_t *) (ps + wg_swz128(r1, c)) = w1;
+        }
+        l0 = l0 * a0 + sum0;
+        l1 = l1 * a1 + sum1;
+#pragma unroll
+        for (int j = 0; j < 32; j++) {
+            o[4 * j] *= a0;
+            o[4 * j + 1] *= a0;
+            o[4 * j + 2] *= a1;
+            o[4 * j + 3] *= a1;
+        }
+        wg_fence_proxy();
+        __syncthreads();
+
+        /* O (64 heads x this group's 256 dims) += P V, V = the tile's first 512 dims */
+        wg_fence_regs(o);
+        wg_arrive();
+#pragma unroll
+        for (int ks = 0; ks < MW_TILE / 16; ks++) {
+            if (dbg & 2) break;
+            wgmma_m64n256k16_bf16<1>(o, wg_desc(sq + MW_OFF_P + ks * 32, 16, 1024),
+                                     wg_desc(skv + 4 * wg * MW_QB + ks * 2048, MW_QB, 1024), 1);
+        }
+        wg_commit();
+        wg_wait<0>();
+        wg_fence_regs(o);
+        __syncthreads();   /* the stage and P are rewritten next iteration */
+    }
+    kimi_cp_async_wait<0>();
+
+    /* l: this group's partial row sums; the two groups' add up (same m) */
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    if (t == 0) {
+        lsum[wg * 64 + r0] = l0;
+        lsum[wg * 64 + r1] = l1;
+    }
+    __syncthreads();
+    const size_t base = ((size_t) b * n_splits + split) * H;
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        const int col = wg * 256 + 8 * j + 2 * t;
+        if (r0 < H) {
+            *(float2 *) (opart + (base + r0) * MLA_DV + col) = make_float2(o[4 * j], o[4 * j + 1]);
+        }
+        if (r1 < H) {
+            *(float2 *) (opart + (base + r1) * MLA_DV + col) = make_float2(o[4 * j + 2], o[4 * j + 3]);
+        }
+    }
+    if (wg == 0 && t == 0) {
+        if (r0 < H) {
+            mlpart[(base + r0) * 2] = m0;
+            mlpart[(base + r0) * 2 + 1] = lsum[r0] + lsum[64 + r0];
+        }
+        if (r1 < H) {
+            mlpart[(base + r1) * 2] = m1;
+            mlpart[(base + r1) * 2 + 1] = lsum[r1] + lsum[64 + r1];
+        }
+    }
+}
+
 /* o[b,h,:] = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s */
 static __global__ void
 mla_combine_kernel(const float *__restrict__ opart, const float *__restrict__ mlpart,
@@ -374,9 +677,31 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
     }
     float *opart = (float *) ws;
     float *mlpart = opart + (size_t) B * n_splits * H * MLA_DV;
-    const size_t smem = sizeof(mla_smem);
     dim3 grid(n_splits, B);
     const float scale2 = scale * LOG2E;
+    static int use_mma_sync = -1, mla_dbg = 0;   /* A/B switch for this session's measurements */
+    if (use_mma_sync < 0) {
+        use_mma_sync = getenv("KIMI_MLA_MMA_SYNC") != NULL;
+        mla_dbg = getenv("KIMI_MLA_DBG") ? atoi(getenv("KIMI_MLA_DBG")) : 0;
+    }
+    if (!use_mma_sync) {
+        if (kv_fp8) {
+            KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<true>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
+            mla_decode_wg_kernel<true><<<grid, MW_THREADS, MW_SMEM, s>>>(
+                q, H, kv, kv_scale, bs, block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart, mla_dbg);
+        } else {
+            KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<false>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
+            mla_decode_wg_kernel<false><<<grid, MW_THREADS, MW_SMEM, s>>>(
+                q, H, kv, kv_scale, bs, block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart, mla_dbg);
+        }
+        KIMI_CUDA_LAUNCHED(s, err);
+        mla_combine_kernel<<<dim3(B, H), MLA_DV / 4, 0, s>>>(opart, mlpart, H, n_splits, o);
+        KIMI_CUDA_LAUNCHED(s, err);
+        return KIMI_OK;
+    }
+    const size_t smem = sizeof(mla_smem);
     if (kv_fp8) {
         KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_kernel<true>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem), err);

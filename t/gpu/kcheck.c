@@ -556,9 +556,9 @@ test_moe(int T, int D, int I, int E_, int top_k, int skew)
 }
 
 static void
-test_mla(int B, const int *lens, int fp8)
+test_mla(int B, const int *lens, int fp8, int H)
 {
-    const int H = 64, bs = 64, W = 576;
+    const int bs = 64, W = 576;
     int maxb = 0, tot = 0;
     for (int b = 0; b < B; b++) {
         int nb = (lens[b] + bs - 1) / bs;
@@ -824,10 +824,13 @@ main(int argc, char **argv)
     {
         int l1[] = {1, 100, 1000};
         int l2[] = {4097, 33, 64};
-        test_mla(3, l1, 0);
-        test_mla(3, l1, 1);
-        test_mla(3, l2, 0);
-        test_mla(3, l2, 1);
+        int l3[] = {8191, 129, 63, 2000};
+        test_mla(3, l1, 0, 64);
+        test_mla(3, l1, 1, 64);
+        test_mla(3, l2, 0, 64);
+        test_mla(3, l2, 1, 64);
+        test_mla(4, l3, 0, 16);   /* fewer heads than the 64-row tile (TP ranks) */
+        test_mla(4, l3, 1, 32);
     }
     test_mla_prefill(77, 77, 0, 8);
     test_mla_prefill(100, 300, 200, 4);
