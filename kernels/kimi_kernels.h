@@ -227,6 +227,20 @@ int kimi_moe_down(int T, int top_k, int D, int I, int max_slots,
                   const kimi_experts_t *ex, const kimi_moe_ws_t *ws,
                   cudaStream_t s, kimi_err_t *err);
 
+/* ---- moe_grouped.cu ---------------------------------------------------- */
+
+/* The same two GEMMs on wgmma for prefill sizes (kimi_moe_gate_up/_down take
+ * this path from KIMI_MOE_GROUPED_ROWS rows per slot on average, ~750 tokens
+ * at 384 experts top-8): 64-row tiles of each slot,
+ * K in 128-blocks with the scale promotion.  down reads ws->hq/hs (quantised
+ * by kimi_moe_down first).  I % 128 == 0; down also D % 256 == 0. */
+#define KIMI_MOE_GROUPED_ROWS 16
+int kimi_moe_grouped_gate_up(const uint8_t *xq, const float *xs, int D, int I,
+                             int max_slots, const kimi_experts_t *ex,
+                             const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err);
+int kimi_moe_grouped_down(int D, int I, int max_slots, const kimi_experts_t *ex,
+                          const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err);
+
 /* "Unpermute": out[t,:] = bf16(sum_k w[t,k] * y[row_of_pair[t,k]] +
  * (shared ? y[T*top_k + t] : 0)). */
 int kimi_moe_combine(const kimi_moe_ws_t *ws, const float *topk_w, int T,

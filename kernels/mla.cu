@@ -304,14 +304,18 @@ mla_decode_kernel(const uint16_t *__restrict__ q, int H, const void *__restrict_
 
 /* ---- wgmma kernel (sm_90a) ------------------------------------------------
  *
- * Two warpgroups share one 64-token tile.  S = Q K^T: warpgroup w computes
- * the tile's tokens 32w..32w+31 for all 64 heads (36 k16 steps, Q and K from
- * shared memory); the two halves agree on each head's running max through
- * shared memory, write P (bf16) into one 64 x 64 tile, and then O += P V:
- * warpgroup w owns output dims 256w..256w+255 (128 fp32 registers a thread),
- * V read N-major straight from the same K tile.  The next tile streams in
- * with cp.async while this one is computed.  fp8: the tile is staged as e4m3
- * and widened to bf16 (exact) in shared memory; the per-token scale is folded
+ * One 64-token tile at a time, two warpgroups.  Warpgroup 0 computes
+ * S = Q K^T for all 64 heads x 64 tokens (36 k16 steps of m64n64, Q and the
+ * tile from shared memory in the 128-byte swizzled layout), the online
+ * softmax, and writes P (bf16) and each head's rescale factor to shared
+ * memory; then both do O = O * alpha + P V, warpgroup w owning output dims
+ * 256w..256w+255 (128 fp32 registers a thread), V read N-major straight from
+ * the same tile.  One warpgroup computes all of S so Q is read from shared
+ * memory once per tile (split by tokens, both groups re-read all of Q and S
+ * was bound by shared-memory bandwidth).  The next tile streams in with
+ * cp.async (one token row per 4 threads, the block-table entry read a tile
+ * ahead) while this one is computed.  fp8: the tile is staged as e4m3 and
+ * widened to bf16 (exact) in shared memory; the per-token scale is folded
  * into S's column and P's column instead of into every element.
  */
 
@@ -424,8 +428,7 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
 {
     extern __shared__ __align__(1024) uint8_t mw_smem_raw[];
     uint8_t *sm = mw_smem_raw + ((1024 - (kimi_smem_addr(mw_smem_raw) & 1023)) & 1023);
-    float *rowmax = (float *) (sm + MW_OFF_MAX);    /* [2 groups][64 heads] */
-    float *lsum = (float *) (sm + MW_OFF_L);
+    float *alpha_s = (float *) (sm + MW_OFF_MAX);   /* [64] this tile's O rescale per head */
     const float *ksc = (const float *) (sm + MW_OFF_KS);
     const uint32_t sq = kimi_smem_addr(sm);
 
@@ -454,10 +457,14 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
     float o[128];
 #pragma unroll
     for (int i = 0; i < 128; i++) o[i] = 0.f;
+    /* warpgroup 0 only: running max and sum of rows r0, r1 */
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
     for (int tile = t0; tile < t1; tile++) {
         const int stage = (tile - t0) & 1;
+        kimi_cp_async_wait<0>();
+        wg_fence_proxy();
+        __syncthreads();   /* tile visible; the last tile's P V done: its stage and P are free */
         if (tile + 1 < t1 && !(dbg & 4)) {
             mw_load_tile<FP8>(sm, stage ^ 1, row_next, kv, kv_scale);
         }
@@ -465,9 +472,6 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
         if (tile + 2 < t1) {
             row_next = mw_row(tile + 2, len, bs, bt);
         }
-        kimi_cp_async_wait<1>();
-        wg_fence_proxy();
-        __syncthreads();
         if (FP8) {
             mw_widen_fp8(sm, stage);
             wg_fence_proxy();
@@ -475,86 +479,96 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
         }
         const uint32_t skv = sq + (FP8 || stage == 0 ? MW_OFF_KV0 : MW_OFF_KV1);
 
-        /* S (64 heads x this group's 32 tokens) = Q K^T over 576 dims */
-        float s[16];
-        wg_arrive();
+        if (wg == 0) {
+            /* S (64 heads x 64 tokens) = Q K^T over 576 dims */
+            /* two accumulators (even and odd k16 steps): a single chain of 36
+             * dependent wgmmas is bound by their latency, not the tensor rate */
+            float s[32], s2[32];
+            wg_arrive();
 #pragma unroll
-        for (int kk = 0; kk < MLA_D / 16; kk++) {
-            if ((dbg & 1) && kk > 0) break;
-            const uint32_t koff = (kk >> 2) * MW_QB + (kk & 3) * 32;
-            wgmma_m64n32k16_bf16<0>(s, wg_desc(sq + koff, 16, 1024),
-                                    wg_desc(skv + koff + wg * 32 * 128, 16, 1024), kk > 0);
-        }
-        wg_commit();
-        wg_wait<0>();
-        wg_fence_regs(s);
+            for (int kk = 0; kk < MLA_D / 16; kk += 2) {
+                if ((dbg & 1) && kk > 0) break;
+                const uint32_t koff = (kk >> 2) * MW_QB + (kk & 3) * 32;
+                wgmma_m64n64k16_bf16<0>(s, wg_desc(sq + koff, 16, 1024),
+                                        wg_desc(skv + koff, 16, 1024), kk > 0);
+                wgmma_m64n64k16_bf16<0>(s2, wg_desc(sq + koff + 32, 16, 1024),
+                                        wg_desc(skv + koff + 32, 16, 1024), kk > 0);
+            }
+            wg_commit();
+            wg_wait<0>();
+            wg_fence_regs(s);
+            wg_fence_regs(s2);
+#pragma unroll
+            for (int i = 0; i < 32; i++) s[i] += s2[i];
 
-        /* scale (log2 units), mask the tokens past the sequence, row max */
-        const int tok0 = tile * MW_TILE + wg * 32;
-        float mx0 = -INFINITY, mx1 = -INFINITY;
+            /* scale (log2 units), mask the tokens past the sequence, row max */
+            const int tok0 = tile * MW_TILE;
+            float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
+            for (int j = 0; j < 8; j++) {
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int c = 8 * j + 2 * t + e;
-                const bool live = tok0 + c < len;
-                const float f = FP8 ? scale2 * ksc[stage * 64 + wg * 32 + c] : scale2;
-                s[4 * j + e] = live ? s[4 * j + e] * f : -INFINITY;
-                s[4 * j + 2 + e] = live ? s[4 * j + 2 + e] * f : -INFINITY;
-                mx0 = fmaxf(mx0, s[4 * j + e]);
-                mx1 = fmaxf(mx1, s[4 * j + 2 + e]);
+                for (int e = 0; e < 2; e++) {
+                    const int c = 8 * j + 2 * t + e;
+                    const bool live = tok0 + c < len;
+                    const float f = FP8 ? scale2 * ksc[stage * 64 + c] : scale2;
+                    s[4 * j + e] = live ? s[4 * j + e] * f : -INFINITY;
+                    s[4 * j + 2 + e] = live ? s[4 * j + 2 + e] * f : -INFINITY;
+                    mx0 = fmaxf(mx0, s[4 * j + e]);
+                    mx1 = fmaxf(mx1, s[4 * j + 2 + e]);
+                }
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            /* token 0 of every tile is live, so mx is finite */
+            const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+            const float a0 = exp2f(m0 - n0), a1 = exp2f(m1 - n1);
+            m0 = n0;
+            m1 = n1;
+            float sum0 = 0.f, sum1 = 0.f;
+            uint8_t *ps = sm + MW_OFF_P;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const int c = 8 * j + 2 * t;
+                const uint16_t p00 = kimi_f2bf(exp2f(s[4 * j] - n0)), p01 = kimi_f2bf(exp2f(s[4 * j + 1] - n0));
+                const uint16_t p10 = kimi_f2bf(exp2f(s[4 * j + 2] - n1)), p11 = kimi_f2bf(exp2f(s[4 * j + 3] - n1));
+                /* l sums what P V multiplies (the bf16 P, before any fp8 scale) */
+                sum0 += kimi_bf2f(p00) + kimi_bf2f(p01);
+                sum1 += kimi_bf2f(p10) + kimi_bf2f(p11);
+                uint32_t w0, w1;
+                if (FP8) {
+                    const float k0 = ksc[stage * 64 + c], k1 = ksc[stage * 64 + c + 1];
+                    w0 = (uint32_t) kimi_f2bf(kimi_bf2f(p00) * k0) | (uint32_t) kimi_f2bf(kimi_bf2f(p01) * k1) << 16;
+                    w1 = (uint32_t) kimi_f2bf(kimi_bf2f(p10) * k0) | (uint32_t) kimi_f2bf(kimi_bf2f(p11) * k1) << 16;
+                } else {
+                    w0 = (uint32_t) p00 | (uint32_t) p01 << 16;
+                    w1 = (uint32_t) p10 | (uint32_t) p11 << 16;
+                }
+                *(uint32_t *) (ps + wg_swz128(r0, c)) = w0;
+                *(uint32_t *) (ps + wg_swz128(r1, c)) = w1;
+            }
+            l0 = l0 * a0 + sum0;
+            l1 = l1 * a1 + sum1;
+            if (t == 0) {
+                alpha_s[r0] = a0;
+                alpha_s[r1] = a1;
+            }
+            wg_fence_proxy();
+        }
+        __syncthreads();   /* P, alpha ready */
+
+        /* O (64 heads x this group's 256 dims) = O * alpha + P V */
+        {   /* (warpgroup 0 wrote these for its own rows r0, r1: the same heads) */
+            const float a0 = alpha_s[r0], a1 = alpha_s[r1];
+#pragma unroll
+            for (int j = 0; j < 32; j++) {
+                o[4 * j] *= a0;
+                o[4 * j + 1] *= a0;
+                o[4 * j + 2] *= a1;
+                o[4 * j + 3] *= a1;
             }
         }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        if (t == 0) {
-            rowmax[wg * 64 + r0] = mx0;
-            rowmax[wg * 64 + r1] = mx1;
-        }
-        __syncthreads();
-        /* finite: token 0 of every tile is live and in group 0's half */
-        const float n0 = fmaxf(m0, fmaxf(rowmax[r0], rowmax[64 + r0]));
-        const float n1 = fmaxf(m1, fmaxf(rowmax[r1], rowmax[64 + r1]));
-        const float a0 = exp2f(m0 - n0), a1 = exp2f(m1 - n1);
-        m0 = n0;
-        m1 = n1;
-        float sum0 = 0.f, sum1 = 0.f;
-        uint8_t *ps = sm + MW_OFF_P;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const int c = wg * 32 + 8 * j + 2 * t;
-            const uint16_t p00 = kimi_f2bf(exp2f(s[4 * j] - n0)), p01 = kimi_f2bf(exp2f(s[4 * j + 1] - n0));
-            const uint16_t p10 = kimi_f2bf(exp2f(s[4 * j + 2] - n1)), p11 = kimi_f2bf(exp2f(s[4 * j + 3] - n1));
-            /* l sums what P V multiplies (the bf16 P, before any fp8 scale) */
-            sum0 += kimi_bf2f(p00) + kimi_bf2f(p01);
-            sum1 += kimi_bf2f(p10) + kimi_bf2f(p11);
-            uint32_t w0, w1;
-            if (FP8) {
-                const float k0 = ksc[stage * 64 + c], k1 = ksc[stage * 64 + c + 1];
-                w0 = (uint32_t) kimi_f2bf(kimi_bf2f(p00) * k0) | (uint32_t) kimi_f2bf(kimi_bf2f(p01) * k1) << 16;
-                w1 = (uint32_t) kimi_f2bf(kimi_bf2f(p10) * k0) | (uint32_t) kimi_f2bf(kimi_bf2f(p11) * k1) << 16;
-            } else {
-                w0 = (uint32_t) p00 | (uint32_t) p01 << 16;
-                w1 = (uint32_t) p10 | (uint32_t) p11 << 16;
-            }
-            *(uint32_t *) (ps + wg_swz128(r0, c)) = w0;
-            *(uint32_t *) (ps + wg_swz128(r1, c)) = w1;
-        }
-        l0 = l0 * a0 + sum0;
-        l1 = l1 * a1 + sum1;
-#pragma unroll
-        for (int j = 0; j < 32; j++) {
-            o[4 * j] *= a0;
-            o[4 * j + 1] *= a0;
-            o[4 * j + 2] *= a1;
-            o[4 * j + 3] *= a1;
-        }
-        wg_fence_proxy();
-        __syncthreads();
-
-        /* O (64 heads x this group's 256 dims) += P V, V = the tile's first 512 dims */
         wg_fence_regs(o);
         wg_arrive();
 #pragma unroll
@@ -566,20 +580,9 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
         wg_commit();
         wg_wait<0>();
         wg_fence_regs(o);
-        __syncthreads();   /* the stage and P are rewritten next iteration */
     }
     kimi_cp_async_wait<0>();
 
-    /* l: this group's partial row sums; the two groups' add up (same m) */
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    if (t == 0) {
-        lsum[wg * 64 + r0] = l0;
-        lsum[wg * 64 + r1] = l1;
-    }
-    __syncthreads();
     const size_t base = ((size_t) b * n_splits + split) * H;
 #pragma unroll
     for (int j = 0; j < 32; j++) {
@@ -591,14 +594,18 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
             *(float2 *) (opart + (base + r1) * MLA_DV + col) = make_float2(o[4 * j + 2], o[4 * j + 3]);
         }
     }
-    if (wg == 0 && t == 0) {
-        if (r0 < H) {
+    if (wg == 0) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        if (t == 0 && r0 < H) {
             mlpart[(base + r0) * 2] = m0;
-            mlpart[(base + r0) * 2 + 1] = lsum[r0] + lsum[64 + r0];
+            mlpart[(base + r0) * 2 + 1] = l0;
         }
-        if (r1 < H) {
+        if (t == 0 && r1 < H) {
             mlpart[(base + r1) * 2] = m1;
-            mlpart[(base + r1) * 2 + 1] = lsum[r1] + lsum[64 + r1];
+            mlpart[(base + r1) * 2 + 1] = l1;
         }
     }
 }

@@ -25,6 +25,7 @@
 
 #include "fp8_tile.cuh"
 #include "kimi_kernels.h"
+#include <stdlib.h>
 
 #define MOE_WARPS 4
 #define MOE_PLAN_THREADS 1024
@@ -437,6 +438,19 @@ moe_check(int D, int I, int max_slots, const kimi_experts_t *ex,
     return KIMI_OK;
 }
 
+/* The grouped wgmma GEMMs (moe_grouped.cu) from KIMI_MOE_GROUPED_ROWS rows
+ * per slot on average (H200, K2 widths: 6 rows/slot 28 vs 40 TFLOP/s for the
+ * masked kernels, 41 rows/slot 181 vs 88).  KIMI_MOE_MASKED=1 keeps every
+ * size on the masked kernels (A/B measurements). */
+static int use_grouped(const kimi_moe_ws_t *ws, int max_slots)
+{
+    static int off = -1;
+    if (off < 0) {
+        off = getenv("KIMI_MOE_MASKED") != NULL;
+    }
+    return !off && ws->rows >= KIMI_MOE_GROUPED_ROWS * max_slots;
+}
+
 /* Tokens per slot never exceed T (routed) or 32 (shared chunks): fewer
  * register groups for small batches. */
 static int ng_for(int T)
@@ -455,6 +469,9 @@ kimi_moe_gate_up(const uint8_t *xq, const float *xs, int T, int D, int I,
     }
     if (xq == NULL || xs == NULL || T <= 0 || ((uintptr_t) xq & 15)) {
         return kimi_err_set(err, KIMI_EINVAL, "moe_gate_up: xq/xs NULL or unaligned, T=%d", T);
+    }
+    if (use_grouped(ws, max_slots) && I % 128 == 0) {
+        return kimi_moe_grouped_gate_up(xq, xs, D, I, max_slots, ex, ws, s, err);
     }
     dim3 grid(I / 64, max_slots);
     switch (ng_for(T)) {
@@ -518,6 +535,9 @@ kimi_moe_down(int T, int top_k, int D, int I, int max_slots, const kimi_experts_
     const int warps = n_rows * (I / 128);
     moe_hquant_kernel<<<(warps + 7) / 8, 256, 0, s>>>(n_rows, I, *ws);
     KIMI_CUDA_LAUNCHED(s, err);
+    if (use_grouped(ws, max_slots) && D % 256 == 0) {
+        return kimi_moe_grouped_down(D, I, max_slots, ex, ws, s, err);
+    }
     return launch_down<4, true>(D, I, max_slots, ex, ws, s, err);
 }
 

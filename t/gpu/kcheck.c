@@ -820,7 +820,12 @@ main(int argc, char **argv)
     test_router(37, 1024, 256, 8, 8, 4);
     test_moe(1, 1024, 256, 16, 4, 0);
     test_moe(13, 2048, 512, 16, 4, 0);
-    test_moe(45, 1024, 256, 12, 4, 1);
+    test_moe(45, 1024, 256, 12, 4, 1);    /* 16 rows per slot: grouped */
+    test_moe(40, 1024, 256, 16, 4, 0);    /* 11 rows per slot: masked, NG 4 */
+    /* from KIMI_MOE_GROUPED_ROWS rows per slot: the wgmma grouped GEMMs
+     * (64-row tiles with partial ones, 32-row shared slots, a skewed expert) */
+    test_moe(300, 1024, 256, 16, 4, 0);
+    test_moe(520, 2048, 384, 12, 4, 1);
     {
         int l1[] = {1, 100, 1000};
         int l2[] = {4097, 33, 64};
