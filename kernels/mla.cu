@@ -8,13 +8,11 @@
  *          bf16 [blocks][bs][576] or e4m3 [blocks][bs][576] with fp32
  *          kv_scale[blocks][bs]; token p of sequence b is row p % bs of block
  *          block_table[b*bt_ld + p/bs]; o bf16 [B][H][512].
- * Work:    grid (split, b): a block streams its share of the context in tiles
- *          of 32 tokens (cp.async, double-buffered) and serves ALL H heads
- *          from one read of each tile, so the cache is read once.
- *          16 warps: S = Q K^T (H x 32, mma.sync bf16, K split in halves),
- *          online softmax (exp2),
- *          O += P V (H x 512, V = c); partial (O, m, l) per split go to ws and
- *          mla_combine_kernel merges them.
+ * Work:    grid (split, b): a block streams its share of the context in
+ *          64-token tiles and serves all H (<= 64, padded to the 64-row wgmma
+ *          tile) heads from one read of each tile (see the kernel's comment);
+ *          partial (O, m, l) per split go to ws and mla_combine_kernel merges
+ *          them.
  * Cost:    bytes = sum_b ctx_b * 1152 (bf16) or 580 (fp8 + scale);
  *          FLOPs = 2 * H * ctx * (576 + 512) per sequence: 121 FLOP/byte at
  *          H = 64 on bf16, under the H100's ridge, so memory bound:
@@ -26,281 +24,11 @@
 #include "kimi_cuda.cuh"
 #include "kimi_kernels.h"
 #include "wgmma.cuh"
-#include <stdlib.h>
 
 #define MLA_D      576
 #define MLA_DV     512
-#define MLA_LD     584            /* smem row stride (bf16): 1168 B = 73 x 16 B, odd, so
-                                     8 consecutive rows of an ldmatrix hit 8 bank groups */
-#define MLA_TILE   32
-#define MLA_PLD    40             /* P row stride (bf16): 80 B = 5 x 16 B, odd */
-#define MLA_SLD    33
-#define MLA_THREADS 512         /* 16 warps: at 8 the SM had 0.37 eligible warps per
-                                     scheduler (ncu: fixed-latency and MIO stalls) */
+#define MLA_TILE   32            /* kimi_mla_n_splits' unit: at least 4 per split */
 #define LOG2E      1.4426950408889634f
-
-static __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(kimi_smem_addr(p)));
-}
-
-static __device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(kimi_smem_addr(p)));
-}
-
-struct mla_smem {
-    uint16_t q[64 * MLA_LD];                  // [H, 576] (+pad)
-    uint16_t kv[2][MLA_TILE * MLA_LD];        // [2][32 tokens, 576]
-    uint8_t  kv8[2][MLA_TILE * MLA_D];        // fp8 staging [2][32, 576]
-    float    kvs[2][MLA_TILE];                // fp8 per-token scales
-    float    s[2][64 * MLA_SLD];              // [K half][H, 32] partial scores (log2 units)
-    uint16_t p[64 * MLA_PLD];                 // [H, 32] probabilities, bf16
-    float    alpha[64];                       // per-head rescale of O this tile
-    float    m[64], l[64];
-};
-
-/* Issues the copies of tile `tile` of sequence b into buffer buf. Rows past
- * the sequence are zeroed (their probability is 0, and 0 * garbage could be
- * NaN). */
-template <bool FP8>
-static __device__ __forceinline__ void
-mla_load_tile(mla_smem &sm, int buf, int tile, int len, const void *kv,
-              const float *kv_scale, int bs, const int32_t *bt)
-{
-    const int p0 = tile * MLA_TILE;
-    const int per_row = FP8 ? MLA_D / 16 : MLA_D * 2 / 16;   /* 36 or 72 chunks */
-    for (int c = threadIdx.x; c < MLA_TILE * per_row; c += MLA_THREADS) {
-        const int r = c / per_row, k = c % per_row;
-        const int p = p0 + r;
-        if (p < len) {
-            const size_t row = (size_t) bt[p / bs] * bs + p % bs;
-            if (FP8) {
-                kimi_cp_async16(&sm.kv8[buf][r * MLA_D + k * 16],
-                                (const uint8_t *) kv + row * MLA_D + k * 16);
-            } else {
-                kimi_cp_async16(&sm.kv[buf][r * MLA_LD + k * 8],
-                                (const uint16_t *) kv + row * MLA_D + k * 8);
-            }
-        } else if (FP8) {
-            *(uint4 *) &sm.kv8[buf][r * MLA_D + k * 16] = make_uint4(0, 0, 0, 0);
-        } else {
-            *(uint4 *) &sm.kv[buf][r * MLA_LD + k * 8] = make_uint4(0, 0, 0, 0);
-        }
-    }
-    if (FP8 && threadIdx.x < MLA_TILE) {
-        const int p = p0 + threadIdx.x;
-        sm.kvs[buf][threadIdx.x] = p < len ? kv_scale[(size_t) bt[p / bs] * bs + p % bs] : 0.f;
-    }
-}
-
-template <bool FP8>
-static __global__ void __launch_bounds__(MLA_THREADS, 1)
-mla_decode_kernel(const uint16_t *__restrict__ q, int H, const void *__restrict__ kv,
-                  const float *__restrict__ kv_scale, int bs,
-                  const int32_t *__restrict__ block_table, int bt_ld,
-                  const int32_t *__restrict__ seq_len, int n_splits, float scale2,
-                  float *__restrict__ opart,      // [B][splits][H][512]
-                  float *__restrict__ mlpart)     // [B][splits][H][2]
-{
-    extern __shared__ __align__(16) uint8_t smem_raw[];
-    mla_smem &sm = *(mla_smem *) smem_raw;
-    const int split = blockIdx.x, b = blockIdx.y;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int g = lane >> 2, t = lane & 3;
-    const int MT = H / 16;
-    const int len = seq_len[b];
-    const int ntiles = (len + MLA_TILE - 1) / MLA_TILE;
-    const int per = (ntiles + n_splits - 1) / n_splits;
-    const int t0 = split * per, t1 = min(ntiles, t0 + per);
-    const int32_t *bt = block_table + (size_t) b * bt_ld;
-
-    /* q -> smem */
-    for (int c = threadIdx.x; c < H * (MLA_D / 8); c += MLA_THREADS) {
-        const int h = c / (MLA_D / 8), k = c % (MLA_D / 8);
-        kimi_cp_async16(&sm.q[h * MLA_LD + k * 8], q + ((size_t) b * H + h) * MLA_D + k * 8);
-    }
-    if (threadIdx.x < 64) {
-        sm.m[threadIdx.x] = -INFINITY;
-        sm.l[threadIdx.x] = 0.f;
-    }
-    if (t0 < t1) {
-        mla_load_tile<FP8>(sm, 0, t0, len, kv, kv_scale, bs, bt);
-    }
-    kimi_cp_async_commit();
-
-    float acc[4][4][4];           /* O[m-tile][n-tile of this warp's 32 columns][frag] */
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.f;
-
-    for (int tile = t0; tile < t1; tile++) {
-        const int buf = (tile - t0) & 1;
-        if (tile + 1 < t1) {
-            mla_load_tile<FP8>(sm, buf ^ 1, tile + 1, len, kv, kv_scale, bs, bt);
-        }
-        kimi_cp_async_commit();
-        kimi_cp_async_wait<1>();
-        __syncthreads();
-        uint16_t *kvt = sm.kv[buf];
-        if (FP8) {
-            /* dequantise into the bf16 tile: value * per-token scale */
-            for (int c = threadIdx.x; c < MLA_TILE * MLA_D / 4; c += MLA_THREADS) {
-                const int r = c / (MLA_D / 4), k = (c % (MLA_D / 4)) * 4;
-                const uint32_t v = *(const uint32_t *) &sm.kv8[buf][r * MLA_D + k];
-                const float sc = sm.kvs[buf][r];
-                uint2 o;
-                o.x = (uint32_t) kimi_f2bf(kimi_fp82f(v & 0xff) * sc)
-                      | (uint32_t) kimi_f2bf(kimi_fp82f((v >> 8) & 0xff) * sc) << 16;
-                o.y = (uint32_t) kimi_f2bf(kimi_fp82f((v >> 16) & 0xff) * sc)
-                      | (uint32_t) kimi_f2bf(kimi_fp82f(v >> 24) * sc) << 16;
-                *(uint2 *) &kvt[r * MLA_LD + k] = o;
-            }
-            __syncthreads();
-        }
-
-        /* S = Q K^T: warp -> m-tile (warp & 3), tokens 16*((warp >> 2) & 1) .. +15,
-         * half (warp >> 3) of the 576 dims; the halves are summed in the softmax */
-        {
-            const int mt = warp & 3, nb = ((warp >> 2) & 1) * 16, kh = warp >> 3;
-            if (mt < MT) {
-                float s0[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-                float s1[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-                const int mi = lane >> 3, mr = lane & 7;
-                const int kb = kh * (MLA_D / 2);
-#pragma unroll 3
-                for (int k0 = kb; k0 < kb + MLA_D / 2; k0 += 32) {
-#pragma unroll
-                    for (int u = 0; u < 2; u++) {
-                        uint32_t a[4], bb[4];
-                        const int kk = k0 + u * 16;
-                        ldsm_x4(a, &sm.q[(mt * 16 + (lane & 15)) * MLA_LD + kk + (lane >> 4) * 8]);
-                        ldsm_x4(bb, &kvt[(nb + (mi >> 1) * 8 + mr) * MLA_LD + kk + (mi & 1) * 8]);
-                        kimi_mma_bf16(s0[u], a[0], a[1], a[2], a[3], bb[0], bb[1]);
-                        kimi_mma_bf16(s1[u], a[0], a[1], a[2], a[3], bb[2], bb[3]);
-                    }
-                }
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    s0[0][e] += s0[1][e];
-                    s1[0][e] += s1[1][e];
-                }
-                const int p0 = tile * MLA_TILE + nb;
-                float *srow0 = &sm.s[kh][(mt * 16 + g) * MLA_SLD + nb];
-                float *srow1 = &sm.s[kh][(mt * 16 + g + 8) * MLA_SLD + nb];
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int c0 = 2 * t + e, c1 = 8 + 2 * t + e;
-                    srow0[c0] = p0 + c0 < len ? s0[0][e] * scale2 : -INFINITY;
-                    srow1[c0] = p0 + c0 < len ? s0[0][2 + e] * scale2 : -INFINITY;
-                    srow0[c1] = p0 + c1 < len ? s1[0][e] * scale2 : -INFINITY;
-                    srow1[c1] = p0 + c1 < len ? s1[0][2 + e] * scale2 : -INFINITY;
-                }
-            }
-        }
-        __syncthreads();
-        /* online softmax: 4 lanes per head, 8 tokens each */
-        if (threadIdx.x < 4 * H) {
-            const int h = threadIdx.x >> 2, qd = threadIdx.x & 3;
-            const float *sr = &sm.s[0][h * MLA_SLD + qd * 8];
-            const float *sr2 = &sm.s[1][h * MLA_SLD + qd * 8];
-            float v[8], mx = -INFINITY;
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                v[j] = sr[j] + sr2[j];   /* -inf + -inf for dead tokens */
-                mx = fmaxf(mx, v[j]);
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mold = sm.m[h];
-            mx = fmaxf(mx, mold);   /* finite: every tile holds a live token */
-            float sum = 0.f;
-            uint32_t pk[4];
-#pragma unroll
-            for (int j = 0; j < 8; j += 2) {
-                const uint16_t p0 = kimi_f2bf(exp2f(v[j] - mx)), p1 = kimi_f2bf(exp2f(v[j + 1] - mx));
-                sum += kimi_bf2f(p0) + kimi_bf2f(p1);   /* l sums what P V multiplies */
-                pk[j / 2] = (uint32_t) p0 | (uint32_t) p1 << 16;
-            }
-            *(uint4 *) &sm.p[h * MLA_PLD + qd * 8] = make_uint4(pk[0], pk[1], pk[2], pk[3]);
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-            __syncwarp();
-            if (qd == 0) {
-                const float al = exp2f(mold - mx);
-                sm.l[h] = sm.l[h] * al + sum;
-                sm.m[h] = mx;
-                sm.alpha[h] = al;
-            }
-        }
-        __syncthreads();
-        /* O = O * alpha + P V: warp owns columns 32*warp .. +31 */
-        {
-            const int n0 = warp * 32;
-#pragma unroll
-            for (int mt = 0; mt < 4; mt++) {
-                if (mt < MT) {
-                    const float a0 = sm.alpha[mt * 16 + g], a1 = sm.alpha[mt * 16 + g + 8];
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        acc[mt][j][0] *= a0;
-                        acc[mt][j][1] *= a0;
-                        acc[mt][j][2] *= a1;
-                        acc[mt][j][3] *= a1;
-                    }
-                }
-            }
-            const int mi = lane >> 3, mr = lane & 7;
-#pragma unroll
-            for (int k0 = 0; k0 < MLA_TILE; k0 += 16) {
-                uint32_t bv[2][4];
-#pragma unroll
-                for (int jj = 0; jj < 2; jj++) {
-                    ldsm_x4_t(bv[jj], &kvt[(k0 + (mi & 1) * 8 + mr) * MLA_LD + n0 + jj * 16 + (mi >> 1) * 8]);
-                }
-#pragma unroll
-                for (int mt = 0; mt < 4; mt++) {
-                    if (mt < MT) {
-                        uint32_t a[4];
-                        ldsm_x4(a, &sm.p[(mt * 16 + (lane & 15)) * MLA_PLD + k0 + (lane >> 4) * 8]);
-#pragma unroll
-                        for (int jj = 0; jj < 2; jj++) {
-                            kimi_mma_bf16(acc[mt][2 * jj], a[0], a[1], a[2], a[3], bv[jj][0], bv[jj][1]);
-                            kimi_mma_bf16(acc[mt][2 * jj + 1], a[0], a[1], a[2], a[3], bv[jj][2], bv[jj][3]);
-                        }
-                    }
-                }
-            }
-        }
-        __syncthreads();   /* buffer buf is refilled by the next iteration's load */
-    }
-    kimi_cp_async_wait<0>();
-
-    /* partials: unnormalised O, m, l */
-    const size_t base = ((size_t) b * n_splits + split) * H;
-#pragma unroll
-    for (int mt = 0; mt < 4; mt++) {
-        if (mt < MT) {
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int col = warp * 32 + j * 8 + 2 * t;
-                float *o0 = opart + (base + mt * 16 + g) * MLA_DV + col;
-                float *o1 = opart + (base + mt * 16 + g + 8) * MLA_DV + col;
-                *(float2 *) o0 = make_float2(acc[mt][j][0], acc[mt][j][1]);
-                *(float2 *) o1 = make_float2(acc[mt][j][2], acc[mt][j][3]);
-            }
-        }
-    }
-    if (threadIdx.x < H) {
-        mlpart[(base + threadIdx.x) * 2] = sm.m[threadIdx.x];
-        mlpart[(base + threadIdx.x) * 2 + 1] = sm.l[threadIdx.x];
-    }
-}
 
 /* ---- wgmma kernel (sm_90a) ------------------------------------------------
  *
@@ -312,9 +40,9 @@ mla_decode_kernel(const uint16_t *__restrict__ q, int H, const void *__restrict_
  * 256w..256w+255 (128 fp32 registers a thread), V read N-major straight from
  * the same tile.  One warpgroup computes all of S so Q is read from shared
  * memory once per tile (split by tokens, both groups re-read all of Q and S
- * was bound by shared-memory bandwidth).  The next tile streams in with
+ * was bound by shared-memory bandwidth).  Two tile buffers: the next tile's
  * cp.async (one token row per 4 threads, the block-table entry read a tile
- * ahead) while this one is computed.  fp8: the tile is staged as e4m3 and
+ * ahead) is issued before waiting for this one.  fp8: the tile is staged as e4m3 and
  * widened to bf16 (exact) in shared memory; the per-token scale is folded
  * into S's column and P's column instead of into every element.
  */
@@ -326,9 +54,8 @@ mla_decode_kernel(const uint16_t *__restrict__ q, int H, const void *__restrict_
 #define MW_OFF_KV0  MW_TILE_B
 #define MW_OFF_KV1  (2 * MW_TILE_B)
 #define MW_OFF_P    (3 * MW_TILE_B)
-#define MW_OFF_MAX  (MW_OFF_P + MW_QB)
-#define MW_OFF_L    (MW_OFF_MAX + 2 * 64 * 4)
-#define MW_OFF_KS   (MW_OFF_L + 2 * 64 * 4)
+#define MW_OFF_A    (MW_OFF_P + MW_QB)        /* [64] this tile's O rescale per head */
+#define MW_OFF_KS   (MW_OFF_A + 64 * 4)
 #define MW_SMEM     (MW_OFF_KS + 2 * 64 * 4 + 1024)   /* + alignment slack */
 
 /* Global row of the cache this thread copies for tile `tile` (thread t
@@ -418,17 +145,24 @@ mw_widen_fp8(uint8_t *sm, int stage)
     }
 }
 
+static __device__ __forceinline__ float mw_ex2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 template <bool FP8>
 static __global__ void __launch_bounds__(MW_THREADS, 1)
 mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restrict__ kv,
                      const float *__restrict__ kv_scale, int bs,
                      const int32_t *__restrict__ block_table, int bt_ld,
                      const int32_t *__restrict__ seq_len, int n_splits, float scale2,
-                     float *__restrict__ opart, float *__restrict__ mlpart, int dbg)
+                     float *__restrict__ opart, float *__restrict__ mlpart)
 {
     extern __shared__ __align__(1024) uint8_t mw_smem_raw[];
     uint8_t *sm = mw_smem_raw + ((1024 - (kimi_smem_addr(mw_smem_raw) & 1023)) & 1023);
-    float *alpha_s = (float *) (sm + MW_OFF_MAX);   /* [64] this tile's O rescale per head */
+    float *alpha_s = (float *) (sm + MW_OFF_A);
     const float *ksc = (const float *) (sm + MW_OFF_KS);
     const uint32_t sq = kimi_smem_addr(sm);
 
@@ -462,16 +196,18 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
 
     for (int tile = t0; tile < t1; tile++) {
         const int stage = (tile - t0) & 1;
-        kimi_cp_async_wait<0>();
-        wg_fence_proxy();
-        __syncthreads();   /* tile visible; the last tile's P V done: its stage and P are free */
-        if (tile + 1 < t1 && !(dbg & 4)) {
+        /* the next tile into the other stage (freed by the barrier that ended
+         * the last iteration) before waiting for this one: two in flight */
+        if (tile + 1 < t1) {
             mw_load_tile<FP8>(sm, stage ^ 1, row_next, kv, kv_scale);
         }
         kimi_cp_async_commit();
         if (tile + 2 < t1) {
             row_next = mw_row(tile + 2, len, bs, bt);
         }
+        kimi_cp_async_wait<1>();
+        wg_fence_proxy();
+        __syncthreads();   /* this tile visible */
         if (FP8) {
             mw_widen_fp8(sm, stage);
             wg_fence_proxy();
@@ -481,69 +217,81 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
 
         if (wg == 0) {
             /* S (64 heads x 64 tokens) = Q K^T over 576 dims */
-            /* two accumulators (even and odd k16 steps): a single chain of 36
-             * dependent wgmmas is bound by their latency, not the tensor rate */
-            float s[32], s2[32];
+            float s[32];
             wg_arrive();
 #pragma unroll
-            for (int kk = 0; kk < MLA_D / 16; kk += 2) {
-                if ((dbg & 1) && kk > 0) break;
+            for (int kk = 0; kk < MLA_D / 16; kk++) {
                 const uint32_t koff = (kk >> 2) * MW_QB + (kk & 3) * 32;
                 wgmma_m64n64k16_bf16<0>(s, wg_desc(sq + koff, 16, 1024),
                                         wg_desc(skv + koff, 16, 1024), kk > 0);
-                wgmma_m64n64k16_bf16<0>(s2, wg_desc(sq + koff + 32, 16, 1024),
-                                        wg_desc(skv + koff + 32, 16, 1024), kk > 0);
             }
             wg_commit();
             wg_wait<0>();
             wg_fence_regs(s);
-            wg_fence_regs(s2);
-#pragma unroll
-            for (int i = 0; i < 32; i++) s[i] += s2[i];
 
-            /* scale (log2 units), mask the tokens past the sequence, row max */
+            /* online softmax in log2 units: max of the raw scores (scale2 > 0),
+             * p = 2^(s * scale2 - m); fp8: s and P carry the token's scale */
             const int tok0 = tile * MW_TILE;
-            float mx0 = -INFINITY, mx1 = -INFINITY;
+            const float *ks = ksc + stage * 64;
+            if (FP8) {
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const float k0 = ks[8 * j + 2 * t], k1 = ks[8 * j + 2 * t + 1];
+                    s[4 * j] *= k0;
+                    s[4 * j + 1] *= k1;
+                    s[4 * j + 2] *= k0;
+                    s[4 * j + 3] *= k1;
+                }
+            }
+            if (tok0 + MW_TILE > len) {   /* the last tile: mask past the sequence */
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        if (tok0 + 8 * j + 2 * t + e >= len) {
+                            s[4 * j + e] = -INFINITY;
+                            s[4 * j + 2 + e] = -INFINITY;
+                        }
+                    }
+                }
+            }
+            float mx0 = s[0], mx1 = s[2];
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int c = 8 * j + 2 * t + e;
-                    const bool live = tok0 + c < len;
-                    const float f = FP8 ? scale2 * ksc[stage * 64 + c] : scale2;
-                    s[4 * j + e] = live ? s[4 * j + e] * f : -INFINITY;
-                    s[4 * j + 2 + e] = live ? s[4 * j + 2 + e] * f : -INFINITY;
-                    mx0 = fmaxf(mx0, s[4 * j + e]);
-                    mx1 = fmaxf(mx1, s[4 * j + 2 + e]);
-                }
+                mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
+                mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
             }
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            /* token 0 of every tile is live, so mx is finite */
-            const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-            const float a0 = exp2f(m0 - n0), a1 = exp2f(m1 - n1);
+            /* token 0 of every tile is live, so the max is finite */
+            const float n0 = fmaxf(m0, mx0 * scale2), n1 = fmaxf(m1, mx1 * scale2);
+            const float a0 = mw_ex2(m0 - n0), a1 = mw_ex2(m1 - n1);
             m0 = n0;
             m1 = n1;
             float sum0 = 0.f, sum1 = 0.f;
             uint8_t *ps = sm + MW_OFF_P;
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                const int c = 8 * j + 2 * t;
-                const uint16_t p00 = kimi_f2bf(exp2f(s[4 * j] - n0)), p01 = kimi_f2bf(exp2f(s[4 * j + 1] - n0));
-                const uint16_t p10 = kimi_f2bf(exp2f(s[4 * j + 2] - n1)), p11 = kimi_f2bf(exp2f(s[4 * j + 3] - n1));
+                const __nv_bfloat162 p0 = __floats2bfloat162_rn(mw_ex2(fmaf(s[4 * j], scale2, -n0)),
+                                                                mw_ex2(fmaf(s[4 * j + 1], scale2, -n0)));
+                const __nv_bfloat162 p1 = __floats2bfloat162_rn(mw_ex2(fmaf(s[4 * j + 2], scale2, -n1)),
+                                                                mw_ex2(fmaf(s[4 * j + 3], scale2, -n1)));
                 /* l sums what P V multiplies (the bf16 P, before any fp8 scale) */
-                sum0 += kimi_bf2f(p00) + kimi_bf2f(p01);
-                sum1 += kimi_bf2f(p10) + kimi_bf2f(p11);
+                const float2 f0 = __bfloat1622float2(p0), f1 = __bfloat1622float2(p1);
+                sum0 += f0.x + f0.y;
+                sum1 += f1.x + f1.y;
+                const int c = 8 * j + 2 * t;
                 uint32_t w0, w1;
                 if (FP8) {
-                    const float k0 = ksc[stage * 64 + c], k1 = ksc[stage * 64 + c + 1];
-                    w0 = (uint32_t) kimi_f2bf(kimi_bf2f(p00) * k0) | (uint32_t) kimi_f2bf(kimi_bf2f(p01) * k1) << 16;
-                    w1 = (uint32_t) kimi_f2bf(kimi_bf2f(p10) * k0) | (uint32_t) kimi_f2bf(kimi_bf2f(p11) * k1) << 16;
+                    const __nv_bfloat162 q0 = __floats2bfloat162_rn(f0.x * ks[c], f0.y * ks[c + 1]);
+                    const __nv_bfloat162 q1 = __floats2bfloat162_rn(f1.x * ks[c], f1.y * ks[c + 1]);
+                    w0 = *(const uint32_t *) &q0;
+                    w1 = *(const uint32_t *) &q1;
                 } else {
-                    w0 = (uint32_t) p00 | (uint32_t) p01 << 16;
-                    w1 = (uint32_t) p10 | (uint32_t) p11 << 16;
+                    w0 = *(const uint32_t *) &p0;
+                    w1 = *(const uint32_t *) &p1;
                 }
                 *(uint32_t *) (ps + wg_swz128(r0, c)) = w0;
                 *(uint32_t *) (ps + wg_swz128(r1, c)) = w1;
@@ -573,13 +321,13 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
         wg_arrive();
 #pragma unroll
         for (int ks = 0; ks < MW_TILE / 16; ks++) {
-            if (dbg & 2) break;
             wgmma_m64n256k16_bf16<1>(o, wg_desc(sq + MW_OFF_P + ks * 32, 16, 1024),
                                      wg_desc(skv + 4 * wg * MW_QB + ks * 2048, MW_QB, 1024), 1);
         }
         wg_commit();
         wg_wait<0>();
         wg_fence_regs(o);
+        __syncthreads();   /* every P V done: this stage and P are free */
     }
     kimi_cp_async_wait<0>();
 
@@ -686,41 +434,16 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
     float *mlpart = opart + (size_t) B * n_splits * H * MLA_DV;
     dim3 grid(n_splits, B);
     const float scale2 = scale * LOG2E;
-    static int use_mma_sync = -1, mla_dbg = 0;   /* A/B switch for this session's measurements */
-    if (use_mma_sync < 0) {
-        use_mma_sync = getenv("KIMI_MLA_MMA_SYNC") != NULL;
-        mla_dbg = getenv("KIMI_MLA_DBG") ? atoi(getenv("KIMI_MLA_DBG")) : 0;
-    }
-    if (!use_mma_sync) {
-        if (kv_fp8) {
-            KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<true>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
-            mla_decode_wg_kernel<true><<<grid, MW_THREADS, MW_SMEM, s>>>(
-                q, H, kv, kv_scale, bs, block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart, mla_dbg);
-        } else {
-            KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<false>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
-            mla_decode_wg_kernel<false><<<grid, MW_THREADS, MW_SMEM, s>>>(
-                q, H, kv, kv_scale, bs, block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart, mla_dbg);
-        }
-        KIMI_CUDA_LAUNCHED(s, err);
-        mla_combine_kernel<<<dim3(B, H), MLA_DV / 4, 0, s>>>(opart, mlpart, H, n_splits, o);
-        KIMI_CUDA_LAUNCHED(s, err);
-        return KIMI_OK;
-    }
-    const size_t smem = sizeof(mla_smem);
     if (kv_fp8) {
-        KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_kernel<true>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem), err);
-        mla_decode_kernel<true><<<grid, MLA_THREADS, smem, s>>>(q, H, kv, kv_scale, bs, block_table,
-                                                                bt_ld, seq_len, n_splits, scale2,
-                                                                opart, mlpart);
+        KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<true>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
+        mla_decode_wg_kernel<true><<<grid, MW_THREADS, MW_SMEM, s>>>(
+            q, H, kv, kv_scale, bs, block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart);
     } else {
-        KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_kernel<false>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem), err);
-        mla_decode_kernel<false><<<grid, MLA_THREADS, smem, s>>>(q, H, kv, kv_scale, bs, block_table,
-                                                                 bt_ld, seq_len, n_splits, scale2,
-                                                                 opart, mlpart);
+        KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<false>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
+        mla_decode_wg_kernel<false><<<grid, MW_THREADS, MW_SMEM, s>>>(
+            q, H, kv, kv_scale, bs, block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart);
     }
     KIMI_CUDA_LAUNCHED(s, err);
     mla_combine_kernel<<<dim3(B, H), MLA_DV / 4, 0, s>>>(opart, mlpart, H, n_splits, o);
