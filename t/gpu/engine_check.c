@@ -39,11 +39,31 @@
  * the same process on the same weights; the cpu's FP8-activation path is
  * the yardstick of what FP8 activations cost.  Passing: the median over
  * rows of (1 - cos) of cuda vs the oracle is at most 1.5x that of the
- * cpu's FP8 path vs the oracle, and no row of cuda vs the oracle falls
- * below cos 0.95 (a wrong table, slot, head or scale gives far less; an
- * expert swap gives ~0.97).  cuda vs cpu(fp8) is printed, not judged. */
+ * cpu's FP8 path vs the oracle; no row of cuda vs the oracle falls below
+ * cos 0.90 (a wrong table, slot or scale gives far less); and cuda has at
+ * most 2n + 2 "flip" rows (cos < 0.99: an expert swapped at a near-tie of
+ * router scores) where the cpu's FP8 path has n.  The floor was 0.95 on the
+ * guess that a swap costs ~0.97; the cpu's own FP8 path measured 0.934 and
+ * 0.946 on rows of the 48-row batches below (2026-11-28, K2 widths, 16
+ * experts top-4), so a swap alone can cost that much.  cuda vs cpu(fp8) is
+ * printed, not judged. */
 #define TOL_MEDIAN_X 1.5
-#define TOL_COS_ROW  0.95
+#define TOL_COS_ROW  0.90
+#define TOL_COS_FLIP 0.99
+
+
+/* rows of (1 - cos) e[0..n) that are flips (cos < TOL_COS_FLIP) */
+static int
+count_flips(const double *e, int n)
+{
+    int  c = 0;
+
+    for (int i = 0; i < n; i++) {
+        c += 1 - e[i] < TOL_COS_FLIP;
+    }
+
+    return c;
+}
 
 static int  n_test, n_fail;
 
@@ -453,9 +473,11 @@ main(int argc, char **argv)
            " fp32-activation cpu %.2e <= %.1f x that of the cpu's own FP8"
            " activations %.2e (x%.2f)", m32, TOL_MEDIAN_X, mr,
            mr > 0 ? m32 / mr : 0.0);
-        ok(worst_ok, "logits: every row of cuda vs the fp32-activation cpu"
-           " cos >= %.2f (worst %.6f)",
-           TOL_COS_ROW, worst_cos);
+        ok(worst_ok && count_flips(e_g32, n_e) <= 2 * count_flips(e_ref, n_e) + 2,
+           "logits: every row of cuda vs the fp32-activation cpu cos >= %.2f"
+           " (worst %.6f); flip rows (cos < %.2f) cuda %d <= 2 x cpu(fp8 act)"
+           " %d + 2", TOL_COS_ROW, worst_cos, TOL_COS_FLIP,
+           count_flips(e_g32, n_e), count_flips(e_ref, n_e));
     }
 
     ok(agree + ambiguous == (int) ND + 1, "greedy: %d of %u steps pick the "
@@ -815,15 +837,24 @@ main(int argc, char **argv)
             double  mg = median(eg, NB * NR), mc = median(ec, NB * NR);
             double  mo = median(eo, NB * NR);
 
+            double  wcpu = 1;
+
+            for (int i = 0; i < NB * NR; i++) {
+                wcpu = 1 - ec[i] < wcpu ? 1 - ec[i] : wcpu;
+            }
             printf("# %d rows, %d at once (lm_head and dense GEMMs on "
                    "cuBLASLt): median (1 - cos) vs the fp32-activation cpu: "
                    "cuda %.2e (own GEMM kernel instead: %.2e), cpu(fp8 act) "
-                   "%.2e; worst row cos %.6f\n", NB * NR, NR, mg, mo, mc,
-                   wc);
-            ok(rows == NR && mg <= TOL_MEDIAN_X * mc && wc >= TOL_COS_ROW,
+                   "%.2e; worst row cos cuda %.6f, cpu(fp8 act) %.6f\n",
+                   NB * NR, NR, mg, mo, mc, wc, wcpu);
+            const int fg = count_flips(eg, NB * NR), fc = count_flips(ec, NB * NR);
+
+            ok(rows == NR && mg <= TOL_MEDIAN_X * mc && wc >= TOL_COS_ROW
+               && fg <= 2 * fc + 2,
                "%d rows, %d at once: median (1 - cos) %.2e <= %.1f x %.2e, "
-               "every row cos >= %.2f (worst %.6f)", NB * NR, NR, mg,
-               TOL_MEDIAN_X, mc, TOL_COS_ROW, wc);
+               "every row cos >= %.2f (worst %.6f), flip rows cuda %d <= 2 x "
+               "cpu(fp8 act) %d + 2", NB * NR, NR, mg, TOL_MEDIAN_X, mc,
+               TOL_COS_ROW, wc, fg, fc);
         }
         ok(same == NB * NR && dlp <= 1e-3 && exact_host, "sample op: %d of %d "
            "tokens = the host sampler's on the same logits; device greedy "
