@@ -131,6 +131,9 @@ typedef struct {
     ngx_http_kimi_tool_choice_e  tool_choice;
     unsigned                     stream:1;
     unsigned                     include_usage:1;
+    unsigned                     include_stop_str:1;   /* vLLM's
+                                                          include_stop_str_
+                                                          in_output */
     unsigned                     continuous_usage:1;   /* usage in every
                                                           chunk */
     unsigned                     skip_special:1;

@@ -542,6 +542,15 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         s->min_tokens = n;
     }
 
+    /* vLLM: a matched stop string stays at the end of the text */
+    *param = "include_stop_str_in_output";
+    if (ngx_http_kimi_get_bool(root, "include_stop_str_in_output", &flag, err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+    pr->include_stop_str = flag;
+
     *param = "skip_special_tokens";
     v = json_object_get(root, "skip_special_tokens");
     if (v != NULL && !json_is_null(v)) {

@@ -226,7 +226,9 @@ ngx_http_kimi_output_text(ngx_http_kimi_ctx_t *ctx, const u_char *p,
         ctx->stop_reason = *hit;
         ctx->held.len = 0;
 
-        return ngx_http_kimi_output_visible(ctx, ctx->held.data, best);
+        return ngx_http_kimi_output_visible(ctx, ctx->held.data,
+                                            best + (pr->include_stop_str
+                                                    ? hit->len : 0));
     }
 
     keep = 0;

@@ -200,6 +200,28 @@ is($r->{status}, 200, 'a stop string holding NUL is accepted');
 is($r->{json}{choices}[0]{text}, 'befor', 'and matches the NUL in the text');
 is($r->{json}{choices}[0]{stop_reason}, "e\x{0}a", 'stop_reason is it');
 
+# include_stop_str_in_output (vLLM): the matched stop string ends the text
+$r = $t->post('/v1/completions', completion_body(prompt => 'nulstop',
+    stop => [ "e\x{0}a" ], include_stop_str_in_output => $true));
+is($r->{status}, 200, 'include_stop_str_in_output is accepted');
+is($r->{json}{choices}[0]{text}, "before\x{0}a",
+    'the stop string ends the text');
+is($r->{json}{choices}[0]{finish_reason}, 'stop', '... finish_reason stop');
+$r = $t->post('/v1/completions', completion_body(prompt => 'nulstop',
+    stop => [ "e\x{0}a" ], include_stop_str_in_output => JSON::PP::false));
+is($r->{json}{choices}[0]{text}, 'befor', 'false: the stop string is cut');
+$r = $t->sse('/v1/chat/completions', chat_body(content => 'hi',
+    stream => $true, stop => [ ' an', 'zz' ], include_stop_str_in_output => $true));
+is(KimiTest::stream_text($r->{events}), 'plain an',
+    'streamed: the text runs to the end of the stop string');
+$r = $t->sse('/v1/chat/completions', chat_body(content => 'hi',
+    stream => $true, stop => [ ' an' ]));
+is(KimiTest::stream_text($r->{events}), 'plain', '... and without it, before');
+$r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+    include_stop_str_in_output => 'yes'));
+is($r->{status}, 400, 'a non-boolean include_stop_str_in_output is a 400');
+is($r->{json}{error}{param}, 'include_stop_str_in_output', '... naming it');
+
 $t->stop;
 
 done_testing;
