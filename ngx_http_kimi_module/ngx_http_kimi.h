@@ -125,6 +125,11 @@ typedef struct {
     size_t                       max_stop_len;
     kimi_shm_sampling_t          sampling;
     ngx_int_t                    max_tokens;       /* -1: not given */
+    ngx_int_t                    truncate_prompt;  /* vLLM's
+                                                      truncate_prompt_tokens:
+                                                      0 off, -1 to
+                                                      max_model_len, k: the
+                                                      last k tokens */
     ngx_uint_t                   n;                /* choices, 1.. */
     unsigned                     max_tokens_absent:1;  /* no key, not null */
     size_t                       body_len;         /* offload decision */

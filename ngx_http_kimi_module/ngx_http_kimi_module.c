@@ -853,16 +853,30 @@ ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
 }
 
 
+/* truncate_prompt_tokens: the last keep ids move to the front */
+static void
+ngx_http_kimi_keep_last(int32_t *ids, size_t *n, size_t keep)
+{
+    if (ids == NULL || *n <= keep) {
+        return;
+    }
+
+    ngx_memmove(ids, ids + (*n - keep), keep * sizeof(int32_t));
+    *n = keep;
+}
+
+
 /*
  * Called once the prompt ids exist (inline or from the thread pool's
- * completion handler): checks the context length, then hands the request
- * to the engine.  Headers stay unsent until the engine accepts.
+ * completion handler): truncates them when asked, checks the context
+ * length, then hands the request to the engine.  Headers stay unsent until
+ * the engine accepts.
  */
 void
 ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
 {
     u_char                  *p;
-    size_t                   len, n_prompt, shortest;
+    size_t                   len, n_prompt, shortest, keep;
     ngx_str_t                error;
     ngx_int_t                rc;
     ngx_uint_t               max_len, max_tokens, i;
@@ -872,18 +886,6 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
     ngx_http_kimi_attach_t  *a;
 
     r = ctx->request;
-
-    /* a batch: every prompt counts, the longest sets the limits and an
-     * empty one refuses the request */
-    n_prompt = ctx->n_prompt;
-    shortest = ctx->n_prompt;
-    ctx->usage.prompt_tokens = ctx->n_batch ? 0 : ctx->n_prompt;
-
-    for (i = 0; i < ctx->n_batch; i++) {
-        n_prompt = ngx_max(n_prompt, ctx->batch_n[i]);
-        shortest = ngx_min(shortest, ctx->batch_n[i]);
-        ctx->usage.prompt_tokens += ctx->batch_n[i];
-    }
 
     a = ngx_http_kimi_engine_get(r->connection->log);
 
@@ -898,6 +900,44 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
 
     hdr = ngx_http_kimi_engine_header(a);
     max_len = hdr->max_model_len;
+
+    if (ctx->params.truncate_prompt != 0) {
+        keep = ctx->params.truncate_prompt > 0
+               ? (size_t) ctx->params.truncate_prompt : max_len;
+
+        if (keep > max_len) {
+            ngx_str_set(&error, "\"truncate_prompt_tokens\" is larger than"
+                        " the model's maximum context length");
+            ngx_http_kimi_finalize(ctx,
+                ngx_http_kimi_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                         "invalid_request_error",
+                                         (char *) error.data, error.len,
+                                         "truncate_prompt_tokens", NULL));
+            return;
+        }
+
+        ngx_http_kimi_keep_last(ctx->prompt, &ctx->n_prompt, keep);
+
+        for (i = 0; i < ctx->n_batch; i++) {
+            if (ctx->batch_ids[i] == ctx->prompt) {   /* the same buffer */
+                ctx->batch_n[i] = ctx->n_prompt;
+                continue;
+            }
+            ngx_http_kimi_keep_last(ctx->batch_ids[i], &ctx->batch_n[i], keep);
+        }
+    }
+
+    /* a batch: every prompt counts, the longest sets the limits and an
+     * empty one refuses the request */
+    n_prompt = ctx->n_prompt;
+    shortest = ctx->n_prompt;
+    ctx->usage.prompt_tokens = ctx->n_batch ? 0 : ctx->n_prompt;
+
+    for (i = 0; i < ctx->n_batch; i++) {
+        n_prompt = ngx_max(n_prompt, ctx->batch_n[i]);
+        shortest = ngx_min(shortest, ctx->batch_n[i]);
+        ctx->usage.prompt_tokens += ctx->batch_n[i];
+    }
 
     if (ctx->params.max_tokens >= 0) {
         max_tokens = ctx->params.max_tokens;

@@ -542,6 +542,22 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         s->min_tokens = n;
     }
 
+    /* vLLM: keep only the last k prompt tokens (-1: max_model_len) */
+    *param = "truncate_prompt_tokens";
+    pr->truncate_prompt = 0;
+    v = json_object_get(root, "truncate_prompt_tokens");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_integer(v)
+            || (json_integer_value(v) != -1 && json_integer_value(v) < 1)
+            || json_integer_value(v) > INT32_MAX)
+        {
+            ngx_sprintf(err, "\"truncate_prompt_tokens\" must be -1 (the"
+                        " model's context) or a positive integer");
+            return NGX_ERROR;
+        }
+        pr->truncate_prompt = (ngx_int_t) json_integer_value(v);
+    }
+
     /* vLLM: a matched stop string stays at the end of the text */
     *param = "include_stop_str_in_output";
     if (ngx_http_kimi_get_bool(root, "include_stop_str_in_output", &flag, err)

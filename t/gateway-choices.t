@@ -275,6 +275,40 @@ $r = $t->post('/v1/completions', completion_body(prompt => 'x', echo => $true,
 is($r->{status}, 400, 'echo with logprobs: 400 (no prompt logprobs)');
 like($r->{json}{error}{message} // '', qr/prompt's logprobs/, 'saying why');
 
+# ---- truncate_prompt_tokens (vLLM): only the last k prompt tokens -----------
+
+my @long = map { 1000 + 7 * $_ } 0 .. 19;
+my $last5 = [ @long[15 .. 19] ];
+my $plain = $t->post('/v1/completions', completion_body(prompt => $last5,
+    max_tokens => 4, temperature => 0, ignore_eos => $true));
+$r = $t->post('/v1/completions', completion_body(prompt => \@long,
+    max_tokens => 4, temperature => 0, ignore_eos => $true,
+    truncate_prompt_tokens => 5));
+is($r->{status}, 200, 'truncate_prompt_tokens: 200');
+is($r->{json}{usage}{prompt_tokens}, 5, '... 5 prompt tokens counted');
+is($r->{json}{choices}[0]{text}, $plain->{json}{choices}[0]{text},
+    '... the same text as sending the last 5 ids');
+$r = $t->post('/v1/completions', completion_body(prompt => [ \@long,
+    [ @long[0 .. 7] ], [ 1001, 1002 ] ], max_tokens => 1,
+    truncate_prompt_tokens => 5));
+is($r->{json}{usage}{prompt_tokens}, 12, '... every prompt of a batch (5 + 5 + 2)');
+$r = $t->post('/v1/completions', completion_body(prompt => \@long,
+    max_tokens => 1, truncate_prompt_tokens => -1));
+is($r->{json}{usage}{prompt_tokens}, 20, '-1 keeps what fits the context');
+$r = $t->post('/v1/chat/completions', chat_body(content => $prompt,
+    max_tokens => 1, truncate_prompt_tokens => 3));
+is($r->{json}{usage}{prompt_tokens}, 3, '... and on chat, the rendered prompt');
+for my $bad (0, -2, 'x', 1.5) {
+    $r = $t->post('/v1/completions', completion_body(prompt => 'x',
+        truncate_prompt_tokens => $bad));
+    is($r->{json}{error}{param} // '', 'truncate_prompt_tokens',
+        "truncate_prompt_tokens $bad: 400 naming it") or diag($r->{raw});
+}
+$r = $t->post('/v1/completions', completion_body(prompt => 'x',
+    truncate_prompt_tokens => 1_000_000_000));
+is($r->{status}, 400, 'more than the context: 400');
+like($r->{json}{error}{message} // '', qr/maximum context length/, '... saying why');
+
 # ---- a client gone cancels every choice -------------------------------------
 
 my $before = () = $t->read_file('engine.log') =~ /sequence cancelled/g;
