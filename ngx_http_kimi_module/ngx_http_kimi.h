@@ -144,6 +144,9 @@ typedef struct {
     unsigned                     skip_special:1;
     unsigned                     echo:1;
     unsigned                     add_generation_prompt:1;
+    unsigned                     continue_final:1;     /* vLLM's
+                                                          continue_final_
+                                                          message */
 } ngx_http_kimi_params_t;
 
 

@@ -729,6 +729,26 @@ ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
     }
     pr->add_generation_prompt = flag;
 
+    /* vLLM: the model continues the final message (a prefilled answer);
+     * the generation prompt is then off unless asked for, which is an
+     * error as in vLLM */
+    *param = "continue_final_message";
+    if (ngx_http_kimi_get_bool(root, "continue_final_message", &flag, err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+    pr->continue_final = flag;
+
+    if (flag) {
+        if (json_is_true(json_object_get(root, "add_generation_prompt"))) {
+            ngx_sprintf(err, "Cannot set both \"continue_final_message\" and"
+                        " \"add_generation_prompt\" to true");
+            return NGX_ERROR;
+        }
+        pr->add_generation_prompt = 0;
+    }
+
     *param = "tools";
     v = json_object_get(root, "tools");
 

@@ -55,6 +55,7 @@ typedef struct {
     const char                *prompt;
     size_t                     prompt_len;
     int                        add_generation_prompt;
+    int                        continue_final;
     int                        allow_special;
     int                        plain_contents;
     int32_t                   *ids;
@@ -444,6 +445,7 @@ ngx_http_kimi_text_start(ngx_http_kimi_ctx_t *ctx)
     job->messages = ctx->params.messages;
     job->tools = ctx->params.tools;
     job->add_generation_prompt = ctx->params.add_generation_prompt;
+    job->continue_final = ctx->params.continue_final;
     job->prompt = (const char *) ctx->params.prompt_text.data;
     job->prompt_len = ctx->params.prompt_text.len;
     job->batch = ctx->params.batch;
@@ -663,33 +665,31 @@ ngx_http_kimi_text_job_run(void *data, ngx_log_t *log)
         return;
     }
 
-    if (!job->plain_contents) {
-        job->rc = kimi_template_render(job->text->tmpl, job->messages,
-                                       job->tools, job->add_generation_prompt,
-                                       &text, &len, &job->err);
-        if (job->rc != 0) {
-            return;
-        }
-
-        job->rc = kimi_tokenize(job->text->tok, text, len, 1, &job->ids,
-                                &job->n_ids, &job->err);
-        free(text);
-        return;
-    }
-
     plain = NULL;
     n_plain = 0;
 
     job->rc = kimi_template_render_ex(job->text->tmpl, job->messages,
                                       job->tools, job->add_generation_prompt,
-                                      &text, &len, &plain, &n_plain,
-                                      &job->err);
+                                      &text, &len,
+                                      job->plain_contents ? &plain : NULL,
+                                      &n_plain, &job->err);
     if (job->rc != 0) {
         return;
     }
 
-    job->rc = kimi_tokenize_ex(job->text->tok, text, len, 1, plain, n_plain,
-                               &job->ids, &job->n_ids, &job->err);
+    if (job->continue_final) {
+        job->rc = kimi_template_continue_final(job->messages, text, &len,
+                                               plain, &n_plain, &job->err);
+    }
+
+    if (job->rc == 0) {
+        job->rc = job->plain_contents
+                  ? kimi_tokenize_ex(job->text->tok, text, len, 1, plain,
+                                     n_plain, &job->ids, &job->n_ids,
+                                     &job->err)
+                  : kimi_tokenize(job->text->tok, text, len, 1, &job->ids,
+                                  &job->n_ids, &job->err);
+    }
     free(plain);
     free(text);
 }

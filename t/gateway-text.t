@@ -200,6 +200,33 @@ is($r->{status}, 200, 'a stop string holding NUL is accepted');
 is($r->{json}{choices}[0]{text}, 'befor', 'and matches the NUL in the text');
 is($r->{json}{choices}[0]{stop_reason}, "e\x{0}a", 'stop_reason is it');
 
+# continue_final_message (vLLM): the model continues the last message
+my $hello = [ { role => 'user', content => 'Hello' } ];
+my $gen = $t->post('/tokenize', { messages => $hello })->{json}{tokens};
+my $ans = $t->post('/tokenize', { prompt => 'Sure, here' })->{json}{tokens};
+$r = $t->post('/tokenize', { messages => [ @$hello,
+    { role => 'assistant', content => 'Sure, here' } ],
+    continue_final_message => $true });
+is_deeply($r->{json}{tokens}, [ @$gen, @$ans ],
+    'continue_final_message: the generation prompt, then the answer so far');
+$r = $t->post('/v1/chat/completions', { model => 'kimi-test',
+    messages => [ @$hello, { role => 'assistant', content => 'Sure, here' } ],
+    continue_final_message => $true, max_tokens => 4 });
+is($r->{status}, 200, '... a chat completion takes it');
+is($r->{json}{usage}{prompt_tokens}, @$gen + @$ans, '... with that prompt');
+$r = $t->post('/v1/chat/completions', { model => 'kimi-test',
+    messages => [ @$hello, { role => 'assistant', content => 'Sure' } ],
+    continue_final_message => $true, add_generation_prompt => $true });
+is($r->{status}, 400, 'with add_generation_prompt true: 400, as vLLM');
+is($r->{json}{error}{param}, 'continue_final_message', '... naming it');
+$r = $t->post('/v1/chat/completions', { model => 'kimi-test',
+    messages => [ @$hello, { role => 'assistant', content => undef,
+        tool_calls => [ { id => 'functions.f:0', type => 'function',
+            function => { name => 'f', arguments => '{}' } } ] } ],
+    continue_final_message => $true });
+is($r->{status}, 400, 'a final message without text: 400');
+like($r->{json}{error}{message} // '', qr/no text to continue/, '... saying so');
+
 # include_stop_str_in_output (vLLM): the matched stop string ends the text
 $r = $t->post('/v1/completions', completion_body(prompt => 'nulstop',
     stop => [ "e\x{0}a" ], include_stop_str_in_output => $true));

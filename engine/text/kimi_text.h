@@ -109,6 +109,13 @@ int  kimi_template_render_ex(const kimi_template_t *t, json_t *messages,
     json_t *tools, int add_generation_prompt, char **text, size_t *len,
     kimi_span_t **plain, size_t *n_plain, kimi_err_t *err);
 
+/* vLLM's continue_final_message on a rendering (add_generation_prompt
+ * off): cuts *text (and the plain spans, may be NULL) right after the final
+ * message's text, so the model continues it; KIMI_EINVAL when that text is
+ * missing from the rendering. */
+int  kimi_template_continue_final(json_t *messages, char *text, size_t *len,
+    kimi_span_t *plain, size_t *n_plain, kimi_err_t *err);
+
 /* Compiles a template from memory (name is used in error messages). */
 int  kimi_template_load_string(kimi_template_t **out, const char *src,
     size_t len, const char *name, kimi_err_t *err);

@@ -281,3 +281,104 @@ kimi_template_render(const kimi_template_t *t, json_t *messages,
     return kimi_template_render_ex(t, messages, tools, add_generation_prompt,
                                    text, len, NULL, NULL, err);
 }
+
+
+/* The last occurrence of needle in hay, or NULL. */
+static const char *
+kimi_memrmem(const char *hay, size_t n, const char *needle, size_t m)
+{
+    size_t  i;
+
+    if (m > n) {
+        return NULL;
+    }
+    for (i = n - m + 1; i-- > 0; ) {
+        if (memcmp(hay + i, needle, m) == 0) {
+            return hay + i;
+        }
+    }
+    return NULL;
+}
+
+
+static int
+kimi_is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v'
+           || c == '\f';
+}
+
+
+/*
+ * continue_final_message, as transformers' apply_chat_template does it:
+ * the final message's text (a string, or the last part with "text" of a
+ * list) must appear in the rendering; the rendering ends right after its
+ * last occurrence (after the stripped text where the template trimmed
+ * trailing whitespace), so the model continues that message.
+ */
+int
+kimi_template_continue_final(json_t *messages, char *text, size_t *len,
+    kimi_span_t *plain, size_t *n_plain, kimi_err_t *err)
+{
+    json_t      *last, *content, *part;
+    const char  *c, *at;
+    size_t       cl, lead, trail, i, cut;
+
+    last = json_is_array(messages) && json_array_size(messages) > 0
+           ? json_array_get(messages, json_array_size(messages) - 1) : NULL;
+    content = json_is_object(last) ? json_object_get(last, "content") : NULL;
+
+    if (json_is_array(content)) {
+        part = NULL;
+        for (i = json_array_size(content); i-- > 0; ) {
+            part = json_object_get(json_array_get(content, i), "text");
+            if (json_is_string(part)) {
+                break;
+            }
+            part = NULL;
+        }
+        content = part;
+    }
+
+    if (!json_is_string(content)) {
+        return kimi_err_set(err, KIMI_EINVAL, "continue_final_message is set"
+                            " but the final message has no text to continue");
+    }
+
+    c = json_string_value(content);
+    cl = json_string_length(content);
+    for (lead = 0; lead < cl && kimi_is_space(c[lead]); lead++) { }
+    for (trail = 0; trail < cl - lead && kimi_is_space(c[cl - 1 - trail]);
+         trail++) { }
+
+    at = kimi_memrmem(text, *len, c + lead, cl - lead - trail);
+    if (at == NULL || cl - lead - trail == 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "continue_final_message is set"
+                            " but the final message does not appear in the"
+                            " chat after applying the chat template");
+    }
+
+    cut = (size_t) (at - text);
+    if (cut + (cl - lead) <= *len && memcmp(at, c, cl) == 0
+        && cl - lead == cl)
+    {
+        cut += cl;                      /* the template kept it verbatim */
+    } else {
+        cut += cl - lead - trail;       /* trailing whitespace was trimmed */
+    }
+
+    *len = cut;
+    text[cut] = '\0';
+
+    for (i = 0; plain != NULL && i < *n_plain; i++) {
+        if (plain[i].off >= cut) {
+            *n_plain = i;
+            break;
+        }
+        if (plain[i].off + plain[i].len > cut) {
+            plain[i].len = cut - plain[i].off;
+        }
+    }
+
+    return KIMI_OK;
+}

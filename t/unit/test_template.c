@@ -363,6 +363,73 @@ test_spans(kimi_template_t *t3)
 }
 
 
+/* vLLM's continue_final_message (transformers' algorithm): the rendering
+ * ends right after the final message's text */
+static void
+test_continue_final(kimi_template_t *t3)
+{
+    int           rc;
+    char         *text, *gen;
+    size_t        len, glen, n_plain;
+    json_t       *m;
+    kimi_err_t    err;
+    kimi_span_t  *plain;
+
+    /* = the generation prompt followed by the prefilled answer */
+    m = j("[{\"role\":\"user\",\"content\":\"Hello\"}]");
+    rc = kimi_template_render(t3, m, NULL, 1, &gen, &glen, &err);
+    json_decref(m);
+    m = j("[{\"role\":\"user\",\"content\":\"Hello\"},"
+          "{\"role\":\"assistant\",\"content\":\"Sure, here\"}]");
+    rc |= kimi_template_render_ex(t3, m, NULL, 0, &text, &len, &plain,
+                                  &n_plain, &err);
+    rc |= kimi_template_continue_final(m, text, &len, plain, &n_plain, &err);
+    ok(rc == 0 && len == glen + 10 && strncmp(text, gen, glen) == 0
+       && strcmp(text + glen, "Sure, here") == 0 && strlen(text) == len,
+       "continue_final_message: the generation prompt, then the prefilled "
+       "answer, no end of turn (%s)", rc == 0 ? text + glen : err.msg);
+    ok(rc == 0 && n_plain > 0
+       && plain[n_plain - 1].off + plain[n_plain - 1].len == len
+       && strncmp(text + plain[n_plain - 1].off, "Sure, here",
+                  plain[n_plain - 1].len) == 0,
+       "... the last plain span is the answer and ends with the text (%zu "
+       "spans)", n_plain);
+    if (rc == 0) {
+        free(text);
+        free(plain);
+    }
+    json_decref(m);
+
+    /* trailing whitespace the template keeps stays; a list: its last text */
+    m = j("[{\"role\":\"user\",\"content\":\"Hello\"},"
+          "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\","
+          "\"text\":\"one\"},{\"type\":\"text\",\"text\":\"two \"}]}]");
+    rc = kimi_template_render(t3, m, NULL, 0, &text, &len, &err);
+    rc |= kimi_template_continue_final(m, text, &len, NULL, NULL, &err);
+    ok(rc == 0 && len > 4 && strcmp(text + len - 4, "two ") == 0,
+       "a list's last text part, trailing space kept (%s)",
+       rc == 0 ? text + glen : err.msg);
+    if (rc == 0) {
+        free(text);
+    }
+    json_decref(m);
+
+    m = j("[{\"role\":\"user\",\"content\":\"Hello\"},"
+          "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":"
+          "\"functions.f:0\",\"type\":\"function\",\"function\":{\"name\":"
+          "\"f\",\"arguments\":\"{}\"}}]}]");
+    rc = kimi_template_render(t3, m, NULL, 0, &text, &len, &err);
+    if (rc == 0) {
+        rc = kimi_template_continue_final(m, text, &len, NULL, NULL, &err);
+        free(text);
+    }
+    ok(rc == KIMI_EINVAL && strstr(err.msg, "no text") != NULL,
+       "a final message without text is a 400: %s", err.msg);
+    json_decref(m);
+    free(gen);
+}
+
+
 int
 main(void)
 {
@@ -390,6 +457,7 @@ main(void)
     test_example(t[2]);
     test_errors(t[2]);
     test_spans(t[2]);
+    test_continue_final(t[2]);
 
     printf("1..%d\n", test_n);
     kimi_template_free(t[0]);
