@@ -136,6 +136,9 @@ typedef struct {
     ngx_http_kimi_tool_choice_e  tool_choice;
     unsigned                     stream:1;
     unsigned                     include_usage:1;
+    unsigned                     tokens_as_ids:1;      /* vLLM's
+                                                          return_tokens_as_
+                                                          token_ids */
     unsigned                     include_stop_str:1;   /* vLLM's
                                                           include_stop_str_
                                                           in_output */

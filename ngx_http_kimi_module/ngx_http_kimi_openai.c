@@ -558,6 +558,15 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         pr->truncate_prompt = (ngx_int_t) json_integer_value(v);
     }
 
+    /* vLLM: logprob tokens as "token_id:ID" */
+    *param = "return_tokens_as_token_ids";
+    if (ngx_http_kimi_get_bool(root, "return_tokens_as_token_ids", &flag, err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+    pr->tokens_as_ids = flag;
+
     /* vLLM: a matched stop string stays at the end of the text */
     *param = "include_stop_str_in_output";
     if (ngx_http_kimi_get_bool(root, "include_stop_str_in_output", &flag, err)

@@ -33,7 +33,9 @@ static ngx_int_t ngx_http_kimi_output_logprob_legacy(
     const kimi_shm_token_t *tok, uint32_t n_top);
 static u_char *ngx_http_kimi_logprob_value(u_char *p, float logprob);
 static u_char *ngx_http_kimi_logprob_entry(u_char *p,
-    const kimi_tokenizer_t *tk, int32_t id, float logprob);
+    const kimi_tokenizer_t *tk, int32_t id, float logprob, ngx_uint_t as_id);
+static const char *ngx_http_kimi_token_name(const kimi_tokenizer_t *tk,
+    int32_t id, ngx_uint_t as_id, u_char *buf, size_t *len);
 static ngx_int_t ngx_http_kimi_output_echo(ngx_http_kimi_ctx_t *ctx);
 static ngx_int_t ngx_http_kimi_append(ngx_pool_t *pool, ngx_str_t *s,
     size_t *cap, const u_char *p, size_t len);
@@ -487,7 +489,8 @@ ngx_http_kimi_output_logprob(ngx_http_kimi_ctx_t *ctx,
         *p++ = ',';
     }
 
-    p = ngx_http_kimi_logprob_entry(p, tk, tok->token, tok->logprob);
+    p = ngx_http_kimi_logprob_entry(p, tk, tok->token, tok->logprob,
+                                    ctx->params.tokens_as_ids);
     p--;                                   /* reopen the entry's '}' */
     p = ngx_cpymem(p, ",\"top_logprobs\":[", sizeof(",\"top_logprobs\":[") - 1);
 
@@ -497,7 +500,8 @@ ngx_http_kimi_output_logprob(ngx_http_kimi_ctx_t *ctx,
         }
 
         p = ngx_http_kimi_logprob_entry(p, tk, tok->top_ids[i],
-                                        tok->top_logprobs[i]);
+                                        tok->top_logprobs[i],
+                                        ctx->params.tokens_as_ids);
     }
 
     p = ngx_cpymem(p, "]}", 2);
@@ -518,6 +522,7 @@ ngx_http_kimi_output_logprob_legacy(ngx_http_kimi_ctx_t *ctx,
     const kimi_tokenizer_t *tk, const kimi_shm_token_t *tok, uint32_t n_top)
 {
     u_char       *p, *start;
+    u_char        name[32];
     size_t        len, i;
     uint32_t      k;
     ngx_str_t    *lp;
@@ -532,13 +537,8 @@ ngx_http_kimi_output_logprob_legacy(ngx_http_kimi_ctx_t *ctx,
         return NGX_ERROR;
     }
 
-    b = kimi_token_bytes(tk, tok->token, &len);
-    if (b == NULL) {
-        b = "";
-        len = 0;
-    }
-
-    len = ngx_min(len, 512);
+    b = ngx_http_kimi_token_name(tk, tok->token, ctx->params.tokens_as_ids,
+                                 name, &len);
 
     /* tokens */
     p = start;
@@ -579,18 +579,14 @@ ngx_http_kimi_output_logprob_legacy(ngx_http_kimi_ctx_t *ctx,
         const char  *tb;
         size_t       tl;
 
-        tb = kimi_token_bytes(tk, tok->top_ids[k], &tl);
-        if (tb == NULL) {
-            tb = "";
-            tl = 0;
-        }
+        tb = ngx_http_kimi_token_name(tk, tok->top_ids[k],
+                                      ctx->params.tokens_as_ids, name, &tl);
 
         if (k) {
             *p++ = ',';
         }
         *p++ = '"';
-        p = ngx_http_kimi_json_escape_utf8(p, (const u_char *) tb,
-                                           ngx_min(tl, 512));
+        p = ngx_http_kimi_json_escape_utf8(p, (const u_char *) tb, tl);
         *p++ = '"';
         *p++ = ':';
         p = ngx_http_kimi_logprob_value(p, tok->top_logprobs[k]);
@@ -660,20 +656,40 @@ ngx_http_kimi_logprob_value(u_char *p, float logprob)
 }
 
 
+/* A logprob entry's token: its bytes (at most 512), or with vLLM's
+ * return_tokens_as_token_ids "token_id:ID" (in buf, 32 bytes). */
+static const char *
+ngx_http_kimi_token_name(const kimi_tokenizer_t *tk, int32_t id,
+    ngx_uint_t as_id, u_char *buf, size_t *len)
+{
+    const char  *b;
+
+    if (as_id) {
+        *len = ngx_sprintf(buf, "token_id:%D", id) - buf;
+        return (const char *) buf;
+    }
+
+    b = kimi_token_bytes(tk, id, len);
+    if (b == NULL) {
+        *len = 0;
+        return "";
+    }
+
+    *len = ngx_min(*len, 512);
+    return b;
+}
+
+
 static u_char *
 ngx_http_kimi_logprob_entry(u_char *p, const kimi_tokenizer_t *tk,
-    int32_t id, float logprob)
+    int32_t id, float logprob, ngx_uint_t as_id)
 {
+    u_char       name[32];
     size_t       len, i;
     const char  *b;
 
-    b = kimi_token_bytes(tk, id, &len);
-    if (b == NULL) {
-        b = "";
-        len = 0;
-    }
-
-    len = ngx_min(len, 512);
+    /* "bytes" are those of the token as given, as vLLM does */
+    b = ngx_http_kimi_token_name(tk, id, as_id, name, &len);
 
     p = ngx_cpymem(p, "{\"token\":\"", sizeof("{\"token\":\"") - 1);
     p = ngx_http_kimi_json_escape_utf8(p, (const u_char *) b, len);

@@ -275,6 +275,33 @@ $r = $t->post('/v1/completions', completion_body(prompt => 'x', echo => $true,
 is($r->{status}, 400, 'echo with logprobs: 400 (no prompt logprobs)');
 like($r->{json}{error}{message} // '', qr/prompt's logprobs/, 'saying why');
 
+# ---- return_tokens_as_token_ids (vLLM): logprob tokens as "token_id:ID" -----
+
+my $named = $t->post('/v1/completions', completion_body(prompt => $prompt,
+    max_tokens => 4, temperature => 0, ignore_eos => $true, logprobs => 2));
+$r = $t->post('/v1/completions', completion_body(prompt => $prompt,
+    max_tokens => 4, temperature => 0, ignore_eos => $true, logprobs => 2,
+    return_tokens_as_token_ids => $true));
+my $lp = $r->{json}{choices}[0]{logprobs};
+my @tids = map { /^token_id:(\d+)$/ ? $1 : () } @{$lp->{tokens} // []};
+is(scalar @tids, 4, 'return_tokens_as_token_ids: 4 tokens named token_id:ID');
+my $dt = $t->post('/detokenize', { tokens => [ map { $_ + 0 } @tids ] });
+is($dt->{json}{prompt}, $named->{json}{choices}[0]{text},
+    '... the ids decode to the completion text');
+is_deeply($lp->{token_logprobs},
+    $named->{json}{choices}[0]{logprobs}{token_logprobs}, '... same logprobs');
+ok(!grep({ grep { !/^token_id:\d+$/ } keys %$_ } @{$lp->{top_logprobs}}),
+    '... top_logprobs keyed by token_id:ID too');
+$r = $t->post('/v1/chat/completions', chat_body(content => $prompt,
+    max_tokens => 3, temperature => 0, logprobs => $true, top_logprobs => 1,
+    return_tokens_as_token_ids => $true));
+my $c0 = $r->{json}{choices}[0]{logprobs}{content}[0] // {};
+like($c0->{token} // '', qr/^token_id:\d+$/, 'chat: the token is token_id:ID');
+is(join('', map { chr } @{$c0->{bytes} // []}), $c0->{token} // '',
+    '... and its bytes are those of that string, as vLLM');
+like($c0->{top_logprobs}[0]{token} // '', qr/^token_id:\d+$/,
+    '... top_logprobs too');
+
 # ---- truncate_prompt_tokens (vLLM): only the last k prompt tokens -----------
 
 my @long = map { 1000 + 7 * $_ } 0 .. 19;
