@@ -26,6 +26,8 @@ static ngx_int_t ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx,
     json_t *root, u_char *err, const char **param);
 static ngx_int_t ngx_http_kimi_parse_logit_bias(json_t *v,
     kimi_shm_sampling_t *s, u_char *err);
+static ngx_int_t ngx_http_kimi_parse_allowed_ids(json_t *v,
+    kimi_shm_sampling_t *s, u_char *err);
 static ngx_int_t ngx_http_kimi_check_structured(json_t *root, u_char *err,
     const char **param);
 static ngx_int_t ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx,
@@ -212,6 +214,77 @@ ngx_http_kimi_check_structured(json_t *root, u_char *err, const char **param)
 
     return NGX_OK;
 }
+
+/* vLLM's allowed_token_ids: [id, ...], only these can be drawn.  They join
+ * the logit_bias list (bias 0 unless logit_bias gave one), which the engine
+ * then treats as the whole vocabulary; ids are checked there too. */
+static ngx_int_t
+ngx_http_kimi_parse_allowed_ids(json_t *v, kimi_shm_sampling_t *s, u_char *err)
+{
+    size_t      i, j;
+    json_t     *id, *o;
+    uint32_t    k, kept;
+
+    if (v == NULL || json_is_null(v)) {
+        return NGX_OK;
+    }
+
+    if (!json_is_array(v) || json_array_size(v) == 0) {
+        ngx_sprintf(err, "\"allowed_token_ids\" must be a non-empty list of"
+                    " token ids");
+        return NGX_ERROR;
+    }
+
+    json_array_foreach(v, i, id) {
+        if (!json_is_integer(id) || json_integer_value(id) < 0
+            || json_integer_value(id) > INT32_MAX)
+        {
+            ngx_sprintf(err, "\"allowed_token_ids\"[%uz] must be a token id",
+                        i);
+            return NGX_ERROR;
+        }
+    }
+
+    /* a logit_bias id outside the list would become drawable: drop it */
+    kept = 0;
+    for (k = 0; k < s->n_logit_bias; k++) {
+        json_array_foreach(v, j, o) {
+            if (json_integer_value(o) == s->logit_bias[k].token) {
+                s->logit_bias[kept++] = s->logit_bias[k];
+                break;
+            }
+        }
+    }
+    s->n_logit_bias = kept;
+
+    /* then every allowed id not there yet, bias 0 */
+    json_array_foreach(v, i, id) {
+        for (k = 0; k < s->n_logit_bias; k++) {
+            if (s->logit_bias[k].token == json_integer_value(id)) {
+                break;
+            }
+        }
+
+        if (k < s->n_logit_bias) {
+            continue;                   /* a duplicate or a biased id */
+        }
+
+        if (s->n_logit_bias == KIMI_SHM_MAX_LOGIT_BIAS) {
+            ngx_sprintf(err, "\"allowed_token_ids\" names more than %d"
+                        " distinct ids", KIMI_SHM_MAX_LOGIT_BIAS);
+            return NGX_ERROR;
+        }
+
+        s->logit_bias[s->n_logit_bias].token = (int32_t) json_integer_value(id);
+        s->logit_bias[s->n_logit_bias].bias = 0.0f;
+        s->n_logit_bias++;
+    }
+
+    s->allowed_only = 1;
+
+    return NGX_OK;
+}
+
 
 /* {"token id": bias, ...}: ids as decimal strings (JSON keys), biases in
  * [-100, 100], at most KIMI_SHM_MAX_LOGIT_BIAS; the engine checks the ids
@@ -521,6 +594,15 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
     *param = "logit_bias";
     if (ngx_http_kimi_parse_logit_bias(json_object_get(root, "logit_bias"), s,
                                        err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    *param = "allowed_token_ids";
+    if (ngx_http_kimi_parse_allowed_ids(json_object_get(root,
+                                                        "allowed_token_ids"),
+                                        s, err)
         != NGX_OK)
     {
         return NGX_ERROR;

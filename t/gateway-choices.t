@@ -302,6 +302,41 @@ is(join('', map { chr } @{$c0->{bytes} // []}), $c0->{token} // '',
 like($c0->{top_logprobs}[0]{token} // '', qr/^token_id:\d+$/,
     '... top_logprobs too');
 
+# ---- allowed_token_ids (vLLM): only those ids are drawn ----------------------
+
+my @allowed = (1001, 2002, 3003, 4004);
+$r = $t->post('/v1/completions', completion_body(prompt => $prompt,
+    max_tokens => 12, temperature => 1.0, seed => 5, ignore_eos => $true,
+    allowed_token_ids => \@allowed, logprobs => 0,
+    return_tokens_as_token_ids => $true));
+is($r->{status}, 200, 'allowed_token_ids: 200');
+my %ok = map { ("token_id:$_" => 1) } @allowed;
+my @drawn = @{$r->{json}{choices}[0]{logprobs}{tokens} // []};
+is(scalar @drawn, 12, '... 12 tokens');
+is(scalar(grep { !$ok{$_} } @drawn), 0, '... every one from the list')
+    or diag("@drawn");
+$r = $t->post('/v1/chat/completions', chat_body(content => $prompt,
+    max_tokens => 6, temperature => 0, ignore_eos => $true,
+    allowed_token_ids => [ 1001, 2002 ], logit_bias => { 2002 => 100 },
+    logprobs => $true, return_tokens_as_token_ids => $true));
+is_deeply([ map { $_->{token} } @{$r->{json}{choices}[0]{logprobs}{content} // []} ],
+    [ ('token_id:2002') x 6 ], 'chat: logit_bias applies inside the list');
+$r = $t->post('/v1/completions', completion_body(prompt => $prompt,
+    max_tokens => 3, temperature => 0, ignore_eos => $true,
+    allowed_token_ids => [ 1001 ], logit_bias => { 2002 => 100 },
+    logprobs => 0, return_tokens_as_token_ids => $true));
+is_deeply($r->{json}{choices}[0]{logprobs}{tokens},
+    [ ('token_id:1001') x 3 ], 'a biased id outside the list is never drawn');
+for my $bad ([], [ 'x' ], [ -1 ], 'x', [ 0 .. 300 ]) {
+    $r = $t->post('/v1/completions', completion_body(prompt => 'x',
+        allowed_token_ids => $bad));
+    is($r->{json}{error}{param} // '', 'allowed_token_ids',
+        'a bad allowed_token_ids is a 400 naming it');
+}
+$r = $t->post('/v1/completions', completion_body(prompt => 'x',
+    allowed_token_ids => [ 1, 99_999_999 ]));
+is($r->{status}, 400, 'an id outside the vocabulary: 400 (the engine checks)');
+
 # ---- truncate_prompt_tokens (vLLM): only the last k prompt tokens -----------
 
 my @long = map { 1000 + 7 * $_ } 0 .. 19;

@@ -157,6 +157,10 @@ kimi_sample_params_check(const kimi_shm_sampling_t *sp, uint32_t vocab,
         }
     }
 
+    if (sp->allowed_only && sp->n_logit_bias == 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "allowed_token_ids is empty");
+    }
+
     if (sp->n_logit_bias > KIMI_SHM_MAX_LOGIT_BIAS) {
         return kimi_err_set(err, KIMI_EINVAL, "at most %d logit_bias entries,"
                             " got %u", KIMI_SHM_MAX_LOGIT_BIAS,
@@ -292,6 +296,33 @@ kimi_sample_is_plain_greedy(const kimi_sample_req_t *req)
 }
 
 
+static uint32_t kimi_sample_argmax(const float *x, uint32_t n);
+
+
+/* Every token masked (min_tokens over a set that holds only stop ids, or
+ * logit_bias -100 everywhere): the model's own best, among the allowed
+ * ids when allowed_token_ids is set. */
+static uint32_t
+kimi_sample_fallback(const float *logits, uint32_t vocab,
+    const kimi_shm_sampling_t *sp)
+{
+    uint32_t  best, id;
+
+    if (!sp->allowed_only || sp->n_logit_bias == 0) {
+        return kimi_sample_argmax(logits, vocab);
+    }
+
+    best = (uint32_t) sp->logit_bias[0].token;
+    for (uint32_t i = 1; i < sp->n_logit_bias; i++) {
+        id = (uint32_t) sp->logit_bias[i].token;
+        if (id < vocab && logits[id] > logits[best]) {
+            best = id;
+        }
+    }
+    return best;
+}
+
+
 /* Copies the row into s->x and applies, in vLLM's order, min_tokens
  * suppression, logit_bias, then the penalties.  Only called when at least
  * one of them applies. */
@@ -303,7 +334,21 @@ kimi_sample_process(kimi_sampler_t *s, const float *logits,
     uint32_t                    n_touched = 0, n_all, id;
     float                       v;
 
-    memcpy(s->x, logits, (size_t) s->vocab * sizeof(float));
+    if (sp->allowed_only) {
+        /* allowed_token_ids: every other token is masked */
+        for (uint32_t i = 0; i < s->vocab; i++) {
+            s->x[i] = -INFINITY;
+        }
+        for (uint32_t i = 0; i < sp->n_logit_bias; i++) {
+            id = (uint32_t) sp->logit_bias[i].token;
+            if (id < s->vocab) {
+                s->x[id] = logits[id];
+            }
+        }
+
+    } else {
+        memcpy(s->x, logits, (size_t) s->vocab * sizeof(float));
+    }
 
     for (uint32_t i = 0; i < sp->n_logit_bias; i++) {
         id = (uint32_t) sp->logit_bias[i].token;
@@ -791,7 +836,7 @@ kimi_sampler_sample(kimi_sampler_t *s, const float *logits,
     memset(tok, 0, sizeof(*tok));
 
     suppress = req->n_output < sp->min_tokens;
-    processed = suppress || sp->n_logit_bias > 0
+    processed = suppress || sp->n_logit_bias > 0 || sp->allowed_only
                 || kimi_sample_has_penalties(sp);
 
     if (processed) {
@@ -805,7 +850,7 @@ kimi_sampler_sample(kimi_sampler_t *s, const float *logits,
     if (kimi_sample_is_greedy(sp)) {
         token = kimi_sample_argmax(x, vocab);
         if (!(x[token] > -INFINITY)) {
-            token = kimi_sample_argmax(logits, vocab);  /* all masked */
+            token = kimi_sample_fallback(logits, vocab, sp);  /* all masked */
         }
 
         goto logprobs;
@@ -816,7 +861,7 @@ kimi_sampler_sample(kimi_sampler_t *s, const float *logits,
     m = kimi_sample_max(x, vocab);
 
     if (!(m > -INFINITY)) {
-        token = kimi_sample_argmax(logits, vocab);
+        token = kimi_sample_fallback(logits, vocab, sp);
         goto logprobs;
     }
 

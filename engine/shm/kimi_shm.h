@@ -57,7 +57,7 @@
 #include "../common/kimi_err.h"
 
 #define KIMI_SHM_MAGIC           0x4d48534d494d494bULL  /* "KIMIMSHM" */
-#define KIMI_SHM_ABI_VERSION     2
+#define KIMI_SHM_ABI_VERSION     3
 
 #define KIMI_SHM_MAX_RANKS       8      /* DP ranks served by one segment */
 #define KIMI_SHM_MAX_WORKERS     128    /* nginx workers, two generations */
@@ -128,7 +128,10 @@ typedef struct {
     uint8_t   ignore_eos;
     uint8_t   logprobs;            /* return the sampled token's logprob */
     uint8_t   top_logprobs;        /* 0..KIMI_SHM_MAX_TOP_LOGPROBS */
-    uint32_t  n_logit_bias;        /* <= KIMI_SHM_MAX_LOGIT_BIAS */
+    uint16_t  n_logit_bias;        /* <= KIMI_SHM_MAX_LOGIT_BIAS */
+    uint8_t   allowed_only;        /* vLLM's allowed_token_ids: only the
+                                      logit_bias ids can be drawn */
+    uint8_t   pad_lb;
     kimi_shm_logit_bias_t  logit_bias[KIMI_SHM_MAX_LOGIT_BIAS];
 } kimi_shm_sampling_t;
 

@@ -1539,6 +1539,37 @@ test_sampler(void)
     ok(kimi_sample_params_check(&sp, 4, &err) != 0,
        "logit_bias: a bias over 100 is refused");
 
+    /* allowed_token_ids: only the listed ids can be drawn (with their
+     * bias), raw logprobs stay the model's */
+    sp = sp_base(0.0f);
+    sp.allowed_only = 1;
+    sp.n_logit_bias = 2;
+    sp.logit_bias[0].token = 0;
+    sp.logit_bias[0].bias = 0.0f;
+    sp.logit_bias[1].token = 2;
+    sp.logit_bias[1].bias = 0.0f;
+    sp.logprobs = 1;
+    kimi_sampler_sample(smp, lb, &req, &out, &err);
+    lse = log(exp(1.0) + exp(2.0) + exp(0.5) + exp(1.5));
+    ok(out.tok.token == 0 && near(out.tok.logprob, 1.0 - lse, 1e-5),
+       "allowed_token_ids: greedy picks the best allowed id, raw logprob");
+    {
+        int  outside = 0;
+
+        sp.temperature = 1.0f;
+        for (int i = 0; i < 200; i++) {
+            kimi_sampler_sample(smp, lb, &req, &out, &err);
+            outside += out.tok.token != 0 && out.tok.token != 2;
+        }
+        ok(outside == 0, "allowed_token_ids: 200 draws, none outside");
+    }
+    ok(kimi_sample_params_check(&sp, 4, &err) == 0,
+       "allowed_token_ids: a valid list passes the check");
+    sp.n_logit_bias = 0;
+    ok(kimi_sample_params_check(&sp, 4, &err) != 0
+       && strstr(err.msg, "allowed_token_ids") != NULL,
+       "allowed_token_ids: an empty list is refused: %s", err.msg);
+
     /* min_tokens masks eos (id 3) and stop ids */
     float  me[4] = { 0.0f, 1.0f, 0.5f, 9.0f };
     req.n_prompt = 1;
@@ -1552,6 +1583,15 @@ test_sampler(void)
     sp.ignore_eos = 1;
     kimi_sampler_sample(smp, me, &req, &out, &err);
     ok(out.tok.token == 3, "ignore_eos: eos is not masked");
+    sp.ignore_eos = 0;
+    sp.n_stop_ids = 0;
+    sp.allowed_only = 1;                /* only eos allowed, min_tokens on */
+    sp.n_logit_bias = 1;
+    sp.logit_bias[0].token = 3;
+    sp.logit_bias[0].bias = 0.0f;
+    kimi_sampler_sample(smp, me, &req, &out, &err);
+    ok(out.tok.token == 3, "every allowed id masked: the best allowed id, "
+       "never one outside the list");
 
     /* distribution, top_k, top_p, min_p by drawing */
     req.n_output = 0;
