@@ -30,6 +30,8 @@ static ngx_int_t ngx_http_kimi_parse_allowed_ids(json_t *v,
     kimi_shm_sampling_t *s, u_char *err);
 static ngx_int_t ngx_http_kimi_check_structured(json_t *root, u_char *err,
     const char **param);
+static ngx_int_t ngx_http_kimi_check_unimplemented(json_t *root, u_char *err,
+    const char **param);
 static ngx_int_t ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx,
     json_t *root, u_char *err, const char **param);
 static ngx_int_t ngx_http_kimi_parse_prompt(ngx_http_kimi_ctx_t *ctx,
@@ -281,6 +283,63 @@ ngx_http_kimi_parse_allowed_ids(json_t *v, kimi_shm_sampling_t *s, u_char *err)
     }
 
     s->allowed_only = 1;
+
+    return NGX_OK;
+}
+
+
+/* vLLM request fields this server does not implement: ignoring them would
+ * answer something other than what was asked, so each is a 400 naming it
+ * (their neutral values pass: false, [], 0). */
+static ngx_int_t
+ngx_http_kimi_check_unimplemented(json_t *root, u_char *err,
+    const char **param)
+{
+    json_t  *v;
+
+    v = json_object_get(root, "use_beam_search");
+    if (json_is_true(v)) {
+        *param = "use_beam_search";
+        ngx_sprintf(err, "\"use_beam_search\" is not supported: this server"
+                    " does not implement beam search");
+        return NGX_ERROR;
+    }
+
+    v = json_object_get(root, "bad_words");
+    if (v != NULL && !json_is_null(v)
+        && !(json_is_array(v) && json_array_size(v) == 0))
+    {
+        *param = "bad_words";
+        ngx_sprintf(err, "\"bad_words\" is not supported");
+        return NGX_ERROR;
+    }
+
+    v = json_object_get(root, "logits_processors");
+    if (v != NULL && !json_is_null(v)
+        && !(json_is_array(v) && json_array_size(v) == 0))
+    {
+        *param = "logits_processors";
+        ngx_sprintf(err, "\"logits_processors\" is not supported");
+        return NGX_ERROR;
+    }
+
+    v = json_object_get(root, "chat_template");
+    if (v != NULL && !json_is_null(v)) {
+        *param = "chat_template";
+        ngx_sprintf(err, "\"chat_template\" in a request is not accepted:"
+                    " the model's own chat template is used");
+        return NGX_ERROR;
+    }
+
+    v = json_object_get(root, "priority");
+    if (v != NULL && !json_is_null(v)
+        && !(json_is_integer(v) && json_integer_value(v) == 0))
+    {
+        *param = "priority";
+        ngx_sprintf(err, "\"priority\" is not supported: requests are"
+                    " scheduled first come, first served");
+        return NGX_ERROR;
+    }
 
     return NGX_OK;
 }
@@ -587,7 +646,9 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         }
     }
 
-    if (ngx_http_kimi_check_structured(root, err, param) != NGX_OK) {
+    if (ngx_http_kimi_check_structured(root, err, param) != NGX_OK
+        || ngx_http_kimi_check_unimplemented(root, err, param) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 

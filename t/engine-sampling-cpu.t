@@ -100,6 +100,22 @@ $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
     max_tokens => 2, response_format => { type => 'text' }));
 is($r->{status}, 200, 'response_format text: 200');
 
+# ---- other vLLM fields not implemented: a 400 naming each, not ignored --------
+
+my $true = JSON::PP::true;
+for my $case ([ use_beam_search => $true ], [ bad_words => [ 'x' ] ],
+              [ logits_processors => [ 'x' ] ],
+              [ chat_template => '{{ messages }}' ], [ priority => 3 ])
+{
+    $r = $t->post('/v1/chat/completions', chat_body(content => 'hi', @$case));
+    is($r->{status}, 400, "$case->[0]: 400");
+    is($r->{json}{error}{param}, $case->[0], "... naming $case->[0]");
+}
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 2,
+    use_beam_search => JSON::PP::false, bad_words => [], priority => 0,
+    logits_processors => []));
+is($r->{status}, 200, 'their neutral values pass');
+
 $t->stop;
 
 done_testing();
