@@ -102,7 +102,6 @@ is($r->{status}, 200, 'response_format text: 200');
 
 # ---- other vLLM fields not implemented: a 400 naming each, not ignored --------
 
-my $true = JSON::PP::true;
 for my $case ([ use_beam_search => $true ], [ bad_words => [ 'x' ] ],
               [ logits_processors => [ 'x' ] ],
               [ chat_template => '{{ messages }}' ], [ priority => 3 ])
