@@ -169,9 +169,11 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
 
 
 
-/* Structured output (JSON mode, JSON schema, vLLM's guided decoding) is
- * not implemented: a request that asks for it gets a 400 naming the field,
- * never text that silently ignores the constraint. */
+/* Structured output: JSON mode ({"type": "json_object"}) is done by the
+ * engine's sampler (a JSON-object grammar over each token's bytes); JSON
+ * schema and vLLM's guided decoding are not implemented: a request that
+ * asks for them gets a 400 naming the field, never text that silently
+ * ignores the constraint. */
 static ngx_int_t
 ngx_http_kimi_check_structured(json_t *root, u_char *err, const char **param)
 {
@@ -193,10 +195,13 @@ ngx_http_kimi_check_structured(json_t *root, u_char *err, const char **param)
             return NGX_ERROR;
         }
 
-        if (ngx_strcmp(json_string_value(t), "text") != 0) {
+        if (ngx_strcmp(json_string_value(t), "text") != 0
+            && ngx_strcmp(json_string_value(t), "json_object") != 0)
+        {
             ngx_sprintf(err, "\"response_format\" of type \"%*s\" is not"
-                        " supported: this server does not implement"
-                        " structured output (JSON mode, JSON schema)",
+                        " supported: this server implements JSON mode"
+                        " (\"json_object\"), not JSON schemas or other"
+                        " structured output",
                         (size_t) ngx_min(json_string_length(t), (size_t) 64),
                         json_string_value(t));
             return NGX_ERROR;
@@ -651,6 +656,10 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
     {
         return NGX_ERROR;
     }
+
+    v = json_object_get(json_object_get(root, "response_format"), "type");
+    s->json_object = json_is_string(v)
+                     && ngx_strcmp(json_string_value(v), "json_object") == 0;
 
     *param = "logit_bias";
     if (ngx_http_kimi_parse_logit_bias(json_object_get(root, "logit_bias"), s,

@@ -81,17 +81,44 @@ for my $b (@bad) {
 $r = greedy(logit_bias => { map { $_ => 0.5 } 1000 .. 1299 });
 is($r->{status}, 200, 'logit_bias with 300 entries: 200');
 
-# ---- structured output: not implemented, said so ---------------------------------
+# ---- structured output: JSON mode yes, schemas not (said so) --------------------
 
+# JSON mode on the random tiny model: every answer is a prefix of one JSON
+# object (the whole object when it ends with stop)
+my $brace = $t->post('/tokenize', { prompt => '}' })->{json}{tokens};
+my $open = $t->post('/tokenize', { prompt => '{' })->{json}{tokens};
+for my $seed (1 .. 4) {
+    $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+        max_tokens => 24, temperature => 1.0, seed => $seed,
+        response_format => { type => 'json_object' }));
+    my $text = $r->{json}{choices}[0]{message}{content} // '';
+    like($text, qr/^\s*\{/, "JSON mode (seed $seed): the text opens an object");
+    if (($r->{json}{choices}[0]{finish_reason} // '') eq 'stop') {
+        ok(ref(eval { JSON::PP->new->decode($text) }) eq 'HASH',
+            '... and, ended by stop, is one JSON object');
+    }
+}
+# "{" and "}" favoured: "{}" and then, the object complete, only eos
 $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+    max_tokens => 24, temperature => 0,
+    logit_bias => { $open->[0] => 100, $brace->[0] => 100 },
     response_format => { type => 'json_object' }));
-is($r->{status}, 400, 'response_format json_object: 400');
-like($r->{json}{error}{message}, qr/structured output/, 'says it is not implemented');
-is($r->{json}{error}{param}, 'response_format', 'names the parameter');
+is($r->{json}{choices}[0]{message}{content}, '{}',
+    'JSON mode with "{" and "}" favoured: "{}", then eos');
+is($r->{json}{choices}[0]{finish_reason}, 'stop', '... finish_reason stop');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x',
+    max_tokens => 8, temperature => 0,
+    logit_bias => { $open->[0] => 100, $brace->[0] => 100 },
+    response_format => { type => 'json_object' }));
+is($r->{json}{choices}[0]{text}, '{}', '... on /v1/completions too');
+is($r->{json}{choices}[0]{finish_reason}, 'stop', '... ended by eos');
 $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
     response_format => { type => 'json_schema', json_schema => { name => 'x',
     schema => { type => 'object' } } }));
 is($r->{status}, 400, 'response_format json_schema: 400');
+like($r->{json}{error}{message}, qr/JSON mode .*not JSON schemas/,
+    'says what is implemented');
+is($r->{json}{error}{param}, 'response_format', 'names the parameter');
 $r = $t->post('/v1/completions', completion_body(prompt => 'x',
     guided_json => { type => 'object' }));
 is($r->{status}, 400, 'vLLM guided_json: 400');

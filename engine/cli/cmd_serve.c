@@ -1149,6 +1149,17 @@ kimi_cmd_serve(int argc, char **argv)
     sp.sched.eos_ids = eos_ids;
     sp.sched.n_eos = n_eos;
 
+    /* the tokenizer: the replay backend's text scripts, and JSON mode,
+     * which masks tokens by their bytes (without it such requests are
+     * refused; a replay "tokens" script needs none) */
+    if (o.model != NULL && kimi_tokenizer_load(&tok, o.model, &err) != 0) {
+        kimi_log(is_replay ? KIMI_LOG_WARN : KIMI_LOG_NOTICE, "no tokenizer"
+                 " in the model directory (%s): response_format json_object"
+                 " is refused", err.msg);
+        tok = NULL;
+    }
+    sp.sched.tokenizer = tok;
+
     kimi_log(KIMI_LOG_NOTICE, "starting backend=%s model=\"%s\" served_as="
              "\"%s\" max_model_len=%u max_num_seqs=%u max_slots=%u"
              " max_num_batched_tokens=%u prefix_caching=%s ipc_dir=%s",
@@ -1190,17 +1201,6 @@ kimi_cmd_serve(int argc, char **argv)
     bp.max_num_seqs = o.max_num_seqs;
 
     if (is_replay) {
-        if (o.model != NULL) {
-            rc = kimi_tokenizer_load(&tok, o.model, &err);
-            if (rc != 0) {
-                /* a "tokens" script needs no tokenizer; a "text" one will
-                 * say so when it is parsed */
-                kimi_log(KIMI_LOG_WARN, "replay without tokenizer: %s",
-                         err.msg);
-                tok = NULL;
-            }
-        }
-
         memset(&rp, 0, sizeof(rp));
         rp.script_path = o.replay_script;
         rp.delay_ms = o.replay_delay_ms;

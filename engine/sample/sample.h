@@ -61,6 +61,8 @@ struct kimi_sample_req {
     const int32_t              *eos_ids;      /* model's eos ids */
     uint32_t                    n_eos;
     uint32_t                    logprobs_mode; /* kimi_logprobs_mode_e */
+    const struct kimi_tokenizer *tokenizer;   /* token bytes for JSON mode
+                                                 (NULL: refused at admission) */
 };
 
 struct kimi_sample_out {

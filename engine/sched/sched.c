@@ -461,6 +461,12 @@ kimi_sched_add(kimi_sched_t *s, const kimi_seq_desc_t *desc,
         return rc;
     }
 
+    if (desc->sampling.json_object && s->params.tokenizer == NULL) {
+        return kimi_err_set(err, KIMI_EINVAL, "response_format json_object "
+                            "needs the model's tokenizer, which this engine "
+                            "did not load (see its log)");
+    }
+
     max_tokens = desc->sampling.max_tokens;
 
     if (max_tokens == 0 && n_prompt >= s->max_model_len) {
@@ -1081,6 +1087,7 @@ kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
         r->eos_ids = s->eos_ids;
         r->n_eos = s->params.n_eos;
         r->logprobs_mode = s->params.logprobs_mode;
+        r->tokenizer = s->params.tokenizer;
     }
 
     if (n_want > 0 && s->backend->ops->sample != NULL) {

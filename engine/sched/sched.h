@@ -31,6 +31,9 @@ typedef struct {
     kimi_kv_params_t  kv;
     const int32_t    *eos_ids;                 /* borrowed for sched life */
     uint32_t          n_eos;
+    const struct kimi_tokenizer *tokenizer;    /* borrowed; token bytes for
+                                                  JSON mode, NULL: such
+                                                  requests are refused */
     /* added by sched: */
     uint32_t          logprobs_mode;           /* kimi_logprobs_mode_e:
                                                   0 raw (vLLM default) */

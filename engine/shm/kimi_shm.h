@@ -131,7 +131,8 @@ typedef struct {
     uint16_t  n_logit_bias;        /* <= KIMI_SHM_MAX_LOGIT_BIAS */
     uint8_t   allowed_only;        /* vLLM's allowed_token_ids: only the
                                       logit_bias ids can be drawn */
-    uint8_t   pad_lb;
+    uint8_t   json_object;         /* response_format json_object: the
+                                      output is one JSON object */
     kimi_shm_logit_bias_t  logit_bias[KIMI_SHM_MAX_LOGIT_BIAS];
 } kimi_shm_sampling_t;
 
