@@ -81,6 +81,16 @@ mischief(kc_t *h, int32_t *held, uint32_t n_held)
             s = kimi_shm_slot(&h->shm, slot);
             s->sampling = kc_sampling(1 + rnd() % 50);
             s->sampling.ignore_eos = (uint8_t) (rnd() & 1);
+            /* now and then JSON mode, or a list of allowed ids */
+            s->sampling.json_object = (uint8_t) (rnd() % 5 == 0);
+            if (rnd() % 5 == 0) {
+                s->sampling.allowed_only = 1;
+                s->sampling.n_logit_bias = (uint16_t) (1 + rnd() % 3);
+                for (e = 0; e < s->sampling.n_logit_bias; e++) {
+                    s->sampling.logit_bias[e].token = (int32_t) (rnd() % 1000);
+                    s->sampling.logit_bias[e].bias = 0.0f;
+                }
+            }
             s->n_prompt_tokens = 1 + rnd() % 16;
             for (e = 0; e < s->n_prompt_tokens; e++) {
                 kimi_shm_prompt(&h->shm, slot)[e] = (int32_t) (rnd() % 1000);
