@@ -63,6 +63,13 @@ kimi_json_done(const kimi_json_state_t *s)
 }
 
 
+int
+kimi_json_in_string(const kimi_json_state_t *s)
+{
+    return s->state == J_STRING;
+}
+
+
 static int
 kimi_json_space(unsigned char c)
 {

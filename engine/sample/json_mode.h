@@ -32,4 +32,8 @@ int  kimi_json_feed(kimi_json_state_t *s, const char *p, size_t n);
 /* 1 once the object is complete (only whitespace may follow). */
 int  kimi_json_done(const kimi_json_state_t *s);
 
+/* 1 inside a string with no escape pending: any byte >= 0x20 but '"' and
+ * '\\' is accepted as is (the sampler's fast path). */
+int  kimi_json_in_string(const kimi_json_state_t *s);
+
 #endif

@@ -34,7 +34,27 @@ typedef struct {
     uint32_t  id;
 } kimi_cand_t;
 
+/* JSON mode's view of the vocabulary, built on first use for a tokenizer:
+ * each token's class, and the other ids ordered by their first byte, so a
+ * state that refuses a first byte masks its tokens without reading them */
+enum {
+    KIMI_JV_OTHER = 0,
+    KIMI_JV_SPECIAL,          /* special or empty: never part of the JSON */
+    KIMI_JV_PLAIN,            /* every byte >= 0x20, no '"' nor '\\': as is
+                                 inside a string */
+};
+
+typedef struct {
+    const kimi_tokenizer_t  *tok;
+    uint8_t                 *cls;        /* [vocab] KIMI_JV_* */
+    uint32_t                *by_first;   /* [vocab] non-special ids */
+    uint32_t                 first[257]; /* by_first offsets per byte */
+    uint32_t                *special;    /* [vocab] special ids */
+    uint32_t                 n_special;
+} kimi_json_vocab_t;
+
 struct kimi_sampler {
+    kimi_json_vocab_t  jv;
     uint32_t      vocab;
     float        *x;          /* [vocab] row after suppression/penalties */
     uint32_t     *count;      /* [vocab] occurrences in the output */
@@ -263,6 +283,10 @@ kimi_sampler_free(kimi_sampler_t *s)
         return;
     }
 
+    free(s->jv.cls);
+    free(s->jv.by_first);
+    free(s->jv.special);
+
     free(s->x);
     free(s->count);
     free(s->seen);
@@ -430,49 +454,148 @@ kimi_sample_is_eos(const kimi_sample_req_t *req, uint32_t id)
 }
 
 
+/* Builds s->jv for tk (once; again if the tokenizer changes). */
+static int
+kimi_sample_json_vocab(kimi_sampler_t *s, const kimi_tokenizer_t *tk)
+{
+    kimi_json_vocab_t  *jv = &s->jv;
+    const char         *b;
+    size_t              len;
+    uint32_t            id, k, fill[256];
+    int                 plain;
+
+    if (jv->tok == tk) {
+        return 0;
+    }
+
+    if (jv->cls == NULL) {
+        jv->cls = malloc(s->vocab);
+        jv->by_first = malloc((size_t) s->vocab * sizeof(uint32_t));
+        jv->special = malloc((size_t) s->vocab * sizeof(uint32_t));
+        if (jv->cls == NULL || jv->by_first == NULL || jv->special == NULL) {
+            return -1;
+        }
+    }
+
+    memset(jv->first, 0, sizeof(jv->first));
+    jv->n_special = 0;
+
+    for (id = 0; id < s->vocab; id++) {
+        b = kimi_tokenizer_is_special(tk, (int32_t) id) ? NULL
+            : kimi_token_bytes(tk, (int32_t) id, &len);
+        if (b == NULL || len == 0) {
+            jv->cls[id] = KIMI_JV_SPECIAL;
+            jv->special[jv->n_special++] = id;
+            continue;
+        }
+        plain = 1;
+        for (size_t i = 0; i < len && plain; i++) {
+            plain = (unsigned char) b[i] >= 0x20 && b[i] != '"' && b[i] != '\\';
+        }
+        jv->cls[id] = plain ? KIMI_JV_PLAIN : KIMI_JV_OTHER;
+        jv->first[(unsigned char) b[0] + 1]++;
+    }
+
+    for (k = 0; k < 256; k++) {
+        jv->first[k + 1] += jv->first[k];
+        fill[k] = jv->first[k];
+    }
+    for (id = 0; id < s->vocab; id++) {
+        if (jv->cls[id] != KIMI_JV_SPECIAL) {
+            b = kimi_token_bytes(tk, (int32_t) id, &len);
+            jv->by_first[fill[(unsigned char) b[0]]++] = id;
+        }
+    }
+
+    jv->tok = tk;
+    return 0;
+}
+
+
+/* 1 if the token's bytes extend the prefix in st */
+static int
+kimi_sample_json_ok(const kimi_tokenizer_t *tk, const kimi_json_state_t *st,
+    uint32_t id)
+{
+    kimi_json_state_t  t = *st;
+    const char        *b;
+    size_t             len;
+
+    b = kimi_token_bytes(tk, (int32_t) id, &len);
+    return b != NULL && kimi_json_feed(&t, b, len) == 0;
+}
+
+
 /* JSON mode: the output so far through the recogniser, then every token
  * whose bytes it would refuse is masked; once the object is complete only
- * an eos id may follow (and before, none).  A few bytes per token on
- * average (most are refused at their first byte): ~1 ms a row. */
+ * an eos id may follow (and before, none).  Inside a string the plain
+ * tokens pass unread; elsewhere a refused first byte masks its whole
+ * bucket; the rest is fed byte by byte. */
 static void
 kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
 {
     const kimi_tokenizer_t  *tk = req->tokenizer;
+    kimi_json_vocab_t       *jv = &s->jv;
     kimi_json_state_t        st, t;
     const char              *b;
     size_t                   len;
+    uint32_t                 i, id;
+    unsigned char            c;
     int                      done, broken = 0;
 
-    kimi_json_init(&st);
-    for (uint32_t i = 0; i < req->n_output && !broken; i++) {
-        int32_t  id = req->tokens[req->n_prompt + i];
+    if (kimi_sample_json_vocab(s, tk) != 0) {
+        return;                         /* out of memory: unconstrained */
+    }
 
-        b = kimi_tokenizer_is_special(tk, id) ? NULL
-                                               : kimi_token_bytes(tk, id, &len);
+    kimi_json_init(&st);
+    for (i = 0; i < req->n_output && !broken; i++) {
+        id = (uint32_t) req->tokens[req->n_prompt + i];
+        b = id < s->vocab && jv->cls[id] != KIMI_JV_SPECIAL
+            ? kimi_token_bytes(tk, (int32_t) id, &len) : NULL;
         broken = b == NULL || kimi_json_feed(&st, b, len) != 0;
     }
     /* an output the grammar refuses (it cannot come from this mask) can
      * only end */
     done = broken || kimi_json_done(&st);
 
-    for (uint32_t id = 0; id < s->vocab; id++) {
-        if (!(s->x[id] > -INFINITY)) {
-            continue;
-        }
-        if (kimi_sample_is_eos(req, id)) {
-            if (!done) {
+    if (done) {
+        for (id = 0; id < s->vocab; id++) {
+            if (s->x[id] > -INFINITY && !kimi_sample_is_eos(req, id)) {
                 s->x[id] = -INFINITY;
+            }
+        }
+        return;
+    }
+
+    for (i = 0; i < jv->n_special; i++) {       /* eos too: not done yet */
+        s->x[jv->special[i]] = -INFINITY;
+    }
+
+    if (kimi_json_in_string(&st)) {
+        for (id = 0; id < s->vocab; id++) {
+            if (jv->cls[id] == KIMI_JV_OTHER && s->x[id] > -INFINITY
+                && !kimi_sample_json_ok(tk, &st, id))
+            {
+                s->x[id] = -INFINITY;
+            }
+        }
+        return;
+    }
+
+    for (unsigned k = 0; k < 256; k++) {
+        c = (unsigned char) k;
+        t = st;
+        if (kimi_json_feed(&t, (const char *) &c, 1) != 0) {
+            for (i = jv->first[k]; i < jv->first[k + 1]; i++) {
+                s->x[jv->by_first[i]] = -INFINITY;
             }
             continue;
         }
-        if (done || kimi_tokenizer_is_special(tk, (int32_t) id)) {
-            s->x[id] = -INFINITY;
-            continue;
-        }
-        b = kimi_token_bytes(tk, (int32_t) id, &len);
-        t = st;
-        if (b == NULL || len == 0 || kimi_json_feed(&t, b, len) != 0) {
-            s->x[id] = -INFINITY;
+        for (i = jv->first[k]; i < jv->first[k + 1]; i++) {
+            id = jv->by_first[i];
+            if (s->x[id] > -INFINITY && !kimi_sample_json_ok(tk, &st, id)) {
+                s->x[id] = -INFINITY;
+            }
         }
     }
 }
