@@ -209,7 +209,9 @@ kimi_tp_hold_ws(kimi_toolparse_t *p, const char *s, size_t n)
         p->ws = w;
         p->ws_cap = cap;
     }
-    memcpy(p->ws + p->ws_len, s, n);
+    if (n > 0) {                        /* s may be NULL when n is 0 */
+        memcpy(p->ws + p->ws_len, s, n);
+    }
     p->ws_len += n;
     return KIMI_OK;
 }
@@ -378,7 +380,9 @@ kimi_toolparse_feed(kimi_toolparse_t *p, const char *text, size_t len)
         p->work_cap = cap;
     }
     w = p->work;
-    memcpy(w, p->pending, p->n_pending);
+    if (p->n_pending > 0) {             /* pending is NULL until first used */
+        memcpy(w, p->pending, p->n_pending);
+    }
     if (len > 0) {
         memcpy(w + p->n_pending, text, len);
     }

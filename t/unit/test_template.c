@@ -232,7 +232,7 @@ test_errors(kimi_template_t *t3)
     int               rc;
     char             *text;
     size_t            len;
-    json_t           *m;
+    json_t           *m, *tools;
     kimi_err_t        err;
     kimi_template_t  *t;
     const char        src[] = "{% if messages|length > 1 %}{{ raise_exception("
@@ -283,10 +283,11 @@ test_errors(kimi_template_t *t3)
     json_decref(m);
 
     m = j("[{\"role\":\"user\",\"content\":\"x\"}]");
-    rc = kimi_template_render(t3, m, j("[{\"type\":\"function\"}]"), 1,
-                              &text, &len, &err);
+    tools = j("[{\"type\":\"function\"}]");
+    rc = kimi_template_render(t3, m, tools, 1, &text, &len, &err);
     ok(rc == KIMI_EINVAL && strstr(err.msg, "tools[0]") != NULL,
        "a tool without a function: %s", err.msg);
+    json_decref(tools);
     json_decref(m);
 }
 
