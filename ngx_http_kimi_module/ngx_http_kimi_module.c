@@ -853,6 +853,26 @@ ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
 }
 
 
+/* A batch: every prompt counts in usage, the longest sets the limits and
+ * an empty one refuses the request. */
+static void
+ngx_http_kimi_prompt_sizes(ngx_http_kimi_ctx_t *ctx, size_t *longest,
+    size_t *shortest)
+{
+    ngx_uint_t  i;
+
+    *longest = ctx->n_prompt;
+    *shortest = ctx->n_prompt;
+    ctx->usage.prompt_tokens = ctx->n_batch ? 0 : ctx->n_prompt;
+
+    for (i = 0; i < ctx->n_batch; i++) {
+        *longest = ngx_max(*longest, ctx->batch_n[i]);
+        *shortest = ngx_min(*shortest, ctx->batch_n[i]);
+        ctx->usage.prompt_tokens += ctx->batch_n[i];
+    }
+}
+
+
 /* truncate_prompt_tokens: the last keep ids move to the front */
 static void
 ngx_http_kimi_keep_last(int32_t *ids, size_t *n, size_t keep)
@@ -886,6 +906,8 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
     ngx_http_kimi_attach_t  *a;
 
     r = ctx->request;
+
+    ngx_http_kimi_prompt_sizes(ctx, &n_prompt, &shortest);
 
     a = ngx_http_kimi_engine_get(r->connection->log);
 
@@ -925,18 +947,8 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
             }
             ngx_http_kimi_keep_last(ctx->batch_ids[i], &ctx->batch_n[i], keep);
         }
-    }
 
-    /* a batch: every prompt counts, the longest sets the limits and an
-     * empty one refuses the request */
-    n_prompt = ctx->n_prompt;
-    shortest = ctx->n_prompt;
-    ctx->usage.prompt_tokens = ctx->n_batch ? 0 : ctx->n_prompt;
-
-    for (i = 0; i < ctx->n_batch; i++) {
-        n_prompt = ngx_max(n_prompt, ctx->batch_n[i]);
-        shortest = ngx_min(shortest, ctx->batch_n[i]);
-        ctx->usage.prompt_tokens += ctx->batch_n[i];
+        ngx_http_kimi_prompt_sizes(ctx, &n_prompt, &shortest);
     }
 
     if (ctx->params.max_tokens >= 0) {
