@@ -36,6 +36,7 @@
 #include "../engine/text/kimi_text.h"
 
 
+#define NGX_HTTP_KIMI_MAX_GUIDED        64     /* guided_choice strings */
 #define NGX_HTTP_KIMI_MAX_STOP          16     /* OpenAI allows 4; vLLM more */
 #define NGX_HTTP_KIMI_MAX_STOP_LEN      256    /* bytes per stop string */
 #define NGX_HTTP_KIMI_MAX_TOOL_CALLS    64     /* per response */
@@ -125,6 +126,12 @@ typedef struct {
     size_t                       max_stop_len;
     kimi_shm_sampling_t          sampling;
     ngx_int_t                    max_tokens;       /* -1: not given */
+    json_t                      *guided_choice;    /* vLLM's: the answer is
+                                                      one of these strings */
+    int32_t                     *guided;           /* their token ids, as
+                                                      kimi_shm_slot_t.n_guided
+                                                      words (pool) */
+    size_t                       n_guided;
     ngx_int_t                    truncate_prompt;  /* vLLM's
                                                       truncate_prompt_tokens:
                                                       0 off, -1 to

@@ -634,15 +634,17 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
         }
     }
 
-    if (ctx->n_prompt > a->shm.slot_prompt_capacity) {
-        error->data = ngx_pnalloc(ctx->request->pool, 128);
+    if (ctx->n_prompt + ctx->params.n_guided > a->shm.slot_prompt_capacity) {
+        error->data = ngx_pnalloc(ctx->request->pool, 160);
         if (error->data == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        error->len = ngx_sprintf(error->data, "The prompt has %uz tokens; "
-                                 "the engine accepts at most %uD",
-                                 ctx->n_prompt, a->shm.slot_prompt_capacity)
+        error->len = ngx_sprintf(error->data, "The prompt has %uz tokens "
+                                 "(and guided_choice %uz); the engine "
+                                 "accepts at most %uD", ctx->n_prompt,
+                                 ctx->params.n_guided,
+                                 a->shm.slot_prompt_capacity)
                      - error->data;
         return NGX_HTTP_BAD_REQUEST;
     }
@@ -661,6 +663,7 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
     s->rank = best;
     s->kind = KIMI_REQ_GENERATE;
     s->n_prompt_tokens = ctx->n_prompt;
+    s->n_guided = (uint32_t) ctx->params.n_guided;
     s->submit_ns = now;
     ngx_cpystrn((u_char *) s->request_id, ctx->id.data,
                 ngx_min(ctx->id.len + 1, KIMI_SHM_REQUEST_ID_LEN));
@@ -686,6 +689,10 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
 
     ngx_memcpy(kimi_shm_prompt(&a->shm, idx), ctx->prompt,
                ctx->n_prompt * sizeof(int32_t));
+    if (ctx->params.n_guided) {
+        ngx_memcpy(kimi_shm_prompt(&a->shm, idx) + ctx->n_prompt,
+                   ctx->params.guided, ctx->params.n_guided * sizeof(int32_t));
+    }
 
     gen = s->generation;
 

@@ -853,6 +853,57 @@ ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
 }
 
 
+/* guided_choice: each string's token ids (plain text, as the model would
+ * write it), laid out as kimi_shm_slot_t.n_guided words */
+static ngx_int_t
+ngx_http_kimi_guided_words(ngx_http_kimi_ctx_t *ctx)
+{
+    size_t                   i, n_ids, at;
+    int32_t                 *ids, *w;
+    json_t                  *c, *list;
+    kimi_err_t               err;
+    const kimi_tokenizer_t  *tk;
+
+    list = ctx->params.guided_choice;
+    tk = ngx_http_kimi_text_tokenizer(ctx->text);
+    if (tk == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* the ids of a string are at most its bytes */
+    at = 1;
+    json_array_foreach(list, i, c) {
+        at += 1 + json_string_length(c);
+    }
+
+    w = ngx_palloc(ctx->request->pool, at * sizeof(int32_t));
+    if (w == NULL) {
+        return NGX_ERROR;
+    }
+
+    w[0] = (int32_t) json_array_size(list);
+    at = 1;
+
+    json_array_foreach(list, i, c) {
+        if (kimi_tokenize(tk, json_string_value(c), json_string_length(c), 0,
+                          &ids, &n_ids, &err)
+            != 0)
+        {
+            return NGX_ERROR;
+        }
+        w[at++] = (int32_t) n_ids;
+        ngx_memcpy(w + at, ids, n_ids * sizeof(int32_t));
+        at += n_ids;
+        free(ids);
+    }
+
+    ctx->params.guided = w;
+    ctx->params.n_guided = at;
+
+    return NGX_OK;
+}
+
+
 /* A batch: every prompt counts in usage, the longest sets the limits and
  * an empty one refuses the request. */
 static void
@@ -1003,6 +1054,13 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
     }
 
     ctx->params.sampling.max_tokens = max_tokens;
+
+    if (ctx->params.guided_choice != NULL
+        && ngx_http_kimi_guided_words(ctx) != NGX_OK)
+    {
+        ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
 
     if ((ctx->params.n > 1 || ctx->n_batch > 1)
         && ngx_http_kimi_choices(ctx) != NGX_OK)

@@ -180,8 +180,8 @@ ngx_http_kimi_check_structured(json_t *root, u_char *err, const char **param)
     json_t             *v, *t;
     ngx_uint_t          i;
     static const char  *guided[] = { "guided_json", "guided_regex",
-                                     "guided_choice", "guided_grammar",
-                                     "structured_outputs", NULL };
+                                     "guided_grammar", "structured_outputs",
+                                     NULL };
 
     *param = "response_format";
     v = json_object_get(root, "response_format");
@@ -660,6 +660,39 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
     v = json_object_get(json_object_get(root, "response_format"), "type");
     s->json_object = json_is_string(v)
                      && ngx_strcmp(json_string_value(v), "json_object") == 0;
+
+    /* vLLM's guided_choice: the answer is one of these strings (the engine
+     * constrains the tokens to their tokenizations) */
+    *param = "guided_choice";
+    pr->guided_choice = NULL;
+    v = json_object_get(root, "guided_choice");
+    if (v != NULL && !json_is_null(v)) {
+        json_t  *c;
+        size_t   i;
+
+        if (!json_is_array(v) || json_array_size(v) == 0
+            || json_array_size(v) > NGX_HTTP_KIMI_MAX_GUIDED)
+        {
+            ngx_sprintf(err, "\"guided_choice\" must be a list of 1 to %d"
+                        " strings", NGX_HTTP_KIMI_MAX_GUIDED);
+            return NGX_ERROR;
+        }
+        json_array_foreach(v, i, c) {
+            if (!json_is_string(c) || json_string_length(c) == 0
+                || json_string_length(c) > 4096)
+            {
+                ngx_sprintf(err, "\"guided_choice\"[%uz] must be a"
+                            " non-empty string of at most 4096 bytes", i);
+                return NGX_ERROR;
+            }
+        }
+        if (s->json_object) {
+            ngx_sprintf(err, "\"guided_choice\" and a JSON-mode"
+                        " \"response_format\" cannot be combined");
+            return NGX_ERROR;
+        }
+        pr->guided_choice = v;
+    }
 
     *param = "logit_bias";
     if (ngx_http_kimi_parse_logit_bias(json_object_get(root, "logit_bias"), s,

@@ -302,6 +302,36 @@ is(join('', map { chr } @{$c0->{bytes} // []}), $c0->{token} // '',
 like($c0->{top_logprobs}[0]{token} // '', qr/^token_id:\d+$/,
     '... top_logprobs too');
 
+# ---- guided_choice (vLLM): the answer is one of the strings -----------------
+
+my @gc = ('yes', 'no', 'maybe so', 'yes, surely');
+my %gc = map { $_ => 1 } @gc;
+my (%seen, $bad);
+for my $seed (1 .. 8) {
+    $r = $t->post('/v1/chat/completions', chat_body(content => $prompt,
+        max_tokens => 16, temperature => 1.0, seed => $seed,
+        guided_choice => \@gc));
+    my $c = $r->{json}{choices}[0] // {};
+    $bad++ unless $r->{status} == 200 && $gc{$c->{message}{content} // ''}
+        && ($c->{finish_reason} // '') eq 'stop';
+    $seen{$c->{message}{content} // ''}++;
+}
+ok(!$bad, 'guided_choice: 8 sampled answers, each one of the choices, ended'
+    . ' by stop (' . join(', ', map { "\"$_\"" } sort keys %seen) . ')');
+$r = $t->post('/v1/completions', completion_body(prompt => $prompt,
+    max_tokens => 16, temperature => 0, n => 3, guided_choice => \@gc));
+is(scalar(grep { $gc{$_->{text}} } @{$r->{json}{choices} // []}), 3,
+    '... on /v1/completions with n = 3 too');
+for my $badc ([], [ 1 ], 'x', [ '' ]) {
+    $r = $t->post('/v1/completions', completion_body(prompt => 'x',
+        guided_choice => $badc));
+    is($r->{json}{error}{param} // '', 'guided_choice',
+        'a bad guided_choice is a 400 naming it');
+}
+$r = $t->post('/v1/chat/completions', chat_body(content => 'x',
+    guided_choice => [ 'a' ], response_format => { type => 'json_object' }));
+is($r->{status}, 400, 'guided_choice with JSON mode: 400');
+
 # ---- allowed_token_ids (vLLM): only those ids are drawn ----------------------
 
 my @allowed = (1001, 2002, 3003, 4004);

@@ -312,12 +312,48 @@ kimi_sample_has_penalties(const kimi_shm_sampling_t *sp)
 
 
 int
+kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
+    uint32_t vocab, kimi_err_t *err)
+{
+    uint32_t  at = 1, n;
+
+    if (n_words < 3 || words[0] < 1) {
+        return kimi_err_set(err, KIMI_EINVAL, "guided_choice: no choice");
+    }
+
+    for (int32_t c = 0; c < words[0]; c++) {
+        if (at >= n_words || words[at] < 1
+            || (uint32_t) words[at] > n_words - at - 1)
+        {
+            return kimi_err_set(err, KIMI_EINVAL, "guided_choice: choice %d"
+                                " is malformed", c);
+        }
+        n = (uint32_t) words[at++];
+        for (uint32_t i = 0; i < n; i++, at++) {
+            if (words[at] < 0 || (uint32_t) words[at] >= vocab) {
+                return kimi_err_set(err, KIMI_EINVAL, "guided_choice: token"
+                                    " id %d is outside the vocabulary",
+                                    words[at]);
+            }
+        }
+    }
+
+    if (at != n_words) {
+        return kimi_err_set(err, KIMI_EINVAL, "guided_choice: %u words left"
+                            " over", n_words - at);
+    }
+    return KIMI_OK;
+}
+
+
+int
 kimi_sample_is_plain_greedy(const kimi_sample_req_t *req)
 {
     const kimi_shm_sampling_t  *sp = req->sampling;
 
     return kimi_sample_is_greedy(sp) && req->n_output >= sp->min_tokens
            && sp->n_logit_bias == 0 && !sp->json_object
+           && req->n_guided == 0
            && !kimi_sample_has_penalties(sp) && sp->top_logprobs == 0;
 }
 
@@ -325,6 +361,9 @@ kimi_sample_is_plain_greedy(const kimi_sample_req_t *req)
 static uint32_t kimi_sample_argmax(const float *x, uint32_t n);
 static void kimi_sample_json_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req);
+static void kimi_sample_guided_mask(kimi_sampler_t *s,
+    const kimi_sample_req_t *req);
+static int kimi_sample_is_eos(const kimi_sample_req_t *req, uint32_t id);
 
 
 /* Every token masked (min_tokens over a set that holds only stop ids, or
@@ -438,6 +477,47 @@ kimi_sample_process(kimi_sampler_t *s, const float *logits,
 
     if (sp->json_object && req->tokenizer != NULL) {
         kimi_sample_json_mask(s, req);
+    }
+
+    if (req->n_guided > 0) {
+        kimi_sample_guided_mask(s, req);
+    }
+}
+
+
+/* guided_choice: the output so far must be the start of one of the
+ * choices' token sequences; the next token is that choice's next one, and
+ * eos once a choice is complete.  Everything else is masked (a token the
+ * mask allows keeps its processed logit). */
+static void
+kimi_sample_guided_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
+{
+    const int32_t  *w = req->guided, *out = req->tokens + req->n_prompt;
+    uint32_t        at = 1, n, id;
+    int             complete = 0;
+
+    /* s->seen marks the allowed ids (clear again before return) */
+    for (int32_t c = 0; c < w[0]; c++) {
+        n = (uint32_t) w[at++];
+        if (n >= req->n_output
+            && memcmp(w + at, out, (size_t) req->n_output * sizeof(int32_t))
+               == 0)
+        {
+            if (n == req->n_output) {
+                complete = 1;
+            } else if ((uint32_t) w[at + req->n_output] < s->vocab) {
+                s->seen[w[at + req->n_output]] = 1;
+            }
+        }
+        at += n;
+    }
+
+    for (id = 0; id < s->vocab; id++) {
+        if (s->seen[id]) {
+            s->seen[id] = 0;
+        } else if (!(complete && kimi_sample_is_eos(req, id))) {
+            s->x[id] = -INFINITY;
+        }
     }
 }
 
@@ -1028,7 +1108,8 @@ kimi_sampler_sample(kimi_sampler_t *s, const float *logits,
 
     suppress = req->n_output < sp->min_tokens;
     processed = suppress || sp->n_logit_bias > 0 || sp->allowed_only
-                || sp->json_object || kimi_sample_has_penalties(sp);
+                || sp->json_object || req->n_guided > 0
+                || kimi_sample_has_penalties(sp);
 
     if (processed) {
         kimi_sample_process(s, logits, req, suppress);

@@ -63,6 +63,9 @@ struct kimi_sample_req {
     uint32_t                    logprobs_mode; /* kimi_logprobs_mode_e */
     const struct kimi_tokenizer *tokenizer;   /* token bytes for JSON mode
                                                  (NULL: refused at admission) */
+    const int32_t              *guided;       /* guided_choice words, checked
+                                                 by kimi_sample_guided_check */
+    uint32_t                    n_guided;
 };
 
 struct kimi_sample_out {
@@ -76,6 +79,11 @@ typedef struct kimi_sample_out  kimi_sample_out_t;
  * the field and the allowed range. */
 int  kimi_sample_params_check(const kimi_shm_sampling_t *sp, uint32_t vocab,
     kimi_err_t *err);
+
+/* vLLM's guided_choice as token ids: words = n, then n times (count, ids);
+ * every choice non-empty, ids inside the vocabulary, nothing left over. */
+int  kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
+    uint32_t vocab, kimi_err_t *err);
 
 /* 1 if the request needs no random draw (greedy). */
 int  kimi_sample_is_greedy(const kimi_shm_sampling_t *sp);

@@ -67,6 +67,8 @@ struct kimi_seq {
     uint8_t              is_cancelled; /* cancel() during a step */
     uint8_t              is_bad_token; /* the sampler returned garbage */
     uint8_t              is_decode;    /* this step: 1 token after output */
+    int32_t             *guided;       /* guided_choice words, or NULL */
+    uint32_t             n_guided;
 };
 
 typedef struct {
@@ -395,6 +397,7 @@ kimi_seq_destroy(kimi_seq_t *q)
 {
     kimi_kv_table_free(&q->table);
     free(q->tokens);
+    free(q->guided);
     free(q);
 }
 
@@ -457,6 +460,10 @@ kimi_sched_add(kimi_sched_t *s, const kimi_seq_desc_t *desc,
     }
 
     rc = kimi_sample_params_check(&desc->sampling, s->vocab, err);
+    if (rc == KIMI_OK && desc->n_guided > 0) {
+        rc = kimi_sample_guided_check(desc->guided, desc->n_guided, s->vocab,
+                                      err);
+    }
     if (rc != KIMI_OK) {
         return rc;
     }
@@ -545,6 +552,16 @@ kimi_sched_add(kimi_sched_t *s, const kimi_seq_desc_t *desc,
     }
 
     memcpy(q->tokens, desc->prompt, (size_t) n_prompt * sizeof(int32_t));
+    if (desc->n_guided > 0) {
+        q->guided = malloc((size_t) desc->n_guided * sizeof(int32_t));
+        if (q->guided == NULL) {
+            free(q->tokens);
+            free(q);
+            return kimi_err_set(err, KIMI_ENOMEM, "scheduler: out of memory");
+        }
+        memcpy(q->guided, desc->guided, (size_t) desc->n_guided * sizeof(int32_t));
+        q->n_guided = desc->n_guided;
+    }
     q->id = desc->seq_id;
     q->user = desc->user;
     q->sampling = desc->sampling;
@@ -1088,6 +1105,8 @@ kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
         r->n_eos = s->params.n_eos;
         r->logprobs_mode = s->params.logprobs_mode;
         r->tokenizer = s->params.tokenizer;
+        r->guided = q->guided;
+        r->n_guided = q->n_guided;
     }
 
     if (n_want > 0 && s->backend->ops->sample != NULL) {

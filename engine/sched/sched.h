@@ -53,6 +53,10 @@ typedef struct {
     const int32_t              *prompt;
     uint32_t                    n_prompt;
     kimi_shm_sampling_t         sampling;
+    const int32_t              *guided;        /* guided_choice words (see
+                                                  kimi_shm_slot_t.n_guided),
+                                                  copied; NULL: none */
+    uint32_t                    n_guided;
     void                       *user;          /* server's handle */
 } kimi_seq_desc_t;
 

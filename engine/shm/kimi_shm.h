@@ -168,7 +168,11 @@ typedef struct {
     uint32_t             rank;             /* target DP rank */
     uint32_t             kind;             /* kimi_req_kind_e */
     uint32_t             n_prompt_tokens;  /* <= header.slot_prompt_capacity */
-    uint32_t             pad1;
+    uint32_t             n_guided;         /* vLLM's guided_choice: int32
+                                              words after the prompt in the
+                                              slot's prompt area (0: none):
+                                              n, then each choice's token
+                                              count and ids */
     uint64_t             submit_ns;        /* CLOCK_MONOTONIC */
     char                 request_id[KIMI_SHM_REQUEST_ID_LEN];
     kimi_shm_sampling_t  sampling;

@@ -116,6 +116,7 @@ kc_submit_slot(kc_t *c, int32_t idx, const int32_t *prompt, uint32_t n,
     memcpy(kimi_shm_prompt(&c->shm, (uint32_t) idx), prompt,
            n * sizeof(int32_t));
     s->n_prompt_tokens = n;
+    s->n_guided = 0;
     s->rank = 0;
     s->kind = KIMI_REQ_GENERATE;
     s->sampling = *sp;

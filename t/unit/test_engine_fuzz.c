@@ -67,6 +67,7 @@ mischief(kc_t *h, int32_t *held, uint32_t n_held)
             s = kimi_shm_slot(&h->shm, slot);
             scribble(&s->sampling, sizeof(s->sampling));
             s->n_prompt_tokens = rnd() % 3 ? rnd() % 64 : rnd();
+            s->n_guided = rnd() % 3 ? rnd() % 8 : rnd();
             scribble(kimi_shm_prompt(&h->shm, slot), 64 * sizeof(int32_t));
             scribble(s->request_id, sizeof(s->request_id));
             s->rank = rnd() % 4 ? 0 : rnd();
@@ -92,6 +93,7 @@ mischief(kc_t *h, int32_t *held, uint32_t n_held)
                 }
             }
             s->n_prompt_tokens = 1 + rnd() % 16;
+            s->n_guided = 0;
             for (e = 0; e < s->n_prompt_tokens; e++) {
                 kimi_shm_prompt(&h->shm, slot)[e] = (int32_t) (rnd() % 1000);
             }

@@ -422,6 +422,7 @@ add(env_t *e, rec_t *r, uint64_t id, const int32_t *prompt, uint32_t n,
     kimi_seq_desc_t  d;
 
     memset(r, 0, sizeof(*r));
+    memset(&d, 0, sizeof(d));
     r->id = id;
     d.seq_id = id;
     d.prompt = prompt;
@@ -1569,6 +1570,42 @@ test_sampler(void)
     ok(kimi_sample_params_check(&sp, 4, &err) != 0
        && strstr(err.msg, "allowed_token_ids") != NULL,
        "allowed_token_ids: an empty list is refused: %s", err.msg);
+
+    /* guided_choice as token ids: choices [1 0] and [2]; eos is id 3 */
+    {
+        int32_t            gw[] = { 2, 2, 1, 0, 1, 2 }, gt[4] = { 2, 1, 0, 0 };
+        kimi_sample_req_t  saved = req;
+
+        sp = sp_base(0.0f);
+        memset(&req, 0, sizeof(req));
+        req.sampling = &sp;
+        req.tokens = gt;
+        req.n_prompt = 1;
+        req.rng = &rng;
+        req.eos_ids = eos;
+        req.n_eos = 1;
+        req.guided = gw;
+        req.n_guided = 6;
+        kimi_sampler_sample(smp, lb, &req, &out, &err);
+        ok(out.tok.token == 1, "guided_choice: the first token is a choice's "
+           "first (1 over 2, eos and 3 masked)");
+        req.n_output = 1;
+        kimi_sampler_sample(smp, lb, &req, &out, &err);
+        ok(out.tok.token == 0, "guided_choice: then that choice's next token");
+        req.n_output = 2;
+        kimi_sampler_sample(smp, lb, &req, &out, &err);
+        ok(out.tok.token == 3, "guided_choice: a complete choice ends with eos");
+        ok(kimi_sample_guided_check(gw, 6, 4, &err) == 0,
+           "guided_choice words pass the check");
+        gw[1] = 3;
+        ok(kimi_sample_guided_check(gw, 6, 4, &err) != 0,
+           "a malformed choice is refused: %s", err.msg);
+        gw[1] = 2;
+        gw[2] = 9;
+        ok(kimi_sample_guided_check(gw, 6, 4, &err) != 0,
+           "an id outside the vocabulary is refused: %s", err.msg);
+        req = saved;
+    }
 
     /* min_tokens masks eos (id 3) and stop ids */
     float  me[4] = { 0.0f, 1.0f, 0.5f, 9.0f };
