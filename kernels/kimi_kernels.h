@@ -181,10 +181,12 @@ typedef struct {
     int32_t *slot_rows;      /* [max_slots] rows (0 = unused slot) */
     int32_t *row_token;      /* [rows] */
     int32_t *row_of_pair;    /* [T*top_k] routed rows; shared row = T*top_k + t */
-    float   *h;              /* [rows][I] fp32 silu(gate)*up */
+    float   *h;              /* [rows][I] fp32 silu(gate)*up (masked gate_up; the
+                                grouped one writes hq/hs directly) */
     uint8_t *hq;             /* [rows][I] e4m3 h (large batches) */
     float   *hs;             /* [rows][I/128] its scales */
     float   *y;              /* [rows][D] fp32 expert outputs (unweighted) */
+    int32_t *tiles;          /* grouped GEMMs' tile list: [max_tiles][3] + count */
     int      rows;           /* kimi_moe_rows() of the carve: T*top_k
                                 (+ T with the shared expert) */
 } kimi_moe_ws_t;
@@ -210,7 +212,21 @@ typedef struct {
     const float   *const *up_s;
     const uint8_t *const *down;   /* [D][I] e4m3 */
     const float   *const *down_s; /* [D/128][I/128] */
+    const void    *tmaps;         /* device [3][n_tmaps] CUtensorMap of gate, up,
+                                     down (kimi_moe_tmaps_encode); NULL: the
+                                     grouped GEMMs are not used */
+    int            n_tmaps;       /* entries per table (E + 1) */
 } kimi_experts_t;
+
+/* TMA descriptors of every expert's gate/up/down weights for the grouped
+ * GEMMs, encoded on the host from host arrays of the n device pointers
+ * (NULL entries allowed) into out (kimi_moe_tmaps_bytes(n), then copied to
+ * 64-byte aligned device memory: ex->tmaps). */
+size_t kimi_moe_tmaps_bytes(int n);
+int    kimi_moe_tmaps_encode(void *out, const uint8_t *const *gate,
+                             const uint8_t *const *up,
+                             const uint8_t *const *down, int n, int D, int I,
+                             kimi_err_t *err);
 
 /* h[r,:] = silu(xq[tok]*W_gate^T) * (xq[tok]*W_up^T) for every row of every
  * slot; xq/xs the layer input quantised per token (xs token-major). Masked:
@@ -231,10 +247,12 @@ int kimi_moe_down(int T, int top_k, int D, int I, int max_slots,
 
 /* The same two GEMMs on wgmma for prefill sizes (kimi_moe_gate_up/_down take
  * this path from KIMI_MOE_GROUPED_ROWS rows per slot on average, ~750 tokens
- * at 384 experts top-8): 64-row tiles of each slot,
- * K in 128-blocks with the scale promotion.  down reads ws->hq/hs (quantised
- * by kimi_moe_down first).  I % 128 == 0; down also D % 256 == 0. */
+ * at 384 experts top-8, when ex->tmaps is set): tiles of 64 or 128 rows of
+ * each expert, weights by TMA, K in 128-blocks with the scale promotion.
+ * down reads ws->hq/hs (quantised by kimi_moe_down first).  D and I
+ * multiples of 256 and 128, K <= 8192. */
 #define KIMI_MOE_GROUPED_ROWS 16
+int kimi_moe_grouped_max_tiles(int rows, int max_slots);
 int kimi_moe_grouped_gate_up(const uint8_t *xq, const float *xs, int D, int I,
                              int max_slots, const kimi_experts_t *ex,
                              const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err);

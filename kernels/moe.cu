@@ -57,7 +57,8 @@ kimi_moe_ws_bytes(int T, int top_k, int E, int shared, int D, int I)
     const size_t rows = (size_t) kimi_moe_rows(T, top_k, shared);
     return 3 * al256(ms * 4) + al256(rows * 4) + al256((size_t) T * top_k * 4)
            + al256(rows * I * 4) + al256(rows * I) + al256(rows * (I / 128) * 4)
-           + al256(rows * D * 4);
+           + al256(rows * D * 4)
+           + al256(((size_t) kimi_moe_grouped_max_tiles((int) rows, (int) ms) * 3 + 1) * 4);
 }
 
 extern "C" void
@@ -75,6 +76,7 @@ kimi_moe_ws_carve(kimi_moe_ws_t *ws, void *base, int T, int top_k, int E,
     ws->h = (float *) p;              p += al256(rows * I * 4);
     ws->hq = (uint8_t *) p;           p += al256(rows * I);
     ws->hs = (float *) p;             p += al256(rows * (I / 128) * 4);
+    ws->tiles = (int32_t *) p;        p += al256(((size_t) kimi_moe_grouped_max_tiles((int) rows, (int) ms) * 3 + 1) * 4);
     ws->y = (float *) p;    /* [rows][D]: the last region, sized by kimi_moe_ws_bytes */
     ws->rows = (int) rows;
     (void) D;
@@ -442,13 +444,19 @@ moe_check(int D, int I, int max_slots, const kimi_experts_t *ex,
  * per slot on average (H200, K2 widths: 6 rows/slot 28 vs 40 TFLOP/s for the
  * masked kernels, 41 rows/slot 181 vs 88).  KIMI_MOE_MASKED=1 keeps every
  * size on the masked kernels (A/B measurements). */
-static int use_grouped(const kimi_moe_ws_t *ws, int max_slots)
+static int use_grouped(const kimi_experts_t *ex, const kimi_moe_ws_t *ws, int max_slots)
 {
     static int off = -1;
     if (off < 0) {
         off = getenv("KIMI_MOE_MASKED") != NULL;
     }
-    return !off && ws->rows >= KIMI_MOE_GROUPED_ROWS * max_slots;
+    return !off && ex->tmaps != NULL && ws->rows >= KIMI_MOE_GROUPED_ROWS * max_slots;
+}
+
+/* The grouped gate_up writes h already quantised (hq/hs), not ws->h. */
+static int grouped_gate_up(const kimi_experts_t *ex, const kimi_moe_ws_t *ws, int max_slots, int D, int I)
+{
+    return use_grouped(ex, ws, max_slots) && I % 128 == 0 && D <= 8192;
 }
 
 /* Tokens per slot never exceed T (routed) or 32 (shared chunks): fewer
@@ -470,7 +478,7 @@ kimi_moe_gate_up(const uint8_t *xq, const float *xs, int T, int D, int I,
     if (xq == NULL || xs == NULL || T <= 0 || ((uintptr_t) xq & 15)) {
         return kimi_err_set(err, KIMI_EINVAL, "moe_gate_up: xq/xs NULL or unaligned, T=%d", T);
     }
-    if (use_grouped(ws, max_slots) && I % 128 == 0) {
+    if (grouped_gate_up(ex, ws, max_slots, D, I)) {
         return kimi_moe_grouped_gate_up(xq, xs, D, I, max_slots, ex, ws, s, err);
     }
     dim3 grid(I / 64, max_slots);
@@ -509,7 +517,8 @@ launch_down(int D, int I, int max_slots, const kimi_experts_t *ex,
 
 /* Up to 16 tokens the re-quantisation rides in each block's prologue
  * (one launch fewer on the latency-bound small batches); above, once per
- * row in moe_hquant_kernel. */
+ * row in moe_hquant_kernel; after the grouped gate_up, which wrote hq/hs
+ * itself, not at all. */
 extern "C" int
 kimi_moe_down(int T, int top_k, int D, int I, int max_slots, const kimi_experts_t *ex,
               const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
@@ -521,21 +530,23 @@ kimi_moe_down(int T, int top_k, int D, int I, int max_slots, const kimi_experts_
     if (T <= 0 || top_k <= 0) {
         return kimi_err_set(err, KIMI_EINVAL, "moe_down: T=%d top_k=%d", T, top_k);
     }
-    switch (ng_for(T)) {
-    case 1:
-        return launch_down<1, false>(D, I, max_slots, ex, ws, s, err);
-    case 2:
-        return launch_down<2, false>(D, I, max_slots, ex, ws, s, err);
-    default:
-        break;
+    if (!grouped_gate_up(ex, ws, max_slots, D, I)) {
+        switch (ng_for(T)) {
+        case 1:
+            return launch_down<1, false>(D, I, max_slots, ex, ws, s, err);
+        case 2:
+            return launch_down<2, false>(D, I, max_slots, ex, ws, s, err);
+        default:
+            break;
+        }
+        /* the carve's rows: a plan without the shared expert has no T shared
+         * rows, and quantising them would write past hq into hs */
+        const int n_rows = ws->rows;
+        const int warps = n_rows * (I / 128);
+        moe_hquant_kernel<<<(warps + 7) / 8, 256, 0, s>>>(n_rows, I, *ws);
+        KIMI_CUDA_LAUNCHED(s, err);
     }
-    /* the carve's rows: a plan without the shared expert has no T shared
-     * rows, and quantising them would write past hq into hs */
-    const int n_rows = ws->rows;
-    const int warps = n_rows * (I / 128);
-    moe_hquant_kernel<<<(warps + 7) / 8, 256, 0, s>>>(n_rows, I, *ws);
-    KIMI_CUDA_LAUNCHED(s, err);
-    if (use_grouped(ws, max_slots) && D % 256 == 0) {
+    if (use_grouped(ex, ws, max_slots) && D % 256 == 0 && I <= 8192) {
         return kimi_moe_grouped_down(D, I, max_slots, ex, ws, s, err);
     }
     return launch_down<4, true>(D, I, max_slots, ex, ws, s, err);

@@ -4,271 +4,506 @@
  * the masked decode kernels of moe.cu, which stream each expert's weights
  * once per 32 tokens on mma.sync: fine for decode, 73 TFLOP/s at prefill.
  *
- *   gate_up:  h[r, c]  = silu(G) * U,   G/U = xq[tok r] . W_gate/up[e][c]
+ *   gate_up:  hq[r, c] = e4m3_1x128(silu(G) * U),  G/U = xq[tok r] . W_gate/up[e][c]
  *   down:     y[r, c]  = hq[r] . W_down[e][c]
  *
- * Work:    a block = 64 rows of one expert's slot x (gate_up) 128 columns of h
- *          (warpgroup w: 64 gate + the same 64 up columns) or (down) 256
- *          columns of y (128 a warpgroup).  K is walked in 128-blocks: each
- *          is 4 wgmma m64n128k32 (A = the rows, B = the weight rows, both
- *          from shared memory, 128-byte swizzled: one K-block per row) into a
- *          temporary, then promoted into the fp32 accumulator times the row's
- *          activation scale and the weight block's scale (DeepSeek's
- *          promotion every 128 of K, as fp8_tile.cuh does).  Tiles stream in
- *          with cp.async, KG_STAGES deep.
- * Tiles:   the slots of the plan are cut into 64-row tiles; block (x, y)
- *          takes tile y (found by a warp scan over the slots; blocks past
- *          the last tile exit) and column block x.
- * Cost:    FLOPs 2 * rows * 3 * I * D; weight bytes read once per 64-row tile
- *          of each expert (the rest from L2).
- * Twin:    kimi_gemm_fp8a_fp8w + kimi_silu_mul of engine/backend/cpu/ops.h
- *          (checked by t/gpu/kcheck.c through kimi_moe_gate_up/_down).
+ * Work:    a work item = one tile of BM (64 or 128) rows of one expert x 256
+ *          weight rows: gate_up 128 gate + the same 128 up rows (one
+ *          128-block of h), down 256 columns of y.  K is walked in
+ *          128-blocks.  Persistent: one block per SM walks the items, the
+ *          stage ring running on across them (the next item's loads overlap
+ *          this one's epilogue).
+ * Roles:   warpgroup 0 produces (registers cut to 40): one thread issues
+ *          four TMA boxes of weights (64 rows x 128 bytes, 128-byte swizzle;
+ *          gate_up interleaves gate and up by 64 rows so each 128-row half
+ *          holds both for the same 64 columns of h), all 128 gather the
+ *          activation rows with cp.async (TMA cannot gather tokens) plus the
+ *          row and weight-block scales; a stage is full on its mbarrier when
+ *          all landed.  Warpgroups 1 and 2 consume: each 128-block is 4 wgmma
+ *          m64n128k32 e4m3 per half into a temporary, promoted into the fp32
+ *          accumulator times the row's and the weight block's scales
+ *          (DeepSeek's promotion every 128 of K); while one group promotes,
+ *          the other's MMAs run.  BM 128: group g takes rows 64g.. of both
+ *          halves (weights read once per 128 rows); BM 64: both take the 64
+ *          rows, group g half g.
+ * Epilogue: gate_up quantises h to e4m3 per 128 columns on the spot (the
+ *          row's 128 columns live in one quad of threads, or two groups at
+ *          BM 64) and writes hq/hs: no fp32 h round trip; down writes fp32 y.
+ * Tiles:   a pre-pass (one block) lists the tiles: each expert's rows cut
+ *          in BM (the shared expert's 32-token slots merged back into one
+ *          run), so no block scans the plan.
+ * Cost:    FLOPs 2 * rows * 3 * I * D; a stage is BM x 128 + 256 x 128
+ *          bytes for BM x 256 x 128 MACs.
+ * Twin:    kimi_gemm_fp8a_fp8w + kimi_silu_mul + kimi_act_quant_fp8 of
+ *          engine/backend/cpu/ops.h (checked by t/gpu/kcheck.c through
+ *          kimi_moe_gate_up/_down).
  */
 
+#include <stdlib.h>
+#include <string.h>
+
 #include "wgmma.cuh"
+#include "tma.cuh"
 #include "kimi_kernels.h"
 
-#define KG_BM      64
-#define KG_THREADS 256
-#define KG_STAGES  4
-#define KG_A_B     (KG_BM * 128)            /* A tile of one stage: 8 KB */
-#define KG_B_B     (2 * 128 * 128)          /* B tiles of both groups: 32 KB */
-#define KG_STAGE_B (KG_A_B + KG_B_B)
-#define KG_OFF_AS  (KG_STAGES * KG_STAGE_B)  /* [stage][64] row scales */
-#define KG_OFF_BS  (KG_OFF_AS + KG_STAGES * KG_BM * 4)   /* [stage][2 groups][2] */
-#define KG_SMEM    (KG_OFF_BS + KG_STAGES * 4 * 4 + 1024)
+#define KG_THREADS 384
+#define KG_Q_B     (64 * 128)                   /* one TMA box: 64 weight rows */
+#define KG_MAX_KB  64                           /* K <= 8192 */
 
-/* This block's tile: slot, first row and rows (0: no tile). */
-static __device__ __forceinline__ void
-kg_find_tile(const kimi_moe_ws_t &ws, int max_slots, int tile, int *slot, int *m0, int *rows)
+/* Shared memory of one BM: stages of A + 4 boxes of B, then the scales of
+ * every stage, the producer's row table, the amax exchange, the barriers. */
+template <int BM>
+struct kg_layout {
+    static constexpr int stages = BM == 128 ? 4 : 5;
+    static constexpr int a_b = BM * 128;
+    static constexpr int stage_b = a_b + 4 * KG_Q_B;
+    static constexpr int off_as = stages * stage_b;          /* [stage][128] */
+    static constexpr int off_bs = off_as + stages * 128 * 4;  /* [stage][4] */
+    static constexpr int off_row = off_bs + stages * 4 * 4;   /* [128] */
+    static constexpr int off_amax = off_row + 128 * 4;        /* [2][2][64] */
+    static constexpr int off_bar = off_amax + 2 * 2 * 64 * 4; /* full[S], empty[S] */
+    static constexpr int smem = off_bar + 2 * stages * 8 + 1024;
+};
+
+/* ---- tile list -------------------------------------------------------- */
+
+/* Tiles of BM rows over the plan: tiles[i] = {expert, first row, rows},
+ * tiles[3 * max_tiles] = count.  One block.  The plan keeps an expert's
+ * slots adjacent and its rows contiguous, so an expert's rows (summed per
+ * expert id first) are cut into tiles at its first slot. */
+#define KG_LIST_THREADS 1024
+#define KG_MAX_EXPERT   1024
+
+static __global__ void __launch_bounds__(KG_LIST_THREADS)
+moe_tile_list_kernel(kimi_moe_ws_t ws, int max_slots, int bm, int max_tiles)
 {
-    const int lane = threadIdx.x & 31;
-    int base = 0;
-    *rows = 0;
-    for (int s0 = 0; s0 < max_slots; s0 += 32) {
-        const int s = s0 + lane;
-        const int n = s < max_slots ? ws.slot_rows[s] : 0;
-        const int nt = (n + KG_BM - 1) / KG_BM;
-        int incl = nt;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const int v = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) {
-                incl += v;
-            }
-        }
-        const int excl = base + incl - nt;
-        const unsigned hit = __ballot_sync(0xffffffffu, tile >= excl && tile < excl + nt);
-        if (hit) {
-            const int src = __ffs(hit) - 1;
-            const int e0 = __shfl_sync(0xffffffffu, excl, src), n0 = __shfl_sync(0xffffffffu, n, src);
-            *slot = s0 + src;
-            *m0 = (tile - e0) * KG_BM;
-            *rows = min(KG_BM, n0 - *m0);
-            return;
-        }
-        base += __shfl_sync(0xffffffffu, incl, 31);
+    __shared__ int expert_rows[KG_MAX_EXPERT + 1], scan[KG_LIST_THREADS];
+    __shared__ int base;
+    for (int i = threadIdx.x; i <= KG_MAX_EXPERT; i += KG_LIST_THREADS) {
+        expert_rows[i] = 0;
     }
-}
-
-template <bool GATE_UP>
-static __global__ void __launch_bounds__(KG_THREADS, 1)
-moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
-                   int K, int N, int max_slots, kimi_experts_t ex, kimi_moe_ws_t ws)
-{
-    extern __shared__ __align__(1024) uint8_t kg_smem_raw[];
-    uint8_t *sm = kg_smem_raw + ((1024 - (kimi_smem_addr(kg_smem_raw) & 1023)) & 1023);
-    const uint32_t sbase = kimi_smem_addr(sm);
-    float *a_sc = (float *) (sm + KG_OFF_AS);
-    float *b_sc = (float *) (sm + KG_OFF_BS);
-
-    __shared__ int tile_info[3];
-    if (threadIdx.x < 32) {
-        int slot = 0, m0 = 0, rows = 0;
-        kg_find_tile(ws, max_slots, blockIdx.y, &slot, &m0, &rows);
-        if (threadIdx.x == 0) {
-            tile_info[0] = slot;
-            tile_info[1] = m0;
-            tile_info[2] = rows;
+    if (threadIdx.x == 0) {
+        base = 0;
+    }
+    __syncthreads();
+    for (int s = threadIdx.x; s < max_slots; s += KG_LIST_THREADS) {
+        const int e = ws.slot_expert[s], n = ws.slot_rows[s];
+        if (e >= 0 && e <= KG_MAX_EXPERT && n > 0) {
+            atomicAdd(&expert_rows[e], n);
         }
     }
     __syncthreads();
-    const int rows = tile_info[2];
-    if (rows == 0) {
+    for (int s0 = 0; s0 < max_slots; s0 += KG_LIST_THREADS) {
+        const int s = s0 + threadIdx.x;
+        int e = -1, head = 0;
+        if (s < max_slots) {
+            e = ws.slot_expert[s];
+            head = e >= 0 && e <= KG_MAX_EXPERT && ws.slot_rows[s] > 0
+                   && (s == 0 || ws.slot_expert[s - 1] != e);
+        }
+        const int run = head ? expert_rows[e] : 0;
+        const int nt = (run + bm - 1) / bm;
+        scan[threadIdx.x] = nt;
+        __syncthreads();
+        for (int o = 1; o < KG_LIST_THREADS; o <<= 1) {   /* inclusive scan */
+            const int v = threadIdx.x >= o ? scan[threadIdx.x - o] : 0;
+            __syncthreads();
+            scan[threadIdx.x] += v;
+            __syncthreads();
+        }
+        const int first = base + scan[threadIdx.x] - nt;
+        const int row0 = head ? ws.slot_row0[s] : 0;
+        for (int i = 0; i < nt && first + i < max_tiles; i++) {
+            ws.tiles[3 * (first + i)] = e;
+            ws.tiles[3 * (first + i) + 1] = row0 + i * bm;
+            ws.tiles[3 * (first + i) + 2] = min(bm, run - i * bm);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            base += scan[KG_LIST_THREADS - 1];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        ws.tiles[3 * max_tiles] = min(base, max_tiles);
+    }
+}
+
+/* ---- the GEMM ----------------------------------------------------------- */
+
+/* Quantises the 32 values of h this thread holds for one row (its quad
+ * holds the rest of the row's 64 or 128 columns) to e4m3 with one scale per
+ * 128 columns, as moe_hquant_kernel and kimi_act_quant_fp8 do; amax_other
+ * (BM 64): the other group's amax of the row, or 0. */
+static __device__ __forceinline__ float
+kg_quad_amax(const float *v, int n)
+{
+    float am = 0.f;
+    for (int i = 0; i < n; i++) {
+        am = fmaxf(am, fabsf(v[i]));
+    }
+    am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 1));
+    return fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 2));
+}
+
+template <bool GATE_UP, int BM>
+static __global__ void __launch_bounds__(KG_THREADS, 1)
+moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
+                   int K, int N, int max_tiles, kimi_experts_t ex, kimi_moe_ws_t ws)
+{
+    typedef kg_layout<BM> L;
+    constexpr int S = L::stages, NH = BM / 64;     /* halves a consumer group computes */
+    extern __shared__ __align__(1024) uint8_t kg_smem_raw[];
+    uint8_t *sm = kg_smem_raw + ((1024 - (kimi_smem_addr(kg_smem_raw) & 1023)) & 1023);
+    float *a_sc = (float *) (sm + L::off_as);
+    float *b_sc = (float *) (sm + L::off_bs);
+    int32_t *a_row = (int32_t *) (sm + L::off_row);
+    float *amax_x = (float *) (sm + L::off_amax);
+    uint64_t *full = (uint64_t *) (sm + L::off_bar), *empty = full + S;
+
+    const int KB = K / 128;
+    const int nN = N / (GATE_UP ? 128 : 256);
+    const int n_work = ws.tiles[3 * max_tiles] * nN;
+    const int n_tab = ex.n_tmaps;
+    const int wg = threadIdx.x >> 7, wt = threadIdx.x & 127;
+
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < S; i++) {
+            kimi_mbar_init(&full[i], 128 + 1);        /* producers' cp.async + the TMA thread */
+            kimi_mbar_init(&empty[i], 8);             /* one lane per consumer warp */
+        }
+        kimi_mbar_init_fence();
+    }
+    __syncthreads();
+
+    if (wg == 0) {
+        kimi_setmaxnreg_dec<40>();
+        const uint8_t *a_base = GATE_UP ? xq : ws.hq;
+        const float *s_base = GATE_UP ? xs : ws.hs;
+        const int chunk = wt & 7, rsub = wt >> 3;   /* 8 threads a row, 16 rows a pass */
+        int it = 0;
+        for (int w = blockIdx.x; w < n_work; w += gridDim.x) {
+            const int tile = w / nN, n0 = (w % nN) * (GATE_UP ? 128 : 256);
+            const int e = ws.tiles[3 * tile], row0 = ws.tiles[3 * tile + 1], rows = ws.tiles[3 * tile + 2];
+            const CUtensorMap *mg = (const CUtensorMap *) ex.tmaps + (GATE_UP ? 0 : 2 * n_tab) + e;
+            const CUtensorMap *mu = GATE_UP ? mg + n_tab : mg;
+            /* weight scales of box q: gate_up gate/up of block n0/128; down block (n0 + 64q)/128 */
+            const float *bs = NULL;
+            if (wt < 4) {
+                bs = GATE_UP ? ((wt & 1) ? ex.up_s[e] : ex.gate_s[e]) + (size_t) (n0 / 128) * KB
+                             : ex.down_s[e] + (size_t) ((n0 + 64 * wt) / 128) * KB;
+            }
+            kimi_bar_sync(2, 128);          /* every producer is done with the last table */
+            a_row[wt] = GATE_UP ? ws.row_token[row0 + min(wt, rows - 1)] : row0 + min(wt, rows - 1);
+            kimi_bar_sync(2, 128);
+            if (wt == 0) {
+                kimi_tma_prefetch_map(mg);
+                kimi_tma_prefetch_map(mu);
+            }
+            for (int kb = 0; kb < KB; kb++, it++) {
+                const int st = it % S;
+                kimi_mbar_wait(&empty[st], ((it / S) & 1) ^ 1);
+                uint8_t *stg = sm + st * L::stage_b;
+                if (wt == 0) {
+                    kimi_mbar_arrive_tx(&full[st], 4 * KG_Q_B);
+#pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        /* gate_up: gate, up, gate, up of rows n0, n0, n0 + 64, n0 + 64 */
+                        const int r = GATE_UP ? n0 + 64 * (q >> 1) : n0 + 64 * q;
+                        kimi_tma_load_2d(stg + L::a_b + q * KG_Q_B, (GATE_UP && (q & 1)) ? mu : mg,
+                                         kb * 128, r, &full[st]);
+                    }
+                }
+#pragma unroll
+                for (int p = 0; p < BM / 16; p++) {
+                    const int r = p * 16 + rsub;
+                    kimi_cp_async16(stg + wg_swz128(r, chunk * 8),
+                                    a_base + (size_t) a_row[r] * K + kb * 128 + chunk * 16);
+                }
+                if (wt < BM) {
+                    kimi_cp_async4(a_sc + st * 128 + wt, s_base + (size_t) a_row[wt] * KB + kb);
+                }
+                if (wt < 4) {
+                    kimi_cp_async4(b_sc + st * 4 + wt, bs + kb);
+                }
+                kimi_mbar_cp_async_arrive(&full[st]);
+            }
+        }
+        kimi_cp_async_wait<0>();
         return;
     }
-    const int slot = tile_info[0];
-    const int e = ws.slot_expert[slot], row0 = ws.slot_row0[slot] + tile_info[1];
-    const int KB = K / 128;
-    const int wg = threadIdx.x >> 7, wt = threadIdx.x & 127;
+
+    kimi_setmaxnreg_inc<232>();
+    const int cg = wg - 1;                          /* consumer group 0/1 */
     const int lane = wt & 31, t = lane & 3;
     const int r0 = (wt >> 5) * 16 + (lane >> 2), r1 = r0 + 8;
-    /* columns of this warpgroup: gate_up 64 of h (its B rows: gate then up),
-     * down 128 of y */
-    const int n0 = GATE_UP ? blockIdx.x * 128 + wg * 64 : blockIdx.x * 256 + wg * 128;
+    const int m_off = BM == 128 ? cg * 64 : 0;      /* this group's first row of the tile */
+    const int h0 = BM == 128 ? 0 : cg;              /* this group's first half */
+    int it = 0, parity = 0;
 
-    /* loader roles: A row ar (4 threads a row, 2 chunks each), B row tid */
-    const int ar = threadIdx.x >> 2, aq = threadIdx.x & 3;
-    const bool a_live = ar < rows;
-    const uint8_t *a_src = GATE_UP ? xq + (size_t) ws.row_token[row0 + min(ar, rows - 1)] * K
-                                   : ws.hq + (size_t) (row0 + min(ar, rows - 1)) * K;
-    const float *a_scale = GATE_UP ? xs + (size_t) ws.row_token[row0 + min(ar, rows - 1)] * KB
-                                   : ws.hs + (size_t) (row0 + min(ar, rows - 1)) * KB;
-    const int bw = threadIdx.x >> 7, bj = threadIdx.x & 127;   /* group, row of its 128 */
-    const uint8_t *b_src;
-    if (GATE_UP) {
-        const int c = blockIdx.x * 128 + bw * 64 + (bj & 63);
-        b_src = (bj < 64 ? ex.gate[e] : ex.up[e]) + (size_t) c * K;
-    } else {
-        b_src = ex.down[e] + (size_t) (blockIdx.x * 256 + bw * 128 + bj) * K;
-    }
-    /* weight scale rows of this group's 128-row block(s) */
-    const float *bs_g = GATE_UP ? ex.gate_s[e] + (size_t) ((blockIdx.x * 128 + (threadIdx.x & 1) * 64) / 128) * KB
-                                : ex.down_s[e] + (size_t) ((blockIdx.x * 256 + (threadIdx.x & 1) * 128) / 128) * KB;
-    const float *bs_u = GATE_UP ? ex.up_s[e] + (size_t) ((blockIdx.x * 128 + (threadIdx.x & 1) * 64) / 128) * KB
-                                : bs_g;
+    for (int w = blockIdx.x; w < n_work; w += gridDim.x, parity ^= 1) {
+        const int tile = w / nN, n0 = (w % nN) * (GATE_UP ? 128 : 256);
+        const int row0 = ws.tiles[3 * tile + 1], rows = ws.tiles[3 * tile + 2];
 
-    auto load = [&](int kb, int st) {
-        uint8_t *stg = sm + st * KG_STAGE_B;
+        float acc[NH * 64], tmp[64];
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int c = aq * 2 + i;
-            uint8_t *d = stg + wg_swz128(ar, c * 8);
-            if (a_live) {
-                kimi_cp_async16(d, a_src + (size_t) kb * 128 + c * 16);
-            } else {
-                *(uint4 *) d = make_uint4(0, 0, 0, 0);
-            }
-        }
-        if (aq == 0) {
-            float *d = a_sc + st * KG_BM + ar;
-            if (a_live) {
-                asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n"
-                             :: "r"(kimi_smem_addr(d)), "l"(a_scale + kb));
-            } else {
-                *d = 0.f;
-            }
-        }
-        uint8_t *bt = stg + KG_A_B + bw * (128 * 128);
-#pragma unroll
-        for (int c = 0; c < 8; c++) {
-            kimi_cp_async16(bt + wg_swz128(bj, c * 8), b_src + (size_t) kb * 128 + c * 16);
-        }
-        /* scales: [group][gate, up] of this stage (down: both the same) */
-        if (threadIdx.x < 4) {
-            const float *src = (threadIdx.x & 2) ? bs_u : bs_g;
-            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n"
-                         :: "r"(kimi_smem_addr(b_sc + st * 4 + (threadIdx.x & 1) * 2 + (threadIdx.x >> 1))),
-                            "l"(src + kb));
-        }
-    };
+        for (int i = 0; i < NH * 64; i++) acc[i] = 0.f;
 
-    float acc[64], tmp[64];
+        for (int kb = 0; kb < KB; kb++, it++) {
+            const int st = it % S;
+            kimi_mbar_wait(&full[st], (it / S) & 1);
+            kimi_fence_proxy_async();
+            const float x0 = a_sc[st * 128 + m_off + r0], x1 = a_sc[st * 128 + m_off + r1];
+            const uint32_t sa = kimi_smem_addr(sm + st * L::stage_b) + m_off * 128;
 #pragma unroll
-    for (int i = 0; i < 64; i++) acc[i] = 0.f;
-
+            for (int hh = 0; hh < NH; hh++) {
+                const int h = h0 + hh;
+                const uint32_t sb = kimi_smem_addr(sm + st * L::stage_b + L::a_b + h * 2 * KG_Q_B);
+                const float wlo = b_sc[st * 4 + 2 * h], whi = b_sc[st * 4 + 2 * h + 1];
+                wg_arrive();
 #pragma unroll
-    for (int st = 0; st < KG_STAGES - 1; st++) {
-        if (st < KB) {
-            load(st, st);
-        }
-        kimi_cp_async_commit();
-    }
-    for (int kb = 0; kb < KB; kb++) {
-        const int st = kb % KG_STAGES;
-        kimi_cp_async_wait<KG_STAGES - 2>();
-        wg_fence_proxy();
-        __syncthreads();   /* stage st landed; every group is done with stage kb - 1 */
-        if (kb + KG_STAGES - 1 < KB) {
-            load(kb + KG_STAGES - 1, (kb + KG_STAGES - 1) % KG_STAGES);
-        }
-        kimi_cp_async_commit();
-
-        const uint32_t sa = sbase + st * KG_STAGE_B, sb = sa + KG_A_B + wg * (128 * 128);
-        wg_arrive();
+                for (int kk = 0; kk < 4; kk++) {
+                    wgmma_m64n128k32_e4m3(tmp, wg_desc(sa + kk * 32, 16, 1024), wg_desc(sb + kk * 32, 16, 1024), kk > 0);
+                }
+                wg_commit();
+                wg_wait<0>();
+                wg_fence_regs(tmp);
+                if (hh == NH - 1 && lane == 0) {
+                    kimi_mbar_arrive(&empty[st]);   /* this warp is done with the stage */
+                }
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            wgmma_m64n128k32_e4m3(tmp, wg_desc(sa + kk * 32, 16, 1024), wg_desc(sb + kk * 32, 16, 1024), kk > 0);
-        }
-        wg_commit();
-        wg_wait<0>();
-        wg_fence_regs(tmp);
-        const float x0 = a_sc[st * KG_BM + r0], x1 = a_sc[st * KG_BM + r1];
-        const float wg_s = b_sc[st * 4 + wg * 2], wu_s = b_sc[st * 4 + wg * 2 + 1];
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const float w = (GATE_UP && j >= 8) ? wu_s : wg_s;
-            acc[4 * j] += tmp[4 * j] * (w * x0);
-            acc[4 * j + 1] += tmp[4 * j + 1] * (w * x0);
-            acc[4 * j + 2] += tmp[4 * j + 2] * (w * x1);
-            acc[4 * j + 3] += tmp[4 * j + 3] * (w * x1);
-        }
-    }
-    kimi_cp_async_wait<0>();
-
-    if (GATE_UP) {
-        /* columns 0..63 of the accumulator are gate, 64..127 the same h columns' up */
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int c = n0 + 8 * j + 2 * t;
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int r = h ? r1 : r0;
-                if (r < rows) {
-                    const float g0 = acc[4 * j + 2 * h], g1 = acc[4 * j + 2 * h + 1];
-                    const float u0 = acc[4 * (j + 8) + 2 * h], u1 = acc[4 * (j + 8) + 2 * h + 1];
-                    *(float2 *) (ws.h + (size_t) (row0 + r) * N + c) =
-                        make_float2(g0 / (1.f + expf(-g0)) * u0, g1 / (1.f + expf(-g1)) * u1);
+                for (int j = 0; j < 16; j++) {
+                    const float wj = j < 8 ? wlo : whi;
+                    acc[hh * 64 + 4 * j] += tmp[4 * j] * (wj * x0);
+                    acc[hh * 64 + 4 * j + 1] += tmp[4 * j + 1] * (wj * x0);
+                    acc[hh * 64 + 4 * j + 2] += tmp[4 * j + 2] * (wj * x1);
+                    acc[hh * 64 + 4 * j + 3] += tmp[4 * j + 3] * (wj * x1);
                 }
             }
         }
-    } else {
+
+        if (GATE_UP) {
+            /* half hh: columns 0..63 of the accumulator are gate, 64..127 up
+             * of h columns n0 + 64 h + 0..63 */
+            const int IB = N / 128, blk = n0 / 128;
 #pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const int c = n0 + 8 * j + 2 * t;
-            if (r0 < rows) {
-                *(float2 *) (ws.y + (size_t) (row0 + r0) * N + c) = make_float2(acc[4 * j], acc[4 * j + 1]);
+            for (int hr = 0; hr < 2; hr++) {
+                const int rl = hr ? r1 : r0, r = m_off + rl;
+                float hv[NH * 16];
+#pragma unroll
+                for (int hh = 0; hh < NH; hh++) {
+#pragma unroll
+                    for (int j = 0; j < 8; j++) {
+#pragma unroll
+                        for (int c = 0; c < 2; c++) {
+                            const float g = acc[hh * 64 + 4 * j + 2 * hr + c];
+                            const float u = acc[hh * 64 + 4 * (j + 8) + 2 * hr + c];
+                            hv[hh * 16 + 2 * j + c] = g / (1.f + expf(-g)) * u;
+                        }
+                    }
+                }
+                float am = kg_quad_amax(hv, NH * 16);
+                if (BM == 64) {
+                    /* the row's other 64 columns are the other group's */
+                    float *x = amax_x + parity * 128;
+                    if (t == 0) {
+                        x[cg * 64 + rl] = am;
+                    }
+                    kimi_bar_sync(1, 256);
+                    am = fmaxf(am, x[(cg ^ 1) * 64 + rl]);
+                }
+                const float sc = fmaxf(am, 1e-4f) / KIMI_FP8_MAX;
+                if (r < rows) {
+                    uint8_t *q = ws.hq + (size_t) (row0 + r) * N + n0;
+#pragma unroll
+                    for (int hh = 0; hh < NH; hh++) {
+#pragma unroll
+                        for (int j = 0; j < 8; j++) {
+                            const int c = 64 * (h0 + hh) + 8 * j + 2 * t;
+                            *(uint16_t *) (q + c) = (uint16_t) (kimi_f2fp8(hv[hh * 16 + 2 * j] / sc)
+                                                                | kimi_f2fp8(hv[hh * 16 + 2 * j + 1] / sc) << 8);
+                        }
+                    }
+                    if (t == 0 && h0 == 0) {
+                        ws.hs[(size_t) (row0 + r) * IB + blk] = sc;
+                    }
+                }
             }
-            if (r1 < rows) {
-                *(float2 *) (ws.y + (size_t) (row0 + r1) * N + c) = make_float2(acc[4 * j + 2], acc[4 * j + 3]);
+        } else {
+#pragma unroll
+            for (int hh = 0; hh < NH; hh++) {
+                const int cbase = n0 + (h0 + hh) * 128;
+#pragma unroll
+                for (int j = 0; j < 16; j++) {
+                    const int c = cbase + 8 * j + 2 * t;
+                    const int ra = m_off + r0, rb = m_off + r1;
+                    if (ra < rows) {
+                        *(float2 *) (ws.y + (size_t) (row0 + ra) * N + c) =
+                            make_float2(acc[hh * 64 + 4 * j], acc[hh * 64 + 4 * j + 1]);
+                    }
+                    if (rb < rows) {
+                        *(float2 *) (ws.y + (size_t) (row0 + rb) * N + c) =
+                            make_float2(acc[hh * 64 + 4 * j + 2], acc[hh * 64 + 4 * j + 3]);
+                    }
+                }
             }
         }
     }
 }
 
-/* Upper bound of 64-row tiles over the plan's slots: each slot's rows rounded up. */
-static int
-kg_max_tiles(const kimi_moe_ws_t *ws, int max_slots)
+/* ---- launchers ---------------------------------------------------------- */
+
+/* 128-row tiles once experts average 192 rows (fewer weight re-reads beat
+ * the padding of the last tile); 64 below.  KIMI_MOE_BM=64|128 forces one
+ * (A/B measurements). */
+static int kg_bm(const kimi_moe_ws_t *ws, int max_slots)
 {
-    return ws->rows / KG_BM + max_slots;
+    static int forced = -1;
+    if (forced < 0) {
+        const char *v = getenv("KIMI_MOE_BM");
+        forced = v != NULL && (atoi(v) == 64 || atoi(v) == 128) ? atoi(v) : 0;
+    }
+    if (forced) {
+        return forced;
+    }
+    return ws->rows >= 192 * max_slots ? 128 : 64;
 }
 
 extern "C" int
-kimi_moe_grouped_gate_up(const uint8_t *xq, const float *xs, int D, int I, int max_slots, const kimi_experts_t *ex, const kimi_moe_ws_t *ws,
-                         cudaStream_t s, kimi_err_t *err)
+kimi_moe_grouped_max_tiles(int rows, int max_slots)
 {
-    if (I % 128 != 0 || D % 128 != 0) {
-        return kimi_err_set(err, KIMI_EINVAL, "moe grouped gate_up: D=%d I=%d (multiples of 128)", D, I);
+    return rows / 64 + max_slots;
+}
+
+static int
+kg_check(int K, int N, int n_half, const kimi_experts_t *ex, const kimi_moe_ws_t *ws, kimi_err_t *err)
+{
+    if (K % 128 != 0 || K / 128 > KG_MAX_KB || N % n_half != 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe grouped: K=%d (multiple of 128, <= %d), N=%d (multiple of %d)",
+                            K, KG_MAX_KB * 128, N, n_half);
     }
-    KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_grouped_kernel<true>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, KG_SMEM), err);
-    dim3 grid(I / 128, kg_max_tiles(ws, max_slots));
-    moe_grouped_kernel<true><<<grid, KG_THREADS, KG_SMEM, s>>>(xq, xs, D, I, max_slots, *ex, *ws);
+    if (ex->tmaps == NULL || ex->n_tmaps <= 0 || ws->tiles == NULL) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe grouped: no tensor maps or tile list");
+    }
+    return KIMI_OK;
+}
+
+static int kg_n_sm(void)
+{
+    static int n;
+    if (n == 0) {
+        int dev = 0, v = 0;
+        if (cudaGetDevice(&dev) == cudaSuccess
+            && cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && v > 0) {
+            n = v;
+        } else {
+            n = 132;
+        }
+    }
+    return n;
+}
+
+template <bool GATE_UP, int BM>
+static int
+kg_launch_bm(const uint8_t *xq, const float *xs, int K, int N, int max_tiles, const kimi_experts_t *ex,
+             const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
+{
+    KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_grouped_kernel<GATE_UP, BM>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kg_layout<BM>::smem), err);
+    /* one block per SM; a block past the work exits at once */
+    const int n_work_max = max_tiles * (N / (GATE_UP ? 128 : 256));
+    moe_grouped_kernel<GATE_UP, BM><<<min(kg_n_sm(), n_work_max), KG_THREADS, kg_layout<BM>::smem, s>>>(
+        xq, xs, K, N, max_tiles, *ex, *ws);
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
+}
+
+template <bool GATE_UP>
+static int
+kg_launch(const uint8_t *xq, const float *xs, int K, int N, int max_slots, const kimi_experts_t *ex,
+          const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
+{
+    const int bm = kg_bm(ws, max_slots);
+    const int max_tiles = kimi_moe_grouped_max_tiles(ws->rows, max_slots);
+    moe_tile_list_kernel<<<1, KG_LIST_THREADS, 0, s>>>(*ws, max_slots, bm, max_tiles);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return bm == 128 ? kg_launch_bm<GATE_UP, 128>(xq, xs, K, N, max_tiles, ex, ws, s, err)
+                     : kg_launch_bm<GATE_UP, 64>(xq, xs, K, N, max_tiles, ex, ws, s, err);
+}
+
+extern "C" int
+kimi_moe_grouped_gate_up(const uint8_t *xq, const float *xs, int D, int I, int max_slots, const kimi_experts_t *ex,
+                         const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
+{
+    int rc = kg_check(D, I, 128, ex, ws, err);
+    return rc != KIMI_OK ? rc : kg_launch<true>(xq, xs, D, I, max_slots, ex, ws, s, err);
 }
 
 extern "C" int
 kimi_moe_grouped_down(int D, int I, int max_slots, const kimi_experts_t *ex,
                       const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
 {
-    if (I % 128 != 0 || D % 256 != 0) {
-        return kimi_err_set(err, KIMI_EINVAL, "moe grouped down: D=%d (multiple of 256) I=%d", D, I);
+    int rc = kg_check(I, D, 256, ex, ws, err);
+    return rc != KIMI_OK ? rc : kg_launch<false>(NULL, NULL, I, D, max_slots, ex, ws, s, err);
+}
+
+/* ---- tensor maps ---------------------------------------------------------- */
+
+typedef CUresult (*kg_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                 const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+/* A [rows][cols] e4m3 weight as boxes of 64 rows x 128 bytes, 128-byte swizzle. */
+static int
+kg_encode(kg_encode_fn fn, CUtensorMap *m, const void *w, int rows, int cols, kimi_err_t *err)
+{
+    if (w == NULL) {
+        memset(m, 0, sizeof(*m));
+        return KIMI_OK;
     }
-    KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_grouped_kernel<false>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, KG_SMEM), err);
-    dim3 grid(D / 256, kg_max_tiles(ws, max_slots));
-    moe_grouped_kernel<false><<<grid, KG_THREADS, KG_SMEM, s>>>(NULL, NULL, I, D, max_slots, *ex, *ws);
-    KIMI_CUDA_LAUNCHED(s, err);
+    const cuuint64_t dim[2] = { (cuuint64_t) cols, (cuuint64_t) rows };
+    const cuuint64_t stride[1] = { (cuuint64_t) cols };
+    const cuuint32_t box[2] = { 128, 64 }, estride[2] = { 1, 1 };   /* KG_Q_B */
+    CUresult r = fn(m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *) w, dim, stride, box, estride,
+                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+        return kimi_err_set(err, KIMI_ECUDA, "moe tensor map: cuTensorMapEncodeTiled error %d (%d x %d at %p)",
+                            (int) r, rows, cols, w);
+    }
+    return KIMI_OK;
+}
+
+extern "C" size_t
+kimi_moe_tmaps_bytes(int n)
+{
+    return (size_t) 3 * n * sizeof(CUtensorMap);
+}
+
+extern "C" int
+kimi_moe_tmaps_encode(void *out, const uint8_t *const *gate, const uint8_t *const *up,
+                      const uint8_t *const *down, int n, int D, int I, kimi_err_t *err)
+{
+    static kg_encode_fn fn;
+    if (fn == NULL) {
+        void *p = NULL;
+        cudaDriverEntryPointQueryResult q;
+        cudaError_t ce = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000,
+                                                          cudaEnableDefault, &q);
+        if (ce != cudaSuccess || q != cudaDriverEntryPointSuccess || p == NULL) {
+            return kimi_err_set(err, KIMI_ECUDA, "moe tensor maps: cuTensorMapEncodeTiled not found (%s)",
+                                cudaGetErrorString(ce));
+        }
+        fn = (kg_encode_fn) p;
+    }
+    CUtensorMap *m = (CUtensorMap *) out;
+    for (int e = 0; e < n; e++) {
+        int rc;
+        if ((rc = kg_encode(fn, &m[e], gate[e], I, D, err)) != KIMI_OK
+            || (rc = kg_encode(fn, &m[n + e], up[e], I, D, err)) != KIMI_OK
+            || (rc = kg_encode(fn, &m[2 * n + e], down[e], D, I, err)) != KIMI_OK) {
+            return rc;
+        }
+    }
     return KIMI_OK;
 }

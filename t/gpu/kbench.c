@@ -314,6 +314,12 @@ bench_moe(int NE, const int *Ts, int nT)
         .up_s = (const float *const *) (dtp + 4 * (NE + 1)),
         .down_s = (const float *const *) (dtp + 5 * (NE + 1)),
     };
+    void *maps = malloc(kimi_moe_tmaps_bytes(NE + 1)), *dmaps = dalloc(kimi_moe_tmaps_bytes(NE + 1));
+    KK(kimi_moe_tmaps_encode(maps, (const uint8_t *const *) tp, (const uint8_t *const *) tp + (NE + 1),
+                             (const uint8_t *const *) tp + 2 * (NE + 1), NE + 1, D, I, ERR));
+    CK(cudaMemcpy(dmaps, maps, kimi_moe_tmaps_bytes(NE + 1), cudaMemcpyHostToDevice));
+    ex.tmaps = dmaps;
+    ex.n_tmaps = NE + 1;
     uint16_t *wr = dalloc((size_t) NE * D * 2);
     float *bias = dalloc(NE * 4);
     KK(kimi_fill_bf16(wr, (size_t) NE * D, 23, -0.03f, 0.03f, st, ERR));

@@ -464,6 +464,12 @@ test_moe(int T, int D, int I, int E_, int top_k, int skew)
         .gate_s = (const float *const *) dts, .up_s = (const float *const *) dts + ne,
         .down_s = (const float *const *) dts + 2 * ne,
     };
+    void *maps = hmalloc(kimi_moe_tmaps_bytes(ne)), *dmaps = dmalloc(kimi_moe_tmaps_bytes(ne));
+    KK(kimi_moe_tmaps_encode(maps, (const uint8_t *const *) tg, (const uint8_t *const *) tg + ne,
+                             (const uint8_t *const *) tg + 2 * ne, ne, D, I, ERR));
+    up(dmaps, maps, kimi_moe_tmaps_bytes(ne));
+    ex.tmaps = dmaps;
+    ex.n_tmaps = ne;
     /* routing: distinct random experts per token; skew sends most tokens
      * to expert 0 so one slot holds more than 32 rows */
     int32_t *idx = hmalloc((size_t) T * top_k * 4);
@@ -549,7 +555,8 @@ test_moe(int T, int D, int I, int E_, int top_k, int skew)
        "moe gate_up+silu+requant+down+combine T=%d D=%d I=%d E=%d top%d+shared%s: rel err %.2e (tol 1.5e-2: fp8 re-quantisation of h may round differently), nonfinite %zu",
        T, D, I, E_, top_k, skew ? " (one expert > 32 rows)" : "", e, nf);
     cudaFree(dwall); cudaFree(dsall); cudaFree(dtg); cudaFree(dts); cudaFree(dx); cudaFree(dout);
-    cudaFree(dxq); cudaFree(dxs); cudaFree(dwt); cudaFree(didx); cudaFree(dws);
+    cudaFree(dxq); cudaFree(dxs); cudaFree(dwt); cudaFree(didx); cudaFree(dws); cudaFree(dmaps);
+    free(maps);
     free(hwt); free(hst); free(hwall); free(hsall); free(tg); free(ts); free(idx); free(wt); free(hx);
     free(rop); free(rtok); free(fx); free(xs); free(xq); free(hq); free(gg); free(uu); free(hh);
     free(yy); free(hs); free(ref); free(got); free(gout);
@@ -826,6 +833,7 @@ main(int argc, char **argv)
      * (64-row tiles with partial ones, 32-row shared slots, a skewed expert) */
     test_moe(300, 1024, 256, 16, 4, 0);
     test_moe(520, 2048, 384, 12, 4, 1);
+    test_moe(1600, 512, 256, 8, 6, 1);    /* 193 rows per slot: 128-row tiles, K of 2 blocks */
     {
         int l1[] = {1, 100, 1000};
         int l2[] = {4097, 33, 64};

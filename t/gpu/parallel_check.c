@@ -759,7 +759,7 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
     float           *scales, *hs;
     void           **tab_h;
     void            *tab_d;
-    kimi_experts_t   ex;
+    kimi_experts_t   ex = { 0 };
     kimi_err_t       err;
     double           bw = 0;
 

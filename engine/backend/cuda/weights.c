@@ -215,6 +215,36 @@ kimi_cuda_put_experts(kimi_cuda_t *b, kimi_cuda_arena_t *ar, uint32_t l,
 
     rc = kimi_cuda_put(ar, tab, (size_t) 6 * (E + 1) * sizeof(void *), &dev,
                        err);
+
+    /* the grouped prefill GEMMs load expert weights by TMA descriptor */
+    if (rc == 0) {
+        void  *maps = NULL;
+
+        if (tab != NULL) {
+            maps = calloc(1, kimi_moe_tmaps_bytes((int) E + 1));
+
+            if (maps == NULL) {
+                free(tab);
+                return kimi_err_set(err, KIMI_ENOMEM, "cuda weights: maps");
+            }
+
+            rc = kimi_moe_tmaps_encode(maps,
+                     (const uint8_t *const *) (tab + 0 * (E + 1)),
+                     (const uint8_t *const *) (tab + 2 * (E + 1)),
+                     (const uint8_t *const *) (tab + 4 * (E + 1)),
+                     (int) E + 1, (int) L->experts[b->expert_first].gate_proj.cols,
+                     (int) L->experts[b->expert_first].gate_proj.rows, err);
+        }
+
+        if (rc == 0) {
+            rc = kimi_cuda_put(ar, maps, kimi_moe_tmaps_bytes((int) E + 1),
+                               (void **) &d->ex.tmaps, err);
+            d->ex.n_tmaps = (int) E + 1;
+        }
+
+        free(maps);
+    }
+
     free(tab);
 
     if (rc == 0 && dev != NULL) {
