@@ -146,6 +146,17 @@ int kimi_moe_router_logits(const kimi_bf16_t *x, const kimi_bf16_t *w,
                            float *logits, int T, int D, int E,
                            cudaStream_t s, kimi_err_t *err);
 
+/* The same over fp32 x on cuBLASLt's bf16 tensor cores, for batches (from
+ * KIMI_ROUTER_LT_ROWS tokens): x split into bf16 hi + lo (fp32-accurate),
+ * one GEMM of 2T rows, the halves summed.  ws: kimi_moe_router_lt_ws_bytes,
+ * 16-byte aligned.  D % 8 == 0, E % 4 == 0. */
+#define KIMI_ROUTER_LT_ROWS 64
+size_t kimi_moe_router_lt_ws_bytes(int T, int D, int E);
+int kimi_moe_router_logits_f32_lt(kimi_cublaslt_t *lt, const float *x,
+                                  const kimi_bf16_t *w, float *logits, int T,
+                                  int D, int E, void *ws, cudaStream_t s,
+                                  kimi_err_t *err);
+
 /* The same over fp32 x (router and lm_head of the engine). */
 int kimi_moe_router_logits_f32(const float *x, const kimi_bf16_t *w,
                                float *logits, int T, int D, int E,
@@ -164,8 +175,8 @@ int kimi_moe_router_select(const float *logits, const float *bias, int T,
 /* ---- moe.cu ---------------------------------------------------------- */
 
 /*
- * Expert-major plan ("permute") of one MoE layer for T tokens (decode sizes:
- * T * top_k * 4 bytes must fit shared memory, T <= ~6000):
+ * Expert-major plan ("permute") of one MoE layer for T tokens (one block, a
+ * stable counting sort; any T, E <= 1024):
  * slot = one expert's share of the work.  The shared expert (id E) comes
  * first, in slots of at most KIMI_MOE_SLOT_TOKENS tokens; then the routed
  * experts in ascending id, each with its tokens in ascending order.  Rows of

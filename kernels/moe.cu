@@ -85,34 +85,63 @@ kimi_moe_ws_carve(kimi_moe_ws_t *ws, void *base, int T, int top_k, int E,
 /* ---- plan ------------------------------------------------------------------- */
 
 /*
- * One block.  Thread e owns expert e: it counts its pairs, then (after an
- * exclusive scan over experts) walks the pairs in order again and appends its
- * own, so rows of an expert are in token order without a sort.  O(E*T*k)
- * shared-memory reads, all broadcasts: ~8 us at T = 256, < 1 us at T = 1.
+ * One block, a stable counting sort of the T*top_k pairs by expert.  Warp w
+ * owns the w-th contiguous segment of pairs: it counts its segment per
+ * expert (hist[w][e]; lanes of one expert found with __match_any_sync),
+ * a scan over warps and experts turns the counts into each warp's first
+ * row per expert, and the warp walks its segment again in order, placing
+ * each pair at that row plus its rank among same-expert lanes before it.
+ * Rows of an expert therefore come in pair (= token) order, the same
+ * every run.  O(T*top_k/1024) steps a thread; shared memory 32*E ints.
  */
+#define MOE_PLAN_WARPS (MOE_PLAN_THREADS / 32)
+
+static __device__ __forceinline__ int plan_id(const int32_t *topk_idx, int p, int E)
+{
+    const int e = topk_idx[p];
+    return (e >= 0 && e < E) ? e : -1;   /* out-of-range ids are dropped */
+}
+
 static __global__ void __launch_bounds__(MOE_PLAN_THREADS)
 moe_plan_kernel(const int32_t *__restrict__ topk_idx, int T, int top_k, int E,
                 int shared, int max_slots, kimi_moe_ws_t ws)
 {
     extern __shared__ int sm[];
-    int *ids = sm;                      /* [P] */
-    int *cnt = sm + T * top_k;          /* [E]: count, then row offset */
-    int *act = cnt + E;                 /* [E]: active-slot scan */
+    int *hist = sm;                          /* [MOE_PLAN_WARPS][E]: count, then first row */
+    int *act = sm + MOE_PLAN_WARPS * E;      /* [E]: active-slot scan */
+    int *tot = act + E;                      /* [E]: pairs of expert e */
     __shared__ int tot_act;
     const int P = T * top_k;
     const int nsh = shared ? (T + KIMI_MOE_SLOT_TOKENS - 1) / KIMI_MOE_SLOT_TOKENS : 0;
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const int seg = (P + MOE_PLAN_WARPS - 1) / MOE_PLAN_WARPS;
+    const int p0 = wid * seg, p1 = min(P, p0 + seg);
+    const unsigned lt = (1u << lane) - 1;
 
-    for (int p = threadIdx.x; p < P; p += blockDim.x) {
-        int e = topk_idx[p];
-        ids[p] = (e >= 0 && e < E) ? e : -1;   /* out-of-range ids are dropped */
+    for (int i = threadIdx.x; i < MOE_PLAN_WARPS * E; i += blockDim.x) {
+        hist[i] = 0;
     }
     __syncthreads();
+    for (int b = p0; b < p1; b += 32) {
+        const int p = b + lane;
+        const int e = p < p1 ? plan_id(topk_idx, p, E) : -1;
+        const unsigned peers = __match_any_sync(0xffffffffu, e);
+        if (e >= 0 && (peers & lt) == 0) {
+            hist[wid * E + e] += __popc(peers);
+        }
+        __syncwarp();
+    }
+    __syncthreads();
+    /* per expert: pairs in all segments, and each segment's offset inside
+     * the expert's rows */
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
         int c = 0;
-        for (int p = 0; p < P; p++) {
-            c += ids[p] == e;
+        for (int w = 0; w < MOE_PLAN_WARPS; w++) {
+            const int n = hist[w * E + e];
+            hist[w * E + e] = c;
+            c += n;
         }
-        cnt[e] = c;
+        tot[e] = c;
         act[e] = c > 0;
     }
     __syncthreads();
@@ -120,7 +149,6 @@ moe_plan_kernel(const int32_t *__restrict__ topk_idx, int T, int top_k, int E,
      * of MOE_PLAN_THREADS-wide chunks (warp shuffles, then warp totals) */
     {
         __shared__ int wsum_r[32], wsum_a[32], carry_r, carry_a;
-        const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
         if (threadIdx.x == 0) {
             carry_r = 0;
             carry_a = 0;
@@ -128,7 +156,7 @@ moe_plan_kernel(const int32_t *__restrict__ topk_idx, int T, int top_k, int E,
         __syncthreads();
         for (int base = 0; base < E; base += MOE_PLAN_THREADS) {
             const int e = base + threadIdx.x;
-            const int c = e < E ? cnt[e] : 0, f = e < E ? act[e] : 0;
+            const int c = e < E ? tot[e] : 0, f = e < E ? act[e] : 0;
             int ir = c, ia = f;
             for (int o = 1; o < 32; o <<= 1) {
                 int vr = __shfl_up_sync(0xffffffffu, ir, o), va = __shfl_up_sync(0xffffffffu, ia, o);
@@ -159,8 +187,16 @@ moe_plan_kernel(const int32_t *__restrict__ topk_idx, int T, int top_k, int E,
             const int pa = carry_a + (wid > 0 ? wsum_a[wid - 1] : 0) + ia - f;
             __syncthreads();
             if (e < E) {
-                cnt[e] = pr;
-                act[e] = pa;
+                /* first row of expert e: into every segment's offset */
+                for (int w = 0; w < MOE_PLAN_WARPS; w++) {
+                    hist[w * E + e] += pr;
+                }
+                if (c > 0) {
+                    const int sl = nsh + pa;
+                    ws.slot_expert[sl] = e;
+                    ws.slot_row0[sl] = pr;
+                    ws.slot_rows[sl] = c;
+                }
             }
             if (threadIdx.x == MOE_PLAN_THREADS - 1) {
                 carry_r = pr + c;
@@ -170,27 +206,23 @@ moe_plan_kernel(const int32_t *__restrict__ topk_idx, int T, int top_k, int E,
             __syncthreads();
         }
     }
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        const int row0 = cnt[e];
-        int n = 0;
-        for (int p = 0; p < P; p++) {
-            if (ids[p] == e) {
-                ws.row_token[row0 + n] = p / top_k;
-                ws.row_of_pair[p] = row0 + n;
-                n++;
-            }
-        }
-        if (n > 0) {
-            const int s = nsh + act[e];
-            ws.slot_expert[s] = e;
-            ws.slot_row0[s] = row0;
-            ws.slot_rows[s] = n;
-        }
-    }
-    for (int p = threadIdx.x; p < P; p += blockDim.x) {
-        if (ids[p] < 0) {
+    /* place the pairs, each warp its segment in order */
+    for (int b = p0; b < p1; b += 32) {
+        const int p = b + lane;
+        const int e = p < p1 ? plan_id(topk_idx, p, E) : -1;
+        const unsigned peers = __match_any_sync(0xffffffffu, e);
+        if (e >= 0) {
+            const int r = hist[wid * E + e] + __popc(peers & lt);
+            ws.row_token[r] = p / top_k;
+            ws.row_of_pair[p] = r;
+        } else if (p < p1) {
             ws.row_of_pair[p] = -1;
         }
+        __syncwarp();
+        if (e >= 0 && (peers & lt) == 0) {
+            hist[wid * E + e] += __popc(peers);
+        }
+        __syncwarp();
     }
     /* shared expert slots first, so their (fuller) blocks start first */
     for (int c = threadIdx.x; c < nsh; c += blockDim.x) {
@@ -215,15 +247,10 @@ extern "C" int
 kimi_moe_plan(const int32_t *topk_idx, int T, int top_k, int E, int shared,
               const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
 {
-    if (topk_idx == NULL || ws == NULL || T <= 0 || top_k <= 0 || E <= 0 || E > 4096) {
-        return kimi_err_set(err, KIMI_EINVAL, "moe_plan: T=%d top_k=%d E=%d", T, top_k, E);
+    if (topk_idx == NULL || ws == NULL || T <= 0 || top_k <= 0 || E <= 0 || E > 1024) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe_plan: T=%d top_k=%d E=%d (E <= 1024)", T, top_k, E);
     }
-    const size_t smem = ((size_t) T * top_k + 2 * (size_t) E) * sizeof(int);
-    if (smem > 200 * 1024) {
-        return kimi_err_set(err, KIMI_EINVAL,
-                            "moe_plan: T*top_k=%d too large for one decode plan (prefill uses chunks)",
-                            T * top_k);
-    }
+    const size_t smem = ((size_t) MOE_PLAN_WARPS + 2) * (size_t) E * sizeof(int);
     KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_plan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        (int) smem), err);
     moe_plan_kernel<<<1, MOE_PLAN_THREADS, smem, s>>>(topk_idx, T, top_k, E, shared,

@@ -298,7 +298,7 @@ moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
                         for (int c = 0; c < 2; c++) {
                             const float g = acc[hh * 64 + 4 * j + 2 * hr + c];
                             const float u = acc[hh * 64 + 4 * (j + 8) + 2 * hr + c];
-                            hv[hh * 16 + 2 * j + c] = g / (1.f + expf(-g)) * u;
+                            hv[hh * 16 + 2 * j + c] = __fdividef(g, 1.f + __expf(-g)) * u;
                         }
                     }
                 }
@@ -312,7 +312,7 @@ moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
                     kimi_bar_sync(1, 256);
                     am = fmaxf(am, x[(cg ^ 1) * 64 + rl]);
                 }
-                const float sc = fmaxf(am, 1e-4f) / KIMI_FP8_MAX;
+                const float sc = fmaxf(am, 1e-4f) / KIMI_FP8_MAX, inv = 1.f / sc;
                 if (r < rows) {
                     uint8_t *q = ws.hq + (size_t) (row0 + r) * N + n0;
 #pragma unroll
@@ -320,8 +320,8 @@ moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
 #pragma unroll
                         for (int j = 0; j < 8; j++) {
                             const int c = 64 * (h0 + hh) + 8 * j + 2 * t;
-                            *(uint16_t *) (q + c) = (uint16_t) (kimi_f2fp8(hv[hh * 16 + 2 * j] / sc)
-                                                                | kimi_f2fp8(hv[hh * 16 + 2 * j + 1] / sc) << 8);
+                            *(uint16_t *) (q + c) = (uint16_t) (kimi_f2fp8(hv[hh * 16 + 2 * j] * inv)
+                                                                | kimi_f2fp8(hv[hh * 16 + 2 * j + 1] * inv) << 8);
                         }
                     }
                     if (t == 0 && h0 == 0) {
@@ -330,20 +330,28 @@ moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
                 }
             }
         } else {
+            /* lanes t and t^1 of a quad trade halves so each holds 4
+             * consecutive columns of one row: one 16-byte store instead of
+             * two 8-byte ones (even t: row r0, odd t: row r1) */
+            const int rr = m_off + ((t & 1) ? r1 : r0);
+            const int cq = 8 * 0 + 4 * (t >> 1);
 #pragma unroll
             for (int hh = 0; hh < NH; hh++) {
                 const int cbase = n0 + (h0 + hh) * 128;
 #pragma unroll
                 for (int j = 0; j < 16; j++) {
-                    const int c = cbase + 8 * j + 2 * t;
-                    const int ra = m_off + r0, rb = m_off + r1;
-                    if (ra < rows) {
-                        *(float2 *) (ws.y + (size_t) (row0 + ra) * N + c) =
-                            make_float2(acc[hh * 64 + 4 * j], acc[hh * 64 + 4 * j + 1]);
+                    const float *a = acc + hh * 64 + 4 * j;
+                    /* even t sends its r1 pair, odd t its r0 pair */
+                    const float s0 = (t & 1) ? a[0] : a[2], s1 = (t & 1) ? a[1] : a[3];
+                    const float o0 = __shfl_xor_sync(0xffffffffu, s0, 1), o1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+                    float4 v;
+                    if (t & 1) {   /* row r1: partner's (t-1) cols first */
+                        v = make_float4(o0, o1, a[2], a[3]);
+                    } else {       /* row r0: own cols, then partner's */
+                        v = make_float4(a[0], a[1], o0, o1);
                     }
-                    if (rb < rows) {
-                        *(float2 *) (ws.y + (size_t) (row0 + rb) * N + c) =
-                            make_float2(acc[hh * 64 + 4 * j + 2], acc[hh * 64 + 4 * j + 3]);
+                    if (rr < rows) {
+                        *(float4 *) (ws.y + (size_t) (row0 + rr) * N + cbase + 8 * j + cq) = v;
                     }
                 }
             }

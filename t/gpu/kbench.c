@@ -257,6 +257,9 @@ bench_gemm(kimi_cublaslt_t *lt, int N, int K, const char *role)
 typedef struct {
     int T, D, I, E, K;
     uint16_t *x, *out, *wr;
+    float *xf;                /* fp32 copy of x for the batch router (as the engine's) */
+    void *rws;
+    kimi_cublaslt_t *lt;
     uint8_t *xq;
     float *xs, *logits, *bias, *tw;
     int32_t *idx;
@@ -278,8 +281,27 @@ moe_fn(void *c, int r)
         KK(kimi_moe_down(m->T, m->K, m->D, m->I, m->max_slots, &m->ex, &m->ws, st, ERR));
         return;
     }
+    /* the glue alone, one piece each (parts 3..7) */
+    switch (m->part) {
+    case 3: KK(kimi_fp8_quant_1x128(m->x, m->D, m->T, m->D, m->xq, m->xs, 0, 0, st, ERR)); return;
+    case 4:
+        if (m->T >= KIMI_ROUTER_LT_ROWS) {
+            KK(kimi_moe_router_logits_f32_lt(m->lt, m->xf, m->wr, m->logits, m->T, m->D, m->E, m->rws, st, ERR));
+        } else {
+            KK(kimi_moe_router_logits(m->x, m->wr, m->logits, m->T, m->D, m->E, st, ERR));
+        }
+        return;
+    case 5: KK(kimi_moe_router_select(m->logits, m->bias, m->T, m->E, m->K, 1, 1, 1, 2.827f, m->idx, m->tw, st, ERR)); return;
+    case 6: KK(kimi_moe_plan(m->idx, m->T, m->K, m->E, 1, &m->ws, st, ERR)); return;
+    case 7: KK(kimi_moe_combine(&m->ws, m->tw, m->T, m->K, 1, m->D, m->out, st, ERR)); return;
+    default: break;
+    }
     KK(kimi_fp8_quant_1x128(m->x, m->D, m->T, m->D, m->xq, m->xs, 0, 0, st, ERR));
-    KK(kimi_moe_router_logits(m->x, m->wr, m->logits, m->T, m->D, m->E, st, ERR));
+    if (m->T >= KIMI_ROUTER_LT_ROWS) {   /* as the engine routes batches */
+        KK(kimi_moe_router_logits_f32_lt(m->lt, m->xf, m->wr, m->logits, m->T, m->D, m->E, m->rws, st, ERR));
+    } else {
+        KK(kimi_moe_router_logits(m->x, m->wr, m->logits, m->T, m->D, m->E, st, ERR));
+    }
     KK(kimi_moe_router_select(m->logits, m->bias, m->T, m->E, m->K, 1, 1, 1, 2.827f, m->idx, m->tw, st, ERR));
     KK(kimi_moe_plan(m->idx, m->T, m->K, m->E, 1, &m->ws, st, ERR));
     KK(kimi_moe_gate_up(m->xq, m->xs, m->T, m->D, m->I, m->max_slots, &m->ex, &m->ws, st, ERR));
@@ -288,7 +310,7 @@ moe_fn(void *c, int r)
 }
 
 static void
-bench_moe(int NE, const int *Ts, int nT)
+bench_moe(kimi_cublaslt_t *lt, int NE, const int *Ts, int nT)
 {
     const int D = 7168, I = 2048, K = 8;
     const size_t wsz = (size_t) I * D, ssz = (size_t) (I / 128) * (D / 128);
@@ -337,6 +359,10 @@ bench_moe(int NE, const int *Ts, int nT)
         kimi_moe_ws_carve(&m.ws, wsb, m.T, K, NE, 1, D, I);
         m.max_slots = kimi_moe_max_slots(m.T, K, NE, 1);
         KK(kimi_fill_bf16(m.x, (size_t) m.T * D, 100 + i, -2.f, 2.f, st, ERR));
+        m.lt = lt;
+        m.xf = dalloc((size_t) m.T * D * 4);
+        m.rws = dalloc(kimi_moe_router_lt_ws_bytes(m.T, D, NE));
+        KK(kimi_fill_f32(m.xf, (size_t) m.T * D, 200 + i, -2.f, 2.f, st, ERR));
         double us = time_graph(moe_fn, &m, 5, 15);
         /* distinct experts actually touched */
         int32_t *hidx = malloc((size_t) m.T * K * 4);
@@ -366,6 +392,16 @@ bench_moe(int NE, const int *Ts, int nT)
         fprintf(tab, "moe      parts B=%-3d gate_up %7.1f us (x%.2f)  down %7.1f us (x%.2f)  glue %6.1f us\n",
                 m.T, us_gu, us_gu / gu_floor, us_dn, us_dn / dn_floor, us - us_gu - us_dn);
         if (m.T >= 256) {
+            double g[5];
+            for (int p = 3; p <= 7; p++) {
+                m.part = p;
+                g[p - 3] = time_graph(moe_fn, &m, 3, 10);
+            }
+            fprintf(tab, "moe      glue B=%-4d E=%-3d quant %6.1f us, router logits %6.1f, select %6.1f, plan %6.1f, combine %6.1f\n",
+                    m.T, NE, g[0], g[1], g[2], g[3], g[4]);
+        }
+        m.part = 0;
+        if (m.T >= 256) {
             /* the GEMMs' own rate: gate_up 2 GEMMs, down 1 (its time includes
              * the re-quantisation of h) */
             const double rows = (double) m.T * K + m.T;
@@ -376,10 +412,52 @@ bench_moe(int NE, const int *Ts, int nT)
                     f_gu / (us_gu * 1e6) >= 900 ? "met" : "MISSED");
         }
         cudaFree(m.x); cudaFree(m.out); cudaFree(m.xq); cudaFree(m.xs); cudaFree(m.logits);
-        cudaFree(m.tw); cudaFree(m.idx); cudaFree(wsb);
+        cudaFree(m.tw); cudaFree(m.idx); cudaFree(wsb); cudaFree(m.xf); cudaFree(m.rws);
     }
     cudaFree(w); cudaFree(s); cudaFree(dtp); cudaFree(wr); cudaFree(bias);
     free(tp);
+}
+
+/* ---- router logits: GEMV kernel vs tensor cores ---------------------------- */
+
+typedef struct {
+    kimi_cublaslt_t *lt;
+    float *x, *logits;
+    uint16_t *w;
+    void *ws;
+    int T, D, E, use_lt;
+} router_ctx;
+
+static void
+router_fn(void *c, int r)
+{
+    router_ctx *m = c;
+    if (m->use_lt) {
+        KK(kimi_moe_router_logits_f32_lt(m->lt, m->x, m->w, m->logits, m->T, m->D, m->E, m->ws, st, ERR));
+    } else {
+        KK(kimi_moe_router_logits_f32(m->x, m->w, m->logits, m->T, m->D, m->E, st, ERR));
+    }
+}
+
+static void
+bench_router(kimi_cublaslt_t *lt)
+{
+    const int D = 7168, E = 384, Ts[] = {16, 64, 256, 2048};
+    for (int i = 0; i < 4; i++) {
+        router_ctx m = { .lt = lt, .T = Ts[i], .D = D, .E = E };
+        m.x = dalloc((size_t) m.T * D * 4);
+        m.logits = dalloc((size_t) m.T * E * 4);
+        m.w = dalloc((size_t) E * D * 2);
+        m.ws = dalloc(kimi_moe_router_lt_ws_bytes(m.T, D, E));
+        KK(kimi_fill_f32(m.x, (size_t) m.T * D, 31, -2, 2, st, ERR));
+        KK(kimi_fill_bf16(m.w, (size_t) E * D, 32, -0.03f, 0.03f, st, ERR));
+        double us_gemv = time_graph(router_fn, &m, 5, 15);
+        m.use_lt = 1;
+        double us_lt = time_graph(router_fn, &m, 5, 15);
+        fprintf(tab, "router logits T=%-5d E=%d D=%d (fp32 x): GEMV kernel %8.1f us, bf16 hi+lo on cuBLASLt %7.1f us (x%.1f)%s\n",
+                m.T, E, D, us_gemv, us_lt, us_gemv / us_lt, m.T >= KIMI_ROUTER_LT_ROWS ? "  [engine: cuBLASLt]" : "");
+        cudaFree(m.x); cudaFree(m.logits); cudaFree(m.w); cudaFree(m.ws);
+    }
 }
 
 /* ---- MLA decode -------------------------------------------------------------- */
@@ -535,12 +613,17 @@ run_bench(int argc, char **argv)
     KK(kimi_cublaslt_create(&lt, ltws, 64 << 20, ERR));
     bench_copy();
     bench_peak(lt);
+    if (strstr(what, "all") || strstr(what, "router")) {
+        bench_router(lt);
+    }
     if (strstr(what, "all") || strstr(what, "moe")) {
         /* 2048: a prefill-sized batch (~48 tokens per expert) */
         const int ts[] = {1, 16, 64, 256, 2048}, tg[] = {2048, 4096};
-        bench_moe(384, ts, 5);
+        if (!strstr(what, "moeg")) {   /* "moeg": the grouped GEMM sizes only */
+            bench_moe(lt, 384, ts, 5);
+        }
         /* 32 experts: 512 and 1024 rows per expert, the grouped GEMM target's size */
-        bench_moe(32, tg, 2);
+        bench_moe(lt, 32, tg, 2);
     }
     if (strstr(what, "all") || strstr(what, "mla")) {
         bench_mla(prop.multiProcessorCount);

@@ -377,6 +377,34 @@ test_gemm(int T, int N, int K, kimi_cublaslt_t *lt)
     free(hw); free(hs); free(hx); free(fx); free(xs); free(ref); free(got); free(xq); free(gy);
 }
 
+/* The batch router on tensor cores (x split into bf16 hi + lo) against the
+ * fp32 twin: fp32 x with full mantissas (not bf16-representable). */
+static void
+test_router_lt(kimi_cublaslt_t *lt, int T, int D, int E_)
+{
+    size_t nx = (size_t) T * D, nw = (size_t) E_ * D;
+    float *fx = hmalloc(nx * 4);
+    uint16_t *hw = hmalloc(nw * 2);
+    for (size_t i = 0; i < nx; i++) fx[i] = runi(-3, 3);
+    rand_bf16(hw, nw, -0.05f, 0.05f);
+    float *dx = dmalloc(nx * 4), *dl = dmalloc((size_t) T * E_ * 4);
+    uint16_t *dw = dmalloc(nw * 2);
+    void *ws = dmalloc(kimi_moe_router_lt_ws_bytes(T, D, E_));
+    up(dx, fx, nx * 4);
+    up(dw, hw, nw * 2);
+    KK(kimi_moe_router_logits_f32_lt(lt, dx, dw, dl, T, D, E_, ws, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    float *gl = hmalloc((size_t) T * E_ * 4), *rl = hmalloc((size_t) T * E_ * 4);
+    down(gl, dl, (size_t) T * E_ * 4);
+    kimi_gemm_f32_bf16w(fx, T, D, hw, E_, 0, E_, rl);
+    size_t nf;
+    double e = rel_err(gl, rl, (size_t) T * E_, &nf);
+    ok(nf == 0 && e < 1e-5, "router_logits_f32_lt T=%d D=%d E=%d (bf16 hi + lo on tensor cores): rel err %.2e (tol 1e-5)",
+       T, D, E_, e);
+    cudaFree(dx); cudaFree(dl); cudaFree(dw); cudaFree(ws);
+    free(fx); free(hw); free(gl); free(rl);
+}
+
 static void
 test_router(int T, int D, int E_, int top_k, int n_group, int topk_group)
 {
@@ -425,6 +453,73 @@ test_router(int T, int D, int E_, int top_k, int n_group, int topk_group)
 }
 
 /* MoE: T tokens, E experts of width I, hidden D, top_k, 1 shared. */
+/* The plan alone at prefill sizes (no GEMMs): every pair placed once, rows
+ * of an expert contiguous and in token order, slots in expert order after
+ * the shared expert's, dropped ids (-1, >= E) marked -1. */
+static void
+test_plan(int T, int top_k, int E_)
+{
+    const int P = T * top_k, rows = kimi_moe_rows(T, top_k, 1), ms = kimi_moe_max_slots(T, top_k, E_, 1);
+    int32_t *idx = hmalloc((size_t) P * 4);
+    for (int p = 0; p < P; p++) {
+        idx[p] = (rnext() % 97 == 0) ? ((rnext() & 1) ? -1 : E_ + 3) : (int) (rnext() % E_);
+    }
+    int32_t *didx = dmalloc((size_t) P * 4);
+    up(didx, idx, (size_t) P * 4);
+    void *dws = dmalloc(kimi_moe_ws_bytes(T, top_k, E_, 1, 256, 128));
+    kimi_moe_ws_t ws;
+    kimi_moe_ws_carve(&ws, dws, T, top_k, E_, 1, 256, 128);
+    KK(kimi_moe_plan(didx, T, top_k, E_, 1, &ws, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    int32_t *rop = hmalloc((size_t) P * 4), *rtok = hmalloc((size_t) rows * 4);
+    int32_t *se = hmalloc((size_t) ms * 4), *s0 = hmalloc((size_t) ms * 4), *sn = hmalloc((size_t) ms * 4);
+    down(rop, ws.row_of_pair, (size_t) P * 4);
+    down(rtok, ws.row_token, (size_t) rows * 4);
+    down(se, ws.slot_expert, (size_t) ms * 4);
+    down(s0, ws.slot_row0, (size_t) ms * 4);
+    down(sn, ws.slot_rows, (size_t) ms * 4);
+    size_t bad = 0;
+    int *expert_of_row = hmalloc((size_t) P * 4);
+    for (int r = 0; r < P; r++) expert_of_row[r] = -2;
+    for (int p = 0; p < P; p++) {
+        const int valid = idx[p] >= 0 && idx[p] < E_, r = rop[p];
+        if (!valid) {
+            bad += r != -1;
+        } else if (r < 0 || r >= P || rtok[r] != p / top_k || expert_of_row[r] != -2) {
+            bad++;
+        } else {
+            expert_of_row[r] = idx[p];
+        }
+    }
+    /* slots: shared chunks, then active experts ascending, rows tiling
+     * [0, valid pairs) in order, tokens ascending inside each */
+    const int nsh = (T + KIMI_MOE_SLOT_TOKENS - 1) / KIMI_MOE_SLOT_TOKENS;
+    int next_row = 0, last_e = -1;
+    for (int s = 0; s < ms; s++) {
+        if (s < nsh) {
+            bad += se[s] != E_ || s0[s] != P + s * KIMI_MOE_SLOT_TOKENS;
+            continue;
+        }
+        if (se[s] < 0) {
+            bad += sn[s] != 0;
+            continue;
+        }
+        bad += se[s] <= last_e || s0[s] != next_row || sn[s] <= 0;
+        for (int r = s0[s]; r < s0[s] + sn[s] && r < P; r++) {
+            bad += expert_of_row[r] != se[s] || (r > s0[s] && rtok[r] < rtok[r - 1]);
+        }
+        last_e = se[s];
+        next_row += sn[s];
+    }
+    for (int t = 0; t < T; t++) {
+        bad += rtok[P + t] != t;
+    }
+    ok(bad == 0, "moe_plan T=%d top%d E=%d (1 in 97 ids dropped): pairs placed once, experts contiguous in token order, slots in order (%zu wrong)",
+       T, top_k, E_, bad);
+    cudaFree(didx); cudaFree(dws);
+    free(idx); free(rop); free(rtok); free(se); free(s0); free(sn); free(expert_of_row);
+}
+
 static void
 test_moe(int T, int D, int I, int E_, int top_k, int skew)
 {
@@ -825,6 +920,10 @@ main(int argc, char **argv)
     test_gemm(64, 2112, 7168, lt);
     test_router(7, 7168, 384, 8, 1, 1);
     test_router(37, 1024, 256, 8, 8, 4);
+    test_router_lt(lt, 100, 7168, 384);
+    test_router_lt(lt, 65, 1024, 16);
+    test_plan(8192, 8, 384);   /* above the old plan's shared-memory limit */
+    test_plan(3, 8, 1024);
     test_moe(1, 1024, 256, 16, 4, 0);
     test_moe(13, 2048, 512, 16, 4, 0);
     test_moe(45, 1024, 256, 12, 4, 1);    /* 16 rows per slot: grouped */

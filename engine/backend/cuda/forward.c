@@ -527,17 +527,29 @@ kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
         return kimi_cuda_moe_ep(b, l, T, err);
     }
 
-    /* router in fp32 over the bf16 gate, then the expert-major plan */
-    KIMI_K(kimi_moe_router_logits_f32(b->a, L->router, b->rl, (int) T, D, E,
-                                      b->stream, err));
+    kimi_moe_ws_carve(&ws, b->moe_ws, (int) T, K, E, b->shared, D, I);
+    slots = kimi_moe_max_slots((int) T, K, E, b->shared);
+
+    /* router in fp32 over the bf16 gate (batches: on tensor cores, in the
+     * expert outputs' buffer, free until the down GEMM), then the plan */
+    if (T >= KIMI_ROUTER_LT_ROWS
+        && kimi_moe_router_lt_ws_bytes((int) T, D, E)
+           <= (size_t) ws.rows * D * sizeof(float))
+    {
+        KIMI_K(kimi_moe_router_logits_f32_lt(b->lt, b->a, L->router, b->rl,
+                                             (int) T, D, E, ws.y, b->stream,
+                                             err));
+
+    } else {
+        KIMI_K(kimi_moe_router_logits_f32(b->a, L->router, b->rl, (int) T, D,
+                                          E, b->stream, err));
+    }
+
     KIMI_K(kimi_moe_router_select(b->rl, L->bias, (int) T, E, K,
                                   (int) c->n_group, (int) c->topk_group,
                                   c->norm_topk_prob,
                                   c->routed_scaling_factor, b->tidx, b->tw,
                                   b->stream, err));
-
-    kimi_moe_ws_carve(&ws, b->moe_ws, (int) T, K, E, b->shared, D, I);
-    slots = kimi_moe_max_slots((int) T, K, E, b->shared);
 
     KIMI_K(kimi_moe_plan(b->tidx, (int) T, K, E, b->shared, &ws, b->stream,
                          err));
