@@ -55,9 +55,12 @@ like($out, qr/--pipeline-parallel-size is implemented on the cpu backend only/,
     'PP on the cuda backend: refused with a message');
 # a step budget over what the cuda backend takes is capped with a warning
 # (seen here before the backend itself fails for want of a GPU)
-$out = `$ref->{engine_bin} serve --backend cuda --model $tiny --max-num-batched-tokens 8192 --shutdown-timeout 1 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
-like($out, qr/--max-num-batched-tokens 8192: the cuda backend takes at most 6000 tokens per step; using 6000/,
-    'cuda: --max-num-batched-tokens 8192 capped to 6000, saying so');
+$out = `$ref->{engine_bin} serve --backend cuda --model $tiny --max-num-batched-tokens 20000 --shutdown-timeout 1 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
+like($out, qr/--max-num-batched-tokens 20000: the cuda backend takes at most 16384 tokens per step; using 16384/,
+    'cuda: --max-num-batched-tokens 20000 capped to 16384, saying so');
+$out = `$ref->{engine_bin} serve --backend cuda --model $tiny --max-num-batched-tokens 8192 --data-parallel-size 4 --enable-expert-parallel --shutdown-timeout 1 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
+like($out, qr/--max-num-batched-tokens 8192: the cuda backend takes at most 4096 tokens per step and rank/,
+    'cuda: 8192 tokens x 4 expert-parallel ranks capped to 4096 a rank');
 $out = `$ref->{engine_bin} serve --backend replay --replay-script /dev/null --tensor-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
 like($out, qr/implemented on the cpu and cuda backends only/,
     'TP on the replay backend: refused with a message');

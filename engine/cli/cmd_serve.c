@@ -32,9 +32,7 @@
 #include "../backend/replay/replay.h"
 #include "../model/model.h"
 #include "../backend/cpu/backend_cpu.h"
-#ifdef KIMI_HAVE_CUDA_BACKEND
-#include "../backend/cuda/cuda_backend.h"
-#endif
+#include "../backend/cuda/cuda_backend.h"   /* KIMI_CUDA_PLAN_TOKENS; no CUDA types */
 #include "../sched/sched.h"
 #include "../parallel/dp.h"
 #include "../parallel/group.h"
@@ -48,9 +46,8 @@
 #define KIMI_K2_IM_END          163586      /* <|im_end|>: end of a turn */
 #define KIMI_SERVE_DEFAULT_LEN  8192
 #define KIMI_SERVE_CPU_BATCHED_TOKENS  512  /* --max-num-batched-tokens */
-#define KIMI_SERVE_CUDA_BATCHED_TOKENS 2048 /* its workspaces: 6000 at most */
-#define KIMI_SERVE_CUDA_PLAN_ROWS      6000 /* rows of one MoE plan: a step's
-                                               tokens (x ranks under EP) */
+#define KIMI_SERVE_CUDA_BATCHED_TOKENS 2048 /* its workspaces: at most
+                                               KIMI_CUDA_PLAN_TOKENS */
 
 typedef enum {
     OPT_STR,
@@ -132,7 +129,7 @@ static const kimi_opt_t  kimi_serve_opts[] = {
     { "--max-num-batched-tokens", OPT_U32, O(max_num_batched_tokens), 1,
       1 << 24, NULL,
       "tokens per step, prefill and decode (8192; cpu backend: 512; cuda"
-      " backend: 2048, and more is capped at 6000, 6000 / ranks with"
+      " backend: 2048, and more is capped at 16384, 16384 / ranks with"
       " --enable-expert-parallel)" },
     { "--enable-chunked-prefill", OPT_ON, O(enable_chunked_prefill), 0, 0,
       NULL, "split long prompts over steps (default)" },
@@ -1002,13 +999,13 @@ kimi_cmd_serve(int argc, char **argv)
                                      .max_num_batched_tokens;
     }
 
-    /* the cuda backend runs one MoE plan per step (kernels/moe.cu keeps its
-     * ids in shared memory): 6000 rows, shared by the ranks under expert
-     * parallelism.  A larger budget (vLLM's recipes pass 8192 and more) is
-     * capped, saying so, rather than refused */
+    /* the cuda backend runs one MoE plan per step, its workspace sized for
+     * KIMI_CUDA_PLAN_TOKENS rows shared by the ranks under expert
+     * parallelism.  A larger budget is capped, saying so, rather than
+     * refused */
     if (strcmp(o.backend, "cuda") == 0) {
         uint32_t  ranks = o.enable_expert_parallel ? o.data_parallel_size : 1;
-        uint32_t  limit = KIMI_SERVE_CUDA_PLAN_ROWS / (ranks ? ranks : 1);
+        uint32_t  limit = KIMI_CUDA_PLAN_TOKENS / (ranks ? ranks : 1);
 
         if (o.max_num_batched_tokens > limit) {
             if (given_batched) {

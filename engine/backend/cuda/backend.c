@@ -128,14 +128,14 @@ kimi_cuda_check_ep(kimi_cuda_t *b, const kimi_group_t *g, kimi_err_t *err)
                             "ranks", b->E, W);
     }
 
-    /* the MoE plan of the rows received keeps W * cap tokens' ids in
-     * shared memory (kernels/moe.cu) */
-    if (b->E > 0 && W > 1 && (uint64_t) W * b->cap > 6000) {
+    /* one MoE plan covers the rows of every rank: its workspace grows with
+     * W * cap (~0.35 MB a token at Kimi-K2's widths) */
+    if (b->E > 0 && W > 1 && (uint64_t) W * b->cap > KIMI_CUDA_PLAN_TOKENS) {
         return kimi_err_set(err, KIMI_EINVAL, "cuda backend: %u expert-"
                             "parallel ranks x --max-num-batched-tokens %u "
-                            "exceeds 6000 rows per MoE plan: lower "
+                            "exceeds %u rows per MoE plan: lower "
                             "--max-num-batched-tokens to %u", W, b->cap,
-                            6000 / W);
+                            KIMI_CUDA_PLAN_TOKENS, KIMI_CUDA_PLAN_TOKENS / W);
     }
 
     b->ep_world = W;
@@ -912,10 +912,12 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
         return rc;
     }
 
-    if (p->max_batched_tokens == 0 || p->max_batched_tokens > 6000) {
+    if (p->max_batched_tokens == 0
+        || p->max_batched_tokens > KIMI_CUDA_PLAN_TOKENS)
+    {
         return kimi_err_set(err, KIMI_EINVAL, "cuda backend: "
-                            "--max-num-batched-tokens %u not in 1..6000 (one MoE "
-                            "plan per step)", p->max_batched_tokens);
+                            "--max-num-batched-tokens %u not in 1..%u",
+                            p->max_batched_tokens, KIMI_CUDA_PLAN_TOKENS);
     }
 
     KIMI_CU(cudaGetDeviceCount(&n_dev), err);

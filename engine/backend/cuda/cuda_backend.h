@@ -16,6 +16,11 @@
 
 struct kimi_group;
 
+/* Tokens of one MoE plan: a step's tokens (x ranks under expert
+ * parallelism).  The step workspaces grow with it (~0.35 MB a token at
+ * Kimi-K2's widths); kimi-engine serve caps --max-num-batched-tokens here. */
+#define KIMI_CUDA_PLAN_TOKENS  16384
+
 typedef struct {
     int                 device;              /* CUDA device ordinal */
     uint32_t            max_batched_tokens;  /* tokens of one step: sizes
