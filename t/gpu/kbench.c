@@ -391,7 +391,7 @@ bench_moe(kimi_cublaslt_t *lt, int NE, const int *Ts, int nT)
                 tflops);
         fprintf(tab, "moe      parts B=%-3d gate_up %7.1f us (x%.2f)  down %7.1f us (x%.2f)  glue %6.1f us\n",
                 m.T, us_gu, us_gu / gu_floor, us_dn, us_dn / dn_floor, us - us_gu - us_dn);
-        if (m.T >= 256) {
+        {
             double g[5];
             for (int p = 3; p <= 7; p++) {
                 m.part = p;
