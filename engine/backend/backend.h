@@ -48,7 +48,12 @@ typedef struct {
     const uint32_t  *block_table;        /* covers pos + n_tokens tokens */
     uint32_t         n_blocks;
     uint8_t          want_logits;        /* logits of the last new token */
-    uint8_t          pad0[3];
+    uint8_t          greedy_hint;        /* the engine will take this row's
+                                            token plain greedy: a backend may
+                                            find its argmax and logprob
+                                            within the forward (cuda: no
+                                            second round trip to sample) */
+    uint8_t          pad0[2];
 } kimi_batch_seq_t;
 
 typedef struct {

@@ -801,6 +801,23 @@ kimi_sched_prefix_register(kimi_sched_t *s, kimi_seq_t *q)
 }
 
 
+/* The row of q this step will be sampled plain greedy (the sampler's own
+ * test, on the request as the step will build it). */
+static int
+kimi_sched_plain_greedy(const kimi_seq_t *q)
+{
+    kimi_sample_req_t  r;
+
+    memset(&r, 0, sizeof(r));
+    r.sampling = &q->sampling;
+    r.n_prompt = q->n_prompt;
+    r.n_output = q->n_tokens - q->n_prompt;
+    r.n_guided = q->n_guided;
+
+    return kimi_sample_is_plain_greedy(&r);
+}
+
+
 static int
 kimi_sched_schedule(kimi_sched_t *s, kimi_err_t *err)
 {
@@ -1070,6 +1087,7 @@ kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
         b->block_table = q->table.ids;
         b->n_blocks = q->table.n;
         b->want_logits = q->n_computed + q->n_sched == q->n_tokens;
+        b->greedy_hint = b->want_logits && kimi_sched_plain_greedy(q);
         n_want += b->want_logits;
         n_tokens += q->n_sched;
     }

@@ -628,6 +628,11 @@ kimi_backend_cuda_greedy(kimi_backend_t *base, int32_t *ids, uint32_t *n_rows,
         return 0;
     }
 
+    if (b->greedy_on_host) {               /* found within the forward */
+        memcpy(ids, b->ids_h, b->n_rows * sizeof(int32_t));
+        return 0;
+    }
+
     if ((rc = kimi_sample_greedy(b->logits, (int) b->n_rows,
                                  (int) b->cfg->vocab_size,
                                  (int) b->cfg->vocab_size, b->argmax,
@@ -645,7 +650,8 @@ kimi_backend_cuda_greedy(kimi_backend_t *base, int32_t *ids, uint32_t *n_rows,
 
 /* The vtable's sample: plain greedy rows (kimi_sample_is_plain_greedy)
  * from one device argmax + logprob over every row, without copying their
- * logits; the others through the host sampler, each row copied alone.
+ * logits (already on the host when the step saw a greedy_hint); the
+ * others through the host sampler, each row copied alone.
  * Same tokens as the host path (same tie rule), logprob to ~1e-6. */
 static int
 kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
@@ -665,7 +671,7 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
         n_dev += kimi_sample_is_plain_greedy(&reqs[i]);
     }
 
-    if (n_dev > 0) {
+    if (n_dev > 0 && !b->greedy_on_host) {
         KIMI_K(kimi_sample_greedy_logprob(b->logits, (int) n, (int) V,
                                           (int) V, b->argmax, b->lp,
                                           b->stream, err));
@@ -683,7 +689,9 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
         }
     }
 
-    KIMI_CU(cudaStreamSynchronize(b->stream), err);
+    if (n_dev < n || !b->greedy_on_host) {
+        KIMI_CU(cudaStreamSynchronize(b->stream), err);
+    }
 
     for (i = 0; i < n; i++) {
         if (kimi_sample_is_plain_greedy(&reqs[i])) {

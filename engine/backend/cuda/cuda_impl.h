@@ -181,6 +181,9 @@ typedef struct {
     float                      *logits_h;
     uint32_t                    n_rows, n_tokens;
     int                         logits_on_host;
+    int                         greedy_on_host;   /* ids_h/lp_h hold the
+                                                     step's argmax (rows
+                                                     with greedy_hint) */
     int32_t                    *ids_h;        /* pinned [max_rows] */
     float                      *lp_h;         /* pinned [max_rows] */
     struct kimi_sampler        *sampler;      /* rows the device can't take */

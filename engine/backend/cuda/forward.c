@@ -743,6 +743,19 @@ kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
 }
 
 
+static int
+kimi_cuda_any_greedy_hint(const kimi_batch_t *batch)
+{
+    for (uint32_t i = 0; i < batch->n_seqs; i++) {
+        if (batch->seqs[i].want_logits && batch->seqs[i].greedy_hint) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 int
 kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
     kimi_err_t *err)
@@ -759,6 +772,7 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
     b->n_rows = 0;
     b->n_tokens = 0;
     b->logits_on_host = 0;
+    b->greedy_on_host = 0;
 
     if (batch->n_seqs > 0 || b->nccl == NULL) {
         batch_rc = kimi_cuda_stage(b, batch, &T, &rows, &max_ctx, &batch_err);
@@ -788,9 +802,21 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
     KIMI_CU(cudaEventRecord(b->ev0, b->stream), err);
 
     if (T > 0) {
-        words = KIMI_M_N * (size_t) b->cap + (size_t) T * b->max_bt;
-        KIMI_CU(cudaMemcpyAsync(b->meta_d, b->meta_h, words * sizeof(int32_t),
-                                cudaMemcpyHostToDevice, b->stream), err);
+        /* only what the step wrote: T entries of each field, and of each
+         * token's block table the blocks its context covers (a table row
+         * is max_model_len / block_size wide: 8 KB a token at 128K) */
+        words = (max_ctx + b->bs - 1) / b->bs;
+        words = words < b->max_bt ? words : b->max_bt;
+        KIMI_CU(cudaMemcpy2DAsync(b->meta_d, b->cap * sizeof(int32_t),
+                                  b->meta_h, b->cap * sizeof(int32_t),
+                                  T * sizeof(int32_t), KIMI_M_N,
+                                  cudaMemcpyHostToDevice, b->stream), err);
+        KIMI_CU(cudaMemcpy2DAsync(b->meta_d + KIMI_M_N * (size_t) b->cap,
+                                  b->max_bt * sizeof(int32_t),
+                                  b->meta_h + KIMI_M_N * (size_t) b->cap,
+                                  b->max_bt * sizeof(int32_t),
+                                  words * sizeof(int32_t), T,
+                                  cudaMemcpyHostToDevice, b->stream), err);
 
         /* the MLA split count is a launch shape: part of a graph's key */
         splits = (uint32_t) kimi_mla_n_splits((int) T, (int) max_ctx,
@@ -817,9 +843,24 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
         return rc;
     }
 
+    /* greedy rows: their argmax and logprob come back with the step's
+     * own wait, not a second round trip in sample() */
+    if (rows > 0 && kimi_cuda_any_greedy_hint(batch)) {
+        KIMI_K(kimi_sample_greedy_logprob(b->logits, (int) rows,
+                                          (int) b->cfg->vocab_size,
+                                          (int) b->cfg->vocab_size, b->argmax,
+                                          b->lp, b->stream, err));
+        KIMI_CU(cudaMemcpyAsync(b->ids_h, b->argmax, rows * sizeof(int32_t),
+                                cudaMemcpyDeviceToHost, b->stream), err);
+        KIMI_CU(cudaMemcpyAsync(b->lp_h, b->lp, rows * sizeof(float),
+                                cudaMemcpyDeviceToHost, b->stream), err);
+        b->greedy_on_host = 1;
+    }
+
     KIMI_CU(cudaEventRecord(b->ev1, b->stream), err);
 
     if ((rc = kimi_cuda_wait(b, err)) != 0) {
+        b->greedy_on_host = 0;
         return rc;
     }
 
