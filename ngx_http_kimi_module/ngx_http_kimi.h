@@ -153,6 +153,11 @@ typedef struct {
                                                           chunk */
     unsigned                     skip_special:1;
     unsigned                     echo:1;
+    unsigned                     echo_lp:1;        /* echo with logprobs: the
+                                                      lists open with the
+                                                      prompt's tokens */
+    unsigned                     prompt_lp:1;      /* vLLM's prompt_logprobs */
+    ngx_uint_t                   prompt_lp_top;    /* its alternatives */
     unsigned                     add_generation_prompt:1;
     unsigned                     continue_final:1;     /* vLLM's
                                                           continue_final_
@@ -246,6 +251,12 @@ struct ngx_http_kimi_ctx_s {
                                                       text_offset lists */
     size_t                       lp_cap[4];
     size_t                       lp_chars;         /* text_offset so far */
+    size_t                       prompt_lp_left;   /* prompt entries owed by
+                                                      the engine (they come
+                                                      before any token) */
+    json_t                      *prompt_lp;        /* vLLM's prompt_logprobs:
+                                                      [null, {id: {logprob,
+                                                      rank, decoded_token}}] */
     ngx_uint_t                   n_out;            /* tokens output so far */
     ngx_str_t                    content;          /* non-stream text */
     size_t                       content_cap;
@@ -302,6 +313,8 @@ ngx_int_t ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
 ngx_int_t ngx_http_kimi_output_finish(ngx_http_kimi_ctx_t *ctx);
 u_char *ngx_http_kimi_json_escape_utf8(u_char *dst, const u_char *src,
     size_t len);
+ngx_int_t ngx_http_kimi_output_prompt_entry(ngx_http_kimi_ctx_t *ctx,
+    const kimi_shm_token_t *tok);
 size_t ngx_http_kimi_logprobs_legacy_len(ngx_http_kimi_ctx_t *ctx);
 u_char *ngx_http_kimi_logprobs_legacy(ngx_http_kimi_ctx_t *ctx, u_char *p);
 

@@ -1075,6 +1075,39 @@ ngx_http_kimi_engine_process(ngx_http_kimi_ctx_t *ctx)
         return;
     }
 
+    /* prompt_logprobs: the engine's first entries score the prompt */
+    while (ctx->prompt_lp_left > 0) {
+        avail = kimi_shm_tok_available(s);
+
+        if (avail <= 0) {
+            break;
+        }
+
+        n = ngx_min((uint32_t) avail, ctx->prompt_lp_left);
+
+        for (i = 0; i < n; i++) {
+            if (ngx_http_kimi_output_prompt_entry(ctx,
+                                                  kimi_shm_tok_peek(s, i))
+                != NGX_OK)
+            {
+                kimi_shm_tok_consume(s, i);
+                ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
+                return;
+            }
+        }
+
+        kimi_shm_tok_consume(s, n);
+        ngx_http_kimi_touch(ctx);
+
+        if ((uint32_t) avail == KIMI_SHM_TOKEN_RING) {
+            ngx_http_kimi_ring(a, rank);
+        }
+    }
+
+    if (ctx->prompt_lp_left > 0 && st != KIMI_SLOT_DONE) {
+        return;
+    }
+
     avail = kimi_shm_tok_available(s);
 
     if (avail < 0) {

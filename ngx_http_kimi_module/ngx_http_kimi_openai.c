@@ -497,12 +497,29 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         pr->continuous_usage = flag && pr->include_usage;
     }
 
-    /* vLLM's logprobs of the prompt tokens: not computed here */
+    /* vLLM's logprobs of the prompt tokens (the engine runs such a prompt
+     * a position a step: each position's logits score the next token) */
     v = json_object_get(root, "prompt_logprobs");
     if (v != NULL && !json_is_null(v)) {
         *param = "prompt_logprobs";
-        ngx_sprintf(err, "\"prompt_logprobs\" is not supported");
-        return NGX_ERROR;
+
+        if (!json_is_integer(v) || json_integer_value(v) < 0
+            || json_integer_value(v) > KIMI_SHM_MAX_TOP_LOGPROBS)
+        {
+            ngx_sprintf(err, "\"prompt_logprobs\" must be an integer in "
+                        "[0, %d]", KIMI_SHM_MAX_TOP_LOGPROBS);
+            return NGX_ERROR;
+        }
+
+        if (pr->stream) {
+            ngx_sprintf(err, "\"prompt_logprobs\" is not supported with "
+                        "\"stream\"");
+            return NGX_ERROR;
+        }
+
+        pr->prompt_lp_top = (ngx_uint_t) json_integer_value(v);
+        pr->prompt_lp = 1;
+        pr->sampling.prompt_logprobs = (uint8_t) (1 + pr->prompt_lp_top);
     }
 
     *param = "max_tokens";
@@ -1246,12 +1263,20 @@ ngx_http_kimi_parse_prompt(ngx_http_kimi_ctx_t *ctx, json_t *root,
         return NGX_ERROR;
     }
 
-    /* echo: the prompt leads each choice's text; its logprobs would be
-     * the prompt's, which the engine does not compute */
+    /* echo: the prompt leads each choice's text; with logprobs, the
+     * lists start with the prompt's tokens (the first one's logprob null) */
     if (flag && pr->sampling.logprobs) {
-        ngx_sprintf(err, "\"echo\" with \"logprobs\" is not supported"
-                    " (the prompt's logprobs are not computed)");
-        return NGX_ERROR;
+        if (pr->stream) {
+            ngx_sprintf(err, "\"echo\" with \"logprobs\" is not supported "
+                        "with \"stream\"");
+            return NGX_ERROR;
+        }
+
+        pr->echo_lp = 1;
+        pr->sampling.prompt_logprobs = (uint8_t) (1 + ngx_max(
+                                           pr->sampling.top_logprobs,
+                                           pr->prompt_lp ? pr->prompt_lp_top
+                                                         : 0));
     }
 
     pr->echo = flag;
@@ -1679,6 +1704,14 @@ ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx)
     json_object_set_new(choice, "logprobs", lp ? lp : json_null());
     json_object_set_new(choice, "finish_reason", json_string(finish));
 
+    /* vLLM: a completion choice carries its prompt's, a chat response
+     * one list at the top */
+    if (ctx->route == NGX_HTTP_KIMI_ROUTE_COMPLETIONS && ctx->params.prompt_lp)
+    {
+        json_object_set(choice, "prompt_logprobs",
+                        ctx->prompt_lp ? ctx->prompt_lp : json_null());
+    }
+
     if (ctx->stop_reason.len) {
         json_object_set_new(choice, "stop_reason",
                             json_stringn_nocheck((char *) ctx->stop_reason.data,
@@ -1756,6 +1789,11 @@ ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx)
                                              ctx->usage.model.len));
     json_object_set_new(root, "choices", choices);
     json_object_set_new(root, "usage", usage);
+
+    if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT && ctx->params.prompt_lp) {
+        json_object_set(root, "prompt_logprobs",
+                        ctx->prompt_lp ? ctx->prompt_lp : json_null());
+    }
 
     rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, root);
     json_decref(root);

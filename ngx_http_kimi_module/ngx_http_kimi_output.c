@@ -29,8 +29,10 @@ static void ngx_http_kimi_output_tool_event(void *data,
 static ngx_int_t ngx_http_kimi_output_logprob(ngx_http_kimi_ctx_t *ctx,
     const kimi_shm_token_t *tok);
 static ngx_int_t ngx_http_kimi_output_logprob_legacy(
-    ngx_http_kimi_ctx_t *ctx, const kimi_tokenizer_t *tk,
+    ngx_http_kimi_ctx_t *ctx, const kimi_tokenizer_t *tk, int32_t id,
     const kimi_shm_token_t *tok, uint32_t n_top);
+static ngx_int_t ngx_http_kimi_output_prompt_start(ngx_http_kimi_ctx_t *ctx);
+static void ngx_http_kimi_json_cleanup(void *data);
 static u_char *ngx_http_kimi_logprob_value(u_char *p, float logprob);
 static u_char *ngx_http_kimi_logprob_entry(u_char *p,
     const kimi_tokenizer_t *tk, int32_t id, float logprob, ngx_uint_t as_id);
@@ -82,7 +84,130 @@ ngx_http_kimi_output_start(ngx_http_kimi_ctx_t *ctx)
         }
     }
 
+    if (ctx->params.sampling.prompt_logprobs
+        && ngx_http_kimi_output_prompt_start(ctx) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     return ctx->params.echo ? ngx_http_kimi_output_echo(ctx) : NGX_OK;
+}
+
+
+/* Prompt logprobs: the engine owes one entry per prompt token after the
+ * first; the lists open with that first token, which nothing scores. */
+static ngx_int_t
+ngx_http_kimi_output_prompt_start(ngx_http_kimi_ctx_t *ctx)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    ctx->prompt_lp_left = ctx->n_prompt ? ctx->n_prompt - 1 : 0;
+
+    if (ctx->params.prompt_lp) {
+        ctx->prompt_lp = json_array();
+        cln = ngx_pool_cleanup_add(ctx->request->pool, 0);
+
+        if (ctx->prompt_lp == NULL || cln == NULL) {
+            json_decref(ctx->prompt_lp);
+            ctx->prompt_lp = NULL;
+            return NGX_ERROR;
+        }
+
+        cln->handler = ngx_http_kimi_json_cleanup;
+        cln->data = ctx->prompt_lp;
+
+        if (json_array_append_new(ctx->prompt_lp, json_null()) != 0) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (ctx->params.echo_lp && ctx->n_prompt) {
+        return ngx_http_kimi_output_logprob_legacy(ctx,
+                   ngx_http_kimi_text_tokenizer(ctx->text), ctx->prompt[0],
+                   NULL, 0);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_kimi_json_cleanup(void *data)
+{
+    json_decref(data);
+}
+
+
+/*
+ * One prompt entry (prompt token k + 1 given the tokens before it): into
+ * the echo's legacy lists, and as vLLM's {"ID": {"logprob", "rank",
+ * "decoded_token"}, ...} with the alternatives (their rank: their place).
+ */
+ngx_int_t
+ngx_http_kimi_output_prompt_entry(ngx_http_kimi_ctx_t *ctx,
+    const kimi_shm_token_t *tok)
+{
+    u_char                  *p, *start, name[32];
+    size_t                   len;
+    uint32_t                 i, n_top;
+    json_t                  *d;
+    const char              *b;
+    const kimi_tokenizer_t  *tk;
+
+    tk = ngx_http_kimi_text_tokenizer(ctx->text);
+
+    if (ctx->prompt_lp_left) {
+        ctx->prompt_lp_left--;
+    }
+
+    if (ctx->params.echo_lp
+        && ngx_http_kimi_output_logprob_legacy(ctx, tk, tok->token, tok,
+               ngx_min(tok->n_top, ctx->params.sampling.top_logprobs))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (!ctx->params.prompt_lp || ctx->prompt_lp == NULL) {
+        return NGX_OK;
+    }
+
+    n_top = ngx_min(tok->n_top, ctx->params.prompt_lp_top);
+
+    /* a token is at most 512 bytes, escaped x6 */
+    start = ngx_pnalloc(ctx->request->pool, (n_top + 1) * 3400 + 16);
+    if (start == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(start, "{", 1);
+
+    for (i = 0; i <= n_top; i++) {
+        int32_t   id = i == 0 ? tok->token : tok->top_ids[i - 1];
+        float     lp = i == 0 ? tok->logprob : tok->top_logprobs[i - 1];
+        uint32_t  rank = i == 0 ? tok->rank : i;
+
+        if (i > 0 && id == tok->token) {
+            continue;                     /* already there, with its rank */
+        }
+
+        b = ngx_http_kimi_token_name(tk, id, 0, name, &len);
+
+        p = ngx_sprintf(p, "%s\"%D\":{\"logprob\":", i ? "," : "", id);
+        p = ngx_http_kimi_logprob_value(p, lp);
+        p = ngx_sprintf(p, ",\"rank\":%uD,\"decoded_token\":\"", rank);
+        p = ngx_http_kimi_json_escape_utf8(p, (const u_char *) b, len);
+        p = ngx_cpymem(p, "\"}", 2);
+    }
+
+    *p++ = '}';
+
+    d = json_loadb((char *) start, p - start, 0, NULL);
+    if (d == NULL || json_array_append_new(ctx->prompt_lp, d) != 0) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -472,7 +597,8 @@ ngx_http_kimi_output_logprob(ngx_http_kimi_ctx_t *ctx,
     n_top = ngx_min(tok->n_top, ctx->params.sampling.top_logprobs);
 
     if (ctx->route == NGX_HTTP_KIMI_ROUTE_COMPLETIONS) {
-        return ngx_http_kimi_output_logprob_legacy(ctx, tk, tok, n_top);
+        return ngx_http_kimi_output_logprob_legacy(ctx, tk, tok->token, tok,
+                                                   n_top);
     }
 
     /* a token is at most a few hundred bytes; escaped x6, bytes x4 */
@@ -519,7 +645,8 @@ ngx_http_kimi_output_logprob(ngx_http_kimi_ctx_t *ctx,
  */
 static ngx_int_t
 ngx_http_kimi_output_logprob_legacy(ngx_http_kimi_ctx_t *ctx,
-    const kimi_tokenizer_t *tk, const kimi_shm_token_t *tok, uint32_t n_top)
+    const kimi_tokenizer_t *tk, int32_t id, const kimi_shm_token_t *tok,
+    uint32_t n_top)
 {
     u_char       *p, *start;
     u_char        name[32];
@@ -537,7 +664,8 @@ ngx_http_kimi_output_logprob_legacy(ngx_http_kimi_ctx_t *ctx,
         return NGX_ERROR;
     }
 
-    b = ngx_http_kimi_token_name(tk, tok->token, ctx->params.tokens_as_ids,
+    /* tok NULL: the prompt's first token (echo), nothing scores it */
+    b = ngx_http_kimi_token_name(tk, id, ctx->params.tokens_as_ids,
                                  name, &len);
 
     /* tokens */
@@ -560,7 +688,8 @@ ngx_http_kimi_output_logprob_legacy(ngx_http_kimi_ctx_t *ctx,
     if (lp[1].len) {
         *p++ = ',';
     }
-    p = ngx_http_kimi_logprob_value(p, tok->logprob);
+    p = tok ? ngx_http_kimi_logprob_value(p, tok->logprob)
+            : ngx_cpymem(p, "null", 4);
 
     if (ngx_http_kimi_append(pool, &lp[1], &ctx->lp_cap[1], start, p - start)
         != NGX_OK)
@@ -573,7 +702,14 @@ ngx_http_kimi_output_logprob_legacy(ngx_http_kimi_ctx_t *ctx,
     if (lp[2].len) {
         *p++ = ',';
     }
-    *p++ = '{';
+
+    if (tok == NULL) {
+        p = ngx_cpymem(p, "null", 4);
+        n_top = 0;
+
+    } else {
+        *p++ = '{';
+    }
 
     for (k = 0; k < n_top; k++) {
         const char  *tb;
@@ -592,7 +728,9 @@ ngx_http_kimi_output_logprob_legacy(ngx_http_kimi_ctx_t *ctx,
         p = ngx_http_kimi_logprob_value(p, tok->top_logprobs[k]);
     }
 
-    *p++ = '}';
+    if (tok != NULL) {
+        *p++ = '}';
+    }
 
     if (ngx_http_kimi_append(pool, &lp[2], &ctx->lp_cap[2], start, p - start)
         != NGX_OK)

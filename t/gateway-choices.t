@@ -270,10 +270,24 @@ my @te = map { $_->{choices}[0]{text} // '' }
     grep { ref eq 'HASH' && @{$_->{choices} // []} } @{$r->{events}};
 is($te[0], $batch[1], 'echo, streamed: the first chunk is the prompt');
 is(join('', @te), $batch[1] . $single[1], 'then the completion');
-$r = $t->post('/v1/completions', completion_body(prompt => 'x', echo => $true,
-    logprobs => 1));
-is($r->{status}, 400, 'echo with logprobs: 400 (no prompt logprobs)');
-like($r->{json}{error}{message} // '', qr/prompt's logprobs/, 'saying why');
+# echo with logprobs over a batch: each choice's lists open with its own
+# prompt (t/engine-prompt-logprobs-cpu.t checks the values)
+$r = $t->post('/v1/completions', completion_body(prompt => [ @batch[0, 1] ],
+    max_tokens => 2, temperature => 0, ignore_eos => $true, echo => $true,
+    logprobs => 0));
+is($r->{status}, 200, 'echo with logprobs, 2 prompts: 200');
+for my $i (0, 1) {
+    my $c = $r->{json}{choices}[$i];
+    my $lp = $c->{logprobs};
+    is(join('', @{ $lp->{tokens} }), $c->{text},
+        "choice $i: the tokens spell prompt and completion");
+    is(substr($c->{text}, 0, length $batch[$i]), $batch[$i],
+        "choice $i: its own prompt first");
+    ok(!defined $lp->{token_logprobs}[0]
+        && (grep { defined } @{ $lp->{token_logprobs} })
+           == @{ $lp->{tokens} } - 1,
+        "choice $i: null for the first token only");
+}
 
 # ---- return_tokens_as_token_ids (vLLM): logprob tokens as "token_id:ID" -----
 

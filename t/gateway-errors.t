@@ -104,8 +104,8 @@ is($r->{status}, 400, 'best_of 3: 400');
 is($r->{json}{error}{param}, 'best_of', 'best_of: named');
 $r = $t->post('/v1/completions', completion_body(prompt => 'x', best_of => 1));
 is($r->{status}, 200, 'best_of 1: 200');
-bad(chat_body(prompt_logprobs => 1), 400, qr/prompt_logprobs/,
-    'prompt_logprobs');
+bad(chat_body(prompt_logprobs => 'all'), 400, qr/prompt_logprobs.*integer/,
+    'prompt_logprobs not an integer');
 bad(chat_body(stream => $true, stream_options => { include_usage => $true,
     continuous_usage_stats => 'yes' }), 400, qr/continuous_usage_stats/,
     'continuous_usage_stats not a boolean');

@@ -662,7 +662,7 @@ kimi_cmd_generate(int argc, char **argv)
     for (;;) {
         kimi_sample_req_t  req = { &sp, seq, (uint32_t) n_ids, n_out, &rng,
                                    eos, n_eos, KIMI_LOGPROBS_RAW, NULL, NULL,
-                                   0 };
+                                   0, 0 };
         kimi_sample_out_t  so;
         const char        *piece;
         size_t             plen;

@@ -204,6 +204,12 @@ kimi_sample_params_check(const kimi_shm_sampling_t *sp, uint32_t vocab,
         }
     }
 
+    if (sp->prompt_logprobs > KIMI_SHM_MAX_TOP_LOGPROBS + 1) {
+        return kimi_err_set(err, KIMI_EINVAL, "prompt_logprobs must be at "
+                            "most %d, got %d", KIMI_SHM_MAX_TOP_LOGPROBS,
+                            sp->prompt_logprobs - 1);
+    }
+
     if (sp->top_logprobs > KIMI_SHM_MAX_TOP_LOGPROBS) {
         return kimi_err_set(err, KIMI_EINVAL, "top_logprobs must be at most "
                             "%d, got %u", KIMI_SHM_MAX_TOP_LOGPROBS,
@@ -351,7 +357,8 @@ kimi_sample_is_plain_greedy(const kimi_sample_req_t *req)
 {
     const kimi_shm_sampling_t  *sp = req->sampling;
 
-    return kimi_sample_is_greedy(sp) && req->n_output >= sp->min_tokens
+    return req->prompt_next == 0
+           && kimi_sample_is_greedy(sp) && req->n_output >= sp->min_tokens
            && sp->n_logit_bias == 0 && !sp->json_object
            && req->n_guided == 0
            && !kimi_sample_has_penalties(sp) && sp->top_logprobs == 0;
@@ -1092,6 +1099,45 @@ kimi_sample_top_p(kimi_sampler_t *s, uint32_t n, float m, float range,
 }
 
 
+/* A prompt_logprobs position: the next prompt token's raw logprob and
+ * rank (1 + the tokens with a larger logit) and the n most likely tokens,
+ * from the model's logits as vLLM reports prompt logprobs (no penalties,
+ * temperature or masks). */
+static int
+kimi_sample_prompt_entry(kimi_sampler_t *s, const float *logits,
+    const kimi_sample_req_t *req, kimi_shm_token_t *tok, kimi_err_t *err)
+{
+    uint32_t  t = req->prompt_next - 1, vocab = s->vocab, above = 0;
+    uint32_t  n_top = req->sampling->prompt_logprobs - 1;
+    double    lse;
+
+    if (t >= vocab || req->sampling->prompt_logprobs == 0
+        || n_top > KIMI_SHM_MAX_TOP_LOGPROBS)
+    {
+        return kimi_err_set(err, KIMI_EINVAL, "prompt logprobs: token %u, "
+                            "n %u", t, n_top);
+    }
+
+    lse = kimi_sample_logsumexp(logits, vocab);
+
+    for (uint32_t i = 0; i < vocab; i++) {
+        above += logits[i] > logits[t];
+    }
+
+    tok->token = (int32_t) t;
+    tok->logprob = (float) ((double) logits[t] - lse);
+    tok->rank = above + 1;
+    tok->n_top = kimi_sample_top_n(logits, vocab, n_top, tok->top_ids,
+                                   tok->top_logprobs);
+
+    for (uint32_t i = 0; i < tok->n_top; i++) {
+        tok->top_logprobs[i] = (float) (tok->top_logprobs[i] - lse);
+    }
+
+    return KIMI_OK;
+}
+
+
 int
 kimi_sampler_sample(kimi_sampler_t *s, const float *logits,
     const kimi_sample_req_t *req, kimi_sample_out_t *out, kimi_err_t *err)
@@ -1105,6 +1151,10 @@ kimi_sampler_sample(kimi_sampler_t *s, const float *logits,
     int                         suppress, processed;
 
     memset(tok, 0, sizeof(*tok));
+
+    if (req->prompt_next > 0) {
+        return kimi_sample_prompt_entry(s, logits, req, tok, err);
+    }
 
     suppress = req->n_output < sp->min_tokens;
     processed = suppress || sp->n_logit_bias > 0 || sp->allowed_only

@@ -66,6 +66,12 @@ struct kimi_sample_req {
     const int32_t              *guided;       /* guided_choice words, checked
                                                  by kimi_sample_guided_check */
     uint32_t                    n_guided;
+    uint32_t                    prompt_next;  /* 1 + t: a prompt position
+                                                 of a prompt_logprobs request,
+                                                 t the next prompt token: no
+                                                 draw, t's entry (raw logprob,
+                                                 rank, the top n); 0: a row
+                                                 to sample */
 };
 
 struct kimi_sample_out {

@@ -69,6 +69,9 @@ struct kimi_seq {
     uint8_t              is_decode;    /* this step: 1 token after output */
     int32_t             *guided;       /* guided_choice words, or NULL */
     uint32_t             n_guided;
+    uint32_t             n_lp_sent;    /* prompt_logprobs entries published:
+                                          position n_lp_sent scores prompt
+                                          token n_lp_sent + 1 next */
 };
 
 typedef struct {
@@ -742,7 +745,11 @@ kimi_sched_prefix_match(kimi_sched_t *s, kimi_seq_t *q, kimi_err_t *err)
     uint64_t  h = 0;
     int       rc;
 
-    if (!kimi_kv_prefix_on(s->kv) || q->table.n != 0 || q->n_computed != 0) {
+    /* a prompt_logprobs request needs the logits of every prompt
+     * position: nothing of it comes from the cache */
+    if (!kimi_kv_prefix_on(s->kv) || q->table.n != 0 || q->n_computed != 0
+        || q->sampling.prompt_logprobs > 0)
+    {
         return KIMI_OK;
     }
 
@@ -798,6 +805,53 @@ kimi_sched_prefix_register(kimi_sched_t *s, kimi_seq_t *q)
         kimi_kv_prefix_register(s->kv, q->table.ids[q->n_hashed], q->chain);
         q->n_hashed++;
     }
+}
+
+
+/* prompt_logprobs: the position whose logits score the next prompt token
+ * still owed, or -1 when none is owed. */
+static int64_t
+kimi_sched_lp_due(const kimi_seq_t *q)
+{
+    if (q->sampling.prompt_logprobs == 0 || q->n_lp_sent + 1 >= q->n_prompt) {
+        return -1;
+    }
+
+    return q->n_lp_sent;
+}
+
+
+/* Tokens of a prefill chunk of q, at most n: a prompt_logprobs request
+ * takes each owed position in a step of its own (a backend returns one row
+ * of logits per sequence a step), and the positions before it (again after
+ * a preemption) in chunks that stop short of it. */
+static uint32_t
+kimi_sched_chunk(const kimi_seq_t *q, uint32_t n)
+{
+    int64_t  due = kimi_sched_lp_due(q);
+
+    if (due < 0) {
+        return n;
+    }
+
+    if (q->n_computed < (uint64_t) due) {
+        return (uint32_t) ((uint64_t) due - q->n_computed) < n
+               ? (uint32_t) ((uint64_t) due - q->n_computed) : n;
+    }
+
+    return n > 0 ? 1 : 0;
+}
+
+
+/* This step's batch ends q's chunk at the owed position: its row is a
+ * prompt entry, not a draw. */
+static int
+kimi_sched_lp_row(const kimi_seq_t *q)
+{
+    int64_t  due = kimi_sched_lp_due(q);
+
+    return due >= 0 && q->n_sched > 0
+           && (uint64_t) q->n_computed + q->n_sched - 1 == (uint64_t) due;
 }
 
 
@@ -865,8 +919,10 @@ kimi_sched_schedule(kimi_sched_t *s, kimi_err_t *err)
             continue;
         }
 
-        n = remaining < budget ? remaining : budget;
-        if (n == remaining && !kimi_sched_can_emit(s, q)) {
+        n = kimi_sched_chunk(q, remaining < budget ? remaining : budget);
+        if ((n == remaining || kimi_sched_lp_due(q) == q->n_computed)
+            && !kimi_sched_can_emit(s, q))
+        {
             continue;
         }
 
@@ -902,15 +958,17 @@ kimi_sched_schedule(kimi_sched_t *s, kimi_err_t *err)
         }
 
         remaining = q->n_tokens - q->n_computed;
-        n = remaining < budget ? remaining : budget;
+        n = kimi_sched_chunk(q, remaining < budget ? remaining : budget);
 
-        /* without chunked prefill a prompt goes in whole; a sequence that
+        /* without chunked prefill a prompt goes in whole (prompt_logprobs
+         * requests excepted: a step per position);  a sequence that
          * was preempted may be longer than the budget and is chunked.
          * start a prefill only if all of it fits now: a half-prefilled
          * sequence would be the first victim when decodes need blocks */
         if ((n < remaining && !s->params.enable_chunked_prefill
-             && q->n_tokens == q->n_prompt)
-            || (n == remaining && !kimi_sched_can_emit(s, q))
+             && q->n_tokens == q->n_prompt && kimi_sched_lp_due(q) < 0)
+            || ((n == remaining || kimi_sched_lp_due(q) == q->n_computed)
+                && !kimi_sched_can_emit(s, q))
             || kimi_kv_blocks_for(s->kv, q->n_tokens) - q->table.n
                > kimi_kv_n_free(s->kv))
         {
@@ -1086,8 +1144,10 @@ kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
         b->pos = q->n_computed;
         b->block_table = q->table.ids;
         b->n_blocks = q->table.n;
-        b->want_logits = q->n_computed + q->n_sched == q->n_tokens;
-        b->greedy_hint = b->want_logits && kimi_sched_plain_greedy(q);
+        b->want_logits = q->n_computed + q->n_sched == q->n_tokens
+                         || kimi_sched_lp_row(q);
+        b->greedy_hint = b->want_logits && !kimi_sched_lp_row(q)
+                         && kimi_sched_plain_greedy(q);
         n_want += b->want_logits;
         n_tokens += q->n_sched;
     }
@@ -1125,6 +1185,8 @@ kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
         r->tokenizer = s->params.tokenizer;
         r->guided = q->guided;
         r->n_guided = q->n_guided;
+        r->prompt_next = kimi_sched_lp_row(q)
+                         ? (uint32_t) q->tokens[q->n_lp_sent + 1] + 1 : 0;
     }
 
     if (n_want > 0 && s->backend->ops->sample != NULL) {
@@ -1157,12 +1219,14 @@ kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
     w = 0;
     for (uint32_t i = 0; i < s->n_batched; i++) {
         kimi_shm_token_t  *tok;
+        int                lp_row;
 
         q = s->batched[i];
         if (!q->is_decode) {
             s->stats.prompt_tokens_total += q->n_sched;
         }
 
+        lp_row = kimi_sched_lp_row(q);
         q->n_computed += q->n_sched;
         q->n_sched = 0;
         kimi_sched_prefix_register(s, q);
@@ -1172,6 +1236,17 @@ kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
         }
 
         tok = &s->outs[w++].tok;
+
+        if (lp_row) {
+            /* a prompt position: its entry, then the next position */
+            q->n_lp_sent++;
+            s->bseqs[i].want_logits = 0;    /* no stop check below */
+            if (!q->is_cancelled && s->sink.emit_prompt != NULL) {
+                s->sink.emit_prompt(s->sink.ctx, q->user, tok);
+            }
+            continue;
+        }
+
         if (tok->token < 0 || (uint32_t) tok->token >= s->vocab) {
             /* a device sampler gone wrong must not reach the client */
             q->is_bad_token = 1;

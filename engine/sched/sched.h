@@ -80,6 +80,10 @@ typedef struct {
      * token ring); 0 pauses it for this step (client backpressure). */
     int   (*can_emit)(void *ctx, void *user);
     void  (*emit)(void *ctx, void *user, const kimi_shm_token_t *tok);
+    /* sampling.prompt_logprobs: the entry of prompt token k + 1 (k = 0, 1,
+     * ...), before any emit(); the same can_emit() rule; not a generated
+     * token (neither counted in n_output_tokens nor the first token) */
+    void  (*emit_prompt)(void *ctx, void *user, const kimi_shm_token_t *tok);
     /* first time the sequence is scheduled (queue time ends); n_cached
      * prompt tokens came from the prefix cache */
     void  (*started)(void *ctx, void *user, uint32_t n_cached);

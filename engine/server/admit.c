@@ -430,6 +430,24 @@ kimi_srv_emit(void *ctx, void *user, const kimi_shm_token_t *tok)
 
 
 static void
+kimi_srv_emit_prompt(void *ctx, void *user, const kimi_shm_token_t *tok)
+{
+    kimi_server_t    *srv = ctx;
+    kimi_srv_seq_t   *q = user;
+    kimi_shm_slot_t  *s = kimi_shm_slot(&srv->shm, q->slot);
+
+    if (kimi_shm_tok_space(s) == 0) {
+        kimi_log(KIMI_LOG_ERR, "token ring of slot=%u full, prompt entry "
+                 "dropped", q->slot);
+        return;
+    }
+
+    kimi_shm_tok_push(s, tok);
+    kimi_srv_notify(srv, q->worker, q->slot, q->generation);
+}
+
+
+static void
 kimi_srv_started(void *ctx, void *user, uint32_t n_cached)
 {
     uint64_t          now, from;
@@ -520,6 +538,7 @@ kimi_srv_sink(kimi_server_t *srv)
     sink.ctx = srv;
     sink.can_emit = kimi_srv_can_emit;
     sink.emit = kimi_srv_emit;
+    sink.emit_prompt = kimi_srv_emit_prompt;
     sink.started = kimi_srv_started;
     sink.finish = kimi_srv_finish;
 

@@ -57,7 +57,7 @@
 #include "../common/kimi_err.h"
 
 #define KIMI_SHM_MAGIC           0x4d48534d494d494bULL  /* "KIMIMSHM" */
-#define KIMI_SHM_ABI_VERSION     3
+#define KIMI_SHM_ABI_VERSION     4
 
 #define KIMI_SHM_MAX_RANKS       8      /* DP ranks served by one segment */
 #define KIMI_SHM_MAX_WORKERS     128    /* nginx workers, two generations */
@@ -133,17 +133,27 @@ typedef struct {
                                       logit_bias ids can be drawn */
     uint8_t   json_object;         /* response_format json_object: the
                                       output is one JSON object */
+    uint8_t   prompt_logprobs;     /* 0: none; 1 + n: the engine first
+                                      publishes one entry per prompt token
+                                      after the first (its raw logprob and
+                                      rank given the tokens before it, and
+                                      the n most likely there), then the
+                                      generated tokens */
+    uint8_t   pad1[7];
     kimi_shm_logit_bias_t  logit_bias[KIMI_SHM_MAX_LOGIT_BIAS];
 } kimi_shm_sampling_t;
 
-_Static_assert(sizeof(kimi_shm_sampling_t) == 2584, "sampling layout");
+_Static_assert(sizeof(kimi_shm_sampling_t) == 2592, "sampling layout");
 
-/* One generated token as the engine publishes it. */
+/* One generated token (or prompt token, see sampling.prompt_logprobs) as
+ * the engine publishes it. */
 typedef struct {
     int32_t   token;
-    float     logprob;             /* valid if sampling.logprobs */
+    float     logprob;             /* valid if sampling.logprobs (prompt
+                                      entries: always) */
     uint32_t  n_top;               /* top entries valid */
-    uint32_t  pad0;
+    uint32_t  rank;                /* prompt entries: the token's rank at
+                                      its position, 1 = most likely */
     int32_t   top_ids[KIMI_SHM_MAX_TOP_LOGPROBS];
     float     top_logprobs[KIMI_SHM_MAX_TOP_LOGPROBS];
 } kimi_shm_token_t;

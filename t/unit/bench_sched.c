@@ -101,8 +101,8 @@ main(void)
     static const int32_t eos[] = { 1 };
     nb_t                 nb = { { &nb_ops, VOCAB, 1 << 20 }, 0 };
     kimi_sched_params_t  p = kimi_sched_default_params();
-    kimi_sched_sink_t    sink = { NULL, sink_can_emit, sink_emit, NULL,
-                                  sink_finish };
+    kimi_sched_sink_t    sink = { .can_emit = sink_can_emit,
+                                  .emit = sink_emit, .finish = sink_finish };
     kimi_sched_stats_t   st;
     kimi_sched_t        *s;
     kimi_err_t           err;

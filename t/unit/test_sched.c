@@ -269,6 +269,12 @@ typedef struct {
     uint32_t          n_reported;
     char              message[256];
     int               cancel_on_emit;  /* cancel itself from emit() */
+    float             out_lp[REC_MAX];
+    int32_t           pl_tok[REC_MAX];  /* prompt_logprobs entries */
+    float             pl_lp[REC_MAX];
+    uint32_t          pl_rank[REC_MAX];
+    uint32_t          n_pl;
+    int               pl_late;          /* an entry after a token */
 } rec_t;
 
 typedef struct {
@@ -296,11 +302,32 @@ sink_emit(void *ctx, void *user, const kimi_shm_token_t *tok)
     }
 
     if (r->n_out < REC_MAX) {
+        r->out_lp[r->n_out] = tok->logprob;
         r->out[r->n_out++] = tok->token;
     }
 
     if (r->cancel_on_emit && r->n_out == (uint32_t) r->cancel_on_emit) {
         kimi_sched_cancel(sc->sched, r->id);
+    }
+}
+
+
+static void
+sink_emit_prompt(void *ctx, void *user, const kimi_shm_token_t *tok)
+{
+    sink_ctx_t  *sc = ctx;
+    rec_t       *r = user;
+
+    if (r->finished || r->blocked) {
+        sc->misuse = 1;
+    }
+
+    r->pl_late |= r->n_out > 0;
+
+    if (r->n_pl < REC_MAX) {
+        r->pl_tok[r->n_pl] = tok->token;
+        r->pl_lp[r->n_pl] = tok->logprob;
+        r->pl_rank[r->n_pl++] = tok->rank;
     }
 }
 
@@ -370,6 +397,7 @@ env_init(env_t *e, const kimi_sched_params_t *p)
     sink.ctx = &e->sc;
     sink.can_emit = sink_can_emit;
     sink.emit = sink_emit;
+    sink.emit_prompt = sink_emit_prompt;
     sink.started = sink_started;
     sink.finish = sink_finish;
 
@@ -851,6 +879,89 @@ test_preemption(void)
     ok(add(&e, &rb, 99, prompts[0], 40, &big, &err) == KIMI_EINVAL
        && strstr(err.msg, "whole cache holds 160") != NULL,
        "longer than the whole cache: rejected at add");
+    env_free(&e);
+}
+
+
+/* prompt_logprobs: one entry per prompt token after the first, in order,
+ * before any generated token; the same output as without; a position a
+ * step; nothing from the prefix cache; exact after preemptions; the entry
+ * of a token greedy decoding chose carries rank 1 and its logprob. */
+static void
+test_prompt_logprobs(void)
+{
+    int32_t              prompts[8][48], refs[8][32], ext[41];
+    uint32_t             n_refs[8];
+    kimi_shm_sampling_t  sp = greedy(24), lp = greedy(24);
+    kimi_sched_params_t  p = params(8, 64, 20, 8);   /* 160 tokens of cache */
+    kimi_sched_stats_t   st;
+    kimi_err_t           err;
+    env_t                e;
+    static rec_t         recs[8], rc, rd, re;
+    int                  in_order = 1, same_out = 1, rank_ok = 1, steps;
+
+    lp.prompt_logprobs = 1 + 2;
+    lp.logprobs = 1;
+    sp.logprobs = 1;
+
+    env_init(&e, &p);
+    for (int i = 0; i < 8; i++) {
+        make_prompt(prompts[i], 30 + i * 2, 700 + i);
+        n_refs[i] = alone(prompts[i], 30 + i * 2, &sp, refs[i]);
+        ok(add(&e, &recs[i], 10 + i, prompts[i], 30 + i * 2, i % 2 ? &sp : &lp,
+               &err) == KIMI_OK, "prompt_logprobs: add %d", i);
+    }
+
+    steps = run(&e, 100000);
+    kimi_sched_stats(e.s, &st);
+    ok(steps > 0 && !e.tb->bad && !e.sc.misuse, "prompt_logprobs run "
+       "completes%s%s", e.tb->bad ? ": " : "", e.tb->bad_msg);
+    ok(st.num_preemptions > 0, "with preemptions (%llu)",
+       (unsigned long long) st.num_preemptions);
+
+    for (int i = 0; i < 8; i++) {
+        uint32_t  n = 30 + i * 2, want = i % 2 ? 0 : n - 1;
+
+        same_out &= same(recs[i].out, recs[i].n_out, refs[i], n_refs[i]);
+        in_order &= recs[i].n_pl == want && !recs[i].pl_late;
+        for (uint32_t k = 0; k < recs[i].n_pl && k + 1 < n; k++) {
+            in_order &= recs[i].pl_tok[k] == prompts[i][k + 1];
+            rank_ok &= recs[i].pl_rank[k] >= 1
+                       && recs[i].pl_rank[k] <= TB_VOCAB
+                       && recs[i].pl_lp[k] <= 0.0f;
+        }
+    }
+
+    ok(in_order, "n - 1 entries each, the prompt's tokens in order, all "
+       "before the first generated token (none without the option)");
+    ok(rank_ok, "ranks in [1, vocab], logprobs <= 0");
+    ok(same_out, "generated tokens unchanged by the option and the "
+       "preemptions");
+    env_free(&e);
+
+    /* the oracle: greedy output of a prompt, then that prompt + the
+     * token as a prompt_logprobs request (after the plain one, so the
+     * prefix cache could have served it) */
+    p = params(4, 64, 64, 8);
+    p.enable_prefix_caching = 1;
+    env_init(&e, &p);
+    e.tb->prefix_ok = 1;
+    make_prompt(ext, 40, 900);
+    ok(add(&e, &rc, 1, ext, 40, &sp, &err) == KIMI_OK, "oracle: add");
+    run(&e, 10000);
+    ext[40] = rc.out[0];
+    ok(add(&e, &rd, 2, ext, 40, &sp, &err) == KIMI_OK
+       && add(&e, &re, 3, ext, 41, &lp, &err) == KIMI_OK, "again, and with "
+       "prompt_logprobs");
+    run(&e, 10000);
+    ok(rd.n_cached > 0 && re.n_cached == 0, "the plain repeat hit the prefix "
+       "cache (%u tokens), the prompt_logprobs one did not (%u)",
+       rd.n_cached, re.n_cached);
+    ok(re.n_pl == 40 && re.pl_tok[39] == rc.out[0] && re.pl_rank[39] == 1
+       && fabsf(re.pl_lp[39] - rc.out_lp[0]) < 1e-6f,
+       "the greedy token's entry: rank 1, logprob %.6f as generated %.6f",
+       re.pl_lp[39], rc.out_lp[0]);
+    ok(e.tb->n_tokens_fwd > 0 && !e.tb->bad, "backend saw no gaps");
     env_free(&e);
 }
 
@@ -1850,6 +1961,7 @@ main(void)
     test_batch_invariance();
     test_chunked_prefill();
     test_preemption();
+    test_prompt_logprobs();
     test_seeds();
     test_cancel();
     test_limits();

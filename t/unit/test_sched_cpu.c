@@ -87,7 +87,8 @@ static int
 run(kimi_backend_t *b, const kimi_sched_params_t *p, int32_t (*prompts)[400],
     const uint32_t *lens, uint32_t n, rec_t *recs, kimi_sched_stats_t *st)
 {
-    kimi_sched_sink_t  sink = { NULL, can_emit, emit, NULL, finish };
+    kimi_sched_sink_t  sink = { .can_emit = can_emit, .emit = emit,
+                                .finish = finish };
     kimi_seq_desc_t    d;
     kimi_sched_t      *s;
     kimi_err_t         err;

@@ -491,6 +491,19 @@ kimi_replay_sample(kimi_backend_t *b, const struct kimi_sample_req *reqs,
     }
 
     for (i = 0; i < n; i++) {
+        if (reqs[i].prompt_next > 0) {
+            /* a prompt_logprobs position: the script's world is certain */
+            memset(&out[i].tok, 0, offsetof(kimi_shm_token_t, top_ids));
+            out[i].tok.token = (int32_t) reqs[i].prompt_next - 1;
+            out[i].tok.rank = 1;
+            if (reqs[i].sampling->prompt_logprobs > 1) {
+                out[i].tok.n_top = 1;
+                out[i].tok.top_ids[0] = out[i].tok.token;
+                out[i].tok.top_logprobs[0] = 0.0f;
+            }
+            continue;
+        }
+
         e = kimi_replay_find(r, r->want[i]);
 
         if (e != NULL) {
