@@ -708,19 +708,29 @@ ngx_http_kimi_output_logprob_legacy(ngx_http_kimi_ctx_t *ctx,
         n_top = 0;
 
     } else {
+        /* the chosen token first, then the n most likely: as OpenAI's
+         * legacy API and vLLM, "up to logprobs + 1 elements" */
         *p++ = '{';
+        *p++ = '"';
+        p = ngx_http_kimi_json_escape_utf8(p, (const u_char *) b, len);
+        *p++ = '"';
+        *p++ = ':';
+        p = ngx_http_kimi_logprob_value(p, tok->logprob);
     }
 
     for (k = 0; k < n_top; k++) {
         const char  *tb;
         size_t       tl;
+        u_char       tname[32];
+
+        if (tok->top_ids[k] == tok->token) {
+            continue;
+        }
 
         tb = ngx_http_kimi_token_name(tk, tok->top_ids[k],
-                                      ctx->params.tokens_as_ids, name, &tl);
+                                      ctx->params.tokens_as_ids, tname, &tl);
 
-        if (k) {
-            *p++ = ',';
-        }
+        *p++ = ',';
         *p++ = '"';
         p = ngx_http_kimi_json_escape_utf8(p, (const u_char *) tb, tl);
         *p++ = '"';

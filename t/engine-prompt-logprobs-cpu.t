@@ -103,6 +103,21 @@ is($lp->{text_offset}[scalar @$ids], length($prompt),
     'the completion starts at the prompt length');
 ok(abs($lp->{token_logprobs}[scalar @$ids] - $glp->[0]) < 1e-6,
     'the completion tokens keep their logprobs');
+my $has_own = 0;
+for my $k (1 .. $#{ $lp->{tokens} }) {
+    my $m = $lp->{top_logprobs}[$k];
+    $has_own++ if exists $m->{ $lp->{tokens}[$k] }
+        && abs($m->{ $lp->{tokens}[$k] } - $lp->{token_logprobs}[$k]) < 1e-6
+        && keys(%$m) >= 1 && keys(%$m) <= 2;
+}
+is($has_own, $#{ $lp->{tokens} }, 'each top_logprobs map holds the token '
+    . 'itself and the 1 most likely (OpenAI: up to logprobs + 1)');
+$r = $t->post('/v1/completions', completion_body(prompt => $prompt,
+    max_tokens => 2, temperature => 0, ignore_eos => $true, logprobs => 0));
+my $z = $r->{json}{choices}[0]{logprobs};
+is_deeply([ map { [ keys %$_ ] } @{ $z->{top_logprobs} } ],
+    [ map { [ $_ ] } @{ $z->{tokens} } ],
+    'logprobs 0: each map is the chosen token alone');
 
 # ---- chat -------------------------------------------------------------------
 
