@@ -269,6 +269,10 @@ struct ngx_http_kimi_ctx_s {
 
     unsigned                     headers_sent:1;
     unsigned                     role_sent:1;
+    unsigned                     echo_pending:1;   /* streamed echo with
+                                                      logprobs: the prompt's
+                                                      chunk waits for its
+                                                      entries */
     unsigned                     stopped:1;        /* stop string matched */
     unsigned                     sse_final:1;      /* last drain: hold the
                                                       last content chunk */
@@ -315,6 +319,7 @@ u_char *ngx_http_kimi_json_escape_utf8(u_char *dst, const u_char *src,
     size_t len);
 ngx_int_t ngx_http_kimi_output_prompt_entry(ngx_http_kimi_ctx_t *ctx,
     const kimi_shm_token_t *tok);
+ngx_int_t ngx_http_kimi_output_echo(ngx_http_kimi_ctx_t *ctx);
 size_t ngx_http_kimi_logprobs_legacy_len(ngx_http_kimi_ctx_t *ctx);
 u_char *ngx_http_kimi_logprobs_legacy(ngx_http_kimi_ctx_t *ctx, u_char *p);
 

@@ -1108,6 +1108,16 @@ ngx_http_kimi_engine_process(ngx_http_kimi_ctx_t *ctx)
         return;
     }
 
+    if (ctx->echo_pending) {
+        ctx->echo_pending = 0;
+
+        rc = ngx_http_kimi_output_echo(ctx);
+        if (rc != NGX_OK) {
+            ngx_http_kimi_finalize(ctx, rc);
+            return;
+        }
+    }
+
     avail = kimi_shm_tok_available(s);
 
     if (avail < 0) {

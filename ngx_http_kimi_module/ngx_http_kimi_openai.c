@@ -1266,12 +1266,6 @@ ngx_http_kimi_parse_prompt(ngx_http_kimi_ctx_t *ctx, json_t *root,
     /* echo: the prompt leads each choice's text; with logprobs, the
      * lists start with the prompt's tokens (the first one's logprob null) */
     if (flag && pr->sampling.logprobs) {
-        if (pr->stream) {
-            ngx_sprintf(err, "\"echo\" with \"logprobs\" is not supported "
-                        "with \"stream\"");
-            return NGX_ERROR;
-        }
-
         pr->echo_lp = 1;
         pr->sampling.prompt_logprobs = (uint8_t) (1 + ngx_max(
                                            pr->sampling.top_logprobs,

@@ -38,7 +38,6 @@ static u_char *ngx_http_kimi_logprob_entry(u_char *p,
     const kimi_tokenizer_t *tk, int32_t id, float logprob, ngx_uint_t as_id);
 static const char *ngx_http_kimi_token_name(const kimi_tokenizer_t *tk,
     int32_t id, ngx_uint_t as_id, u_char *buf, size_t *len);
-static ngx_int_t ngx_http_kimi_output_echo(ngx_http_kimi_ctx_t *ctx);
 static ngx_int_t ngx_http_kimi_append(ngx_pool_t *pool, ngx_str_t *s,
     size_t *cap, const u_char *p, size_t len);
 
@@ -88,6 +87,14 @@ ngx_http_kimi_output_start(ngx_http_kimi_ctx_t *ctx)
         && ngx_http_kimi_output_prompt_start(ctx) != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ctx->params.echo && ctx->params.stream && ctx->params.echo_lp
+        && ctx->prompt_lp_left > 0)
+    {
+        /* the prompt's chunk carries its logprobs: sent once they came */
+        ctx->echo_pending = 1;
+        return NGX_OK;
     }
 
     return ctx->params.echo ? ngx_http_kimi_output_echo(ctx) : NGX_OK;
@@ -214,7 +221,7 @@ ngx_http_kimi_output_prompt_entry(ngx_http_kimi_ctx_t *ctx,
 /* echo: the choice's prompt, decoded from its ids as the model saw them
  * (special tokens kept), goes first: the first chunk of a stream, the
  * start of the text otherwise.  Stop strings look only at what follows. */
-static ngx_int_t
+ngx_int_t
 ngx_http_kimi_output_echo(ngx_http_kimi_ctx_t *ctx)
 {
     int            rc;

@@ -119,6 +119,35 @@ is_deeply([ map { [ keys %$_ ] } @{ $z->{top_logprobs} } ],
     [ map { [ $_ ] } @{ $z->{tokens} } ],
     'logprobs 0: each map is the chosen token alone');
 
+# streamed: the first chunk is the prompt with its logprobs, then the
+# completion's chunks; together the same as the whole response
+my $whole = $t->post('/v1/completions', completion_body(prompt => $prompt,
+    max_tokens => 3, temperature => 0, ignore_eos => $true, echo => $true,
+    logprobs => 2))->{json}{choices}[0];
+$r = $t->sse('/v1/completions', completion_body(prompt => $prompt,
+    max_tokens => 3, temperature => 0, ignore_eos => $true, echo => $true,
+    logprobs => 2, stream => $true));
+my @ch = map { $_->{choices}[0] }
+    grep { ref $_ eq 'HASH' && @{ $_->{choices} // [] } } @{ $r->{events} };
+is($ch[0]{text}, $prompt, 'streamed echo + logprobs: the first chunk is the '
+    . 'prompt');
+is(scalar @{ $ch[0]{logprobs}{tokens} }, scalar @$ids,
+    'carrying its tokens\' logprobs');
+ok(!defined $ch[0]{logprobs}{token_logprobs}[0], 'the first one null');
+my (@st, @sl, @so);
+for my $c (@ch) {
+    push @st, @{ $c->{logprobs}{tokens} // [] };
+    push @sl, @{ $c->{logprobs}{token_logprobs} // [] };
+    push @so, @{ $c->{logprobs}{text_offset} // [] };
+}
+is(join('', map { $_->{text} } @ch), $whole->{text},
+    'the chunks spell the non-streamed text');
+is_deeply(\@st, $whole->{logprobs}{tokens}, 'the same tokens');
+is_deeply(\@so, $whole->{logprobs}{text_offset}, 'the same text offsets');
+is(scalar(grep { defined $sl[$_] && abs($sl[$_]
+        - $whole->{logprobs}{token_logprobs}[$_]) < 1e-6 } 1 .. $#sl),
+    $#sl, 'the same logprobs');
+
 # ---- chat -------------------------------------------------------------------
 
 $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
@@ -135,9 +164,6 @@ for my $case (
     [ '/v1/completions', completion_body(prompt => 'x', stream => $true,
         prompt_logprobs => 1), qr/prompt_logprobs.*stream/,
         'prompt_logprobs with stream' ],
-    [ '/v1/completions', completion_body(prompt => 'x', stream => $true,
-        echo => $true, logprobs => 1), qr/echo.*logprobs.*stream/,
-        'echo + logprobs with stream' ],
     [ '/v1/completions', completion_body(prompt => 'x',
         prompt_logprobs => 21), qr/\[0, 20\]/, 'prompt_logprobs 21' ],
     [ '/v1/chat/completions', chat_body(content => 'x',
