@@ -67,6 +67,48 @@ tile_load_w(TileW &w, const uint8_t *wa, const uint8_t *wb, size_t K, int kb, in
     }
 }
 
+/* One 128-block of K for the warp tile: the weights already in registers
+ * (cur, in tile_load_w's order), the tokens' bytes and scales from xrow/xs
+ * (L1/L2), promoted into acc with the block's weight scales wsa/wsb. */
+template <int NG>
+static __device__ __forceinline__ void
+tile_kblock(const TileW &cur, const uint8_t *const xrow[NG], const float *const xs0[NG],
+            const float *const xs1[NG], int ngroups, int kb, float wsa, float wsb,
+            float acc[2][NG][4])
+{
+    const int t = threadIdx.x & 3;
+
+#pragma unroll
+    for (int j = 0; j < NG; j++) {
+        if (j >= ngroups) {
+            break;
+        }
+        const uint8_t *xp = xrow[j] + (size_t) kb * 128 + t * 16;
+        uint4 xv[2];
+        xv[0] = *(const uint4 *) xp;
+        xv[1] = *(const uint4 *) (xp + 64);
+        float tmp[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const uint4 r = cur.v[s][0][h], q = cur.v[s][1][h];
+                tile_mma(tmp[s], r.x, q.x, r.y, q.y, xv[h].x, xv[h].y);
+                tile_mma(tmp[s], r.z, q.z, r.w, q.w, xv[h].z, xv[h].w);
+            }
+        }
+        const float x0 = xs0[j][kb], x1 = xs1[j][kb];
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            const float ws = s == 0 ? wsa : wsb;
+            acc[s][j][0] += tmp[s][0] * (ws * x0);
+            acc[s][j][1] += tmp[s][1] * (ws * x1);
+            acc[s][j][2] += tmp[s][2] * (ws * x0);
+            acc[s][j][3] += tmp[s][3] * (ws * x1);
+        }
+    }
+}
+
 /*
  * wa, wb: row g of each set (the lane's row; row g+8 is 8*K further).
  * sa, sb: the sets' scale rows ([K/128] fp32, one 128-row block each).
@@ -101,36 +143,7 @@ fp8_tile(const uint8_t *wa, const uint8_t *wb, const float *sa, const float *sb,
         if (kb + 1 < kb1) {
             tile_load_w(nxt, wa, wb, K, kb + 1, t);
         }
-        const float wsa = sa[kb], wsb = sb[kb];
-#pragma unroll
-        for (int j = 0; j < NG; j++) {
-            if (j >= ngroups) {
-                break;
-            }
-            const uint8_t *xp = xrow[j] + (size_t) kb * 128 + t * 16;
-            uint4 xv[2];
-            xv[0] = *(const uint4 *) xp;
-            xv[1] = *(const uint4 *) (xp + 64);
-            float tmp[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-#pragma unroll
-            for (int s = 0; s < 2; s++) {
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const uint4 r = cur.v[s][0][h], q = cur.v[s][1][h];
-                    tile_mma(tmp[s], r.x, q.x, r.y, q.y, xv[h].x, xv[h].y);
-                    tile_mma(tmp[s], r.z, q.z, r.w, q.w, xv[h].z, xv[h].w);
-                }
-            }
-            const float x0 = xs0[j][kb], x1 = xs1[j][kb];
-#pragma unroll
-            for (int s = 0; s < 2; s++) {
-                const float ws = s == 0 ? wsa : wsb;
-                acc[s][j][0] += tmp[s][0] * (ws * x0);
-                acc[s][j][1] += tmp[s][1] * (ws * x1);
-                acc[s][j][2] += tmp[s][2] * (ws * x0);
-                acc[s][j][3] += tmp[s][3] * (ws * x1);
-            }
-        }
+        tile_kblock<NG>(cur, xrow, xs0, xs1, ngroups, kb, sa[kb], sb[kb], acc);
         if (kb + 1 < kb1) {
             cur = nxt;
         }

@@ -23,7 +23,7 @@
 
 #include <cublasLt.h>
 
-#include "fp8_tile.cuh"
+#include "fp8_ring.cuh"
 #include "kimi_kernels.h"
 
 /* A block is GEMM_KS warps on the same 32 weight rows, each over 1/GEMM_KS
@@ -98,6 +98,88 @@ gemm_nt_kernel(const uint8_t *__restrict__ xq,   // [T, K]
     }
 }
 
+/* ---- batch 1..16: weights through the shared-memory ring (fp8_ring.cuh) -- */
+
+#define GV_MAX_T 16
+
+/* Two matrices of the same input may share a launch (q_a and kv_a): row
+ * tiles below N1/32 are W1's, the rest W2's, each written to its own Y. */
+struct gv_mat {
+    const uint8_t *w;      /* [N, K] */
+    const float   *ws;     /* [N/128, K/128] */
+    int            n;      /* rows, a multiple of 32 */
+    void          *y;      /* [T, ldy] */
+    int            ldy;
+};
+
+template <int NG, typename Y>
+static __global__ void __launch_bounds__(RING_THREADS)
+gemv_kernel(const uint8_t *__restrict__ xq,   // [T, K]
+            const float *__restrict__ xs,     // [T, K/128]
+            int T, int K, gv_mat m1, gv_mat m2)
+{
+    extern __shared__ __align__(128) uint8_t ring_smem[];
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int n0 = (blockIdx.x / (int) cooperative_groups::this_cluster().num_blocks()) * RING_ROWS;
+    const gv_mat m = n0 < m1.n ? m1 : m2;
+    n0 = n0 < m1.n ? n0 : n0 - m1.n;
+    Y *y = (Y *) m.y;
+    const int KB = K / 128;
+    const uint8_t *xrow[NG];
+    const float   *xs0[NG], *xs1[NG];
+#pragma unroll
+    for (int j = 0; j < NG; j++) {
+        /* columns past T read a valid row and are never stored */
+        xrow[j] = xq + (size_t) min(j * 8 + g, T - 1) * K;
+        xs0[j] = xs + (size_t) min(j * 8 + 2 * t, T - 1) * KB;
+        xs1[j] = xs + (size_t) min(j * 8 + 2 * t + 1, T - 1) * KB;
+    }
+    const float *wsrow = m.ws + (size_t) (n0 / 128) * KB;   /* both 16-row sets */
+    float acc[2][NG][4];
+
+    if (!ring_tile<NG>(ring_smem, m.w + (size_t) (n0 + lane) * K, wsrow, wsrow, KB,
+                       xrow, xs0, xs1, min(NG, (T + 7) / 8), acc)) {
+        return;
+    }
+#pragma unroll
+    for (int s = 0; s < 2; s++) {
+#pragma unroll
+        for (int j = 0; j < NG; j++) {
+            const int r = n0 + s * 16 + g, c = j * 8 + 2 * t;
+            if (c < T) {
+                kimi_stf(&y[(size_t) c * m.ldy + r], acc[s][j][0]);
+                kimi_stf(&y[(size_t) c * m.ldy + r + 8], acc[s][j][2]);
+            }
+            if (c + 1 < T) {
+                kimi_stf(&y[(size_t) (c + 1) * m.ldy + r], acc[s][j][1]);
+                kimi_stf(&y[(size_t) (c + 1) * m.ldy + r + 8], acc[s][j][3]);
+            }
+        }
+    }
+}
+
+template <int NG, typename Y>
+static int
+gv_launch(const uint8_t *xq, const float *xs, int T, int K, gv_mat m1, gv_mat m2,
+          cudaStream_t s, kimi_err_t *err)
+{
+    static int slots;
+    return ring_launch(gemv_kernel<NG, Y>, &slots, (m1.n + m2.n) / RING_ROWS, K / 128, 1, s,
+                       err, xq, xs, T, K, m1, m2);
+}
+
+/* KIMI_GEMM_V2=1: batch 1..16 on gemm_nt_kernel too (benchmarks, A/B) */
+static int
+gv_disabled(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("KIMI_GEMM_V2");
+        v = e != NULL && e[0] == '1';
+    }
+    return v;
+}
+
 template <typename Y>
 static int
 gemm_nt_launch(const uint8_t *xq, const float *xs, int T, int K,
@@ -115,6 +197,11 @@ gemm_nt_launch(const uint8_t *xq, const float *xs, int T, int K,
     }
     if (T == 0) {
         return KIMI_OK;
+    }
+    if (T <= GV_MAX_T && !gv_disabled()) {
+        const gv_mat m1 = { w, ws, N, y, ldy }, none = { NULL, NULL, 0, NULL, 0 };
+        return T <= 8 ? gv_launch<1, Y>(xq, xs, T, K, m1, none, s, err)
+                      : gv_launch<2, Y>(xq, xs, T, K, m1, none, s, err);
     }
     dim3 grid(N / 32, 1);
     if (T <= 8) {
@@ -143,6 +230,33 @@ kimi_fp8_gemm_nt_f32(const uint8_t *xq, const float *xs, int T, int K,
                      int ldy, cudaStream_t s, kimi_err_t *err)
 {
     return gemm_nt_launch(xq, xs, T, K, w, ws, N, y, ldy, s, err);
+}
+
+extern "C" int
+kimi_fp8_gemm_nt2_f32(const uint8_t *xq, const float *xs, int T, int K,
+                      const uint8_t *w1, const float *ws1, int N1, float *y1,
+                      const uint8_t *w2, const float *ws2, int N2, float *y2,
+                      cudaStream_t s, kimi_err_t *err)
+{
+    if (T > GV_MAX_T || gv_disabled()) {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "fp8_gemm_nt2: T=%d above %d", T, GV_MAX_T);
+    }
+    if (xq == NULL || xs == NULL || w1 == NULL || ws1 == NULL || y1 == NULL || w2 == NULL
+        || ws2 == NULL || y2 == NULL || T < 0 || K <= 0 || K % 128 != 0
+        || N1 <= 0 || N1 % 32 != 0 || N2 <= 0 || N2 % 32 != 0) {
+        return kimi_err_set(err, KIMI_EINVAL,
+                            "fp8_gemm_nt2: T=%d N1=%d N2=%d K=%d (need K %% 128, N %% 32)",
+                            T, N1, N2, K);
+    }
+    if (((uintptr_t) xq | (uintptr_t) w1 | (uintptr_t) w2) & 15) {
+        return kimi_err_set(err, KIMI_EINVAL, "fp8_gemm_nt2: xq or w not 16-byte aligned");
+    }
+    if (T == 0) {
+        return KIMI_OK;
+    }
+    const gv_mat m1 = { w1, ws1, N1, y1, N1 }, m2 = { w2, ws2, N2, y2, N2 };
+    return T <= 8 ? gv_launch<1, float>(xq, xs, T, K, m1, m2, s, err)
+                  : gv_launch<2, float>(xq, xs, T, K, m1, m2, s, err);
 }
 
 /* ---- cuBLASLt ----------------------------------------------------------- */

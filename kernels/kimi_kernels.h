@@ -102,9 +102,10 @@ int kimi_fp8_quant_1x128_f32(const float *x, int ldx, int T, int K,
 /* Decode-size FP8 block-scaled GEMM on the tensor cores (mma.sync), weights
  * streamed once: Y[T,N] = (xq*xs)[T,K] * (w*ws)[N,K]^T, fp32 accumulate,
  * y bf16 (ldy >= N).  xs token-major [T][K/128]; N % 32 == 0, K % 128 == 0.
- * Split-K inside the block (8 warps per 32 rows).  Faster than cuBLASLt up
- * to T = 16 (measured, bench/RESULTS.md); use cuBLASLt above.  Correct for
- * any T. */
+ * T <= 16: weights through a shared-memory ring, K split over a cluster of
+ * blocks for matrices of few rows (fp8_ring.cuh); above, split-K inside
+ * the block (8 warps per 32 rows).  Faster than cuBLASLt up to T = 16
+ * (measured, bench/RESULTS.md); use cuBLASLt above.  Correct for any T. */
 int kimi_fp8_gemm_nt(const uint8_t *xq, const float *xs, int T, int K,
                      const uint8_t *w, const float *ws, int N,
                      kimi_bf16_t *y, int ldy, cudaStream_t s, kimi_err_t *err);
@@ -113,6 +114,14 @@ int kimi_fp8_gemm_nt(const uint8_t *xq, const float *xs, int T, int K,
 int kimi_fp8_gemm_nt_f32(const uint8_t *xq, const float *xs, int T, int K,
                          const uint8_t *w, const float *ws, int N, float *y,
                          int ldy, cudaStream_t s, kimi_err_t *err);
+
+/* Two matrices of one input in one launch (q_a_proj and kv_a_proj):
+ * y1 [T][N1] and y2 [T][N2], fp32.  T <= 16 only: KIMI_EUNSUPPORTED above
+ * (two calls then). */
+int kimi_fp8_gemm_nt2_f32(const uint8_t *xq, const float *xs, int T, int K,
+                          const uint8_t *w1, const float *ws1, int N1, float *y1,
+                          const uint8_t *w2, const float *ws2, int N2, float *y2,
+                          cudaStream_t s, kimi_err_t *err);
 
 /* Prefill-size GEMM through cuBLASLt block scaling (A = W BLK128x128,
  * B = X VEC128).  T % 4 == 0 (pad), xs MN-major [K/128][T], y bf16 [T][N]. */

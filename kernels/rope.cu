@@ -22,6 +22,8 @@
 #include "kimi_cuda.cuh"
 #include "kimi_kernels.h"
 
+#define ROPE_THREADS 128
+
 template <typename E>
 static __global__ void
 rope_kernel(E *q, int q_ld, int q_hd, int n_heads, E *k,
@@ -32,7 +34,10 @@ rope_kernel(E *q, int q_ld, int q_hd, int n_heads, E *k,
     const int nh = (q != NULL ? n_heads : 0) + (k != NULL ? 1 : 0);
     const float p = (float) pos[t];
 
-    for (int j = threadIdx.x; j < nh * half; j += blockDim.x) {
+    /* one pair per thread: a token's ~2000 pairs over several blocks, so a
+     * decode step's rope is one load + sincos deep, not a strided loop */
+    const int j = blockIdx.y * blockDim.x + threadIdx.x;
+    if (j < nh * half) {
         const int h = j / half, i = j % half;
         E *x;
         if (q != NULL && h < n_heads) {
@@ -113,7 +118,9 @@ rope_launch(E *q, int q_ld, int q_hd, int n_heads, E *k,
     if (T == 0) {
         return KIMI_OK;
     }
-    rope_kernel<E><<<T, 256, 0, s>>>(q, q_ld, q_hd, n_heads, k, k_ld, pos, *r);
+    const int pairs = ((q != NULL ? n_heads : 0) + (k != NULL ? 1 : 0)) * (r->rot_dim / 2);
+    rope_kernel<E><<<dim3(T, (pairs + ROPE_THREADS - 1) / ROPE_THREADS), ROPE_THREADS, 0, s>>>(
+        q, q_ld, q_hd, n_heads, k, k_ld, pos, *r);
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
 }

@@ -10,6 +10,8 @@
  *              CUtensorMap (built on the host, kept in global memory or a
  *              __grid_constant__ parameter) lands in shared memory in the
  *              map's swizzle and adds its bytes to an mbarrier's count.
+ *   bulk       cp.async.bulk: contiguous bytes (a weight row's run of K)
+ *              into shared memory, completing on an mbarrier like TMA.
  *   cp.async   per-thread 16-byte copies (rows TMA cannot gather); with
  *              kimi_mbar_cp_async_arrive() the barrier counts the thread's
  *              arrival when its earlier cp.async land.
@@ -87,6 +89,17 @@ kimi_tma_load_2d(void *dst, const CUtensorMap *map, int c0, int c1, uint64_t *ba
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
                  " [%0], [%1, {%2, %3}], [%4];\n"
                  :: "r"(kimi_smem_addr(dst)), "l"(map), "r"(c0), "r"(c1), "r"(kimi_smem_addr(bar))
+                 : "memory");
+}
+
+/* Contiguous bytes (16-byte aligned, a multiple of 16) into shared memory,
+ * completing on bar: rows TMA needs no tensor map for. */
+static __device__ __forceinline__ void
+kimi_bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
+{
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"
+                 " [%0], [%1], %2, [%3];\n"
+                 :: "r"(kimi_smem_addr(dst)), "l"(src), "r"(bytes), "r"(kimi_smem_addr(bar))
                  : "memory");
 }
 

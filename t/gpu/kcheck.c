@@ -377,6 +377,61 @@ test_gemm(int T, int N, int K, kimi_cublaslt_t *lt)
     free(hw); free(hs); free(hx); free(fx); free(xs); free(ref); free(got); free(xq); free(gy);
 }
 
+/* Two matrices of one input in one launch (q_a + kv_a), fp32 out,
+ * against two CPU GEMMs; outputs poisoned first */
+static void
+test_gemm2(int T, int N1, int N2, int K)
+{
+    const int N[2] = { N1, N2 }, KB = K / 128;
+    uint8_t *hw[2], *dw[2];
+    float *hs[2], *dws[2], *ref[2], *dy[2];
+    size_t nx = (size_t) T * K;
+    uint16_t *hx = hmalloc(nx * 2);
+    float *fx = hmalloc(nx * 4), *xs = hmalloc((size_t) T * KB * 4);
+    uint8_t *xq = hmalloc(nx);
+    rand_bf16(hx, nx, -2, 2);
+    bf16_to_f32(hx, fx, nx);
+    kimi_act_quant_fp8(fx, T, K, xq, xs);
+    for (int m = 0; m < 2; m++) {
+        size_t ns = (size_t) ((N[m] + 127) / 128) * KB;
+        hw[m] = hmalloc((size_t) N[m] * K);
+        hs[m] = hmalloc(ns * 4);
+        rand_weight(hw[m], hs[m], N[m], K);
+        ref[m] = hmalloc((size_t) T * N[m] * 4);
+        kimi_gemm_fp8a_fp8w(xq, xs, T, K, hw[m], hs[m], N[m], 0, N[m], ref[m]);
+        dw[m] = dmalloc((size_t) N[m] * K);
+        dws[m] = dmalloc(ns * 4);
+        dy[m] = dmalloc((size_t) T * N[m] * 4);
+        up(dw[m], hw[m], (size_t) N[m] * K);
+        up(dws[m], hs[m], ns * 4);
+        CK(cudaMemset(dy[m], 0xff, (size_t) T * N[m] * 4));
+    }
+    uint16_t *dx = dmalloc(nx * 2);
+    uint8_t *dxq = dmalloc(nx);
+    float *dxs = dmalloc((size_t) T * KB * 4);
+    up(dx, hx, nx * 2);
+    KK(kimi_fp8_quant_1x128(dx, K, T, K, dxq, dxs, 0, 0, 0, ERR));
+    KK(kimi_fp8_gemm_nt2_f32(dxq, dxs, T, K, dw[0], dws[0], N1, dy[0], dw[1], dws[1], N2, dy[1],
+                             0, ERR));
+    CK(cudaDeviceSynchronize());
+    double worst = 0;
+    size_t nf_all = 0;
+    for (int m = 0; m < 2; m++) {
+        size_t ny = (size_t) T * N[m], nf;
+        float *got = hmalloc(ny * 4);
+        down(got, dy[m], ny * 4);
+        double e = rel_err(got, ref[m], ny, &nf);
+        worst = e > worst ? e : worst;
+        nf_all += nf;
+        free(got); free(hw[m]); free(hs[m]); free(ref[m]);
+        cudaFree(dw[m]); cudaFree(dws[m]); cudaFree(dy[m]);
+    }
+    ok(nf_all == 0 && worst < 1e-3, "fp8_gemm_nt2_f32 T=%d N1=%d N2=%d K=%d: rel err %.2e (tol 1e-3, fp32 out), nonfinite %zu",
+       T, N1, N2, K, worst, nf_all);
+    cudaFree(dx); cudaFree(dxq); cudaFree(dxs);
+    free(hx); free(fx); free(xs); free(xq);
+}
+
 /* The batch router on tensor cores (x split into bf16 hi + lo) against the
  * fp32 twin: fp32 x with full mantissas (not bf16-representable). */
 static void
@@ -916,6 +971,11 @@ main(int argc, char **argv)
     test_gemm(3, 512, 512, lt);      /* K/128 = 4 < 8 warps: some split-K warps idle */
     test_gemm(5, 576, 7168, lt);
     test_gemm(13, 4096, 1024, lt);
+    test_gemm(2, 8192, 7168, lt);    /* 2-block clusters, 7 stages a block: the ring wraps */
+    test_gemm(9, 7168, 8192, lt);    /* two token groups, 8 stages */
+    test_gemm(16, 1536, 7168, lt);   /* 8-block clusters, T at the shared-memory path's top */
+    test_gemm2(1, 1536, 576, 7168);  /* q_a + kv_a in one launch */
+    test_gemm2(11, 1536, 576, 7168);
     test_gemm(40, 1056, 2048, lt);
     test_gemm(64, 2112, 7168, lt);
     test_router(7, 7168, 384, 8, 1, 1);
@@ -926,6 +986,8 @@ main(int argc, char **argv)
     test_plan(3, 8, 1024);
     test_moe(1, 1024, 256, 16, 4, 0);
     test_moe(13, 2048, 512, 16, 4, 0);
+    test_moe(8, 2048, 1024, 8, 6, 1);     /* up to 8 rows a slot */
+    test_moe(3, 7168, 2048, 16, 8, 0);    /* K2 widths */
     test_moe(45, 1024, 256, 12, 4, 1);    /* 16 rows per slot: grouped */
     test_moe(40, 1024, 256, 16, 4, 0);    /* 11 rows per slot: masked, NG 4 */
     /* from KIMI_MOE_GROUPED_ROWS rows per slot: the wgmma grouped GEMMs
@@ -949,6 +1011,8 @@ main(int argc, char **argv)
     test_mla_prefill(5, 1029, 1024, 64);
     test_greedy(3, 163840);
     test_greedy_logprob(5, 163840);
+    test_greedy(3, 1001);            /* rows 1, 2 not 16-byte aligned: the scalar path */
+    test_greedy_logprob(2, 999);
     test_lm_head(9, 1024, 1000, lt);
     test_lm_head(37, 7168, 4096, lt);
     printf("1..%d\n", n_test);

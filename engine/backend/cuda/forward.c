@@ -295,6 +295,30 @@ kimi_cuda_gemm(kimi_cuda_t *b, uint32_t T, const kimi_cuda_fp8_t *w,
 }
 
 
+/* Two projections of the same quantised input: one launch at decode
+ * sizes (a batch-1 step has 18 + 48 row tiles in these two: too few blocks
+ * apart), two GEMMs otherwise. */
+static int
+kimi_cuda_gemm2(kimi_cuda_t *b, uint32_t T, const kimi_cuda_fp8_t *w1,
+    float *y1, const kimi_cuda_fp8_t *w2, float *y2, kimi_err_t *err)
+{
+    int  rc;
+
+    if (!kimi_cuda_use_lt(b, T) && w1->cols == w2->cols) {
+        rc = kimi_fp8_gemm_nt2_f32(b->xq, b->xs, (int) T, (int) w1->cols,
+                                   w1->w, w1->s, (int) w1->rows, y1,
+                                   w2->w, w2->s, (int) w2->rows, y2,
+                                   b->stream, err);
+        if (rc != KIMI_EUNSUPPORTED) {
+            return rc;
+        }
+    }
+
+    KIMI_K(kimi_cuda_gemm(b, T, w1, y1, err));
+    return kimi_cuda_gemm(b, T, w2, y2, err);
+}
+
+
 static int
 kimi_cuda_quant(kimi_cuda_t *b, const float *x, uint32_t T, uint32_t K,
     kimi_err_t *err)
@@ -346,8 +370,7 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
 
     /* q = q_b(rms(q_a(a))); ckv = kv_a(a) */
     KIMI_K(kimi_cuda_quant(b, b->a, T, c->hidden_size, err));
-    KIMI_K(kimi_cuda_gemm(b, T, &L->kv_a, b->ckv, err));
-    KIMI_K(kimi_cuda_gemm(b, T, &L->q_a, b->qa, err));
+    KIMI_K(kimi_cuda_gemm2(b, T, &L->q_a, b->qa, &L->kv_a, b->ckv, err));
     KIMI_K(kimi_rmsnorm_f32(b->qa, L->q_a_ln, b->qn, (int) T,
                             (int) c->q_lora_rank, c->rms_norm_eps, b->stream,
                             err));
