@@ -54,6 +54,14 @@ int kimi_rmsnorm_residual_f32(const float *x, float *res, const kimi_bf16_t *w,
                               float *y, int T, int D, float eps,
                               cudaStream_t s, kimi_err_t *err);
 
+/* rmsnorm_f32 (res NULL) or rmsnorm_residual_f32 (res set) that also
+ * writes y's FP8 e4m3 codes and token-major 1x128 scales (xq [T][D], xs
+ * [T][D/128]) exactly as kimi_fp8_quant_1x128_f32 would from y: one launch
+ * instead of two at decode sizes.  D % 128 == 0. */
+int kimi_rmsnorm_quant_f32(const float *x, float *res, const kimi_bf16_t *w, float *y,
+                           int T, int D, float eps, uint8_t *xq, float *xs,
+                           cudaStream_t s, kimi_err_t *err);
+
 /* ---- rope.cu --------------------------------------------------------- */
 
 #define KIMI_ROPE_MAX_PAIRS 64

@@ -130,10 +130,29 @@ kimi_rmsnorm_residual_bf16(const kimi_bf16_t *x, kimi_bf16_t *res,
 /* The engine's form: res and y fp32 (the CPU oracle keeps the residual
  * stream in fp32; rounding it to bf16 every layer moves FP8 codes of the
  * next GEMM inputs).  y = w * (r * rstd) in the oracle's order. */
-template <bool RESIDUAL>
+/* The normed float4 v of group-of-128 member i (a warp holds one whole
+ * group: D % 128 == 0) to e4m3 codes with the group's scale, exactly as
+ * quant.cu's kernel does from y. */
+static __device__ __forceinline__ void
+norm_quant4(const float4 v, int i, uint8_t *__restrict__ xq, float *__restrict__ xs)
+{
+    float am = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+    am = kimi_warp_max(am);
+    const float s = fmaxf(am, 1e-4f) / KIMI_FP8_MAX;
+    *(uint32_t *) (xq + 4 * i) = (uint32_t) kimi_f2fp8(v.x / s)
+                                 | (uint32_t) kimi_f2fp8(v.y / s) << 8
+                                 | (uint32_t) kimi_f2fp8(v.z / s) << 16
+                                 | (uint32_t) kimi_f2fp8(v.w / s) << 24;
+    if ((i & 31) == 0) {
+        xs[i / 32] = s;
+    }
+}
+
+template <bool RESIDUAL, bool QUANT>
 static __global__ void __launch_bounds__(NORM_THREADS)
 rmsnorm_f32_kernel(const float *__restrict__ x, float *__restrict__ res,
-                   const uint16_t *__restrict__ w, float *__restrict__ y, int D, float eps)
+                   const uint16_t *__restrict__ w, float *__restrict__ y, int D, float eps,
+                   uint8_t *__restrict__ xq, float *__restrict__ xs)
 {
     __shared__ float part[NORM_THREADS / 32];
     const size_t  row = (size_t) blockIdx.x * D;
@@ -201,16 +220,24 @@ rmsnorm_f32_kernel(const float *__restrict__ x, float *__restrict__ res,
             const float4 a = keep[k];
             float wf[4];
             kimi_ld4(w + 4 * i, wf);
-            ((float4 *) (y + row))[i] = make_float4(wf[0] * (a.x * rstd), wf[1] * (a.y * rstd),
-                                                    wf[2] * (a.z * rstd), wf[3] * (a.w * rstd));
+            const float4 o = make_float4(wf[0] * (a.x * rstd), wf[1] * (a.y * rstd),
+                                         wf[2] * (a.z * rstd), wf[3] * (a.w * rstd));
+            ((float4 *) (y + row))[i] = o;
+            if (QUANT) {
+                norm_quant4(o, i, xq + row, xs + (size_t) blockIdx.x * (D / 128));
+            }
         }
     }
     for (int i = threadIdx.x + NORM_VEC * NORM_THREADS; i < nv; i += NORM_THREADS) {
         const float4 a = rv[i];
         float wf[4];
         kimi_ld4(w + 4 * i, wf);
-        ((float4 *) (y + row))[i] = make_float4(wf[0] * (a.x * rstd), wf[1] * (a.y * rstd),
-                                                wf[2] * (a.z * rstd), wf[3] * (a.w * rstd));
+        const float4 o = make_float4(wf[0] * (a.x * rstd), wf[1] * (a.y * rstd),
+                                     wf[2] * (a.z * rstd), wf[3] * (a.w * rstd));
+        ((float4 *) (y + row))[i] = o;
+        if (QUANT) {
+            norm_quant4(o, i, xq + row, xs + (size_t) blockIdx.x * (D / 128));
+        }
     }
 }
 
@@ -222,7 +249,7 @@ kimi_rmsnorm_f32(const float *x, const kimi_bf16_t *w, float *y, int T, int D,
     if (rc != KIMI_OK || T == 0) {
         return rc;
     }
-    rmsnorm_f32_kernel<false><<<T, NORM_THREADS, 0, s>>>(x, NULL, w, y, D, eps);
+    rmsnorm_f32_kernel<false, false><<<T, NORM_THREADS, 0, s>>>(x, NULL, w, y, D, eps, NULL, NULL);
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
 }
@@ -239,7 +266,29 @@ kimi_rmsnorm_residual_f32(const float *x, float *res, const kimi_bf16_t *w,
     if (res == NULL || ((uintptr_t) res & 15)) {
         return kimi_err_set(err, KIMI_EINVAL, "rmsnorm_residual: res NULL or unaligned");
     }
-    rmsnorm_f32_kernel<true><<<T, NORM_THREADS, 0, s>>>(x, res, w, y, D, eps);
+    rmsnorm_f32_kernel<true, false><<<T, NORM_THREADS, 0, s>>>(x, res, w, y, D, eps, NULL, NULL);
+    KIMI_CUDA_LAUNCHED(s, err);
+    return KIMI_OK;
+}
+
+extern "C" int
+kimi_rmsnorm_quant_f32(const float *x, float *res, const kimi_bf16_t *w, float *y,
+                       int T, int D, float eps, uint8_t *xq, float *xs,
+                       cudaStream_t s, kimi_err_t *err)
+{
+    int rc = norm_check(x, w, y, T, D, err);
+    if (rc != KIMI_OK || T == 0) {
+        return rc;
+    }
+    if (D % 128 != 0 || xq == NULL || xs == NULL || ((uintptr_t) xq & 3)
+        || (res != NULL && ((uintptr_t) res & 15))) {
+        return kimi_err_set(err, KIMI_EINVAL, "rmsnorm_quant: D=%d (D %% 128), xq/xs/res", D);
+    }
+    if (res != NULL) {
+        rmsnorm_f32_kernel<true, true><<<T, NORM_THREADS, 0, s>>>(x, res, w, y, D, eps, xq, xs);
+    } else {
+        rmsnorm_f32_kernel<false, true><<<T, NORM_THREADS, 0, s>>>(x, NULL, w, y, D, eps, xq, xs);
+    }
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
 }

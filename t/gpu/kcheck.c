@@ -199,6 +199,51 @@ test_rmsnorm(int T, int D)
     free(gy); free(gr);
 }
 
+/* The engine's fused norm + quant against the two launches it replaces
+ * (rmsnorm_residual_f32 or rmsnorm_f32, then quant_1x128_f32): y, the
+ * residual, the codes and the scales bit for bit */
+static void
+test_rmsnorm_quant(int T, int D, int residual)
+{
+    size_t n = (size_t) T * D, ns = (size_t) T * (D / 128);
+    float *hx = hmalloc(n * 4), *hr = hmalloc(n * 4);
+    uint16_t *hw = hmalloc(D * 2);
+    for (size_t i = 0; i < n; i++) { hx[i] = runi(-2, 2); hr[i] = runi(-2, 2); }
+    rand_bf16(hw, D, 0.5f, 1.5f);
+    float *dx = dmalloc(n * 4), *dr[2] = { dmalloc(n * 4), dmalloc(n * 4) };
+    float *dy[2] = { dmalloc(n * 4), dmalloc(n * 4) }, *ds[2] = { dmalloc(ns * 4), dmalloc(ns * 4) };
+    uint8_t *dq[2] = { dmalloc(n), dmalloc(n) };
+    uint16_t *dw = dmalloc(D * 2);
+    up(dx, hx, n * 4);
+    up(dw, hw, D * 2);
+    for (int k = 0; k < 2; k++) {
+        up(dr[k], hr, n * 4);
+        CK(cudaMemset(dy[k], 0xff, n * 4));
+        CK(cudaMemset(dq[k], 0xff, n));
+        CK(cudaMemset(ds[k], 0xff, ns * 4));
+    }
+    if (residual) {
+        KK(kimi_rmsnorm_residual_f32(dx, dr[0], dw, dy[0], T, D, 1e-6f, 0, ERR));
+    } else {
+        KK(kimi_rmsnorm_f32(dx, dw, dy[0], T, D, 1e-6f, 0, ERR));
+    }
+    KK(kimi_fp8_quant_1x128_f32(dy[0], D, T, D, dq[0], ds[0], 0, 0, 0, ERR));
+    KK(kimi_rmsnorm_quant_f32(dx, residual ? dr[1] : NULL, dw, dy[1], T, D, 1e-6f, dq[1], ds[1], 0, ERR));
+    CK(cudaDeviceSynchronize());
+    int same = 1;
+    float *a = hmalloc(n * 4), *b = hmalloc(n * 4);
+    uint8_t *qa = hmalloc(n), *qb = hmalloc(n);
+    down(a, dy[0], n * 4); down(b, dy[1], n * 4); same &= memcmp(a, b, n * 4) == 0;
+    down(a, dr[0], n * 4); down(b, dr[1], n * 4); same &= memcmp(a, b, n * 4) == 0;
+    down(a, ds[0], ns * 4); down(b, ds[1], ns * 4); same &= memcmp(a, b, ns * 4) == 0;
+    down(qa, dq[0], n); down(qb, dq[1], n); same &= memcmp(qa, qb, n) == 0;
+    ok(same, "rmsnorm%s_quant_f32 T=%d D=%d: y, residual, codes and scales equal the two launches bit for bit",
+       residual ? "_residual" : "", T, D);
+    for (int k = 0; k < 2; k++) { cudaFree(dr[k]); cudaFree(dy[k]); cudaFree(ds[k]); cudaFree(dq[k]); }
+    cudaFree(dx); cudaFree(dw);
+    free(hx); free(hr); free(hw); free(a); free(b); free(qa); free(qb);
+}
+
 static void
 test_rope(int T, int H)
 {
@@ -964,6 +1009,9 @@ main(int argc, char **argv)
     test_errors();
     test_rmsnorm(5, 7168);
     test_rmsnorm(3, 264);
+    test_rmsnorm_quant(1, 7168, 1);
+    test_rmsnorm_quant(5, 1536, 0);
+    test_rmsnorm_quant(3, 9216, 1);     /* past the registers' 8192: the strided tail */
     test_rope(7, 64);
     test_quant(5, 7168, 0);
     test_quant(9, 1152, 1);

@@ -335,6 +335,32 @@ kimi_cuda_quant(kimi_cuda_t *b, const float *x, uint32_t T, uint32_t K,
 }
 
 
+/* y = rms(x) (res NULL) or rms(res += x), then y's FP8 codes in xq/xs for
+ * the next GEMM: one launch when no cuBLASLt scales are wanted */
+static int
+kimi_cuda_norm_quant(kimi_cuda_t *b, const float *x, float *res,
+    const kimi_bf16_t *w, float *y, uint32_t T, uint32_t D, kimi_err_t *err)
+{
+    float  eps = b->cfg->rms_norm_eps;
+
+    if (!kimi_cuda_use_lt(b, T) && D % 128 == 0) {
+        return kimi_rmsnorm_quant_f32(x, res, w, y, (int) T, (int) D, eps,
+                                      b->xq, b->xs, b->stream, err);
+    }
+
+    if (res == NULL) {
+        KIMI_K(kimi_rmsnorm_f32(x, w, y, (int) T, (int) D, eps, b->stream,
+                                err));
+
+    } else {
+        KIMI_K(kimi_rmsnorm_residual_f32(x, res, w, y, (int) T, (int) D, eps,
+                                         b->stream, err));
+    }
+
+    return kimi_cuda_quant(b, y, T, D, err);
+}
+
+
 static int
 kimi_cuda_mark(kimi_cuda_t *b, uint32_t i, kimi_err_t *err)
 {
@@ -346,6 +372,7 @@ kimi_cuda_mark(kimi_cuda_t *b, uint32_t i, kimi_err_t *err)
 }
 
 
+/* attention of layer l over b->a, already quantised in xq/xs */
 static int
 kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
     kimi_err_t *err)
@@ -369,12 +396,9 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
     }
 
     /* q = q_b(rms(q_a(a))); ckv = kv_a(a) */
-    KIMI_K(kimi_cuda_quant(b, b->a, T, c->hidden_size, err));
     KIMI_K(kimi_cuda_gemm2(b, T, &L->q_a, b->qa, &L->kv_a, b->ckv, err));
-    KIMI_K(kimi_rmsnorm_f32(b->qa, L->q_a_ln, b->qn, (int) T,
-                            (int) c->q_lora_rank, c->rms_norm_eps, b->stream,
-                            err));
-    KIMI_K(kimi_cuda_quant(b, b->qn, T, c->q_lora_rank, err));
+    KIMI_K(kimi_cuda_norm_quant(b, b->qa, NULL, L->q_a_ln, b->qn, T,
+                                c->q_lora_rank, err));
     KIMI_K(kimi_cuda_gemm(b, T, &L->q_b, b->q, err));
 
     /* rotate q_pe of every head and k_pe, then write the latent rows */
@@ -530,6 +554,7 @@ kimi_cuda_ffn(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
 }
 
 
+/* the FFN of layer l over b->a, already quantised in xq/xs */
 static int
 kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
 {
@@ -539,8 +564,6 @@ kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
     int                         K = (int) b->top_k, E = (int) b->E;
     int                         I = (int) b->I_moe, slots;
     kimi_moe_ws_t               ws;
-
-    KIMI_K(kimi_cuda_quant(b, b->a, T, c->hidden_size, err));
 
     if (!L->is_moe) {
         return kimi_cuda_dense_mlp(b, T, &L->gate, &L->up, &L->down, err);
@@ -619,20 +642,20 @@ kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t splits,
     for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
         const kimi_cuda_layer_t  *L = &b->layers[l];
 
-        /* h += ffn of the layer before (none for layer 0); a = rms(h) */
+        /* h += ffn of the layer before (none for layer 0); a = rms(h),
+         * quantised for the attention's first GEMMs */
         if (l == 0) {
-            KIMI_K(kimi_rmsnorm_f32(b->h, L->in_ln, b->a, (int) T, D, eps,
-                                    b->stream, err));
+            KIMI_K(kimi_cuda_norm_quant(b, b->h, NULL, L->in_ln, b->a, T,
+                                        (uint32_t) D, err));
 
         } else {
-            KIMI_K(kimi_rmsnorm_residual_f32(b->y, b->h, L->in_ln, b->a,
-                                             (int) T, D, eps, b->stream,
-                                             err));
+            KIMI_K(kimi_cuda_norm_quant(b, b->y, b->h, L->in_ln, b->a, T,
+                                        (uint32_t) D, err));
         }
 
         KIMI_K(kimi_cuda_mla(b, l, T, splits, err));
-        KIMI_K(kimi_rmsnorm_residual_f32(b->o, b->h, L->post_ln, b->a,
-                                         (int) T, D, eps, b->stream, err));
+        KIMI_K(kimi_cuda_norm_quant(b, b->o, b->h, L->post_ln, b->a, T,
+                                    (uint32_t) D, err));
         KIMI_MARK(KIMI_CUDA_MARK(l, 4));
         KIMI_K(kimi_cuda_ffn(b, l, T, err));
         KIMI_MARK(KIMI_CUDA_MARK(l, 5));
