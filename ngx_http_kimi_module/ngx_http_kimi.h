@@ -34,6 +34,7 @@
 
 #include "../engine/shm/kimi_shm.h"
 #include "../engine/text/kimi_text.h"
+#include "../engine/text/json_schema.h"
 
 
 #define NGX_HTTP_KIMI_MAX_GUIDED        64     /* guided_choice strings */

@@ -28,8 +28,8 @@ static ngx_int_t ngx_http_kimi_parse_logit_bias(json_t *v,
     kimi_shm_sampling_t *s, u_char *err);
 static ngx_int_t ngx_http_kimi_parse_allowed_ids(json_t *v,
     kimi_shm_sampling_t *s, u_char *err);
-static ngx_int_t ngx_http_kimi_check_structured(json_t *root, u_char *err,
-    const char **param);
+static ngx_int_t ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx,
+    json_t *root, u_char *err, const char **param);
 static ngx_int_t ngx_http_kimi_check_unimplemented(json_t *root, u_char *err,
     const char **param);
 static ngx_int_t ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx,
@@ -169,19 +169,26 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
 
 
 
-/* Structured output: JSON mode ({"type": "json_object"}) is done by the
- * engine's sampler (a JSON-object grammar over each token's bytes); JSON
- * schema and vLLM's guided decoding are not implemented: a request that
- * asks for them gets a 400 naming the field, never text that silently
- * ignores the constraint. */
+/* Structured output, done by the engine's sampler over each token's bytes:
+ * JSON mode ({"type": "json_object"}) and a JSON schema (response_format
+ * {"type": "json_schema", "json_schema": {"schema": ...}} or vLLM's
+ * guided_json), the schema compiled here (engine/text/json_schema.c) into
+ * the program the slot carries after the prompt.  A schema outside the
+ * supported subset, guided_regex/guided_grammar and structured_outputs get
+ * a 400 naming them, never text that silently ignores the constraint. */
 static ngx_int_t
-ngx_http_kimi_check_structured(json_t *root, u_char *err, const char **param)
+ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
+    u_char *err, const char **param)
 {
-    json_t             *v, *t;
+    json_t             *v, *t, *schema = NULL, *loaded = NULL;
+    int32_t            *prog, *w;
+    size_t              n;
     ngx_uint_t          i;
-    static const char  *guided[] = { "guided_json", "guided_regex",
-                                     "guided_grammar", "structured_outputs",
-                                     NULL };
+    json_error_t        je;
+    char                msg[NGX_HTTP_KIMI_ERR_LEN - 96];
+    const char         *type = NULL;
+    static const char  *guided[] = { "guided_regex", "guided_grammar",
+                                     "structured_outputs", NULL };
 
     *param = "response_format";
     v = json_object_get(root, "response_format");
@@ -195,15 +202,27 @@ ngx_http_kimi_check_structured(json_t *root, u_char *err, const char **param)
             return NGX_ERROR;
         }
 
-        if (ngx_strcmp(json_string_value(t), "text") != 0
-            && ngx_strcmp(json_string_value(t), "json_object") != 0)
+        type = json_string_value(t);
+
+        if (ngx_strcmp(type, "json_schema") == 0) {
+            t = json_object_get(v, "json_schema");
+            schema = json_is_object(t) ? json_object_get(t, "schema") : NULL;
+
+            if (schema == NULL) {
+                ngx_sprintf(err, "\"response_format\" of type"
+                            " \"json_schema\" needs \"json_schema\": {\"name\":"
+                            " ..., \"schema\": {...}}");
+                return NGX_ERROR;
+            }
+
+        } else if (ngx_strcmp(type, "text") != 0
+                   && ngx_strcmp(type, "json_object") != 0)
         {
             ngx_sprintf(err, "\"response_format\" of type \"%*s\" is not"
-                        " supported: this server implements JSON mode"
-                        " (\"json_object\"), not JSON schemas or other"
-                        " structured output",
+                        " supported: this server implements \"text\","
+                        " \"json_object\" and \"json_schema\"",
                         (size_t) ngx_min(json_string_length(t), (size_t) 64),
-                        json_string_value(t));
+                        type);
             return NGX_ERROR;
         }
     }
@@ -213,11 +232,63 @@ ngx_http_kimi_check_structured(json_t *root, u_char *err, const char **param)
 
         if (v != NULL && !json_is_null(v)) {
             *param = guided[i];
-            ngx_sprintf(err, "\"%s\" is not supported: this server does not"
-                        " implement structured output", guided[i]);
+            ngx_sprintf(err, "\"%s\" is not supported: this server implements"
+                        " guided_json, guided_choice and response_format",
+                        guided[i]);
             return NGX_ERROR;
         }
     }
+
+    v = json_object_get(root, "guided_json");
+
+    if (v != NULL && !json_is_null(v)) {
+        *param = "guided_json";
+
+        if (type != NULL && ngx_strcmp(type, "text") != 0) {
+            ngx_sprintf(err, "\"guided_json\" and a \"response_format\" of"
+                        " type \"%s\" cannot be combined", type);
+            return NGX_ERROR;
+        }
+
+        if (json_is_string(v)) {            /* vLLM takes the schema as text */
+            loaded = json_loads(json_string_value(v), 0, &je);
+            if (loaded == NULL) {
+                ngx_sprintf(err, "\"guided_json\" is not a JSON schema: %s",
+                            je.text);
+                return NGX_ERROR;
+            }
+            schema = loaded;
+
+        } else {
+            schema = v;
+        }
+    }
+
+    if (schema == NULL) {
+        return NGX_OK;
+    }
+
+    if (kimi_json_schema_compile(schema, &prog, &n, msg, sizeof(msg)) != 0) {
+        json_decref(loaded);
+        ngx_sprintf(err, "the JSON schema cannot be enforced: %s", msg);
+        return NGX_ERROR;
+    }
+
+    json_decref(loaded);
+
+    w = ngx_palloc(ctx->request->pool, (n + 1) * sizeof(int32_t));
+    if (w == NULL) {
+        free(prog);
+        ngx_sprintf(err, "out of memory");
+        return NGX_ERROR;
+    }
+
+    w[0] = KIMI_SCHEMA_TAG;
+    ngx_memcpy(w + 1, prog, n * sizeof(int32_t));
+    free(prog);
+
+    ctx->params.guided = w;
+    ctx->params.n_guided = n + 1;
 
     return NGX_OK;
 }
@@ -668,7 +739,7 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         }
     }
 
-    if (ngx_http_kimi_check_structured(root, err, param) != NGX_OK
+    if (ngx_http_kimi_check_structured(ctx, root, err, param) != NGX_OK
         || ngx_http_kimi_check_unimplemented(root, err, param) != NGX_OK)
     {
         return NGX_ERROR;
@@ -703,9 +774,9 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
                 return NGX_ERROR;
             }
         }
-        if (s->json_object) {
-            ngx_sprintf(err, "\"guided_choice\" and a JSON-mode"
-                        " \"response_format\" cannot be combined");
+        if (s->json_object || pr->n_guided > 0) {
+            ngx_sprintf(err, "\"guided_choice\" and a JSON mode or JSON"
+                        " schema cannot be combined");
             return NGX_ERROR;
         }
         pr->guided_choice = v;

@@ -3,8 +3,9 @@
 # Sampling parameters that change which token comes out, on the real cpu
 # backend with the tiny model behind nginx: logit_bias (+100 forces a token,
 # -100 bans the greedy one; OpenAI's limits and errors), and structured
-# output, which this server does not implement, refused with a 400 that
-# names the field instead of text that ignores the constraint.
+# output: JSON mode and JSON schemas (response_format, vLLM's guided_json)
+# enforced on a random model's tokens, and what the subset cannot enforce
+# refused with a 400 that names the field and keyword.
 
 use strict;
 use warnings;
@@ -81,7 +82,7 @@ for my $b (@bad) {
 $r = greedy(logit_bias => { map { $_ => 0.5 } 1000 .. 1299 });
 is($r->{status}, 200, 'logit_bias with 300 entries: 200');
 
-# ---- structured output: JSON mode yes, schemas not (said so) --------------------
+# ---- structured output: JSON mode ----------------------------------------------
 
 # JSON mode on the random tiny model: every answer is a prefix of one JSON
 # object (the whole object when it ends with stop)
@@ -112,17 +113,133 @@ $r = $t->post('/v1/completions', completion_body(prompt => 'x',
     response_format => { type => 'json_object' }));
 is($r->{json}{choices}[0]{text}, '{}', '... on /v1/completions too');
 is($r->{json}{choices}[0]{finish_reason}, 'stop', '... ended by eos');
-$r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
-    response_format => { type => 'json_schema', json_schema => { name => 'x',
-    schema => { type => 'object' } } }));
-is($r->{status}, 400, 'response_format json_schema: 400');
-like($r->{json}{error}{message}, qr/JSON mode .*not JSON schemas/,
-    'says what is implemented');
-is($r->{json}{error}{param}, 'response_format', 'names the parameter');
+# ---- JSON schema (response_format json_schema, vLLM's guided_json) -------------
+
+my $schema = { type => 'object',
+    properties => {
+        answer => { enum => [ 'yes', 'no' ] },
+        n      => { type => 'integer' },
+        tags   => { type => 'array', items => { type => 'boolean' },
+                    maxItems => 2 },
+        note   => { anyOf => [ { type => 'string' }, { type => 'null' } ] },
+    },
+    required => [ 'answer', 'n' ], additionalProperties => JSON::PP::false };
+
+# what the schema asks, checked here independently of the engine
+sub fits {
+    my ($text) = @_;
+    my $o = eval { JSON::PP->new->decode($text) };
+    return 0 unless ref($o) eq 'HASH';
+    return 0 unless defined $o->{answer} && $o->{answer} =~ /^(yes|no)$/;
+    return 0 unless defined $o->{n} && !ref($o->{n}) && $o->{n} =~ /^-?\d+$/;
+    for my $k (keys %$o) {
+        return 0 unless $k =~ /^(answer|n|tags|note)$/;
+    }
+    if (exists $o->{tags}) {
+        return 0 unless ref($o->{tags}) eq 'ARRAY' && @{$o->{tags}} <= 2;
+        return 0 if grep { !JSON::PP::is_bool($_) } @{$o->{tags}};
+    }
+    return 0 if exists $o->{note} && defined $o->{note} && ref $o->{note};
+    return 1;
+}
+
+# closers and short values favoured a little, so the random model ends
+my %nudge = map { ($t->post('/tokenize', { prompt => $_ })->{json}{tokens}[0] => 4) }
+    ('"', '}', '0', ',');
+my ($ended, $fit) = (0, 0);
+for my $seed (1 .. 6) {
+    $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+        max_tokens => 160, temperature => 1.0, seed => $seed,
+        logit_bias => \%nudge,
+        response_format => { type => 'json_schema',
+                             json_schema => { name => 'a', strict => $true,
+                                              schema => $schema } }));
+    is($r->{status}, 200, "json_schema (seed $seed): 200");
+    my $text = $r->{json}{choices}[0]{message}{content} // '';
+    like($text, qr/^\s*\{/, '... the text opens the object');
+    if (($r->{json}{choices}[0]{finish_reason} // '') eq 'stop') {
+        $ended++;
+        $fit += fits($text);
+        ok(fits($text), "... ended by stop, it fits the schema: $text");
+    }
+}
+ok($ended > 0, "$ended of 6 random-model answers completed the object");
+
+# the same schema through vLLM's guided_json, as an object and as text, on
+# /v1/completions, and streamed
 $r = $t->post('/v1/completions', completion_body(prompt => 'x',
-    guided_json => { type => 'object' }));
-is($r->{status}, 400, 'vLLM guided_json: 400');
-is($r->{json}{error}{param}, 'guided_json', 'names guided_json');
+    max_tokens => 160, temperature => 0, logit_bias => \%nudge,
+    guided_json => $schema));
+is($r->{status}, 200, 'guided_json (an object) on /v1/completions: 200');
+ok(($r->{json}{choices}[0]{finish_reason} // '') ne 'stop'
+   || fits($r->{json}{choices}[0]{text}),
+   '... its text fits the schema when it ended: '
+   . ($r->{json}{choices}[0]{text} // ''));
+my $as_text = $t->post('/v1/completions', completion_body(prompt => 'x',
+    max_tokens => 160, temperature => 0, logit_bias => \%nudge,
+    guided_json => JSON::PP->new->canonical->encode($schema)));
+is($as_text->{json}{choices}[0]{text}, $r->{json}{choices}[0]{text},
+    'guided_json as a string: the same greedy text');
+my $sse = $t->sse('/v1/chat/completions', chat_body(content => 'hi',
+    max_tokens => 160, temperature => 0, logit_bias => \%nudge, stream => $true,
+    response_format => { type => 'json_schema',
+                         json_schema => { name => 'a', schema => $schema } }));
+my $streamed = KimiTest::stream_text($sse->{events});
+$r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+    max_tokens => 160, temperature => 0, logit_bias => \%nudge,
+    response_format => { type => 'json_schema',
+                         json_schema => { name => 'a', schema => $schema } }));
+is($streamed, $r->{json}{choices}[0]{message}{content},
+    'streamed under the schema: the same text as the whole response');
+
+# only "answer" may follow "{" then '"': a bias toward any other key's first
+# byte cannot make it appear
+my $q = $t->post('/tokenize', { prompt => 'q' })->{json}{tokens}[0];
+$r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+    max_tokens => 40, temperature => 0, logit_bias => { $q => 100, %nudge },
+    response_format => { type => 'json_schema', json_schema => { name => 'a',
+        schema => { type => 'object', properties => { answer => { const => 'yes' } },
+                    required => [ 'answer' ] } } }));
+like($r->{json}{choices}[0]{message}{content} // '',
+    qr/^\s*\{\s*"answer"\s*:\s*"yes"\s*\}?\s*$/,
+    'a forced key and const value come out whatever the bias: '
+    . ($r->{json}{choices}[0]{message}{content} // ''));
+
+# what cannot be enforced is a 400 naming the parameter and the keyword
+for my $case (
+    [ { type => 'json_schema', json_schema => { name => 'x',
+        schema => { type => 'object', properties => { a => { type => 'string',
+        pattern => '^a' } } } } }, 'response_format', qr/"pattern" is not supported/ ],
+    [ { type => 'json_schema', json_schema => { name => 'x' } },
+      'response_format', qr/needs "json_schema"/ ],
+    [ { type => 'json_schema', json_schema => { name => 'x',
+        schema => { type => 'string' } } }, 'response_format', qr/top level/ ],
+    [ { type => 'xml' }, 'response_format', qr/"text", "json_object" and "json_schema"/ ],
+) {
+    $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+        response_format => $case->[0]));
+    is($r->{status}, 400, "unenforceable response_format: 400");
+    is($r->{json}{error}{param}, $case->[1], '... names the parameter');
+    like($r->{json}{error}{message}, $case->[2], '... and says what');
+}
+$r = $t->post('/v1/completions', completion_body(prompt => 'x',
+    guided_json => '{"type": "object", "properties": {"a": {"minimum": 1}}}'));
+is($r->{status}, 400, 'guided_json with "minimum": 400');
+is($r->{json}{error}{param}, 'guided_json', '... naming guided_json');
+like($r->{json}{error}{message}, qr/"minimum"/, '... and the keyword');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x',
+    guided_json => '{not json'));
+is($r->{status}, 400, 'guided_json that is not JSON: 400');
+$r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+    guided_json => $schema, response_format => { type => 'json_object' }));
+is($r->{status}, 400, 'guided_json with JSON mode: 400');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x',
+    guided_json => $schema, guided_choice => [ 'a' ]));
+is($r->{status}, 400, 'guided_json with guided_choice: 400');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x',
+    guided_regex => 'a+'));
+is($r->{status}, 400, 'vLLM guided_regex: 400');
+is($r->{json}{error}{param}, 'guided_regex', 'names guided_regex');
 $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
     max_tokens => 2, response_format => { type => 'text' }));
 is($r->{status}, 200, 'response_format text: 200');

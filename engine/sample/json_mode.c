@@ -2,15 +2,22 @@
  * JSON mode (response_format {"type": "json_object"}): a byte-level
  * recogniser of one JSON object (RFC 8259), optionally surrounded by
  * whitespace, that accepts every prefix of such a text and nothing else.
+ * With a schema program (structured output, engine/text/json_schema.h) it
+ * accepts the prefixes of the values the program describes: each
+ * container keeps its node, the properties written and the items counted;
+ * keys and enum values are matched against the program's texts.
  *
  * Owns:   the grammar state and feeding bytes to it; the sampler
  *         (sample.c) masks every token whose bytes the state refuses.
  * Never:  looks at token ids or logits; validates UTF-8 inside strings
  *         (the detokenizer replaces broken sequences, as it does for any
- *         output); nesting deeper than KIMI_JSON_MAX_DEPTH and more than
- *         KIMI_JSON_MAX_WS whitespace bytes in a row are refused.
+ *         output); nesting deeper than KIMI_JSON_MAX_DEPTH (schema:
+ *         KIMI_SCHEMA_MAX_DEPTH) and more than KIMI_JSON_MAX_WS whitespace
+ *         bytes in a row are refused; trusts a program that passed
+ *         kimi_json_schema_check.
  */
 
+#include <stddef.h>
 #include <string.h>
 
 #include "json_mode.h"
@@ -31,6 +38,9 @@ enum {
     J_UNICODE,          /* inside \uXXXX, lit = hex digits seen */
     J_NUMBER,           /* inside a number, num = its sub-state */
     J_LITERAL,          /* inside true/false/null, lit = bytes matched */
+    J_SKEY,             /* a schema object's key: cand = the properties it
+                           can still name, pos = bytes read */
+    J_ENUM,             /* an enum value: cand = values still possible */
 };
 
 /* number sub-states: what has been read last */
@@ -53,6 +63,23 @@ kimi_json_init(kimi_json_state_t *s)
 {
     memset(s, 0, sizeof(*s));
     s->state = J_START;
+}
+
+
+void
+kimi_json_init_schema(kimi_json_state_t *s, const int32_t *prog)
+{
+    kimi_json_init(s);
+    s->prog = prog;
+}
+
+
+void
+kimi_json_copy(kimi_json_state_t *dst, const kimi_json_state_t *src)
+{
+    memcpy(dst, src, offsetof(kimi_json_state_t, frame)
+                     + (src->prog ? src->depth * sizeof(kimi_json_frame_t)
+                                  : 0));
 }
 
 
@@ -85,27 +112,172 @@ kimi_json_hex(unsigned char c)
 }
 
 
-/* a value ended: back to the container */
+static int kimi_json_byte(kimi_json_state_t *s, unsigned char c);
+
+
+static int
+kimi_json_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+
+/* all properties of schema object node as bits */
+static uint64_t
+kimi_json_all_props(const int32_t *p, int32_t node)
+{
+    return p[node + 1] >= 64 ? ~(uint64_t) 0
+                             : ((uint64_t) 1 << p[node + 1]) - 1;
+}
+
+
+/* a value ended: back to the container (an array counts the item) */
 static void
 kimi_json_value_end(kimi_json_state_t *s)
 {
     s->state = J_AFTER_VALUE;
+    if (s->prog != NULL && s->depth > 0 && s->stack[s->depth - 1] == '[') {
+        s->frame[s->depth - 1].count++;
+    }
 }
 
 
-/* a value starts with c (state was J_VALUE or J_ARRAY_FIRST) */
+/* c opens a container of schema node (0: any content) */
+static int
+kimi_json_push(kimi_json_state_t *s, unsigned char c, int32_t node)
+{
+    kimi_json_frame_t  *f;
+
+    if (s->depth == (s->prog ? KIMI_SCHEMA_MAX_DEPTH : KIMI_JSON_MAX_DEPTH)) {
+        return -1;
+    }
+    if (s->prog != NULL) {
+        f = &s->frame[s->depth];
+        f->node = (uint16_t) node;
+        f->prop = 0;
+        f->count = 0;
+        f->seen = 0;
+        if (c == '[') {
+            s->expect = (uint16_t) (node ? s->prog[node + 1] : 0);
+        }
+    }
+    s->stack[s->depth++] = c;
+    s->state = c == '{' ? J_KEY_OR_END : J_ARRAY_FIRST;
+    return 0;
+}
+
+
+/* 1 if c can start a value of schema node e (0: any value) */
+static int
+kimi_json_starts(const int32_t *p, int32_t e, unsigned char c)
+{
+    if (e == 0 || p[e] == KIMI_SN_ANY) {
+        return c == '{' || c == '[' || c == '"' || c == '-'
+               || kimi_json_digit(c) || c == 't' || c == 'f' || c == 'n';
+    }
+    switch (p[e]) {
+    case KIMI_SN_OBJECT:
+        return c == '{';
+    case KIMI_SN_ARRAY:
+        return c == '[';
+    case KIMI_SN_STRING:
+        return c == '"';
+    case KIMI_SN_NUMBER:
+    case KIMI_SN_INTEGER:
+        return c == '-' || kimi_json_digit(c);
+    case KIMI_SN_BOOLEAN:
+        return c == 't' || c == 'f';
+    case KIMI_SN_NULL:
+        return c == 'n';
+    case KIMI_SN_ENUM:
+        for (int32_t i = 0; i < p[e + 1]; i++) {
+            if (kimi_json_schema_bytes(p, p[e + 2 + 2 * i])[0] == c) {
+                return 1;
+            }
+        }
+        return 0;
+    }
+    return 0;
+}
+
+
+/* a value of schema node e starts with c: what the schema allows there */
+static int
+kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
+    int32_t *generic)
+{
+    const int32_t  *p = s->prog;
+    int32_t         i, pick = -1;
+
+    *generic = 0;
+    if (p[e] == KIMI_SN_UNION) {
+        for (i = 0; i < p[e + 1]; i++) {
+            if (kimi_json_starts(p, p[e + 2 + i], c)) {
+                pick = p[e + 2 + i];
+                break;
+            }
+        }
+        if (pick < 0) {
+            return -1;
+        }
+        e = pick;
+    }
+
+    switch (p[e]) {
+    case KIMI_SN_OBJECT:
+        if (c != '{') {
+            return -1;
+        }
+        return kimi_json_push(s, c, p[e + 4] ? 0 : e);   /* free: any keys */
+    case KIMI_SN_ARRAY:
+        return c == '[' ? kimi_json_push(s, c, e) : -1;
+    case KIMI_SN_ENUM:
+        s->cand = 0;
+        for (i = 0; i < p[e + 1]; i++) {
+            if (kimi_json_schema_bytes(p, p[e + 2 + 2 * i])[0] == c) {
+                s->cand |= (uint64_t) 1 << i;
+            }
+        }
+        if (s->cand == 0) {
+            return -1;
+        }
+        s->enode = (uint16_t) e;
+        s->pos = 1;
+        s->state = J_ENUM;
+        return 0;
+    case KIMI_SN_INTEGER:
+        s->intonly = 1;
+        /* fall through */
+    default:
+        if (!kimi_json_starts(p, e, c)) {
+            return -1;
+        }
+        *generic = 1;                   /* scalars read as in JSON mode */
+        return 0;
+    }
+}
+
+
+/* a value starts with c (state was J_VALUE, J_ARRAY_FIRST or J_START) */
 static int
 kimi_json_value_start(kimi_json_state_t *s, unsigned char c)
 {
+    int32_t  generic;
+
+    s->intonly = 0;
+    if (s->prog != NULL && s->expect != 0) {
+        if (kimi_json_schema_start(s, s->expect, c, &generic) != 0) {
+            return -1;
+        }
+        if (!generic) {
+            return 0;
+        }
+    }
+
     switch (c) {
     case '{':
     case '[':
-        if (s->depth == KIMI_JSON_MAX_DEPTH) {
-            return -1;
-        }
-        s->stack[s->depth++] = (unsigned char) c;
-        s->state = c == '{' ? J_KEY_OR_END : J_ARRAY_FIRST;
-        return 0;
+        return kimi_json_push(s, c, 0);
     case '"':
         s->state = J_STRING;
         s->key = 0;
@@ -122,7 +294,7 @@ kimi_json_value_start(kimi_json_state_t *s, unsigned char c)
         s->lit = 1;
         return 0;
     default:
-        if (c >= '0' && c <= '9') {
+        if (kimi_json_digit(c)) {
             s->state = J_NUMBER;
             s->num = c == '0' ? N_ZERO : N_INT;
             return 0;
@@ -132,16 +304,106 @@ kimi_json_value_start(kimi_json_state_t *s, unsigned char c)
 }
 
 
-/* the container on top closes with c */
+/* the container on top closes with c, if its schema allows it to */
 static int
 kimi_json_close(kimi_json_state_t *s, unsigned char c)
 {
+    const kimi_json_frame_t  *f;
+    const int32_t            *p = s->prog;
+    uint64_t                  req;
+
     if (s->depth == 0 || s->stack[s->depth - 1] != (c == '}' ? '{' : '[')) {
         return -1;
     }
+    if (p != NULL && s->frame[s->depth - 1].node != 0) {
+        f = &s->frame[s->depth - 1];
+        if (c == '}') {
+            req = ((uint64_t) (uint32_t) p[f->node + 3] << 32)
+                  | (uint32_t) p[f->node + 2];
+            if ((f->seen & req) != req) {
+                return -1;
+            }
+        } else if (f->count < (uint32_t) p[f->node + 2]) {
+            return -1;
+        }
+    }
     s->depth--;
-    s->state = s->depth == 0 ? J_DONE : J_AFTER_VALUE;
+    if (s->depth == 0) {
+        s->state = J_DONE;
+    } else {
+        kimi_json_value_end(s);
+    }
     return 0;
+}
+
+
+/* a schema object's key: c is its next byte */
+static int
+kimi_json_key_byte(kimi_json_state_t *s, unsigned char c)
+{
+    const int32_t      *p = s->prog;
+    kimi_json_frame_t  *f = &s->frame[s->depth - 1];
+    int32_t             node = f->node, at, len;
+    uint64_t            next = 0;
+
+    for (int32_t i = 0; i < p[node + 1]; i++) {
+        if (!(s->cand >> i & 1)) {
+            continue;
+        }
+        at = p[node + 5 + 3 * i];
+        len = p[node + 6 + 3 * i];
+        if (c == '"' && len == s->pos) {          /* the name is complete */
+            f->prop = (uint16_t) i;
+            f->seen |= (uint64_t) 1 << i;
+            s->state = J_COLON;
+            return 0;
+        }
+        if (c != '"' && s->pos < len
+            && kimi_json_schema_bytes(p, at)[s->pos] == c)
+        {
+            next |= (uint64_t) 1 << i;
+        }
+    }
+    if (next == 0) {
+        return -1;
+    }
+    s->cand = next;
+    s->pos++;
+    return 0;
+}
+
+
+/* an enum value: c extends some candidate, or ends a complete one */
+static int
+kimi_json_enum_byte(kimi_json_state_t *s, unsigned char c)
+{
+    const int32_t  *p = s->prog;
+    int32_t         e = s->enode, at, len;
+    uint64_t        next = 0;
+    int             complete = 0;
+
+    for (int32_t i = 0; i < p[e + 1]; i++) {
+        if (!(s->cand >> i & 1)) {
+            continue;
+        }
+        at = p[e + 2 + 2 * i];
+        len = p[e + 3 + 2 * i];
+        if (s->pos < len && kimi_json_schema_bytes(p, at)[s->pos] == c) {
+            next |= (uint64_t) 1 << i;
+        } else if (s->pos == len) {
+            complete = 1;
+        }
+    }
+    if (next != 0) {
+        s->cand = next;
+        s->pos++;
+        return 0;
+    }
+    if (!complete) {
+        return -1;
+    }
+    kimi_json_value_end(s);             /* c belongs to what follows */
+    return kimi_json_byte(s, c);
 }
 
 
@@ -161,12 +423,11 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         if (kimi_json_space(c)) {
             return 0;
         }
-        if (c != '{') {
-            return -1;
+        if (s->prog != NULL) {          /* the root: an object or array */
+            s->expect = (uint16_t) s->prog[1];
+            return kimi_json_value_start(s, c);
         }
-        s->stack[s->depth++] = '{';
-        s->state = J_KEY_OR_END;
-        return 0;
+        return c == '{' ? kimi_json_push(s, c, 0) : -1;
 
     case J_DONE:
         return kimi_json_space(c) ? 0 : -1;
@@ -191,6 +452,14 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         if (c != '"') {
             return -1;
         }
+        if (s->prog != NULL && s->frame[s->depth - 1].node != 0) {
+            const kimi_json_frame_t  *f = &s->frame[s->depth - 1];
+
+            s->cand = kimi_json_all_props(s->prog, f->node) & ~f->seen;
+            s->pos = 0;
+            s->state = J_SKEY;
+            return s->cand != 0 ? 0 : -1;
+        }
         s->state = J_STRING;
         s->key = 1;
         return 0;
@@ -203,6 +472,12 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
             return -1;
         }
         s->state = J_VALUE;
+        if (s->prog != NULL) {
+            const kimi_json_frame_t  *f = &s->frame[s->depth - 1];
+
+            s->expect = (uint16_t) (f->node ? s->prog[f->node + 7 + 3 * f->prop]
+                                            : 0);
+        }
         return 0;
 
     case J_AFTER_VALUE:
@@ -211,6 +486,28 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         }
         if (c == ',') {
             s->state = s->stack[s->depth - 1] == '{' ? J_KEY : J_VALUE;
+            if (s->prog != NULL) {
+                const kimi_json_frame_t  *f = &s->frame[s->depth - 1];
+                const int32_t            *p = s->prog;
+
+                if (f->node == 0) {
+                    s->expect = 0;
+                } else if (s->state == J_KEY) {
+                    /* another key only while a property is left */
+                    if ((f->seen & kimi_json_all_props(p, f->node))
+                        == kimi_json_all_props(p, f->node))
+                    {
+                        return -1;
+                    }
+                } else {
+                    if (p[f->node + 3] >= 0
+                        && f->count >= (uint32_t) p[f->node + 3])
+                    {
+                        return -1;
+                    }
+                    s->expect = (uint16_t) p[f->node + 1];
+                }
+            }
             return 0;
         }
         if (c == '}' || c == ']') {
@@ -263,7 +560,16 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         }
         return 0;
 
+    case J_SKEY:
+        return kimi_json_key_byte(s, c);
+
+    case J_ENUM:
+        return kimi_json_enum_byte(s, c);
+
     case J_NUMBER:
+        if (s->intonly && (c == '.' || c == 'e' || c == 'E')) {
+            return -1;                  /* a schema integer: digits only */
+        }
         switch (s->num) {
         case N_MINUS:
             if (c == '0') {
@@ -277,7 +583,7 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
             return -1;
         case N_ZERO:
         case N_INT:
-            if (c >= '0' && c <= '9' && s->num == N_INT) {
+            if (kimi_json_digit(c) && s->num == N_INT) {
                 return 0;
             }
             if (c == '.') {

@@ -1,16 +1,28 @@
 /*
- * JSON mode: a byte-level recogniser of one JSON object (json_mode.c).
+ * JSON mode and structured output: a byte-level recogniser of one JSON
+ * object, or of a value a schema program describes (json_mode.c).
  */
 
 #ifndef KIMI_JSON_MODE_H
 #define KIMI_JSON_MODE_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include "../text/json_schema.h"
 
 #define KIMI_JSON_MAX_DEPTH  32
 /* whitespace bytes in a row outside strings: a model may otherwise emit
  * whitespace forever (as OpenAI's JSON mode warns) */
 #define KIMI_JSON_MAX_WS     16
+
+/* A container under a schema: which node, and how far it got */
+typedef struct {
+    uint16_t       node;       /* its program node; 0: any content */
+    uint16_t       prop;       /* object: the property being read */
+    uint32_t       count;      /* array: items so far */
+    uint64_t       seen;       /* object: properties written */
+} kimi_json_frame_t;
 
 typedef struct {
     unsigned char  state;
@@ -20,10 +32,28 @@ typedef struct {
     unsigned char  key;        /* the string is an object key */
     unsigned char  depth;
     unsigned char  ws;         /* whitespace bytes in a row */
+    unsigned char  intonly;    /* the number is a schema integer */
     unsigned char  stack[KIMI_JSON_MAX_DEPTH];   /* '{' or '[' */
+
+    /* structured output (kimi_json_init_schema): the program, the node
+     * the next value must match, a key or enum value being matched (the
+     * candidates still possible and the bytes read) */
+    const int32_t *prog;
+    uint16_t       expect;
+    uint16_t       pos;
+    uint16_t       enode;
+    uint64_t       cand;
+    kimi_json_frame_t  frame[KIMI_SCHEMA_MAX_DEPTH];
 } kimi_json_state_t;
 
 void kimi_json_init(kimi_json_state_t *s);
+
+/* The output must match the schema program prog (checked with
+ * kimi_json_schema_check): an object or array at the top. */
+void kimi_json_init_schema(kimi_json_state_t *s, const int32_t *prog);
+
+/* Copies what a feed can change (the frames in use only). */
+void kimi_json_copy(kimi_json_state_t *dst, const kimi_json_state_t *src);
 
 /* Feeds bytes: 0 while the text so far is a prefix of a JSON object
  * (with surrounding whitespace), -1 (and s is then undefined) otherwise. */

@@ -322,6 +322,16 @@ kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
     uint32_t vocab, kimi_err_t *err)
 {
     uint32_t  at = 1, n;
+    char      msg[160];
+
+    if (n_words > 1 && words[0] == KIMI_SCHEMA_TAG) {
+        if (kimi_json_schema_check(words + 1, n_words - 1, msg, sizeof(msg))
+            != 0)
+        {
+            return kimi_err_set(err, KIMI_EINVAL, "%s", msg);
+        }
+        return KIMI_OK;
+    }
 
     if (n_words < 3 || words[0] < 1) {
         return kimi_err_set(err, KIMI_EINVAL, "guided_choice: no choice");
@@ -367,7 +377,7 @@ kimi_sample_is_plain_greedy(const kimi_sample_req_t *req)
 
 static uint32_t kimi_sample_argmax(const float *x, uint32_t n);
 static void kimi_sample_json_mask(kimi_sampler_t *s,
-    const kimi_sample_req_t *req);
+    const kimi_sample_req_t *req, const int32_t *prog);
 static void kimi_sample_guided_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req);
 static int kimi_sample_is_eos(const kimi_sample_req_t *req, uint32_t id);
@@ -483,10 +493,15 @@ kimi_sample_process(kimi_sampler_t *s, const float *logits,
     }
 
     if (sp->json_object && req->tokenizer != NULL) {
-        kimi_sample_json_mask(s, req);
+        kimi_sample_json_mask(s, req, NULL);
     }
 
-    if (req->n_guided > 0) {
+    if (req->n_guided > 0 && req->guided[0] == KIMI_SCHEMA_TAG) {
+        if (req->tokenizer != NULL) {
+            kimi_sample_json_mask(s, req, req->guided + 1);
+        }
+
+    } else if (req->n_guided > 0) {
         kimi_sample_guided_mask(s, req);
     }
 }
@@ -604,10 +619,11 @@ static int
 kimi_sample_json_ok(const kimi_tokenizer_t *tk, const kimi_json_state_t *st,
     uint32_t id)
 {
-    kimi_json_state_t  t = *st;
+    kimi_json_state_t  t;
     const char        *b;
     size_t             len;
 
+    kimi_json_copy(&t, st);
     b = kimi_token_bytes(tk, (int32_t) id, &len);
     return b != NULL && kimi_json_feed(&t, b, len) == 0;
 }
@@ -619,7 +635,8 @@ kimi_sample_json_ok(const kimi_tokenizer_t *tk, const kimi_json_state_t *st,
  * tokens pass unread; elsewhere a refused first byte masks its whole
  * bucket; the rest is fed byte by byte. */
 static void
-kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
+kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
+    const int32_t *prog)
 {
     const kimi_tokenizer_t  *tk = req->tokenizer;
     kimi_json_vocab_t       *jv = &s->jv;
@@ -628,13 +645,17 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
     size_t                   len;
     uint32_t                 i, id;
     unsigned char            c;
-    int                      done, broken = 0;
+    int                      done, broken = 0, allowed = 0;
 
     if (kimi_sample_json_vocab(s, tk) != 0) {
         return;                         /* out of memory: unconstrained */
     }
 
-    kimi_json_init(&st);
+    if (prog != NULL) {
+        kimi_json_init_schema(&st, prog);
+    } else {
+        kimi_json_init(&st);
+    }
     for (i = 0; i < req->n_output && !broken; i++) {
         id = (uint32_t) req->tokens[req->n_prompt + i];
         b = id < s->vocab && jv->cls[id] != KIMI_JV_SPECIAL
@@ -671,7 +692,7 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
 
     for (unsigned k = 0; k < 256; k++) {
         c = (unsigned char) k;
-        t = st;
+        kimi_json_copy(&t, &st);
         if (kimi_json_feed(&t, (const char *) &c, 1) != 0) {
             for (i = jv->first[k]; i < jv->first[k + 1]; i++) {
                 s->x[jv->by_first[i]] = -INFINITY;
@@ -682,6 +703,17 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
             id = jv->by_first[i];
             if (s->x[id] > -INFINITY && !kimi_sample_json_ok(tk, &st, id)) {
                 s->x[id] = -INFINITY;
+            }
+            allowed |= s->x[id] > -INFINITY;
+        }
+    }
+
+    /* no byte can follow (nesting at its limit under a schema that keeps
+     * asking for more): the answer ends here, a prefix, as at max_tokens */
+    if (!allowed) {
+        for (i = 0; i < req->n_eos; i++) {
+            if ((uint32_t) req->eos_ids[i] < s->vocab) {
+                s->x[req->eos_ids[i]] = 0.0f;
             }
         }
     }

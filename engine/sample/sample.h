@@ -86,8 +86,10 @@ typedef struct kimi_sample_out  kimi_sample_out_t;
 int  kimi_sample_params_check(const kimi_shm_sampling_t *sp, uint32_t vocab,
     kimi_err_t *err);
 
-/* vLLM's guided_choice as token ids: words = n, then n times (count, ids);
- * every choice non-empty, ids inside the vocabulary, nothing left over. */
+/* The guided words of a slot: vLLM's guided_choice as token ids (words =
+ * n, then n times (count, ids); every choice non-empty, ids inside the
+ * vocabulary, nothing left over), or KIMI_SCHEMA_TAG and a structured
+ * output program (engine/text/json_schema.h; kimi_json_schema_check). */
 int  kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
     uint32_t vocab, kimi_err_t *err);
 

@@ -204,7 +204,8 @@ kimi_srv_admit(kimi_server_t *srv, uint32_t w, int32_t pid, uint32_t entry)
         || n_guided > srv->shm.slot_prompt_capacity - n_prompt)
     {
         snprintf(msg, sizeof(msg), "prompt of %u tokens (and %u words of"
-                 " guided_choice) exceeds the slot capacity of %u tokens",
+                 " guided_choice or JSON schema) exceeds the slot capacity of"
+                 " %u tokens",
                  n_prompt, n_guided, srv->shm.slot_prompt_capacity);
         kimi_srv_reject(srv, w, idx, gen, 400, rid, msg);
         return;

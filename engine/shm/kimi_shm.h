@@ -57,7 +57,7 @@
 #include "../common/kimi_err.h"
 
 #define KIMI_SHM_MAGIC           0x4d48534d494d494bULL  /* "KIMIMSHM" */
-#define KIMI_SHM_ABI_VERSION     4
+#define KIMI_SHM_ABI_VERSION     5
 
 #define KIMI_SHM_MAX_RANKS       8      /* DP ranks served by one segment */
 #define KIMI_SHM_MAX_WORKERS     128    /* nginx workers, two generations */
@@ -178,11 +178,14 @@ typedef struct {
     uint32_t             rank;             /* target DP rank */
     uint32_t             kind;             /* kimi_req_kind_e */
     uint32_t             n_prompt_tokens;  /* <= header.slot_prompt_capacity */
-    uint32_t             n_guided;         /* vLLM's guided_choice: int32
-                                              words after the prompt in the
-                                              slot's prompt area (0: none):
-                                              n, then each choice's token
-                                              count and ids */
+    uint32_t             n_guided;         /* int32 words after the prompt
+                                              in the slot's prompt area (0:
+                                              none): vLLM's guided_choice
+                                              (n, then each choice's token
+                                              count and ids), or
+                                              KIMI_SCHEMA_TAG and a JSON
+                                              schema program
+                                              (text/json_schema.h) */
     uint64_t             submit_ns;        /* CLOCK_MONOTONIC */
     char                 request_id[KIMI_SHM_REQUEST_ID_LEN];
     kimi_shm_sampling_t  sampling;

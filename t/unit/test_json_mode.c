@@ -3,7 +3,10 @@
  * valid and invalid texts and every prefix, then the sampler's mask with
  * Kimi's real tokenizer: random rows sampled under response_format
  * json_object always extend a valid prefix, and end with an eos id once
- * the object is complete.
+ * the object is complete.  Then JSON schemas (engine/text/json_schema.c):
+ * what compiles and what is refused (naming the keyword), texts a schema
+ * accepts and refuses at every prefix, the engine's check of corrupted
+ * programs, sampling under a schema, and a schema that never ends.
  */
 
 #include <math.h>
@@ -11,6 +14,8 @@
 #include <time.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "sample/json_mode.h"
 #include "sample/sample.h"
@@ -28,13 +33,18 @@ model_dir(void)
 }
 
 
-/* 1 if every prefix is accepted; *done: complete at the end */
+/* 1 if every prefix of text is accepted (under the schema program prog,
+ * or JSON mode when NULL); *done: complete at the end */
 static int
-accepts(const char *text, int *done)
+accepts(const int32_t *prog, const char *text, int *done)
 {
     kimi_json_state_t  s;
 
-    kimi_json_init(&s);
+    if (prog != NULL) {
+        kimi_json_init_schema(&s, prog);
+    } else {
+        kimi_json_init(&s);
+    }
     for (size_t i = 0; text[i] != '\0'; i++) {
         if (kimi_json_feed(&s, text + i, 1) != 0) {
             return 0;
@@ -42,6 +52,31 @@ accepts(const char *text, int *done)
     }
     *done = kimi_json_done(&s);
     return 1;
+}
+
+
+/* one draw for a request of n - 1 generated tokens after a 1-token prompt */
+static int
+draw_next(kimi_sampler_t *smp, const float *row, const int32_t *seq,
+    uint32_t n, const kimi_shm_sampling_t *sp, kimi_rng_t *draw,
+    const int32_t *eos, const kimi_tokenizer_t *tok, const int32_t *words,
+    uint32_t n_words, kimi_sample_out_t *out)
+{
+    kimi_sample_req_t  req;
+    kimi_err_t         err;
+
+    memset(&req, 0, sizeof(req));
+    req.sampling = sp;
+    req.tokens = seq;
+    req.n_prompt = 1;
+    req.n_output = n - 1;
+    req.rng = draw;
+    req.eos_ids = eos;
+    req.n_eos = 2;
+    req.tokenizer = tok;
+    req.guided = words;
+    req.n_guided = n_words;
+    return kimi_sampler_sample(smp, row, &req, out, &err);
 }
 
 
@@ -66,21 +101,21 @@ test_grammar(void)
     size_t i;
 
     for (i = 0; i < sizeof(valid) / sizeof(valid[0]); i++) {
-        ok(accepts(valid[i], &done) && done, "valid and complete: %s",
+        ok(accepts(NULL, valid[i], &done) && done, "valid and complete: %s",
            valid[i]);
     }
-    ok(accepts("{\"a\": [1, {\"b\": tr", &done) && !done,
+    ok(accepts(NULL, "{\"a\": [1, {\"b\": tr", &done) && !done,
        "a prefix is accepted, not complete");
-    ok(accepts("{\"a\": 12", &done) && !done,
+    ok(accepts(NULL, "{\"a\": 12", &done) && !done,
        "a number may still grow at the end");
-    ok(accepts("{\"a\": 1                }", &done) && done,
+    ok(accepts(NULL, "{\"a\": 1                }", &done) && done,
        "16 whitespace bytes in a row");
-    ok(!accepts("{\"a\": 1                 }", &done),
+    ok(!accepts(NULL, "{\"a\": 1                 }", &done),
        "17 are refused (no endless whitespace)");
-    ok(accepts("{\"a\": \"                                  \"}", &done)
+    ok(accepts(NULL, "{\"a\": \"                                  \"}", &done)
        && done, "inside a string any number of spaces");
     for (i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++) {
-        ok(!accepts(invalid[i], &done), "refused: %s", invalid[i]);
+        ok(!accepts(NULL, invalid[i], &done), "refused: %s", invalid[i]);
     }
 
     /* KIMI_JSON_MAX_DEPTH containers in all, the top object included */
@@ -90,9 +125,9 @@ test_grammar(void)
     for (i = 1; i < KIMI_JSON_MAX_DEPTH; i++) {
         strcat(deep, "[");
     }
-    ok(accepts(deep, &done), "%d levels of nesting", KIMI_JSON_MAX_DEPTH);
+    ok(accepts(NULL, deep, &done), "%d levels of nesting", KIMI_JSON_MAX_DEPTH);
     strcat(deep, "[");
-    ok(!accepts(deep, &done), "one more is refused");
+    ok(!accepts(NULL, deep, &done), "one more is refused");
 }
 
 
@@ -103,7 +138,6 @@ test_sampler(void)
     kimi_sampler_t     *smp;
     kimi_err_t          err;
     kimi_shm_sampling_t sp;
-    kimi_sample_req_t   req;
     kimi_sample_out_t   out;
     kimi_rng_t          rng, draw;
     kimi_json_state_t   st;
@@ -157,17 +191,10 @@ test_sampler(void)
                 row[close] += 30.0f;
                 row[eos[0]] += 30.0f;
             }
-            memset(&req, 0, sizeof(req));
-            req.sampling = &sp;
-            req.tokens = seq;
-            req.n_prompt = 1;
-            req.n_output = n - 1;
-            req.rng = &draw;
-            req.eos_ids = eos;
-            req.n_eos = 2;
-            req.tokenizer = tok;
             clock_gettime(CLOCK_MONOTONIC, &t0);
-            if (kimi_sampler_sample(smp, row, &req, &out, &err) != 0) {
+            if (draw_next(smp, row, seq, n, &sp, &draw, eos, tok, NULL, 0, &out)
+                != 0)
+            {
                 bad++;
                 break;
             }
@@ -202,11 +229,401 @@ test_sampler(void)
 }
 
 
+/* ---- structured output: schema programs ---------------------------------- */
+
+static const char  *person_schema =
+    "{\"type\": \"object\", \"title\": \"p\","
+    " \"properties\": {"
+    "   \"name\": {\"type\": \"string\", \"description\": \"x\"},"
+    "   \"age\": {\"type\": \"integer\"},"
+    "   \"score\": {\"type\": [\"number\", \"null\"]},"
+    "   \"tags\": {\"type\": \"array\", \"items\": {\"enum\": [\"a\", \"ab\", 7, true, null]},"
+    "              \"minItems\": 1, \"maxItems\": 3},"
+    "   \"pet\": {\"anyOf\": [{\"$ref\": \"#/$defs/pet\"}, {\"type\": \"null\"}]},"
+    "   \"any\": {},"
+    "   \"kind\": {\"const\": \"k\\\"q\"}"
+    " },"
+    " \"required\": [\"name\", \"age\", \"tags\"],"
+    " \"additionalProperties\": false,"
+    " \"$defs\": {\"pet\": {\"type\": \"object\", \"properties\": {"
+    "   \"species\": {\"type\": \"string\"},"
+    "   \"friend\": {\"$ref\": \"#/$defs/pet\"}},"
+    "   \"required\": [\"species\"]}}}";
+
+
+static int32_t *
+compile(const char *text, size_t *n, char *err, size_t errlen)
+{
+    json_error_t  je;
+    json_t       *j = json_loads(text, JSON_DECODE_ANY, &je);
+    int32_t      *prog = NULL;
+
+    if (j == NULL) {
+        snprintf(err, errlen, "bad test JSON: %s", je.text);
+        return NULL;
+    }
+    if (kimi_json_schema_compile(j, &prog, n, err, errlen) != 0) {
+        prog = NULL;
+    }
+    json_decref(j);
+    return prog;
+}
+
+
+static void
+test_schema_compile(void)
+{
+    static const struct { const char *schema, *err; } bad[] = {
+        { "{\"type\": \"string\"}", "top level must be an object or an array" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"string\", \"pattern\": \"x\"}}}",
+          "keyword \"pattern\" is not supported" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"minimum\": 1}}}", "\"minimum\"" },
+        { "{\"type\": \"object\", \"required\": [\"b\"], \"properties\": {\"a\": {}}}",
+          "names no property" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"anyOf\": [{\"type\": \"integer\"}, {\"type\": \"number\"}]}}}",
+          "different character" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"$ref\": \"#/$defs/none\"}}}", "$ref" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"$ref\": \"http://x/y\"}}}", "$ref" },
+        { "{\"type\": \"array\", \"items\": [{}, {}]}", "tuples" },
+        { "{\"type\": \"array\", \"minItems\": 3, \"maxItems\": 2}", "below" },
+        { "{\"type\": \"object\", \"additionalProperties\": {\"type\": \"string\"}}", "additionalProperties" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"enum\": [{\"x\": 1}]}}}", "enum" },
+        { "{\"$defs\": {\"a\": {\"$ref\": \"#/$defs/b\"}, \"b\": {\"$ref\": \"#/$defs/a\"}}, \"$ref\": \"#/$defs/a\"}",
+          "deeper than 64" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"date\"}}}", "unknown \"type\"" },
+        { "false", "an object or true" },
+    };
+    char      err[512];
+    size_t    n;
+    int32_t  *prog;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        prog = compile(bad[i].schema, &n, err, sizeof(err));
+        ok(prog == NULL && strstr(err, bad[i].err) != NULL,
+           "schema %zu refused, naming what: %s", i, prog ? "(compiled)" : err);
+        free(prog);
+    }
+
+    prog = compile(person_schema, &n, err, sizeof(err));
+    ok(prog != NULL, "a schema with every supported keyword compiles (%zu words)%s%s",
+       n, prog ? "" : ": ", prog ? "" : err);
+    ok(prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0,
+       "... and passes the engine's check");
+    free(prog);
+}
+
+
+static void
+test_schema_grammar(void)
+{
+    static const char  *valid[] = {
+        "{\"name\":\"x\",\"age\":3,\"tags\":[\"a\"]}",
+        " { \"tags\" : [ \"ab\" , 7, true ] , \"age\" : -12, \"name\": \"\\u00e9\\\"\" } ",
+        "{\"name\":\"\",\"age\":0,\"tags\":[null],\"score\":null}",
+        "{\"name\":\"n\",\"age\":1,\"tags\":[7],\"score\":-0.5e+3,\"pet\":null}",
+        "{\"name\":\"n\",\"age\":1,\"tags\":[\"a\"],\"pet\":{\"species\":\"cat\","
+        "\"friend\":{\"friend\":{\"species\":\"x\"},\"species\":\"dog\"}}}",
+        "{\"name\":\"n\",\"age\":1,\"tags\":[\"a\"],\"any\":[{\"q\":[1,{}]},\"s\"],\"kind\":\"k\\\"q\"}",
+    };
+    static const char  *invalid[] = {
+        "[]",                                              /* not the root type */
+        "{\"name\":\"x\",\"age\":3}",                      /* tags required */
+        "{\"name\":\"x\",\"age\":3,\"tags\":[]}",          /* minItems 1 */
+        "{\"name\":\"x\",\"age\":3,\"tags\":[7,7,7,7]}",   /* maxItems 3 */
+        "{\"name\":\"x\",\"age\":3.5,\"tags\":[7]}",       /* integer */
+        "{\"name\":\"x\",\"age\":1e3,\"tags\":[7]}",
+        "{\"name\":1,\"age\":3,\"tags\":[7]}",             /* string */
+        "{\"name\":\"x\",\"name\":\"y\"}",                 /* twice */
+        "{\"nam\":\"x\"}",                                 /* unknown key */
+        "{\"names\":\"x\"}",
+        "{\"other\":1}",
+        "{\"name\":\"x\",\"age\":3,\"tags\":[\"b\"]}",     /* not in the enum */
+        "{\"name\":\"x\",\"age\":3,\"tags\":[\"abc\"]}",
+        "{\"name\":\"x\",\"age\":3,\"tags\":[70]}",
+        "{\"name\":\"x\",\"age\":3,\"tags\":[7],\"score\":\"1\"}",
+        "{\"name\":\"x\",\"age\":3,\"tags\":[7],\"pet\":{}}",   /* species */
+        "{\"name\":\"x\",\"age\":3,\"tags\":[7],\"pet\":[]}",
+        "{\"name\":\"x\",\"age\":3,\"tags\":[7],\"kind\":\"k\"}",
+        "{\"name\":\"x\",\"age\":3,\"tags\":[7]}{",
+    };
+    char      err[512];
+    size_t    n;
+    int       done, bad = 0;
+    int32_t  *prog = compile(person_schema, &n, err, sizeof(err));
+
+    if (prog == NULL) {
+        ok(0, "schema compiles: %s", err);
+        return;
+    }
+    for (size_t i = 0; i < sizeof(valid) / sizeof(valid[0]); i++) {
+        int  a = accepts(prog, valid[i], &done);
+
+        ok(a && done, "schema accepts valid text %zu and every prefix", i);
+    }
+    for (size_t i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++) {
+        int  a = accepts(prog, invalid[i], &done);
+
+        ok(!(a && done), "schema refuses invalid text %zu", i);
+    }
+    /* keys, enum values and closers too early are refused at their byte */
+    bad += accepts(prog, "{\"x", &done);
+    bad += accepts(prog, "{\"name\":\"x\"}", &done);
+    bad += accepts(prog, "{\"name\":\"x\",\"age\":3,\"tags\":[\"c", &done);
+    bad += accepts(prog, "{\"name\":\"x\",\"age\":3,\"tags\":[]", &done);
+    ok(bad == 0, "an unknown key, an early '}', a wrong enum byte, an early"
+       " ']' are refused at that byte");
+
+    /* a corrupted program is refused by the engine's check, never run */
+    {
+        int32_t  *c = malloc(n * sizeof(int32_t));
+        uint32_t  refused = 0, fuzz = 0;
+        kimi_rng_t  r;
+
+        kimi_rng_seed(&r, 3);
+        for (int k = 0; k < 2000; k++) {
+            memcpy(c, prog, n * sizeof(int32_t));
+            for (int f = 0; f < 3; f++) {
+                size_t  at = (size_t) (kimi_rng_uniform(&r) * (double) n);
+                c[at < n ? at : n - 1] = (int32_t) (kimi_rng_uniform(&r) * 4e5) - 1000;
+            }
+            if (kimi_json_schema_check(c, n, err, sizeof(err)) != 0) {
+                refused++;
+                continue;
+            }
+            /* passed: it must run on any bytes without faulting */
+            kimi_json_state_t  s;
+
+            kimi_json_init_schema(&s, c);
+            for (int b = 0; b < 200; b++) {
+                unsigned char  ch = "{}[]\",:0123456789-.eEtrufalsn \\abcxyz"
+                                    [(int) (kimi_rng_uniform(&r) * 38)];
+
+                if (kimi_json_feed(&s, (const char *) &ch, 1) != 0) {
+                    kimi_json_init_schema(&s, c);
+                }
+            }
+            fuzz++;
+        }
+        /* a fault in the run ends this binary (and the sanitizer builds
+         * report any stray read) */
+        ok(refused > 0 && fuzz > 0, "2000 corrupted programs: %u refused by"
+           " the check, %u passed and ran on random bytes without a fault",
+           refused, fuzz);
+        free(c);
+    }
+    free(prog);
+}
+
+
+/* Sampling under the schema with random rows: every token extends a valid
+ * prefix, eos only when complete, and a complete output is valid JSON
+ * holding the required fields with their types. */
+static void
+test_schema_sampler(void)
+{
+    kimi_tokenizer_t   *tok;
+    kimi_sampler_t     *smp;
+    kimi_err_t          err;
+    kimi_shm_sampling_t sp;
+    kimi_sample_out_t   out;
+    kimi_rng_t          rng, draw;
+    kimi_json_state_t   st;
+    float              *row;
+    int32_t             seq[512], eos[2], *words;
+    uint32_t            vocab, n = 0, bad = 0, ended = 0, valid = 0;
+    const char         *b;
+    size_t              len, nprog;
+    char                msg[512], text[4096];
+    int32_t            *prog = compile(person_schema, &nprog, msg, sizeof(msg));
+    static int32_t      boost[16];
+    int                 nboost = 0;
+
+    if (prog == NULL || kimi_tokenizer_load(&tok, model_dir(), &err) != 0) {
+        ok(0, "schema and tokenizer load");
+        return;
+    }
+    words = malloc((nprog + 1) * sizeof(int32_t));
+    words[0] = KIMI_SCHEMA_TAG;
+    memcpy(words + 1, prog, nprog * sizeof(int32_t));
+    ok(kimi_sample_guided_check(words, (uint32_t) nprog + 1, 163840, &err) == 0,
+       "the tagged program passes the sampler's check");
+
+    vocab = 163840;
+    eos[0] = kimi_tokenizer_special_id(tok, "<|im_end|>");
+    eos[1] = kimi_tokenizer_special_id(tok, "[EOS]");
+    /* one-byte tokens that move toward the end: closers, short values */
+    for (int32_t i = 0; i < 200000 && nboost < 16; i++) {
+        const char  *cb = kimi_token_bytes(tok, i, &len);
+
+        if (cb != NULL && len == 1 && strchr("\"}],:0n7", cb[0]) != NULL) {
+            boost[nboost++] = i;
+        }
+    }
+    row = malloc(vocab * sizeof(float));
+    if (row == NULL || kimi_sampler_init(&smp, vocab, &err) != 0) {
+        ok(0, "sampler: %s", err.msg);
+        return;
+    }
+    kimi_rng_seed(&rng, 11);
+
+    for (int run = 0; run < 8; run++) {
+        memset(&sp, 0, sizeof(sp));
+        sp.temperature = 1.0f;
+        sp.top_p = 1.0f;
+        sp.repetition_penalty = 1.0f;
+        sp.max_tokens = 400;
+        kimi_rng_seed(&draw, 200 + run);
+        seq[0] = 1000;
+        n = 1;
+        text[0] = '\0';
+        kimi_json_init_schema(&st, prog);
+
+        for (int step = 0; step < 400; step++) {
+            for (uint32_t i = 0; i < vocab; i++) {
+                row[i] = (float) (kimi_rng_uniform(&rng) * 8.0);
+            }
+            if (step > 10) {
+                for (int k = 0; k < nboost; k++) {
+                    row[boost[k]] += 12.0f;
+                }
+                row[eos[0]] += 30.0f;
+            }
+            if (draw_next(smp, row, seq, n, &sp, &draw, eos, tok, words, (uint32_t) nprog + 1, &out)
+                != 0)
+            {
+                bad++;
+                break;
+            }
+            if (out.tok.token == eos[0] || out.tok.token == eos[1]) {
+                bad += !kimi_json_done(&st);
+                if (kimi_json_done(&st)) {
+                    json_t  *j = json_loads(text, 0, NULL);
+
+                    ended++;
+                    valid += j != NULL
+                             && json_is_string(json_object_get(j, "name"))
+                             && json_is_integer(json_object_get(j, "age"))
+                             && json_array_size(json_object_get(j, "tags")) >= 1
+                             && json_array_size(json_object_get(j, "tags")) <= 3;
+                    json_decref(j);
+                }
+                break;
+            }
+            b = kimi_tokenizer_is_special(tok, out.tok.token) ? NULL
+                : kimi_token_bytes(tok, out.tok.token, &len);
+            if (b == NULL || kimi_json_feed(&st, b, len) != 0
+                || n + 1 >= 512 || strlen(text) + len >= sizeof(text))
+            {
+                bad += b == NULL || n + 1 < 512;
+                break;
+            }
+            strncat(text, b, len);
+            seq[n++] = out.tok.token;
+        }
+    }
+    ok(bad == 0, "8 runs of random rows under the schema: every token extends"
+       " a valid prefix, eos only when complete (%u bad)", bad);
+    ok(ended > 0 && valid == ended, "... %u completed, all %u parse as JSON"
+       " with name, integer age and 1-3 tags", ended, valid);
+
+    kimi_sampler_free(smp);
+    kimi_tokenizer_free(tok);
+    free(row);
+    free(words);
+    free(prog);
+}
+
+
+/* A schema whose objects require themselves forever: at the nesting limit
+ * nothing can follow, and the answer ends there (eos allowed), a prefix,
+ * never a token outside the schema. */
+static void
+test_schema_dead_end(void)
+{
+    kimi_tokenizer_t   *tok;
+    kimi_sampler_t     *smp;
+    kimi_err_t          err;
+    kimi_shm_sampling_t sp;
+    kimi_sample_out_t   out;
+    kimi_rng_t          rng, draw;
+    kimi_json_state_t   st;
+    float              *row;
+    int32_t             seq[600], eos[2], *words;
+    uint32_t            n = 1, vocab = 163840;
+    int                 bad = 0, ended = 0;
+    const char         *b;
+    size_t              len, nprog;
+    char                msg[256];
+    int32_t            *prog = compile("{\"type\": \"object\", \"properties\":"
+                                       " {\"a\": {\"$ref\": \"#\"}},"
+                                       " \"required\": [\"a\"]}",
+                                       &nprog, msg, sizeof(msg));
+
+    if (prog == NULL || kimi_tokenizer_load(&tok, model_dir(), &err) != 0
+        || kimi_sampler_init(&smp, vocab, &err) != 0)
+    {
+        ok(0, "dead-end schema setup");
+        return;
+    }
+    words = malloc((nprog + 1) * sizeof(int32_t));
+    row = malloc(vocab * sizeof(float));
+    words[0] = KIMI_SCHEMA_TAG;
+    memcpy(words + 1, prog, nprog * sizeof(int32_t));
+    eos[0] = kimi_tokenizer_special_id(tok, "<|im_end|>");
+    eos[1] = kimi_tokenizer_special_id(tok, "[EOS]");
+    memset(&sp, 0, sizeof(sp));
+    sp.temperature = 0.0f;
+    sp.top_p = 1.0f;
+    sp.repetition_penalty = 1.0f;
+    sp.max_tokens = 590;
+    kimi_rng_seed(&rng, 5);
+    kimi_rng_seed(&draw, 5);
+    seq[0] = 1000;
+    kimi_json_init_schema(&st, prog);
+
+    for (int step = 0; step < 590; step++) {
+        for (uint32_t i = 0; i < vocab; i++) {
+            row[i] = (float) (kimi_rng_uniform(&rng) * 8.0);
+        }
+        if (draw_next(smp, row, seq, n, &sp, &draw, eos, tok, words, (uint32_t) nprog + 1, &out)
+            != 0)
+        {
+            bad = 1;
+            break;
+        }
+        if (out.tok.token == eos[0] || out.tok.token == eos[1]) {
+            ended = 1;
+            break;
+        }
+        b = kimi_tokenizer_is_special(tok, out.tok.token) ? NULL
+            : kimi_token_bytes(tok, out.tok.token, &len);
+        if (b == NULL || kimi_json_feed(&st, b, len) != 0) {
+            bad = 1;
+            break;
+        }
+        seq[n++] = out.tok.token;
+    }
+    ok(!bad && ended && st.depth == KIMI_SCHEMA_MAX_DEPTH,
+       "a schema that nests forever: %u tokens inside the schema, then eos"
+       " at %d levels", n - 1, st.depth);
+
+    kimi_sampler_free(smp);
+    kimi_tokenizer_free(tok);
+    free(row);
+    free(words);
+    free(prog);
+}
+
+
 int
 main(void)
 {
     test_grammar();
     test_sampler();
+    test_schema_compile();
+    test_schema_grammar();
+    test_schema_sampler();
+    test_schema_dead_end();
     printf("1..%d\n", test_n);
     return test_failed != 0;
 }

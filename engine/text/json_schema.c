@@ -1,0 +1,888 @@
+/*
+ * JSON Schema subset -> the sampler's program (json_schema.h), and the
+ * engine's check of a program it receives.
+ *
+ * Owns:   which schemas are accepted and what each compiles to; the
+ *         program's bounds check.
+ * Never:  runs a program (engine/sample/json_mode.c does); accepts a
+ *         keyword it would not enforce: the output always satisfies the
+ *         schema, so anything outside the subset is an error, never
+ *         skipped.
+ *
+ * The subset: type (one or a list), properties, required,
+ * additionalProperties (true/false), items, minItems, maxItems, enum,
+ * const, anyOf/oneOf whose alternatives start with different bytes, local
+ * $ref into $defs/definitions (recursion allowed), and annotations (title,
+ * description, default, examples, $schema, $id, $comment).  Objects carry
+ * only their listed properties, in any order, each at most once; a schema
+ * without properties takes any object.  Strings, numbers and enum values
+ * are written in one canonical form (integers as plain digits).
+ */
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json_schema.h"
+
+
+typedef struct {
+    int32_t       *w;
+    size_t         n, cap;
+    const json_t  *root;
+    const json_t  *memo_schema[256];
+    int32_t        memo_node[256];
+    size_t         n_memo;
+    int            depth;
+    char           path[256];
+    char          *err;
+    size_t         errlen;
+} kimi_sc_t;
+
+
+static int
+kimi_sc_fail(kimi_sc_t *c, const char *fmt, ...)
+{
+    va_list  ap;
+    size_t   at;
+
+    at = (size_t) snprintf(c->err, c->errlen, "at \"%s\": ",
+                           c->path[0] ? c->path : "/");
+    if (at < c->errlen) {
+        va_start(ap, fmt);
+        vsnprintf(c->err + at, c->errlen - at, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+
+/* room for k more words; the index of the first */
+static int32_t
+kimi_sc_alloc(kimi_sc_t *c, size_t k)
+{
+    int32_t  *w;
+    size_t    cap;
+
+    if (c->n + k > KIMI_SCHEMA_MAX_WORDS) {
+        return kimi_sc_fail(c, "the schema is too large (over %d words"
+                            " compiled)", KIMI_SCHEMA_MAX_WORDS);
+    }
+    if (c->n + k > c->cap) {
+        cap = c->cap ? c->cap * 2 : 256;
+        while (cap < c->n + k) {
+            cap *= 2;
+        }
+        w = realloc(c->w, cap * sizeof(int32_t));
+        if (w == NULL) {
+            return kimi_sc_fail(c, "out of memory");
+        }
+        c->w = w;
+        c->cap = cap;
+    }
+    memset(c->w + c->n, 0, k * sizeof(int32_t));
+    c->n += k;
+    return (int32_t) (c->n - k);
+}
+
+
+/* bytes into the blob area: their byte offset */
+static int32_t
+kimi_sc_bytes(kimi_sc_t *c, const char *b, size_t len)
+{
+    int32_t  at;
+
+    at = kimi_sc_alloc(c, (len + 3) / 4);
+    if (at < 0) {
+        return -1;
+    }
+    memcpy(c->w + at, b, len);
+    return at * 4;
+}
+
+
+/* the canonical JSON text of v into the blob: *at, *len */
+static int
+kimi_sc_text(kimi_sc_t *c, const json_t *v, int key, int32_t *at,
+    int32_t *len)
+{
+    char    *t;
+    size_t   n;
+
+    t = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    if (t == NULL) {
+        return kimi_sc_fail(c, "a value cannot be encoded");
+    }
+    n = strlen(t);
+    if (key) {                         /* a name: without its quotes */
+        memmove(t, t + 1, n - 2);
+        n -= 2;
+    }
+    if (n > KIMI_SCHEMA_MAX_TEXT) {
+        free(t);
+        return kimi_sc_fail(c, "a name or value longer than %d bytes",
+                            KIMI_SCHEMA_MAX_TEXT);
+    }
+    *len = (int32_t) n;
+    *at = kimi_sc_bytes(c, t, n);
+    free(t);
+    return *at < 0 ? -1 : 0;
+}
+
+
+static size_t
+kimi_sc_push(kimi_sc_t *c, const char *seg)
+{
+    size_t  was = strlen(c->path);
+
+    snprintf(c->path + was, sizeof(c->path) - was, "/%s", seg);
+    return was;
+}
+
+
+static int kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node);
+
+
+static const char *const  kimi_sc_known[] = {
+    "type", "properties", "required", "additionalProperties", "items",
+    "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "$ref",
+    "$defs", "definitions", "title", "description", "default", "examples",
+    "$schema", "$id", "$comment", NULL
+};
+
+/* keywords that only describe: allowed beside $ref and anyOf */
+static int
+kimi_sc_annotation(const char *k)
+{
+    static const char *const  a[] = { "title", "description", "default",
+        "examples", "$schema", "$id", "$comment", "$defs", "definitions",
+        NULL };
+
+    for (size_t i = 0; a[i] != NULL; i++) {
+        if (strcmp(k, a[i]) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+
+/* remembers the node compiled from s (a $ref target may recur) */
+static void
+kimi_sc_memo(kimi_sc_t *c, const json_t *s, int32_t node)
+{
+    if (c->n_memo < 256) {
+        c->memo_schema[c->n_memo] = s;
+        c->memo_node[c->n_memo++] = node;
+    }
+}
+
+
+/* first bytes a node's values can start with */
+static void
+kimi_sc_first(const kimi_sc_t *c, int32_t node, unsigned char set[256])
+{
+    const int32_t  *p = c->w;
+    const char     *b;
+
+    if (node == 0) {
+        memset(set, 1, 256);
+        return;
+    }
+    switch (p[node]) {
+    case KIMI_SN_OBJECT: set['{'] = 1; break;
+    case KIMI_SN_ARRAY: set['['] = 1; break;
+    case KIMI_SN_STRING: set['"'] = 1; break;
+    case KIMI_SN_NUMBER:
+    case KIMI_SN_INTEGER:
+        set['-'] = 1;
+        memset(set + '0', 1, 10);
+        break;
+    case KIMI_SN_BOOLEAN: set['t'] = set['f'] = 1; break;
+    case KIMI_SN_NULL: set['n'] = 1; break;
+    case KIMI_SN_ENUM:
+        for (int32_t i = 0; i < p[node + 1]; i++) {
+            b = (const char *) kimi_json_schema_bytes(p, p[node + 2 + 2 * i]);
+            set[(unsigned char) b[0]] = 1;
+        }
+        break;
+    case KIMI_SN_UNION:
+        for (int32_t i = 0; i < p[node + 1]; i++) {
+            kimi_sc_first(c, p[node + 2 + i], set);
+        }
+        break;
+    default:
+        memset(set, 1, 256);
+    }
+}
+
+
+/* Fills the UNION node u (allocated with room for 64 alternatives and
+ * remembered for its schema before the alternatives were compiled, so a
+ * $ref inside one of them may name it) from alts, nested unions
+ * flattened; the alternatives' first bytes must be disjoint. */
+static int
+kimi_sc_union(kimi_sc_t *c, int32_t u, const int32_t *alts, size_t n)
+{
+    int32_t        flat[64];
+    size_t         k = 0;
+    unsigned char  seen[256], one[256];
+
+    for (size_t i = 0; i < n; i++) {
+        if (alts[i] == u) {
+            return kimi_sc_fail(c, "an alternative is the schema itself");
+        }
+        if (alts[i] == 0) {
+            return kimi_sc_fail(c, "an alternative takes any value, so it"
+                                " overlaps every other");
+        }
+        if (c->w[alts[i]] == KIMI_SN_UNION) {
+            for (int32_t j = 0; j < c->w[alts[i] + 1] && k < 64; j++) {
+                flat[k++] = c->w[alts[i] + 2 + j];
+            }
+        } else if (k < 64) {
+            flat[k++] = alts[i];
+        }
+    }
+    memset(seen, 0, sizeof(seen));
+    for (size_t i = 0; i < k; i++) {
+        memset(one, 0, sizeof(one));
+        kimi_sc_first(c, flat[i], one);
+        for (int b = 0; b < 256; b++) {
+            if (one[b] && seen[b]) {
+                return kimi_sc_fail(c, "the alternatives (anyOf, oneOf or a"
+                                    " list of types) must each start with a"
+                                    " different character (an object, an"
+                                    " array, a string, a number, a boolean,"
+                                    " null): two of them can start with"
+                                    " '%c'", b);
+            }
+            seen[b] |= one[b];
+        }
+    }
+    c->w[u + 1] = (int32_t) k;
+    memcpy(c->w + u + 2, flat, k * sizeof(int32_t));
+    return 0;
+}
+
+
+static int32_t
+kimi_sc_union_node(kimi_sc_t *c, const json_t *s)
+{
+    int32_t  u = kimi_sc_alloc(c, 2 + 64);
+
+    if (u >= 0) {
+        c->w[u] = KIMI_SN_UNION;
+        kimi_sc_memo(c, s, u);
+    }
+    return u;
+}
+
+
+static int
+kimi_sc_ref(kimi_sc_t *c, const char *ref, int32_t *node)
+{
+    const json_t  *t = NULL;
+    size_t         i;
+
+    if (strcmp(ref, "#") == 0) {
+        t = c->root;
+    } else if (strncmp(ref, "#/$defs/", 8) == 0) {
+        t = json_object_get(json_object_get(c->root, "$defs"), ref + 8);
+    } else if (strncmp(ref, "#/definitions/", 14) == 0) {
+        t = json_object_get(json_object_get(c->root, "definitions"),
+                            ref + 14);
+    }
+    if (t == NULL) {
+        return kimi_sc_fail(c, "\"$ref\" \"%.128s\": only references into"
+                            " this schema's \"$defs\" or \"definitions\""
+                            " are supported, and that one is not there",
+                            ref);
+    }
+    for (i = 0; i < c->n_memo; i++) {
+        if (c->memo_schema[i] == t) {
+            *node = c->memo_node[i];
+            return 0;
+        }
+    }
+    return kimi_sc_node(c, t, node);
+}
+
+
+static int
+kimi_sc_count(kimi_sc_t *c, const json_t *v, const char *k, int32_t *out)
+{
+    if (v == NULL) {
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0
+        || json_integer_value(v) > INT32_MAX)
+    {
+        return kimi_sc_fail(c, "\"%s\" must be a non-negative integer", k);
+    }
+    *out = (int32_t) json_integer_value(v);
+    return 0;
+}
+
+
+static int
+kimi_sc_object(kimi_sc_t *c, const json_t *s, int32_t *node)
+{
+    const json_t  *props = json_object_get(s, "properties");
+    const json_t  *req = json_object_get(s, "required");
+    const json_t  *add = json_object_get(s, "additionalProperties");
+    const json_t  *v;
+    const char    *k;
+    size_t         n, i, was;
+    int32_t        o, at, len, child;
+    uint64_t       bits = 0;
+
+    if (props != NULL && !json_is_object(props)) {
+        return kimi_sc_fail(c, "\"properties\" must be an object");
+    }
+    if (add != NULL && !json_is_boolean(add)) {
+        return kimi_sc_fail(c, "\"additionalProperties\" as a schema is not"
+                            " supported (true or false only)");
+    }
+    n = props ? json_object_size(props) : 0;
+    if (n > KIMI_SCHEMA_MAX_PROPS) {
+        return kimi_sc_fail(c, "more than %d properties",
+                            KIMI_SCHEMA_MAX_PROPS);
+    }
+    if (req != NULL) {
+        if (!json_is_array(req)) {
+            return kimi_sc_fail(c, "\"required\" must be a list of names");
+        }
+        json_array_foreach(req, i, v) {
+            if (!json_is_string(v) || props == NULL
+                || json_object_get(props, json_string_value(v)) == NULL)
+            {
+                return kimi_sc_fail(c, "\"required\"[%zu] names no property"
+                                    " of \"properties\"", i);
+            }
+        }
+    }
+
+    o = kimi_sc_alloc(c, 5 + 3 * n);
+    if (o < 0) {
+        return -1;
+    }
+    c->w[o] = KIMI_SN_OBJECT;
+    c->w[o + 1] = (int32_t) n;
+    /* no properties listed: any object, unless none may be added */
+    c->w[o + 4] = n == 0 && !json_is_false(add);
+    kimi_sc_memo(c, s, o);
+    *node = o;
+
+    i = 0;
+    json_object_foreach((json_t *) props, k, v) {
+        json_t  *name = json_string(k);
+        int      trc = name != NULL ? kimi_sc_text(c, name, 1, &at, &len)
+                                    : kimi_sc_fail(c, "a property name is not"
+                                                   " UTF-8");
+
+        json_decref(name);
+        if (trc != 0) {
+            return -1;
+        }
+        was = kimi_sc_push(c, "properties");
+        kimi_sc_push(c, k);
+        if (kimi_sc_node(c, v, &child) != 0) {
+            return -1;
+        }
+        c->path[was] = '\0';
+        c->w[o + 5 + 3 * i] = at;
+        c->w[o + 5 + 3 * i + 1] = len;
+        c->w[o + 5 + 3 * i + 2] = child;
+        if (req != NULL) {
+            const json_t  *r;
+            size_t         j;
+
+            json_array_foreach(req, j, r) {
+                if (strcmp(json_string_value(r), k) == 0) {
+                    bits |= (uint64_t) 1 << i;
+                }
+            }
+        }
+        i++;
+    }
+    c->w[o + 2] = (int32_t) (uint32_t) bits;
+    c->w[o + 3] = (int32_t) (uint32_t) (bits >> 32);
+    return 0;
+}
+
+
+static int
+kimi_sc_array(kimi_sc_t *c, const json_t *s, int32_t *node)
+{
+    const json_t  *items = json_object_get(s, "items");
+    int32_t        a, child = 0, mn = 0, mx = -1;
+    size_t         was;
+
+    if (kimi_sc_count(c, json_object_get(s, "minItems"), "minItems", &mn) != 0
+        || kimi_sc_count(c, json_object_get(s, "maxItems"), "maxItems", &mx)
+           != 0)
+    {
+        return -1;
+    }
+    if (mx >= 0 && mx < mn) {
+        return kimi_sc_fail(c, "\"maxItems\" is below \"minItems\"");
+    }
+    a = kimi_sc_alloc(c, 4);
+    if (a < 0) {
+        return -1;
+    }
+    c->w[a] = KIMI_SN_ARRAY;
+    kimi_sc_memo(c, s, a);
+    *node = a;
+    if (items != NULL) {
+        if (json_is_array(items)) {
+            return kimi_sc_fail(c, "\"items\" as a list (tuples) is not"
+                                " supported");
+        }
+        was = kimi_sc_push(c, "items");
+        if (kimi_sc_node(c, items, &child) != 0) {
+            return -1;
+        }
+        c->path[was] = '\0';
+    }
+    c->w[a + 1] = child;
+    c->w[a + 2] = mn;
+    c->w[a + 3] = mx;
+    return 0;
+}
+
+
+static int
+kimi_sc_enum(kimi_sc_t *c, const json_t *vals, int32_t *node)
+{
+    const json_t  *v;
+    size_t         i, n = json_array_size(vals);
+    int32_t        e, at, len;
+
+    if (n == 0 || n > KIMI_SCHEMA_MAX_ENUM) {
+        return kimi_sc_fail(c, "\"enum\" must list 1 to %d values",
+                            KIMI_SCHEMA_MAX_ENUM);
+    }
+    e = kimi_sc_alloc(c, 2 + 2 * n);
+    if (e < 0) {
+        return -1;
+    }
+    c->w[e] = KIMI_SN_ENUM;
+    c->w[e + 1] = (int32_t) n;
+    json_array_foreach(vals, i, v) {
+        if (json_is_object(v) || json_is_array(v)) {
+            return kimi_sc_fail(c, "\"enum\"/\"const\" values must be"
+                                " strings, numbers, booleans or null");
+        }
+        if (kimi_sc_text(c, v, 0, &at, &len) != 0) {
+            return -1;
+        }
+        c->w[e + 2 + 2 * i] = at;
+        c->w[e + 3 + 2 * i] = len;
+    }
+    *node = e;
+    return 0;
+}
+
+
+/* one "type" name, with the rest of s applying */
+static int
+kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
+{
+    static const struct { const char *name; int kind; }  scalars[] = {
+        { "string", KIMI_SN_STRING }, { "number", KIMI_SN_NUMBER },
+        { "integer", KIMI_SN_INTEGER }, { "boolean", KIMI_SN_BOOLEAN },
+        { "null", KIMI_SN_NULL }, { NULL, 0 }
+    };
+    int32_t  k;
+
+    if (strcmp(type, "object") == 0) {
+        return kimi_sc_object(c, s, node);
+    }
+    if (strcmp(type, "array") == 0) {
+        return kimi_sc_array(c, s, node);
+    }
+    for (size_t i = 0; scalars[i].name != NULL; i++) {
+        if (strcmp(type, scalars[i].name) == 0) {
+            k = kimi_sc_alloc(c, 1);
+            if (k < 0) {
+                return -1;
+            }
+            c->w[k] = scalars[i].kind;
+            *node = k;
+            return 0;
+        }
+    }
+    return kimi_sc_fail(c, "unknown \"type\" \"%.64s\"", type);
+}
+
+
+static int
+kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
+{
+    const json_t  *v, *type, *any;
+    const char    *k;
+    const char    *any_key;
+    int32_t        alts[64], u;
+    size_t         i, n, was;
+    int            rc, only_annotations = 1;
+
+    if (json_is_true(s)) {
+        *node = 0;
+        return 0;
+    }
+    if (!json_is_object(s)) {
+        return kimi_sc_fail(c, "a schema must be an object or true");
+    }
+    if (++c->depth > 64) {
+        return kimi_sc_fail(c, "schemas nested deeper than 64 (or a $ref"
+                            " loop that never reaches a type)");
+    }
+
+    json_object_foreach((json_t *) s, k, v) {
+        for (i = 0; kimi_sc_known[i] != NULL; i++) {
+            if (strcmp(k, kimi_sc_known[i]) == 0) {
+                break;
+            }
+        }
+        if (kimi_sc_known[i] == NULL) {
+            return kimi_sc_fail(c, "keyword \"%.64s\" is not supported:"
+                                " structured output here enforces type,"
+                                " properties, required, additionalProperties,"
+                                " items, minItems, maxItems, enum, const,"
+                                " anyOf/oneOf and $ref", k);
+        }
+        if (!kimi_sc_annotation(k) && strcmp(k, "$ref") != 0
+            && strcmp(k, "anyOf") != 0 && strcmp(k, "oneOf") != 0)
+        {
+            only_annotations = 0;
+        }
+    }
+
+    v = json_object_get(s, "$ref");
+    any = json_object_get(s, "anyOf");
+    any_key = "anyOf";
+    if (any == NULL) {
+        any = json_object_get(s, "oneOf");
+        any_key = "oneOf";
+    }
+
+    if (v != NULL || any != NULL) {
+        if (!only_annotations || (v != NULL && any != NULL)) {
+            return kimi_sc_fail(c, "\"$ref\", \"anyOf\" and \"oneOf\" must"
+                                " stand alone (beside annotations) in a"
+                                " schema");
+        }
+        if (v != NULL) {
+            if (!json_is_string(v)) {
+                return kimi_sc_fail(c, "\"$ref\" must be a string");
+            }
+            rc = kimi_sc_ref(c, json_string_value(v), node);
+            c->depth--;
+            return rc;
+        }
+        n = json_is_array(any) ? json_array_size(any) : 0;
+        if (n == 0 || n > 16) {
+            return kimi_sc_fail(c, "\"%s\" must list 1 to 16 schemas",
+                                any_key);
+        }
+        if (n == 1) {
+            rc = kimi_sc_node(c, json_array_get(any, 0), node);
+            c->depth--;
+            return rc;
+        }
+        u = kimi_sc_union_node(c, s);
+        if (u < 0) {
+            return -1;
+        }
+        json_array_foreach(any, i, v) {
+            char  seg[32];
+
+            snprintf(seg, sizeof(seg), "%s/%zu", any_key, i);
+            was = kimi_sc_push(c, seg);
+            if (kimi_sc_node(c, v, &alts[i]) != 0) {
+                return -1;
+            }
+            c->path[was] = '\0';
+        }
+        rc = kimi_sc_union(c, u, alts, n);
+        *node = u;
+        c->depth--;
+        return rc;
+    }
+
+    v = json_object_get(s, "const");
+    if (v != NULL) {
+        json_t  *one = json_pack("[O]", v);
+
+        rc = one != NULL ? kimi_sc_enum(c, one, node) : -1;
+        json_decref(one);
+        c->depth--;
+        return rc;
+    }
+    v = json_object_get(s, "enum");
+    if (v != NULL) {
+        if (!json_is_array(v)) {
+            return kimi_sc_fail(c, "\"enum\" must be a list");
+        }
+        rc = kimi_sc_enum(c, v, node);
+        c->depth--;
+        return rc;
+    }
+
+    type = json_object_get(s, "type");
+    if (type == NULL) {
+        if (json_object_get(s, "properties") != NULL
+            || json_object_get(s, "required") != NULL
+            || json_object_get(s, "additionalProperties") != NULL)
+        {
+            rc = kimi_sc_object(c, s, node);
+        } else if (json_object_get(s, "items") != NULL
+                   || json_object_get(s, "minItems") != NULL
+                   || json_object_get(s, "maxItems") != NULL)
+        {
+            rc = kimi_sc_array(c, s, node);
+        } else {
+            *node = 0;                 /* only annotations: any value */
+            rc = 0;
+        }
+        c->depth--;
+        return rc;
+    }
+
+    if (json_is_string(type)) {
+        rc = kimi_sc_typed(c, s, json_string_value(type), node);
+        c->depth--;
+        return rc;
+    }
+    n = json_is_array(type) ? json_array_size(type) : 0;
+    if (n == 0 || n > 7) {
+        return kimi_sc_fail(c, "\"type\" must be a type name or a list of"
+                            " them");
+    }
+    {
+        const char  *names[8];
+        int          has_number = 0;
+        size_t       k2 = 0;
+
+        json_array_foreach(type, i, v) {
+            if (!json_is_string(v)) {
+                return kimi_sc_fail(c, "\"type\"[%zu] must be a type name",
+                                    i);
+            }
+            has_number |= strcmp(json_string_value(v), "number") == 0;
+        }
+        json_array_foreach(type, i, v) {
+            /* number covers integer */
+            if (!(has_number && strcmp(json_string_value(v), "integer") == 0)) {
+                names[k2++] = json_string_value(v);
+            }
+        }
+        if (k2 == 1) {
+            rc = kimi_sc_typed(c, s, names[0], node);
+            c->depth--;
+            return rc;
+        }
+        u = kimi_sc_union_node(c, s);
+        if (u < 0) {
+            return -1;
+        }
+        for (i = 0; i < k2; i++) {
+            if (kimi_sc_typed(c, s, names[i], &alts[i]) != 0) {
+                return -1;
+            }
+        }
+        rc = kimi_sc_union(c, u, alts, k2);
+        *node = u;
+    }
+    c->depth--;
+    return rc;
+}
+
+
+int
+kimi_json_schema_compile(const json_t *schema, int32_t **prog, size_t *n,
+    char *err, size_t errlen)
+{
+    kimi_sc_t  c;
+    int32_t    root;
+
+    memset(&c, 0, sizeof(c));
+    c.root = schema;
+    c.err = err;
+    c.errlen = errlen;
+
+    if (kimi_sc_alloc(&c, 2) < 0 || kimi_sc_node(&c, schema, &root) != 0) {
+        free(c.w);
+        return -1;
+    }
+    if (root == 0) {                   /* any value at the top: an object */
+        root = kimi_sc_alloc(&c, 5);
+        if (root < 0) {
+            free(c.w);
+            return -1;
+        }
+        c.w[root] = KIMI_SN_OBJECT;
+        c.w[root + 4] = 1;
+    }
+    if (c.w[root] != KIMI_SN_OBJECT && c.w[root] != KIMI_SN_ARRAY) {
+        c.path[0] = '\0';
+        kimi_sc_fail(&c, "the schema's top level must be an object or an"
+                     " array");
+        free(c.w);
+        return -1;
+    }
+    c.w[0] = (int32_t) c.n;
+    c.w[1] = root;
+    *prog = c.w;
+    *n = c.n;
+    return 0;
+}
+
+
+/* ---- the engine's check --------------------------------------------------- */
+
+static int
+kimi_sc_check_fail(char *err, size_t errlen, int32_t node, const char *what)
+{
+    snprintf(err, errlen, "structured output program: node %d: %s", node,
+             what);
+    return -1;
+}
+
+
+int
+kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
+{
+    uint8_t   *seen;
+    int32_t   *todo;
+    size_t     nt = 0;
+    int32_t    at, kind, cnt, child;
+    size_t     bytes = n * 4;
+    int        rc = 0;
+
+    if (n < 3 || n > KIMI_SCHEMA_MAX_WORDS || (size_t) p[0] != n
+        || p[1] < 2 || (size_t) p[1] >= n
+        || (p[p[1]] != KIMI_SN_OBJECT && p[p[1]] != KIMI_SN_ARRAY))
+    {
+        snprintf(err, errlen, "structured output program: bad header");
+        return -1;
+    }
+
+    seen = calloc(n, 1);
+    todo = malloc(n * sizeof(int32_t));
+    if (seen == NULL || todo == NULL) {
+        free(seen);
+        free(todo);
+        snprintf(err, errlen, "structured output program: out of memory");
+        return -1;
+    }
+
+    todo[nt++] = p[1];
+    seen[p[1]] = 1;
+
+#define KIMI_SC_NEED(k) if ((size_t) at + (k) > n) { \
+        rc = kimi_sc_check_fail(err, errlen, at, "runs past the end"); break; }
+#define KIMI_SC_CHILD(x) do {                                                 \
+        child = (x);                                                          \
+        if (child != 0 && (child < 2 || (size_t) child >= n)) {               \
+            rc = kimi_sc_check_fail(err, errlen, at, "child out of range");   \
+        } else if (child != 0 && !seen[child]) {                              \
+            seen[child] = 1;                                                  \
+            todo[nt++] = child;                                               \
+        }                                                                     \
+    } while (0)
+#define KIMI_SC_TEXT(o, l, min) do {                                          \
+        if ((o) < 0 || (l) < (min) || (l) > KIMI_SCHEMA_MAX_TEXT              \
+            || (size_t) (o) + (size_t) (l) > bytes) {                         \
+            rc = kimi_sc_check_fail(err, errlen, at, "text out of range");    \
+        }                                                                     \
+    } while (0)
+
+    while (nt > 0 && rc == 0) {
+        at = todo[--nt];
+        kind = p[at];
+
+        switch (kind) {
+        case KIMI_SN_OBJECT:
+            KIMI_SC_NEED(5);
+            cnt = p[at + 1];
+            if (cnt < 0 || cnt > KIMI_SCHEMA_MAX_PROPS) {
+                rc = kimi_sc_check_fail(err, errlen, at, "property count");
+                break;
+            }
+            KIMI_SC_NEED(5 + 3 * (size_t) cnt);
+            if (cnt < 64 && ((((uint64_t) (uint32_t) p[at + 3] << 32)
+                              | (uint32_t) p[at + 2]) >> cnt) != 0)
+            {
+                rc = kimi_sc_check_fail(err, errlen, at, "required bits");
+                break;
+            }
+            for (int32_t i = 0; i < cnt && rc == 0; i++) {
+                KIMI_SC_TEXT(p[at + 5 + 3 * i], p[at + 6 + 3 * i], 0);
+                if (rc == 0) {
+                    KIMI_SC_CHILD(p[at + 7 + 3 * i]);
+                }
+            }
+            break;
+        case KIMI_SN_ARRAY:
+            KIMI_SC_NEED(4);
+            if (p[at + 2] < 0 || p[at + 3] < -1
+                || (p[at + 3] >= 0 && p[at + 3] < p[at + 2]))
+            {
+                rc = kimi_sc_check_fail(err, errlen, at, "item counts");
+                break;
+            }
+            KIMI_SC_CHILD(p[at + 1]);
+            break;
+        case KIMI_SN_ENUM:
+            KIMI_SC_NEED(2);
+            cnt = p[at + 1];
+            if (cnt < 1 || cnt > KIMI_SCHEMA_MAX_ENUM) {
+                rc = kimi_sc_check_fail(err, errlen, at, "value count");
+                break;
+            }
+            KIMI_SC_NEED(2 + 2 * (size_t) cnt);
+            for (int32_t i = 0; i < cnt && rc == 0; i++) {
+                KIMI_SC_TEXT(p[at + 2 + 2 * i], p[at + 3 + 2 * i], 1);
+            }
+            break;
+        case KIMI_SN_UNION:
+            KIMI_SC_NEED(2);
+            cnt = p[at + 1];
+            if (cnt < 1 || cnt > 64) {
+                rc = kimi_sc_check_fail(err, errlen, at, "alternative count");
+                break;
+            }
+            KIMI_SC_NEED(2 + (size_t) cnt);
+            for (int32_t i = 0; i < cnt && rc == 0; i++) {
+                if (p[at + 2 + i] == 0) {
+                    rc = kimi_sc_check_fail(err, errlen, at,
+                                            "an alternative is any value");
+                    break;
+                }
+                KIMI_SC_CHILD(p[at + 2 + i]);
+            }
+            break;
+        case KIMI_SN_ANY:
+        case KIMI_SN_STRING:
+        case KIMI_SN_NUMBER:
+        case KIMI_SN_INTEGER:
+        case KIMI_SN_BOOLEAN:
+        case KIMI_SN_NULL:
+            break;
+        default:
+            rc = kimi_sc_check_fail(err, errlen, at, "unknown kind");
+        }
+    }
+
+#undef KIMI_SC_NEED
+#undef KIMI_SC_CHILD
+#undef KIMI_SC_TEXT
+
+    free(seen);
+    free(todo);
+    return rc;
+}

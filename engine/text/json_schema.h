@@ -1,0 +1,66 @@
+/*
+ * JSON Schema for structured output (response_format json_schema, vLLM's
+ * guided_json): a subset compiled by the gateway into a flat program of
+ * int32 words, carried to the engine after the prompt (the slot's guided
+ * words, tagged KIMI_SCHEMA_TAG), checked there and run by the sampler's
+ * JSON recogniser (engine/sample/json_mode.c).
+ *
+ * Program (p[0..n)):
+ *   p[0] = n, p[1] = the root node; a node is the index of its first word:
+ *   OBJECT  kind, n_props, required bits 0-31, bits 32-63, then per
+ *           property: name_at, name_len, child (the name JSON-escaped,
+ *           without quotes: byte name_at of the program's bytes)
+ *   ARRAY   kind, items, min_items, max_items (-1: no maximum)
+ *   ENUM    kind, n_values, then per value: text_at, text_len (its JSON text)
+ *   UNION   kind, n_alts, then the alternatives (first bytes never shared)
+ *   ANY, STRING, NUMBER, INTEGER, BOOLEAN, NULL: kind alone
+ *   Node 0 (the header word) stands for "any value" inside containers.
+ */
+
+#ifndef KIMI_JSON_SCHEMA_H
+#define KIMI_JSON_SCHEMA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#define KIMI_SCHEMA_TAG        (-1)     /* first guided word: a program */
+#define KIMI_SCHEMA_MAX_PROPS  64
+#define KIMI_SCHEMA_MAX_ENUM   64
+#define KIMI_SCHEMA_MAX_WORDS  65535    /* nodes fit 16 bits */
+#define KIMI_SCHEMA_MAX_DEPTH  16       /* nested containers in the output */
+#define KIMI_SCHEMA_MAX_TEXT   1024     /* bytes of a name or enum text */
+
+enum {
+    KIMI_SN_ANY = 1,
+    KIMI_SN_OBJECT,
+    KIMI_SN_ARRAY,
+    KIMI_SN_STRING,
+    KIMI_SN_NUMBER,
+    KIMI_SN_INTEGER,
+    KIMI_SN_BOOLEAN,
+    KIMI_SN_NULL,
+    KIMI_SN_ENUM,
+    KIMI_SN_UNION,
+};
+
+/* Compiles schema (an object, or true) into *prog (malloc'd, *n words).
+ * -1 with err naming the keyword and where (a JSON pointer) when the
+ * schema is malformed or uses what the subset lacks. */
+int kimi_json_schema_compile(const json_t *schema, int32_t **prog, size_t *n,
+                             char *err, size_t errlen);
+
+/* Checks a program from an untrusted place (shared memory): every node
+ * reachable from the root in bounds and well formed.  0 or -1 with err. */
+int kimi_json_schema_check(const int32_t *p, size_t n, char *err,
+                           size_t errlen);
+
+/* Byte b of the program's blob area */
+static inline const unsigned char *
+kimi_json_schema_bytes(const int32_t *p, int32_t at)
+{
+    return (const unsigned char *) p + at;
+}
+
+#endif
