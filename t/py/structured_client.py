@@ -1,0 +1,64 @@
+"""The official openai client's structured output against the gateway.
+
+Usage: structured_client.py BASE_URL MODEL LOGIT_BIAS_JSON.  A Pydantic model
+goes through client.chat.completions.parse() (response_format json_schema,
+strict, as the client writes it: $defs, $ref, anyOf with null, enum,
+Literal); the engine must make the random tiny model's answers fit it.
+Prints TAP lines ("ok N - claim") for the calling .t to relay.
+"""
+
+import enum
+import json
+import sys
+from typing import List, Literal, Optional
+
+import openai
+from pydantic import BaseModel
+
+base, model, bias = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0)
+n = 0
+
+
+def check(cond, claim):
+    global n
+    n += 1
+    print(("ok" if cond else "not ok") + " %d - %s" % (n, claim), flush=True)
+
+
+class Color(str, enum.Enum):
+    red = "red"
+    blue = "blue"
+
+
+class Pet(BaseModel):
+    species: Literal["cat", "dog"]
+    age: Optional[int]
+
+
+class Answer(BaseModel):
+    answer: Literal["yes", "no"]
+    color: Color
+    count: int
+    flags: List[bool]
+    pet: Optional[Pet]
+
+
+parsed, cut = 0, 0
+for seed in range(1, 7):
+    try:
+        r = client.chat.completions.parse(
+            model=model, messages=[{"role": "user", "content": "hi"}],
+            response_format=Answer, max_tokens=300, temperature=1.0,
+            seed=seed, logit_bias=bias)
+    except openai.LengthFinishReasonError:
+        cut += 1                          # a prefix: max_tokens came first
+        continue
+    a = r.choices[0].message.parsed
+    check(isinstance(a, Answer), "seed %d: parsed into the Pydantic model: %s"
+          % (seed, a.model_dump_json() if a is not None else None))
+    parsed += a is not None
+
+check(parsed > 0, "%d of 6 answers parsed (%d cut by max_tokens)"
+      % (parsed, cut))
+print("1..%d" % n)
