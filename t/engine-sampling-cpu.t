@@ -121,7 +121,8 @@ my $schema = { type => 'object',
         n      => { type => 'integer' },
         tags   => { type => 'array', items => { type => 'boolean' },
                     maxItems => 2 },
-        note   => { anyOf => [ { type => 'string' }, { type => 'null' } ] },
+        note   => { anyOf => [ { type => 'string', maxLength => 8 },
+                               { type => 'null' } ] },
     },
     required => [ 'answer', 'n' ], additionalProperties => JSON::PP::false };
 
@@ -139,7 +140,8 @@ sub fits {
         return 0 unless ref($o->{tags}) eq 'ARRAY' && @{$o->{tags}} <= 2;
         return 0 if grep { !JSON::PP::is_bool($_) } @{$o->{tags}};
     }
-    return 0 if exists $o->{note} && defined $o->{note} && ref $o->{note};
+    return 0 if exists $o->{note} && defined $o->{note}
+                 && (ref $o->{note} || length($o->{note}) > 8);
     return 1;
 }
 

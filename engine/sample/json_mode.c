@@ -9,9 +9,9 @@
  *
  * Owns:   the grammar state and feeding bytes to it; the sampler
  *         (sample.c) masks every token whose bytes the state refuses.
- * Never:  looks at token ids or logits; validates UTF-8 inside strings
- *         (the detokenizer replaces broken sequences, as it does for any
- *         output); nesting deeper than KIMI_JSON_MAX_DEPTH (schema:
+ * Never:  looks at token ids or logits; lets a string hold bytes that are
+ *         not UTF-8 (the detokenizer would show them as U+FFFD, breaking a
+ *         maxLength); nesting deeper than KIMI_JSON_MAX_DEPTH (schema:
  *         KIMI_SCHEMA_MAX_DEPTH) and more than KIMI_JSON_MAX_WS whitespace
  *         bytes in a row are refused; trusts a program that passed
  *         kimi_json_schema_check.
@@ -93,7 +93,8 @@ kimi_json_done(const kimi_json_state_t *s)
 int
 kimi_json_in_string(const kimi_json_state_t *s)
 {
-    return s->state == J_STRING;
+    return s->state == J_STRING && s->ucont == 0
+           && (s->snode == 0 || s->prog[s->snode + 2] < 0);
 }
 
 
@@ -119,6 +120,31 @@ static int
 kimi_json_digit(unsigned char c)
 {
     return c >= '0' && c <= '9';
+}
+
+
+/* c (>= 0x80) starts a UTF-8 sequence: how many bytes follow and the
+ * range of the first (RFC 3629: no overlongs, surrogates or code points
+ * past U+10FFFF); -1 for a byte that cannot start one */
+static int
+kimi_json_utf8_lead(kimi_json_state_t *s, unsigned char c)
+{
+    s->ulo = 0x80;
+    s->uhi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf) {
+        s->ucont = 1;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        s->ucont = 2;
+        s->ulo = c == 0xe0 ? 0xa0 : 0x80;
+        s->uhi = c == 0xed ? 0x9f : 0xbf;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        s->ucont = 3;
+        s->ulo = c == 0xf0 ? 0x90 : 0x80;
+        s->uhi = c == 0xf4 ? 0x8f : 0xbf;
+    } else {
+        return -1;
+    }
+    return 0;
 }
 
 
@@ -245,6 +271,13 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
         s->pos = 1;
         s->state = J_ENUM;
         return 0;
+    case KIMI_SN_STRING:
+        if (c != '"') {
+            return -1;
+        }
+        *generic = 1;
+        s->snode = (uint16_t) e;        /* its lengths bind (value_start) */
+        return 0;
     case KIMI_SN_INTEGER:
         s->intonly = 1;
         /* fall through */
@@ -265,6 +298,8 @@ kimi_json_value_start(kimi_json_state_t *s, unsigned char c)
     int32_t  generic;
 
     s->intonly = 0;
+    s->snode = 0;
+    s->slen = 0;
     if (s->prog != NULL && s->expect != 0) {
         if (kimi_json_schema_start(s, s->expect, c, &generic) != 0) {
             return -1;
@@ -462,6 +497,7 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         }
         s->state = J_STRING;
         s->key = 1;
+        s->snode = 0;                   /* a key has no length limits */
         return 0;
 
     case J_COLON:
@@ -516,7 +552,22 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         return -1;
 
     case J_STRING:
+        if (s->ucont > 0) {             /* inside a UTF-8 sequence */
+            if (c < s->ulo || c > s->uhi) {
+                return -1;
+            }
+            s->ucont--;
+            s->ulo = 0x80;
+            s->uhi = 0xbf;
+            return 0;
+        }
+        if (c >= 0x80 && kimi_json_utf8_lead(s, c) != 0) {
+            return -1;
+        }
         if (c == '"') {
+            if (s->snode != 0 && s->slen < (uint32_t) s->prog[s->snode + 1]) {
+                return -1;              /* shorter than minLength */
+            }
             if (s->key) {
                 s->state = J_COLON;
             } else {
@@ -524,11 +575,20 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
             }
             return 0;
         }
+        if (c < 0x20) {
+            return -1;                  /* control characters are escaped */
+        }
+        /* a code point (or an escape) starts */
+        if (s->snode != 0 && s->prog[s->snode + 2] >= 0
+            && s->slen >= (uint32_t) s->prog[s->snode + 2])
+        {
+            return -1;                  /* maxLength reached: only '"' */
+        }
+        s->slen++;
         if (c == '\\') {
             s->state = J_ESCAPE;
-            return 0;
         }
-        return c < 0x20 ? -1 : 0;       /* control characters are escaped */
+        return 0;
 
     case J_ESCAPE:
         if (c == 'u') {
@@ -634,6 +694,32 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
     }
 
     return -1;
+}
+
+
+int
+kimi_json_plain_text(const char *p, size_t n)
+{
+    kimi_json_state_t  s;
+    unsigned char      c;
+
+    s.ucont = 0;
+    for (size_t i = 0; i < n; i++) {
+        c = (unsigned char) p[i];
+        if (s.ucont > 0) {
+            if (c < s.ulo || c > s.uhi) {
+                return 0;
+            }
+            s.ucont--;
+            s.ulo = 0x80;
+            s.uhi = 0xbf;
+        } else if (c < 0x20 || c == '"' || c == '\\'
+                   || (c >= 0x80 && kimi_json_utf8_lead(&s, c) != 0))
+        {
+            return 0;
+        }
+    }
+    return s.ucont == 0;
 }
 
 

@@ -33,6 +33,8 @@ typedef struct {
     unsigned char  depth;
     unsigned char  ws;         /* whitespace bytes in a row */
     unsigned char  intonly;    /* the number is a schema integer */
+    unsigned char  ucont;      /* UTF-8 continuation bytes still due */
+    unsigned char  ulo, uhi;   /* the range of the next one */
     unsigned char  stack[KIMI_JSON_MAX_DEPTH];   /* '{' or '[' */
 
     /* structured output (kimi_json_init_schema): the program, the node
@@ -42,6 +44,8 @@ typedef struct {
     uint16_t       expect;
     uint16_t       pos;
     uint16_t       enode;
+    uint16_t       snode;      /* the string value's node (lengths), or 0 */
+    uint32_t       slen;       /* its code points so far */
     uint64_t       cand;
     kimi_json_frame_t  frame[KIMI_SCHEMA_MAX_DEPTH];
 } kimi_json_state_t;
@@ -62,8 +66,13 @@ int  kimi_json_feed(kimi_json_state_t *s, const char *p, size_t n);
 /* 1 once the object is complete (only whitespace may follow). */
 int  kimi_json_done(const kimi_json_state_t *s);
 
-/* 1 inside a string with no escape pending: any byte >= 0x20 but '"' and
+/* 1 inside a string with no escape or UTF-8 sequence pending and no length
+ * limit: any complete, valid UTF-8 text without control bytes, '"' and
  * '\\' is accepted as is (the sampler's fast path). */
 int  kimi_json_in_string(const kimi_json_state_t *s);
+
+/* 1 if bytes p[0..n) may follow as they are where kimi_json_in_string
+ * holds: complete, valid UTF-8 with no control byte, '"' or '\\'. */
+int  kimi_json_plain_text(const char *p, size_t n);
 
 #endif

@@ -40,8 +40,8 @@ typedef struct {
 enum {
     KIMI_JV_OTHER = 0,
     KIMI_JV_SPECIAL,          /* special or empty: never part of the JSON */
-    KIMI_JV_PLAIN,            /* every byte >= 0x20, no '"' nor '\\': as is
-                                 inside a string */
+    KIMI_JV_PLAIN,            /* complete UTF-8, no control byte, '"' nor
+                                 '\\': as is inside a string */
 };
 
 typedef struct {
@@ -590,10 +590,7 @@ kimi_sample_json_vocab(kimi_sampler_t *s, const kimi_tokenizer_t *tk)
             jv->special[jv->n_special++] = id;
             continue;
         }
-        plain = 1;
-        for (size_t i = 0; i < len && plain; i++) {
-            plain = (unsigned char) b[i] >= 0x20 && b[i] != '"' && b[i] != '\\';
-        }
+        plain = kimi_json_plain_text(b, len);
         jv->cls[id] = plain ? KIMI_JV_PLAIN : KIMI_JV_OTHER;
         jv->first[(unsigned char) b[0] + 1]++;
     }

@@ -10,7 +10,9 @@
  *         skipped.
  *
  * The subset: type (one or a list), properties, required,
- * additionalProperties (true/false), items, minItems, maxItems, enum,
+ * additionalProperties (true/false), items, minItems, maxItems,
+ * minLength/maxLength (in code points; an escape is one, a \u surrogate
+ * pair two), enum,
  * const, anyOf/oneOf whose alternatives start with different bytes, local
  * $ref into $defs/definitions (recursion allowed), and annotations (title,
  * description, default, examples, $schema, $id, $comment).  Objects carry
@@ -146,7 +148,8 @@ static int kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node);
 
 static const char *const  kimi_sc_known[] = {
     "type", "properties", "required", "additionalProperties", "items",
-    "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "$ref",
+    "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
+    "anyOf", "oneOf", "$ref",
     "$defs", "definitions", "title", "description", "default", "examples",
     "$schema", "$id", "$comment", NULL
 };
@@ -496,13 +499,34 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
         { "integer", KIMI_SN_INTEGER }, { "boolean", KIMI_SN_BOOLEAN },
         { "null", KIMI_SN_NULL }, { NULL, 0 }
     };
-    int32_t  k;
+    int32_t  k, mn = 0, mx = -1;
 
     if (strcmp(type, "object") == 0) {
         return kimi_sc_object(c, s, node);
     }
     if (strcmp(type, "array") == 0) {
         return kimi_sc_array(c, s, node);
+    }
+    if (strcmp(type, "string") == 0) {
+        if (kimi_sc_count(c, json_object_get(s, "minLength"), "minLength", &mn)
+            != 0
+            || kimi_sc_count(c, json_object_get(s, "maxLength"), "maxLength",
+                             &mx) != 0)
+        {
+            return -1;
+        }
+        if (mx >= 0 && mx < mn) {
+            return kimi_sc_fail(c, "\"maxLength\" is below \"minLength\"");
+        }
+        k = kimi_sc_alloc(c, 3);
+        if (k < 0) {
+            return -1;
+        }
+        c->w[k] = KIMI_SN_STRING;
+        c->w[k + 1] = mn;
+        c->w[k + 2] = mx;
+        *node = k;
+        return 0;
     }
     for (size_t i = 0; scalars[i].name != NULL; i++) {
         if (strcmp(type, scalars[i].name) == 0) {
@@ -551,8 +575,9 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
             return kimi_sc_fail(c, "keyword \"%.64s\" is not supported:"
                                 " structured output here enforces type,"
                                 " properties, required, additionalProperties,"
-                                " items, minItems, maxItems, enum, const,"
-                                " anyOf/oneOf and $ref", k);
+                                " items, minItems, maxItems, minLength,"
+                                " maxLength, enum, const, anyOf/oneOf and"
+                                " $ref", k);
         }
         if (!kimi_sc_annotation(k) && strcmp(k, "$ref") != 0
             && strcmp(k, "anyOf") != 0 && strcmp(k, "oneOf") != 0)
@@ -866,8 +891,15 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
                 KIMI_SC_CHILD(p[at + 2 + i]);
             }
             break;
-        case KIMI_SN_ANY:
         case KIMI_SN_STRING:
+            KIMI_SC_NEED(3);
+            if (p[at + 1] < 0 || p[at + 2] < -1
+                || (p[at + 2] >= 0 && p[at + 2] < p[at + 1]))
+            {
+                rc = kimi_sc_check_fail(err, errlen, at, "string lengths");
+            }
+            break;
+        case KIMI_SN_ANY:
         case KIMI_SN_NUMBER:
         case KIMI_SN_INTEGER:
         case KIMI_SN_BOOLEAN:

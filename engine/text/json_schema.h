@@ -13,7 +13,8 @@
  *   ARRAY   kind, items, min_items, max_items (-1: no maximum)
  *   ENUM    kind, n_values, then per value: text_at, text_len (its JSON text)
  *   UNION   kind, n_alts, then the alternatives (first bytes never shared)
- *   ANY, STRING, NUMBER, INTEGER, BOOLEAN, NULL: kind alone
+ *   STRING  kind, min_length, max_length (-1: no maximum), in code points
+ *   ANY, NUMBER, INTEGER, BOOLEAN, NULL: kind alone
  *   Node 0 (the header word) stands for "any value" inside containers.
  */
 

@@ -1,7 +1,8 @@
 /*
  * JSON mode: the JSON-object recogniser (engine/sample/json_mode.c) on
  * valid and invalid texts and every prefix, then the sampler's mask with
- * Kimi's real tokenizer: random rows sampled under response_format
+ * Kimi's real tokenizer (strings hold valid UTF-8 only: a stray or
+ * overlong byte is refused): random rows sampled under response_format
  * json_object always extend a valid prefix, and end with an eos id once
  * the object is complete.  Then JSON schemas (engine/text/json_schema.c):
  * what compiles and what is refused (naming the keyword), texts a schema
@@ -55,6 +56,19 @@ accepts(const int32_t *prog, const char *text, int *done)
 }
 
 
+/* code points of a UTF-8 string */
+static size_t
+kimi_utf8_count(const char *p)
+{
+    size_t  n = 0;
+
+    for (; *p != '\0'; p++) {
+        n += ((unsigned char) *p & 0xc0) != 0x80;
+    }
+    return n;
+}
+
+
 /* one draw for a request of n - 1 generated tokens after a 1-token prompt */
 static int
 draw_next(kimi_sampler_t *smp, const float *row, const int32_t *seq,
@@ -89,8 +103,11 @@ test_grammar(void)
         "{\"a\":[1,-2.5e+3,0.25,0,1E9,true,false,null,{\"b\":\"x\\u00e9\\n\\\"\"}],"
         "\"c\":{}, \"d\":[], \"e\":[[[]]]}",
         "{\"\xc3\xa9t\xc3\xa9\": \"caf\xc3\xa9\"}",
+        "{\"a\": \"\xe4\xb8\xad\xf0\x9f\x98\x80\xed\x9f\xbf\xf4\x8f\xbf\xbf\"}",
     };
     static const char  *invalid[] = {
+        "{\"a\":\"\x80\"}", "{\"a\":\"\xc0\xaf\"}", "{\"a\":\"\xed\xa0\x80\"}",
+        "{\"a\":\"\xf4\x90\x80\x80\"}", "{\"a\":\"\xe4\xb8\"}", "{\"\xff\":1}",
         "[]", "1", "\"s\"", "{\"a\"}", "{a:1}", "{\"a\":01}", "{\"a\":1,}",
         "{\"a\":tru }", "{\"a\":\"\x01\"}", "{\"a\":1}x", "{,}", "{\"a\":-}",
         "{\"a\":1.}", "{\"a\":1e}", "{\"a\":\"\\x\"}", "{\"a\":\"\\u12g4\"}",
@@ -234,7 +251,7 @@ test_sampler(void)
 static const char  *person_schema =
     "{\"type\": \"object\", \"title\": \"p\","
     " \"properties\": {"
-    "   \"name\": {\"type\": \"string\", \"description\": \"x\"},"
+    "   \"name\": {\"type\": \"string\", \"description\": \"x\", \"maxLength\": 5},"
     "   \"age\": {\"type\": \"integer\"},"
     "   \"score\": {\"type\": [\"number\", \"null\"]},"
     "   \"tags\": {\"type\": \"array\", \"items\": {\"enum\": [\"a\", \"ab\", 7, true, null]},"
@@ -365,6 +382,26 @@ test_schema_grammar(void)
 
         ok(!(a && done), "schema refuses invalid text %zu", i);
     }
+    /* string lengths in code points: an escape and a 2-byte UTF-8
+     * character count one each */
+    {
+        char      e2[128];
+        size_t    n2;
+        int32_t  *p2 = compile("{\"type\": \"array\", \"items\": {\"type\":"
+                               " \"string\", \"minLength\": 2, \"maxLength\": 3}}",
+                               &n2, e2, sizeof(e2));
+        int       good = p2 != NULL;
+
+        good &= accepts(p2, "[\"ab\",\"abc\",\"\xc3\xa9\\u00e9\",\"\\n\\t\\\"\"]", &done) && done;
+        good &= !(accepts(p2, "[\"a\"]", &done) && done);
+        good &= !accepts(p2, "[\"abcd", &done);
+        good &= !accepts(p2, "[\"\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", &done);
+        good &= !(accepts(p2, "[\"\\u00e9\"]", &done) && done);
+        ok(good, "minLength 2 / maxLength 3 counted in code points (escapes and"
+           " UTF-8 characters one each)");
+        free(p2);
+    }
+
     /* keys, enum values and closers too early are refused at their byte */
     bad += accepts(prog, "{\"x", &done);
     bad += accepts(prog, "{\"name\":\"x\"}", &done);
@@ -502,6 +539,7 @@ test_schema_sampler(void)
                     ended++;
                     valid += j != NULL
                              && json_is_string(json_object_get(j, "name"))
+                             && kimi_utf8_count(json_string_value(json_object_get(j, "name"))) <= 5
                              && json_is_integer(json_object_get(j, "age"))
                              && json_array_size(json_object_get(j, "tags")) >= 1
                              && json_array_size(json_object_get(j, "tags")) <= 3;
@@ -524,7 +562,8 @@ test_schema_sampler(void)
     ok(bad == 0, "8 runs of random rows under the schema: every token extends"
        " a valid prefix, eos only when complete (%u bad)", bad);
     ok(ended > 0 && valid == ended, "... %u completed, all %u parse as JSON"
-       " with name, integer age and 1-3 tags", ended, valid);
+       " with a name of at most 5 characters, integer age and 1-3 tags",
+       ended, valid);
 
     kimi_sampler_free(smp);
     kimi_tokenizer_free(tok);
