@@ -853,6 +853,119 @@ ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
 }
 
 
+/* tool_choice naming a function: the call is forced in Kimi's own format,
+ * <|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:IDX
+ * <|tool_call_argument_begin|>{arguments}<|tool_call_end|>
+ * <|tool_calls_section_end|>, then the end; the arguments held to the
+ * function's "parameters" where that schema is in the supported subset,
+ * else to any JSON object; IDX counts the calls already in the conversation
+ * (vLLM's id).  A tokenizer without Kimi's markers leaves it unforced. */
+static ngx_int_t
+ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
+{
+    static const char       *names[5] = {
+        "<|tool_calls_section_begin|>", "<|tool_call_begin|>",
+        "<|tool_call_argument_begin|>", "<|tool_call_end|>",
+        "<|tool_calls_section_end|>"
+    };
+    int32_t                  mark[5], *ids, *prog, *w;
+    size_t                   i, n_ids, n_prog, at, calls = 0;
+    json_t                  *m, *tool, *fn, *params = NULL, *any;
+    u_char                   text[512], *e;
+    char                     msg[256];
+    kimi_err_t               err;
+    const kimi_tokenizer_t  *tk;
+
+    tk = ngx_http_kimi_text_tokenizer(ctx->text);
+    if (tk == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < 5; i++) {
+        mark[i] = kimi_tokenizer_special_id(tk, names[i]);
+        if (mark[i] < 0) {
+            return NGX_OK;
+        }
+    }
+
+    json_array_foreach(ctx->params.messages, i, m) {
+        calls += json_array_size(json_object_get(m, "tool_calls"));
+    }
+
+    json_array_foreach(ctx->params.tools, i, tool) {
+        fn = json_object_get(tool, "function");
+        if (json_string_length(json_object_get(fn, "name"))
+                == ctx->params.tool_name.len
+            && ngx_strncmp(json_string_value(json_object_get(fn, "name")),
+                           ctx->params.tool_name.data,
+                           ctx->params.tool_name.len) == 0)
+        {
+            params = json_object_get(fn, "parameters");
+            break;
+        }
+    }
+
+    if (params == NULL
+        || kimi_json_schema_compile(params, &prog, &n_prog, msg, sizeof(msg))
+           != 0)
+    {
+        if (params != NULL) {
+            ngx_log_error(NGX_LOG_INFO, ctx->request->connection->log, 0,
+                          "kimi: the parameters of \"%V\" are held to any"
+                          " JSON object: %s", &ctx->params.tool_name, msg);
+        }
+        any = json_true();
+        if (kimi_json_schema_compile(any, &prog, &n_prog, msg, sizeof(msg))
+            != 0)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    e = ngx_snprintf(text, sizeof(text), "functions.%V:%uz",
+                     &ctx->params.tool_name, calls);
+    if (kimi_tokenize(tk, (const char *) text, e - text, 0, &ids, &n_ids,
+                      &err) != 0)
+    {
+        free(prog);
+        return NGX_ERROR;
+    }
+
+    w = ngx_palloc(ctx->request->pool,
+                   (1 + 1 + n_ids + 3 + 1 + 2 + 1 + 5 + n_prog)
+                   * sizeof(int32_t));
+    if (w == NULL) {
+        free(ids);
+        free(prog);
+        return NGX_ERROR;
+    }
+
+    at = 0;
+    w[at++] = KIMI_TOOL_CALL_TAG;
+    w[at++] = (int32_t) (n_ids + 3);
+    w[at++] = mark[0];
+    w[at++] = mark[1];
+    ngx_memcpy(w + at, ids, n_ids * sizeof(int32_t));
+    at += n_ids;
+    w[at++] = mark[2];
+    w[at++] = 2;
+    w[at++] = mark[3];
+    w[at++] = mark[4];
+    w[at++] = 5;
+    ngx_memcpy(w + at, mark, 5 * sizeof(int32_t));
+    at += 5;
+    ngx_memcpy(w + at, prog, n_prog * sizeof(int32_t));
+    at += n_prog;
+    free(ids);
+    free(prog);
+
+    ctx->params.guided = w;
+    ctx->params.n_guided = at;
+
+    return NGX_OK;
+}
+
+
 /* guided_choice: each string's token ids (plain text, as the model would
  * write it), laid out as kimi_shm_slot_t.n_guided words */
 static ngx_int_t
@@ -1057,6 +1170,13 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
 
     if (ctx->params.guided_choice != NULL
         && ngx_http_kimi_guided_words(ctx) != NGX_OK)
+    {
+        ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    if (ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_NAMED
+        && ngx_http_kimi_tool_words(ctx) != NGX_OK)
     {
         ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;

@@ -231,6 +231,77 @@ SKIP: {
     ok($? == 0 && $n > 1, 'the openai client script ran to its end');
 }
 
+# tool_choice naming a function: the call comes out in Kimi's format and
+# parses, its arguments held to the function's parameters
+my $tools = [ { type => 'function', function => { name => 'get_weather',
+    parameters => { type => 'object',
+        properties => { city => { type => 'string', maxLength => 12 },
+                        unit => { enum => [ 'c', 'f' ] } },
+        required => [ 'city', 'unit' ], additionalProperties => JSON::PP::false } } },
+    { type => 'function', function => { name => 'other',
+        parameters => { type => 'object' } } } ];
+my ($calls_ok, $calls_ended) = (0, 0);
+for my $seed (1 .. 4) {
+    $r = $t->post('/v1/chat/completions', chat_body(content => 'weather?',
+        max_tokens => 120, temperature => 1.0, seed => $seed,
+        logit_bias => \%nudge, tools => $tools,
+        tool_choice => { type => 'function', function => { name => 'get_weather' } }));
+    is($r->{status}, 200, "named tool_choice (seed $seed): 200");
+    my $c = $r->{json}{choices}[0];
+    next unless ($c->{finish_reason} // '') eq 'stop';
+    $calls_ended++;
+    my $call = $c->{message}{tool_calls} && $c->{message}{tool_calls}[0];
+    my $args = $call && eval { JSON::PP->new->decode($call->{function}{arguments}) };
+    my $good = $call && $call->{function}{name} eq 'get_weather'
+        && $call->{id} eq 'functions.get_weather:0'
+        && ref $args eq 'HASH' && defined $args->{city} && !ref $args->{city}
+        && length($args->{city}) <= 12 && ($args->{unit} // '') =~ /^[cf]$/
+        && keys(%$args) == 2;
+    $calls_ok += $good ? 1 : 0;
+    ok($good, '... one call to get_weather, id functions.get_weather:0,'
+       . ' arguments that fit its parameters: '
+       . JSON::PP->new->canonical->encode($c->{message}));
+}
+ok($calls_ended > 0, "$calls_ended of 4 forced calls completed");
+# streamed: the same call, as tool_calls deltas
+{
+    my %req = (content => 'weather?', max_tokens => 120, temperature => 0,
+        logit_bias => \%nudge, tools => $tools,
+        tool_choice => { type => 'function', function => { name => 'get_weather' } });
+    my $whole = $t->post('/v1/chat/completions', chat_body(%req));
+    my $ev = $t->sse('/v1/chat/completions', chat_body(%req, stream => $true))->{events};
+    my ($name, $args, $id) = ('', '', '');
+    for my $e (@$ev) {
+        next unless ref $e eq 'HASH' && $e->{choices} && @{$e->{choices}};
+        for my $d (@{$e->{choices}[0]{delta}{tool_calls} // []}) {
+            $id .= $d->{id} // '';
+            $name .= $d->{function}{name} // '';
+            $args .= $d->{function}{arguments} // '';
+        }
+    }
+    my $wc = $whole->{json}{choices}[0]{message}{tool_calls};
+    is_deeply([ $id, $name, $args ],
+        [ $wc ? ($wc->[0]{id}, $wc->[0]{function}{name}, $wc->[0]{function}{arguments}) : () ],
+        'streamed, the forced call arrives as tool_calls deltas equal to the whole response');
+}
+# the call's index counts the calls already in the conversation
+$r = $t->post('/v1/chat/completions', { model => 'kimi-test',
+    messages => [ { role => 'user', content => 'weather?' },
+        { role => 'assistant', content => '', tool_calls => [ { id => 'functions.other:0',
+          type => 'function', function => { name => 'other', arguments => '{}' } } ] },
+        { role => 'tool', tool_call_id => 'functions.other:0', content => 'ok' } ],
+    max_tokens => 120, temperature => 0, logit_bias => \%nudge, tools => $tools,
+    tool_choice => { type => 'function', function => { name => 'get_weather' } } });
+my $c2 = $r->{json}{choices}[0];
+ok(($c2->{finish_reason} // '') ne 'stop'
+   || ($c2->{message}{tool_calls}[0]{id} // '') eq 'functions.get_weather:1',
+   'after one call in the history the forced id is functions.get_weather:1: '
+   . ($c2->{message}{tool_calls} ? $c2->{message}{tool_calls}[0]{id} : 'cut'));
+$r = $t->post('/v1/chat/completions', chat_body(content => 'hi', tools => $tools,
+    tool_choice => { type => 'function', function => { name => 'get_weather' } },
+    response_format => { type => 'json_object' }));
+is($r->{status}, 400, 'a named tool_choice with JSON mode: 400');
+
 # what cannot be enforced is a 400 naming the parameter and the keyword
 for my $case (
     [ { type => 'json_schema', json_schema => { name => 'x',

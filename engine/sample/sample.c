@@ -37,6 +37,16 @@ typedef struct {
 /* JSON mode's view of the vocabulary, built on first use for a tokenizer:
  * each token's class, and the other ids ordered by their first byte, so a
  * state that refuses a first byte masks its tokens without reading them */
+/* A forced tool call around the JSON (guided words KIMI_TOOL_CALL_TAG) */
+typedef struct {
+    const int32_t  *pre, *post, *never, *prog;
+    uint32_t        n_pre, n_post, n_never, n_prog;
+} kimi_sample_frame_t;
+
+static int kimi_sample_frame(const int32_t *w, uint32_t n,
+    kimi_sample_frame_t *f);
+
+
 enum {
     KIMI_JV_OTHER = 0,
     KIMI_JV_SPECIAL,          /* special or empty: never part of the JSON */
@@ -324,6 +334,29 @@ kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
     uint32_t  at = 1, n;
     char      msg[160];
 
+    if (n_words > 0 && words[0] == KIMI_TOOL_CALL_TAG) {
+        kimi_sample_frame_t  f;
+
+        if (kimi_sample_frame(words, n_words, &f) != 0) {
+            return kimi_err_set(err, KIMI_EINVAL, "tool call words: bad"
+                                " layout");
+        }
+        for (uint32_t i = 0; i < f.n_pre + f.n_post + f.n_never; i++) {
+            int32_t  id = i < f.n_pre ? f.pre[i]
+                          : i < f.n_pre + f.n_post ? f.post[i - f.n_pre]
+                          : f.never[i - f.n_pre - f.n_post];
+
+            if (id < 0 || (uint32_t) id >= vocab) {
+                return kimi_err_set(err, KIMI_EINVAL, "tool call words: id"
+                                    " %d outside the vocabulary", id);
+            }
+        }
+        if (kimi_json_schema_check(f.prog, f.n_prog, msg, sizeof(msg)) != 0) {
+            return kimi_err_set(err, KIMI_EINVAL, "%s", msg);
+        }
+        return KIMI_OK;
+    }
+
     if (n_words > 1 && words[0] == KIMI_SCHEMA_TAG) {
         if (kimi_json_schema_check(words + 1, n_words - 1, msg, sizeof(msg))
             != 0)
@@ -377,7 +410,8 @@ kimi_sample_is_plain_greedy(const kimi_sample_req_t *req)
 
 static uint32_t kimi_sample_argmax(const float *x, uint32_t n);
 static void kimi_sample_json_mask(kimi_sampler_t *s,
-    const kimi_sample_req_t *req, const int32_t *prog);
+    const kimi_sample_req_t *req, const int32_t *prog,
+    const kimi_sample_frame_t *frame);
 static void kimi_sample_guided_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req);
 static int kimi_sample_is_eos(const kimi_sample_req_t *req, uint32_t id);
@@ -493,12 +527,21 @@ kimi_sample_process(kimi_sampler_t *s, const float *logits,
     }
 
     if (sp->json_object && req->tokenizer != NULL) {
-        kimi_sample_json_mask(s, req, NULL);
+        kimi_sample_json_mask(s, req, NULL, NULL);
     }
 
     if (req->n_guided > 0 && req->guided[0] == KIMI_SCHEMA_TAG) {
         if (req->tokenizer != NULL) {
-            kimi_sample_json_mask(s, req, req->guided + 1);
+            kimi_sample_json_mask(s, req, req->guided + 1, NULL);
+        }
+
+    } else if (req->n_guided > 0 && req->guided[0] == KIMI_TOOL_CALL_TAG) {
+        kimi_sample_frame_t  f;
+
+        if (req->tokenizer != NULL
+            && kimi_sample_frame(req->guided, req->n_guided, &f) == 0)
+        {
+            kimi_sample_json_mask(s, req, f.prog, &f);
         }
 
     } else if (req->n_guided > 0) {
@@ -631,16 +674,55 @@ kimi_sample_json_ok(const kimi_tokenizer_t *tk, const kimi_json_state_t *st,
  * an eos id may follow (and before, none).  Inside a string the plain
  * tokens pass unread; elsewhere a refused first byte masks its whole
  * bucket; the rest is fed byte by byte. */
+/* The words of a forced tool call into f; -1 if they do not add up. */
+static int
+kimi_sample_frame(const int32_t *w, uint32_t n, kimi_sample_frame_t *f)
+{
+    uint32_t  at = 1;
+
+#define KIMI_FRAME_PART(ids, cnt)                                             \
+    if (at >= n || w[at] < 0 || (uint32_t) w[at] > n - at - 1) {              \
+        return -1;                                                            \
+    }                                                                         \
+    f->cnt = (uint32_t) w[at];                                                \
+    f->ids = w + at + 1;                                                      \
+    at += 1 + f->cnt
+
+    KIMI_FRAME_PART(pre, n_pre);
+    KIMI_FRAME_PART(post, n_post);
+    KIMI_FRAME_PART(never, n_never);
+#undef KIMI_FRAME_PART
+
+    f->prog = w + at;
+    f->n_prog = n - at;
+    return f->n_pre > 0 && f->n_prog > 0 ? 0 : -1;
+}
+
+
+/* only id may come next (the forced ids of a tool call) */
+static void
+kimi_sample_only(kimi_sampler_t *s, uint32_t only)
+{
+    float  keep = s->x[only] > -INFINITY ? s->x[only] : 0.0f;
+
+    for (uint32_t id = 0; id < s->vocab; id++) {
+        s->x[id] = -INFINITY;
+    }
+    s->x[only] = keep;
+}
+
+
 static void
 kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
-    const int32_t *prog)
+    const int32_t *prog, const kimi_sample_frame_t *frame)
 {
     const kimi_tokenizer_t  *tk = req->tokenizer;
+    const int32_t           *out = req->tokens + req->n_prompt;
     kimi_json_vocab_t       *jv = &s->jv;
     kimi_json_state_t        st, t;
     const char              *b;
     size_t                   len;
-    uint32_t                 i, id;
+    uint32_t                 i, id, k;
     unsigned char            c;
     int                      done, broken = 0, allowed = 0;
 
@@ -653,12 +735,39 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
     } else {
         kimi_json_init(&st);
     }
-    for (i = 0; i < req->n_output && !broken; i++) {
-        id = (uint32_t) req->tokens[req->n_prompt + i];
+
+    i = 0;
+    if (frame != NULL) {                /* the ids before the arguments */
+        for (; i < req->n_output && i < frame->n_pre && !broken; i++) {
+            broken = out[i] != frame->pre[i];
+        }
+        if (!broken && req->n_output < frame->n_pre) {
+            kimi_sample_only(s, (uint32_t) frame->pre[req->n_output]);
+            return;
+        }
+    }
+
+    for (; i < req->n_output && !broken; i++) {
+        if (frame != NULL && kimi_json_done(&st)) {
+            break;                      /* the arguments are complete */
+        }
+        id = (uint32_t) out[i];
         b = id < s->vocab && jv->cls[id] != KIMI_JV_SPECIAL
             ? kimi_token_bytes(tk, (int32_t) id, &len) : NULL;
         broken = b == NULL || kimi_json_feed(&st, b, len) != 0;
     }
+
+    if (frame != NULL && !broken && kimi_json_done(&st)) {
+        /* then the ids after them, then the end */
+        for (k = 0; i < req->n_output && !broken; i++, k++) {
+            broken = k >= frame->n_post || out[i] != frame->post[k];
+        }
+        if (!broken && k < frame->n_post) {
+            kimi_sample_only(s, (uint32_t) frame->post[k]);
+            return;
+        }
+    }
+
     /* an output the grammar refuses (it cannot come from this mask) can
      * only end */
     done = broken || kimi_json_done(&st);
@@ -674,6 +783,9 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
 
     for (i = 0; i < jv->n_special; i++) {       /* eos too: not done yet */
         s->x[jv->special[i]] = -INFINITY;
+    }
+    for (i = 0; frame != NULL && i < frame->n_never; i++) {
+        s->x[frame->never[i]] = -INFINITY;      /* markers: never inside */
     }
 
     if (kimi_json_in_string(&st)) {

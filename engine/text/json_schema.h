@@ -27,6 +27,10 @@
 #include <jansson.h>
 
 #define KIMI_SCHEMA_TAG        (-1)     /* first guided word: a program */
+/* first guided word: one forced tool call (a named tool_choice), then
+ * n_pre, the ids before the arguments, n_post, the ids after them, n_never,
+ * ids never allowed inside them, and the program of the arguments */
+#define KIMI_TOOL_CALL_TAG     (-2)
 #define KIMI_SCHEMA_MAX_PROPS  64
 #define KIMI_SCHEMA_MAX_ENUM   64
 #define KIMI_SCHEMA_MAX_WORDS  65535    /* nodes fit 16 bits */

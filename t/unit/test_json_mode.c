@@ -484,6 +484,26 @@ test_schema_sampler(void)
     memcpy(words + 1, prog, nprog * sizeof(int32_t));
     ok(kimi_sample_guided_check(words, (uint32_t) nprog + 1, 163840, &err) == 0,
        "the tagged program passes the sampler's check");
+    {
+        /* a forced tool call: 2 ids before, 1 after, 1 never, the program */
+        int32_t  *tw = malloc((nprog + 8) * sizeof(int32_t));
+        int       good;
+
+        tw[0] = KIMI_TOOL_CALL_TAG;
+        tw[1] = 2; tw[2] = 5; tw[3] = 6;
+        tw[4] = 1; tw[5] = 7;
+        tw[6] = 1; tw[7] = 8;
+        memcpy(tw + 8, prog, nprog * sizeof(int32_t));
+        good = kimi_sample_guided_check(tw, (uint32_t) nprog + 8, 163840, &err) == 0;
+        tw[5] = 163840;                 /* outside the vocabulary */
+        good &= kimi_sample_guided_check(tw, (uint32_t) nprog + 8, 163840, &err) != 0;
+        tw[5] = 7;
+        tw[4] = 900000;                 /* a count past the words */
+        good &= kimi_sample_guided_check(tw, (uint32_t) nprog + 8, 163840, &err) != 0;
+        ok(good, "forced tool call words: checked (ids in the vocabulary,"
+           " counts inside the words)");
+        free(tw);
+    }
 
     vocab = 163840;
     eos[0] = kimi_tokenizer_special_id(tok, "<|im_end|>");
