@@ -853,13 +853,14 @@ ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
 }
 
 
-/* tool_choice naming a function: the call is forced in Kimi's own format,
- * <|tool_calls_section_begin|><|tool_call_begin|>functions.NAME:IDX
- * <|tool_call_argument_begin|>{arguments}<|tool_call_end|>
- * <|tool_calls_section_end|>, then the end; the arguments held to the
- * function's "parameters" where that schema is in the supported subset,
- * else to any JSON object; IDX counts the calls already in the conversation
- * (vLLM's id).  A tokenizer without Kimi's markers leaves it unforced. */
+/* tool_choice naming a function, or "required": one call is forced in
+ * Kimi's own format, <|tool_calls_section_begin|><|tool_call_begin|>
+ * functions.NAME:IDX<|tool_call_argument_begin|>{arguments}
+ * <|tool_call_end|><|tool_calls_section_end|>, then the end: NAME the named
+ * function or any of "tools", the arguments held to that function's
+ * "parameters" where the schema is in the supported subset, else to any
+ * JSON object; IDX counts the calls already in the conversation (vLLM's
+ * id).  A tokenizer without Kimi's markers leaves the choice unforced. */
 static ngx_int_t
 ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
 {
@@ -868,9 +869,9 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
         "<|tool_call_argument_begin|>", "<|tool_call_end|>",
         "<|tool_calls_section_end|>"
     };
-    int32_t                  mark[5], *ids, *prog, *w;
-    size_t                   i, n_ids, n_prog, at, calls = 0;
-    json_t                  *m, *tool, *fn, *params = NULL, *any;
+    int32_t                  mark[5], *ids, *prog, *w, *grown;
+    size_t                   i, n_ids, n_prog, at, cap, calls = 0, n_alts = 0;
+    json_t                  *m, *tool, *fn, *params, *name;
     u_char                   text[512], *e;
     char                     msg[256];
     kimi_err_t               err;
@@ -892,76 +893,108 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
         calls += json_array_size(json_object_get(m, "tool_calls"));
     }
 
-    json_array_foreach(ctx->params.tools, i, tool) {
-        fn = json_object_get(tool, "function");
-        if (json_string_length(json_object_get(fn, "name"))
-                == ctx->params.tool_name.len
-            && ngx_strncmp(json_string_value(json_object_get(fn, "name")),
-                           ctx->params.tool_name.data,
-                           ctx->params.tool_name.len) == 0)
-        {
-            params = json_object_get(fn, "parameters");
-            break;
-        }
-    }
-
-    if (params == NULL
-        || kimi_json_schema_compile(params, &prog, &n_prog, msg, sizeof(msg))
-           != 0)
-    {
-        if (params != NULL) {
-            ngx_log_error(NGX_LOG_INFO, ctx->request->connection->log, 0,
-                          "kimi: the parameters of \"%V\" are held to any"
-                          " JSON object: %s", &ctx->params.tool_name, msg);
-        }
-        any = json_true();
-        if (kimi_json_schema_compile(any, &prog, &n_prog, msg, sizeof(msg))
-            != 0)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    e = ngx_snprintf(text, sizeof(text), "functions.%V:%uz",
-                     &ctx->params.tool_name, calls);
-    if (kimi_tokenize(tk, (const char *) text, e - text, 0, &ids, &n_ids,
-                      &err) != 0)
-    {
-        free(prog);
-        return NGX_ERROR;
-    }
-
-    w = ngx_palloc(ctx->request->pool,
-                   (1 + 1 + n_ids + 3 + 1 + 2 + 1 + 5 + n_prog)
-                   * sizeof(int32_t));
+    cap = 16 + 1024;
+    w = malloc(cap * sizeof(int32_t));
     if (w == NULL) {
-        free(ids);
-        free(prog);
         return NGX_ERROR;
     }
 
     at = 0;
     w[at++] = KIMI_TOOL_CALL_TAG;
-    w[at++] = (int32_t) (n_ids + 3);
+    w[at++] = 2;
     w[at++] = mark[0];
     w[at++] = mark[1];
-    ngx_memcpy(w + at, ids, n_ids * sizeof(int32_t));
-    at += n_ids;
-    w[at++] = mark[2];
     w[at++] = 2;
     w[at++] = mark[3];
     w[at++] = mark[4];
     w[at++] = 5;
     ngx_memcpy(w + at, mark, 5 * sizeof(int32_t));
     at += 5;
-    ngx_memcpy(w + at, prog, n_prog * sizeof(int32_t));
-    at += n_prog;
-    free(ids);
-    free(prog);
+    at++;                               /* the count of functions */
 
-    ctx->params.guided = w;
-    ctx->params.n_guided = at;
+    json_array_foreach(ctx->params.tools, i, tool) {
+        fn = json_object_get(tool, "function");
+        name = json_object_get(fn, "name");
 
+        if (ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_NAMED
+            && (json_string_length(name) != ctx->params.tool_name.len
+                || ngx_strncmp(json_string_value(name),
+                               ctx->params.tool_name.data,
+                               ctx->params.tool_name.len) != 0))
+        {
+            continue;
+        }
+        if (!json_is_string(name) || n_alts == 128) {
+            continue;
+        }
+
+        params = json_object_get(fn, "parameters");
+        if (params == NULL
+            || kimi_json_schema_compile(params, &prog, &n_prog, msg,
+                                        sizeof(msg)) != 0)
+        {
+            if (params != NULL) {
+                ngx_log_error(NGX_LOG_INFO, ctx->request->connection->log, 0,
+                              "kimi: the parameters of \"%s\" are held to"
+                              " any JSON object: %s",
+                              json_string_value(name), msg);
+            }
+            if (kimi_json_schema_compile(json_true(), &prog, &n_prog, msg,
+                                         sizeof(msg)) != 0)
+            {
+                free(w);
+                return NGX_ERROR;
+            }
+        }
+
+        e = ngx_snprintf(text, sizeof(text), "functions.%s:%uz",
+                         json_string_value(name), calls);
+        if (kimi_tokenize(tk, (const char *) text, e - text, 0, &ids, &n_ids,
+                          &err) != 0)
+        {
+            free(prog);
+            free(w);
+            return NGX_ERROR;
+        }
+
+        if (at + 3 + n_ids + n_prog > cap) {
+            cap = (at + 3 + n_ids + n_prog) * 2;
+            grown = realloc(w, cap * sizeof(int32_t));
+            if (grown == NULL) {
+                free(ids);
+                free(prog);
+                free(w);
+                return NGX_ERROR;
+            }
+            w = grown;
+        }
+
+        w[at++] = (int32_t) (n_ids + 1);
+        ngx_memcpy(w + at, ids, n_ids * sizeof(int32_t));
+        at += n_ids;
+        w[at++] = mark[2];
+        w[at++] = (int32_t) n_prog;
+        ngx_memcpy(w + at, prog, n_prog * sizeof(int32_t));
+        at += n_prog;
+        n_alts++;
+        free(ids);
+        free(prog);
+    }
+
+    w[13] = (int32_t) n_alts;
+
+    if (n_alts > 0) {
+        ctx->params.guided = ngx_palloc(ctx->request->pool,
+                                        at * sizeof(int32_t));
+        if (ctx->params.guided == NULL) {
+            free(w);
+            return NGX_ERROR;
+        }
+        ngx_memcpy(ctx->params.guided, w, at * sizeof(int32_t));
+        ctx->params.n_guided = at;
+    }
+
+    free(w);
     return NGX_OK;
 }
 
@@ -1175,7 +1208,8 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
         return;
     }
 
-    if (ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_NAMED
+    if ((ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_NAMED
+         || ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_REQUIRED)
         && ngx_http_kimi_tool_words(ctx) != NGX_OK)
     {
         ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);

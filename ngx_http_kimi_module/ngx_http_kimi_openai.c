@@ -1133,17 +1133,18 @@ ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
                              "is not in \"tools\"", &pr->tool_name);
                 return NGX_ERROR;
             }
+        }
 
-            /* the forced call is the whole answer */
-            if (pr->sampling.json_object || pr->n_guided > 0
-                || pr->guided_choice != NULL)
-            {
-                ngx_sprintf(err, "a \"tool_choice\" naming a function and"
-                            " structured output (response_format,"
-                            " guided_json, guided_choice) cannot be"
-                            " combined");
-                return NGX_ERROR;
-            }
+        /* a forced call is the whole answer */
+        if ((pr->tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_NAMED
+             || pr->tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_REQUIRED)
+            && (pr->sampling.json_object || pr->n_guided > 0
+                || pr->guided_choice != NULL))
+        {
+            ngx_sprintf(err, "a \"tool_choice\" of \"required\" or naming a"
+                        " function and structured output (response_format,"
+                        " guided_json, guided_choice) cannot be combined");
+            return NGX_ERROR;
         }
     }
 

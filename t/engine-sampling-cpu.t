@@ -284,6 +284,29 @@ ok($calls_ended > 0, "$calls_ended of 4 forced calls completed");
         [ $wc ? ($wc->[0]{id}, $wc->[0]{function}{name}, $wc->[0]{function}{arguments}) : () ],
         'streamed, the forced call arrives as tool_calls deltas equal to the whole response');
 }
+# tool_choice "required": one call to one of the tools, its arguments
+# held to that function's parameters, finish_reason tool_calls
+my %called;
+for my $seed (1 .. 6) {
+    $r = $t->post('/v1/chat/completions', chat_body(content => 'weather?',
+        max_tokens => 120, temperature => 1.0, seed => $seed,
+        logit_bias => \%nudge, tools => $tools, tool_choice => 'required'));
+    my $c = $r->{json}{choices}[0];
+    next unless ($c->{finish_reason} // '') eq 'tool_calls';
+    my $call = $c->{message}{tool_calls}[0];
+    my $args = eval { JSON::PP->new->decode($call->{function}{arguments}) };
+    my $n = $call->{function}{name};
+    my $good = @{$c->{message}{tool_calls}} == 1 && ref $args eq 'HASH'
+        && $call->{id} eq "functions.$n:0"
+        && ($n eq 'other' || ($n eq 'get_weather'
+            && ($args->{unit} // '') =~ /^[cf]$/ && defined $args->{city}));
+    $called{$n}++ if $good;
+    ok($good, "tool_choice required (seed $seed): one call that fits: "
+       . JSON::PP->new->canonical->encode($call));
+}
+ok(keys %called > 0, 'required calls completed: '
+   . join(', ', map { "$_ x$called{$_}" } sort keys %called));
+
 # the call's index counts the calls already in the conversation
 $r = $t->post('/v1/chat/completions', { model => 'kimi-test',
     messages => [ { role => 'user', content => 'weather?' },

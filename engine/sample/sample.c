@@ -37,10 +37,16 @@ typedef struct {
 /* JSON mode's view of the vocabulary, built on first use for a tokenizer:
  * each token's class, and the other ids ordered by their first byte, so a
  * state that refuses a first byte masks its tokens without reading them */
-/* A forced tool call around the JSON (guided words KIMI_TOOL_CALL_TAG) */
+/* A forced tool call around the JSON (guided words KIMI_TOOL_CALL_TAG):
+ * fixed ids, then one of n_alts functions (its id tokens, then its
+ * arguments' program), then fixed ids */
+#define KIMI_SAMPLE_MAX_ALTS  128
+
 typedef struct {
-    const int32_t  *pre, *post, *never, *prog;
-    uint32_t        n_pre, n_post, n_never, n_prog;
+    const int32_t  *pre, *post, *never;
+    uint32_t        n_pre, n_post, n_never, n_alts;
+    const int32_t  *name[KIMI_SAMPLE_MAX_ALTS], *prog[KIMI_SAMPLE_MAX_ALTS];
+    uint32_t        n_name[KIMI_SAMPLE_MAX_ALTS], n_prog[KIMI_SAMPLE_MAX_ALTS];
 } kimi_sample_frame_t;
 
 static int kimi_sample_frame(const int32_t *w, uint32_t n,
@@ -351,8 +357,19 @@ kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
                                     " %d outside the vocabulary", id);
             }
         }
-        if (kimi_json_schema_check(f.prog, f.n_prog, msg, sizeof(msg)) != 0) {
-            return kimi_err_set(err, KIMI_EINVAL, "%s", msg);
+        for (uint32_t a = 0; a < f.n_alts; a++) {
+            for (uint32_t i = 0; i < f.n_name[a]; i++) {
+                if (f.name[a][i] < 0 || (uint32_t) f.name[a][i] >= vocab) {
+                    return kimi_err_set(err, KIMI_EINVAL, "tool call words:"
+                                        " id %d outside the vocabulary",
+                                        f.name[a][i]);
+                }
+            }
+            if (kimi_json_schema_check(f.prog[a], f.n_prog[a], msg,
+                                       sizeof(msg)) != 0)
+            {
+                return kimi_err_set(err, KIMI_EINVAL, "%s", msg);
+            }
         }
         return KIMI_OK;
     }
@@ -541,7 +558,7 @@ kimi_sample_process(kimi_sampler_t *s, const float *logits,
         if (req->tokenizer != NULL
             && kimi_sample_frame(req->guided, req->n_guided, &f) == 0)
         {
-            kimi_sample_json_mask(s, req, f.prog, &f);
+            kimi_sample_json_mask(s, req, f.prog[0], &f);
         }
 
     } else if (req->n_guided > 0) {
@@ -684,18 +701,65 @@ kimi_sample_frame(const int32_t *w, uint32_t n, kimi_sample_frame_t *f)
     if (at >= n || w[at] < 0 || (uint32_t) w[at] > n - at - 1) {              \
         return -1;                                                            \
     }                                                                         \
-    f->cnt = (uint32_t) w[at];                                                \
-    f->ids = w + at + 1;                                                      \
-    at += 1 + f->cnt
+    cnt = (uint32_t) w[at];                                                   \
+    ids = w + at + 1;                                                         \
+    at += 1 + cnt
 
-    KIMI_FRAME_PART(pre, n_pre);
-    KIMI_FRAME_PART(post, n_post);
-    KIMI_FRAME_PART(never, n_never);
+    KIMI_FRAME_PART(f->pre, f->n_pre);
+    KIMI_FRAME_PART(f->post, f->n_post);
+    KIMI_FRAME_PART(f->never, f->n_never);
+    if (at >= n || w[at] < 1 || w[at] > KIMI_SAMPLE_MAX_ALTS) {
+        return -1;
+    }
+    f->n_alts = (uint32_t) w[at++];
+    for (uint32_t a = 0; a < f->n_alts; a++) {
+        KIMI_FRAME_PART(f->name[a], f->n_name[a]);
+        KIMI_FRAME_PART(f->prog[a], f->n_prog[a]);
+        if (f->n_name[a] == 0 || f->n_prog[a] == 0) {
+            return -1;
+        }
+    }
 #undef KIMI_FRAME_PART
 
-    f->prog = w + at;
-    f->n_prog = n - at;
-    return f->n_pre > 0 && f->n_prog > 0 ? 0 : -1;
+    return f->n_pre > 0 && at == n ? 0 : -1;
+}
+
+
+/* Which function the output after the fixed ids names: its index (*start:
+ * where its arguments begin), or -1 with the ids that may come next
+ * allowed in s->x (-2 when none fits) */
+static int
+kimi_sample_frame_name(kimi_sampler_t *s, const kimi_sample_frame_t *f,
+    const int32_t *out, uint32_t n_out, uint32_t *start)
+{
+    uint32_t  m = n_out - f->n_pre, a, k;
+    int       any = 0;
+
+    for (a = 0; a < f->n_alts; a++) {
+        for (k = 0; k < f->n_name[a] && k < m; k++) {
+            if (out[f->n_pre + k] != f->name[a][k]) {
+                break;
+            }
+        }
+        if (k == f->n_name[a]) {
+            *start = f->n_pre + k;
+            return (int) a;
+        }
+        if (k == m) {
+            s->seen[f->name[a][m]] = 1;      /* this function may go on */
+            any = 1;
+        }
+    }
+
+    for (uint32_t id = 0; id < s->vocab; id++) {
+        if (s->seen[id]) {
+            s->seen[id] = 0;
+            s->x[id] = s->x[id] > -INFINITY ? s->x[id] : 0.0f;
+        } else {
+            s->x[id] = -INFINITY;
+        }
+    }
+    return any ? -1 : -2;
 }
 
 
@@ -738,12 +802,24 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
 
     i = 0;
     if (frame != NULL) {                /* the ids before the arguments */
+        int  a;
+
         for (; i < req->n_output && i < frame->n_pre && !broken; i++) {
             broken = out[i] != frame->pre[i];
         }
         if (!broken && req->n_output < frame->n_pre) {
             kimi_sample_only(s, (uint32_t) frame->pre[req->n_output]);
             return;
+        }
+        if (!broken) {                  /* then one function's id */
+            a = kimi_sample_frame_name(s, frame, out, req->n_output, &i);
+            if (a == -1) {
+                return;
+            }
+            broken = a < 0;
+            if (!broken) {
+                kimi_json_init_schema(&st, frame->prog[a]);
+            }
         }
     }
 

@@ -27,9 +27,11 @@
 #include <jansson.h>
 
 #define KIMI_SCHEMA_TAG        (-1)     /* first guided word: a program */
-/* first guided word: one forced tool call (a named tool_choice), then
- * n_pre, the ids before the arguments, n_post, the ids after them, n_never,
- * ids never allowed inside them, and the program of the arguments */
+/* first guided word: one forced tool call (tool_choice named or
+ * required), then n_pre and the ids before the call's id, n_post and the
+ * ids after its arguments, n_never and ids never allowed inside them,
+ * n_alts, and per function: n_name and its id tokens (the argument marker
+ * last), n_prog and its arguments' program */
 #define KIMI_TOOL_CALL_TAG     (-2)
 #define KIMI_SCHEMA_MAX_PROPS  64
 #define KIMI_SCHEMA_MAX_ENUM   64

@@ -485,21 +485,31 @@ test_schema_sampler(void)
     ok(kimi_sample_guided_check(words, (uint32_t) nprog + 1, 163840, &err) == 0,
        "the tagged program passes the sampler's check");
     {
-        /* a forced tool call: 2 ids before, 1 after, 1 never, the program */
-        int32_t  *tw = malloc((nprog + 8) * sizeof(int32_t));
+        /* a forced tool call: 2 ids before, 1 after, 1 never, then one
+         * function: its 1-token id and the program */
+        int32_t  *tw = malloc((nprog + 12) * sizeof(int32_t));
+        uint32_t  nw = (uint32_t) nprog + 12;
         int       good;
 
         tw[0] = KIMI_TOOL_CALL_TAG;
         tw[1] = 2; tw[2] = 5; tw[3] = 6;
         tw[4] = 1; tw[5] = 7;
         tw[6] = 1; tw[7] = 8;
-        memcpy(tw + 8, prog, nprog * sizeof(int32_t));
-        good = kimi_sample_guided_check(tw, (uint32_t) nprog + 8, 163840, &err) == 0;
+        tw[8] = 1;
+        tw[9] = 1; tw[10] = 9;
+        tw[11] = (int32_t) nprog;
+        memcpy(tw + 12, prog, nprog * sizeof(int32_t));
+        good = kimi_sample_guided_check(tw, nw, 163840, &err) == 0;
         tw[5] = 163840;                 /* outside the vocabulary */
-        good &= kimi_sample_guided_check(tw, (uint32_t) nprog + 8, 163840, &err) != 0;
+        good &= kimi_sample_guided_check(tw, nw, 163840, &err) != 0;
         tw[5] = 7;
+        tw[10] = -3;
+        good &= kimi_sample_guided_check(tw, nw, 163840, &err) != 0;
+        tw[10] = 9;
         tw[4] = 900000;                 /* a count past the words */
-        good &= kimi_sample_guided_check(tw, (uint32_t) nprog + 8, 163840, &err) != 0;
+        good &= kimi_sample_guided_check(tw, nw, 163840, &err) != 0;
+        tw[4] = 1;
+        good &= kimi_sample_guided_check(tw, nw - 1, 163840, &err) != 0;
         ok(good, "forced tool call words: checked (ids in the vocabulary,"
            " counts inside the words)");
         free(tw);
