@@ -66,13 +66,7 @@ ring_tile(uint8_t *smem, const uint8_t *src, const float *sa, const float *sb, i
     const int kb0 = rank * KB / cs, kb1 = (rank + 1) * KB / cs;
     const int nst = (kb1 - kb0 + RING_CWARPS - 1) / RING_CWARPS;
 
-#pragma unroll
-    for (int s = 0; s < 2; s++)
-#pragma unroll
-        for (int j = 0; j < NG; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[s][j][e] = 0.f;
-
+    tile_acc_zero<NG>(acc);
     if (threadIdx.x == 0) {
         for (int s = 0; s < RING_STAGES; s++) {
             kimi_mbar_init(&full[s], 1);
@@ -122,38 +116,20 @@ ring_tile(uint8_t *smem, const uint8_t *src, const float *sa, const float *sb, i
 
     __syncthreads();                               /* the ring is drained */
     if (warp > 0 && warp < RING_CWARPS) {
-#pragma unroll
-        for (int s = 0; s < 2; s++)
-#pragma unroll
-            for (int j = 0; j < NG; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) red[warp - 1][(s * NG + j) * 4 + e][lane] = acc[s][j][e];
+        tile_acc_put<NG>(red[warp - 1], acc, lane);
     }
     __syncthreads();
     if (warp == 0) {
-#pragma unroll
-        for (int s = 0; s < 2; s++)
-#pragma unroll
-            for (int j = 0; j < NG; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    for (int q = 0; q < RING_CWARPS - 1; q++) {
-                        acc[s][j][e] += red[q][(s * NG + j) * 4 + e][lane];
-                    }
-                    part[(s * NG + j) * 4 + e][lane] = acc[s][j][e];
-                }
+        for (int q = 0; q < RING_CWARPS - 1; q++) {
+            tile_acc_add<NG>(acc, red[q], lane);
+        }
+        tile_acc_put<NG>(part, acc, lane);
     }
     if (cs > 1) {
         cluster.sync();                            /* every rank's part is written */
         if (rank == 0 && warp == 0) {
             for (int r = 1; r < cs; r++) {
-                float (*peer)[32] = cluster.map_shared_rank(part, r);
-#pragma unroll
-                for (int s = 0; s < 2; s++)
-#pragma unroll
-                    for (int j = 0; j < NG; j++)
-#pragma unroll
-                        for (int e = 0; e < 4; e++) acc[s][j][e] += peer[(s * NG + j) * 4 + e][lane];
+                tile_acc_add<NG>(acc, cluster.map_shared_rank(part, r), lane);
             }
         }
         cluster.sync();                            /* rank 0 has read every part */

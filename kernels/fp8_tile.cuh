@@ -67,6 +67,43 @@ tile_load_w(TileW &w, const uint8_t *wa, const uint8_t *wb, size_t K, int kb, in
     }
 }
 
+/* The warp tile's accumulators: zeroed, and moved through shared memory
+ * ([2*NG*4][32] floats a warp, lane-major) for the split-K sums */
+template <int NG>
+static __device__ __forceinline__ void tile_acc_zero(float acc[2][NG][4])
+{
+#pragma unroll
+    for (int s = 0; s < 2; s++)
+#pragma unroll
+        for (int j = 0; j < NG; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[s][j][e] = 0.f;
+}
+
+template <int NG>
+static __device__ __forceinline__ void
+tile_acc_put(float (*slot)[32], const float acc[2][NG][4], int lane)
+{
+#pragma unroll
+    for (int s = 0; s < 2; s++)
+#pragma unroll
+        for (int j = 0; j < NG; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) slot[(s * NG + j) * 4 + e][lane] = acc[s][j][e];
+}
+
+template <int NG>
+static __device__ __forceinline__ void
+tile_acc_add(float acc[2][NG][4], const float (*slot)[32], int lane)
+{
+#pragma unroll
+    for (int s = 0; s < 2; s++)
+#pragma unroll
+        for (int j = 0; j < NG; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[s][j][e] += slot[(s * NG + j) * 4 + e][lane];
+}
+
 /* One 128-block of K for the warp tile: the weights already in registers
  * (cur, in tile_load_w's order), the tokens' bytes and scales from xrow/xs
  * (L1/L2), promoted into acc with the block's weight scales wsa/wsb. */
@@ -126,13 +163,7 @@ fp8_tile(const uint8_t *wa, const uint8_t *wb, const float *sa, const float *sb,
 {
     const int lane = threadIdx.x & 31, t = lane & 3;
 
-#pragma unroll
-    for (int s = 0; s < 2; s++)
-#pragma unroll
-        for (int j = 0; j < NG; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[s][j][e] = 0.f;
-
+    tile_acc_zero<NG>(acc);
     if (kb0 >= kb1) {
         return;
     }

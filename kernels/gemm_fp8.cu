@@ -63,24 +63,15 @@ gemm_nt_kernel(const uint8_t *__restrict__ xq,   // [T, K]
                  ws + (size_t) (n0 / 128) * KB, ws + (size_t) ((n0 + 16) / 128) * KB,
                  (size_t) K, xrow, xs0, xs1, ngroups, acc, kb0, kb1);
     if (warp > 0) {
-#pragma unroll
-        for (int s = 0; s < 2; s++)
-#pragma unroll
-            for (int j = 0; j < NG; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) red[warp - 1][(s * NG + j) * 4 + e][lane] = acc[s][j][e];
+        tile_acc_put<NG>(red[warp - 1], acc, lane);
     }
     __syncthreads();
     if (warp != 0) {
         return;
     }
-#pragma unroll
-    for (int s = 0; s < 2; s++)
-#pragma unroll
-        for (int j = 0; j < NG; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                for (int q = 0; q < GEMM_KS - 1; q++) acc[s][j][e] += red[q][(s * NG + j) * 4 + e][lane];
+    for (int q = 0; q < GEMM_KS - 1; q++) {
+        tile_acc_add<NG>(acc, red[q], lane);
+    }
 #pragma unroll
     for (int s = 0; s < 2; s++) {
 #pragma unroll

@@ -148,6 +148,23 @@ norm_quant4(const float4 v, int i, uint8_t *__restrict__ xq, float *__restrict__
     }
 }
 
+/* y[i] = w * (a * rstd) for float4 i of row t (D wide), and its codes */
+template <bool QUANT>
+static __device__ __forceinline__ void
+norm_out4(const float4 a, int i, float rstd, const uint16_t *__restrict__ w,
+          float *__restrict__ y, int t, int D, uint8_t *__restrict__ xq,
+          float *__restrict__ xs)
+{
+    float wf[4];
+    kimi_ld4(w + 4 * i, wf);
+    const float4 o = make_float4(wf[0] * (a.x * rstd), wf[1] * (a.y * rstd),
+                                 wf[2] * (a.z * rstd), wf[3] * (a.w * rstd));
+    ((float4 *) (y + (size_t) t * D))[i] = o;
+    if (QUANT) {
+        norm_quant4(o, i, xq + (size_t) t * D, xs + (size_t) t * (D / 128));
+    }
+}
+
 template <bool RESIDUAL, bool QUANT>
 static __global__ void __launch_bounds__(NORM_THREADS)
 rmsnorm_f32_kernel(const float *__restrict__ x, float *__restrict__ res,
@@ -217,27 +234,11 @@ rmsnorm_f32_kernel(const float *__restrict__ x, float *__restrict__ res,
     for (int k = 0; k < NORM_VEC; k++) {
         const int i = threadIdx.x + k * NORM_THREADS;
         if (i < nv) {
-            const float4 a = keep[k];
-            float wf[4];
-            kimi_ld4(w + 4 * i, wf);
-            const float4 o = make_float4(wf[0] * (a.x * rstd), wf[1] * (a.y * rstd),
-                                         wf[2] * (a.z * rstd), wf[3] * (a.w * rstd));
-            ((float4 *) (y + row))[i] = o;
-            if (QUANT) {
-                norm_quant4(o, i, xq + row, xs + (size_t) blockIdx.x * (D / 128));
-            }
+            norm_out4<QUANT>(keep[k], i, rstd, w, y, blockIdx.x, D, xq, xs);
         }
     }
     for (int i = threadIdx.x + NORM_VEC * NORM_THREADS; i < nv; i += NORM_THREADS) {
-        const float4 a = rv[i];
-        float wf[4];
-        kimi_ld4(w + 4 * i, wf);
-        const float4 o = make_float4(wf[0] * (a.x * rstd), wf[1] * (a.y * rstd),
-                                     wf[2] * (a.z * rstd), wf[3] * (a.w * rstd));
-        ((float4 *) (y + row))[i] = o;
-        if (QUANT) {
-            norm_quant4(o, i, xq + row, xs + (size_t) blockIdx.x * (D / 128));
-        }
+        norm_out4<QUANT>(rv[i], i, rstd, w, y, blockIdx.x, D, xq, xs);
     }
 }
 

@@ -215,20 +215,9 @@ SKIP: {
         if system('python3 -c "import openai, pydantic" 2>/dev/null') != 0;
     my $url = 'http://127.0.0.1:' . $t->port . '/v1';
     my $bias = JSON::PP->new->encode(\%nudge);
-    open my $py, '-|', 'python3', "$FindBin::Bin/py/structured_client.py",
-        $url, 'kimi-test', $bias or die "python3: $!";
-    my ($n, $bad) = (0, 0);
-    while (my $line = <$py>) {
-        chomp $line;
-        if ($line =~ /^(not ok|ok) \d+ - (.*)$/) {
-            ok($1 eq 'ok', "openai client: $2");
-            $n++;
-        } elsif ($line !~ /^1\.\.\d+$/) {
-            diag($line);
-        }
-    }
-    close $py;
-    ok($? == 0 && $n > 1, 'the openai client script ran to its end');
+    my ($n, $status) = KimiTest::relay_py_tap('openai client',
+        "$FindBin::Bin/py/structured_client.py", $url, 'kimi-test', $bias);
+    ok($status == 0 && $n > 1, 'the openai client script ran to its end');
 }
 
 # tool_choice naming a function: the call comes out in Kimi's format and

@@ -38,20 +38,9 @@ my $t = KimiTest->new(
 $t->start;
 
 my $url = 'http://127.0.0.1:' . $t->port . '/v1';
-open my $py, '-|', "python3 $FindBin::Bin/py/openai_client.py $url 2>&1"
-    or die "python3: $!";
-my $n = 0;
-while (my $line = <$py>) {
-    chomp $line;
-    if ($line =~ /^(not ok|ok) \d+ - (.*)$/) {
-        ok($1 eq 'ok', "openai client: $2");
-        $n++;
-    } elsif ($line !~ /^1\.\.\d+$/) {
-        diag($line);
-    }
-}
-close $py;
-is($?, 0, 'the openai client script ran to its end');
+my ($n, $status) = KimiTest::relay_py_tap('openai client',
+    "$FindBin::Bin/py/openai_client.py", $url);
+is($status, 0, 'the openai client script ran to its end');
 cmp_ok($n, '>=', 20, 'every client check ran');
 
 $t->stop;

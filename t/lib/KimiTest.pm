@@ -549,6 +549,26 @@ sub completion_body {
 }
 
 # the text of a streamed chat/completion: concatenated deltas
+# Runs a Python script that prints TAP lines ("ok N - claim"), relaying
+# each as a test named "$label: claim"; returns the count relayed and the
+# script's exit status.
+sub relay_py_tap {
+    my ($label, @cmd) = @_;
+    open my $py, '-|', 'python3', @cmd or die "python3: $!";
+    my $n = 0;
+    while (my $line = <$py>) {
+        chomp $line;
+        if ($line =~ /^(not ok|ok) \d+ - (.*)$/) {
+            Test::More::ok($1 eq 'ok', "$label: $2");
+            $n++;
+        } elsif ($line !~ /^1\.\.\d+$/) {
+            Test::More::diag($line);
+        }
+    }
+    close $py;
+    return ($n, $?);
+}
+
 sub stream_text {
     my ($events) = @_;
     my $t = '';

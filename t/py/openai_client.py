@@ -8,16 +8,10 @@ import sys
 
 import openai
 
+from tap import check, plan
+
 base = sys.argv[1]
 client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0)
-n = 0
-
-
-def check(cond, claim):
-    global n
-    n += 1
-    print(("ok" if cond else "not ok") + " %d - %s" % (n, claim), flush=True)
-
 
 models = client.models.list()
 check([m.id for m in models.data] == ["kimi-test"], "models.list sees kimi-test")
@@ -127,4 +121,4 @@ try:
 except openai.BadRequestError:
     check(True, "empty messages raises BadRequestError")
 
-print("1..%d" % n)
+plan()

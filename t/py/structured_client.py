@@ -13,17 +13,12 @@ import sys
 from typing import List, Literal, Optional
 
 import openai
+
+from tap import check, plan
 from pydantic import BaseModel
 
 base, model, bias = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0)
-n = 0
-
-
-def check(cond, claim):
-    global n
-    n += 1
-    print(("ok" if cond else "not ok") + " %d - %s" % (n, claim), flush=True)
 
 
 class Color(str, enum.Enum):
@@ -61,4 +56,4 @@ for seed in range(1, 7):
 
 check(parsed > 0, "%d of 6 answers parsed (%d cut by max_tokens)"
       % (parsed, cut))
-print("1..%d" % n)
+plan()
