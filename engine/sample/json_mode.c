@@ -94,7 +94,9 @@ int
 kimi_json_in_string(const kimi_json_state_t *s)
 {
     return s->state == J_STRING && s->ucont == 0
-           && (s->snode == 0 || s->prog[s->snode + 2] < 0);
+           && (s->snode == 0
+               || (s->prog[s->snode + 2] < 0
+                   && s->prog[s->snode + 3] == KIMI_SF_NONE));
 }
 
 
@@ -145,6 +147,156 @@ kimi_json_utf8_lead(kimi_json_state_t *s, unsigned char c)
         return -1;
     }
     return 0;
+}
+
+
+/* The shapes of the string formats: the fixed text (d a digit, h a hex
+ * digit, 1 [01], 2 [0-2], 3 [0-3], 5 [0-5]; the second digit of a month
+ * m, of a day D, of an hour H, bounded by the first; anything else
+ * itself; a date's ten bytes are also held to the calendar), then for time
+ * and date-time RFC 3339's tail: an optional fraction and a zone, Z or
+ * +hh:mm / -hh:mm. */
+static const char *const  kimi_json_format_text[] = {
+    "", "dddd-1m-3D", "2H:5d:5d", "dddd-1m-3DT2H:5d:5d",
+    "hhhhhhhh-hhhh-hhhh-hhhh-hhhhhhhhhhhh"
+};
+
+enum {
+    F_FIXED = 0,        /* fpos = bytes of the fixed text read */
+    F_TAIL,             /* after the seconds: '.', 'Z', '+' or '-' */
+    F_FRAC0,            /* after '.': a digit */
+    F_FRAC,             /* fraction digits, then the zone */
+    F_ZONE,             /* the zone's "2d:5d", fpos bytes read */
+    F_END,              /* only the closing quote */
+};
+
+
+static int
+kimi_json_format_class(char k, unsigned char prev, unsigned char c)
+{
+    switch (k) {
+    case 'm':                           /* 01..12 */
+        return prev == '0' ? c >= '1' && c <= '9' : c >= '0' && c <= '2';
+    case 'D':                           /* 01..31 */
+        return prev == '0' ? c >= '1' && c <= '9'
+               : prev == '3' ? c == '0' || c == '1' : c >= '0' && c <= '9';
+    case 'H':                           /* 00..23 */
+        return prev == '2' ? c >= '0' && c <= '3' : c >= '0' && c <= '9';
+    case 'd':
+        return c >= '0' && c <= '9';
+    case 'h':
+        return kimi_json_hex(c);
+    case '1':
+        return c == '0' || c == '1';
+    case '2':
+        return c >= '0' && c <= '2';
+    case '3':
+        return c >= '0' && c <= '3';
+    case '5':
+        return c >= '0' && c <= '5';
+    default:
+        return c == (unsigned char) k;
+    }
+}
+
+
+/* byte fpos (0..9) of a date "YYYY-MM-DD": a real calendar day, years
+ * 0001..9999 (leap years as Gregorian) */
+static int
+kimi_json_date_byte(kimi_json_state_t *s, unsigned char c)
+{
+    int  digit = c >= '0' && c <= '9', v = (s->fprev - '0') * 10 + c - '0';
+    int  y = s->fyear, m = s->fmonth, days;
+
+    switch (s->fpos) {
+    case 0:
+    case 1:
+    case 2:
+    case 3:
+        if (!digit) {
+            return 0;
+        }
+        s->fyear = (uint16_t) ((s->fpos == 0 ? 0 : s->fyear) * 10 + c - '0');
+        return s->fpos < 3 || s->fyear > 0;
+    case 4:
+    case 7:
+        return c == '-';
+    case 5:
+        return c == '0' || c == '1';
+    case 6:
+        if (!digit || v < 1 || v > 12) {
+            return 0;
+        }
+        s->fmonth = (unsigned char) v;
+        return 1;
+    case 8:
+        return c >= '0' && c <= (m == 2 ? '2' : '3');
+    default:
+        days = m == 2 ? ((y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)) ? 29 : 28)
+               : (m == 4 || m == 6 || m == 9 || m == 11) ? 30 : 31;
+        return digit && v >= 1 && v <= days;
+    }
+}
+
+
+/* c inside a formatted string (no escapes): 0, 1 for the closing quote,
+ * or -1 */
+static int
+kimi_json_format_byte(kimi_json_state_t *s, int32_t fmt, unsigned char c)
+{
+    const char  *fixed = kimi_json_format_text[fmt], *zone = "2H:5d";
+    int          timed = fmt == KIMI_SF_TIME || fmt == KIMI_SF_DATE_TIME;
+
+    switch (s->fphase) {
+    case F_FIXED:
+        if ((fmt == KIMI_SF_DATE || fmt == KIMI_SF_DATE_TIME) && s->fpos < 10
+            ? !kimi_json_date_byte(s, c)
+            : !kimi_json_format_class(fixed[s->fpos], s->fprev, c))
+        {
+            return -1;
+        }
+        s->fprev = c;
+        if (fixed[++s->fpos] == '\0') {
+            s->fphase = timed ? F_TAIL : F_END;
+        }
+        return 0;
+    case F_TAIL:
+    case F_FRAC:
+        if (s->fphase == F_TAIL && c == '.') {
+            s->fphase = F_FRAC0;
+            return 0;
+        }
+        if (s->fphase == F_FRAC && c >= '0' && c <= '9') {
+            return 0;
+        }
+        if (c == 'Z') {
+            s->fphase = F_END;
+            return 0;
+        }
+        if (c == '+' || c == '-') {
+            s->fphase = F_ZONE;
+            s->fpos = 0;
+            return 0;
+        }
+        return -1;
+    case F_FRAC0:
+        if (c < '0' || c > '9') {
+            return -1;
+        }
+        s->fphase = F_FRAC;
+        return 0;
+    case F_ZONE:
+        if (!kimi_json_format_class(zone[s->fpos], s->fprev, c)) {
+            return -1;
+        }
+        s->fprev = c;
+        if (zone[++s->fpos] == '\0') {
+            s->fphase = F_END;
+        }
+        return 0;
+    default:
+        return c == '"' ? 1 : -1;
+    }
 }
 
 
@@ -277,6 +429,8 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
         }
         *generic = 1;
         s->snode = (uint16_t) e;        /* its lengths bind (value_start) */
+        s->fphase = F_FIXED;
+        s->fpos = 0;
         return 0;
     case KIMI_SN_INTEGER:
         s->intonly = 1;
@@ -552,6 +706,14 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         return -1;
 
     case J_STRING:
+        if (s->snode != 0 && s->prog[s->snode + 3] != KIMI_SF_NONE) {
+            int  r = kimi_json_format_byte(s, s->prog[s->snode + 3], c);
+
+            if (r == 1) {               /* a formatted string is a value */
+                kimi_json_value_end(s);
+            }
+            return r < 0 ? -1 : 0;
+        }
         if (s->ucont > 0) {             /* inside a UTF-8 sequence */
             if (c < s->ulo || c > s->uhi) {
                 return -1;

@@ -46,6 +46,11 @@ typedef struct {
     uint16_t       enode;
     uint16_t       snode;      /* the string value's node (lengths), or 0 */
     uint32_t       slen;       /* its code points so far */
+    unsigned char  fphase;     /* a formatted string: the part being read */
+    unsigned char  fpos;       /* and the position in its fixed text */
+    unsigned char  fprev;      /* the byte before (a two-digit field) */
+    unsigned char  fmonth;     /* a date's month and year so far */
+    uint16_t       fyear;
     uint64_t       cand;
     kimi_json_frame_t  frame[KIMI_SCHEMA_MAX_DEPTH];
 } kimi_json_state_t;

@@ -12,7 +12,8 @@
  * The subset: type (one or a list), properties, required,
  * additionalProperties (true/false), items, minItems, maxItems,
  * minLength/maxLength (in code points; an escape is one, a \u surrogate
- * pair two), enum,
+ * pair two), format date/time/date-time/uuid (the shape: digits and
+ * separators where RFC 3339 and RFC 4122 put them), enum,
  * const, anyOf/oneOf whose alternatives start with different bytes, local
  * $ref into $defs/definitions (recursion allowed), and annotations (title,
  * description, default, examples, $schema, $id, $comment).  Objects carry
@@ -148,7 +149,8 @@ static int kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node);
 
 static const char *const  kimi_sc_known[] = {
     "type", "properties", "required", "additionalProperties", "items",
-    "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
+    "minItems", "maxItems", "minLength", "maxLength", "format", "enum",
+    "const",
     "anyOf", "oneOf", "$ref",
     "$defs", "definitions", "title", "description", "default", "examples",
     "$schema", "$id", "$comment", NULL
@@ -499,7 +501,8 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
         { "integer", KIMI_SN_INTEGER }, { "boolean", KIMI_SN_BOOLEAN },
         { "null", KIMI_SN_NULL }, { NULL, 0 }
     };
-    int32_t  k, mn = 0, mx = -1;
+    int32_t        k, mn = 0, mx = -1, f = KIMI_SF_NONE;
+    const json_t  *fmt;
 
     if (strcmp(type, "object") == 0) {
         return kimi_sc_object(c, s, node);
@@ -518,13 +521,33 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
         if (mx >= 0 && mx < mn) {
             return kimi_sc_fail(c, "\"maxLength\" is below \"minLength\"");
         }
-        k = kimi_sc_alloc(c, 3);
+        fmt = json_object_get(s, "format");
+        if (fmt != NULL) {
+            static const char *const  formats[] = { "", "date", "time",
+                                                    "date-time", "uuid" };
+
+            for (f = KIMI_SF_DATE; f <= KIMI_SF_UUID; f++) {
+                if (json_is_string(fmt)
+                    && strcmp(json_string_value(fmt), formats[f]) == 0)
+                {
+                    break;
+                }
+            }
+            if (f > KIMI_SF_UUID) {
+                return kimi_sc_fail(c, "\"format\" \"%.64s\" is not"
+                                    " supported (date, time, date-time and"
+                                    " uuid are)", json_is_string(fmt)
+                                    ? json_string_value(fmt) : "?");
+            }
+        }
+        k = kimi_sc_alloc(c, 4);
         if (k < 0) {
             return -1;
         }
         c->w[k] = KIMI_SN_STRING;
         c->w[k + 1] = mn;
         c->w[k + 2] = mx;
+        c->w[k + 3] = f;
         *node = k;
         return 0;
     }
@@ -576,8 +599,9 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
                                 " structured output here enforces type,"
                                 " properties, required, additionalProperties,"
                                 " items, minItems, maxItems, minLength,"
-                                " maxLength, enum, const, anyOf/oneOf and"
-                                " $ref", k);
+                                " maxLength, format (date, time, date-time,"
+                                " uuid), enum, const, anyOf/oneOf and $ref",
+                                k);
         }
         if (!kimi_sc_annotation(k) && strcmp(k, "$ref") != 0
             && strcmp(k, "anyOf") != 0 && strcmp(k, "oneOf") != 0)
@@ -892,9 +916,10 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
             }
             break;
         case KIMI_SN_STRING:
-            KIMI_SC_NEED(3);
+            KIMI_SC_NEED(4);
             if (p[at + 1] < 0 || p[at + 2] < -1
-                || (p[at + 2] >= 0 && p[at + 2] < p[at + 1]))
+                || (p[at + 2] >= 0 && p[at + 2] < p[at + 1])
+                || p[at + 3] < KIMI_SF_NONE || p[at + 3] > KIMI_SF_UUID)
             {
                 rc = kimi_sc_check_fail(err, errlen, at, "string lengths");
             }

@@ -13,7 +13,8 @@
  *   ARRAY   kind, items, min_items, max_items (-1: no maximum)
  *   ENUM    kind, n_values, then per value: text_at, text_len (its JSON text)
  *   UNION   kind, n_alts, then the alternatives (first bytes never shared)
- *   STRING  kind, min_length, max_length (-1: no maximum), in code points
+ *   STRING  kind, min_length, max_length (-1: no maximum), in code points,
+ *           format (KIMI_SF_*: the text's shape, no escapes)
  *   ANY, NUMBER, INTEGER, BOOLEAN, NULL: kind alone
  *   Node 0 (the header word) stands for "any value" inside containers.
  */
@@ -50,6 +51,16 @@ enum {
     KIMI_SN_NULL,
     KIMI_SN_ENUM,
     KIMI_SN_UNION,
+};
+
+/* string formats whose shape is enforced (RFC 3339 date, full-time,
+ * date-time; RFC 4122 uuid text) */
+enum {
+    KIMI_SF_NONE = 0,
+    KIMI_SF_DATE,
+    KIMI_SF_TIME,
+    KIMI_SF_DATE_TIME,
+    KIMI_SF_UUID,
 };
 
 /* Compiles schema (an object, or true) into *prog (malloc'd, *n words).

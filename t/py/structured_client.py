@@ -7,9 +7,11 @@ Literal); the engine must make the random tiny model's answers fit it.
 Prints TAP lines ("ok N - claim") for the calling .t to relay.
 """
 
+import datetime
 import enum
 import json
 import sys
+import uuid
 from typing import List, Literal, Optional
 
 import openai
@@ -29,6 +31,7 @@ class Color(str, enum.Enum):
 class Pet(BaseModel):
     species: Literal["cat", "dog"]
     age: Optional[int]
+    born: datetime.date
 
 
 class Answer(BaseModel):
@@ -37,6 +40,8 @@ class Answer(BaseModel):
     count: int
     flags: List[bool]
     pet: Optional[Pet]
+    at: datetime.datetime
+    ref: uuid.UUID
 
 
 parsed, cut = 0, 0

@@ -402,6 +402,57 @@ test_schema_grammar(void)
         free(p2);
     }
 
+    /* string formats: the shape of RFC 3339 dates and times, uuids */
+    {
+        char      e3[128];
+        size_t    n3;
+        int32_t  *p3 = compile("{\"type\": \"object\", \"properties\": {"
+                               " \"d\": {\"type\": \"string\", \"format\": \"date\"},"
+                               " \"t\": {\"type\": \"string\", \"format\": \"time\"},"
+                               " \"dt\": {\"type\": \"string\", \"format\": \"date-time\"},"
+                               " \"u\": {\"type\": \"string\", \"format\": \"uuid\"}}}",
+                               &n3, e3, sizeof(e3));
+        static const char  *fok[] = {
+            "{\"d\":\"2024-02-29\",\"t\":\"23:59:59Z\"}",
+            "{\"dt\":\"1999-12-31T00:00:00.123456+05:30\"}",
+            "{\"dt\":\"2000-01-01T12:30:00-08:00\",\"d\":\"0001-10-31\"}",
+            "{\"u\":\"123e4567-e89b-12d3-A456-426614174000\"}",
+            "{\"d\":\"2000-02-29\",\"dt\":\"2024-02-29T00:00:00Z\"}",
+            "{\"d\":\"0001-12-31\"}",
+        };
+        static const char  *fbad[] = {
+            "{\"d\":\"2024-13-01\"}", "{\"d\":\"2024-00-01\"}",
+            "{\"d\":\"2024-01-32\"}", "{\"d\":\"2024-1-01\"}",
+            "{\"t\":\"24:00:00Z\"}", "{\"t\":\"12:00:00\"}",
+            "{\"t\":\"12:60:00Z\"}", "{\"t\":\"12:00:00.Z\"}",
+            "{\"dt\":\"2024-01-01 12:00:00Z\"}", "{\"dt\":\"2024-01-01T12:00:00+5:00\"}",
+            "{\"u\":\"123e4567e89b12d3a456426614174000\"}", "{\"u\":\"123e4567-e89b-12d3-a456-42661417400g\"}",
+            "{\"d\":\"\\u0032024-01-01\"}",
+            "{\"d\":\"2023-02-29\"}", "{\"d\":\"1900-02-29\"}",
+            "{\"d\":\"2024-04-31\"}", "{\"d\":\"0000-01-01\"}",
+            "{\"dt\":\"2024-02-30T00:00:00Z\"}",
+        };
+        int  good = p3 != NULL;
+
+        for (size_t i = 0; good && i < sizeof(fok) / sizeof(fok[0]); i++) {
+            good &= accepts(p3, fok[i], &done) && done;
+        }
+        for (size_t i = 0; good && i < sizeof(fbad) / sizeof(fbad[0]); i++) {
+            good &= !(accepts(p3, fbad[i], &done) && done);
+        }
+        ok(good, "format date, time, date-time, uuid: %zu shapes accepted, %zu"
+           " refused (calendar days, years 0001-9999, hours 00-23, a zone"
+           " for times, no escapes)", sizeof(fok) / sizeof(fok[0]),
+           sizeof(fbad) / sizeof(fbad[0]));
+        free(p3);
+        p3 = compile("{\"type\": \"object\", \"properties\": {\"e\":"
+                     " {\"type\": \"string\", \"format\": \"email\"}}}",
+                     &n3, e3, sizeof(e3));
+        ok(p3 == NULL && strstr(e3, "\"email\" is not supported") != NULL,
+           "format email refused, naming it: %s", e3);
+        free(p3);
+    }
+
     /* keys, enum values and closers too early are refused at their byte */
     bad += accepts(prog, "{\"x", &done);
     bad += accepts(prog, "{\"name\":\"x\"}", &done);
