@@ -300,6 +300,53 @@ kimi_json_format_byte(kimi_json_state_t *s, int32_t fmt, unsigned char c)
 }
 
 
+/* 1 if an integer within the bounds of s->inode is written with the
+ * sign and digits read so far at its start (whole: is exactly that) */
+static int
+kimi_json_int_can(const kimi_json_state_t *s, int whole)
+{
+    const int32_t  *p = s->prog;
+    int32_t         e = s->inode;
+    int             has_lo = p[e + 1], has_hi = p[e + 4];
+    __int128        lo = (int64_t) (((uint64_t) (uint32_t) p[e + 3] << 32)
+                                    | (uint32_t) p[e + 2]);
+    __int128        hi = (int64_t) (((uint64_t) (uint32_t) p[e + 6] << 32)
+                                    | (uint32_t) p[e + 5]);
+    __int128        a, b, span = 1, x, y;
+
+    if (s->ndig == 0) {                 /* "-" alone: a negative one fits */
+        return !has_lo || lo <= (has_hi && hi < -1 ? hi : -1);
+    }
+    for (;;) {
+        /* the numbers with this many more digits: [a, b] or [-b, -a] */
+        a = (__int128) s->nval * span;
+        b = a + span - 1;
+        x = s->nneg ? -b : a;
+        y = s->nneg ? -a : b;
+        if ((!has_lo || y >= lo) && (!has_hi || x <= hi)) {
+            return 1;
+        }
+        if (whole || s->nval == 0 || a > (__int128) 1000000000000000000LL) {
+            return 0;                   /* "0" takes no more digits */
+        }
+        span *= 10;
+    }
+}
+
+
+/* a digit of a bounded integer */
+static int
+kimi_json_int_digit(kimi_json_state_t *s, unsigned char c)
+{
+    if (s->ndig >= 19) {
+        return -1;
+    }
+    s->nval = s->nval * 10 + (uint64_t) (c - '0');
+    s->ndig++;
+    return kimi_json_int_can(s, 0) ? 0 : -1;
+}
+
+
 /* all properties of schema object node as bits */
 static uint64_t
 kimi_json_all_props(const int32_t *p, int32_t node)
@@ -434,6 +481,20 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
         return 0;
     case KIMI_SN_INTEGER:
         s->intonly = 1;
+        if (p[e + 1] || p[e + 4]) {     /* bounded: its digits are held */
+            s->inode = (uint16_t) e;
+            s->nneg = 0;
+            s->ndig = 0;
+            s->nval = 0;
+            if (c == '-') {
+                s->nneg = 1;
+                if (!kimi_json_int_can(s, 0)) {
+                    return -1;
+                }
+            } else if (kimi_json_int_digit(s, c) != 0) {
+                return -1;
+            }
+        }
         /* fall through */
     default:
         if (!kimi_json_starts(p, e, c)) {
@@ -452,6 +513,7 @@ kimi_json_value_start(kimi_json_state_t *s, unsigned char c)
     int32_t  generic;
 
     s->intonly = 0;
+    s->inode = 0;
     s->snode = 0;
     s->slen = 0;
     if (s->prog != NULL && s->expect != 0) {
@@ -794,19 +856,17 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         }
         switch (s->num) {
         case N_MINUS:
-            if (c == '0') {
-                s->num = N_ZERO;
-                return 0;
+            if (!kimi_json_digit(c)
+                || (s->inode != 0 && kimi_json_int_digit(s, c) != 0))
+            {
+                return -1;
             }
-            if (c >= '1' && c <= '9') {
-                s->num = N_INT;
-                return 0;
-            }
-            return -1;
+            s->num = c == '0' ? N_ZERO : N_INT;
+            return 0;
         case N_ZERO:
         case N_INT:
             if (kimi_json_digit(c) && s->num == N_INT) {
-                return 0;
+                return s->inode != 0 ? kimi_json_int_digit(s, c) : 0;
             }
             if (c == '.') {
                 s->num = N_DOT;
@@ -851,6 +911,9 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
             break;
         }
         /* a complete number ends here; c belongs to what follows it */
+        if (s->inode != 0 && !kimi_json_int_can(s, 1)) {
+            return -1;                  /* outside its bounds */
+        }
         kimi_json_value_end(s);
         return kimi_json_byte(s, c);
     }

@@ -51,6 +51,10 @@ typedef struct {
     unsigned char  fprev;      /* the byte before (a two-digit field) */
     unsigned char  fmonth;     /* a date's month and year so far */
     uint16_t       fyear;
+    uint16_t       inode;      /* a bounded integer's node, or 0 */
+    unsigned char  nneg;       /* and its sign, digits and value so far */
+    unsigned char  ndig;
+    uint64_t       nval;
     uint64_t       cand;
     kimi_json_frame_t  frame[KIMI_SCHEMA_MAX_DEPTH];
 } kimi_json_state_t;

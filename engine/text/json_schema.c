@@ -13,7 +13,8 @@
  * additionalProperties (true/false), items, minItems, maxItems,
  * minLength/maxLength (in code points; an escape is one, a \u surrogate
  * pair two), format date/time/date-time/uuid (the shape: digits and
- * separators where RFC 3339 and RFC 4122 put them), enum,
+ * separators where RFC 3339 and RFC 4122 put them), integer bounds
+ * (minimum, maximum, exclusive ones; within +-10^18), enum,
  * const, anyOf/oneOf whose alternatives start with different bytes, local
  * $ref into $defs/definitions (recursion allowed), and annotations (title,
  * description, default, examples, $schema, $id, $comment).  Objects carry
@@ -22,6 +23,7 @@
  * are written in one canonical form (integers as plain digits).
  */
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,8 +151,8 @@ static int kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node);
 
 static const char *const  kimi_sc_known[] = {
     "type", "properties", "required", "additionalProperties", "items",
-    "minItems", "maxItems", "minLength", "maxLength", "format", "enum",
-    "const",
+    "minItems", "maxItems", "minLength", "maxLength", "format", "minimum",
+    "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const",
     "anyOf", "oneOf", "$ref",
     "$defs", "definitions", "title", "description", "default", "examples",
     "$schema", "$id", "$comment", NULL
@@ -492,13 +494,97 @@ kimi_sc_enum(kimi_sc_t *c, const json_t *vals, int32_t *node)
 }
 
 
+/* bound k of s as the inclusive integer bound *out (lower: the least
+ * integer allowed, else the greatest); 0 if absent, 1 if set, -1 */
+static int
+kimi_sc_bound(kimi_sc_t *c, const json_t *s, const char *k, int lower,
+    int exclusive, int64_t *out)
+{
+    const json_t  *v = json_object_get(s, k);
+    double         d, r;
+
+    if (v == NULL) {
+        return 0;
+    }
+    if (!json_is_number(v)) {
+        return kimi_sc_fail(c, "\"%s\" must be a number", k);
+    }
+    d = json_number_value(v);
+    if (d < -1e18 || d > 1e18) {
+        return kimi_sc_fail(c, "\"%s\" beyond +-10^18 is not supported", k);
+    }
+    r = lower ? ceil(d) : floor(d);
+    if (exclusive && r == d) {
+        r += lower ? 1 : -1;
+    }
+    *out = (int64_t) r;
+    return 1;
+}
+
+
+/* an integer, with its bounds if any */
+static int
+kimi_sc_integer(kimi_sc_t *c, const json_t *s, int32_t *node)
+{
+    int64_t  lo = 0, hi = 0, v;
+    int      has_lo = 0, has_hi = 0, r;
+    int32_t  k;
+
+    if ((r = kimi_sc_bound(c, s, "minimum", 1, 0, &v)) < 0) {
+        return -1;
+    }
+    if (r) {
+        lo = v;
+        has_lo = 1;
+    }
+    if ((r = kimi_sc_bound(c, s, "exclusiveMinimum", 1, 1, &v)) < 0) {
+        return -1;
+    }
+    if (r && (!has_lo || v > lo)) {
+        lo = v;
+        has_lo = 1;
+    }
+    if ((r = kimi_sc_bound(c, s, "maximum", 0, 0, &v)) < 0) {
+        return -1;
+    }
+    if (r) {
+        hi = v;
+        has_hi = 1;
+    }
+    if ((r = kimi_sc_bound(c, s, "exclusiveMaximum", 0, 1, &v)) < 0) {
+        return -1;
+    }
+    if (r && (!has_hi || v < hi)) {
+        hi = v;
+        has_hi = 1;
+    }
+    if (has_lo && has_hi && hi < lo) {
+        return kimi_sc_fail(c, "no integer lies within the bounds");
+    }
+
+    k = kimi_sc_alloc(c, 7);
+    if (k < 0) {
+        return -1;
+    }
+    c->w[k] = KIMI_SN_INTEGER;
+    c->w[k + 1] = has_lo;
+    c->w[k + 2] = (int32_t) (uint32_t) (uint64_t) lo;
+    c->w[k + 3] = (int32_t) (uint32_t) ((uint64_t) lo >> 32);
+    c->w[k + 4] = has_hi;
+    c->w[k + 5] = (int32_t) (uint32_t) (uint64_t) hi;
+    c->w[k + 6] = (int32_t) (uint32_t) ((uint64_t) hi >> 32);
+    *node = k;
+    return 0;
+}
+
+
 /* one "type" name, with the rest of s applying */
 static int
 kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
 {
     static const struct { const char *name; int kind; }  scalars[] = {
         { "string", KIMI_SN_STRING }, { "number", KIMI_SN_NUMBER },
-        { "integer", KIMI_SN_INTEGER }, { "boolean", KIMI_SN_BOOLEAN },
+        { "boolean", KIMI_SN_BOOLEAN },
         { "null", KIMI_SN_NULL }, { NULL, 0 }
     };
     int32_t        k, mn = 0, mx = -1, f = KIMI_SF_NONE;
@@ -551,6 +637,17 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
         *node = k;
         return 0;
     }
+    if (strcmp(type, "integer") == 0) {
+        return kimi_sc_integer(c, s, node);
+    }
+    if (strcmp(type, "number") == 0
+        && (json_object_get(s, "minimum") || json_object_get(s, "maximum")
+            || json_object_get(s, "exclusiveMinimum")
+            || json_object_get(s, "exclusiveMaximum")))
+    {
+        return kimi_sc_fail(c, "bounds on a \"number\" are not supported"
+                            " (on an \"integer\" they are)");
+    }
     for (size_t i = 0; scalars[i].name != NULL; i++) {
         if (strcmp(type, scalars[i].name) == 0) {
             k = kimi_sc_alloc(c, 1);
@@ -600,8 +697,8 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
                                 " properties, required, additionalProperties,"
                                 " items, minItems, maxItems, minLength,"
                                 " maxLength, format (date, time, date-time,"
-                                " uuid), enum, const, anyOf/oneOf and $ref",
-                                k);
+                                " uuid), integer bounds, enum, const,"
+                                " anyOf/oneOf and $ref", k);
         }
         if (!kimi_sc_annotation(k) && strcmp(k, "$ref") != 0
             && strcmp(k, "anyOf") != 0 && strcmp(k, "oneOf") != 0)
@@ -683,6 +780,18 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
 
     type = json_object_get(s, "type");
     if (type == NULL) {
+        static const char *const  typed[] = { "minimum", "maximum",
+            "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
+            "format", NULL };
+
+        /* they bind one type and let any other value through: say which */
+        for (i = 0; typed[i] != NULL; i++) {
+            if (json_object_get(s, typed[i]) != NULL) {
+                return kimi_sc_fail(c, "\"%s\" is supported beside a"
+                                    " \"type\" (integer or string) only",
+                                    typed[i]);
+            }
+        }
         if (json_object_get(s, "properties") != NULL
             || json_object_get(s, "required") != NULL
             || json_object_get(s, "additionalProperties") != NULL)
@@ -924,9 +1033,16 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
                 rc = kimi_sc_check_fail(err, errlen, at, "string lengths");
             }
             break;
+        case KIMI_SN_INTEGER:
+            KIMI_SC_NEED(7);
+            if ((p[at + 1] != 0 && p[at + 1] != 1)
+                || (p[at + 4] != 0 && p[at + 4] != 1))
+            {
+                rc = kimi_sc_check_fail(err, errlen, at, "integer bounds");
+            }
+            break;
         case KIMI_SN_ANY:
         case KIMI_SN_NUMBER:
-        case KIMI_SN_INTEGER:
         case KIMI_SN_BOOLEAN:
         case KIMI_SN_NULL:
             break;

@@ -15,7 +15,9 @@
  *   UNION   kind, n_alts, then the alternatives (first bytes never shared)
  *   STRING  kind, min_length, max_length (-1: no maximum), in code points,
  *           format (KIMI_SF_*: the text's shape, no escapes)
- *   ANY, NUMBER, INTEGER, BOOLEAN, NULL: kind alone
+ *   INTEGER kind, has_min, min (low word, high word), has_max, max (ditto):
+ *           inclusive bounds, |bound| <= 10^18
+ *   ANY, NUMBER, BOOLEAN, NULL: kind alone
  *   Node 0 (the header word) stands for "any value" inside containers.
  */
 

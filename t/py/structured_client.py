@@ -17,7 +17,7 @@ from typing import List, Literal, Optional
 import openai
 
 from tap import check, plan
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 base, model, bias = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0)
@@ -37,7 +37,7 @@ class Pet(BaseModel):
 class Answer(BaseModel):
     answer: Literal["yes", "no"]
     color: Color
-    count: int
+    count: int = Field(ge=-5, le=1000)
     flags: List[bool]
     pet: Optional[Pet]
     at: datetime.datetime

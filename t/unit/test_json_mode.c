@@ -294,7 +294,10 @@ test_schema_compile(void)
         { "{\"type\": \"string\"}", "top level must be an object or an array" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"string\", \"pattern\": \"x\"}}}",
           "keyword \"pattern\" is not supported" },
-        { "{\"type\": \"object\", \"properties\": {\"a\": {\"minimum\": 1}}}", "\"minimum\"" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"minimum\": 1}}}", "\"minimum\" is supported beside" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"number\", \"maximum\": 1}}}", "bounds on a \"number\"" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\", \"minimum\": 3, \"exclusiveMaximum\": 3}}}", "no integer" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\", \"multipleOf\": 3}}}", "\"multipleOf\" is not supported" },
         { "{\"type\": \"object\", \"required\": [\"b\"], \"properties\": {\"a\": {}}}",
           "names no property" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"anyOf\": [{\"type\": \"integer\"}, {\"type\": \"number\"}]}}}",
@@ -400,6 +403,35 @@ test_schema_grammar(void)
         ok(good, "minLength 2 / maxLength 3 counted in code points (escapes and"
            " UTF-8 characters one each)");
         free(p2);
+    }
+
+    /* integer bounds: every prefix must still reach a value in range */
+    {
+        char      e4[256];
+        size_t    n4;
+        int32_t  *p4 = compile("{\"type\": \"array\", \"items\": {\"anyOf\": ["
+                               "{\"type\": \"integer\", \"minimum\": -15, \"exclusiveMaximum\": 120.5},"
+                               " {\"type\": \"null\"}]}}", &n4, e4, sizeof(e4));
+        int32_t  *p5 = compile("{\"type\": \"array\", \"items\": {\"type\":"
+                               " \"integer\", \"minimum\": 1000}}", &n4, e4, sizeof(e4));
+        int       good = p4 != NULL && p5 != NULL;
+
+        good &= accepts(p4, "[0,-15,120,7,-1,null,99,100,-9]", &done) && done;
+        good &= !(accepts(p4, "[121]", &done) && done);
+        good &= !accepts(p4, "[-16", &done);
+        good &= !accepts(p4, "[-150", &done);
+        good &= !accepts(p4, "[1200", &done);
+        good &= !accepts(p4, "[-0.5", &done);
+        good &= !accepts(p4, "[00", &done);
+        good &= accepts(p5, "[1000,99999999999]", &done) && done;
+        good &= !(accepts(p5, "[999]", &done) && done);
+        good &= !accepts(p5, "[-", &done) && !accepts(p5, "[0", &done);
+        good &= accepts(p5, "[9", &done) && !done;   /* 9000 is still ahead */
+        ok(good, "integer bounds: [-15, 120] and >= 1000 held at every digit"
+           " (a prefix that can no longer land in range is refused)%s%s",
+           good ? "" : ": ", good ? "" : e4);
+        free(p4);
+        free(p5);
     }
 
     /* string formats: the shape of RFC 3339 dates and times, uuids */
