@@ -74,10 +74,12 @@ static int
 draw_next(kimi_sampler_t *smp, const float *row, const int32_t *seq,
     uint32_t n, const kimi_shm_sampling_t *sp, kimi_rng_t *draw,
     const int32_t *eos, const kimi_tokenizer_t *tok, const int32_t *words,
-    uint32_t n_words, kimi_sample_out_t *out)
+    uint32_t n_words, kimi_sample_out_t *out, double *seconds)
 {
     kimi_sample_req_t  req;
     kimi_err_t         err;
+    struct timespec    t0, t1;
+    int                rc;
 
     memset(&req, 0, sizeof(req));
     req.sampling = sp;
@@ -90,7 +92,13 @@ draw_next(kimi_sampler_t *smp, const float *row, const int32_t *seq,
     req.tokenizer = tok;
     req.guided = words;
     req.n_guided = n_words;
-    return kimi_sampler_sample(smp, row, &req, out, &err);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    rc = kimi_sampler_sample(smp, row, &req, out, &err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (seconds != NULL) {
+        *seconds += (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    }
+    return rc;
 }
 
 
@@ -162,7 +170,6 @@ test_sampler(void)
     int32_t             seq[256], eos[2];
     uint32_t            vocab, n = 0, bad = 0, ended = 0, runs = 0, calls = 0;
     double              t_sample = 0;
-    struct timespec     t0, t1;
     const char         *b;
     size_t              len;
 
@@ -208,15 +215,12 @@ test_sampler(void)
                 row[close] += 30.0f;
                 row[eos[0]] += 30.0f;
             }
-            clock_gettime(CLOCK_MONOTONIC, &t0);
-            if (draw_next(smp, row, seq, n, &sp, &draw, eos, tok, NULL, 0, &out)
-                != 0)
+            if (draw_next(smp, row, seq, n, &sp, &draw, eos, tok, NULL, 0, &out,
+                          &t_sample) != 0)
             {
                 bad++;
                 break;
             }
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            t_sample += (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
             calls++;
             if (out.tok.token == eos[0] || out.tok.token == eos[1]) {
                 bad += !kimi_json_done(&st);
@@ -552,7 +556,6 @@ test_schema_sampler(void)
     int32_t             seq[512], eos[2], *words;
     uint32_t            vocab, n = 0, bad = 0, ended = 0, valid = 0, calls = 0;
     double              t_sample = 0;
-    struct timespec     t0, t1;
     const char         *b;
     size_t              len, nprog;
     char                msg[512], text[4096];
@@ -640,15 +643,12 @@ test_schema_sampler(void)
                 }
                 row[eos[0]] += 30.0f;
             }
-            clock_gettime(CLOCK_MONOTONIC, &t0);
-            if (draw_next(smp, row, seq, n, &sp, &draw, eos, tok, words, (uint32_t) nprog + 1, &out)
-                != 0)
+            if (draw_next(smp, row, seq, n, &sp, &draw, eos, tok, words,
+                          (uint32_t) nprog + 1, &out, &t_sample) != 0)
             {
                 bad++;
                 break;
             }
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            t_sample += (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
             calls++;
             if (out.tok.token == eos[0] || out.tok.token == eos[1]) {
                 bad += !kimi_json_done(&st);
@@ -746,8 +746,8 @@ test_schema_dead_end(void)
         for (uint32_t i = 0; i < vocab; i++) {
             row[i] = (float) (kimi_rng_uniform(&rng) * 8.0);
         }
-        if (draw_next(smp, row, seq, n, &sp, &draw, eos, tok, words, (uint32_t) nprog + 1, &out)
-            != 0)
+        if (draw_next(smp, row, seq, n, &sp, &draw, eos, tok, words,
+                      (uint32_t) nprog + 1, &out, NULL) != 0)
         {
             bad = 1;
             break;
