@@ -31,6 +31,7 @@
 #include "../common/kimi_log.h"
 #include "../kv/kv.h"
 #include "../sample/sample.h"
+#include "../sample/sample_pool.h"
 
 
 typedef enum {
@@ -85,7 +86,7 @@ struct kimi_sched {
     kimi_backend_t       *backend;
     kimi_sched_sink_t     sink;
     kimi_kv_t            *kv;
-    kimi_sampler_t       *sampler;
+    kimi_sample_pool_t   *sampler;       /* host sampling, rows in parallel */
     uint32_t              vocab;
     uint32_t              max_model_len;
     int32_t              *eos_ids;     /* copy of params.eos_ids */
@@ -346,7 +347,7 @@ kimi_sched_init(kimi_sched_t **out, const kimi_sched_params_t *params,
     }
 
     if (backend->ops->logits != NULL) {
-        rc = kimi_sampler_init(&s->sampler, s->vocab, err);
+        rc = kimi_sample_pool_init(&s->sampler, s->vocab, 0, err);
         if (rc != KIMI_OK) {
             goto failed;
         }
@@ -426,7 +427,7 @@ kimi_sched_free(kimi_sched_t *s)
         }
     }
 
-    kimi_sampler_free(s->sampler);
+    kimi_sample_pool_free(s->sampler);
     kimi_kv_free(s->kv);
     free(s->eos_ids);
     free(s->map);
@@ -1202,10 +1203,9 @@ kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
                               s->vocab);
         }
 
-        for (uint32_t i = 0; rc == KIMI_OK && i < n_want; i++) {
-            rc = kimi_sampler_sample(s->sampler,
-                                     logits + (size_t) i * s->vocab,
-                                     &s->reqs[i], &s->outs[i], err);
+        if (rc == KIMI_OK) {
+            rc = kimi_sample_pool_run(s->sampler, logits, s->vocab, s->reqs,
+                                      n_want, 0, s->outs, err);
         }
     }
 

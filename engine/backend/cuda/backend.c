@@ -18,6 +18,7 @@
 
 #include "../../common/kimi_log.h"
 #include "../../sample/sample.h"
+#include "../../sample/sample_pool.h"
 #include "cuda_impl.h"
 
 
@@ -660,7 +661,6 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
     kimi_cuda_t  *b = (kimi_cuda_t *) base;
     uint32_t      V = b->cfg->vocab_size, n_dev = 0, i;
     size_t        row = (size_t) V * sizeof(float);
-    int           rc;
 
     if (n != b->n_rows) {
         return kimi_err_set(err, KIMI_ESTATE, "cuda: %u rows to sample, the "
@@ -701,18 +701,13 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
             if (reqs[i].sampling->logprobs) {
                 out[i].tok.logprob = b->lp_h[i];
             }
-
-            continue;
-        }
-
-        rc = kimi_sampler_sample(b->sampler, b->logits_h + (size_t) i * V,
-                                 &reqs[i], &out[i], err);
-        if (rc != 0) {
-            return rc;
         }
     }
 
-    return 0;
+    /* the rest on the host, several rows at once */
+    return n_dev < n ? kimi_sample_pool_run(b->sampler, b->logits_h, V, reqs,
+                                            n, 1, out, err)
+                     : 0;
 }
 
 
@@ -878,7 +873,7 @@ kimi_cuda_free(kimi_backend_t *base)
     cudaFreeHost(b->ids_h);
     cudaFreeHost(b->lp_h);
     kimi_cublaslt_destroy(b->lt);
-    kimi_sampler_free(b->sampler);
+    kimi_sample_pool_free(b->sampler);
     free(b->layers);
     free(b);
 }
@@ -1020,7 +1015,7 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
 
 #undef KIMI_TRY
 
-    if ((rc = kimi_sampler_init(&b->sampler, c->vocab_size, err)) != 0) {
+    if ((rc = kimi_sample_pool_init(&b->sampler, c->vocab_size, 0, err)) != 0) {
         goto failed;
     }
 

@@ -186,7 +186,7 @@ typedef struct {
                                                      with greedy_hint) */
     int32_t                    *ids_h;        /* pinned [max_rows] */
     float                      *lp_h;         /* pinned [max_rows] */
-    struct kimi_sampler        *sampler;      /* rows the device can't take */
+    struct kimi_sample_pool    *sampler;      /* rows the device can't take */
 
     /* graphs.c: one captured step per token count T <= graph_max_t */
     kimi_cuda_graph_t          *graphs;       /* [graph_max_t + 1] */
