@@ -1,104 +1,50 @@
 /*
- * Several rows sampled at once (sample_pool.h): workers wait on a
- * generation counter, take rows from a shared counter until none is left,
- * and the caller samples beside them and waits for the last.
+ * Several rows sampled at once (sample_pool.h): the rows split over the
+ * workers of a kimi_pool (engine/common/pool.c), each with its own
+ * sampler; each worker keeps its first error, the lowest worker's wins.
  */
 
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/pool.h"
 #include "sample_pool.h"
 
 
 struct kimi_sample_pool {
-    uint32_t                  n_threads;     /* samplers, the caller's too */
-    kimi_sampler_t          **smp;
-    pthread_t                *th;            /* n_threads - 1 workers */
-    uint32_t                  n_started;
-    pthread_mutex_t           mu;
-    pthread_cond_t            go, done;
-    uint64_t                  gen;
-    uint32_t                  running;
-    int                       quit;
+    kimi_pool_t              *pool;
+    uint32_t                  n_threads;
+    kimi_sampler_t          **smp;           /* one a worker */
+    int                      *rc;            /* one a worker */
+    kimi_err_t               *err;
 
     /* the job */
     const float              *logits;
     size_t                    ld;
     const kimi_sample_req_t  *reqs;
     kimi_sample_out_t        *outs;
-    uint32_t                  n;
     int                       skip_greedy;
-    atomic_uint               next;
-    int                       rc;
-    kimi_err_t                err;
 };
-
-typedef struct {
-    kimi_sample_pool_t  *p;
-    uint32_t             k;
-} kimi_sample_worker_t;
 
 
 static void
-kimi_sample_pool_work(kimi_sample_pool_t *p, kimi_sampler_t *smp)
+kimi_sample_pool_rows(void *ctx, uint32_t worker, uint32_t i0, uint32_t i1)
 {
-    kimi_err_t  e;
-    uint32_t    i;
-    int         rc;
+    kimi_sample_pool_t  *p = ctx;
+    int                  rc;
 
-    for (;;) {
-        i = atomic_fetch_add(&p->next, 1);
-        if (i >= p->n) {
-            return;
-        }
+    for (uint32_t i = i0; i < i1; i++) {
         if (p->skip_greedy && kimi_sample_is_plain_greedy(&p->reqs[i])) {
             continue;
         }
-        rc = kimi_sampler_sample(smp, p->logits + (size_t) i * p->ld,
-                                 &p->reqs[i], &p->outs[i], &e);
-        if (rc != 0) {
-            pthread_mutex_lock(&p->mu);
-            if (p->rc == 0) {
-                p->rc = rc;
-                p->err = e;
-            }
-            pthread_mutex_unlock(&p->mu);
+        rc = kimi_sampler_sample(p->smp[worker], p->logits + (size_t) i * p->ld,
+                                 &p->reqs[i], &p->outs[i],
+                                 p->rc[worker] == 0 ? &p->err[worker] : NULL);
+        if (rc != 0 && p->rc[worker] == 0) {
+            p->rc[worker] = rc;
         }
     }
-}
-
-
-static void *
-kimi_sample_pool_main(void *arg)
-{
-    kimi_sample_worker_t  *w = arg;
-    kimi_sample_pool_t    *p = w->p;
-    uint64_t               seen = 0;
-
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        while (p->gen == seen && !p->quit) {
-            pthread_cond_wait(&p->go, &p->mu);
-        }
-        if (p->quit) {
-            break;
-        }
-        seen = p->gen;
-        pthread_mutex_unlock(&p->mu);
-
-        kimi_sample_pool_work(p, p->smp[w->k]);
-
-        pthread_mutex_lock(&p->mu);
-        if (--p->running == 0) {
-            pthread_cond_signal(&p->done);
-        }
-    }
-    pthread_mutex_unlock(&p->mu);
-    free(w);
-    return NULL;
 }
 
 
@@ -106,11 +52,10 @@ int
 kimi_sample_pool_init(kimi_sample_pool_t **out, uint32_t vocab,
     uint32_t n_threads, kimi_err_t *err)
 {
-    kimi_sample_pool_t    *p;
-    kimi_sample_worker_t  *w;
-    const char            *env;
-    long                   cpus;
-    int                    rc;
+    kimi_sample_pool_t  *p;
+    const char          *env;
+    long                 cpus;
+    int                  rc;
 
     if (n_threads == 0) {
         env = getenv("KIMI_SAMPLE_THREADS");
@@ -125,12 +70,10 @@ kimi_sample_pool_init(kimi_sample_pool_t **out, uint32_t vocab,
         return kimi_err_set(err, KIMI_ENOMEM, "sample pool: calloc");
     }
     p->n_threads = n_threads;
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->go, NULL);
-    pthread_cond_init(&p->done, NULL);
     p->smp = calloc(n_threads, sizeof(*p->smp));
-    p->th = calloc(n_threads, sizeof(*p->th));
-    if (p->smp == NULL || p->th == NULL) {
+    p->rc = calloc(n_threads, sizeof(*p->rc));
+    p->err = calloc(n_threads, sizeof(*p->err));
+    if (p->smp == NULL || p->rc == NULL || p->err == NULL) {
         kimi_sample_pool_free(p);
         return kimi_err_set(err, KIMI_ENOMEM, "sample pool: calloc");
     }
@@ -142,22 +85,9 @@ kimi_sample_pool_init(kimi_sample_pool_t **out, uint32_t vocab,
         }
     }
 
-    for (uint32_t k = 1; k < n_threads; k++) {
-        w = malloc(sizeof(*w));
-        if (w == NULL) {
-            kimi_sample_pool_free(p);
-            return kimi_err_set(err, KIMI_ENOMEM, "sample pool: malloc");
-        }
-        w->p = p;
-        w->k = k;
-        if (pthread_create(&p->th[k - 1], NULL, kimi_sample_pool_main, w)
-            != 0)
-        {
-            free(w);
-            kimi_sample_pool_free(p);
-            return kimi_err_set(err, KIMI_EFULL, "sample pool: pthread_create");
-        }
-        p->n_started++;
+    if (n_threads > 1 && (rc = kimi_pool_init(&p->pool, n_threads, err)) != 0) {
+        kimi_sample_pool_free(p);
+        return rc;
     }
 
     *out = p;
@@ -171,21 +101,13 @@ kimi_sample_pool_free(kimi_sample_pool_t *p)
     if (p == NULL) {
         return;
     }
-    pthread_mutex_lock(&p->mu);
-    p->quit = 1;
-    pthread_cond_broadcast(&p->go);
-    pthread_mutex_unlock(&p->mu);
-    for (uint32_t k = 0; k < p->n_started; k++) {
-        pthread_join(p->th[k], NULL);
-    }
+    kimi_pool_free(p->pool);
     for (uint32_t k = 0; p->smp != NULL && k < p->n_threads; k++) {
         kimi_sampler_free(p->smp[k]);
     }
-    pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->go);
-    pthread_cond_destroy(&p->done);
     free(p->smp);
-    free(p->th);
+    free(p->rc);
+    free(p->err);
     free(p);
 }
 
@@ -208,36 +130,24 @@ kimi_sample_pool_run(kimi_sample_pool_t *p, const float *logits, size_t ld,
     p->ld = ld;
     p->reqs = reqs;
     p->outs = outs;
-    p->n = n;
     p->skip_greedy = skip_plain_greedy;
-    p->rc = 0;
-    atomic_store(&p->next, 0);
+    memset(p->rc, 0, p->n_threads * sizeof(*p->rc));
 
     for (uint32_t i = 0; i < n && todo < 2; i++) {
         todo += !(skip_plain_greedy && kimi_sample_is_plain_greedy(&reqs[i]));
     }
 
-    if (p->n_started == 0 || todo < 2) {       /* not worth a wake-up */
-        kimi_sample_pool_work(p, p->smp[0]);
-
+    if (p->pool == NULL || todo < 2) {         /* not worth a wake-up */
+        kimi_sample_pool_rows(p, 0, 0, n);
     } else {
-        pthread_mutex_lock(&p->mu);
-        p->running = p->n_started;
-        p->gen++;
-        pthread_cond_broadcast(&p->go);
-        pthread_mutex_unlock(&p->mu);
+        kimi_pool_run(p->pool, n, kimi_sample_pool_rows, p);
+    }
 
-        kimi_sample_pool_work(p, p->smp[0]);
-
-        pthread_mutex_lock(&p->mu);
-        while (p->running > 0) {
-            pthread_cond_wait(&p->done, &p->mu);
+    for (uint32_t k = 0; k < p->n_threads; k++) {
+        if (p->rc[k] != 0) {
+            *err = p->err[k];
+            return p->rc[k];
         }
-        pthread_mutex_unlock(&p->mu);
     }
-
-    if (p->rc != 0) {
-        *err = p->err;
-    }
-    return p->rc;
+    return KIMI_OK;
 }

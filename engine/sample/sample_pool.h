@@ -1,7 +1,8 @@
 /*
  * Several rows sampled at once: one host sampler per thread.
  *
- * Owns:   the worker threads and their samplers.
+ * Owns:   a pool of worker threads (engine/common/pool.h) and a sampler for
+ *         each.
  * Never:  changes what a row samples: rows are independent (each request
  *         carries its own RNG), so a row's token and logprobs are the same
  *         on any thread and in any order as with one sampler.

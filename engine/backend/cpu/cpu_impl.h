@@ -18,7 +18,7 @@
 #include "../../parallel/step.h"
 #include "backend_cpu.h"
 #include "ops.h"
-#include "pool.h"
+#include "../../common/pool.h"
 
 
 typedef struct {

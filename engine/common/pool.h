@@ -1,5 +1,6 @@
 /*
- * A fixed pool of worker threads for the CPU backend's parallel loops.
+ * A fixed pool of worker threads for parallel loops (the CPU backend's
+ * kernels, the host sampler's rows).
  *
  * Owns:   n - 1 worker threads (the caller is worker 0) and one job at a
  *         time: [0, n_items) split into contiguous chunks, one per worker.
@@ -8,12 +9,12 @@
  *         mutex + condvar give the happens-before for the job's writes).
  */
 
-#ifndef KIMI_CPU_POOL_H
-#define KIMI_CPU_POOL_H
+#ifndef KIMI_POOL_H
+#define KIMI_POOL_H
 
 #include <stdint.h>
 
-#include "../../common/kimi_err.h"
+#include "kimi_err.h"
 
 typedef struct kimi_pool  kimi_pool_t;
 

@@ -1,5 +1,5 @@
 /*
- * Worker threads for the CPU backend (see pool.h).
+ * Worker threads for parallel loops (see pool.h).
  *
  * Owns:   the threads, one mutex and two condvars.
  * Never:  lets a worker touch a job after kimi_pool_run() returned.
