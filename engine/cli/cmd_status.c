@@ -57,7 +57,7 @@ kimi_cmd_status(int argc, char **argv)
 {
     int                 i, json = 0, healthy;
     uint32_t            r, n, st, counts[8] = { 0 }, n_workers = 0;
-    uint64_t            now, age;
+    uint64_t            now, age, hb;
     const char         *dir = "/run/kimi";
     kimi_err_t          err;
     kimi_shm_t          shm;
@@ -138,7 +138,9 @@ kimi_cmd_status(int argc, char **argv)
 
     for (r = 0; r < shm.n_ranks; r++) {
         rk = kimi_shm_rank(&shm, r);
-        age = now - atomic_load(&rk->heartbeat_ns);
+        hb = atomic_load(&rk->heartbeat_ns);
+        /* a beat written after `now` was read is fresh, not 584 years old */
+        age = hb < now ? now - hb : 0;
         healthy &= atomic_load(&rk->state) == KIMI_SHM_STATE_READY
                    && age < KIMI_STATUS_STALE_NS;
 
