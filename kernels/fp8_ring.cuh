@@ -38,7 +38,8 @@
 #define RING_SMEM     (RING_STAGES * RING_STAGE + 2 * RING_STAGES * 8)
 
 /*
- * Every thread of the block (and of its cluster) calls this once.
+ * Every thread of the block (and of its cluster) calls this once, without
+ * a grid wait before: the consumer warps wait here.
  *   src:  the producer lane's weight row (row r of the block for lane r of
  *         the last warp; ignored elsewhere), KB 128-blocks long;
  *   sa/sb: the two sets' scale rows [KB];
@@ -91,6 +92,10 @@ ring_tile(uint8_t *smem, const uint8_t *src, const float *sa, const float *sb, i
                            cnt * 128, &full[s]);
         }
     } else {
+        /* The producer loads weights only, so it fills the first stages
+         * while the kernel before still runs; the tokens are that kernel's
+         * output (kimi_cuda.cuh). */
+        KIMI_GRID_ENTRY();
         for (int st = 0; st < nst; st++) {
             const int s = st % RING_STAGES, kb = kb0 + st * RING_CWARPS + warp;
             kimi_mbar_wait(&full[s], (st / RING_STAGES) & 1);
@@ -152,7 +157,7 @@ ring_launch(void (*kernel)(Params...), int *slots, int tiles, int KB, int grid_y
 {
     static int          forced = -1;
     cudaLaunchConfig_t  cfg = {};
-    cudaLaunchAttribute attr[1];
+    cudaLaunchAttribute attr[2];
     int                 cs = 1;
 
     if (*slots == 0) {
@@ -187,8 +192,10 @@ ring_launch(void (*kernel)(Params...), int *slots, int tiles, int KB, int grid_y
     attr[0].val.clusterDim.x = cs;
     attr[0].val.clusterDim.y = 1;
     attr[0].val.clusterDim.z = 1;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;   /* kimi_cuda.cuh */
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cfg.numAttrs = kimi_pdl_enabled() ? 2 : 1;
     KIMI_CUDA_TRY(cudaLaunchKernelEx(&cfg, kernel, args...), err);
     KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;

@@ -41,6 +41,7 @@ gemm_nt_kernel(const uint8_t *__restrict__ xq,   // [T, K]
                const float *__restrict__ ws,     // [N/128, K/128]
                int N, Y *__restrict__ y, int ldy)   // [T, ldy]
 {
+    KIMI_GRID_ENTRY();
     __shared__ float red[GEMM_KS - 1][2 * NG * 4][32];   // partials of warps 1..KS-1
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
@@ -48,6 +49,7 @@ gemm_nt_kernel(const uint8_t *__restrict__ xq,   // [T, K]
     const int tok0 = blockIdx.y * 8 * NG;
     const int KB = K / 128;
     const int kb0 = warp * KB / GEMM_KS, kb1 = (warp + 1) * KB / GEMM_KS;
+    const uint8_t *wa = w + (size_t) (n0 + g) * K, *wb = w + (size_t) (n0 + 16 + g) * K;
     const uint8_t *xrow[NG];
     const float   *xs0[NG], *xs1[NG];
 #pragma unroll
@@ -59,8 +61,7 @@ gemm_nt_kernel(const uint8_t *__restrict__ xq,   // [T, K]
     }
     const int ngroups = min(NG, (T - tok0 + 7) / 8);
     float acc[2][NG][4];
-    fp8_tile<NG>(w + (size_t) (n0 + g) * K, w + (size_t) (n0 + 16 + g) * K,
-                 ws + (size_t) (n0 / 128) * KB, ws + (size_t) ((n0 + 16) / 128) * KB,
+    fp8_tile<NG>(wa, wb, ws + (size_t) (n0 / 128) * KB, ws + (size_t) ((n0 + 16) / 128) * KB,
                  (size_t) K, xrow, xs0, xs1, ngroups, acc, kb0, kb1);
     if (warp > 0) {
         tile_acc_put<NG>(red[warp - 1], acc, lane);
@@ -109,6 +110,7 @@ gemv_kernel(const uint8_t *__restrict__ xq,   // [T, K]
             const float *__restrict__ xs,     // [T, K/128]
             int T, int K, gv_mat m1, gv_mat m2)
 {
+    /* the grid wait is in ring_tile: its consumers wait, its producer need not */
     extern __shared__ __align__(128) uint8_t ring_smem[];
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     int n0 = (blockIdx.x / (int) cooperative_groups::this_cluster().num_blocks()) * RING_ROWS;
@@ -196,14 +198,16 @@ gemm_nt_launch(const uint8_t *xq, const float *xs, int T, int K,
     }
     dim3 grid(N / 32, 1);
     if (T <= 8) {
-        gemm_nt_kernel<1, Y><<<grid, GEMM_KS * 32, 0, s>>>(xq, xs, T, K, w, ws, N, y, ldy);
+        KIMI_LAUNCH(err, gemm_nt_kernel<1, Y>, grid, GEMM_KS * 32, 0, s,
+                    xq, xs, T, K, w, ws, N, y, ldy);
     } else if (T <= 16) {
-        gemm_nt_kernel<2, Y><<<grid, GEMM_KS * 32, 0, s>>>(xq, xs, T, K, w, ws, N, y, ldy);
+        KIMI_LAUNCH(err, gemm_nt_kernel<2, Y>, grid, GEMM_KS * 32, 0, s,
+                    xq, xs, T, K, w, ws, N, y, ldy);
     } else {
         grid.y = (T + 31) / 32;
-        gemm_nt_kernel<4, Y><<<grid, GEMM_KS * 32, 0, s>>>(xq, xs, T, K, w, ws, N, y, ldy);
+        KIMI_LAUNCH(err, gemm_nt_kernel<4, Y>, grid, GEMM_KS * 32, 0, s,
+                    xq, xs, T, K, w, ws, N, y, ldy);
     }
-    KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
 }
 

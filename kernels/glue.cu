@@ -26,6 +26,7 @@ static __global__ void
 gather_rows_kernel(const uint16_t *__restrict__ table, const int32_t *__restrict__ ids,
                    int D, uint16_t *__restrict__ out)
 {
+    KIMI_GRID_ENTRY();
     const int t = blockIdx.x;
     const uint4 *src = (const uint4 *) (table + (size_t) ids[t] * D);
     uint4 *dst = (uint4 *) (out + (size_t) t * D);
@@ -46,8 +47,7 @@ kimi_gather_rows_bf16(const kimi_bf16_t *table, const int32_t *ids, int T, int D
     if (T == 0) {
         return KIMI_OK;
     }
-    gather_rows_kernel<<<T, 256, 0, s>>>(table, ids, D, out);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, gather_rows_kernel, T, 256, 0, s, table, ids, D, out);
     return KIMI_OK;
 }
 
@@ -57,6 +57,7 @@ static __global__ void
 silu_mul_kernel(const uint16_t *__restrict__ g, const uint16_t *__restrict__ u,
                 uint16_t *__restrict__ out, size_t n)
 {
+    KIMI_GRID_ENTRY();
     for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t) gridDim.x * blockDim.x) {
         const float a = kimi_bf2f(g[i]);
@@ -75,8 +76,8 @@ kimi_silu_mul_bf16(const kimi_bf16_t *g, const kimi_bf16_t *u, kimi_bf16_t *out,
         return KIMI_OK;
     }
     size_t blocks = (n + 255) / 256;
-    silu_mul_kernel<<<blocks < 8192 ? (unsigned) blocks : 8192u, 256, 0, s>>>(g, u, out, n);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, silu_mul_kernel, blocks < 8192 ? (unsigned) blocks : 8192u, 256, 0, s, g, u,
+                out, n);
     return KIMI_OK;
 }
 
@@ -87,6 +88,7 @@ static __global__ void
 gather_rows_f32_kernel(const S *__restrict__ table, const int32_t *__restrict__ ids, int D,
                        O *__restrict__ out)
 {
+    KIMI_GRID_ENTRY();
     const int t = blockIdx.x;
     const S *src = table + (size_t) ids[t] * D;
     O *dst = out + (size_t) t * D;
@@ -113,9 +115,8 @@ gather_f32_launch(const S *table, const int32_t *ids, int T, int D, O *out,
         return KIMI_OK;
     }
     const int per_row = (D / 4 + 255) / 256;
-    gather_rows_f32_kernel<S, O><<<dim3(T, per_row < 8 ? per_row : 8), 256, 0, s>>>(table, ids, D,
-                                                                                   out);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, gather_rows_f32_kernel<S, O>, dim3(T, per_row < 8 ? per_row : 8), 256, 0, s,
+                table, ids, D, out);
     return KIMI_OK;
 }
 
@@ -145,6 +146,7 @@ static __global__ void
 silu_mul_f32_kernel(const float *__restrict__ g, const float *__restrict__ u,
                     float *__restrict__ out, size_t n)
 {
+    KIMI_GRID_ENTRY();
     for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t) gridDim.x * blockDim.x) {
         const float a = g[i];
@@ -163,8 +165,8 @@ kimi_silu_mul_f32(const float *g, const float *u, float *out, size_t n, cudaStre
         return KIMI_OK;
     }
     size_t blocks = (n + 255) / 256;
-    silu_mul_f32_kernel<<<blocks < 8192 ? (unsigned) blocks : 8192u, 256, 0, s>>>(g, u, out, n);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, silu_mul_f32_kernel, blocks < 8192 ? (unsigned) blocks : 8192u, 256, 0, s, g,
+                u, out, n);
     return KIMI_OK;
 }
 
@@ -179,6 +181,7 @@ kv_write_kernel(const X *__restrict__ ckv, const uint16_t *__restrict__ w, float
                 const int32_t *__restrict__ slot, void *__restrict__ kv,
                 float *__restrict__ kv_scale)
 {
+    KIMI_GRID_ENTRY();
     __shared__ float red[KV_THREADS / 32];
     __shared__ float bc;
     const int t = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
@@ -262,11 +265,12 @@ kv_write_launch(const X *ckv, const kimi_bf16_t *norm_w, float eps,
         return KIMI_OK;
     }
     if (kv_fp8) {
-        kv_write_kernel<true, X><<<T, KV_THREADS, 0, s>>>(ckv, norm_w, eps, slot, kv, kv_scale);
+        KIMI_LAUNCH(err, kv_write_kernel<true, X>, T, KV_THREADS, 0, s, ckv, norm_w, eps, slot, kv,
+                    kv_scale);
     } else {
-        kv_write_kernel<false, X><<<T, KV_THREADS, 0, s>>>(ckv, norm_w, eps, slot, kv, kv_scale);
+        KIMI_LAUNCH(err, kv_write_kernel<false, X>, T, KV_THREADS, 0, s, ckv, norm_w, eps, slot, kv,
+                    kv_scale);
     }
-    KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
 }
 
@@ -296,6 +300,7 @@ head_mv_kernel(const uint16_t *__restrict__ x, int x_ld_t, int x_ld_h,
                const uint16_t *__restrict__ M, size_t m_ld_h, int m_ld_k, int K, int N,
                uint16_t *__restrict__ y, int y_ld_t, int y_ld_h, int T)
 {
+    KIMI_GRID_ENTRY();
     extern __shared__ float xs[];              /* [HMV_TOK][K] */
     const int h = blockIdx.x, t0 = blockIdx.y * HMV_TOK;
     const int nt = min(HMV_TOK, T - t0);
@@ -343,9 +348,8 @@ kimi_head_mv_bf16(const kimi_bf16_t *x, int x_ld_t, int x_ld_h, const kimi_bf16_
                                            (int) smem), err);
     }
     dim3 grid(H, (T + HMV_TOK - 1) / HMV_TOK);
-    head_mv_kernel<<<grid, N < 512 ? N : 512, smem, s>>>(x, x_ld_t, x_ld_h, M, m_ld_h, m_ld_k,
-                                                        K, N, y, y_ld_t, y_ld_h, T);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, head_mv_kernel, grid, N < 512 ? N : 512, smem, s, x, x_ld_t, x_ld_h, M, m_ld_h,
+                m_ld_k, K, N, y, y_ld_t, y_ld_h, T);
     return KIMI_OK;
 }
 
@@ -396,6 +400,7 @@ absorb_q_kernel(const float *__restrict__ q, int T, int H, int nope, int P,
                 const uint8_t *__restrict__ w, const float *__restrict__ ws, int rows_h,
                 uint16_t *__restrict__ qlat)
 {
+    KIMI_GRID_ENTRY();
     __shared__ float qs[AB_TOK][AB_MAX_NOPE];
     __shared__ __align__(16) float red[AB_WARPS][AB_R];
     const int h = blockIdx.x, t0 = blockIdx.y * AB_TOK, nt = min(AB_TOK, T - t0);
@@ -466,6 +471,7 @@ absorb_o_kernel(const uint16_t *__restrict__ olat, int T, int H, int nope, int d
                 const uint8_t *__restrict__ w, const float *__restrict__ ws, int rows_h,
                 float *__restrict__ out)
 {
+    KIMI_GRID_ENTRY();
     const int h = blockIdx.x, t0 = blockIdx.y * AB_TOK, nt = min(AB_TOK, T - t0);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int nw = AB_WARPS * gridDim.z, wg = blockIdx.z * AB_WARPS + warp;
@@ -538,9 +544,8 @@ kimi_mla_absorb_q(const float *q, int T, int H, int nope, int P, int R, int dv,
         return kimi_err_set(err, KIMI_EINVAL, "mla_absorb_q: P=%d", P);
     }
     dim3 grid(H, (T + AB_TOK - 1) / AB_TOK);
-    absorb_q_kernel<<<grid, AB_WARPS * 32, 0, s>>>(q, T, H, nope, P, kv_b, kv_b_s, nope + dv,
-                                                   qlat);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, absorb_q_kernel, grid, AB_WARPS * 32, 0, s, q, T, H, nope, P, kv_b, kv_b_s,
+                nope + dv, qlat);
     return KIMI_OK;
 }
 
@@ -555,8 +560,7 @@ kimi_mla_absorb_o(const kimi_bf16_t *olat, int T, int H, int R, int nope, int dv
     }
     /* two blocks per head while one wave has room: 64 heads fill only half of 132 SMs */
     dim3 grid(H, (T + AB_TOK - 1) / AB_TOK, dv > AB_WARPS * AB_U ? 2 : 1);
-    absorb_o_kernel<<<grid, AB_WARPS * 32, 0, s>>>(olat, T, H, nope, dv, kv_b, kv_b_s,
-                                                   nope + dv, out);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, absorb_o_kernel, grid, AB_WARPS * 32, 0, s, olat, T, H, nope, dv, kv_b, kv_b_s,
+                nope + dv, out);
     return KIMI_OK;
 }

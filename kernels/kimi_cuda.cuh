@@ -40,6 +40,83 @@ extern "C" {
 #define KIMI_CUDA_LAUNCHED(stream, err) KIMI_CUDA_TRY(cudaGetLastError(), err)
 #endif
 
+/*
+ * Programmatic dependent launch (sm_90).  Kernels launched by KIMI_LAUNCH may
+ * be scheduled while the kernel before them in the stream still runs, so
+ * every kernel begins with KIMI_GRID_ENTRY(): each thread waits until the
+ * grid before has finished and its writes are visible, then the block lets
+ * the next grid be scheduled.  Before the wait a kernel may touch only what
+ * no kernel of the step writes (weights, their scales) - which is what it
+ * gains: its blocks' setup and first weight loads overlap the kernel before
+ * (at batch 1 most kernels are a few microseconds of launch and ramp).
+ * Since each grid releases its dependents only after its own wait, what a
+ * kernel two launches back wrote is also complete by then.  Launched without
+ * the attribute (KIMI_PDL=0, or a plain triple-chevron launch) both
+ * instructions are no-ops.
+ */
+static __device__ __forceinline__ void kimi_grid_wait(void)
+{
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+
+static __device__ __forceinline__ void kimi_grid_release(void)
+{
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
+#define KIMI_GRID_ENTRY()                                                     \
+    do {                                                                      \
+        kimi_grid_wait();                                                     \
+        kimi_grid_release();                                                  \
+    } while (0)
+
+/* 1 unless KIMI_PDL=0 in the environment (util.cu; read once). */
+int kimi_pdl_enabled(void);
+
+/* The one way kernels/ launches: programmatic serialization when enabled,
+ * the launch error (and under KIMI_CUDA_SYNC the kernel's fault) pinned to
+ * the caller's line. */
+template <typename... Params, typename... Args>
+static int
+kimi_launch_at(kimi_err_t *err, const char *file, int line, void (*kernel)(Params...), dim3 grid,
+               dim3 block, size_t smem, cudaStream_t s, Args &&...args)
+{
+    cudaLaunchConfig_t  cfg = {};
+    cudaLaunchAttribute attr[1];
+
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = kimi_pdl_enabled() ? 1 : 0;
+    cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
+    if (e == cudaSuccess) {
+        e = cudaGetLastError();
+    }
+#ifdef KIMI_CUDA_SYNC
+    if (e == cudaSuccess) {
+        e = cudaStreamSynchronize(s);
+    }
+#endif
+    if (e != cudaSuccess) {
+        return kimi_err_set(err, KIMI_ECUDA, "%s:%d: launch: %s", file, line, cudaGetErrorString(e));
+    }
+    return KIMI_OK;
+}
+
+/* KIMI_LAUNCH(err, kernel, grid, block, smem, stream, args...): returns the
+ * error from the enclosing function. */
+#define KIMI_LAUNCH(err, ...)                                                 \
+    do {                                                                      \
+        int rc_ = kimi_launch_at(err, __FILE__, __LINE__, __VA_ARGS__);       \
+        if (rc_ != KIMI_OK) {                                                 \
+            return rc_;                                                       \
+        }                                                                     \
+    } while (0)
+
 #define KIMI_FP8_MAX 448.0f
 
 static __device__ __forceinline__ float kimi_bf2f(uint16_t v)

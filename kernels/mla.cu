@@ -160,6 +160,7 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
                      const int32_t *__restrict__ seq_len, int n_splits, float scale2,
                      float *__restrict__ opart, float *__restrict__ mlpart)
 {
+    KIMI_GRID_ENTRY();
     extern __shared__ __align__(1024) uint8_t mw_smem_raw[];
     uint8_t *sm = mw_smem_raw + ((1024 - (kimi_smem_addr(mw_smem_raw) & 1023)) & 1023);
     float *alpha_s = (float *) (sm + MW_OFF_A);
@@ -363,6 +364,7 @@ static __global__ void
 mla_combine_kernel(const float *__restrict__ opart, const float *__restrict__ mlpart,
                    int H, int n_splits, uint16_t *__restrict__ o)
 {
+    KIMI_GRID_ENTRY();
     const int b = blockIdx.x, h = blockIdx.y;
     float M = -INFINITY;
     for (int s = 0; s < n_splits; s++) {
@@ -437,16 +439,15 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
     if (kv_fp8) {
         KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<true>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
-        mla_decode_wg_kernel<true><<<grid, MW_THREADS, MW_SMEM, s>>>(
-            q, H, kv, kv_scale, bs, block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart);
+        KIMI_LAUNCH(err, mla_decode_wg_kernel<true>, grid, MW_THREADS, MW_SMEM, s, q, H, kv,
+                    kv_scale, bs, block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart);
     } else {
         KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<false>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
-        mla_decode_wg_kernel<false><<<grid, MW_THREADS, MW_SMEM, s>>>(
-            q, H, kv, kv_scale, bs, block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart);
+        KIMI_LAUNCH(err, mla_decode_wg_kernel<false>, grid, MW_THREADS, MW_SMEM, s, q, H, kv,
+                    kv_scale, bs, block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart);
     }
-    KIMI_CUDA_LAUNCHED(s, err);
-    mla_combine_kernel<<<dim3(B, H), MLA_DV / 4, 0, s>>>(opart, mlpart, H, n_splits, o);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, mla_combine_kernel, dim3(B, H), MLA_DV / 4, 0, s, opart, mlpart, H, n_splits,
+                o);
     return KIMI_OK;
 }

@@ -52,6 +52,7 @@ mla_prefill_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict__ 
                    const uint16_t *__restrict__ v, int T, int S, int pos0, int H,
                    float scale2, uint16_t *__restrict__ o)
 {
+    KIMI_GRID_ENTRY();
     __shared__ __align__(16) uint16_t ks[PF_KT * PF_KLD];   // [32 keys, 192]
     __shared__ __align__(16) uint16_t vs[PF_KT * PF_VLD];   // [32 keys, 128]
     const int h = blockIdx.y;
@@ -218,7 +219,6 @@ kimi_mla_prefill(const kimi_bf16_t *q, const kimi_bf16_t *k, const kimi_bf16_t *
         return KIMI_OK;
     }
     dim3 grid((T + PF_QT - 1) / PF_QT, H);
-    mla_prefill_kernel<<<grid, 128, 0, s>>>(q, k, v, T, S, pos0, H, scale * LOG2E, o);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, mla_prefill_kernel, grid, 128, 0, s, q, k, v, T, S, pos0, H, scale * LOG2E, o);
     return KIMI_OK;
 }

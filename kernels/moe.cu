@@ -106,6 +106,7 @@ static __global__ void __launch_bounds__(MOE_PLAN_THREADS)
 moe_plan_kernel(const int32_t *__restrict__ topk_idx, int T, int top_k, int E,
                 int shared, int max_slots, kimi_moe_ws_t ws)
 {
+    KIMI_GRID_ENTRY();
     extern __shared__ int sm[];
     int *hist = sm;                          /* [MOE_PLAN_WARPS][E]: count, then first row */
     int *act = sm + MOE_PLAN_WARPS * E;      /* [E]: active-slot scan */
@@ -243,6 +244,61 @@ moe_plan_kernel(const int32_t *__restrict__ topk_idx, int T, int top_k, int E,
     }
 }
 
+/*
+ * The same plan for at most 32 pairs (a batch of 1-4 tokens at top-8): one
+ * warp, a pair a lane.  A pair's row is the count of pairs with a smaller
+ * expert plus its rank among its expert's pairs before it, and an expert's
+ * slot the count of smaller experts present: the counting sort's result,
+ * without its 32*E histogram and scans (5 us of a batch-1 MoE layer).
+ */
+static __global__ void __launch_bounds__(32)
+moe_plan_warp_kernel(const int32_t *__restrict__ topk_idx, int T, int top_k, int E,
+                     int shared, int max_slots, kimi_moe_ws_t ws)
+{
+    KIMI_GRID_ENTRY();
+    const int lane = threadIdx.x, P = T * top_k, nsh = shared ? 1 : 0;
+    const unsigned lt = (1u << lane) - 1;
+    const int e = lane < P ? plan_id(topk_idx, lane, E) : -1;
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    const bool lead = e >= 0 && (peers & lt) == 0;
+    const unsigned leads = __ballot_sync(0xffffffffu, lead);
+    int below = 0, below_experts = 0;
+    for (int q = 0; q < 32; q++) {
+        const int eq = __shfl_sync(0xffffffffu, e, q);
+        if (e >= 0 && eq >= 0 && eq < e) {
+            below++;
+            below_experts += (leads >> q) & 1;
+        }
+    }
+    if (e >= 0) {
+        const int r = below + __popc(peers & lt);
+        ws.row_token[r] = lane / top_k;
+        ws.row_of_pair[lane] = r;
+        if (lead) {
+            ws.slot_expert[nsh + below_experts] = e;
+            ws.slot_row0[nsh + below_experts] = below;
+            ws.slot_rows[nsh + below_experts] = __popc(peers);
+        }
+    } else if (lane < P) {
+        ws.row_of_pair[lane] = -1;
+    }
+    if (shared) {
+        if (lane == 0) {
+            ws.slot_expert[0] = E;
+            ws.slot_row0[0] = P;
+            ws.slot_rows[0] = T;
+        }
+        if (lane < T) {
+            ws.row_token[P + lane] = lane;
+        }
+    }
+    for (int sl = nsh + __popc(leads) + lane; sl < max_slots; sl += 32) {
+        ws.slot_expert[sl] = -1;
+        ws.slot_row0[sl] = 0;
+        ws.slot_rows[sl] = 0;
+    }
+}
+
 extern "C" int
 kimi_moe_plan(const int32_t *topk_idx, int T, int top_k, int E, int shared,
               const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
@@ -250,12 +306,16 @@ kimi_moe_plan(const int32_t *topk_idx, int T, int top_k, int E, int shared,
     if (topk_idx == NULL || ws == NULL || T <= 0 || top_k <= 0 || E <= 0 || E > 1024) {
         return kimi_err_set(err, KIMI_EINVAL, "moe_plan: T=%d top_k=%d E=%d (E <= 1024)", T, top_k, E);
     }
+    if ((long) T * top_k <= 32) {
+        KIMI_LAUNCH(err, moe_plan_warp_kernel, 1, 32, 0, s, topk_idx, T, top_k, E, shared,
+                    kimi_moe_max_slots(T, top_k, E, shared), *ws);
+        return KIMI_OK;
+    }
     const size_t smem = ((size_t) MOE_PLAN_WARPS + 2) * (size_t) E * sizeof(int);
     KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_plan_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        (int) smem), err);
-    moe_plan_kernel<<<1, MOE_PLAN_THREADS, smem, s>>>(topk_idx, T, top_k, E, shared,
-                                                      kimi_moe_max_slots(T, top_k, E, shared), *ws);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, moe_plan_kernel, 1, MOE_PLAN_THREADS, smem, s, topk_idx, T, top_k, E, shared,
+                kimi_moe_max_slots(T, top_k, E, shared), *ws);
     return KIMI_OK;
 }
 
@@ -273,6 +333,7 @@ moe_gate_up_kernel(const uint8_t *__restrict__ xq,   // [T, D]
                    const float *__restrict__ xs,     // [T, D/128]
                    int D, int I, kimi_experts_t ex, kimi_moe_ws_t ws)
 {
+    KIMI_GRID_ENTRY();
     const int slot = blockIdx.y;
     const int rows = ws.slot_rows[slot];
     if (rows == 0) {
@@ -329,6 +390,7 @@ moe_gate_up_kernel(const uint8_t *__restrict__ xq,   // [T, D]
 static __global__ void
 moe_hquant_kernel(int n_rows, int I, kimi_moe_ws_t ws)
 {
+    KIMI_GRID_ENTRY();
     const int IB = I / 128;
     const int q = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (q >= n_rows * IB) {
@@ -353,6 +415,7 @@ template <int NG, bool HQG>
 static __global__ void __launch_bounds__(MOE_WARPS * 32, NG == 1 ? 4 : 1)
 moe_down_kernel(int D, int I, kimi_experts_t ex, kimi_moe_ws_t ws)
 {
+    KIMI_GRID_ENTRY();
     extern __shared__ __align__(16) uint8_t smem[];
     const int slot = blockIdx.y;
     const int rows = ws.slot_rows[slot];
@@ -511,15 +574,14 @@ kimi_moe_gate_up(const uint8_t *xq, const float *xs, int T, int D, int I,
     dim3 grid(I / 64, max_slots);
     switch (ng_for(T)) {
     case 1:
-        moe_gate_up_kernel<1><<<grid, MOE_WARPS * 32, 0, s>>>(xq, xs, D, I, *ex, *ws);
+        KIMI_LAUNCH(err, moe_gate_up_kernel<1>, grid, MOE_WARPS * 32, 0, s, xq, xs, D, I, *ex, *ws);
         break;
     case 2:
-        moe_gate_up_kernel<2><<<grid, MOE_WARPS * 32, 0, s>>>(xq, xs, D, I, *ex, *ws);
+        KIMI_LAUNCH(err, moe_gate_up_kernel<2>, grid, MOE_WARPS * 32, 0, s, xq, xs, D, I, *ex, *ws);
         break;
     default:
-        moe_gate_up_kernel<4><<<grid, MOE_WARPS * 32, 0, s>>>(xq, xs, D, I, *ex, *ws);
+        KIMI_LAUNCH(err, moe_gate_up_kernel<4>, grid, MOE_WARPS * 32, 0, s, xq, xs, D, I, *ex, *ws);
     }
-    KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
 }
 
@@ -537,8 +599,7 @@ launch_down(int D, int I, int max_slots, const kimi_experts_t *ex,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem), err);
     }
     dim3 grid((D / 32 + MOE_WARPS - 1) / MOE_WARPS, max_slots);
-    moe_down_kernel<NG, HQG><<<grid, MOE_WARPS * 32, smem, s>>>(D, I, *ex, *ws);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, moe_down_kernel<NG, HQG>, grid, MOE_WARPS * 32, smem, s, D, I, *ex, *ws);
     return KIMI_OK;
 }
 
@@ -570,8 +631,7 @@ kimi_moe_down(int T, int top_k, int D, int I, int max_slots, const kimi_experts_
          * rows, and quantising them would write past hq into hs */
         const int n_rows = ws->rows;
         const int warps = n_rows * (I / 128);
-        moe_hquant_kernel<<<(warps + 7) / 8, 256, 0, s>>>(n_rows, I, *ws);
-        KIMI_CUDA_LAUNCHED(s, err);
+        KIMI_LAUNCH(err, moe_hquant_kernel, (warps + 7) / 8, 256, 0, s, n_rows, I, *ws);
     }
     if (use_grouped(ex, ws, max_slots) && D % 256 == 0 && I <= 8192) {
         return kimi_moe_grouped_down(D, I, max_slots, ex, ws, s, err);
@@ -587,6 +647,7 @@ moe_combine_kernel(const float *__restrict__ y, const int32_t *__restrict__ row_
                    const float *__restrict__ w, int T, int top_k, int shared, int D,
                    O *__restrict__ out)
 {
+    KIMI_GRID_ENTRY();
     const int t = blockIdx.x;
     for (int d = (blockIdx.y * blockDim.x + threadIdx.x) * 4; d < D; d += gridDim.y * blockDim.x * 4) {
         float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -623,8 +684,9 @@ moe_combine_launch(const kimi_moe_ws_t *ws, const float *topk_w, int T, int top_
         return kimi_err_set(err, KIMI_EINVAL, "moe_combine: T=%d top_k=%d D=%d", T, top_k, D);
     }
     /* ~4 blocks per token: a single block per token is latency bound at T = 1 */
-    moe_combine_kernel<O><<<dim3(T, (D / 4 + 255) / 256 < 8 ? (D / 4 + 255) / 256 : 8), 256, 0, s>>>(ws->y, ws->row_of_pair, topk_w, T, top_k, shared, D, out);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, moe_combine_kernel<O>,
+                dim3(T, (D / 4 + 255) / 256 < 8 ? (D / 4 + 255) / 256 : 8), 256, 0, s, ws->y,
+                ws->row_of_pair, topk_w, T, top_k, shared, D, out);
     return KIMI_OK;
 }
 

@@ -77,6 +77,7 @@ struct kg_layout {
 static __global__ void __launch_bounds__(KG_LIST_THREADS)
 moe_tile_list_kernel(kimi_moe_ws_t ws, int max_slots, int bm, int max_tiles)
 {
+    KIMI_GRID_ENTRY();
     __shared__ int expert_rows[KG_MAX_EXPERT + 1], scan[KG_LIST_THREADS];
     __shared__ int base;
     for (int i = threadIdx.x; i <= KG_MAX_EXPERT; i += KG_LIST_THREADS) {
@@ -151,6 +152,7 @@ static __global__ void __launch_bounds__(KG_THREADS, 1)
 moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
                    int K, int N, int max_tiles, kimi_experts_t ex, kimi_moe_ws_t ws)
 {
+    KIMI_GRID_ENTRY();
     typedef kg_layout<BM> L;
     constexpr int S = L::stages, NH = BM / 64;     /* halves a consumer group computes */
     extern __shared__ __align__(1024) uint8_t kg_smem_raw[];
@@ -420,9 +422,8 @@ kg_launch_bm(const uint8_t *xq, const float *xs, int K, int N, int max_tiles, co
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kg_layout<BM>::smem), err);
     /* one block per SM; a block past the work exits at once */
     const int n_work_max = max_tiles * (N / (GATE_UP ? 128 : 256));
-    moe_grouped_kernel<GATE_UP, BM><<<min(kg_n_sm(), n_work_max), KG_THREADS, kg_layout<BM>::smem, s>>>(
-        xq, xs, K, N, max_tiles, *ex, *ws);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, moe_grouped_kernel<GATE_UP, BM>, min(kg_n_sm(), n_work_max), KG_THREADS,
+                kg_layout<BM>::smem, s, xq, xs, K, N, max_tiles, *ex, *ws);
     return KIMI_OK;
 }
 
@@ -433,8 +434,7 @@ kg_launch(const uint8_t *xq, const float *xs, int K, int N, int max_slots, const
 {
     const int bm = kg_bm(ws, max_slots);
     const int max_tiles = kimi_moe_grouped_max_tiles(ws->rows, max_slots);
-    moe_tile_list_kernel<<<1, KG_LIST_THREADS, 0, s>>>(*ws, max_slots, bm, max_tiles);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, moe_tile_list_kernel, 1, KG_LIST_THREADS, 0, s, *ws, max_slots, bm, max_tiles);
     return bm == 128 ? kg_launch_bm<GATE_UP, 128>(xq, xs, K, N, max_tiles, ex, ws, s, err)
                      : kg_launch_bm<GATE_UP, 64>(xq, xs, K, N, max_tiles, ex, ws, s, err);
 }

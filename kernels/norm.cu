@@ -26,6 +26,7 @@ rmsnorm_kernel(const uint16_t *__restrict__ x,      // [T, D]
                uint16_t *__restrict__ y,            // [T, D]
                int D, float eps)
 {
+    KIMI_GRID_ENTRY();
     __shared__ float part[NORM_THREADS / 32];
     const size_t  row = (size_t) blockIdx.x * D;
     const uint4  *xv = (const uint4 *) (x + row);
@@ -103,8 +104,7 @@ kimi_rmsnorm_bf16(const kimi_bf16_t *x, const kimi_bf16_t *w, kimi_bf16_t *y,
     if (rc != KIMI_OK || T == 0) {
         return rc;
     }
-    rmsnorm_kernel<false><<<T, NORM_THREADS, 0, s>>>(x, NULL, w, y, D, eps);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, rmsnorm_kernel<false>, T, NORM_THREADS, 0, s, x, nullptr, w, y, D, eps);
     return KIMI_OK;
 }
 
@@ -120,8 +120,7 @@ kimi_rmsnorm_residual_bf16(const kimi_bf16_t *x, kimi_bf16_t *res,
     if (res == NULL || ((uintptr_t) res & 15)) {
         return kimi_err_set(err, KIMI_EINVAL, "rmsnorm_residual: res NULL or unaligned");
     }
-    rmsnorm_kernel<true><<<T, NORM_THREADS, 0, s>>>(x, res, w, y, D, eps);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, rmsnorm_kernel<true>, T, NORM_THREADS, 0, s, x, res, w, y, D, eps);
     return KIMI_OK;
 }
 
@@ -171,6 +170,7 @@ rmsnorm_f32_kernel(const float *__restrict__ x, float *__restrict__ res,
                    const uint16_t *__restrict__ w, float *__restrict__ y, int D, float eps,
                    uint8_t *__restrict__ xq, float *__restrict__ xs)
 {
+    KIMI_GRID_ENTRY();
     __shared__ float part[NORM_THREADS / 32];
     const size_t  row = (size_t) blockIdx.x * D;
     const float4 *xv = (const float4 *) (x + row);
@@ -250,8 +250,8 @@ kimi_rmsnorm_f32(const float *x, const kimi_bf16_t *w, float *y, int T, int D,
     if (rc != KIMI_OK || T == 0) {
         return rc;
     }
-    rmsnorm_f32_kernel<false, false><<<T, NORM_THREADS, 0, s>>>(x, NULL, w, y, D, eps, NULL, NULL);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, rmsnorm_f32_kernel<false, false>, T, NORM_THREADS, 0, s, x, nullptr, w, y, D,
+                eps, nullptr, nullptr);
     return KIMI_OK;
 }
 
@@ -267,8 +267,8 @@ kimi_rmsnorm_residual_f32(const float *x, float *res, const kimi_bf16_t *w,
     if (res == NULL || ((uintptr_t) res & 15)) {
         return kimi_err_set(err, KIMI_EINVAL, "rmsnorm_residual: res NULL or unaligned");
     }
-    rmsnorm_f32_kernel<true, false><<<T, NORM_THREADS, 0, s>>>(x, res, w, y, D, eps, NULL, NULL);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, rmsnorm_f32_kernel<true, false>, T, NORM_THREADS, 0, s, x, res, w, y, D, eps,
+                nullptr, nullptr);
     return KIMI_OK;
 }
 
@@ -286,10 +286,11 @@ kimi_rmsnorm_quant_f32(const float *x, float *res, const kimi_bf16_t *w, float *
         return kimi_err_set(err, KIMI_EINVAL, "rmsnorm_quant: D=%d (D %% 128), xq/xs/res", D);
     }
     if (res != NULL) {
-        rmsnorm_f32_kernel<true, true><<<T, NORM_THREADS, 0, s>>>(x, res, w, y, D, eps, xq, xs);
+        KIMI_LAUNCH(err, rmsnorm_f32_kernel<true, true>, T, NORM_THREADS, 0, s, x, res, w, y, D,
+                    eps, xq, xs);
     } else {
-        rmsnorm_f32_kernel<false, true><<<T, NORM_THREADS, 0, s>>>(x, NULL, w, y, D, eps, xq, xs);
+        KIMI_LAUNCH(err, rmsnorm_f32_kernel<false, true>, T, NORM_THREADS, 0, s, x, nullptr, w, y,
+                    D, eps, xq, xs);
     }
-    KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
 }

@@ -22,6 +22,7 @@ quant_kernel(const X *__restrict__ x, int ldx, int T, int K,
              uint8_t *__restrict__ xq, float *__restrict__ sc, int mn_major,
              int ld_scale)
 {
+    KIMI_GRID_ENTRY();
     const int groups = K / 128;
     const int gw = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
@@ -67,9 +68,8 @@ quant_launch(const X *x, int ldx, int T, int K, uint8_t *xq, float *scales,
         return KIMI_OK;
     }
     const int warps = T * (K / 128);
-    quant_kernel<X><<<(warps + 7) / 8, 256, 0, s>>>(x, ldx, T, K, xq, scales,
-                                                    scale_mn_major, ld_scale);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, quant_kernel<X>, (warps + 7) / 8, 256, 0, s, x, ldx, T, K, xq, scales,
+                scale_mn_major, ld_scale);
     return KIMI_OK;
 }
 

@@ -29,6 +29,7 @@ static __global__ void
 rope_kernel(E *q, int q_ld, int q_hd, int n_heads, E *k,
             int k_ld, const int32_t *__restrict__ pos, kimi_rope_t r)
 {
+    KIMI_GRID_ENTRY();
     const int t = blockIdx.x;
     const int half = r.rot_dim / 2;
     const int nh = (q != NULL ? n_heads : 0) + (k != NULL ? 1 : 0);
@@ -119,9 +120,8 @@ rope_launch(E *q, int q_ld, int q_hd, int n_heads, E *k,
         return KIMI_OK;
     }
     const int pairs = ((q != NULL ? n_heads : 0) + (k != NULL ? 1 : 0)) * (r->rot_dim / 2);
-    rope_kernel<E><<<dim3(T, (pairs + ROPE_THREADS - 1) / ROPE_THREADS), ROPE_THREADS, 0, s>>>(
-        q, q_ld, q_hd, n_heads, k, k_ld, pos, *r);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, rope_kernel<E>, dim3(T, (pairs + ROPE_THREADS - 1) / ROPE_THREADS),
+                ROPE_THREADS, 0, s, q, q_ld, q_hd, n_heads, k, k_ld, pos, *r);
     return KIMI_OK;
 }
 

@@ -23,6 +23,7 @@
 
 #include "kimi_cuda.cuh"
 #include "kimi_kernels.h"
+#include "tma.cuh"
 
 #define ROUTER_TOK 8
 #define ROUTER_WARPS 4
@@ -40,8 +41,12 @@ router_logits_kernel(const X *__restrict__ x,          // [T, D]
     __shared__ float part[ROUTER_WARPS][ROUTER_TOK];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int e = blockIdx.x % E, tok0 = (blockIdx.x / E) * ROUTER_TOK;
-    const int nt = min(ROUTER_TOK, T - tok0);
     const int chunk = D / ROUTER_WARPS;              /* D % 1024 == 0 */
+    if (lane == 0) {                                 /* the gate row, before the wait */
+        kimi_bulk_prefetch_l2(w + (size_t) e * D + warp * chunk, chunk * 2);
+    }
+    KIMI_GRID_ENTRY();
+    const int nt = min(ROUTER_TOK, T - tok0);
     float acc[ROUTER_TOK];
 #pragma unroll
     for (int j = 0; j < ROUTER_TOK; j++) acc[j] = 0.f;
@@ -96,8 +101,12 @@ router_logits_rows_kernel(const float *__restrict__ x,      // [T, D]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int nrb = E / ROUTER_ROWS;
     const int e0 = (blockIdx.x % nrb) * ROUTER_ROWS, tok0 = (blockIdx.x / nrb) * ROUTER_TOK;
-    const int nt = min(ROUTER_TOK, T - tok0);
     const int chunk = D / ROUTER_WARPS;              /* D % 1024 == 0 */
+    if (lane < ROUTER_ROWS) {                        /* the rows, before the wait */
+        kimi_bulk_prefetch_l2(w + (size_t) (e0 + lane) * D + warp * chunk, chunk * 2);
+    }
+    KIMI_GRID_ENTRY();
+    const int nt = min(ROUTER_TOK, T - tok0);
     float acc[ROUTER_ROWS][ROUTER_TOK];
 #pragma unroll
     for (int r = 0; r < ROUTER_ROWS; r++)
@@ -161,8 +170,8 @@ router_logits_launch(const X *x, const kimi_bf16_t *w, float *logits,
         return KIMI_OK;
     }
     const int blocks = E * ((T + ROUTER_TOK - 1) / ROUTER_TOK);
-    router_logits_kernel<X><<<blocks, ROUTER_WARPS * 32, 0, s>>>(x, w, logits, T, D, E);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, router_logits_kernel<X>, blocks, ROUTER_WARPS * 32, 0, s, x, w, logits, T, D,
+                E);
     return KIMI_OK;
 }
 
@@ -187,8 +196,8 @@ kimi_moe_router_logits_f32(const float *x, const kimi_bf16_t *w, float *logits,
         return kimi_err_set(err, KIMI_EINVAL, "router_logits: x or w not 16-byte aligned");
     }
     const int blocks = (E / ROUTER_ROWS) * ((T + ROUTER_TOK - 1) / ROUTER_TOK);
-    router_logits_rows_kernel<<<blocks, ROUTER_WARPS * 32, 0, s>>>(x, w, logits, T, D, E);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, router_logits_rows_kernel, blocks, ROUTER_WARPS * 32, 0, s, x, w, logits, T, D,
+                E);
     return KIMI_OK;
 }
 
@@ -201,6 +210,7 @@ static __global__ void
 router_split_kernel(const float *__restrict__ x, size_t n, uint16_t *__restrict__ hi,
                     uint16_t *__restrict__ lo)
 {
+    KIMI_GRID_ENTRY();
     for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t) gridDim.x * blockDim.x) {
         const float v = x[i];
         const uint16_t h = kimi_f2bf(v);
@@ -212,6 +222,7 @@ router_split_kernel(const float *__restrict__ x, size_t n, uint16_t *__restrict_
 static __global__ void
 router_sum_kernel(const float *__restrict__ part, size_t n, float *__restrict__ logits)
 {
+    KIMI_GRID_ENTRY();
     for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t) gridDim.x * blockDim.x) {
         logits[i] = part[i] + part[n + i];
     }
@@ -237,15 +248,14 @@ kimi_moe_router_logits_f32_lt(kimi_cublaslt_t *lt, const float *x, const kimi_bf
     uint16_t *hi = (uint16_t *) ws, *lo = hi + n;
     float *part = (float *) (lo + n);          /* [2T][E]: hi rows, then lo rows */
     const int blocks = (int) min((n + 255) / 256, (size_t) 4096);
-    router_split_kernel<<<blocks, 256, 0, s>>>(x, n, hi, lo);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, router_split_kernel, blocks, 256, 0, s, x, n, hi, lo);
     int rc = kimi_bf16_gemm_nt_f32_cublaslt(lt, hi, 2 * T, D, w, E, part, s, err);
     if (rc != KIMI_OK) {
         return rc;
     }
     const size_t ne = (size_t) T * E;
-    router_sum_kernel<<<(int) min((ne + 255) / 256, (size_t) 4096), 256, 0, s>>>(part, ne, logits);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, router_sum_kernel, (int) min((ne + 255) / 256, (size_t) 4096), 256, 0, s, part,
+                ne, logits);
     return KIMI_OK;
 }
 
@@ -267,42 +277,62 @@ static __device__ __forceinline__ void warp_best(float &v, int &i)
     }
 }
 
-/* One warp per token (4 tokens per block). */
+/* One warp per token (4 tokens per block); E <= 32 * SELECT_PER_LANE. */
+#define SELECT_PER_LANE 32
+
 static __global__ void __launch_bounds__(128)
 router_select_kernel(const float *__restrict__ logits, const float *__restrict__ bias,
                      int T, int E, int top_k, int n_group, int topk_group, int norm,
                      float scale, int32_t *__restrict__ idx, float *__restrict__ wout)
 {
-    __shared__ float sel_s[4][1024];
-    __shared__ float sc_s[4][1024];
-    __shared__ float gsc[4][64];
+    KIMI_GRID_ENTRY();
+    /* only group-limited routing needs shared memory ([4][E] scores, then
+     * [4][64] group marks); without it the kernel asks for none (33 KB of
+     * static arrays made a batch-1 select cost ~9 us, the work well under 1) */
+    extern __shared__ float select_smem[];
     const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int t = blockIdx.x * 4 + wi;
     if (t >= T) {
         return;
     }
-    float *sel = sel_s[wi], *sc = sc_s[wi];
-    for (int e = lane; e < E; e += 32) {
-        const float l = logits[(size_t) t * E + e];
-        const float sg = 1.f / (1.f + expf(-l));
-        sc[e] = sg;
-        sel[e] = sg + (bias != NULL ? bias[e] : 0.f);
+    float *sel = select_smem + wi * E, *gsc = select_smem + 4 * E + wi * 64;
+    /* The lane's experts (lane + 32 i) in registers, their loads all issued
+     * before the first is used (a loop over them was one global round trip
+     * an expert: ~6 us of a batch-1 select at 384 experts); a round of the
+     * top-k below is then a local scan and one warp reduction. */
+    float v[SELECT_PER_LANE], b[SELECT_PER_LANE], sg[SELECT_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < SELECT_PER_LANE; i++) {
+        const int e = lane + 32 * i;
+        v[i] = e < E ? logits[(size_t) t * E + e] : 0.f;
+        b[i] = e < E && bias != NULL ? bias[e] : 0.f;
     }
-    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < SELECT_PER_LANE; i++) {
+        sg[i] = 1.f / (1.f + expf(-v[i]));
+        v[i] = lane + 32 * i < E ? sg[i] + b[i] : -INFINITY;
+    }
     if (n_group > 1 && topk_group < n_group) {
         const int gs = E / n_group;
+#pragma unroll
+        for (int i = 0; i < SELECT_PER_LANE; i++) {
+            if (lane + 32 * i < E) {
+                sel[lane + 32 * i] = v[i];
+            }
+        }
+        __syncwarp();
         for (int gi = lane; gi < n_group; gi += 32) {
             float b1 = -INFINITY, b2 = -INFINITY;
             for (int e = gi * gs; e < (gi + 1) * gs; e++) {
-                const float v = sel[e];
-                if (v > b1) {
+                const float x = sel[e];
+                if (x > b1) {
                     b2 = b1;
-                    b1 = v;
-                } else if (v > b2) {
-                    b2 = v;
+                    b1 = x;
+                } else if (x > b2) {
+                    b2 = x;
                 }
             }
-            gsc[wi][gi] = b1 + (gs > 1 ? b2 : 0.f);
+            gsc[gi] = b1 + (gs > 1 ? b2 : 0.f);
         }
         __syncwarp();
         /* keep topk_group groups: lane 0 marks the rest with -inf score */
@@ -312,47 +342,50 @@ router_select_kernel(const float *__restrict__ logits, const float *__restrict__
                 int bi = -1;
                 float bv = -INFINITY;
                 for (int gi = 0; gi < n_group; gi++) {
-                    if (!((keep >> gi) & 1) && (bi < 0 || gsc[wi][gi] > bv)) {
-                        bv = gsc[wi][gi];
+                    if (!((keep >> gi) & 1) && (bi < 0 || gsc[gi] > bv)) {
+                        bv = gsc[gi];
                         bi = gi;
                     }
                 }
                 keep |= 1ull << bi;
             }
             for (int gi = 0; gi < n_group; gi++) {
-                gsc[wi][gi] = ((keep >> gi) & 1) ? 1.f : 0.f;
+                gsc[gi] = ((keep >> gi) & 1) ? 1.f : 0.f;
             }
         }
         __syncwarp();
-        for (int e = lane; e < E; e += 32) {
-            if (gsc[wi][e / gs] == 0.f) {
-                sel[e] = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < SELECT_PER_LANE; i++) {
+            const int e = lane + 32 * i;
+            if (e < E && gsc[e / gs] == 0.f) {
+                v[i] = -INFINITY;
             }
         }
-        __syncwarp();
     }
     float wsum = 0.f, myw = 0.f;
     int myi = 0;
     for (int k = 0; k < top_k; k++) {
         float bv = -INFINITY;
         int   bi = 0x7fffffff;
-        for (int e = lane; e < E; e += 32) {
-            const float v = sel[e];
+#pragma unroll
+        for (int i = 0; i < SELECT_PER_LANE; i++) {
             /* masked (-inf) experts are never chosen over a real one; NaN never */
-            if (v != -INFINITY && better(v, e, bv, bi)) {
-                bv = v;
-                bi = e;
+            if (v[i] != -INFINITY && better(v[i], lane + 32 * i, bv, bi)) {
+                bv = v[i];
+                bi = lane + 32 * i;
             }
         }
         warp_best(bv, bi);
         if (bi == 0x7fffffff) {
             bi = 0;   /* fewer than top_k eligible experts: cannot happen for valid configs */
         }
-        if (lane == (bi & 31)) {
-            sel[bi] = -INFINITY;
+        float own = 0.f;     /* the chosen expert's sigmoid, from its lane */
+#pragma unroll
+        for (int i = 0; i < SELECT_PER_LANE; i++) {
+            own = i == (bi >> 5) ? sg[i] : own;
+            v[i] = lane + 32 * i == bi ? -INFINITY : v[i];   /* selects: v stays in registers */
         }
-        __syncwarp();
-        const float wk = sc[bi];
+        const float wk = __shfl_sync(0xffffffffu, own, bi & 31);
         wsum += wk;
         if (lane == k) {
             myw = wk;
@@ -360,12 +393,9 @@ router_select_kernel(const float *__restrict__ logits, const float *__restrict__
         }
     }
     if (lane < top_k) {
-        float v = myw;
-        if (norm) {
-            v = v / (wsum + 1e-20f);
-        }
+        const float wk = norm ? myw / (wsum + 1e-20f) : myw;
         idx[(size_t) t * top_k + lane] = myi;
-        wout[(size_t) t * top_k + lane] = v * scale;
+        wout[(size_t) t * top_k + lane] = wk * scale;
     }
 }
 
@@ -386,8 +416,8 @@ kimi_moe_router_select(const float *logits, const float *bias, int T, int E,
     if (T == 0) {
         return KIMI_OK;
     }
-    router_select_kernel<<<(T + 3) / 4, 128, 0, s>>>(logits, bias, T, E, top_k, n_group,
-                                                     topk_group, norm, scale, idx, w);
-    KIMI_CUDA_LAUNCHED(s, err);
+    const size_t smem = n_group > 1 && topk_group < n_group ? (size_t) (4 * E + 4 * 64) * sizeof(float) : 0;
+    KIMI_LAUNCH(err, router_select_kernel, (T + 3) / 4, 128, smem, s, logits, bias, T, E, top_k,
+                n_group, topk_group, norm, scale, idx, w);
     return KIMI_OK;
 }

@@ -78,6 +78,7 @@ static __global__ void __cluster_dims__(AM_CLUSTER, 1, 1) __launch_bounds__(AM_T
 argmax_kernel(const float *__restrict__ logits, int vocab, int ld, int32_t *out,
               float *lp_out)
 {
+    KIMI_GRID_ENTRY();
     __shared__ float bv[AM_THREADS / 32], bm[AM_THREADS / 32], bz[AM_THREADS / 32];
     __shared__ int   bi[AM_THREADS / 32];
     __shared__ am_state mine;                     /* this slice's result */
@@ -161,13 +162,12 @@ greedy_launch(const float *logits, int rows, int vocab, int ld, int32_t *out, fl
         return KIMI_OK;
     }
     if (lse != NULL) {
-        argmax_kernel<true><<<dim3(AM_CLUSTER, rows), AM_THREADS, 0, s>>>(logits, vocab, ld,
-                                                                         out, lse);
+        KIMI_LAUNCH(err, argmax_kernel<true>, dim3(AM_CLUSTER, rows), AM_THREADS, 0, s, logits,
+                    vocab, ld, out, lse);
     } else {
-        argmax_kernel<false><<<dim3(AM_CLUSTER, rows), AM_THREADS, 0, s>>>(logits, vocab, ld,
-                                                                          out, NULL);
+        KIMI_LAUNCH(err, argmax_kernel<false>, dim3(AM_CLUSTER, rows), AM_THREADS, 0, s, logits,
+                    vocab, ld, out, nullptr);
     }
-    KIMI_CUDA_LAUNCHED(s, err);
     return KIMI_OK;
 }
 

@@ -103,6 +103,14 @@ kimi_bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
                  : "memory");
 }
 
+/* Contiguous bytes (16-byte aligned, a multiple of 16) into L2 only: weights
+ * a kernel will read, requested before its grid wait (kimi_cuda.cuh). */
+static __device__ __forceinline__ void
+kimi_bulk_prefetch_l2(const void *src, uint32_t bytes)
+{
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" :: "l"(src), "r"(bytes) : "memory");
+}
+
 static __device__ __forceinline__ void kimi_tma_prefetch_map(const CUtensorMap *map)
 {
     asm volatile("prefetch.tensormap [%0];\n" :: "l"(map) : "memory");

@@ -13,6 +13,21 @@
 #include "kimi_cuda.cuh"
 #include "kimi_kernels.h"
 
+#include <stdlib.h>
+#include <string.h>
+
+int
+kimi_pdl_enabled(void)
+{
+    static int on = -1;     /* a benign race: every thread computes the same */
+
+    if (on < 0) {
+        const char *e = getenv("KIMI_PDL");
+        on = e == NULL || strcmp(e, "0") != 0;
+    }
+    return on;
+}
+
 static __device__ __forceinline__ uint64_t mix64(uint64_t z)
 {
     z += 0x9e3779b97f4a7c15ull;
@@ -28,6 +43,7 @@ static __device__ __forceinline__ float u01(uint64_t seed, size_t i)
 
 static __global__ void fill_bf16_kernel(uint16_t *p, size_t n, uint64_t seed, float lo, float hi)
 {
+    KIMI_GRID_ENTRY();
     for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < n;
          i += (size_t) gridDim.x * blockDim.x) {
         p[i] = kimi_f2bf(lo + (hi - lo) * u01(seed, i));
@@ -36,6 +52,7 @@ static __global__ void fill_bf16_kernel(uint16_t *p, size_t n, uint64_t seed, fl
 
 static __global__ void fill_f32_kernel(float *p, size_t n, uint64_t seed, float lo, float hi)
 {
+    KIMI_GRID_ENTRY();
     for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < n;
          i += (size_t) gridDim.x * blockDim.x) {
         p[i] = lo + (hi - lo) * u01(seed, i);
@@ -44,6 +61,7 @@ static __global__ void fill_f32_kernel(float *p, size_t n, uint64_t seed, float 
 
 static __global__ void fill_fp8_kernel(uint32_t *p, size_t n4, uint64_t seed)
 {
+    KIMI_GRID_ENTRY();
     for (size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x; i < n4;
          i += (size_t) gridDim.x * blockDim.x) {
         uint64_t r = mix64(seed * 0x100000001b3ull + i);
@@ -65,6 +83,7 @@ static __global__ void fill_fp8_kernel(uint32_t *p, size_t n4, uint64_t seed)
  * benchmarks measure against (a kernel's own ceiling, next to cudaMemcpy's). */
 static __global__ void copy_kernel(uint4 *__restrict__ d, const uint4 *__restrict__ s, size_t n16)
 {
+    KIMI_GRID_ENTRY();
     const size_t stride = (size_t) gridDim.x * blockDim.x;
     size_t i = blockIdx.x * (size_t) blockDim.x + threadIdx.x;
     for (; i + 3 * stride < n16; i += 4 * stride) {
@@ -92,8 +111,7 @@ kimi_fill_bf16(kimi_bf16_t *p, size_t n, uint64_t seed, float lo, float hi,
     if (p == NULL && n > 0) {
         return kimi_err_set(err, KIMI_EINVAL, "fill_bf16: NULL");
     }
-    fill_bf16_kernel<<<grid_for(n), 256, 0, s>>>(p, n, seed, lo, hi);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, fill_bf16_kernel, grid_for(n), 256, 0, s, p, n, seed, lo, hi);
     return KIMI_OK;
 }
 
@@ -104,8 +122,7 @@ kimi_fill_f32(float *p, size_t n, uint64_t seed, float lo, float hi,
     if (p == NULL && n > 0) {
         return kimi_err_set(err, KIMI_EINVAL, "fill_f32: NULL");
     }
-    fill_f32_kernel<<<grid_for(n), 256, 0, s>>>(p, n, seed, lo, hi);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, fill_f32_kernel, grid_for(n), 256, 0, s, p, n, seed, lo, hi);
     return KIMI_OK;
 }
 
@@ -115,8 +132,7 @@ kimi_fill_fp8(uint8_t *p, size_t n, uint64_t seed, cudaStream_t s, kimi_err_t *e
     if ((p == NULL && n > 0) || n % 4 != 0 || ((uintptr_t) p & 3)) {
         return kimi_err_set(err, KIMI_EINVAL, "fill_fp8: n=%zu must be a multiple of 4, aligned", n);
     }
-    fill_fp8_kernel<<<grid_for(n / 4), 256, 0, s>>>((uint32_t *) p, n / 4, seed);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, fill_fp8_kernel, grid_for(n / 4), 256, 0, s, (uint32_t *) p, n / 4, seed);
     return KIMI_OK;
 }
 
@@ -129,7 +145,6 @@ kimi_copy_d2d(void *dst, const void *src, size_t n, cudaStream_t s, kimi_err_t *
     int dev = 0, sms = 132;
     KIMI_CUDA_TRY(cudaGetDevice(&dev), err);
     KIMI_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), err);
-    copy_kernel<<<sms * 8, 256, 0, s>>>((uint4 *) dst, (const uint4 *) src, n / 16);
-    KIMI_CUDA_LAUNCHED(s, err);
+    KIMI_LAUNCH(err, copy_kernel, sms * 8, 256, 0, s, (uint4 *) dst, (const uint4 *) src, n / 16);
     return KIMI_OK;
 }

@@ -1031,7 +1031,10 @@ main(int argc, char **argv)
     test_router_lt(lt, 100, 7168, 384);
     test_router_lt(lt, 65, 1024, 16);
     test_plan(8192, 8, 384);   /* above the old plan's shared-memory limit */
-    test_plan(3, 8, 1024);
+    test_plan(3, 8, 1024);     /* <= 32 pairs: the one-warp plan */
+    test_plan(4, 8, 6);        /* 32 pairs over 6 experts: many pairs an expert */
+    test_plan(1, 8, 384);
+    test_plan(5, 8, 6);        /* 40 pairs: the block plan on the same shape */
     test_moe(1, 1024, 256, 16, 4, 0);
     test_moe(13, 2048, 512, 16, 4, 0);
     test_moe(8, 2048, 1024, 8, 6, 1);     /* up to 8 rows a slot */
