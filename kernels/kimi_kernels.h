@@ -341,6 +341,24 @@ int kimi_sample_greedy_logprob(const float *logits, int rows, int vocab,
                                int ld, int32_t *out, float *logprob,
                                cudaStream_t s, kimi_err_t *err);
 
+/* One row of kimi_sample_temperature: inv_t = 1 / temperature (0: not this
+ * row: out[r] is left as it is), log_min_p = log(min_p) (-inf: no min_p),
+ * u the row's uniform draw in [0, 1) (the host sampler's one draw). */
+typedef struct {
+    float   inv_t;
+    float   log_min_p;
+    double  u;
+} kimi_temp_row_t;
+
+/* Sampling by temperature (and min_p) alone, as the host sampler draws it:
+ * v = logits * inv_t, m = max v, candidates v >= max(m - 87, m + log_min_p)
+ * with weights exp(v - m), and out[r] the candidate where the running
+ * weight in vocabulary order first exceeds u * (sum of the weights);
+ * -1 when the row has no finite logit (the host's fallback then). */
+int kimi_sample_temperature(const float *logits, int rows, int vocab, int ld,
+                            const kimi_temp_row_t *params, int32_t *out,
+                            cudaStream_t s, kimi_err_t *err);
+
 /* ---- glue.cu ---------------------------------------------------------- */
 
 /* out[t,:] = table[ids[t],:] (embedding lookup, or picking rows); D % 8 == 0. */

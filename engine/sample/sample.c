@@ -425,6 +425,20 @@ kimi_sample_is_plain_greedy(const kimi_sample_req_t *req)
 }
 
 
+int
+kimi_sample_is_plain_random(const kimi_sample_req_t *req)
+{
+    const kimi_shm_sampling_t  *sp = req->sampling;
+
+    return req->prompt_next == 0
+           && !kimi_sample_is_greedy(sp) && req->n_output >= sp->min_tokens
+           && sp->n_logit_bias == 0 && !sp->json_object
+           && req->n_guided == 0 && !kimi_sample_has_penalties(sp)
+           && !sp->logprobs && sp->top_logprobs == 0
+           && !(sp->top_p < 1.0f) && sp->top_k <= 0;
+}
+
+
 static uint32_t kimi_sample_argmax(const float *x, uint32_t n);
 static void kimi_sample_json_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req, const int32_t *prog,

@@ -24,7 +24,7 @@ struct kimi_sample_pool {
     size_t                    ld;
     const kimi_sample_req_t  *reqs;
     kimi_sample_out_t        *outs;
-    int                       skip_greedy;
+    const uint8_t            *skip;
 };
 
 
@@ -35,7 +35,7 @@ kimi_sample_pool_rows(void *ctx, uint32_t worker, uint32_t i0, uint32_t i1)
     int                  rc;
 
     for (uint32_t i = i0; i < i1; i++) {
-        if (p->skip_greedy && kimi_sample_is_plain_greedy(&p->reqs[i])) {
+        if (p->skip != NULL && p->skip[i]) {
             continue;
         }
         rc = kimi_sampler_sample(p->smp[worker], p->logits + (size_t) i * p->ld,
@@ -121,7 +121,7 @@ kimi_sample_pool_threads(const kimi_sample_pool_t *p)
 
 int
 kimi_sample_pool_run(kimi_sample_pool_t *p, const float *logits, size_t ld,
-    const kimi_sample_req_t *reqs, uint32_t n, int skip_plain_greedy,
+    const kimi_sample_req_t *reqs, uint32_t n, const uint8_t *skip,
     kimi_sample_out_t *outs, kimi_err_t *err)
 {
     uint32_t  todo = 0;
@@ -130,11 +130,11 @@ kimi_sample_pool_run(kimi_sample_pool_t *p, const float *logits, size_t ld,
     p->ld = ld;
     p->reqs = reqs;
     p->outs = outs;
-    p->skip_greedy = skip_plain_greedy;
+    p->skip = skip;
     memset(p->rc, 0, p->n_threads * sizeof(*p->rc));
 
     for (uint32_t i = 0; i < n && todo < 2; i++) {
-        todo += !(skip_plain_greedy && kimi_sample_is_plain_greedy(&reqs[i]));
+        todo += skip == NULL || !skip[i];
     }
 
     if (p->pool == NULL || todo < 2) {         /* not worth a wake-up */

@@ -32,11 +32,11 @@ void kimi_sample_pool_free(kimi_sample_pool_t *p);     /* NULL: no-op */
 uint32_t kimi_sample_pool_threads(const kimi_sample_pool_t *p);
 
 /* outs[i] = the sample of row i (logits + i * ld) for i < n, skipping the
- * rows kimi_sample_is_plain_greedy() takes when skip_plain_greedy is set;
- * the first error of any row is returned (the others still ran). */
+ * rows with skip[i] set (the caller sampled them; skip may be NULL); the
+ * first error of any row is returned (the others still ran). */
 int  kimi_sample_pool_run(kimi_sample_pool_t *p, const float *logits,
                           size_t ld, const kimi_sample_req_t *reqs,
-                          uint32_t n, int skip_plain_greedy,
+                          uint32_t n, const uint8_t *skip,
                           kimi_sample_out_t *outs, kimi_err_t *err);
 
 #endif

@@ -1205,7 +1205,7 @@ kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
 
         if (rc == KIMI_OK) {
             rc = kimi_sample_pool_run(s->sampler, logits, s->vocab, s->reqs,
-                                      n_want, 0, s->outs, err);
+                                      n_want, NULL, s->outs, err);
         }
     }
 

@@ -926,6 +926,84 @@ test_greedy_logprob(int rows, int vocab)
     cudaFree(d); cudaFree(dout); cudaFree(dlp); free(h); free(got); free(glp);
 }
 
+/* Temperature sampling against the host sampler's arithmetic (max, cut,
+ * exp weights, inverse CDF in vocabulary order, double sums): the same
+ * token for every draw, save draws within 1e-6 of the total from a
+ * boundary (the sums' rounding may move those one token).  Rows: several
+ * temperatures, min_p, a skipped row (poison kept), a fully masked row (-1),
+ * a row of -inf holes, draws near 0 and near 1. */
+static void
+test_temperature(int rows, int vocab)
+{
+    size_t n = (size_t) rows * vocab;
+    float *h = hmalloc(n * 4);
+    for (size_t i = 0; i < n; i++) h[i] = runi(-9, 9);
+    for (int v = 0; v < vocab; v++) h[(size_t) 1 * vocab + v] = -INFINITY;    /* row 1: masked */
+    for (int v = 0; v < vocab; v += 3) h[(size_t) 2 * vocab + v] = -INFINITY; /* row 2: holes */
+    h[(size_t) 3 * vocab + 12345 % vocab] = 30.f;                            /* row 3: peaked */
+    kimi_temp_row_t *pr = hmalloc(rows * sizeof(*pr));
+    const float temps[] = { 0.3f, 0.7f, 1.0f, 1.6f };
+    for (int r = 0; r < rows; r++) {
+        pr[r].inv_t = 1.f / temps[r % 4];
+        pr[r].log_min_p = r % 3 == 1 ? logf(0.05f) : -INFINITY;
+        pr[r].u = r == 4 ? 0.0 : r == 5 ? 0.999999999 : (double) (rnext() >> 11) * 0x1.0p-53;
+    }
+    pr[6].inv_t = 0.f;                                   /* not this kernel's row */
+    float *d = dmalloc(n * 4);
+    kimi_temp_row_t *dp = dmalloc(rows * sizeof(*pr));
+    int32_t *dout = dmalloc(rows * 4), *got = hmalloc(rows * 4);
+    up(d, h, n * 4);
+    up(dp, pr, rows * sizeof(*pr));
+    CK(cudaMemset(dout, 0x7b, rows * 4));
+    KK(kimi_sample_temperature(d, rows, vocab, vocab, dp, dout, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    down(got, dout, rows * 4);
+    int bad = 0, near = 0;
+    for (int r = 0; r < rows; r++) {
+        const float *x = h + (size_t) r * vocab;
+        int want;
+        if (pr[r].inv_t == 0.f) {
+            want = 0x7b7b7b7b;
+        } else {
+            float mx = -INFINITY;
+            for (int v = 0; v < vocab; v++) mx = x[v] > mx ? x[v] : mx;
+            if (!(mx > -INFINITY)) {
+                want = -1;
+            } else {
+                const float m = mx * pr[r].inv_t;
+                float cut = m - 87.0f;
+                if (m + pr[r].log_min_p > cut) cut = m + pr[r].log_min_p;
+                double z = 0;
+                for (int v = 0; v < vocab; v++) {
+                    const float y = x[v] * pr[r].inv_t;
+                    z += y >= cut ? (double) expf(y - m) : 0.0;
+                }
+                const double target = pr[r].u * z;
+                double acc = 0, gap = INFINITY;
+                want = -1;
+                for (int v = 0; v < vocab; v++) {
+                    const float y = x[v] * pr[r].inv_t;
+                    if (y >= cut) {
+                        want = v;
+                        acc += (double) expf(y - m);
+                        gap = fabs(acc - target) < gap ? fabs(acc - target) : gap;
+                        if (target < acc) break;
+                    }
+                }
+                if (got[r] != want && gap < 1e-6 * z) {
+                    near++;
+                    continue;
+                }
+            }
+        }
+        bad += got[r] != want;
+    }
+    ok(bad == 0 && got[1] == -1 && got[6] == 0x7b7b7b7b,
+       "sample_temperature rows=%d vocab=%d (T 0.3-1.6, min_p, masked, skipped, u 0 and ~1): the host's token every draw (%d wrong, %d within 1e-6 of a boundary)",
+       rows, vocab, bad, near);
+    cudaFree(d); cudaFree(dp); cudaFree(dout); free(h); free(pr); free(got);
+}
+
 /* lm_head at batch: rows of fp32 x picked and rounded to bf16, then
  * x . W^T on cuBLASLt (bf16 in, fp32 out), against the same rounded x in
  * double on the host; outputs poisoned. */
@@ -1063,6 +1141,8 @@ main(int argc, char **argv)
     test_greedy(3, 163840);
     test_greedy_logprob(5, 163840);
     test_greedy(3, 1001);            /* rows 1, 2 not 16-byte aligned: the scalar path */
+    test_temperature(64, 163840);
+    test_temperature(9, 1001);
     test_greedy_logprob(2, 999);
     test_lm_head(9, 1024, 1000, lt);
     test_lm_head(37, 7168, 4096, lt);

@@ -43,6 +43,7 @@ main(void)
     kimi_shm_sampling_t   sp[ROWS];
     kimi_sample_req_t     req[ROWS];
     kimi_sample_out_t     ref[ROWS], got[ROWS];
+    uint8_t               skip[ROWS];
     kimi_rng_t            rng, ra[ROWS], rb[ROWS];
     int32_t               seq[ROWS][40], eos[1] = { 163586 }, *words = NULL;
     float                *rows = malloc((size_t) ROWS * VOCAB * sizeof(float));
@@ -131,7 +132,7 @@ main(void)
             got[r].tok.token = -7;
         }
         if (kimi_sample_pool_run(batch % 2 ? inl : pool, rows, VOCAB, req,
-                                 ROWS, 0, got, &err) != 0)
+                                 ROWS, NULL, got, &err) != 0)
         {
             ok(0, "pool sample: %s", err.msg);
             return 1;
@@ -146,7 +147,10 @@ main(void)
             sp[r].logprobs = 0;
             sp[r].top_logprobs = 0;
         }
-        if (kimi_sample_pool_run(pool, rows, VOCAB, req, ROWS, 1, got,
+        for (int r = 0; r < ROWS; r++) {
+            skip[r] = (uint8_t) kimi_sample_is_plain_greedy(&req[r]);
+        }
+        if (kimi_sample_pool_run(pool, rows, VOCAB, req, ROWS, skip, got,
                                  &err) != 0)
         {
             ok(0, "pool sample (greedy skipped): %s", err.msg);
@@ -161,7 +165,7 @@ main(void)
        "min_p, penalties, logprobs%s): 4 threads and one inline sampler give"
        " the rows one sampler gives in order, bit for bit, and leave the same"
        " rng states", ROWS, tok != NULL ? ", JSON mode, a JSON schema" : "");
-    ok(untouched, "rows the caller takes as plain greedy are not sampled");
+    ok(untouched, "rows the caller marks (its plain greedy ones) are not sampled");
 
     kimi_sample_pool_free(pool);
     kimi_sample_pool_free(inl);

@@ -1565,6 +1565,41 @@ test_sampler(void)
            plain);
     }
 
+    /* what a device draw by temperature may answer alone */
+    {
+        kimi_shm_sampling_t  q = sp_base(0.7f);
+        kimi_sample_req_t    r = req;
+        int                  plain;
+
+        r.sampling = &q;
+        q.top_p = 1.0f;
+        q.top_k = 0;
+        q.min_p = 0.05f;
+        plain = kimi_sample_is_plain_random(&r);
+        q.top_p = 0.9f;
+        plain = plain * 2 + kimi_sample_is_plain_random(&r);
+        q.top_p = 1.0f;
+        q.top_k = 40;
+        plain = plain * 2 + kimi_sample_is_plain_random(&r);
+        q.top_k = -1;
+        q.logprobs = 1;
+        plain = plain * 2 + kimi_sample_is_plain_random(&r);
+        q.logprobs = 0;
+        q.frequency_penalty = 0.3f;
+        plain = plain * 2 + kimi_sample_is_plain_random(&r);
+        q.frequency_penalty = 0.0f;
+        q.json_object = 1;
+        plain = plain * 2 + kimi_sample_is_plain_random(&r);
+        q.json_object = 0;
+        q.temperature = 0.0f;
+        plain = plain * 2 + kimi_sample_is_plain_random(&r);
+        q.temperature = 1.0f;
+        plain = plain * 2 + kimi_sample_is_plain_random(&r);
+        ok(plain == 0x81, "plain random: temperature with min_p, top_k -1 "
+           "or 0; not with top_p, top_k, logprobs, penalties, JSON mode, "
+           "nor greedy (bits %#x)", plain);
+    }
+
     /* raw logprobs of a known distribution */
     for (int i = 0; i < 4; i++) {
         lg[i] = logf(pr[i]) + 7.0f;

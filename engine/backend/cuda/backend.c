@@ -13,6 +13,7 @@
  *         of the dimension; no step ever runs on one.
  */
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -651,15 +652,18 @@ kimi_backend_cuda_greedy(kimi_backend_t *base, int32_t *ids, uint32_t *n_rows,
 
 /* The vtable's sample: plain greedy rows (kimi_sample_is_plain_greedy)
  * from one device argmax + logprob over every row, without copying their
- * logits (already on the host when the step saw a greedy_hint); the
- * others through the host sampler, each row copied alone.
- * Same tokens as the host path (same tie rule), logprob to ~1e-6. */
+ * logits (already on the host when the step saw a greedy_hint); rows of
+ * temperature (and min_p) alone (kimi_sample_is_plain_random) drawn on the
+ * device with the row's own uniform, taken from its RNG here as the host
+ * sampler would; the others through the host sampler, each row copied
+ * alone.  Same tokens as the host path (same tie rule; a draw within ~1e-6
+ * of a boundary may differ), logprob to ~1e-6. */
 static int
 kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
     uint32_t n, kimi_sample_out_t *out, kimi_err_t *err)
 {
     kimi_cuda_t  *b = (kimi_cuda_t *) base;
-    uint32_t      V = b->cfg->vocab_size, n_dev = 0, i;
+    uint32_t      V = b->cfg->vocab_size, n_dev = 0, n_draw = 0, n_host, i;
     size_t        row = (size_t) V * sizeof(float);
 
     if (n != b->n_rows) {
@@ -668,8 +672,24 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
     }
 
     for (i = 0; i < n; i++) {
-        n_dev += kimi_sample_is_plain_greedy(&reqs[i]);
+        const kimi_shm_sampling_t  *sp = reqs[i].sampling;
+        kimi_temp_row_t            *t = &b->temp_h[i];
+
+        b->skip[i] = (uint8_t) kimi_sample_is_plain_greedy(&reqs[i]);
+        n_dev += b->skip[i];
+        t->inv_t = 0.0f;
+
+        if (!b->skip[i] && kimi_sample_is_plain_random(&reqs[i])) {
+            b->rng_save[i] = *reqs[i].rng;
+            t->inv_t = 1.0f / sp->temperature;
+            t->log_min_p = sp->min_p > 0.0f ? logf(sp->min_p) : -INFINITY;
+            t->u = kimi_rng_uniform(reqs[i].rng);
+            b->skip[i] = 1;
+            n_draw++;
+        }
     }
+
+    n_host = n - n_dev - n_draw;
 
     if (n_dev > 0 && !b->greedy_on_host) {
         KIMI_K(kimi_sample_greedy_logprob(b->logits, (int) n, (int) V,
@@ -681,15 +701,24 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
                                 cudaMemcpyDeviceToHost, b->stream), err);
     }
 
+    if (n_draw > 0) {
+        KIMI_CU(cudaMemcpyAsync(b->temp, b->temp_h, n * sizeof(kimi_temp_row_t),
+                                cudaMemcpyHostToDevice, b->stream), err);
+        KIMI_K(kimi_sample_temperature(b->logits, (int) n, (int) V, (int) V,
+                                       b->temp, b->drawn, b->stream, err));
+        KIMI_CU(cudaMemcpyAsync(b->drawn_h, b->drawn, n * sizeof(int32_t),
+                                cudaMemcpyDeviceToHost, b->stream), err);
+    }
+
     for (i = 0; i < n && !b->logits_on_host; i++) {
-        if (!kimi_sample_is_plain_greedy(&reqs[i])) {
+        if (!b->skip[i]) {
             KIMI_CU(cudaMemcpyAsync((char *) b->logits_h + i * row,
                                     (char *) b->logits + i * row, row,
                                     cudaMemcpyDeviceToHost, b->stream), err);
         }
     }
 
-    if (n_dev < n || !b->greedy_on_host) {
+    if (n_host > 0 || n_draw > 0 || !b->greedy_on_host) {
         KIMI_CU(cudaStreamSynchronize(b->stream), err);
     }
 
@@ -701,13 +730,31 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
             if (reqs[i].sampling->logprobs) {
                 out[i].tok.logprob = b->lp_h[i];
             }
+
+        } else if (b->temp_h[i].inv_t > 0.0f) {
+            if (b->drawn_h[i] >= 0 && (uint32_t) b->drawn_h[i] < V) {
+                memset(&out[i].tok, 0, sizeof(out[i].tok));
+                out[i].tok.token = b->drawn_h[i];
+                continue;
+            }
+
+            /* no finite logit: the host's fallback, from the same state */
+            *reqs[i].rng = b->rng_save[i];
+            b->skip[i] = 0;
+            n_host++;
+
+            if (!b->logits_on_host) {
+                KIMI_CU(cudaMemcpy((char *) b->logits_h + i * row,
+                                   (char *) b->logits + i * row, row,
+                                   cudaMemcpyDeviceToHost), err);
+            }
         }
     }
 
     /* the rest on the host, several rows at once */
-    return n_dev < n ? kimi_sample_pool_run(b->sampler, b->logits_h, V, reqs,
-                                            n, 1, out, err)
-                     : 0;
+    return n_host > 0 ? kimi_sample_pool_run(b->sampler, b->logits_h, V, reqs,
+                                             n, b->skip, out, err)
+                      : 0;
 }
 
 
@@ -872,6 +919,10 @@ kimi_cuda_free(kimi_backend_t *base)
     cudaFreeHost(b->logits_h);
     cudaFreeHost(b->ids_h);
     cudaFreeHost(b->lp_h);
+    cudaFreeHost(b->temp_h);
+    cudaFreeHost(b->drawn_h);
+    free(b->rng_save);
+    free(b->skip);
     kimi_cublaslt_destroy(b->lt);
     kimi_sample_pool_free(b->sampler);
     free(b->layers);
@@ -997,8 +1048,10 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
 
     b->pev = calloc(KIMI_CUDA_MARKS(c->num_hidden_layers),
                     sizeof(cudaEvent_t));
+    b->rng_save = calloc(b->max_rows, sizeof(kimi_rng_t));
+    b->skip = calloc(b->max_rows, 1);
 
-    if (b->pev == NULL) {
+    if (b->pev == NULL || b->rng_save == NULL || b->skip == NULL) {
         rc = kimi_err_set(err, KIMI_ENOMEM, "cuda backend: out of memory");
         goto failed;
     }
@@ -1012,6 +1065,10 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
                             * sizeof(int32_t)));
     KIMI_TRY(cudaMallocHost((void **) &b->lp_h, (size_t) b->max_rows
                             * sizeof(float)));
+    KIMI_TRY(cudaMallocHost((void **) &b->temp_h, (size_t) b->max_rows
+                            * sizeof(kimi_temp_row_t)));
+    KIMI_TRY(cudaMallocHost((void **) &b->drawn_h, (size_t) b->max_rows
+                            * sizeof(int32_t)));
 
 #undef KIMI_TRY
 

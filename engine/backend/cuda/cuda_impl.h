@@ -22,6 +22,7 @@
 #include "../../parallel/group.h"
 #include "../../parallel/nccl_comm.h"
 #include "../../parallel/step.h"
+#include "../../sample/sample.h"
 #include "cuda_backend.h"
 
 #define KIMI_CU(call, err)                                                    \
@@ -186,6 +187,12 @@ typedef struct {
                                                      with greedy_hint) */
     int32_t                    *ids_h;        /* pinned [max_rows] */
     float                      *lp_h;         /* pinned [max_rows] */
+    /* rows drawn by temperature on the device (kimi_sample_is_plain_random):
+     * the draw's parameters up, the tokens down */
+    kimi_temp_row_t            *temp, *temp_h;    /* [max_rows] device / pinned */
+    int32_t                    *drawn, *drawn_h;  /* [max_rows] device / pinned */
+    kimi_rng_t                 *rng_save;     /* [max_rows] before the draw */
+    uint8_t                    *skip;         /* [max_rows] rows not for the host */
     struct kimi_sample_pool    *sampler;      /* rows the device can't take */
 
     /* graphs.c: one captured step per token count T <= graph_max_t */
