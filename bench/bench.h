@@ -62,6 +62,7 @@ typedef struct {
     uint32_t          max_concurrency; /* 0: unlimited */
     int               ignore_eos;
     double            temperature;
+    double            top_p, top_k, min_p;   /* NAN: not sent */
 
     /* limits */
     double            timeout_s;        /* whole run, never exceeded */

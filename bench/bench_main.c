@@ -35,7 +35,8 @@ enum {
     OPT_MODEL, OPT_SERVED_NAME, OPT_TOKENIZER, OPT_API_KEY, OPT_LABEL,
     OPT_DATASET, OPT_IN_LEN, OPT_OUT_LEN, OPT_RANGE, OPT_PREFIX,
     OPT_NUM_PROMPTS, OPT_SEED, OPT_RATE, OPT_BURST, OPT_MAX_CONC,
-    OPT_IGNORE_EOS, OPT_TEMPERATURE, OPT_PCT_METRICS, OPT_PCTS,
+    OPT_IGNORE_EOS, OPT_TEMPERATURE, OPT_TOP_P, OPT_TOP_K, OPT_MIN_P,
+    OPT_PCT_METRICS, OPT_PCTS,
     OPT_SAVE, OPT_SAVE_DETAILED, OPT_RESULT_DIR, OPT_RESULT_FILE, OPT_PLOT,
     OPT_TIMEOUT, OPT_REQ_TIMEOUT, OPT_READY_TIMEOUT, OPT_NO_PROGRESS,
     OPT_DUMP_PROMPTS, OPT_ENGINE_IPC, OPT_OBS_WIDTH, OPT_OBS_SPIN, OPT_HELP,
@@ -64,6 +65,9 @@ static const struct option  bench_options[] = {
     { "max-concurrency",         required_argument, NULL, OPT_MAX_CONC },
     { "ignore-eos",              no_argument,       NULL, OPT_IGNORE_EOS },
     { "temperature",             required_argument, NULL, OPT_TEMPERATURE },
+    { "top-p",                   required_argument, NULL, OPT_TOP_P },
+    { "top-k",                   required_argument, NULL, OPT_TOP_K },
+    { "min-p",                   required_argument, NULL, OPT_MIN_P },
     { "percentile-metrics",      required_argument, NULL, OPT_PCT_METRICS },
     { "metric-percentiles",      required_argument, NULL, OPT_PCTS },
     { "save-result",             no_argument,       NULL, OPT_SAVE },
@@ -102,6 +106,9 @@ static const bench_num_opt_t  bench_num_opts[] = {
     { OPT_RATE, "request-rate", offsetof(bench_opts_t, request_rate), 0 },
     { OPT_BURST, "burstiness", offsetof(bench_opts_t, burstiness), 0 },
     { OPT_TEMPERATURE, "temperature", offsetof(bench_opts_t, temperature), 0 },
+    { OPT_TOP_P, "top-p", offsetof(bench_opts_t, top_p), 0 },
+    { OPT_TOP_K, "top-k", offsetof(bench_opts_t, top_k), 0 },
+    { OPT_MIN_P, "min-p", offsetof(bench_opts_t, min_p), 0 },
     { OPT_TIMEOUT, "timeout", offsetof(bench_opts_t, timeout_s), 0 },
     { OPT_REQ_TIMEOUT, "request-timeout", offsetof(bench_opts_t, request_timeout_s), 0 },
     { OPT_READY_TIMEOUT, "ready-check-timeout-sec", offsetof(bench_opts_t, ready_timeout_s), 0 },
@@ -130,6 +137,7 @@ static const char  bench_usage[] =
 "  --max-concurrency N       at most N requests in flight\n"
 "  --ignore-eos              always on for the random dataset (as vLLM)\n"
 "  --temperature T           default 0.0 (greedy, as vLLM)\n"
+"  --top-p P, --top-k K, --min-p P   sent only when given\n"
 "output:\n"
 "  --percentile-metrics L    default ttft,tpot,itl (e2el on request)\n"
 "  --metric-percentiles L    default 99\n"
@@ -207,6 +215,11 @@ bench_parse_num_opt(int c, const char *arg, bench_opts_t *o)
         {
             return -1;
         }
+        if (c == OPT_TOP_K && (o->top_k != floor(o->top_k) || o->top_k < -1)) {
+            fprintf(stderr, "kimi-bench: --top-k must be an integer >= -1, "
+                    "got %s\n", arg);
+            return -1;
+        }
         return 1;
     }
 
@@ -233,6 +246,9 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     o->request_rate = INFINITY;
     o->burstiness = 1.0;
     o->temperature = 0.0;
+    o->top_p = NAN;             /* NAN: not sent (the server's default) */
+    o->top_k = NAN;
+    o->min_p = NAN;
     o->percentile_metrics = "ttft,tpot,itl";
     o->timeout_s = 3600.0;
     o->ready_timeout_s = 600.0;
@@ -556,6 +572,15 @@ bench_build_body(const bench_opts_t *o, bench_req_t *r, size_t index,
         json_object_set_new(js, "ignore_eos", json_true());
     }
     json_object_set_new(js, "temperature", json_real(o->temperature));
+    if (!isnan(o->top_p)) {
+        json_object_set_new(js, "top_p", json_real(o->top_p));
+    }
+    if (!isnan(o->top_k)) {
+        json_object_set_new(js, "top_k", json_integer((json_int_t) o->top_k));
+    }
+    if (!isnan(o->min_p)) {
+        json_object_set_new(js, "min_p", json_real(o->min_p));
+    }
 
     json = json_dumps(js, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(js);

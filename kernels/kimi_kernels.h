@@ -341,23 +341,28 @@ int kimi_sample_greedy_logprob(const float *logits, int rows, int vocab,
                                int ld, int32_t *out, float *logprob,
                                cudaStream_t s, kimi_err_t *err);
 
-/* One row of kimi_sample_temperature: inv_t = 1 / temperature (0: not this
- * row: out[r] is left as it is), log_min_p = log(min_p) (-inf: no min_p),
- * u the row's uniform draw in [0, 1) (the host sampler's one draw). */
+/* One row of kimi_sample_draw: inv_t = 1 / temperature (0: not this row:
+ * out[r] is left as it is), log_min_p = log(min_p) (-inf: none), top_p
+ * (1: none), top_k (<= 0: none), u the row's uniform draw in [0, 1) (the
+ * host sampler's one draw). */
 typedef struct {
-    float   inv_t;
-    float   log_min_p;
-    double  u;
-} kimi_temp_row_t;
+    float    inv_t;
+    float    log_min_p;
+    float    top_p;
+    int32_t  top_k;
+    double   u;
+} kimi_draw_row_t;
 
-/* Sampling by temperature (and min_p) alone, as the host sampler draws it:
- * v = logits * inv_t, m = max v, candidates v >= max(m - 87, m + log_min_p)
- * with weights exp(v - m), and out[r] the candidate where the running
- * weight in vocabulary order first exceeds u * (sum of the weights);
- * -1 when the row has no finite logit (the host's fallback then). */
-int kimi_sample_temperature(const float *logits, int rows, int vocab, int ld,
-                            const kimi_temp_row_t *params, int32_t *out,
-                            cudaStream_t s, kimi_err_t *err);
+/* Random sampling as the host sampler draws it (engine/sample/sample.c):
+ * v = logits * inv_t, m = max v; candidates v >= max(m - 87, m + log_min_p);
+ * with top_k those >= the k-th largest (ties kept); weights exp(v - m);
+ * with top_p the fewest largest weights whose mass reaches top_p of the
+ * total (ties at the edge in vocabulary order); out[r] the candidate where
+ * the running weight in vocabulary order first exceeds u * (the kept
+ * mass); -1 when the row has no finite logit (the host's fallback then). */
+int kimi_sample_draw(const float *logits, int rows, int vocab, int ld,
+                     const kimi_draw_row_t *params, int32_t *out,
+                     cudaStream_t s, kimi_err_t *err);
 
 /* ---- glue.cu ---------------------------------------------------------- */
 

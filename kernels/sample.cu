@@ -194,18 +194,58 @@ kimi_sample_greedy_logprob(const float *logits, int rows, int vocab, int ld,
     return greedy_launch(logits, rows, vocab, ld, out, logprob, s, err);
 }
 
-/* ---- temperature ------------------------------------------------------------ */
+/* ---- random draws ------------------------------------------------------------ */
 
 /*
  * A cluster of AM_CLUSTER blocks per row again; a thread owns a contiguous
  * run of its block's slice, so the runs in rank-then-thread order tile the
- * row in vocabulary order.  Pass 1: the max.  Pass 2: each run's weight
- * (double) and where it starts (a scan over the block, the block totals
- * over the cluster).  The draw falls in the first run holding weight whose
- * end passes u * total (the last such run if rounding leaves none), and
- * that one thread walks its run again to find the token: exactly one
- * token, whatever the sums' rounding.
+ * row in vocabulary order.  Each pass reads the row again (from L2):
+ *   max          the row's max logit;
+ *   top_k        the k-th largest candidate by a radix select on its
+ *                order-preserving bits (levels of 11, 11, 10 bits: a
+ *                count histogram a level, merged over the cluster);
+ *   top_p        the edge weight w* the same way, on mass histograms of the
+ *                weights' bits: the largest w* whose mass at and above it
+ *                reaches top_p of the total; ties at w* kept in vocabulary
+ *                order until the mass is reached (one more pass, rarely);
+ *   draw         each run's kept weight (double) and where it starts; the
+ *                draw falls in the first run holding weight whose end passes
+ *                u * total (the last such run if rounding leaves none), and
+ *                that one thread walks its run to find the token: exactly
+ *                one token, whatever the sums' rounding.
+ * Every rank computes the merged histograms and the edges from the same
+ * sums in the same order, so all agree without another exchange.
  */
+#define DR_BINS 2048
+
+struct draw_row {
+    const float *row;
+    int          v0, v1;          /* this thread's run */
+    float        inv_t, m, cut;
+    bool         top_k;           /* keep key(v) >= kth */
+    uint32_t     kth;
+    bool         top_p;           /* keep w > w*, and ties at w* below n_ties */
+    uint32_t     wstar;
+    double       n_ties;          /* ties at w* kept (vocabulary order) */
+};
+
+/* Order-preserving bits of a float (larger float, larger key). */
+static __device__ __forceinline__ uint32_t dr_key(float v)
+{
+    const uint32_t b = __float_as_uint(v);
+    return b ^ ((b >> 31) ? 0xffffffffu : 0x80000000u);
+}
+
+/* A candidate after min_p and top_k: its weight, else 0. */
+static __device__ __forceinline__ float dr_weight(const draw_row &d, float x)
+{
+    const float v = x * d.inv_t;
+    if (!(v >= d.cut) || (d.top_k && dr_key(v) < d.kth)) {
+        return 0.f;
+    }
+    return expf(v - d.m);
+}
+
 static __device__ __forceinline__ double block_excl_scan(double v, double *warp_sums, double *total)
 {
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
@@ -218,6 +258,7 @@ static __device__ __forceinline__ double block_excl_scan(double v, double *warp_
     }
     double excl = __shfl_up_sync(0xffffffffu, incl, 1);
     excl = lane > 0 ? excl : 0.0;
+    __syncthreads();                              /* warp_sums free again */
     if (lane == 31) {
         warp_sums[wid] = incl;
     }
@@ -232,105 +273,300 @@ static __device__ __forceinline__ double block_excl_scan(double v, double *warp_
     return (wid > 0 ? warp_sums[wid - 1] : 0.0) + excl;
 }
 
-/* min (want_min) or max of v over the block, in *slot and returned to all */
-static __device__ __forceinline__ int block_pick(int v, bool want_min, int *scratch, int *slot)
+/* min (want_min) or max of v over the block, returned to all */
+static __device__ __forceinline__ int block_pick(int v, bool want_min, int *scratch)
 {
     v = want_min ? (int) __reduce_min_sync(0xffffffffu, (unsigned) v)
                  : __reduce_max_sync(0xffffffffu, v);
+    __syncthreads();
     if ((threadIdx.x & 31) == 0) {
         scratch[threadIdx.x >> 5] = v;
     }
     __syncthreads();
+    for (int w = 0; w < AM_THREADS / 32; w++) {
+        v = want_min ? min(v, scratch[w]) : max(v, scratch[w]);
+    }
+    return v;
+}
+
+/* A double summed over the block (fixed order: a scan's total). */
+static __device__ __forceinline__ double block_sum(double v, double *scratch)
+{
+    double total;
+    block_excl_scan(v, scratch, &total);
+    return total;
+}
+
+/* A block's double summed over the cluster in rank order (every rank the
+ * same); v must be the same on every thread of the block. */
+static __device__ __forceinline__ double cluster_sum(cg::cluster_group &cluster, double v, double *slot)
+{
+    __syncthreads();
     if (threadIdx.x == 0) {
-        for (int w = 1; w < AM_THREADS / 32; w++) {
-            v = want_min ? min(v, scratch[w]) : max(v, scratch[w]);
-        }
         *slot = v;
     }
+    cluster.sync();
+    double s = 0.0;
+    for (int r = 0; r < AM_CLUSTER; r++) {
+        s += *cluster.map_shared_rank(slot, r);
+    }
+    cluster.sync();                               /* slot may be written again */
+    return s;
+}
+
+/*
+ * One radix level: over the elements whose bits above `shift + width` equal
+ * `prefix` (the higher levels' answer), hist[digit] += their count (mass
+ * false) or weight.  Merged over the cluster, then searched from the top
+ * digit down for the first where (above + the mass of digits down to it)
+ * reaches need.  Returns the digit; *above gains the digits above it.
+ */
+template <bool MASS>
+static __device__ uint32_t
+dr_level(cg::cluster_group &cluster, const draw_row &d, int shift, int width, uint32_t prefix,
+         double need, double *above, double *hist, double *merged, double *scratch)
+{
+    const uint32_t hi_mask = shift + width >= 32 ? 0u : ~0u << (shift + width);
+    const int nb = 1 << width;
+    for (int b = threadIdx.x; b < DR_BINS; b += AM_THREADS) {
+        hist[b] = 0.0;
+    }
     __syncthreads();
-    return *slot;
+    for (int v = d.v0; v < d.v1; v++) {
+        const float x = d.row[v];
+        uint32_t key;
+        double val;
+        if (MASS) {
+            const float w = dr_weight(d, x);
+            key = __float_as_uint(w);
+            val = w;
+            if (!(w > 0.f)) {
+                continue;
+            }
+        } else {
+            const float y = x * d.inv_t;
+            if (!(y >= d.cut)) {
+                continue;
+            }
+            key = dr_key(y);
+            val = 1.0;
+        }
+        if ((key & hi_mask) == (prefix & hi_mask)) {
+            atomicAdd(&hist[(key >> shift) & (nb - 1)], val);
+        }
+    }
+    cluster.sync();                               /* every rank's hist is final */
+    for (int b = threadIdx.x; b < nb; b += AM_THREADS) {
+        double sum = 0.0;
+        for (int r = 0; r < AM_CLUSTER; r++) {
+            sum += cluster.map_shared_rank(hist, r)[b];
+        }
+        merged[b] = sum;
+    }
+    cluster.sync();                               /* peers done reading hist */
+    /* from the top digit down: thread t takes digits nb-1-4t .. nb-4-4t */
+    double part = 0.0;
+    const int top = nb - 1 - 4 * (int) threadIdx.x;
+    for (int i = 0; i < 4; i++) {
+        part += top - i >= 0 ? merged[top - i] : 0.0;
+    }
+    double total;
+    const double before = block_excl_scan(part, scratch, &total);
+    int first = nb;                               /* in top-down order */
+    double acc = *above + before;
+    for (int i = 0; i < 4 && top - i >= 0; i++) {
+        const double h = merged[top - i];
+        if (h > 0.0 && acc + h >= need) {
+            first = 4 * (int) threadIdx.x + i;
+            break;
+        }
+        acc += h;
+    }
+    first = block_pick(first, true, (int *) (merged + nb));
+    if (first >= nb) {
+        first = nb - 1;                           /* rounding: the lowest digit holding any */
+        while (first > 0 && merged[nb - 1 - first] == 0.0) {
+            first--;
+        }
+    }
+    double a = *above;                            /* the same sum on every thread */
+    for (int i = 0; i < first; i++) {
+        a += merged[nb - 1 - i];
+    }
+    __syncthreads();
+    *above = a;
+    return (uint32_t) (nb - 1 - first);
+}
+
+/* The edge of a radix select: the key whose count / mass at and above it
+ * first reaches need, and the mass strictly above it. */
+template <bool MASS>
+static __device__ uint32_t
+dr_select(cg::cluster_group &cluster, const draw_row &d, double need, double *above,
+          double *hist, double *merged, double *scratch)
+{
+    uint32_t key = 0;
+    *above = 0.0;
+    key |= dr_level<MASS>(cluster, d, 21, 11, key, need, above, hist, merged, scratch) << 21;
+    key |= dr_level<MASS>(cluster, d, 10, 11, key, need, above, hist, merged, scratch) << 10;
+    key |= dr_level<MASS>(cluster, d, 0, 10, key, need, above, hist, merged, scratch);
+    return key;
 }
 
 static __global__ void __cluster_dims__(AM_CLUSTER, 1, 1) __launch_bounds__(AM_THREADS)
-temperature_kernel(const float *__restrict__ logits, int vocab, int ld,
-                   const kimi_temp_row_t *__restrict__ params, int32_t *out)
+draw_kernel(const float *__restrict__ logits, int vocab, int ld,
+            const kimi_draw_row_t *__restrict__ params, int32_t *out)
 {
     KIMI_GRID_ENTRY();
-    __shared__ float  wmax[AM_THREADS / 32];
+    __shared__ double hist[DR_BINS], merged[DR_BINS + 8];
     __shared__ double wsum[AM_THREADS / 32];
     __shared__ int    wpick[AM_THREADS / 32];
-    __shared__ float  slice_max;
-    __shared__ double slice_sum;
+    __shared__ double slot;
     __shared__ int    slice_first, slice_last;
     cg::cluster_group cluster = cg::this_cluster();
-    const kimi_temp_row_t p = params[blockIdx.y];
+    const kimi_draw_row_t p = params[blockIdx.y];
     if (p.inv_t <= 0.f) {
         return;                                   /* the whole cluster: same row */
     }
     const int rank = (int) cluster.block_rank(), lane = threadIdx.x & 31;
-    const float *row = logits + (size_t) blockIdx.y * ld;
     const int per_rank = (vocab + AM_CLUSTER - 1) / AM_CLUSTER;
     const int run = (per_rank + AM_THREADS - 1) / AM_THREADS;
     const int r0 = min(vocab, rank * per_rank), r1 = min(vocab, r0 + per_rank);
-    const int v0 = min(r1, r0 + (int) threadIdx.x * run), v1 = min(r1, v0 + run);
+    draw_row d;
+    d.row = logits + (size_t) blockIdx.y * ld;
+    d.v0 = min(r1, r0 + (int) threadIdx.x * run);
+    d.v1 = min(r1, d.v0 + run);
+    d.inv_t = p.inv_t;
+    d.top_k = false;
+    d.top_p = false;
 
-    /* pass 1: the row's max logit */
+    /* the row's max logit */
     float mx = -INFINITY;
-    for (int v = v0; v < v1; v++) {
-        mx = fmaxf(mx, row[v]);                   /* NaN never wins fmaxf */
+    for (int v = d.v0; v < d.v1; v++) {
+        mx = fmaxf(mx, d.row[v]);                 /* NaN never wins fmaxf */
     }
     mx = kimi_warp_max(mx);
     if (lane == 0) {
-        wmax[threadIdx.x >> 5] = mx;
+        wsum[threadIdx.x >> 5] = mx;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         for (int w = 1; w < AM_THREADS / 32; w++) {
-            mx = fmaxf(mx, wmax[w]);
+            mx = fmaxf(mx, (float) wsum[w]);
         }
-        slice_max = mx;
+        slot = mx;
     }
     cluster.sync();
     mx = -INFINITY;
     for (int r = 0; r < AM_CLUSTER; r++) {
-        mx = fmaxf(mx, *cluster.map_shared_rank(&slice_max, r));
+        mx = fmaxf(mx, (float) *cluster.map_shared_rank(&slot, r));
     }
+    cluster.sync();                               /* slot free again */
     if (!(mx > -INFINITY)) {
         if (rank == 0 && threadIdx.x == 0) {
             out[blockIdx.y] = -1;
         }
-        cluster.sync();                           /* peers have read slice_max */
         return;
     }
     /* the host's candidates: v = x * inv_t >= cut, weight exp(v - m) */
-    const float m = mx * p.inv_t;
-    float cut = m - 87.0f;
-    if (m + p.log_min_p > cut) {
-        cut = m + p.log_min_p;
+    d.m = mx * p.inv_t;
+    d.cut = d.m - 87.0f;
+    if (d.m + p.log_min_p > d.cut) {
+        d.cut = d.m + p.log_min_p;
     }
 
-    /* pass 2: the run's weight and its place in the row */
-    double mine = 0.0;
-    for (int v = v0; v < v1; v++) {
-        const float x = row[v] * p.inv_t;
-        mine += x >= cut ? (double) expf(x - m) : 0.0;
+    double above;
+    if (p.top_k > 0) {
+        double n = 0.0;
+        for (int v = d.v0; v < d.v1; v++) {
+            n += d.row[v] * d.inv_t >= d.cut ? 1.0 : 0.0;
+        }
+        n = cluster_sum(cluster, block_sum(n, wsum), &slot);
+        if ((double) p.top_k < n) {
+            d.kth = dr_select<false>(cluster, d, (double) p.top_k, &above, hist, merged, wsum);
+            d.top_k = true;
+        }
+    }
+    if (p.top_p < 1.f) {
+        double z = 0.0;
+        for (int v = d.v0; v < d.v1; v++) {
+            z += dr_weight(d, d.row[v]);
+        }
+        const double target = (double) p.top_p * cluster_sum(cluster, block_sum(z, wsum), &slot);
+        d.wstar = dr_select<true>(cluster, d, target, &above, hist, merged, wsum);
+        /* ties at w*: as many as the host's running sum takes */
+        const double w = __uint_as_float(d.wstar);
+        double acc = above, ties = 0.0, n_eq = 0.0;
+        for (int v = d.v0; v < d.v1; v++) {
+            n_eq += __float_as_uint(dr_weight(d, d.row[v])) == d.wstar ? 1.0 : 0.0;
+        }
+        n_eq = cluster_sum(cluster, block_sum(n_eq, wsum), &slot);
+        while (ties < n_eq && acc < target) {
+            acc += w;
+            ties += 1.0;
+        }
+        d.n_ties = ties;
+        d.top_p = true;
+    }
+
+    /* ties kept in vocabulary order: where this run's ties start */
+    double tie0 = 0.0;
+    if (d.top_p) {
+        double mine = 0.0;
+        for (int v = d.v0; v < d.v1; v++) {
+            mine += __float_as_uint(dr_weight(d, d.row[v])) == d.wstar ? 1.0 : 0.0;
+        }
+        double block_total;
+        const double before = block_excl_scan(mine, wsum, &block_total);
+        if (threadIdx.x == 0) {
+            slot = block_total;
+        }
+        cluster.sync();
+        for (int r = 0; r < rank; r++) {
+            tie0 += *cluster.map_shared_rank(&slot, r);
+        }
+        cluster.sync();
+        tie0 += before;
+    }
+    /* the kept weight of a logit, tie counter advanced in vocabulary order */
+    auto kept = [&](float x, double &tie) -> float {
+        const float w = dr_weight(d, x);
+        if (!d.top_p || w > __uint_as_float(d.wstar)) {
+            return w;
+        }
+        if (__float_as_uint(w) != d.wstar) {
+            return 0.f;                           /* below the edge (or not a candidate) */
+        }
+        const bool keep = tie < d.n_ties;
+        tie += 1.0;
+        return keep ? w : 0.f;
+    };
+
+    /* the draw: the run's kept weight and its place in the row */
+    double mine = 0.0, tie = tie0;
+    for (int v = d.v0; v < d.v1; v++) {
+        mine += kept(d.row[v], tie);
     }
     double block_total;
     const double before = block_excl_scan(mine, wsum, &block_total);
     if (threadIdx.x == 0) {
-        slice_sum = block_total;
+        slot = block_total;
     }
     cluster.sync();
     double rank_start = 0.0, total = 0.0;
     for (int r = 0; r < AM_CLUSTER; r++) {
-        const double sr = *cluster.map_shared_rank(&slice_sum, r);
+        const double sr = *cluster.map_shared_rank(&slot, r);
         rank_start += r < rank ? sr : 0.0;
         total += sr;
     }
     const double target = p.u * total, start = rank_start + before;
-    block_pick(mine > 0.0 && start + mine > target ? (int) threadIdx.x : AM_THREADS, true, wpick,
-               &slice_first);
-    block_pick(mine > 0.0 ? (int) threadIdx.x : -1, false, wpick, &slice_last);
+    const int first = block_pick(mine > 0.0 && start + mine > target ? (int) threadIdx.x : AM_THREADS,
+                                 true, wpick);
+    const int last = block_pick(mine > 0.0 ? (int) threadIdx.x : -1, false, wpick);
+    if (threadIdx.x == 0) {
+        slice_first = first;
+        slice_last = last;
+    }
     cluster.sync();
     int win_rank = -1, win_thread = -1;
     for (int r = 0; r < AM_CLUSTER && win_rank < 0; r++) {
@@ -350,11 +586,12 @@ temperature_kernel(const float *__restrict__ logits, int vocab, int ld,
     if (rank == win_rank && (int) threadIdx.x == win_thread) {
         double acc = start;
         int tok = -1;
-        for (int v = v0; v < v1; v++) {
-            const float x = row[v] * p.inv_t;
-            if (x >= cut) {
-                tok = v;                          /* rounding: the run's last candidate */
-                acc += (double) expf(x - m);
+        tie = tie0;
+        for (int v = d.v0; v < d.v1; v++) {
+            const float w = kept(d.row[v], tie);
+            if (w > 0.f) {
+                tok = v;                          /* rounding: the run's last kept */
+                acc += w;
                 if (target < acc) {
                     break;
                 }
@@ -366,19 +603,17 @@ temperature_kernel(const float *__restrict__ logits, int vocab, int ld,
 }
 
 extern "C" int
-kimi_sample_temperature(const float *logits, int rows, int vocab, int ld,
-                        const kimi_temp_row_t *params, int32_t *out, cudaStream_t s,
-                        kimi_err_t *err)
+kimi_sample_draw(const float *logits, int rows, int vocab, int ld, const kimi_draw_row_t *params,
+                 int32_t *out, cudaStream_t s, kimi_err_t *err)
 {
     if (logits == NULL || params == NULL || out == NULL || rows < 0 || rows > 65535 || vocab <= 0
         || ld < vocab) {
-        return kimi_err_set(err, KIMI_EINVAL, "sample_temperature: rows=%d vocab=%d ld=%d",
-                            rows, vocab, ld);
+        return kimi_err_set(err, KIMI_EINVAL, "sample_draw: rows=%d vocab=%d ld=%d", rows, vocab, ld);
     }
     if (rows == 0) {
         return KIMI_OK;
     }
-    KIMI_LAUNCH(err, temperature_kernel, dim3(AM_CLUSTER, rows), AM_THREADS, 0, s, logits, vocab,
-                ld, params, out);
+    KIMI_LAUNCH(err, draw_kernel, dim3(AM_CLUSTER, rows), AM_THREADS, 0, s, logits, vocab, ld,
+                params, out);
     return KIMI_OK;
 }

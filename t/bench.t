@@ -65,7 +65,7 @@ sub fake_stop {
     waitpid $s->{pid}, 0;
 
     open my $fh, '<', $s->{stats} or return {};
-    my %st = map { /^(\w+)=(\d+)$/ ? ($1, $2) : () } <$fh>;
+    my %st = map { /^(\w+)=(.*)$/ ? ($1, $2) : () } <$fh>;
     return \%st;
 }
 
@@ -133,6 +133,8 @@ sub fake_loop {
             $st{auth}++ if $head =~ /^authorization: Bearer k123\r?$/mi;
             my $req = decode_json(substr $body, 0, $len);
             $st{requests}++;
+            $st{sampling} = join(',', map { "$_=" . ($req->{$_} // 'none') }
+                                      qw(temperature top_p top_k min_p));
 
             my $how = $mode;
             if ($mode eq 'mixed') {
@@ -264,6 +266,18 @@ ok($r->{duration} > 0.54 && $r->{duration} < 1.0,
     'duration: 60 ms + 24 x 20 ms, all in parallel')
     or diag "duration $r->{duration}";
 is($st->{max_active}, 8, 'request rate inf sends all 8 at once');
+is($st->{sampling}, 'temperature=0,top_p=none,top_k=none,min_p=none',
+    'greedy by default, no other sampling field sent');
+
+{
+    my $s2 = fake_server(ttft_ms => 5, delay_ms => 1);
+    my $b2 = bench($s2->{port}, '--num-prompts', 2, '--temperature', 0.7,
+        '--top-p', 0.9, '--top-k', 40, '--min-p', 0.05);
+    my $st2 = fake_stop($s2);
+    is($st2->{sampling}, 'temperature=0.7,top_p=0.9,top_k=40,min_p=0.05',
+        '--temperature, --top-p, --top-k, --min-p sent as given')
+        or diag $b2->{out};
+}
 
 like($b->{out}, qr/^============ Serving Benchmark Result ============$/m,
     'result block header as vLLM prints it');

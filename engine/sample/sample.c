@@ -434,8 +434,7 @@ kimi_sample_is_plain_random(const kimi_sample_req_t *req)
            && !kimi_sample_is_greedy(sp) && req->n_output >= sp->min_tokens
            && sp->n_logit_bias == 0 && !sp->json_object
            && req->n_guided == 0 && !kimi_sample_has_penalties(sp)
-           && !sp->logprobs && sp->top_logprobs == 0
-           && !(sp->top_p < 1.0f) && sp->top_k <= 0;
+           && !sp->logprobs && sp->top_logprobs == 0;
 }
 
 

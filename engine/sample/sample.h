@@ -100,10 +100,10 @@ int  kimi_sample_is_greedy(const kimi_shm_sampling_t *sp);
  * its own logprob is asked (greedy; no min_tokens suppression, logit_bias,
  * penalties or top_logprobs): what a device argmax can answer alone. */
 int  kimi_sample_is_plain_greedy(const kimi_sample_req_t *req);
-/* A row drawn by temperature (and min_p) alone: no processing, no
- * logprobs, no top_k or top_p, so a backend may draw it on the device
- * from the row's one uniform (kimi_rng_uniform, as kimi_sampler_sample
- * would take it). */
+/* A row drawn from the raw logits by temperature, min_p, top_k and top_p
+ * alone (no processing, no logprobs), so a backend may draw it on the
+ * device from the row's one uniform (kimi_rng_uniform, as
+ * kimi_sampler_sample would take it). */
 int  kimi_sample_is_plain_random(const kimi_sample_req_t *req);
 
 

@@ -926,82 +926,133 @@ test_greedy_logprob(int rows, int vocab)
     cudaFree(d); cudaFree(dout); cudaFree(dlp); free(h); free(got); free(glp);
 }
 
-/* Temperature sampling against the host sampler's arithmetic (max, cut,
- * exp weights, inverse CDF in vocabulary order, double sums): the same
- * token for every draw, save draws within 1e-6 of the total from a
- * boundary (the sums' rounding may move those one token).  Rows: several
- * temperatures, min_p, a skipped row (poison kept), a fully masked row (-1),
- * a row of -inf holes, draws near 0 and near 1. */
+/* Random draws against the host sampler's arithmetic (max, min_p cut,
+ * top_k keeping ties, exp weights, top_p by largest weight with ties at the
+ * edge in vocabulary order, inverse CDF in vocabulary order, double sums),
+ * written out plainly (sorts): the same token for every draw, save draws
+ * within 1e-6 of the total from a boundary.  Rows: temperatures 0.3-1.6,
+ * min_p, top_k, top_p, both, a skipped row (poison kept), a masked row
+ * (-1), -inf holes, a peaked row, exact ties across the top_p edge, draws
+ * at 0 and near 1. */
+static int
+cmp_desc_idx(const void *a, const void *b)
+{
+    const double *x = a, *y = b;          /* {value, index}: larger value, then lower index */
+    return x[0] > y[0] ? -1 : x[0] < y[0] ? 1 : x[1] < y[1] ? -1 : x[1] > y[1];
+}
+
+static int
+draw_ref(const float *x, int vocab, const kimi_draw_row_t *p, double *gap_out, double *scr)
+{
+    float mx = -INFINITY;
+    for (int v = 0; v < vocab; v++) mx = x[v] > mx ? x[v] : mx;
+    if (!(mx > -INFINITY)) return -1;
+    const float m = mx * p->inv_t;
+    float cut = m - 87.0f;
+    if (m + p->log_min_p > cut) cut = m + p->log_min_p;
+    float *w = malloc((size_t) vocab * sizeof(float));
+    int n = 0;
+    for (int v = 0; v < vocab; v++) {
+        const float y = x[v] * p->inv_t;
+        if (y >= cut) { scr[2 * n] = y; scr[2 * n + 1] = v; n++; }
+    }
+    float kth = -INFINITY;
+    if (p->top_k > 0 && p->top_k < n) {
+        qsort(scr, n, 2 * sizeof(double), cmp_desc_idx);
+        kth = (float) scr[2 * (p->top_k - 1)];
+    }
+    double z = 0;
+    for (int v = 0; v < vocab; v++) {
+        const float y = x[v] * p->inv_t;
+        w[v] = y >= cut && y >= kth ? expf(y - m) : 0.f;
+        z += w[v];
+    }
+    if (p->top_p < 1.f) {
+        const double target = (double) p->top_p * z;
+        int k = 0;
+        for (int v = 0; v < vocab; v++) if (w[v] > 0.f) { scr[2 * k] = w[v]; scr[2 * k + 1] = v; k++; }
+        qsort(scr, k, 2 * sizeof(double), cmp_desc_idx);
+        double acc = 0;
+        int keep = 0;
+        while (keep < k && acc < target) acc += scr[2 * keep++];
+        for (int v = 0; v < vocab; v++) w[v] = 0.f;
+        for (int i = 0; i < keep; i++) w[(int) scr[2 * i + 1]] = (float) scr[2 * i];
+    }
+    double tot = 0;
+    for (int v = 0; v < vocab; v++) tot += w[v];
+    const double target = p->u * tot;
+    double acc = 0, gap = INFINITY;
+    int want = -1;
+    for (int v = 0; v < vocab; v++) {
+        if (w[v] > 0.f) {
+            want = v;
+            acc += w[v];
+            gap = fabs(acc - target) < gap ? fabs(acc - target) : gap;
+            if (target < acc) break;
+        }
+    }
+    *gap_out = gap / tot;
+    free(w);
+    return want;
+}
+
 static void
-test_temperature(int rows, int vocab)
+test_draw(int rows, int vocab)
 {
     size_t n = (size_t) rows * vocab;
     float *h = hmalloc(n * 4);
+    double *scr = hmalloc((size_t) vocab * 2 * sizeof(double));
     for (size_t i = 0; i < n; i++) h[i] = runi(-9, 9);
     for (int v = 0; v < vocab; v++) h[(size_t) 1 * vocab + v] = -INFINITY;    /* row 1: masked */
     for (int v = 0; v < vocab; v += 3) h[(size_t) 2 * vocab + v] = -INFINITY; /* row 2: holes */
     h[(size_t) 3 * vocab + 12345 % vocab] = 30.f;                            /* row 3: peaked */
-    kimi_temp_row_t *pr = hmalloc(rows * sizeof(*pr));
+    for (int v = 0; v < vocab; v++) {                                        /* row 7: 40 ties on top */
+        h[(size_t) 7 * vocab + v] = v % (vocab / 40) == 5 ? 4.f : -6.f + 0.001f * (v % 97);
+    }
+    kimi_draw_row_t *pr = hmalloc(rows * sizeof(*pr));
     const float temps[] = { 0.3f, 0.7f, 1.0f, 1.6f };
+    const float top_ps[] = { 1.f, 0.9f, 1.f, 0.5f, 0.95f };
+    const int top_ks[] = { 0, -1, 50, 0, 1000, 1 };
     for (int r = 0; r < rows; r++) {
         pr[r].inv_t = 1.f / temps[r % 4];
         pr[r].log_min_p = r % 3 == 1 ? logf(0.05f) : -INFINITY;
+        pr[r].top_p = top_ps[r % 5];
+        pr[r].top_k = top_ks[r % 6];
         pr[r].u = r == 4 ? 0.0 : r == 5 ? 0.999999999 : (double) (rnext() >> 11) * 0x1.0p-53;
     }
     pr[6].inv_t = 0.f;                                   /* not this kernel's row */
+    pr[7].inv_t = 1.f;                                   /* the ties: top_p cuts through them */
+    pr[7].log_min_p = -INFINITY;
+    pr[7].top_k = 0;
+    pr[7].top_p = 0.3f;
+    pr[7].u = 0.999;
     float *d = dmalloc(n * 4);
-    kimi_temp_row_t *dp = dmalloc(rows * sizeof(*pr));
+    kimi_draw_row_t *dp = dmalloc(rows * sizeof(*pr));
     int32_t *dout = dmalloc(rows * 4), *got = hmalloc(rows * 4);
     up(d, h, n * 4);
     up(dp, pr, rows * sizeof(*pr));
     CK(cudaMemset(dout, 0x7b, rows * 4));
-    KK(kimi_sample_temperature(d, rows, vocab, vocab, dp, dout, 0, ERR));
+    KK(kimi_sample_draw(d, rows, vocab, vocab, dp, dout, 0, ERR));
     CK(cudaDeviceSynchronize());
     down(got, dout, rows * 4);
     int bad = 0, near = 0;
     for (int r = 0; r < rows; r++) {
-        const float *x = h + (size_t) r * vocab;
-        int want;
-        if (pr[r].inv_t == 0.f) {
-            want = 0x7b7b7b7b;
-        } else {
-            float mx = -INFINITY;
-            for (int v = 0; v < vocab; v++) mx = x[v] > mx ? x[v] : mx;
-            if (!(mx > -INFINITY)) {
-                want = -1;
-            } else {
-                const float m = mx * pr[r].inv_t;
-                float cut = m - 87.0f;
-                if (m + pr[r].log_min_p > cut) cut = m + pr[r].log_min_p;
-                double z = 0;
-                for (int v = 0; v < vocab; v++) {
-                    const float y = x[v] * pr[r].inv_t;
-                    z += y >= cut ? (double) expf(y - m) : 0.0;
-                }
-                const double target = pr[r].u * z;
-                double acc = 0, gap = INFINITY;
-                want = -1;
-                for (int v = 0; v < vocab; v++) {
-                    const float y = x[v] * pr[r].inv_t;
-                    if (y >= cut) {
-                        want = v;
-                        acc += (double) expf(y - m);
-                        gap = fabs(acc - target) < gap ? fabs(acc - target) : gap;
-                        if (target < acc) break;
-                    }
-                }
-                if (got[r] != want && gap < 1e-6 * z) {
-                    near++;
-                    continue;
-                }
-            }
+        double gap = INFINITY;
+        const int want = pr[r].inv_t == 0.f ? 0x7b7b7b7b
+                         : draw_ref(h + (size_t) r * vocab, vocab, &pr[r], &gap, scr);
+        if (got[r] != want && gap < 1e-6) {
+            near++;
+        } else if (got[r] != want) {
+            bad++;
+            if (bad <= 3) printf("# row %d (T %.2f min_p %s top_k %d top_p %.2f u %.4f): device %d, host %d\n",
+                               r, 1.0 / pr[r].inv_t, isinf(pr[r].log_min_p) ? "-" : "0.05",
+                               pr[r].top_k, pr[r].top_p, pr[r].u, got[r], want);
         }
-        bad += got[r] != want;
     }
     ok(bad == 0 && got[1] == -1 && got[6] == 0x7b7b7b7b,
-       "sample_temperature rows=%d vocab=%d (T 0.3-1.6, min_p, masked, skipped, u 0 and ~1): the host's token every draw (%d wrong, %d within 1e-6 of a boundary)",
+       "sample_draw rows=%d vocab=%d (T 0.3-1.6, min_p, top_k, top_p, ties at the top_p edge, masked, skipped, u 0 and ~1): the host's token every draw (%d wrong, %d within 1e-6 of a boundary)",
        rows, vocab, bad, near);
-    cudaFree(d); cudaFree(dp); cudaFree(dout); free(h); free(pr); free(got);
+    cudaFree(d); cudaFree(dp); cudaFree(dout); free(h); free(pr); free(got); free(scr);
 }
 
 /* lm_head at batch: rows of fp32 x picked and rounded to bf16, then
@@ -1141,8 +1192,8 @@ main(int argc, char **argv)
     test_greedy(3, 163840);
     test_greedy_logprob(5, 163840);
     test_greedy(3, 1001);            /* rows 1, 2 not 16-byte aligned: the scalar path */
-    test_temperature(64, 163840);
-    test_temperature(9, 1001);
+    test_draw(64, 163840);
+    test_draw(9, 1001);
     test_greedy_logprob(2, 999);
     test_lm_head(9, 1024, 1000, lt);
     test_lm_head(37, 7168, 4096, lt);

@@ -653,11 +653,12 @@ kimi_backend_cuda_greedy(kimi_backend_t *base, int32_t *ids, uint32_t *n_rows,
 /* The vtable's sample: plain greedy rows (kimi_sample_is_plain_greedy)
  * from one device argmax + logprob over every row, without copying their
  * logits (already on the host when the step saw a greedy_hint); rows of
- * temperature (and min_p) alone (kimi_sample_is_plain_random) drawn on the
- * device with the row's own uniform, taken from its RNG here as the host
- * sampler would; the others through the host sampler, each row copied
- * alone.  Same tokens as the host path (same tie rule; a draw within ~1e-6
- * of a boundary may differ), logprob to ~1e-6. */
+ * temperature, min_p, top_k and top_p alone (kimi_sample_is_plain_random)
+ * drawn on the device with the row's own uniform, taken from its RNG here
+ * as the host sampler would; the others through the host sampler, each
+ * row copied alone.  Same tokens as the host path (same tie rule; a draw
+ * within ~1e-6 of a boundary, or exact ties cut by top_p, may differ),
+ * logprob to ~1e-6. */
 static int
 kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
     uint32_t n, kimi_sample_out_t *out, kimi_err_t *err)
@@ -673,7 +674,7 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
 
     for (i = 0; i < n; i++) {
         const kimi_shm_sampling_t  *sp = reqs[i].sampling;
-        kimi_temp_row_t            *t = &b->temp_h[i];
+        kimi_draw_row_t            *t = &b->draw_h[i];
 
         b->skip[i] = (uint8_t) kimi_sample_is_plain_greedy(&reqs[i]);
         n_dev += b->skip[i];
@@ -683,6 +684,8 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
             b->rng_save[i] = *reqs[i].rng;
             t->inv_t = 1.0f / sp->temperature;
             t->log_min_p = sp->min_p > 0.0f ? logf(sp->min_p) : -INFINITY;
+            t->top_p = sp->top_p;
+            t->top_k = sp->top_k;
             t->u = kimi_rng_uniform(reqs[i].rng);
             b->skip[i] = 1;
             n_draw++;
@@ -702,10 +705,10 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
     }
 
     if (n_draw > 0) {
-        KIMI_CU(cudaMemcpyAsync(b->temp, b->temp_h, n * sizeof(kimi_temp_row_t),
+        KIMI_CU(cudaMemcpyAsync(b->draw, b->draw_h, n * sizeof(kimi_draw_row_t),
                                 cudaMemcpyHostToDevice, b->stream), err);
-        KIMI_K(kimi_sample_temperature(b->logits, (int) n, (int) V, (int) V,
-                                       b->temp, b->drawn, b->stream, err));
+        KIMI_K(kimi_sample_draw(b->logits, (int) n, (int) V, (int) V,
+                                       b->draw, b->drawn, b->stream, err));
         KIMI_CU(cudaMemcpyAsync(b->drawn_h, b->drawn, n * sizeof(int32_t),
                                 cudaMemcpyDeviceToHost, b->stream), err);
     }
@@ -731,7 +734,7 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
                 out[i].tok.logprob = b->lp_h[i];
             }
 
-        } else if (b->temp_h[i].inv_t > 0.0f) {
+        } else if (b->draw_h[i].inv_t > 0.0f) {
             if (b->drawn_h[i] >= 0 && (uint32_t) b->drawn_h[i] < V) {
                 memset(&out[i].tok, 0, sizeof(out[i].tok));
                 out[i].tok.token = b->drawn_h[i];
@@ -919,7 +922,7 @@ kimi_cuda_free(kimi_backend_t *base)
     cudaFreeHost(b->logits_h);
     cudaFreeHost(b->ids_h);
     cudaFreeHost(b->lp_h);
-    cudaFreeHost(b->temp_h);
+    cudaFreeHost(b->draw_h);
     cudaFreeHost(b->drawn_h);
     free(b->rng_save);
     free(b->skip);
@@ -1065,8 +1068,8 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
                             * sizeof(int32_t)));
     KIMI_TRY(cudaMallocHost((void **) &b->lp_h, (size_t) b->max_rows
                             * sizeof(float)));
-    KIMI_TRY(cudaMallocHost((void **) &b->temp_h, (size_t) b->max_rows
-                            * sizeof(kimi_temp_row_t)));
+    KIMI_TRY(cudaMallocHost((void **) &b->draw_h, (size_t) b->max_rows
+                            * sizeof(kimi_draw_row_t)));
     KIMI_TRY(cudaMallocHost((void **) &b->drawn_h, (size_t) b->max_rows
                             * sizeof(int32_t)));
 

@@ -189,7 +189,7 @@ typedef struct {
     float                      *lp_h;         /* pinned [max_rows] */
     /* rows drawn by temperature on the device (kimi_sample_is_plain_random):
      * the draw's parameters up, the tokens down */
-    kimi_temp_row_t            *temp, *temp_h;    /* [max_rows] device / pinned */
+    kimi_draw_row_t            *draw, *draw_h;    /* [max_rows] device / pinned */
     int32_t                    *drawn, *drawn_h;  /* [max_rows] device / pinned */
     kimi_rng_t                 *rng_save;     /* [max_rows] before the draw */
     uint8_t                    *skip;         /* [max_rows] rows not for the host */

@@ -127,7 +127,7 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
         KIMI_WS(b->logits, (size_t) b->max_rows * c->vocab_size * sizeof(float));
         KIMI_WS(b->argmax, (size_t) b->max_rows * sizeof(int32_t));
         KIMI_WS(b->lp, (size_t) b->max_rows * sizeof(float));
-        KIMI_WS(b->temp, (size_t) b->max_rows * sizeof(kimi_temp_row_t));
+        KIMI_WS(b->draw, (size_t) b->max_rows * sizeof(kimi_draw_row_t));
         KIMI_WS(b->drawn, (size_t) b->max_rows * sizeof(int32_t));
         KIMI_WS(b->fin_bf, (size_t) b->max_rows * D * 2);
         KIMI_WS(b->lt_ws, KIMI_CUDA_LT_WS);
