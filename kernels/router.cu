@@ -259,27 +259,27 @@ kimi_moe_router_logits_f32_lt(kimi_cublaslt_t *lt, const float *x, const kimi_bf
     return KIMI_OK;
 }
 
-/* (value, index) order: larger value first, then lower index. */
-static __device__ __forceinline__ bool better(float v, int i, float bv, int bi)
+/* bk/bx[0] = the best of bk/bx[0 .. 2W): the larger key, on ties the
+ * lower index; a tree, so no step waits on more than log2 before it. */
+template <int W>
+static __device__ __forceinline__ void select_tree(uint32_t *bk, int *bx)
 {
-    return v > bv || (v == bv && i < bi);
-}
-
-static __device__ __forceinline__ void warp_best(float &v, int &i)
-{
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        int   oi = __shfl_xor_sync(0xffffffffu, i, o);
-        if (better(ov, oi, v, i)) {
-            v = ov;
-            i = oi;
-        }
+#pragma unroll
+    for (int i = 0; i < W; i++) {
+        const bool hi = bk[i + W] > bk[i] || (bk[i + W] == bk[i] && bx[i + W] < bx[i]);
+        bk[i] = hi ? bk[i + W] : bk[i];
+        bx[i] = hi ? bx[i + W] : bx[i];
+    }
+    if constexpr (W > 1) {
+        select_tree<W / 2>(bk, bx);
     }
 }
 
-/* One warp per token (4 tokens per block); E <= 32 * SELECT_PER_LANE. */
-#define SELECT_PER_LANE 32
+/* One warp per token (4 tokens per block); PL experts a lane, E <= 32 * PL
+ * (PL just above E / 32: a single warp's instructions are its time at batch
+ * 1, ~4 cycles each, so unused slots cost as much as used ones). */
 
+template <int PL>
 static __global__ void __launch_bounds__(128)
 router_select_kernel(const float *__restrict__ logits, const float *__restrict__ bias,
                      int T, int E, int top_k, int n_group, int topk_group, int norm,
@@ -287,8 +287,7 @@ router_select_kernel(const float *__restrict__ logits, const float *__restrict__
 {
     KIMI_GRID_ENTRY();
     /* only group-limited routing needs shared memory ([4][E] scores, then
-     * [4][64] group marks); without it the kernel asks for none (33 KB of
-     * static arrays made a batch-1 select cost ~9 us, the work well under 1) */
+     * [4][64] group marks) */
     extern __shared__ float select_smem[];
     const int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int t = blockIdx.x * 4 + wi;
@@ -296,26 +295,24 @@ router_select_kernel(const float *__restrict__ logits, const float *__restrict__
         return;
     }
     float *sel = select_smem + wi * E, *gsc = select_smem + 4 * E + wi * 64;
-    /* The lane's experts (lane + 32 i) in registers, their loads all issued
-     * before the first is used (a loop over them was one global round trip
-     * an expert: ~6 us of a batch-1 select at 384 experts); a round of the
-     * top-k below is then a local scan and one warp reduction. */
-    float v[SELECT_PER_LANE], b[SELECT_PER_LANE], sg[SELECT_PER_LANE];
+    /* The lane's experts (lane + 32 i) in registers, their loads issued
+     * before the first is used. */
+    float v[PL], b[PL], sg[PL];
 #pragma unroll
-    for (int i = 0; i < SELECT_PER_LANE; i++) {
+    for (int i = 0; i < PL; i++) {
         const int e = lane + 32 * i;
         v[i] = e < E ? logits[(size_t) t * E + e] : 0.f;
         b[i] = e < E && bias != NULL ? bias[e] : 0.f;
     }
 #pragma unroll
-    for (int i = 0; i < SELECT_PER_LANE; i++) {
+    for (int i = 0; i < PL; i++) {
         sg[i] = 1.f / (1.f + expf(-v[i]));
         v[i] = lane + 32 * i < E ? sg[i] + b[i] : -INFINITY;
     }
     if (n_group > 1 && topk_group < n_group) {
         const int gs = E / n_group;
 #pragma unroll
-        for (int i = 0; i < SELECT_PER_LANE; i++) {
+        for (int i = 0; i < PL; i++) {
             if (lane + 32 * i < E) {
                 sel[lane + 32 * i] = v[i];
             }
@@ -355,35 +352,49 @@ router_select_kernel(const float *__restrict__ logits, const float *__restrict__
         }
         __syncwarp();
 #pragma unroll
-        for (int i = 0; i < SELECT_PER_LANE; i++) {
+        for (int i = 0; i < PL; i++) {
             const int e = lane + 32 * i;
             if (e < E && gsc[e / gs] == 0.f) {
                 v[i] = -INFINITY;
             }
         }
     }
+    /* Order-preserving keys (larger score, larger key); masked (-inf) and
+     * NaN experts get 0, below every real score, so they are never chosen
+     * over a real one.  A round: the lane's best by a tree (no dependent
+     * chain), then two warp reductions (the best key, the lowest expert
+     * holding it: ties to the lower id). */
+    uint32_t key[PL];
+#pragma unroll
+    for (int i = 0; i < PL; i++) {
+        const uint32_t bits = __float_as_uint(v[i]);
+        key[i] = v[i] > -INFINITY ? bits ^ ((bits >> 31) ? 0xffffffffu : 0x80000000u) : 0u;
+    }
     float wsum = 0.f, myw = 0.f;
     int myi = 0;
     for (int k = 0; k < top_k; k++) {
-        float bv = -INFINITY;
-        int   bi = 0x7fffffff;
+        uint32_t bk[PL / 2];
+        int      bx[PL / 2];
 #pragma unroll
-        for (int i = 0; i < SELECT_PER_LANE; i++) {
-            /* masked (-inf) experts are never chosen over a real one; NaN never */
-            if (v[i] != -INFINITY && better(v[i], lane + 32 * i, bv, bi)) {
-                bv = v[i];
-                bi = lane + 32 * i;
-            }
+        for (int i = 0; i < PL / 2; i++) {   /* i beats i + half on ties */
+            const int j = i + PL / 2;
+            const bool hi = key[j] > key[i];
+            bk[i] = hi ? key[j] : key[i];
+            bx[i] = hi ? j : i;
         }
-        warp_best(bv, bi);
+        select_tree<PL / 4>(bk, bx);
+        const uint32_t best = __reduce_max_sync(0xffffffffu, bk[0]);
+        int bi = (int) __reduce_min_sync(0xffffffffu, bk[0] == best && best != 0u
+                                                      ? (unsigned) (lane + 32 * bx[0]) : 0x7fffffffu);
         if (bi == 0x7fffffff) {
             bi = 0;   /* fewer than top_k eligible experts: cannot happen for valid configs */
         }
         float own = 0.f;     /* the chosen expert's sigmoid, from its lane */
 #pragma unroll
-        for (int i = 0; i < SELECT_PER_LANE; i++) {
-            own = i == (bi >> 5) ? sg[i] : own;
-            v[i] = lane + 32 * i == bi ? -INFINITY : v[i];   /* selects: v stays in registers */
+        for (int i = 0; i < PL; i++) {
+            const bool chosen = lane + 32 * i == bi;     /* selects: arrays stay in registers */
+            own = chosen ? sg[i] : own;
+            key[i] = chosen ? 0u : key[i];
         }
         const float wk = __shfl_sync(0xffffffffu, own, bi & 31);
         wsum += wk;
@@ -417,7 +428,19 @@ kimi_moe_router_select(const float *logits, const float *bias, int T, int E,
         return KIMI_OK;
     }
     const size_t smem = n_group > 1 && topk_group < n_group ? (size_t) (4 * E + 4 * 64) * sizeof(float) : 0;
-    KIMI_LAUNCH(err, router_select_kernel, (T + 3) / 4, 128, smem, s, logits, bias, T, E, top_k,
-                n_group, topk_group, norm, scale, idx, w);
+    const int blocks = (T + 3) / 4;
+    if (E <= 128) {
+        KIMI_LAUNCH(err, router_select_kernel<4>, blocks, 128, smem, s, logits, bias, T, E, top_k,
+                    n_group, topk_group, norm, scale, idx, w);
+    } else if (E <= 256) {
+        KIMI_LAUNCH(err, router_select_kernel<8>, blocks, 128, smem, s, logits, bias, T, E, top_k,
+                    n_group, topk_group, norm, scale, idx, w);
+    } else if (E <= 512) {
+        KIMI_LAUNCH(err, router_select_kernel<16>, blocks, 128, smem, s, logits, bias, T, E, top_k,
+                    n_group, topk_group, norm, scale, idx, w);
+    } else {
+        KIMI_LAUNCH(err, router_select_kernel<32>, blocks, 128, smem, s, logits, bias, T, E, top_k,
+                    n_group, topk_group, norm, scale, idx, w);
+    }
     return KIMI_OK;
 }
