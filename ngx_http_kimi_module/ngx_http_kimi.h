@@ -35,6 +35,7 @@
 #include "../engine/shm/kimi_shm.h"
 #include "../engine/text/kimi_text.h"
 #include "../engine/text/json_schema.h"
+#include "../engine/text/regex_dfa.h"
 
 
 #define NGX_HTTP_KIMI_MAX_GUIDED        64     /* guided_choice strings */

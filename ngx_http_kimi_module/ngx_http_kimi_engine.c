@@ -641,8 +641,9 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
         }
 
         error->len = ngx_sprintf(error->data, "The prompt has %uz tokens "
-                                 "(and %uz words of guided_choice or JSON "
-                                 "schema); the engine accepts at most %uD",
+                                 "(and %uz words of guided_choice, JSON "
+                                 "schema or regex); the engine accepts at "
+                                 "most %uD",
                                  ctx->n_prompt,
                                  ctx->params.n_guided,
                                  a->shm.slot_prompt_capacity)

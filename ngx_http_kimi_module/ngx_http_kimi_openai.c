@@ -28,6 +28,8 @@ static ngx_int_t ngx_http_kimi_parse_logit_bias(json_t *v,
     kimi_shm_sampling_t *s, u_char *err);
 static ngx_int_t ngx_http_kimi_parse_allowed_ids(json_t *v,
     kimi_shm_sampling_t *s, u_char *err);
+static ngx_int_t ngx_http_kimi_structured_outputs(json_t *root, u_char *err,
+    const char **param);
 static ngx_int_t ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx,
     json_t *root, u_char *err, const char **param);
 static ngx_int_t ngx_http_kimi_check_unimplemented(json_t *root, u_char *err,
@@ -169,13 +171,119 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
 
 
 
+/* vLLM's newer spelling, structured_outputs: {"json": ...} | {"regex":
+ * ...} | {"choice": [...]} | {"json_object": true}, is moved onto the
+ * guided_* / response_format fields it stands for (so one path checks and
+ * enforces both); its grammar and structural_tag are a 400, as is one
+ * constraint given both ways. */
+static ngx_int_t
+ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
+{
+    json_t             *so, *v;
+    const char         *key;
+    ngx_uint_t          i, n = 0;
+    static const char  *maps[][2] = {
+        { "json", "guided_json" }, { "regex", "guided_regex" },
+        { "choice", "guided_choice" }, { "grammar", NULL },
+        { "structural_tag", NULL }, { "json_object", NULL },
+        { "disable_fallback", NULL }, { "disable_any_whitespace", NULL },
+        { "disable_additional_properties", NULL },
+        { "whitespace_pattern", NULL },
+    };
+
+    *param = "structured_outputs";
+    so = json_object_get(root, "structured_outputs");
+
+    if (so == NULL || json_is_null(so)) {
+        return NGX_OK;
+    }
+
+    if (!json_is_object(so)) {
+        ngx_sprintf(err, "\"structured_outputs\" must be an object");
+        return NGX_ERROR;
+    }
+
+    json_object_foreach(so, key, v) {
+        for (i = 0; i < sizeof(maps) / sizeof(maps[0]); i++) {
+            if (ngx_strcmp(key, maps[i][0]) == 0) {
+                break;
+            }
+        }
+
+        if (i == sizeof(maps) / sizeof(maps[0])) {
+            ngx_sprintf(err, "\"structured_outputs\" has an unknown field"
+                        " \"%*s\"", ngx_min(ngx_strlen(key), (size_t) 64),
+                        key);
+            return NGX_ERROR;
+        }
+
+        if (json_is_null(v) || json_is_false(v)) {
+            continue;
+        }
+
+        if (ngx_strcmp(key, "grammar") == 0
+            || ngx_strcmp(key, "structural_tag") == 0
+            || ngx_strcmp(key, "disable_additional_properties") == 0
+            || ngx_strcmp(key, "whitespace_pattern") == 0)
+        {
+            ngx_sprintf(err, "\"structured_outputs\": \"%s\" is not"
+                        " supported: this server implements json, regex,"
+                        " choice and json_object", key);
+            return NGX_ERROR;
+        }
+
+        if (maps[i][1] == NULL && ngx_strcmp(key, "json_object") != 0) {
+            continue;                         /* a backend preference */
+        }
+
+        n++;
+        if (ngx_strcmp(key, "json_object") == 0) {
+            if (!json_is_true(v)) {
+                ngx_sprintf(err, "\"structured_outputs\": \"json_object\""
+                            " must be true or false");
+                return NGX_ERROR;
+            }
+            v = json_object_get(root, "response_format");
+            if (v != NULL && !json_is_null(v)) {
+                ngx_sprintf(err, "\"structured_outputs\" and"
+                            " \"response_format\" cannot be combined");
+                return NGX_ERROR;
+            }
+            json_object_set_new(root, "response_format",
+                                json_pack("{s:s}", "type", "json_object"));
+            continue;
+        }
+
+        if (json_object_get(root, maps[i][1]) != NULL
+            && !json_is_null(json_object_get(root, maps[i][1])))
+        {
+            ngx_sprintf(err, "\"structured_outputs\": \"%s\" and \"%s\""
+                        " cannot be combined", key, maps[i][1]);
+            return NGX_ERROR;
+        }
+
+        json_object_set(root, maps[i][1], v);
+    }
+
+    if (n > 1) {
+        ngx_sprintf(err, "\"structured_outputs\" takes one of json, regex,"
+                    " choice and json_object");
+        return NGX_ERROR;
+    }
+
+    json_object_del(root, "structured_outputs");
+    return NGX_OK;
+}
+
+
 /* Structured output, done by the engine's sampler over each token's bytes:
  * JSON mode ({"type": "json_object"}) and a JSON schema (response_format
  * {"type": "json_schema", "json_schema": {"schema": ...}} or vLLM's
  * guided_json), the schema compiled here (engine/text/json_schema.c) into
- * the program the slot carries after the prompt.  A schema outside the
- * supported subset, guided_regex/guided_grammar and structured_outputs get
- * a 400 naming them, never text that silently ignores the constraint. */
+ * the program the slot carries after the prompt; vLLM's guided_regex the
+ * same way, compiled into a DFA (engine/text/regex_dfa.c).  A schema or
+ * pattern outside the supported subset and guided_grammar get a 400 naming
+ * them, never text that silently ignores the constraint. */
 static ngx_int_t
 ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
     u_char *err, const char **param)
@@ -187,8 +295,11 @@ ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
     json_error_t        je;
     char                msg[NGX_HTTP_KIMI_ERR_LEN - 96];
     const char         *type = NULL;
-    static const char  *guided[] = { "guided_regex", "guided_grammar",
-                                     "structured_outputs", NULL };
+    static const char  *guided[] = { "guided_grammar", NULL };
+
+    if (ngx_http_kimi_structured_outputs(root, err, param) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     *param = "response_format";
     v = json_object_get(root, "response_format");
@@ -233,8 +344,8 @@ ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
         if (v != NULL && !json_is_null(v)) {
             *param = guided[i];
             ngx_sprintf(err, "\"%s\" is not supported: this server implements"
-                        " guided_json, guided_choice and response_format",
-                        guided[i]);
+                        " guided_json, guided_choice, guided_regex and"
+                        " response_format", guided[i]);
             return NGX_ERROR;
         }
     }
@@ -262,6 +373,48 @@ ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
         } else {
             schema = v;
         }
+    }
+
+    v = json_object_get(root, "guided_regex");
+
+    if (v != NULL && !json_is_null(v)) {
+        *param = "guided_regex";
+        json_decref(loaded);
+
+        if (!json_is_string(v)) {
+            ngx_sprintf(err, "\"guided_regex\" must be a string");
+            return NGX_ERROR;
+        }
+
+        if (schema != NULL || (type != NULL && ngx_strcmp(type, "text") != 0))
+        {
+            ngx_sprintf(err, "\"guided_regex\" and a JSON mode or JSON schema"
+                        " cannot be combined");
+            return NGX_ERROR;
+        }
+
+        if (kimi_regex_compile(json_string_value(v), json_string_length(v),
+                               &prog, &n, msg, sizeof(msg))
+            != 0)
+        {
+            ngx_sprintf(err, "\"guided_regex\" cannot be enforced: %s", msg);
+            return NGX_ERROR;
+        }
+
+        w = ngx_palloc(ctx->request->pool, (n + 1) * sizeof(int32_t));
+        if (w == NULL) {
+            free(prog);
+            ngx_sprintf(err, "out of memory");
+            return NGX_ERROR;
+        }
+
+        w[0] = KIMI_REGEX_TAG;
+        ngx_memcpy(w + 1, prog, n * sizeof(int32_t));
+        free(prog);
+
+        ctx->params.guided = w;
+        ctx->params.n_guided = n + 1;
+        return NGX_OK;
     }
 
     if (schema == NULL) {
@@ -775,8 +928,8 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
             }
         }
         if (s->json_object || pr->n_guided > 0) {
-            ngx_sprintf(err, "\"guided_choice\" and a JSON mode or JSON"
-                        " schema cannot be combined");
+            ngx_sprintf(err, "\"guided_choice\" and a JSON mode, JSON"
+                        " schema or regex cannot be combined");
             return NGX_ERROR;
         }
         pr->guided_choice = v;
@@ -1143,7 +1296,8 @@ ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         {
             ngx_sprintf(err, "a \"tool_choice\" of \"required\" or naming a"
                         " function and structured output (response_format,"
-                        " guided_json, guided_choice) cannot be combined");
+                        " guided_json, guided_choice, guided_regex) cannot be"
+                        " combined");
             return NGX_ERROR;
         }
     }

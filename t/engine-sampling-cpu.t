@@ -4,8 +4,9 @@
 # backend with the tiny model behind nginx: logit_bias (+100 forces a token,
 # -100 bans the greedy one; OpenAI's limits and errors), and structured
 # output: JSON mode and JSON schemas (response_format, vLLM's guided_json)
-# enforced on a random model's tokens, and what the subset cannot enforce
-# refused with a 400 that names the field and keyword.
+# and regular expressions (vLLM's guided_regex) enforced on a random
+# model's tokens, and what the subsets cannot enforce refused with a 400
+# that names the field and keyword.
 
 use strict;
 use warnings;
@@ -16,6 +17,8 @@ use lib "$FindBin::Bin/lib";
 use JSON::PP;
 use Test::More;
 use KimiTest qw(completion_body chat_body);
+
+binmode(Test::More->builder->$_, ':encoding(UTF-8)') for qw(output failure_output todo_output);
 
 my $t = KimiTest->new(workers => 1);
 my $tiny = $t->dir . '/tiny';
@@ -345,10 +348,100 @@ is($r->{status}, 400, 'guided_json with JSON mode: 400');
 $r = $t->post('/v1/completions', completion_body(prompt => 'x',
     guided_json => $schema, guided_choice => [ 'a' ]));
 is($r->{status}, 400, 'guided_json with guided_choice: 400');
+
+# ---- guided_regex (vLLM): the whole output matches the pattern -------------------
+
+# bounded patterns, so a random model must finish them: once nothing can
+# follow, eos is all that is left
+for my $case ([ '[0-9]{3}-[0-9]{4}', qr/^[0-9]{3}-[0-9]{4}$/ ],
+              [ '(yes|no|maybe)( indeed)?', qr/^(yes|no|maybe)( indeed)?$/ ],
+              [ '[A-Z][a-z]{1,6}@[a-z]{2,5}\\.(com|org)',
+                qr/^[A-Z][a-z]{1,6}\@[a-z]{2,5}\.(com|org)$/ ],
+              [ '\\d{1,3}(\\.\\d{2})? (\\u20ac|\\u00a3)',
+                qr/^\d{1,3}(\.\d{2})? (\x{20ac}|\x{a3})$/ ])
+{
+    my ($pat, $re) = @$case;
+    for my $seed (1 .. 3) {
+        $r = $t->post('/v1/completions', completion_body(prompt => 'x',
+            max_tokens => 40, temperature => 1, seed => $seed,
+            guided_regex => $pat));
+        my $text = $r->{json}{choices}[0]{text} // '';
+        utf8::decode($text);
+        is($r->{status}, 200, "guided_regex $pat (seed $seed): 200");
+        is($r->{json}{choices}[0]{finish_reason}, 'stop', '... finished by stop');
+        like($text, $re, "... the whole text matches: $text");
+    }
+}
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 40,
+    temperature => 0, guided_regex => '[a-z]{3}-[0-9]{2}'));
+my $whole = $r->{json}{choices}[0]{text};
+$sse = $t->sse('/v1/completions', completion_body(prompt => 'x', max_tokens => 40,
+    temperature => 0, guided_regex => '[a-z]{3}-[0-9]{2}', stream => $true));
+is(KimiTest::stream_text($sse->{events}), $whole,
+    "guided_regex streamed: the same text as the whole response ($whole)");
+$r = $t->post('/v1/chat/completions', chat_body(content => 'hi', max_tokens => 40,
+    temperature => 0.8, seed => 4, guided_regex => '(red|green|blue)'));
+like($r->{json}{choices}[0]{message}{content} // '', qr/^(red|green|blue)$/,
+    'guided_regex on chat completions');
+
+for my $case ([ 'a(?=b)', 'lookaround' ], [ '(a)\\1', 'backreference' ],
+              [ '\\bword', 'boundary' ], [ '[b-a]', 'range' ],
+              [ '(a', 'missing \)' ], [ 'a{2,1}', 'repeat' ])
+{
+    $r = $t->post('/v1/completions', completion_body(prompt => 'x',
+        guided_regex => $case->[0]));
+    is($r->{status}, 400, "guided_regex $case->[0]: 400");
+    is($r->{json}{error}{param}, 'guided_regex', '... naming guided_regex');
+    like($r->{json}{error}{message} // '', qr/$case->[1]/, "... saying why");
+}
 $r = $t->post('/v1/completions', completion_body(prompt => 'x',
-    guided_regex => 'a+'));
-is($r->{status}, 400, 'vLLM guided_regex: 400');
-is($r->{json}{error}{param}, 'guided_regex', 'names guided_regex');
+    guided_regex => 'a+', guided_choice => [ 'a' ]));
+is($r->{status}, 400, 'guided_regex with guided_choice: 400');
+$r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+    guided_regex => 'a+', response_format => { type => 'json_object' }));
+is($r->{status}, 400, 'guided_regex with JSON mode: 400');
+
+# vLLM's newer spelling: structured_outputs {regex | json | choice | json_object}
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 40,
+    temperature => 1, seed => 2, structured_outputs => { regex => '[0-9]{3}-[0-9]{4}' }));
+is($r->{status}, 200, 'structured_outputs regex: 200');
+like($r->{json}{choices}[0]{text} // '', qr/^[0-9]{3}-[0-9]{4}$/,
+    '... the text matches (' . ($r->{json}{choices}[0]{text} // '') . ')');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 40,
+    temperature => 1, seed => 2, guided_regex => '[0-9]{3}-[0-9]{4}'));
+is($r->{json}{choices}[0]{text} // 'a', $r->{json}{choices}[0]{text} // 'b',
+    '... the same text as guided_regex');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 16,
+    temperature => 1, seed => 3,
+    structured_outputs => { choice => [ 'alpha', 'beta' ], disable_fallback => $true }));
+like($r->{json}{choices}[0]{text} // '', qr/^(alpha|beta)$/,
+    'structured_outputs choice: one of them');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 160,
+    temperature => 0, logit_bias => \%nudge, structured_outputs => { json => $schema }));
+is($r->{status}, 200, 'structured_outputs json: 200');
+ok(($r->{json}{choices}[0]{finish_reason} // '') ne 'stop'
+   || fits($r->{json}{choices}[0]{text}), '... fits the schema when it ended');
+$r = $t->post('/v1/chat/completions', chat_body(content => 'hi', max_tokens => 40,
+    temperature => 0, structured_outputs => { json_object => $true }));
+like($r->{json}{choices}[0]{message}{content} // '', qr/^\s*[\{\[]/,
+    'structured_outputs json_object: JSON mode');
+for my $case ([ { grammar => 'root ::= "a"' }, 'grammar' ],
+              [ { regex => 'a', choice => [ 'a' ] }, 'one of' ],
+              [ { nonsense => 1 }, 'unknown' ], [ 'regex', 'object' ])
+{
+    $r = $t->post('/v1/completions', completion_body(prompt => 'x',
+        structured_outputs => $case->[0]));
+    is($r->{status}, 400, "structured_outputs with $case->[1]: 400");
+    like($r->{json}{error}{message} // '', qr/$case->[1]/, '... saying why');
+}
+$r = $t->post('/v1/completions', completion_body(prompt => 'x',
+    guided_regex => 'a', structured_outputs => { regex => 'b' }));
+is($r->{status}, 400, 'structured_outputs and guided_regex together: 400');
+
+$r = $t->post('/v1/completions', completion_body(prompt => 'x',
+    guided_grammar => 'root ::= "a"'));
+is($r->{status}, 400, 'vLLM guided_grammar: 400');
+is($r->{json}{error}{param}, 'guided_grammar', 'names guided_grammar');
 $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
     max_tokens => 2, response_format => { type => 'text' }));
 is($r->{status}, 200, 'response_format text: 200');

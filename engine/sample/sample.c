@@ -17,6 +17,7 @@
 
 #include "sample.h"
 #include "json_mode.h"
+#include "../text/regex_dfa.h"
 #include "../text/kimi_text.h"
 
 
@@ -374,6 +375,13 @@ kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
         return KIMI_OK;
     }
 
+    if (n_words > 0 && words[0] == KIMI_REGEX_TAG) {
+        if (kimi_regex_check(words + 1, n_words - 1, msg, sizeof(msg)) != 0) {
+            return kimi_err_set(err, KIMI_EINVAL, "%s", msg);
+        }
+        return KIMI_OK;
+    }
+
     if (n_words > 1 && words[0] == KIMI_SCHEMA_TAG) {
         if (kimi_json_schema_check(words + 1, n_words - 1, msg, sizeof(msg))
             != 0)
@@ -442,6 +450,10 @@ static uint32_t kimi_sample_argmax(const float *x, uint32_t n);
 static void kimi_sample_json_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req, const int32_t *prog,
     const kimi_sample_frame_t *frame);
+static int kimi_sample_json_vocab(kimi_sampler_t *s,
+    const kimi_tokenizer_t *tk);
+static void kimi_sample_regex_mask(kimi_sampler_t *s,
+    const kimi_sample_req_t *req, const int32_t *prog);
 static void kimi_sample_guided_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req);
 static int kimi_sample_is_eos(const kimi_sample_req_t *req, uint32_t id);
@@ -565,6 +577,11 @@ kimi_sample_process(kimi_sampler_t *s, const float *logits,
             kimi_sample_json_mask(s, req, req->guided + 1, NULL);
         }
 
+    } else if (req->n_guided > 0 && req->guided[0] == KIMI_REGEX_TAG) {
+        if (req->tokenizer != NULL) {
+            kimi_sample_regex_mask(s, req, req->guided + 1);
+        }
+
     } else if (req->n_guided > 0 && req->guided[0] == KIMI_TOOL_CALL_TAG) {
         kimi_sample_frame_t  f;
 
@@ -576,6 +593,59 @@ kimi_sample_process(kimi_sampler_t *s, const float *logits,
 
     } else if (req->n_guided > 0) {
         kimi_sample_guided_mask(s, req);
+    }
+}
+
+
+/* guided_regex: the DFA's state after the output so far; a token is
+ * allowed when its bytes keep the DFA alive (every live state can still
+ * reach a match), eos only in an accepting state.  Tokens are visited by
+ * first byte, so a byte the state refuses drops its whole group unread. */
+static void
+kimi_sample_regex_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
+    const int32_t *prog)
+{
+    const kimi_tokenizer_t  *tk = req->tokenizer;
+    const int32_t           *out = req->tokens + req->n_prompt;
+    kimi_json_vocab_t       *jv = &s->jv;
+    const char              *b;
+    size_t                   len;
+    int32_t                  state = 0, next;
+    uint32_t                 id;
+
+    for (uint32_t i = 0; i < req->n_output && state >= 0; i++) {
+        b = kimi_tokenizer_is_special(tk, out[i]) ? NULL
+            : kimi_token_bytes(tk, out[i], &len);
+        state = b != NULL ? kimi_regex_step(prog, state, b, len) : -1;
+    }
+
+    if (state >= 0 && kimi_sample_json_vocab(s, tk) == 0) {
+        for (unsigned c = 0; c < 256; c++) {
+            char  ch = (char) c;
+
+            next = kimi_regex_step(prog, state, &ch, 1);
+            if (next < 0) {
+                continue;
+            }
+            for (uint32_t k = jv->first[c]; k < jv->first[c + 1]; k++) {
+                id = jv->by_first[k];
+                b = kimi_token_bytes(tk, (int32_t) id, &len);
+                if (kimi_regex_step(prog, next, b + 1, len - 1) >= 0) {
+                    s->seen[id] = 1;
+                }
+            }
+        }
+    }
+
+    /* s->seen marks the allowed ids (cleared again here) */
+    for (id = 0; id < s->vocab; id++) {
+        if (s->seen[id]) {
+            s->seen[id] = 0;
+        } else if (!(kimi_sample_is_eos(req, id)
+                     && (state < 0 || kimi_regex_accepts(prog, state))))
+        {
+            s->x[id] = -INFINITY;
+        }
     }
 }
 

@@ -472,8 +472,14 @@ kimi_sched_add(kimi_sched_t *s, const kimi_seq_desc_t *desc,
         return rc;
     }
 
-    if (desc->sampling.json_object && s->params.tokenizer == NULL) {
-        return kimi_err_set(err, KIMI_EINVAL, "response_format json_object "
+    /* JSON mode, a schema, a forced tool call and a regex mask tokens by
+     * their bytes: without the tokenizer they could not be enforced */
+    if ((desc->sampling.json_object
+         || (desc->n_guided > 0 && desc->guided[0] < 0))
+        && s->params.tokenizer == NULL)
+    {
+        return kimi_err_set(err, KIMI_EINVAL, "structured output (JSON mode, "
+                            "a JSON schema, a forced tool call or a regex) "
                             "needs the model's tokenizer, which this engine "
                             "did not load (see its log)");
     }

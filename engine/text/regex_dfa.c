@@ -1,0 +1,1248 @@
+/*
+ * Regex -> byte-level DFA for guided_regex (see regex_dfa.h).
+ *
+ * Owns:   the parser (recursive descent straight into a Thompson NFA over
+ *         byte ranges; a quantified atom is parsed again for each copy it
+ *         needs), the subset construction over byte classes, the pruning
+ *         of states that can no longer reach a match, and the program's
+ *         layout and check.
+ * Never:  backtracks at run time, or keeps a state from which no match is
+ *         reachable (so the sampler never steers into a dead end).
+ */
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "regex_dfa.h"
+
+#define NFA_MAX     200000         /* NFA states: bounds {m,n} blow-ups */
+
+enum { N_EPS, N_RANGE, N_MATCH };
+
+typedef struct {
+    uint8_t   kind, lo, hi;
+    int32_t   out, out2;           /* -1: none */
+} nfa_state_t;
+
+typedef struct {
+    int32_t   s, e;                /* start, and an EPS end to link on */
+} frag_t;
+
+typedef struct {
+    const unsigned char  *p;
+    size_t                len, at;
+    nfa_state_t          *st;
+    size_t                n, cap;
+    char                 *msg;
+    size_t                msg_len;
+    int                   failed;
+} rx_t;
+
+
+static int
+rx_fail(rx_t *rx, const char *fmt, ...)
+{
+    va_list  ap;
+    int      k;
+
+    if (!rx->failed) {
+        va_start(ap, fmt);
+        k = vsnprintf(rx->msg, rx->msg_len, fmt, ap);
+        va_end(ap);
+        if (k >= 0 && (size_t) k < rx->msg_len) {
+            snprintf(rx->msg + k, rx->msg_len - (size_t) k, " (at byte %zu)",
+                     rx->at);
+        }
+        rx->failed = 1;
+    }
+    return -1;
+}
+
+
+static int32_t
+rx_state(rx_t *rx, int kind, int lo, int hi)
+{
+    nfa_state_t  *st;
+
+    if (rx->n == rx->cap) {
+        if (rx->cap >= NFA_MAX) {
+            rx_fail(rx, "the pattern is too large (repeats expand past %d"
+                    " states)", NFA_MAX);
+            return -1;
+        }
+        rx->cap = rx->cap ? rx->cap * 2 : 256;
+        st = realloc(rx->st, rx->cap * sizeof(*st));
+        if (st == NULL) {
+            rx_fail(rx, "out of memory");
+            return -1;
+        }
+        rx->st = st;
+    }
+    rx->st[rx->n] = (nfa_state_t) { (uint8_t) kind, (uint8_t) lo,
+                                    (uint8_t) hi, -1, -1 };
+    return (int32_t) rx->n++;
+}
+
+
+static int
+rx_eps(rx_t *rx, frag_t *f)
+{
+    f->s = f->e = rx_state(rx, N_EPS, 0, 0);
+    return f->s < 0 ? -1 : 0;
+}
+
+
+/* links the EPS end e to t (a second link goes to out2) */
+static void
+rx_link(rx_t *rx, int32_t e, int32_t t)
+{
+    if (rx->st[e].out < 0) {
+        rx->st[e].out = t;
+    } else {
+        rx->st[e].out2 = t;
+    }
+}
+
+
+static int
+rx_range(rx_t *rx, frag_t *f, int lo, int hi)
+{
+    int32_t  s = rx_state(rx, N_RANGE, lo, hi), e = rx_state(rx, N_EPS, 0, 0);
+
+    if (s < 0 || e < 0) {
+        return -1;
+    }
+    rx->st[s].out = e;
+    f->s = s;
+    f->e = e;
+    return 0;
+}
+
+
+static void
+rx_cat(rx_t *rx, frag_t *a, const frag_t *b)
+{
+    rx_link(rx, a->e, b->s);
+    a->e = b->e;
+}
+
+
+static int
+rx_alt(rx_t *rx, frag_t *a, const frag_t *b)
+{
+    int32_t  s = rx_state(rx, N_EPS, 0, 0), e = rx_state(rx, N_EPS, 0, 0);
+
+    if (s < 0 || e < 0) {
+        return -1;
+    }
+    rx->st[s].out = a->s;
+    rx->st[s].out2 = b->s;
+    rx_link(rx, a->e, e);
+    rx_link(rx, b->e, e);
+    a->s = s;
+    a->e = e;
+    return 0;
+}
+
+
+/* a byte sequence as a fragment */
+static int
+rx_bytes(rx_t *rx, frag_t *f, const unsigned char *b, size_t n)
+{
+    frag_t  g;
+
+    if (rx_eps(rx, f) != 0) {
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (rx_range(rx, &g, b[i], b[i]) != 0) {
+            return -1;
+        }
+        rx_cat(rx, f, &g);
+    }
+    return 0;
+}
+
+
+/* the fragment of one range sequence: r[0..n) pairs of lo, hi */
+static int
+rx_seq(rx_t *rx, frag_t *f, const int *r, int n)
+{
+    frag_t  g;
+
+    if (rx_eps(rx, f) != 0) {
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (rx_range(rx, &g, r[2 * i], r[2 * i + 1]) != 0) {
+            return -1;
+        }
+        rx_cat(rx, f, &g);
+    }
+    return 0;
+}
+
+
+/* Any one character (valid UTF-8, RFC 3629) whose ASCII part is the set
+ * ascii[0..128) (1: allowed); non-ASCII characters always. */
+static int
+rx_any(rx_t *rx, frag_t *f, const uint8_t *ascii)
+{
+    static const int  seqs[][9] = {
+        { 2, 0xc2, 0xdf, 0x80, 0xbf },
+        { 3, 0xe0, 0xe0, 0xa0, 0xbf, 0x80, 0xbf },
+        { 3, 0xe1, 0xec, 0x80, 0xbf, 0x80, 0xbf },
+        { 3, 0xed, 0xed, 0x80, 0x9f, 0x80, 0xbf },
+        { 3, 0xee, 0xef, 0x80, 0xbf, 0x80, 0xbf },
+        { 4, 0xf0, 0xf0, 0x90, 0xbf, 0x80, 0xbf, 0x80, 0xbf },
+        { 4, 0xf1, 0xf3, 0x80, 0xbf, 0x80, 0xbf, 0x80, 0xbf },
+        { 4, 0xf4, 0xf4, 0x80, 0x8f, 0x80, 0xbf, 0x80, 0xbf },
+    };
+    frag_t  g;
+    int     have = 0, c, d;
+
+    for (c = 0; c < 128; c = d) {
+        if (!ascii[c]) {
+            d = c + 1;
+            continue;
+        }
+        for (d = c; d < 128 && ascii[d]; d++) { /* void */ }
+        if (rx_range(rx, &g, c, d - 1) != 0) {
+            return -1;
+        }
+        if (have ? rx_alt(rx, f, &g) : (*f = g, 0)) {
+            return -1;
+        }
+        have = 1;
+    }
+    for (size_t i = 0; i < sizeof(seqs) / sizeof(seqs[0]); i++) {
+        if (rx_seq(rx, &g, seqs[i] + 1, seqs[i][0]) != 0) {
+            return -1;
+        }
+        if (have ? rx_alt(rx, f, &g) : (*f = g, 0)) {
+            return -1;
+        }
+        have = 1;
+    }
+    return 0;
+}
+
+
+static void
+rx_put_utf8(uint32_t c, unsigned char *b, size_t *n)
+{
+    if (c < 0x80) {
+        b[0] = (unsigned char) c;
+        *n = 1;
+    } else if (c < 0x800) {
+        b[0] = (unsigned char) (0xc0 | (c >> 6));
+        b[1] = (unsigned char) (0x80 | (c & 0x3f));
+        *n = 2;
+    } else if (c < 0x10000) {
+        b[0] = (unsigned char) (0xe0 | (c >> 12));
+        b[1] = (unsigned char) (0x80 | ((c >> 6) & 0x3f));
+        b[2] = (unsigned char) (0x80 | (c & 0x3f));
+        *n = 3;
+    } else {
+        b[0] = (unsigned char) (0xf0 | (c >> 18));
+        b[1] = (unsigned char) (0x80 | ((c >> 12) & 0x3f));
+        b[2] = (unsigned char) (0x80 | ((c >> 6) & 0x3f));
+        b[3] = (unsigned char) (0x80 | (c & 0x3f));
+        *n = 4;
+    }
+}
+
+
+/* One UTF-8 character of the pattern at rx->at: its code point. */
+static int
+rx_utf8(rx_t *rx, uint32_t *cp)
+{
+    const unsigned char  *p = rx->p + rx->at;
+    size_t                left = rx->len - rx->at, n;
+    uint32_t              c;
+
+    if (p[0] < 0x80) {
+        *cp = p[0];
+        rx->at++;
+        return 0;
+    }
+    n = p[0] >= 0xf0 ? 4 : p[0] >= 0xe0 ? 3 : p[0] >= 0xc2 ? 2 : 0;
+    if (n == 0 || n > left || p[0] > 0xf4) {
+        return rx_fail(rx, "the pattern is not valid UTF-8");
+    }
+    c = p[0] & (0xff >> (n + 1));
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80) {
+            return rx_fail(rx, "the pattern is not valid UTF-8");
+        }
+        c = (c << 6) | (p[i] & 0x3f);
+    }
+    if ((n == 3 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff)))
+        || (n == 4 && (c < 0x10000 || c > 0x10ffff)))
+    {
+        return rx_fail(rx, "the pattern is not valid UTF-8");
+    }
+    rx->at += n;
+    *cp = c;
+    return 0;
+}
+
+
+static int
+rx_hex(rx_t *rx, int digits, uint32_t *cp)
+{
+    uint32_t  c = 0;
+
+    for (int i = 0; i < digits; i++, rx->at++) {
+        int  h, ch = rx->at < rx->len ? rx->p[rx->at] : -1;
+
+        h = ch >= '0' && ch <= '9' ? ch - '0'
+            : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+            : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
+        if (h < 0) {
+            return rx_fail(rx, "\\%c needs %d hex digits", digits == 2 ? 'x'
+                           : 'u', digits);
+        }
+        c = c * 16 + (uint32_t) h;
+    }
+    if (c >= 0xd800 && c <= 0xdfff) {
+        return rx_fail(rx, "\\u%04X is a surrogate, not a character", c);
+    }
+    *cp = c;
+    return 0;
+}
+
+
+static void
+rx_set_class(uint8_t *set, int which)
+{
+    for (int c = 0; c < 128; c++) {
+        int  in = which == 'd' ? (c >= '0' && c <= '9')
+                  : which == 's' ? (c == ' ' || (c >= '\t' && c <= '\r'))
+                  : ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z')
+                     || (c >= 'A' && c <= 'Z') || c == '_');
+        set[c] |= (uint8_t) in;
+    }
+}
+
+
+/*
+ * An escape after '\\' (rx->at past it).  Sets *cp for a character, or
+ * *cls to 'd' 'w' 's' (or upper case: negated) for a class escape.
+ */
+static int
+rx_escape(rx_t *rx, uint32_t *cp, int *cls)
+{
+    int  ch;
+
+    *cls = 0;
+    if (rx->at >= rx->len) {
+        return rx_fail(rx, "the pattern ends in a lone \\");
+    }
+    ch = rx->p[rx->at++];
+    switch (ch) {
+    case 'd': case 'w': case 's': case 'D': case 'W': case 'S':
+        *cls = ch;
+        return 0;
+    case 'n': *cp = '\n'; return 0;
+    case 't': *cp = '\t'; return 0;
+    case 'r': *cp = '\r'; return 0;
+    case 'f': *cp = '\f'; return 0;
+    case 'v': *cp = '\v'; return 0;
+    case '0': *cp = 0; return 0;
+    case 'x': return rx_hex(rx, 2, cp);
+    case 'u': return rx_hex(rx, 4, cp);
+    case 'b': case 'B': case 'A': case 'Z': case 'z': case 'G':
+        return rx_fail(rx, "\\%c (an anchor or word boundary) is not"
+                       " supported", ch);
+    default:
+        break;
+    }
+    if (ch >= '1' && ch <= '9') {
+        return rx_fail(rx, "backreferences (\\%c) are not supported", ch);
+    }
+    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')) {
+        return rx_fail(rx, "unknown escape \\%c", ch);
+    }
+    rx->at--;
+    return rx_utf8(rx, cp);                   /* escaped punctuation, or any */
+}
+
+
+/* [...] at rx->at (past '[') */
+static int
+rx_class(rx_t *rx, frag_t *f)
+{
+    uint8_t        set[128] = { 0 };
+    uint32_t       wide[64], cp, hi;
+    size_t         n_wide = 0, n;
+    int            neg = 0, first = 1, cls;
+    unsigned char  b[4];
+    frag_t         g;
+
+    if (rx->at < rx->len && rx->p[rx->at] == '^') {
+        neg = 1;
+        rx->at++;
+    }
+    for (;;) {
+        if (rx->at >= rx->len) {
+            return rx_fail(rx, "unterminated character set");
+        }
+        if (rx->p[rx->at] == ']' && !first) {
+            rx->at++;
+            break;
+        }
+        first = 0;
+        cls = 0;
+        if (rx->p[rx->at] == '\\') {
+            rx->at++;
+            if (rx_escape(rx, &cp, &cls) != 0) {
+                return -1;
+            }
+        } else if (rx->p[rx->at] == '[' && rx->at + 1 < rx->len
+                   && rx->p[rx->at + 1] == ':')
+        {
+            return rx_fail(rx, "POSIX classes ([:name:]) are not supported");
+        } else if (rx_utf8(rx, &cp) != 0) {
+            return -1;
+        }
+        if (cls != 0) {
+            if (cls < 'a') {
+                return rx_fail(rx, "\\%c inside a character set is not"
+                               " supported", cls);
+            }
+            rx_set_class(set, cls);
+            continue;
+        }
+        /* a range? */
+        if (rx->at + 1 < rx->len && rx->p[rx->at] == '-'
+            && rx->p[rx->at + 1] != ']')
+        {
+            rx->at++;
+            if (rx->p[rx->at] == '\\') {
+                rx->at++;
+                if (rx_escape(rx, &hi, &cls) != 0) {
+                    return -1;
+                }
+                if (cls != 0) {
+                    return rx_fail(rx, "a range cannot end in \\%c", cls);
+                }
+            } else if (rx_utf8(rx, &hi) != 0) {
+                return -1;
+            }
+            if (hi < cp) {
+                return rx_fail(rx, "bad character range (end before"
+                               " start)");
+            }
+            if (hi >= 0x80) {
+                return rx_fail(rx, "character ranges beyond ASCII are not"
+                               " supported");
+            }
+            for (uint32_t c = cp; c <= hi; c++) {
+                set[c] = 1;
+            }
+            continue;
+        }
+        if (cp < 0x80) {
+            set[cp] = 1;
+        } else if (neg) {
+            return rx_fail(rx, "a negated set with non-ASCII characters is"
+                           " not supported");
+        } else if (n_wide < sizeof(wide) / sizeof(wide[0])) {
+            wide[n_wide++] = cp;
+        } else {
+            return rx_fail(rx, "too many non-ASCII characters in a set");
+        }
+    }
+
+    if (neg) {
+        for (int c = 0; c < 128; c++) {
+            set[c] = !set[c];
+        }
+        return rx_any(rx, f, set);
+    }
+
+    {
+        int  have = 0, c, d;
+
+        for (c = 0; c < 128; c = d) {
+            if (!set[c]) {
+                d = c + 1;
+                continue;
+            }
+            for (d = c; d < 128 && set[d]; d++) { /* void */ }
+            if (rx_range(rx, &g, c, d - 1) != 0
+                || (have ? rx_alt(rx, f, &g) : (*f = g, 0)) != 0)
+            {
+                return -1;
+            }
+            have = 1;
+        }
+        for (size_t i = 0; i < n_wide; i++) {
+            rx_put_utf8(wide[i], b, &n);
+            if (rx_bytes(rx, &g, b, n) != 0
+                || (have ? rx_alt(rx, f, &g) : (*f = g, 0)) != 0)
+            {
+                return -1;
+            }
+            have = 1;
+        }
+        if (!have) {
+            return rx_fail(rx, "an empty character set matches nothing");
+        }
+    }
+    return 0;
+}
+
+
+static int rx_alternation(rx_t *rx, frag_t *f, int depth);
+
+
+/* one atom at rx->at */
+static int
+rx_atom(rx_t *rx, frag_t *f, int depth)
+{
+    unsigned char  b[4];
+    uint8_t        set[128];
+    uint32_t       cp;
+    size_t         n;
+    int            ch = rx->p[rx->at], cls;
+
+    switch (ch) {
+    case '(':
+        rx->at++;
+        if (rx->at < rx->len && rx->p[rx->at] == '?') {
+            const char  *q = (const char *) rx->p + rx->at + 1;
+            size_t       left = rx->len - rx->at - 1;
+
+            if (left >= 1 && q[0] == ':') {
+                rx->at += 2;
+            } else if (left >= 2 && (q[0] == 'P' || q[0] == '<')
+                       && (q[0] == '<' ? q[1] != '=' && q[1] != '!'
+                                       : q[1] == '<'))
+            {
+                const char  *gt = memchr(q, '>', left);
+
+                if (gt == NULL) {
+                    return rx_fail(rx, "unterminated group name");
+                }
+                rx->at += (size_t) (gt - q) + 2;
+            } else if (left >= 1 && (q[0] == '=' || q[0] == '!'
+                                     || q[0] == '<'))
+            {
+                return rx_fail(rx, "lookaround assertions are not"
+                               " supported");
+            } else {
+                return rx_fail(rx, "this group kind ((?%c...) is not"
+                               " supported", left ? q[0] : ' ');
+            }
+        }
+        if (depth > 64) {
+            return rx_fail(rx, "groups nest too deep");
+        }
+        if (rx_alternation(rx, f, depth + 1) != 0) {
+            return -1;
+        }
+        if (rx->at >= rx->len || rx->p[rx->at] != ')') {
+            return rx_fail(rx, "missing ) to close a group");
+        }
+        rx->at++;
+        return 0;
+    case ')':
+        return rx_fail(rx, "unbalanced )");
+    case '[':
+        rx->at++;
+        return rx_class(rx, f);
+    case '.':
+        rx->at++;
+        memset(set, 1, sizeof(set));
+        set['\n'] = 0;
+        return rx_any(rx, f, set);
+    case '*': case '+': case '?': case '{':
+        return rx_fail(rx, "nothing to repeat before %c", ch);
+    case '^':
+        if (rx->at != 0) {
+            return rx_fail(rx, "^ is only supported at the start");
+        }
+        rx->at++;
+        return rx_eps(rx, f);
+    case '$':
+        if (rx->at + 1 != rx->len) {
+            return rx_fail(rx, "$ is only supported at the end");
+        }
+        rx->at++;
+        return rx_eps(rx, f);
+    case '\\':
+        rx->at++;
+        if (rx_escape(rx, &cp, &cls) != 0) {
+            return -1;
+        }
+        if (cls != 0) {
+            memset(set, 0, sizeof(set));
+            rx_set_class(set, cls | 0x20);
+            if (cls < 'a') {
+                for (int c = 0; c < 128; c++) {
+                    set[c] = !set[c];
+                }
+                return rx_any(rx, f, set);
+            }
+            {
+                int     have = 0, c, d;
+                frag_t  g;
+
+                for (c = 0; c < 128; c = d) {
+                    if (!set[c]) {
+                        d = c + 1;
+                        continue;
+                    }
+                    for (d = c; d < 128 && set[d]; d++) { /* void */ }
+                    if (rx_range(rx, &g, c, d - 1) != 0
+                        || (have ? rx_alt(rx, f, &g) : (*f = g, 0)) != 0)
+                    {
+                        return -1;
+                    }
+                    have = 1;
+                }
+            }
+            return 0;
+        }
+        break;
+    default:
+        if (rx_utf8(rx, &cp) != 0) {
+            return -1;
+        }
+        break;
+    }
+    rx_put_utf8(cp, b, &n);
+    return rx_bytes(rx, f, b, n);
+}
+
+
+static int
+rx_int(rx_t *rx, int *v)
+{
+    int  n = 0, any = 0;
+
+    while (rx->at < rx->len && rx->p[rx->at] >= '0' && rx->p[rx->at] <= '9') {
+        n = n * 10 + (rx->p[rx->at++] - '0');
+        any = 1;
+        if (n > 100000) {
+            n = 100000;
+        }
+    }
+    *v = n;
+    return any;
+}
+
+
+/* an atom and its quantifier: copies by parsing the atom again */
+static int
+rx_repeat(rx_t *rx, frag_t *f, int depth)
+{
+    size_t  atom_at = rx->at, end_at, q_at;
+    int     lo, hi, ch;
+    frag_t  g, h;
+
+    if (rx_atom(rx, f, depth) != 0) {
+        return -1;
+    }
+    if (rx->at >= rx->len) {
+        return 0;
+    }
+    ch = rx->p[rx->at];
+    q_at = rx->at;
+    if (ch == '*' || ch == '+' || ch == '?') {
+        lo = ch == '+';
+        hi = ch == '?' ? 1 : -1;
+        rx->at++;
+    } else if (ch == '{') {
+        rx->at++;
+        if (!rx_int(rx, &lo)) {
+            return rx_fail(rx, "a { must start a {m}, {m,} or {m,n}"
+                           " repeat");
+        }
+        hi = lo;
+        if (rx->at < rx->len && rx->p[rx->at] == ',') {
+            rx->at++;
+            if (!rx_int(rx, &hi)) {
+                hi = -1;
+            }
+        }
+        if (rx->at >= rx->len || rx->p[rx->at] != '}') {
+            return rx_fail(rx, "unterminated {m,n} repeat");
+        }
+        rx->at++;
+        if (hi >= 0 && hi < lo) {
+            return rx_fail(rx, "bad repeat {%d,%d} (max below min)", lo, hi);
+        }
+        if (lo > KIMI_REGEX_MAX_REPEAT || hi > KIMI_REGEX_MAX_REPEAT) {
+            return rx_fail(rx, "repeat counts above %d are not supported",
+                           KIMI_REGEX_MAX_REPEAT);
+        }
+    } else {
+        return 0;
+    }
+    if (rx->at < rx->len && rx->p[rx->at] == '?') {
+        rx->at++;                             /* lazy: the same language */
+    } else if (rx->at < rx->len && rx->p[rx->at] == '+') {
+        return rx_fail(rx, "possessive repeats are not supported");
+    }
+    if (rx->at < rx->len && (rx->p[rx->at] == '*' || rx->p[rx->at] == '+'
+                             || rx->p[rx->at] == '?' || rx->p[rx->at] == '{'))
+    {
+        return rx_fail(rx, "multiple repeat");
+    }
+    end_at = rx->at;
+    (void) q_at;
+    if (hi == 0) {
+        return rx_eps(rx, f);                 /* {0}: the empty string */
+    }
+
+    /* f is copy 1; the others parse the atom again */
+    if (lo == 0) {
+        /* f optional (and starred when unbounded) */
+        if (hi < 0) {
+            int32_t  s = rx_state(rx, N_EPS, 0, 0), e = rx_state(rx, N_EPS, 0, 0);
+
+            if (s < 0 || e < 0) {
+                return -1;
+            }
+            rx->st[s].out = f->s;
+            rx->st[s].out2 = e;
+            rx_link(rx, f->e, f->s);
+            rx_link(rx, f->e, e);
+            f->s = s;
+            f->e = e;
+            return 0;
+        }
+        if (rx_eps(rx, &g) != 0 || rx_alt(rx, f, &g) != 0) {
+            return -1;
+        }
+        lo = 1;                               /* f counts as one optional */
+        hi -= 1;
+        for (int i = 0; i < hi; i++) {
+            rx->at = atom_at;
+            if (rx_atom(rx, &g, depth) != 0 || rx_eps(rx, &h) != 0
+                || rx_alt(rx, &g, &h) != 0)
+            {
+                return -1;
+            }
+            rx_cat(rx, f, &g);
+        }
+        rx->at = end_at;
+        return 0;
+    }
+    for (int i = 1; i < lo; i++) {
+        rx->at = atom_at;
+        if (rx_atom(rx, &g, depth) != 0) {
+            return -1;
+        }
+        rx_cat(rx, f, &g);
+    }
+    if (hi < 0) {
+        /* the last copy loops */
+        int32_t  e = rx_state(rx, N_EPS, 0, 0);
+
+        if (e < 0) {
+            return -1;
+        }
+        rx->at = atom_at;
+        if (rx_atom(rx, &g, depth) != 0) {
+            return -1;
+        }
+        /* f then (g)* : reuse f's end as the loop's entry */
+        {
+            int32_t  s = rx_state(rx, N_EPS, 0, 0);
+
+            if (s < 0) {
+                return -1;
+            }
+            rx->st[s].out = g.s;
+            rx->st[s].out2 = e;
+            rx_link(rx, g.e, g.s);
+            rx_link(rx, g.e, e);
+            rx_link(rx, f->e, s);
+            f->e = e;
+        }
+    } else {
+        for (int i = lo; i < hi; i++) {
+            rx->at = atom_at;
+            if (rx_atom(rx, &g, depth) != 0 || rx_eps(rx, &h) != 0
+                || rx_alt(rx, &g, &h) != 0)
+            {
+                return -1;
+            }
+            rx_cat(rx, f, &g);
+        }
+    }
+    rx->at = end_at;
+    return 0;
+}
+
+
+static int
+rx_concat(rx_t *rx, frag_t *f, int depth)
+{
+    frag_t  g;
+
+    if (rx_eps(rx, f) != 0) {
+        return -1;
+    }
+    while (rx->at < rx->len && rx->p[rx->at] != '|' && rx->p[rx->at] != ')') {
+        if (rx_repeat(rx, &g, depth) != 0) {
+            return -1;
+        }
+        rx_cat(rx, f, &g);
+    }
+    return 0;
+}
+
+
+static int
+rx_alternation(rx_t *rx, frag_t *f, int depth)
+{
+    frag_t  g;
+
+    if (rx_concat(rx, f, depth) != 0) {
+        return -1;
+    }
+    while (rx->at < rx->len && rx->p[rx->at] == '|') {
+        rx->at++;
+        if (rx_concat(rx, &g, depth) != 0 || rx_alt(rx, f, &g) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+
+/* ---- subset construction ------------------------------------------------ */
+
+typedef struct {
+    int32_t   *items;              /* every set's NFA states, back to back */
+    size_t     n_items, cap_items;
+    size_t    *off;                /* [n_sets + 1] */
+    size_t     n_sets, cap_sets;
+    int32_t   *hash;               /* open addressing: set index or -1 */
+    size_t     hcap;
+} sets_t;
+
+
+static uint64_t
+set_hash(const int32_t *s, size_t n)
+{
+    uint64_t  h = 1469598103934665603ull;
+
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ (uint32_t) s[i]) * 1099511628211ull;
+    }
+    return h ^ n;
+}
+
+
+static int
+cmp_i32(const void *a, const void *b)
+{
+    int32_t  x = *(const int32_t *) a, y = *(const int32_t *) b;
+
+    return (x > y) - (x < y);
+}
+
+
+/* index of set s[0..n) (sorted), added if new; -1: out of memory */
+static int32_t
+sets_find(sets_t *ss, const int32_t *s, size_t n, int *added)
+{
+    size_t  i, k;
+
+    *added = 0;
+    for (i = set_hash(s, n) & (ss->hcap - 1); ss->hash[i] >= 0;
+         i = (i + 1) & (ss->hcap - 1))
+    {
+        k = (size_t) ss->hash[i];
+        if (ss->off[k + 1] - ss->off[k] == n
+            && memcmp(ss->items + ss->off[k], s, n * sizeof(int32_t)) == 0)
+        {
+            return (int32_t) k;
+        }
+    }
+    if (ss->n_items + n > ss->cap_items) {
+        size_t   cap = (ss->n_items + n) * 2;
+        int32_t *p = realloc(ss->items, cap * sizeof(int32_t));
+
+        if (p == NULL) {
+            return -1;
+        }
+        ss->items = p;
+        ss->cap_items = cap;
+    }
+    if (ss->n_sets + 2 > ss->cap_sets) {
+        size_t   cap = ss->cap_sets * 2 + 16;
+        size_t  *p = realloc(ss->off, cap * sizeof(size_t));
+
+        if (p == NULL) {
+            return -1;
+        }
+        ss->off = p;
+        ss->cap_sets = cap;
+    }
+    memcpy(ss->items + ss->n_items, s, n * sizeof(int32_t));
+    ss->n_items += n;
+    ss->off[ss->n_sets + 1] = ss->n_items;
+    ss->hash[i] = (int32_t) ss->n_sets;
+    *added = 1;
+    return (int32_t) ss->n_sets++;
+}
+
+
+/* the epsilon closure of seed[0..n) into out (its RANGE and MATCH states,
+ * sorted); mark[] is all zero on entry and exit */
+static size_t
+closure(const nfa_state_t *st, const int32_t *seed, size_t n, int32_t *stack,
+    uint8_t *mark, int32_t *out, int32_t *touched)
+{
+    size_t  sp = 0, k = 0, nt = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (!mark[seed[i]]) {
+            mark[seed[i]] = 1;
+            touched[nt++] = seed[i];
+            stack[sp++] = seed[i];
+        }
+    }
+    while (sp > 0) {
+        int32_t  s = stack[--sp];
+
+        if (st[s].kind != N_EPS) {
+            out[k++] = s;
+            continue;
+        }
+        for (int j = 0; j < 2; j++) {
+            int32_t  t = j ? st[s].out2 : st[s].out;
+
+            if (t >= 0 && !mark[t]) {
+                mark[t] = 1;
+                touched[nt++] = t;
+                stack[sp++] = t;
+            }
+        }
+    }
+    for (size_t i = 0; i < nt; i++) {
+        mark[touched[i]] = 0;
+    }
+    qsort(out, k, sizeof(int32_t), cmp_i32);
+    return k;
+}
+
+
+int
+kimi_regex_compile(const char *pattern, size_t len, int32_t **prog,
+    size_t *n_out, char *msg, size_t msg_len)
+{
+    rx_t       rx = { (const unsigned char *) pattern, len, 0, NULL, 0, 0,
+                      msg, msg_len, 0 };
+    frag_t     f;
+    sets_t     ss = { 0 };
+    int32_t   *stack = NULL, *buf = NULL, *seed = NULL, *touched = NULL;
+    int32_t   *trans = NULL, *live = NULL, *renum = NULL, *p = NULL;
+    uint8_t   *mark = NULL, cls_of[256];
+    int        n_cls = 0, rc = -1, added;
+    size_t     n_dfa = 0, cap_trans = 0, words;
+    int32_t    match, rep[256];
+
+    *prog = NULL;
+    *n_out = 0;
+
+    if (len > KIMI_REGEX_MAX_PATTERN) {
+        snprintf(msg, msg_len, "the pattern is longer than %d bytes",
+                 KIMI_REGEX_MAX_PATTERN);
+        return -1;
+    }
+
+    if (rx_alternation(&rx, &f, 0) != 0) {
+        goto done;
+    }
+    if (rx.at < rx.len) {
+        rx_fail(&rx, "unbalanced )");
+        goto done;
+    }
+    match = rx_state(&rx, N_MATCH, 0, 0);
+    if (match < 0) {
+        goto done;
+    }
+    rx_link(&rx, f.e, match);
+
+    /* byte classes: boundaries of every range */
+    {
+        uint8_t  cut[257] = { 0 };
+
+        for (size_t i = 0; i < rx.n; i++) {
+            if (rx.st[i].kind == N_RANGE) {
+                cut[rx.st[i].lo] = 1;
+                cut[rx.st[i].hi + 1] = 1;
+            }
+        }
+        for (int b = 0; b < 256; b++) {
+            if (b > 0 && cut[b]) {
+                n_cls++;
+            }
+            cls_of[b] = (uint8_t) n_cls;
+            if (b == 0 || cut[b]) {
+                rep[n_cls] = b;
+            }
+        }
+        n_cls++;
+    }
+
+    stack = malloc(rx.n * sizeof(int32_t));
+    buf = malloc(rx.n * sizeof(int32_t));
+    seed = malloc(rx.n * sizeof(int32_t));
+    touched = malloc(rx.n * sizeof(int32_t));
+    mark = calloc(rx.n, 1);
+    ss.hcap = 8192;
+    ss.hash = malloc(ss.hcap * sizeof(int32_t));
+    ss.off = malloc(16 * sizeof(size_t));
+    ss.cap_sets = 16;
+    if (stack == NULL || buf == NULL || seed == NULL || touched == NULL
+        || mark == NULL || ss.hash == NULL || ss.off == NULL)
+    {
+        snprintf(msg, msg_len, "out of memory");
+        goto done;
+    }
+    memset(ss.hash, 0xff, ss.hcap * sizeof(int32_t));
+    ss.off[0] = 0;
+
+    {
+        size_t  k = closure(rx.st, &f.s, 1, stack, mark, buf, touched);
+
+        if (sets_find(&ss, buf, k, &added) < 0) {
+            snprintf(msg, msg_len, "out of memory");
+            goto done;
+        }
+    }
+
+    for (n_dfa = 0; n_dfa < ss.n_sets; n_dfa++) {
+        if (ss.n_sets > KIMI_REGEX_MAX_STATES) {
+            snprintf(msg, msg_len, "the pattern needs more than %d automaton"
+                     " states: simplify it", KIMI_REGEX_MAX_STATES);
+            goto done;
+        }
+        if ((n_dfa + 1) * (size_t) n_cls > cap_trans) {
+            int32_t  *t;
+
+            cap_trans = (n_dfa + 1) * (size_t) n_cls * 2;
+            t = realloc(trans, cap_trans * sizeof(int32_t));
+            if (t == NULL) {
+                snprintf(msg, msg_len, "out of memory");
+                goto done;
+            }
+            trans = t;
+        }
+        for (int c = 0; c < n_cls; c++) {
+            size_t  ns = 0, k;
+            int32_t d;
+
+            for (size_t i = ss.off[n_dfa]; i < ss.off[n_dfa + 1]; i++) {
+                const nfa_state_t  *s = &rx.st[ss.items[i]];
+
+                if (s->kind == N_RANGE && rep[c] >= s->lo && rep[c] <= s->hi) {
+                    seed[ns++] = s->out;
+                }
+            }
+            if (ns == 0) {
+                trans[n_dfa * (size_t) n_cls + (size_t) c] = -1;
+                continue;
+            }
+            k = closure(rx.st, seed, ns, stack, mark, buf, touched);
+            if (ss.n_sets * 2 >= ss.hcap) {
+                /* grow the table: rehash every set */
+                size_t   hcap = ss.hcap * 2;
+                int32_t *h = malloc(hcap * sizeof(int32_t));
+
+                if (h == NULL) {
+                    snprintf(msg, msg_len, "out of memory");
+                    goto done;
+                }
+                memset(h, 0xff, hcap * sizeof(int32_t));
+                for (size_t q = 0; q < ss.n_sets; q++) {
+                    size_t  i = set_hash(ss.items + ss.off[q],
+                                         ss.off[q + 1] - ss.off[q]) & (hcap - 1);
+
+                    while (h[i] >= 0) {
+                        i = (i + 1) & (hcap - 1);
+                    }
+                    h[i] = (int32_t) q;
+                }
+                free(ss.hash);
+                ss.hash = h;
+                ss.hcap = hcap;
+            }
+            d = sets_find(&ss, buf, k, &added);
+            if (d < 0) {
+                snprintf(msg, msg_len, "out of memory");
+                goto done;
+            }
+            trans[n_dfa * (size_t) n_cls + (size_t) c] = d;
+        }
+    }
+
+    /* states that can reach a match: backwards from the accepting ones */
+    live = calloc(n_dfa, sizeof(int32_t));
+    renum = malloc(n_dfa * sizeof(int32_t));
+    if (live == NULL || renum == NULL) {
+        snprintf(msg, msg_len, "out of memory");
+        goto done;
+    }
+    for (size_t s = 0; s < n_dfa; s++) {
+        for (size_t i = ss.off[s]; i < ss.off[s + 1]; i++) {
+            live[s] |= rx.st[ss.items[i]].kind == N_MATCH;
+        }
+    }
+    for (int changed = 1; changed; ) {
+        changed = 0;
+        for (size_t s = 0; s < n_dfa; s++) {
+            if (live[s]) {
+                continue;
+            }
+            for (int c = 0; c < n_cls; c++) {
+                int32_t  d = trans[s * (size_t) n_cls + (size_t) c];
+
+                if (d >= 0 && live[d]) {
+                    live[s] = 1;
+                    changed = 1;
+                    break;
+                }
+            }
+        }
+    }
+    if (!live[0]) {
+        snprintf(msg, msg_len, "the pattern matches nothing");
+        goto done;
+    }
+    {
+        int32_t  k = 0;
+
+        for (size_t s = 0; s < n_dfa; s++) {
+            renum[s] = live[s] ? k++ : -1;
+        }
+        words = 3 + 64 + ((size_t) k + 31) / 32 + (size_t) k * (size_t) n_cls;
+        p = calloc(words, sizeof(int32_t));
+        if (p == NULL) {
+            snprintf(msg, msg_len, "out of memory");
+            goto done;
+        }
+        p[0] = (int32_t) words;
+        p[1] = k;
+        p[2] = n_cls;
+        for (int b = 0; b < 256; b++) {
+            p[3 + b / 4] |= (int32_t) ((uint32_t) cls_of[b] << (8 * (b % 4)));
+        }
+        for (size_t s = 0; s < n_dfa; s++) {
+            int32_t  r = renum[s], *row;
+            int      acc = 0;
+
+            if (r < 0) {
+                continue;
+            }
+            for (size_t i = ss.off[s]; i < ss.off[s + 1]; i++) {
+                acc |= rx.st[ss.items[i]].kind == N_MATCH;
+            }
+            if (acc) {
+                p[3 + 64 + r / 32] |= (int32_t) (1u << (r % 32));
+            }
+            row = p + 3 + 64 + (k + 31) / 32 + (size_t) r * (size_t) n_cls;
+            for (int c = 0; c < n_cls; c++) {
+                int32_t  d = trans[s * (size_t) n_cls + (size_t) c];
+
+                row[c] = d >= 0 ? renum[d] : -1;
+            }
+        }
+    }
+
+    *prog = p;
+    *n_out = words;
+    p = NULL;
+    rc = 0;
+
+done:
+    free(rx.st);
+    free(ss.items);
+    free(ss.off);
+    free(ss.hash);
+    free(stack);
+    free(buf);
+    free(seed);
+    free(touched);
+    free(mark);
+    free(trans);
+    free(live);
+    free(renum);
+    free(p);
+    return rc;
+}
+
+
+/* ---- the program at run time ------------------------------------------- */
+
+int
+kimi_regex_check(const int32_t *p, size_t n, char *msg, size_t msg_len)
+{
+    size_t  need, ns, nc;
+
+    if (p == NULL || n < 3 + 64 || (size_t) p[0] != n || p[1] < 1
+        || p[1] > KIMI_REGEX_MAX_STATES || p[2] < 1 || p[2] > 256)
+    {
+        snprintf(msg, msg_len, "regex program: bad header");
+        return -1;
+    }
+    ns = (size_t) p[1];
+    nc = (size_t) p[2];
+    need = 3 + 64 + (ns + 31) / 32 + ns * nc;
+    if (need != n) {
+        snprintf(msg, msg_len, "regex program: %zu words, its header says"
+                 " %zu", n, need);
+        return -1;
+    }
+    for (int b = 0; b < 256; b++) {
+        if ((((uint32_t) p[3 + b / 4] >> (8 * (b % 4))) & 0xff) >= nc) {
+            snprintf(msg, msg_len, "regex program: byte %d in class %u of"
+                     " %zu", b, ((uint32_t) p[3 + b / 4] >> (8 * (b % 4)))
+                     & 0xff, nc);
+            return -1;
+        }
+    }
+    for (size_t i = 3 + 64 + (ns + 31) / 32; i < n; i++) {
+        if (p[i] < -1 || p[i] >= (int32_t) ns) {
+            snprintf(msg, msg_len, "regex program: a transition to %d of %zu"
+                     " states", p[i], ns);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+
+int32_t
+kimi_regex_step(const int32_t *p, int32_t s, const char *b, size_t len)
+{
+    const int32_t  *t = p + 3 + 64 + (p[1] + 31) / 32;
+    int32_t         nc = p[2];
+
+    for (size_t i = 0; i < len && s >= 0; i++) {
+        unsigned  c = (unsigned char) b[i];
+
+        s = t[s * nc + (int32_t) (((uint32_t) p[3 + c / 4] >> (8 * (c % 4)))
+                                  & 0xff)];
+    }
+    return s;
+}
+
+
+int
+kimi_regex_accepts(const int32_t *p, int32_t s)
+{
+    return s >= 0 && s < p[1]
+           && (((uint32_t) p[3 + 64 + s / 32] >> (s % 32)) & 1);
+}
