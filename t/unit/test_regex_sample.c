@@ -1,0 +1,159 @@
+/*
+ * guided_regex in the host sampler with Kimi's real tokenizer: random rows
+ * drawn at temperature 1 under a DFA program (KIMI_REGEX_TAG guided words).
+ * Every drawn token keeps the DFA alive, eos comes only in an accepting
+ * state, every run that ends has a text the DFA accepts whole, and bounded
+ * patterns always end.  Prints the host cost of a token under a pattern.
+ */
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tap.h"
+#include "../../engine/sample/sample.h"
+#include "../../engine/text/kimi_text.h"
+#include "../../engine/text/regex_dfa.h"
+
+
+static const char *
+model_dir(void)
+{
+    const char  *d = getenv("KIMI_MODEL_DIR");
+
+    return d != NULL ? d : "../shared/kimi-k2";
+}
+
+
+int
+main(void)
+{
+    static const struct {
+        const char  *pattern;
+        int          bounded;      /* must end within max_tokens */
+    } cases[] = {
+        { "[0-9]{3}-[0-9]{4}", 1 },
+        { "(yes|no|maybe)( indeed)?", 1 },
+        { "[A-Z][a-z]{1,8}, [A-Z][a-z]{1,8}\\.", 1 },
+        { "\\{\"id\": [0-9]{1,6}, \"ok\": (true|false)\\}", 1 },
+        { "[^\\n]{0,60}", 1 },
+        { ".{0,40}\\n", 1 },
+        { "(\\w+ ?){1,12}", 0 },
+        { "[a-z ]*", 0 },
+    };
+    kimi_tokenizer_t   *tok = NULL;
+    kimi_sampler_t     *smp = NULL;
+    kimi_err_t          err;
+    kimi_rng_t          rng, draw;
+    kimi_shm_sampling_t sp;
+    kimi_sample_req_t   req;
+    kimi_sample_out_t   out;
+    int32_t            *prog, *words, seq[200], eos[2], state;
+    size_t              n_prog, len;
+    uint32_t            vocab = 163840, calls = 0;
+    float              *row;
+    double              secs = 0;
+    struct timespec     t0, t1;
+    char                msg[200];
+    const char         *b;
+
+    if (kimi_tokenizer_load(&tok, model_dir(), &err) != 0) {
+        ok(0, "tokenizer loads: %s", err.msg);
+        printf("1..%d\n", test_n);
+        return 1;
+    }
+    eos[0] = kimi_tokenizer_special_id(tok, "<|im_end|>");
+    eos[1] = kimi_tokenizer_special_id(tok, "[EOS]");
+    row = malloc(vocab * sizeof(float));
+    if (row == NULL || kimi_sampler_init(&smp, vocab, &err) != 0) {
+        ok(0, "sampler: %s", err.msg);
+        printf("1..%d\n", test_n);
+        return 1;
+    }
+    kimi_rng_seed(&rng, 11);
+
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        int  alive = 1, eos_ok = 1, whole = 1, ended = 0, runs = 4;
+
+        if (kimi_regex_compile(cases[c].pattern, strlen(cases[c].pattern),
+                               &prog, &n_prog, msg, sizeof(msg)) != 0)
+        {
+            ok(0, "%s compiles: %s", cases[c].pattern, msg);
+            continue;
+        }
+        words = malloc((n_prog + 1) * sizeof(int32_t));
+        words[0] = KIMI_REGEX_TAG;
+        memcpy(words + 1, prog, n_prog * sizeof(int32_t));
+        ok(kimi_sample_guided_check(words, (uint32_t) n_prog + 1, vocab, &err)
+           == 0, "%s: the engine's check takes the program", cases[c].pattern);
+
+        for (int r = 0; r < runs; r++) {
+            uint32_t  n = 1;
+
+            memset(&sp, 0, sizeof(sp));
+            sp.temperature = 1.0f;
+            sp.top_p = 1.0f;
+            sp.repetition_penalty = 1.0f;
+            sp.max_tokens = 120;
+            kimi_rng_seed(&draw, 1000 + 10 * c + r);
+            seq[0] = 1000;
+            state = 0;
+
+            while (n < 121) {
+                for (uint32_t i = 0; i < vocab; i++) {
+                    row[i] = (float) ((kimi_rng_uniform(&rng) - 0.5) * 12.0);
+                }
+                memset(&req, 0, sizeof(req));
+                req.sampling = &sp;
+                req.tokens = seq;
+                req.n_prompt = 1;
+                req.n_output = n - 1;
+                req.rng = &draw;
+                req.eos_ids = eos;
+                req.n_eos = 2;
+                req.tokenizer = tok;
+                req.guided = words;
+                req.n_guided = (uint32_t) n_prog + 1;
+                clock_gettime(CLOCK_MONOTONIC, &t0);
+                if (kimi_sampler_sample(smp, row, &req, &out, &err) != 0) {
+                    alive = 0;
+                    break;
+                }
+                clock_gettime(CLOCK_MONOTONIC, &t1);
+                secs += (double) (t1.tv_sec - t0.tv_sec)
+                        + (double) (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+                calls++;
+                if (out.tok.token == eos[0] || out.tok.token == eos[1]) {
+                    eos_ok &= kimi_regex_accepts(prog, state);
+                    ended++;
+                    break;
+                }
+                b = kimi_token_bytes(tok, out.tok.token, &len);
+                state = b != NULL ? kimi_regex_step(prog, state, b, len) : -1;
+                if (state < 0) {
+                    alive = 0;
+                    break;
+                }
+                seq[n++] = out.tok.token;
+            }
+            whole &= !ended || kimi_regex_accepts(prog, state);
+        }
+        ok(alive && eos_ok && whole
+           && (!cases[c].bounded || ended == runs),
+           "%s: %d random-model runs, every token keeps the DFA alive,"
+           " eos only where it accepts, %d ended with the text whole",
+           cases[c].pattern, runs, ended);
+        free(words);
+        free(prog);
+    }
+
+    printf("# host: %.0f us a token under a regex (mask + draw, %u draws,"
+           " vocab %u)\n", calls ? secs * 1e6 / calls : 0.0, calls, vocab);
+
+    kimi_sampler_free(smp);
+    kimi_tokenizer_free(tok);
+    free(row);
+    printf("1..%d\n", test_n);
+    return test_failed != 0;
+}
