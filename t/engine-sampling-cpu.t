@@ -321,7 +321,11 @@ is($r->{status}, 400, 'a named tool_choice with JSON mode: 400');
 for my $case (
     [ { type => 'json_schema', json_schema => { name => 'x',
         schema => { type => 'object', properties => { a => { type => 'string',
-        pattern => '^a' } } } } }, 'response_format', qr/"pattern" is not supported/ ],
+        pattern => '^a(?!b)' } } } } }, 'response_format',
+      qr/"pattern" cannot be enforced: lookaround/ ],
+    [ { type => 'json_schema', json_schema => { name => 'x',
+        schema => { type => 'object', properties => { a => { type => 'number',
+        multipleOf => 2 } } } } }, 'response_format', qr/"multipleOf" is not supported/ ],
     [ { type => 'json_schema', json_schema => { name => 'x' } },
       'response_format', qr/needs "json_schema"/ ],
     [ { type => 'json_schema', json_schema => { name => 'x',

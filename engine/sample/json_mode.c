@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "json_mode.h"
+#include "../text/regex_dfa.h"
 
 
 /* what the recogniser waits for, outside strings, numbers and literals */
@@ -478,6 +479,7 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
         s->snode = (uint16_t) e;        /* its lengths bind (value_start) */
         s->fphase = F_FIXED;
         s->fpos = 0;
+        s->pstate = 0;
         return 0;
     case KIMI_SN_INTEGER:
         s->intonly = 1;
@@ -768,7 +770,27 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         return -1;
 
     case J_STRING:
-        if (s->snode != 0 && s->prog[s->snode + 3] != KIMI_SF_NONE) {
+        if (s->snode != 0 && s->prog[s->snode + 3] == KIMI_SF_PATTERN) {
+            /* the raw text is the value: no escapes, the DFA over its
+             * bytes, the closing quote only where it accepts; lengths and
+             * UTF-8 below as for any string */
+            const int32_t  *dfa = s->prog + s->prog[s->snode + 4];
+            char            ch = (char) c;
+
+            if (c == '\\' || c < 0x20) {
+                return -1;
+            }
+            if (c == '"') {
+                if (s->ucont > 0 || !kimi_regex_accepts(dfa, s->pstate)) {
+                    return -1;
+                }
+            } else {
+                s->pstate = kimi_regex_step(dfa, s->pstate, &ch, 1);
+                if (s->pstate < 0) {
+                    return -1;
+                }
+            }
+        } else if (s->snode != 0 && s->prog[s->snode + 3] != KIMI_SF_NONE) {
             int  r = kimi_json_format_byte(s, s->prog[s->snode + 3], c);
 
             if (r == 1) {               /* a formatted string is a value */

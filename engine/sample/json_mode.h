@@ -46,6 +46,7 @@ typedef struct {
     uint16_t       enode;
     uint16_t       snode;      /* the string value's node (lengths), or 0 */
     uint32_t       slen;       /* its code points so far */
+    int32_t        pstate;     /* its pattern's DFA state (KIMI_SF_PATTERN) */
     unsigned char  fphase;     /* a formatted string: the part being read */
     unsigned char  fpos;       /* and the position in its fixed text */
     unsigned char  fprev;      /* the byte before (a two-digit field) */

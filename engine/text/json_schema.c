@@ -13,7 +13,8 @@
  * additionalProperties (true/false), items, minItems, maxItems,
  * minLength/maxLength (in code points; an escape is one, a \u surrogate
  * pair two), format date/time/date-time/uuid (the shape: digits and
- * separators where RFC 3339 and RFC 4122 put them), integer bounds
+ * separators where RFC 3339 and RFC 4122 put them), pattern (a regex_dfa.h
+ * DFA over the raw text, which then holds no escapes), integer bounds
  * (minimum, maximum, exclusive ones; within +-10^18), enum,
  * const, anyOf/oneOf whose alternatives start with different bytes, local
  * $ref into $defs/definitions (recursion allowed), and annotations (title,
@@ -28,6 +29,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "regex_dfa.h"
 
 #include "json_schema.h"
 
@@ -149,9 +152,67 @@ kimi_sc_push(kimi_sc_t *c, const char *seg)
 static int kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node);
 
 
+/*
+ * A string's "pattern" (ECMA-262 semantics: found anywhere in the string
+ * unless anchored with ^ / $) as a DFA over the string's raw text: no
+ * quote, backslash or control byte, so the text never needs an escape and
+ * is its own value.
+ */
+static int
+kimi_sc_pattern(kimi_sc_t *c, const char *pat, size_t len, int32_t **dfa,
+    size_t *n)
+{
+    static const char  any[] = "(?:.|\n)*";
+    uint8_t             forbid[256] = { 0 };
+    size_t              a0 = len > 0 && pat[0] == '^', a1 = 0, k, bs = 0;
+    char               *w, msg[160];
+    int                 rc;
+
+    if (len > a0 && pat[len - 1] == '$') {
+        for (k = len - 1; k > a0 && pat[k - 1] == '\\'; k--) {
+            bs++;
+        }
+        a1 = bs % 2 == 0;                 /* not an escaped $ */
+    }
+    if (len > KIMI_REGEX_MAX_PATTERN) {
+        return kimi_sc_fail(c, "\"pattern\" is longer than %d bytes",
+                            KIMI_REGEX_MAX_PATTERN);
+    }
+    w = malloc(len + 2 * sizeof(any) + 8);
+    if (w == NULL) {
+        return kimi_sc_fail(c, "out of memory");
+    }
+    k = 0;
+    if (!a0) {
+        memcpy(w, any, sizeof(any) - 1);
+        k = sizeof(any) - 1;
+    }
+    memcpy(w + k, "(?:", 3);
+    memcpy(w + k + 3, pat + a0, len - a0 - a1);
+    k += 3 + len - a0 - a1;
+    w[k++] = ')';
+    if (!a1) {
+        memcpy(w + k, any, sizeof(any) - 1);
+        k += sizeof(any) - 1;
+    }
+    for (int b = 0; b < 0x20; b++) {
+        forbid[b] = 1;
+    }
+    forbid['"'] = 1;
+    forbid['\\'] = 1;
+    rc = kimi_regex_compile_forbid(w, k, forbid, dfa, n, msg, sizeof(msg));
+    free(w);
+    if (rc != 0) {
+        return kimi_sc_fail(c, "\"pattern\" cannot be enforced: %s", msg);
+    }
+    return 0;
+}
+
+
 static const char *const  kimi_sc_known[] = {
     "type", "properties", "required", "additionalProperties", "items",
-    "minItems", "maxItems", "minLength", "maxLength", "format", "minimum",
+    "minItems", "maxItems", "minLength", "maxLength", "format", "pattern",
+    "minimum",
     "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const",
     "anyOf", "oneOf", "$ref",
     "$defs", "definitions", "title", "description", "default", "examples",
@@ -587,8 +648,9 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
         { "boolean", KIMI_SN_BOOLEAN },
         { "null", KIMI_SN_NULL }, { NULL, 0 }
     };
-    int32_t        k, mn = 0, mx = -1, f = KIMI_SF_NONE;
-    const json_t  *fmt;
+    int32_t        k, mn = 0, mx = -1, f = KIMI_SF_NONE, *dfa = NULL, d;
+    size_t         n_dfa = 0;
+    const json_t  *fmt, *pat;
 
     if (strcmp(type, "object") == 0) {
         return kimi_sc_object(c, s, node);
@@ -626,14 +688,37 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
                                     ? json_string_value(fmt) : "?");
             }
         }
-        k = kimi_sc_alloc(c, 4);
-        if (k < 0) {
+        pat = json_object_get(s, "pattern");
+        if (pat != NULL) {
+            if (!json_is_string(pat)) {
+                return kimi_sc_fail(c, "\"pattern\" must be a string");
+            }
+            if (fmt != NULL) {
+                return kimi_sc_fail(c, "\"pattern\" beside \"format\" is not"
+                                    " supported");
+            }
+            if (kimi_sc_pattern(c, json_string_value(pat),
+                                json_string_length(pat), &dfa, &n_dfa) != 0)
+            {
+                return -1;
+            }
+            f = KIMI_SF_PATTERN;
+        }
+        k = kimi_sc_alloc(c, dfa != NULL ? 5 : 4);
+        d = k >= 0 && dfa != NULL ? kimi_sc_alloc(c, n_dfa) : 0;
+        if (k < 0 || d < 0) {
+            free(dfa);
             return -1;
         }
         c->w[k] = KIMI_SN_STRING;
         c->w[k + 1] = mn;
         c->w[k + 2] = mx;
         c->w[k + 3] = f;
+        if (dfa != NULL) {
+            c->w[k + 4] = d;
+            memcpy(c->w + d, dfa, n_dfa * sizeof(int32_t));
+            free(dfa);
+        }
         *node = k;
         return 0;
     }
@@ -697,7 +782,7 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
                                 " properties, required, additionalProperties,"
                                 " items, minItems, maxItems, minLength,"
                                 " maxLength, format (date, time, date-time,"
-                                " uuid), integer bounds, enum, const,"
+                                " uuid), pattern, integer bounds, enum, const,"
                                 " anyOf/oneOf and $ref", k);
         }
         if (!kimi_sc_annotation(k) && strcmp(k, "$ref") != 0
@@ -782,7 +867,7 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
     if (type == NULL) {
         static const char *const  typed[] = { "minimum", "maximum",
             "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
-            "format", NULL };
+            "format", "pattern", NULL };
 
         /* they bind one type and let any other value through: say which */
         for (i = 0; typed[i] != NULL; i++) {
@@ -1028,9 +1113,22 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
             KIMI_SC_NEED(4);
             if (p[at + 1] < 0 || p[at + 2] < -1
                 || (p[at + 2] >= 0 && p[at + 2] < p[at + 1])
-                || p[at + 3] < KIMI_SF_NONE || p[at + 3] > KIMI_SF_UUID)
+                || p[at + 3] < KIMI_SF_NONE || p[at + 3] > KIMI_SF_PATTERN)
             {
                 rc = kimi_sc_check_fail(err, errlen, at, "string lengths");
+                break;
+            }
+            if (p[at + 3] == KIMI_SF_PATTERN) {
+                int32_t  d;
+
+                KIMI_SC_NEED(5);
+                d = p[at + 4];
+                if (d < 2 || (size_t) d >= n || p[d] < 1
+                    || (size_t) p[d] > n - (size_t) d
+                    || kimi_regex_check(p + d, (size_t) p[d], err, errlen) != 0)
+                {
+                    rc = kimi_sc_check_fail(err, errlen, at, "string pattern");
+                }
             }
             break;
         case KIMI_SN_INTEGER:

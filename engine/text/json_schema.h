@@ -14,7 +14,8 @@
  *   ENUM    kind, n_values, then per value: text_at, text_len (its JSON text)
  *   UNION   kind, n_alts, then the alternatives (first bytes never shared)
  *   STRING  kind, min_length, max_length (-1: no maximum), in code points,
- *           format (KIMI_SF_*: the text's shape, no escapes)
+ *           format (KIMI_SF_*: the text's shape, no escapes); with
+ *           KIMI_SF_PATTERN a fifth word: where its DFA program starts
  *   INTEGER kind, has_min, min (low word, high word), has_max, max (ditto):
  *           inclusive bounds, |bound| <= 10^18
  *   ANY, NUMBER, BOOLEAN, NULL: kind alone
@@ -63,6 +64,9 @@ enum {
     KIMI_SF_TIME,
     KIMI_SF_DATE_TIME,
     KIMI_SF_UUID,
+    KIMI_SF_PATTERN,           /* "pattern": word 4 of the node is the first
+                                  word of its DFA (regex_dfa.h), which runs
+                                  over the string's raw text (no escapes) */
 };
 
 /* Compiles schema (an object, or true) into *prog (malloc'd, *n words).

@@ -941,6 +941,16 @@ int
 kimi_regex_compile(const char *pattern, size_t len, int32_t **prog,
     size_t *n_out, char *msg, size_t msg_len)
 {
+    return kimi_regex_compile_forbid(pattern, len, NULL, prog, n_out, msg,
+                                     msg_len);
+}
+
+
+int
+kimi_regex_compile_forbid(const char *pattern, size_t len,
+    const uint8_t *forbid, int32_t **prog, size_t *n_out, char *msg,
+    size_t msg_len)
+{
     rx_t       rx = { (const unsigned char *) pattern, len, 0, NULL, 0, 0,
                       msg, msg_len, 0 };
     frag_t     f;
@@ -982,6 +992,12 @@ kimi_regex_compile(const char *pattern, size_t len, int32_t **prog,
             if (rx.st[i].kind == N_RANGE) {
                 cut[rx.st[i].lo] = 1;
                 cut[rx.st[i].hi + 1] = 1;
+            }
+        }
+        for (int b = 0; forbid != NULL && b < 256; b++) {
+            if (forbid[b]) {                  /* a class of its own */
+                cut[b] = 1;
+                cut[b + 1] = 1;
             }
         }
         for (int b = 0; b < 256; b++) {
@@ -1051,7 +1067,7 @@ kimi_regex_compile(const char *pattern, size_t len, int32_t **prog,
                     seed[ns++] = s->out;
                 }
             }
-            if (ns == 0) {
+            if (ns == 0 || (forbid != NULL && forbid[rep[c]])) {
                 trans[n_dfa * (size_t) n_cls + (size_t) c] = -1;
                 continue;
             }

@@ -45,6 +45,13 @@
 int kimi_regex_compile(const char *pattern, size_t len, int32_t **prog,
     size_t *n, char *msg, size_t msg_len);
 
+/* The same, with the bytes forbid[b] != 0 never allowed in a match (a
+ * JSON string's pattern: no quote, backslash or control byte, so the text
+ * needs no escapes); paths through them are dropped before the pruning. */
+int kimi_regex_compile_forbid(const char *pattern, size_t len,
+    const uint8_t *forbid, int32_t **prog, size_t *n, char *msg,
+    size_t msg_len);
+
 /* 0 if p[0..n) is a well-formed program (sizes, classes, targets), else -1
  * with a message: the engine's check of what the gateway sent. */
 int kimi_regex_check(const int32_t *p, size_t n, char *msg, size_t msg_len);

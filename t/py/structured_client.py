@@ -10,6 +10,7 @@ Prints TAP lines ("ok N - claim") for the calling .t to relay.
 import datetime
 import enum
 import json
+import re
 import sys
 import uuid
 from typing import List, Literal, Optional
@@ -42,6 +43,7 @@ class Answer(BaseModel):
     pet: Optional[Pet]
     at: datetime.datetime
     ref: uuid.UUID
+    code: str = Field(pattern=r"^[A-Z]{2}-[0-9]{2,4}$")
 
 
 parsed, cut = 0, 0
@@ -57,6 +59,9 @@ for seed in range(1, 7):
     a = r.choices[0].message.parsed
     check(isinstance(a, Answer), "seed %d: parsed into the Pydantic model: %s"
           % (seed, a.model_dump_json() if a is not None else None))
+    check(a is None or re.fullmatch(r"[A-Z]{2}-[0-9]{2,4}", a.code),
+          "seed %d: the code fits its pattern: %s"
+          % (seed, a.code if a is not None else None))
     parsed += a is not None
 
 check(parsed > 0, "%d of 6 answers parsed (%d cut by max_tokens)"

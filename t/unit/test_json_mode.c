@@ -296,8 +296,14 @@ test_schema_compile(void)
 {
     static const struct { const char *schema, *err; } bad[] = {
         { "{\"type\": \"string\"}", "top level must be an object or an array" },
-        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"string\", \"pattern\": \"x\"}}}",
-          "keyword \"pattern\" is not supported" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"number\", \"multipleOf\": 2}}}",
+          "keyword \"multipleOf\" is not supported" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"string\", \"pattern\": \"a(?=b)\"}}",
+          "\"pattern\" cannot be enforced: lookaround" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"string\", \"pattern\": \"^a\\\"b$\"}}",
+          "\"pattern\" cannot be enforced: the pattern matches nothing" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"string\", \"pattern\": \"^a$\", \"format\": \"date\"}}",
+          "\"pattern\" beside \"format\"" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"minimum\": 1}}}", "\"minimum\" is supported beside" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"number\", \"maximum\": 1}}}", "bounds on a \"number\"" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\", \"minimum\": 3, \"exclusiveMaximum\": 3}}}", "no integer" },
@@ -388,6 +394,44 @@ test_schema_grammar(void)
         int  a = accepts(prog, invalid[i], &done);
 
         ok(!(a && done), "schema refuses invalid text %zu", i);
+    }
+    /* "pattern": ECMA semantics (found anywhere unless anchored), over
+     * the raw text, no escapes; lengths still bind */
+    {
+        static const struct { int prog; const char *text; int ok; } cases[] = {
+            { 3, "[\"AB-123\",null,\"ZZ-0\"]", 1 },   /* ^[A-Z]{2}-[0-9]+$ */
+            { 3, "[\"ab-123\"]", 0 },
+            { 3, "[\"AB-\"]", 0 },
+            { 3, "[\"AB-12x\"]", 0 },
+            { 3, "[\"AB\\u002d1\"]", 0 },   /* an escape: never under a pattern */
+            { 4, "[\"x9\",\"7\"]", 1 },       /* a digit anywhere: unanchored */
+            { 4, "[\"\xc3\xa9t\xc3\xa9 2\"]", 1 },
+            { 4, "[\"xyz\"]", 0 },
+            { 4, "[\"123456789\"]", 0 },      /* maxLength 8 */
+        };
+        char      e3[256];
+        size_t    n3;
+        int32_t  *p3 = compile("{\"type\": \"array\", \"items\": {\"anyOf\": ["
+                               "{\"type\": \"string\", \"pattern\": \"^[A-Z]{2}-[0-9]+$\"},"
+                               "{\"type\": \"null\"}]}}", &n3, e3, sizeof(e3));
+        int32_t  *p4 = compile("{\"type\": \"array\", \"items\": {\"type\": \"string\","
+                               " \"pattern\": \"[0-9]\", \"maxLength\": 8}}",
+                               &n3, e3, sizeof(e3));
+        int       good = p3 != NULL && p4 != NULL;
+
+        for (size_t i = 0; good && i < sizeof(cases) / sizeof(cases[0]); i++) {
+            int  a = accepts(cases[i].prog == 3 ? p3 : p4, cases[i].text, &done)
+                     && done;
+
+            good &= a == cases[i].ok;
+            if (a != cases[i].ok) {
+                printf("# pattern case %zu (%s): %d\n", i, cases[i].text, a);
+            }
+        }
+        ok(good, "string patterns: anchored and not, no escapes, with"
+           " maxLength, inside anyOf (%s)", p3 == NULL || p4 == NULL ? e3 : "ok");
+        free(p3);
+        free(p4);
     }
     /* string lengths in code points: an escape and a 2-byte UTF-8
      * character count one each */
