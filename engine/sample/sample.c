@@ -68,6 +68,11 @@ typedef struct {
     uint32_t                 first[257]; /* by_first offsets per byte */
     uint32_t                *special;    /* [vocab] special ids */
     uint32_t                 n_special;
+    /* guided_regex: the non-special ids in byte order and each one's
+     * common prefix with the one before (built on first use) */
+    const kimi_tokenizer_t  *sorted_for;
+    uint32_t                *by_bytes;
+    uint16_t                *lcp;
 } kimi_json_vocab_t;
 
 struct kimi_sampler {
@@ -309,6 +314,8 @@ kimi_sampler_free(kimi_sampler_t *s)
     free(s->jv.cls);
     free(s->jv.by_first);
     free(s->jv.special);
+    free(s->jv.by_bytes);
+    free(s->jv.lcp);
 
     free(s->x);
     free(s->count);
@@ -597,10 +604,65 @@ kimi_sample_process(kimi_sampler_t *s, const float *logits,
 }
 
 
+static int
+kimi_sample_bytes_cmp(const void *a, const void *b, void *tk)
+{
+    const char  *x, *y;
+    size_t       lx, ly;
+    int          c;
+
+    x = kimi_token_bytes(tk, (int32_t) *(const uint32_t *) a, &lx);
+    y = kimi_token_bytes(tk, (int32_t) *(const uint32_t *) b, &ly);
+    c = memcmp(x, y, lx < ly ? lx : ly);
+    return c != 0 ? c : (lx > ly) - (lx < ly);
+}
+
+
+/* jv->by_bytes and jv->lcp for the tokenizer of jv (built by
+ * kimi_sample_json_vocab first) */
+static int
+kimi_sample_regex_vocab(kimi_sampler_t *s)
+{
+    kimi_json_vocab_t  *jv = &s->jv;
+    uint32_t            n = s->vocab - jv->n_special;
+    const char         *x, *y;
+    size_t              lx, ly, k;
+
+    if (jv->sorted_for == jv->tok) {
+        return 0;
+    }
+    if (jv->by_bytes == NULL) {
+        jv->by_bytes = malloc((size_t) s->vocab * sizeof(uint32_t));
+        jv->lcp = malloc((size_t) s->vocab * sizeof(uint16_t));
+        if (jv->by_bytes == NULL || jv->lcp == NULL) {
+            return -1;
+        }
+    }
+    memcpy(jv->by_bytes, jv->by_first, (size_t) n * sizeof(uint32_t));
+    qsort_r(jv->by_bytes, n, sizeof(uint32_t), kimi_sample_bytes_cmp,
+            (void *) jv->tok);
+    for (uint32_t i = 0; i < n; i++) {
+        k = 0;
+        if (i > 0) {
+            x = kimi_token_bytes(jv->tok, (int32_t) jv->by_bytes[i - 1], &lx);
+            y = kimi_token_bytes(jv->tok, (int32_t) jv->by_bytes[i], &ly);
+            while (k < lx && k < ly && k < UINT16_MAX && x[k] == y[k]) {
+                k++;
+            }
+        }
+        jv->lcp[i] = (uint16_t) k;
+    }
+    jv->sorted_for = jv->tok;
+    return 0;
+}
+
+
 /* guided_regex: the DFA's state after the output so far; a token is
  * allowed when its bytes keep the DFA alive (every live state can still
- * reach a match), eos only in an accepting state.  Tokens are visited by
- * first byte, so a byte the state refuses drops its whole group unread. */
+ * reach a match), eos only in an accepting state.  Tokens are walked in
+ * byte order, each from the state its common prefix with the one before
+ * already reached, and a prefix that died kills every token sharing it
+ * unread: the cost is about the vocabulary's trie, not its bytes. */
 static void
 kimi_sample_regex_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
     const int32_t *prog)
@@ -609,9 +671,9 @@ kimi_sample_regex_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
     const int32_t           *out = req->tokens + req->n_prompt;
     kimi_json_vocab_t       *jv = &s->jv;
     const char              *b;
-    size_t                   len;
-    int32_t                  state = 0, next;
-    uint32_t                 id;
+    size_t                   len, have = 0, dead = SIZE_MAX, k;
+    int32_t                  state = 0, st[1025];
+    uint32_t                 id, n;
 
     for (uint32_t i = 0; i < req->n_output && state >= 0; i++) {
         b = kimi_tokenizer_is_special(tk, out[i]) ? NULL
@@ -619,20 +681,45 @@ kimi_sample_regex_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
         state = b != NULL ? kimi_regex_step(prog, state, b, len) : -1;
     }
 
-    if (state >= 0 && kimi_sample_json_vocab(s, tk) == 0) {
-        for (unsigned c = 0; c < 256; c++) {
-            char  ch = (char) c;
+    if (state >= 0 && kimi_sample_json_vocab(s, tk) == 0
+        && kimi_sample_regex_vocab(s) == 0)
+    {
+        /* the program's tables, unpacked once (kimi_regex_step's layout) */
+        const int32_t  *trans = prog + 3 + 64 + (prog[1] + 31) / 32;
+        int32_t         nc = prog[2];
+        uint8_t         cls[256];
 
-            next = kimi_regex_step(prog, state, &ch, 1);
-            if (next < 0) {
-                continue;
+        for (unsigned c = 0; c < 256; c++) {
+            cls[c] = (uint8_t) ((uint32_t) prog[3 + c / 4] >> (8 * (c % 4)));
+        }
+        n = s->vocab - jv->n_special;
+        st[0] = state;
+        for (uint32_t i = 0; i < n; i++) {
+            id = jv->by_bytes[i];
+            k = jv->lcp[i];
+            if (dead != SIZE_MAX && k > dead) {
+                continue;                     /* shares the prefix that died */
             }
-            for (uint32_t k = jv->first[c]; k < jv->first[c + 1]; k++) {
-                id = jv->by_first[k];
-                b = kimi_token_bytes(tk, (int32_t) id, &len);
-                if (kimi_regex_step(prog, next, b + 1, len - 1) >= 0) {
-                    s->seen[id] = 1;
+            b = kimi_token_bytes(tk, (int32_t) id, &len);
+            k = k < have ? k : have;
+            dead = SIZE_MAX;
+            for ( /* void */ ; k < len; k++) {
+                int32_t  nx = trans[(k < 1024 ? st[k] : st[1024]) * nc
+                                    + cls[(unsigned char) b[k]]];
+
+                if (nx < 0) {
+                    dead = k;
+                    break;
                 }
+                if (k + 1 <= 1024) {
+                    st[k + 1] = nx;
+                } else {
+                    st[1024] = nx;            /* past the stack: walk on alone */
+                }
+            }
+            have = dead != SIZE_MAX ? dead : (len < 1024 ? len : 1024);
+            if (dead == SIZE_MAX) {
+                s->seen[id] = 1;
             }
         }
     }

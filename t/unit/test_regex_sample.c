@@ -75,6 +75,8 @@ main(void)
 
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         int  alive = 1, eos_ok = 1, whole = 1, ended = 0, runs = 4;
+        double    secs0 = secs;
+        uint32_t  calls0 = calls;
 
         if (kimi_regex_compile(cases[c].pattern, strlen(cases[c].pattern),
                                &prog, &n_prog, msg, sizeof(msg)) != 0)
@@ -144,12 +146,100 @@ main(void)
            "%s: %d random-model runs, every token keeps the DFA alive,"
            " eos only where it accepts, %d ended with the text whole",
            cases[c].pattern, runs, ended);
+        printf("# %s: %.0f us a token\n", cases[c].pattern,
+               calls > calls0 ? (secs - secs0) * 1e6 / (calls - calls0) : 0.0);
         free(words);
         free(prog);
     }
 
     printf("# host: %.0f us a token under a regex (mask + draw, %u draws,"
            " vocab %u)\n", calls ? secs * 1e6 / calls : 0.0, calls, vocab);
+
+    /* the mask against a brute-force walk of single tokens: greedy over a
+     * flat row with one token lifted draws that token exactly when its
+     * bytes keep the DFA alive (after a prefix of output) */
+    {
+        static const char  *pats[] = { "[a-z ]{0,30}", "(cat|dog|bird)s?",
+                                       "[^\\n]{0,80}x", "[0-9]+(\\.[0-9]+)?" };
+        static const char  *prefix[] = { "the", "", "abc", "12" };
+        int                 agree = 1, tried = 0, allowed = 0;
+
+        for (size_t c = 0; c < 4; c++) {
+            int32_t  pre[8];
+            uint32_t n_pre = 0;
+
+            if (kimi_regex_compile(pats[c], strlen(pats[c]), &prog, &n_prog,
+                                   msg, sizeof(msg)) != 0)
+            {
+                agree = 0;
+                continue;
+            }
+            words = malloc((n_prog + 1) * sizeof(int32_t));
+            words[0] = KIMI_REGEX_TAG;
+            memcpy(words + 1, prog, n_prog * sizeof(int32_t));
+            state = 0;
+            if (prefix[c][0] != '\0') {
+                int32_t  *ids = NULL;
+                size_t    n_ids = 0;
+
+                if (kimi_tokenize(tok, prefix[c], strlen(prefix[c]), 0, &ids,
+                                  &n_ids, &err) != 0)
+                {
+                    n_ids = 0;
+                }
+                for (size_t j = 0; j < n_ids && j < 7; j++) {
+                    b = kimi_token_bytes(tok, ids[j], &len);
+                    state = kimi_regex_step(prog, state, b, len);
+                    pre[n_pre++] = ids[j];
+                }
+                free(ids);
+            }
+            for (int k = 0; k < 60 && state >= 0; k++) {
+                uint32_t  t = kimi_rng_next(&rng) % vocab;
+                int       want;
+
+                if (kimi_tokenizer_is_special(tok, (int32_t) t)) {
+                    continue;
+                }
+                b = kimi_token_bytes(tok, (int32_t) t, &len);
+                want = b != NULL && kimi_regex_step(prog, state, b, len) >= 0;
+                for (uint32_t i = 0; i < vocab; i++) {
+                    row[i] = 0.0f;
+                }
+                row[t] = 50.0f;
+                memset(&sp, 0, sizeof(sp));
+                sp.temperature = 0.0f;
+                sp.top_p = 1.0f;
+                sp.repetition_penalty = 1.0f;
+                sp.max_tokens = 10;
+                seq[0] = 1000;
+                memcpy(seq + 1, pre, n_pre * sizeof(int32_t));
+                memset(&req, 0, sizeof(req));
+                req.sampling = &sp;
+                req.tokens = seq;
+                req.n_prompt = 1;
+                req.n_output = n_pre;
+                req.rng = &draw;
+                req.eos_ids = eos;
+                req.n_eos = 2;
+                req.tokenizer = tok;
+                req.guided = words;
+                req.n_guided = (uint32_t) n_prog + 1;
+                if (kimi_sampler_sample(smp, row, &req, &out, &err) != 0) {
+                    agree = 0;
+                    break;
+                }
+                tried++;
+                allowed += want;
+                agree &= (out.tok.token == (int32_t) t) == want;
+            }
+            free(words);
+            free(prog);
+        }
+        ok(agree && tried > 100, "the mask allows a lifted token exactly when"
+           " a brute-force walk of its bytes stays alive (%d tokens, %d"
+           " allowed)", tried, allowed);
+    }
 
     kimi_sampler_free(smp);
     kimi_tokenizer_free(tok);
