@@ -178,6 +178,12 @@ kimi_sc_pattern(kimi_sc_t *c, const char *pat, size_t len, int32_t **dfa,
         return kimi_sc_fail(c, "\"pattern\" is longer than %d bytes",
                             KIMI_REGEX_MAX_PATTERN);
     }
+    /* the pattern as written first, so a syntax error names its own byte */
+    if (kimi_regex_compile(pat, len, dfa, n, msg, sizeof(msg)) != 0) {
+        return kimi_sc_fail(c, "\"pattern\" cannot be enforced: %s", msg);
+    }
+    free(*dfa);
+    *dfa = NULL;
     w = malloc(len + 2 * sizeof(any) + 8);
     if (w == NULL) {
         return kimi_sc_fail(c, "out of memory");
