@@ -171,6 +171,30 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
 
 
 
+/* The slot's guided words: tag, then the compiled program (taken over). */
+static ngx_int_t
+ngx_http_kimi_guided_program(ngx_http_kimi_ctx_t *ctx, int32_t tag,
+    int32_t *prog, size_t n, u_char *err)
+{
+    int32_t  *w;
+
+    w = ngx_palloc(ctx->request->pool, (n + 1) * sizeof(int32_t));
+    if (w == NULL) {
+        free(prog);
+        ngx_sprintf(err, "out of memory");
+        return NGX_ERROR;
+    }
+
+    w[0] = tag;
+    ngx_memcpy(w + 1, prog, n * sizeof(int32_t));
+    free(prog);
+
+    ctx->params.guided = w;
+    ctx->params.n_guided = n + 1;
+    return NGX_OK;
+}
+
+
 /* vLLM's newer spelling, structured_outputs: {"json": ...} | {"regex":
  * ...} | {"choice": [...]} | {"json_object": true}, is moved onto the
  * guided_* / response_format fields it stands for (so one path checks and
@@ -289,7 +313,7 @@ ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
     u_char *err, const char **param)
 {
     json_t             *v, *t, *schema = NULL, *loaded = NULL;
-    int32_t            *prog, *w;
+    int32_t            *prog;
     size_t              n;
     ngx_uint_t          i;
     json_error_t        je;
@@ -401,20 +425,7 @@ ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
             return NGX_ERROR;
         }
 
-        w = ngx_palloc(ctx->request->pool, (n + 1) * sizeof(int32_t));
-        if (w == NULL) {
-            free(prog);
-            ngx_sprintf(err, "out of memory");
-            return NGX_ERROR;
-        }
-
-        w[0] = KIMI_REGEX_TAG;
-        ngx_memcpy(w + 1, prog, n * sizeof(int32_t));
-        free(prog);
-
-        ctx->params.guided = w;
-        ctx->params.n_guided = n + 1;
-        return NGX_OK;
+        return ngx_http_kimi_guided_program(ctx, KIMI_REGEX_TAG, prog, n, err);
     }
 
     if (schema == NULL) {
@@ -429,21 +440,7 @@ ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
 
     json_decref(loaded);
 
-    w = ngx_palloc(ctx->request->pool, (n + 1) * sizeof(int32_t));
-    if (w == NULL) {
-        free(prog);
-        ngx_sprintf(err, "out of memory");
-        return NGX_ERROR;
-    }
-
-    w[0] = KIMI_SCHEMA_TAG;
-    ngx_memcpy(w + 1, prog, n * sizeof(int32_t));
-    free(prog);
-
-    ctx->params.guided = w;
-    ctx->params.n_guided = n + 1;
-
-    return NGX_OK;
+    return ngx_http_kimi_guided_program(ctx, KIMI_SCHEMA_TAG, prog, n, err);
 }
 
 /* vLLM's allowed_token_ids: [id, ...], only these can be drawn.  They join

@@ -185,6 +185,40 @@ rx_seq(rx_t *rx, frag_t *f, const int *r, int n)
 }
 
 
+/* f = f | g (or g, when f holds nothing yet: *have 0) */
+static int
+rx_add_alt(rx_t *rx, frag_t *f, const frag_t *g, int *have)
+{
+    if (*have) {
+        return rx_alt(rx, f, g);
+    }
+    *f = *g;
+    *have = 1;
+    return 0;
+}
+
+
+/* f |= each run of the ASCII set[0..128) as one byte range */
+static int
+rx_ascii_alts(rx_t *rx, frag_t *f, const uint8_t *set, int *have)
+{
+    frag_t  g;
+    int     c, d;
+
+    for (c = 0; c < 128; c = d) {
+        if (!set[c]) {
+            d = c + 1;
+            continue;
+        }
+        for (d = c; d < 128 && set[d]; d++) { /* void */ }
+        if (rx_range(rx, &g, c, d - 1) != 0 || rx_add_alt(rx, f, &g, have) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+
 /* Any one character (valid UTF-8, RFC 3629) whose ASCII part is the set
  * ascii[0..128) (1: allowed); non-ASCII characters always. */
 static int
@@ -201,30 +235,17 @@ rx_any(rx_t *rx, frag_t *f, const uint8_t *ascii)
         { 4, 0xf4, 0xf4, 0x80, 0x8f, 0x80, 0xbf, 0x80, 0xbf },
     };
     frag_t  g;
-    int     have = 0, c, d;
+    int     have = 0;
 
-    for (c = 0; c < 128; c = d) {
-        if (!ascii[c]) {
-            d = c + 1;
-            continue;
-        }
-        for (d = c; d < 128 && ascii[d]; d++) { /* void */ }
-        if (rx_range(rx, &g, c, d - 1) != 0) {
-            return -1;
-        }
-        if (have ? rx_alt(rx, f, &g) : (*f = g, 0)) {
-            return -1;
-        }
-        have = 1;
+    if (rx_ascii_alts(rx, f, ascii, &have) != 0) {
+        return -1;
     }
     for (size_t i = 0; i < sizeof(seqs) / sizeof(seqs[0]); i++) {
-        if (rx_seq(rx, &g, seqs[i] + 1, seqs[i][0]) != 0) {
+        if (rx_seq(rx, &g, seqs[i] + 1, seqs[i][0]) != 0
+            || rx_add_alt(rx, f, &g, &have) != 0)
+        {
             return -1;
         }
-        if (have ? rx_alt(rx, f, &g) : (*f = g, 0)) {
-            return -1;
-        }
-        have = 1;
     }
     return 0;
 }
@@ -465,29 +486,16 @@ rx_class(rx_t *rx, frag_t *f)
     }
 
     {
-        int  have = 0, c, d;
+        int  have = 0;
 
-        for (c = 0; c < 128; c = d) {
-            if (!set[c]) {
-                d = c + 1;
-                continue;
-            }
-            for (d = c; d < 128 && set[d]; d++) { /* void */ }
-            if (rx_range(rx, &g, c, d - 1) != 0
-                || (have ? rx_alt(rx, f, &g) : (*f = g, 0)) != 0)
-            {
-                return -1;
-            }
-            have = 1;
+        if (rx_ascii_alts(rx, f, set, &have) != 0) {
+            return -1;
         }
         for (size_t i = 0; i < n_wide; i++) {
             rx_put_utf8(wide[i], b, &n);
-            if (rx_bytes(rx, &g, b, n) != 0
-                || (have ? rx_alt(rx, f, &g) : (*f = g, 0)) != 0)
-            {
+            if (rx_bytes(rx, &g, b, n) != 0 || rx_add_alt(rx, f, &g, &have) != 0) {
                 return -1;
             }
-            have = 1;
         }
         if (!have) {
             return rx_fail(rx, "an empty character set matches nothing");
@@ -589,24 +597,10 @@ rx_atom(rx_t *rx, frag_t *f, int depth)
                 return rx_any(rx, f, set);
             }
             {
-                int     have = 0, c, d;
-                frag_t  g;
+                int  have = 0;
 
-                for (c = 0; c < 128; c = d) {
-                    if (!set[c]) {
-                        d = c + 1;
-                        continue;
-                    }
-                    for (d = c; d < 128 && set[d]; d++) { /* void */ }
-                    if (rx_range(rx, &g, c, d - 1) != 0
-                        || (have ? rx_alt(rx, f, &g) : (*f = g, 0)) != 0)
-                    {
-                        return -1;
-                    }
-                    have = 1;
-                }
+                return rx_ascii_alts(rx, f, set, &have);
             }
-            return 0;
         }
         break;
     default:

@@ -25,14 +25,6 @@
 #include "tap.h"
 
 
-static const char *
-model_dir(void)
-{
-    const char  *d = getenv("KIMI_MODEL_DIR");
-
-    return d != NULL ? d : "../shared/kimi-k2";
-}
-
 
 /* 1 if every prefix of text is accepted (under the schema program prog,
  * or JSON mode when NULL); *done: complete at the end */
@@ -173,7 +165,7 @@ test_sampler(void)
     const char         *b;
     size_t              len;
 
-    if (kimi_tokenizer_load(&tok, model_dir(), &err) != 0) {
+    if (kimi_tokenizer_load(&tok, tap_model_dir(), &err) != 0) {
         ok(0, "tokenizer loads: %s", err.msg);
         return;
     }
@@ -607,7 +599,7 @@ test_schema_sampler(void)
     static int32_t      boost[16];
     int                 nboost = 0;
 
-    if (prog == NULL || kimi_tokenizer_load(&tok, model_dir(), &err) != 0) {
+    if (prog == NULL || kimi_tokenizer_load(&tok, tap_model_dir(), &err) != 0) {
         ok(0, "schema and tokenizer load");
         return;
     }
@@ -764,7 +756,7 @@ test_schema_dead_end(void)
                                        " \"required\": [\"a\"]}",
                                        &nprog, msg, sizeof(msg));
 
-    if (prog == NULL || kimi_tokenizer_load(&tok, model_dir(), &err) != 0
+    if (prog == NULL || kimi_tokenizer_load(&tok, tap_model_dir(), &err) != 0
         || kimi_sampler_init(&smp, vocab, &err) != 0)
     {
         ok(0, "dead-end schema setup");

@@ -17,12 +17,29 @@
 #include "../../engine/text/regex_dfa.h"
 
 
-static const char *
-model_dir(void)
-{
-    const char  *d = getenv("KIMI_MODEL_DIR");
 
-    return d != NULL ? d : "../shared/kimi-k2";
+/* one draw for a 1-token prompt and n_out tokens of output in seq[1..] */
+static int
+draw_one(kimi_sampler_t *smp, const float *row, const int32_t *seq,
+    uint32_t n_out, const kimi_shm_sampling_t *sp, kimi_rng_t *draw,
+    const int32_t *eos, const kimi_tokenizer_t *tok, const int32_t *words,
+    uint32_t n_words, kimi_sample_out_t *out)
+{
+    kimi_sample_req_t  req;
+    kimi_err_t         err;
+
+    memset(&req, 0, sizeof(req));
+    req.sampling = sp;
+    req.tokens = seq;
+    req.n_prompt = 1;
+    req.n_output = n_out;
+    req.rng = draw;
+    req.eos_ids = eos;
+    req.n_eos = 2;
+    req.tokenizer = tok;
+    req.guided = words;
+    req.n_guided = n_words;
+    return kimi_sampler_sample(smp, row, &req, out, &err);
 }
 
 
@@ -47,7 +64,6 @@ main(void)
     kimi_err_t          err;
     kimi_rng_t          rng, draw;
     kimi_shm_sampling_t sp;
-    kimi_sample_req_t   req;
     kimi_sample_out_t   out;
     int32_t            *prog, *words, seq[200], eos[2], state;
     size_t              n_prog, len;
@@ -58,7 +74,7 @@ main(void)
     char                msg[200];
     const char         *b;
 
-    if (kimi_tokenizer_load(&tok, model_dir(), &err) != 0) {
+    if (kimi_tokenizer_load(&tok, tap_model_dir(), &err) != 0) {
         ok(0, "tokenizer loads: %s", err.msg);
         printf("1..%d\n", test_n);
         return 1;
@@ -106,19 +122,10 @@ main(void)
                 for (uint32_t i = 0; i < vocab; i++) {
                     row[i] = (float) ((kimi_rng_uniform(&rng) - 0.5) * 12.0);
                 }
-                memset(&req, 0, sizeof(req));
-                req.sampling = &sp;
-                req.tokens = seq;
-                req.n_prompt = 1;
-                req.n_output = n - 1;
-                req.rng = &draw;
-                req.eos_ids = eos;
-                req.n_eos = 2;
-                req.tokenizer = tok;
-                req.guided = words;
-                req.n_guided = (uint32_t) n_prog + 1;
                 clock_gettime(CLOCK_MONOTONIC, &t0);
-                if (kimi_sampler_sample(smp, row, &req, &out, &err) != 0) {
+                if (draw_one(smp, row, seq, n - 1, &sp, &draw, eos, tok, words,
+                             (uint32_t) n_prog + 1, &out) != 0)
+                {
                     alive = 0;
                     break;
                 }
@@ -214,18 +221,9 @@ main(void)
                 sp.max_tokens = 10;
                 seq[0] = 1000;
                 memcpy(seq + 1, pre, n_pre * sizeof(int32_t));
-                memset(&req, 0, sizeof(req));
-                req.sampling = &sp;
-                req.tokens = seq;
-                req.n_prompt = 1;
-                req.n_output = n_pre;
-                req.rng = &draw;
-                req.eos_ids = eos;
-                req.n_eos = 2;
-                req.tokenizer = tok;
-                req.guided = words;
-                req.n_guided = (uint32_t) n_prog + 1;
-                if (kimi_sampler_sample(smp, row, &req, &out, &err) != 0) {
+                if (draw_one(smp, row, seq, n_pre, &sp, &draw, eos, tok, words,
+                             (uint32_t) n_prog + 1, &out) != 0)
+                {
                     agree = 0;
                     break;
                 }

@@ -24,14 +24,6 @@
 #define ROWS   24
 
 
-static const char *
-model_dir(void)
-{
-    const char  *d = getenv("KIMI_MODEL_DIR");
-
-    return d != NULL ? d : "../shared/kimi-k2";
-}
-
 
 int
 main(void)
@@ -53,7 +45,7 @@ main(void)
     int                   same = 1, untouched = 1;
     json_t               *schema;
 
-    if (kimi_tokenizer_load(&tok, model_dir(), &err) != 0) {
+    if (kimi_tokenizer_load(&tok, tap_model_dir(), &err) != 0) {
         tok = NULL;                     /* JSON rows need it: left out */
     }
     schema = json_loads("{\"type\": \"object\", \"properties\": {\"a\":"

@@ -18,14 +18,6 @@
 #include "tap.h"
 
 
-static const char *
-model_dir(void)
-{
-    const char  *d = getenv("KIMI_MODEL_DIR");
-
-    return d != NULL ? d : "../shared/kimi-k2";
-}
-
 
 /* Loads an alt/ config's embedded template through kimi_template_load() by
  * putting the file in a temporary model directory. */
@@ -41,7 +33,7 @@ load_embedded(const char *file, kimi_err_t *err)
     if (mkdtemp(dir) == NULL) {
         return NULL;
     }
-    snprintf(src, sizeof(src), "%s/alt/%s", model_dir(), file);
+    snprintf(src, sizeof(src), "%s/alt/%s", tap_model_dir(), file);
     snprintf(dst, sizeof(dst), "%s/tokenizer_config.json", dir);
     in = fopen(src, "rb");
     out = fopen(dst, "wb");
@@ -135,7 +127,7 @@ test_syntax(void)
     }
 
     snprintf(cfg, sizeof(cfg), "%s/tokenizer_config.json", dir);
-    snprintf(path, sizeof(path), "%s/tokenizer_config.json", model_dir());
+    snprintf(path, sizeof(path), "%s/tokenizer_config.json", tap_model_dir());
     {
         FILE   *in = fopen(path, "rb"), *out = fopen(cfg, "wb");
         char    buf[8192];
@@ -328,7 +320,7 @@ test_spans(kimi_template_t *t3)
     kimi_span_t       *plain;
     kimi_tokenizer_t  *tok;
 
-    if (kimi_tokenizer_load(&tok, model_dir(), &err) != 0) {
+    if (kimi_tokenizer_load(&tok, tap_model_dir(), &err) != 0) {
         ok(0, "tokenizer loads: %s", err.msg);
         return;
     }
@@ -444,8 +436,8 @@ main(void)
                          &err);
     ok(t[1] != NULL, "v2 template (embedded, August 2025) loads%s%s",
        t[1] ? "" : ": ", t[1] ? "" : err.msg);
-    if (kimi_template_load(&t[2], model_dir(), &err) != 0) {
-        printf("1..0 # SKIP no chat template in %s: %s\n", model_dir(),
+    if (kimi_template_load(&t[2], tap_model_dir(), &err) != 0) {
+        printf("1..0 # SKIP no chat template in %s: %s\n", tap_model_dir(),
                err.msg);
         return 0;
     }

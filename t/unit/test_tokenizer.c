@@ -19,14 +19,6 @@
 #include "tap.h"
 
 
-static const char *
-model_dir(void)
-{
-    const char  *d = getenv("KIMI_MODEL_DIR");
-
-    return d != NULL ? d : "../shared/kimi-k2";
-}
-
 
 static int
 ids_equal(const int32_t *ids, size_t n, json_t *want)
@@ -282,9 +274,9 @@ main(void)
     json_error_t       jerr;
     kimi_tokenizer_t  *tok;
 
-    rc = kimi_tokenizer_load(&tok, model_dir(), &err);
+    rc = kimi_tokenizer_load(&tok, tap_model_dir(), &err);
     if (rc != 0) {
-        printf("1..0 # SKIP no tokenizer in %s: %s\n", model_dir(), err.msg);
+        printf("1..0 # SKIP no tokenizer in %s: %s\n", tap_model_dir(), err.msg);
         return 0;
     }
 
