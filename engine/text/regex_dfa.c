@@ -147,6 +147,35 @@ rx_alt(rx_t *rx, frag_t *a, const frag_t *b)
 }
 
 
+/* f* */
+static int
+rx_star(rx_t *rx, frag_t *f)
+{
+    int32_t  s = rx_state(rx, N_EPS, 0, 0), e = rx_state(rx, N_EPS, 0, 0);
+
+    if (s < 0 || e < 0) {
+        return -1;
+    }
+    rx->st[s].out = f->s;
+    rx->st[s].out2 = e;
+    rx_link(rx, f->e, f->s);
+    rx_link(rx, f->e, e);
+    f->s = s;
+    f->e = e;
+    return 0;
+}
+
+
+/* f? */
+static int
+rx_opt(rx_t *rx, frag_t *f)
+{
+    frag_t  h;
+
+    return rx_eps(rx, &h) != 0 ? -1 : rx_alt(rx, f, &h);
+}
+
+
 /* a byte sequence as a fragment */
 static int
 rx_bytes(rx_t *rx, frag_t *f, const unsigned char *b, size_t n)
@@ -635,9 +664,9 @@ rx_int(rx_t *rx, int *v)
 static int
 rx_repeat(rx_t *rx, frag_t *f, int depth)
 {
-    size_t  atom_at = rx->at, end_at, q_at;
+    size_t  atom_at = rx->at, end_at;
     int     lo, hi, ch;
-    frag_t  g, h;
+    frag_t  g;
 
     if (rx_atom(rx, f, depth) != 0) {
         return -1;
@@ -646,7 +675,6 @@ rx_repeat(rx_t *rx, frag_t *f, int depth)
         return 0;
     }
     ch = rx->p[rx->at];
-    q_at = rx->at;
     if (ch == '*' || ch == '+' || ch == '?') {
         lo = ch == '+';
         hi = ch == '?' ? 1 : -1;
@@ -689,87 +717,35 @@ rx_repeat(rx_t *rx, frag_t *f, int depth)
         return rx_fail(rx, "multiple repeat");
     }
     end_at = rx->at;
-    (void) q_at;
     if (hi == 0) {
         return rx_eps(rx, f);                 /* {0}: the empty string */
     }
 
-    /* f is copy 1; the others parse the atom again */
-    if (lo == 0) {
-        /* f optional (and starred when unbounded) */
-        if (hi < 0) {
-            int32_t  s = rx_state(rx, N_EPS, 0, 0), e = rx_state(rx, N_EPS, 0, 0);
+    /* lo copies, then a looping one or hi - lo optional ones; the first
+     * copy is f, each other parses the atom again */
+    {
+        frag_t  r;
+        int     used = 0, n_copies = hi < 0 ? lo + 1 : hi;
 
-            if (s < 0 || e < 0) {
-                return -1;
-            }
-            rx->st[s].out = f->s;
-            rx->st[s].out2 = e;
-            rx_link(rx, f->e, f->s);
-            rx_link(rx, f->e, e);
-            f->s = s;
-            f->e = e;
-            return 0;
-        }
-        if (rx_eps(rx, &g) != 0 || rx_alt(rx, f, &g) != 0) {
+        if (rx_eps(rx, &r) != 0) {
             return -1;
         }
-        lo = 1;                               /* f counts as one optional */
-        hi -= 1;
-        for (int i = 0; i < hi; i++) {
-            rx->at = atom_at;
-            if (rx_atom(rx, &g, depth) != 0 || rx_eps(rx, &h) != 0
-                || rx_alt(rx, &g, &h) != 0)
-            {
+        for (int i = 0; i < n_copies; i++) {
+            if (!used) {
+                g = *f;
+                used = 1;
+            } else {
+                rx->at = atom_at;
+                if (rx_atom(rx, &g, depth) != 0) {
+                    return -1;
+                }
+            }
+            if (i >= lo && (hi < 0 ? rx_star(rx, &g) : rx_opt(rx, &g)) != 0) {
                 return -1;
             }
-            rx_cat(rx, f, &g);
+            rx_cat(rx, &r, &g);
         }
-        rx->at = end_at;
-        return 0;
-    }
-    for (int i = 1; i < lo; i++) {
-        rx->at = atom_at;
-        if (rx_atom(rx, &g, depth) != 0) {
-            return -1;
-        }
-        rx_cat(rx, f, &g);
-    }
-    if (hi < 0) {
-        /* the last copy loops */
-        int32_t  e = rx_state(rx, N_EPS, 0, 0);
-
-        if (e < 0) {
-            return -1;
-        }
-        rx->at = atom_at;
-        if (rx_atom(rx, &g, depth) != 0) {
-            return -1;
-        }
-        /* f then (g)* : reuse f's end as the loop's entry */
-        {
-            int32_t  s = rx_state(rx, N_EPS, 0, 0);
-
-            if (s < 0) {
-                return -1;
-            }
-            rx->st[s].out = g.s;
-            rx->st[s].out2 = e;
-            rx_link(rx, g.e, g.s);
-            rx_link(rx, g.e, e);
-            rx_link(rx, f->e, s);
-            f->e = e;
-        }
-    } else {
-        for (int i = lo; i < hi; i++) {
-            rx->at = atom_at;
-            if (rx_atom(rx, &g, depth) != 0 || rx_eps(rx, &h) != 0
-                || rx_alt(rx, &g, &h) != 0)
-            {
-                return -1;
-            }
-            rx_cat(rx, f, &g);
-        }
+        *f = r;
     }
     rx->at = end_at;
     return 0;
