@@ -387,6 +387,15 @@ $r = $t->post('/v1/chat/completions', chat_body(content => 'hi', max_tokens => 4
     temperature => 0.8, seed => 4, guided_regex => '(red|green|blue)'));
 like($r->{json}{choices}[0]{message}{content} // '', qr/^(red|green|blue)$/,
     'guided_regex on chat completions');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 40,
+    temperature => 1, n => 3, guided_regex => '[0-9]{2}:[0-9]{2}'));
+is(scalar(grep { ($_->{text} // '') =~ /^[0-9]{2}:[0-9]{2}$/ }
+          @{ $r->{json}{choices} // [] }), 3, 'guided_regex with n = 3: every choice matches');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 2,
+    temperature => 0, guided_regex => '[a-z]{20}'));
+is($r->{json}{choices}[0]{finish_reason}, 'length',
+    'guided_regex cut by max_tokens: finish_reason length');
+like($r->{json}{choices}[0]{text} // '', qr/^[a-z]+$/, '... the text so far fits the pattern\'s start');
 
 for my $case ([ 'a(?=b)', 'lookaround' ], [ '(a)\\1', 'backreference' ],
               [ '\\bword', 'boundary' ], [ '[b-a]', 'range' ],
