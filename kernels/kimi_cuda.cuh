@@ -50,7 +50,10 @@ extern "C" {
  * gains: its blocks' setup and first weight loads overlap the kernel before
  * (at batch 1 most kernels are a few microseconds of launch and ramp).
  * Since each grid releases its dependents only after its own wait, what a
- * kernel two launches back wrote is also complete by then.  Launched without
+ * kernel two launches back wrote is also complete by then.  The weights
+ * read before a wait must be complete before the stream reaches that
+ * kernel: the engine uploads them with cudaMemcpy, and code that fills
+ * them with a kernel synchronizes before using them.  Launched without
  * the attribute (KIMI_PDL=0, or a plain triple-chevron launch) both
  * instructions are no-ops.
  */

@@ -197,6 +197,7 @@ gemm_setup(gemm_ctx *g, kimi_cublaslt_t *lt, int T, int N, int K)
     KK(kimi_fill_f32(g->xs, (size_t) Tp * (K / 128), 12, 0.5f / 64, 1.5f / 64, st, ERR));
     KK(kimi_fill_fp8(g->w, g->wbytes * g->ncopy, 13, st, ERR));
     KK(kimi_fill_f32(g->ws, (size_t) ((N + 127) / 128) * (K / 128), 14, 0.5f / 64, 1.5f / 64, st, ERR));
+    CK(cudaStreamSynchronize(st));    /* weights complete before a kernel reads them early */
 }
 
 static void
@@ -346,6 +347,7 @@ bench_moe(kimi_cublaslt_t *lt, int NE, const int *Ts, int nT)
     float *bias = dalloc(NE * 4);
     KK(kimi_fill_bf16(wr, (size_t) NE * D, 23, -0.03f, 0.03f, st, ERR));
     KK(kimi_fill_f32(bias, NE, 24, -0.01f, 0.01f, st, ERR));
+    CK(cudaStreamSynchronize(st));    /* weights complete before a kernel reads them early */
     for (int i = 0; i < nT; i++) {
         moe_ctx m = { .T = Ts[i], .D = D, .I = I, .E = NE, .K = K, .ex = ex, .wr = wr, .bias = bias };
         m.x = dalloc((size_t) m.T * D * 2);
