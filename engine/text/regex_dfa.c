@@ -248,33 +248,74 @@ rx_ascii_alts(rx_t *rx, frag_t *f, const uint8_t *set, int *have)
 }
 
 
+static void rx_put_utf8(uint32_t c, unsigned char *b, size_t *n);
+
+
+/* f |= every character of the code points [lo, hi] (surrogates skipped),
+ * as byte-range sequences: split so each piece has one UTF-8 length and
+ * varies only in whole trailing-byte spans (Thompson's / RE2's method) */
+static int
+rx_cp_range(rx_t *rx, frag_t *f, uint32_t lo, uint32_t hi, int *have)
+{
+    static const uint32_t  lim[] = { 0x7f, 0x7ff, 0xffff };
+    unsigned char          a[4], z[4];
+    int                    r[8];
+    size_t                 n, nz;
+    frag_t                 g;
+
+    if (lo > hi) {
+        return 0;
+    }
+    if (lo <= 0xdfff && hi >= 0xd800) {
+        return rx_cp_range(rx, f, lo, 0xd7ff < hi ? 0xd7ff : hi, have) != 0
+               || (hi > 0xdfff
+                   && rx_cp_range(rx, f, 0xe000 > lo ? 0xe000 : lo, hi, have) != 0)
+               ? -1 : 0;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (lo <= lim[i] && hi > lim[i]) {
+            return rx_cp_range(rx, f, lo, lim[i], have) != 0
+                   || rx_cp_range(rx, f, lim[i] + 1, hi, have) != 0 ? -1 : 0;
+        }
+    }
+    rx_put_utf8(lo, a, &n);
+    for (size_t i = 1; i < n; i++) {
+        uint32_t  m = (1u << (6 * i)) - 1;
+
+        if ((lo & ~m) != (hi & ~m)) {
+            if ((lo & m) != 0) {
+                return rx_cp_range(rx, f, lo, lo | m, have) != 0
+                       || rx_cp_range(rx, f, (lo | m) + 1, hi, have) != 0 ? -1 : 0;
+            }
+            if ((hi & m) != m) {
+                return rx_cp_range(rx, f, lo, (hi & ~m) - 1, have) != 0
+                       || rx_cp_range(rx, f, hi & ~m, hi, have) != 0 ? -1 : 0;
+            }
+        }
+    }
+    rx_put_utf8(hi, z, &nz);
+    for (size_t i = 0; i < n; i++) {
+        r[2 * i] = a[i];
+        r[2 * i + 1] = z[i];
+    }
+    if (rx_seq(rx, &g, r, (int) n) != 0 || rx_add_alt(rx, f, &g, have) != 0) {
+        return -1;
+    }
+    return 0;
+}
+
+
 /* Any one character (valid UTF-8, RFC 3629) whose ASCII part is the set
  * ascii[0..128) (1: allowed); non-ASCII characters always. */
 static int
 rx_any(rx_t *rx, frag_t *f, const uint8_t *ascii)
 {
-    static const int  seqs[][9] = {
-        { 2, 0xc2, 0xdf, 0x80, 0xbf },
-        { 3, 0xe0, 0xe0, 0xa0, 0xbf, 0x80, 0xbf },
-        { 3, 0xe1, 0xec, 0x80, 0xbf, 0x80, 0xbf },
-        { 3, 0xed, 0xed, 0x80, 0x9f, 0x80, 0xbf },
-        { 3, 0xee, 0xef, 0x80, 0xbf, 0x80, 0xbf },
-        { 4, 0xf0, 0xf0, 0x90, 0xbf, 0x80, 0xbf, 0x80, 0xbf },
-        { 4, 0xf1, 0xf3, 0x80, 0xbf, 0x80, 0xbf, 0x80, 0xbf },
-        { 4, 0xf4, 0xf4, 0x80, 0x8f, 0x80, 0xbf, 0x80, 0xbf },
-    };
-    frag_t  g;
-    int     have = 0;
+    int  have = 0;
 
-    if (rx_ascii_alts(rx, f, ascii, &have) != 0) {
+    if (rx_ascii_alts(rx, f, ascii, &have) != 0
+        || rx_cp_range(rx, f, 0x80, 0x10ffff, &have) != 0)
+    {
         return -1;
-    }
-    for (size_t i = 0; i < sizeof(seqs) / sizeof(seqs[0]); i++) {
-        if (rx_seq(rx, &g, seqs[i] + 1, seqs[i][0]) != 0
-            || rx_add_alt(rx, f, &g, &have) != 0)
-        {
-            return -1;
-        }
     }
     return 0;
 }
@@ -423,14 +464,21 @@ rx_escape(rx_t *rx, uint32_t *cp, int *cls)
 
 /* [...] at rx->at (past '[') */
 static int
+cmp_range(const void *a, const void *b)
+{
+    uint32_t  x = ((const uint32_t *) a)[0], y = ((const uint32_t *) b)[0];
+
+    return (x > y) - (x < y);
+}
+
+
+static int
 rx_class(rx_t *rx, frag_t *f)
 {
     uint8_t        set[128] = { 0 };
-    uint32_t       wide[64], cp, hi;
-    size_t         n_wide = 0, n;
-    int            neg = 0, first = 1, cls;
-    unsigned char  b[4];
-    frag_t         g;
+    uint32_t       wide[64][2], cp, hi;   /* non-ASCII members: ranges */
+    size_t         n_wide = 0;
+    int            neg = 0, first = 1, cls, have = 0;
 
     if (rx->at < rx->len && rx->p[rx->at] == '^') {
         neg = 1;
@@ -486,49 +534,71 @@ rx_class(rx_t *rx, frag_t *f)
                 return rx_fail(rx, "bad character range (end before"
                                " start)");
             }
-            if (hi >= 0x80) {
-                return rx_fail(rx, "character ranges beyond ASCII are not"
-                               " supported");
-            }
-            for (uint32_t c = cp; c <= hi; c++) {
-                set[c] = 1;
-            }
-            continue;
-        }
-        if (cp < 0x80) {
-            set[cp] = 1;
-        } else if (neg) {
-            return rx_fail(rx, "a negated set with non-ASCII characters is"
-                           " not supported");
-        } else if (n_wide < sizeof(wide) / sizeof(wide[0])) {
-            wide[n_wide++] = cp;
         } else {
-            return rx_fail(rx, "too many non-ASCII characters in a set");
+            hi = cp;
+        }
+        for (uint32_t c = cp; c <= hi && c < 0x80; c++) {
+            set[c] = 1;
+        }
+        if (hi >= 0x80) {
+            if (n_wide == sizeof(wide) / sizeof(wide[0])) {
+                return rx_fail(rx, "too many non-ASCII members in a set");
+            }
+            wide[n_wide][0] = cp < 0x80 ? 0x80 : cp;
+            wide[n_wide++][1] = hi;
         }
     }
 
+    /* the non-ASCII members sorted and merged; negated: their complement
+     * over U+0080..U+10FFFF (surrogates never match either way) */
+    qsort(wide, n_wide, sizeof(wide[0]), cmp_range);
+    {
+        size_t  k = 0;
+
+        for (size_t i = 0; i < n_wide; i++) {
+            if (k > 0 && wide[i][0] <= wide[k - 1][1] + 1) {
+                if (wide[i][1] > wide[k - 1][1]) {
+                    wide[k - 1][1] = wide[i][1];
+                }
+            } else {
+                wide[k][0] = wide[i][0];
+                wide[k++][1] = wide[i][1];
+            }
+        }
+        n_wide = k;
+    }
     if (neg) {
+        uint32_t  next = 0x80;
+
         for (int c = 0; c < 128; c++) {
             set[c] = !set[c];
         }
-        return rx_any(rx, f, set);
-    }
-
-    {
-        int  have = 0;
-
         if (rx_ascii_alts(rx, f, set, &have) != 0) {
             return -1;
         }
         for (size_t i = 0; i < n_wide; i++) {
-            rx_put_utf8(wide[i], b, &n);
-            if (rx_bytes(rx, &g, b, n) != 0 || rx_add_alt(rx, f, &g, &have) != 0) {
+            if (wide[i][0] > next
+                && rx_cp_range(rx, f, next, wide[i][0] - 1, &have) != 0)
+            {
+                return -1;
+            }
+            next = wide[i][1] + 1;
+        }
+        if (next <= 0x10ffff && rx_cp_range(rx, f, next, 0x10ffff, &have) != 0) {
+            return -1;
+        }
+    } else {
+        if (rx_ascii_alts(rx, f, set, &have) != 0) {
+            return -1;
+        }
+        for (size_t i = 0; i < n_wide; i++) {
+            if (rx_cp_range(rx, f, wide[i][0], wide[i][1], &have) != 0) {
                 return -1;
             }
         }
-        if (!have) {
-            return rx_fail(rx, "an empty character set matches nothing");
-        }
+    }
+    if (!have) {
+        return rx_fail(rx, "the character set matches nothing");
     }
     return 0;
 }

@@ -9,16 +9,17 @@
  *
  * Syntax (a Python re / PCRE subset, over UTF-8 text):
  *   literals (a multi-byte character is one atom), . (any character but
- *   \n), [...] and [^...] with ASCII ranges, ASCII or non-ASCII single
- *   characters and \d \w \s inside (negated sets: ASCII members only),
+ *   \n), [...] and [^...] with characters and ranges (any code points, as
+ *   UTF-8 byte sequences) and \d \w \s inside,
  *   \d \w \s \D \W \S, escapes \n \t \r \f \v \0 \xHH \uHHHH and escaped
  *   punctuation, groups (...) (?:...) (?P<name>...) (?<name>...),
  *   alternation |, quantifiers * + ? {m} {m,} {m,n} (m, n <= 256; a lazy
  *   ? after one is accepted: the language is the same), ^ at the very start
  *   and $ at the very end (the match is whole anyway).
  *   Refused with a message naming it: backreferences, lookaround, \b \B \A
- *   \Z, possessive quantifiers, inline flags, non-ASCII class ranges, a
- *   pattern matching nothing, more than KIMI_REGEX_MAX_STATES DFA states.
+ *   \Z, possessive quantifiers, inline flags, POSIX classes, \D \W \S
+ *   inside a set, a pattern matching nothing, more than
+ *   KIMI_REGEX_MAX_STATES DFA states.
  *
  * Program (p[0..n)):
  *   p[0] = n, p[1] = n_states (state 0 starts), p[2] = n_classes,
