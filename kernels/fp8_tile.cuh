@@ -153,22 +153,20 @@ tile_kblock(const TileW &cur, const uint8_t *const xrow[NG], const float *const 
  * xs0/xs1[j]: scale rows [K/128] of the tokens in columns 2t and 2t+1.
  * ngroups: groups that hold at least one valid token (warp-uniform).
  * [kb0, kb1): the 128-blocks of K this warp covers (split-K callers).
+ * cur: block kb0's weights, loaded by the caller (tile_load_w) as early as
+ * it can: fp8_tile_run starts with them in flight.
  */
 template <int NG>
 static __device__ __forceinline__ void
-fp8_tile(const uint8_t *wa, const uint8_t *wb, const float *sa, const float *sb,
-         size_t K, const uint8_t *const xrow[NG], const float *const xs0[NG],
-         const float *const xs1[NG], int ngroups, float acc[2][NG][4],
-         int kb0, int kb1)
+fp8_tile_run(TileW &cur, const uint8_t *wa, const uint8_t *wb, const float *sa,
+             const float *sb, size_t K, const uint8_t *const xrow[NG],
+             const float *const xs0[NG], const float *const xs1[NG], int ngroups,
+             float acc[2][NG][4], int kb0, int kb1)
 {
     const int lane = threadIdx.x & 31, t = lane & 3;
 
     tile_acc_zero<NG>(acc);
-    if (kb0 >= kb1) {
-        return;
-    }
-    TileW cur, nxt;
-    tile_load_w(cur, wa, wb, K, kb0, t);
+    TileW nxt;
     for (int kb = kb0; kb < kb1; kb++) {
         /* the next block's weights are in flight while this one computes */
         if (kb + 1 < kb1) {
@@ -179,6 +177,20 @@ fp8_tile(const uint8_t *wa, const uint8_t *wb, const float *sa, const float *sb,
             cur = nxt;
         }
     }
+}
+
+template <int NG>
+static __device__ __forceinline__ void
+fp8_tile(const uint8_t *wa, const uint8_t *wb, const float *sa, const float *sb,
+         size_t K, const uint8_t *const xrow[NG], const float *const xs0[NG],
+         const float *const xs1[NG], int ngroups, float acc[2][NG][4],
+         int kb0, int kb1)
+{
+    TileW cur;
+    if (kb0 < kb1) {
+        tile_load_w(cur, wa, wb, K, kb0, threadIdx.x & 3);
+    }
+    fp8_tile_run<NG>(cur, wa, wb, sa, sb, K, xrow, xs0, xs1, ngroups, acc, kb0, kb1);
 }
 
 #endif

@@ -225,6 +225,20 @@ static __device__ __forceinline__ float kimi_warp_max(float v)
     return v;
 }
 
+/* One 1x128 group quantised by a warp, lane l holding elements 4l..4l+3:
+ * returns the lane's 4 e4m3 codes packed (element 4l in the low byte) and
+ * the group's scale, s = max(amax, 1e-4) / 448 (every FP8 activation of the
+ * engine: kimi_fp8_quant_1x128, the MoE's h, the fused router). */
+static __device__ __forceinline__ uint32_t kimi_quant128_warp(const float v[4], float *scale)
+{
+    float am = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+    am = kimi_warp_max(am);
+    const float s = fmaxf(am, 1e-4f) / KIMI_FP8_MAX;
+    *scale = s;
+    return (uint32_t) kimi_f2fp8(v[0] / s) | (uint32_t) kimi_f2fp8(v[1] / s) << 8
+           | (uint32_t) kimi_f2fp8(v[2] / s) << 16 | (uint32_t) kimi_f2fp8(v[3] / s) << 24;
+}
+
 /* D[16x8] += A[16x16] * B[16x8], bf16 in, fp32 accumulate (same lane map
  * with 2 elements per register: a0 A[g][2t..], a1 A[g+8][2t..], a2
  * A[g][8+2t..], a3 A[g+8][8+2t..]; b0 B[2t..][g], b1 B[8+2t..][g]). */

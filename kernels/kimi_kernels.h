@@ -203,7 +203,15 @@ int kimi_moe_router_select(const float *logits, const float *bias, int T,
  */
 #define KIMI_MOE_SLOT_TOKENS 32
 
+/* Block counters of the kernels whose last block finishes the work
+ * (kimi_moe_route_fused, kimi_moe_down_combine): at the workspace's start,
+ * so every carve of one buffer finds them in place.  They must be zero when
+ * the workspace is allocated (cudaMemset once); each kernel leaves them
+ * zero. */
+#define KIMI_MOE_TICKETS 256
+
 typedef struct {
+    uint32_t *tickets;       /* [KIMI_MOE_TICKETS] */
     int32_t *slot_expert;    /* [max_slots] expert id (E = shared), -1 unused */
     int32_t *slot_row0;      /* [max_slots] first row */
     int32_t *slot_rows;      /* [max_slots] rows (0 = unused slot) */
@@ -230,6 +238,23 @@ void   kimi_moe_ws_carve(kimi_moe_ws_t *ws, void *base, int T, int top_k,
 int kimi_moe_plan(const int32_t *topk_idx, int T, int top_k, int E,
                   int shared, const kimi_moe_ws_t *ws, cudaStream_t s,
                   kimi_err_t *err);
+
+/* (router.cu) Batches of 1-4 tokens (kimi_moe_route_fused_fits: T * top_k
+ * <= 32, no group limit, E <= 1024 and E % 4 == 0): the router logits, the
+ * selection (as kimi_moe_router_select: the same ids, order and weights)
+ * and the plan (as kimi_moe_plan) in one launch.  logits is scratch [T][E];
+ * ws as carved for kimi_moe_plan, its tickets zeroed. */
+int kimi_moe_route_fused_fits(int T, int top_k, int E, int n_group, int topk_group);
+int kimi_moe_route_fused(const kimi_bf16_t *x, const kimi_bf16_t *w, const float *bias,
+                         int T, int D, int E, int top_k, int n_group, int topk_group,
+                         int norm, float scale, int shared, float *logits, int32_t *idx,
+                         float *tw, const kimi_moe_ws_t *ws, cudaStream_t s,
+                         kimi_err_t *err);
+int kimi_moe_route_fused_f32(const float *x, const kimi_bf16_t *w, const float *bias,
+                             int T, int D, int E, int top_k, int n_group, int topk_group,
+                             int norm, float scale, int shared, float *logits,
+                             int32_t *idx, float *tw, const kimi_moe_ws_t *ws,
+                             cudaStream_t s, kimi_err_t *err);
 
 /* Expert weight tables: device arrays of device pointers, indexed by expert
  * id 0..E-1, then E for the shared expert. */
@@ -286,6 +311,18 @@ int kimi_moe_grouped_gate_up(const uint8_t *xq, const float *xs, int D, int I,
                              const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err);
 int kimi_moe_grouped_down(int D, int I, int max_slots, const kimi_experts_t *ex,
                           const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err);
+
+/* kimi_moe_down then kimi_moe_combine into out: up to 16 tokens in one
+ * launch (the last block of each column range sums its columns; the same
+ * values as the two launches), above as the two. */
+int kimi_moe_down_combine(int T, int top_k, int shared, int D, int I, int max_slots,
+                          const kimi_experts_t *ex, const kimi_moe_ws_t *ws,
+                          const float *topk_w, kimi_bf16_t *out, cudaStream_t s,
+                          kimi_err_t *err);
+int kimi_moe_down_combine_f32(int T, int top_k, int shared, int D, int I, int max_slots,
+                              const kimi_experts_t *ex, const kimi_moe_ws_t *ws,
+                              const float *topk_w, float *out, cudaStream_t s,
+                              kimi_err_t *err);
 
 /* "Unpermute": out[t,:] = bf16(sum_k w[t,k] * y[row_of_pair[t,k]] +
  * (shared ? y[T*top_k + t] : 0)). */

@@ -25,7 +25,9 @@
 
 #include "fp8_tile.cuh"
 #include "kimi_kernels.h"
+#include "moe_plan.cuh"
 #include <stdlib.h>
+#include <type_traits>
 
 #define MOE_WARPS 4
 #define MOE_PLAN_THREADS 1024
@@ -55,7 +57,7 @@ kimi_moe_ws_bytes(int T, int top_k, int E, int shared, int D, int I)
 {
     const size_t ms = (size_t) kimi_moe_max_slots(T, top_k, E, shared);
     const size_t rows = (size_t) kimi_moe_rows(T, top_k, shared);
-    return 3 * al256(ms * 4) + al256(rows * 4) + al256((size_t) T * top_k * 4)
+    return al256(KIMI_MOE_TICKETS * 4) + 3 * al256(ms * 4) + al256(rows * 4) + al256((size_t) T * top_k * 4)
            + al256(rows * I * 4) + al256(rows * I) + al256(rows * (I / 128) * 4)
            + al256(rows * D * 4)
            + al256(((size_t) kimi_moe_grouped_max_tiles((int) rows, (int) ms) * 3 + 1) * 4);
@@ -68,6 +70,7 @@ kimi_moe_ws_carve(kimi_moe_ws_t *ws, void *base, int T, int top_k, int E,
     const size_t ms = (size_t) kimi_moe_max_slots(T, top_k, E, shared);
     const size_t rows = (size_t) kimi_moe_rows(T, top_k, shared);
     char *p = (char *) base;
+    ws->tickets = (uint32_t *) p;     p += al256(KIMI_MOE_TICKETS * 4);
     ws->slot_expert = (int32_t *) p;  p += al256(ms * 4);
     ws->slot_row0 = (int32_t *) p;    p += al256(ms * 4);
     ws->slot_rows = (int32_t *) p;    p += al256(ms * 4);
@@ -95,12 +98,6 @@ kimi_moe_ws_carve(kimi_moe_ws_t *ws, void *base, int T, int top_k, int E,
  * every run.  O(T*top_k/1024) steps a thread; shared memory 32*E ints.
  */
 #define MOE_PLAN_WARPS (MOE_PLAN_THREADS / 32)
-
-static __device__ __forceinline__ int plan_id(const int32_t *topk_idx, int p, int E)
-{
-    const int e = topk_idx[p];
-    return (e >= 0 && e < E) ? e : -1;   /* out-of-range ids are dropped */
-}
 
 static __global__ void __launch_bounds__(MOE_PLAN_THREADS)
 moe_plan_kernel(const int32_t *__restrict__ topk_idx, int T, int top_k, int E,
@@ -244,59 +241,13 @@ moe_plan_kernel(const int32_t *__restrict__ topk_idx, int T, int top_k, int E,
     }
 }
 
-/*
- * The same plan for at most 32 pairs (a batch of 1-4 tokens at top-8): one
- * warp, a pair a lane.  A pair's row is the count of pairs with a smaller
- * expert plus its rank among its expert's pairs before it, and an expert's
- * slot the count of smaller experts present: the counting sort's result,
- * without its 32*E histogram and scans (5 us of a batch-1 MoE layer).
- */
+/* The plan of at most 32 pairs: one warp (moe_plan.cuh). */
 static __global__ void __launch_bounds__(32)
 moe_plan_warp_kernel(const int32_t *__restrict__ topk_idx, int T, int top_k, int E,
                      int shared, int max_slots, kimi_moe_ws_t ws)
 {
     KIMI_GRID_ENTRY();
-    const int lane = threadIdx.x, P = T * top_k, nsh = shared ? 1 : 0;
-    const unsigned lt = (1u << lane) - 1;
-    const int e = lane < P ? plan_id(topk_idx, lane, E) : -1;
-    const unsigned peers = __match_any_sync(0xffffffffu, e);
-    const bool lead = e >= 0 && (peers & lt) == 0;
-    const unsigned leads = __ballot_sync(0xffffffffu, lead);
-    int below = 0, below_experts = 0;
-    for (int q = 0; q < 32; q++) {
-        const int eq = __shfl_sync(0xffffffffu, e, q);
-        if (e >= 0 && eq >= 0 && eq < e) {
-            below++;
-            below_experts += (leads >> q) & 1;
-        }
-    }
-    if (e >= 0) {
-        const int r = below + __popc(peers & lt);
-        ws.row_token[r] = lane / top_k;
-        ws.row_of_pair[lane] = r;
-        if (lead) {
-            ws.slot_expert[nsh + below_experts] = e;
-            ws.slot_row0[nsh + below_experts] = below;
-            ws.slot_rows[nsh + below_experts] = __popc(peers);
-        }
-    } else if (lane < P) {
-        ws.row_of_pair[lane] = -1;
-    }
-    if (shared) {
-        if (lane == 0) {
-            ws.slot_expert[0] = E;
-            ws.slot_row0[0] = P;
-            ws.slot_rows[0] = T;
-        }
-        if (lane < T) {
-            ws.row_token[P + lane] = lane;
-        }
-    }
-    for (int sl = nsh + __popc(leads) + lane; sl < max_slots; sl += 32) {
-        ws.slot_expert[sl] = -1;
-        ws.slot_row0[sl] = 0;
-        ws.slot_rows[sl] = 0;
-    }
+    moe_plan_warp(topk_idx, T, top_k, E, shared, max_slots, ws);
 }
 
 extern "C" int
@@ -397,13 +348,9 @@ moe_hquant_kernel(int n_rows, int I, kimi_moe_ws_t ws)
         return;
     }
     const int r = q / IB, gi = q % IB;
-    const float4 v = *(const float4 *) (ws.h + (size_t) r * I + gi * 128 + lane * 4);
-    float am = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-    am = kimi_warp_max(am);
-    const float sc = fmaxf(am, 1e-4f) / KIMI_FP8_MAX;
-    const uint32_t pk = (uint32_t) kimi_f2fp8(v.x / sc) | (uint32_t) kimi_f2fp8(v.y / sc) << 8
-                        | (uint32_t) kimi_f2fp8(v.z / sc) << 16 | (uint32_t) kimi_f2fp8(v.w / sc) << 24;
-    *(uint32_t *) (ws.hq + (size_t) r * I + gi * 128 + lane * 4) = pk;
+    float v[4], sc;
+    kimi_ld4(ws.h + (size_t) r * I + gi * 128 + lane * 4, v);
+    *(uint32_t *) (ws.hq + (size_t) r * I + gi * 128 + lane * 4) = kimi_quant128_warp(v, &sc);
     if (lane == 0) {
         ws.hs[(size_t) r * IB + gi] = sc;
     }
@@ -412,11 +359,9 @@ moe_hquant_kernel(int n_rows, int I, kimi_moe_ws_t ws)
 /* NG = 1 (T <= 8): at most 128 registers, so 4 blocks (16 warps) fit an SM
  * and the ~2000 warps of a batch-1 layer run in one wave instead of 1.3. */
 template <int NG, bool HQG>
-static __global__ void __launch_bounds__(MOE_WARPS * 32, NG == 1 ? 4 : 1)
-moe_down_kernel(int D, int I, kimi_experts_t ex, kimi_moe_ws_t ws)
+static __device__ __forceinline__ void
+moe_down_slot(int D, int I, const kimi_experts_t &ex, const kimi_moe_ws_t &ws, uint8_t *smem)
 {
-    KIMI_GRID_ENTRY();
-    extern __shared__ __align__(16) uint8_t smem[];
     const int slot = blockIdx.y;
     const int rows = ws.slot_rows[slot];
     if (rows == 0) {
@@ -466,22 +411,35 @@ moe_down_kernel(int D, int I, kimi_experts_t ex, kimi_moe_ws_t ws)
             }
             continue;
         }
+        /* the chunk's first weights do not wait for h: in flight while
+         * the block quantises it */
+        TileW cur;
+        if (n0 < D) {
+            tile_load_w(cur, wa, wb, (size_t) I, 0, t);
+        }
         __syncthreads();   /* the previous chunk's readers are done */
-        /* quantise h rows [ch, ch+nr): one warp per (row, 128-group) */
-        for (int q = warp; q < nr * IB; q += MOE_WARPS) {
-            const int r = q / IB, gi = q % IB;
-            const float4 v = *(const float4 *) (ws.h + (size_t) (row0 + ch + r) * I
-                                                + gi * 128 + lane * 4);
-            float am = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-            am = kimi_warp_max(am);
-            const float sc = fmaxf(am, 1e-4f) / KIMI_FP8_MAX;
-            const uint32_t pk = (uint32_t) kimi_f2fp8(v.x / sc)
-                                | (uint32_t) kimi_f2fp8(v.y / sc) << 8
-                                | (uint32_t) kimi_f2fp8(v.z / sc) << 16
-                                | (uint32_t) kimi_f2fp8(v.w / sc) << 24;
-            *(uint32_t *) (hq + (size_t) r * ld + gi * 128 + lane * 4) = pk;
-            if (lane == 0) {
-                hs[r * IB + gi] = sc;
+        /* quantise h rows [ch, ch+nr): one warp per (row, 128-group), a
+         * warp's next 2 groups loaded together (one L2 round trip, not 2;
+         * 4 spill registers at 128) */
+        for (int q0 = warp; q0 < nr * IB; q0 += 2 * MOE_WARPS) {
+            float v[2][4];
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                const int q = q0 + u * MOE_WARPS;
+                if (q < nr * IB) {
+                    kimi_ld4(ws.h + (size_t) (row0 + ch + q / IB) * I + (q % IB) * 128 + lane * 4, v[u]);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                const int q = q0 + u * MOE_WARPS, r = q / IB, gi = q % IB;
+                if (q < nr * IB) {
+                    float sc;
+                    *(uint32_t *) (hq + (size_t) r * ld + gi * 128 + lane * 4) = kimi_quant128_warp(v[u], &sc);
+                    if (lane == 0) {
+                        hs[r * IB + gi] = sc;
+                    }
+                }
             }
         }
         __syncthreads();
@@ -495,8 +453,8 @@ moe_down_kernel(int D, int I, kimi_experts_t ex, kimi_moe_ws_t ws)
                 xs1[j] = hs + min(j * 8 + 2 * t + 1, nr - 1) * IB;
             }
             float acc[2][NG][4];
-            fp8_tile<NG>(wa, wb, sa, sb, (size_t) I, xrow, xs0, xs1,
-                         min(NG, (nr + 7) / 8), acc, 0, IB);
+            fp8_tile_run<NG>(cur, wa, wb, sa, sb, (size_t) I, xrow, xs0, xs1,
+                             min(NG, (nr + 7) / 8), acc, 0, IB);
 #pragma unroll
             for (int s = 0; s < 2; s++) {
 #pragma unroll
@@ -512,6 +470,54 @@ moe_down_kernel(int D, int I, kimi_experts_t ex, kimi_moe_ws_t ws)
                     }
                 }
             }
+        }
+    }
+}
+
+/* The down GEMM of blockIdx.y's slot over 128 output columns; with O set
+ * (batches of <= 16 tokens) also the combine of those columns: the last of
+ * the column's slot blocks to finish (a ticket a column range,
+ * ws.tickets[1 + blockIdx.x], wrapped back to 0 by the last arrival) sums
+ * every token's rows with moe_combine_kernel's arithmetic, one column a
+ * thread, so the layer needs no combine launch (~3 us at batch 1). */
+template <int NG, bool HQG, typename O>
+static __global__ void __launch_bounds__(MOE_WARPS * 32, NG == 1 ? 4 : 1)
+moe_down_kernel(int D, int I, kimi_experts_t ex, kimi_moe_ws_t ws,
+                const float *__restrict__ topk_w, int T, int top_k, int shared,
+                O *__restrict__ out)
+{
+    KIMI_GRID_ENTRY();
+    extern __shared__ __align__(16) uint8_t smem[];
+    moe_down_slot<NG, HQG>(D, I, ex, ws, smem);
+    if constexpr (!std::is_void<O>::value) {
+        __shared__ bool last;
+        __threadfence();   /* this block's y rows before its ticket */
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            last = atomicInc(ws.tickets + 1 + blockIdx.x, gridDim.y - 1) == gridDim.y - 1;
+        }
+        __syncthreads();
+        if (!last) {
+            return;
+        }
+        __threadfence();
+        const int d = blockIdx.x * MOE_WARPS * 32 + threadIdx.x;
+        if (d >= D) {
+            return;
+        }
+        for (int t = 0; t < T; t++) {
+            float a = 0.f;
+            for (int k = 0; k < top_k; k++) {
+                const int r = ws.row_of_pair[t * top_k + k];
+                if (r < 0) {
+                    continue;
+                }
+                a += topk_w[t * top_k + k] * __ldcg(ws.y + (size_t) r * D + d);
+            }
+            if (shared) {
+                a += __ldcg(ws.y + (size_t) (T * top_k + t) * D + d);
+            }
+            kimi_stf(out + (size_t) t * D + d, a);
         }
     }
 }
@@ -585,21 +591,25 @@ kimi_moe_gate_up(const uint8_t *xq, const float *xs, int T, int D, int I,
     return KIMI_OK;
 }
 
-template <int NG, bool HQG>
+/* O void: y only; else also the combine into out (moe_down_kernel). */
+template <int NG, bool HQG, typename O = void>
 static int
 launch_down(int D, int I, int max_slots, const kimi_experts_t *ex,
-            const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
+            const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err,
+            const float *topk_w = NULL, int T = 0, int top_k = 0, int shared = 0,
+            O *out = NULL)
 {
     const size_t smem = HQG ? 0 : (size_t) 8 * NG * (I + HQ_PAD) + (size_t) 8 * NG * (I / 128) * 4;
     if (smem > 227 * 1024) {
         return kimi_err_set(err, KIMI_EINVAL, "moe_down: I=%d too wide for shared memory", I);
     }
     if (!HQG) {
-        KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_down_kernel<NG, HQG>,
+        KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_down_kernel<NG, HQG, O>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem), err);
     }
     dim3 grid((D / 32 + MOE_WARPS - 1) / MOE_WARPS, max_slots);
-    KIMI_LAUNCH(err, moe_down_kernel<NG, HQG>, grid, MOE_WARPS * 32, smem, s, D, I, *ex, *ws);
+    KIMI_LAUNCH(err, moe_down_kernel<NG, HQG, O>, grid, MOE_WARPS * 32, smem, s, D, I, *ex, *ws,
+                topk_w, T, top_k, shared, out);
     return KIMI_OK;
 }
 
@@ -702,4 +712,50 @@ kimi_moe_combine_f32(const kimi_moe_ws_t *ws, const float *topk_w, int T, int to
                      int shared, int D, float *out, cudaStream_t s, kimi_err_t *err)
 {
     return moe_combine_launch(ws, topk_w, T, top_k, shared, D, out, s, err);
+}
+
+/* ---- down + combine -------------------------------------------------------- */
+
+template <typename O>
+static int
+down_combine(int T, int top_k, int shared, int D, int I, int max_slots,
+             const kimi_experts_t *ex, const kimi_moe_ws_t *ws, const float *topk_w,
+             O *out, cudaStream_t s, kimi_err_t *err)
+{
+    int rc = moe_check(D, I, max_slots, ex, ws, err);
+    if (rc != KIMI_OK) {
+        return rc;
+    }
+    if (T <= 0 || top_k <= 0 || topk_w == NULL || out == NULL || D % 4 != 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe_down_combine: T=%d top_k=%d D=%d, or a NULL buffer",
+                            T, top_k, D);
+    }
+    if (T <= 16 && ws->tickets != NULL && D / 128 < KIMI_MOE_TICKETS
+        && !grouped_gate_up(ex, ws, max_slots, D, I)) {
+        if (ng_for(T) == 1) {
+            return launch_down<1, false, O>(D, I, max_slots, ex, ws, s, err, topk_w, T, top_k, shared, out);
+        }
+        return launch_down<2, false, O>(D, I, max_slots, ex, ws, s, err, topk_w, T, top_k, shared, out);
+    }
+    rc = kimi_moe_down(T, top_k, D, I, max_slots, ex, ws, s, err);
+    if (rc != KIMI_OK) {
+        return rc;
+    }
+    return moe_combine_launch(ws, topk_w, T, top_k, shared, D, out, s, err);
+}
+
+extern "C" int
+kimi_moe_down_combine(int T, int top_k, int shared, int D, int I, int max_slots,
+                      const kimi_experts_t *ex, const kimi_moe_ws_t *ws,
+                      const float *topk_w, kimi_bf16_t *out, cudaStream_t s, kimi_err_t *err)
+{
+    return down_combine(T, top_k, shared, D, I, max_slots, ex, ws, topk_w, (uint16_t *) out, s, err);
+}
+
+extern "C" int
+kimi_moe_down_combine_f32(int T, int top_k, int shared, int D, int I, int max_slots,
+                          const kimi_experts_t *ex, const kimi_moe_ws_t *ws,
+                          const float *topk_w, float *out, cudaStream_t s, kimi_err_t *err)
+{
+    return down_combine(T, top_k, shared, D, I, max_slots, ex, ws, topk_w, out, s, err);
 }

@@ -135,13 +135,9 @@ kimi_rmsnorm_residual_bf16(const kimi_bf16_t *x, kimi_bf16_t *res,
 static __device__ __forceinline__ void
 norm_quant4(const float4 v, int i, uint8_t *__restrict__ xq, float *__restrict__ xs)
 {
-    float am = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-    am = kimi_warp_max(am);
-    const float s = fmaxf(am, 1e-4f) / KIMI_FP8_MAX;
-    *(uint32_t *) (xq + 4 * i) = (uint32_t) kimi_f2fp8(v.x / s)
-                                 | (uint32_t) kimi_f2fp8(v.y / s) << 8
-                                 | (uint32_t) kimi_f2fp8(v.z / s) << 16
-                                 | (uint32_t) kimi_f2fp8(v.w / s) << 24;
+    const float f[4] = { v.x, v.y, v.z, v.w };
+    float s;
+    *(uint32_t *) (xq + 4 * i) = kimi_quant128_warp(f, &s);
     if ((i & 31) == 0) {
         xs[i / 32] = s;
     }

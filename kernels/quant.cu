@@ -30,20 +30,9 @@ quant_kernel(const X *__restrict__ x, int ldx, int T, int K,
         return;
     }
     const int t = gw / groups, g = gw % groups;
-    float v[4], am = 0.f;
+    float v[4], s;
     kimi_ld4(x + (size_t) t * ldx + g * 128 + lane * 4, v);
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        am = fmaxf(am, fabsf(v[j]));
-    }
-    am = kimi_warp_max(am);
-    const float s = fmaxf(am, 1e-4f) / KIMI_FP8_MAX;
-    uint32_t packed = 0;
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        packed |= (uint32_t) kimi_f2fp8(v[j] / s) << (8 * j);
-    }
-    *(uint32_t *) (xq + (size_t) t * K + g * 128 + lane * 4) = packed;
+    *(uint32_t *) (xq + (size_t) t * K + g * 128 + lane * 4) = kimi_quant128_warp(v, &s);
     if (lane == 0) {
         sc[mn_major ? (size_t) g * ld_scale + t : (size_t) t * groups + g] = s;
     }

@@ -23,102 +23,51 @@
 
 #include "kimi_cuda.cuh"
 #include "kimi_kernels.h"
+#include "moe_plan.cuh"
 #include "tma.cuh"
 
 #define ROUTER_TOK 8
 #define ROUTER_WARPS 4
 
-/* Block: one expert row, ROUTER_TOK tokens; the 4 warps split D and sum
- * through shared memory, so each warp has all of its loads in flight at once
- * (a warp walking a whole 14 KB row alone is latency bound). */
-template <typename X>
-static __global__ void __launch_bounds__(ROUTER_WARPS * 32)
-router_logits_kernel(const X *__restrict__ x,          // [T, D]
-                     const uint16_t *__restrict__ w,   // [E, D]
-                     float *__restrict__ logits,       // [T, E]
-                     int T, int D, int E)
+/* The rows a block owns, into L2: weights only, so before the grid wait. */
+template <int ROWS>
+static __device__ __forceinline__ void
+router_prefetch(const uint16_t *__restrict__ w, int D, int e0)
 {
-    __shared__ float part[ROUTER_WARPS][ROUTER_TOK];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int e = blockIdx.x % E, tok0 = (blockIdx.x / E) * ROUTER_TOK;
-    const int chunk = D / ROUTER_WARPS;              /* D % 1024 == 0 */
-    if (lane == 0) {                                 /* the gate row, before the wait */
-        kimi_bulk_prefetch_l2(w + (size_t) e * D + warp * chunk, chunk * 2);
-    }
-    KIMI_GRID_ENTRY();
-    const int nt = min(ROUTER_TOK, T - tok0);
-    float acc[ROUTER_TOK];
-#pragma unroll
-    for (int j = 0; j < ROUTER_TOK; j++) acc[j] = 0.f;
-    const uint16_t *wr = w + (size_t) e * D + warp * chunk;
-    const X *xr = x + (size_t) tok0 * D + warp * chunk;
-#pragma unroll 8
-    for (int d = lane * 8; d < chunk; d += 256) {
-        const uint4 wv = kimi_ld_stream(wr + d);
-        const uint16_t *pw = (const uint16_t *) &wv;
-        float wf[8];
-#pragma unroll
-        for (int i = 0; i < 8; i++) wf[i] = kimi_bf2f(pw[i]);
-#pragma unroll
-        for (int j = 0; j < ROUTER_TOK; j++) {
-            if (j < nt) {
-                float xf[8];
-                kimi_ld8(xr + (size_t) j * D + d, xf);
-#pragma unroll
-                for (int i = 0; i < 8; i++) acc[j] += xf[i] * wf[i];
-            }
-        }
-    }
-#pragma unroll
-    for (int j = 0; j < ROUTER_TOK; j++) {
-        float v = kimi_warp_sum(acc[j]);
-        if (lane == 0) {
-            part[warp][j] = v;
-        }
-    }
-    __syncthreads();
-    if (threadIdx.x < nt) {
-        float v = 0.f;
-#pragma unroll
-        for (int q = 0; q < ROUTER_WARPS; q++) v += part[q][threadIdx.x];
-        logits[(size_t) (tok0 + threadIdx.x) * E + e] = v;
+    const int chunk = D / ROUTER_WARPS;
+    if (lane < ROWS) {
+        kimi_bulk_prefetch_l2(w + (size_t) (e0 + lane) * D + warp * chunk, chunk * 2);
     }
 }
 
-/* fp32 x (the engine's router and lm_head): a block owns ROUTER_ROWS rows,
- * so each x vector loaded from L1 feeds ROUTER_ROWS weight vectors (one row
- * per block read 2x the weight bytes of fp32 x from L1 on lm_head's
- * 163840 rows and was L1-bound, 2.5x slower than the bf16 form). */
-#define ROUTER_ROWS 4
-
-static __global__ void __launch_bounds__(ROUTER_WARPS * 32)
-router_logits_rows_kernel(const float *__restrict__ x,      // [T, D]
-                          const uint16_t *__restrict__ w,   // [E, D]
-                          float *__restrict__ logits,       // [T, E]
-                          int T, int D, int E)
+/* Block: ROWS expert rows from e0, ROUTER_TOK tokens from tok0; the 4 warps
+ * split D and sum through shared memory, so each warp has all of its loads
+ * in flight at once (a warp walking a whole 14 KB row alone is latency
+ * bound).  ROWS = 4 for fp32 x: each x vector loaded from L1 feeds 4 weight
+ * vectors (one row a block read 2x the weight bytes of fp32 x from L1 on
+ * lm_head's 163840 rows and was L1-bound, 2.5x slower than bf16 x). */
+template <typename X, int ROWS>
+static __device__ __forceinline__ void
+router_logits_block(const X *__restrict__ x, const uint16_t *__restrict__ w,
+                    float *__restrict__ logits, int T, int D, int E, int e0, int tok0)
 {
-    __shared__ float part[ROUTER_WARPS][ROUTER_ROWS][ROUTER_TOK];
+    __shared__ float part[ROUTER_WARPS][ROWS][ROUTER_TOK];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int nrb = E / ROUTER_ROWS;
-    const int e0 = (blockIdx.x % nrb) * ROUTER_ROWS, tok0 = (blockIdx.x / nrb) * ROUTER_TOK;
     const int chunk = D / ROUTER_WARPS;              /* D % 1024 == 0 */
-    if (lane < ROUTER_ROWS) {                        /* the rows, before the wait */
-        kimi_bulk_prefetch_l2(w + (size_t) (e0 + lane) * D + warp * chunk, chunk * 2);
-    }
-    KIMI_GRID_ENTRY();
     const int nt = min(ROUTER_TOK, T - tok0);
-    float acc[ROUTER_ROWS][ROUTER_TOK];
+    float acc[ROWS][ROUTER_TOK];
 #pragma unroll
-    for (int r = 0; r < ROUTER_ROWS; r++)
+    for (int r = 0; r < ROWS; r++)
 #pragma unroll
         for (int j = 0; j < ROUTER_TOK; j++) acc[r][j] = 0.f;
     const uint16_t *wr = w + (size_t) e0 * D + warp * chunk;
-    const float *xr = x + (size_t) tok0 * D + warp * chunk;
-#pragma unroll 2
+    const X *xr = x + (size_t) tok0 * D + warp * chunk;
+#pragma unroll(ROWS == 1 ? 8 : 2)
     for (int d = lane * 8; d < chunk; d += 256) {
-        float wf[ROUTER_ROWS][8];
+        float wf[ROWS][8];
 #pragma unroll
-        for (int r = 0; r < ROUTER_ROWS; r++) {
+        for (int r = 0; r < ROWS; r++) {
             const uint4 wv = kimi_ld_stream(wr + (size_t) r * D + d);
             const uint16_t *pw = (const uint16_t *) &wv;
 #pragma unroll
@@ -130,14 +79,14 @@ router_logits_rows_kernel(const float *__restrict__ x,      // [T, D]
                 float xf[8];
                 kimi_ld8(xr + (size_t) j * D + d, xf);
 #pragma unroll
-                for (int r = 0; r < ROUTER_ROWS; r++)
+                for (int r = 0; r < ROWS; r++)
 #pragma unroll
                     for (int i = 0; i < 8; i++) acc[r][j] += xf[i] * wf[r][i];
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < ROUTER_ROWS; r++)
+    for (int r = 0; r < ROWS; r++)
 #pragma unroll
         for (int j = 0; j < ROUTER_TOK; j++) {
             float v = kimi_warp_sum(acc[r][j]);
@@ -146,13 +95,27 @@ router_logits_rows_kernel(const float *__restrict__ x,      // [T, D]
             }
         }
     __syncthreads();
-    if (threadIdx.x < ROUTER_ROWS * nt) {
+    if (threadIdx.x < ROWS * nt) {
         const int r = threadIdx.x / nt, j = threadIdx.x % nt;
         float v = 0.f;
 #pragma unroll
         for (int q = 0; q < ROUTER_WARPS; q++) v += part[q][r][j];
         logits[(size_t) (tok0 + j) * E + e0 + r] = v;
     }
+}
+
+template <typename X, int ROWS>
+static __global__ void __launch_bounds__(ROUTER_WARPS * 32)
+router_logits_kernel(const X *__restrict__ x,          // [T, D]
+                     const uint16_t *__restrict__ w,   // [E, D]
+                     float *__restrict__ logits,       // [T, E]
+                     int T, int D, int E)
+{
+    const int nrb = E / ROWS;
+    const int e0 = (blockIdx.x % nrb) * ROWS, tok0 = (blockIdx.x / nrb) * ROUTER_TOK;
+    router_prefetch<ROWS>(w, D, e0);
+    KIMI_GRID_ENTRY();
+    router_logits_block<X, ROWS>(x, w, logits, T, D, E, e0, tok0);
 }
 
 template <typename X>
@@ -170,7 +133,7 @@ router_logits_launch(const X *x, const kimi_bf16_t *w, float *logits,
         return KIMI_OK;
     }
     const int blocks = E * ((T + ROUTER_TOK - 1) / ROUTER_TOK);
-    KIMI_LAUNCH(err, router_logits_kernel<X>, blocks, ROUTER_WARPS * 32, 0, s, x, w, logits, T, D,
+    KIMI_LAUNCH(err, router_logits_kernel<X, 1>, blocks, ROUTER_WARPS * 32, 0, s, x, w, logits, T, D,
                 E);
     return KIMI_OK;
 }
@@ -181,6 +144,8 @@ kimi_moe_router_logits(const kimi_bf16_t *x, const kimi_bf16_t *w, float *logits
 {
     return router_logits_launch(x, w, logits, T, D, E, s, err);
 }
+
+#define ROUTER_ROWS 4
 
 extern "C" int
 kimi_moe_router_logits_f32(const float *x, const kimi_bf16_t *w, float *logits,
@@ -196,7 +161,7 @@ kimi_moe_router_logits_f32(const float *x, const kimi_bf16_t *w, float *logits,
         return kimi_err_set(err, KIMI_EINVAL, "router_logits: x or w not 16-byte aligned");
     }
     const int blocks = (E / ROUTER_ROWS) * ((T + ROUTER_TOK - 1) / ROUTER_TOK);
-    KIMI_LAUNCH(err, router_logits_rows_kernel, blocks, ROUTER_WARPS * 32, 0, s, x, w, logits, T, D,
+    KIMI_LAUNCH(err, router_logits_kernel<float, ROUTER_ROWS>, blocks, ROUTER_WARPS * 32, 0, s, x, w, logits, T, D,
                 E);
     return KIMI_OK;
 }
@@ -259,8 +224,19 @@ kimi_moe_router_logits_f32_lt(kimi_cublaslt_t *lt, const float *x, const kimi_bf
     return KIMI_OK;
 }
 
+/* Order-preserving key of a selection score (larger score, larger key);
+ * masked (-inf) and NaN scores get 0, below every real score, so they are
+ * never chosen over a real one. */
+static __device__ __forceinline__ uint32_t select_key(float v)
+{
+    const uint32_t bits = __float_as_uint(v);
+    return v > -INFINITY ? bits ^ ((bits >> 31) ? 0xffffffffu : 0x80000000u) : 0u;
+}
+
+#define SELECT_NONE 0x7fffffff   /* the id of an empty place */
+
 /* bk/bx[0] = the best of bk/bx[0 .. 2W): the larger key, on ties the
- * lower index; a tree, so no step waits on more than log2 before it. */
+ * lower id; a tree, so no step waits on more than log2 before it. */
 template <int W>
 static __device__ __forceinline__ void select_tree(uint32_t *bk, int *bx)
 {
@@ -275,10 +251,76 @@ static __device__ __forceinline__ void select_tree(uint32_t *bk, int *bx)
     }
 }
 
+/*
+ * top_k rounds over the keys a warp holds, PL a lane (distinct ids;
+ * SELECT_NONE with key 0 for an empty place; LANE_IS_ID: every id a lane
+ * holds is its lane number mod 32, which finds the winner's lane without
+ * a ballot).  A round takes the largest
+ * key, ties to the lower id, and clears it: the lane's best by a tree (no
+ * dependent chain), then two warp reductions.  Lane k ends with round k's
+ * key, id and val (what the caller carries along: the sigmoid); a round
+ * that finds only keys of 0 gives key 0, SELECT_NONE, 0.
+ */
+template <int PL, bool LANE_IS_ID>
+static __device__ __forceinline__ void
+select_rounds(uint32_t (&key)[PL], const int (&id)[PL], const float (&val)[PL], int top_k,
+              uint32_t *out_key, int *out_id, float *out_val)
+{
+    const int lane = threadIdx.x & 31;
+    for (int k = 0; k < top_k; k++) {
+        uint32_t bk[PL];
+        int      bx[PL];
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            bk[i] = key[i];
+            bx[i] = id[i];
+        }
+        select_tree<PL / 2>(bk, bx);
+        const uint32_t best = __reduce_max_sync(0xffffffffu, bk[0]);
+        const int bi = (int) __reduce_min_sync(0xffffffffu, bk[0] == best && best != 0u
+                                                            ? (unsigned) bx[0] : (unsigned) SELECT_NONE);
+        float own = 0.f;     /* the chosen one's val, from its lane */
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            const bool chosen = id[i] == bi && bi != SELECT_NONE;   /* selects: arrays stay in registers */
+            own = chosen ? val[i] : own;
+            key[i] = chosen ? 0u : key[i];
+        }
+        int src = bi & 31;                  /* LANE_IS_ID: lane l holds ids = l mod 32 */
+        if constexpr (!LANE_IS_ID) {
+            const unsigned holder = __ballot_sync(0xffffffffu, bk[0] == best && bx[0] == bi);
+            src = holder ? __ffs(holder) - 1 : 0;
+        }
+        const float vk = __shfl_sync(0xffffffffu, own, src);
+        if (lane == k) {
+            *out_key = bi != SELECT_NONE ? best : 0u;
+            *out_id = bi;
+            *out_val = bi != SELECT_NONE ? vk : 0.f;
+        }
+    }
+}
+
+/* Lane k < top_k holds round k's id and sigmoid: the weights, normalised in
+ * round order (the CPU twin's order), to idx/w of one token.  An empty
+ * round (cannot happen for a valid configuration) writes expert 0, weight 0. */
+static __device__ __forceinline__ void
+select_store(int id, float sg, int top_k, int norm, float scale, int32_t *__restrict__ idx,
+             float *__restrict__ w)
+{
+    const int lane = threadIdx.x & 31;
+    float wsum = 0.f;
+    for (int k = 0; k < top_k; k++) {
+        wsum += __shfl_sync(0xffffffffu, sg, k);
+    }
+    if (lane < top_k) {
+        idx[lane] = id != SELECT_NONE ? id : 0;
+        w[lane] = (norm ? sg / (wsum + 1e-20f) : sg) * scale;
+    }
+}
+
 /* One warp per token (4 tokens per block); PL experts a lane, E <= 32 * PL
  * (PL just above E / 32: a single warp's instructions are its time at batch
- * 1, ~4 cycles each, so unused slots cost as much as used ones). */
-
+ * 1, ~4 cycles each, so unused places cost as much as used ones). */
 template <int PL>
 static __global__ void __launch_bounds__(128)
 router_select_kernel(const float *__restrict__ logits, const float *__restrict__ bias,
@@ -359,55 +401,18 @@ router_select_kernel(const float *__restrict__ logits, const float *__restrict__
             }
         }
     }
-    /* Order-preserving keys (larger score, larger key); masked (-inf) and
-     * NaN experts get 0, below every real score, so they are never chosen
-     * over a real one.  A round: the lane's best by a tree (no dependent
-     * chain), then two warp reductions (the best key, the lowest expert
-     * holding it: ties to the lower id). */
     uint32_t key[PL];
+    int      id[PL];
 #pragma unroll
     for (int i = 0; i < PL; i++) {
-        const uint32_t bits = __float_as_uint(v[i]);
-        key[i] = v[i] > -INFINITY ? bits ^ ((bits >> 31) ? 0xffffffffu : 0x80000000u) : 0u;
+        key[i] = select_key(v[i]);
+        id[i] = lane + 32 * i < E ? lane + 32 * i : SELECT_NONE;
     }
-    float wsum = 0.f, myw = 0.f;
-    int myi = 0;
-    for (int k = 0; k < top_k; k++) {
-        uint32_t bk[PL / 2];
-        int      bx[PL / 2];
-#pragma unroll
-        for (int i = 0; i < PL / 2; i++) {   /* i beats i + half on ties */
-            const int j = i + PL / 2;
-            const bool hi = key[j] > key[i];
-            bk[i] = hi ? key[j] : key[i];
-            bx[i] = hi ? j : i;
-        }
-        select_tree<PL / 4>(bk, bx);
-        const uint32_t best = __reduce_max_sync(0xffffffffu, bk[0]);
-        int bi = (int) __reduce_min_sync(0xffffffffu, bk[0] == best && best != 0u
-                                                      ? (unsigned) (lane + 32 * bx[0]) : 0x7fffffffu);
-        if (bi == 0x7fffffff) {
-            bi = 0;   /* fewer than top_k eligible experts: cannot happen for valid configs */
-        }
-        float own = 0.f;     /* the chosen expert's sigmoid, from its lane */
-#pragma unroll
-        for (int i = 0; i < PL; i++) {
-            const bool chosen = lane + 32 * i == bi;     /* selects: arrays stay in registers */
-            own = chosen ? sg[i] : own;
-            key[i] = chosen ? 0u : key[i];
-        }
-        const float wk = __shfl_sync(0xffffffffu, own, bi & 31);
-        wsum += wk;
-        if (lane == k) {
-            myw = wk;
-            myi = bi;
-        }
-    }
-    if (lane < top_k) {
-        const float wk = norm ? myw / (wsum + 1e-20f) : myw;
-        idx[(size_t) t * top_k + lane] = myi;
-        wout[(size_t) t * top_k + lane] = wk * scale;
-    }
+    uint32_t mk = 0;
+    int      mi = SELECT_NONE;
+    float    mv = 0.f;
+    select_rounds<PL, true>(key, id, sg, top_k, &mk, &mi, &mv);
+    select_store(mi, mv, top_k, norm, scale, idx + (size_t) t * top_k, wout + (size_t) t * top_k);
 }
 
 extern "C" int
@@ -443,4 +448,174 @@ kimi_moe_router_select(const float *logits, const float *bias, int T, int E,
                     n_group, topk_group, norm, scale, idx, w);
     }
     return KIMI_OK;
+}
+
+/* ---- batch 1-4: the whole route in one launch ------------------------------ */
+
+/*
+ * One token's selection by the 4 warps of the fused route's last block:
+ * each warp the top_k of its experts (lane + 32 (warp + 4 i)), then warp 0
+ * the top_k of those 4 top_k candidates.  Ties go to the lower id at both
+ * stages, so the choice, its order and the weights are router_select_kernel's
+ * (no group limit), with a quarter of its rounds' work on each warp: one
+ * warp's instruction count is what the select costs at batch 1.
+ */
+template <int PL>
+static __device__ __forceinline__ void
+route_select_token(const float *__restrict__ logits, const float *__restrict__ bias, int E,
+                   int top_k, int norm, float scale, int32_t *__restrict__ idx,
+                   float *__restrict__ w, int32_t *sidx)
+{
+    __shared__ uint32_t ck[ROUTER_WARPS * 16];
+    __shared__ int      ci[ROUTER_WARPS * 16];
+    __shared__ float    cv[ROUTER_WARPS * 16];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float    lg[PL], b[PL], sg[PL];
+    uint32_t key[PL];
+    int      id[PL];
+#pragma unroll
+    for (int i = 0; i < PL; i++) {
+        const int e = lane + 32 * (warp + ROUTER_WARPS * i);
+        lg[i] = e < E ? __ldcg(logits + e) : 0.f;    /* other blocks wrote them: from L2 */
+        b[i] = e < E && bias != NULL ? bias[e] : 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < PL; i++) {
+        const int e = lane + 32 * (warp + ROUTER_WARPS * i);
+        sg[i] = 1.f / (1.f + expf(-lg[i]));
+        key[i] = e < E ? select_key(sg[i] + b[i]) : 0u;
+        id[i] = e < E ? e : SELECT_NONE;
+    }
+    uint32_t mk = 0;
+    int      mi = SELECT_NONE;
+    float    mv = 0.f;
+    select_rounds<PL, true>(key, id, sg, top_k, &mk, &mi, &mv);
+    if (lane < top_k) {
+        ck[warp * top_k + lane] = mk;
+        ci[warp * top_k + lane] = mi;
+        cv[warp * top_k + lane] = mv;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const int n = ROUTER_WARPS * top_k;
+        uint32_t k2[2];
+        int      i2[2];
+        float    v2[2];
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const int c = lane + 32 * j;
+            k2[j] = c < n ? ck[c] : 0u;
+            i2[j] = c < n && ck[c] != 0u ? ci[c] : SELECT_NONE;
+            v2[j] = c < n ? cv[c] : 0.f;
+        }
+        select_rounds<2, false>(k2, i2, v2, top_k, &mk, &mi, &mv);
+        select_store(mi, mv, top_k, norm, scale, idx, w);
+        if (lane < top_k) {
+            sidx[lane] = mi != SELECT_NONE ? mi : 0;
+        }
+    }
+    __syncthreads();   /* the candidates are the next token's */
+}
+
+/*
+ * Router logits (as router_logits_kernel, all T <= ROUTER_TOK tokens a
+ * block), and in the last block to finish the selection
+ * (route_select_token) and the plan (moe_plan_warp).  At batch 1 the three
+ * launches these were cost ~14 us of a ~136 us MoE layer, mostly their
+ * launch, ramp and tail.  The last block is found by a ticket
+ * (ws.tickets[0], wrapped back to 0 by the last arrival).
+ */
+template <typename X, int ROWS, int PL>
+static __global__ void __launch_bounds__(ROUTER_WARPS * 32)
+moe_route_kernel(const X *__restrict__ x, const uint16_t *__restrict__ w,
+                 const float *__restrict__ bias, int T, int D, int E, int top_k, int norm,
+                 float scale, int shared, int max_slots, float *__restrict__ logits,
+                 int32_t *__restrict__ idx, float *__restrict__ tw, kimi_moe_ws_t ws)
+{
+    __shared__ bool    last;
+    __shared__ int32_t sidx[32];
+    const int e0 = blockIdx.x * ROWS;
+    router_prefetch<ROWS>(w, D, e0);
+    KIMI_GRID_ENTRY();
+    router_logits_block<X, ROWS>(x, w, logits, T, D, E, e0, 0);
+    __threadfence();   /* this block's logits before its ticket */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicInc(ws.tickets, gridDim.x - 1) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last) {
+        return;
+    }
+    __threadfence();
+    for (int t = 0; t < T; t++) {
+        route_select_token<PL>(logits + (size_t) t * E, bias, E, top_k, norm, scale,
+                               idx + (size_t) t * top_k, tw + (size_t) t * top_k, sidx + t * top_k);
+    }
+    if (threadIdx.x < 32) {
+        moe_plan_warp(sidx, T, top_k, E, shared, max_slots, ws);
+    }
+}
+
+extern "C" int
+kimi_moe_route_fused_fits(int T, int top_k, int E, int n_group, int topk_group)
+{
+    return T >= 1 && T <= ROUTER_TOK && top_k >= 1 && top_k <= 16 && T * top_k <= 32
+           && E >= top_k && E <= 1024 && E % ROUTER_ROWS == 0
+           && (n_group <= 1 || topk_group >= n_group);
+}
+
+template <typename X>
+static int
+route_launch(const X *x, const kimi_bf16_t *w, const float *bias, int T, int D, int E,
+             int top_k, int n_group, int topk_group, int norm, float scale, int shared,
+             float *logits, int32_t *idx, float *tw, const kimi_moe_ws_t *ws,
+             cudaStream_t s, kimi_err_t *err)
+{
+    if (!kimi_moe_route_fused_fits(T, top_k, E, n_group, topk_group)) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe_route: T=%d top_k=%d E=%d groups %d/%d do not fit "
+                            "one launch (kimi_moe_route_fused_fits)", T, top_k, E, topk_group, n_group);
+    }
+    if (x == NULL || w == NULL || logits == NULL || idx == NULL || tw == NULL || ws == NULL
+        || ws->tickets == NULL || D <= 0 || D % 1024 != 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe_route: D=%d (D %% 1024) or a NULL buffer", D);
+    }
+    if (((uintptr_t) x | (uintptr_t) w) & 15) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe_route: x or w not 16-byte aligned");
+    }
+    constexpr int ROWS = sizeof(X) == 4 ? ROUTER_ROWS : 1;
+    const int ms = kimi_moe_max_slots(T, top_k, E, shared);
+#define ROUTE_LAUNCH(PL)                                                                        \
+    KIMI_LAUNCH(err, moe_route_kernel<X, ROWS, PL>, E / ROWS, ROUTER_WARPS * 32, 0, s, x,       \
+                (const uint16_t *) w, bias, T, D, E, top_k, norm, scale, shared, ms, logits,    \
+                idx, tw, *ws)
+    if (E <= 2 * 32 * ROUTER_WARPS) {
+        ROUTE_LAUNCH(2);
+    } else if (E <= 4 * 32 * ROUTER_WARPS) {
+        ROUTE_LAUNCH(4);
+    } else {
+        ROUTE_LAUNCH(8);
+    }
+#undef ROUTE_LAUNCH
+    return KIMI_OK;
+}
+
+extern "C" int
+kimi_moe_route_fused(const kimi_bf16_t *x, const kimi_bf16_t *w, const float *bias, int T, int D,
+               int E, int top_k, int n_group, int topk_group, int norm, float scale,
+               int shared, float *logits, int32_t *idx, float *tw, const kimi_moe_ws_t *ws,
+               cudaStream_t s, kimi_err_t *err)
+{
+    return route_launch((const uint16_t *) x, w, bias, T, D, E, top_k, n_group, topk_group, norm,
+                        scale, shared, logits, idx, tw, ws, s, err);
+}
+
+extern "C" int
+kimi_moe_route_fused_f32(const float *x, const kimi_bf16_t *w, const float *bias, int T, int D,
+                   int E, int top_k, int n_group, int topk_group, int norm, float scale,
+                   int shared, float *logits, int32_t *idx, float *tw,
+                   const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
+{
+    return route_launch(x, w, bias, T, D, E, top_k, n_group, topk_group, norm, scale, shared,
+                        logits, idx, tw, ws, s, err);
 }

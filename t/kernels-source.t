@@ -9,7 +9,7 @@
 #   - every __global__ body holds KIMI_GRID_ENTRY() or kimi_grid_wait(), or
 #     runs ring_tile() (whose consumer warps wait);
 #   - a kernel's code before its wait is listed here by name: it may touch
-#     weights only (and, for moe_down, the plan two launches back).
+#     weights only.
 
 use strict;
 use warnings;
@@ -20,7 +20,7 @@ my @files = sort glob('kernels/*.cu kernels/*.cuh');
 plan(skip_all => 'no kernels/ (run from the repository root)') unless @files;
 
 my %pre_wait = map { $_ => 1 } qw(router_logits_kernel
-                                  router_logits_rows_kernel);
+                                  moe_route_kernel);
 my $kernels = 0;
 
 for my $file (@files) {

@@ -270,6 +270,27 @@ typedef struct {
     int part;   /* 0 = whole layer, 1 = gate_up only, 2 = down only */
 } moe_ctx;
 
+/* x quantised (the engine's norm does it, a launch of its own), then
+ * routed and planned as the engine does: one launch for 1-4 tokens
+ * (KIMI_MOE_ROUTE_SPLIT=1: the three launches, for A/B) */
+static void
+moe_route(moe_ctx *m)
+{
+    KK(kimi_fp8_quant_1x128(m->x, m->D, m->T, m->D, m->xq, m->xs, 0, 0, st, ERR));
+    if (kimi_moe_route_fused_fits(m->T, m->K, m->E, 1, 1) && getenv("KIMI_MOE_ROUTE_SPLIT") == NULL) {
+        KK(kimi_moe_route_fused(m->x, m->wr, m->bias, m->T, m->D, m->E, m->K, 1, 1, 1, 2.827f, 1, m->logits,
+                                m->idx, m->tw, &m->ws, st, ERR));
+        return;
+    }
+    if (m->T >= KIMI_ROUTER_LT_ROWS) {   /* as the engine routes batches */
+        KK(kimi_moe_router_logits_f32_lt(m->lt, m->xf, m->wr, m->logits, m->T, m->D, m->E, m->rws, st, ERR));
+    } else {
+        KK(kimi_moe_router_logits(m->x, m->wr, m->logits, m->T, m->D, m->E, st, ERR));
+    }
+    KK(kimi_moe_router_select(m->logits, m->bias, m->T, m->E, m->K, 1, 1, 1, 2.827f, m->idx, m->tw, st, ERR));
+    KK(kimi_moe_plan(m->idx, m->T, m->K, m->E, 1, &m->ws, st, ERR));
+}
+
 static void
 moe_fn(void *c, int r)
 {
@@ -278,8 +299,8 @@ moe_fn(void *c, int r)
         KK(kimi_moe_gate_up(m->xq, m->xs, m->T, m->D, m->I, m->max_slots, &m->ex, &m->ws, st, ERR));
         return;
     }
-    if (m->part == 2) {
-        KK(kimi_moe_down(m->T, m->K, m->D, m->I, m->max_slots, &m->ex, &m->ws, st, ERR));
+    if (m->part == 2) {   /* down with its combine (one launch up to 16 tokens) */
+        KK(kimi_moe_down_combine(m->T, m->K, 1, m->D, m->I, m->max_slots, &m->ex, &m->ws, m->tw, m->out, st, ERR));
         return;
     }
     /* the glue alone, one piece each (parts 3..7) */
@@ -295,19 +316,12 @@ moe_fn(void *c, int r)
     case 5: KK(kimi_moe_router_select(m->logits, m->bias, m->T, m->E, m->K, 1, 1, 1, 2.827f, m->idx, m->tw, st, ERR)); return;
     case 6: KK(kimi_moe_plan(m->idx, m->T, m->K, m->E, 1, &m->ws, st, ERR)); return;
     case 7: KK(kimi_moe_combine(&m->ws, m->tw, m->T, m->K, 1, m->D, m->out, st, ERR)); return;
+    case 8: moe_route(m); return;
     default: break;
     }
-    KK(kimi_fp8_quant_1x128(m->x, m->D, m->T, m->D, m->xq, m->xs, 0, 0, st, ERR));
-    if (m->T >= KIMI_ROUTER_LT_ROWS) {   /* as the engine routes batches */
-        KK(kimi_moe_router_logits_f32_lt(m->lt, m->xf, m->wr, m->logits, m->T, m->D, m->E, m->rws, st, ERR));
-    } else {
-        KK(kimi_moe_router_logits(m->x, m->wr, m->logits, m->T, m->D, m->E, st, ERR));
-    }
-    KK(kimi_moe_router_select(m->logits, m->bias, m->T, m->E, m->K, 1, 1, 1, 2.827f, m->idx, m->tw, st, ERR));
-    KK(kimi_moe_plan(m->idx, m->T, m->K, m->E, 1, &m->ws, st, ERR));
+    moe_route(m);
     KK(kimi_moe_gate_up(m->xq, m->xs, m->T, m->D, m->I, m->max_slots, &m->ex, &m->ws, st, ERR));
-    KK(kimi_moe_down(m->T, m->K, m->D, m->I, m->max_slots, &m->ex, &m->ws, st, ERR));
-    KK(kimi_moe_combine(&m->ws, m->tw, m->T, m->K, 1, m->D, m->out, st, ERR));
+    KK(kimi_moe_down_combine(m->T, m->K, 1, m->D, m->I, m->max_slots, &m->ex, &m->ws, m->tw, m->out, st, ERR));
 }
 
 static void
@@ -358,6 +372,7 @@ bench_moe(kimi_cublaslt_t *lt, int NE, const int *Ts, int nT)
         m.tw = dalloc((size_t) m.T * K * 4);
         m.idx = dalloc((size_t) m.T * K * 4);
         void *wsb = dalloc(kimi_moe_ws_bytes(m.T, K, NE, 1, D, I));
+        CK(cudaMemset(wsb, 0, KIMI_MOE_TICKETS * 4));
         kimi_moe_ws_carve(&m.ws, wsb, m.T, K, NE, 1, D, I);
         m.max_slots = kimi_moe_max_slots(m.T, K, NE, 1);
         KK(kimi_fill_bf16(m.x, (size_t) m.T * D, 100 + i, -2.f, 2.f, st, ERR));
@@ -391,16 +406,17 @@ bench_moe(kimi_cublaslt_t *lt, int NE, const int *Ts, int nT)
         fprintf(tab, "moe    layer decode B=%-4d  %8.1f us  floor %7.1f us (%3d+1 experts, %6.0f MB)  x%.2f  [%s <= 1.35]  %5.0f TFLOP/s\n",
                 m.T, us, floor_us, distinct, bytes / 1e6, us / floor_us, us / floor_us <= 1.35 ? "met" : "MISSED",
                 tflops);
-        fprintf(tab, "moe      parts B=%-3d gate_up %7.1f us (x%.2f)  down %7.1f us (x%.2f)  glue %6.1f us\n",
+        fprintf(tab, "moe      parts B=%-3d gate_up %7.1f us (x%.2f)  down(+combine) %7.1f us (x%.2f)  glue %6.1f us\n",
                 m.T, us_gu, us_gu / gu_floor, us_dn, us_dn / dn_floor, us - us_gu - us_dn);
         {
-            double g[5];
-            for (int p = 3; p <= 7; p++) {
+            double g[6];
+            for (int p = 3; p <= 8; p++) {
                 m.part = p;
                 g[p - 3] = time_graph(moe_fn, &m, 3, 10);
             }
-            fprintf(tab, "moe      glue B=%-4d E=%-3d quant %6.1f us, router logits %6.1f, select %6.1f, plan %6.1f, combine %6.1f\n",
-                    m.T, NE, g[0], g[1], g[2], g[3], g[4]);
+            fprintf(tab, "moe      glue B=%-4d E=%-3d quant %6.1f us, router logits %6.1f, select %6.1f, plan %6.1f, combine %6.1f; as run: route %6.1f%s\n",
+                    m.T, NE, g[0], g[1], g[2], g[3], g[4], g[5],
+                    kimi_moe_route_fused_fits(m.T, K, NE, 1, 1) ? " (quant + one launch), combine inside down" : "");
         }
         m.part = 0;
         if (m.T >= 256) {

@@ -552,6 +552,99 @@ test_router(int T, int D, int E_, int top_k, int n_group, int topk_group)
     free(hx); free(hw); free(hb); free(gl); free(rl); free(fx); free(gw); free(rw); free(gi);
 }
 
+/* The fused route of 1-4 tokens (one launch) against the three launches it
+ * replaces, on the same inputs: logits, ids, weights and the plan must be
+ * bit-equal, and equal again on a second run (the
+ * ticket wrapped back to 0).  f32: fp32 x as the engine's, else bf16. */
+static void
+test_route_fused(int T, int D, int E_, int top_k, int f32)
+{
+    const size_t nx = (size_t) T * D, nw = (size_t) E_ * D, P = (size_t) T * top_k;
+    const int rows = kimi_moe_rows(T, top_k, 1), ms = kimi_moe_max_slots(T, top_k, E_, 1);
+    uint16_t *hx = hmalloc(nx * 2), *hw = hmalloc(nw * 2);
+    float *fx = hmalloc(nx * 4), *hb = hmalloc(E_ * 4);
+    for (size_t i = 0; i < nx; i++) fx[i] = runi(-2, 2);
+    rand_bf16(hx, nx, -2, 2);
+    rand_bf16(hw, nw, -0.05f, 0.05f);
+    for (int e = 0; e < E_; e++) hb[e] = runi(-0.1f, 0.1f);
+    void *dx = dmalloc(nx * (f32 ? 4 : 2));
+    uint16_t *dw = dmalloc(nw * 2);
+    float *db = dmalloc(E_ * 4);
+    up(dx, f32 ? (void *) fx : (void *) hx, nx * (f32 ? 4 : 2));
+    up(dw, hw, nw * 2);
+    up(db, hb, E_ * 4);
+    /* [0]: the four launches, [1]: fused */
+    float *dl[2], *dwt[2];
+    int32_t *di[2];
+    void *dws[2];
+    kimi_moe_ws_t ws[2];
+    for (int v = 0; v < 2; v++) {
+        dl[v] = dmalloc((size_t) T * E_ * 4);
+        dwt[v] = dmalloc(P * 4);
+        di[v] = dmalloc(P * 4);
+        dws[v] = dmalloc(kimi_moe_ws_bytes(T, top_k, E_, 1, D, 256));
+        CK(cudaMemset(dws[v], 0, KIMI_MOE_TICKETS * 4));
+        kimi_moe_ws_carve(&ws[v], dws[v], T, top_k, E_, 1, D, 256);
+    }
+    if (f32) {
+        KK(kimi_moe_router_logits_f32(dx, dw, dl[0], T, D, E_, 0, ERR));
+    } else {
+        KK(kimi_moe_router_logits(dx, dw, dl[0], T, D, E_, 0, ERR));
+    }
+    KK(kimi_moe_router_select(dl[0], db, T, E_, top_k, 1, 1, 1, 2.827f, di[0], dwt[0], 0, ERR));
+    KK(kimi_moe_plan(di[0], T, top_k, E_, 1, &ws[0], 0, ERR));
+    size_t diff[2] = {0, 0};
+    for (int run = 0; run < 2; run++) {
+        if (f32) {
+            KK(kimi_moe_route_fused_f32(dx, dw, db, T, D, E_, top_k, 1, 1, 1, 2.827f, 1, dl[1], di[1],
+                                        dwt[1], &ws[1], 0, ERR));
+        } else {
+            KK(kimi_moe_route_fused(dx, dw, db, T, D, E_, top_k, 1, 1, 1, 2.827f, 1, dl[1], di[1],
+                                    dwt[1], &ws[1], 0, ERR));
+        }
+        CK(cudaDeviceSynchronize());
+        const struct { const void *a, *b; size_t n; } cmp[] = {
+            { dl[0], dl[1], (size_t) T * E_ * 4 }, { di[0], di[1], P * 4 }, { dwt[0], dwt[1], P * 4 },
+            { ws[0].row_of_pair, ws[1].row_of_pair, P * 4 }, { ws[0].row_token, ws[1].row_token, (size_t) rows * 4 },
+            { ws[0].slot_expert, ws[1].slot_expert, (size_t) ms * 4 },
+            { ws[0].slot_row0, ws[1].slot_row0, (size_t) ms * 4 },
+            { ws[0].slot_rows, ws[1].slot_rows, (size_t) ms * 4 },
+            { ws[0].tickets, ws[1].tickets, KIMI_MOE_TICKETS * 4 },   /* all zero again */
+        };
+        for (size_t c = 0; c < sizeof(cmp) / sizeof(cmp[0]); c++) {
+            char *ha = hmalloc(cmp[c].n), *hb2 = hmalloc(cmp[c].n);
+            down(ha, cmp[c].a, cmp[c].n);
+            down(hb2, cmp[c].b, cmp[c].n);
+            diff[run] += memcmp(ha, hb2, cmp[c].n) != 0;
+            free(ha);
+            free(hb2);
+        }
+        /* poison the fused outputs before the second run */
+        CK(cudaMemset(di[1], 0xff, P * 4));
+        CK(cudaMemset(dwt[1], 0xff, P * 4));
+        CK(cudaMemset(ws[1].slot_rows, 0xff, (size_t) ms * 4));
+    }
+    /* and the ids against the CPU twin on the GPU's logits */
+    float *gl = hmalloc((size_t) T * E_ * 4), *rw = hmalloc(top_k * 4);
+    int32_t *gi = hmalloc(P * 4), ri[16];
+    down(gl, dl[0], (size_t) T * E_ * 4);
+    down(gi, di[0], P * 4);
+    size_t idbad = 0;
+    for (int t = 0; t < T; t++) {
+        kimi_moe_route(gl + (size_t) t * E_, hb, E_, 1, 1, top_k, 1, 2.827f, ri, rw);
+        for (int k = 0; k < top_k; k++) idbad += gi[t * top_k + k] != ri[k];
+    }
+    ok(diff[0] == 0 && diff[1] == 0 && idbad == 0,
+       "moe_route_fused%s T=%d D=%d E=%d top%d: logits, ids, weights, plan bit-equal to the three launches "
+       "(%zu / %zu of 9 arrays differ in runs 1 / 2; tickets back to 0), ids = cpu twin (%zu differ)",
+       f32 ? "_f32" : "", T, D, E_, top_k, diff[0], diff[1], idbad);
+    for (int v = 0; v < 2; v++) {
+        cudaFree(dl[v]); cudaFree(dwt[v]); cudaFree(di[v]); cudaFree(dws[v]);
+    }
+    cudaFree(dx); cudaFree(dw); cudaFree(db);
+    free(hx); free(hw); free(fx); free(hb); free(gl); free(rw); free(gi);
+}
+
 /* MoE: T tokens, E experts of width I, hidden D, top_k, 1 shared. */
 /* The plan alone at prefill sizes (no GEMMs): every pair placed once, rows
  * of an expert contiguous and in token order, slots in expert order after
@@ -692,15 +785,36 @@ test_moe(int T, int D, int I, int E_, int top_k, int skew)
     up(dwt, wt, (size_t) T * top_k * 4);
     size_t wsb = kimi_moe_ws_bytes(T, top_k, E_, 1, D, I);
     void *dws = dmalloc(wsb);
+    CK(cudaMemset(dws, 0, KIMI_MOE_TICKETS * 4));
     kimi_moe_ws_t ws;
     kimi_moe_ws_carve(&ws, dws, T, top_k, E_, 1, D, I);
     int ms = kimi_moe_max_slots(T, top_k, E_, 1);
     KK(kimi_fp8_quant_1x128(dx, D, T, D, dxq, dxs, 0, 0, 0, ERR));
     KK(kimi_moe_plan(didx, T, top_k, E_, 1, &ws, 0, ERR));
     KK(kimi_moe_gate_up(dxq, dxs, T, D, I, ms, &ex, &ws, 0, ERR));
+    /* down + combine as the engine runs them (one launch up to 16 tokens),
+     * twice (the tickets wrap back to 0), then the two launches: bit-equal */
+    uint16_t *dout2 = dmalloc((size_t) T * D * 2), *dout3 = dmalloc((size_t) T * D * 2);
+    KK(kimi_moe_down_combine(T, top_k, 1, D, I, ms, &ex, &ws, dwt, dout, 0, ERR));
+    KK(kimi_moe_down_combine(T, top_k, 1, D, I, ms, &ex, &ws, dwt, dout2, 0, ERR));
     KK(kimi_moe_down(T, top_k, D, I, ms, &ex, &ws, 0, ERR));
-    KK(kimi_moe_combine(&ws, dwt, T, top_k, 1, D, dout, 0, ERR));
+    KK(kimi_moe_combine(&ws, dwt, T, top_k, 1, D, dout3, 0, ERR));
     CK(cudaDeviceSynchronize());
+    {
+        uint16_t *o1 = hmalloc((size_t) T * D * 2), *o2 = hmalloc((size_t) T * D * 2), *o3 = hmalloc((size_t) T * D * 2);
+        uint32_t *tk = hmalloc(KIMI_MOE_TICKETS * 4);
+        down(o1, dout, (size_t) T * D * 2);
+        down(o2, dout2, (size_t) T * D * 2);
+        down(o3, dout3, (size_t) T * D * 2);
+        down(tk, ws.tickets, KIMI_MOE_TICKETS * 4);
+        size_t nz = 0;
+        for (int i = 0; i < KIMI_MOE_TICKETS; i++) nz += tk[i] != 0;
+        ok(memcmp(o1, o3, (size_t) T * D * 2) == 0 && memcmp(o2, o3, (size_t) T * D * 2) == 0 && nz == 0,
+           "moe_down_combine T=%d D=%d (%s): bit-equal to down + combine, twice; %zu tickets left nonzero",
+           T, D, T <= 16 ? "one launch" : "two launches", nz);
+        free(o1); free(o2); free(o3); free(tk);
+    }
+    cudaFree(dout2); cudaFree(dout3);
 
     /* plan invariants: every pair has a row holding its token, rows of an
      * expert in token order */
@@ -1159,6 +1273,11 @@ main(int argc, char **argv)
     test_router(37, 1024, 256, 8, 8, 4);
     test_router_lt(lt, 100, 7168, 384);
     test_router_lt(lt, 65, 1024, 16);
+    test_route_fused(1, 7168, 384, 8, 1);    /* K2 widths, fp32 x as the engine's */
+    test_route_fused(4, 7168, 384, 8, 0);
+    test_route_fused(3, 2048, 16, 4, 1);     /* 16 experts: warps 1-3 hold none */
+    test_route_fused(2, 1024, 1024, 16, 1);  /* the widest: 8 experts a lane, top 16 */
+    test_route_fused(1, 1024, 256, 8, 0);
     test_plan(8192, 8, 384);   /* above the old plan's shared-memory limit */
     test_plan(3, 8, 1024);     /* <= 32 pairs: the one-warp plan */
     test_plan(4, 8, 6);        /* 32 pairs over 6 experts: many pairs an expert */

@@ -133,7 +133,7 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
         KIMI_WS(b->lt_ws, KIMI_CUDA_LT_WS);
         KIMI_WS(b->xs_mn, ((T + 3) & ~(size_t) 3) * (maxk / 128)
                           * sizeof(float));
-        KIMI_WS(b->moe_ws, moe ? moe : 256);
+        KIMI_WS(b->moe_ws, moe ? moe : 256);    /* tickets: zeroed below */
         KIMI_WS(b->mla_ws, mla);
 
         if (pass == 0) {
@@ -523,9 +523,9 @@ kimi_cuda_moe_ep(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
                          b->stream, err));
     KIMI_K(kimi_moe_gate_up(ews.recv_xq, ews.recv_xs, rows, D, I, slots,
                             &L->ex, &ws, b->stream, err));
-    KIMI_K(kimi_moe_down(rows, K, D, I, slots, &L->ex, &ws, b->stream, err));
-    KIMI_K(kimi_moe_combine(&ws, ews.recv_w, rows, K, 0, D,
-                            (kimi_bf16_t *) ews.y_send, b->stream, err));
+    KIMI_K(kimi_moe_down_combine(rows, K, 0, D, I, slots, &L->ex, &ws,
+                                 ews.recv_w, (kimi_bf16_t *) ews.y_send,
+                                 b->stream, err));
 
     if (b->p2p_on) {
         return kimi_ep_p2p_combine(&b->p2p, &sh, (int) T, &ews, b->y,
@@ -538,6 +538,8 @@ kimi_cuda_moe_ep(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
 
 static int kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T,
     kimi_err_t *err);
+static int kimi_cuda_route(kimi_cuda_t *b, const kimi_cuda_layer_t *L,
+    uint32_t T, const kimi_moe_ws_t *ws, kimi_err_t *err);
 
 
 /* The FFN; under tensor parallelism every width is 1/tp: a partial sum */
@@ -578,14 +580,47 @@ kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
     kimi_moe_ws_carve(&ws, b->moe_ws, (int) T, K, E, b->shared, D, I);
     slots = kimi_moe_max_slots((int) T, K, E, b->shared);
 
-    /* router in fp32 over the bf16 gate (batches: on tensor cores, in the
-     * expert outputs' buffer, free until the down GEMM), then the plan */
+    /* batches of 1-4 tokens: router, selection and plan in one launch */
+    if (kimi_moe_route_fused_fits((int) T, K, E, (int) c->n_group,
+                                  (int) c->topk_group))
+    {
+        KIMI_K(kimi_moe_route_fused_f32(b->a, L->router, L->bias, (int) T, D,
+                                        E, K, (int) c->n_group,
+                                        (int) c->topk_group,
+                                        c->norm_topk_prob,
+                                        c->routed_scaling_factor, b->shared,
+                                        b->rl, b->tidx, b->tw, &ws,
+                                        b->stream, err));
+
+    } else {
+        KIMI_K(kimi_cuda_route(b, L, T, &ws, err));
+    }
+
+    KIMI_K(kimi_moe_gate_up(b->xq, b->xs, (int) T, D, I, slots, &L->ex, &ws,
+                            b->stream, err));
+    return kimi_moe_down_combine_f32((int) T, K, b->shared, D, I, slots,
+                                     &L->ex, &ws, b->tw, b->y, b->stream,
+                                     err);
+}
+
+
+/* Router logits in fp32 over the bf16 gate (batches: on tensor cores, in
+ * the expert outputs' buffer, free until the down GEMM), the selection,
+ * then the plan. */
+static int
+kimi_cuda_route(kimi_cuda_t *b, const kimi_cuda_layer_t *L, uint32_t T,
+    const kimi_moe_ws_t *ws, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    int                         D = (int) c->hidden_size;
+    int                         K = (int) b->top_k, E = (int) b->E;
+
     if (T >= KIMI_ROUTER_LT_ROWS
         && kimi_moe_router_lt_ws_bytes((int) T, D, E)
-           <= (size_t) ws.rows * D * sizeof(float))
+           <= (size_t) ws->rows * D * sizeof(float))
     {
         KIMI_K(kimi_moe_router_logits_f32_lt(b->lt, b->a, L->router, b->rl,
-                                             (int) T, D, E, ws.y, b->stream,
+                                             (int) T, D, E, ws->y, b->stream,
                                              err));
 
     } else {
@@ -599,14 +634,8 @@ kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
                                   c->routed_scaling_factor, b->tidx, b->tw,
                                   b->stream, err));
 
-    KIMI_K(kimi_moe_plan(b->tidx, (int) T, K, E, b->shared, &ws, b->stream,
-                         err));
-    KIMI_K(kimi_moe_gate_up(b->xq, b->xs, (int) T, D, I, slots, &L->ex, &ws,
-                            b->stream, err));
-    KIMI_K(kimi_moe_down((int) T, K, D, I, slots, &L->ex, &ws, b->stream,
-                         err));
-    return kimi_moe_combine_f32(&ws, b->tw, (int) T, K, b->shared, D, b->y,
-                                b->stream, err);
+    return kimi_moe_plan(b->tidx, (int) T, K, E, b->shared, ws, b->stream,
+                         err);
 }
 
 
