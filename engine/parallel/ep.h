@@ -19,7 +19,7 @@
  *             in peer order, ready for the MoE kernels
  *   experts   (caller) kimi_moe_plan(recv_idx, W*T_cap, top_k, E_local,
  *             shared=0), kimi_moe_gate_up(recv_xq, recv_xs, ...),
- *             kimi_moe_down, kimi_moe_combine(topk_w = recv_w) -> y_send
+ *             kimi_moe_down_combine(topk_w = recv_w) -> y_send
  *             [W*T_cap][D] bf16; padded rows have no valid pair, so the
  *             plan skips them and their y rows are 0
  *   combine   all-to-all y_send -> y_recv (block p returns to peer p),
