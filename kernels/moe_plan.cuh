@@ -35,14 +35,17 @@ moe_plan_warp(const int32_t *topk_idx, int T, int top_k, int E, int shared,
     const unsigned peers = __match_any_sync(0xffffffffu, e);
     const bool lead = e >= 0 && (peers & lt) == 0;
     const unsigned leads = __ballot_sync(0xffffffffu, lead);
-    int below = 0, below_experts = 0;
-    for (int q = 0; q < 32; q++) {
-        const int eq = __shfl_sync(0xffffffffu, e, q);
-        if (e >= 0 && eq >= 0 && eq < e) {
-            below++;
-            below_experts += (leads >> q) & 1;
-        }
+    /* the lanes holding a smaller expert, by a radix walk over the id's 10
+     * bits (E <= 1024), most significant first: ten ballots, not 32
+     * dependent shuffles */
+    unsigned less = 0, same = __ballot_sync(0xffffffffu, e >= 0);
+    for (int b = 9; b >= 0; b--) {
+        const bool one = e >= 0 && ((e >> b) & 1);
+        const unsigned ones = __ballot_sync(0xffffffffu, one);
+        less |= one ? same & ~ones : 0u;
+        same &= one ? ones : ~ones;
     }
+    const int below = __popc(less), below_experts = __popc(less & leads);
     if (e >= 0) {
         const int r = below + __popc(peers & lt);
         ws.row_token[r] = lane / top_k;
