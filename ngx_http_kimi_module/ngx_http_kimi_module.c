@@ -853,14 +853,17 @@ ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
 }
 
 
-/* tool_choice naming a function, or "required": one call is forced in
- * Kimi's own format, <|tool_calls_section_begin|><|tool_call_begin|>
+/* tool_choice naming a function: one call is forced in Kimi's own format,
+ * <|tool_calls_section_begin|><|tool_call_begin|>
  * functions.NAME:IDX<|tool_call_argument_begin|>{arguments}
- * <|tool_call_end|><|tool_calls_section_end|>, then the end: NAME the named
- * function or any of "tools", the arguments held to that function's
- * "parameters" where the schema is in the supported subset, else to any
- * JSON object; IDX counts the calls already in the conversation (vLLM's
- * id).  A tokenizer without Kimi's markers leaves the choice unforced. */
+ * <|tool_call_end|><|tool_calls_section_end|>, then the end; "required":
+ * one call or more (up to KIMI_TOOL_MAX_CALLS, each opened by another
+ * <|tool_call_begin|> after the one before ends), as OpenAI's "one or more
+ * tools".  NAME is the named function or any of "tools", the arguments
+ * held to that function's "parameters" where the schema is in the
+ * supported subset, else to any JSON object; IDX counts the calls already
+ * in the conversation and those before it in this answer (vLLM's id).  A
+ * tokenizer without Kimi's markers leaves the choice unforced. */
 static ngx_int_t
 ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
 {
@@ -870,7 +873,8 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
         "<|tool_calls_section_end|>"
     };
     int32_t                  mark[5], *ids, *prog, *w, *grown;
-    size_t                   i, n_ids, n_prog, at, cap, calls = 0, n_alts = 0;
+    size_t                   i, j, n_ids, n_prog, at, cap, calls = 0,
+                             n_alts = 0, max_calls;
     json_t                  *m, *tool, *fn, *params, *name;
     u_char                   text[512], *e;
     char                     msg[256];
@@ -893,6 +897,9 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
         calls += json_array_size(json_object_get(m, "tool_calls"));
     }
 
+    max_calls = ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_NAMED
+                ? 1 : KIMI_TOOL_MAX_CALLS;
+
     cap = 16 + 1024;
     w = malloc(cap * sizeof(int32_t));
     if (w == NULL) {
@@ -910,6 +917,7 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
     w[at++] = 5;
     ngx_memcpy(w + at, mark, 5 * sizeof(int32_t));
     at += 5;
+    w[at++] = (int32_t) max_calls;
     at++;                               /* the count of functions */
 
     json_array_foreach(ctx->params.tools, i, tool) {
@@ -947,21 +955,10 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
             }
         }
 
-        e = ngx_snprintf(text, sizeof(text), "functions.%s:%uz",
-                         json_string_value(name), calls);
-        if (kimi_tokenize(tk, (const char *) text, e - text, 0, &ids, &n_ids,
-                          &err) != 0)
-        {
-            free(prog);
-            free(w);
-            return NGX_ERROR;
-        }
-
-        if (at + 3 + n_ids + n_prog > cap) {
-            cap = (at + 3 + n_ids + n_prog) * 2;
+        if (at + 1 + n_prog > cap) {
+            cap = (at + 1 + n_prog) * 2;
             grown = realloc(w, cap * sizeof(int32_t));
             if (grown == NULL) {
-                free(ids);
                 free(prog);
                 free(w);
                 return NGX_ERROR;
@@ -969,19 +966,44 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
             w = grown;
         }
 
-        w[at++] = (int32_t) (n_ids + 1);
-        ngx_memcpy(w + at, ids, n_ids * sizeof(int32_t));
-        at += n_ids;
-        w[at++] = mark[2];
         w[at++] = (int32_t) n_prog;
         ngx_memcpy(w + at, prog, n_prog * sizeof(int32_t));
         at += n_prog;
-        n_alts++;
-        free(ids);
         free(prog);
+
+        for (j = 0; j < max_calls; j++) {
+            e = ngx_snprintf(text, sizeof(text), "functions.%s:%uz",
+                             json_string_value(name), calls + j);
+            if (kimi_tokenize(tk, (const char *) text, e - text, 0, &ids,
+                              &n_ids, &err)
+                != 0)
+            {
+                free(w);
+                return NGX_ERROR;
+            }
+
+            if (at + 2 + n_ids > cap) {
+                cap = (at + 2 + n_ids) * 2;
+                grown = realloc(w, cap * sizeof(int32_t));
+                if (grown == NULL) {
+                    free(ids);
+                    free(w);
+                    return NGX_ERROR;
+                }
+                w = grown;
+            }
+
+            w[at++] = (int32_t) (n_ids + 1);
+            ngx_memcpy(w + at, ids, n_ids * sizeof(int32_t));
+            at += n_ids;
+            w[at++] = mark[2];
+            free(ids);
+        }
+
+        n_alts++;
     }
 
-    w[13] = (int32_t) n_alts;
+    w[14] = (int32_t) n_alts;
 
     if (n_alts > 0) {
         ctx->params.guided = ngx_palloc(ctx->request->pool,

@@ -276,28 +276,67 @@ ok($calls_ended > 0, "$calls_ended of 4 forced calls completed");
         [ $wc ? ($wc->[0]{id}, $wc->[0]{function}{name}, $wc->[0]{function}{arguments}) : () ],
         'streamed, the forced call arrives as tool_calls deltas equal to the whole response');
 }
-# tool_choice "required": one call to one of the tools, its arguments
-# held to that function's parameters, finish_reason tool_calls
+# tool_choice "required": one call or more ("one or more tools"), each to
+# one of the tools, its arguments held to that function's parameters, ids
+# counting up from 0, finish_reason tool_calls
 my %called;
+my $most = 0;
 for my $seed (1 .. 6) {
     $r = $t->post('/v1/chat/completions', chat_body(content => 'weather?',
-        max_tokens => 120, temperature => 1.0, seed => $seed,
+        max_tokens => 160, temperature => 1.0, seed => $seed,
         logit_bias => \%nudge, tools => $tools, tool_choice => 'required'));
     my $c = $r->{json}{choices}[0];
     next unless ($c->{finish_reason} // '') eq 'tool_calls';
-    my $call = $c->{message}{tool_calls}[0];
-    my $args = eval { JSON::PP->new->decode($call->{function}{arguments}) };
-    my $n = $call->{function}{name};
-    my $good = @{$c->{message}{tool_calls}} == 1 && ref $args eq 'HASH'
-        && $call->{id} eq "functions.$n:0"
-        && ($n eq 'other' || ($n eq 'get_weather'
-            && ($args->{unit} // '') =~ /^[cf]$/ && defined $args->{city}));
-    $called{$n}++ if $good;
-    ok($good, "tool_choice required (seed $seed): one call that fits: "
-       . JSON::PP->new->canonical->encode($call));
+    my $calls = $c->{message}{tool_calls} // [];
+    my $good = @$calls >= 1 && @$calls <= 8;
+    for my $i (0 .. $#$calls) {
+        my $call = $calls->[$i];
+        my $args = eval { JSON::PP->new->decode($call->{function}{arguments}) };
+        my $n = $call->{function}{name};
+        $good &&= ref $args eq 'HASH' && $call->{id} eq "functions.$n:$i"
+            && ($n eq 'other' || ($n eq 'get_weather'
+                && ($args->{unit} // '') =~ /^[cf]$/ && defined $args->{city}));
+        $called{$n}++ if $good;
+    }
+    $most = @$calls if @$calls > $most;
+    ok($good, "tool_choice required (seed $seed): " . scalar(@$calls)
+       . " call(s), each fits: " . JSON::PP->new->canonical->encode($calls));
 }
-ok(keys %called > 0, 'required calls completed: '
+ok(keys %called > 0, "required calls completed (at most $most in one answer): "
    . join(', ', map { "$_ x$called{$_}" } sort keys %called));
+# several calls in one answer: the opener nudged up after the first call
+# (get_weather alone: its arguments are bounded)
+{
+    my $open = $t->post('/tokenize', { prompt => '<|tool_call_begin|>' })->{json}{tokens} // [];
+    is(scalar @$open, 1, 'the call opener is one (special) token');
+    my %more = (%nudge, (@$open == 1 ? ($open->[0] => 30) : ()));
+    my $r = $t->post('/v1/chat/completions', chat_body(content => 'weather?',
+        max_tokens => 400, temperature => 1.0, seed => 3,
+        logit_bias => \%more, tools => [ $tools->[0] ], tool_choice => 'required'));
+    my $c = $r->{json}{choices}[0];
+    my $calls = $c->{message}{tool_calls} // [];
+    my @ids = map { $_->{id} } @$calls;
+    ok(@$calls > 1 && join(',', map { s/^functions\.\w+://r } @ids) eq join(',', 0 .. $#ids),
+       'required, the opener nudged up: ' . scalar(@$calls) . ' calls in one answer, ids '
+       . join(' ', @ids) . ' (finish ' . ($c->{finish_reason} // '?') . ')');
+    # streamed (the same seed): the calls arrive as deltas by index
+    my $ev = $t->sse('/v1/chat/completions', chat_body(content => 'weather?',
+        max_tokens => 400, temperature => 1.0, seed => 3, stream => $true,
+        logit_bias => \%more, tools => [ $tools->[0] ], tool_choice => 'required'))->{events};
+    my @got;
+    for my $e (@$ev) {
+        next unless ref $e eq 'HASH' && $e->{choices} && @{$e->{choices}};
+        for my $d (@{$e->{choices}[0]{delta}{tool_calls} // []}) {
+            my $g = $got[$d->{index} // 0] //= { id => '', name => '', args => '' };
+            $g->{id} .= $d->{id} // '';
+            $g->{name} .= $d->{function}{name} // '';
+            $g->{args} .= $d->{function}{arguments} // '';
+        }
+    }
+    is_deeply([ map { [ $_->{id}, $_->{name}, $_->{args} ] } @got ],
+        [ map { [ $_->{id}, $_->{function}{name}, $_->{function}{arguments} ] } @$calls ],
+        'streamed, the ' . scalar(@$calls) . ' calls arrive as tool_calls deltas by index, equal to the whole answer');
+}
 
 # the call's index counts the calls already in the conversation
 $r = $t->post('/v1/chat/completions', { model => 'kimi-test',

@@ -38,16 +38,20 @@ typedef struct {
 /* JSON mode's view of the vocabulary, built on first use for a tokenizer:
  * each token's class, and the other ids ordered by their first byte, so a
  * state that refuses a first byte masks its tokens without reading them */
-/* A forced tool call around the JSON (guided words KIMI_TOOL_CALL_TAG):
- * fixed ids, then one of n_alts functions (its id tokens, then its
- * arguments' program), then fixed ids */
+/* Forced tool calls around the JSON (guided words KIMI_TOOL_CALL_TAG):
+ * fixed ids, then one of n_alts functions (its id tokens for this call's
+ * index, then its arguments' program), then fixed ids; up to max_calls
+ * calls, each after the first opened by the last pre id after the first
+ * post id (json_schema.h) */
 #define KIMI_SAMPLE_MAX_ALTS  128
 
 typedef struct {
     const int32_t  *pre, *post, *never;
-    uint32_t        n_pre, n_post, n_never, n_alts;
-    const int32_t  *name[KIMI_SAMPLE_MAX_ALTS], *prog[KIMI_SAMPLE_MAX_ALTS];
-    uint32_t        n_name[KIMI_SAMPLE_MAX_ALTS], n_prog[KIMI_SAMPLE_MAX_ALTS];
+    uint32_t        n_pre, n_post, n_never, n_alts, max_calls;
+    const int32_t  *prog[KIMI_SAMPLE_MAX_ALTS];
+    uint32_t        n_prog[KIMI_SAMPLE_MAX_ALTS];
+    const int32_t  *name[KIMI_SAMPLE_MAX_ALTS][KIMI_TOOL_MAX_CALLS];
+    uint32_t        n_name[KIMI_SAMPLE_MAX_ALTS][KIMI_TOOL_MAX_CALLS];
 } kimi_sample_frame_t;
 
 static int kimi_sample_frame(const int32_t *w, uint32_t n,
@@ -366,11 +370,15 @@ kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
             }
         }
         for (uint32_t a = 0; a < f.n_alts; a++) {
-            for (uint32_t i = 0; i < f.n_name[a]; i++) {
-                if (f.name[a][i] < 0 || (uint32_t) f.name[a][i] >= vocab) {
-                    return kimi_err_set(err, KIMI_EINVAL, "tool call words:"
-                                        " id %d outside the vocabulary",
-                                        f.name[a][i]);
+            for (uint32_t c = 0; c < f.max_calls; c++) {
+                for (uint32_t i = 0; i < f.n_name[a][c]; i++) {
+                    if (f.name[a][c][i] < 0
+                        || (uint32_t) f.name[a][c][i] >= vocab)
+                    {
+                        return kimi_err_set(err, KIMI_EINVAL, "tool call"
+                                            " words: id %d outside the"
+                                            " vocabulary", f.name[a][c][i]);
+                    }
                 }
             }
             if (kimi_json_schema_check(f.prog[a], f.n_prog[a], msg,
@@ -878,45 +886,60 @@ kimi_sample_frame(const int32_t *w, uint32_t n, kimi_sample_frame_t *f)
     KIMI_FRAME_PART(f->pre, f->n_pre);
     KIMI_FRAME_PART(f->post, f->n_post);
     KIMI_FRAME_PART(f->never, f->n_never);
-    if (at >= n || w[at] < 1 || w[at] > KIMI_SAMPLE_MAX_ALTS) {
+    if (at + 1 >= n || w[at] < 1 || w[at] > KIMI_TOOL_MAX_CALLS
+        || w[at + 1] < 1 || w[at + 1] > KIMI_SAMPLE_MAX_ALTS)
+    {
         return -1;
     }
+    f->max_calls = (uint32_t) w[at++];
     f->n_alts = (uint32_t) w[at++];
     for (uint32_t a = 0; a < f->n_alts; a++) {
-        KIMI_FRAME_PART(f->name[a], f->n_name[a]);
         KIMI_FRAME_PART(f->prog[a], f->n_prog[a]);
-        if (f->n_name[a] == 0 || f->n_prog[a] == 0) {
+        if (f->n_prog[a] == 0) {
             return -1;
+        }
+        for (uint32_t c = 0; c < f->max_calls; c++) {
+            KIMI_FRAME_PART(f->name[a][c], f->n_name[a][c]);
+            if (f->n_name[a][c] == 0) {
+                return -1;
+            }
         }
     }
 #undef KIMI_FRAME_PART
 
+    /* more than one call needs the opener and the closer to tell apart */
+    if (f->max_calls > 1 && (f->n_pre < 1 || f->n_post != 2)) {
+        return -1;
+    }
     return f->n_pre > 0 && at == n ? 0 : -1;
 }
 
 
-/* Which function the output after the fixed ids names: its index (*start:
- * where its arguments begin), or -1 with the ids that may come next
- * allowed in s->x (-2 when none fits) */
+/* Which function call number `call` names from out[*at]: its index (*at
+ * moved to where its arguments begin), or -1 with the ids that may come
+ * next allowed in s->x (-2 when none fits) */
 static int
 kimi_sample_frame_name(kimi_sampler_t *s, const kimi_sample_frame_t *f,
-    const int32_t *out, uint32_t n_out, uint32_t *start)
+    uint32_t call, const int32_t *out, uint32_t n_out, uint32_t *at)
 {
-    uint32_t  m = n_out - f->n_pre, a, k;
+    uint32_t  m = n_out - *at, a, k;
     int       any = 0;
 
     for (a = 0; a < f->n_alts; a++) {
-        for (k = 0; k < f->n_name[a] && k < m; k++) {
-            if (out[f->n_pre + k] != f->name[a][k]) {
+        const int32_t  *name = f->name[a][call];
+        uint32_t        n_name = f->n_name[a][call];
+
+        for (k = 0; k < n_name && k < m; k++) {
+            if (out[*at + k] != name[k]) {
                 break;
             }
         }
-        if (k == f->n_name[a]) {
-            *start = f->n_pre + k;
+        if (k == n_name) {
+            *at += k;
             return (int) a;
         }
         if (k == m) {
-            s->seen[f->name[a][m]] = 1;      /* this function may go on */
+            s->seen[name[m]] = 1;            /* this function may go on */
             any = 1;
         }
     }
@@ -933,16 +956,25 @@ kimi_sample_frame_name(kimi_sampler_t *s, const kimi_sample_frame_t *f,
 }
 
 
-/* only id may come next (the forced ids of a tool call) */
+/* only ids[0..n) may come next (the forced ids of a tool call; n <= 2);
+ * one that suppression took away comes back when none is left */
 static void
-kimi_sample_only(kimi_sampler_t *s, uint32_t only)
+kimi_sample_only(kimi_sampler_t *s, const int32_t *ids, uint32_t n)
 {
-    float  keep = s->x[only] > -INFINITY ? s->x[only] : 0.0f;
+    float     keep[2];
+    int       any = 0;
+    uint32_t  k;
 
+    for (k = 0; k < n; k++) {
+        keep[k] = s->x[ids[k]];
+        any |= keep[k] > -INFINITY;
+    }
     for (uint32_t id = 0; id < s->vocab; id++) {
         s->x[id] = -INFINITY;
     }
-    s->x[only] = keep;
+    for (k = 0; k < n; k++) {
+        s->x[ids[k]] = any ? keep[k] : 0.0f;
+    }
 }
 
 
@@ -972,45 +1004,71 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
 
     i = 0;
     if (frame != NULL) {                /* the ids before the arguments */
-        int  a;
-
         for (; i < req->n_output && i < frame->n_pre && !broken; i++) {
             broken = out[i] != frame->pre[i];
         }
         if (!broken && req->n_output < frame->n_pre) {
-            kimi_sample_only(s, (uint32_t) frame->pre[req->n_output]);
+            kimi_sample_only(s, &frame->pre[req->n_output], 1);
             return;
         }
-        if (!broken) {                  /* then one function's id */
-            a = kimi_sample_frame_name(s, frame, out, req->n_output, &i);
+        /* calls: a function's id, its arguments, the post ids; after the
+         * first post id another call may open (the last pre id) while
+         * max_calls allows, in place of the rest */
+        for (uint32_t call = 0; !broken; call++) {
+            int  a = kimi_sample_frame_name(s, frame, call, out,
+                                            req->n_output, &i);
+
             if (a == -1) {
                 return;
             }
             broken = a < 0;
-            if (!broken) {
-                kimi_json_init_schema(&st, frame->prog[a]);
+            if (broken) {
+                break;
             }
-        }
-    }
+            kimi_json_init_schema(&st, frame->prog[a]);
+            for (; i < req->n_output && !broken && !kimi_json_done(&st); i++) {
+                id = (uint32_t) out[i];
+                b = id < s->vocab && jv->cls[id] != KIMI_JV_SPECIAL
+                    ? kimi_token_bytes(tk, (int32_t) id, &len) : NULL;
+                broken = b == NULL || kimi_json_feed(&st, b, len) != 0;
+            }
+            if (broken || !kimi_json_done(&st)) {
+                break;                  /* the arguments go on: masked below */
+            }
+            for (k = 0; k < frame->n_post && i < req->n_output; k++, i++) {
+                if (k == 1 && call + 1 < frame->max_calls
+                    && out[i] == frame->pre[frame->n_pre - 1])
+                {
+                    break;              /* another call */
+                }
+                broken = out[i] != frame->post[k];
+                if (broken) {
+                    break;
+                }
+            }
+            if (broken) {
+                break;
+            }
+            if (k == 1 && i < req->n_output) {
+                i++;                    /* past the next call's opener */
+                continue;
+            }
+            if (k < frame->n_post) {    /* the output ends inside the post ids */
+                int32_t  next[2] = { frame->post[k],
+                                     frame->pre[frame->n_pre - 1] };
 
-    for (; i < req->n_output && !broken; i++) {
-        if (frame != NULL && kimi_json_done(&st)) {
-            break;                      /* the arguments are complete */
+                kimi_sample_only(s, next, k == 1 && call + 1
+                                          < frame->max_calls ? 2 : 1);
+                return;
+            }
+            break;                      /* all calls made: the end */
         }
-        id = (uint32_t) out[i];
-        b = id < s->vocab && jv->cls[id] != KIMI_JV_SPECIAL
-            ? kimi_token_bytes(tk, (int32_t) id, &len) : NULL;
-        broken = b == NULL || kimi_json_feed(&st, b, len) != 0;
-    }
-
-    if (frame != NULL && !broken && kimi_json_done(&st)) {
-        /* then the ids after them, then the end */
-        for (k = 0; i < req->n_output && !broken; i++, k++) {
-            broken = k >= frame->n_post || out[i] != frame->post[k];
-        }
-        if (!broken && k < frame->n_post) {
-            kimi_sample_only(s, (uint32_t) frame->post[k]);
-            return;
+    } else {
+        for (; i < req->n_output && !broken; i++) {
+            id = (uint32_t) out[i];
+            b = id < s->vocab && jv->cls[id] != KIMI_JV_SPECIAL
+                ? kimi_token_bytes(tk, (int32_t) id, &len) : NULL;
+            broken = b == NULL || kimi_json_feed(&st, b, len) != 0;
         }
     }
 

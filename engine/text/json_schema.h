@@ -31,12 +31,17 @@
 #include <jansson.h>
 
 #define KIMI_SCHEMA_TAG        (-1)     /* first guided word: a program */
-/* first guided word: one forced tool call (tool_choice named or
- * required), then n_pre and the ids before the call's id, n_post and the
- * ids after its arguments, n_never and ids never allowed inside them,
- * n_alts, and per function: n_name and its id tokens (the argument marker
- * last), n_prog and its arguments' program */
+/* first guided word: forced tool calls (tool_choice named: one call;
+ * required: one to max_calls), then n_pre and the ids before the first
+ * call's id (the last of them opens each further call), n_post and the ids
+ * after a call's arguments (with more than one call exactly two: the
+ * call's closer, after which the next call's opener may come instead of
+ * the second, the section's end), n_never and ids never allowed inside
+ * the arguments, max_calls, n_alts, and per function: n_prog and its
+ * arguments' program, then for each call index 0..max_calls-1 n_name and
+ * its id tokens for that call (the argument marker last) */
 #define KIMI_TOOL_CALL_TAG     (-2)
+#define KIMI_TOOL_MAX_CALLS    8
 #define KIMI_SCHEMA_MAX_PROPS  64
 #define KIMI_SCHEMA_MAX_ENUM   64
 #define KIMI_SCHEMA_MAX_WORDS  65535    /* nodes fit 16 bits */

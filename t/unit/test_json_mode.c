@@ -609,33 +609,38 @@ test_schema_sampler(void)
     ok(kimi_sample_guided_check(words, (uint32_t) nprog + 1, 163840, &err) == 0,
        "the tagged program passes the sampler's check");
     {
-        /* a forced tool call: 2 ids before, 1 after, 1 never, then one
-         * function: its 1-token id and the program */
-        int32_t  *tw = malloc((nprog + 12) * sizeof(int32_t));
-        uint32_t  nw = (uint32_t) nprog + 12;
+        /* a forced tool call: 2 ids before, 1 after, 1 never, one call,
+         * one function: the program, then its 1-token id */
+        int32_t  *tw = malloc((nprog + 13) * sizeof(int32_t));
+        uint32_t  nw = (uint32_t) nprog + 13;
         int       good;
 
         tw[0] = KIMI_TOOL_CALL_TAG;
         tw[1] = 2; tw[2] = 5; tw[3] = 6;
         tw[4] = 1; tw[5] = 7;
         tw[6] = 1; tw[7] = 8;
-        tw[8] = 1;
-        tw[9] = 1; tw[10] = 9;
-        tw[11] = (int32_t) nprog;
-        memcpy(tw + 12, prog, nprog * sizeof(int32_t));
+        tw[8] = 1;                      /* calls */
+        tw[9] = 1;                      /* functions */
+        tw[10] = (int32_t) nprog;
+        memcpy(tw + 11, prog, nprog * sizeof(int32_t));
+        tw[11 + nprog] = 1; tw[12 + nprog] = 9;
         good = kimi_sample_guided_check(tw, nw, 163840, &err) == 0;
         tw[5] = 163840;                 /* outside the vocabulary */
         good &= kimi_sample_guided_check(tw, nw, 163840, &err) != 0;
         tw[5] = 7;
-        tw[10] = -3;
+        tw[12 + nprog] = -3;
         good &= kimi_sample_guided_check(tw, nw, 163840, &err) != 0;
-        tw[10] = 9;
+        tw[12 + nprog] = 9;
         tw[4] = 900000;                 /* a count past the words */
         good &= kimi_sample_guided_check(tw, nw, 163840, &err) != 0;
         tw[4] = 1;
         good &= kimi_sample_guided_check(tw, nw - 1, 163840, &err) != 0;
+        tw[8] = KIMI_TOOL_MAX_CALLS + 1;        /* too many calls */
+        good &= kimi_sample_guided_check(tw, nw, 163840, &err) != 0;
+        tw[8] = 1;
+        good &= kimi_sample_guided_check(tw, nw, 163840, &err) == 0;
         ok(good, "forced tool call words: checked (ids in the vocabulary,"
-           " counts inside the words)");
+           " counts inside the words, at most KIMI_TOOL_MAX_CALLS calls)");
         free(tw);
     }
 
@@ -731,6 +736,205 @@ test_schema_sampler(void)
 }
 
 
+/* tool_choice "required" (module words, Kimi's markers): random rows walk
+ * one or more calls, each a function's id for its own index, arguments
+ * that fit, the call's end, then another call or the section's end, and
+ * eos only after that; the opener nudged up in odd runs (max_calls calls,
+ * then the end forced), the section's end in even runs (one call). */
+static void
+test_tool_calls(void)
+{
+    static const char  *mk[5] = {
+        "<|tool_calls_section_begin|>", "<|tool_call_begin|>",
+        "<|tool_call_argument_begin|>", "<|tool_call_end|>",
+        "<|tool_calls_section_end|>"
+    };
+    static const char  *fname[2] = { "f", "get_weather" };
+    enum { MAXC = 3 };
+    kimi_tokenizer_t   *tok;
+    kimi_sampler_t     *smp;
+    kimi_err_t          err;
+    kimi_shm_sampling_t sp;
+    kimi_sample_out_t   out;
+    kimi_rng_t          rng, draw;
+    kimi_json_state_t   st;
+    int32_t             mark[5], eos[2], seq[700], w[4096], *ids[2][MAXC], name[17];
+    size_t              nprog, n_ids[2][MAXC], len;
+    uint32_t            at = 0, n, vocab = 163840;
+    int                 bad = 0, shape_ok = 0, runs = 6, multi = 0;
+    char                msg[256], text[64];
+    const char         *b;
+    int32_t            *prog = compile("{\"type\": \"object\", \"properties\":"
+                                       " {\"x\": {\"type\": \"integer\","
+                                       " \"minimum\": 0, \"maximum\": 99}},"
+                                       " \"required\": [\"x\"],"
+                                       " \"additionalProperties\": false}",
+                                       &nprog, msg, sizeof(msg));
+    float              *row = malloc(vocab * sizeof(float));
+
+    if (prog == NULL || row == NULL
+        || kimi_tokenizer_load(&tok, tap_model_dir(), &err) != 0
+        || kimi_sampler_init(&smp, vocab, &err) != 0)
+    {
+        ok(0, "tool calls: setup");
+        return;
+    }
+    for (int i = 0; i < 5; i++) {
+        mark[i] = kimi_tokenizer_special_id(tok, mk[i]);
+    }
+    eos[0] = kimi_tokenizer_special_id(tok, "<|im_end|>");
+    eos[1] = kimi_tokenizer_special_id(tok, "[EOS]");
+
+    w[at++] = KIMI_TOOL_CALL_TAG;
+    w[at++] = 2; w[at++] = mark[0]; w[at++] = mark[1];
+    w[at++] = 2; w[at++] = mark[3]; w[at++] = mark[4];
+    w[at++] = 5;
+    memcpy(w + at, mark, sizeof(mark));
+    at += 5;
+    w[at++] = MAXC;
+    w[at++] = 2;
+    for (int a = 0; a < 2; a++) {
+        w[at++] = (int32_t) nprog;
+        memcpy(w + at, prog, nprog * sizeof(int32_t));
+        at += (uint32_t) nprog;
+        for (int c = 0; c < MAXC; c++) {
+            int  tl = snprintf(text, sizeof(text), "functions.%s:%d", fname[a], 2 + c);
+
+            if (kimi_tokenize(tok, text, (size_t) tl, 0, &ids[a][c], &n_ids[a][c], &err) != 0) {
+                ok(0, "tool calls: tokenize");
+                return;
+            }
+            w[at++] = (int32_t) n_ids[a][c] + 1;
+            memcpy(w + at, ids[a][c], n_ids[a][c] * sizeof(int32_t));
+            at += (uint32_t) n_ids[a][c];
+            w[at++] = mark[2];
+        }
+    }
+    ok(kimi_sample_guided_check(w, at, vocab, &err) == 0,
+       "tool calls, 2 functions x %d call indices: the words pass the check", MAXC);
+
+    kimi_rng_seed(&rng, 5);
+    for (int run = 0; run < runs; run++) {
+        int       calls = 0, state = 0, fn, ended = 0;
+        uint32_t  k = 0;
+
+        memset(&sp, 0, sizeof(sp));
+        sp.temperature = 1.0f;
+        sp.top_p = 1.0f;
+        sp.repetition_penalty = 1.0f;
+        sp.max_tokens = 600;
+        kimi_rng_seed(&draw, 300 + run);
+        seq[0] = 1000;
+        n = 1;
+        /* state: 0 pre ids, 1 a function's id, 2 arguments, 3 after the
+         * call's end, 4 after the section's end */
+        for (int step = 0; step < 600 && !ended; step++) {
+            int32_t  t;
+
+            for (uint32_t i = 0; i < vocab; i++) {
+                row[i] = (float) (kimi_rng_uniform(&rng) * 8.0);
+            }
+            for (const char *c = "}07"; *c; c++) {      /* toward the end */
+                int32_t  one;
+                size_t   no;
+                int32_t *p1;
+
+                if (kimi_tokenize(tok, c, 1, 0, &p1, &no, &err) == 0) {
+                    one = no == 1 ? p1[0] : -1;
+                    free(p1);
+                    if (one >= 0) {
+                        row[one] += 12.0f;
+                    }
+                }
+            }
+            row[run % 2 ? mark[1] : mark[4]] += 30.0f;
+            row[eos[0]] += 30.0f;
+            if (draw_next(smp, row, seq, n, &sp, &draw, eos, tok, w, at, &out, NULL) != 0) {
+                bad++;
+                break;
+            }
+            t = out.tok.token;
+            switch (state) {
+            case 0:
+                bad += t != mark[(int) k];
+                if (++k == 2) {
+                    state = 1;
+                    k = 0;
+                }
+                break;
+            case 1:                     /* the function's id for this index */
+                if (t != mark[2]) {
+                    name[k++] = t;
+                    bad += k > 16;
+                    ended |= k > 16;
+                    break;
+                }
+                fn = -1;
+                for (int a = 0; a < 2; a++) {
+                    if (k == n_ids[a][calls]
+                        && memcmp(name, ids[a][calls], k * sizeof(int32_t)) == 0)
+                    {
+                        fn = a;
+                    }
+                }
+                bad += fn < 0;
+                state = 2;
+                kimi_json_init_schema(&st, prog);
+                break;
+            case 2:
+                if (kimi_json_done(&st)) {
+                    bad += t != mark[3];
+                    state = 3;
+                    calls++;
+                    break;
+                }
+                b = kimi_tokenizer_is_special(tok, t) ? NULL : kimi_token_bytes(tok, t, &len);
+                if (b == NULL || kimi_json_feed(&st, b, len) != 0) {
+                    bad++;
+                    ended = 1;
+                }
+                break;
+            case 3:                     /* another call, or the end */
+                if (t == mark[1] && calls < MAXC) {
+                    state = 1;
+                    k = 0;
+                } else {
+                    bad += t != mark[4];
+                    state = 4;
+                }
+                break;
+            default:
+                bad += t != eos[0] && t != eos[1];
+                ended = 1;
+                break;
+            }
+            seq[n++] = t;
+            if (n >= 700) {
+                break;
+            }
+        }
+        shape_ok += ended && state == 4 && calls == (run % 2 ? MAXC : 1);
+        multi += calls > 1;
+    }
+    ok(bad == 0, "tool calls: %d runs of random rows, every token the frame's:"
+       " each call's id for its index, arguments that fit, its end, then"
+       " another call or the section's end, eos only after (%d bad)", runs, bad);
+    ok(shape_ok == runs && multi == runs / 2, "... %d of %d runs ended whole: the"
+       " opener nudged up gives %d calls (then the end is forced), the end"
+       " nudged up one call", shape_ok, runs, MAXC);
+
+    for (int a = 0; a < 2; a++) {
+        for (int c = 0; c < MAXC; c++) {
+            free(ids[a][c]);
+        }
+    }
+    kimi_sampler_free(smp);
+    kimi_tokenizer_free(tok);
+    free(row);
+    free(prog);
+}
+
+
 /* A schema whose objects require themselves forever: at the nesting limit
  * nothing can follow, and the answer ends there (eos allowed), a prefix,
  * never a token outside the schema. */
@@ -821,6 +1025,7 @@ main(void)
     test_schema_grammar();
     test_schema_sampler();
     test_schema_dead_end();
+    test_tool_calls();
     printf("1..%d\n", test_n);
     return test_failed != 0;
 }
