@@ -143,6 +143,8 @@ typedef struct {
     unsigned                     max_tokens_absent:1;  /* no key, not null */
     size_t                       body_len;         /* offload decision */
     ngx_http_kimi_tool_choice_e  tool_choice;
+    unsigned                     one_call:1;       /* parallel_tool_calls
+                                                      false */
     unsigned                     stream:1;
     unsigned                     include_usage:1;
     unsigned                     tokens_as_ids:1;      /* vLLM's

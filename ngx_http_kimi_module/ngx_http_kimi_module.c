@@ -859,8 +859,9 @@ ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
  * <|tool_call_end|><|tool_calls_section_end|>, then the end; "required":
  * one call or more (up to KIMI_TOOL_MAX_CALLS, each opened by another
  * <|tool_call_begin|> after the one before ends), as OpenAI's "one or more
- * tools".  NAME is the named function or any of "tools", the arguments
- * held to that function's "parameters" where the schema is in the
+ * tools", or one with parallel_tool_calls false.  NAME is the named
+ * function or any of "tools", the arguments held to that function's
+ * "parameters" where the schema is in the
  * supported subset, else to any JSON object; IDX counts the calls already
  * in the conversation and those before it in this answer (vLLM's id).  A
  * tokenizer without Kimi's markers leaves the choice unforced. */
@@ -898,7 +899,7 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
     }
 
     max_calls = ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_NAMED
-                ? 1 : KIMI_TOOL_MAX_CALLS;
+                || ctx->params.one_call ? 1 : KIMI_TOOL_MAX_CALLS;
 
     cap = 16 + 1024;
     w = malloc(cap * sizeof(int32_t));

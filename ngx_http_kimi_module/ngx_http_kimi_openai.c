@@ -8,7 +8,7 @@
  *         SSE writer uses.
  * Never:  talks to the engine or the tokenizer; a field is either checked
  *         here with a message naming it, or ignored on purpose (user,
- *         parallel_tool_calls, chat_template_kwargs ...).
+ *         chat_template_kwargs ...).
  */
 
 
@@ -1209,6 +1209,18 @@ ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
 
         pr->tools = v;
         pr->tool_choice = NGX_HTTP_KIMI_TOOL_CHOICE_AUTO;
+    }
+
+    /* false holds a "required" choice to one call (a named one is one
+     * anyway); "auto" answers are returned as the model wrote them */
+    *param = "parallel_tool_calls";
+    v = json_object_get(root, "parallel_tool_calls");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_boolean(v)) {
+            ngx_sprintf(err, "\"parallel_tool_calls\" must be a boolean");
+            return NGX_ERROR;
+        }
+        pr->one_call = json_is_false(v);
     }
 
     *param = "tool_choice";

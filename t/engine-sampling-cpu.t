@@ -333,6 +333,15 @@ ok(keys %called > 0, "required calls completed (at most $most in one answer): "
             $g->{args} .= $d->{function}{arguments} // '';
         }
     }
+    # parallel_tool_calls false: the same nudge, one call
+    my $one = $t->post('/v1/chat/completions', chat_body(content => 'weather?',
+        max_tokens => 400, temperature => 1.0, seed => 3, parallel_tool_calls => JSON::PP::false,
+        logit_bias => \%more, tools => [ $tools->[0] ], tool_choice => 'required'));
+    my $oc = $one->{json}{choices}[0];
+    ok(($oc->{finish_reason} // '') eq 'tool_calls' && @{$oc->{message}{tool_calls} // []} == 1
+       && $oc->{message}{tool_calls}[0]{id} eq 'functions.get_weather:0',
+       'parallel_tool_calls false holds required to one call: '
+       . JSON::PP->new->canonical->encode($oc->{message}{tool_calls} // []));
     is_deeply([ map { [ $_->{id}, $_->{name}, $_->{args} ] } @got ],
         [ map { [ $_->{id}, $_->{function}{name}, $_->{function}{arguments} ] } @$calls ],
         'streamed, the ' . scalar(@$calls) . ' calls arrive as tool_calls deltas by index, equal to the whole answer');

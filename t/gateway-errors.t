@@ -53,6 +53,9 @@ bad(chat_body(stream => 'yes'), 400, qr/"stream" must be a boolean/,
 bad(chat_body(stream_options => { include_usage => $true }), 400,
     qr/only allowed when "stream" is true/, 'stream_options without stream');
 bad(chat_body(stop => [1, 2]), 400, qr/"stop" must be/, 'stop of numbers');
+$r = bad(chat_body(parallel_tool_calls => 'no'), 400,
+    qr/"parallel_tool_calls" must be a boolean/, 'parallel_tool_calls as a string');
+is($r->{json}{error}{param}, 'parallel_tool_calls', 'param names parallel_tool_calls');
 bad(chat_body(n => 0), 400, qr/"n" must be between 1 and 128/, 'n = 0');
 bad(chat_body(n => 129), 400, qr/"n" must be between 1 and 128/, 'n = 129');
 bad(chat_body(n => '2'), 400, qr/"n" must be an integer/, 'n as a string');
