@@ -61,6 +61,18 @@ kimi_utf8_count(const char *p)
 }
 
 
+/* temperature 1, nothing else: the mask alone shapes the draw */
+static void
+plain_sampling(kimi_shm_sampling_t *sp, uint32_t max_tokens)
+{
+    memset(sp, 0, sizeof(*sp));
+    sp->temperature = 1.0f;
+    sp->top_p = 1.0f;
+    sp->repetition_penalty = 1.0f;
+    sp->max_tokens = max_tokens;
+}
+
+
 /* one draw for a request of n - 1 generated tokens after a 1-token prompt */
 static int
 draw_next(kimi_sampler_t *smp, const float *row, const int32_t *seq,
@@ -180,11 +192,7 @@ test_sampler(void)
     kimi_rng_seed(&rng, 7);
 
     for (runs = 0; runs < 6; runs++) {
-        memset(&sp, 0, sizeof(sp));
-        sp.temperature = 1.0f;
-        sp.top_p = 1.0f;
-        sp.repetition_penalty = 1.0f;
-        sp.max_tokens = 200;
+        plain_sampling(&sp, 200);
         sp.json_object = 1;
         kimi_rng_seed(&draw, 100 + runs);
         seq[0] = 1000;                  /* a one-token prompt */
@@ -663,11 +671,7 @@ test_schema_sampler(void)
     kimi_rng_seed(&rng, 11);
 
     for (int run = 0; run < 8; run++) {
-        memset(&sp, 0, sizeof(sp));
-        sp.temperature = 1.0f;
-        sp.top_p = 1.0f;
-        sp.repetition_penalty = 1.0f;
-        sp.max_tokens = 400;
+        plain_sampling(&sp, 400);
         kimi_rng_seed(&draw, 200 + run);
         seq[0] = 1000;
         n = 1;
@@ -818,11 +822,7 @@ test_tool_calls(void)
         int       calls = 0, state = 0, fn, ended = 0;
         uint32_t  k = 0;
 
-        memset(&sp, 0, sizeof(sp));
-        sp.temperature = 1.0f;
-        sp.top_p = 1.0f;
-        sp.repetition_penalty = 1.0f;
-        sp.max_tokens = 600;
+        plain_sampling(&sp, 600);
         kimi_rng_seed(&draw, 300 + run);
         seq[0] = 1000;
         n = 1;
