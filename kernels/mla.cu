@@ -12,7 +12,10 @@
  *          64-token tiles and serves all H (<= 64, padded to the 64-row wgmma
  *          tile) heads from one read of each tile (see the kernel's comment);
  *          partial (O, m, l) per split go to ws and mla_combine_kernel merges
- *          them.
+ *          them (the TMA kernel writes o itself when there is one split).
+ *          A bf16 cache whose blocks are whole swizzle atoms (8..64
+ *          tokens dividing 64, or multiples of 64) takes the TMA kernel;
+ *          fp8 and other block sizes the cp.async one.
  * Cost:    bytes = sum_b ctx_b * 1152 (bf16) or 580 (fp8 + scale);
  *          FLOPs = 2 * H * ctx * (576 + 512) per sequence: 121 FLOP/byte at
  *          H = 64 on bf16, under the H100's ridge, so memory bound:
@@ -24,6 +27,10 @@
 #include "kimi_cuda.cuh"
 #include "kimi_kernels.h"
 #include "wgmma.cuh"
+#include "tma.cuh"
+
+#include <stdlib.h>
+#include <string.h>
 
 #define MLA_D      576
 #define MLA_DV     512
@@ -69,12 +76,13 @@ mw_row(int tile, int len, int bs, const int32_t *bt)
     return p < len ? (long long) bt[p / bs] * bs + p % bs : -1;
 }
 
-/* 64 rows of 576 bf16 (row r from src + r's row * 576, or zeros for a row
- * of -1) into the swizzled 9 x [64 x 64] layout at dst. */
+/* 64 rows of 576 bf16 into the swizzled 9 x [64 x 64] layout at dst, by
+ * 256 threads: thread tid copies a quarter of row tid / 4, from src + row *
+ * 576, or zeros for a row of -1. */
 static __device__ __forceinline__ void
-mw_copy_rows_bf16(uint8_t *dst, long long row, const uint16_t *src)
+mw_copy_rows_bf16(uint8_t *dst, long long row, const uint16_t *src, int tid)
 {
-    const int r = threadIdx.x >> 2, q = threadIdx.x & 3;
+    const int r = tid >> 2, q = tid & 3;
     src += row * MLA_D;
 #pragma unroll
     for (int i = 0; i < MLA_D / 32; i++) {
@@ -93,7 +101,7 @@ static __device__ __forceinline__ void
 mw_load_tile(uint8_t *sm, int stage, long long row, const void *kv, const float *kv_scale)
 {
     if (!FP8) {
-        mw_copy_rows_bf16(sm + (stage ? MW_OFF_KV1 : MW_OFF_KV0), row, (const uint16_t *) kv);
+        mw_copy_rows_bf16(sm + (stage ? MW_OFF_KV1 : MW_OFF_KV0), row, (const uint16_t *) kv, threadIdx.x);
         return;
     }
     /* fp8: e4m3 rows staged linearly, the per-token scale beside them */
@@ -152,6 +160,83 @@ static __device__ __forceinline__ float mw_ex2(float x)
     return y;
 }
 
+/* One tile's online softmax for the rows r0 = lane / 4 (+ 16 per warp) and
+ * r0 + 8 of a warpgroup's S accumulators (64 heads x 64 tokens), in log2
+ * units: max of the raw scores (scale2 > 0), p = 2^(s * scale2 - m).  Masks
+ * tokens from len on; updates the running max m and sum l (l sums what P V
+ * multiplies: the bf16 P before any fp8 scale); returns each row's rescale
+ * factor for O and P packed to bf16 pairs, pw[2j] row r0 and pw[2j + 1] row
+ * r0 + 8 of columns 8j + 2t, 8j + 2t + 1 - the wgmma A fragment of P's
+ * k16 step j / 2.  fp8: the token's scale ks[] multiplies S's column and P's
+ * column (not every element of the tile). */
+template <bool FP8>
+static __device__ __forceinline__ void
+mw_softmax(float (&s)[32], int tok0, int len, float scale2, const float *ks, int t,
+           float &m0, float &m1, float &l0, float &l1, uint32_t (&pw)[16], float &a0, float &a1)
+{
+    if (FP8) {
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const float k0 = ks[8 * j + 2 * t], k1 = ks[8 * j + 2 * t + 1];
+            s[4 * j] *= k0;
+            s[4 * j + 1] *= k1;
+            s[4 * j + 2] *= k0;
+            s[4 * j + 3] *= k1;
+        }
+    }
+    if (tok0 + MW_TILE > len) {   /* the last tile: mask past the sequence */
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                if (tok0 + 8 * j + 2 * t + e >= len) {
+                    s[4 * j + e] = -INFINITY;
+                    s[4 * j + 2 + e] = -INFINITY;
+                }
+            }
+        }
+    }
+    float mx0 = s[0], mx1 = s[2];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
+        mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    /* token 0 of every tile is live, so the max is finite */
+    const float n0 = fmaxf(m0, mx0 * scale2), n1 = fmaxf(m1, mx1 * scale2);
+    a0 = mw_ex2(m0 - n0);
+    a1 = mw_ex2(m1 - n1);
+    m0 = n0;
+    m1 = n1;
+    float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const __nv_bfloat162 p0 = __floats2bfloat162_rn(mw_ex2(fmaf(s[4 * j], scale2, -n0)),
+                                                        mw_ex2(fmaf(s[4 * j + 1], scale2, -n0)));
+        const __nv_bfloat162 p1 = __floats2bfloat162_rn(mw_ex2(fmaf(s[4 * j + 2], scale2, -n1)),
+                                                        mw_ex2(fmaf(s[4 * j + 3], scale2, -n1)));
+        const float2 f0 = __bfloat1622float2(p0), f1 = __bfloat1622float2(p1);
+        sum0 += f0.x + f0.y;
+        sum1 += f1.x + f1.y;
+        if (FP8) {
+            const int c = 8 * j + 2 * t;
+            const __nv_bfloat162 q0 = __floats2bfloat162_rn(f0.x * ks[c], f0.y * ks[c + 1]);
+            const __nv_bfloat162 q1 = __floats2bfloat162_rn(f1.x * ks[c], f1.y * ks[c + 1]);
+            pw[2 * j] = *(const uint32_t *) &q0;
+            pw[2 * j + 1] = *(const uint32_t *) &q1;
+        } else {
+            pw[2 * j] = *(const uint32_t *) &p0;
+            pw[2 * j + 1] = *(const uint32_t *) &p1;
+        }
+    }
+    l0 = l0 * a0 + sum0;
+    l1 = l1 * a1 + sum1;
+}
+
 template <bool FP8>
 static __global__ void __launch_bounds__(MW_THREADS, 1)
 mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restrict__ kv,
@@ -180,7 +265,7 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
     long long row_next = t0 < t1 ? mw_row(t0, len, bs, bt) : -1;
     /* Q -> swizzled 9 x [64 heads x 64 dims] (rows laid out as a tile's);
      * heads >= H are zero */
-    mw_copy_rows_bf16(sm, (threadIdx.x >> 2) < H ? (long long) b * H + (threadIdx.x >> 2) : -1, q);
+    mw_copy_rows_bf16(sm, (threadIdx.x >> 2) < H ? (long long) b * H + (threadIdx.x >> 2) : -1, q, threadIdx.x);
     if (t0 < t1) {
         mw_load_tile<FP8>(sm, 0, row_next, kv, kv_scale);
     }
@@ -230,75 +315,15 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
             wg_wait<0>();
             wg_fence_regs(s);
 
-            /* online softmax in log2 units: max of the raw scores (scale2 > 0),
-             * p = 2^(s * scale2 - m); fp8: s and P carry the token's scale */
-            const int tok0 = tile * MW_TILE;
-            const float *ks = ksc + stage * 64;
-            if (FP8) {
-#pragma unroll
-                for (int j = 0; j < 8; j++) {
-                    const float k0 = ks[8 * j + 2 * t], k1 = ks[8 * j + 2 * t + 1];
-                    s[4 * j] *= k0;
-                    s[4 * j + 1] *= k1;
-                    s[4 * j + 2] *= k0;
-                    s[4 * j + 3] *= k1;
-                }
-            }
-            if (tok0 + MW_TILE > len) {   /* the last tile: mask past the sequence */
-#pragma unroll
-                for (int j = 0; j < 8; j++) {
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        if (tok0 + 8 * j + 2 * t + e >= len) {
-                            s[4 * j + e] = -INFINITY;
-                            s[4 * j + 2 + e] = -INFINITY;
-                        }
-                    }
-                }
-            }
-            float mx0 = s[0], mx1 = s[2];
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
-                mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
-            }
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            /* token 0 of every tile is live, so the max is finite */
-            const float n0 = fmaxf(m0, mx0 * scale2), n1 = fmaxf(m1, mx1 * scale2);
-            const float a0 = mw_ex2(m0 - n0), a1 = mw_ex2(m1 - n1);
-            m0 = n0;
-            m1 = n1;
-            float sum0 = 0.f, sum1 = 0.f;
+            float a0, a1;
+            uint32_t pw[16];
+            mw_softmax<FP8>(s, tile * MW_TILE, len, scale2, ksc + stage * 64, t, m0, m1, l0, l1, pw, a0, a1);
             uint8_t *ps = sm + MW_OFF_P;
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                const __nv_bfloat162 p0 = __floats2bfloat162_rn(mw_ex2(fmaf(s[4 * j], scale2, -n0)),
-                                                                mw_ex2(fmaf(s[4 * j + 1], scale2, -n0)));
-                const __nv_bfloat162 p1 = __floats2bfloat162_rn(mw_ex2(fmaf(s[4 * j + 2], scale2, -n1)),
-                                                                mw_ex2(fmaf(s[4 * j + 3], scale2, -n1)));
-                /* l sums what P V multiplies (the bf16 P, before any fp8 scale) */
-                const float2 f0 = __bfloat1622float2(p0), f1 = __bfloat1622float2(p1);
-                sum0 += f0.x + f0.y;
-                sum1 += f1.x + f1.y;
-                const int c = 8 * j + 2 * t;
-                uint32_t w0, w1;
-                if (FP8) {
-                    const __nv_bfloat162 q0 = __floats2bfloat162_rn(f0.x * ks[c], f0.y * ks[c + 1]);
-                    const __nv_bfloat162 q1 = __floats2bfloat162_rn(f1.x * ks[c], f1.y * ks[c + 1]);
-                    w0 = *(const uint32_t *) &q0;
-                    w1 = *(const uint32_t *) &q1;
-                } else {
-                    w0 = *(const uint32_t *) &p0;
-                    w1 = *(const uint32_t *) &p1;
-                }
-                *(uint32_t *) (ps + wg_swz128(r0, c)) = w0;
-                *(uint32_t *) (ps + wg_swz128(r1, c)) = w1;
+                *(uint32_t *) (ps + wg_swz128(r0, 8 * j + 2 * t)) = pw[2 * j];
+                *(uint32_t *) (ps + wg_swz128(r1, 8 * j + 2 * t)) = pw[2 * j + 1];
             }
-            l0 = l0 * a0 + sum0;
-            l1 = l1 * a1 + sum1;
             if (t == 0) {
                 alpha_s[r0] = a0;
                 alpha_s[r1] = a1;
@@ -359,6 +384,333 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
     }
 }
 
+/* ---- TMA + warp-specialised kernel (bf16 cache, sm_90a) -------------------
+ *
+ * The same arithmetic as mla_decode_wg_kernel, bf16 cache only, with TMA
+ * loads: a tile is 9 chunks (64 dims of every token) x (64 / rows) boxes of
+ * the cache's tensor map landing in one of two swizzled buffers, each chunk
+ * completing on its own `full` mbarrier so S issues a chunk's k-steps as
+ * soon as it has landed (S then ends with the load, not 0.6 us after it).
+ * Both warpgroups release a buffer on its `empty` mbarrier when their P V
+ * on it has completed, and warp 4 (group 1's first, otherwise idle until
+ * the next P) sends the next load at once (v11 waited for a whole-block
+ * barrier and spent 18 cp.async per thread a tile; a separate load warp
+ * would cap every warp at 168 registers, and the math spills).
+ *
+ * Group 0 computes S, the softmax and P (kept in registers as its own P V's
+ * A operand, stored to shared memory for group 1) and issues P V of a tile
+ * before S of the next, so a buffer is held from its S to its P V only; the
+ * next tile's softmax runs while both groups' P V of this one are on the
+ * tensor cores.  Group 1 does the other half of P V.  Named barriers:
+ * MT_BAR_P (P and alpha of a tile stored; group 0 arrives, group 1 waits),
+ * MT_BAR_PFREE (group 1's P V done with P; the reverse), MT_BAR_G0 (group 0
+ * alone).  Rows of the last tile past the sequence are zeroed before P V
+ * reads them (its boxes may hold other rows or, past the last box, stale
+ * bytes).
+ */
+
+#define MT_THREADS    256
+#define MT_OFF_KV(s)  (MW_TILE_B * (1 + (s)))
+#define MT_OFF_P      (3 * MW_TILE_B)
+#define MT_OFF_A      (MT_OFF_P + MW_QB)
+#define MT_CHUNKS     (MLA_D / 64)                  /* 64-dim boxes a token row */
+#define MT_OFF_BAR    (MT_OFF_A + 64 * 4)          /* full[2][9], empty[2] */
+#define MT_SMEM       (MT_OFF_BAR + (2 * MT_CHUNKS + 2) * 8 + 1024)
+#define MT_BAR_Q      1
+#define MT_BAR_P      2
+#define MT_BAR_PFREE  3
+#define MT_BAR_G0     4
+
+/* This lane's cache block for tile `tile` (lane j loads box j: rows_box =
+ * min(bs, 64) tokens of one block), 0 where the box is past the sequence. */
+static __device__ __forceinline__ int
+mt_block_of(int tile, int len, int bs, const int32_t *bt)
+{
+    const int lane = threadIdx.x & 31, rows_box = bs < MW_TILE ? bs : MW_TILE;
+    const int p = tile * MW_TILE + lane * rows_box;
+    return lane < MW_TILE / rows_box && p < len ? bt[p / bs] : 0;
+}
+
+/* Warp-wide: the live boxes of tile `tile` into buffer st, chunk c (64
+ * dims of every token) completing on full[c] (the buffer's MT_CHUNKS
+ * barriers) with its byte count, so S can start on the first chunk. */
+static __device__ __forceinline__ void
+mt_load_tile(uint8_t *sm, int st, int tile, int len, int bs, int blk, const CUtensorMap *map,
+             uint64_t *full)
+{
+    const int lane = threadIdx.x & 31, rows_box = bs < MW_TILE ? bs : MW_TILE;
+    const int p = tile * MW_TILE + lane * rows_box;
+    const bool live = lane < MW_TILE / rows_box && p < len;
+    const int n_live = __popc(__ballot_sync(0xffffffffu, live));
+    if (lane == 0) {
+        for (int c = 0; c < MT_CHUNKS; c++) {
+            kimi_mbar_arrive_tx(&full[c], (uint32_t) (n_live * rows_box * 128));
+        }
+    }
+    __syncwarp();
+    if (live) {
+        uint8_t *dst = sm + MT_OFF_KV(st) + lane * rows_box * 128;
+        const int row = blk * bs + p % bs;
+#pragma unroll
+        for (int c = 0; c < MT_CHUNKS; c++) {
+            kimi_tma_load_2d(dst + c * MW_QB, map, c * 64, row, &full[c]);
+        }
+    }
+}
+
+/* Rows r0, r1 (heads < H) of this group's 256 output dims, times their 1/l,
+ * as bf16 into out [B][H][512]. */
+static __device__ __forceinline__ void
+mt_store_out(uint16_t *out, int b, int H, int g, int r0, int r1, int t, const float (&o)[128],
+             float i0, float i1)
+{
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        const int col = g * 256 + 8 * j + 2 * t;
+        if (r0 < H) {
+            *(uint32_t *) (out + ((size_t) b * H + r0) * MLA_DV + col) =
+                (uint32_t) kimi_f2bf(o[4 * j] * i0) | (uint32_t) kimi_f2bf(o[4 * j + 1] * i0) << 16;
+        }
+        if (r1 < H) {
+            *(uint32_t *) (out + ((size_t) b * H + r1) * MLA_DV + col) =
+                (uint32_t) kimi_f2bf(o[4 * j + 2] * i1) | (uint32_t) kimi_f2bf(o[4 * j + 3] * i1) << 16;
+        }
+    }
+}
+
+static __global__ void __launch_bounds__(MT_THREADS, 1)
+mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t *__restrict__ q,
+                      int H, int bs, const int32_t *__restrict__ block_table, int bt_ld,
+                      const int32_t *__restrict__ seq_len, int n_splits, float scale2,
+                      float *__restrict__ opart, float *__restrict__ mlpart,
+                      uint16_t *__restrict__ out)
+{
+    extern __shared__ __align__(1024) uint8_t mt_smem_raw[];
+    uint8_t *sm = mt_smem_raw + ((1024 - (kimi_smem_addr(mt_smem_raw) & 1023)) & 1023);
+    uint64_t *full = (uint64_t *) (sm + MT_OFF_BAR), *empty = full + 2 * MT_CHUNKS;
+    float *alpha_s = (float *) (sm + MT_OFF_A);
+    const uint32_t sq = kimi_smem_addr(sm);
+
+    if (threadIdx.x == 0) {
+        kimi_tma_prefetch_map(&kv_map);
+        for (int i = 0; i < 2 * MT_CHUNKS; i++) {
+            kimi_mbar_init(&full[i], 1);
+        }
+        for (int i = 0; i < 2; i++) {
+            kimi_mbar_init(&empty[i], 8);   /* lane 0 of each math warp */
+        }
+        kimi_mbar_init_fence();
+    }
+    __syncthreads();
+    KIMI_GRID_ENTRY();
+
+    const int split = blockIdx.x, b = blockIdx.y;
+    const int len = seq_len[b];
+    const int ntiles = (len + MW_TILE - 1) / MW_TILE;
+    const int per = (ntiles + n_splits - 1) / n_splits;
+    const int t0 = split * per, t1 = min(ntiles, t0 + per);
+    const int32_t *bt = block_table + (size_t) b * bt_ld;
+
+    /* warp 4 (group 1's first) loads: the first two tiles now, each later
+     * one when both groups have released its buffer */
+    const bool loader = threadIdx.x >> 5 == 4;
+    int blk_next = 0;
+    if (loader && t0 < t1) {
+        mt_load_tile(sm, 0, t0, len, bs, mt_block_of(t0, len, bs, bt), &kv_map, full);
+        if (t0 + 1 < t1) {
+            mt_load_tile(sm, 1, t0 + 1, len, bs, mt_block_of(t0 + 1, len, bs, bt), &kv_map, full + MT_CHUNKS);
+        }
+        blk_next = t0 + 2 < t1 ? mt_block_of(t0 + 2, len, bs, bt) : 0;
+    }
+
+    const int mt = threadIdx.x, g = mt >> 7, wt = mt & 127;
+    const int lane = wt & 31, t = lane & 3;
+    const int r0 = (wt >> 5) * 16 + (lane >> 2), r1 = r0 + 8;   /* this thread's heads */
+
+    /* Q -> swizzled 9 x [64 heads x 64 dims]; heads >= H are zero */
+    mw_copy_rows_bf16(sm, (mt >> 2) < H ? (long long) b * H + (mt >> 2) : -1, q, mt);
+    kimi_cp_async_commit();
+    kimi_cp_async_wait<0>();
+    wg_fence_proxy();
+    kimi_bar_sync(MT_BAR_Q, 256);
+
+    float o[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) o[i] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;   /* group 0 only */
+
+    if (g == 0 && t0 < t1) {
+        float s[32];
+        uint32_t pw[16];
+        float a0, a1;
+
+        /* S of tile `tile` from buffer st into s, then its softmax into pw */
+        /* S of the tile in buffer st (use parity par) into s, each 64-dim
+         * chunk's k-steps issued as soon as the chunk has landed */
+        auto s_issue = [&](int st, int par) {
+            const uint32_t skv = sq + MT_OFF_KV(st);
+#pragma unroll
+            for (int kk = 0; kk < MLA_D / 16; kk++) {
+                if ((kk & 3) == 0) {
+                    kimi_mbar_wait(&full[st * MT_CHUNKS + (kk >> 2)], par);
+                }
+                const uint32_t koff = (kk >> 2) * MW_QB + (kk & 3) * 32;
+                wgmma_m64n64k16_bf16<0>(s, wg_desc(sq + koff, 16, 1024),
+                                        wg_desc(skv + koff, 16, 1024), kk > 0);
+            }
+            wg_commit();
+        };
+        auto softmax = [&](int tile, int st) {
+            wg_fence_regs(s);
+            mw_softmax<false>(s, tile * MW_TILE, len, scale2, NULL, t, m0, m1, l0, l1, pw, a0, a1);
+            const int live = len - tile * MW_TILE;
+            if (live < MW_TILE) {   /* zero the V rows past the sequence */
+                uint8_t *buf = sm + MT_OFF_KV(st);
+                for (int c = wt; c < (MW_TILE - live) * (MLA_DV / 8); c += 128) {
+                    const int r = live + c / (MLA_DV / 8), k = c % (MLA_DV / 8);
+                    *(uint4 *) (buf + (k >> 3) * MW_QB + wg_swz128(r, (k & 7) * 8)) = make_uint4(0, 0, 0, 0);
+                }
+                wg_fence_proxy();
+                kimi_bar_sync(MT_BAR_G0, 128);
+            }
+        };
+
+        /* P and alpha of tile i (buffer st) out to group 1, O rescaled, and
+         * this group's P V issued from the registers */
+        auto pv_issue = [&](int i, int st) {
+            if (i > 0) {
+                kimi_bar_sync(MT_BAR_PFREE, 256);   /* group 1 is done with P */
+            }
+            uint8_t *ps = sm + MT_OFF_P;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                *(uint32_t *) (ps + wg_swz128(r0, 8 * j + 2 * t)) = pw[2 * j];
+                *(uint32_t *) (ps + wg_swz128(r1, 8 * j + 2 * t)) = pw[2 * j + 1];
+            }
+            if (t == 0) {
+                alpha_s[r0] = a0;
+                alpha_s[r1] = a1;
+            }
+            wg_fence_proxy();
+            kimi_bar_arrive(MT_BAR_P, 256);
+#pragma unroll
+            for (int j = 0; j < 32; j++) {
+                o[4 * j] *= a0;
+                o[4 * j + 1] *= a0;
+                o[4 * j + 2] *= a1;
+                o[4 * j + 3] *= a1;
+            }
+            wg_fence_regs(o);
+            wg_arrive();
+            const uint32_t skv = sq + MT_OFF_KV(st);
+#pragma unroll
+            for (int ks = 0; ks < MW_TILE / 16; ks++) {
+                wgmma_m64n256k16_bf16_rs<1>(o, pw[4 * ks], pw[4 * ks + 1], pw[4 * ks + 2], pw[4 * ks + 3],
+                                            wg_desc(skv + ks * 2048, MW_QB, 1024));
+            }
+            wg_commit();
+        };
+        auto release = [&](int st) {   /* after this group's P V of the buffer */
+            wg_fence_regs(o);
+            if (lane == 0) {
+                kimi_mbar_arrive(&empty[st]);
+            }
+        };
+
+        wg_arrive();
+        s_issue(0, 0);
+        wg_wait<0>();
+        softmax(t0, 0);
+        int tile = t0;
+        for (; tile + 1 < t1; tile++) {
+            const int i = tile - t0, st = i & 1;
+            pv_issue(i, st);
+            s_issue(st ^ 1, ((i + 1) >> 1) & 1);   /* S of the next tile behind it */
+            wg_wait<1>();
+            release(st);
+            wg_wait<0>();
+            softmax(tile + 1, st ^ 1);
+        }
+        pv_issue(tile - t0, (tile - t0) & 1);
+        wg_wait<0>();
+        release((tile - t0) & 1);
+    } else if (g == 1) {
+        for (int tile = t0; tile < t1; tile++) {
+            const int st = (tile - t0) & 1;
+            kimi_bar_sync(MT_BAR_P, 256);   /* P and alpha of this tile stored */
+            const float a0 = alpha_s[r0], a1 = alpha_s[r1];
+#pragma unroll
+            for (int j = 0; j < 32; j++) {
+                o[4 * j] *= a0;
+                o[4 * j + 1] *= a0;
+                o[4 * j + 2] *= a1;
+                o[4 * j + 3] *= a1;
+            }
+            wg_fence_regs(o);
+            wg_arrive();
+            const uint32_t skv = sq + MT_OFF_KV(st);
+#pragma unroll
+            for (int ks = 0; ks < MW_TILE / 16; ks++) {
+                wgmma_m64n256k16_bf16<1>(o, wg_desc(sq + MT_OFF_P + ks * 32, 16, 1024),
+                                         wg_desc(skv + 4 * MW_QB + ks * 2048, MW_QB, 1024), 1);
+            }
+            wg_commit();
+            wg_wait<0>();
+            wg_fence_regs(o);
+            if (tile + 1 < t1) {
+                kimi_bar_arrive(MT_BAR_PFREE, 256);
+            }
+            if (lane == 0) {
+                kimi_mbar_arrive(&empty[st]);
+            }
+            if (loader && tile + 2 < t1) {
+                kimi_mbar_wait(&empty[st], ((tile - t0) >> 1) & 1);   /* group 0 done too */
+                mt_load_tile(sm, st, tile + 2, len, bs, blk_next, &kv_map, full + st * MT_CHUNKS);
+                blk_next = tile + 3 < t1 ? mt_block_of(tile + 3, len, bs, bt) : 0;
+            }
+        }
+    }
+
+    if (g == 0) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    }
+    if (n_splits == 1) {   /* the whole context: o / l straight out, no merge */
+        kimi_bar_sync(MT_BAR_Q, 256);   /* group 1 is past its last alpha */
+        if (g == 0 && t == 0) {
+            alpha_s[r0] = l0;
+            alpha_s[r1] = l1;
+        }
+        kimi_bar_sync(MT_BAR_Q, 256);
+        const float i0 = alpha_s[r0] > 0.f ? 1.f / alpha_s[r0] : 0.f;
+        const float i1 = alpha_s[r1] > 0.f ? 1.f / alpha_s[r1] : 0.f;
+        mt_store_out(out, b, H, g, r0, r1, t, o, i0, i1);
+        return;
+    }
+
+    const size_t base = ((size_t) b * n_splits + split) * H;
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        const int col = g * 256 + 8 * j + 2 * t;
+        if (r0 < H) {
+            *(float2 *) (opart + (base + r0) * MLA_DV + col) = make_float2(o[4 * j], o[4 * j + 1]);
+        }
+        if (r1 < H) {
+            *(float2 *) (opart + (base + r1) * MLA_DV + col) = make_float2(o[4 * j + 2], o[4 * j + 3]);
+        }
+    }
+    if (g == 0 && t == 0) {
+        if (r0 < H) {
+            *(float2 *) (mlpart + (base + r0) * 2) = make_float2(m0, l0);
+        }
+        if (r1 < H) {
+            *(float2 *) (mlpart + (base + r1) * 2) = make_float2(m1, l1);
+        }
+    }
+}
+
 /* o[b,h,:] = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s */
 static __global__ void
 mla_combine_kernel(const float *__restrict__ opart, const float *__restrict__ mlpart,
@@ -415,6 +767,27 @@ kimi_mla_n_splits(int B, int max_ctx, int n_sm)
     return s < 1 ? 1 : s;
 }
 
+/* The TMA kernel's boxes are whole 1024-byte swizzle atoms of one cache
+ * block: a block of 8..64 tokens dividing the 64-token tile, or a multiple
+ * of 64. */
+static int
+mla_tma_block_ok(int bs)
+{
+    return bs % MW_TILE == 0 || (MW_TILE % bs == 0 && bs % 8 == 0);
+}
+
+/* KIMI_MLA_V11=1: the bf16 cache on the cp.async kernel (A/B measurements). */
+static int
+mla_v11_forced(void)
+{
+    static int v = -1;     /* a benign race: every thread computes the same */
+    if (v < 0) {
+        const char *e = getenv("KIMI_MLA_V11");
+        v = e != NULL && strcmp(e, "1") == 0;
+    }
+    return v;
+}
+
 extern "C" int
 kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
                 const float *kv_scale, int kv_fp8, int bs,
@@ -436,7 +809,25 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
     float *mlpart = opart + (size_t) B * n_splits * H * MLA_DV;
     dim3 grid(n_splits, B);
     const float scale2 = scale * LOG2E;
-    if (kv_fp8) {
+    if (!kv_fp8 && mla_tma_block_ok(bs) && !mla_v11_forced()) {
+        CUtensorMap map;
+        const int rows_box = bs < MW_TILE ? bs : MW_TILE;
+        /* rows: the map's bound, not the cache's (the kernel does not know how
+         * many blocks the cache has); the block table is trusted here as in
+         * every path of this kernel */
+        int rc = kimi_tmap_2d(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, kv, MLA_D, 1ull << 31,
+                              MLA_D * 2, 64, (uint32_t) rows_box, err);
+        if (rc != KIMI_OK) {
+            return rc;
+        }
+        KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_tma_kernel,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, MT_SMEM), err);
+        KIMI_LAUNCH(err, mla_decode_tma_kernel, grid, MT_THREADS, MT_SMEM, s, map, q, H, bs,
+                    block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart, o);
+        if (n_splits == 1) {
+            return KIMI_OK;
+        }
+    } else if (kv_fp8) {
         KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<true>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
         KIMI_LAUNCH(err, mla_decode_wg_kernel<true>, grid, MW_THREADS, MW_SMEM, s, q, H, kv,

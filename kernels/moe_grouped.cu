@@ -457,31 +457,6 @@ kimi_moe_grouped_down(int D, int I, int max_slots, const kimi_experts_t *ex,
 
 /* ---- tensor maps ---------------------------------------------------------- */
 
-typedef CUresult (*kg_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
-                                 const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
-                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-/* A [rows][cols] e4m3 weight as boxes of 64 rows x 128 bytes, 128-byte swizzle. */
-static int
-kg_encode(kg_encode_fn fn, CUtensorMap *m, const void *w, int rows, int cols, kimi_err_t *err)
-{
-    if (w == NULL) {
-        memset(m, 0, sizeof(*m));
-        return KIMI_OK;
-    }
-    const cuuint64_t dim[2] = { (cuuint64_t) cols, (cuuint64_t) rows };
-    const cuuint64_t stride[1] = { (cuuint64_t) cols };
-    const cuuint32_t box[2] = { 128, 64 }, estride[2] = { 1, 1 };   /* KG_Q_B */
-    CUresult r = fn(m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *) w, dim, stride, box, estride,
-                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS) {
-        return kimi_err_set(err, KIMI_ECUDA, "moe tensor map: cuTensorMapEncodeTiled error %d (%d x %d at %p)",
-                            (int) r, rows, cols, w);
-    }
-    return KIMI_OK;
-}
-
 extern "C" size_t
 kimi_moe_tmaps_bytes(int n)
 {
@@ -492,24 +467,13 @@ extern "C" int
 kimi_moe_tmaps_encode(void *out, const uint8_t *const *gate, const uint8_t *const *up,
                       const uint8_t *const *down, int n, int D, int I, kimi_err_t *err)
 {
-    static kg_encode_fn fn;
-    if (fn == NULL) {
-        void *p = NULL;
-        cudaDriverEntryPointQueryResult q;
-        cudaError_t ce = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000,
-                                                          cudaEnableDefault, &q);
-        if (ce != cudaSuccess || q != cudaDriverEntryPointSuccess || p == NULL) {
-            return kimi_err_set(err, KIMI_ECUDA, "moe tensor maps: cuTensorMapEncodeTiled not found (%s)",
-                                cudaGetErrorString(ce));
-        }
-        fn = (kg_encode_fn) p;
-    }
     CUtensorMap *m = (CUtensorMap *) out;
     for (int e = 0; e < n; e++) {
         int rc;
-        if ((rc = kg_encode(fn, &m[e], gate[e], I, D, err)) != KIMI_OK
-            || (rc = kg_encode(fn, &m[n + e], up[e], I, D, err)) != KIMI_OK
-            || (rc = kg_encode(fn, &m[2 * n + e], down[e], D, I, err)) != KIMI_OK) {
+        /* [rows][cols] e4m3 as boxes of 64 rows x 128 bytes (KG_Q_B) */
+        if ((rc = kimi_tmap_2d(&m[e], CU_TENSOR_MAP_DATA_TYPE_UINT8, gate[e], D, I, D, 128, 64, err)) != KIMI_OK
+            || (rc = kimi_tmap_2d(&m[n + e], CU_TENSOR_MAP_DATA_TYPE_UINT8, up[e], D, I, D, 128, 64, err)) != KIMI_OK
+            || (rc = kimi_tmap_2d(&m[2 * n + e], CU_TENSOR_MAP_DATA_TYPE_UINT8, down[e], I, D, I, 128, 64, err)) != KIMI_OK) {
             return rc;
         }
     }

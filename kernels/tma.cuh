@@ -141,4 +141,18 @@ static __device__ __forceinline__ void kimi_bar_sync(int id, int threads)
     asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(threads) : "memory");
 }
 
+/* Counts this warp's arrival at named barrier id without waiting (the
+ * producer side of a bar.sync the other threads wait on). */
+static __device__ __forceinline__ void kimi_bar_arrive(int id, int threads)
+{
+    asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "r"(threads) : "memory");
+}
+
+/* Host (tma.cu): *m = the [rows][cols] tensor at base (row_bytes apart) in
+ * boxes of box_rows x box_cols elements, 128-byte swizzle (box_cols of the
+ * type make 128 bytes); base NULL gives a zeroed map. */
+int kimi_tmap_2d(CUtensorMap *m, CUtensorMapDataType type, const void *base, uint64_t cols,
+                 uint64_t rows, uint64_t row_bytes, uint32_t box_cols, uint32_t box_rows,
+                 kimi_err_t *err);
+
 #endif

@@ -872,9 +872,9 @@ test_moe(int T, int D, int I, int E_, int top_k, int skew)
 }
 
 static void
-test_mla(int B, const int *lens, int fp8, int H)
+test_mla(int B, const int *lens, int fp8, int H, int bs)
 {
-    const int bs = 64, W = 576;
+    const int W = 576;
     int maxb = 0, tot = 0;
     for (int b = 0; b < B; b++) {
         int nb = (lens[b] + bs - 1) / bs;
@@ -922,8 +922,14 @@ test_mla(int B, const int *lens, int fp8, int H)
     void *dws = dmalloc(kimi_mla_ws_bytes(B, H, splits));
     KK(kimi_mla_decode(dq, B, H, dkv, dks, fp8, bs, dbt, maxb, dlen, splits, scale, dws, dout, 0, ERR));
     CK(cudaDeviceSynchronize());
-    uint16_t *gout = hmalloc((size_t) B * H * 512 * 2);
+    uint16_t *gout = hmalloc((size_t) B * H * 512 * 2), *gout2 = hmalloc((size_t) B * H * 512 * 2);
     down(gout, dout, (size_t) B * H * 512 * 2);
+    /* again on the same (now written) workspace: nothing carried over */
+    KK(kimi_mla_decode(dq, B, H, dkv, dks, fp8, bs, dbt, maxb, dlen, splits, scale, dws, dout, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    down(gout2, dout, (size_t) B * H * 512 * 2);
+    const int again = memcmp(gout, gout2, (size_t) B * H * 512 * 2) == 0;
+    free(gout2);
     size_t n = (size_t) B * H * 512;
     float *got = hmalloc(n * 4), *ref = hmalloc(n * 4), *ql = hmalloc(H * 512 * 4), *qp = hmalloc(H * 64 * 4);
     int maxlen = 0;
@@ -943,8 +949,9 @@ test_mla(int B, const int *lens, int fp8, int H)
     char desc[128];
     int o = 0;
     for (int b = 0; b < B && o < 100; b++) o += snprintf(desc + o, sizeof(desc) - o, "%s%d", b ? "," : "", lens[b]);
-    ok(nf == 0 && e < 1e-2, "mla_decode %s B=%d H=%d ctx {%s} splits %d: rel err %.2e (tol 1e-2, bf16 P and out), nonfinite %zu",
-       fp8 ? "fp8" : "bf16", B, H, desc, splits, e, nf);
+    ok(nf == 0 && e < 1e-2 && again,
+       "mla_decode %s B=%d H=%d bs=%d ctx {%s} splits %d: rel err %.2e (tol 1e-2, bf16 P and out), nonfinite %zu, second call %s",
+       fp8 ? "fp8" : "bf16", B, H, bs, desc, splits, e, nf, again ? "bit-equal" : "DIFFERS");
     cudaFree(dkv); cudaFree(dks); cudaFree(dbt); cudaFree(dlen); cudaFree(dq); cudaFree(dout); cudaFree(dws);
     free(perm); free(bt); free(kv.data); free(kv.scales); free(hq); free(gout); free(got); free(ref);
     free(ql); free(qp); free(scr);
@@ -1298,12 +1305,22 @@ main(int argc, char **argv)
         int l1[] = {1, 100, 1000};
         int l2[] = {4097, 33, 64};
         int l3[] = {8191, 129, 63, 2000};
-        test_mla(3, l1, 0, 64);
-        test_mla(3, l1, 1, 64);
-        test_mla(3, l2, 0, 64);
-        test_mla(3, l2, 1, 64);
-        test_mla(4, l3, 0, 16);   /* fewer heads than the 64-row tile (TP ranks) */
-        test_mla(4, l3, 1, 32);
+        test_mla(3, l1, 0, 64, 64);
+        test_mla(3, l1, 1, 64, 64);
+        test_mla(3, l2, 0, 64, 64);
+        test_mla(3, l2, 1, 64, 64);
+        test_mla(4, l3, 0, 16, 64);   /* fewer heads than the 64-row tile (TP ranks) */
+        test_mla(4, l3, 1, 32, 64);
+        /* bf16 TMA boxes of 8/16/128-token blocks; 48 is not a box size: the
+         * cp.async kernel */
+        test_mla(4, l3, 0, 64, 16);
+        test_mla(3, l1, 0, 32, 8);
+        test_mla(3, l2, 0, 64, 128);
+        test_mla(3, l1, 0, 64, 48);
+        test_mla(4, l3, 1, 64, 16);
+        int l4[70];
+        for (int b = 0; b < 70; b++) l4[b] = 1 + (int) (rnext() % 700);
+        test_mla(70, l4, 0, 64, 64);   /* 70 sequences: one split each */
     }
     test_mla_prefill(77, 77, 0, 8);
     test_mla_prefill(100, 300, 200, 4);
