@@ -160,6 +160,22 @@ static __device__ __forceinline__ float mw_ex2(float x)
     return y;
 }
 
+/* O's rows r0, r1 (this thread's part of a warpgroup's 64 x 256
+ * accumulator) times their softmax rescale, then ready for the next wgmma. */
+static __device__ __forceinline__ void
+mw_rescale_o(float (&o)[128], float a0, float a1)
+{
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        o[4 * j] *= a0;
+        o[4 * j + 1] *= a0;
+        o[4 * j + 2] *= a1;
+        o[4 * j + 3] *= a1;
+    }
+    wg_fence_regs(o);
+    wg_arrive();
+}
+
 /* One tile's online softmax for the rows r0 = lane / 4 (+ 16 per warp) and
  * r0 + 8 of a warpgroup's S accumulators (64 heads x 64 tokens), in log2
  * units: max of the raw scores (scale2 > 0), p = 2^(s * scale2 - m).  Masks
@@ -333,18 +349,8 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
         __syncthreads();   /* P, alpha ready */
 
         /* O (64 heads x this group's 256 dims) = O * alpha + P V */
-        {   /* (warpgroup 0 wrote these for its own rows r0, r1: the same heads) */
-            const float a0 = alpha_s[r0], a1 = alpha_s[r1];
-#pragma unroll
-            for (int j = 0; j < 32; j++) {
-                o[4 * j] *= a0;
-                o[4 * j + 1] *= a0;
-                o[4 * j + 2] *= a1;
-                o[4 * j + 3] *= a1;
-            }
-        }
-        wg_fence_regs(o);
-        wg_arrive();
+        /* (warpgroup 0 wrote these for its own rows r0, r1: the same heads) */
+        mw_rescale_o(o, alpha_s[r0], alpha_s[r1]);
 #pragma unroll
         for (int ks = 0; ks < MW_TILE / 16; ks++) {
             wgmma_m64n256k16_bf16<1>(o, wg_desc(sq + MW_OFF_P + ks * 32, 16, 1024),
@@ -593,15 +599,7 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
             }
             wg_fence_proxy();
             kimi_bar_arrive(MT_BAR_P, 256);
-#pragma unroll
-            for (int j = 0; j < 32; j++) {
-                o[4 * j] *= a0;
-                o[4 * j + 1] *= a0;
-                o[4 * j + 2] *= a1;
-                o[4 * j + 3] *= a1;
-            }
-            wg_fence_regs(o);
-            wg_arrive();
+            mw_rescale_o(o, a0, a1);
             const uint32_t skv = sq + MT_OFF_KV(st);
 #pragma unroll
             for (int ks = 0; ks < MW_TILE / 16; ks++) {
@@ -639,15 +637,7 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
             const int st = (tile - t0) & 1;
             kimi_bar_sync(MT_BAR_P, 256);   /* P and alpha of this tile stored */
             const float a0 = alpha_s[r0], a1 = alpha_s[r1];
-#pragma unroll
-            for (int j = 0; j < 32; j++) {
-                o[4 * j] *= a0;
-                o[4 * j + 1] *= a0;
-                o[4 * j + 2] *= a1;
-                o[4 * j + 3] *= a1;
-            }
-            wg_fence_regs(o);
-            wg_arrive();
+            mw_rescale_o(o, a0, a1);
             const uint32_t skv = sq + MT_OFF_KV(st);
 #pragma unroll
             for (int ks = 0; ks < MW_TILE / 16; ks++) {
