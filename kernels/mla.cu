@@ -160,6 +160,25 @@ static __device__ __forceinline__ float mw_ex2(float x)
     return y;
 }
 
+/* P (pw, as mw_softmax packs it) of rows r0, r1 into the swizzled 64 x 64
+ * bf16 block at ps and each row's rescale into alpha_s, for the other
+ * warpgroup's P V (wgmma reads ps: the proxy fence is the writer's). */
+static __device__ __forceinline__ void
+mw_store_p(uint8_t *ps, float *alpha_s, const uint32_t (&pw)[16], int r0, int r1, int t,
+           float a0, float a1)
+{
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        *(uint32_t *) (ps + wg_swz128(r0, 8 * j + 2 * t)) = pw[2 * j];
+        *(uint32_t *) (ps + wg_swz128(r1, 8 * j + 2 * t)) = pw[2 * j + 1];
+    }
+    if (t == 0) {
+        alpha_s[r0] = a0;
+        alpha_s[r1] = a1;
+    }
+    wg_fence_proxy();
+}
+
 /* O's rows r0, r1 (this thread's part of a warpgroup's 64 x 256
  * accumulator) times their softmax rescale, then ready for the next wgmma. */
 static __device__ __forceinline__ void
@@ -334,17 +353,7 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
             float a0, a1;
             uint32_t pw[16];
             mw_softmax<FP8>(s, tile * MW_TILE, len, scale2, ksc + stage * 64, t, m0, m1, l0, l1, pw, a0, a1);
-            uint8_t *ps = sm + MW_OFF_P;
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                *(uint32_t *) (ps + wg_swz128(r0, 8 * j + 2 * t)) = pw[2 * j];
-                *(uint32_t *) (ps + wg_swz128(r1, 8 * j + 2 * t)) = pw[2 * j + 1];
-            }
-            if (t == 0) {
-                alpha_s[r0] = a0;
-                alpha_s[r1] = a1;
-            }
-            wg_fence_proxy();
+            mw_store_p(sm + MW_OFF_P, alpha_s, pw, r0, r1, t, a0, a1);
         }
         __syncthreads();   /* P, alpha ready */
 
@@ -587,17 +596,7 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
             if (i > 0) {
                 kimi_bar_sync(MT_BAR_PFREE, 256);   /* group 1 is done with P */
             }
-            uint8_t *ps = sm + MT_OFF_P;
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                *(uint32_t *) (ps + wg_swz128(r0, 8 * j + 2 * t)) = pw[2 * j];
-                *(uint32_t *) (ps + wg_swz128(r1, 8 * j + 2 * t)) = pw[2 * j + 1];
-            }
-            if (t == 0) {
-                alpha_s[r0] = a0;
-                alpha_s[r1] = a1;
-            }
-            wg_fence_proxy();
+            mw_store_p(sm + MT_OFF_P, alpha_s, pw, r0, r1, t, a0, a1);
             kimi_bar_arrive(MT_BAR_P, 256);
             mw_rescale_o(o, a0, a1);
             const uint32_t skv = sq + MT_OFF_KV(st);
