@@ -8,14 +8,16 @@
  *          bf16 [blocks][bs][576] or e4m3 [blocks][bs][576] with fp32
  *          kv_scale[blocks][bs]; token p of sequence b is row p % bs of block
  *          block_table[b*bt_ld + p/bs]; o bf16 [B][H][512].
- * Work:    grid (split, b): a block streams its share of the context in
- *          64-token tiles and serves all H (<= 64, padded to the 64-row wgmma
- *          tile) heads from one read of each tile (see the kernel's comment);
- *          partial (O, m, l) per split go to ws and mla_combine_kernel merges
- *          them (the TMA kernel writes o itself when there is one split).
- *          A bf16 cache whose blocks are whole swizzle atoms (8..64
- *          tokens dividing 64, or multiples of 64) takes the TMA kernel;
- *          fp8 and other block sizes the cp.async one.
+ * Work:    a block streams 64-token tiles and serves all H (<= 64, padded
+ *          to the 64-row wgmma tile) heads from one read of each tile; the
+ *          partial (O, m, l) of each stretch of a sequence goes to ws and
+ *          mla_combine_kernel merges them.  A bf16 cache whose blocks are
+ *          whole swizzle atoms (8..64 tokens dividing 64, or multiples of
+ *          64) takes the TMA kernel, on a flat schedule: the batch's
+ *          (sequence, tile) pairs cut into equal runs, one a block, a run
+ *          crossing sequences where it must (mixed lengths keep every SM
+ *          busy).  fp8 and other block sizes take the cp.async kernel, grid
+ *          (split, b) with a fixed split count per sequence.
  * Cost:    bytes = sum_b ctx_b * 1152 (bf16) or 580 (fp8 + scale);
  *          FLOPs = 2 * H * ctx * (576 + 512) per sequence: 121 FLOP/byte at
  *          H = 64 on bf16, under the H100's ridge, so memory bound:
@@ -422,6 +424,12 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
  * alone).  Rows of the last tile past the sequence are zeroed before P V
  * reads them (its boxes may hold other rows or, past the last box, stale
  * bytes).
+ *
+ * Items are the block's run of the flat schedule (mt_walk): where the run
+ * moves to the next sequence, group 0 loads that sequence's Q once S of the
+ * last tile is done (P V does not read Q), and each group writes its half
+ * of the finished stretch's partial into slot b + block and starts a fresh
+ * accumulator (O zeroed, m = -inf, l = 0).
  */
 
 #define MT_THREADS    256
@@ -431,6 +439,7 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
 #define MT_CHUNKS     (MLA_D / 64)                  /* 64-dim boxes a token row */
 #define MT_OFF_BAR    (MT_OFF_A + 64 * 4)          /* full[2][9], empty[2] */
 #define MT_SMEM       (MT_OFF_BAR + (2 * MT_CHUNKS + 2) * 8 + 1024)
+#define MT_MAX_RUNS   256              /* blocks of the flat schedule, at most */
 #define MT_BAR_Q      1
 #define MT_BAR_P      2
 #define MT_BAR_PFREE  3
@@ -473,32 +482,97 @@ mt_load_tile(uint8_t *sm, int st, int tile, int len, int bs, int blk, const CUte
     }
 }
 
-/* Rows r0, r1 (heads < H) of this group's 256 output dims, times their 1/l,
- * as bf16 into out [B][H][512]. */
-static __device__ __forceinline__ void
-mt_store_out(uint16_t *out, int b, int H, int g, int r0, int r1, int t, const float (&o)[128],
-             float i0, float i1)
+/* The flat schedule: the batch's (sequence, 64-token tile) pairs in order,
+ * cut into gridDim.x runs of ceil(total / gridDim.x); a run may cross
+ * sequences (a segment per sequence, each with its own partial in slot
+ * b + k: along the list b + k only grows, so slots never collide). */
+typedef struct {
+    int b, tile, len, nt;   /* the current item: sequence b's tile, its length and tiles */
+    int left;               /* items left in the run, the current one included */
+} mt_walk;
+
+static __device__ __forceinline__ int mt_ntiles(int len)
 {
-#pragma unroll
-    for (int j = 0; j < 32; j++) {
-        const int col = g * 256 + 8 * j + 2 * t;
-        if (r0 < H) {
-            *(uint32_t *) (out + ((size_t) b * H + r0) * MLA_DV + col) =
-                (uint32_t) kimi_f2bf(o[4 * j] * i0) | (uint32_t) kimi_f2bf(o[4 * j + 1] * i0) << 16;
-        }
-        if (r1 < H) {
-            *(uint32_t *) (out + ((size_t) b * H + r1) * MLA_DV + col) =
-                (uint32_t) kimi_f2bf(o[4 * j + 2] * i1) | (uint32_t) kimi_f2bf(o[4 * j + 3] * i1) << 16;
+    return (len + MW_TILE - 1) / MW_TILE;
+}
+
+/* To the run's next item; false (and left 0) at its end. */
+static __device__ __forceinline__ bool
+mt_next(mt_walk &w, const int32_t *seq_len)
+{
+    if (w.left <= 1) {
+        w.left = 0;
+        return false;
+    }
+    w.left--;
+    if (++w.tile >= w.nt) {
+        do {
+            w.b++;
+            w.len = seq_len[w.b];
+            w.nt = mt_ntiles(w.len);
+        } while (w.nt == 0);
+        w.tile = 0;
+    }
+    return true;
+}
+
+static __device__ __forceinline__ const int32_t *
+mt_bt(const int32_t *block_table, int bt_ld, const mt_walk &w)
+{
+    return block_table + (size_t) w.b * bt_ld;
+}
+
+/* Block-wide (all 256 threads): run k's first item into w, through a scan of
+ * the sequences' tile counts in scr (256 ints); false when the run is empty. */
+static __device__ __forceinline__ bool
+mt_start(const int32_t *seq_len, int B, int n_runs, int k, int *scr, mt_walk &w)
+{
+    const int tid = threadIdx.x, chunk = (B + MT_THREADS - 1) / MT_THREADS;
+    const int lo = min(B, tid * chunk), hi = min(B, lo + chunk);
+    int sum = 0;
+    for (int i = lo; i < hi; i++) {
+        sum += mt_ntiles(seq_len[i]);
+    }
+    scr[tid] = sum;
+    __syncthreads();
+    for (int d = 1; d < MT_THREADS; d <<= 1) {   /* inclusive scan */
+        const int v = tid >= d ? scr[tid - d] : 0;
+        __syncthreads();
+        scr[tid] += v;
+        __syncthreads();
+    }
+    const int total = scr[MT_THREADS - 1];
+    const int per = (total + n_runs - 1) / n_runs, start = k * per;
+    int acc = scr[tid] - sum;
+    __syncthreads();
+    if (start < total && start >= acc && start < acc + sum) {   /* the run starts in my chunk */
+        for (int i = lo; i < hi; i++) {
+            const int nt = mt_ntiles(seq_len[i]);
+            if (start < acc + nt) {
+                scr[0] = i;
+                scr[1] = start - acc;
+                break;
+            }
+            acc += nt;
         }
     }
+    __syncthreads();
+    if (start >= total) {
+        return false;
+    }
+    w.b = scr[0];
+    w.tile = scr[1];
+    w.len = seq_len[w.b];
+    w.nt = mt_ntiles(w.len);
+    w.left = min(per, total - start);
+    return true;
 }
 
 static __global__ void __launch_bounds__(MT_THREADS, 1)
 mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t *__restrict__ q,
-                      int H, int bs, const int32_t *__restrict__ block_table, int bt_ld,
-                      const int32_t *__restrict__ seq_len, int n_splits, float scale2,
-                      float *__restrict__ opart, float *__restrict__ mlpart,
-                      uint16_t *__restrict__ out)
+                      int H, int B, int bs, const int32_t *__restrict__ block_table, int bt_ld,
+                      const int32_t *__restrict__ seq_len, float scale2,
+                      float *__restrict__ opart, float *__restrict__ mlpart)
 {
     extern __shared__ __align__(1024) uint8_t mt_smem_raw[];
     uint8_t *sm = mt_smem_raw + ((1024 - (kimi_smem_addr(mt_smem_raw) & 1023)) & 1023);
@@ -519,31 +593,37 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
     __syncthreads();
     KIMI_GRID_ENTRY();
 
-    const int split = blockIdx.x, b = blockIdx.y;
-    const int len = seq_len[b];
-    const int ntiles = (len + MW_TILE - 1) / MW_TILE;
-    const int per = (ntiles + n_splits - 1) / n_splits;
-    const int t0 = split * per, t1 = min(ntiles, t0 + per);
-    const int32_t *bt = block_table + (size_t) b * bt_ld;
+    /* this block's run of the flat (sequence, tile) list */
+    mt_walk w0;
+    const int k = blockIdx.x;
+    if (!mt_start(seq_len, B, gridDim.x, k, (int *) (sm + MT_OFF_P), w0)) {
+        return;
+    }
 
-    /* warp 4 (group 1's first) loads: the first two tiles now, each later
+    /* warp 4 (group 1's first) loads: the first two items now, each later
      * one when both groups have released its buffer */
     const bool loader = threadIdx.x >> 5 == 4;
-    int blk_next = 0;
-    if (loader && t0 < t1) {
-        mt_load_tile(sm, 0, t0, len, bs, mt_block_of(t0, len, bs, bt), &kv_map, full);
-        if (t0 + 1 < t1) {
-            mt_load_tile(sm, 1, t0 + 1, len, bs, mt_block_of(t0 + 1, len, bs, bt), &kv_map, full + MT_CHUNKS);
+    mt_walk ld = w0;
+    int blk_ld = 0;
+    if (loader) {
+        mt_load_tile(sm, 0, ld.tile, ld.len, bs, mt_block_of(ld.tile, ld.len, bs, mt_bt(block_table, bt_ld, ld)),
+                     &kv_map, full);
+        if (mt_next(ld, seq_len)) {
+            mt_load_tile(sm, 1, ld.tile, ld.len, bs,
+                         mt_block_of(ld.tile, ld.len, bs, mt_bt(block_table, bt_ld, ld)), &kv_map,
+                         full + MT_CHUNKS);
+            if (mt_next(ld, seq_len)) {   /* ld: the next item to load (left 0: none) */
+                blk_ld = mt_block_of(ld.tile, ld.len, bs, mt_bt(block_table, bt_ld, ld));
+            }
         }
-        blk_next = t0 + 2 < t1 ? mt_block_of(t0 + 2, len, bs, bt) : 0;
     }
 
     const int mt = threadIdx.x, g = mt >> 7, wt = mt & 127;
     const int lane = wt & 31, t = lane & 3;
     const int r0 = (wt >> 5) * 16 + (lane >> 2), r1 = r0 + 8;   /* this thread's heads */
 
-    /* Q -> swizzled 9 x [64 heads x 64 dims]; heads >= H are zero */
-    mw_copy_rows_bf16(sm, (mt >> 2) < H ? (long long) b * H + (mt >> 2) : -1, q, mt);
+    /* Q of the first sequence -> swizzled 9 x [64 heads x 64 dims]; heads >= H are zero */
+    mw_copy_rows_bf16(sm, (mt >> 2) < H ? (long long) w0.b * H + (mt >> 2) : -1, q, mt);
     kimi_cp_async_commit();
     kimi_cp_async_wait<0>();
     wg_fence_proxy();
@@ -554,13 +634,43 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
     for (int i = 0; i < 128; i++) o[i] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;   /* group 0 only */
 
-    if (g == 0 && t0 < t1) {
+    /* this group's half of a segment's partial (O, and from group 0 m and l)
+     * into slot b + k, then a fresh accumulator for the next segment */
+    auto seg_out = [&](int b) {
+        const size_t base = ((size_t) b + k) * H;
+#pragma unroll
+        for (int j = 0; j < 32; j++) {
+            const int col = g * 256 + 8 * j + 2 * t;
+            if (r0 < H) {
+                *(float2 *) (opart + (base + r0) * MLA_DV + col) = make_float2(o[4 * j], o[4 * j + 1]);
+            }
+            if (r1 < H) {
+                *(float2 *) (opart + (base + r1) * MLA_DV + col) = make_float2(o[4 * j + 2], o[4 * j + 3]);
+            }
+            o[4 * j] = o[4 * j + 1] = o[4 * j + 2] = o[4 * j + 3] = 0.f;
+        }
+        if (g == 0) {
+            l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+            l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+            l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+            l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+            if (t == 0 && r0 < H) {
+                *(float2 *) (mlpart + (base + r0) * 2) = make_float2(m0, l0);
+            }
+            if (t == 0 && r1 < H) {
+                *(float2 *) (mlpart + (base + r1) * 2) = make_float2(m1, l1);
+            }
+            m0 = m1 = -INFINITY;
+            l0 = l1 = 0.f;
+        }
+    };
+
+    if (g == 0) {
         float s[32];
         uint32_t pw[16];
         float a0, a1;
 
-        /* S of tile `tile` from buffer st into s, then its softmax into pw */
-        /* S of the tile in buffer st (use parity par) into s, each 64-dim
+        /* S of the item in buffer st (use parity par) into s, each 64-dim
          * chunk's k-steps issued as soon as the chunk has landed */
         auto s_issue = [&](int st, int par) {
             const uint32_t skv = sq + MT_OFF_KV(st);
@@ -575,22 +685,21 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
             }
             wg_commit();
         };
-        auto softmax = [&](int tile, int st) {
+        auto softmax = [&](const mt_walk &w, int st) {
             wg_fence_regs(s);
-            mw_softmax<false>(s, tile * MW_TILE, len, scale2, NULL, t, m0, m1, l0, l1, pw, a0, a1);
-            const int live = len - tile * MW_TILE;
+            mw_softmax<false>(s, w.tile * MW_TILE, w.len, scale2, NULL, t, m0, m1, l0, l1, pw, a0, a1);
+            const int live = w.len - w.tile * MW_TILE;
             if (live < MW_TILE) {   /* zero the V rows past the sequence */
                 uint8_t *buf = sm + MT_OFF_KV(st);
                 for (int c = wt; c < (MW_TILE - live) * (MLA_DV / 8); c += 128) {
-                    const int r = live + c / (MLA_DV / 8), k = c % (MLA_DV / 8);
-                    *(uint4 *) (buf + (k >> 3) * MW_QB + wg_swz128(r, (k & 7) * 8)) = make_uint4(0, 0, 0, 0);
+                    const int r = live + c / (MLA_DV / 8), kc = c % (MLA_DV / 8);
+                    *(uint4 *) (buf + (kc >> 3) * MW_QB + wg_swz128(r, (kc & 7) * 8)) = make_uint4(0, 0, 0, 0);
                 }
                 wg_fence_proxy();
                 kimi_bar_sync(MT_BAR_G0, 128);
             }
         };
-
-        /* P and alpha of tile i (buffer st) out to group 1, O rescaled, and
+        /* P and alpha of item i (buffer st) out to group 1, O rescaled, and
          * this group's P V issued from the registers */
         auto pv_issue = [&](int i, int st) {
             if (i > 0) {
@@ -614,27 +723,49 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
             }
         };
 
+        mt_walk cur = w0;
         wg_arrive();
         s_issue(0, 0);
         wg_wait<0>();
-        softmax(t0, 0);
-        int tile = t0;
-        for (; tile + 1 < t1; tile++) {
-            const int i = tile - t0, st = i & 1;
+        softmax(cur, 0);
+        int i = 0;
+        for (;;) {
+            mt_walk nxt = cur;
+            if (!mt_next(nxt, seq_len)) {
+                break;
+            }
+            const int st = i & 1;
             pv_issue(i, st);
-            s_issue(st ^ 1, ((i + 1) >> 1) & 1);   /* S of the next tile behind it */
+            if (nxt.b != cur.b) {   /* a new sequence: its Q (S of cur is done) */
+                for (int h2 = 0; h2 < 2; h2++) {
+                    const int tid = wt + 128 * h2;
+                    mw_copy_rows_bf16(sm, (tid >> 2) < H ? (long long) nxt.b * H + (tid >> 2) : -1, q, tid);
+                }
+                kimi_cp_async_commit();
+                kimi_cp_async_wait<0>();
+                wg_fence_proxy();
+                kimi_bar_sync(MT_BAR_G0, 128);
+            }
+            s_issue(st ^ 1, ((i + 1) >> 1) & 1);   /* S of the next item behind P V */
             wg_wait<1>();
             release(st);
             wg_wait<0>();
-            softmax(tile + 1, st ^ 1);
+            if (nxt.b != cur.b) {
+                seg_out(cur.b);
+            }
+            softmax(nxt, st ^ 1);
+            cur = nxt;
+            i++;
         }
-        pv_issue(tile - t0, (tile - t0) & 1);
+        pv_issue(i, i & 1);
         wg_wait<0>();
-        release((tile - t0) & 1);
-    } else if (g == 1) {
-        for (int tile = t0; tile < t1; tile++) {
-            const int st = (tile - t0) & 1;
-            kimi_bar_sync(MT_BAR_P, 256);   /* P and alpha of this tile stored */
+        release(i & 1);
+        seg_out(cur.b);
+    } else {
+        mt_walk cur = w0;
+        for (int i = 0;; i++) {
+            const int st = i & 1;
+            kimi_bar_sync(MT_BAR_P, 256);   /* P and alpha of this item stored */
             const float a0 = alpha_s[r0], a1 = alpha_s[r1];
             mw_rescale_o(o, a0, a1);
             const uint32_t skv = sq + MT_OFF_KV(st);
@@ -646,70 +777,73 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
             wg_commit();
             wg_wait<0>();
             wg_fence_regs(o);
-            if (tile + 1 < t1) {
+            mt_walk nxt = cur;
+            const bool more = mt_next(nxt, seq_len);
+            if (more) {
                 kimi_bar_arrive(MT_BAR_PFREE, 256);
             }
             if (lane == 0) {
                 kimi_mbar_arrive(&empty[st]);
             }
-            if (loader && tile + 2 < t1) {
-                kimi_mbar_wait(&empty[st], ((tile - t0) >> 1) & 1);   /* group 0 done too */
-                mt_load_tile(sm, st, tile + 2, len, bs, blk_next, &kv_map, full + st * MT_CHUNKS);
-                blk_next = tile + 3 < t1 ? mt_block_of(tile + 3, len, bs, bt) : 0;
+            if (!more || nxt.b != cur.b) {
+                seg_out(cur.b);
             }
-        }
-    }
-
-    if (g == 0) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    }
-    if (n_splits == 1) {   /* the whole context: o / l straight out, no merge */
-        kimi_bar_sync(MT_BAR_Q, 256);   /* group 1 is past its last alpha */
-        if (g == 0 && t == 0) {
-            alpha_s[r0] = l0;
-            alpha_s[r1] = l1;
-        }
-        kimi_bar_sync(MT_BAR_Q, 256);
-        const float i0 = alpha_s[r0] > 0.f ? 1.f / alpha_s[r0] : 0.f;
-        const float i1 = alpha_s[r1] > 0.f ? 1.f / alpha_s[r1] : 0.f;
-        mt_store_out(out, b, H, g, r0, r1, t, o, i0, i1);
-        return;
-    }
-
-    const size_t base = ((size_t) b * n_splits + split) * H;
-#pragma unroll
-    for (int j = 0; j < 32; j++) {
-        const int col = g * 256 + 8 * j + 2 * t;
-        if (r0 < H) {
-            *(float2 *) (opart + (base + r0) * MLA_DV + col) = make_float2(o[4 * j], o[4 * j + 1]);
-        }
-        if (r1 < H) {
-            *(float2 *) (opart + (base + r1) * MLA_DV + col) = make_float2(o[4 * j + 2], o[4 * j + 3]);
-        }
-    }
-    if (g == 0 && t == 0) {
-        if (r0 < H) {
-            *(float2 *) (mlpart + (base + r0) * 2) = make_float2(m0, l0);
-        }
-        if (r1 < H) {
-            *(float2 *) (mlpart + (base + r1) * 2) = make_float2(m1, l1);
+            if (loader && ld.left > 0) {   /* ld is item i + 2: into this buffer */
+                kimi_mbar_wait(&empty[st], (i >> 1) & 1);   /* group 0 done too */
+                mt_load_tile(sm, st, ld.tile, ld.len, bs, blk_ld, &kv_map, full + st * MT_CHUNKS);
+                if (mt_next(ld, seq_len)) {
+                    blk_ld = mt_block_of(ld.tile, ld.len, bs, mt_bt(block_table, bt_ld, ld));
+                }
+            }
+            if (!more) {
+                break;
+            }
+            cur = nxt;
         }
     }
 }
 
-/* o[b,h,:] = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s */
+/* o[b,h,:] = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s over sequence b's
+ * partial slots: b * n_splits + 0..n_splits-1 (fixed splits), or with
+ * n_runs > 0 the flat schedule's b + k for the runs k that hold its tiles
+ * (found from the tile counts, as mt_start cut them; none: o = 0). */
 static __global__ void
 mla_combine_kernel(const float *__restrict__ opart, const float *__restrict__ mlpart,
-                   int H, int n_splits, uint16_t *__restrict__ o)
+                   int H, int n_splits, const int32_t *__restrict__ seq_len, int B, int n_runs,
+                   uint16_t *__restrict__ o)
 {
     KIMI_GRID_ENTRY();
     const int b = blockIdx.x, h = blockIdx.y;
+    size_t slot0 = (size_t) b * n_splits;
+    int n = n_splits;
+    if (n_runs > 0) {
+        __shared__ int sums[2][MLA_DV / 4 / 32];
+        int all = 0, before = 0;
+        for (int i = threadIdx.x; i < B; i += blockDim.x) {
+            const int nt = (seq_len[i] + MW_TILE - 1) / MW_TILE;
+            all += nt;
+            before += i < b ? nt : 0;
+        }
+        all = __reduce_add_sync(0xffffffffu, all);
+        before = __reduce_add_sync(0xffffffffu, before);
+        if ((threadIdx.x & 31) == 0) {
+            sums[0][threadIdx.x >> 5] = all;
+            sums[1][threadIdx.x >> 5] = before;
+        }
+        __syncthreads();
+        all = before = 0;
+        for (int w = 0; w < MLA_DV / 4 / 32; w++) {
+            all += sums[0][w];
+            before += sums[1][w];
+        }
+        const int nt = (seq_len[b] + MW_TILE - 1) / MW_TILE, per = (all + n_runs - 1) / n_runs;
+        const int k0 = nt > 0 ? before / per : 0;
+        slot0 = (size_t) b + k0;
+        n = nt > 0 ? (before + nt - 1) / per - k0 + 1 : 0;
+    }
     float M = -INFINITY;
-    for (int s = 0; s < n_splits; s++) {
-        const float *ml = mlpart + (((size_t) b * n_splits + s) * H + h) * 2;
+    for (int s = 0; s < n; s++) {
+        const float *ml = mlpart + ((slot0 + s) * H + h) * 2;
         if (ml[1] > 0.f) {
             M = fmaxf(M, ml[0]);
         }
@@ -717,8 +851,8 @@ mla_combine_kernel(const float *__restrict__ opart, const float *__restrict__ ml
     float L = 0.f;
     float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll 8
-    for (int s = 0; s < n_splits; s++) {
-        const size_t idx = ((size_t) b * n_splits + s) * H + h;
+    for (int s = 0; s < n; s++) {
+        const size_t idx = (slot0 + s) * H + h;
         const float2 ml = *(const float2 *) (mlpart + idx * 2);
         const float4 v = *(const float4 *) (opart + idx * MLA_DV + threadIdx.x * 4);
         /* empty splits have l = 0 and O = 0: weight 0, never NaN */
@@ -739,9 +873,10 @@ mla_combine_kernel(const float *__restrict__ opart, const float *__restrict__ ml
 extern "C" size_t
 kimi_mla_ws_bytes(int B, int H, int n_splits)
 {
-    return (size_t) B * n_splits * H * (MLA_DV + 2) * sizeof(float);
+    /* fixed splits: B * n_splits slots; the flat schedule: one per run and
+     * sequence it crosses, B + runs - 1 <= B + MT_MAX_RUNS */
+    return ((size_t) B * n_splits + MT_MAX_RUNS) * H * (MLA_DV + 2) * sizeof(float);
 }
-
 /* One wave: at most n_sm blocks in all (the kernel holds one block per SM),
  * and at least 4 tiles (128 tokens) per split so the fp32 partials (128 KB
  * per block) stay small next to the cache bytes a split reads. */
@@ -794,11 +929,17 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
     if (((uintptr_t) q | (uintptr_t) kv | (uintptr_t) ws) & 15) {
         return kimi_err_set(err, KIMI_EINVAL, "mla_decode: q, kv or ws not 16-byte aligned");
     }
+    int dev, n_sm;
+    KIMI_CUDA_TRY(cudaGetDevice(&dev), err);
+    KIMI_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev), err);
     float *opart = (float *) ws;
-    float *mlpart = opart + (size_t) B * n_splits * H * MLA_DV;
-    dim3 grid(n_splits, B);
+    float *mlpart = opart + ((size_t) B * n_splits + MT_MAX_RUNS) * H * MLA_DV;
     const float scale2 = scale * LOG2E;
     if (!kv_fp8 && mla_tma_block_ok(bs) && !mla_v11_forced()) {
+        /* the flat schedule: as many runs as the splits asked for, or every
+         * SM when the split count was bounded by the SMs, not the context */
+        int runs = n_splits >= n_sm / B ? n_sm : B * n_splits;
+        runs = runs < 1 ? 1 : runs > MT_MAX_RUNS ? MT_MAX_RUNS : runs;
         CUtensorMap map;
         const int rows_box = bs < MW_TILE ? bs : MW_TILE;
         /* rows: the map's bound, not the cache's (the kernel does not know how
@@ -811,23 +952,27 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
         }
         KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_tma_kernel,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, MT_SMEM), err);
-        KIMI_LAUNCH(err, mla_decode_tma_kernel, grid, MT_THREADS, MT_SMEM, s, map, q, H, bs,
-                    block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart, o);
-        if (n_splits == 1) {
-            return KIMI_OK;
-        }
-    } else if (kv_fp8) {
+        KIMI_LAUNCH(err, mla_decode_tma_kernel, dim3(runs), MT_THREADS, MT_SMEM, s, map, q, H, B, bs,
+                    block_table, bt_ld, seq_len, scale2, opart, mlpart);
+        KIMI_LAUNCH(err, mla_combine_kernel, dim3(B, H), MLA_DV / 4, 0, s, opart, mlpart, H, 0,
+                    seq_len, B, runs, o);
+        return KIMI_OK;
+    }
+    /* fixed splits, one wave: at most n_sm / B per sequence */
+    const int splits = n_splits < n_sm / B ? n_splits : n_sm / B > 1 ? n_sm / B : 1;
+    const dim3 grid(splits, B);
+    if (kv_fp8) {
         KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<true>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
         KIMI_LAUNCH(err, mla_decode_wg_kernel<true>, grid, MW_THREADS, MW_SMEM, s, q, H, kv,
-                    kv_scale, bs, block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart);
+                    kv_scale, bs, block_table, bt_ld, seq_len, splits, scale2, opart, mlpart);
     } else {
         KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<false>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
         KIMI_LAUNCH(err, mla_decode_wg_kernel<false>, grid, MW_THREADS, MW_SMEM, s, q, H, kv,
-                    kv_scale, bs, block_table, bt_ld, seq_len, n_splits, scale2, opart, mlpart);
+                    kv_scale, bs, block_table, bt_ld, seq_len, splits, scale2, opart, mlpart);
     }
-    KIMI_LAUNCH(err, mla_combine_kernel, dim3(B, H), MLA_DV / 4, 0, s, opart, mlpart, H, n_splits,
-                o);
+    KIMI_LAUNCH(err, mla_combine_kernel, dim3(B, H), MLA_DV / 4, 0, s, opart, mlpart, H, splits,
+                seq_len, B, 0, o);
     return KIMI_OK;
 }
