@@ -181,6 +181,37 @@ mw_store_p(uint8_t *ps, float *alpha_s, const uint32_t (&pw)[16], int r0, int r1
     wg_fence_proxy();
 }
 
+/* A partial (O, m, l) into the rows base .. base + H - 1 of ws: this
+ * warpgroup's 256 dims of O, and from warpgroup 0 each row's m and l (l
+ * summed over the row's four lanes first). */
+static __device__ __forceinline__ void
+mw_store_partial(float *opart, float *mlpart, size_t base, int H, int wg, int r0, int r1, int t,
+                 const float (&o)[128], float m0, float m1, float l0, float l1)
+{
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+        const int col = wg * 256 + 8 * j + 2 * t;
+        if (r0 < H) {
+            *(float2 *) (opart + (base + r0) * MLA_DV + col) = make_float2(o[4 * j], o[4 * j + 1]);
+        }
+        if (r1 < H) {
+            *(float2 *) (opart + (base + r1) * MLA_DV + col) = make_float2(o[4 * j + 2], o[4 * j + 3]);
+        }
+    }
+    if (wg == 0) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        if (t == 0 && r0 < H) {
+            *(float2 *) (mlpart + (base + r0) * 2) = make_float2(m0, l0);
+        }
+        if (t == 0 && r1 < H) {
+            *(float2 *) (mlpart + (base + r1) * 2) = make_float2(m1, l1);
+        }
+    }
+}
+
 /* O's rows r0, r1 (this thread's part of a warpgroup's 64 x 256
  * accumulator) times their softmax rescale, then ready for the next wgmma. */
 static __device__ __forceinline__ void
@@ -374,31 +405,8 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
     }
     kimi_cp_async_wait<0>();
 
-    const size_t base = ((size_t) b * n_splits + split) * H;
-#pragma unroll
-    for (int j = 0; j < 32; j++) {
-        const int col = wg * 256 + 8 * j + 2 * t;
-        if (r0 < H) {
-            *(float2 *) (opart + (base + r0) * MLA_DV + col) = make_float2(o[4 * j], o[4 * j + 1]);
-        }
-        if (r1 < H) {
-            *(float2 *) (opart + (base + r1) * MLA_DV + col) = make_float2(o[4 * j + 2], o[4 * j + 3]);
-        }
-    }
-    if (wg == 0) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-        if (t == 0 && r0 < H) {
-            mlpart[(base + r0) * 2] = m0;
-            mlpart[(base + r0) * 2 + 1] = l0;
-        }
-        if (t == 0 && r1 < H) {
-            mlpart[(base + r1) * 2] = m1;
-            mlpart[(base + r1) * 2 + 1] = l1;
-        }
-    }
+    mw_store_partial(opart, mlpart, ((size_t) b * n_splits + split) * H, H, wg, r0, r1, t, o,
+                     m0, m1, l0, l1);
 }
 
 /* ---- TMA + warp-specialised kernel (bf16 cache, sm_90a) -------------------
@@ -637,32 +645,11 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
     /* this group's half of a segment's partial (O, and from group 0 m and l)
      * into slot b + k, then a fresh accumulator for the next segment */
     auto seg_out = [&](int b) {
-        const size_t base = ((size_t) b + k) * H;
+        mw_store_partial(opart, mlpart, ((size_t) b + k) * H, H, g, r0, r1, t, o, m0, m1, l0, l1);
 #pragma unroll
-        for (int j = 0; j < 32; j++) {
-            const int col = g * 256 + 8 * j + 2 * t;
-            if (r0 < H) {
-                *(float2 *) (opart + (base + r0) * MLA_DV + col) = make_float2(o[4 * j], o[4 * j + 1]);
-            }
-            if (r1 < H) {
-                *(float2 *) (opart + (base + r1) * MLA_DV + col) = make_float2(o[4 * j + 2], o[4 * j + 3]);
-            }
-            o[4 * j] = o[4 * j + 1] = o[4 * j + 2] = o[4 * j + 3] = 0.f;
-        }
-        if (g == 0) {
-            l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-            l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-            l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-            l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-            if (t == 0 && r0 < H) {
-                *(float2 *) (mlpart + (base + r0) * 2) = make_float2(m0, l0);
-            }
-            if (t == 0 && r1 < H) {
-                *(float2 *) (mlpart + (base + r1) * 2) = make_float2(m1, l1);
-            }
-            m0 = m1 = -INFINITY;
-            l0 = l1 = 0.f;
-        }
+        for (int i = 0; i < 128; i++) o[i] = 0.f;
+        m0 = m1 = -INFINITY;
+        l0 = l1 = 0.f;
     };
 
     if (g == 0) {
