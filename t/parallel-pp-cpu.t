@@ -105,10 +105,11 @@ for my $pp (2, 3) {
     my $t = KimiTest->new(workers => 1);
     $t->{engine_args} = [ @common, '--pipeline-parallel-size', $pp ];
     $t->start;
-    my $log = $t->read_file('engine.log');
-    like($log, $pp == 2 ? qr/follower 1 of 2 ready \(layers \[2, 4\)/
-                        : qr/follower 2 of 3 ready \(layers \[3, 4\)/,
-        "PP $pp: the last stage holds the last layers");
+    # the follower logs its line after it lets the leader go: wait for it
+    my $ready = $pp == 2 ? qr/follower 1 of 2 ready \(layers \[2, 4\)/
+                         : qr/follower 2 of 3 ready \(layers \[3, 4\)/;
+    KimiTest::wait_for(10, sub { $t->read_file('engine.log') =~ $ready });
+    like($t->read_file('engine.log'), $ready, "PP $pp: the last stage holds the last layers");
     compare($t, "PP $pp");
     $t->stop;
     ok(KimiTest::wait_for(5, sub { $t->read_file('engine.log')

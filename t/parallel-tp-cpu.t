@@ -97,9 +97,10 @@ my $t = KimiTest->new(workers => 1);
 $t->{engine_args} = [ @common, '--tensor-parallel-size', 2 ];
 $t->start;
 
-my $log = $t->read_file('engine.log');
-like($log, qr/follower 1 of 2 ready \(heads \[2, 4\)/,
-    'the follower holds heads 2..3');
+# the follower logs its line after it lets the leader go: wait for it
+my $ready = qr/follower 1 of 2 ready \(heads \[2, 4\)/;
+KimiTest::wait_for(10, sub { $t->read_file('engine.log') =~ $ready });
+like($t->read_file('engine.log'), $ready, 'the follower holds heads 2..3');
 for my $p (@prompts[0 .. 2]) {
     my $r = complete($t, $p);
     is($r->{json}{choices}[0]{text}, $want{$p}{text},
@@ -159,7 +160,7 @@ cmp_ok($worst, '<', 1e-2, 'FP8 activations: logprobs within 1e-2 nats of'
 diag(sprintf 'FP8 activations: worst logprob |diff| vs whole weights: %.3g',
     $worst);
 
-$log = $t->read_file('engine.log');
+my $log = $t->read_file('engine.log');
 my @f = map { /kimi-engine\[(\d+)\] rank=1 tensor-parallel follower 1 of 2/
     ? $1 : () } split /\n/, $log;
 ok(@f, 'rank 1 follower pid found in the log');
