@@ -13,11 +13,10 @@
  *          partial (O, m, l) of each stretch of a sequence goes to ws and
  *          mla_combine_kernel merges them.  A bf16 cache whose blocks are
  *          whole swizzle atoms (8..64 tokens dividing 64, or multiples of
- *          64) takes the TMA kernel, on a flat schedule: the batch's
- *          (sequence, tile) pairs cut into equal runs, one a block, a run
- *          crossing sequences where it must (mixed lengths keep every SM
- *          busy).  fp8 and other block sizes take the cp.async kernel, grid
- *          (split, b) with a fixed split count per sequence.
+ *          64) takes the TMA kernel, fp8 and other block sizes the
+ *          cp.async one; both on a flat schedule: the batch's (sequence,
+ *          tile) pairs cut into equal runs, one a block, a run crossing
+ *          sequences where it must (mixed lengths keep every SM busy).
  * Cost:    bytes = sum_b ctx_b * 1152 (bf16) or 580 (fp8 + scale);
  *          FLOPs = 2 * H * ctx * (576 + 512) per sequence: 121 FLOP/byte at
  *          H = 64 on bf16, under the H100's ridge, so memory bound:
@@ -58,6 +57,7 @@
 
 #define MW_TILE     64
 #define MW_THREADS  256
+#define MF_MAX_RUNS 256                       /* blocks of the flat schedule, at most */
 #define MW_QB       (64 * 128)                /* one 64-col block of Q or of a tile */
 #define MW_TILE_B   (9 * MW_QB)               /* 73728: a bf16 tile (or Q) */
 #define MW_OFF_KV0  MW_TILE_B
@@ -305,12 +305,98 @@ mw_softmax(float (&s)[32], int tok0, int len, float scale2, const float *ks, int
     l1 = l1 * a1 + sum1;
 }
 
+/* The flat schedule: the batch's (sequence, 64-token tile) pairs in order,
+ * cut into gridDim.x runs of ceil(total / gridDim.x); a run may cross
+ * sequences (a segment per sequence, each with its own partial in slot
+ * b + k: along the list b + k only grows, so slots never collide). */
+typedef struct {
+    int b, tile, len, nt;   /* the current item: sequence b's tile, its length and tiles */
+    int left;               /* items left in the run, the current one included */
+} mf_walk;
+
+static __device__ __forceinline__ int mf_ntiles(int len)
+{
+    return (len + MW_TILE - 1) / MW_TILE;
+}
+
+/* To the run's next item; false (and left 0) at its end. */
+static __device__ __forceinline__ bool
+mf_next(mf_walk &w, const int32_t *seq_len)
+{
+    if (w.left <= 1) {
+        w.left = 0;
+        return false;
+    }
+    w.left--;
+    if (++w.tile >= w.nt) {
+        do {
+            w.b++;
+            w.len = seq_len[w.b];
+            w.nt = mf_ntiles(w.len);
+        } while (w.nt == 0);
+        w.tile = 0;
+    }
+    return true;
+}
+
+static __device__ __forceinline__ const int32_t *
+mf_bt(const int32_t *block_table, int bt_ld, const mf_walk &w)
+{
+    return block_table + (size_t) w.b * bt_ld;
+}
+
+/* Block-wide (all 256 threads): run k's first item into w, through a scan of
+ * the sequences' tile counts in scr (256 ints); false when the run is empty. */
+static __device__ __forceinline__ bool
+mf_start(const int32_t *seq_len, int B, int n_runs, int k, int *scr, mf_walk &w)
+{
+    const int tid = threadIdx.x, chunk = (B + MW_THREADS - 1) / MW_THREADS;
+    const int lo = min(B, tid * chunk), hi = min(B, lo + chunk);
+    int sum = 0;
+    for (int i = lo; i < hi; i++) {
+        sum += mf_ntiles(seq_len[i]);
+    }
+    scr[tid] = sum;
+    __syncthreads();
+    for (int d = 1; d < MW_THREADS; d <<= 1) {   /* inclusive scan */
+        const int v = tid >= d ? scr[tid - d] : 0;
+        __syncthreads();
+        scr[tid] += v;
+        __syncthreads();
+    }
+    const int total = scr[MW_THREADS - 1];
+    const int per = (total + n_runs - 1) / n_runs, start = k * per;
+    int acc = scr[tid] - sum;
+    __syncthreads();
+    if (start < total && start >= acc && start < acc + sum) {   /* the run starts in my chunk */
+        for (int i = lo; i < hi; i++) {
+            const int nt = mf_ntiles(seq_len[i]);
+            if (start < acc + nt) {
+                scr[0] = i;
+                scr[1] = start - acc;
+                break;
+            }
+            acc += nt;
+        }
+    }
+    __syncthreads();
+    if (start >= total) {
+        return false;
+    }
+    w.b = scr[0];
+    w.tile = scr[1];
+    w.len = seq_len[w.b];
+    w.nt = mf_ntiles(w.len);
+    w.left = min(per, total - start);
+    return true;
+}
+
 template <bool FP8>
 static __global__ void __launch_bounds__(MW_THREADS, 1)
-mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restrict__ kv,
+mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, int B, const void *__restrict__ kv,
                      const float *__restrict__ kv_scale, int bs,
                      const int32_t *__restrict__ block_table, int bt_ld,
-                     const int32_t *__restrict__ seq_len, int n_splits, float scale2,
+                     const int32_t *__restrict__ seq_len, float scale2,
                      float *__restrict__ opart, float *__restrict__ mlpart)
 {
     KIMI_GRID_ENTRY();
@@ -320,27 +406,25 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
     const float *ksc = (const float *) (sm + MW_OFF_KS);
     const uint32_t sq = kimi_smem_addr(sm);
 
-    const int split = blockIdx.x, b = blockIdx.y;
+    mf_walk cur;
+    const int k = blockIdx.x;
+    if (!mf_start(seq_len, B, gridDim.x, k, (int *) (sm + MW_OFF_P), cur)) {
+        return;
+    }
     const int wg = threadIdx.x >> 7, wt = threadIdx.x & 127;
     const int lane = wt & 31, t = lane & 3;
     const int r0 = (wt >> 5) * 16 + (lane >> 2), r1 = r0 + 8;   /* this thread's heads */
-    const int len = seq_len[b];
-    const int ntiles = (len + MW_TILE - 1) / MW_TILE;
-    const int per = (ntiles + n_splits - 1) / n_splits;
-    const int t0 = split * per, t1 = min(ntiles, t0 + per);
-    const int32_t *bt = block_table + (size_t) b * bt_ld;
 
-    long long row_next = t0 < t1 ? mw_row(t0, len, bs, bt) : -1;
     /* Q -> swizzled 9 x [64 heads x 64 dims] (rows laid out as a tile's);
-     * heads >= H are zero */
-    mw_copy_rows_bf16(sm, (threadIdx.x >> 2) < H ? (long long) b * H + (threadIdx.x >> 2) : -1, q, threadIdx.x);
-    if (t0 < t1) {
-        mw_load_tile<FP8>(sm, 0, row_next, kv, kv_scale);
-    }
+     * heads >= H are zero; item 0 into stage 0; ld walks one item ahead of
+     * the loads, its row read before it is needed */
+    mw_copy_rows_bf16(sm, (threadIdx.x >> 2) < H ? (long long) cur.b * H + (threadIdx.x >> 2) : -1, q,
+                      threadIdx.x);
+    mw_load_tile<FP8>(sm, 0, mw_row(cur.tile, cur.len, bs, mf_bt(block_table, bt_ld, cur)), kv, kv_scale);
     kimi_cp_async_commit();
-    if (t0 + 1 < t1) {
-        row_next = mw_row(t0 + 1, len, bs, bt);
-    }
+    mf_walk ld = cur;
+    bool has_ld = mf_next(ld, seq_len);
+    long long row_next = has_ld ? mw_row(ld.tile, ld.len, bs, mf_bt(block_table, bt_ld, ld)) : -1;
 
     float o[128];
 #pragma unroll
@@ -348,17 +432,16 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
     /* warpgroup 0 only: running max and sum of rows r0, r1 */
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
-    for (int tile = t0; tile < t1; tile++) {
-        const int stage = (tile - t0) & 1;
-        /* the next tile into the other stage (freed by the barrier that ended
+    for (int i = 0;; i++) {
+        const int stage = i & 1;
+        /* the next item into the other stage (freed by the barrier that ended
          * the last iteration) before waiting for this one: two in flight */
-        if (tile + 1 < t1) {
+        if (has_ld) {
             mw_load_tile<FP8>(sm, stage ^ 1, row_next, kv, kv_scale);
+            has_ld = mf_next(ld, seq_len);
+            row_next = has_ld ? mw_row(ld.tile, ld.len, bs, mf_bt(block_table, bt_ld, ld)) : -1;
         }
         kimi_cp_async_commit();
-        if (tile + 2 < t1) {
-            row_next = mw_row(tile + 2, len, bs, bt);
-        }
         kimi_cp_async_wait<1>();
         wg_fence_proxy();
         __syncthreads();   /* this tile visible */
@@ -385,7 +468,8 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
 
             float a0, a1;
             uint32_t pw[16];
-            mw_softmax<FP8>(s, tile * MW_TILE, len, scale2, ksc + stage * 64, t, m0, m1, l0, l1, pw, a0, a1);
+            mw_softmax<FP8>(s, cur.tile * MW_TILE, cur.len, scale2, ksc + stage * 64, t, m0, m1, l0, l1, pw,
+                            a0, a1);
             mw_store_p(sm + MW_OFF_P, alpha_s, pw, r0, r1, t, a0, a1);
         }
         __syncthreads();   /* P, alpha ready */
@@ -401,12 +485,28 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
         wg_commit();
         wg_wait<0>();
         wg_fence_regs(o);
-        __syncthreads();   /* every P V done: this stage and P are free */
+        __syncthreads();   /* every P V done: this stage, P and Q are free */
+
+        mf_walk nxt = cur;
+        const bool more = mf_next(nxt, seq_len);
+        if (!more || nxt.b != cur.b) {   /* the stretch of sequence cur.b ends */
+            mw_store_partial(opart, mlpart, ((size_t) cur.b + k) * H, H, wg, r0, r1, t, o, m0, m1, l0, l1);
+#pragma unroll
+            for (int j = 0; j < 128; j++) o[j] = 0.f;
+            m0 = m1 = -INFINITY;
+            l0 = l1 = 0.f;
+        }
+        if (!more) {
+            break;
+        }
+        if (nxt.b != cur.b) {   /* its Q, complete by the next wait (an older group) */
+            mw_copy_rows_bf16(sm, (threadIdx.x >> 2) < H ? (long long) nxt.b * H + (threadIdx.x >> 2) : -1,
+                              q, threadIdx.x);
+            kimi_cp_async_commit();
+        }
+        cur = nxt;
     }
     kimi_cp_async_wait<0>();
-
-    mw_store_partial(opart, mlpart, ((size_t) b * n_splits + split) * H, H, wg, r0, r1, t, o,
-                     m0, m1, l0, l1);
 }
 
 /* ---- TMA + warp-specialised kernel (bf16 cache, sm_90a) -------------------
@@ -433,7 +533,7 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
  * reads them (its boxes may hold other rows or, past the last box, stale
  * bytes).
  *
- * Items are the block's run of the flat schedule (mt_walk): where the run
+ * Items are the block's run of the flat schedule (mf_walk): where the run
  * moves to the next sequence, group 0 loads that sequence's Q once S of the
  * last tile is done (P V does not read Q), and each group writes its half
  * of the finished stretch's partial into slot b + block and starts a fresh
@@ -447,7 +547,6 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, const void *__restri
 #define MT_CHUNKS     (MLA_D / 64)                  /* 64-dim boxes a token row */
 #define MT_OFF_BAR    (MT_OFF_A + 64 * 4)          /* full[2][9], empty[2] */
 #define MT_SMEM       (MT_OFF_BAR + (2 * MT_CHUNKS + 2) * 8 + 1024)
-#define MT_MAX_RUNS   256              /* blocks of the flat schedule, at most */
 #define MT_BAR_Q      1
 #define MT_BAR_P      2
 #define MT_BAR_PFREE  3
@@ -490,92 +589,6 @@ mt_load_tile(uint8_t *sm, int st, int tile, int len, int bs, int blk, const CUte
     }
 }
 
-/* The flat schedule: the batch's (sequence, 64-token tile) pairs in order,
- * cut into gridDim.x runs of ceil(total / gridDim.x); a run may cross
- * sequences (a segment per sequence, each with its own partial in slot
- * b + k: along the list b + k only grows, so slots never collide). */
-typedef struct {
-    int b, tile, len, nt;   /* the current item: sequence b's tile, its length and tiles */
-    int left;               /* items left in the run, the current one included */
-} mt_walk;
-
-static __device__ __forceinline__ int mt_ntiles(int len)
-{
-    return (len + MW_TILE - 1) / MW_TILE;
-}
-
-/* To the run's next item; false (and left 0) at its end. */
-static __device__ __forceinline__ bool
-mt_next(mt_walk &w, const int32_t *seq_len)
-{
-    if (w.left <= 1) {
-        w.left = 0;
-        return false;
-    }
-    w.left--;
-    if (++w.tile >= w.nt) {
-        do {
-            w.b++;
-            w.len = seq_len[w.b];
-            w.nt = mt_ntiles(w.len);
-        } while (w.nt == 0);
-        w.tile = 0;
-    }
-    return true;
-}
-
-static __device__ __forceinline__ const int32_t *
-mt_bt(const int32_t *block_table, int bt_ld, const mt_walk &w)
-{
-    return block_table + (size_t) w.b * bt_ld;
-}
-
-/* Block-wide (all 256 threads): run k's first item into w, through a scan of
- * the sequences' tile counts in scr (256 ints); false when the run is empty. */
-static __device__ __forceinline__ bool
-mt_start(const int32_t *seq_len, int B, int n_runs, int k, int *scr, mt_walk &w)
-{
-    const int tid = threadIdx.x, chunk = (B + MT_THREADS - 1) / MT_THREADS;
-    const int lo = min(B, tid * chunk), hi = min(B, lo + chunk);
-    int sum = 0;
-    for (int i = lo; i < hi; i++) {
-        sum += mt_ntiles(seq_len[i]);
-    }
-    scr[tid] = sum;
-    __syncthreads();
-    for (int d = 1; d < MT_THREADS; d <<= 1) {   /* inclusive scan */
-        const int v = tid >= d ? scr[tid - d] : 0;
-        __syncthreads();
-        scr[tid] += v;
-        __syncthreads();
-    }
-    const int total = scr[MT_THREADS - 1];
-    const int per = (total + n_runs - 1) / n_runs, start = k * per;
-    int acc = scr[tid] - sum;
-    __syncthreads();
-    if (start < total && start >= acc && start < acc + sum) {   /* the run starts in my chunk */
-        for (int i = lo; i < hi; i++) {
-            const int nt = mt_ntiles(seq_len[i]);
-            if (start < acc + nt) {
-                scr[0] = i;
-                scr[1] = start - acc;
-                break;
-            }
-            acc += nt;
-        }
-    }
-    __syncthreads();
-    if (start >= total) {
-        return false;
-    }
-    w.b = scr[0];
-    w.tile = scr[1];
-    w.len = seq_len[w.b];
-    w.nt = mt_ntiles(w.len);
-    w.left = min(per, total - start);
-    return true;
-}
-
 static __global__ void __launch_bounds__(MT_THREADS, 1)
 mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t *__restrict__ q,
                       int H, int B, int bs, const int32_t *__restrict__ block_table, int bt_ld,
@@ -602,26 +615,26 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
     KIMI_GRID_ENTRY();
 
     /* this block's run of the flat (sequence, tile) list */
-    mt_walk w0;
+    mf_walk w0;
     const int k = blockIdx.x;
-    if (!mt_start(seq_len, B, gridDim.x, k, (int *) (sm + MT_OFF_P), w0)) {
+    if (!mf_start(seq_len, B, gridDim.x, k, (int *) (sm + MT_OFF_P), w0)) {
         return;
     }
 
     /* warp 4 (group 1's first) loads: the first two items now, each later
      * one when both groups have released its buffer */
     const bool loader = threadIdx.x >> 5 == 4;
-    mt_walk ld = w0;
+    mf_walk ld = w0;
     int blk_ld = 0;
     if (loader) {
-        mt_load_tile(sm, 0, ld.tile, ld.len, bs, mt_block_of(ld.tile, ld.len, bs, mt_bt(block_table, bt_ld, ld)),
+        mt_load_tile(sm, 0, ld.tile, ld.len, bs, mt_block_of(ld.tile, ld.len, bs, mf_bt(block_table, bt_ld, ld)),
                      &kv_map, full);
-        if (mt_next(ld, seq_len)) {
+        if (mf_next(ld, seq_len)) {
             mt_load_tile(sm, 1, ld.tile, ld.len, bs,
-                         mt_block_of(ld.tile, ld.len, bs, mt_bt(block_table, bt_ld, ld)), &kv_map,
+                         mt_block_of(ld.tile, ld.len, bs, mf_bt(block_table, bt_ld, ld)), &kv_map,
                          full + MT_CHUNKS);
-            if (mt_next(ld, seq_len)) {   /* ld: the next item to load (left 0: none) */
-                blk_ld = mt_block_of(ld.tile, ld.len, bs, mt_bt(block_table, bt_ld, ld));
+            if (mf_next(ld, seq_len)) {   /* ld: the next item to load (left 0: none) */
+                blk_ld = mt_block_of(ld.tile, ld.len, bs, mf_bt(block_table, bt_ld, ld));
             }
         }
     }
@@ -672,7 +685,7 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
             }
             wg_commit();
         };
-        auto softmax = [&](const mt_walk &w, int st) {
+        auto softmax = [&](const mf_walk &w, int st) {
             wg_fence_regs(s);
             mw_softmax<false>(s, w.tile * MW_TILE, w.len, scale2, NULL, t, m0, m1, l0, l1, pw, a0, a1);
             const int live = w.len - w.tile * MW_TILE;
@@ -710,15 +723,15 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
             }
         };
 
-        mt_walk cur = w0;
+        mf_walk cur = w0;
         wg_arrive();
         s_issue(0, 0);
         wg_wait<0>();
         softmax(cur, 0);
         int i = 0;
         for (;;) {
-            mt_walk nxt = cur;
-            if (!mt_next(nxt, seq_len)) {
+            mf_walk nxt = cur;
+            if (!mf_next(nxt, seq_len)) {
                 break;
             }
             const int st = i & 1;
@@ -749,7 +762,7 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
         release(i & 1);
         seg_out(cur.b);
     } else {
-        mt_walk cur = w0;
+        mf_walk cur = w0;
         for (int i = 0;; i++) {
             const int st = i & 1;
             kimi_bar_sync(MT_BAR_P, 256);   /* P and alpha of this item stored */
@@ -764,8 +777,8 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
             wg_commit();
             wg_wait<0>();
             wg_fence_regs(o);
-            mt_walk nxt = cur;
-            const bool more = mt_next(nxt, seq_len);
+            mf_walk nxt = cur;
+            const bool more = mf_next(nxt, seq_len);
             if (more) {
                 kimi_bar_arrive(MT_BAR_PFREE, 256);
             }
@@ -778,8 +791,8 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
             if (loader && ld.left > 0) {   /* ld is item i + 2: into this buffer */
                 kimi_mbar_wait(&empty[st], (i >> 1) & 1);   /* group 0 done too */
                 mt_load_tile(sm, st, ld.tile, ld.len, bs, blk_ld, &kv_map, full + st * MT_CHUNKS);
-                if (mt_next(ld, seq_len)) {
-                    blk_ld = mt_block_of(ld.tile, ld.len, bs, mt_bt(block_table, bt_ld, ld));
+                if (mf_next(ld, seq_len)) {
+                    blk_ld = mt_block_of(ld.tile, ld.len, bs, mf_bt(block_table, bt_ld, ld));
                 }
             }
             if (!more) {
@@ -791,43 +804,38 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
 }
 
 /* o[b,h,:] = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s over sequence b's
- * partial slots: b * n_splits + 0..n_splits-1 (fixed splits), or with
- * n_runs > 0 the flat schedule's b + k for the runs k that hold its tiles
- * (found from the tile counts, as mt_start cut them; none: o = 0). */
+ * partial slots b + k, k the runs of the flat schedule that hold its tiles
+ * (found from the tile counts, as mf_start cut them; none: o = 0). */
 static __global__ void
 mla_combine_kernel(const float *__restrict__ opart, const float *__restrict__ mlpart,
-                   int H, int n_splits, const int32_t *__restrict__ seq_len, int B, int n_runs,
+                   int H, const int32_t *__restrict__ seq_len, int B, int n_runs,
                    uint16_t *__restrict__ o)
 {
     KIMI_GRID_ENTRY();
+    __shared__ int sums[2][MLA_DV / 4 / 32];
     const int b = blockIdx.x, h = blockIdx.y;
-    size_t slot0 = (size_t) b * n_splits;
-    int n = n_splits;
-    if (n_runs > 0) {
-        __shared__ int sums[2][MLA_DV / 4 / 32];
-        int all = 0, before = 0;
-        for (int i = threadIdx.x; i < B; i += blockDim.x) {
-            const int nt = (seq_len[i] + MW_TILE - 1) / MW_TILE;
-            all += nt;
-            before += i < b ? nt : 0;
-        }
-        all = __reduce_add_sync(0xffffffffu, all);
-        before = __reduce_add_sync(0xffffffffu, before);
-        if ((threadIdx.x & 31) == 0) {
-            sums[0][threadIdx.x >> 5] = all;
-            sums[1][threadIdx.x >> 5] = before;
-        }
-        __syncthreads();
-        all = before = 0;
-        for (int w = 0; w < MLA_DV / 4 / 32; w++) {
-            all += sums[0][w];
-            before += sums[1][w];
-        }
-        const int nt = (seq_len[b] + MW_TILE - 1) / MW_TILE, per = (all + n_runs - 1) / n_runs;
-        const int k0 = nt > 0 ? before / per : 0;
-        slot0 = (size_t) b + k0;
-        n = nt > 0 ? (before + nt - 1) / per - k0 + 1 : 0;
+    int all = 0, before = 0;
+    for (int i = threadIdx.x; i < B; i += blockDim.x) {
+        const int nt = mf_ntiles(seq_len[i]);
+        all += nt;
+        before += i < b ? nt : 0;
     }
+    all = __reduce_add_sync(0xffffffffu, all);
+    before = __reduce_add_sync(0xffffffffu, before);
+    if ((threadIdx.x & 31) == 0) {
+        sums[0][threadIdx.x >> 5] = all;
+        sums[1][threadIdx.x >> 5] = before;
+    }
+    __syncthreads();
+    all = before = 0;
+    for (int w = 0; w < MLA_DV / 4 / 32; w++) {
+        all += sums[0][w];
+        before += sums[1][w];
+    }
+    const int nt = mf_ntiles(seq_len[b]), per = (all + n_runs - 1) / n_runs;
+    const int k0 = nt > 0 ? before / per : 0;
+    const size_t slot0 = (size_t) b + k0;
+    const int n = nt > 0 ? (before + nt - 1) / per - k0 + 1 : 0;
     float M = -INFINITY;
     for (int s = 0; s < n; s++) {
         const float *ml = mlpart + ((slot0 + s) * H + h) * 2;
@@ -860,9 +868,10 @@ mla_combine_kernel(const float *__restrict__ opart, const float *__restrict__ ml
 extern "C" size_t
 kimi_mla_ws_bytes(int B, int H, int n_splits)
 {
-    /* fixed splits: B * n_splits slots; the flat schedule: one per run and
-     * sequence it crosses, B + runs - 1 <= B + MT_MAX_RUNS */
-    return ((size_t) B * n_splits + MT_MAX_RUNS) * H * (MLA_DV + 2) * sizeof(float);
+    /* a partial per run and sequence it crosses: B + runs - 1 <= B +
+     * MF_MAX_RUNS (n_splits sets the runs, not this bound) */
+    (void) n_splits;
+    return ((size_t) B + MF_MAX_RUNS) * H * (MLA_DV + 2) * sizeof(float);
 }
 /* One wave: at most n_sm blocks in all (the kernel holds one block per SM),
  * and at least 4 tiles (128 tokens) per split so the fp32 partials (128 KB
@@ -920,13 +929,13 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
     KIMI_CUDA_TRY(cudaGetDevice(&dev), err);
     KIMI_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev), err);
     float *opart = (float *) ws;
-    float *mlpart = opart + ((size_t) B * n_splits + MT_MAX_RUNS) * H * MLA_DV;
+    float *mlpart = opart + ((size_t) B + MF_MAX_RUNS) * H * MLA_DV;
     const float scale2 = scale * LOG2E;
+    /* the flat schedule: as many runs as the splits asked for, or every SM
+     * when the split count was bounded by the SMs, not the context */
+    int runs = n_splits >= n_sm / B ? n_sm : B * n_splits;
+    runs = runs < 1 ? 1 : runs > MF_MAX_RUNS ? MF_MAX_RUNS : runs;
     if (!kv_fp8 && mla_tma_block_ok(bs) && !mla_v11_forced()) {
-        /* the flat schedule: as many runs as the splits asked for, or every
-         * SM when the split count was bounded by the SMs, not the context */
-        int runs = n_splits >= n_sm / B ? n_sm : B * n_splits;
-        runs = runs < 1 ? 1 : runs > MT_MAX_RUNS ? MT_MAX_RUNS : runs;
         CUtensorMap map;
         const int rows_box = bs < MW_TILE ? bs : MW_TILE;
         /* rows: the map's bound, not the cache's (the kernel does not know how
@@ -941,25 +950,18 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, MT_SMEM), err);
         KIMI_LAUNCH(err, mla_decode_tma_kernel, dim3(runs), MT_THREADS, MT_SMEM, s, map, q, H, B, bs,
                     block_table, bt_ld, seq_len, scale2, opart, mlpart);
-        KIMI_LAUNCH(err, mla_combine_kernel, dim3(B, H), MLA_DV / 4, 0, s, opart, mlpart, H, 0,
-                    seq_len, B, runs, o);
-        return KIMI_OK;
-    }
-    /* fixed splits, one wave: at most n_sm / B per sequence */
-    const int splits = n_splits < n_sm / B ? n_splits : n_sm / B > 1 ? n_sm / B : 1;
-    const dim3 grid(splits, B);
-    if (kv_fp8) {
+    } else if (kv_fp8) {
         KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<true>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
-        KIMI_LAUNCH(err, mla_decode_wg_kernel<true>, grid, MW_THREADS, MW_SMEM, s, q, H, kv,
-                    kv_scale, bs, block_table, bt_ld, seq_len, splits, scale2, opart, mlpart);
+        KIMI_LAUNCH(err, mla_decode_wg_kernel<true>, dim3(runs), MW_THREADS, MW_SMEM, s, q, H, B, kv,
+                    kv_scale, bs, block_table, bt_ld, seq_len, scale2, opart, mlpart);
     } else {
         KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<false>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);
-        KIMI_LAUNCH(err, mla_decode_wg_kernel<false>, grid, MW_THREADS, MW_SMEM, s, q, H, kv,
-                    kv_scale, bs, block_table, bt_ld, seq_len, splits, scale2, opart, mlpart);
+        KIMI_LAUNCH(err, mla_decode_wg_kernel<false>, dim3(runs), MW_THREADS, MW_SMEM, s, q, H, B, kv,
+                    kv_scale, bs, block_table, bt_ld, seq_len, scale2, opart, mlpart);
     }
-    KIMI_LAUNCH(err, mla_combine_kernel, dim3(B, H), MLA_DV / 4, 0, s, opart, mlpart, H, splits,
-                seq_len, B, 0, o);
+    KIMI_LAUNCH(err, mla_combine_kernel, dim3(B, H), MLA_DV / 4, 0, s, opart, mlpart, H, seq_len, B,
+                runs, o);
     return KIMI_OK;
 }
