@@ -20,13 +20,15 @@ my $t = KimiTest->new(default => { text => 'fine' },
 KimiTest::write_file($t->dir . '/keys', "alice sk-alice-0123456789\n");
 chmod 0600, $t->dir . '/keys';
 
-# /health is behind the same location: probe with a key
+# /health is behind the same location: probe with a key (and, as
+# KimiTest::wait_health does, wait for every worker: /health answers from one)
 $t->start_engine;
 $t->start_nginx;
 ok(KimiTest::wait_for(30, sub {
     my $r = eval { $t->get('/health',
                            Authorization => 'Bearer sk-alice-0123456789') };
-    $r && $r->{status} == 200 }), 'gateway is up (probed with a key)');
+    $r && $r->{status} == 200 && $t->workers_ready }),
+    'gateway is up (probed with a key), every worker ready');
 
 my $r = $t->get('/v1/models');
 is($r->{status}, 401, 'satisfy any: no key and a denied address is 401');
