@@ -448,6 +448,16 @@ ngx_http_kimi_output_tool_event(void *data, const kimi_tool_ev_t *ev)
         return;
     }
 
+    /* parallel_tool_calls false: the answer carries the model's first call
+     * only (under "required" or a named choice the engine already stops
+     * after one; under "auto" the model may write more) */
+    if (ctx->params.one_call && ev->index >= 1
+        && (ev->type == KIMI_TOOL_EV_CALL_BEGIN
+            || ev->type == KIMI_TOOL_EV_ARGS))
+    {
+        return;
+    }
+
     switch (ev->type) {
 
     case KIMI_TOOL_EV_CONTENT:

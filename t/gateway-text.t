@@ -86,6 +86,33 @@ is($r->{events}[-2]{choices}[0]{finish_reason}, 'tool_calls',
     'streamed finish_reason tool_calls');
 unlike($r->{body}, qr/<\|tool/, 'no marker leaks into the stream');
 
+# parallel_tool_calls false: the model wrote two calls, the answer has the first
+$r = $t->post('/v1/chat/completions',
+    chat_body(content => 'weather in Paris?', tools => \@tools,
+        parallel_tool_calls => JSON::PP::false));
+$m = $r->{json}{choices}[0]{message};
+is(scalar @{$m->{tool_calls} // []}, 1, 'parallel_tool_calls false: one call');
+is($m->{tool_calls}[0]{id}, 'functions.get_weather:0', 'the first one');
+is($m->{tool_calls}[0]{function}{arguments}, '{"city": "Paris"}',
+    'with its own arguments only');
+is($r->{json}{choices}[0]{finish_reason}, 'tool_calls',
+    'finish_reason still tool_calls');
+$r = $t->sse('/v1/chat/completions',
+    chat_body(content => 'weather in Paris?', tools => \@tools,
+        parallel_tool_calls => JSON::PP::false, stream => $true));
+my %idx;
+for my $e (@{$r->{events}}) {
+    next unless ref $e eq 'HASH' && $e->{choices} && @{$e->{choices}};
+    $idx{$_->{index}}++ for @{$e->{choices}[0]{delta}{tool_calls} // []};
+}
+is_deeply([ sort keys %idx ], [ 0 ],
+    'streamed, parallel_tool_calls false: deltas of call 0 only');
+$r = $t->post('/v1/chat/completions',
+    chat_body(content => 'weather in Paris?', tools => \@tools,
+        parallel_tool_calls => JSON::PP::true));
+is(scalar @{$r->{json}{choices}[0]{message}{tool_calls} // []}, 2,
+    'parallel_tool_calls true: both calls');
+
 # without tools the same text is plain content (markers are not special)
 $r = $t->post('/v1/chat/completions', chat_body(content => 'weather'));
 like($r->{json}{choices}[0]{message}{content}, qr/functions\.get_weather/,
