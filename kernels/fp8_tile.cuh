@@ -31,12 +31,21 @@
 #include "kimi_cuda.cuh"
 
 /* Non-volatile: the compiler may schedule these loads early (the data is
- * read-only for the kernel's life). */
+ * read-only for the kernel's life).  PAIR: the load also brings the row's
+ * next 128-block into L2 (L2::256B), so a warp's chain of one-block-ahead
+ * loads goes to HBM every other block (the MoE grids of more than one
+ * token; see moe.cu's l2_pair). */
+template <bool PAIR>
 static __device__ __forceinline__ uint4 tile_ldw(const uint8_t *p)
 {
     uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    if constexpr (PAIR) {
+        asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    } else {
+        asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    }
     return v;
 }
 
@@ -54,16 +63,17 @@ struct TileW {
     uint4 v[2][2][2];
 };
 
+template <bool PAIR = false>
 static __device__ __forceinline__ void
 tile_load_w(TileW &w, const uint8_t *wa, const uint8_t *wb, size_t K, int kb, int t)
 {
     const size_t off = (size_t) kb * 128 + t * 16;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        w.v[0][0][h] = tile_ldw(wa + off + h * 64);
-        w.v[0][1][h] = tile_ldw(wa + 8 * K + off + h * 64);
-        w.v[1][0][h] = tile_ldw(wb + off + h * 64);
-        w.v[1][1][h] = tile_ldw(wb + 8 * K + off + h * 64);
+        w.v[0][0][h] = tile_ldw<PAIR>(wa + off + h * 64);
+        w.v[0][1][h] = tile_ldw<PAIR>(wa + 8 * K + off + h * 64);
+        w.v[1][0][h] = tile_ldw<PAIR>(wb + off + h * 64);
+        w.v[1][1][h] = tile_ldw<PAIR>(wb + 8 * K + off + h * 64);
     }
 }
 
@@ -156,7 +166,7 @@ tile_kblock(const TileW &cur, const uint8_t *const xrow[NG], const float *const 
  * cur: block kb0's weights, loaded by the caller (tile_load_w) as early as
  * it can: fp8_tile_run starts with them in flight.
  */
-template <int NG>
+template <int NG, bool PAIR = false>
 static __device__ __forceinline__ void
 fp8_tile_run(TileW &cur, const uint8_t *wa, const uint8_t *wb, const float *sa,
              const float *sb, size_t K, const uint8_t *const xrow[NG],
@@ -170,7 +180,7 @@ fp8_tile_run(TileW &cur, const uint8_t *wa, const uint8_t *wb, const float *sa,
     for (int kb = kb0; kb < kb1; kb++) {
         /* the next block's weights are in flight while this one computes */
         if (kb + 1 < kb1) {
-            tile_load_w(nxt, wa, wb, K, kb + 1, t);
+            tile_load_w<PAIR>(nxt, wa, wb, K, kb + 1, t);
         }
         tile_kblock<NG>(cur, xrow, xs0, xs1, ngroups, kb, sa[kb], sb[kb], acc);
         if (kb + 1 < kb1) {
@@ -179,7 +189,7 @@ fp8_tile_run(TileW &cur, const uint8_t *wa, const uint8_t *wb, const float *sa,
     }
 }
 
-template <int NG>
+template <int NG, bool PAIR = false>
 static __device__ __forceinline__ void
 fp8_tile(const uint8_t *wa, const uint8_t *wb, const float *sa, const float *sb,
          size_t K, const uint8_t *const xrow[NG], const float *const xs0[NG],
@@ -188,9 +198,9 @@ fp8_tile(const uint8_t *wa, const uint8_t *wb, const float *sa, const float *sb,
 {
     TileW cur;
     if (kb0 < kb1) {
-        tile_load_w(cur, wa, wb, K, kb0, threadIdx.x & 3);
+        tile_load_w<PAIR>(cur, wa, wb, K, kb0, threadIdx.x & 3);
     }
-    fp8_tile_run<NG>(cur, wa, wb, sa, sb, K, xrow, xs0, xs1, ngroups, acc, kb0, kb1);
+    fp8_tile_run<NG, PAIR>(cur, wa, wb, sa, sb, K, xrow, xs0, xs1, ngroups, acc, kb0, kb1);
 }
 
 #endif

@@ -278,7 +278,7 @@ kimi_moe_plan(const int32_t *topk_idx, int T, int top_k, int E, int shared,
  * in registers: lane (g,t) holds G and U of columns c0+g, c0+g+8 for tokens
  * 2t, 2t+1 of each group.
  */
-template <int NG>
+template <int NG, bool PAIR>
 static __global__ void __launch_bounds__(MOE_WARPS * 32)
 moe_gate_up_kernel(const uint8_t *__restrict__ xq,   // [T, D]
                    const float *__restrict__ xs,     // [T, D/128]
@@ -311,7 +311,7 @@ moe_gate_up_kernel(const uint8_t *__restrict__ xq,   // [T, D]
             xs1[j] = xs + (size_t) tok[min(ch + j * 8 + 2 * t + 1, rows - 1)] * KB;
         }
         float acc[2][NG][4];
-        fp8_tile<NG>(wg, wu, sg, su, (size_t) D, xrow, xs0, xs1,
+        fp8_tile<NG, PAIR>(wg, wu, sg, su, (size_t) D, xrow, xs0, xs1,
                      min(NG, (rows - ch + 7) / 8), acc, 0, KB);
 #pragma unroll
         for (int j = 0; j < NG; j++) {
@@ -358,7 +358,7 @@ moe_hquant_kernel(int n_rows, int I, kimi_moe_ws_t ws)
 
 /* NG = 1 (T <= 8): at most 128 registers, so 4 blocks (16 warps) fit an SM
  * and the ~2000 warps of a batch-1 layer run in one wave instead of 1.3. */
-template <int NG, bool HQG>
+template <int NG, bool HQG, bool PAIR>
 static __device__ __forceinline__ void
 moe_down_slot(int D, int I, const kimi_experts_t &ex, const kimi_moe_ws_t &ws, uint8_t *smem)
 {
@@ -392,7 +392,7 @@ moe_down_slot(int D, int I, const kimi_experts_t &ex, const kimi_moe_ws_t &ws, u
                 xs1[j] = ws.hs + (r0 + min(j * 8 + 2 * t + 1, nr - 1)) * IB;
             }
             float acc[2][NG][4];
-            fp8_tile<NG>(wa, wb, sa, sb, (size_t) I, xrow, xs0, xs1,
+            fp8_tile<NG, PAIR>(wa, wb, sa, sb, (size_t) I, xrow, xs0, xs1,
                          min(NG, (nr + 7) / 8), acc, 0, IB);
 #pragma unroll
             for (int s = 0; s < 2; s++) {
@@ -415,7 +415,7 @@ moe_down_slot(int D, int I, const kimi_experts_t &ex, const kimi_moe_ws_t &ws, u
          * the block quantises it */
         TileW cur;
         if (n0 < D) {
-            tile_load_w(cur, wa, wb, (size_t) I, 0, t);
+            tile_load_w<PAIR>(cur, wa, wb, (size_t) I, 0, t);
         }
         __syncthreads();   /* the previous chunk's readers are done */
         /* quantise h rows [ch, ch+nr): one warp per (row, 128-group), a
@@ -453,7 +453,7 @@ moe_down_slot(int D, int I, const kimi_experts_t &ex, const kimi_moe_ws_t &ws, u
                 xs1[j] = hs + min(j * 8 + 2 * t + 1, nr - 1) * IB;
             }
             float acc[2][NG][4];
-            fp8_tile_run<NG>(cur, wa, wb, sa, sb, (size_t) I, xrow, xs0, xs1,
+            fp8_tile_run<NG, PAIR>(cur, wa, wb, sa, sb, (size_t) I, xrow, xs0, xs1,
                              min(NG, (nr + 7) / 8), acc, 0, IB);
 #pragma unroll
             for (int s = 0; s < 2; s++) {
@@ -480,7 +480,7 @@ moe_down_slot(int D, int I, const kimi_experts_t &ex, const kimi_moe_ws_t &ws, u
  * ws.tickets[1 + blockIdx.x], wrapped back to 0 by the last arrival) sums
  * every token's rows with moe_combine_kernel's arithmetic, one column a
  * thread, so the layer needs no combine launch (~3 us at batch 1). */
-template <int NG, bool HQG, typename O>
+template <int NG, bool HQG, bool PAIR, typename O>
 static __global__ void __launch_bounds__(MOE_WARPS * 32, NG == 1 ? 4 : 1)
 moe_down_kernel(int D, int I, kimi_experts_t ex, kimi_moe_ws_t ws,
                 const float *__restrict__ topk_w, int T, int top_k, int shared,
@@ -488,7 +488,7 @@ moe_down_kernel(int D, int I, kimi_experts_t ex, kimi_moe_ws_t ws,
 {
     KIMI_GRID_ENTRY();
     extern __shared__ __align__(16) uint8_t smem[];
-    moe_down_slot<NG, HQG>(D, I, ex, ws, smem);
+    moe_down_slot<NG, HQG, PAIR>(D, I, ex, ws, smem);
     if constexpr (!std::is_void<O>::value) {
         __shared__ bool last;
         __threadfence();   /* this block's y rows before its ticket */
@@ -562,6 +562,34 @@ static int ng_for(int T)
     return T <= 8 ? 1 : (T <= 16 ? 2 : 4);
 }
 
+/* L2::256B weight loads (fp8_tile.cuh) from 2 tokens up.  H200, K2 widths:
+ * B=16 gate_up 870 -> 766 us, down 496 -> 444; B=64 2391 -> 2081 / 1109 ->
+ * 1025; but B=1 gate_up 71.3 -> 77.0 (its 288 blocks are one partial wave,
+ * every warp streaming at once).  KIMI_MOE_L2PAIR=0|1 forces (A/B). */
+static bool l2_pair(int T)
+{
+    static int forced = -2;
+    if (forced == -2) {
+        const char *v = getenv("KIMI_MOE_L2PAIR");
+        forced = v != NULL && (v[0] == '0' || v[0] == '1') ? v[0] - '0' : -1;
+    }
+    return forced >= 0 ? forced == 1 : T >= 2;
+}
+
+template <int NG>
+static int
+launch_gate_up(const uint8_t *xq, const float *xs, int D, int I, int max_slots, bool pair,
+               const kimi_experts_t *ex, const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
+{
+    dim3 grid(I / 64, max_slots);
+    if (pair) {
+        KIMI_LAUNCH(err, moe_gate_up_kernel<NG, true>, grid, MOE_WARPS * 32, 0, s, xq, xs, D, I, *ex, *ws);
+    } else {
+        KIMI_LAUNCH(err, moe_gate_up_kernel<NG, false>, grid, MOE_WARPS * 32, 0, s, xq, xs, D, I, *ex, *ws);
+    }
+    return KIMI_OK;
+}
+
 extern "C" int
 kimi_moe_gate_up(const uint8_t *xq, const float *xs, int T, int D, int I,
                  int max_slots, const kimi_experts_t *ex, const kimi_moe_ws_t *ws,
@@ -577,40 +605,47 @@ kimi_moe_gate_up(const uint8_t *xq, const float *xs, int T, int D, int I,
     if (grouped_gate_up(ex, ws, max_slots, D, I)) {
         return kimi_moe_grouped_gate_up(xq, xs, D, I, max_slots, ex, ws, s, err);
     }
-    dim3 grid(I / 64, max_slots);
     switch (ng_for(T)) {
     case 1:
-        KIMI_LAUNCH(err, moe_gate_up_kernel<1>, grid, MOE_WARPS * 32, 0, s, xq, xs, D, I, *ex, *ws);
-        break;
+        return launch_gate_up<1>(xq, xs, D, I, max_slots, l2_pair(T), ex, ws, s, err);
     case 2:
-        KIMI_LAUNCH(err, moe_gate_up_kernel<2>, grid, MOE_WARPS * 32, 0, s, xq, xs, D, I, *ex, *ws);
-        break;
+        return launch_gate_up<2>(xq, xs, D, I, max_slots, l2_pair(T), ex, ws, s, err);
     default:
-        KIMI_LAUNCH(err, moe_gate_up_kernel<4>, grid, MOE_WARPS * 32, 0, s, xq, xs, D, I, *ex, *ws);
+        return launch_gate_up<4>(xq, xs, D, I, max_slots, l2_pair(T), ex, ws, s, err);
     }
-    return KIMI_OK;
 }
 
 /* O void: y only; else also the combine into out (moe_down_kernel). */
-template <int NG, bool HQG, typename O = void>
+template <int NG, bool HQG, bool PAIR, typename O>
 static int
-launch_down(int D, int I, int max_slots, const kimi_experts_t *ex,
-            const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err,
-            const float *topk_w = NULL, int T = 0, int top_k = 0, int shared = 0,
-            O *out = NULL)
+launch_down_as(int D, int I, int max_slots, const kimi_experts_t *ex,
+               const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err,
+               const float *topk_w, int T, int top_k, int shared, O *out)
 {
     const size_t smem = HQG ? 0 : (size_t) 8 * NG * (I + HQ_PAD) + (size_t) 8 * NG * (I / 128) * 4;
     if (smem > 227 * 1024) {
         return kimi_err_set(err, KIMI_EINVAL, "moe_down: I=%d too wide for shared memory", I);
     }
     if (!HQG) {
-        KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_down_kernel<NG, HQG, O>,
+        KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_down_kernel<NG, HQG, PAIR, O>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem), err);
     }
     dim3 grid((D / 32 + MOE_WARPS - 1) / MOE_WARPS, max_slots);
-    KIMI_LAUNCH(err, moe_down_kernel<NG, HQG, O>, grid, MOE_WARPS * 32, smem, s, D, I, *ex, *ws,
+    KIMI_LAUNCH(err, moe_down_kernel<NG, HQG, PAIR, O>, grid, MOE_WARPS * 32, smem, s, D, I, *ex, *ws,
                 topk_w, T, top_k, shared, out);
     return KIMI_OK;
+}
+
+/* T: the batch (chooses the weight loads, l2_pair); topk_w .. out: the
+ * combine, for O not void. */
+template <int NG, bool HQG, typename O = void>
+static int
+launch_down(int D, int I, int max_slots, const kimi_experts_t *ex,
+            const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err, int T,
+            const float *topk_w = NULL, int top_k = 0, int shared = 0, O *out = NULL)
+{
+    return l2_pair(T) ? launch_down_as<NG, HQG, true, O>(D, I, max_slots, ex, ws, s, err, topk_w, T, top_k, shared, out)
+                      : launch_down_as<NG, HQG, false, O>(D, I, max_slots, ex, ws, s, err, topk_w, T, top_k, shared, out);
 }
 
 /* Up to 16 tokens the re-quantisation rides in each block's prologue
@@ -631,9 +666,9 @@ kimi_moe_down(int T, int top_k, int D, int I, int max_slots, const kimi_experts_
     if (!grouped_gate_up(ex, ws, max_slots, D, I)) {
         switch (ng_for(T)) {
         case 1:
-            return launch_down<1, false>(D, I, max_slots, ex, ws, s, err);
+            return launch_down<1, false>(D, I, max_slots, ex, ws, s, err, T);
         case 2:
-            return launch_down<2, false>(D, I, max_slots, ex, ws, s, err);
+            return launch_down<2, false>(D, I, max_slots, ex, ws, s, err, T);
         default:
             break;
         }
@@ -646,7 +681,7 @@ kimi_moe_down(int T, int top_k, int D, int I, int max_slots, const kimi_experts_
     if (use_grouped(ex, ws, max_slots) && D % 256 == 0 && I <= 8192) {
         return kimi_moe_grouped_down(D, I, max_slots, ex, ws, s, err);
     }
-    return launch_down<4, true>(D, I, max_slots, ex, ws, s, err);
+    return launch_down<4, true>(D, I, max_slots, ex, ws, s, err, T);
 }
 
 /* ---- combine (unpermute) ---------------------------------------------------- */
@@ -733,9 +768,9 @@ down_combine(int T, int top_k, int shared, int D, int I, int max_slots,
     if (T <= 16 && ws->tickets != NULL && D / 128 < KIMI_MOE_TICKETS
         && !grouped_gate_up(ex, ws, max_slots, D, I)) {
         if (ng_for(T) == 1) {
-            return launch_down<1, false, O>(D, I, max_slots, ex, ws, s, err, topk_w, T, top_k, shared, out);
+            return launch_down<1, false, O>(D, I, max_slots, ex, ws, s, err, T, topk_w, top_k, shared, out);
         }
-        return launch_down<2, false, O>(D, I, max_slots, ex, ws, s, err, topk_w, T, top_k, shared, out);
+        return launch_down<2, false, O>(D, I, max_slots, ex, ws, s, err, T, topk_w, top_k, shared, out);
     }
     rc = kimi_moe_down(T, top_k, D, I, max_slots, ex, ws, s, err);
     if (rc != KIMI_OK) {

@@ -16,10 +16,11 @@
  * Roles:   warpgroup 0 produces (registers cut to 40): one thread issues
  *          four TMA boxes of weights (64 rows x 128 bytes, 128-byte swizzle;
  *          gate_up interleaves gate and up by 64 rows so each 128-row half
- *          holds both for the same 64 columns of h), all 128 gather the
- *          activation rows with cp.async (TMA cannot gather tokens) plus the
- *          row and weight-block scales; a stage is full on its mbarrier when
- *          all landed.  Warpgroups 1 and 2 consume: each 128-block is 4 wgmma
+ *          holds both for the same 64 columns of h); down's activation rows
+ *          (h, contiguous per tile) come in the same thread's fifth box,
+ *          gate_up's token rows are gathered by all 128 with cp.async (TMA
+ *          cannot gather); all 128 fetch the row and weight-block scales; a
+ *          stage is full on its mbarrier when all landed.  Warpgroups 1 and 2 consume: each 128-block is 4 wgmma
  *          m64n128k32 e4m3 per half into a temporary, promoted into the fp32
  *          accumulator times the row's and the weight block's scales
  *          (DeepSeek's promotion every 128 of K); while one group promotes,
@@ -147,10 +148,12 @@ kg_quad_amax(const float *v, int n)
     return fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 2));
 }
 
+
 template <bool GATE_UP, int BM>
 static __global__ void __launch_bounds__(KG_THREADS, 1)
-moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
-                   int K, int N, int max_tiles, kimi_experts_t ex, kimi_moe_ws_t ws)
+moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__restrict__ xq,
+                   const float *__restrict__ xs, int K, int N, int max_tiles, kimi_experts_t ex,
+                   kimi_moe_ws_t ws)
 {
     KIMI_GRID_ENTRY();
     typedef kg_layout<BM> L;
@@ -180,7 +183,7 @@ moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
 
     if (wg == 0) {
         kimi_setmaxnreg_dec<40>();
-        const uint8_t *a_base = GATE_UP ? xq : ws.hq;
+        const uint8_t *a_base = xq;     /* gate_up; down's rows come by TMA */
         const float *s_base = GATE_UP ? xs : ws.hs;
         const int chunk = wt & 7, rsub = wt >> 3;   /* 8 threads a row, 16 rows a pass */
         int it = 0;
@@ -201,13 +204,16 @@ moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
             if (wt == 0) {
                 kimi_tma_prefetch_map(mg);
                 kimi_tma_prefetch_map(mu);
+                if (!GATE_UP) {
+                    kimi_tma_prefetch_map(&hq_map);
+                }
             }
             for (int kb = 0; kb < KB; kb++, it++) {
                 const int st = it % S;
                 kimi_mbar_wait(&empty[st], ((it / S) & 1) ^ 1);
                 uint8_t *stg = sm + st * L::stage_b;
                 if (wt == 0) {
-                    kimi_mbar_arrive_tx(&full[st], 4 * KG_Q_B);
+                    kimi_mbar_arrive_tx(&full[st], 4 * KG_Q_B + (GATE_UP ? 0 : BM * 128));
 #pragma unroll
                     for (int q = 0; q < 4; q++) {
                         /* gate_up: gate, up, gate, up of rows n0, n0, n0 + 64, n0 + 64 */
@@ -215,12 +221,21 @@ moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
                         kimi_tma_load_2d(stg + L::a_b + q * KG_Q_B, (GATE_UP && (q & 1)) ? mu : mg,
                                          kb * 128, r, &full[st]);
                     }
+                    if (!GATE_UP) {
+                        /* h's rows are the tile's own, contiguous: one box
+                         * (rows past the tile are another's, or past the
+                         * map and zero: never stored) */
+                        kimi_tma_load_2d(stg, &hq_map, kb * 128, row0, &full[st]);
+                    }
                 }
+                if (GATE_UP) {
+                    /* tokens are gathered: TMA cannot */
 #pragma unroll
-                for (int p = 0; p < BM / 16; p++) {
-                    const int r = p * 16 + rsub;
-                    kimi_cp_async16(stg + wg_swz128(r, chunk * 8),
-                                    a_base + (size_t) a_row[r] * K + kb * 128 + chunk * 16);
+                    for (int p = 0; p < BM / 16; p++) {
+                        const int r = p * 16 + rsub;
+                        kimi_cp_async16(stg + wg_swz128(r, chunk * 8),
+                                        a_base + (size_t) a_row[r] * K + kb * 128 + chunk * 16);
+                    }
                 }
                 if (wt < BM) {
                     kimi_cp_async4(a_sc + st * 128 + wt, s_base + (size_t) a_row[wt] * KB + kb);
@@ -250,10 +265,19 @@ moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
         float acc[NH * 64], tmp[64];
 #pragma unroll
         for (int i = 0; i < NH * 64; i++) acc[i] = 0.f;
+        /* BM 128: a tile of <= 64 rows (an expert's last) leaves group 1
+         * nothing to compute; it still keeps the ring's count */
+        const bool live = m_off < rows;
 
         for (int kb = 0; kb < KB; kb++, it++) {
             const int st = it % S;
             kimi_mbar_wait(&full[st], (it / S) & 1);
+            if (!live) {
+                if (lane == 0) {
+                    kimi_mbar_arrive(&empty[st]);
+                }
+                continue;
+            }
             kimi_fence_proxy_async();
             const float x0 = a_sc[st * 128 + m_off + r0], x1 = a_sc[st * 128 + m_off + r1];
             const uint32_t sa = kimi_smem_addr(sm + st * L::stage_b) + m_off * 128;
@@ -284,6 +308,9 @@ moe_grouped_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs,
             }
         }
 
+        if (!live) {
+            continue;
+        }
         if (GATE_UP) {
             /* half hh: columns 0..63 of the accumulator are gate, 64..127 up
              * of h columns n0 + 64 h + 0..63 */
@@ -422,8 +449,16 @@ kg_launch_bm(const uint8_t *xq, const float *xs, int K, int N, int max_tiles, co
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kg_layout<BM>::smem), err);
     /* one block per SM; a block past the work exits at once */
     const int n_work_max = max_tiles * (N / (GATE_UP ? 128 : 256));
+    /* down's activation rows (h, quantised) by TMA: [rows][K] in boxes of
+     * BM rows x 128 bytes; gate_up gathers its token rows itself */
+    CUtensorMap hq_map;
+    int rc = kimi_tmap_2d(&hq_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, GATE_UP ? NULL : ws->hq, K,
+                          ws->rows, K, 128, BM, err);
+    if (rc != KIMI_OK) {
+        return rc;
+    }
     KIMI_LAUNCH(err, moe_grouped_kernel<GATE_UP, BM>, min(kg_n_sm(), n_work_max), KG_THREADS,
-                kg_layout<BM>::smem, s, xq, xs, K, N, max_tiles, *ex, *ws);
+                kg_layout<BM>::smem, s, hq_map, xq, xs, K, N, max_tiles, *ex, *ws);
     return KIMI_OK;
 }
 

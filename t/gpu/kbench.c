@@ -647,8 +647,8 @@ run_bench(int argc, char **argv)
         bench_router(lt);
     }
     if (strstr(what, "moed")) {        /* "moed": decode sizes only */
-        const int td[] = {1, 8, 16, 64};
-        bench_moe(lt, 384, td, 4);
+        const int td[] = {1, 2, 4, 8, 16, 64};
+        bench_moe(lt, 384, td, 6);
     } else if (strstr(what, "all") || strstr(what, "moe")) {
         /* 2048: a prefill-sized batch (~48 tokens per expert) */
         const int ts[] = {1, 16, 64, 256, 2048}, tg[] = {2048, 4096};

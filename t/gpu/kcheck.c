@@ -1301,6 +1301,7 @@ main(int argc, char **argv)
     test_moe(300, 1024, 256, 16, 4, 0);
     test_moe(520, 2048, 384, 12, 4, 1);
     test_moe(1600, 512, 256, 8, 6, 1);    /* 193 rows per slot: 128-row tiles, K of 2 blocks */
+    test_moe(16, 512, 256, 1, 1, 0);      /* 32 rows in all: h's TMA box (64 rows) past the map */
     {
         int l1[] = {1, 100, 1000};
         int l2[] = {4097, 33, 64};
