@@ -130,6 +130,18 @@ mw_load_tile(uint8_t *sm, int stage, long long row, const void *kv, const float 
     }
 }
 
+/* Two e4m3 (low byte first) -> two bf16, exact: the hardware's e4m3x2 ->
+ * f16x2 conversion, then through f32 (three instructions a pair instead of
+ * ~6 a value through the scalar conversions: B=64 x 8K 296 -> 261 us). */
+static __device__ __forceinline__ uint32_t
+mw_e4m3x2_bf16x2(uint32_t pair)
+{
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t) pair, __NV_E4M3);
+    const float2 f = __half22float2(*(const __half2 *) &h);
+    const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
+    return *(const uint32_t *) &b;
+}
+
 /* e4m3 staging -> bf16 swizzled tile (unscaled: e4m3 values are exact in bf16) */
 static __device__ __forceinline__ void
 mw_widen_fp8(uint8_t *sm, int stage)
@@ -143,10 +155,8 @@ mw_widen_fp8(uint8_t *sm, int stage)
         uint32_t o[8];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            o[2 * i] = (uint32_t) kimi_f2bf(kimi_fp82f(w[i] & 0xff))
-                       | (uint32_t) kimi_f2bf(kimi_fp82f((w[i] >> 8) & 0xff)) << 16;
-            o[2 * i + 1] = (uint32_t) kimi_f2bf(kimi_fp82f((w[i] >> 16) & 0xff))
-                           | (uint32_t) kimi_f2bf(kimi_fp82f(w[i] >> 24)) << 16;
+            o[2 * i] = mw_e4m3x2_bf16x2(w[i] & 0xffff);
+            o[2 * i + 1] = mw_e4m3x2_bf16x2(w[i] >> 16);
         }
         const int d0 = 16 * k;   /* two 8-dim chunks, same 64-col block */
         uint8_t *blk = dst + (d0 >> 6) * MW_QB;
