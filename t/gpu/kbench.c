@@ -547,6 +547,9 @@ bench_mla(int n_sm)
         m.o = dalloc((size_t) m.B * 64 * 512 * 2);
         KK(kimi_fill_bf16(m.q, (size_t) m.B * 64 * 576, 34, -1, 1, st, ERR));
         m.splits = kimi_mla_n_splits(m.B, m.ctx, n_sm);
+        if (getenv("KBENCH_MLA_SPLITS") != NULL) {   /* A/B of the split policy */
+            m.splits = atoi(getenv("KBENCH_MLA_SPLITS"));
+        }
         m.ws = dalloc(kimi_mla_ws_bytes(m.B, 64, m.splits));
         m.kv = fp8 ? kv8 : kv;
         m.kvs = kvs;
