@@ -79,8 +79,27 @@ typedef struct {
     uint16_t                *lcp;
 } kimi_json_vocab_t;
 
+/* guided_regex: the tokens a DFA state allows depend on the program, the
+ * state and the vocabulary alone, and a request's loops, or the requests
+ * of one pattern, meet the same states again: each walk's result is kept
+ * as a bitset of the vocabulary, a few dozen states a sampler, the least
+ * recently used replaced (a hit costs a pass over vocab / 64 words
+ * instead of the vocabulary's trie). */
+#define KIMI_REGEX_CACHE      64
+#define KIMI_REGEX_HASH_MAX   (1u << 20)  /* larger programs: not cached */
+
+typedef struct {
+    uint64_t                 key;        /* program hash; 0: empty */
+    const kimi_tokenizer_t  *tok;
+    int32_t                  state;
+    uint64_t                 used;       /* the sampler's clock at its last use */
+    uint64_t                *bits;       /* [(vocab + 63) / 64] allowed ids */
+} kimi_regex_mask_t;
+
 struct kimi_sampler {
     kimi_json_vocab_t  jv;
+    kimi_regex_mask_t  rmask[KIMI_REGEX_CACHE];
+    uint64_t           rclock;
     uint32_t      vocab;
     float        *x;          /* [vocab] row after suppression/penalties */
     uint32_t     *count;      /* [vocab] occurrences in the output */
@@ -320,6 +339,9 @@ kimi_sampler_free(kimi_sampler_t *s)
     free(s->jv.special);
     free(s->jv.by_bytes);
     free(s->jv.lcp);
+    for (int i = 0; i < KIMI_REGEX_CACHE; i++) {
+        free(s->rmask[i].bits);
+    }
 
     free(s->x);
     free(s->count);
@@ -665,12 +687,85 @@ kimi_sample_regex_vocab(kimi_sampler_t *s)
 }
 
 
+/* FNV-1a over the program's words (p[0] of them), never 0; 0 for a
+ * program too large to hash at every step */
+static uint64_t
+kimi_regex_prog_key(const int32_t *prog)
+{
+    uint64_t  h = 0xcbf29ce484222325ULL;
+    uint32_t  n = (uint32_t) prog[0];
+
+    if (n > KIMI_REGEX_HASH_MAX) {
+        return 0;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        h = (h ^ (uint32_t) prog[i]) * 0x100000001b3ULL;
+    }
+    return h != 0 ? h : 1;
+}
+
+
+/* The cached mask of (key, tok, state), or NULL */
+static const uint64_t *
+kimi_regex_mask_find(kimi_sampler_t *s, uint64_t key,
+    const kimi_tokenizer_t *tk, int32_t state)
+{
+    for (int i = 0; key != 0 && i < KIMI_REGEX_CACHE; i++) {
+        kimi_regex_mask_t  *m = &s->rmask[i];
+
+        if (m->key == key && m->tok == tk && m->state == state) {
+            m->used = ++s->rclock;
+            return m->bits;
+        }
+    }
+    return NULL;
+}
+
+
+/* Moves s->seen's allowed ids (s->seen cleared) into the mask of (key,
+ * tok, state), the least recently used entry; NULL (s->seen left as it
+ * is) for a program not cached or out of memory */
+static const uint64_t *
+kimi_regex_mask_keep(kimi_sampler_t *s, uint64_t key,
+    const kimi_tokenizer_t *tk, int32_t state)
+{
+    kimi_regex_mask_t  *m = &s->rmask[0];
+    uint32_t            words = (s->vocab + 63) / 64;
+
+    if (key == 0) {
+        return NULL;
+    }
+    for (int i = 1; i < KIMI_REGEX_CACHE; i++) {
+        if (s->rmask[i].used < m->used) {
+            m = &s->rmask[i];
+        }
+    }
+    if (m->bits == NULL) {
+        m->bits = malloc((size_t) words * sizeof(uint64_t));
+        if (m->bits == NULL) {
+            return NULL;
+        }
+    }
+    memset(m->bits, 0, (size_t) words * sizeof(uint64_t));
+    for (uint32_t id = 0; id < s->vocab; id++) {
+        m->bits[id / 64] |= (uint64_t) (s->seen[id] != 0) << (id % 64);
+        s->seen[id] = 0;
+    }
+    m->key = key;
+    m->tok = tk;
+    m->state = state;
+    m->used = ++s->rclock;
+    return m->bits;
+}
+
+
 /* guided_regex: the DFA's state after the output so far; a token is
  * allowed when its bytes keep the DFA alive (every live state can still
  * reach a match), eos only in an accepting state.  Tokens are walked in
  * byte order, each from the state its common prefix with the one before
  * already reached, and a prefix that died kills every token sharing it
- * unread: the cost is about the vocabulary's trie, not its bytes. */
+ * unread: the cost is about the vocabulary's trie, not its bytes; the
+ * result is kept by state (kimi_regex_mask_t). */
 static void
 kimi_sample_regex_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
     const int32_t *prog)
@@ -679,9 +774,11 @@ kimi_sample_regex_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
     const int32_t           *out = req->tokens + req->n_prompt;
     kimi_json_vocab_t       *jv = &s->jv;
     const char              *b;
+    const uint64_t          *kept = NULL;
     size_t                   len, have = 0, dead = SIZE_MAX, k;
     int32_t                  state = 0, st[1025];
     uint32_t                 id, n;
+    uint64_t                 key = 0;
 
     for (uint32_t i = 0; i < req->n_output && state >= 0; i++) {
         b = kimi_tokenizer_is_special(tk, out[i]) ? NULL
@@ -689,7 +786,12 @@ kimi_sample_regex_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
         state = b != NULL ? kimi_regex_step(prog, state, b, len) : -1;
     }
 
-    if (state >= 0 && kimi_sample_json_vocab(s, tk) == 0
+    if (state >= 0) {
+        key = kimi_regex_prog_key(prog);
+        kept = kimi_regex_mask_find(s, key, tk, state);
+    }
+
+    if (state >= 0 && kept == NULL && kimi_sample_json_vocab(s, tk) == 0
         && kimi_sample_regex_vocab(s) == 0)
     {
         /* the program's tables, unpacked once (kimi_regex_step's layout) */
@@ -730,11 +832,40 @@ kimi_sample_regex_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
                 s->seen[id] = 1;
             }
         }
+        kept = kimi_regex_mask_keep(s, key, tk, state);
+    }
+
+    if (kept != NULL && req->n_eos <= 8) {
+        /* eos stays where the state accepts (it is special: never in the
+         * mask), everything the mask does not hold goes */
+        float  eos_x[8];
+        int    eos_on = state >= 0 && kimi_regex_accepts(prog, state);
+
+        for (uint32_t i = 0; i < req->n_eos; i++) {
+            eos_x[i] = (uint32_t) req->eos_ids[i] < s->vocab ? s->x[req->eos_ids[i]] : 0.f;
+        }
+        for (uint32_t w = 0; w < (s->vocab + 63) / 64; w++) {
+            uint64_t  gone = ~kept[w];
+
+            while (gone != 0) {
+                id = w * 64 + (uint32_t) __builtin_ctzll(gone);
+                gone &= gone - 1;
+                if (id < s->vocab) {
+                    s->x[id] = -INFINITY;
+                }
+            }
+        }
+        for (uint32_t i = 0; eos_on && i < req->n_eos; i++) {
+            if ((uint32_t) req->eos_ids[i] < s->vocab) {
+                s->x[req->eos_ids[i]] = eos_x[i];
+            }
+        }
+        return;
     }
 
     /* s->seen marks the allowed ids (cleared again here) */
     for (id = 0; id < s->vocab; id++) {
-        if (s->seen[id]) {
+        if (s->seen[id] || (kept != NULL && (kept[id / 64] >> (id % 64)) & 1)) {
             s->seen[id] = 0;
         } else if (!(kimi_sample_is_eos(req, id)
                      && (state < 0 || kimi_regex_accepts(prog, state))))

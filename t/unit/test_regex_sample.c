@@ -171,11 +171,14 @@ main(void)
         static const char  *prefix[] = { "the", "", "abc", "12" };
         int                 agree = 1, tried = 0, allowed = 0;
 
-        for (size_t c = 0; c < 4; c++) {
+        /* twice: the second pass finds every state's mask kept by the first
+         * (the sampler caches them by program and state), the four
+         * programs' masks side by side */
+        for (size_t c = 0; c < 8; c++) {
             int32_t  pre[8];
             uint32_t n_pre = 0;
 
-            if (kimi_regex_compile(pats[c], strlen(pats[c]), &prog, &n_prog,
+            if (kimi_regex_compile(pats[c % 4], strlen(pats[c % 4]), &prog, &n_prog,
                                    msg, sizeof(msg)) != 0)
             {
                 agree = 0;
@@ -185,11 +188,11 @@ main(void)
             words[0] = KIMI_REGEX_TAG;
             memcpy(words + 1, prog, n_prog * sizeof(int32_t));
             state = 0;
-            if (prefix[c][0] != '\0') {
+            if (prefix[c % 4][0] != '\0') {
                 int32_t  *ids = NULL;
                 size_t    n_ids = 0;
 
-                if (kimi_tokenize(tok, prefix[c], strlen(prefix[c]), 0, &ids,
+                if (kimi_tokenize(tok, prefix[c % 4], strlen(prefix[c % 4]), 0, &ids,
                                   &n_ids, &err) != 0)
                 {
                     n_ids = 0;
@@ -234,9 +237,9 @@ main(void)
             free(words);
             free(prog);
         }
-        ok(agree && tried > 100, "the mask allows a lifted token exactly when"
-           " a brute-force walk of its bytes stays alive (%d tokens, %d"
-           " allowed)", tried, allowed);
+        ok(agree && tried > 200, "the mask allows a lifted token exactly when"
+           " a brute-force walk of its bytes stays alive, walked or kept"
+           " (%d tokens, %d allowed)", tried, allowed);
     }
 
     kimi_sampler_free(smp);
