@@ -312,7 +312,7 @@ moe_gate_up_kernel(const uint8_t *__restrict__ xq,   // [T, D]
         }
         float acc[2][NG][4];
         fp8_tile<NG, PAIR>(wg, wu, sg, su, (size_t) D, xrow, xs0, xs1,
-                     min(NG, (rows - ch + 7) / 8), acc, 0, KB);
+                           min(NG, (rows - ch + 7) / 8), acc, 0, KB);
 #pragma unroll
         for (int j = 0; j < NG; j++) {
             const int r = ch + j * 8 + 2 * t;
@@ -393,7 +393,7 @@ moe_down_slot(int D, int I, const kimi_experts_t &ex, const kimi_moe_ws_t &ws, u
             }
             float acc[2][NG][4];
             fp8_tile<NG, PAIR>(wa, wb, sa, sb, (size_t) I, xrow, xs0, xs1,
-                         min(NG, (nr + 7) / 8), acc, 0, IB);
+                               min(NG, (nr + 7) / 8), acc, 0, IB);
 #pragma unroll
             for (int s = 0; s < 2; s++) {
 #pragma unroll
@@ -454,7 +454,7 @@ moe_down_slot(int D, int I, const kimi_experts_t &ex, const kimi_moe_ws_t &ws, u
             }
             float acc[2][NG][4];
             fp8_tile_run<NG, PAIR>(cur, wa, wb, sa, sb, (size_t) I, xrow, xs0, xs1,
-                             min(NG, (nr + 7) / 8), acc, 0, IB);
+                                   min(NG, (nr + 7) / 8), acc, 0, IB);
 #pragma unroll
             for (int s = 0; s < 2; s++) {
 #pragma unroll

@@ -20,13 +20,14 @@
  *          (h, contiguous per tile) come in the same thread's fifth box,
  *          gate_up's token rows are gathered by all 128 with cp.async (TMA
  *          cannot gather); all 128 fetch the row and weight-block scales; a
- *          stage is full on its mbarrier when all landed.  Warpgroups 1 and 2 consume: each 128-block is 4 wgmma
- *          m64n128k32 e4m3 per half into a temporary, promoted into the fp32
- *          accumulator times the row's and the weight block's scales
- *          (DeepSeek's promotion every 128 of K); while one group promotes,
- *          the other's MMAs run.  BM 128: group g takes rows 64g.. of both
- *          halves (weights read once per 128 rows); BM 64: both take the 64
- *          rows, group g half g.
+ *          stage is full on its mbarrier when all landed.  Warpgroups 1
+ *          and 2 consume: each 128-block is 4 wgmma m64n128k32 e4m3 per
+ *          half into a temporary, promoted into the fp32 accumulator times
+ *          the row's and the weight block's scales (DeepSeek's promotion
+ *          every 128 of K); while one group promotes, the other's MMAs run.
+ *          BM 128: group g takes rows 64g.. of both halves (weights read
+ *          once per 128 rows; a tile of <= 64 rows leaves group 1 idle); BM
+ *          64: both take the 64 rows, group g half g.
  * Epilogue: gate_up quantises h to e4m3 per 128 columns on the spot (the
  *          row's 128 columns live in one quad of threads, or two groups at
  *          BM 64) and writes hq/hs: no fp32 h round trip; down writes fp32 y.
@@ -147,7 +148,6 @@ kg_quad_amax(const float *v, int n)
     am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 1));
     return fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 2));
 }
-
 
 template <bool GATE_UP, int BM>
 static __global__ void __launch_bounds__(KG_THREADS, 1)
