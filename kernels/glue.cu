@@ -1,6 +1,6 @@
 /*
  * Small kernels between the big ones of a forward pass: embedding (and row)
- * gather, SiLU(gate)*up, the latent KV write into the paged cache, and the
+ * gather, SiLU(gate)*up, a sum of two row sets, the latent KV write into the paged cache, and the
  * per-head absorption matrices of MLA (W_UK on q, W_UV on the output):
  * the bf16 forms the kernel checks drive, and the fp32 forms the engine
  * uses (fp32 activations, absorption straight from the FP8 kv_b_proj).
@@ -167,6 +167,30 @@ kimi_silu_mul_f32(const float *g, const float *u, float *out, size_t n, cudaStre
     size_t blocks = (n + 255) / 256;
     KIMI_LAUNCH(err, silu_mul_f32_kernel, blocks < 8192 ? (unsigned) blocks : 8192u, 256, 0, s, g,
                 u, out, n);
+    return KIMI_OK;
+}
+
+static __global__ void
+add_f32_kernel(float *__restrict__ y, const float *__restrict__ x, size_t n)
+{
+    KIMI_GRID_ENTRY();
+    for (size_t i = (size_t) blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t) gridDim.x * blockDim.x) {
+        y[i] += x[i];
+    }
+}
+
+extern "C" int
+kimi_add_f32(float *y, const float *x, size_t n, cudaStream_t s, kimi_err_t *err)
+{
+    if (y == NULL || x == NULL) {
+        return kimi_err_set(err, KIMI_EINVAL, "add: NULL buffer");
+    }
+    if (n == 0) {
+        return KIMI_OK;
+    }
+    size_t blocks = (n + 255) / 256;
+    KIMI_LAUNCH(err, add_f32_kernel, blocks < 8192 ? (unsigned) blocks : 8192u, 256, 0, s, y, x, n);
     return KIMI_OK;
 }
 

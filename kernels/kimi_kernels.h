@@ -428,6 +428,11 @@ int kimi_silu_mul_bf16(const kimi_bf16_t *g, const kimi_bf16_t *u,
 int kimi_silu_mul_f32(const float *g, const float *u, float *out, size_t n,
                       cudaStream_t s, kimi_err_t *err);
 
+/* y[i] += x[i], fp32 (several shared experts: their MLP's rows onto the
+ * routed experts' sum). */
+int kimi_add_f32(float *y, const float *x, size_t n, cudaStream_t s,
+                 kimi_err_t *err);
+
 /* ckv [T][576] = [c 512 | k_pe 64 (rotated)]: cache row slot[t] (block * bs +
  * row, in the kimi_mla_decode layout) = [rmsnorm(c) * norm_w | k_pe], bf16,
  * or e4m3 with kv_scale[slot] = max(amax, 1e-4) / 448. */

@@ -30,6 +30,7 @@ typedef struct {
     const char  *model_dir;
     const char  *load_format;
     const char  *hf_overrides;
+    int          quantize_fp8;            /* --quantization fp8 */
     uint32_t     n_threads;
     int          act_fp32;                /* -1: KIMI_CPU_ACT */
     int          kv_dtype;
@@ -69,6 +70,7 @@ kimi_runner_init(kimi_runner_t *r, const kimi_run_opts_t *o,
     mp.dir = o->model_dir;
     mp.load_format = o->load_format;
     mp.hf_overrides = o->hf_overrides;
+    mp.quantize_fp8 = o->quantize_fp8;
 
     if ((rc = kimi_model_load(&r->model, &mp, err)) != 0) {
         return rc;
@@ -179,6 +181,10 @@ kimi_run_opt(kimi_run_opts_t *o, int c, const char *arg)
     case 'm': o->model_dir = arg; return 1;
     case 'L': o->load_format = arg; return 1;
     case 'O': o->hf_overrides = arg; return 1;
+    case 'Q':
+        if (strcmp(arg, "fp8") == 0) { o->quantize_fp8 = 1; return 1; }
+        fprintf(stderr, "--quantization: fp8 only, not \"%s\"\n", arg);
+        return -1;
     case 'j': o->n_threads = (uint32_t) strtoul(arg, NULL, 10); return 1;
     case 'A':
         if (strcmp(arg, "fp32") == 0) { o->act_fp32 = 1; return 1; }
@@ -221,6 +227,7 @@ kimi_run_getopt(kimi_run_opts_t *o, int argc, char **argv,
     { "model", required_argument, NULL, 'm' },                                \
     { "load-format", required_argument, NULL, 'L' },                          \
     { "hf-overrides", required_argument, NULL, 'O' },                         \
+    { "quantization", required_argument, NULL, 'Q' },                         \
     { "threads", required_argument, NULL, 'j' },                              \
     { "act", required_argument, NULL, 'A' },                                  \
     { "kv-dtype", required_argument, NULL, 'K' },                             \
@@ -230,6 +237,7 @@ kimi_run_getopt(kimi_run_opts_t *o, int argc, char **argv,
     "  --model DIR           model directory (Hugging Face layout)\n"         \
     "  --load-format F       auto (safetensors) or dummy (random weights)\n"  \
     "  --hf-overrides JSON   override config.json fields\n"                   \
+    "  --quantization fp8    BF16 linear weights to FP8 128x128 blocks\n"     \
     "  --threads N           CPU threads (default: all)\n"                    \
     "  --act fp8|fp32        GEMM activations (default fp8, or KIMI_CPU_ACT)\n"\
     "  --kv-dtype D          bf16 (default), fp8 or f32 latent cache\n"
@@ -838,6 +846,7 @@ kimi_cmd_model_info(int argc, char **argv)
     mp.dir = o.model_dir;
     mp.load_format = o.load_format;
     mp.hf_overrides = o.hf_overrides;
+    mp.quantize_fp8 = o.quantize_fp8;
     mp.expert_first = e0;
     mp.expert_last = e1;
     t0 = kimi_now();
@@ -853,7 +862,7 @@ kimi_cmd_model_info(int argc, char **argv)
            "experts %u (top %u, groups %u/%u, owned [%u, %u)), vocab %u\n"
            "mla: q_lora %u kv_lora %u nope %u rope %u v %u; softmax scale "
            "%.7f; yarn %s factor %g orig %u\n"
-           "weights: %.3f GB viewed, loaded in %.3f s\n",
+           "weights: %.3f GB viewed, loaded in %.3f s%s\n",
            o.model_dir, c->model_type, c->num_hidden_layers,
            c->first_k_dense_replace, c->hidden_size, c->num_attention_heads,
            c->n_routed_experts, c->num_experts_per_tok, c->n_group,
@@ -862,7 +871,8 @@ kimi_cmd_model_info(int argc, char **argv)
            c->qk_rope_head_dim, c->v_head_dim, kimi_model_softmax_scale(c),
            c->rope_is_yarn ? "on" : "off", c->rope_factor,
            c->rope_original_max_position_embeddings,
-           m->bytes_mapped / 1e9, t1 - t0);
+           m->bytes_mapped / 1e9, t1 - t0,
+           m->n_quantized ? " (BF16 linears quantised to FP8 blocks)" : "");
 
     if (touch) {
         sum += kimi_touch(&m->embed_tokens, &bytes);

@@ -69,6 +69,7 @@ typedef struct {
     const char  *kv_cache_dtype;
     const char  *load_format;
     const char  *hf_overrides;
+    const char  *quantization;
     const char  *log_level;
     const char  *log_format;
     uint32_t     max_model_len;           /* 0 = the model's */
@@ -155,6 +156,11 @@ static const kimi_opt_t  kimi_serve_opts[] = {
       "auto|safetensors|dummy", "weights from files, or random (dummy)" },
     { "--hf-overrides", OPT_STR, O(hf_overrides), 0, 0, NULL,
       "JSON object replacing config.json keys" },
+    { "--quantization", OPT_STR, O(quantization), 0, 0, "fp8",
+      "fp8: a BF16 checkpoint's linear weights quantised to FP8 128x128"
+      " blocks at load (what the cuda backend takes); FP8 ones unchanged" },
+    { "-q", OPT_STR, O(quantization), 0, 0, "fp8",
+      "same as --quantization" },
     { "--data-parallel-size", OPT_U32, O(data_parallel_size), 1, 64, NULL,
       "engine ranks in all, one process each (1)" },
     { "--data-parallel-size-local", OPT_U32, O(data_parallel_size_local), 1,
@@ -422,7 +428,8 @@ kimi_serve_parse(int argc, char **argv, kimi_serve_opts_t *opts)
  * afterwards.
  */
 static const char *
-kimi_serve_auto_backend(const char *model, const char *overrides)
+kimi_serve_auto_backend(const char *model, const char *overrides,
+    int quantize_fp8)
 {
 #ifdef KIMI_HAVE_CUDA_BACKEND
     kimi_model_config_t  cfg;
@@ -435,7 +442,8 @@ kimi_serve_auto_backend(const char *model, const char *overrides)
          * the cpu instead of failing at start */
         if (model != NULL
             && kimi_model_config_load(&cfg, model, overrides, &err) == 0
-            && kimi_backend_cuda_check_config(&cfg, &err) != 0)
+            && (cfg.quant_fp8 |= quantize_fp8,
+                kimi_backend_cuda_check_config(&cfg, &err) != 0))
         {
             kimi_log(KIMI_LOG_NOTICE, "backend auto: cpu (a GPU is here,"
                      " but %s)", err.msg);
@@ -653,6 +661,7 @@ kimi_serve_follower(const kimi_serve_opts_t *o,
     mp.load_format = strcmp(o->load_format, "dummy") == 0 ? "dummy" : "auto";
     mp.hf_overrides = o->hf_overrides;
     mp.seed = o->seed;
+    mp.quantize_fp8 = o->quantization != NULL;
     memset(&bp, 0, sizeof(bp));
     kimi_serve_group_shard(o, cfg, k, g, &mp, &bp);
 
@@ -923,7 +932,8 @@ kimi_cmd_serve(int argc, char **argv)
     }
 
     if (strcmp(o.backend, "auto") == 0) {
-        o.backend = kimi_serve_auto_backend(o.model, o.hf_overrides);
+        o.backend = kimi_serve_auto_backend(o.model, o.hf_overrides,
+                                            o.quantization != NULL);
     }
 
     is_replay = strcmp(o.backend, "replay") == 0;
@@ -1215,6 +1225,7 @@ kimi_cmd_serve(int argc, char **argv)
                                                               : "auto";
         mp.hf_overrides = o.hf_overrides;
         mp.seed = o.seed;
+        mp.quantize_fp8 = o.quantization != NULL;
 
         if (followers != NULL) {
             kimi_serve_group_shard(&o, &cfg, 0, followers, &mp, &bp);
@@ -1236,6 +1247,11 @@ kimi_cmd_serve(int argc, char **argv)
         if (rc != 0) {
             kimi_log(KIMI_LOG_EMERG, "model: %s", err.msg);
             goto done;
+        }
+        if (model->n_quantized > 0) {
+            kimi_log(KIMI_LOG_NOTICE, "model: %u linear weights quantised"
+                     " to FP8 with 128x128 block scales at load"
+                     " (--quantization fp8)", model->n_quantized);
         }
         bp.model = model;
     }

@@ -23,6 +23,7 @@
 
 #include "model.h"
 #include "model_rand.h"
+#include "../common/pool.h"
 #include "../backend/cpu/ops.h"
 
 
@@ -42,6 +43,7 @@ struct kimi_model_store {
     int                  dummy;
     uint64_t             seed;
     int                  populate;
+    kimi_pool_t         *quant_pool;      /* --quantization fp8, loading */
 };
 
 
@@ -315,7 +317,87 @@ kimi_model_aligned(kimi_model_t *m, const kimi_st_tensor_t *t, size_t align)
 }
 
 
-/* A 2-D weight [rows][cols]; F8 also needs NAME_scale_inv. */
+/* A BF16 / F32 weight being quantised to FP8 blocks, 128-row bands a
+ * work item (each band's blocks are independent). */
+typedef struct {
+    const kimi_weight_t  *src;
+    uint8_t              *q;
+    float                *s;
+    int                   failed;
+} kimi_quant_job_t;
+
+
+static void
+kimi_model_quant_bands(void *ctx, uint32_t worker, uint32_t b0, uint32_t b1)
+{
+    kimi_quant_job_t     *j = ctx;
+    const kimi_weight_t  *w = j->src;
+    uint32_t              nbc = (w->cols + 127) / 128;
+    float                *f = malloc((size_t) 128 * w->cols * sizeof(float));
+
+    if (f == NULL) {
+        j->failed = 1;
+        return;
+    }
+
+    for (uint32_t b = b0; b < b1; b++) {
+        uint32_t  r0 = b * 128;
+        uint32_t  nr = w->rows - r0 < 128 ? w->rows - r0 : 128;
+        size_t    n = (size_t) nr * w->cols, off = (size_t) r0 * w->cols;
+
+        if (w->dtype == KIMI_DTYPE_BF16) {
+            const uint16_t  *x = (const uint16_t *) w->data + off;
+
+            for (size_t i = 0; i < n; i++) {
+                f[i] = kimi_bf16_to_f32(x[i]);
+            }
+
+        } else {
+            memcpy(f, (const float *) w->data + off, n * sizeof(float));
+        }
+
+        kimi_fp8_quant_blocks(f, nr, w->cols, j->q + off, j->s + b * nbc);
+    }
+
+    free(f);
+}
+
+
+/* --quantization fp8: w (BF16 or F32) replaced by FP8 e4m3 codes with one
+ * scale per 128x128 block (amax / 448), the layout of FP8 checkpoints. */
+static int
+kimi_model_quantize(kimi_model_t *m, const char *name, kimi_weight_t *w,
+    kimi_err_t *err)
+{
+    uint32_t          nbr = (w->rows + 127) / 128, nbc = (w->cols + 127) / 128;
+    kimi_quant_job_t  j = { w, NULL, NULL, 0 };
+
+    j.q = kimi_model_alloc(m, (size_t) w->rows * w->cols);
+    j.s = kimi_model_alloc(m, (size_t) nbr * nbc * sizeof(float));
+
+    if (j.q == NULL || j.s == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "\"%s\": out of memory for "
+                            "its FP8 copy", name);
+    }
+
+    kimi_pool_run(m->store->quant_pool, nbr, kimi_model_quant_bands, &j);
+
+    if (j.failed) {
+        return kimi_err_set(err, KIMI_ENOMEM, "\"%s\": out of memory "
+                            "quantising it", name);
+    }
+
+    w->data = j.q;
+    w->scale_inv = j.s;
+    w->dtype = KIMI_DTYPE_F8_E4M3;
+    m->n_quantized++;
+    return 0;
+}
+
+
+/* A 2-D weight [rows][cols]; F8 also needs NAME_scale_inv.  dummy_dt F8
+ * marks the linear layers FP8 checkpoints store in FP8: with
+ * --quantization fp8 a BF16 / F32 one is quantised here. */
 static int
 kimi_model_weight(kimi_model_t *m, const char *name, uint32_t rows,
     uint32_t cols, kimi_dtype_e dummy_dt, float dummy_std, kimi_weight_t *w,
@@ -355,8 +437,17 @@ kimi_model_weight(kimi_model_t *m, const char *name, uint32_t rows,
     case KIMI_DTYPE_F32:
         w->data = kimi_model_aligned(m, t, t->dtype == KIMI_DTYPE_F32 ? 4 : 2);
         m->bytes_mapped += t->n_bytes;
-        return w->data ? 0 : kimi_err_set(err, KIMI_ENOMEM, "\"%s\": out "
-                                          "of memory", name);
+
+        if (w->data == NULL) {
+            return kimi_err_set(err, KIMI_ENOMEM, "\"%s\": out of memory",
+                                name);
+        }
+
+        if (m->store->quant_pool != NULL && dummy_dt == KIMI_DTYPE_F8_E4M3) {
+            return kimi_model_quantize(m, name, w, err);
+        }
+
+        return 0;
 
     case KIMI_DTYPE_F8_E4M3:
         break;
@@ -734,6 +825,19 @@ kimi_model_load(struct kimi_model **out, const kimi_model_params_t *p,
         goto failed;
     }
 
+    if (p->quantize_fp8 && !c->quant_fp8) {
+        long  cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+        if ((rc = kimi_pool_init(&m->store->quant_pool,
+                                 cpus < 1 ? 1 : cpus > 32 ? 32
+                                 : (uint32_t) cpus, err)) != 0)
+        {
+            goto failed;
+        }
+
+        c->quant_fp8 = 1;
+    }
+
     m->expert_first = p->expert_first;
     m->expert_last = p->expert_last;
 
@@ -822,6 +926,8 @@ kimi_model_load(struct kimi_model **out, const kimi_model_params_t *p,
     }
 
     m->store->dir = NULL;                 /* borrowed only while loading */
+    kimi_pool_free(m->store->quant_pool);
+    m->store->quant_pool = NULL;
     *out = m;
     return 0;
 
@@ -1064,6 +1170,7 @@ kimi_model_free(struct kimi_model *m)
         free(s->shards);
         free(s->bufs);
         json_decref(s->weight_map);
+        kimi_pool_free(s->quant_pool);
         free(s);
     }
 

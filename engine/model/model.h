@@ -172,6 +172,8 @@ typedef struct kimi_model {
     uint32_t               head_first;     /* this shard's attention heads */
     uint32_t               n_heads;        /* [head_first, + n_heads) */
     uint64_t               bytes_mapped;   /* weight bytes touched */
+    uint32_t               n_quantized;    /* --quantization fp8: weights
+                                              made FP8 at load */
     struct kimi_model_store *store;
 } kimi_model_t;
 
@@ -188,6 +190,10 @@ typedef struct {
     uint32_t     tp_rank;                  /* tensor parallel: this rank's */
     uint32_t     tp_size;                  /* shard of heads and MLP widths;
                                               0 or 1 = whole */
+    int          quantize_fp8;             /* --quantization fp8: BF16 / F32
+                                              linear weights become FP8
+                                              128x128 blocks at load (the
+                                              config then reads as FP8) */
 } kimi_model_params_t;
 
 kimi_model_params_t kimi_model_default_params(void);

@@ -105,6 +105,8 @@ typedef struct {
     uint32_t             cap;
     uint64_t             seed;
     uint32_t             shard;           /* shard new tensors go to */
+    int                  bf16;            /* no quantization_config: the
+                                             linear weights in BF16 */
 } kimi_tiny_t;
 
 
@@ -147,6 +149,12 @@ kimi_tiny_add(kimi_tiny_t *tm, const char *name, const char *dtype,
 
 
 /* FP8 linear weight, N(0, std^2) quantised into 128x128 blocks. */
+static int kimi_tiny_bf16(kimi_tiny_t *tm, const char *name,
+    uint32_t n_dims, uint32_t d0, uint32_t d1, float mean, float std);
+
+
+/* A linear weight, N(0, std): FP8 blocks, or BF16 in a model without a
+ * quantization_config (the same draws either way) */
 static int
 kimi_tiny_fp8(kimi_tiny_t *tm, const char *name, uint32_t rows,
     uint32_t cols, float std)
@@ -155,6 +163,10 @@ kimi_tiny_fp8(kimi_tiny_t *tm, const char *name, uint32_t rows,
     kimi_rand_t          r;
     char                 sname[160];
     float               *f;
+
+    if (tm->bf16) {
+        return kimi_tiny_bf16(tm, name, 2, rows, cols, 0.0f, std);
+    }
 
     w = kimi_tiny_add(tm, name, "F8_E4M3", 2, rows, cols, 1);
     snprintf(sname, sizeof(sname), "%s_scale_inv", name);
@@ -250,13 +262,20 @@ kimi_tiny_build(kimi_tiny_t *tm, const kimi_model_config_t *c)
         KIMI_T(kimi_tiny_bf16(tm, n, 1, D, 0, 1.0f, 0.1f));
         snprintf(n, sizeof(n), "%s.post_attention_layernorm.weight", p);
         KIMI_T(kimi_tiny_bf16(tm, n, 1, D, 0, 1.0f, 0.1f));
-        snprintf(n, sizeof(n), "%s.self_attn.q_a_proj.weight", p);
-        KIMI_T(kimi_tiny_fp8(tm, n, c->q_lora_rank, D, 1.0f / sqrtf(D)));
-        snprintf(n, sizeof(n), "%s.self_attn.q_a_layernorm.weight", p);
-        KIMI_T(kimi_tiny_bf16(tm, n, 1, c->q_lora_rank, 0, 1.0f, 0.1f));
-        snprintf(n, sizeof(n), "%s.self_attn.q_b_proj.weight", p);
-        KIMI_T(kimi_tiny_fp8(tm, n, H * qk, c->q_lora_rank,
-                             1.0f / sqrtf(c->q_lora_rank)));
+        if (c->q_lora_rank > 0) {
+            snprintf(n, sizeof(n), "%s.self_attn.q_a_proj.weight", p);
+            KIMI_T(kimi_tiny_fp8(tm, n, c->q_lora_rank, D, 1.0f / sqrtf(D)));
+            snprintf(n, sizeof(n), "%s.self_attn.q_a_layernorm.weight", p);
+            KIMI_T(kimi_tiny_bf16(tm, n, 1, c->q_lora_rank, 0, 1.0f, 0.1f));
+            snprintf(n, sizeof(n), "%s.self_attn.q_b_proj.weight", p);
+            KIMI_T(kimi_tiny_fp8(tm, n, H * qk, c->q_lora_rank,
+                                 1.0f / sqrtf(c->q_lora_rank)));
+
+        } else {
+            /* q_lora_rank null (Moonlight's shape): one q_proj */
+            snprintf(n, sizeof(n), "%s.self_attn.q_proj.weight", p);
+            KIMI_T(kimi_tiny_fp8(tm, n, H * qk, D, 1.0f / sqrtf(D)));
+        }
         snprintf(n, sizeof(n), "%s.self_attn.kv_a_proj_with_mqa.weight", p);
         KIMI_T(kimi_tiny_fp8(tm, n, R + c->qk_rope_head_dim, D,
                              1.0f / sqrtf(D)));
@@ -297,9 +316,11 @@ kimi_tiny_build(kimi_tiny_t *tm, const kimi_model_config_t *c)
             }
         }
 
-        snprintf(n, sizeof(n), "%s.mlp.shared_experts", p);
-        KIMI_T(kimi_tiny_mlp(tm, n, D,
-                             c->moe_intermediate_size * c->n_shared_experts));
+        if (c->n_shared_experts > 0) {
+            snprintf(n, sizeof(n), "%s.mlp.shared_experts", p);
+            KIMI_T(kimi_tiny_mlp(tm, n, D, c->moe_intermediate_size
+                                           * c->n_shared_experts));
+        }
 
         for (uint32_t e = 0; e < c->n_routed_experts; e++) {
             snprintf(n, sizeof(n), "%s.mlp.experts.%u", p, e);
@@ -520,6 +541,7 @@ kimi_tiny_model_write_config(const char *out_dir, const char *tokenizer_dir,
     }
 
     tm.seed = seed;
+    tm.bf16 = !cfg.quant_fp8;
 
     if (kimi_tiny_build(&tm, &cfg) != 0) {
         rc = kimi_err_set(err, KIMI_ENOMEM, "tiny model: out of memory");

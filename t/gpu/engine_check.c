@@ -11,6 +11,9 @@
  *
  *   engine_check --model DIR [--hf-overrides JSON] [--prefill 40]
  *                [--decode 8] [--kv bf16|fp8] [--iters 30]
+ *                [--load-format dummy|auto] [--quantization fp8]
+ *   (dummy weights by default; auto reads the checkpoint, and
+ *   --quantization fp8 quantises a BF16 one at load for both backends)
  */
 
 #include <getopt.h>
@@ -270,6 +273,8 @@ main(int argc, char **argv)
         { "decode", required_argument, NULL, 'd' },
         { "kv", required_argument, NULL, 'k' },
         { "iters", required_argument, NULL, 'i' },
+        { "load-format", required_argument, NULL, 'l' },
+        { "quantization", required_argument, NULL, 'q' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -303,6 +308,8 @@ main(int argc, char **argv)
         case 'd': ND = (uint32_t) atoi(optarg); break;
         case 'k': kv_fp8 = strcmp(optarg, "fp8") == 0; break;
         case 'i': iters = (uint32_t) atoi(optarg); break;
+        case 'l': mp.load_format = optarg; break;
+        case 'q': mp.quantize_fp8 = strcmp(optarg, "fp8") == 0; break;
         default:
             return 2;
         }
@@ -310,7 +317,8 @@ main(int argc, char **argv)
 
     if (mp.dir == NULL || P == 0 || ND > 15 || P + ND + 1 > 256) {
         fprintf(stderr, "usage: engine_check --model DIR [--hf-overrides "
-                "JSON] [--prefill N] [--decode N] [--kv bf16|fp8]\n");
+                "JSON] [--prefill N] [--decode N] [--kv bf16|fp8] "
+                "[--load-format dummy|auto] [--quantization fp8]\n");
         return 2;
     }
 
@@ -323,9 +331,12 @@ main(int argc, char **argv)
 
     V = m->cfg.vocab_size;
     printf("# model: %u layers, hidden %u, %u experts top-%u, vocab %u, "
-           "dummy weights in %.1f s\n", m->cfg.num_hidden_layers,
+           "%s weights in %.1f s\n", m->cfg.num_hidden_layers,
            m->cfg.hidden_size, m->cfg.n_routed_experts,
-           m->cfg.num_experts_per_tok, V, now() - t0);
+           m->cfg.num_experts_per_tok, V,
+           strcmp(mp.load_format, "dummy") == 0 ? "dummy"
+           : m->n_quantized ? "file (quantised at load)" : "file",
+           now() - t0);
 
     /* a width the kernels cannot take is refused, naming the field */
     bad = *m;

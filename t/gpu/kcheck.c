@@ -1017,6 +1017,29 @@ test_greedy(int rows, int vocab)
     cudaFree(d); cudaFree(dout); free(h); free(got);
 }
 
+/* y += x (several shared experts' MLP onto the routed sum): exact */
+static void
+test_add(size_t n)
+{
+    float *y = hmalloc(n * 4), *x = hmalloc(n * 4), *got = hmalloc(n * 4);
+    for (size_t i = 0; i < n; i++) {
+        y[i] = runi(-4, 4);
+        x[i] = runi(-4, 4);
+    }
+    float *dy = dmalloc(n * 4), *dx = dmalloc(n * 4);
+    up(dy, y, n * 4);
+    up(dx, x, n * 4);
+    KK(kimi_add_f32(dy, dx, n, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    down(got, dy, n * 4);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        bad += got[i] != y[i] + x[i];
+    }
+    ok(bad == 0, "add_f32 n=%zu: every element exact (%zu wrong)", n, bad);
+    cudaFree(dy); cudaFree(dx); free(y); free(x); free(got);
+}
+
 /* The greedy token's logprob (device fp32 sums) against a double
  * log-sum-exp on the host, rows with -inf entries (masked ids) too. */
 static void
@@ -1345,6 +1368,7 @@ main(int argc, char **argv)
     test_mla_prefill(77, 77, 0, 8);
     test_mla_prefill(100, 300, 200, 4);
     test_mla_prefill(5, 1029, 1024, 64);
+    test_add(7 * 7168 + 3);
     test_greedy(3, 163840);
     test_greedy_logprob(5, 163840);
     test_greedy(3, 1001);            /* rows 1, 2 not 16-byte aligned: the scalar path */

@@ -53,10 +53,8 @@ kimi_cuda_check_shapes(const kimi_model_config_t *c, uint32_t H, uint32_t tp,
               "intermediate_size %u / moe_intermediate_size %u do not split"
               " over %u tensor-parallel ranks on 128 columns",
               c->intermediate_size, c->moe_intermediate_size, tp);
-    KIMI_NEED(c->q_lora_rank > 0, "q_lora_rank null (q_proj without a q"
-              " LoRA) is implemented on the cpu backend only%s", "");
     KIMI_NEED(c->q_lora_rank % 128 == 0,
-              "q_lora_rank %u is not a positive multiple of 128",
+              "q_lora_rank %u is not a multiple of 128 (or null)",
               c->q_lora_rank);
     KIMI_NEED((H * c->v_head_dim) % 128 == 0 && c->v_head_dim <= 512,
               "num_attention_heads * v_head_dim %u is not a multiple of 128",
@@ -67,7 +65,8 @@ kimi_cuda_check_shapes(const kimi_model_config_t *c, uint32_t H, uint32_t tp,
               "multiple of 128", c->intermediate_size);
     KIMI_NEED(c->quant_fp8 && c->weight_block_size[0] == 128
               && c->weight_block_size[1] == 128, "the model is not FP8 with "
-              "128x128 block scales (quantization_config)");
+              "128x128 block scales (no quantization_config): serve it with"
+              " --quantization fp8 to quantise its weights at load");
 
     if (c->n_routed_experts > 0) {
         KIMI_NEED(c->moe_intermediate_size % 128 == 0, "moe_intermediate_size "
@@ -77,8 +76,6 @@ kimi_cuda_check_shapes(const kimi_model_config_t *c, uint32_t H, uint32_t tp,
         KIMI_NEED(c->num_experts_per_tok >= 1 && c->num_experts_per_tok <= 16,
                   "num_experts_per_tok %u not in 1..16",
                   c->num_experts_per_tok);
-        KIMI_NEED(c->n_shared_experts <= 1, "n_shared_experts %u > 1",
-                  c->n_shared_experts);
     }
 
     return 0;
@@ -1005,6 +1002,7 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
     b->E = c->n_routed_experts;
     b->top_k = c->num_experts_per_tok;
     b->shared = c->n_shared_experts > 0;
+    b->shared_in_moe = c->n_shared_experts == 1;
     {
         uint32_t  tp = model->tp_size > 1 ? model->tp_size : 1;
 

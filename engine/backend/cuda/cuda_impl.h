@@ -113,7 +113,11 @@ typedef struct {
     kimi_rope_t                 rope;
     float                       softmax_scale;
     uint32_t                    I_dense, I_moe, I_shared, top_k, E;
-    int                         shared;
+    int                         shared;         /* n_shared_experts > 0 */
+    int                         shared_in_moe;  /* exactly one, of the
+                                                   routed width: expert E
+                                                   of the MoE kernels (no
+                                                   EP); else a dense MLP */
 
     /* expert parallelism (DP attention + EP MoE): this rank holds routed
      * experts [expert_first, expert_first + E_local) (all of them, E,

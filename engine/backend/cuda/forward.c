@@ -61,7 +61,7 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
 
     if (b->E > 0 && b->ep_world <= 1) {
         moe = kimi_moe_ws_bytes((int) T, (int) b->top_k, (int) b->E,
-                                b->shared, (int) D, (int) b->I_moe);
+                                b->shared_in_moe, (int) D, (int) b->I_moe);
     }
 
     if (b->E > 0 && b->ep_world > 1) {
@@ -397,11 +397,16 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
         ks = b->kv_scale + l * kv_per;
     }
 
-    /* q = q_b(rms(q_a(a))); ckv = kv_a(a) */
-    KIMI_K(kimi_cuda_gemm2(b, T, &L->q_a, b->qa, &L->kv_a, b->ckv, err));
-    KIMI_K(kimi_cuda_norm_quant(b, b->qa, NULL, L->q_a_ln, b->qn, T,
-                                c->q_lora_rank, err));
-    KIMI_K(kimi_cuda_gemm(b, T, &L->q_b, b->q, err));
+    /* q = q_b(rms(q_a(a))), or q_proj(a) without a q LoRA; ckv = kv_a(a) */
+    if (c->q_lora_rank > 0) {
+        KIMI_K(kimi_cuda_gemm2(b, T, &L->q_a, b->qa, &L->kv_a, b->ckv, err));
+        KIMI_K(kimi_cuda_norm_quant(b, b->qa, NULL, L->q_a_ln, b->qn, T,
+                                    c->q_lora_rank, err));
+        KIMI_K(kimi_cuda_gemm(b, T, &L->q_b, b->q, err));
+
+    } else {
+        KIMI_K(kimi_cuda_gemm2(b, T, &L->q_b, b->q, &L->kv_a, b->ckv, err));
+    }
 
     /* rotate q_pe of every head and k_pe, then write the latent rows */
     KIMI_K(kimi_rope_f32(b->q + nope, H * qk, qk, H, b->ckv + R, R + P,
@@ -442,17 +447,19 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
 }
 
 
-/* y = down(silu(gate(x)) * up(x)) over T rows quantised in xq/xs */
+/* y = down(silu(gate(x)) * up(x)) over T rows quantised in xq/xs (which it
+ * overwrites) */
 static int
 kimi_cuda_dense_mlp(kimi_cuda_t *b, uint32_t T, const kimi_cuda_fp8_t *gate,
-    const kimi_cuda_fp8_t *up, const kimi_cuda_fp8_t *down, kimi_err_t *err)
+    const kimi_cuda_fp8_t *up, const kimi_cuda_fp8_t *down, float *y,
+    kimi_err_t *err)
 {
     KIMI_K(kimi_cuda_gemm(b, T, gate, b->g, err));
     KIMI_K(kimi_cuda_gemm(b, T, up, b->u, err));
     KIMI_K(kimi_silu_mul_f32(b->g, b->u, b->g, (size_t) T * gate->rows,
                              b->stream, err));
     KIMI_K(kimi_cuda_quant(b, b->g, T, gate->rows, err));
-    return kimi_cuda_gemm(b, T, down, b->y, err);
+    return kimi_cuda_gemm(b, T, down, y, err);
 }
 
 
@@ -509,7 +516,7 @@ kimi_cuda_moe_ep(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
      * re-quantises xq: the dispatch copied it first, in stream order) */
     if (T > 0 && b->shared) {
         KIMI_K(kimi_cuda_dense_mlp(b, T, &L->sh_gate, &L->sh_up, &L->sh_down,
-                                   err));
+                                   b->y, err));
 
     } else if (T > 0) {
         KIMI_CU(cudaMemsetAsync(b->y, 0, (size_t) T * D * sizeof(float),
@@ -570,15 +577,17 @@ kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
     kimi_moe_ws_t               ws;
 
     if (!L->is_moe) {
-        return kimi_cuda_dense_mlp(b, T, &L->gate, &L->up, &L->down, err);
+        return kimi_cuda_dense_mlp(b, T, &L->gate, &L->up, &L->down, b->y,
+                                   err);
     }
 
     if (b->nccl != NULL) {
         return kimi_cuda_moe_ep(b, l, T, err);
     }
 
-    kimi_moe_ws_carve(&ws, b->moe_ws, (int) T, K, E, b->shared, D, I);
-    slots = kimi_moe_max_slots((int) T, K, E, b->shared);
+    kimi_moe_ws_carve(&ws, b->moe_ws, (int) T, K, E, b->shared_in_moe, D,
+                      I);
+    slots = kimi_moe_max_slots((int) T, K, E, b->shared_in_moe);
 
     /* batches of 1-4 tokens: router, selection and plan in one launch */
     if (kimi_moe_route_fused_fits((int) T, K, E, (int) c->n_group,
@@ -588,8 +597,9 @@ kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
                                         E, K, (int) c->n_group,
                                         (int) c->topk_group,
                                         c->norm_topk_prob,
-                                        c->routed_scaling_factor, b->shared,
-                                        b->rl, b->tidx, b->tw, &ws,
+                                        c->routed_scaling_factor,
+                                        b->shared_in_moe, b->rl, b->tidx,
+                                        b->tw, &ws,
                                         b->stream, err));
 
     } else {
@@ -598,9 +608,19 @@ kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
 
     KIMI_K(kimi_moe_gate_up(b->xq, b->xs, (int) T, D, I, slots, &L->ex, &ws,
                             b->stream, err));
-    return kimi_moe_down_combine_f32((int) T, K, b->shared, D, I, slots,
-                                     &L->ex, &ws, b->tw, b->y, b->stream,
-                                     err);
+    KIMI_K(kimi_moe_down_combine_f32((int) T, K, b->shared_in_moe, D, I,
+                                     slots, &L->ex, &ws, b->tw, b->y,
+                                     b->stream, err));
+
+    /* several shared experts: one MLP n_shared times as wide, into o (free
+     * once the post-attention norm has read it), then onto y */
+    if (b->shared && !b->shared_in_moe) {
+        KIMI_K(kimi_cuda_dense_mlp(b, T, &L->sh_gate, &L->sh_up, &L->sh_down,
+                                   b->o, err));
+        KIMI_K(kimi_add_f32(b->y, b->o, (size_t) T * D, b->stream, err));
+    }
+
+    return 0;
 }
 
 
@@ -634,8 +654,8 @@ kimi_cuda_route(kimi_cuda_t *b, const kimi_cuda_layer_t *L, uint32_t T,
                                   c->routed_scaling_factor, b->tidx, b->tw,
                                   b->stream, err));
 
-    return kimi_moe_plan(b->tidx, (int) T, K, E, b->shared, ws, b->stream,
-                         err);
+    return kimi_moe_plan(b->tidx, (int) T, K, E, b->shared_in_moe, ws,
+                         b->stream, err);
 }
 
 

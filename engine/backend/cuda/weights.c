@@ -160,14 +160,17 @@ kimi_cuda_put_vec(kimi_cuda_arena_t *ar, const float *v, uint32_t n,
 
 
 /* The pointer tables of one MoE layer: 6 arrays of E_local + 1 device
- * pointers, this rank's routed experts then the shared one (also kept as
- * plain FP8 weights: under EP it runs as a dense MLP on the rank's own
- * tokens). */
+ * pointers, this rank's routed experts then the shared one when the MoE
+ * kernels run it (one shared expert: its width is the routed one).  The
+ * shared experts are also kept as plain FP8 weights: under EP, or when
+ * there are several (one MLP n_shared times as wide), they run as a dense
+ * MLP. */
 static int
 kimi_cuda_put_experts(kimi_cuda_t *b, kimi_cuda_arena_t *ar, uint32_t l,
     const kimi_layer_weights_t *L, kimi_cuda_layer_t *d, kimi_err_t *err)
 {
     uint32_t          E = b->E_local, ne = E + (b->shared ? 1 : 0);
+    int               n_maps = (int) E + (b->shared_in_moe ? 1 : 0);
     kimi_cuda_fp8_t   g, u, dn;
     void            **tab = NULL;
     void             *dev;
@@ -203,7 +206,7 @@ kimi_cuda_put_experts(kimi_cuda_t *b, kimi_cuda_arena_t *ar, uint32_t l,
             d->sh_down = dn;
         }
 
-        if (tab != NULL) {
+        if (tab != NULL && (e < E || b->shared_in_moe)) {
             tab[0 * (E + 1) + e] = g.w;
             tab[1 * (E + 1) + e] = g.s;
             tab[2 * (E + 1) + e] = u.w;
@@ -221,7 +224,7 @@ kimi_cuda_put_experts(kimi_cuda_t *b, kimi_cuda_arena_t *ar, uint32_t l,
         void  *maps = NULL;
 
         if (tab != NULL) {
-            maps = calloc(1, kimi_moe_tmaps_bytes((int) E + 1));
+            maps = calloc(1, kimi_moe_tmaps_bytes(n_maps));
 
             if (maps == NULL) {
                 free(tab);
@@ -232,14 +235,14 @@ kimi_cuda_put_experts(kimi_cuda_t *b, kimi_cuda_arena_t *ar, uint32_t l,
                      (const uint8_t *const *) (tab + 0 * (E + 1)),
                      (const uint8_t *const *) (tab + 2 * (E + 1)),
                      (const uint8_t *const *) (tab + 4 * (E + 1)),
-                     (int) E + 1, (int) L->experts[b->expert_first].gate_proj.cols,
+                     n_maps, (int) L->experts[b->expert_first].gate_proj.cols,
                      (int) L->experts[b->expert_first].gate_proj.rows, err);
         }
 
         if (rc == 0) {
-            rc = kimi_cuda_put(ar, maps, kimi_moe_tmaps_bytes((int) E + 1),
+            rc = kimi_cuda_put(ar, maps, kimi_moe_tmaps_bytes(n_maps),
                                (void **) &d->ex.tmaps, err);
-            d->ex.n_tmaps = (int) E + 1;
+            d->ex.n_tmaps = n_maps;
         }
 
         free(maps);
@@ -316,20 +319,27 @@ kimi_cuda_walk(kimi_cuda_t *b, kimi_cuda_arena_t *ar, kimi_err_t *err)
                                     err)) != 0
             || (rc = kimi_cuda_put_vec(ar, L->post_attention_layernorm, D,
                                        &d->post_ln, err)) != 0
-            || (rc = kimi_cuda_put_vec(ar, L->q_a_layernorm, c->q_lora_rank,
-                                       &d->q_a_ln, err)) != 0
             || (rc = kimi_cuda_put_vec(ar, L->kv_a_layernorm, c->kv_lora_rank,
                                        &d->kv_a_ln, err)) != 0
-            || (rc = kimi_cuda_put_fp8(ar, &L->q_a_proj, "q_a_proj", l,
-                                       &d->q_a, err)) != 0
-            || (rc = kimi_cuda_put_fp8(ar, &L->q_b_proj, "q_b_proj", l,
-                                       &d->q_b, err)) != 0
+            || (rc = kimi_cuda_put_fp8(ar, &L->q_b_proj, c->q_lora_rank
+                                       ? "q_b_proj" : "q_proj", l, &d->q_b,
+                                       err)) != 0
             || (rc = kimi_cuda_put_fp8(ar, &L->kv_a_proj_with_mqa,
                                        "kv_a_proj_with_mqa", l, &d->kv_a,
                                        err)) != 0
             || (rc = kimi_cuda_put_fp8(ar, &L->o_proj, "o_proj", l, &d->o,
                                        err)) != 0
             || (rc = kimi_cuda_put_kv_b(b, ar, l, L, d, err)) != 0)
+        {
+            return rc;
+        }
+
+        /* q_lora_rank null: q_b holds q_proj, no q LoRA */
+        if (c->q_lora_rank > 0
+            && ((rc = kimi_cuda_put_vec(ar, L->q_a_layernorm, c->q_lora_rank,
+                                        &d->q_a_ln, err)) != 0
+                || (rc = kimi_cuda_put_fp8(ar, &L->q_a_proj, "q_a_proj", l,
+                                           &d->q_a, err)) != 0))
         {
             return rc;
         }
