@@ -418,7 +418,13 @@ ab_load(const uint8_t *__restrict__ w, const float *__restrict__ ws, int row0, i
     }
 }
 
-/* qlat[t,h,0:R] = bf16(sum_d q[t,h,d] W(h,d,:)), qlat[t,h,R:R+P] = bf16(q_pe) */
+/* qlat[t,h,0:R] = bf16(sum_d q[t,h,d] W(h,d,:)), qlat[t,h,R:R+P] = bf16(q_pe).
+ * A block serves one head, AB_TOK tokens and AB_QC of the R columns
+ * (grid.z = R / AB_QC): 4x the blocks of a head-per-block grid, and every
+ * weight row of the block in flight at once (a warp: AB_QROWS rows, 4 a
+ * load: lane = 8 * row + 16-byte chunk). */
+#define AB_QC    128
+#define AB_QROWS 16
 static __global__ void __launch_bounds__(AB_WARPS * 32)
 absorb_q_kernel(const float *__restrict__ q, int T, int H, int nope, int P,
                 const uint8_t *__restrict__ w, const float *__restrict__ ws, int rows_h,
@@ -426,9 +432,11 @@ absorb_q_kernel(const float *__restrict__ q, int T, int H, int nope, int P,
 {
     KIMI_GRID_ENTRY();
     __shared__ float qs[AB_TOK][AB_MAX_NOPE];
-    __shared__ __align__(16) float red[AB_WARPS][AB_R];
+    __shared__ __align__(16) float red[AB_WARPS][AB_TOK][AB_QC];
     const int h = blockIdx.x, t0 = blockIdx.y * AB_TOK, nt = min(AB_TOK, T - t0);
+    const int c0 = blockIdx.z * AB_QC;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int rg = lane >> 3, cc = lane & 7;    /* row of 4, 16-byte chunk */
     const int qk = nope + P;
     const size_t ldo = (size_t) H * (AB_R + P);
 
@@ -436,7 +444,7 @@ absorb_q_kernel(const float *__restrict__ q, int T, int H, int nope, int P,
         const int j = i / nope, d = i % nope;
         qs[j][d] = j < nt ? q[((size_t) (t0 + j) * H + h) * qk + d] : 0.f;
     }
-    for (int i = threadIdx.x; i < nt * P; i += blockDim.x) {
+    for (int i = threadIdx.x; blockIdx.z == 0 && i < nt * P; i += blockDim.x) {
         const int j = i / P, d = i % P;
         qlat[(size_t) (t0 + j) * ldo + (size_t) h * (AB_R + P) + AB_R + d] =
             kimi_f2bf(q[((size_t) (t0 + j) * H + h) * qk + nope + d]);
@@ -450,42 +458,58 @@ absorb_q_kernel(const float *__restrict__ q, int T, int H, int nope, int P,
         for (int i = 0; i < 16; i++) acc[j][i] = 0.f;
 
     const int row0 = h * rows_h;
-    for (int d0 = warp * AB_U; d0 < nope; d0 += AB_WARPS * AB_U) {
-        uint4 raw[AB_U];
-        float sc[AB_U];
-        ab_load(w, ws, row0, d0, nope, lane, raw, sc);
+    for (int d0 = warp * AB_QROWS; d0 < nope; d0 += AB_WARPS * AB_QROWS) {
+        uint4 raw[AB_QROWS / 4];
+        float sc[AB_QROWS / 4];
 #pragma unroll
-        for (int u = 0; u < AB_U; u++) {
-            if (d0 + u < nope) {
-                float wf[16];
-                ab_dequant(raw[u], sc[u], wf);
+        for (int u = 0; u < AB_QROWS / 4; u++) {
+            const int d = d0 + 4 * u + rg;
+            if (d < nope) {
+                raw[u] = kimi_ld_stream(w + (size_t) (row0 + d) * AB_R + c0 + cc * 16);
+                sc[u] = ws[(size_t) ((row0 + d) / 128) * (AB_R / 128) + c0 / 128];
+            } else {
+                raw[u] = make_uint4(0, 0, 0, 0);
+                sc[u] = 0.f;
+            }
+        }
 #pragma unroll
-                for (int j = 0; j < AB_TOK; j++) {
-                    const float x = qs[j][d0 + u];
+        for (int u = 0; u < AB_QROWS / 4; u++) {
+            const int d = d0 + 4 * u + rg;
+            float wf[16];
+            ab_dequant(raw[u], sc[u], wf);
 #pragma unroll
-                    for (int i = 0; i < 16; i++) acc[j][i] += x * wf[i];
-                }
+            for (int j = 0; j < AB_TOK; j++) {
+                const float x = d < nope ? qs[j][d] : 0.f;
+#pragma unroll
+                for (int i = 0; i < 16; i++) acc[j][i] += x * wf[i];
             }
         }
     }
 
+    /* the 4 row lanes of a chunk, then the warps */
 #pragma unroll
-    for (int j = 0; j < AB_TOK; j++) {
-        if (j < nt) {
+    for (int j = 0; j < AB_TOK; j++)
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            acc[j][i] += __shfl_xor_sync(0xffffffffu, acc[j][i], 8);
+            acc[j][i] += __shfl_xor_sync(0xffffffffu, acc[j][i], 16);
+        }
+    if (rg == 0) {
+#pragma unroll
+        for (int j = 0; j < AB_TOK; j++)
 #pragma unroll
             for (int i = 0; i < 16; i += 4) {
-                *(float4 *) &red[warp][lane * 16 + i] =
+                *(float4 *) &red[warp][j][cc * 16 + i] =
                     make_float4(acc[j][i], acc[j][i + 1], acc[j][i + 2], acc[j][i + 3]);
             }
-            __syncthreads();
-            for (int r = threadIdx.x; r < AB_R; r += blockDim.x) {
-                float v = 0.f;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < nt * AB_QC; i += blockDim.x) {
+        const int j = i / AB_QC, r = i % AB_QC;
+        float v = 0.f;
 #pragma unroll
-                for (int k = 0; k < AB_WARPS; k++) v += red[k][r];
-                qlat[(size_t) (t0 + j) * ldo + (size_t) h * (AB_R + P) + r] = kimi_f2bf(v);
-            }
-            __syncthreads();
-        }
+        for (int k = 0; k < AB_WARPS; k++) v += red[k][j][r];
+        qlat[(size_t) (t0 + j) * ldo + (size_t) h * (AB_R + P) + c0 + r] = kimi_f2bf(v);
     }
 }
 
@@ -567,7 +591,7 @@ kimi_mla_absorb_q(const float *q, int T, int H, int nope, int P, int R, int dv,
     if (P < 0) {
         return kimi_err_set(err, KIMI_EINVAL, "mla_absorb_q: P=%d", P);
     }
-    dim3 grid(H, (T + AB_TOK - 1) / AB_TOK);
+    dim3 grid(H, (T + AB_TOK - 1) / AB_TOK, AB_R / AB_QC);
     KIMI_LAUNCH(err, absorb_q_kernel, grid, AB_WARPS * 32, 0, s, q, T, H, nope, P, kv_b, kv_b_s,
                 nope + dv, qlat);
     return KIMI_OK;

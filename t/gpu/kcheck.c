@@ -1017,6 +1017,83 @@ test_greedy(int rows, int vocab)
     cudaFree(d); cudaFree(dout); free(h); free(got);
 }
 
+/* The MLA absorptions on the FP8 kv_b_proj [H*(nope+dv)][512] against
+ * its dequantised fp32 matrix on the host: q_lat (bf16) and q_pe copied,
+ * then o = W_UV o_lat (fp32) */
+static void
+test_absorb(int T, int H, int nope, int dv, int P)
+{
+    const int R = 512, rows = H * (nope + dv);
+    uint8_t *w = hmalloc((size_t) rows * R);
+    float *wsc = hmalloc((size_t) (rows / 128) * (R / 128) * 4);
+    float *wf = hmalloc((size_t) rows * R * 4);
+    rand_fp8(w, (size_t) rows * R);
+    for (int i = 0; i < (rows / 128) * (R / 128); i++) wsc[i] = runi(0.002f, 0.02f);
+    kimi_fp8_dequant(w, wsc, rows, R, wf);
+
+    const size_t nq = (size_t) T * H * (nope + P), nl = (size_t) T * H * (R + P);
+    float *q = hmalloc(nq * 4), *ref = hmalloc(nl * 4), *got = hmalloc(nl * 4);
+    uint16_t *hl = hmalloc(nl * 2);
+    for (size_t i = 0; i < nq; i++) q[i] = runi(-2, 2);
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < H; h++) {
+            const float *qh = q + ((size_t) t * H + h) * (nope + P);
+            float *o = ref + ((size_t) t * H + h) * (R + P);
+            for (int r = 0; r < R; r++) {
+                double a = 0;
+                for (int d = 0; d < nope; d++) a += (double) qh[d] * wf[((size_t) h * (nope + dv) + d) * R + r];
+                o[r] = (float) a;
+            }
+            for (int d = 0; d < P; d++) o[R + d] = kimi_bf16_to_f32(kimi_f32_to_bf16(qh[nope + d]));
+        }
+    }
+    uint8_t *dw = dmalloc((size_t) rows * R);
+    float *dws = dmalloc((size_t) (rows / 128) * (R / 128) * 4), *dq = dmalloc(nq * 4);
+    uint16_t *dl = dmalloc(nl * 2);
+    up(dw, w, (size_t) rows * R);
+    up(dws, wsc, (size_t) (rows / 128) * (R / 128) * 4);
+    up(dq, q, nq * 4);
+    KK(kimi_mla_absorb_q(dq, T, H, nope, P, R, dv, dw, dws, (kimi_bf16_t *) dl, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    down(hl, dl, nl * 2);
+    bf16_to_f32(hl, got, nl);
+    size_t nf;
+    double e = rel_err(got, ref, nl, &nf);
+    ok(e < 4e-3 && nf == 0, "mla_absorb_q T=%d H=%d nope=%d P=%d: rel err %.2e (bf16 out, tol 4e-3), nonfinite %zu",
+       T, H, nope, P, e, nf);
+
+    /* o = W_UV o_lat */
+    const size_t no = (size_t) T * H * dv;
+    float *olf = hmalloc((size_t) T * H * R * 4), *oref = hmalloc(no * 4), *ogot = hmalloc(no * 4);
+    uint16_t *ol = hmalloc((size_t) T * H * R * 2);
+    rand_bf16(ol, (size_t) T * H * R, -1, 1);
+    bf16_to_f32(ol, olf, (size_t) T * H * R);
+    for (int t = 0; t < T; t++) {
+        for (int h = 0; h < H; h++) {
+            for (int d = 0; d < dv; d++) {
+                double a = 0;
+                for (int r = 0; r < R; r++) {
+                    a += (double) olf[((size_t) t * H + h) * R + r]
+                         * wf[((size_t) h * (nope + dv) + nope + d) * R + r];
+                }
+                oref[((size_t) t * H + h) * dv + d] = (float) a;
+            }
+        }
+    }
+    uint16_t *dol = dmalloc((size_t) T * H * R * 2);
+    float *dout = dmalloc(no * 4);
+    up(dol, ol, (size_t) T * H * R * 2);
+    KK(kimi_mla_absorb_o((const kimi_bf16_t *) dol, T, H, R, nope, dv, dw, dws, dout, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    down(ogot, dout, no * 4);
+    e = rel_err(ogot, oref, no, &nf);
+    ok(e < 1e-5 && nf == 0, "mla_absorb_o T=%d H=%d dv=%d: rel err %.2e (fp32 out, tol 1e-5), nonfinite %zu",
+       T, H, dv, e, nf);
+    cudaFree(dw); cudaFree(dws); cudaFree(dq); cudaFree(dl); cudaFree(dol); cudaFree(dout);
+    free(w); free(wsc); free(wf); free(q); free(ref); free(got); free(hl);
+    free(olf); free(oref); free(ogot); free(ol);
+}
+
 /* y += x (several shared experts' MLP onto the routed sum): exact */
 static void
 test_add(size_t n)
@@ -1369,6 +1446,9 @@ main(int argc, char **argv)
     test_mla_prefill(100, 300, 200, 4);
     test_mla_prefill(5, 1029, 1024, 64);
     test_add(7 * 7168 + 3);
+    test_absorb(1, 64, 128, 128, 64);
+    test_absorb(7, 16, 128, 128, 64);     /* partial token group (AB_TOK 4) */
+    test_absorb(3, 8, 192, 64, 64);       /* nope 192: rows past one warp pass */
     test_greedy(3, 163840);
     test_greedy_logprob(5, 163840);
     test_greedy(3, 1001);            /* rows 1, 2 not 16-byte aligned: the scalar path */
