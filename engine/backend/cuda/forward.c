@@ -454,8 +454,7 @@ kimi_cuda_dense_mlp(kimi_cuda_t *b, uint32_t T, const kimi_cuda_fp8_t *gate,
     const kimi_cuda_fp8_t *up, const kimi_cuda_fp8_t *down, float *y,
     kimi_err_t *err)
 {
-    KIMI_K(kimi_cuda_gemm(b, T, gate, b->g, err));
-    KIMI_K(kimi_cuda_gemm(b, T, up, b->u, err));
+    KIMI_K(kimi_cuda_gemm2(b, T, gate, b->g, up, b->u, err));
     KIMI_K(kimi_silu_mul_f32(b->g, b->u, b->g, (size_t) T * gate->rows,
                              b->stream, err));
     KIMI_K(kimi_cuda_quant(b, b->g, T, gate->rows, err));
