@@ -606,8 +606,11 @@ kimi_mla_absorb_o(const kimi_bf16_t *olat, int T, int H, int R, int nope, int dv
     if (rc != KIMI_OK || T == 0) {
         return rc;
     }
-    /* two blocks per head while one wave has room: 64 heads fill only half of 132 SMs */
-    dim3 grid(H, (T + AB_TOK - 1) / AB_TOK, dv > AB_WARPS * AB_U ? 2 : 1);
+    /* a head's rows over z blocks, so that the grid has ~66 blocks or more
+     * (64 heads: 2 a head; 16 heads, Moonlight's or a TP=4 rank's: 5) */
+    int z = (66 + H - 1) / H;
+    z = z < (dv + AB_U - 1) / AB_U ? z : (dv + AB_U - 1) / AB_U;
+    dim3 grid(H, (T + AB_TOK - 1) / AB_TOK, z);
     KIMI_LAUNCH(err, absorb_o_kernel, grid, AB_WARPS * 32, 0, s, olat, T, H, nope, dv, kv_b, kv_b_s,
                 nope + dv, out);
     return KIMI_OK;
