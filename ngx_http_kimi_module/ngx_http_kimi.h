@@ -34,6 +34,7 @@
 
 #include "../engine/shm/kimi_shm.h"
 #include "../engine/text/kimi_text.h"
+#include "../engine/text/ebnf.h"
 #include "../engine/text/json_schema.h"
 #include "../engine/text/regex_dfa.h"
 

@@ -196,9 +196,9 @@ ngx_http_kimi_guided_program(ngx_http_kimi_ctx_t *ctx, int32_t tag,
 
 
 /* vLLM's newer spelling, structured_outputs: {"json": ...} | {"regex":
- * ...} | {"choice": [...]} | {"json_object": true}, is moved onto the
- * guided_* / response_format fields it stands for (so one path checks and
- * enforces both); its grammar and structural_tag are a 400, as is one
+ * ...} | {"choice": [...]} | {"grammar": ...} | {"json_object": true}, is
+ * moved onto the guided_* / response_format fields it stands for (so one
+ * path checks and enforces both); its structural_tag is a 400, as is one
  * constraint given both ways. */
 static ngx_int_t
 ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
@@ -208,7 +208,7 @@ ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
     ngx_uint_t          i, n = 0;
     static const char  *maps[][2] = {
         { "json", "guided_json" }, { "regex", "guided_regex" },
-        { "choice", "guided_choice" }, { "grammar", NULL },
+        { "choice", "guided_choice" }, { "grammar", "guided_grammar" },
         { "structural_tag", NULL }, { "json_object", NULL },
         { "disable_fallback", NULL }, { "disable_any_whitespace", NULL },
         { "disable_additional_properties", NULL },
@@ -245,14 +245,13 @@ ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
             continue;
         }
 
-        if (ngx_strcmp(key, "grammar") == 0
-            || ngx_strcmp(key, "structural_tag") == 0
+        if (ngx_strcmp(key, "structural_tag") == 0
             || ngx_strcmp(key, "disable_additional_properties") == 0
             || ngx_strcmp(key, "whitespace_pattern") == 0)
         {
             ngx_sprintf(err, "\"structured_outputs\": \"%s\" is not"
                         " supported: this server implements json, regex,"
-                        " choice and json_object", key);
+                        " choice, grammar and json_object", key);
             return NGX_ERROR;
         }
 
@@ -291,7 +290,7 @@ ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
 
     if (n > 1) {
         ngx_sprintf(err, "\"structured_outputs\" takes one of json, regex,"
-                    " choice and json_object");
+                    " choice, grammar and json_object");
         return NGX_ERROR;
     }
 
@@ -305,21 +304,23 @@ ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
  * {"type": "json_schema", "json_schema": {"schema": ...}} or vLLM's
  * guided_json), the schema compiled here (engine/text/json_schema.c) into
  * the program the slot carries after the prompt; vLLM's guided_regex the
- * same way, compiled into a DFA (engine/text/regex_dfa.c).  A schema or
- * pattern outside the supported subset and guided_grammar get a 400 naming
- * them, never text that silently ignores the constraint. */
+ * same way, compiled into a DFA (engine/text/regex_dfa.c), and its
+ * guided_grammar (GBNF) translated into such a pattern first
+ * (engine/text/ebnf.c: grammars without recursion).  A schema, pattern or
+ * grammar outside the supported subset gets a 400 naming it, never text
+ * that silently ignores the constraint. */
 static ngx_int_t
 ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
     u_char *err, const char **param)
 {
     json_t             *v, *t, *schema = NULL, *loaded = NULL;
     int32_t            *prog;
-    size_t              n;
-    ngx_uint_t          i;
+    char               *pattern;
+    size_t              n, plen;
+    int                 rc;
     json_error_t        je;
     char                msg[NGX_HTTP_KIMI_ERR_LEN - 96];
     const char         *type = NULL;
-    static const char  *guided[] = { "guided_grammar", NULL };
 
     if (ngx_http_kimi_structured_outputs(root, err, param) != NGX_OK) {
         return NGX_ERROR;
@@ -362,18 +363,6 @@ ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
         }
     }
 
-    for (i = 0; guided[i] != NULL; i++) {
-        v = json_object_get(root, guided[i]);
-
-        if (v != NULL && !json_is_null(v)) {
-            *param = guided[i];
-            ngx_sprintf(err, "\"%s\" is not supported: this server implements"
-                        " guided_json, guided_choice, guided_regex and"
-                        " response_format", guided[i]);
-            return NGX_ERROR;
-        }
-    }
-
     v = json_object_get(root, "guided_json");
 
     if (v != NULL && !json_is_null(v)) {
@@ -397,6 +386,55 @@ ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
         } else {
             schema = v;
         }
+    }
+
+    v = json_object_get(root, "guided_grammar");
+
+    if (v != NULL && !json_is_null(v)) {
+        *param = "guided_grammar";
+        json_decref(loaded);
+
+        if (!json_is_string(v)) {
+            ngx_sprintf(err, "\"guided_grammar\" must be a string");
+            return NGX_ERROR;
+        }
+
+        if (schema != NULL || (type != NULL && ngx_strcmp(type, "text") != 0)
+            || (json_object_get(root, "guided_regex") != NULL
+                && !json_is_null(json_object_get(root, "guided_regex"))))
+        {
+            ngx_sprintf(err, "\"guided_grammar\" and a regex, JSON mode or"
+                        " JSON schema cannot be combined");
+            return NGX_ERROR;
+        }
+
+        if (kimi_ebnf_to_regex(json_string_value(v), json_string_length(v),
+                               &pattern, &plen, msg, sizeof(msg))
+            != 0)
+        {
+            ngx_sprintf(err, "\"guided_grammar\" cannot be enforced: %s",
+                        msg);
+            return NGX_ERROR;
+        }
+
+        if (plen > KIMI_REGEX_MAX_PATTERN) {
+            ngx_sprintf(err, "\"guided_grammar\" cannot be enforced: its"
+                        " rules expand to a %uz-byte pattern (at most %d)",
+                        plen, KIMI_REGEX_MAX_PATTERN);
+            free(pattern);
+            return NGX_ERROR;
+        }
+
+        rc = kimi_regex_compile(pattern, plen, &prog, &n, msg, sizeof(msg));
+        free(pattern);
+
+        if (rc != 0) {
+            ngx_sprintf(err, "\"guided_grammar\" cannot be enforced: %s",
+                        msg);
+            return NGX_ERROR;
+        }
+
+        return ngx_http_kimi_guided_program(ctx, KIMI_REGEX_TAG, prog, n, err);
     }
 
     v = json_object_get(root, "guided_regex");
@@ -926,7 +964,7 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         }
         if (s->json_object || pr->n_guided > 0) {
             ngx_sprintf(err, "\"guided_choice\" and a JSON mode, JSON"
-                        " schema or regex cannot be combined");
+                        " schema, regex or grammar cannot be combined");
             return NGX_ERROR;
         }
         pr->guided_choice = v;

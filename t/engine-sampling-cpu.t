@@ -486,7 +486,8 @@ $r = $t->post('/v1/chat/completions', chat_body(content => 'hi', max_tokens => 4
     temperature => 0, structured_outputs => { json_object => $true }));
 like($r->{json}{choices}[0]{message}{content} // '', qr/^\s*[\{\[]/,
     'structured_outputs json_object: JSON mode');
-for my $case ([ { grammar => 'root ::= "a"' }, 'grammar' ],
+for my $case ([ { grammar => 'root ::= "a" root | "a"' }, 'refers back' ],
+              [ { structural_tag => '{}' }, 'structural_tag' ],
               [ { regex => 'a', choice => [ 'a' ] }, 'one of' ],
               [ { nonsense => 1 }, 'unknown' ], [ 'regex', 'object' ])
 {
@@ -499,10 +500,55 @@ $r = $t->post('/v1/completions', completion_body(prompt => 'x',
     guided_regex => 'a', structured_outputs => { regex => 'b' }));
 is($r->{status}, 400, 'structured_outputs and guided_regex together: 400');
 
+# ---- guided_grammar (vLLM, GBNF): grammars without recursion, as a DFA ----------
+
+# vLLM's documentation example, then lists, repetitions and comments
+my $sql = <<'G';
+root ::= select_statement
+select_statement ::= "SELECT " column " from " table " where " condition
+column ::= "col_1 " | "col_2 "
+table ::= "table_1 " | "table_2 "
+condition ::= column "= " number
+number ::= "1 " | "2 "
+G
+for my $case ([ $sql, qr/^SELECT col_[12]  from table_[12]  where col_[12] = [12] $/ ],
+              [ "root ::= item (\", \" item){0,2}  # a short list\nitem ::= [a-z]{2,5}\n",
+                qr/^[a-z]{2,5}(, [a-z]{2,5}){0,2}$/ ],
+              [ 'root ::= ("yes" | "no") "!"?', qr/^(yes|no)!?$/ ])
+{
+    my ($g, $re) = @$case;
+    for my $seed (1 .. 2) {
+        $r = $t->post('/v1/completions', completion_body(prompt => 'x',
+            max_tokens => 60, temperature => 1, seed => $seed,
+            guided_grammar => $g));
+        is($r->{status}, 200, "guided_grammar (seed $seed): 200")
+            or diag($r->{body});
+        is($r->{json}{choices}[0]{finish_reason}, 'stop', '... finished by stop');
+        like($r->{json}{choices}[0]{text} // '', $re,
+             '... the whole text is in the language: '
+             . ($r->{json}{choices}[0]{text} // ''));
+    }
+}
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 40,
+    temperature => 1, seed => 5, structured_outputs => { grammar => $sql }));
+like($r->{json}{choices}[0]{text} // '', qr/^SELECT /,
+    'structured_outputs grammar: the same constraint');
+for my $case ([ "root ::= \"(\" root \")\" | \"x\"", 'refers back to itself' ],
+              [ 'root ::= item', 'not defined' ],
+              [ "rule ::= \"a\"", 'no "root"' ],
+              [ "root ::= \"a\"\nroot ::= \"b\"", 'twice' ],
+              [ "root ::= \"a\" )", 'line 1 column' ],
+              [ 'start: "a"', '::=' ])
+{
+    $r = $t->post('/v1/completions', completion_body(prompt => 'x',
+        guided_grammar => $case->[0]));
+    is($r->{status}, 400, "guided_grammar $case->[0]: 400");
+    is($r->{json}{error}{param}, 'guided_grammar', '... naming guided_grammar');
+    like($r->{json}{error}{message} // '', qr/\Q$case->[1]\E/, "... saying why");
+}
 $r = $t->post('/v1/completions', completion_body(prompt => 'x',
-    guided_grammar => 'root ::= "a"'));
-is($r->{status}, 400, 'vLLM guided_grammar: 400');
-is($r->{json}{error}{param}, 'guided_grammar', 'names guided_grammar');
+    guided_grammar => 'root ::= "a"', guided_regex => 'a'));
+is($r->{status}, 400, 'guided_grammar with guided_regex: 400');
 $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
     max_tokens => 2, response_format => { type => 'text' }));
 is($r->{status}, 200, 'response_format text: 200');

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "regex_dfa.h"
+#include "text_internal.h"
 
 #define NFA_MAX     200000         /* NFA states: bounds {m,n} blow-ups */
 
@@ -350,33 +351,12 @@ rx_put_utf8(uint32_t c, unsigned char *b, size_t *n)
 static int
 rx_utf8(rx_t *rx, uint32_t *cp)
 {
-    const unsigned char  *p = rx->p + rx->at;
-    size_t                left = rx->len - rx->at, n;
-    uint32_t              c;
+    size_t  n = kimi_utf8_decode(rx->p + rx->at, rx->len - rx->at, cp);
 
-    if (p[0] < 0x80) {
-        *cp = p[0];
-        rx->at++;
-        return 0;
-    }
-    n = p[0] >= 0xf0 ? 4 : p[0] >= 0xe0 ? 3 : p[0] >= 0xc2 ? 2 : 0;
-    if (n == 0 || n > left || p[0] > 0xf4) {
-        return rx_fail(rx, "the pattern is not valid UTF-8");
-    }
-    c = p[0] & (0xff >> (n + 1));
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80) {
-            return rx_fail(rx, "the pattern is not valid UTF-8");
-        }
-        c = (c << 6) | (p[i] & 0x3f);
-    }
-    if ((n == 3 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff)))
-        || (n == 4 && (c < 0x10000 || c > 0x10ffff)))
-    {
+    if (n == 0) {
         return rx_fail(rx, "the pattern is not valid UTF-8");
     }
     rx->at += n;
-    *cp = c;
     return 0;
 }
 
@@ -387,11 +367,8 @@ rx_hex(rx_t *rx, int digits, uint32_t *cp)
     uint32_t  c = 0;
 
     for (int i = 0; i < digits; i++, rx->at++) {
-        int  h, ch = rx->at < rx->len ? rx->p[rx->at] : -1;
+        int  h = kimi_hex_digit(rx->at < rx->len ? rx->p[rx->at] : -1);
 
-        h = ch >= '0' && ch <= '9' ? ch - '0'
-            : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
-            : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : -1;
         if (h < 0) {
             return rx_fail(rx, "\\%c needs %d hex digits", digits == 2 ? 'x'
                            : 'u', digits);

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "template_internal.h"
+#include "text_internal.h"
 
 #define KIMI_TAG_MAX_TOKENS  1000
 
@@ -126,18 +127,12 @@ kimi_lex_hex(const char *s, size_t n, uint32_t *out)
     uint32_t  v = 0;
 
     for (i = 0; i < n; i++) {
-        char  c = s[i];
+        int  d = kimi_hex_digit(s[i]);
 
-        v <<= 4;
-        if (c >= '0' && c <= '9') {
-            v |= (uint32_t) (c - '0');
-        } else if (c >= 'a' && c <= 'f') {
-            v |= (uint32_t) (c - 'a' + 10);
-        } else if (c >= 'A' && c <= 'F') {
-            v |= (uint32_t) (c - 'A' + 10);
-        } else {
+        if (d < 0) {
             return -1;
         }
+        v = v << 4 | (uint32_t) d;
     }
 
     *out = v;

@@ -95,7 +95,21 @@ struct kimi_tokenizer {
 int32_t kimi_tok_rank(const kimi_tokenizer_t *tok, const uint8_t *p,
     size_t n);
 
+/* The value of hex digit c, or -1. */
+static inline int
+kimi_hex_digit(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
 /* ---- UTF-8 ---------------------------------------------------------------- */
+
+/* The character starting s[0..n) into *cp: its length (1..4), or 0 when s
+ * does not start with a whole valid one (overlong, surrogate, past
+ * U+10FFFF or truncated). */
+size_t kimi_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
 
 /* Length of the valid UTF-8 prefix of s (== n when all of it is valid). */
 size_t kimi_utf8_valid_prefix(const uint8_t *s, size_t n);

@@ -72,6 +72,28 @@ kimi_utf8_seq(const uint8_t *s, size_t n, int *complete)
 
 
 size_t
+kimi_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp)
+{
+    int       complete;
+    size_t    len = n > 0 ? kimi_utf8_seq(s, n, &complete) : 0;
+    uint32_t  c;
+
+    if (len == 0 || !complete) {
+        return 0;
+    }
+
+    c = len == 1 ? s[0] : s[0] & (0x7fu >> len);
+
+    for (size_t i = 1; i < len; i++) {
+        c = c << 6 | (s[i] & 0x3f);
+    }
+
+    *cp = c;
+    return len;
+}
+
+
+size_t
 kimi_utf8_valid_prefix(const uint8_t *s, size_t n)
 {
     int     complete;
