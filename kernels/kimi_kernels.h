@@ -401,6 +401,35 @@ int kimi_sample_draw(const float *logits, int rows, int vocab, int ld,
                      const kimi_draw_row_t *params, int32_t *out,
                      cudaStream_t s, kimi_err_t *err);
 
+/* One logit of a row processed as the host sampler processes it
+ * (engine/sample/sample.c kimi_sample_process, in its order): v = the raw
+ * value; KIMI_EDIT_BIAS: v += add (logit_bias); KIMI_EDIT_SEEN (a prompt
+ * or output token) and rep != 1: v = v > 0 ? v / rep : v * rep;
+ * KIMI_EDIT_COUNTED (an output token): v -= fc (frequency_penalty x its
+ * count), then v -= pres; KIMI_EDIT_MASKED (min_tokens): v = -inf.  old
+ * receives the raw value, which kimi_logit_restore writes back. */
+#define KIMI_EDIT_BIAS     1u
+#define KIMI_EDIT_SEEN     2u
+#define KIMI_EDIT_COUNTED  4u
+#define KIMI_EDIT_MASKED   8u
+
+typedef struct {
+    int64_t   at;        /* row * ld + token */
+    float     add;
+    float     rep;
+    float     fc;
+    float     pres;
+    float     old;
+    uint32_t  flags;
+} kimi_logit_edit_t;
+
+/* Applies n edits to logits in place, saving each raw value in old. */
+int kimi_logit_edit(float *logits, kimi_logit_edit_t *edits, int n,
+                    cudaStream_t s, kimi_err_t *err);
+/* Writes the saved raw values back (after the draws). */
+int kimi_logit_restore(float *logits, const kimi_logit_edit_t *edits, int n,
+                       cudaStream_t s, kimi_err_t *err);
+
 /* ---- glue.cu ---------------------------------------------------------- */
 
 /* out[t,:] = table[ids[t],:] (embedding lookup, or picking rows); D % 8 == 0. */

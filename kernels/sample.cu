@@ -1,5 +1,7 @@
 /*
- * Sampling on the device: greedy, and temperature (+ min_p) alone.
+ * Sampling on the device: greedy, and temperature (+ min_p) alone; and
+ * the sparse logit edits (logit_bias, penalties, min_tokens) that let rows
+ * using those be drawn here too, undone after the draw.
  *
  *   out[r] = argmax_v logits[r, v]      (exact ties: the lower token id)
  *   lp[r]  = logits[r, out[r]] - log sum_v exp(logits[r, v])   (optional:
@@ -615,5 +617,70 @@ kimi_sample_draw(const float *logits, int rows, int vocab, int ld, const kimi_dr
     }
     KIMI_LAUNCH(err, draw_kernel, dim3(AM_CLUSTER, rows), AM_THREADS, 0, s, logits, vocab, ld,
                 params, out);
+    return KIMI_OK;
+}
+
+/* ---- logit edits ------------------------------------------------------------ */
+
+static __global__ void
+logit_edit_kernel(float *__restrict__ logits, kimi_logit_edit_t *__restrict__ e, int n)
+{
+    KIMI_GRID_ENTRY();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) {
+        return;
+    }
+    const kimi_logit_edit_t ed = e[i];
+    float v = logits[ed.at];
+    e[i].old = v;
+    /* separate operations, __f*_rn so nothing is fused: the host's bits */
+    if (ed.flags & KIMI_EDIT_BIAS) {
+        v = __fadd_rn(v, ed.add);
+    }
+    if ((ed.flags & KIMI_EDIT_SEEN) && ed.rep != 1.0f) {
+        v = v > 0.0f ? __fdiv_rn(v, ed.rep) : __fmul_rn(v, ed.rep);
+    }
+    if (ed.flags & KIMI_EDIT_COUNTED) {
+        v = __fsub_rn(v, ed.fc);
+        v = __fsub_rn(v, ed.pres);
+    }
+    if (ed.flags & KIMI_EDIT_MASKED) {
+        v = -INFINITY;
+    }
+    logits[ed.at] = v;
+}
+
+static __global__ void
+logit_restore_kernel(float *__restrict__ logits, const kimi_logit_edit_t *__restrict__ e, int n)
+{
+    KIMI_GRID_ENTRY();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        logits[e[i].at] = e[i].old;
+    }
+}
+
+extern "C" int
+kimi_logit_edit(float *logits, kimi_logit_edit_t *edits, int n, cudaStream_t s, kimi_err_t *err)
+{
+    if (logits == NULL || edits == NULL || n < 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "logit_edit: n=%d", n);
+    }
+    if (n > 0) {
+        KIMI_LAUNCH(err, logit_edit_kernel, (n + 255) / 256, 256, 0, s, logits, edits, n);
+    }
+    return KIMI_OK;
+}
+
+extern "C" int
+kimi_logit_restore(float *logits, const kimi_logit_edit_t *edits, int n, cudaStream_t s,
+                   kimi_err_t *err)
+{
+    if (logits == NULL || edits == NULL || n < 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "logit_restore: n=%d", n);
+    }
+    if (n > 0) {
+        KIMI_LAUNCH(err, logit_restore_kernel, (n + 255) / 256, 256, 0, s, logits, edits, n);
+    }
     return KIMI_OK;
 }

@@ -763,8 +763,10 @@ main(int argc, char **argv)
         kimi_sample_out_t    od[NR], oh[NR];
         kimi_rng_t           rd[NR], rh[NR];
         kimi_sampler_t      *hs = NULL;
-        int                  same = 0, exact_host = 1;
+        int                  same = 0, exact_host = 1, n_edited = 0;
+        int                  restored = 1;
         double               dlp = 0;
+        const int32_t        ec_eos[2] = { (int32_t) V - 1, (int32_t) V - 2 };
 
         if (lcpu == NULL || l32b == NULL
             || kimi_sampler_init(&hs, V, &err) != 0)
@@ -806,6 +808,9 @@ main(int argc, char **argv)
                 sp[i].top_p = 1.0f;
                 sp[i].repetition_penalty = 1.0f;
                 sp[i].max_tokens = 16;
+                memset(&rq[i], 0, sizeof(rq[i]));
+                rq[i].tokens = bt_tok[i];
+                rq[i].n_prompt = NT;
                 switch (i % 4) {
                 case 0: sp[i].logprobs = 1; break;             /* device */
                 case 1: break;                                  /* device */
@@ -814,12 +819,35 @@ main(int argc, char **argv)
                 case 3: sp[i].logprobs = 1;                     /* host */
                         sp[i].top_logprobs = 5; break;
                 }
+                if (i % 4 == 1 && nb > 0) {
+                    /* edited on the device: logit_bias, penalties over
+                     * 3 prompt + 3 output tokens, min_tokens masking the
+                     * eos and stop ids; batch 1 greedy, batch 2 drawn
+                     * (temperature 0.8, top_k 50) */
+                    rq[i].n_prompt = NT / 2;
+                    rq[i].n_output = NT - NT / 2;
+                    rq[i].eos_ids = ec_eos;
+                    rq[i].n_eos = 2;
+                    sp[i].repetition_penalty = 1.3f;
+                    sp[i].frequency_penalty = 0.4f;
+                    sp[i].presence_penalty = 0.25f;
+                    sp[i].min_tokens = 8;
+                    sp[i].n_stop_ids = 1;
+                    sp[i].stop_ids[0] = (int32_t) (V / 3);
+                    sp[i].n_logit_bias = 2;
+                    sp[i].logit_bias[0].token = bt_tok[i][1];
+                    sp[i].logit_bias[0].bias = 5.0f;
+                    sp[i].logit_bias[1].token = (int32_t) (V / 2 + i);
+                    sp[i].logit_bias[1].bias = -3.0f;
+                    if (nb == 2) {
+                        sp[i].temperature = 0.8f;
+                        sp[i].top_k = 50;
+                    }
+                    n_edited++;
+                }
                 kimi_rng_seed(&rd[i], 1000 + nb * NR + i);
                 rh[i] = rd[i];
-                memset(&rq[i], 0, sizeof(rq[i]));
                 rq[i].sampling = &sp[i];
-                rq[i].tokens = bt_tok[i];
-                rq[i].n_prompt = NT;
                 rq[i].rng = &rd[i];
             }
 
@@ -830,6 +858,35 @@ main(int argc, char **argv)
             {
                 fprintf(stderr, "batch of %d (cuda): %s\n", NR, err.msg);
                 return 1;
+            }
+
+            /* the edits were undone: the same batch again gives the
+             * same raw logits, bit for bit */
+            if (nb > 0) {
+                float        *keep = malloc((size_t) NR * V * sizeof(float));
+                const float  *again;
+
+                if (keep == NULL) {
+                    return 1;
+                }
+                memcpy(keep, lh, (size_t) NR * V * sizeof(float));
+                if (step(gpu, bs, NR, &again, &err) != 0) {
+                    fprintf(stderr, "batch of %d (cuda, again): %s\n", NR,
+                            err.msg);
+                    return 1;
+                }
+                for (uint32_t i = 0; i < NR; i++) {
+                    if (memcmp(keep + (size_t) i * V, again + (size_t) i * V,
+                               (size_t) V * sizeof(float)) != 0)
+                    {
+                        restored = 0;
+                        printf("# batch %u row %u (%s) differs on the same "
+                               "batch again\n", nb, i, i % 4 == 1
+                               ? "edited" : "not edited");
+                    }
+                }
+                memcpy((float *) lh, keep, (size_t) NR * V * sizeof(float));
+                free(keep);
             }
 
             for (uint32_t i = 0; i < NR; i++) {
@@ -846,7 +903,7 @@ main(int argc, char **argv)
                     return 1;
                 }
                 same += od[i].tok.token == oh[i].tok.token;
-                if (i % 4 < 2) {
+                if (i % 4 == 0) {
                     double d = fabs((double) od[i].tok.logprob - oh[i].tok.logprob);
                     dlp = d > dlp ? d : dlp;
                 } else {
@@ -892,10 +949,13 @@ main(int argc, char **argv)
                "cpu(fp8 act) %d + 2", NB * NR, NR, mg, TOL_MEDIAN_X, mc,
                TOL_COS_ROW, wc, fg, fc);
         }
-        ok(same == NB * NR && dlp <= 1e-3 && exact_host, "sample op: %d of %d "
-           "tokens = the host sampler's on the same logits; device greedy "
-           "logprob within %.1e (<= 1e-3); host-sampled rows identical: %s",
-           same, NB * NR, dlp, exact_host ? "yes" : "NO");
+        ok(same == NB * NR && dlp <= 1e-3 && exact_host && restored,
+           "sample op: %d of %d tokens = the host sampler's on the same "
+           "logits (%d rows with logit_bias, penalties and min_tokens "
+           "edited on the device, their raw logits restored after: %s); "
+           "device greedy logprob within %.1e (<= 1e-3); host-sampled rows "
+           "identical: %s", same, NB * NR, n_edited,
+           restored ? "yes" : "NO", dlp, exact_host ? "yes" : "NO");
 
         kimi_sampler_free(hs);
         free(lcpu);

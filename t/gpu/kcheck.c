@@ -1094,6 +1094,53 @@ test_absorb(int T, int H, int nope, int dv, int P)
     free(olf); free(oref); free(ogot); free(ol);
 }
 
+/* The sparse logit edits against the host sampler's arithmetic (the same
+ * fp32 operations in its order: bit for bit), then undone exactly */
+static void
+test_logit_edit(int rows, int V, int n)
+{
+    const size_t nv = (size_t) rows * V;
+    float *h = hmalloc(nv * 4), *want = hmalloc(nv * 4), *got = hmalloc(nv * 4);
+    kimi_logit_edit_t *e = hmalloc((size_t) n * sizeof(*e));
+    for (size_t i = 0; i < nv; i++) h[i] = runi(-20, 20);
+    memcpy(want, h, nv * 4);
+    for (int k = 0; k < n; k++) {
+        /* distinct positions: k-th edit at row k % rows, a stride apart */
+        const int r = k % rows, t = (int) (((size_t) (k / rows) * 7919u + 13u) % (size_t) V);
+        memset(&e[k], 0, sizeof(e[k]));
+        e[k].at = (int64_t) r * V + t;
+        e[k].flags = 1u + (uint32_t) (rand() % 15);
+        e[k].add = runi(-6, 6);
+        e[k].rep = k % 5 == 0 ? 1.0f : runi(0.5f, 2.0f);
+        e[k].fc = runi(0, 2) * (float) (1 + k % 4);
+        e[k].pres = runi(-2, 2);
+        e[k].old = NAN;
+    }
+    for (int k = 0; k < n; k++) {   /* later edits of the same place: none (distinct) */
+        float v = want[e[k].at];
+        if (e[k].flags & KIMI_EDIT_BIAS) v += e[k].add;
+        if ((e[k].flags & KIMI_EDIT_SEEN) && e[k].rep != 1.0f) v = v > 0.0f ? v / e[k].rep : v * e[k].rep;
+        if (e[k].flags & KIMI_EDIT_COUNTED) { v -= e[k].fc; v -= e[k].pres; }
+        if (e[k].flags & KIMI_EDIT_MASKED) v = -INFINITY;
+        want[e[k].at] = v;
+    }
+    float *d = dmalloc(nv * 4);
+    kimi_logit_edit_t *de = dmalloc((size_t) n * sizeof(*e));
+    up(d, h, nv * 4);
+    up(de, e, (size_t) n * sizeof(*e));
+    KK(kimi_logit_edit(d, de, n, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    down(got, d, nv * 4);
+    const int edited = memcmp(got, want, nv * 4) == 0;
+    KK(kimi_logit_restore(d, de, n, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    down(got, d, nv * 4);
+    const int undone = memcmp(got, h, nv * 4) == 0;
+    ok(edited && undone, "logit_edit rows=%d vocab=%d edits=%d: the host's arithmetic bit for bit (%s), restored exactly (%s)",
+       rows, V, n, edited ? "yes" : "NO", undone ? "yes" : "NO");
+    cudaFree(d); cudaFree(de); free(h); free(want); free(got); free(e);
+}
+
 /* y += x (several shared experts' MLP onto the routed sum): exact */
 static void
 test_add(size_t n)
@@ -1446,6 +1493,7 @@ main(int argc, char **argv)
     test_mla_prefill(100, 300, 200, 4);
     test_mla_prefill(5, 1029, 1024, 64);
     test_add(7 * 7168 + 3);
+    test_logit_edit(5, 163840, 4000);
     test_absorb(1, 64, 128, 128, 64);
     test_absorb(7, 16, 128, 128, 64);     /* partial token group (AB_TOK 4) */
     test_absorb(3, 8, 192, 64, 64);       /* nope 192: rows past one warp pass */

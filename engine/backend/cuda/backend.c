@@ -25,6 +25,7 @@
 
 #define KIMI_CUDA_DEFAULT_TOKENS  2048
 #define KIMI_CUDA_DEFAULT_ROWS    256
+#define KIMI_CUDA_EDITS           65536   /* logit edits a step, at most */
 
 
 /* The shapes the kernels take; H heads per rank, tp ranks, the shard's
@@ -647,21 +648,151 @@ kimi_backend_cuda_greedy(kimi_backend_t *base, int32_t *ids, uint32_t *n_rows,
 }
 
 
+/* A row the device can sample once its logits are edited: logit_bias,
+ * penalties or min_tokens suppression, and nothing the edits cannot say
+ * (allowed_token_ids, JSON or guided constraints, logprobs: those are of
+ * the raw logits). */
+static int
+kimi_cuda_editable(const kimi_sample_req_t *req)
+{
+    const kimi_shm_sampling_t  *sp = req->sampling;
+
+    return req->prompt_next == 0 && !sp->allowed_only && !sp->json_object
+           && req->n_guided == 0 && !sp->logprobs && sp->top_logprobs == 0
+           && (sp->n_logit_bias > 0 || req->n_output < sp->min_tokens
+               || sp->repetition_penalty != 1.0f
+               || sp->presence_penalty != 0.0f
+               || sp->frequency_penalty != 0.0f);
+}
+
+
+/* The edit of token id in row (one a token, found through edit_at). */
+static kimi_logit_edit_t *
+kimi_cuda_edit_of(kimi_cuda_t *b, uint32_t row, uint32_t id, uint32_t *n)
+{
+    kimi_logit_edit_t  *e;
+
+    if (b->edit_at[id] >= 0) {
+        return &b->edits_h[b->edit_at[id]];
+    }
+
+    if (*n == b->edit_cap) {
+        return NULL;
+    }
+
+    e = &b->edits_h[*n];
+    memset(e, 0, sizeof(*e));
+    e->at = (int64_t) row * b->cfg->vocab_size + id;
+    e->rep = 1.0f;
+    b->edit_at[id] = (int32_t) (*n)++;
+    return e;
+}
+
+
+/* Row's edits appended at *n, as kimi_sample_process would change its
+ * logits; 0, or -1 (nothing appended) when they do not fit or a logit_bias
+ * names a token twice (the host then adds twice, in its order). */
+static int
+kimi_cuda_row_edits(kimi_cuda_t *b, uint32_t row, const kimi_sample_req_t *req,
+    uint32_t *n)
+{
+    const kimi_shm_sampling_t  *sp = req->sampling;
+    uint32_t                    V = b->cfg->vocab_size, first = *n, id;
+    uint32_t                    n_all = req->n_prompt + req->n_output;
+    kimi_logit_edit_t          *e;
+    int                         ok = 1;
+
+    for (uint32_t i = 0; ok && i < sp->n_logit_bias; i++) {
+        id = (uint32_t) sp->logit_bias[i].token;
+        if (id >= V) {
+            continue;
+        }
+        e = kimi_cuda_edit_of(b, row, id, n);
+        ok = e != NULL && !(e->flags & KIMI_EDIT_BIAS);
+        if (ok) {
+            e->flags |= KIMI_EDIT_BIAS;
+            e->add = sp->logit_bias[i].bias;
+        }
+    }
+
+    if (sp->repetition_penalty != 1.0f || sp->presence_penalty != 0.0f
+        || sp->frequency_penalty != 0.0f)
+    {
+        for (uint32_t i = 0; ok && i < n_all; i++) {
+            id = (uint32_t) req->tokens[i];
+            if (id >= V) {
+                continue;
+            }
+            e = kimi_cuda_edit_of(b, row, id, n);
+            ok = e != NULL;
+            if (ok) {
+                e->flags |= KIMI_EDIT_SEEN;
+                e->rep = sp->repetition_penalty;
+                if (i >= req->n_prompt) {
+                    e->flags |= KIMI_EDIT_COUNTED;
+                    b->edit_count[id]++;
+                }
+            }
+        }
+    }
+
+    if (req->n_output < sp->min_tokens) {
+        for (uint32_t i = 0; ok && i < sp->n_stop_ids; i++) {
+            e = kimi_cuda_edit_of(b, row, (uint32_t) sp->stop_ids[i], n);
+            ok = e != NULL;
+            if (ok) {
+                e->flags |= KIMI_EDIT_MASKED;
+            }
+        }
+        for (uint32_t i = 0; ok && !sp->ignore_eos && i < req->n_eos; i++) {
+            if ((uint32_t) req->eos_ids[i] < V) {
+                e = kimi_cuda_edit_of(b, row, (uint32_t) req->eos_ids[i], n);
+                ok = e != NULL;
+                if (ok) {
+                    e->flags |= KIMI_EDIT_MASKED;
+                }
+            }
+        }
+    }
+
+    for (uint32_t k = first; k < *n; k++) {
+        e = &b->edits_h[k];
+        id = (uint32_t) (e->at - (int64_t) row * V);
+        if (e->flags & KIMI_EDIT_COUNTED) {
+            e->fc = sp->frequency_penalty * (float) b->edit_count[id];
+            e->pres = sp->presence_penalty;
+        }
+        b->edit_at[id] = -1;
+        b->edit_count[id] = 0;
+    }
+
+    if (!ok) {
+        *n = first;
+        return -1;
+    }
+
+    return 0;
+}
+
+
 /* The vtable's sample: plain greedy rows (kimi_sample_is_plain_greedy)
  * from one device argmax + logprob over every row, without copying their
  * logits (already on the host when the step saw a greedy_hint); rows of
  * temperature, min_p, top_k and top_p alone (kimi_sample_is_plain_random)
  * drawn on the device with the row's own uniform, taken from its RNG here
- * as the host sampler would; the others through the host sampler, each
- * row copied alone.  Same tokens as the host path (same tie rule; a draw
- * within ~1e-6 of a boundary, or exact ties cut by top_p, may differ),
- * logprob to ~1e-6. */
+ * as the host sampler would; rows with logit_bias, penalties or min_tokens
+ * (kimi_cuda_editable) the same way after their logits are edited as the
+ * host would process them, and restored after; the others through the
+ * host sampler, each row copied alone.  Same tokens as the host path (same
+ * tie rule; a draw within ~1e-6 of a boundary, or exact ties cut by top_p,
+ * may differ), logprob to ~1e-6. */
 static int
 kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
     uint32_t n, kimi_sample_out_t *out, kimi_err_t *err)
 {
     kimi_cuda_t  *b = (kimi_cuda_t *) base;
     uint32_t      V = b->cfg->vocab_size, n_dev = 0, n_draw = 0, n_host, i;
+    uint32_t      n_edits = 0, n_edited_greedy = 0;
     size_t        row = (size_t) V * sizeof(float);
 
     if (n != b->n_rows) {
@@ -672,12 +803,24 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
     for (i = 0; i < n; i++) {
         const kimi_shm_sampling_t  *sp = reqs[i].sampling;
         kimi_draw_row_t            *t = &b->draw_h[i];
+        int                         edited = 0;
 
         b->skip[i] = (uint8_t) kimi_sample_is_plain_greedy(&reqs[i]);
         n_dev += b->skip[i];
         t->inv_t = 0.0f;
 
-        if (!b->skip[i] && kimi_sample_is_plain_random(&reqs[i])) {
+        if (!b->skip[i] && b->edits_on && kimi_cuda_editable(&reqs[i])) {
+            edited = kimi_cuda_row_edits(b, i, &reqs[i], &n_edits) == 0;
+        }
+
+        if (edited && kimi_sample_is_greedy(sp)) {
+            b->skip[i] = 1;
+            n_dev++;
+            n_edited_greedy++;
+
+        } else if (!b->skip[i]
+                   && (edited || kimi_sample_is_plain_random(&reqs[i])))
+        {
             b->rng_save[i] = *reqs[i].rng;
             t->inv_t = 1.0f / sp->temperature;
             t->log_min_p = sp->min_p > 0.0f ? logf(sp->min_p) : -INFINITY;
@@ -691,7 +834,15 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
 
     n_host = n - n_dev - n_draw;
 
-    if (n_dev > 0 && !b->greedy_on_host) {
+    if (n_edits > 0) {
+        KIMI_CU(cudaMemcpyAsync(b->edits_d, b->edits_h, n_edits
+                                * sizeof(kimi_logit_edit_t),
+                                cudaMemcpyHostToDevice, b->stream), err);
+        KIMI_K(kimi_logit_edit(b->logits, b->edits_d, (int) n_edits,
+                               b->stream, err));
+    }
+
+    if (n_dev > 0 && (!b->greedy_on_host || n_edited_greedy > 0)) {
         KIMI_K(kimi_sample_greedy_logprob(b->logits, (int) n, (int) V,
                                           (int) V, b->argmax, b->lp,
                                           b->stream, err));
@@ -699,6 +850,7 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
                                 cudaMemcpyDeviceToHost, b->stream), err);
         KIMI_CU(cudaMemcpyAsync(b->lp_h, b->lp, n * sizeof(float),
                                 cudaMemcpyDeviceToHost, b->stream), err);
+        b->greedy_on_host = 0;
     }
 
     if (n_draw > 0) {
@@ -708,6 +860,12 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
                                        b->draw, b->drawn, b->stream, err));
         KIMI_CU(cudaMemcpyAsync(b->drawn_h, b->drawn, n * sizeof(int32_t),
                                 cudaMemcpyDeviceToHost, b->stream), err);
+    }
+
+    if (n_edits > 0) {
+        /* the raw logits again, for the host rows and logits() */
+        KIMI_K(kimi_logit_restore(b->logits, b->edits_d, (int) n_edits,
+                                  b->stream, err));
     }
 
     for (i = 0; i < n && !b->logits_on_host; i++) {
@@ -723,7 +881,8 @@ kimi_cuda_sample(kimi_backend_t *base, const kimi_sample_req_t *reqs,
     }
 
     for (i = 0; i < n; i++) {
-        if (kimi_sample_is_plain_greedy(&reqs[i])) {
+        if (b->skip[i] && b->draw_h[i].inv_t == 0.0f) {
+            /* greedy: plain, or edited (then no logprob was asked) */
             memset(&out[i].tok, 0, sizeof(out[i].tok));
             out[i].tok.token = b->ids_h[i];
 
@@ -921,6 +1080,10 @@ kimi_cuda_free(kimi_backend_t *base)
     cudaFreeHost(b->lp_h);
     cudaFreeHost(b->draw_h);
     cudaFreeHost(b->drawn_h);
+    cudaFreeHost(b->edits_h);
+    cudaFree(b->edits_d);
+    free(b->edit_at);
+    free(b->edit_count);
     free(b->rng_save);
     free(b->skip);
     kimi_cublaslt_destroy(b->lt);
@@ -1070,6 +1233,26 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
                             * sizeof(kimi_draw_row_t)));
     KIMI_TRY(cudaMallocHost((void **) &b->drawn_h, (size_t) b->max_rows
                             * sizeof(int32_t)));
+    b->edit_cap = KIMI_CUDA_EDITS;
+    KIMI_TRY(cudaMallocHost((void **) &b->edits_h, (size_t) b->edit_cap
+                            * sizeof(kimi_logit_edit_t)));
+    KIMI_TRY(cudaMalloc((void **) &b->edits_d, (size_t) b->edit_cap
+                        * sizeof(kimi_logit_edit_t)));
+    b->edit_at = malloc((size_t) c->vocab_size * sizeof(int32_t));
+    b->edit_count = calloc(c->vocab_size, sizeof(uint32_t));
+
+    if (b->edit_at == NULL || b->edit_count == NULL) {
+        rc = kimi_err_set(err, KIMI_ENOMEM, "cuda backend: out of memory");
+        goto failed;
+    }
+
+    memset(b->edit_at, 0xff, (size_t) c->vocab_size * sizeof(int32_t));
+    {
+        const char  *env = getenv("KIMI_DEVICE_EDITS");
+
+        /* KIMI_DEVICE_EDITS=0: such rows on the host sampler (A/B) */
+        b->edits_on = !(env != NULL && env[0] == '0');
+    }
 
 #undef KIMI_TRY
 

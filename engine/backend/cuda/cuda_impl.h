@@ -196,6 +196,13 @@ typedef struct {
     kimi_draw_row_t            *draw, *draw_h;    /* [max_rows] device / pinned */
     int32_t                    *drawn, *drawn_h;  /* [max_rows] device / pinned */
     kimi_rng_t                 *rng_save;     /* [max_rows] before the draw */
+    /* rows with logit_bias, penalties or min_tokens drawn on the device
+     * too: their logits edited (kimi_logit_edit) and restored after */
+    kimi_logit_edit_t          *edits_h, *edits_d;    /* pinned / device */
+    uint32_t                    edit_cap;
+    int32_t                    *edit_at;      /* [vocab] a row's edit, -1 */
+    uint32_t                   *edit_count;   /* [vocab] output count */
+    int                         edits_on;     /* KIMI_DEVICE_EDITS != 0 */
     uint8_t                    *skip;         /* [max_rows] rows not for the host */
     struct kimi_sample_pool    *sampler;      /* rows the device can't take */
 
