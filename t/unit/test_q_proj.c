@@ -24,6 +24,7 @@
 #include "model/model.h"
 #include "model/tiny_model.h"
 
+#include "cpu_script.h"
 #include "tap.h"
 
 #define T_PROMPT  19
@@ -49,58 +50,6 @@ ones(const float *v, uint32_t n)
     for (uint32_t i = 0; i < n; i++) {
         ((float *) v)[i] = 1.0f;
     }
-}
-
-
-/* logits of the last prompt token, then of N_DECODE fed tokens */
-static int
-run(kimi_model_t *m, const int32_t *tok, float *out, kimi_err_t *err)
-{
-    kimi_backend_cpu_params_t  bp = { 1, 1, NULL, NULL, NULL };
-    kimi_backend_t            *be;
-    kimi_kv_params_t           kp;
-    kimi_batch_seq_t           s;
-    kimi_batch_t               b = { 1, &s };
-    uint32_t                   n_blocks, blocks[8], rows, vocab;
-    const float               *lg;
-
-    memset(&kp, 0, sizeof(kp));
-    kp.block_size = 16;
-    kp.dtype = KIMI_KV_DTYPE_F32;
-    kp.max_blocks = 8;
-    kp.budget_bytes = 1ull << 28;
-
-    if (kimi_backend_cpu_init_params(&be, m, &bp, err) != 0
-        || be->ops->kv_init(be, &kp, &n_blocks, err) != 0)
-    {
-        return -1;
-    }
-
-    for (uint32_t i = 0; i < 8; i++) {
-        blocks[i] = i;
-    }
-
-    for (uint32_t k = 0; k <= N_DECODE; k++) {
-        memset(&s, 0, sizeof(s));
-        s.seq_id = 1;
-        s.tokens = tok + (k == 0 ? 0 : T_PROMPT + k - 1);
-        s.n_tokens = k == 0 ? T_PROMPT : 1;
-        s.pos = k == 0 ? 0 : T_PROMPT + k - 1;
-        s.block_table = blocks;
-        s.n_blocks = 8;
-        s.want_logits = 1;
-
-        if (be->ops->forward(be, &b, err) != 0) {
-            be->ops->free(be);
-            return -1;
-        }
-
-        lg = be->ops->logits(be, &rows, &vocab);
-        memcpy(out + (size_t) k * vocab, lg, (size_t) vocab * sizeof(float));
-    }
-
-    be->ops->free(be);
-    return 0;
 }
 
 
@@ -172,7 +121,7 @@ main(void)
     la = malloc((N_DECODE + 1) * V * sizeof(float));
     lb = malloc((N_DECODE + 1) * V * sizeof(float));
 
-    ok(run(a, tok, la, &err) == 0 && run(b, tok, lb, &err) == 0,
+    ok(cpu_script(a, tok, T_PROMPT, N_DECODE, la, &err) == 0 && cpu_script(b, tok, T_PROMPT, N_DECODE, lb, &err) == 0,
        "both models run a %u-token prefill and %u decode steps", T_PROMPT,
        N_DECODE);
 
@@ -190,7 +139,7 @@ main(void)
     for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
         ((float *) b->layers[l].q_b_proj.scale_inv)[0] *= 1.5f;
     }
-    run(b, tok, lb, &err);
+    cpu_script(b, tok, T_PROMPT, N_DECODE, lb, &err);
     md = 0;
     for (size_t i = 0; i < (N_DECODE + 1) * V; i++) {
         double  d = fabs((double) la[i] - lb[i]);

@@ -27,6 +27,7 @@
 #include "model/model.h"
 #include "model/tiny_model.h"
 
+#include "cpu_script.h"
 #include "tap.h"
 
 #define N_PROMPT  11
@@ -89,55 +90,6 @@ same_mlp(const kimi_mlp_weights_t *b, const kimi_mlp_weights_t *q)
     return same_codes(&b->gate_proj, &q->gate_proj)
            && same_codes(&b->up_proj, &q->up_proj)
            && same_codes(&b->down_proj, &q->down_proj);
-}
-
-
-/* logits of the last prompt token, then of N_DECODE fed tokens */
-static int
-run(kimi_model_t *m, const int32_t *tok, float *out, kimi_err_t *err)
-{
-    kimi_backend_cpu_params_t  bp = { 1, 1, NULL, NULL, NULL };
-    kimi_backend_t            *be;
-    kimi_kv_params_t           kp;
-    kimi_batch_seq_t           s;
-    kimi_batch_t               b = { 1, &s };
-    uint32_t                   n_blocks, blocks[4] = { 0, 1, 2, 3 };
-    uint32_t                   rows, vocab;
-    const float               *lg;
-
-    memset(&kp, 0, sizeof(kp));
-    kp.block_size = 16;
-    kp.dtype = KIMI_KV_DTYPE_F32;
-    kp.max_blocks = 4;
-    kp.budget_bytes = 1ull << 26;
-
-    if (kimi_backend_cpu_init_params(&be, m, &bp, err) != 0
-        || be->ops->kv_init(be, &kp, &n_blocks, err) != 0)
-    {
-        return -1;
-    }
-
-    for (uint32_t k = 0; k <= N_DECODE; k++) {
-        memset(&s, 0, sizeof(s));
-        s.seq_id = 1;
-        s.tokens = tok + (k == 0 ? 0 : N_PROMPT + k - 1);
-        s.n_tokens = k == 0 ? N_PROMPT : 1;
-        s.pos = k == 0 ? 0 : N_PROMPT + k - 1;
-        s.block_table = blocks;
-        s.n_blocks = 4;
-        s.want_logits = 1;
-
-        if (be->ops->forward(be, &b, err) != 0) {
-            be->ops->free(be);
-            return -1;
-        }
-
-        lg = be->ops->logits(be, &rows, &vocab);
-        memcpy(out + (size_t) k * vocab, lg, (size_t) vocab * sizeof(float));
-    }
-
-    be->ops->free(be);
-    return 0;
 }
 
 
@@ -215,7 +167,7 @@ main(void)
     lb = malloc(N_ROWS * V * sizeof(float));
     lq = malloc(N_ROWS * V * sizeof(float));
 
-    ok(lb && lq && run(b, tok, lb, &err) == 0 && run(q, tok, lq, &err) == 0,
+    ok(lb && lq && cpu_script(b, tok, N_PROMPT, N_DECODE, lb, &err) == 0 && cpu_script(q, tok, N_PROMPT, N_DECODE, lq, &err) == 0,
        "the cpu backend runs both (%u-token prefill, %u decodes): %s",
        N_PROMPT, N_DECODE,
        lb && lq ? err.msg : "out of memory");
