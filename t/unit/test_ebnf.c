@@ -75,6 +75,10 @@ main(void)
         { "root ::= \"a\"{3,1}", "out of order" },
         { "root ::= \"a\"{300}", "up to 256" },
         { "root ::= (\"a\"", "closing )" },
+        { "root ::= \"\xc0\xaf\"", "invalid UTF-8" },       /* overlong */
+        { "root ::= \"\xed\xa0\x80\"", "invalid UTF-8" },   /* surrogate */
+        { "root ::= \"\xf4\x90\x80\x80\"", "invalid UTF-8" }, /* > U+10FFFF */
+        { "root ::= [\xe6\x97]", "invalid UTF-8" },           /* truncated */
     };
     char      msg[512], *pat;
     size_t    plen, n;
