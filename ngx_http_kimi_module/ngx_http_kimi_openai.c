@@ -198,8 +198,9 @@ ngx_http_kimi_guided_program(ngx_http_kimi_ctx_t *ctx, int32_t tag,
 /* vLLM's newer spelling, structured_outputs: {"json": ...} | {"regex":
  * ...} | {"choice": [...]} | {"grammar": ...} | {"json_object": true}, is
  * moved onto the guided_* / response_format fields it stands for (so one
- * path checks and enforces both); its structural_tag is a 400, as is one
- * constraint given both ways. */
+ * path checks and enforces both), its disable_any_whitespace onto the
+ * sampling parameters; its structural_tag is a 400, as is one constraint
+ * given both ways. */
 static ngx_int_t
 ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
 {
@@ -253,6 +254,19 @@ ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
                         " supported: this server implements json, regex,"
                         " choice, grammar and json_object", key);
             return NGX_ERROR;
+        }
+
+        if (ngx_strcmp(key, "disable_any_whitespace") == 0) {
+            if (!json_is_true(v)) {
+                ngx_sprintf(err, "\"structured_outputs\":"
+                            " \"disable_any_whitespace\" must be true or"
+                            " false");
+                return NGX_ERROR;
+            }
+            /* read with the sampling parameters: JSON without whitespace
+             * outside strings */
+            json_object_set_new(root, "disable_any_whitespace", json_true());
+            continue;
         }
 
         if (maps[i][1] == NULL && ngx_strcmp(key, "json_object") != 0) {
@@ -936,6 +950,8 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
     v = json_object_get(json_object_get(root, "response_format"), "type");
     s->json_object = json_is_string(v)
                      && ngx_strcmp(json_string_value(v), "json_object") == 0;
+    s->json_no_ws = json_is_true(json_object_get(root,
+                                                 "disable_any_whitespace"));
 
     /* vLLM's guided_choice: the answer is one of these strings (the engine
      * constrains the tokens to their tokenizations) */

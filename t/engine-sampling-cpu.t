@@ -170,6 +170,44 @@ for my $seed (1 .. 6) {
 }
 ok($ended > 0, "$ended of 6 random-model answers completed the object");
 
+# structured_outputs' disable_any_whitespace: no whitespace outside strings
+# (the same seeds without it: the random model's JSON has some); a space
+# favoured, so a model that may write whitespace does
+sub ws_outside_strings {
+    my ($text) = @_;
+    my ($in, $esc, $n) = (0, 0, 0);
+    for my $c (split //, $text) {
+        if ($in) {
+            if ($esc) { $esc = 0 } elsif ($c eq '\\') { $esc = 1 } elsif ($c eq '"') { $in = 0 }
+        } elsif ($c eq '"') {
+            $in = 1;
+        } elsif ($c =~ /\s/) {
+            $n++;
+        }
+    }
+    return $n;
+}
+my %spacey = (%nudge, $t->post('/tokenize', { prompt => ' ' })->{json}{tokens}[0] => 6);
+my ($ws_free, $ws_plain) = (0, 0);
+for my $seed (1 .. 4) {
+    for my $no_ws (0, 1) {
+        $r = $t->post('/v1/completions', completion_body(prompt => 'x',
+            max_tokens => 80, temperature => 1.0, seed => $seed,
+            logit_bias => \%spacey,
+            structured_outputs => { json => $schema,
+                                    ($no_ws ? (disable_any_whitespace => $true) : ()) }));
+        is($r->{status}, 200, "structured_outputs json, disable_any_whitespace"
+           . " $no_ws (seed $seed): 200");
+        my $n = ws_outside_strings($r->{json}{choices}[0]{text} // '');
+        $no_ws ? ($ws_free += $n == 0) : ($ws_plain += $n);
+    }
+}
+is($ws_free, 4, 'disable_any_whitespace: no whitespace outside strings in any');
+ok($ws_plain > 0, "... where the same seeds without it wrote $ws_plain");
+$r = $t->post('/v1/completions', completion_body(prompt => 'x',
+    structured_outputs => { json => $schema, disable_any_whitespace => 'yes' }));
+is($r->{status}, 400, 'disable_any_whitespace must be a boolean: 400');
+
 # the same schema through vLLM's guided_json, as an object and as text, on
 # /v1/completions, and streamed
 $r = $t->post('/v1/completions', completion_body(prompt => 'x',

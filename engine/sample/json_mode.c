@@ -64,6 +64,14 @@ kimi_json_init(kimi_json_state_t *s)
 {
     memset(s, 0, sizeof(*s));
     s->state = J_START;
+    s->max_ws = KIMI_JSON_MAX_WS;
+}
+
+
+void
+kimi_json_no_ws(kimi_json_state_t *s)
+{
+    s->max_ws = 0;
 }
 
 
@@ -666,7 +674,7 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
     if (s->state < J_STRING) {          /* between tokens of the grammar */
         if (!kimi_json_space(c)) {
             s->ws = 0;
-        } else if (++s->ws > KIMI_JSON_MAX_WS) {
+        } else if (++s->ws > s->max_ws) {
             return -1;
         }
     }

@@ -32,6 +32,7 @@ typedef struct {
     unsigned char  key;        /* the string is an object key */
     unsigned char  depth;
     unsigned char  ws;         /* whitespace bytes in a row */
+    unsigned char  max_ws;     /* and at most (KIMI_JSON_MAX_WS, or 0) */
     unsigned char  intonly;    /* the number is a schema integer */
     unsigned char  ucont;      /* UTF-8 continuation bytes still due */
     unsigned char  ulo, uhi;   /* the range of the next one */
@@ -65,6 +66,10 @@ void kimi_json_init(kimi_json_state_t *s);
 /* The output must match the schema program prog (checked with
  * kimi_json_schema_check): an object or array at the top. */
 void kimi_json_init_schema(kimi_json_state_t *s, const int32_t *prog);
+
+/* No whitespace outside strings (vLLM's disable_any_whitespace); after an
+ * init. */
+void kimi_json_no_ws(kimi_json_state_t *s);
 
 /* Copies what a feed can change (the frames in use only). */
 void kimi_json_copy(kimi_json_state_t *dst, const kimi_json_state_t *src);

@@ -1132,6 +1132,9 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
     } else {
         kimi_json_init(&st);
     }
+    if (req->sampling->json_no_ws) {
+        kimi_json_no_ws(&st);
+    }
 
     i = 0;
     if (frame != NULL) {                /* the ids before the arguments */
@@ -1157,6 +1160,9 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
                 break;
             }
             kimi_json_init_schema(&st, frame->prog[a]);
+            if (req->sampling->json_no_ws) {
+                kimi_json_no_ws(&st);
+            }
             for (; i < req->n_output && !broken && !kimi_json_done(&st); i++) {
                 id = (uint32_t) out[i];
                 b = id < s->vocab && jv->cls[id] != KIMI_JV_SPECIAL

@@ -139,7 +139,10 @@ typedef struct {
                                       rank given the tokens before it, and
                                       the n most likely there), then the
                                       generated tokens */
-    uint8_t   pad1[7];
+    uint8_t   json_no_ws;          /* vLLM's disable_any_whitespace: JSON
+                                      output without whitespace outside
+                                      strings */
+    uint8_t   pad1[6];
     kimi_shm_logit_bias_t  logit_bias[KIMI_SHM_MAX_LOGIT_BIAS];
 } kimi_shm_sampling_t;
 
