@@ -57,7 +57,7 @@
 #include "../common/kimi_err.h"
 
 #define KIMI_SHM_MAGIC           0x4d48534d494d494bULL  /* "KIMIMSHM" */
-#define KIMI_SHM_ABI_VERSION     7      /* 7: forced tool calls carry up to KIMI_TOOL_MAX_CALLS calls */
+#define KIMI_SHM_ABI_VERSION     8      /* 8: sampling.json_no_ws (disable_any_whitespace) */
 
 #define KIMI_SHM_MAX_RANKS       8      /* DP ranks served by one segment */
 #define KIMI_SHM_MAX_WORKERS     128    /* nginx workers, two generations */
