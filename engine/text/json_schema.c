@@ -271,7 +271,7 @@ kimi_sc_first(const kimi_sc_t *c, int32_t node, unsigned char set[256])
     case KIMI_SN_NUMBER:
     case KIMI_SN_INTEGER:
         set['-'] = 1;
-        memset(set + '0', 1, 10);
+        memset(&set['0'], 1, 10);
         break;
     case KIMI_SN_BOOLEAN: set['t'] = set['f'] = 1; break;
     case KIMI_SN_NULL: set['n'] = 1; break;
