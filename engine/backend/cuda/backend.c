@@ -738,6 +738,9 @@ kimi_cuda_row_edits(kimi_cuda_t *b, uint32_t row, const kimi_sample_req_t *req,
 
     if (req->n_output < sp->min_tokens) {
         for (uint32_t i = 0; ok && i < sp->n_stop_ids; i++) {
+            if ((uint32_t) sp->stop_ids[i] >= V) {
+                continue;               /* checked at admission; be safe */
+            }
             e = kimi_cuda_edit_of(b, row, (uint32_t) sp->stop_ids[i], n);
             ok = e != NULL;
             if (ok) {
