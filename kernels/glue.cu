@@ -203,7 +203,7 @@ template <bool FP8, typename X>
 static __global__ void __launch_bounds__(KV_THREADS)
 kv_write_kernel(const X *__restrict__ ckv, const uint16_t *__restrict__ w, float eps,
                 const int32_t *__restrict__ slot, void *__restrict__ kv,
-                float *__restrict__ kv_scale)
+                float *__restrict__ kv_scale, int bs)
 {
     KIMI_GRID_ENTRY();
     __shared__ float red[KV_THREADS / 32];
@@ -265,24 +265,27 @@ kv_write_kernel(const X *__restrict__ ckv, const uint16_t *__restrict__ w, float
     }
     __syncthreads();
     const float sc = bc;
-    uint8_t *o = (uint8_t *) kv + dst;
+    /* planar block (kimi_mla_decode): byte i of the row in plane i / 16 */
+    uint8_t *o = (uint8_t *) kv + (size_t) (slot[t] / bs) * bs * KV_ROW + (slot[t] % bs) * 16;
 #pragma unroll
     for (int j = 0; j < KV_LATENT / KV_THREADS; j++) {
-        o[threadIdx.x + j * KV_THREADS] = kimi_f2fp8(v[j] / sc);
+        const int i = threadIdx.x + j * KV_THREADS;
+        o[(i >> 4) * bs * 16 + (i & 15)] = kimi_f2fp8(v[j] / sc);
     }
     if (has_pe) {
-        o[KV_LATENT + threadIdx.x] = kimi_f2fp8(pe / sc);
+        const int i = KV_LATENT + threadIdx.x;
+        o[(i >> 4) * bs * 16 + (i & 15)] = kimi_f2fp8(pe / sc);
     }
 }
 
 template <typename X>
 static int
 kv_write_launch(const X *ckv, const kimi_bf16_t *norm_w, float eps,
-                  const int32_t *slot, int T, void *kv, float *kv_scale, int kv_fp8,
+                  const int32_t *slot, int T, void *kv, float *kv_scale, int kv_fp8, int bs,
                   cudaStream_t s, kimi_err_t *err)
 {
     if (ckv == NULL || norm_w == NULL || slot == NULL || kv == NULL || T < 0
-        || (kv_fp8 && kv_scale == NULL)) {
+        || (kv_fp8 && kv_scale == NULL) || bs <= 0) {
         return kimi_err_set(err, KIMI_EINVAL, "mla_kv_write: T=%d fp8=%d", T, kv_fp8);
     }
     if (T == 0) {
@@ -290,10 +293,10 @@ kv_write_launch(const X *ckv, const kimi_bf16_t *norm_w, float eps,
     }
     if (kv_fp8) {
         KIMI_LAUNCH(err, kv_write_kernel<true, X>, T, KV_THREADS, 0, s, ckv, norm_w, eps, slot, kv,
-                    kv_scale);
+                    kv_scale, bs);
     } else {
         KIMI_LAUNCH(err, kv_write_kernel<false, X>, T, KV_THREADS, 0, s, ckv, norm_w, eps, slot, kv,
-                    kv_scale);
+                    kv_scale, bs);
     }
     return KIMI_OK;
 }
@@ -301,17 +304,17 @@ kv_write_launch(const X *ckv, const kimi_bf16_t *norm_w, float eps,
 extern "C" int
 kimi_mla_kv_write(const kimi_bf16_t *ckv, const kimi_bf16_t *norm_w, float eps,
                   const int32_t *slot, int T, void *kv, float *kv_scale, int kv_fp8,
-                  cudaStream_t s, kimi_err_t *err)
+                  int bs, cudaStream_t s, kimi_err_t *err)
 {
-    return kv_write_launch(ckv, norm_w, eps, slot, T, kv, kv_scale, kv_fp8, s, err);
+    return kv_write_launch(ckv, norm_w, eps, slot, T, kv, kv_scale, kv_fp8, bs, s, err);
 }
 
 extern "C" int
 kimi_mla_kv_write_f32(const float *ckv, const kimi_bf16_t *norm_w, float eps,
                       const int32_t *slot, int T, void *kv, float *kv_scale, int kv_fp8,
-                      cudaStream_t s, kimi_err_t *err)
+                      int bs, cudaStream_t s, kimi_err_t *err)
 {
-    return kv_write_launch(ckv, norm_w, eps, slot, T, kv, kv_scale, kv_fp8, s, err);
+    return kv_write_launch(ckv, norm_w, eps, slot, T, kv, kv_scale, kv_fp8, bs, s, err);
 }
 
 /* ---- per-head vector x matrix --------------------------------------------------------- */

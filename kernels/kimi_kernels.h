@@ -341,8 +341,10 @@ int kimi_moe_combine_f32(const kimi_moe_ws_t *ws, const float *topk_w, int T,
  * Absorbed MLA decode, one query token per sequence, H heads, over the paged
  * latent cache: token p of sequence b is row p % bs of block
  * block_table[b*bt_ld + p/bs]; a row is 576 values: c[512] then k_pe[64].
- * bf16 cache: kv[block][bs][576].  fp8 cache: kv8[block][bs][576] e4m3 with
- * one fp32 multiplier kv_scale[block][bs].
+ * bf16 cache: kv[block][bs][576].  fp8 cache: planar blocks, kv8[block][36][bs][16]
+ * e4m3 (plane i holds bytes 16i.. of every row: wgmma's unswizzled K-major
+ * order, so a 64-row block is copied as it is and multiplied where it
+ * lands) with one fp32 multiplier kv_scale[block][bs].
  *   score[b,h,p] = scale * (q[b,h,0:512].c_p + q[b,h,512:576].kpe_p)
  *   o[b,h,:]     = sum_p softmax_p(score) c_p                    (512, bf16)
  * q bf16 [B][H][576] (q_nope already absorbed through W_UK, q_pe rotated).
@@ -464,16 +466,16 @@ int kimi_add_f32(float *y, const float *x, size_t n, cudaStream_t s,
 
 /* ckv [T][576] = [c 512 | k_pe 64 (rotated)]: cache row slot[t] (block * bs +
  * row, in the kimi_mla_decode layout) = [rmsnorm(c) * norm_w | k_pe], bf16,
- * or e4m3 with kv_scale[slot] = max(amax, 1e-4) / 448. */
+ * or e4m3 (planar blocks of bs rows) with kv_scale[slot] = max(amax, 1e-4) / 448. */
 int kimi_mla_kv_write(const kimi_bf16_t *ckv, const kimi_bf16_t *norm_w,
                       float eps, const int32_t *slot, int T, void *kv,
-                      float *kv_scale, int kv_fp8, cudaStream_t s,
+                      float *kv_scale, int kv_fp8, int bs, cudaStream_t s,
                       kimi_err_t *err);
 
 /* The same from fp32 ckv. */
 int kimi_mla_kv_write_f32(const float *ckv, const kimi_bf16_t *norm_w,
                           float eps, const int32_t *slot, int T, void *kv,
-                          float *kv_scale, int kv_fp8, cudaStream_t s,
+                          float *kv_scale, int kv_fp8, int bs, cudaStream_t s,
                           kimi_err_t *err);
 
 /* Per-head vector x matrix (MLA absorption): y[t*y_ld_t + h*y_ld_h + n] =

@@ -5,16 +5,17 @@
  *   o[b,h,:]     = sum_p softmax_p(score[b,h,:]) * c_p            (512 wide)
  *
  * Layout:  q bf16 [B][H][576]; cache rows of 576 (c[512] | k_pe[64]),
- *          bf16 [blocks][bs][576] or e4m3 [blocks][bs][576] with fp32
- *          kv_scale[blocks][bs]; token p of sequence b is row p % bs of block
+ *          bf16 [blocks][bs][576] or e4m3 planar [blocks][9][bs][64] with
+ *          fp32 kv_scale[blocks][bs]; token p of sequence b is row p % bs of block
  *          block_table[b*bt_ld + p/bs]; o bf16 [B][H][512].
  * Work:    a block streams 64-token tiles and serves all H (<= 64, padded
  *          to the 64-row wgmma tile) heads from one read of each tile; the
  *          partial (O, m, l) of each stretch of a sequence goes to ws and
  *          mla_combine_kernel merges them.  A bf16 cache whose blocks are
  *          whole swizzle atoms (8..64 tokens dividing 64, or multiples of
- *          64) takes the TMA kernel, fp8 and other block sizes the
- *          cp.async one; both on a flat schedule: the batch's (sequence,
+ *          64) takes the TMA kernel, an fp8 one on such blocks the fp8 TMA
+ *          kernel (e4m3 S), other block sizes the cp.async one; all on a
+ *          flat schedule: the batch's (sequence,
  *          tile) pairs cut into equal runs, one a block, a run crossing
  *          sequences where it must (mixed lengths keep every SM busy).
  * Cost:    bytes = sum_b ctx_b * 1152 (bf16) or 580 (fp8 + scale);
@@ -100,21 +101,22 @@ mw_copy_rows_bf16(uint8_t *dst, long long row, const uint16_t *src, int tid)
 
 template <bool FP8>
 static __device__ __forceinline__ void
-mw_load_tile(uint8_t *sm, int stage, long long row, const void *kv, const float *kv_scale)
+mw_load_tile(uint8_t *sm, int stage, long long row, const void *kv, const float *kv_scale, int bs)
 {
     if (!FP8) {
         mw_copy_rows_bf16(sm + (stage ? MW_OFF_KV1 : MW_OFF_KV0), row, (const uint16_t *) kv, threadIdx.x);
         return;
     }
-    /* fp8: e4m3 rows staged linearly, the per-token scale beside them */
+    /* fp8: e4m3 rows staged linearly (gathered from the block's planes),
+     * the per-token scale beside them */
     const int r = threadIdx.x >> 2, q = threadIdx.x & 3;
     uint8_t *dst = sm + MW_OFF_KV1 + stage * (MW_TILE * MLA_D) + r * MLA_D;
-    const uint8_t *src = (const uint8_t *) kv + row * MLA_D;
+    const uint8_t *src = (const uint8_t *) kv + (row >= 0 ? (row / bs) * bs * MLA_D + (row % bs) * 16 : 0);
 #pragma unroll
     for (int i = 0; i < MLA_D / 64; i++) {
-        const int k = q + 4 * i;
+        const int k = q + 4 * i;   /* bytes 16k..: plane k */
         if (row >= 0) {
-            kimi_cp_async16(dst + k * 16, src + k * 16);
+            kimi_cp_async16(dst + k * 16, src + (size_t) k * bs * 16);
         } else {
             *(uint4 *) (dst + k * 16) = make_uint4(0, 0, 0, 0);
         }
@@ -430,7 +432,7 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, int B, const void *_
      * the loads, its row read before it is needed */
     mw_copy_rows_bf16(sm, (threadIdx.x >> 2) < H ? (long long) cur.b * H + (threadIdx.x >> 2) : -1, q,
                       threadIdx.x);
-    mw_load_tile<FP8>(sm, 0, mw_row(cur.tile, cur.len, bs, mf_bt(block_table, bt_ld, cur)), kv, kv_scale);
+    mw_load_tile<FP8>(sm, 0, mw_row(cur.tile, cur.len, bs, mf_bt(block_table, bt_ld, cur)), kv, kv_scale, bs);
     kimi_cp_async_commit();
     mf_walk ld = cur;
     bool has_ld = mf_next(ld, seq_len);
@@ -447,7 +449,7 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, int B, const void *_
         /* the next item into the other stage (freed by the barrier that ended
          * the last iteration) before waiting for this one: two in flight */
         if (has_ld) {
-            mw_load_tile<FP8>(sm, stage ^ 1, row_next, kv, kv_scale);
+            mw_load_tile<FP8>(sm, stage ^ 1, row_next, kv, kv_scale, bs);
             has_ld = mf_next(ld, seq_len);
             row_next = has_ld ? mw_row(ld.tile, ld.len, bs, mf_bt(block_table, bt_ld, ld)) : -1;
         }
@@ -612,7 +614,6 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
     const uint32_t sq = kimi_smem_addr(sm);
 
     if (threadIdx.x == 0) {
-        kimi_tma_prefetch_map(&kv_map);
         for (int i = 0; i < 2 * MT_CHUNKS; i++) {
             kimi_mbar_init(&full[i], 1);
         }
@@ -813,6 +814,401 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
     }
 }
 
+/* ---- fp8 cache: bulk copies, e4m3 S, f16 P V (sm_90a) ---------------------
+ *
+ * The fp8 cache is half the bf16 bytes, so its kernel must do the bf16
+ * one's MMAs in half the time.  Widening every tile to bf16 before both
+ * products (mla_decode_wg_kernel<true>) put 576 conversions a token on the
+ * critical path and left it slower than the bf16 cache.  Here:
+ *
+ *   S      = (Qhi + Qlo) K8^T on e4m3 wgmma straight from the copied
+ *            tile: Q split once per sequence into two e4m3 terms with one
+ *            scale per head (rows; hi alone rounds Q to 3 mantissa bits,
+ *            ~3 % error on the output, hi + lo keeps bf16's precision), the
+ *            token's scale on S's columns.
+ *   P V    on f16: fp8 wgmma takes K-major operands only, and V's K is the
+ *            token, so V is widened after all, but only its 512 dims, by
+ *            the group that multiplies them (group g its dims 256g..), with
+ *            the exact e4m3x2 -> f16x2 conversion, while the tensor cores run
+ *            the other group's work.  P' = f16(p * token scale * M8_PF),
+ *            l in the same units.
+ *
+ * The cache is planar per block (kimi_kernels.h): [36][bs][16], 16 bytes of
+ * every row per plane, which is wgmma's unswizzled K-major layout (8-row x
+ * 16-byte core matrices, LBO 1 KB along K, SBO 128 B along the rows), so a
+ * 64-row block lands with one 36 KB bulk copy and S reads it in place (a
+ * row-major cache as TMA boxes - 576-byte rows, 64- or 128-byte boxes - held
+ * the loads alone to 54 % of copy); the 64 token scales by a second copy,
+ * M8_STAGES deep (warp 4 loads a stage again once both groups released it:
+ * group 0 after S and its widening, group 1 after its widening).  Group 0: S, the
+ * softmax, P to shared memory for group 1 and to its own P V from
+ * registers (RS), its V half; group 1: its V half and P V.  Same flat
+ * schedule, partials and combine as the bf16 kernels.
+ */
+
+#define M8_STAGES   2
+#define M8_CHUNK_B  (64 * 16)                 /* 16 dims of 64 tokens: 8 core matrices */
+#define M8_OFF_SC   (36 * M8_CHUNK_B)         /* [64] fp32: token (or Q: head) scales */
+#define M8_REGION   37888                     /* the above, 1024-aligned: Q or a stage */
+#define M8_OFF_ST(s) (M8_REGION * (2 + (s)))  /* after Q's hi and lo regions */
+#define M8_OFF_V    (M8_REGION * (2 + M8_STAGES))   /* f16 V: group g at + 4g blocks */
+#define M8_OFF_P    (M8_OFF_V + 8 * MW_QB)
+#define M8_OFF_A    (M8_OFF_P + MW_QB)
+#define M8_OFF_BAR  (M8_OFF_A + 64 * 4)       /* full[S], empty[S] */
+#define M8_SMEM     (M8_OFF_BAR + 2 * M8_STAGES * 8 + 1024)
+#define M8_BAR_G1   5
+#define M8_PF       256.f                     /* keeps P' in f16's normal range */
+
+/* Q of one sequence (qb: [H][576] bf16) -> hi = e4m3(q / s) in region 0's
+ * layout, lo = e4m3(q / s - hi) in region 1's, one scale s per head (amax /
+ * 448) into region 0's scale slot; heads >= H zero.  NTHR (128 or 256)
+ * threads, NTHR / 64 a head. */
+template <int NTHR>
+static __device__ __forceinline__ void
+m8_load_q(uint8_t *reg, const uint16_t *qb, int H, int tid)
+{
+    constexpr int per = NTHR / 64, n = (MLA_D / 8) / per;
+    const int h = tid / per, part = tid % per;
+    const uint16_t *row = qb + (size_t) h * MLA_D;
+    float am = 0.f;
+    if (h < H) {
+        for (int i = 0; i < n; i++) {
+            const uint4 v = *(const uint4 *) (row + (part * n + i) * 8);
+            const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                am = fmaxf(am, fmaxf(fabsf(kimi_bf2f((uint16_t) w[j])), fabsf(kimi_bf2f((uint16_t) (w[j] >> 16)))));
+            }
+        }
+    }
+    for (int o = 1; o < per; o <<= 1) {
+        am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+    }
+    const float sc = am > 0.f ? am / KIMI_FP8_MAX : 1.f, inv = 1.f / sc;
+    for (int i = 0; i < n; i++) {
+        const int d = (part * n + i) * 8;
+        uint2 q8 = make_uint2(0, 0), r8 = make_uint2(0, 0);
+        if (h < H) {
+            const uint4 v = *(const uint4 *) (row + d);
+            const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+            uint32_t b[2] = {0, 0}, c[2] = {0, 0};
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const float x = kimi_bf2f((uint16_t) (w[j >> 1] >> (16 * (j & 1)))) * inv;
+                const uint8_t e = kimi_f2fp8(x);
+                b[j >> 2] |= (uint32_t) e << (8 * (j & 3));
+                c[j >> 2] |= (uint32_t) kimi_f2fp8(x - kimi_fp82f(e)) << (8 * (j & 3));
+            }
+            q8 = make_uint2(b[0], b[1]);
+            r8 = make_uint2(c[0], c[1]);
+        }
+        const uint32_t off = (d >> 4) * M8_CHUNK_B + h * 16 + (d & 15);
+        *(uint2 *) (reg + off) = q8;
+        *(uint2 *) (reg + M8_REGION + off) = r8;
+    }
+    if (part == 0) {
+        ((float *) (reg + M8_OFF_SC))[h] = sc;
+    }
+}
+
+/* Warp-wide: tile `tile` (in a block of bs rows, a multiple of 64) into
+ * stage region st, completing on full: a 64-row block is one contiguous
+ * 36 KB copy (the planar cache is already in the region's order), a
+ * longer one 36 runs of 1 KB; the token scales by one more. */
+static __device__ __forceinline__ void
+m8_load_tile(uint8_t *st, int tile, int bs, int blk, const uint8_t *kv, const float *kv_scale,
+             uint64_t *full)
+{
+    const int lane = threadIdx.x & 31, r0 = (tile * MW_TILE) % bs;
+    const uint8_t *b = kv + (size_t) blk * bs * MLA_D;
+    if (lane == 0) {
+        kimi_mbar_arrive_tx(full, (uint32_t) MW_TILE * (MLA_D + 4));
+        kimi_bulk_load(st + M8_OFF_SC, kv_scale + (size_t) blk * bs + r0, MW_TILE * 4, full);
+        if (bs == MW_TILE) {
+            kimi_bulk_load(st, b, 36 * M8_CHUNK_B, full);
+        }
+    }
+    if (bs != MW_TILE) {
+        for (int k = lane; k < 36; k += 32) {
+            kimi_bulk_load(st + k * M8_CHUNK_B, b + (size_t) k * bs * 16 + r0 * 16, M8_CHUNK_B, full);
+        }
+    }
+}
+
+/* A group's 256 V dims of the tile in stage st (e4m3 planes 16g..16g+15) ->
+ * f16 in its 4 [64 x 64] blocks at v; rows >= live zero (past the sequence
+ * the block holds other rows, stale bytes or NaN). */
+static __device__ __forceinline__ void
+m8_widen(uint8_t *v, const uint8_t *st, int g, int live, int wt)
+{
+    const uint8_t *src = st + 16 * g * M8_CHUNK_B;
+#pragma unroll 4
+    for (int i = 0; i < 8; i++) {
+        const int c = wt + 128 * i, ch = c >> 6, r = c & 63;   /* dims 16ch.. of row r */
+        uint4 x = make_uint4(0, 0, 0, 0);
+        if (r < live) {
+            x = *(const uint4 *) (src + ch * M8_CHUNK_B + r * 16);
+        }
+        const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+        uint32_t o[8];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t) (w[j] & 0xffff), __NV_E4M3);
+            const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t) (w[j] >> 16), __NV_E4M3);
+            o[2 * j] = *(const uint32_t *) &lo;
+            o[2 * j + 1] = *(const uint32_t *) &hi;
+        }
+        uint8_t *blk = v + (ch >> 2) * MW_QB;
+        *(uint4 *) (blk + wg_swz128(r, 16 * (ch & 3))) = make_uint4(o[0], o[1], o[2], o[3]);
+        *(uint4 *) (blk + wg_swz128(r, 16 * (ch & 3) + 8)) = make_uint4(o[4], o[5], o[6], o[7]);
+    }
+}
+
+/* The online softmax of mw_softmax for the e4m3 product: s = Q8 K8^T is
+ * scaled by the row's sc (scale2 * the head's q scale) and the column's
+ * token scale ks (0 past the sequence, where ks may be garbage); P' =
+ * f16(p * ks * M8_PF) packed as the RS A fragment; l in the same units. */
+static __device__ __forceinline__ void
+m8_softmax(float (&s)[32], int live, float sc0, float sc1, const float *ks, int t,
+           float &m0, float &m1, float &l0, float &l1, uint32_t (&pw)[16], float &a0, float &a1)
+{
+    float kc[16];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int c = 8 * j + 2 * t + e;
+            const bool in = c < live;
+            kc[2 * j + e] = in ? ks[c] : 0.f;
+            s[4 * j + e] = in ? s[4 * j + e] * kc[2 * j + e] * sc0 : -INFINITY;
+            s[4 * j + 2 + e] = in ? s[4 * j + 2 + e] * kc[2 * j + e] * sc1 : -INFINITY;
+        }
+    }
+    float mx0 = s[0], mx1 = s[2];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
+        mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);   /* token 0 is live: finite */
+    a0 = mw_ex2(m0 - n0);
+    a1 = mw_ex2(m1 - n1);
+    m0 = n0;
+    m1 = n1;
+    float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const float p00 = mw_ex2(s[4 * j] - n0), p01 = mw_ex2(s[4 * j + 1] - n0);
+        const float p10 = mw_ex2(s[4 * j + 2] - n1), p11 = mw_ex2(s[4 * j + 3] - n1);
+        sum0 += p00 + p01;
+        sum1 += p10 + p11;
+        const float k0 = kc[2 * j] * M8_PF, k1 = kc[2 * j + 1] * M8_PF;
+        const __half2 q0 = __floats2half2_rn(p00 * k0, p01 * k1);
+        const __half2 q1 = __floats2half2_rn(p10 * k0, p11 * k1);
+        pw[2 * j] = *(const uint32_t *) &q0;
+        pw[2 * j + 1] = *(const uint32_t *) &q1;
+    }
+    l0 = l0 * a0 + sum0 * M8_PF;
+    l1 = l1 * a1 + sum1 * M8_PF;
+}
+
+static __global__ void __launch_bounds__(MT_THREADS, 1)
+mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict__ q, const float *__restrict__ kv_scale, int H, int B, int bs,
+                      const int32_t *__restrict__ block_table, int bt_ld, const int32_t *__restrict__ seq_len,
+                      float scale2, float *__restrict__ opart, float *__restrict__ mlpart)
+{
+    extern __shared__ __align__(1024) uint8_t m8_smem_raw[];
+    uint8_t *sm = m8_smem_raw + ((1024 - (kimi_smem_addr(m8_smem_raw) & 1023)) & 1023);
+    uint64_t *full = (uint64_t *) (sm + M8_OFF_BAR), *empty = full + M8_STAGES;
+    float *alpha_s = (float *) (sm + M8_OFF_A);
+    const float *qsc = (const float *) (sm + M8_OFF_SC);
+    const uint32_t sa = kimi_smem_addr(sm);
+
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < M8_STAGES; i++) {
+            kimi_mbar_init(&full[i], 1);
+            kimi_mbar_init(&empty[i], 8);   /* lane 0 of each math warp */
+        }
+        kimi_mbar_init_fence();
+    }
+    __syncthreads();
+    KIMI_GRID_ENTRY();
+
+    mf_walk w0;
+    const int k = blockIdx.x;
+    if (!mf_start(seq_len, B, gridDim.x, k, (int *) (sm + M8_OFF_P), w0)) {
+        return;
+    }
+
+    /* warp 4 loads: the first three items now, each later one into the stage
+     * both groups have released */
+    const bool loader = threadIdx.x >> 5 == 4;
+    mf_walk ld = w0;
+    int blk_ld = 0;
+    if (loader) {
+        bool more = true;
+        for (int st = 0; st < M8_STAGES && more; st++) {
+            m8_load_tile(sm + M8_OFF_ST(st), ld.tile, bs, mf_bt(block_table, bt_ld, ld)[ld.tile * MW_TILE / bs], kv,
+                         kv_scale, &full[st]);
+            more = mf_next(ld, seq_len);
+        }
+        if (more) {   /* ld: the next item to load (left 0: none) */
+            blk_ld = mf_bt(block_table, bt_ld, ld)[ld.tile * MW_TILE / bs];
+        }
+    }
+
+    const int mt = threadIdx.x, g = mt >> 7, wt = mt & 127;
+    const int lane = wt & 31, t = lane & 3;
+    const int r0 = (wt >> 5) * 16 + (lane >> 2), r1 = r0 + 8;   /* this thread's heads */
+    uint8_t *vbuf = sm + M8_OFF_V + 4 * g * MW_QB;
+    const uint32_t sv = kimi_smem_addr(vbuf);
+
+    m8_load_q<MT_THREADS>(sm, q + (size_t) w0.b * H * MLA_D, H, mt);
+    wg_fence_proxy();
+    __syncthreads();
+
+    float o[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) o[i] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;   /* group 0 only */
+
+    auto seg_out = [&](int b) {
+        mw_store_partial(opart, mlpart, ((size_t) b + k) * H, H, g, r0, r1, t, o, m0, m1, l0, l1);
+#pragma unroll
+        for (int i = 0; i < 128; i++) o[i] = 0.f;
+        m0 = m1 = -INFINITY;
+        l0 = l1 = 0.f;
+    };
+    auto widen = [&](int st, const mf_walk &w) {
+        m8_widen(vbuf, sm + M8_OFF_ST(st), g, w.len - w.tile * MW_TILE, wt);
+        wg_fence_proxy();
+        kimi_bar_sync(g == 0 ? MT_BAR_G0 : M8_BAR_G1, 128);
+    };
+    auto release = [&](int st) {
+        if (lane == 0) {
+            kimi_mbar_arrive(&empty[st]);
+        }
+    };
+
+    if (g == 0) {
+        float s[32];
+        uint32_t pw[16];
+        float a0, a1;
+
+        auto s_issue = [&](int st, int par) {
+            const uint32_t skv = sa + M8_OFF_ST(st);
+            kimi_mbar_wait(&full[st], par);
+            wg_arrive();
+#pragma unroll
+            for (int kk = 0; kk < MLA_D / 32; kk++) {   /* planes 2kk, 2kk + 1 */
+                const uint32_t off = kk * 2 * M8_CHUNK_B;
+                wgmma_m64n64k32_e4m3(s, wg_desc_noswz(sa + off, M8_CHUNK_B, 128),
+                                     wg_desc_noswz(skv + off, M8_CHUNK_B, 128), kk > 0);
+                wgmma_m64n64k32_e4m3(s, wg_desc_noswz(sa + M8_REGION + off, M8_CHUNK_B, 128),
+                                     wg_desc_noswz(skv + off, M8_CHUNK_B, 128), 1);
+            }
+            wg_commit();
+        };
+        auto softmax = [&](const mf_walk &w, int st) {
+            wg_fence_regs(s);
+            m8_softmax(s, w.len - w.tile * MW_TILE, scale2 * qsc[r0], scale2 * qsc[r1],
+                       (const float *) (sm + M8_OFF_ST(st) + M8_OFF_SC), t, m0, m1, l0, l1, pw, a0, a1);
+        };
+        auto pv_issue = [&](int i) {
+            if (i > 0) {
+                kimi_bar_sync(MT_BAR_PFREE, 256);   /* group 1 is done with P */
+            }
+            mw_store_p(sm + M8_OFF_P, alpha_s, pw, r0, r1, t, a0, a1);
+            kimi_bar_arrive(MT_BAR_P, 256);
+            mw_rescale_o(o, a0, a1);
+#pragma unroll
+            for (int ks = 0; ks < MW_TILE / 16; ks++) {
+                wgmma_m64n256k16_f16_rs<1>(o, pw[4 * ks], pw[4 * ks + 1], pw[4 * ks + 2], pw[4 * ks + 3],
+                                           wg_desc(sv + ks * 2048, MW_QB, 1024));
+            }
+            wg_commit();
+        };
+
+        mf_walk cur = w0;
+        s_issue(0, 0);
+        widen(0, cur);
+        wg_wait<0>();
+        softmax(cur, 0);
+        release(0);
+        int i = 0;
+        for (;;) {
+            mf_walk nxt = cur;
+            if (!mf_next(nxt, seq_len)) {
+                break;
+            }
+            const int st1 = (i + 1) % M8_STAGES;
+            pv_issue(i);
+            if (nxt.b != cur.b) {   /* a new sequence: its Q (S of cur is done) */
+                m8_load_q<128>(sm, q + (size_t) nxt.b * H * MLA_D, H, wt);
+                wg_fence_proxy();
+                kimi_bar_sync(MT_BAR_G0, 128);
+            }
+            s_issue(st1, ((i + 1) / M8_STAGES) & 1);   /* S of the next item behind P V */
+            wg_wait<1>();                              /* P V done: V free */
+            wg_fence_regs(o);
+            widen(st1, nxt);
+            wg_wait<0>();
+            if (nxt.b != cur.b) {
+                seg_out(cur.b);
+            }
+            softmax(nxt, st1);
+            release(st1);
+            cur = nxt;
+            i++;
+        }
+        pv_issue(i);
+        wg_wait<0>();
+        wg_fence_regs(o);
+        seg_out(cur.b);
+    } else {
+        mf_walk cur = w0;
+        for (int i = 0;; i++) {
+            const int st = i % M8_STAGES, par = (i / M8_STAGES) & 1;
+            kimi_mbar_wait(&full[st], par);
+            widen(st, cur);
+            release(st);
+            kimi_bar_sync(MT_BAR_P, 256);   /* P and alpha of this item stored */
+            mw_rescale_o(o, alpha_s[r0], alpha_s[r1]);
+#pragma unroll
+            for (int ks = 0; ks < MW_TILE / 16; ks++) {
+                wgmma_m64n256k16_f16<1>(o, wg_desc(sa + M8_OFF_P + ks * 32, 16, 1024),
+                                        wg_desc(sv + ks * 2048, MW_QB, 1024), 1);
+            }
+            wg_commit();
+            if (loader && ld.left > 0) {   /* ld is item i + 3: into this stage */
+                kimi_mbar_wait(&empty[st], par);
+                m8_load_tile(sm + M8_OFF_ST(st), ld.tile, bs, blk_ld, kv, kv_scale, &full[st]);
+                if (mf_next(ld, seq_len)) {
+                    blk_ld = mf_bt(block_table, bt_ld, ld)[ld.tile * MW_TILE / bs];
+                }
+            }
+            wg_wait<0>();
+            wg_fence_regs(o);
+            mf_walk nxt = cur;
+            const bool more = mf_next(nxt, seq_len);
+            if (more) {
+                kimi_bar_arrive(MT_BAR_PFREE, 256);
+            }
+            if (!more || nxt.b != cur.b) {
+                seg_out(cur.b);
+            }
+            if (!more) {
+                break;
+            }
+            cur = nxt;
+        }
+    }
+}
+
 /* o[b,h,:] = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s over sequence b's
  * partial slots b + k, k the runs of the flat schedule that hold its tiles
  * (found from the tile counts, as mf_start cut them; none: o = 0). */
@@ -906,7 +1302,7 @@ mla_tma_block_ok(int bs)
     return bs % MW_TILE == 0 || (MW_TILE % bs == 0 && bs % 8 == 0);
 }
 
-/* KIMI_MLA_V11=1: the bf16 cache on the cp.async kernel (A/B measurements). */
+/* KIMI_MLA_V11=1: either cache on the cp.async kernel (A/B measurements). */
 static int
 mla_v11_forced(void)
 {
@@ -960,6 +1356,12 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, MT_SMEM), err);
         KIMI_LAUNCH(err, mla_decode_tma_kernel, dim3(runs), MT_THREADS, MT_SMEM, s, map, q, H, B, bs,
                     block_table, bt_ld, seq_len, scale2, opart, mlpart);
+    } else if (kv_fp8 && bs % MW_TILE == 0 && ((uintptr_t) kv_scale & 15) == 0 && !mla_v11_forced()) {
+        KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_fp8_kernel,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, M8_SMEM), err);
+        KIMI_LAUNCH(err, mla_decode_fp8_kernel, dim3(runs), MT_THREADS, M8_SMEM, s, (const uint8_t *) kv, q,
+                    kv_scale, H, B,
+                    bs, block_table, bt_ld, seq_len, scale2, opart, mlpart);
     } else if (kv_fp8) {
         KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_wg_kernel<true>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, MW_SMEM), err);

@@ -44,6 +44,16 @@ wg_desc(uint32_t smem_addr, uint32_t lbo, uint32_t sbo)
            | (uint64_t) 1 << 62;                  /* 128-byte swizzle */
 }
 
+/* No swizzle: 8-row x 16-byte core matrices, each 128 contiguous bytes;
+ * K-major: LBO = the next core matrix along K, SBO = the next 8 rows. */
+static __device__ __forceinline__ uint64_t
+wg_desc_noswz(uint32_t smem_addr, uint32_t lbo, uint32_t sbo)
+{
+    return (uint64_t) ((smem_addr & 0x3ffff) >> 4)
+           | (uint64_t) ((lbo >> 4) & 0x3fff) << 16
+           | (uint64_t) ((sbo >> 4) & 0x3fff) << 32;
+}
+
 static __device__ __forceinline__ void wg_arrive(void)
 {
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -143,6 +153,24 @@ wgmma_m64n256k16_bf16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int acc
         : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TRANS_B));
 }
 
+/* The same on f16 (an e4m3 value widens to f16 exactly, in one instruction
+ * a pair). */
+template <int TRANS_B>
+static __device__ __forceinline__ void
+wgmma_m64n256k16_f16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int accumulate)
+{
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+        WG_D128_OPERANDS
+        "}, %128, %129, p, 1, 1, 0, %131;\n"
+        "}\n"
+        : WG_D128_OUTPUTS(d)
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TRANS_B));
+}
+
 /* The same with A from registers (a0..a3: the m16n8k16 A fragment of this
  * warp's 16 rows: (r, 2c..2c+1), (r+8, ..), (r, 2c+8..), (r+8, 2c+8..), r =
  * lane / 4, c = lane % 4, two bf16 a register): the layout of a D of N = 16
@@ -163,6 +191,43 @@ wgmma_m64n256k16_bf16_rs(float (&d)[128], uint32_t a0, uint32_t a1, uint32_t a2,
         "}\n"
         : WG_D128_OUTPUTS(d)
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "n"(TRANS_B));
+}
+
+template <int TRANS_B>
+static __device__ __forceinline__ void
+wgmma_m64n256k16_f16_rs(float (&d)[128], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                        uint64_t desc_b)
+{
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.eq.u32 p, 1, 1;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+        WG_D128_OPERANDS
+        "}, {%128, %129, %130, %131}, %132, p, 1, 1, %133;\n"
+        "}\n"
+        : WG_D128_OUTPUTS(d)
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "n"(TRANS_B));
+}
+
+/* D[64 x 64] (+)= A[64 x 32] B[32 x 64] on e4m3 (both K-major). */
+static __device__ __forceinline__ void
+wgmma_m64n64k32_e4m3(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int accumulate)
+{
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, %32, %33, p, 1, 1;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
 /* D[64 x N] (+)= A[64 x 32] B[32 x N] on e4m3, fp32 accumulators; A and B

@@ -618,11 +618,19 @@ run_bench(int argc, char **argv)
     fprintf(tab, "device %s, %d SMs, %.0f MB L2\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
     CK(cudaStreamCreate(&st));
     if (strcmp(what, "mlaone") == 0) {
-        /* one plain MLA decode call (B=64, 8K, bf16) for a profiler */
-        mla_ctx m = { .B = 64, .H = 64, .ctx = 8192, .fp8 = 0, .ntab = 1 };
+        /* one plain MLA decode call (B=64, 8K, bf16; KBENCH_FP8=1 the fp8
+         * cache) for a profiler */
+        const int fp8 = getenv("KBENCH_FP8") != NULL && strcmp(getenv("KBENCH_FP8"), "1") == 0;
+        mla_ctx m = { .B = 64, .H = 64, .ctx = 8192, .fp8 = fp8, .ntab = 1 };
         const int nb = m.ctx / 64;
-        m.kv = dalloc((size_t) m.B * m.ctx * 576 * 2);
-        KK(kimi_fill_bf16(m.kv, (size_t) m.B * m.ctx * 576, 31, -1.5f, 1.5f, st, ERR));
+        m.kv = dalloc((size_t) m.B * m.ctx * 576 * (fp8 ? 1 : 2));
+        if (fp8) {
+            m.kvs = dalloc((size_t) m.B * m.ctx * 4);
+            KK(kimi_fill_fp8(m.kv, (size_t) m.B * m.ctx * 576, 32, st, ERR));
+            KK(kimi_fill_f32(m.kvs, (size_t) m.B * m.ctx, 33, 0.01f, 0.02f, st, ERR));
+        } else {
+            KK(kimi_fill_bf16(m.kv, (size_t) m.B * m.ctx * 576, 31, -1.5f, 1.5f, st, ERR));
+        }
         int32_t *hbt = malloc((size_t) m.B * nb * 4), *hl = malloc(m.B * 4);
         for (int i = 0; i < m.B * nb; i++) hbt[i] = (int32_t) (((size_t) i * 2654435761u) % (m.B * nb));
         for (int b = 0; b < m.B; b++) hl[b] = m.ctx;

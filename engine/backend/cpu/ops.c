@@ -670,6 +670,28 @@ kimi_kv_row(const kimi_cpu_kv_view_t *kv, const uint32_t *block_table,
 }
 
 
+/*
+ * FP8 blocks are planar: [block][width / 16][block_size][16], 16-byte runs
+ * of every row per plane - the order of wgmma's unswizzled K-major core
+ * matrices, so the GPU copies a 64-row block into shared memory as one
+ * contiguous run and multiplies it where it lands.  The run of row `row`
+ * that starts at byte p0 (a multiple of 16), and its length (a last plane
+ * may be narrower).
+ */
+static uint8_t *
+kimi_kv_fp8_run(const kimi_cpu_kv_view_t *kv, size_t row, uint32_t p0,
+    uint32_t *len)
+{
+    uint32_t  w = kv->kv_lora_rank + kv->rope_dim;
+    size_t    blk = row / kv->block_size, r = row % kv->block_size;
+
+    *len = w - p0 < 16 ? w - p0 : 16;
+
+    return (uint8_t *) kv->data + blk * kv->block_size * w
+           + (size_t) p0 * kv->block_size + r * *len;
+}
+
+
 void
 kimi_kv_write(const kimi_cpu_kv_view_t *kv, const uint32_t *block_table,
     uint32_t pos, const float *c, const float *k_pe)
@@ -703,7 +725,8 @@ kimi_kv_write(const kimi_cpu_kv_view_t *kv, const uint32_t *block_table,
     }
 
     case KIMI_CPU_KV_FP8: {
-        uint8_t  *dst = (uint8_t *) kv->data + row * w;
+        uint8_t   *run;
+        uint32_t   len;
 
         for (uint32_t i = 0; i < kv->kv_lora_rank; i++) {
             amax = fabsf(c[i]) > amax ? fabsf(c[i]) : amax;
@@ -716,12 +739,16 @@ kimi_kv_write(const kimi_cpu_kv_view_t *kv, const uint32_t *block_table,
         s = amax / KIMI_FP8_MAX;
         kv->scales[row] = s;
 
-        for (uint32_t i = 0; i < kv->kv_lora_rank; i++) {
-            dst[i] = kimi_f32_to_fp8(c[i] / s);
-        }
+        for (uint32_t p0 = 0; p0 < w; p0 += 16) {
+            run = kimi_kv_fp8_run(kv, row, p0, &len);
 
-        for (uint32_t i = 0; i < kv->rope_dim; i++) {
-            dst[kv->kv_lora_rank + i] = kimi_f32_to_fp8(k_pe[i] / s);
+            for (uint32_t j = 0; j < len; j++) {
+                uint32_t  i = p0 + j;
+                float     v = i < kv->kv_lora_rank
+                              ? c[i] : k_pe[i - kv->kv_lora_rank];
+
+                run[j] = kimi_f32_to_fp8(v / s);
+            }
         }
 
         break;
@@ -755,13 +782,18 @@ kimi_kv_read(const kimi_cpu_kv_view_t *kv, const uint32_t *block_table,
     }
 
     case KIMI_CPU_KV_FP8: {
-        const uint8_t  *src = (const uint8_t *) kv->data + row * w;
+        const uint8_t  *run;
+        uint32_t        len;
         float           s = kv->scales[row];
 
         lut = kimi_fp8_table();
 
-        for (uint32_t i = 0; i < w; i++) {
-            out[i] = lut[src[i]] * s;
+        for (uint32_t p0 = 0; p0 < w; p0 += 16) {
+            run = kimi_kv_fp8_run(kv, row, p0, &len);
+
+            for (uint32_t j = 0; j < len; j++) {
+                out[p0 + j] = lut[run[j]] * s;
+            }
         }
 
         break;

@@ -159,7 +159,8 @@ typedef enum {
 } kimi_cpu_kv_dtype_e;
 
 typedef struct {
-    void                *data;         /* [n_blocks][block_size][width] */
+    void                *data;         /* [n_blocks][block_size][width];
+                                          FP8: [n_blocks][width / 16][block_size][16] */
     float               *scales;       /* FP8: [n_blocks][block_size] */
     kimi_cpu_kv_dtype_e  dtype;
     uint32_t             block_size;

@@ -414,7 +414,7 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
                          b->stream, err));
     KIMI_K(kimi_mla_kv_write_f32(b->ckv, L->kv_a_ln, c->rms_norm_eps,
                                  md + KIMI_M_SLOT * b->cap, (int) T, kv, ks,
-                                 b->kv_fp8, b->stream, err));
+                                 b->kv_fp8, (int) b->bs, b->stream, err));
     KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 0), err));
 
     /* q_lat[h] = W_UK_h^T q_nope_h, q_pe alongside: [T][H][R + P] */
