@@ -814,24 +814,27 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
     }
 }
 
-/* ---- fp8 cache: bulk copies, e4m3 S, f16 P V (sm_90a) ---------------------
+/* ---- fp8 cache: bulk copies, e4m3 S, V^T from registers (sm_90a) ----------
  *
  * The fp8 cache is half the bf16 bytes, so its kernel must do the bf16
- * one's MMAs in half the time.  Widening every tile to bf16 before both
- * products (mla_decode_wg_kernel<true>) put 576 conversions a token on the
- * critical path and left it slower than the bf16 cache.  Here:
+ * one's MMAs in half the time and keep as many bytes in flight.  Widening
+ * every tile to bf16 in shared memory before both products
+ * (mla_decode_wg_kernel<true>) left it slower than the bf16 cache.  Here:
  *
- *   S      = (Qhi + Qlo) K8^T on e4m3 wgmma straight from the copied
- *            tile: Q split once per sequence into two e4m3 terms with one
- *            scale per head (rows; hi alone rounds Q to 3 mantissa bits,
- *            ~3 % error on the output, hi + lo keeps bf16's precision), the
+ *   S      = (Qhi + Qlo) K8^T on e4m3 wgmma straight from the copied tile:
+ *            Q split once per sequence into two e4m3 terms with one scale
+ *            per head (rows; hi alone rounds Q to 3 mantissa bits, ~3 %
+ *            error on the output, hi + lo keeps bf16's precision), the
  *            token's scale on S's columns.
- *   P V    on f16: fp8 wgmma takes K-major operands only, and V's K is the
- *            token, so V is widened after all, but only its 512 dims, by
- *            the group that multiplies them (group g its dims 256g..), with
- *            the exact e4m3x2 -> f16x2 conversion, while the tensor cores run
- *            the other group's work.  P' = f16(p * token scale * M8_PF),
- *            l in the same units.
+ *   O^T   += V^T P^T on f16 with V^T from registers: fp8 wgmma takes
+ *            K-major operands only and V's K is the token, so each warp
+ *            reads its 16 dims of 32 tokens with one ldmatrix.trans (b16
+ *            pairs of dims), splits each pair's bytes by dim and widens
+ *            them to f16 (exact) right before its wgmma; accumulator row g
+ *            of a warp is dim 2g of its plane, row g + 8 dim 2g + 1.  P' =
+ *            f16(p * token scale * M8_PF) from shared memory as B; l in the
+ *            same units.  No widened copy of V: the shared memory goes to
+ *            stages (bytes in flight are what a decode kernel lives on).
  *
  * The cache is planar per block (kimi_kernels.h): [36][bs][16], 16 bytes of
  * every row per plane, which is wgmma's unswizzled K-major layout (8-row x
@@ -839,25 +842,24 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
  * 64-row block lands with one 36 KB bulk copy and S reads it in place (a
  * row-major cache as TMA boxes - 576-byte rows, 64- or 128-byte boxes - held
  * the loads alone to 54 % of copy); the 64 token scales by a second copy,
- * M8_STAGES deep (warp 4 loads a stage again once both groups released it:
- * group 0 after S and its widening, group 1 after its widening).  Group 0: S, the
- * softmax, P to shared memory for group 1 and to its own P V from
- * registers (RS), its V half; group 1: its V half and P V.  Same flat
+ * M8_STAGES deep (warp 4 loads a stage again once both groups' P V on it
+ * completed).  Group 0: S, the softmax, P (and each head's rescale) to
+ * shared memory, its 256 dims of P V; group 1: the other 256.  Rows of the
+ * last tile past the sequence are zeroed before P V reads them.  Same flat
  * schedule, partials and combine as the bf16 kernels.
  */
 
-#define M8_STAGES   2
-#define M8_CHUNK_B  (64 * 16)                 /* 16 dims of 64 tokens: 8 core matrices */
-#define M8_OFF_SC   (36 * M8_CHUNK_B)         /* [64] fp32: token (or Q: head) scales */
-#define M8_REGION   37888                     /* the above, 1024-aligned: Q or a stage */
-#define M8_OFF_ST(s) (M8_REGION * (2 + (s)))  /* after Q's hi and lo regions */
-#define M8_OFF_V    (M8_REGION * (2 + M8_STAGES))   /* f16 V: group g at + 4g blocks */
-#define M8_OFF_P    (M8_OFF_V + 8 * MW_QB)
-#define M8_OFF_A    (M8_OFF_P + MW_QB)
-#define M8_OFF_BAR  (M8_OFF_A + 64 * 4)       /* full[S], empty[S] */
-#define M8_SMEM     (M8_OFF_BAR + 2 * M8_STAGES * 8 + 1024)
-#define M8_BAR_G1   5
-#define M8_PF       256.f                     /* keeps P' in f16's normal range */
+#define M8_STAGES    4
+#define M8_CHUNK_B   (64 * 16)                /* 16 dims of 64 tokens: 8 core matrices */
+#define M8_OFF_SC    (36 * M8_CHUNK_B)        /* [64] fp32: token (or Q: head) scales */
+#define M8_REGION    (M8_OFF_SC + 64 * 4)     /* Q hi, Q lo or a stage */
+#define M8_OFF_P     0                        /* P' f16 [64 heads][64 tokens], 128-byte swizzle */
+#define M8_OFF_A     MW_QB                    /* [64] rescale per head */
+#define M8_OFF_BAR   (M8_OFF_A + 64 * 4)      /* full[S], empty[S] */
+#define M8_OFF_Q     (M8_OFF_BAR + 128)
+#define M8_OFF_ST(s) (M8_OFF_Q + M8_REGION * (2 + (s)))
+#define M8_SMEM      (M8_OFF_ST(M8_STAGES) + 1024)
+#define M8_PF        256.f                    /* keeps P' in f16's normal range */
 
 /* Q of one sequence (qb: [H][576] bf16) -> hi = e4m3(q / s) in region 0's
  * layout, lo = e4m3(q / s - hi) in region 1's, one scale s per head (amax /
@@ -935,32 +937,133 @@ m8_load_tile(uint8_t *st, int tile, int bs, int blk, const uint8_t *kv, const fl
     }
 }
 
-/* A group's 256 V dims of the tile in stage st (e4m3 planes 16g..16g+15) ->
- * f16 in its 4 [64 x 64] blocks at v; rows >= live zero (past the sequence
- * the block holds other rows, stale bytes or NaN). */
+/* The f16 A fragments of V^T for this warp's 16 rows (the 16 dims of plane
+ * pl: row g is dim 2g, row g + 8 dim 2g + 1) over tokens k0 .. k0 + 31:
+ * a[4e .. 4e + 3] is k16 step e.  ldmatrix.trans of 4 x 8 token rows as b16
+ * pairs of dims gives a lane (tokens 2c, 2c + 1) x (dims 2g, 2g + 1); the
+ * bytes are regrouped by dim and each e4m3 pair widened to f16x2. */
 static __device__ __forceinline__ void
-m8_widen(uint8_t *v, const uint8_t *st, int g, int live, int wt)
+m8_vt_frag(const uint8_t *pl, int k0, uint32_t *a)
 {
-    const uint8_t *src = st + 16 * g * M8_CHUNK_B;
-#pragma unroll 4
-    for (int i = 0; i < 8; i++) {
-        const int c = wt + 128 * i, ch = c >> 6, r = c & 63;   /* dims 16ch.. of row r */
-        uint4 x = make_uint4(0, 0, 0, 0);
-        if (r < live) {
-            x = *(const uint4 *) (src + ch * M8_CHUNK_B + r * 16);
-        }
-        const uint32_t w[4] = {x.x, x.y, x.z, x.w};
-        uint32_t o[8];
+    uint32_t r[4];
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(kimi_smem_addr(pl + (k0 + (threadIdx.x & 31)) * 16)));
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t) (w[j] & 0xffff), __NV_E4M3);
-            const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t) (w[j] >> 16), __NV_E4M3);
-            o[2 * j] = *(const uint32_t *) &lo;
-            o[2 * j + 1] = *(const uint32_t *) &hi;
+    for (int m = 0; m < 4; m++) {
+        const uint32_t x = __byte_perm(r[m], 0, 0x3120);   /* dim 2g's two tokens, then 2g + 1's */
+        const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t) (x & 0xffff), __NV_E4M3);
+        const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t) (x >> 16), __NV_E4M3);
+        a[2 * m] = *(const uint32_t *) &lo;
+        a[2 * m + 1] = *(const uint32_t *) &hi;
+    }
+}
+
+/* A group's O^T (4 x [64 dims x 64 heads]) times each head's rescale: this
+ * thread's columns are heads 8j + 2c and + 1. */
+static __device__ __forceinline__ void
+m8_rescale(float (&o)[128], const float *alpha_s, int t)
+{
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const float2 al = *(const float2 *) (alpha_s + 8 * j + 2 * t);
+#pragma unroll
+        for (int mt = 0; mt < 4; mt++) {
+            o[32 * mt + 4 * j] *= al.x;
+            o[32 * mt + 4 * j + 1] *= al.y;
+            o[32 * mt + 4 * j + 2] *= al.x;
+            o[32 * mt + 4 * j + 3] *= al.y;
         }
-        uint8_t *blk = v + (ch >> 2) * MW_QB;
-        *(uint4 *) (blk + wg_swz128(r, 16 * (ch & 3))) = make_uint4(o[0], o[1], o[2], o[3]);
-        *(uint4 *) (blk + wg_swz128(r, 16 * (ch & 3) + 8)) = make_uint4(o[4], o[5], o[6], o[7]);
+    }
+    wg_fence_regs(o);
+}
+
+/* A group's P V of the tile in stage st: planes 16g + 4mt + w (warp w of
+ * the group) for m-tile mt, P' from shared memory; 8 commit groups, the A
+ * fragments in two alternating sets so one widens while the tensor cores
+ * run the other. */
+template <int MT>
+static __device__ __forceinline__ void
+m8_pv_step(float (&o)[128], const uint8_t *st, uint32_t p_addr, int g, int w, int kp, uint32_t (&f)[8])
+{
+    m8_vt_frag(st + (16 * g + 4 * MT + w) * M8_CHUNK_B, 32 * kp, f);
+    wg_arrive();
+    float (&d)[32] = *reinterpret_cast<float (*)[32]>(&o[32 * MT]);
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        wgmma_m64n64k16_f16_rs(d, f[4 * e], f[4 * e + 1], f[4 * e + 2], f[4 * e + 3],
+                               wg_desc(p_addr + (2 * kp + e) * 32, 16, 1024));
+    }
+    wg_commit();
+}
+
+static __device__ __forceinline__ void
+m8_pv(float (&o)[128], const uint8_t *st, uint32_t p_addr, int g, int w)
+{
+    uint32_t a[2][8];
+#pragma unroll
+    for (int kp = 0; kp < 2; kp++) {
+        if (kp > 0) {
+            wg_wait<1>();
+        }
+        m8_pv_step<0>(o, st, p_addr, g, w, kp, a[0]);
+        if (kp > 0) {
+            wg_wait<1>();
+        }
+        m8_pv_step<1>(o, st, p_addr, g, w, kp, a[1]);
+        wg_wait<1>();
+        m8_pv_step<2>(o, st, p_addr, g, w, kp, a[0]);
+        wg_wait<1>();
+        m8_pv_step<3>(o, st, p_addr, g, w, kp, a[1]);
+    }
+}
+
+/* Rows live .. 63 of V (planes 0 .. 31) in stage st to zero: past the
+ * sequence a block holds other rows, stale bytes or NaN, and 0 * NaN is
+ * NaN.  Group 0 (128 threads); the next barrier publishes it. */
+static __device__ __forceinline__ void
+m8_zero_tail(uint8_t *st, int live, int wt)
+{
+    for (int c = wt; c < (MW_TILE - live) * 32; c += 128) {
+        *(uint4 *) (st + (c & 31) * M8_CHUNK_B + (live + (c >> 5)) * 16) = make_uint4(0, 0, 0, 0);
+    }
+    wg_fence_proxy();   /* before the next bulk copy into the stage */
+}
+
+/* A group's half of a segment's partial: O^T rows (dims) and columns
+ * (heads) to opart[base + head][dim], and from group 0 m and l per head (l
+ * summed over the row's four lanes first). */
+static __device__ __forceinline__ void
+m8_store_partial(float *opart, float *mlpart, size_t base, int H, int g, int w, int r0, int r1, int t,
+                 const float (&o)[128], float m0, float m1, float l0, float l1)
+{
+    const int d00 = 256 * g + 16 * w + 2 * ((threadIdx.x & 31) >> 2), h0 = 2 * t;
+#pragma unroll
+    for (int mt = 0; mt < 4; mt++) {
+        const int d0 = d00 + 64 * mt;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int h = 8 * j + h0;
+            const float *v = o + 32 * mt + 4 * j;
+            if (h < H) {
+                *(float2 *) (opart + (base + h) * MLA_DV + d0) = make_float2(v[0], v[2]);
+            }
+            if (h + 1 < H) {
+                *(float2 *) (opart + (base + h + 1) * MLA_DV + d0) = make_float2(v[1], v[3]);
+            }
+        }
+    }
+    if (g == 0) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        if (t == 0 && r0 < H) {
+            *(float2 *) (mlpart + (base + r0) * 2) = make_float2(m0, l0);
+        }
+        if (t == 0 && r1 < H) {
+            *(float2 *) (mlpart + (base + r1) * 2) = make_float2(m1, l1);
+        }
     }
 }
 
@@ -969,19 +1072,21 @@ m8_widen(uint8_t *v, const uint8_t *st, int g, int live, int wt)
  * token scale ks (0 past the sequence, where ks may be garbage); P' =
  * f16(p * ks * M8_PF) packed as the RS A fragment; l in the same units. */
 static __device__ __forceinline__ void
-m8_softmax(float (&s)[32], int live, float sc0, float sc1, const float *ks, int t,
+m8_softmax(const float (&acc)[32], int live, float sc0, float sc1, const float *ks, int t,
            float &m0, float &m1, float &l0, float &l1, uint32_t (&pw)[16], float &a0, float &a1)
 {
-    float kc[16];
+    float s[32];   /* a copy: the accumulator is not written outside wgmma (ptxas would serialize) */
+#pragma unroll
+    for (int i = 0; i < 32; i++) s[i] = acc[i];
 #pragma unroll
     for (int j = 0; j < 8; j++) {
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             const int c = 8 * j + 2 * t + e;
             const bool in = c < live;
-            kc[2 * j + e] = in ? ks[c] : 0.f;
-            s[4 * j + e] = in ? s[4 * j + e] * kc[2 * j + e] * sc0 : -INFINITY;
-            s[4 * j + 2 + e] = in ? s[4 * j + 2 + e] * kc[2 * j + e] * sc1 : -INFINITY;
+            const float kc = in ? ks[c] : 0.f;
+            s[4 * j + e] = in ? s[4 * j + e] * kc * sc0 : -INFINITY;
+            s[4 * j + 2 + e] = in ? s[4 * j + 2 + e] * kc * sc1 : -INFINITY;
         }
     }
     float mx0 = s[0], mx1 = s[2];
@@ -1006,7 +1111,8 @@ m8_softmax(float (&s)[32], int live, float sc0, float sc1, const float *ks, int 
         const float p10 = mw_ex2(s[4 * j + 2] - n1), p11 = mw_ex2(s[4 * j + 3] - n1);
         sum0 += p00 + p01;
         sum1 += p10 + p11;
-        const float k0 = kc[2 * j] * M8_PF, k1 = kc[2 * j + 1] * M8_PF;
+        const int c = 8 * j + 2 * t;   /* p is 0 past the sequence: ks read only inside */
+        const float k0 = c < live ? ks[c] * M8_PF : 0.f, k1 = c + 1 < live ? ks[c + 1] * M8_PF : 0.f;
         const __half2 q0 = __floats2half2_rn(p00 * k0, p01 * k1);
         const __half2 q1 = __floats2half2_rn(p10 * k0, p11 * k1);
         pw[2 * j] = *(const uint32_t *) &q0;
@@ -1017,7 +1123,8 @@ m8_softmax(float (&s)[32], int live, float sc0, float sc1, const float *ks, int 
 }
 
 static __global__ void __launch_bounds__(MT_THREADS, 1)
-mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict__ q, const float *__restrict__ kv_scale, int H, int B, int bs,
+mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict__ q,
+                      const float *__restrict__ kv_scale, int H, int B, int bs,
                       const int32_t *__restrict__ block_table, int bt_ld, const int32_t *__restrict__ seq_len,
                       float scale2, float *__restrict__ opart, float *__restrict__ mlpart)
 {
@@ -1025,8 +1132,9 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
     uint8_t *sm = m8_smem_raw + ((1024 - (kimi_smem_addr(m8_smem_raw) & 1023)) & 1023);
     uint64_t *full = (uint64_t *) (sm + M8_OFF_BAR), *empty = full + M8_STAGES;
     float *alpha_s = (float *) (sm + M8_OFF_A);
-    const float *qsc = (const float *) (sm + M8_OFF_SC);
-    const uint32_t sa = kimi_smem_addr(sm);
+    uint8_t *qreg = sm + M8_OFF_Q;
+    const float *qsc = (const float *) (qreg + M8_OFF_SC);
+    const uint32_t sq = kimi_smem_addr(qreg), sp = kimi_smem_addr(sm + M8_OFF_P);
 
     if (threadIdx.x == 0) {
         for (int i = 0; i < M8_STAGES; i++) {
@@ -1044,8 +1152,8 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
         return;
     }
 
-    /* warp 4 loads: the first three items now, each later one into the stage
-     * both groups have released */
+    /* warp 4 loads: the first M8_STAGES items now, each later one into the
+     * stage both groups have released */
     const bool loader = threadIdx.x >> 5 == 4;
     mf_walk ld = w0;
     int blk_ld = 0;
@@ -1061,13 +1169,11 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
         }
     }
 
-    const int mt = threadIdx.x, g = mt >> 7, wt = mt & 127;
+    const int mt = threadIdx.x, g = mt >> 7, wt = mt & 127, w = wt >> 5;
     const int lane = wt & 31, t = lane & 3;
-    const int r0 = (wt >> 5) * 16 + (lane >> 2), r1 = r0 + 8;   /* this thread's heads */
-    uint8_t *vbuf = sm + M8_OFF_V + 4 * g * MW_QB;
-    const uint32_t sv = kimi_smem_addr(vbuf);
+    const int r0 = w * 16 + (lane >> 2), r1 = r0 + 8;   /* group 0: this thread's heads in S */
 
-    m8_load_q<MT_THREADS>(sm, q + (size_t) w0.b * H * MLA_D, H, mt);
+    m8_load_q<MT_THREADS>(qreg, q + (size_t) w0.b * H * MLA_D, H, mt);
     wg_fence_proxy();
     __syncthreads();
 
@@ -1077,16 +1183,11 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;   /* group 0 only */
 
     auto seg_out = [&](int b) {
-        mw_store_partial(opart, mlpart, ((size_t) b + k) * H, H, g, r0, r1, t, o, m0, m1, l0, l1);
+        m8_store_partial(opart, mlpart, ((size_t) b + k) * H, H, g, w, r0, r1, t, o, m0, m1, l0, l1);
 #pragma unroll
         for (int i = 0; i < 128; i++) o[i] = 0.f;
         m0 = m1 = -INFINITY;
         l0 = l1 = 0.f;
-    };
-    auto widen = [&](int st, const mf_walk &w) {
-        m8_widen(vbuf, sm + M8_OFF_ST(st), g, w.len - w.tile * MW_TILE, wt);
-        wg_fence_proxy();
-        kimi_bar_sync(g == 0 ? MT_BAR_G0 : M8_BAR_G1, 128);
     };
     auto release = [&](int st) {
         if (lane == 0) {
@@ -1099,104 +1200,100 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
         uint32_t pw[16];
         float a0, a1;
 
+        /* S of the item in stage st: 18 k32 steps, each hi then lo */
         auto s_issue = [&](int st, int par) {
-            const uint32_t skv = sa + M8_OFF_ST(st);
+            const uint32_t skv = kimi_smem_addr(sm + M8_OFF_ST(st));
             kimi_mbar_wait(&full[st], par);
             wg_arrive();
 #pragma unroll
             for (int kk = 0; kk < MLA_D / 32; kk++) {   /* planes 2kk, 2kk + 1 */
                 const uint32_t off = kk * 2 * M8_CHUNK_B;
-                wgmma_m64n64k32_e4m3(s, wg_desc_noswz(sa + off, M8_CHUNK_B, 128),
+                wgmma_m64n64k32_e4m3(s, wg_desc_noswz(sq + off, M8_CHUNK_B, 128),
                                      wg_desc_noswz(skv + off, M8_CHUNK_B, 128), kk > 0);
-                wgmma_m64n64k32_e4m3(s, wg_desc_noswz(sa + M8_REGION + off, M8_CHUNK_B, 128),
+                wgmma_m64n64k32_e4m3(s, wg_desc_noswz(sq + M8_REGION + off, M8_CHUNK_B, 128),
                                      wg_desc_noswz(skv + off, M8_CHUNK_B, 128), 1);
             }
             wg_commit();
         };
-        auto softmax = [&](const mf_walk &w, int st) {
+        auto softmax = [&](const mf_walk &wk, int st) {
             wg_fence_regs(s);
-            m8_softmax(s, w.len - w.tile * MW_TILE, scale2 * qsc[r0], scale2 * qsc[r1],
+            const int live = wk.len - wk.tile * MW_TILE;
+            m8_softmax(s, live, scale2 * qsc[r0], scale2 * qsc[r1],
                        (const float *) (sm + M8_OFF_ST(st) + M8_OFF_SC), t, m0, m1, l0, l1, pw, a0, a1);
-        };
-        auto pv_issue = [&](int i) {
-            if (i > 0) {
-                kimi_bar_sync(MT_BAR_PFREE, 256);   /* group 1 is done with P */
+            if (live < MW_TILE) {
+                m8_zero_tail(sm + M8_OFF_ST(st), live, wt);
             }
-            mw_store_p(sm + M8_OFF_P, alpha_s, pw, r0, r1, t, a0, a1);
-            kimi_bar_arrive(MT_BAR_P, 256);
-            mw_rescale_o(o, a0, a1);
-#pragma unroll
-            for (int ks = 0; ks < MW_TILE / 16; ks++) {
-                wgmma_m64n256k16_f16_rs<1>(o, pw[4 * ks], pw[4 * ks + 1], pw[4 * ks + 2], pw[4 * ks + 3],
-                                           wg_desc(sv + ks * 2048, MW_QB, 1024));
-            }
-            wg_commit();
         };
 
+        /* per item i: S of i + 1 issued first, P' of i out, P V of i, the
+         * softmax of i + 1 while P V's last steps run */
         mf_walk cur = w0;
         s_issue(0, 0);
-        widen(0, cur);
         wg_wait<0>();
         softmax(cur, 0);
-        release(0);
-        int i = 0;
-        for (;;) {
+        for (int i = 0;; i++) {
+            const int st = i % M8_STAGES;
             mf_walk nxt = cur;
-            if (!mf_next(nxt, seq_len)) {
+            const bool more = mf_next(nxt, seq_len), seg_end = !more || nxt.b != cur.b;
+            if (more) {
+                if (nxt.b != cur.b) {   /* a new sequence: its Q (S of cur is done) */
+                    m8_load_q<128>(qreg, q + (size_t) nxt.b * H * MLA_D, H, wt);
+                    wg_fence_proxy();
+                    kimi_bar_sync(MT_BAR_G0, 128);
+                }
+                s_issue((i + 1) % M8_STAGES, ((i + 1) / M8_STAGES) & 1);
+            }
+            if (i > 0) {
+                kimi_bar_sync(MT_BAR_PFREE, 256);   /* group 1 is done with the last P' */
+            }
+            mw_store_p(sm + M8_OFF_P, alpha_s, pw, r0, r1, t, a0, a1);
+            kimi_bar_sync(MT_BAR_G0, 128);
+            kimi_bar_arrive(MT_BAR_P, 256);
+            m8_rescale(o, alpha_s, t);
+            m8_pv(o, sm + M8_OFF_ST(st), sp, 0, w);   /* its waits complete S of i + 1 too */
+            const float sm0 = m0, sm1 = m1, sl0 = l0, sl1 = l1;   /* the ending segment's */
+            if (more) {
+                if (seg_end) {
+                    m0 = m1 = -INFINITY;
+                    l0 = l1 = 0.f;
+                }
+                softmax(nxt, (i + 1) % M8_STAGES);
+            }
+            wg_wait<0>();
+            wg_fence_regs(o);
+            release(st);
+            if (seg_end) {
+                m8_store_partial(opart, mlpart, ((size_t) cur.b + k) * H, H, 0, w, r0, r1, t, o, sm0, sm1, sl0, sl1);
+#pragma unroll
+                for (int j = 0; j < 128; j++) o[j] = 0.f;
+            }
+            if (!more) {
                 break;
             }
-            const int st1 = (i + 1) % M8_STAGES;
-            pv_issue(i);
-            if (nxt.b != cur.b) {   /* a new sequence: its Q (S of cur is done) */
-                m8_load_q<128>(sm, q + (size_t) nxt.b * H * MLA_D, H, wt);
-                wg_fence_proxy();
-                kimi_bar_sync(MT_BAR_G0, 128);
-            }
-            s_issue(st1, ((i + 1) / M8_STAGES) & 1);   /* S of the next item behind P V */
-            wg_wait<1>();                              /* P V done: V free */
-            wg_fence_regs(o);
-            widen(st1, nxt);
-            wg_wait<0>();
-            if (nxt.b != cur.b) {
-                seg_out(cur.b);
-            }
-            softmax(nxt, st1);
-            release(st1);
             cur = nxt;
-            i++;
         }
-        pv_issue(i);
-        wg_wait<0>();
-        wg_fence_regs(o);
-        seg_out(cur.b);
     } else {
         mf_walk cur = w0;
         for (int i = 0;; i++) {
             const int st = i % M8_STAGES, par = (i / M8_STAGES) & 1;
             kimi_mbar_wait(&full[st], par);
-            widen(st, cur);
-            release(st);
-            kimi_bar_sync(MT_BAR_P, 256);   /* P and alpha of this item stored */
-            mw_rescale_o(o, alpha_s[r0], alpha_s[r1]);
-#pragma unroll
-            for (int ks = 0; ks < MW_TILE / 16; ks++) {
-                wgmma_m64n256k16_f16<1>(o, wg_desc(sa + M8_OFF_P + ks * 32, 16, 1024),
-                                        wg_desc(sv + ks * 2048, MW_QB, 1024), 1);
-            }
-            wg_commit();
-            if (loader && ld.left > 0) {   /* ld is item i + 3: into this stage */
-                kimi_mbar_wait(&empty[st], par);
-                m8_load_tile(sm + M8_OFF_ST(st), ld.tile, bs, blk_ld, kv, kv_scale, &full[st]);
-                if (mf_next(ld, seq_len)) {
-                    blk_ld = mf_bt(block_table, bt_ld, ld)[ld.tile * MW_TILE / bs];
-                }
-            }
+            kimi_bar_sync(MT_BAR_P, 256);   /* P' and the rescale of this item stored */
+            m8_rescale(o, alpha_s, t);
+            m8_pv(o, sm + M8_OFF_ST(st), sp, 1, w);
             wg_wait<0>();
             wg_fence_regs(o);
             mf_walk nxt = cur;
             const bool more = mf_next(nxt, seq_len);
             if (more) {
                 kimi_bar_arrive(MT_BAR_PFREE, 256);
+            }
+            release(st);
+            if (loader && ld.left > 0) {   /* ld is item i + M8_STAGES: into this stage */
+                kimi_mbar_wait(&empty[st], par);
+                m8_load_tile(sm + M8_OFF_ST(st), ld.tile, bs, blk_ld, kv, kv_scale, &full[st]);
+                if (mf_next(ld, seq_len)) {
+                    blk_ld = mf_bt(block_table, bt_ld, ld)[ld.tile * MW_TILE / bs];
+                }
             }
             if (!more || nxt.b != cur.b) {
                 seg_out(cur.b);
