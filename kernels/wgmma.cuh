@@ -153,24 +153,6 @@ wgmma_m64n256k16_bf16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int acc
         : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TRANS_B));
 }
 
-/* The same on f16 (an e4m3 value widens to f16 exactly, in one instruction
- * a pair). */
-template <int TRANS_B>
-static __device__ __forceinline__ void
-wgmma_m64n256k16_f16(float (&d)[128], uint64_t desc_a, uint64_t desc_b, int accumulate)
-{
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %130, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
-        WG_D128_OPERANDS
-        "}, %128, %129, p, 1, 1, 0, %131;\n"
-        "}\n"
-        : WG_D128_OUTPUTS(d)
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TRANS_B));
-}
-
 /* The same with A from registers (a0..a3: the m16n8k16 A fragment of this
  * warp's 16 rows: (r, 2c..2c+1), (r+8, ..), (r, 2c+8..), (r+8, 2c+8..), r =
  * lane / 4, c = lane % 4, two bf16 a register): the layout of a D of N = 16
@@ -193,25 +175,9 @@ wgmma_m64n256k16_bf16_rs(float (&d)[128], uint32_t a0, uint32_t a1, uint32_t a2,
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "n"(TRANS_B));
 }
 
-template <int TRANS_B>
-static __device__ __forceinline__ void
-wgmma_m64n256k16_f16_rs(float (&d)[128], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                        uint64_t desc_b)
-{
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.eq.u32 p, 1, 1;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
-        WG_D128_OPERANDS
-        "}, {%128, %129, %130, %131}, %132, p, 1, 1, %133;\n"
-        "}\n"
-        : WG_D128_OUTPUTS(d)
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc_b), "n"(TRANS_B));
-}
-
-/* D[64 x 64] += A[64 x 16] B[16 x 64] on f16, A from registers (the
- * fragment of wgmma_m64n256k16_bf16_rs), B K-major in shared memory. */
+/* D[64 x 64] += A[64 x 16] B[16 x 64] on f16 (an e4m3 value widens to f16
+ * exactly, one instruction a pair), A from registers (the fragment of
+ * wgmma_m64n256k16_bf16_rs), B K-major in shared memory. */
 static __device__ __forceinline__ void
 wgmma_m64n64k16_f16_rs(float (&d)[32], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint64_t desc_b)
 {
