@@ -5,7 +5,7 @@
  *   o[b,h,:]     = sum_p softmax_p(score[b,h,:]) * c_p            (512 wide)
  *
  * Layout:  q bf16 [B][H][576]; cache rows of 576 (c[512] | k_pe[64]),
- *          bf16 [blocks][bs][576] or e4m3 planar [blocks][9][bs][64] with
+ *          bf16 [blocks][bs][576] or e4m3 planar [blocks][36][bs][16] with
  *          fp32 kv_scale[blocks][bs]; token p of sequence b is row p % bs of block
  *          block_table[b*bt_ld + p/bs]; o bf16 [B][H][512].
  * Work:    a block streams 64-token tiles and serves all H (<= 64, padded

@@ -150,7 +150,7 @@ typedef struct {
     kimi_step_buf_t             tp_buf;
 
     /* KV cache */
-    void                       *kv;           /* [L][n_blocks][bs][576] */
+    void                       *kv;           /* [L][n_blocks][bs][576]; fp8: [L][n_blocks][36][bs][16] */
     float                      *kv_scale;     /* fp8: [L][n_blocks][bs] */
     int                         kv_fp8;
     uint32_t                    bs, n_blocks, max_bt;  /* max_bt = blocks/seq */
