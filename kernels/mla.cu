@@ -13,9 +13,10 @@
  *          partial (O, m, l) of each stretch of a sequence goes to ws and
  *          mla_combine_kernel merges them.  A bf16 cache whose blocks are
  *          whole swizzle atoms (8..64 tokens dividing 64, or multiples of
- *          64) takes the TMA kernel, an fp8 one on such blocks the fp8 TMA
- *          kernel (e4m3 S), other block sizes the cp.async one; all on a
- *          flat schedule: the batch's (sequence,
+ *          64) takes the TMA kernel; an fp8 one of 64-multiple blocks the
+ *          bulk-copy kernel (e4m3 S, V^T from registers) when the runs fill
+ *          every SM (enough tiles a run to pay its longer start); the rest
+ *          the cp.async one; all on a flat schedule: the batch's (sequence,
  *          tile) pairs cut into equal runs, one a block, a run crossing
  *          sequences where it must (mixed lengths keep every SM busy).
  * Cost:    bytes = sum_b ctx_b * 1152 (bf16) or 580 (fp8 + scale);
@@ -1446,7 +1447,11 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, MT_SMEM), err);
         KIMI_LAUNCH(err, mla_decode_tma_kernel, dim3(runs), MT_THREADS, MT_SMEM, s, map, q, H, B, bs,
                     block_table, bt_ld, seq_len, scale2, opart, mlpart);
-    } else if (kv_fp8 && bs % MW_TILE == 0 && ((uintptr_t) kv_scale & 15) == 0 && !mla_v11_forced()) {
+    } else if (kv_fp8 && bs % MW_TILE == 0 && ((uintptr_t) kv_scale & 15) == 0 && !mla_v11_forced()
+               && runs == n_sm) {
+        /* (runs == n_sm: the splits were bounded by the SMs, not by a short
+         * context; with ~2 tiles a run the cp.async kernel's shorter start
+         * wins: B=1 x 1K 17 vs 24 us, B=1 x 8K 28 vs 35) */
         KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_decode_fp8_kernel,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, M8_SMEM), err);
         KIMI_LAUNCH(err, mla_decode_fp8_kernel, dim3(runs), MT_THREADS, M8_SMEM, s, (const uint8_t *) kv, q,

@@ -871,8 +871,11 @@ test_moe(int T, int D, int I, int E_, int top_k, int skew)
     free(yy); free(hs); free(ref); free(got); free(gout);
 }
 
+/* all_sms: splits = every SM (the flat schedule's one run per SM), which
+ * is also what puts an fp8 cache of 64-multiple blocks on the bulk-copy
+ * kernel (short contexts on few sequences take the cp.async one). */
 static void
-test_mla(int B, const int *lens, int fp8, int H, int bs)
+test_mla_runs(int B, const int *lens, int fp8, int H, int bs, int all_sms)
 {
     const int W = 576;
     int maxb = 0, tot = 0;
@@ -913,7 +916,7 @@ test_mla(int B, const int *lens, int fp8, int H, int bs)
     rand_bf16(hq, (size_t) B * H * W, -1, 1);
     const float scale = 0.1308608f;
     int n_sm = 132;
-    int splits = kimi_mla_n_splits(B, 1024, n_sm);
+    int splits = all_sms ? n_sm : kimi_mla_n_splits(B, 1024, n_sm);
     void *dkv = dmalloc(rows * W * (fp8 ? 1 : 2));
     float *dks = dmalloc(rows * 4);
     up(dkv, kv.data, rows * W * (fp8 ? 1 : 2));
@@ -954,8 +957,9 @@ test_mla(int B, const int *lens, int fp8, int H, int bs)
     int o = 0;
     for (int b = 0; b < B && o < 100; b++) o += snprintf(desc + o, sizeof(desc) - o, "%s%d", b ? "," : "", lens[b]);
     ok(nf == 0 && e < 1e-2 && again,
-       "mla_decode %s B=%d H=%d bs=%d ctx {%s} splits %d: rel err %.2e (tol 1e-2, bf16 P and out), nonfinite %zu, second call %s",
-       fp8 ? "fp8" : "bf16", B, H, bs, desc, splits, e, nf, again ? "bit-equal" : "DIFFERS");
+       "mla_decode %s B=%d H=%d bs=%d ctx {%s} splits %d%s: rel err %.2e (tol 1e-2, bf16 P and out), nonfinite %zu, second call %s",
+       fp8 ? "fp8" : "bf16", B, H, bs, desc, splits, fp8 && all_sms && bs % 64 == 0 ? " (bulk-copy kernel)" : "",
+       e, nf, again ? "bit-equal" : "DIFFERS");
     cudaFree(dkv); cudaFree(dks); cudaFree(dbt); cudaFree(dlen); cudaFree(dq); cudaFree(dout); cudaFree(dws);
     free(perm); free(bt); free(kv.data); free(kv.scales); free(hq); free(gout); free(got); free(ref);
     free(ql); free(qp); free(scr);
@@ -1384,6 +1388,12 @@ test_errors(void)
     ok(rc == KIMI_EINVAL, "mla_decode with NULL buffers is KIMI_EINVAL: %s", err.msg);
 }
 
+static void
+test_mla(int B, const int *lens, int fp8, int H, int bs)
+{
+    test_mla_runs(B, lens, fp8, H, bs, 0);
+}
+
 /* Every MLA decode case (KCHECK_ONLY=mla runs these alone). */
 static void
 test_mla_decode_all(void)
@@ -1403,12 +1413,17 @@ test_mla_decode_all(void)
     test_mla(3, l1, 0, 32, 8);
     test_mla(3, l2, 0, 64, 128);
     test_mla(3, l1, 0, 64, 48);
-    /* fp8 (the cp.async kernel, widened in shared memory) at 8-, 48- and
-     * 128-token blocks */
+    /* fp8 at 8-, 48- and 128-token blocks; the bulk-copy kernel (e4m3 S,
+     * V^T from registers) on 64- and 128-token blocks */
     test_mla(3, l1, 1, 32, 8);
     test_mla(3, l2, 1, 64, 128);
     test_mla(3, l1, 1, 64, 48);
     test_mla(4, l3, 1, 64, 16);
+    test_mla_runs(3, l1, 1, 64, 64, 1);
+    test_mla_runs(3, l2, 1, 64, 64, 1);
+    test_mla_runs(4, l3, 1, 32, 64, 1);
+    test_mla_runs(3, l2, 1, 64, 128, 1);
+    test_mla_runs(4, l3, 1, 16, 64, 1);
     int l4[70];
     for (int b = 0; b < 70; b++) l4[b] = 1 + (int) (rnext() % 700);
     test_mla(70, l4, 0, 64, 64);   /* 70 sequences: one split each */
