@@ -21,7 +21,8 @@ plan(skip_all => 'no kernels/ (run from the repository root)') unless @files;
 
 my %pre_wait = map { $_ => 1 } qw(router_logits_kernel
                                   moe_route_kernel
-                                  mla_decode_tma_kernel);
+                                  mla_decode_tma_kernel
+                                  mla_decode_fp8_kernel);
 my $kernels = 0;
 
 for my $file (@files) {
