@@ -465,9 +465,14 @@ test_mla(void)
         kimi_cpu_kv_view_t  k8 = { c8, sc, KIMI_CPU_KV_FP8, BS, R, P, 8 };
         float  rd[R + P], eb = 0, e8 = 0;
 
+        /* every token written before any is read back: rows that
+         * overlapped would show */
         for (int s = 0; s < S; s++) {
             kimi_kv_write(&kb, table, s, &c[s * R], &kpe[s * P]);
             kimi_kv_write(&k8, table, s, &c[s * R], &kpe[s * P]);
+        }
+
+        for (int s = 0; s < S; s++) {
             kimi_kv_read(&kb, table, s, rd);
 
             for (int i = 0; i < R; i++) {
@@ -476,14 +481,51 @@ test_mla(void)
 
             kimi_kv_read(&k8, table, s, rd);
 
-            for (int i = 0; i < P; i++) {
-                e8 = fmaxf(e8, fabsf(rd[R + i] - kpe[s * P + i]));
+            for (int i = 0; i < R + P; i++) {
+                float  want = i < R ? c[s * R + i] : kpe[s * P + i - R];
+
+                e8 = fmaxf(e8, fabsf(rd[i] - want));
             }
         }
 
         ok(eb <= 1.0f / 256 && e8 <= 1.0f / 16,
            "bf16 / fp8 (per-token scale) latent cache round trip: %.4f / "
            "%.4f of |x| <= 1", eb, e8);
+    }
+
+    /* the fp8 block layout the GPU kernels read (kimi_kernels.h): 576
+     * bytes a row, planar [block][36][bs][16] */
+    {
+        enum { W = 576, B64 = 64 };
+        static uint8_t   d8[3 * B64 * W];
+        static float     s8[3 * B64];
+        kimi_cpu_kv_view_t  k8 = { d8, s8, KIMI_CPU_KV_FP8, B64, 512, 64, 3 };
+        uint32_t  tb[2] = { 2, 0 };              /* positions 0..63 in block 2 */
+        float     cc[512], pe[64];
+        int       bad = 0;
+
+        for (int i = 0; i < 512; i++) {
+            cc[i] = (float) ((i * 37) % 97 - 48) / 48.0f;
+        }
+
+        for (int i = 0; i < 64; i++) {
+            pe[i] = (float) ((i * 11) % 29 - 14) / 14.0f;
+        }
+
+        memset(d8, 0, sizeof(d8));
+        kimi_kv_write(&k8, tb, 5, cc, pe);       /* row 5 of block 2 */
+
+        for (int i = 0; i < W; i++) {
+            float    v = i < 512 ? cc[i] : pe[i - 512];
+            uint8_t  want = kimi_f32_to_fp8(v / s8[2 * B64 + 5]);
+            size_t   at = (size_t) 2 * B64 * W + (size_t) (i / 16) * B64 * 16
+                          + 5 * 16 + i % 16;
+
+            bad += d8[at] != want;
+        }
+
+        ok(bad == 0, "fp8 cache: byte i of row r of block b at b*bs*576 + "
+           "(i/16)*bs*16 + r*16 + i%%16 (%d misplaced)", bad);
     }
 }
 
