@@ -851,7 +851,9 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
  * schedule, partials and combine as the bf16 kernels.
  */
 
-#define M8_STAGES    4
+#ifndef M8_STAGES
+#define M8_STAGES    4                        /* -D for A/B: 3 fit too */
+#endif
 #define M8_CHUNK_B   (64 * 16)                /* 16 dims of 64 tokens: 8 core matrices */
 #define M8_OFF_SC    (36 * M8_CHUNK_B)        /* [64] fp32: token (or Q: head) scales */
 #define M8_REGION    (M8_OFF_SC + 64 * 4)     /* Q hi, Q lo or a stage */

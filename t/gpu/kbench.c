@@ -528,8 +528,9 @@ bench_mla(int n_sm)
         if (m.ntab > 16) m.ntab = 16;
         int32_t *hbt = malloc((size_t) m.ntab * need * 4);
         /* each table a disjoint random-ish set of blocks: stride permutation */
+        const int seq_blocks = getenv("KBENCH_MLA_SEQ") != NULL;   /* A/B: blocks in address order */
         for (size_t i = 0; i < (size_t) m.ntab * need; i++) {
-            hbt[i] = (int32_t) ((i * 2654435761u) % pool_blk);
+            hbt[i] = (int32_t) (seq_blocks ? i % pool_blk : (i * 2654435761u) % pool_blk);
         }
         m.bt = dalloc((size_t) m.ntab * need * 4);
         CK(cudaMemcpy(m.bt, hbt, (size_t) m.ntab * need * 4, cudaMemcpyHostToDevice));
