@@ -851,6 +851,51 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
  * schedule, partials and combine as the bf16 kernels.
  */
 
+/* -DKIMI_MLA_TRACE (a debug build, off in every product build): block 0
+ * of the bulk-copy kernel stamps clock64() at each link of the first
+ * MLA_TRACE_ITEMS items' chain, thread 0 for group 0 and thread 128 (the
+ * loader) for group 1, slot [item][event] (M8_EV_*); kbench's mlaone
+ * prints them (kimi_mla_trace_read).  What it answers: which link of land
+ * -> S -> softmax -> P' -> P V -> release is long. */
+enum {
+    M8_EV_FULL0,      /* group 0 saw the item land (before its S) */
+    M8_EV_S_ISSUED,   /* group 0 issued the item's S */
+    M8_EV_PFREE,      /* group 0 may overwrite P' (group 1 done with the item before) */
+    M8_EV_P_OUT,      /* group 0 published the item's P' */
+    M8_EV_PV0_ISSUED, /* group 0 issued its P V of the item */
+    M8_EV_SMX_NEXT,   /* group 0 finished the item's softmax (during the item before's P V) */
+    M8_EV_REL0,       /* group 0 released the item's stage */
+    M8_EV_FULL1 = 8,  /* group 1 saw the item land */
+    M8_EV_P_IN,       /* group 1 saw the item's P' */
+    M8_EV_PV1_DONE,   /* group 1's P V of the item completed (stage released) */
+    M8_EV_LOAD,       /* the loader issued the item's copy */
+    M8_EV_N = 16
+};
+#ifdef KIMI_MLA_TRACE
+#define MLA_TRACE_ITEMS 64
+__device__ long long mla_trace_buf[MLA_TRACE_ITEMS][M8_EV_N];
+#define M8_STAMP(item, ev)                                                                 \
+    do {                                                                                   \
+        if (blockIdx.x == 0 && (threadIdx.x & 127) == 0 && (item) < MLA_TRACE_ITEMS) {    \
+            mla_trace_buf[item][ev] = clock64();                                           \
+        }                                                                                  \
+    } while (0)
+
+extern "C" int
+kimi_mla_trace_read(long long *dst, int n_items)
+{
+    if (n_items > MLA_TRACE_ITEMS) {
+        n_items = MLA_TRACE_ITEMS;
+    }
+    if (cudaMemcpyFromSymbol(dst, mla_trace_buf, (size_t) n_items * M8_EV_N * sizeof(long long)) != cudaSuccess) {
+        return -1;
+    }
+    return n_items;
+}
+#else
+#define M8_STAMP(item, ev) do { } while (0)
+#endif
+
 #ifndef M8_STAGES
 #define M8_STAGES    4                        /* -D for A/B: 3 fit too */
 #endif
@@ -1158,6 +1203,7 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
         for (int st = 0; st < M8_STAGES && more; st++) {
             m8_load_tile(sm + M8_OFF_ST(st), ld.tile, bs, mf_bt(block_table, bt_ld, ld)[ld.tile * MW_TILE / bs], kv,
                          kv_scale, &full[st]);
+            M8_STAMP(st, M8_EV_LOAD);
             more = mf_next(ld, seq_len);
         }
         if (more) {   /* ld: the next item to load (left 0: none) */
@@ -1189,9 +1235,10 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
         float a0, a1;
 
         /* S of the item in stage st: 18 k32 steps, each hi then lo */
-        auto s_issue = [&](int st, int par) {
+        auto s_issue = [&](int item, int st, int par) {
             const uint32_t skv = kimi_smem_addr(sm + M8_OFF_ST(st));
             kimi_mbar_wait(&full[st], par);
+            M8_STAMP(item, M8_EV_FULL0);
             wg_arrive();
 #pragma unroll
             for (int kk = 0; kk < MLA_D / 32; kk++) {   /* planes 2kk, 2kk + 1 */
@@ -1202,6 +1249,7 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
                                      wg_desc_noswz(skv + off, M8_CHUNK_B, 128), 1);
             }
             wg_commit();
+            M8_STAMP(item, M8_EV_S_ISSUED);
         };
         auto softmax = [&](const mf_walk &wk, int st) {
             wg_fence_regs(s);
@@ -1216,7 +1264,7 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
         /* per item i: S of i + 1 issued first, P' of i out, P V of i, the
          * softmax of i + 1 while P V's last steps run */
         mf_walk cur = w0;
-        s_issue(0, 0);
+        s_issue(0, 0, 0);
         wg_wait<0>();
         softmax(cur, 0);
         for (int i = 0;; i++) {
@@ -1229,16 +1277,19 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
                     wg_fence_proxy();
                     kimi_bar_sync(MT_BAR_G0, 128);
                 }
-                s_issue((i + 1) % M8_STAGES, ((i + 1) / M8_STAGES) & 1);
+                s_issue(i + 1, (i + 1) % M8_STAGES, ((i + 1) / M8_STAGES) & 1);
             }
             if (i > 0) {
                 kimi_bar_sync(MT_BAR_PFREE, 256);   /* group 1 is done with the last P' */
             }
+            M8_STAMP(i, M8_EV_PFREE);
             mw_store_p(sm + M8_OFF_P, alpha_s, pw, r0, r1, t, a0, a1);
             kimi_bar_sync(MT_BAR_G0, 128);
             kimi_bar_arrive(MT_BAR_P, 256);
+            M8_STAMP(i, M8_EV_P_OUT);
             m8_rescale<M8_MT0>(o, alpha_s, t);
             m8_pv<M8_MT0>(o, sm + M8_OFF_ST(st), sp, 0, w);   /* its waits complete S of i + 1 too */
+            M8_STAMP(i, M8_EV_PV0_ISSUED);
             const float sm0 = m0, sm1 = m1, sl0 = l0, sl1 = l1;   /* the ending segment's */
             if (more) {
                 if (seg_end) {
@@ -1246,10 +1297,12 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
                     l0 = l1 = 0.f;
                 }
                 softmax(nxt, (i + 1) % M8_STAGES);
+                M8_STAMP(i + 1, M8_EV_SMX_NEXT);
             }
             wg_wait<0>();
             wg_fence_regs(o);
             release(st);
+            M8_STAMP(i, M8_EV_REL0);
             if (seg_end) {
                 m8_store_partial<M8_MT0>(opart, mlpart, ((size_t) cur.b + k) * H, H, 0, w, r0, r1, t, o, sm0, sm1,
                                          sl0, sl1);
@@ -1270,11 +1323,14 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
         for (int i = 0;; i++) {
             const int st = i % M8_STAGES, par = (i / M8_STAGES) & 1;
             kimi_mbar_wait(&full[st], par);
+            M8_STAMP(i, M8_EV_FULL1);
             kimi_bar_sync(MT_BAR_P, 256);   /* P' and the rescale of this item stored */
+            M8_STAMP(i, M8_EV_P_IN);
             m8_rescale<NMT>(o, alpha_s, t);
             m8_pv<NMT>(o, sm + M8_OFF_ST(st), sp, 4 * M8_MT0, w);
             wg_wait<0>();
             wg_fence_regs(o);
+            M8_STAMP(i, M8_EV_PV1_DONE);
             mf_walk nxt = cur;
             const bool more = mf_next(nxt, seq_len);
             if (more) {
@@ -1284,6 +1340,7 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
             if (loader && ld.left > 0) {   /* ld is item i + M8_STAGES: into this stage */
                 kimi_mbar_wait(&empty[st], par);
                 m8_load_tile(sm + M8_OFF_ST(st), ld.tile, bs, blk_ld, kv, kv_scale, &full[st]);
+                M8_STAMP(i + M8_STAGES, M8_EV_LOAD);
                 if (mf_next(ld, seq_len)) {
                     blk_ld = mf_bt(block_table, bt_ld, ld)[ld.tile * MW_TILE / bs];
                 }

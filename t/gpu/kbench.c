@@ -579,6 +579,44 @@ pf_fn(void *c, int r)
     KK(kimi_mla_prefill(p->q, p->k, p->v, p->T, p->T, 0, p->H, 0.1308608f, p->o, st, ERR));
 }
 
+#ifdef KIMI_MLA_TRACE
+/* A debug build's item chain of the fp8 bulk-copy kernel (mla.cu,
+ * M8_EV_*): block 0's clock stamps, averaged over the items of a steady
+ * stretch, relative to group 1 seeing the item land. */
+int kimi_mla_trace_read(long long *dst, int n_items);
+
+static void
+mla_trace_print(mla_ctx *m)
+{
+    static const char *const ev[16] = {
+        "g0 saw it land", "g0 issued its S", "g0 may write P'", "g0 published P'", "g0 issued its P V",
+        "g0 finished its softmax", "g0 released it", "", "g1 saw it land", "g1 saw its P'",
+        "g1 P V done, released", "its copy issued", "", "", "", "" };
+    long long t[64][16];
+    mla_fn(m, 0);   /* again: the first call paid the module load */
+    CK(cudaStreamSynchronize(st));
+    const int n = kimi_mla_trace_read(&t[0][0], 64);
+    if (n < 24) {
+        printf("mla trace: %d items read\n", n);
+        return;
+    }
+    const int i0 = 8, i1 = n - 8;
+    double period = (double) (t[i1][8] - t[i0][8]) / (i1 - i0);
+    printf("mla trace (fp8 bulk-copy kernel, block 0, items %d..%d): an item every %.0f cycles\n", i0, i1 - 1,
+           period);
+    for (int e = 0; e < 12; e++) {
+        if (ev[e][0] == 0) {
+            continue;
+        }
+        double sum = 0;
+        for (int i = i0; i < i1; i++) {
+            sum += (double) (t[i][e] - t[i][8]);
+        }
+        printf("  %-26s %+8.0f cycles from g1 seeing the item land\n", ev[e], sum / (i1 - i0));
+    }
+}
+#endif
+
 static void
 bench_mla_prefill(void)
 {
@@ -647,6 +685,9 @@ run_bench(int argc, char **argv)
         mla_fn(&m, 0);
         CK(cudaStreamSynchronize(st));
         printf("mlaone done (splits %d)\n", m.splits);
+#ifdef KIMI_MLA_TRACE
+        mla_trace_print(&m);
+#endif
         fclose(tab);
         return 0;
     }
