@@ -1032,20 +1032,24 @@ m8_rescale(float (&o)[NMT * 32], const float *alpha_s, int t)
 /* A group's P V of the tile in stage st over NMT m-tiles of 64 dims:
  * plane plane0 + 4mt + w (warp w of the group) for m-tile mt, P' from
  * shared memory; a commit group per m-tile and 32 tokens, the A fragments
- * in two alternating sets so one widens while the tensor cores run the
- * other. */
+ * in M8_VT_SETS rotating sets so the next ones widen while the tensor
+ * cores run the earlier (-DM8_VT_SETS=3: one more in flight, 8 more
+ * registers; not measured yet). */
+#ifndef M8_VT_SETS
+#define M8_VT_SETS 2
+#endif
 template <int NMT>
 static __device__ __forceinline__ void
 m8_pv(float (&o)[NMT * 32], const uint8_t *st, uint32_t p_addr, int plane0, int w)
 {
-    uint32_t a[2][8];
+    uint32_t a[M8_VT_SETS][8];
 #pragma unroll
     for (int n = 0; n < 2 * NMT; n++) {
         const int kp = n / NMT, mt = n % NMT;
-        if (n >= 2) {
-            wg_wait<1>();   /* the set n - 2 used is free */
+        if (n >= M8_VT_SETS) {
+            wg_wait<M8_VT_SETS - 1>();   /* the set n - M8_VT_SETS used is free */
         }
-        uint32_t (&f)[8] = a[n & 1];
+        uint32_t (&f)[8] = a[n % M8_VT_SETS];
         m8_vt_frag(st + (plane0 + 4 * mt + w) * M8_CHUNK_B, 32 * kp, f);
         wg_arrive();
         float (&d)[32] = *reinterpret_cast<float (*)[32]>(&o[32 * mt]);
