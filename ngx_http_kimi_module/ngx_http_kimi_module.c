@@ -41,14 +41,17 @@ typedef struct {
 
 static ngx_int_t ngx_http_kimi_handler(ngx_http_request_t *r);
 static ngx_http_kimi_route_e ngx_http_kimi_route_find(ngx_str_t *uri,
-    ngx_uint_t *method);
+    ngx_uint_t *method, ngx_str_t *model);
 static ngx_http_kimi_route_e ngx_http_kimi_route(ngx_http_request_t *r,
-    ngx_uint_t *method);
+    ngx_uint_t *method, ngx_str_t *model);
 static void ngx_http_kimi_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_kimi_request_id(ngx_http_kimi_ctx_t *ctx);
 static ngx_int_t ngx_http_kimi_read_body(ngx_http_request_t *r,
     ngx_str_t *body);
-static ngx_int_t ngx_http_kimi_models(ngx_http_request_t *r);
+static ngx_int_t ngx_http_kimi_models(ngx_http_request_t *r,
+    ngx_str_t *model);
+static ngx_int_t ngx_http_kimi_model_not_found(ngx_http_request_t *r,
+    ngx_str_t *model);
 static ngx_int_t ngx_http_kimi_health(ngx_http_request_t *r);
 static ngx_int_t ngx_http_kimi_served_name(ngx_http_kimi_ctx_t *ctx,
     ngx_http_kimi_attach_t *a, ngx_str_t *name);
@@ -202,13 +205,14 @@ static ngx_int_t
 ngx_http_kimi_handler(ngx_http_request_t *r)
 {
     ngx_int_t                  rc;
+    ngx_str_t                  model;
     ngx_uint_t                 method;
     ngx_table_elt_t           *h;
     ngx_http_cleanup_t        *cln;
     ngx_http_kimi_ctx_t       *ctx;
     ngx_http_kimi_route_e      route;
 
-    route = ngx_http_kimi_route(r, &method);
+    route = ngx_http_kimi_route(r, &method, &model);
 
     if (route == NGX_HTTP_KIMI_ROUTE_NONE) {
         if (ngx_http_discard_request_body(r) != NGX_OK) {
@@ -301,7 +305,7 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
         }
 
         return (route == NGX_HTTP_KIMI_ROUTE_MODELS)
-               ? ngx_http_kimi_models(r) : ngx_http_kimi_health(r);
+               ? ngx_http_kimi_models(r, &model) : ngx_http_kimi_health(r);
 
     default:
         break;
@@ -320,8 +324,11 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
 }
 
 
+/* The route of r's URI; model: the id of GET /v1/models/{model} (the rest
+ * of the URI, slashes and all: "moonshotai/Kimi-K2-Instruct"), else empty */
 static ngx_http_kimi_route_e
-ngx_http_kimi_route(ngx_http_request_t *r, ngx_uint_t *method)
+ngx_http_kimi_route(ngx_http_request_t *r, ngx_uint_t *method,
+    ngx_str_t *model)
 {
     ngx_str_t                  uri;
     ngx_http_kimi_route_e      route;
@@ -331,7 +338,7 @@ ngx_http_kimi_route(ngx_http_request_t *r, ngx_uint_t *method)
 
     /* the URI as it is first: "location = /health", "location /v1/" and
      * "location /" all serve the API paths under their own names */
-    route = ngx_http_kimi_route_find(&uri, method);
+    route = ngx_http_kimi_route_find(&uri, method, model);
     if (route != NGX_HTTP_KIMI_ROUTE_NONE) {
         return route;
     }
@@ -352,7 +359,7 @@ ngx_http_kimi_route(ngx_http_request_t *r, ngx_uint_t *method)
         uri.data += clcf->name.len - 1;
         uri.len -= clcf->name.len - 1;
 
-        return ngx_http_kimi_route_find(&uri, method);
+        return ngx_http_kimi_route_find(&uri, method, model);
     }
 
     return NGX_HTTP_KIMI_ROUTE_NONE;
@@ -360,9 +367,13 @@ ngx_http_kimi_route(ngx_http_request_t *r, ngx_uint_t *method)
 
 
 static ngx_http_kimi_route_e
-ngx_http_kimi_route_find(ngx_str_t *uri, ngx_uint_t *method)
+ngx_http_kimi_route_find(ngx_str_t *uri, ngx_uint_t *method,
+    ngx_str_t *model)
 {
     ngx_http_kimi_route_t  *rt;
+    static ngx_str_t        one = ngx_string("/v1/models/");
+
+    ngx_str_null(model);
 
     for (rt = ngx_http_kimi_routes; rt->suffix.len; rt++) {
         if (uri->len == rt->suffix.len
@@ -371,6 +382,15 @@ ngx_http_kimi_route_find(ngx_str_t *uri, ngx_uint_t *method)
             *method = rt->method;
             return rt->route;
         }
+    }
+
+    if (uri->len > one.len
+        && ngx_strncmp(uri->data, one.data, one.len) == 0)
+    {
+        model->data = uri->data + one.len;
+        model->len = uri->len - one.len;
+        *method = NGX_HTTP_GET;
+        return NGX_HTTP_KIMI_ROUTE_MODELS;
     }
 
     return NGX_HTTP_KIMI_ROUTE_NONE;
@@ -459,21 +479,8 @@ ngx_http_kimi_body_handler(ngx_http_request_t *r)
         && (ctx->params.model.len != name.len
             || ngx_strncmp(ctx->params.model.data, name.data, name.len) != 0))
     {
-        error.data = ngx_pnalloc(r->pool, ctx->params.model.len + 64);
-        if (error.data == NULL) {
-            ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
-            return;
-        }
-
-        error.len = ngx_sprintf(error.data, "The model `%V` does not exist.",
-                                &ctx->params.model)
-                    - error.data;
-
         ngx_http_kimi_finalize(ctx,
-            ngx_http_kimi_send_error(r, NGX_HTTP_NOT_FOUND,
-                                     "invalid_request_error",
-                                     (char *) error.data, error.len, "model",
-                                     "model_not_found"));
+            ngx_http_kimi_model_not_found(r, &ctx->params.model));
         return;
     }
 
@@ -611,8 +618,32 @@ ngx_http_kimi_read_body(ngx_http_request_t *r, ngx_str_t *body)
 }
 
 
+/* OpenAI's 404 for a model this server does not serve */
 static ngx_int_t
-ngx_http_kimi_models(ngx_http_request_t *r)
+ngx_http_kimi_model_not_found(ngx_http_request_t *r, ngx_str_t *model)
+{
+    ngx_str_t  error;
+
+    error.data = ngx_pnalloc(r->pool, model->len + 64);
+    if (error.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    error.len = ngx_sprintf(error.data, "The model `%V` does not exist.",
+                            model)
+                - error.data;
+
+    return ngx_http_kimi_send_error(r, NGX_HTTP_NOT_FOUND,
+                                    "invalid_request_error",
+                                    (char *) error.data, error.len, "model",
+                                    "model_not_found");
+}
+
+
+/* GET /v1/models: the list of the one served model; GET /v1/models/{model}
+ * (model not empty): its card, or the chat route's 404 for another name */
+static ngx_int_t
+ngx_http_kimi_models(ngx_http_request_t *r, ngx_str_t *model)
 {
     json_t                  *root, *data, *card;
     ngx_int_t                rc;
@@ -655,6 +686,19 @@ ngx_http_kimi_models(ngx_http_request_t *r)
     }
 
     json_object_set_new(card, "parent", json_null());
+
+    if (model->len) {
+        if (model->len == name.len
+            && ngx_strncmp(model->data, name.data, name.len) == 0)
+        {
+            rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, card);
+            json_decref(card);
+            return rc;
+        }
+
+        json_decref(card);
+        return ngx_http_kimi_model_not_found(r, model);
+    }
 
     data = json_array();
     root = json_object();

@@ -3,7 +3,8 @@
 # kimi_pass serves the API paths whatever location holds it: an exact
 # "location = /health", a prefix named after the API ("location /v1/"),
 # and a mount point ("location /kimi/" serves /kimi/v1/models); anything
-# else under such a location is an OpenAI-style 404.
+# else under such a location is an OpenAI-style 404.  GET /v1/models/{model}
+# retrieves the served model's card.
 
 use strict;
 use warnings;
@@ -28,6 +29,23 @@ is($t->post('/v1/chat/completions', chat_body(max_tokens => 2))->{status},
 is($t->get('/kimi/v1/models')->{json}{object}, 'list',
     'location /kimi/ serves /kimi/v1/models');
 is($t->get('/kimi/health')->{status}, 200, 'and /kimi/health');
+
+# GET /v1/models/{model}: the served model's card, OpenAI's 404 for any other
+my $name = $t->get('/v1/models')->{json}{data}[0]{id};
+my $one = $t->get("/v1/models/$name");
+is($one->{status}, 200, 'GET /v1/models/{model} for the served model');
+is($one->{json}{object}, 'model', 'is one model card');
+is($one->{json}{id}, $name, 'with its id');
+is($t->get("/kimi/v1/models/$name")->{json}{id}, $name,
+    'under the mount point too');
+my $other = $t->get('/v1/models/moonshotai/Other-Model');
+is($other->{status}, 404, 'another model name is a 404');
+is($other->{json}{error}{code}, 'model_not_found', 'model_not_found');
+like($other->{json}{error}{message}, qr{`moonshotai/Other-Model`},
+    'naming the model asked for, slashes and all');
+is($t->post("/v1/models/$name", '{}')->{status}, 405,
+    'POST /v1/models/{model} is a 405');
+is($t->get('/v1/models/')->{status}, 404, 'an empty model name is a 404');
 
 my $r = $t->get('/v1/nothing');
 is($r->{status}, 404, 'an unknown path under /v1/ is a 404');
