@@ -1217,7 +1217,7 @@ ngx_http_kimi_engine_process(ngx_http_kimi_ctx_t *ctx)
     case KIMI_FINISH_CANCELLED:
         ngx_http_kimi_engine_error(ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
                                    "The engine aborted the request "
-                                   "(shutting down)", 45);
+                                   "(shutting down)", 46);
         return;
 
     default:

@@ -500,7 +500,7 @@ ngx_http_kimi_body_handler(ngx_http_request_t *r)
             ngx_http_kimi_send_error(r, NGX_HTTP_TOO_MANY_REQUESTS,
                                      "rate_limit_error",
                                      "Too many requests are waiting for "
-                                     "the engine; retry later", 51, NULL,
+                                     "the engine; retry later", 57, NULL,
                                      NULL));
         return;
     }

@@ -393,7 +393,7 @@ ngx_http_kimi_text_start(ngx_http_kimi_ctx_t *ctx)
                            ngx_http_kimi_send_error(r, NGX_HTTP_BAD_REQUEST,
                                                     "invalid_request_error",
                                                     "prompt token id is out "
-                                                    "of the vocabulary", 41,
+                                                    "of the vocabulary", 40,
                                                     "prompt", NULL));
             }
 
@@ -837,7 +837,7 @@ ngx_http_kimi_detokenize_handler(ngx_http_kimi_ctx_t *ctx)
             return ngx_http_kimi_send_error(r, NGX_HTTP_BAD_REQUEST,
                                             "invalid_request_error",
                                             "token id is out of the "
-                                            "vocabulary", 34, "tokens", NULL);
+                                            "vocabulary", 33, "tokens", NULL);
         }
 
         ids[i] = (int32_t) json_integer_value(id);
