@@ -167,6 +167,8 @@ typedef struct {
     unsigned                     continue_final:1;     /* vLLM's
                                                           continue_final_
                                                           message */
+    unsigned                     token_strs:1;     /* /tokenize's
+                                                      return_token_strs */
 } ngx_http_kimi_params_t;
 
 

@@ -57,6 +57,7 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
     u_char                *err;
     json_t                *root;
     ngx_int_t              rc;
+    ngx_uint_t             flag;
     const char            *p;
     json_error_t           jerr;
     ngx_http_request_t    *r;
@@ -121,6 +122,12 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
 
         } else {
             rc = ngx_http_kimi_parse_prompt(ctx, root, err, &p);
+        }
+
+        if (rc == NGX_OK) {
+            p = "return_token_strs";
+            rc = ngx_http_kimi_get_bool(root, "return_token_strs", &flag, err);
+            ctx->params.token_strs = flag;
         }
         break;
 

@@ -94,6 +94,7 @@ static ngx_int_t ngx_http_kimi_text_apply(ngx_http_kimi_ctx_t *ctx,
 static ngx_int_t ngx_http_kimi_text_answered(ngx_http_kimi_ctx_t *ctx,
     ngx_int_t rc);
 static ngx_int_t ngx_http_kimi_tokenize_respond(ngx_http_kimi_ctx_t *ctx);
+static json_t *ngx_http_kimi_token_strs(const int32_t *ids, size_t n);
 
 
 ngx_int_t
@@ -760,11 +761,76 @@ ngx_http_kimi_tokenize_handler(ngx_http_kimi_ctx_t *ctx)
 }
 
 
+/* Each token as Hugging Face's convert_ids_to_tokens writes it for Kimi's
+ * tokenizer (vLLM's return_token_strs): the token's bytes through GPT-2's
+ * bytes_to_unicode, printable Latin-1 as itself and every other byte as
+ * U+0100 + its rank among those (a space is "\u0120", a newline
+ * "\u010a"); special tokens are their names, which map to themselves. */
+static json_t *
+ngx_http_kimi_token_strs(const int32_t *ids, size_t n)
+{
+    u_char                *p, *buf;
+    size_t                 i, j, len;
+    json_t                *strs;
+    uint32_t               cp;
+    const char            *b;
+    ngx_str_t              why;
+    ngx_http_kimi_text_t  *t;
+    static uint16_t        map[256];
+
+    if (map[0] == 0) {                    /* bytes_to_unicode, once */
+        for (i = 0, j = 0; i < 256; i++) {
+            map[i] = ((i >= '!' && i <= '~') || (i >= 0xa1 && i <= 0xac)
+                      || i >= 0xae)
+                     ? (uint16_t) i : (uint16_t) (256 + j++);
+        }
+    }
+
+    t = ngx_http_kimi_text_get(&why);
+    strs = json_array();
+
+    if (t == NULL || strs == NULL) {
+        json_decref(strs);
+        return NULL;
+    }
+
+    for (i = 0; i < n; i++) {
+        b = kimi_token_bytes(t->tok, ids[i], &len);
+        if (b == NULL) {
+            json_decref(strs);
+            return NULL;
+        }
+
+        buf = ngx_alloc(2 * len + 1, ngx_cycle->log);
+        if (buf == NULL) {
+            json_decref(strs);
+            return NULL;
+        }
+
+        for (p = buf, j = 0; j < len; j++) {     /* every map value < 0x800 */
+            cp = map[(u_char) b[j]];
+            if (cp < 0x80) {
+                *p++ = (u_char) cp;
+
+            } else {
+                *p++ = (u_char) (0xc0 | (cp >> 6));
+                *p++ = (u_char) (0x80 | (cp & 0x3f));
+            }
+        }
+
+        json_array_append_new(strs, json_stringn((char *) buf, p - buf));
+        ngx_free(buf);
+    }
+
+    return strs;
+}
+
+
 static ngx_int_t
 ngx_http_kimi_tokenize_respond(ngx_http_kimi_ctx_t *ctx)
 {
     size_t                   i;
-    json_t                  *root, *ids;
+    json_t                  *root, *ids, *strs;
     ngx_int_t                rc;
     kimi_shm_header_t       *hdr;
 
@@ -791,7 +857,16 @@ ngx_http_kimi_tokenize_respond(ngx_http_kimi_ctx_t *ctx)
     }
 
     json_object_set_new(root, "tokens", ids);
-    json_object_set_new(root, "token_strs", json_null());
+
+    strs = ctx->params.token_strs
+           ? ngx_http_kimi_token_strs(ctx->prompt, ctx->n_prompt)
+           : json_null();
+    if (strs == NULL) {
+        json_decref(root);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json_object_set_new(root, "token_strs", strs);
 
     rc = ngx_http_kimi_send_json(ctx->request, NGX_HTTP_OK, root);
     json_decref(root);

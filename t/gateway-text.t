@@ -172,6 +172,37 @@ is($r->{json}{usage}{prompt_tokens}, 2 * $longc + $short,
     'usage prompt_tokens counts every prompt');
 
 # ---- NUL characters -----------------------------------------------------------------
+# return_token_strs: each token as Hugging Face's convert_ids_to_tokens
+# writes it for Kimi's tokenizer, its bytes through GPT-2's bytes_to_unicode
+# (computed here from the table's definition, not from the module)
+{
+    my @printable = (ord('!') .. ord('~'), 0xa1 .. 0xac, 0xae .. 0xff);
+    my %map = map { $_ => chr($_) } @printable;
+    my $j = 0;
+    for my $b (0 .. 255) {
+        $map{$b} = chr(256 + $j++) unless exists $map{$b};
+    }
+    my $text = "Hello world\n你好 a\x{a0}b <|im_end|>";
+    my $plain = $t->post('/tokenize', { prompt => $text });
+    $r = $t->post('/tokenize', { prompt => $text, return_token_strs => JSON::PP::true });
+    is($r->{status}, 200, 'return_token_strs');
+    is_deeply($r->{json}{tokens}, $plain->{json}{tokens}, 'the same tokens');
+    my @want = map {
+        my $bytes = $t->post('/detokenize', { tokens => [ $_ ] })->{json}{prompt};
+        utf8::encode($bytes);
+        join('', map { $map{ord $_} } split(//, $bytes));
+    } @{ $plain->{json}{tokens} };
+    is_deeply($r->{json}{token_strs}, \@want,
+        'token_strs: every token\'s bytes through bytes_to_unicode');
+    ok((grep { $_ eq "\x{120}world" } @{ $r->{json}{token_strs} }),
+        'a leading space is U+0120, as in GPT-2 style vocabularies');
+    ok((grep { $_ eq '<|im_end|>' } @{ $r->{json}{token_strs} }),
+        'a special token is its name');
+    is($plain->{json}{token_strs}, undef, 'null unless asked for');
+    $r = $t->post('/tokenize', { prompt => 'x', return_token_strs => 1 });
+    is($r->{status}, 400, 'return_token_strs must be a boolean');
+}
+
 # a prompt or a message's content may hold \u0000 (vLLM tokenizes it, and
 # random-token benchmarks make such prompts: kimi-bench's seed 0 has one in
 # 256), and so may a stop string (matched with its length); any other
