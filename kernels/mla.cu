@@ -909,7 +909,9 @@ kimi_mla_trace_read(long long *dst, int n_items)
 #define M8_OFF_ST(s) (M8_OFF_Q + M8_REGION * (2 + (s)))
 #define M8_SMEM      (M8_OFF_ST(M8_STAGES) + 1024)
 #define M8_PF        256.f                    /* keeps P' in f16's normal range */
+#ifndef M8_MT0
 #define M8_MT0       2                        /* group 0's 64-dim m-tiles of P V (it also does S) */
+#endif
 
 /* Q of one sequence (qb: [H][576] bf16) -> hi = e4m3(q / s) in region 0's
  * layout, lo = e4m3(q / s - hi) in region 1's, one scale s per head (amax /
