@@ -169,6 +169,8 @@ typedef struct {
                                                           message */
     unsigned                     token_strs:1;     /* /tokenize's
                                                       return_token_strs */
+    ngx_str_t                    echo_text;        /* chat's echo: the last
+                                                      message's text */
 } ngx_http_kimi_params_t;
 
 

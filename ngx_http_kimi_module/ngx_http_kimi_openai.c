@@ -46,6 +46,8 @@ static ngx_int_t ngx_http_kimi_get_number(json_t *root, const char *key,
     double lo, double hi, double *out, u_char *err);
 static ngx_int_t ngx_http_kimi_get_int(json_t *root, const char *key,
     json_int_t lo, json_int_t hi, json_int_t *out, u_char *err);
+static ngx_int_t ngx_http_kimi_chat_echo(ngx_http_kimi_ctx_t *ctx,
+    json_t *messages);
 static ngx_int_t ngx_http_kimi_get_bool(json_t *root, const char *key,
     ngx_uint_t *out, u_char *err);
 
@@ -1143,6 +1145,66 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
 }
 
 
+/* vLLM's echo for chat: the answer opens with the last message's text
+ * when that message has the answer's role (an assistant message continued,
+ * or any last message when no generation prompt is added); its text parts
+ * are joined by newlines, as vLLM joins them.  Nothing else is echoed. */
+static ngx_int_t
+ngx_http_kimi_chat_echo(ngx_http_kimi_ctx_t *ctx, json_t *messages)
+{
+    u_char      *p;
+    size_t       i, len;
+    json_t      *last, *content, *part, *text;
+    const char  *role;
+
+    last = json_array_get(messages, json_array_size(messages) - 1);
+    role = json_string_value(json_object_get(last, "role"));
+    content = json_object_get(last, "content");
+
+    if (ctx->params.add_generation_prompt
+        && ngx_strcmp(role, "assistant") != 0)
+    {
+        return NGX_OK;
+    }
+
+    if (json_is_string(content)) {
+        ctx->params.echo_text.data = (u_char *) json_string_value(content);
+        ctx->params.echo_text.len = json_string_length(content);
+
+    } else if (json_is_array(content)) {
+        len = 0;
+        json_array_foreach(content, i, part) {
+            text = json_object_get(part, "text");
+            if (json_is_string(text)) {
+                len += json_string_length(text) + 1;
+            }
+        }
+
+        p = ngx_pnalloc(ctx->request->pool, len + 1);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        ctx->params.echo_text.data = p;
+        json_array_foreach(content, i, part) {
+            text = json_object_get(part, "text");
+            if (json_is_string(text)) {
+                if (p != ctx->params.echo_text.data) {
+                    *p++ = '\n';
+                }
+                p = ngx_cpymem(p, json_string_value(text),
+                               json_string_length(text));
+            }
+        }
+        ctx->params.echo_text.len = p - ctx->params.echo_text.data;
+    }
+
+    ctx->params.echo = ctx->params.echo_text.len > 0;
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
     const char **param)
@@ -1240,6 +1302,15 @@ ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
             return NGX_ERROR;
         }
         pr->add_generation_prompt = 0;
+    }
+
+    *param = "echo";
+    if (ngx_http_kimi_get_bool(root, "echo", &flag, err) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (flag && ngx_http_kimi_chat_echo(ctx, pr->messages) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     *param = "tools";

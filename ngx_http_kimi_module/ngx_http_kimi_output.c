@@ -220,7 +220,8 @@ ngx_http_kimi_output_prompt_entry(ngx_http_kimi_ctx_t *ctx,
 
 /* echo: the choice's prompt, decoded from its ids as the model saw them
  * (special tokens kept), goes first: the first chunk of a stream, the
- * start of the text otherwise.  Stop strings look only at what follows. */
+ * start of the text otherwise; a chat's echo is the last message's text
+ * (ngx_http_kimi_chat_echo).  Stop strings look only at what follows. */
 ngx_int_t
 ngx_http_kimi_output_echo(ngx_http_kimi_ctx_t *ctx)
 {
@@ -229,6 +230,11 @@ ngx_http_kimi_output_echo(ngx_http_kimi_ctx_t *ctx)
     ngx_str_t      text;
     const char    *out;
     kimi_detok_t  *d;
+
+    if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT) {
+        return ngx_http_kimi_output_content(ctx, ctx->params.echo_text.data,
+                                            ctx->params.echo_text.len);
+    }
 
     d = kimi_detok_new(ngx_http_kimi_text_tokenizer(ctx->text), 0);
     if (d == NULL) {

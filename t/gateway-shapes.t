@@ -2,7 +2,8 @@
 
 # The OpenAI surface of ngx_http_kimi_module in exact shape: chat and
 # completions, streaming and not, include_usage, /v1/models, /health,
-# /tokenize, /detokenize, and OpenAI-style 404/405 for anything else.
+# /tokenize, /detokenize, chat's echo, and OpenAI-style 404/405 for
+# anything else.
 # Real nginx + kimi-engine (replay backend, Kimi's real tokenizer).
 
 use strict;
@@ -205,6 +206,50 @@ ok($r->{json}{error}{message}, '405 body has a message');
 $r = $t->post('/v1/models', {});
 is($r->{status}, 405, 'POST on models is 405');
 is($r->{headers}{allow}, 'GET', '405 says Allow: GET');
+
+# ---- chat echo (vLLM's): the answer opens with the last message's text ------------
+
+my @prefill = ({ role => 'user', content => 'Hello' },
+               { role => 'assistant', content => 'Sure: ' });
+$r = $t->post('/v1/chat/completions', { model => 'kimi-test', echo => $true,
+    messages => \@prefill, continue_final_message => $true,
+    add_generation_prompt => JSON::PP::false });
+is($r->{status}, 200, 'echo with a continued assistant message');
+like($r->{json}{choices}[0]{message}{content}, qr/^Sure: /,
+    'the answer opens with that message');
+my $echoed = $r->{json}{choices}[0]{message}{content};
+$r = $t->post('/v1/chat/completions', { model => 'kimi-test',
+    messages => \@prefill, continue_final_message => $true,
+    add_generation_prompt => JSON::PP::false });
+is('Sure: ' . $r->{json}{choices}[0]{message}{content}, $echoed,
+    'followed by what the model wrote without echo');
+is($r->{json}{usage}{completion_tokens} // -1,
+   $t->post('/v1/chat/completions', { model => 'kimi-test', echo => $true,
+       messages => \@prefill, continue_final_message => $true,
+       add_generation_prompt => JSON::PP::false })->{json}{usage}{completion_tokens},
+   'the echo is not counted as completion tokens');
+
+$r = $t->sse('/v1/chat/completions', { model => 'kimi-test', echo => $true,
+    stream => $true, n => 2, messages => \@prefill,
+    continue_final_message => $true, add_generation_prompt => JSON::PP::false });
+my @first = map { my $i = $_; (grep { ref $_ eq 'HASH' && $_->{choices}[0]
+    && $_->{choices}[0]{index} == $i && ($_->{choices}[0]{delta}{content} // '') ne '' }
+    @{$r->{events}})[0] } 0, 1;
+is($first[$_] && $first[$_]{choices}[0]{delta}{content}, 'Sure: ',
+    "streamed: choice ${_}'s first content chunk is the echo") for 0, 1;
+
+$r = $t->post('/v1/chat/completions', chat_body(echo => $true));
+is($r->{json}{choices}[0]{message}{content}, $reply,
+    'no echo when the generation prompt follows a user message');
+$r = $t->post('/v1/chat/completions', { model => 'kimi-test', echo => $true,
+    add_generation_prompt => JSON::PP::false, messages => [ { role => 'user',
+    content => [ { type => 'text', text => 'Hello' },
+                 { type => 'text', text => 'there' } ] } ] });
+like($r->{json}{choices}[0]{message}{content}, qr/^Hello\nthere/,
+    'without one, the last message whatever its role; parts joined by newlines');
+$r = $t->post('/v1/chat/completions', chat_body(echo => 1));
+is($r->{status}, 400, 'echo must be a boolean');
+is($r->{json}{error}{param}, 'echo', '... naming it');
 
 $t->stop;
 
