@@ -171,6 +171,8 @@ typedef struct {
                                                       return_token_strs */
     ngx_str_t                    echo_text;        /* chat's echo: the last
                                                       message's text */
+    uint64_t                     cache_salt;       /* vLLM's cache_salt
+                                                      hashed, 0: none */
 } ngx_http_kimi_params_t;
 
 

@@ -667,6 +667,7 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
     s->n_prompt_tokens = ctx->n_prompt;
     s->n_guided = (uint32_t) ctx->params.n_guided;
     s->submit_ns = now;
+    s->cache_salt = ctx->params.cache_salt;
     ngx_cpystrn((u_char *) s->request_id, ctx->id.data,
                 ngx_min(ctx->id.len + 1, KIMI_SHM_REQUEST_ID_LEN));
 

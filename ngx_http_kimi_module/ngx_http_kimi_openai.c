@@ -956,6 +956,31 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         return NGX_ERROR;
     }
 
+    /* vLLM's cache_salt: the prefix cache serves a request only blocks that
+     * requests of the same salt computed (tenants cannot time each other's
+     * prompts); FNV-1a of the string, never 0 (0 is "no salt") */
+    *param = "cache_salt";
+    v = json_object_get(root, "cache_salt");
+    pr->cache_salt = 0;
+    if (v != NULL && !json_is_null(v)) {
+        size_t       i, len;
+        uint64_t     h;
+        const char  *p;
+
+        if (!json_is_string(v) || json_string_length(v) == 0) {
+            ngx_sprintf(err, "\"cache_salt\" must be a non-empty string");
+            return NGX_ERROR;
+        }
+
+        p = json_string_value(v);
+        len = json_string_length(v);
+        h = 0xcbf29ce484222325ull;
+        for (i = 0; i < len; i++) {
+            h = (h ^ (u_char) p[i]) * 0x100000001b3ull;
+        }
+        pr->cache_salt = h ? h : 1;
+    }
+
     v = json_object_get(json_object_get(root, "response_format"), "type");
     s->json_object = json_is_string(v)
                      && ngx_strcmp(json_string_value(v), "json_object") == 0;

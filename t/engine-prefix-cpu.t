@@ -5,7 +5,8 @@
 # its full 64-token blocks from the cache, reports them as
 # usage.prompt_tokens_details.cached_tokens, and answers exactly as when it
 # was computed (greedy text and logprobs equal); a second chat turn reuses
-# the first turn's blocks; --no-enable-prefix-caching computes everything.
+# the first turn's blocks; cache_salt keeps tenants' blocks apart;
+# --no-enable-prefix-caching computes everything.
 
 use strict;
 use warnings;
@@ -71,6 +72,29 @@ my $p1 = $c1->{json}{usage}{prompt_tokens};
 cmp_ok(cached($c2), '>=', 64 * int(($p1 - 1) / 64) - 64,
     "chat turn 2 reuses turn 1's blocks (" . cached($c2)
     . " of $p1 turn-1 prompt tokens)");
+
+# vLLM's cache_salt: blocks are shared only between requests of one salt
+srand(11);
+my $sp = [ map { 1000 + int(rand(90000)) } 1 .. 200 ];
+sub salted {
+    my ($p, $salt) = @_;
+    return $t->post('/v1/completions', completion_body(prompt => $p,
+        max_tokens => 4, temperature => 0, logprobs => 1,
+        defined $salt ? (cache_salt => $salt) : ()));
+}
+my $s1 = salted($sp, 'tenant-a');
+is(cached($s1), 0, 'cache_salt: a new prompt under salt A computes all');
+is(cached(salted($sp, 'tenant-a')), 192, 'the same salt again: 3 blocks');
+is(cached(salted($sp, 'tenant-b')), 0, 'another salt: nothing from A');
+is(cached(salted($sp)), 0, 'no salt: nothing from the salted ones');
+is(cached(salted($sp)), 192, 'but the unsalted request after it: its blocks');
+my $s2 = salted($sp, 'tenant-b');
+is(cached($s2), 192, "salt B's blocks for salt B");
+is($s2->{json}{choices}[0]{text}, $s1->{json}{choices}[0]{text},
+    'the same greedy text whichever blocks served it');
+my $bad = salted($sp, '');
+is($bad->{status}, 400, 'an empty cache_salt is a 400');
+is($bad->{json}{error}{param}, 'cache_salt', '... naming it');
 
 $t->stop;
 

@@ -53,8 +53,10 @@ struct kimi_seq {
                                           max_model_len) */
     uint32_t             n_computed;   /* tokens whose KV is cached */
     uint32_t             n_hashed;     /* leading full blocks hashed (prefix
-                                          cache); chain = the last's hash */
+                                          cache); chain = the last's hash,
+                                          salt before the first */
     uint64_t             chain;
+    uint64_t             salt;         /* desc.cache_salt */
     uint32_t             n_cached;     /* prompt tokens the prefix cache
                                           served at the first start */
     uint32_t             n_sched;      /* tokens in this step's batch */
@@ -574,6 +576,8 @@ kimi_sched_add(kimi_sched_t *s, const kimi_seq_desc_t *desc,
     }
     q->id = desc->seq_id;
     q->user = desc->user;
+    q->salt = desc->cache_salt;
+    q->chain = q->salt;
     q->sampling = desc->sampling;
     q->n_prompt = n_prompt;
     q->n_tokens = n_prompt;
@@ -671,7 +675,7 @@ kimi_sched_preempt(kimi_sched_t *s, kimi_seq_t *q)
     kimi_list_remove(&s->running, q);
     q->n_computed = 0;
     q->n_hashed = 0;
-    q->chain = 0;
+    q->chain = q->salt;
     q->n_sched = 0;
     q->state = KIMI_SEQ_WAITING;
     kimi_list_push_front(&s->waiting, q);
@@ -790,7 +794,7 @@ kimi_sched_prefix_unmatch(kimi_sched_t *s, kimi_seq_t *q)
     kimi_kv_table_release(s->kv, &q->table);
     q->n_computed = 0;
     q->n_hashed = 0;
-    q->chain = 0;
+    q->chain = q->salt;
 }
 
 

@@ -57,6 +57,9 @@ typedef struct {
                                                   kimi_shm_slot_t.n_guided),
                                                   copied; NULL: none */
     uint32_t                    n_guided;
+    uint64_t                    cache_salt;    /* prefix-cache namespace: the
+                                                  hash chain of its blocks
+                                                  starts here (0: shared) */
     void                       *user;          /* server's handle */
 } kimi_seq_desc_t;
 

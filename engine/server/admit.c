@@ -140,6 +140,7 @@ kimi_srv_admit(kimi_server_t *srv, uint32_t w, int32_t pid, uint32_t entry)
     kimi_srv_seq_t      *q;
     kimi_seq_desc_t      desc;
     kimi_shm_slot_t     *s;
+    uint64_t             salt;
     kimi_shm_sampling_t  sp;
 
     idx = KIMI_SHM_ENTRY_SLOT(entry);
@@ -197,6 +198,7 @@ kimi_srv_admit(kimi_server_t *srv, uint32_t w, int32_t pid, uint32_t entry)
     n_prompt = s->n_prompt_tokens;
     n_guided = s->n_guided;
     sp = s->sampling;
+    salt = s->cache_salt;
     memcpy(rid, s->request_id, sizeof(rid));
     rid[sizeof(rid) - 1] = '\0';
 
@@ -242,6 +244,7 @@ kimi_srv_admit(kimi_server_t *srv, uint32_t w, int32_t pid, uint32_t entry)
     desc.sampling = sp;
     desc.guided = n_guided ? srv->prompt_scratch + n_prompt : NULL;
     desc.n_guided = n_guided;
+    desc.cache_salt = salt;
     desc.user = q;
 
     /* active before add: the sink may be called from inside it */

@@ -57,7 +57,7 @@
 #include "../common/kimi_err.h"
 
 #define KIMI_SHM_MAGIC           0x4d48534d494d494bULL  /* "KIMIMSHM" */
-#define KIMI_SHM_ABI_VERSION     8      /* 8: sampling.json_no_ws (disable_any_whitespace) */
+#define KIMI_SHM_ABI_VERSION     9      /* 9: slot.cache_salt */
 
 #define KIMI_SHM_MAX_RANKS       8      /* DP ranks served by one segment */
 #define KIMI_SHM_MAX_WORKERS     128    /* nginx workers, two generations */
@@ -190,6 +190,9 @@ typedef struct {
                                               schema program
                                               (text/json_schema.h) */
     uint64_t             submit_ns;        /* CLOCK_MONOTONIC */
+    uint64_t             cache_salt;       /* vLLM's cache_salt, hashed (0:
+                                              none): prefix-cache hits only
+                                              between requests of one salt */
     char                 request_id[KIMI_SHM_REQUEST_ID_LEN];
     kimi_shm_sampling_t  sampling;
 
