@@ -618,6 +618,16 @@ ngx_http_kimi_check_unimplemented(json_t *root, u_char *err,
         return NGX_ERROR;
     }
 
+    /* JSON output takes any whitespace, or none (disable_any_whitespace) */
+    v = json_object_get(root, "guided_whitespace_pattern");
+    if (v != NULL && !json_is_null(v)) {
+        *param = "guided_whitespace_pattern";
+        ngx_sprintf(err, "\"guided_whitespace_pattern\" is not supported:"
+                    " JSON output takes any whitespace, or none with"
+                    " \"disable_any_whitespace\"");
+        return NGX_ERROR;
+    }
+
     v = json_object_get(root, "priority");
     if (v != NULL && !json_is_null(v)
         && !(json_is_integer(v) && json_integer_value(v) == 0))

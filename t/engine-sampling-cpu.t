@@ -595,7 +595,8 @@ is($r->{status}, 200, 'response_format text: 200');
 
 for my $case ([ use_beam_search => $true ], [ bad_words => [ 'x' ] ],
               [ logits_processors => [ 'x' ] ],
-              [ chat_template => '{{ messages }}' ], [ priority => 3 ])
+              [ chat_template => '{{ messages }}' ], [ priority => 3 ],
+              [ guided_whitespace_pattern => ' ' ])
 {
     $r = $t->post('/v1/chat/completions', chat_body(content => 'hi', @$case));
     is($r->{status}, 400, "$case->[0]: 400");
