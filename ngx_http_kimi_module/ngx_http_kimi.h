@@ -41,6 +41,8 @@
 
 #define NGX_HTTP_KIMI_MAX_GUIDED        64     /* guided_choice strings */
 #define NGX_HTTP_KIMI_MAX_STOP          16     /* OpenAI allows 4; vLLM more */
+#define NGX_HTTP_KIMI_MAX_BAD_WORDS     64     /* vLLM's bad_words, each */
+#define NGX_HTTP_KIMI_MAX_BAD_WORD_LEN  256    /* ... of at most these bytes */
 #define NGX_HTTP_KIMI_MAX_STOP_LEN      256    /* bytes per stop string */
 #define NGX_HTTP_KIMI_MAX_TOOL_CALLS    64     /* per response */
 #define NGX_HTTP_KIMI_COMPLETIONS_MAX_TOKENS  16  /* max_tokens absent */
@@ -49,6 +51,15 @@
 /* ngx_http_kimi_finalize(): one choice of several ended, the request
  * goes on (never reaches nginx) */
 #define NGX_HTTP_KIMI_CHOICE_DONE       -100
+
+
+/* ASCII whitespace, what Python's str.lstrip() strips from the words of
+ * vLLM's bad_words that reach us (the rest of Unicode's is rare there) */
+static ngx_inline ngx_uint_t
+ngx_http_kimi_is_space(u_char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r');
+}
 
 
 typedef enum {
@@ -135,6 +146,12 @@ typedef struct {
                                                       kimi_shm_slot_t.n_guided
                                                       words (pool) */
     size_t                       n_guided;
+    json_t                      *bad_words;        /* vLLM's: strings whose
+                                                      last token is masked */
+    int32_t                     *bad;              /* their token ids, as
+                                                      kimi_shm_slot_t.
+                                                      n_bad_words words */
+    size_t                       n_bad;
     ngx_int_t                    truncate_prompt;  /* vLLM's
                                                       truncate_prompt_tokens:
                                                       0 off, -1 to

@@ -634,7 +634,9 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
         }
     }
 
-    if (ctx->n_prompt + ctx->params.n_guided > a->shm.slot_prompt_capacity) {
+    if (ctx->n_prompt + ctx->params.n_guided + ctx->params.n_bad
+        > a->shm.slot_prompt_capacity)
+    {
         error->data = ngx_pnalloc(ctx->request->pool, 160);
         if (error->data == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -642,10 +644,10 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
 
         error->len = ngx_sprintf(error->data, "The prompt has %uz tokens "
                                  "(and %uz words of guided_choice, JSON "
-                                 "schema or regex); the engine accepts at "
-                                 "most %uD",
+                                 "schema, regex or bad_words); the engine "
+                                 "accepts at most %uD",
                                  ctx->n_prompt,
-                                 ctx->params.n_guided,
+                                 ctx->params.n_guided + ctx->params.n_bad,
                                  a->shm.slot_prompt_capacity)
                      - error->data;
         return NGX_HTTP_BAD_REQUEST;
@@ -666,6 +668,7 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
     s->kind = KIMI_REQ_GENERATE;
     s->n_prompt_tokens = ctx->n_prompt;
     s->n_guided = (uint32_t) ctx->params.n_guided;
+    s->n_bad_words = (uint32_t) ctx->params.n_bad;
     s->submit_ns = now;
     s->cache_salt = ctx->params.cache_salt;
     ngx_cpystrn((u_char *) s->request_id, ctx->id.data,
@@ -695,6 +698,11 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
     if (ctx->params.n_guided) {
         ngx_memcpy(kimi_shm_prompt(&a->shm, idx) + ctx->n_prompt,
                    ctx->params.guided, ctx->params.n_guided * sizeof(int32_t));
+    }
+    if (ctx->params.n_bad) {
+        ngx_memcpy(kimi_shm_prompt(&a->shm, idx) + ctx->n_prompt
+                   + ctx->params.n_guided,
+                   ctx->params.bad, ctx->params.n_bad * sizeof(int32_t));
     }
 
     gen = s->generation;

@@ -48,6 +48,7 @@ static void ngx_http_kimi_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_kimi_request_id(ngx_http_kimi_ctx_t *ctx);
 static ngx_int_t ngx_http_kimi_read_body(ngx_http_request_t *r,
     ngx_str_t *body);
+static ngx_int_t ngx_http_kimi_bad_words(ngx_http_kimi_ctx_t *ctx);
 static ngx_int_t ngx_http_kimi_models(ngx_http_request_t *r,
     ngx_str_t *model);
 static ngx_int_t ngx_http_kimi_model_not_found(ngx_http_request_t *r,
@@ -1117,6 +1118,89 @@ ngx_http_kimi_guided_words(ngx_http_kimi_ctx_t *ctx)
 }
 
 
+/* vLLM's bad_words as token ids, laid out as kimi_shm_slot_t.n_bad_words
+ * words.  vLLM's rule: each word without its leading whitespace, and once
+ * more after a space when that spelling starts with another token and has
+ * as many (a word met mid-sentence); plain text, no special tokens. */
+static ngx_int_t
+ngx_http_kimi_bad_words(ngx_http_kimi_ctx_t *ctx)
+{
+    u_char                  *text;
+    size_t                   i, len, at, n_ids[2];
+    int32_t                 *ids[2], *w;
+    json_t                  *list, *word;
+    kimi_err_t               err;
+    ngx_uint_t               k, n;
+    const char              *p;
+    const kimi_tokenizer_t  *tk;
+
+    list = ctx->params.bad_words;
+    tk = ngx_http_kimi_text_tokenizer(ctx->text);
+    if (tk == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* the ids of a spelling are at most its bytes */
+    at = 1;
+    json_array_foreach(list, i, word) {
+        at += 2 * (2 + json_string_length(word));
+    }
+
+    w = ngx_palloc(ctx->request->pool, at * sizeof(int32_t));
+    text = ngx_pnalloc(ctx->request->pool,
+                       NGX_HTTP_KIMI_MAX_BAD_WORD_LEN + 1);
+    if (w == NULL || text == NULL) {
+        return NGX_ERROR;
+    }
+
+    at = 1;
+    n = 0;
+
+    json_array_foreach(list, i, word) {
+        p = json_string_value(word);
+        len = json_string_length(word);
+        while (len && ngx_http_kimi_is_space((u_char) *p)) {
+            p++;
+            len--;
+        }
+
+        text[0] = ' ';
+        ngx_memcpy(text + 1, p, len);
+
+        for (k = 0; k < 2; k++) {
+            if (kimi_tokenize(tk, (char *) text + 1 - k, len + k, 0, &ids[k],
+                              &n_ids[k], &err)
+                != 0)
+            {
+                if (k) {
+                    free(ids[0]);
+                }
+                return NGX_ERROR;
+            }
+        }
+
+        for (k = 0; k < 2; k++) {
+            if (k == 1 && (n_ids[1] != n_ids[0] || ids[1][0] == ids[0][0])) {
+                break;
+            }
+            w[at++] = (int32_t) n_ids[k];
+            ngx_memcpy(w + at, ids[k], n_ids[k] * sizeof(int32_t));
+            at += n_ids[k];
+            n++;
+        }
+
+        free(ids[0]);
+        free(ids[1]);
+    }
+
+    w[0] = (int32_t) n;
+    ctx->params.bad = w;
+    ctx->params.n_bad = at;
+
+    return NGX_OK;
+}
+
+
 /* A batch: every prompt counts in usage, the longest sets the limits and
  * an empty one refuses the request. */
 static void
@@ -1270,6 +1354,13 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
 
     if (ctx->params.guided_choice != NULL
         && ngx_http_kimi_guided_words(ctx) != NGX_OK)
+    {
+        ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    if (ctx->params.bad_words != NULL
+        && ngx_http_kimi_bad_words(ctx) != NGX_OK)
     {
         ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;

@@ -592,15 +592,6 @@ ngx_http_kimi_check_unimplemented(json_t *root, u_char *err,
         return NGX_ERROR;
     }
 
-    v = json_object_get(root, "bad_words");
-    if (v != NULL && !json_is_null(v)
-        && !(json_is_array(v) && json_array_size(v) == 0))
-    {
-        *param = "bad_words";
-        ngx_sprintf(err, "\"bad_words\" is not supported");
-        return NGX_ERROR;
-    }
-
     v = json_object_get(root, "logits_processors");
     if (v != NULL && !json_is_null(v)
         && !(json_is_array(v) && json_array_size(v) == 0))
@@ -964,6 +955,43 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         || ngx_http_kimi_check_unimplemented(root, err, param) != NGX_OK)
     {
         return NGX_ERROR;
+    }
+
+    /* vLLM's bad_words: up to NGX_HTTP_KIMI_MAX_BAD_WORDS strings, each
+     * with something besides leading whitespace (tokenized at submit) */
+    *param = "bad_words";
+    pr->bad_words = NULL;
+    v = json_object_get(root, "bad_words");
+    if (v != NULL && !json_is_null(v)) {
+        size_t   i, j, len;
+        json_t  *w;
+
+        if (!json_is_array(v)
+            || json_array_size(v) > NGX_HTTP_KIMI_MAX_BAD_WORDS)
+        {
+            ngx_sprintf(err, "\"bad_words\" must be a list of at most %d"
+                        " strings", NGX_HTTP_KIMI_MAX_BAD_WORDS);
+            return NGX_ERROR;
+        }
+
+        json_array_foreach(v, i, w) {
+            len = json_is_string(w) ? json_string_length(w) : 0;
+            for (j = 0; j < len
+                        && ngx_http_kimi_is_space(json_string_value(w)[j]);
+                 j++)
+            { /* void */ }
+
+            if (j == len || len > NGX_HTTP_KIMI_MAX_BAD_WORD_LEN) {
+                ngx_sprintf(err, "\"bad_words\"[%uz] must be a string of 1"
+                            " to %d bytes, not only whitespace", i,
+                            NGX_HTTP_KIMI_MAX_BAD_WORD_LEN);
+                return NGX_ERROR;
+            }
+        }
+
+        if (json_array_size(v) > 0) {
+            pr->bad_words = v;
+        }
     }
 
     /* vLLM's cache_salt: the prefix cache serves a request only blocks that

@@ -591,9 +591,43 @@ $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
     max_tokens => 2, response_format => { type => 'text' }));
 is($r->{status}, 200, 'response_format text: 200');
 
+# ---- bad_words (vLLM's): a word's last token masked after the rest of it -----
+
+my $fr = $t->post('/tokenize', { prompt => ' France' })->{json}{tokens};
+is(scalar @$fr, 1, "' France' is one token ($fr->[0])");
+$r = greedy(logit_bias => { $id => 100 }, bad_words => [ 'Paris' ]);
+is($r->{status}, 200, 'bad_words: 200');
+unlike($r->{json}{choices}[0]{text}, qr/Paris/,
+    'bad_words ["Paris"]: neither "Paris" nor " Paris" is written, even'
+    . ' against logit_bias +100');
+$r = greedy(logit_bias => { $id => 100 }, bad_words => [ "  \tParis" ]);
+unlike($r->{json}{choices}[0]{text}, qr/Paris/,
+    'leading whitespace of a word is dropped first, as vLLM does');
+# only ' Paris' and ' France' can be drawn, ' Paris' far ahead
+my %two = (allowed_token_ids => [ $id, $fr->[0] ], logit_bias => { $id => 100 });
+is(greedy(%two)->{json}{choices}[0]{text}, ' Paris' x 6,
+    "' Paris' and ' France' allowed, ' Paris' biased: ' Paris' every time");
+$r = greedy(%two, bad_words => [ 'Paris Paris' ]);
+is($r->{json}{choices}[0]{text}, ' Paris France' x 3,
+    'bad_words ["Paris Paris"]: the last token masked only right after the'
+    . ' first');
+$r = $t->sse('/v1/chat/completions', chat_body(content => 'hi',
+    max_tokens => 6, temperature => 0, ignore_eos => $true, stream => $true,
+    n => 2, logit_bias => { $id => 100 }, bad_words => [ 'Paris' ]));
+unlike(KimiTest::stream_text($r->{events}), qr/Paris/,
+    'streamed chat, two choices: the same');
+for my $case ([ 'Paris', 'not a list' ], [ [ ' ' ], 'only whitespace' ],
+              [ [ 3 ], 'not a string' ], [ [ ('w') x 65 ], '65 words' ],
+              [ [ 'x' x 257 ], 'a word of 257 bytes' ])
+{
+    $r = greedy(bad_words => $case->[0]);
+    is($r->{status}, 400, "bad_words $case->[1]: 400");
+    is($r->{json}{error}{param}, 'bad_words', '... naming bad_words');
+}
+
 # ---- other vLLM fields not implemented: a 400 naming each, not ignored --------
 
-for my $case ([ use_beam_search => $true ], [ bad_words => [ 'x' ] ],
+for my $case ([ use_beam_search => $true ],
               [ logits_processors => [ 'x' ] ],
               [ chat_template => '{{ messages }}' ], [ priority => 3 ],
               [ guided_whitespace_pattern => ' ' ])

@@ -668,9 +668,11 @@ kimi_cmd_generate(int argc, char **argv)
     t2 = kimi_now();
 
     for (;;) {
-        kimi_sample_req_t  req = { &sp, seq, (uint32_t) n_ids, n_out, &rng,
-                                   eos, n_eos, KIMI_LOGPROBS_RAW, NULL, NULL,
-                                   0, 0 };
+        kimi_sample_req_t  req = { .sampling = &sp, .tokens = seq,
+                                   .n_prompt = (uint32_t) n_ids,
+                                   .n_output = n_out, .rng = &rng,
+                                   .eos_ids = eos, .n_eos = n_eos,
+                                   .logprobs_mode = KIMI_LOGPROBS_RAW };
         kimi_sample_out_t  so;
         const char        *piece;
         size_t             plen;

@@ -367,11 +367,14 @@ kimi_sample_has_penalties(const kimi_shm_sampling_t *sp)
 }
 
 
+static int kimi_sample_lists_check(const int32_t *words, uint32_t n_words,
+    uint32_t vocab, const char *what, kimi_err_t *err);
+
+
 int
 kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
     uint32_t vocab, kimi_err_t *err)
 {
-    uint32_t  at = 1, n;
     char      msg[160];
 
     if (n_words > 0 && words[0] == KIMI_TOOL_CALL_TAG) {
@@ -428,30 +431,51 @@ kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
         return KIMI_OK;
     }
 
+    return kimi_sample_lists_check(words, n_words, vocab, "guided_choice",
+                                   err);
+}
+
+
+int
+kimi_sample_bad_words_check(const int32_t *words, uint32_t n_words,
+    uint32_t vocab, kimi_err_t *err)
+{
+    return kimi_sample_lists_check(words, n_words, vocab, "bad_words", err);
+}
+
+
+/* n, then n times (count >= 1, count ids inside the vocabulary), nothing
+ * left over: guided_choice's and bad_words' layout */
+static int
+kimi_sample_lists_check(const int32_t *words, uint32_t n_words,
+    uint32_t vocab, const char *what, kimi_err_t *err)
+{
+    uint32_t  at = 1, n;
+
     if (n_words < 3 || words[0] < 1) {
-        return kimi_err_set(err, KIMI_EINVAL, "guided_choice: no choice");
+        return kimi_err_set(err, KIMI_EINVAL, "%s: no entry", what);
     }
 
     for (int32_t c = 0; c < words[0]; c++) {
         if (at >= n_words || words[at] < 1
             || (uint32_t) words[at] > n_words - at - 1)
         {
-            return kimi_err_set(err, KIMI_EINVAL, "guided_choice: choice %d"
-                                " is malformed", c);
+            return kimi_err_set(err, KIMI_EINVAL, "%s: entry %d is"
+                                " malformed", what, c);
         }
         n = (uint32_t) words[at++];
         for (uint32_t i = 0; i < n; i++, at++) {
             if (words[at] < 0 || (uint32_t) words[at] >= vocab) {
-                return kimi_err_set(err, KIMI_EINVAL, "guided_choice: token"
-                                    " id %d is outside the vocabulary",
+                return kimi_err_set(err, KIMI_EINVAL, "%s: token id %d is"
+                                    " outside the vocabulary", what,
                                     words[at]);
             }
         }
     }
 
     if (at != n_words) {
-        return kimi_err_set(err, KIMI_EINVAL, "guided_choice: %u words left"
-                            " over", n_words - at);
+        return kimi_err_set(err, KIMI_EINVAL, "%s: %u words left over", what,
+                            n_words - at);
     }
     return KIMI_OK;
 }
@@ -465,7 +489,7 @@ kimi_sample_is_plain_greedy(const kimi_sample_req_t *req)
     return req->prompt_next == 0
            && kimi_sample_is_greedy(sp) && req->n_output >= sp->min_tokens
            && sp->n_logit_bias == 0 && !sp->json_object
-           && req->n_guided == 0
+           && req->n_guided == 0 && req->n_bad == 0
            && !kimi_sample_has_penalties(sp) && sp->top_logprobs == 0;
 }
 
@@ -478,7 +502,8 @@ kimi_sample_is_plain_random(const kimi_sample_req_t *req)
     return req->prompt_next == 0
            && !kimi_sample_is_greedy(sp) && req->n_output >= sp->min_tokens
            && sp->n_logit_bias == 0 && !sp->json_object
-           && req->n_guided == 0 && !kimi_sample_has_penalties(sp)
+           && req->n_guided == 0 && req->n_bad == 0
+           && !kimi_sample_has_penalties(sp)
            && !sp->logprobs && sp->top_logprobs == 0;
 }
 
@@ -492,6 +517,8 @@ static int kimi_sample_json_vocab(kimi_sampler_t *s,
 static void kimi_sample_regex_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req, const int32_t *prog);
 static void kimi_sample_guided_mask(kimi_sampler_t *s,
+    const kimi_sample_req_t *req);
+static void kimi_sample_bad_words_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req);
 static int kimi_sample_is_eos(const kimi_sample_req_t *req, uint32_t id);
 
@@ -630,6 +657,36 @@ kimi_sample_process(kimi_sampler_t *s, const float *logits,
 
     } else if (req->n_guided > 0) {
         kimi_sample_guided_mask(s, req);
+    }
+
+    if (req->n_bad > 0) {
+        kimi_sample_bad_words_mask(s, req);
+    }
+}
+
+
+/* vLLM's bad_words: a word's last token is masked when the output so far
+ * ends with the rest of the word (a one-token word: always).  Only output
+ * tokens count, as in vLLM; words are n, then (count, ids) each. */
+static void
+kimi_sample_bad_words_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
+{
+    const int32_t  *w = req->bad, *out = req->tokens + req->n_prompt;
+    uint32_t        at = 1, len, k;
+
+    for (int32_t b = 0; b < w[0]; b++) {
+        len = (uint32_t) w[at];
+        if (len - 1 <= req->n_output) {
+            for (k = 0; k + 1 < len; k++) {
+                if (out[req->n_output - (len - 1) + k] != w[at + 1 + k]) {
+                    break;
+                }
+            }
+            if (k + 1 == len) {
+                s->x[w[at + len]] = -INFINITY;
+            }
+        }
+        at += 1 + len;
     }
 }
 
@@ -1740,7 +1797,7 @@ kimi_sampler_sample(kimi_sampler_t *s, const float *logits,
 
     suppress = req->n_output < sp->min_tokens;
     processed = suppress || sp->n_logit_bias > 0 || sp->allowed_only
-                || sp->json_object || req->n_guided > 0
+                || sp->json_object || req->n_guided > 0 || req->n_bad > 0
                 || kimi_sample_has_penalties(sp);
 
     if (processed) {

@@ -66,6 +66,10 @@ struct kimi_sample_req {
     const int32_t              *guided;       /* guided_choice words, checked
                                                  by kimi_sample_guided_check */
     uint32_t                    n_guided;
+    const int32_t              *bad;          /* vLLM's bad_words: n, then
+                                                 each word's count and ids
+                                                 (kimi_sample_bad_words_check) */
+    uint32_t                    n_bad;
     uint32_t                    prompt_next;  /* 1 + t: a prompt position
                                                  of a prompt_logprobs request,
                                                  t the next prompt token: no
@@ -91,6 +95,11 @@ int  kimi_sample_params_check(const kimi_shm_sampling_t *sp, uint32_t vocab,
  * vocabulary, nothing left over), or KIMI_SCHEMA_TAG and a structured
  * output program (engine/text/json_schema.h; kimi_json_schema_check). */
 int  kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
+    uint32_t vocab, kimi_err_t *err);
+
+/* vLLM's bad_words as token ids: n, then n times (count >= 1, ids inside
+ * the vocabulary), nothing left over. */
+int  kimi_sample_bad_words_check(const int32_t *words, uint32_t n_words,
     uint32_t vocab, kimi_err_t *err);
 
 /* 1 if the request needs no random draw (greedy). */

@@ -72,6 +72,8 @@ struct kimi_seq {
     uint8_t              is_decode;    /* this step: 1 token after output */
     int32_t             *guided;       /* guided_choice words, or NULL */
     uint32_t             n_guided;
+    int32_t             *bad;          /* bad_words words, or NULL */
+    uint32_t             n_bad;
     uint32_t             n_lp_sent;    /* prompt_logprobs entries published:
                                           position n_lp_sent scores prompt
                                           token n_lp_sent + 1 next */
@@ -404,6 +406,7 @@ kimi_seq_destroy(kimi_seq_t *q)
     kimi_kv_table_free(&q->table);
     free(q->tokens);
     free(q->guided);
+    free(q->bad);
     free(q);
 }
 
@@ -469,6 +472,10 @@ kimi_sched_add(kimi_sched_t *s, const kimi_seq_desc_t *desc,
     if (rc == KIMI_OK && desc->n_guided > 0) {
         rc = kimi_sample_guided_check(desc->guided, desc->n_guided, s->vocab,
                                       err);
+    }
+    if (rc == KIMI_OK && desc->n_bad > 0) {
+        rc = kimi_sample_bad_words_check(desc->bad, desc->n_bad, s->vocab,
+                                         err);
     }
     if (rc != KIMI_OK) {
         return rc;
@@ -573,6 +580,17 @@ kimi_sched_add(kimi_sched_t *s, const kimi_seq_desc_t *desc,
         }
         memcpy(q->guided, desc->guided, (size_t) desc->n_guided * sizeof(int32_t));
         q->n_guided = desc->n_guided;
+    }
+    if (desc->n_bad > 0) {
+        q->bad = malloc((size_t) desc->n_bad * sizeof(int32_t));
+        if (q->bad == NULL) {
+            free(q->guided);
+            free(q->tokens);
+            free(q);
+            return kimi_err_set(err, KIMI_ENOMEM, "scheduler: out of memory");
+        }
+        memcpy(q->bad, desc->bad, (size_t) desc->n_bad * sizeof(int32_t));
+        q->n_bad = desc->n_bad;
     }
     q->id = desc->seq_id;
     q->user = desc->user;
@@ -878,6 +896,7 @@ kimi_sched_plain_greedy(const kimi_seq_t *q)
     r.n_prompt = q->n_prompt;
     r.n_output = q->n_tokens - q->n_prompt;
     r.n_guided = q->n_guided;
+    r.n_bad = q->n_bad;
 
     return kimi_sample_is_plain_greedy(&r);
 }
@@ -1196,6 +1215,8 @@ kimi_sched_step(kimi_sched_t *s, kimi_err_t *err)
         r->tokenizer = s->params.tokenizer;
         r->guided = q->guided;
         r->n_guided = q->n_guided;
+        r->bad = q->bad;
+        r->n_bad = q->n_bad;
         r->prompt_next = kimi_sched_lp_row(q)
                          ? (uint32_t) q->tokens[q->n_lp_sent + 1] + 1 : 0;
     }

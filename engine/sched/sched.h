@@ -57,6 +57,10 @@ typedef struct {
                                                   kimi_shm_slot_t.n_guided),
                                                   copied; NULL: none */
     uint32_t                    n_guided;
+    const int32_t              *bad;           /* bad_words words (see
+                                                  kimi_shm_slot_t.n_bad_words),
+                                                  copied; NULL: none */
+    uint32_t                    n_bad;
     uint64_t                    cache_salt;    /* prefix-cache namespace: the
                                                   hash chain of its blocks
                                                   starts here (0: shared) */

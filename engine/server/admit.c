@@ -135,7 +135,8 @@ static void
 kimi_srv_admit(kimi_server_t *srv, uint32_t w, int32_t pid, uint32_t entry)
 {
     char                 msg[KIMI_SHM_MSG_LEN], rid[KIMI_SHM_REQUEST_ID_LEN];
-    uint32_t             idx, gen, st, status, rank, kind, n_prompt, n_guided;
+    uint32_t             idx, gen, st, status, rank, kind, n_prompt, n_guided,
+                         n_bad;
     kimi_err_t           err;
     kimi_srv_seq_t      *q;
     kimi_seq_desc_t      desc;
@@ -197,24 +198,26 @@ kimi_srv_admit(kimi_server_t *srv, uint32_t w, int32_t pid, uint32_t entry)
     kind = s->kind;
     n_prompt = s->n_prompt_tokens;
     n_guided = s->n_guided;
+    n_bad = s->n_bad_words;
     sp = s->sampling;
     salt = s->cache_salt;
     memcpy(rid, s->request_id, sizeof(rid));
     rid[sizeof(rid) - 1] = '\0';
 
     if (n_prompt > srv->shm.slot_prompt_capacity
-        || n_guided > srv->shm.slot_prompt_capacity - n_prompt)
+        || n_guided > srv->shm.slot_prompt_capacity - n_prompt
+        || n_bad > srv->shm.slot_prompt_capacity - n_prompt - n_guided)
     {
         snprintf(msg, sizeof(msg), "prompt of %u tokens (and %u words of"
-                 " guided_choice or JSON schema) exceeds the slot capacity of"
-                 " %u tokens",
-                 n_prompt, n_guided, srv->shm.slot_prompt_capacity);
+                 " guided_choice or JSON schema, %u of bad_words) exceeds the"
+                 " slot capacity of %u tokens",
+                 n_prompt, n_guided, n_bad, srv->shm.slot_prompt_capacity);
         kimi_srv_reject(srv, w, idx, gen, 400, rid, msg);
         return;
     }
 
     memcpy(srv->prompt_scratch, kimi_shm_prompt(&srv->shm, idx),
-           (size_t) (n_prompt + n_guided) * sizeof(int32_t));
+           (size_t) (n_prompt + n_guided + n_bad) * sizeof(int32_t));
 
     status = kimi_srv_validate(srv, rank, kind, &sp, srv->prompt_scratch,
                                n_prompt, msg, sizeof(msg));
@@ -244,6 +247,8 @@ kimi_srv_admit(kimi_server_t *srv, uint32_t w, int32_t pid, uint32_t entry)
     desc.sampling = sp;
     desc.guided = n_guided ? srv->prompt_scratch + n_prompt : NULL;
     desc.n_guided = n_guided;
+    desc.bad = n_bad ? srv->prompt_scratch + n_prompt + n_guided : NULL;
+    desc.n_bad = n_bad;
     desc.cache_salt = salt;
     desc.user = q;
 

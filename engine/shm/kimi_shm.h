@@ -57,7 +57,7 @@
 #include "../common/kimi_err.h"
 
 #define KIMI_SHM_MAGIC           0x4d48534d494d494bULL  /* "KIMIMSHM" */
-#define KIMI_SHM_ABI_VERSION     9      /* 9: slot.cache_salt */
+#define KIMI_SHM_ABI_VERSION     10     /* 9: slot.cache_salt; 10: slot.n_bad_words */
 
 #define KIMI_SHM_MAX_RANKS       8      /* DP ranks served by one segment */
 #define KIMI_SHM_MAX_WORKERS     128    /* nginx workers, two generations */
@@ -189,6 +189,10 @@ typedef struct {
                                               KIMI_SCHEMA_TAG and a JSON
                                               schema program
                                               (text/json_schema.h) */
+    uint32_t             n_bad_words;      /* int32 words after those:
+                                              vLLM's bad_words (n, then each
+                                              word's token count and ids) */
+    uint32_t             pad1;
     uint64_t             submit_ns;        /* CLOCK_MONOTONIC */
     uint64_t             cache_salt;       /* vLLM's cache_salt, hashed (0:
                                               none): prefix-cache hits only

@@ -650,15 +650,16 @@ kimi_backend_cuda_greedy(kimi_backend_t *base, int32_t *ids, uint32_t *n_rows,
 
 /* A row the device can sample once its logits are edited: logit_bias,
  * penalties or min_tokens suppression, and nothing the edits cannot say
- * (allowed_token_ids, JSON or guided constraints, logprobs: those are of
- * the raw logits). */
+ * (allowed_token_ids, JSON or guided constraints, bad_words, logprobs:
+ * those are of the raw logits). */
 static int
 kimi_cuda_editable(const kimi_sample_req_t *req)
 {
     const kimi_shm_sampling_t  *sp = req->sampling;
 
     return req->prompt_next == 0 && !sp->allowed_only && !sp->json_object
-           && req->n_guided == 0 && !sp->logprobs && sp->top_logprobs == 0
+           && req->n_guided == 0 && req->n_bad == 0 && !sp->logprobs
+           && sp->top_logprobs == 0
            && (sp->n_logit_bias > 0 || req->n_output < sp->min_tokens
                || sp->repetition_penalty != 1.0f
                || sp->presence_penalty != 0.0f
