@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "text_internal.h"
 
@@ -359,6 +360,19 @@ kimi_tokenizer_load(kimi_tokenizer_t **out, const char *model_dir,
     }
 
     snprintf(path, sizeof(path), "%s/tiktoken.model", model_dir);
+    if (access(path, F_OK) != 0) {
+        /* say what is missing when the model brings another kind */
+        snprintf(path, sizeof(path), "%s/tokenizer.json", model_dir);
+        if (access(path, F_OK) == 0) {
+            rc = kimi_err_set(err, KIMI_EUNSUPPORTED, "tokenizer: %s/ has a"
+                              " Hugging Face tokenizer.json and no"
+                              " tiktoken.model; only tiktoken BPE tokenizers"
+                              " (Kimi-K2's, Moonlight's) are implemented",
+                              model_dir);
+            goto failed;
+        }
+        snprintf(path, sizeof(path), "%s/tiktoken.model", model_dir);
+    }
     rc = kimi_tok_load_ranks(tok, path, err);
     if (rc != KIMI_OK) {
         goto failed;

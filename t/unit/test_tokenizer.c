@@ -319,6 +319,27 @@ main(void)
         }
     }
 
+    {
+        /* a Hugging Face tokenizer.json instead: said so, not "no file" */
+        char               dir[] = "/tmp/kimi-tok-XXXXXX", path[256];
+        FILE              *f;
+        kimi_tokenizer_t  *hf = NULL;
+
+        if (mkdtemp(dir) != NULL) {
+            snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+            f = fopen(path, "w");
+            fputs("{\"model\": {\"type\": \"BPE\"}}\n", f);
+            fclose(f);
+            rc = kimi_tokenizer_load(&hf, dir, &err);
+            ok(rc == KIMI_EUNSUPPORTED && hf == NULL
+               && strstr(err.msg, "tokenizer.json") != NULL,
+               "a model with only tokenizer.json is refused as unsupported,"
+               " naming it: %s", err.msg);
+            unlink(path);
+            rmdir(dir);
+        }
+    }
+
     test_api(tok);
     test_encode(tok, json_object_get(root, "encode"));
     test_decode(tok, json_object_get(root, "decode"));
