@@ -614,6 +614,19 @@ mla_trace_print(mla_ctx *m)
         }
         printf("  %-26s %+8.0f cycles from g1 seeing the item land\n", ev[e], sum / (i1 - i0));
     }
+    /* four items raw, from the first one's landing at g1: the means hide
+     * which item an event belongs to when links overlap */
+    printf("  raw, items 20..23 (cycles from item 20 landing at g1):\n");
+    for (int e = 0; e < 12; e++) {
+        if (ev[e][0] == 0) {
+            continue;
+        }
+        printf("  %-26s", ev[e]);
+        for (int i = 20; i < 24; i++) {
+            printf(" %+8lld", t[i][e] - t[20][8]);
+        }
+        printf("\n");
+    }
 }
 #endif
 
