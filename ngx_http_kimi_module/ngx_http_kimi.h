@@ -102,6 +102,9 @@ typedef struct {
     ngx_str_t                    model_dir;        /* kimi_model_dir */
     ngx_str_t                    thread_pool_name; /* kimi_thread_pool */
     size_t                       offload_threshold;
+    ngx_uint_t                   content_format;   /* kimi_chat_template_
+                                                      content_format: auto,
+                                                      string, openai */
 #if (NGX_THREADS)
     ngx_thread_pool_t           *thread_pool;
 #endif
@@ -186,6 +189,8 @@ typedef struct {
                                                           message */
     unsigned                     token_strs:1;     /* /tokenize's
                                                       return_token_strs */
+    unsigned                     add_special:1;    /* vLLM's
+                                                      add_special_tokens */
     ngx_str_t                    echo_text;        /* chat's echo: the last
                                                       message's text */
     uint64_t                     cache_salt;       /* vLLM's cache_salt

@@ -74,6 +74,15 @@ static ngx_int_t ngx_http_kimi_init_process(ngx_cycle_t *cycle);
 static void ngx_http_kimi_exit_process(ngx_cycle_t *cycle);
 
 
+/* vLLM's --chat-template-content-format (ngx_http_kimi_text.c) */
+static ngx_conf_enum_t  ngx_http_kimi_content_formats[] = {
+    { ngx_string("auto"), 0 },
+    { ngx_string("string"), 1 },
+    { ngx_string("openai"), 2 },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_command_t  ngx_http_kimi_commands[] = {
 
     { ngx_string("kimi_engine"),
@@ -103,6 +112,13 @@ static ngx_command_t  ngx_http_kimi_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_kimi_main_conf_t, offload_threshold),
       NULL },
+
+    { ngx_string("kimi_chat_template_content_format"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_kimi_main_conf_t, content_format),
+      &ngx_http_kimi_content_formats },
 
     { ngx_string("kimi_pass"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
@@ -1746,6 +1762,7 @@ ngx_http_kimi_create_main_conf(ngx_conf_t *cf)
      */
 
     kmcf->offload_threshold = NGX_CONF_UNSET_SIZE;
+    kmcf->content_format = NGX_CONF_UNSET_UINT;
 
     return kmcf;
 }
@@ -1758,6 +1775,7 @@ ngx_http_kimi_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_size_value(kmcf->offload_threshold,
                              NGX_HTTP_KIMI_OFFLOAD_DEFAULT);
+    ngx_conf_init_uint_value(kmcf->content_format, 0);
 
     if (!kmcf->used) {
         return NGX_CONF_OK;

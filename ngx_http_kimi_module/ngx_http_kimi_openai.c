@@ -151,6 +151,21 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
         break;
     }
 
+    /* vLLM's add_special_tokens: what encode() adds around a text prompt
+     * (a tokenizer_config's add_bos_token; chat templates write their
+     * own), on for prompts and off for messages unless asked */
+    if (rc == NGX_OK && ctx->route != NGX_HTTP_KIMI_ROUTE_DETOKENIZE) {
+        p = "add_special_tokens";
+        ctx->params.add_special = ctx->params.messages == NULL;
+        if (json_object_get(root, "add_special_tokens") != NULL
+            && !json_is_null(json_object_get(root, "add_special_tokens")))
+        {
+            rc = ngx_http_kimi_get_bool(root, "add_special_tokens", &flag,
+                                        err);
+            ctx->params.add_special = flag;
+        }
+    }
+
     /*
      * \u0000 is text a prompt or a message may hold (vLLM tokenizes it; a
      * random-token benchmark makes such prompts): those strings are carried

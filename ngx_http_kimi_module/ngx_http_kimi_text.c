@@ -57,6 +57,7 @@ typedef struct {
     int                        add_generation_prompt;
     int                        continue_final;
     int                        allow_special;
+    int                        add_special;     /* the prompt prefix (bos) */
     int                        plain_contents;
     int32_t                   *ids;
     size_t                     n_ids;
@@ -88,6 +89,8 @@ static void ngx_http_kimi_text_job_run(void *data, ngx_log_t *log);
 static void ngx_http_kimi_text_job_done(ngx_event_t *ev);
 static void ngx_http_kimi_text_job_free(ngx_http_kimi_text_job_t *job);
 static void ngx_http_kimi_text_job_batch(ngx_http_kimi_text_job_t *job);
+static int ngx_http_kimi_text_prefix(ngx_http_kimi_text_job_t *job,
+    int32_t **ids, size_t *n);
 static ngx_int_t ngx_http_kimi_text_start(ngx_http_kimi_ctx_t *ctx);
 static ngx_int_t ngx_http_kimi_text_apply(ngx_http_kimi_ctx_t *ctx,
     ngx_http_kimi_text_job_t *job);
@@ -226,7 +229,12 @@ ngx_http_kimi_text_load_thread(void *data, ngx_log_t *log)
         t->tmpl = NULL;
         ngx_cpystrn((u_char *) t->tmpl_err, (u_char *) terr.msg,
                     sizeof(t->tmpl_err));
+        return;
     }
+
+    (void) kimi_template_content_format(t->tmpl,
+        ngx_http_kimi_text.kmcf->content_format == 1 ? "string"
+        : ngx_http_kimi_text.kmcf->content_format == 2 ? "openai" : "auto");
 }
 
 
@@ -451,6 +459,7 @@ ngx_http_kimi_text_start(ngx_http_kimi_ctx_t *ctx)
     job->prompt_len = ctx->params.prompt_text.len;
     job->batch = ctx->params.batch;
     job->allow_special = ctx->conf->special_tokens_in_content;
+    job->add_special = ctx->params.add_special;
     job->plain_contents = !ctx->conf->special_tokens_in_content;
 
 #if (NGX_THREADS)
@@ -603,6 +612,10 @@ ngx_http_kimi_text_job_batch(ngx_http_kimi_text_job_t *job)
                                     json_string_length(e), job->allow_special,
                                     &job->batch_ids[i], &job->batch_n[i],
                                     &job->err);
+            if (job->rc == 0) {
+                job->rc = ngx_http_kimi_text_prefix(job, &job->batch_ids[i],
+                                                    &job->batch_n[i]);
+            }
             if (job->rc != 0) {
                 return;
             }
@@ -639,6 +652,32 @@ ngx_http_kimi_text_job_batch(ngx_http_kimi_text_job_t *job)
 }
 
 
+/* add_special_tokens: the tokenizer's prompt prefix (bos where its
+ * tokenizer_config.json has add_bos_token) before the ids of a text. */
+static int
+ngx_http_kimi_text_prefix(ngx_http_kimi_text_job_t *job, int32_t **ids,
+    size_t *n)
+{
+    int32_t   id, *p;
+
+    id = job->add_special ? kimi_tokenizer_prompt_prefix(job->text->tok) : -1;
+    if (id < 0) {
+        return 0;
+    }
+
+    p = realloc(*ids, (*n + 1) * sizeof(int32_t));
+    if (p == NULL) {
+        return kimi_err_set(&job->err, KIMI_ENOMEM, "out of memory");
+    }
+
+    memmove(p + 1, p, *n * sizeof(int32_t));
+    p[0] = id;
+    *ids = p;
+    (*n)++;
+    return 0;
+}
+
+
 /*
  * Runs on a pool thread (or inline): pure work on what the job owns.
  * With plain_contents the renderer reports which bytes came from the
@@ -663,6 +702,9 @@ ngx_http_kimi_text_job_run(void *data, ngx_log_t *log)
         job->rc = kimi_tokenize(job->text->tok, job->prompt, job->prompt_len,
                                 job->allow_special, &job->ids, &job->n_ids,
                                 &job->err);
+        if (job->rc == 0) {
+            job->rc = ngx_http_kimi_text_prefix(job, &job->ids, &job->n_ids);
+        }
         return;
     }
 
@@ -690,6 +732,9 @@ ngx_http_kimi_text_job_run(void *data, ngx_log_t *log)
                                      &job->err)
                   : kimi_tokenize(job->text->tok, text, len, 1, &job->ids,
                                   &job->n_ids, &job->err);
+    }
+    if (job->rc == 0) {
+        job->rc = ngx_http_kimi_text_prefix(job, &job->ids, &job->n_ids);
     }
     free(plain);
     free(text);
@@ -761,11 +806,11 @@ ngx_http_kimi_tokenize_handler(ngx_http_kimi_ctx_t *ctx)
 }
 
 
-/* Each token as Hugging Face's convert_ids_to_tokens writes it for Kimi's
- * tokenizer (vLLM's return_token_strs): the token's bytes through GPT-2's
- * bytes_to_unicode, printable Latin-1 as itself and every other byte as
- * U+0100 + its rank among those (a space is "\u0120", a newline
- * "\u010a"); special tokens are their names, which map to themselves. */
+/* Each token as Hugging Face's convert_ids_to_tokens writes it for a
+ * byte-level BPE (Kimi's, DeepSeek's; vLLM's return_token_strs): the
+ * token's bytes through GPT-2's bytes_to_unicode, printable Latin-1 as
+ * itself and every other byte as U+0100 + its rank among those (a space is
+ * "\u0120", a newline "\u010a"); added tokens are their contents. */
 static json_t *
 ngx_http_kimi_token_strs(const int32_t *ids, size_t n)
 {
@@ -799,6 +844,12 @@ ngx_http_kimi_token_strs(const int32_t *ids, size_t n)
         if (b == NULL) {
             json_decref(strs);
             return NULL;
+        }
+
+        if (kimi_tokenizer_is_added(t->tok, ids[i])) {
+            /* an added token is its content ("<｜User｜>"), unmapped */
+            json_array_append_new(strs, json_stringn(b, len));
+            continue;
         }
 
         buf = ngx_alloc(2 * len + 1, ngx_cycle->log);

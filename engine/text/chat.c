@@ -2,11 +2,12 @@
  * vLLM's preprocessing of an OpenAI chat request before the template.
  *
  * Owns:   validating messages and tools (errors fit for a 400) and
- *         reshaping them as vLLM's chat_utils.py does for these templates
- *         (content format "openai", auto-detected because the Kimi
- *         templates loop over message['content']):
- *           - content: a string becomes [{"type": "text", "text": s}],
- *             null becomes [], text parts keep {"type", "text"} only;
+ *         reshaping them as vLLM's chat_utils.py does, in the content
+ *         format template.c detected (Kimi's templates loop over
+ *         message['content']: "openai"; DeepSeek's do not: "string"):
+ *           - content: "openai": a string becomes [{"type": "text",
+ *             "text": s}], null becomes [], text parts keep {"type",
+ *             "text"} only; "string": the text parts joined with "\n";
  *           - tool messages: text parts joined with "\n" into a string;
  *           - assistant tool_calls: an empty list is dropped; string
  *             arguments are json.loads-ed (invalid JSON -> {}), anything
@@ -112,7 +113,8 @@ kimi_chat_arguments(json_t *a)
 
 
 static int
-kimi_chat_message(json_t *m, size_t i, json_t **out, kimi_err_t *err)
+kimi_chat_message(json_t *m, size_t i, int string_content, json_t **out,
+    kimi_err_t *err)
 {
     int          rc;
     size_t       k, n_parts, total;
@@ -174,8 +176,9 @@ kimi_chat_message(json_t *m, size_t i, json_t **out, kimi_err_t *err)
         return rc;
     }
 
-    if (strcmp(r, "tool") == 0) {
-        /* tool results: text parts joined with newlines */
+    if (strcmp(r, "tool") == 0 || string_content) {
+        /* tool results (and every message for a "string" template): text
+         * parts joined with newlines, none -> "" */
         n_parts = json_array_size(parts);
         total = 0;
         json_array_foreach(parts, k, v) {
@@ -204,7 +207,7 @@ kimi_chat_message(json_t *m, size_t i, json_t **out, kimi_err_t *err)
         json_decref(parts);
 
         v = json_object_get(m, "tool_call_id");
-        if (v != NULL) {
+        if (v != NULL && strcmp(r, "tool") == 0) {
             json_object_set_new(msg, "tool_call_id", json_deep_copy(v));
         }
 
@@ -260,7 +263,8 @@ kimi_chat_message(json_t *m, size_t i, json_t **out, kimi_err_t *err)
 
 
 int
-kimi_chat_messages(json_t *messages, json_t **out, kimi_err_t *err)
+kimi_chat_messages(json_t *messages, int string_content, json_t **out,
+    kimi_err_t *err)
 {
     int      rc;
     size_t   i;
@@ -278,7 +282,7 @@ kimi_chat_messages(json_t *messages, json_t **out, kimi_err_t *err)
     }
 
     json_array_foreach(messages, i, m) {
-        rc = kimi_chat_message(m, i, &msg, err);
+        rc = kimi_chat_message(m, i, string_content, &msg, err);
         if (rc != KIMI_OK) {
             json_decref(conv);
             return rc;

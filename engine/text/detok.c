@@ -28,7 +28,7 @@ struct kimi_detok {
 static int
 kimi_detok_id_ok(const kimi_tokenizer_t *tok, int32_t id)
 {
-    return id >= 0 && (uint32_t) id < tok->n_ranks + KIMI_TOK_N_SPECIAL;
+    return id >= 0 && (uint32_t) id < kimi_tokenizer_n_vocab(tok);
 }
 
 
@@ -49,7 +49,7 @@ kimi_detokenize(const kimi_tokenizer_t *tok, const int32_t *ids,
         if (!kimi_detok_id_ok(tok, ids[i])) {
             return kimi_err_set(err, KIMI_EINVAL, "token id %ld at position "
                                 "%zu is outside 0..%u", (long) ids[i], i,
-                                tok->n_ranks + KIMI_TOK_N_SPECIAL - 1);
+                                kimi_tokenizer_n_vocab(tok) - 1);
         }
 
         if (skip_special && kimi_tokenizer_is_special(tok, ids[i])) {

@@ -24,7 +24,9 @@
 
 typedef struct kimi_tokenizer  kimi_tokenizer_t;
 
-/* Reads DIR/tiktoken.model and DIR/tokenizer_config.json. */
+/* Reads DIR/tiktoken.model and DIR/tokenizer_config.json (Kimi's), or
+ * else DIR/tokenizer.json, a Hugging Face byte-level BPE (DeepSeek-V3's),
+ * with DIR/tokenizer_config.json when there. */
 int  kimi_tokenizer_load(kimi_tokenizer_t **out, const char *model_dir,
     kimi_err_t *err);
 void kimi_tokenizer_free(kimi_tokenizer_t *tok);
@@ -32,10 +34,16 @@ void kimi_tokenizer_free(kimi_tokenizer_t *tok);
 uint32_t kimi_tokenizer_n_vocab(const kimi_tokenizer_t *tok);  /* 163840 */
 int32_t  kimi_tokenizer_bos(const kimi_tokenizer_t *tok);
 int32_t  kimi_tokenizer_eos(const kimi_tokenizer_t *tok);      /* [EOS] */
+/* The id a plain (not chat-rendered) prompt starts with, or -1: bos when
+ * tokenizer_config.json's add_bos_token is set (what encode() with
+ * add_special_tokens does; chat templates write their own). */
+int32_t  kimi_tokenizer_prompt_prefix(const kimi_tokenizer_t *tok);
 /* id of a special token by its text ("<|im_end|>"), or -1 */
 int32_t  kimi_tokenizer_special_id(const kimi_tokenizer_t *tok,
     const char *text);
 int      kimi_tokenizer_is_special(const kimi_tokenizer_t *tok, int32_t id);
+/* an added token (special or not): its bytes are its content as written */
+int      kimi_tokenizer_is_added(const kimi_tokenizer_t *tok, int32_t id);
 
 /* Encodes text.  allow_special: special-token strings in the text become
  * their ids (vLLM's behaviour for rendered prompts); otherwise they are
@@ -91,6 +99,11 @@ typedef struct kimi_template  kimi_template_t;
 int  kimi_template_load(kimi_template_t **out, const char *model_dir,
     kimi_err_t *err);
 void kimi_template_free(kimi_template_t *t);
+/* vLLM's --chat-template-content-format: "auto" (what load detected: a
+ * template that loops over message['content'] gets lists of parts,
+ * "openai"; any other one strings, "string"), "string" or "openai".
+ * Returns KIMI_EINVAL for another word. */
+int  kimi_template_content_format(kimi_template_t *t, const char *format);
 
 /* Renders an OpenAI chat request: messages (array), tools (array or NULL),
  * add_generation_prompt, after vLLM's preprocessing (string tool-call

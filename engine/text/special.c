@@ -1,15 +1,17 @@
 /*
- * Special tokens: the 256 ids after the last BPE rank.
+ * Added tokens: names matched in text before BPE, each with its id.
  *
- * Owns:   reading added_tokens_decoder and the special-token attributes of
- *         tokenizer_config.json, naming every other slot
- *         "<|reserved_token_ID|>" (absolute id, as tokenization_kimi.py
- *         does), finding names in text, and the skip_special_tokens set.
- * Never:  does BPE.
+ * Owns:   the table of added tokens (name, id, special flag), finding
+ *         names in text, the skip_special_tokens set, reading Kimi's
+ *         added_tokens_decoder (naming every other of its 256 slots
+ *         "<|reserved_token_ID|>", absolute id, as tokenization_kimi.py
+ *         does) and the special-token attributes of tokenizer_config.json.
+ * Never:  does BPE or reads tokenizer.json (hf_tokenizer.c adds its
+ *         added_tokens here).
  * Holds:  the skip set is what Hugging Face's all_special_ids holds: tokens
  *         flagged "special" plus bos/eos/unk/pad/additional_special_tokens.
- *         The five tool-call tokens are added but not special, so they stay
- *         in decoded text for the tool parser.
+ *         Kimi's five tool-call tokens are added but not special, so they
+ *         stay in decoded text for the tool parser.
  */
 
 #include <stdio.h>
@@ -19,7 +21,6 @@
 #include "text_internal.h"
 
 #define KIMI_SPECIAL_NAME_MAX  KIMI_TOK_MAX_TOKEN   /* fits the detokenizer */
-#define KIMI_SPECIAL_TABLE     (4 * KIMI_TOK_N_SPECIAL)
 
 
 static uint32_t
@@ -35,26 +36,47 @@ kimi_specials_hash(const uint8_t *s, size_t n)
 }
 
 
-int32_t
-kimi_specials_find(const kimi_specials_t *sp, const char *s, size_t n)
+static int32_t
+kimi_specials_lookup(const kimi_specials_t *sp, const char *s, size_t n)
 {
-    uint32_t  h, slot;
-    uint16_t  v;
+    uint32_t  h, slot, v;
+
+    if (sp->table == NULL) {
+        return -1;
+    }
 
     h = kimi_specials_hash((const uint8_t *) s, n);
 
-    for (slot = h & (KIMI_SPECIAL_TABLE - 1); ;
-         slot = (slot + 1) & (KIMI_SPECIAL_TABLE - 1))
-    {
+    for (slot = h & sp->mask; ; slot = (slot + 1) & sp->mask) {
         v = sp->table[slot];
         if (v == 0) {
             return -1;
         }
 
         if (sp->name_len[v - 1] == n && memcmp(sp->name[v - 1], s, n) == 0) {
-            return (int32_t) (sp->first_id + v - 1);
+            return (int32_t) v - 1;
         }
     }
+}
+
+
+int32_t
+kimi_specials_find(const kimi_specials_t *sp, const char *s, size_t n)
+{
+    int32_t  e = kimi_specials_lookup(sp, s, n);
+
+    return e < 0 ? -1 : sp->id[e];
+}
+
+
+int32_t
+kimi_specials_entry(const kimi_specials_t *sp, int32_t id)
+{
+    if (sp->entry_of == NULL || id < sp->id_lo || id >= sp->id_hi) {
+        return -1;
+    }
+
+    return sp->entry_of[id - sp->id_lo];
 }
 
 
@@ -91,6 +113,139 @@ kimi_specials_next(const kimi_specials_t *sp, const uint8_t *text,
 }
 
 
+int
+kimi_specials_add(kimi_specials_t *sp, const char *name, size_t len,
+    int32_t id, int special, int strip, const char *path, kimi_err_t *err)
+{
+    uint32_t   cap;
+    void      *p;
+
+    if (len == 0 || len > KIMI_SPECIAL_NAME_MAX || id < 0) {
+        return kimi_err_set(err, KIMI_EFORMAT, "%s: added token %ld has no "
+                            "usable content (1..%d bytes)", path, (long) id,
+                            KIMI_SPECIAL_NAME_MAX);
+    }
+
+    if (sp->n == sp->cap) {
+        cap = sp->cap ? 2 * sp->cap : 256;
+
+#define KIMI_GROW(f)                                                         \
+        p = realloc(sp->f, cap * sizeof(*sp->f));                            \
+        if (p == NULL) {                                                     \
+            return kimi_err_set(err, KIMI_ENOMEM, "%s: out of memory", path);\
+        }                                                                    \
+        sp->f = p;
+
+        KIMI_GROW(name)
+        KIMI_GROW(name_len)
+        KIMI_GROW(id)
+        KIMI_GROW(is_special)
+        KIMI_GROW(strip)
+#undef KIMI_GROW
+
+        sp->cap = cap;
+    }
+
+    sp->name[sp->n] = malloc(len + 1);
+    if (sp->name[sp->n] == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "%s: out of memory", path);
+    }
+
+    memcpy(sp->name[sp->n], name, len);
+    sp->name[sp->n][len] = '\0';
+    sp->name_len[sp->n] = (uint16_t) len;
+    sp->id[sp->n] = id;
+    sp->is_special[sp->n] = special != 0;
+    sp->strip[sp->n] = (uint8_t) strip;
+    sp->n++;
+
+    return KIMI_OK;
+}
+
+
+int
+kimi_specials_index(kimi_specials_t *sp, const char *path, kimi_err_t *err)
+{
+    size_t    i, k, n;
+    uint32_t  h, slot, t, size;
+
+    for (size = 64; size < 4 * sp->n; size *= 2) {
+        /* a load factor of at most 1/4 */
+    }
+
+    sp->mask = size - 1;
+    sp->table = calloc(size, sizeof(*sp->table));
+    sp->lens = calloc(sp->n + 1, sizeof(*sp->lens));
+    if (sp->table == NULL || sp->lens == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "%s: out of memory", path);
+    }
+
+    sp->id_lo = INT32_MAX;
+    sp->id_hi = 0;
+
+    for (i = 0; i < sp->n; i++) {
+        n = sp->name_len[i];
+
+        if (kimi_specials_lookup(sp, sp->name[i], n) >= 0) {
+            return kimi_err_set(err, KIMI_EFORMAT, "%s: added token \"%s\" "
+                                "appears twice", path, sp->name[i]);
+        }
+
+        h = kimi_specials_hash((const uint8_t *) sp->name[i], n);
+        for (slot = h & sp->mask; sp->table[slot] != 0;
+             slot = (slot + 1) & sp->mask)
+        {
+            /* find the free slot */
+        }
+        sp->table[slot] = (uint32_t) i + 1;
+        sp->first_byte[(uint8_t) sp->name[i][0]] = 1;
+
+        for (k = 0; k < sp->n_lens && sp->lens[k] != n; k++) {
+            /* is this length known */
+        }
+
+        if (k == sp->n_lens) {
+            sp->lens[sp->n_lens++] = (uint16_t) n;
+        }
+
+        sp->id_lo = sp->id[i] < sp->id_lo ? sp->id[i] : sp->id_lo;
+        sp->id_hi = sp->id[i] + 1 > sp->id_hi ? sp->id[i] + 1 : sp->id_hi;
+    }
+
+    /* lengths longest first (insertion sort: at most 256 distinct) */
+    for (i = 1; i < sp->n_lens; i++) {
+        t = sp->lens[i];
+        for (k = i; k > 0 && sp->lens[k - 1] < t; k--) {
+            sp->lens[k] = sp->lens[k - 1];
+        }
+        sp->lens[k] = (uint16_t) t;
+    }
+
+    if (sp->n == 0) {
+        return KIMI_OK;
+    }
+
+    sp->entry_of = malloc((size_t) (sp->id_hi - sp->id_lo)
+                          * sizeof(*sp->entry_of));
+    if (sp->entry_of == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "%s: out of memory", path);
+    }
+
+    memset(sp->entry_of, 0xff,
+           (size_t) (sp->id_hi - sp->id_lo) * sizeof(*sp->entry_of));
+
+    for (i = 0; i < sp->n; i++) {
+        if (sp->entry_of[sp->id[i] - sp->id_lo] >= 0) {
+            return kimi_err_set(err, KIMI_EFORMAT, "%s: two added tokens "
+                                "have id %ld", path, (long) sp->id[i]);
+        }
+        sp->entry_of[sp->id[i] - sp->id_lo] = (int32_t) i;
+    }
+
+    return KIMI_OK;
+}
+
+
 /* "content" of an AddedToken, which HF writes as a string or an object. */
 static const char *
 kimi_specials_content(json_t *v)
@@ -108,7 +263,7 @@ kimi_specials_mark(kimi_specials_t *sp, json_t *v, int32_t *out,
     const char *path, const char *field, kimi_err_t *err)
 {
     const char  *name;
-    int32_t      id;
+    int32_t      e;
 
     if (v == NULL || json_is_null(v)) {
         return KIMI_OK;
@@ -120,16 +275,61 @@ kimi_specials_mark(kimi_specials_t *sp, json_t *v, int32_t *out,
                             path, field);
     }
 
-    id = kimi_specials_find(sp, name, strlen(name));
-    if (id < 0) {
+    e = kimi_specials_lookup(sp, name, strlen(name));
+    if (e < 0) {
         return kimi_err_set(err, KIMI_EFORMAT,
                             "%s: %s \"%s\" is not a special token", path,
                             field, name);
     }
 
-    sp->is_special[id - sp->first_id] = 1;
+    sp->is_special[e] = 1;
     if (out != NULL) {
-        *out = id;
+        *out = sp->id[e];
+    }
+
+    return KIMI_OK;
+}
+
+
+int
+kimi_specials_config(kimi_specials_t *sp, json_t *root, const char *path,
+    kimi_err_t *err)
+{
+    int      rc;
+    size_t   i;
+    json_t  *add, *v;
+
+    rc = kimi_specials_mark(sp, json_object_get(root, "bos_token"), &sp->bos,
+                            path, "bos_token", err);
+    if (rc == KIMI_OK) {
+        rc = kimi_specials_mark(sp, json_object_get(root, "eos_token"),
+                                &sp->eos, path, "eos_token", err);
+    }
+    if (rc == KIMI_OK) {
+        rc = kimi_specials_mark(sp, json_object_get(root, "unk_token"),
+                                &sp->unk, path, "unk_token", err);
+    }
+    if (rc == KIMI_OK) {
+        rc = kimi_specials_mark(sp, json_object_get(root, "pad_token"),
+                                &sp->pad, path, "pad_token", err);
+    }
+    if (rc != KIMI_OK) {
+        return rc;
+    }
+
+    add = json_object_get(root, "additional_special_tokens");
+    if (add != NULL && !json_is_array(add)) {
+        return kimi_err_set(err, KIMI_EFORMAT,
+                            "%s: \"additional_special_tokens\" is not a list",
+                            path);
+    }
+
+    json_array_foreach(add, i, v) {
+        rc = kimi_specials_mark(sp, v, NULL, path,
+                                "additional_special_tokens", err);
+        if (rc != KIMI_OK) {
+            return rc;
+        }
     }
 
     return KIMI_OK;
@@ -144,15 +344,17 @@ kimi_specials_load(kimi_specials_t *sp, uint32_t first_id,
     char          buf[64];
     long          id;
     char         *end;
-    size_t        i, k, n, idx;
-    json_t       *root, *dec, *v, *flag, *add;
-    uint32_t      h, slot, t;
+    size_t        i;
+    json_t       *root, *dec, *v, *flag;
     const char   *key, *name;
+    const char   *names[KIMI_TOK_N_SPECIAL];
+    uint8_t       special[KIMI_TOK_N_SPECIAL];
     json_error_t  jerr;
 
     memset(sp, 0, sizeof(*sp));
-    sp->first_id = first_id;
     sp->bos = sp->eos = sp->unk = sp->pad = -1;
+    memset(names, 0, sizeof(names));
+    memset(special, 0, sizeof(special));
 
     /* model_max_length is 1e30 in HF files: too big for json_int_t */
     root = json_load_file(config_path, JSON_DECODE_INT_AS_REAL, &jerr);
@@ -182,109 +384,40 @@ kimi_specials_load(kimi_specials_t *sp, uint32_t first_id,
         }
 
         name = kimi_specials_content(v);
-        if (name == NULL || *name == '\0'
-            || strlen(name) > KIMI_SPECIAL_NAME_MAX)
-        {
+        if (name == NULL) {
             rc = kimi_err_set(err, KIMI_EFORMAT,
                               "%s: added token %ld has no usable content",
                               config_path, id);
             goto failed;
         }
 
-        idx = (size_t) (id - first_id);
-        free(sp->name[idx]);
-        sp->name[idx] = strdup(name);
-        if (sp->name[idx] == NULL) {
-            rc = kimi_err_set(err, KIMI_ENOMEM, "%s: out of memory",
-                              config_path);
-            goto failed;
-        }
-
+        names[id - first_id] = name;
         flag = json_is_object(v) ? json_object_get(v, "special") : NULL;
-        sp->is_special[idx] = json_is_true(flag);
+        special[id - first_id] = json_is_true(flag);
     }
 
     for (i = 0; i < KIMI_TOK_N_SPECIAL; i++) {
-        if (sp->name[i] == NULL) {
+        name = names[i];
+        if (name == NULL) {
             snprintf(buf, sizeof(buf), "<|reserved_token_%zu|>",
                      (size_t) first_id + i);
-            sp->name[i] = strdup(buf);
-            if (sp->name[i] == NULL) {
-                rc = kimi_err_set(err, KIMI_ENOMEM, "%s: out of memory",
-                                  config_path);
-                goto failed;
-            }
+            name = buf;
         }
 
-        n = strlen(sp->name[i]);
-        sp->name_len[i] = (uint16_t) n;
-        sp->first_byte[(uint8_t) sp->name[i][0]] = 1;
-
-        if (kimi_specials_find(sp, sp->name[i], n) >= 0) {
-            rc = kimi_err_set(err, KIMI_EFORMAT,
-                              "%s: special token \"%s\" appears twice",
-                              config_path, sp->name[i]);
-            goto failed;
-        }
-
-        h = kimi_specials_hash((const uint8_t *) sp->name[i], n);
-        for (slot = h & (KIMI_SPECIAL_TABLE - 1); sp->table[slot] != 0;
-             slot = (slot + 1) & (KIMI_SPECIAL_TABLE - 1))
-        {
-            /* find the free slot */
-        }
-        sp->table[slot] = (uint16_t) (i + 1);
-
-        for (k = 0; k < sp->n_lens && sp->lens[k] != n; k++) {
-            /* is this length known */
-        }
-
-        if (k == sp->n_lens) {
-            sp->lens[sp->n_lens++] = (uint16_t) n;
-        }
-    }
-
-    /* lengths longest first (insertion sort: at most 256 of them) */
-    for (i = 1; i < sp->n_lens; i++) {
-        t = sp->lens[i];
-        for (k = i; k > 0 && sp->lens[k - 1] < t; k--) {
-            sp->lens[k] = sp->lens[k - 1];
-        }
-        sp->lens[k] = (uint16_t) t;
-    }
-
-    rc = kimi_specials_mark(sp, json_object_get(root, "bos_token"), &sp->bos,
-                            config_path, "bos_token", err);
-    if (rc == KIMI_OK) {
-        rc = kimi_specials_mark(sp, json_object_get(root, "eos_token"),
-                                &sp->eos, config_path, "eos_token", err);
-    }
-    if (rc == KIMI_OK) {
-        rc = kimi_specials_mark(sp, json_object_get(root, "unk_token"),
-                                &sp->unk, config_path, "unk_token", err);
-    }
-    if (rc == KIMI_OK) {
-        rc = kimi_specials_mark(sp, json_object_get(root, "pad_token"),
-                                &sp->pad, config_path, "pad_token", err);
-    }
-    if (rc != KIMI_OK) {
-        goto failed;
-    }
-
-    add = json_object_get(root, "additional_special_tokens");
-    if (add != NULL && !json_is_array(add)) {
-        rc = kimi_err_set(err, KIMI_EFORMAT,
-                          "%s: \"additional_special_tokens\" is not a list",
-                          config_path);
-        goto failed;
-    }
-
-    json_array_foreach(add, i, v) {
-        rc = kimi_specials_mark(sp, v, NULL, config_path,
-                                "additional_special_tokens", err);
+        rc = kimi_specials_add(sp, name, strlen(name),
+                               (int32_t) (first_id + i), special[i], 0,
+                               config_path, err);
         if (rc != KIMI_OK) {
             goto failed;
         }
+    }
+
+    rc = kimi_specials_index(sp, config_path, err);
+    if (rc == KIMI_OK) {
+        rc = kimi_specials_config(sp, root, config_path, err);
+    }
+    if (rc != KIMI_OK) {
+        goto failed;
     }
 
     json_decref(root);
@@ -301,10 +434,20 @@ failed:
 void
 kimi_specials_free(kimi_specials_t *sp)
 {
-    size_t  i;
+    uint32_t  i;
 
-    for (i = 0; i < KIMI_TOK_N_SPECIAL; i++) {
+    for (i = 0; i < sp->n; i++) {
         free(sp->name[i]);
-        sp->name[i] = NULL;
     }
+
+    free(sp->name);
+    free(sp->name_len);
+    free(sp->id);
+    free(sp->is_special);
+    free(sp->strip);
+    free(sp->entry_of);
+    free(sp->table);
+    free(sp->lens);
+    memset(sp, 0, sizeof(*sp));
+    sp->bos = sp->eos = sp->unk = sp->pad = -1;
 }

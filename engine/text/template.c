@@ -22,7 +22,69 @@ struct kimi_template {
     size_t         n_body;
     char          *source;       /* "DIR/chat_template.jinja" etc. */
     char          *tokens[4];    /* bos, eos, unk, pad from the config */
+    int            string_content;  /* vLLM's content format "string" */
+    int            detected;        /* what load found it to be */
 };
+
+
+/* X['content'] or X.content */
+static int
+kimi_template_is_content(const kimi_node_t *n)
+{
+    return n != NULL
+           && ((n->type == KIMI_N_GETATTR && n->str != NULL
+                && strcmp(n->str, "content") == 0)
+               || (n->type == KIMI_N_GETITEM && n->b != NULL
+                   && n->b->type == KIMI_N_CONST
+                   && json_is_string(n->b->value)
+                   && strcmp(json_string_value(n->b->value), "content") == 0));
+}
+
+
+/* Whether the statements loop over a message's content (directly, or over
+ * a name set from it): vLLM's content-format detection, which then hands
+ * such templates content as a list of parts ("openai") and every other
+ * template one string ("string": the text parts joined with newlines). */
+static int
+kimi_template_loops_content(kimi_node_t **v, size_t n, char **names,
+    size_t *n_names)
+{
+    size_t              i, k;
+    const kimi_node_t  *it;
+
+    for (i = 0; i < n; i++) {
+        if (v[i]->type == KIMI_N_SET && kimi_template_is_content(v[i]->a)
+            && *n_names < 8)
+        {
+            names[(*n_names)++] = v[i]->str;
+        }
+
+        if (v[i]->type == KIMI_N_FOR) {
+            it = v[i]->a;
+            /* "for part in message['content'] if ..." parses the same */
+            if (kimi_template_is_content(it)) {
+                return 1;
+            }
+            for (k = 0; it != NULL && it->type == KIMI_N_NAME && k < *n_names;
+                 k++)
+            {
+                if (strcmp(it->str, names[k]) == 0) {
+                    return 1;
+                }
+            }
+        }
+
+        if (kimi_template_loops_content(v[i]->body, v[i]->n_body, names,
+                                        n_names)
+            || kimi_template_loops_content(v[i]->orelse, v[i]->n_orelse,
+                                           names, n_names))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
 
 
 static char *
@@ -96,6 +158,15 @@ kimi_template_load_string(kimi_template_t **out, const char *src, size_t len,
         kimi_err_wrap(err, "%s", t->source);
         kimi_template_free(t);
         return rc;
+    }
+
+    {
+        char    *names[8];
+        size_t   n_names = 0;
+
+        t->string_content = !kimi_template_loops_content(t->body, t->n_body,
+                                                         names, &n_names);
+        t->detected = t->string_content;
     }
 
     *out = t;
@@ -206,6 +277,23 @@ kimi_template_free(kimi_template_t *t)
 
 
 int
+kimi_template_content_format(kimi_template_t *t, const char *format)
+{
+    if (strcmp(format, "auto") == 0) {
+        t->string_content = t->detected;
+    } else if (strcmp(format, "string") == 0) {
+        t->string_content = 1;
+    } else if (strcmp(format, "openai") == 0) {
+        t->string_content = 0;
+    } else {
+        return KIMI_EINVAL;
+    }
+
+    return KIMI_OK;
+}
+
+
+int
 kimi_template_render_ex(const kimi_template_t *t, json_t *messages,
     json_t *tools, int add_generation_prompt, char **text, size_t *len,
     kimi_span_t **plain, size_t *n_plain, kimi_err_t *err)
@@ -222,7 +310,7 @@ kimi_template_render_ex(const kimi_template_t *t, json_t *messages,
         *n_plain = 0;
     }
 
-    rc = kimi_chat_messages(messages, &conv, err);
+    rc = kimi_chat_messages(messages, t->string_content, &conv, err);
     if (rc == KIMI_OK) {
         rc = kimi_chat_tools(tools, &tool_dicts, err);
     }

@@ -230,7 +230,11 @@ int  kimi_tmpl_eval(kimi_node_t **body, size_t n_body,
 
 /* ---- vLLM preprocessing (chat.c) ------------------------------------------- */
 
-int  kimi_chat_messages(json_t *messages, json_t **out, kimi_err_t *err);
+/* string_content: every message's content one string (its text parts
+ * joined with newlines), vLLM's "string" content format; else a list of
+ * parts ("openai"), tool messages a string either way. */
+int  kimi_chat_messages(json_t *messages, int string_content, json_t **out,
+    kimi_err_t *err);
 int  kimi_chat_tools(json_t *tools, json_t **out, kimi_err_t *err);
 
 #endif

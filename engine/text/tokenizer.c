@@ -62,7 +62,7 @@ kimi_tok_lookup(const kimi_tokenizer_t *tok, const uint8_t *p, size_t n)
 {
     uint64_t  h, v;
     uint32_t  slot, tag, r;
-    uint64_t *slots = (uint64_t *) tok->slots;
+    uint64_t *slots = tok->slots;
 
     h = kimi_tok_hash(p, n);
     tag = (uint32_t) (h >> 32);
@@ -94,12 +94,12 @@ kimi_tok_rank(const kimi_tokenizer_t *tok, const uint8_t *p, size_t n)
 }
 
 
-static int
+int
 kimi_tok_insert(kimi_tokenizer_t *tok, uint32_t r)
 {
     uint64_t  h;
     uint32_t  slot;
-    uint64_t *slots = (uint64_t *) tok->slots;
+    uint64_t *slots = tok->slots;
     size_t    n = tok->off[r + 1] - tok->off[r];
 
     if (kimi_tok_lookup(tok, tok->blob + tok->off[r], n) != KIMI_RANK_NONE) {
@@ -361,15 +361,18 @@ kimi_tokenizer_load(kimi_tokenizer_t **out, const char *model_dir,
 
     snprintf(path, sizeof(path), "%s/tiktoken.model", model_dir);
     if (access(path, F_OK) != 0) {
-        /* say what is missing when the model brings another kind */
+        /* a Hugging Face tokenizer.json (DeepSeek-V3's kind) */
         snprintf(path, sizeof(path), "%s/tokenizer.json", model_dir);
         if (access(path, F_OK) == 0) {
-            rc = kimi_err_set(err, KIMI_EUNSUPPORTED, "tokenizer: %s/ has a"
-                              " Hugging Face tokenizer.json and no"
-                              " tiktoken.model; only tiktoken BPE tokenizers"
-                              " (Kimi-K2's, Moonlight's) are implemented",
-                              model_dir);
-            goto failed;
+            char  cfg[4096];
+
+            snprintf(cfg, sizeof(cfg), "%s/tokenizer_config.json", model_dir);
+            rc = kimi_hf_load(tok, path, cfg, err);
+            if (rc != KIMI_OK) {
+                goto failed;
+            }
+            *out = tok;
+            return KIMI_OK;
         }
         snprintf(path, sizeof(path), "%s/tiktoken.model", model_dir);
     }
@@ -377,6 +380,7 @@ kimi_tokenizer_load(kimi_tokenizer_t **out, const char *model_dir,
     if (rc != KIMI_OK) {
         goto failed;
     }
+    tok->n_ids = tok->n_ranks + KIMI_TOK_N_SPECIAL;
 
     snprintf(path, sizeof(path), "%s/tokenizer_config.json", model_dir);
     rc = kimi_specials_load(&tok->sp, tok->n_ranks, path, err);
@@ -407,6 +411,7 @@ kimi_tokenizer_free(kimi_tokenizer_t *tok)
     }
 
     kimi_pretok_free(&tok->pt);
+    kimi_hf_free(tok->hf);
     kimi_specials_free(&tok->sp);
     free(tok->slots);
     free(tok->off);
@@ -418,7 +423,7 @@ kimi_tokenizer_free(kimi_tokenizer_t *tok)
 uint32_t
 kimi_tokenizer_n_vocab(const kimi_tokenizer_t *tok)
 {
-    return tok->n_ranks + KIMI_TOK_N_SPECIAL;
+    return tok->n_ids;
 }
 
 
@@ -437,6 +442,13 @@ kimi_tokenizer_eos(const kimi_tokenizer_t *tok)
 
 
 int32_t
+kimi_tokenizer_prompt_prefix(const kimi_tokenizer_t *tok)
+{
+    return tok->add_bos ? tok->sp.bos : -1;
+}
+
+
+int32_t
 kimi_tokenizer_special_id(const kimi_tokenizer_t *tok, const char *text)
 {
     return kimi_specials_find(&tok->sp, text, strlen(text));
@@ -446,37 +458,42 @@ kimi_tokenizer_special_id(const kimi_tokenizer_t *tok, const char *text)
 int
 kimi_tokenizer_is_special(const kimi_tokenizer_t *tok, int32_t id)
 {
-    if (id < (int32_t) tok->n_ranks
-        || id >= (int32_t) (tok->n_ranks + KIMI_TOK_N_SPECIAL))
-    {
-        return 0;
-    }
+    int32_t  e = kimi_specials_entry(&tok->sp, id);
 
-    return tok->sp.is_special[id - tok->n_ranks];
+    return e >= 0 && tok->sp.is_special[e];
+}
+
+
+int
+kimi_tokenizer_is_added(const kimi_tokenizer_t *tok, int32_t id)
+{
+    return kimi_specials_entry(&tok->sp, id) >= 0;
 }
 
 
 const char *
 kimi_token_bytes(const kimi_tokenizer_t *tok, int32_t id, size_t *len)
 {
-    uint32_t  s;
+    int32_t  e;
 
-    if (id < 0) {
+    if (id < 0 || (uint32_t) id >= tok->n_ids) {
         return NULL;
     }
 
+    /* tiktoken: ranks, then the names of the specials after them;
+     * tokenizer.json: every id's bytes in blob (none: empty) */
     if ((uint32_t) id < tok->n_ranks) {
         *len = tok->off[id + 1] - tok->off[id];
         return (const char *) tok->blob + tok->off[id];
     }
 
-    s = (uint32_t) id - tok->n_ranks;
-    if (s >= KIMI_TOK_N_SPECIAL) {
+    e = kimi_specials_entry(&tok->sp, id);
+    if (e < 0) {
         return NULL;
     }
 
-    *len = tok->sp.name_len[s];
-    return tok->sp.name[s];
+    *len = tok->sp.name_len[e];
+    return tok->sp.name[e];
 }
 
 
@@ -736,6 +753,75 @@ kimi_enc_piece(void *ctx, const uint8_t *p, size_t n)
 }
 
 
+static int
+kimi_enc_ids(void *ctx, const int32_t *ids, size_t n)
+{
+    int          rc;
+    kimi_enc_t  *e = ctx;
+
+    rc = kimi_enc_reserve(e, n);
+    if (rc != KIMI_OK) {
+        return rc;
+    }
+
+    memcpy(e->ids + e->n, ids, n * sizeof(*ids));
+    e->n += n;
+    return KIMI_OK;
+}
+
+
+/* Rust's char::is_whitespace (Unicode White_Space): what an added token's
+ * lstrip / rstrip take. */
+static int
+kimi_is_white(uint32_t c)
+{
+    return (c >= 0x09 && c <= 0x0d) || c == 0x20 || c == 0x85 || c == 0xa0
+           || c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028
+           || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+
+
+/* The start of the whitespace run that ends at end (>= from). */
+static size_t
+kimi_white_before(const uint8_t *s, size_t from, size_t end)
+{
+    size_t    i, k;
+    uint32_t  c;
+
+    while (end > from) {
+        for (i = end - 1; i > from && (s[i] & 0xc0) == 0x80; i--) {
+            /* back to the character's first byte */
+        }
+        k = kimi_utf8_decode(s + i, end - i, &c);
+        if (k == 0 || !kimi_is_white(c)) {
+            break;
+        }
+        end = i;
+    }
+
+    return end;
+}
+
+
+/* The end of the whitespace run that starts at at. */
+static size_t
+kimi_white_after(const uint8_t *s, size_t at, size_t len)
+{
+    size_t    k;
+    uint32_t  c;
+
+    while (at < len) {
+        k = kimi_utf8_decode(s + at, len - at, &c);
+        if (k == 0 || !kimi_is_white(c)) {
+            break;
+        }
+        at += k;
+    }
+
+    return at;
+}
+
+
 int
 kimi_tokenize(const kimi_tokenizer_t *tok, const char *text, size_t len,
     int allow_special, int32_t **ids, size_t *n_ids, kimi_err_t *err)
@@ -751,9 +837,10 @@ kimi_tokenize_ex(const kimi_tokenizer_t *tok, const char *text, size_t len,
     int32_t **ids, size_t *n_ids, kimi_err_t *err)
 {
     int                    rc;
-    size_t                 at, pos, n, valid, k;
-    int32_t                id;
+    size_t                 at, pos, n, valid, k, seg_end, next;
+    int32_t                id, entry;
     kimi_enc_t             e;
+    kimi_hf_scratch_t      hscr;
     kimi_pretok_scratch_t  scr;
     const uint8_t  *s = (const uint8_t *) text;
 
@@ -768,6 +855,7 @@ kimi_tokenize_ex(const kimi_tokenizer_t *tok, const char *text, size_t len,
 
     memset(&e, 0, sizeof(e));
     memset(&scr, 0, sizeof(scr));
+    memset(&hscr, 0, sizeof(hscr));
     e.tok = tok;
     e.err = err;
 
@@ -805,8 +893,25 @@ kimi_tokenize_ex(const kimi_tokenizer_t *tok, const char *text, size_t len,
             }
         }
 
-        rc = kimi_pretok_split(&tok->pt, &scr, s + at, pos - at,
-                               kimi_enc_piece, &e, err);
+        /* an added token with lstrip / rstrip takes the whitespace
+         * beside it (tokenizer.json's; Kimi's have neither) */
+        seg_end = pos;
+        next = pos + n;
+        if (pos < len) {
+            entry = kimi_specials_entry(&tok->sp, id);
+            if (entry >= 0 && (tok->sp.strip[entry] & KIMI_SPECIAL_LSTRIP)) {
+                seg_end = kimi_white_before(s, at, pos);
+            }
+            if (entry >= 0 && (tok->sp.strip[entry] & KIMI_SPECIAL_RSTRIP)) {
+                next = kimi_white_after(s, next, len);
+            }
+        }
+
+        rc = tok->hf != NULL
+             ? kimi_hf_encode(tok, &hscr, s + at, seg_end - at, kimi_enc_ids,
+                              &e, err)
+             : kimi_pretok_split(&tok->pt, &scr, s + at, seg_end - at,
+                                 kimi_enc_piece, &e, err);
         if (rc != KIMI_OK) {
             goto failed;
         }
@@ -821,10 +926,11 @@ kimi_tokenize_ex(const kimi_tokenizer_t *tok, const char *text, size_t len,
         }
 
         e.ids[e.n++] = id;
-        at = pos + n;
+        at = next;
     }
 
     kimi_pretok_scratch_free(&scr);
+    kimi_hf_scratch_free(&hscr);
     free(e.scratch);
     *ids = e.ids;
     *n_ids = e.n;
@@ -833,6 +939,7 @@ kimi_tokenize_ex(const kimi_tokenizer_t *tok, const char *text, size_t len,
 failed:
 
     kimi_pretok_scratch_free(&scr);
+    kimi_hf_scratch_free(&hscr);
     free(e.scratch);
     free(e.ids);
     return rc;

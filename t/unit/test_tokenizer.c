@@ -320,7 +320,8 @@ main(void)
     }
 
     {
-        /* a Hugging Face tokenizer.json instead: said so, not "no file" */
+        /* a tokenizer.json of a kind not implemented (WordPiece): said so,
+         * naming the file and the kind, not "no file" */
         char               dir[] = "/tmp/kimi-tok-XXXXXX", path[256];
         FILE              *f;
         kimi_tokenizer_t  *hf = NULL;
@@ -328,12 +329,13 @@ main(void)
         if (mkdtemp(dir) != NULL) {
             snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
             f = fopen(path, "w");
-            fputs("{\"model\": {\"type\": \"BPE\"}}\n", f);
+            fputs("{\"model\": {\"type\": \"WordPiece\"}}\n", f);
             fclose(f);
             rc = kimi_tokenizer_load(&hf, dir, &err);
             ok(rc == KIMI_EUNSUPPORTED && hf == NULL
-               && strstr(err.msg, "tokenizer.json") != NULL,
-               "a model with only tokenizer.json is refused as unsupported,"
+               && strstr(err.msg, "tokenizer.json") != NULL
+               && strstr(err.msg, "WordPiece") != NULL,
+               "a WordPiece tokenizer.json is refused as unsupported,"
                " naming it: %s", err.msg);
             unlink(path);
             rmdir(dir);

