@@ -105,6 +105,9 @@ typedef struct {
     ngx_uint_t                   content_format;   /* kimi_chat_template_
                                                       content_format: auto,
                                                       string, openai */
+    ngx_uint_t                   tool_format;      /* kimi_tool_call_parser:
+                                                      0 auto, else the
+                                                      format + 1 */
 #if (NGX_THREADS)
     ngx_thread_pool_t           *thread_pool;
 #endif
@@ -395,6 +398,7 @@ void ngx_http_kimi_text_exit_process(ngx_cycle_t *cycle);
 void ngx_http_kimi_text_want(ngx_cycle_t *cycle, const char *model_dir);
 ngx_http_kimi_text_t *ngx_http_kimi_text_get(ngx_str_t *why);
 const kimi_tokenizer_t *ngx_http_kimi_text_tokenizer(ngx_http_kimi_text_t *t);
+kimi_tool_format_e ngx_http_kimi_text_tool_format(ngx_http_kimi_text_t *t);
 void ngx_http_kimi_text_ref(ngx_http_kimi_text_t *t);
 void ngx_http_kimi_text_unref(ngx_http_kimi_text_t *t);
 ngx_int_t ngx_http_kimi_text_prepare(ngx_http_kimi_ctx_t *ctx);

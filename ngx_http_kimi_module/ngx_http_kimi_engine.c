@@ -693,6 +693,11 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
         }
     }
 
+    /* the output leaves the text of the token that stops it out */
+    ctx->params.sampling.n_stop_ids = sp->n_stop_ids;
+    ngx_memcpy(ctx->params.sampling.stop_ids, sp->stop_ids,
+               sp->n_stop_ids * sizeof(sp->stop_ids[0]));
+
     ngx_memcpy(kimi_shm_prompt(&a->shm, idx), ctx->prompt,
                ctx->n_prompt * sizeof(int32_t));
     if (ctx->params.n_guided) {

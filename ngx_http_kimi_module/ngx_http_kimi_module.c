@@ -83,6 +83,16 @@ static ngx_conf_enum_t  ngx_http_kimi_content_formats[] = {
 };
 
 
+/* vLLM's --tool-call-parser; auto: what the tokenizer spells */
+static ngx_conf_enum_t  ngx_http_kimi_tool_formats[] = {
+    { ngx_string("auto"), 0 },
+    { ngx_string("kimi_k2"), KIMI_TOOL_FORMAT_KIMI_K2 + 1 },
+    { ngx_string("deepseek_v3"), KIMI_TOOL_FORMAT_DEEPSEEK_V3 + 1 },
+    { ngx_string("deepseek_v31"), KIMI_TOOL_FORMAT_DEEPSEEK_V31 + 1 },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_command_t  ngx_http_kimi_commands[] = {
 
     { ngx_string("kimi_engine"),
@@ -119,6 +129,13 @@ static ngx_command_t  ngx_http_kimi_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_kimi_main_conf_t, content_format),
       &ngx_http_kimi_content_formats },
+
+    { ngx_string("kimi_tool_call_parser"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_kimi_main_conf_t, tool_format),
+      &ngx_http_kimi_tool_formats },
 
     { ngx_string("kimi_pass"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
@@ -925,7 +942,8 @@ ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
  * "parameters" where the schema is in the
  * supported subset, else to any JSON object; IDX counts the calls already
  * in the conversation and those before it in this answer (vLLM's id).  A
- * tokenizer without Kimi's markers leaves the choice unforced. */
+ * tokenizer without Kimi's markers (DeepSeek's) cannot be held to it:
+ * NGX_DECLINED, the request is refused. */
 static ngx_int_t
 ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
 {
@@ -951,7 +969,7 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
     for (i = 0; i < 5; i++) {
         mark[i] = kimi_tokenizer_special_id(tk, names[i]);
         if (mark[i] < 0) {
-            return NGX_OK;
+            return NGX_DECLINED;
         }
     }
 
@@ -1382,12 +1400,31 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
         return;
     }
 
-    if ((ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_NAMED
-         || ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_REQUIRED)
-        && ngx_http_kimi_tool_words(ctx) != NGX_OK)
+    if (ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_NAMED
+        || ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_REQUIRED)
     {
-        ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
+        rc = ngx_http_kimi_tool_words(ctx);
+
+        if (rc == NGX_DECLINED) {
+            static const char  msg[] = "tool_choice \"required\" or a named "
+                "function is enforced only in Kimi's tool-call format; this "
+                "model's tokenizer has no Kimi tool-call markers (use "
+                "\"auto\")";
+
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "kimi: forced tool_choice refused: no Kimi markers");
+            ngx_http_kimi_finalize(ctx,
+                ngx_http_kimi_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                         "invalid_request_error", msg,
+                                         sizeof(msg) - 1, "tool_choice",
+                                         NULL));
+            return;
+        }
+
+        if (rc != NGX_OK) {
+            ngx_http_kimi_finalize(ctx, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
     }
 
     if ((ctx->params.n > 1 || ctx->n_batch > 1)
@@ -1763,6 +1800,7 @@ ngx_http_kimi_create_main_conf(ngx_conf_t *cf)
 
     kmcf->offload_threshold = NGX_CONF_UNSET_SIZE;
     kmcf->content_format = NGX_CONF_UNSET_UINT;
+    kmcf->tool_format = NGX_CONF_UNSET_UINT;
 
     return kmcf;
 }
@@ -1776,6 +1814,7 @@ ngx_http_kimi_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_size_value(kmcf->offload_threshold,
                              NGX_HTTP_KIMI_OFFLOAD_DEFAULT);
     ngx_conf_init_uint_value(kmcf->content_format, 0);
+    ngx_conf_init_uint_value(kmcf->tool_format, 0);
 
     if (!kmcf->used) {
         return NGX_CONF_OK;

@@ -46,21 +46,19 @@ ngx_int_t
 ngx_http_kimi_output_start(ngx_http_kimi_ctx_t *ctx)
 {
     ngx_int_t                rc;
+    kimi_tool_format_e       format;
     const kimi_tokenizer_t  *tok;
 
     tok = ngx_http_kimi_text_tokenizer(ctx->text);
-
-    ctx->detok = kimi_detok_new(tok, ctx->params.skip_special);
-    if (ctx->detok == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    format = ngx_http_kimi_text_tool_format(ctx->text);
 
     if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT && ctx->params.tools
         && ctx->params.tool_choice != NGX_HTTP_KIMI_TOOL_CHOICE_NONE)
     {
         ctx->want_tools = 1;
 
-        ctx->toolparse = kimi_toolparse_new(ngx_http_kimi_output_tool_event,
+        ctx->toolparse = kimi_toolparse_new_format(format,
+                                            ngx_http_kimi_output_tool_event,
                                             ctx);
         if (ctx->toolparse == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -74,6 +72,16 @@ ngx_http_kimi_output_start(ngx_http_kimi_ctx_t *ctx)
                 return NGX_HTTP_INTERNAL_SERVER_ERROR;
             }
         }
+    }
+
+    /* DeepSeek's markers may be special tokens (Kimi's are not): with
+     * tools they are decoded, so the parser sees them and they never
+     * reach the content */
+    ctx->detok = kimi_detok_new(tok, ctx->params.skip_special
+                                     && !(ctx->want_tools
+                                          && format != KIMI_TOOL_FORMAT_KIMI_K2));
+    if (ctx->detok == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     if (ctx->params.stream) {
@@ -273,6 +281,7 @@ ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
     const kimi_shm_token_t *tok)
 {
     size_t       len;
+    uint32_t     i;
     const char  *out;
 
     if (ctx->stopped) {
@@ -289,6 +298,16 @@ ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
         && ngx_http_kimi_output_logprob(ctx, tok) != NGX_OK)
     {
         return NGX_ERROR;
+    }
+
+    /* a stop token (eos, <|im_end|>, stop_token_ids) ends the output and
+     * adds no text, whatever skip_special_tokens says: vLLM's detokenizer
+     * drops the token a request stopped on (stop ids are masked before
+     * min_tokens, so one that comes is the last) */
+    for (i = 0; i < ctx->params.sampling.n_stop_ids; i++) {
+        if (ctx->params.sampling.stop_ids[i] == tok->token) {
+            return NGX_OK;
+        }
     }
 
     if (kimi_detok_push(ctx->detok, tok->token, &out, &len) != 0) {

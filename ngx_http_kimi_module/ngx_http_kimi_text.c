@@ -35,6 +35,7 @@ struct ngx_http_kimi_text_s {
     ngx_uint_t                 refs;
     char                       dir[NGX_HTTP_KIMI_DIR_LEN];
     char                       tmpl_err[512];
+    kimi_tool_format_e         tool_format;      /* kimi_tool_call_parser */
 };
 
 
@@ -223,6 +224,12 @@ ngx_http_kimi_text_load_thread(void *data, ngx_log_t *log)
         return;
     }
 
+    /* auto: the format the tokenizer's added tokens spell */
+    t->tool_format = ngx_http_kimi_text.kmcf->tool_format > 0
+                     ? (kimi_tool_format_e)
+                       (ngx_http_kimi_text.kmcf->tool_format - 1)
+                     : (kimi_tool_format_e) kimi_tool_format_of(t->tok);
+
     /* /v1/completions works without a template; chat answers 503 with
      * the reason */
     if (kimi_template_load(&t->tmpl, t->dir, &terr) != 0) {
@@ -313,6 +320,13 @@ const kimi_tokenizer_t *
 ngx_http_kimi_text_tokenizer(ngx_http_kimi_text_t *t)
 {
     return t->tok;
+}
+
+
+kimi_tool_format_e
+ngx_http_kimi_text_tool_format(ngx_http_kimi_text_t *t)
+{
+    return t->tool_format;
 }
 
 

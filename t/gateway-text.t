@@ -307,6 +307,16 @@ $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
 is($r->{status}, 400, 'a non-boolean include_stop_str_in_output is a 400');
 is($r->{json}{error}{param}, 'include_stop_str_in_output', '... naming it');
 
+# the token a request stops on adds no text, even with special tokens kept
+# (vLLM's detokenizer drops it): the replay engine ends on the eos id
+{
+    my $k = $t->post('/v1/chat/completions', chat_body(content => 'hello',
+        skip_special_tokens => JSON::PP::false));
+    is($k->{json}{choices}[0]{message}{content}, 'plain answer',
+        'skip_special_tokens false: no end-of-turn text after the answer');
+    is($k->{json}{choices}[0]{finish_reason}, 'stop', 'finish_reason stop');
+}
+
 $t->stop;
 
 done_testing;

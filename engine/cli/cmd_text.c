@@ -28,6 +28,7 @@ typedef struct {
     int          no_special;      /* tokenize: special names are text */
     int          skip_special;    /* detokenize: drop special ids */
     int          plain_user_text; /* tokenize: names in user data are text */
+    const char  *tool_parser;     /* parse-tools: vLLM's parser name */
 } kimi_text_opts_t;
 
 
@@ -39,7 +40,8 @@ kimi_text_usage(const char *cmd, int rc)
             "  tokenize     [--no-special] [--plain-user-text]\n"
             "  detokenize   [--skip-special]\n"
             "  render\n"
-            "  parse-tools\n"
+            "  parse-tools  [--tool-call-parser kimi_k2|deepseek_v3|deepseek_v31]\n"
+            "               (default: what the model's tokenizer spells)\n"
             "Reads one request from stdin (JSON, or raw text for tokenize "
             "and parse-tools)\nand prints one JSON object.\n", cmd);
     return rc;
@@ -62,6 +64,10 @@ kimi_text_args(int argc, char **argv, kimi_text_opts_t *o)
             o->skip_special = 1;
         } else if (strcmp(argv[i], "--plain-user-text") == 0) {
             o->plain_user_text = 1;
+        } else if (strcmp(argv[i], "--tool-call-parser") == 0
+                   && i + 1 < argc)
+        {
+            o->tool_parser = argv[++i];
         } else if (strcmp(argv[i], "-h") == 0
                    || strcmp(argv[i], "--help") == 0)
         {
@@ -478,8 +484,10 @@ kimi_cmd_parse_tools(int argc, char **argv)
     json_t             *req, *text, *out;
     kimi_err_t          err;
     kimi_text_opts_t    o;
+    int                 format;
     kimi_tp_collect_t   c;
     kimi_toolparse_t   *p;
+    kimi_tokenizer_t   *tok;
 
     rc = kimi_text_args(argc, argv, &o);
     if (rc != 0) {
@@ -495,9 +503,30 @@ kimi_cmd_parse_tools(int argc, char **argv)
         return kimi_text_fail(argv[0], &err);
     }
 
+    if (o.tool_parser != NULL) {
+        format = kimi_tool_format_by_name(o.tool_parser);
+        if (format < 0) {
+            json_decref(req);
+            kimi_err_set(&err, KIMI_EINVAL, "--tool-call-parser \"%s\" is "
+                         "not kimi_k2, deepseek_v3 or deepseek_v31",
+                         o.tool_parser);
+            return kimi_text_fail(argv[0], &err);
+        }
+
+    } else {
+        rc = kimi_tokenizer_load(&tok, o.model, &err);
+        if (rc != 0) {
+            json_decref(req);
+            return kimi_text_fail(argv[0], &err);
+        }
+        format = kimi_tool_format_of(tok);
+        kimi_tokenizer_free(tok);
+    }
+
     memset(&c, 0, sizeof(c));
     c.calls = json_array();
-    p = kimi_toolparse_new(kimi_tp_collect, &c);
+    p = kimi_toolparse_new_format((kimi_tool_format_e) format,
+                                  kimi_tp_collect, &c);
     rc = p == NULL ? KIMI_ENOMEM
          : kimi_toolparse_feed(p, json_string_value(text),
                                json_string_length(text));

@@ -133,13 +133,26 @@ int  kimi_template_continue_final(json_t *messages, char *text, size_t *len,
 int  kimi_template_load_string(kimi_template_t **out, const char *src,
     size_t len, const char *name, kimi_err_t *err);
 
-/* ---- tool calls (kimi_k2 format) ------------------------------------------ */
+/* ---- tool calls (vLLM's kimi_k2, deepseek_v3, deepseek_v31) --------------- */
 
 typedef struct kimi_toolparse  kimi_toolparse_t;
 
 typedef enum {
+    KIMI_TOOL_FORMAT_KIMI_K2 = 0,
+    KIMI_TOOL_FORMAT_DEEPSEEK_V3,
+    KIMI_TOOL_FORMAT_DEEPSEEK_V31,
+} kimi_tool_format_e;
+
+/* vLLM's --tool-call-parser name -> format, or -1 */
+int kimi_tool_format_by_name(const char *name);
+/* The format a tokenizer's added tokens spell: deepseek_v3 where it has
+ * "<｜tool▁calls▁begin｜>", else kimi_k2. */
+int kimi_tool_format_of(const kimi_tokenizer_t *tok);
+
+typedef enum {
     KIMI_TOOL_EV_CONTENT = 0,     /* text: ordinary content */
-    KIMI_TOOL_EV_CALL_BEGIN,      /* index, id ("functions.NAME:IDX"), name */
+    KIMI_TOOL_EV_CALL_BEGIN,      /* index, id ("functions.NAME:IDX"; DeepSeek:
+                                     "chatcmpl-tool-" + 32 hex), name */
     KIMI_TOOL_EV_ARGS,            /* text: argument JSON fragment */
     KIMI_TOOL_EV_CALL_END,        /* index */
 } kimi_tool_ev_e;
@@ -165,6 +178,8 @@ typedef void (*kimi_tool_ev_pt)(void *ctx, const kimi_tool_ev_t *ev);
  * after a section end is CONTENT again.  Event pointers are valid during
  * the callback only. */
 kimi_toolparse_t *kimi_toolparse_new(kimi_tool_ev_pt cb, void *ctx);
+kimi_toolparse_t *kimi_toolparse_new_format(kimi_tool_format_e format,
+    kimi_tool_ev_pt cb, void *ctx);
 void kimi_toolparse_free(kimi_toolparse_t *p);
 int  kimi_toolparse_feed(kimi_toolparse_t *p, const char *text, size_t len);
 int  kimi_toolparse_finish(kimi_toolparse_t *p);

@@ -299,6 +299,10 @@ main(void)
            "add_bos_token: plain prompts start with bos");
     }
 
+    /* the tool-call format its added tokens spell */
+    ok(kimi_tool_format_of(tok) == KIMI_TOOL_FORMAT_DEEPSEEK_V3,
+       "its tool-call format is deepseek_v3 (kimi_tool_call_parser auto)");
+
     /* allow_special = 0: an added token's name is text */
     rc = kimi_tokenize(tok, "<｜User｜>", strlen("<｜User｜>"), 0, &ids, &n,
                        &err);

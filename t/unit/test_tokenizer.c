@@ -342,6 +342,8 @@ main(void)
         }
     }
 
+    ok(kimi_tool_format_of(tok) == KIMI_TOOL_FORMAT_KIMI_K2,
+       "Kimi's tokenizer spells the kimi_k2 tool-call format");
     test_api(tok);
     test_encode(tok, json_object_get(root, "encode"));
     test_decode(tok, json_object_get(root, "decode"));

@@ -1,7 +1,9 @@
 /*
- * kimi_k2 tool-call parser: one-shot results against vLLM's regex
+ * Tool-call parser.  kimi_k2: one-shot results against vLLM's regex
  * (t/fixtures/text/toolcalls.json from t/gen/), and for every case the
  * stream split at every byte position equals the one-shot parse.
+ * deepseek_v3 / deepseek_v31: what vLLM's parsers of those names extract
+ * from DeepSeek's markers, written out below, split the same way.
  */
 
 #include <stdarg.h>
@@ -75,15 +77,15 @@ collect(void *ctx, const kimi_tool_ev_t *ev)
 
 /* Feeds text in the given cut points, then finishes. */
 static int
-parse(const char *text, size_t len, const size_t *cuts, size_t n_cuts,
-    result_t *r)
+parse_format(kimi_tool_format_e format, const char *text, size_t len,
+    const size_t *cuts, size_t n_cuts, result_t *r)
 {
     size_t             i, at = 0;
     kimi_toolparse_t  *p;
 
     memset(r, 0, sizeof(*r));
     r->order_ok = 1;
-    p = kimi_toolparse_new(collect, r);
+    p = kimi_toolparse_new_format(format, collect, r);
     if (p == NULL) {
         return -1;
     }
@@ -104,6 +106,14 @@ parse(const char *text, size_t len, const size_t *cuts, size_t n_cuts,
     }
     kimi_toolparse_free(p);
     return r->order_ok && !r->open ? 0 : -1;
+}
+
+
+static int
+parse(const char *text, size_t len, const size_t *cuts, size_t n_cuts,
+    result_t *r)
+{
+    return parse_format(KIMI_TOOL_FORMAT_KIMI_K2, text, len, cuts, n_cuts, r);
 }
 
 
@@ -284,11 +294,134 @@ test_semantics(void)
 }
 
 
+/* DeepSeek ids are random: equal results up to them, each of vLLM's kind */
+static int
+same_but_ids(const result_t *a, const result_t *b)
+{
+    uint32_t  i;
+
+    if (a->content_len != b->content_len
+        || memcmp(a->content, b->content, a->content_len) != 0
+        || a->n_calls != b->n_calls)
+    {
+        return 0;
+    }
+    for (i = 0; i < a->n_calls; i++) {
+        if (strncmp(a->id[i], "chatcmpl-tool-", 14) != 0
+            || strlen(a->id[i]) != 46 || strcmp(a->name[i], b->name[i]) != 0
+            || a->args_len[i] != b->args_len[i]
+            || memcmp(a->args[i], b->args[i], a->args_len[i]) != 0)
+        {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+
+/* One-shot against the expected content / names / arguments, then every
+ * two-piece split equal to it. */
+static void
+check_ds(kimi_tool_format_e f, const char *t, const char *content,
+    uint32_t n_calls, const char *const *names, const char *const *args,
+    const char *what)
+{
+    int        good;
+    size_t     cut, len = strlen(t), n_split = 0;
+    uint32_t   i;
+    result_t  *r = malloc(sizeof(*r)), *q = malloc(sizeof(*q));
+
+    good = parse_format(f, t, len, NULL, 0, r) == 0 && r->n_calls == n_calls
+           && r->content_len == strlen(content)
+           && memcmp(r->content, content, r->content_len) == 0;
+    for (i = 0; good && i < n_calls; i++) {
+        good = strcmp(r->name[i], names[i]) == 0
+               && r->args_len[i] == strlen(args[i])
+               && memcmp(r->args[i], args[i], r->args_len[i]) == 0
+               && strncmp(r->id[i], "chatcmpl-tool-", 14) == 0
+               && strlen(r->id[i]) == 46
+               && (i == 0 || strcmp(r->id[i], r->id[i - 1]) != 0);
+    }
+    ok(good, "%s: content, names and arguments as vLLM's parser", what);
+
+    for (cut = 1; cut < len; cut++) {
+        n_split += parse_format(f, t, len, &cut, 1, q) == 0
+                   && same_but_ids(q, r);
+    }
+    ok(n_split == len - 1, "%s: split at each of %zu bytes, the same (%zu)",
+       what, len - 1, n_split);
+
+    free(r);
+    free(q);
+}
+
+
+static void
+test_deepseek(void)
+{
+    const char  *t;
+    static const char *const  n1[] = { "get_weather" };
+    static const char *const  a1[] = { "{\"city\": \"Paris\"}" };
+    static const char *const  n2[] = { "get_weather", "get_time" };
+    static const char *const  a2[] = { "{\"city\": \"Paris\"}",
+                                       "{\"tz\": \"CET\"}" };
+    static const char *const  n3[] = { "run" };
+    static const char *const  a3[] = { "{\n  \"code\": \"`ls` | wc\",\n"
+                                       "  \"n\": 2\n}" };
+
+    ok(kimi_tool_format_by_name("deepseek_v3") == KIMI_TOOL_FORMAT_DEEPSEEK_V3
+       && kimi_tool_format_by_name("deepseek_v31")
+          == KIMI_TOOL_FORMAT_DEEPSEEK_V31
+       && kimi_tool_format_by_name("kimi_k2") == KIMI_TOOL_FORMAT_KIMI_K2
+       && kimi_tool_format_by_name("hermes") == -1,
+       "vLLM's parser names map to formats; others are refused");
+
+    t = "Let me check.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function"
+        "<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```"
+        "<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+    check_ds(KIMI_TOOL_FORMAT_DEEPSEEK_V3, t, "Let me check.", 1, n1, a1,
+             "deepseek_v3, one call");
+
+    t = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+        "get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜>"
+        "\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n"
+        "{\"tz\": \"CET\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+    check_ds(KIMI_TOOL_FORMAT_DEEPSEEK_V3, t, "", 2, n2, a2,
+             "deepseek_v3, two calls");
+
+    t = "x<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+        "run\n```json\n{\n  \"code\": \"`ls` | wc\",\n  \"n\": 2\n}\n```"
+        "<｜tool▁call▁end｜><｜tool▁calls▁end｜> y";
+    check_ds(KIMI_TOOL_FORMAT_DEEPSEEK_V3, t, "x y", 1, n3, a3,
+             "deepseek_v3, arguments over lines with backticks inside");
+
+    t = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+        "broken {}<｜tool▁call▁end｜><｜tool▁call▁begin｜>function"
+        "<｜tool▁sep｜>get_time\n```json\n{\"tz\": \"CET\"}\n```"
+        "<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+    check_ds(KIMI_TOOL_FORMAT_DEEPSEEK_V3, t, "", 1, n2 + 1, a2 + 1,
+             "deepseek_v3, a call without its json fence is dropped");
+
+    t = "ok<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>"
+        "{\"city\": \"Paris\"}<｜tool▁call▁end｜><｜tool▁call▁begin｜>"
+        "get_time<｜tool▁sep｜>{\"tz\": \"CET\"}<｜tool▁call▁end｜>"
+        "<｜tool▁calls▁end｜>";
+    check_ds(KIMI_TOOL_FORMAT_DEEPSEEK_V31, t, "ok", 2, n2, a2,
+             "deepseek_v31, two calls");
+
+    t = "plain <｜tool▁call▁end｜>text with <|tool_call_begin|> in it";
+    check_ds(KIMI_TOOL_FORMAT_DEEPSEEK_V3, t,
+             "plain text with <|tool_call_begin|> in it", 0, NULL, NULL,
+             "deepseek_v3, a stray marker vanishes, Kimi's are text");
+}
+
+
 int
 main(void)
 {
     test_fixtures();
     test_semantics();
+    test_deepseek();
     printf("1..%d\n", test_n);
     return test_failed != 0;
 }

@@ -1,0 +1,103 @@
+#!/usr/bin/perl
+
+# Tool calls in DeepSeek's format (vLLM's deepseek_v3 parser) through the
+# gateway: the replay engine speaks with the tokenizer of
+# t/fixtures/text/hf-tiny (DeepSeek's layout, whose added tokens spell
+# <｜tool▁calls▁begin｜>, so kimi_tool_call_parser auto picks deepseek_v3),
+# non-streaming and streaming, ids of vLLM's kind, no marker in content;
+# and kimi_tool_call_parser deepseek_v31 on a location's server.
+
+use strict;
+use warnings;
+use utf8;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Cwd ();
+use JSON::PP;
+use Test::More;
+binmode(Test::More->builder->$_, ':utf8')
+    for qw(output failure_output todo_output);
+use KimiTest qw(chat_body);
+
+my $v3 = 'Let me check.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function'
+    . "<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```"
+    . "<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+    . "get_time\n```json\n{\"tz\": \"CET\"}\n```<｜tool▁call▁end｜>"
+    . '<｜tool▁calls▁end｜>';
+
+my $t = KimiTest->new(
+    replies => [ { match => 'weather', text => $v3 } ],
+    default => { text => 'plain answer' });
+# the replay engine reads a config.json beside the tokenizer
+my $dir = $t->dir . '/ds';
+system($t->{engine_bin}, 'gen-tiny-model', '--out', $dir, '--no-tokenizer',
+    '--hf-overrides', '{"vocab_size": 3020, "bos_token_id": 0,'
+    . ' "eos_token_id": 1}') == 0
+    or BAIL_OUT('gen-tiny-model failed');
+for my $f (qw(tokenizer.json tokenizer_config.json)) {
+    system('cp', "$FindBin::Bin/fixtures/text/hf-tiny/$f", "$dir/$f") == 0
+        or BAIL_OUT("cp $f");
+}
+KimiTest::write_file("$dir/generation_config.json", '{"eos_token_id": 1}');
+$t->{tokdir} = Cwd::abs_path($dir);
+$t->start;
+
+my $true = JSON::PP::true;
+my @tools = map { { type => 'function', function => { name => $_,
+    parameters => { type => 'object', properties => {} } } } }
+    qw(get_weather get_time);
+
+my $r = $t->post('/v1/chat/completions',
+    chat_body(content => 'weather in Paris?', tools => \@tools));
+is($r->{status}, 200, 'tool call request is 200');
+my $m = $r->{json}{choices}[0]{message};
+is($m->{content}, 'Let me check.', 'content is the text before the calls');
+is(scalar @{$m->{tool_calls} // []}, 2, 'two tool calls parsed');
+is($m->{tool_calls}[0]{function}{name}, 'get_weather', 'first name');
+is($m->{tool_calls}[0]{function}{arguments}, '{"city": "Paris"}',
+    'its arguments, without the json fence');
+is($m->{tool_calls}[1]{function}{name}, 'get_time', 'second name');
+like($m->{tool_calls}[0]{id}, qr/^chatcmpl-tool-[0-9a-f]{32}$/,
+    'an id of vLLM\'s kind');
+isnt($m->{tool_calls}[0]{id}, $m->{tool_calls}[1]{id}, 'ids differ');
+is($r->{json}{choices}[0]{finish_reason}, 'tool_calls',
+    'finish_reason tool_calls');
+
+my $s = $t->sse('/v1/chat/completions', chat_body(content =>
+    'weather in Paris?', tools => \@tools, stream => $true));
+my ($content, %args, %names) = ('');
+for my $e (@{ $s->{events} // [] }) {
+    next unless ref $e && @{ $e->{choices} // [] };
+    my $d = $e->{choices}[0]{delta};
+    $content .= $d->{content} // '';
+    for my $c (@{ $d->{tool_calls} // [] }) {
+        $names{$c->{index}} = $c->{function}{name}
+            if defined $c->{function}{name};
+        $args{$c->{index}} .= $c->{function}{arguments} // '';
+    }
+}
+is($content, 'Let me check.', 'streamed content, no marker in it');
+is_deeply(\%names, { 0 => 'get_weather', 1 => 'get_time' },
+    'streamed names');
+is_deeply(\%args, { 0 => '{"city": "Paris"}', 1 => '{"tz": "CET"}' },
+    'streamed arguments');
+
+$r = $t->post('/v1/chat/completions', chat_body(content => 'hello',
+    tools => \@tools));
+is($r->{json}{choices}[0]{message}{content}, 'plain answer',
+    'a reply without calls is content');
+
+# forcing a call is done in Kimi's markers only: refused here, saying so
+for my $choice ('required', { type => 'function',
+                             function => { name => 'get_time' } }) {
+    $r = $t->post('/v1/chat/completions', chat_body(content => 'hello',
+        tools => \@tools, tool_choice => $choice));
+    is($r->{status}, 400, 'tool_choice ' . (ref $choice ? 'named' : $choice)
+        . ' is a 400 with a DeepSeek tokenizer');
+    is($r->{json}{error}{param}, 'tool_choice', 'naming tool_choice');
+}
+
+$t->stop;
+done_testing();
