@@ -932,40 +932,6 @@ kimi_hf_behave(kimi_hf_behavior_e b, const kimi_hf_piece_t *in,
 
 /* ---- BPE of one piece -------------------------------------------------------------- */
 
-static void
-kimi_hf_heap_push(uint64_t *h, size_t *n, uint64_t v)
-{
-    size_t  i = (*n)++, up;
-
-    while (i > 0 && h[up = (i - 1) / 2] > v) {
-        h[i] = h[up];
-        i = up;
-    }
-    h[i] = v;
-}
-
-
-static uint64_t
-kimi_hf_heap_pop(uint64_t *h, size_t *n)
-{
-    size_t    i = 0, c;
-    uint64_t  top = h[0], v = h[--(*n)];
-
-    while ((c = 2 * i + 1) < *n) {
-        if (c + 1 < *n && h[c + 1] < h[c]) {
-            c++;
-        }
-        if (h[c] >= v) {
-            break;
-        }
-        h[i] = h[c];
-        i = c;
-    }
-    h[i] = v;
-    return top;
-}
-
-
 /* The piece's bytes (after an optional prefix space) as ids: one symbol a
  * byte, then the pair of lowest merge rank joined, leftmost first, until
  * none is left (tokenizers' merge_word; a heap of rank << 32 | position
@@ -1008,12 +974,12 @@ kimi_hf_bpe(const kimi_tokenizer_t *tok, kimi_hf_scratch_t *scr,
         if (kimi_hf_pair_get(hf, (uint32_t) sym[i], (uint32_t) sym[i + 1],
                              &rank, &merged))
         {
-            kimi_hf_heap_push(heap, &n_heap, (uint64_t) rank << 32 | i);
+            kimi_heap_push(heap, &n_heap, (uint64_t) rank << 32 | i);
         }
     }
 
     while (n_heap > 0) {
-        top = kimi_hf_heap_pop(heap, &n_heap);
+        top = kimi_heap_pop(heap, &n_heap);
         pos = (uint32_t) top;
         rank = (uint32_t) (top >> 32);
 
@@ -1038,14 +1004,14 @@ kimi_hf_bpe(const kimi_tokenizer_t *tok, kimi_hf_scratch_t *scr,
             && kimi_hf_pair_get(hf, (uint32_t) sym[prev[pos]],
                                 (uint32_t) sym[pos], &r2, &m2))
         {
-            kimi_hf_heap_push(heap, &n_heap,
+            kimi_heap_push(heap, &n_heap,
                               (uint64_t) r2 << 32 | (uint32_t) prev[pos]);
         }
         if (next[pos] >= 0
             && kimi_hf_pair_get(hf, (uint32_t) sym[pos],
                                 (uint32_t) sym[next[pos]], &r2, &m2))
         {
-            kimi_hf_heap_push(heap, &n_heap, (uint64_t) r2 << 32 | pos);
+            kimi_heap_push(heap, &n_heap, (uint64_t) r2 << 32 | pos);
         }
     }
 

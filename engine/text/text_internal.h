@@ -164,6 +164,11 @@ struct kimi_tokenizer {
 /* Rank of a byte string, or -1. */
 int32_t kimi_tok_rank(const kimi_tokenizer_t *tok, const uint8_t *p,
     size_t n);
+/* A min-heap of uint64 keys (rank << 32 | position: the lowest rank,
+ * leftmost on ties), for the BPE of long pieces; h holds the entries. */
+void kimi_heap_push(uint64_t *h, size_t *n, uint64_t v);
+uint64_t kimi_heap_pop(uint64_t *h, size_t *n);
+
 /* Rank r's bytes (blob/off) into the lookup; KIMI_EFORMAT when another
  * rank has the same bytes. */
 int kimi_tok_insert(kimi_tokenizer_t *tok, uint32_t r);

@@ -594,7 +594,7 @@ kimi_bpe_linear(kimi_enc_t *e, const uint8_t *p, size_t n)
 
 
 /* Min-heap of (rank << 32 | start): the lowest rank, leftmost on ties. */
-static void
+void
 kimi_heap_push(uint64_t *h, size_t *n, uint64_t v)
 {
     size_t  i = (*n)++;
@@ -607,7 +607,7 @@ kimi_heap_push(uint64_t *h, size_t *n, uint64_t v)
 }
 
 
-static uint64_t
+uint64_t
 kimi_heap_pop(uint64_t *h, size_t *n)
 {
     uint64_t  top = h[0], v;
