@@ -276,6 +276,25 @@ ngx_http_kimi_output_echo(ngx_http_kimi_ctx_t *ctx)
 }
 
 
+/* token lies in the engine's vocab_size but past the tokenizer's ids */
+static ngx_uint_t
+ngx_http_kimi_output_model_only(ngx_http_kimi_ctx_t *ctx, int32_t token)
+{
+    kimi_shm_header_t  *hdr;
+
+    if (token < 0 || ctx->attach == NULL
+        || (uint32_t) token < kimi_tokenizer_n_vocab(
+                                  ngx_http_kimi_text_tokenizer(ctx->text)))
+    {
+        return 0;
+    }
+
+    hdr = ngx_http_kimi_engine_header(ctx->attach);
+
+    return hdr != NULL && (uint32_t) token < hdr->vocab_size;
+}
+
+
 ngx_int_t
 ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
     const kimi_shm_token_t *tok)
@@ -308,6 +327,12 @@ ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
         if (ctx->params.sampling.stop_ids[i] == tok->token) {
             return NGX_OK;
         }
+    }
+
+    if (ngx_http_kimi_output_model_only(ctx, tok->token)) {
+        /* an id of the model's vocabulary past the tokenizer's (a padded
+         * embedding): no text, as Hugging Face's decode gives none */
+        return NGX_OK;
     }
 
     if (kimi_detok_push(ctx->detok, tok->token, &out, &len) != 0) {

@@ -27,7 +27,8 @@ my $fx = "$FindBin::Bin/fixtures/text/hf-tiny";
 my $t = KimiTest->new(workers => 1);
 my $tiny = $t->dir . '/ds-tiny';
 system($t->{engine_bin}, 'gen-tiny-model', '--out', $tiny, '--no-tokenizer',
-    '--hf-overrides', '{"vocab_size": 3020, "model_type": "deepseek_v3",'
+    # 3072: the model's vocabulary padded past the tokenizer's 3020 ids
+    '--hf-overrides', '{"vocab_size": 3072, "model_type": "deepseek_v3",'
     . ' "architectures": ["DeepseekV3ForCausalLM"], "bos_token_id": 0,'
     . ' "eos_token_id": 1}') == 0
     or BAIL_OUT('gen-tiny-model failed');
@@ -132,6 +133,19 @@ my $nonstream = $t->post('/v1/chat/completions', chat_body(content => 'hi',
     max_tokens => 4, temperature => 0, ignore_eos => $true))->{json};
 is($joined, $nonstream->{choices}[0]{message}{content},
     'streamed text equals the non-streamed text');
+
+# a random model samples the padding ids past the tokenizer's: they add no
+# text (as Hugging Face's decode) and the request goes on
+$r = $t->post('/v1/completions', completion_body(prompt => $text,
+    max_tokens => 300, temperature => 1.5, seed => 3, ignore_eos => $true,
+    logprobs => 0, return_tokens_as_token_ids => $true));
+is($r->{status}, 200, 'sampled 300 tokens: 200');
+my @ids = map { /^token_id:(\d+)$/ ? $1 : -1 }
+    @{ $r->{json}{choices}[0]{logprobs}{tokens} // [] };
+is(scalar @ids, 300, '300 tokens with their ids');
+my $pad = grep { $_ >= 3020 } @ids;
+ok($pad > 0, "$pad of them are padding ids (>= 3020), which decode to "
+    . 'nothing');
 
 $t->stop;
 done_testing();
