@@ -931,34 +931,77 @@ ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx)
 }
 
 
-/* tool_choice naming a function: one call is forced in Kimi's own format,
+/* Appends text's tokens (special names as text) to the words. */
+static ngx_int_t
+ngx_http_kimi_tool_append(const kimi_tokenizer_t *tk, int32_t **w,
+    size_t *at, size_t *cap, const u_char *text, size_t len, int32_t tail)
+{
+    size_t       n_ids;
+    int32_t     *ids, *grown;
+    kimi_err_t   err;
+
+    if (kimi_tokenize(tk, (const char *) text, len, 0, &ids, &n_ids, &err)
+        != 0)
+    {
+        return NGX_ERROR;
+    }
+
+    if (*at + 2 + n_ids > *cap) {
+        *cap = (*at + 2 + n_ids) * 2;
+        grown = realloc(*w, *cap * sizeof(int32_t));
+        if (grown == NULL) {
+            free(ids);
+            return NGX_ERROR;
+        }
+        *w = grown;
+    }
+
+    ngx_memcpy(*w + *at, ids, n_ids * sizeof(int32_t));
+    *at += n_ids;
+    if (tail >= 0) {
+        (*w)[(*at)++] = tail;
+    }
+    free(ids);
+
+    return NGX_OK;
+}
+
+
+/* tool_choice naming a function: one call is forced in the model's own
+ * format (kimi_tool_call_parser), Kimi's
  * <|tool_calls_section_begin|><|tool_call_begin|>
  * functions.NAME:IDX<|tool_call_argument_begin|>{arguments}
- * <|tool_call_end|><|tool_calls_section_end|>, then the end; "required":
- * one call or more (up to KIMI_TOOL_MAX_CALLS, each opened by another
- * <|tool_call_begin|> after the one before ends), as OpenAI's "one or more
- * tools", or one with parallel_tool_calls false.  NAME is the named
- * function or any of "tools", the arguments held to that function's
- * "parameters" where the schema is in the
- * supported subset, else to any JSON object; IDX counts the calls already
- * in the conversation and those before it in this answer (vLLM's id).  A
- * tokenizer without Kimi's markers (DeepSeek's) cannot be held to it:
+ * <|tool_call_end|><|tool_calls_section_end|>, DeepSeek's
+ * <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME
+ * \n```json\n{arguments}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜> (v3) or
+ * <｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{arguments}<｜tool▁call▁end｜> (v31),
+ * then the end; "required": one call or more (up to KIMI_TOOL_MAX_CALLS,
+ * each opened by another call-begin after the one before ends), as
+ * OpenAI's "one or more tools", or one with parallel_tool_calls false.
+ * NAME is the named function or any of "tools", the arguments held to
+ * that function's "parameters" where the schema is in the supported
+ * subset, else to any JSON object; Kimi's IDX counts the calls already in
+ * the conversation and those before it in this answer (vLLM's id).  A
+ * tokenizer without the format's markers cannot be held to it:
  * NGX_DECLINED, the request is refused. */
 static ngx_int_t
 ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
 {
-    static const char       *names[5] = {
-        "<|tool_calls_section_begin|>", "<|tool_call_begin|>",
-        "<|tool_call_argument_begin|>", "<|tool_call_end|>",
-        "<|tool_calls_section_end|>"
+    static const char       *names[2][5] = {
+        { "<|tool_calls_section_begin|>", "<|tool_call_begin|>",
+          "<|tool_call_argument_begin|>", "<|tool_call_end|>",
+          "<|tool_calls_section_end|>" },
+        { "<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>",
+          "<｜tool▁sep｜>", "<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>" }
     };
-    int32_t                  mark[5], *ids, *prog, *w, *grown;
-    size_t                   i, j, n_ids, n_prog, at, cap, calls = 0,
-                             n_alts = 0, max_calls;
+    int32_t                  mark[5], *prog, *w, *grown;
+    size_t                   i, j, n_prog, at, cap, calls = 0,
+                             n_alts = 0, max_calls, alts_at;
     json_t                  *m, *tool, *fn, *params, *name;
     u_char                   text[512], *e;
     char                     msg[256];
-    kimi_err_t               err;
+    ngx_int_t                rc;
+    kimi_tool_format_e       format;
     const kimi_tokenizer_t  *tk;
 
     tk = ngx_http_kimi_text_tokenizer(ctx->text);
@@ -966,8 +1009,11 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
         return NGX_ERROR;
     }
 
+    format = ngx_http_kimi_text_tool_format(ctx->text);
+
     for (i = 0; i < 5; i++) {
-        mark[i] = kimi_tokenizer_special_id(tk, names[i]);
+        mark[i] = kimi_tokenizer_special_id(tk,
+                      names[format == KIMI_TOOL_FORMAT_KIMI_K2 ? 0 : 1][i]);
         if (mark[i] < 0) {
             return NGX_DECLINED;
         }
@@ -980,7 +1026,7 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
     max_calls = ctx->params.tool_choice == NGX_HTTP_KIMI_TOOL_CHOICE_NAMED
                 || ctx->params.one_call ? 1 : KIMI_TOOL_MAX_CALLS;
 
-    cap = 16 + 1024;
+    cap = 32 + 1024;
     w = malloc(cap * sizeof(int32_t));
     if (w == NULL) {
         return NGX_ERROR;
@@ -991,14 +1037,28 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
     w[at++] = 2;
     w[at++] = mark[0];
     w[at++] = mark[1];
-    w[at++] = 2;
+
+    /* the post ids: DeepSeek v3's closing fence, the call's end, the
+     * section's end */
+    at++;
+    rc = NGX_OK;
+    if (format == KIMI_TOOL_FORMAT_DEEPSEEK_V3) {
+        rc = ngx_http_kimi_tool_append(tk, &w, &at, &cap,
+                                       (u_char *) "\n```", 4, -1);
+    }
+    if (rc != NGX_OK) {
+        free(w);
+        return NGX_ERROR;
+    }
     w[at++] = mark[3];
     w[at++] = mark[4];
+    w[4] = (int32_t) (at - 5);          /* n_post: the ids from w[5] on */
+
     w[at++] = 5;
     ngx_memcpy(w + at, mark, 5 * sizeof(int32_t));
     at += 5;
     w[at++] = (int32_t) max_calls;
-    at++;                               /* the count of functions */
+    alts_at = at++;                     /* the count of functions */
 
     json_array_foreach(ctx->params.tools, i, tool) {
         fn = json_object_get(tool, "function");
@@ -1012,7 +1072,9 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
         {
             continue;
         }
-        if (!json_is_string(name) || n_alts == 128) {
+        if (!json_is_string(name) || n_alts == 128
+            || json_string_length(name) > 400)
+        {
             continue;
         }
 
@@ -1052,38 +1114,49 @@ ngx_http_kimi_tool_words(ngx_http_kimi_ctx_t *ctx)
         free(prog);
 
         for (j = 0; j < max_calls; j++) {
-            e = ngx_snprintf(text, sizeof(text), "functions.%s:%uz",
-                             json_string_value(name), calls + j);
-            if (kimi_tokenize(tk, (const char *) text, e - text, 0, &ids,
-                              &n_ids, &err)
-                != 0)
-            {
+            size_t  count_at = at++;
+
+            switch (format) {
+
+            case KIMI_TOOL_FORMAT_DEEPSEEK_V3:
+                rc = ngx_http_kimi_tool_append(tk, &w, &at, &cap,
+                                               (u_char *) "function", 8,
+                                               mark[2]);
+                if (rc == NGX_OK) {
+                    e = ngx_snprintf(text, sizeof(text), "%s\n```json\n",
+                                     json_string_value(name));
+                    rc = ngx_http_kimi_tool_append(tk, &w, &at, &cap, text,
+                                                   e - text, -1);
+                }
+                break;
+
+            case KIMI_TOOL_FORMAT_DEEPSEEK_V31:
+                rc = ngx_http_kimi_tool_append(tk, &w, &at, &cap,
+                                               (u_char *) json_string_value(name),
+                                               json_string_length(name),
+                                               mark[2]);
+                break;
+
+            default:
+                e = ngx_snprintf(text, sizeof(text), "functions.%s:%uz",
+                                 json_string_value(name), calls + j);
+                rc = ngx_http_kimi_tool_append(tk, &w, &at, &cap, text,
+                                               e - text, mark[2]);
+                break;
+            }
+
+            if (rc != NGX_OK) {
                 free(w);
                 return NGX_ERROR;
             }
 
-            if (at + 2 + n_ids > cap) {
-                cap = (at + 2 + n_ids) * 2;
-                grown = realloc(w, cap * sizeof(int32_t));
-                if (grown == NULL) {
-                    free(ids);
-                    free(w);
-                    return NGX_ERROR;
-                }
-                w = grown;
-            }
-
-            w[at++] = (int32_t) (n_ids + 1);
-            ngx_memcpy(w + at, ids, n_ids * sizeof(int32_t));
-            at += n_ids;
-            w[at++] = mark[2];
-            free(ids);
+            w[count_at] = (int32_t) (at - count_at - 1);
         }
 
         n_alts++;
     }
 
-    w[14] = (int32_t) n_alts;
+    w[alts_at] = (int32_t) n_alts;
 
     if (n_alts > 0) {
         ctx->params.guided = ngx_palloc(ctx->request->pool,

@@ -134,6 +134,39 @@ my $nonstream = $t->post('/v1/chat/completions', chat_body(content => 'hi',
 is($joined, $nonstream->{choices}[0]{message}{content},
     'streamed text equals the non-streamed text');
 
+# forced calls in DeepSeek's format on the real engine: the random model is
+# held to the grammar, so the answer parses into the calls asked for
+my @tools = map { { type => 'function', function => { name => $_,
+    parameters => { type => 'object', properties => {
+        city => { type => 'string' } }, required => ['city'] } } } }
+    qw(get_weather get_time);
+for my $case ([ 'required', 'required', undef ],
+              [ 'named', { type => 'function',
+                           function => { name => 'get_time' } }, 'get_time' ]) {
+    my ($what, $choice, $want) = @$case;
+    $r = $t->post('/v1/chat/completions', chat_body(content => 'weather?',
+        tools => \@tools, tool_choice => $choice, max_tokens => 400,
+        temperature => 0.7, seed => 5));
+    is($r->{status}, 200, "tool_choice $what: 200");
+    my $calls = $r->{json}{choices}[0]{message}{tool_calls} // [];
+    ok(@$calls >= 1, "tool_choice $what: " . scalar(@$calls)
+        . ' call(s) parsed from the forced DeepSeek markers');
+    # the random model may write long strings: a call max_tokens cut is
+    # not judged
+    my @whole = @$calls;
+    pop @whole if ($r->{json}{choices}[0]{finish_reason} // '') eq 'length';
+    my $bad = grep {
+        my $a = eval { JSON::PP->new->decode($_->{function}{arguments}) };
+        !(ref $a eq 'HASH' && defined $a->{city} && !ref $a->{city})
+            || $_->{id} !~ /^chatcmpl-tool-[0-9a-f]{32}$/
+            || ($want ? $_->{function}{name} ne $want
+                      : $_->{function}{name} !~ /^get_(weather|time)$/)
+    } @whole;
+    diag(JSON::PP->new->canonical->encode($calls)) if $bad;
+    is($bad, 0, "tool_choice $what: names, ids and arguments (with the "
+        . 'required string "city") as asked');
+}
+
 # a random model samples the padding ids past the tokenizer's: they add no
 # text (as Hugging Face's decode) and the request goes on
 $r = $t->post('/v1/completions', completion_body(prompt => $text,

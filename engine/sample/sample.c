@@ -1095,8 +1095,9 @@ kimi_sample_frame(const int32_t *w, uint32_t n, kimi_sample_frame_t *f)
     }
 #undef KIMI_FRAME_PART
 
-    /* more than one call needs the opener and the closer to tell apart */
-    if (f->max_calls > 1 && (f->n_pre < 1 || f->n_post != 2)) {
+    /* more than one call needs the opener and the closer to tell apart:
+     * the last post id ends the calls, the one before it ends a call */
+    if (f->max_calls > 1 && (f->n_pre < 1 || f->n_post < 2)) {
         return -1;
     }
     return f->n_pre > 0 && at == n ? 0 : -1;
@@ -1202,9 +1203,9 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
             kimi_sample_only(s, &frame->pre[req->n_output], 1);
             return;
         }
-        /* calls: a function's id, its arguments, the post ids; after the
-         * first post id another call may open (the last pre id) while
-         * max_calls allows, in place of the rest */
+        /* calls: a function's id, its arguments, the post ids; before the
+         * last post id another call may open (the last pre id) while
+         * max_calls allows, in place of it */
         for (uint32_t call = 0; !broken; call++) {
             int  a = kimi_sample_frame_name(s, frame, call, out,
                                             req->n_output, &i);
@@ -1230,7 +1231,7 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
                 break;                  /* the arguments go on: masked below */
             }
             for (k = 0; k < frame->n_post && i < req->n_output; k++, i++) {
-                if (k == 1 && call + 1 < frame->max_calls
+                if (k == frame->n_post - 1 && call + 1 < frame->max_calls
                     && out[i] == frame->pre[frame->n_pre - 1])
                 {
                     break;              /* another call */
@@ -1243,7 +1244,7 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
             if (broken) {
                 break;
             }
-            if (k == 1 && i < req->n_output) {
+            if (k == frame->n_post - 1 && i < req->n_output) {
                 i++;                    /* past the next call's opener */
                 continue;
             }
@@ -1251,7 +1252,7 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
                 int32_t  next[2] = { frame->post[k],
                                      frame->pre[frame->n_pre - 1] };
 
-                kimi_sample_only(s, next, k == 1 && call + 1
+                kimi_sample_only(s, next, k == frame->n_post - 1 && call + 1
                                           < frame->max_calls ? 2 : 1);
                 return;
             }

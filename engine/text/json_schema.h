@@ -34,12 +34,14 @@
 /* first guided word: forced tool calls (tool_choice named: one call;
  * required: one to max_calls), then n_pre and the ids before the first
  * call's id (the last of them opens each further call), n_post and the ids
- * after a call's arguments (with more than one call exactly two: the
- * call's closer, after which the next call's opener may come instead of
- * the second, the section's end), n_never and ids never allowed inside
- * the arguments, max_calls, n_alts, and per function: n_prog and its
- * arguments' program, then for each call index 0..max_calls-1 n_name and
- * its id tokens for that call (the argument marker last) */
+ * after a call's arguments (with more than one call at least two: the
+ * last is the section's end, the one before it the call's closer, after
+ * which the next call's opener may come instead of the last; DeepSeek's
+ * v3 format has the text "\n```" before them), n_never and ids never
+ * allowed inside the arguments, max_calls, n_alts, and per function:
+ * n_prog and its arguments' program, then for each call index
+ * 0..max_calls-1 n_name and its id tokens for that call (Kimi's:
+ * "functions.NAME:IDX" and the argument marker) */
 #define KIMI_TOOL_CALL_TAG     (-2)
 #define KIMI_TOOL_MAX_CALLS    8
 #define KIMI_SCHEMA_MAX_PROPS  64

@@ -421,19 +421,9 @@ def added_tokens(tok):
             for t in d["added_tokens"]}
 
 
-def decode_cases(tok, enc_cases, rng):
-    """ids lists to decode, each with both flags."""
-    specs = added_tokens(tok)
-    byte_id = [tok.token_to_id(c) for c in _byte_chars()]
-    lists = []
-
-    def add(kind, ids):
-        lists.append((kind, list(ids)))
-
-    def ids_of(text):
-        return tok.encode(text, add_special_tokens=False).ids
-
-    add("empty", [])
+def deepseek_decode_head(tok, specs, add, ids_of):
+    """The DeepSeek layout's own decode lists; returns the three ids the
+    partial UTF-8 cases put between bytes."""
     for i in (0, 1, 2):
         add("bos_eos_pad", [i])
     add("bos_eos_pad", [0, 1, 2])
@@ -446,6 +436,24 @@ def decode_cases(tok, enc_cases, rng):
     add("mixed_special", ids_of("x<｜fim▁hole｜>y <|EOT|> <think>z</think>"))
     add("mixed_special", [specs["<｜fim▁begin｜>"][0], specs[BOS][0],
                           specs["<｜fim▁end｜>"][0]])
+    return specs["<｜fim▁hole｜>"][0], specs["<｜User｜>"][0], 0
+
+
+def decode_cases(tok, enc_cases, rng, head=deepseek_decode_head,
+                 roundtrip_kinds=("special", "emoji", "edge", "random")):
+    """ids lists to decode, each with both flags."""
+    specs = added_tokens(tok)
+    byte_id = [tok.token_to_id(c) for c in _byte_chars()]
+    lists = []
+
+    def add(kind, ids):
+        lists.append((kind, list(ids)))
+
+    def ids_of(text):
+        return tok.encode(text, add_special_tokens=False).ids
+
+    add("empty", [])
+    probe = head(tok, specs, add, ids_of)
     # partial UTF-8
     b = byte_id
     zh = "中".encode()          # e4 b8 ad
@@ -462,10 +470,9 @@ def decode_cases(tok, enc_cases, rng):
     add("partial_utf8", [b[emo[0]], b[emo[1]], b[emo[2]], b[emo[3]]])
     add("partial_utf8", [b[zh[0]]] + ids_of("abc"))
     add("partial_utf8", ids_of("a") + [b[zh[0]], b[zh[1]]] + ids_of(" b"))
-    add("partial_utf8", [b[zh[0]], specs["<｜fim▁hole｜>"][0], b[zh[1]],
-                         b[zh[2]]])
-    add("partial_utf8", [b[zh[0]], specs["<｜User｜>"][0], b[zh[1]]])
-    add("partial_utf8", [b[zh[0]], 0, b[zh[1]], b[zh[2]]])
+    add("partial_utf8", [b[zh[0]], probe[0], b[zh[1]], b[zh[2]]])
+    add("partial_utf8", [b[zh[0]], probe[1], b[zh[1]]])
+    add("partial_utf8", [b[zh[0]], probe[2], b[zh[1]], b[zh[2]]])
     for text in ["😀👍🏽", "中文日本語", "naïve Ωмир", "👨‍👩‍👧‍👦"]:
         ids = ids_of(text)
         for k in range(1, len(ids)):
@@ -473,7 +480,7 @@ def decode_cases(tok, enc_cases, rng):
             add("suffix", ids[k:])
     # round trips of encode cases
     for kind, text in enc_cases:
-        if kind in ("special", "emoji", "edge", "random") and len(text) < 200:
+        if kind in roundtrip_kinds and len(text) < 200:
             add("roundtrip", ids_of(text))
     # random id soups over the whole id range (vocab + added)
     n = tok.get_vocab_size(with_added_tokens=False)
