@@ -226,17 +226,82 @@ kimi_hf_load_merges(kimi_tokenizer_t *tok, json_t *merges,
 
 /* ---- loading -------------------------------------------------------------------- */
 
+/* A pattern as Oniguruma (tokenizers' regex engine) reads it, for PCRE2:
+ * \p{Han} is the Script there but the Script_Extensions here (PCRE2 >=
+ * 10.40; the pretokenizer of tiktoken.model files wants those, as Rust's
+ * regex), so a script name becomes \p{sc:Han} (\p{^Han}: \P{sc:Han});
+ * general categories (one or two letters, L&, Any, X..) stay.  out holds
+ * 2 * len + 1. */
+static size_t
+kimi_hf_onig(const char *p, size_t len, char *out)
+{
+    size_t       i, k = 0, n;
+    const char  *name, *close;
+    int          neg;
+
+    for (i = 0; i < len; i++) {
+        if (p[i] != '\\' || i + 1 >= len) {
+            out[k++] = p[i];
+            continue;
+        }
+
+        if ((p[i + 1] == 'p' || p[i + 1] == 'P') && i + 2 < len
+            && p[i + 2] == '{'
+            && (close = memchr(p + i + 3, '}', len - i - 3)) != NULL)
+        {
+            name = p + i + 3;
+            neg = (p[i + 1] == 'P') ^ (*name == '^');
+            name += *name == '^';
+            n = (size_t) (close - name);
+
+            if (n > 2 && memchr(name, ':', n) == NULL
+                && memchr(name, '=', n) == NULL
+                && !(n == 3 && (memcmp(name, "Any", 3) == 0 || name[0] == 'X')))
+            {
+                k += (size_t) sprintf(out + k, "\\%c{sc:", neg ? 'P' : 'p');
+                memcpy(out + k, name, n);
+                k += n;
+                out[k++] = '}';
+                i = (size_t) (close - p);
+                continue;
+            }
+        }
+
+        out[k++] = p[i++];                 /* an escape: both characters */
+        out[k++] = p[i];
+    }
+
+    out[k] = '\0';
+    return k;
+}
+
+
 static int
 kimi_hf_compile(kimi_hf_step_t *st, const char *pattern, size_t len,
     int literal, const char *path, kimi_err_t *err)
 {
     int         ec;
+    char       *onig;
+    size_t      n;
     PCRE2_SIZE  eo;
     char        msg[160];
 
-    st->re = pcre2_compile((PCRE2_SPTR) pattern, len,
-                           PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK
-                           | (literal ? PCRE2_LITERAL : 0), &ec, &eo, NULL);
+    if (literal) {
+        /* (PCRE2 takes no UCP with a literal) */
+        st->re = pcre2_compile((PCRE2_SPTR) pattern, len,
+                               PCRE2_UTF | PCRE2_NO_UTF_CHECK | PCRE2_LITERAL,
+                               &ec, &eo, NULL);
+    } else {
+        onig = malloc(2 * len + 1);
+        if (onig == NULL) {
+            return kimi_err_set(err, KIMI_ENOMEM, "%s: out of memory", path);
+        }
+        n = kimi_hf_onig(pattern, len, onig);
+        st->re = pcre2_compile((PCRE2_SPTR) onig, n,
+                               PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK,
+                               &ec, &eo, NULL);
+        free(onig);
+    }
     if (st->re == NULL) {
         pcre2_get_error_message(ec, (PCRE2_UCHAR *) msg, sizeof(msg));
         return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s: pre_tokenizer "

