@@ -70,6 +70,8 @@ typedef enum {
     NGX_HTTP_KIMI_ROUTE_HEALTH,
     NGX_HTTP_KIMI_ROUTE_TOKENIZE,
     NGX_HTTP_KIMI_ROUTE_DETOKENIZE,
+    NGX_HTTP_KIMI_ROUTE_RESPONSES,     /* routing only: a chat request with
+                                          ctx->responses set */
 } ngx_http_kimi_route_e;
 
 
@@ -316,6 +318,9 @@ struct ngx_http_kimi_ctx_s {
     unsigned                     released:1;
     unsigned                     output_busy:1;
     unsigned                     want_tools:1;
+    unsigned                     responses:1;      /* /v1/responses: the
+                                                      request and answer in
+                                                      the Responses API */
     unsigned                     tool_error:1;
     unsigned                     counted:1;        /* in engine pending */
     unsigned                     failed:1;         /* ended by an error */
@@ -338,6 +343,12 @@ ngx_int_t ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body,
 ngx_int_t ngx_http_kimi_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, const char *message, size_t len, const char *param,
     const char *code);
+/* ngx_http_kimi_responses.c */
+ngx_int_t ngx_http_kimi_responses_request(json_t *in, json_t **chat,
+    u_char *err, const char **param);
+ngx_int_t ngx_http_kimi_responses_send(ngx_http_kimi_ctx_t *ctx,
+    json_t *choice, ngx_uint_t output_tokens);
+
 ngx_int_t ngx_http_kimi_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *body);
 ngx_int_t ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx);

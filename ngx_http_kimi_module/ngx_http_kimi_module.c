@@ -231,6 +231,8 @@ static ngx_http_kimi_route_t  ngx_http_kimi_routes[] = {
     { ngx_string("/tokenize"), NGX_HTTP_KIMI_ROUTE_TOKENIZE, NGX_HTTP_POST },
     { ngx_string("/detokenize"), NGX_HTTP_KIMI_ROUTE_DETOKENIZE,
       NGX_HTTP_POST },
+    { ngx_string("/v1/responses"), NGX_HTTP_KIMI_ROUTE_RESPONSES,
+      NGX_HTTP_POST },
     { ngx_null_string, NGX_HTTP_KIMI_ROUTE_NONE, 0 }
 };
 
@@ -297,6 +299,11 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
      *     ctx->headers_sent = 0;
      *     ctx->finalized = 0;
      */
+
+    if (route == NGX_HTTP_KIMI_ROUTE_RESPONSES) {
+        ctx->responses = 1;                /* a chat inside */
+        route = NGX_HTTP_KIMI_ROUTE_CHAT;
+    }
 
     ctx->request = r;
     ctx->main = ctx;
@@ -573,8 +580,9 @@ ngx_http_kimi_request_id(ngx_http_kimi_ctx_t *ctx)
 
     ctx->id.data = p;
     p = ngx_sprintf(p, "%s%08xD%08xD%08xD",
-                    ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT ? "chatcmpl-"
-                                                           : "cmpl-",
+                    ctx->responses ? "resp_"
+                    : ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT ? "chatcmpl-"
+                                                             : "cmpl-",
                     (uint32_t) ngx_random(), (uint32_t) ngx_random(),
                     (uint32_t) ngx_random());
     ctx->id.len = p - ctx->id.data;

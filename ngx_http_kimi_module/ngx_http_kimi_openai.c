@@ -94,6 +94,25 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
 
     ctx->params.root = root;     /* the cleanup handler decrefs it */
 
+    if (ctx->responses && json_is_object(root)) {
+        /* a Responses request becomes the chat request it means; the
+         * original rides along (under "__responses") for the answer */
+        json_t  *chat;
+
+        ngx_memzero(err, NGX_HTTP_KIMI_ERR_LEN);
+        if (ngx_http_kimi_responses_request(root, &chat, err, &p) != NGX_OK) {
+            error->len = ngx_strlen(err);
+            if (p) {
+                param->data = (u_char *) p;
+                param->len = ngx_strlen(p);
+            }
+            return NGX_ERROR;
+        }
+        ctx->params.root = chat;
+        json_object_set_new(chat, "__responses", root);
+        root = chat;
+    }
+
     if (!json_is_object(root)) {
         error->len = ngx_sprintf(err, "The request body must be a JSON "
                                  "object") - err;
@@ -2189,6 +2208,17 @@ ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx)
     ngx_http_request_t         *r;
 
     r = ctx->request;
+
+    if (ctx->responses) {
+        choice = ngx_http_kimi_choice_json(ctx);
+        if (choice == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        rc = ngx_http_kimi_responses_send(ctx, choice,
+                                          ctx->usage.completion_tokens);
+        json_decref(choice);
+        return rc;
+    }
 
     root = json_object();
     choices = json_array();

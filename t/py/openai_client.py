@@ -121,4 +121,38 @@ try:
 except openai.BadRequestError:
     check(True, "empty messages raises BadRequestError")
 
+# the Responses API, non-streaming (streaming is a 400 there)
+if hasattr(client, "responses"):
+    r = client.responses.create(model="kimi-test", input="Hello",
+                                instructions="Be brief.")
+    check(r.output_text == "Hi there!" and r.status == "completed",
+          "responses.create: output_text and status")
+    check(r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens,
+          "responses.create: usage adds up")
+    r = client.responses.create(
+        model="kimi-test", input="What is the weather in Paris?",
+        tools=[{"type": "function", "name": "get_weather",
+                "parameters": {"type": "object",
+                               "properties": {"city": {"type": "string"}}}}])
+    fc = [o for o in r.output if o.type == "function_call"]
+    check(len(fc) == 1 and fc[0].name == "get_weather"
+          and fc[0].arguments == '{"city": "Paris"}',
+          "responses.create: a function_call item")
+    r = client.responses.create(
+        model="kimi-test",
+        input=[{"role": "user", "content": "What is the weather in Paris?"},
+               {"type": "function_call", "call_id": fc[0].call_id,
+                "name": "get_weather", "arguments": fc[0].arguments},
+               {"type": "function_call_output", "call_id": fc[0].call_id,
+                "output": "sunny"}],
+        tools=[{"type": "function", "name": "get_weather",
+                "parameters": {"type": "object", "properties": {}}}])
+    check(r.output_text == "It is sunny.",
+          "responses.create: the call's output back in input")
+    try:
+        client.responses.create(model="kimi-test", input="x", stream=True)
+        check(False, "responses stream raises BadRequestError")
+    except openai.BadRequestError as e:
+        check("stream" in str(e), "responses stream raises BadRequestError")
+
 plan()

@@ -1,0 +1,92 @@
+#!/usr/bin/perl
+
+# OpenAI's Responses API (/v1/responses, non-streaming) over the chat path:
+# the Response object's shape, instructions and developer messages, an
+# incomplete answer cut by max_output_tokens, text.format, and the 400s for
+# what this server does not do (stream, previous_response_id, tools and
+# parts other than functions and text).  The official client's view is in
+# t/py/openai_client.py (t/gateway-openai.t).
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use JSON::PP;
+use Test::More;
+use KimiTest;
+
+my $t = KimiTest->new(default => { text => 'plain answer' });
+$t->start;
+
+my $true = JSON::PP::true;
+
+my $r = $t->post('/v1/responses', { model => 'kimi-test', input => 'hello',
+    instructions => 'Be brief.', metadata => { k => 'v' } });
+is($r->{status}, 200, 'a response: 200');
+my $j = $r->{json} // {};
+like($j->{id} // '', qr/^resp_[0-9a-f]{24}$/, 'id resp_...');
+is($j->{object}, 'response', 'object response');
+is($j->{status}, 'completed', 'status completed');
+is($j->{output}[0]{type}, 'message', 'a message item');
+is($j->{output}[0]{role}, 'assistant', 'from the assistant');
+like($j->{output}[0]{id} // '', qr/^msg_/, 'its id msg_...');
+is($j->{output}[0]{content}[0]{type}, 'output_text', 'an output_text part');
+is($j->{output}[0]{content}[0]{text}, 'plain answer', 'the text');
+is($j->{usage}{total_tokens},
+    ($j->{usage}{input_tokens} // 0) + ($j->{usage}{output_tokens} // -1),
+    'usage adds up');
+is($j->{instructions}, 'Be brief.', 'instructions echoed');
+is_deeply($j->{metadata}, { k => 'v' }, 'metadata echoed');
+ok(!$j->{store}, 'store false: nothing is kept');
+
+# the instructions and a developer message render as system messages: the
+# prompt counts the same tokens as the chat request that means it
+my $chat = $t->post('/v1/chat/completions', { model => 'kimi-test',
+    messages => [ { role => 'system', content => 'Be brief.' },
+                  { role => 'system', content => 'Say it once.' },
+                  { role => 'user', content => 'hello' } ] })->{json};
+$r = $t->post('/v1/responses', { model => 'kimi-test',
+    instructions => 'Be brief.',
+    input => [ { role => 'developer', content => 'Say it once.' },
+               { role => 'user', content => [
+                   { type => 'input_text', text => 'hello' } ] } ] });
+is($r->{json}{usage}{input_tokens}, $chat->{usage}{prompt_tokens},
+    'instructions + developer + user = the chat request\'s prompt');
+
+$r = $t->post('/v1/responses', { model => 'kimi-test', input => 'hello',
+    max_output_tokens => 1 });
+is($r->{json}{status}, 'incomplete', 'max_output_tokens 1: incomplete');
+is($r->{json}{incomplete_details}{reason}, 'max_output_tokens',
+    'incomplete_details says why');
+is($r->{json}{usage}{output_tokens}, 1, 'one output token');
+
+$r = $t->post('/v1/responses', { model => 'kimi-test', input => 'hello',
+    text => { format => { type => 'json_object' } } });
+is($r->{status}, 200, 'text.format json_object: 200');
+is($r->{json}{text}{format}{type}, 'json_object', 'the format echoed');
+
+for my $bad (
+    [ { stream => $true }, 'stream' ],
+    [ { previous_response_id => 'resp_x' }, 'previous_response_id' ],
+    [ { tools => [ { type => 'web_search' } ] }, 'tools' ],
+    [ { input => [ { role => 'user', content => [
+        { type => 'input_image', image_url => 'x' } ] } ] }, 'input' ],
+    [ { input => [ { type => 'mystery' } ] }, 'input' ],
+    [ { input => [] }, 'input' ],
+    [ { tool_choice => { type => 'file_search' } }, 'tool_choice' ],
+) {
+    my ($extra, $param) = @$bad;
+    my $body = { model => 'kimi-test', input => 'hello', %$extra };
+    $r = $t->post('/v1/responses', $body);
+    is($r->{status}, 400, "400 for " . JSON::PP->new->canonical
+        ->encode($extra));
+    is($r->{json}{error}{param}, $param, "naming $param");
+}
+
+$r = $t->get('/v1/responses');
+is($r->{status}, 405, 'GET /v1/responses: 405');
+
+$t->stop;
+done_testing();
