@@ -227,6 +227,9 @@ typedef struct {
     ngx_str_t                    name;
     ngx_str_t                    arguments;        /* grows in r->pool */
     size_t                       arguments_cap;
+    ngx_uint_t                   item;             /* /v1/responses stream:
+                                                      its output_index */
+    u_char                       item_id[32];      /* and "fc_..." id */
 } ngx_http_kimi_tool_call_t;
 
 
@@ -321,6 +324,13 @@ struct ngx_http_kimi_ctx_s {
     unsigned                     responses:1;      /* /v1/responses: the
                                                       request and answer in
                                                       the Responses API */
+    unsigned                     resp_msg_open:1;  /* its stream: a message
+                                                      item is open */
+    ngx_uint_t                   resp_seq;         /* sequence_number */
+    ngx_uint_t                   resp_items;       /* output items so far */
+    ngx_uint_t                   resp_msg;         /* the message's index */
+    size_t                       resp_msg_from;    /* its text in content */
+    u_char                       resp_msg_id[32];
     unsigned                     tool_error:1;
     unsigned                     counted:1;        /* in engine pending */
     unsigned                     failed:1;         /* ended by an error */
@@ -348,6 +358,11 @@ ngx_int_t ngx_http_kimi_responses_request(json_t *in, json_t **chat,
     u_char *err, const char **param);
 ngx_int_t ngx_http_kimi_responses_send(ngx_http_kimi_ctx_t *ctx,
     json_t *choice, ngx_uint_t output_tokens);
+/* The Response object: choice NULL gives the in-progress one (no output) */
+json_t *ngx_http_kimi_responses_object(ngx_http_kimi_ctx_t *ctx,
+    json_t *choice, ngx_uint_t output_tokens);
+json_t *ngx_http_kimi_responses_id(const char *prefix);
+json_t *ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx);
 
 ngx_int_t ngx_http_kimi_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *body);

@@ -2067,7 +2067,7 @@ ngx_http_kimi_finish_name(ngx_http_kimi_ctx_t *ctx)
 
 /* The body of a non-streaming response, once the engine said DONE. */
 /* One element of "choices": the message (or text), logprobs, finish. */
-static json_t *
+json_t *
 ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx)
 {
     u_char                     *a, *e;

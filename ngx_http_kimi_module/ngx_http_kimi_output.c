@@ -64,7 +64,7 @@ ngx_http_kimi_output_start(ngx_http_kimi_ctx_t *ctx)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        if (!ctx->params.stream) {
+        if (!ctx->params.stream || ctx->responses) {
             ctx->calls = ngx_pcalloc(ctx->request->pool,
                                      NGX_HTTP_KIMI_MAX_TOOL_CALLS
                                      * sizeof(ngx_http_kimi_tool_call_t));
@@ -477,12 +477,21 @@ ngx_http_kimi_output_content(ngx_http_kimi_ctx_t *ctx, const u_char *p,
         return NGX_OK;
     }
 
-    if (ctx->params.stream) {
+    if (ctx->params.stream && !ctx->responses) {
         return ngx_http_kimi_sse_content(ctx, p, len);
     }
 
-    return ngx_http_kimi_append(ctx->request->pool, &ctx->content,
-                                &ctx->content_cap, p, len);
+    /* a Responses stream also keeps the text: its last event is the
+     * whole Response */
+    if (ngx_http_kimi_append(ctx->request->pool, &ctx->content,
+                             &ctx->content_cap, p, len)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ctx->params.stream ? ngx_http_kimi_sse_content(ctx, p, len)
+                              : NGX_OK;
 }
 
 
@@ -527,7 +536,7 @@ ngx_http_kimi_output_tool_event(void *data, const kimi_tool_ev_t *ev)
 
         ctx->n_calls = ngx_max(ctx->n_calls, (ngx_uint_t) ev->index + 1);
 
-        if (ctx->params.stream) {
+        if (ctx->params.stream && !ctx->responses) {
             if (ngx_http_kimi_sse_tool_begin(ctx, ev->index, ev->id,
                                              ev->name)
                 != NGX_OK)
@@ -557,6 +566,12 @@ ngx_http_kimi_output_tool_event(void *data, const kimi_tool_ev_t *ev)
         tc->name.len = len;
         ngx_memcpy(tc->name.data, ev->name, len);
 
+        if (ctx->params.stream
+            && ngx_http_kimi_sse_tool_begin(ctx, ev->index, ev->id, ev->name)
+               != NGX_OK)
+        {
+            ctx->tool_error = 1;
+        }
         return;
 
     case KIMI_TOOL_EV_ARGS:
@@ -565,7 +580,7 @@ ngx_http_kimi_output_tool_event(void *data, const kimi_tool_ev_t *ev)
             return;
         }
 
-        if (ctx->params.stream) {
+        if (ctx->params.stream && !ctx->responses) {
             if (ngx_http_kimi_sse_tool_args(ctx, ev->index,
                                             (const u_char *) ev->text, ev->len)
                 != NGX_OK)
@@ -580,7 +595,12 @@ ngx_http_kimi_output_tool_event(void *data, const kimi_tool_ev_t *ev)
         if (ngx_http_kimi_append(ctx->request->pool, &tc->arguments,
                                  &tc->arguments_cap,
                                  (const u_char *) ev->text, ev->len)
-            != NGX_OK)
+            != NGX_OK
+            || (ctx->params.stream
+                && ngx_http_kimi_sse_tool_args(ctx, ev->index,
+                                               (const u_char *) ev->text,
+                                               ev->len)
+                   != NGX_OK))
         {
             ctx->tool_error = 1;
         }

@@ -8,9 +8,9 @@
  *         max_output_tokens into max_tokens) and a finished chat choice
  *         into a Response object (a message item with its output_text, a
  *         function_call item per call, status, usage).
+ *         Its stream's events are written by ngx_http_kimi_sse.c.
  * Never:  keeps responses: store is answered false, previous_response_id
- *         and background are refused, and so is stream (the chat route
- *         streams), each with a 400 naming it.
+ *         and background are refused, each with a 400 naming it.
  */
 
 
@@ -196,19 +196,13 @@ ngx_http_kimi_responses_request(json_t *in, json_t **out, u_char *err,
     const char  *key, *type;
 
     static const char  *copied[] = {
-        "model", "temperature", "top_p", "parallel_tool_calls", "user",
+        "model", "stream", "temperature", "top_p", "parallel_tool_calls",
+        "user",
         "seed", "top_k", "min_p", "repetition_penalty", "presence_penalty",
         "frequency_penalty", NULL
     };
 
     *out = NULL;
-
-    *param = "stream";
-    if (json_is_true(json_object_get(in, "stream"))) {
-        ngx_sprintf(err, "\"stream\" is not implemented on /v1/responses; "
-                    "/v1/chat/completions streams");
-        return NGX_ERROR;
-    }
 
     *param = "previous_response_id";
     v = json_object_get(in, "previous_response_id");
@@ -362,7 +356,7 @@ failed:
 
 
 /* "<prefix>" and 96 random bits, as OpenAI's item ids look */
-static json_t *
+json_t *
 ngx_http_kimi_responses_id(const char *prefix)
 {
     u_char  buf[64], *p;
@@ -371,6 +365,22 @@ ngx_http_kimi_responses_id(const char *prefix)
                     (uint32_t) ngx_random(), (uint32_t) ngx_random());
 
     return json_stringn((char *) buf, p - buf);
+}
+
+
+/* A finished message item holding the answer's text. */
+static json_t *
+ngx_http_kimi_responses_message(json_t *text, const char *finish, json_t *id)
+{
+    return json_pack("{s:s,s:o,s:s,s:s,s:[{s:s,s:o,s:[],s:[]}]}",
+                     "type", "message", "id", id,
+                     "status", finish && ngx_strcmp(finish, "length") == 0
+                               ? "incomplete" : "completed",
+                     "role", "assistant",
+                     "content", "type", "output_text",
+                     "text", json_is_string(text) ? json_incref(text)
+                                                  : json_string(""),
+                     "annotations", "logprobs");
 }
 
 
@@ -394,10 +404,31 @@ ngx_int_t
 ngx_http_kimi_responses_send(ngx_http_kimi_ctx_t *ctx, json_t *choice,
     ngx_uint_t output_tokens)
 {
-    size_t       i;
+    json_t     *root;
+    ngx_int_t   rc;
+
+    root = ngx_http_kimi_responses_object(ctx, choice, output_tokens);
+    if (root == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_kimi_send_json(ctx->request, NGX_HTTP_OK, root);
+    json_decref(root);
+
+    ctx->headers_sent = 1;
+
+    return rc;
+}
+
+
+json_t *
+ngx_http_kimi_responses_object(ngx_http_kimi_ctx_t *ctx, json_t *choice,
+    ngx_uint_t output_tokens)
+{
+    size_t       i, k;
     json_t      *req, *root, *output, *msg, *content, *calls, *call, *fn,
                 *usage, *v;
-    ngx_int_t    rc;
+    ngx_uint_t   streamed;
     const char  *finish;
 
     req = json_object_get(ctx->params.root, "__responses");
@@ -409,29 +440,47 @@ ngx_http_kimi_responses_send(ngx_http_kimi_ctx_t *ctx, json_t *choice,
     if (root == NULL || output == NULL) {
         json_decref(root);
         json_decref(output);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NULL;
     }
 
+    /* a stream's items keep the ids and places its events gave them */
     content = json_object_get(msg, "content");
-    if (json_is_string(content) && json_string_length(content) > 0) {
-        json_array_append_new(output,
-            json_pack("{s:s,s:o,s:s,s:s,s:[{s:s,s:O,s:[],s:[]}]}",
-                      "type", "message",
-                      "id", ngx_http_kimi_responses_id("msg_"),
-                      "status", finish && ngx_strcmp(finish, "length") == 0
-                                ? "incomplete" : "completed",
-                      "role", "assistant",
-                      "content", "type", "output_text", "text", content,
-                      "annotations", "logprobs"));
-    }
-
     calls = json_object_get(msg, "tool_calls");
-    json_array_foreach(calls, i, call) {
+    streamed = ctx->params.stream;
+
+    for (k = 0; k < json_array_size(calls) + 1; k++) {
+        if (streamed && ctx->resp_msg_open && k == ctx->resp_msg) {
+            json_array_append_new(output,
+                ngx_http_kimi_responses_message(content, finish,
+                    json_stringn((char *) ctx->resp_msg_id,
+                                 ngx_strlen(ctx->resp_msg_id))));
+        }
+        if (!streamed && k == 0 && json_is_string(content)
+            && json_string_length(content) > 0)
+        {
+            json_array_append_new(output,
+                ngx_http_kimi_responses_message(content, finish,
+                    ngx_http_kimi_responses_id("msg_")));
+        }
+
+        i = k;
+        if (streamed && ctx->resp_msg_open) {
+            if (k == ctx->resp_msg) {
+                continue;
+            }
+            i = k - (k > ctx->resp_msg);
+        }
+        call = json_array_get(calls, i);
+        if (call == NULL) {
+            continue;
+        }
         fn = json_object_get(call, "function");
         json_array_append_new(output,
             json_pack("{s:s,s:o,s:O,s:O,s:O,s:s}",
                       "type", "function_call",
-                      "id", ngx_http_kimi_responses_id("fc_"),
+                      "id", streamed && i < ctx->n_calls
+                            ? json_string((char *) ctx->calls[i].item_id)
+                            : ngx_http_kimi_responses_id("fc_"),
                       "call_id", json_object_get(call, "id"),
                       "name", json_object_get(fn, "name"),
                       "arguments", json_object_get(fn, "arguments"),
@@ -456,7 +505,11 @@ ngx_http_kimi_responses_send(ngx_http_kimi_ctx_t *ctx, json_t *choice,
                         json_stringn_nocheck((char *) ctx->usage.model.data,
                                              ctx->usage.model.len));
 
-    if (finish != NULL && ngx_strcmp(finish, "length") == 0) {
+    if (choice == NULL) {
+        json_object_set_new(root, "status", json_string("in_progress"));
+        json_object_set_new(root, "incomplete_details", json_null());
+
+    } else if (finish != NULL && ngx_strcmp(finish, "length") == 0) {
         json_object_set_new(root, "status", json_string("incomplete"));
         json_object_set_new(root, "incomplete_details",
                             json_pack("{s:s}", "reason", "max_output_tokens"));
@@ -467,7 +520,11 @@ ngx_http_kimi_responses_send(ngx_http_kimi_ctx_t *ctx, json_t *choice,
 
     json_object_set_new(root, "error", json_null());
     json_object_set_new(root, "output", output);
-    json_object_set_new(root, "usage", usage ? usage : json_null());
+    json_object_set_new(root, "usage",
+                        usage && choice ? usage : json_null());
+    if (choice == NULL) {
+        json_decref(usage);
+    }
 
     /* the request's settings, as OpenAI echoes them */
     ngx_http_kimi_responses_echo(root, req, "instructions", json_null());
@@ -489,10 +546,5 @@ ngx_http_kimi_responses_send(ngx_http_kimi_ctx_t *ctx, json_t *choice,
     json_object_set_new(root, "truncation", json_string("disabled"));
     ngx_http_kimi_responses_echo(root, req, "user", json_null());
 
-    rc = ngx_http_kimi_send_json(ctx->request, NGX_HTTP_OK, root);
-    json_decref(root);
-
-    ctx->headers_sent = 1;
-
-    return rc;
+    return root;
 }

@@ -141,6 +141,151 @@ ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx)
 
 
 /*
+ * /v1/responses streams events, not chunks: "event: TYPE" and a JSON data
+ * line with its type and sequence_number (done: the stream's last, no
+ * [DONE] after it).  data is consumed.
+ */
+static ngx_int_t
+ngx_http_kimi_resp_event(ngx_http_kimi_ctx_t *ctx, const char *type,
+    json_t *data, ngx_uint_t done)
+{
+    char         *s;
+    size_t        n;
+    ngx_chain_t  *cl;
+
+    if (data == NULL) {
+        return NGX_ERROR;
+    }
+
+    json_object_set_new(data, "type", json_string(type));
+    json_object_set_new(data, "sequence_number",
+                        json_integer((json_int_t) ctx->resp_seq++));
+    s = json_dumps(data, JSON_COMPACT);
+    json_decref(data);
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    n = ngx_strlen(s);
+    cl = ngx_http_kimi_sse_buf(ctx, n + ngx_strlen(type) + 32);
+    if (cl == NULL) {
+        free(s);
+        return NGX_ERROR;
+    }
+
+    cl->buf->last = ngx_sprintf(cl->buf->last, "event: %s\ndata: ", type);
+    cl->buf->last = ngx_cpymem(cl->buf->last, s, n);
+    cl->buf->last = ngx_cpymem(cl->buf->last, "\n\n", 2);
+    free(s);
+
+    return done ? ngx_http_kimi_sse_done(ctx, cl)
+                : ngx_http_kimi_sse_send(ctx, cl);
+}
+
+
+/* response.output_text.done .. output_item.done of the open message */
+static ngx_int_t
+ngx_http_kimi_resp_close_message(ngx_http_kimi_ctx_t *ctx)
+{
+    json_t  *text, *part;
+
+    text = json_stringn_nocheck((char *) ctx->content.data + ctx->resp_msg_from,
+                                ctx->content.len - ctx->resp_msg_from);
+    part = json_pack("{s:s,s:O,s:[]}", "type", "output_text", "text", text,
+                     "annotations");
+
+    if (ngx_http_kimi_resp_event(ctx, "response.output_text.done",
+            json_pack("{s:s,s:I,s:i,s:O,s:[]}", "item_id",
+                      (char *) ctx->resp_msg_id, "output_index",
+                      (json_int_t) ctx->resp_msg, "content_index", 0,
+                      "text", text, "logprobs"), 0) != NGX_OK
+        || ngx_http_kimi_resp_event(ctx, "response.content_part.done",
+            json_pack("{s:s,s:I,s:i,s:O}", "item_id",
+                      (char *) ctx->resp_msg_id, "output_index",
+                      (json_int_t) ctx->resp_msg, "content_index", 0,
+                      "part", part), 0) != NGX_OK
+        || ngx_http_kimi_resp_event(ctx, "response.output_item.done",
+            json_pack("{s:I,s:{s:s,s:s,s:s,s:s,s:[O]}}", "output_index",
+                      (json_int_t) ctx->resp_msg, "item", "type", "message",
+                      "id", (char *) ctx->resp_msg_id, "status",
+                      "completed", "role", "assistant", "content", part),
+            0) != NGX_OK)
+    {
+        json_decref(text);
+        json_decref(part);
+        return NGX_ERROR;
+    }
+
+    json_decref(text);
+    json_decref(part);
+    return NGX_OK;
+}
+
+
+/* The stream's end: every item done, then the whole Response. */
+static ngx_int_t
+ngx_http_kimi_resp_finish(ngx_http_kimi_ctx_t *ctx)
+{
+    json_t                     *choice, *resp;
+    ngx_uint_t                  i;
+    ngx_http_kimi_tool_call_t  *tc;
+
+    /* (an answer without a token still opens with response.created) */
+    if (ngx_http_kimi_sse_role(ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ctx->resp_msg_open && ngx_http_kimi_resp_close_message(ctx) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < ctx->n_calls; i++) {
+        tc = &ctx->calls[i];
+
+        if (ngx_http_kimi_resp_event(ctx,
+                "response.function_call_arguments.done",
+                json_pack("{s:s,s:I,s:s%}", "item_id", (char *) tc->item_id,
+                          "output_index", (json_int_t) tc->item, "arguments",
+                          tc->arguments.len ? (char *) tc->arguments.data
+                                            : "", tc->arguments.len), 0)
+               != NGX_OK
+            || ngx_http_kimi_resp_event(ctx, "response.output_item.done",
+                json_pack("{s:I,s:{s:s,s:s,s:s%,s:s%,s:s%,s:s}}",
+                          "output_index", (json_int_t) tc->item, "item",
+                          "type", "function_call", "id", (char *) tc->item_id,
+                          "call_id", (char *) tc->id.data, tc->id.len,
+                          "name", (char *) tc->name.data, tc->name.len,
+                          "arguments", tc->arguments.len
+                                       ? (char *) tc->arguments.data : "",
+                          tc->arguments.len, "status", "completed"), 0)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    choice = ngx_http_kimi_choice_json(ctx);
+    if (choice == NULL) {
+        return NGX_ERROR;
+    }
+
+    resp = ngx_http_kimi_responses_object(ctx, choice,
+                                          ctx->usage.completion_tokens);
+    json_decref(choice);
+    if (resp == NULL) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_kimi_resp_event(ctx,
+        ngx_strcmp(json_string_value(json_object_get(resp, "status")),
+                   "incomplete") == 0
+        ? "response.incomplete" : "response.completed",
+        json_pack("{s:o}", "response", resp), 1);
+}
+
+
+/*
  * OpenAI opens every chat stream with the role.  It goes out with the
  * first token, not at accept, as vLLM does: clients (and vllm bench) take
  * the first chunk as the time to first token.
@@ -153,6 +298,20 @@ ngx_http_kimi_sse_role(ngx_http_kimi_ctx_t *ctx)
 
     if (ctx->role_sent || ctx->route != NGX_HTTP_KIMI_ROUTE_CHAT) {
         return NGX_OK;
+    }
+
+    if (ctx->responses) {
+        ctx->role_sent = 1;
+
+        return ngx_http_kimi_resp_event(ctx, "response.created",
+                   json_pack("{s:o}", "response",
+                             ngx_http_kimi_responses_object(ctx, NULL, 0)), 0)
+                   == NGX_OK
+               && ngx_http_kimi_resp_event(ctx, "response.in_progress",
+                   json_pack("{s:o}", "response",
+                             ngx_http_kimi_responses_object(ctx, NULL, 0)), 0)
+                  == NGX_OK
+               ? NGX_OK : NGX_ERROR;
     }
 
     cl = ngx_http_kimi_sse_buf(ctx, ctx->prefix.len + 128);
@@ -177,7 +336,43 @@ ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx, const u_char *text,
     size_t len)
 {
     u_char       *p;
+    json_t       *id;
     ngx_chain_t  *cl, *out;
+
+    if (ctx->responses) {
+        /* (the text is also in ctx->content: output.c keeps it) */
+        if (!ctx->resp_msg_open) {
+            ctx->resp_msg_open = 1;
+            ctx->resp_msg = ctx->resp_items++;
+            ctx->resp_msg_from = ctx->content.len - len;
+            id = ngx_http_kimi_responses_id("msg_");
+            ngx_cpystrn(ctx->resp_msg_id, (u_char *) json_string_value(id),
+                        sizeof(ctx->resp_msg_id));
+            json_decref(id);
+
+            if (ngx_http_kimi_resp_event(ctx, "response.output_item.added",
+                    json_pack("{s:I,s:{s:s,s:s,s:s,s:s,s:[]}}", "output_index",
+                              (json_int_t) ctx->resp_msg, "item", "type",
+                              "message", "id", (char *) ctx->resp_msg_id,
+                              "status", "in_progress", "role", "assistant",
+                              "content"), 0) != NGX_OK
+                || ngx_http_kimi_resp_event(ctx, "response.content_part.added",
+                    json_pack("{s:s,s:I,s:i,s:{s:s,s:s,s:[]}}", "item_id",
+                              (char *) ctx->resp_msg_id, "output_index",
+                              (json_int_t) ctx->resp_msg, "content_index", 0,
+                              "part", "type", "output_text", "text", "",
+                              "annotations"), 0) != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+
+        return ngx_http_kimi_resp_event(ctx, "response.output_text.delta",
+                   json_pack("{s:s,s:I,s:i,s:s%,s:[]}", "item_id",
+                             (char *) ctx->resp_msg_id, "output_index",
+                             (json_int_t) ctx->resp_msg, "content_index", 0,
+                             "delta", (char *) text, len, "logprobs"), 0);
+    }
 
     cl = ngx_http_kimi_sse_buf(ctx, ctx->prefix.len + 128 + ctx->logprobs.len
                                + ngx_http_kimi_logprobs_legacy_len(ctx)
@@ -249,6 +444,25 @@ ngx_http_kimi_sse_tool_begin(ngx_http_kimi_ctx_t *ctx, ngx_uint_t index,
     id_len = ngx_strlen(id);
     name_len = ngx_strlen(name);
 
+    if (ctx->responses) {
+        ngx_http_kimi_tool_call_t  *tc = &ctx->calls[index];
+        json_t                     *item_id;
+
+        tc->item = ctx->resp_items++;
+        item_id = ngx_http_kimi_responses_id("fc_");
+        ngx_cpystrn(tc->item_id, (u_char *) json_string_value(item_id),
+                    sizeof(tc->item_id));
+        json_decref(item_id);
+
+        return ngx_http_kimi_resp_event(ctx, "response.output_item.added",
+                   json_pack("{s:I,s:{s:s,s:s,s:s,s:s,s:s,s:s}}",
+                             "output_index", (json_int_t) tc->item, "item",
+                             "type", "function_call", "id",
+                             (char *) tc->item_id, "call_id", id, "name",
+                             name, "arguments", "", "status", "in_progress"),
+                   0);
+    }
+
     cl = ngx_http_kimi_sse_buf(ctx, ctx->prefix.len + 256
                                + ngx_http_kimi_json_escape_len((u_char *) id,
                                                                id_len)
@@ -284,6 +498,16 @@ ngx_http_kimi_sse_tool_args(ngx_http_kimi_ctx_t *ctx, ngx_uint_t index,
 
     if (len == 0) {
         return NGX_OK;
+    }
+
+    if (ctx->responses) {
+        return ngx_http_kimi_resp_event(ctx,
+                   "response.function_call_arguments.delta",
+                   json_pack("{s:s,s:I,s:s%}", "item_id",
+                             (char *) ctx->calls[index].item_id,
+                             "output_index",
+                             (json_int_t) ctx->calls[index].item, "delta",
+                             (char *) text, len), 0);
     }
 
     cl = ngx_http_kimi_sse_buf(ctx, ctx->prefix.len + 160
@@ -346,6 +570,10 @@ ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx, ngx_uint_t last)
     ngx_uint_t            i, tokens;
     ngx_chain_t          *cl;
     ngx_http_kimi_ctx_t  *m;
+
+    if (ctx->responses) {
+        return ngx_http_kimi_resp_finish(ctx);     /* one choice: the last */
+    }
 
     cl = ngx_http_kimi_sse_buf(ctx, 2 * ctx->prefix.len + 512
                                     + ctx->logprobs.len
@@ -449,6 +677,12 @@ ngx_http_kimi_sse_error(ngx_http_kimi_ctx_t *ctx, const char *message,
     u_char       *p;
     ngx_chain_t  *cl;
 
+    if (ctx->responses) {
+        return ngx_http_kimi_resp_event(ctx, "error",
+                   json_pack("{s:s,s:s%,s:n}", "code", type, "message",
+                             message, len, "param"), 1);
+    }
+
     cl = ngx_http_kimi_sse_buf(ctx, 128 + ngx_strlen(type)
                                + ngx_http_kimi_json_escape_len(
                                                   (u_char *) message, len));
@@ -481,8 +715,10 @@ ngx_http_kimi_sse_done(ngx_http_kimi_ctx_t *ctx, ngx_chain_t *cl)
         return NGX_ERROR;
     }
 
-    b->last = ngx_cpymem(b->last, "data: [DONE]\n\n",
-                         sizeof("data: [DONE]\n\n") - 1);
+    if (!ctx->responses) {              /* a Responses stream just ends */
+        b->last = ngx_cpymem(b->last, "data: [DONE]\n\n",
+                             sizeof("data: [DONE]\n\n") - 1);
+    }
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 

@@ -1,9 +1,10 @@
 #!/usr/bin/perl
 
-# OpenAI's Responses API (/v1/responses, non-streaming) over the chat path:
-# the Response object's shape, instructions and developer messages, an
-# incomplete answer cut by max_output_tokens, text.format, and the 400s for
-# what this server does not do (stream, previous_response_id, tools and
+# OpenAI's Responses API (/v1/responses) over the chat path: the Response
+# object's shape, instructions and developer messages, an incomplete answer
+# cut by max_output_tokens, text.format, the stream's events (names, order,
+# sequence numbers, ids that match the final Response, no [DONE]), and the
+# 400s for what this server does not do (previous_response_id, tools and
 # parts other than functions and text).  The official client's view is in
 # t/py/openai_client.py (t/gateway-openai.t).
 
@@ -68,7 +69,6 @@ is($r->{status}, 200, 'text.format json_object: 200');
 is($r->{json}{text}{format}{type}, 'json_object', 'the format echoed');
 
 for my $bad (
-    [ { stream => $true }, 'stream' ],
     [ { previous_response_id => 'resp_x' }, 'previous_response_id' ],
     [ { tools => [ { type => 'web_search' } ] }, 'tools' ],
     [ { input => [ { role => 'user', content => [
@@ -84,6 +84,36 @@ for my $bad (
         ->encode($extra));
     is($r->{json}{error}{param}, $param, "naming $param");
 }
+
+# the stream: events in OpenAI's order
+my $s = $t->sse('/v1/responses', { model => 'kimi-test', input => 'hello',
+    stream => $true });
+my $raw = $s->{body} // '';
+my @names = $raw =~ /^event: (\S+)$/mg;
+is_deeply([ @names[0 .. 4] ], [ qw(response.created response.in_progress
+    response.output_item.added response.content_part.added
+    response.output_text.delta) ], 'the stream opens as OpenAI\'s');
+is_deeply([ @names[-4 .. -1] ], [ qw(response.output_text.done
+    response.content_part.done response.output_item.done
+    response.completed) ], 'and closes as OpenAI\'s');
+my @ev = map { JSON::PP->new->decode($_) } $raw =~ /^data: (.*)$/mg;
+is(scalar @ev, scalar @names, 'one data line per event');
+is_deeply([ map { $_->{sequence_number} } @ev ], [ 0 .. $#ev ],
+    'sequence numbers 0, 1, 2 ...');
+is(join('', map { $_->{delta} } grep { $_->{type} eq
+    'response.output_text.delta' } @ev), 'plain answer', 'the deltas');
+my $done = $ev[-1]{response};
+is($done->{output}[0]{content}[0]{text}, 'plain answer',
+    'the completed response holds the text');
+is($done->{output}[0]{id}, $ev[2]{item}{id},
+    'with the item id the stream announced');
+is($done->{id}, $ev[0]{response}{id}, 'and the response id');
+unlike($raw, qr/\[DONE\]/, 'no [DONE] line');
+
+$s = $t->sse('/v1/responses', { model => 'kimi-test', input => 'hello',
+    stream => $true, max_output_tokens => 1 });
+@names = ($s->{body} // '') =~ /^event: (\S+)$/mg;
+is($names[-1], 'response.incomplete', 'a cut stream ends incomplete');
 
 $r = $t->get('/v1/responses');
 is($r->{status}, 405, 'GET /v1/responses: 405');

@@ -149,10 +149,35 @@ if hasattr(client, "responses"):
                 "parameters": {"type": "object", "properties": {}}}])
     check(r.output_text == "It is sunny.",
           "responses.create: the call's output back in input")
-    try:
-        client.responses.create(model="kimi-test", input="x", stream=True)
-        check(False, "responses stream raises BadRequestError")
-    except openai.BadRequestError as e:
-        check("stream" in str(e), "responses stream raises BadRequestError")
+    types, text, final = [], "", None
+    for ev in client.responses.create(model="kimi-test", input="Hello",
+                                      stream=True):
+        types.append(ev.type)
+        if ev.type == "response.output_text.delta":
+            text += ev.delta
+        if ev.type == "response.completed":
+            final = ev.response
+    check(types[:2] == ["response.created", "response.in_progress"]
+          and types[-1] == "response.completed" and text == "Hi there!"
+          and final is not None and final.output_text == "Hi there!",
+          "responses stream: events, deltas and the completed response")
+    args, names = {}, {}
+    for ev in client.responses.create(
+            model="kimi-test", input="What is the weather in Paris?",
+            stream=True,
+            tools=[{"type": "function", "name": "get_weather",
+                    "parameters": {"type": "object", "properties": {}}}]):
+        if ev.type == "response.output_item.added" and \
+                ev.item.type == "function_call":
+            names[ev.output_index] = ev.item.name
+        if ev.type == "response.function_call_arguments.delta":
+            args[ev.output_index] = args.get(ev.output_index, "") + ev.delta
+        if ev.type == "response.completed":
+            final = ev.response
+    fc = [o for o in final.output if o.type == "function_call"]
+    check(list(names.values()) == ["get_weather"]
+          and list(args.values()) == ['{"city": "Paris"}']
+          and len(fc) == 1 and fc[0].arguments == '{"city": "Paris"}',
+          "responses stream: a function call's events and item")
 
 plan()
