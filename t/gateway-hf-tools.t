@@ -105,5 +105,18 @@ for my $choice ('required', { type => 'function',
 }
 $k->stop;
 
+# content format openai by the directive: this template concatenates
+# message['content'] to a string, so with a list it fails, as jinja2 does
+$k = KimiTest->new(replies => [], default => { text => 'x' },
+    http_conf => 'kimi_chat_template_content_format openai;');
+$k->{tokdir} = $t->{tokdir};
+$k->start;
+$r = $k->post('/tokenize', { messages => [ { role => 'user',
+    content => 'hi' } ], add_generation_prompt => JSON::PP::true });
+is($r->{status}, 400, 'kimi_chat_template_content_format openai: the '
+    . 'string template fails on a list of parts (400)');
+like($r->{body}, qr/chat template/, 'saying it is the template');
+$k->stop;
+
 $t->stop;
 done_testing();
