@@ -125,7 +125,8 @@ static const char  bench_usage[] =
 "  --backend NAME            openai (completions) | openai-chat\n"
 "  --model NAME              model id; also the tokenizer dir by default\n"
 "  --served-model-name NAME  model name sent in requests (default --model)\n"
-"  --tokenizer DIR           directory with tiktoken.model\n"
+"  --tokenizer DIR           the model directory's tokenizer (tiktoken.model\n"
+"                            or a Hugging Face tokenizer.json)\n"
 "  --api-key KEY             Authorization: Bearer KEY (or OPENAI_API_KEY)\n"
 "dataset (random only):\n"
 "  --dataset-name random     --num-prompts N (1000)  --seed S (0)\n"
@@ -824,7 +825,7 @@ main(int argc, char **argv)
     if (stat(o.tokenizer, &st) != 0 || !S_ISDIR(st.st_mode)) {
         fprintf(stderr, "kimi-bench: tokenizer \"%s\" is not a directory; "
                 "pass --tokenizer DIR (the model directory with "
-                "tiktoken.model)\n", o.tokenizer);
+                "its tokenizer)\n", o.tokenizer);
         return 1;
     }
     if (kimi_tokenizer_load(&tok, o.tokenizer, &err) != 0) {
