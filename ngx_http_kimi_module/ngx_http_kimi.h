@@ -128,6 +128,8 @@ typedef struct {
     ngx_uint_t                   default_max_tokens;
     ngx_uint_t                   queue_limit;
     ngx_flag_t                   special_tokens_in_content;
+    ngx_uint_t                   reasoning_parser; /* kimi_reasoning_parser:
+                                                      0 off, else on */
 } ngx_http_kimi_loc_conf_t;
 
 
@@ -301,6 +303,13 @@ struct ngx_http_kimi_ctx_s {
     ngx_uint_t                   n_out;            /* tokens output so far */
     ngx_str_t                    content;          /* non-stream text */
     size_t                       content_cap;
+    ngx_str_t                    reasoning;        /* its reasoning_content
+                                                      (non-stream) */
+    size_t                       reasoning_cap;
+    u_char                       think_hold[8];    /* a possible tag start */
+    size_t                       n_think_hold;
+    unsigned                     thinking:1;       /* before "</think>" */
+    unsigned                     think_seen:1;     /* some text came */
     ngx_http_kimi_tool_call_t   *calls;            /* non-stream */
     ngx_uint_t                   n_calls;
     ngx_uint_t                   n_calls_streamed;
@@ -388,6 +397,8 @@ u_char *ngx_http_kimi_logprobs_legacy(ngx_http_kimi_ctx_t *ctx, u_char *p);
 /* ngx_http_kimi_sse.c */
 ngx_int_t ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx);
 ngx_int_t ngx_http_kimi_sse_role(ngx_http_kimi_ctx_t *ctx);
+ngx_int_t ngx_http_kimi_sse_reasoning(ngx_http_kimi_ctx_t *ctx,
+    const u_char *text, size_t len);
 ngx_int_t ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx,
     const u_char *p, size_t len);
 ngx_int_t ngx_http_kimi_sse_tool_begin(ngx_http_kimi_ctx_t *ctx,

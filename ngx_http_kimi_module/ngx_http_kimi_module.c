@@ -83,6 +83,15 @@ static ngx_conf_enum_t  ngx_http_kimi_content_formats[] = {
 };
 
 
+/* vLLM's --reasoning-parser: both split at "</think>" */
+static ngx_conf_enum_t  ngx_http_kimi_reasoning_parsers[] = {
+    { ngx_string("off"), 0 },
+    { ngx_string("deepseek_r1"), 1 },
+    { ngx_string("kimi_k2"), 2 },
+    { ngx_null_string, 0 }
+};
+
+
 /* vLLM's --tool-call-parser; auto: what the tokenizer spells */
 static ngx_conf_enum_t  ngx_http_kimi_tool_formats[] = {
     { ngx_string("auto"), 0 },
@@ -178,6 +187,13 @@ static ngx_command_t  ngx_http_kimi_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_kimi_loc_conf_t, queue_limit),
       NULL },
+
+    { ngx_string("kimi_reasoning_parser"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_kimi_loc_conf_t, reasoning_parser),
+      &ngx_http_kimi_reasoning_parsers },
 
     { ngx_string("kimi_special_tokens_in_content"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
@@ -1951,6 +1967,7 @@ ngx_http_kimi_create_loc_conf(ngx_conf_t *cf)
     conf->default_max_tokens = NGX_CONF_UNSET_UINT;
     conf->queue_limit = NGX_CONF_UNSET_UINT;
     conf->special_tokens_in_content = NGX_CONF_UNSET;
+    conf->reasoning_parser = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -1984,6 +2001,8 @@ ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     /* vLLM parity: special-token strings in contents are recognised */
     ngx_conf_merge_value(conf->special_tokens_in_content,
                          prev->special_tokens_in_content, 1);
+    ngx_conf_merge_uint_value(conf->reasoning_parser, prev->reasoning_parser,
+                              0);
 
     return NGX_CONF_OK;
 }

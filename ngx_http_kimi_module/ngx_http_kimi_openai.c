@@ -2094,11 +2094,25 @@ ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx)
         }
 
         json_object_set_new(msg, "role", json_string("assistant"));
+        /* with a reasoning parser an answer all reasoning has no content,
+         * as vLLM's (null) */
         json_object_set_new(msg, "content",
-                            (ctx->content.len || ctx->n_calls == 0)
+                            ctx->content.len
+                            || (ctx->n_calls == 0
+                                && !(ctx->conf->reasoning_parser
+                                     && ctx->reasoning.len))
                             ? json_stringn_nocheck((char *) ctx->content.data,
                                                    ctx->content.len)
                             : json_null());
+
+        if (ctx->conf->reasoning_parser) {
+            json_object_set_new(msg, "reasoning_content",
+                                ctx->reasoning.len
+                                ? json_stringn_nocheck(
+                                      (char *) ctx->reasoning.data,
+                                      ctx->reasoning.len)
+                                : json_null());
+        }
 
         if (ctx->n_calls) {
             calls = json_array();

@@ -52,6 +52,9 @@ ngx_http_kimi_output_start(ngx_http_kimi_ctx_t *ctx)
     tok = ngx_http_kimi_text_tokenizer(ctx->text);
     format = ngx_http_kimi_text_tool_format(ctx->text);
 
+    ctx->thinking = ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT
+                    && ctx->conf->reasoning_parser != 0;
+
     if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT && ctx->params.tools
         && ctx->params.tool_choice != NGX_HTTP_KIMI_TOOL_CHOICE_NONE)
     {
@@ -447,12 +450,128 @@ ngx_http_kimi_output_text(ngx_http_kimi_ctx_t *ctx, const u_char *p,
 }
 
 
+/* Reasoning text: a delta of its own when streaming a chat, else kept
+ * for the answer's reasoning_content (a Responses stream keeps it for the
+ * final Response too). */
 static ngx_int_t
-ngx_http_kimi_output_visible(ngx_http_kimi_ctx_t *ctx, const u_char *p,
+ngx_http_kimi_output_reasoning(ngx_http_kimi_ctx_t *ctx, const u_char *p,
     size_t len)
 {
     if (len == 0) {
         return NGX_OK;
+    }
+
+    if (ctx->params.stream && !ctx->responses) {
+        return ngx_http_kimi_sse_reasoning(ctx, p, len);
+    }
+
+    return ngx_http_kimi_append(ctx->request->pool, &ctx->reasoning,
+                                &ctx->reasoning_cap, p, len);
+}
+
+
+/*
+ * kimi_reasoning_parser (vLLM's deepseek_r1 / kimi_k2): the text up to
+ * "</think>" is reasoning, a "<think>" opening it dropped, the rest is the
+ * answer; an answer that never closes the tag is all reasoning.  A tag
+ * split over tokens waits in think_hold.  Returns the bytes of p that are
+ * past the tag (the answer's), or len when all was reasoning.
+ */
+static ngx_int_t
+ngx_http_kimi_output_think(ngx_http_kimi_ctx_t *ctx, const u_char **p,
+    size_t *len)
+{
+    u_char        buf[8 + 512];
+    size_t        n, take, i, keep, l;
+    const u_char  *s;
+
+    static const u_char  open[] = "<think>", close[] = "</think>";
+
+    while (*len > 0 && ctx->thinking) {
+        /* held bytes + as much new text as fits */
+        take = ngx_min(*len, sizeof(buf) - ctx->n_think_hold);
+        ngx_memcpy(buf, ctx->think_hold, ctx->n_think_hold);
+        ngx_memcpy(buf + ctx->n_think_hold, *p, take);
+        n = ctx->n_think_hold + take;
+        ctx->n_think_hold = 0;
+        *p += take;
+        *len -= take;
+        s = buf;
+
+        if (!ctx->think_seen) {
+            /* an opening tag (or what may become one) at the very start */
+            l = ngx_min(n, sizeof(open) - 1);
+            if (ngx_memcmp(s, open, l) == 0) {
+                if (l < sizeof(open) - 1) {
+                    ngx_memcpy(ctx->think_hold, s, n);
+                    ctx->n_think_hold = n;
+                    continue;
+                }
+                s += l;
+                n -= l;
+            }
+            ctx->think_seen = 1;
+        }
+
+        for (i = 0; i + sizeof(close) - 1 <= n; i++) {
+            if (ngx_memcmp(s + i, close, sizeof(close) - 1) == 0) {
+                break;
+            }
+        }
+
+        if (i + sizeof(close) - 1 <= n) {
+            /* the tag: before it reasoning, after it the answer */
+            ctx->thinking = 0;
+            if (ngx_http_kimi_output_reasoning(ctx, s, i) != NGX_OK) {
+                return NGX_ERROR;
+            }
+            i += sizeof(close) - 1;
+            /* the rest of buf goes back in front of p: hand it on */
+            if (i < n) {
+                return ngx_http_kimi_output_visible(ctx, s + i, n - i) == NGX_OK
+                       ? NGX_DONE : NGX_ERROR;
+            }
+            return NGX_OK;
+        }
+
+        /* keep a suffix that may start the tag */
+        for (keep = ngx_min(n, sizeof(close) - 2); keep > 0; keep--) {
+            if (ngx_memcmp(s + n - keep, close, keep) == 0) {
+                break;
+            }
+        }
+
+        if (ngx_http_kimi_output_reasoning(ctx, s, n - keep) != NGX_OK) {
+            return NGX_ERROR;
+        }
+        ngx_memcpy(ctx->think_hold, s + n - keep, keep);
+        ctx->n_think_hold = keep;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_kimi_output_visible(ngx_http_kimi_ctx_t *ctx, const u_char *p,
+    size_t len)
+{
+    ngx_int_t  rc;
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    if (ctx->thinking) {
+        rc = ngx_http_kimi_output_think(ctx, &p, &len);
+        if (rc == NGX_DONE) {
+            /* the answer after the tag went on from inside; the rest of
+             * p follows it */
+            return len ? ngx_http_kimi_output_visible(ctx, p, len) : NGX_OK;
+        }
+        if (rc != NGX_OK || len == 0) {
+            return rc;
+        }
     }
 
     if (ctx->toolparse) {
@@ -636,6 +755,18 @@ ngx_http_kimi_output_finish(ngx_http_kimi_ctx_t *ctx)
         ctx->held.len = 0;
 
         if (ngx_http_kimi_output_visible(ctx, ctx->held.data, len) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    /* a tag start that never completed is reasoning text */
+    if (ctx->thinking && ctx->n_think_hold) {
+        len = ctx->n_think_hold;
+        ctx->n_think_hold = 0;
+
+        if (ngx_http_kimi_output_reasoning(ctx, ctx->think_hold, len)
+            != NGX_OK)
+        {
             return NGX_ERROR;
         }
     }

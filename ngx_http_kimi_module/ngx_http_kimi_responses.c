@@ -443,6 +443,17 @@ ngx_http_kimi_responses_object(ngx_http_kimi_ctx_t *ctx, json_t *choice,
         return NULL;
     }
 
+    /* reasoning (kimi_reasoning_parser) first, as OpenAI's reasoning
+     * item (not streamed: a stream sends no reasoning) */
+    v = json_object_get(msg, "reasoning_content");
+    if (!ctx->params.stream && json_is_string(v) && json_string_length(v) > 0)
+    {
+        json_array_append_new(output,
+            json_pack("{s:s,s:o,s:[],s:[{s:s,s:O}]}", "type", "reasoning",
+                      "id", ngx_http_kimi_responses_id("rs_"), "summary",
+                      "content", "type", "reasoning_text", "text", v));
+    }
+
     /* a stream's items keep the ids and places its events gave them */
     content = json_object_get(msg, "content");
     calls = json_object_get(msg, "tool_calls");

@@ -433,6 +433,37 @@ ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx, const u_char *text,
 }
 
 
+/* A reasoning delta (kimi_reasoning_parser), as vLLM's reasoning_content;
+ * the logprob entries of its tokens ride on the next content chunk */
+ngx_int_t
+ngx_http_kimi_sse_reasoning(ngx_http_kimi_ctx_t *ctx, const u_char *text,
+    size_t len)
+{
+    u_char       *p;
+    ngx_chain_t  *cl;
+
+    if (ngx_http_kimi_sse_role(ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    cl = ngx_http_kimi_sse_buf(ctx, ctx->prefix.len + 128
+                               + ngx_http_kimi_json_escape_len(text, len));
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(cl->buf->last, ctx->prefix.data, ctx->prefix.len);
+    p = ngx_sprintf(p, "{\"index\":%ui,\"delta\":{\"reasoning_content\":\"",
+                    ctx->index);
+    p = ngx_http_kimi_json_escape(p, text, len);
+    p = ngx_cpymem(p, "\"" NGX_HTTP_KIMI_CHUNK_TAIL,
+                   sizeof("\"" NGX_HTTP_KIMI_CHUNK_TAIL) - 1);
+    cl->buf->last = ngx_http_kimi_sse_usage(ctx, p);
+
+    return ngx_http_kimi_sse_send(ctx, cl);
+}
+
+
 ngx_int_t
 ngx_http_kimi_sse_tool_begin(ngx_http_kimi_ctx_t *ctx, ngx_uint_t index,
     const char *id, const char *name)
