@@ -138,6 +138,7 @@ typedef struct {
     json_t                      *root;             /* the parsed body */
     json_t                      *messages;         /* chat: borrowed */
     json_t                      *tools;            /* NULL or non-empty */
+    json_t                      *template_kwargs;  /* chat_template_kwargs */
     json_t                      *prompt_ids;       /* completions: ids */
     json_t                      *batch;            /* completions: a list
                                                       of prompts (strings

@@ -8,7 +8,7 @@
  *         SSE writer uses.
  * Never:  talks to the engine or the tokenizer; a field is either checked
  *         here with a message naming it, or ignored on purpose (user,
- *         chat_template_kwargs ...).
+ *         metadata ...).
  */
 
 
@@ -1438,6 +1438,17 @@ ngx_http_kimi_parse_chat(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
 
         pr->tools = v;
         pr->tool_choice = NGX_HTTP_KIMI_TOOL_CHOICE_AUTO;
+    }
+
+    /* vLLM's chat_template_kwargs: variables for the template */
+    *param = "chat_template_kwargs";
+    v = json_object_get(root, "chat_template_kwargs");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_object(v)) {
+            ngx_sprintf(err, "\"chat_template_kwargs\" must be an object");
+            return NGX_ERROR;
+        }
+        pr->template_kwargs = v;
     }
 
     /* false holds a "required" choice to one call (a named one is one

@@ -53,6 +53,7 @@ typedef struct {
     json_t                    *root;             /* referenced */
     json_t                    *messages;
     json_t                    *tools;
+    json_t                    *template_kwargs;
     const char                *prompt;
     size_t                     prompt_len;
     int                        add_generation_prompt;
@@ -467,6 +468,7 @@ ngx_http_kimi_text_start(ngx_http_kimi_ctx_t *ctx)
     job->root = json_incref(ctx->params.root);
     job->messages = ctx->params.messages;
     job->tools = ctx->params.tools;
+    job->template_kwargs = ctx->params.template_kwargs;
     job->add_generation_prompt = ctx->params.add_generation_prompt;
     job->continue_final = ctx->params.continue_final;
     job->prompt = (const char *) ctx->params.prompt_text.data;
@@ -725,9 +727,9 @@ ngx_http_kimi_text_job_run(void *data, ngx_log_t *log)
     plain = NULL;
     n_plain = 0;
 
-    job->rc = kimi_template_render_ex(job->text->tmpl, job->messages,
+    job->rc = kimi_template_render_kw(job->text->tmpl, job->messages,
                                       job->tools, job->add_generation_prompt,
-                                      &text, &len,
+                                      job->template_kwargs, &text, &len,
                                       job->plain_contents ? &plain : NULL,
                                       &n_plain, &job->err);
     if (job->rc != 0) {

@@ -121,6 +121,13 @@ int  kimi_template_render(const kimi_template_t *t, json_t *messages,
 int  kimi_template_render_ex(const kimi_template_t *t, json_t *messages,
     json_t *tools, int add_generation_prompt, char **text, size_t *len,
     kimi_span_t **plain, size_t *n_plain, kimi_err_t *err);
+/* kimi_template_render_ex() with vLLM's chat_template_kwargs (an object or
+ * NULL): each key a variable the template may read, except messages,
+ * tools, documents, add_generation_prompt, continue_final_message and the
+ * special-token names. */
+int  kimi_template_render_kw(const kimi_template_t *t, json_t *messages,
+    json_t *tools, int add_generation_prompt, json_t *kwargs, char **text,
+    size_t *len, kimi_span_t **plain, size_t *n_plain, kimi_err_t *err);
 
 /* vLLM's continue_final_message on a rendering (add_generation_prompt
  * off): cuts *text (and the plain spans, may be NULL) right after the final

@@ -298,6 +298,16 @@ kimi_template_render_ex(const kimi_template_t *t, json_t *messages,
     json_t *tools, int add_generation_prompt, char **text, size_t *len,
     kimi_span_t **plain, size_t *n_plain, kimi_err_t *err)
 {
+    return kimi_template_render_kw(t, messages, tools, add_generation_prompt,
+                                   NULL, text, len, plain, n_plain, err);
+}
+
+
+int
+kimi_template_render_kw(const kimi_template_t *t, json_t *messages,
+    json_t *tools, int add_generation_prompt, json_t *kwargs, char **text,
+    size_t *len, kimi_span_t **plain, size_t *n_plain, kimi_err_t *err)
+{
     int               rc;
     json_t           *conv = NULL, *tool_dicts = NULL;
     kimi_buf_t        out;
@@ -324,6 +334,7 @@ kimi_template_render_ex(const kimi_template_t *t, json_t *messages,
     vars.messages = conv;
     vars.tools = tool_dicts;
     vars.add_generation_prompt = add_generation_prompt;
+    vars.kwargs = kwargs;
     vars.bos_token = t->tokens[0];
     vars.eos_token = t->tokens[1];
     vars.unk_token = t->tokens[2];

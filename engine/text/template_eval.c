@@ -793,8 +793,36 @@ kimi_tmpl_eval(kimi_node_t **body, size_t n_body,
     ev.steps = 0;
     memset(&root, 0, sizeof(root));
 
+    /* vLLM's chat_template_kwargs first (request data, untrusted): names
+     * the template reads on top of these; the ones below are never theirs */
+    rc = KIMI_OK;
+    if (json_is_object(vars->kwargs)) {
+        const char  *key;
+        json_t      *kv;
+
+        json_object_foreach(vars->kwargs, key, kv) {
+            if (strcmp(key, "messages") == 0 || strcmp(key, "tools") == 0
+                || strcmp(key, "add_generation_prompt") == 0
+                || strcmp(key, "documents") == 0
+                || strcmp(key, "continue_final_message") == 0
+                || strstr(key, "_token") != NULL)
+            {
+                continue;
+            }
+            rc = kimi_val_json(&ev, &v, json_incref(kv), 0);
+            if (rc == KIMI_OK) {
+                rc = kimi_scope_set(&ev, &root, key, &v);
+            }
+            if (rc != KIMI_OK) {
+                break;
+            }
+        }
+    }
+
     /* request data is untrusted; special-token names are the model's */
-    rc = kimi_val_json(&ev, &v, json_incref(vars->messages), 0);
+    if (rc == KIMI_OK) {
+        rc = kimi_val_json(&ev, &v, json_incref(vars->messages), 0);
+    }
     if (rc == KIMI_OK) {
         rc = kimi_scope_set(&ev, &root, "messages", &v);
     }

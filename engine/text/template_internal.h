@@ -222,6 +222,7 @@ typedef struct {
     json_t      *messages;
     json_t      *tools;                /* NULL or json null: None */
     int          add_generation_prompt;
+    json_t      *kwargs;               /* NULL or vLLM's chat_template_kwargs */
     const char  *bos_token, *eos_token, *unk_token, *pad_token;
 } kimi_tmpl_vars_t;
 
