@@ -341,6 +341,10 @@ struct ngx_http_kimi_ctx_s {
     ngx_uint_t                   resp_msg;         /* the message's index */
     size_t                       resp_msg_from;    /* its text in content */
     u_char                       resp_msg_id[32];
+    ngx_uint_t                   resp_rs_state;    /* its reasoning item:
+                                                      0 none, 1 open, 2 done */
+    ngx_uint_t                   resp_rs;          /* its output_index */
+    u_char                       resp_rs_id[32];
     unsigned                     tool_error:1;
     unsigned                     counted:1;        /* in engine pending */
     unsigned                     failed:1;         /* ended by an error */
@@ -399,6 +403,8 @@ u_char *ngx_http_kimi_logprobs_legacy(ngx_http_kimi_ctx_t *ctx, u_char *p);
 ngx_int_t ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx);
 ngx_int_t ngx_http_kimi_sse_role(ngx_http_kimi_ctx_t *ctx);
 ngx_int_t ngx_http_kimi_sse_reasoning(ngx_http_kimi_ctx_t *ctx,
+    const u_char *text, size_t len);
+ngx_int_t ngx_http_kimi_sse_resp_reasoning(ngx_http_kimi_ctx_t *ctx,
     const u_char *text, size_t len);
 ngx_int_t ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx,
     const u_char *p, size_t len);

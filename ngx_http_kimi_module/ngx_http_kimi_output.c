@@ -451,8 +451,8 @@ ngx_http_kimi_output_text(ngx_http_kimi_ctx_t *ctx, const u_char *p,
 
 
 /* Reasoning text: a delta of its own when streaming a chat, else kept
- * for the answer's reasoning_content (a Responses stream keeps it for the
- * final Response too). */
+ * for the answer's reasoning_content (a Responses stream both keeps it and
+ * sends its reasoning item's events). */
 static ngx_int_t
 ngx_http_kimi_output_reasoning(ngx_http_kimi_ctx_t *ctx, const u_char *p,
     size_t len)
@@ -465,8 +465,15 @@ ngx_http_kimi_output_reasoning(ngx_http_kimi_ctx_t *ctx, const u_char *p,
         return ngx_http_kimi_sse_reasoning(ctx, p, len);
     }
 
-    return ngx_http_kimi_append(ctx->request->pool, &ctx->reasoning,
-                                &ctx->reasoning_cap, p, len);
+    if (ngx_http_kimi_append(ctx->request->pool, &ctx->reasoning,
+                             &ctx->reasoning_cap, p, len)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ctx->params.stream ? ngx_http_kimi_sse_resp_reasoning(ctx, p, len)
+                              : NGX_OK;
 }
 
 

@@ -384,6 +384,31 @@ ngx_http_kimi_responses_message(json_t *text, const char *finish, json_t *id)
 }
 
 
+/* A reasoning item: the text before "</think>" (kimi_reasoning_parser). */
+static json_t *
+ngx_http_kimi_responses_reasoning(json_t *text, json_t *id)
+{
+    return json_pack("{s:s,s:o,s:[],s:[{s:s,s:o}]}", "type", "reasoning",
+                     "id", id, "summary", "content", "type", "reasoning_text",
+                     "text", json_is_string(text) ? json_incref(text)
+                                                  : json_string(""));
+}
+
+
+/* A finished function_call item of a chat tool call. */
+static json_t *
+ngx_http_kimi_responses_call(json_t *call, json_t *id)
+{
+    json_t  *fn = json_object_get(call, "function");
+
+    return json_pack("{s:s,s:o,s:O,s:O,s:O,s:s}", "type", "function_call",
+                     "id", id, "call_id", json_object_get(call, "id"),
+                     "name", json_object_get(fn, "name"),
+                     "arguments", json_object_get(fn, "arguments"),
+                     "status", "completed");
+}
+
+
 /* root[key] = the request's value, or dflt (a new reference) */
 static void
 ngx_http_kimi_responses_echo(json_t *root, json_t *req, const char *key,
@@ -426,9 +451,8 @@ ngx_http_kimi_responses_object(ngx_http_kimi_ctx_t *ctx, json_t *choice,
     ngx_uint_t output_tokens)
 {
     size_t       i, k;
-    json_t      *req, *root, *output, *msg, *content, *calls, *call, *fn,
-                *usage, *v;
-    ngx_uint_t   streamed;
+    json_t      *req, *root, *output, *msg, *content, *calls, *call, *usage,
+                *v;
     const char  *finish;
 
     req = json_object_get(ctx->params.root, "__responses");
@@ -443,59 +467,48 @@ ngx_http_kimi_responses_object(ngx_http_kimi_ctx_t *ctx, json_t *choice,
         return NULL;
     }
 
-    /* reasoning (kimi_reasoning_parser) first, as OpenAI's reasoning
-     * item (not streamed: a stream sends no reasoning) */
-    v = json_object_get(msg, "reasoning_content");
-    if (!ctx->params.stream && json_is_string(v) && json_string_length(v) > 0)
-    {
-        json_array_append_new(output,
-            json_pack("{s:s,s:o,s:[],s:[{s:s,s:O}]}", "type", "reasoning",
-                      "id", ngx_http_kimi_responses_id("rs_"), "summary",
-                      "content", "type", "reasoning_text", "text", v));
-    }
-
-    /* a stream's items keep the ids and places its events gave them */
     content = json_object_get(msg, "content");
     calls = json_object_get(msg, "tool_calls");
-    streamed = ctx->params.stream;
+    v = json_object_get(msg, "reasoning_content");
 
-    for (k = 0; k < json_array_size(calls) + 1; k++) {
-        if (streamed && ctx->resp_msg_open && k == ctx->resp_msg) {
-            json_array_append_new(output,
-                ngx_http_kimi_responses_message(content, finish,
-                    json_stringn((char *) ctx->resp_msg_id,
-                                 ngx_strlen(ctx->resp_msg_id))));
+    if (ctx->params.stream) {
+        /* a stream's items keep the ids and places its events gave them */
+        for (k = 0; k < ctx->resp_items; k++) {
+            json_array_append_new(output, json_null());
         }
-        if (!streamed && k == 0 && json_is_string(content)
-            && json_string_length(content) > 0)
-        {
+        if (ctx->resp_rs_state) {
+            json_array_set_new(output, ctx->resp_rs,
+                ngx_http_kimi_responses_reasoning(v,
+                    json_string((char *) ctx->resp_rs_id)));
+        }
+        if (ctx->resp_msg_open) {
+            json_array_set_new(output, ctx->resp_msg,
+                ngx_http_kimi_responses_message(content, finish,
+                    json_string((char *) ctx->resp_msg_id)));
+        }
+        for (i = 0; i < ctx->n_calls && i < json_array_size(calls); i++) {
+            json_array_set_new(output, ctx->calls[i].item,
+                ngx_http_kimi_responses_call(json_array_get(calls, i),
+                    json_string((char *) ctx->calls[i].item_id)));
+        }
+
+    } else {
+        /* reasoning (kimi_reasoning_parser), the message, the calls */
+        if (json_is_string(v) && json_string_length(v) > 0) {
+            json_array_append_new(output,
+                ngx_http_kimi_responses_reasoning(v,
+                    ngx_http_kimi_responses_id("rs_")));
+        }
+        if (json_is_string(content) && json_string_length(content) > 0) {
             json_array_append_new(output,
                 ngx_http_kimi_responses_message(content, finish,
                     ngx_http_kimi_responses_id("msg_")));
         }
-
-        i = k;
-        if (streamed && ctx->resp_msg_open) {
-            if (k == ctx->resp_msg) {
-                continue;
-            }
-            i = k - (k > ctx->resp_msg);
+        json_array_foreach(calls, i, call) {
+            json_array_append_new(output,
+                ngx_http_kimi_responses_call(call,
+                    ngx_http_kimi_responses_id("fc_")));
         }
-        call = json_array_get(calls, i);
-        if (call == NULL) {
-            continue;
-        }
-        fn = json_object_get(call, "function");
-        json_array_append_new(output,
-            json_pack("{s:s,s:o,s:O,s:O,s:O,s:s}",
-                      "type", "function_call",
-                      "id", streamed && i < ctx->n_calls
-                            ? json_string((char *) ctx->calls[i].item_id)
-                            : ngx_http_kimi_responses_id("fc_"),
-                      "call_id", json_object_get(call, "id"),
-                      "name", json_object_get(fn, "name"),
-                      "arguments", json_object_get(fn, "arguments"),
-                      "status", "completed"));
     }
 
     usage = json_pack("{s:I,s:{s:I},s:I,s:{s:I},s:I}",

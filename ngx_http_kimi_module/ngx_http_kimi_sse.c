@@ -222,6 +222,77 @@ ngx_http_kimi_resp_close_message(ngx_http_kimi_ctx_t *ctx)
 }
 
 
+/* The open reasoning item done: its text is all of ctx->reasoning. */
+static ngx_int_t
+ngx_http_kimi_resp_close_reasoning(ngx_http_kimi_ctx_t *ctx)
+{
+    json_t  *text;
+
+    if (ctx->resp_rs_state != 1) {
+        return NGX_OK;
+    }
+
+    ctx->resp_rs_state = 2;
+    text = json_stringn_nocheck((char *) ctx->reasoning.data,
+                                ctx->reasoning.len);
+
+    if (ngx_http_kimi_resp_event(ctx, "response.reasoning_text.done",
+            json_pack("{s:s,s:I,s:i,s:O}", "item_id", (char *) ctx->resp_rs_id,
+                      "output_index", (json_int_t) ctx->resp_rs,
+                      "content_index", 0, "text", text), 0) != NGX_OK
+        || ngx_http_kimi_resp_event(ctx, "response.output_item.done",
+            json_pack("{s:I,s:{s:s,s:s,s:[],s:[{s:s,s:O}]}}", "output_index",
+                      (json_int_t) ctx->resp_rs, "item", "type", "reasoning",
+                      "id", (char *) ctx->resp_rs_id, "summary", "content",
+                      "type", "reasoning_text", "text", text), 0) != NGX_OK)
+    {
+        json_decref(text);
+        return NGX_ERROR;
+    }
+
+    json_decref(text);
+    return NGX_OK;
+}
+
+
+/* Reasoning text of a Responses stream (kept in ctx->reasoning by the
+ * caller): the reasoning item opens with the first, then text deltas. */
+ngx_int_t
+ngx_http_kimi_sse_resp_reasoning(ngx_http_kimi_ctx_t *ctx, const u_char *text,
+    size_t len)
+{
+    json_t  *id;
+
+    if (ngx_http_kimi_sse_role(ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ctx->resp_rs_state == 0) {
+        ctx->resp_rs_state = 1;
+        ctx->resp_rs = ctx->resp_items++;
+        id = ngx_http_kimi_responses_id("rs_");
+        ngx_cpystrn(ctx->resp_rs_id, (u_char *) json_string_value(id),
+                    sizeof(ctx->resp_rs_id));
+        json_decref(id);
+
+        if (ngx_http_kimi_resp_event(ctx, "response.output_item.added",
+                json_pack("{s:I,s:{s:s,s:s,s:[],s:[]}}", "output_index",
+                          (json_int_t) ctx->resp_rs, "item", "type",
+                          "reasoning", "id", (char *) ctx->resp_rs_id,
+                          "summary", "content"), 0) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return ngx_http_kimi_resp_event(ctx, "response.reasoning_text.delta",
+               json_pack("{s:s,s:I,s:i,s:s%}", "item_id",
+                         (char *) ctx->resp_rs_id, "output_index",
+                         (json_int_t) ctx->resp_rs, "content_index", 0,
+                         "delta", (char *) text, len), 0);
+}
+
+
 /* The stream's end: every item done, then the whole Response. */
 static ngx_int_t
 ngx_http_kimi_resp_finish(ngx_http_kimi_ctx_t *ctx)
@@ -231,7 +302,9 @@ ngx_http_kimi_resp_finish(ngx_http_kimi_ctx_t *ctx)
     ngx_http_kimi_tool_call_t  *tc;
 
     /* (an answer without a token still opens with response.created) */
-    if (ngx_http_kimi_sse_role(ctx) != NGX_OK) {
+    if (ngx_http_kimi_sse_role(ctx) != NGX_OK
+        || ngx_http_kimi_resp_close_reasoning(ctx) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -341,6 +414,10 @@ ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx, const u_char *text,
 
     if (ctx->responses) {
         /* (the text is also in ctx->content: output.c keeps it) */
+        if (ngx_http_kimi_resp_close_reasoning(ctx) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
         if (!ctx->resp_msg_open) {
             ctx->resp_msg_open = 1;
             ctx->resp_msg = ctx->resp_items++;
@@ -478,6 +555,10 @@ ngx_http_kimi_sse_tool_begin(ngx_http_kimi_ctx_t *ctx, ngx_uint_t index,
     if (ctx->responses) {
         ngx_http_kimi_tool_call_t  *tc = &ctx->calls[index];
         json_t                     *item_id;
+
+        if (ngx_http_kimi_resp_close_reasoning(ctx) != NGX_OK) {
+            return NGX_ERROR;
+        }
 
         tc->item = ctx->resp_items++;
         item_id = ngx_http_kimi_responses_id("fc_");

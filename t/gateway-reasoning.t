@@ -6,8 +6,8 @@
 # reasoning (content null); streamed as reasoning_content deltas then
 # content deltas, the tags never shown (the replay engine's tokens split
 # them anywhere); tool calls after the reasoning still parse; the
-# Responses API gets a reasoning item; off (the default) leaves the text as
-# it is.
+# Responses API gets a reasoning item, streamed or not; off (the default)
+# leaves the text as it is.
 
 use strict;
 use warnings;
@@ -87,6 +87,25 @@ my $j = $t->post('/r/v1/responses', { model => 'kimi-test',
 is($j->{output}[0]{type}, 'reasoning', 'a reasoning item first');
 is($j->{output}[0]{content}[0]{text}, '2 and 2 make 4.', 'its text');
 is($j->{output}[1]{content}[0]{text}, 'The answer is 4.', 'then the message');
+
+# and its stream: the reasoning item's events, then the message's
+$s = $t->sse('/r/v1/responses', { model => 'kimi-test', input => 'sum please',
+    stream => $true });
+my @ev = map { JSON::PP->new->decode($_) } ($s->{body} // '') =~ /^data: (.*)$/mg;
+my @added = grep { $_->{type} eq 'response.output_item.added' } @ev;
+is_deeply([ map { "$_->{output_index}:$_->{item}{type}" } @added ],
+    [ '0:reasoning', '1:message' ], 'a reasoning item, then the message');
+is(join('', map { $_->{delta} } grep { $_->{type} eq
+    'response.reasoning_text.delta' } @ev), '2 and 2 make 4.',
+    'reasoning_text deltas');
+is(join('', map { $_->{delta} } grep { $_->{type} eq
+    'response.output_text.delta' } @ev), 'The answer is 4.', 'text deltas');
+my $done = $ev[-1]{response} // {};
+is($done->{output}[0]{id}, $added[0]{item}{id},
+    'the completed response: the reasoning item as announced');
+is($done->{output}[0]{content}[0]{text}, '2 and 2 make 4.', 'with its text');
+is($done->{output}[1]{content}[0]{text}, 'The answer is 4.',
+    'then the message');
 
 # off (the default location): the text as the model wrote it
 $m = chat('/v1/chat/completions', content => 'sum please');
