@@ -48,6 +48,7 @@ CFLAGS     += $(if $(CUDA_C_SRC),-DKIMI_HAVE_CUDA_BACKEND)
 $(BUILD)/obj/engine/backend/backend.o: $(CUDA_C_SRC)
 endif
 
+.DEFAULT_GOAL := all
 .PHONY: all engine module unit bench deps run test clean gpu
 
 all: engine module unit bench

@@ -278,7 +278,9 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
                 }
                 continue;
             }
-            kimi_fence_proxy_async();
+            if (GATE_UP) {
+                kimi_fence_proxy_async();   /* the token rows came by cp.async (generic proxy); down's by TMA */
+            }
             const float x0 = a_sc[st * 128 + m_off + r0], x1 = a_sc[st * 128 + m_off + r1];
             const uint32_t sa = kimi_smem_addr(sm + st * L::stage_b) + m_off * 128;
 #pragma unroll

@@ -1427,6 +1427,12 @@ test_mla_decode_all(void)
     int l4[70];
     for (int b = 0; b < 70; b++) l4[b] = 1 + (int) (rnext() % 700);
     test_mla(70, l4, 0, 64, 64);   /* 70 sequences: one split each */
+    /* 40 x ~1.5K on every SM: each sequence spans 3-4 runs */
+    int l5[40];
+    for (int b = 0; b < 40; b++) l5[b] = 1400 + (int) (rnext() % 200);
+    test_mla_runs(40, l5, 0, 64, 64, 1);
+    test_mla_runs(40, l5, 1, 64, 64, 1);
+    test_mla_runs(40, l5, 0, 32, 16, 1);
 }
 
 int run_bench(int argc, char **argv);

@@ -372,6 +372,125 @@ test_k2width(void)
 }
 
 
+/* RoPE inverse frequencies, the cos/sin amplitude and the softmax scale
+ * against what HF derived from the same config.json. */
+static void
+check_derived(fixtures_t *fx, kimi_model_t *m, const char *label)
+{
+    json_t   *d = json_object_get(fx->ref, "derived");
+    json_t   *f = json_object_get(d, "inv_freq");
+    float     md = 0;
+    uint32_t  half = m->cfg.qk_rope_head_dim / 2;
+    float     inv[512], af;
+    kimi_rope_params_t  rp = {
+        m->cfg.qk_rope_head_dim, m->cfg.rope_theta, m->cfg.rope_is_yarn,
+        m->cfg.rope_factor, m->cfg.rope_beta_fast, m->cfg.rope_beta_slow,
+        m->cfg.rope_mscale, m->cfg.rope_mscale_all_dim,
+        m->cfg.rope_original_max_position_embeddings
+    };
+
+    kimi_rope_inv_freq(&rp, inv, &af);
+
+    for (uint32_t k = 0; k < half; k++) {
+        float  h = (float) json_number_value(json_array_get(f, k));
+        md = fmaxf(md, fabsf(inv[k] - h) / h);
+    }
+
+    ok(json_array_size(f) == half && md < 1e-6f,
+       "%srope inv_freq matches HF's (max rel diff %.2g)", label, md);
+    ok(fabsf(kimi_model_softmax_scale(&m->cfg)
+             - (float) json_number_value(json_object_get(d, "softmax_scale")))
+       < 1e-7f, "%ssoftmax scale (YaRN mscale_all_dim) matches HF's (%.8f)",
+       label, kimi_model_softmax_scale(&m->cfg));
+    ok(fabsf(af - (float) json_number_value(json_object_get(d,
+                                                "attention_scaling")))
+       < 1e-7f, "%srope cos/sin amplitude matches HF's (%.6f)", label, af);
+}
+
+
+/*
+ * Other checkpoints of the architecture (t/fixtures/model-variants/NAME/,
+ * each from t/gen/hf_reference.py on a tiny model written with
+ * t/gen/variants.json's overrides): the config.json HF ran is in the
+ * fixture, the weights are regenerated here from the same seed.  Moonlight's
+ * shape (no q LoRA, two shared experts, top-6, plain RoPE), BF16 weights
+ * with YaRN mscale != mscale_all_dim, no dense layer and unnormalised top-k
+ * weights, DeepSeek-V3's grouping (8 groups, 4 kept, top-8 of 32, two dense
+ * layers).  Same tolerance as the main model.
+ */
+static void
+test_variants(void)
+{
+    static const char  *names[] = { "moonlight", "bf16-mscale",
+                                    "dsv3-groups" };
+
+    for (size_t v = 0; v < sizeof(names) / sizeof(names[0]); v++) {
+        char                  fxdir[256], label[64];
+        char                  dir[] = "/tmp/kimi-variant-test-XXXXXX";
+        kimi_model_params_t   mp = kimi_model_default_params();
+        kimi_model_t         *m = NULL;
+        fixtures_t            fx = { 0 };
+        kimi_err_t            err;
+        runner_t              r;
+        json_t               *p;
+        size_t                i;
+
+        snprintf(fxdir, sizeof(fxdir), "t/fixtures/model-variants/%s",
+                 names[v]);
+        snprintf(label, sizeof(label), "%s: ", names[v]);
+
+        if (fixtures_load(&fx, fxdir) != 0) {
+            ok(0, "%sfixtures in %s", label, fxdir);
+            continue;
+        }
+
+        if (mkdtemp(dir) == NULL
+            || kimi_tiny_model_write_config(dir, NULL, KIMI_TINY_SEED,
+                   json_string_value(json_object_get(fx.ref, "model")), NULL,
+                   &err) != 0)
+        {
+            ok(0, "%smodel written: %s", label, err.msg);
+            fixtures_done(&fx, dir);
+            continue;
+        }
+
+        mp.dir = dir;
+
+        if (kimi_model_load(&m, &mp, &err) != 0
+            || runner_init(&r, m, 1, KIMI_KV_DTYPE_F32, 16) != 0)
+        {
+            ok(0, "%smodel loads: %s", label, err.msg);
+            kimi_model_free(m);
+            fixtures_done(&fx, dir);
+            continue;
+        }
+
+        check_derived(&fx, m, label);
+
+        json_array_foreach(json_object_get(fx.ref, "prompts"), i, p) {
+            uint32_t      nt, agree, ng;
+            int32_t      *tok = json_ids(json_object_get(p, "tokens"), &nt);
+            const float  *lg = runner_step(&r, tok, nt, 0, 1);
+            float         md = lg ? compare_prompt(&fx, p, lg, nt, &agree)
+                                 : 1e9f;
+
+            ok(md <= KIMI_TOL_ABS && agree == nt, "%sfp32 prefill of %u "
+               "tokens: max |diff| %.2e vs HF, top-1 %u/%u", label, nt, md,
+               agree, nt);
+            ng = (uint32_t) json_array_size(json_object_get(p, "greedy"));
+            agree = greedy_agree(&r, &fx, p);
+            ok(agree == ng, "%s%u/%u greedy tokens equal HF's", label, agree,
+               ng);
+            free(tok);
+        }
+
+        runner_free(&r);
+        kimi_model_free(m);
+        fixtures_done(&fx, dir);
+    }
+}
+
+
 int
 main(void)
 {
@@ -410,38 +529,7 @@ main(void)
 
     ok(m->cfg.vocab_size == fx.vocab, "fixture vocab matches the model");
 
-    /* what HF derived from the same config.json */
-    {
-        json_t   *d = json_object_get(fx.ref, "derived");
-        json_t   *f = json_object_get(d, "inv_freq");
-        float     md = 0;
-        uint32_t  half = m->cfg.qk_rope_head_dim / 2;
-        float     inv[512], af;
-        kimi_rope_params_t  rp = {
-            m->cfg.qk_rope_head_dim, m->cfg.rope_theta, m->cfg.rope_is_yarn,
-            m->cfg.rope_factor, m->cfg.rope_beta_fast, m->cfg.rope_beta_slow,
-            m->cfg.rope_mscale, m->cfg.rope_mscale_all_dim,
-            m->cfg.rope_original_max_position_embeddings
-        };
-
-        kimi_rope_inv_freq(&rp, inv, &af);
-
-        for (uint32_t k = 0; k < half; k++) {
-            float  h = (float) json_number_value(json_array_get(f, k));
-            md = fmaxf(md, fabsf(inv[k] - h) / h);
-        }
-
-        ok(json_array_size(f) == half && md < 1e-6f,
-           "YaRN inv_freq matches HF's (max rel diff %.2g)", md);
-        ok(fabsf(kimi_model_softmax_scale(&m->cfg)
-                 - (float) json_number_value(json_object_get(d,
-                                                 "softmax_scale"))) < 1e-7f,
-           "softmax scale with YaRN mscale matches HF's (%.8f)",
-           kimi_model_softmax_scale(&m->cfg));
-        ok(fabsf(af - (float) json_number_value(json_object_get(d,
-                                                 "attention_scaling")))
-           < 1e-7f, "rope cos/sin amplitude matches HF's");
-    }
+    check_derived(&fx, m, "");
 
     prompts = json_object_get(fx.ref, "prompts");
 
@@ -599,6 +687,7 @@ main(void)
 
     kimi_model_free(m);
     fixtures_done(&fx, dir);
+    test_variants();
     test_k2width();
     printf("1..%d\n", test_n);
     return test_failed ? 1 : 0;
