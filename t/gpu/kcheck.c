@@ -1513,6 +1513,8 @@ main(int argc, char **argv)
     test_mla_prefill(77, 77, 0, 8);
     test_mla_prefill(100, 300, 200, 4);
     test_mla_prefill(5, 1029, 1024, 64);
+    test_mla_prefill(300, 300, 0, 16);       /* 128-query tiles crossing the diagonal, a partial last one */
+    test_mla_prefill(129, 1153, 1024, 8);    /* a chunk after a cached prefix: one query past a tile */
     test_add(7 * 7168 + 3);
     test_logit_edit(5, 163840, 4000);
     test_absorb(1, 64, 128, 128, 64);
