@@ -7,37 +7,33 @@
  *   o[t,h,:] = sum_s softmax_s(scale * q[t,h,:].k[s,h,:]) v[s,h,:]
  *
  * Layout:  row-major as above (ld = H*192 / H*128 per token); o [T][H][128].
- * Work:    grid (query tiles of 64, heads), query tiles longest-first (the
- *          causal diagonal makes late tiles the long ones: they start
- *          first, short ones fill the tail); 4 warps x 16 queries share
- *          64-key tiles of K and V in shared memory, two stages deep by
- *          cp.async (the next tile lands while this one is multiplied);
- *          two blocks an SM (86 KB of shared memory, 222 registers each).
- *          S = Q K^T and O += P V on mma.sync bf16 (fp32 accumulate), Q in
- *          registers, online softmax in registers (the S fragment is
- *          re-packed as the A fragment of P V, no smem trip); masks only on
- *          the tiles that cross the diagonal or the end of the keys.
+ * Work:    grid (query tiles of 64 PW_WG, heads), query tiles longest-first
+ *          (the causal diagonal makes late tiles the long ones: they start
+ *          first, short ones fill the tail).  Each warpgroup owns 64
+ *          queries; the block's groups share 64-key tiles of K and V, two
+ *          stages deep by cp.async (the next tile lands while this one is
+ *          multiplied).  Q, K and V sit in shared memory in the 128-byte
+ *          swizzled layout (wgmma.cuh), Q and K as K-major operands, V as
+ *          the N-major B of P V.  S[64 q x 64 keys] = Q K^T is 12
+ *          m64n64k16 wgmma steps from shared memory; the online softmax runs
+ *          on the accumulators, and P, packed to bf16 in registers, is the A
+ *          operand of the 4 m64n128k16 steps of O += P V.  Masks only on the
+ *          tiles that cross the diagonal or the end of the keys.
  * Cost:    FLOPs ~ H * T * S_avg * (192 + 128) * 2 with causal halving;
  *          compute bound for prompts over a few hundred tokens: the floor is
- *          FLOPs / bf16 tensor peak (989 TFLOP/s dense).  mma.sync, not
- *          wgmma: expect FlashAttention-2's fraction of that peak at best.
+ *          FLOPs / bf16 tensor peak (989 TFLOP/s dense).  Each group runs S,
+ *          softmax and P V in series (no ping-pong between groups, no
+ *          producer warp): 209 TFLOP/s at 4K on an H200 (kernels/NOTES.md).
  * Twin:    kimi_mla_prefill_naive() in engine/backend/cpu/ops.h.
  */
 
 #include "kimi_cuda.cuh"
 #include "kimi_kernels.h"
+#include "wgmma.cuh"
 
 #define PF_DQK     192
 #define PF_DV      128
-#ifndef PF_QT
-#define PF_QT      64            /* queries a block, a warp per 16: two blocks an SM (128: one; 4-7 % slower) */
-#endif
-#define PF_KT      64            /* keys a tile */
-#define PF_THREADS (PF_QT * 2)
-#define PF_KLD     (PF_DQK + 8)  /* 400 B rows = 25 x 16 B: odd, conflict-free ldmatrix */
-#define PF_VLD     (PF_DV + 8)   /* 272 B rows = 17 x 16 B */
-#define PF_STAGE   (PF_KT * (PF_KLD + PF_VLD))   /* bf16 elements: K then V */
-#define PF_SMEM    (2 * PF_STAGE * 2)
+#define PF_KT      64                         /* keys a tile */
 #define LOG2E      1.4426950408889634f
 
 /* 16 bytes to shared memory, or zeros where !valid (src must still be a
@@ -48,106 +44,89 @@ static __device__ __forceinline__ void pf_cp_async16(void *smem, const void *gme
                  :: "r"(kimi_smem_addr(smem)), "l"(gmem), "r"(valid ? 16 : 0));
 }
 
-/* Keys kt .. kt + 63 of head h into a stage (rows past S zero). */
-static __device__ __forceinline__ void
-pf_load_tile(uint16_t *st, const uint16_t *k, const uint16_t *v, int kt, int S, int h, size_t qld,
-             size_t vld)
-{
-    uint16_t *ks = st, *vs = st + PF_KT * PF_KLD;
-    for (int c = threadIdx.x; c < PF_KT * (PF_DQK / 8); c += PF_THREADS) {
-        const int r = c / (PF_DQK / 8), cc = (c % (PF_DQK / 8)) * 8, row = min(kt + r, S - 1);
-        pf_cp_async16(&ks[r * PF_KLD + cc], k + (size_t) row * qld + (size_t) h * PF_DQK + cc, kt + r < S);
-    }
-    for (int c = threadIdx.x; c < PF_KT * (PF_DV / 8); c += PF_THREADS) {
-        const int r = c / (PF_DV / 8), cc = (c % (PF_DV / 8)) * 8, row = min(kt + r, S - 1);
-        pf_cp_async16(&vs[r * PF_VLD + cc], v + (size_t) row * vld + (size_t) h * PF_DV + cc, kt + r < S);
-    }
-}
-
-static __device__ __forceinline__ void pf_ldsm_x4(uint32_t r[4], const void *p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(kimi_smem_addr(p)));
-}
-
-static __device__ __forceinline__ void pf_ldsm_x4_t(uint32_t r[4], const void *p)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(kimi_smem_addr(p)));
-}
-
 static __device__ __forceinline__ uint32_t pack_bf16(float a, float b)
 {
     return (uint32_t) kimi_f2bf(a) | (uint32_t) kimi_f2bf(b) << 16;
 }
 
-static __global__ void __launch_bounds__(PF_THREADS, 1)
-mla_prefill_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict__ k,
-                   const uint16_t *__restrict__ v, int T, int S, int pos0, int H,
-                   float scale2, uint16_t *__restrict__ o)
+#ifndef PW_WG
+#define PW_WG      3                          /* warpgroups (64 queries each) a block: 3 beat 2 by 10 % at 4K */
+#endif
+#define PW_QT      (64 * PW_WG)
+#define PW_THREADS (128 * PW_WG)
+#define PW_BLK     8192                       /* one swizzled [64 rows][64 bf16] block */
+#define PW_Q_B     (3 * PW_BLK)               /* a warpgroup's Q: 192 dims */
+#define PW_OFF_ST  (PW_WG * PW_Q_B)
+#define PW_STAGE_B (5 * PW_BLK)               /* K [64][192] then V [64][128] */
+#define PW_SMEM    (PW_OFF_ST + 2 * PW_STAGE_B + 1024)
+
+/* rows of 8-bf16 chunks from global into swizzled 64-column blocks */
+static __device__ __forceinline__ void
+pw_load_rows(uint8_t *dst, const uint16_t *src, size_t ld, int row0, int n_rows, int row_lim, int width)
+{
+    const int cpr = width / 8;   /* chunks a row */
+    for (int c = threadIdx.x; c < n_rows * cpr; c += PW_THREADS) {
+        const int r = c / cpr, cc = c % cpr, row = min(row0 + r, row_lim - 1);
+        pf_cp_async16(dst + (cc >> 3) * PW_BLK + wg_swz128(r, (cc & 7) * 8),
+                      src + (size_t) row * ld + cc * 8, row0 + r < row_lim);
+    }
+}
+
+static __global__ void __launch_bounds__(PW_THREADS, 1)
+mla_prefill_wg_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict__ k,
+                      const uint16_t *__restrict__ v, int T, int S, int pos0, int H,
+                      float scale2, uint16_t *__restrict__ o)
 {
     KIMI_GRID_ENTRY();
-    extern __shared__ __align__(16) uint16_t pf_smem[];   /* 2 stages of [64 keys][192] K, [64][128] V */
+    extern __shared__ __align__(1024) uint8_t pw_smem_raw[];
+    uint8_t *sm = pw_smem_raw + ((1024 - (kimi_smem_addr(pw_smem_raw) & 1023)) & 1023);
     const int h = blockIdx.y;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int wg = threadIdx.x >> 7, w4 = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
-    const int qb = (gridDim.x - 1 - blockIdx.x) * PF_QT, q0 = qb + warp * 16;
+    const int qb = (gridDim.x - 1 - blockIdx.x) * PW_QT, q0 = qb + wg * 64;
     const size_t qld = (size_t) H * PF_DQK, vld = (size_t) H * PF_DV;
-    const int kend = min(S, pos0 + min(qb + PF_QT, T));   /* keys this block needs */
+    const int kend = min(S, pos0 + min(qb + PW_QT, T));   /* keys this block needs */
 
-    pf_load_tile(pf_smem, k, v, 0, S, h, qld, vld);
+    /* Q of every warpgroup (64 rows each), then the first tile: one group */
+    for (int w = 0; w < PW_WG; w++) {
+        pw_load_rows(sm + w * PW_Q_B, q + (size_t) h * PF_DQK, qld, qb + 64 * w, 64, T, PF_DQK);
+    }
+    pw_load_rows(sm + PW_OFF_ST, k + (size_t) h * PF_DQK, qld, 0, PF_KT, S, PF_DQK);
+    pw_load_rows(sm + PW_OFF_ST + 3 * PW_BLK, v + (size_t) h * PF_DV, vld, 0, PF_KT, S, PF_DV);
     kimi_cp_async_commit();
 
-    /* Q fragments for rows q0+g, q0+g+8 (clamped; never stored if >= T) */
-    uint32_t qa[PF_DQK / 16][4];
-    {
-        const uint16_t *r0 = q + (size_t) min(q0 + g, T - 1) * qld + (size_t) h * PF_DQK;
-        const uint16_t *r1 = q + (size_t) min(q0 + g + 8, T - 1) * qld + (size_t) h * PF_DQK;
+    float oacc[64];
 #pragma unroll
-        for (int kk = 0; kk < PF_DQK / 16; kk++) {
-            qa[kk][0] = *(const uint32_t *) (r0 + kk * 16 + 2 * t);
-            qa[kk][1] = *(const uint32_t *) (r1 + kk * 16 + 2 * t);
-            qa[kk][2] = *(const uint32_t *) (r0 + kk * 16 + 8 + 2 * t);
-            qa[kk][3] = *(const uint32_t *) (r1 + kk * 16 + 8 + 2 * t);
-        }
-    }
-    float oacc[PF_DV / 8][4];
-#pragma unroll
-    for (int j = 0; j < PF_DV / 8; j++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) oacc[j][e] = 0.f;
+    for (int i = 0; i < 64; i++) oacc[i] = 0.f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    const int lim0 = pos0 + q0 + g, lim1 = lim0 + 8;      /* last key each row sees */
-    const int mi = lane >> 3, mr = lane & 7;
+    const int r0 = 16 * w4 + g;                            /* this thread's rows: r0, r0 + 8 */
+    const int lim0 = pos0 + q0 + r0, lim1 = lim0 + 8;      /* last key each row sees */
+    const uint32_t sq = kimi_smem_addr(sm + wg * PW_Q_B);
 
     for (int kt = 0, it = 0; kt < kend; kt += PF_KT, it++) {
         if (kt + PF_KT < kend) {   /* the next tile into the other stage (freed at the end of the last) */
-            pf_load_tile(pf_smem + ((it + 1) & 1) * PF_STAGE, k, v, kt + PF_KT, S, h, qld, vld);
+            uint8_t *nx = sm + PW_OFF_ST + ((it + 1) & 1) * PW_STAGE_B;
+            pw_load_rows(nx, k + (size_t) h * PF_DQK, qld, kt + PF_KT, PF_KT, S, PF_DQK);
+            pw_load_rows(nx + 3 * PW_BLK, v + (size_t) h * PF_DV, vld, kt + PF_KT, PF_KT, S, PF_DV);
             kimi_cp_async_commit();
             kimi_cp_async_wait<1>();
         } else {
             kimi_cp_async_wait<0>();
         }
-        __syncthreads();   /* this tile landed for every thread */
-        const uint16_t *ks = pf_smem + (it & 1) * PF_STAGE, *vs = ks + PF_KT * PF_KLD;
-        if (q0 < T && kt <= pos0 + q0 + 15) {   /* else this warp's queries are done or all masked here */
-            float sc[PF_KT / 8][4];   /* S[16 q][64 keys]: 8 n-tiles */
-#pragma unroll
-            for (int n = 0; n < PF_KT / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) sc[n][e] = 0.f;
+        wg_fence_proxy();
+        __syncthreads();   /* this tile (and Q) landed for every thread, visible to wgmma */
+        const uint32_t sk = kimi_smem_addr(sm + PW_OFF_ST + (it & 1) * PW_STAGE_B), sv = sk + 3 * PW_BLK;
+        if (q0 < T && kt <= pos0 + q0 + 63) {   /* else this group's queries are done or all masked here */
+            float s[32];
+            wg_arrive();
 #pragma unroll
             for (int kk = 0; kk < PF_DQK / 16; kk++) {
-#pragma unroll
-                for (int np = 0; np < PF_KT / 16; np++) {
-                    uint32_t bb[4];
-                    pf_ldsm_x4(bb, &ks[(np * 16 + (mi >> 1) * 8 + mr) * PF_KLD + kk * 16 + (mi & 1) * 8]);
-                    kimi_mma_bf16(sc[2 * np], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], bb[0], bb[1]);
-                    kimi_mma_bf16(sc[2 * np + 1], qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], bb[2], bb[3]);
-                }
+                const uint32_t koff = (kk >> 2) * PW_BLK + (kk & 3) * 32;
+                wgmma_m64n64k16_bf16<0>(s, wg_desc(sq + koff, 16, 1024), wg_desc(sk + koff, 16, 1024), kk > 0);
             }
-            /* scale (log2 units), masked where the tile crosses the diagonal
-             * or the end of the keys; row max over the 4 lanes of a row */
+            wg_commit();
+            wg_wait<0>();
+            wg_fence_regs(s);
             const bool edge = kt + PF_KT - 1 > pos0 + q0 || kt + PF_KT > S;
             float mx[2] = {m[0], m[1]};
 #pragma unroll
@@ -156,8 +135,8 @@ mla_prefill_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict__ 
                 for (int e = 0; e < 4; e++) {
                     const int key = kt + n * 8 + 2 * t + (e & 1);
                     const int lim = e < 2 ? lim0 : lim1;
-                    const float val = !edge || (key <= lim && key < S) ? sc[n][e] * scale2 : -INFINITY;
-                    sc[n][e] = val;
+                    const float val = !edge || (key <= lim && key < S) ? s[4 * n + e] * scale2 : -INFINITY;
+                    s[4 * n + e] = val;
                     mx[e >> 1] = fmaxf(mx[e >> 1], val);
                 }
             }
@@ -166,23 +145,20 @@ mla_prefill_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict__ 
             for (int r = 0; r < 2; r++) {
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
                 mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                /* a row with nothing visible yet keeps m = -inf: use 0 so that
-                 * exp2(-inf - 0) = 0 instead of NaN */
-                mu[r] = mx[r] == -INFINITY ? 0.f : mx[r];
+                mu[r] = mx[r] == -INFINITY ? 0.f : mx[r];   /* nothing visible yet: exp2(-inf) = 0, not NaN */
                 al[r] = exp2f(m[r] - mu[r]);
                 m[r] = mx[r];
             }
-            uint32_t pa[PF_KT / 16][4];   /* P as A fragments of the four k16 steps */
+            uint32_t pa[PF_KT / 16][4];   /* P as the A fragments of the four k16 steps */
             float rs[2] = {0.f, 0.f};
 #pragma unroll
             for (int n = 0; n < PF_KT / 8; n++) {
                 float p[4];
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    p[e] = kimi_bf2f(kimi_f2bf(exp2f(sc[n][e] - mu[e >> 1])));
+                    p[e] = kimi_bf2f(kimi_f2bf(exp2f(s[4 * n + e] - mu[e >> 1])));
                     rs[e >> 1] += p[e];
                 }
-                /* n-tile n covers keys 8n..8n+7: k-step n/2, low (even n) or high half */
                 pa[n >> 1][(n & 1) * 2 + 0] = pack_bf16(p[0], p[1]);
                 pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
             }
@@ -194,39 +170,38 @@ mla_prefill_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict__ 
             }
 #pragma unroll
             for (int j = 0; j < PF_DV / 8; j++) {
-                oacc[j][0] *= al[0];
-                oacc[j][1] *= al[0];
-                oacc[j][2] *= al[1];
-                oacc[j][3] *= al[1];
+                oacc[4 * j] *= al[0];
+                oacc[4 * j + 1] *= al[0];
+                oacc[4 * j + 2] *= al[1];
+                oacc[4 * j + 3] *= al[1];
             }
+            wg_fence_regs(oacc);
+            wg_arrive();
 #pragma unroll
-            for (int ks2 = 0; ks2 < PF_KT / 16; ks2++) {
-#pragma unroll
-                for (int jj = 0; jj < PF_DV / 16; jj++) {
-                    uint32_t bv[4];
-                    pf_ldsm_x4_t(bv, &vs[(ks2 * 16 + (mi & 1) * 8 + mr) * PF_VLD + jj * 16 + (mi >> 1) * 8]);
-                    /* A: a0 rows g k 0-7, a1 rows g+8 k 0-7, a2 rows g k 8-15, a3 rows g+8 k 8-15 */
-                    kimi_mma_bf16(oacc[2 * jj], pa[ks2][0], pa[ks2][1], pa[ks2][2], pa[ks2][3], bv[0], bv[1]);
-                    kimi_mma_bf16(oacc[2 * jj + 1], pa[ks2][0], pa[ks2][1], pa[ks2][2], pa[ks2][3], bv[2], bv[3]);
-                }
+            for (int ks = 0; ks < PF_KT / 16; ks++) {
+                wgmma_m64n128k16_bf16_rs<1>(oacc, pa[ks][0], pa[ks][1], pa[ks][2], pa[ks][3],
+                                            wg_desc(sv + ks * 2048, PW_BLK, 1024));
             }
+            wg_commit();
+            wg_wait<0>();
+            wg_fence_regs(oacc);
         }
-        __syncthreads();   /* every warp is done with this stage: the next load may overwrite it */
+        __syncthreads();   /* every group is done with this stage: the next load may overwrite it */
     }
     if (q0 >= T) {
         return;
     }
     const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f, inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
+    const int qr0 = q0 + r0, qr1 = qr0 + 8;
 #pragma unroll
     for (int j = 0; j < PF_DV / 8; j++) {
         const int col = j * 8 + 2 * t;
-        if (q0 + g < T) {
-            *(uint32_t *) (o + ((size_t) (q0 + g) * H + h) * PF_DV + col) =
-                pack_bf16(oacc[j][0] * inv0, oacc[j][1] * inv0);
+        if (qr0 < T) {
+            *(uint32_t *) (o + ((size_t) qr0 * H + h) * PF_DV + col) = pack_bf16(oacc[4 * j] * inv0, oacc[4 * j + 1] * inv0);
         }
-        if (q0 + g + 8 < T) {
-            *(uint32_t *) (o + ((size_t) (q0 + g + 8) * H + h) * PF_DV + col) =
-                pack_bf16(oacc[j][2] * inv1, oacc[j][3] * inv1);
+        if (qr1 < T) {
+            *(uint32_t *) (o + ((size_t) qr1 * H + h) * PF_DV + col) =
+                pack_bf16(oacc[4 * j + 2] * inv1, oacc[4 * j + 3] * inv1);
         }
     }
 }
@@ -247,9 +222,10 @@ kimi_mla_prefill(const kimi_bf16_t *q, const kimi_bf16_t *k, const kimi_bf16_t *
     if (T == 0) {
         return KIMI_OK;
     }
-    KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, PF_SMEM),
-                  err);
-    dim3 grid((T + PF_QT - 1) / PF_QT, H);
-    KIMI_LAUNCH(err, mla_prefill_kernel, grid, PF_THREADS, PF_SMEM, s, q, k, v, T, S, pos0, H, scale * LOG2E, o);
+    KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_prefill_wg_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       PW_SMEM), err);
+    dim3 grid((T + PW_QT - 1) / PW_QT, H);
+    KIMI_LAUNCH(err, mla_prefill_wg_kernel, grid, PW_THREADS, PW_SMEM, s, q, k, v, T, S, pos0, H,
+                scale * LOG2E, o);
     return KIMI_OK;
 }

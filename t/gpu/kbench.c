@@ -649,7 +649,7 @@ bench_mla_prefill(void)
         double flops = 2.0 * p.H * (192 + 128) * ((double) p.T * (p.T + 1) / 2);
         double tf = flops / (us * 1e6);
         printf("mla prefill T=%d H=64 causal: %.1f us, %.0f TFLOP/s (bf16 dense peak 989)\n", p.T, us, tf);
-        fprintf(tab, "mla    prefill T=%-4d H=64 causal %8.1f us  %5.0f TFLOP/s = %3.0f%% of 989 bf16 peak (mma.sync)\n",
+        fprintf(tab, "mla    prefill T=%-4d H=64 causal %8.1f us  %5.0f TFLOP/s = %3.0f%% of 989 bf16 peak (wgmma)\n",
                 p.T, us, tf, 100 * tf / 989);
         cudaFree(p.q); cudaFree(p.k); cudaFree(p.v); cudaFree(p.o);
     }
