@@ -72,6 +72,8 @@ typedef enum {
     NGX_HTTP_KIMI_ROUTE_DETOKENIZE,
     NGX_HTTP_KIMI_ROUTE_RESPONSES,     /* routing only: a chat request with
                                           ctx->responses set */
+    NGX_HTTP_KIMI_ROUTE_RESPONSE,      /* GET, DELETE /v1/responses/{id} */
+    NGX_HTTP_KIMI_ROUTE_RESPONSE_ITEMS, /* GET .../{id}/input_items */
 } ngx_http_kimi_route_e;
 
 
@@ -130,6 +132,8 @@ typedef struct {
     ngx_flag_t                   special_tokens_in_content;
     ngx_uint_t                   reasoning_parser; /* kimi_reasoning_parser:
                                                       0 off, else on */
+    ngx_shm_zone_t              *responses_zone;   /* kimi_responses_store:
+                                                      NULL off */
 } ngx_http_kimi_loc_conf_t;
 
 
@@ -368,14 +372,24 @@ ngx_int_t ngx_http_kimi_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *type, const char *message, size_t len, const char *param,
     const char *code);
 /* ngx_http_kimi_responses.c */
-ngx_int_t ngx_http_kimi_responses_request(json_t *in, json_t **chat,
-    u_char *err, const char **param);
+ngx_int_t ngx_http_kimi_responses_request(ngx_http_kimi_ctx_t *ctx,
+    json_t *in, json_t **chat, u_char *err, const char **param);
 ngx_int_t ngx_http_kimi_responses_send(ngx_http_kimi_ctx_t *ctx,
     json_t *choice, ngx_uint_t output_tokens);
 /* The Response object: choice NULL gives the in-progress one (no output) */
 json_t *ngx_http_kimi_responses_object(ngx_http_kimi_ctx_t *ctx,
     json_t *choice, ngx_uint_t output_tokens);
 json_t *ngx_http_kimi_responses_id(const char *prefix);
+/* ngx_http_kimi_responses_store.c */
+char *ngx_http_kimi_responses_store_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_uint_t ngx_http_kimi_responses_storing(ngx_http_kimi_ctx_t *ctx);
+void ngx_http_kimi_responses_keep(ngx_http_kimi_ctx_t *ctx, json_t *resp,
+    json_t *choice);
+json_t *ngx_http_kimi_responses_lookup(ngx_http_request_t *r,
+    ngx_shm_zone_t *zone, ngx_str_t *id, ngx_uint_t *found);
+ngx_int_t ngx_http_kimi_responses_route(ngx_http_request_t *r,
+    ngx_http_kimi_route_e route, ngx_str_t *id);
 json_t *ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx);
 
 ngx_int_t ngx_http_kimi_send_json(ngx_http_request_t *r, ngx_uint_t status,

@@ -202,6 +202,13 @@ static ngx_command_t  ngx_http_kimi_commands[] = {
       offsetof(ngx_http_kimi_loc_conf_t, special_tokens_in_content),
       NULL },
 
+    { ngx_string("kimi_responses_store"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_kimi_responses_store_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
       ngx_null_command
 };
 
@@ -292,6 +299,9 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
         if (method == NGX_HTTP_GET) {
             ngx_str_set(&h->value, "GET");
 
+        } else if (method == (NGX_HTTP_GET|NGX_HTTP_DELETE)) {
+            ngx_str_set(&h->value, "GET, DELETE");
+
         } else {
             ngx_str_set(&h->value, "POST");
         }
@@ -364,6 +374,15 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
         return (route == NGX_HTTP_KIMI_ROUTE_MODELS)
                ? ngx_http_kimi_models(r, &model) : ngx_http_kimi_health(r);
 
+    case NGX_HTTP_KIMI_ROUTE_RESPONSE:
+    case NGX_HTTP_KIMI_ROUTE_RESPONSE_ITEMS:
+
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_kimi_responses_route(r, route, &model);
+
     default:
         break;
     }
@@ -428,7 +447,10 @@ ngx_http_kimi_route_find(ngx_str_t *uri, ngx_uint_t *method,
     ngx_str_t *model)
 {
     ngx_http_kimi_route_t  *rt;
+    ngx_http_kimi_route_e   route;
     static ngx_str_t        one = ngx_string("/v1/models/");
+    static ngx_str_t        resp = ngx_string("/v1/responses/");
+    static ngx_str_t        items = ngx_string("/input_items");
 
     ngx_str_null(model);
 
@@ -448,6 +470,33 @@ ngx_http_kimi_route_find(ngx_str_t *uri, ngx_uint_t *method,
         model->len = uri->len - one.len;
         *method = NGX_HTTP_GET;
         return NGX_HTTP_KIMI_ROUTE_MODELS;
+    }
+
+    /* a stored response: model carries its id */
+    if (uri->len > resp.len
+        && ngx_strncmp(uri->data, resp.data, resp.len) == 0)
+    {
+        model->data = uri->data + resp.len;
+        model->len = uri->len - resp.len;
+
+        if (model->len > items.len
+            && ngx_strncmp(model->data + model->len - items.len, items.data,
+                           items.len) == 0)
+        {
+            model->len -= items.len;
+            *method = NGX_HTTP_GET;
+            route = NGX_HTTP_KIMI_ROUTE_RESPONSE_ITEMS;
+
+        } else {
+            *method = NGX_HTTP_GET|NGX_HTTP_DELETE;
+            route = NGX_HTTP_KIMI_ROUTE_RESPONSE;
+        }
+
+        if (ngx_strlchr(model->data, model->data + model->len, '/') == NULL) {
+            return route;
+        }
+
+        ngx_str_null(model);
     }
 
     return NGX_HTTP_KIMI_ROUTE_NONE;
@@ -1968,6 +2017,7 @@ ngx_http_kimi_create_loc_conf(ngx_conf_t *cf)
     conf->queue_limit = NGX_CONF_UNSET_UINT;
     conf->special_tokens_in_content = NGX_CONF_UNSET;
     conf->reasoning_parser = NGX_CONF_UNSET_UINT;
+    conf->responses_zone = NGX_CONF_UNSET_PTR;
 
     return conf;
 }
@@ -2003,6 +2053,8 @@ ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                          prev->special_tokens_in_content, 1);
     ngx_conf_merge_uint_value(conf->reasoning_parser, prev->reasoning_parser,
                               0);
+    ngx_conf_merge_ptr_value(conf->responses_zone, prev->responses_zone,
+                             NULL);
 
     return NGX_CONF_OK;
 }

@@ -100,7 +100,9 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
         json_t  *chat;
 
         ngx_memzero(err, NGX_HTTP_KIMI_ERR_LEN);
-        if (ngx_http_kimi_responses_request(root, &chat, err, &p) != NGX_OK) {
+        if (ngx_http_kimi_responses_request(ctx, root, &chat, err, &p)
+            != NGX_OK)
+        {
             error->len = ngx_strlen(err);
             if (p) {
                 param->data = (u_char *) p;

@@ -9,8 +9,9 @@
  *         into a Response object (a message item with its output_text, a
  *         function_call item per call, status, usage).
  *         Its stream's events are written by ngx_http_kimi_sse.c.
- * Never:  keeps responses: store is answered false, previous_response_id
- *         and background are refused, each with a 400 naming it.
+ *         previous_response_id continues a stored conversation
+ *         (ngx_http_kimi_responses_store.c keeps them).
+ * Never:  background responses (a 400 naming it).
  */
 
 
@@ -187,12 +188,71 @@ ngx_http_kimi_responses_input(json_t *input, json_t *messages, u_char *err,
 }
 
 
+/* The request's input as OpenAI lists it back (input_items): every item
+ * an object with an id, a string input one user message. */
+static json_t *
+ngx_http_kimi_responses_items(json_t *input)
+{
+    size_t   i;
+    json_t  *items, *item, *copy, *content;
+
+    items = json_array();
+    if (items == NULL) {
+        return NULL;
+    }
+
+    if (json_is_string(input)) {
+        json_array_append_new(items,
+            json_pack("{s:o,s:s,s:s,s:[{s:s,s:O}]}", "id",
+                      ngx_http_kimi_responses_id("msg_"), "type", "message",
+                      "role", "user", "content", "type", "input_text",
+                      "text", input));
+        return items;
+    }
+
+    json_array_foreach(input, i, item) {
+        copy = json_deep_copy(item);
+        if (copy == NULL) {
+            continue;
+        }
+
+        if (json_object_get(copy, "role") != NULL) {
+            if (json_object_get(copy, "type") == NULL) {
+                json_object_set_new(copy, "type", json_string("message"));
+            }
+
+            content = json_object_get(copy, "content");
+            if (json_is_string(content)) {
+                json_object_set_new(copy, "content",
+                    json_pack("[{s:s,s:O}]", "type",
+                              ngx_strcmp(json_string_value(
+                                  json_object_get(copy, "role")),
+                                  "assistant") == 0
+                              ? "output_text" : "input_text",
+                              "text", content));
+            }
+        }
+
+        if (!json_is_string(json_object_get(copy, "id"))) {
+            json_object_set_new(copy, "id",
+                                ngx_http_kimi_responses_id("msg_"));
+        }
+
+        json_array_append_new(items, copy);
+    }
+
+    return items;
+}
+
+
 ngx_int_t
-ngx_http_kimi_responses_request(json_t *in, json_t **out, u_char *err,
-    const char **param)
+ngx_http_kimi_responses_request(ngx_http_kimi_ctx_t *ctx, json_t *in,
+    json_t **out, u_char *err, const char **param)
 {
     size_t       i;
-    json_t      *chat, *v, *tools, *tool, *fmt, *fn;
+    json_t      *chat, *v, *tools, *tool, *fmt, *fn, *prev, *convo;
+    ngx_str_t    id;
+    ngx_uint_t   found;
     const char  *key, *type;
 
     static const char  *copied[] = {
@@ -203,24 +263,58 @@ ngx_http_kimi_responses_request(json_t *in, json_t **out, u_char *err,
     };
 
     *out = NULL;
+    prev = NULL;
+
+    *param = "store";
+    v = json_object_get(in, "store");
+    if (v != NULL && !json_is_null(v) && !json_is_boolean(v)) {
+        ngx_sprintf(err, "\"store\" must be a boolean");
+        return NGX_ERROR;
+    }
 
     *param = "previous_response_id";
     v = json_object_get(in, "previous_response_id");
     if (v != NULL && !json_is_null(v)) {
-        ngx_sprintf(err, "\"previous_response_id\" needs stored responses, "
-                    "which this server does not keep: send the whole "
-                    "conversation as input");
-        return NGX_ERROR;
+        if (!json_is_string(v)) {
+            ngx_sprintf(err, "\"previous_response_id\" must be a string");
+            return NGX_ERROR;
+        }
+
+        if (ctx->conf->responses_zone == NULL) {
+            ngx_sprintf(err, "\"previous_response_id\" needs stored "
+                        "responses, which this server does not keep "
+                        "(kimi_responses_store is off): send the whole "
+                        "conversation as input");
+            return NGX_ERROR;
+        }
+
+        id.data = (u_char *) json_string_value(v);
+        id.len = json_string_length(v);
+
+        prev = ngx_http_kimi_responses_lookup(ctx->request,
+                                              ctx->conf->responses_zone,
+                                              &id, &found);
+        if (prev == NULL) {
+            if (found) {
+                return NGX_ERROR;
+            }
+
+            ngx_sprintf(err, "Previous response with id '%*s' not found.",
+                        ngx_min(id.len, (size_t) 128), id.data);
+            return NGX_ERROR;
+        }
     }
 
     *param = "background";
     if (json_is_true(json_object_get(in, "background"))) {
         ngx_sprintf(err, "\"background\" is not implemented");
+        json_decref(prev);
         return NGX_ERROR;
     }
 
     chat = json_object();
     if (chat == NULL) {
+        json_decref(prev);
         return NGX_ERROR;
     }
 
@@ -252,12 +346,26 @@ ngx_http_kimi_responses_request(json_t *in, json_t **out, u_char *err,
         goto failed;
     }
 
-    if (ngx_http_kimi_responses_input(json_object_get(in, "input"), v, err,
-                                      param)
+    /* the stored conversation (its instructions are not carried over, as
+     * OpenAI's), then this input; both kept for the next turn */
+    convo = json_array();
+    json_object_set_new(in, "__context", convo);
+    if (prev != NULL) {
+        json_array_extend(convo, json_object_get(prev, "context"));
+    }
+
+    if (ngx_http_kimi_responses_input(json_object_get(in, "input"), convo,
+                                      err, param)
         != NGX_OK)
     {
         goto failed;
     }
+
+    json_array_extend(v, convo);
+    json_object_set_new(in, "__context", json_deep_copy(convo));
+    json_object_set_new(in, "__input_items",
+                        ngx_http_kimi_responses_items(
+                            json_object_get(in, "input")));
 
     /* tools: {type: function, name, description, parameters} flat */
     *param = "tools";
@@ -346,11 +454,13 @@ ngx_http_kimi_responses_request(json_t *in, json_t **out, u_char *err,
     }
 
     *out = chat;
+    json_decref(prev);
     return NGX_OK;
 
 failed:
 
     json_decref(chat);
+    json_decref(prev);
     return NGX_ERROR;
 }
 
@@ -436,6 +546,8 @@ ngx_http_kimi_responses_send(ngx_http_kimi_ctx_t *ctx, json_t *choice,
     if (root == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    ngx_http_kimi_responses_keep(ctx, root, choice);
 
     rc = ngx_http_kimi_send_json(ctx->request, NGX_HTTP_OK, root);
     json_decref(root);
@@ -556,8 +668,10 @@ ngx_http_kimi_responses_object(ngx_http_kimi_ctx_t *ctx, json_t *choice,
     ngx_http_kimi_responses_echo(root, req, "metadata", json_object());
     ngx_http_kimi_responses_echo(root, req, "parallel_tool_calls",
                                  json_true());
-    json_object_set_new(root, "previous_response_id", json_null());
-    json_object_set_new(root, "store", json_false());
+    ngx_http_kimi_responses_echo(root, req, "previous_response_id",
+                                 json_null());
+    json_object_set_new(root, "store",
+                        json_boolean(ngx_http_kimi_responses_storing(ctx)));
     ngx_http_kimi_responses_echo(root, req, "temperature", json_real(1.0));
     ngx_http_kimi_responses_echo(root, req, "top_p", json_real(1.0));
     v = json_object_get(json_object_get(req, "text"), "format");

@@ -345,6 +345,9 @@ ngx_http_kimi_resp_finish(ngx_http_kimi_ctx_t *ctx)
 
     resp = ngx_http_kimi_responses_object(ctx, choice,
                                           ctx->usage.completion_tokens);
+    if (resp != NULL) {
+        ngx_http_kimi_responses_keep(ctx, resp, choice);
+    }
     json_decref(choice);
     if (resp == NULL) {
         return NGX_ERROR;

@@ -34,7 +34,8 @@ my $call = '<|tool_calls_section_begin|><|tool_call_begin|>'
 my $t = KimiTest->new(
     replies => [ { match => 'sunny', text => 'It is sunny.' },
                  { match => 'weather', text => $call } ],
-    default => { text => 'Hi there!' });
+    default => { text => 'Hi there!' },
+    http_conf => 'kimi_responses_store resp:1m;');
 $t->start;
 
 my $url = 'http://127.0.0.1:' . $t->port . '/v1';

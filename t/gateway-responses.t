@@ -4,9 +4,10 @@
 # object's shape, instructions and developer messages, an incomplete answer
 # cut by max_output_tokens, text.format, the stream's events (names, order,
 # sequence numbers, ids that match the final Response, no [DONE]), and the
-# 400s for what this server does not do (previous_response_id, tools and
-# parts other than functions and text).  The official client's view is in
-# t/py/openai_client.py (t/gateway-openai.t).
+# 400s for what this server does not do (previous_response_id without
+# kimi_responses_store, tools and parts other than functions and text).
+# Stored responses: t/gateway-responses-store.t.  The official client's
+# view is in t/py/openai_client.py (t/gateway-openai.t).
 
 use strict;
 use warnings;

@@ -180,4 +180,34 @@ if hasattr(client, "responses"):
           and len(fc) == 1 and fc[0].arguments == '{"city": "Paris"}',
           "responses stream: a function call's events and item")
 
+    # stored responses (the test's nginx has kimi_responses_store)
+    r1 = client.responses.create(model="kimi-test",
+                                 input="What is the weather in Paris?",
+                                 tools=[{"type": "function",
+                                         "name": "get_weather",
+                                         "parameters": {"type": "object",
+                                                        "properties": {}}}])
+    got = client.responses.retrieve(r1.id)
+    check(r1.store and got.id == r1.id and got.output[0].type
+          == "function_call", "responses.retrieve: the stored response")
+    fc = [o for o in r1.output if o.type == "function_call"]
+    r2 = client.responses.create(
+        model="kimi-test", previous_response_id=r1.id,
+        input=[{"type": "function_call_output", "call_id": fc[0].call_id,
+                "output": "sunny"}],
+        tools=[{"type": "function", "name": "get_weather",
+                "parameters": {"type": "object", "properties": {}}}])
+    check(r2.output_text == "It is sunny."
+          and r2.previous_response_id == r1.id,
+          "responses.create with previous_response_id continues it")
+    items = client.responses.input_items.list(r2.id)
+    check([i.type for i in items.data] == ["function_call_output"],
+          "responses.input_items.list")
+    client.responses.delete(r1.id)
+    try:
+        client.responses.retrieve(r1.id)
+        check(False, "responses.delete: then retrieve raises NotFoundError")
+    except openai.NotFoundError:
+        check(True, "responses.delete: then retrieve raises NotFoundError")
+
 plan()
