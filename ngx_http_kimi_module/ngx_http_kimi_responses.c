@@ -296,6 +296,8 @@ ngx_http_kimi_responses_request(ngx_http_kimi_ctx_t *ctx, json_t *in,
                                               &id, &found);
         if (prev == NULL) {
             if (found) {
+                ngx_sprintf(err, "the stored response '%*s' could not be "
+                            "read", ngx_min(id.len, (size_t) 128), id.data);
                 return NGX_ERROR;
             }
 
