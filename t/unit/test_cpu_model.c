@@ -292,86 +292,6 @@ greedy_agree(runner_t *r, fixtures_t *fx, json_t *p)
 }
 
 
-/*
- * Real widths (opt-in, ~1 min and 1.4 GB in /tmp): Kimi-K2's own
- * config.json cut to 2 layers, 12 experts, vocab 8192 (hidden 7168, 64
- * heads, q_lora 1536, kv_lora 512, rope 64 with K2's YaRN 32x / beta 1/1
- * from 4096), against t/fixtures/model-k2width.  KIMI_TEST_K2WIDTH=1.
- */
-static void
-test_k2width(void)
-{
-    const char           *cfg_path = "../shared/kimi-k2/config.json";
-    const char           *ov = "{\"num_hidden_layers\":2,"
-                               "\"n_routed_experts\":12,"
-                               "\"vocab_size\":8192}";
-    char                  dir[] = "/tmp/kimi-k2w-test-XXXXXX";
-    kimi_model_params_t   mp = kimi_model_default_params();
-    kimi_model_t         *m = NULL;
-    fixtures_t            fx = { 0 };
-    kimi_err_t            err;
-    runner_t              r;
-    json_t               *p;
-    char                 *text;
-    size_t                i, n;
-    FILE                 *f;
-
-    if (getenv("KIMI_TEST_K2WIDTH") == NULL
-        || fixtures_load(&fx, "t/fixtures/model-k2width") != 0
-        || (f = fopen(cfg_path, "rb")) == NULL)
-    {
-        printf("ok %d # SKIP real-width check (set KIMI_TEST_K2WIDTH=1; "
-               "needs t/fixtures/model-k2width and %s)\n", ++test_n,
-               cfg_path);
-        return;
-    }
-
-    text = calloc(1, 1 << 16);
-    n = fread(text, 1, (1 << 16) - 1, f);
-    fclose(f);
-    text[n] = '\0';
-
-    if (mkdtemp(dir) == NULL
-        || kimi_tiny_model_write_config(dir, NULL, KIMI_TINY_SEED, text, ov,
-                                        &err) != 0)
-    {
-        ok(0, "real-width model written: %s", err.msg);
-        free(text);
-        return;
-    }
-
-    free(text);
-    mp.dir = dir;
-
-    if (kimi_model_load(&m, &mp, &err) != 0
-        || runner_init(&r, m, 1, KIMI_KV_DTYPE_F32, 16) != 0)
-    {
-        ok(0, "real-width model loads: %s", err.msg);
-        return;
-    }
-
-    json_array_foreach(json_object_get(fx.ref, "prompts"), i, p) {
-        uint32_t      nt, agree, ng;
-        int32_t      *tok = json_ids(json_object_get(p, "tokens"), &nt);
-        const float  *lg = runner_step(&r, tok, nt, 0, 1);
-        float         md = lg ? compare_prompt(&fx, p, lg, nt, &agree) : 1e9f;
-
-        ok(md <= KIMI_TOL_ABS && agree == nt, "real widths, fp32 prefill of "
-           "%u tokens: max |diff| %.2e vs HF, top-1 %u/%u", nt, md, agree,
-           nt);
-        ng = (uint32_t) json_array_size(json_object_get(p, "greedy"));
-        agree = greedy_agree(&r, &fx, p);
-        ok(agree == ng, "real widths: %u/%u greedy tokens equal HF's", agree,
-           ng);
-        free(tok);
-    }
-
-    runner_free(&r);
-    kimi_model_free(m);
-    fixtures_done(&fx, dir);
-}
-
-
 /* RoPE inverse frequencies, the cos/sin amplitude and the softmax scale
  * against what HF derived from the same config.json. */
 static void
@@ -409,6 +329,113 @@ check_derived(fixtures_t *fx, kimi_model_t *m, const char *label)
 
 
 /*
+ * A model of config_json (+ overrides) with the tiny model's seeded weights
+ * against the HF fixtures in fxdir: the derived rope and softmax
+ * parameters (derived 1), every prompt's fp32 prefill and its greedy
+ * tokens, at the main model's tolerance.
+ */
+static void
+check_model_hf(const char *label, const char *fxdir, const char *config_json,
+    const char *overrides, int derived)
+{
+    char                  dir[] = "/tmp/kimi-hf-check-XXXXXX";
+    kimi_model_params_t   mp = kimi_model_default_params();
+    kimi_model_t         *m = NULL;
+    fixtures_t            fx = { 0 };
+    kimi_err_t            err;
+    runner_t              r;
+    json_t               *p;
+    size_t                i;
+
+    if (fixtures_load(&fx, fxdir) != 0) {
+        ok(0, "%sfixtures in %s", label, fxdir);
+        return;
+    }
+
+    if (config_json == NULL) {   /* the config.json HF ran */
+        config_json = json_string_value(json_object_get(fx.ref, "model"));
+    }
+
+    if (mkdtemp(dir) == NULL
+        || kimi_tiny_model_write_config(dir, NULL, KIMI_TINY_SEED,
+                                        config_json, overrides, &err) != 0)
+    {
+        ok(0, "%smodel written: %s", label, err.msg);
+        fixtures_done(&fx, dir);
+        return;
+    }
+
+    mp.dir = dir;
+
+    if (kimi_model_load(&m, &mp, &err) != 0
+        || runner_init(&r, m, 1, KIMI_KV_DTYPE_F32, 16) != 0)
+    {
+        ok(0, "%smodel loads: %s", label, err.msg);
+        kimi_model_free(m);
+        fixtures_done(&fx, dir);
+        return;
+    }
+
+    if (derived) {
+        check_derived(&fx, m, label);
+    }
+
+    json_array_foreach(json_object_get(fx.ref, "prompts"), i, p) {
+        uint32_t      nt, agree, ng;
+        int32_t      *tok = json_ids(json_object_get(p, "tokens"), &nt);
+        const float  *lg = runner_step(&r, tok, nt, 0, 1);
+        float         md = lg ? compare_prompt(&fx, p, lg, nt, &agree) : 1e9f;
+
+        ok(md <= KIMI_TOL_ABS && agree == nt, "%sfp32 prefill of %u tokens: "
+           "max |diff| %.2e vs HF, top-1 %u/%u", label, nt, md, agree, nt);
+        ng = (uint32_t) json_array_size(json_object_get(p, "greedy"));
+        agree = greedy_agree(&r, &fx, p);
+        ok(agree == ng, "%s%u/%u greedy tokens equal HF's", label, agree, ng);
+        free(tok);
+    }
+
+    runner_free(&r);
+    kimi_model_free(m);
+    fixtures_done(&fx, dir);
+}
+
+
+/*
+ * Real widths (opt-in, ~1 min and 1.4 GB in /tmp): Kimi-K2's own
+ * config.json cut to 2 layers, 12 experts, vocab 8192 (hidden 7168, 64
+ * heads, q_lora 1536, kv_lora 512, rope 64 with K2's YaRN 32x / beta 1/1
+ * from 4096), against t/fixtures/model-k2width.  KIMI_TEST_K2WIDTH=1.
+ */
+static void
+test_k2width(void)
+{
+    const char  *cfg_path = "../shared/kimi-k2/config.json";
+    char        *text;
+    size_t       n;
+    FILE        *f;
+
+    if (getenv("KIMI_TEST_K2WIDTH") == NULL
+        || (f = fopen(cfg_path, "rb")) == NULL)
+    {
+        printf("ok %d # SKIP real-width check (set KIMI_TEST_K2WIDTH=1; "
+               "needs t/fixtures/model-k2width and %s)\n", ++test_n,
+               cfg_path);
+        return;
+    }
+
+    text = calloc(1, 1 << 16);
+    n = fread(text, 1, (1 << 16) - 1, f);
+    fclose(f);
+    text[n] = '\0';
+
+    check_model_hf("real widths: ", "t/fixtures/model-k2width", text,
+                   "{\"num_hidden_layers\":2,\"n_routed_experts\":12,"
+                   "\"vocab_size\":8192}", 0);
+    free(text);
+}
+
+
+/*
  * Other checkpoints of the architecture (t/fixtures/model-variants/NAME/,
  * each from t/gen/hf_reference.py on a tiny model written with
  * t/gen/variants.json's overrides): the config.json HF ran is in the
@@ -423,70 +450,13 @@ test_variants(void)
 {
     static const char  *names[] = { "moonlight", "bf16-mscale",
                                     "dsv3-groups" };
+    char                fxdir[256], label[64];
 
     for (size_t v = 0; v < sizeof(names) / sizeof(names[0]); v++) {
-        char                  fxdir[256], label[64];
-        char                  dir[] = "/tmp/kimi-variant-test-XXXXXX";
-        kimi_model_params_t   mp = kimi_model_default_params();
-        kimi_model_t         *m = NULL;
-        fixtures_t            fx = { 0 };
-        kimi_err_t            err;
-        runner_t              r;
-        json_t               *p;
-        size_t                i;
-
         snprintf(fxdir, sizeof(fxdir), "t/fixtures/model-variants/%s",
                  names[v]);
         snprintf(label, sizeof(label), "%s: ", names[v]);
-
-        if (fixtures_load(&fx, fxdir) != 0) {
-            ok(0, "%sfixtures in %s", label, fxdir);
-            continue;
-        }
-
-        if (mkdtemp(dir) == NULL
-            || kimi_tiny_model_write_config(dir, NULL, KIMI_TINY_SEED,
-                   json_string_value(json_object_get(fx.ref, "model")), NULL,
-                   &err) != 0)
-        {
-            ok(0, "%smodel written: %s", label, err.msg);
-            fixtures_done(&fx, dir);
-            continue;
-        }
-
-        mp.dir = dir;
-
-        if (kimi_model_load(&m, &mp, &err) != 0
-            || runner_init(&r, m, 1, KIMI_KV_DTYPE_F32, 16) != 0)
-        {
-            ok(0, "%smodel loads: %s", label, err.msg);
-            kimi_model_free(m);
-            fixtures_done(&fx, dir);
-            continue;
-        }
-
-        check_derived(&fx, m, label);
-
-        json_array_foreach(json_object_get(fx.ref, "prompts"), i, p) {
-            uint32_t      nt, agree, ng;
-            int32_t      *tok = json_ids(json_object_get(p, "tokens"), &nt);
-            const float  *lg = runner_step(&r, tok, nt, 0, 1);
-            float         md = lg ? compare_prompt(&fx, p, lg, nt, &agree)
-                                 : 1e9f;
-
-            ok(md <= KIMI_TOL_ABS && agree == nt, "%sfp32 prefill of %u "
-               "tokens: max |diff| %.2e vs HF, top-1 %u/%u", label, nt, md,
-               agree, nt);
-            ng = (uint32_t) json_array_size(json_object_get(p, "greedy"));
-            agree = greedy_agree(&r, &fx, p);
-            ok(agree == ng, "%s%u/%u greedy tokens equal HF's", label, agree,
-               ng);
-            free(tok);
-        }
-
-        runner_free(&r);
-        kimi_model_free(m);
-        fixtures_done(&fx, dir);
+        check_model_hf(label, fxdir, NULL, NULL, 1);
     }
 }
 
