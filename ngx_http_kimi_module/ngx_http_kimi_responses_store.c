@@ -41,9 +41,9 @@ typedef struct {
 
 
 typedef struct {
-    ngx_rbtree_node_t            node;             /* key: crc32 of the id */
+    ngx_str_node_t               sn;               /* key: crc32 of the id;
+                                                      str: the id, in data */
     ngx_queue_t                  queue;
-    size_t                       id_len;
     size_t                       owner_len;
     size_t                       len;              /* of the JSON blob */
     u_char                       data[1];          /* id, owner, blob */
@@ -52,8 +52,6 @@ typedef struct {
 
 static ngx_int_t ngx_http_kimi_store_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
-static void ngx_http_kimi_store_insert_value(ngx_rbtree_node_t *temp,
-    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static ngx_http_kimi_store_node_t *ngx_http_kimi_store_find(
     ngx_http_kimi_store_t *st, ngx_str_t *id);
 static void ngx_http_kimi_store_delete(ngx_http_kimi_store_t *st,
@@ -164,7 +162,7 @@ ngx_http_kimi_store_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     st->shpool->data = st->sh;
 
     ngx_rbtree_init(&st->sh->rbtree, &st->sh->sentinel,
-                    ngx_http_kimi_store_insert_value);
+                    ngx_str_rbtree_insert_value);
     ngx_queue_init(&st->sh->queue);
 
     len = sizeof(" in kimi_responses_store \"\"") + shm_zone->shm.name.len;
@@ -184,80 +182,13 @@ ngx_http_kimi_store_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 }
 
 
-static void
-ngx_http_kimi_store_insert_value(ngx_rbtree_node_t *temp,
-    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
-{
-    ngx_rbtree_node_t           **p;
-    ngx_http_kimi_store_node_t   *sn, *snt;
-
-    for ( ;; ) {
-
-        if (node->key < temp->key) {
-            p = &temp->left;
-
-        } else if (node->key > temp->key) {
-            p = &temp->right;
-
-        } else {
-            sn = (ngx_http_kimi_store_node_t *) node;
-            snt = (ngx_http_kimi_store_node_t *) temp;
-
-            p = (ngx_memn2cmp(sn->data, snt->data, sn->id_len, snt->id_len)
-                 < 0) ? &temp->left : &temp->right;
-        }
-
-        if (*p == sentinel) {
-            break;
-        }
-
-        temp = *p;
-    }
-
-    *p = node;
-    node->parent = temp;
-    node->left = sentinel;
-    node->right = sentinel;
-    ngx_rbt_red(node);
-}
-
-
 /* Zone mutex held. */
 static ngx_http_kimi_store_node_t *
 ngx_http_kimi_store_find(ngx_http_kimi_store_t *st, ngx_str_t *id)
 {
-    ngx_int_t                    rc;
-    ngx_uint_t                   hash;
-    ngx_rbtree_node_t           *node, *sentinel;
-    ngx_http_kimi_store_node_t  *sn;
-
-    hash = ngx_crc32_short(id->data, id->len);
-    node = st->sh->rbtree.root;
-    sentinel = st->sh->rbtree.sentinel;
-
-    while (node != sentinel) {
-
-        if (hash < node->key) {
-            node = node->left;
-            continue;
-        }
-
-        if (hash > node->key) {
-            node = node->right;
-            continue;
-        }
-
-        sn = (ngx_http_kimi_store_node_t *) node;
-        rc = ngx_memn2cmp(id->data, sn->data, id->len, sn->id_len);
-
-        if (rc == 0) {
-            return sn;
-        }
-
-        node = (rc < 0) ? node->left : node->right;
-    }
-
-    return NULL;
+    return (ngx_http_kimi_store_node_t *)
+           ngx_str_rbtree_lookup(&st->sh->rbtree, id,
+                                 ngx_crc32_short(id->data, id->len));
 }
 
 
@@ -266,7 +197,7 @@ static void
 ngx_http_kimi_store_delete(ngx_http_kimi_store_t *st,
     ngx_http_kimi_store_node_t *sn)
 {
-    ngx_rbtree_delete(&st->sh->rbtree, &sn->node);
+    ngx_rbtree_delete(&st->sh->rbtree, &sn->sn.node);
     ngx_queue_remove(&sn->queue);
     ngx_slab_free_locked(st->shpool, sn);
     st->sh->count--;
@@ -386,15 +317,16 @@ ngx_http_kimi_responses_keep(ngx_http_kimi_ctx_t *ctx, json_t *resp,
     }
 
     if (sn != NULL) {
-        sn->node.key = ngx_crc32_short(id.data, id.len);
-        sn->id_len = id.len;
+        sn->sn.node.key = ngx_crc32_short(id.data, id.len);
+        sn->sn.str.data = sn->data;
+        sn->sn.str.len = id.len;
         sn->owner_len = owner.len;
         sn->len = len;
         ngx_memcpy(sn->data, id.data, id.len);
         ngx_memcpy(sn->data + id.len, owner.data, owner.len);
         ngx_memcpy(sn->data + id.len + owner.len, blob, len);
 
-        ngx_rbtree_insert(&st->sh->rbtree, &sn->node);
+        ngx_rbtree_insert(&st->sh->rbtree, &sn->sn.node);
         ngx_queue_insert_tail(&st->sh->queue, &sn->queue);
         st->sh->count++;
     }
@@ -446,13 +378,13 @@ ngx_http_kimi_responses_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
 
     if (sn != NULL
         && sn->owner_len == owner.len
-        && ngx_memcmp(sn->data + sn->id_len, owner.data, owner.len) == 0)
+        && ngx_memcmp(sn->data + sn->sn.str.len, owner.data, owner.len) == 0)
     {
         *found = 1;
         len = sn->len;
         copy = ngx_pnalloc(r->pool, len);
         if (copy != NULL) {
-            ngx_memcpy(copy, sn->data + sn->id_len + sn->owner_len, len);
+            ngx_memcpy(copy, sn->data + sn->sn.str.len + sn->owner_len, len);
         }
     }
 
@@ -530,7 +462,7 @@ ngx_http_kimi_responses_route(ngx_http_request_t *r,
 
         sn = ngx_http_kimi_store_find(st, id);
         found = sn != NULL && sn->owner_len == owner.len
-                && ngx_memcmp(sn->data + sn->id_len, owner.data, owner.len)
+                && ngx_memcmp(sn->data + sn->sn.str.len, owner.data, owner.len)
                    == 0;
         if (found) {
             ngx_http_kimi_store_delete(st, sn);
