@@ -239,7 +239,8 @@ ngx_http_kimi_responses_storing(ngx_http_kimi_ctx_t *ctx)
  * A finished Response into the zone (when the request did not say store
  * false): the object, the request's input items, and the conversation so
  * far with this answer appended as the assistant's message.  A response
- * that does not fit even in an empty zone is logged and not kept.
+ * over half the zone, or one that does not fit even after evicting, is
+ * logged and not kept.
  */
 void
 ngx_http_kimi_responses_keep(ngx_http_kimi_ctx_t *ctx, json_t *resp,
@@ -295,6 +296,16 @@ ngx_http_kimi_responses_keep(ngx_http_kimi_ctx_t *ctx, json_t *resp,
     ngx_http_kimi_store_owner(ctx->request, &owner);
     size = offsetof(ngx_http_kimi_store_node_t, data) + id.len + owner.len
            + len;
+
+    if (size > zone->shm.size / 2) {
+        /* it would empty the zone to make room for one response */
+        ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+                      "kimi: response %V (%uz bytes) is over half of "
+                      "kimi_responses_store \"%V\": not stored", &id, len,
+                      &zone->shm.name);
+        free(blob);
+        return;
+    }
 
     ngx_shmtx_lock(&st->shpool->mutex);
 

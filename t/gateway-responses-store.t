@@ -215,6 +215,14 @@ is($t->get("/v1/responses/$ids[0]")->{status}, 404,
 is($t->get("/v1/responses/$ids[-1]")->{status}, 200, 'the newest is kept');
 is($resp->(input => 'x', previous_response_id => $ids[-1])->{status}, 200,
     'and continues');
+my $big = $resp->(input => 'why ' x 2000);
+is($big->{status}, 200, 'a response over half the zone is answered');
+is($t->get("/v1/responses/$big->{json}{id}")->{status}, 404,
+    'but not kept');
+is($t->get("/v1/responses/$ids[-1]")->{status}, 200,
+    'and evicts nothing');
+like($t->tail('error.log'), qr/over half of kimi_responses_store "small"/,
+    'the log says why');
 $t->stop;
 
 # --- without the store ------------------------------------------------------
