@@ -48,7 +48,13 @@ typedef struct {
     char             *label;
 
     /* dataset */
-    char             *dataset_name;
+    char             *dataset_name;    /* random, sharegpt, custom */
+    char             *dataset_path;    /* sharegpt, custom */
+    uint32_t          sharegpt_output_len; /* 0: the reply's length */
+    uint32_t          custom_output_len;
+    int               skip_chat_template;  /* custom */
+    int               disable_shuffle;
+    int               no_oversample;
     uint32_t          input_len;
     uint32_t          output_len;
     double            range_ratio;
@@ -168,6 +174,21 @@ typedef struct {
 
 /* bench_dataset.c */
 typedef struct kimi_tokenizer  kimi_tokenizer_t;
+
+/* Python's random (MT19937), as vLLM shuffles and oversamples file
+ * datasets (bench_dataset_file.c) */
+typedef struct {
+    uint32_t  mt[624];
+    int       i;
+} bench_py_random_t;
+
+void     bench_py_seed(bench_py_random_t *r, uint64_t seed);
+uint32_t bench_py_getrandbits(bench_py_random_t *r, int k);
+uint32_t bench_py_randbelow(bench_py_random_t *r, uint32_t n);
+/* --dataset-name sharegpt or custom: o->num_prompts requests from
+ * o->dataset_path, chosen as vLLM chooses them */
+int bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
+    bench_req_t *reqs, kimi_err_t *err);
 
 int  bench_dataset_random(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     bench_req_t *reqs, kimi_err_t *err);

@@ -40,6 +40,8 @@ enum {
     OPT_SAVE, OPT_SAVE_DETAILED, OPT_RESULT_DIR, OPT_RESULT_FILE, OPT_PLOT,
     OPT_TIMEOUT, OPT_REQ_TIMEOUT, OPT_READY_TIMEOUT, OPT_NO_PROGRESS,
     OPT_DUMP_PROMPTS, OPT_ENGINE_IPC, OPT_OBS_WIDTH, OPT_OBS_SPIN, OPT_HELP,
+    OPT_DATASET_PATH, OPT_SHAREGPT_OUT, OPT_CUSTOM_OUT, OPT_SKIP_TEMPLATE,
+    OPT_NO_SHUFFLE, OPT_NO_OVERSAMPLE,
 };
 
 static const struct option  bench_options[] = {
@@ -54,6 +56,12 @@ static const struct option  bench_options[] = {
     { "api-key",                 required_argument, NULL, OPT_API_KEY },
     { "label",                   required_argument, NULL, OPT_LABEL },
     { "dataset-name",            required_argument, NULL, OPT_DATASET },
+    { "dataset-path",            required_argument, NULL, OPT_DATASET_PATH },
+    { "sharegpt-output-len",     required_argument, NULL, OPT_SHAREGPT_OUT },
+    { "custom-output-len",       required_argument, NULL, OPT_CUSTOM_OUT },
+    { "custom-skip-chat-template", no_argument,     NULL, OPT_SKIP_TEMPLATE },
+    { "disable-shuffle",         no_argument,       NULL, OPT_NO_SHUFFLE },
+    { "no-oversample",           no_argument,       NULL, OPT_NO_OVERSAMPLE },
     { "random-input-len",        required_argument, NULL, OPT_IN_LEN },
     { "random-output-len",       required_argument, NULL, OPT_OUT_LEN },
     { "random-range-ratio",      required_argument, NULL, OPT_RANGE },
@@ -101,6 +109,8 @@ static const bench_num_opt_t  bench_num_opts[] = {
     { OPT_OUT_LEN, "random-output-len", offsetof(bench_opts_t, output_len), 1 },
     { OPT_PREFIX, "random-prefix-len", offsetof(bench_opts_t, prefix_len), 1 },
     { OPT_NUM_PROMPTS, "num-prompts", offsetof(bench_opts_t, num_prompts), 1 },
+    { OPT_SHAREGPT_OUT, "sharegpt-output-len", offsetof(bench_opts_t, sharegpt_output_len), 1 },
+    { OPT_CUSTOM_OUT, "custom-output-len", offsetof(bench_opts_t, custom_output_len), 1 },
     { OPT_MAX_CONC, "max-concurrency", offsetof(bench_opts_t, max_concurrency), 1 },
     { OPT_RANGE, "random-range-ratio", offsetof(bench_opts_t, range_ratio), 0 },
     { OPT_RATE, "request-rate", offsetof(bench_opts_t, request_rate), 0 },
@@ -128,10 +138,15 @@ static const char  bench_usage[] =
 "  --tokenizer DIR           the model directory's tokenizer (tiktoken.model\n"
 "                            or a Hugging Face tokenizer.json)\n"
 "  --api-key KEY             Authorization: Bearer KEY (or OPENAI_API_KEY)\n"
-"dataset (random only):\n"
-"  --dataset-name random     --num-prompts N (1000)  --seed S (0)\n"
+"dataset:\n"
+"  --dataset-name random|sharegpt|custom   --num-prompts N (1000)  --seed S (0)\n"
 "  --random-input-len N (1024)  --random-output-len N (128)\n"
 "  --random-range-ratio R (0)   --random-prefix-len N (0)\n"
+"  --dataset-path FILE       sharegpt: ShareGPT's JSON; custom: JSON lines of\n"
+"                            {\"prompt\": ...} (shuffled by --seed as vLLM)\n"
+"  --sharegpt-output-len N   (default: each reply's own length)\n"
+"  --custom-output-len N (256)  --custom-skip-chat-template\n"
+"  --disable-shuffle         --no-oversample\n"
 "traffic:\n"
 "  --request-rate R          req/s, Poisson (default inf: all at t=0)\n"
 "  --burstiness B            gamma shape (1 = Poisson)\n"
@@ -244,6 +259,7 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     o->input_len = 1024;
     o->output_len = 128;
     o->num_prompts = 1000;
+    o->custom_output_len = 256;
     o->request_rate = INFINITY;
     o->burstiness = 1.0;
     o->temperature = 0.0;
@@ -274,6 +290,10 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
         case OPT_API_KEY:      o->api_key = optarg; break;
         case OPT_LABEL:        o->label = optarg; break;
         case OPT_DATASET:      o->dataset_name = optarg; break;
+        case OPT_DATASET_PATH: o->dataset_path = optarg; break;
+        case OPT_SKIP_TEMPLATE: o->skip_chat_template = 1; break;
+        case OPT_NO_SHUFFLE:   o->disable_shuffle = 1; break;
+        case OPT_NO_OVERSAMPLE: o->no_oversample = 1; break;
         case OPT_IGNORE_EOS:   o->ignore_eos = 1; break;
         case OPT_PCT_METRICS:  o->percentile_metrics = optarg; break;
         case OPT_PCTS:         pcts = optarg; break;
@@ -335,9 +355,22 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
         fprintf(stderr, "kimi-bench: --model is required\n");
         return -1;
     }
-    if (strcmp(o->dataset_name, "random") != 0) {
+    if (strcmp(o->dataset_name, "random") != 0
+        && strcmp(o->dataset_name, "sharegpt") != 0
+        && strcmp(o->dataset_name, "custom") != 0)
+    {
         fprintf(stderr, "kimi-bench: --dataset-name \"%s\" is not "
-                "supported; only \"random\" is\n", o->dataset_name);
+                "supported (random, sharegpt, custom)\n", o->dataset_name);
+        return -1;
+    }
+    if (strcmp(o->dataset_name, "random") != 0 && o->dataset_path == NULL) {
+        fprintf(stderr, "kimi-bench: --dataset-name %s needs "
+                "--dataset-path\n", o->dataset_name);
+        return -1;
+    }
+    if (o->custom_output_len == 0) {
+        fprintf(stderr, "kimi-bench: --custom-output-len must be at least "
+                "1\n");
         return -1;
     }
     if (o->num_prompts == 0) {
@@ -410,7 +443,9 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     }
 
     /* vLLM: a random dataset on an OpenAI backend always ignores EOS */
-    o->ignore_eos = 1;
+    if (strcmp(o->dataset_name, "random") == 0) {
+        o->ignore_eos = 1;
+    }
 
     dup = strdup(pcts);
     for (p = strtok_r(dup, ",", &save); p != NULL;
@@ -840,7 +875,10 @@ main(int argc, char **argv)
         goto done;
     }
 
-    if (bench_dataset_random(&o, tok, reqs, &err) != 0) {
+    if ((strcmp(o.dataset_name, "random") == 0
+         ? bench_dataset_random(&o, tok, reqs, &err)
+         : bench_dataset_file(&o, tok, reqs, &err)) != 0)
+    {
         fprintf(stderr, "kimi-bench: dataset: %s\n", err.msg);
         goto done;
     }

@@ -554,6 +554,134 @@ SKIP: {
     is($magic, "\x89PNG", 'and it is a PNG');
 }
 
+# ---- the file datasets: ShareGPT and custom, chosen as vLLM chooses ----------
+
+SKIP: {
+    skip 'python3 is not installed', 9
+        if system('command -v python3 >/dev/null 2>&1') != 0;
+
+    # 30 two-turn conversations that pass vLLM's filters, a one-turn one
+    # (dropped before the shuffle), a 1-token prompt and a ~2000-token one
+    # (skipped after it)
+    my @conv;
+    for my $k (0 .. 29) {
+        push @conv, { conversations => [
+            { from => 'human', value => "Question number $k: what is "
+                . "the capital of country $k, please?" },
+            { from => 'gpt', value => "The capital of country $k is a city "
+                . ('with a long history ' x ($k % 5 + 1)) } ] };
+    }
+    splice @conv, 3, 0, { conversations => [ { value => 'only one turn' } ] };
+    splice @conv, 7, 0, { conversations => [ { value => 'hi' },
+        { value => 'hello there friend' } ] };
+    splice @conv, 11, 0, { conversations => [ { value => 'word ' x 2000 },
+        { value => 'a reply of some words' } ] };
+    open my $fh, '>', "$dir/sharegpt.json" or die;
+    print $fh encode_json(\@conv);
+    close $fh;
+
+    # vLLM's selection: the entries with two turns, random.seed(seed),
+    # random.shuffle, skip what its filters refuse, take N; then oversample
+    # with random.choice after reseeding (the skipped prompts are known)
+    open my $py, '>', "$dir/vllm_sharegpt.py" or die;
+    print $py <<'PY';
+import json, random, sys
+path, seed, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = [e for e in json.load(open(path)) if len(e['conversations']) >= 2]
+random.seed(seed)
+random.shuffle(data)
+out = []
+for e in data:
+    if len(out) >= n:
+        break
+    p = e['conversations'][0]['value']
+    if p == 'hi' or p.startswith('word word'):
+        continue
+    out.append(p)
+if len(out) < n:
+    random.seed(seed)
+    out += [random.choice(out) for _ in range(n - len(out))]
+print(json.dumps(out))
+PY
+    close $py;
+
+    my $probe4 = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+        LocalPort => 0) or die;
+    my $nowhere4 = $probe4->sockport;
+    close $probe4;
+
+    for my $case ([ 5, 12 ], [ 0, 40 ]) {
+        my ($seed, $n) = @$case;
+        unlink "$dir/sg.json";
+        bench($nowhere4, '--dataset-name', 'sharegpt', '--dataset-path',
+            "$dir/sharegpt.json", '--num-prompts', $n, '--seed', $seed,
+            '--dump-prompts', "$dir/sg.json");
+        my $ours = -f "$dir/sg.json"
+            ? decode_json(do { local (@ARGV, $/) = "$dir/sg.json"; <> }) : [];
+        my $want = decode_json(
+            `python3 $dir/vllm_sharegpt.py $dir/sharegpt.json $seed $n`);
+        is_deeply([ map { $_->{prompt} } @$ours ], $want,
+            "sharegpt, seed $seed, $n prompts: vLLM's choice and order"
+            . ($n > 30 ? ' (oversampled)' : ''));
+    }
+    my $sg = decode_json(do { local (@ARGV, $/) = "$dir/sg.json"; <> });
+    my ($q7) = grep { $_->{prompt} =~ /number 7:/ } @$sg;
+    ok($q7 && $q7->{output_len} > 12 && $q7->{prompt_len} > 12,
+        'output_len is the reply\'s token count, prompt_len the prompt\'s');
+
+    bench($nowhere4, '--dataset-name', 'sharegpt', '--dataset-path',
+        "$dir/sharegpt.json", '--num-prompts', 4, '--sharegpt-output-len', 77,
+        '--disable-shuffle', '--dump-prompts', "$dir/sg2.json");
+    my $sg2 = decode_json(do { local (@ARGV, $/) = "$dir/sg2.json"; <> });
+    is_deeply([ map { $_->{output_len} } @$sg2 ], [ 77, 77, 77, 77 ],
+        '--sharegpt-output-len');
+    like($sg2->[0]{prompt}, qr/number 0:/, '--disable-shuffle keeps the order');
+
+    my $r = bench($nowhere4, '--dataset-name', 'sharegpt', '--dataset-path',
+        "$dir/sharegpt.json", '--num-prompts', 40, '--no-oversample');
+    like($r->{out}, qr/gives 30 requests of the 40 asked for/,
+        '--no-oversample: short is an error');
+
+    # custom: JSON lines, each prompt through the chat template
+    open $fh, '>', "$dir/custom.jsonl" or die;
+    print $fh encode_json({ prompt => "custom prompt $_" }), "\n" for 0 .. 9;
+    close $fh;
+    bench($nowhere4, '--dataset-name', 'custom', '--dataset-path',
+        "$dir/custom.jsonl", '--num-prompts', 3, '--dump-prompts',
+        "$dir/cu.json");
+    my $cu = decode_json(do { local (@ARGV, $/) = "$dir/cu.json"; <> });
+    like($cu->[0]{prompt} // '', qr/<\|im_user\|>.*custom prompt \d.*<\|im_assistant\|>/s,
+        'custom: the prompt in the chat template');
+    is($cu->[0]{output_len}, 256, 'custom: output 256 by default');
+    bench($nowhere4, '--dataset-name', 'custom', '--dataset-path',
+        "$dir/custom.jsonl", '--num-prompts', 3, '--custom-skip-chat-template',
+        '--custom-output-len', 9, '--dump-prompts', "$dir/cu2.json");
+    $cu = decode_json(do { local (@ARGV, $/) = "$dir/cu2.json"; <> });
+    ok(($cu->[0]{prompt} // '') =~ /^custom prompt \d$/
+        && $cu->[0]{output_len} == 9,
+        '--custom-skip-chat-template, --custom-output-len');
+}
+
+# ---- bad dataset arguments -------------------------------------------------------
+
+{
+    my $r = bench(1, '--dataset-name', 'sharegpt');
+    like($r->{out}, qr/needs --dataset-path/, 'sharegpt without a path');
+    $r = bench(1, '--dataset-name', 'sonnet', '--dataset-path', '/x');
+    like($r->{out}, qr/not supported \(random, sharegpt, custom\)/,
+        'an unknown dataset name');
+    open my $fh, '>', "$dir/bad.jsonl" or die;
+    print $fh qq({"prompt": "fine"}\n{"text": "no prompt"}\n);
+    close $fh;
+    $r = bench(1, '--dataset-name', 'custom', '--dataset-path',
+        "$dir/bad.jsonl", '--custom-skip-chat-template');
+    like($r->{out}, qr/bad\.jsonl:2: no "prompt" string/,
+        'a line without a prompt: file and line');
+    $r = bench(1, '--dataset-name', 'sharegpt', '--dataset-path',
+        "$dir/nope.json");
+    like($r->{out}, qr/nope\.json/, 'a missing file is named');
+}
+
 # a sanitizer build (CC=clang CFLAGS=-fsanitize=...) reports here
 unlike($all_out, qr/AddressSanitizer|LeakSanitizer|runtime error:/,
     'no sanitizer report from any run');

@@ -1,0 +1,431 @@
+/*
+ * The file datasets of `vllm bench serve`: ShareGPT (--dataset-name
+ * sharegpt, a JSON list of {"conversations": [{"value": ...}, ...]}) and
+ * custom (--dataset-name custom, JSON lines of {"prompt": ...}).
+ *
+ * Owns:   reading the file, vLLM's shuffle and selection, and the prompt
+ *         and output lengths of each request.
+ * Never:  touches the network.
+ *
+ * Method (vLLM's ShareGPTDataset / CustomDataset): the entries (ShareGPT:
+ * those with at least two turns) are shuffled with Python's random seeded
+ * by --seed (unless --disable-shuffle), then taken in order.  ShareGPT: the
+ * prompt is the first turn, the output length the second turn's token
+ * count (or --sharegpt-output-len); a pair with fewer than 4 prompt tokens,
+ * under 4 output tokens (unless the length is given), over 1024 prompt
+ * tokens or over 2048 together is skipped.  Custom: the prompt goes through
+ * the model's chat template as one user message (unless
+ * --custom-skip-chat-template), the output length is --custom-output-len
+ * (256).  Token counts are the tokenizer's with the bos a plain prompt gets
+ * (add_special_tokens).  Short of --num-prompts, requests are drawn again
+ * from the selected ones (Python's random.choice, reseeded), unless
+ * --no-oversample.
+ *
+ * Python's random is MT19937 with init_by_array on the seed's 32-bit words;
+ * shuffle and choice draw with getrandbits(bit_length(n)) and rejection.
+ * The same --seed thus picks the same prompts as vLLM.
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "text/kimi_text.h"
+#include "bench.h"
+
+#define BENCH_SHAREGPT_MIN_LEN        4      /* vLLM's is_valid_sequence */
+#define BENCH_SHAREGPT_MAX_PROMPT     1024
+#define BENCH_SHAREGPT_MAX_TOTAL      2048
+
+
+/* ---- Python's random ------------------------------------------------------ */
+
+static uint32_t
+bench_py_next(bench_py_random_t *r)
+{
+    uint32_t  y;
+    int       k;
+
+    if (r->i >= 624) {
+        for (k = 0; k < 624; k++) {
+            y = (r->mt[k] & 0x80000000u) | (r->mt[(k + 1) % 624] & 0x7fffffffu);
+            r->mt[k] = r->mt[(k + 397) % 624] ^ (y >> 1)
+                       ^ ((y & 1) ? 0x9908b0dfu : 0);
+        }
+        r->i = 0;
+    }
+
+    y = r->mt[r->i++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+
+    return y ^ (y >> 18);
+}
+
+
+void
+bench_py_seed(bench_py_random_t *r, uint64_t seed)
+{
+    uint32_t  key[2];
+    size_t    n_key, i, j, k;
+
+    /* the seed's 32-bit words, least significant first, at least one */
+    key[0] = (uint32_t) seed;
+    key[1] = (uint32_t) (seed >> 32);
+    n_key = key[1] ? 2 : 1;
+
+    r->mt[0] = 19650218u;
+    for (i = 1; i < 624; i++) {
+        r->mt[i] = 1812433253u * (r->mt[i - 1] ^ (r->mt[i - 1] >> 30))
+                   + (uint32_t) i;
+    }
+
+    i = 1;
+    j = 0;
+    for (k = 624; k > 0; k--) {
+        r->mt[i] = (r->mt[i] ^ ((r->mt[i - 1] ^ (r->mt[i - 1] >> 30))
+                                * 1664525u))
+                   + key[j] + (uint32_t) j;
+        i++;
+        j++;
+        if (i >= 624) {
+            r->mt[0] = r->mt[623];
+            i = 1;
+        }
+        if (j >= n_key) {
+            j = 0;
+        }
+    }
+    for (k = 623; k > 0; k--) {
+        r->mt[i] = (r->mt[i] ^ ((r->mt[i - 1] ^ (r->mt[i - 1] >> 30))
+                                * 1566083941u))
+                   - (uint32_t) i;
+        i++;
+        if (i >= 624) {
+            r->mt[0] = r->mt[623];
+            i = 1;
+        }
+    }
+
+    r->mt[0] = 0x80000000u;
+    r->i = 624;
+}
+
+
+/* random.getrandbits(k), 1 <= k <= 32 */
+uint32_t
+bench_py_getrandbits(bench_py_random_t *r, int k)
+{
+    return bench_py_next(r) >> (32 - k);
+}
+
+
+/* random._randbelow(n), 1 <= n < 2^32 */
+uint32_t
+bench_py_randbelow(bench_py_random_t *r, uint32_t n)
+{
+    uint32_t  v;
+    int       k = 0;
+
+    for (v = n; v != 0; v >>= 1) {
+        k++;
+    }
+
+    do {
+        v = bench_py_getrandbits(r, k);
+    } while (v >= n);
+
+    return v;
+}
+
+
+/* random.shuffle(x) on an array of json_t * */
+static void
+bench_py_shuffle(bench_py_random_t *r, json_t **x, size_t n)
+{
+    size_t   i, j;
+    json_t  *t;
+
+    for (i = n - 1; i > 0; i--) {
+        j = bench_py_randbelow(r, (uint32_t) i + 1);
+        t = x[i];
+        x[i] = x[j];
+        x[j] = t;
+    }
+}
+
+
+/* ---- the datasets --------------------------------------------------------- */
+
+/* Tokens of text as HF's tokenizer(text).input_ids counts them. */
+static int
+bench_count_tokens(const kimi_tokenizer_t *tok, const char *text, size_t len,
+    uint32_t *n, kimi_err_t *err)
+{
+    int32_t  *ids;
+    size_t    n_ids;
+
+    if (kimi_tokenize(tok, text, len, 1, &ids, &n_ids, err) != 0) {
+        return -1;
+    }
+
+    free(ids);
+    *n = (uint32_t) n_ids + (kimi_tokenizer_prompt_prefix(tok) >= 0);
+
+    return 0;
+}
+
+
+/* The file's entries (ShareGPT: those with two turns or more). */
+static json_t *
+bench_dataset_read(const bench_opts_t *o, int sharegpt, kimi_err_t *err)
+{
+    char          *line = NULL;
+    size_t         cap = 0, lineno = 0;
+    ssize_t        len;
+    json_t        *all, *data, *e;
+    json_error_t   jerr;
+    FILE          *f;
+    size_t         i;
+
+    if (o->dataset_path == NULL) {
+        kimi_err_set(err, KIMI_EINVAL, "--dataset-name %s needs "
+                     "--dataset-path", o->dataset_name);
+        return NULL;
+    }
+
+    data = json_array();
+
+    if (sharegpt) {
+        all = json_load_file(o->dataset_path, 0, &jerr);
+        if (all == NULL || !json_is_array(all)) {
+            kimi_err_set(err, KIMI_EFORMAT, "%s: %s", o->dataset_path,
+                         all == NULL ? jerr.text : "not a JSON list");
+            json_decref(all);
+            json_decref(data);
+            return NULL;
+        }
+
+        json_array_foreach(all, i, e) {
+            if (json_array_size(json_object_get(e, "conversations")) >= 2) {
+                json_array_append(data, e);
+            }
+        }
+
+        json_decref(all);
+        return data;
+    }
+
+    f = fopen(o->dataset_path, "r");
+    if (f == NULL) {
+        kimi_err_set(err, KIMI_EIO, "%s: cannot open", o->dataset_path);
+        json_decref(data);
+        return NULL;
+    }
+
+    while ((len = getline(&line, &cap, f)) != -1) {
+        lineno++;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) {
+            line[--len] = '\0';
+        }
+        if (len == 0) {
+            continue;
+        }
+
+        e = json_loadb(line, (size_t) len, 0, &jerr);
+        if (e == NULL || !json_is_string(json_object_get(e, "prompt"))) {
+            kimi_err_set(err, KIMI_EFORMAT, "%s:%zu: %s", o->dataset_path,
+                         lineno, e == NULL ? jerr.text
+                                           : "no \"prompt\" string");
+            json_decref(e);
+            json_decref(data);
+            free(line);
+            fclose(f);
+            return NULL;
+        }
+
+        json_array_append_new(data, e);
+    }
+
+    free(line);
+    fclose(f);
+
+    return data;
+}
+
+
+int
+bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
+    bench_req_t *reqs, kimi_err_t *err)
+{
+    int                 sharegpt, rc = -1;
+    char               *text;
+    size_t              i, n, n_taken = 0, len;
+    json_t             *data, **order = NULL, *e, *conv, *msgs;
+    uint32_t            in_len, out_len, k;
+    kimi_template_t    *tpl = NULL;
+    bench_py_random_t   rng;
+
+    sharegpt = strcmp(o->dataset_name, "sharegpt") == 0;
+
+    data = bench_dataset_read(o, sharegpt, err);
+    if (data == NULL) {
+        return -1;
+    }
+
+    n = json_array_size(data);
+    if (n == 0) {
+        kimi_err_set(err, KIMI_EINVAL, "%s holds no %s", o->dataset_path,
+                     sharegpt ? "conversation of two turns" : "prompt");
+        goto done;
+    }
+
+    order = malloc(n * sizeof(json_t *));
+    if (order == NULL) {
+        kimi_err_set(err, KIMI_ENOMEM, "dataset of %zu entries", n);
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        order[i] = json_array_get(data, i);
+    }
+
+    bench_py_seed(&rng, o->seed);
+    if (!o->disable_shuffle) {
+        bench_py_shuffle(&rng, order, n);
+    }
+
+    if (!sharegpt && !o->skip_chat_template
+        && kimi_template_load(&tpl, o->tokenizer, err) != 0)
+    {
+        kimi_err_wrap(err, "the chat template (--custom-skip-chat-template "
+                      "sends the prompts as they are)");
+        goto done;
+    }
+
+    for (i = 0; i < n && n_taken < o->num_prompts; i++) {
+        e = order[i];
+
+        if (sharegpt) {
+            conv = json_object_get(e, "conversations");
+            if (!json_is_string(json_object_get(json_array_get(conv, 0),
+                                                "value"))
+                || !json_is_string(json_object_get(json_array_get(conv, 1),
+                                                   "value")))
+            {
+                continue;
+            }
+
+            text = strdup(json_string_value(
+                       json_object_get(json_array_get(conv, 0), "value")));
+            len = text ? strlen(text) : 0;
+
+            if (text == NULL
+                || bench_count_tokens(tok, text, len, &in_len, err) != 0)
+            {
+                free(text);
+                goto done;
+            }
+
+            out_len = o->sharegpt_output_len;
+            if (out_len == 0) {
+                const char  *c = json_string_value(
+                    json_object_get(json_array_get(conv, 1), "value"));
+
+                if (bench_count_tokens(tok, c, strlen(c), &out_len, err)
+                    != 0)
+                {
+                    free(text);
+                    goto done;
+                }
+            }
+
+            if (in_len < BENCH_SHAREGPT_MIN_LEN
+                || (o->sharegpt_output_len == 0
+                    && out_len < BENCH_SHAREGPT_MIN_LEN)
+                || in_len > BENCH_SHAREGPT_MAX_PROMPT
+                || in_len + out_len > BENCH_SHAREGPT_MAX_TOTAL)
+            {
+                free(text);
+                continue;
+            }
+
+        } else if (tpl != NULL) {
+            msgs = json_pack("[{s:s,s:O}]", "role", "user", "content",
+                             json_object_get(e, "prompt"));
+            rc = kimi_template_render(tpl, msgs, NULL, 1, &text, &len, err);
+            json_decref(msgs);
+            if (rc != 0) {
+                rc = -1;
+                goto done;
+            }
+            rc = -1;
+
+            if (bench_count_tokens(tok, text, len, &in_len, err) != 0) {
+                free(text);
+                goto done;
+            }
+            out_len = o->custom_output_len;
+
+        } else {
+            text = strdup(json_string_value(json_object_get(e, "prompt")));
+            len = text ? strlen(text) : 0;
+            if (text == NULL
+                || bench_count_tokens(tok, text, len, &in_len, err) != 0)
+            {
+                free(text);
+                goto done;
+            }
+            out_len = o->custom_output_len;
+        }
+
+        reqs[n_taken].prompt = text;
+        reqs[n_taken].prompt_bytes = len;
+        reqs[n_taken].prompt_len = in_len;
+        reqs[n_taken].output_len = out_len;
+        n_taken++;
+    }
+
+    if (n_taken == 0) {
+        kimi_err_set(err, KIMI_EINVAL, "no entry of %s passes vLLM's "
+                     "filters (prompt 4-1024 tokens, output at least 4, "
+                     "2048 together)", o->dataset_path);
+        goto done;
+    }
+
+    if (n_taken < o->num_prompts) {
+        if (o->no_oversample) {
+            kimi_err_set(err, KIMI_EINVAL, "%s gives %zu requests of the "
+                         "%u asked for, and --no-oversample is set",
+                         o->dataset_path, n_taken, o->num_prompts);
+            goto done;
+        }
+
+        /* vLLM: random.seed(seed), then random.choice of the selected */
+        fprintf(stderr, "kimi-bench: %s gives %zu requests; drawing the "
+                "other %zu from them again (as vLLM oversamples)\n",
+                o->dataset_path, n_taken, o->num_prompts - n_taken);
+        bench_py_seed(&rng, o->seed);
+        for (i = n_taken; i < o->num_prompts; i++) {
+            k = bench_py_randbelow(&rng, (uint32_t) n_taken);
+            reqs[i] = reqs[k];
+            reqs[i].prompt = strdup(reqs[k].prompt);
+            if (reqs[i].prompt == NULL) {
+                kimi_err_set(err, KIMI_ENOMEM, "oversampling");
+                goto done;
+            }
+        }
+    }
+
+    rc = 0;
+
+done:
+
+    kimi_template_free(tpl);
+    free(order);
+    json_decref(data);
+
+    return rc;
+}
