@@ -101,7 +101,13 @@ ngx_http_kimi_responses_store_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     s.len = value[1].data + value[1].len - s.data;
 
     size = ngx_parse_size(&s);
-    if (size == NGX_ERROR || size < (ssize_t) (8 * ngx_pagesize)) {
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid size in \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size < (ssize_t) (8 * ngx_pagesize)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "responses store \"%V\" is too small (at least "
                            "%uzk)", &value[1], 8 * ngx_pagesize / 1024);

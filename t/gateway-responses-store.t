@@ -18,6 +18,8 @@ use lib "$FindBin::Bin/lib";
 use JSON::PP;
 use Test::More;
 use KimiTest;
+use KimiConf;
+use Cwd ();
 
 my $true = JSON::PP::true;
 my $false = JSON::PP::false;
@@ -267,5 +269,28 @@ is($t->post('/v1/responses', { model => 'kimi-test', input => 'x',
     'or continue it');
 is($t->get("/v1/responses/$ida")->{status}, 401, 'no key: 401');
 $t->stop;
+
+# --- configuration errors -----------------------------------------------------
+
+$t = KimiTest->new(default => { text => 'x' });
+my $c = KimiConf->new($t, 'conf/nginx-run.conf');
+my $module = Cwd::abs_path($t->{module});
+for my $bad (['resp', qr/"resp" is not NAME:SIZE or off/],
+             ['resp:lots', qr/invalid size in "resp:lots"/],
+             ['resp:4k', qr/responses store "resp:4k" is too small/],
+             ['resp:1m; kimi_responses_store resp:1m', qr/is duplicate/])
+{
+    my ($rc, $out) = $c->nginx_t("load_module $module;\nevents {}\n"
+        . "http { server { listen 127.0.0.1:" . KimiTest::free_port()
+        . "; location / { kimi_pass; kimi_responses_store $bad->[0]; } } }\n");
+    isnt($rc, 0, "kimi_responses_store $bad->[0] is refused");
+    like($out, $bad->[1], 'saying why');
+}
+my ($rc, $out) = $c->nginx_t("load_module $module;\nevents {}\n"
+    . "http { kimi_engine /tmp/nowhere; kimi_responses_store r:1m; server { listen 127.0.0.1:"
+    . KimiTest::free_port() . "; location /a/ { kimi_pass; } "
+    . "location /b/ { kimi_pass; kimi_responses_store r:1m; } "
+    . "location /c/ { kimi_pass; kimi_responses_store off; } } }\n");
+is($rc, 0, 'one zone named in several places, and off in one') or diag($out);
 
 done_testing();
