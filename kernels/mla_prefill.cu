@@ -17,13 +17,15 @@
  *          the N-major B of P V.  S[64 q x 64 keys] = Q K^T is 12
  *          m64n64k16 wgmma steps from shared memory; the online softmax runs
  *          on the accumulators, and P, packed to bf16 in registers, is the A
- *          operand of the 4 m64n128k16 steps of O += P V.  Masks only on the
- *          tiles that cross the diagonal or the end of the keys.
+ *          operand of the 4 m64n128k16 steps of O += P V; S of the next
+ *          tile is issued with P V of this one, so the softmax runs under
+ *          P V (three stages).  Masks only on the tiles that cross the
+ *          diagonal or the end of the keys.
  * Cost:    FLOPs ~ H * T * S_avg * (192 + 128) * 2 with causal halving;
  *          compute bound for prompts over a few hundred tokens: the floor is
- *          FLOPs / bf16 tensor peak (989 TFLOP/s dense).  Each group runs S,
- *          softmax and P V in series (no ping-pong between groups, no
- *          producer warp): 209 TFLOP/s at 4K on an H200 (kernels/NOTES.md).
+ *          FLOPs / bf16 tensor peak (989 TFLOP/s dense).  No ping-pong
+ *          between groups and no producer warp yet: ~190-210 TFLOP/s at 4K
+ *          on an H200 (kernels/NOTES.md).
  * Twin:    kimi_mla_prefill_naive() in engine/backend/cpu/ops.h.
  */
 
@@ -58,7 +60,8 @@ static __device__ __forceinline__ uint32_t pack_bf16(float a, float b)
 #define PW_Q_B     (3 * PW_BLK)               /* a warpgroup's Q: 192 dims */
 #define PW_OFF_ST  (PW_WG * PW_Q_B)
 #define PW_STAGE_B (5 * PW_BLK)               /* K [64][192] then V [64][128] */
-#define PW_SMEM    (PW_OFF_ST + 2 * PW_STAGE_B + 1024)
+#define PW_STAGES  3                          /* two tiles a group holds + one loading */
+#define PW_SMEM    (PW_OFF_ST + PW_STAGES * PW_STAGE_B + 1024)
 
 /* rows of 8-bf16 chunks from global into swizzled 64-column blocks */
 static __device__ __forceinline__ void
@@ -72,127 +75,115 @@ pw_load_rows(uint8_t *dst, const uint16_t *src, size_t ld, int row0, int n_rows,
     }
 }
 
-static __global__ void __launch_bounds__(PW_THREADS, 1)
-mla_prefill_wg_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict__ k,
-                      const uint16_t *__restrict__ v, int T, int S, int pos0, int H,
-                      float scale2, uint16_t *__restrict__ o)
+/* One key tile's online softmax on a group's S accumulators (rows r0 =
+ * 16 w4 + g and r0 + 8 of its 64 queries; columns keys kt + 8 n + 2 t, + 1):
+ * masked where the tile crosses the diagonal (lim0/lim1: the last key each
+ * row sees) or the end of the keys, in log2 units; updates m and l, returns
+ * the rescale of O in al and P, rounded to bf16, as the A fragments of the
+ * four k16 steps of P V. */
+static __device__ __forceinline__ float
+pw_masked(const float (&s)[32], int n, int e, int kt, int S, bool edge, int lim0, int lim1, int t,
+          float scale2)
 {
-    KIMI_GRID_ENTRY();
-    extern __shared__ __align__(1024) uint8_t pw_smem_raw[];
-    uint8_t *sm = pw_smem_raw + ((1024 - (kimi_smem_addr(pw_smem_raw) & 1023)) & 1023);
-    const int h = blockIdx.y;
-    const int wg = threadIdx.x >> 7, w4 = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-    const int g = lane >> 2, t = lane & 3;
-    const int qb = (gridDim.x - 1 - blockIdx.x) * PW_QT, q0 = qb + wg * 64;
-    const size_t qld = (size_t) H * PF_DQK, vld = (size_t) H * PF_DV;
-    const int kend = min(S, pos0 + min(qb + PW_QT, T));   /* keys this block needs */
+    const int key = kt + n * 8 + 2 * t + (e & 1);
+    const int lim = e < 2 ? lim0 : lim1;
 
-    /* Q of every warpgroup (64 rows each), then the first tile: one group */
-    for (int w = 0; w < PW_WG; w++) {
-        pw_load_rows(sm + w * PW_Q_B, q + (size_t) h * PF_DQK, qld, qb + 64 * w, 64, T, PF_DQK);
-    }
-    pw_load_rows(sm + PW_OFF_ST, k + (size_t) h * PF_DQK, qld, 0, PF_KT, S, PF_DQK);
-    pw_load_rows(sm + PW_OFF_ST + 3 * PW_BLK, v + (size_t) h * PF_DV, vld, 0, PF_KT, S, PF_DV);
-    kimi_cp_async_commit();
+    return !edge || (key <= lim && key < S) ? s[4 * n + e] * scale2 : -INFINITY;
+}
 
-    float oacc[64];
+/* (s is only read: in the pipelined kernel it is a wgmma accumulator whose
+ * stage is still open, and writing it would serialize the wgmmas) */
+static __device__ __forceinline__ void
+pw_softmax(const float (&s)[32], int kt, int S, int first_lim, int lim0, int lim1, int t, float scale2,
+           float (&m)[2], float (&l)[2], float (&al)[2], uint32_t (&pa)[PF_KT / 16][4])
+{
+    const bool edge = kt + PF_KT - 1 > first_lim || kt + PF_KT > S;
+    float mx[2] = {m[0], m[1]}, mu[2], rs[2] = {0.f, 0.f};
 #pragma unroll
-    for (int i = 0; i < 64; i++) oacc[i] = 0.f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    const int r0 = 16 * w4 + g;                            /* this thread's rows: r0, r0 + 8 */
-    const int lim0 = pos0 + q0 + r0, lim1 = lim0 + 8;      /* last key each row sees */
-    const uint32_t sq = kimi_smem_addr(sm + wg * PW_Q_B);
-
-    for (int kt = 0, it = 0; kt < kend; kt += PF_KT, it++) {
-        if (kt + PF_KT < kend) {   /* the next tile into the other stage (freed at the end of the last) */
-            uint8_t *nx = sm + PW_OFF_ST + ((it + 1) & 1) * PW_STAGE_B;
-            pw_load_rows(nx, k + (size_t) h * PF_DQK, qld, kt + PF_KT, PF_KT, S, PF_DQK);
-            pw_load_rows(nx + 3 * PW_BLK, v + (size_t) h * PF_DV, vld, kt + PF_KT, PF_KT, S, PF_DV);
-            kimi_cp_async_commit();
-            kimi_cp_async_wait<1>();
-        } else {
-            kimi_cp_async_wait<0>();
+    for (int n = 0; n < PF_KT / 8; n++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            mx[e >> 1] = fmaxf(mx[e >> 1], pw_masked(s, n, e, kt, S, edge, lim0, lim1, t, scale2));
         }
-        wg_fence_proxy();
-        __syncthreads();   /* this tile (and Q) landed for every thread, visible to wgmma */
-        const uint32_t sk = kimi_smem_addr(sm + PW_OFF_ST + (it & 1) * PW_STAGE_B), sv = sk + 3 * PW_BLK;
-        if (q0 < T && kt <= pos0 + q0 + 63) {   /* else this group's queries are done or all masked here */
-            float s[32];
-            wg_arrive();
+    }
 #pragma unroll
-            for (int kk = 0; kk < PF_DQK / 16; kk++) {
-                const uint32_t koff = (kk >> 2) * PW_BLK + (kk & 3) * 32;
-                wgmma_m64n64k16_bf16<0>(s, wg_desc(sq + koff, 16, 1024), wg_desc(sk + koff, 16, 1024), kk > 0);
-            }
-            wg_commit();
-            wg_wait<0>();
-            wg_fence_regs(s);
-            const bool edge = kt + PF_KT - 1 > pos0 + q0 || kt + PF_KT > S;
-            float mx[2] = {m[0], m[1]};
+    for (int r = 0; r < 2; r++) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        mu[r] = mx[r] == -INFINITY ? 0.f : mx[r];   /* nothing visible yet: exp2(-inf) = 0, not NaN */
+        al[r] = exp2f(m[r] - mu[r]);
+        m[r] = mx[r];
+    }
 #pragma unroll
-            for (int n = 0; n < PF_KT / 8; n++) {
+    for (int n = 0; n < PF_KT / 8; n++) {
+        float p[4];
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int key = kt + n * 8 + 2 * t + (e & 1);
-                    const int lim = e < 2 ? lim0 : lim1;
-                    const float val = !edge || (key <= lim && key < S) ? s[4 * n + e] * scale2 : -INFINITY;
-                    s[4 * n + e] = val;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], val);
-                }
-            }
-            float al[2], mu[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                mu[r] = mx[r] == -INFINITY ? 0.f : mx[r];   /* nothing visible yet: exp2(-inf) = 0, not NaN */
-                al[r] = exp2f(m[r] - mu[r]);
-                m[r] = mx[r];
-            }
-            uint32_t pa[PF_KT / 16][4];   /* P as the A fragments of the four k16 steps */
-            float rs[2] = {0.f, 0.f};
-#pragma unroll
-            for (int n = 0; n < PF_KT / 8; n++) {
-                float p[4];
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    p[e] = kimi_bf2f(kimi_f2bf(exp2f(s[4 * n + e] - mu[e >> 1])));
-                    rs[e >> 1] += p[e];
-                }
-                pa[n >> 1][(n & 1) * 2 + 0] = pack_bf16(p[0], p[1]);
-                pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
-            }
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
-                rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
-                l[r] = l[r] * al[r] + rs[r];
-            }
-#pragma unroll
-            for (int j = 0; j < PF_DV / 8; j++) {
-                oacc[4 * j] *= al[0];
-                oacc[4 * j + 1] *= al[0];
-                oacc[4 * j + 2] *= al[1];
-                oacc[4 * j + 3] *= al[1];
-            }
-            wg_fence_regs(oacc);
-            wg_arrive();
-#pragma unroll
-            for (int ks = 0; ks < PF_KT / 16; ks++) {
-                wgmma_m64n128k16_bf16_rs<1>(oacc, pa[ks][0], pa[ks][1], pa[ks][2], pa[ks][3],
-                                            wg_desc(sv + ks * 2048, PW_BLK, 1024));
-            }
-            wg_commit();
-            wg_wait<0>();
-            wg_fence_regs(oacc);
+        for (int e = 0; e < 4; e++) {
+            p[e] = kimi_bf2f(kimi_f2bf(exp2f(pw_masked(s, n, e, kt, S, edge, lim0, lim1, t, scale2)
+                                             - mu[e >> 1])));
+            rs[e >> 1] += p[e];
         }
-        __syncthreads();   /* every group is done with this stage: the next load may overwrite it */
+        pa[n >> 1][(n & 1) * 2 + 0] = pack_bf16(p[0], p[1]);
+        pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16(p[2], p[3]);
     }
-    if (q0 >= T) {
-        return;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
+        rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
+        l[r] = l[r] * al[r] + rs[r];
     }
+}
+
+
+/* O rows r0, r0 + 8 times their rescale, then ready for the next wgmma */
+static __device__ __forceinline__ void
+pw_rescale(float (&oacc)[64], const float (&al)[2])
+{
+#pragma unroll
+    for (int j = 0; j < PF_DV / 8; j++) {
+        oacc[4 * j] *= al[0];
+        oacc[4 * j + 1] *= al[0];
+        oacc[4 * j + 2] *= al[1];
+        oacc[4 * j + 3] *= al[1];
+    }
+    wg_fence_regs(oacc);
+}
+
+
+/* S = Q K^T of one tile: 12 m64n64k16 steps from shared memory (committed) */
+static __device__ __forceinline__ void
+pw_s_issue(float (&s)[32], uint32_t sq, uint32_t sk)
+{
+    wg_arrive();
+#pragma unroll
+    for (int kk = 0; kk < PF_DQK / 16; kk++) {
+        const uint32_t koff = (kk >> 2) * PW_BLK + (kk & 3) * 32;
+        wgmma_m64n64k16_bf16<0>(s, wg_desc(sq + koff, 16, 1024), wg_desc(sk + koff, 16, 1024), kk > 0);
+    }
+    wg_commit();
+}
+
+
+/* O += P V of one tile: 4 m64n128k16 steps, P from registers (committed) */
+static __device__ __forceinline__ void
+pw_pv_issue(float (&oacc)[64], const uint32_t (&pa)[PF_KT / 16][4], uint32_t sv)
+{
+    wg_arrive();
+#pragma unroll
+    for (int ks = 0; ks < PF_KT / 16; ks++) {
+        wgmma_m64n128k16_bf16_rs<1>(oacc, pa[ks][0], pa[ks][1], pa[ks][2], pa[ks][3],
+                                    wg_desc(sv + ks * 2048, PW_BLK, 1024));
+    }
+    wg_commit();
+}
+
+
+/* O / l of rows r0, r0 + 8 to o (bf16), rows past T not stored */
+static __device__ __forceinline__ void
+pw_store(uint16_t *o, const float (&oacc)[64], const float (&l)[2], int qr0, int T, int H, int h, int t)
+{
     const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f, inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
-    const int qr0 = q0 + r0, qr1 = qr0 + 8;
+    const int qr1 = qr0 + 8;
 #pragma unroll
     for (int j = 0; j < PF_DV / 8; j++) {
         const int col = j * 8 + 2 * t;
@@ -205,6 +196,115 @@ mla_prefill_wg_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict
         }
     }
 }
+
+
+/*
+ * Each group's tensor work overlaps its softmax: S of tile i + 1 and P V of
+ * tile i are issued together and the softmax of i + 1 runs while P V of i is
+ * on the tensor cores (FlashAttention-3's intra-warpgroup overlap), so a
+ * group holds two tiles: three stages, the third loading.  P is
+ * double-buffered in registers (P V reads its A operand until it
+ * completes).  Block barriers: A (everyone done with tile i - 1, its stage
+ * may reload) and B (tile i + 1 landed for every thread).
+ */
+static __global__ void __launch_bounds__(PW_THREADS, 1)
+mla_prefill_wg_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict__ k,
+                           const uint16_t *__restrict__ v, int T, int S, int pos0, int H,
+                           float scale2, uint16_t *__restrict__ o)
+{
+    KIMI_GRID_ENTRY();
+    extern __shared__ __align__(1024) uint8_t pw_smem_raw[];
+    uint8_t *sm = pw_smem_raw + ((1024 - (kimi_smem_addr(pw_smem_raw) & 1023)) & 1023);
+    const int h = blockIdx.y;
+    const int wg = threadIdx.x >> 7, w4 = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int qb = (gridDim.x - 1 - blockIdx.x) * PW_QT, q0 = qb + wg * 64;
+    const size_t qld = (size_t) H * PF_DQK, vld = (size_t) H * PF_DV;
+    const int kend = min(S, pos0 + min(qb + PW_QT, T));   /* keys this block needs */
+    const int nkt = (kend + PF_KT - 1) / PF_KT;
+    /* tiles this group needs: up to its last query's last key */
+    const int ntw = q0 < T ? min(nkt, (pos0 + q0 + 63) / PF_KT + 1) : 0;
+    const uint16_t *kh = k + (size_t) h * PF_DQK, *vh = v + (size_t) h * PF_DV;
+
+    /* Q of every group with tile 0 (one cp.async group), tile 1 (another) */
+    for (int w = 0; w < PW_WG; w++) {
+        pw_load_rows(sm + w * PW_Q_B, q + (size_t) h * PF_DQK, qld, qb + 64 * w, 64, T, PF_DQK);
+    }
+    pw_load_rows(sm + PW_OFF_ST, kh, qld, 0, PF_KT, S, PF_DQK);
+    pw_load_rows(sm + PW_OFF_ST + 3 * PW_BLK, vh, vld, 0, PF_KT, S, PF_DV);
+    kimi_cp_async_commit();
+    if (nkt > 1) {
+        pw_load_rows(sm + PW_OFF_ST + PW_STAGE_B, kh, qld, PF_KT, PF_KT, S, PF_DQK);
+        pw_load_rows(sm + PW_OFF_ST + PW_STAGE_B + 3 * PW_BLK, vh, vld, PF_KT, PF_KT, S, PF_DV);
+    }
+    kimi_cp_async_commit();
+    kimi_cp_async_wait<1>();
+    wg_fence_proxy();
+    __syncthreads();   /* Q and tile 0 landed */
+
+    float oacc[64], s[32], al[2];
+    uint32_t pa[PF_KT / 16][4], pn[PF_KT / 16][4];
+#pragma unroll
+    for (int i = 0; i < 64; i++) oacc[i] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    const int r0 = 16 * w4 + g;                            /* this thread's rows: r0, r0 + 8 */
+    const int lim0 = pos0 + q0 + r0, lim1 = lim0 + 8;      /* last key each row sees */
+    const uint32_t sq = kimi_smem_addr(sm + wg * PW_Q_B);
+    const uint32_t st0 = kimi_smem_addr(sm + PW_OFF_ST);
+
+    if (ntw > 0) {   /* S and P of tile 0 */
+        pw_s_issue(s, sq, st0);
+        wg_wait<0>();
+        wg_fence_regs(s);
+        pw_softmax(s, 0, S, pos0 + q0, lim0, lim1, t, scale2, m, l, al, pa);
+    }
+
+    /* tile it: P V of it with pcur, S and P of it + 1 into pnext; the loop
+     * runs two tiles a pass so the P buffers swap roles without a copy (a
+     * copy into the buffer P V reads serializes the wgmmas) */
+    auto step = [&](int it, uint32_t (&pcur)[PF_KT / 16][4], uint32_t (&pnext)[PF_KT / 16][4]) {
+        __syncthreads();   /* A: every group is done with tile it - 1 */
+        if (it + 2 < nkt) {
+            uint8_t *nx = sm + PW_OFF_ST + ((it + 2) % 3) * PW_STAGE_B;
+            pw_load_rows(nx, kh, qld, (it + 2) * PF_KT, PF_KT, S, PF_DQK);
+            pw_load_rows(nx + 3 * PW_BLK, vh, vld, (it + 2) * PF_KT, PF_KT, S, PF_DV);
+        }
+        kimi_cp_async_commit();
+        kimi_cp_async_wait<1>();
+        wg_fence_proxy();
+        __syncthreads();   /* B: tile it + 1 landed for every thread */
+        if (it < ntw) {
+            const uint32_t sv = st0 + (it % 3) * PW_STAGE_B + 3 * PW_BLK;
+            if (it + 1 < ntw) {
+                pw_s_issue(s, sq, st0 + ((it + 1) % 3) * PW_STAGE_B);   /* S(it + 1) first: it completes first */
+                pw_pv_issue(oacc, pcur, sv);
+                wg_wait<1>();
+                wg_fence_regs(s);
+                pw_softmax(s, (it + 1) * PF_KT, S, pos0 + q0, lim0, lim1, t, scale2, m, l, al, pnext);
+                wg_wait<0>();
+                wg_fence_regs(oacc);
+                wg_fence_regs(pcur);
+                pw_rescale(oacc, al);
+            } else {
+                pw_pv_issue(oacc, pcur, sv);
+                wg_wait<0>();
+                wg_fence_regs(oacc);
+                wg_fence_regs(pcur);
+            }
+        }
+    };
+
+    for (int it = 0; it < nkt; it += 2) {
+        step(it, pa, pn);
+        if (it + 1 < nkt) {
+            step(it + 1, pn, pa);
+        }
+    }
+    if (q0 < T) {
+        pw_store(o, oacc, l, q0 + r0, T, H, h, t);
+    }
+}
+
 
 extern "C" int
 kimi_mla_prefill(const kimi_bf16_t *q, const kimi_bf16_t *k, const kimi_bf16_t *v,

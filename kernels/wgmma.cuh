@@ -86,6 +86,20 @@ static __device__ __forceinline__ void wg_fence_regs(float (&d)[N])
     }
 }
 
+/* The same for an A operand held in registers (the RS forms read it until
+ * the wgmma completes): fence after the wait, before it is written again. */
+template <int M, int N>
+static __device__ __forceinline__ void wg_fence_regs(uint32_t (&a)[M][N])
+{
+#pragma unroll
+    for (int i = 0; i < M; i++) {
+#pragma unroll
+        for (int j = 0; j < N; j++) {
+            asm volatile("" : "+r"(a[i][j]) :: "memory");
+        }
+    }
+}
+
 /* D[64 x N] (+)= A[64 x 16] B[16 x N] on bf16, fp32 accumulators; A K-major,
  * B K-major (TRANS_B 0) or N-major (1); accumulate 0 overwrites D. */
 template <int TRANS_B>

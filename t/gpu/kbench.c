@@ -724,6 +724,9 @@ run_bench(int argc, char **argv)
         /* 32 experts: 512 and 1024 rows per expert, the grouped GEMM target's size */
         bench_moe(lt, 32, tg, 2);
     }
+    if (strstr(what, "prefill")) {      /* "prefill": MLA prefill alone */
+        bench_mla_prefill();
+    }
     if (strstr(what, "all") || strstr(what, "mla")) {
         bench_mla(prop.multiProcessorCount);
         bench_mla_prefill();

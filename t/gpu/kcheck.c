@@ -1435,6 +1435,18 @@ test_mla_decode_all(void)
     test_mla_runs(40, l5, 0, 32, 16, 1);
 }
 
+/* Every MLA prefill case (KCHECK_ONLY=prefill runs these alone). */
+static void
+test_mla_prefill_all(void)
+{
+    test_mla_prefill(77, 77, 0, 8);
+    test_mla_prefill(100, 300, 200, 4);
+    test_mla_prefill(5, 1029, 1024, 64);
+    test_mla_prefill(300, 300, 0, 16);       /* query tiles crossing the diagonal, a partial last one */
+    test_mla_prefill(129, 1153, 1024, 8);    /* a chunk after a cached prefix: one query past a tile */
+    test_mla_prefill(1000, 1000, 0, 2);      /* 16 key tiles: a long pipeline */
+}
+
 int run_bench(int argc, char **argv);
 
 int
@@ -1456,6 +1468,11 @@ main(int argc, char **argv)
     }
     if (getenv("KCHECK_ONLY") != NULL && strcmp(getenv("KCHECK_ONLY"), "mla") == 0) {
         test_mla_decode_all();
+        printf("1..%d\n", n_test);
+        return n_fail ? 1 : 0;
+    }
+    if (getenv("KCHECK_ONLY") != NULL && strcmp(getenv("KCHECK_ONLY"), "prefill") == 0) {
+        test_mla_prefill_all();
         printf("1..%d\n", n_test);
         return n_fail ? 1 : 0;
     }
@@ -1510,11 +1527,7 @@ main(int argc, char **argv)
     test_moe(1600, 512, 256, 8, 6, 1);    /* 193 rows per slot: 128-row tiles, K of 2 blocks */
     test_moe(16, 512, 256, 1, 1, 0);      /* 32 rows in all: h's TMA box (64 rows) past the map */
     test_mla_decode_all();
-    test_mla_prefill(77, 77, 0, 8);
-    test_mla_prefill(100, 300, 200, 4);
-    test_mla_prefill(5, 1029, 1024, 64);
-    test_mla_prefill(300, 300, 0, 16);       /* 128-query tiles crossing the diagonal, a partial last one */
-    test_mla_prefill(129, 1153, 1024, 8);    /* a chunk after a cached prefix: one query past a tile */
+    test_mla_prefill_all();
     test_add(7 * 7168 + 3);
     test_logit_edit(5, 163840, 4000);
     test_absorb(1, 64, 128, 128, 64);
