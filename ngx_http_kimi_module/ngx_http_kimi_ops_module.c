@@ -22,6 +22,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "ngx_http_kimi_zone.h"
 #include "ngx_http_kimi_ops_common.h"
 
 
@@ -564,40 +565,14 @@ static char *
 ngx_http_kimi_token_budget_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {
-    u_char                         *p;
     ssize_t                         size;
-    ngx_str_t                      *value, name, s;
+    ngx_str_t                      *value, name;
     ngx_shm_zone_t                 *zone, **zp;
     ngx_http_kimi_ops_main_conf_t  *kmcf;
 
     value = cf->args->elts;
 
-    p = (u_char *) ngx_strchr(value[1].data, ':');
-
-    if (p == NULL || p == value[1].data) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid zone \"%V\", expected NAME:SIZE",
-                           &value[1]);
-        return NGX_CONF_ERROR;
-    }
-
-    name.data = value[1].data;
-    name.len = p - value[1].data;
-
-    s.data = p + 1;
-    s.len = value[1].data + value[1].len - s.data;
-
-    size = ngx_parse_size(&s);
-
-    if (size == NGX_ERROR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid zone size \"%V\"", &value[1]);
-        return NGX_CONF_ERROR;
-    }
-
-    if (size < (ssize_t) (8 * ngx_pagesize)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "zone \"%V\" is too small", &value[1]);
+    if (ngx_http_kimi_zone_arg(cf, &value[1], &name, &size) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 

@@ -20,6 +20,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_kimi.h"
+#include "ngx_http_kimi_zone.h"
 #if (NGX_HTTP_KIMI_OPS)
 #include "ngx_http_kimi_ops_common.h"
 #endif
@@ -71,9 +72,8 @@ ngx_http_kimi_responses_store_conf(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_kimi_loc_conf_t *klcf = conf;
 
-    u_char                 *p;
     ssize_t                 size;
-    ngx_str_t              *value, name, s;
+    ngx_str_t              *value, name;
     ngx_shm_zone_t         *zone;
     ngx_http_kimi_store_t  *st;
 
@@ -88,29 +88,7 @@ ngx_http_kimi_responses_store_conf(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_OK;
     }
 
-    p = (u_char *) ngx_strchr(value[1].data, ':');
-    if (p == NULL || p == value[1].data) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" is not NAME:SIZE or off", &value[1]);
-        return NGX_CONF_ERROR;
-    }
-
-    name.data = value[1].data;
-    name.len = p - value[1].data;
-    s.data = p + 1;
-    s.len = value[1].data + value[1].len - s.data;
-
-    size = ngx_parse_size(&s);
-    if (size == NGX_ERROR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid size in \"%V\"", &value[1]);
-        return NGX_CONF_ERROR;
-    }
-
-    if (size < (ssize_t) (8 * ngx_pagesize)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "responses store \"%V\" is too small (at least "
-                           "%uzk)", &value[1], 8 * ngx_pagesize / 1024);
+    if (ngx_http_kimi_zone_arg(cf, &value[1], &name, &size) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 

@@ -275,9 +275,9 @@ $t->stop;
 $t = KimiTest->new(default => { text => 'x' });
 my $c = KimiConf->new($t, 'conf/nginx-run.conf');
 my $module = Cwd::abs_path($t->{module});
-for my $bad (['resp', qr/"resp" is not NAME:SIZE or off/],
-             ['resp:lots', qr/invalid size in "resp:lots"/],
-             ['resp:4k', qr/responses store "resp:4k" is too small/],
+for my $bad (['resp', qr/invalid zone "resp", expected NAME:SIZE/],
+             ['resp:lots', qr/invalid zone size "resp:lots"/],
+             ['resp:4k', qr/zone "resp:4k" is too small \(at least 32k\)/],
              ['resp:1m; kimi_responses_store resp:1m', qr/is duplicate/])
 {
     my ($rc, $out) = $c->nginx_t("load_module $module;\nevents {}\n"
