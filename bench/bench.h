@@ -62,6 +62,10 @@ typedef struct {
     uint32_t          num_prompts;
     uint64_t          seed;
 
+    uint32_t          num_warmups;     /* copies of the test request first */
+    double            goodput_ms[3];   /* SLOs: ttft, tpot, e2el; NAN: none */
+    int               goodput_set;
+
     /* traffic */
     double            request_rate;    /* INFINITY: all at t = 0 */
     double            burstiness;
@@ -153,6 +157,7 @@ typedef struct {
     uint64_t          total_output;
     double            duration_s;
     double            request_throughput;
+    double            request_goodput;  /* NAN: no --goodput */
     double            output_throughput;
     double            total_token_throughput;
     double            max_output_tokens_per_s;
@@ -238,6 +243,10 @@ int    bench_metrics_compute(const bench_req_t *reqs, size_t n,
     double duration_s, const double *pcts, size_t n_pcts,
     bench_metrics_t *m);
 void   bench_metrics_free(bench_metrics_t *m);
+/* vLLM's request goodput: completed requests within every --goodput SLO
+ * (a request of one token has TPOT 0), per second; NAN without SLOs */
+double bench_goodput(const bench_opts_t *o, const bench_req_t *reqs,
+    size_t n, double duration_s);
 /* TPOT of one request: (E2EL - TTFT) / (tokens - 1); < 0 when undefined */
 double bench_tpot(const bench_req_t *r);
 void   bench_py_float(double v, char *buf, size_t len);   /* str(float) */

@@ -41,7 +41,7 @@ enum {
     OPT_TIMEOUT, OPT_REQ_TIMEOUT, OPT_READY_TIMEOUT, OPT_NO_PROGRESS,
     OPT_DUMP_PROMPTS, OPT_ENGINE_IPC, OPT_OBS_WIDTH, OPT_OBS_SPIN, OPT_HELP,
     OPT_DATASET_PATH, OPT_SHAREGPT_OUT, OPT_CUSTOM_OUT, OPT_SKIP_TEMPLATE,
-    OPT_NO_SHUFFLE, OPT_NO_OVERSAMPLE,
+    OPT_NO_SHUFFLE, OPT_NO_OVERSAMPLE, OPT_GOODPUT, OPT_WARMUPS,
 };
 
 static const struct option  bench_options[] = {
@@ -62,6 +62,8 @@ static const struct option  bench_options[] = {
     { "custom-skip-chat-template", no_argument,     NULL, OPT_SKIP_TEMPLATE },
     { "disable-shuffle",         no_argument,       NULL, OPT_NO_SHUFFLE },
     { "no-oversample",           no_argument,       NULL, OPT_NO_OVERSAMPLE },
+    { "goodput",                 required_argument, NULL, OPT_GOODPUT },
+    { "num-warmups",             required_argument, NULL, OPT_WARMUPS },
     { "random-input-len",        required_argument, NULL, OPT_IN_LEN },
     { "random-output-len",       required_argument, NULL, OPT_OUT_LEN },
     { "random-range-ratio",      required_argument, NULL, OPT_RANGE },
@@ -111,6 +113,7 @@ static const bench_num_opt_t  bench_num_opts[] = {
     { OPT_NUM_PROMPTS, "num-prompts", offsetof(bench_opts_t, num_prompts), 1 },
     { OPT_SHAREGPT_OUT, "sharegpt-output-len", offsetof(bench_opts_t, sharegpt_output_len), 1 },
     { OPT_CUSTOM_OUT, "custom-output-len", offsetof(bench_opts_t, custom_output_len), 1 },
+    { OPT_WARMUPS, "num-warmups", offsetof(bench_opts_t, num_warmups), 1 },
     { OPT_MAX_CONC, "max-concurrency", offsetof(bench_opts_t, max_concurrency), 1 },
     { OPT_RANGE, "random-range-ratio", offsetof(bench_opts_t, range_ratio), 0 },
     { OPT_RATE, "request-rate", offsetof(bench_opts_t, request_rate), 0 },
@@ -152,11 +155,13 @@ static const char  bench_usage[] =
 "  --burstiness B            gamma shape (1 = Poisson)\n"
 "  --max-concurrency N       at most N requests in flight\n"
 "  --ignore-eos              always on for the random dataset (as vLLM)\n"
+"  --num-warmups N           N copies of the test request first, not counted\n"
 "  --temperature T           default 0.0 (greedy, as vLLM)\n"
 "  --top-p P, --top-k K, --min-p P   sent only when given\n"
 "output:\n"
 "  --percentile-metrics L    default ttft,tpot,itl (e2el on request)\n"
 "  --metric-percentiles L    default 99\n"
+"  --goodput KEY:MS ...      SLOs (ttft, tpot, e2el): report request goodput\n"
 "  --save-result [--result-dir D] [--result-filename F] [--save-detailed]\n"
 "  --plot FILE.png           TTFT/ITL histograms, throughput over time\n"
 "limits:\n"
@@ -243,6 +248,41 @@ bench_parse_num_opt(int c, const char *arg, bench_opts_t *o)
 }
 
 
+/* One --goodput SLO, "ttft:MS", "tpot:MS" or "e2el:MS" (vLLM takes several
+ * after one --goodput: they arrive here as arguments of their own) */
+static int
+bench_parse_goodput(const char *arg, bench_opts_t *o)
+{
+    static const char *const  keys[] = { "ttft", "tpot", "e2el" };
+    const char               *colon = strchr(arg, ':');
+    double                    ms;
+    size_t                    k;
+
+    for (k = 0; colon != NULL && k < 3; k++) {
+        if ((size_t) (colon - arg) == strlen(keys[k])
+            && strncmp(arg, keys[k], colon - arg) == 0)
+        {
+            break;
+        }
+    }
+
+    if (colon == NULL || k == 3) {
+        fprintf(stderr, "kimi-bench: --goodput \"%s\": expected KEY:VALUE "
+                "with KEY ttft, tpot or e2el\n", arg);
+        return -1;
+    }
+    if (bench_parse_double("goodput", colon + 1, &ms) != 0 || !(ms >= 0.0)) {
+        fprintf(stderr, "kimi-bench: --goodput \"%s\": the SLO must be a "
+                "number of milliseconds >= 0\n", arg);
+        return -1;
+    }
+
+    o->goodput_ms[k] = ms;
+    o->goodput_set = 1;
+    return 0;
+}
+
+
 static int
 bench_parse_args(int argc, char **argv, bench_opts_t *o)
 {
@@ -260,6 +300,7 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     o->output_len = 128;
     o->num_prompts = 1000;
     o->custom_output_len = 256;
+    o->goodput_ms[0] = o->goodput_ms[1] = o->goodput_ms[2] = NAN;
     o->request_rate = INFINITY;
     o->burstiness = 1.0;
     o->temperature = 0.0;
@@ -294,6 +335,12 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
         case OPT_SKIP_TEMPLATE: o->skip_chat_template = 1; break;
         case OPT_NO_SHUFFLE:   o->disable_shuffle = 1; break;
         case OPT_NO_OVERSAMPLE: o->no_oversample = 1; break;
+
+        case OPT_GOODPUT:
+            if (bench_parse_goodput(optarg, o) != 0) {
+                return -1;
+            }
+            break;
         case OPT_IGNORE_EOS:   o->ignore_eos = 1; break;
         case OPT_PCT_METRICS:  o->percentile_metrics = optarg; break;
         case OPT_PCTS:         pcts = optarg; break;
@@ -341,6 +388,13 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
 
         default:
             fputs(bench_usage, stderr);
+            return -1;
+        }
+    }
+
+    /* the rest of a --goodput list (getopt moved them here) */
+    for (; optind < argc && o->goodput_set; optind++) {
+        if (bench_parse_goodput(argv[optind], o) != 0) {
             return -1;
         }
     }
@@ -719,6 +773,62 @@ bench_cpu_s(int sys)
 
 /* vLLM's "Starting initial single prompt test run...": request 0 until it
  * succeeds or the ready timeout passes. */
+/* vLLM's --num-warmups: that many copies of the test request, at most
+ * --max-concurrency at once, before the measured run (not counted) */
+static int
+bench_warmup(const bench_opts_t *o, const bench_client_cfg_t *cfg0,
+    const bench_req_t *first)
+{
+    bench_client_cfg_t  cfg = *cfg0;
+    bench_req_t        *w;
+    double             *zero, dur;
+    kimi_err_t          err;
+    uint32_t            i;
+    int                 rc;
+
+    if (o->num_warmups == 0) {
+        return 0;
+    }
+
+    printf("Warming up with %u requests...\n", o->num_warmups);
+    fflush(stdout);
+
+    w = calloc(o->num_warmups, sizeof(bench_req_t));
+    zero = calloc(o->num_warmups, sizeof(double));
+    if (w == NULL || zero == NULL) {
+        free(w);
+        free(zero);
+        fprintf(stderr, "kimi-bench: out of memory for the warmup\n");
+        return -1;
+    }
+
+    for (i = 0; i < o->num_warmups; i++) {
+        w[i].prompt_len = first->prompt_len;
+        w[i].output_len = first->output_len;
+        w[i].body = first->body;            /* shared: never freed here */
+        w[i].body_len = first->body_len;
+    }
+
+    cfg.progress = 0;
+    rc = bench_client_run(&cfg, w, o->num_warmups, zero, &dur, NULL, &err);
+    if (rc != 0) {
+        fprintf(stderr, "kimi-bench: warmup: %s\n", err.msg);
+    }
+
+    for (i = 0; i < o->num_warmups; i++) {
+        bench_req_clear_output(&w[i]);
+    }
+    free(w);
+    free(zero);
+
+    if (rc == 0) {
+        printf("Warmup run completed.\n");
+    }
+
+    return rc;
+}
+
+
 static int
 bench_ready_check(const bench_opts_t *o, const bench_client_cfg_t *cfg0,
     const bench_req_t *first)
@@ -903,7 +1013,9 @@ main(int argc, char **argv)
 
     bench_arrivals(&o, arrivals, n);
 
-    if (bench_ready_check(&o, &cfg, &reqs[0]) != 0) {
+    if (bench_ready_check(&o, &cfg, &reqs[0]) != 0
+        || bench_warmup(&o, &cfg, &reqs[0]) != 0)
+    {
         goto done;
     }
 
@@ -963,6 +1075,7 @@ main(int argc, char **argv)
     }
     m.cpu_user_s = u0;
     m.cpu_sys_s = s0;
+    m.request_goodput = bench_goodput(&o, reqs, n, duration);
 
     if (ob != NULL) {
         /* the observer thread's CPU is in RUSAGE_SELF: take it out */

@@ -126,6 +126,9 @@ bench_report_print(const bench_opts_t *o, const bench_metrics_t *m,
     bench_print_u("Total input tokens:", m->total_input);
     bench_print_u("Total generated tokens:", m->total_output);
     bench_print_f("Request throughput (req/s):", m->request_throughput);
+    if (!isnan(m->request_goodput)) {
+        bench_print_f("Request goodput (req/s):", m->request_goodput);
+    }
     bench_print_f("Output token throughput (tok/s):", m->output_throughput);
     bench_print_f("Peak output token throughput (tok/s):",
                   m->max_output_tokens_per_s);
@@ -317,7 +320,9 @@ bench_report_json(const bench_opts_t *o, const bench_metrics_t *m,
                         json_integer(m->total_output));
     json_object_set_new(js, "request_throughput",
                         json_real(m->request_throughput));
-    json_object_set_new(js, "request_goodput", json_null());
+    json_object_set_new(js, "request_goodput",
+                        isnan(m->request_goodput)
+                        ? json_null() : json_real(m->request_goodput));
     json_object_set_new(js, "output_throughput",
                         json_real(m->output_throughput));
     json_object_set_new(js, "total_token_throughput",

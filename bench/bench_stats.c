@@ -294,3 +294,35 @@ bench_percentile_word(double p, char *buf, size_t len)
         bench_py_float(p, buf, len);
     }
 }
+
+
+double
+bench_goodput(const bench_opts_t *o, const bench_req_t *reqs, size_t n,
+    double duration_s)
+{
+    size_t  i, good = 0;
+    double  v[3];
+
+    if (!o->goodput_set || duration_s <= 0.0) {
+        return NAN;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (!reqs[i].success) {
+            continue;
+        }
+
+        v[0] = reqs[i].ttft_s * 1e3;
+        v[1] = reqs[i].output_tokens > 1 ? bench_tpot(&reqs[i]) * 1e3 : 0.0;
+        v[2] = reqs[i].latency_s * 1e3;
+
+        if ((isnan(o->goodput_ms[0]) || v[0] <= o->goodput_ms[0])
+            && (isnan(o->goodput_ms[1]) || v[1] <= o->goodput_ms[1])
+            && (isnan(o->goodput_ms[2]) || v[2] <= o->goodput_ms[2]))
+        {
+            good++;
+        }
+    }
+
+    return good / duration_s;
+}

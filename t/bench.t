@@ -554,6 +554,37 @@ SKIP: {
     is($magic, "\x89PNG", 'and it is a PNG');
 }
 
+# ---- --goodput and --num-warmups ------------------------------------------------
+
+{
+    # TTFT 60 ms, TPOT 20 ms, E2EL 60 + 24 x 20 = 540 ms for every request
+    my $s4 = fake_server(ttft_ms => 60, delay_ms => 20);
+    my $g = bench($s4->{port}, '--num-prompts', 4, '--goodput', 'ttft:300',
+        'tpot:40', 'e2el:2000', '--num-warmups', 3,
+        '--ready-check-timeout-sec', 5);
+    my $st4 = fake_stop($s4);
+    like($g->{out}, qr/^Request goodput \(req\/s\):\s+[0-9.]+\s*$/m,
+        'goodput is reported after request throughput');
+    ok(within($g->{r}{request_goodput}, $g->{r}{request_throughput}, 1e-9),
+        'every request within ttft:300 tpot:40 e2el:2000: goodput = '
+        . 'throughput') or diag $g->{out};
+    like($g->{out}, qr/Warming up with 3 requests\.\.\.\nWarmup run completed\./,
+        '--num-warmups says so');
+    is($st4->{requests}, 1 + 3 + 4,
+        'the test request, 3 warmups and the 4 measured ones were sent');
+    is($g->{r}{completed}, 4, 'warmups are not counted');
+
+    $s4 = fake_server(ttft_ms => 60, delay_ms => 20);
+    $g = bench($s4->{port}, '--num-prompts', 4, '--goodput', 'tpot:10');
+    fake_stop($s4);
+    is($g->{r}{request_goodput}, 0, 'tpot:10 against 20 ms: goodput 0');
+    $g = bench(1, '--goodput', 'itl:10');
+    like($g->{out}, qr/--goodput "itl:10": expected KEY:VALUE/,
+        'an unknown goodput key');
+    $g = bench(1, '--goodput', 'ttft:-1');
+    like($g->{out}, qr/must be a number of milliseconds/, 'a negative SLO');
+}
+
 # ---- the file datasets: ShareGPT and custom, chosen as vLLM chooses ----------
 
 SKIP: {
