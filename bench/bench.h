@@ -68,6 +68,8 @@ typedef struct {
 
     /* traffic */
     double            request_rate;    /* INFINITY: all at t = 0 */
+    char             *ramp_up;         /* NULL, "linear" or "exponential" */
+    double            ramp_start_rps, ramp_end_rps;
     double            burstiness;
     uint32_t          max_concurrency; /* 0: unlimited */
     int               ignore_eos;
@@ -197,6 +199,7 @@ int bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
 
 int  bench_dataset_random(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     bench_req_t *reqs, kimi_err_t *err);
+double bench_rate_at(const bench_opts_t *o, size_t i, size_t n);
 void bench_arrivals(const bench_opts_t *o, double *arrival_s, size_t n);
 uint64_t bench_rng_next(uint64_t *state);
 double   bench_rng_uniform(uint64_t *state);           /* [0, 1) */

@@ -263,24 +263,46 @@ bench_rng_gamma(uint64_t *state, double shape, double scale)
 }
 
 
+/* Request i's rate: --request-rate, or the ramp-up's at progress
+ * i / (n - 1) (vLLM's _get_current_request_rate) */
+double
+bench_rate_at(const bench_opts_t *o, size_t i, size_t n)
+{
+    double  progress = (double) i / (double) (n > 1 ? n - 1 : 1);
+
+    if (o->ramp_up == NULL) {
+        return o->request_rate;
+    }
+    if (strcmp(o->ramp_up, "linear") == 0) {
+        return o->ramp_start_rps
+               + (o->ramp_end_rps - o->ramp_start_rps) * progress;
+    }
+
+    return o->ramp_start_rps * pow(o->ramp_end_rps / o->ramp_start_rps,
+                                   progress);
+}
+
+
 /*
- * vLLM's get_request(): gamma(burstiness, 1/(rate*burstiness)) gaps,
- * accumulated, then scaled so the last request leaves at n/rate.
+ * vLLM's get_request(): gamma(burstiness, 1/(rate*burstiness)) gaps at each
+ * request's rate, accumulated; without a ramp-up then scaled so the last
+ * request leaves at n/rate.
  */
 void
 bench_arrivals(const bench_opts_t *o, double *arrival_s, size_t n)
 {
     uint64_t  st = o->seed ^ 0x61727269766c7331ULL;   /* own stream */
-    double    theta, scale;
+    double    theta, scale, rate;
     size_t    i;
 
     for (i = 0; i < n; i++) {
-        if (isinf(o->request_rate)) {
+        rate = bench_rate_at(o, i, n);
+        if (isinf(rate)) {
             arrival_s[i] = 0.0;
         } else if (isinf(o->burstiness)) {
-            arrival_s[i] = 1.0 / o->request_rate;
+            arrival_s[i] = 1.0 / rate;
         } else {
-            theta = 1.0 / (o->request_rate * o->burstiness);
+            theta = 1.0 / (rate * o->burstiness);
             arrival_s[i] = bench_rng_gamma(&st, o->burstiness, theta);
         }
         if (i > 0) {
@@ -288,7 +310,7 @@ bench_arrivals(const bench_opts_t *o, double *arrival_s, size_t n)
         }
     }
 
-    if (n > 0 && arrival_s[n - 1] > 0.0) {
+    if (o->ramp_up == NULL && n > 0 && arrival_s[n - 1] > 0.0) {
         scale = ((double) n / o->request_rate) / arrival_s[n - 1];
         for (i = 0; i < n; i++) {
             arrival_s[i] *= scale;

@@ -42,6 +42,7 @@ enum {
     OPT_DUMP_PROMPTS, OPT_ENGINE_IPC, OPT_OBS_WIDTH, OPT_OBS_SPIN, OPT_HELP,
     OPT_DATASET_PATH, OPT_SHAREGPT_OUT, OPT_CUSTOM_OUT, OPT_SKIP_TEMPLATE,
     OPT_NO_SHUFFLE, OPT_NO_OVERSAMPLE, OPT_GOODPUT, OPT_WARMUPS,
+    OPT_RAMP, OPT_RAMP_START, OPT_RAMP_END,
 };
 
 static const struct option  bench_options[] = {
@@ -64,6 +65,9 @@ static const struct option  bench_options[] = {
     { "no-oversample",           no_argument,       NULL, OPT_NO_OVERSAMPLE },
     { "goodput",                 required_argument, NULL, OPT_GOODPUT },
     { "num-warmups",             required_argument, NULL, OPT_WARMUPS },
+    { "ramp-up-strategy",        required_argument, NULL, OPT_RAMP },
+    { "ramp-up-start-rps",       required_argument, NULL, OPT_RAMP_START },
+    { "ramp-up-end-rps",         required_argument, NULL, OPT_RAMP_END },
     { "random-input-len",        required_argument, NULL, OPT_IN_LEN },
     { "random-output-len",       required_argument, NULL, OPT_OUT_LEN },
     { "random-range-ratio",      required_argument, NULL, OPT_RANGE },
@@ -114,6 +118,8 @@ static const bench_num_opt_t  bench_num_opts[] = {
     { OPT_SHAREGPT_OUT, "sharegpt-output-len", offsetof(bench_opts_t, sharegpt_output_len), 1 },
     { OPT_CUSTOM_OUT, "custom-output-len", offsetof(bench_opts_t, custom_output_len), 1 },
     { OPT_WARMUPS, "num-warmups", offsetof(bench_opts_t, num_warmups), 1 },
+    { OPT_RAMP_START, "ramp-up-start-rps", offsetof(bench_opts_t, ramp_start_rps), 0 },
+    { OPT_RAMP_END, "ramp-up-end-rps", offsetof(bench_opts_t, ramp_end_rps), 0 },
     { OPT_MAX_CONC, "max-concurrency", offsetof(bench_opts_t, max_concurrency), 1 },
     { OPT_RANGE, "random-range-ratio", offsetof(bench_opts_t, range_ratio), 0 },
     { OPT_RATE, "request-rate", offsetof(bench_opts_t, request_rate), 0 },
@@ -153,6 +159,8 @@ static const char  bench_usage[] =
 "traffic:\n"
 "  --request-rate R          req/s, Poisson (default inf: all at t=0)\n"
 "  --burstiness B            gamma shape (1 = Poisson)\n"
+"  --ramp-up-strategy linear|exponential  --ramp-up-start-rps R\n"
+"  --ramp-up-end-rps R       the rate climbs from start to end over the run\n"
 "  --max-concurrency N       at most N requests in flight\n"
 "  --ignore-eos              always on for the random dataset (as vLLM)\n"
 "  --num-warmups N           N copies of the test request first, not counted\n"
@@ -301,6 +309,7 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     o->num_prompts = 1000;
     o->custom_output_len = 256;
     o->goodput_ms[0] = o->goodput_ms[1] = o->goodput_ms[2] = NAN;
+    o->ramp_start_rps = o->ramp_end_rps = NAN;
     o->request_rate = INFINITY;
     o->burstiness = 1.0;
     o->temperature = 0.0;
@@ -335,6 +344,7 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
         case OPT_SKIP_TEMPLATE: o->skip_chat_template = 1; break;
         case OPT_NO_SHUFFLE:   o->disable_shuffle = 1; break;
         case OPT_NO_OVERSAMPLE: o->no_oversample = 1; break;
+        case OPT_RAMP:         o->ramp_up = optarg; break;
 
         case OPT_GOODPUT:
             if (bench_parse_goodput(optarg, o) != 0) {
@@ -433,6 +443,38 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     }
     if (!(o->request_rate > 0.0)) {
         fprintf(stderr, "kimi-bench: --request-rate must be > 0 (or inf)\n");
+        return -1;
+    }
+    /* vLLM's ramp-up rules */
+    if (o->ramp_up != NULL) {
+        if (strcmp(o->ramp_up, "linear") != 0
+            && strcmp(o->ramp_up, "exponential") != 0)
+        {
+            fprintf(stderr, "kimi-bench: --ramp-up-strategy must be linear "
+                    "or exponential\n");
+            return -1;
+        }
+        if (!isinf(o->request_rate)) {
+            fprintf(stderr, "kimi-bench: with --ramp-up-strategy the ramp "
+                    "sets the request rate: leave out --request-rate\n");
+            return -1;
+        }
+        if (isnan(o->ramp_start_rps) || isnan(o->ramp_end_rps)) {
+            fprintf(stderr, "kimi-bench: --ramp-up-strategy needs "
+                    "--ramp-up-start-rps and --ramp-up-end-rps\n");
+            return -1;
+        }
+        if (!(o->ramp_start_rps > 0.0) || isinf(o->ramp_end_rps)
+            || o->ramp_start_rps > o->ramp_end_rps)
+        {
+            fprintf(stderr, "kimi-bench: the ramp needs 0 < "
+                    "--ramp-up-start-rps <= --ramp-up-end-rps\n");
+            return -1;
+        }
+
+    } else if (!isnan(o->ramp_start_rps) || !isnan(o->ramp_end_rps)) {
+        fprintf(stderr, "kimi-bench: --ramp-up-start-rps/--ramp-up-end-rps "
+                "need --ramp-up-strategy\n");
         return -1;
     }
     if (!(o->burstiness > 0.0)) {
@@ -1020,8 +1062,18 @@ main(int argc, char **argv)
     }
 
     printf("Starting main benchmark run...\n");
-    bench_py_float(o.request_rate, num, sizeof(num));
-    printf("Traffic request rate: %s\n", num);
+    if (o.ramp_up != NULL) {
+        char  num2[64];
+
+        bench_py_float(o.ramp_start_rps, num, sizeof(num));
+        bench_py_float(o.ramp_end_rps, num2, sizeof(num2));
+        printf("Traffic ramp-up strategy: %s. Will increase RPS from %s to "
+               "%s RPS over the duration of the benchmark.\n", o.ramp_up,
+               num, num2);
+    } else {
+        bench_py_float(o.request_rate, num, sizeof(num));
+        printf("Traffic request rate: %s\n", num);
+    }
     bench_py_float(o.burstiness, num, sizeof(num));
     printf("Burstiness factor: %s (%s)\n", num,
            o.burstiness == 1.0 ? "Poisson process" : "Gamma distribution");

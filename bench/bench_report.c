@@ -308,6 +308,13 @@ bench_report_json(const bench_opts_t *o, const bench_metrics_t *m,
                         ? json_string("inf") : json_real(o->request_rate));
     json_object_set_new(js, "burstiness",
                         bench_json_real_or_null(o->burstiness));
+    if (o->ramp_up != NULL) {
+        json_object_set_new(js, "ramp_up_strategy", json_string(o->ramp_up));
+        json_object_set_new(js, "ramp_up_start_rps",
+                            json_real(o->ramp_start_rps));
+        json_object_set_new(js, "ramp_up_end_rps",
+                            json_real(o->ramp_end_rps));
+    }
     json_object_set_new(js, "max_concurrency", o->max_concurrency
                         ? json_integer(o->max_concurrency) : json_null());
 

@@ -585,6 +585,30 @@ SKIP: {
     like($g->{out}, qr/must be a number of milliseconds/, 'a negative SLO');
 }
 
+# ---- --ramp-up-strategy ---------------------------------------------------------
+
+{
+    # linear 2 -> 20 RPS over 8 requests with constant gaps (burstiness
+    # inf): request i leaves at sum_{j <= i} 1 / rate_j, the last at ~1.22 s
+    my $s5 = fake_server(ttft_ms => 5, delay_ms => 1);
+    my $g = bench($s5->{port}, '--num-prompts', 8, '--ramp-up-strategy',
+        'linear', '--ramp-up-start-rps', 2, '--ramp-up-end-rps', 20,
+        '--burstiness', 'inf');
+    fake_stop($s5);
+    my $want = 0;
+    $want += 1 / (2 + 18 * $_ / 7) for 0 .. 7;
+    ok($g->{r}{duration} > $want - 0.05 && $g->{r}{duration} < $want + 0.4,
+        sprintf('linear ramp: the last request leaves at %.2f s', $want))
+        or diag "duration $g->{r}{duration}\n$g->{out}";
+    like($g->{out}, qr/Traffic ramp-up strategy: linear\. Will increase RPS from 2\.0 to 20\.0/,
+        'the ramp is announced as vLLM does');
+    is($g->{r}{ramp_up_strategy}, 'linear', 'and saved in the result');
+    $g = bench(1, '--ramp-up-strategy', 'linear', '--ramp-up-start-rps', 5,
+        '--ramp-up-end-rps', 2);
+    like($g->{out}, qr/needs 0 < --ramp-up-start-rps <= --ramp-up-end-rps/,
+        'a falling ramp is refused');
+}
+
 # ---- the file datasets: ShareGPT and custom, chosen as vLLM chooses ----------
 
 SKIP: {
