@@ -63,6 +63,11 @@ typedef struct {
     uint64_t          seed;
 
     uint32_t          num_warmups;     /* copies of the test request first */
+    char            **headers;         /* --header KEY=VALUE ... */
+    size_t            n_headers;
+    char            **metadata;        /* --metadata KEY=VALUE ... (result) */
+    size_t            n_metadata;
+    int               append_result;
     double            goodput_ms[3];   /* SLOs: ttft, tpot, e2el; NAN: none */
     int               goodput_set;
 

@@ -41,8 +41,9 @@ enum {
     OPT_TIMEOUT, OPT_REQ_TIMEOUT, OPT_READY_TIMEOUT, OPT_NO_PROGRESS,
     OPT_DUMP_PROMPTS, OPT_ENGINE_IPC, OPT_OBS_WIDTH, OPT_OBS_SPIN, OPT_HELP,
     OPT_DATASET_PATH, OPT_SHAREGPT_OUT, OPT_CUSTOM_OUT, OPT_SKIP_TEMPLATE,
-    OPT_NO_SHUFFLE, OPT_NO_OVERSAMPLE, OPT_GOODPUT, OPT_WARMUPS,
-    OPT_RAMP, OPT_RAMP_START, OPT_RAMP_END,
+    OPT_NO_SHUFFLE, OPT_NO_OVERSAMPLE, OPT_WARMUPS,
+    OPT_RAMP, OPT_RAMP_START, OPT_RAMP_END, OPT_INPUT_LEN, OPT_OUTPUT_LEN,
+    OPT_APPEND, OPT_TOK_MODE,
 };
 
 static const struct option  bench_options[] = {
@@ -63,8 +64,11 @@ static const struct option  bench_options[] = {
     { "custom-skip-chat-template", no_argument,     NULL, OPT_SKIP_TEMPLATE },
     { "disable-shuffle",         no_argument,       NULL, OPT_NO_SHUFFLE },
     { "no-oversample",           no_argument,       NULL, OPT_NO_OVERSAMPLE },
-    { "goodput",                 required_argument, NULL, OPT_GOODPUT },
     { "num-warmups",             required_argument, NULL, OPT_WARMUPS },
+    { "input-len",               required_argument, NULL, OPT_INPUT_LEN },
+    { "output-len",              required_argument, NULL, OPT_OUTPUT_LEN },
+    { "append-result",           no_argument,       NULL, OPT_APPEND },
+    { "tokenizer-mode",          required_argument, NULL, OPT_TOK_MODE },
     { "ramp-up-strategy",        required_argument, NULL, OPT_RAMP },
     { "ramp-up-start-rps",       required_argument, NULL, OPT_RAMP_START },
     { "ramp-up-end-rps",         required_argument, NULL, OPT_RAMP_END },
@@ -147,10 +151,13 @@ static const char  bench_usage[] =
 "  --tokenizer DIR           the model directory's tokenizer (tiktoken.model\n"
 "                            or a Hugging Face tokenizer.json)\n"
 "  --api-key KEY             Authorization: Bearer KEY (or OPENAI_API_KEY)\n"
+"  --header KEY=VALUE ...    more headers on every request\n"
+"  --tokenizer-mode auto|hf  accepted (one tokenizer reader)\n"
 "dataset:\n"
 "  --dataset-name random|sharegpt|custom   --num-prompts N (1000)  --seed S (0)\n"
 "  --random-input-len N (1024)  --random-output-len N (128)\n"
 "  --random-range-ratio R (0)   --random-prefix-len N (0)\n"
+"  --input-len N, --output-len N  vLLM's general lengths (the dataset's)\n"
 "  --dataset-path FILE       sharegpt: ShareGPT's JSON; custom: JSON lines of\n"
 "                            {\"prompt\": ...} (shuffled by --seed as vLLM)\n"
 "  --sharegpt-output-len N   (default: each reply's own length)\n"
@@ -171,6 +178,8 @@ static const char  bench_usage[] =
 "  --metric-percentiles L    default 99\n"
 "  --goodput KEY:MS ...      SLOs (ttft, tpot, e2el): report request goodput\n"
 "  --save-result [--result-dir D] [--result-filename F] [--save-detailed]\n"
+"  --append-result           add the result to the file as one more line\n"
+"  --metadata KEY=VALUE ...  extra keys of the saved result\n"
 "  --plot FILE.png           TTFT/ITL histograms, throughput over time\n"
 "limits:\n"
 "  --timeout S               whole run (3600); what is left fails\n"
@@ -256,8 +265,95 @@ bench_parse_num_opt(int c, const char *arg, bench_opts_t *o)
 }
 
 
-/* One --goodput SLO, "ttft:MS", "tpot:MS" or "e2el:MS" (vLLM takes several
- * after one --goodput: they arrive here as arguments of their own) */
+/*
+ * vLLM's flags that take several values (--goodput KEY:MS ..., --header
+ * KEY=VALUE ..., --metadata KEY=VALUE ...): their values are taken out of
+ * argv here, up to the next "--" argument, before getopt sees it.  Returns
+ * the new argc (argv is rewritten in place).
+ */
+static int bench_parse_goodput(const char *arg, bench_opts_t *o);
+
+static int
+bench_take_lists(int argc, char **argv, bench_opts_t *o)
+{
+    int      i, j, out = 1;
+    char  ***list;
+    size_t  *n;
+
+    o->headers = calloc(argc, sizeof(char *));
+    o->metadata = calloc(argc, sizeof(char *));
+    if (o->headers == NULL || o->metadata == NULL) {
+        return -1;
+    }
+
+    for (i = 1; i < argc; i++) {
+        const char  *name = argv[i], *eq = strchr(name, '=');
+        size_t       len = eq && strncmp(name, "--", 2) == 0
+                           ? (size_t) (eq - name) : strlen(name);
+        int          goodput = len == 9 && strncmp(name, "--goodput", 9) == 0;
+
+        list = NULL;
+        n = NULL;
+        if (len == 8 && strncmp(name, "--header", 8) == 0) {
+            list = &o->headers;
+            n = &o->n_headers;
+        } else if (len == 10 && strncmp(name, "--metadata", 10) == 0) {
+            list = &o->metadata;
+            n = &o->n_metadata;
+        }
+
+        if (list == NULL && !goodput) {
+            argv[out++] = argv[i];
+            continue;
+        }
+
+        /* "--flag=VALUE" carries its first value */
+        int  inline_value = name[len] == '=';
+
+        if (inline_value) {
+            argv[i] = (char *) name + len + 1;
+            j = i;
+        } else {
+            j = i + 1;
+        }
+        i = j;
+
+        for (; j < argc && ((inline_value && j == i)
+                            || strncmp(argv[j], "--", 2) != 0); j++)
+        {
+            if (goodput) {
+                if (bench_parse_goodput(argv[j], o) != 0) {
+                    return -1;
+                }
+                continue;
+            }
+            if (strchr(argv[j], '=') == NULL || argv[j][0] == '=') {
+                fprintf(stderr, "kimi-bench: %.*s \"%s\": expected KEY=VALUE\n",
+                        (int) len, name, argv[j]);
+                return -1;
+            }
+            if (list == &o->headers && strpbrk(argv[j], "\r\n") != NULL) {
+                fprintf(stderr, "kimi-bench: --header \"%s\": no line breaks\n",
+                        argv[j]);
+                return -1;
+            }
+            (*list)[(*n)++] = argv[j];
+        }
+
+        if (j == i) {
+            fprintf(stderr, "kimi-bench: %.*s needs at least one value\n",
+                    (int) len, name);
+            return -1;
+        }
+        i = j - 1;
+    }
+
+    argv[out] = NULL;
+    return out;
+}
+
+
+/* One --goodput SLO, "ttft:MS", "tpot:MS" or "e2el:MS" */
 static int
 bench_parse_goodput(const char *arg, bench_opts_t *o)
 {
@@ -310,6 +406,11 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     o->custom_output_len = 256;
     o->goodput_ms[0] = o->goodput_ms[1] = o->goodput_ms[2] = NAN;
     o->ramp_start_rps = o->ramp_end_rps = NAN;
+
+    argc = bench_take_lists(argc, argv, o);
+    if (argc < 0) {
+        return -1;
+    }
     o->request_rate = INFINITY;
     o->burstiness = 1.0;
     o->temperature = 0.0;
@@ -345,12 +446,33 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
         case OPT_NO_SHUFFLE:   o->disable_shuffle = 1; break;
         case OPT_NO_OVERSAMPLE: o->no_oversample = 1; break;
         case OPT_RAMP:         o->ramp_up = optarg; break;
+        case OPT_APPEND:       o->append_result = 1; o->save_result = 1; break;
 
-        case OPT_GOODPUT:
-            if (bench_parse_goodput(optarg, o) != 0) {
+        case OPT_TOK_MODE:
+            if (strcmp(optarg, "auto") != 0 && strcmp(optarg, "hf") != 0) {
+                fprintf(stderr, "kimi-bench: --tokenizer-mode %s: only auto "
+                        "and hf (the tokenizer is read from --tokenizer)\n",
+                        optarg);
                 return -1;
             }
             break;
+
+        case OPT_INPUT_LEN:    /* vLLM's general lengths: the dataset's own */
+        case OPT_OUTPUT_LEN:
+            if (bench_parse_u32(c == OPT_INPUT_LEN ? "input-len" : "output-len",
+                                optarg, &u) != 0)
+            {
+                return -1;
+            }
+            if (c == OPT_INPUT_LEN) {
+                o->input_len = u;
+            } else {
+                o->output_len = u;
+                o->sharegpt_output_len = u;
+                o->custom_output_len = u;
+            }
+            break;
+
         case OPT_IGNORE_EOS:   o->ignore_eos = 1; break;
         case OPT_PCT_METRICS:  o->percentile_metrics = optarg; break;
         case OPT_PCTS:         pcts = optarg; break;
@@ -398,13 +520,6 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
 
         default:
             fputs(bench_usage, stderr);
-            return -1;
-        }
-    }
-
-    /* the rest of a --goodput list (getopt moved them here) */
-    for (; optind < argc && o->goodput_set; optind++) {
-        if (bench_parse_goodput(argv[optind], o) != 0) {
             return -1;
         }
     }
@@ -667,7 +782,7 @@ bench_build_body(const bench_opts_t *o, bench_req_t *r, size_t index,
 {
     json_t  *js, *msg, *content, *part, *so;
     char    *json, *req;
-    size_t   json_len, cap;
+    size_t   json_len, cap, i;
     int      n;
 
     js = json_object();
@@ -723,6 +838,9 @@ bench_build_body(const bench_opts_t *o, bench_req_t *r, size_t index,
 
     cap = json_len + 1024 + (o->api_key ? strlen(o->api_key) : 0)
           + strlen(path) + strlen(host_hdr) + strlen(id_prefix);
+    for (i = 0; i < o->n_headers; i++) {
+        cap += strlen(o->headers[i]) + 4;
+    }
     req = malloc(cap);
     if (req == NULL) {
         free(json);
@@ -735,14 +853,23 @@ bench_build_body(const bench_opts_t *o, bench_req_t *r, size_t index,
                  "User-Agent: kimi-bench\r\n"
                  "Accept: */*\r\n"
                  "Content-Type: application/json\r\n"
-                 "%s%s%s"
-                 "x-request-id: %s%zu\r\n"
-                 "Content-Length: %zu\r\n"
-                 "\r\n",
+                 "%s%s%s",
                  path, host_hdr,
                  o->api_key ? "Authorization: Bearer " : "",
-                 o->api_key ? o->api_key : "", o->api_key ? "\r\n" : "",
-                 id_prefix, index, json_len);
+                 o->api_key ? o->api_key : "", o->api_key ? "\r\n" : "");
+    /* --header KEY=VALUE: after the fixed ones, before the request id
+     * (vLLM: they override the backend's, request ids override them) */
+    for (i = 0; i < o->n_headers; i++) {
+        const char  *eq = strchr(o->headers[i], '=');
+
+        n += snprintf(req + n, cap - n, "%.*s: %s\r\n",
+                      (int) (eq - o->headers[i]), o->headers[i], eq + 1);
+    }
+    n += snprintf(req + n, cap - n,
+                  "x-request-id: %s%zu\r\n"
+                  "Content-Length: %zu\r\n"
+                  "\r\n",
+                  id_prefix, index, json_len);
     memcpy(req + n, json, json_len);
 
     r->body = req;

@@ -426,7 +426,30 @@ bench_report_json(const bench_opts_t *o, const bench_metrics_t *m,
         json_object_set_new(js, "gateway_added_latency", a);
     }
 
-    if (json_dump_file(js, path, JSON_PRESERVE_ORDER) != 0) {
+    /* --metadata KEY=VALUE: keys of the result, as vLLM adds them */
+    for (size_t i = 0; i < o->n_metadata; i++) {
+        const char  *eq = strchr(o->metadata[i], '=');
+        char         key[256];
+
+        snprintf(key, sizeof(key), "%.*s", (int) (eq - o->metadata[i]),
+                 o->metadata[i]);
+        json_object_set_new(js, key, json_string(eq + 1));
+    }
+
+    if (o->append_result) {
+        /* vLLM's --append-result: one more JSON document, a line apart */
+        char  *text = json_dumps(js, JSON_PRESERVE_ORDER);
+        FILE  *f = text ? fopen(path, "a") : NULL;
+
+        if (f == NULL || (ftell(f) > 0 && fputc('\n', f) == EOF)
+            || fputs(text, f) == EOF || fclose(f) != 0)
+        {
+            rc = kimi_err_set(err, KIMI_EIO, "cannot append to \"%s\": %s",
+                              path, strerror(errno));
+        }
+        free(text);
+
+    } else if (json_dump_file(js, path, JSON_PRESERVE_ORDER) != 0) {
         rc = kimi_err_set(err, KIMI_EIO, "cannot write \"%s\": %s", path,
                           strerror(errno));
     }

@@ -131,6 +131,8 @@ sub fake_loop {
             my ($path) = $head =~ /^POST (\S+)/;
             my ($idx) = $head =~ /^x-request-id: \S*?(\d+)\s*$/mi;
             $st{auth}++ if $head =~ /^authorization: Bearer k123\r?$/mi;
+            $st{extra}++ if $head =~ /^x-bench-extra: 0\.3\.3\r?$/mi
+                && $head =~ /^x-tenant: blue\r?$/mi;
             my $req = decode_json(substr $body, 0, $len);
             $st{requests}++;
             $st{sampling} = join(',', map { "$_=" . ($req->{$_} // 'none') }
@@ -575,9 +577,31 @@ SKIP: {
     is($g->{r}{completed}, 4, 'warmups are not counted');
 
     $s4 = fake_server(ttft_ms => 60, delay_ms => 20);
-    $g = bench($s4->{port}, '--num-prompts', 4, '--goodput', 'tpot:10');
-    fake_stop($s4);
+    $g = bench($s4->{port}, '--num-prompts', 4, '--goodput=tpot:10',
+        '--header', 'x-bench-extra=0.3.3', 'x-tenant=blue', '--metadata',
+        'gpu=h200', 'run=7', '--input-len', 16);
+    $st4 = fake_stop($s4);
     is($g->{r}{request_goodput}, 0, 'tpot:10 against 20 ms: goodput 0');
+    is($st4->{extra}, 4, '--header KEY=VALUE ... on every request');
+    ok($g->{r}{gpu} eq 'h200' && $g->{r}{run} eq '7',
+        '--metadata KEY=VALUE ... in the result');
+    is($g->{r}{total_input_tokens}, 4 * 16, '--input-len sets the random '
+        . 'dataset\'s length');
+
+    # --append-result: one JSON document more per run
+    my $file = "$dir/append.json";
+    unlink $file;
+    for (1 .. 2) {
+        $s4 = fake_server(ttft_ms => 5, delay_ms => 1);
+        system("$bench --model fake --tokenizer $tokdir --port $s4->{port} "
+            . "--num-prompts 2 --random-input-len 8 --random-output-len 4 "
+            . "--ready-check-timeout-sec 0 --disable-tqdm --append-result "
+            . "--result-filename $file >/dev/null 2>&1");
+        fake_stop($s4);
+    }
+    my @docs = grep { /\S/ } split /\n/, do { local (@ARGV, $/) = $file; <> };
+    is(scalar @docs, 2, '--append-result: two runs, two lines');
+    is(decode_json($docs[1])->{completed}, 2, 'each a whole result');
     $g = bench(1, '--goodput', 'itl:10');
     like($g->{out}, qr/--goodput "itl:10": expected KEY:VALUE/,
         'an unknown goodput key');
