@@ -12,7 +12,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
-use KimiTest;
+use KimiTest qw(kimi_tool_calls);
 
 sub have_openai { system('python3 -c "import openai" >/dev/null 2>&1') == 0 }
 
@@ -27,9 +27,7 @@ unless (have_openai()) {
         unless have_openai();
 }
 
-my $call = '<|tool_calls_section_begin|><|tool_call_begin|>'
-    . 'functions.get_weather:0<|tool_call_argument_begin|>{"city": "Paris"}'
-    . '<|tool_call_end|><|tool_calls_section_end|>';
+my $call = kimi_tool_calls([ 'get_weather', '{"city": "Paris"}' ]);
 
 my $t = KimiTest->new(
     replies => [ { match => 'sunny', text => 'It is sunny.' },

@@ -17,11 +17,9 @@ use lib "$FindBin::Bin/lib";
 
 use JSON::PP;
 use Test::More;
-use KimiTest qw(chat_body);
+use KimiTest qw(kimi_tool_calls chat_body);
 
-my $call = '<|tool_calls_section_begin|><|tool_call_begin|>'
-    . 'functions.get_weather:0<|tool_call_argument_begin|>{"city": "Paris"}'
-    . '<|tool_call_end|><|tool_calls_section_end|>';
+my $call = kimi_tool_calls([ 'get_weather', '{"city": "Paris"}' ]);
 
 my $t = KimiTest->new(
     replies => [

@@ -17,16 +17,14 @@ use lib "$FindBin::Bin/lib";
 
 use JSON::PP;
 use Test::More;
-use KimiTest;
+use KimiTest qw(kimi_tool_calls);
 use KimiConf;
 use Cwd ();
 
 my $true = JSON::PP::true;
 my $false = JSON::PP::false;
 
-my $call = '<|tool_calls_section_begin|><|tool_call_begin|>'
-    . 'functions.get_weather:0<|tool_call_argument_begin|>{"city": "Paris"}'
-    . '<|tool_call_end|><|tool_calls_section_end|>';
+my $call = kimi_tool_calls([ 'get_weather', '{"city": "Paris"}' ]);
 
 my $t = KimiTest->new(
     replies => [ { match => 'sunny', text => 'It is sunny.' },

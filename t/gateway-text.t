@@ -18,13 +18,10 @@ use JSON::PP;
 use Test::More;
 binmode(Test::More->builder->$_, ':utf8')
     for qw(output failure_output todo_output);
-use KimiTest qw(chat_body completion_body);
+use KimiTest qw(chat_body completion_body kimi_tool_calls);
 
-my $call = 'Let me check.<|tool_calls_section_begin|><|tool_call_begin|>'
-    . 'functions.get_weather:0<|tool_call_argument_begin|>{"city": "Paris"}'
-    . '<|tool_call_end|><|tool_call_begin|>functions.get_time:1'
-    . '<|tool_call_argument_begin|>{"tz": "CET"}<|tool_call_end|>'
-    . '<|tool_calls_section_end|>';
+my $call = 'Let me check.' . kimi_tool_calls(
+    [ 'get_weather', '{"city": "Paris"}' ], [ 'get_time', '{"tz": "CET"}' ]);
 
 my $t = KimiTest->new(
     replies => [ { match => 'weather', text => $call },

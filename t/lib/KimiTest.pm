@@ -27,7 +27,7 @@ use Socket qw(IPPROTO_TCP TCP_NODELAY);
 use Test::More;
 use Time::HiRes qw(time sleep);
 
-our @EXPORT_OK = qw(chat_body completion_body);
+our @EXPORT_OK = qw(chat_body completion_body kimi_tool_calls);
 
 my $json = JSON::PP->new->utf8->canonical->allow_nonref;
 
@@ -531,6 +531,20 @@ sub many {
         $opt{on_tick}->([ map { $raw{$_} } 0 .. $n - 1 ]) if $opt{on_tick};
     }
     return map { parse_response($raw{$_}) } 0 .. $n - 1;
+}
+
+# ---- scripted model output ------------------------------------------------------
+
+# Kimi-K2's tool-call section as the model writes it: one call per
+# [name, arguments JSON] pair, ids functions.NAME:INDEX
+sub kimi_tool_calls {
+    my (@calls) = @_;
+    my $i = 0;
+    return '<|tool_calls_section_begin|>'
+        . join('', map { '<|tool_call_begin|>functions.' . $_->[0] . ':'
+            . $i++ . '<|tool_call_argument_begin|>' . $_->[1]
+            . '<|tool_call_end|>' } @calls)
+        . '<|tool_calls_section_end|>';
 }
 
 # ---- request bodies -----------------------------------------------------------
