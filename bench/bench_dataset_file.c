@@ -306,79 +306,69 @@ bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     }
 
     for (i = 0; i < n && n_taken < o->num_prompts; i++) {
-        e = order[i];
+        const char  *reply = NULL;
 
+        e = order[i];
+        text = NULL;
+        len = 0;
+        out_len = sharegpt ? o->sharegpt_output_len : o->custom_output_len;
+
+        /* the prompt text: ShareGPT's first turn, or a custom prompt as
+         * it is or through the chat template */
         if (sharegpt) {
             conv = json_object_get(e, "conversations");
-            if (!json_is_string(json_object_get(json_array_get(conv, 0),
-                                                "value"))
-                || !json_is_string(json_object_get(json_array_get(conv, 1),
+            reply = json_string_value(json_object_get(json_array_get(conv, 1),
+                                                      "value"));
+            if (reply == NULL
+                || !json_is_string(json_object_get(json_array_get(conv, 0),
                                                    "value")))
             {
                 continue;
             }
-
             text = strdup(json_string_value(
                        json_object_get(json_array_get(conv, 0), "value")));
-            len = text ? strlen(text) : 0;
-
-            if (text == NULL
-                || bench_count_tokens(tok, text, len, &in_len, err) != 0)
-            {
-                free(text);
-                goto done;
-            }
-
-            out_len = o->sharegpt_output_len;
-            if (out_len == 0) {
-                const char  *c = json_string_value(
-                    json_object_get(json_array_get(conv, 1), "value"));
-
-                if (bench_count_tokens(tok, c, strlen(c), &out_len, err)
-                    != 0)
-                {
-                    free(text);
-                    goto done;
-                }
-            }
-
-            if (in_len < BENCH_SHAREGPT_MIN_LEN
-                || (o->sharegpt_output_len == 0
-                    && out_len < BENCH_SHAREGPT_MIN_LEN)
-                || in_len > BENCH_SHAREGPT_MAX_PROMPT
-                || in_len + out_len > BENCH_SHAREGPT_MAX_TOTAL)
-            {
-                free(text);
-                continue;
-            }
 
         } else if (tpl != NULL) {
             msgs = json_pack("[{s:s,s:O}]", "role", "user", "content",
                              json_object_get(e, "prompt"));
-            rc = kimi_template_render(tpl, msgs, NULL, 1, &text, &len, err);
+            if (kimi_template_render(tpl, msgs, NULL, 1, &text, &len, err)
+                != 0)
+            {
+                json_decref(msgs);
+                goto done;
+            }
             json_decref(msgs);
-            if (rc != 0) {
-                rc = -1;
-                goto done;
-            }
-            rc = -1;
-
-            if (bench_count_tokens(tok, text, len, &in_len, err) != 0) {
-                free(text);
-                goto done;
-            }
-            out_len = o->custom_output_len;
 
         } else {
             text = strdup(json_string_value(json_object_get(e, "prompt")));
-            len = text ? strlen(text) : 0;
-            if (text == NULL
-                || bench_count_tokens(tok, text, len, &in_len, err) != 0)
-            {
-                free(text);
-                goto done;
-            }
-            out_len = o->custom_output_len;
+        }
+
+        if (text == NULL) {
+            kimi_err_set(err, KIMI_ENOMEM, "prompt %zu", i);
+            goto done;
+        }
+        if (len == 0) {
+            len = strlen(text);
+        }
+
+        if (bench_count_tokens(tok, text, len, &in_len, err) != 0
+            || (sharegpt && out_len == 0
+                && bench_count_tokens(tok, reply, strlen(reply), &out_len,
+                                      err) != 0))
+        {
+            free(text);
+            goto done;
+        }
+
+        if (sharegpt
+            && (in_len < BENCH_SHAREGPT_MIN_LEN
+                || (o->sharegpt_output_len == 0
+                    && out_len < BENCH_SHAREGPT_MIN_LEN)
+                || in_len > BENCH_SHAREGPT_MAX_PROMPT
+                || in_len + out_len > BENCH_SHAREGPT_MAX_TOTAL))
+        {
+            free(text);
+            continue;
         }
 
         reqs[n_taken].prompt = text;
