@@ -51,6 +51,11 @@
 #define KG_THREADS 384
 #define KG_Q_B     (64 * 128)                   /* one TMA box: 64 weight rows */
 #define KG_MAX_KB  64                           /* K <= 8192 */
+/* KG_ABL (measurement builds only, results wrong): 1 loads half of the
+ * weight boxes, 2 skips the MMAs and the promotion (the loads alone) */
+#ifndef KG_ABL
+#define KG_ABL 0
+#endif
 
 /* Shared memory of one BM: stages of A + 4 boxes of B, then the scales of
  * every stage, the producer's row table, the amax exchange, the barriers. */
@@ -213,9 +218,9 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
                 kimi_mbar_wait(&empty[st], ((it / S) & 1) ^ 1);
                 uint8_t *stg = sm + st * L::stage_b;
                 if (wt == 0) {
-                    kimi_mbar_arrive_tx(&full[st], 4 * KG_Q_B + (GATE_UP ? 0 : BM * 128));
+                    kimi_mbar_arrive_tx(&full[st], (KG_ABL == 1 ? 2 : 4) * KG_Q_B + (GATE_UP ? 0 : BM * 128));
 #pragma unroll
-                    for (int q = 0; q < 4; q++) {
+                    for (int q = 0; q < (KG_ABL == 1 ? 2 : 4); q++) {
                         /* gate_up: gate, up, gate, up of rows n0, n0, n0 + 64, n0 + 64 */
                         const int r = GATE_UP ? n0 + 64 * (q >> 1) : n0 + 64 * q;
                         kimi_tma_load_2d(stg + L::a_b + q * KG_Q_B, (GATE_UP && (q & 1)) ? mu : mg,
@@ -272,7 +277,7 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
         for (int kb = 0; kb < KB; kb++, it++) {
             const int st = it % S;
             kimi_mbar_wait(&full[st], (it / S) & 1);
-            if (!live) {
+            if (!live || KG_ABL == 2) {
                 if (lane == 0) {
                     kimi_mbar_arrive(&empty[st]);
                 }

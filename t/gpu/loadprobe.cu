@@ -194,6 +194,7 @@ struct run_args {
     const char *name;
     int mode;   /* 0 bulk, 1 cpasync, 2 ldg, 3 tma2d */
     int stages, chunk, blocks_per_sm, unroll;
+    int ws_mb;  /* > 0: chunks drawn from the first ws_mb MB (L2-resident), not a permutation */
 };
 
 static CUtensorMap map;   /* the bf16 cache as [rows][576], 64 x 64 boxes */
@@ -282,6 +283,8 @@ main(void)
     }
     const double copy_gbs = 2.0 * copy_n / (copy_ms * 1e6);
     CK(cudaFree(cb));
+    int clk_khz;
+    CK(cudaDeviceGetAttribute(&clk_khz, cudaDevAttrClockRate, 0));
     printf("floor  D2D copy, read+write, 2 GiB: %.0f GB/s; %d SMs\n", copy_gbs, sms);
 
     /* B=64 x 8K of the fp8 cache: 8192 blocks of 64 rows */
@@ -306,6 +309,11 @@ main(void)
         {"tma2d", 3, 2, 73728, 1, 0},  {"tma2d", 3, 3, 73728, 1, 0},
         {"ldg", 2, 0, 36864, 1, 4},    {"ldg", 2, 0, 36864, 1, 8},    {"ldg", 2, 0, 36864, 1, 16},
         {"ldg", 2, 0, 36864, 2, 8},    {"ldg", 2, 0, 36864, 4, 8},
+        /* L2 to SM: the grouped GEMM's stage (48 KB: 4 weight boxes + the
+         * activation rows) re-read from a working set that L2 holds */
+        {"bulk", 0, 4, 49152, 1, 0, 8}, {"bulk", 0, 4, 49152, 1, 0, 16}, {"bulk", 0, 4, 49152, 1, 0, 32},
+        {"bulk", 0, 2, 49152, 2, 0, 16}, {"bulk", 0, 8, 24576, 1, 0, 16},
+        {"tma2d", 3, 3, 73728, 1, 0, 16}, {"ldg", 2, 0, 36864, 2, 8, 16},
     };
     printf("%-8s %6s %7s %6s %6s %9s %8s %8s\n", "path", "stages", "chunk", "blk/SM", "unroll", "in-flight", "GB/s",
            "of copy");
@@ -318,13 +326,22 @@ main(void)
             horder[i] = horder[j];
             horder[j] = t;
         }
+        if (a.ws_mb > 0) {   /* the same count of reads over a set L2 holds */
+            const int n_set = (int) (((size_t) a.ws_mb << 20) / a.chunk);
+            for (int i = 0; i < n_chunks; i++) horder[i] %= n_set;
+        }
         CK(cudaMemcpy(order, horder, sizeof(int) * n_chunks, cudaMemcpyHostToDevice));
         const float ms = time_it(a, ca, order, n_chunks, sink, sms);
         const double gbs = (double) n_chunks * a.chunk / (ms * 1e6);
         const int inflight_kb = a.mode == 2 ? 16 * a.unroll * 256 / 1024 * a.blocks_per_sm
                                             : a.stages * a.chunk / 1024 * a.blocks_per_sm;
-        printf("%-8s %6d %7d %6d %6d %6d KB %8.0f %7.1f%%\n", a.name, a.stages, a.chunk, a.blocks_per_sm, a.unroll,
+        printf("%-8s %6d %7d %6d %6d %6d KB %8.0f %7.1f%%", a.name, a.stages, a.chunk, a.blocks_per_sm, a.unroll,
                inflight_kb, gbs, 100.0 * gbs / copy_gbs);
+        if (a.ws_mb > 0) {   /* bytes per SM per cycle at the clock the card reports */
+            printf("  L2 set %d MB: %.1f B/clk/SM at %.2f GHz", a.ws_mb, gbs * 1e9 / (sms * clk_khz * 1e3),
+                   clk_khz / 1e6);
+        }
+        printf("\n");
     }
     return 0;
 }
