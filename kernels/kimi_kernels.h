@@ -221,7 +221,9 @@ typedef struct {
                                 grouped one writes hq/hs directly) */
     uint8_t *hq;             /* [rows][I] e4m3 h (large batches) */
     float   *hs;             /* [rows][I/128] its scales */
-    float   *y;              /* [rows][D] fp32 expert outputs (unweighted) */
+    kimi_bf16_t *y;          /* [rows][D] bf16 expert outputs (unweighted; bf16
+                                halves the round trip to the combine, which
+                                sums in fp32) */
     int32_t *tiles;          /* grouped GEMMs' tile list: [max_tiles][3] + count */
     int      rows;           /* kimi_moe_rows() of the carve: T*top_k
                                 (+ T with the shared expert) */

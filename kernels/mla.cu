@@ -38,6 +38,28 @@
 #define MLA_D      576
 #define MLA_DV     512
 #define MLA_TILE   32            /* kimi_mla_n_splits' unit: at least 4 per split */
+
+/* The split partials' O: bf16 halves the bytes the decode kernels write and
+ * the combine reads back (7 % of a B=64 x 8K bf16 call as fp32); O is
+ * rounded once more before the fp32 merge, as o itself is rounded after
+ * it.  m and l stay fp32.  -DMLA_PART_F32=1: fp32 (A/B measurements). */
+#if MLA_PART_F32
+typedef float mla_part_t;
+
+static __device__ __forceinline__ void
+mla_part_st2(float *p, float a, float b)
+{
+    *(float2 *) p = make_float2(a, b);
+}
+#else
+typedef uint16_t mla_part_t;
+
+static __device__ __forceinline__ void
+mla_part_st2(uint16_t *p, float a, float b)
+{
+    *(uint32_t *) p = (uint32_t) kimi_f2bf(a) | (uint32_t) kimi_f2bf(b) << 16;
+}
+#endif
 #define LOG2E      1.4426950408889634f
 
 /* ---- wgmma kernel (sm_90a) ------------------------------------------------
@@ -198,17 +220,17 @@ mw_store_p(uint8_t *ps, float *alpha_s, const uint32_t (&pw)[16], int r0, int r1
  * warpgroup's 256 dims of O, and from warpgroup 0 each row's m and l (l
  * summed over the row's four lanes first). */
 static __device__ __forceinline__ void
-mw_store_partial(float *opart, float *mlpart, size_t base, int H, int wg, int r0, int r1, int t,
+mw_store_partial(mla_part_t *opart, float *mlpart, size_t base, int H, int wg, int r0, int r1, int t,
                  const float (&o)[128], float m0, float m1, float l0, float l1)
 {
 #pragma unroll
     for (int j = 0; j < 32; j++) {
         const int col = wg * 256 + 8 * j + 2 * t;
         if (r0 < H) {
-            *(float2 *) (opart + (base + r0) * MLA_DV + col) = make_float2(o[4 * j], o[4 * j + 1]);
+            mla_part_st2(opart + (base + r0) * MLA_DV + col, o[4 * j], o[4 * j + 1]);
         }
         if (r1 < H) {
-            *(float2 *) (opart + (base + r1) * MLA_DV + col) = make_float2(o[4 * j + 2], o[4 * j + 3]);
+            mla_part_st2(opart + (base + r1) * MLA_DV + col, o[4 * j + 2], o[4 * j + 3]);
         }
     }
     if (wg == 0) {
@@ -410,7 +432,7 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, int B, const void *_
                      const float *__restrict__ kv_scale, int bs,
                      const int32_t *__restrict__ block_table, int bt_ld,
                      const int32_t *__restrict__ seq_len, float scale2,
-                     float *__restrict__ opart, float *__restrict__ mlpart)
+                     mla_part_t *__restrict__ opart, float *__restrict__ mlpart)
 {
     KIMI_GRID_ENTRY();
     extern __shared__ __align__(1024) uint8_t mw_smem_raw[];
@@ -606,7 +628,7 @@ static __global__ void __launch_bounds__(MT_THREADS, 1)
 mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t *__restrict__ q,
                       int H, int B, int bs, const int32_t *__restrict__ block_table, int bt_ld,
                       const int32_t *__restrict__ seq_len, float scale2,
-                      float *__restrict__ opart, float *__restrict__ mlpart)
+                      mla_part_t *__restrict__ opart, float *__restrict__ mlpart)
 {
     extern __shared__ __align__(1024) uint8_t mt_smem_raw[];
     uint8_t *sm = mt_smem_raw + ((1024 - (kimi_smem_addr(mt_smem_raw) & 1023)) & 1023);
@@ -1081,7 +1103,7 @@ m8_zero_tail(uint8_t *st, int live, int wt)
  * summed over the row's four lanes first). */
 template <int NMT>
 static __device__ __forceinline__ void
-m8_store_partial(float *opart, float *mlpart, size_t base, int H, int plane0, int w, int r0, int r1, int t,
+m8_store_partial(mla_part_t *opart, float *mlpart, size_t base, int H, int plane0, int w, int r0, int r1, int t,
                  const float (&o)[NMT * 32], float m0, float m1, float l0, float l1)
 {
     const int d00 = 16 * (plane0 + w) + 2 * ((threadIdx.x & 31) >> 2), h0 = 2 * t;
@@ -1093,10 +1115,10 @@ m8_store_partial(float *opart, float *mlpart, size_t base, int H, int plane0, in
             const int h = 8 * j + h0;
             const float *v = o + 32 * mt + 4 * j;
             if (h < H) {
-                *(float2 *) (opart + (base + h) * MLA_DV + d0) = make_float2(v[0], v[2]);
+                mla_part_st2(opart + (base + h) * MLA_DV + d0, v[0], v[2]);
             }
             if (h + 1 < H) {
-                *(float2 *) (opart + (base + h + 1) * MLA_DV + d0) = make_float2(v[1], v[3]);
+                mla_part_st2(opart + (base + h + 1) * MLA_DV + d0, v[1], v[3]);
             }
         }
     }
@@ -1173,7 +1195,7 @@ static __global__ void __launch_bounds__(MT_THREADS, 1)
 mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict__ q,
                       const float *__restrict__ kv_scale, int H, int B, int bs,
                       const int32_t *__restrict__ block_table, int bt_ld, const int32_t *__restrict__ seq_len,
-                      float scale2, float *__restrict__ opart, float *__restrict__ mlpart)
+                      float scale2, mla_part_t *__restrict__ opart, float *__restrict__ mlpart)
 {
     extern __shared__ __align__(1024) uint8_t m8_smem_raw[];
     uint8_t *sm = m8_smem_raw + ((1024 - (kimi_smem_addr(m8_smem_raw) & 1023)) & 1023);
@@ -1381,7 +1403,7 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
  * partial slots b + k, k the runs of the flat schedule that hold its tiles
  * (found from the tile counts, as mf_start cut them; none: o = 0). */
 static __global__ void
-mla_combine_kernel(const float *__restrict__ opart, const float *__restrict__ mlpart,
+mla_combine_kernel(const mla_part_t *__restrict__ opart, const float *__restrict__ mlpart,
                    int H, const int32_t *__restrict__ seq_len, int B, int n_runs,
                    uint16_t *__restrict__ o)
 {
@@ -1423,14 +1445,15 @@ mla_combine_kernel(const float *__restrict__ opart, const float *__restrict__ ml
     for (int s = 0; s < n; s++) {
         const size_t idx = (slot0 + s) * H + h;
         const float2 ml = *(const float2 *) (mlpart + idx * 2);
-        const float4 v = *(const float4 *) (opart + idx * MLA_DV + threadIdx.x * 4);
+        float v[4];
+        kimi_ld4(opart + idx * MLA_DV + threadIdx.x * 4, v);
         /* empty splits have l = 0 and O = 0: weight 0, never NaN */
         const float f = ml.y > 0.f ? exp2f(ml.x - M) : 0.f;
         L += f * ml.y;
-        a.x += f * v.x;
-        a.y += f * v.y;
-        a.z += f * v.z;
-        a.w += f * v.w;
+        a.x += f * v[0];
+        a.y += f * v[1];
+        a.z += f * v[2];
+        a.w += f * v[3];
     }
     const float inv = L > 0.f ? 1.f / L : 0.f;
     uint2 out;
@@ -1445,11 +1468,11 @@ kimi_mla_ws_bytes(int B, int H, int n_splits)
     /* a partial per run and sequence it crosses: B + runs - 1 <= B +
      * MF_MAX_RUNS (n_splits sets the runs, not this bound) */
     (void) n_splits;
-    return ((size_t) B + MF_MAX_RUNS) * H * (MLA_DV + 2) * sizeof(float);
+    return ((size_t) B + MF_MAX_RUNS) * H * (MLA_DV * sizeof(mla_part_t) + 2 * sizeof(float));
 }
 /* One wave: at most n_sm blocks in all (the kernel holds one block per SM),
- * and at least 4 tiles (128 tokens) per split so the fp32 partials (128 KB
- * per block) stay small next to the cache bytes a split reads. */
+ * and at least 4 tiles (128 tokens) per split so the partials (64 KB per
+ * block) stay small next to the cache bytes a split reads. */
 extern "C" int
 kimi_mla_n_splits(int B, int max_ctx, int n_sm)
 {
@@ -1502,8 +1525,8 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
     int dev, n_sm;
     KIMI_CUDA_TRY(cudaGetDevice(&dev), err);
     KIMI_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev), err);
-    float *opart = (float *) ws;
-    float *mlpart = opart + ((size_t) B + MF_MAX_RUNS) * H * MLA_DV;
+    mla_part_t *opart = (mla_part_t *) ws;
+    float *mlpart = (float *) (opart + ((size_t) B + MF_MAX_RUNS) * H * MLA_DV);
     const float scale2 = scale * LOG2E;
     /* the flat schedule: as many runs as the splits asked for, or every SM
      * when the split count was bounded by the SMs, not the context */

@@ -13,11 +13,11 @@
  * Layout:  xq e4m3 [T][D] + xs [T][D/128] token-major (kimi_fp8_quant_1x128);
  *          expert weights through kimi_experts_t pointer tables (gate/up
  *          [I][D], down [D][I], checkpoint 128x128 scales); h fp32 [rows][I],
- *          y fp32 [rows][D]; rows = T*top_k routed + T shared.
+ *          y bf16 [rows][D]; rows = T*top_k routed + T shared.
  * Cost:    bytes = distinct experts touched * 3*I*D (+ shared) + scales; each
  *          weight byte is streamed once per 32 tokens of its slot
  *          (fp8_tile.cuh), so decode is bound by HBM: floor = those bytes /
- *          copy bandwidth.  h and y stay in L2-sized buffers (T*9*(I+D)*4 B).
+ *          copy bandwidth.  h and y stay in L2-sized buffers (T*9*(4I+2D) B).
  *          FLOPs 2*rows*3*I*D on mma.sync e4m3.
  * Twin:    kimi_act_quant_fp8, kimi_gemm_fp8a_fp8w, kimi_silu_mul and the
  *          MoE sum of engine/backend/cpu/ops.h.
@@ -59,7 +59,7 @@ kimi_moe_ws_bytes(int T, int top_k, int E, int shared, int D, int I)
     const size_t rows = (size_t) kimi_moe_rows(T, top_k, shared);
     return al256(KIMI_MOE_TICKETS * 4) + 3 * al256(ms * 4) + al256(rows * 4) + al256((size_t) T * top_k * 4)
            + al256(rows * I * 4) + al256(rows * I) + al256(rows * (I / 128) * 4)
-           + al256(rows * D * 4)
+           + al256(rows * D * 2)
            + al256(((size_t) kimi_moe_grouped_max_tiles((int) rows, (int) ms) * 3 + 1) * 4);
 }
 
@@ -80,7 +80,7 @@ kimi_moe_ws_carve(kimi_moe_ws_t *ws, void *base, int T, int top_k, int E,
     ws->hq = (uint8_t *) p;           p += al256(rows * I);
     ws->hs = (float *) p;             p += al256(rows * (I / 128) * 4);
     ws->tiles = (int32_t *) p;        p += al256(((size_t) kimi_moe_grouped_max_tiles((int) rows, (int) ms) * 3 + 1) * 4);
-    ws->y = (float *) p;    /* [rows][D]: the last region, sized by kimi_moe_ws_bytes */
+    ws->y = (kimi_bf16_t *) p;    /* [rows][D]: the last region, sized by kimi_moe_ws_bytes */
     ws->rows = (int) rows;
     (void) D;
 }
@@ -402,9 +402,9 @@ moe_down_slot(int D, int I, const kimi_experts_t &ex, const kimi_moe_ws_t &ws, u
 #pragma unroll
                     for (int q = 0; q < 2; q++) {
                         if (r + q < nr) {
-                            float *yr = ws.y + (r0 + r + q) * D + n0 + s * 16 + g;
-                            yr[0] = acc[s][j][q];
-                            yr[8] = acc[s][j][2 + q];
+                            kimi_bf16_t *yr = ws.y + (r0 + r + q) * D + n0 + s * 16 + g;
+                            yr[0] = kimi_f2bf(acc[s][j][q]);
+                            yr[8] = kimi_f2bf(acc[s][j][2 + q]);
                         }
                     }
                 }
@@ -463,9 +463,9 @@ moe_down_slot(int D, int I, const kimi_experts_t &ex, const kimi_moe_ws_t &ws, u
 #pragma unroll
                     for (int q = 0; q < 2; q++) {
                         if (r + q < nr) {
-                            float *yr = ws.y + (size_t) (row0 + ch + r + q) * D + n0 + s * 16 + g;
-                            yr[0] = acc[s][j][q];
-                            yr[8] = acc[s][j][2 + q];
+                            kimi_bf16_t *yr = ws.y + (size_t) (row0 + ch + r + q) * D + n0 + s * 16 + g;
+                            yr[0] = kimi_f2bf(acc[s][j][q]);
+                            yr[8] = kimi_f2bf(acc[s][j][2 + q]);
                         }
                     }
                 }
@@ -512,10 +512,10 @@ moe_down_kernel(int D, int I, kimi_experts_t ex, kimi_moe_ws_t ws,
                 if (r < 0) {
                     continue;
                 }
-                a += topk_w[t * top_k + k] * __ldcg(ws.y + (size_t) r * D + d);
+                a += topk_w[t * top_k + k] * kimi_bf2f(__ldcg(ws.y + (size_t) r * D + d));
             }
             if (shared) {
-                a += __ldcg(ws.y + (size_t) (T * top_k + t) * D + d);
+                a += kimi_bf2f(__ldcg(ws.y + (size_t) (T * top_k + t) * D + d));
             }
             kimi_stf(out + (size_t) t * D + d, a);
         }
@@ -688,7 +688,7 @@ kimi_moe_down(int T, int top_k, int D, int I, int max_slots, const kimi_experts_
 
 template <typename O>
 static __global__ void
-moe_combine_kernel(const float *__restrict__ y, const int32_t *__restrict__ row_of_pair,
+moe_combine_kernel(const kimi_bf16_t *__restrict__ y, const int32_t *__restrict__ row_of_pair,
                    const float *__restrict__ w, int T, int top_k, int shared, int D,
                    O *__restrict__ out)
 {
@@ -702,18 +702,20 @@ moe_combine_kernel(const float *__restrict__ y, const int32_t *__restrict__ row_
                 continue;
             }
             const float wk = w[t * top_k + k];
-            const float4 v = *(const float4 *) (y + (size_t) r * D + d);
-            a.x += wk * v.x;
-            a.y += wk * v.y;
-            a.z += wk * v.z;
-            a.w += wk * v.w;
+            float v[4];
+            kimi_ld4(y + (size_t) r * D + d, v);
+            a.x += wk * v[0];
+            a.y += wk * v[1];
+            a.z += wk * v[2];
+            a.w += wk * v[3];
         }
         if (shared) {
-            const float4 v = *(const float4 *) (y + (size_t) (T * top_k + t) * D + d);
-            a.x += v.x;
-            a.y += v.y;
-            a.z += v.z;
-            a.w += v.w;
+            float v[4];
+            kimi_ld4(y + (size_t) (T * top_k + t) * D + d, v);
+            a.x += v[0];
+            a.y += v[1];
+            a.z += v[2];
+            a.w += v[3];
         }
         const float o[4] = { a.x, a.y, a.z, a.w };
         kimi_st4(out + (size_t) t * D + d, o);

@@ -30,7 +30,7 @@
  *          64: both take the 64 rows, group g half g.
  * Epilogue: gate_up quantises h to e4m3 per 128 columns on the spot (the
  *          row's 128 columns live in one quad of threads, or two groups at
- *          BM 64) and writes hq/hs: no fp32 h round trip; down writes fp32 y.
+ *          BM 64) and writes hq/hs: no fp32 h round trip; down writes bf16 y.
  * Tiles:   a pre-pass (one block) lists the tiles: each expert's rows cut
  *          in BM (the shared expert's 32-token slots merged back into one
  *          run), so no block scans the plan.
@@ -380,14 +380,11 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
                     /* even t sends its r1 pair, odd t its r0 pair */
                     const float s0 = (t & 1) ? a[0] : a[2], s1 = (t & 1) ? a[1] : a[3];
                     const float o0 = __shfl_xor_sync(0xffffffffu, s0, 1), o1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-                    float4 v;
-                    if (t & 1) {   /* row r1: partner's (t-1) cols first */
-                        v = make_float4(o0, o1, a[2], a[3]);
-                    } else {       /* row r0: own cols, then partner's */
-                        v = make_float4(a[0], a[1], o0, o1);
-                    }
+                    /* row r1: partner's (t-1) cols first; row r0: own cols, then partner's */
+                    const float v[4] = {(t & 1) ? o0 : a[0], (t & 1) ? o1 : a[1],
+                                        (t & 1) ? a[2] : o0, (t & 1) ? a[3] : o1};
                     if (rr < rows) {
-                        *(float4 *) (ws.y + (size_t) (row0 + rr) * N + cbase + 8 * j + cq) = v;
+                        kimi_st4(ws.y + (size_t) (row0 + rr) * N + cbase + 8 * j + cq, v);
                     }
                 }
             }

@@ -636,7 +636,7 @@ kimi_cuda_route(kimi_cuda_t *b, const kimi_cuda_layer_t *L, uint32_t T,
 
     if (T >= KIMI_ROUTER_LT_ROWS
         && kimi_moe_router_lt_ws_bytes((int) T, D, E)
-           <= (size_t) ws->rows * D * sizeof(float))
+           <= (size_t) ws->rows * D * sizeof(kimi_bf16_t))
     {
         KIMI_K(kimi_moe_router_logits_f32_lt(b->lt, b->a, L->router, b->rl,
                                              (int) T, D, E, ws->y, b->stream,
