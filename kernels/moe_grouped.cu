@@ -154,39 +154,6 @@ kg_quad_amax(const float *v, int n)
     return fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 2));
 }
 
-/* KG_PIPE: BM 128's k-blocks as four 64-column units a group, each into
- * one of two temporaries, so unit u + 1's MMAs run while unit u is
- * promoted (the halves of n128 each waited for their MMAs, then promoted
- * with nothing of this group's in flight).  0: the halves (A/B). */
-#ifndef KG_PIPE
-#define KG_PIPE 1
-#endif
-
-static __device__ __forceinline__ void
-kg_unit_issue(float (&t)[32], uint32_t sa, uint32_t sb)
-{
-    wg_arrive();
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
-        wgmma_m64n64k32_e4m3(t, wg_desc(sa + kk * 32, 16, 1024), wg_desc(sb + kk * 32, 16, 1024), kk > 0);
-    }
-    wg_commit();
-}
-
-/* acc (this unit's 64 columns) += t * (the row's scale x the weight block's) */
-static __device__ __forceinline__ void
-kg_unit_promote(float *acc, float (&t)[32], float s0, float s1)
-{
-    wg_fence_regs(t);
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        acc[4 * j] += t[4 * j] * s0;
-        acc[4 * j + 1] += t[4 * j + 1] * s0;
-        acc[4 * j + 2] += t[4 * j + 2] * s1;
-        acc[4 * j + 3] += t[4 * j + 3] * s1;
-    }
-}
-
 template <bool GATE_UP, int BM>
 static __global__ void __launch_bounds__(KG_THREADS, 1)
 moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__restrict__ xq,
@@ -307,62 +274,7 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
          * nothing to compute; it still keeps the ring's count */
         const bool live = m_off < rows;
 
-        if constexpr (KG_PIPE && BM == 128) {
-        if (!live || KG_ABL == 2) {
-            for (int kb = 0; kb < KB; kb++, it++) {
-                const int st = it % S;
-                kimi_mbar_wait(&full[st], (it / S) & 1);
-                if (lane == 0) {
-                    kimi_mbar_arrive(&empty[st]);
-                }
-            }
-        } else {
-            /* units u = 0..3 of k-block kb: columns 64u.. (box u of the
-             * stage); unit u - 1 is promoted while unit u's MMAs run.  The
-             * k-block's last unit is waited for before the next k-block's
-             * barrier: with a unit in flight across that wait (and the
-             * loop's back edge) ptxas serializes every wgmma (C7514), and
-             * a lane branch with one in flight does the same (C7518). */
-            float t0[32], t1[32];
-            float p0 = 0.f, p1 = 0.f;   /* the pending unit's scales, rows r0 / r1 */
-            for (int kb = 0; kb < KB; kb++, it++) {
-                const int st = it % S;
-                kimi_mbar_wait(&full[st], (it / S) & 1);
-                if (GATE_UP) {
-                    kimi_fence_proxy_async();
-                }
-                const float x0 = a_sc[st * 128 + m_off + r0], x1 = a_sc[st * 128 + m_off + r1];
-                const uint32_t sa = kimi_smem_addr(sm + st * L::stage_b) + m_off * 128;
-                const uint32_t sb = kimi_smem_addr(sm + st * L::stage_b + L::a_b);
-#pragma unroll
-                for (int u = 0; u < 4; u++) {
-                    if (u & 1) {
-                        kg_unit_issue(t1, sa, sb + u * KG_Q_B);
-                    } else {
-                        kg_unit_issue(t0, sa, sb + u * KG_Q_B);
-                    }
-                    if (u > 0) {
-                        wg_wait<1>();
-                        if (u & 1) {
-                            kg_unit_promote(acc + 32 * (u - 1), t0, p0, p1);
-                        } else {
-                            kg_unit_promote(acc + 32 * (u - 1), t1, p0, p1);
-                        }
-                    }
-                    const float w = b_sc[st * 4 + u];
-                    p0 = w * x0;
-                    p1 = w * x1;
-                }
-                wg_wait<0>();
-                if (lane == 0) {
-                    kimi_mbar_arrive(&empty[st]);   /* this warp is done with the stage */
-                }
-                kg_unit_promote(acc + 96, t1, p0, p1);
-            }
-        }
-        }
-
-        for (int kb = 0; kb < ((KG_PIPE && BM == 128) ? 0 : KB); kb++, it++) {
+        for (int kb = 0; kb < KB; kb++, it++) {
             const int st = it % S;
             kimi_mbar_wait(&full[st], (it / S) & 1);
             if (!live || KG_ABL == 2) {
