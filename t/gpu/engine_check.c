@@ -14,6 +14,12 @@
  *                [--load-format dummy|auto] [--quantization fp8]
  *   (dummy weights by default; auto reads the checkpoint, and
  *   --quantization fp8 quantises a BF16 one at load for both backends)
+ *
+ *   engine_check --hf FIXTURE_DIR
+ *   the cuda backend against transformers' own logits (hf_check below,
+ *   bf16 and fp8 cache):
+ *   a t/fixtures/model* directory whose config the kernels take
+ *   (t/fixtures/model-k2width: Kimi-K2's widths, 2 layers)
  */
 
 #include <getopt.h>
@@ -30,7 +36,11 @@
 #include "../../engine/backend/cpu/backend_cpu.h"
 #include "../../engine/backend/cuda/cuda_backend.h"
 #include "../../engine/model/model.h"
+#include "../../engine/model/tiny_model.h"
 #include "../../engine/sample/sample.h"
+
+#include <jansson.h>
+#include <unistd.h>
 
 /* Tolerance.  Both backends keep activations in fp32 between kernels
  * (the GPU rounds only q_lat, P and o_lat of the MLA kernel to bf16) and
@@ -262,6 +272,345 @@ copy_gbps(void)
     return 2.0 * n / (best * 1e-3) / 1e9;        /* read + write */
 }
 
+/*
+ * The cuda backend against Hugging Face's logits (t/gen/hf_reference.py:
+ * transformers' DeepseekV3ForCausalLM, fp32, on weights regenerated here
+ * from the fixture's config and the tiny model's seed).  For every prompt
+ * position (on cuda a prefill of the prompt up to it) the logits of HF's
+ * top-8 ids and of its 64 sampled ids are compared, on cuda and on the cpu backend
+ * with FP8 activations (the yardstick: HF runs fp32 activations, both our
+ * paths quantise GEMM inputs to FP8 1x128, which is the error being
+ * measured) and with fp32 activations (the oracle, which must match HF as
+ * t/unit/test_cpu_model does).  Passing: cuda's median (1 - cos) over
+ * positions at most TOL_MEDIAN_X times the FP8 cpu's, no position under
+ * cos TOL_COS_FLIP, cuda's top-1 equal to HF's wherever HF's top-2 gap
+ * exceeds cuda's largest logit error, the fp32 cpu within 2e-3 of HF; then
+ * HF's greedy continuation fed to cuda's decode steps, each step's argmax
+ * equal to HF's unless HF's gap there is within that error.
+ */
+typedef struct {
+    json_t    *ref;
+    float     *bin;
+    uint32_t   vocab, n_sub;
+} hf_fixture_t;
+
+
+/* The 72 compared logits of position t of prompt p: ours from row, HF's. */
+static void
+hf_pick(const hf_fixture_t *fx, json_t *p, uint32_t t, const float *row,
+    double *ours, double *hf)
+{
+    json_t    *ids = json_array_get(json_object_get(p, "top_ids"), t);
+    json_t    *sub = json_object_get(fx->ref, "subset_ids");
+    size_t     ot = json_integer_value(json_object_get(p, "top_vals_offset"));
+    size_t     os = json_integer_value(json_object_get(p, "subset_offset"));
+    uint32_t   k;
+
+    for (k = 0; k < 8; k++) {
+        ours[k] = row[json_integer_value(json_array_get(ids, k))];
+        hf[k] = fx->bin[ot + (size_t) t * 8 + k];
+    }
+
+    for (k = 0; k < fx->n_sub; k++) {
+        ours[8 + k] = row[json_integer_value(json_array_get(sub, k))];
+        hf[8 + k] = fx->bin[os + (size_t) t * fx->n_sub + k];
+    }
+}
+
+
+static double
+hf_cos(const double *a, const double *b, uint32_t n, double *maxdiff)
+{
+    double  dot = 0, na = 0, nb = 0;
+
+    for (uint32_t i = 0; i < n; i++) {
+        double  d = fabs(a[i] - b[i]);
+
+        dot += a[i] * b[i];
+        na += a[i] * a[i];
+        nb += b[i] * b[i];
+        *maxdiff = d > *maxdiff || isnan(d) ? d : *maxdiff;
+    }
+
+    return dot / sqrt(na * nb + 1e-30);
+}
+
+
+/* One cache dtype: cuda and the FP8 cpu (fresh backends on model m) and
+ * the fp32 oracle be32 against fx; TAP lines, 0 or -1 on a setup error. */
+static int
+hf_run(const hf_fixture_t *fx, kimi_model_t *m, kimi_backend_t *be32,
+    int kv_fp8)
+{
+    json_t                     *p;
+    kimi_backend_cpu_params_t   cp = { 0, -1, NULL, NULL, NULL };
+    kimi_backend_t             *be[3] = { NULL, NULL, be32 };
+    kimi_kv_params_t            kp;
+    kimi_err_t                  err = { 0 };
+    kimi_batch_seq_t            s;
+    uint32_t                    bt[2] = { 1, 0 }, nb, V = m->cfg.vocab_size;
+    double                      e[2][512], md[3] = { 0, 0, 0 };
+    double                      ours[72], hf[72];
+    int                         n_pos = 0, top_bad = 0, flips = 0;
+    static uint64_t             seq = 100;
+    size_t                      i;
+    static const char          *name[3] = { "cuda", "cpu (FP8 act)",
+                                            "cpu (fp32 act)" };
+
+    if (kimi_backend_cuda_init(&be[0], m, 0, &err) != 0
+        || kimi_backend_cpu_init_params(&be[1], m, &cp, &err) != 0)
+    {
+        fprintf(stderr, "hf: %s\n", err.msg);
+        return -1;
+    }
+
+    memset(&kp, 0, sizeof(kp));
+    kp.block_size = 64;
+    kp.max_blocks = 4;
+    kp.budget_bytes = 64ull << 20;
+    kp.gpu_memory_utilization = 0.9f;
+    kp.dtype = kv_fp8 ? KIMI_KV_DTYPE_FP8 : KIMI_KV_DTYPE_AUTO;
+
+    for (int b = 0; b < 2; b++) {
+        if (be[b]->ops->kv_init(be[b], &kp, &nb, &err) != 0) {
+            fprintf(stderr, "hf: %s kv: %s\n", name[b], err.msg);
+            return -1;
+        }
+    }
+
+    json_array_foreach(json_object_get(fx->ref, "prompts"), i, p) {
+        json_t    *tj = json_object_get(p, "tokens");
+        uint32_t   T = (uint32_t) json_array_size(tj);
+        size_t     ot = json_integer_value(json_object_get(p,
+                                                       "top_vals_offset"));
+        int32_t    tok[128];
+
+        if (T == 0 || T + 8 > 128 || n_pos + T > 512) {   /* two blocks */
+            fprintf(stderr, "hf: prompt %zu of %u tokens: too long here\n",
+                    i, T);
+            return -1;
+        }
+
+        for (uint32_t t = 0; t < T; t++) {
+            tok[t] = (int32_t) json_integer_value(json_array_get(tj, t));
+        }
+
+        for (uint32_t t = 0; t < T; t++, n_pos++) {
+            double  cos[3], gap;
+            int     top_hf, top_cuda = -1;
+
+            /* cuda: a prefill of tokens 0..t (its prefill path at every
+             * length); the cpus: one more token of one sequence (the same
+             * numbers for them, at a fraction of the time) */
+            for (int b = 0; b < 3; b++) {
+                const float  *lg;
+
+                memset(&s, 0, sizeof(s));
+                s.seq_id = b == 0 ? ++seq : 1000 + i;
+                s.tokens = b == 0 ? tok : tok + t;
+                s.n_tokens = b == 0 ? t + 1 : 1;
+                s.pos = b == 0 ? 0 : t;
+                s.block_table = bt;
+                s.n_blocks = 2;
+                s.want_logits = 1;
+
+                if (step(be[b], &s, 1, &lg, &err) != 0) {
+                    fprintf(stderr, "hf: %s forward: %s\n", name[b],
+                            err.msg);
+                    return -1;
+                }
+
+                hf_pick(fx, p, t, lg, ours, hf);
+                cos[b] = hf_cos(ours, hf, 72, &md[b]);
+                if (b == 0) {
+                    top_cuda = argmax(lg, V);
+                }
+            }
+
+            e[0][n_pos] = 1 - cos[0];
+            e[1][n_pos] = 1 - cos[1];
+            flips += cos[0] < TOL_COS_FLIP;
+            top_hf = (int) json_integer_value(json_array_get(
+                         json_array_get(json_object_get(p, "top_ids"), t),
+                         0));
+            gap = fx->bin[ot + (size_t) t * 8] - fx->bin[ot + (size_t) t * 8
+                                                         + 1];
+            top_bad += top_cuda != top_hf && gap > md[0];
+        }
+    }
+
+    {
+        double  med_cuda, med_cpu, tmp[512];
+
+        memcpy(tmp, e[0], n_pos * sizeof(double));
+        med_cuda = median(tmp, n_pos);
+        memcpy(tmp, e[1], n_pos * sizeof(double));
+        med_cpu = median(tmp, n_pos);
+        printf("# vs HF, %s cache, %d positions (HF's top-8 and 64 sampled "
+               "ids): median 1-cos cuda %.3e, cpu FP8 act %.3e; max |diff| "
+               "cuda %.4f, cpu FP8 act %.4f, cpu fp32 act %.2e\n",
+               kv_fp8 ? "fp8" : "bf16", n_pos, med_cuda, med_cpu, md[0],
+               md[1], md[2]);
+        ok(med_cuda <= TOL_MEDIAN_X * med_cpu + 1e-9 && flips == 0,
+           "cuda vs transformers (%s cache), every prompt position: median "
+           "1-cos %.3e <= %.1f x the FP8 cpu's %.3e; %d positions under cos "
+           "%.2f", kv_fp8 ? "fp8" : "bf16", med_cuda, TOL_MEDIAN_X, med_cpu,
+           flips, TOL_COS_FLIP);
+        ok(top_bad == 0, "%s cache: cuda's top-1 is HF's at every position "
+           "whose top-2 gap exceeds cuda's largest error %.4f (%d differ)",
+           kv_fp8 ? "fp8" : "bf16", md[0], top_bad);
+        ok(md[2] <= 2e-3, "the fp32-activation cpu backend (the oracle) "
+           "matches HF in this run: max |diff| %.2e <= 2e-3", md[2]);
+    }
+
+    /* HF's greedy continuation through cuda's decode steps */
+    json_array_foreach(json_object_get(fx->ref, "prompts"), i, p) {
+        json_t    *tj = json_object_get(p, "tokens");
+        json_t    *gj = json_object_get(p, "greedy");
+        json_t    *gg = json_object_get(p, "greedy_gap");
+        uint32_t   T = (uint32_t) json_array_size(tj);
+        uint32_t   G = (uint32_t) json_array_size(gj), eq = 0, tie = 0;
+        int32_t    tok[136];
+        const float *lg;
+
+        for (uint32_t t = 0; t < T; t++) {
+            tok[t] = (int32_t) json_integer_value(json_array_get(tj, t));
+        }
+
+        for (uint32_t k = 0; k < G && k < 8; k++) {
+            tok[T + k] = (int32_t) json_integer_value(json_array_get(gj, k));
+        }
+
+        memset(&s, 0, sizeof(s));
+        s.seq_id = ++seq;
+        s.block_table = bt;
+        s.n_blocks = 2;
+        s.want_logits = 1;
+        G = G < 8 ? G : 8;
+
+        for (uint32_t k = 0; k < G; k++) {
+            int  top;
+
+            s.tokens = k == 0 ? tok : tok + T + k - 1;
+            s.n_tokens = k == 0 ? T : 1;
+            s.pos = k == 0 ? 0 : T + k - 1;
+
+            if (step(be[0], &s, 1, &lg, &err) != 0) {
+                fprintf(stderr, "hf: cuda decode: %s\n", err.msg);
+                return -1;
+            }
+
+            top = argmax(lg, V);
+            if (top == tok[T + k]) {
+                eq++;
+            } else if (json_real_value(json_array_get(gg, k)) <= md[0]) {
+                tie++;
+            }
+        }
+
+        ok(eq + tie == G, "%s cache, prompt of %u tokens: cuda's prefill + "
+           "%u decode steps on HF's greedy tokens: %u argmax equal, %u at "
+           "HF gaps within cuda's error %.4f", kv_fp8 ? "fp8" : "bf16", T,
+           G, eq, tie, md[0]);
+    }
+
+    be[0]->ops->free(be[0]);
+    be[1]->ops->free(be[1]);
+    return 0;
+}
+
+
+/* The fixture's model written once, both caches checked on it. */
+static int
+hf_check(const char *fxdir)
+{
+    char                        path[1024], dir[] = "/tmp/kimi-hf-cuda-XXXXXX";
+    hf_fixture_t                fx = { 0 };
+    json_error_t                je;
+    kimi_model_params_t         mp = kimi_model_default_params();
+    kimi_backend_cpu_params_t   cp32 = { 0, 1, NULL, NULL, NULL };
+    kimi_backend_t             *be32 = NULL;
+    kimi_model_t               *m = NULL;
+    kimi_kv_params_t            kp;
+    kimi_err_t                  err = { 0 };
+    uint32_t                    nb;
+    double                      t0 = now();
+    int                         rc = 0;
+    size_t                      n;
+    FILE                       *f;
+
+    snprintf(path, sizeof(path), "%s/hf_reference.json", fxdir);
+    fx.ref = json_load_file(path, 0, &je);
+    snprintf(path, sizeof(path), "%s/hf_logits.bin", fxdir);
+    f = fopen(path, "rb");
+
+    if (fx.ref == NULL || f == NULL) {
+        fprintf(stderr, "hf: cannot read the fixture in %s\n", fxdir);
+        return 1;
+    }
+
+    fseek(f, 0, SEEK_END);
+    n = (size_t) ftell(f);
+    fseek(f, 0, SEEK_SET);
+    fx.bin = malloc(n);
+
+    if (fx.bin == NULL || fread(fx.bin, 1, n, f) != n) {
+        fprintf(stderr, "hf: short read of %s\n", path);
+        return 1;
+    }
+
+    fclose(f);
+    fx.vocab = (uint32_t) json_integer_value(json_object_get(fx.ref,
+                                                            "vocab_size"));
+    fx.n_sub = (uint32_t) json_array_size(json_object_get(fx.ref,
+                                                         "subset_ids"));
+
+    if (fx.n_sub != 64 || mkdtemp(dir) == NULL
+        || kimi_tiny_model_write_config(dir, NULL, KIMI_TINY_SEED,
+               json_string_value(json_object_get(fx.ref, "model")), NULL,
+               &err) != 0)
+    {
+        fprintf(stderr, "hf: model not written: %s\n", err.msg);
+        return 1;
+    }
+
+    mp.dir = dir;
+    mp.load_format = "auto";
+    memset(&kp, 0, sizeof(kp));
+    kp.block_size = 64;
+    kp.max_blocks = 4;
+    kp.budget_bytes = 64ull << 20;
+    kp.dtype = KIMI_KV_DTYPE_F32;
+
+    if (kimi_model_load(&m, &mp, &err) != 0
+        || kimi_backend_cpu_init_params(&be32, m, &cp32, &err) != 0
+        || be32->ops->kv_init(be32, &kp, &nb, &err) != 0)
+    {
+        fprintf(stderr, "hf: %s\n", err.msg);
+        return 1;
+    }
+
+    printf("# hf fixture %s: %u layers, hidden %u, %u experts top-%u, vocab "
+           "%u (weights regenerated in %.1f s)\n", fxdir,
+           m->cfg.num_hidden_layers, m->cfg.hidden_size,
+           m->cfg.n_routed_experts, m->cfg.num_experts_per_tok,
+           m->cfg.vocab_size, now() - t0);
+
+    for (int kv_fp8 = 0; kv_fp8 < 2 && rc == 0; kv_fp8++) {
+        rc = hf_run(&fx, m, be32, kv_fp8);
+    }
+
+    be32->ops->free(be32);
+    kimi_model_free(m);
+    snprintf(path, sizeof(path), "rm -rf '%s'", dir);
+    if (system(path) != 0) {
+        fprintf(stderr, "hf: %s left behind\n", dir);
+    }
+    json_decref(fx.ref);
+    free(fx.bin);
+    printf("1..%d\n", n_test);
+    return rc != 0 || n_fail ? 1 : 0;
+}
 
 int
 main(int argc, char **argv)
@@ -275,6 +624,7 @@ main(int argc, char **argv)
         { "iters", required_argument, NULL, 'i' },
         { "load-format", required_argument, NULL, 'l' },
         { "quantization", required_argument, NULL, 'q' },
+        { "hf", required_argument, NULL, 'H' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -296,6 +646,7 @@ main(int argc, char **argv)
     int                         kv_fp8 = 0, c, agree = 0, ambiguous = 0;
     double                      t0, worst_cos = 1, worst_rel = 0;
     kimi_batch_seq_t            s[2];
+    const char                 *hf_dir = NULL;
 
     mp.load_format = "dummy";
     mp.seed = 7;
@@ -310,9 +661,14 @@ main(int argc, char **argv)
         case 'i': iters = (uint32_t) atoi(optarg); break;
         case 'l': mp.load_format = optarg; break;
         case 'q': mp.quantize_fp8 = strcmp(optarg, "fp8") == 0; break;
+        case 'H': hf_dir = optarg; break;
         default:
             return 2;
         }
+    }
+
+    if (hf_dir != NULL) {
+        return hf_check(hf_dir);
     }
 
     if (mp.dir == NULL || P == 0 || ND > 15 || P + ND + 1 > 256) {
