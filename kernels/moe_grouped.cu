@@ -56,13 +56,6 @@
 #ifndef KG_ABL
 #define KG_ABL 0
 #endif
-/* KG_CLUSTER: 128-row tiles run as CTA pairs (a cluster of 2 on two tiles
- * of one expert, same columns), each CTA loading half of the weight boxes
- * and multicasting them to both: half the weight bytes from L2 per CTA.
- * 0: every CTA loads its own (A/B). */
-#ifndef KG_CLUSTER
-#define KG_CLUSTER (KG_ABL == 0)
-#endif
 
 /* Shared memory of one BM: stages of A + 4 boxes of B, then the scales of
  * every stage, the producer's row table, the amax exchange, the barriers. */
@@ -84,14 +77,12 @@ struct kg_layout {
 /* Tiles of BM rows over the plan: tiles[i] = {expert, first row, rows},
  * tiles[3 * max_tiles] = count.  One block.  The plan keeps an expert's
  * slots adjacent and its rows contiguous, so an expert's rows (summed per
- * expert id first) are cut into tiles at its first slot.  Each expert's
- * tile count is padded to a multiple of pad with empty tiles (rows 0, row0
- * its first row), so tiles 2p and 2p + 1 of a cluster pair share weights. */
+ * expert id first) are cut into tiles at its first slot. */
 #define KG_LIST_THREADS 1024
 #define KG_MAX_EXPERT   1024
 
 static __global__ void __launch_bounds__(KG_LIST_THREADS)
-moe_tile_list_kernel(kimi_moe_ws_t ws, int max_slots, int bm, int pad, int max_tiles)
+moe_tile_list_kernel(kimi_moe_ws_t ws, int max_slots, int bm, int max_tiles)
 {
     KIMI_GRID_ENTRY();
     __shared__ int expert_rows[KG_MAX_EXPERT + 1], scan[KG_LIST_THREADS];
@@ -119,7 +110,7 @@ moe_tile_list_kernel(kimi_moe_ws_t ws, int max_slots, int bm, int pad, int max_t
                    && (s == 0 || ws.slot_expert[s - 1] != e);
         }
         const int run = head ? expert_rows[e] : 0;
-        const int nt = ((run + bm - 1) / bm + pad - 1) / pad * pad;
+        const int nt = (run + bm - 1) / bm;
         scan[threadIdx.x] = nt;
         __syncthreads();
         for (int o = 1; o < KG_LIST_THREADS; o <<= 1) {   /* inclusive scan */
@@ -132,8 +123,8 @@ moe_tile_list_kernel(kimi_moe_ws_t ws, int max_slots, int bm, int pad, int max_t
         const int row0 = head ? ws.slot_row0[s] : 0;
         for (int i = 0; i < nt && first + i < max_tiles; i++) {
             ws.tiles[3 * (first + i)] = e;
-            ws.tiles[3 * (first + i) + 1] = run > i * bm ? row0 + i * bm : row0;
-            ws.tiles[3 * (first + i) + 2] = max(0, min(bm, run - i * bm));
+            ws.tiles[3 * (first + i) + 1] = row0 + i * bm;
+            ws.tiles[3 * (first + i) + 2] = min(bm, run - i * bm);
         }
         __syncthreads();
         if (threadIdx.x == 0) {
@@ -163,8 +154,8 @@ kg_quad_amax(const float *v, int n)
     return fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 2));
 }
 
-template <bool GATE_UP, int BM, int CL>
-static __global__ void __launch_bounds__(KG_THREADS, 1) __cluster_dims__(CL, 1, 1)
+template <bool GATE_UP, int BM>
+static __global__ void __launch_bounds__(KG_THREADS, 1)
 moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__restrict__ xq,
                    const float *__restrict__ xs, int K, int N, int max_tiles, kimi_experts_t ex,
                    kimi_moe_ws_t ws)
@@ -182,26 +173,18 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
 
     const int KB = K / 128;
     const int nN = N / (GATE_UP ? 128 : 256);
-    /* a work item: CL tiles (a cluster's pair, the list padded to pairs) x
-     * one column block; every CTA of a cluster walks the same items */
-    const int n_work = ws.tiles[3 * max_tiles] / CL * nN;
-    const int w0 = blockIdx.x / CL, w_step = gridDim.x / CL;
-    const uint32_t crank = CL > 1 ? kimi_cluster_rank() : 0;
+    const int n_work = ws.tiles[3 * max_tiles] * nN;
     const int n_tab = ex.n_tmaps;
     const int wg = threadIdx.x >> 7, wt = threadIdx.x & 127;
 
     if (threadIdx.x == 0) {
         for (int i = 0; i < S; i++) {
             kimi_mbar_init(&full[i], 128 + 1);        /* producers' cp.async + the TMA thread */
-            kimi_mbar_init(&empty[i], 8 * CL);        /* one lane per consumer warp of each CTA */
+            kimi_mbar_init(&empty[i], 8);             /* one lane per consumer warp */
         }
         kimi_mbar_init_fence();
     }
-    if (CL > 1) {
-        kimi_cluster_sync();                      /* the peer's barriers exist */
-    } else {
-        __syncthreads();
-    }
+    __syncthreads();
 
     if (wg == 0) {
         kimi_setmaxnreg_dec<40>();
@@ -209,10 +192,9 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
         const float *s_base = GATE_UP ? xs : ws.hs;
         const int chunk = wt & 7, rsub = wt >> 3;   /* 8 threads a row, 16 rows a pass */
         int it = 0;
-        for (int w = w0; w < n_work; w += w_step) {
-            const int tile = (w / nN) * CL + crank, n0 = (w % nN) * (GATE_UP ? 128 : 256);
-            const int e = ws.tiles[3 * tile], row0 = ws.tiles[3 * tile + 1];
-            const int rows = max(1, ws.tiles[3 * tile + 2]);   /* an empty tile loads row0's */
+        for (int w = blockIdx.x; w < n_work; w += gridDim.x) {
+            const int tile = w / nN, n0 = (w % nN) * (GATE_UP ? 128 : 256);
+            const int e = ws.tiles[3 * tile], row0 = ws.tiles[3 * tile + 1], rows = ws.tiles[3 * tile + 2];
             const CUtensorMap *mg = (const CUtensorMap *) ex.tmaps + (GATE_UP ? 0 : 2 * n_tab) + e;
             const CUtensorMap *mu = GATE_UP ? mg + n_tab : mg;
             /* weight scales of box q: gate_up gate/up of block n0/128; down block (n0 + 64q)/128 */
@@ -241,13 +223,8 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
                     for (int q = 0; q < (KG_ABL == 1 ? 2 : 4); q++) {
                         /* gate_up: gate, up, gate, up of rows n0, n0, n0 + 64, n0 + 64 */
                         const int r = GATE_UP ? n0 + 64 * (q >> 1) : n0 + 64 * q;
-                        const CUtensorMap *mq = (GATE_UP && (q & 1)) ? mu : mg;
-                        if (CL == 1) {
-                            kimi_tma_load_2d(stg + L::a_b + q * KG_Q_B, mq, kb * 128, r, &full[st]);
-                        } else if ((q >> 1) == (int) crank) {
-                            /* this CTA's half, into both */
-                            kimi_tma_load_2d_mc(stg + L::a_b + q * KG_Q_B, mq, kb * 128, r, &full[st], 3);
-                        }
+                        kimi_tma_load_2d(stg + L::a_b + q * KG_Q_B, (GATE_UP && (q & 1)) ? mu : mg,
+                                         kb * 128, r, &full[st]);
                     }
                     if (!GATE_UP) {
                         /* h's rows are the tile's own, contiguous: one box
@@ -275,9 +252,6 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
             }
         }
         kimi_cp_async_wait<0>();
-        if (CL > 1) {
-            kimi_cluster_sync();   /* the peer still writes into this CTA's stages */
-        }
         return;
     }
 
@@ -289,8 +263,8 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
     const int h0 = BM == 128 ? 0 : cg;              /* this group's first half */
     int it = 0, parity = 0;
 
-    for (int w = w0; w < n_work; w += w_step, parity ^= 1) {
-        const int tile = (w / nN) * CL + crank, n0 = (w % nN) * (GATE_UP ? 128 : 256);
+    for (int w = blockIdx.x; w < n_work; w += gridDim.x, parity ^= 1) {
+        const int tile = w / nN, n0 = (w % nN) * (GATE_UP ? 128 : 256);
         const int row0 = ws.tiles[3 * tile + 1], rows = ws.tiles[3 * tile + 2];
 
         float acc[NH * 64], tmp[64];
@@ -306,9 +280,6 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
             if (!live || KG_ABL == 2) {
                 if (lane == 0) {
                     kimi_mbar_arrive(&empty[st]);
-                    if (CL > 1) {
-                        kimi_mbar_arrive_cluster(&empty[st], crank ^ 1);
-                    }
                 }
                 continue;
             }
@@ -331,10 +302,7 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
                 wg_wait<0>();
                 wg_fence_regs(tmp);
                 if (hh == NH - 1 && lane == 0) {
-                    kimi_mbar_arrive(&empty[st]);   /* this warp is done with the stage: */
-                    if (CL > 1) {
-                        kimi_mbar_arrive_cluster(&empty[st], crank ^ 1);   /* in both CTAs */
-                    }
+                    kimi_mbar_arrive(&empty[st]);   /* this warp is done with the stage */
                 }
 #pragma unroll
                 for (int j = 0; j < 16; j++) {
@@ -422,9 +390,6 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
             }
         }
     }
-    if (CL > 1) {
-        kimi_cluster_sync();   /* the last remote arrivals on the peer's barriers are in */
-    }
 }
 
 /* ---- launchers ---------------------------------------------------------- */
@@ -479,15 +444,15 @@ static int kg_n_sm(void)
     return n;
 }
 
-template <bool GATE_UP, int BM, int CL>
+template <bool GATE_UP, int BM>
 static int
 kg_launch_bm(const uint8_t *xq, const float *xs, int K, int N, int max_tiles, const kimi_experts_t *ex,
              const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
 {
-    KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_grouped_kernel<GATE_UP, BM, CL>,
+    KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_grouped_kernel<GATE_UP, BM>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kg_layout<BM>::smem), err);
-    /* one block per SM (whole clusters); a cluster past the work exits at once */
-    const int n_work_max = (max_tiles / CL + 1) * CL * (N / (GATE_UP ? 128 : 256));
+    /* one block per SM; a block past the work exits at once */
+    const int n_work_max = max_tiles * (N / (GATE_UP ? 128 : 256));
     /* down's activation rows (h, quantised) by TMA: [rows][K] in boxes of
      * BM rows x 128 bytes; gate_up gathers its token rows itself */
     CUtensorMap hq_map;
@@ -496,7 +461,7 @@ kg_launch_bm(const uint8_t *xq, const float *xs, int K, int N, int max_tiles, co
     if (rc != KIMI_OK) {
         return rc;
     }
-    KIMI_LAUNCH(err, moe_grouped_kernel<GATE_UP, BM, CL>, min(kg_n_sm() / CL * CL, n_work_max), KG_THREADS,
+    KIMI_LAUNCH(err, moe_grouped_kernel<GATE_UP, BM>, min(kg_n_sm(), n_work_max), KG_THREADS,
                 kg_layout<BM>::smem, s, hq_map, xq, xs, K, N, max_tiles, *ex, *ws);
     return KIMI_OK;
 }
@@ -508,13 +473,9 @@ kg_launch(const uint8_t *xq, const float *xs, int K, int N, int max_slots, const
 {
     const int bm = kg_bm(ws, max_slots);
     const int max_tiles = kimi_moe_grouped_max_tiles(ws->rows, max_slots);
-    /* 128-row tiles as cluster pairs (KG_CLUSTER): the list pads each
-     * expert to an even tile count */
-    const int cl = bm == 128 && KG_CLUSTER ? 2 : 1;
-    KIMI_LAUNCH(err, moe_tile_list_kernel, 1, KG_LIST_THREADS, 0, s, *ws, max_slots, bm, cl, max_tiles);
-    return bm == 64 ? kg_launch_bm<GATE_UP, 64, 1>(xq, xs, K, N, max_tiles, ex, ws, s, err)
-           : cl == 2 ? kg_launch_bm<GATE_UP, 128, 2>(xq, xs, K, N, max_tiles, ex, ws, s, err)
-                     : kg_launch_bm<GATE_UP, 128, 1>(xq, xs, K, N, max_tiles, ex, ws, s, err);
+    KIMI_LAUNCH(err, moe_tile_list_kernel, 1, KG_LIST_THREADS, 0, s, *ws, max_slots, bm, max_tiles);
+    return bm == 128 ? kg_launch_bm<GATE_UP, 128>(xq, xs, K, N, max_tiles, ex, ws, s, err)
+                     : kg_launch_bm<GATE_UP, 64>(xq, xs, K, N, max_tiles, ex, ws, s, err);
 }
 
 extern "C" int

@@ -92,44 +92,6 @@ kimi_tma_load_2d(void *dst, const CUtensorMap *map, int c0, int c1, uint64_t *ba
                  : "memory");
 }
 
-/* The same box into this offset of every CTA of the cluster in cta_mask,
- * completing on the barrier at bar's offset in each (one L2 read for all). */
-static __device__ __forceinline__ void
-kimi_tma_load_2d_mc(void *dst, const CUtensorMap *map, int c0, int c1, uint64_t *bar, uint16_t cta_mask)
-{
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-                 " [%0], [%1, {%2, %3}], [%4], %5;\n"
-                 :: "r"(kimi_smem_addr(dst)), "l"(map), "r"(c0), "r"(c1), "r"(kimi_smem_addr(bar)), "h"(cta_mask)
-                 : "memory");
-}
-
-/* One arrival on the barrier at bar's offset in CTA rank of the cluster. */
-static __device__ __forceinline__ void kimi_mbar_arrive_cluster(uint64_t *bar, uint32_t rank)
-{
-    asm volatile("{\n"
-                 ".reg .b32 remote;\n"
-                 "mapa.shared::cluster.u32 remote, %0, %1;\n"
-                 "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n"
-                 "}\n"
-                 :: "r"(kimi_smem_addr(bar)), "r"(rank) : "memory");
-}
-
-static __device__ __forceinline__ uint32_t kimi_cluster_rank(void)
-{
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-
-/* Every thread of every CTA of the cluster (barrier inits seen by the
- * peers before their first remote use; no CTA leaving while a peer may
- * still write into its shared memory). */
-static __device__ __forceinline__ void kimi_cluster_sync(void)
-{
-    asm volatile("barrier.cluster.arrive.release.aligned;\n"
-                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-
 /* Contiguous bytes (16-byte aligned, a multiple of 16) into shared memory,
  * completing on bar: rows TMA needs no tensor map for. */
 static __device__ __forceinline__ void

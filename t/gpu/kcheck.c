@@ -1525,9 +1525,6 @@ main(int argc, char **argv)
     test_moe(300, 1024, 256, 16, 4, 0);
     test_moe(520, 2048, 384, 12, 4, 1);
     test_moe(1600, 512, 256, 8, 6, 1);    /* 193 rows per slot: 128-row tiles, K of 2 blocks */
-    /* 128-row tiles with 8 column blocks: ~390 cluster-pair items over
-     * the SMs, so every CTA pair walks several (odd tile counts padded) */
-    test_moe(1600, 256, 1024, 8, 6, 1);
     test_moe(16, 512, 256, 1, 1, 0);      /* 32 rows in all: h's TMA box (64 rows) past the map */
     test_mla_decode_all();
     test_mla_prefill_all();
