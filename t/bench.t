@@ -18,6 +18,9 @@ use File::Temp qw(tempdir);
 use JSON::PP;
 use POSIX ();
 use Time::HiRes qw(time);
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use KimiTest qw(python_modules);
 
 my $build = $ENV{BUILD} // 'build';
 my $bench = "$build/kimi-bench";
@@ -414,8 +417,8 @@ like($bad, qr/--request-rate must be > 0/, 'with a clear message');
 # ---- prompt lengths against the real tiktoken ------------------------------------
 
 SKIP: {
-    skip 'python3 with tiktoken is not installed', 2
-        unless system('python3 -c "import tiktoken" 2>/dev/null') == 0;
+    skip 'no python3, or tiktoken is not installable', 2
+        unless python_modules('tiktoken');
 
     # Kimi's encoding built from its files as tokenization_kimi.py does
     # (kimi-k2-facts.md section 5); every prompt must encode to exactly
@@ -469,8 +472,8 @@ PY
 # ---- the same prompts as vLLM for the same seed -------------------------------
 
 SKIP: {
-    skip 'python3 with tiktoken and numpy is not installed', 2
-        unless system('python3 -c "import tiktoken, numpy" 2>/dev/null') == 0;
+    skip 'no python3, or tiktoken and numpy are not installable', 2
+        unless python_modules('tiktoken', 'numpy');
 
     # vLLM's RandomDataset, written out from its description: numpy's
     # default_rng(seed); all input lengths, all output lengths, all offsets,

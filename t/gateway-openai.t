@@ -12,20 +12,10 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
-use KimiTest qw(kimi_tool_calls);
+use KimiTest qw(kimi_tool_calls python_modules);
 
-sub have_openai { system('python3 -c "import openai" >/dev/null 2>&1') == 0 }
-
-unless (have_openai()) {
-    plan skip_all => 'python3 is not installed'
-        if system('command -v python3 >/dev/null 2>&1') != 0;
-    diag('installing the openai client with pip');
-    system('python3 -m pip install -q openai >/dev/null 2>&1 || '
-        . 'python3 -m pip install -q --break-system-packages openai '
-        . '>/dev/null 2>&1');
-    plan skip_all => 'the openai package is not installable (no pip?)'
-        unless have_openai();
-}
+plan skip_all => 'no python3, or the openai package is not installable (no pip?)'
+    unless python_modules('openai');
 
 my $call = kimi_tool_calls([ 'get_weather', '{"city": "Paris"}' ]);
 

@@ -27,7 +27,7 @@ use Socket qw(IPPROTO_TCP TCP_NODELAY);
 use Test::More;
 use Time::HiRes qw(time sleep);
 
-our @EXPORT_OK = qw(chat_body completion_body kimi_tool_calls);
+our @EXPORT_OK = qw(chat_body completion_body kimi_tool_calls python_modules);
 
 my $json = JSON::PP->new->utf8->canonical->allow_nonref;
 
@@ -534,6 +534,31 @@ sub many {
 }
 
 # ---- scripted model output ------------------------------------------------------
+
+# 1 when python3 imports every module named (PyPI names as import names),
+# after installing the missing ones with pip (test tooling only: the
+# reference clients and generators the tests compare against); 0 when
+# there is no python3 or pip cannot install them.
+sub python_modules {
+    my (@mods) = @_;
+    my $have = sub {
+        system('python3', '-c', 'import ' . join(', ', @mods)) == 0
+    };
+    return 0 if system('command -v python3 >/dev/null 2>&1') != 0;
+    open(my $save, '>&', \*STDERR) or die;
+    open(STDERR, '>', '/dev/null') or die;
+    my $ok = $have->();
+    unless ($ok) {
+        for my $m (@mods) {
+            system("python3 -m pip install -q $m >/dev/null 2>&1 || "
+                . "python3 -m pip install -q --break-system-packages $m "
+                . '>/dev/null 2>&1');
+        }
+        $ok = $have->();
+    }
+    open(STDERR, '>&', $save) or die;
+    return $ok;
+}
 
 # Kimi-K2's tool-call section as the model writes it: one call per
 # [name, arguments JSON] pair, ids functions.NAME:INDEX
