@@ -112,6 +112,9 @@ $(BUILD)/t/%: t/unit/%.c $(BUILD)/libkimi.a
 	$(CC) $(CFLAGS) -Iengine -o $@ $< $(BUILD)/libkimi.a $(LDLIBS) \
 	    $(if $(NVCC),$(CUDA_LIBS) -lstdc++)
 
+# the bench_* tests compile the bench/ file they check into themselves
+$(filter $(BUILD)/t/bench_%,$(UNIT_BIN)): $(BENCH_SRC) $(wildcard bench/*.h)
+
 bench: $(BUILD)/kimi-bench
 
 $(BUILD)/kimi-bench: $(BENCH_SRC) $(wildcard bench/*.h) $(BUILD)/libkimi.a

@@ -48,7 +48,8 @@ typedef struct {
     char             *label;
 
     /* dataset */
-    char             *dataset_name;    /* random, sharegpt, custom */
+    char             *dataset_name;    /* random, sharegpt, custom,
+                                          prefix_repetition */
     char             *dataset_path;    /* sharegpt, custom */
     uint32_t          sharegpt_output_len; /* 0: the reply's length */
     uint32_t          custom_output_len;
@@ -59,6 +60,10 @@ typedef struct {
     uint32_t          output_len;
     double            range_ratio;
     uint32_t          prefix_len;
+    uint32_t          rep_prefix_len;  /* prefix_repetition */
+    uint32_t          rep_suffix_len;
+    uint32_t          rep_num_prefixes;
+    uint32_t          rep_output_len;
     uint32_t          num_prompts;
     uint64_t          seed;
 
@@ -197,6 +202,13 @@ typedef struct {
 void     bench_py_seed(bench_py_random_t *r, uint64_t seed);
 uint32_t bench_py_getrandbits(bench_py_random_t *r, int k);
 uint32_t bench_py_randbelow(bench_py_random_t *r, uint32_t n);
+void     bench_py_shuffle(bench_py_random_t *r, void *base, size_t n,
+    size_t size);
+/* numpy's legacy global generator (np.random.seed(seed) with seed <
+ * 2^32, then np.random.randint(0, high)): the same MT19937, seeded as
+ * init_genrand, bounded draws by masked rejection on 32-bit outputs */
+void     bench_np_legacy_seed(bench_py_random_t *r, uint32_t seed);
+uint32_t bench_np_legacy_randint(bench_py_random_t *r, uint32_t high);
 /* --dataset-name sharegpt or custom: o->num_prompts requests from
  * o->dataset_path, chosen as vLLM chooses them */
 int bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
@@ -204,6 +216,10 @@ int bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
 
 int  bench_dataset_random(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     bench_req_t *reqs, kimi_err_t *err);
+/* --dataset-name prefix_repetition: bench_prefix_rep_count(o) requests */
+size_t bench_prefix_rep_count(const bench_opts_t *o);
+int  bench_dataset_prefix_rep(const bench_opts_t *o,
+    const kimi_tokenizer_t *tok, bench_req_t *reqs, kimi_err_t *err);
 double bench_rate_at(const bench_opts_t *o, size_t i, size_t n);
 void bench_arrivals(const bench_opts_t *o, double *arrival_s, size_t n);
 uint64_t bench_rng_next(uint64_t *state);

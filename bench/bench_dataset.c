@@ -319,12 +319,20 @@ bench_arrivals(const bench_opts_t *o, double *arrival_s, size_t n)
 }
 
 
+/* Where padding ids come from: the dataset's numpy default_rng, or (no
+ * rng given to vLLM's helper) numpy's legacy global generator */
+typedef struct {
+    bench_np_rng_t     *np;
+    bench_py_random_t  *legacy;
+} bench_pad_rng_t;
+
+
 /*
  * decode -> encode until the encoding has target ids (vLLM's
  * gen_prompt_decode_to_target_len).  *ids is consumed and replaced.
  */
 static int
-bench_decode_to_target(const kimi_tokenizer_t *tok, bench_np_rng_t *rng,
+bench_decode_to_target(const kimi_tokenizer_t *tok, const bench_pad_rng_t *rng,
     int32_t **ids, size_t *n_ids, size_t target, char **text,
     size_t *text_len, long *mismatch, kimi_err_t *err)
 {
@@ -374,7 +382,10 @@ bench_decode_to_target(const kimi_tokenizer_t *tok, bench_np_rng_t *rng,
         }
         *ids = grown;
         for (i = n_enc; i < target; i++) {
-            grown[i] = (int32_t) bench_np_rng_integers(rng, 0, vocab);
+            grown[i] = rng->np != NULL
+                       ? (int32_t) bench_np_rng_integers(rng->np, 0, vocab)
+                       : (int32_t) bench_np_legacy_randint(rng->legacy,
+                                                           (uint32_t) vocab);
         }
         *n_ids = target;
     }
@@ -413,6 +424,7 @@ bench_dataset_random(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     int32_t   *prefix = NULL, *ids;
     uint32_t  *in_lens, *out_lens, *offsets;
     bench_np_rng_t  rng;
+    bench_pad_rng_t pad = { &rng, NULL };
     size_t     vocab, n_allowed = 0, n_special = 0, i, j, n_ids, n_prefix = 0;
     size_t     target, text_len;
     uint32_t   in_lo, in_hi, out_lo, out_hi;
@@ -514,7 +526,7 @@ bench_dataset_random(const bench_opts_t *o, const kimi_tokenizer_t *tok,
                 allowed[((size_t) offsets[i] + i + j) % n_allowed];
         }
 
-        rc = bench_decode_to_target(tok, &rng, &ids, &n_ids,
+        rc = bench_decode_to_target(tok, &pad, &ids, &n_ids,
                                     o->prefix_len + in_lens[i], &text,
                                     &text_len, &mismatch, err);
         free(ids);
@@ -545,5 +557,142 @@ failed:
     free(out_lens);
     free(offsets);
 
+    return rc;
+}
+
+
+/*
+ * vLLM's PrefixRepetitionRandomDataset: num_prefixes random prefixes, each
+ * followed by (num_prompts / num_prefixes) random suffixes, then shuffled
+ * (unless --disable-shuffle).  vLLM seeds Python's random and numpy's
+ * legacy global generator with --seed; every prefix and suffix is
+ * np.random.randint(0, vocab) ids decoded and re-encoded to its length
+ * (padding from the same generator), and a prompt is the text of prefix +
+ * suffix ids, its prompt_len their count, as vLLM reports it.
+ */
+size_t
+bench_prefix_rep_count(const bench_opts_t *o)
+{
+    return o->rep_num_prefixes == 0
+           ? 0 : (size_t) (o->num_prompts / o->rep_num_prefixes)
+                 * o->rep_num_prefixes;
+}
+
+
+/* len random ids, decoded and re-encoded to len (vLLM's
+ * _generate_exact_length_tokens) */
+static int
+bench_prefix_rep_ids(const kimi_tokenizer_t *tok, bench_py_random_t *np,
+    uint32_t len, int32_t **ids, size_t *n_ids, long *mismatch,
+    kimi_err_t *err)
+{
+    bench_pad_rng_t  pad = { NULL, np };
+    size_t           vocab = kimi_tokenizer_n_vocab(tok), text_len, i;
+    char            *text = NULL;
+    int              rc;
+
+    *ids = malloc(((size_t) len + 1) * sizeof(int32_t));
+    if (*ids == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "%u ids", len);
+    }
+    for (i = 0; i < len; i++) {
+        (*ids)[i] = (int32_t) bench_np_legacy_randint(np, (uint32_t) vocab);
+    }
+    *n_ids = len;
+
+    rc = bench_decode_to_target(tok, &pad, ids, n_ids, len, &text, &text_len,
+                                mismatch, err);
+    free(text);
+    return rc;
+}
+
+
+int
+bench_dataset_prefix_rep(const bench_opts_t *o, const kimi_tokenizer_t *tok,
+    bench_req_t *reqs, kimi_err_t *err)
+{
+    bench_py_random_t  py, np;
+    int32_t           *prefix = NULL, *suffix = NULL, *both = NULL;
+    size_t             n_prefix, n_suffix, n_req = 0, text_len;
+    uint32_t           per, p, k;
+    long               mismatch, mismatch_total = 0;
+    char              *text;
+    int                rc = 0;
+
+    if (o->rep_num_prefixes == 0 || o->num_prompts < o->rep_num_prefixes) {
+        return kimi_err_set(err, KIMI_EINVAL, "num_requests (%u) must be "
+                            "greater than or equal to num_prefixes (%u)",
+                            o->num_prompts, o->rep_num_prefixes);
+    }
+    if (o->rep_prefix_len + o->rep_suffix_len == 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "--prefix-repetition-prefix-len"
+                            " and --prefix-repetition-suffix-len are both 0: "
+                            "no prompt");
+    }
+
+    per = o->num_prompts / o->rep_num_prefixes;
+    bench_py_seed(&py, o->seed);
+    bench_np_legacy_seed(&np, (uint32_t) o->seed);
+
+    for (p = 0; p < o->rep_num_prefixes; p++) {
+        free(prefix);
+        prefix = NULL;
+        rc = bench_prefix_rep_ids(tok, &np, o->rep_prefix_len, &prefix,
+                                  &n_prefix, &mismatch, err);
+        if (rc != 0) {
+            goto done;
+        }
+        mismatch_total += mismatch;
+
+        for (k = 0; k < per; k++) {
+            rc = bench_prefix_rep_ids(tok, &np, o->rep_suffix_len, &suffix,
+                                      &n_suffix, &mismatch, err);
+            if (rc != 0) {
+                goto done;
+            }
+            mismatch_total += mismatch;
+
+            both = malloc((n_prefix + n_suffix + 1) * sizeof(int32_t));
+            if (both == NULL) {
+                rc = kimi_err_set(err, KIMI_ENOMEM, "prompt %zu", n_req);
+                goto done;
+            }
+            memcpy(both, prefix, n_prefix * sizeof(int32_t));
+            memcpy(both + n_prefix, suffix, n_suffix * sizeof(int32_t));
+            free(suffix);
+            suffix = NULL;
+
+            rc = kimi_detokenize(tok, both, n_prefix + n_suffix, 0, &text,
+                                 &text_len, err);
+            free(both);
+            both = NULL;
+            if (rc != 0) {
+                goto done;
+            }
+
+            reqs[n_req].prompt = text;
+            reqs[n_req].prompt_bytes = text_len;
+            reqs[n_req].prompt_len = (uint32_t) (n_prefix + n_suffix);
+            reqs[n_req].output_len = o->rep_output_len;
+            n_req++;
+        }
+    }
+
+    if (mismatch_total != 0) {
+        fprintf(stderr, "WARNING: across all prompts the random ids "
+                "re-encode to %ld %s tokens than asked (decode/encode is not "
+                "1:1 for every id run)\n", labs(mismatch_total),
+                mismatch_total > 0 ? "more" : "fewer");
+    }
+
+    if (!o->disable_shuffle) {
+        bench_py_shuffle(&py, reqs, n_req, sizeof(bench_req_t));
+    }
+
+done:
+
+    free(prefix);
+    free(suffix);
+    free(both);
     return rc;
 }

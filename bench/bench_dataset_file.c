@@ -115,6 +115,40 @@ bench_py_seed(bench_py_random_t *r, uint64_t seed)
 }
 
 
+void
+bench_np_legacy_seed(bench_py_random_t *r, uint32_t seed)
+{
+    int  i;
+
+    r->mt[0] = seed;
+    for (i = 1; i < 624; i++) {
+        r->mt[i] = 1812433253u * (r->mt[i - 1] ^ (r->mt[i - 1] >> 30))
+                   + (uint32_t) i;
+    }
+    r->i = 624;
+}
+
+
+uint32_t
+bench_np_legacy_randint(bench_py_random_t *r, uint32_t high)
+{
+    uint32_t  max = high - 1, mask = max, v;
+
+    /* the smallest 2^k - 1 >= max */
+    mask |= mask >> 1;
+    mask |= mask >> 2;
+    mask |= mask >> 4;
+    mask |= mask >> 8;
+    mask |= mask >> 16;
+
+    do {
+        v = bench_py_next(r) & mask;
+    } while (v > max);
+
+    return v;
+}
+
+
 /* random.getrandbits(k), 1 <= k <= 32 */
 uint32_t
 bench_py_getrandbits(bench_py_random_t *r, int k)
@@ -142,18 +176,22 @@ bench_py_randbelow(bench_py_random_t *r, uint32_t n)
 }
 
 
-/* random.shuffle(x) on an array of json_t * */
-static void
-bench_py_shuffle(bench_py_random_t *r, json_t **x, size_t n)
+/* random.shuffle(x) on n elements of size bytes at base */
+void
+bench_py_shuffle(bench_py_random_t *r, void *base, size_t n, size_t size)
 {
-    size_t   i, j;
-    json_t  *t;
+    unsigned char  *x = base, *a, *b, t;
+    size_t          i, j, k;
 
-    for (i = n - 1; i > 0; i--) {
+    for (i = n - 1; n > 1 && i > 0; i--) {
         j = bench_py_randbelow(r, (uint32_t) i + 1);
-        t = x[i];
-        x[i] = x[j];
-        x[j] = t;
+        a = x + i * size;
+        b = x + j * size;
+        for (k = 0; k < size; k++) {
+            t = a[k];
+            a[k] = b[k];
+            b[k] = t;
+        }
     }
 }
 
@@ -294,7 +332,7 @@ bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
 
     bench_py_seed(&rng, o->seed);
     if (!o->disable_shuffle) {
-        bench_py_shuffle(&rng, order, n);
+        bench_py_shuffle(&rng, order, n, sizeof(order[0]));
     }
 
     if (!sharegpt && !o->skip_chat_template

@@ -43,7 +43,8 @@ enum {
     OPT_DATASET_PATH, OPT_SHAREGPT_OUT, OPT_CUSTOM_OUT, OPT_SKIP_TEMPLATE,
     OPT_NO_SHUFFLE, OPT_NO_OVERSAMPLE, OPT_WARMUPS,
     OPT_RAMP, OPT_RAMP_START, OPT_RAMP_END, OPT_INPUT_LEN, OPT_OUTPUT_LEN,
-    OPT_APPEND, OPT_TOK_MODE,
+    OPT_APPEND, OPT_TOK_MODE, OPT_REP_PREFIX, OPT_REP_SUFFIX, OPT_REP_NUM,
+    OPT_REP_OUT,
 };
 
 static const struct option  bench_options[] = {
@@ -76,6 +77,10 @@ static const struct option  bench_options[] = {
     { "random-output-len",       required_argument, NULL, OPT_OUT_LEN },
     { "random-range-ratio",      required_argument, NULL, OPT_RANGE },
     { "random-prefix-len",       required_argument, NULL, OPT_PREFIX },
+    { "prefix-repetition-prefix-len", required_argument, NULL, OPT_REP_PREFIX },
+    { "prefix-repetition-suffix-len", required_argument, NULL, OPT_REP_SUFFIX },
+    { "prefix-repetition-num-prefixes", required_argument, NULL, OPT_REP_NUM },
+    { "prefix-repetition-output-len", required_argument, NULL, OPT_REP_OUT },
     { "num-prompts",             required_argument, NULL, OPT_NUM_PROMPTS },
     { "seed",                    required_argument, NULL, OPT_SEED },
     { "request-rate",            required_argument, NULL, OPT_RATE },
@@ -118,6 +123,10 @@ static const bench_num_opt_t  bench_num_opts[] = {
     { OPT_IN_LEN, "random-input-len", offsetof(bench_opts_t, input_len), 1 },
     { OPT_OUT_LEN, "random-output-len", offsetof(bench_opts_t, output_len), 1 },
     { OPT_PREFIX, "random-prefix-len", offsetof(bench_opts_t, prefix_len), 1 },
+    { OPT_REP_PREFIX, "prefix-repetition-prefix-len", offsetof(bench_opts_t, rep_prefix_len), 1 },
+    { OPT_REP_SUFFIX, "prefix-repetition-suffix-len", offsetof(bench_opts_t, rep_suffix_len), 1 },
+    { OPT_REP_NUM, "prefix-repetition-num-prefixes", offsetof(bench_opts_t, rep_num_prefixes), 1 },
+    { OPT_REP_OUT, "prefix-repetition-output-len", offsetof(bench_opts_t, rep_output_len), 1 },
     { OPT_NUM_PROMPTS, "num-prompts", offsetof(bench_opts_t, num_prompts), 1 },
     { OPT_SHAREGPT_OUT, "sharegpt-output-len", offsetof(bench_opts_t, sharegpt_output_len), 1 },
     { OPT_CUSTOM_OUT, "custom-output-len", offsetof(bench_opts_t, custom_output_len), 1 },
@@ -154,9 +163,13 @@ static const char  bench_usage[] =
 "  --header KEY=VALUE ...    more headers on every request\n"
 "  --tokenizer-mode auto|hf  accepted (one tokenizer reader)\n"
 "dataset:\n"
-"  --dataset-name random|sharegpt|custom   --num-prompts N (1000)  --seed S (0)\n"
+"  --dataset-name random|sharegpt|custom|prefix_repetition\n"
+"  --num-prompts N (1000)      --seed S (0)\n"
 "  --random-input-len N (1024)  --random-output-len N (128)\n"
 "  --random-range-ratio R (0)   --random-prefix-len N (0)\n"
+"  --prefix-repetition-prefix-len N (256)  --prefix-repetition-suffix-len N\n"
+"                            (256)  --prefix-repetition-num-prefixes N (10)\n"
+"  --prefix-repetition-output-len N (128): prompts sharing N prefixes\n"
 "  --input-len N, --output-len N  vLLM's general lengths (the dataset's)\n"
 "  --dataset-path FILE       sharegpt: ShareGPT's JSON; custom: JSON lines of\n"
 "                            {\"prompt\": ...} (shuffled by --seed as vLLM)\n"
@@ -403,6 +416,10 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     o->input_len = 1024;
     o->output_len = 128;
     o->num_prompts = 1000;
+    o->rep_prefix_len = 256;                /* vLLM's defaults */
+    o->rep_suffix_len = 256;
+    o->rep_num_prefixes = 10;
+    o->rep_output_len = 128;
     o->custom_output_len = 256;
     o->goodput_ms[0] = o->goodput_ms[1] = o->goodput_ms[2] = NAN;
     o->ramp_start_rps = o->ramp_end_rps = NAN;
@@ -536,13 +553,31 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     }
     if (strcmp(o->dataset_name, "random") != 0
         && strcmp(o->dataset_name, "sharegpt") != 0
-        && strcmp(o->dataset_name, "custom") != 0)
+        && strcmp(o->dataset_name, "custom") != 0
+        && strcmp(o->dataset_name, "prefix_repetition") != 0)
     {
         fprintf(stderr, "kimi-bench: --dataset-name \"%s\" is not "
-                "supported (random, sharegpt, custom)\n", o->dataset_name);
+                "supported (random, sharegpt, custom, prefix_repetition)\n",
+                o->dataset_name);
         return -1;
     }
-    if (strcmp(o->dataset_name, "random") != 0 && o->dataset_path == NULL) {
+    if (strcmp(o->dataset_name, "prefix_repetition") == 0) {
+        if (o->rep_num_prefixes == 0 || o->num_prompts < o->rep_num_prefixes) {
+            fprintf(stderr, "kimi-bench: --num-prompts (%u) must be at least "
+                    "--prefix-repetition-num-prefixes (%u, at least 1)\n",
+                    o->num_prompts, o->rep_num_prefixes);
+            return -1;
+        }
+        if (o->seed > UINT32_MAX) {
+            fprintf(stderr, "kimi-bench: --seed must be below 2^32 for "
+                    "prefix_repetition (numpy's np.random.seed)\n");
+            return -1;
+        }
+    }
+    if (strcmp(o->dataset_name, "random") != 0
+        && strcmp(o->dataset_name, "prefix_repetition") != 0
+        && o->dataset_path == NULL)
+    {
         fprintf(stderr, "kimi-bench: --dataset-name %s needs "
                 "--dataset-path\n", o->dataset_name);
         return -1;
@@ -1113,7 +1148,8 @@ main(int argc, char **argv)
     if (bench_parse_args(argc, argv, &o) != 0) {
         return 2;
     }
-    n = o.num_prompts;
+    n = strcmp(o.dataset_name, "prefix_repetition") == 0
+        ? bench_prefix_rep_count(&o) : o.num_prompts;
 
     /* thousands of streams need thousands of descriptors */
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -1156,6 +1192,8 @@ main(int argc, char **argv)
 
     if ((strcmp(o.dataset_name, "random") == 0
          ? bench_dataset_random(&o, tok, reqs, &err)
+         : strcmp(o.dataset_name, "prefix_repetition") == 0
+         ? bench_dataset_prefix_rep(&o, tok, reqs, &err)
          : bench_dataset_file(&o, tok, reqs, &err)) != 0)
     {
         fprintf(stderr, "kimi-bench: dataset: %s\n", err.msg);

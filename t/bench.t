@@ -542,6 +542,85 @@ PY
         . ' token counts and output lengths, all 16');
 }
 
+# ---- prefix_repetition: the same prompts as vLLM for the same seed -----------
+
+SKIP: {
+    skip 'no python3, or tiktoken and numpy are not installable', 4
+        unless python_modules('tiktoken', 'numpy');
+
+    # vLLM's PrefixRepetitionRandomDataset, written out from its
+    # description: random.seed and np.random.seed (numpy's legacy global
+    # generator); per prefix np.random.randint ids decoded and re-encoded to
+    # the length (padding from the same generator), then that prefix with
+    # each of num_prompts // num_prefixes suffixes made the same way; the
+    # prompt is the text of prefix + suffix ids, prompt_len their count;
+    # random.shuffle at the end.
+    open my $py, '>', "$dir/vllm_prefix_rep.py" or die;
+    print $py <<'PY';
+import json, random, sys
+import numpy as np
+check_py, tokdir, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.argv = [check_py, tokdir]
+exec(open(check_py).read().split('bad = 0')[0])        # enc, as check.py
+seed, n, num_prefixes, prefix_len, suffix_len, out_len, shuffle = map(int, rest)
+random.seed(seed)
+np.random.seed(seed)
+vocab = enc.n_vocab
+def exact(length):
+    seq, tries = np.random.randint(0, vocab, size=length).tolist(), 10
+    while True:
+        text = enc.decode(seq)
+        seq = enc.encode(text, allowed_special='all')
+        if tries <= 0 or len(seq) == length:
+            return seq
+        if len(seq) < length:
+            seq += np.random.randint(0, vocab, size=length - len(seq)).tolist()
+        else:
+            seq = seq[:length]
+        tries -= 1
+res = []
+for _ in range(num_prefixes):
+    prefix = exact(prefix_len)
+    for _ in range(n // num_prefixes):
+        both = prefix + exact(suffix_len)
+        res.append({'prompt': enc.decode(both), 'prompt_len': len(both),
+                    'output_len': out_len})
+if shuffle:
+    random.shuffle(res)
+json.dump(res, sys.stdout)
+PY
+    close $py;
+
+    my $probe4 = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+        LocalPort => 0) or die;
+    my $nowhere4 = $probe4->sockport;
+    close $probe4;
+    for my $case ([7, 3, 20, 15, 9, 1, []], [10, 2, 33, 0, 5, 0, ['--disable-shuffle']]) {
+        my ($seed, $np, $pl, $sl, $ol, $shuffle, $extra) = @$case;
+        my $n = 11;
+        unlink "$dir/pr.json";
+        bench($nowhere4, '--dataset-name', 'prefix_repetition', '--num-prompts', $n,
+            '--prefix-repetition-num-prefixes', $np, '--prefix-repetition-prefix-len', $pl,
+            '--prefix-repetition-suffix-len', $sl, '--prefix-repetition-output-len', $ol,
+            '--seed', $seed, @$extra, '--dump-prompts', "$dir/pr.json");
+        my $ref = `python3 $dir/vllm_prefix_rep.py $dir/check.py $tokdir $seed $n $np $pl $sl $ol $shuffle 2>&1`;
+        my $ours = eval { decode_json(do { local (@ARGV, $/) = "$dir/pr.json"; <> }) };
+        my $want = eval { decode_json($ref) };
+        my $count = int($n / $np) * $np;
+        ok($want && @$want == $count && $ours && @$ours == $count,
+            "prefix_repetition seed $seed: $count prompts ($n // $np prefixes x $np) both ways")
+            or diag substr($ref, 0, 2000);
+        is_deeply($ours, $want // [], "kimi-bench prefix_repetition --seed $seed"
+            . ($shuffle ? '' : ' --disable-shuffle') . " gives vLLM's prompts, token"
+            . ' counts and output lengths');
+    }
+}
+
+my $few = `$bench --model m --tokenizer $tokdir --dataset-name prefix_repetition --num-prompts 3 --prefix-repetition-num-prefixes 4 2>&1`;
+is($? >> 8, 2, 'prefix_repetition with fewer prompts than prefixes: exit 2');
+like($few, qr/--num-prompts \(3\) must be at least --prefix-repetition-num-prefixes \(4/,
+    'with vLLM\'s rule in the message');
+
 # ---- ready check and plot ---------------------------------------------------
 
 SKIP: {
@@ -750,7 +829,7 @@ PY
     my $r = bench(1, '--dataset-name', 'sharegpt');
     like($r->{out}, qr/needs --dataset-path/, 'sharegpt without a path');
     $r = bench(1, '--dataset-name', 'sonnet', '--dataset-path', '/x');
-    like($r->{out}, qr/not supported \(random, sharegpt, custom\)/,
+    like($r->{out}, qr/not supported \(random, sharegpt, custom, prefix_repetition\)/,
         'an unknown dataset name');
     open my $fh, '>', "$dir/bad.jsonl" or die;
     print $fh qq({"prompt": "fine"}\n{"text": "no prompt"}\n);

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "../../bench/bench_dataset.c"
+#include "../../bench/bench_dataset_file.c"   /* Python's random, which bench_dataset.c calls */
 
 #include "tap.h"
 

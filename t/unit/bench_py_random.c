@@ -7,7 +7,11 @@
  *   random.seed(s); [random.choice(range(7)) for _ in range(10)]
  *   random.seed(s); [random.getrandbits(k) for k in (1, 5, 17, 32)]
  *
- * for s = 0 (vLLM's default), 42 and 2^40 + 7 (a seed of two words).
+ * for s = 0 (vLLM's default), 42 and 2^40 + 7 (a seed of two words);
+ * and the same generator as numpy's legacy global one (prefix_repetition),
+ * against numpy 2.4.6:
+ *
+ *   np.random.seed(s); np.random.randint(0, high, size=n).tolist()
  *
  * bench/ is not part of libkimi.a, so the file under test is compiled in.
  */
@@ -40,7 +44,7 @@ check(const case_t *c)
         x[i] = json_integer(i);
     }
     bench_py_seed(&r, c->seed);
-    bench_py_shuffle(&r, x, 20);
+    bench_py_shuffle(&r, x, 20, sizeof(x[0]));
     for (int i = 0; i < 20; i++) {
         bad += json_integer_value(x[i]) != c->shuffled[i];
         json_decref(x[i]);
@@ -83,6 +87,29 @@ main(void)
 
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         check(&cases[i]);
+    }
+
+    {
+        static const struct {
+            uint32_t  seed, high, n, want[8];
+        } np_cases[] = {
+            { 5, 163840, 6, { 35683, 18638, 20463, 124605, 121974, 136592 } },
+            { 4000000000u, 1000, 6, { 492, 746, 955, 508, 460, 414 } },
+            { 0, 2, 8, { 0, 1, 1, 0, 1, 1, 1, 1 } },
+        };
+        bench_py_random_t  r;
+
+        for (size_t i = 0; i < sizeof(np_cases) / sizeof(np_cases[0]); i++) {
+            int  bad = 0;
+
+            bench_np_legacy_seed(&r, np_cases[i].seed);
+            for (uint32_t k = 0; k < np_cases[i].n; k++) {
+                bad += bench_np_legacy_randint(&r, np_cases[i].high)
+                       != np_cases[i].want[k];
+            }
+            ok(bad == 0, "np.random.seed(%u); randint(0, %u) x %u (%d differ)",
+               np_cases[i].seed, np_cases[i].high, np_cases[i].n, bad);
+        }
     }
 
     printf("1..%d\n", test_n);
