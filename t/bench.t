@@ -453,11 +453,7 @@ print('checked', len(prompts), 'bad', bad)
 PY
     close $py;
 
-    my $probe2 = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-        LocalPort => 0) or die;
-    my $nowhere = $probe2->sockport;
-    close $probe2;
-    bench($nowhere, '--num-prompts', 12, '--random-input-len', 300,
+    bench($dead, '--num-prompts', 12, '--random-input-len', 300,
         '--random-range-ratio', 0.5, '--random-prefix-len', 20, '--seed', 7,
         '--dump-prompts', "$dir/prompts.json");
     my $check = `python3 $dir/check.py $tokdir $dir/prompts.json 2>&1`;
@@ -471,6 +467,35 @@ PY
 
 # ---- the same prompts as vLLM for the same seed -------------------------------
 
+# What the vLLM references share: Kimi's tiktoken encoding as check.py
+# builds it (argv: check.py, the tokenizer dir, then the reference's own),
+# and vLLM's gen_prompt_decode_to_target_len: decode, re-encode, cut or pad
+# (pad(k) gives k ids) until the target length, 10 tries.
+sub write_vllm_common {
+    open my $py, '>', "$dir/vllm_common.py" or die;
+    print $py <<'PY';
+import sys
+check_py, tokdir, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+_argv, sys.argv = sys.argv, [check_py, tokdir]
+_g = {}
+exec(open(check_py).read().split('bad = 0')[0], _g)
+enc, sys.argv = _g['enc'], _argv
+def to_length(seq, target, pad):
+    tries = 10
+    while True:
+        text = enc.decode(seq)
+        seq = enc.encode(text, allowed_special='all')
+        if tries <= 0 or len(seq) == target:
+            return text, seq
+        if len(seq) < target:
+            seq = seq + pad(target - len(seq))
+        else:
+            seq = seq[:target]
+        tries -= 1
+PY
+    close $py;
+}
+
 SKIP: {
     skip 'no python3, or tiktoken and numpy are not installable', 2
         unless python_modules('tiktoken', 'numpy');
@@ -481,13 +506,12 @@ SKIP: {
     # ids decoded and re-encoded until its length is the target, short ones
     # padded with ids below the vocabulary size drawn from the same rng.
     # Kimi's tokenizer is tiktoken built as check.py builds it.
+    write_vllm_common();
     open my $py, '>', "$dir/vllm_random.py" or die;
     print $py <<'PY';
 import json, sys
 import numpy as np
-check_py, tokdir, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
-sys.argv = [check_py, tokdir]
-exec(open(check_py).read().split('bad = 0')[0])        # enc, as check.py
+from vllm_common import enc, rest, to_length, tokdir
 cfg = json.load(open(tokdir + '/tokenizer_config.json'))
 by_name = {v['content']: int(k) for k, v in cfg['added_tokens_decoder'].items()}
 names = [cfg.get(k) for k in ('bos_token', 'eos_token', 'unk_token', 'pad_token')]
@@ -509,27 +533,14 @@ prefix = [allowed[k] for k in rng.integers(0, len(allowed), size=prefix_len)] if
 res = []
 for i in range(n):
     seq = prefix + [allowed[(int(offs[i]) + i + j) % len(allowed)] for j in range(int(ins[i]))]
-    target, tries = prefix_len + int(ins[i]), 10
-    while True:
-        text = enc.decode(seq)
-        seq = enc.encode(text, allowed_special='all')
-        if tries <= 0 or len(seq) == target:
-            break
-        if len(seq) < target:
-            seq += [int(x) for x in rng.integers(0, vocab, size=target - len(seq))]
-        else:
-            seq = seq[:target]
-        tries -= 1
+    text, seq = to_length(seq, prefix_len + int(ins[i]),
+        lambda k: [int(x) for x in rng.integers(0, vocab, size=k)])
     res.append({'prompt': text, 'prompt_len': len(seq), 'output_len': int(outs[i])})
 json.dump(res, sys.stdout)
 PY
     close $py;
 
-    my $probe3 = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-        LocalPort => 0) or die;
-    my $nowhere3 = $probe3->sockport;
-    close $probe3;
-    bench($nowhere3, '--num-prompts', 16, '--random-input-len', 200,
+    bench($dead, '--num-prompts', 16, '--random-input-len', 200,
         '--random-output-len', 40, '--random-range-ratio', 0.3,
         '--random-prefix-len', 12, '--seed', 11,
         '--dump-prompts', "$dir/ours.json");
@@ -555,29 +566,20 @@ SKIP: {
     # each of num_prompts // num_prefixes suffixes made the same way; the
     # prompt is the text of prefix + suffix ids, prompt_len their count;
     # random.shuffle at the end.
+    write_vllm_common();
     open my $py, '>', "$dir/vllm_prefix_rep.py" or die;
     print $py <<'PY';
 import json, random, sys
 import numpy as np
-check_py, tokdir, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
-sys.argv = [check_py, tokdir]
-exec(open(check_py).read().split('bad = 0')[0])        # enc, as check.py
+from vllm_common import enc, rest, to_length, tokdir
 seed, n, num_prefixes, prefix_len, suffix_len, out_len, shuffle = map(int, rest)
 random.seed(seed)
 np.random.seed(seed)
 vocab = enc.n_vocab
+def draw(k):
+    return np.random.randint(0, vocab, size=k).tolist()
 def exact(length):
-    seq, tries = np.random.randint(0, vocab, size=length).tolist(), 10
-    while True:
-        text = enc.decode(seq)
-        seq = enc.encode(text, allowed_special='all')
-        if tries <= 0 or len(seq) == length:
-            return seq
-        if len(seq) < length:
-            seq += np.random.randint(0, vocab, size=length - len(seq)).tolist()
-        else:
-            seq = seq[:length]
-        tries -= 1
+    return to_length(draw(length), length, draw)[1]
 res = []
 for _ in range(num_prefixes):
     prefix = exact(prefix_len)
@@ -591,15 +593,11 @@ json.dump(res, sys.stdout)
 PY
     close $py;
 
-    my $probe4 = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-        LocalPort => 0) or die;
-    my $nowhere4 = $probe4->sockport;
-    close $probe4;
     for my $case ([7, 3, 20, 15, 9, 1, []], [10, 2, 33, 0, 5, 0, ['--disable-shuffle']]) {
         my ($seed, $np, $pl, $sl, $ol, $shuffle, $extra) = @$case;
         my $n = 11;
         unlink "$dir/pr.json";
-        bench($nowhere4, '--dataset-name', 'prefix_repetition', '--num-prompts', $n,
+        bench($dead, '--dataset-name', 'prefix_repetition', '--num-prompts', $n,
             '--prefix-repetition-num-prefixes', $np, '--prefix-repetition-prefix-len', $pl,
             '--prefix-repetition-suffix-len', $sl, '--prefix-repetition-output-len', $ol,
             '--seed', $seed, @$extra, '--dump-prompts', "$dir/pr.json");
@@ -766,15 +764,10 @@ print(json.dumps(out))
 PY
     close $py;
 
-    my $probe4 = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-        LocalPort => 0) or die;
-    my $nowhere4 = $probe4->sockport;
-    close $probe4;
-
     for my $case ([ 5, 12 ], [ 0, 40 ]) {
         my ($seed, $n) = @$case;
         unlink "$dir/sg.json";
-        bench($nowhere4, '--dataset-name', 'sharegpt', '--dataset-path',
+        bench($dead, '--dataset-name', 'sharegpt', '--dataset-path',
             "$dir/sharegpt.json", '--num-prompts', $n, '--seed', $seed,
             '--dump-prompts', "$dir/sg.json");
         my $ours = -f "$dir/sg.json"
@@ -790,7 +783,7 @@ PY
     ok($q7 && $q7->{output_len} > 12 && $q7->{prompt_len} > 12,
         'output_len is the reply\'s token count, prompt_len the prompt\'s');
 
-    bench($nowhere4, '--dataset-name', 'sharegpt', '--dataset-path',
+    bench($dead, '--dataset-name', 'sharegpt', '--dataset-path',
         "$dir/sharegpt.json", '--num-prompts', 4, '--sharegpt-output-len', 77,
         '--disable-shuffle', '--dump-prompts', "$dir/sg2.json");
     my $sg2 = decode_json(do { local (@ARGV, $/) = "$dir/sg2.json"; <> });
@@ -798,7 +791,7 @@ PY
         '--sharegpt-output-len');
     like($sg2->[0]{prompt}, qr/number 0:/, '--disable-shuffle keeps the order');
 
-    my $r = bench($nowhere4, '--dataset-name', 'sharegpt', '--dataset-path',
+    my $r = bench($dead, '--dataset-name', 'sharegpt', '--dataset-path',
         "$dir/sharegpt.json", '--num-prompts', 40, '--no-oversample');
     like($r->{out}, qr/gives 30 requests of the 40 asked for/,
         '--no-oversample: short is an error');
@@ -807,14 +800,14 @@ PY
     open $fh, '>', "$dir/custom.jsonl" or die;
     print $fh encode_json({ prompt => "custom prompt $_" }), "\n" for 0 .. 9;
     close $fh;
-    bench($nowhere4, '--dataset-name', 'custom', '--dataset-path',
+    bench($dead, '--dataset-name', 'custom', '--dataset-path',
         "$dir/custom.jsonl", '--num-prompts', 3, '--dump-prompts',
         "$dir/cu.json");
     my $cu = decode_json(do { local (@ARGV, $/) = "$dir/cu.json"; <> });
     like($cu->[0]{prompt} // '', qr/<\|im_user\|>.*custom prompt \d.*<\|im_assistant\|>/s,
         'custom: the prompt in the chat template');
     is($cu->[0]{output_len}, 256, 'custom: output 256 by default');
-    bench($nowhere4, '--dataset-name', 'custom', '--dataset-path',
+    bench($dead, '--dataset-name', 'custom', '--dataset-path',
         "$dir/custom.jsonl", '--num-prompts', 3, '--custom-skip-chat-template',
         '--custom-output-len', 9, '--dump-prompts', "$dir/cu2.json");
     $cu = decode_json(do { local (@ARGV, $/) = "$dir/cu2.json"; <> });
