@@ -252,8 +252,8 @@ like($r->{json}{choices}[0]{message}{content} // '',
 # client.chat.completions.parse() (strict json_schema with $defs, $ref,
 # anyOf with null, enum, Literal), answers parsed into the model
 SKIP: {
-    skip 'python3 with openai and pydantic not installed', 1
-        if system('python3 -c "import openai, pydantic" 2>/dev/null') != 0;
+    skip 'no python3, or openai and pydantic are not installable', 1
+        unless KimiTest::python_modules('openai', 'pydantic');
     my $url = 'http://127.0.0.1:' . $t->port . '/v1';
     my $bias = JSON::PP->new->encode(\%nudge);
     my ($n, $status) = KimiTest::relay_py_tap('openai client',
