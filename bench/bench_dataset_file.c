@@ -1,7 +1,8 @@
 /*
  * The file datasets of `vllm bench serve`: ShareGPT (--dataset-name
- * sharegpt, a JSON list of {"conversations": [{"value": ...}, ...]}) and
- * custom (--dataset-name custom, JSON lines of {"prompt": ...}).
+ * sharegpt, a JSON list of {"conversations": [{"value": ...}, ...]}),
+ * custom (--dataset-name custom, JSON lines of {"prompt": ...}) and
+ * BurstGPT (--dataset-name burstgpt, its CSV trace).
  *
  * Owns:   reading the file, vLLM's shuffle and selection, and the prompt
  *         and output lengths of each request.
@@ -26,6 +27,7 @@
  * The same --seed thus picks the same prompts as vLLM.
  */
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -295,6 +297,234 @@ bench_dataset_read(const bench_opts_t *o, int sharegpt, kimi_err_t *err)
 }
 
 
+/*
+ * vLLM's BurstGPTDataset: the CSV's rows whose Model is "GPT-4" and whose
+ * Response tokens are positive; --num-prompts of them chosen as pandas'
+ * DataFrame.sample(n, random_state=seed) chooses (numpy's legacy
+ * RandomState(seed).choice: the first n of a permutation, or n randint
+ * draws when the trace has fewer rows); request i asks Request tokens
+ * ids (i + j) % vocab, decoded (prompt_len is that count, as vLLM says),
+ * for Response tokens.
+ */
+typedef struct {
+    uint32_t  in_len, out_len;
+} bench_burst_row_t;
+
+
+/* The column of a header line named name, or -1 */
+static int
+bench_csv_column(const char *header, const char *name)
+{
+    const char  *p = header, *e;
+    size_t       n = strlen(name);
+    int          col = 0;
+
+    for ( ;; col++) {
+        e = strpbrk(p, ",\r\n");
+        if ((size_t) ((e ? e : p + strlen(p)) - p) == n
+            && strncmp(p, name, n) == 0)
+        {
+            return col;
+        }
+        if (e == NULL || *e != ',') {
+            return -1;
+        }
+        p = e + 1;
+    }
+}
+
+
+/* Field col of a CSV line (no quoting: the trace has none), its length */
+static const char *
+bench_csv_field(const char *line, int col, size_t *len)
+{
+    const char  *p = line, *e;
+
+    while (col-- > 0) {
+        p = strchr(p, ',');
+        if (p == NULL) {
+            return NULL;
+        }
+        p++;
+    }
+    e = strpbrk(p, ",\r\n");
+    *len = e ? (size_t) (e - p) : strlen(p);
+    return p;
+}
+
+
+static bench_burst_row_t *
+bench_burst_read(const bench_opts_t *o, size_t *n_rows, kimi_err_t *err)
+{
+    FILE               *f = fopen(o->dataset_path, "r");
+    char               *line = NULL, *end;
+    size_t              cap = 0, n = 0, room = 0, len;
+    ssize_t             got;
+    int                 c_model, c_req, c_resp, lineno = 1;
+    const char         *v;
+    double              req, resp;
+    bench_burst_row_t  *rows = NULL, *grown;
+
+    if (f == NULL) {
+        kimi_err_set(err, KIMI_EIO, "%s: %s", o->dataset_path,
+                     strerror(errno));
+        return NULL;
+    }
+
+    if (getline(&line, &cap, f) < 0
+        || (c_model = bench_csv_column(line, "Model")) < 0
+        || (c_req = bench_csv_column(line, "Request tokens")) < 0
+        || (c_resp = bench_csv_column(line, "Response tokens")) < 0)
+    {
+        kimi_err_set(err, KIMI_EINVAL, "%s: the first line is not BurstGPT's "
+                     "header (Model, Request tokens and Response tokens "
+                     "columns)", o->dataset_path);
+        goto failed;
+    }
+
+    while ((got = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        if (got == 0 || line[0] == '\n' || line[0] == '\r') {
+            continue;
+        }
+        v = bench_csv_field(line, c_model, &len);
+        if (v == NULL) {
+            goto bad_line;
+        }
+        if (len != 5 || strncmp(v, "GPT-4", 5) != 0) {
+            continue;
+        }
+        v = bench_csv_field(line, c_resp, &len);
+        if (v == NULL || (resp = strtod(v, &end), end != v + len)) {
+            goto bad_line;
+        }
+        v = bench_csv_field(line, c_req, &len);
+        if (v == NULL || (req = strtod(v, &end), end != v + len)) {
+            goto bad_line;
+        }
+        if (!(resp > 0)) {
+            continue;                       /* a failed request */
+        }
+        if (req < 0 || req > 1e7 || resp > 1e7) {
+            goto bad_line;
+        }
+        if (n == room) {
+            room = room ? room * 2 : 1024;
+            grown = realloc(rows, room * sizeof(*rows));
+            if (grown == NULL) {
+                kimi_err_set(err, KIMI_ENOMEM, "%zu rows", room);
+                goto failed;
+            }
+            rows = grown;
+        }
+        rows[n].in_len = (uint32_t) req;
+        rows[n].out_len = (uint32_t) resp;
+        n++;
+    }
+
+    free(line);
+    fclose(f);
+    *n_rows = n;
+    return rows;
+
+bad_line:
+
+    kimi_err_set(err, KIMI_EINVAL, "%s line %d: a field is missing or not a "
+                 "number", o->dataset_path, lineno);
+
+failed:
+
+    free(line);
+    free(rows);
+    fclose(f);
+    return NULL;
+}
+
+
+static int
+bench_dataset_burstgpt(const bench_opts_t *o, const kimi_tokenizer_t *tok,
+    bench_req_t *reqs, kimi_err_t *err)
+{
+    bench_burst_row_t  *rows;
+    bench_py_random_t   rs;
+    uint32_t           *pick = NULL, t, k;
+    int32_t            *ids = NULL;
+    size_t              n_rows, i, j, vocab = kimi_tokenizer_n_vocab(tok);
+    int                 rc = -1;
+
+    rows = bench_burst_read(o, &n_rows, err);
+    if (rows == NULL) {
+        return -1;
+    }
+    if (n_rows == 0) {
+        kimi_err_set(err, KIMI_EINVAL, "%s has no GPT-4 row with a positive "
+                     "Response tokens", o->dataset_path);
+        goto done;
+    }
+    if (o->seed > UINT32_MAX) {
+        kimi_err_set(err, KIMI_EINVAL, "--seed must be below 2^32 for "
+                     "burstgpt (numpy's RandomState)");
+        goto done;
+    }
+
+    pick = malloc((n_rows > o->num_prompts ? n_rows : o->num_prompts)
+                  * sizeof(uint32_t));
+    if (pick == NULL) {
+        kimi_err_set(err, KIMI_ENOMEM, "%zu rows", n_rows);
+        goto done;
+    }
+
+    bench_np_legacy_seed(&rs, (uint32_t) o->seed);
+    if (o->num_prompts <= n_rows) {
+        /* permutation(n_rows)[:num_prompts]: legacy shuffle of arange */
+        for (i = 0; i < n_rows; i++) {
+            pick[i] = (uint32_t) i;
+        }
+        for (i = n_rows - 1; i > 0; i--) {
+            j = bench_np_legacy_randint(&rs, (uint32_t) i + 1);
+            t = pick[i];
+            pick[i] = pick[j];
+            pick[j] = t;
+        }
+    } else {
+        for (i = 0; i < o->num_prompts; i++) {
+            pick[i] = bench_np_legacy_randint(&rs, (uint32_t) n_rows);
+        }
+    }
+
+    for (i = 0; i < o->num_prompts; i++) {
+        const bench_burst_row_t  *r = &rows[pick[i]];
+
+        ids = malloc(((size_t) r->in_len + 1) * sizeof(int32_t));
+        if (ids == NULL) {
+            kimi_err_set(err, KIMI_ENOMEM, "prompt %zu", i);
+            goto done;
+        }
+        for (k = 0; k < r->in_len; k++) {
+            ids[k] = (int32_t) ((i + k) % vocab);
+        }
+        if (kimi_detokenize(tok, ids, r->in_len, 0, &reqs[i].prompt,
+                            &reqs[i].prompt_bytes, err) != 0)
+        {
+            goto done;
+        }
+        free(ids);
+        ids = NULL;
+        reqs[i].prompt_len = r->in_len;
+        reqs[i].output_len = r->out_len;
+    }
+
+    rc = 0;
+
+done:
+
+    free(ids);
+    free(pick);
+    free(rows);
+    return rc;
+}
+
+
 int
 bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     bench_req_t *reqs, kimi_err_t *err)
@@ -306,6 +536,10 @@ bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     uint32_t            in_len, out_len, k;
     kimi_template_t    *tpl = NULL;
     bench_py_random_t   rng;
+
+    if (strcmp(o->dataset_name, "burstgpt") == 0) {
+        return bench_dataset_burstgpt(o, tok, reqs, err);
+    }
 
     sharegpt = strcmp(o->dataset_name, "sharegpt") == 0;
 

@@ -163,7 +163,7 @@ static const char  bench_usage[] =
 "  --header KEY=VALUE ...    more headers on every request\n"
 "  --tokenizer-mode auto|hf  accepted (one tokenizer reader)\n"
 "dataset:\n"
-"  --dataset-name random|sharegpt|custom|prefix_repetition\n"
+"  --dataset-name random|sharegpt|custom|prefix_repetition|burstgpt\n"
 "  --num-prompts N (1000)      --seed S (0)\n"
 "  --random-input-len N (1024)  --random-output-len N (128)\n"
 "  --random-range-ratio R (0)   --random-prefix-len N (0)\n"
@@ -172,7 +172,8 @@ static const char  bench_usage[] =
 "  --prefix-repetition-output-len N (128): prompts sharing N prefixes\n"
 "  --input-len N, --output-len N  vLLM's general lengths (the dataset's)\n"
 "  --dataset-path FILE       sharegpt: ShareGPT's JSON; custom: JSON lines of\n"
-"                            {\"prompt\": ...} (shuffled by --seed as vLLM)\n"
+"                            {\"prompt\": ...} (shuffled by --seed as vLLM);\n"
+"                            burstgpt: the BurstGPT trace's CSV\n"
 "  --sharegpt-output-len N   (default: each reply's own length)\n"
 "  --custom-output-len N (256)  --custom-skip-chat-template\n"
 "  --disable-shuffle         --no-oversample\n"
@@ -554,11 +555,12 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     if (strcmp(o->dataset_name, "random") != 0
         && strcmp(o->dataset_name, "sharegpt") != 0
         && strcmp(o->dataset_name, "custom") != 0
-        && strcmp(o->dataset_name, "prefix_repetition") != 0)
+        && strcmp(o->dataset_name, "prefix_repetition") != 0
+        && strcmp(o->dataset_name, "burstgpt") != 0)
     {
         fprintf(stderr, "kimi-bench: --dataset-name \"%s\" is not "
-                "supported (random, sharegpt, custom, prefix_repetition)\n",
-                o->dataset_name);
+                "supported (random, sharegpt, custom, prefix_repetition, "
+                "burstgpt)\n", o->dataset_name);
         return -1;
     }
     if (strcmp(o->dataset_name, "prefix_repetition") == 0) {

@@ -614,6 +614,81 @@ PY
     }
 }
 
+# ---- burstgpt: the same rows as vLLM (pandas' sample) for the same seed --------
+
+{
+    # a trace in BurstGPT's columns: GPT-4 and ChatGPT rows, some failed
+    # (Response tokens 0), lengths that vary
+    open my $csv, '>', "$dir/burst.csv" or die;
+    print $csv "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n";
+    for my $i (0 .. 59) {
+        my $model = $i % 3 == 2 ? 'ChatGPT' : 'GPT-4';
+        my ($req, $resp) = (20 + ($i * 37) % 300, $i % 7 == 3 ? 0 : 5 + ($i * 13) % 90);
+        print $csv join(',', 5 * $i, $model, $req, $resp, $req + $resp, 'Conversation log'), "\n";
+    }
+    close $csv;
+}
+
+SKIP: {
+    skip 'no python3, or tiktoken and numpy are not installable', 4
+        unless python_modules('tiktoken', 'numpy');
+
+    # vLLM's BurstGPTDataset: the GPT-4 rows with Response tokens > 0,
+    # DataFrame.sample(n, random_state=seed) (pandas calls numpy's legacy
+    # RandomState(seed).choice, with replacement when n exceeds the rows),
+    # request i: ids (i + j) % vocab for Request tokens j, decoded
+    write_vllm_common();
+    open my $py, '>', "$dir/vllm_burstgpt.py" or die;
+    print $py <<'PY';
+import csv, json, sys
+import numpy as np
+from vllm_common import enc, rest
+path, seed, n = rest[0], int(rest[1]), int(rest[2])
+with open(path) as f:
+    rows = [r for r in csv.DictReader(f)
+            if r['Model'] == 'GPT-4' and float(r['Response tokens']) > 0]
+idx = np.random.RandomState(seed).choice(len(rows), size=n, replace=n > len(rows))
+res = []
+for i, k in enumerate(idx):
+    n_in, n_out = int(rows[k]['Request tokens']), int(rows[k]['Response tokens'])
+    res.append({'prompt': enc.decode([(i + j) % enc.n_vocab for j in range(n_in)]),
+                'prompt_len': n_in, 'output_len': n_out})
+json.dump(res, sys.stdout)
+PY
+    close $py;
+
+    for my $case ([3, 12], [0, 70]) {
+        my ($seed, $n) = @$case;
+        unlink "$dir/bg.json";
+        bench($dead, '--dataset-name', 'burstgpt', '--dataset-path', "$dir/burst.csv",
+            '--num-prompts', $n, '--seed', $seed, '--dump-prompts', "$dir/bg.json");
+        my $ref = `python3 $dir/vllm_burstgpt.py $dir/check.py $tokdir $dir/burst.csv $seed $n 2>&1`;
+        my $ours = eval { decode_json(do { local (@ARGV, $/) = "$dir/bg.json"; <> }) };
+        my $want = eval { decode_json($ref) };
+        ok($want && @$want == $n && $ours && @$ours == $n,
+            "burstgpt seed $seed: $n requests both ways" . ($n > 34 ? ' (more than the rows)' : ''))
+            or diag substr($ref, 0, 2000);
+        is_deeply($ours, $want // [], "kimi-bench burstgpt --seed $seed picks vLLM's rows,"
+            . ' prompts and lengths');
+    }
+}
+
+{
+    open my $csv, '>', "$dir/notburst.csv" or die;
+    print $csv "time,model,tokens\n1,GPT-4,3\n";
+    close $csv;
+    my $r = bench($dead, '--dataset-name', 'burstgpt', '--dataset-path', "$dir/notburst.csv",
+        '--num-prompts', 2);
+    like($r->{out}, qr/not BurstGPT's header/, 'burstgpt: a CSV without its columns is named');
+    open $csv, '>', "$dir/badburst.csv" or die;
+    print $csv "Timestamp,Model,Request tokens,Response tokens\n1,GPT-4,3,9\n2,GPT-4,x,4\n";
+    close $csv;
+    $r = bench($dead, '--dataset-name', 'burstgpt', '--dataset-path', "$dir/badburst.csv",
+        '--num-prompts', 2);
+    like($r->{out}, qr/badburst\.csv line 3: a field is missing or not a number/,
+        'burstgpt: a bad row is named by its line');
+}
+
 my $few = `$bench --model m --tokenizer $tokdir --dataset-name prefix_repetition --num-prompts 3 --prefix-repetition-num-prefixes 4 2>&1`;
 is($? >> 8, 2, 'prefix_repetition with fewer prompts than prefixes: exit 2');
 like($few, qr/--num-prompts \(3\) must be at least --prefix-repetition-num-prefixes \(4/,
@@ -822,7 +897,7 @@ PY
     my $r = bench(1, '--dataset-name', 'sharegpt');
     like($r->{out}, qr/needs --dataset-path/, 'sharegpt without a path');
     $r = bench(1, '--dataset-name', 'sonnet', '--dataset-path', '/x');
-    like($r->{out}, qr/not supported \(random, sharegpt, custom, prefix_repetition\)/,
+    like($r->{out}, qr/not supported \(random, sharegpt, custom, prefix_repetition, burstgpt\)/,
         'an unknown dataset name');
     open my $fh, '>', "$dir/bad.jsonl" or die;
     print $fh qq({"prompt": "fine"}\n{"text": "no prompt"}\n);
