@@ -85,6 +85,8 @@ typedef struct {
     int               ignore_eos;
     double            temperature;
     double            top_p, top_k, min_p;   /* NAN: not sent */
+    int               logprobs;        /* completions' logprobs; -1: null */
+    char             *request_id_prefix; /* NULL: bench-RANDOM- */
 
     /* limits */
     double            timeout_s;        /* whole run, never exceeded */

@@ -44,7 +44,7 @@ enum {
     OPT_NO_SHUFFLE, OPT_NO_OVERSAMPLE, OPT_WARMUPS,
     OPT_RAMP, OPT_RAMP_START, OPT_RAMP_END, OPT_INPUT_LEN, OPT_OUTPUT_LEN,
     OPT_APPEND, OPT_TOK_MODE, OPT_REP_PREFIX, OPT_REP_SUFFIX, OPT_REP_NUM,
-    OPT_REP_OUT,
+    OPT_REP_OUT, OPT_REQ_ID_PREFIX, OPT_LOGPROBS, OPT_TRUST_REMOTE,
 };
 
 static const struct option  bench_options[] = {
@@ -70,6 +70,9 @@ static const struct option  bench_options[] = {
     { "output-len",              required_argument, NULL, OPT_OUTPUT_LEN },
     { "append-result",           no_argument,       NULL, OPT_APPEND },
     { "tokenizer-mode",          required_argument, NULL, OPT_TOK_MODE },
+    { "trust-remote-code",       no_argument,       NULL, OPT_TRUST_REMOTE },
+    { "request-id-prefix",       required_argument, NULL, OPT_REQ_ID_PREFIX },
+    { "logprobs",                required_argument, NULL, OPT_LOGPROBS },
     { "ramp-up-strategy",        required_argument, NULL, OPT_RAMP },
     { "ramp-up-start-rps",       required_argument, NULL, OPT_RAMP_START },
     { "ramp-up-end-rps",         required_argument, NULL, OPT_RAMP_END },
@@ -162,6 +165,9 @@ static const char  bench_usage[] =
 "  --api-key KEY             Authorization: Bearer KEY (or OPENAI_API_KEY)\n"
 "  --header KEY=VALUE ...    more headers on every request\n"
 "  --tokenizer-mode auto|hf  accepted (one tokenizer reader)\n"
+"  --trust-remote-code       accepted (the tokenizer reader runs no code)\n"
+"  --request-id-prefix P     x-request-id P0, P1, ... (default bench-RANDOM-)\n"
+"  --logprobs N              completions: logprobs N per token (default null)\n"
 "dataset:\n"
 "  --dataset-name random|sharegpt|custom|prefix_repetition|burstgpt\n"
 "  --num-prompts N (1000)      --seed S (0)\n"
@@ -432,6 +438,7 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     o->request_rate = INFINITY;
     o->burstiness = 1.0;
     o->temperature = 0.0;
+    o->logprobs = -1;           /* -1: null */
     o->top_p = NAN;             /* NAN: not sent (the server's default) */
     o->top_k = NAN;
     o->min_p = NAN;
@@ -465,6 +472,25 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
         case OPT_NO_OVERSAMPLE: o->no_oversample = 1; break;
         case OPT_RAMP:         o->ramp_up = optarg; break;
         case OPT_APPEND:       o->append_result = 1; o->save_result = 1; break;
+
+        case OPT_TRUST_REMOTE:
+            break;              /* vLLM's tokenizer loading flag: no code here */
+
+        case OPT_REQ_ID_PREFIX:
+            if (strlen(optarg) > 64 || strpbrk(optarg, "\r\n") != NULL) {
+                fprintf(stderr, "kimi-bench: --request-id-prefix: at most 64 "
+                        "characters, one line\n");
+                return -1;
+            }
+            o->request_id_prefix = optarg;
+            break;
+
+        case OPT_LOGPROBS:
+            if (bench_parse_u32("logprobs", optarg, &u) != 0) {
+                return -1;
+            }
+            o->logprobs = (int) u;
+            break;
 
         case OPT_TOK_MODE:
             if (strcmp(optarg, "auto") != 0 && strcmp(optarg, "hf") != 0) {
@@ -845,7 +871,8 @@ bench_build_body(const bench_opts_t *o, bench_req_t *r, size_t index,
                             json_stringn(r->prompt, r->prompt_bytes));
         json_object_set_new(js, "repetition_penalty", json_real(1.0));
         json_object_set_new(js, "max_tokens", json_integer(r->output_len));
-        json_object_set_new(js, "logprobs", json_null());
+        json_object_set_new(js, "logprobs", o->logprobs < 0 ? json_null()
+                                            : json_integer(o->logprobs));
     }
 
     json_object_set_new(js, "stream", json_true());
@@ -1140,7 +1167,7 @@ main(int argc, char **argv)
     bench_observer_t   *ob = NULL;
     bench_added_t       added;
     char                host_hdr[300], prefix[512], path[1024], file[2048];
-    char                id_prefix[32], num[64];
+    char                id_prefix[80], num[64];
     int32_t            *ids;
     size_t              i, n_ids, n;
     int                 rc = 1;
@@ -1202,8 +1229,12 @@ main(int argc, char **argv)
         goto done;
     }
 
-    snprintf(id_prefix, sizeof(id_prefix), "bench-%08x-",
-             (unsigned) (time(NULL) ^ getpid()));
+    if (o.request_id_prefix != NULL) {
+        snprintf(id_prefix, sizeof(id_prefix), "%s", o.request_id_prefix);
+    } else {
+        snprintf(id_prefix, sizeof(id_prefix), "bench-%08x-",
+                 (unsigned) (time(NULL) ^ getpid()));
+    }
     for (i = 0; i < n; i++) {
         if (bench_build_body(&o, &reqs[i], i, path, host_hdr, id_prefix)
             != 0)

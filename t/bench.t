@@ -140,6 +140,8 @@ sub fake_loop {
             $st{requests}++;
             $st{sampling} = join(',', map { "$_=" . ($req->{$_} // 'none') }
                                       qw(temperature top_p top_k min_p));
+            $st{logprobs} = $req->{logprobs} // 'null' if $path !~ /chat/;
+            ($st{id_prefix}) = $head =~ /^x-request-id: (\S*?)\d+\s*$/mi;
 
             my $how = $mode;
             if ($mode eq 'mixed') {
@@ -282,6 +284,17 @@ is($st->{sampling}, 'temperature=0,top_p=none,top_k=none,min_p=none',
     is($st2->{sampling}, 'temperature=0.7,top_p=0.9,top_k=40,min_p=0.05',
         '--temperature, --top-p, --top-k, --min-p sent as given')
         or diag $b2->{out};
+    is($st2->{logprobs}, 'null', 'completions: logprobs null by default');
+    like($st2->{id_prefix}, qr/^bench-[0-9a-f]{8}-$/, 'request ids bench-RANDOM-N by default');
+
+    my $s3 = fake_server(ttft_ms => 5, delay_ms => 1);
+    my $b3 = bench($s3->{port}, '--num-prompts', 2, '--logprobs', 3,
+        '--request-id-prefix', 'run-a-', '--trust-remote-code');
+    my $st3 = fake_stop($s3);
+    is($b3->{rc}, 0, '--logprobs, --request-id-prefix and --trust-remote-code run')
+        or diag $b3->{out};
+    is($st3->{logprobs}, 3, '--logprobs 3 sent as the completions\' logprobs');
+    is($st3->{id_prefix}, 'run-a-', '--request-id-prefix names the request ids');
 }
 
 like($b->{out}, qr/^============ Serving Benchmark Result ============$/m,
