@@ -39,6 +39,7 @@
 #include "../engine/text/regex_dfa.h"
 
 
+#define NGX_HTTP_KIMI_VERSION           "0.1.0"   /* GET /version; debian/changelog */
 #define NGX_HTTP_KIMI_MAX_GUIDED        64     /* guided_choice strings */
 #define NGX_HTTP_KIMI_MAX_STOP          16     /* OpenAI allows 4; vLLM more */
 #define NGX_HTTP_KIMI_MAX_BAD_WORDS     64     /* vLLM's bad_words, each */
@@ -74,6 +75,7 @@ typedef enum {
                                           ctx->responses set */
     NGX_HTTP_KIMI_ROUTE_RESPONSE,      /* GET, DELETE /v1/responses/{id} */
     NGX_HTTP_KIMI_ROUTE_RESPONSE_ITEMS, /* GET .../{id}/input_items */
+    NGX_HTTP_KIMI_ROUTE_VERSION,
 } ngx_http_kimi_route_e;
 
 

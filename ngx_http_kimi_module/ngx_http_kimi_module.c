@@ -54,6 +54,7 @@ static ngx_int_t ngx_http_kimi_models(ngx_http_request_t *r,
 static ngx_int_t ngx_http_kimi_model_not_found(ngx_http_request_t *r,
     ngx_str_t *model);
 static ngx_int_t ngx_http_kimi_health(ngx_http_request_t *r);
+static ngx_int_t ngx_http_kimi_version(ngx_http_request_t *r);
 static ngx_int_t ngx_http_kimi_served_name(ngx_http_kimi_ctx_t *ctx,
     ngx_http_kimi_attach_t *a, ngx_str_t *name);
 static ngx_int_t ngx_http_kimi_pin_rank(ngx_http_kimi_ctx_t *ctx);
@@ -251,6 +252,10 @@ static ngx_http_kimi_route_t  ngx_http_kimi_routes[] = {
       NGX_HTTP_POST },
     { ngx_string("/v1/models"), NGX_HTTP_KIMI_ROUTE_MODELS, NGX_HTTP_GET },
     { ngx_string("/health"), NGX_HTTP_KIMI_ROUTE_HEALTH, NGX_HTTP_GET },
+    /* vLLM's (SageMaker's) liveness probe: /health by another name */
+    { ngx_string("/ping"), NGX_HTTP_KIMI_ROUTE_HEALTH,
+      NGX_HTTP_GET|NGX_HTTP_POST },
+    { ngx_string("/version"), NGX_HTTP_KIMI_ROUTE_VERSION, NGX_HTTP_GET },
     { ngx_string("/tokenize"), NGX_HTTP_KIMI_ROUTE_TOKENIZE, NGX_HTTP_POST },
     { ngx_string("/detokenize"), NGX_HTTP_KIMI_ROUTE_DETOKENIZE,
       NGX_HTTP_POST },
@@ -301,6 +306,9 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
 
         } else if (method == (NGX_HTTP_GET|NGX_HTTP_DELETE)) {
             ngx_str_set(&h->value, "GET, DELETE");
+
+        } else if (method == (NGX_HTTP_GET|NGX_HTTP_POST)) {
+            ngx_str_set(&h->value, "GET, POST");
 
         } else {
             ngx_str_set(&h->value, "POST");
@@ -366,9 +374,14 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
 
     case NGX_HTTP_KIMI_ROUTE_MODELS:
     case NGX_HTTP_KIMI_ROUTE_HEALTH:
+    case NGX_HTTP_KIMI_ROUTE_VERSION:
 
         if (ngx_http_discard_request_body(r) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (route == NGX_HTTP_KIMI_ROUTE_VERSION) {
+            return ngx_http_kimi_version(r);
         }
 
         return (route == NGX_HTTP_KIMI_ROUTE_MODELS)
@@ -858,6 +871,25 @@ ngx_http_kimi_health(ngx_http_request_t *r)
     ngx_http_kimi_engine_json(a, root);
 
     rc = ngx_http_kimi_send_json(r, status, root);
+    json_decref(root);
+
+    return rc;
+}
+
+
+/* GET /version: what vLLM's answers, {"version": ...}, with this module's */
+static ngx_int_t
+ngx_http_kimi_version(ngx_http_request_t *r)
+{
+    json_t     *root;
+    ngx_int_t   rc;
+
+    root = json_pack("{s:s}", "version", NGX_HTTP_KIMI_VERSION);
+    if (root == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, root);
     json_decref(root);
 
     return rc;

@@ -25,6 +25,11 @@ is($r->{json}{choices}[0]{message}{content}, 'configured', 'with the reply');
 $r = $t->sse('/v1/chat/completions', chat_body(stream => JSON::PP::true));
 is(KimiTest::stream_text($r->{events}), 'configured', 'and streams');
 
+$r = $t->get('/metrics');
+is($r->{status}, 200, 'and /metrics, as vllm serve does');
+like($r->{body}, qr/^vllm:request_success_total\{[^}]*\} 2$/m,
+    'counting both requests under vLLM\'s name');
+
 $t->stop;
 
 done_testing;

@@ -4,7 +4,7 @@
 # "location = /health", a prefix named after the API ("location /v1/"),
 # and a mount point ("location /kimi/" serves /kimi/v1/models); anything
 # else under such a location is an OpenAI-style 404.  GET /v1/models/{model}
-# retrieves the served model's card.
+# retrieves the served model's card; /ping and /version answer as vLLM's.
 
 use strict;
 use warnings;
@@ -46,6 +46,19 @@ like($other->{json}{error}{message}, qr{`moonshotai/Other-Model`},
 is($t->post("/v1/models/$name", '{}')->{status}, 405,
     'POST /v1/models/{model} is a 405');
 is($t->get('/v1/models/')->{status}, 404, 'an empty model name is a 404');
+
+# vLLM's other probes: /ping (GET or POST, /health's answer) and /version
+my $ping = $t->get('/kimi/ping');
+is($ping->{status}, 200, 'GET /ping');
+is($ping->{json}{status}, 'ok', 'answers as /health does');
+is($t->post('/kimi/ping', '')->{status}, 200, 'POST /ping too');
+my $put = $t->http('PUT', '/kimi/ping', '');
+is($put->{status}, 405, 'PUT /ping is a 405');
+is($put->{headers}{allow}, 'GET, POST', 'allowing GET and POST');
+my $v = $t->get('/kimi/version');
+is($v->{status}, 200, 'GET /version');
+like($v->{json}{version}, qr/^\d+\.\d+\.\d+$/, 'a version number');
+is($t->post('/kimi/version', '{}')->{status}, 405, 'POST /version is a 405');
 
 my $r = $t->get('/v1/nothing');
 is($r->{status}, 404, 'an unknown path under /v1/ is a 404');

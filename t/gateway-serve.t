@@ -59,6 +59,14 @@ my $r = $t->post('/v1/chat/completions', { model => 'kimi-k2-tiny',
     max_tokens => 3 });
 is($r->{status}, 200, 'the tiny model answers a chat completion');
 is($r->{json}{usage}{completion_tokens}, 3, 'with the tokens asked for');
+# what `vllm serve` answers besides the API: /metrics (Prometheus text with
+# vLLM's names, counting the request above), /version, /ping
+my $m = $t->get('/metrics');
+is($m->{status}, 200, 'make run serves /metrics');
+like($m->{body}, qr/^vllm:request_success_total\{[^}]*finished_reason="length"[^}]*\} 1$/m,
+    'counting the chat completion, under vLLM\'s name');
+like($t->get('/version')->{body}, qr/^\{"version":\s*"\d+\.\d+\.\d+"\}$/, '/version');
+is($t->get('/ping')->{status}, 200, '/ping');
 # `make run` builds $(BUILD)/tiny-kimi-k2 first: serve must use that one,
 # not generate a second copy elsewhere
 like(do { local (@ARGV, $/) = "$dir/serve.out"; <> },
