@@ -49,8 +49,10 @@ typedef struct {
 
     /* dataset */
     char             *dataset_name;    /* random, sharegpt, custom,
-                                          prefix_repetition, burstgpt */
-    char             *dataset_path;    /* sharegpt, custom */
+                                          prefix_repetition, burstgpt,
+                                          sonnet */
+    char             *dataset_path;    /* sharegpt, custom, burstgpt,
+                                          sonnet */
     uint32_t          sharegpt_output_len; /* 0: the reply's length */
     uint32_t          custom_output_len;
     int               skip_chat_template;  /* custom */
@@ -64,6 +66,9 @@ typedef struct {
     uint32_t          rep_suffix_len;
     uint32_t          rep_num_prefixes;
     uint32_t          rep_output_len;
+    uint32_t          sonnet_input_len;  /* sonnet */
+    uint32_t          sonnet_output_len;
+    uint32_t          sonnet_prefix_len;
     uint32_t          num_prompts;
     uint64_t          seed;
 
@@ -204,6 +209,7 @@ typedef struct {
 void     bench_py_seed(bench_py_random_t *r, uint64_t seed);
 uint32_t bench_py_getrandbits(bench_py_random_t *r, int k);
 uint32_t bench_py_randbelow(bench_py_random_t *r, uint32_t n);
+double   bench_py_random(bench_py_random_t *r);       /* random.random() */
 void     bench_py_shuffle(bench_py_random_t *r, void *base, size_t n,
     size_t size);
 /* numpy's legacy global generator (np.random.seed(seed) with seed <
@@ -211,10 +217,15 @@ void     bench_py_shuffle(bench_py_random_t *r, void *base, size_t n,
  * init_genrand, bounded draws by masked rejection on 32-bit outputs */
 void     bench_np_legacy_seed(bench_py_random_t *r, uint32_t seed);
 uint32_t bench_np_legacy_randint(bench_py_random_t *r, uint32_t high);
-/* --dataset-name sharegpt, custom or burstgpt: o->num_prompts requests
- * from o->dataset_path, chosen as vLLM chooses them */
+/* --dataset-name sharegpt, custom, burstgpt or sonnet: o->num_prompts
+ * requests from o->dataset_path, chosen as vLLM chooses them */
 int bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     bench_req_t *reqs, kimi_err_t *err);
+int bench_dataset_sonnet(const bench_opts_t *o, const kimi_tokenizer_t *tok,
+    bench_req_t *reqs, kimi_err_t *err);
+/* tokens of text as HF's tokenizer(text).input_ids counts them */
+int bench_count_tokens(const kimi_tokenizer_t *tok, const char *text,
+    size_t len, uint32_t *n, kimi_err_t *err);
 
 int  bench_dataset_random(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     bench_req_t *reqs, kimi_err_t *err);

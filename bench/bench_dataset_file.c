@@ -2,7 +2,8 @@
  * The file datasets of `vllm bench serve`: ShareGPT (--dataset-name
  * sharegpt, a JSON list of {"conversations": [{"value": ...}, ...]}),
  * custom (--dataset-name custom, JSON lines of {"prompt": ...}) and
- * BurstGPT (--dataset-name burstgpt, its CSV trace).
+ * BurstGPT (--dataset-name burstgpt, its CSV trace); sonnet is in
+ * bench_dataset_sonnet.c.
  *
  * Owns:   reading the file, vLLM's shuffle and selection, and the prompt
  *         and output lengths of each request.
@@ -159,6 +160,16 @@ bench_py_getrandbits(bench_py_random_t *r, int k)
 }
 
 
+/* random.random(): 53 random bits, as genrand_res53 draws them */
+double
+bench_py_random(bench_py_random_t *r)
+{
+    uint32_t  a = bench_py_next(r) >> 5, b = bench_py_next(r) >> 6;
+
+    return (a * 67108864.0 + b) * (1.0 / 9007199254740992.0);
+}
+
+
 /* random._randbelow(n), 1 <= n < 2^32 */
 uint32_t
 bench_py_randbelow(bench_py_random_t *r, uint32_t n)
@@ -201,7 +212,7 @@ bench_py_shuffle(bench_py_random_t *r, void *base, size_t n, size_t size)
 /* ---- the datasets --------------------------------------------------------- */
 
 /* Tokens of text as HF's tokenizer(text).input_ids counts them. */
-static int
+int
 bench_count_tokens(const kimi_tokenizer_t *tok, const char *text, size_t len,
     uint32_t *n, kimi_err_t *err)
 {
@@ -539,6 +550,9 @@ bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
 
     if (strcmp(o->dataset_name, "burstgpt") == 0) {
         return bench_dataset_burstgpt(o, tok, reqs, err);
+    }
+    if (strcmp(o->dataset_name, "sonnet") == 0) {
+        return bench_dataset_sonnet(o, tok, reqs, err);
     }
 
     sharegpt = strcmp(o->dataset_name, "sharegpt") == 0;

@@ -45,6 +45,7 @@ enum {
     OPT_RAMP, OPT_RAMP_START, OPT_RAMP_END, OPT_INPUT_LEN, OPT_OUTPUT_LEN,
     OPT_APPEND, OPT_TOK_MODE, OPT_REP_PREFIX, OPT_REP_SUFFIX, OPT_REP_NUM,
     OPT_REP_OUT, OPT_REQ_ID_PREFIX, OPT_LOGPROBS, OPT_TRUST_REMOTE,
+    OPT_SONNET_IN, OPT_SONNET_OUT, OPT_SONNET_PREFIX,
 };
 
 static const struct option  bench_options[] = {
@@ -84,6 +85,9 @@ static const struct option  bench_options[] = {
     { "prefix-repetition-suffix-len", required_argument, NULL, OPT_REP_SUFFIX },
     { "prefix-repetition-num-prefixes", required_argument, NULL, OPT_REP_NUM },
     { "prefix-repetition-output-len", required_argument, NULL, OPT_REP_OUT },
+    { "sonnet-input-len",        required_argument, NULL, OPT_SONNET_IN },
+    { "sonnet-output-len",       required_argument, NULL, OPT_SONNET_OUT },
+    { "sonnet-prefix-len",       required_argument, NULL, OPT_SONNET_PREFIX },
     { "num-prompts",             required_argument, NULL, OPT_NUM_PROMPTS },
     { "seed",                    required_argument, NULL, OPT_SEED },
     { "request-rate",            required_argument, NULL, OPT_RATE },
@@ -130,6 +134,9 @@ static const bench_num_opt_t  bench_num_opts[] = {
     { OPT_REP_SUFFIX, "prefix-repetition-suffix-len", offsetof(bench_opts_t, rep_suffix_len), 1 },
     { OPT_REP_NUM, "prefix-repetition-num-prefixes", offsetof(bench_opts_t, rep_num_prefixes), 1 },
     { OPT_REP_OUT, "prefix-repetition-output-len", offsetof(bench_opts_t, rep_output_len), 1 },
+    { OPT_SONNET_IN, "sonnet-input-len", offsetof(bench_opts_t, sonnet_input_len), 1 },
+    { OPT_SONNET_OUT, "sonnet-output-len", offsetof(bench_opts_t, sonnet_output_len), 1 },
+    { OPT_SONNET_PREFIX, "sonnet-prefix-len", offsetof(bench_opts_t, sonnet_prefix_len), 1 },
     { OPT_NUM_PROMPTS, "num-prompts", offsetof(bench_opts_t, num_prompts), 1 },
     { OPT_SHAREGPT_OUT, "sharegpt-output-len", offsetof(bench_opts_t, sharegpt_output_len), 1 },
     { OPT_CUSTOM_OUT, "custom-output-len", offsetof(bench_opts_t, custom_output_len), 1 },
@@ -169,7 +176,7 @@ static const char  bench_usage[] =
 "  --request-id-prefix P     x-request-id P0, P1, ... (default bench-RANDOM-)\n"
 "  --logprobs N              completions: logprobs N per token (default null)\n"
 "dataset:\n"
-"  --dataset-name random|sharegpt|custom|prefix_repetition|burstgpt\n"
+"  --dataset-name random|sharegpt|custom|prefix_repetition|burstgpt|sonnet\n"
 "  --num-prompts N (1000)      --seed S (0)\n"
 "  --random-input-len N (1024)  --random-output-len N (128)\n"
 "  --random-range-ratio R (0)   --random-prefix-len N (0)\n"
@@ -179,9 +186,12 @@ static const char  bench_usage[] =
 "  --input-len N, --output-len N  vLLM's general lengths (the dataset's)\n"
 "  --dataset-path FILE       sharegpt: ShareGPT's JSON; custom: JSON lines of\n"
 "                            {\"prompt\": ...} (shuffled by --seed as vLLM);\n"
-"                            burstgpt: the BurstGPT trace's CSV\n"
+"                            burstgpt: the BurstGPT trace's CSV; sonnet: poem\n"
+"                            lines (vLLM's benchmarks/sonnet.txt)\n"
 "  --sharegpt-output-len N   (default: each reply's own length)\n"
 "  --custom-output-len N (256)  --custom-skip-chat-template\n"
+"  --sonnet-input-len N (550)  --sonnet-output-len N (150)\n"
+"  --sonnet-prefix-len N (200): lines shared by every prompt\n"
 "  --disable-shuffle         --no-oversample\n"
 "traffic:\n"
 "  --request-rate R          req/s, Poisson (default inf: all at t=0)\n"
@@ -428,6 +438,9 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     o->rep_num_prefixes = 10;
     o->rep_output_len = 128;
     o->custom_output_len = 256;
+    o->sonnet_input_len = 550;
+    o->sonnet_output_len = 150;
+    o->sonnet_prefix_len = 200;
     o->goodput_ms[0] = o->goodput_ms[1] = o->goodput_ms[2] = NAN;
     o->ramp_start_rps = o->ramp_end_rps = NAN;
 
@@ -510,10 +523,13 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
             }
             if (c == OPT_INPUT_LEN) {
                 o->input_len = u;
+                o->sonnet_input_len = u;
             } else {
                 o->output_len = u;
                 o->sharegpt_output_len = u;
                 o->custom_output_len = u;
+                o->sonnet_output_len = u;
+                o->rep_output_len = u;
             }
             break;
 
@@ -582,11 +598,12 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
         && strcmp(o->dataset_name, "sharegpt") != 0
         && strcmp(o->dataset_name, "custom") != 0
         && strcmp(o->dataset_name, "prefix_repetition") != 0
-        && strcmp(o->dataset_name, "burstgpt") != 0)
+        && strcmp(o->dataset_name, "burstgpt") != 0
+        && strcmp(o->dataset_name, "sonnet") != 0)
     {
         fprintf(stderr, "kimi-bench: --dataset-name \"%s\" is not "
                 "supported (random, sharegpt, custom, prefix_repetition, "
-                "burstgpt)\n", o->dataset_name);
+                "burstgpt, sonnet)\n", o->dataset_name);
         return -1;
     }
     if (strcmp(o->dataset_name, "prefix_repetition") == 0) {

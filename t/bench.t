@@ -702,6 +702,108 @@ PY
         'burstgpt: a bad row is named by its line');
 }
 
+# ---- sonnet: vLLM's SonnetDataset ----------------------------------------------
+
+# poem lines of varied length (vLLM ships Shakespeare's; any lines will do),
+# some not ASCII, the last without its newline
+{
+    open my $fh, '>:utf8', "$dir/sonnet.txt" or die;
+    for my $i (1 .. 40) {
+        my $w = join ' ', map { (qw(when I do count the clock that tells time
+            and see brave day sunk in hideous night), "\x{00e9}t\x{00e9}",
+            "\x{5c71}")[($i * 7 + $_ * 3) % 19] } 1 .. 3 + $i % 9;
+        print $fh ucfirst($w), ($i % 4 ? ',' : '.'), $i < 40 ? "\n" : '';
+    }
+    close $fh;
+}
+
+SKIP: {
+    skip 'no python3, or tiktoken and jinja2 are not installable', 6
+        unless python_modules('tiktoken', 'jinja2');
+
+    # vLLM's SonnetDataset.sample, with Kimi's chat template rendered as
+    # transformers renders it (jinja2's sandbox, trim_blocks, lstrip_blocks)
+    write_vllm_common();
+    open my $py, '>', "$dir/vllm_sonnet.py" or die;
+    print $py <<'PY';
+import json, random, sys
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from vllm_common import enc, tokdir, rest
+path, seed, n = rest[0], int(rest[1]), int(rest[2])
+input_len, prefix_len, output_len, chat = (int(x) for x in rest[3:7])
+env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                    extensions=['jinja2.ext.loopcontrols'])
+tmpl = env.from_string(open(tokdir + '/chat_template.jinja').read())
+def fmt(content):
+    return tmpl.render(messages=[{'role': 'user', 'content': content}],
+                       add_generation_prompt=True)
+def count(text):
+    return len(enc.encode(text, allowed_special='all'))
+random.seed(seed)
+data = open(path, encoding='utf-8').readlines()
+avg = sum(count(l) for l in data) / len(data)
+base = 'Pick as many lines as you can from these poem lines:\n'
+off = count(fmt(base))
+n_in = round((input_len - off) / avg)
+n_pre = max(round((prefix_len - off) / avg), 0)
+pre = data[:n_pre]
+res = []
+while len(res) < n:
+    extra = random.choices(data, k=n_in - n_pre)
+    prompt = base + ''.join(pre + extra)
+    f = fmt(prompt)
+    if count(f) <= input_len:
+        res.append({'prompt': prompt if chat else f, 'prompt_len': count(f),
+                    'output_len': output_len})
+json.dump(res, sys.stdout)
+PY
+    close $py;
+
+    # completions get the templated prompt, chat the prompt as it is; a
+    # tight input length makes vLLM draw again
+    for my $case ([0, 6, 550, 200, 150, 0], [9, 5, 300, 120, 33, 1],
+                  [4, 8, 170, 0, 150, 0])
+    {
+        my ($seed, $n, $in, $pre, $out, $chat) = @$case;
+        unlink "$dir/son.json";
+        my $r = bench($dead, '--dataset-name', 'sonnet', '--dataset-path', "$dir/sonnet.txt",
+            '--num-prompts', $n, '--seed', $seed, '--sonnet-input-len', $in,
+            '--sonnet-prefix-len', $pre, '--sonnet-output-len', $out,
+            ($chat ? ('--backend', 'openai-chat', '--endpoint', '/v1/chat/completions') : ()),
+            '--dump-prompts', "$dir/son.json");
+        my $ref = `python3 $dir/vllm_sonnet.py $dir/check.py $tokdir $dir/sonnet.txt $seed $n $in $pre $out $chat 2>&1`;
+        my $ours = eval { decode_json(do { local (@ARGV, $/) = "$dir/son.json"; <> }) };
+        my $want = eval { decode_json($ref) };
+        ok($want && @$want == $n && $ours && @$ours == $n,
+            "sonnet seed $seed, input $in, prefix $pre: $n requests both ways")
+            or diag substr($ref . ($r->{out} // ''), 0, 2000);
+        is_deeply($ours, $want // [], 'kimi-bench sonnet builds vLLM\'s prompts and lengths'
+            . ($chat ? ' (chat: the prompt as it is)' : ' (templated)'));
+    }
+}
+
+{
+    my $r = bench($dead, '--dataset-name', 'sonnet', '--dataset-path', "$dir/sonnet.txt",
+        '--num-prompts', 2, '--sonnet-input-len', 10);
+    like($r->{out}, qr/--sonnet-input-len 10 must be higher than the base prompt length \(\d+\)/,
+        'sonnet: an input length under the instruction is refused, naming it');
+    $r = bench($dead, '--dataset-name', 'sonnet', '--dataset-path', "$dir/nothing.txt",
+        '--num-prompts', 2);
+    like($r->{out}, qr/nothing\.txt: No such file/, 'sonnet: a missing file is named');
+
+    # vLLM's general --input-len / --output-len set every dataset's own
+    for my $ds (['sonnet', '--dataset-path', "$dir/sonnet.txt", '--input-len', 300],
+                ['prefix_repetition', '--prefix-repetition-num-prefixes', 1])
+    {
+        my ($name, @more) = @$ds;
+        unlink "$dir/gen.json";
+        bench($dead, '--dataset-name', $name, @more, '--num-prompts', 2,
+            '--output-len', 7, '--dump-prompts', "$dir/gen.json");
+        my $d = eval { decode_json(do { local (@ARGV, $/) = "$dir/gen.json"; <> }) } // [];
+        is(join(',', map { $_->{output_len} } @$d), '7,7', "--output-len sets $name\'s output length");
+    }
+}
+
 my $few = `$bench --model m --tokenizer $tokdir --dataset-name prefix_repetition --num-prompts 3 --prefix-repetition-num-prefixes 4 2>&1`;
 is($? >> 8, 2, 'prefix_repetition with fewer prompts than prefixes: exit 2');
 like($few, qr/--num-prompts \(3\) must be at least --prefix-repetition-num-prefixes \(4/,
@@ -909,8 +1011,8 @@ PY
 {
     my $r = bench(1, '--dataset-name', 'sharegpt');
     like($r->{out}, qr/needs --dataset-path/, 'sharegpt without a path');
-    $r = bench(1, '--dataset-name', 'sonnet', '--dataset-path', '/x');
-    like($r->{out}, qr/not supported \(random, sharegpt, custom, prefix_repetition, burstgpt\)/,
+    $r = bench(1, '--dataset-name', 'spec_bench', '--dataset-path', '/x');
+    like($r->{out}, qr/not supported \(random, sharegpt, custom, prefix_repetition, burstgpt, sonnet\)/,
         'an unknown dataset name');
     open my $fh, '>', "$dir/bad.jsonl" or die;
     print $fh qq({"prompt": "fine"}\n{"text": "no prompt"}\n);
