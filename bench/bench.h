@@ -217,8 +217,9 @@ void     bench_py_shuffle(bench_py_random_t *r, void *base, size_t n,
  * init_genrand, bounded draws by masked rejection on 32-bit outputs */
 void     bench_np_legacy_seed(bench_py_random_t *r, uint32_t seed);
 uint32_t bench_np_legacy_randint(bench_py_random_t *r, uint32_t high);
-/* --dataset-name sharegpt, custom, burstgpt or sonnet: o->num_prompts
- * requests from o->dataset_path, chosen as vLLM chooses them */
+/* --dataset-name sharegpt, custom or burstgpt (bench_dataset_file), sonnet
+ * (bench_dataset_sonnet): o->num_prompts requests from o->dataset_path,
+ * chosen as vLLM chooses them */
 int bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     bench_req_t *reqs, kimi_err_t *err);
 int bench_dataset_sonnet(const bench_opts_t *o, const kimi_tokenizer_t *tok,

@@ -551,9 +551,6 @@ bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     if (strcmp(o->dataset_name, "burstgpt") == 0) {
         return bench_dataset_burstgpt(o, tok, reqs, err);
     }
-    if (strcmp(o->dataset_name, "sonnet") == 0) {
-        return bench_dataset_sonnet(o, tok, reqs, err);
-    }
 
     sharegpt = strcmp(o->dataset_name, "sharegpt") == 0;
 

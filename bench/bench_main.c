@@ -1240,6 +1240,8 @@ main(int argc, char **argv)
          ? bench_dataset_random(&o, tok, reqs, &err)
          : strcmp(o.dataset_name, "prefix_repetition") == 0
          ? bench_dataset_prefix_rep(&o, tok, reqs, &err)
+         : strcmp(o.dataset_name, "sonnet") == 0
+         ? bench_dataset_sonnet(&o, tok, reqs, &err)
          : bench_dataset_file(&o, tok, reqs, &err)) != 0)
     {
         fprintf(stderr, "kimi-bench: dataset: %s\n", err.msg);

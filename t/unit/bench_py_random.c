@@ -112,6 +112,30 @@ main(void)
         }
     }
 
+    {
+        /* random.random(), as random.choices draws (the sonnet dataset) */
+        static const struct {
+            uint64_t  seed;
+            double    want[3];
+        } rnd[] = {
+            { 0, { 0.8444218515250481, 0.7579544029403025, 0.420571580830845 } },
+            { 12345, { 0.41661987254534116 } },
+            { 1099511627779ULL, { 0.21978710637116716 } },
+        };
+        bench_py_random_t  r;
+
+        for (size_t i = 0; i < sizeof(rnd) / sizeof(rnd[0]); i++) {
+            int  bad = 0;
+
+            bench_py_seed(&r, rnd[i].seed);
+            for (int k = 0; k < 3 && rnd[i].want[k] != 0.0; k++) {
+                bad += bench_py_random(&r) != rnd[i].want[k];
+            }
+            ok(bad == 0, "seed %llu: random.random() bit for bit (%d differ)",
+               (unsigned long long) rnd[i].seed, bad);
+        }
+    }
+
     printf("1..%d\n", test_n);
     return test_failed != 0;
 }
