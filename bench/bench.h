@@ -50,7 +50,7 @@ typedef struct {
     /* dataset */
     char             *dataset_name;    /* random, sharegpt, custom,
                                           prefix_repetition, burstgpt,
-                                          sonnet */
+                                          sonnet, spec_bench */
     char             *dataset_path;    /* sharegpt, custom, burstgpt,
                                           sonnet */
     uint32_t          sharegpt_output_len; /* 0: the reply's length */
@@ -66,6 +66,8 @@ typedef struct {
     uint32_t          rep_suffix_len;
     uint32_t          rep_num_prefixes;
     uint32_t          rep_output_len;
+    uint32_t          spec_bench_output_len;
+    char             *spec_bench_category;  /* NULL: every row */
     uint32_t          sonnet_input_len;  /* sonnet */
     uint32_t          sonnet_output_len;
     uint32_t          sonnet_prefix_len;
@@ -217,7 +219,8 @@ void     bench_py_shuffle(bench_py_random_t *r, void *base, size_t n,
  * init_genrand, bounded draws by masked rejection on 32-bit outputs */
 void     bench_np_legacy_seed(bench_py_random_t *r, uint32_t seed);
 uint32_t bench_np_legacy_randint(bench_py_random_t *r, uint32_t high);
-/* --dataset-name sharegpt, custom or burstgpt (bench_dataset_file), sonnet
+/* --dataset-name sharegpt, custom, burstgpt or spec_bench
+ * (bench_dataset_file), sonnet
  * (bench_dataset_sonnet): o->num_prompts requests from o->dataset_path,
  * chosen as vLLM chooses them */
 int bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,

@@ -2,7 +2,11 @@
  * The file datasets of `vllm bench serve`: ShareGPT (--dataset-name
  * sharegpt, a JSON list of {"conversations": [{"value": ...}, ...]}),
  * custom (--dataset-name custom, JSON lines of {"prompt": ...}) and
- * BurstGPT (--dataset-name burstgpt, its CSV trace); sonnet is in
+ * BurstGPT (--dataset-name burstgpt, its CSV trace) and Spec-Bench
+ * (--dataset-name spec_bench, its question.jsonl: the first of each row's
+ * "turns", of --spec-bench-category or any, then as custom, except that
+ * vLLM shuffles it with seed 0 whatever --seed says, always through the
+ * chat template, --spec-bench-output-len 256); sonnet is in
  * bench_dataset_sonnet.c.
  *
  * Owns:   reading the file, vLLM's shuffle and selection, and the prompt
@@ -241,6 +245,7 @@ bench_dataset_read(const bench_opts_t *o, int sharegpt, kimi_err_t *err)
     json_error_t   jerr;
     FILE          *f;
     size_t         i;
+    int            spec_bench = strcmp(o->dataset_name, "spec_bench") == 0;
 
     if (o->dataset_path == NULL) {
         kimi_err_set(err, KIMI_EINVAL, "--dataset-name %s needs "
@@ -287,6 +292,32 @@ bench_dataset_read(const bench_opts_t *o, int sharegpt, kimi_err_t *err)
         }
 
         e = json_loadb(line, (size_t) len, 0, &jerr);
+
+        if (e != NULL && spec_bench) {
+            /* Spec-Bench's question.jsonl: the first turn, of the category
+             * asked for (or any) */
+            json_t      *turn = json_array_get(json_object_get(e, "turns"), 0);
+            const char  *cat = json_string_value(json_object_get(e, "category"));
+
+            if (!json_is_string(turn)) {
+                json_decref(e);
+                e = NULL;
+                snprintf(jerr.text, sizeof(jerr.text), "no \"turns\" list "
+                         "starting with a string");
+            } else if (o->spec_bench_category != NULL
+                       && (cat == NULL
+                           || strcmp(cat, o->spec_bench_category) != 0))
+            {
+                json_decref(e);
+                continue;
+            } else {
+                json_t  *row = json_pack("{s:O}", "prompt", turn);
+
+                json_decref(e);
+                e = row;
+            }
+        }
+
         if (e == NULL || !json_is_string(json_object_get(e, "prompt"))) {
             kimi_err_set(err, KIMI_EFORMAT, "%s:%zu: %s", o->dataset_path,
                          lineno, e == NULL ? jerr.text
@@ -540,7 +571,8 @@ int
 bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     bench_req_t *reqs, kimi_err_t *err)
 {
-    int                 sharegpt, rc = -1;
+    int                 sharegpt, spec_bench, rc = -1;
+    uint64_t            seed;
     char               *text;
     size_t              i, n, n_taken = 0, len;
     json_t             *data, **order = NULL, *e, *conv, *msgs;
@@ -553,6 +585,7 @@ bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     }
 
     sharegpt = strcmp(o->dataset_name, "sharegpt") == 0;
+    spec_bench = strcmp(o->dataset_name, "spec_bench") == 0;
 
     data = bench_dataset_read(o, sharegpt, err);
     if (data == NULL) {
@@ -575,12 +608,14 @@ bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
         order[i] = json_array_get(data, i);
     }
 
-    bench_py_seed(&rng, o->seed);
+    /* vLLM builds SpecBench without --seed: Python's random at seed 0 */
+    seed = spec_bench ? 0 : o->seed;
+    bench_py_seed(&rng, seed);
     if (!o->disable_shuffle) {
         bench_py_shuffle(&rng, order, n, sizeof(order[0]));
     }
 
-    if (!sharegpt && !o->skip_chat_template
+    if (!sharegpt && (spec_bench || !o->skip_chat_template)
         && kimi_template_load(&tpl, o->tokenizer, err) != 0)
     {
         kimi_err_wrap(err, "the chat template (--custom-skip-chat-template "
@@ -594,7 +629,8 @@ bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
         e = order[i];
         text = NULL;
         len = 0;
-        out_len = sharegpt ? o->sharegpt_output_len : o->custom_output_len;
+        out_len = sharegpt ? o->sharegpt_output_len
+                  : spec_bench ? o->spec_bench_output_len : o->custom_output_len;
 
         /* the prompt text: ShareGPT's first turn, or a custom prompt as
          * it is or through the chat template */
@@ -680,7 +716,7 @@ bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
         fprintf(stderr, "kimi-bench: %s gives %zu requests; drawing the "
                 "other %zu from them again (as vLLM oversamples)\n",
                 o->dataset_path, n_taken, o->num_prompts - n_taken);
-        bench_py_seed(&rng, o->seed);
+        bench_py_seed(&rng, seed);
         for (i = n_taken; i < o->num_prompts; i++) {
             k = bench_py_randbelow(&rng, (uint32_t) n_taken);
             reqs[i] = reqs[k];

@@ -45,7 +45,8 @@ enum {
     OPT_RAMP, OPT_RAMP_START, OPT_RAMP_END, OPT_INPUT_LEN, OPT_OUTPUT_LEN,
     OPT_APPEND, OPT_TOK_MODE, OPT_REP_PREFIX, OPT_REP_SUFFIX, OPT_REP_NUM,
     OPT_REP_OUT, OPT_REQ_ID_PREFIX, OPT_LOGPROBS, OPT_TRUST_REMOTE,
-    OPT_SONNET_IN, OPT_SONNET_OUT, OPT_SONNET_PREFIX,
+    OPT_SONNET_IN, OPT_SONNET_OUT, OPT_SONNET_PREFIX, OPT_SPEC_OUT,
+    OPT_SPEC_CATEGORY,
 };
 
 static const struct option  bench_options[] = {
@@ -88,6 +89,8 @@ static const struct option  bench_options[] = {
     { "sonnet-input-len",        required_argument, NULL, OPT_SONNET_IN },
     { "sonnet-output-len",       required_argument, NULL, OPT_SONNET_OUT },
     { "sonnet-prefix-len",       required_argument, NULL, OPT_SONNET_PREFIX },
+    { "spec-bench-output-len",   required_argument, NULL, OPT_SPEC_OUT },
+    { "spec-bench-category",     required_argument, NULL, OPT_SPEC_CATEGORY },
     { "num-prompts",             required_argument, NULL, OPT_NUM_PROMPTS },
     { "seed",                    required_argument, NULL, OPT_SEED },
     { "request-rate",            required_argument, NULL, OPT_RATE },
@@ -137,6 +140,7 @@ static const bench_num_opt_t  bench_num_opts[] = {
     { OPT_SONNET_IN, "sonnet-input-len", offsetof(bench_opts_t, sonnet_input_len), 1 },
     { OPT_SONNET_OUT, "sonnet-output-len", offsetof(bench_opts_t, sonnet_output_len), 1 },
     { OPT_SONNET_PREFIX, "sonnet-prefix-len", offsetof(bench_opts_t, sonnet_prefix_len), 1 },
+    { OPT_SPEC_OUT, "spec-bench-output-len", offsetof(bench_opts_t, spec_bench_output_len), 1 },
     { OPT_NUM_PROMPTS, "num-prompts", offsetof(bench_opts_t, num_prompts), 1 },
     { OPT_SHAREGPT_OUT, "sharegpt-output-len", offsetof(bench_opts_t, sharegpt_output_len), 1 },
     { OPT_CUSTOM_OUT, "custom-output-len", offsetof(bench_opts_t, custom_output_len), 1 },
@@ -176,7 +180,8 @@ static const char  bench_usage[] =
 "  --request-id-prefix P     x-request-id P0, P1, ... (default bench-RANDOM-)\n"
 "  --logprobs N              completions: logprobs N per token (default null)\n"
 "dataset:\n"
-"  --dataset-name random|sharegpt|custom|prefix_repetition|burstgpt|sonnet\n"
+"  --dataset-name random|sharegpt|custom|prefix_repetition|burstgpt|sonnet|\n"
+"                 spec_bench\n"
 "  --num-prompts N (1000)      --seed S (0)\n"
 "  --random-input-len N (1024)  --random-output-len N (128)\n"
 "  --random-range-ratio R (0)   --random-prefix-len N (0)\n"
@@ -187,11 +192,13 @@ static const char  bench_usage[] =
 "  --dataset-path FILE       sharegpt: ShareGPT's JSON; custom: JSON lines of\n"
 "                            {\"prompt\": ...} (shuffled by --seed as vLLM);\n"
 "                            burstgpt: the BurstGPT trace's CSV; sonnet: poem\n"
-"                            lines (vLLM's benchmarks/sonnet.txt)\n"
+"                            lines (vLLM's benchmarks/sonnet.txt); spec_bench:\n"
+"                            Spec-Bench's question.jsonl\n"
 "  --sharegpt-output-len N   (default: each reply's own length)\n"
 "  --custom-output-len N (256)  --custom-skip-chat-template\n"
 "  --sonnet-input-len N (550)  --sonnet-output-len N (150)\n"
 "  --sonnet-prefix-len N (200): lines shared by every prompt\n"
+"  --spec-bench-output-len N (256)  --spec-bench-category NAME\n"
 "  --disable-shuffle         --no-oversample\n"
 "traffic:\n"
 "  --request-rate R          req/s, Poisson (default inf: all at t=0)\n"
@@ -441,6 +448,7 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     o->sonnet_input_len = 550;
     o->sonnet_output_len = 150;
     o->sonnet_prefix_len = 200;
+    o->spec_bench_output_len = 256;
     o->goodput_ms[0] = o->goodput_ms[1] = o->goodput_ms[2] = NAN;
     o->ramp_start_rps = o->ramp_end_rps = NAN;
 
@@ -481,6 +489,7 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
         case OPT_DATASET:      o->dataset_name = optarg; break;
         case OPT_DATASET_PATH: o->dataset_path = optarg; break;
         case OPT_SKIP_TEMPLATE: o->skip_chat_template = 1; break;
+        case OPT_SPEC_CATEGORY: o->spec_bench_category = optarg; break;
         case OPT_NO_SHUFFLE:   o->disable_shuffle = 1; break;
         case OPT_NO_OVERSAMPLE: o->no_oversample = 1; break;
         case OPT_RAMP:         o->ramp_up = optarg; break;
@@ -530,6 +539,7 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
                 o->custom_output_len = u;
                 o->sonnet_output_len = u;
                 o->rep_output_len = u;
+                o->spec_bench_output_len = u;
             }
             break;
 
@@ -599,11 +609,12 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
         && strcmp(o->dataset_name, "custom") != 0
         && strcmp(o->dataset_name, "prefix_repetition") != 0
         && strcmp(o->dataset_name, "burstgpt") != 0
-        && strcmp(o->dataset_name, "sonnet") != 0)
+        && strcmp(o->dataset_name, "sonnet") != 0
+        && strcmp(o->dataset_name, "spec_bench") != 0)
     {
         fprintf(stderr, "kimi-bench: --dataset-name \"%s\" is not "
                 "supported (random, sharegpt, custom, prefix_repetition, "
-                "burstgpt, sonnet)\n", o->dataset_name);
+                "burstgpt, sonnet, spec_bench)\n", o->dataset_name);
         return -1;
     }
     if (strcmp(o->dataset_name, "prefix_repetition") == 0) {
@@ -625,6 +636,11 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     {
         fprintf(stderr, "kimi-bench: --dataset-name %s needs "
                 "--dataset-path\n", o->dataset_name);
+        return -1;
+    }
+    if (o->spec_bench_output_len == 0) {
+        fprintf(stderr, "kimi-bench: --spec-bench-output-len must be at "
+                "least 1\n");
         return -1;
     }
     if (o->custom_output_len == 0) {

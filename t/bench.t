@@ -702,7 +702,28 @@ PY
         'burstgpt: a bad row is named by its line');
 }
 
-# ---- sonnet: vLLM's SonnetDataset ----------------------------------------------
+# ---- sonnet and spec_bench: vLLM's SonnetDataset and SpecBench ------------------
+
+# The vLLM references with a chat template: Kimi's rendered as transformers
+# renders it (jinja2's sandbox, trim_blocks, lstrip_blocks), tokens counted
+# as check.py's tiktoken counts them.
+sub write_vllm_chat {
+    write_vllm_common();
+    open my $py, '>', "$dir/vllm_chat.py" or die;
+    print $py <<'PY';
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from vllm_common import enc, tokdir, rest
+env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                    extensions=['jinja2.ext.loopcontrols'])
+tmpl = env.from_string(open(tokdir + '/chat_template.jinja').read())
+def fmt(content):
+    return tmpl.render(messages=[{'role': 'user', 'content': content}],
+                       add_generation_prompt=True)
+def count(text):
+    return len(enc.encode(text, allowed_special='all'))
+PY
+    close $py;
+}
 
 # poem lines of varied length (vLLM ships Shakespeare's; any lines will do),
 # some not ASCII, the last without its newline
@@ -721,24 +742,14 @@ SKIP: {
     skip 'no python3, or tiktoken and jinja2 are not installable', 6
         unless python_modules('tiktoken', 'jinja2');
 
-    # vLLM's SonnetDataset.sample, with Kimi's chat template rendered as
-    # transformers renders it (jinja2's sandbox, trim_blocks, lstrip_blocks)
-    write_vllm_common();
+    # vLLM's SonnetDataset.sample
+    write_vllm_chat();
     open my $py, '>', "$dir/vllm_sonnet.py" or die;
     print $py <<'PY';
 import json, random, sys
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from vllm_common import enc, tokdir, rest
+from vllm_chat import fmt, count, rest
 path, seed, n = rest[0], int(rest[1]), int(rest[2])
 input_len, prefix_len, output_len, chat = (int(x) for x in rest[3:7])
-env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                    extensions=['jinja2.ext.loopcontrols'])
-tmpl = env.from_string(open(tokdir + '/chat_template.jinja').read())
-def fmt(content):
-    return tmpl.render(messages=[{'role': 'user', 'content': content}],
-                       add_generation_prompt=True)
-def count(text):
-    return len(enc.encode(text, allowed_special='all'))
 random.seed(seed)
 data = open(path, encoding='utf-8').readlines()
 avg = sum(count(l) for l in data) / len(data)
@@ -802,6 +813,73 @@ PY
         my $d = eval { decode_json(do { local (@ARGV, $/) = "$dir/gen.json"; <> }) } // [];
         is(join(',', map { $_->{output_len} } @$d), '7,7', "--output-len sets $name\'s output length");
     }
+}
+
+# Spec-Bench's question.jsonl: rows of categories with their turns
+{
+    open my $fh, '>', "$dir/question.jsonl" or die;
+    for my $i (0 .. 11) {
+        print $fh encode_json({ question_id => $i, category => (qw(writing math coding))[$i % 3],
+            turns => [ "Question $i: " . ('why ' x ($i + 1)) . '?', 'and a second turn' ] }), "\n";
+    }
+    close $fh;
+}
+
+SKIP: {
+    skip 'no python3, or tiktoken and jinja2 are not installable', 6
+        unless python_modules('tiktoken', 'jinja2');
+
+    # vLLM's SpecBench: the first turns (of a category), shuffled by
+    # Python's random at seed 0 (get_samples gives it no --seed), then as
+    # CustomDataset: through the chat template, oversampled by
+    # random.choice after reseeding
+    write_vllm_chat();
+    open my $py, '>', "$dir/vllm_spec.py" or die;
+    print $py <<'PY';
+import json, random, sys
+from vllm_chat import fmt, count, rest
+path, n, out_len, cat = rest[0], int(rest[1]), int(rest[2]), rest[3]
+rows = [json.loads(l) for l in open(path) if l.strip()]
+data = [r['turns'][0] for r in rows if cat == '-' or r['category'] == cat]
+random.seed(0)
+random.shuffle(data)
+res = [{'prompt': fmt(p), 'prompt_len': count(fmt(p)), 'output_len': out_len}
+       for p in data[:n]]
+if len(res) < n:
+    random.seed(0)
+    res += [dict(random.choice(res)) for _ in range(n - len(res))]
+json.dump(res, sys.stdout)
+PY
+    close $py;
+
+    for my $case ([5, 256, '-', 3], [6, 40, 'math', 9], [2, 17, 'coding', 0]) {
+        my ($n, $out, $cat, $seed) = @$case;
+        unlink "$dir/spec.json";
+        my $r = bench($dead, '--dataset-name', 'spec_bench', '--dataset-path', "$dir/question.jsonl",
+            '--num-prompts', $n, '--seed', $seed,
+            ($out != 256 ? ('--spec-bench-output-len', $out) : ()),
+            ($cat ne '-' ? ('--spec-bench-category', $cat) : ()),
+            '--dump-prompts', "$dir/spec.json");
+        my $ref = `python3 $dir/vllm_spec.py $dir/check.py $tokdir $dir/question.jsonl $n $out $cat 2>&1`;
+        my $ours = eval { decode_json(do { local (@ARGV, $/) = "$dir/spec.json"; <> }) };
+        my $want = eval { decode_json($ref) };
+        ok($want && @$want == $n && $ours && @$ours == $n,
+            "spec_bench $n prompts, category $cat, --seed $seed: both ways")
+            or diag substr($ref . ($r->{out} // ''), 0, 2000);
+        is_deeply($ours, $want // [], 'kimi-bench spec_bench picks vLLM\'s prompts'
+            . ($n > 4 && $cat ne '-' ? ' (oversampled)' : ''));
+    }
+}
+
+{
+    open my $fh, '>', "$dir/badspec.jsonl" or die;
+    print $fh encode_json({ category => 'math', turns => ['fine'] }), "\n",
+        encode_json({ category => 'math', question => 'no turns' }), "\n";
+    close $fh;
+    my $r = bench($dead, '--dataset-name', 'spec_bench', '--dataset-path', "$dir/badspec.jsonl",
+        '--num-prompts', 2);
+    like($r->{out}, qr/badspec\.jsonl:2: no "turns" list starting with a string/,
+        'spec_bench: a row without turns is named by its line');
 }
 
 my $few = `$bench --model m --tokenizer $tokdir --dataset-name prefix_repetition --num-prompts 3 --prefix-repetition-num-prefixes 4 2>&1`;
@@ -1011,8 +1089,8 @@ PY
 {
     my $r = bench(1, '--dataset-name', 'sharegpt');
     like($r->{out}, qr/needs --dataset-path/, 'sharegpt without a path');
-    $r = bench(1, '--dataset-name', 'spec_bench', '--dataset-path', '/x');
-    like($r->{out}, qr/not supported \(random, sharegpt, custom, prefix_repetition, burstgpt, sonnet\)/,
+    $r = bench(1, '--dataset-name', 'txt-slices', '--dataset-path', '/x');
+    like($r->{out}, qr/not supported \(random, sharegpt, custom, prefix_repetition, burstgpt, sonnet, spec_bench\)/,
         'an unknown dataset name');
     open my $fh, '>', "$dir/bad.jsonl" or die;
     print $fh qq({"prompt": "fine"}\n{"text": "no prompt"}\n);
