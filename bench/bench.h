@@ -50,7 +50,7 @@ typedef struct {
     /* dataset */
     char             *dataset_name;    /* random, sharegpt, custom,
                                           prefix_repetition, burstgpt,
-                                          sonnet, spec_bench */
+                                          sonnet, spec_bench, txt-slices */
     char             *dataset_path;    /* sharegpt, custom, burstgpt,
                                           sonnet */
     uint32_t          sharegpt_output_len; /* 0: the reply's length */
@@ -71,6 +71,8 @@ typedef struct {
     uint32_t          sonnet_input_len;  /* sonnet */
     uint32_t          sonnet_output_len;
     uint32_t          sonnet_prefix_len;
+    uint32_t          txt_slices_input_len;   /* txt-slices */
+    uint32_t          txt_slices_output_len;
     uint32_t          num_prompts;
     uint64_t          seed;
 
@@ -220,13 +222,15 @@ void     bench_py_shuffle(bench_py_random_t *r, void *base, size_t n,
 void     bench_np_legacy_seed(bench_py_random_t *r, uint32_t seed);
 uint32_t bench_np_legacy_randint(bench_py_random_t *r, uint32_t high);
 /* --dataset-name sharegpt, custom, burstgpt or spec_bench
- * (bench_dataset_file), sonnet
- * (bench_dataset_sonnet): o->num_prompts requests from o->dataset_path,
+ * (bench_dataset_file), sonnet and txt-slices
+ * (bench_dataset_text.c): o->num_prompts requests from o->dataset_path,
  * chosen as vLLM chooses them */
 int bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     bench_req_t *reqs, kimi_err_t *err);
 int bench_dataset_sonnet(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     bench_req_t *reqs, kimi_err_t *err);
+int bench_dataset_txt_slices(const bench_opts_t *o,
+    const kimi_tokenizer_t *tok, bench_req_t *reqs, kimi_err_t *err);
 /* tokens of text as HF's tokenizer(text).input_ids counts them */
 int bench_count_tokens(const kimi_tokenizer_t *tok, const char *text,
     size_t len, uint32_t *n, kimi_err_t *err);

@@ -46,7 +46,7 @@ enum {
     OPT_APPEND, OPT_TOK_MODE, OPT_REP_PREFIX, OPT_REP_SUFFIX, OPT_REP_NUM,
     OPT_REP_OUT, OPT_REQ_ID_PREFIX, OPT_LOGPROBS, OPT_TRUST_REMOTE,
     OPT_SONNET_IN, OPT_SONNET_OUT, OPT_SONNET_PREFIX, OPT_SPEC_OUT,
-    OPT_SPEC_CATEGORY,
+    OPT_SPEC_CATEGORY, OPT_TXT_IN, OPT_TXT_OUT,
 };
 
 static const struct option  bench_options[] = {
@@ -90,6 +90,8 @@ static const struct option  bench_options[] = {
     { "sonnet-output-len",       required_argument, NULL, OPT_SONNET_OUT },
     { "sonnet-prefix-len",       required_argument, NULL, OPT_SONNET_PREFIX },
     { "spec-bench-output-len",   required_argument, NULL, OPT_SPEC_OUT },
+    { "txt-slices-input-len",    required_argument, NULL, OPT_TXT_IN },
+    { "txt-slices-output-len",   required_argument, NULL, OPT_TXT_OUT },
     { "spec-bench-category",     required_argument, NULL, OPT_SPEC_CATEGORY },
     { "num-prompts",             required_argument, NULL, OPT_NUM_PROMPTS },
     { "seed",                    required_argument, NULL, OPT_SEED },
@@ -141,6 +143,8 @@ static const bench_num_opt_t  bench_num_opts[] = {
     { OPT_SONNET_OUT, "sonnet-output-len", offsetof(bench_opts_t, sonnet_output_len), 1 },
     { OPT_SONNET_PREFIX, "sonnet-prefix-len", offsetof(bench_opts_t, sonnet_prefix_len), 1 },
     { OPT_SPEC_OUT, "spec-bench-output-len", offsetof(bench_opts_t, spec_bench_output_len), 1 },
+    { OPT_TXT_IN, "txt-slices-input-len", offsetof(bench_opts_t, txt_slices_input_len), 1 },
+    { OPT_TXT_OUT, "txt-slices-output-len", offsetof(bench_opts_t, txt_slices_output_len), 1 },
     { OPT_NUM_PROMPTS, "num-prompts", offsetof(bench_opts_t, num_prompts), 1 },
     { OPT_SHAREGPT_OUT, "sharegpt-output-len", offsetof(bench_opts_t, sharegpt_output_len), 1 },
     { OPT_CUSTOM_OUT, "custom-output-len", offsetof(bench_opts_t, custom_output_len), 1 },
@@ -181,7 +185,7 @@ static const char  bench_usage[] =
 "  --logprobs N              completions: logprobs N per token (default null)\n"
 "dataset:\n"
 "  --dataset-name random|sharegpt|custom|prefix_repetition|burstgpt|sonnet|\n"
-"                 spec_bench\n"
+"                 spec_bench|txt-slices\n"
 "  --num-prompts N (1000)      --seed S (0)\n"
 "  --random-input-len N (1024)  --random-output-len N (128)\n"
 "  --random-range-ratio R (0)   --random-prefix-len N (0)\n"
@@ -193,12 +197,13 @@ static const char  bench_usage[] =
 "                            {\"prompt\": ...} (shuffled by --seed as vLLM);\n"
 "                            burstgpt: the BurstGPT trace's CSV; sonnet: poem\n"
 "                            lines (vLLM's benchmarks/sonnet.txt); spec_bench:\n"
-"                            Spec-Bench's question.jsonl\n"
+"                            Spec-Bench's question.jsonl; txt-slices: any text\n"
 "  --sharegpt-output-len N   (default: each reply's own length)\n"
 "  --custom-output-len N (256)  --custom-skip-chat-template\n"
 "  --sonnet-input-len N (550)  --sonnet-output-len N (150)\n"
 "  --sonnet-prefix-len N (200): lines shared by every prompt\n"
 "  --spec-bench-output-len N (256)  --spec-bench-category NAME\n"
+"  --txt-slices-input-len N (1024)  --txt-slices-output-len N (128)\n"
 "  --disable-shuffle         --no-oversample\n"
 "traffic:\n"
 "  --request-rate R          req/s, Poisson (default inf: all at t=0)\n"
@@ -449,6 +454,8 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     o->sonnet_output_len = 150;
     o->sonnet_prefix_len = 200;
     o->spec_bench_output_len = 256;
+    o->txt_slices_input_len = 1024;
+    o->txt_slices_output_len = 128;
     o->goodput_ms[0] = o->goodput_ms[1] = o->goodput_ms[2] = NAN;
     o->ramp_start_rps = o->ramp_end_rps = NAN;
 
@@ -610,11 +617,13 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
         && strcmp(o->dataset_name, "prefix_repetition") != 0
         && strcmp(o->dataset_name, "burstgpt") != 0
         && strcmp(o->dataset_name, "sonnet") != 0
-        && strcmp(o->dataset_name, "spec_bench") != 0)
+        && strcmp(o->dataset_name, "spec_bench") != 0
+        && strcmp(o->dataset_name, "txt-slices") != 0)
     {
         fprintf(stderr, "kimi-bench: --dataset-name \"%s\" is not "
                 "supported (random, sharegpt, custom, prefix_repetition, "
-                "burstgpt, sonnet, spec_bench)\n", o->dataset_name);
+                "burstgpt, sonnet, spec_bench, txt-slices)\n",
+                o->dataset_name);
         return -1;
     }
     if (strcmp(o->dataset_name, "prefix_repetition") == 0) {
@@ -636,6 +645,11 @@ bench_parse_args(int argc, char **argv, bench_opts_t *o)
     {
         fprintf(stderr, "kimi-bench: --dataset-name %s needs "
                 "--dataset-path\n", o->dataset_name);
+        return -1;
+    }
+    if (o->txt_slices_input_len == 0 || o->txt_slices_output_len == 0) {
+        fprintf(stderr, "kimi-bench: --txt-slices-input-len and "
+                "--txt-slices-output-len must be at least 1\n");
         return -1;
     }
     if (o->spec_bench_output_len == 0) {
@@ -1258,6 +1272,8 @@ main(int argc, char **argv)
          ? bench_dataset_prefix_rep(&o, tok, reqs, &err)
          : strcmp(o.dataset_name, "sonnet") == 0
          ? bench_dataset_sonnet(&o, tok, reqs, &err)
+         : strcmp(o.dataset_name, "txt-slices") == 0
+         ? bench_dataset_txt_slices(&o, tok, reqs, &err)
          : bench_dataset_file(&o, tok, reqs, &err)) != 0)
     {
         fprintf(stderr, "kimi-bench: dataset: %s\n", err.msg);

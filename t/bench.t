@@ -815,6 +815,57 @@ PY
     }
 }
 
+SKIP: {
+    skip 'no python3, or tiktoken is not installable', 4
+        unless python_modules('tiktoken');
+
+    # vLLM's TxtSlicesDataset: the whole text tokenized once, Python's
+    # random seeded by --seed, each request a window from randint(0, n - 1)
+    # cycling past the end, decoded (tiktoken replaces a split character
+    # as transformers' decode of Kimi's tokenizer does), counted again
+    write_vllm_common();
+    open my $py, '>', "$dir/vllm_txt.py" or die;
+    print $py <<'PY';
+import json, random, sys
+from vllm_common import enc, rest
+path, seed, n, in_len, out_len = rest[0], int(rest[1]), int(rest[2]), int(rest[3]), int(rest[4])
+ids = enc.encode(open(path, encoding='utf-8').read(), allowed_special='all')
+random.seed(seed)
+res = []
+for i in range(n):
+    start = random.randint(0, len(ids) - 1)
+    p = enc.decode([ids[(start + j) % len(ids)] for j in range(in_len)])
+    res.append({'prompt': p, 'prompt_len': len(enc.encode(p, allowed_special='all')),
+                'output_len': out_len})
+json.dump(res, sys.stdout)
+PY
+    close $py;
+
+    # the sonnet file as the text: short, so windows wrap around
+    for my $case ([0, 4, 1024, 128], [21, 7, 333, 9]) {
+        my ($seed, $n, $in, $out) = @$case;
+        unlink "$dir/txt.json";
+        my $r = bench($dead, '--dataset-name', 'txt-slices', '--dataset-path', "$dir/sonnet.txt",
+            '--num-prompts', $n, '--seed', $seed,
+            ($in != 1024 ? ('--txt-slices-input-len', $in, '--txt-slices-output-len', $out) : ()),
+            '--dump-prompts', "$dir/txt.json");
+        my $ref = `python3 $dir/vllm_txt.py $dir/check.py $tokdir $dir/sonnet.txt $seed $n $in $out 2>&1`;
+        my $ours = eval { decode_json(do { local (@ARGV, $/) = "$dir/txt.json"; <> }) };
+        my $want = eval { decode_json($ref) };
+        ok($want && @$want == $n && $ours && @$ours == $n,
+            "txt-slices seed $seed, $in tokens: $n requests both ways")
+            or diag substr($ref . ($r->{out} // ''), 0, 2000);
+        is_deeply($ours, $want // [], 'kimi-bench txt-slices cuts vLLM\'s windows');
+    }
+}
+
+{
+    my $r = bench($dead, '--dataset-name', 'txt-slices', '--dataset-path',
+        'https://example.com/book.txt', '--num-prompts', 2);
+    like($r->{out}, qr/a URL \(vLLM downloads it; download it and pass the file\)/,
+        'txt-slices: a URL is refused, saying why');
+}
+
 # Spec-Bench's question.jsonl: rows of categories with their turns
 {
     open my $fh, '>', "$dir/question.jsonl" or die;
@@ -1089,8 +1140,8 @@ PY
 {
     my $r = bench(1, '--dataset-name', 'sharegpt');
     like($r->{out}, qr/needs --dataset-path/, 'sharegpt without a path');
-    $r = bench(1, '--dataset-name', 'txt-slices', '--dataset-path', '/x');
-    like($r->{out}, qr/not supported \(random, sharegpt, custom, prefix_repetition, burstgpt, sonnet, spec_bench\)/,
+    $r = bench(1, '--dataset-name', 'random-mm', '--dataset-path', '/x');
+    like($r->{out}, qr/not supported \(random, sharegpt, custom, prefix_repetition, burstgpt, sonnet, spec_bench, txt-slices\)/,
         'an unknown dataset name');
     open my $fh, '>', "$dir/bad.jsonl" or die;
     print $fh qq({"prompt": "fine"}\n{"text": "no prompt"}\n);

@@ -1,13 +1,16 @@
 /*
- * The sonnet dataset of `vllm bench serve` (--dataset-name sonnet
- * --dataset-path sonnet.txt): prompts of poem lines behind one fixed
+ * The plain-text datasets of `vllm bench serve`: sonnet (--dataset-name
+ * sonnet --dataset-path sonnet.txt: prompts of poem lines behind one fixed
  * instruction, a shared prefix of the file's first lines and random lines
- * after it, the prefix-caching benchmark of vLLM's early days.
+ * after it, the prefix-caching benchmark of vLLM's early days) and
+ * txt-slices (--dataset-name txt-slices --dataset-path FILE.txt: windows
+ * of the file's tokens at random offsets).
  *
- * Owns:   reading the lines and building each request's prompt and lengths.
- * Never:  touches the network.
+ * Owns:   reading the text and building each request's prompt and lengths.
+ * Never:  touches the network (a URL as the path is refused: vLLM
+ *         downloads it; download it first).
  *
- * Method (vLLM's SonnetDataset.sample): the lines as Python's readlines()
+ * sonnet (vLLM's SonnetDataset.sample): the lines as Python's readlines()
  * gives them (each with its newline); avg = their mean token count; the
  * instruction "Pick as many lines as you can from these poem lines:\n"
  * through the chat template (one user message, generation prompt) is
@@ -19,6 +22,12 @@
  * longer than --sonnet-input-len is drawn again.  The chat endpoint gets
  * the prompt as it is (the server applies the template), completions the
  * templated text.  Python's round() rounds halves to even, as rint() does.
+ *
+ * txt-slices (vLLM's TxtSlicesDataset.sample): the whole file tokenized
+ * once (no bos); Python's random seeded by --seed; request i starts at
+ * random.randint(0, tokens - 1) and takes --txt-slices-input-len ids from
+ * there, cycling past the end; its prompt is their decoding, its length
+ * that prompt's token count (with the bos a plain prompt gets).
  */
 
 #include <errno.h>
@@ -256,6 +265,99 @@ done:
         free(lines[i]);
     }
     free(lines);
+
+    return rc;
+}
+
+
+int
+bench_dataset_txt_slices(const bench_opts_t *o, const kimi_tokenizer_t *tok,
+    bench_req_t *reqs, kimi_err_t *err)
+{
+    int                 rc = -1;
+    char               *text = NULL;
+    size_t              len, n_ids = 0, i, j;
+    int32_t            *ids = NULL, *win = NULL;
+    uint32_t            start;
+    FILE               *f;
+    bench_py_random_t   rng;
+
+    if (strncmp(o->dataset_path, "http://", 7) == 0
+        || strncmp(o->dataset_path, "https://", 8) == 0)
+    {
+        return kimi_err_set(err, KIMI_EINVAL, "%s: a URL (vLLM downloads "
+                            "it; download it and pass the file)",
+                            o->dataset_path);
+    }
+
+    f = fopen(o->dataset_path, "r");
+    if (f == NULL) {
+        return kimi_err_set(err, KIMI_EIO, "%s: %s", o->dataset_path,
+                            strerror(errno));
+    }
+    len = 0;
+    {
+        size_t  cap = 0, got;
+        char    buf[65536], *more;
+
+        while ((got = fread(buf, 1, sizeof(buf), f)) > 0) {
+            if (len + got + 1 > cap) {
+                cap = 2 * (len + got + 1);
+                more = realloc(text, cap);
+                if (more == NULL) {
+                    fclose(f);
+                    kimi_err_set(err, KIMI_ENOMEM, "%s", o->dataset_path);
+                    goto done;
+                }
+                text = more;
+            }
+            memcpy(text + len, buf, got);
+            len += got;
+        }
+    }
+    fclose(f);
+
+    if (len == 0
+        || kimi_tokenize(tok, text, len, 1, &ids, &n_ids, err) != 0
+        || n_ids == 0)
+    {
+        if (len == 0 || n_ids == 0) {
+            kimi_err_set(err, KIMI_EINVAL, "%s is empty or cannot be "
+                         "tokenized", o->dataset_path);
+        }
+        goto done;
+    }
+
+    win = malloc((size_t) o->txt_slices_input_len * sizeof(int32_t) + 1);
+    if (win == NULL) {
+        kimi_err_set(err, KIMI_ENOMEM, "a window of %u tokens",
+                     o->txt_slices_input_len);
+        goto done;
+    }
+
+    bench_py_seed(&rng, o->seed);
+    for (i = 0; i < o->num_prompts; i++) {
+        start = bench_py_randbelow(&rng, (uint32_t) n_ids);   /* randint(0, n - 1) */
+        for (j = 0; j < o->txt_slices_input_len; j++) {
+            win[j] = ids[(start + j) % n_ids];
+        }
+        if (kimi_detokenize(tok, win, o->txt_slices_input_len, 0,
+                            &reqs[i].prompt, &reqs[i].prompt_bytes, err) != 0
+            || bench_count_tokens(tok, reqs[i].prompt, reqs[i].prompt_bytes,
+                                  &reqs[i].prompt_len, err) != 0)
+        {
+            goto done;
+        }
+        reqs[i].output_len = o->txt_slices_output_len;
+    }
+
+    rc = 0;
+
+done:
+
+    free(win);
+    free(ids);
+    free(text);
 
     return rc;
 }
