@@ -10,6 +10,8 @@
  * Never:  touches the network (a URL as the path is refused: vLLM
  *         downloads it; download it first).
  *
+ * Text is read as Python's text mode reads it ("\r\n" and "\r" are "\n").
+ *
  * sonnet (vLLM's SonnetDataset.sample): the lines as Python's readlines()
  * gives them (each with its newline); avg = their mean token count; the
  * instruction "Pick as many lines as you can from these poem lines:\n"
@@ -45,60 +47,108 @@
 #define BENCH_SONNET_TRIES  1000   /* draws a request may take: vLLM never stops */
 
 
-/* The file's lines, each with its newline (readlines()). */
-static char **
-bench_sonnet_lines(const char *path, size_t *n, kimi_err_t *err)
+/* The whole file as Python's open(path, encoding="utf-8").read() gives
+ * it: universal newlines, "\r\n" and a lone "\r" read as "\n". */
+static char *
+bench_text_read(const char *path, size_t *len, kimi_err_t *err)
 {
-    char     *line = NULL, **lines = NULL, **more;
-    size_t    cap = 0, n_cap = 0;
-    ssize_t   len;
-    FILE     *f;
+    char    buf[65536], *text = NULL, *more;
+    size_t  cap = 0, got, i, n = 0;
+    int     cr = 0;
+    FILE   *f;
 
-    *n = 0;
     f = fopen(path, "r");
     if (f == NULL) {
         kimi_err_set(err, KIMI_EIO, "%s: %s", path, strerror(errno));
         return NULL;
     }
 
-    while ((len = getline(&line, &cap, f)) > 0) {
-        if (*n == n_cap) {
-            n_cap = n_cap ? 2 * n_cap : 256;
-            more = realloc(lines, n_cap * sizeof(char *));
+    while ((got = fread(buf, 1, sizeof(buf), f)) > 0) {
+        if (n + got + 1 > cap) {
+            cap = 2 * (n + got + 1);
+            more = realloc(text, cap);
             if (more == NULL) {
-                goto nomem;
+                kimi_err_set(err, KIMI_ENOMEM, "%s", path);
+                free(text);
+                fclose(f);
+                return NULL;
             }
-            lines = more;
+            text = more;
         }
-        lines[*n] = strndup(line, (size_t) len);
-        if (lines[*n] == NULL) {
-            goto nomem;
+        for (i = 0; i < got; i++) {
+            if (buf[i] == '\n' && cr) {     /* the "\n" of a "\r\n" */
+                cr = 0;
+                continue;
+            }
+            cr = buf[i] == '\r';
+            text[n++] = cr ? '\n' : buf[i];
         }
-        (*n)++;
     }
-
-    free(line);
     fclose(f);
 
-    if (*n == 0) {
-        kimi_err_set(err, KIMI_EINVAL, "%s holds no line", path);
-        free(lines);
+    if (text == NULL) {
+        text = strdup("");
+        if (text == NULL) {
+            kimi_err_set(err, KIMI_ENOMEM, "%s", path);
+            return NULL;
+        }
+    }
+    text[n] = '\0';
+    *len = n;
+
+    return text;
+}
+
+
+/* The file's lines, each with its newline (readlines()). */
+static char **
+bench_sonnet_lines(const char *path, size_t *n, kimi_err_t *err)
+{
+    char    *text, **lines, *p, *end, *nl;
+    size_t   len, i;
+
+    text = bench_text_read(path, &len, err);
+    if (text == NULL) {
         return NULL;
     }
 
-    return lines;
-
-nomem:
-
-    kimi_err_set(err, KIMI_ENOMEM, "%s: line %zu", path, *n + 1);
-    while (*n > 0) {
-        free(lines[--(*n)]);
+    *n = 0;
+    for (i = 0; i < len; i++) {
+        *n += text[i] == '\n' && i + 1 < len;
     }
-    free(lines);
-    free(line);
-    fclose(f);
+    *n += len > 0;
+    if (*n == 0) {
+        kimi_err_set(err, KIMI_EINVAL, "%s holds no line", path);
+        free(text);
+        return NULL;
+    }
 
-    return NULL;
+    lines = calloc(*n, sizeof(char *));
+    if (lines == NULL) {
+        kimi_err_set(err, KIMI_ENOMEM, "%s: %zu lines", path, *n);
+        free(text);
+        return NULL;
+    }
+
+    for (p = text, end = text + len, i = 0; p < end; i++) {
+        nl = memchr(p, '\n', (size_t) (end - p));
+        nl = nl != NULL ? nl + 1 : end;
+        lines[i] = strndup(p, (size_t) (nl - p));
+        if (lines[i] == NULL) {
+            kimi_err_set(err, KIMI_ENOMEM, "%s: line %zu", path, i + 1);
+            while (i > 0) {
+                free(lines[--i]);
+            }
+            free(lines);
+            free(text);
+            return NULL;
+        }
+        p = nl;
+    }
+
+    free(text);
+
+    return lines;
 }
 
 
@@ -279,7 +329,6 @@ bench_dataset_txt_slices(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     size_t              len, n_ids = 0, i, j;
     int32_t            *ids = NULL, *win = NULL;
     uint32_t            start;
-    FILE               *f;
     bench_py_random_t   rng;
 
     if (strncmp(o->dataset_path, "http://", 7) == 0
@@ -290,32 +339,10 @@ bench_dataset_txt_slices(const bench_opts_t *o, const kimi_tokenizer_t *tok,
                             o->dataset_path);
     }
 
-    f = fopen(o->dataset_path, "r");
-    if (f == NULL) {
-        return kimi_err_set(err, KIMI_EIO, "%s: %s", o->dataset_path,
-                            strerror(errno));
+    text = bench_text_read(o->dataset_path, &len, err);
+    if (text == NULL) {
+        return -1;
     }
-    len = 0;
-    {
-        size_t  cap = 0, got;
-        char    buf[65536], *more;
-
-        while ((got = fread(buf, 1, sizeof(buf), f)) > 0) {
-            if (len + got + 1 > cap) {
-                cap = 2 * (len + got + 1);
-                more = realloc(text, cap);
-                if (more == NULL) {
-                    fclose(f);
-                    kimi_err_set(err, KIMI_ENOMEM, "%s", o->dataset_path);
-                    goto done;
-                }
-                text = more;
-            }
-            memcpy(text + len, buf, got);
-            len += got;
-        }
-    }
-    fclose(f);
 
     if (len == 0
         || kimi_tokenize(tok, text, len, 1, &ids, &n_ids, err) != 0

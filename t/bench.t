@@ -736,10 +736,18 @@ PY
         print $fh ucfirst($w), ($i % 4 ? ',' : '.'), $i < 40 ? "\n" : '';
     }
     close $fh;
+    # the same with Windows line ends and one old-Mac "\r": Python's text
+    # mode reads each as "\n"
+    my $text = do { local (@ARGV, $/) = "$dir/sonnet.txt"; <> };
+    $text =~ s/\n/\r\n/g;
+    $text =~ s/\r\n/\r/;
+    open $fh, '>', "$dir/sonnet_crlf.txt" or die;
+    print $fh $text;
+    close $fh;
 }
 
 SKIP: {
-    skip 'no python3, or tiktoken and jinja2 are not installable', 6
+    skip 'no python3, or tiktoken and jinja2 are not installable', 8
         unless python_modules('tiktoken', 'jinja2');
 
     # vLLM's SonnetDataset.sample
@@ -773,20 +781,22 @@ PY
     # completions get the templated prompt, chat the prompt as it is; a
     # tight input length makes vLLM draw again
     for my $case ([0, 6, 550, 200, 150, 0], [9, 5, 300, 120, 33, 1],
-                  [4, 8, 170, 0, 150, 0])
+                  [4, 8, 170, 0, 150, 0], [2, 3, 400, 150, 150, 0, 'sonnet_crlf'])
     {
-        my ($seed, $n, $in, $pre, $out, $chat) = @$case;
+        my ($seed, $n, $in, $pre, $out, $chat, $file) = @$case;
+        $file = "$dir/" . ($file // 'sonnet') . '.txt';
         unlink "$dir/son.json";
-        my $r = bench($dead, '--dataset-name', 'sonnet', '--dataset-path', "$dir/sonnet.txt",
+        my $r = bench($dead, '--dataset-name', 'sonnet', '--dataset-path', $file,
             '--num-prompts', $n, '--seed', $seed, '--sonnet-input-len', $in,
             '--sonnet-prefix-len', $pre, '--sonnet-output-len', $out,
             ($chat ? ('--backend', 'openai-chat', '--endpoint', '/v1/chat/completions') : ()),
             '--dump-prompts', "$dir/son.json");
-        my $ref = `python3 $dir/vllm_sonnet.py $dir/check.py $tokdir $dir/sonnet.txt $seed $n $in $pre $out $chat 2>&1`;
+        my $ref = `python3 $dir/vllm_sonnet.py $dir/check.py $tokdir $file $seed $n $in $pre $out $chat 2>&1`;
         my $ours = eval { decode_json(do { local (@ARGV, $/) = "$dir/son.json"; <> }) };
         my $want = eval { decode_json($ref) };
         ok($want && @$want == $n && $ours && @$ours == $n,
-            "sonnet seed $seed, input $in, prefix $pre: $n requests both ways")
+            "sonnet seed $seed, input $in, prefix $pre: $n requests both ways"
+            . ($file =~ /crlf/ ? ' (\\r\\n and \\r line ends)' : ''))
             or diag substr($ref . ($r->{out} // ''), 0, 2000);
         is_deeply($ours, $want // [], 'kimi-bench sonnet builds vLLM\'s prompts and lengths'
             . ($chat ? ' (chat: the prompt as it is)' : ' (templated)'));
@@ -816,7 +826,7 @@ PY
 }
 
 SKIP: {
-    skip 'no python3, or tiktoken is not installable', 4
+    skip 'no python3, or tiktoken is not installable', 6
         unless python_modules('tiktoken');
 
     # vLLM's TxtSlicesDataset: the whole text tokenized once, Python's
@@ -842,14 +852,15 @@ PY
     close $py;
 
     # the sonnet file as the text: short, so windows wrap around
-    for my $case ([0, 4, 1024, 128], [21, 7, 333, 9]) {
-        my ($seed, $n, $in, $out) = @$case;
+    for my $case ([0, 4, 1024, 128], [21, 7, 333, 9], [5, 2, 1024, 128, 'sonnet_crlf']) {
+        my ($seed, $n, $in, $out, $file) = @$case;
+        $file = "$dir/" . ($file // 'sonnet') . '.txt';
         unlink "$dir/txt.json";
-        my $r = bench($dead, '--dataset-name', 'txt-slices', '--dataset-path', "$dir/sonnet.txt",
+        my $r = bench($dead, '--dataset-name', 'txt-slices', '--dataset-path', $file,
             '--num-prompts', $n, '--seed', $seed,
             ($in != 1024 ? ('--txt-slices-input-len', $in, '--txt-slices-output-len', $out) : ()),
             '--dump-prompts', "$dir/txt.json");
-        my $ref = `python3 $dir/vllm_txt.py $dir/check.py $tokdir $dir/sonnet.txt $seed $n $in $out 2>&1`;
+        my $ref = `python3 $dir/vllm_txt.py $dir/check.py $tokdir $file $seed $n $in $out 2>&1`;
         my $ours = eval { decode_json(do { local (@ARGV, $/) = "$dir/txt.json"; <> }) };
         my $want = eval { decode_json($ref) };
         ok($want && @$want == $n && $ours && @$ours == $n,
