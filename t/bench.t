@@ -509,6 +509,21 @@ PY
     close $py;
 }
 
+# kimi-bench's requests (its --dump-prompts) against a vLLM reference's
+# (vllm_SCRIPT.py run with check.py, the tokenizer dir, then @ref_args):
+# n of them both ways, and the same prompts and lengths.
+sub same_as_vllm {
+    my ($n, $what, $script, $ref_args, @bench_args) = @_;
+    unlink "$dir/cmp.json";
+    my $r = bench($dead, @bench_args, '--num-prompts', $n, '--dump-prompts', "$dir/cmp.json");
+    my $ref = `python3 $dir/vllm_$script.py $dir/check.py $tokdir @$ref_args 2>&1`;
+    my $ours = eval { decode_json(do { local (@ARGV, $/) = "$dir/cmp.json"; <> }) };
+    my $want = eval { decode_json($ref) };
+    ok($want && @$want == $n && $ours && @$ours == $n, "$what: $n requests both ways")
+        or diag substr($ref . ($r->{out} // ''), 0, 2000);
+    is_deeply($ours, $want // [], "$what: vLLM's prompts and lengths");
+}
+
 SKIP: {
     skip 'no python3, or tiktoken and numpy are not installable', 2
         unless python_modules('tiktoken', 'numpy');
@@ -672,17 +687,9 @@ PY
 
     for my $case ([3, 12], [0, 70]) {
         my ($seed, $n) = @$case;
-        unlink "$dir/bg.json";
-        bench($dead, '--dataset-name', 'burstgpt', '--dataset-path', "$dir/burst.csv",
-            '--num-prompts', $n, '--seed', $seed, '--dump-prompts', "$dir/bg.json");
-        my $ref = `python3 $dir/vllm_burstgpt.py $dir/check.py $tokdir $dir/burst.csv $seed $n 2>&1`;
-        my $ours = eval { decode_json(do { local (@ARGV, $/) = "$dir/bg.json"; <> }) };
-        my $want = eval { decode_json($ref) };
-        ok($want && @$want == $n && $ours && @$ours == $n,
-            "burstgpt seed $seed: $n requests both ways" . ($n > 34 ? ' (more than the rows)' : ''))
-            or diag substr($ref, 0, 2000);
-        is_deeply($ours, $want // [], "kimi-bench burstgpt --seed $seed picks vLLM's rows,"
-            . ' prompts and lengths');
+        same_as_vllm($n, "burstgpt --seed $seed" . ($n > 34 ? ' (more than the rows)' : ''),
+            'burstgpt', ["$dir/burst.csv", $seed, $n],
+            '--dataset-name', 'burstgpt', '--dataset-path', "$dir/burst.csv", '--seed', $seed);
     }
 }
 
@@ -785,21 +792,13 @@ PY
     {
         my ($seed, $n, $in, $pre, $out, $chat, $file) = @$case;
         $file = "$dir/" . ($file // 'sonnet') . '.txt';
-        unlink "$dir/son.json";
-        my $r = bench($dead, '--dataset-name', 'sonnet', '--dataset-path', $file,
-            '--num-prompts', $n, '--seed', $seed, '--sonnet-input-len', $in,
-            '--sonnet-prefix-len', $pre, '--sonnet-output-len', $out,
-            ($chat ? ('--backend', 'openai-chat', '--endpoint', '/v1/chat/completions') : ()),
-            '--dump-prompts', "$dir/son.json");
-        my $ref = `python3 $dir/vllm_sonnet.py $dir/check.py $tokdir $file $seed $n $in $pre $out $chat 2>&1`;
-        my $ours = eval { decode_json(do { local (@ARGV, $/) = "$dir/son.json"; <> }) };
-        my $want = eval { decode_json($ref) };
-        ok($want && @$want == $n && $ours && @$ours == $n,
-            "sonnet seed $seed, input $in, prefix $pre: $n requests both ways"
-            . ($file =~ /crlf/ ? ' (\\r\\n and \\r line ends)' : ''))
-            or diag substr($ref . ($r->{out} // ''), 0, 2000);
-        is_deeply($ours, $want // [], 'kimi-bench sonnet builds vLLM\'s prompts and lengths'
-            . ($chat ? ' (chat: the prompt as it is)' : ' (templated)'));
+        same_as_vllm($n, "sonnet --seed $seed, input $in, prefix $pre"
+            . ($chat ? ', chat: the prompt as it is' : ', templated')
+            . ($file =~ /crlf/ ? ', \\r\\n and \\r line ends' : ''),
+            'sonnet', [$file, $seed, $n, $in, $pre, $out, $chat],
+            '--dataset-name', 'sonnet', '--dataset-path', $file, '--seed', $seed,
+            '--sonnet-input-len', $in, '--sonnet-prefix-len', $pre, '--sonnet-output-len', $out,
+            ($chat ? ('--backend', 'openai-chat', '--endpoint', '/v1/chat/completions') : ()));
     }
 }
 
@@ -855,18 +854,10 @@ PY
     for my $case ([0, 4, 1024, 128], [21, 7, 333, 9], [5, 2, 1024, 128, 'sonnet_crlf']) {
         my ($seed, $n, $in, $out, $file) = @$case;
         $file = "$dir/" . ($file // 'sonnet') . '.txt';
-        unlink "$dir/txt.json";
-        my $r = bench($dead, '--dataset-name', 'txt-slices', '--dataset-path', $file,
-            '--num-prompts', $n, '--seed', $seed,
-            ($in != 1024 ? ('--txt-slices-input-len', $in, '--txt-slices-output-len', $out) : ()),
-            '--dump-prompts', "$dir/txt.json");
-        my $ref = `python3 $dir/vllm_txt.py $dir/check.py $tokdir $file $seed $n $in $out 2>&1`;
-        my $ours = eval { decode_json(do { local (@ARGV, $/) = "$dir/txt.json"; <> }) };
-        my $want = eval { decode_json($ref) };
-        ok($want && @$want == $n && $ours && @$ours == $n,
-            "txt-slices seed $seed, $in tokens: $n requests both ways")
-            or diag substr($ref . ($r->{out} // ''), 0, 2000);
-        is_deeply($ours, $want // [], 'kimi-bench txt-slices cuts vLLM\'s windows');
+        same_as_vllm($n, "txt-slices --seed $seed, $in tokens" . ($file =~ /crlf/ ? ', \\r\\n line ends' : ''),
+            'txt', [$file, $seed, $n, $in, $out],
+            '--dataset-name', 'txt-slices', '--dataset-path', $file, '--seed', $seed,
+            ($in != 1024 ? ('--txt-slices-input-len', $in, '--txt-slices-output-len', $out) : ()));
     }
 }
 
@@ -916,20 +907,12 @@ PY
 
     for my $case ([5, 256, '-', 3], [6, 40, 'math', 9], [2, 17, 'coding', 0]) {
         my ($n, $out, $cat, $seed) = @$case;
-        unlink "$dir/spec.json";
-        my $r = bench($dead, '--dataset-name', 'spec_bench', '--dataset-path', "$dir/question.jsonl",
-            '--num-prompts', $n, '--seed', $seed,
+        same_as_vllm($n, "spec_bench category $cat, --seed $seed"
+            . ($n > 4 && $cat ne '-' ? ' (oversampled)' : ''),
+            'spec', ["$dir/question.jsonl", $n, $out, $cat],
+            '--dataset-name', 'spec_bench', '--dataset-path', "$dir/question.jsonl", '--seed', $seed,
             ($out != 256 ? ('--spec-bench-output-len', $out) : ()),
-            ($cat ne '-' ? ('--spec-bench-category', $cat) : ()),
-            '--dump-prompts', "$dir/spec.json");
-        my $ref = `python3 $dir/vllm_spec.py $dir/check.py $tokdir $dir/question.jsonl $n $out $cat 2>&1`;
-        my $ours = eval { decode_json(do { local (@ARGV, $/) = "$dir/spec.json"; <> }) };
-        my $want = eval { decode_json($ref) };
-        ok($want && @$want == $n && $ours && @$ours == $n,
-            "spec_bench $n prompts, category $cat, --seed $seed: both ways")
-            or diag substr($ref . ($r->{out} // ''), 0, 2000);
-        is_deeply($ours, $want // [], 'kimi-bench spec_bench picks vLLM\'s prompts'
-            . ($n > 4 && $cat ne '-' ? ' (oversampled)' : ''));
+            ($cat ne '-' ? ('--spec-bench-category', $cat) : ()));
     }
 }
 
