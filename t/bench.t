@@ -480,13 +480,20 @@ PY
 
 # ---- the same prompts as vLLM for the same seed -------------------------------
 
+# $dir/vllm_NAME.py: a Python model of one of vLLM's samplers
+sub write_vllm {
+    my ($name, $src) = @_;
+    open my $py, '>', "$dir/vllm_$name.py" or die;
+    print $py $src;
+    close $py;
+}
+
 # What the vLLM references share: Kimi's tiktoken encoding as check.py
 # builds it (argv: check.py, the tokenizer dir, then the reference's own),
 # and vLLM's gen_prompt_decode_to_target_len: decode, re-encode, cut or pad
 # (pad(k) gives k ids) until the target length, 10 tries.
 sub write_vllm_common {
-    open my $py, '>', "$dir/vllm_common.py" or die;
-    print $py <<'PY';
+    write_vllm('common', <<'PY');
 import sys
 check_py, tokdir, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
 _argv, sys.argv = sys.argv, [check_py, tokdir]
@@ -506,7 +513,6 @@ def to_length(seq, target, pad):
             seq = seq[:target]
         tries -= 1
 PY
-    close $py;
 }
 
 # kimi-bench's requests (its --dump-prompts) against a vLLM reference's
@@ -535,8 +541,7 @@ SKIP: {
     # padded with ids below the vocabulary size drawn from the same rng.
     # Kimi's tokenizer is tiktoken built as check.py builds it.
     write_vllm_common();
-    open my $py, '>', "$dir/vllm_random.py" or die;
-    print $py <<'PY';
+    write_vllm('random', <<'PY');
 import json, sys
 import numpy as np
 from vllm_common import enc, rest, to_length, tokdir
@@ -566,7 +571,6 @@ for i in range(n):
     res.append({'prompt': text, 'prompt_len': len(seq), 'output_len': int(outs[i])})
 json.dump(res, sys.stdout)
 PY
-    close $py;
 
     bench($dead, '--num-prompts', 16, '--random-input-len', 200,
         '--random-output-len', 40, '--random-range-ratio', 0.3,
@@ -595,8 +599,7 @@ SKIP: {
     # prompt is the text of prefix + suffix ids, prompt_len their count;
     # random.shuffle at the end.
     write_vllm_common();
-    open my $py, '>', "$dir/vllm_prefix_rep.py" or die;
-    print $py <<'PY';
+    write_vllm('prefix_rep', <<'PY');
 import json, random, sys
 import numpy as np
 from vllm_common import enc, rest, to_length, tokdir
@@ -619,7 +622,6 @@ if shuffle:
     random.shuffle(res)
 json.dump(res, sys.stdout)
 PY
-    close $py;
 
     for my $case ([7, 3, 20, 15, 9, 1, []], [10, 2, 33, 0, 5, 0, ['--disable-shuffle']]) {
         my ($seed, $np, $pl, $sl, $ol, $shuffle, $extra) = @$case;
@@ -666,8 +668,7 @@ SKIP: {
     # RandomState(seed).choice, with replacement when n exceeds the rows),
     # request i: ids (i + j) % vocab for Request tokens j, decoded
     write_vllm_common();
-    open my $py, '>', "$dir/vllm_burstgpt.py" or die;
-    print $py <<'PY';
+    write_vllm('burstgpt', <<'PY');
 import csv, json, sys
 import numpy as np
 from vllm_common import enc, rest
@@ -683,7 +684,6 @@ for i, k in enumerate(idx):
                 'prompt_len': n_in, 'output_len': n_out})
 json.dump(res, sys.stdout)
 PY
-    close $py;
 
     for my $case ([3, 12], [0, 70]) {
         my ($seed, $n) = @$case;
@@ -716,8 +716,7 @@ PY
 # as check.py's tiktoken counts them.
 sub write_vllm_chat {
     write_vllm_common();
-    open my $py, '>', "$dir/vllm_chat.py" or die;
-    print $py <<'PY';
+    write_vllm('chat', <<'PY');
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from vllm_common import enc, tokdir, rest
 env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
@@ -729,7 +728,6 @@ def fmt(content):
 def count(text):
     return len(enc.encode(text, allowed_special='all'))
 PY
-    close $py;
 }
 
 # poem lines of varied length (vLLM ships Shakespeare's; any lines will do),
@@ -759,8 +757,7 @@ SKIP: {
 
     # vLLM's SonnetDataset.sample
     write_vllm_chat();
-    open my $py, '>', "$dir/vllm_sonnet.py" or die;
-    print $py <<'PY';
+    write_vllm('sonnet', <<'PY');
 import json, random, sys
 from vllm_chat import fmt, count, rest
 path, seed, n = rest[0], int(rest[1]), int(rest[2])
@@ -783,7 +780,6 @@ while len(res) < n:
                     'output_len': output_len})
 json.dump(res, sys.stdout)
 PY
-    close $py;
 
     # completions get the templated prompt, chat the prompt as it is; a
     # tight input length makes vLLM draw again
@@ -833,8 +829,7 @@ SKIP: {
     # cycling past the end, decoded (tiktoken replaces a split character
     # as transformers' decode of Kimi's tokenizer does), counted again
     write_vllm_common();
-    open my $py, '>', "$dir/vllm_txt.py" or die;
-    print $py <<'PY';
+    write_vllm('txt', <<'PY');
 import json, random, sys
 from vllm_common import enc, rest
 path, seed, n, in_len, out_len = rest[0], int(rest[1]), int(rest[2]), int(rest[3]), int(rest[4])
@@ -848,7 +843,6 @@ for i in range(n):
                 'output_len': out_len})
 json.dump(res, sys.stdout)
 PY
-    close $py;
 
     # the sonnet file as the text: short, so windows wrap around
     for my $case ([0, 4, 1024, 128], [21, 7, 333, 9], [5, 2, 1024, 128, 'sonnet_crlf']) {
@@ -887,8 +881,7 @@ SKIP: {
     # CustomDataset: through the chat template, oversampled by
     # random.choice after reseeding
     write_vllm_chat();
-    open my $py, '>', "$dir/vllm_spec.py" or die;
-    print $py <<'PY';
+    write_vllm('spec', <<'PY');
 import json, random, sys
 from vllm_chat import fmt, count, rest
 path, n, out_len, cat = rest[0], int(rest[1]), int(rest[2]), rest[3]
@@ -903,7 +896,6 @@ if len(res) < n:
     res += [dict(random.choice(res)) for _ in range(n - len(res))]
 json.dump(res, sys.stdout)
 PY
-    close $py;
 
     for my $case ([5, 256, '-', 3], [6, 40, 'math', 9], [2, 17, 'coding', 0]) {
         my ($n, $out, $cat, $seed) = @$case;
@@ -1055,8 +1047,7 @@ SKIP: {
     # vLLM's selection: the entries with two turns, random.seed(seed),
     # random.shuffle, skip what its filters refuse, take N; then oversample
     # with random.choice after reseeding (the skipped prompts are known)
-    open my $py, '>', "$dir/vllm_sharegpt.py" or die;
-    print $py <<'PY';
+    write_vllm('sharegpt', <<'PY');
 import json, random, sys
 path, seed, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 data = [e for e in json.load(open(path)) if len(e['conversations']) >= 2]
@@ -1075,7 +1066,6 @@ if len(out) < n:
     out += [random.choice(out) for _ in range(n - len(out))]
 print(json.dumps(out))
 PY
-    close $py;
 
     for my $case ([ 5, 12 ], [ 0, 40 ]) {
         my ($seed, $n) = @$case;
