@@ -288,6 +288,12 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
                                         "Not Found", 9, NULL, NULL);
     }
 
+    /* HEAD wherever GET is: the headers of GET's answer (load balancers
+     * and uptime checks probe /health so; vLLM's routes answer it too) */
+    if (method & NGX_HTTP_GET) {
+        method |= NGX_HTTP_HEAD;
+    }
+
     if (!(r->method & method)) {
         if (ngx_http_discard_request_body(r) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -301,14 +307,14 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
         h->hash = 1;
         ngx_str_set(&h->key, "Allow");
 
-        if (method == NGX_HTTP_GET) {
-            ngx_str_set(&h->value, "GET");
+        if (method == (NGX_HTTP_GET|NGX_HTTP_HEAD)) {
+            ngx_str_set(&h->value, "GET, HEAD");
 
-        } else if (method == (NGX_HTTP_GET|NGX_HTTP_DELETE)) {
-            ngx_str_set(&h->value, "GET, DELETE");
+        } else if (method == (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_DELETE)) {
+            ngx_str_set(&h->value, "GET, HEAD, DELETE");
 
-        } else if (method == (NGX_HTTP_GET|NGX_HTTP_POST)) {
-            ngx_str_set(&h->value, "GET, POST");
+        } else if (method == (NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_POST)) {
+            ngx_str_set(&h->value, "GET, HEAD, POST");
 
         } else {
             ngx_str_set(&h->value, "POST");

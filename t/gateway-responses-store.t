@@ -191,7 +191,7 @@ is($r->{json}{error}{param}, 'store', 'naming store');
 
 $r = $t->post("/v1/responses/$r2->{id}", { x => 1 });
 is($r->{status}, 405, 'POST /v1/responses/{id}: 405');
-is($r->{headers}{allow}, 'GET, DELETE', 'Allow: GET, DELETE');
+is($r->{headers}{allow}, 'GET, HEAD, DELETE', 'Allow: GET, HEAD, DELETE');
 is($t->get('/v1/responses/a/b')->{status}, 404, 'a deeper path: 404');
 
 # --- a reload keeps them ----------------------------------------------------

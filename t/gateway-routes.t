@@ -54,11 +54,25 @@ is($ping->{json}{status}, 'ok', 'answers as /health does');
 is($t->post('/kimi/ping', '')->{status}, 200, 'POST /ping too');
 my $put = $t->http('PUT', '/kimi/ping', '');
 is($put->{status}, 405, 'PUT /ping is a 405');
-is($put->{headers}{allow}, 'GET, POST', 'allowing GET and POST');
+is($put->{headers}{allow}, 'GET, HEAD, POST', 'allowing GET (and HEAD) and POST');
 my $v = $t->get('/kimi/version');
 is($v->{status}, 200, 'GET /version');
 like($v->{json}{version}, qr/^\d+\.\d+\.\d+$/, 'a version number');
 is($t->post('/kimi/version', '{}')->{status}, 405, 'POST /version is a 405');
+
+# HEAD wherever GET is: GET's status and headers, no body (load balancers
+# probe /health so)
+for my $path ('/health', '/kimi/ping', '/v1/models', "/v1/models/$name", '/kimi/version') {
+    my $get = $t->get($path);
+    my $head = $t->http('HEAD', $path, undef);
+    # (/health's engine figures may change a digit between the two calls)
+    my $len = $path =~ /health|ping/ ? $head->{headers}{'content-length'} > 10
+        : $head->{headers}{'content-length'} == length($get->{body});
+    ok($head->{status} == 200 && $head->{body} eq '' && $len,
+        "HEAD $path: 200, GET's length, no body");
+}
+is($t->http('HEAD', '/v1/chat/completions', undef)->{status}, 405,
+    'HEAD on a POST route is still a 405');
 
 my $r = $t->get('/v1/nothing');
 is($r->{status}, 404, 'an unknown path under /v1/ is a 404');

@@ -205,7 +205,7 @@ ok($r->{json}{error}{message}, '405 body has a message');
 
 $r = $t->post('/v1/models', {});
 is($r->{status}, 405, 'POST on models is 405');
-is($r->{headers}{allow}, 'GET', '405 says Allow: GET');
+is($r->{headers}{allow}, 'GET, HEAD', '405 says Allow: GET, HEAD');
 
 # ---- chat echo (vLLM's): the answer opens with the last message's text ------------
 
