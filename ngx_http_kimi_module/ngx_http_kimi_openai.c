@@ -1152,6 +1152,23 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
     }
     pr->tokens_as_ids = flag;
 
+    /* vLLM's return_token_ids (prompt_token_ids and token_ids beside the
+     * text) is not implemented: asked for, it is refused rather than
+     * silently answered without the ids (false is the default anyway).
+     * return_tokens_as_token_ids with logprobs gives the generated ids. */
+    *param = "return_token_ids";
+    if (ngx_http_kimi_get_bool(root, "return_token_ids", &flag, err)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+    if (flag) {
+        ngx_sprintf(err, "\"return_token_ids\" is not supported (use "
+                    "\"logprobs\" with \"return_tokens_as_token_ids\" "
+                    "for the generated ids, /tokenize for the prompt's)");
+        return NGX_ERROR;
+    }
+
     /* vLLM: a matched stop string stays at the end of the text */
     *param = "include_stop_str_in_output";
     if (ngx_http_kimi_get_bool(root, "include_stop_str_in_output", &flag, err)
