@@ -185,6 +185,8 @@ typedef struct {
     unsigned                     tokens_as_ids:1;      /* vLLM's
                                                           return_tokens_as_
                                                           token_ids */
+    unsigned                     token_ids:1;          /* vLLM's
+                                                          return_token_ids */
     unsigned                     include_stop_str:1;   /* vLLM's
                                                           include_stop_str_
                                                           in_output */
@@ -309,6 +311,8 @@ struct ngx_http_kimi_ctx_s {
                                                       rank, decoded_token}}] */
     ngx_uint_t                   n_out;            /* tokens output so far */
     ngx_str_t                    content;          /* non-stream text */
+    ngx_array_t                 *out_ids;          /* return_token_ids:
+                                                      every generated id */
     size_t                       content_cap;
     ngx_str_t                    reasoning;        /* its reasoning_content
                                                       (non-stream) */

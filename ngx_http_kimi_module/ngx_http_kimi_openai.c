@@ -1152,22 +1152,23 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
     }
     pr->tokens_as_ids = flag;
 
-    /* vLLM's return_token_ids (prompt_token_ids and token_ids beside the
-     * text) is not implemented: asked for, it is refused rather than
-     * silently answered without the ids (false is the default anyway).
-     * return_tokens_as_token_ids with logprobs gives the generated ids. */
+    /* vLLM's return_token_ids: the prompt's ids and every generated id
+     * (the stop token too) beside the text; not with stream yet, where
+     * it is refused rather than silently answered without the ids */
     *param = "return_token_ids";
     if (ngx_http_kimi_get_bool(root, "return_token_ids", &flag, err)
         != NGX_OK)
     {
         return NGX_ERROR;
     }
-    if (flag) {
-        ngx_sprintf(err, "\"return_token_ids\" is not supported (use "
-                    "\"logprobs\" with \"return_tokens_as_token_ids\" "
-                    "for the generated ids, /tokenize for the prompt's)");
+    if (flag && pr->stream) {
+        ngx_sprintf(err, "\"return_token_ids\" with \"stream\" is not "
+                    "supported (\"logprobs\" with "
+                    "\"return_tokens_as_token_ids\" streams the generated "
+                    "ids)");
         return NGX_ERROR;
     }
+    pr->token_ids = flag;
 
     /* vLLM: a matched stop string stays at the end of the text */
     *param = "include_stop_str_in_output";
@@ -2097,6 +2098,23 @@ ngx_http_kimi_finish_name(ngx_http_kimi_ctx_t *ctx)
 
 /* The body of a non-streaming response, once the engine said DONE. */
 /* One element of "choices": the message (or text), logprobs, finish. */
+/* ids as a JSON list (an empty one for none) */
+static json_t *
+ngx_http_kimi_ids_json(const int32_t *ids, size_t n)
+{
+    size_t   i;
+    json_t  *a;
+
+    a = json_array();
+
+    for (i = 0; a != NULL && i < n; i++) {
+        json_array_append_new(a, json_integer(ids[i]));
+    }
+
+    return a;
+}
+
+
 json_t *
 ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx)
 {
@@ -2225,6 +2243,21 @@ ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx)
                         ctx->prompt_lp ? ctx->prompt_lp : json_null());
     }
 
+    /* vLLM's return_token_ids: a completion choice its prompt's ids, a
+     * chat response one list at the top; every choice its own */
+    if (ctx->params.token_ids) {
+        if (ctx->route == NGX_HTTP_KIMI_ROUTE_COMPLETIONS) {
+            json_object_set_new(choice, "prompt_token_ids",
+                                ngx_http_kimi_ids_json(ctx->prompt,
+                                                       ctx->n_prompt));
+        }
+
+        json_object_set_new(choice, "token_ids",
+                            ngx_http_kimi_ids_json(
+                                ctx->out_ids ? ctx->out_ids->elts : NULL,
+                                ctx->out_ids ? ctx->out_ids->nelts : 0));
+    }
+
     if (ctx->stop_reason.len) {
         json_object_set_new(choice, "stop_reason",
                             json_stringn_nocheck((char *) ctx->stop_reason.data,
@@ -2317,6 +2350,12 @@ ngx_http_kimi_send_response(ngx_http_kimi_ctx_t *ctx)
     if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT && ctx->params.prompt_lp) {
         json_object_set(root, "prompt_logprobs",
                         ctx->prompt_lp ? ctx->prompt_lp : json_null());
+    }
+
+    if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT && ctx->params.token_ids) {
+        json_object_set_new(root, "prompt_token_ids",
+                            ngx_http_kimi_ids_json(ctx->prompt,
+                                                   ctx->n_prompt));
     }
 
     rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, root);

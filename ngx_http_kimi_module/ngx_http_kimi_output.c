@@ -303,6 +303,7 @@ ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
     const kimi_shm_token_t *tok)
 {
     size_t       len;
+    int32_t     *id;
     uint32_t     i;
     const char  *out;
 
@@ -315,6 +316,23 @@ ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
     }
 
     ctx->n_out++;
+
+    if (ctx->params.token_ids) {      /* every id, the stop token's too */
+        if (ctx->out_ids == NULL) {
+            ctx->out_ids = ngx_array_create(ctx->request->pool, 64,
+                                            sizeof(int32_t));
+            if (ctx->out_ids == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        id = ngx_array_push(ctx->out_ids);
+        if (id == NULL) {
+            return NGX_ERROR;
+        }
+
+        *id = tok->token;
+    }
 
     if (ctx->params.sampling.logprobs
         && ngx_http_kimi_output_logprob(ctx, tok) != NGX_OK)
