@@ -313,6 +313,8 @@ struct ngx_http_kimi_ctx_s {
     ngx_str_t                    content;          /* non-stream text */
     ngx_array_t                 *out_ids;          /* return_token_ids:
                                                       every generated id */
+    ngx_uint_t                   ids_sent;         /* ... in chunks so far */
+    unsigned                     prompt_ids_sent:1;
     size_t                       content_cap;
     ngx_str_t                    reasoning;        /* its reasoning_content
                                                       (non-stream) */

@@ -1153,19 +1153,11 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
     pr->tokens_as_ids = flag;
 
     /* vLLM's return_token_ids: the prompt's ids and every generated id
-     * (the stop token too) beside the text; not with stream yet, where
-     * it is refused rather than silently answered without the ids */
+     * (the stop token too) beside the text */
     *param = "return_token_ids";
     if (ngx_http_kimi_get_bool(root, "return_token_ids", &flag, err)
         != NGX_OK)
     {
-        return NGX_ERROR;
-    }
-    if (flag && pr->stream) {
-        ngx_sprintf(err, "\"return_token_ids\" with \"stream\" is not "
-                    "supported (\"logprobs\" with "
-                    "\"return_tokens_as_token_ids\" streams the generated "
-                    "ids)");
         return NGX_ERROR;
     }
     pr->token_ids = flag;

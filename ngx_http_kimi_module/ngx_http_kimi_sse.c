@@ -41,7 +41,10 @@ static ngx_int_t ngx_http_kimi_sse_done(ngx_http_kimi_ctx_t *ctx,
     ngx_chain_t *cl);
 static u_char *ngx_http_kimi_sse_logprobs(ngx_http_kimi_ctx_t *ctx,
     u_char *p, const char *close);
-static u_char *ngx_http_kimi_sse_usage(ngx_http_kimi_ctx_t *ctx, u_char *p);
+static u_char *ngx_http_kimi_sse_close(ngx_http_kimi_ctx_t *ctx,
+    u_char *start, u_char *p);
+static u_char *ngx_http_kimi_sse_ids(ngx_http_kimi_ctx_t *ctx, u_char *start,
+    u_char *p);
 
 
 /* The headers and the chunk prefix, once per request: the first choice
@@ -399,7 +402,7 @@ ngx_http_kimi_sse_role(ngx_http_kimi_ctx_t *ctx)
     p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
     p = ngx_sprintf(p, "{\"index\":%ui,\"delta\":{\"role\":\"assistant\","
                     "\"content\":\"\"" NGX_HTTP_KIMI_CHUNK_TAIL, ctx->index);
-    cl->buf->last = ngx_http_kimi_sse_usage(ctx, p);
+    cl->buf->last = ngx_http_kimi_sse_close(ctx, cl->buf->last, p);
 
     ctx->role_sent = 1;
 
@@ -492,7 +495,7 @@ ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx, const u_char *text,
                        sizeof(NGX_HTTP_KIMI_TEXT_TAIL) - 1);
     }
 
-    cl->buf->last = ngx_http_kimi_sse_usage(ctx, p);
+    cl->buf->last = ngx_http_kimi_sse_close(ctx, cl->buf->last, p);
 
     if (ctx->sse_final) {
         /* the last drain: keep the newest chunk so the finish_reason rides
@@ -538,7 +541,7 @@ ngx_http_kimi_sse_reasoning(ngx_http_kimi_ctx_t *ctx, const u_char *text,
     p = ngx_http_kimi_json_escape(p, text, len);
     p = ngx_cpymem(p, "\"" NGX_HTTP_KIMI_CHUNK_TAIL,
                    sizeof("\"" NGX_HTTP_KIMI_CHUNK_TAIL) - 1);
-    cl->buf->last = ngx_http_kimi_sse_usage(ctx, p);
+    cl->buf->last = ngx_http_kimi_sse_close(ctx, cl->buf->last, p);
 
     return ngx_http_kimi_sse_send(ctx, cl);
 }
@@ -598,7 +601,7 @@ ngx_http_kimi_sse_tool_begin(ngx_http_kimi_ctx_t *ctx, ngx_uint_t index,
     p = ngx_cpymem(p, "\",\"arguments\":\"\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL,
                    sizeof("\",\"arguments\":\"\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL)
                    - 1);
-    cl->buf->last = ngx_http_kimi_sse_usage(ctx, p);
+    cl->buf->last = ngx_http_kimi_sse_close(ctx, cl->buf->last, p);
 
     return ngx_http_kimi_sse_send(ctx, cl);
 }
@@ -637,7 +640,7 @@ ngx_http_kimi_sse_tool_args(ngx_http_kimi_ctx_t *ctx, ngx_uint_t index,
     p = ngx_http_kimi_json_escape(p, text, len);
     p = ngx_cpymem(p, "\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL,
                    sizeof("\"}}]" NGX_HTTP_KIMI_CHUNK_TAIL) - 1);
-    cl->buf->last = ngx_http_kimi_sse_usage(ctx, p);
+    cl->buf->last = ngx_http_kimi_sse_close(ctx, cl->buf->last, p);
 
     return ngx_http_kimi_sse_send(ctx, cl);
 }
@@ -660,11 +663,17 @@ ngx_http_kimi_sse_logprobs(ngx_http_kimi_ctx_t *ctx, u_char *p,
 }
 
 
-/* vLLM's continuous_usage_stats: the event just written, ending at p with
- * its closing "}\n\n", also says this choice's usage so far. */
+/* A choice chunk written from start to p: what the request asked every
+ * chunk to carry, in place (its buffer has the room: ngx_http_kimi_sse_buf);
+ * returns the chunk's end.  vLLM's continuous_usage_stats: the event, ending
+ * with its closing "}\n\n", also says this choice's usage so far. */
 static u_char *
-ngx_http_kimi_sse_usage(ngx_http_kimi_ctx_t *ctx, u_char *p)
+ngx_http_kimi_sse_close(ngx_http_kimi_ctx_t *ctx, u_char *start, u_char *p)
 {
+    if (ctx->params.token_ids) {
+        p = ngx_http_kimi_sse_ids(ctx, start, p);
+    }
+
     if (!ctx->params.continuous_usage) {
         return p;
     }
@@ -672,6 +681,106 @@ ngx_http_kimi_sse_usage(ngx_http_kimi_ctx_t *ctx, u_char *p)
     return ngx_sprintf(p - 3, ",\"usage\":{\"prompt_tokens\":%uz,"
                        "\"completion_tokens\":%ui,\"total_tokens\":%uz}}\n\n",
                        ctx->n_prompt, ctx->n_out, ctx->n_prompt + ctx->n_out);
+}
+
+
+/* ids as a JSON member: "name":[1,2,...], */
+static u_char *
+ngx_http_kimi_sse_id_list(u_char *p, const char *name, const int32_t *ids,
+    size_t n)
+{
+    size_t  i;
+
+    p = ngx_sprintf(p, "\"%s\":[", name);
+
+    for (i = 0; i < n; i++) {
+        p = ngx_sprintf(p, i ? ",%D" : "%D", ids[i]);
+    }
+
+    return ngx_cpymem(p, "],", 2);
+}
+
+
+/* the most bytes ngx_http_kimi_sse_ids adds to a chunk */
+static size_t
+ngx_http_kimi_sse_ids_room(ngx_http_kimi_ctx_t *ctx)
+{
+    size_t  n;
+
+    if (!ctx->params.token_ids) {
+        return 0;
+    }
+
+    n = ctx->out_ids ? ctx->out_ids->nelts - ctx->ids_sent : 0;
+
+    return (n + (ctx->prompt_ids_sent ? 0 : ctx->n_prompt)) * NGX_INT32_LEN
+           + sizeof("\"prompt_token_ids\":[],\"token_ids\":[],");
+}
+
+
+/*
+ * vLLM's return_token_ids in a stream: the choice chunk from start to p
+ * gets the ids generated since the choice's last chunk ("token_ids", right
+ * after its index) and, on the choice's first chunk, its prompt's
+ * ("prompt_token_ids": at the top of a chat chunk, in a completion's
+ * choice).  The tail stays as written, so the finish_reason can still be
+ * patched into a held chunk.
+ */
+static u_char *
+ngx_http_kimi_sse_ids(ngx_http_kimi_ctx_t *ctx, u_char *start, u_char *p)
+{
+    u_char   *at, *top, *ins, *e;
+    size_t    n, len;
+
+    at = start + ctx->prefix.len;
+
+    if (p - at < 10 || ngx_strncmp(at, "{\"index\":", 9) != 0) {
+        return p;
+    }
+
+    for (at += 9; at < p && *at >= '0' && *at <= '9'; at++) { /* void */ }
+
+    if (at >= p || *at++ != ',') {
+        return p;
+    }
+
+    ins = ngx_pnalloc(ctx->request->pool, ngx_http_kimi_sse_ids_room(ctx));
+    if (ins == NULL) {
+        return p;
+    }
+
+    n = ctx->out_ids ? ctx->out_ids->nelts : 0;
+    e = ins;
+
+    if (!ctx->prompt_ids_sent && ctx->route != NGX_HTTP_KIMI_ROUTE_CHAT) {
+        e = ngx_http_kimi_sse_id_list(e, "prompt_token_ids", ctx->prompt,
+                                      ctx->n_prompt);
+    }
+
+    e = ngx_http_kimi_sse_id_list(e, "token_ids",
+                                  n ? (int32_t *) ctx->out_ids->elts
+                                      + ctx->ids_sent : NULL,
+                                  n - ctx->ids_sent);
+    len = e - ins;
+    ngx_memmove(at + len, at, p - at);
+    ngx_memcpy(at, ins, len);
+    p += len;
+
+    if (!ctx->prompt_ids_sent && ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT) {
+        /* the prefix ends with "choices":[ */
+        top = start + ctx->prefix.len - (sizeof("\"choices\":[") - 1);
+        e = ngx_http_kimi_sse_id_list(ins, "prompt_token_ids", ctx->prompt,
+                                      ctx->n_prompt);
+        len = e - ins;
+        ngx_memmove(top + len, top, p - top);
+        ngx_memcpy(top, ins, len);
+        p += len;
+    }
+
+    ctx->prompt_ids_sent = 1;
+    ctx->ids_sent = n;
+
+    return p;
 }
 
 
@@ -734,7 +843,7 @@ ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx, ngx_uint_t last)
     }
 
     if (p > cl->buf->last) {
-        p = ngx_http_kimi_sse_usage(ctx, p);     /* on the finish chunk */
+        p = ngx_http_kimi_sse_close(ctx, cl->buf->last, p);   /* the finish chunk */
     }
 
     if (!last) {
@@ -880,7 +989,10 @@ ngx_http_kimi_sse_finish_held(ngx_http_kimi_ctx_t *ctx)
 
     static const u_char  tail[] = "null}]}\n\n";
 
-    if (ctx->last_chunk == NULL || ctx->logprobs.len || ctx->lp[0].len) {
+    if (ctx->last_chunk == NULL || ctx->logprobs.len || ctx->lp[0].len
+        || (ctx->out_ids && ctx->out_ids->nelts > ctx->ids_sent))
+    {
+        /* (entries or ids of tokens after that chunk need a chunk) */
         return NGX_DECLINED;
     }
 
@@ -908,9 +1020,11 @@ ngx_http_kimi_sse_buf(ngx_http_kimi_ctx_t *ctx, size_t size)
     ngx_buf_t    *b;
     ngx_chain_t  *cl;
 
-    /* room for the [DONE] a finishing event may append, and for the
-     * usage every chunk carries with continuous_usage_stats */
-    size += sizeof("data: [DONE]\n\n") + NGX_HTTP_KIMI_USAGE_LEN;
+    /* room for the [DONE] a finishing event may append, for the usage
+     * every chunk carries with continuous_usage_stats and for the ids of
+     * return_token_ids */
+    size += sizeof("data: [DONE]\n\n") + NGX_HTTP_KIMI_USAGE_LEN
+            + ngx_http_kimi_sse_ids_room(ctx);
 
     cl = ngx_chain_get_free_buf(ctx->request->pool, &ctx->free);
     if (cl == NULL) {

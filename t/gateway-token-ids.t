@@ -2,7 +2,8 @@
 
 # vLLM's return_token_ids: the prompt's ids (a chat response at its top,
 # a completion choice in it) and every generated id, the stop token's too,
-# beside the text; with stream a 400 (not implemented there).
+# beside the text; streamed, the prompt's on the first chunk and each
+# chunk's own ids.
 # Real nginx + kimi-engine (replay backend, Kimi's real tokenizer).
 
 use strict;
@@ -62,12 +63,34 @@ $r = $t->post('/v1/chat/completions', chat_body(messages => \@msgs, max_tokens =
 ok(!exists $r->{json}{prompt_token_ids} && !exists $r->{json}{choices}[0]{token_ids},
     'not asked for: neither field');
 
+# streamed: the prompt's ids on the first chunk only (a chat chunk's top, a
+# completion's choice), each chunk the ids since the last
+for my $route ('chat', 'completions') {
+    my $chat = $route eq 'chat';
+    my $body = $chat ? chat_body(messages => \@msgs, max_tokens => 64)
+                     : completion_body(prompt => 'Hello', max_tokens => 64);
+    $body->{stream} = $true;
+    $body->{return_token_ids} = $true;
+    my $ev = $t->sse($chat ? '/v1/chat/completions' : '/v1/completions', $body)->{events};
+    my @chunks = grep { ref $_ eq 'HASH' && $_->{choices} && @{ $_->{choices} } } @$ev;
+    my $first = $chat ? $chunks[0]{prompt_token_ids} : $chunks[0]{choices}[0]{prompt_token_ids};
+    is_deeply($first, ids_of($chat ? { messages => \@msgs } : { prompt => 'Hello' }),
+        "$route stream: the first chunk carries the prompt's ids");
+    ok(!grep({ exists $_->{prompt_token_ids} || exists $_->{choices}[0]{prompt_token_ids} }
+             @chunks[1 .. $#chunks]), "$route stream: no later chunk does");
+    my @ids = map { @{ $_->{choices}[0]{token_ids} // [] } } @chunks;
+    my $text = join '', map { $chat ? $_->{choices}[0]{delta}{content} // '' : $_->{choices}[0]{text} // '' } @chunks;
+    is($text, $reply, "$route stream: the whole reply");
+    is(text_of([ @ids[0 .. $#ids - 1] ]), $text,
+        "$route stream: the chunks' token_ids, joined, decode to it (then the stop token)")
+        or diag explain \@ids;
+    is(scalar(@ids), scalar(@{ ids_of({ prompt => $reply }) }) + 1,
+        "$route stream: each id once");
+}
+
 $r = $t->post('/v1/chat/completions', chat_body(messages => \@msgs,
-    return_token_ids => $true, stream => $true));
-is($r->{status}, 400, 'with stream: 400');
-like($r->{json}{error}{message} // '', qr/return_token_ids.*stream.*not supported/,
-    'saying it is not supported there');
-is($r->{json}{error}{param}, 'return_token_ids', 'naming the field');
+    return_token_ids => 'yes'));
+is($r->{json}{error}{param}, 'return_token_ids', 'not a boolean: 400 naming it');
 
 $t->stop;
 
