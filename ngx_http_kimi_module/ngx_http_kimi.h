@@ -76,6 +76,8 @@ typedef enum {
     NGX_HTTP_KIMI_ROUTE_RESPONSE,      /* GET, DELETE /v1/responses/{id} */
     NGX_HTTP_KIMI_ROUTE_RESPONSE_ITEMS, /* GET .../{id}/input_items */
     NGX_HTTP_KIMI_ROUTE_VERSION,
+    NGX_HTTP_KIMI_ROUTE_INVOCATIONS,   /* routing only: chat or completions
+                                          by the body (SageMaker's) */
 } ngx_http_kimi_route_e;
 
 

@@ -256,6 +256,9 @@ static ngx_http_kimi_route_t  ngx_http_kimi_routes[] = {
     { ngx_string("/ping"), NGX_HTTP_KIMI_ROUTE_HEALTH,
       NGX_HTTP_GET|NGX_HTTP_POST },
     { ngx_string("/version"), NGX_HTTP_KIMI_ROUTE_VERSION, NGX_HTTP_GET },
+    /* ... and its inference path: a chat or a completion, by the body */
+    { ngx_string("/invocations"), NGX_HTTP_KIMI_ROUTE_INVOCATIONS,
+      NGX_HTTP_POST },
     { ngx_string("/tokenize"), NGX_HTTP_KIMI_ROUTE_TOKENIZE, NGX_HTTP_POST },
     { ngx_string("/detokenize"), NGX_HTTP_KIMI_ROUTE_DETOKENIZE,
       NGX_HTTP_POST },

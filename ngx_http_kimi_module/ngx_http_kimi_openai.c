@@ -121,6 +121,24 @@ ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body, size_t len,
         return NGX_ERROR;
     }
 
+    if (ctx->route == NGX_HTTP_KIMI_ROUTE_INVOCATIONS) {
+        /* vLLM's /invocations: "messages" is a chat, "prompt" a completion */
+        if (json_object_get(root, "messages") != NULL) {
+            ctx->route = NGX_HTTP_KIMI_ROUTE_CHAT;
+
+        } else if (json_object_get(root, "prompt") != NULL) {
+            ctx->route = NGX_HTTP_KIMI_ROUTE_COMPLETIONS;
+
+        } else {
+            error->len = ngx_sprintf(err, "/invocations takes a chat "
+                                     "(\"messages\") or a completion "
+                                     "(\"prompt\") request") - err;
+            return NGX_ERROR;
+        }
+
+        ctx->usage.route = ctx->route;
+    }
+
     ngx_memzero(err, NGX_HTTP_KIMI_ERR_LEN);
 
     switch (ctx->route) {

@@ -4,7 +4,8 @@
 # "location = /health", a prefix named after the API ("location /v1/"),
 # and a mount point ("location /kimi/" serves /kimi/v1/models); anything
 # else under such a location is an OpenAI-style 404.  GET /v1/models/{model}
-# retrieves the served model's card; /ping and /version answer as vLLM's.
+# retrieves the served model's card; /ping, /version and /invocations
+# answer as vLLM's.
 
 use strict;
 use warnings;
@@ -60,6 +61,21 @@ is($v->{status}, 200, 'GET /version');
 like($v->{json}{version}, qr/^\d+\.\d+\.\d+$/, 'a version number');
 is($t->post('/kimi/version', '{}')->{status}, 405, 'POST /version is a 405');
 
+# vLLM's (SageMaker's) /invocations: a chat or a completion, by the body
+my $r = $t->post('/kimi/invocations', chat_body(max_tokens => 2));
+is($r->{json}{object}, 'chat.completion', '/invocations with "messages" is a chat');
+like($r->{json}{id} // '', qr/^chatcmpl-/, 'with a chat id');
+$r = $t->post('/kimi/invocations', { prompt => 'Hello', max_tokens => 2 });
+is($r->{json}{object}, 'text_completion', 'with "prompt" a completion');
+$r = $t->sse('/kimi/invocations', chat_body(max_tokens => 2, stream => JSON::PP::true));
+ok(@{ $r->{events} } && $r->{events}[0]{object} eq 'chat.completion.chunk',
+    'and it streams');
+$r = $t->post('/kimi/invocations', { input => 'x' });
+is($r->{status}, 400, '/invocations with neither: 400');
+like($r->{json}{error}{message} // '', qr/chat \("messages"\) or a completion \("prompt"\)/,
+    'saying what it takes');
+is($t->get('/kimi/invocations')->{status}, 405, 'GET /invocations is a 405');
+
 # HEAD wherever GET is: GET's status and headers, no body (load balancers
 # probe /health so)
 for my $path ('/health', '/kimi/ping', '/v1/models', "/v1/models/$name", '/kimi/version') {
@@ -74,7 +90,7 @@ for my $path ('/health', '/kimi/ping', '/v1/models', "/v1/models/$name", '/kimi/
 is($t->http('HEAD', '/v1/chat/completions', undef)->{status}, 405,
     'HEAD on a POST route is still a 405');
 
-my $r = $t->get('/v1/nothing');
+$r = $t->get('/v1/nothing');
 is($r->{status}, 404, 'an unknown path under /v1/ is a 404');
 ok($r->{json}{error}{message}, 'in OpenAI shape');
 is($t->get('/kimi/v2/models')->{status}, 404,
