@@ -58,6 +58,8 @@ static ngx_int_t ngx_http_kimi_version(ngx_http_request_t *r);
 static ngx_int_t ngx_http_kimi_served_name(ngx_http_kimi_ctx_t *ctx,
     ngx_http_kimi_attach_t *a, ngx_str_t *name);
 static ngx_int_t ngx_http_kimi_pin_rank(ngx_http_kimi_ctx_t *ctx);
+static ngx_table_elt_t *ngx_http_kimi_header_in(ngx_http_request_t *r,
+    const char *name, size_t len);
 static void ngx_http_kimi_timeout_handler(ngx_event_t *ev);
 static void ngx_http_kimi_cleanup(void *data);
 static ngx_int_t ngx_http_kimi_choices(ngx_http_kimi_ctx_t *ctx);
@@ -654,24 +656,61 @@ invalid:
 }
 
 
-/* "chatcmpl-" or "cmpl-" and 96 random bits, as OpenAI's ids look */
+/* "chatcmpl-" or "cmpl-" and the client's X-Request-Id, as vLLM names a
+ * request after that header, or 96 random bits, as OpenAI's ids look; a
+ * Responses id ("resp_") is always random: the store is keyed by it */
 static ngx_int_t
 ngx_http_kimi_request_id(ngx_http_kimi_ctx_t *ctx)
 {
-    u_char  *p;
+    u_char           *p, c;
+    size_t            i;
+    ngx_str_t         given;
+    ngx_table_elt_t  *h;
 
-    p = ngx_pnalloc(ctx->request->pool, sizeof("chatcmpl-") - 1 + 24);
+    ngx_str_null(&given);
+
+    h = ctx->responses ? NULL
+        : ngx_http_kimi_header_in(ctx->request, "X-Request-Id",
+                                  sizeof("X-Request-Id") - 1);
+
+    if (h != NULL && h->value.len > 0 && h->value.len <= 128) {
+        /* (characters that need no JSON escaping only: the id is written
+         * as it is into every chunk) */
+        for (i = 0; i < h->value.len; i++) {
+            c = h->value.data[i];
+
+            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z')
+                  || (c >= 'A' && c <= 'Z')
+                  || (c != '\0' && ngx_strchr("-_.:/+=@", c) != NULL)))
+            {
+                break;
+            }
+        }
+
+        if (i == h->value.len) {
+            given = h->value;
+        }
+    }
+
+    p = ngx_pnalloc(ctx->request->pool,
+                    sizeof("chatcmpl-") - 1 + ngx_max(24, given.len));
     if (p == NULL) {
         return NGX_ERROR;
     }
 
     ctx->id.data = p;
-    p = ngx_sprintf(p, "%s%08xD%08xD%08xD",
-                    ctx->responses ? "resp_"
+    p = ngx_sprintf(p, "%s", ctx->responses ? "resp_"
                     : ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT ? "chatcmpl-"
-                                                             : "cmpl-",
-                    (uint32_t) ngx_random(), (uint32_t) ngx_random(),
-                    (uint32_t) ngx_random());
+                                                             : "cmpl-");
+
+    if (given.len) {
+        p = ngx_cpymem(p, given.data, given.len);
+
+    } else {
+        p = ngx_sprintf(p, "%08xD%08xD%08xD", (uint32_t) ngx_random(),
+                        (uint32_t) ngx_random(), (uint32_t) ngx_random());
+    }
+
     ctx->id.len = p - ctx->id.data;
 
     return NGX_OK;
@@ -940,18 +979,41 @@ static ngx_int_t
 ngx_http_kimi_pin_rank(ngx_http_kimi_ctx_t *ctx)
 {
     ngx_int_t         n;
+    ngx_table_elt_t  *h;
+
+    h = ngx_http_kimi_header_in(ctx->request, "X-Kimi-Rank",
+                                sizeof("X-Kimi-Rank") - 1);
+    if (h == NULL) {
+        return NGX_OK;
+    }
+
+    n = ngx_atoi(h->value.data, h->value.len);
+    if (n == NGX_ERROR || n >= KIMI_SHM_MAX_RANKS) {
+        return NGX_ERROR;
+    }
+
+    ctx->pinned_rank = n;
+
+    return NGX_OK;
+}
+
+
+/* the request's first header of this name (any case), or NULL */
+static ngx_table_elt_t *
+ngx_http_kimi_header_in(ngx_http_request_t *r, const char *name, size_t len)
+{
+    ngx_uint_t        i;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
-    ngx_uint_t        i;
 
-    part = &ctx->request->headers_in.headers.part;
+    part = &r->headers_in.headers.part;
     h = part->elts;
 
     for (i = 0; /* void */; i++) {
 
         if (i >= part->nelts) {
             if (part->next == NULL) {
-                break;
+                return NULL;
             }
 
             part = part->next;
@@ -959,21 +1021,12 @@ ngx_http_kimi_pin_rank(ngx_http_kimi_ctx_t *ctx)
             i = 0;
         }
 
-        if (h[i].key.len == sizeof("X-Kimi-Rank") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "X-Kimi-Rank",
-                               h[i].key.len) == 0)
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
         {
-            n = ngx_atoi(h[i].value.data, h[i].value.len);
-            if (n == NGX_ERROR || n >= KIMI_SHM_MAX_RANKS) {
-                return NGX_ERROR;
-            }
-
-            ctx->pinned_rank = n;
-            return NGX_OK;
+            return &h[i];
         }
     }
-
-    return NGX_OK;
 }
 
 

@@ -50,6 +50,15 @@ is($r->{status}, 200, 'chat completion is 200');
 like($r->{headers}{'content-type'}, qr{^application/json}, 'json content type');
 my $j = $r->{json};
 like($j->{id}, qr/^chatcmpl-[0-9a-f]{24}$/, 'id looks like chatcmpl-...');
+# vLLM names a request after the client's X-Request-Id
+is($t->post('/v1/chat/completions', chat_body(), 'X-Request-Id' => 'trace-42.a')->{json}{id},
+    'chatcmpl-trace-42.a', 'X-Request-Id: the id is chatcmpl-<it>, as vLLM\'s');
+is($t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 2),
+    'X-Request-Id' => 'trace-43')->{json}{id}, 'cmpl-trace-43', '... and cmpl-<it>');
+my $sse = $t->sse('/v1/chat/completions', chat_body(stream => JSON::PP::true), headers => { 'X-Request-Id' => 'trace-44' });
+is($sse->{events}[0]{id}, 'chatcmpl-trace-44', '... on every chunk of a stream');
+like($t->post('/v1/chat/completions', chat_body(), 'X-Request-Id' => 'a"b\\c')->{json}{id},
+    qr/^chatcmpl-[0-9a-f]{24}$/, 'one with characters JSON would escape: a random id');
 is($j->{object}, 'chat.completion', 'object is chat.completion');
 is($j->{model}, 'kimi-test', 'model echoes the served name');
 ok($j->{created} > 1e9, 'created is a unix time');
