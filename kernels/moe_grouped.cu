@@ -30,7 +30,10 @@
  *          64: both take the 64 rows, group g half g.
  * Epilogue: gate_up quantises h to e4m3 per 128 columns on the spot (the
  *          row's 128 columns live in one quad of threads, or two groups at
- *          BM 64) and writes hq/hs: no fp32 h round trip; down writes bf16 y.
+ *          BM 64) and writes hq/hs: no fp32 h round trip; down writes bf16 y
+ *          (evict_first in L2: only the combine reads it).  Both stage each
+ *          group's 64 rows x 128 bytes in shared memory and copy whole rows
+ *          out with bulk stores, one thread a row.
  * Tiles:   a pre-pass (one block) lists the tiles: each expert's rows cut
  *          in BM (the shared expert's 32-token slots merged back into one
  *          run), so no block scans the plan.
@@ -56,6 +59,8 @@
 #ifndef KG_ABL
 #define KG_ABL 0
 #endif
+#define KG_OUT_PITCH 144                        /* a staged output row: 128 bytes + 16 */
+#define KG_OUT_B     (64 * KG_OUT_PITCH)        /* a consumer group's 64 rows */
 
 /* Shared memory of one BM: stages of A + 4 boxes of B, then the scales of
  * every stage, the producer's row table, the amax exchange, the barriers. */
@@ -69,7 +74,8 @@ struct kg_layout {
     static constexpr int off_row = off_bs + stages * 4 * 4;   /* [128] */
     static constexpr int off_amax = off_row + 128 * 4;        /* [2][2][64] */
     static constexpr int off_bar = off_amax + 2 * 2 * 64 * 4; /* full[S], empty[S] */
-    static constexpr int smem = off_bar + 2 * stages * 8 + 1024;
+    static constexpr int off_out = off_bar + 2 * stages * 8;  /* [2][KG_OUT_B], 16-aligned */
+    static constexpr int smem = off_out + 2 * KG_OUT_B + 1024;
 };
 
 /* ---- tile list -------------------------------------------------------- */
@@ -170,6 +176,7 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
     int32_t *a_row = (int32_t *) (sm + L::off_row);
     float *amax_x = (float *) (sm + L::off_amax);
     uint64_t *full = (uint64_t *) (sm + L::off_bar), *empty = full + S;
+    static_assert(L::off_out % 16 == 0 && L::smem <= 227 * 1024, "grouped GEMM shared memory");
 
     const int KB = K / 128;
     const int nN = N / (GATE_UP ? 128 : 256);
@@ -260,6 +267,10 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
     const int lane = wt & 31, t = lane & 3;
     const int r0 = (wt >> 5) * 16 + (lane >> 2), r1 = r0 + 8;
     const int m_off = BM == 128 ? cg * 64 : 0;      /* this group's first row of the tile */
+    /* the epilogue stages 64 rows x 128 bytes at a time here, then copies
+     * whole rows out (bulk stores): from registers a row's bytes would go
+     * out 2-8 bytes a lane, a 32-byte sector half filled per store */
+    uint8_t *out = sm + L::off_out + cg * KG_OUT_B;
     const int h0 = BM == 128 ? 0 : cg;              /* this group's first half */
     int it = 0, parity = 0;
 
@@ -322,6 +333,8 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
             /* half hh: columns 0..63 of the accumulator are gate, 64..127 up
              * of h columns n0 + 64 h + 0..63 */
             const int IB = N / 128, blk = n0 / 128;
+            kimi_bulk_wait_read();              /* the last tile's rows have left */
+            kimi_bar_sync(3 + cg, 128);
 #pragma unroll
             for (int hr = 0; hr < 2; hr++) {
                 const int rl = hr ? r1 : r0, r = m_off + rl;
@@ -349,47 +362,66 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
                     am = fmaxf(am, x[(cg ^ 1) * 64 + rl]);
                 }
                 const float sc = fmaxf(am, 1e-4f) / KIMI_FP8_MAX, inv = 1.f / sc;
-                if (r < rows) {
-                    uint8_t *q = ws.hq + (size_t) (row0 + r) * N + n0;
+                /* staged: the group's own 64 * NH columns of the row from byte 0 */
+                uint8_t *q = out + rl * KG_OUT_PITCH;
 #pragma unroll
-                    for (int hh = 0; hh < NH; hh++) {
+                for (int hh = 0; hh < NH; hh++) {
 #pragma unroll
-                        for (int j = 0; j < 8; j++) {
-                            const int c = 64 * (h0 + hh) + 8 * j + 2 * t;
-                            *(uint16_t *) (q + c) = (uint16_t) (kimi_f2fp8(hv[hh * 16 + 2 * j] * inv)
-                                                                | kimi_f2fp8(hv[hh * 16 + 2 * j + 1] * inv) << 8);
-                        }
-                    }
-                    if (t == 0 && h0 == 0) {
-                        ws.hs[(size_t) (row0 + r) * IB + blk] = sc;
+                    for (int j = 0; j < 8; j++) {
+                        const int c = 64 * hh + 8 * j + 2 * t;
+                        *(uint16_t *) (q + c) = (uint16_t) (kimi_f2fp8(hv[hh * 16 + 2 * j] * inv)
+                                                            | kimi_f2fp8(hv[hh * 16 + 2 * j + 1] * inv) << 8);
                     }
                 }
+                if (r < rows && t == 0 && h0 == 0) {
+                    ws.hs[(size_t) (row0 + r) * IB + blk] = sc;
+                }
+            }
+            kimi_fence_proxy_async();           /* the rows, to the bulk copies */
+            kimi_bar_sync(3 + cg, 128);
+            if (wt < 64 && m_off + wt < rows) {
+                kimi_bulk_store(ws.hq + (size_t) (row0 + m_off + wt) * N + n0 + 64 * h0,
+                                out + wt * KG_OUT_PITCH, 64 * NH);
+                kimi_bulk_commit();
             }
         } else {
             /* lanes t and t^1 of a quad trade halves so each holds 4
              * consecutive columns of one row: one 16-byte store instead of
              * two 8-byte ones (even t: row r0, odd t: row r1) */
-            const int rr = m_off + ((t & 1) ? r1 : r0);
+            const int rl = (t & 1) ? r1 : r0;
+            const uint64_t evict_first = kimi_l2_evict_first();   /* y is read once, by the combine */
             const int cq = 8 * 0 + 4 * (t >> 1);
 #pragma unroll
             for (int hh = 0; hh < NH; hh++) {
                 const int cbase = n0 + (h0 + hh) * 128;
 #pragma unroll
-                for (int j = 0; j < 16; j++) {
-                    const float *a = acc + hh * 64 + 4 * j;
-                    /* even t sends its r1 pair, odd t its r0 pair */
-                    const float s0 = (t & 1) ? a[0] : a[2], s1 = (t & 1) ? a[1] : a[3];
-                    const float o0 = __shfl_xor_sync(0xffffffffu, s0, 1), o1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-                    /* row r1: partner's (t-1) cols first; row r0: own cols, then partner's */
-                    const float v[4] = {(t & 1) ? o0 : a[0], (t & 1) ? o1 : a[1],
-                                        (t & 1) ? a[2] : o0, (t & 1) ? a[3] : o1};
-                    if (rr < rows) {
-                        kimi_st4(ws.y + (size_t) (row0 + rr) * N + cbase + 8 * j + cq, v);
+                for (int qd = 0; qd < 2; qd++) {    /* staged: 64 columns (128 bytes) a round */
+                    kimi_bulk_wait_read();
+                    kimi_bar_sync(3 + cg, 128);
+#pragma unroll
+                    for (int jq = 0; jq < 8; jq++) {
+                        const int j = 8 * qd + jq;
+                        const float *a = acc + hh * 64 + 4 * j;
+                        /* even t sends its r1 pair, odd t its r0 pair */
+                        const float s0 = (t & 1) ? a[0] : a[2], s1 = (t & 1) ? a[1] : a[3];
+                        const float o0 = __shfl_xor_sync(0xffffffffu, s0, 1), o1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+                        /* row r1: partner's (t-1) cols first; row r0: own cols, then partner's */
+                        const float v[4] = {(t & 1) ? o0 : a[0], (t & 1) ? o1 : a[1],
+                                            (t & 1) ? a[2] : o0, (t & 1) ? a[3] : o1};
+                        kimi_st4((uint16_t *) (out + rl * KG_OUT_PITCH) + 8 * jq + cq, v);
+                    }
+                    kimi_fence_proxy_async();
+                    kimi_bar_sync(3 + cg, 128);
+                    if (wt < 64 && m_off + wt < rows) {
+                        kimi_bulk_store_hint(ws.y + (size_t) (row0 + m_off + wt) * N + cbase + 64 * qd,
+                                             out + wt * KG_OUT_PITCH, 128, evict_first);
+                        kimi_bulk_commit();
                     }
                 }
             }
         }
     }
+    kimi_bulk_wait();           /* shared memory lives until the last rows are out */
 }
 
 /* ---- launchers ---------------------------------------------------------- */

@@ -111,6 +111,48 @@ kimi_bulk_prefetch_l2(const void *src, uint32_t bytes)
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" :: "l"(src), "r"(bytes) : "memory");
 }
 
+/* Contiguous bytes of shared memory (16-byte aligned, a multiple of 16) to
+ * global memory, in this thread's bulk group (kimi_bulk_commit). */
+static __device__ __forceinline__ void
+kimi_bulk_store(void *dst, const void *src, uint32_t bytes)
+{
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n"
+                 :: "l"(dst), "r"(kimi_smem_addr(src)), "r"(bytes) : "memory");
+}
+
+/* An L2 policy for the cache_hint forms: bytes written once and not read
+ * again soon, which should not push out what other blocks re-read. */
+static __device__ __forceinline__ uint64_t kimi_l2_evict_first(void)
+{
+    uint64_t p;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+    return p;
+}
+
+static __device__ __forceinline__ void
+kimi_bulk_store_hint(void *dst, const void *src, uint32_t bytes, uint64_t policy)
+{
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group.L2::cache_hint [%0], [%1], %2, %3;\n"
+                 :: "l"(dst), "r"(kimi_smem_addr(src)), "r"(bytes), "l"(policy) : "memory");
+}
+
+static __device__ __forceinline__ void kimi_bulk_commit(void)
+{
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+
+/* This thread's bulk stores have read their shared memory (it may be
+ * written again); kimi_bulk_wait: they are done. */
+static __device__ __forceinline__ void kimi_bulk_wait_read(void)
+{
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+
+static __device__ __forceinline__ void kimi_bulk_wait(void)
+{
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+
 static __device__ __forceinline__ void kimi_tma_prefetch_map(const CUtensorMap *map)
 {
     asm volatile("prefetch.tensormap [%0];\n" :: "l"(map) : "memory");

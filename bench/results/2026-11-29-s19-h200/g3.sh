@@ -1,0 +1,11 @@
+#!/bin/bash
+# session 19 call 3: ablations of the grouped kernel: 4 producer threads (down: no row-scale cp.async), no epilogue stores
+export NCCL_NVLS_ENABLE=0
+O=${OUT:-/tmp/o}; mkdir -p $O
+t0=$(date +%s)
+KCHECK_ONLY=moe AB_TIMEOUT=150 OUT=$O/abm timeout 560 t/gpu/kernel-ab -k moe_grouped.cu -b moeg -r 2 -g 'moe layer decode B=(2048|4096)' "" "-DKG_ABL=3" "-DKG_NOSTORE=1" "-DKG_ABL=3 -DKG_NOSTORE=1" > $O/ab_moe.txt 2>&1
+echo "ab rc=$?"
+sed -n '/==== kernel variants/,$p' $O/ab_moe.txt
+for v in 0 1 2 3; do echo "== v$v"; grep -h "grouped E=32\|parts B=" $O/abm/v$v/table.txt 2>/dev/null; done
+echo "== t=$(( $(date +%s) - t0 ))"
+rm -f $O/abm/v*/*.o $O/abm/v*/kcheck
