@@ -822,30 +822,16 @@ ngx_http_kimi_tokenize_handler(ngx_http_kimi_ctx_t *ctx)
 }
 
 
-/* Each token as Hugging Face's convert_ids_to_tokens writes it for a
- * byte-level BPE (Kimi's, DeepSeek's; vLLM's return_token_strs): the
- * token's bytes through GPT-2's bytes_to_unicode, printable Latin-1 as
- * itself and every other byte as U+0100 + its rank among those (a space is
- * "\u0120", a newline "\u010a"); added tokens are their contents. */
+/* Each token as Hugging Face's convert_ids_to_tokens writes it (vLLM's
+ * return_token_strs): kimi_token_str. */
 static json_t *
 ngx_http_kimi_token_strs(const int32_t *ids, size_t n)
 {
-    u_char                *p, *buf;
-    size_t                 i, j, len;
+    char                  *buf;
+    size_t                 i, len;
     json_t                *strs;
-    uint32_t               cp;
-    const char            *b;
     ngx_str_t              why;
     ngx_http_kimi_text_t  *t;
-    static uint16_t        map[256];
-
-    if (map[0] == 0) {                    /* bytes_to_unicode, once */
-        for (i = 0, j = 0; i < 256; i++) {
-            map[i] = ((i >= '!' && i <= '~') || (i >= 0xa1 && i <= 0xac)
-                      || i >= 0xae)
-                     ? (uint16_t) i : (uint16_t) (256 + j++);
-        }
-    }
 
     t = ngx_http_kimi_text_get(&why);
     strs = json_array();
@@ -856,36 +842,19 @@ ngx_http_kimi_token_strs(const int32_t *ids, size_t n)
     }
 
     for (i = 0; i < n; i++) {
-        b = kimi_token_bytes(t->tok, ids[i], &len);
-        if (b == NULL) {
+        if (kimi_token_bytes(t->tok, ids[i], &len) == NULL) {
             json_decref(strs);
             return NULL;
         }
 
-        if (kimi_tokenizer_is_added(t->tok, ids[i])) {
-            /* an added token is its content ("<｜User｜>"), unmapped */
-            json_array_append_new(strs, json_stringn(b, len));
-            continue;
-        }
-
-        buf = ngx_alloc(2 * len + 1, ngx_cycle->log);
+        buf = ngx_alloc(3 * len + 8, ngx_cycle->log);
         if (buf == NULL) {
             json_decref(strs);
             return NULL;
         }
 
-        for (p = buf, j = 0; j < len; j++) {     /* every map value < 0x800 */
-            cp = map[(u_char) b[j]];
-            if (cp < 0x80) {
-                *p++ = (u_char) cp;
-
-            } else {
-                *p++ = (u_char) (0xc0 | (cp >> 6));
-                *p++ = (u_char) (0x80 | (cp & 0x3f));
-            }
-        }
-
-        json_array_append_new(strs, json_stringn((char *) buf, p - buf));
+        len = kimi_token_str(t->tok, ids[i], buf);
+        json_array_append_new(strs, json_stringn(buf, len));
         ngx_free(buf);
     }
 

@@ -4,7 +4,8 @@
  * Owns:   kimi_detokenize() and the streaming detokenizer.
  * Never:  allocates per token (the streaming state is fixed-size).
  * Holds:  the text a stream emits, flushed, equals kimi_detokenize() of
- *         the same ids: invalid bytes become U+FFFD by maximal subparts at
+ *         the same ids (but for the leading space a SentencePiece-style
+ *         decoder drops from a whole text: a stream continues one): invalid bytes become U+FFFD by maximal subparts at
  *         once (later bytes cannot make them valid), and only a valid but
  *         unfinished character at the end (at most 3 bytes) is held back.
  *         skip_special drops the ids Hugging Face's all_special_ids holds;
@@ -32,12 +33,59 @@ kimi_detok_id_ok(const kimi_tokenizer_t *tok, int32_t id)
 }
 
 
+/* SentencePiece-style with the ByteFallback decoder: each run of <0xXX>
+ * tokens is its bytes when they are valid UTF-8, else one U+FFFD a byte,
+ * as tokenizers decodes them; the other tokens are text as they are.  raw
+ * is scratch of the kept tokens' bytes, out holds 3 bytes a byte. */
+static size_t
+kimi_detok_byte_runs(const kimi_tokenizer_t *tok, const int32_t *ids,
+    size_t n_ids, int skip_special, uint8_t *raw, uint8_t *out)
+{
+    size_t       i, k, n, run, o;
+    const char  *b;
+
+    o = 0;
+    run = 0;
+    for (i = 0; i <= n_ids; i++) {
+        int  byte = i < n_ids && kimi_hf_is_byte_token(tok->hf, ids[i]);
+
+        if (i < n_ids && skip_special && kimi_tokenizer_is_special(tok, ids[i])) {
+            continue;
+        }
+        if (byte) {
+            b = kimi_token_bytes(tok, ids[i], &n);
+            raw[run++] = (uint8_t) b[0];
+            continue;
+        }
+        if (run > 0) {
+            if (kimi_utf8_valid_prefix(raw, run) == run) {
+                memcpy(out + o, raw, run);
+                o += run;
+            } else {
+                for (k = 0; k < run; k++) {
+                    memcpy(out + o, "\xef\xbf\xbd", 3);
+                    o += 3;
+                }
+            }
+            run = 0;
+        }
+        if (i < n_ids) {
+            b = kimi_token_bytes(tok, ids[i], &n);
+            memcpy(out + o, b, n);
+            o += n;
+        }
+    }
+
+    return o;
+}
+
+
 int
 kimi_detokenize(const kimi_tokenizer_t *tok, const int32_t *ids,
     size_t n_ids, int skip_special, char **text, size_t *len,
     kimi_err_t *err)
 {
-    size_t       i, n, total;
+    size_t       i, n, total, skip;
     uint8_t     *raw, *out;
     const char  *b;
 
@@ -79,7 +127,31 @@ kimi_detokenize(const kimi_tokenizer_t *tok, const int32_t *ids,
         total += n;
     }
 
-    n = kimi_utf8_repair(raw, total, out, 0, NULL);
+    /* SentencePiece-style decoders drop the space the encoder put first:
+     * Strip the text's, Metaspace the first token's (a U+2581, not a
+     * <0x20> byte or an added token) */
+    skip = 0;
+    if (tok->decode_strip == 1 && total > 0 && raw[0] == ' ') {
+        skip = 1;
+    }
+    for (i = 0; tok->decode_strip == 2 && i < n_ids; i++) {
+        if (skip_special && kimi_tokenizer_is_special(tok, ids[i])) {
+            continue;
+        }
+        skip = total > 0 && raw[0] == ' '
+               && kimi_specials_entry(&tok->sp, ids[i]) < 0
+               && !kimi_hf_is_byte_token(tok->hf, ids[i]);
+        break;
+    }
+
+    if (kimi_hf_byte_runs(tok)) {
+        n = kimi_detok_byte_runs(tok, ids, n_ids, skip_special, raw, out);
+        if (skip && n > 0 && out[0] == ' ') {
+            memmove(out, out + 1, --n);
+        }
+    } else {
+        n = kimi_utf8_repair(raw + skip, total - skip, out, 0, NULL);
+    }
     out[n] = '\0';
     free(raw);
 

@@ -1,5 +1,6 @@
 /*
- * Hugging Face tokenizer.json: byte-level BPE (DeepSeek-V3's kind).
+ * Hugging Face tokenizer.json: byte-level BPE (DeepSeek-V3's kind) and
+ * SentencePiece-style BPE over characters (Llama-2's and Mistral's kind).
  *
  * Owns:   reading tokenizer.json (model BPE with vocab and merges,
  *         added_tokens, normalizer, pre_tokenizer, decoder), the
@@ -12,9 +13,14 @@
  *         merges the adjacent pair of lowest merge rank, leftmost first
  *         (not tiktoken's rank of the joined bytes: the two differ where a
  *         token can be joined two ways); ByteLevel's character map is only
- *         a spelling, so pieces are kept as bytes.  Anything else in a
- *         tokenizer.json (other normalizers, Metaspace, WordPiece, byte
- *         fallback) is refused at load, naming it.
+ *         a spelling, so pieces are kept as bytes.  SentencePiece-style
+ *         files (the Prepend + Replace(" ", "\u2581") normalizer or a
+ *         Metaspace pre-tokenizer, BPE over characters with byte_fallback
+ *         and unk) are held with U+2581 read as a space, in the vocabulary
+ *         and in the text alike (the normalizer makes them one), so a
+ *         token's bytes are its decoded text and <0xXX> tokens are their
+ *         byte.  Anything else in a tokenizer.json (other normalizers,
+ *         WordPiece, Unigram) is refused at load, naming it.
  */
 
 #include <stdio.h>
@@ -46,6 +52,26 @@ struct kimi_hf {
     uint64_t         *pair_val;          /* rank << 32 | merged id */
     uint64_t          pair_mask;
     int               ignore_merges;
+    int               byte_level;        /* a ByteLevel pre-tokenizer step */
+
+    /* SentencePiece-style (chars): BPE starts from characters, U+2581 is a
+     * space; prepend: a space before each piece of text between added
+     * tokens (PREPEND_ALL: always, the Prepend normalizer; _UNLESS_SPACE:
+     * unless it starts with one, Metaspace "always"; _FIRST: that, and only
+     * for the text's first piece, Metaspace "first") */
+    int               chars;
+    int               norm_space;        /* normalizer Replace(" ", U+2581) */
+    int               meta;              /* Metaspace pre-tokenizer */
+    int               meta_split;        /* its split: pieces at each space */
+    enum { KIMI_HF_PREPEND_NONE, KIMI_HF_PREPEND_ALL,
+           KIMI_HF_PREPEND_UNLESS_SPACE, KIMI_HF_PREPEND_FIRST } prepend;
+    int               byte_fallback;
+    int               fuse_unk;
+    int32_t           unk;               /* model's unk_token id, or -1 */
+    int32_t           space_id;          /* the U+2581 token, or -1 */
+    int32_t           fallback[256];     /* <0xXX>'s id, or -1 */
+    int               decode_bytes;      /* ByteFallback decodes them (else
+                                            their names are their text) */
 };
 
 /* GPT-2's pattern: ByteLevel's use_regex */
@@ -73,13 +99,29 @@ kimi_hf_byte_map(uint16_t map[256])
 /* A token's bytes as ByteLevel's decoder gives them: each character
  * through the inverse map when all of them are in it, else the string's
  * own UTF-8 (added tokens such as "<｜end▁of▁sentence｜>").  Returns the
- * length (<= n) and sets *mapped. */
+ * length (<= n) and sets *mapped.  inv NULL (SentencePiece-style): the
+ * string with each U+2581 as a space, mapped. */
 static size_t
 kimi_hf_token_bytes(const int16_t inv[0x144], const uint8_t *s, size_t n,
     uint8_t *out, int *mapped)
 {
     size_t    i, k, len;
     uint32_t  cp;
+
+    if (inv == NULL) {
+        for (i = 0, k = 0; i < n; i++) {
+            if (i + 2 < n && s[i] == 0xe2 && s[i + 1] == 0x96
+                && s[i + 2] == 0x81)
+            {
+                out[k++] = ' ';
+                i += 2;
+            } else {
+                out[k++] = s[i];
+            }
+        }
+        *mapped = 1;
+        return k;
+    }
 
     for (i = 0, k = 0; i < n; i += len) {
         len = kimi_utf8_decode(s + i, n - i, &cp);
@@ -362,6 +404,41 @@ kimi_hf_load_pretok(kimi_hf_t *hf, json_t *pt, const char *path,
         return KIMI_OK;
     }
 
+    if (strcmp(type, "Metaspace") == 0) {
+        /* spaces as U+2581 (held as spaces here), one before the text;
+         * older files say add_prefix_space instead of prepend_scheme, and
+         * split defaults to true */
+        const char  *ps = json_string_value(json_object_get(pt,
+                                                            "prepend_scheme"));
+        const char  *rp = json_string_value(json_object_get(pt,
+                                                            "replacement"));
+
+        if (rp == NULL || strcmp(rp, "\xe2\x96\x81") != 0) {
+            return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s: Metaspace with "
+                                "replacement \"%s\" is not implemented (only "
+                                "U+2581)", path, rp ? rp : "(none)");
+        }
+        hf->meta = 1;
+        v = json_object_get(pt, "split");
+        hf->meta_split = v == NULL || json_is_true(v);
+        if (ps == NULL) {
+            ps = json_is_false(json_object_get(pt, "add_prefix_space"))
+                 ? "never" : "always";
+        }
+        if (strcmp(ps, "always") == 0) {
+            hf->prepend = KIMI_HF_PREPEND_UNLESS_SPACE;
+        } else if (strcmp(ps, "first") == 0) {
+            hf->prepend = KIMI_HF_PREPEND_FIRST;
+        } else if (strcmp(ps, "never") == 0) {
+            hf->prepend = KIMI_HF_PREPEND_NONE;
+        } else {
+            return kimi_err_set(err, KIMI_EFORMAT, "%s: Metaspace "
+                                "prepend_scheme \"%s\" is not always, first "
+                                "or never", path, ps);
+        }
+        return KIMI_OK;
+    }
+
     rc = kimi_hf_add_step(hf, &st, path, err);
     if (rc != KIMI_OK) {
         return rc;
@@ -410,6 +487,7 @@ kimi_hf_load_pretok(kimi_hf_t *hf, json_t *pt, const char *path,
     }
 
     if (strcmp(type, "ByteLevel") == 0) {
+        hf->byte_level = 1;
         st->behavior = KIMI_HF_ISOLATED;
         st->prefix_space = json_is_true(json_object_get(pt,
                                                         "add_prefix_space"));
@@ -427,30 +505,61 @@ kimi_hf_load_pretok(kimi_hf_t *hf, json_t *pt, const char *path,
     }
 
     return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s: pre_tokenizer \"%s\" is "
-                        "not implemented (Sequence, Split, Digits and "
-                        "ByteLevel are)", path, type);
+                        "not implemented (Sequence, Split, Digits, ByteLevel "
+                        "and Metaspace are)", path, type);
 }
 
 
-/* The normalizer must do nothing: null or an empty Sequence. */
+/* The normalizer: nothing (null, an empty Sequence), or SentencePiece's
+ * spaces: Replace(" ", U+2581), with or without Prepend(U+2581), in a
+ * Sequence or alone. */
 static int
-kimi_hf_check_normalizer(json_t *nz, const char *path, kimi_err_t *err)
+kimi_hf_load_normalizer(kimi_hf_t *hf, json_t *nz, const char *path,
+    kimi_err_t *err)
 {
-    const char  *type;
+    int          rc;
+    size_t       i;
+    json_t      *v;
+    const char  *type, *a, *b;
 
     if (nz == NULL || json_is_null(nz)) {
         return KIMI_OK;
     }
 
     type = json_string_value(json_object_get(nz, "type"));
-    if (type != NULL && strcmp(type, "Sequence") == 0
-        && json_array_size(json_object_get(nz, "normalizers")) == 0)
-    {
+    if (type != NULL && strcmp(type, "Sequence") == 0) {
+        json_array_foreach(json_object_get(nz, "normalizers"), i, v) {
+            rc = kimi_hf_load_normalizer(hf, v, path, err);
+            if (rc != KIMI_OK) {
+                return rc;
+            }
+        }
         return KIMI_OK;
     }
 
+    if (type != NULL && strcmp(type, "Prepend") == 0) {
+        a = json_string_value(json_object_get(nz, "prepend"));
+        if (a != NULL && strcmp(a, "\xe2\x96\x81") == 0) {
+            hf->prepend = KIMI_HF_PREPEND_ALL;
+            return KIMI_OK;
+        }
+    }
+
+    if (type != NULL && strcmp(type, "Replace") == 0) {
+        a = json_string_value(json_object_get(json_object_get(nz, "pattern"),
+                                              "String"));
+        b = json_string_value(json_object_get(nz, "content"));
+        if (a != NULL && b != NULL && strcmp(a, " ") == 0
+            && strcmp(b, "\xe2\x96\x81") == 0)
+        {
+            hf->norm_space = 1;
+            return KIMI_OK;
+        }
+    }
+
     return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s: normalizer \"%s\" is not "
-                        "implemented (only none)", path,
+                        "implemented (only none, or SentencePiece's Prepend "
+                        "and Replace of \" \" by U+2581)", path,
                         type ? type : "(no type)");
 }
 
@@ -464,16 +573,13 @@ kimi_hf_check_model(json_t *model, const char *path, kimi_err_t *err)
     type = json_string_value(json_object_get(model, "type"));
     if (type == NULL || strcmp(type, "BPE") != 0) {
         return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s: model type \"%s\" is "
-                            "not implemented (only byte-level BPE)", path,
+                            "not implemented (only BPE)", path,
                             type ? type : "(none)");
     }
 
     v = json_object_get(model, "dropout");
     if (v != NULL && !json_is_null(v) && json_number_value(v) != 0) {
         why = "dropout";
-    }
-    if (json_is_true(json_object_get(model, "byte_fallback"))) {
-        why = "byte_fallback";
     }
     v = json_object_get(model, "continuing_subword_prefix");
     if (json_string_length(v) > 0) {
@@ -486,7 +592,7 @@ kimi_hf_check_model(json_t *model, const char *path, kimi_err_t *err)
 
     if (why != NULL) {
         return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s: BPE with %s is not "
-                            "implemented (only byte-level BPE)", path, why);
+                            "implemented", path, why);
     }
 
     if (!json_is_object(json_object_get(model, "vocab"))
@@ -500,42 +606,147 @@ kimi_hf_check_model(json_t *model, const char *path, kimi_err_t *err)
 }
 
 
+/* Byte-level (a ByteLevel step, nothing else of SentencePiece's) or
+ * SentencePiece-style (no pre-tokenizer steps, spaces as U+2581 by the
+ * normalizer or Metaspace): which one, into hf->chars. */
 static int
-kimi_hf_check_decoder(json_t *dec, const char *path, kimi_err_t *err)
+kimi_hf_check_layout(kimi_hf_t *hf, json_t *model, const char *path,
+    kimi_err_t *err)
+{
+    hf->chars = !hf->byte_level;
+    hf->byte_fallback = json_is_true(json_object_get(model, "byte_fallback"));
+    hf->fuse_unk = json_is_true(json_object_get(model, "fuse_unk"));
+
+    if (!hf->chars && (hf->norm_space || hf->meta
+                       || hf->prepend != KIMI_HF_PREPEND_NONE
+                       || hf->byte_fallback))
+    {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s: a ByteLevel "
+                            "pre-tokenizer with %s is not implemented", path,
+                            hf->byte_fallback ? "byte_fallback"
+                            : "SentencePiece's U+2581 spaces");
+    }
+
+    if (hf->chars && (hf->n_steps > 0 || !(hf->norm_space || hf->meta))) {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s: BPE without a "
+                            "ByteLevel pre-tokenizer is implemented only in "
+                            "SentencePiece's layout (spaces as U+2581 by the "
+                            "normalizer or a Metaspace pre-tokenizer, no "
+                            "other pre-tokenizer)", path);
+    }
+
+    return KIMI_OK;
+}
+
+
+/* ByteLevel files: the ByteLevel decoder.  SentencePiece-style: what gives
+ * each token's bytes as held (Replace(U+2581, " "), ByteFallback, Fuse) and
+ * the space a whole decode drops at its start: Strip(" ", 1, 0) after Fuse
+ * (the text's first character, if a space) or Metaspace (the first token's
+ * U+2581, unless prepend_scheme is never): *strip 1 or 2. */
+static int
+kimi_hf_check_decoder(kimi_hf_t *hf, json_t *dec, int *strip,
+    const char *path, kimi_err_t *err)
 {
     size_t       i;
     json_t      *v;
-    const char  *type;
+    const char  *type, *a, *b;
+    int          chars = hf->chars;
 
     type = json_string_value(json_object_get(dec, "type"));
-    if (type != NULL && strcmp(type, "ByteLevel") == 0) {
+    if (!chars && type != NULL && strcmp(type, "ByteLevel") == 0) {
         return KIMI_OK;
     }
 
     if (type != NULL && strcmp(type, "Sequence") == 0) {
         json_array_foreach(json_object_get(dec, "decoders"), i, v) {
-            if (kimi_hf_check_decoder(v, path, err) != KIMI_OK) {
+            if (kimi_hf_check_decoder(hf, v, strip, path, err) != KIMI_OK) {
                 return KIMI_EUNSUPPORTED;
             }
         }
         return KIMI_OK;
     }
 
+    if (chars && type != NULL) {
+        if (strcmp(type, "ByteFallback") == 0) {
+            hf->decode_bytes = 1;
+            return KIMI_OK;
+        }
+        if (strcmp(type, "Fuse") == 0) {
+            return KIMI_OK;
+        }
+        if (strcmp(type, "Replace") == 0) {
+            a = json_string_value(json_object_get(json_object_get(dec,
+                                                                  "pattern"),
+                                                  "String"));
+            b = json_string_value(json_object_get(dec, "content"));
+            if (a != NULL && b != NULL && strcmp(a, "\xe2\x96\x81") == 0
+                && strcmp(b, " ") == 0)
+            {
+                return KIMI_OK;
+            }
+        }
+        if (strcmp(type, "Strip") == 0
+            && json_integer_value(json_object_get(dec, "stop")) == 0
+            && json_integer_value(json_object_get(dec, "start")) <= 1
+            && json_is_string(json_object_get(dec, "content"))
+            && strcmp(json_string_value(json_object_get(dec, "content")),
+                      " ") == 0)
+        {
+            *strip = json_integer_value(json_object_get(dec, "start")) == 1;
+            return KIMI_OK;
+        }
+        if (strcmp(type, "Metaspace") == 0) {
+            a = json_string_value(json_object_get(dec, "prepend_scheme"));
+            if (a == NULL) {
+                a = json_is_false(json_object_get(dec, "add_prefix_space"))
+                    ? "never" : "always";
+            }
+            *strip = strcmp(a, "never") != 0 ? 2 : 0;
+            return KIMI_OK;
+        }
+    }
+
     return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s: decoder \"%s\" is not "
-                        "implemented (only ByteLevel)", path,
-                        type ? type : "(none)");
+                        "implemented (%s)", path, type ? type : "(none)",
+                        chars ? "SentencePiece-style files: Replace of U+2581 "
+                                "by \" \", ByteFallback, Fuse, Strip of one "
+                                "leading space, Metaspace"
+                              : "only ByteLevel");
+}
+
+
+/* A SentencePiece byte token's byte ("<0x0A>": 10), or -1. */
+static int
+kimi_hf_fallback_byte(const char *s, size_t n)
+{
+    int  i, v, d;
+
+    if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>') {
+        return -1;
+    }
+    for (i = 3, v = 0; i < 5; i++) {
+        d = s[i] >= '0' && s[i] <= '9' ? s[i] - '0'
+            : s[i] >= 'A' && s[i] <= 'F' ? s[i] - 'A' + 10 : -1;
+        if (d < 0) {
+            return -1;
+        }
+        v = v * 16 + d;
+    }
+    return v;
 }
 
 
 /* Every id's bytes into tok->blob/off (vocab strings and added tokens'
- * contents through ByteLevel's decoder; no token: empty), and the byte-level
- * vocabulary into the lookup the merges and BPE use. */
+ * contents through ByteLevel's decoder, or as SentencePiece-style text with
+ * <0xXX> as its byte; no token: empty), and the vocabulary BPE can build
+ * into the lookup the merges and BPE use (inv NULL: SentencePiece-style). */
 static int
 kimi_hf_load_tokens(kimi_tokenizer_t *tok, json_t *vocab,
     const int16_t *inv, const uint16_t *map, const char *path,
     kimi_err_t *err)
 {
-    int          mapped;
+    int          mapped, fb;
     size_t       n, blob_n, len;
     json_t      *v;
     int32_t      id, e, max_id;
@@ -610,10 +821,25 @@ kimi_hf_load_tokens(kimi_tokenizer_t *tok, json_t *vocab,
     for (i = 0; i < tok->n_ids; i++) {
         len = 0;
         if (src[i] != NULL) {
-            len = kimi_hf_token_bytes(inv, (const uint8_t *) src[i],
-                                      src_len[i], tok->blob + tok->off[i],
-                                      &mapped);
             e = kimi_specials_entry(&tok->sp, (int32_t) i);
+            fb = inv == NULL && e < 0
+                 ? kimi_hf_fallback_byte(src[i], src_len[i]) : -1;
+
+            if (fb >= 0) {
+                /* a byte the BPE falls back to, never built by merges */
+                tok->hf->fallback[fb] = (int32_t) i;
+                len = tok->hf->decode_bytes ? 1 : src_len[i];
+                if (tok->hf->decode_bytes) {
+                    tok->blob[tok->off[i]] = (uint8_t) fb;
+                } else {
+                    memcpy(tok->blob + tok->off[i], src[i], len);
+                }
+                mapped = 0;
+            } else {
+                len = kimi_hf_token_bytes(inv, (const uint8_t *) src[i],
+                                          src_len[i], tok->blob + tok->off[i],
+                                          &mapped);
+            }
             is_bl[i] = mapped && e < 0;
             if (len > KIMI_TOK_MAX_TOKEN) {
                 free(src);
@@ -657,6 +883,10 @@ kimi_hf_load_tokens(kimi_tokenizer_t *tok, json_t *vocab,
 
     free(is_bl);
 
+    if (inv == NULL) {
+        return KIMI_OK;             /* characters, not bytes, start the BPE */
+    }
+
     for (i = 0; i < 256; i++) {
         /* the byte's one-character token: map[i] in UTF-8 */
         one[0] = (uint8_t) i;
@@ -694,6 +924,10 @@ kimi_hf_load(kimi_tokenizer_t *tok, const char *path, const char *config_path,
     if (tok->hf == NULL) {
         return kimi_err_set(err, KIMI_ENOMEM, "%s: out of memory", path);
     }
+    tok->hf->unk = tok->hf->space_id = -1;
+    for (i = 0; i < 256; i++) {
+        tok->hf->fallback[i] = -1;
+    }
 
     memset(&tok->sp, 0, sizeof(tok->sp));
     tok->sp.bos = tok->sp.eos = tok->sp.unk = tok->sp.pad = -1;
@@ -707,17 +941,21 @@ kimi_hf_load(kimi_tokenizer_t *tok, const char *path, const char *config_path,
     model = json_object_get(root, "model");
     rc = kimi_hf_check_model(model, path, err);
     if (rc == KIMI_OK) {
-        rc = kimi_hf_check_normalizer(json_object_get(root, "normalizer"),
-                                      path, err);
-    }
-    if (rc == KIMI_OK) {
-        rc = kimi_hf_check_decoder(json_object_get(root, "decoder"), path,
-                                   err);
+        rc = kimi_hf_load_normalizer(tok->hf,
+                                     json_object_get(root, "normalizer"),
+                                     path, err);
     }
     if (rc == KIMI_OK) {
         rc = kimi_hf_load_pretok(tok->hf,
                                  json_object_get(root, "pre_tokenizer"), path,
                                  err);
+    }
+    if (rc == KIMI_OK) {
+        rc = kimi_hf_check_layout(tok->hf, model, path, err);
+    }
+    if (rc == KIMI_OK) {
+        rc = kimi_hf_check_decoder(tok->hf, json_object_get(root, "decoder"),
+                                   &tok->decode_strip, path, err);
     }
     for (i = 0; rc == KIMI_OK && i + 1 < tok->hf->n_steps; i++) {
         if (tok->hf->steps[i].prefix_space) {
@@ -767,12 +1005,23 @@ kimi_hf_load(kimi_tokenizer_t *tok, const char *path, const char *config_path,
 
     rc = kimi_specials_index(&tok->sp, path, err);
     if (rc == KIMI_OK) {
-        rc = kimi_hf_load_tokens(tok, json_object_get(model, "vocab"), inv,
-                                 map, path, err);
+        rc = kimi_hf_load_tokens(tok, json_object_get(model, "vocab"),
+                                 tok->hf->chars ? NULL : inv, map, path, err);
     }
     if (rc == KIMI_OK) {
-        rc = kimi_hf_load_merges(tok, json_object_get(model, "merges"), inv,
-                                 path, err);
+        rc = kimi_hf_load_merges(tok, json_object_get(model, "merges"),
+                                 tok->hf->chars ? NULL : inv, path, err);
+    }
+    if (rc == KIMI_OK && tok->hf->chars) {
+        v = json_object_get(json_object_get(model, "vocab"),
+                            json_string_value(json_object_get(model,
+                                                              "unk_token"))
+                            ? json_string_value(json_object_get(model,
+                                                                "unk_token"))
+                            : "");
+        tok->hf->unk = json_is_integer(v) ? (int32_t) json_integer_value(v)
+                                          : -1;
+        tok->hf->space_id = kimi_tok_rank(tok, (const uint8_t *) " ", 1);
     }
     if (rc != KIMI_OK) {
         goto done;
@@ -790,6 +1039,75 @@ done:
     json_decref(cfg);
     json_decref(root);
     return rc;
+}
+
+
+size_t
+kimi_token_str(const kimi_tokenizer_t *tok, int32_t id, char *out)
+{
+    size_t       i, len, k;
+    uint16_t     map[256], cp;
+    const char  *b;
+
+    b = kimi_token_bytes(tok, id, &len);
+    if (b == NULL) {
+        return 0;
+    }
+
+    if (kimi_tokenizer_is_added(tok, id)) {
+        memcpy(out, b, len);
+        return len;
+    }
+
+    k = 0;
+    if (tok->hf != NULL && tok->hf->chars) {
+        if (kimi_hf_is_byte_token(tok->hf, id)) {
+            return (size_t) sprintf(out, "<0x%02X>", (unsigned) (uint8_t) b[0]);
+        }
+        for (i = 0; i < len; i++) {
+            if (b[i] == ' ') {
+                memcpy(out + k, "\xe2\x96\x81", 3);
+                k += 3;
+            } else {
+                out[k++] = b[i];
+            }
+        }
+        return k;
+    }
+
+    kimi_hf_byte_map(map);
+    for (i = 0; i < len; i++) {             /* every map value < 0x800 */
+        cp = map[(uint8_t) b[i]];
+        if (cp < 0x80) {
+            out[k++] = (char) cp;
+        } else {
+            out[k++] = (char) (0xc0 | (cp >> 6));
+            out[k++] = (char) (0x80 | (cp & 0x3f));
+        }
+    }
+    return k;
+}
+
+
+int
+kimi_hf_byte_runs(const kimi_tokenizer_t *tok)
+{
+    return tok->hf != NULL && tok->hf->chars && tok->hf->decode_bytes;
+}
+
+
+int
+kimi_hf_is_byte_token(const kimi_hf_t *hf, int32_t id)
+{
+    int  i;
+
+    for (i = 0; hf != NULL && hf->chars && i < 256; i++) {
+        if (hf->fallback[i] == id) {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -997,10 +1315,51 @@ kimi_hf_behave(kimi_hf_behavior_e b, const kimi_hf_piece_t *in,
 
 /* ---- BPE of one piece -------------------------------------------------------------- */
 
+/* SentencePiece-style: one character's symbols at sym[k..], returning the
+ * new count: its token, else its bytes' <0xXX> tokens (byte_fallback, when
+ * every byte has one), else unk (a run of them one unk with fuse_unk; no
+ * unk: nothing), as tokenizers' merge_word starts a word. */
+static size_t
+kimi_hf_char(const kimi_tokenizer_t *tok, const uint8_t *c, size_t l,
+    int32_t *sym, size_t k, int *unk_run)
+{
+    size_t            b;
+    int32_t           id;
+    const kimi_hf_t  *hf = tok->hf;
+
+    id = c[0] == ' ' && l == 1 ? hf->space_id : kimi_tok_rank(tok, c, l);
+    if (id >= 0) {
+        sym[k++] = id;
+        *unk_run = 0;
+        return k;
+    }
+
+    if (hf->byte_fallback) {
+        for (b = 0; b < l && hf->fallback[c[b]] >= 0; b++) {
+            /* every byte has its token */
+        }
+        if (b == l) {
+            for (b = 0; b < l; b++) {
+                sym[k++] = hf->fallback[c[b]];
+            }
+            *unk_run = 0;
+            return k;
+        }
+    }
+
+    if (hf->unk >= 0 && !(hf->fuse_unk && *unk_run)) {
+        sym[k++] = hf->unk;
+    }
+    *unk_run = hf->unk >= 0;
+    return k;
+}
+
+
 /* The piece's bytes (after an optional prefix space) as ids: one symbol a
- * byte, then the pair of lowest merge rank joined, leftmost first, until
- * none is left (tokenizers' merge_word; a heap of rank << 32 | position
- * with stale entries skipped).  ids must hold n + 1. */
+ * byte (SentencePiece-style: a character, kimi_hf_char), then the pair of
+ * lowest merge rank joined, leftmost first, until none is left
+ * (tokenizers' merge_word; a heap of rank << 32 | position with stale
+ * entries skipped).  ids must hold n + 1. */
 static size_t
 kimi_hf_bpe(const kimi_tokenizer_t *tok, kimi_hf_scratch_t *scr,
     const uint8_t *p, size_t n, int space, int32_t *ids)
@@ -1027,9 +1386,29 @@ kimi_hf_bpe(const kimi_tokenizer_t *tok, kimi_hf_scratch_t *scr,
     prev = scr->prev;
     heap = scr->heap;
 
+    if (hf->chars) {
+        int  unk_run = 0;
+
+        len = space ? kimi_hf_char(tok, (const uint8_t *) " ", 1, sym, 0,
+                                   &unk_run)
+                    : 0;
+        for (i = 0; i < n; i += k) {
+            uint32_t  cp;
+
+            k = kimi_utf8_decode(p + i, n - i, &cp);
+            k = k > 0 ? k : 1;
+            len = kimi_hf_char(tok, p + i, k, sym, len, &unk_run);
+        }
+
+    } else {
+        for (i = 0; i < len; i++) {
+            sym[i] = (int32_t) tok->byte_rank[space ? (i == 0 ? ' '
+                                                              : p[i - 1])
+                                                    : p[i]];
+        }
+    }
+
     for (i = 0; i < len; i++) {
-        sym[i] = (int32_t) tok->byte_rank[space ? (i == 0 ? ' ' : p[i - 1])
-                                                : p[i]];
         next[i] = i + 1 < len ? (int32_t) i + 1 : -1;
         prev[i] = (int32_t) i - 1;
     }
@@ -1132,6 +1511,7 @@ kimi_hf_scratch_free(kimi_hf_scratch_t *scr)
     free(scr->next);
     free(scr->prev);
     free(scr->heap);
+    free(scr->norm);
     free(scr->a.v);
     free(scr->b.v);
     free(scr->items.v);
@@ -1144,9 +1524,70 @@ kimi_hf_scratch_free(kimi_hf_scratch_t *scr)
 
 /* ---- the pipeline ------------------------------------------------------------------ */
 
+/* SentencePiece-style text: U+2581 read as a space (the normalizer makes
+ * spaces and U+2581 one), a space before it as prepend says, Metaspace's
+ * split cutting before each space; each piece through the BPE. */
+static int
+kimi_hf_encode_chars(const kimi_tokenizer_t *tok, kimi_hf_scratch_t *scr,
+    const uint8_t *s, size_t len, int first, kimi_hf_emit_pt emit,
+    void *ctx, kimi_err_t *err)
+{
+    int               rc, space;
+    size_t            i, n, at, k;
+    uint8_t          *t;
+    const kimi_hf_t  *hf = tok->hf;
+
+    if (len > scr->norm_cap) {
+        t = realloc(scr->norm, len);
+        if (t == NULL) {
+            return kimi_err_set(err, KIMI_ENOMEM, "tokenizer: out of memory");
+        }
+        scr->norm = t;
+        scr->norm_cap = len;
+    }
+
+    t = scr->norm;
+    for (i = 0, n = 0; i < len; i++) {
+        if (i + 2 < len && s[i] == 0xe2 && s[i + 1] == 0x96
+            && s[i + 2] == 0x81)
+        {
+            t[n++] = ' ';
+            i += 2;
+        } else {
+            t[n++] = s[i];
+        }
+    }
+
+    space = hf->prepend == KIMI_HF_PREPEND_ALL
+            || (hf->prepend == KIMI_HF_PREPEND_UNLESS_SPACE && t[0] != ' ')
+            || (hf->prepend == KIMI_HF_PREPEND_FIRST && first && t[0] != ' ');
+
+    rc = kimi_hf_reserve(scr, n + 2, err);
+    if (rc != KIMI_OK) {
+        return rc;
+    }
+
+    for (at = 0; at < n; at = i) {
+        for (i = at + 1; hf->meta_split && i < n && t[i] != ' '; i++) {
+            /* a piece runs to the next space */
+        }
+        i = hf->meta_split ? i : n;
+
+        k = kimi_hf_bpe(tok, scr, t + at, i - at, at == 0 && space,
+                        scr->prev);
+        rc = emit(ctx, scr->prev, k);
+        if (rc != KIMI_OK) {
+            return rc;
+        }
+    }
+
+    return KIMI_OK;
+}
+
+
 int
 kimi_hf_encode(const kimi_tokenizer_t *tok, kimi_hf_scratch_t *scr,
-    const uint8_t *s, size_t len, kimi_hf_emit_pt emit, void *ctx,
+    const uint8_t *s, size_t len, int first, kimi_hf_emit_pt emit, void *ctx,
     kimi_err_t *err)
 {
     int                rc;
@@ -1162,6 +1603,10 @@ kimi_hf_encode(const kimi_tokenizer_t *tok, kimi_hf_scratch_t *scr,
     if (len > UINT32_MAX / 2) {
         return kimi_err_set(err, KIMI_EINVAL, "tokenizer: text of %zu bytes "
                             "is too long", len);
+    }
+
+    if (hf->chars) {
+        return kimi_hf_encode_chars(tok, scr, s, len, first, emit, ctx, err);
     }
 
     if (scr->md == NULL) {

@@ -71,6 +71,14 @@ int  kimi_tokenize_ex(const kimi_tokenizer_t *tok, const char *text,
 const char *kimi_token_bytes(const kimi_tokenizer_t *tok, int32_t id,
     size_t *len);
 
+/* One token as Hugging Face's convert_ids_to_tokens spells it (vLLM's
+ * return_token_strs) into out, which holds 3 * its bytes + 8: byte-level
+ * BPE (tiktoken files, ByteLevel tokenizer.json) through GPT-2's
+ * bytes_to_unicode (a space is "\u0120"); SentencePiece-style with U+2581
+ * for a space and byte tokens as "<0x0A>"; added tokens as their content.
+ * Returns its length, or 0 for an invalid id. */
+size_t kimi_token_str(const kimi_tokenizer_t *tok, int32_t id, char *out);
+
 /* Whole decode; *text is malloc'ed and NUL-terminated; invalid UTF-8
  * becomes U+FFFD as Hugging Face's decode does. */
 int  kimi_detokenize(const kimi_tokenizer_t *tok, const int32_t *ids,

@@ -127,6 +127,8 @@ typedef struct {
     size_t              cap;
     kimi_hf_pieces_t    a, b, items;
     pcre2_match_data   *md;
+    uint8_t            *norm;       /* SentencePiece-style: the text, U+2581 */
+    size_t              norm_cap;   /* as spaces */
 } kimi_hf_scratch_t;
 
 typedef int (*kimi_hf_emit_pt)(void *ctx, const int32_t *ids, size_t n);
@@ -138,10 +140,15 @@ int  kimi_hf_load(kimi_tokenizer_t *tok, const char *path,
     const char *config_path, kimi_err_t *err);
 void kimi_hf_free(kimi_hf_t *hf);
 /* Text with no added token in it: pre-tokenized and merged, the ids of
- * each piece to emit. */
+ * each piece to emit; first: the text starts the input (Metaspace's
+ * prepend_scheme "first"). */
 int  kimi_hf_encode(const kimi_tokenizer_t *tok, kimi_hf_scratch_t *scr,
-    const uint8_t *s, size_t len, kimi_hf_emit_pt emit, void *ctx,
-    kimi_err_t *err);
+    const uint8_t *s, size_t len, int first, kimi_hf_emit_pt emit,
+    void *ctx, kimi_err_t *err);
+/* SentencePiece-style: id is a <0xXX> byte token; _byte_runs: the
+ * decoder has ByteFallback (runs of them decode as tokenizers does). */
+int  kimi_hf_is_byte_token(const kimi_hf_t *hf, int32_t id);
+int  kimi_hf_byte_runs(const kimi_tokenizer_t *tok);
 void kimi_hf_scratch_free(kimi_hf_scratch_t *scr);
 
 /* ---- the tokenizer ---------------------------------------------------------- */
@@ -159,6 +166,9 @@ struct kimi_tokenizer {
     kimi_pretok_t    pt;          /* tiktoken's pattern (hf == NULL) */
     kimi_hf_t       *hf;          /* tokenizer.json's pipeline, or NULL */
     int              add_bos;     /* tokenizer_config.json's add_bos_token */
+    int              decode_strip; /* a whole decode drops a leading space:
+                                     1 the text's (Strip), 2 the first
+                                     token's U+2581 (Metaspace) */
 };
 
 /* Rank of a byte string, or -1. */

@@ -908,8 +908,8 @@ kimi_tokenize_ex(const kimi_tokenizer_t *tok, const char *text, size_t len,
         }
 
         rc = tok->hf != NULL
-             ? kimi_hf_encode(tok, &hscr, s + at, seg_end - at, kimi_enc_ids,
-                              &e, err)
+             ? kimi_hf_encode(tok, &hscr, s + at, seg_end - at, at == 0,
+                              kimi_enc_ids, &e, err)
              : kimi_pretok_split(&tok->pt, &scr, s + at, seg_end - at,
                                  kimi_enc_piece, &e, err);
         if (rc != KIMI_OK) {

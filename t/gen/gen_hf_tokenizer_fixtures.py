@@ -4,6 +4,9 @@
     python3 t/gen/gen_hf_tokenizer_fixtures.py [--out t/fixtures/text/hf-tiny]
     python3 t/gen/gen_hf_tokenizer_fixtures.py --style llama3   # hf-llama3style
     python3 t/gen/gen_hf_tokenizer_fixtures.py --style splits   # hf-splits
+    python3 t/gen/gen_hf_tokenizer_fixtures.py --style spm      # hf-spm
+    python3 t/gen/gen_hf_tokenizer_fixtures.py --style metaspace  # hf-metaspace
+    python3 t/gen/gen_hf_tokenizer_fixtures.py --style metasplit  # hf-metasplit
 
 Needs PyPI `tokenizers` (the Hugging Face Rust library's Python binding);
 nothing here is our C code.  It trains a small byte-level BPE tokenizer laid
@@ -442,10 +445,12 @@ def deepseek_decode_head(tok, specs, add, ids_of):
 
 
 def decode_cases(tok, enc_cases, rng, head=deepseek_decode_head,
-                 roundtrip_kinds=("special", "emoji", "edge", "random")):
-    """ids lists to decode, each with both flags."""
+                 roundtrip_kinds=("special", "emoji", "edge", "random"),
+                 byte_tokens=None):
+    """ids lists to decode, each with both flags; byte_tokens: the token
+    of each byte 0..255 (default ByteLevel's characters)."""
     specs = added_tokens(tok)
-    byte_id = [tok.token_to_id(c) for c in _byte_chars()]
+    byte_id = [tok.token_to_id(c) for c in (byte_tokens or _byte_chars())]
     lists = []
 
     def add(kind, ids):
@@ -919,6 +924,200 @@ def make_style_cases(tok, style):
     return {"encode": enc, "decode": dec, "specials": specials}, stats
 
 
+# ---- SentencePiece-style BPE: --style spm / --style metaspace ----------------
+#
+#   spm        Llama-2's / Mistral-7B-v0.1's layout: normalizer Prepend("▁") +
+#              Replace(" ", "▁"), no pre-tokenizer, BPE over characters with
+#              byte_fallback (<0x00>..<0xFF> in the vocab after <unk> <s> </s>),
+#              unk <unk> fused; decoder Replace("▁", " ") + ByteFallback + Fuse
+#              + Strip(" ", 1, 0); [INST] [/INST] special after the vocab.
+#   metaspace  Mistral-v0.3's: no normalizer, Metaspace("▁", prepend_scheme
+#              first, split false) as pre-tokenizer and decoder, the same model.
+#   metasplit  Metaspace("▁", prepend_scheme always, split true) (older
+#              files' default), decoder Replace + ByteFallback + Fuse + Strip.
+# Both vocabularies are trained on the shared corpus with a small alphabet,
+# so rarer characters go through byte_fallback.
+
+SPM_SEED = {"spm": SEED + 300, "metaspace": SEED + 400,
+            "metasplit": SEED + 500}
+SPM_UNK, SPM_BOS, SPM_EOS = "<unk>", "<s>", "</s>"
+SPM_ADDED = ["[INST]", "[/INST]"]
+
+SPM_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{%- else %}"
+    "{{ message['content'] + eos_token }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+)
+
+SPM_TEXTS = [
+    "Hello world", " Hello", "  two leading", "trailing ", "a  b   c",
+    "\u2581", "\u2581\u2581x", "a\u2581b", " \u2581 ", "x \u2581y",
+    "\n", "line1\nline2", "\n\nx", "tab\tx", "\r\n",
+    "unknown \u0e01\u0e02 thai", "emoji \U0001f600 end",
+    "\U0001f9d1\u200d\U0001f91d\u200d\U0001f9d1",
+    "\u00e9\u00e8\u00ea", "\u4e2d\u6587\u5b57", "mixed\u4e2dx", "\x00\x01\x7f",
+]
+
+SPM_SPECIAL_TEXTS = [
+    "<s>Hello", "Hello</s>", "<s> Hello", "<s>", "</s></s>", "x<unk>y",
+    "[INST] What is 2+2? [/INST]", "[INST]hi[/INST]", " [INST] a [/INST] ",
+    "<s>[INST] Hello [/INST] Hi there</s>", "[INST]\n[/INST]",
+    "a[INST]b", "[INST] \u2581 [/INST]", "[INST]", "  [INST]  ",
+]
+
+
+def build_spm(rng, style):
+    trained = Tokenizer(models.BPE(unk_token=SPM_UNK, byte_fallback=True))
+    trained.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=STYLE_VOCAB, min_frequency=2,
+                                  show_progress=False, limit_alphabet=120,
+                                  special_tokens=[])
+    lines = style_corpus(rng, "splits")
+    trained.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    d = json.loads(trained.to_str())
+    vocab = {SPM_UNK: 0, SPM_BOS: 1, SPM_EOS: 2}
+    for i in range(256):
+        vocab["<0x%02X>" % i] = 3 + i
+    for t, i in sorted(d["model"]["vocab"].items(), key=lambda kv: kv[1]):
+        if t not in vocab:
+            vocab[t] = len(vocab)
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m)
+              for m in d["model"]["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=SPM_UNK,
+                               fuse_unk=True, byte_fallback=True))
+    if style == "spm":
+        tok.normalizer = normalizers.Sequence([
+            normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.decoder = decoders.Sequence([
+            decoders.Replace("▁", " "), decoders.ByteFallback(),
+            decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    elif style == "metaspace":
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="▁", prepend_scheme="first", split=False)
+        tok.decoder = decoders.Metaspace(
+            replacement="▁", prepend_scheme="first", split=False)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="▁", prepend_scheme="always", split=True)
+        tok.decoder = decoders.Sequence([
+            decoders.Replace("▁", " "), decoders.ByteFallback(),
+            decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t in (SPM_UNK, SPM_BOS, SPM_EOS)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t in SPM_ADDED])
+    return tok
+
+
+def spm_config():
+    return {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": SPM_BOS,
+        "eos_token": SPM_EOS,
+        "unk_token": SPM_UNK,
+        "clean_up_tokenization_spaces": False,
+        "legacy": False,
+        "model_max_length": 32768,
+        "tokenizer_class": "LlamaTokenizerFast",
+        "chat_template": SPM_CHAT_TEMPLATE,
+    }
+
+
+def spm_decode_head(tok, specs, add, ids_of):
+    sid = {c: v[0] for c, v in specs.items()}
+    for c in (SPM_UNK, SPM_BOS, SPM_EOS):
+        add("bos_eos_unk", [sid[c]])
+    add("bos_eos_unk", [sid[SPM_BOS], sid[SPM_EOS]])
+    add("mixed_special", [sid[SPM_BOS]] + ids_of("Hello world") + [sid[SPM_EOS]])
+    add("mixed_special", ids_of("[INST] hi [/INST] there"))
+    add("mixed_special", [sid["[INST]"], sid[SPM_BOS], sid["[/INST]"]])
+    add("leading_space", ids_of(" Hello"))
+    add("leading_space", ids_of("  x"))
+    return sid["[INST]"], sid[SPM_BOS], sid[SPM_UNK]
+
+
+def make_spm_cases(tok, style):
+    rng = random.Random(SPM_SEED[style] + 1)
+    texts = [(k, t[:300] if k == "long" else t) for k, t in encode_texts(rng)]
+    texts += [("spm", t) for t in SPM_TEXTS]
+    texts += [("special", t) for t in SPM_SPECIAL_TEXTS]
+    atoms = [a for a in RANDOM_ATOMS if not a.startswith("<") and a != "｜>"]
+    atoms += [SPM_BOS, SPM_EOS, SPM_UNK, "[INST]", "[/INST]", "▁", " ",
+              "  ", "<s", "INST]"]
+    for _ in range(60):
+        texts.append(("random", "".join(rng.choice(atoms)
+                                        for _ in range(rng.randint(1, 24)))))
+    enc = [{"kind": k, "text": t,
+            "ids": tok.encode(t, add_special_tokens=False).ids}
+           for k, t in texts]
+    dec = decode_cases(tok, texts, random.Random(SPM_SEED[style] + 2),
+                       head=spm_decode_head,
+                       roundtrip_kinds=("special", "spm", "edge", "random"),
+                       byte_tokens=["<0x%02X>" % i for i in range(256)])
+    specials = {c: {"id": i, "special": s, "normalized": nz}
+                for c, (i, s, nz) in sorted(added_tokens(tok).items(),
+                                            key=lambda kv: kv[1][0])}
+    fallback = sum(any(3 <= i < 259 for i in c["ids"]) for c in enc)
+    return {"encode": enc, "decode": dec, "specials": specials}, fallback
+
+
+def write_spm(style, out):
+    os.makedirs(out, exist_ok=True)
+    tok = build_spm(random.Random(SPM_SEED[style]), style)
+    path = os.path.join(out, "tokenizer.json")
+    save_compact_merges(tok, path)
+    tok = Tokenizer.from_file(path)     # the cases come from the saved file
+    with open(os.path.join(out, "tokenizer_config.json"), "w",
+              encoding="utf-8") as f:
+        json.dump(spm_config(), f, ensure_ascii=False, indent=2)
+        f.write("\n")
+    data, fallback = make_spm_cases(tok, style)
+    dump_cases(data, os.path.join(out, "cases.json"))
+    side = {
+        "command": "python3 t/gen/gen_hf_tokenizer_fixtures.py --style %s"
+                   % style,
+        "seed": SPM_SEED[style],
+        "python": platform.python_version(),
+        "tokenizers": tokenizers.__version__,
+        "vocab_size": tok.get_vocab_size(with_added_tokens=False),
+        "vocab_size_with_added": tok.get_vocab_size(with_added_tokens=True),
+        "oracle": "tokenizers.Tokenizer.encode(text, add_special_tokens=False)"
+                  ".ids and .decode(ids, skip_special_tokens=...) on the saved "
+                  "tokenizer.json",
+        "layout": {
+            "spm": "Llama-2's: normalizer Prepend(\u2581) + Replace(' ', "
+                   "\u2581), no pre-tokenizer, BPE over characters with "
+                   "byte_fallback and a fused <unk>, decoder Replace + "
+                   "ByteFallback + Fuse + Strip(' ', 1, 0)",
+            "metaspace": "Mistral-v0.3's: no normalizer, Metaspace(\u2581, "
+                         "prepend_scheme first, split false) pre-tokenizer "
+                         "and decoder, BPE over characters with byte_fallback",
+            "metasplit": "no normalizer, Metaspace(\\u2581, prepend_scheme "
+                         "always, split true), decoder Replace + ByteFallback "
+                         "+ Fuse + Strip(' ', 1, 0), BPE over characters with "
+                         "byte_fallback",
+        }[style],
+        "encode_cases": len(data["encode"]),
+        "byte_fallback_cases": "%d encode texts use a <0xXX> token" % fallback,
+        "note": "generated; never edit by hand",
+    }
+    with open(os.path.join(out, "SOURCES.json"), "w") as f:
+        json.dump(side, f, indent=1)
+        f.write("\n")
+    print("wrote %s: vocab %d (+%d added), %d encode (%d with byte fallback), "
+          "%d decode cases" % (out, side["vocab_size"],
+                               side["vocab_size_with_added"] - side["vocab_size"],
+                               len(data["encode"]), fallback,
+                               len(data["decode"])))
+
+
 def save_compact_merges(tok, path):
     """The library's pretty JSON, but one merge a line (a third the size);
     the library reads it back the same (the cases come from that read)."""
@@ -1006,10 +1205,18 @@ def main():
                     help="DeepSeek tokenizer.json to compare the layout "
                          "against, if present")
     ap.add_argument("--style", default="deepseek",
-                    choices=("deepseek", "llama3", "splits"),
+                    choices=("deepseek", "llama3", "splits", "spm",
+                             "metaspace", "metasplit"),
                     help="deepseek: hf-tiny (default); llama3: "
-                         "hf-llama3style; splits: hf-splits")
+                         "hf-llama3style; splits: hf-splits; spm: hf-spm; "
+                         "metaspace: hf-metaspace")
     args = ap.parse_args()
+
+    if args.style in ("spm", "metaspace", "metasplit") and not args.real:
+        here = os.path.dirname(os.path.abspath(__file__))
+        write_spm(args.style, args.out or os.path.normpath(os.path.join(
+            here, "..", "fixtures", "text", "hf-" + args.style)))
+        return
 
     if args.style != "deepseek" and not args.real:
         here = os.path.dirname(os.path.abspath(__file__))
