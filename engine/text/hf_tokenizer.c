@@ -822,8 +822,7 @@ kimi_hf_load_tokens(kimi_tokenizer_t *tok, json_t *vocab,
         len = 0;
         if (src[i] != NULL) {
             e = kimi_specials_entry(&tok->sp, (int32_t) i);
-            fb = inv == NULL && e < 0
-                 ? kimi_hf_fallback_byte(src[i], src_len[i]) : -1;
+            fb = inv == NULL ? kimi_hf_fallback_byte(src[i], src_len[i]) : -1;
 
             if (fb >= 0) {
                 /* a byte the BPE falls back to, never built by merges */
@@ -840,7 +839,11 @@ kimi_hf_load_tokens(kimi_tokenizer_t *tok, json_t *vocab,
                                           src_len[i], tok->blob + tok->off[i],
                                           &mapped);
             }
-            is_bl[i] = mapped && e < 0;
+            /* SentencePiece-style: a spelling with a plain space cannot
+             * come out of the BPE (the text's spaces are U+2581 by then),
+             * and would take the bytes of its U+2581 twin */
+            is_bl[i] = mapped && e < 0
+                       && !(inv == NULL && memchr(src[i], ' ', src_len[i]));
             if (len > KIMI_TOK_MAX_TOKEN) {
                 free(src);
                 free(src_len);
