@@ -116,6 +116,9 @@ typedef struct {
     ngx_uint_t                   tool_format;      /* kimi_tool_call_parser:
                                                       0 auto, else the
                                                       format + 1 */
+    ngx_uint_t                   generation_config; /* kimi_generation_
+                                                      config: 0 auto, 1
+                                                      vllm */
 #if (NGX_THREADS)
     ngx_thread_pool_t           *thread_pool;
 #endif
@@ -467,6 +470,26 @@ void ngx_http_kimi_text_want(ngx_cycle_t *cycle, const char *model_dir);
 ngx_http_kimi_text_t *ngx_http_kimi_text_get(ngx_str_t *why);
 const kimi_tokenizer_t *ngx_http_kimi_text_tokenizer(ngx_http_kimi_text_t *t);
 kimi_tool_format_e ngx_http_kimi_text_tool_format(ngx_http_kimi_text_t *t);
+
+/* The model's generation_config.json sampling defaults, as vLLM's
+ * --generation-config auto takes them: the keys that differ from Hugging
+ * Face's GenerationConfig defaults (flags say which are set). */
+typedef struct {
+    unsigned                     has_temperature:1;
+    unsigned                     has_top_p:1;
+    unsigned                     has_top_k:1;
+    unsigned                     has_min_p:1;
+    unsigned                     has_repetition_penalty:1;
+    float                        temperature;
+    float                        top_p;
+    float                        min_p;
+    float                        repetition_penalty;
+    int32_t                      top_k;
+    ngx_uint_t                   max_new_tokens;   /* 0: none */
+} ngx_http_kimi_gen_defaults_t;
+
+const ngx_http_kimi_gen_defaults_t *ngx_http_kimi_text_gen_defaults(
+    ngx_http_kimi_text_t *t);
 void ngx_http_kimi_text_ref(ngx_http_kimi_text_t *t);
 void ngx_http_kimi_text_unref(ngx_http_kimi_text_t *t);
 ngx_int_t ngx_http_kimi_text_prepare(ngx_http_kimi_ctx_t *ctx);

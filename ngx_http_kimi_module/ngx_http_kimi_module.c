@@ -78,6 +78,15 @@ static void ngx_http_kimi_exit_process(ngx_cycle_t *cycle);
 
 
 /* vLLM's --chat-template-content-format (ngx_http_kimi_text.c) */
+/* vLLM's --generation-config: auto (the model's sampling defaults) or
+ * vllm (OpenAI's) */
+static ngx_conf_enum_t  ngx_http_kimi_generation_configs[] = {
+    { ngx_string("auto"), 0 },
+    { ngx_string("vllm"), 1 },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_conf_enum_t  ngx_http_kimi_content_formats[] = {
     { ngx_string("auto"), 0 },
     { ngx_string("string"), 1 },
@@ -141,6 +150,13 @@ static ngx_command_t  ngx_http_kimi_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_kimi_main_conf_t, content_format),
       &ngx_http_kimi_content_formats },
+
+    { ngx_string("kimi_generation_config"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_kimi_main_conf_t, generation_config),
+      &ngx_http_kimi_generation_configs },
 
     { ngx_string("kimi_tool_call_parser"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -1527,6 +1543,10 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
     ngx_http_request_t      *r;
     ngx_http_kimi_attach_t  *a;
 
+    ngx_str_t                why;
+
+    const ngx_http_kimi_gen_defaults_t  *gen;
+
     r = ctx->request;
 
     ngx_http_kimi_prompt_sizes(ctx, &n_prompt, &shortest);
@@ -1622,6 +1642,13 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
                                      ? "messages" : "prompt",
                                      "context_length_exceeded"));
         return;
+    }
+
+    /* generation_config.json's max_new_tokens caps every request, as
+     * vLLM's --generation-config auto does (after the length check) */
+    gen = ngx_http_kimi_text_gen_defaults(ngx_http_kimi_text_get(&why));
+    if (gen != NULL && gen->max_new_tokens) {
+        max_tokens = ngx_min(max_tokens, gen->max_new_tokens);
     }
 
     ctx->params.sampling.max_tokens = max_tokens;
@@ -2041,6 +2068,7 @@ ngx_http_kimi_create_main_conf(ngx_conf_t *cf)
     kmcf->offload_threshold = NGX_CONF_UNSET_SIZE;
     kmcf->content_format = NGX_CONF_UNSET_UINT;
     kmcf->tool_format = NGX_CONF_UNSET_UINT;
+    kmcf->generation_config = NGX_CONF_UNSET_UINT;
 
     return kmcf;
 }
@@ -2055,6 +2083,7 @@ ngx_http_kimi_init_main_conf(ngx_conf_t *cf, void *conf)
                              NGX_HTTP_KIMI_OFFLOAD_DEFAULT);
     ngx_conf_init_uint_value(kmcf->content_format, 0);
     ngx_conf_init_uint_value(kmcf->tool_format, 0);
+    ngx_conf_init_uint_value(kmcf->generation_config, 0);
 
     if (!kmcf->used) {
         return NGX_CONF_OK;

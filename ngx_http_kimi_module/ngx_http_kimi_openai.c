@@ -771,8 +771,11 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
     double                   d;
     json_int_t               n;
     ngx_uint_t               flag;
+    ngx_str_t                why;
     kimi_shm_sampling_t     *s;
     ngx_http_kimi_params_t  *pr;
+
+    const ngx_http_kimi_gen_defaults_t  *gen;
 
     pr = &ctx->params;
     s = &pr->sampling;
@@ -782,6 +785,20 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
     s->top_p = 1.0f;
     s->repetition_penalty = 1.0f;
     s->top_k = -1;
+
+    /* the model's generation_config.json over them (vLLM's
+     * --generation-config auto); the request's own values win */
+    gen = ngx_http_kimi_text_gen_defaults(ngx_http_kimi_text_get(&why));
+    if (gen != NULL) {
+        s->temperature = gen->has_temperature ? gen->temperature
+                                              : s->temperature;
+        s->top_p = gen->has_top_p ? gen->top_p : s->top_p;
+        s->top_k = gen->has_top_k ? gen->top_k : s->top_k;
+        s->min_p = gen->has_min_p ? gen->min_p : s->min_p;
+        s->repetition_penalty = gen->has_repetition_penalty
+                                ? gen->repetition_penalty
+                                : s->repetition_penalty;
+    }
     pr->max_tokens = -1;
     pr->skip_special = 1;
 

@@ -36,6 +36,8 @@ struct ngx_http_kimi_text_s {
     char                       dir[NGX_HTTP_KIMI_DIR_LEN];
     char                       tmpl_err[512];
     kimi_tool_format_e         tool_format;      /* kimi_tool_call_parser */
+    ngx_http_kimi_gen_defaults_t  gen;           /* generation_config.json */
+    char                       gen_note[256];    /* what it set, for the log */
 };
 
 
@@ -87,6 +89,7 @@ static struct {
 static void ngx_http_kimi_text_load(void);
 static void ngx_http_kimi_text_load_thread(void *data, ngx_log_t *log);
 static void ngx_http_kimi_text_load_done(ngx_event_t *ev);
+static void ngx_http_kimi_text_gen_load(ngx_http_kimi_text_t *t);
 static void ngx_http_kimi_text_job_run(void *data, ngx_log_t *log);
 static void ngx_http_kimi_text_job_done(ngx_event_t *ev);
 static void ngx_http_kimi_text_job_free(ngx_http_kimi_text_job_t *job);
@@ -225,6 +228,10 @@ ngx_http_kimi_text_load_thread(void *data, ngx_log_t *log)
         return;
     }
 
+    if (ngx_http_kimi_text.kmcf->generation_config == 0) {
+        ngx_http_kimi_text_gen_load(t);
+    }
+
     /* auto: the format the tokenizer's added tokens spell */
     t->tool_format = ngx_http_kimi_text.kmcf->tool_format > 0
                      ? (kimi_tool_format_e)
@@ -243,6 +250,78 @@ ngx_http_kimi_text_load_thread(void *data, ngx_log_t *log)
     (void) kimi_template_content_format(t->tmpl,
         ngx_http_kimi_text.kmcf->content_format == 1 ? "string"
         : ngx_http_kimi_text.kmcf->content_format == 2 ? "openai" : "auto");
+}
+
+
+/* generation_config.json's sampling keys that differ from Hugging Face's
+ * GenerationConfig defaults (temperature 1, top_p 1, top_k 50,
+ * repetition_penalty 1, min_p and max_new_tokens none): what vLLM's
+ * get_diff_sampling_param takes.  A value out of the range a request
+ * could give is left out (the note says so). */
+static void
+ngx_http_kimi_text_gen_load(ngx_http_kimi_text_t *t)
+{
+    u_char                        *p, *last, buf[160];
+    double                         d;
+    json_t                        *root, *v;
+    json_error_t                   jerr;
+    ngx_http_kimi_gen_defaults_t  *g = &t->gen;
+    char                           path[NGX_HTTP_KIMI_DIR_LEN + 32];
+
+    ngx_snprintf((u_char *) path, sizeof(path), "%s/generation_config.json%Z",
+                 t->dir);
+    root = json_load_file(path, 0, &jerr);
+    if (root == NULL) {
+        return;
+    }
+
+    p = buf;
+    last = buf + sizeof(buf);
+
+#define KIMI_GEN_NUM(key, lo, hi, dflt, field, flag)                          \
+    v = json_object_get(root, key);                                           \
+    if (json_is_number(v)) {                                                  \
+        d = json_number_value(v);                                             \
+        if (d != (dflt) && d >= (lo) && d <= (hi)) {                          \
+            g->field = (float) d;                                             \
+            g->flag = 1;                                                      \
+            p = ngx_slprintf(p, last, " %s %.3f", key, d);                    \
+        } else if (d != (dflt)) {                                             \
+            p = ngx_slprintf(p, last, " (%s %.3f out of range: ignored)",     \
+                             key, d);                                         \
+        }                                                                     \
+    }
+
+    KIMI_GEN_NUM("temperature", 0, 100, 1.0, temperature, has_temperature);
+    KIMI_GEN_NUM("top_p", 1e-9, 1, 1.0, top_p, has_top_p);
+    KIMI_GEN_NUM("min_p", 0, 1, -1.0, min_p, has_min_p);
+    KIMI_GEN_NUM("repetition_penalty", 1e-9, 100, 1.0, repetition_penalty,
+                 has_repetition_penalty);
+
+#undef KIMI_GEN_NUM
+
+    v = json_object_get(root, "top_k");
+    if (json_is_integer(v) && json_integer_value(v) != 50) {
+        g->top_k = json_integer_value(v) > 0
+                   ? (int32_t) ngx_min(json_integer_value(v), INT32_MAX) : -1;
+        g->has_top_k = 1;
+        p = ngx_slprintf(p, last, " top_k %D", g->top_k);
+    }
+
+    v = json_object_get(root, "max_new_tokens");
+    if (json_is_integer(v) && json_integer_value(v) > 0) {
+        g->max_new_tokens = (ngx_uint_t) json_integer_value(v);
+        p = ngx_slprintf(p, last, " max_new_tokens %ui", g->max_new_tokens);
+    }
+
+    if (p != buf) {
+        /* the tail of the "text stack loaded" log line */
+        ngx_snprintf((u_char *) t->gen_note, sizeof(t->gen_note) - 1,
+                     "; generation_config.json defaults (as vLLM's "
+                     "--generation-config auto):%*s%Z", (size_t) (p - buf), buf);
+    }
+
+    json_decref(root);
 }
 
 
@@ -280,9 +359,10 @@ ngx_http_kimi_text_load_done(ngx_event_t *ev)
 
     } else {
         ngx_log_error(NGX_LOG_NOTICE, log, 0,
-                      "kimi text stack loaded from \"%s\" in %M ms%s%s",
+                      "kimi text stack loaded from \"%s\" in %M ms%s%s%s",
                       t->dir, ngx_current_msec - job->start,
-                      t->tmpl ? "" : "; no chat template: ", t->tmpl_err);
+                      t->tmpl ? "" : "; no chat template: ", t->tmpl_err,
+                      t->gen_note);
 
         if (ngx_http_kimi_text.current) {
             ngx_http_kimi_text_unref(ngx_http_kimi_text.current);
@@ -321,6 +401,13 @@ const kimi_tokenizer_t *
 ngx_http_kimi_text_tokenizer(ngx_http_kimi_text_t *t)
 {
     return t->tok;
+}
+
+
+const ngx_http_kimi_gen_defaults_t *
+ngx_http_kimi_text_gen_defaults(ngx_http_kimi_text_t *t)
+{
+    return t != NULL ? &t->gen : NULL;
 }
 
 
