@@ -25,21 +25,8 @@ use KimiTest qw(chat_body completion_body);
 
 my $fx = "$FindBin::Bin/fixtures/text/hf-tiny";
 my $t = KimiTest->new(workers => 1);
-my $tiny = $t->dir . '/ds-tiny';
-system($t->{engine_bin}, 'gen-tiny-model', '--out', $tiny, '--no-tokenizer',
-    # 3072: the model's vocabulary padded past the tokenizer's 3020 ids
-    '--hf-overrides', '{"vocab_size": 3072, "model_type": "deepseek_v3",'
-    . ' "architectures": ["DeepseekV3ForCausalLM"], "bos_token_id": 0,'
-    . ' "eos_token_id": 1}') == 0
-    or BAIL_OUT('gen-tiny-model failed');
-for my $f (qw(tokenizer.json tokenizer_config.json)) {
-    system('cp', "$fx/$f", "$tiny/$f") == 0 or BAIL_OUT("cp $f");
-}
-KimiTest::write_file("$tiny/generation_config.json",
-    '{"bos_token_id": 0, "eos_token_id": 1}');
-
-$t->{engine_args} = [ '--backend', 'cpu', '--model', $tiny, '--threads', 1,
-    '--cpu-kv-cache-bytes', '32M' ];
+# 3072: the model's vocabulary padded past the tokenizer's 3020 ids
+my $tiny = $t->hf_tokenizer_model($fx, 3072, 0, 1);
 $t->start;
 
 my $true = JSON::PP::true;

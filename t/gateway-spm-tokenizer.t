@@ -25,21 +25,8 @@ use KimiTest qw(chat_body completion_body);
 
 my $fx = "$FindBin::Bin/fixtures/text/hf-spm";
 my $t = KimiTest->new(workers => 1);
-my $tiny = $t->dir . '/spm-tiny';
-system($t->{engine_bin}, 'gen-tiny-model', '--out', $tiny, '--no-tokenizer',
-    # 2304: the model's vocabulary padded past the tokenizer's 2261 ids
-    '--hf-overrides', '{"vocab_size": 2304, "model_type": "deepseek_v3",'
-    . ' "architectures": ["DeepseekV3ForCausalLM"], "bos_token_id": 1,'
-    . ' "eos_token_id": 2}') == 0
-    or BAIL_OUT('gen-tiny-model failed');
-for my $f (qw(tokenizer.json tokenizer_config.json)) {
-    system('cp', "$fx/$f", "$tiny/$f") == 0 or BAIL_OUT("cp $f");
-}
-KimiTest::write_file("$tiny/generation_config.json",
-    '{"bos_token_id": 1, "eos_token_id": 2}');
-
-$t->{engine_args} = [ '--backend', 'cpu', '--model', $tiny, '--threads', 1,
-    '--cpu-kv-cache-bytes', '32M' ];
+# 2304: the model's vocabulary padded past the tokenizer's 2261 ids
+my $tiny = $t->hf_tokenizer_model($fx, 2304, 1, 2);
 $t->start;
 
 my $true = JSON::PP::true;

@@ -96,6 +96,26 @@ kimi_hf_byte_map(uint16_t map[256])
 }
 
 
+/* s with each U+2581 as a space (SentencePiece's spaces, as they are held
+ * here) into out, which n bytes fit: its length. */
+static size_t
+kimi_hf_spaces(const uint8_t *s, size_t n, uint8_t *out)
+{
+    size_t  i, k;
+
+    for (i = 0, k = 0; i < n; i++) {
+        if (i + 2 < n && s[i] == 0xe2 && s[i + 1] == 0x96 && s[i + 2] == 0x81) {
+            out[k++] = ' ';
+            i += 2;
+        } else {
+            out[k++] = s[i];
+        }
+    }
+
+    return k;
+}
+
+
 /* A token's bytes as ByteLevel's decoder gives them: each character
  * through the inverse map when all of them are in it, else the string's
  * own UTF-8 (added tokens such as "<｜end▁of▁sentence｜>").  Returns the
@@ -109,18 +129,8 @@ kimi_hf_token_bytes(const int16_t inv[0x144], const uint8_t *s, size_t n,
     uint32_t  cp;
 
     if (inv == NULL) {
-        for (i = 0, k = 0; i < n; i++) {
-            if (i + 2 < n && s[i] == 0xe2 && s[i + 1] == 0x96
-                && s[i + 2] == 0x81)
-            {
-                out[k++] = ' ';
-                i += 2;
-            } else {
-                out[k++] = s[i];
-            }
-        }
         *mapped = 1;
-        return k;
+        return kimi_hf_spaces(s, n, out);
     }
 
     for (i = 0, k = 0; i < n; i += len) {
@@ -1550,16 +1560,7 @@ kimi_hf_encode_chars(const kimi_tokenizer_t *tok, kimi_hf_scratch_t *scr,
     }
 
     t = scr->norm;
-    for (i = 0, n = 0; i < len; i++) {
-        if (i + 2 < len && s[i] == 0xe2 && s[i + 1] == 0x96
-            && s[i + 2] == 0x81)
-        {
-            t[n++] = ' ';
-            i += 2;
-        } else {
-            t[n++] = s[i];
-        }
-    }
+    n = kimi_hf_spaces(s, len, t);
 
     space = hf->prepend == KIMI_HF_PREPEND_ALL
             || (hf->prepend == KIMI_HF_PREPEND_UNLESS_SPACE && t[0] != ' ')

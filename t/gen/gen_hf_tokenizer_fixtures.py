@@ -1068,6 +1068,22 @@ def make_spm_cases(tok, style):
     return {"encode": enc, "decode": dec, "specials": specials}, fallback
 
 
+def style_sources(style, seed, tok):
+    """SOURCES.json's fields every --style shares."""
+    return {
+        "command": "python3 t/gen/gen_hf_tokenizer_fixtures.py --style %s"
+                   % style,
+        "seed": seed,
+        "python": platform.python_version(),
+        "tokenizers": tokenizers.__version__,
+        "vocab_size": tok.get_vocab_size(with_added_tokens=False),
+        "vocab_size_with_added": tok.get_vocab_size(with_added_tokens=True),
+        "oracle": "tokenizers.Tokenizer.encode(text, add_special_tokens=False)"
+                  ".ids and .decode(ids, skip_special_tokens=...) on the saved "
+                  "tokenizer.json",
+    }
+
+
 def write_spm(style, out):
     os.makedirs(out, exist_ok=True)
     tok = build_spm(random.Random(SPM_SEED[style]), style)
@@ -1080,17 +1096,8 @@ def write_spm(style, out):
         f.write("\n")
     data, fallback = make_spm_cases(tok, style)
     dump_cases(data, os.path.join(out, "cases.json"))
-    side = {
-        "command": "python3 t/gen/gen_hf_tokenizer_fixtures.py --style %s"
-                   % style,
-        "seed": SPM_SEED[style],
-        "python": platform.python_version(),
-        "tokenizers": tokenizers.__version__,
-        "vocab_size": tok.get_vocab_size(with_added_tokens=False),
-        "vocab_size_with_added": tok.get_vocab_size(with_added_tokens=True),
-        "oracle": "tokenizers.Tokenizer.encode(text, add_special_tokens=False)"
-                  ".ids and .decode(ids, skip_special_tokens=...) on the saved "
-                  "tokenizer.json",
+    side = style_sources(style, SPM_SEED[style], tok)
+    side.update({
         "layout": {
             "spm": "Llama-2's: normalizer Prepend(\u2581) + Replace(' ', "
                    "\u2581), no pre-tokenizer, BPE over characters with "
@@ -1107,7 +1114,7 @@ def write_spm(style, out):
         "encode_cases": len(data["encode"]),
         "byte_fallback_cases": "%d encode texts use a <0xXX> token" % fallback,
         "note": "generated; never edit by hand",
-    }
+    })
     with open(os.path.join(out, "SOURCES.json"), "w") as f:
         json.dump(side, f, indent=1)
         f.write("\n")
@@ -1160,17 +1167,8 @@ def write_style(style, out):
                   "Split(Han|kana, Isolated), ByteLevel(use_regex false); "
                   "<s> </s> <pad> special in the vocab, <sep> not special",
     }[style]
-    side = {
-        "command": "python3 t/gen/gen_hf_tokenizer_fixtures.py --style %s"
-                   % style,
-        "seed": STYLE_SEED[style],
-        "python": platform.python_version(),
-        "tokenizers": tokenizers.__version__,
-        "vocab_size": tok.get_vocab_size(with_added_tokens=False),
-        "vocab_size_with_added": tok.get_vocab_size(with_added_tokens=True),
-        "oracle": "tokenizers.Tokenizer.encode(text, add_special_tokens=False)"
-                  ".ids and .decode(ids, skip_special_tokens=...) on the saved "
-                  "tokenizer.json",
+    side = style_sources(style, STYLE_SEED[style], tok)
+    side.update({
         "layout": layout,
         "encode_cases": len(data["encode"]),
         "library_roundtrip": "%d of %d encode texts give decode(ids) == text "
@@ -1178,7 +1176,7 @@ def write_style(style, out):
                              "drop text)" % (stats["library_roundtrip"],
                                              len(data["encode"])),
         "note": "generated; never edit by hand",
-    }
+    })
     if "ignore_merges_matters" in stats:
         side["ignore_merges_matters"] = (
             "%d encode texts give other ids with ignore_merges false"

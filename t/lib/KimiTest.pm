@@ -120,6 +120,30 @@ sub free_port {
     return $p;
 }
 
+# A tiny DeepSeek-V3-shaped model in the test dir whose tokenizer is a
+# Hugging Face tokenizer.json fixture (t/fixtures/text/...), its vocabulary
+# padded to vocab_size, bos and eos as given; the engine serves it on the
+# cpu backend once start() runs.
+sub hf_tokenizer_model {
+    my ($self, $fixture, $vocab_size, $bos, $eos) = @_;
+    my $dir = $self->dir . '/hf-model';
+    system($self->{engine_bin}, 'gen-tiny-model', '--out', $dir,
+        '--no-tokenizer', '--hf-overrides', "{\"vocab_size\": $vocab_size,"
+        . ' "model_type": "deepseek_v3", "architectures":'
+        . " [\"DeepseekV3ForCausalLM\"], \"bos_token_id\": $bos,"
+        . " \"eos_token_id\": $eos}") == 0
+        or Test::More::BAIL_OUT('gen-tiny-model failed');
+    for my $f (qw(tokenizer.json tokenizer_config.json)) {
+        system('cp', "$fixture/$f", "$dir/$f") == 0
+            or Test::More::BAIL_OUT("cp $f");
+    }
+    write_file("$dir/generation_config.json",
+        "{\"bos_token_id\": $bos, \"eos_token_id\": $eos}");
+    $self->{engine_args} = [ '--backend', 'cpu', '--model', $dir,
+        '--threads', 1, '--cpu-kv-cache-bytes', '32M' ];
+    return $dir;
+}
+
 sub write_file {
     my ($path, $content) = @_;
     open my $fh, '>', $path or die "$path: $!";
