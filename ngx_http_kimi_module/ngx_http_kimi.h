@@ -119,6 +119,9 @@ typedef struct {
     ngx_uint_t                   generation_config; /* kimi_generation_
                                                       config: 0 auto, 1
                                                       vllm */
+    ngx_str_t                    generation_override; /* kimi_override_
+                                                      generation_config:
+                                                      a JSON object */
 #if (NGX_THREADS)
     ngx_thread_pool_t           *thread_pool;
 #endif

@@ -72,6 +72,8 @@ static char *ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_kimi_pass(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_kimi_set_json_object(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_kimi_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_kimi_init_process(ngx_cycle_t *cycle);
 static void ngx_http_kimi_exit_process(ngx_cycle_t *cycle);
@@ -157,6 +159,13 @@ static ngx_command_t  ngx_http_kimi_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_kimi_main_conf_t, generation_config),
       &ngx_http_kimi_generation_configs },
+
+    { ngx_string("kimi_override_generation_config"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_kimi_set_json_object,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_kimi_main_conf_t, generation_override),
+      NULL },
 
     { ngx_string("kimi_tool_call_parser"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -2062,6 +2071,7 @@ ngx_http_kimi_create_main_conf(ngx_conf_t *cf)
      *     kmcf->engine_dir = { 0, NULL };
      *     kmcf->model_dir = { 0, NULL };
      *     kmcf->thread_pool_name = { 0, NULL };
+     *     kmcf->generation_override = { 0, NULL };
      *     kmcf->used = 0;
      */
 
@@ -2179,6 +2189,38 @@ ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->responses_zone, prev->responses_zone,
                              NULL);
 
+    return NGX_CONF_OK;
+}
+
+
+/* A directive whose value must be a JSON object (kept as its text). */
+static char *
+ngx_http_kimi_set_json_object(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char          *p = conf;
+    json_t        *v;
+    ngx_str_t     *field, *value;
+    json_error_t   jerr;
+
+    field = (ngx_str_t *) (p + cmd->offset);
+    if (field->data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    v = json_loadb((char *) value[1].data, value[1].len, 0, &jerr);
+    if (!json_is_object(v)) {
+        json_decref(v);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must be a JSON object, as "
+                           "'{\"temperature\": 0.5}'%s%s", &cmd->name,
+                           v == NULL ? ": " : "",
+                           v == NULL ? jerr.text : "");
+        return NGX_CONF_ERROR;
+    }
+
+    json_decref(v);
+    *field = value[1];
     return NGX_CONF_OK;
 }
 

@@ -228,9 +228,7 @@ ngx_http_kimi_text_load_thread(void *data, ngx_log_t *log)
         return;
     }
 
-    if (ngx_http_kimi_text.kmcf->generation_config == 0) {
-        ngx_http_kimi_text_gen_load(t);
-    }
+    ngx_http_kimi_text_gen_load(t);
 
     /* auto: the format the tokenizer's added tokens spell */
     t->tool_format = ngx_http_kimi_text.kmcf->tool_format > 0
@@ -253,40 +251,28 @@ ngx_http_kimi_text_load_thread(void *data, ngx_log_t *log)
 }
 
 
-/* generation_config.json's sampling keys that differ from Hugging Face's
- * GenerationConfig defaults (temperature 1, top_p 1, top_k 50,
- * repetition_penalty 1, min_p and max_new_tokens none): what vLLM's
- * get_diff_sampling_param takes.  A value out of the range a request
- * could give is left out (the note says so). */
-static void
-ngx_http_kimi_text_gen_load(ngx_http_kimi_text_t *t)
+/* Sampling keys of a generation config into g, each noted at p: diff
+ * (the model's generation_config.json) takes only the values that differ
+ * from Hugging Face's GenerationConfig defaults (temperature 1, top_p 1,
+ * top_k 50, repetition_penalty 1, min_p and max_new_tokens none), as
+ * vLLM's get_diff_sampling_param does; the override takes what it says.  A
+ * value out of the range a request could give is left out, and noted. */
+static u_char *
+ngx_http_kimi_text_gen_parse(ngx_http_kimi_gen_defaults_t *g, json_t *root,
+    int diff, u_char *p, u_char *last)
 {
-    u_char                        *p, *last, buf[160];
-    double                         d;
-    json_t                        *root, *v;
-    json_error_t                   jerr;
-    ngx_http_kimi_gen_defaults_t  *g = &t->gen;
-    char                           path[NGX_HTTP_KIMI_DIR_LEN + 32];
-
-    ngx_snprintf((u_char *) path, sizeof(path), "%s/generation_config.json%Z",
-                 t->dir);
-    root = json_load_file(path, 0, &jerr);
-    if (root == NULL) {
-        return;
-    }
-
-    p = buf;
-    last = buf + sizeof(buf);
+    double   d;
+    json_t  *v;
 
 #define KIMI_GEN_NUM(key, lo, hi, dflt, field, flag)                          \
     v = json_object_get(root, key);                                           \
-    if (json_is_number(v)) {                                                  \
+    if (json_is_number(v) && (!diff || json_number_value(v) != (dflt))) {     \
         d = json_number_value(v);                                             \
-        if (d != (dflt) && d >= (lo) && d <= (hi)) {                          \
+        if (d >= (lo) && d <= (hi)) {                                         \
             g->field = (float) d;                                             \
             g->flag = 1;                                                      \
             p = ngx_slprintf(p, last, " %s %.3f", key, d);                    \
-        } else if (d != (dflt)) {                                             \
+        } else {                                                              \
             p = ngx_slprintf(p, last, " (%s %.3f out of range: ignored)",     \
                              key, d);                                         \
         }                                                                     \
@@ -301,7 +287,7 @@ ngx_http_kimi_text_gen_load(ngx_http_kimi_text_t *t)
 #undef KIMI_GEN_NUM
 
     v = json_object_get(root, "top_k");
-    if (json_is_integer(v) && json_integer_value(v) != 50) {
+    if (json_is_integer(v) && (!diff || json_integer_value(v) != 50)) {
         g->top_k = json_integer_value(v) > 0
                    ? (int32_t) ngx_min(json_integer_value(v), INT32_MAX) : -1;
         g->has_top_k = 1;
@@ -314,14 +300,56 @@ ngx_http_kimi_text_gen_load(ngx_http_kimi_text_t *t)
         p = ngx_slprintf(p, last, " max_new_tokens %ui", g->max_new_tokens);
     }
 
+    return p;
+}
+
+
+/* The request defaults, as vLLM's --generation-config and
+ * --override-generation-config make them: the model's file (auto), then
+ * kimi_override_generation_config over it. */
+static void
+ngx_http_kimi_text_gen_load(ngx_http_kimi_text_t *t)
+{
+    u_char                     *p, *last, buf[200];
+    json_t                     *root;
+    json_error_t                jerr;
+    ngx_str_t                  *over;
+    ngx_http_kimi_main_conf_t  *kmcf = ngx_http_kimi_text.kmcf;
+    char                        path[NGX_HTTP_KIMI_DIR_LEN + 32];
+
+    p = buf;
+    last = buf + sizeof(buf);
+
+    if (kmcf->generation_config == 0) {
+        ngx_snprintf((u_char *) path, sizeof(path),
+                     "%s/generation_config.json%Z", t->dir);
+        root = json_load_file(path, 0, &jerr);
+        if (root != NULL) {
+            p = ngx_http_kimi_text_gen_parse(&t->gen, root, 1, p, last);
+            json_decref(root);
+        }
+    }
+
+    over = &kmcf->generation_override;
+    if (over->len) {
+        /* checked to be a JSON object at configuration */
+        root = json_loadb((char *) over->data, over->len, 0, &jerr);
+        if (root != NULL) {
+            p = ngx_http_kimi_text_gen_parse(&t->gen, root, 0, p, last);
+            json_decref(root);
+        }
+    }
+
     if (p != buf) {
         /* the tail of the "text stack loaded" log line */
         ngx_snprintf((u_char *) t->gen_note, sizeof(t->gen_note) - 1,
-                     "; generation_config.json defaults (as vLLM's "
-                     "--generation-config auto):%*s%Z", (size_t) (p - buf), buf);
+                     "; %s defaults (as vLLM's --generation-config %s%s):"
+                     "%*s%Z",
+                     over->len ? "generation" : "generation_config.json",
+                     kmcf->generation_config == 0 ? "auto" : "vllm",
+                     over->len ? " with --override-generation-config" : "",
+                     (size_t) (p - buf), buf);
     }
-
-    json_decref(root);
 }
 
 

@@ -104,4 +104,39 @@ unlike($t->read_file('error.log'), qr/generation_config\.json defaults/,
     'vllm: the file is not read');
 $t->stop;
 
+# ---- vllm with kimi_override_generation_config -----------------------------------
+
+$t = KimiTest->new(workers => 1, http_conf => 'kimi_generation_config vllm; '
+    . q<kimi_override_generation_config '{"temperature": 0, "top_k": 50, >
+    . q<"max_new_tokens": 4}';>);
+$model = model_dir($t);
+$t->{engine_args} = [ '--backend', 'cpu', '--model', $model, '--threads', 1,
+    '--cpu-kv-cache-bytes', '32M' ];
+$t->start;
+$a = $t->post('/v1/chat/completions', chat_body(content => 'hi', seed => 1,
+    ignore_eos => $true));
+$b = $t->post('/v1/chat/completions', chat_body(content => 'hi', seed => 2,
+    ignore_eos => $true));
+is($a->{json}{usage}{completion_tokens}, 4,
+    'override: its max_new_tokens caps (the file\'s 5 is not read)');
+is(text_of($a), text_of($b), 'override: its temperature 0, two seeds, one '
+    . 'text');
+like($t->read_file('error.log'), qr/generation defaults \(as vLLM's --generation-config vllm with --override-generation-config\): temperature 0\.000 top_k 50 max_new_tokens 4/,
+    'override: the load line lists its keys, top_k 50 too (an override is '
+    . 'taken as given)');
+$t->stop;
+
+# ---- what the directive refuses ------------------------------------------------------
+
+my $module = $t->{module};
+$module = "$ENV{PWD}/$module" unless $module =~ m{^/};
+my $d = $t->dir;
+for my $bad (q<'not json'>, q<'[1, 2]'>, q<'{"temperature": }'>) {
+    KimiTest::write_file("$d/t.conf", "load_module $module;\nevents {}\n"
+        . "http { kimi_override_generation_config $bad; }\n");
+    my $out = `$t->{nginx_bin} -t -p $d/ -c $d/t.conf -e $d/t.log 2>&1`;
+    isnt($? >> 8, 0, "nginx -t refuses kimi_override_generation_config $bad");
+    like($out, qr/must be a JSON object/, 'saying what it takes');
+}
+
 done_testing();
