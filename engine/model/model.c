@@ -660,9 +660,11 @@ kimi_model_layer(kimi_model_t *m, uint32_t l, kimi_err_t *err)
                             "expected BF16 or F32", n);
     }
 
+    /* DeepSeek-V2's routers have no correction bias */
     snprintf(n, sizeof(n), "%s.mlp.gate.e_score_correction_bias", p);
-    if ((rc = kimi_model_vec(m, n, c->n_routed_experts, 0.05f, 0.05f,
-                             &L->e_score_correction_bias, err)) != 0)
+    if (c->router == KIMI_ROUTER_NOAUX_TC
+        && (rc = kimi_model_vec(m, n, c->n_routed_experts, 0.05f, 0.05f,
+                                &L->e_score_correction_bias, err)) != 0)
     {
         return rc;
     }

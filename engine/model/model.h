@@ -19,6 +19,7 @@
 #include <stddef.h>
 
 #include "../common/kimi_err.h"
+#include "router.h"
 
 #define KIMI_MODEL_MAX_EOS    8
 #define KIMI_FP8_BLOCK        128          /* weight_block_size [128, 128] */
@@ -52,8 +53,10 @@ typedef struct {
     float     routed_scaling_factor;       /* 2.827 */
     int       norm_topk_prob;              /* normalise the top-k weights */
     int       tie_word_embeddings;         /* lm_head shares embed_tokens */
-    char      scoring_func[16];            /* "sigmoid" (only one supported) */
-    char      topk_method[16];             /* "noaux_tc" */
+    char      scoring_func[16];            /* "sigmoid" (V3), "softmax" (V2) */
+    char      topk_method[24];             /* "noaux_tc" (V3), "greedy" or
+                                              "group_limited_greedy" (V2) */
+    int       router;                      /* KIMI_ROUTER_*, from those two */
 
     /* rope_scaling: yarn or none (rope_is_yarn == 0 -> plain RoPE) */
     int       rope_is_yarn;

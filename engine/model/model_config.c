@@ -382,16 +382,30 @@ kimi_cfg_quant(kimi_cfg_ctx_t *cx, json_t *root, kimi_model_config_t *cfg)
 static int
 kimi_cfg_validate(kimi_cfg_ctx_t *cx, kimi_model_config_t *c)
 {
-    if (strcmp(c->scoring_func, "sigmoid") != 0) {
-        return kimi_err_set(cx->err, KIMI_EUNSUPPORTED,
-                            "%s: scoring_func \"%s\" is not supported "
-                            "(sigmoid only)", cx->what, c->scoring_func);
-    }
+    /* DeepSeek-V3's router, or DeepSeek-V2's two (as their modeling code
+     * pairs them: each takes only its own scoring) */
+    if (strcmp(c->scoring_func, "sigmoid") == 0
+        && strcmp(c->topk_method, "noaux_tc") == 0)
+    {
+        c->router = KIMI_ROUTER_NOAUX_TC;
 
-    if (strcmp(c->topk_method, "noaux_tc") != 0) {
+    } else if (strcmp(c->scoring_func, "softmax") == 0
+               && strcmp(c->topk_method, "greedy") == 0)
+    {
+        c->router = KIMI_ROUTER_GREEDY;
+
+    } else if (strcmp(c->scoring_func, "softmax") == 0
+               && strcmp(c->topk_method, "group_limited_greedy") == 0)
+    {
+        c->router = KIMI_ROUTER_GROUP_GREEDY;
+
+    } else {
         return kimi_err_set(cx->err, KIMI_EUNSUPPORTED,
-                            "%s: topk_method \"%s\" is not supported "
-                            "(noaux_tc only)", cx->what, c->topk_method);
+                            "%s: scoring_func \"%s\" with topk_method \"%s\""
+                            " is not supported (sigmoid with noaux_tc, as "
+                            "DeepSeek-V3; softmax with greedy or "
+                            "group_limited_greedy, as DeepSeek-V2)", cx->what,
+                            c->scoring_func, c->topk_method);
     }
 
 #define KIMI_CFG_NONZERO(f)                                                   \

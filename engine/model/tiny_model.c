@@ -453,7 +453,7 @@ kimi_tiny_build(kimi_tiny_t *tm, const kimi_model_config_t *c)
          * dropped groups with 0.0 (DS-REF with -inf); with positive scores
          * both choose the same experts */
         snprintf(n, sizeof(n), "%s.mlp.gate.e_score_correction_bias", p);
-        {
+        if (c->router == KIMI_ROUTER_NOAUX_TC) {    /* DeepSeek-V2: none */
             kimi_tiny_fill_t  f = { 0 };
 
             KIMI_T(kimi_tiny_add(tm, n, "F32", 1, c->n_routed_experts, 0, 4)

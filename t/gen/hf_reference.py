@@ -69,17 +69,20 @@ def load_hf(model_dir, tmp):
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
     cfg.pop("quantization_config", None)
     cfg.pop("auto_map", None)
-    cfg["model_type"] = "deepseek_v3"
+    # DeepSeek-V2's configs (softmax routers) run as transformers'
+    # DeepseekV2ForCausalLM, everything else as DeepseekV3ForCausalLM
+    v2 = cfg.get("model_type") == "deepseek_v2"
+    cls = transformers.DeepseekV2ForCausalLM if v2 else \
+        transformers.DeepseekV3ForCausalLM
+    cfg["model_type"] = "deepseek_v2" if v2 else "deepseek_v3"
     cfg["torch_dtype"] = "float32"
     json.dump(cfg, open(os.path.join(tmp, "config.json"), "w"), indent=1)
     save_file(dequantised_state(model_dir), os.path.join(tmp, "model.safetensors"))
     kw = dict(attn_implementation="eager", output_loading_info=True)
     try:
-        model, info = transformers.DeepseekV3ForCausalLM.from_pretrained(
-            tmp, dtype=torch.float32, **kw)
+        model, info = cls.from_pretrained(tmp, dtype=torch.float32, **kw)
     except TypeError:
-        model, info = transformers.DeepseekV3ForCausalLM.from_pretrained(
-            tmp, torch_dtype=torch.float32, **kw)
+        model, info = cls.from_pretrained(tmp, torch_dtype=torch.float32, **kw)
     missing = list(info.get("missing_keys", []))
     if missing:
         sys.exit("HF did not load: missing %s" % missing[:10])
@@ -111,12 +114,14 @@ def main():
         prompts[1][3] = 163586                   # a special id inside
     subset = sorted(rng.sample(range(V), N_SUBSET))
 
-    rot = model.model.rotary_emb
+    rot = getattr(model.model, "rotary_emb", None) or \
+        model.model.layers[0].self_attn.rotary_emb
     attn0 = model.model.layers[0].self_attn
     derived = {
         "inv_freq": [float(x) for x in rot.inv_freq.tolist()],
         "attention_scaling": float(getattr(rot, "attention_scaling", 1.0)),
-        "softmax_scale": float(attn0.scaling),
+        "softmax_scale": float(getattr(attn0, "scaling", None)
+                               or getattr(attn0, "softmax_scale")),
         "rope_config": str(getattr(cfg, "rope_parameters", None)
                            or getattr(cfg, "rope_scaling", None)),
     }

@@ -539,7 +539,7 @@ test_router(int T, int D, int E_, int top_k, int n_group, int topk_group)
     double wmax = 0;
     for (int t = 0; t < T; t++) {
         /* selection compared on the GPU's own logits: it must be exact */
-        kimi_moe_route(gl + (size_t) t * E_, hb, E_, n_group, topk_group, top_k, 1, 2.827f, ri, rw);
+        kimi_moe_route(KIMI_ROUTER_NOAUX_TC, gl + (size_t) t * E_, hb, E_, n_group, topk_group, top_k, 1, 2.827f, ri, rw);
         for (int k = 0; k < top_k; k++) {
             idbad += gi[t * top_k + k] != ri[k];
             double d = fabs(gw[t * top_k + k] - rw[k]) / fabs(rw[k]);
@@ -631,7 +631,7 @@ test_route_fused(int T, int D, int E_, int top_k, int f32)
     down(gi, di[0], P * 4);
     size_t idbad = 0;
     for (int t = 0; t < T; t++) {
-        kimi_moe_route(gl + (size_t) t * E_, hb, E_, 1, 1, top_k, 1, 2.827f, ri, rw);
+        kimi_moe_route(KIMI_ROUTER_NOAUX_TC, gl + (size_t) t * E_, hb, E_, 1, 1, top_k, 1, 2.827f, ri, rw);
         for (int k = 0; k < top_k; k++) idbad += gi[t * top_k + k] != ri[k];
     }
     ok(diff[0] == 0 && diff[1] == 0 && idbad == 0,

@@ -18,6 +18,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "model/model.h"
 #include "model/model_rand.h"
 #include "model/tiny_model.h"
@@ -324,12 +326,12 @@ test_router(void)
         lg[i] = 0.5f;
     }
 
-    kimi_moe_route(lg, NULL, 16, 1, 1, 4, 1, 2.827f, id, w);
+    kimi_moe_route(KIMI_ROUTER_NOAUX_TC, lg, NULL, 16, 1, 1, 4, 1, 2.827f, id, w);
     ok(id[0] == 0 && id[1] == 1 && id[2] == 2 && id[3] == 3
        && fabsf(w[0] - 2.827f / 4) < 1e-6f,
        "router tie-break: equal scores pick the lowest expert ids");
 
-    kimi_moe_route(lg, NULL, 16, 4, 2, 4, 1, 1.0f, id, w);
+    kimi_moe_route(KIMI_ROUTER_NOAUX_TC, lg, NULL, 16, 4, 2, 4, 1, 1.0f, id, w);
     ok(id[0] == 0 && id[3] == 3, "router tie-break: equal groups pick the "
        "lowest group ids");
 
@@ -342,7 +344,7 @@ test_router(void)
     lg[15] = 5.0f;
     lg[0] = lg[1] = 3.0f;
     lg[4] = lg[5] = 2.5f;
-    kimi_moe_route(lg, NULL, 16, 4, 2, 4, 1, 2.827f, id, w);
+    kimi_moe_route(KIMI_ROUTER_NOAUX_TC, lg, NULL, 16, 4, 2, 4, 1, 2.827f, id, w);
 
     for (int k = 0; k < 4; k++) {
         sum += w[k];
@@ -361,14 +363,96 @@ test_router(void)
 
     lg[3] = 1.0f;
     bias[9] = 0.9f;
-    kimi_moe_route(lg, bias, 16, 1, 1, 2, 0, 1.0f, id, w);
+    kimi_moe_route(KIMI_ROUTER_NOAUX_TC, lg, bias, 16, 1, 1, 2, 0, 1.0f, id, w);
     ok(id[0] == 9 && id[1] == 3 && fabsf(w[0] - 0.5f) < 1e-6f
        && fabsf(w[1] - 1.0f / (1.0f + expf(-1.0f))) < 1e-6f,
        "correction bias changes the selection only: weight = sigmoid(logit)");
 
-    ok(kimi_moe_route(lg, NULL, 16, 3, 1, 2, 1, 1, id, w) == -1
-       && kimi_moe_route(lg, NULL, 16, 4, 1, 5, 1, 1, id, w) == -1,
+    ok(kimi_moe_route(KIMI_ROUTER_NOAUX_TC, lg, NULL, 16, 3, 1, 2, 1, 1, id, w) == -1
+       && kimi_moe_route(KIMI_ROUTER_NOAUX_TC, lg, NULL, 16, 4, 1, 5, 1, 1, id, w) == -1,
        "router rejects n_group not dividing experts and top_k > kept");
+}
+
+
+/* DeepSeek-V2's routers against its gate's formula run in numpy
+ * (t/gen/gen_router_fixtures.py -> t/fixtures/model/router-v2.json):
+ * DeepSeek-V2 (160 experts, 8 groups, 3 kept, top-6, x16), V2-Lite (64,
+ * greedy top-6) and smaller ones, normalised or not. */
+static void
+test_router_v2(void)
+{
+    int           n_ok = 0, n = 0;
+    size_t        i, j;
+    json_t       *root, *c, *v;
+    json_error_t  jerr;
+
+    root = json_load_file("t/fixtures/model/router-v2.json", 0, &jerr);
+    ok(root != NULL, "router-v2.json loads");
+    if (root == NULL) {
+        return;
+    }
+
+    json_array_foreach(json_object_get(root, "cases"), i, c) {
+        float     lg[1024], w[64], got[64];
+        int32_t   id[64], want[64];
+        uint32_t  E = json_integer_value(json_object_get(c, "n_experts"));
+        uint32_t  K = json_integer_value(json_object_get(c, "top_k"));
+        int       router = strcmp(json_string_value(json_object_get(c,
+                                  "method")), "greedy") == 0
+                           ? KIMI_ROUTER_GREEDY : KIMI_ROUTER_GROUP_GREEDY;
+        int       same = 1;
+
+        json_array_foreach(json_object_get(c, "logits"), j, v) {
+            lg[j] = (float) json_real_value(v);
+        }
+        n++;
+
+        if (kimi_moe_route(router, lg, NULL, E,
+                           json_integer_value(json_object_get(c, "n_group")),
+                           json_integer_value(json_object_get(c,
+                                                              "topk_group")),
+                           K, json_is_true(json_object_get(c, "norm")),
+                           json_number_value(json_object_get(c, "scale")),
+                           id, w) != 0)
+        {
+            printf("# case %zu: refused\n", i);
+            continue;
+        }
+
+        /* sorted by id, as the fixture */
+        for (uint32_t a = 0; a < K; a++) {
+            for (uint32_t b = a + 1; b < K; b++) {
+                if (id[b] < id[a]) {
+                    int32_t  ti = id[a];
+                    float    tw = w[a];
+
+                    id[a] = id[b];
+                    w[a] = w[b];
+                    id[b] = ti;
+                    w[b] = tw;
+                }
+            }
+            want[a] = json_integer_value(json_array_get(json_object_get(c,
+                                                            "ids"), a));
+            got[a] = json_real_value(json_array_get(json_object_get(c,
+                                                        "weights"), a));
+        }
+
+        for (uint32_t a = 0; a < K; a++) {
+            same &= id[a] == want[a]
+                    && fabsf(w[a] - got[a]) <= 1e-5f * fmaxf(1.0f, got[a]);
+        }
+        if (!same) {
+            printf("# case %zu (%s, %u experts): ids or weights differ\n", i,
+                 json_string_value(json_object_get(c, "method")), E);
+        }
+        n_ok += same;
+    }
+
+    ok(n > 0 && n_ok == n, "DeepSeek-V2 routers (softmax; greedy and "
+       "group_limited_greedy) pick and weigh as its gate does: %d/%d cases",
+       n_ok, n);
+    json_decref(root);
 }
 
 
@@ -862,6 +946,7 @@ main(void)
     test_dequant_gemm();
     test_rope();
     test_router();
+    test_router_v2();
     test_mla();
     test_loader();
     printf("1..%d\n", test_n);

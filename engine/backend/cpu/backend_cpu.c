@@ -252,7 +252,8 @@ kimi_cpu_route_shared(kimi_cpu_t *b, const kimi_layer_weights_t *L,
     kimi_cpu_linear(b, b->a, T, &L->gate, b->rl);
 
     for (uint32_t t = 0; t < T; t++) {
-        if (kimi_moe_route(b->rl + (size_t) t * E, L->e_score_correction_bias,
+        if (kimi_moe_route(c->router, b->rl + (size_t) t * E,
+                           L->e_score_correction_bias,
                            E, c->n_group, c->topk_group, K,
                            c->norm_topk_prob, c->routed_scaling_factor,
                            b->route_ids + (size_t) t * K,

@@ -551,10 +551,10 @@ kimi_argmax_masked(const float *v, const uint8_t *allowed, uint32_t n)
 
 
 int
-kimi_moe_route(const float *logits, const float *bias, uint32_t n_experts,
-    uint32_t n_group, uint32_t topk_group, uint32_t top_k,
-    int norm_topk_prob, float routed_scaling_factor, int32_t *ids,
-    float *weights)
+kimi_moe_route(int router, const float *logits, const float *bias,
+    uint32_t n_experts, uint32_t n_group, uint32_t topk_group,
+    uint32_t top_k, int norm_topk_prob, float routed_scaling_factor,
+    int32_t *ids, float *weights)
 {
     float     s[1024], sel[1024], gscore[1024], sum = 0.0f;
     uint8_t   allowed[1024], gallowed[1024];
@@ -567,18 +567,40 @@ kimi_moe_route(const float *logits, const float *bias, uint32_t n_experts,
         return -1;
     }
 
+    if (router == KIMI_ROUTER_GREEDY) {
+        n_group = topk_group = 1;           /* every expert, one group */
+    }
+
     gsize = n_experts / n_group;
 
     if (top_k > topk_group * gsize) {
         return -1;
     }
 
-    for (uint32_t e = 0; e < n_experts; e++) {
-        s[e] = 1.0f / (1.0f + expf(-logits[e]));
-        sel[e] = s[e] + (bias ? bias[e] : 0.0f);
+    if (router == KIMI_ROUTER_NOAUX_TC) {
+        for (uint32_t e = 0; e < n_experts; e++) {
+            s[e] = 1.0f / (1.0f + expf(-logits[e]));
+            sel[e] = s[e] + (bias ? bias[e] : 0.0f);
+        }
+
+    } else {
+        float  mx = -INFINITY, z = 0.0f;
+
+        for (uint32_t e = 0; e < n_experts; e++) {
+            mx = fmaxf(mx, logits[e]);
+        }
+        for (uint32_t e = 0; e < n_experts; e++) {
+            s[e] = expf(logits[e] - mx);
+            z += s[e];
+        }
+        for (uint32_t e = 0; e < n_experts; e++) {
+            s[e] /= z;
+            sel[e] = s[e];
+        }
     }
 
-    /* group score: sum of the two best sel in the group (one if gsize 1) */
+    /* group score: sum of the two best sel in the group (one if gsize 1);
+     * DeepSeek-V2: the best */
     for (uint32_t g = 0; g < n_group; g++) {
         float  b1 = -INFINITY, b2 = -INFINITY;
 
@@ -594,7 +616,8 @@ kimi_moe_route(const float *logits, const float *bias, uint32_t n_experts,
             }
         }
 
-        gscore[g] = gsize > 1 ? b1 + b2 : b1;
+        gscore[g] = gsize > 1 && router == KIMI_ROUTER_NOAUX_TC ? b1 + b2
+                                                                 : b1;
         gallowed[g] = 1;
     }
 

@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <stddef.h>
 
+#include "../../model/router.h"
+
 #define KIMI_FP8_MAX       448.0f        /* largest finite e4m3fn */
 #define KIMI_ACT_GROUP     128           /* activation quant group (1x128) */
 #define KIMI_ACT_AMAX_MIN  1e-4f         /* DS-REF act_quant floor on amax */
@@ -124,16 +126,19 @@ void kimi_rope_apply(float *x, const float *cos_v, const float *sin_v,
 
 /*
  * logits[n_experts] (router GEMM output) -> ids[top_k], weights[top_k].
- * s = sigmoid(logit); sel = s + bias (bias may be NULL).  Group score =
- * sum of the top-2 sel in the group (DS-REF / HF noaux_tc); keep the
- * topk_group best groups, then the top_k best sel among their experts.
- * weights = s[id] (unbiased), / (sum + 1e-20) if norm, then * scaling.
- * Tie-break everywhere: the lower index wins (groups and experts).
- * ids come out sorted by sel descending (ties: lower id first).
+ * router KIMI_ROUTER_NOAUX_TC (DeepSeek-V3): s = sigmoid(logit); sel = s +
+ * bias (bias may be NULL); group score = sum of the top-2 sel in the group
+ * (DS-REF / HF noaux_tc).  KIMI_ROUTER_GREEDY / _GROUP_GREEDY (DeepSeek-V2):
+ * s = softmax(logits) = sel; one group of all experts / group score = the
+ * group's best s.  Keep the topk_group best groups, then the top_k best sel
+ * among their experts.  weights = s[id] (unbiased), / (sum + 1e-20) if
+ * norm, then * scaling (vLLM's order for both: DeepSeek-V2's files do not
+ * normalise).  Tie-break everywhere: the lower index wins (groups and
+ * experts).  ids come out sorted by sel descending (ties: lower id first).
  * n_experts <= 1024; n_group divides n_experts.  Returns 0, or -1 on bad
  * arguments.
  */
-int kimi_moe_route(const float *logits, const float *bias,
+int kimi_moe_route(int router, const float *logits, const float *bias,
     uint32_t n_experts, uint32_t n_group, uint32_t topk_group,
     uint32_t top_k, int norm_topk_prob, float routed_scaling_factor,
     int32_t *ids, float *weights);
