@@ -3,7 +3,9 @@
 
 The oracle for engine/backend/cpu: loads the model directory written by
 `kimi-engine gen-tiny-model` into transformers' own DeepseekV3ForCausalLM
-(fp32, eager attention, on the CPU so no TF32), with every FP8 weight
+(DeepseekV2ForCausalLM for a config with model_type deepseek_v2, whose
+softmax routers the engine runs on the cpu backend; that path has not been
+run yet) (fp32, eager attention, on the CPU so no TF32), with every FP8 weight
 dequantised exactly as the engine does (fp32 fp8 value * fp32 block scale,
 one fp32 multiply), and writes:
 
