@@ -7,7 +7,7 @@
 # router serve completions through nginx, greedy answers repeat, and the
 # pairings DeepSeek's modeling code does not have are refused at load,
 # naming both keys.  The router itself is checked against DeepSeek-V2's gate
-# in t/unit/test_model_ops.c.
+# in t/unit/test_model_ops.c; two expert-parallel ranks give one rank's answer.
 
 use strict;
 use warnings;
@@ -33,6 +33,8 @@ my %v2 = (
         . ' "norm_topk_prob": false, "routed_scaling_factor": 1.0,'
         . ' "q_lora_rank": null}',
 );
+
+my %one_rank;            # groups: greedy text and logprobs on one rank
 
 for my $name (sort keys %v2) {
     my $t = KimiTest->new(workers => 1);
@@ -60,9 +62,48 @@ for my $name (sort keys %v2) {
         push @texts, $r->{json}{choices}[0]{text};
     }
     is($texts[0], $texts[1], "$name: the greedy answer repeats");
+    if ($name eq 'groups') {
+        my $r = $t->post('/v1/completions', completion_body(
+            prompt => 'The capital of France is', max_tokens => 10,
+            temperature => 0, logprobs => 1));
+        %one_rank = (dir => $dir, text => $r->{json}{choices}[0]{text},
+            lp => $r->{json}{choices}[0]{logprobs}{token_logprobs} // []);
+    }
     my $r = $t->post('/v1/chat/completions', chat_body(content => 'hello',
         max_tokens => 5, temperature => 0.8, seed => 3, ignore_eos => $true));
     is($r->{status}, 200, "$name: a sampled chat: 200");
+    $t->stop;
+}
+
+# ---- groups on two expert-parallel ranks: one rank's answer ------------------
+
+{
+    my $t = KimiTest->new(workers => 1);
+    $t->{engine_args} = [ '--backend', 'cpu', '--model', $one_rank{dir},
+        '--threads', 1, '--cpu-kv-cache-bytes', '32M',
+        '--data-parallel-size', 2, '--enable-expert-parallel' ];
+    $t->start;
+    my $bin = $t->{engine_bin};
+    my $ipc = $t->dir . '/ipc';
+    ok(KimiTest::wait_for(20, sub {
+            `$bin status --ipc-dir $ipc 2>&1` =~ /rank=1 .*state=ready/ }),
+        'EP: rank 1 is ready');
+    for my $rank (0, 1) {
+        my $r = $t->post('/v1/completions', completion_body(
+            prompt => 'The capital of France is', max_tokens => 10,
+            temperature => 0, logprobs => 1), 'X-Kimi-Rank' => $rank);
+        is($r->{json}{choices}[0]{text}, $one_rank{text},
+            "EP: rank ${rank}'s greedy text equals one rank's (each rank "
+            . 'holds 16 of the 32 experts; tokens go to both halves)');
+        my $lp = $r->{json}{choices}[0]{logprobs}{token_logprobs} // [];
+        my $worst = 0;
+        for my $i (0 .. $#$lp) {
+            my $d = abs($lp->[$i] - ($one_rank{lp}[$i] // 1e9));
+            $worst = $d if $d > $worst;
+        }
+        ok(@$lp == 10 && $worst < 1e-3,
+            "EP: rank ${rank}'s logprobs within 1e-3 of one rank's ($worst)");
+    }
     $t->stop;
 }
 
