@@ -616,7 +616,7 @@ bench_dataset_file(const bench_opts_t *o, const kimi_tokenizer_t *tok,
     }
 
     if (!sharegpt && (spec_bench || !o->skip_chat_template)
-        && kimi_template_load(&tpl, o->tokenizer, err) != 0)
+        && kimi_template_load(&tpl, o->tokenizer, NULL, err) != 0)
     {
         kimi_err_wrap(err, "the chat template (--custom-skip-chat-template "
                       "sends the prompts as they are)");

@@ -200,7 +200,7 @@ bench_dataset_sonnet(const bench_opts_t *o, const kimi_tokenizer_t *tok,
         return -1;
     }
 
-    if (kimi_template_load(&tpl, o->tokenizer, err) != 0) {
+    if (kimi_template_load(&tpl, o->tokenizer, NULL, err) != 0) {
         kimi_err_wrap(err, "sonnet needs the model's chat template");
         goto done;
     }

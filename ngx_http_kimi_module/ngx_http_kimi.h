@@ -122,6 +122,9 @@ typedef struct {
     ngx_str_t                    generation_override; /* kimi_override_
                                                       generation_config:
                                                       a JSON object */
+    ngx_str_t                    chat_template;    /* kimi_chat_template: a
+                                                      file's full name or a
+                                                      template (NUL-ended) */
 #if (NGX_THREADS)
     ngx_thread_pool_t           *thread_pool;
 #endif

@@ -74,6 +74,8 @@ static char *ngx_http_kimi_pass(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_kimi_set_json_object(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_kimi_set_chat_template(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_kimi_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_kimi_init_process(ngx_cycle_t *cycle);
 static void ngx_http_kimi_exit_process(ngx_cycle_t *cycle);
@@ -159,6 +161,13 @@ static ngx_command_t  ngx_http_kimi_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_kimi_main_conf_t, generation_config),
       &ngx_http_kimi_generation_configs },
+
+    { ngx_string("kimi_chat_template"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_kimi_set_chat_template,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_kimi_main_conf_t, chat_template),
+      NULL },
 
     { ngx_string("kimi_override_generation_config"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -2189,6 +2198,57 @@ ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->responses_zone, prev->responses_zone,
                              NULL);
 
+    return NGX_CONF_OK;
+}
+
+
+/* vLLM's --chat-template: a template in one line, or a file (relative to
+ * the configuration's prefix) holding one; compiled here once so nginx -t
+ * says what is wrong with it. */
+static char *
+ngx_http_kimi_set_chat_template(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    char             *p = conf;
+    ngx_str_t        *field, *value, name;
+    kimi_err_t        err;
+    kimi_template_t  *t;
+
+    field = (ngx_str_t *) (p + cmd->offset);
+    if (field->data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    name = value[1];
+
+    if (ngx_strstr(name.data, "{{") == NULL
+        && ngx_strstr(name.data, "{%") == NULL)
+    {
+        /* a file: its full name, NUL-ended */
+        if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+        p = ngx_pnalloc(cf->pool, name.len + 1);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+        ngx_memcpy(p, name.data, name.len);
+        p[name.len] = '\0';
+        name.data = (u_char *) p;
+    }
+
+    /* no model directory: only the template itself is checked */
+    if (kimi_template_load(&t, "/nonexistent", (char *) name.data, &err)
+        != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s", &cmd->name,
+                           err.msg);
+        return NGX_CONF_ERROR;
+    }
+
+    kimi_template_free(t);
+    *field = name;
     return NGX_CONF_OK;
 }
 

@@ -238,7 +238,11 @@ ngx_http_kimi_text_load_thread(void *data, ngx_log_t *log)
 
     /* /v1/completions works without a template; chat answers 503 with
      * the reason */
-    if (kimi_template_load(&t->tmpl, t->dir, &terr) != 0) {
+    if (kimi_template_load(&t->tmpl, t->dir,
+            ngx_http_kimi_text.kmcf->chat_template.len
+            ? (char *) ngx_http_kimi_text.kmcf->chat_template.data : NULL,
+            &terr) != 0)
+    {
         t->tmpl = NULL;
         ngx_cpystrn((u_char *) t->tmpl_err, (u_char *) terr.msg,
                     sizeof(t->tmpl_err));

@@ -610,7 +610,7 @@ kimi_cmd_generate(int argc, char **argv)
     } else {
         json_t  *msgs;
 
-        if (kimi_template_load(&tpl, o.model_dir, &err) != 0) {
+        if (kimi_template_load(&tpl, o.model_dir, NULL, &err) != 0) {
             fprintf(stderr, "generate: %s\n", err.msg);
             goto done;
         }

@@ -254,7 +254,7 @@ kimi_cmd_tokenize(int argc, char **argv)
 
     rc = 0;
     if (json_is_object(req) && json_object_get(req, "messages") != NULL) {
-        rc = kimi_template_load(&t, o.model, &err);
+        rc = kimi_template_load(&t, o.model, NULL, &err);
         if (rc == 0) {
             rc = kimi_text_render(t, req, &text, &len,
                                   o.plain_user_text ? &plain : NULL,
@@ -390,7 +390,7 @@ kimi_cmd_render(int argc, char **argv)
         return kimi_text_usage(argv[0], rc == 1 ? 0 : 2);
     }
 
-    if (kimi_template_load(&t, o.model, &err) != 0) {
+    if (kimi_template_load(&t, o.model, NULL, &err) != 0) {
         return kimi_text_fail(argv[0], &err);
     }
 

@@ -102,10 +102,13 @@ int  kimi_detok_flush(kimi_detok_t *d, const char **out, size_t *out_len);
 typedef struct kimi_template  kimi_template_t;
 
 /* Reads DIR/chat_template.jinja, or the chat_template embedded in
- * DIR/tokenizer_config.json.  A construct the renderer does not support is
- * an error naming it (a startup error for the caller). */
+ * DIR/tokenizer_config.json; chat_template (vLLM's --chat-template), when
+ * not NULL, instead: a template in one line (it holds "{{" or "{%"), else
+ * the path of a file holding one.  The special tokens it names come from
+ * DIR/tokenizer_config.json either way.  A construct the renderer does not
+ * support is an error naming it (a startup error for the caller). */
 int  kimi_template_load(kimi_template_t **out, const char *model_dir,
-    kimi_err_t *err);
+    const char *chat_template, kimi_err_t *err);
 void kimi_template_free(kimi_template_t *t);
 /* vLLM's --chat-template-content-format: "auto" (what load detected: a
  * template that loops over message['content'] gets lists of parts,

@@ -176,7 +176,7 @@ kimi_template_load_string(kimi_template_t **out, const char *src, size_t len,
 
 int
 kimi_template_load(kimi_template_t **out, const char *model_dir,
-    kimi_err_t *err)
+    const char *chat_template, kimi_err_t *err)
 {
     int               rc;
     char              path[4096], cfg_path[4096];
@@ -195,8 +195,30 @@ kimi_template_load(kimi_template_t **out, const char *model_dir,
              model_dir);
     cfg = json_load_file(cfg_path, JSON_DECODE_INT_AS_REAL, &jerr);
 
-    snprintf(path, sizeof(path), "%s/chat_template.jinja", model_dir);
-    src = kimi_read_text(path, &len);
+    if (chat_template != NULL
+        && (strstr(chat_template, "{{") || strstr(chat_template, "{%")))
+    {
+        len = strlen(chat_template);
+        src = strdup(chat_template);
+        snprintf(path, sizeof(path), "the chat template given inline");
+        if (src == NULL) {
+            json_decref(cfg);
+            return kimi_err_set(err, KIMI_ENOMEM, "out of memory");
+        }
+
+    } else if (chat_template != NULL) {
+        snprintf(path, sizeof(path), "%s", chat_template);
+        src = kimi_read_text(path, &len);
+        if (src == NULL) {
+            json_decref(cfg);
+            return kimi_err_set(err, KIMI_EIO, "chat template %s: %s", path,
+                                strerror(errno));
+        }
+
+    } else {
+        snprintf(path, sizeof(path), "%s/chat_template.jinja", model_dir);
+        src = kimi_read_text(path, &len);
+    }
 
     if (src == NULL) {
         if (errno != ENOENT) {

@@ -48,7 +48,7 @@ load_embedded(const char *file, kimi_err_t *err)
     if (out != NULL) {
         fclose(out);
     }
-    kimi_template_load(&t, dir, err);
+    kimi_template_load(&t, dir, NULL, err);
     unlink(dst);
     rmdir(dir);
     return t;
@@ -159,7 +159,7 @@ test_syntax(void)
         fclose(f);
 
         want = json_object_get(c, "text");
-        rc = kimi_template_load(&t, dir, &err);
+        rc = kimi_template_load(&t, dir, NULL, &err);
         if (rc == 0) {
             /* the fixtures render every source with lists of parts */
             kimi_template_content_format(t, "openai");
@@ -438,7 +438,7 @@ main(void)
                          &err);
     ok(t[1] != NULL, "v2 template (embedded, August 2025) loads%s%s",
        t[1] ? "" : ": ", t[1] ? "" : err.msg);
-    if (kimi_template_load(&t[2], tap_model_dir(), &err) != 0) {
+    if (kimi_template_load(&t[2], tap_model_dir(), NULL, &err) != 0) {
         printf("1..0 # SKIP no chat template in %s: %s\n", tap_model_dir(),
                err.msg);
         return 0;
