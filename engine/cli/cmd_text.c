@@ -29,6 +29,8 @@ typedef struct {
     int          skip_special;    /* detokenize: drop special ids */
     int          plain_user_text; /* tokenize: names in user data are text */
     const char  *tool_parser;     /* parse-tools: vLLM's parser name */
+    const char  *chat_template;   /* tokenize, render: vLLM's
+                                     --chat-template (file or template) */
 } kimi_text_opts_t;
 
 
@@ -37,9 +39,10 @@ kimi_text_usage(const char *cmd, int rc)
 {
     fprintf(rc ? stderr : stdout,
             "usage: kimi-engine %s --model DIR [options] < request\n"
-            "  tokenize     [--no-special] [--plain-user-text]\n"
+            "  tokenize     [--no-special] [--plain-user-text] "
+            "[--chat-template FILE|TEMPLATE]\n"
             "  detokenize   [--skip-special]\n"
-            "  render\n"
+            "  render       [--chat-template FILE|TEMPLATE]\n"
             "  parse-tools  [--tool-call-parser kimi_k2|deepseek_v3|deepseek_v31]\n"
             "               (default: what the model's tokenizer spells)\n"
             "Reads one request from stdin (JSON, or raw text for tokenize "
@@ -68,6 +71,8 @@ kimi_text_args(int argc, char **argv, kimi_text_opts_t *o)
                    && i + 1 < argc)
         {
             o->tool_parser = argv[++i];
+        } else if (strcmp(argv[i], "--chat-template") == 0 && i + 1 < argc) {
+            o->chat_template = argv[++i];
         } else if (strcmp(argv[i], "-h") == 0
                    || strcmp(argv[i], "--help") == 0)
         {
@@ -254,7 +259,7 @@ kimi_cmd_tokenize(int argc, char **argv)
 
     rc = 0;
     if (json_is_object(req) && json_object_get(req, "messages") != NULL) {
-        rc = kimi_template_load(&t, o.model, NULL, &err);
+        rc = kimi_template_load(&t, o.model, o.chat_template, &err);
         if (rc == 0) {
             rc = kimi_text_render(t, req, &text, &len,
                                   o.plain_user_text ? &plain : NULL,
@@ -390,7 +395,7 @@ kimi_cmd_render(int argc, char **argv)
         return kimi_text_usage(argv[0], rc == 1 ? 0 : 2);
     }
 
-    if (kimi_template_load(&t, o.model, NULL, &err) != 0) {
+    if (kimi_template_load(&t, o.model, o.chat_template, &err) != 0) {
         return kimi_text_fail(argv[0], &err);
     }
 
