@@ -43,7 +43,7 @@ fuzz_template(void)
     static kimi_template_t  *t;
     kimi_err_t               err;
 
-    if (t == NULL && kimi_template_load(&t, fuzz_model_dir(), &err)) {
+    if (t == NULL && kimi_template_load(&t, fuzz_model_dir(), NULL, &err)) {
         fprintf(stderr, "fuzz: %s\n", err.msg);
         abort();
     }
