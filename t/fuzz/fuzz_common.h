@@ -11,6 +11,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "text/kimi_text.h"
 
@@ -36,6 +37,37 @@ fuzz_tokenizer(void)
     }
     return tok;
 }
+
+/* ids through the streaming detokenizer, every piece it emits and its
+ * flush joined: malloc'ed, *len its length; aborts on an error. */
+static inline char *
+fuzz_stream(const kimi_tokenizer_t *tok, const int32_t *ids, size_t n,
+    int skip_special, size_t *len)
+{
+    size_t         i, out_len;
+    char          *acc;
+    const char    *out;
+    kimi_detok_t  *d = kimi_detok_new(tok, skip_special);
+
+    acc = malloc(3 * 512 * (n + 8) + 64);   /* tokens <= 512 bytes, 3 out a byte */
+    if (d == NULL || acc == NULL) {
+        abort();
+    }
+    *len = 0;
+    for (i = 0; i < n; i++) {
+        if (kimi_detok_push(d, ids[i], &out, &out_len) != 0) {
+            abort();
+        }
+        memcpy(acc + *len, out, out_len);
+        *len += out_len;
+    }
+    kimi_detok_flush(d, &out, &out_len);
+    memcpy(acc + *len, out, out_len);
+    *len += out_len;
+    kimi_detok_free(d);
+    return acc;
+}
+
 
 static inline kimi_template_t *
 fuzz_template(void)

@@ -16,12 +16,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     int                rc, rc2, allow;
     char              *text;
-    size_t             n, n2, len, i, acc_len, out_len;
+    size_t             n, n2, len, acc_len;
     int32_t           *ids, *ids2;
     kimi_err_t         err;
-    const char        *out;
     char              *acc;
-    kimi_detok_t      *d;
     kimi_tokenizer_t  *tok = fuzz_tokenizer();
 
     if (size == 0) {
@@ -56,20 +54,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
 
-    d = kimi_detok_new(tok, 1);
-    acc = malloc(3 * (size + 64) * 8 + 64);
-    acc_len = 0;
-    for (i = 0; i < n; i++) {
-        if (kimi_detok_push(d, ids[i], &out, &out_len) != 0) {
-            abort();
-        }
-        memcpy(acc + acc_len, out, out_len);
-        acc_len += out_len;
-    }
-    kimi_detok_flush(d, &out, &out_len);
-    memcpy(acc + acc_len, out, out_len);
-    acc_len += out_len;
-    kimi_detok_free(d);
+    acc = fuzz_stream(tok, ids, n, 1, &acc_len);
     free(text);
 
     if (kimi_detokenize(tok, ids, n, 1, &text, &len, &err) != 0

@@ -20,11 +20,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     int                        rc, allow;
     char                      *text, *acc;
-    size_t                     n, len, i, acc_len, out_len;
+    size_t                     n, len, acc_len;
     int32_t                   *ids;
     kimi_err_t                 err;
-    const char                *out;
-    kimi_detok_t              *d;
     static kimi_tokenizer_t   *tok;
 
     if (tok == NULL
@@ -59,20 +57,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     free(text);
 
-    d = kimi_detok_new(tok, 1);
-    acc = malloc(3 * (size + 64) * 8 + 64);
-    acc_len = 0;
-    for (i = 0; i < n; i++) {
-        if (kimi_detok_push(d, ids[i], &out, &out_len) != 0) {
-            abort();
-        }
-        memcpy(acc + acc_len, out, out_len);
-        acc_len += out_len;
-    }
-    kimi_detok_flush(d, &out, &out_len);
-    memcpy(acc + acc_len, out, out_len);
-    acc_len += out_len;
-    kimi_detok_free(d);
+    acc = fuzz_stream(tok, ids, n, 1, &acc_len);
 
     if (kimi_detokenize(tok, ids, n, 1, &text, &len, &err) != 0
         || !((len == acc_len && memcmp(text, acc, len) == 0)
