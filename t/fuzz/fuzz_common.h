@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "text/kimi_text.h"
+#include "text/text_internal.h"
 
 static inline const char *
 fuzz_model_dir(void)
@@ -37,6 +38,35 @@ fuzz_tokenizer(void)
     }
     return tok;
 }
+
+/* The input as a tokenizer target reads it: bit 0 of the first byte is
+ * allow_special, the rest the text.  1 with its ids, or 0 when there is
+ * nothing to check (no text, or invalid UTF-8 refused: the only refusal
+ * allowed, anything else aborts). */
+static inline int
+fuzz_encode(const kimi_tokenizer_t *tok, const uint8_t **data, size_t *size,
+    int *allow, int32_t **ids, size_t *n)
+{
+    kimi_err_t  err;
+
+    if (*size == 0) {
+        return 0;
+    }
+    *allow = (*data)[0] & 1;
+    (*data)++;
+    (*size)--;
+
+    if (kimi_tokenize(tok, (const char *) *data, *size, *allow, ids, n, &err)
+        != 0)
+    {
+        if (kimi_utf8_valid_prefix(*data, *size) == *size) {
+            abort();
+        }
+        return 0;
+    }
+    return 1;
+}
+
 
 /* ids through the streaming detokenizer, every piece it emits and its
  * flush joined: malloc'ed, *len its length; aborts on an error. */

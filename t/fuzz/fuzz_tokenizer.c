@@ -14,7 +14,7 @@
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    int                rc, rc2, allow;
+    int                rc2, allow;
     char              *text;
     size_t             n, n2, len, acc_len;
     int32_t           *ids, *ids2;
@@ -22,19 +22,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char              *acc;
     kimi_tokenizer_t  *tok = fuzz_tokenizer();
 
-    if (size == 0) {
-        return 0;
-    }
-    allow = data[0] & 1;
-    data++;
-    size--;
-
-    rc = kimi_tokenize(tok, (const char *) data, size, allow, &ids, &n, &err);
-    if (rc != 0) {
-        /* only invalid UTF-8 may be refused */
-        if (kimi_utf8_valid_prefix(data, size) == size) {
-            abort();
-        }
+    if (!fuzz_encode(tok, &data, &size, &allow, &ids, &n)) {
         return 0;
     }
 

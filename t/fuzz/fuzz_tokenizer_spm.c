@@ -18,7 +18,7 @@
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    int                        rc, allow;
+    int                        allow;
     char                      *text, *acc;
     size_t                     n, len, acc_len;
     int32_t                   *ids;
@@ -32,18 +32,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
 
-    if (size == 0) {
-        return 0;
-    }
-    allow = data[0] & 1;
-    data++;
-    size--;
-
-    rc = kimi_tokenize(tok, (const char *) data, size, allow, &ids, &n, &err);
-    if (rc != 0) {
-        if (kimi_utf8_valid_prefix(data, size) == size) {
-            abort();
-        }
+    if (!fuzz_encode(tok, &data, &size, &allow, &ids, &n)) {
         return 0;
     }
 
