@@ -72,10 +72,15 @@ static char *ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_kimi_pass(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_kimi_set_json_object(ngx_conf_t *cf,
-    ngx_command_t *cmd, void *conf);
-static char *ngx_http_kimi_set_chat_template(ngx_conf_t *cf,
-    ngx_command_t *cmd, void *conf);
+static char *ngx_http_kimi_json_object_check(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_kimi_chat_template_check(ngx_conf_t *cf, void *post,
+    void *data);
+
+static ngx_conf_post_t  ngx_http_kimi_json_object_post =
+    { ngx_http_kimi_json_object_check };
+static ngx_conf_post_t  ngx_http_kimi_chat_template_post =
+    { ngx_http_kimi_chat_template_check };
 static ngx_int_t ngx_http_kimi_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_kimi_init_process(ngx_cycle_t *cycle);
 static void ngx_http_kimi_exit_process(ngx_cycle_t *cycle);
@@ -164,17 +169,17 @@ static ngx_command_t  ngx_http_kimi_commands[] = {
 
     { ngx_string("kimi_chat_template"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_http_kimi_set_chat_template,
+      ngx_conf_set_str_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_kimi_main_conf_t, chat_template),
-      NULL },
+      &ngx_http_kimi_chat_template_post },
 
     { ngx_string("kimi_override_generation_config"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_http_kimi_set_json_object,
+      ngx_conf_set_str_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_kimi_main_conf_t, generation_override),
-      NULL },
+      &ngx_http_kimi_json_object_post },
 
     { ngx_string("kimi_tool_call_parser"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -2202,85 +2207,68 @@ ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 }
 
 
-/* vLLM's --chat-template: a template in one line, or a file (relative to
- * the configuration's prefix) holding one; compiled here once so nginx -t
- * says what is wrong with it. */
+/* vLLM's --chat-template (ngx_conf_set_str_slot's post handler): a
+ * template in one line, or a file (relative to the configuration's prefix,
+ * kept as its full name) holding one; compiled here once so nginx -t says
+ * what is wrong with it. */
 static char *
-ngx_http_kimi_set_chat_template(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf)
+ngx_http_kimi_chat_template_check(ngx_conf_t *cf, void *post, void *data)
 {
-    char             *p = conf;
-    ngx_str_t        *field, *value, name;
+    ngx_str_t        *value = data;
+    u_char           *p;
     kimi_err_t        err;
     kimi_template_t  *t;
 
-    field = (ngx_str_t *) (p + cmd->offset);
-    if (field->data) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-    name = value[1];
-
-    if (ngx_strstr(name.data, "{{") == NULL
-        && ngx_strstr(name.data, "{%") == NULL)
+    if (ngx_strstr(value->data, "{{") == NULL
+        && ngx_strstr(value->data, "{%") == NULL)
     {
         /* a file: its full name, NUL-ended */
-        if (ngx_conf_full_name(cf->cycle, &name, 1) != NGX_OK) {
+        if (ngx_conf_full_name(cf->cycle, value, 1) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
-        p = ngx_pnalloc(cf->pool, name.len + 1);
+        p = ngx_pnalloc(cf->pool, value->len + 1);
         if (p == NULL) {
             return NGX_CONF_ERROR;
         }
-        ngx_memcpy(p, name.data, name.len);
-        p[name.len] = '\0';
-        name.data = (u_char *) p;
+        ngx_memcpy(p, value->data, value->len);
+        p[value->len] = '\0';
+        value->data = p;
     }
 
     /* no model directory: only the template itself is checked */
-    if (kimi_template_load(&t, "/nonexistent", (char *) name.data, &err)
+    if (kimi_template_load(&t, "/nonexistent", (char *) value->data, &err)
         != 0)
     {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\": %s", &cmd->name,
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"kimi_chat_template\": %s",
                            err.msg);
         return NGX_CONF_ERROR;
     }
 
     kimi_template_free(t);
-    *field = name;
     return NGX_CONF_OK;
 }
 
 
-/* A directive whose value must be a JSON object (kept as its text). */
+/* kimi_override_generation_config (ngx_conf_set_str_slot's post handler):
+ * the value must be a JSON object. */
 static char *
-ngx_http_kimi_set_json_object(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_http_kimi_json_object_check(ngx_conf_t *cf, void *post, void *data)
 {
-    char          *p = conf;
+    ngx_str_t     *value = data;
     json_t        *v;
-    ngx_str_t     *field, *value;
     json_error_t   jerr;
 
-    field = (ngx_str_t *) (p + cmd->offset);
-    if (field->data) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-    v = json_loadb((char *) value[1].data, value[1].len, 0, &jerr);
+    v = json_loadb((char *) value->data, value->len, 0, &jerr);
     if (!json_is_object(v)) {
         json_decref(v);
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" must be a JSON object, as "
-                           "'{\"temperature\": 0.5}'%s%s", &cmd->name,
-                           v == NULL ? ": " : "",
-                           v == NULL ? jerr.text : "");
+                           "\"kimi_override_generation_config\" must be a "
+                           "JSON object, as '{\"temperature\": 0.5}'%s%s",
+                           v == NULL ? ": " : "", v == NULL ? jerr.text : "");
         return NGX_CONF_ERROR;
     }
 
     json_decref(v);
-    *field = value[1];
     return NGX_CONF_OK;
 }
 
