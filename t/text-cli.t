@@ -66,6 +66,13 @@ is($r->{prompt}, '<|im_system|>system<|im_middle|>You are Kimi, an AI '
     . '<|im_middle|>Hello<|im_end|><|im_assistant|>assistant<|im_middle|>',
     'render prints the prompt');
 
+# a NUL inside a JSON prompt is text (as the gateway reads bodies), not a
+# reason to read stdin as raw text
+($r) = run_cmd($json->encode({ prompt => "a\x{0}b" }), 'tokenize');
+my ($raw) = run_cmd("a\x{0}b", 'tokenize');
+ok(@{ $r->{tokens} // [] } >= 2 && "@{ $r->{tokens} }" eq "@{ $raw->{tokens} }",
+    'a JSON prompt with \\u0000 tokenizes as the same raw text');
+
 # vLLM's --chat-template: a template in one line, or a file
 ($r) = run_cmd($json->encode($chat), 'render', '--chat-template',
     q<'{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}'>);

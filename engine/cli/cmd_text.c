@@ -159,7 +159,7 @@ kimi_text_request(const char *buf, size_t len, int raw_ok, kimi_err_t *err)
     json_t        *req;
     json_error_t   jerr;
 
-    req = json_loadb(buf, len, JSON_DECODE_ANY, &jerr);
+    req = json_loadb(buf, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     if (req != NULL && (json_is_object(req) || json_is_array(req))) {
         return req;
     }
