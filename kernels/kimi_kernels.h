@@ -25,6 +25,7 @@
 #include <cuda_runtime_api.h>
 
 #include "../engine/common/kimi_err.h"
+#include "../engine/model/router.h"          /* KIMI_ROUTER_*, for the router kernels */
 
 #ifdef __cplusplus
 extern "C" {
@@ -179,12 +180,15 @@ int kimi_moe_router_logits_f32(const float *x, const kimi_bf16_t *w,
                                float *logits, int T, int D, int E,
                                cudaStream_t s, kimi_err_t *err);
 
-/* s = sigmoid(logit); selection by s + bias (bias may be NULL), limited to the
- * topk_group best groups (group score = sum of its 2 best, n_group groups of
- * E/n_group; n_group 1 = no limit); idx[t,k] in descending selection order,
- * exact ties to the lower index; w[t,k] = s[idx] (normalised to sum 1 when
- * norm != 0) * scale.  E <= 1024, top_k <= 16. */
-int kimi_moe_router_select(const float *logits, const float *bias, int T,
+/* router (engine/model/router.h) KIMI_ROUTER_NOAUX_TC: s = sigmoid(logit),
+ * selection by s + bias (bias may be NULL), limited to the topk_group best
+ * groups (group score = sum of its 2 best, n_group groups of E/n_group;
+ * n_group 1 = no limit); KIMI_ROUTER_GREEDY: s = softmax(logits), selection
+ * by s over all experts; KIMI_ROUTER_GROUP_GREEDY: the same, limited to the
+ * groups of the topk_group best maxima (bias unused for both).  idx[t,k] in
+ * descending selection order, exact ties to the lower index; w[t,k] = s[idx]
+ * (normalised to sum 1 when norm != 0) * scale.  E <= 1024, top_k <= 16. */
+int kimi_moe_router_select(const float *logits, const float *bias, int router, int T,
                            int E, int top_k, int n_group, int topk_group,
                            int norm, float scale, int32_t *idx, float *w,
                            cudaStream_t s, kimi_err_t *err);
@@ -223,7 +227,8 @@ typedef struct {
     float   *hs;             /* [rows][I/128] its scales */
     kimi_bf16_t *y;          /* [rows][D] bf16 expert outputs (unweighted; bf16
                                 halves the round trip to the combine, which
-                                sums in fp32) */
+                                sums in fp32); before down, scratch of the
+                                router (cuBLASLt) and the grouped gate_up */
     int32_t *tiles;          /* grouped GEMMs' tile list: [max_tiles][3] + count */
     int      rows;           /* kimi_moe_rows() of the carve: T*top_k
                                 (+ T with the shared expert) */
@@ -246,13 +251,13 @@ int kimi_moe_plan(const int32_t *topk_idx, int T, int top_k, int E,
  * selection (as kimi_moe_router_select: the same ids, order and weights)
  * and the plan (as kimi_moe_plan) in one launch.  logits is scratch [T][E];
  * ws as carved for kimi_moe_plan, its tickets zeroed. */
-int kimi_moe_route_fused_fits(int T, int top_k, int E, int n_group, int topk_group);
-int kimi_moe_route_fused(const kimi_bf16_t *x, const kimi_bf16_t *w, const float *bias,
+int kimi_moe_route_fused_fits(int router, int T, int top_k, int E, int n_group, int topk_group);
+int kimi_moe_route_fused(const kimi_bf16_t *x, const kimi_bf16_t *w, const float *bias, int router,
                          int T, int D, int E, int top_k, int n_group, int topk_group,
                          int norm, float scale, int shared, float *logits, int32_t *idx,
                          float *tw, const kimi_moe_ws_t *ws, cudaStream_t s,
                          kimi_err_t *err);
-int kimi_moe_route_fused_f32(const float *x, const kimi_bf16_t *w, const float *bias,
+int kimi_moe_route_fused_f32(const float *x, const kimi_bf16_t *w, const float *bias, int router,
                              int T, int D, int E, int top_k, int n_group, int topk_group,
                              int norm, float scale, int shared, float *logits,
                              int32_t *idx, float *tw, const kimi_moe_ws_t *ws,
@@ -304,6 +309,7 @@ int kimi_moe_down(int T, int top_k, int D, int I, int max_slots,
  * this path from KIMI_MOE_GROUPED_ROWS rows per slot on average, ~750 tokens
  * at 384 experts top-8, when ex->tmaps is set): tiles of 64 or 128 rows of
  * each expert, weights by TMA, K in 128-blocks with the scale promotion.
+ * gate_up copies its token rows into plan order in ws->y's memory first;
  * down reads ws->hq/hs (quantised by kimi_moe_down first).  D and I
  * multiples of 256 and 128, K <= 8192. */
 #define KIMI_MOE_GROUPED_ROWS 16

@@ -16,11 +16,10 @@
  * Roles:   warpgroup 0 produces (registers cut to 40): one thread issues
  *          four TMA boxes of weights (64 rows x 128 bytes, 128-byte swizzle;
  *          gate_up interleaves gate and up by 64 rows so each 128-row half
- *          holds both for the same 64 columns of h); down's activation rows
- *          (h, contiguous per tile) come in the same thread's fifth box,
- *          gate_up's token rows are gathered by all 128 with cp.async (TMA
- *          cannot gather); all 128 fetch the row and weight-block scales; a
- *          stage is full on its mbarrier when all landed.  Warpgroups 1
+ *          holds both for the same 64 columns of h); the activation rows
+ *          (down's h, gate_up's tokens, both contiguous per tile) come in the
+ *          same thread's fifth box; all 128 fetch the row and weight-block
+ *          scales; a stage is full on its mbarrier when all landed.  Warpgroups 1
  *          and 2 consume: each 128-block is 4 wgmma m64n128k32 e4m3 per
  *          half into a temporary, promoted into the fp32 accumulator times
  *          the row's and the weight block's scales (DeepSeek's promotion
@@ -32,11 +31,16 @@
  *          row's 128 columns live in one quad of threads, or two groups at
  *          BM 64) and writes hq/hs: no fp32 h round trip; down writes bf16 y
  *          (evict_first in L2: only the combine reads it).  Both stage each
- *          group's 64 rows x 128 bytes in shared memory and copy whole rows
- *          out with bulk stores, one thread a row.
+ *          group's 64 rows in shared memory and copy whole rows out with
+ *          bulk stores, one thread a row; down stages its whole 64 x 512
+ *          bytes at once (one stage less), so the tile ends with one
+ *          barrier round and the next starts while its rows go out.
  * Tiles:   a pre-pass (one block) lists the tiles: each expert's rows cut
  *          in BM (the shared expert's 32-token slots merged back into one
- *          run), so no block scans the plan.
+ *          run), so no block scans the plan.  gate_up's token rows are then
+ *          copied into the plan's row order (TMA cannot gather; the copy
+ *          lives in y's memory, free until down): 3-5 % faster than
+ *          gathering them with cp.async in the GEMM's producer.
  * Cost:    FLOPs 2 * rows * 3 * I * D; a stage is BM x 128 + 256 x 128
  *          bytes for BM x 256 x 128 MACs.
  * Twin:    kimi_gemm_fp8a_fp8w + kimi_silu_mul + kimi_act_quant_fp8 of
@@ -59,14 +63,18 @@
 #ifndef KG_ABL
 #define KG_ABL 0
 #endif
-#define KG_OUT_PITCH 144                        /* a staged output row: 128 bytes + 16 */
-#define KG_OUT_B     (64 * KG_OUT_PITCH)        /* a consumer group's 64 rows */
 
 /* Shared memory of one BM: stages of A + 4 boxes of B, then the scales of
- * every stage, the producer's row table, the amax exchange, the barriers. */
-template <int BM>
+ * every stage, the producer's row table, the amax exchange, the barriers,
+ * the epilogue's staged rows: a group's 64 rows of its tile, 16 bytes of
+ * padding a row (two wavefronts a 16-row store, the minimum).  gate_up's
+ * rows are 128 bytes of h (at BM 64 the group's 64 in the first half);
+ * down's 256 * NH of bf16 y, which costs a stage. */
+template <int BM, bool GATE_UP>
 struct kg_layout {
-    static constexpr int stages = BM == 128 ? 4 : 5;
+    static constexpr int out_pitch = (GATE_UP ? 128 : 256 * (BM / 64)) + 16;
+    static constexpr int out_b = 64 * out_pitch;              /* a consumer group's 64 rows */
+    static constexpr int stages = (BM == 128 ? 4 : 5) - (GATE_UP ? 0 : 1);
     static constexpr int a_b = BM * 128;
     static constexpr int stage_b = a_b + 4 * KG_Q_B;
     static constexpr int off_as = stages * stage_b;          /* [stage][128] */
@@ -74,8 +82,8 @@ struct kg_layout {
     static constexpr int off_row = off_bs + stages * 4 * 4;   /* [128] */
     static constexpr int off_amax = off_row + 128 * 4;        /* [2][2][64] */
     static constexpr int off_bar = off_amax + 2 * 2 * 64 * 4; /* full[S], empty[S] */
-    static constexpr int off_out = off_bar + 2 * stages * 8;  /* [2][KG_OUT_B], 16-aligned */
-    static constexpr int smem = off_out + 2 * KG_OUT_B + 1024;
+    static constexpr int off_out = off_bar + 2 * stages * 8;  /* [2][out_b], 16-aligned */
+    static constexpr int smem = off_out + 2 * out_b + 1024;
 };
 
 /* ---- tile list -------------------------------------------------------- */
@@ -162,12 +170,11 @@ kg_quad_amax(const float *v, int n)
 
 template <bool GATE_UP, int BM>
 static __global__ void __launch_bounds__(KG_THREADS, 1)
-moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__restrict__ xq,
-                   const float *__restrict__ xs, int K, int N, int max_tiles, kimi_experts_t ex,
-                   kimi_moe_ws_t ws)
+moe_grouped_kernel(const __grid_constant__ CUtensorMap a_map, const float *__restrict__ xs, int K, int N,
+                   int max_tiles, kimi_experts_t ex, kimi_moe_ws_t ws)
 {
     KIMI_GRID_ENTRY();
-    typedef kg_layout<BM> L;
+    typedef kg_layout<BM, GATE_UP> L;
     constexpr int S = L::stages, NH = BM / 64;     /* halves a consumer group computes */
     extern __shared__ __align__(1024) uint8_t kg_smem_raw[];
     uint8_t *sm = kg_smem_raw + ((1024 - (kimi_smem_addr(kg_smem_raw) & 1023)) & 1023);
@@ -195,9 +202,7 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
 
     if (wg == 0) {
         kimi_setmaxnreg_dec<40>();
-        const uint8_t *a_base = xq;     /* gate_up; down's rows come by TMA */
         const float *s_base = GATE_UP ? xs : ws.hs;
-        const int chunk = wt & 7, rsub = wt >> 3;   /* 8 threads a row, 16 rows a pass */
         int it = 0;
         for (int w = blockIdx.x; w < n_work; w += gridDim.x) {
             const int tile = w / nN, n0 = (w % nN) * (GATE_UP ? 128 : 256);
@@ -211,21 +216,19 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
                              : ex.down_s[e] + (size_t) ((n0 + 64 * wt) / 128) * KB;
             }
             kimi_bar_sync(2, 128);          /* every producer is done with the last table */
-            a_row[wt] = GATE_UP ? ws.row_token[row0 + min(wt, rows - 1)] : row0 + min(wt, rows - 1);
+            a_row[wt] = row0 + min(wt, rows - 1);
             kimi_bar_sync(2, 128);
             if (wt == 0) {
                 kimi_tma_prefetch_map(mg);
                 kimi_tma_prefetch_map(mu);
-                if (!GATE_UP) {
-                    kimi_tma_prefetch_map(&hq_map);
-                }
+                kimi_tma_prefetch_map(&a_map);
             }
             for (int kb = 0; kb < KB; kb++, it++) {
                 const int st = it % S;
                 kimi_mbar_wait(&empty[st], ((it / S) & 1) ^ 1);
                 uint8_t *stg = sm + st * L::stage_b;
                 if (wt == 0) {
-                    kimi_mbar_arrive_tx(&full[st], (KG_ABL == 1 ? 2 : 4) * KG_Q_B + (GATE_UP ? 0 : BM * 128));
+                    kimi_mbar_arrive_tx(&full[st], (KG_ABL == 1 ? 2 : 4) * KG_Q_B + BM * 128);
 #pragma unroll
                     for (int q = 0; q < (KG_ABL == 1 ? 2 : 4); q++) {
                         /* gate_up: gate, up, gate, up of rows n0, n0, n0 + 64, n0 + 64 */
@@ -233,21 +236,10 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
                         kimi_tma_load_2d(stg + L::a_b + q * KG_Q_B, (GATE_UP && (q & 1)) ? mu : mg,
                                          kb * 128, r, &full[st]);
                     }
-                    if (!GATE_UP) {
-                        /* h's rows are the tile's own, contiguous: one box
-                         * (rows past the tile are another's, or past the
-                         * map and zero: never stored) */
-                        kimi_tma_load_2d(stg, &hq_map, kb * 128, row0, &full[st]);
-                    }
-                }
-                if (GATE_UP) {
-                    /* tokens are gathered: TMA cannot */
-#pragma unroll
-                    for (int p = 0; p < BM / 16; p++) {
-                        const int r = p * 16 + rsub;
-                        kimi_cp_async16(stg + wg_swz128(r, chunk * 8),
-                                        a_base + (size_t) a_row[r] * K + kb * 128 + chunk * 16);
-                    }
+                    /* the activation rows are the tile's own, contiguous: one
+                     * box (rows past the tile are another's, or past the map
+                     * and zero: never stored) */
+                    kimi_tma_load_2d(stg, &a_map, kb * 128, row0, &full[st]);
                 }
                 if (wt < BM) {
                     kimi_cp_async4(a_sc + st * 128 + wt, s_base + (size_t) a_row[wt] * KB + kb);
@@ -270,7 +262,7 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
     /* the epilogue stages 64 rows x 128 bytes at a time here, then copies
      * whole rows out (bulk stores): from registers a row's bytes would go
      * out 2-8 bytes a lane, a 32-byte sector half filled per store */
-    uint8_t *out = sm + L::off_out + cg * KG_OUT_B;
+    uint8_t *out = sm + L::off_out + cg * L::out_b;
     const int h0 = BM == 128 ? 0 : cg;              /* this group's first half */
     int it = 0, parity = 0;
 
@@ -293,9 +285,6 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
                     kimi_mbar_arrive(&empty[st]);
                 }
                 continue;
-            }
-            if (GATE_UP) {
-                kimi_fence_proxy_async();   /* the token rows came by cp.async (generic proxy); down's by TMA */
             }
             const float x0 = a_sc[st * 128 + m_off + r0], x1 = a_sc[st * 128 + m_off + r1];
             const uint32_t sa = kimi_smem_addr(sm + st * L::stage_b) + m_off * 128;
@@ -363,7 +352,7 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
                 }
                 const float sc = fmaxf(am, 1e-4f) / KIMI_FP8_MAX, inv = 1.f / sc;
                 /* staged: the group's own 64 * NH columns of the row from byte 0 */
-                uint8_t *q = out + rl * KG_OUT_PITCH;
+                uint8_t *q = out + rl * L::out_pitch;
 #pragma unroll
                 for (int hh = 0; hh < NH; hh++) {
 #pragma unroll
@@ -381,7 +370,7 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
             kimi_bar_sync(3 + cg, 128);
             if (wt < 64 && m_off + wt < rows) {
                 kimi_bulk_store(ws.hq + (size_t) (row0 + m_off + wt) * N + n0 + 64 * h0,
-                                out + wt * KG_OUT_PITCH, 64 * NH);
+                                out + wt * L::out_pitch, 64 * NH);
                 kimi_bulk_commit();
             }
         } else {
@@ -390,34 +379,29 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
              * two 8-byte ones (even t: row r0, odd t: row r1) */
             const int rl = (t & 1) ? r1 : r0;
             const uint64_t evict_first = kimi_l2_evict_first();   /* y is read once, by the combine */
-            const int cq = 8 * 0 + 4 * (t >> 1);
+            const int cq = 4 * (t >> 1);
+            kimi_bulk_wait_read();              /* the last tile's rows have left */
+            kimi_bar_sync(3 + cg, 128);
 #pragma unroll
             for (int hh = 0; hh < NH; hh++) {
-                const int cbase = n0 + (h0 + hh) * 128;
 #pragma unroll
-                for (int qd = 0; qd < 2; qd++) {    /* staged: 64 columns (128 bytes) a round */
-                    kimi_bulk_wait_read();
-                    kimi_bar_sync(3 + cg, 128);
-#pragma unroll
-                    for (int jq = 0; jq < 8; jq++) {
-                        const int j = 8 * qd + jq;
-                        const float *a = acc + hh * 64 + 4 * j;
-                        /* even t sends its r1 pair, odd t its r0 pair */
-                        const float s0 = (t & 1) ? a[0] : a[2], s1 = (t & 1) ? a[1] : a[3];
-                        const float o0 = __shfl_xor_sync(0xffffffffu, s0, 1), o1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-                        /* row r1: partner's (t-1) cols first; row r0: own cols, then partner's */
-                        const float v[4] = {(t & 1) ? o0 : a[0], (t & 1) ? o1 : a[1],
-                                            (t & 1) ? a[2] : o0, (t & 1) ? a[3] : o1};
-                        kimi_st4((uint16_t *) (out + rl * KG_OUT_PITCH) + 8 * jq + cq, v);
-                    }
-                    kimi_fence_proxy_async();
-                    kimi_bar_sync(3 + cg, 128);
-                    if (wt < 64 && m_off + wt < rows) {
-                        kimi_bulk_store_hint(ws.y + (size_t) (row0 + m_off + wt) * N + cbase + 64 * qd,
-                                             out + wt * KG_OUT_PITCH, 128, evict_first);
-                        kimi_bulk_commit();
-                    }
+                for (int j = 0; j < 16; j++) {
+                    const float *a = acc + hh * 64 + 4 * j;
+                    /* even t sends its r1 pair, odd t its r0 pair */
+                    const float s0 = (t & 1) ? a[0] : a[2], s1 = (t & 1) ? a[1] : a[3];
+                    const float o0 = __shfl_xor_sync(0xffffffffu, s0, 1), o1 = __shfl_xor_sync(0xffffffffu, s1, 1);
+                    /* row r1: partner's (t-1) cols first; row r0: own cols, then partner's */
+                    const float v[4] = {(t & 1) ? o0 : a[0], (t & 1) ? o1 : a[1],
+                                        (t & 1) ? a[2] : o0, (t & 1) ? a[3] : o1};
+                    kimi_st4((uint16_t *) (out + rl * L::out_pitch) + hh * 128 + 8 * j + cq, v);
                 }
+            }
+            kimi_fence_proxy_async();           /* the rows, to the bulk copies */
+            kimi_bar_sync(3 + cg, 128);
+            if (wt < 64 && m_off + wt < rows) {
+                kimi_bulk_store_hint(ws.y + (size_t) (row0 + m_off + wt) * N + n0 + h0 * 128,
+                                     out + wt * L::out_pitch, NH * 256, evict_first);
+                kimi_bulk_commit();
             }
         }
     }
@@ -425,6 +409,32 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap hq_map, const uint8_t *__
 }
 
 /* ---- launchers ---------------------------------------------------------- */
+
+/* gate_up's token rows (and their scales) copied into the plan's row order,
+ * tile by tile of the list, so the GEMM loads a tile's rows as one TMA box
+ * (TMA cannot gather).  Only listed rows are copied: a dropped pair's row
+ * has no token. */
+#define KG_GATHER_THREADS 256
+
+static __global__ void __launch_bounds__(KG_GATHER_THREADS)
+moe_gather_rows_kernel(const uint8_t *__restrict__ xq, const float *__restrict__ xs, int K, int max_tiles,
+                       kimi_moe_ws_t ws, uint8_t *__restrict__ xq_rows, float *__restrict__ xs_rows)
+{
+    KIMI_GRID_ENTRY();
+    const int n = ws.tiles[3 * max_tiles], C = K / 16, KB = K / 128;
+    for (int tile = blockIdx.x; tile < n; tile += gridDim.x) {
+        const int row0 = ws.tiles[3 * tile + 1], rows = ws.tiles[3 * tile + 2];
+        for (int i = threadIdx.x; i < rows * C; i += KG_GATHER_THREADS) {
+            const int r = i / C, c = i - r * C;
+            const size_t tok = (size_t) ws.row_token[row0 + r];
+            ((uint4 *) (xq_rows + (size_t) (row0 + r) * K))[c] = __ldg((const uint4 *) (xq + tok * K) + c);
+        }
+        for (int i = threadIdx.x; i < rows * KB; i += KG_GATHER_THREADS) {
+            const int r = i / KB, c = i - r * KB;
+            xs_rows[(size_t) (row0 + r) * KB + c] = xs[(size_t) ws.row_token[row0 + r] * KB + c];
+        }
+    }
+}
 
 /* 128-row tiles once experts average 192 rows (fewer weight re-reads beat
  * the padding of the last tile); 64 below.  KIMI_MOE_BM=64|128 forces one
@@ -482,19 +492,19 @@ kg_launch_bm(const uint8_t *xq, const float *xs, int K, int N, int max_tiles, co
              const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
 {
     KIMI_CUDA_TRY(cudaFuncSetAttribute(moe_grouped_kernel<GATE_UP, BM>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kg_layout<BM>::smem), err);
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kg_layout<BM, GATE_UP>::smem), err);
     /* one block per SM; a block past the work exits at once */
     const int n_work_max = max_tiles * (N / (GATE_UP ? 128 : 256));
-    /* down's activation rows (h, quantised) by TMA: [rows][K] in boxes of
-     * BM rows x 128 bytes; gate_up gathers its token rows itself */
-    CUtensorMap hq_map;
-    int rc = kimi_tmap_2d(&hq_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, GATE_UP ? NULL : ws->hq, K,
+    /* the activation rows by TMA (down's h, gate_up's tokens in plan order):
+     * [rows][K] in boxes of BM rows x 128 bytes */
+    CUtensorMap a_map;
+    int rc = kimi_tmap_2d(&a_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, GATE_UP ? xq : ws->hq, K,
                           ws->rows, K, 128, BM, err);
     if (rc != KIMI_OK) {
         return rc;
     }
     KIMI_LAUNCH(err, moe_grouped_kernel<GATE_UP, BM>, min(kg_n_sm(), n_work_max), KG_THREADS,
-                kg_layout<BM>::smem, s, hq_map, xq, xs, K, N, max_tiles, *ex, *ws);
+                kg_layout<BM, GATE_UP>::smem, s, a_map, xs, K, N, max_tiles, *ex, *ws);
     return KIMI_OK;
 }
 
@@ -506,6 +516,15 @@ kg_launch(const uint8_t *xq, const float *xs, int K, int N, int max_slots, const
     const int bm = kg_bm(ws, max_slots);
     const int max_tiles = kimi_moe_grouped_max_tiles(ws->rows, max_slots);
     KIMI_LAUNCH(err, moe_tile_list_kernel, 1, KG_LIST_THREADS, 0, s, *ws, max_slots, bm, max_tiles);
+    if (GATE_UP) {
+        /* into y's memory: down writes y only after this GEMM has read it */
+        uint8_t *xq_rows = (uint8_t *) ws->y;
+        float *xs_rows = (float *) (xq_rows + (((size_t) ws->rows * K + 255) & ~(size_t) 255));
+        KIMI_LAUNCH(err, moe_gather_rows_kernel, 4 * kg_n_sm(), KG_GATHER_THREADS, 0, s, xq, xs, K, max_tiles,
+                    *ws, xq_rows, xs_rows);
+        xq = xq_rows;
+        xs = xs_rows;
+    }
     return bm == 128 ? kg_launch_bm<GATE_UP, 128>(xq, xs, K, N, max_tiles, ex, ws, s, err)
                      : kg_launch_bm<GATE_UP, 64>(xq, xs, K, N, max_tiles, ex, ws, s, err);
 }

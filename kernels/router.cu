@@ -1,10 +1,13 @@
 /*
- * MoE router: logits GEMV (bf16 weight) and the sigmoid/bias top-k selection.
+ * MoE router: logits GEMV (bf16 weight) and the top-k selection, for the
+ * routers of engine/model/router.h.
  *
  *   logits[t,e] = sum_d x[t,d] * Wg[e,d]                      (fp32 acc)
- *   s = sigmoid(logits); sel = s + bias
- *   groups (n_group of E/n_group): score = sum of the group's 2 best sel;
- *     keep the topk_group best groups (ties: lower group)
+ *   noaux_tc (DeepSeek-V3): s = sigmoid(logits); sel = s + bias
+ *   greedy / group_limited_greedy (DeepSeek-V2): s = softmax(logits); sel = s
+ *   groups (n_group of E/n_group): score = sum of the group's 2 best sel
+ *     (noaux_tc) or its best (group_limited_greedy); keep the topk_group best
+ *     groups (ties: lower group); greedy: no groups
  *   idx[t,0..k) = the k best sel among kept experts, descending, ties lower id
  *   w[t,j] = s[idx_j] / (sum_j s[idx_j] + 1e-20) (if norm) * scale
  *
@@ -235,6 +238,69 @@ static __device__ __forceinline__ uint32_t select_key(float v)
 
 #define SELECT_NONE 0x7fffffff   /* the id of an empty place */
 
+/* DeepSeek-V2's softmax over one token's E logits, as a warp holds them: PL
+ * a lane, expert lane + stride * i in place i (stride 32: one warp holds
+ * all; 128: the fused route's 4 warps each hold a quarter, and pass their
+ * exps through shared memory so the sum is taken in the same order).
+ * ex[i] = exp(logit - max); returns the sum, added lane by lane over the
+ * experts e = lane mod 32 in ascending order, then across lanes by a fixed
+ * tree: the same bits in both kernels. */
+template <int PL, int STRIDE>
+static __device__ __forceinline__ float
+select_softmax(const float (&lg)[PL], int E, int lane, float (&ex)[PL])
+{
+    constexpr int stride = STRIDE;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < PL; i++) {
+        mx = lane + stride * i < E ? fmaxf(mx, lg[i]) : mx;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    }
+    if constexpr (STRIDE > 32) {
+        /* a max is the same in any order: the warps' maxima, then the max */
+        __shared__ float mx_w[4];
+        const int warp = (threadIdx.x >> 5) & 3;
+        if (lane % 32 == 0) {
+            mx_w[warp] = mx;
+        }
+        __syncthreads();
+        mx = fmaxf(fmaxf(mx_w[0], mx_w[1]), fmaxf(mx_w[2], mx_w[3]));
+    }
+    float z = 0.f;
+#pragma unroll
+    for (int i = 0; i < PL; i++) {
+        ex[i] = lane + stride * i < E ? expf(lg[i] - mx) : 0.f;
+    }
+    if constexpr (STRIDE > 32) {
+        __shared__ float ex_all[1024];
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            if (lane + stride * i < E) {
+                ex_all[lane + stride * i] = ex[i];
+            }
+        }
+        __syncthreads();
+        const int l = lane & 31;
+        for (int e = l; e < E; e += 32) {
+            z += ex_all[e];
+        }
+        __syncthreads();        /* ex_all and mx_w are the next token's */
+    } else {
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            z += ex[i];
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        z += __shfl_xor_sync(0xffffffffu, z, o);
+    }
+    return z;
+}
+
 /* bk/bx[0] = the best of bk/bx[0 .. 2W): the larger key, on ties the
  * lower id; a tree, so no step waits on more than log2 before it. */
 template <int W>
@@ -323,7 +389,7 @@ select_store(int id, float sg, int top_k, int norm, float scale, int32_t *__rest
  * 1, ~4 cycles each, so unused places cost as much as used ones). */
 template <int PL>
 static __global__ void __launch_bounds__(128)
-router_select_kernel(const float *__restrict__ logits, const float *__restrict__ bias,
+router_select_kernel(const float *__restrict__ logits, const float *__restrict__ bias, int router,
                      int T, int E, int top_k, int n_group, int topk_group, int norm,
                      float scale, int32_t *__restrict__ idx, float *__restrict__ wout)
 {
@@ -346,10 +412,19 @@ router_select_kernel(const float *__restrict__ logits, const float *__restrict__
         v[i] = e < E ? logits[(size_t) t * E + e] : 0.f;
         b[i] = e < E && bias != NULL ? bias[e] : 0.f;
     }
+    if (router == KIMI_ROUTER_NOAUX_TC) {
 #pragma unroll
-    for (int i = 0; i < PL; i++) {
-        sg[i] = 1.f / (1.f + expf(-v[i]));
-        v[i] = lane + 32 * i < E ? sg[i] + b[i] : -INFINITY;
+        for (int i = 0; i < PL; i++) {
+            sg[i] = 1.f / (1.f + expf(-v[i]));
+            v[i] = lane + 32 * i < E ? sg[i] + b[i] : -INFINITY;
+        }
+    } else {
+        const float z = select_softmax<PL, 32>(v, E, lane, sg);
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            sg[i] /= z;
+            v[i] = lane + 32 * i < E ? sg[i] : -INFINITY;
+        }
     }
     if (n_group > 1 && topk_group < n_group) {
         const int gs = E / n_group;
@@ -371,7 +446,7 @@ router_select_kernel(const float *__restrict__ logits, const float *__restrict__
                     b2 = x;
                 }
             }
-            gsc[gi] = b1 + (gs > 1 ? b2 : 0.f);
+            gsc[gi] = b1 + (gs > 1 && router == KIMI_ROUTER_NOAUX_TC ? b2 : 0.f);
         }
         __syncwarp();
         /* keep topk_group groups: lane 0 marks the rest with -inf score */
@@ -416,11 +491,18 @@ router_select_kernel(const float *__restrict__ logits, const float *__restrict__
 }
 
 extern "C" int
-kimi_moe_router_select(const float *logits, const float *bias, int T, int E,
+kimi_moe_router_select(const float *logits, const float *bias, int router, int T, int E,
                        int top_k, int n_group, int topk_group, int norm,
                        float scale, int32_t *idx, float *w, cudaStream_t s,
                        kimi_err_t *err)
 {
+    if (router == KIMI_ROUTER_GREEDY) {
+        n_group = topk_group = 1;               /* every expert, one group */
+    }
+    if (router != KIMI_ROUTER_NOAUX_TC && router != KIMI_ROUTER_GREEDY
+        && router != KIMI_ROUTER_GROUP_GREEDY) {
+        return kimi_err_set(err, KIMI_EINVAL, "router_select: router %d", router);
+    }
     if (logits == NULL || idx == NULL || w == NULL || T < 0 || E <= 0 || E > 1024
         || top_k <= 0 || top_k > 16 || top_k > E || n_group <= 0 || n_group > 64
         || E % n_group != 0 || topk_group <= 0 || topk_group > n_group
@@ -435,16 +517,16 @@ kimi_moe_router_select(const float *logits, const float *bias, int T, int E,
     const size_t smem = n_group > 1 && topk_group < n_group ? (size_t) (4 * E + 4 * 64) * sizeof(float) : 0;
     const int blocks = (T + 3) / 4;
     if (E <= 128) {
-        KIMI_LAUNCH(err, router_select_kernel<4>, blocks, 128, smem, s, logits, bias, T, E, top_k,
+        KIMI_LAUNCH(err, router_select_kernel<4>, blocks, 128, smem, s, logits, bias, router, T, E, top_k,
                     n_group, topk_group, norm, scale, idx, w);
     } else if (E <= 256) {
-        KIMI_LAUNCH(err, router_select_kernel<8>, blocks, 128, smem, s, logits, bias, T, E, top_k,
+        KIMI_LAUNCH(err, router_select_kernel<8>, blocks, 128, smem, s, logits, bias, router, T, E, top_k,
                     n_group, topk_group, norm, scale, idx, w);
     } else if (E <= 512) {
-        KIMI_LAUNCH(err, router_select_kernel<16>, blocks, 128, smem, s, logits, bias, T, E, top_k,
+        KIMI_LAUNCH(err, router_select_kernel<16>, blocks, 128, smem, s, logits, bias, router, T, E, top_k,
                     n_group, topk_group, norm, scale, idx, w);
     } else {
-        KIMI_LAUNCH(err, router_select_kernel<32>, blocks, 128, smem, s, logits, bias, T, E, top_k,
+        KIMI_LAUNCH(err, router_select_kernel<32>, blocks, 128, smem, s, logits, bias, router, T, E, top_k,
                     n_group, topk_group, norm, scale, idx, w);
     }
     return KIMI_OK;
@@ -462,7 +544,7 @@ kimi_moe_router_select(const float *logits, const float *bias, int T, int E,
  */
 template <int PL>
 static __device__ __forceinline__ void
-route_select_token(const float *__restrict__ logits, const float *__restrict__ bias, int E,
+route_select_token(const float *__restrict__ logits, const float *__restrict__ bias, int router, int E,
                    int top_k, int norm, float scale, int32_t *__restrict__ idx,
                    float *__restrict__ w, int32_t *sidx)
 {
@@ -479,11 +561,20 @@ route_select_token(const float *__restrict__ logits, const float *__restrict__ b
         lg[i] = e < E ? __ldcg(logits + e) : 0.f;    /* other blocks wrote them: from L2 */
         b[i] = e < E && bias != NULL ? bias[e] : 0.f;
     }
+    if (router != KIMI_ROUTER_NOAUX_TC) {
+        const float z = select_softmax<PL, 32 * ROUTER_WARPS>(lg, E, threadIdx.x, sg);
+#pragma unroll
+        for (int i = 0; i < PL; i++) {
+            sg[i] /= z;
+        }
+    }
 #pragma unroll
     for (int i = 0; i < PL; i++) {
         const int e = lane + 32 * (warp + ROUTER_WARPS * i);
-        sg[i] = 1.f / (1.f + expf(-lg[i]));
-        key[i] = e < E ? select_key(sg[i] + b[i]) : 0u;
+        if (router == KIMI_ROUTER_NOAUX_TC) {
+            sg[i] = 1.f / (1.f + expf(-lg[i]));
+        }
+        key[i] = e < E ? select_key(router == KIMI_ROUTER_NOAUX_TC ? sg[i] + b[i] : sg[i]) : 0u;
         id[i] = e < E ? e : SELECT_NONE;
     }
     uint32_t mk = 0;
@@ -528,7 +619,7 @@ route_select_token(const float *__restrict__ logits, const float *__restrict__ b
 template <typename X, int ROWS, int PL>
 static __global__ void __launch_bounds__(ROUTER_WARPS * 32)
 moe_route_kernel(const X *__restrict__ x, const uint16_t *__restrict__ w,
-                 const float *__restrict__ bias, int T, int D, int E, int top_k, int norm,
+                 const float *__restrict__ bias, int router, int T, int D, int E, int top_k, int norm,
                  float scale, int shared, int max_slots, float *__restrict__ logits,
                  int32_t *__restrict__ idx, float *__restrict__ tw, kimi_moe_ws_t ws)
 {
@@ -549,7 +640,7 @@ moe_route_kernel(const X *__restrict__ x, const uint16_t *__restrict__ w,
     }
     __threadfence();
     for (int t = 0; t < T; t++) {
-        route_select_token<PL>(logits + (size_t) t * E, bias, E, top_k, norm, scale,
+        route_select_token<PL>(logits + (size_t) t * E, bias, router, E, top_k, norm, scale,
                                idx + (size_t) t * top_k, tw + (size_t) t * top_k, sidx + t * top_k);
     }
     if (threadIdx.x < 32) {
@@ -558,21 +649,23 @@ moe_route_kernel(const X *__restrict__ x, const uint16_t *__restrict__ w,
 }
 
 extern "C" int
-kimi_moe_route_fused_fits(int T, int top_k, int E, int n_group, int topk_group)
+kimi_moe_route_fused_fits(int router, int T, int top_k, int E, int n_group, int topk_group)
 {
     return T >= 1 && T <= ROUTER_TOK && top_k >= 1 && top_k <= 16 && T * top_k <= 32
            && E >= top_k && E <= 1024 && E % ROUTER_ROWS == 0
-           && (n_group <= 1 || topk_group >= n_group);
+           && (router == KIMI_ROUTER_NOAUX_TC || router == KIMI_ROUTER_GREEDY
+               || router == KIMI_ROUTER_GROUP_GREEDY)
+           && (router == KIMI_ROUTER_GREEDY || n_group <= 1 || topk_group >= n_group);
 }
 
 template <typename X>
 static int
-route_launch(const X *x, const kimi_bf16_t *w, const float *bias, int T, int D, int E,
+route_launch(const X *x, const kimi_bf16_t *w, const float *bias, int router, int T, int D, int E,
              int top_k, int n_group, int topk_group, int norm, float scale, int shared,
              float *logits, int32_t *idx, float *tw, const kimi_moe_ws_t *ws,
              cudaStream_t s, kimi_err_t *err)
 {
-    if (!kimi_moe_route_fused_fits(T, top_k, E, n_group, topk_group)) {
+    if (!kimi_moe_route_fused_fits(router, T, top_k, E, n_group, topk_group)) {
         return kimi_err_set(err, KIMI_EINVAL, "moe_route: T=%d top_k=%d E=%d groups %d/%d do not fit "
                             "one launch (kimi_moe_route_fused_fits)", T, top_k, E, topk_group, n_group);
     }
@@ -587,7 +680,7 @@ route_launch(const X *x, const kimi_bf16_t *w, const float *bias, int T, int D, 
     const int ms = kimi_moe_max_slots(T, top_k, E, shared);
 #define ROUTE_LAUNCH(PL)                                                                        \
     KIMI_LAUNCH(err, moe_route_kernel<X, ROWS, PL>, E / ROWS, ROUTER_WARPS * 32, 0, s, x,       \
-                (const uint16_t *) w, bias, T, D, E, top_k, norm, scale, shared, ms, logits,    \
+                (const uint16_t *) w, bias, router, T, D, E, top_k, norm, scale, shared, ms, logits, \
                 idx, tw, *ws)
     if (E <= 2 * 32 * ROUTER_WARPS) {
         ROUTE_LAUNCH(2);
@@ -601,21 +694,21 @@ route_launch(const X *x, const kimi_bf16_t *w, const float *bias, int T, int D, 
 }
 
 extern "C" int
-kimi_moe_route_fused(const kimi_bf16_t *x, const kimi_bf16_t *w, const float *bias, int T, int D,
+kimi_moe_route_fused(const kimi_bf16_t *x, const kimi_bf16_t *w, const float *bias, int router, int T, int D,
                int E, int top_k, int n_group, int topk_group, int norm, float scale,
                int shared, float *logits, int32_t *idx, float *tw, const kimi_moe_ws_t *ws,
                cudaStream_t s, kimi_err_t *err)
 {
-    return route_launch((const uint16_t *) x, w, bias, T, D, E, top_k, n_group, topk_group, norm,
+    return route_launch((const uint16_t *) x, w, bias, router, T, D, E, top_k, n_group, topk_group, norm,
                         scale, shared, logits, idx, tw, ws, s, err);
 }
 
 extern "C" int
-kimi_moe_route_fused_f32(const float *x, const kimi_bf16_t *w, const float *bias, int T, int D,
+kimi_moe_route_fused_f32(const float *x, const kimi_bf16_t *w, const float *bias, int router, int T, int D,
                    int E, int top_k, int n_group, int topk_group, int norm, float scale,
                    int shared, float *logits, int32_t *idx, float *tw,
                    const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
 {
-    return route_launch(x, w, bias, T, D, E, top_k, n_group, topk_group, norm, scale, shared,
+    return route_launch(x, w, bias, router, T, D, E, top_k, n_group, topk_group, norm, scale, shared,
                         logits, idx, tw, ws, s, err);
 }

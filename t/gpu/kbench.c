@@ -277,8 +277,8 @@ static void
 moe_route(moe_ctx *m)
 {
     KK(kimi_fp8_quant_1x128(m->x, m->D, m->T, m->D, m->xq, m->xs, 0, 0, st, ERR));
-    if (kimi_moe_route_fused_fits(m->T, m->K, m->E, 1, 1) && getenv("KIMI_MOE_ROUTE_SPLIT") == NULL) {
-        KK(kimi_moe_route_fused(m->x, m->wr, m->bias, m->T, m->D, m->E, m->K, 1, 1, 1, 2.827f, 1, m->logits,
+    if (kimi_moe_route_fused_fits(KIMI_ROUTER_NOAUX_TC, m->T, m->K, m->E, 1, 1) && getenv("KIMI_MOE_ROUTE_SPLIT") == NULL) {
+        KK(kimi_moe_route_fused(m->x, m->wr, m->bias, KIMI_ROUTER_NOAUX_TC, m->T, m->D, m->E, m->K, 1, 1, 1, 2.827f, 1, m->logits,
                                 m->idx, m->tw, &m->ws, st, ERR));
         return;
     }
@@ -287,7 +287,7 @@ moe_route(moe_ctx *m)
     } else {
         KK(kimi_moe_router_logits(m->x, m->wr, m->logits, m->T, m->D, m->E, st, ERR));
     }
-    KK(kimi_moe_router_select(m->logits, m->bias, m->T, m->E, m->K, 1, 1, 1, 2.827f, m->idx, m->tw, st, ERR));
+    KK(kimi_moe_router_select(m->logits, m->bias, KIMI_ROUTER_NOAUX_TC, m->T, m->E, m->K, 1, 1, 1, 2.827f, m->idx, m->tw, st, ERR));
     KK(kimi_moe_plan(m->idx, m->T, m->K, m->E, 1, &m->ws, st, ERR));
 }
 
@@ -313,7 +313,7 @@ moe_fn(void *c, int r)
             KK(kimi_moe_router_logits(m->x, m->wr, m->logits, m->T, m->D, m->E, st, ERR));
         }
         return;
-    case 5: KK(kimi_moe_router_select(m->logits, m->bias, m->T, m->E, m->K, 1, 1, 1, 2.827f, m->idx, m->tw, st, ERR)); return;
+    case 5: KK(kimi_moe_router_select(m->logits, m->bias, KIMI_ROUTER_NOAUX_TC, m->T, m->E, m->K, 1, 1, 1, 2.827f, m->idx, m->tw, st, ERR)); return;
     case 6: KK(kimi_moe_plan(m->idx, m->T, m->K, m->E, 1, &m->ws, st, ERR)); return;
     case 7: KK(kimi_moe_combine(&m->ws, m->tw, m->T, m->K, 1, m->D, m->out, st, ERR)); return;
     case 8: moe_route(m); return;
@@ -417,7 +417,7 @@ bench_moe(kimi_cublaslt_t *lt, int NE, const int *Ts, int nT)
             }
             fprintf(tab, "moe      glue B=%-4d E=%-3d quant %6.1f us, router logits %6.1f, select %6.1f, plan %6.1f, combine %6.1f; as run: route %6.1f%s\n",
                     m.T, NE, g[0], g[1], g[2], g[3], g[4], g[5],
-                    kimi_moe_route_fused_fits(m.T, K, NE, 1, 1) ? " (quant + one launch), combine inside down" : "");
+                    kimi_moe_route_fused_fits(KIMI_ROUTER_NOAUX_TC, m.T, K, NE, 1, 1) ? " (quant + one launch), combine inside down" : "");
         }
         m.part = 0;
         if (m.T >= 256) {

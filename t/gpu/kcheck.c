@@ -505,8 +505,11 @@ test_router_lt(kimi_cublaslt_t *lt, int T, int D, int E_)
     free(fx); free(hw); free(gl); free(rl);
 }
 
+static const char *const router_names[] = { "noaux_tc", "greedy", "group_limited_greedy" };
+
+/* router: KIMI_ROUTER_*; the V2 routers get no bias, as the engine's */
 static void
-test_router(int T, int D, int E_, int top_k, int n_group, int topk_group)
+test_router(int router, int T, int D, int E_, int top_k, int n_group, int topk_group, int norm, float scale)
 {
     size_t nx = (size_t) T * D, nw = (size_t) E_ * D;
     uint16_t *hx = hmalloc(nx * 2), *hw = hmalloc(nw * 2);
@@ -521,7 +524,8 @@ test_router(int T, int D, int E_, int top_k, int n_group, int topk_group)
     up(dw, hw, nw * 2);
     up(db, hb, E_ * 4);
     KK(kimi_moe_router_logits(dx, dw, dl, T, D, E_, 0, ERR));
-    KK(kimi_moe_router_select(dl, db, T, E_, top_k, n_group, topk_group, 1, 2.827f, di, dwt, 0, ERR));
+    const float *bias = router == KIMI_ROUTER_NOAUX_TC ? db : NULL;
+    KK(kimi_moe_router_select(dl, bias, router, T, E_, top_k, n_group, topk_group, norm, scale, di, dwt, 0, ERR));
     CK(cudaDeviceSynchronize());
     float *gl = hmalloc((size_t) T * E_ * 4), *rl = hmalloc((size_t) T * E_ * 4), *fx = hmalloc(nx * 4);
     float *gw = hmalloc((size_t) T * top_k * 4), *rw = hmalloc(top_k * 4);
@@ -539,15 +543,16 @@ test_router(int T, int D, int E_, int top_k, int n_group, int topk_group)
     double wmax = 0;
     for (int t = 0; t < T; t++) {
         /* selection compared on the GPU's own logits: it must be exact */
-        kimi_moe_route(KIMI_ROUTER_NOAUX_TC, gl + (size_t) t * E_, hb, E_, n_group, topk_group, top_k, 1, 2.827f, ri, rw);
+        kimi_moe_route(router, gl + (size_t) t * E_, router == KIMI_ROUTER_NOAUX_TC ? hb : NULL, E_, n_group,
+                       topk_group, top_k, norm, scale, ri, rw);
         for (int k = 0; k < top_k; k++) {
             idbad += gi[t * top_k + k] != ri[k];
             double d = fabs(gw[t * top_k + k] - rw[k]) / fabs(rw[k]);
             wmax = d > wmax ? d : wmax;
         }
     }
-    ok(idbad == 0 && wmax < 1e-5, "router_select T=%d E=%d top%d groups %d/%d: ids exact (%zu differ), weights max rel %.1e",
-       T, E_, top_k, topk_group, n_group, idbad, wmax);
+    ok(idbad == 0 && wmax < 1e-5, "router_select %s T=%d E=%d top%d groups %d/%d%s x%g: ids exact (%zu differ), weights max rel %.1e",
+       router_names[router], T, E_, top_k, topk_group, n_group, norm ? " norm" : "", scale, idbad, wmax);
     cudaFree(dx); cudaFree(dw); cudaFree(db); cudaFree(dl); cudaFree(dwt); cudaFree(di);
     free(hx); free(hw); free(hb); free(gl); free(rl); free(fx); free(gw); free(rw); free(gi);
 }
@@ -557,7 +562,7 @@ test_router(int T, int D, int E_, int top_k, int n_group, int topk_group)
  * bit-equal, and equal again on a second run (the
  * ticket wrapped back to 0).  f32: fp32 x as the engine's, else bf16. */
 static void
-test_route_fused(int T, int D, int E_, int top_k, int f32)
+test_route_fused(int router, int T, int D, int E_, int top_k, int f32)
 {
     const size_t nx = (size_t) T * D, nw = (size_t) E_ * D, P = (size_t) T * top_k;
     const int rows = kimi_moe_rows(T, top_k, 1), ms = kimi_moe_max_slots(T, top_k, E_, 1);
@@ -591,15 +596,16 @@ test_route_fused(int T, int D, int E_, int top_k, int f32)
     } else {
         KK(kimi_moe_router_logits(dx, dw, dl[0], T, D, E_, 0, ERR));
     }
-    KK(kimi_moe_router_select(dl[0], db, T, E_, top_k, 1, 1, 1, 2.827f, di[0], dwt[0], 0, ERR));
+    const float *bias = router == KIMI_ROUTER_NOAUX_TC ? db : NULL;
+    KK(kimi_moe_router_select(dl[0], bias, router, T, E_, top_k, 1, 1, 1, 2.827f, di[0], dwt[0], 0, ERR));
     KK(kimi_moe_plan(di[0], T, top_k, E_, 1, &ws[0], 0, ERR));
     size_t diff[2] = {0, 0};
     for (int run = 0; run < 2; run++) {
         if (f32) {
-            KK(kimi_moe_route_fused_f32(dx, dw, db, T, D, E_, top_k, 1, 1, 1, 2.827f, 1, dl[1], di[1],
+            KK(kimi_moe_route_fused_f32(dx, dw, bias, router, T, D, E_, top_k, 1, 1, 1, 2.827f, 1, dl[1], di[1],
                                         dwt[1], &ws[1], 0, ERR));
         } else {
-            KK(kimi_moe_route_fused(dx, dw, db, T, D, E_, top_k, 1, 1, 1, 2.827f, 1, dl[1], di[1],
+            KK(kimi_moe_route_fused(dx, dw, bias, router, T, D, E_, top_k, 1, 1, 1, 2.827f, 1, dl[1], di[1],
                                     dwt[1], &ws[1], 0, ERR));
         }
         CK(cudaDeviceSynchronize());
@@ -631,13 +637,13 @@ test_route_fused(int T, int D, int E_, int top_k, int f32)
     down(gi, di[0], P * 4);
     size_t idbad = 0;
     for (int t = 0; t < T; t++) {
-        kimi_moe_route(KIMI_ROUTER_NOAUX_TC, gl + (size_t) t * E_, hb, E_, 1, 1, top_k, 1, 2.827f, ri, rw);
+        kimi_moe_route(router, gl + (size_t) t * E_, bias ? hb : NULL, E_, 1, 1, top_k, 1, 2.827f, ri, rw);
         for (int k = 0; k < top_k; k++) idbad += gi[t * top_k + k] != ri[k];
     }
     ok(diff[0] == 0 && diff[1] == 0 && idbad == 0,
-       "moe_route_fused%s T=%d D=%d E=%d top%d: logits, ids, weights, plan bit-equal to the three launches "
+       "moe_route_fused%s %s T=%d D=%d E=%d top%d: logits, ids, weights, plan bit-equal to the three launches "
        "(%zu / %zu of 9 arrays differ in runs 1 / 2; tickets back to 0), ids = cpu twin (%zu differ)",
-       f32 ? "_f32" : "", T, D, E_, top_k, diff[0], diff[1], idbad);
+       f32 ? "_f32" : "", router_names[router], T, D, E_, top_k, diff[0], diff[1], idbad);
     for (int v = 0; v < 2; v++) {
         cudaFree(dl[v]); cudaFree(dwt[v]); cudaFree(di[v]); cudaFree(dws[v]);
     }
@@ -1500,15 +1506,24 @@ main(int argc, char **argv)
     test_gemm2(11, 1536, 576, 7168);
     test_gemm(40, 1056, 2048, lt);
     test_gemm(64, 2112, 7168, lt);
-    test_router(7, 7168, 384, 8, 1, 1);
-    test_router(37, 1024, 256, 8, 8, 4);
+    test_router(KIMI_ROUTER_NOAUX_TC, 7, 7168, 384, 8, 1, 1, 1, 2.827f);
+    test_router(KIMI_ROUTER_NOAUX_TC, 37, 1024, 256, 8, 8, 4, 1, 2.827f);
+    /* DeepSeek-V2's: 160 experts in 8 groups keeping 3, top 6, x16, not
+     * normalised; V2-Lite's 64 greedy top 6; a normalised one */
+    test_router(KIMI_ROUTER_GROUP_GREEDY, 29, 1024, 160, 6, 8, 3, 0, 16.f);
+    test_router(KIMI_ROUTER_GREEDY, 13, 2048, 64, 6, 1, 1, 0, 1.f);
+    test_router(KIMI_ROUTER_GREEDY, 5, 1024, 1000, 16, 4, 2, 1, 2.5f);
     test_router_lt(lt, 100, 7168, 384);
     test_router_lt(lt, 65, 1024, 16);
-    test_route_fused(1, 7168, 384, 8, 1);    /* K2 widths, fp32 x as the engine's */
-    test_route_fused(4, 7168, 384, 8, 0);
-    test_route_fused(3, 2048, 16, 4, 1);     /* 16 experts: warps 1-3 hold none */
-    test_route_fused(2, 1024, 1024, 16, 1);  /* the widest: 8 experts a lane, top 16 */
-    test_route_fused(1, 1024, 256, 8, 0);
+    test_route_fused(KIMI_ROUTER_NOAUX_TC, 1, 7168, 384, 8, 1);    /* K2 widths, fp32 x as the engine's */
+    test_route_fused(KIMI_ROUTER_NOAUX_TC, 4, 7168, 384, 8, 0);
+    test_route_fused(KIMI_ROUTER_NOAUX_TC, 3, 2048, 16, 4, 1);     /* 16 experts: warps 1-3 hold none */
+    test_route_fused(KIMI_ROUTER_NOAUX_TC, 2, 1024, 1024, 16, 1);  /* the widest: 8 experts a lane, top 16 */
+    test_route_fused(KIMI_ROUTER_NOAUX_TC, 1, 1024, 256, 8, 0);
+    /* DeepSeek-V2's softmax (the sum across the 4 warps in the select's order) */
+    test_route_fused(KIMI_ROUTER_GREEDY, 1, 2048, 64, 6, 1);
+    test_route_fused(KIMI_ROUTER_GREEDY, 4, 1024, 1000, 8, 1);
+    test_route_fused(KIMI_ROUTER_GROUP_GREEDY, 3, 1024, 160, 6, 0);
     test_plan(8192, 8, 384);   /* above the old plan's shared-memory limit */
     test_plan(3, 8, 1024);     /* <= 32 pairs: the one-warp plan */
     test_plan(4, 8, 6);        /* 32 pairs over 6 experts: many pairs an expert */

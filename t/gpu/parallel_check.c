@@ -865,7 +865,7 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
         kimi_moe_ws_carve(&ws2, ws2_b, rows, MOE_K, E_local, 0, D, MOE_I);
 
         /* distinct experts this rank's tokens touch (for the floors) */
-        if (kimi_moe_router_select(logits, NULL, T, MOE_E, MOE_K, 1, 1, 1,
+        if (kimi_moe_router_select(logits, NULL, KIMI_ROUTER_NOAUX_TC, T, MOE_E, MOE_K, 1, 1, 1,
                                    2.827f, idx, w, s, &err) != 0)
         {
             ok(0, "rank %d: router: %s", rank, err.msg);
@@ -895,7 +895,7 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
                                                     MOE_I)));
             kimi_moe_ws_carve(&ws1, ws1_b, T, MOE_K, MOE_E, 0, D, MOE_I);
             CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-            if (kimi_moe_router_select(logits, NULL, T, MOE_E, MOE_K, 1, 1,
+            if (kimi_moe_router_select(logits, NULL, KIMI_ROUTER_NOAUX_TC, T, MOE_E, MOE_K, 1, 1,
                                        1, 2.827f, idx, w, s, &err) != 0
                 || kimi_moe_plan(idx, T, MOE_K, MOE_E, 0, &ws1, s, &err) != 0
                 || kimi_moe_gate_up(xq, xs, T, D, MOE_I, slots, &ex, &ws1, s,
@@ -921,7 +921,7 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
             int  slots = kimi_moe_max_slots(rows, MOE_K, E_local, 0);
 
             CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-            if (kimi_moe_router_select(logits, NULL, T, MOE_E, MOE_K, 1, 1,
+            if (kimi_moe_router_select(logits, NULL, KIMI_ROUTER_NOAUX_TC, T, MOE_E, MOE_K, 1, 1,
                                        1, 2.827f, idx, w, s, &err) != 0
                 || kimi_ep_dispatch(c, &sh, T, xq, xs, idx, w, &ews, s, &err)
                    != 0
@@ -962,7 +962,7 @@ bench_moe(int rank, kimi_nccl_t *c, cudaStream_t s)
             }
             kimi_ep_inbox_carve(&pws, p2p_inbox[rank], &sh);
             CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-            if (kimi_moe_router_select(logits, NULL, T, MOE_E, MOE_K, 1, 1,
+            if (kimi_moe_router_select(logits, NULL, KIMI_ROUTER_NOAUX_TC, T, MOE_E, MOE_K, 1, 1,
                                        1, 2.827f, idx, w, s, &err) != 0
                 || kimi_ep_p2p_dispatch(&px.p2p, &sh, T, xq, xs, idx, w, &pws,
                                         s, &err) != 0

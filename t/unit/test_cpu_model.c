@@ -443,13 +443,16 @@ test_k2width(void)
  * shape (no q LoRA, two shared experts, top-6, plain RoPE), BF16 weights
  * with YaRN mscale != mscale_all_dim, no dense layer and unnormalised top-k
  * weights, DeepSeek-V3's grouping (8 groups, 4 kept, top-8 of 32, two dense
- * layers).  Same tolerance as the main model.
+ * layers), and DeepSeek-V2's routers as transformers' DeepseekV2ForCausalLM
+ * runs them (softmax scores: groups ranked by their best, 4 kept 2 of 32
+ * top-6 x16 unnormalised; greedy top-6 of 24 with V2-Lite's YaRN).  Same
+ * tolerance as the main model.
  */
 static void
 test_variants(void)
 {
     static const char  *names[] = { "moonlight", "bf16-mscale",
-                                    "dsv3-groups" };
+                                    "dsv3-groups", "v2-groups", "v2-lite" };
     char                fxdir[256], label[64];
 
     for (size_t v = 0; v < sizeof(names) / sizeof(names[0]); v++) {

@@ -70,10 +70,6 @@ kimi_cuda_check_shapes(const kimi_model_config_t *c, uint32_t H, uint32_t tp,
               " --quantization fp8 to quantise its weights at load");
 
     if (c->n_routed_experts > 0) {
-        KIMI_NEED(c->router == KIMI_ROUTER_NOAUX_TC, "scoring_func \"%s\" "
-                  "with topk_method \"%s\" (DeepSeek-V2's routing) is "
-                  "implemented on the cpu backend only", c->scoring_func,
-                  c->topk_method);
         KIMI_NEED(c->moe_intermediate_size % 128 == 0, "moe_intermediate_size "
                   "%u is not a multiple of 128", c->moe_intermediate_size);
         KIMI_NEED(c->n_routed_experts <= 1024, "n_routed_experts %u > 1024",

@@ -495,7 +495,7 @@ kimi_cuda_moe_ep(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
     if (T > 0) {
         KIMI_K(kimi_moe_router_logits_f32(b->a, L->router, b->rl, (int) T, D,
                                           (int) b->E, b->stream, err));
-        KIMI_K(kimi_moe_router_select(b->rl, L->bias, (int) T, (int) b->E, K,
+        KIMI_K(kimi_moe_router_select(b->rl, L->bias, c->router, (int) T, (int) b->E, K,
                                       (int) c->n_group, (int) c->topk_group,
                                       c->norm_topk_prob,
                                       c->routed_scaling_factor, b->tidx,
@@ -589,10 +589,11 @@ kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
     slots = kimi_moe_max_slots((int) T, K, E, b->shared_in_moe);
 
     /* batches of 1-4 tokens: router, selection and plan in one launch */
-    if (kimi_moe_route_fused_fits((int) T, K, E, (int) c->n_group,
+    if (kimi_moe_route_fused_fits(c->router, (int) T, K, E, (int) c->n_group,
                                   (int) c->topk_group))
     {
-        KIMI_K(kimi_moe_route_fused_f32(b->a, L->router, L->bias, (int) T, D,
+        KIMI_K(kimi_moe_route_fused_f32(b->a, L->router, L->bias, c->router,
+                                        (int) T, D,
                                         E, K, (int) c->n_group,
                                         (int) c->topk_group,
                                         c->norm_topk_prob,
@@ -647,7 +648,7 @@ kimi_cuda_route(kimi_cuda_t *b, const kimi_cuda_layer_t *L, uint32_t T,
                                           E, b->stream, err));
     }
 
-    KIMI_K(kimi_moe_router_select(b->rl, L->bias, (int) T, E, K,
+    KIMI_K(kimi_moe_router_select(b->rl, L->bias, c->router, (int) T, E, K,
                                   (int) c->n_group, (int) c->topk_group,
                                   c->norm_topk_prob,
                                   c->routed_scaling_factor, b->tidx, b->tw,
