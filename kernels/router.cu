@@ -21,6 +21,8 @@
  *          tensor cores instead, x split in two bf16 halves (fp32-accurate;
  *          the GEMV kernels re-read x per expert: 2 ms at 2048 tokens x 384
  *          experts on an H200).
+ *          The router is a template parameter of the selection kernels
+ *          (SOFTMAX): a runtime branch cost batch 1's fused route ~2 us.
  * Twin:    kimi_gemm_f32_bf16w() and kimi_moe_route() in engine/backend/cpu/ops.h.
  */
 
@@ -387,9 +389,9 @@ select_store(int id, float sg, int top_k, int norm, float scale, int32_t *__rest
 /* One warp per token (4 tokens per block); PL experts a lane, E <= 32 * PL
  * (PL just above E / 32: a single warp's instructions are its time at batch
  * 1, ~4 cycles each, so unused places cost as much as used ones). */
-template <int PL>
+template <int PL, bool SOFTMAX>
 static __global__ void __launch_bounds__(128)
-router_select_kernel(const float *__restrict__ logits, const float *__restrict__ bias, int router,
+router_select_kernel(const float *__restrict__ logits, const float *__restrict__ bias,
                      int T, int E, int top_k, int n_group, int topk_group, int norm,
                      float scale, int32_t *__restrict__ idx, float *__restrict__ wout)
 {
@@ -412,7 +414,7 @@ router_select_kernel(const float *__restrict__ logits, const float *__restrict__
         v[i] = e < E ? logits[(size_t) t * E + e] : 0.f;
         b[i] = e < E && bias != NULL ? bias[e] : 0.f;
     }
-    if (router == KIMI_ROUTER_NOAUX_TC) {
+    if constexpr (!SOFTMAX) {
 #pragma unroll
         for (int i = 0; i < PL; i++) {
             sg[i] = 1.f / (1.f + expf(-v[i]));
@@ -446,7 +448,7 @@ router_select_kernel(const float *__restrict__ logits, const float *__restrict__
                     b2 = x;
                 }
             }
-            gsc[gi] = b1 + (gs > 1 && router == KIMI_ROUTER_NOAUX_TC ? b2 : 0.f);
+            gsc[gi] = b1 + (gs > 1 && !SOFTMAX ? b2 : 0.f);
         }
         __syncwarp();
         /* keep topk_group groups: lane 0 marks the rest with -inf score */
@@ -516,17 +518,22 @@ kimi_moe_router_select(const float *logits, const float *bias, int router, int T
     }
     const size_t smem = n_group > 1 && topk_group < n_group ? (size_t) (4 * E + 4 * 64) * sizeof(float) : 0;
     const int blocks = (T + 3) / 4;
+    const bool sm = router != KIMI_ROUTER_NOAUX_TC;     /* DeepSeek-V2's softmax */
     if (E <= 128) {
-        KIMI_LAUNCH(err, router_select_kernel<4>, blocks, 128, smem, s, logits, bias, router, T, E, top_k,
+        KIMI_LAUNCH(err, sm ? router_select_kernel<4, true> : router_select_kernel<4, false>, blocks, 128, smem, s,
+                    logits, bias, T, E, top_k,
                     n_group, topk_group, norm, scale, idx, w);
     } else if (E <= 256) {
-        KIMI_LAUNCH(err, router_select_kernel<8>, blocks, 128, smem, s, logits, bias, router, T, E, top_k,
+        KIMI_LAUNCH(err, sm ? router_select_kernel<8, true> : router_select_kernel<8, false>, blocks, 128, smem, s,
+                    logits, bias, T, E, top_k,
                     n_group, topk_group, norm, scale, idx, w);
     } else if (E <= 512) {
-        KIMI_LAUNCH(err, router_select_kernel<16>, blocks, 128, smem, s, logits, bias, router, T, E, top_k,
+        KIMI_LAUNCH(err, sm ? router_select_kernel<16, true> : router_select_kernel<16, false>, blocks, 128, smem, s,
+                    logits, bias, T, E, top_k,
                     n_group, topk_group, norm, scale, idx, w);
     } else {
-        KIMI_LAUNCH(err, router_select_kernel<32>, blocks, 128, smem, s, logits, bias, router, T, E, top_k,
+        KIMI_LAUNCH(err, sm ? router_select_kernel<32, true> : router_select_kernel<32, false>, blocks, 128, smem, s,
+                    logits, bias, T, E, top_k,
                     n_group, topk_group, norm, scale, idx, w);
     }
     return KIMI_OK;
@@ -542,9 +549,9 @@ kimi_moe_router_select(const float *logits, const float *bias, int router, int T
  * (no group limit), with a quarter of its rounds' work on each warp: one
  * warp's instruction count is what the select costs at batch 1.
  */
-template <int PL>
+template <int PL, bool SOFTMAX>
 static __device__ __forceinline__ void
-route_select_token(const float *__restrict__ logits, const float *__restrict__ bias, int router, int E,
+route_select_token(const float *__restrict__ logits, const float *__restrict__ bias, int E,
                    int top_k, int norm, float scale, int32_t *__restrict__ idx,
                    float *__restrict__ w, int32_t *sidx)
 {
@@ -561,7 +568,7 @@ route_select_token(const float *__restrict__ logits, const float *__restrict__ b
         lg[i] = e < E ? __ldcg(logits + e) : 0.f;    /* other blocks wrote them: from L2 */
         b[i] = e < E && bias != NULL ? bias[e] : 0.f;
     }
-    if (router != KIMI_ROUTER_NOAUX_TC) {
+    if constexpr (SOFTMAX) {
         const float z = select_softmax<PL, 32 * ROUTER_WARPS>(lg, E, threadIdx.x, sg);
 #pragma unroll
         for (int i = 0; i < PL; i++) {
@@ -571,10 +578,10 @@ route_select_token(const float *__restrict__ logits, const float *__restrict__ b
 #pragma unroll
     for (int i = 0; i < PL; i++) {
         const int e = lane + 32 * (warp + ROUTER_WARPS * i);
-        if (router == KIMI_ROUTER_NOAUX_TC) {
+        if constexpr (!SOFTMAX) {
             sg[i] = 1.f / (1.f + expf(-lg[i]));
         }
-        key[i] = e < E ? select_key(router == KIMI_ROUTER_NOAUX_TC ? sg[i] + b[i] : sg[i]) : 0u;
+        key[i] = e < E ? select_key(SOFTMAX ? sg[i] : sg[i] + b[i]) : 0u;
         id[i] = e < E ? e : SELECT_NONE;
     }
     uint32_t mk = 0;
@@ -616,10 +623,10 @@ route_select_token(const float *__restrict__ logits, const float *__restrict__ b
  * launch, ramp and tail.  The last block is found by a ticket
  * (ws.tickets[0], wrapped back to 0 by the last arrival).
  */
-template <typename X, int ROWS, int PL>
+template <typename X, int ROWS, int PL, bool SOFTMAX>
 static __global__ void __launch_bounds__(ROUTER_WARPS * 32)
 moe_route_kernel(const X *__restrict__ x, const uint16_t *__restrict__ w,
-                 const float *__restrict__ bias, int router, int T, int D, int E, int top_k, int norm,
+                 const float *__restrict__ bias, int T, int D, int E, int top_k, int norm,
                  float scale, int shared, int max_slots, float *__restrict__ logits,
                  int32_t *__restrict__ idx, float *__restrict__ tw, kimi_moe_ws_t ws)
 {
@@ -640,7 +647,7 @@ moe_route_kernel(const X *__restrict__ x, const uint16_t *__restrict__ w,
     }
     __threadfence();
     for (int t = 0; t < T; t++) {
-        route_select_token<PL>(logits + (size_t) t * E, bias, router, E, top_k, norm, scale,
+        route_select_token<PL, SOFTMAX>(logits + (size_t) t * E, bias, E, top_k, norm, scale,
                                idx + (size_t) t * top_k, tw + (size_t) t * top_k, sidx + t * top_k);
     }
     if (threadIdx.x < 32) {
@@ -678,10 +685,11 @@ route_launch(const X *x, const kimi_bf16_t *w, const float *bias, int router, in
     }
     constexpr int ROWS = sizeof(X) == 4 ? ROUTER_ROWS : 1;
     const int ms = kimi_moe_max_slots(T, top_k, E, shared);
+    const bool sm = router != KIMI_ROUTER_NOAUX_TC;     /* DeepSeek-V2's softmax */
 #define ROUTE_LAUNCH(PL)                                                                        \
-    KIMI_LAUNCH(err, moe_route_kernel<X, ROWS, PL>, E / ROWS, ROUTER_WARPS * 32, 0, s, x,       \
-                (const uint16_t *) w, bias, router, T, D, E, top_k, norm, scale, shared, ms, logits, \
-                idx, tw, *ws)
+    KIMI_LAUNCH(err, sm ? moe_route_kernel<X, ROWS, PL, true> : moe_route_kernel<X, ROWS, PL, false>, \
+                E / ROWS, ROUTER_WARPS * 32, 0, s, x, (const uint16_t *) w, bias, T, D, E, top_k,    \
+                norm, scale, shared, ms, logits, idx, tw, *ws)
     if (E <= 2 * 32 * ROUTER_WARPS) {
         ROUTE_LAUNCH(2);
     } else if (E <= 4 * 32 * ROUTER_WARPS) {
