@@ -356,8 +356,10 @@ int kimi_moe_combine_f32(const kimi_moe_ws_t *ws, const float *topk_w, int T,
  *   score[b,h,p] = scale * (q[b,h,0:512].c_p + q[b,h,512:576].kpe_p)
  *   o[b,h,:]     = sum_p softmax_p(score) c_p                    (512, bf16)
  * q bf16 [B][H][576] (q_nope already absorbed through W_UK, q_pe rotated).
- * H % 16 == 0, H <= 64.  Work is split over the context; partial results go
- * to ws (kimi_mla_ws_bytes) and a second kernel merges them.
+ * H % 16 == 0, H <= 256: the kernels serve 64 heads from one read of each
+ * cache tile, more (DeepSeek-V3's 128 on one rank) run in groups of 64,
+ * reading the cache once a group.  Work is split over the context; partial
+ * results go to ws (kimi_mla_ws_bytes) and a second kernel merges them.
  */
 size_t kimi_mla_ws_bytes(int B, int H, int n_splits);
 int    kimi_mla_n_splits(int B, int max_ctx, int n_sm);

@@ -38,6 +38,8 @@
 #define MLA_D      576
 #define MLA_DV     512
 #define MLA_TILE   32            /* kimi_mla_n_splits' unit: at least 4 per split */
+#define MLA_GROUP  64            /* heads one kernel call serves (the wgmma tile's rows) */
+#define MLA_MAX_HEADS 256        /* more in groups of MLA_GROUP */
 
 /* The split partials' O: bf16 halves the bytes the decode kernels write and
  * the combine reads back (7 % of a B=64 x 8K bf16 call as fp32); O is
@@ -1462,13 +1464,24 @@ mla_combine_kernel(const mla_part_t *__restrict__ opart, const float *__restrict
     *(uint2 *) (o + ((size_t) b * H + h) * MLA_DV + threadIdx.x * 4) = out;
 }
 
-extern "C" size_t
-kimi_mla_ws_bytes(int B, int H, int n_splits)
+/* The partials of one call of at most MLA_GROUP heads */
+static size_t
+mla_part_bytes(int B, int H)
 {
     /* a partial per run and sequence it crosses: B + runs - 1 <= B +
      * MF_MAX_RUNS (n_splits sets the runs, not this bound) */
-    (void) n_splits;
     return ((size_t) B + MF_MAX_RUNS) * H * (MLA_DV * sizeof(mla_part_t) + 2 * sizeof(float));
+}
+
+extern "C" size_t
+kimi_mla_ws_bytes(int B, int H, int n_splits)
+{
+    (void) n_splits;
+    if (H <= MLA_GROUP) {
+        return mla_part_bytes(B, H);
+    }
+    /* more heads: a group's partials, then its q and o gathered */
+    return mla_part_bytes(B, MLA_GROUP) + (size_t) B * MLA_GROUP * (MLA_D + MLA_DV) * sizeof(kimi_bf16_t);
 }
 /* One wave: at most n_sm blocks in all (the kernel holds one block per SM),
  * and at least 4 tiles (128 tokens) per split so the partials (64 KB per
@@ -1505,6 +1518,11 @@ mla_v11_forced(void)
     return v;
 }
 
+static int mla_decode_group(const kimi_bf16_t *q, int B, int H, const void *kv, const float *kv_scale,
+                            int kv_fp8, int bs, const int32_t *block_table, int bt_ld,
+                            const int32_t *seq_len, int n_splits, float scale, void *ws,
+                            kimi_bf16_t *o, cudaStream_t s, kimi_err_t *err);
+
 extern "C" int
 kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
                 const float *kv_scale, int kv_fp8, int bs,
@@ -1513,15 +1531,48 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
                 cudaStream_t s, kimi_err_t *err)
 {
     if (q == NULL || kv == NULL || block_table == NULL || seq_len == NULL || ws == NULL
-        || o == NULL || B <= 0 || H <= 0 || H % 16 != 0 || H > 64 || bs <= 0
+        || o == NULL || B <= 0 || H <= 0 || H % 16 != 0 || H > MLA_MAX_HEADS || bs <= 0
         || bt_ld <= 0 || n_splits <= 0 || (kv_fp8 && kv_scale == NULL)) {
         return kimi_err_set(err, KIMI_EINVAL,
-                            "mla_decode: B=%d H=%d bs=%d bt_ld=%d splits=%d fp8=%d (H %% 16, H <= 64)",
-                            B, H, bs, bt_ld, n_splits, kv_fp8);
+                            "mla_decode: B=%d H=%d bs=%d bt_ld=%d splits=%d fp8=%d (H %% 16, H <= %d)",
+                            B, H, bs, bt_ld, n_splits, kv_fp8, MLA_MAX_HEADS);
     }
     if (((uintptr_t) q | (uintptr_t) kv | (uintptr_t) ws) & 15) {
         return kimi_err_set(err, KIMI_EINVAL, "mla_decode: q, kv or ws not 16-byte aligned");
     }
+    if (H <= MLA_GROUP) {
+        return mla_decode_group(q, B, H, kv, kv_scale, kv_fp8, bs, block_table, bt_ld, seq_len, n_splits,
+                                scale, ws, o, s, err);
+    }
+    /* The kernels serve up to 64 heads from one read of each tile (the
+     * 64-row wgmma tile): more heads (DeepSeek-V3's 128 on one rank) run
+     * as groups of 64, each gathered into ws, decoded, and scattered back;
+     * the cache is read once a group. */
+    kimi_bf16_t *qg = (kimi_bf16_t *) ((uint8_t *) ws + mla_part_bytes(B, MLA_GROUP));
+    kimi_bf16_t *og = qg + (size_t) B * MLA_GROUP * MLA_D;
+    for (int h0 = 0; h0 < H; h0 += MLA_GROUP) {
+        const int hn = H - h0 < MLA_GROUP ? H - h0 : MLA_GROUP;
+        KIMI_CUDA_TRY(cudaMemcpy2DAsync(qg, (size_t) hn * MLA_D * 2, q + (size_t) h0 * MLA_D,
+                                        (size_t) H * MLA_D * 2, (size_t) hn * MLA_D * 2, B,
+                                        cudaMemcpyDeviceToDevice, s), err);
+        int rc = mla_decode_group(qg, B, hn, kv, kv_scale, kv_fp8, bs, block_table, bt_ld, seq_len,
+                                  n_splits, scale, ws, og, s, err);
+        if (rc != KIMI_OK) {
+            return rc;
+        }
+        KIMI_CUDA_TRY(cudaMemcpy2DAsync(o + (size_t) h0 * MLA_DV, (size_t) H * MLA_DV * 2, og,
+                                        (size_t) hn * MLA_DV * 2, (size_t) hn * MLA_DV * 2, B,
+                                        cudaMemcpyDeviceToDevice, s), err);
+    }
+    return KIMI_OK;
+}
+
+/* One call of at most MLA_GROUP heads (checked by kimi_mla_decode). */
+static int
+mla_decode_group(const kimi_bf16_t *q, int B, int H, const void *kv, const float *kv_scale, int kv_fp8,
+                 int bs, const int32_t *block_table, int bt_ld, const int32_t *seq_len, int n_splits,
+                 float scale, void *ws, kimi_bf16_t *o, cudaStream_t s, kimi_err_t *err)
+{
     int dev, n_sm;
     KIMI_CUDA_TRY(cudaGetDevice(&dev), err);
     KIMI_CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev), err);

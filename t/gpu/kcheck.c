@@ -1430,6 +1430,12 @@ test_mla_decode_all(void)
     test_mla_runs(4, l3, 1, 32, 64, 1);
     test_mla_runs(3, l2, 1, 64, 128, 1);
     test_mla_runs(4, l3, 1, 16, 64, 1);
+    /* more heads than one call serves (DeepSeek-V3's 128; 80 = 64 + 16):
+     * groups of 64 gathered and scattered through the workspace */
+    test_mla(3, l1, 0, 128, 64);
+    test_mla(4, l3, 1, 128, 64);
+    test_mla_runs(3, l2, 0, 80, 16, 1);
+    test_mla_runs(3, l2, 1, 128, 64, 1);
     int l4[70];
     for (int b = 0; b < 70; b++) l4[b] = 1 + (int) (rnext() % 700);
     test_mla(70, l4, 0, 64, 64);   /* 70 sequences: one split each */

@@ -43,9 +43,9 @@ kimi_cuda_check_shapes(const kimi_model_config_t *c, uint32_t H, uint32_t tp,
     KIMI_NEED(c->kv_lora_rank == 512 && c->qk_rope_head_dim == 64,
               "kv_lora_rank %u + qk_rope_head_dim %u: the MLA kernels take "
               "512 + 64 only", c->kv_lora_rank, c->qk_rope_head_dim);
-    KIMI_NEED(H % 16 == 0 && H <= 64, "num_attention_heads %u (per "
+    KIMI_NEED(H % 16 == 0 && H <= 256, "num_attention_heads %u (per "
               "tensor-parallel rank): the MLA kernels need a multiple of 16,"
-              " at most 64", H);
+              " at most 256", H);
     KIMI_NEED(tp == 1 || (c->qk_nope_head_dim + c->v_head_dim) * head_first
               % 128 == 0, "a tensor-parallel shard's kv_b_proj rows do not "
               "start on a 128-row FP8 block (heads from %u)", head_first);
