@@ -37,6 +37,7 @@
 #include "../engine/text/ebnf.h"
 #include "../engine/text/json_schema.h"
 #include "../engine/text/regex_dfa.h"
+#include "../engine/text/struct_tag.h"
 
 
 #define NGX_HTTP_KIMI_VERSION           "0.1.0"   /* GET /version; debian/changelog */

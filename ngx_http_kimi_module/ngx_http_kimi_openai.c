@@ -262,8 +262,9 @@ ngx_http_kimi_guided_program(ngx_http_kimi_ctx_t *ctx, int32_t tag,
  * ...} | {"choice": [...]} | {"grammar": ...} | {"json_object": true}, is
  * moved onto the guided_* / response_format fields it stands for (so one
  * path checks and enforces both), its disable_any_whitespace onto the
- * sampling parameters; its structural_tag is a 400, as is one constraint
- * given both ways. */
+ * sampling parameters, its structural_tag (a JSON text, as vLLM takes it,
+ * or the object) onto response_format {"type": "structural_tag", ...};
+ * one constraint given both ways is a 400. */
 static ngx_int_t
 ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
 {
@@ -309,13 +310,13 @@ ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
             continue;
         }
 
-        if (ngx_strcmp(key, "structural_tag") == 0
-            || ngx_strcmp(key, "disable_additional_properties") == 0
+        if (ngx_strcmp(key, "disable_additional_properties") == 0
             || ngx_strcmp(key, "whitespace_pattern") == 0)
         {
             ngx_sprintf(err, "\"structured_outputs\": \"%s\" is not"
                         " supported: this server implements json, regex,"
-                        " choice, grammar and json_object", key);
+                        " choice, grammar, json_object and structural_tag",
+                        key);
             return NGX_ERROR;
         }
 
@@ -332,11 +333,38 @@ ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
             continue;
         }
 
-        if (maps[i][1] == NULL && ngx_strcmp(key, "json_object") != 0) {
+        if (maps[i][1] == NULL && ngx_strcmp(key, "json_object") != 0
+            && ngx_strcmp(key, "structural_tag") != 0)
+        {
             continue;                         /* a backend preference */
         }
 
         n++;
+        if (ngx_strcmp(key, "structural_tag") == 0) {
+            json_t        *tag;
+            json_error_t   je;
+
+            tag = json_is_string(v) ? json_loads(json_string_value(v), 0, &je)
+                                    : json_incref(v);
+            if (!json_is_object(tag)) {
+                json_decref(tag);
+                ngx_sprintf(err, "\"structured_outputs\": \"structural_tag\""
+                            " must be a JSON object (or its text) with"
+                            " \"structures\" and \"triggers\"");
+                return NGX_ERROR;
+            }
+            v = json_object_get(root, "response_format");
+            if (v != NULL && !json_is_null(v)) {
+                json_decref(tag);
+                ngx_sprintf(err, "\"structured_outputs\" and"
+                            " \"response_format\" cannot be combined");
+                return NGX_ERROR;
+            }
+            json_object_set_new(tag, "type", json_string("structural_tag"));
+            json_object_set_new(root, "response_format", tag);
+            continue;
+        }
+
         if (ngx_strcmp(key, "json_object") == 0) {
             if (!json_is_true(v)) {
                 ngx_sprintf(err, "\"structured_outputs\": \"json_object\""
@@ -367,7 +395,7 @@ ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
 
     if (n > 1) {
         ngx_sprintf(err, "\"structured_outputs\" takes one of json, regex,"
-                    " choice, grammar and json_object");
+                    " choice, grammar, json_object and structural_tag");
         return NGX_ERROR;
     }
 
@@ -390,7 +418,7 @@ static ngx_int_t
 ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
     u_char *err, const char **param)
 {
-    json_t             *v, *t, *schema = NULL, *loaded = NULL;
+    json_t             *v, *t, *schema = NULL, *loaded = NULL, *stag = NULL;
     int32_t            *prog;
     char               *pattern;
     size_t              n, plen;
@@ -428,12 +456,24 @@ ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
                 return NGX_ERROR;
             }
 
+        } else if (ngx_strcmp(type, "structural_tag") == 0) {
+            stag = v;
+
+            if (json_object_get(v, "format") != NULL) {
+                ngx_sprintf(err, "\"response_format\" of type"
+                            " \"structural_tag\": the \"format\" form is not"
+                            " supported; give \"structures\" and"
+                            " \"triggers\"");
+                return NGX_ERROR;
+            }
+
         } else if (ngx_strcmp(type, "text") != 0
                    && ngx_strcmp(type, "json_object") != 0)
         {
             ngx_sprintf(err, "\"response_format\" of type \"%*s\" is not"
                         " supported: this server implements \"text\","
-                        " \"json_object\" and \"json_schema\"",
+                        " \"json_object\", \"json_schema\" and"
+                        " \"structural_tag\"",
                         (size_t) ngx_min(json_string_length(t), (size_t) 64),
                         type);
             return NGX_ERROR;
@@ -541,6 +581,16 @@ ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
         }
 
         return ngx_http_kimi_guided_program(ctx, KIMI_REGEX_TAG, prog, n, err);
+    }
+
+    if (stag != NULL) {
+        if (kimi_stag_compile(stag, &prog, &n, msg, sizeof(msg)) != 0) {
+            ngx_sprintf(err, "\"response_format\" of type"
+                        " \"structural_tag\" cannot be enforced: %s", msg);
+            return NGX_ERROR;
+        }
+
+        return ngx_http_kimi_guided_program(ctx, KIMI_STAG_TAG, prog, n, err);
     }
 
     if (schema == NULL) {
@@ -1123,7 +1173,8 @@ ngx_http_kimi_parse_common(ngx_http_kimi_ctx_t *ctx, json_t *root, u_char *err,
         }
         if (s->json_object || pr->n_guided > 0) {
             ngx_sprintf(err, "\"guided_choice\" and a JSON mode, JSON"
-                        " schema, regex or grammar cannot be combined");
+                        " schema, regex, grammar or structural tag cannot be"
+                        " combined");
             return NGX_ERROR;
         }
         pr->guided_choice = v;

@@ -416,7 +416,7 @@ for my $case (
       'response_format', qr/needs "json_schema"/ ],
     [ { type => 'json_schema', json_schema => { name => 'x',
         schema => { type => 'string' } } }, 'response_format', qr/top level/ ],
-    [ { type => 'xml' }, 'response_format', qr/"text", "json_object" and "json_schema"/ ],
+    [ { type => 'xml' }, 'response_format', qr/"text", "json_object", "json_schema" and "structural_tag"/ ],
 ) {
     $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
         response_format => $case->[0]));

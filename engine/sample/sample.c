@@ -17,6 +17,7 @@
 
 #include "sample.h"
 #include "json_mode.h"
+#include "stag_mode.h"
 #include "../text/regex_dfa.h"
 #include "../text/kimi_text.h"
 
@@ -415,6 +416,16 @@ kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
         return KIMI_OK;
     }
 
+    if (n_words > 0 && words[0] == KIMI_STAG_TAG) {
+        kimi_stag_t  t;
+
+        if (kimi_stag_view(words + 1, n_words - 1, &t, msg, sizeof(msg)) != 0)
+        {
+            return kimi_err_set(err, KIMI_EINVAL, "%s", msg);
+        }
+        return KIMI_OK;
+    }
+
     if (n_words > 0 && words[0] == KIMI_REGEX_TAG) {
         if (kimi_regex_check(words + 1, n_words - 1, msg, sizeof(msg)) != 0) {
             return kimi_err_set(err, KIMI_EINVAL, "%s", msg);
@@ -509,6 +520,8 @@ kimi_sample_is_plain_random(const kimi_sample_req_t *req)
 
 
 static uint32_t kimi_sample_argmax(const float *x, uint32_t n);
+static void kimi_sample_stag_mask(kimi_sampler_t *s,
+    const kimi_sample_req_t *req);
 static void kimi_sample_json_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req, const int32_t *prog,
     const kimi_sample_frame_t *frame);
@@ -644,6 +657,11 @@ kimi_sample_process(kimi_sampler_t *s, const float *logits,
     } else if (req->n_guided > 0 && req->guided[0] == KIMI_REGEX_TAG) {
         if (req->tokenizer != NULL) {
             kimi_sample_regex_mask(s, req, req->guided + 1);
+        }
+
+    } else if (req->n_guided > 0 && req->guided[0] == KIMI_STAG_TAG) {
+        if (req->tokenizer != NULL) {
+            kimi_sample_stag_mask(s, req);
         }
 
     } else if (req->n_guided > 0 && req->guided[0] == KIMI_TOOL_CALL_TAG) {
@@ -1318,6 +1336,134 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
 
     /* no byte can follow (nesting at its limit under a schema that keeps
      * asking for more): the answer ends here, a prefix, as at max_tokens */
+    if (!allowed) {
+        for (i = 0; i < req->n_eos; i++) {
+            if ((uint32_t) req->eos_ids[i] < s->vocab) {
+                s->x[req->eos_ids[i]] = 0.0f;
+            }
+        }
+    }
+}
+
+
+/* 1 if the token's bytes extend the structural-tag prefix in st */
+static int
+kimi_sample_stag_ok(const kimi_tokenizer_t *tk, const kimi_stag_state_t *st,
+    uint32_t id)
+{
+    kimi_stag_state_t  t;
+    const char        *b;
+    size_t             len;
+
+    kimi_stag_copy(&t, st);
+    b = kimi_token_bytes(tk, (int32_t) id, &len);
+    return b != NULL && kimi_stag_feed(&t, b, len) == 0;
+}
+
+
+/* Structural tags: the output so far through the recogniser (a special
+ * token only in free text), then every token it would refuse is masked.
+ * In free text the output may end and special tokens pass; a token none
+ * of whose bytes ends a trigger passes unread.  Inside a structure no
+ * special token (eos neither) may come; inside its JSON strings the plain
+ * tokens pass unread; elsewhere a refused first byte masks its bucket. */
+static void
+kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
+{
+    const kimi_tokenizer_t  *tk = req->tokenizer;
+    const int32_t           *out = req->tokens + req->n_prompt;
+    kimi_json_vocab_t       *jv = &s->jv;
+    kimi_stag_t              t;
+    kimi_stag_state_t        st, c1;
+    const char              *b;
+    size_t                   len;
+    uint32_t                 i, id;
+    unsigned char            c;
+    int                      broken = 0, allowed = 0;
+    char                     msg[160];
+
+    if (kimi_sample_json_vocab(s, tk) != 0
+        || kimi_stag_view(req->guided + 1, req->n_guided - 1, &t, msg,
+                          sizeof(msg)) != 0)
+    {
+        return;                 /* out of memory (the words were checked) */
+    }
+
+    kimi_stag_init(&st, &t, req->sampling->json_no_ws);
+
+    for (i = 0; i < req->n_output && !broken; i++) {
+        id = (uint32_t) out[i];
+        if (id >= s->vocab) {
+            broken = 1;
+        } else if (jv->cls[id] == KIMI_JV_SPECIAL) {
+            broken = kimi_stag_special(&st) != 0;
+        } else {
+            b = kimi_token_bytes(tk, (int32_t) id, &len);
+            broken = kimi_stag_feed(&st, b, len) != 0;
+        }
+    }
+
+    /* an output the grammar refuses (it cannot come from this mask) can
+     * only end */
+    if (broken) {
+        for (id = 0; id < s->vocab; id++) {
+            if (s->x[id] > -INFINITY && !kimi_sample_is_eos(req, id)) {
+                s->x[id] = -INFINITY;
+            }
+        }
+        return;
+    }
+
+    if (kimi_stag_is_free(&st)) {
+        for (id = 0; id < s->vocab; id++) {
+            if (s->x[id] == -INFINITY || jv->cls[id] == KIMI_JV_SPECIAL) {
+                continue;
+            }
+            b = kimi_token_bytes(tk, (int32_t) id, &len);
+            if (kimi_stag_may_trigger(&st, b, len)
+                && !kimi_sample_stag_ok(tk, &st, id))
+            {
+                s->x[id] = -INFINITY;
+            }
+        }
+        return;
+    }
+
+    for (i = 0; i < jv->n_special; i++) {       /* eos too: not done yet */
+        s->x[jv->special[i]] = -INFINITY;
+    }
+
+    if (st.mode == KIMI_STAG_JSON && kimi_json_in_string(&st.json)) {
+        for (id = 0; id < s->vocab; id++) {
+            if (jv->cls[id] == KIMI_JV_OTHER && s->x[id] > -INFINITY
+                && !kimi_sample_stag_ok(tk, &st, id))
+            {
+                s->x[id] = -INFINITY;
+            }
+        }
+        return;
+    }
+
+    for (unsigned k = 0; k < 256; k++) {
+        c = (unsigned char) k;
+        kimi_stag_copy(&c1, &st);
+        if (kimi_stag_feed(&c1, (const char *) &c, 1) != 0) {
+            for (i = jv->first[k]; i < jv->first[k + 1]; i++) {
+                s->x[jv->by_first[i]] = -INFINITY;
+            }
+            continue;
+        }
+        for (i = jv->first[k]; i < jv->first[k + 1]; i++) {
+            id = jv->by_first[i];
+            if (s->x[id] > -INFINITY && !kimi_sample_stag_ok(tk, &st, id)) {
+                s->x[id] = -INFINITY;
+            }
+            allowed |= s->x[id] > -INFINITY;
+        }
+    }
+
+    /* no byte can follow (nesting at its limit under a schema that keeps
+     * asking for more): the answer ends here, as at max_tokens */
     if (!allowed) {
         for (i = 0; i < req->n_eos; i++) {
             if ((uint32_t) req->eos_ids[i] < s->vocab) {

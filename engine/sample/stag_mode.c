@@ -1,0 +1,241 @@
+/*
+ * Structural tags (text/struct_tag.h): free text in which each trigger
+ * opens a structure - the rest of one of the begin texts the trigger
+ * starts, a JSON value its schema describes (json_mode.c), the end text -
+ * after which free text goes on.
+ *
+ * Owns:   the mode (free, begin, JSON, end) and feeding bytes to it; the
+ *         sampler (sample.c) masks every token whose bytes it refuses and
+ *         lets the output end in free text only.
+ * Never:  looks at token ids or logits; lets whitespace sit between a
+ *         structure's JSON and its end text (the end follows the value's
+ *         last byte, as xgrammar writes it); trusts words that passed
+ *         kimi_stag_view.
+ *
+ * Triggers: a trigger is found when the free text ends with it; when two
+ * end at the same byte (one a suffix of the other) the longer one opens
+ * the structure.
+ */
+
+#include <stddef.h>
+#include <string.h>
+
+#include "stag_mode.h"
+
+
+void
+kimi_stag_init(kimi_stag_state_t *s, const kimi_stag_t *t, int no_ws)
+{
+    s->t = t;
+    s->mode = KIMI_STAG_FREE;
+    s->no_ws = (unsigned char) (no_ws != 0);
+    s->tail = 0;
+    s->pos = 0;
+    s->which = 0;
+    s->cand = 0;
+}
+
+
+void
+kimi_stag_copy(kimi_stag_state_t *dst, const kimi_stag_state_t *src)
+{
+    memcpy(dst, src, offsetof(kimi_stag_state_t, recent));
+    if (src->mode == KIMI_STAG_FREE) {
+        memcpy(dst->recent, src->recent, src->tail);
+    } else if (src->mode == KIMI_STAG_JSON) {
+        kimi_json_copy(&dst->json, &src->json);
+    }
+}
+
+
+int
+kimi_stag_is_free(const kimi_stag_state_t *s)
+{
+    return s->mode == KIMI_STAG_FREE;
+}
+
+
+int
+kimi_stag_special(kimi_stag_state_t *s)
+{
+    if (s->mode != KIMI_STAG_FREE) {
+        return -1;
+    }
+    s->tail = 0;
+    return 0;
+}
+
+
+int
+kimi_stag_may_trigger(const kimi_stag_state_t *s, const char *p, size_t n)
+{
+    const kimi_stag_t  *t = s->t;
+
+    for (uint32_t i = 0; i < t->n_trig; i++) {
+        if (memchr(p, t->trig[i][t->trig_len[i] - 1], n) != NULL) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+
+/* after a begin's last byte or an end's: the structure's JSON, or free
+ * text again */
+static void
+kimi_stag_enter_json(kimi_stag_state_t *s, uint32_t which)
+{
+    s->mode = KIMI_STAG_JSON;
+    s->which = which;
+    kimi_json_init_schema(&s->json, s->t->prog[which]);
+    if (s->no_ws) {
+        kimi_json_no_ws(&s->json);
+    }
+}
+
+static void
+kimi_stag_enter_free(kimi_stag_state_t *s)
+{
+    s->mode = KIMI_STAG_FREE;
+    s->tail = 0;
+}
+
+
+/* free text gained byte c (already in recent): the longest trigger it
+ * completes opens the structures whose begin it starts */
+static void
+kimi_stag_trigger(kimi_stag_state_t *s)
+{
+    const kimi_stag_t  *t = s->t;
+    uint32_t            best = 0, found = 0;
+    uint64_t            cand = 0;
+
+    for (uint32_t i = 0; i < t->n_trig; i++) {
+        uint32_t  len = t->trig_len[i], k;
+
+        if (len > s->tail || len <= best) {
+            continue;
+        }
+        for (k = 0; k < len; k++) {
+            if (s->recent[s->tail - len + k] != (unsigned char) t->trig[i][k]) {
+                break;
+            }
+        }
+        if (k == len) {
+            best = len;
+            found = i + 1;
+        }
+    }
+
+    if (!found) {
+        return;
+    }
+
+    for (uint32_t j = 0; j < t->n_struct; j++) {
+        uint32_t  k;
+
+        if (t->begin_len[j] < best) {
+            continue;
+        }
+        for (k = 0; k < best; k++) {
+            if (t->begin[j][k] != t->trig[found - 1][k]) {
+                break;
+            }
+        }
+        if (k == best) {
+            cand |= 1ull << j;
+        }
+    }
+
+    /* the compiler saw that every begin starts with a trigger, not that
+     * every trigger starts a begin: one that starts none is plain text */
+    if (cand == 0) {
+        return;
+    }
+
+    s->mode = KIMI_STAG_BEGIN;
+    s->cand = cand;
+    s->pos = best;
+
+    for (uint32_t j = 0; j < t->n_struct; j++) {
+        if ((cand >> j & 1) && t->begin_len[j] == best) {
+            kimi_stag_enter_json(s, j);     /* the begin is the trigger */
+            return;
+        }
+    }
+}
+
+
+static int
+kimi_stag_byte(kimi_stag_state_t *s, unsigned char c)
+{
+    const kimi_stag_t  *t = s->t;
+    uint64_t            next = 0;
+
+    switch (s->mode) {
+
+    case KIMI_STAG_FREE:
+        if (s->tail == t->max_trig) {        /* only a trigger's length counts */
+            memmove(s->recent, s->recent + 1, s->tail - 1);
+            s->tail--;
+        }
+        s->recent[s->tail++] = c;
+        kimi_stag_trigger(s);
+        return 0;
+
+    case KIMI_STAG_BEGIN:
+        for (uint32_t j = 0; j < t->n_struct; j++) {
+            if ((s->cand >> j & 1) && t->begin[j][s->pos] == c) {
+                next |= 1ull << j;
+            }
+        }
+        if (next == 0) {
+            return -1;
+        }
+        s->cand = next;
+        s->pos++;
+        for (uint32_t j = 0; j < t->n_struct; j++) {
+            /* no begin is a prefix of another: the one that ends is the
+             * only one left */
+            if ((next >> j & 1) && t->begin_len[j] == s->pos) {
+                kimi_stag_enter_json(s, j);
+                break;
+            }
+        }
+        return 0;
+
+    case KIMI_STAG_JSON:
+        if (kimi_json_feed(&s->json, (const char *) &c, 1) != 0) {
+            return -1;
+        }
+        if (kimi_json_done(&s->json)) {
+            s->mode = KIMI_STAG_END;
+            s->pos = 0;
+            if (t->end_len[s->which] == 0) {
+                kimi_stag_enter_free(s);
+            }
+        }
+        return 0;
+
+    default:                                /* KIMI_STAG_END */
+        if (t->end[s->which][s->pos] != c) {
+            return -1;
+        }
+        if (++s->pos == t->end_len[s->which]) {
+            kimi_stag_enter_free(s);
+        }
+        return 0;
+    }
+}
+
+
+int
+kimi_stag_feed(kimi_stag_state_t *s, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (kimi_stag_byte(s, (unsigned char) p[i]) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,290 @@
+/*
+ * Structural tags: the gateway's compiler from the request's object to the
+ * slot's words, and the engine's check of those words (struct_tag.h).
+ *
+ * Owns:   the words' layout, both ways.
+ * Never:  enforces anything (engine/sample/stag_mode.c does); takes a
+ *         structure it could not enforce: a begin no trigger starts, two
+ *         begins one a prefix of the other (which structure follows would
+ *         not be known at the begin's end), a schema outside the subset.
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json_schema.h"
+#include "struct_tag.h"
+
+
+/* growable word buffer */
+typedef struct {
+    int32_t  *w;
+    size_t    n, cap;
+} kimi_stag_buf_t;
+
+static int
+kimi_stag_put(kimi_stag_buf_t *b, const int32_t *w, size_t n)
+{
+    if (b->n + n > b->cap) {
+        size_t    cap = (b->n + n) * 2 + 64;
+        int32_t  *nw = realloc(b->w, cap * sizeof(int32_t));
+
+        if (nw == NULL) {
+            return -1;
+        }
+        b->w = nw;
+        b->cap = cap;
+    }
+    memcpy(b->w + b->n, w, n * sizeof(int32_t));
+    b->n += n;
+    return 0;
+}
+
+/* a text as its length and one word a byte */
+static int
+kimi_stag_put_text(kimi_stag_buf_t *b, const char *s, size_t len)
+{
+    int32_t  v = (int32_t) len;
+
+    if (kimi_stag_put(b, &v, 1) != 0) {
+        return -1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        v = (unsigned char) s[i];
+        if (kimi_stag_put(b, &v, 1) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* a string member of a structure or the trigger list: its text, or NULL
+ * with err */
+static const char *
+kimi_stag_text(const json_t *v, const char *what, size_t i, int may_be_empty,
+    size_t *len, char *err, size_t errlen)
+{
+    if (!json_is_string(v)) {
+        snprintf(err, errlen, "%s %zu must be a string", what, i);
+        return NULL;
+    }
+    *len = json_string_length(v);
+    if ((*len == 0 && !may_be_empty) || *len > KIMI_STAG_MAX_TEXT) {
+        snprintf(err, errlen, "%s %zu must be 1 to %d bytes", what, i,
+                 KIMI_STAG_MAX_TEXT);
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+
+int
+kimi_stag_compile(const json_t *obj, int32_t **w, size_t *n, char *err,
+    size_t errlen)
+{
+    const json_t     *trigs, *structs, *s, *v;
+    const char       *text, *begins[KIMI_STAG_MAX_STRUCTS];
+    size_t            len, blens[KIMI_STAG_MAX_STRUCTS], i, j, k, np;
+    int32_t          *prog, hdr[2];
+    kimi_stag_buf_t   b = { NULL, 0, 0 };
+    char              msg[160];
+
+    trigs = json_object_get(obj, "triggers");
+    structs = json_object_get(obj, "structures");
+
+    if (!json_is_array(trigs) || json_array_size(trigs) == 0
+        || json_array_size(trigs) > KIMI_STAG_MAX_TRIGGERS)
+    {
+        snprintf(err, errlen, "\"triggers\" must be an array of 1 to %d"
+                 " strings", KIMI_STAG_MAX_TRIGGERS);
+        return -1;
+    }
+    if (!json_is_array(structs) || json_array_size(structs) == 0
+        || json_array_size(structs) > KIMI_STAG_MAX_STRUCTS)
+    {
+        snprintf(err, errlen, "\"structures\" must be an array of 1 to %d"
+                 " objects with \"begin\", \"schema\" and \"end\"",
+                 KIMI_STAG_MAX_STRUCTS);
+        return -1;
+    }
+
+    hdr[0] = (int32_t) json_array_size(trigs);
+    hdr[1] = (int32_t) json_array_size(structs);
+    if (kimi_stag_put(&b, hdr, 2) != 0) {
+        goto nomem;
+    }
+
+    json_array_foreach(trigs, i, v) {
+        if ((text = kimi_stag_text(v, "trigger", i, 0, &len, err, errlen))
+            == NULL)
+        {
+            goto failed;
+        }
+        if (kimi_stag_put_text(&b, text, len) != 0) {
+            goto nomem;
+        }
+    }
+
+    json_array_foreach(structs, i, s) {
+        if (!json_is_object(s)) {
+            snprintf(err, errlen, "structure %zu must be an object with"
+                     " \"begin\", \"schema\" and \"end\"", i);
+            goto failed;
+        }
+        text = kimi_stag_text(json_object_get(s, "begin"), "the begin of"
+                              " structure", i, 0, &len, err, errlen);
+        if (text == NULL) {
+            goto failed;
+        }
+
+        json_array_foreach(trigs, j, v) {
+            if (json_string_length(v) <= len
+                && memcmp(json_string_value(v), text, json_string_length(v))
+                   == 0)
+            {
+                break;
+            }
+        }
+        if (j == json_array_size(trigs)) {
+            snprintf(err, errlen, "the begin of structure %zu starts with"
+                     " no trigger: it could never be written", i);
+            goto failed;
+        }
+        for (k = 0; k < i; k++) {
+            size_t  m = blens[k] < len ? blens[k] : len;
+
+            if (memcmp(begins[k], text, m) == 0) {
+                snprintf(err, errlen, "the begins of structures %zu and %zu"
+                         " %s: which one follows would be unknown", k, i,
+                         blens[k] == len ? "are equal"
+                                         : "are one a prefix of the other");
+                goto failed;
+            }
+        }
+        begins[i] = text;
+        blens[i] = len;
+        if (kimi_stag_put_text(&b, text, len) != 0) {
+            goto nomem;
+        }
+
+        text = kimi_stag_text(json_object_get(s, "end"), "the end of"
+                              " structure", i, 1, &len, err, errlen);
+        if (text == NULL || kimi_stag_put_text(&b, text, len) != 0) {
+            if (text != NULL) {
+                goto nomem;
+            }
+            goto failed;
+        }
+
+        /* no schema (null): any JSON object */
+        v = json_object_get(s, "schema");
+        if (v == NULL || json_is_null(v)) {
+            v = json_true();
+        }
+        if (kimi_json_schema_compile(v, &prog, &np, msg, sizeof(msg)) != 0) {
+            snprintf(err, errlen, "the schema of structure %zu: %s", i, msg);
+            goto failed;
+        }
+        hdr[0] = (int32_t) np;
+        if (kimi_stag_put(&b, hdr, 1) != 0 || kimi_stag_put(&b, prog, np) != 0)
+        {
+            free(prog);
+            goto nomem;
+        }
+        free(prog);
+    }
+
+    *w = b.w;
+    *n = b.n;
+    return 0;
+
+nomem:
+    snprintf(err, errlen, "out of memory");
+failed:
+    free(b.w);
+    return -1;
+}
+
+
+/* a text at w[*at]: its length (<= KIMI_STAG_MAX_TEXT) and bytes */
+static int
+kimi_stag_view_text(const int32_t *w, size_t n, size_t *at, int may_be_empty,
+    const int32_t **text, uint32_t *len)
+{
+    if (*at >= n || w[*at] < (may_be_empty ? 0 : 1)
+        || w[*at] > KIMI_STAG_MAX_TEXT || (size_t) w[*at] > n - *at - 1)
+    {
+        return -1;
+    }
+    *len = (uint32_t) w[*at];
+    *text = w + *at + 1;
+    for (uint32_t i = 0; i < *len; i++) {
+        if ((*text)[i] < 0 || (*text)[i] > 255) {
+            return -1;
+        }
+    }
+    *at += 1 + *len;
+    return 0;
+}
+
+
+int
+kimi_stag_view(const int32_t *w, size_t n, kimi_stag_t *t, char *err,
+    size_t errlen)
+{
+    size_t  at = 2;
+    char    msg[160];
+
+    memset(t, 0, sizeof(*t));
+
+    if (n < 2 || w[0] < 1 || w[0] > KIMI_STAG_MAX_TRIGGERS || w[1] < 1
+        || w[1] > KIMI_STAG_MAX_STRUCTS)
+    {
+        snprintf(err, errlen, "structural tag words: bad header");
+        return -1;
+    }
+    t->n_trig = (uint32_t) w[0];
+    t->n_struct = (uint32_t) w[1];
+
+    for (uint32_t i = 0; i < t->n_trig; i++) {
+        if (kimi_stag_view_text(w, n, &at, 0, &t->trig[i], &t->trig_len[i])
+            != 0)
+        {
+            snprintf(err, errlen, "structural tag words: trigger %u", i);
+            return -1;
+        }
+        if (t->trig_len[i] > t->max_trig) {
+            t->max_trig = t->trig_len[i];
+        }
+    }
+
+    for (uint32_t i = 0; i < t->n_struct; i++) {
+        if (kimi_stag_view_text(w, n, &at, 0, &t->begin[i], &t->begin_len[i])
+            != 0
+            || kimi_stag_view_text(w, n, &at, 1, &t->end[i], &t->end_len[i])
+               != 0
+            || at >= n || w[at] < 2 || (size_t) w[at] > n - at - 1)
+        {
+            snprintf(err, errlen, "structural tag words: structure %u", i);
+            return -1;
+        }
+        t->prog_len[i] = (uint32_t) w[at];
+        t->prog[i] = w + at + 1;
+        at += 1 + t->prog_len[i];
+        if (kimi_json_schema_check(t->prog[i], t->prog_len[i], msg,
+                                   sizeof(msg)) != 0)
+        {
+            snprintf(err, errlen, "structural tag words: structure %u: %s",
+                     i, msg);
+            return -1;
+        }
+    }
+
+    if (at != n) {
+        snprintf(err, errlen, "structural tag words: %zu words left over",
+                 n - at);
+        return -1;
+    }
+    return 0;
+}

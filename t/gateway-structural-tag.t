@@ -1,0 +1,199 @@
+#!/usr/bin/perl
+
+# Structural tags (vLLM's response_format {"type": "structural_tag"} and
+# structured_outputs.structural_tag) on the real cpu backend with the tiny
+# model behind nginx: free text in which every trigger opens one of its
+# structures (the begin text, a JSON value its schema describes, the end
+# text).  A random model writes triggers often, so the outputs are checked
+# against an oracle written here: JSON::PP parses each structure's value
+# and the schema's rules are checked on it.  What cannot be enforced is a
+# 400 naming it.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use JSON::PP;
+use Test::More;
+use KimiTest qw(completion_body chat_body);
+
+binmode(Test::More->builder->$_, ':encoding(UTF-8)') for qw(output failure_output todo_output);
+
+my $t = KimiTest->new(workers => 1);
+my $tiny = $t->dir . '/tiny';
+system("$t->{engine_bin} gen-tiny-model --out $tiny --tokenizer-dir"
+    . " $t->{tokdir} >/dev/null 2>&1") == 0
+    or plan(skip_all => 'gen-tiny-model failed');
+$t->{engine_args} = [ '--backend', 'cpu', '--model', $tiny, '--threads', 1,
+    '--cpu-kv-cache-bytes', '32M' ];
+$t->start;
+
+my $true = JSON::PP::true;
+
+# "e" is in many tokens, so a random model opens structures often; two
+# structures share it, the second's begin longer
+my $tag = {
+    type => 'structural_tag',
+    triggers => [ 'e' ],
+    structures => [
+        { begin => 'e<', end => '>',
+          schema => { type => 'object', properties => { n => { type => 'integer',
+              minimum => 0, maximum => 99 } }, required => [ 'n' ],
+              additionalProperties => JSON::PP::false } },
+        { begin => 'ex[', end => ']!',
+          schema => { type => 'object', properties => { ok => { type => 'boolean' } },
+              required => [ 'ok' ], additionalProperties => JSON::PP::false } },
+    ],
+};
+
+# The oracle: scans free text for the earliest trigger, then wants one of
+# its structures' begin, a JSON value by its schema and the end.  Returns
+# (error or '', structures seen); a text cut by max_tokens may end inside
+# a structure.
+sub check_tagged {
+    my ($text, $cut) = @_;
+    my ($pos, $n) = (0, 0);
+    for (;;) {
+        my $at = index($text, 'e', $pos);
+        return ('', $n) if $at < 0;
+        my $rest = substr($text, $at);
+        my ($s) = grep { substr($rest, 0, length $_->{begin}) eq $_->{begin} }
+            @{ $tag->{structures} };
+        if (!defined $s) {
+            return ('', $n) if $cut && grep { index($_->{begin}, $rest) == 0 }
+                @{ $tag->{structures} };
+            return ("trigger at $at not followed by a begin: " . substr($rest, 0, 20), $n);
+        }
+        my $json = substr($rest, length $s->{begin});
+        my ($v, $used) = eval { JSON::PP->new->decode_prefix($json) };
+        if (!defined $v) {
+            return ('', $n) if $cut;       # the value cut short
+            return ("structure at $at: no JSON value: " . substr($json, 0, 40), $n);
+        }
+        my $raw = substr($json, 0, $used);
+        if ($s->{begin} eq 'e<') {
+            return ("structure at $at: $raw does not match n 0..99", $n)
+                unless ref $v eq 'HASH' && join(',', sort keys %$v) eq 'n'
+                    && $v->{n} =~ /^[0-9]+$/ && $v->{n} <= 99;
+        } else {
+            return ("structure at $at: $raw does not match ok: boolean", $n)
+                unless ref $v eq 'HASH' && join(',', sort keys %$v) eq 'ok'
+                    && JSON::PP::is_bool($v->{ok});
+        }
+        my $after = substr($json, $used);
+        if (substr($after, 0, length $s->{end}) ne $s->{end}) {
+            return ('', $n) if $cut && index($s->{end}, $after) == 0;
+            return ("structure at $at: end '$s->{end}' wanted after $raw, got '"
+                . substr($after, 0, 10) . "'", $n);
+        }
+        $n++;
+        $pos = $at + length($s->{begin}) + $used + length($s->{end});
+    }
+}
+
+my ($total, %kinds) = (0);
+for my $seed (1 .. 8) {
+    my $r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
+        max_tokens => 48, temperature => 1, seed => $seed,
+        response_format => $tag));
+    is($r->{status}, 200, "structural_tag (seed $seed): 200");
+    my $c = $r->{json}{choices}[0] // {};
+    my $text = $c->{text} // '';
+    utf8::decode($text);
+    my ($err, $n) = check_tagged($text, ($c->{finish_reason} // '') eq 'length');
+    is($err, '', "... every trigger opens a well-formed structure ($n complete)")
+        or diag($text);
+    $total += $n;
+    $kinds{$1}++ while $text =~ /(e<|ex\[)/g;
+}
+cmp_ok($total, '>=', 3, "the outputs hold structures ($total complete)");
+ok($kinds{'e<'} && $kinds{'ex['}, 'both structures were written: '
+    . join(', ', map { "$_ x$kinds{$_}" } sort keys %kinds));
+
+# streamed, the same text; chat completions; vLLM's structured_outputs
+# spelling (a JSON text)
+my $body = completion_body(prompt => 'Tell me', max_tokens => 32,
+    temperature => 1, seed => 3, response_format => $tag);
+my $whole = $t->post('/v1/completions', $body)->{json}{choices}[0]{text};
+my $sse = $t->sse('/v1/completions', { %$body, stream => $true });
+is(KimiTest::stream_text($sse->{events}), $whole, 'streamed: the same text');
+
+my %plain = %$tag;
+delete $plain{type};
+my $r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
+    max_tokens => 32, temperature => 1, seed => 3,
+    structured_outputs => { structural_tag => encode_json(\%plain) }));
+is($r->{json} && $r->{json}{choices}[0]{text}, $whole,
+    'structured_outputs.structural_tag (a JSON text): the same text');
+
+$r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+    max_tokens => 40, temperature => 1, seed => 5, response_format => $tag));
+is($r->{status}, 200, 'chat completions: 200');
+my $content = $r->{json}{choices}[0]{message}{content} // '';
+utf8::decode($content);
+my ($err) = check_tagged($content,
+    ($r->{json}{choices}[0]{finish_reason} // '') eq 'length');
+is($err, '', 'chat completions: every trigger opens a well-formed structure')
+    or diag($content);
+
+# the begin may be the trigger itself; no end text
+my $bare = { type => 'structural_tag', triggers => [ 'a' ],
+    structures => [ { begin => 'a', end => '', schema => { type => 'array',
+        items => { type => 'integer' }, maxItems => 2 } } ] };
+for my $seed (1 .. 3) {
+    $r = $t->post('/v1/completions', completion_body(prompt => 'x',
+        max_tokens => 40, temperature => 1, seed => $seed,
+        response_format => $bare));
+    my $text = $r->{json}{choices}[0]{text} // '';
+    utf8::decode($text);
+    my ($pos, $bad) = (0, '');
+    while ((my $at = index($text, 'a', $pos)) >= 0) {
+        my ($v, $used) = eval { JSON::PP->new->decode_prefix(substr($text, $at + 1)) };
+        if (!defined $v) {
+            $bad = 'no array after the trigger at ' . $at
+                if $r->{json}{choices}[0]{finish_reason} ne 'length';
+            last;
+        }
+        $bad = "not an array of at most 2 integers at $at"
+            unless ref $v eq 'ARRAY' && @$v <= 2 && !grep { !/^-?[0-9]+$/ } @$v;
+        $pos = $at + 1 + $used;
+    }
+    is($bad, '', "begin = trigger, no end (seed $seed)") or diag($text);
+}
+
+# ---- what cannot be enforced --------------------------------------------------
+
+my @bad = (
+    [ { triggers => [], structures => $tag->{structures} }, qr/"triggers" must be an array/ ],
+    [ { triggers => [ 'q' ], structures => $tag->{structures} },
+      qr/starts with no trigger/ ],
+    [ { triggers => [ '<' ], structures => [ { begin => '<a', end => '>', schema => {} },
+        { begin => '<ab', end => '>', schema => {} } ] }, qr/one a prefix of the other/ ],
+    [ { triggers => [ '<' ], structures => [ { begin => '<a', end => '>',
+        schema => { type => 'object', properties => { x => { '$ref' => '#/y' } } } } ] },
+      qr/the schema of structure 0/ ],
+    [ { triggers => [ '<' ], structures => [ { begin => '<a', end => 5, schema => {} } ] },
+      qr/the end of structure 0 must be a string/ ],
+    [ { format => { type => 'triggered_tags' } }, qr/"format" form is not supported/ ],
+);
+for my $b (@bad) {
+    $r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 4,
+        response_format => { type => 'structural_tag', %{ $b->[0] } }));
+    is($r->{status}, 400, "refused: $b->[1]");
+    like($r->{json} && $r->{json}{error}{message}, $b->[1], '... saying why')
+        or diag(explain($r->{json}));
+    is($r->{json} && $r->{json}{error}{param}, 'response_format', '... naming response_format');
+}
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 4,
+    response_format => $tag, guided_regex => 'a+'));
+is($r->{status}, 400, 'a structural tag with guided_regex: 400');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 4,
+    response_format => $tag, structured_outputs => { structural_tag => encode_json(\%plain) }));
+is($r->{status}, 400, 'a structural tag given both ways: 400');
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 4,
+    structured_outputs => { structural_tag => '{not json' }));
+is($r->{status}, 400, 'structured_outputs.structural_tag that is not JSON: 400');
+
+done_testing();

@@ -1,0 +1,212 @@
+/*
+ * Structural tags: the compiler (engine/text/struct_tag.c) on what it
+ * takes and refuses, the engine's check of corrupted words, and the
+ * recogniser (engine/sample/stag_mode.c) on texts it must accept at every
+ * prefix and texts it must refuse, fed whole and byte by byte: triggers
+ * split across feeds, the longest of two triggers ending together, a
+ * begin equal to its trigger, an empty end, special tokens in free text
+ * and inside a structure, no whitespace between a value and its end.
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "sample/stag_mode.h"
+#include "text/struct_tag.h"
+
+#include "tap.h"
+
+
+static int32_t  *words;
+static size_t    n_words;
+static kimi_stag_t  tag;
+
+/* compiles the JSON text into words and tag; 0, or -1 with err */
+static int
+compile(const char *text, char *err, size_t errlen)
+{
+    json_error_t  je;
+    json_t       *obj = json_loads(text, 0, &je);
+    int           rc;
+
+    free(words);
+    words = NULL;
+    if (obj == NULL) {
+        snprintf(err, errlen, "test JSON: %s", je.text);
+        return -1;
+    }
+    rc = kimi_stag_compile(obj, &words, &n_words, err, errlen);
+    json_decref(obj);
+    if (rc == 0) {
+        rc = kimi_stag_view(words, n_words, &tag, err, errlen);
+    }
+    return rc;
+}
+
+/* 1 if every prefix of text is accepted, fed in one piece and byte by
+ * byte with the same verdicts; *free_at_end: free text at the end */
+static int
+accepts(const char *text, int *free_at_end)
+{
+    kimi_stag_state_t  a, b;
+    size_t             n = strlen(text);
+
+    kimi_stag_init(&a, &tag, 0);
+    for (size_t i = 0; i < n; i++) {
+        if (kimi_stag_feed(&a, text + i, 1) != 0) {
+            return 0;
+        }
+    }
+    kimi_stag_init(&b, &tag, 0);
+    if (kimi_stag_feed(&b, text, n) != 0 || b.mode != a.mode) {
+        return 0;
+    }
+    if (free_at_end != NULL) {
+        *free_at_end = kimi_stag_is_free(&a);
+    }
+    return 1;
+}
+
+
+int
+main(void)
+{
+    char                err[256];
+    int                 fr = -1, rc;
+    kimi_stag_state_t   s, c;
+
+    /* ---- compile: two structures behind one trigger ---- */
+    rc = compile("{\"triggers\": [\"<fn=\"], \"structures\": ["
+               "{\"begin\": \"<fn=get>\", \"end\": \"</fn>\", \"schema\":"
+               " {\"type\": \"object\", \"properties\": {\"city\": {\"type\":"
+               " \"string\"}}, \"required\": [\"city\"]}},"
+               "{\"begin\": \"<fn=put>\", \"end\": \"</fn>\", \"schema\":"
+               " {\"type\": \"object\", \"properties\": {\"n\": {\"type\":"
+               " \"integer\"}}, \"required\": [\"n\"]}}]}", err, sizeof(err));
+    ok(rc == 0, "two structures behind one trigger compile and check%s%s",
+       rc ? ": " : "", rc ? err : "");
+    ok(tag.n_trig == 1 && tag.n_struct == 2 && tag.max_trig == 4
+       && tag.begin_len[1] == 8 && tag.end_len[0] == 5,
+       "the view: 1 trigger (4 bytes), 2 structures, begins of 8, ends of 5");
+
+    ok(accepts("plain text, no trigger at all <fn", &fr) && fr,
+       "free text with a partial trigger at its end: accepted, free");
+    ok(accepts("call <fn=get>{\"city\": \"Paris\"}</fn> then <fn=put>{\"n\":"
+               " 3}</fn>.", &fr) && fr,
+       "two structures in free text: accepted, free again after each");
+    ok(accepts("x <fn=get> {\"city\": \"Oslo\"}</fn>", &fr) && fr,
+       "whitespace before the value: accepted");
+    ok(accepts("<fn=get>{\"city\": \"Ro", &fr) && !fr,
+       "inside a structure's value: a prefix, not free");
+    ok(!accepts("<fn=get>{\"city\": \"Rome\"} </fn>", NULL),
+       "whitespace between the value and the end: refused");
+    ok(!accepts("<fn=got>", NULL), "a begin no structure has: refused");
+    ok(!accepts("<fn=get>{\"n\": 1}</fn>", NULL),
+       "a value its schema refuses (property n under get): refused");
+    ok(!accepts("<fn=get>{\"city\": \"Rome\"}</fx>", NULL),
+       "a wrong end text: refused");
+    ok(!accepts("<fn=get>[1]</fn>", NULL), "an array for an object schema: refused");
+
+    /* specials: in free text they pass and break a trigger being matched */
+    kimi_stag_init(&s, &tag, 0);
+    ok(kimi_stag_feed(&s, "a <fn", 5) == 0 && kimi_stag_special(&s) == 0
+       && kimi_stag_feed(&s, "=get>", 5) == 0 && kimi_stag_is_free(&s),
+       "a special token between \"<fn\" and \"=get>\": no trigger, free text");
+    kimi_stag_init(&s, &tag, 0);
+    ok(kimi_stag_feed(&s, "<fn=put>{", 9) == 0 && kimi_stag_special(&s) != 0,
+       "a special token inside a structure: refused");
+
+    /* the fast path: a token without a trigger's last byte passes unread */
+    kimi_stag_init(&s, &tag, 0);
+    ok(!kimi_stag_may_trigger(&s, "hello", 5)
+       && kimi_stag_may_trigger(&s, "a=b", 3),
+       "only bytes holding a trigger's last byte ('=') need feeding");
+
+    /* copies are independent */
+    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_feed(&s, "go <fn=get>{\"city\": ", 20);
+    kimi_stag_copy(&c, &s);
+    ok(kimi_stag_feed(&c, "\"A\"}</fn>", 9) == 0 && kimi_stag_is_free(&c)
+       && !kimi_stag_is_free(&s) && kimi_stag_feed(&s, "\"B\"}</fn>", 9) == 0,
+       "a copy of the state goes on alone");
+
+    /* no whitespace in the value (disable_any_whitespace) */
+    kimi_stag_init(&s, &tag, 1);
+    ok(kimi_stag_feed(&s, "<fn=put>{\"n\": 2}", 16) != 0,
+       "no_ws: a space inside the value is refused");
+
+    /* ---- longest trigger; begin = trigger; empty end ---- */
+    rc = compile("{\"triggers\": [\"=\", \"a=\"], \"structures\": ["
+               "{\"begin\": \"a=\", \"end\": \"\", \"schema\": {\"type\":"
+               " \"array\", \"items\": {\"type\": \"integer\"}}},"
+               "{\"begin\": \"=(\", \"end\": \")\", \"schema\": null}]}",
+               err, sizeof(err));
+    ok(rc == 0, "two triggers, one a suffix of the other, an empty end, a"
+       " null schema: compile%s%s", rc ? ": " : "", rc ? err : "");
+    ok(accepts("xa=[1,2] y =({\"k\": [true]}) z", &fr) && fr,
+       "\"a=\" opens its array (the longer trigger), \"=\" its own");
+    ok(!accepts("xa=(", NULL), "after \"a=\" the array structure only");
+    ok(accepts("=({}", &fr) && !fr, "a null schema: any object, then the end");
+
+    /* ---- refused at compile ---- */
+    ok(compile("{\"triggers\": [\"<\"], \"structures\": [{\"begin\": \"x\","
+               " \"end\": \"\", \"schema\": {}}]}", err, sizeof(err)) != 0
+       && strstr(err, "starts with no trigger") != NULL,
+       "a begin no trigger starts: %s", err);
+    ok(compile("{\"triggers\": [\"<\"], \"structures\": [{\"begin\": \"<a\","
+               " \"end\": \"\", \"schema\": {}}, {\"begin\": \"<a\", \"end\":"
+               " \"\", \"schema\": {}}]}", err, sizeof(err)) != 0
+       && strstr(err, "are equal") != NULL, "two equal begins: %s", err);
+    ok(compile("{\"triggers\": [\"<\"], \"structures\": [{\"begin\": \"<a\","
+               " \"end\": \"\", \"schema\": {\"type\": \"object\", \"oneOf\":"
+               " 5}}]}", err, sizeof(err)) != 0
+       && strstr(err, "the schema of structure 0") != NULL,
+       "a schema outside the subset: %s", err);
+    ok(compile("{\"triggers\": \"<\", \"structures\": []}", err,
+               sizeof(err)) != 0 && strstr(err, "\"triggers\"") != NULL,
+       "triggers not an array: %s", err);
+    ok(compile("{\"triggers\": [\"\"], \"structures\": [{\"begin\": \"<a\","
+               " \"end\": \"\", \"schema\": {}}]}", err, sizeof(err)) != 0
+       && strstr(err, "trigger 0 must be 1 to") != NULL,
+       "an empty trigger: %s", err);
+
+    /* ---- the engine's check of the words ---- */
+    ok(compile("{\"triggers\": [\"<\"], \"structures\": [{\"begin\": \"<a\","
+               " \"end\": \">\", \"schema\": {}}]}", err, sizeof(err)) == 0,
+       "a small program for the corruption checks");
+    {
+        int32_t  *bad = malloc(n_words * sizeof(int32_t));
+        int       refused = 0, cases = 0;
+
+        for (size_t i = 0; i < n_words; i++) {
+            int32_t  vals[] = { -1, 0, 300, 1 << 20 };
+
+            for (size_t v = 0; v < sizeof(vals) / sizeof(vals[0]); v++) {
+                memcpy(bad, words, n_words * sizeof(int32_t));
+                if (bad[i] == vals[v]) {
+                    continue;
+                }
+                bad[i] = vals[v];
+                cases++;
+                /* a changed byte value in range may still be a valid
+                 * program; everything else must be refused, never read
+                 * out of bounds */
+                refused += kimi_stag_view(bad, n_words, &tag, err,
+                                          sizeof(err)) != 0;
+            }
+        }
+        ok(refused > cases / 2, "corrupted words: %d of %d refused, none"
+           " read out of bounds", refused, cases);
+        ok(kimi_stag_view(words, n_words - 1, &tag, err, sizeof(err)) != 0
+           && kimi_stag_view(words, 1, &tag, err, sizeof(err)) != 0,
+           "truncated words refused: %s", err);
+        free(bad);
+    }
+
+    free(words);
+    printf("1..%d\n", test_n);
+    return test_failed != 0;
+}
