@@ -459,14 +459,6 @@ ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
         } else if (ngx_strcmp(type, "structural_tag") == 0) {
             stag = v;
 
-            if (json_object_get(v, "format") != NULL) {
-                ngx_sprintf(err, "\"response_format\" of type"
-                            " \"structural_tag\": the \"format\" form is not"
-                            " supported; give \"structures\" and"
-                            " \"triggers\"");
-                return NGX_ERROR;
-            }
-
         } else if (ngx_strcmp(type, "text") != 0
                    && ngx_strcmp(type, "json_object") != 0)
         {

@@ -163,6 +163,64 @@ for my $seed (1 .. 3) {
     is($bad, '', "begin = trigger, no end (seed $seed)") or diag($text);
 }
 
+# ---- xgrammar's newer form: format triggered_tags, its two options -------------
+
+my $fmt = { type => 'structural_tag', format => { type => 'triggered_tags',
+    triggers => [ 'e' ], tags => [ map { { begin => $_->{begin}, end => $_->{end},
+        content => { type => 'json_schema', json_schema => $_->{schema} } } }
+        @{ $tag->{structures} } ] } };
+$r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
+    max_tokens => 32, temperature => 1, seed => 3, response_format => $fmt));
+is($r->{json} && $r->{json}{choices}[0]{text}, $whole,
+    'format triggered_tags with json_schema contents: the same text as structures');
+
+# stop_after_first: the first structure is the answer's end
+my $firsts = 0;
+for my $seed (1 .. 6) {
+    local $fmt->{format}{stop_after_first} = $true;
+    $r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
+        max_tokens => 60, temperature => 1, seed => $seed, response_format => $fmt));
+    my $c = $r->{json}{choices}[0] // {};
+    my $text = $c->{text} // '';
+    utf8::decode($text);
+    my ($err, $n) = check_tagged($text, ($c->{finish_reason} // '') eq 'length');
+    is($err, '', "stop_after_first (seed $seed): well formed") or diag($text);
+    if (($c->{finish_reason} // '') eq 'stop' && $n > 0) {
+        $firsts++;
+        like($text, qr/(>|\]!)$/, '... and it ends with the first structure') or diag($text);
+        is($n, 1, '... which is the only one');
+    }
+}
+cmp_ok($firsts, '>=', 2, "stop_after_first ended answers at their structure ($firsts of 6)");
+
+# at_least_one: no answer ends before a structure is complete, where eos
+# (163585, pushed up) ends most of them at once without it
+my $early = 0;
+for my $seed (1 .. 6) {
+    $r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
+        max_tokens => 60, temperature => 1, seed => $seed, response_format => $fmt,
+        logit_bias => { 163585 => 30 }));
+    my $c = $r->{json}{choices}[0] // {};
+    my (undef, $n) = check_tagged($c->{text} // '', 0);
+    $early++ if ($c->{finish_reason} // '') eq 'stop' && $n == 0;
+}
+cmp_ok($early, ">=", 4, "without at_least_one, eos ends $early of 6 answers before any structure");
+for my $seed (1 .. 6) {
+    local $fmt->{format}{at_least_one} = $true;
+    $r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
+        max_tokens => 60, temperature => 1, seed => $seed, response_format => $fmt,
+        logit_bias => { 163585 => 30 }));
+    my $c = $r->{json}{choices}[0] // {};
+    my $text = $c->{text} // '';
+    utf8::decode($text);
+    my ($err, $n) = check_tagged($text, ($c->{finish_reason} // '') eq 'length');
+    ok($err eq '' && (($c->{finish_reason} // '') ne 'stop' || $n >= 1),
+       "at_least_one (seed $seed): $n structures, finish $c->{finish_reason}")
+        or diag("$err: $text");
+    $early-- if ($c->{finish_reason} // '') eq 'stop' && $n >= 1;
+}
+cmp_ok($early, '<=', 2, 'with at_least_one most of those answers end after a structure instead');
+
 # ---- what cannot be enforced --------------------------------------------------
 
 my @bad = (
@@ -176,7 +234,12 @@ my @bad = (
       qr/the schema of structure 0/ ],
     [ { triggers => [ '<' ], structures => [ { begin => '<a', end => 5, schema => {} } ] },
       qr/the end of structure 0 must be a string/ ],
-    [ { format => { type => 'triggered_tags' } }, qr/"format" form is not supported/ ],
+    [ { format => { type => 'or', elements => [] } }, qr/other formats are not supported/ ],
+    [ { format => { type => 'triggered_tags', triggers => [ '<' ], tags => [ { begin => '<a',
+        content => { type => 'regex', pattern => 'x' }, end => '>' } ] } },
+      qr/tag 0: the content must be/ ],
+    [ { format => { type => 'triggered_tags', triggers => [ '<' ], tags => [] },
+        triggers => [ '<' ] }, qr/either "format" or/ ],
 );
 for my $b (@bad) {
     $r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 4,

@@ -1363,8 +1363,9 @@ kimi_sample_stag_ok(const kimi_tokenizer_t *tk, const kimi_stag_state_t *st,
 
 /* Structural tags: the output so far through the recogniser (a special
  * token only in free text), then every token it would refuse is masked.
- * In free text the output may end and special tokens pass; a token none
- * of whose bytes ends a trigger passes unread.  Inside a structure no
+ * In free text the output may end (with at_least_one, once a structure is
+ * complete) and special tokens pass; a token none of whose bytes ends a
+ * trigger passes unread.  After stop_after_first's structure only eos.  Inside a structure no
  * special token (eos neither) may come; inside its JSON strings the plain
  * tokens pass unread; elsewhere a refused first byte masks its bucket. */
 static void
@@ -1404,8 +1405,8 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
     }
 
     /* an output the grammar refuses (it cannot come from this mask) can
-     * only end */
-    if (broken) {
+     * only end, as can one after its last structure (stop_after_first) */
+    if (broken || st.mode == KIMI_STAG_DONE) {
         for (id = 0; id < s->vocab; id++) {
             if (s->x[id] > -INFINITY && !kimi_sample_is_eos(req, id)) {
                 s->x[id] = -INFINITY;
@@ -1415,6 +1416,11 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
     }
 
     if (kimi_stag_is_free(&st)) {
+        for (i = 0; !kimi_stag_may_end(&st) && i < req->n_eos; i++) {
+            if ((uint32_t) req->eos_ids[i] < s->vocab) {
+                s->x[req->eos_ids[i]] = -INFINITY;  /* at_least_one */
+            }
+        }
         for (id = 0; id < s->vocab; id++) {
             if (s->x[id] == -INFINITY || jv->cls[id] == KIMI_JV_SPECIAL) {
                 continue;

@@ -33,6 +33,7 @@ kimi_stag_init(kimi_stag_state_t *s, const kimi_stag_t *t, int no_ws)
     s->pos = 0;
     s->which = 0;
     s->cand = 0;
+    s->n_done = 0;
 }
 
 
@@ -52,6 +53,15 @@ int
 kimi_stag_is_free(const kimi_stag_state_t *s)
 {
     return s->mode == KIMI_STAG_FREE;
+}
+
+
+int
+kimi_stag_may_end(const kimi_stag_state_t *s)
+{
+    return s->mode == KIMI_STAG_DONE
+           || (s->mode == KIMI_STAG_FREE
+               && (s->n_done > 0 || !(s->t->flags & KIMI_STAG_AT_LEAST_ONE)));
 }
 
 
@@ -93,10 +103,13 @@ kimi_stag_enter_json(kimi_stag_state_t *s, uint32_t which)
     }
 }
 
+/* a structure's last byte: free text again, or nothing more */
 static void
-kimi_stag_enter_free(kimi_stag_state_t *s)
+kimi_stag_done(kimi_stag_state_t *s)
 {
-    s->mode = KIMI_STAG_FREE;
+    s->n_done++;
+    s->mode = s->t->flags & KIMI_STAG_STOP_AFTER ? KIMI_STAG_DONE
+                                                 : KIMI_STAG_FREE;
     s->tail = 0;
 }
 
@@ -212,19 +225,22 @@ kimi_stag_byte(kimi_stag_state_t *s, unsigned char c)
             s->mode = KIMI_STAG_END;
             s->pos = 0;
             if (t->end_len[s->which] == 0) {
-                kimi_stag_enter_free(s);
+                kimi_stag_done(s);
             }
         }
         return 0;
 
-    default:                                /* KIMI_STAG_END */
+    case KIMI_STAG_END:
         if (t->end[s->which][s->pos] != c) {
             return -1;
         }
         if (++s->pos == t->end_len[s->which]) {
-            kimi_stag_enter_free(s);
+            kimi_stag_done(s);
         }
         return 0;
+
+    default:                                /* KIMI_STAG_DONE */
+        return -1;
     }
 }
 

@@ -20,6 +20,7 @@ typedef struct {
     uint32_t            pos;        /* begin / end: bytes matched */
     uint32_t            which;      /* JSON / end: the structure */
     uint64_t            cand;       /* begin: structures still possible */
+    uint32_t            n_done;     /* structures completed */
     /* free text: its last bytes (as many as the longest trigger) */
     unsigned char       recent[KIMI_STAG_MAX_TEXT];
     kimi_json_state_t   json;
@@ -29,7 +30,8 @@ enum {
     KIMI_STAG_FREE = 0,     /* free text, watching for a trigger */
     KIMI_STAG_BEGIN,        /* inside a begin text, after its trigger */
     KIMI_STAG_JSON,         /* the structure's JSON value */
-    KIMI_STAG_END           /* its end text */
+    KIMI_STAG_END,          /* its end text */
+    KIMI_STAG_DONE          /* stop_after_first, after the first: nothing */
 };
 
 void kimi_stag_init(kimi_stag_state_t *s, const kimi_stag_t *t, int no_ws);
@@ -45,8 +47,12 @@ int  kimi_stag_feed(kimi_stag_state_t *s, const char *p, size_t n);
  * being matched.  -1 inside a structure, where none may come. */
 int  kimi_stag_special(kimi_stag_state_t *s);
 
-/* 1 in free text, where the output may end and special tokens may come. */
+/* 1 in free text, where special tokens may come. */
 int  kimi_stag_is_free(const kimi_stag_state_t *s);
+
+/* 1 where the output may end: free text (after a structure, with
+ * at_least_one), or after the first structure with stop_after_first. */
+int  kimi_stag_may_end(const kimi_stag_state_t *s);
 
 /* In free text: 0 if bytes p[0..n) cannot complete a trigger (none of them
  * ends one), so they are accepted as they are; 1 if they must be fed. */

@@ -79,19 +79,17 @@ kimi_stag_text(const json_t *v, const char *what, size_t i, int may_be_empty,
 }
 
 
-int
-kimi_stag_compile(const json_t *obj, int32_t **w, size_t *n, char *err,
-    size_t errlen)
+/* The words of triggers and structures (each {"begin", "schema", "end"}) */
+static int
+kimi_stag_build(const json_t *trigs, const json_t *structs, int32_t flags,
+    int32_t **w, size_t *n, char *err, size_t errlen)
 {
-    const json_t     *trigs, *structs, *s, *v;
+    const json_t     *s, *v;
     const char       *text, *begins[KIMI_STAG_MAX_STRUCTS];
     size_t            len, blens[KIMI_STAG_MAX_STRUCTS], i, j, k, np;
-    int32_t          *prog, hdr[2];
+    int32_t          *prog, hdr[3];
     kimi_stag_buf_t   b = { NULL, 0, 0 };
     char              msg[160];
-
-    trigs = json_object_get(obj, "triggers");
-    structs = json_object_get(obj, "structures");
 
     if (!json_is_array(trigs) || json_array_size(trigs) == 0
         || json_array_size(trigs) > KIMI_STAG_MAX_TRIGGERS)
@@ -111,7 +109,8 @@ kimi_stag_compile(const json_t *obj, int32_t **w, size_t *n, char *err,
 
     hdr[0] = (int32_t) json_array_size(trigs);
     hdr[1] = (int32_t) json_array_size(structs);
-    if (kimi_stag_put(&b, hdr, 2) != 0) {
+    hdr[2] = flags;
+    if (kimi_stag_put(&b, hdr, 3) != 0) {
         goto nomem;
     }
 
@@ -207,6 +206,106 @@ failed:
 }
 
 
+/* xgrammar's "format": {"type": "triggered_tags", "triggers", "tags":
+ * [{"begin", "content": {"type": "json_schema", "json_schema"}, "end"}],
+ * "at_least_one", "stop_after_first"}, as structures */
+static int
+kimi_stag_format(const json_t *fmt, int32_t **w, size_t *n, char *err,
+    size_t errlen)
+{
+    const json_t  *type, *tags, *tag, *content, *v;
+    json_t        *structs;
+    int32_t        flags = 0;
+    size_t         i;
+    int            rc;
+
+    type = json_object_get(fmt, "type");
+    if (!json_is_object(fmt) || !json_is_string(type)
+        || strcmp(json_string_value(type), "triggered_tags") != 0)
+    {
+        snprintf(err, errlen, "\"format\" must be {\"type\":"
+                 " \"triggered_tags\", ...}: other formats are not supported");
+        return -1;
+    }
+
+    v = json_object_get(fmt, "at_least_one");
+    if (v != NULL && !json_is_boolean(v)) {
+        snprintf(err, errlen, "\"at_least_one\" must be a boolean");
+        return -1;
+    }
+    flags |= json_is_true(v) ? KIMI_STAG_AT_LEAST_ONE : 0;
+    v = json_object_get(fmt, "stop_after_first");
+    if (v != NULL && !json_is_boolean(v)) {
+        snprintf(err, errlen, "\"stop_after_first\" must be a boolean");
+        return -1;
+    }
+    flags |= json_is_true(v) ? KIMI_STAG_STOP_AFTER : 0;
+
+    tags = json_object_get(fmt, "tags");
+    if (!json_is_array(tags)) {
+        snprintf(err, errlen, "\"tags\" must be an array of {\"begin\","
+                 " \"content\", \"end\"}");
+        return -1;
+    }
+
+    structs = json_array();
+    if (structs == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    json_array_foreach(tags, i, tag) {
+        content = json_object_get(tag, "content");
+        type = json_object_get(content, "type");
+        if (!json_is_object(tag) || !json_is_string(type)
+            || strcmp(json_string_value(type), "json_schema") != 0)
+        {
+            snprintf(err, errlen, "tag %zu: the content must be {\"type\":"
+                     " \"json_schema\", \"json_schema\": {...}}: other"
+                     " contents are not supported", i);
+            json_decref(structs);
+            return -1;
+        }
+        if (json_array_append_new(structs, json_pack("{s:O?,s:O?,s:O?}",
+                "begin", json_object_get(tag, "begin"),
+                "end", json_object_get(tag, "end"),
+                "schema", json_object_get(content, "json_schema"))) != 0)
+        {
+            snprintf(err, errlen, "out of memory");
+            json_decref(structs);
+            return -1;
+        }
+    }
+
+    rc = kimi_stag_build(json_object_get(fmt, "triggers"), structs, flags, w,
+                         n, err, errlen);
+    json_decref(structs);
+    return rc;
+}
+
+
+int
+kimi_stag_compile(const json_t *obj, int32_t **w, size_t *n, char *err,
+    size_t errlen)
+{
+    const json_t  *fmt = json_object_get(obj, "format");
+
+    if (fmt != NULL) {
+        if (json_object_get(obj, "structures") != NULL
+            || json_object_get(obj, "triggers") != NULL)
+        {
+            snprintf(err, errlen, "give either \"format\" or \"structures\""
+                     " and \"triggers\"");
+            return -1;
+        }
+        return kimi_stag_format(fmt, w, n, err, errlen);
+    }
+
+    return kimi_stag_build(json_object_get(obj, "triggers"),
+                           json_object_get(obj, "structures"), 0, w, n, err,
+                           errlen);
+}
+
+
 /* a text at w[*at]: its length (<= KIMI_STAG_MAX_TEXT) and bytes */
 static int
 kimi_stag_view_text(const int32_t *w, size_t n, size_t *at, int may_be_empty,
@@ -233,19 +332,21 @@ int
 kimi_stag_view(const int32_t *w, size_t n, kimi_stag_t *t, char *err,
     size_t errlen)
 {
-    size_t  at = 2;
+    size_t  at = 3;
     char    msg[160];
 
     memset(t, 0, sizeof(*t));
 
-    if (n < 2 || w[0] < 1 || w[0] > KIMI_STAG_MAX_TRIGGERS || w[1] < 1
-        || w[1] > KIMI_STAG_MAX_STRUCTS)
+    if (n < 3 || w[0] < 1 || w[0] > KIMI_STAG_MAX_TRIGGERS || w[1] < 1
+        || w[1] > KIMI_STAG_MAX_STRUCTS
+        || (w[2] & ~(KIMI_STAG_AT_LEAST_ONE | KIMI_STAG_STOP_AFTER)) != 0)
     {
         snprintf(err, errlen, "structural tag words: bad header");
         return -1;
     }
     t->n_trig = (uint32_t) w[0];
     t->n_struct = (uint32_t) w[1];
+    t->flags = (uint32_t) w[2];
 
     for (uint32_t i = 0; i < t->n_trig; i++) {
         if (kimi_stag_view_text(w, n, &at, 0, &t->trig[i], &t->trig_len[i])

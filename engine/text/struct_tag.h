@@ -10,14 +10,25 @@
  *                    "schema": {...}, "end": "</function>"}, ...],
  *    "triggers": ["<function="]}
  *
+ * or xgrammar's newer form of the same, with its two options:
+ *
+ *   {"type": "structural_tag", "format": {"type": "triggered_tags",
+ *    "triggers": [...], "tags": [{"begin": ..., "content": {"type":
+ *    "json_schema", "json_schema": {...}}, "end": ...}, ...],
+ *    "at_least_one": false, "stop_after_first": false}}
+ *
+ * at_least_one: the output may not end before a structure is complete;
+ * stop_after_first: it ends with the first structure's end.
+ *
  * The gateway compiles the object into int32 words carried after the
  * prompt (the slot's guided words, tagged KIMI_STAG_TAG); the engine
  * checks them and its sampler enforces them (engine/sample/stag_mode.c).
  *
  * Words (w[0..n)):
- *   n_triggers, n_structures, then each trigger: length, its bytes one a
- *   word; then each structure: begin length and bytes, end length and
- *   bytes, its schema program's length and words (json_schema.h).
+ *   n_triggers, n_structures, flags (KIMI_STAG_*), then each trigger:
+ *   length, its bytes one a word; then each structure: begin length and
+ *   bytes, end length and bytes, its schema program's length and words
+ *   (json_schema.h).
  */
 
 #ifndef KIMI_STRUCT_TAG_H
@@ -33,10 +44,14 @@
 #define KIMI_STAG_MAX_STRUCTS   64
 #define KIMI_STAG_MAX_TEXT      256     /* bytes of a trigger, begin or end */
 
+#define KIMI_STAG_AT_LEAST_ONE  1       /* flags */
+#define KIMI_STAG_STOP_AFTER    2
+
 /* A checked program, pointing into its words */
 typedef struct {
     uint32_t        n_trig, n_struct;
     uint32_t        max_trig;                  /* the longest trigger */
+    uint32_t        flags;                     /* KIMI_STAG_AT_LEAST_ONE ... */
     const int32_t  *trig[KIMI_STAG_MAX_TRIGGERS];
     uint32_t        trig_len[KIMI_STAG_MAX_TRIGGERS];
     const int32_t  *begin[KIMI_STAG_MAX_STRUCTS], *end[KIMI_STAG_MAX_STRUCTS];
@@ -46,10 +61,11 @@ typedef struct {
     uint32_t        prog_len[KIMI_STAG_MAX_STRUCTS];
 } kimi_stag_t;
 
-/* Compiles the structural_tag object (its "structures" and "triggers";
- * "type" is the caller's) into *w (malloc'd, *n words).  -1 with err
- * saying what is wrong: a structure whose begin starts with no trigger, a
- * begin that is a prefix of another, a schema outside the subset. */
+/* Compiles the structural_tag object (its "structures" and "triggers", or
+ * its "format"; "type" is the caller's) into *w (malloc'd, *n words).  -1
+ * with err saying what is wrong: a structure whose begin starts with no
+ * trigger, a begin that is a prefix of another, a schema outside the
+ * subset, a format or content other than triggered_tags of json_schema. */
 int kimi_stag_compile(const json_t *obj, int32_t **w, size_t *n, char *err,
                       size_t errlen);
 

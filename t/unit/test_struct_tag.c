@@ -151,6 +151,28 @@ main(void)
     ok(!accepts("xa=(", NULL), "after \"a=\" the array structure only");
     ok(accepts("=({}", &fr) && !fr, "a null schema: any object, then the end");
 
+    /* ---- xgrammar's format form, its two options ---- */
+    rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
+                 " {\"type\": \"json_schema\", \"json_schema\": {\"type\":"
+                 " \"object\"}}, \"end\": \"</a>\"}], \"stop_after_first\": true,"
+                 " \"at_least_one\": true}}", err, sizeof(err));
+    ok(rc == 0 && tag.flags == (KIMI_STAG_AT_LEAST_ONE | KIMI_STAG_STOP_AFTER)
+       && tag.n_struct == 1, "format triggered_tags: one structure, both"
+       " flags%s%s", rc ? ": " : "", rc ? err : "");
+    kimi_stag_init(&s, &tag, 0);
+    ok(!kimi_stag_may_end(&s) && kimi_stag_feed(&s, "hi <a>{}</a>", 12) == 0
+       && kimi_stag_may_end(&s) && s.mode == KIMI_STAG_DONE
+       && kimi_stag_feed(&s, " ", 1) != 0,
+       "at_least_one: no end before a structure; stop_after_first: nothing"
+       " after it");
+    rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
+                 " {\"type\": \"const_string\", \"value\": \"x\"}, \"end\":"
+                 " \"\"}]}}", err, sizeof(err));
+    ok(rc != 0 && strstr(err, "the content must be") != NULL,
+       "a content other than json_schema: %s", err);
+
     /* ---- refused at compile ---- */
     ok(compile("{\"triggers\": [\"<\"], \"structures\": [{\"begin\": \"x\","
                " \"end\": \"\", \"schema\": {}}]}", err, sizeof(err)) != 0
