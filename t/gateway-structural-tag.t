@@ -22,10 +22,7 @@ use KimiTest qw(completion_body chat_body);
 binmode(Test::More->builder->$_, ':encoding(UTF-8)') for qw(output failure_output todo_output);
 
 my $t = KimiTest->new(workers => 1);
-my $tiny = $t->dir . '/tiny';
-system("$t->{engine_bin} gen-tiny-model --out $tiny --tokenizer-dir"
-    . " $t->{tokdir} >/dev/null 2>&1") == 0
-    or plan(skip_all => 'gen-tiny-model failed');
+my $tiny = $t->tiny_model;
 $t->{engine_args} = [ '--backend', 'cpu', '--model', $tiny, '--threads', 1,
     '--cpu-kv-cache-bytes', '32M' ];
 $t->start;

@@ -57,10 +57,7 @@ sub compare {
 }
 
 my $probe = KimiTest->new(workers => 1);
-my $tiny = $probe->dir . '/tiny';
-system("$probe->{engine_bin} gen-tiny-model --out $tiny --tokenizer-dir"
-    . " $probe->{tokdir} >/dev/null 2>&1") == 0
-    or plan(skip_all => 'gen-tiny-model failed');
+my $tiny = $probe->tiny_model;
 
 my @base = ('--backend', 'cpu', '--model', $tiny, '--threads', 1,
     '--cpu-kv-cache-bytes', '32M', '--max-num-batched-tokens', 256);

@@ -17,10 +17,7 @@ use KimiTest qw(completion_body);
 
 my $t = KimiTest->new(workers => 1);
 
-my $tiny = $t->dir . '/tiny';
-system("$t->{engine_bin} gen-tiny-model --out $tiny --tokenizer-dir"
-    . " $t->{tokdir} >/dev/null 2>&1") == 0
-    or plan(skip_all => 'gen-tiny-model failed');
+my $tiny = $t->tiny_model;
 
 $t->{engine_args} = [ '--backend', 'cpu', '--model', $tiny,
     '--data-parallel-size', 2, '--threads', 1,

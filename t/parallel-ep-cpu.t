@@ -37,10 +37,7 @@ sub logprobs_of { $_[0]{json}{choices}[0]{logprobs}{token_logprobs} // [] }
 # ---- the reference: one rank, all experts ------------------------------------
 
 my $ref = KimiTest->new(workers => 1);
-my $tiny = $ref->dir . '/tiny';
-system("$ref->{engine_bin} gen-tiny-model --out $tiny --tokenizer-dir"
-    . " $ref->{tokdir} >/dev/null 2>&1") == 0
-    or plan(skip_all => 'gen-tiny-model failed');
+my $tiny = $ref->tiny_model;
 
 my @common = ('--backend', 'cpu', '--model', $tiny, '--threads', 1,
     '--cpu-kv-cache-bytes', '64M', '--max-num-batched-tokens', 256);

@@ -38,10 +38,7 @@ sub logprobs_of { $_[0]{json}{choices}[0]{logprobs}{token_logprobs} // [] }
 # ---- the reference: one process, whole weights --------------------------------
 
 my $ref = KimiTest->new(workers => 1);
-my $tiny = $ref->dir . '/tiny';
-system("$ref->{engine_bin} gen-tiny-model --out $tiny --tokenizer-dir"
-    . " $ref->{tokdir} >/dev/null 2>&1") == 0
-    or plan(skip_all => 'gen-tiny-model failed');
+my $tiny = $ref->tiny_model;
 
 my $shape = '{"num_attention_heads": 4, "num_key_value_heads": 4,'
     . ' "qk_nope_head_dim": 112, "qk_rope_head_dim": 16, "v_head_dim": 128,'

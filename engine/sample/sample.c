@@ -1055,18 +1055,83 @@ kimi_sample_json_vocab(kimi_sampler_t *s, const kimi_tokenizer_t *tk)
 }
 
 
-/* 1 if the token's bytes extend the prefix in st */
-static int
-kimi_sample_json_ok(const kimi_tokenizer_t *tk, const kimi_json_state_t *st,
-    uint32_t id)
-{
-    kimi_json_state_t  t;
-    const char        *b;
-    size_t             len;
+/* A byte-level recogniser as the token walk drives it: st (the state
+ * after the output so far) copied into scratch, then p fed to the copy;
+ * 0 while it accepts */
+typedef int (*kimi_sample_try_t)(void *scratch, const void *st, const char *p,
+    size_t n);
 
-    kimi_json_copy(&t, st);
-    b = kimi_token_bytes(tk, (int32_t) id, &len);
-    return b != NULL && kimi_json_feed(&t, b, len) == 0;
+static int
+kimi_sample_json_try(void *scratch, const void *st, const char *p, size_t n)
+{
+    kimi_json_copy(scratch, st);
+    return kimi_json_feed(scratch, p, n);
+}
+
+static int
+kimi_sample_stag_try(void *scratch, const void *st, const char *p, size_t n)
+{
+    kimi_stag_copy(scratch, st);
+    return kimi_stag_feed(scratch, p, n);
+}
+
+
+/* Masks every token the recogniser refuses.  in_string: inside a JSON
+ * string, where the plain tokens pass unread; elsewhere a refused first
+ * byte masks its whole bucket and the rest are fed whole.  Where no byte
+ * can follow (nesting at its limit under a schema that keeps asking for
+ * more) the answer ends here, a prefix, as at max_tokens. */
+static void
+kimi_sample_bytes_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
+    kimi_sample_try_t try_feed, const void *st, void *scratch, int in_string)
+{
+    const kimi_tokenizer_t  *tk = req->tokenizer;
+    kimi_json_vocab_t       *jv = &s->jv;
+    const char              *b;
+    size_t                   len;
+    uint32_t                 i, id;
+    unsigned char            c;
+    int                      allowed = 0;
+
+    if (in_string) {
+        for (id = 0; id < s->vocab; id++) {
+            if (jv->cls[id] == KIMI_JV_OTHER && s->x[id] > -INFINITY) {
+                b = kimi_token_bytes(tk, (int32_t) id, &len);
+                if (b == NULL || try_feed(scratch, st, b, len) != 0) {
+                    s->x[id] = -INFINITY;
+                }
+            }
+        }
+        return;
+    }
+
+    for (unsigned k = 0; k < 256; k++) {
+        c = (unsigned char) k;
+        if (try_feed(scratch, st, (const char *) &c, 1) != 0) {
+            for (i = jv->first[k]; i < jv->first[k + 1]; i++) {
+                s->x[jv->by_first[i]] = -INFINITY;
+            }
+            continue;
+        }
+        for (i = jv->first[k]; i < jv->first[k + 1]; i++) {
+            id = jv->by_first[i];
+            if (s->x[id] > -INFINITY) {
+                b = kimi_token_bytes(tk, (int32_t) id, &len);
+                if (b == NULL || try_feed(scratch, st, b, len) != 0) {
+                    s->x[id] = -INFINITY;
+                }
+            }
+            allowed |= s->x[id] > -INFINITY;
+        }
+    }
+
+    if (!allowed) {
+        for (i = 0; i < req->n_eos; i++) {
+            if ((uint32_t) req->eos_ids[i] < s->vocab) {
+                s->x[req->eos_ids[i]] = 0.0f;
+            }
+        }
+    }
 }
 
 
@@ -1196,8 +1261,7 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
     const char              *b;
     size_t                   len;
     uint32_t                 i, id, k;
-    unsigned char            c;
-    int                      done, broken = 0, allowed = 0;
+    int                      done, broken = 0;
 
     if (kimi_sample_json_vocab(s, tk) != 0) {
         return;                         /* out of memory: unconstrained */
@@ -1305,59 +1369,8 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
         s->x[frame->never[i]] = -INFINITY;      /* markers: never inside */
     }
 
-    if (kimi_json_in_string(&st)) {
-        for (id = 0; id < s->vocab; id++) {
-            if (jv->cls[id] == KIMI_JV_OTHER && s->x[id] > -INFINITY
-                && !kimi_sample_json_ok(tk, &st, id))
-            {
-                s->x[id] = -INFINITY;
-            }
-        }
-        return;
-    }
-
-    for (unsigned k = 0; k < 256; k++) {
-        c = (unsigned char) k;
-        kimi_json_copy(&t, &st);
-        if (kimi_json_feed(&t, (const char *) &c, 1) != 0) {
-            for (i = jv->first[k]; i < jv->first[k + 1]; i++) {
-                s->x[jv->by_first[i]] = -INFINITY;
-            }
-            continue;
-        }
-        for (i = jv->first[k]; i < jv->first[k + 1]; i++) {
-            id = jv->by_first[i];
-            if (s->x[id] > -INFINITY && !kimi_sample_json_ok(tk, &st, id)) {
-                s->x[id] = -INFINITY;
-            }
-            allowed |= s->x[id] > -INFINITY;
-        }
-    }
-
-    /* no byte can follow (nesting at its limit under a schema that keeps
-     * asking for more): the answer ends here, a prefix, as at max_tokens */
-    if (!allowed) {
-        for (i = 0; i < req->n_eos; i++) {
-            if ((uint32_t) req->eos_ids[i] < s->vocab) {
-                s->x[req->eos_ids[i]] = 0.0f;
-            }
-        }
-    }
-}
-
-
-/* 1 if the token's bytes extend the structural-tag prefix in st */
-static int
-kimi_sample_stag_ok(const kimi_tokenizer_t *tk, const kimi_stag_state_t *st,
-    uint32_t id)
-{
-    kimi_stag_state_t  t;
-    const char        *b;
-    size_t             len;
-
-    kimi_stag_copy(&t, st);
-    b = kimi_token_bytes(tk, (int32_t) id, &len);
-    return b != NULL && kimi_stag_feed(&t, b, len) == 0;
+    kimi_sample_bytes_mask(s, req, kimi_sample_json_try, &st, &t,
+                           kimi_json_in_string(&st));
 }
 
 
@@ -1379,8 +1392,7 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
     const char              *b;
     size_t                   len;
     uint32_t                 i, id;
-    unsigned char            c;
-    int                      broken = 0, allowed = 0;
+    int                      broken = 0;
     char                     msg[160];
 
     if (kimi_sample_json_vocab(s, tk) != 0
@@ -1427,7 +1439,7 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
             }
             b = kimi_token_bytes(tk, (int32_t) id, &len);
             if (kimi_stag_may_trigger(&st, b, len)
-                && !kimi_sample_stag_ok(tk, &st, id))
+                && kimi_sample_stag_try(&c1, &st, b, len) != 0)
             {
                 s->x[id] = -INFINITY;
             }
@@ -1439,44 +1451,9 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
         s->x[jv->special[i]] = -INFINITY;
     }
 
-    if (st.mode == KIMI_STAG_JSON && kimi_json_in_string(&st.json)) {
-        for (id = 0; id < s->vocab; id++) {
-            if (jv->cls[id] == KIMI_JV_OTHER && s->x[id] > -INFINITY
-                && !kimi_sample_stag_ok(tk, &st, id))
-            {
-                s->x[id] = -INFINITY;
-            }
-        }
-        return;
-    }
-
-    for (unsigned k = 0; k < 256; k++) {
-        c = (unsigned char) k;
-        kimi_stag_copy(&c1, &st);
-        if (kimi_stag_feed(&c1, (const char *) &c, 1) != 0) {
-            for (i = jv->first[k]; i < jv->first[k + 1]; i++) {
-                s->x[jv->by_first[i]] = -INFINITY;
-            }
-            continue;
-        }
-        for (i = jv->first[k]; i < jv->first[k + 1]; i++) {
-            id = jv->by_first[i];
-            if (s->x[id] > -INFINITY && !kimi_sample_stag_ok(tk, &st, id)) {
-                s->x[id] = -INFINITY;
-            }
-            allowed |= s->x[id] > -INFINITY;
-        }
-    }
-
-    /* no byte can follow (nesting at its limit under a schema that keeps
-     * asking for more): the answer ends here, as at max_tokens */
-    if (!allowed) {
-        for (i = 0; i < req->n_eos; i++) {
-            if ((uint32_t) req->eos_ids[i] < s->vocab) {
-                s->x[req->eos_ids[i]] = 0.0f;
-            }
-        }
-    }
+    kimi_sample_bytes_mask(s, req, kimi_sample_stag_try, &st, &c1,
+                           st.mode == KIMI_STAG_JSON
+                           && kimi_json_in_string(&st.json));
 }
 
 

@@ -120,6 +120,17 @@ sub free_port {
     return $p;
 }
 
+# The tiny Kimi-K2-shaped model (random weights, Kimi's real tokenizer) in
+# the test dir; its path.  A test that cannot have it is skipped.
+sub tiny_model {
+    my ($self) = @_;
+    my $dir = $self->dir . '/tiny';
+    system("$self->{engine_bin} gen-tiny-model --out $dir --tokenizer-dir"
+        . " $self->{tokdir} >/dev/null 2>&1") == 0
+        or Test::More::plan(skip_all => 'gen-tiny-model failed');
+    return $dir;
+}
+
 # A tiny DeepSeek-V3-shaped model in the test dir whose tokenizer is a
 # Hugging Face tokenizer.json fixture (t/fixtures/text/...), its vocabulary
 # padded to vocab_size, bos and eos as given; the engine serves it on the
