@@ -218,6 +218,24 @@ for my $seed (1 .. 6) {
 }
 cmp_ok($early, '<=', 2, 'with at_least_one most of those answers end after a structure instead');
 
+# a constant content: every "e" is followed by "XYZ!"
+my $const = { type => 'structural_tag', format => { type => 'triggered_tags',
+    triggers => [ 'e' ], tags => [ { begin => 'e', end => '!',
+        content => { type => 'const_string', value => 'XYZ' } } ] } };
+my $consts = 0;
+for my $seed (1 .. 3) {
+    $r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
+        max_tokens => 40, temperature => 1, seed => $seed, response_format => $const));
+    my $text = $r->{json}{choices}[0]{text} // '';
+    utf8::decode($text);
+    $text =~ s/e(?:X(?:Y(?:Z!?)?)?)?$//
+        if ($r->{json}{choices}[0]{finish_reason} // '') eq 'length';
+    $consts += () = $text =~ /eXYZ!/g;
+    unlike($text, qr/e(?!XYZ!)/, "const_string (seed $seed): every trigger has its text")
+        or diag($text);
+}
+cmp_ok($consts, '>=', 3, "the constant was written ($consts times)");
+
 # ---- what cannot be enforced --------------------------------------------------
 
 my @bad = (
@@ -234,7 +252,7 @@ my @bad = (
     [ { format => { type => 'or', elements => [] } }, qr/other formats are not supported/ ],
     [ { format => { type => 'triggered_tags', triggers => [ '<' ], tags => [ { begin => '<a',
         content => { type => 'regex', pattern => 'x' }, end => '>' } ] } },
-      qr/tag 0: the content must be/ ],
+      qr/tag 0: a content of type "regex" is not supported/ ],
     [ { format => { type => 'triggered_tags', triggers => [ '<' ], tags => [] },
         triggers => [ '<' ] }, qr/either "format" or/ ],
 );

@@ -1377,8 +1377,8 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
 /* Structural tags: the output so far through the recogniser (a special
  * token only in free text), then every token it would refuse is masked.
  * In free text the output may end (with at_least_one, once a structure is
- * complete) and special tokens pass; a token none of whose bytes ends a
- * trigger passes unread.  After stop_after_first's structure only eos.  Inside a structure no
+ * complete) and special tokens pass; there and in a structure's any text a
+ * token none of whose bytes ends a trigger (the end text) passes unread.  After stop_after_first's structure only eos.  Inside a structure no
  * special token (eos neither) may come; inside its JSON strings the plain
  * tokens pass unread; elsewhere a refused first byte masks its bucket. */
 static void
@@ -1427,18 +1427,25 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
         return;
     }
 
-    if (kimi_stag_is_free(&st)) {
+    /* text: free, or a structure's any text (no special token there) */
+    if (st.mode == KIMI_STAG_FREE || st.mode == KIMI_STAG_TEXT) {
         for (i = 0; !kimi_stag_may_end(&st) && i < req->n_eos; i++) {
             if ((uint32_t) req->eos_ids[i] < s->vocab) {
                 s->x[req->eos_ids[i]] = -INFINITY;  /* at_least_one */
             }
         }
         for (id = 0; id < s->vocab; id++) {
-            if (s->x[id] == -INFINITY || jv->cls[id] == KIMI_JV_SPECIAL) {
+            if (s->x[id] == -INFINITY) {
+                continue;
+            }
+            if (jv->cls[id] == KIMI_JV_SPECIAL) {
+                if (st.mode == KIMI_STAG_TEXT) {
+                    s->x[id] = -INFINITY;
+                }
                 continue;
             }
             b = kimi_token_bytes(tk, (int32_t) id, &len);
-            if (kimi_stag_may_trigger(&st, b, len)
+            if (kimi_stag_must_feed(&st, b, len)
                 && kimi_sample_stag_try(&c1, &st, b, len) != 0)
             {
                 s->x[id] = -INFINITY;

@@ -4,7 +4,7 @@
  * starts, a JSON value its schema describes (json_mode.c), the end text -
  * after which free text goes on.
  *
- * Owns:   the mode (free, begin, JSON, end) and feeding bytes to it; the
+ * Owns:   the mode (free, begin, content, end) and feeding bytes to it; the
  *         sampler (sample.c) masks every token whose bytes it refuses and
  *         lets the output end in free text only.
  * Never:  looks at token ids or logits; lets whitespace sit between a
@@ -41,7 +41,7 @@ void
 kimi_stag_copy(kimi_stag_state_t *dst, const kimi_stag_state_t *src)
 {
     memcpy(dst, src, offsetof(kimi_stag_state_t, recent));
-    if (src->mode == KIMI_STAG_FREE) {
+    if (src->mode == KIMI_STAG_FREE || src->mode == KIMI_STAG_TEXT) {
         memcpy(dst->recent, src->recent, src->tail);
     } else if (src->mode == KIMI_STAG_JSON) {
         kimi_json_copy(&dst->json, &src->json);
@@ -77,10 +77,16 @@ kimi_stag_special(kimi_stag_state_t *s)
 
 
 int
-kimi_stag_may_trigger(const kimi_stag_state_t *s, const char *p, size_t n)
+kimi_stag_must_feed(const kimi_stag_state_t *s, const char *p, size_t n)
 {
     const kimi_stag_t  *t = s->t;
 
+    if (s->mode == KIMI_STAG_TEXT) {
+        return memchr(p, t->end[s->which][t->end_len[s->which] - 1], n) != NULL;
+    }
+    if (s->mode != KIMI_STAG_FREE) {
+        return 1;
+    }
     for (uint32_t i = 0; i < t->n_trig; i++) {
         if (memchr(p, t->trig[i][t->trig_len[i] - 1], n) != NULL) {
             return 1;
@@ -90,16 +96,26 @@ kimi_stag_may_trigger(const kimi_stag_state_t *s, const char *p, size_t n)
 }
 
 
-/* after a begin's last byte or an end's: the structure's JSON, or free
- * text again */
+/* after a begin's last byte: the structure's content */
 static void
-kimi_stag_enter_json(kimi_stag_state_t *s, uint32_t which)
+kimi_stag_enter_content(kimi_stag_state_t *s, uint32_t which)
 {
-    s->mode = KIMI_STAG_JSON;
     s->which = which;
-    kimi_json_init_schema(&s->json, s->t->prog[which]);
-    if (s->no_ws) {
-        kimi_json_no_ws(&s->json);
+    s->pos = 0;
+    switch (s->t->kind[which]) {
+    case KIMI_STAG_C_TEXT:
+        s->mode = KIMI_STAG_TEXT;
+        s->tail = 0;
+        break;
+    case KIMI_STAG_C_CONST:
+        s->mode = KIMI_STAG_CONST;
+        break;
+    default:
+        s->mode = KIMI_STAG_JSON;
+        kimi_json_init_schema(&s->json, s->t->prog[which]);
+        if (s->no_ws) {
+            kimi_json_no_ws(&s->json);
+        }
     }
 }
 
@@ -172,7 +188,7 @@ kimi_stag_trigger(kimi_stag_state_t *s)
 
     for (uint32_t j = 0; j < t->n_struct; j++) {
         if ((cand >> j & 1) && t->begin_len[j] == best) {
-            kimi_stag_enter_json(s, j);     /* the begin is the trigger */
+            kimi_stag_enter_content(s, j);     /* the begin is the trigger */
             return;
         }
     }
@@ -211,7 +227,7 @@ kimi_stag_byte(kimi_stag_state_t *s, unsigned char c)
             /* no begin is a prefix of another: the one that ends is the
              * only one left */
             if ((next >> j & 1) && t->begin_len[j] == s->pos) {
-                kimi_stag_enter_json(s, j);
+                kimi_stag_enter_content(s, j);
                 break;
             }
         }
@@ -222,6 +238,39 @@ kimi_stag_byte(kimi_stag_state_t *s, unsigned char c)
             return -1;
         }
         if (kimi_json_done(&s->json)) {
+            s->mode = KIMI_STAG_END;
+            s->pos = 0;
+            if (t->end_len[s->which] == 0) {
+                kimi_stag_done(s);
+            }
+        }
+        return 0;
+
+    case KIMI_STAG_TEXT:                    /* until it ends with the end text */
+        if (s->tail == t->end_len[s->which]) {
+            memmove(s->recent, s->recent + 1, s->tail - 1);
+            s->tail--;
+        }
+        s->recent[s->tail++] = c;
+        if (s->tail == t->end_len[s->which]) {
+            uint32_t  k;
+
+            for (k = 0; k < s->tail; k++) {
+                if (s->recent[k] != (unsigned char) t->end[s->which][k]) {
+                    break;
+                }
+            }
+            if (k == s->tail) {
+                kimi_stag_done(s);
+            }
+        }
+        return 0;
+
+    case KIMI_STAG_CONST:
+        if (t->prog[s->which][s->pos] != c) {
+            return -1;
+        }
+        if (++s->pos == t->prog_len[s->which]) {
             s->mode = KIMI_STAG_END;
             s->pos = 0;
             if (t->end_len[s->which] == 0) {

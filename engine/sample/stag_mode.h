@@ -16,12 +16,13 @@ typedef struct {
     const kimi_stag_t  *t;
     unsigned char       mode;       /* KIMI_STAG_FREE .. KIMI_STAG_END */
     unsigned char       no_ws;      /* JSON without whitespace */
-    uint16_t            tail;       /* free text: bytes held in recent */
+    uint16_t            tail;       /* free text / any text: bytes in recent */
     uint32_t            pos;        /* begin / end: bytes matched */
     uint32_t            which;      /* JSON / end: the structure */
     uint64_t            cand;       /* begin: structures still possible */
     uint32_t            n_done;     /* structures completed */
-    /* free text: its last bytes (as many as the longest trigger) */
+    /* free text: its last bytes (as many as the longest trigger); a
+     * structure's any text: as many as its end */
     unsigned char       recent[KIMI_STAG_MAX_TEXT];
     kimi_json_state_t   json;
 } kimi_stag_state_t;
@@ -30,6 +31,8 @@ enum {
     KIMI_STAG_FREE = 0,     /* free text, watching for a trigger */
     KIMI_STAG_BEGIN,        /* inside a begin text, after its trigger */
     KIMI_STAG_JSON,         /* the structure's JSON value */
+    KIMI_STAG_TEXT,         /* its any text, which its end text closes */
+    KIMI_STAG_CONST,        /* its fixed text */
     KIMI_STAG_END,          /* its end text */
     KIMI_STAG_DONE          /* stop_after_first, after the first: nothing */
 };
@@ -54,9 +57,10 @@ int  kimi_stag_is_free(const kimi_stag_state_t *s);
  * at_least_one), or after the first structure with stop_after_first. */
 int  kimi_stag_may_end(const kimi_stag_state_t *s);
 
-/* In free text: 0 if bytes p[0..n) cannot complete a trigger (none of them
- * ends one), so they are accepted as they are; 1 if they must be fed. */
-int  kimi_stag_may_trigger(const kimi_stag_state_t *s, const char *p,
-                           size_t n);
+/* In free text or a structure's any text: 0 if bytes p[0..n) cannot
+ * complete a trigger or the end text (none of them ends one), so they are
+ * accepted as they are; 1 if they must be fed (always elsewhere). */
+int  kimi_stag_must_feed(const kimi_stag_state_t *s, const char *p,
+                         size_t n);
 
 #endif

@@ -85,7 +85,7 @@ kimi_stag_build(const json_t *trigs, const json_t *structs, int32_t flags,
     int32_t **w, size_t *n, char *err, size_t errlen)
 {
     const json_t     *s, *v;
-    const char       *text, *begins[KIMI_STAG_MAX_STRUCTS];
+    const char       *text, *ctype, *begins[KIMI_STAG_MAX_STRUCTS];
     size_t            len, blens[KIMI_STAG_MAX_STRUCTS], i, j, k, np;
     int32_t          *prog, hdr[3];
     kimi_stag_buf_t   b = { NULL, 0, 0 };
@@ -176,8 +176,53 @@ kimi_stag_build(const json_t *trigs, const json_t *structs, int32_t flags,
             goto failed;
         }
 
+        /* the format form's content, or the structures form's schema */
+        v = json_object_get(s, "content");
+        ctype = v != NULL ? json_string_value(json_object_get(v, "type")) : NULL;
+        if (v != NULL && ctype == NULL) {
+            snprintf(err, errlen, "tag %zu: the content must be an object"
+                     " with a \"type\"", i);
+            goto failed;
+        }
+
+        if (ctype != NULL && strcmp(ctype, "any_text") == 0) {
+            if (len == 0) {
+                snprintf(err, errlen, "tag %zu: any_text needs an end text"
+                         " (it ends the text)", i);
+                goto failed;
+            }
+            hdr[0] = KIMI_STAG_C_TEXT;
+            if (kimi_stag_put(&b, hdr, 1) != 0) {
+                goto nomem;
+            }
+            continue;
+        }
+
+        if (ctype != NULL && strcmp(ctype, "const_string") == 0) {
+            text = kimi_stag_text(json_object_get(v, "value"), "the value of"
+                                  " tag", i, 0, &len, err, errlen);
+            if (text == NULL) {
+                goto failed;
+            }
+            hdr[0] = KIMI_STAG_C_CONST;
+            if (kimi_stag_put(&b, hdr, 1) != 0
+                || kimi_stag_put_text(&b, text, len) != 0)
+            {
+                goto nomem;
+            }
+            continue;
+        }
+
+        if (ctype != NULL && strcmp(ctype, "json_schema") != 0) {
+            snprintf(err, errlen, "tag %zu: a content of type \"%.32s\" is"
+                     " not supported (json_schema, any_text and const_string"
+                     " are)", i, ctype);
+            goto failed;
+        }
+
         /* no schema (null): any JSON object */
-        v = json_object_get(s, "schema");
+        v = ctype != NULL ? json_object_get(v, "json_schema")
+                          : json_object_get(s, "schema");
         if (v == NULL || json_is_null(v)) {
             v = json_true();
         }
@@ -185,8 +230,9 @@ kimi_stag_build(const json_t *trigs, const json_t *structs, int32_t flags,
             snprintf(err, errlen, "the schema of structure %zu: %s", i, msg);
             goto failed;
         }
-        hdr[0] = (int32_t) np;
-        if (kimi_stag_put(&b, hdr, 1) != 0 || kimi_stag_put(&b, prog, np) != 0)
+        hdr[0] = KIMI_STAG_C_JSON;
+        hdr[1] = (int32_t) np;
+        if (kimi_stag_put(&b, hdr, 2) != 0 || kimi_stag_put(&b, prog, np) != 0)
         {
             free(prog);
             goto nomem;
@@ -207,8 +253,8 @@ failed:
 
 
 /* xgrammar's "format": {"type": "triggered_tags", "triggers", "tags":
- * [{"begin", "content": {"type": "json_schema", "json_schema"}, "end"}],
- * "at_least_one", "stop_after_first"}, as structures */
+ * [{"begin", "content": {"type": ...}, "end"}], "at_least_one",
+ * "stop_after_first"}, as structures whose content kimi_stag_build reads */
 static int
 kimi_stag_format(const json_t *fmt, int32_t **w, size_t *n, char *err,
     size_t errlen)
@@ -255,20 +301,16 @@ kimi_stag_format(const json_t *fmt, int32_t **w, size_t *n, char *err,
     }
     json_array_foreach(tags, i, tag) {
         content = json_object_get(tag, "content");
-        type = json_object_get(content, "type");
-        if (!json_is_object(tag) || !json_is_string(type)
-            || strcmp(json_string_value(type), "json_schema") != 0)
-        {
-            snprintf(err, errlen, "tag %zu: the content must be {\"type\":"
-                     " \"json_schema\", \"json_schema\": {...}}: other"
-                     " contents are not supported", i);
+        if (!json_is_object(tag) || !json_is_object(content)) {
+            snprintf(err, errlen, "tag %zu must be {\"begin\", \"content\":"
+                     " {\"type\": ...}, \"end\"}", i);
             json_decref(structs);
             return -1;
         }
-        if (json_array_append_new(structs, json_pack("{s:O?,s:O?,s:O?}",
+        if (json_array_append_new(structs, json_pack("{s:O?,s:O?,s:O}",
                 "begin", json_object_get(tag, "begin"),
                 "end", json_object_get(tag, "end"),
-                "schema", json_object_get(content, "json_schema"))) != 0)
+                "content", content)) != 0)
         {
             snprintf(err, errlen, "out of memory");
             json_decref(structs);
@@ -365,8 +407,34 @@ kimi_stag_view(const int32_t *w, size_t n, kimi_stag_t *t, char *err,
             != 0
             || kimi_stag_view_text(w, n, &at, 1, &t->end[i], &t->end_len[i])
                != 0
-            || at >= n || w[at] < 2 || (size_t) w[at] > n - at - 1)
+            || at >= n || w[at] < KIMI_STAG_C_JSON || w[at] > KIMI_STAG_C_CONST)
         {
+            snprintf(err, errlen, "structural tag words: structure %u", i);
+            return -1;
+        }
+        t->kind[i] = (uint32_t) w[at++];
+
+        if (t->kind[i] == KIMI_STAG_C_TEXT) {
+            if (t->end_len[i] == 0) {
+                snprintf(err, errlen, "structural tag words: structure %u:"
+                         " text without an end", i);
+                return -1;
+            }
+            continue;
+        }
+
+        if (t->kind[i] == KIMI_STAG_C_CONST) {
+            if (kimi_stag_view_text(w, n, &at, 0, &t->prog[i],
+                                    &t->prog_len[i]) != 0)
+            {
+                snprintf(err, errlen, "structural tag words: structure %u:"
+                         " its constant", i);
+                return -1;
+            }
+            continue;
+        }
+
+        if (at >= n || w[at] < 2 || (size_t) w[at] > n - at - 1) {
             snprintf(err, errlen, "structural tag words: structure %u", i);
             return -1;
         }

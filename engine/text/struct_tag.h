@@ -17,6 +17,8 @@
  *    "json_schema", "json_schema": {...}}, "end": ...}, ...],
  *    "at_least_one": false, "stop_after_first": false}}
  *
+ * whose tags may also hold {"type": "any_text"} (text up to the end text,
+ * which must not be empty) or {"type": "const_string", "value": "..."};
  * at_least_one: the output may not end before a structure is complete;
  * stop_after_first: it ends with the first structure's end.
  *
@@ -27,8 +29,9 @@
  * Words (w[0..n)):
  *   n_triggers, n_structures, flags (KIMI_STAG_*), then each trigger:
  *   length, its bytes one a word; then each structure: begin length and
- *   bytes, end length and bytes, its schema program's length and words
- *   (json_schema.h).
+ *   bytes, end length and bytes, its content's kind (KIMI_STAG_C_*) and
+ *   for JSON its schema program's length and words (json_schema.h), for a
+ *   constant its length and bytes.
  */
 
 #ifndef KIMI_STRUCT_TAG_H
@@ -47,6 +50,12 @@
 #define KIMI_STAG_AT_LEAST_ONE  1       /* flags */
 #define KIMI_STAG_STOP_AFTER    2
 
+enum {                                  /* a structure's content */
+    KIMI_STAG_C_JSON = 0,               /* a JSON value by its schema */
+    KIMI_STAG_C_TEXT,                   /* any text, up to the end text */
+    KIMI_STAG_C_CONST                   /* one fixed text */
+};
+
 /* A checked program, pointing into its words */
 typedef struct {
     uint32_t        n_trig, n_struct;
@@ -57,8 +66,9 @@ typedef struct {
     const int32_t  *begin[KIMI_STAG_MAX_STRUCTS], *end[KIMI_STAG_MAX_STRUCTS];
     uint32_t        begin_len[KIMI_STAG_MAX_STRUCTS];
     uint32_t        end_len[KIMI_STAG_MAX_STRUCTS];
-    const int32_t  *prog[KIMI_STAG_MAX_STRUCTS];
-    uint32_t        prog_len[KIMI_STAG_MAX_STRUCTS];
+    uint32_t        kind[KIMI_STAG_MAX_STRUCTS];       /* KIMI_STAG_C_* */
+    const int32_t  *prog[KIMI_STAG_MAX_STRUCTS];       /* JSON: the program */
+    uint32_t        prog_len[KIMI_STAG_MAX_STRUCTS];   /* constant: its bytes */
 } kimi_stag_t;
 
 /* Compiles the structural_tag object (its "structures" and "triggers", or

@@ -121,8 +121,8 @@ main(void)
 
     /* the fast path: a token without a trigger's last byte passes unread */
     kimi_stag_init(&s, &tag, 0);
-    ok(!kimi_stag_may_trigger(&s, "hello", 5)
-       && kimi_stag_may_trigger(&s, "a=b", 3),
+    ok(!kimi_stag_must_feed(&s, "hello", 5)
+       && kimi_stag_must_feed(&s, "a=b", 3),
        "only bytes holding a trigger's last byte ('=') need feeding");
 
     /* copies are independent */
@@ -166,12 +166,42 @@ main(void)
        && kimi_stag_feed(&s, " ", 1) != 0,
        "at_least_one: no end before a structure; stop_after_first: nothing"
        " after it");
+    /* any_text up to its end; a constant */
+    rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<\"], \"tags\": [{\"begin\": \"<think>\", \"content\":"
+                 " {\"type\": \"any_text\"}, \"end\": \"</think>\"},"
+                 " {\"begin\": \"<ok>\", \"content\": {\"type\":"
+                 " \"const_string\", \"value\": \"yes\"}, \"end\": \"\"}]}}",
+                 err, sizeof(err));
+    ok(rc == 0 && tag.kind[0] == KIMI_STAG_C_TEXT
+       && tag.kind[1] == KIMI_STAG_C_CONST && tag.prog_len[1] == 3,
+       "any_text and const_string contents compile%s%s", rc ? ": " : "",
+       rc ? err : "");
+    ok(accepts("a <think>x < y </thin </think> then <ok>yes and", &fr) && fr,
+       "any_text runs to its end text (a '<' or a partial end inside is"
+       " text), then free text; the constant, then free text");
+    ok(accepts("<think>still thinking </th", &fr) && !fr,
+       "inside any text: a prefix, not free");
+    ok(!accepts("<ok>yep", NULL), "a constant's other text: refused");
+    kimi_stag_init(&s, &tag, 0);
+    ok(kimi_stag_feed(&s, "<think>a", 8) == 0 && kimi_stag_special(&s) != 0,
+       "a special token inside any text: refused");
+    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_feed(&s, "<think>", 7);
+    ok(!kimi_stag_must_feed(&s, "abc", 3) && kimi_stag_must_feed(&s, "x>", 2),
+       "inside any text only bytes holding the end's last byte need feeding");
     rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
                  " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
-                 " {\"type\": \"const_string\", \"value\": \"x\"}, \"end\":"
+                 " {\"type\": \"any_text\"}, \"end\": \"\"}]}}", err,
+                 sizeof(err));
+    ok(rc != 0 && strstr(err, "needs an end text") != NULL,
+       "any_text without an end: %s", err);
+    rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
+                 " {\"type\": \"regex\", \"pattern\": \"x\"}, \"end\":"
                  " \"\"}]}}", err, sizeof(err));
-    ok(rc != 0 && strstr(err, "the content must be") != NULL,
-       "a content other than json_schema: %s", err);
+    ok(rc != 0 && strstr(err, "\"regex\" is not supported") != NULL,
+       "a content of another type: %s", err);
 
     /* ---- refused at compile ---- */
     ok(compile("{\"triggers\": [\"<\"], \"structures\": [{\"begin\": \"x\","
