@@ -236,6 +236,24 @@ for my $seed (1 .. 3) {
 }
 cmp_ok($consts, '>=', 3, "the constant was written ($consts times)");
 
+# a regex content: every "e" is followed by two digits and ";"
+my $rx = { type => 'structural_tag', format => { type => 'triggered_tags',
+    triggers => [ 'e' ], tags => [ { begin => 'e', end => ';',
+        content => { type => 'regex', pattern => '[0-9]{2}' } } ] } };
+my $rxs = 0;
+for my $seed (1 .. 3) {
+    $r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
+        max_tokens => 40, temperature => 1, seed => $seed, response_format => $rx));
+    my $text = $r->{json}{choices}[0]{text} // '';
+    utf8::decode($text);
+    $text =~ s/e(?:[0-9](?:[0-9])?)?$//
+        if ($r->{json}{choices}[0]{finish_reason} // '') eq 'length';
+    $rxs += () = $text =~ /e[0-9]{2};/g;
+    unlike($text, qr/e(?![0-9]{2};)/, "regex content (seed $seed): every trigger has its match")
+        or diag($text);
+}
+cmp_ok($rxs, '>=', 3, "the pattern was written ($rxs times)");
+
 # ---- what cannot be enforced --------------------------------------------------
 
 my @bad = (
@@ -251,8 +269,8 @@ my @bad = (
       qr/the end of structure 0 must be a string/ ],
     [ { format => { type => 'or', elements => [] } }, qr/other formats are not supported/ ],
     [ { format => { type => 'triggered_tags', triggers => [ '<' ], tags => [ { begin => '<a',
-        content => { type => 'regex', pattern => 'x' }, end => '>' } ] } },
-      qr/tag 0: a content of type "regex" is not supported/ ],
+        content => { type => 'regex', pattern => 'x' }, end => '' } ] } },
+      qr/tag 0: a regex content needs an end text/ ],
     [ { format => { type => 'triggered_tags', triggers => [ '<' ], tags => [] },
         triggers => [ '<' ] }, qr/either "format" or/ ],
 );

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "stag_mode.h"
+#include "../text/regex_dfa.h"
 
 
 void
@@ -110,6 +111,11 @@ kimi_stag_enter_content(kimi_stag_state_t *s, uint32_t which)
     case KIMI_STAG_C_CONST:
         s->mode = KIMI_STAG_CONST;
         break;
+    case KIMI_STAG_C_REGEX:
+        s->mode = KIMI_STAG_REGEX;
+        s->rx = 0;
+        memset(s->ends, 0, sizeof(s->ends));
+        break;
     default:
         s->mode = KIMI_STAG_JSON;
         kimi_json_init_schema(&s->json, s->t->prog[which]);
@@ -195,6 +201,43 @@ kimi_stag_trigger(kimi_stag_state_t *s)
 }
 
 
+/* A pattern's text: the match going on, and the end text begun at each
+ * place the match could close; the first end text written closes it. */
+static int
+kimi_stag_regex_byte(kimi_stag_state_t *s, unsigned char c)
+{
+    const kimi_stag_t  *t = s->t;
+    const int32_t      *end = t->end[s->which], *prog = t->prog[s->which];
+    uint32_t            elen = t->end_len[s->which];
+    uint64_t            next[4] = { 0, 0, 0, 0 };
+    int                 any = 0;
+
+    for (uint32_t p = 1; p < elen; p++) {
+        if ((s->ends[p >> 6] >> (p & 63) & 1) && end[p] == c) {
+            if (p + 1 == elen) {
+                kimi_stag_done(s);
+                return 0;
+            }
+            next[(p + 1) >> 6] |= 1ull << ((p + 1) & 63);
+            any = 1;
+        }
+    }
+    if (s->rx >= 0 && kimi_regex_accepts(prog, s->rx) && end[0] == c) {
+        if (elen == 1) {
+            kimi_stag_done(s);
+            return 0;
+        }
+        next[0] |= 2;
+        any = 1;
+    }
+
+    s->rx = s->rx >= 0 ? kimi_regex_step(prog, s->rx, (const char *) &c, 1)
+                       : -1;
+    memcpy(s->ends, next, sizeof(next));
+    return s->rx >= 0 || any ? 0 : -1;
+}
+
+
 static int
 kimi_stag_byte(kimi_stag_state_t *s, unsigned char c)
 {
@@ -265,6 +308,9 @@ kimi_stag_byte(kimi_stag_state_t *s, unsigned char c)
             }
         }
         return 0;
+
+    case KIMI_STAG_REGEX:
+        return kimi_stag_regex_byte(s, c);
 
     case KIMI_STAG_CONST:
         if (t->prog[s->which][s->pos] != c) {

@@ -21,6 +21,9 @@ typedef struct {
     uint32_t            which;      /* JSON / end: the structure */
     uint64_t            cand;       /* begin: structures still possible */
     uint32_t            n_done;     /* structures completed */
+    int32_t             rx;         /* pattern: its DFA state (-1: no more) */
+    uint64_t            ends[4];    /* pattern: bit p = its end's first p
+                                       bytes just written, after a match */
     /* free text: its last bytes (as many as the longest trigger); a
      * structure's any text: as many as its end */
     unsigned char       recent[KIMI_STAG_MAX_TEXT];
@@ -33,6 +36,7 @@ enum {
     KIMI_STAG_JSON,         /* the structure's JSON value */
     KIMI_STAG_TEXT,         /* its any text, which its end text closes */
     KIMI_STAG_CONST,        /* its fixed text */
+    KIMI_STAG_REGEX,        /* text its pattern matches, closed by the end */
     KIMI_STAG_END,          /* its end text */
     KIMI_STAG_DONE          /* stop_after_first, after the first: nothing */
 };

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "json_schema.h"
+#include "regex_dfa.h"
 #include "struct_tag.h"
 
 
@@ -213,10 +214,42 @@ kimi_stag_build(const json_t *trigs, const json_t *structs, int32_t flags,
             continue;
         }
 
+        if (ctype != NULL && strcmp(ctype, "regex") == 0) {
+            size_t  elen = len;
+
+            v = json_object_get(v, "pattern");
+            if (!json_is_string(v)) {
+                snprintf(err, errlen, "tag %zu: a regex content needs a"
+                         " \"pattern\" string", i);
+                goto failed;
+            }
+            if (elen == 0) {
+                snprintf(err, errlen, "tag %zu: a regex content needs an end"
+                         " text (it closes the match)", i);
+                goto failed;
+            }
+            if (kimi_regex_compile(json_string_value(v), json_string_length(v),
+                                   &prog, &np, msg, sizeof(msg)) != 0)
+            {
+                snprintf(err, errlen, "the pattern of tag %zu: %s", i, msg);
+                goto failed;
+            }
+            hdr[0] = KIMI_STAG_C_REGEX;
+            hdr[1] = (int32_t) np;
+            if (kimi_stag_put(&b, hdr, 2) != 0
+                || kimi_stag_put(&b, prog, np) != 0)
+            {
+                free(prog);
+                goto nomem;
+            }
+            free(prog);
+            continue;
+        }
+
         if (ctype != NULL && strcmp(ctype, "json_schema") != 0) {
             snprintf(err, errlen, "tag %zu: a content of type \"%.32s\" is"
-                     " not supported (json_schema, any_text and const_string"
-                     " are)", i, ctype);
+                     " not supported (json_schema, regex, any_text and"
+                     " const_string are)", i, ctype);
             goto failed;
         }
 
@@ -407,7 +440,7 @@ kimi_stag_view(const int32_t *w, size_t n, kimi_stag_t *t, char *err,
             != 0
             || kimi_stag_view_text(w, n, &at, 1, &t->end[i], &t->end_len[i])
                != 0
-            || at >= n || w[at] < KIMI_STAG_C_JSON || w[at] > KIMI_STAG_C_CONST)
+            || at >= n || w[at] < KIMI_STAG_C_JSON || w[at] > KIMI_STAG_C_REGEX)
         {
             snprintf(err, errlen, "structural tag words: structure %u", i);
             return -1;
@@ -441,8 +474,16 @@ kimi_stag_view(const int32_t *w, size_t n, kimi_stag_t *t, char *err,
         t->prog_len[i] = (uint32_t) w[at];
         t->prog[i] = w + at + 1;
         at += 1 + t->prog_len[i];
-        if (kimi_json_schema_check(t->prog[i], t->prog_len[i], msg,
-                                   sizeof(msg)) != 0)
+        if (t->kind[i] == KIMI_STAG_C_REGEX && t->end_len[i] == 0) {
+            snprintf(err, errlen, "structural tag words: structure %u:"
+                     " a pattern without an end", i);
+            return -1;
+        }
+        if (t->kind[i] == KIMI_STAG_C_REGEX
+            ? kimi_regex_check(t->prog[i], t->prog_len[i], msg, sizeof(msg))
+              != 0
+            : kimi_json_schema_check(t->prog[i], t->prog_len[i], msg,
+                                     sizeof(msg)) != 0)
         {
             snprintf(err, errlen, "structural tag words: structure %u: %s",
                      i, msg);

@@ -18,7 +18,9 @@
  *    "at_least_one": false, "stop_after_first": false}}
  *
  * whose tags may also hold {"type": "any_text"} (text up to the end text,
- * which must not be empty) or {"type": "const_string", "value": "..."};
+ * which must not be empty), {"type": "const_string", "value": "..."} or
+ * {"type": "regex", "pattern": "..."} (text the pattern matches, then the
+ * end text, not empty: the first place it can close the text, it does);
  * at_least_one: the output may not end before a structure is complete;
  * stop_after_first: it ends with the first structure's end.
  *
@@ -31,7 +33,8 @@
  *   length, its bytes one a word; then each structure: begin length and
  *   bytes, end length and bytes, its content's kind (KIMI_STAG_C_*) and
  *   for JSON its schema program's length and words (json_schema.h), for a
- *   constant its length and bytes.
+ *   pattern its DFA program's (regex_dfa.h), for a constant its length
+ *   and bytes.
  */
 
 #ifndef KIMI_STRUCT_TAG_H
@@ -53,7 +56,8 @@
 enum {                                  /* a structure's content */
     KIMI_STAG_C_JSON = 0,               /* a JSON value by its schema */
     KIMI_STAG_C_TEXT,                   /* any text, up to the end text */
-    KIMI_STAG_C_CONST                   /* one fixed text */
+    KIMI_STAG_C_CONST,                  /* one fixed text */
+    KIMI_STAG_C_REGEX                   /* text a pattern matches */
 };
 
 /* A checked program, pointing into its words */
@@ -67,7 +71,7 @@ typedef struct {
     uint32_t        begin_len[KIMI_STAG_MAX_STRUCTS];
     uint32_t        end_len[KIMI_STAG_MAX_STRUCTS];
     uint32_t        kind[KIMI_STAG_MAX_STRUCTS];       /* KIMI_STAG_C_* */
-    const int32_t  *prog[KIMI_STAG_MAX_STRUCTS];       /* JSON: the program */
+    const int32_t  *prog[KIMI_STAG_MAX_STRUCTS];       /* JSON, regex: the program */
     uint32_t        prog_len[KIMI_STAG_MAX_STRUCTS];   /* constant: its bytes */
 } kimi_stag_t;
 

@@ -196,11 +196,35 @@ main(void)
                  sizeof(err));
     ok(rc != 0 && strstr(err, "needs an end text") != NULL,
        "any_text without an end: %s", err);
+    /* a pattern, closed by the first end text written after a match */
+    rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<\"], \"tags\": [{\"begin\": \"<n>\", \"content\":"
+                 " {\"type\": \"regex\", \"pattern\": \"[0-9]+(;[0-9]+)*\"},"
+                 " \"end\": \";;\"}]}}", err, sizeof(err));
+    ok(rc == 0 && tag.kind[0] == KIMI_STAG_C_REGEX, "a regex content"
+       " compiles%s%s", rc ? ": " : "", rc ? err : "");
+    ok(accepts("x <n>12;3;45;; y", &fr) && fr,
+       "the match, its ';' going on, then the end \";;\" closes it");
+    ok(accepts("<n>12;", &fr) && !fr, "\"12;\": the match or the end begun");
+    ok(!accepts("<n>;;", NULL), "the end before any match: refused");
+    ok(!accepts("<n>1a", NULL), "text the pattern refuses: refused");
     rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
                  " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
                  " {\"type\": \"regex\", \"pattern\": \"x\"}, \"end\":"
                  " \"\"}]}}", err, sizeof(err));
-    ok(rc != 0 && strstr(err, "\"regex\" is not supported") != NULL,
+    ok(rc != 0 && strstr(err, "needs an end text") != NULL,
+       "a regex content without an end: %s", err);
+    rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
+                 " {\"type\": \"regex\", \"pattern\": \"(a\"}, \"end\":"
+                 " \">\"}]}}", err, sizeof(err));
+    ok(rc != 0 && strstr(err, "the pattern of tag 0") != NULL,
+       "a pattern that does not compile: %s", err);
+    rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
+                 " {\"type\": \"grammar\", \"grammar\": \"x\"}, \"end\":"
+                 " \"\"}]}}", err, sizeof(err));
+    ok(rc != 0 && strstr(err, "\"grammar\" is not supported") != NULL,
        "a content of another type: %s", err);
 
     /* ---- refused at compile ---- */
