@@ -643,8 +643,8 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
         }
 
         error->len = ngx_sprintf(error->data, "The prompt has %uz tokens "
-                                 "(and %uz words of guided_choice, JSON "
-                                 "schema, regex or bad_words); the engine "
+                                 "(and %uz words of structured-output "
+                                 "constraints or bad_words); the engine "
                                  "accepts at most %uD",
                                  ctx->n_prompt,
                                  ctx->params.n_guided + ctx->params.n_bad,

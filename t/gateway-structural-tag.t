@@ -273,6 +273,16 @@ for my $b (@bad) {
         or diag(explain($r->{json}));
     is($r->{json} && $r->{json}{error}{param}, 'response_format', '... naming response_format');
 }
+# a compiled tag larger than the slot's prompt area: a 400 saying so
+my %props = map { ("p$_" => { type => 'string',
+    enum => [ map { "v$_" . ('x' x 90) } 1 .. 20 ] }) } 1 .. 3;
+$r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 4,
+    response_format => { type => 'structural_tag', triggers => [ '<f' ],
+        structures => [ map { { begin => "<f$_>", end => '</f>',
+            schema => { type => 'object', properties => \%props } } } 1 .. 5 ] }));
+is($r->{status}, 400, 'a tag too large for the slot: 400');
+like($r->{json} && $r->{json}{error}{message}, qr/words of structured-output constraints/,
+    '... saying what is too large');
 $r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 4,
     response_format => $tag, guided_regex => 'a+'));
 is($r->{status}, 400, 'a structural tag with guided_regex: 400');
