@@ -227,7 +227,7 @@ sub every_e_followed {
         triggers => [ 'e' ], tags => [ { begin => 'e', end => $end,
             content => $content } ] } };
     my $count = 0;
-    for my $seed (1 .. 3) {
+    for my $seed (1 .. 5) {
         my $r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
             max_tokens => 40, temperature => 1, seed => $seed, response_format => $rf));
         my $text = $r->{json}{choices}[0]{text} // '';
@@ -244,6 +244,8 @@ every_e_followed('const_string', { type => 'const_string', value => 'XYZ' }, '!'
     qr/XYZ!/, qr/(?:X(?:Y(?:Z!?)?)?)?/);
 every_e_followed('regex [0-9]{2}', { type => 'regex', pattern => '[0-9]{2}' }, ';',
     qr/[0-9]{2};/, qr/(?:[0-9][0-9]?)?/);
+every_e_followed('grammar', { type => 'grammar', grammar => 'root ::= "ab" | "cd"' },
+    ';', qr/(?:ab|cd);/, qr/(?:a|c|ab|cd)?/);
 
 # ---- what cannot be enforced --------------------------------------------------
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ebnf.h"
 #include "json_schema.h"
 #include "regex_dfa.h"
 #include "struct_tag.h"
@@ -89,6 +90,7 @@ kimi_stag_build(const json_t *trigs, const json_t *structs, int32_t flags,
     const char       *text, *ctype, *begins[KIMI_STAG_MAX_STRUCTS];
     size_t            len, blens[KIMI_STAG_MAX_STRUCTS], i, j, k, np;
     int32_t          *prog, hdr[3];
+    int               rc;
     kimi_stag_buf_t   b = { NULL, 0, 0 };
     char              msg[160];
 
@@ -214,24 +216,53 @@ kimi_stag_build(const json_t *trigs, const json_t *structs, int32_t flags,
             continue;
         }
 
-        if (ctype != NULL && strcmp(ctype, "regex") == 0) {
-            size_t  elen = len;
+        /* a pattern, or a grammar without recursion as one (ebnf.h) */
+        if (ctype != NULL && (strcmp(ctype, "regex") == 0
+                              || strcmp(ctype, "grammar") == 0))
+        {
+            int     gr = ctype[0] == 'g';
+            size_t  elen = len, plen;
+            char   *pattern;
 
-            v = json_object_get(v, "pattern");
+            v = json_object_get(v, gr ? "grammar" : "pattern");
             if (!json_is_string(v)) {
-                snprintf(err, errlen, "tag %zu: a regex content needs a"
-                         " \"pattern\" string", i);
+                snprintf(err, errlen, "tag %zu: a %s content needs a"
+                         " \"%s\" string", i, ctype, gr ? "grammar" : "pattern");
                 goto failed;
             }
             if (elen == 0) {
-                snprintf(err, errlen, "tag %zu: a regex content needs an end"
-                         " text (it closes the match)", i);
+                snprintf(err, errlen, "tag %zu: a %s content needs an end"
+                         " text (it closes the match)", i, ctype);
                 goto failed;
             }
-            if (kimi_regex_compile(json_string_value(v), json_string_length(v),
-                                   &prog, &np, msg, sizeof(msg)) != 0)
-            {
-                snprintf(err, errlen, "the pattern of tag %zu: %s", i, msg);
+            if (gr) {
+                if (kimi_ebnf_to_regex(json_string_value(v),
+                                       json_string_length(v), &pattern, &plen,
+                                       msg, sizeof(msg)) != 0)
+                {
+                    snprintf(err, errlen, "the grammar of tag %zu: %s", i,
+                             msg);
+                    goto failed;
+                }
+                if (plen > KIMI_REGEX_MAX_PATTERN) {
+                    snprintf(err, errlen, "the grammar of tag %zu expands to"
+                             " a %zu-byte pattern (at most %d)", i, plen,
+                             KIMI_REGEX_MAX_PATTERN);
+                    free(pattern);
+                    goto failed;
+                }
+            } else {
+                pattern = (char *) json_string_value(v);
+                plen = json_string_length(v);
+            }
+            rc = kimi_regex_compile(pattern, plen, &prog, &np, msg,
+                                    sizeof(msg));
+            if (gr) {
+                free(pattern);
+            }
+            if (rc != 0) {
+                snprintf(err, errlen, "the %s of tag %zu: %s",
+                         gr ? "grammar" : "pattern", i, msg);
                 goto failed;
             }
             hdr[0] = KIMI_STAG_C_REGEX;
@@ -248,8 +279,8 @@ kimi_stag_build(const json_t *trigs, const json_t *structs, int32_t flags,
 
         if (ctype != NULL && strcmp(ctype, "json_schema") != 0) {
             snprintf(err, errlen, "tag %zu: a content of type \"%.32s\" is"
-                     " not supported (json_schema, regex, any_text and"
-                     " const_string are)", i, ctype);
+                     " not supported (json_schema, regex, grammar, any_text"
+                     " and const_string are)", i, ctype);
             goto failed;
         }
 

@@ -18,9 +18,11 @@
  *    "at_least_one": false, "stop_after_first": false}}
  *
  * whose tags may also hold {"type": "any_text"} (text up to the end text,
- * which must not be empty), {"type": "const_string", "value": "..."} or
+ * which must not be empty), {"type": "const_string", "value": "..."},
  * {"type": "regex", "pattern": "..."} (text the pattern matches, then the
- * end text, not empty: the first place it can close the text, it does);
+ * end text, not empty: the first place it can close the text, it does) or
+ * {"type": "grammar", "grammar": "..."} (GBNF without recursion, as a
+ * pattern: ebnf.h);
  * at_least_one: the output may not end before a structure is complete;
  * stop_after_first: it ends with the first structure's end.
  *

@@ -220,11 +220,27 @@ main(void)
                  " \">\"}]}}", err, sizeof(err));
     ok(rc != 0 && strstr(err, "the pattern of tag 0") != NULL,
        "a pattern that does not compile: %s", err);
+    /* a grammar without recursion, as a pattern (ebnf.h) */
     rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
                  " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
-                 " {\"type\": \"grammar\", \"grammar\": \"x\"}, \"end\":"
+                 " {\"type\": \"grammar\", \"grammar\": \"root ::= ans (\\\" \\\""
+                 " ans)*\\nans ::= \\\"yes\\\" | \\\"no\\\"\"}, \"end\": \"!\"}]}}",
+                 err, sizeof(err));
+    ok(rc == 0 && tag.kind[0] == KIMI_STAG_C_REGEX, "a grammar content"
+       " compiles as a pattern%s%s", rc ? ": " : "", rc ? err : "");
+    ok(accepts("so <a>yes no yes! ok", &fr) && fr && !accepts("<a>maybe!", NULL),
+       "the grammar's text, closed by its end; other text refused");
+    rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
+                 " {\"type\": \"grammar\", \"grammar\": \"root ::= \\\"(\\\" root"
+                 " \\\")\\\" | \\\"x\\\"\"}, \"end\": \"!\"}]}}", err, sizeof(err));
+    ok(rc != 0 && strstr(err, "the grammar of tag 0") != NULL,
+       "a recursive grammar: %s", err);
+    rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
+                 " {\"type\": \"sequence\", \"elements\": []}, \"end\":"
                  " \"\"}]}}", err, sizeof(err));
-    ok(rc != 0 && strstr(err, "\"grammar\" is not supported") != NULL,
+    ok(rc != 0 && strstr(err, "\"sequence\" is not supported") != NULL,
        "a content of another type: %s", err);
 
     /* ---- refused at compile ---- */
