@@ -247,6 +247,39 @@ every_e_followed('regex [0-9]{2}', { type => 'regex', pattern => '[0-9]{2}' }, '
 every_e_followed('grammar', { type => 'grammar', grammar => 'root ::= "ab" | "cd"' },
     ';', qr/(?:ab|cd);/, qr/(?:a|c|ab|cd)?/);
 
+# the forced formats: the whole answer is one tag; tags with a separator
+my $one = { type => 'structural_tag', format => { type => 'tag', begin => '<f>',
+    end => '</f>', content => { type => 'json_schema', json_schema =>
+        $tag->{structures}[0]{schema} } } };
+for my $seed (1 .. 3) {
+    $r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
+        max_tokens => 40, temperature => 1, seed => $seed, response_format => $one));
+    my $c = $r->{json}{choices}[0] // {};
+    my $text = $c->{text} // '';
+    my $ok = $text =~ /^<f>(.*)<\/f>$/s && eval { my $v = decode_json($1);
+        ref $v eq 'HASH' && join(',', keys %$v) eq 'n' && $v->{n} =~ /^[0-9]+$/ };
+    ok(($c->{finish_reason} // '') eq 'length' ? index($text, '<f>') == 0 : $ok,
+       "format tag (seed $seed): the answer is the tag ($c->{finish_reason})") or diag($text);
+}
+my $sep = { type => 'structural_tag', format => { type => 'tags_with_separator',
+    separator => ', ', at_least_one => $true, tags => [
+        { begin => '<a>', end => '</a>', content => { type => 'const_string', value => '1' } },
+        { begin => '<b>', end => '</b>', content => { type => 'regex', pattern => '[a-z]{1,3}' } } ] } };
+my $tags = 0;
+for my $seed (1 .. 4) {
+    $r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
+        max_tokens => 30, temperature => 1, seed => $seed, response_format => $sep));
+    my $c = $r->{json}{choices}[0] // {};
+    my $text = $c->{text} // '';
+    my $item = qr/<a>1<\/a>|<b>[a-z]{1,3}<\/b>/;
+    $text =~ s/(?:, )?<[ab]?[^,]*$// if ($c->{finish_reason} // '') eq 'length'
+        && $text !~ /(?:$item)$/;
+    $tags += () = $text =~ /$item/g;
+    like($text, qr/^(?:$item)(?:, (?:$item))*$/,
+        "tags_with_separator (seed $seed): tags and separators only") or diag($c->{text});
+}
+cmp_ok($tags, '>=', 4, "tags were written ($tags)");
+
 # ---- what cannot be enforced --------------------------------------------------
 
 my @bad = (
@@ -260,7 +293,7 @@ my @bad = (
       qr/the schema of structure 0/ ],
     [ { triggers => [ '<' ], structures => [ { begin => '<a', end => 5, schema => {} } ] },
       qr/the end of structure 0 must be a string/ ],
-    [ { format => { type => 'or', elements => [] } }, qr/other formats are not supported/ ],
+    [ { format => { type => 'or', elements => [] } }, qr/"or" is not supported/ ],
     [ { format => { type => 'triggered_tags', triggers => [ '<' ], tags => [ { begin => '<a',
         content => { type => 'regex', pattern => 'x' }, end => '' } ] } },
       qr/tag 0: a regex content needs an end text/ ],

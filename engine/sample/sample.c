@@ -1374,6 +1374,8 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
 }
 
 
+#define KIMI_STAG_EOS_KEPT  8      /* eos ids a forced format may restore */
+
 /* Structural tags: the output so far through the recogniser (a special
  * token only in free text), then every token it would refuse is masked.
  * In free text the output may end (with at_least_one, once a structure is
@@ -1393,6 +1395,7 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
     size_t                   len;
     uint32_t                 i, id;
     int                      broken = 0;
+    float                    eos_x[KIMI_STAG_EOS_KEPT];
     char                     msg[160];
 
     if (kimi_sample_json_vocab(s, tk) != 0
@@ -1454,13 +1457,27 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
         return;
     }
 
-    for (i = 0; i < jv->n_special; i++) {       /* eos too: not done yet */
+    /* no special token inside a structure; eos only between two of a
+     * forced format's (kept as the model gave it) */
+    for (i = 0; i < req->n_eos && i < KIMI_STAG_EOS_KEPT; i++) {
+        eos_x[i] = (uint32_t) req->eos_ids[i] < s->vocab
+                   ? s->x[req->eos_ids[i]] : -INFINITY;
+    }
+    for (i = 0; i < jv->n_special; i++) {
         s->x[jv->special[i]] = -INFINITY;
     }
 
     kimi_sample_bytes_mask(s, req, kimi_sample_stag_try, &st, &c1,
                            st.mode == KIMI_STAG_JSON
                            && kimi_json_in_string(&st.json));
+
+    for (i = 0; kimi_stag_may_end(&st) && i < req->n_eos
+                && i < KIMI_STAG_EOS_KEPT; i++)
+    {
+        if ((uint32_t) req->eos_ids[i] < s->vocab) {
+            s->x[req->eos_ids[i]] = eos_x[i];
+        }
+    }
 }
 
 

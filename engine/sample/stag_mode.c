@@ -24,6 +24,16 @@
 #include "../text/regex_dfa.h"
 
 
+/* forced: the next structure's begin from its first byte, any of them */
+static void
+kimi_stag_any_begin(kimi_stag_state_t *s)
+{
+    s->mode = KIMI_STAG_BEGIN;
+    s->pos = 0;
+    s->cand = s->t->n_struct == 64 ? ~0ull : (1ull << s->t->n_struct) - 1;
+}
+
+
 void
 kimi_stag_init(kimi_stag_state_t *s, const kimi_stag_t *t, int no_ws)
 {
@@ -35,6 +45,9 @@ kimi_stag_init(kimi_stag_state_t *s, const kimi_stag_t *t, int no_ws)
     s->which = 0;
     s->cand = 0;
     s->n_done = 0;
+    if (t->flags & KIMI_STAG_FORCED) {
+        kimi_stag_any_begin(s);
+    }
 }
 
 
@@ -60,8 +73,16 @@ kimi_stag_is_free(const kimi_stag_state_t *s)
 int
 kimi_stag_may_end(const kimi_stag_state_t *s)
 {
+    /* between structures: free text, or (forced) before a begin or the
+     * separator has a byte - not after a separator, which wants a begin */
+    int  between = s->mode == KIMI_STAG_FREE
+                   || ((s->t->flags & KIMI_STAG_FORCED) && s->pos == 0
+                       && (s->mode == KIMI_STAG_SEP
+                           || (s->mode == KIMI_STAG_BEGIN
+                               && (s->n_done == 0 || s->t->sep_len == 0))));
+
     return s->mode == KIMI_STAG_DONE
-           || (s->mode == KIMI_STAG_FREE
+           || (between
                && (s->n_done > 0 || !(s->t->flags & KIMI_STAG_AT_LEAST_ONE)));
 }
 
@@ -125,14 +146,23 @@ kimi_stag_enter_content(kimi_stag_state_t *s, uint32_t which)
     }
 }
 
-/* a structure's last byte: free text again, or nothing more */
+/* a structure's last byte: free text again, the next structure (forced:
+ * after the separator), or nothing more */
 static void
 kimi_stag_done(kimi_stag_state_t *s)
 {
     s->n_done++;
-    s->mode = s->t->flags & KIMI_STAG_STOP_AFTER ? KIMI_STAG_DONE
-                                                 : KIMI_STAG_FREE;
     s->tail = 0;
+    s->pos = 0;
+    if (s->t->flags & KIMI_STAG_STOP_AFTER) {
+        s->mode = KIMI_STAG_DONE;
+    } else if (!(s->t->flags & KIMI_STAG_FORCED)) {
+        s->mode = KIMI_STAG_FREE;
+    } else if (s->t->sep_len > 0) {
+        s->mode = KIMI_STAG_SEP;
+    } else {
+        kimi_stag_any_begin(s);
+    }
 }
 
 
@@ -322,6 +352,15 @@ kimi_stag_byte(kimi_stag_state_t *s, unsigned char c)
             if (t->end_len[s->which] == 0) {
                 kimi_stag_done(s);
             }
+        }
+        return 0;
+
+    case KIMI_STAG_SEP:
+        if (t->sep[s->pos] != c) {
+            return -1;
+        }
+        if (++s->pos == t->sep_len) {
+            kimi_stag_any_begin(s);
         }
         return 0;
 

@@ -38,6 +38,7 @@ enum {
     KIMI_STAG_CONST,        /* its fixed text */
     KIMI_STAG_REGEX,        /* text its pattern matches, closed by the end */
     KIMI_STAG_END,          /* its end text */
+    KIMI_STAG_SEP,          /* forced: the separator before the next */
     KIMI_STAG_DONE          /* stop_after_first, after the first: nothing */
 };
 

@@ -84,7 +84,7 @@ kimi_stag_text(const json_t *v, const char *what, size_t i, int may_be_empty,
 /* The words of triggers and structures (each {"begin", "schema", "end"}) */
 static int
 kimi_stag_build(const json_t *trigs, const json_t *structs, int32_t flags,
-    int32_t **w, size_t *n, char *err, size_t errlen)
+    const json_t *sep, int32_t **w, size_t *n, char *err, size_t errlen)
 {
     const json_t     *s, *v;
     const char       *text, *ctype, *begins[KIMI_STAG_MAX_STRUCTS];
@@ -94,8 +94,10 @@ kimi_stag_build(const json_t *trigs, const json_t *structs, int32_t flags,
     kimi_stag_buf_t   b = { NULL, 0, 0 };
     char              msg[160];
 
-    if (!json_is_array(trigs) || json_array_size(trigs) == 0
-        || json_array_size(trigs) > KIMI_STAG_MAX_TRIGGERS)
+    if (flags & KIMI_STAG_FORCED) {
+        trigs = NULL;                   /* structures from the first byte */
+    } else if (!json_is_array(trigs) || json_array_size(trigs) == 0
+               || json_array_size(trigs) > KIMI_STAG_MAX_TRIGGERS)
     {
         snprintf(err, errlen, "\"triggers\" must be an array of 1 to %d"
                  " strings", KIMI_STAG_MAX_TRIGGERS);
@@ -110,10 +112,21 @@ kimi_stag_build(const json_t *trigs, const json_t *structs, int32_t flags,
         return -1;
     }
 
-    hdr[0] = (int32_t) json_array_size(trigs);
+    hdr[0] = trigs != NULL ? (int32_t) json_array_size(trigs) : 0;
     hdr[1] = (int32_t) json_array_size(structs);
     hdr[2] = flags;
     if (kimi_stag_put(&b, hdr, 3) != 0) {
+        goto nomem;
+    }
+    text = "";
+    len = 0;
+    if (sep != NULL && !json_is_null(sep)
+        && (text = kimi_stag_text(sep, "separator", 0, 1, &len, err, errlen))
+           == NULL)
+    {
+        goto failed;
+    }
+    if (kimi_stag_put_text(&b, text, len) != 0) {
         goto nomem;
     }
 
@@ -148,7 +161,7 @@ kimi_stag_build(const json_t *trigs, const json_t *structs, int32_t flags,
                 break;
             }
         }
-        if (j == json_array_size(trigs)) {
+        if (trigs != NULL && j == json_array_size(trigs)) {
             snprintf(err, errlen, "the begin of structure %zu starts with"
                      " no trigger: it could never be written", i);
             goto failed;
@@ -316,26 +329,56 @@ failed:
 }
 
 
+static int kimi_stag_tags(const json_t *trigs, const json_t *tags,
+    int32_t flags, const json_t *sep, int32_t **w, size_t *n, char *err,
+    size_t errlen);
+
 /* xgrammar's "format": {"type": "triggered_tags", "triggers", "tags":
  * [{"begin", "content": {"type": ...}, "end"}], "at_least_one",
- * "stop_after_first"}, as structures whose content kimi_stag_build reads */
+ * "stop_after_first"}, "tags_with_separator" (tags and a "separator", no
+ * triggers) or one "tag", as structures whose content kimi_stag_build
+ * reads */
 static int
 kimi_stag_format(const json_t *fmt, int32_t **w, size_t *n, char *err,
     size_t errlen)
 {
-    const json_t  *type, *tags, *tag, *content, *v;
-    json_t        *structs;
+    const json_t  *type, *v;
+    json_t        *one;
     int32_t        flags = 0;
-    size_t         i;
     int            rc;
 
     type = json_object_get(fmt, "type");
-    if (!json_is_object(fmt) || !json_is_string(type)
-        || strcmp(json_string_value(type), "triggered_tags") != 0)
-    {
-        snprintf(err, errlen, "\"format\" must be {\"type\":"
-                 " \"triggered_tags\", ...}: other formats are not supported");
+    if (!json_is_object(fmt) || !json_is_string(type)) {
+        snprintf(err, errlen, "\"format\" must be an object with a"
+                 " \"type\"");
         return -1;
+    }
+    if (strcmp(json_string_value(type), "tag") == 0) {
+        /* the whole output is this one structure */
+        one = json_pack("[O]", fmt);
+        if (one == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        rc = kimi_stag_tags(NULL, one, KIMI_STAG_FORCED | KIMI_STAG_AT_LEAST_ONE
+                            | KIMI_STAG_STOP_AFTER, NULL, w, n, err, errlen);
+        json_decref(one);
+        return rc;
+    }
+    if (strcmp(json_string_value(type), "triggered_tags") != 0
+        && strcmp(json_string_value(type), "tags_with_separator") != 0)
+    {
+        snprintf(err, errlen, "a \"format\" of type \"%.32s\" is not"
+                 " supported (triggered_tags, tags_with_separator and tag"
+                 " are)", json_string_value(type));
+        return -1;
+    }
+    if (strcmp(json_string_value(type), "tags_with_separator") == 0) {
+        flags |= KIMI_STAG_FORCED;
+        if (!json_is_string(json_object_get(fmt, "separator"))) {
+            snprintf(err, errlen, "\"separator\" must be a string");
+            return -1;
+        }
     }
 
     v = json_object_get(fmt, "at_least_one");
@@ -351,7 +394,22 @@ kimi_stag_format(const json_t *fmt, int32_t **w, size_t *n, char *err,
     }
     flags |= json_is_true(v) ? KIMI_STAG_STOP_AFTER : 0;
 
-    tags = json_object_get(fmt, "tags");
+    return kimi_stag_tags(json_object_get(fmt, "triggers"),
+                          json_object_get(fmt, "tags"), flags,
+                          json_object_get(fmt, "separator"), w, n, err, errlen);
+}
+
+
+/* xgrammar's tags ({"begin", "content", "end"}) as structures */
+static int
+kimi_stag_tags(const json_t *trigs, const json_t *tags, int32_t flags,
+    const json_t *sep, int32_t **w, size_t *n, char *err, size_t errlen)
+{
+    const json_t  *tag, *content;
+    json_t        *structs;
+    size_t         i;
+    int            rc;
+
     if (!json_is_array(tags)) {
         snprintf(err, errlen, "\"tags\" must be an array of {\"begin\","
                  " \"content\", \"end\"}");
@@ -382,8 +440,7 @@ kimi_stag_format(const json_t *fmt, int32_t **w, size_t *n, char *err,
         }
     }
 
-    rc = kimi_stag_build(json_object_get(fmt, "triggers"), structs, flags, w,
-                         n, err, errlen);
+    rc = kimi_stag_build(trigs, structs, flags, sep, w, n, err, errlen);
     json_decref(structs);
     return rc;
 }
@@ -407,8 +464,8 @@ kimi_stag_compile(const json_t *obj, int32_t **w, size_t *n, char *err,
     }
 
     return kimi_stag_build(json_object_get(obj, "triggers"),
-                           json_object_get(obj, "structures"), 0, w, n, err,
-                           errlen);
+                           json_object_get(obj, "structures"), 0, NULL, w, n,
+                           err, errlen);
 }
 
 
@@ -443,9 +500,12 @@ kimi_stag_view(const int32_t *w, size_t n, kimi_stag_t *t, char *err,
 
     memset(t, 0, sizeof(*t));
 
-    if (n < 3 || w[0] < 1 || w[0] > KIMI_STAG_MAX_TRIGGERS || w[1] < 1
+    if (n < 4 || w[0] < 0 || w[0] > KIMI_STAG_MAX_TRIGGERS || w[1] < 1
         || w[1] > KIMI_STAG_MAX_STRUCTS
-        || (w[2] & ~(KIMI_STAG_AT_LEAST_ONE | KIMI_STAG_STOP_AFTER)) != 0)
+        || (w[2] & ~(KIMI_STAG_AT_LEAST_ONE | KIMI_STAG_STOP_AFTER
+                     | KIMI_STAG_FORCED)) != 0
+        || (w[0] == 0) != ((w[2] & KIMI_STAG_FORCED) != 0)
+        || kimi_stag_view_text(w, n, &at, 1, &t->sep, &t->sep_len) != 0)
     {
         snprintf(err, errlen, "structural tag words: bad header");
         return -1;

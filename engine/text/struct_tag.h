@@ -24,14 +24,19 @@
  * {"type": "grammar", "grammar": "..."} (GBNF without recursion, as a
  * pattern: ebnf.h);
  * at_least_one: the output may not end before a structure is complete;
- * stop_after_first: it ends with the first structure's end.
+ * stop_after_first: it ends with the first structure's end.  Two formats
+ * have no free text, only structures: {"type": "tag", "begin", "content",
+ * "end"} (the whole output is that one) and {"type": "tags_with_separator",
+ * "tags": [...], "separator": "...", "at_least_one", "stop_after_first"}
+ * (tags, the separator between two).
  *
  * The gateway compiles the object into int32 words carried after the
  * prompt (the slot's guided words, tagged KIMI_STAG_TAG); the engine
  * checks them and its sampler enforces them (engine/sample/stag_mode.c).
  *
  * Words (w[0..n)):
- *   n_triggers, n_structures, flags (KIMI_STAG_*), then each trigger:
+ *   n_triggers (0 when forced), n_structures, flags (KIMI_STAG_*), the
+ *   separator's length and bytes (forced only), then each trigger:
  *   length, its bytes one a word; then each structure: begin length and
  *   bytes, end length and bytes, its content's kind (KIMI_STAG_C_*) and
  *   for JSON its schema program's length and words (json_schema.h), for a
@@ -54,6 +59,7 @@
 
 #define KIMI_STAG_AT_LEAST_ONE  1       /* flags */
 #define KIMI_STAG_STOP_AFTER    2
+#define KIMI_STAG_FORCED        4       /* structures only, no free text */
 
 enum {                                  /* a structure's content */
     KIMI_STAG_C_JSON = 0,               /* a JSON value by its schema */
@@ -67,6 +73,8 @@ typedef struct {
     uint32_t        n_trig, n_struct;
     uint32_t        max_trig;                  /* the longest trigger */
     uint32_t        flags;                     /* KIMI_STAG_AT_LEAST_ONE ... */
+    const int32_t  *sep;                       /* forced: between two structures */
+    uint32_t        sep_len;
     const int32_t  *trig[KIMI_STAG_MAX_TRIGGERS];
     uint32_t        trig_len[KIMI_STAG_MAX_TRIGGERS];
     const int32_t  *begin[KIMI_STAG_MAX_STRUCTS], *end[KIMI_STAG_MAX_STRUCTS];

@@ -243,6 +243,40 @@ main(void)
     ok(rc != 0 && strstr(err, "\"sequence\" is not supported") != NULL,
        "a content of another type: %s", err);
 
+    /* ---- the forced formats: one tag; tags with a separator ---- */
+    rc = compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<f>\","
+                 " \"content\": {\"type\": \"json_schema\", \"json_schema\":"
+                 " {\"type\": \"object\"}}, \"end\": \"</f>\"}}", err,
+                 sizeof(err));
+    ok(rc == 0 && tag.n_trig == 0 && (tag.flags & KIMI_STAG_FORCED),
+       "format tag: forced, no trigger%s%s", rc ? ": " : "", rc ? err : "");
+    kimi_stag_init(&s, &tag, 0);
+    ok(!kimi_stag_may_end(&s) && !accepts("x<f>{}</f>", NULL)
+       && accepts("<f>{\"a\": 1}</f>", NULL),
+       "format tag: the whole output is the tag (no text before it)");
+    kimi_stag_init(&s, &tag, 0);
+    ok(kimi_stag_feed(&s, "<f>{}</f>", 9) == 0 && kimi_stag_may_end(&s)
+       && kimi_stag_feed(&s, "<", 1) != 0, "... and nothing after it");
+    rc = compile("{\"format\": {\"type\": \"tags_with_separator\","
+                 " \"separator\": \", \", \"at_least_one\": true, \"tags\":"
+                 " [{\"begin\": \"<a>\", \"content\": {\"type\":"
+                 " \"const_string\", \"value\": \"1\"}, \"end\": \"</a>\"},"
+                 " {\"begin\": \"<b>\", \"content\": {\"type\": \"any_text\"},"
+                 " \"end\": \"</b>\"}]}}", err, sizeof(err));
+    ok(rc == 0 && tag.sep_len == 2, "format tags_with_separator%s%s",
+       rc ? ": " : "", rc ? err : "");
+    kimi_stag_init(&s, &tag, 0);
+    ok(!kimi_stag_may_end(&s) && kimi_stag_feed(&s, "<a>1</a>", 8) == 0
+       && kimi_stag_may_end(&s) && kimi_stag_feed(&s, ", ", 2) == 0
+       && !kimi_stag_may_end(&s) && kimi_stag_feed(&s, "<b>hi</b>", 9) == 0
+       && kimi_stag_may_end(&s),
+       "tags with a separator: at least one, then \", \" + another; no end"
+       " after a separator");
+    ok(!accepts("<a>1</a><b>x</b>", NULL) && !accepts("hi <a>1</a>", NULL),
+       "no tag without its separator, no free text");
+    kimi_stag_init(&s, &tag, 0);
+    ok(kimi_stag_special(&s) != 0, "forced: no special token anywhere");
+
     /* ---- refused at compile ---- */
     ok(compile("{\"triggers\": [\"<\"], \"structures\": [{\"begin\": \"x\","
                " \"end\": \"\", \"schema\": {}}]}", err, sizeof(err)) != 0
