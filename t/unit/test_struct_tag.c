@@ -6,6 +6,9 @@
  * split across feeds, the longest of two triggers ending together, a
  * begin equal to its trigger, an empty end, special tokens in free text
  * and inside a structure, no whitespace between a value and its end.
+ * Then the sampler with Kimi's real tokenizer on random rows: every drawn
+ * token keeps the output a prefix the recogniser accepts, and eos comes
+ * only where the output may end (the mask's cost a draw printed).
  */
 
 #include <stdio.h>
@@ -14,7 +17,11 @@
 
 #include <jansson.h>
 
+#include <time.h>
+
+#include "sample/sample.h"
 #include "sample/stag_mode.h"
+#include "text/kimi_text.h"
 #include "text/struct_tag.h"
 
 #include "tap.h"
@@ -68,6 +75,114 @@ accepts(const char *text, int *free_at_end)
         *free_at_end = kimi_stag_is_free(&a);
     }
     return 1;
+}
+
+
+/* Random 163840-entry rows drawn under the tag in words/tag: every token
+ * the sampler gives must keep the recogniser's prefix valid, and an eos
+ * may come only where kimi_stag_may_end holds.  eos and the trigger's
+ * tokens are pushed up so that runs both open structures and end. */
+static void
+sample_runs(const char *what, int runs, int steps)
+{
+    kimi_tokenizer_t    *tok;
+    kimi_sampler_t      *smp;
+    kimi_err_t           e;
+    kimi_shm_sampling_t  sp;
+    kimi_sample_out_t    out;
+    kimi_sample_req_t    req;
+    kimi_rng_t           rng, draw;
+    kimi_stag_state_t    st;
+    struct timespec      t0, t1;
+    float               *row;
+    int32_t             *w, seq[512], eos[2], lt = -1;
+    uint32_t             vocab = 163840, bad = 0, ended = 0, inside = 0, calls = 0;
+    double               secs = 0;
+    const char          *b;
+    size_t               len;
+
+    if (kimi_tokenizer_load(&tok, tap_model_dir(), &e) != 0) {
+        ok(0, "tokenizer loads: %s", e.msg);
+        return;
+    }
+    eos[0] = kimi_tokenizer_special_id(tok, "<|im_end|>");
+    eos[1] = kimi_tokenizer_special_id(tok, "[EOS]");
+    row = malloc(vocab * sizeof(float));
+    w = malloc((n_words + 1) * sizeof(int32_t));
+    if (row == NULL || w == NULL || kimi_sampler_init(&smp, vocab, &e) != 0) {
+        ok(0, "sampler: %s", e.msg);
+        return;
+    }
+    w[0] = KIMI_STAG_TAG;
+    memcpy(w + 1, words, n_words * sizeof(int32_t));
+    for (int32_t i = 0; i < (int32_t) vocab && lt < 0; i++) {
+        const char  *cb = kimi_token_bytes(tok, i, &len);
+        lt = cb != NULL && len == 1 && cb[0] == '<' ? i : -1;
+    }
+    kimi_rng_seed(&rng, 9);
+
+    for (int run = 0; run < runs; run++) {
+        uint32_t  n = 1;
+
+        memset(&sp, 0, sizeof(sp));
+        sp.temperature = 1.0f;
+        sp.top_p = 1.0f;
+        sp.repetition_penalty = 1.0f;
+        sp.max_tokens = (uint32_t) steps;
+        kimi_rng_seed(&draw, 400 + run);
+        seq[0] = 1000;
+        kimi_stag_init(&st, &tag, 0);
+
+        for (int step = 0; step < steps && n < 512; step++) {
+            for (uint32_t i = 0; i < vocab; i++) {
+                row[i] = (float) (kimi_rng_uniform(&rng) * 8.0);
+            }
+            row[lt] += 12.0f;                   /* triggers come often */
+            row[eos[0]] += step > steps / 2 ? 14.0f : 4.0f;
+            memset(&req, 0, sizeof(req));
+            req.sampling = &sp;
+            req.tokens = seq;
+            req.n_prompt = 1;
+            req.n_output = n - 1;
+            req.rng = &draw;
+            req.eos_ids = eos;
+            req.n_eos = 2;
+            req.tokenizer = tok;
+            req.guided = w;
+            req.n_guided = (uint32_t) n_words + 1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            if (kimi_sampler_sample(smp, row, &req, &out, &e) != 0) {
+                bad++;
+                break;
+            }
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            secs += (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+            calls++;
+            if (out.tok.token == eos[0] || out.tok.token == eos[1]) {
+                bad += !kimi_stag_may_end(&st);
+                ended++;
+                break;
+            }
+            if (kimi_tokenizer_is_special(tok, out.tok.token)) {
+                bad += kimi_stag_special(&st) != 0;
+            } else {
+                b = kimi_token_bytes(tok, out.tok.token, &len);
+                bad += kimi_stag_feed(&st, b, len) != 0;
+            }
+            inside += st.mode != KIMI_STAG_FREE;
+            seq[n++] = out.tok.token;
+        }
+    }
+    ok(bad == 0 && ended > 0 && inside > 0, "%s: %d runs of random rows:"
+       " every token keeps a valid prefix, eos only where it may end (%u bad,"
+       " %u ended, %u of %u tokens inside a structure)", what, runs, bad,
+       ended, inside, calls);
+    printf("# %s: %.0f us a draw (163840-entry rows, %u draws)\n", what,
+           1e6 * secs / calls, calls);
+    kimi_sampler_free(smp);
+    kimi_tokenizer_free(tok);
+    free(row);
+    free(w);
 }
 
 
@@ -276,6 +391,24 @@ main(void)
        "no tag without its separator, no free text");
     kimi_stag_init(&s, &tag, 0);
     ok(kimi_stag_special(&s) != 0, "forced: no special token anywhere");
+
+    /* ---- the sampler, on random rows ---- */
+    rc = compile("{\"triggers\": [\"<\"], \"structures\": [{\"begin\":"
+                 " \"<f>\", \"end\": \"</f>\", \"schema\": {\"type\": \"object\","
+                 " \"properties\": {\"n\": {\"type\": \"integer\"}}, \"required\":"
+                 " [\"n\"]}}]}", err, sizeof(err));
+    ok(rc == 0, "a tag for the sampler runs%s%s", rc ? ": " : "", rc ? err : "");
+    if (rc == 0) {
+        sample_runs("triggered, JSON", 4, 120);
+    }
+    rc = compile("{\"format\": {\"type\": \"tags_with_separator\","
+                 " \"separator\": \",\", \"at_least_one\": true, \"tags\":"
+                 " [{\"begin\": \"<a>\", \"content\": {\"type\": \"regex\","
+                 " \"pattern\": \"[0-9]+\"}, \"end\": \"</a>\"}]}}", err,
+                 sizeof(err));
+    if (rc == 0) {
+        sample_runs("forced, regex", 4, 60);
+    }
 
     /* ---- refused at compile ---- */
     ok(compile("{\"triggers\": [\"<\"], \"structures\": [{\"begin\": \"x\","
