@@ -47,9 +47,9 @@ like($out, qr/exceeds the model's 4 layers/, 'PP 5 over 4 layers: refused');
 $out = `$ref->{engine_bin} serve --backend cpu --model $tiny --threads 1 --pipeline-parallel-size 2 --tensor-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
 like($out, qr/not implemented/, 'PP with TP: refused with a message');
 # what another backend cannot do is refused before anything starts
-$out = `$ref->{engine_bin} serve --backend cuda --model $tiny --pipeline-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
-like($out, qr/--pipeline-parallel-size is implemented on the cpu backend only/,
-    'PP on the cuda backend: refused with a message');
+$out = `$ref->{engine_bin} serve --backend replay --replay-script /dev/null --pipeline-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
+like($out, qr/--pipeline-parallel-size is implemented on the cpu and cuda backends only/,
+    'PP on the replay backend: refused with a message');
 # a step budget over what the cuda backend takes is capped with a warning
 # (seen here before the backend itself fails for want of a GPU)
 $out = `$ref->{engine_bin} serve --backend cuda --model $tiny --max-num-batched-tokens 20000 --shutdown-timeout 1 --ipc-dir ${\ $ref->dir}/bad 2>&1`;

@@ -30,16 +30,15 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
         return kimi_err_set(err, KIMI_EINVAL, "no backend named");
     }
 
-    if (((p->ep != NULL || p->tp != NULL) && strcmp(p->name, "cpu") != 0
-         && strcmp(p->name, "cuda") != 0)
-        || (p->pp != NULL && strcmp(p->name, "cpu") != 0))
+    if ((p->ep != NULL || p->tp != NULL || p->pp != NULL)
+        && strcmp(p->name, "cpu") != 0 && strcmp(p->name, "cuda") != 0)
     {
         /* say so rather than run every expert or layer on every rank */
         return kimi_err_set(err, KIMI_EUNSUPPORTED, "%s parallelism is"
-                            " implemented on the %s backend only; the %s"
-                            " backend runs data parallel without it",
+                            " implemented on the cpu and cuda backends only;"
+                            " the %s backend runs data parallel without it",
                             p->ep ? "expert" : p->tp ? "tensor" : "pipeline",
-                            p->pp ? "cpu" : "cpu and cuda", p->name);
+                            p->name);
     }
 
     if (strcmp(p->name, "replay") == 0) {
@@ -71,6 +70,7 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
         gp.device = p->device;
         gp.ep = p->ep;
         gp.tp = p->tp;
+        gp.pp = p->pp;
         gp.max_batched_tokens = p->max_batched_tokens
                                 ? p->max_batched_tokens
                                 : gp.max_batched_tokens;

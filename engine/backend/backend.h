@@ -118,7 +118,8 @@ typedef struct {
                                             of the node (parallel/group.h) */
     struct kimi_group  *tp;              /* cpu, cuda: tensor-parallel
                                             group */
-    struct kimi_group  *pp;              /* cpu: pipeline-parallel group */
+    struct kimi_group  *pp;              /* cpu, cuda: pipeline-parallel
+                                            group */
 } kimi_backend_params_t;
 
 /* Creates the named backend; *out is the caller's (ops->free).  A backend

@@ -533,11 +533,11 @@ kimi_serve_kv_params(const kimi_serve_opts_t *o)
 
 /*
  * --tensor-parallel-size T or --pipeline-parallel-size P: what this build
- * can do (cpu backend; cuda: tensor only; one kind of parallelism at a
- * time) and the largest message of the rank's group: an all-reduce or hop
- * of one step's hidden rows (cpu; the cuda backend's sums go over NCCL),
- * the leader's step (sequence headers, tokens, block tables), and for a
- * pipeline at least one row of logits.
+ * can do (cpu and cuda backends, one kind of parallelism at a time) and
+ * the largest message of the rank's group: an all-reduce or hop of one
+ * step's hidden rows (cpu; the cuda backend's sums and hops go over
+ * NCCL), the leader's step (sequence headers, tokens, block tables), and
+ * for a cpu pipeline at least one row of logits.
  */
 static int
 kimi_serve_group_check(const kimi_serve_opts_t *o,
@@ -548,12 +548,9 @@ kimi_serve_group_check(const kimi_serve_opts_t *o,
                                : "--pipeline-parallel-size";
     size_t       sum, step, blocks, logits;
 
-    if (strcmp(o->backend, "cpu") != 0
-        && !(strcmp(o->backend, "cuda") == 0 && pp == 1))
-    {
-        fprintf(stderr, "kimi-engine: %s is implemented on the %s only (use"
-                " --data-parallel-size)\n", flag,
-                tp > 1 ? "cpu and cuda backends" : "cpu backend");
+    if (strcmp(o->backend, "cpu") != 0 && strcmp(o->backend, "cuda") != 0) {
+        fprintf(stderr, "kimi-engine: %s is implemented on the cpu and cuda"
+                " backends only (use --data-parallel-size)\n", flag);
         return 2;
     }
 
@@ -585,7 +582,9 @@ kimi_serve_group_check(const kimi_serve_opts_t *o,
            + (size_t) o->max_num_batched_tokens * 4;
     logits = pp > 1 ? (size_t) cfg->vocab_size * 4 * 8 : 0;
     if (strcmp(o->backend, "cuda") == 0) {
-        sum = 4096;               /* the sums go over NCCL; the NCCL id */
+        sum = 4096;               /* sums, hops and logits go over NCCL;
+                                     the NCCL id */
+        logits = 0;
     }
     *seg_bytes = sum > step ? sum : step;
     *seg_bytes = logits > *seg_bytes ? logits : *seg_bytes;
@@ -677,9 +676,12 @@ kimi_serve_follower(const kimi_serve_opts_t *o,
     bp.max_model_len = o->max_model_len;
     bp.max_num_seqs = o->max_num_seqs;
 
+    /* the leader's order: its backend, the ready barrier, then the KV
+     * cache (its scheduler's start), where a pipeline's stages agree on
+     * the block count */
     if ((rc = kimi_backend_create(&backend, &bp, &err)) != 0
-        || (rc = backend->ops->kv_init(backend, &kv, &n_blocks, &err)) != 0
-        || (rc = kimi_backend_followers_ready(backend, &err)) != 0)
+        || (rc = kimi_backend_followers_ready(backend, &err)) != 0
+        || (rc = backend->ops->kv_init(backend, &kv, &n_blocks, &err)) != 0)
     {
         goto failed;
     }

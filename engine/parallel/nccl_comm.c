@@ -291,6 +291,25 @@ kimi_nccl_group_end(kimi_nccl_t *c, kimi_err_t *err)
 
 
 int
+kimi_nccl_send(kimi_nccl_t *c, const void *buf, size_t bytes, uint32_t peer,
+    void *stream, kimi_err_t *err)
+{
+    KIMI_NCCL_CALL(c, ncclSend(buf, bytes, ncclUint8, (int) peer, c->comm,
+                               (cudaStream_t) stream), err);
+    return 0;
+}
+
+
+int
+kimi_nccl_recv(kimi_nccl_t *c, void *buf, size_t bytes, uint32_t peer,
+    void *stream, kimi_err_t *err)
+{
+    KIMI_NCCL_CALL(c, ncclRecv(buf, bytes, ncclUint8, (int) peer, c->comm,
+                               (cudaStream_t) stream), err);
+    return 0;
+}
+
+int
 kimi_nccl_all_to_all(kimi_nccl_t *c, const void *send, void *recv,
     size_t bytes_per_peer, void *stream, kimi_err_t *err)
 {
@@ -418,6 +437,21 @@ kimi_nccl_group_end(kimi_nccl_t *c, kimi_err_t *err)
     return kimi_nccl_none(err);
 }
 
+
+int
+kimi_nccl_send(kimi_nccl_t *c, const void *buf, size_t bytes, uint32_t peer,
+    void *stream, kimi_err_t *err)
+{
+    return kimi_nccl_none(err);
+}
+
+
+int
+kimi_nccl_recv(kimi_nccl_t *c, void *buf, size_t bytes, uint32_t peer,
+    void *stream, kimi_err_t *err)
+{
+    return kimi_nccl_none(err);
+}
 
 int
 kimi_nccl_all_to_all(kimi_nccl_t *c, const void *send, void *recv,

@@ -1,7 +1,8 @@
 /*
  * The NCCL communicator of one rank and the collectives the parallel
  * layouts use: all-reduce for tensor parallelism, a padded all-to-all for
- * expert parallelism (dispatch and combine, ep.h).
+ * expert parallelism (dispatch and combine, ep.h), send / receive for the
+ * hops between pipeline stages.
  *
  * Owns:   ncclComm_t of this rank, the run-time NCCL version check, the
  *         environment NCCL reads at init (NVLink multicast off).
@@ -82,6 +83,13 @@ int  kimi_nccl_all_reduce_f32(kimi_nccl_t *c, float *buf, size_t n,
  * the two are queued and issued together at group end. */
 int  kimi_nccl_group_start(kimi_err_t *err);
 int  kimi_nccl_group_end(kimi_nccl_t *c, kimi_err_t *err);
+
+/* PP: bytes from buf to rank peer / into buf from rank peer (one side
+ * each of a transfer; both sides' calls meet in the order issued). */
+int  kimi_nccl_send(kimi_nccl_t *c, const void *buf, size_t bytes,
+    uint32_t peer, void *stream, kimi_err_t *err);
+int  kimi_nccl_recv(kimi_nccl_t *c, void *buf, size_t bytes, uint32_t peer,
+    void *stream, kimi_err_t *err);
 
 /* EP: send[world][bytes_per_peer] -> recv[world][bytes_per_peer]; block p
  * of send goes to rank p, block p of recv came from rank p.  Fixed size

@@ -11,7 +11,7 @@
  *         stated tolerance.
  *
  *   ep_check --model DIR [--hf-overrides JSON] [--prefill 40]
- *            [--decode 8] [--kv bf16|fp8] [--ranks 2] [--tp]
+ *            [--decode 8] [--kv bf16|fp8] [--ranks 2] [--tp | --pp]
  *
  * Build (where libjansson-dev is; the GPU machine may lack it), after
  * `make engine` with nvcc:
@@ -25,6 +25,12 @@
  * [r H/W, (r+1) H/W) and 1/W of every MLP width, the followers take rank
  * 0's steps through the step channel (kimi_backend_cuda_follow), as the
  * serve path's followers do; no "at once" phase (one batch per group).
+ *
+ * --pp checks pipeline parallelism: rank r is stage r, holding layers
+ * kimi_model_pp_layers(r, W) (rank 0 also the embedding and lm_head), the
+ * followers take rank 0's steps as under --tp; the hops carry fp32 rows
+ * and nothing is re-rounded, so the logits must equal one GPU's bit for
+ * bit, besides meeting the tolerance below.
  *
  * Rank 0 first runs the script (a prefill, then greedy decode steps fed
  * the oracle's choice) on the fp32-activation cpu (the oracle), the cpu
@@ -189,7 +195,7 @@ forward(kimi_backend_t *be, const kimi_batch_seq_t *s, uint32_t n,
 }
 
 
-static int  tp_mode;
+static int  tp_mode, pp_mode;
 
 
 static kimi_backend_t *
@@ -202,8 +208,9 @@ cuda_backend(kimi_model_t *m, int device, kimi_group_t *g, int kv_fp8)
     uint32_t                    nb;
 
     p.device = device;
-    p.ep = tp_mode ? NULL : g;
+    p.ep = tp_mode || pp_mode ? NULL : g;
     p.tp = tp_mode ? g : NULL;
+    p.pp = pp_mode ? g : NULL;
     p.max_batched_tokens = 512;
     p.max_model_len = 1024;
 
@@ -217,8 +224,9 @@ cuda_backend(kimi_model_t *m, int device, kimi_group_t *g, int kv_fp8)
         || be->ops->kv_init(be, &kp, &nb, &err) != 0)
     {
         fprintf(stderr, "cuda backend (device %d%s): %s\n", device,
-                g ? (tp_mode ? ", tensor parallel" : ", expert parallel")
-                  : "", err.msg);
+                g ? (tp_mode ? ", tensor parallel" : pp_mode
+                     ? ", pipeline parallel" : ", expert parallel") : "",
+                err.msg);
         if (g != NULL) {
             kimi_group_abort(g, err.msg);
         }
@@ -244,8 +252,8 @@ follower(kimi_group_t *g, kimi_model_params_t *mp, uint32_t P, uint32_t ND,
     size_t             bytes[KIMI_GROUP_MAX_RANKS];
     const float       *l;
 
-    note("rank %u: loading experts [%u, %u)", r, mp->expert_first,
-         mp->expert_last);
+    note("rank %u: loading experts [%u, %u), layers [%u, %u)", r,
+         mp->expert_first, mp->expert_last, mp->layer_first, mp->layer_last);
     if (kimi_model_load(&m, mp, &err) != 0) {
         kimi_group_abort(g, err.msg);
         fprintf(stderr, "rank %u model: %s\n", r, err.msg);
@@ -257,7 +265,7 @@ follower(kimi_group_t *g, kimi_model_params_t *mp, uint32_t P, uint32_t ND,
     be = cuda_backend(m, (int) r, g, kv_fp8);
     note("rank %u: up, serving rank 0's steps", r);
 
-    if (tp_mode) {
+    if (tp_mode || pp_mode) {
         if (kimi_backend_cuda_followers_ready(be, &err) != 0
             || kimi_backend_cuda_follow(be, &err) != 0)
         {
@@ -326,6 +334,7 @@ main(int argc, char **argv)
         { "kv", required_argument, NULL, 'k' },
         { "ranks", required_argument, NULL, 'r' },
         { "tp", no_argument, NULL, 't' },
+        { "pp", no_argument, NULL, 'P' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -346,8 +355,8 @@ main(int argc, char **argv)
     double                      e8[MAX_STEPS], e1[MAX_STEPS];
     double                      ea[MAX_STEPS], eb[MAX_STEPS];
     double                      worst_a = 1, worst_b = 1, worst_1 = 1;
-    double                      min_ep_one = 1;
-    int                         agree = 0, bitwise = 1;
+    double                      min_ep_one = 1, max_diff_one = 0;
+    int                         agree = 0, bitwise = 1, same_as_one = 1;
     size_t                      seg, bytes[KIMI_GROUP_MAX_RANKS];
     void                       *mem;
     pid_t                       kids[KIMI_GROUP_MAX_RANKS];
@@ -366,13 +375,14 @@ main(int argc, char **argv)
         case 'k': kv_fp8 = strcmp(optarg, "fp8") == 0; break;
         case 'r': W = (uint32_t) atoi(optarg); break;
         case 't': tp_mode = 1; break;
+        case 'P': pp_mode = 1; break;
         default:
             return 2;
         }
     }
 
     if (mp.dir == NULL || P == 0 || P > 256 || ND + 1 > MAX_STEPS || W < 2
-        || W > 8)
+        || W > 8 || (tp_mode && pp_mode))
     {
         fprintf(stderr, "usage: ep_check --model DIR [--hf-overrides JSON]"
                 " [--prefill N<=256] [--decode N<16] [--kv bf16|fp8]"
@@ -411,6 +421,9 @@ main(int argc, char **argv)
             if (tp_mode) {
                 mp.tp_rank = r;
                 mp.tp_size = W;
+            } else if (pp_mode) {
+                kimi_model_pp_layers(&cfg, r, W, &mp.layer_first,
+                                     &mp.layer_last);
             } else {
                 mp.expert_first = r * (cfg.n_routed_experts / W);
                 mp.expert_last = mp.expert_first + cfg.n_routed_experts / W;
@@ -462,9 +475,12 @@ main(int argc, char **argv)
            "dummy weights in %.1f s; %u %s ranks (%u %s each), kv %s\n",
            m->cfg.num_hidden_layers, m->cfg.hidden_size, E,
            m->cfg.num_experts_per_tok, V, now() - t0, W,
-           tp_mode ? "tensor-parallel" : "expert-parallel",
-           tp_mode ? m->cfg.num_attention_heads / W : E / W,
-           tp_mode ? "heads" : "experts", kv_fp8 ? "fp8" : "bf16");
+           tp_mode ? "tensor-parallel" : pp_mode ? "pipeline-parallel"
+                                               : "expert-parallel",
+           tp_mode ? m->cfg.num_attention_heads / W : pp_mode
+           ? (m->cfg.num_hidden_layers + W - 1) / W : E / W,
+           tp_mode ? "heads" : pp_mode ? "layers at most" : "experts",
+           kv_fp8 ? "fp8" : "bf16");
 
     if (kimi_backend_cpu_init_params(&cpu8, m, &cp8, &err) != 0
         || kimi_backend_cpu_init_params(&cpu32, m, &cp32, &err) != 0)
@@ -525,21 +541,28 @@ main(int argc, char **argv)
 
     /* the EP backend: rank 0 holds its share of the experts (every expert
      * is loaded; it uploads its own); the TP one: rank 0's shard */
-    if (tp_mode) {
+    if (tp_mode || pp_mode) {
         kimi_model_params_t  sp = mp;
 
+        if (tp_mode) {
+            sp.tp_rank = 0;
+            sp.tp_size = W;
+        } else {
+            kimi_model_pp_layers(&m->cfg, 0, W, &sp.layer_first,
+                                 &sp.layer_last);
+        }
         kimi_model_free(m);
-        sp.tp_rank = 0;
-        sp.tp_size = W;
         if (kimi_model_load(&m, &sp, &err) != 0) {
             kimi_group_fail(mem, err.msg);
             fprintf(stderr, "model shard: %s\n", err.msg);
             return 1;
         }
     }
-    note("rank 0: %s backend", tp_mode ? "TP" : "EP");
+    note("rank 0: %s backend", tp_mode ? "TP" : pp_mode ? "PP" : "EP");
     ep = cuda_backend(m, 0, g, kv_fp8);
-    if (tp_mode && kimi_backend_cuda_followers_ready(ep, &err) != 0) {
+    if ((tp_mode || pp_mode)
+        && kimi_backend_cuda_followers_ready(ep, &err) != 0)
+    {
         fprintf(stderr, "followers: %s\n", err.msg);
         return 1;
     }
@@ -556,6 +579,13 @@ main(int argc, char **argv)
         l = forward(ep, &s, 1, "ep (alone)");
         ea[k] = 1 - cosine(oracle + (size_t) k * V, l, V);
         c1 = cosine(single + (size_t) k * V, l, V);
+        same_as_one &= memcmp(single + (size_t) k * V, l,
+                              (size_t) V * sizeof(float)) == 0;
+        for (uint32_t i = 0; i < V; i++) {
+            double  d = fabs((double) l[i] - single[(size_t) k * V + i]);
+
+            max_diff_one = d > max_diff_one ? d : max_diff_one;
+        }
         min_ep_one = c1 < min_ep_one ? c1 : min_ep_one;
         worst_a = 1 - ea[k] < worst_a ? 1 - ea[k] : worst_a;
         agree += argmax(l, V) == toks[P + k];
@@ -569,7 +599,7 @@ main(int argc, char **argv)
     note("rank 0: steps at once");
 
     /* at once: every rank runs the script; rank 0 hands out the tokens */
-    for (uint32_t k = 0; !tp_mode && k <= ND; k++) {
+    for (uint32_t k = 0; !tp_mode && !pp_mode && k <= ND; k++) {
         const float  *l;
         float        *mine = malloc((size_t) V * sizeof(float));
 
@@ -606,12 +636,14 @@ main(int argc, char **argv)
     {
         double  m8 = median(e8, (int) ND + 1), m1 = median(e1, (int) ND + 1);
         double  ma = median(ea, (int) ND + 1), mb = median(eb, (int) ND + 1);
-        const char *kind = tp_mode ? "TP" : "EP";
+        const char *kind = tp_mode ? "TP" : pp_mode ? "PP" : "EP";
 
         printf("# median (1 - cos) vs the fp32-activation cpu: cpu fp8 %.2e,"
                " one GPU %.2e, %s=%u %.2e, every rank at once %.2e; worst"
                " row %s vs one GPU cos %.6f\n", m8, m1, kind, W, ma,
-               tp_mode ? 0.0 : mb, kind, min_ep_one);
+               tp_mode || pp_mode ? 0.0 : mb, kind, min_ep_one);
+        printf("# %s=%u vs one GPU: max |logit diff| %.3g, bit for bit %s\n",
+               kind, W, max_diff_one, same_as_one ? "yes" : "no");
         ok(m1 <= TOL_MEDIAN_X * m8, "one GPU: median (1 - cos) %.2e <= %.1f"
            " x cpu fp8's %.2e (worst row cos %.6f)", m1, TOL_MEDIAN_X, m8,
            worst_1);
@@ -619,7 +651,11 @@ main(int argc, char **argv)
            " 0's batch: median (1 - cos) %.2e <= %.1f x cpu fp8's %.2e,"
            " every row cos >= %.2f (worst %.6f)", kind, W, ma, TOL_MEDIAN_X,
            m8, TOL_COS_ROW, worst_a);
-        if (!tp_mode) {
+        if (pp_mode) {
+            ok(same_as_one, "PP=%u: logits equal one GPU's bit for bit at"
+               " every step (max |diff| %.3g)", W, max_diff_one);
+        }
+        if (!tp_mode && !pp_mode) {
             ok(mb <= TOL_MEDIAN_X * m8 && worst_b >= TOL_COS_ROW, "EP=%u,"
                " every rank at once: median (1 - cos) %.2e <= %.1f x cpu"
                " fp8's %.2e, every row cos >= %.2f (worst %.6f)", W, mb,

@@ -3,8 +3,9 @@
  * the paged latent KV cache, logits and device greedy argmax.
  *
  * Owns:   the device and stream choice, the KV cache allocation (sized by
- *         gpu_memory_utilization), the pinned host buffers of a step, and
- *         joining a parallel group's NCCL communicator (expert or tensor
+ *         gpu_memory_utilization; a pipeline's stages agree on the
+ *         smallest), the pinned host buffers of a step, and joining a
+ *         parallel group's NCCL communicator (expert, tensor or pipeline
  *         parallel) and a follower's loop.
  * Never:  computes layers (forward.c), converts weights (weights.c), or
  *         samples anything but plain greedy on the device: other rows go
@@ -102,11 +103,6 @@ kimi_cuda_check_model(const kimi_model_t *m, kimi_err_t *err)
     if (rc != 0) {
         return rc;
     }
-
-    KIMI_NEED(m->layer_first == 0 && m->layer_last == c->num_hidden_layers,
-              "a pipeline stage (layers [%u, %u)): pipeline parallel is"
-              " implemented on the cpu backend only", m->layer_first,
-              m->layer_last);
 
 #undef KIMI_NEED
 
@@ -442,18 +438,57 @@ kimi_cuda_tp_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
 }
 
 
+/* The stages of a pipeline: which layers this one runs (the model must
+ * hold them) and the first transfer on every edge of the ring (k to
+ * k + 1, the last to 0), outside any graph capture: NCCL connects a pair
+ * of ranks at their first send / receive. */
+static int
+kimi_cuda_pp_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
+{
+    uint32_t  P = kimi_group_world(g), k = kimi_group_rank(g);
+    int       rc;
+
+    b->pp = g;
+    if ((rc = kimi_cuda_join(b, g, &b->pp_nccl, err)) != 0) {
+        return rc;
+    }
+
+    if ((rc = kimi_nccl_group_start(err)) != 0
+        || (rc = kimi_nccl_send(b->pp_nccl, b->y, 256, (k + 1) % P,
+                                b->stream, err)) != 0
+        || (rc = kimi_nccl_recv(b->pp_nccl, b->h, 256, (k + P - 1) % P,
+                                b->stream, err)) != 0
+        || (rc = kimi_nccl_group_end(b->pp_nccl, err)) != 0)
+    {
+        kimi_group_abort(g, err->msg);
+        return rc;
+    }
+
+    KIMI_CU(cudaEventRecord(b->ev1, b->stream), err);
+    if ((rc = kimi_cuda_wait(b, err)) != 0) {
+        return rc;
+    }
+
+    kimi_log(KIMI_LOG_NOTICE, "pipeline parallel: stage %u of %u runs layers"
+             " [%u, %u)%s on device %d, NCCL up", k, P, b->l_first,
+             b->l_last, k == 0 ? ", the embedding and lm_head" : "",
+             b->device);
+    return 0;
+}
+
+
 int
 kimi_backend_cuda_followers_ready(kimi_backend_t *base, kimi_err_t *err)
 {
     kimi_cuda_t  *b = (kimi_cuda_t *) base;
     int           any, all;
 
-    if (b->tp == NULL) {
+    if (b->lead == NULL) {
         return 0;
     }
 
-    return kimi_group_vote(b->tp, KIMI_CUDA_TAG_TP_READY, 1, 1, &any, &all,
-                           err);
+    return kimi_group_vote(b->lead, KIMI_CUDA_TAG_LEAD_READY, 1, 1, &any,
+                           &all, err);
 }
 
 
@@ -465,14 +500,14 @@ kimi_backend_cuda_follow(kimi_backend_t *base, kimi_err_t *err)
     kimi_err_t     ferr;
     int            stop = 0, rc;
 
-    if (b->tp == NULL || kimi_group_rank(b->tp) == 0) {
-        return kimi_err_set(err, KIMI_EINVAL, "cuda: not a tensor-parallel"
-                            " follower");
+    if (b->lead == NULL || kimi_group_rank(b->lead) == 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "cuda: not a tensor- or"
+                            " pipeline-parallel follower");
     }
 
     for ( ;; ) {
-        if ((rc = kimi_step_recv(b->tp, KIMI_CUDA_TAG_TP_STEP, &b->tp_buf,
-                                 &batch, &stop, err)) != 0)
+        if ((rc = kimi_step_recv(b->lead, KIMI_CUDA_TAG_LEAD_STEP,
+                                 &b->lead_buf, &batch, &stop, err)) != 0)
         {
             return rc;
         }
@@ -484,11 +519,47 @@ kimi_backend_cuda_follow(kimi_backend_t *base, kimi_err_t *err)
         /* the leader hits the same batch error and reports it; only a
          * broken group ends the follower */
         rc = kimi_cuda_forward_local(b, &batch, &ferr);
-        if (rc != 0 && kimi_group_failed(b->tp)) {
+        if (rc != 0 && kimi_group_failed(b->lead)) {
             *err = ferr;
             return rc;
         }
     }
+}
+
+
+/* The smallest of the stages' KV block counts, to every stage. */
+static int
+kimi_cuda_pp_blocks(kimi_cuda_t *b, uint32_t *n, kimi_err_t *err)
+{
+    uint32_t     P = kimi_group_world(b->pp), got;
+    size_t       bytes[KIMI_GROUP_MAX_RANKS], len;
+    const void  *in;
+    int          rc;
+
+    for (uint32_t q = 0; q < P; q++) {
+        memcpy(kimi_group_sendbuf(b->pp, q), n, sizeof(*n));
+        bytes[q] = sizeof(*n);
+    }
+
+    if ((rc = kimi_group_exchange(b->pp, KIMI_CUDA_TAG_PP_BLOCKS, bytes,
+                                  err)) != 0)
+    {
+        return rc;
+    }
+
+    for (uint32_t q = 0; q < P; q++) {
+        in = kimi_group_recvbuf(b->pp, q, &len);
+
+        if (len != sizeof(got)) {
+            return kimi_err_set(err, KIMI_EIO, "pipeline parallel: no KV "
+                                "block count from stage %u", q);
+        }
+
+        memcpy(&got, in, sizeof(got));
+        *n = got < *n ? got : *n;
+    }
+
+    return 0;
 }
 
 
@@ -498,7 +569,7 @@ kimi_cuda_kv_init(kimi_backend_t *base, const kimi_kv_params_t *p,
 {
     kimi_cuda_t                *b = (kimi_cuda_t *) base;
     const kimi_model_config_t  *c = b->cfg;
-    uint32_t                    L = c->num_hidden_layers;
+    uint32_t                    L = b->l_last - b->l_first;
     uint32_t                    W = c->kv_lora_rank + c->qk_rope_head_dim;
     uint32_t                    bs = p->block_size ? p->block_size : 64;
     size_t                      free_b, total_b, per_block, meta, budget;
@@ -557,6 +628,18 @@ kimi_cuda_kv_init(kimi_backend_t *base, const kimi_kv_params_t *p,
 
     if (n > UINT32_MAX / 2) {
         n = UINT32_MAX / 2;
+    }
+
+    /* one scheduler (stage 0's) hands out the blocks of every stage */
+    if (b->pp != NULL) {
+        uint32_t  mine = (uint32_t) n;
+        int       rc = kimi_cuda_pp_blocks(b, &mine, err);
+
+        if (rc != 0) {
+            return rc;
+        }
+
+        n = mine;
     }
 
     if (n == 0) {
@@ -975,6 +1058,11 @@ kimi_backend_cuda_profile(kimi_backend_t *base, kimi_cuda_profile_t *p,
                             "step with logits");
     }
 
+    if (b->pp != NULL) {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda profile: a "
+                            "pipeline stage times only its own layers");
+    }
+
     KIMI_CU(cudaEventElapsedTime(&ms, b->pev[0], b->pev[1]), err);
     p->embed_us = ms * 1e3;
 
@@ -1018,14 +1106,14 @@ kimi_cuda_free(kimi_backend_t *base)
         return;
     }
 
-    if (b->tp != NULL && kimi_group_rank(b->tp) == 0
-        && !kimi_group_failed(b->tp))
+    if (b->lead != NULL && kimi_group_rank(b->lead) == 0
+        && !kimi_group_failed(b->lead))
     {
         kimi_err_t  err;
 
         /* the followers leave their loop */
-        (void) kimi_step_send(b->tp, KIMI_CUDA_TAG_TP_STEP, KIMI_STEP_STOP,
-                              NULL, &err);
+        (void) kimi_step_send(b->lead, KIMI_CUDA_TAG_LEAD_STEP,
+                              KIMI_STEP_STOP, NULL, &err);
     }
 
     if (b->stream != NULL) {
@@ -1059,7 +1147,9 @@ kimi_cuda_free(kimi_backend_t *base)
     kimi_nccl_free(b->nccl);
     kimi_nccl_abort(b->tp_nccl);
     kimi_nccl_free(b->tp_nccl);
-    kimi_step_buf_free(&b->tp_buf);
+    kimi_nccl_abort(b->pp_nccl);
+    kimi_nccl_free(b->pp_nccl);
+    kimi_step_buf_free(&b->lead_buf);
     cudaFree(b->ep_ws);
     cudaFree(b->ep_moe_ws);
 
@@ -1112,7 +1202,8 @@ kimi_backend_cuda_params_t
 kimi_backend_cuda_default_params(void)
 {
     kimi_backend_cuda_params_t  p = { 0, KIMI_CUDA_DEFAULT_TOKENS, 0,
-                                       KIMI_CUDA_DEFAULT_ROWS, NULL, NULL };
+                                       KIMI_CUDA_DEFAULT_ROWS, NULL, NULL,
+                                       NULL };
 
     return p;
 }
@@ -1264,19 +1355,39 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
         goto failed;
     }
 
-    if (p->ep != NULL && p->tp != NULL) {
-        rc = kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda backend: expert and"
-                          " tensor parallelism together are not"
-                          " implemented");
+    if ((p->ep != NULL) + (p->tp != NULL) + (p->pp != NULL) > 1) {
+        rc = kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda backend: expert,"
+                          " tensor and pipeline parallelism are implemented"
+                          " one at a time");
         goto failed;
     }
+
+    b->l_first = 0;
+    b->l_last = c->num_hidden_layers;
+    if (p->pp != NULL) {
+        b->pp_world = kimi_group_world(p->pp);
+        b->pp_stage = kimi_group_rank(p->pp);
+        kimi_model_pp_layers(c, b->pp_stage, b->pp_world, &b->l_first,
+                             &b->l_last);
+    }
+
+    if (model->layer_first != b->l_first || model->layer_last != b->l_last) {
+        rc = kimi_err_set(err, KIMI_EINVAL, "cuda backend: the model holds"
+                          " layers [%u, %u), this pipeline stage runs [%u,"
+                          " %u)", model->layer_first, model->layer_last,
+                          b->l_first, b->l_last);
+        goto failed;
+    }
+
+    b->lead = p->tp != NULL ? p->tp : p->pp;
 
     if ((rc = kimi_cuda_check_ep(b, p->ep, err)) != 0
         || (rc = kimi_cuda_weights_upload(b, err)) != 0
         || (rc = kimi_cuda_workspaces(b, err)) != 0
         || (rc = kimi_cuda_graphs_init(b, err)) != 0
         || (p->ep != NULL && (rc = kimi_cuda_ep_join(b, p->ep, err)) != 0)
-        || (p->tp != NULL && (rc = kimi_cuda_tp_join(b, p->tp, err)) != 0))
+        || (p->tp != NULL && (rc = kimi_cuda_tp_join(b, p->tp, err)) != 0)
+        || (p->pp != NULL && (rc = kimi_cuda_pp_join(b, p->pp, err)) != 0))
     {
         goto failed;
     }
@@ -1286,9 +1397,9 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
 
 failed:
 
-    if (p->ep != NULL || p->tp != NULL) {
+    if (p->ep != NULL || p->tp != NULL || p->pp != NULL) {
         /* the peers wait for this rank at the NCCL id or in NCCL init */
-        kimi_group_abort(p->ep ? p->ep : p->tp, err->msg);
+        kimi_group_abort(p->ep ? p->ep : p->tp ? p->tp : p->pp, err->msg);
     }
     kimi_cuda_free(&b->base);
     return rc;

@@ -36,6 +36,12 @@ typedef struct {
                                                 rank (the model is this
                                                 member's shard; rank 0
                                                 leads), NULL: none */
+    struct kimi_group  *pp;                  /* pipeline-parallel group of
+                                                the rank (the model holds
+                                                this stage's layers, as
+                                                kimi_model_pp_layers splits
+                                                them; stage 0 leads), NULL:
+                                                none */
 } kimi_backend_cuda_params_t;
 
 kimi_backend_cuda_params_t kimi_backend_cuda_default_params(void);
@@ -57,7 +63,7 @@ int kimi_backend_cuda_init_params(kimi_backend_t **out,
     struct kimi_model *model, const kimi_backend_cuda_params_t *p,
     kimi_err_t *err);
 
-/* Tensor parallel: every member calls _followers_ready() once its
+/* Tensor or pipeline parallel: every member calls _followers_ready() once its
  * backend is up (a barrier); a follower then calls _follow(), which runs
  * the leader's steps until the leader's backend is freed (0) or the group
  * fails (< 0). */

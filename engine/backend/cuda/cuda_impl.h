@@ -147,7 +147,21 @@ typedef struct {
     uint32_t                    H;
     kimi_group_t               *tp;
     kimi_nccl_t                *tp_nccl;
-    kimi_step_buf_t             tp_buf;
+
+    /* pipeline parallelism: this stage runs layers [l_first, l_last) and
+     * holds their KV cache; stage 0 embeds, runs lm_head and samples, the
+     * residual stream (h and the pending FFN output y) goes to the next
+     * stage and the last stage's normed logit rows come back to stage 0,
+     * over NCCL send / receive inside the step */
+    kimi_group_t               *pp;
+    kimi_nccl_t                *pp_nccl;
+    uint32_t                    pp_stage, pp_world;
+    uint32_t                    l_first, l_last;
+
+    /* the group whose rank 0 leads (tensor or pipeline parallel): it
+     * hands each step to the others, which only follow */
+    kimi_group_t               *lead;
+    kimi_step_buf_t             lead_buf;
 
     /* KV cache */
     void                       *kv;           /* [L][n_blocks][bs][576]; fp8: [L][n_blocks][36][bs][16] */
@@ -228,14 +242,15 @@ int  kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows,
  * when the group fails or NCCL reports a peer's failure. */
 int  kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err);
 
-/* what the expert-parallel ranks sync for in the group (group.h tags;
+/* what the parallel ranks sync for in the group (group.h tags;
  * the server's step vote is 1, the cpu backend's 2..7) */
 #define KIMI_CUDA_TAG_EP_TOKENS  ((uint64_t) 8 << 56)
 #define KIMI_CUDA_TAG_NCCL_ID    ((uint64_t) 9 << 56)
-#define KIMI_CUDA_TAG_TP_STEP    ((uint64_t) 10 << 56)
-#define KIMI_CUDA_TAG_TP_READY   ((uint64_t) 11 << 56)
+#define KIMI_CUDA_TAG_LEAD_STEP  ((uint64_t) 10 << 56)
+#define KIMI_CUDA_TAG_LEAD_READY ((uint64_t) 11 << 56)
 #define KIMI_CUDA_TAG_P2P_HANDLE ((uint64_t) 12 << 56)
 #define KIMI_CUDA_TAG_P2P_VOTE   ((uint64_t) 13 << 56)
+#define KIMI_CUDA_TAG_PP_BLOCKS  ((uint64_t) 14 << 56)
 
 /* backend.c: waiting kernels of the peer-memory exchange return (a peer
  * died); no-op without it */

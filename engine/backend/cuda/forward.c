@@ -6,8 +6,9 @@
  *         metadata upload (token ids, positions, cache slots, per-token
  *         block tables), the launch sequence of one step, and where the
  *         parallel layouts meet in it: the expert-parallel MoE layer (the
- *         ranks' token-count vote, dispatch, combine) and the tensor-
- *         parallel all-reduces and step hand-over.
+ *         ranks' token-count vote, dispatch, combine), the tensor-
+ *         parallel all-reduces, the pipeline's hops between stages, and
+ *         the leader's step hand-over.
  * Never:  allocates in a step, picks blocks, or samples.
  * Holds:  the KV of every new token is written before any attention runs,
  *         and attention is the absorbed MLA decode with one query per token
@@ -391,10 +392,12 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
     void                       *kv;
     float                      *ks = NULL;
 
-    kv = (uint8_t *) b->kv + l * kv_per * (R + P) * (b->kv_fp8 ? 1 : 2);
+    /* a pipeline stage holds the cache of its own layers only */
+    kv = (uint8_t *) b->kv + (l - b->l_first) * kv_per * (R + P)
+                             * (b->kv_fp8 ? 1 : 2);
 
     if (b->kv_fp8) {
-        ks = b->kv_scale + l * kv_per;
+        ks = b->kv_scale + (l - b->l_first) * kv_per;
     }
 
     /* q = q_b(rms(q_a(a))), or q_proj(a) without a q LoRA; ckv = kv_a(a) */
@@ -659,14 +662,39 @@ kimi_cuda_route(kimi_cuda_t *b, const kimi_cuda_layer_t *L, uint32_t T,
 }
 
 
+/* A pipeline's hop between stages: the residual stream h and the last
+ * layer's FFN output y (the next layer adds it in its first norm, as one
+ * GPU does), sent to or received from stage peer. */
+static int
+kimi_cuda_pp_hop(kimi_cuda_t *b, uint32_t T, uint32_t peer, int send,
+    kimi_err_t *err)
+{
+    size_t  n = (size_t) T * b->cfg->hidden_size * sizeof(float);
+
+    KIMI_K(kimi_nccl_group_start(err));
+
+    if (send) {
+        KIMI_K(kimi_nccl_send(b->pp_nccl, b->h, n, peer, b->stream, err));
+        KIMI_K(kimi_nccl_send(b->pp_nccl, b->y, n, peer, b->stream, err));
+
+    } else {
+        KIMI_K(kimi_nccl_recv(b->pp_nccl, b->h, n, peer, b->stream, err));
+        KIMI_K(kimi_nccl_recv(b->pp_nccl, b->y, n, peer, b->stream, err));
+    }
+
+    return kimi_nccl_group_end(b->pp_nccl, err);
+}
+
+
 /* The launches of one step (captured by graphs.c, or run eagerly). */
 int
 kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t splits,
     kimi_err_t *err)
 {
     const kimi_model_config_t  *c = b->cfg;
-    int                         D = (int) c->hidden_size;
+    int                         D = (int) c->hidden_size, gemv;
     float                       eps = c->rms_norm_eps;
+    size_t                      fin_bytes;
 
 #define KIMI_MARK(i)                                                          \
     if (b->prof) KIMI_CU(cudaEventRecord(b->pev[i], b->stream), err)
@@ -685,12 +713,17 @@ kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t splits,
     }
 
     KIMI_MARK(0);
-    KIMI_K(kimi_gather_rows_bf16_f32(b->embed,
-                                     b->meta_d + KIMI_M_TOK * b->cap,
-                                     (int) T, D, b->h, b->stream, err));
+    if (b->pp_stage == 0) {
+        KIMI_K(kimi_gather_rows_bf16_f32(b->embed,
+                                         b->meta_d + KIMI_M_TOK * b->cap,
+                                         (int) T, D, b->h, b->stream, err));
+
+    } else {
+        KIMI_K(kimi_cuda_pp_hop(b, T, b->pp_stage - 1, 0, err));
+    }
     KIMI_MARK(1);
 
-    for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
+    for (uint32_t l = b->l_first; l < b->l_last; l++) {
         const kimi_cuda_layer_t  *L = &b->layers[l];
 
         /* h += ffn of the layer before (none for layer 0); a = rms(h),
@@ -712,26 +745,56 @@ kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t splits,
         KIMI_MARK(KIMI_CUDA_MARK(l, 5));
     }
 
-    if (rows == 0) {
+    if (b->pp != NULL && b->l_last < c->num_hidden_layers) {
+        /* the residual stream on to the next stage */
+        KIMI_K(kimi_cuda_pp_hop(b, T, b->pp_stage + 1, 1, err));
+    }
+
+    if (rows == 0 || (b->pp_stage > 0 && b->l_last < c->num_hidden_layers)) {
         return 0;
     }
 
-    /* logits of the wanted rows: lm_head(rms(h + ffn)), fp32 */
-    KIMI_K(kimi_rmsnorm_residual_f32(b->y, b->h, b->norm, b->a, (int) T, D,
-                                     eps, b->stream, err));
-    if (rows <= KIMI_CUDA_LM_HEAD_GEMV_ROWS) {
-        KIMI_K(kimi_gather_rows_f32(b->a, b->meta_d + KIMI_M_ROW * b->cap,
-                                    (int) rows, D, b->fin, b->stream, err));
+    /* logits of the wanted rows: lm_head(rms(h + ffn)), fp32; the normed
+     * hidden rows of more than a GEMV's worth rounded to bf16 (the head is
+     * bf16 anyway): 2^-9 per element, ~1e-6 on 1 - cos (tolerance ~1e-3) */
+    gemv = rows <= KIMI_CUDA_LM_HEAD_GEMV_ROWS;
+    fin_bytes = (size_t) rows * D * (gemv ? sizeof(float)
+                                          : sizeof(kimi_bf16_t));
+
+    if (b->l_last == c->num_hidden_layers) {
+        KIMI_K(kimi_rmsnorm_residual_f32(b->y, b->h, b->norm, b->a, (int) T,
+                                         D, eps, b->stream, err));
+        if (gemv) {
+            KIMI_K(kimi_gather_rows_f32(b->a, b->meta_d + KIMI_M_ROW * b->cap,
+                                        (int) rows, D, b->fin, b->stream,
+                                        err));
+        } else {
+            KIMI_K(kimi_gather_rows_f32_bf16(b->a,
+                                             b->meta_d + KIMI_M_ROW * b->cap,
+                                             (int) rows, D, b->fin_bf,
+                                             b->stream, err));
+        }
+    }
+
+    if (b->pp != NULL) {
+        /* the last stage's rows to stage 0, which holds lm_head */
+        if (b->pp_stage != 0) {
+            return kimi_nccl_send(b->pp_nccl, gemv ? (void *) b->fin
+                                                   : (void *) b->fin_bf,
+                                  fin_bytes, 0, b->stream, err);
+        }
+
+        KIMI_K(kimi_nccl_recv(b->pp_nccl, gemv ? (void *) b->fin
+                                               : (void *) b->fin_bf,
+                              fin_bytes, b->pp_world - 1, b->stream, err));
+    }
+
+    if (gemv) {
         KIMI_K(kimi_moe_router_logits_f32(b->fin, b->lm_head, b->logits,
                                           (int) rows, D, (int) c->vocab_size,
                                           b->stream, err));
 
     } else {
-        /* the normed hidden rounded to bf16 (the head is bf16 anyway):
-         * 2^-9 per element, ~1e-6 on 1 - cos; the tolerance is ~1e-3 */
-        KIMI_K(kimi_gather_rows_f32_bf16(b->a, b->meta_d + KIMI_M_ROW * b->cap,
-                                         (int) rows, D, b->fin_bf, b->stream,
-                                         err));
         KIMI_K(kimi_bf16_gemm_nt_f32_cublaslt(b->lt, b->fin_bf, (int) rows, D,
                                               b->lm_head,
                                               (int) c->vocab_size, b->logits,
@@ -749,8 +812,9 @@ kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err)
 {
     cudaError_t    ce;
     kimi_err_t     lerr;
-    kimi_nccl_t   *comm = b->nccl ? b->nccl : b->tp_nccl;
-    kimi_group_t  *g = b->nccl ? b->ep : b->tp;
+    kimi_nccl_t   *comm = b->nccl ? b->nccl : b->tp_nccl ? b->tp_nccl
+                                                           : b->pp_nccl;
+    kimi_group_t  *g = b->nccl ? b->ep : b->tp ? b->tp : b->pp;
 
     if (comm == NULL) {
         KIMI_CU(cudaEventSynchronize(b->ev1), err);
@@ -776,7 +840,8 @@ kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err)
             (void) cudaStreamSynchronize(b->stream);
             (void) cudaGetLastError();
             return kimi_err_set(err, KIMI_EIO, "%s parallel: %s",
-                                b->nccl ? "expert" : "tensor",
+                                b->nccl ? "expert" : b->tp ? "tensor"
+                                                           : "pipeline",
                                 kimi_group_failed(g)
                                 ? "the group failed (a rank ended)"
                                 : lerr.msg);
@@ -814,8 +879,9 @@ kimi_cuda_ep_vote(kimi_cuda_t *b, uint32_t T, uint32_t *max_T,
 }
 
 
-/* The vtable's forward: a tensor-parallel leader first hands the step to
- * its followers (they run the same launches; the all-reduces meet). */
+/* The vtable's forward: a tensor- or pipeline-parallel leader first hands
+ * the step to its followers (they run the same batch; the all-reduces or
+ * the hops between stages meet). */
 int
 kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     kimi_err_t *err)
@@ -823,13 +889,13 @@ kimi_cuda_forward(kimi_backend_t *base, const kimi_batch_t *batch,
     kimi_cuda_t  *b = (kimi_cuda_t *) base;
     int           rc;
 
-    if (b->tp != NULL) {
-        if (kimi_group_rank(b->tp) != 0) {
-            return kimi_err_set(err, KIMI_ESTATE, "cuda: a tensor-parallel"
-                                " follower takes its steps from the leader");
+    if (b->lead != NULL) {
+        if (kimi_group_rank(b->lead) != 0) {
+            return kimi_err_set(err, KIMI_ESTATE, "cuda: a follower takes "
+                                "its steps from the leader");
         }
 
-        rc = kimi_step_send(b->tp, KIMI_CUDA_TAG_TP_STEP, KIMI_STEP_RUN,
+        rc = kimi_step_send(b->lead, KIMI_CUDA_TAG_LEAD_STEP, KIMI_STEP_RUN,
                             batch, err);
         if (rc != 0) {
             return rc;
@@ -930,9 +996,11 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
     if (rc != 0) {
         /* drain what was queued so the next step starts clean; under EP
          * the peers wait for this rank's rows: the group ends */
-        if (b->nccl != NULL || b->tp_nccl != NULL) {
-            kimi_group_abort(b->nccl ? b->ep : b->tp, err->msg);
-            kimi_nccl_abort(b->nccl ? b->nccl : b->tp_nccl);
+        if (b->nccl != NULL || b->tp_nccl != NULL || b->pp_nccl != NULL) {
+            kimi_group_abort(b->nccl ? b->ep : b->tp ? b->tp : b->pp,
+                             err->msg);
+            kimi_nccl_abort(b->nccl ? b->nccl : b->tp_nccl ? b->tp_nccl
+                                                           : b->pp_nccl);
             kimi_cuda_p2p_abort(b);
         }
         (void) cudaStreamSynchronize(b->stream);
@@ -942,7 +1010,9 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
 
     /* greedy rows: their argmax and logprob come back with the step's
      * own wait, not a second round trip in sample() */
-    if (rows > 0 && kimi_cuda_any_greedy_hint(batch)) {
+    if (rows > 0 && kimi_cuda_any_greedy_hint(batch)
+        && (b->lead == NULL || kimi_group_rank(b->lead) == 0))
+    {
         KIMI_K(kimi_sample_greedy_logprob(b->logits, (int) rows,
                                           (int) b->cfg->vocab_size,
                                           (int) b->cfg->vocab_size, b->argmax,

@@ -296,22 +296,32 @@ kimi_cuda_walk(kimi_cuda_t *b, kimi_cuda_arena_t *ar, kimi_err_t *err)
     uint32_t                    D = c->hidden_size;
     int                         rc;
 
-    if ((rc = kimi_cuda_put_bf16(ar, &m->embed_tokens, &b->embed, err)) != 0
-        || (rc = kimi_cuda_put_vec(ar, m->norm, D, &b->norm, err)) != 0)
+    /* a pipeline's stage 0 embeds and runs lm_head, its last stage the
+     * final norm (what it sends back is normed) */
+    if (b->pp_stage == 0) {
+        if ((rc = kimi_cuda_put_bf16(ar, &m->embed_tokens, &b->embed, err))
+            != 0)
+        {
+            return rc;
+        }
+
+        if (m->lm_head.data == m->embed_tokens.data) {
+            b->lm_head = b->embed;
+
+        } else if ((rc = kimi_cuda_put_bf16(ar, &m->lm_head, &b->lm_head,
+                                            err)) != 0)
+        {
+            return rc;
+        }
+    }
+
+    if (b->l_last == c->num_hidden_layers
+        && (rc = kimi_cuda_put_vec(ar, m->norm, D, &b->norm, err)) != 0)
     {
         return rc;
     }
 
-    if (m->lm_head.data == m->embed_tokens.data) {
-        b->lm_head = b->embed;
-
-    } else if ((rc = kimi_cuda_put_bf16(ar, &m->lm_head, &b->lm_head, err))
-               != 0)
-    {
-        return rc;
-    }
-
-    for (uint32_t l = 0; l < c->num_hidden_layers; l++) {
+    for (uint32_t l = b->l_first; l < b->l_last; l++) {
         const kimi_layer_weights_t  *L = &m->layers[l];
         kimi_cuda_layer_t           *d = &b->layers[l];
 
