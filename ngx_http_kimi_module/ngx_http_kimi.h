@@ -76,6 +76,7 @@ typedef enum {
                                           ctx->responses set */
     NGX_HTTP_KIMI_ROUTE_RESPONSE,      /* GET, DELETE /v1/responses/{id} */
     NGX_HTTP_KIMI_ROUTE_RESPONSE_ITEMS, /* GET .../{id}/input_items */
+    NGX_HTTP_KIMI_ROUTE_RESPONSE_CANCEL, /* POST .../{id}/cancel */
     NGX_HTTP_KIMI_ROUTE_VERSION,
     NGX_HTTP_KIMI_ROUTE_INVOCATIONS,   /* routing only: chat or completions
                                           by the body (SageMaker's) */
@@ -104,6 +105,7 @@ typedef struct ngx_http_kimi_engine_s  ngx_http_kimi_engine_t;
 typedef struct ngx_http_kimi_attach_s  ngx_http_kimi_attach_t;
 typedef struct ngx_http_kimi_text_s    ngx_http_kimi_text_t;
 typedef struct ngx_http_kimi_ctx_s     ngx_http_kimi_ctx_t;
+typedef struct ngx_http_kimi_bg_s      ngx_http_kimi_bg_t;
 
 
 typedef struct {
@@ -148,6 +150,10 @@ typedef struct {
                                                       0 off, else on */
     ngx_shm_zone_t              *responses_zone;   /* kimi_responses_store:
                                                       NULL off */
+    ngx_uint_t                   responses_background; /* kimi_responses_
+                                                      background: running
+                                                      at once per worker,
+                                                      0 refuses them */
 } ngx_http_kimi_loc_conf_t;
 
 
@@ -372,6 +378,17 @@ struct ngx_http_kimi_ctx_s {
     unsigned                     tool_error:1;
     unsigned                     counted:1;        /* in engine pending */
     unsigned                     failed:1;         /* ended by an error */
+    unsigned                     background:1;     /* /v1/responses with
+                                                      background true */
+    unsigned                     detached:1;       /* runs on a request of
+                                                      its own, no client
+                                                      (ngx_http_kimi_
+                                                      background.c) */
+    unsigned                     stored:1;         /* detached: its end is
+                                                      in the store */
+    ngx_http_kimi_bg_t          *bg;               /* detached: its record */
+    ngx_str_t                    owner;            /* detached: the API key
+                                                      id it runs for */
 };
 
 
@@ -379,6 +396,8 @@ extern ngx_module_t  ngx_http_kimi_module;
 
 
 /* ngx_http_kimi_module.c */
+ngx_http_kimi_ctx_t *ngx_http_kimi_ctx_create(ngx_http_request_t *r,
+    ngx_http_kimi_route_e route);
 void ngx_http_kimi_finalize(ngx_http_kimi_ctx_t *ctx, ngx_int_t rc);
 void ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx);
 void ngx_http_kimi_touch(ngx_http_kimi_ctx_t *ctx);
@@ -404,12 +423,36 @@ json_t *ngx_http_kimi_responses_id(const char *prefix);
 char *ngx_http_kimi_responses_store_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_uint_t ngx_http_kimi_responses_storing(ngx_http_kimi_ctx_t *ctx);
-void ngx_http_kimi_responses_keep(ngx_http_kimi_ctx_t *ctx, json_t *resp,
-    json_t *choice);
+ngx_int_t ngx_http_kimi_responses_keep(ngx_http_kimi_ctx_t *ctx,
+    json_t *resp, json_t *choice);
+void ngx_http_kimi_responses_owner(ngx_http_request_t *r, ngx_str_t *owner);
 json_t *ngx_http_kimi_responses_lookup(ngx_http_request_t *r,
     ngx_shm_zone_t *zone, ngx_str_t *id, ngx_uint_t *found);
 ngx_int_t ngx_http_kimi_responses_route(ngx_http_request_t *r,
     ngx_http_kimi_route_e route, ngx_str_t *id);
+
+/* how ngx_http_kimi_responses_put() writes an entry */
+typedef enum {
+    NGX_HTTP_KIMI_PUT_DONE = 0,        /* a finished response, replacing */
+    NGX_HTTP_KIMI_PUT_RUNNING,         /* a background one starts here */
+    NGX_HTTP_KIMI_PUT_UPDATE,          /* ... its new state, while this
+                                          worker still runs it */
+    NGX_HTTP_KIMI_PUT_FINAL,           /* ... its end, the same way */
+} ngx_http_kimi_put_e;
+
+ngx_int_t ngx_http_kimi_responses_put(ngx_http_kimi_ctx_t *ctx, json_t *resp,
+    json_t *context, ngx_http_kimi_put_e how);
+ngx_int_t ngx_http_kimi_responses_running(ngx_http_kimi_ctx_t *ctx);
+
+/* ngx_http_kimi_background.c */
+ngx_int_t ngx_http_kimi_background_start(ngx_http_kimi_ctx_t *ctx,
+    ngx_str_t *body);
+ngx_int_t ngx_http_kimi_background_answer(ngx_http_kimi_ctx_t *ctx,
+    ngx_uint_t status, json_t *body);
+ngx_int_t ngx_http_kimi_background_progress(ngx_http_kimi_ctx_t *ctx);
+void ngx_http_kimi_background_end(ngx_http_kimi_ctx_t *ctx);
+void ngx_http_kimi_background_abort(ngx_str_t *id);
+void ngx_http_kimi_background_exit_process(ngx_cycle_t *cycle);
 json_t *ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx);
 
 ngx_int_t ngx_http_kimi_send_json(ngx_http_request_t *r, ngx_uint_t status,

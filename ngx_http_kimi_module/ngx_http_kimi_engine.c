@@ -1028,6 +1028,19 @@ ngx_http_kimi_engine_process(ngx_http_kimi_ctx_t *ctx)
         return;
     }
 
+    /* a background response may have been cancelled or deleted, in any
+     * worker: its entry in the store says so */
+    if (ctx->main->detached
+        && ngx_http_kimi_responses_running(ctx->main) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_INFO, ctx->request->connection->log, 0,
+                      "kimi background response cancelled, cancelling "
+                      "slot %D", ctx->slot_index);
+        ngx_str_set(&ctx->main->usage.finish_reason, "abort");
+        ngx_http_kimi_finalize(ctx, NGX_HTTP_CLIENT_CLOSED_REQUEST);
+        return;
+    }
+
     s = ctx->slot;
     a = ctx->attach;
     rank = (uint32_t) ctx->usage.rank;

@@ -251,6 +251,13 @@ static ngx_command_t  ngx_http_kimi_commands[] = {
       0,
       NULL },
 
+    { ngx_string("kimi_responses_background"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_kimi_loc_conf_t, responses_background),
+      NULL },
+
       ngx_null_command
 };
 
@@ -316,7 +323,6 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
     ngx_str_t                  model;
     ngx_uint_t                 method;
     ngx_table_elt_t           *h;
-    ngx_http_cleanup_t        *cln;
     ngx_http_kimi_ctx_t       *ctx;
     ngx_http_kimi_route_e      route;
 
@@ -369,49 +375,12 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
                                         "Method Not Allowed", 18, NULL, NULL);
     }
 
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_kimi_ctx_t));
+    ctx = ngx_http_kimi_ctx_create(r, route);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /*
-     * set by ngx_pcalloc():
-     *
-     *     ctx->text = NULL;
-     *     ctx->attach = NULL;
-     *     ctx->slot = NULL;
-     *     ctx->headers_sent = 0;
-     *     ctx->finalized = 0;
-     */
-
-    if (route == NGX_HTTP_KIMI_ROUTE_RESPONSES) {
-        ctx->responses = 1;                /* a chat inside */
-        route = NGX_HTTP_KIMI_ROUTE_CHAT;
-    }
-
-    ctx->request = r;
-    ctx->main = ctx;
-    ctx->n_choices = 1;
-    ctx->conf = ngx_http_get_module_loc_conf(r, ngx_http_kimi_module);
-    ctx->route = route;
-    ctx->slot_index = -1;
-    ctx->pinned_rank = -1;
-    ctx->created = ngx_time();
-    ctx->usage.route = route;
-    ctx->usage.start = ngx_current_msec;
-    ctx->usage.ttft = -1;
-    ctx->usage.rank = -1;
-
-    ngx_http_set_ctx(r, ctx, ngx_http_kimi_module);
-
-    /* registered before anything is acquired; copes with a half-built ctx */
-    cln = ngx_http_cleanup_add(r, 0);
-    if (cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    cln->handler = ngx_http_kimi_cleanup;
-    cln->data = ctx;
+    route = ctx->route;
 
 #if (NGX_HTTP_KIMI_OPS)
     rc = ngx_http_kimi_ops_access(r);
@@ -439,6 +408,7 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
 
     case NGX_HTTP_KIMI_ROUTE_RESPONSE:
     case NGX_HTTP_KIMI_ROUTE_RESPONSE_ITEMS:
+    case NGX_HTTP_KIMI_ROUTE_RESPONSE_CANCEL:
 
         if (ngx_http_discard_request_body(r) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -460,6 +430,66 @@ ngx_http_kimi_handler(ngx_http_request_t *r)
     }
 
     return NGX_DONE;
+}
+
+
+/*
+ * The request's context, in r's pool, with the cleanup handler that gives
+ * back whatever it comes to hold (registered before anything is acquired;
+ * it copes with a half-built ctx).  A background response's own request
+ * (ngx_http_kimi_background.c) is made here too.
+ */
+ngx_http_kimi_ctx_t *
+ngx_http_kimi_ctx_create(ngx_http_request_t *r, ngx_http_kimi_route_e route)
+{
+    ngx_http_cleanup_t   *cln;
+    ngx_http_kimi_ctx_t  *ctx;
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_kimi_ctx_t));
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     ctx->text = NULL;
+     *     ctx->attach = NULL;
+     *     ctx->slot = NULL;
+     *     ctx->headers_sent = 0;
+     *     ctx->finalized = 0;
+     *     ctx->detached = 0;
+     */
+
+    if (route == NGX_HTTP_KIMI_ROUTE_RESPONSES) {
+        ctx->responses = 1;                /* a chat inside */
+        route = NGX_HTTP_KIMI_ROUTE_CHAT;
+    }
+
+    ctx->request = r;
+    ctx->main = ctx;
+    ctx->n_choices = 1;
+    ctx->conf = ngx_http_get_module_loc_conf(r, ngx_http_kimi_module);
+    ctx->route = route;
+    ctx->slot_index = -1;
+    ctx->pinned_rank = -1;
+    ctx->created = ngx_time();
+    ctx->usage.route = route;
+    ctx->usage.start = ngx_current_msec;
+    ctx->usage.ttft = -1;
+    ctx->usage.rank = -1;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_kimi_module);
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    cln->handler = ngx_http_kimi_cleanup;
+    cln->data = ctx;
+
+    return ctx;
 }
 
 
@@ -514,6 +544,7 @@ ngx_http_kimi_route_find(ngx_str_t *uri, ngx_uint_t *method,
     static ngx_str_t        one = ngx_string("/v1/models/");
     static ngx_str_t        resp = ngx_string("/v1/responses/");
     static ngx_str_t        items = ngx_string("/input_items");
+    static ngx_str_t        cancel = ngx_string("/cancel");
 
     ngx_str_null(model);
 
@@ -549,6 +580,14 @@ ngx_http_kimi_route_find(ngx_str_t *uri, ngx_uint_t *method,
             model->len -= items.len;
             *method = NGX_HTTP_GET;
             route = NGX_HTTP_KIMI_ROUTE_RESPONSE_ITEMS;
+
+        } else if (model->len > cancel.len
+                   && ngx_strncmp(model->data + model->len - cancel.len,
+                                  cancel.data, cancel.len) == 0)
+        {
+            model->len -= cancel.len;
+            *method = NGX_HTTP_POST;
+            route = NGX_HTTP_KIMI_ROUTE_RESPONSE_CANCEL;
 
         } else {
             *method = NGX_HTTP_GET|NGX_HTTP_DELETE;
@@ -671,6 +710,13 @@ ngx_http_kimi_body_handler(ngx_http_request_t *r)
                                      "Too many requests are waiting for "
                                      "the engine; retry later", 57, NULL,
                                      NULL));
+        return;
+    }
+
+    if (ctx->background) {
+        /* answered now; a request of its own runs it */
+        ngx_http_kimi_finalize(ctx,
+                               ngx_http_kimi_background_start(ctx, &body));
         return;
     }
 
@@ -1755,6 +1801,11 @@ ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx)
 
     ngx_http_kimi_observe(ctx, 0);
 
+    if (ctx->detached && ngx_http_kimi_background_progress(ctx) != NGX_OK) {
+        /* cancelled meanwhile */
+        ngx_http_kimi_finalize(ctx, NGX_HTTP_CLIENT_CLOSED_REQUEST);
+    }
+
     return;
 
 invalid:
@@ -1867,6 +1918,12 @@ ngx_http_kimi_finalize(ngx_http_kimi_ctx_t *ctx, ngx_int_t rc)
     ctx->usage.duration = (ngx_msec_int_t) (ngx_current_msec
                                             - ctx->usage.start);
     ngx_http_kimi_observe(ctx, 1);
+
+    if (ctx->detached) {
+        /* no client: the outcome is in the store; its request goes */
+        ngx_http_kimi_background_end(ctx);
+        return;
+    }
 
     ngx_http_finalize_request(r, rc);
 }
@@ -2165,6 +2222,7 @@ ngx_http_kimi_create_loc_conf(ngx_conf_t *cf)
     conf->special_tokens_in_content = NGX_CONF_UNSET;
     conf->reasoning_parser = NGX_CONF_UNSET_UINT;
     conf->responses_zone = NGX_CONF_UNSET_PTR;
+    conf->responses_background = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -2202,6 +2260,11 @@ ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               0);
     ngx_conf_merge_ptr_value(conf->responses_zone, prev->responses_zone,
                              NULL);
+
+    /* background responses running at once in a worker: each holds an
+     * engine slot and a little memory until it ends */
+    ngx_conf_merge_uint_value(conf->responses_background,
+                              prev->responses_background, 16);
 
     return NGX_CONF_OK;
 }
@@ -2338,6 +2401,9 @@ ngx_http_kimi_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    /* background responses first: they are marked failed while their
+     * slots are still theirs */
+    ngx_http_kimi_background_exit_process(cycle);
     ngx_http_kimi_engine_exit_process(cycle);
     ngx_http_kimi_text_exit_process(cycle);
 }

@@ -2070,12 +2070,21 @@ ngx_int_t
 ngx_http_kimi_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *body)
 {
-    char             *s;
-    size_t            len;
-    ngx_int_t         rc;
-    ngx_buf_t        *b;
-    ngx_chain_t       out;
-    ngx_table_elt_t  *h;
+    char                 *s;
+    size_t                len;
+    ngx_int_t             rc;
+    ngx_buf_t            *b;
+    ngx_chain_t           out;
+    ngx_table_elt_t      *h;
+    ngx_http_kimi_ctx_t  *ctx;
+
+    /* a background response's request has no client: its answers go to
+     * the response store */
+    ctx = ngx_http_get_module_ctx(r, ngx_http_kimi_module);
+
+    if (ctx != NULL && ctx->detached) {
+        return ngx_http_kimi_background_answer(ctx, status, body);
+    }
 
     if (r->header_sent) {
         return NGX_ERROR;

@@ -10,8 +10,9 @@
  *         function_call item per call, status, usage).
  *         Its stream's events are written by ngx_http_kimi_sse.c.
  *         previous_response_id continues a stored conversation
- *         (ngx_http_kimi_responses_store.c keeps them).
- * Never:  background responses (a 400 naming it).
+ *         (ngx_http_kimi_responses_store.c keeps them).  background true
+ *         is checked here and run by ngx_http_kimi_background.c.
+ * Never:  streams a background response (a 400 naming it).
  */
 
 
@@ -253,7 +254,7 @@ ngx_http_kimi_responses_request(ngx_http_kimi_ctx_t *ctx, json_t *in,
     json_t      *chat, *v, *tools, *tool, *fmt, *fn, *prev, *convo;
     ngx_str_t    id;
     ngx_uint_t   found;
-    const char  *key, *type;
+    const char  *key, *type, *status;
 
     static const char  *copied[] = {
         "model", "stream", "temperature", "top_p", "parallel_tool_calls",
@@ -270,6 +271,47 @@ ngx_http_kimi_responses_request(ngx_http_kimi_ctx_t *ctx, json_t *in,
     if (v != NULL && !json_is_null(v) && !json_is_boolean(v)) {
         ngx_sprintf(err, "\"store\" must be a boolean");
         return NGX_ERROR;
+    }
+
+    /* background: the answer is stored and read back later (vLLM's and
+     * OpenAI's rules: it needs the store, and streaming one is not
+     * offered here) */
+    *param = "background";
+    v = json_object_get(in, "background");
+    if (v != NULL && !json_is_null(v) && !json_is_boolean(v)) {
+        ngx_sprintf(err, "\"background\" must be a boolean");
+        return NGX_ERROR;
+    }
+
+    if (json_is_true(v)) {
+        if (ctx->conf->responses_zone == NULL) {
+            ngx_sprintf(err, "\"background\" needs stored responses, which "
+                        "this server does not keep (kimi_responses_store is "
+                        "off)");
+            return NGX_ERROR;
+        }
+
+        if (json_is_false(json_object_get(in, "store"))) {
+            ngx_sprintf(err, "background can only be used when `store` is "
+                        "true");
+            return NGX_ERROR;
+        }
+
+        if (json_is_true(json_object_get(in, "stream"))) {
+            ngx_sprintf(err, "\"background\" with \"stream\" is not "
+                        "supported: run it in the background and poll GET "
+                        "/v1/responses/{id}, or stream it without "
+                        "\"background\"");
+            return NGX_ERROR;
+        }
+
+        if (ctx->conf->responses_background == 0) {
+            ngx_sprintf(err, "background responses are off on this server "
+                        "(kimi_responses_background 0)");
+            return NGX_ERROR;
+        }
+
+        ctx->background = 1;
     }
 
     *param = "previous_response_id";
@@ -305,13 +347,22 @@ ngx_http_kimi_responses_request(ngx_http_kimi_ctx_t *ctx, json_t *in,
                         ngx_min(id.len, (size_t) 128), id.data);
             return NGX_ERROR;
         }
-    }
 
-    *param = "background";
-    if (json_is_true(json_object_get(in, "background"))) {
-        ngx_sprintf(err, "\"background\" is not implemented");
-        json_decref(prev);
-        return NGX_ERROR;
+        /* a background response still running has no answer to go on
+         * from yet */
+        status = json_string_value(json_object_get(
+                     json_object_get(prev, "response"), "status"));
+
+        if (status != NULL
+            && (ngx_strcmp(status, "queued") == 0
+                || ngx_strcmp(status, "in_progress") == 0))
+        {
+            ngx_sprintf(err, "Previous response with id '%*s' is still %s; "
+                        "continue it once it has finished",
+                        ngx_min(id.len, (size_t) 128), id.data, status);
+            json_decref(prev);
+            return NGX_ERROR;
+        }
     }
 
     chat = json_object();
@@ -674,6 +725,9 @@ ngx_http_kimi_responses_object(ngx_http_kimi_ctx_t *ctx, json_t *choice,
                                  json_null());
     json_object_set_new(root, "store",
                         json_boolean(ngx_http_kimi_responses_storing(ctx)));
+    json_object_set_new(root, "background",
+                        json_boolean(json_is_true(
+                            json_object_get(req, "background"))));
     ngx_http_kimi_responses_echo(root, req, "temperature", json_real(1.0));
     ngx_http_kimi_responses_echo(root, req, "top_p", json_real(1.0));
     v = json_object_get(json_object_get(req, "text"), "format");

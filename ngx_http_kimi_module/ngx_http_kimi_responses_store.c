@@ -8,10 +8,16 @@
  *         continues through previous_response_id), oldest evicted first
  *         when the zone is full, kept across nginx reloads; and the
  *         endpoints that read it: GET and DELETE /v1/responses/{id}, GET
- *         /v1/responses/{id}/input_items.  With API keys an entry belongs
- *         to the key that made it: another key reads a 404.
+ *         /v1/responses/{id}/input_items, POST /v1/responses/{id}/cancel.
+ *         With API keys an entry belongs to the key that made it: another
+ *         key reads a 404.
  * Never:  talks to the engine or renders text; turning requests into chat
  *         requests is ngx_http_kimi_responses.c.
+ * Holds:  a background response's entry is RUNNING while the worker whose
+ *         pid it names runs it; only that worker rewrites it then (its
+ *         state, its end), others may only mark it CANCELLED or delete it,
+ *         which that worker reads at its next engine event and stops.  A
+ *         RUNNING entry is never evicted.
  */
 
 
@@ -41,10 +47,20 @@ typedef struct {
 } ngx_http_kimi_store_t;
 
 
+/* what an entry is (ngx_http_kimi_store_node_t.state) */
+#define NGX_HTTP_KIMI_STORE_DONE       0   /* finished: as it was answered */
+#define NGX_HTTP_KIMI_STORE_RUNNING    1   /* a background response that
+                                              worker pid runs */
+#define NGX_HTTP_KIMI_STORE_CANCELLED  2   /* ... cancelled by a request; pid
+                                              stops it when it sees this */
+
+
 typedef struct {
     ngx_str_node_t               sn;               /* key: crc32 of the id;
                                                       str: the id, in data */
     ngx_queue_t                  queue;
+    ngx_uint_t                   state;
+    ngx_pid_t                    pid;              /* RUNNING: its worker */
     size_t                       owner_len;
     size_t                       len;              /* of the JSON blob */
     u_char                       data[1];          /* id, owner, blob */
@@ -57,10 +73,16 @@ static ngx_http_kimi_store_node_t *ngx_http_kimi_store_find(
     ngx_http_kimi_store_t *st, ngx_str_t *id);
 static void ngx_http_kimi_store_delete(ngx_http_kimi_store_t *st,
     ngx_http_kimi_store_node_t *sn);
-static void ngx_http_kimi_store_owner(ngx_http_request_t *r,
-    ngx_str_t *owner);
+static ngx_int_t ngx_http_kimi_store_write(ngx_shm_zone_t *zone,
+    ngx_str_t *id, ngx_str_t *owner, const char *blob, ngx_uint_t state,
+    ngx_pid_t pid, ngx_uint_t cond, ngx_log_t *log);
+static json_t *ngx_http_kimi_store_read(ngx_http_request_t *r,
+    ngx_shm_zone_t *zone, ngx_str_t *id, ngx_uint_t *found,
+    ngx_uint_t *state, ngx_pid_t *pid);
 static ngx_int_t ngx_http_kimi_store_not_found(ngx_http_request_t *r,
     ngx_str_t *id);
+static ngx_int_t ngx_http_kimi_store_cancel(ngx_http_request_t *r,
+    ngx_shm_zone_t *zone, ngx_str_t *id);
 static ngx_int_t ngx_http_kimi_store_items(ngx_http_request_t *r,
     json_t *entry);
 
@@ -188,13 +210,24 @@ ngx_http_kimi_store_delete(ngx_http_kimi_store_t *st,
 }
 
 
-/* The API key id the request passed ("" without keys): an entry's owner. */
-static void
-ngx_http_kimi_store_owner(ngx_http_request_t *r, ngx_str_t *owner)
+/* The API key id the request passed ("" without keys): an entry's owner.
+ * A background response's own request carries its client's. */
+void
+ngx_http_kimi_responses_owner(ngx_http_request_t *r, ngx_str_t *owner)
 {
+    ngx_http_kimi_ctx_t      *ctx;
 #if (NGX_HTTP_KIMI_OPS)
     ngx_http_kimi_ops_req_t  *ops;
+#endif
 
+    ctx = ngx_http_get_module_ctx(r, ngx_http_kimi_module);
+
+    if (ctx != NULL && ctx->detached) {
+        *owner = ctx->owner;
+        return;
+    }
+
+#if (NGX_HTTP_KIMI_OPS)
     ops = ngx_http_get_module_ctx(r, ngx_http_kimi_ops_module);
 
     if (ops != NULL && ops->key != NULL) {
@@ -224,27 +257,20 @@ ngx_http_kimi_responses_storing(ngx_http_kimi_ctx_t *ctx)
  * false): the object, the request's input items, and the conversation so
  * far with this answer appended as the assistant's message.  A response
  * over half the zone, or one that does not fit even after evicting, is
- * logged and not kept.
+ * logged and not kept.  A background response's end is written only while
+ * its entry still says this worker runs it.
  */
-void
+ngx_int_t
 ngx_http_kimi_responses_keep(ngx_http_kimi_ctx_t *ctx, json_t *resp,
     json_t *choice)
 {
-    char                        *blob;
-    size_t                       len, size;
-    json_t                      *req, *entry, *context, *msg, *v;
-    ngx_str_t                    id, owner;
-    ngx_queue_t                 *q;
-    ngx_shm_zone_t              *zone;
-    ngx_http_kimi_store_t       *st;
-    ngx_http_kimi_store_node_t  *sn, *old;
+    json_t     *req, *context, *msg, *v;
+    ngx_int_t   rc;
 
     if (!ngx_http_kimi_responses_storing(ctx)) {
-        return;
+        return NGX_OK;
     }
 
-    zone = ctx->conf->responses_zone;
-    st = zone->data;
     req = json_object_get(ctx->params.root, "__responses");
 
     context = json_copy(json_object_get(req, "__context"));
@@ -261,65 +287,169 @@ ngx_http_kimi_responses_keep(ngx_http_kimi_ctx_t *ctx, json_t *resp,
     }
     json_array_append_new(context, v);
 
-    entry = json_pack("{s:O,s:O,s:o}", "response", resp, "input_items",
+    rc = ngx_http_kimi_responses_put(ctx, resp, context,
+                                     ctx->detached ? NGX_HTTP_KIMI_PUT_FINAL
+                                                   : NGX_HTTP_KIMI_PUT_DONE);
+    json_decref(context);
+
+    return rc;
+}
+
+
+/*
+ * One entry into the zone: the Response, the request's input items and
+ * context (the conversation a later turn continues; NULL: none).
+ * NGX_DECLINED: a background response's entry no longer says this worker
+ * runs it (cancelled or deleted); NGX_ERROR: not kept (logged).
+ */
+ngx_int_t
+ngx_http_kimi_responses_put(ngx_http_kimi_ctx_t *ctx, json_t *resp,
+    json_t *context, ngx_http_kimi_put_e how)
+{
+    char        *blob;
+    json_t      *req, *entry;
+    ngx_int_t    rc;
+    ngx_str_t    owner;
+    ngx_uint_t   state, cond;
+
+    req = json_object_get(ctx->params.root, "__responses");
+
+    entry = json_pack("{s:O,s:O,s:O}", "response", resp, "input_items",
                       json_object_get(req, "__input_items")
                       ? json_object_get(req, "__input_items") : json_null(),
-                      "context", context);
+                      "context", context ? context : json_null());
     if (entry == NULL) {
-        return;
+        return NGX_ERROR;
     }
 
     blob = json_dumps(entry, JSON_COMPACT);
     json_decref(entry);
     if (blob == NULL) {
-        return;
+        return NGX_ERROR;
     }
 
+    state = (how == NGX_HTTP_KIMI_PUT_RUNNING
+             || how == NGX_HTTP_KIMI_PUT_UPDATE)
+            ? NGX_HTTP_KIMI_STORE_RUNNING : NGX_HTTP_KIMI_STORE_DONE;
+    cond = (how == NGX_HTTP_KIMI_PUT_UPDATE
+            || how == NGX_HTTP_KIMI_PUT_FINAL);
+
+    ngx_http_kimi_responses_owner(ctx->request, &owner);
+
+    rc = ngx_http_kimi_store_write(ctx->conf->responses_zone, &ctx->id,
+                                   &owner, blob, state,
+                                   state == NGX_HTTP_KIMI_STORE_RUNNING || cond
+                                   ? ngx_pid : 0,
+                                   cond, ctx->request->connection->log);
+    free(blob);
+
+    if (how == NGX_HTTP_KIMI_PUT_FINAL && rc != NGX_ERROR) {
+        ctx->stored = 1;
+    }
+
+    return rc;
+}
+
+
+/*
+ * The write itself.  cond: the entry must be there, RUNNING by pid, and
+ * is replaced (cond 0: any entry of the id is).  The new entry is
+ * allocated before the old one goes, so a background response's entry
+ * survives a zone too full for its new state.
+ */
+static ngx_int_t
+ngx_http_kimi_store_write(ngx_shm_zone_t *zone, ngx_str_t *id,
+    ngx_str_t *owner, const char *blob, ngx_uint_t state, ngx_pid_t pid,
+    ngx_uint_t cond, ngx_log_t *log)
+{
+    size_t                       len, size;
+    ngx_queue_t                 *q;
+    ngx_http_kimi_store_t       *st;
+    ngx_http_kimi_store_node_t  *sn, *old, *victim;
+
+    st = zone->data;
     len = ngx_strlen(blob);
-    id = ctx->id;
-    ngx_http_kimi_store_owner(ctx->request, &owner);
-    size = offsetof(ngx_http_kimi_store_node_t, data) + id.len + owner.len
+    size = offsetof(ngx_http_kimi_store_node_t, data) + id->len + owner->len
            + len;
 
     if (size > zone->shm.size / 2) {
         /* it would empty the zone to make room for one response */
-        ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+        ngx_log_error(NGX_LOG_WARN, log, 0,
                       "kimi: response %V (%uz bytes) is over half of "
-                      "kimi_responses_store \"%V\": not stored", &id, len,
+                      "kimi_responses_store \"%V\": not stored", id, len,
                       &zone->shm.name);
-        free(blob);
-        return;
+        return NGX_ERROR;
     }
 
     ngx_shmtx_lock(&st->shpool->mutex);
 
-    old = ngx_http_kimi_store_find(st, &id);
-    if (old != NULL) {
+    old = ngx_http_kimi_store_find(st, id);
+
+    if (cond) {
+        if (old == NULL || old->state != NGX_HTTP_KIMI_STORE_RUNNING
+            || old->pid != pid)
+        {
+            ngx_shmtx_unlock(&st->shpool->mutex);
+            return NGX_DECLINED;
+        }
+
+    } else if (old != NULL) {
         ngx_http_kimi_store_delete(st, old);
+        old = NULL;
     }
 
     for ( ;; ) {
         sn = ngx_slab_alloc_locked(st->shpool, size);
-        if (sn != NULL || ngx_queue_empty(&st->sh->queue)) {
+        if (sn != NULL) {
             break;
         }
 
-        /* the oldest response makes room */
-        q = ngx_queue_head(&st->sh->queue);
-        ngx_http_kimi_store_delete(st,
-            ngx_queue_data(q, ngx_http_kimi_store_node_t, queue));
+        /* the oldest response makes room; running ones stay */
+        victim = NULL;
+
+        for (q = ngx_queue_head(&st->sh->queue);
+             q != ngx_queue_sentinel(&st->sh->queue);
+             q = ngx_queue_next(q))
+        {
+            victim = ngx_queue_data(q, ngx_http_kimi_store_node_t, queue);
+
+            if (victim->state != NGX_HTTP_KIMI_STORE_RUNNING) {
+                break;
+            }
+
+            victim = NULL;
+        }
+
+        if (victim == NULL) {
+            if (old == NULL) {
+                break;
+            }
+
+            /* the last resort: its own earlier state */
+            ngx_http_kimi_store_delete(st, old);
+            old = NULL;
+            continue;
+        }
+
+        ngx_http_kimi_store_delete(st, victim);
         st->sh->evicted++;
     }
 
     if (sn != NULL) {
-        sn->sn.node.key = ngx_crc32_short(id.data, id.len);
+        if (old != NULL) {
+            ngx_http_kimi_store_delete(st, old);
+        }
+
+        sn->sn.node.key = ngx_crc32_short(id->data, id->len);
         sn->sn.str.data = sn->data;
-        sn->sn.str.len = id.len;
-        sn->owner_len = owner.len;
+        sn->sn.str.len = id->len;
+        sn->state = state;
+        sn->pid = pid;
+        sn->owner_len = owner->len;
         sn->len = len;
-        ngx_memcpy(sn->data, id.data, id.len);
-        ngx_memcpy(sn->data + id.len, owner.data, owner.len);
-        ngx_memcpy(sn->data + id.len + owner.len, blob, len);
+        ngx_memcpy(sn->data, id->data, id->len);
+        ngx_memcpy(sn->data + id->len, owner->data, owner->len);
+        ngx_memcpy(sn->data + id->len + owner->len, blob, len);
 
         ngx_rbtree_insert(&st->sh->rbtree, &sn->sn.node);
         ngx_queue_insert_tail(&st->sh->queue, &sn->queue);
@@ -329,13 +459,38 @@ ngx_http_kimi_responses_keep(ngx_http_kimi_ctx_t *ctx, json_t *resp,
     ngx_shmtx_unlock(&st->shpool->mutex);
 
     if (sn == NULL) {
-        ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+        ngx_log_error(NGX_LOG_WARN, log, 0,
                       "kimi: response %V (%uz bytes) does not fit in "
-                      "kimi_responses_store \"%V\": not stored", &id, len,
+                      "kimi_responses_store \"%V\": not stored", id, len,
                       &zone->shm.name);
+        return NGX_ERROR;
     }
 
-    free(blob);
+    return NGX_OK;
+}
+
+
+/* NGX_OK while ctx's background response is still this worker's to run:
+ * NGX_DECLINED once it was cancelled or deleted (from any worker) */
+ngx_int_t
+ngx_http_kimi_responses_running(ngx_http_kimi_ctx_t *ctx)
+{
+    ngx_int_t                    rc;
+    ngx_http_kimi_store_t       *st;
+    ngx_http_kimi_store_node_t  *sn;
+
+    st = ctx->conf->responses_zone->data;
+
+    ngx_shmtx_lock(&st->shpool->mutex);
+
+    sn = ngx_http_kimi_store_find(st, &ctx->id);
+    rc = (sn != NULL && sn->state == NGX_HTTP_KIMI_STORE_RUNNING
+          && sn->pid == ngx_pid)
+         ? NGX_OK : NGX_DECLINED;
+
+    ngx_shmtx_unlock(&st->shpool->mutex);
+
+    return rc;
 }
 
 
@@ -348,22 +503,41 @@ json_t *
 ngx_http_kimi_responses_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     ngx_str_t *id, ngx_uint_t *found)
 {
+    ngx_pid_t   pid;
+    ngx_uint_t  state;
+
+    return ngx_http_kimi_store_read(r, zone, id, found, &state, &pid);
+}
+
+
+/*
+ * The lookup, with the entry's state and worker.  A background response
+ * whose worker is gone (killed, crashed: one that exits marks its own)
+ * reads as failed, and is written so.
+ */
+static json_t *
+ngx_http_kimi_store_read(ngx_http_request_t *r, ngx_shm_zone_t *zone,
+    ngx_str_t *id, ngx_uint_t *found, ngx_uint_t *state, ngx_pid_t *pid)
+{
+    char                        *blob;
     u_char                      *copy;
     size_t                       len;
-    json_t                      *entry;
+    json_t                      *entry, *resp;
     ngx_str_t                    owner;
     json_error_t                 jerr;
     ngx_http_kimi_store_t       *st;
     ngx_http_kimi_store_node_t  *sn;
 
     *found = 0;
+    *state = NGX_HTTP_KIMI_STORE_DONE;
+    *pid = 0;
 
     if (zone == NULL) {
         return NULL;
     }
 
     st = zone->data;
-    ngx_http_kimi_store_owner(r, &owner);
+    ngx_http_kimi_responses_owner(r, &owner);
     copy = NULL;
     len = 0;
 
@@ -376,6 +550,8 @@ ngx_http_kimi_responses_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
         && ngx_memcmp(sn->data + sn->sn.str.len, owner.data, owner.len) == 0)
     {
         *found = 1;
+        *state = sn->state;
+        *pid = sn->pid;
         len = sn->len;
         copy = ngx_pnalloc(r->pool, len);
         if (copy != NULL) {
@@ -394,6 +570,36 @@ ngx_http_kimi_responses_lookup(ngx_http_request_t *r, ngx_shm_zone_t *zone,
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                       "kimi: stored response %V does not parse: %s", id,
                       jerr.text);
+        return NULL;
+    }
+
+    if (*state != NGX_HTTP_KIMI_STORE_RUNNING || *pid == ngx_pid
+        || kill(*pid, 0) == 0 || ngx_errno != NGX_ESRCH)
+    {
+        return entry;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "kimi: background response %V: its worker %P is gone, "
+                  "marking it failed", id, *pid);
+
+    resp = json_object_get(entry, "response");
+    json_object_set_new(resp, "status", json_string("failed"));
+    json_object_set_new(resp, "error",
+                        json_pack("{s:s,s:s}", "code", "server_error",
+                                  "message", "The nginx worker running this "
+                                  "response exited before it finished"));
+
+    blob = json_dumps(entry, JSON_COMPACT);
+    if (blob != NULL) {
+        if (ngx_http_kimi_store_write(zone, id, &owner, blob,
+                                      NGX_HTTP_KIMI_STORE_DONE, *pid, 1,
+                                      r->connection->log)
+            == NGX_OK)
+        {
+            *state = NGX_HTTP_KIMI_STORE_DONE;
+        }
+        free(blob);
     }
 
     return entry;
@@ -420,18 +626,24 @@ ngx_http_kimi_store_not_found(ngx_http_request_t *r, ngx_str_t *id)
 }
 
 
-/* GET / DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items */
+/* GET / DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items,
+ * POST /v1/responses/{id}/cancel */
 ngx_int_t
 ngx_http_kimi_responses_route(ngx_http_request_t *r,
     ngx_http_kimi_route_e route, ngx_str_t *id)
 {
-    json_t                    *entry, *out;
-    ngx_int_t                  rc;
-    ngx_str_t                  owner;
-    ngx_uint_t                 found;
-    ngx_http_kimi_store_t     *st;
-    ngx_http_kimi_loc_conf_t  *klcf;
-    ngx_http_kimi_store_node_t *sn;
+    json_t                      *entry, *out;
+    ngx_int_t                    rc;
+    ngx_str_t                    owner;
+    ngx_pid_t                    pid;
+    ngx_uint_t                   found, state;
+    ngx_http_kimi_store_t       *st;
+    ngx_http_kimi_loc_conf_t    *klcf;
+    ngx_http_kimi_store_node_t  *sn;
+
+    static const char  stream[] = "Streaming a stored response "
+                                  "(stream=true) is not supported; GET it "
+                                  "without stream";
 
     klcf = ngx_http_get_module_loc_conf(r, ngx_http_kimi_module);
 
@@ -447,11 +659,17 @@ ngx_http_kimi_responses_route(ngx_http_request_t *r,
                                                "off)") - 1, NULL, NULL);
     }
 
+    if (route == NGX_HTTP_KIMI_ROUTE_RESPONSE_CANCEL) {
+        return ngx_http_kimi_store_cancel(r, klcf->responses_zone, id);
+    }
+
     if (route == NGX_HTTP_KIMI_ROUTE_RESPONSE
         && r->method == NGX_HTTP_DELETE)
     {
         st = klcf->responses_zone->data;
-        ngx_http_kimi_store_owner(r, &owner);
+        ngx_http_kimi_responses_owner(r, &owner);
+        state = NGX_HTTP_KIMI_STORE_DONE;
+        pid = 0;
 
         ngx_shmtx_lock(&st->shpool->mutex);
 
@@ -460,6 +678,8 @@ ngx_http_kimi_responses_route(ngx_http_request_t *r,
                 && ngx_memcmp(sn->data + sn->sn.str.len, owner.data, owner.len)
                    == 0;
         if (found) {
+            state = sn->state;
+            pid = sn->pid;
             ngx_http_kimi_store_delete(st, sn);
         }
 
@@ -467,6 +687,12 @@ ngx_http_kimi_responses_route(ngx_http_request_t *r,
 
         if (!found) {
             return ngx_http_kimi_store_not_found(r, id);
+        }
+
+        /* a background response still running stops: here now, in
+         * another worker at its next engine event */
+        if (state == NGX_HTTP_KIMI_STORE_RUNNING && pid == ngx_pid) {
+            ngx_http_kimi_background_abort(id);
         }
 
         out = json_pack("{s:s%,s:s,s:b}", "id", (char *) id->data, id->len,
@@ -478,6 +704,17 @@ ngx_http_kimi_responses_route(ngx_http_request_t *r,
         rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, out);
         json_decref(out);
         return rc;
+    }
+
+    /* OpenAI lets a client re-attach to a background stream so; there is
+     * no stream to re-attach to here (background with stream is a 400) */
+    if (route == NGX_HTTP_KIMI_ROUTE_RESPONSE
+        && ngx_http_arg(r, (u_char *) "stream", 6, &owner) == NGX_OK
+        && owner.len == 4 && ngx_strncmp(owner.data, "true", 4) == 0)
+    {
+        return ngx_http_kimi_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                        "invalid_request_error", stream,
+                                        sizeof(stream) - 1, "stream", NULL);
     }
 
     entry = ngx_http_kimi_responses_lookup(r, klcf->responses_zone, id,
@@ -495,6 +732,89 @@ ngx_http_kimi_responses_route(ngx_http_request_t *r,
                                      json_object_get(entry, "response"));
     }
 
+    json_decref(entry);
+
+    return rc;
+}
+
+
+/*
+ * POST /v1/responses/{id}/cancel, as OpenAI's: a background response
+ * still queued or in progress becomes "cancelled" (its engine sequence is
+ * aborted by the worker that runs it); one that has ended is returned as
+ * it is (cancelling twice is idempotent); a response that was not run in
+ * the background is a 400, as vLLM's.
+ */
+static ngx_int_t
+ngx_http_kimi_store_cancel(ngx_http_request_t *r, ngx_shm_zone_t *zone,
+    ngx_str_t *id)
+{
+    char        *blob;
+    json_t      *entry, *resp;
+    ngx_int_t    rc;
+    ngx_str_t    owner;
+    ngx_pid_t    pid;
+    ngx_uint_t   found, state, tries;
+
+    static const char  sync[] = "Cannot cancel a synchronous response.";
+
+    for (tries = 0; /* void */; tries++) {
+        entry = ngx_http_kimi_store_read(r, zone, id, &found, &state, &pid);
+        if (entry == NULL) {
+            return found ? NGX_HTTP_INTERNAL_SERVER_ERROR
+                         : ngx_http_kimi_store_not_found(r, id);
+        }
+
+        resp = json_object_get(entry, "response");
+
+        if (!json_is_true(json_object_get(resp, "background"))) {
+            json_decref(entry);
+            return ngx_http_kimi_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                            "invalid_request_error", sync,
+                                            sizeof(sync) - 1, "response_id",
+                                            NULL);
+        }
+
+        if (state != NGX_HTTP_KIMI_STORE_RUNNING || tries == 2) {
+            break;
+        }
+
+        json_object_set_new(resp, "status", json_string("cancelled"));
+
+        blob = json_dumps(entry, JSON_COMPACT);
+        if (blob == NULL) {
+            json_decref(entry);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_http_kimi_responses_owner(r, &owner);
+
+        /* only while it still runs: it may have ended meanwhile, then
+         * what it ended as is read again and returned */
+        rc = ngx_http_kimi_store_write(zone, id, &owner, blob,
+                                       NGX_HTTP_KIMI_STORE_CANCELLED, pid, 1,
+                                       r->connection->log);
+        free(blob);
+
+        if (rc == NGX_OK) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "kimi: background response %V cancelled", id);
+
+            if (pid == ngx_pid) {
+                ngx_http_kimi_background_abort(id);
+            }
+
+            break;
+        }
+
+        json_decref(entry);
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, resp);
     json_decref(entry);
 
     return rc;

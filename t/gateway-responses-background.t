@@ -1,0 +1,361 @@
+#!/usr/bin/perl
+
+# Background responses (/v1/responses with "background": true): the POST
+# answers at once with a "queued" Response and the answer is made in the
+# worker without the client; GET /v1/responses/{id} reads it queued or
+# in_progress, then completed (the same output as the request run in the
+# foreground); a client that disconnects changes nothing; POST
+# .../cancel stops a running one in the engine (status "cancelled", the
+# slot free again) and returns a finished one unchanged; DELETE of a
+# running one stops it too; the 400s (no store, store false, stream,
+# previous_response_id of a running one), 404s and 429 (the per-worker
+# limit); API keys own them as they own stored responses; a reload lets a
+# running one finish; an engine that dies marks it failed with an error.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use JSON::PP;
+use Test::More;
+use Time::HiRes qw(time sleep);
+use KimiTest;
+
+my $true = JSON::PP::true;
+my $false = JSON::PP::false;
+
+# a long reply at 20 ms per token: a response asking for it runs for
+# seconds, long enough to be seen running, cancelled or reloaded under
+my $long = join(' ', ('word') x 400);
+
+my $t = KimiTest->new(workers => 1, delay_ms => 20,
+    replies => [ { match => 'long story', text => $long } ],
+    default => { text => 'plain answer' },
+    http_conf => 'kimi_responses_store resp:1m;');
+KimiTest::write_file($t->dir . '/keys',
+    "alice sk-alice-0123456789\nbob sk-bob-abcdefghij\n");
+$t->{server_conf} = join "\n",
+    'location /nostore/ { kimi_pass; kimi_responses_store off; }',
+    'location /one/ { kimi_pass; kimi_responses_background 1; }',
+    'location /off/ { kimi_pass; kimi_responses_background 0; }',
+    'location /keyed/ { kimi_pass; kimi_api_keys ' . $t->dir . '/keys; }';
+$t->start;
+
+my $resp = sub { $t->post('/v1/responses', { model => 'kimi-test', @_ }) };
+my $bg = sub { $resp->(background => $true, @_) };
+
+# GET until the status leaves queued/in_progress (or time is up)
+sub settle {
+    my ($id, $prefix, %h) = @_;
+    my $r;
+    KimiTest::wait_for(20, sub {
+        $r = $t->get(($prefix // '') . "/v1/responses/$id", %h);
+        ($r->{json}{status} // '') !~ /^(queued|in_progress)$/;
+    });
+    return $r;
+}
+
+# in_progress: submitted to the engine, which admits it at its next step
+# (20 ms here); the sleep lets it make tokens, so that a cancel afterwards
+# shows in the engine's log as a cancelled sequence
+sub running {
+    my ($id) = @_;
+    my $ok = KimiTest::wait_for(10, sub {
+        ($t->get("/v1/responses/$id")->{json}{status} // '') eq
+            'in_progress';
+    });
+    sleep 0.1;
+    return $ok;
+}
+
+sub cancel_line {
+    my ($id) = @_;
+    my ($line) = grep { /sequence cancelled.*request_id=\Q$id\E/ }
+        split /\n/, $t->read_file('engine.log');
+    return $line;
+}
+
+# --- queued, then completed -------------------------------------------------
+
+my $fg = $resp->(input => 'hello', instructions => 'Be brief.')->{json};
+
+my $r = $bg->(input => 'hello', instructions => 'Be brief.');
+is($r->{status}, 200, 'background: 200 at once');
+my $q = $r->{json};
+like($q->{id} // '', qr/^resp_/, 'a response id');
+is($q->{status}, 'queued', 'status queued');
+ok($q->{background}, 'background true');
+ok($q->{store}, 'store true');
+is_deeply($q->{output}, [], 'no output yet');
+is($q->{usage}, undef, 'no usage yet');
+
+$r = settle($q->{id});
+is($r->{status}, 200, 'GET of a background response: 200');
+my $done = $r->{json};
+is($done->{status}, 'completed', 'it completes');
+ok($done->{background}, 'still background true');
+is($done->{id}, $q->{id}, 'the same id');
+is($done->{output}[0]{content}[0]{text}, 'plain answer', 'with the answer');
+is($done->{output}[0]{content}[0]{text}, $fg->{output}[0]{content}[0]{text},
+    'the same output as in the foreground');
+is_deeply($done->{usage}, $fg->{usage}, 'and the same usage');
+is($done->{error}, undef, 'no error');
+is($done->{instructions}, 'Be brief.', 'its settings echoed');
+
+$r = $t->get("/v1/responses/$q->{id}/input_items");
+is($r->{json}{data}[0]{content}[0]{text}, 'hello', 'its input items');
+
+$r = $resp->(input => 'more', previous_response_id => $q->{id});
+is($r->{status}, 200, 'a finished background response continues');
+cmp_ok($r->{json}{usage}{input_tokens}, '>', $done->{usage}{input_tokens},
+    'with its conversation');
+
+# --- the client goes away ---------------------------------------------------
+
+# the POST is written and the connection closed without reading a byte;
+# the response's id is in the log line that queued it
+my $s = $t->connect_gw;
+print $s KimiTest::request_text('POST', '/v1/responses',
+    { model => 'kimi-test', input => 'gone', background => $true });
+close $s;
+my $gone;
+KimiTest::wait_for(5, sub {
+    ($gone) = $t->read_file('error.log')
+        =~ /kimi background response (resp_\w+) queued(?!.*queued)/s;
+    defined $gone && $gone ne $q->{id};
+});
+ok($gone, 'a POST whose client left at once is queued');
+is(settle($gone)->{json}{status}, 'completed',
+    'and completes without its client');
+
+# --- cancel -----------------------------------------------------------------
+
+$r = $bg->(input => 'tell a long story', max_output_tokens => 2000);
+my $id = $r->{json}{id};
+ok(running($id), 'a long one is in_progress');
+$r = $t->post("/v1/responses/$id/cancel", undef);
+is($r->{status}, 200, 'cancel: 200');
+is($r->{json}{status}, 'cancelled', 'status cancelled');
+is($r->{json}{id}, $id, 'the response');
+ok(KimiTest::wait_for(5, sub { cancel_line($id) }),
+    'the engine cancelled its sequence');
+is($t->get("/v1/responses/$id")->{json}{status}, 'cancelled',
+    'GET says cancelled');
+$r = $t->post("/v1/responses/$id/cancel", undef);
+is($r->{status}, 200, 'cancel again: 200');
+is($r->{json}{status}, 'cancelled', 'still cancelled (idempotent)');
+$r = $resp->(input => 'after');
+is($r->{status}, 200, 'the next request is served');
+is($r->{json}{output}[0]{content}[0]{text}, 'plain answer',
+    'and answered');
+
+$r = $t->post("/v1/responses/$q->{id}/cancel", undef);
+is($r->{status}, 200, 'cancel of a finished background response: 200');
+is_deeply($r->{json}, $done, 'returns it unchanged');
+$r = $t->post("/v1/responses/$fg->{id}/cancel", undef);
+is($r->{status}, 400, 'cancel of a response made in the foreground: 400');
+like($r->{json}{error}{message} // '', qr/synchronous/, 'saying why');
+$r = $t->post('/v1/responses/resp_nope/cancel', undef);
+is($r->{status}, 404, 'cancel of an unknown id: 404');
+like($r->{json}{error}{message} // '', qr/resp_nope.*not found/,
+    'saying not found');
+is($t->get('/v1/responses/resp_nope')->{status}, 404, 'GET of one: 404');
+is($t->get("/v1/responses/$id/cancel")->{status}, 405, 'GET .../cancel: 405');
+$r = $t->get("/v1/responses/$q->{id}?stream=true");
+is($r->{status}, 400, 'GET ?stream=true (re-attaching to a stream): 400');
+is($r->{json}{error}{param}, 'stream', 'naming stream');
+
+# --- DELETE of a running one ------------------------------------------------
+
+$r = $bg->(input => 'another long story', max_output_tokens => 2000);
+$id = $r->{json}{id};
+ok(running($id), 'another long one is in_progress');
+$r = $resp->(input => 'x', previous_response_id => $id);
+is($r->{status}, 400, 'previous_response_id of a running one: 400');
+is($r->{json}{error}{param}, 'previous_response_id', 'naming it');
+like($r->{json}{error}{message}, qr/still in_progress/, 'saying why');
+$r = $t->http('DELETE', "/v1/responses/$id");
+is($r->{status}, 200, 'DELETE of a running one: 200');
+ok($r->{json}{deleted}, 'deleted');
+ok(KimiTest::wait_for(5, sub { cancel_line($id) }),
+    'and its sequence is cancelled');
+is($t->get("/v1/responses/$id")->{status}, 404, 'then GET is a 404');
+
+# --- refused ----------------------------------------------------------------
+
+$r = $bg->(input => 'x', store => $false);
+is($r->{status}, 400, 'background with store false: 400');
+is($r->{json}{error}{param}, 'background', 'naming background');
+like($r->{json}{error}{message}, qr/store/, 'saying store');
+$r = $bg->(input => 'x', stream => $true);
+is($r->{status}, 400, 'background with stream: 400');
+like($r->{json}{error}{message}, qr/stream/, 'saying stream');
+is($bg->(input => 'x', background => 'yes')->{status}, 400,
+    'background not a boolean: 400');
+$r = $t->post('/nostore/v1/responses', { model => 'kimi-test', input => 'x',
+    background => $true });
+is($r->{status}, 400, 'background without kimi_responses_store: 400');
+like($r->{json}{error}{message}, qr/kimi_responses_store/,
+    'naming the directive');
+$r = $t->post('/off/v1/responses', { model => 'kimi-test', input => 'x',
+    background => $true });
+is($r->{status}, 400, 'kimi_responses_background 0: 400');
+like($r->{json}{error}{message}, qr/kimi_responses_background/,
+    'naming the directive');
+$r = $t->post('/nostore/v1/responses/resp_x/cancel', undef);
+is($r->{status}, 404, 'cancel without the store: 404');
+
+# the limit: one at a time where kimi_responses_background is 1
+$r = $t->post('/one/v1/responses', { model => 'kimi-test',
+    input => 'a long story', max_output_tokens => 2000,
+    background => $true });
+my $one = $r->{json}{id};
+is($r->{status}, 200, 'the first under a limit of 1: 200');
+$r = $t->post('/one/v1/responses', { model => 'kimi-test', input => 'x',
+    background => $true });
+is($r->{status}, 429, 'a second while it runs: 429');
+like($r->{json}{error}{message} // '', qr/Too many background/,
+    'saying why');
+is($t->post("/v1/responses/$one/cancel", undef)->{json}{status},
+    'cancelled', 'the first cancelled');
+$r = $t->post('/one/v1/responses', { model => 'kimi-test', input => 'x',
+    background => $true });
+is($r->{status}, 200, 'then one more is admitted');
+is(settle($r->{json}{id})->{json}{status}, 'completed', 'and completes');
+
+# --- with API keys a background response is its key's -----------------------
+
+my %alice = (Authorization => 'Bearer sk-alice-0123456789');
+my %bob = (Authorization => 'Bearer sk-bob-abcdefghij');
+$r = $t->post('/keyed/v1/responses', { model => 'kimi-test',
+    input => 'a long story', max_output_tokens => 30,
+    background => $true }, %alice);
+is($r->{status}, 200, 'alice starts one');
+my $ida = $r->{json}{id};
+is($t->get("/keyed/v1/responses/$ida", %bob)->{status}, 404,
+    'bob reads a 404');
+is($t->post("/keyed/v1/responses/$ida/cancel", undef, %bob)->{status}, 404,
+    'bob cannot cancel it');
+is($t->http('DELETE', "/keyed/v1/responses/$ida", undef, %bob)->{status},
+    404, 'or delete it');
+is($t->post('/keyed/v1/responses', { model => 'kimi-test', input => 'x',
+    previous_response_id => $ida }, %bob)->{status}, 400,
+    'or continue it');
+is($t->get("/keyed/v1/responses/$ida")->{status}, 401, 'no key: 401');
+$r = settle($ida, '/keyed', %alice);
+is($r->{json}{status}, 'incomplete', 'alice reads it to its end');
+is($r->{json}{usage}{output_tokens}, 30, 'cut at max_output_tokens');
+is($r->{json}{incomplete_details}{reason}, 'max_output_tokens',
+    'saying why');
+
+# --- a reload lets a running one finish ---------------------------------------
+
+$r = $bg->(input => 'a long story', max_output_tokens => 80);
+$id = $r->{json}{id};
+ok(running($id), 'one runs before the reload');
+$t->reload;
+$r = settle($id);
+is($r->{json}{status}, 'incomplete', 'it finishes across nginx -s reload');
+is($r->{json}{usage}{output_tokens}, 80, 'every token made');
+$t->wait_health(10);
+
+# --- the engine dies --------------------------------------------------------
+
+$r = $bg->(input => 'a long story', max_output_tokens => 2000);
+$id = $r->{json}{id};
+ok(running($id), 'one runs when the engine dies');
+$t->kill_engine;
+$r = settle($id);
+is($r->{json}{status}, 'failed', 'it is failed');
+is($r->{json}{error}{code}, 'server_error', 'with an error code');
+like($r->{json}{error}{message} // '', qr/engine/i, 'and a message');
+
+$t->stop;
+
+# --- two workers: a cancel reaches the worker that runs it -------------------
+
+# reuseport spreads the connections over both workers, so some cancels
+# land in the worker that does not run the response: that one marks the
+# store, the owner reads the mark at its next engine event and stops
+$t = KimiTest->new(workers => 2, delay_ms => 20, listen_opts => 'reuseport',
+    replies => [ { match => 'long story', text => $long } ],
+    default => { text => 'plain answer' },
+    http_conf => 'kimi_responses_store resp:1m;');
+$t->start;
+
+my @ids = map { $bg->(input => "long story $_", max_output_tokens => 2000)
+                    ->{json}{id} } 1 .. 6;
+ok(!grep({ !running($_) } @ids), 'six long ones run in two workers');
+# (six at once: a little more time for the engine to admit them all)
+sleep 0.4;
+is_deeply([ map { $t->post("/v1/responses/$_/cancel", undef)->{json}{status}
+                       // '' } @ids ],
+    [ ('cancelled') x 6 ], 'each cancel answers cancelled');
+ok(KimiTest::wait_for(5, sub { !grep { !cancel_line($_) } @ids }),
+    'and every sequence is cancelled in the engine, whichever worker '
+    . 'took the cancel');
+is_deeply([ map { $t->get("/v1/responses/$_")->{json}{status} // '' } @ids ],
+    [ ('cancelled') x 6 ], 'GET says cancelled from either worker');
+my $n_remote = () = $t->read_file('error.log')
+    =~ /background response cancelled, cancelling slot/g;
+diag("$n_remote of 6 cancels came from the other worker");
+
+# a worker killed while one runs: its entry names a pid that is gone, and
+# reads as failed (the engine reclaims the dead worker's slot)
+$id = $bg->(input => 'long story killed', max_output_tokens => 2000)
+    ->{json}{id};
+ok(running($id), 'one runs when its worker is killed');
+my ($owner) = $t->read_file('error.log')
+    =~ /(\d+)#\d+: \*\d+ kimi background response \Q$id\E queued/;
+ok($owner, 'the log names its worker');
+$t->allow_alert(qr/exited on signal 9/);
+kill 'KILL', $owner if $owner;
+$r = settle($id);
+is($r->{json}{status}, 'failed', 'then it reads as failed');
+like($r->{json}{error}{message} // '', qr/worker.*exited/,
+    'saying its worker exited');
+$t->wait_health(10);
+
+# a stop (TERM) while one runs: the worker marks it failed and gives its
+# slot back as it exits
+$id = $bg->(input => 'long story again', max_output_tokens => 2000)
+    ->{json}{id};
+ok(running($id), 'one runs when nginx stops');
+my $master = delete $t->{pids}{nginx};
+kill 'TERM', $master;
+waitpid $master, 0;
+like($t->read_file('error.log'),
+    qr/background response stopped: the worker exits.*\Q$id\E/,
+    'the exiting worker stops it');
+ok(KimiTest::wait_for(5, sub { cancel_line($id) }),
+    'and its sequence is cancelled in the engine');
+
+$t->stop;
+
+# --- the tiny model: the same answer in the background -----------------------
+
+$t = KimiTest->new(workers => 1,
+    http_conf => 'kimi_responses_store resp:1m;');
+my $tiny = $t->tiny_model;
+$t->{engine_args} = [ '--backend', 'cpu', '--model', $tiny, '--threads', 1,
+    '--cpu-kv-cache-bytes', '64M' ];
+$t->start;
+
+my %req = (input => 'Write one sentence about the sea.', temperature => 0,
+    max_output_tokens => 12);
+$fg = $resp->(%req)->{json};
+$r = $bg->(%req);
+is($r->{json}{status}, 'queued', 'tiny model: queued');
+$done = settle($r->{json}{id})->{json};
+ok($done->{status} =~ /^(completed|incomplete)$/, 'tiny model: it ends')
+    or diag(explain($done));
+is($done->{output}[0]{content}[0]{text}, $fg->{output}[0]{content}[0]{text},
+    'greedy output equal to the foreground request\'s');
+is($done->{usage}{output_tokens}, $fg->{usage}{output_tokens},
+    'and as many tokens');
+
+$t->stop;
+
+done_testing();
