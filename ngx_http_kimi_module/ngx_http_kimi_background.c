@@ -30,6 +30,10 @@
 
 #include "ngx_http_kimi.h"
 
+#if (NGX_HTTP_KIMI_OPS)
+#include "ngx_http_kimi_ops.h"
+#endif
+
 
 /* longest id: "resp_" and 24 hex digits, with room */
 #define NGX_HTTP_KIMI_BG_ID_LEN  64
@@ -63,6 +67,8 @@ static struct {
 
 static ngx_http_kimi_bg_t *ngx_http_kimi_background_get(
     ngx_http_request_t *r);
+static ngx_int_t ngx_http_kimi_background_ops(ngx_http_request_t *r,
+    ngx_http_request_t *br);
 static void ngx_http_kimi_background_close(ngx_http_kimi_bg_t *bg);
 static void ngx_http_kimi_background_fail(ngx_http_kimi_ctx_t *ctx,
     const char *code, const char *message, size_t len);
@@ -123,6 +129,10 @@ ngx_http_kimi_background_start(ngx_http_kimi_ctx_t *ctx, ngx_str_t *body)
 
     bctx = ngx_http_kimi_ctx_create(br, NGX_HTTP_KIMI_ROUTE_RESPONSES);
     if (bctx == NULL) {
+        goto failed;
+    }
+
+    if (ngx_http_kimi_background_ops(r, br) != NGX_OK) {
         goto failed;
     }
 
@@ -322,6 +332,45 @@ failed:
     ngx_queue_insert_tail(&ngx_http_kimi_background.free, &bg->queue);
 
     return NULL;
+}
+
+
+/*
+ * The client's key goes with the work: the background request gets an ops
+ * record of its own (the key, where it was checked, the arrival time), so
+ * its tokens are debited from the key's budget and counted in the metrics
+ * when it ends, as a foreground request's are.  The client's own request
+ * never reaches the engine and is billed nothing.
+ */
+static ngx_int_t
+ngx_http_kimi_background_ops(ngx_http_request_t *r, ngx_http_request_t *br)
+{
+#if (NGX_HTTP_KIMI_OPS)
+    ngx_http_kimi_ops_req_t  *ops, *bops;
+
+    ops = ngx_http_kimi_ops_req(r);
+    if (ops == NULL) {
+        return NGX_OK;
+    }
+
+    bops = ngx_pcalloc(br->pool, sizeof(ngx_http_kimi_ops_req_t));
+    if (bops == NULL) {
+        return NGX_ERROR;
+    }
+
+    bops->request = br;
+    bops->engine_rank = -1;
+    bops->loc_conf = ops->loc_conf;
+    bops->arrival_ns = ops->arrival_ns;
+    bops->key = ops->key;
+    bops->budget_left = ops->budget_left;
+    bops->has_budget = ops->has_budget;
+    bops->checked = ops->checked;
+
+    ngx_http_set_ctx(br, bops, ngx_http_kimi_ops_module);
+#endif
+
+    return NGX_OK;
 }
 
 

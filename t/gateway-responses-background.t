@@ -33,14 +33,20 @@ my $long = join(' ', ('word') x 400);
 my $t = KimiTest->new(workers => 1, delay_ms => 20,
     replies => [ { match => 'long story', text => $long } ],
     default => { text => 'plain answer' },
-    http_conf => 'kimi_responses_store resp:1m;');
+    http_conf => 'kimi_responses_store resp:1m; '
+                 . 'kimi_token_budget_zone budgets:1m;');
 KimiTest::write_file($t->dir . '/keys',
     "alice sk-alice-0123456789\nbob sk-bob-abcdefghij\n");
+KimiTest::write_file($t->dir . '/budget-keys',
+    "carl sk-carl-0123456789 100000/1h\n");
 $t->{server_conf} = join "\n",
     'location /nostore/ { kimi_pass; kimi_responses_store off; }',
     'location /one/ { kimi_pass; kimi_responses_background 1; }',
     'location /off/ { kimi_pass; kimi_responses_background 0; }',
-    'location /keyed/ { kimi_pass; kimi_api_keys ' . $t->dir . '/keys; }';
+    'location /keyed/ { kimi_pass; kimi_api_keys ' . $t->dir . '/keys; }',
+    'location /budget/ { kimi_pass; kimi_api_keys ' . $t->dir
+        . '/budget-keys; kimi_token_budget budgets; }',
+    'location = /metrics { kimi_metrics; }';
 $t->start;
 
 my $resp = sub { $t->post('/v1/responses', { model => 'kimi-test', @_ }) };
@@ -249,6 +255,25 @@ is($r->{json}{status}, 'incomplete', 'alice reads it to its end');
 is($r->{json}{usage}{output_tokens}, 30, 'cut at max_output_tokens');
 is($r->{json}{incomplete_details}{reason}, 'max_output_tokens',
     'saying why');
+
+# --- the key's token budget pays for the background work ----------------------
+
+sub budget_left {
+    my $m = $t->get('/metrics')->{body} // '';
+    my ($v) = $m =~ /^kimi:token_budget_remaining_tokens\{zone="budgets",key_id="carl"\} (-?\d+)$/m;
+    return $v;
+}
+
+my %carl = (Authorization => 'Bearer sk-carl-0123456789');
+$r = $t->post('/budget/v1/responses', { model => 'kimi-test',
+    input => 'hello', background => $true }, %carl);
+is($r->{status}, 200, 'a key with a budget starts one');
+$r = settle($r->{json}{id}, '/budget', %carl);
+is($r->{json}{status}, 'completed', 'it completes');
+my $total = $r->{json}{usage}{total_tokens};
+ok(KimiTest::wait_for(5, sub { (budget_left() // -1) == 100000 - $total }),
+    "its $total tokens are debited from the key's budget")
+    or diag('budget left: ' . (budget_left() // 'none'));
 
 # --- a reload lets a running one finish ---------------------------------------
 
