@@ -1377,12 +1377,14 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
 #define KIMI_STAG_EOS_KEPT  8      /* eos ids a forced format may restore */
 
 /* Structural tags: the output so far through the recogniser (a special
- * token only in free text), then every token it would refuse is masked.
- * In free text the output may end (with at_least_one, once a structure is
- * complete) and special tokens pass; there and in a structure's any text a
- * token none of whose bytes ends a trigger (the end text) passes unread.  After stop_after_first's structure only eos.  Inside a structure no
- * special token (eos neither) may come; inside its JSON strings the plain
- * tokens pass unread; elsewhere a refused first byte masks its bucket. */
+ * token only in triggered_tags' free text), then every token it would
+ * refuse is masked.  eos only where kimi_stag_may_end says (free text
+ * that may end the output, a choice that may be empty, the whole format
+ * complete: then eos alone).  In free text special tokens pass; there and
+ * in any text a token none of whose bytes ends a text that ends it (a
+ * trigger, the next fixed text) passes unread.  Elsewhere no special
+ * token may come; inside JSON strings the plain tokens pass unread; a
+ * refused first byte masks its bucket. */
 static void
 kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
 {
@@ -1420,7 +1422,7 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
     }
 
     /* an output the grammar refuses (it cannot come from this mask) can
-     * only end, as can one after its last structure (stop_after_first) */
+     * only end, as can one whose format is complete */
     if (broken || st.mode == KIMI_STAG_DONE) {
         for (id = 0; id < s->vocab; id++) {
             if (s->x[id] > -INFINITY && !kimi_sample_is_eos(req, id)) {
@@ -1457,8 +1459,8 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
         return;
     }
 
-    /* no special token inside a structure; eos only between two of a
-     * forced format's (kept as the model gave it) */
+    /* no special token outside free text; eos only where the output may
+     * end (kept as the model gave it) */
     for (i = 0; i < req->n_eos && i < KIMI_STAG_EOS_KEPT; i++) {
         eos_x[i] = (uint32_t) req->eos_ids[i] < s->vocab
                    ? s->x[req->eos_ids[i]] : -INFINITY;

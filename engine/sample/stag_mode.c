@@ -1,20 +1,28 @@
 /*
- * Structural tags (text/struct_tag.h): free text in which each trigger
- * opens a structure - the rest of one of the begin texts the trigger
- * starts, a JSON value its schema describes (json_mode.c), the end text -
- * after which free text goes on.
+ * Structural tags (text/struct_tag.h): a recogniser of a tree of formats,
+ * fed byte by byte.  Its state is the path of open formats from the root
+ * (stack[]) and what the innermost one is reading: a fixed text of a
+ * choice (the texts still possible), a JSON value (json_mode.c), a
+ * pattern's DFA state, or free / any text (its last bytes).
  *
- * Owns:   the mode (free, begin, content, end) and feeding bytes to it; the
- *         sampler (sample.c) masks every token whose bytes it refuses and
- *         lets the output end in free text only.
- * Never:  looks at token ids or logits; lets whitespace sit between a
- *         structure's JSON and its end text (the end follows the value's
- *         last byte, as xgrammar writes it); trusts words that passed
- *         kimi_stag_view.
+ * Owns:   moving through the tree: a format complete hands over to its
+ *         parent (the next element, the tag's end, free text again, the
+ *         separator); a fixed text complete jumps to where it leads
+ *         (kimi_stag_jump).  The sampler (sample.c) masks every token
+ *         whose bytes it refuses and lets the output end where
+ *         kimi_stag_may_end says.
+ * Never:  looks at token ids or logits; guesses: every choice was made a
+ *         choice between fixed texts none a prefix of another's by
+ *         kimi_stag_view, so one byte at a time decides; lets whitespace
+ *         sit between a JSON value and the text after it; trusts words
+ *         that did not pass kimi_stag_view.
  *
- * Triggers: a trigger is found when the free text ends with it; when two
- * end at the same byte (one a suffix of the other) the longer one opens
- * the structure.
+ * Free text and any text: the text ends where one of the fixed texts
+ * that may follow it has just been written (its bytes are that text, not
+ * the free text's); a trigger opens the begins it starts; when two end at
+ * the same byte (one a suffix of the other) the longer one counts.  The
+ * enclosing tag's end, when something else ends the text, may not be
+ * written in it.
  */
 
 #include <stddef.h>
@@ -24,13 +32,173 @@
 #include "../text/regex_dfa.h"
 
 
-/* forced: the next structure's begin from its first byte, any of them */
+/* a choice between fixed texts, from its first byte */
 static void
-kimi_stag_any_begin(kimi_stag_state_t *s)
+kimi_stag_lit(kimi_stag_state_t *s, uint32_t set)
 {
-    s->mode = KIMI_STAG_BEGIN;
+    uint32_t  n = s->t->set[set].n;
+
+    s->mode = KIMI_STAG_LIT;
+    s->set = (uint16_t) set;
     s->pos = 0;
-    s->cand = s->t->n_struct == 64 ? ~0ull : (1ull << s->t->n_struct) - 1;
+    s->cand = n >= 64 ? ~0ull : (1ull << n) - 1;
+}
+
+
+/* starts reading format n, whose parent is the innermost open format */
+static void
+kimi_stag_enter(kimi_stag_state_t *s, uint32_t n)
+{
+    const kimi_stag_t  *t = s->t;
+
+    for ( ;; ) {
+        const kimi_stag_node_t  *nd = &t->node[n];
+
+        switch (nd->type) {
+        case KIMI_STAG_N_CONST:
+        case KIMI_STAG_N_TAG:
+        case KIMI_STAG_N_OR:
+            kimi_stag_lit(s, nd->set[0]);
+            return;
+        case KIMI_STAG_N_SEQ:
+            s->stack[s->depth++] = (uint16_t) n;
+            n = t->children[nd->child];
+            continue;
+        default:
+            break;
+        }
+
+        s->stack[s->depth++] = (uint16_t) n;
+        switch (nd->type) {
+        case KIMI_STAG_N_TRIG:
+            if (nd->flags & KIMI_STAG_AT_LEAST_ONE) {
+                kimi_stag_lit(s, nd->set[0]);   /* xgrammar: a tag at once */
+            } else {
+                s->mode = KIMI_STAG_FREE;
+                s->tail = 0;
+            }
+            return;
+        case KIMI_STAG_N_SEPTAGS:
+            kimi_stag_lit(s, nd->set[0]);
+            return;
+        case KIMI_STAG_N_JSON:
+            s->mode = KIMI_STAG_JSON;
+            kimi_json_init_schema(&s->json, nd->prog);
+            if (s->no_ws) {
+                kimi_json_no_ws(&s->json);
+            }
+            return;
+        case KIMI_STAG_N_REGEX:
+            s->mode = KIMI_STAG_REGEX;
+            s->rx = 0;
+            memset(s->ends, 0, sizeof(s->ends));
+            return;
+        default:                                /* any text */
+            s->mode = KIMI_STAG_TEXT;
+            s->tail = 0;
+            return;
+        }
+    }
+}
+
+
+/* the innermost open format is complete: its parent goes on */
+static void
+kimi_stag_finish(kimi_stag_state_t *s)
+{
+    const kimi_stag_t  *t = s->t;
+
+    for ( ;; ) {
+        uint32_t                 c = s->stack[--s->depth], p;
+        const kimi_stag_node_t  *pd;
+
+        if (s->depth == 0) {
+            s->mode = KIMI_STAG_DONE;
+            return;
+        }
+        p = s->stack[s->depth - 1];
+        pd = &t->node[p];
+
+        switch (pd->type) {
+        case KIMI_STAG_N_SEQ:
+            if (t->node[c].index + 1u < pd->n_child) {
+                kimi_stag_enter(s, t->children[pd->child + t->node[c].index
+                                               + 1]);
+                return;
+            }
+            break;
+        case KIMI_STAG_N_TAG:                   /* its content */
+            if (pd->set[1] != KIMI_STAG_NO_SET) {
+                kimi_stag_lit(s, pd->set[1]);
+                return;
+            }
+            break;
+        case KIMI_STAG_N_TRIG:                  /* one of its tags */
+            if (!(pd->flags & KIMI_STAG_STOP_AFTER)) {
+                s->mode = KIMI_STAG_FREE;
+                s->tail = 0;
+                return;
+            }
+            break;
+        case KIMI_STAG_N_SEPTAGS:
+            if (!(pd->flags & KIMI_STAG_STOP_AFTER)) {
+                kimi_stag_lit(s, pd->set[1]);
+                return;
+            }
+            break;
+        default:                                /* or: one element */
+            break;
+        }
+    }
+}
+
+
+/* a's fixed text has just been written: close the open formats off its
+ * path, open those on it down to its format, and go on from there */
+static void
+kimi_stag_jump(kimi_stag_state_t *s, const kimi_stag_alt_t *a)
+{
+    const kimi_stag_t  *t = s->t;
+    uint32_t            x = a->node, dx = t->node[x].depth;
+
+    while (s->depth > 0) {
+        uint32_t  d = s->depth - 1u, y = x;
+
+        if (d <= dx) {
+            for (uint32_t k = dx; k > d; k--) {
+                y = t->node[y].parent;
+            }
+            if (s->stack[d] == y) {
+                break;
+            }
+        }
+        s->depth--;
+    }
+    for ( ;; ) {
+        uint32_t  d = t->node[x].depth;
+
+        if (d < s->depth) {
+            break;
+        }
+        s->stack[d] = (uint16_t) x;
+        if (d == 0) {
+            break;
+        }
+        x = t->node[x].parent;
+    }
+    s->depth = (uint16_t) (dx + 1);
+
+    switch (a->kind) {
+    case KIMI_STAG_A_BEGIN:
+        kimi_stag_enter(s, t->children[t->node[a->node].child]);
+        return;
+    case KIMI_STAG_A_SEP:
+        kimi_stag_lit(s, t->node[a->node].set[2]);
+        return;
+    default:                                    /* a constant, an end */
+        kimi_stag_finish(s);
+        return;
+    }
 }
 
 
@@ -38,16 +206,14 @@ void
 kimi_stag_init(kimi_stag_state_t *s, const kimi_stag_t *t, int no_ws)
 {
     s->t = t;
-    s->mode = KIMI_STAG_FREE;
     s->no_ws = (unsigned char) (no_ws != 0);
     s->tail = 0;
+    s->depth = 0;
+    s->set = 0;
     s->pos = 0;
-    s->which = 0;
     s->cand = 0;
-    s->n_done = 0;
-    if (t->flags & KIMI_STAG_FORCED) {
-        kimi_stag_any_begin(s);
-    }
+    s->rx = 0;
+    kimi_stag_enter(s, 0);
 }
 
 
@@ -70,20 +236,34 @@ kimi_stag_is_free(const kimi_stag_state_t *s)
 }
 
 
+/* free text, any text, a pattern: what ends it */
+static const kimi_stag_set_t *
+kimi_stag_stops(const kimi_stag_state_t *s)
+{
+    return &s->t->set[s->t->node[s->stack[s->depth - 1]].set[1]];
+}
+
+
 int
 kimi_stag_may_end(const kimi_stag_state_t *s)
 {
-    /* between structures: free text, or (forced) before a begin or the
-     * separator has a byte - not after a separator, which wants a begin */
-    int  between = s->mode == KIMI_STAG_FREE
-                   || ((s->t->flags & KIMI_STAG_FORCED) && s->pos == 0
-                       && (s->mode == KIMI_STAG_SEP
-                           || (s->mode == KIMI_STAG_BEGIN
-                               && (s->n_done == 0 || s->t->sep_len == 0))));
+    const kimi_stag_t  *t = s->t;
 
-    return s->mode == KIMI_STAG_DONE
-           || (between
-               && (s->n_done > 0 || !(s->t->flags & KIMI_STAG_AT_LEAST_ONE)));
+    switch (s->mode) {
+    case KIMI_STAG_DONE:
+        return 1;
+    case KIMI_STAG_LIT:
+        return s->pos == 0 && t->set[s->set].eof;
+    case KIMI_STAG_FREE:
+    case KIMI_STAG_TEXT:
+        return kimi_stag_stops(s)->eof;
+    case KIMI_STAG_REGEX:
+        return kimi_stag_stops(s)->eof && s->rx >= 0
+               && kimi_regex_accepts(t->node[s->stack[s->depth - 1]].prog,
+                                     s->rx);
+    default:
+        return 0;
+    }
 }
 
 
@@ -101,16 +281,16 @@ kimi_stag_special(kimi_stag_state_t *s)
 int
 kimi_stag_must_feed(const kimi_stag_state_t *s, const char *p, size_t n)
 {
-    const kimi_stag_t  *t = s->t;
+    const kimi_stag_set_t  *st;
 
-    if (s->mode == KIMI_STAG_TEXT) {
-        return memchr(p, t->end[s->which][t->end_len[s->which] - 1], n) != NULL;
-    }
-    if (s->mode != KIMI_STAG_FREE) {
+    if (s->mode != KIMI_STAG_FREE && s->mode != KIMI_STAG_TEXT) {
         return 1;
     }
-    for (uint32_t i = 0; i < t->n_trig; i++) {
-        if (memchr(p, t->trig[i][t->trig_len[i] - 1], n) != NULL) {
+    st = kimi_stag_stops(s);
+    for (uint32_t i = st->first; i < st->first + st->n; i++) {
+        const kimi_stag_alt_t  *a = &s->t->alt[i];
+
+        if (memchr(p, a->text[a->len - 1], n) != NULL) {
             return 1;
         }
     }
@@ -118,143 +298,152 @@ kimi_stag_must_feed(const kimi_stag_state_t *s, const char *p, size_t n)
 }
 
 
-/* after a begin's last byte: the structure's content */
-static void
-kimi_stag_enter_content(kimi_stag_state_t *s, uint32_t which)
+/* a fixed text of the choice: the texts the byte keeps possible; the one
+ * it completes (no other is a prefix of it) leads on */
+static int
+kimi_stag_lit_byte(kimi_stag_state_t *s, unsigned char c)
 {
-    s->which = which;
-    s->pos = 0;
-    switch (s->t->kind[which]) {
-    case KIMI_STAG_C_TEXT:
-        s->mode = KIMI_STAG_TEXT;
-        s->tail = 0;
-        break;
-    case KIMI_STAG_C_CONST:
-        s->mode = KIMI_STAG_CONST;
-        break;
-    case KIMI_STAG_C_REGEX:
-        s->mode = KIMI_STAG_REGEX;
-        s->rx = 0;
-        memset(s->ends, 0, sizeof(s->ends));
-        break;
-    default:
-        s->mode = KIMI_STAG_JSON;
-        kimi_json_init_schema(&s->json, s->t->prog[which]);
-        if (s->no_ws) {
-            kimi_json_no_ws(&s->json);
+    const kimi_stag_set_t  *st = &s->t->set[s->set];
+    const kimi_stag_alt_t  *a = s->t->alt + st->first;
+    uint64_t                next = 0;
+
+    for (uint32_t i = 0; i < st->n; i++) {
+        if ((s->cand >> i & 1) && a[i].len > s->pos
+            && a[i].text[s->pos] == c)
+        {
+            next |= 1ull << i;
         }
     }
-}
-
-/* a structure's last byte: free text again, the next structure (forced:
- * after the separator), or nothing more */
-static void
-kimi_stag_done(kimi_stag_state_t *s)
-{
-    s->n_done++;
-    s->tail = 0;
-    s->pos = 0;
-    if (s->t->flags & KIMI_STAG_STOP_AFTER) {
-        s->mode = KIMI_STAG_DONE;
-    } else if (!(s->t->flags & KIMI_STAG_FORCED)) {
-        s->mode = KIMI_STAG_FREE;
-    } else if (s->t->sep_len > 0) {
-        s->mode = KIMI_STAG_SEP;
-    } else {
-        kimi_stag_any_begin(s);
+    if (next == 0) {
+        return -1;
     }
+    s->cand = next;
+    s->pos++;
+    for (uint32_t i = 0; i < st->n; i++) {
+        if ((next >> i & 1) && a[i].len == s->pos) {
+            kimi_stag_jump(s, &a[i]);
+            break;
+        }
+    }
+    return 0;
 }
 
 
-/* free text gained byte c (already in recent): the longest trigger it
- * completes opens the structures whose begin it starts */
-static void
-kimi_stag_trigger(kimi_stag_state_t *s)
+/* free or any text gained byte c: the longest fixed text it completes */
+static int
+kimi_stag_text_byte(kimi_stag_state_t *s, unsigned char c)
 {
-    const kimi_stag_t  *t = s->t;
-    uint32_t            best = 0, found = 0;
-    uint64_t            cand = 0;
+    const kimi_stag_t      *t = s->t;
+    const kimi_stag_set_t  *st = kimi_stag_stops(s);
+    const kimi_stag_alt_t  *best = NULL;
 
-    for (uint32_t i = 0; i < t->n_trig; i++) {
-        uint32_t  len = t->trig_len[i], k;
+    if (st->max_len == 0) {
+        return 0;                       /* nothing ends it: the output's end */
+    }
+    if (s->tail == st->max_len) {
+        memmove(s->recent, s->recent + 1, s->tail - 1u);
+        s->tail--;
+    }
+    s->recent[s->tail++] = c;
 
-        if (len > s->tail || len <= best) {
+    for (uint32_t i = st->first; i < st->first + st->n; i++) {
+        const kimi_stag_alt_t  *a = &t->alt[i];
+        uint32_t                k;
+
+        if (a->len > s->tail || a->text[a->len - 1] != c
+            || (best != NULL && a->len <= best->len))
+        {
             continue;
         }
-        for (k = 0; k < len; k++) {
-            if (s->recent[s->tail - len + k] != (unsigned char) t->trig[i][k]) {
+        for (k = 0; k < a->len; k++) {
+            if (s->recent[s->tail - a->len + k] != (unsigned char) a->text[k]) {
                 break;
             }
         }
-        if (k == len) {
-            best = len;
-            found = i + 1;
+        if (k == a->len) {
+            best = a;
         }
     }
-
-    if (!found) {
-        return;
+    if (best == NULL) {
+        return 0;
     }
 
-    for (uint32_t j = 0; j < t->n_struct; j++) {
-        uint32_t  k;
+    if (best->kind == KIMI_STAG_A_FORBID) {
+        return -1;
+    }
+    if (best->kind != KIMI_STAG_A_TRIGGER) {
+        kimi_stag_jump(s, best);
+        return 0;
+    }
 
-        if (t->begin_len[j] < best) {
-            continue;
+    /* a trigger: the begins it starts (one that starts none is text) */
+    {
+        uint32_t                set = t->node[best->node].set[0];
+        const kimi_stag_alt_t  *b = t->alt + t->set[set].first;
+        uint64_t                cand = 0;
+
+        for (uint32_t j = 0; j < t->set[set].n; j++) {
+            uint32_t  k;
+
+            if (b[j].len < best->len) {
+                continue;
+            }
+            for (k = 0; k < best->len && b[j].text[k] == best->text[k]; k++) {
+                /* void */
+            }
+            if (k == best->len) {
+                cand |= 1ull << j;
+            }
         }
-        for (k = 0; k < best; k++) {
-            if (t->begin[j][k] != t->trig[found - 1][k]) {
+        if (cand == 0) {
+            return 0;
+        }
+        s->mode = KIMI_STAG_LIT;
+        s->set = (uint16_t) set;
+        s->cand = cand;
+        s->pos = best->len;
+        for (uint32_t j = 0; j < t->set[set].n; j++) {
+            if ((cand >> j & 1) && b[j].len == best->len) {
+                kimi_stag_jump(s, &b[j]);       /* the begin is the trigger */
                 break;
             }
         }
-        if (k == best) {
-            cand |= 1ull << j;
-        }
     }
-
-    /* the compiler saw that every begin starts with a trigger, not that
-     * every trigger starts a begin: one that starts none is plain text */
-    if (cand == 0) {
-        return;
-    }
-
-    s->mode = KIMI_STAG_BEGIN;
-    s->cand = cand;
-    s->pos = best;
-
-    for (uint32_t j = 0; j < t->n_struct; j++) {
-        if ((cand >> j & 1) && t->begin_len[j] == best) {
-            kimi_stag_enter_content(s, j);     /* the begin is the trigger */
-            return;
-        }
-    }
+    return 0;
 }
 
 
-/* A pattern's text: the match going on, and the end text begun at each
- * place the match could close; the first end text written closes it. */
+/* A pattern's text: the match going on, and the text after it begun at
+ * each place the match could stop; the first such text written ends it.
+ * Where nothing follows, the output's end does. */
 static int
 kimi_stag_regex_byte(kimi_stag_state_t *s, unsigned char c)
 {
-    const kimi_stag_t  *t = s->t;
-    const int32_t      *end = t->end[s->which], *prog = t->prog[s->which];
-    uint32_t            elen = t->end_len[s->which];
-    uint64_t            next[4] = { 0, 0, 0, 0 };
-    int                 any = 0;
+    const kimi_stag_set_t  *st = kimi_stag_stops(s);
+    const kimi_stag_alt_t  *a = &s->t->alt[st->first];
+    const int32_t          *prog = s->t->node[s->stack[s->depth - 1]].prog;
+    uint64_t                next[4] = { 0, 0, 0, 0 };
+    int                     any = 0;
 
-    for (uint32_t p = 1; p < elen; p++) {
-        if ((s->ends[p >> 6] >> (p & 63) & 1) && end[p] == c) {
-            if (p + 1 == elen) {
-                kimi_stag_done(s);
+    if (st->n == 0) {
+        s->rx = s->rx >= 0 ? kimi_regex_step(prog, s->rx, (const char *) &c,
+                                             1) : -1;
+        return s->rx >= 0 ? 0 : -1;
+    }
+
+    for (uint32_t p = 1; p < a->len; p++) {
+        if ((s->ends[p >> 6] >> (p & 63) & 1) && a->text[p] == c) {
+            if (p + 1 == a->len) {
+                kimi_stag_jump(s, a);
                 return 0;
             }
             next[(p + 1) >> 6] |= 1ull << ((p + 1) & 63);
             any = 1;
         }
     }
-    if (s->rx >= 0 && kimi_regex_accepts(prog, s->rx) && end[0] == c) {
-        if (elen == 1) {
-            kimi_stag_done(s);
+    if (s->rx >= 0 && kimi_regex_accepts(prog, s->rx) && a->text[0] == c) {
+        if (a->len == 1) {
+            kimi_stag_jump(s, a);
             return 0;
         }
         next[0] |= 2;
@@ -271,109 +460,23 @@ kimi_stag_regex_byte(kimi_stag_state_t *s, unsigned char c)
 static int
 kimi_stag_byte(kimi_stag_state_t *s, unsigned char c)
 {
-    const kimi_stag_t  *t = s->t;
-    uint64_t            next = 0;
-
     switch (s->mode) {
-
+    case KIMI_STAG_LIT:
+        return kimi_stag_lit_byte(s, c);
     case KIMI_STAG_FREE:
-        if (s->tail == t->max_trig) {        /* only a trigger's length counts */
-            memmove(s->recent, s->recent + 1, s->tail - 1);
-            s->tail--;
-        }
-        s->recent[s->tail++] = c;
-        kimi_stag_trigger(s);
-        return 0;
-
-    case KIMI_STAG_BEGIN:
-        for (uint32_t j = 0; j < t->n_struct; j++) {
-            if ((s->cand >> j & 1) && t->begin[j][s->pos] == c) {
-                next |= 1ull << j;
-            }
-        }
-        if (next == 0) {
-            return -1;
-        }
-        s->cand = next;
-        s->pos++;
-        for (uint32_t j = 0; j < t->n_struct; j++) {
-            /* no begin is a prefix of another: the one that ends is the
-             * only one left */
-            if ((next >> j & 1) && t->begin_len[j] == s->pos) {
-                kimi_stag_enter_content(s, j);
-                break;
-            }
-        }
-        return 0;
-
+    case KIMI_STAG_TEXT:
+        return kimi_stag_text_byte(s, c);
+    case KIMI_STAG_REGEX:
+        return kimi_stag_regex_byte(s, c);
     case KIMI_STAG_JSON:
         if (kimi_json_feed(&s->json, (const char *) &c, 1) != 0) {
             return -1;
         }
         if (kimi_json_done(&s->json)) {
-            s->mode = KIMI_STAG_END;
-            s->pos = 0;
-            if (t->end_len[s->which] == 0) {
-                kimi_stag_done(s);
-            }
+            kimi_stag_finish(s);
         }
         return 0;
-
-    case KIMI_STAG_TEXT:                    /* until it ends with the end text */
-        if (s->tail == t->end_len[s->which]) {
-            memmove(s->recent, s->recent + 1, s->tail - 1);
-            s->tail--;
-        }
-        s->recent[s->tail++] = c;
-        if (s->tail == t->end_len[s->which]) {
-            uint32_t  k;
-
-            for (k = 0; k < s->tail; k++) {
-                if (s->recent[k] != (unsigned char) t->end[s->which][k]) {
-                    break;
-                }
-            }
-            if (k == s->tail) {
-                kimi_stag_done(s);
-            }
-        }
-        return 0;
-
-    case KIMI_STAG_REGEX:
-        return kimi_stag_regex_byte(s, c);
-
-    case KIMI_STAG_CONST:
-        if (t->prog[s->which][s->pos] != c) {
-            return -1;
-        }
-        if (++s->pos == t->prog_len[s->which]) {
-            s->mode = KIMI_STAG_END;
-            s->pos = 0;
-            if (t->end_len[s->which] == 0) {
-                kimi_stag_done(s);
-            }
-        }
-        return 0;
-
-    case KIMI_STAG_SEP:
-        if (t->sep[s->pos] != c) {
-            return -1;
-        }
-        if (++s->pos == t->sep_len) {
-            kimi_stag_any_begin(s);
-        }
-        return 0;
-
-    case KIMI_STAG_END:
-        if (t->end[s->which][s->pos] != c) {
-            return -1;
-        }
-        if (++s->pos == t->end_len[s->which]) {
-            kimi_stag_done(s);
-        }
-        return 0;
-
-    default:                                /* KIMI_STAG_DONE */
+    default:                                    /* KIMI_STAG_DONE */
         return -1;
     }
 }

@@ -1,10 +1,12 @@
 /*
  * Fuzz target: structural tags.  The input is a structural_tag object's
- * JSON text, a NUL, then a text to feed.  A tag that compiles must pass
- * the engine's check of its own words; the text fed in one piece, byte by
- * byte and split at a point the last byte picks must get the same verdict
- * and end in the same mode.  The raw input read as words must never make
- * the check read out of bounds.
+ * JSON text (any nesting of formats), a NUL, then a text to feed.  A tag
+ * that compiles must pass the engine's check of its own words; the text
+ * fed in one piece, byte by byte and split at a point the last byte picks
+ * must get the same verdict, end in the same mode and agree on whether
+ * the output may end.  The raw input read as words must never make the
+ * check read out of bounds, and words the check takes must never make the
+ * recogniser do so, whatever it is fed.
  */
 
 #include <stdint.h>
@@ -17,8 +19,8 @@
 #include "text/struct_tag.h"
 
 
-/* 0, or the mode + 1 after feeding text in pieces of at most step bytes
- * (step 0: one piece) */
+/* 0, or (the mode + 1) * 2 + may_end after feeding text in pieces of at
+ * most step bytes (step 0: one piece) */
 static int
 feed(const kimi_stag_t *t, const char *text, size_t n, size_t step)
 {
@@ -34,8 +36,9 @@ feed(const kimi_stag_t *t, const char *text, size_t n, size_t step)
         }
         s = c;
         i += k;
+        (void) kimi_stag_must_feed(&s, text, n);
     }
-    return s.mode + 1;
+    return (s.mode + 1) * 2 + kimi_stag_may_end(&s);
 }
 
 
@@ -47,13 +50,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_error_t    je;
     int32_t        *w = NULL, *raw;
     size_t          n, nraw = size / 4;
-    kimi_stag_t     t;
+    static kimi_stag_t  t;              /* 48 KiB: off the stack */
     char            err[256];
 
-    /* the input as words: checked, never trusted */
+    /* the input as words: checked, never trusted; taken, they drive the
+     * recogniser through the input's bytes */
     raw = malloc((nraw ? nraw : 1) * sizeof(int32_t));
     memcpy(raw, data, nraw * sizeof(int32_t));
-    (void) kimi_stag_view(raw, nraw, &t, err, sizeof(err));
+    if (kimi_stag_view(raw, nraw, &t, err, sizeof(err)) == 0) {
+        (void) feed(&t, (const char *) data, size, 1);
+    }
     free(raw);
 
     if (nul == NULL) {

@@ -6,6 +6,11 @@
  * split across feeds, the longest of two triggers ending together, a
  * begin equal to its trigger, an empty end, special tokens in free text
  * and inside a structure, no whitespace between a value and its end.
+ * xgrammar's nested formats: sequence, or (decided by the fixed text each
+ * element starts with), any_text and patterns ended by the text after
+ * them, tags in tags, triggered_tags inside a tag (its free text ended by
+ * the tag's end), tags_with_separator that may be empty; and what the
+ * recogniser could not follow, refused with the format's path.
  * Then the sampler with Kimi's real tokenizer on random rows: every drawn
  * token keeps the output a prefix the recogniser accepts, and eos comes
  * only where the output may end (the mask's cost a draw printed).
@@ -75,6 +80,19 @@ accepts(const char *text, int *free_at_end)
         *free_at_end = kimi_stag_is_free(&a);
     }
     return 1;
+}
+
+/* 1 if text is accepted (as accepts does) and the output may end there */
+static int
+ends(const char *text)
+{
+    kimi_stag_state_t  a;
+
+    if (!accepts(text, NULL)) {
+        return 0;
+    }
+    kimi_stag_init(&a, &tag, 0);
+    return kimi_stag_feed(&a, text, strlen(text)) == 0 && kimi_stag_may_end(&a);
 }
 
 
@@ -203,9 +221,12 @@ main(void)
                " \"integer\"}}, \"required\": [\"n\"]}}]}", err, sizeof(err));
     ok(rc == 0, "two structures behind one trigger compile and check%s%s",
        rc ? ": " : "", rc ? err : "");
-    ok(tag.n_trig == 1 && tag.n_struct == 2 && tag.max_trig == 4
-       && tag.begin_len[1] == 8 && tag.end_len[0] == 5,
-       "the view: 1 trigger (4 bytes), 2 structures, begins of 8, ends of 5");
+    ok(tag.n_node == 5 && tag.node[0].type == KIMI_STAG_N_TRIG
+       && tag.node[0].len == 1 && tag.node[0].n_child == 2
+       && tag.node[3].type == KIMI_STAG_N_TAG && tag.node[3].len == 8
+       && tag.node[1].end_len == 5 && tag.node[4].type == KIMI_STAG_N_JSON,
+       "the view: triggered tags, 1 trigger, 2 tags (begins of 8, ends of 5)"
+       " of JSON");
 
     ok(accepts("plain text, no trigger at all <fn", &fr) && fr,
        "free text with a partial trigger at its end: accepted, free");
@@ -272,15 +293,28 @@ main(void)
                  " {\"type\": \"json_schema\", \"json_schema\": {\"type\":"
                  " \"object\"}}, \"end\": \"</a>\"}], \"stop_after_first\": true,"
                  " \"at_least_one\": true}}", err, sizeof(err));
-    ok(rc == 0 && tag.flags == (KIMI_STAG_AT_LEAST_ONE | KIMI_STAG_STOP_AFTER)
-       && tag.n_struct == 1, "format triggered_tags: one structure, both"
-       " flags%s%s", rc ? ": " : "", rc ? err : "");
+    ok(rc == 0 && tag.node[0].flags == (KIMI_STAG_AT_LEAST_ONE
+                                        | KIMI_STAG_STOP_AFTER)
+       && tag.node[0].n_child == 1, "format triggered_tags: one structure,"
+       " both flags%s%s", rc ? ": " : "", rc ? err : "");
     kimi_stag_init(&s, &tag, 0);
-    ok(!kimi_stag_may_end(&s) && kimi_stag_feed(&s, "hi <a>{}</a>", 12) == 0
+    ok(!kimi_stag_may_end(&s) && kimi_stag_feed(&s, "<a>{}</a>", 9) == 0
        && kimi_stag_may_end(&s) && s.mode == KIMI_STAG_DONE
        && kimi_stag_feed(&s, " ", 1) != 0,
        "at_least_one: no end before a structure; stop_after_first: nothing"
        " after it");
+    ok(!accepts("hi <a>", NULL), "at_least_one: the first tag at once, no"
+       " text before it (xgrammar)");
+    rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
+                 " {\"type\": \"json_schema\", \"json_schema\": {\"type\":"
+                 " \"object\"}}, \"end\": \"</a>\"}], \"at_least_one\": true}}",
+                 err, sizeof(err));
+    kimi_stag_init(&s, &tag, 0);
+    ok(rc == 0 && !kimi_stag_may_end(&s)
+       && kimi_stag_feed(&s, "<a>{}</a> and <a>{}</a>", 23) == 0
+       && kimi_stag_may_end(&s) && kimi_stag_is_free(&s),
+       "at_least_one alone: a tag first, then free text and more tags");
     /* any_text up to its end; a constant */
     rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
                  " [\"<\"], \"tags\": [{\"begin\": \"<think>\", \"content\":"
@@ -288,8 +322,8 @@ main(void)
                  " {\"begin\": \"<ok>\", \"content\": {\"type\":"
                  " \"const_string\", \"value\": \"yes\"}, \"end\": \"\"}]}}",
                  err, sizeof(err));
-    ok(rc == 0 && tag.kind[0] == KIMI_STAG_C_TEXT
-       && tag.kind[1] == KIMI_STAG_C_CONST && tag.prog_len[1] == 3,
+    ok(rc == 0 && tag.node[2].type == KIMI_STAG_N_TEXT
+       && tag.node[4].type == KIMI_STAG_N_CONST && tag.node[4].len == 3,
        "any_text and const_string contents compile%s%s", rc ? ": " : "",
        rc ? err : "");
     ok(accepts("a <think>x < y </thin </think> then <ok>yes and", &fr) && fr,
@@ -316,7 +350,7 @@ main(void)
                  " [\"<\"], \"tags\": [{\"begin\": \"<n>\", \"content\":"
                  " {\"type\": \"regex\", \"pattern\": \"[0-9]+(;[0-9]+)*\"},"
                  " \"end\": \";;\"}]}}", err, sizeof(err));
-    ok(rc == 0 && tag.kind[0] == KIMI_STAG_C_REGEX, "a regex content"
+    ok(rc == 0 && tag.node[2].type == KIMI_STAG_N_REGEX, "a regex content"
        " compiles%s%s", rc ? ": " : "", rc ? err : "");
     ok(accepts("x <n>12;3;45;; y", &fr) && fr,
        "the match, its ';' going on, then the end \";;\" closes it");
@@ -333,7 +367,8 @@ main(void)
                  " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
                  " {\"type\": \"regex\", \"pattern\": \"(a\"}, \"end\":"
                  " \">\"}]}}", err, sizeof(err));
-    ok(rc != 0 && strstr(err, "the pattern of tag 0") != NULL,
+    ok(rc != 0 && strstr(err, "the pattern of format.tags[0].content")
+       != NULL,
        "a pattern that does not compile: %s", err);
     /* a grammar without recursion, as a pattern (ebnf.h) */
     rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
@@ -341,7 +376,7 @@ main(void)
                  " {\"type\": \"grammar\", \"grammar\": \"root ::= ans (\\\" \\\""
                  " ans)*\\nans ::= \\\"yes\\\" | \\\"no\\\"\"}, \"end\": \"!\"}]}}",
                  err, sizeof(err));
-    ok(rc == 0 && tag.kind[0] == KIMI_STAG_C_REGEX, "a grammar content"
+    ok(rc == 0 && tag.node[2].type == KIMI_STAG_N_REGEX, "a grammar content"
        " compiles as a pattern%s%s", rc ? ": " : "", rc ? err : "");
     ok(accepts("so <a>yes no yes! ok", &fr) && fr && !accepts("<a>maybe!", NULL),
        "the grammar's text, closed by its end; other text refused");
@@ -349,13 +384,14 @@ main(void)
                  " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
                  " {\"type\": \"grammar\", \"grammar\": \"root ::= \\\"(\\\" root"
                  " \\\")\\\" | \\\"x\\\"\"}, \"end\": \"!\"}]}}", err, sizeof(err));
-    ok(rc != 0 && strstr(err, "the grammar of tag 0") != NULL,
+    ok(rc != 0 && strstr(err, "the grammar of format.tags[0].content")
+       != NULL,
        "a recursive grammar: %s", err);
     rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
                  " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
-                 " {\"type\": \"sequence\", \"elements\": []}, \"end\":"
+                 " {\"type\": \"optional\", \"content\": {}}, \"end\":"
                  " \"\"}]}}", err, sizeof(err));
-    ok(rc != 0 && strstr(err, "\"sequence\" is not supported") != NULL,
+    ok(rc != 0 && strstr(err, "\"optional\" is not supported") != NULL,
        "a content of another type: %s", err);
 
     /* ---- the forced formats: one tag; tags with a separator ---- */
@@ -363,7 +399,7 @@ main(void)
                  " \"content\": {\"type\": \"json_schema\", \"json_schema\":"
                  " {\"type\": \"object\"}}, \"end\": \"</f>\"}}", err,
                  sizeof(err));
-    ok(rc == 0 && tag.n_trig == 0 && (tag.flags & KIMI_STAG_FORCED),
+    ok(rc == 0 && tag.node[0].type == KIMI_STAG_N_TAG,
        "format tag: forced, no trigger%s%s", rc ? ": " : "", rc ? err : "");
     kimi_stag_init(&s, &tag, 0);
     ok(!kimi_stag_may_end(&s) && !accepts("x<f>{}</f>", NULL)
@@ -378,7 +414,8 @@ main(void)
                  " \"const_string\", \"value\": \"1\"}, \"end\": \"</a>\"},"
                  " {\"begin\": \"<b>\", \"content\": {\"type\": \"any_text\"},"
                  " \"end\": \"</b>\"}]}}", err, sizeof(err));
-    ok(rc == 0 && tag.sep_len == 2, "format tags_with_separator%s%s",
+    ok(rc == 0 && tag.node[0].type == KIMI_STAG_N_SEPTAGS
+       && tag.node[0].len == 2, "format tags_with_separator%s%s",
        rc ? ": " : "", rc ? err : "");
     kimi_stag_init(&s, &tag, 0);
     ok(!kimi_stag_may_end(&s) && kimi_stag_feed(&s, "<a>1</a>", 8) == 0
@@ -391,6 +428,187 @@ main(void)
        "no tag without its separator, no free text");
     kimi_stag_init(&s, &tag, 0);
     ok(kimi_stag_special(&s) != 0, "forced: no special token anywhere");
+
+    /* ---- sequence: its elements one after another ---- */
+    rc = compile("{\"format\": {\"type\": \"sequence\", \"elements\": ["
+                 "{\"type\": \"const_string\", \"value\": \"Answer: \"},"
+                 " {\"type\": \"json_schema\", \"json_schema\": {\"type\":"
+                 " \"object\", \"properties\": {\"n\": {\"type\":"
+                 " \"integer\"}}, \"required\": [\"n\"]}}]}}", err,
+                 sizeof(err));
+    ok(rc == 0 && tag.node[0].type == KIMI_STAG_N_SEQ
+       && tag.node[0].n_child == 2, "sequence of a const_string and a JSON"
+       " value compiles%s%s", rc ? ": " : "", rc ? err : "");
+    ok(accepts("Answer: {\"n\": 12}", NULL) && ends("Answer: {\"n\": 12}")
+       && !ends("Answer: ") && !ends("Answer: {\"n\": 1"),
+       "the constant, then the value: accepted at every prefix, ends after"
+       " the value only");
+    ok(!accepts("Answer {", NULL) && !accepts("Answer: {\"m\": 1}", NULL)
+       && !accepts("Answer: {\"n\": 1} ", NULL),
+       "another constant, a value its schema refuses, text after: refused");
+
+    /* ---- or: exactly one of its elements, told by its first text ---- */
+    rc = compile("{\"format\": {\"type\": \"or\", \"elements\": ["
+                 "{\"type\": \"tag\", \"begin\": \"<a>\", \"content\":"
+                 " {\"type\": \"const_string\", \"value\": \"x\"}, \"end\":"
+                 " \"</a>\"}, {\"type\": \"tag\", \"begin\": \"<b>\","
+                 " \"content\": {\"type\": \"json_schema\", \"json_schema\":"
+                 " {\"type\": \"array\"}}, \"end\": \"</b>\"},"
+                 " {\"type\": \"const_string\", \"value\": \"none\"}]}}",
+                 err, sizeof(err));
+    ok(rc == 0, "or of two tags and a constant compiles%s%s", rc ? ": " : "",
+       rc ? err : "");
+    ok(ends("<a>x</a>") && ends("<b>[1, 2]</b>") && ends("none")
+       && accepts("<b>[", NULL) && !ends("<b>[1]"),
+       "each element alone: accepted, complete");
+    ok(!accepts("<a>[]</a>", NULL) && !accepts("<c>", NULL)
+       && !accepts("<a>x</a><b>", NULL) && !accepts("non!", NULL)
+       && accepts("no", NULL) && !ends("no"),
+       "the wrong content, no element's begin, a second element: refused");
+    ok(compile("{\"format\": {\"type\": \"or\", \"elements\": ["
+               "{\"type\": \"tag\", \"begin\": \"<a\", \"content\": {\"type\":"
+               " \"any_text\"}, \"end\": \">\"}, {\"type\": \"tag\", \"begin\":"
+               " \"<ab\", \"content\": {\"type\": \"any_text\"}, \"end\":"
+               " \">\"}]}}", err, sizeof(err)) != 0
+       && strstr(err, "one a prefix of the other") != NULL,
+       "or of begins one a prefix of the other: %s", err);
+    ok(compile("{\"format\": {\"type\": \"or\", \"elements\": ["
+               "{\"type\": \"json_schema\", \"json_schema\": {\"type\":"
+               " \"object\"}}, {\"type\": \"json_schema\", \"json_schema\":"
+               " {\"type\": \"array\"}}]}}", err, sizeof(err)) != 0
+       && strstr(err, "format: an or is decided") != NULL
+       && strstr(err, "json_schema at format.elements[0]") != NULL,
+       "or of two JSON values: %s", err);
+
+    /* ---- xgrammar's recipe: think, then tool calls in free text ---- */
+    rc = compile("{\"format\": {\"type\": \"sequence\", \"elements\": ["
+                 "{\"type\": \"tag\", \"begin\": \"<think>\", \"content\":"
+                 " {\"type\": \"any_text\"}, \"end\": \"</think>\"},"
+                 " {\"type\": \"triggered_tags\", \"triggers\": [\"<fn=\"],"
+                 " \"tags\": [{\"begin\": \"<fn=f>\", \"content\": {\"type\":"
+                 " \"json_schema\", \"json_schema\": {\"type\": \"object\"}},"
+                 " \"end\": \"</fn>\"}]}]}}", err, sizeof(err));
+    ok(rc == 0, "sequence of a think tag and triggered tags compiles%s%s",
+       rc ? ": " : "", rc ? err : "");
+    ok(accepts("<think>a < b </th</think>so <fn=f>{\"x\": 1}</fn> ok", &fr)
+       && fr && ends("<think></think>") && !ends("<think>x"),
+       "the think tag (its end ends its text), then free text with a tag");
+    ok(!accepts("so", NULL) && !accepts("<think>x</think><fn=g", NULL),
+       "free text before the think tag, a begin no tag has: refused");
+
+    /* ---- any_text ends where the text after it is first written ---- */
+    rc = compile("{\"format\": {\"type\": \"sequence\", \"elements\": ["
+                 "{\"type\": \"any_text\"}, {\"type\": \"const_string\","
+                 " \"value\": \"END\"}]}}", err, sizeof(err));
+    ok(rc == 0 && accepts("abc EN dEND", NULL) && ends("abc EN dEND")
+       && !ends("abc EN") && !accepts("xENDy", NULL) && ends("END"),
+       "any_text then a constant: the first \"END\" ends the text%s%s",
+       rc ? ": " : "", rc ? err : "");
+    kimi_stag_init(&s, &tag, 0);
+    ok(!kimi_stag_must_feed(&s, "abc", 3) && kimi_stag_must_feed(&s, "xD", 2),
+       "... only bytes holding the constant's last byte need feeding");
+    rc = compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<t>\","
+                 " \"content\": {\"type\": \"sequence\", \"elements\": ["
+                 "{\"type\": \"any_text\"}, {\"type\": \"const_string\","
+                 " \"value\": \"|\"}, {\"type\": \"regex\", \"pattern\":"
+                 " \"[0-9]+\"}]}, \"end\": \"</t>\"}}", err, sizeof(err));
+    ok(rc == 0 && ends("<t>a b|12</t>") && accepts("<t>a b|1", NULL)
+       && !ends("<t>a b|</t>"), "a tag of any_text, \"|\" and a pattern: the"
+       " pattern closed by the tag's end%s%s", rc ? ": " : "", rc ? err : "");
+    ok(!accepts("<t>a</t>", NULL) && !accepts("<t>a|b", NULL),
+       "the tag's end inside its any_text (xgrammar's excludes), a byte the"
+       " pattern refuses: refused");
+    ok(compile("{\"format\": {\"type\": \"sequence\", \"elements\": ["
+               "{\"type\": \"any_text\"}, {\"type\": \"json_schema\","
+               " \"json_schema\": {\"type\": \"object\"}}]}}", err,
+               sizeof(err)) != 0
+       && strstr(err, "format.elements[0]: any_text needs an end text")
+          != NULL, "any_text before a JSON value: %s", err);
+    ok(compile("{\"format\": {\"type\": \"sequence\", \"elements\": ["
+               "{\"type\": \"regex\", \"pattern\": \"a+\"}, {\"type\": \"or\","
+               " \"elements\": [{\"type\": \"const_string\", \"value\":"
+               " \"x\"}, {\"type\": \"const_string\", \"value\": \"y\"}]}]}}",
+               err, sizeof(err)) != 0
+       && strstr(err, "needs an end text") != NULL,
+       "a pattern before a choice of texts: %s", err);
+
+    /* ---- nested: a tag in a tag in triggered tags; triggered tags in a
+     * tag, its free text ended by the tag's end ---- */
+    rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<o\"], \"tags\": [{\"begin\": \"<outer>\", \"content\":"
+                 " {\"type\": \"tag\", \"begin\": \"<in>\", \"content\":"
+                 " {\"type\": \"json_schema\", \"json_schema\": {\"type\":"
+                 " \"object\"}}, \"end\": \"</in>\"}, \"end\":"
+                 " \"</outer>\"}]}}", err, sizeof(err));
+    ok(rc == 0 && accepts("x <outer><in>{}</in></outer> y <", &fr) && fr
+       && !accepts("<outer>{}", NULL), "a tag inside a tag in triggered"
+       " tags%s%s", rc ? ": " : "", rc ? err : "");
+    rc = compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<r>\","
+                 " \"content\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<f\"], \"tags\": [{\"begin\": \"<f>\", \"content\":"
+                 " {\"type\": \"const_string\", \"value\": \"1\"}, \"end\":"
+                 " \"</f>\"}]}, \"end\": \"</r>\"}}", err, sizeof(err));
+    ok(rc == 0 && ends("<r>text <f>1</f> more</r>") && accepts("<r>a <f", NULL)
+       && !ends("<r>a") && !accepts("<r></r>x", NULL) && !accepts("<r><fx",
+                                                                 NULL),
+       "triggered tags inside a tag: free text and tags up to the end%s%s",
+       rc ? ": " : "", rc ? err : "");
+    kimi_stag_init(&s, &tag, 0);
+    ok(kimi_stag_feed(&s, "<r>a", 4) == 0 && kimi_stag_special(&s) == 0,
+       "... a special token in that free text passes");
+    ok(compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<r>\","
+               " \"content\": {\"type\": \"triggered_tags\", \"triggers\":"
+               " [\"<\"], \"tags\": [{\"begin\": \"<f>\", \"content\":"
+               " {\"type\": \"any_text\"}, \"end\": \"</f>\"}]}, \"end\":"
+               " \"</r>\"}}", err, sizeof(err)) != 0
+       && strstr(err, "trigger \"<\" is inside \"</r>\"") != NULL,
+       "a trigger inside the end that ends the free text: %s", err);
+
+    /* ---- tags_with_separator that may be empty, then a constant ---- */
+    rc = compile("{\"format\": {\"type\": \"sequence\", \"elements\": ["
+                 "{\"type\": \"tags_with_separator\", \"separator\": \",\","
+                 " \"tags\": [{\"begin\": \"<a>\", \"content\": {\"type\":"
+                 " \"regex\", \"pattern\": \"[0-9]\"}, \"end\": \"</a>\"}]},"
+                 " {\"type\": \"const_string\", \"value\": \".\"}]}}", err,
+                 sizeof(err));
+    ok(rc == 0 && ends(".") && ends("<a>1</a>,<a>2</a>.")
+       && !accepts("<a>1</a>,.", NULL) && !ends("<a>1</a>"),
+       "no tag or tags and separators, then \".\"%s%s", rc ? ": " : "",
+       rc ? err : "");
+
+    /* ---- the whole output any text; what is not supported ---- */
+    rc = compile("{\"format\": {\"type\": \"any_text\"}}", err, sizeof(err));
+    ok(rc == 0 && ends("") && ends("anything </at> all"),
+       "any_text alone: any output, ending anywhere");
+    ok(compile("{\"format\": {\"type\": \"any_text\", \"excludes\": [\"x\"]}}",
+               err, sizeof(err)) != 0 && strstr(err, "\"excludes\" is not"
+                                                " supported") != NULL,
+       "any_text excludes: %s", err);
+    ok(compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<a>\","
+               " \"content\": {\"type\": \"any_text\"}, \"end\": [\"</a>\","
+               " \"</b>\"]}}", err, sizeof(err)) != 0
+       && strstr(err, "list of end texts") != NULL, "a list of ends: %s", err);
+    ok(compile("{\"format\": {\"type\": \"json_schema\", \"json_schema\": {},"
+               " \"style\": \"qwen_xml\"}}", err, sizeof(err)) != 0
+       && strstr(err, "\"style\"") != NULL, "a JSON style: %s", err);
+    {
+        char  deep[2048];
+        int   k = 0;
+
+        for (int i = 0; i < 20; i++) {
+            k += snprintf(deep + k, sizeof(deep) - k, "{\"type\": \"sequence\","
+                          " \"elements\": [");
+        }
+        k += snprintf(deep + k, sizeof(deep) - k, "{\"type\": \"any_text\"}");
+        for (int i = 0; i < 20; i++) {
+            k += snprintf(deep + k, sizeof(deep) - k, "]}");
+        }
+        char  whole[2200];
+        snprintf(whole, sizeof(whole), "{\"format\": %s}", deep);
+        ok(compile(whole, err, sizeof(err)) != 0
+           && strstr(err, "nested more than") != NULL, "20 sequences nested:"
+           " %s", err);
+    }
 
     /* ---- the sampler, on random rows ---- */
     rc = compile("{\"triggers\": [\"<\"], \"structures\": [{\"begin\":"
@@ -408,6 +626,23 @@ main(void)
                  sizeof(err));
     if (rc == 0) {
         sample_runs("forced, regex", 4, 60);
+    }
+    rc = compile("{\"format\": {\"type\": \"sequence\", \"elements\": ["
+                 "{\"type\": \"or\", \"elements\": [{\"type\": \"tag\","
+                 " \"begin\": \"<a>\", \"content\": {\"type\": \"regex\","
+                 " \"pattern\": \"[0-9]+\"}, \"end\": \";\"}, {\"type\":"
+                 " \"tag\", \"begin\": \"<b>\", \"content\": {\"type\":"
+                 " \"json_schema\", \"json_schema\": {\"type\": \"object\"}},"
+                 " \"end\": \"</b>\"}]}, {\"type\": \"triggered_tags\","
+                 " \"triggers\": [\"<\"], \"tags\": [{\"begin\": \"<f>\","
+                 " \"content\": {\"type\": \"json_schema\", \"json_schema\":"
+                 " {\"type\": \"object\", \"properties\": {\"n\": {\"type\":"
+                 " \"integer\"}}, \"required\": [\"n\"]}}, \"end\":"
+                 " \"</f>\"}]}]}}", err, sizeof(err));
+    ok(rc == 0, "a nested format for the sampler runs%s%s", rc ? ": " : "",
+       rc ? err : "");
+    if (rc == 0) {
+        sample_runs("nested: or of tags, then triggered", 4, 120);
     }
 
     /* ---- refused at compile ---- */
