@@ -6,8 +6,11 @@
 # structures (the begin text, a JSON value its schema describes, the end
 # text).  A random model writes triggers often, so the outputs are checked
 # against an oracle written here: JSON::PP parses each structure's value
-# and the schema's rules are checked on it.  What cannot be enforced is a
-# 400 naming it.
+# and the schema's rules are checked on it.  Then xgrammar's nested
+# formats (a sequence of a constant and a JSON value, an or of two tags,
+# a sequence of two tags, an or inside a tag inside triggered_tags,
+# triggered_tags inside a tag), each answer checked by a pattern or a
+# parser.  What cannot be enforced is a 400 naming it.
 
 use strict;
 use warnings;
@@ -214,6 +217,7 @@ for my $seed (1 .. 6) {
     ok($err eq '' && (($c->{finish_reason} // '') ne 'stop' || $n >= 1),
        "at_least_one (seed $seed): $n structures, finish $c->{finish_reason}")
         or diag("$err: $text");
+    like($text, qr/^(?:e<|ex\[|ex?$)/, '... the first one at once (xgrammar)') or diag($text);
     $early-- if ($c->{finish_reason} // '') eq 'stop' && $n >= 1;
 }
 cmp_ok($early, '<=', 2, 'with at_least_one most of those answers end after a structure instead');
@@ -280,6 +284,123 @@ for my $seed (1 .. 4) {
 }
 cmp_ok($tags, '>=', 4, "tags were written ($tags)");
 
+# ---- sequence, or, formats nested ----------------------------------------------
+
+# Answers under a format, each with whether it was cut by max_tokens
+sub answers {
+    my ($format, $max, @seeds) = @_;
+    my @out;
+    for my $seed (@seeds) {
+        my $r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
+            max_tokens => $max, temperature => 1, seed => $seed,
+            response_format => { type => 'structural_tag', format => $format }));
+        my $c = $r->{json} && $r->{json}{choices}[0] // {};
+        my $text = $c->{text} // '';
+        utf8::decode($text);
+        push @out, [ $r->{status}, $text, ($c->{finish_reason} // '') eq 'length' ];
+    }
+    return @out;
+}
+
+# a JSON value's text at the start of $json, and the rest; undef if none
+sub json_prefix {
+    my ($json) = @_;
+    my ($v, $used) = eval { JSON::PP->new->decode_prefix($json) };
+    return defined $v ? ($v, substr($json, 0, $used), substr($json, $used)) : ();
+}
+
+# sequence: a constant, then a JSON value, then nothing
+my $schema_n = { type => 'object', properties => { n => { type => 'integer',
+    minimum => 0, maximum => 99 } }, required => [ 'n' ], additionalProperties => JSON::PP::false };
+my $complete = 0;
+for my $a (answers({ type => 'sequence', elements => [
+        { type => 'const_string', value => 'Answer: ' },
+        { type => 'json_schema', json_schema => $schema_n } ] }, 40, 1 .. 4)) {
+    my ($status, $text, $cut) = @$a;
+    is($status, 200, 'sequence of a const_string and a JSON value: 200');
+    my $ok;
+    if (substr($text, 0, 8) ne 'Answer: ') {
+        $ok = $cut && index('Answer: ', $text) == 0;
+    } else {
+        my ($v, $raw, $rest) = json_prefix(substr($text, 8));
+        $ok = defined $v ? ref $v eq 'HASH' && join(',', keys %$v) eq 'n'
+            && $v->{n} =~ /^[0-9]+$/ && $v->{n} <= 99 && $rest eq '' : $cut;
+        $complete++ if defined $v && $ok;
+    }
+    ok($ok, '... the constant, then a value its schema takes, then nothing') or diag($text);
+}
+cmp_ok($complete, '>=', 2, "complete answers ($complete of 4)");
+
+# or: exactly one of two tags, then nothing
+my (%branch, $one_bad) = ();
+for my $a (answers({ type => 'or', elements => [
+        { type => 'tag', begin => '<a>', end => '</a>',
+          content => { type => 'regex', pattern => '[0-9]{1,3}' } },
+        { type => 'tag', begin => '<b>', end => '</b>',
+          content => { type => 'json_schema', json_schema => $tag->{structures}[1]{schema} } } ] },
+        40, 1 .. 8)) {
+    my ($status, $text, $cut) = @$a;
+    my $ok;
+    if ($text =~ /^<a>([0-9]{1,3})<\/a>$/) {
+        $ok = 1;
+        $branch{a}++;
+    } elsif ($text =~ /^<b>(.*)<\/b>$/s) {
+        my ($v, $raw, $rest) = json_prefix($1);
+        $ok = defined $v && $rest eq '' && ref $v eq 'HASH'
+            && join(',', keys %$v) eq 'ok' && JSON::PP::is_bool($v->{ok});
+        $branch{b}++;
+    } else {
+        $ok = $cut && ($text =~ /^<(?:a>[0-9]{0,3}(?:<\/?a?)?|b>.*|[ab]?)$/s);
+    }
+    ok($status == 200 && $ok, 'or of two tags: one of them, whole') or diag($text);
+}
+ok($branch{a} && $branch{b}, 'both elements were written: '
+    . join(', ', map { "$_ x$branch{$_}" } sort keys %branch));
+
+# sequence of two tags: a pattern closed by its end, then a JSON value
+for my $a (answers({ type => 'sequence', elements => [
+        { type => 'tag', begin => '<x>', end => '</x>',
+          content => { type => 'regex', pattern => '[a-z]{1,4}' } },
+        { type => 'tag', begin => '<y>', end => '</y>',
+          content => { type => 'json_schema', json_schema => $schema_n } } ] }, 40, 1 .. 4)) {
+    my ($status, $text, $cut) = @$a;
+    my $ok;
+    if ($text =~ /^<x>[a-z]{1,4}<\/x><y>(.*)<\/y>$/s) {
+        my ($v, $raw, $rest) = json_prefix($1);
+        $ok = defined $v && $rest eq '' && ref $v eq 'HASH' && $v->{n} =~ /^[0-9]+$/;
+    } else {
+        $ok = $cut && $text =~ /^<(?:x(?:>(?:[a-z]{1,4}(?:<(?:\/(?:x(?:>(?:<(?:y(?:>.*)?)?)?)?)?)?)?)?)?)?$/s;
+    }
+    ok($status == 200 && $ok, 'sequence of two tags: both, in order') or diag($text);
+}
+
+# a tag whose content is a sequence holding an or, inside triggered_tags:
+# every "e" opens it (the oracle: every_e_followed, above)
+every_e_followed('or nested in a tag in triggered_tags', { type => 'sequence', elements => [
+        { type => 'const_string', value => '{' },
+        { type => 'or', elements => [
+            { type => 'tag', begin => 'a:', end => ';',
+              content => { type => 'regex', pattern => '[0-9]{1,2}' } },
+            { type => 'const_string', value => 'nil' } ] } ] },
+    '}', qr/\{(?:a:[0-9]{1,2};|nil)\}/,
+    qr/(?:\{(?:a(?::(?:[0-9]{1,2};?)?)?|n(?:il?)?)?)?/);
+
+# triggered_tags inside a tag: free text with tags, which the tag's end
+# ends; then the answer is over
+my $inner = 0;
+for my $a (answers({ type => 'tag', begin => '[', end => ']', content => {
+        type => 'triggered_tags', triggers => [ 'e' ], tags => [
+            { begin => 'e(', end => ')', content => { type => 'const_string', value => '7' } } ] } },
+        40, 1 .. 4)) {
+    my ($status, $text, $cut) = @$a;
+    my $body = $text =~ /^\[(.*)\]$/s ? $1 : $cut && $text =~ /^\[(.*)$/s ? $1 : undef;
+    $body =~ s/e(?:\(7?)?$// if defined $body && $cut;
+    $inner += () = (defined $body ? $body : '') =~ /e\(7\)/g;
+    ok($status == 200 && defined $body && $body !~ /\]/ && $body !~ /e(?!\(7\))/,
+       'triggered_tags in a tag: every "e" opens e(7), no "]" inside') or diag($text);
+}
+cmp_ok($inner, '>=', 2, "tags were written inside ($inner)");
+
 # ---- what cannot be enforced --------------------------------------------------
 
 my @bad = (
@@ -293,10 +414,26 @@ my @bad = (
       qr/the schema of structure 0/ ],
     [ { triggers => [ '<' ], structures => [ { begin => '<a', end => 5, schema => {} } ] },
       qr/the end of structure 0 must be a string/ ],
-    [ { format => { type => 'or', elements => [] } }, qr/"or" is not supported/ ],
+    [ { format => { type => 'optional', content => { type => 'any_text' } } },
+      qr/"optional" is not supported/ ],
     [ { format => { type => 'triggered_tags', triggers => [ '<' ], tags => [ { begin => '<a',
         content => { type => 'regex', pattern => 'x' }, end => '' } ] } },
-      qr/tag 0: a regex content needs an end text/ ],
+      qr/format\.tags\[0\]\.content: a regex or grammar content needs an end text/ ],
+    [ { format => { type => 'or', elements => [
+        { type => 'json_schema', json_schema => { type => 'object' } },
+        { type => 'const_string', value => 'no' } ] } },
+      qr/an or is decided by the fixed text each element starts with; the json_schema at format\.elements\[0\]/ ],
+    [ { format => { type => 'or', elements => [
+        { type => 'const_string', value => 'ab' }, { type => 'const_string', value => 'abc' } ] } },
+      qr/"ab" and "abc" are one a prefix of the other/ ],
+    [ { format => { type => 'sequence', elements => [ { type => 'any_text' },
+        { type => 'json_schema', json_schema => { type => 'object' } } ] } },
+      qr/format\.elements\[0\]: any_text needs an end text or fixed text after it/ ],
+    [ { format => { type => 'tag', begin => '<r>', end => '</r>', content => {
+        type => 'triggered_tags', triggers => [ '<' ], tags => [ { begin => '<f>', end => '</f>',
+        content => { type => 'const_string', value => '1' } } ] } } },
+      qr/the trigger "<" is inside "<\/r>"/ ],
+    [ { format => { type => 'sequence', elements => [] } }, qr/"elements" must be an array/ ],
     [ { format => { type => 'triggered_tags', triggers => [ '<' ], tags => [] },
         triggers => [ '<' ] }, qr/either "format" or/ ],
 );
