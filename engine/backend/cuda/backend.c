@@ -3,8 +3,8 @@
  * the paged latent KV cache, logits and device greedy argmax.
  *
  * Owns:   the device and stream choice, the KV cache allocation (sized by
- *         gpu_memory_utilization; a pipeline's stages agree on the
- *         smallest), the pinned host buffers of a step, and joining a
+ *         gpu_memory_utilization; a tensor- or pipeline-parallel rank's
+ *         members agree on the smallest), the pinned host buffers of a step, and joining a
  *         parallel group's NCCL communicator (expert, tensor or pipeline
  *         parallel) and a follower's loop.
  * Never:  computes layers (forward.c), converts weights (weights.c), or
@@ -527,32 +527,35 @@ kimi_backend_cuda_follow(kimi_backend_t *base, kimi_err_t *err)
 }
 
 
-/* The smallest of the stages' KV block counts, to every stage. */
+/* The smallest of the members' KV block counts, to every member: the
+ * leader's scheduler hands out block ids that every follower's cache must
+ * hold (a follower that refused a step would leave the others waiting in
+ * NCCL). */
 static int
-kimi_cuda_pp_blocks(kimi_cuda_t *b, uint32_t *n, kimi_err_t *err)
+kimi_cuda_lead_blocks(kimi_cuda_t *b, uint32_t *n, kimi_err_t *err)
 {
-    uint32_t     P = kimi_group_world(b->pp), got;
+    uint32_t     P = kimi_group_world(b->lead), got;
     size_t       bytes[KIMI_GROUP_MAX_RANKS], len;
     const void  *in;
     int          rc;
 
     for (uint32_t q = 0; q < P; q++) {
-        memcpy(kimi_group_sendbuf(b->pp, q), n, sizeof(*n));
+        memcpy(kimi_group_sendbuf(b->lead, q), n, sizeof(*n));
         bytes[q] = sizeof(*n);
     }
 
-    if ((rc = kimi_group_exchange(b->pp, KIMI_CUDA_TAG_PP_BLOCKS, bytes,
+    if ((rc = kimi_group_exchange(b->lead, KIMI_CUDA_TAG_LEAD_BLOCKS, bytes,
                                   err)) != 0)
     {
         return rc;
     }
 
     for (uint32_t q = 0; q < P; q++) {
-        in = kimi_group_recvbuf(b->pp, q, &len);
+        in = kimi_group_recvbuf(b->lead, q, &len);
 
         if (len != sizeof(got)) {
-            return kimi_err_set(err, KIMI_EIO, "pipeline parallel: no KV "
-                                "block count from stage %u", q);
+            return kimi_err_set(err, KIMI_EIO, "parallel group: no KV block"
+                                " count from member %u", q);
         }
 
         memcpy(&got, in, sizeof(got));
@@ -630,10 +633,10 @@ kimi_cuda_kv_init(kimi_backend_t *base, const kimi_kv_params_t *p,
         n = UINT32_MAX / 2;
     }
 
-    /* one scheduler (stage 0's) hands out the blocks of every stage */
-    if (b->pp != NULL) {
+    /* one scheduler (the leader's) hands out the blocks of every member */
+    if (b->lead != NULL) {
         uint32_t  mine = (uint32_t) n;
-        int       rc = kimi_cuda_pp_blocks(b, &mine, err);
+        int       rc = kimi_cuda_lead_blocks(b, &mine, err);
 
         if (rc != 0) {
             return rc;

@@ -244,13 +244,13 @@ int  kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err);
 
 /* what the parallel ranks sync for in the group (group.h tags;
  * the server's step vote is 1, the cpu backend's 2..7) */
-#define KIMI_CUDA_TAG_EP_TOKENS  ((uint64_t) 8 << 56)
-#define KIMI_CUDA_TAG_NCCL_ID    ((uint64_t) 9 << 56)
-#define KIMI_CUDA_TAG_LEAD_STEP  ((uint64_t) 10 << 56)
-#define KIMI_CUDA_TAG_LEAD_READY ((uint64_t) 11 << 56)
-#define KIMI_CUDA_TAG_P2P_HANDLE ((uint64_t) 12 << 56)
-#define KIMI_CUDA_TAG_P2P_VOTE   ((uint64_t) 13 << 56)
-#define KIMI_CUDA_TAG_PP_BLOCKS  ((uint64_t) 14 << 56)
+#define KIMI_CUDA_TAG_EP_TOKENS   ((uint64_t) 8 << 56)
+#define KIMI_CUDA_TAG_NCCL_ID     ((uint64_t) 9 << 56)
+#define KIMI_CUDA_TAG_LEAD_STEP   ((uint64_t) 10 << 56)
+#define KIMI_CUDA_TAG_LEAD_READY  ((uint64_t) 11 << 56)
+#define KIMI_CUDA_TAG_P2P_HANDLE  ((uint64_t) 12 << 56)
+#define KIMI_CUDA_TAG_P2P_VOTE    ((uint64_t) 13 << 56)
+#define KIMI_CUDA_TAG_LEAD_BLOCKS ((uint64_t) 14 << 56)
 
 /* backend.c: waiting kernels of the peer-memory exchange return (a peer
  * died); no-op without it */
