@@ -198,7 +198,8 @@ kimi_add_f32(float *y, const float *x, size_t n, cudaStream_t s, kimi_err_t *err
 
 /* One block per token: c = rmsnorm(ckv[0:512]) * w, k_pe = ckv[512:576] (already
  * rotated); stored at cache row slot[t] (block * bs + row) as bf16, or as e4m3
- * with one multiplier per row (max(amax, 1e-4) / 448, as kimi_kv_write). */
+ * with one multiplier per row (max(amax, 1e-4) / 448, as kimi_kv_write); none
+ * where slot[t] < 0. */
 template <bool FP8, typename X>
 static __global__ void __launch_bounds__(KV_THREADS)
 kv_write_kernel(const X *__restrict__ ckv, const uint16_t *__restrict__ w, float eps,
@@ -209,6 +210,9 @@ kv_write_kernel(const X *__restrict__ ckv, const uint16_t *__restrict__ w, float
     __shared__ float red[KV_THREADS / 32];
     __shared__ float bc;
     const int t = blockIdx.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    if (slot[t] < 0) {
+        return;                 /* a row another decode-context-parallel rank holds */
+    }
     const X *row = ckv + (size_t) t * KV_ROW;
     float v[KV_ROW / KV_THREADS + 1];
     float ss = 0.f;

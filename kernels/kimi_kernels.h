@@ -369,6 +369,25 @@ int kimi_mla_decode(const kimi_bf16_t *q, int B, int H,
                     const int32_t *seq_len, int n_splits, float scale,
                     void *ws, kimi_bf16_t *o, cudaStream_t s, kimi_err_t *err);
 
+/* The same, also writing lse[B][H] = log2 of each softmax's denominator
+ * in the kernel's log2 units (scale * log2(e) * score; -inf for an empty
+ * context, whose o is 0); H <= 64.  Decode context parallelism: each rank
+ * decodes over the tokens it holds, kimi_mla_merge_parts merges. */
+int kimi_mla_decode_lse(const kimi_bf16_t *q, int B, int H,
+                        const void *kv, const float *kv_scale, int kv_fp8,
+                        int bs, const int32_t *block_table, int bt_ld,
+                        const int32_t *seq_len, int n_splits, float scale,
+                        void *ws, kimi_bf16_t *o, float *lse, cudaStream_t s,
+                        kimi_err_t *err);
+
+/* o [T][H][512] bf16 from D parts of part_bytes (16-byte multiple) each:
+ * part r = [T][H][512] bf16 o_r, then [T][H] fp32 lse_r, as
+ * kimi_mla_decode_lse wrote them on rank r (its tokens of the context);
+ * weights 2^(lse_r - max). */
+int kimi_mla_merge_parts(const void *parts, size_t part_bytes, int D, int T,
+                         int H, kimi_bf16_t *o, cudaStream_t s,
+                         kimi_err_t *err);
+
 /* ---- mla_prefill.cu ---------------------------------------------------- */
 
 /* Causal MLA prefill in the expanded form: q [T][H][192], k [S][H][192],
@@ -476,7 +495,8 @@ int kimi_add_f32(float *y, const float *x, size_t n, cudaStream_t s,
 
 /* ckv [T][576] = [c 512 | k_pe 64 (rotated)]: cache row slot[t] (block * bs +
  * row, in the kimi_mla_decode layout) = [rmsnorm(c) * norm_w | k_pe], bf16,
- * or e4m3 (planar blocks of bs rows) with kv_scale[slot] = max(amax, 1e-4) / 448. */
+ * or e4m3 (planar blocks of bs rows) with kv_scale[slot] = max(amax, 1e-4) / 448;
+ * a negative slot writes nothing (decode context parallel: another rank's row). */
 int kimi_mla_kv_write(const kimi_bf16_t *ckv, const kimi_bf16_t *norm_w,
                       float eps, const int32_t *slot, int T, void *kv,
                       float *kv_scale, int kv_fp8, int bs, cudaStream_t s,

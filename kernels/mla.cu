@@ -1407,7 +1407,7 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
 static __global__ void
 mla_combine_kernel(const mla_part_t *__restrict__ opart, const float *__restrict__ mlpart,
                    int H, const int32_t *__restrict__ seq_len, int B, int n_runs,
-                   uint16_t *__restrict__ o)
+                   uint16_t *__restrict__ o, float *__restrict__ lse)
 {
     KIMI_GRID_ENTRY();
     __shared__ int sums[2][MLA_DV / 4 / 32];
@@ -1462,6 +1462,61 @@ mla_combine_kernel(const mla_part_t *__restrict__ opart, const float *__restrict
     out.x = (uint32_t) kimi_f2bf(a.x * inv) | (uint32_t) kimi_f2bf(a.y * inv) << 16;
     out.y = (uint32_t) kimi_f2bf(a.z * inv) | (uint32_t) kimi_f2bf(a.w * inv) << 16;
     *(uint2 *) (o + ((size_t) b * H + h) * MLA_DV + threadIdx.x * 4) = out;
+    if (lse != NULL && threadIdx.x == 0) {
+        /* log2 of the softmax denominator (scores in log2 units) */
+        lse[(size_t) b * H + h] = L > 0.f ? M + log2f(L) : -INFINITY;
+    }
+}
+
+/* Decode context parallel: o[t,h,:] = sum_r 2^(lse_r - M) o_r / sum_r
+ * 2^(lse_r - M), the D ranks' partials of one query (each over the tokens
+ * that rank holds) packed a rank a part: [T][H][512] bf16, then lse [T][H]
+ * fp32 (-inf: that rank held none of the context). */
+static __global__ void
+mla_merge_parts_kernel(const uint8_t *__restrict__ parts, size_t part_bytes, int D, int T, int H,
+                       uint16_t *__restrict__ o)
+{
+    KIMI_GRID_ENTRY();
+    const size_t th = (size_t) blockIdx.x * H + blockIdx.y;
+    const size_t lse_off = (size_t) T * H * MLA_DV * 2;
+    float M = -INFINITY;
+    for (int r = 0; r < D; r++) {
+        M = fmaxf(M, ((const float *) (parts + r * part_bytes + lse_off))[th]);
+    }
+    float L = 0.f, a[4] = { 0.f, 0.f, 0.f, 0.f };
+    for (int r = 0; r < D; r++) {
+        const float l = ((const float *) (parts + r * part_bytes + lse_off))[th];
+        const float f = l > -INFINITY ? exp2f(l - M) : 0.f;
+        const uint2 v = *(const uint2 *) ((const uint16_t *) (parts + r * part_bytes)
+                                          + th * MLA_DV + threadIdx.x * 4);
+        L += f;
+        a[0] += f * kimi_bf2f((uint16_t) v.x);
+        a[1] += f * kimi_bf2f((uint16_t) (v.x >> 16));
+        a[2] += f * kimi_bf2f((uint16_t) v.y);
+        a[3] += f * kimi_bf2f((uint16_t) (v.y >> 16));
+    }
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    uint2 out;
+    out.x = (uint32_t) kimi_f2bf(a[0] * inv) | (uint32_t) kimi_f2bf(a[1] * inv) << 16;
+    out.y = (uint32_t) kimi_f2bf(a[2] * inv) | (uint32_t) kimi_f2bf(a[3] * inv) << 16;
+    *(uint2 *) (o + th * MLA_DV + threadIdx.x * 4) = out;
+}
+
+extern "C" int
+kimi_mla_merge_parts(const void *parts, size_t part_bytes, int D, int T, int H, kimi_bf16_t *o,
+                     cudaStream_t s, kimi_err_t *err)
+{
+    if (parts == NULL || o == NULL || D <= 0 || T < 0 || H <= 0
+        || part_bytes < (size_t) T * H * (MLA_DV * 2 + 4) || (((uintptr_t) parts | part_bytes) & 15)) {
+        return kimi_err_set(err, KIMI_EINVAL, "mla_merge_parts: D=%d T=%d H=%d part_bytes=%zu", D, T,
+                            H, part_bytes);
+    }
+    if (T == 0) {
+        return KIMI_OK;
+    }
+    KIMI_LAUNCH(err, mla_merge_parts_kernel, dim3(T, H), MLA_DV / 4, 0, s, (const uint8_t *) parts,
+                part_bytes, D, T, H, (uint16_t *) o);
+    return KIMI_OK;
 }
 
 /* The partials of one call of at most MLA_GROUP heads */
@@ -1521,7 +1576,7 @@ mla_v11_forced(void)
 static int mla_decode_group(const kimi_bf16_t *q, int B, int H, const void *kv, const float *kv_scale,
                             int kv_fp8, int bs, const int32_t *block_table, int bt_ld,
                             const int32_t *seq_len, int n_splits, float scale, void *ws,
-                            kimi_bf16_t *o, cudaStream_t s, kimi_err_t *err);
+                            kimi_bf16_t *o, float *lse, cudaStream_t s, kimi_err_t *err);
 
 extern "C" int
 kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
@@ -1529,6 +1584,17 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
                 const int32_t *block_table, int bt_ld, const int32_t *seq_len,
                 int n_splits, float scale, void *ws, kimi_bf16_t *o,
                 cudaStream_t s, kimi_err_t *err)
+{
+    return kimi_mla_decode_lse(q, B, H, kv, kv_scale, kv_fp8, bs, block_table, bt_ld, seq_len,
+                               n_splits, scale, ws, o, NULL, s, err);
+}
+
+extern "C" int
+kimi_mla_decode_lse(const kimi_bf16_t *q, int B, int H, const void *kv,
+                    const float *kv_scale, int kv_fp8, int bs,
+                    const int32_t *block_table, int bt_ld, const int32_t *seq_len,
+                    int n_splits, float scale, void *ws, kimi_bf16_t *o, float *lse,
+                    cudaStream_t s, kimi_err_t *err)
 {
     if (q == NULL || kv == NULL || block_table == NULL || seq_len == NULL || ws == NULL
         || o == NULL || B <= 0 || H <= 0 || H % 16 != 0 || H > MLA_MAX_HEADS || bs <= 0
@@ -1542,7 +1608,10 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
     }
     if (H <= MLA_GROUP) {
         return mla_decode_group(q, B, H, kv, kv_scale, kv_fp8, bs, block_table, bt_ld, seq_len, n_splits,
-                                scale, ws, o, s, err);
+                                scale, ws, o, lse, s, err);
+    }
+    if (lse != NULL) {
+        return kimi_err_set(err, KIMI_EINVAL, "mla_decode: the lse of more than %d heads", MLA_GROUP);
     }
     /* The kernels serve up to 64 heads from one read of each tile (the
      * 64-row wgmma tile): more heads (DeepSeek-V3's 128 on one rank) run
@@ -1556,7 +1625,7 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
                                         (size_t) H * MLA_D * 2, (size_t) hn * MLA_D * 2, B,
                                         cudaMemcpyDeviceToDevice, s), err);
         int rc = mla_decode_group(qg, B, hn, kv, kv_scale, kv_fp8, bs, block_table, bt_ld, seq_len,
-                                  n_splits, scale, ws, og, s, err);
+                                  n_splits, scale, ws, og, NULL, s, err);
         if (rc != KIMI_OK) {
             return rc;
         }
@@ -1571,7 +1640,7 @@ kimi_mla_decode(const kimi_bf16_t *q, int B, int H, const void *kv,
 static int
 mla_decode_group(const kimi_bf16_t *q, int B, int H, const void *kv, const float *kv_scale, int kv_fp8,
                  int bs, const int32_t *block_table, int bt_ld, const int32_t *seq_len, int n_splits,
-                 float scale, void *ws, kimi_bf16_t *o, cudaStream_t s, kimi_err_t *err)
+                 float scale, void *ws, kimi_bf16_t *o, float *lse, cudaStream_t s, kimi_err_t *err)
 {
     int dev, n_sm;
     KIMI_CUDA_TRY(cudaGetDevice(&dev), err);
@@ -1620,6 +1689,6 @@ mla_decode_group(const kimi_bf16_t *q, int B, int H, const void *kv, const float
                     kv_scale, bs, block_table, bt_ld, seq_len, scale2, opart, mlpart);
     }
     KIMI_LAUNCH(err, mla_combine_kernel, dim3(B, H), MLA_DV / 4, 0, s, opart, mlpart, H, seq_len, B,
-                runs, o);
+                runs, o, lse);
     return KIMI_OK;
 }

@@ -44,6 +44,18 @@ my @common = ('--backend', 'cpu', '--model', $tiny, '--threads', 1,
 
 my $out = `$ref->{engine_bin} serve --backend cpu --model $tiny --threads 1 --pipeline-parallel-size 5 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
 like($out, qr/exceeds the model's 4 layers/, 'PP 5 over 4 layers: refused');
+# vLLM's short flags are the long ones
+$out = `$ref->{engine_bin} serve --backend cpu --model $tiny --threads 1 -pp 5 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
+like($out, qr/--pipeline-parallel-size 5 exceeds the model's 4 layers/, '-pp 5 is --pipeline-parallel-size 5');
+# decode context parallelism: cuda, with tensor parallelism of its size
+$out = `$ref->{engine_bin} serve --backend cpu --model $tiny --threads 1 -tp 2 -dcp 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
+like($out, qr/--decode-context-parallel-size is implemented on the cuda backend with --tensor-parallel-size equal to it/,
+    'DCP on the cpu backend: refused with a message');
+$out = `$ref->{engine_bin} serve --backend cuda --model $tiny --decode-context-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
+like($out, qr/--decode-context-parallel-size is implemented on the cuda backend with --tensor-parallel-size equal to it/,
+    'DCP without TP: refused with a message');
+$out = `$ref->{engine_bin} serve --backend cpu --model $tiny -x 3 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
+like($out, qr/unknown option "-x"/, 'an unknown short flag: refused naming it');
 $out = `$ref->{engine_bin} serve --backend cpu --model $tiny --threads 1 --pipeline-parallel-size 2 --tensor-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
 like($out, qr/not implemented/, 'PP with TP: refused with a message');
 # what another backend cannot do is refused before anything starts

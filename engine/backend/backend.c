@@ -41,6 +41,12 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
                             p->name);
     }
 
+    if (p->dcp > 1 && strcmp(p->name, "cuda") != 0) {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "decode context "
+                            "parallelism is implemented on the cuda backend"
+                            " only");
+    }
+
     if (strcmp(p->name, "replay") == 0) {
         if (p->replay == NULL) {
             return kimi_err_set(err, KIMI_EINVAL, "replay backend without"
@@ -71,6 +77,7 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
         gp.ep = p->ep;
         gp.tp = p->tp;
         gp.pp = p->pp;
+        gp.dcp = p->dcp;
         gp.max_batched_tokens = p->max_batched_tokens
                                 ? p->max_batched_tokens
                                 : gp.max_batched_tokens;

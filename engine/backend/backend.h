@@ -118,6 +118,9 @@ typedef struct {
                                             of the node (parallel/group.h) */
     struct kimi_group  *tp;              /* cpu, cuda: tensor-parallel
                                             group */
+    uint32_t            dcp;             /* cuda: decode context parallel
+                                            size (= tp's world; 0, 1:
+                                            off) */
     struct kimi_group  *pp;              /* cpu, cuda: pipeline-parallel
                                             group */
 } kimi_backend_params_t;

@@ -88,6 +88,7 @@ typedef struct {
     int          headless;
     int          enable_expert_parallel;
     uint32_t     tensor_parallel_size;
+    uint32_t     decode_context_parallel_size;
     uint32_t     pipeline_parallel_size;
     uint32_t     max_slots;               /* 0 = seqs + waiting */
     uint32_t     max_waiting;
@@ -173,12 +174,18 @@ static const kimi_opt_t  kimi_serve_opts[] = {
       65535, NULL, "multi-node: the head node's bootstrap port (29550)" },
     { "--tensor-parallel-size", OPT_U32, O(tensor_parallel_size), 1, 64,
       NULL, "processes per rank splitting heads and MLP widths, all-reduced"
-      " (cpu backend, 1)" },
+      " (1)" },
     { "-tp", OPT_U32, O(tensor_parallel_size), 1, 64, NULL,
       "same as --tensor-parallel-size" },
+    { "--decode-context-parallel-size", OPT_U32,
+      O(decode_context_parallel_size), 1, 64, NULL, "the tensor-parallel"
+      " ranks split each sequence's latent KV cache by position (cuda, equal"
+      " to --tensor-parallel-size; 1)" },
+    { "-dcp", OPT_U32, O(decode_context_parallel_size), 1, 64, NULL,
+      "same as --decode-context-parallel-size" },
     { "--pipeline-parallel-size", OPT_U32, O(pipeline_parallel_size), 1, 64,
       NULL, "processes per rank each running a slice of the layers in turn"
-      " (cpu backend, 1)" },
+      " (1)" },
     { "-pp", OPT_U32, O(pipeline_parallel_size), 1, 64, NULL,
       "same as --pipeline-parallel-size" },
     { "--enable-expert-parallel", OPT_ON, O(enable_expert_parallel), 0, 0,
@@ -370,7 +377,8 @@ kimi_serve_parse(int argc, char **argv, kimi_serve_opts_t *opts)
     for (i = 1; i < argc; i++) {
         arg = argv[i];
 
-        if (strncmp(arg, "--", 2) != 0) {
+        /* long options, and vLLM's short ones (-tp, -pp, -dcp) */
+        if (arg[0] != '-' || arg[1] == '\0') {
             return kimi_serve_bad("unexpected argument \"%s\"%s", arg, "");
         }
 
@@ -484,6 +492,7 @@ kimi_serve_defaults(kimi_serve_opts_t *o)
     o->shutdown_timeout = 30;
     o->data_parallel_size = 1;
     o->tensor_parallel_size = 1;
+    o->decode_context_parallel_size = 1;
     o->pipeline_parallel_size = 1;
     o->data_parallel_start_rank = -1;
     o->data_parallel_bootstrap_timeout = 300;
@@ -522,7 +531,9 @@ kimi_serve_kv_params(const kimi_serve_opts_t *o)
     kimi_kv_params_t  kv;
 
     memset(&kv, 0, sizeof(kv));
-    kv.block_size = o->block_size;
+    /* decode context parallel: a block of the scheduler's is block_size
+     * rows on each of the ranks (vLLM's virtual block) */
+    kv.block_size = o->block_size * o->decode_context_parallel_size;
     kv.dtype = strcmp(o->kv_cache_dtype, "auto") == 0 ? KIMI_KV_DTYPE_AUTO
                                                       : KIMI_KV_DTYPE_FP8;
     kv.budget_bytes = o->cpu_kv_cache_bytes;
@@ -619,6 +630,7 @@ kimi_serve_group_shard(const kimi_serve_opts_t *o,
         mp->tp_rank = k;
         mp->tp_size = o->tensor_parallel_size;
         bp->tp = g;
+        bp->dcp = o->decode_context_parallel_size;
 
     } else {
         kimi_model_pp_layers(cfg, k, o->pipeline_parallel_size,
@@ -1043,6 +1055,16 @@ kimi_cmd_serve(int argc, char **argv)
         if (rc != 0) {
             return rc;
         }
+    }
+
+    if (o.decode_context_parallel_size > 1
+        && (strcmp(o.backend, "cuda") != 0
+            || o.decode_context_parallel_size != o.tensor_parallel_size))
+    {
+        fprintf(stderr, "kimi-engine: --decode-context-parallel-size is "
+                "implemented on the cuda backend with --tensor-parallel-size"
+                " equal to it\n");
+        return 2;
     }
 
     if (o.tensor_parallel_size > 1 || o.pipeline_parallel_size > 1) {

@@ -291,6 +291,15 @@ kimi_nccl_group_end(kimi_nccl_t *c, kimi_err_t *err)
 
 
 int
+kimi_nccl_all_gather(kimi_nccl_t *c, const void *send, void *recv,
+    size_t bytes, void *stream, kimi_err_t *err)
+{
+    KIMI_NCCL_CALL(c, ncclAllGather(send, recv, bytes, ncclUint8, c->comm,
+                                    (cudaStream_t) stream), err);
+    return 0;
+}
+
+int
 kimi_nccl_send(kimi_nccl_t *c, const void *buf, size_t bytes, uint32_t peer,
     void *stream, kimi_err_t *err)
 {
@@ -437,6 +446,13 @@ kimi_nccl_group_end(kimi_nccl_t *c, kimi_err_t *err)
     return kimi_nccl_none(err);
 }
 
+
+int
+kimi_nccl_all_gather(kimi_nccl_t *c, const void *send, void *recv,
+    size_t bytes, void *stream, kimi_err_t *err)
+{
+    return kimi_nccl_none(err);
+}
 
 int
 kimi_nccl_send(kimi_nccl_t *c, const void *buf, size_t bytes, uint32_t peer,

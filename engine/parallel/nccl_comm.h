@@ -1,8 +1,9 @@
 /*
  * The NCCL communicator of one rank and the collectives the parallel
- * layouts use: all-reduce for tensor parallelism, a padded all-to-all for
- * expert parallelism (dispatch and combine, ep.h), send / receive for the
- * hops between pipeline stages.
+ * layouts use: all-reduce for tensor parallelism (all-gather and the
+ * all-to-all for its decode context parallel attention), a padded
+ * all-to-all for expert parallelism (dispatch and combine, ep.h), send /
+ * receive for the hops between pipeline stages.
  *
  * Owns:   ncclComm_t of this rank, the run-time NCCL version check, the
  *         environment NCCL reads at init (NVLink multicast off).
@@ -83,6 +84,10 @@ int  kimi_nccl_all_reduce_f32(kimi_nccl_t *c, float *buf, size_t n,
  * the two are queued and issued together at group end. */
 int  kimi_nccl_group_start(kimi_err_t *err);
 int  kimi_nccl_group_end(kimi_nccl_t *c, kimi_err_t *err);
+
+/* DCP: recv[world][bytes] = every rank's send[bytes], in rank order. */
+int  kimi_nccl_all_gather(kimi_nccl_t *c, const void *send, void *recv,
+    size_t bytes, void *stream, kimi_err_t *err);
 
 /* PP: bytes from buf to rank peer / into buf from rank peer (one side
  * each of a transfer; both sides' calls meet in the order issued). */

@@ -11,7 +11,7 @@
  *         stated tolerance.
  *
  *   ep_check --model DIR [--hf-overrides JSON] [--prefill 40]
- *            [--decode 8] [--kv bf16|fp8] [--ranks 2] [--tp | --pp]
+ *            [--decode 8] [--kv bf16|fp8] [--ranks 2] [--tp [--dcp] | --pp]
  *
  * Build (where libjansson-dev is; the GPU machine may lack it), after
  * `make engine` with nvcc:
@@ -25,6 +25,11 @@
  * [r H/W, (r+1) H/W) and 1/W of every MLP width, the followers take rank
  * 0's steps through the step channel (kimi_backend_cuda_follow), as the
  * serve path's followers do; no "at once" phase (one batch per group).
+ *
+ * --tp --dcp adds decode context parallelism of the same size: rank r
+ * holds the latent rows of positions p % W == r (blocks of 64 rows a rank,
+ * 64 W tokens a table entry) and the attention partials are merged across
+ * ranks; compared with one GPU and the oracle as TP alone.
  *
  * --pp checks pipeline parallelism: rank r is stage r, holding layers
  * kimi_model_pp_layers(r, W) (rank 0 also the embedding and lm_head), the
@@ -195,7 +200,7 @@ forward(kimi_backend_t *be, const kimi_batch_seq_t *s, uint32_t n,
 }
 
 
-static int  tp_mode, pp_mode;
+static int  tp_mode, pp_mode, dcp_mode;
 
 
 static kimi_backend_t *
@@ -211,11 +216,12 @@ cuda_backend(kimi_model_t *m, int device, kimi_group_t *g, int kv_fp8)
     p.ep = tp_mode || pp_mode ? NULL : g;
     p.tp = tp_mode ? g : NULL;
     p.pp = pp_mode ? g : NULL;
+    p.dcp = dcp_mode && g != NULL ? kimi_group_world(g) : 1;
     p.max_batched_tokens = 512;
     p.max_model_len = 1024;
 
     memset(&kp, 0, sizeof(kp));
-    kp.block_size = 64;
+    kp.block_size = 64 * p.dcp;
     kp.max_blocks = 32;
     kp.dtype = kv_fp8 ? KIMI_KV_DTYPE_FP8 : KIMI_KV_DTYPE_AUTO;
     kp.gpu_memory_utilization = 0.9f;
@@ -335,6 +341,7 @@ main(int argc, char **argv)
         { "ranks", required_argument, NULL, 'r' },
         { "tp", no_argument, NULL, 't' },
         { "pp", no_argument, NULL, 'P' },
+        { "dcp", no_argument, NULL, 'D' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -376,13 +383,14 @@ main(int argc, char **argv)
         case 'r': W = (uint32_t) atoi(optarg); break;
         case 't': tp_mode = 1; break;
         case 'P': pp_mode = 1; break;
+        case 'D': dcp_mode = 1; break;
         default:
             return 2;
         }
     }
 
     if (mp.dir == NULL || P == 0 || P > 256 || ND + 1 > MAX_STEPS || W < 2
-        || W > 8 || (tp_mode && pp_mode))
+        || W > 8 || (tp_mode && pp_mode) || (dcp_mode && !tp_mode))
     {
         fprintf(stderr, "usage: ep_check --model DIR [--hf-overrides JSON]"
                 " [--prefill N<=256] [--decode N<16] [--kv bf16|fp8]"
@@ -636,7 +644,8 @@ main(int argc, char **argv)
     {
         double  m8 = median(e8, (int) ND + 1), m1 = median(e1, (int) ND + 1);
         double  ma = median(ea, (int) ND + 1), mb = median(eb, (int) ND + 1);
-        const char *kind = tp_mode ? "TP" : pp_mode ? "PP" : "EP";
+        const char *kind = dcp_mode ? "TP+DCP" : tp_mode ? "TP" : pp_mode
+                           ? "PP" : "EP";
 
         printf("# median (1 - cos) vs the fp32-activation cpu: cpu fp8 %.2e,"
                " one GPU %.2e, %s=%u %.2e, every rank at once %.2e; worst"

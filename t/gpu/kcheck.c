@@ -1394,6 +1394,96 @@ test_errors(void)
     ok(rc == KIMI_EINVAL, "mla_decode with NULL buffers is KIMI_EINVAL: %s", err.msg);
 }
 
+/* Decode context parallel: D caches, rank r holding positions p % D == r
+ * (its i-th row is position r + i D), each decoded with its lse by
+ * kimi_mla_decode_lse, merged by kimi_mla_merge_parts, against the twin
+ * over the whole context.  Contexts shorter than D leave a rank empty. */
+static void
+test_mla_dcp(int B, const int *lens, int fp8, int H, int bs, int D)
+{
+    const int W = 576;
+    int maxlen = 0;
+    for (int b = 0; b < B; b++) maxlen = lens[b] > maxlen ? lens[b] : maxlen;
+    const int maxb = (maxlen + bs - 1) / bs, nblk = B * maxb;
+    int32_t *bt = hmalloc((size_t) B * maxb * 4);
+    for (int i = 0; i < B * maxb; i++) bt[i] = (int32_t) ((i * 7 + 3) % nblk);  /* a permutation */
+    size_t rows = (size_t) nblk * bs;
+    float *tok = hmalloc((size_t) B * maxlen * W * 4);
+    for (size_t i = 0; i < (size_t) B * maxlen * W; i++) tok[i] = runi(-1.5f, 1.5f);
+    kimi_cpu_kv_view_t full = { .dtype = fp8 ? KIMI_CPU_KV_FP8 : KIMI_CPU_KV_BF16, .block_size = bs,
+                                .kv_lora_rank = 512, .rope_dim = 64, .n_blocks = nblk };
+    full.data = hmalloc(rows * W * (fp8 ? 1 : 2));
+    full.scales = hmalloc(rows * 4);
+    for (int b = 0; b < B; b++)
+        for (int p = 0; p < lens[b]; p++) {
+            const float *t = tok + ((size_t) b * maxlen + p) * W;
+            kimi_kv_write(&full, (const uint32_t *) bt + (size_t) b * maxb, p, t, t + 512);
+        }
+    uint16_t *hq = hmalloc((size_t) B * H * W * 2);
+    rand_bf16(hq, (size_t) B * H * W, -1, 1);
+    const float scale = 0.1308608f;
+    const size_t part = (size_t) B * H * (512 * 2 + 4);
+    uint8_t *dparts = dmalloc(part * D);
+    uint16_t *dq = dmalloc((size_t) B * H * W * 2), *dout = dmalloc((size_t) B * H * 512 * 2);
+    up(dq, hq, (size_t) B * H * W * 2);
+    int32_t *dbt = dmalloc((size_t) B * maxb * 4), *dlen = dmalloc(B * 4);
+    up(dbt, bt, (size_t) B * maxb * 4);
+    void *dkv = dmalloc(rows * W * (fp8 ? 1 : 2));
+    float *dks = dmalloc(rows * 4);
+    void *dws = dmalloc(kimi_mla_ws_bytes(B, H, 132));
+    kimi_cpu_kv_view_t loc = full;
+    loc.data = hmalloc(rows * W * (fp8 ? 1 : 2));
+    loc.scales = hmalloc(rows * 4);
+    for (int r = 0; r < D; r++) {
+        int32_t llen[64];
+        memset(loc.data, 0xff, rows * W * (fp8 ? 1 : 2));   /* unwritten rows: NaN */
+        memset(loc.scales, 0xff, rows * 4);
+        for (int b = 0; b < B; b++) {
+            llen[b] = lens[b] > r ? (lens[b] - 1 - r) / D + 1 : 0;
+            for (int i = 0; i < llen[b]; i++) {
+                const float *t = tok + ((size_t) b * maxlen + r + (size_t) i * D) * W;
+                kimi_kv_write(&loc, (const uint32_t *) bt + (size_t) b * maxb, i, t, t + 512);
+            }
+        }
+        up(dkv, loc.data, rows * W * (fp8 ? 1 : 2));
+        up(dks, loc.scales, rows * 4);
+        up(dlen, llen, B * 4);
+        uint8_t *o = dparts + r * part;
+        KK(kimi_mla_decode_lse(dq, B, H, dkv, dks, fp8, bs, dbt, maxb, dlen,
+                               kimi_mla_n_splits(B, maxlen / D + 1, 132), scale, dws,
+                               (kimi_bf16_t *) o, (float *) (o + (size_t) B * H * 1024), 0, ERR));
+        CK(cudaDeviceSynchronize());     /* the next rank's cache reuses dkv */
+    }
+    KK(kimi_mla_merge_parts(dparts, part, D, B, H, dout, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    size_t n = (size_t) B * H * 512;
+    uint16_t *gout = hmalloc(n * 2);
+    down(gout, dout, n * 2);
+    float *got = hmalloc(n * 4), *ref = hmalloc(n * 4), *ql = hmalloc(H * 512 * 4), *qp = hmalloc(H * 64 * 4);
+    float *scr = hmalloc(((size_t) H * maxlen + 576) * 4);
+    bf16_to_f32(gout, got, n);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < H; h++) {
+            for (int i = 0; i < 512; i++) ql[h * 512 + i] = kimi_bf16_to_f32(hq[((size_t) b * H + h) * W + i]);
+            for (int i = 0; i < 64; i++) qp[h * 64 + i] = kimi_bf16_to_f32(hq[((size_t) b * H + h) * W + 512 + i]);
+        }
+        kimi_mla_decode_absorbed(&full, (const uint32_t *) bt + (size_t) b * maxb, lens[b], ql, qp, H, scale,
+                                 0, H, scr, ref + (size_t) b * H * 512);
+    }
+    size_t nf;
+    double e = rel_err(got, ref, n, &nf);
+    char desc[128];
+    int o = 0;
+    for (int b = 0; b < B && o < 100; b++) o += snprintf(desc + o, sizeof(desc) - o, "%s%d", b ? "," : "", lens[b]);
+    ok(nf == 0 && e < 1e-2,
+       "mla_decode_lse + merge_parts %s, decode context parallel D=%d, B=%d H=%d bs=%d ctx {%s}: rel err %.2e "
+       "against the whole context (tol 1e-2), nonfinite %zu", fp8 ? "fp8" : "bf16", D, B, H, bs, desc, e, nf);
+    cudaFree(dparts); cudaFree(dq); cudaFree(dout); cudaFree(dbt); cudaFree(dlen); cudaFree(dkv);
+    cudaFree(dks); cudaFree(dws);
+    free(bt); free(tok); free(full.data); free(full.scales); free(loc.data); free(loc.scales); free(hq);
+    free(gout); free(got); free(ref); free(ql); free(qp); free(scr);
+}
+
 static void
 test_mla(int B, const int *lens, int fp8, int H, int bs)
 {
@@ -1430,6 +1520,14 @@ test_mla_decode_all(void)
     test_mla_runs(4, l3, 1, 32, 64, 1);
     test_mla_runs(3, l2, 1, 64, 128, 1);
     test_mla_runs(4, l3, 1, 16, 64, 1);
+    {
+        /* decode context parallel: 1 leaves ranks empty, 200 / 700 cross blocks */
+        static const int ld[] = { 1, 200, 700, 3 };
+        test_mla_dcp(4, ld, 0, 32, 64, 2);
+        test_mla_dcp(4, ld, 1, 32, 64, 2);
+        test_mla_dcp(4, ld, 0, 16, 32, 4);
+        test_mla_dcp(4, ld, 1, 16, 64, 4);
+    }
     /* more heads than one call serves (DeepSeek-V3's 128; 80 = 64 + 16):
      * groups of 64 gathered and scattered through the workspace */
     test_mla(3, l1, 0, 128, 64);

@@ -603,7 +603,16 @@ kimi_cuda_kv_init(kimi_backend_t *base, const kimi_kv_params_t *p,
                             " %.3f > 1", util);
     }
 
-    b->bs = bs;
+    /* decode context parallel: the scheduler's block of bs tokens is a
+     * block of bs / dcp rows on each rank */
+    if (bs % b->dcp != 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "cuda kv: block_size %u does "
+                            "not split over %u decode-context-parallel "
+                            "ranks", bs, b->dcp);
+    }
+
+    b->vbs = bs;
+    b->bs = bs / b->dcp;
     b->max_bt = (b->base.max_model_len + bs - 1) / bs;
 
     /* per-step staging first: it is part of what the cache must leave */
@@ -621,8 +630,8 @@ kimi_cuda_kv_init(kimi_backend_t *base, const kimi_kv_params_t *p,
     budget = (size_t) (util * (double) total_b);
     budget = budget > total_b - free_b ? budget - (total_b - free_b) : 0;
 
-    per_block = (size_t) bs * W * (b->kv_fp8 ? 1 : 2)
-                + (b->kv_fp8 ? (size_t) bs * sizeof(float) : 0);
+    per_block = (size_t) b->bs * W * (b->kv_fp8 ? 1 : 2)
+                + (b->kv_fp8 ? (size_t) b->bs * sizeof(float) : 0);
     n = budget / (per_block * L);
 
     if (p->max_blocks && n > p->max_blocks) {
@@ -653,11 +662,11 @@ kimi_cuda_kv_init(kimi_backend_t *base, const kimi_kv_params_t *p,
                             (total_b - free_b) / 1073741824.0);
     }
 
-    ce = cudaMalloc(&b->kv, (size_t) n * L * bs * W * (b->kv_fp8 ? 1 : 2));
+    ce = cudaMalloc(&b->kv, (size_t) n * L * b->bs * W * (b->kv_fp8 ? 1 : 2));
 
     if (ce == cudaSuccess && b->kv_fp8) {
         ce = cudaMalloc((void **) &b->kv_scale,
-                        (size_t) n * L * bs * sizeof(float));
+                        (size_t) n * L * b->bs * sizeof(float));
     }
 
     if (ce != cudaSuccess) {
@@ -1206,7 +1215,7 @@ kimi_backend_cuda_default_params(void)
 {
     kimi_backend_cuda_params_t  p = { 0, KIMI_CUDA_DEFAULT_TOKENS, 0,
                                        KIMI_CUDA_DEFAULT_ROWS, NULL, NULL,
-                                       NULL };
+                                       0, NULL };
 
     return p;
 }
@@ -1383,6 +1392,19 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
     }
 
     b->lead = p->tp != NULL ? p->tp : p->pp;
+
+    b->dcp = p->dcp > 1 ? p->dcp : 1;
+    if (b->dcp > 1
+        && (p->tp == NULL || kimi_group_world(p->tp) != b->dcp
+            || b->H > 64))
+    {
+        rc = kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda backend: decode "
+                          "context parallelism %u needs tensor parallelism"
+                          " of the same size (and at most 64 heads a rank;"
+                          " %u here)", b->dcp, b->H);
+        goto failed;
+    }
+    b->dcp_rank = b->dcp > 1 ? kimi_group_rank(p->tp) : 0;
 
     if ((rc = kimi_cuda_check_ep(b, p->ep, err)) != 0
         || (rc = kimi_cuda_weights_upload(b, err)) != 0

@@ -36,6 +36,9 @@ typedef struct {
                                                 rank (the model is this
                                                 member's shard; rank 0
                                                 leads), NULL: none */
+    uint32_t            dcp;                 /* decode context parallel size
+                                                (= the tensor-parallel
+                                                size; 0, 1: off) */
     struct kimi_group  *pp;                  /* pipeline-parallel group of
                                                 the rank (the model holds
                                                 this stage's layers, as

@@ -148,6 +148,17 @@ typedef struct {
     kimi_group_t               *tp;
     kimi_nccl_t                *tp_nccl;
 
+    /* decode context parallelism over the tensor-parallel group (dcp =
+     * its size, 1: off): rank r holds the latent rows of positions p with
+     * p % dcp == r, block b of the scheduler's (vbs = dcp * bs tokens)
+     * being rows of its physical block b of bs; attention gathers every
+     * rank's q, decodes each rank's heads over the rows held here, and
+     * sends each partial (o, lse) to the rank owning those heads, which
+     * merges them */
+    uint32_t                    dcp, dcp_rank, vbs;
+    kimi_bf16_t                *dcp_q;        /* [dcp][cap][H][576] */
+    uint8_t                    *dcp_send, *dcp_recv;  /* [dcp][part] */
+
     /* pipeline parallelism: this stage runs layers [l_first, l_last) and
      * holds their KV cache; stage 0 embeds, runs lm_head and samples, the
      * residual stream (h and the pending FFN output y) goes to the next
@@ -164,7 +175,7 @@ typedef struct {
     kimi_step_buf_t             lead_buf;
 
     /* KV cache */
-    void                       *kv;           /* [L][n_blocks][bs][576]; fp8: [L][n_blocks][36][bs][16] */
+    void                       *kv;           /* [L][n_blocks][bs][576]; fp8: [L][n_blocks][36][bs][16] (L: this stage's layers) */
     float                      *kv_scale;     /* fp8: [L][n_blocks][bs] */
     int                         kv_fp8;
     uint32_t                    bs, n_blocks, max_bt;  /* max_bt = blocks/seq */

@@ -38,6 +38,16 @@ kimi_al256(size_t n)
 }
 
 
+/* A rank's partial attention of T queries x H heads for one peer under
+ * decode context parallelism: o [T][H][512] bf16, then lse [T][H] fp32
+ * (kimi_mla_merge_parts' layout; a 16-byte multiple as H % 16 == 0). */
+static size_t
+kimi_cuda_dcp_part(size_t T, size_t H)
+{
+    return T * H * (512 * 2 + sizeof(float));
+}
+
+
 int
 kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
 {
@@ -136,6 +146,11 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
                           * sizeof(float));
         KIMI_WS(b->moe_ws, moe ? moe : 256);    /* tickets: zeroed below */
         KIMI_WS(b->mla_ws, mla);
+        if (b->dcp > 1) {
+            KIMI_WS(b->dcp_q, b->dcp * T * H * (R + c->qk_rope_head_dim) * 2);
+            KIMI_WS(b->dcp_send, b->dcp * kimi_cuda_dcp_part(T, H));
+            KIMI_WS(b->dcp_recv, b->dcp * kimi_cuda_dcp_part(T, H));
+        }
 
         if (pass == 0) {
             cudaError_t  ce = cudaMalloc(&b->sarena, off);
@@ -195,7 +210,7 @@ kimi_cuda_stage(kimi_cuda_t *b, const kimi_batch_t *batch, uint32_t *T_out,
                                 "%u tokens (max_batched_tokens)", cap);
         }
 
-        nb = (uint32_t) ((end + b->bs - 1) / b->bs);
+        nb = (uint32_t) ((end + b->vbs - 1) / b->vbs);
 
         if (s->n_blocks < nb) {
             return kimi_err_set(err, KIMI_EINVAL, "cuda: seq %llu: %u blocks "
@@ -227,12 +242,24 @@ kimi_cuda_stage(kimi_cuda_t *b, const kimi_batch_t *batch, uint32_t *T_out,
 
             m[KIMI_M_TOK * cap + T] = s->tokens[k];
             m[KIMI_M_POS * cap + T] = (int32_t) pos;
+            bt = m + KIMI_M_N * cap + (size_t) T * b->max_bt;
+            memcpy(bt, s->block_table, (size_t) ((pos / b->vbs) + 1)
+                                       * sizeof(int32_t));
+
+            if (b->dcp > 1) {
+                /* this rank's rows: positions r, r + dcp, ...; the i-th is
+                 * row i % bs of block table[i / bs], where i = p / dcp */
+                m[KIMI_M_SLOT * cap + T] = pos % b->dcp != b->dcp_rank ? -1
+                    : (int32_t) (s->block_table[pos / b->vbs] * b->bs
+                                 + pos % b->vbs / b->dcp);
+                m[KIMI_M_LEN * cap + T] = pos < b->dcp_rank ? 0
+                    : (int32_t) ((pos - b->dcp_rank) / b->dcp + 1);
+                continue;
+            }
+
             m[KIMI_M_SLOT * cap + T] = (int32_t) (s->block_table[pos / b->bs]
                                                   * b->bs + pos % b->bs);
             m[KIMI_M_LEN * cap + T] = (int32_t) (pos + 1);
-            bt = m + KIMI_M_N * cap + (size_t) T * b->max_bt;
-            memcpy(bt, s->block_table, (size_t) ((pos / b->bs) + 1)
-                                       * sizeof(int32_t));
         }
 
         if (s->want_logits) {
@@ -375,6 +402,45 @@ kimi_cuda_mark(kimi_cuda_t *b, uint32_t i, kimi_err_t *err)
 }
 
 
+/*
+ * Decode context parallel attention of T queries (this rank's H heads in
+ * qlat): every rank's q gathered, each rank's heads decoded over the
+ * latent rows held here (a partial o and its lse), the partials sent to
+ * the ranks owning those heads, and this rank's D partials merged into
+ * olat.  Exact up to the bf16 rounding of each partial o.
+ */
+static int
+kimi_cuda_mla_dcp(kimi_cuda_t *b, uint32_t T, void *kv, float *ks,
+    uint32_t splits, kimi_err_t *err)
+{
+    const int32_t  *md = b->meta_d;
+    size_t          qn = (size_t) T * b->H * (b->cfg->kv_lora_rank
+                                              + b->cfg->qk_rope_head_dim);
+    size_t          part = kimi_cuda_dcp_part(T, b->H);
+
+    KIMI_K(kimi_nccl_all_gather(b->tp_nccl, b->qlat, b->dcp_q,
+                                qn * sizeof(kimi_bf16_t), b->stream, err));
+
+    for (uint32_t r = 0; r < b->dcp; r++) {
+        uint8_t  *out = b->dcp_send + r * part;
+
+        KIMI_K(kimi_mla_decode_lse(b->dcp_q + r * qn, (int) T, (int) b->H,
+                                   kv, ks, b->kv_fp8, (int) b->bs,
+                                   md + KIMI_M_N * b->cap, (int) b->max_bt,
+                                   md + KIMI_M_LEN * b->cap, (int) splits,
+                                   b->softmax_scale, b->mla_ws,
+                                   (kimi_bf16_t *) out,
+                                   (float *) (out + (size_t) T * b->H * 1024),
+                                   b->stream, err));
+    }
+
+    KIMI_K(kimi_nccl_all_to_all(b->tp_nccl, b->dcp_send, b->dcp_recv, part,
+                                b->stream, err));
+    return kimi_mla_merge_parts(b->dcp_recv, part, (int) b->dcp, (int) T,
+                                (int) b->H, b->olat, b->stream, err);
+}
+
+
 /* attention of layer l over b->a, already quantised in xq/xs */
 static int
 kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
@@ -425,11 +491,16 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
                              L->kv_b.s, b->qlat, b->stream, err));
     KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 1), err));
 
-    KIMI_K(kimi_mla_decode(b->qlat, (int) T, H, kv, ks, b->kv_fp8,
-                           (int) b->bs, md + KIMI_M_N * b->cap,
-                           (int) b->max_bt, md + KIMI_M_LEN * b->cap,
-                           (int) splits, b->softmax_scale, b->mla_ws,
-                           b->olat, b->stream, err));
+    if (b->dcp > 1) {
+        KIMI_K(kimi_cuda_mla_dcp(b, T, kv, ks, splits, err));
+
+    } else {
+        KIMI_K(kimi_mla_decode(b->qlat, (int) T, H, kv, ks, b->kv_fp8,
+                               (int) b->bs, md + KIMI_M_N * b->cap,
+                               (int) b->max_bt, md + KIMI_M_LEN * b->cap,
+                               (int) splits, b->softmax_scale, b->mla_ws,
+                               b->olat, b->stream, err));
+    }
     KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 2), err));
 
     /* o_h = W_UV_h o_lat_h, then o_proj */
@@ -968,7 +1039,7 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
         /* only what the step wrote: T entries of each field, and of each
          * token's block table the blocks its context covers (a table row
          * is max_model_len / block_size wide: 8 KB a token at 128K) */
-        words = (max_ctx + b->bs - 1) / b->bs;
+        words = (max_ctx + b->vbs - 1) / b->vbs;
         words = words < b->max_bt ? words : b->max_bt;
         KIMI_CU(cudaMemcpy2DAsync(b->meta_d, b->cap * sizeof(int32_t),
                                   b->meta_h, b->cap * sizeof(int32_t),
@@ -981,9 +1052,11 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
                                   words * sizeof(int32_t), T,
                                   cudaMemcpyHostToDevice, b->stream), err);
 
-        /* the MLA split count is a launch shape: part of a graph's key */
-        splits = (uint32_t) kimi_mla_n_splits((int) T, (int) max_ctx,
-                                              b->n_sm);
+        /* the MLA split count is a launch shape: part of a graph's key
+         * (decode context parallel: over the rows held here) */
+        splits = (uint32_t) kimi_mla_n_splits((int) T,
+                                              (int) ((max_ctx + b->dcp - 1)
+                                                     / b->dcp), b->n_sm);
     }
 
     if (b->graphs_on && !b->prof && T <= b->graph_max_t) {
