@@ -246,6 +246,12 @@ int kimi_moe_plan(const int32_t *topk_idx, int T, int top_k, int E,
                   int shared, const kimi_moe_ws_t *ws, cudaStream_t s,
                   kimi_err_t *err);
 
+/* idx[n] global expert ids -> id - first where in [first, first + count),
+ * else -1 (kimi_moe_plan drops it): a rank's share of the experts when
+ * tensor-parallel ranks split them whole. */
+int kimi_moe_ids_localize(int32_t *idx, int n, int first, int count,
+                          cudaStream_t s, kimi_err_t *err);
+
 /* (router.cu) Batches of 1-4 tokens (kimi_moe_route_fused_fits: T * top_k
  * <= 32, no group limit, E <= 1024 and E % 4 == 0): the router logits, the
  * selection (as kimi_moe_router_select: the same ids, order and weights)

@@ -270,6 +270,33 @@ kimi_moe_plan(const int32_t *topk_idx, int T, int top_k, int E, int shared,
     return KIMI_OK;
 }
 
+/* Tensor parallel with expert parallelism: global expert ids to this
+ * rank's [first, first + count), others -1 (the plan drops them). */
+static __global__ void
+moe_ids_localize_kernel(int32_t *__restrict__ idx, int n, int first, int count)
+{
+    KIMI_GRID_ENTRY();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        const int e = idx[i] - first;
+        idx[i] = e >= 0 && e < count ? e : -1;
+    }
+}
+
+extern "C" int
+kimi_moe_ids_localize(int32_t *idx, int n, int first, int count, cudaStream_t s, kimi_err_t *err)
+{
+    if (idx == NULL || n < 0 || first < 0 || count <= 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "moe_ids_localize: n=%d first=%d count=%d", n, first,
+                            count);
+    }
+    if (n == 0) {
+        return KIMI_OK;
+    }
+    KIMI_LAUNCH(err, moe_ids_localize_kernel, (n + 255) / 256, 256, 0, s, idx, n, first, count);
+    return KIMI_OK;
+}
+
 /* ---- gate/up + SiLU ------------------------------------------------------- */
 
 /*

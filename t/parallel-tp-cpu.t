@@ -108,6 +108,30 @@ $t->stop;
 ok(KimiTest::wait_for(5, sub { $t->read_file('engine.log')
     =~ /follower 1 done/ }), 'the follower leaves with the leader');
 
+# ---- TP 2 with expert parallelism: experts split whole ----------------------------
+
+# vLLM's -tp 2 --enable-expert-parallel: each process holds 8 of the 16
+# routed experts at full width (attention and the dense and shared MLPs
+# still by width); every process routes every token, runs its own
+# experts, and the FFN's all-reduce sums them
+my $worst_ep = 0;
+$t = KimiTest->new(workers => 1);
+$t->{engine_args} = [ @common, '-tp', 2, '--enable-expert-parallel' ];
+$t->start;
+my $ready_ep = qr/follower 1 of 2 ready \(heads \[2, 4\), routed experts \[8, 16\) whole/;
+KimiTest::wait_for(10, sub { $t->read_file('engine.log') =~ $ready_ep });
+like($t->read_file('engine.log'), $ready_ep,
+    'TP 2 + EP: the follower holds heads 2..3 and experts 8..15 whole');
+compare($t, 'TP 2 + EP', \$worst_ep);
+$t->stop;
+cmp_ok($worst_ep, '<', 1e-2, 'TP 2 + EP: logprobs within 1e-2 nats of whole'
+    . ' weights') or diag("worst |diff| $worst_ep");
+diag(sprintf 'TP 2 + EP: worst logprob |diff| vs whole weights: %.3g',
+    $worst_ep);
+$out = `$ref->{engine_bin} serve --backend cpu --model $tiny --load-format dummy --hf-overrides '$shape' --threads 1 -tp 2 --enable-expert-parallel --data-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
+like($out, qr/--tensor-parallel-size with --enable-expert-parallel and --data-parallel-size > 1 .* is not implemented/,
+    'TP + EP + DP: refused with a message');
+
 # ---- fp32 activations: only the summation order differs ----------------------------
 
 {
@@ -120,20 +144,26 @@ ok(KimiTest::wait_for(5, sub { $t->read_file('engine.log')
     $r32->stop;
 
     my $t32 = KimiTest->new(workers => 1);
-    $t32->{engine_args} = [ @common, '--tensor-parallel-size', 2 ];
-    $t32->start;
-    my $worst32 = 0;
-    for my $p (@prompts[0 .. 2]) {
-        my ($a, $b) = (logprobs_of(complete($t32, $p)), $w32{$p});
-        is(scalar @$a, 10, "fp32 activations, TP 2: '$p' has 10 logprobs");
-        $worst32 = max($worst32,
-            map { abs($a->[$_] - ($b->[$_] // 1e9)) } 0 .. $#$a);
+    for my $ep (0, 1) {
+        my $what = $ep ? 'TP 2 + EP' : 'TP 2';
+        my $t32 = KimiTest->new(workers => 1);
+        $t32->{engine_args} = [ @common, '--tensor-parallel-size', 2,
+            $ep ? ('--enable-expert-parallel') : () ];
+        $t32->start;
+        my $worst32 = 0;
+        for my $p (@prompts[0 .. 2]) {
+            my ($a, $b) = (logprobs_of(complete($t32, $p)), $w32{$p});
+            is(scalar @$a, 10, "fp32 activations, $what: '$p' has 10"
+                . ' logprobs');
+            $worst32 = max($worst32,
+                map { abs($a->[$_] - ($b->[$_] // 1e9)) } 0 .. $#$a);
+        }
+        $t32->stop;
+        cmp_ok($worst32, '<', 1e-4, "fp32 activations, $what: logprobs"
+            . ' within 1e-4 of whole weights') or diag("worst |diff| $worst32");
+        diag(sprintf "fp32 activations, $what: worst logprob |diff| vs whole"
+            . ' weights: %.3g', $worst32);
     }
-    $t32->stop;
-    cmp_ok($worst32, '<', 1e-4, 'fp32 activations: logprobs within 1e-4 of'
-        . ' whole weights') or diag("worst |diff| $worst32");
-    diag(sprintf 'fp32 activations: worst logprob |diff| vs whole weights:'
-        . ' %.3g', $worst32);
 }
 
 # ---- DP 2 x TP 2, and a follower's death ------------------------------------------

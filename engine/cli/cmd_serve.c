@@ -570,7 +570,18 @@ kimi_serve_group_check(const kimi_serve_opts_t *o,
     {
         fprintf(stderr, "kimi-engine: %s with %s is not implemented\n", flag,
                 tp > 1 && pp > 1 ? "--pipeline-parallel-size"
-                                 : "--enable-expert-parallel");
+                : "--enable-expert-parallel and --data-parallel-size > 1"
+                  " (expert parallelism runs over the data-parallel ranks,"
+                  " or over the tensor-parallel ranks of one)");
+        return 2;
+    }
+
+    if (tp > 1 && o->enable_expert_parallel
+        && cfg->n_routed_experts % tp != 0)
+    {
+        fprintf(stderr, "kimi-engine: --enable-expert-parallel: the model's"
+                " %u routed experts do not split over %u tensor-parallel"
+                " ranks\n", cfg->n_routed_experts, tp);
         return 2;
     }
 
@@ -629,6 +640,16 @@ kimi_serve_group_shard(const kimi_serve_opts_t *o,
     if (o->tensor_parallel_size > 1) {
         mp->tp_rank = k;
         mp->tp_size = o->tensor_parallel_size;
+        /* vLLM's -tp T --enable-expert-parallel: expert parallel over the
+         * T ranks (each holds E / T whole experts), attention and the
+         * dense and shared MLPs split by width */
+        if (o->enable_expert_parallel) {
+            uint32_t  per = cfg->n_routed_experts / o->tensor_parallel_size;
+
+            mp->tp_experts_whole = 1;
+            mp->expert_first = k * per;
+            mp->expert_last = mp->expert_first + per;
+        }
         bp->tp = g;
         bp->dcp = o->decode_context_parallel_size;
 
@@ -699,10 +720,17 @@ kimi_serve_follower(const kimi_serve_opts_t *o,
     }
 
     if (o->tensor_parallel_size > 1) {
+        char  experts[64] = "";
+
+        if (model->tp_experts_whole) {
+            snprintf(experts, sizeof(experts), ", routed experts [%u, %u)"
+                     " whole", model->expert_first, model->expert_last);
+        }
+
         kimi_log(KIMI_LOG_NOTICE, "tensor-parallel follower %u of %u ready"
-                 " (heads [%u, %u), %u KV blocks)", k, o->tensor_parallel_size,
-                 model->head_first, model->head_first + model->n_heads,
-                 n_blocks);
+                 " (heads [%u, %u)%s, %u KV blocks)", k,
+                 o->tensor_parallel_size, model->head_first,
+                 model->head_first + model->n_heads, experts, n_blocks);
     } else {
         kimi_log(KIMI_LOG_NOTICE, "pipeline-parallel follower %u of %u ready"
                  " (layers [%u, %u), %u KV blocks)", k,
@@ -1045,7 +1073,9 @@ kimi_cmd_serve(int argc, char **argv)
 
     memset(&dpp, 0, sizeof(dpp));
 
-    if (o.enable_expert_parallel && o.data_parallel_size == 1) {
+    if (o.enable_expert_parallel && o.data_parallel_size == 1
+        && o.tensor_parallel_size == 1)
+    {
         kimi_log(KIMI_LOG_NOTICE, "--enable-expert-parallel with one rank:"
                  " every expert is local (use --data-parallel-size N)");
     }

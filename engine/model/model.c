@@ -919,6 +919,7 @@ kimi_model_load(struct kimi_model **out, const kimi_model_params_t *p,
     }
 
     m->tp_size = 1;
+    m->tp_experts_whole = p->tp_size > 1 && p->tp_experts_whole;
     m->n_heads = c->num_attention_heads;
 
     if (p->tp_size > 1
@@ -1134,7 +1135,9 @@ kimi_model_shard_tp(kimi_model_t *m, uint32_t rank, uint32_t size,
             return rc;
         }
 
-        for (uint32_t e = m->expert_first; e < m->expert_last; e++) {
+        for (uint32_t e = m->expert_first;
+             !m->tp_experts_whole && e < m->expert_last; e++)
+        {
             snprintf(what, sizeof(what), "layer %u expert %u", l, e);
             if ((rc = kimi_model_shard_mlp(m, &L->experts[e], rank, size,
                                            what, err)) != 0)

@@ -172,6 +172,11 @@ typedef struct kimi_model {
     uint32_t               layer_last;     /* [first, last); others zero */
     uint32_t               tp_rank;        /* tensor parallel shard */
     uint32_t               tp_size;        /* 1: whole weights */
+    int                    tp_experts_whole;  /* tensor parallel with
+                                              expert parallelism: routed
+                                              experts [expert_first,
+                                              expert_last) whole, not
+                                              split by width */
     uint32_t               head_first;     /* this shard's attention heads */
     uint32_t               n_heads;        /* [head_first, + n_heads) */
     uint64_t               bytes_mapped;   /* weight bytes touched */
@@ -193,6 +198,10 @@ typedef struct {
     uint32_t     tp_rank;                  /* tensor parallel: this rank's */
     uint32_t     tp_size;                  /* shard of heads and MLP widths;
                                               0 or 1 = whole */
+    int          tp_experts_whole;         /* with tp_size > 1: the routed
+                                              experts are split over the
+                                              ranks by expert_first/last
+                                              (whole), not by width */
     int          quantize_fp8;             /* --quantization fp8: BF16 / F32
                                               linear weights become FP8
                                               128x128 blocks at load (the

@@ -11,7 +11,8 @@
  *         stated tolerance.
  *
  *   ep_check --model DIR [--hf-overrides JSON] [--prefill 40]
- *            [--decode 8] [--kv bf16|fp8] [--ranks 2] [--tp [--dcp] | --pp]
+ *            [--decode 8] [--kv bf16|fp8] [--ranks 2]
+ *            [--tp [--dcp] [--tp-ep] | --pp]
  *
  * Build (where libjansson-dev is; the GPU machine may lack it), after
  * `make engine` with nvcc:
@@ -25,6 +26,11 @@
  * [r H/W, (r+1) H/W) and 1/W of every MLP width, the followers take rank
  * 0's steps through the step channel (kimi_backend_cuda_follow), as the
  * serve path's followers do; no "at once" phase (one batch per group).
+ *
+ * --tp --tp-ep: the tensor-parallel ranks split the routed experts whole
+ * (vLLM's -tp N --enable-expert-parallel): rank r holds experts
+ * [r E/W, (r+1) E/W) at full width, attention and the dense and shared
+ * MLPs by width; every rank routes every token and the all-reduce sums.
  *
  * --tp --dcp adds decode context parallelism of the same size: rank r
  * holds the latent rows of positions p % W == r (blocks of 64 rows a rank,
@@ -200,7 +206,7 @@ forward(kimi_backend_t *be, const kimi_batch_seq_t *s, uint32_t n,
 }
 
 
-static int  tp_mode, pp_mode, dcp_mode;
+static int  tp_mode, pp_mode, dcp_mode, tp_ep_mode;
 
 
 static kimi_backend_t *
@@ -342,6 +348,7 @@ main(int argc, char **argv)
         { "tp", no_argument, NULL, 't' },
         { "pp", no_argument, NULL, 'P' },
         { "dcp", no_argument, NULL, 'D' },
+        { "tp-ep", no_argument, NULL, 'X' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -384,13 +391,15 @@ main(int argc, char **argv)
         case 't': tp_mode = 1; break;
         case 'P': pp_mode = 1; break;
         case 'D': dcp_mode = 1; break;
+        case 'X': tp_ep_mode = 1; break;
         default:
             return 2;
         }
     }
 
     if (mp.dir == NULL || P == 0 || P > 256 || ND + 1 > MAX_STEPS || W < 2
-        || W > 8 || (tp_mode && pp_mode) || (dcp_mode && !tp_mode))
+        || W > 8 || (tp_mode && pp_mode) || ((dcp_mode || tp_ep_mode)
+                                             && !tp_mode))
     {
         fprintf(stderr, "usage: ep_check --model DIR [--hf-overrides JSON]"
                 " [--prefill N<=256] [--decode N<16] [--kv bf16|fp8]"
@@ -429,6 +438,12 @@ main(int argc, char **argv)
             if (tp_mode) {
                 mp.tp_rank = r;
                 mp.tp_size = W;
+                if (tp_ep_mode) {
+                    mp.tp_experts_whole = 1;
+                    mp.expert_first = r * (cfg.n_routed_experts / W);
+                    mp.expert_last = mp.expert_first
+                                     + cfg.n_routed_experts / W;
+                }
             } else if (pp_mode) {
                 kimi_model_pp_layers(&cfg, r, W, &mp.layer_first,
                                      &mp.layer_last);
@@ -555,6 +570,11 @@ main(int argc, char **argv)
         if (tp_mode) {
             sp.tp_rank = 0;
             sp.tp_size = W;
+            if (tp_ep_mode) {
+                sp.tp_experts_whole = 1;
+                sp.expert_first = 0;
+                sp.expert_last = m->cfg.n_routed_experts / W;
+            }
         } else {
             kimi_model_pp_layers(&m->cfg, 0, W, &sp.layer_first,
                                  &sp.layer_last);
@@ -644,8 +664,8 @@ main(int argc, char **argv)
     {
         double  m8 = median(e8, (int) ND + 1), m1 = median(e1, (int) ND + 1);
         double  ma = median(ea, (int) ND + 1), mb = median(eb, (int) ND + 1);
-        const char *kind = dcp_mode ? "TP+DCP" : tp_mode ? "TP" : pp_mode
-                           ? "PP" : "EP";
+        const char *kind = dcp_mode ? "TP+DCP" : tp_ep_mode ? "TP+EP"
+                           : tp_mode ? "TP" : pp_mode ? "PP" : "EP";
 
         printf("# median (1 - cos) vs the fp32-activation cpu: cpu fp8 %.2e,"
                " one GPU %.2e, %s=%u %.2e, every rank at once %.2e; worst"

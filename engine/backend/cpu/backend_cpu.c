@@ -287,8 +287,12 @@ kimi_cpu_moe(kimi_cpu_t *b, const kimi_layer_weights_t *L, uint32_t T,
         return KIMI_EINVAL;
     }
 
-    /* routed experts: gather each expert's tokens, run, scatter-add */
-    for (uint32_t e = 0; e < E; e++) {
+    /* routed experts: gather each expert's tokens, run, scatter-add (the
+     * experts this process holds: all, or its share under tensor + expert
+     * parallelism) */
+    for (uint32_t e = b->model->expert_first; e < b->model->expert_last
+                                              && e < E; e++)
+    {
         uint32_t  n = 0;
 
         for (uint32_t t = 0; t < T; t++) {
@@ -907,6 +911,22 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
         if (c->n_routed_experts % W != 0 || W > KIMI_GROUP_MAX_RANKS) {
             return kimi_err_set(err, KIMI_EINVAL, "cpu backend: %u routed "
                                 "experts do not split over %u expert-parallel"
+                                " ranks", c->n_routed_experts, W);
+        }
+
+        e_first = r * (c->n_routed_experts / W);
+        e_last = e_first + c->n_routed_experts / W;
+    }
+
+    /* tensor parallel with expert parallelism: the ranks split the routed
+     * experts whole; every rank routes all tokens, runs its own experts
+     * and the sums meet in the FFN's all-reduce */
+    if (model->tp_experts_whole && p->tp != NULL) {
+        uint32_t  W = kimi_group_world(p->tp), r = kimi_group_rank(p->tp);
+
+        if (c->n_routed_experts % W != 0) {
+            return kimi_err_set(err, KIMI_EINVAL, "cpu backend: %u routed "
+                                "experts do not split over %u tensor-parallel"
                                 " ranks", c->n_routed_experts, W);
         }
 

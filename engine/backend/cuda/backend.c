@@ -139,6 +139,25 @@ kimi_cuda_check_ep(kimi_cuda_t *b, const kimi_group_t *g, kimi_err_t *err)
     b->E_local = b->E / W;
     b->expert_first = r * b->E_local;
 
+    /* tensor parallel with expert parallelism: the tensor-parallel ranks
+     * split the experts whole (no exchange: every rank routes every token
+     * and the FFN's all-reduce sums the ranks' experts) */
+    if (g == NULL && m->tp_experts_whole) {
+        uint32_t  T = b->lead != NULL ? kimi_group_world(b->lead) : 1;
+
+        if (b->lead == NULL || b->E == 0 || b->E % T != 0) {
+            return kimi_err_set(err, KIMI_EINVAL, "cuda backend: routed "
+                                "experts split over tensor-parallel ranks "
+                                "need the group and E %% %u == 0", T);
+        }
+
+        b->tp_ep = 1;
+        b->E_local = b->E / T;
+        b->expert_first = kimi_group_rank(b->lead) * b->E_local;
+        r = kimi_group_rank(b->lead);
+        W = T;
+    }
+
     /* expert_last 0: every expert was loaded, ours among them */
     if (b->E > 0 && m->expert_last != 0
         && (m->expert_first > b->expert_first
@@ -428,6 +447,17 @@ kimi_cuda_tp_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
     b->tp = g;
     if ((rc = kimi_cuda_join(b, g, &b->tp_nccl, err)) != 0) {
         return rc;
+    }
+
+    if (b->tp_ep) {
+        kimi_log(KIMI_LOG_NOTICE, "tensor parallel: rank %u of %u holds "
+                 "heads [%u, %u), 1/%u of the dense and shared MLPs and "
+                 "routed experts [%u, %u) whole on device %d, NCCL up",
+                 kimi_group_rank(g), kimi_group_world(g),
+                 b->model->head_first, b->model->head_first + b->H,
+                 kimi_group_world(g), b->expert_first,
+                 b->expert_first + b->E_local, b->device);
+        return 0;
     }
 
     kimi_log(KIMI_LOG_NOTICE, "tensor parallel: rank %u of %u holds heads"
@@ -1272,13 +1302,15 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
     b->E = c->n_routed_experts;
     b->top_k = c->num_experts_per_tok;
     b->shared = c->n_shared_experts > 0;
-    b->shared_in_moe = c->n_shared_experts == 1;
+    b->shared_in_moe = c->n_shared_experts == 1 && !model->tp_experts_whole;
     {
         uint32_t  tp = model->tp_size > 1 ? model->tp_size : 1;
 
         b->H = model->n_heads;
         b->I_dense = c->intermediate_size / tp;
-        b->I_moe = c->moe_intermediate_size / tp;
+        /* tensor + expert parallel: routed experts whole, E / tp of them */
+        b->I_moe = c->moe_intermediate_size
+                   / (model->tp_experts_whole ? 1 : tp);
         b->I_shared = c->moe_intermediate_size * c->n_shared_experts / tp;
     }
     b->softmax_scale = kimi_model_softmax_scale(c);

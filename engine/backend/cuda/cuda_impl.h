@@ -126,6 +126,10 @@ typedef struct {
     kimi_group_t               *ep;
     kimi_nccl_t                *nccl;
     uint32_t                    ep_world, ep_rank, E_local, expert_first;
+    int                         tp_ep;        /* the tensor-parallel ranks
+                                                 split the routed experts
+                                                 whole: ids localised before
+                                                 the plan, no exchange */
     uint32_t                    t_cap;
     void                       *ep_ws;        /* kimi_ep_ws_t for cap */
     void                       *ep_moe_ws;    /* MoE plan of W * cap rows */

@@ -645,7 +645,7 @@ kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
     const kimi_model_config_t  *c = b->cfg;
     const kimi_cuda_layer_t    *L = &b->layers[l];
     int                         D = (int) c->hidden_size;
-    int                         K = (int) b->top_k, E = (int) b->E;
+    int                         K = (int) b->top_k, E = (int) b->E_local;
     int                         I = (int) b->I_moe, slots;
     kimi_moe_ws_t               ws;
 
@@ -662,9 +662,11 @@ kimi_cuda_ffn_shard(kimi_cuda_t *b, uint32_t l, uint32_t T, kimi_err_t *err)
                       I);
     slots = kimi_moe_max_slots((int) T, K, E, b->shared_in_moe);
 
-    /* batches of 1-4 tokens: router, selection and plan in one launch */
-    if (kimi_moe_route_fused_fits(c->router, (int) T, K, E, (int) c->n_group,
-                                  (int) c->topk_group))
+    /* batches of 1-4 tokens: router, selection and plan in one launch
+     * (over every expert: not when the ranks split them) */
+    if (!b->tp_ep
+        && kimi_moe_route_fused_fits(c->router, (int) T, K, E,
+                                     (int) c->n_group, (int) c->topk_group))
     {
         KIMI_K(kimi_moe_route_fused_f32(b->a, L->router, L->bias, c->router,
                                         (int) T, D,
@@ -728,8 +730,16 @@ kimi_cuda_route(kimi_cuda_t *b, const kimi_cuda_layer_t *L, uint32_t T,
                                   c->routed_scaling_factor, b->tidx, b->tw,
                                   b->stream, err));
 
-    return kimi_moe_plan(b->tidx, (int) T, K, E, b->shared_in_moe, ws,
-                         b->stream, err);
+    /* tensor + expert parallel: only this rank's experts are planned; the
+     * others' pairs are dropped (their sums come in the all-reduce) */
+    if (b->tp_ep) {
+        KIMI_K(kimi_moe_ids_localize(b->tidx, (int) (T * K),
+                                     (int) b->expert_first, (int) b->E_local,
+                                     b->stream, err));
+    }
+
+    return kimi_moe_plan(b->tidx, (int) T, K, (int) b->E_local,
+                         b->shared_in_moe, ws, b->stream, err);
 }
 
 
