@@ -227,15 +227,73 @@ static const kimi_opt_t  kimi_serve_opts[] = {
 };
 
 
+/*
+ * vLLM's flags that have no engine meaning here: taken and noted (the
+ * recipe's command line works as it is), or refused naming the nginx
+ * setting that does the job, where ignoring them would change what the
+ * user asked for.
+ */
+typedef struct {
+    const char  *name;
+    int          takes_value;
+    const char  *ok_values;               /* "a|b" the engine goes along
+                                             with; NULL: any */
+    int          refuse;
+    const char  *why;
+} kimi_vllm_flag_t;
+
+static const kimi_vllm_flag_t  kimi_vllm_flags[] = {
+    { "--trust-remote-code", 0, NULL, 0, "the tokenizers and chat templates"
+      " are built in and run no model code" },
+    { "--tokenizer-mode", 1, "auto|hf|slow", 0, "one tokenizer reader"
+      " (tiktoken.model or tokenizer.json)" },
+    { "--dtype", 1, "auto|bfloat16|bf16", 0, "the model's FP8 and bf16"
+      " weights are used as they are (fp32 between kernels)" },
+    { "--enable-auto-tool-choice", 0, NULL, 0, "the gateway always parses"
+      " tool calls" },
+    { "--disable-log-requests", 0, NULL, 0, "requests are logged by nginx"
+      " (access_log)" },
+    { "--enable-log-requests", 0, NULL, 0, "requests are logged by nginx"
+      " (access_log)" },
+    { "--disable-uvicorn-access-log", 0, NULL, 0, "nginx's access_log" },
+    { "--tool-call-parser", 1, NULL, 1, "the gateway parses tool calls in"
+      " the tokenizer's format: kimi_tool_call_parser in nginx.conf" },
+    { "--reasoning-parser", 1, NULL, 1, "kimi_reasoning_parser in"
+      " nginx.conf" },
+    { "--chat-template", 1, NULL, 1, "kimi_chat_template in nginx.conf" },
+    { "--chat-template-content-format", 1, NULL, 1,
+      "kimi_chat_template_content_format in nginx.conf" },
+    { "--generation-config", 1, NULL, 1, "kimi_generation_config in"
+      " nginx.conf" },
+    { "--override-generation-config", 1, NULL, 1,
+      "kimi_override_generation_config in nginx.conf" },
+    { "--host", 1, NULL, 1, "nginx listens: listen in nginx.conf" },
+    { "--port", 1, NULL, 1, "nginx listens: listen in nginx.conf" },
+    { "--api-key", 1, NULL, 1, "kimi_api_keys in nginx.conf" },
+    { "--api-server-count", 1, NULL, 1, "nginx's worker_processes" },
+    { "--uvicorn-log-level", 1, NULL, 1, "nginx's error_log" },
+    { NULL, 0, NULL, 0, NULL }
+};
+
+
 static void
 kimi_serve_usage(FILE *f)
 {
-    const kimi_opt_t  *o;
+    const kimi_opt_t        *o;
+    const kimi_vllm_flag_t  *v;
 
     fprintf(f, "usage: kimi-engine serve [OPTIONS]\n\noptions:\n");
 
     for (o = kimi_serve_opts; o->name != NULL; o++) {
         fprintf(f, "  %-28s %s\n", o->name, o->help);
+    }
+
+    fprintf(f, "\nvLLM flags taken without effect here, or refused for the"
+            " nginx setting that does their job:\n");
+
+    for (v = kimi_vllm_flags; v->name != NULL; v++) {
+        fprintf(f, "  %-28s %s%s\n", v->name, v->refuse ? "refused: " : "",
+                v->why);
     }
 }
 
@@ -365,6 +423,61 @@ bad_int:
 }
 
 
+/* One of kimi_vllm_flags: 0 taken (a note on stderr), 2 refused, -1 not
+ * one of them.  *i moves past a value given as the next argument. */
+static int
+kimi_serve_vllm_flag(const char *name, const char *eq, int argc, char **argv,
+    int *i)
+{
+    const kimi_vllm_flag_t  *v;
+    const char              *val = NULL;
+
+    for (v = kimi_vllm_flags; v->name != NULL; v++) {
+        if (strcmp(v->name, name) == 0) {
+            break;
+        }
+    }
+
+    if (v->name == NULL) {
+        return -1;
+    }
+
+    if (v->takes_value) {
+        if (eq != NULL) {
+            val = eq + 1;
+
+        } else if (*i + 1 < argc) {
+            val = argv[++*i];
+
+        } else {
+            return kimi_serve_bad("%s needs a value%s", name, "");
+        }
+
+    } else if (eq != NULL) {
+        return kimi_serve_bad("%s takes no value%s", name, "");
+    }
+
+    if (v->refuse) {
+        fprintf(stderr, "kimi-engine: %s is not an engine setting here: %s"
+                " (see README, \"From vLLM's Kimi-K2 recipe\")\n", name,
+                v->why);
+        return 2;
+    }
+
+    if (val != NULL && v->ok_values != NULL
+        && !kimi_choice_ok(v->ok_values, val))
+    {
+        fprintf(stderr, "kimi-engine: %s %s is not supported (%s: %s)\n",
+                name, val, v->ok_values, v->why);
+        return 2;
+    }
+
+    fprintf(stderr, "kimi-engine: note: %s%s%s has no effect here: %s\n",
+            name, val ? " " : "", val ? val : "", v->why);
+    return 0;
+}
+
+
 static int
 kimi_serve_parse(int argc, char **argv, kimi_serve_opts_t *opts)
 {
@@ -397,7 +510,14 @@ kimi_serve_parse(int argc, char **argv, kimi_serve_opts_t *opts)
         }
 
         if (o->name == NULL) {
-            return kimi_serve_bad("unknown option \"%s\"%s", name, "");
+            rc = kimi_serve_vllm_flag(name, eq, argc, argv, &i);
+            if (rc < 0) {
+                return kimi_serve_bad("unknown option \"%s\"%s", name, "");
+            }
+            if (rc > 0) {
+                return rc;
+            }
+            continue;
         }
 
         if (o->kind == OPT_ON || o->kind == OPT_OFF) {

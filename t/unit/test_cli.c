@@ -92,6 +92,34 @@ main(void)
     ok(rc == 2 && strstr(out, "unknown option \"--max-num-seqz\"") != NULL,
        "a first flag means serve; an unknown flag: exit 2");
 
+    /* vLLM's recipe flags: taken with a note, or refused naming nginx's
+     * setting (here they meet the missing --model, exit 2 either way) */
+    rc = run(ARGS("serve", "--trust-remote-code", "--tokenizer-mode", "auto",
+                  "--dtype", "bfloat16", "--disable-log-requests",
+                  "--enable-auto-tool-choice", "--max-num-seqs", "0"));
+    ok(rc == 2 && strstr(out, "note: --trust-remote-code has no effect")
+       != NULL && strstr(out, "note: --dtype bfloat16 has no effect") != NULL
+       && strstr(out, "note: --enable-auto-tool-choice has no effect")
+          != NULL && strstr(out, "--max-num-seqs: invalid value") != NULL,
+       "vLLM's no-op flags are noted, the next flag still parsed");
+
+    rc = run(ARGS("serve", "--port", "8000"));
+    ok(rc == 2 && strstr(out, "--port is not an engine setting here: nginx"
+                         " listens") != NULL,
+       "--port: refused, naming nginx's listen");
+
+    rc = run(ARGS("serve", "--tool-call-parser=kimi_k2"));
+    ok(rc == 2 && strstr(out, "kimi_tool_call_parser") != NULL,
+       "--tool-call-parser: refused, naming the directive");
+
+    rc = run(ARGS("serve", "--dtype", "float16"));
+    ok(rc == 2 && strstr(out, "--dtype float16 is not supported") != NULL,
+       "--dtype float16: refused");
+
+    rc = run(ARGS("serve", "-pp", "0"));
+    ok(rc == 2 && strstr(out, "-pp: invalid value") != NULL,
+       "vLLM's short flags parse (-pp 0: out of range, not unknown)");
+
     rc = run(ARGS("serve", "--max-num-seqs", "0"));
     ok(rc == 2 && strstr(out, "--max-num-seqs: invalid value \"0\"") != NULL,
        "out-of-range integer: exit 2 (%s)", strtok(out, "\n"));
