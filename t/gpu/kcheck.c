@@ -877,6 +877,38 @@ test_moe(int T, int D, int I, int E_, int top_k, int skew)
     free(yy); free(hs); free(ref); free(got); free(gout);
 }
 
+/* The twin over each sequence's whole context against the kernel's bf16 o
+ * (gout [B][H][512]): rel err, non-finite count in *nf; desc gets the
+ * contexts as "l0,l1,...". */
+static double
+mla_err_vs_twin(const kimi_cpu_kv_view_t *kv, const int32_t *bt, int maxb, const int *lens, int B,
+                int H, const uint16_t *hq, float scale, const uint16_t *gout, size_t *nf, char *desc,
+                size_t desc_len)
+{
+    const int W = 576;
+    int maxlen = 0;
+    for (int b = 0; b < B; b++) maxlen = lens[b] > maxlen ? lens[b] : maxlen;
+    size_t n = (size_t) B * H * 512;
+    float *got = hmalloc(n * 4), *ref = hmalloc(n * 4), *ql = hmalloc(H * 512 * 4), *qp = hmalloc(H * 64 * 4);
+    float *scr = hmalloc(((size_t) H * maxlen + 576) * 4);
+    bf16_to_f32(gout, got, n);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < H; h++) {
+            for (int i = 0; i < 512; i++) ql[h * 512 + i] = kimi_bf16_to_f32(hq[((size_t) b * H + h) * W + i]);
+            for (int i = 0; i < 64; i++) qp[h * 64 + i] = kimi_bf16_to_f32(hq[((size_t) b * H + h) * W + 512 + i]);
+        }
+        kimi_mla_decode_absorbed(kv, (const uint32_t *) bt + (size_t) b * maxb, lens[b], ql, qp, H, scale,
+                                 0, H, scr, ref + (size_t) b * H * 512);
+    }
+    double e = rel_err(got, ref, n, nf);
+    int o = 0;
+    for (int b = 0; b < B && o < (int) desc_len - 12; b++) {
+        o += snprintf(desc + o, desc_len - o, "%s%d", b ? "," : "", lens[b]);
+    }
+    free(got); free(ref); free(ql); free(qp); free(scr);
+    return e;
+}
+
 /* all_sms: splits = every SM (the flat schedule's one run per SM), which
  * is also what puts an fp8 cache of 64-multiple blocks on the bulk-copy
  * kernel (short contexts on few sequences take the cp.async one). */
@@ -943,32 +975,15 @@ test_mla_runs(int B, const int *lens, int fp8, int H, int bs, int all_sms)
     down(gout2, dout, (size_t) B * H * 512 * 2);
     const int again = memcmp(gout, gout2, (size_t) B * H * 512 * 2) == 0;
     free(gout2);
-    size_t n = (size_t) B * H * 512;
-    float *got = hmalloc(n * 4), *ref = hmalloc(n * 4), *ql = hmalloc(H * 512 * 4), *qp = hmalloc(H * 64 * 4);
-    int maxlen = 0;
-    for (int b = 0; b < B; b++) maxlen = lens[b] > maxlen ? lens[b] : maxlen;
-    float *scr = hmalloc(((size_t) H * maxlen + 576) * 4);
-    bf16_to_f32(gout, got, n);
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < H; h++) {
-            for (int i = 0; i < 512; i++) ql[h * 512 + i] = kimi_bf16_to_f32(hq[((size_t) b * H + h) * W + i]);
-            for (int i = 0; i < 64; i++) qp[h * 64 + i] = kimi_bf16_to_f32(hq[((size_t) b * H + h) * W + 512 + i]);
-        }
-        kimi_mla_decode_absorbed(&kv, (const uint32_t *) bt + (size_t) b * maxb, lens[b], ql, qp, H, scale,
-                                 0, H, scr, ref + (size_t) b * H * 512);
-    }
     size_t nf;
-    double e = rel_err(got, ref, n, &nf);
     char desc[128];
-    int o = 0;
-    for (int b = 0; b < B && o < 100; b++) o += snprintf(desc + o, sizeof(desc) - o, "%s%d", b ? "," : "", lens[b]);
+    double e = mla_err_vs_twin(&kv, bt, maxb, lens, B, H, hq, scale, gout, &nf, desc, sizeof(desc));
     ok(nf == 0 && e < 1e-2 && again,
        "mla_decode %s B=%d H=%d bs=%d ctx {%s} splits %d%s: rel err %.2e (tol 1e-2, bf16 P and out), nonfinite %zu, second call %s",
        fp8 ? "fp8" : "bf16", B, H, bs, desc, splits, fp8 && all_sms && bs % 64 == 0 ? " (bulk-copy kernel)" : "",
        e, nf, again ? "bit-equal" : "DIFFERS");
     cudaFree(dkv); cudaFree(dks); cudaFree(dbt); cudaFree(dlen); cudaFree(dq); cudaFree(dout); cudaFree(dws);
-    free(perm); free(bt); free(kv.data); free(kv.scales); free(hq); free(gout); free(got); free(ref);
-    free(ql); free(qp); free(scr);
+    free(perm); free(bt); free(kv.data); free(kv.scales); free(hq); free(gout);
 }
 
 static void
@@ -1456,32 +1471,18 @@ test_mla_dcp(int B, const int *lens, int fp8, int H, int bs, int D)
     }
     KK(kimi_mla_merge_parts(dparts, part, D, B, H, dout, 0, ERR));
     CK(cudaDeviceSynchronize());
-    size_t n = (size_t) B * H * 512;
+    size_t n = (size_t) B * H * 512, nf;
     uint16_t *gout = hmalloc(n * 2);
     down(gout, dout, n * 2);
-    float *got = hmalloc(n * 4), *ref = hmalloc(n * 4), *ql = hmalloc(H * 512 * 4), *qp = hmalloc(H * 64 * 4);
-    float *scr = hmalloc(((size_t) H * maxlen + 576) * 4);
-    bf16_to_f32(gout, got, n);
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < H; h++) {
-            for (int i = 0; i < 512; i++) ql[h * 512 + i] = kimi_bf16_to_f32(hq[((size_t) b * H + h) * W + i]);
-            for (int i = 0; i < 64; i++) qp[h * 64 + i] = kimi_bf16_to_f32(hq[((size_t) b * H + h) * W + 512 + i]);
-        }
-        kimi_mla_decode_absorbed(&full, (const uint32_t *) bt + (size_t) b * maxb, lens[b], ql, qp, H, scale,
-                                 0, H, scr, ref + (size_t) b * H * 512);
-    }
-    size_t nf;
-    double e = rel_err(got, ref, n, &nf);
     char desc[128];
-    int o = 0;
-    for (int b = 0; b < B && o < 100; b++) o += snprintf(desc + o, sizeof(desc) - o, "%s%d", b ? "," : "", lens[b]);
+    double e = mla_err_vs_twin(&full, bt, maxb, lens, B, H, hq, scale, gout, &nf, desc, sizeof(desc));
     ok(nf == 0 && e < 1e-2,
        "mla_decode_lse + merge_parts %s, decode context parallel D=%d, B=%d H=%d bs=%d ctx {%s}: rel err %.2e "
        "against the whole context (tol 1e-2), nonfinite %zu", fp8 ? "fp8" : "bf16", D, B, H, bs, desc, e, nf);
     cudaFree(dparts); cudaFree(dq); cudaFree(dout); cudaFree(dbt); cudaFree(dlen); cudaFree(dkv);
     cudaFree(dks); cudaFree(dws);
     free(bt); free(tok); free(full.data); free(full.scales); free(loc.data); free(loc.scales); free(hq);
-    free(gout); free(got); free(ref); free(ql); free(qp); free(scr);
+    free(gout);
 }
 
 static void
