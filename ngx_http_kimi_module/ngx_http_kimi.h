@@ -154,6 +154,10 @@ typedef struct {
                                                       background: running
                                                       at once per worker,
                                                       0 refuses them */
+    size_t                       responses_events; /* kimi_responses_stream_
+                                                      events: bytes of a
+                                                      background stream's
+                                                      events kept */
 } ngx_http_kimi_loc_conf_t;
 
 
@@ -444,6 +448,46 @@ ngx_int_t ngx_http_kimi_responses_put(ngx_http_kimi_ctx_t *ctx, json_t *resp,
     json_t *context, ngx_http_kimi_put_e how);
 ngx_int_t ngx_http_kimi_responses_running(ngx_http_kimi_ctx_t *ctx);
 
+/* a background stream's event log (ngx_http_kimi_responses_events()) */
+typedef enum {
+    NGX_HTTP_KIMI_EVENTS_OK = 0,       /* copied what fits; more may come */
+    NGX_HTTP_KIMI_EVENTS_END,          /* ... and the last one was copied */
+    NGX_HTTP_KIMI_EVENTS_GONE,         /* no such response (or another
+                                          key's) */
+    NGX_HTTP_KIMI_EVENTS_NONE,         /* a response without events: not
+                                          made with background and stream */
+    NGX_HTTP_KIMI_EVENTS_DROPPED,      /* next is older than the oldest
+                                          event kept */
+    NGX_HTTP_KIMI_EVENTS_BROKEN,       /* an event did not fit in the zone */
+} ngx_http_kimi_events_e;
+
+typedef struct {
+    ngx_uint_t                   next;             /* in: the first wanted;
+                                                      out: past the copied */
+    ngx_buf_t                   *buf;              /* in: where they go
+                                                      (NULL: only look) */
+    size_t                       need;             /* out: the buffer the
+                                                      next one needs */
+    ngx_uint_t                   first;            /* out: oldest kept */
+    ngx_uint_t                   last;             /* out: the number the
+                                                      next event gets */
+    ngx_pid_t                    running_pid;      /* out: 0, or the worker
+                                                      that runs it */
+} ngx_http_kimi_events_t;
+
+ngx_int_t ngx_http_kimi_responses_log_open(ngx_http_kimi_ctx_t *ctx,
+    ngx_uint_t first);
+ngx_int_t ngx_http_kimi_responses_log_append(ngx_http_kimi_ctx_t *ctx,
+    ngx_uint_t seq, const u_char *frame, size_t len, ngx_uint_t last);
+void ngx_http_kimi_responses_log_close(ngx_http_kimi_ctx_t *ctx);
+ngx_http_kimi_events_e ngx_http_kimi_responses_events(ngx_http_request_t *r,
+    ngx_shm_zone_t *zone, ngx_str_t *id, ngx_http_kimi_events_t *ev);
+
+/* ngx_http_kimi_responses_follow.c */
+ngx_int_t ngx_http_kimi_responses_follow(ngx_http_request_t *r,
+    ngx_shm_zone_t *zone, ngx_str_t *id, ngx_int_t starting_after);
+void ngx_http_kimi_responses_follow_wake(ngx_str_t *id);
+
 /* ngx_http_kimi_background.c */
 ngx_int_t ngx_http_kimi_background_start(ngx_http_kimi_ctx_t *ctx,
     ngx_str_t *body);
@@ -452,6 +496,9 @@ ngx_int_t ngx_http_kimi_background_answer(ngx_http_kimi_ctx_t *ctx,
 ngx_int_t ngx_http_kimi_background_progress(ngx_http_kimi_ctx_t *ctx);
 void ngx_http_kimi_background_end(ngx_http_kimi_ctx_t *ctx);
 void ngx_http_kimi_background_abort(ngx_str_t *id);
+ngx_int_t ngx_http_kimi_background_event(ngx_http_kimi_ctx_t *ctx,
+    ngx_uint_t seq, const char *type, const char *data, size_t len,
+    ngx_uint_t last);
 void ngx_http_kimi_background_exit_process(ngx_cycle_t *cycle);
 json_t *ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx);
 

@@ -38,6 +38,11 @@
 /* longest id: "resp_" and 24 hex digits, with room */
 #define NGX_HTTP_KIMI_BG_ID_LEN  64
 
+/* while background responses run, a worker looks this often whether it
+ * is exiting (nginx has no hook for that): worker_shutdown_timeout cuts
+ * them at most this much later than it cuts connections */
+#define NGX_HTTP_KIMI_BG_WATCH_MS  100
+
 
 struct ngx_http_kimi_bg_s {
     ngx_connection_t             conn;             /* fd -1, never in epoll */
@@ -48,6 +53,9 @@ struct ngx_http_kimi_bg_s {
     ngx_http_kimi_ctx_t         *ctx;
     ngx_str_t                    id;
     u_char                       id_buf[NGX_HTTP_KIMI_BG_ID_LEN];
+    u_char                      *frame;            /* a stream's event, made
+                                                      here (its pool) */
+    size_t                       frame_cap;
     unsigned                     running:1;        /* counted, linked */
 };
 
@@ -61,12 +69,21 @@ static struct {
     ngx_queue_t                  running;
     ngx_queue_t                  free;
     ngx_uint_t                   n_running;
+    ngx_event_t                  watch;            /* while any runs: is the
+                                                      worker exiting? */
+    ngx_event_t                  cut;              /* worker_shutdown_timeout
+                                                      of an exiting worker */
     unsigned                     ready:1;
 } ngx_http_kimi_background;
 
 
 static ngx_http_kimi_bg_t *ngx_http_kimi_background_get(
     ngx_http_request_t *r);
+static ngx_int_t ngx_http_kimi_background_open(ngx_http_kimi_ctx_t *ctx,
+    json_t *resp);
+static void ngx_http_kimi_background_watch(void);
+static void ngx_http_kimi_background_watch_handler(ngx_event_t *ev);
+static void ngx_http_kimi_background_cut_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_kimi_background_ops(ngx_http_request_t *r,
     ngx_http_request_t *br);
 static void ngx_http_kimi_background_close(ngx_http_kimi_bg_t *bg);
@@ -206,12 +223,34 @@ ngx_http_kimi_background_start(ngx_http_kimi_ctx_t *ctx, ngx_str_t *body)
     bg->running = 1;
     ngx_http_kimi_background.n_running++;
     ngx_queue_insert_tail(&ngx_http_kimi_background.running, &bg->queue);
+    ngx_http_kimi_background_watch();
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "kimi background response %V queued", &bg->id);
 
-    rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, resp);
-    json_decref(resp);
+    if (bctx->params.stream) {
+        /* its events go to a log in the store, which this client (and
+         * any that re-attaches) follows; the first says it is queued */
+        rc = ngx_http_kimi_background_open(bctx, resp);
+        json_decref(resp);
+
+        if (rc != NGX_OK) {
+            ngx_http_kimi_background_fail(bctx, "server_error", full,
+                                          sizeof(full) - 1);
+            ngx_http_kimi_background_close(bg);
+
+            return ngx_http_kimi_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "service_unavailable", full,
+                                            sizeof(full) - 1, NULL, NULL);
+        }
+
+        rc = ngx_http_kimi_responses_follow(r, ctx->conf->responses_zone,
+                                            &bg->id, -1);
+
+    } else {
+        rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, resp);
+        json_decref(resp);
+    }
 
     /* from here it runs on its own: an error before the engine accepts it
      * is its failed state, no longer the client's answer */
@@ -374,6 +413,82 @@ ngx_http_kimi_background_ops(ngx_http_request_t *r, ngx_http_request_t *br)
 }
 
 
+/* A streamed one's event log, opened with response.created: the queued
+ * Response, sequence_number 0 (the stream's own in_progress follows). */
+static ngx_int_t
+ngx_http_kimi_background_open(ngx_http_kimi_ctx_t *ctx, json_t *resp)
+{
+    char       *s;
+    json_t     *data;
+    ngx_int_t   rc;
+
+    if (ngx_http_kimi_responses_log_open(ctx, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    data = json_pack("{s:O,s:s,s:i}", "response", resp, "type",
+                     "response.created", "sequence_number", 0);
+    s = (data != NULL) ? json_dumps(data, JSON_COMPACT) : NULL;
+    json_decref(data);
+
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = ngx_http_kimi_background_event(ctx, 0, "response.created", s,
+                                        ngx_strlen(s), 0);
+    free(s);
+
+    ctx->resp_seq = 1;
+
+    return rc;
+}
+
+
+/*
+ * One event of a streamed background response (its JSON data, numbered
+ * seq) into its log, and the followers in this worker woken; last: the
+ * stream's end.  An event the log no longer takes (cancelled, deleted,
+ * full) changes nothing for the response, which runs on.
+ */
+ngx_int_t
+ngx_http_kimi_background_event(ngx_http_kimi_ctx_t *ctx, ngx_uint_t seq,
+    const char *type, const char *data, size_t len, ngx_uint_t last)
+{
+    u_char              *p;
+    size_t               size;
+    ngx_http_kimi_bg_t  *bg;
+
+    bg = ctx->bg;
+    size = sizeof("event: \ndata: \n\n") + ngx_strlen(type) + len;
+
+    if (size > bg->frame_cap) {
+        size = ngx_max(size, 2 * bg->frame_cap);
+
+        bg->frame = ngx_pnalloc(ctx->request->pool, size);
+        if (bg->frame == NULL) {
+            bg->frame_cap = 0;
+            return NGX_ERROR;
+        }
+
+        bg->frame_cap = size;
+    }
+
+    p = ngx_sprintf(bg->frame, "event: %s\ndata: ", type);
+    p = ngx_cpymem(p, data, len);
+    p = ngx_cpymem(p, "\n\n", 2);
+
+    if (ngx_http_kimi_responses_log_append(ctx, seq, bg->frame,
+                                           p - bg->frame, last)
+        == NGX_OK)
+    {
+        ngx_http_kimi_responses_follow_wake(&ctx->id);
+    }
+
+    return NGX_OK;
+}
+
+
 /*
  * ngx_http_kimi_send_json() on a background request: a Response (200) was
  * stored by ngx_http_kimi_responses_keep() already; an error becomes the
@@ -442,7 +557,9 @@ static void
 ngx_http_kimi_background_fail(ngx_http_kimi_ctx_t *ctx, const char *code,
     const char *message, size_t len)
 {
-    json_t  *resp, *req;
+    char    *s;
+    size_t   i;
+    json_t  *resp, *req, *output, *event;
 
     resp = ngx_http_kimi_responses_object(ctx, NULL, 0);
     if (resp == NULL) {
@@ -454,11 +571,38 @@ ngx_http_kimi_background_fail(ngx_http_kimi_ctx_t *ctx, const char *code,
                         json_pack("{s:s,s:s%}", "code", code, "message",
                                   message, len));
 
+    /* a stream's object keeps places for the items its events opened;
+     * those that never got one (a call cut short) are left out */
+    output = json_object_get(resp, "output");
+    for (i = json_array_size(output); i > 0; i--) {
+        if (json_is_null(json_array_get(output, i - 1))) {
+            json_array_remove(output, i - 1);
+        }
+    }
+
     req = json_object_get(ctx->params.root, "__responses");
 
-    (void) ngx_http_kimi_responses_put(ctx, resp,
-                                       json_object_get(req, "__context"),
-                                       NGX_HTTP_KIMI_PUT_FINAL);
+    if (ngx_http_kimi_responses_put(ctx, resp,
+                                    json_object_get(req, "__context"),
+                                    NGX_HTTP_KIMI_PUT_FINAL)
+        == NGX_OK
+        && ctx->params.stream)
+    {
+        /* and the stream ends with it, as OpenAI's response.failed */
+        event = json_pack("{s:O,s:s,s:I}", "response", resp, "type",
+                          "response.failed", "sequence_number",
+                          (json_int_t) ctx->resp_seq);
+        s = (event != NULL) ? json_dumps(event, JSON_COMPACT) : NULL;
+        json_decref(event);
+
+        if (s != NULL) {
+            (void) ngx_http_kimi_background_event(ctx, ctx->resp_seq++,
+                                                  "response.failed", s,
+                                                  ngx_strlen(s), 1);
+            free(s);
+        }
+    }
+
     json_decref(resp);
 }
 
@@ -480,6 +624,12 @@ ngx_http_kimi_background_end(ngx_http_kimi_ctx_t *ctx)
     if (!ctx->stored && ctx->params.root != NULL) {
         ngx_http_kimi_background_fail(ctx, "server_error", msg,
                                       sizeof(msg) - 1);
+    }
+
+    if (ctx->params.stream) {
+        /* whatever ended it, its followers end too */
+        ngx_http_kimi_responses_log_close(ctx);
+        ngx_http_kimi_responses_follow_wake(&ctx->id);
     }
 
     ngx_log_error(NGX_LOG_INFO, ctx->request->connection->log, 0,
@@ -566,6 +716,109 @@ ngx_http_kimi_background_abort(ngx_str_t *id)
         ngx_str_set(&ctx->usage.finish_reason, "abort");
         ngx_http_kimi_finalize(ctx, NGX_HTTP_CLIENT_CLOSED_REQUEST);
         return;
+    }
+}
+
+
+/*
+ * Armed while background responses run: a graceful stop or reload lets
+ * them finish (their token timers hold the worker), unless
+ * worker_shutdown_timeout is set; then, that long after the worker began
+ * to exit, they are cut as its connections are.  Both timers are
+ * cancelable: they never keep a worker alive.
+ */
+static void
+ngx_http_kimi_background_watch(void)
+{
+    ngx_event_t  *ev;
+
+    ev = &ngx_http_kimi_background.watch;
+
+    if (ev->timer_set || ngx_http_kimi_background.cut.timer_set) {
+        return;
+    }
+
+    ev->handler = ngx_http_kimi_background_watch_handler;
+    ev->log = ngx_cycle->log;
+    ev->cancelable = 1;
+
+    ngx_add_timer(ev, NGX_HTTP_KIMI_BG_WATCH_MS);
+}
+
+
+static void
+ngx_http_kimi_background_watch_handler(ngx_event_t *ev)
+{
+    ngx_event_t      *cut;
+    ngx_core_conf_t  *ccf;
+
+    if (ngx_http_kimi_background.n_running == 0) {
+        return;
+    }
+
+    if (!ngx_exiting) {
+        ngx_add_timer(ev, NGX_HTTP_KIMI_BG_WATCH_MS);
+        return;
+    }
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(ngx_cycle->conf_ctx,
+                                           ngx_core_module);
+
+    if (ccf->shutdown_timeout == 0) {
+        /* they finish, however long it takes */
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
+                  "kimi: %ui background responses still running are cut "
+                  "in %M ms (worker_shutdown_timeout)",
+                  ngx_http_kimi_background.n_running,
+                  ccf->shutdown_timeout);
+
+    cut = &ngx_http_kimi_background.cut;
+    cut->handler = ngx_http_kimi_background_cut_handler;
+    cut->log = ngx_cycle->log;
+    cut->cancelable = 1;
+
+    ngx_add_timer(cut, ccf->shutdown_timeout);
+}
+
+
+/* worker_shutdown_timeout expired in an exiting worker: what still runs
+ * is failed, saying so, and its slot given back */
+static void
+ngx_http_kimi_background_cut_handler(ngx_event_t *ev)
+{
+    ngx_queue_t          *q;
+    ngx_http_kimi_bg_t   *bg;
+    ngx_http_kimi_ctx_t  *ctx;
+
+    static const char  msg[] = "The nginx worker running this response "
+                               "shut down (worker_shutdown_timeout) before "
+                               "it finished; run it again";
+
+    while (!ngx_queue_empty(&ngx_http_kimi_background.running)) {
+        q = ngx_queue_head(&ngx_http_kimi_background.running);
+        bg = ngx_queue_data(q, ngx_http_kimi_bg_t, queue);
+        ctx = bg->ctx;
+
+        ngx_log_error(NGX_LOG_NOTICE, &bg->log, 0,
+                      "kimi background response cancelled: "
+                      "worker_shutdown_timeout expired");
+
+        if (!ctx->stored && ctx->params.root != NULL) {
+            ngx_http_kimi_background_fail(ctx, "server_error", msg,
+                                          sizeof(msg) - 1);
+        }
+
+        if (ctx->finalized) {
+            /* cannot happen: a finalized one is closed at once */
+            ngx_http_kimi_background_close(bg);
+            continue;
+        }
+
+        ngx_str_set(&ctx->usage.finish_reason, "abort");
+        ngx_http_kimi_finalize(ctx, NGX_HTTP_SERVICE_UNAVAILABLE);
     }
 }
 

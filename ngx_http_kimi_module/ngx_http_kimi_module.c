@@ -258,6 +258,13 @@ static ngx_command_t  ngx_http_kimi_commands[] = {
       offsetof(ngx_http_kimi_loc_conf_t, responses_background),
       NULL },
 
+    { ngx_string("kimi_responses_stream_events"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_kimi_loc_conf_t, responses_events),
+      NULL },
+
       ngx_null_command
 };
 
@@ -2223,6 +2230,7 @@ ngx_http_kimi_create_loc_conf(ngx_conf_t *cf)
     conf->reasoning_parser = NGX_CONF_UNSET_UINT;
     conf->responses_zone = NGX_CONF_UNSET_PTR;
     conf->responses_background = NGX_CONF_UNSET_UINT;
+    conf->responses_events = NGX_CONF_UNSET_SIZE;
 
     return conf;
 }
@@ -2265,6 +2273,11 @@ ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
      * engine slot and a little memory until it ends */
     ngx_conf_merge_uint_value(conf->responses_background,
                               prev->responses_background, 16);
+
+    /* a background stream's events kept for re-attaching: ~2000 tokens
+     * of deltas; the oldest go past it */
+    ngx_conf_merge_size_value(conf->responses_events,
+                              prev->responses_events, 512 * 1024);
 
     return NGX_CONF_OK;
 }

@@ -11,8 +11,9 @@
  *         Its stream's events are written by ngx_http_kimi_sse.c.
  *         previous_response_id continues a stored conversation
  *         (ngx_http_kimi_responses_store.c keeps them).  background true
- *         is checked here and run by ngx_http_kimi_background.c.
- * Never:  streams a background response (a 400 naming it).
+ *         is checked here and run by ngx_http_kimi_background.c (with
+ *         stream true, followed by ngx_http_kimi_responses_follow.c).
+ * Never:  keeps a stream's events or runs background work itself.
  */
 
 
@@ -274,8 +275,8 @@ ngx_http_kimi_responses_request(ngx_http_kimi_ctx_t *ctx, json_t *in,
     }
 
     /* background: the answer is stored and read back later (vLLM's and
-     * OpenAI's rules: it needs the store, and streaming one is not
-     * offered here) */
+     * OpenAI's rules: it needs the store); with stream its events are
+     * kept too, for the client and any that re-attaches */
     *param = "background";
     v = json_object_get(in, "background");
     if (v != NULL && !json_is_null(v) && !json_is_boolean(v)) {
@@ -294,14 +295,6 @@ ngx_http_kimi_responses_request(ngx_http_kimi_ctx_t *ctx, json_t *in,
         if (json_is_false(json_object_get(in, "store"))) {
             ngx_sprintf(err, "background can only be used when `store` is "
                         "true");
-            return NGX_ERROR;
-        }
-
-        if (json_is_true(json_object_get(in, "stream"))) {
-            ngx_sprintf(err, "\"background\" with \"stream\" is not "
-                        "supported: run it in the background and poll GET "
-                        "/v1/responses/{id}, or stream it without "
-                        "\"background\"");
             return NGX_ERROR;
         }
 

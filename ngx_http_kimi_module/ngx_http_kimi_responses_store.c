@@ -18,6 +18,12 @@
  *         state, its end), others may only mark it CANCELLED or delete it,
  *         which that worker reads at its next engine event and stops.  A
  *         RUNNING entry is never evicted.
+ *         A background response made with stream true has an event log:
+ *         its SSE events in order of sequence_number, appended only by the
+ *         worker the log names and only until the log is closed (by its
+ *         last event, a cancel, or the end of its worker); the oldest go
+ *         when the log passes kimi_responses_stream_events; the log goes
+ *         with its entry (it moves to each new state of the entry).
  */
 
 
@@ -55,10 +61,36 @@ typedef struct {
                                               stops it when it sees this */
 
 
+/* one event of a background stream, in the zone */
+typedef struct {
+    ngx_queue_t                  queue;            /* in its log, oldest
+                                                      first */
+    ngx_uint_t                   seq;              /* its sequence_number */
+    size_t                       len;
+    u_char                       data[1];          /* "event: ...\n\n" */
+} ngx_http_kimi_store_event_t;
+
+
+/* the events of a background stream kept for re-attaching */
+typedef struct {
+    ngx_queue_t                  events;
+    ngx_pid_t                    pid;              /* the worker that
+                                                      appends */
+    ngx_uint_t                   next;             /* sequence_number of the
+                                                      next event */
+    size_t                       size;             /* bytes of events held */
+    unsigned                     closed:1;         /* nothing more comes */
+    unsigned                     broken:1;         /* an event did not fit:
+                                                      the rest is lost */
+} ngx_http_kimi_store_log_t;
+
+
 typedef struct {
     ngx_str_node_t               sn;               /* key: crc32 of the id;
                                                       str: the id, in data */
     ngx_queue_t                  queue;
+    ngx_http_kimi_store_log_t   *log;              /* NULL: not a background
+                                                      stream */
     ngx_uint_t                   state;
     ngx_pid_t                    pid;              /* RUNNING: its worker */
     size_t                       owner_len;
@@ -73,14 +105,25 @@ static ngx_http_kimi_store_node_t *ngx_http_kimi_store_find(
     ngx_http_kimi_store_t *st, ngx_str_t *id);
 static void ngx_http_kimi_store_delete(ngx_http_kimi_store_t *st,
     ngx_http_kimi_store_node_t *sn);
+static void *ngx_http_kimi_store_alloc(ngx_http_kimi_store_t *st,
+    size_t size, ngx_http_kimi_store_node_t *keep);
+static void ngx_http_kimi_store_log_free(ngx_http_kimi_store_t *st,
+    ngx_http_kimi_store_log_t *log);
+static ngx_int_t ngx_http_kimi_store_log_add(ngx_http_kimi_store_t *st,
+    ngx_http_kimi_store_node_t *sn, ngx_uint_t seq, const u_char *frame,
+    size_t len, size_t bound);
 static ngx_int_t ngx_http_kimi_store_write(ngx_shm_zone_t *zone,
     ngx_str_t *id, ngx_str_t *owner, const char *blob, ngx_uint_t state,
     ngx_pid_t pid, ngx_uint_t cond, ngx_log_t *log);
 static json_t *ngx_http_kimi_store_read(ngx_http_request_t *r,
     ngx_shm_zone_t *zone, ngx_str_t *id, ngx_uint_t *found,
     ngx_uint_t *state, ngx_pid_t *pid);
+static void ngx_http_kimi_store_log_failed(ngx_http_request_t *r,
+    ngx_shm_zone_t *zone, ngx_str_t *id, json_t *resp);
 static ngx_int_t ngx_http_kimi_store_not_found(ngx_http_request_t *r,
     ngx_str_t *id);
+static ngx_int_t ngx_http_kimi_store_stream_args(ngx_http_request_t *r,
+    ngx_int_t *after, ngx_str_t *error, const char **param);
 static ngx_int_t ngx_http_kimi_store_cancel(ngx_http_request_t *r,
     ngx_shm_zone_t *zone, ngx_str_t *id);
 static ngx_int_t ngx_http_kimi_store_items(ngx_http_request_t *r,
@@ -205,8 +248,77 @@ ngx_http_kimi_store_delete(ngx_http_kimi_store_t *st,
 {
     ngx_rbtree_delete(&st->sh->rbtree, &sn->sn.node);
     ngx_queue_remove(&sn->queue);
+
+    if (sn->log != NULL) {
+        ngx_http_kimi_store_log_free(st, sn->log);
+    }
+
     ngx_slab_free_locked(st->shpool, sn);
     st->sh->count--;
+}
+
+
+/*
+ * Zone mutex held.  size bytes of the zone; when it is full the oldest
+ * finished responses make room (running ones, and keep, stay).  NULL when
+ * nothing more can go.
+ */
+static void *
+ngx_http_kimi_store_alloc(ngx_http_kimi_store_t *st, size_t size,
+    ngx_http_kimi_store_node_t *keep)
+{
+    void                        *p;
+    ngx_queue_t                 *q;
+    ngx_http_kimi_store_node_t  *victim;
+
+    for ( ;; ) {
+        p = ngx_slab_alloc_locked(st->shpool, size);
+        if (p != NULL) {
+            return p;
+        }
+
+        victim = NULL;
+
+        for (q = ngx_queue_head(&st->sh->queue);
+             q != ngx_queue_sentinel(&st->sh->queue);
+             q = ngx_queue_next(q))
+        {
+            victim = ngx_queue_data(q, ngx_http_kimi_store_node_t, queue);
+
+            if (victim->state != NGX_HTTP_KIMI_STORE_RUNNING
+                && victim != keep)
+            {
+                break;
+            }
+
+            victim = NULL;
+        }
+
+        if (victim == NULL) {
+            return NULL;
+        }
+
+        ngx_http_kimi_store_delete(st, victim);
+        st->sh->evicted++;
+    }
+}
+
+
+/* Zone mutex held. */
+static void
+ngx_http_kimi_store_log_free(ngx_http_kimi_store_t *st,
+    ngx_http_kimi_store_log_t *log)
+{
+    ngx_queue_t  *q;
+
+    while (!ngx_queue_empty(&log->events)) {
+        q = ngx_queue_head(&log->events);
+        ngx_queue_remove(q);
+        ngx_slab_free_locked(st->shpool,
+            ngx_queue_data(q, ngx_http_kimi_store_event_t, queue));
+    }
+
+    ngx_slab_free_locked(st->shpool, log);
 }
 
 
@@ -363,9 +475,9 @@ ngx_http_kimi_store_write(ngx_shm_zone_t *zone, ngx_str_t *id,
     ngx_uint_t cond, ngx_log_t *log)
 {
     size_t                       len, size;
-    ngx_queue_t                 *q;
     ngx_http_kimi_store_t       *st;
-    ngx_http_kimi_store_node_t  *sn, *old, *victim;
+    ngx_http_kimi_store_log_t   *events;
+    ngx_http_kimi_store_node_t  *sn, *old;
 
     st = zone->data;
     len = ngx_strlen(blob);
@@ -384,6 +496,7 @@ ngx_http_kimi_store_write(ngx_shm_zone_t *zone, ngx_str_t *id,
     ngx_shmtx_lock(&st->shpool->mutex);
 
     old = ngx_http_kimi_store_find(st, id);
+    events = NULL;
 
     if (cond) {
         if (old == NULL || old->state != NGX_HTTP_KIMI_STORE_RUNNING
@@ -393,46 +506,23 @@ ngx_http_kimi_store_write(ngx_shm_zone_t *zone, ngx_str_t *id,
             return NGX_DECLINED;
         }
 
+        /* the event log goes on with the new state */
+        events = old->log;
+        old->log = NULL;
+
     } else if (old != NULL) {
         ngx_http_kimi_store_delete(st, old);
         old = NULL;
     }
 
-    for ( ;; ) {
-        sn = ngx_slab_alloc_locked(st->shpool, size);
-        if (sn != NULL) {
-            break;
-        }
+    sn = ngx_http_kimi_store_alloc(st, size, old);
 
-        /* the oldest response makes room; running ones stay */
-        victim = NULL;
+    if (sn == NULL && old != NULL) {
+        /* the last resort: its own earlier state */
+        ngx_http_kimi_store_delete(st, old);
+        old = NULL;
 
-        for (q = ngx_queue_head(&st->sh->queue);
-             q != ngx_queue_sentinel(&st->sh->queue);
-             q = ngx_queue_next(q))
-        {
-            victim = ngx_queue_data(q, ngx_http_kimi_store_node_t, queue);
-
-            if (victim->state != NGX_HTTP_KIMI_STORE_RUNNING) {
-                break;
-            }
-
-            victim = NULL;
-        }
-
-        if (victim == NULL) {
-            if (old == NULL) {
-                break;
-            }
-
-            /* the last resort: its own earlier state */
-            ngx_http_kimi_store_delete(st, old);
-            old = NULL;
-            continue;
-        }
-
-        ngx_http_kimi_store_delete(st, victim);
-        st->sh->evicted++;
+        sn = ngx_http_kimi_store_alloc(st, size, NULL);
     }
 
     if (sn != NULL) {
@@ -443,6 +533,7 @@ ngx_http_kimi_store_write(ngx_shm_zone_t *zone, ngx_str_t *id,
         sn->sn.node.key = ngx_crc32_short(id->data, id->len);
         sn->sn.str.data = sn->data;
         sn->sn.str.len = id->len;
+        sn->log = events;
         sn->state = state;
         sn->pid = pid;
         sn->owner_len = owner->len;
@@ -451,9 +542,17 @@ ngx_http_kimi_store_write(ngx_shm_zone_t *zone, ngx_str_t *id,
         ngx_memcpy(sn->data + id->len, owner->data, owner->len);
         ngx_memcpy(sn->data + id->len + owner->len, blob, len);
 
+        /* a cancel ends the stream: its worker appends nothing more */
+        if (events != NULL && state == NGX_HTTP_KIMI_STORE_CANCELLED) {
+            events->closed = 1;
+        }
+
         ngx_rbtree_insert(&st->sh->rbtree, &sn->sn.node);
         ngx_queue_insert_tail(&st->sh->queue, &sn->queue);
         st->sh->count++;
+
+    } else if (events != NULL) {
+        ngx_http_kimi_store_log_free(st, events);
     }
 
     ngx_shmtx_unlock(&st->shpool->mutex);
@@ -487,6 +586,273 @@ ngx_http_kimi_responses_running(ngx_http_kimi_ctx_t *ctx)
     rc = (sn != NULL && sn->state == NGX_HTTP_KIMI_STORE_RUNNING
           && sn->pid == ngx_pid)
          ? NGX_OK : NGX_DECLINED;
+
+    ngx_shmtx_unlock(&st->shpool->mutex);
+
+    return rc;
+}
+
+
+/*
+ * A background stream's event log, on the entry this worker runs: created
+ * empty, its next event numbered first.
+ */
+ngx_int_t
+ngx_http_kimi_responses_log_open(ngx_http_kimi_ctx_t *ctx, ngx_uint_t first)
+{
+    ngx_int_t                    rc;
+    ngx_http_kimi_store_t       *st;
+    ngx_http_kimi_store_log_t   *log;
+    ngx_http_kimi_store_node_t  *sn;
+
+    st = ctx->conf->responses_zone->data;
+    rc = NGX_ERROR;
+
+    ngx_shmtx_lock(&st->shpool->mutex);
+
+    sn = ngx_http_kimi_store_find(st, &ctx->id);
+
+    if (sn != NULL && sn->state == NGX_HTTP_KIMI_STORE_RUNNING
+        && sn->pid == ngx_pid && sn->log == NULL)
+    {
+        log = ngx_http_kimi_store_alloc(st, sizeof(ngx_http_kimi_store_log_t),
+                                        sn);
+        if (log != NULL) {
+            ngx_memzero(log, sizeof(ngx_http_kimi_store_log_t));
+            ngx_queue_init(&log->events);
+            log->pid = ngx_pid;
+            log->next = first;
+            sn->log = log;
+            rc = NGX_OK;
+        }
+    }
+
+    ngx_shmtx_unlock(&st->shpool->mutex);
+
+    return rc;
+}
+
+
+/*
+ * One event (its whole SSE frame) onto ctx's log, while this worker still
+ * appends to it; last closes it.  NGX_DECLINED: the log is closed (a
+ * cancel, the end) or gone (deleted).  An event that does not fit even
+ * after the log's oldest and other finished responses went breaks the
+ * log: it is emptied and closed, and re-attaching to it is refused (the
+ * response itself still runs and is stored at its end).
+ */
+ngx_int_t
+ngx_http_kimi_responses_log_append(ngx_http_kimi_ctx_t *ctx, ngx_uint_t seq,
+    const u_char *frame, size_t len, ngx_uint_t last)
+{
+    ngx_int_t                    rc;
+    ngx_http_kimi_store_t       *st;
+    ngx_http_kimi_store_log_t   *log;
+    ngx_http_kimi_store_node_t  *sn;
+
+    st = ctx->conf->responses_zone->data;
+    rc = NGX_DECLINED;
+
+    ngx_shmtx_lock(&st->shpool->mutex);
+
+    sn = ngx_http_kimi_store_find(st, &ctx->id);
+    log = (sn != NULL) ? sn->log : NULL;
+
+    if (log != NULL && log->pid == ngx_pid && !log->closed) {
+        rc = ngx_http_kimi_store_log_add(st, sn, seq, frame, len,
+                                         ctx->conf->responses_events);
+        if (last) {
+            log->closed = 1;
+        }
+    }
+
+    ngx_shmtx_unlock(&st->shpool->mutex);
+
+    if (rc == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_WARN, ctx->request->connection->log, 0,
+                      "kimi: event %ui of response %V (%uz bytes) does not "
+                      "fit in kimi_responses_store \"%V\": its stream can "
+                      "no longer be re-attached", seq, &ctx->id, len,
+                      &ctx->conf->responses_zone->shm.name);
+    }
+
+    return rc;
+}
+
+
+/* Zone mutex held: the append itself (the oldest go past bound). */
+static ngx_int_t
+ngx_http_kimi_store_log_add(ngx_http_kimi_store_t *st,
+    ngx_http_kimi_store_node_t *sn, ngx_uint_t seq, const u_char *frame,
+    size_t len, size_t bound)
+{
+    size_t                        size;
+    ngx_queue_t                  *q;
+    ngx_http_kimi_store_log_t    *log;
+    ngx_http_kimi_store_event_t  *ev, *old;
+
+    log = sn->log;
+    size = offsetof(ngx_http_kimi_store_event_t, data) + len;
+
+    for ( ;; ) {
+        /* within the bound first, then whatever the zone can give */
+        if (log->size + size <= bound || ngx_queue_empty(&log->events)) {
+            ev = ngx_http_kimi_store_alloc(st, size, sn);
+            if (ev != NULL) {
+                break;
+            }
+
+            if (ngx_queue_empty(&log->events)) {
+                log->broken = 1;
+                log->closed = 1;
+                return NGX_ERROR;
+            }
+        }
+
+        q = ngx_queue_head(&log->events);
+        ngx_queue_remove(q);
+        old = ngx_queue_data(q, ngx_http_kimi_store_event_t, queue);
+        log->size -= offsetof(ngx_http_kimi_store_event_t, data) + old->len;
+        ngx_slab_free_locked(st->shpool, old);
+    }
+
+    ev->seq = seq;
+    ev->len = len;
+    ngx_memcpy(ev->data, frame, len);
+
+    ngx_queue_insert_tail(&log->events, &ev->queue);
+    log->size += size;
+    log->next = seq + 1;
+
+    return NGX_OK;
+}
+
+
+/* ctx's log takes nothing more (its response ended without a last
+ * event: an internal error, the worker exits) */
+void
+ngx_http_kimi_responses_log_close(ngx_http_kimi_ctx_t *ctx)
+{
+    ngx_http_kimi_store_t       *st;
+    ngx_http_kimi_store_node_t  *sn;
+
+    st = ctx->conf->responses_zone->data;
+
+    ngx_shmtx_lock(&st->shpool->mutex);
+
+    sn = ngx_http_kimi_store_find(st, &ctx->id);
+
+    if (sn != NULL && sn->log != NULL && sn->log->pid == ngx_pid) {
+        sn->log->closed = 1;
+    }
+
+    ngx_shmtx_unlock(&st->shpool->mutex);
+}
+
+
+/*
+ * The events of response id from sequence_number ev->next on, copied into
+ * ev->buf as they fit (at least one when the buffer is empty; ev->need
+ * says how big a buffer the first one needs when it does not fit), ev->next
+ * moved past them.  Also says what the log is: its oldest kept event
+ * (ev->first), the next number it gives (ev->last), whether more can come
+ * (closed, broken) and which worker runs the response.  The entry must
+ * belong to r's API key.
+ */
+ngx_http_kimi_events_e
+ngx_http_kimi_responses_events(ngx_http_request_t *r, ngx_shm_zone_t *zone,
+    ngx_str_t *id, ngx_http_kimi_events_t *ev)
+{
+    ngx_buf_t                    *b;
+    ngx_str_t                     owner;
+    ngx_queue_t                  *q;
+    ngx_http_kimi_store_t        *st;
+    ngx_http_kimi_events_e        rc;
+    ngx_http_kimi_store_log_t    *log;
+    ngx_http_kimi_store_node_t   *sn;
+    ngx_http_kimi_store_event_t  *e;
+
+    st = zone->data;
+    b = ev->buf;
+    ev->need = 0;
+    ev->running_pid = 0;
+
+    ngx_http_kimi_responses_owner(r, &owner);
+
+    ngx_shmtx_lock(&st->shpool->mutex);
+
+    sn = ngx_http_kimi_store_find(st, id);
+
+    if (sn == NULL || sn->owner_len != owner.len
+        || ngx_memcmp(sn->data + sn->sn.str.len, owner.data, owner.len) != 0)
+    {
+        rc = NGX_HTTP_KIMI_EVENTS_GONE;
+        goto done;
+    }
+
+    log = sn->log;
+
+    if (log == NULL) {
+        rc = NGX_HTTP_KIMI_EVENTS_NONE;
+        goto done;
+    }
+
+    if (sn->state == NGX_HTTP_KIMI_STORE_RUNNING) {
+        ev->running_pid = sn->pid;
+    }
+
+    ev->last = log->next;
+    ev->first = log->next;
+
+    if (!ngx_queue_empty(&log->events)) {
+        e = ngx_queue_data(ngx_queue_head(&log->events),
+                           ngx_http_kimi_store_event_t, queue);
+        ev->first = e->seq;
+    }
+
+    if (log->broken) {
+        rc = NGX_HTTP_KIMI_EVENTS_BROKEN;
+        goto done;
+    }
+
+    if (ev->next < ev->first) {
+        rc = NGX_HTTP_KIMI_EVENTS_DROPPED;
+        goto done;
+    }
+
+    /* the newest are wanted most often: look back from the end */
+    for (q = ngx_queue_last(&log->events);
+         q != ngx_queue_sentinel(&log->events);
+         q = ngx_queue_prev(q))
+    {
+        e = ngx_queue_data(q, ngx_http_kimi_store_event_t, queue);
+
+        if (e->seq < ev->next) {
+            break;
+        }
+    }
+
+    for (q = ngx_queue_next(q);
+         b != NULL && q != ngx_queue_sentinel(&log->events);
+         q = ngx_queue_next(q))
+    {
+        e = ngx_queue_data(q, ngx_http_kimi_store_event_t, queue);
+
+        if ((size_t) (b->end - b->last) < e->len) {
+            if (b->last == b->pos) {
+                ev->need = e->len;
+            }
+            break;
+        }
+
+        b->last = ngx_cpymem(b->last, e->data, e->len);
+        ev->next = e->seq + 1;
+    }
+
+    rc = (log->closed && ev->next >= log->next) ? NGX_HTTP_KIMI_EVENTS_END
+                                                : NGX_HTTP_KIMI_EVENTS_OK;
+
+done:
 
     ngx_shmtx_unlock(&st->shpool->mutex);
 
@@ -598,11 +964,68 @@ ngx_http_kimi_store_read(ngx_http_request_t *r, ngx_shm_zone_t *zone,
             == NGX_OK)
         {
             *state = NGX_HTTP_KIMI_STORE_DONE;
+            ngx_http_kimi_store_log_failed(r, zone, id, resp);
         }
         free(blob);
     }
 
     return entry;
+}
+
+
+/*
+ * The worker of a background stream is gone: its log ends with the
+ * response.failed event that worker could not write (whoever marked the
+ * entry failed writes it, once).
+ */
+static void
+ngx_http_kimi_store_log_failed(ngx_http_request_t *r, ngx_shm_zone_t *zone,
+    ngx_str_t *id, json_t *resp)
+{
+    char                        *data;
+    u_char                      *frame, *p;
+    json_t                      *event;
+    size_t                       len;
+    ngx_http_kimi_store_t       *st;
+    ngx_http_kimi_store_log_t   *log;
+    ngx_http_kimi_store_node_t  *sn;
+    ngx_http_kimi_loc_conf_t    *klcf;
+
+    static const char  type[] = "response.failed";
+
+    klcf = ngx_http_get_module_loc_conf(r, ngx_http_kimi_module);
+    st = zone->data;
+
+    ngx_shmtx_lock(&st->shpool->mutex);
+
+    sn = ngx_http_kimi_store_find(st, id);
+    log = (sn != NULL) ? sn->log : NULL;
+
+    if (log == NULL || log->closed) {
+        ngx_shmtx_unlock(&st->shpool->mutex);
+        return;
+    }
+
+    log->closed = 1;
+
+    event = json_pack("{s:O,s:s,s:I}", "response", resp, "type", type,
+                      "sequence_number", (json_int_t) log->next);
+    data = (event != NULL) ? json_dumps(event, JSON_COMPACT) : NULL;
+    json_decref(event);
+
+    len = (data != NULL) ? ngx_strlen(data) : 0;
+    frame = (data != NULL) ? ngx_pnalloc(r->pool, len + sizeof(type) + 16)
+                           : NULL;
+
+    if (frame != NULL) {
+        p = ngx_sprintf(frame, "event: %s\ndata: %s\n\n", type, data);
+        (void) ngx_http_kimi_store_log_add(st, sn, log->next, frame,
+                                           p - frame, klcf->responses_events);
+    }
+
+    ngx_shmtx_unlock(&st->shpool->mutex);
+
+    free(data);
 }
 
 
@@ -633,17 +1056,14 @@ ngx_http_kimi_responses_route(ngx_http_request_t *r,
     ngx_http_kimi_route_e route, ngx_str_t *id)
 {
     json_t                      *entry, *out;
-    ngx_int_t                    rc;
-    ngx_str_t                    owner;
+    ngx_int_t                    rc, after;
+    ngx_str_t                    owner, error;
     ngx_pid_t                    pid;
+    const char                  *param;
     ngx_uint_t                   found, state;
     ngx_http_kimi_store_t       *st;
     ngx_http_kimi_loc_conf_t    *klcf;
     ngx_http_kimi_store_node_t  *sn;
-
-    static const char  stream[] = "Streaming a stored response "
-                                  "(stream=true) is not supported; GET it "
-                                  "without stream";
 
     klcf = ngx_http_get_module_loc_conf(r, ngx_http_kimi_module);
 
@@ -706,15 +1126,22 @@ ngx_http_kimi_responses_route(ngx_http_request_t *r,
         return rc;
     }
 
-    /* OpenAI lets a client re-attach to a background stream so; there is
-     * no stream to re-attach to here (background with stream is a 400) */
-    if (route == NGX_HTTP_KIMI_ROUTE_RESPONSE
-        && ngx_http_arg(r, (u_char *) "stream", 6, &owner) == NGX_OK
-        && owner.len == 4 && ngx_strncmp(owner.data, "true", 4) == 0)
-    {
-        return ngx_http_kimi_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                        "invalid_request_error", stream,
-                                        sizeof(stream) - 1, "stream", NULL);
+    /* ?stream=true[&starting_after=N]: OpenAI's re-attach to a background
+     * stream (the events after N, then the new ones) */
+    if (route == NGX_HTTP_KIMI_ROUTE_RESPONSE) {
+        rc = ngx_http_kimi_store_stream_args(r, &after, &error, &param);
+
+        if (rc == NGX_OK) {
+            return ngx_http_kimi_responses_follow(r, klcf->responses_zone,
+                                                  id, after);
+        }
+
+        if (rc == NGX_ERROR) {
+            return ngx_http_kimi_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                            "invalid_request_error",
+                                            (char *) error.data, error.len,
+                                            param, NULL);
+        }
     }
 
     entry = ngx_http_kimi_responses_lookup(r, klcf->responses_zone, id,
@@ -735,6 +1162,62 @@ ngx_http_kimi_responses_route(ngx_http_request_t *r,
     json_decref(entry);
 
     return rc;
+}
+
+
+/*
+ * GET's stream and starting_after arguments: NGX_DECLINED without
+ * stream=true (a plain GET; a valid starting_after is then ignored),
+ * NGX_OK with *after (-1: from the first event), NGX_ERROR with the 400's
+ * message and param.
+ */
+static ngx_int_t
+ngx_http_kimi_store_stream_args(ngx_http_request_t *r, ngx_int_t *after,
+    ngx_str_t *error, const char **param)
+{
+    ngx_str_t   stream, value;
+    ngx_uint_t  want;
+
+    static const char  bad_stream[] = "stream must be true or false";
+    static const char  bad_after[] = "starting_after must be a sequence "
+                                     "number: an integer from 0";
+
+    want = 0;
+    *after = -1;
+
+    if (ngx_http_arg(r, (u_char *) "stream", 6, &stream) == NGX_OK) {
+        if (stream.len == 4 && ngx_strncmp(stream.data, "true", 4) == 0) {
+            want = 1;
+
+        } else if (!(stream.len == 5
+                     && ngx_strncmp(stream.data, "false", 5) == 0))
+        {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "kimi: invalid stream \"%V\"", &stream);
+
+            error->data = (u_char *) bad_stream;
+            error->len = sizeof(bad_stream) - 1;
+            *param = "stream";
+            return NGX_ERROR;
+        }
+    }
+
+    if (ngx_http_arg(r, (u_char *) "starting_after", 14, &value) == NGX_OK) {
+        /* ngx_atoi(): digits only, NGX_ERROR past NGX_MAX_INT_T_VALUE */
+        *after = ngx_atoi(value.data, value.len);
+
+        if (*after == NGX_ERROR) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "kimi: invalid starting_after \"%V\"", &value);
+
+            error->data = (u_char *) bad_after;
+            error->len = sizeof(bad_after) - 1;
+            *param = "starting_after";
+            return NGX_ERROR;
+        }
+    }
+
+    return want ? NGX_OK : NGX_DECLINED;
 }
 
 

@@ -68,6 +68,12 @@ ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx)
         return NGX_OK;
     }
 
+    if (ctx->detached) {
+        /* a background stream has no client: its events go to the
+         * store (ngx_http_kimi_resp_event()) */
+        return NGX_OK;
+    }
+
     r = ctx->request;
     c = r->connection;
 
@@ -154,6 +160,7 @@ ngx_http_kimi_resp_event(ngx_http_kimi_ctx_t *ctx, const char *type,
 {
     char         *s;
     size_t        n;
+    ngx_int_t     rc;
     ngx_chain_t  *cl;
 
     if (data == NULL) {
@@ -170,6 +177,14 @@ ngx_http_kimi_resp_event(ngx_http_kimi_ctx_t *ctx, const char *type,
     }
 
     n = ngx_strlen(s);
+
+    if (ctx->main->detached) {
+        rc = ngx_http_kimi_background_event(ctx->main, ctx->resp_seq - 1,
+                                            type, s, n, done);
+        free(s);
+        return rc;
+    }
+
     cl = ngx_http_kimi_sse_buf(ctx, n + ngx_strlen(type) + 32);
     if (cl == NULL) {
         free(s);
@@ -382,10 +397,13 @@ ngx_http_kimi_sse_role(ngx_http_kimi_ctx_t *ctx)
     if (ctx->responses) {
         ctx->role_sent = 1;
 
-        return ngx_http_kimi_resp_event(ctx, "response.created",
+        /* (a background stream's response.created went out when it was
+         * queued) */
+        return (ctx->main->detached
+                || ngx_http_kimi_resp_event(ctx, "response.created",
                    json_pack("{s:o}", "response",
                              ngx_http_kimi_responses_object(ctx, NULL, 0)), 0)
-                   == NGX_OK
+                   == NGX_OK)
                && ngx_http_kimi_resp_event(ctx, "response.in_progress",
                    json_pack("{s:o}", "response",
                              ngx_http_kimi_responses_object(ctx, NULL, 0)), 0)

@@ -11,6 +11,12 @@
 # previous_response_id of a running one), 404s and 429 (the per-worker
 # limit); API keys own them as they own stored responses; a reload lets a
 # running one finish; an engine that dies marks it failed with an error.
+# With stream true it streams the foreground's events (response.created
+# says queued) from a log in the store: a client that leaves and comes
+# back with GET ?stream=true&starting_after=N gets the rest, from either
+# worker; starting_after past the end, before the kept events (the log is
+# bounded by kimi_responses_stream_events) or invalid is a 400; another
+# key's is a 404.  worker_shutdown_timeout cuts running ones on a reload.
 
 use strict;
 use warnings;
@@ -43,6 +49,7 @@ $t->{server_conf} = join "\n",
     'location /nostore/ { kimi_pass; kimi_responses_store off; }',
     'location /one/ { kimi_pass; kimi_responses_background 1; }',
     'location /off/ { kimi_pass; kimi_responses_background 0; }',
+    'location /small/ { kimi_pass; kimi_responses_stream_events 4k; }',
     'location /keyed/ { kimi_pass; kimi_api_keys ' . $t->dir . '/keys; }',
     'location /budget/ { kimi_pass; kimi_api_keys ' . $t->dir
         . '/budget-keys; kimi_token_budget budgets; }',
@@ -81,6 +88,43 @@ sub cancel_line {
     my ($line) = grep { /sequence cancelled.*request_id=\Q$id\E/ }
         split /\n/, $t->read_file('engine.log');
     return $line;
+}
+
+# the events of a Responses stream's body: its data lines, decoded (a
+# line cut short by a closed connection is left out)
+sub sse_events {
+    my ($body) = @_;
+    return [ grep { ref $_ && defined $_->{type} }
+             map { eval { JSON::PP->new->decode($_) } }
+             ($body // '') =~ /^data: (.*)$/mg ];
+}
+
+sub deltas {
+    my ($ev) = @_;
+    return join '', map { $_->{delta} }
+        grep { $_->{type} eq 'response.output_text.delta' } @$ev;
+}
+
+sub types { [ map { $_->{type} } @{$_[0]} ] }
+sub seqs { [ map { $_->{sequence_number} } @{$_[0]} ] }
+
+# a streamed POST read until n events came, then the connection closed:
+# the events seen (whole ones)
+sub stream_cut {
+    my ($path, $body, $n, %h) = @_;
+    my $s = $t->connect_gw;
+    print $s KimiTest::request_text('POST', $path, $body, %h);
+    my $raw = '';
+    local $SIG{ALRM} = sub { die "timeout\n" };
+    alarm 30;
+    while (@{sse_events(KimiTest::parse_response($raw)->{body})} < $n) {
+        my $got = sysread($s, my $buf, 65536);
+        last unless $got;
+        $raw .= $buf;
+    }
+    alarm 0;
+    close $s;
+    return sse_events(KimiTest::parse_response($raw)->{body});
 }
 
 # --- queued, then completed -------------------------------------------------
@@ -170,8 +214,15 @@ like($r->{json}{error}{message} // '', qr/resp_nope.*not found/,
 is($t->get('/v1/responses/resp_nope')->{status}, 404, 'GET of one: 404');
 is($t->get("/v1/responses/$id/cancel")->{status}, 405, 'GET .../cancel: 405');
 $r = $t->get("/v1/responses/$q->{id}?stream=true");
-is($r->{status}, 400, 'GET ?stream=true (re-attaching to a stream): 400');
+is($r->{status}, 400,
+    'GET ?stream=true of a background response made without stream: 400');
 is($r->{json}{error}{param}, 'stream', 'naming stream');
+like($r->{json}{error}{message} // '', qr/not created with background and stream/,
+    'saying why');
+$r = $t->get("/v1/responses/$fg->{id}?stream=true");
+is($r->{status}, 400, 'GET ?stream=true of a foreground response: 400');
+is($t->get("/v1/responses/resp_nope?stream=true")->{status}, 404,
+    'GET ?stream=true of an unknown id: 404');
 
 # --- DELETE of a running one ------------------------------------------------
 
@@ -189,15 +240,158 @@ ok(KimiTest::wait_for(5, sub { cancel_line($id) }),
     'and its sequence is cancelled');
 is($t->get("/v1/responses/$id")->{status}, 404, 'then GET is a 404');
 
+# --- streamed in the background ----------------------------------------------
+
+my %story = (input => 'tell a long story', max_output_tokens => 30);
+my $fgs = $t->sse('/v1/responses', { model => 'kimi-test', %story,
+    stream => $true });
+my $fge = sse_events($fgs->{body});
+
+$r = $t->sse('/v1/responses', { model => 'kimi-test', %story,
+    stream => $true, background => $true });
+is($r->{status}, 200, 'background with stream: 200');
+like($r->{headers}{'content-type'} // '', qr{text/event-stream},
+    'an event stream');
+my $bge = sse_events($r->{body});
+is_deeply(types($bge), types($fge), 'the same events as in the foreground');
+is_deeply(seqs($bge), [ 0 .. $#$bge ], 'numbered 0, 1, 2 ...');
+is(deltas($bge), deltas($fge), 'the same text');
+is($bge->[0]{response}{status}, 'queued', 'response.created says queued');
+ok($bge->[0]{response}{background}, 'and background true');
+is($bge->[1]{response}{status}, 'in_progress',
+    'response.in_progress says in_progress');
+is($bge->[-1]{type}, 'response.incomplete', 'it ends as the foreground');
+$id = $bge->[0]{response}{id};
+$r = settle($id);
+is($r->{json}{status}, 'incomplete', 'GET reads the stored end');
+is($r->{json}{output}[0]{content}[0]{text}, deltas($fge),
+    'with the whole text');
+is($r->{json}{output}[0]{id}, $bge->[2]{item}{id},
+    'and the item id the stream announced');
+
+$r = $t->get("/v1/responses/$id?stream=true");
+is($r->{status}, 200, 'GET ?stream=true of an ended one: 200');
+is_deeply(sse_events($r->{body}), $bge, 'replays the whole stream');
+$r = $t->get("/v1/responses/$id?stream=true&starting_after=$#$bge");
+is($r->{status}, 200, 'starting_after its last event: 200');
+is_deeply(sse_events($r->{body}), [], 'and nothing more');
+$r = $t->get("/v1/responses/$id?stream=true&starting_after=" . @$bge);
+is($r->{status}, 400, 'starting_after past its last event: 400');
+is($r->{json}{error}{param}, 'starting_after', 'naming starting_after');
+like($r->{json}{error}{message} // '', qr/past the last event/,
+    'saying why');
+for my $bad ('abc', '-1', '', '1.5', '99999999999999999999999') {
+    $r = $t->get("/v1/responses/$id?stream=true&starting_after=$bad");
+    is($r->{status}, 400, "starting_after '$bad': 400");
+    is($r->{json}{error}{param}, 'starting_after', 'naming it');
+}
+$r = $t->get("/v1/responses/$id?stream=yes");
+is($r->{status}, 400, 'stream=yes: 400');
+is($r->{json}{error}{param}, 'stream', 'naming stream');
+$r = $t->get("/v1/responses/$id?stream=false&starting_after=3");
+is($r->{json}{status}, 'incomplete', 'stream=false: the Response');
+
+# the client goes away mid-stream and comes back
+my $seen = stream_cut('/v1/responses', { model => 'kimi-test', %story,
+    stream => $true, background => $true }, 6);
+cmp_ok(scalar @$seen, '>=', 6, 'some events before the client left');
+$id = $seen->[0]{response}{id};
+my $n = $seen->[-1]{sequence_number};
+$r = $t->get("/v1/responses/$id?stream=true&starting_after=$n");
+is($r->{status}, 200, 're-attach after the client left: 200');
+my $rest = sse_events($r->{body});
+is($rest->[0]{sequence_number}, $n + 1,
+    'the events go on after starting_after');
+is_deeply(seqs([ @$seen, @$rest ]), [ 0 .. @$seen + @$rest - 1 ],
+    'none missing, none twice');
+is(deltas([ @$seen, @$rest ]), deltas($fge),
+    'the whole text, as in the foreground');
+is($rest->[-1]{type}, 'response.incomplete', 'to its end');
+is($rest->[-1]{response}{output}[0]{content}[0]{text}, deltas($fge),
+    'whose Response holds the whole text');
+is(settle($id)->{json}{status}, 'incomplete', 'and it is stored ended');
+
+# re-attached while it still runs: the live events follow
+$seen = stream_cut('/v1/responses', { model => 'kimi-test',
+    input => 'tell a long story', max_output_tokens => 60,
+    stream => $true, background => $true }, 3);
+$id = $seen->[0]{response}{id};
+$r = $t->get("/v1/responses/$id?stream=true&starting_after=2");
+$rest = sse_events($r->{body});
+is($rest->[0]{sequence_number}, 3, 're-attached while it runs');
+is($rest->[-1]{type}, 'response.incomplete', 'follows it to its end');
+is($rest->[-1]{response}{usage}{output_tokens}, 60, 'every token');
+is(deltas([ @$seen[0 .. 2], @$rest ]),
+    $rest->[-1]{response}{output}[0]{content}[0]{text}, 'the whole text');
+
+# cancelled while followed: the stream ends
+$seen = stream_cut('/v1/responses', { model => 'kimi-test',
+    input => 'tell a long story', max_output_tokens => 2000,
+    stream => $true, background => $true }, 3);
+$id = $seen->[0]{response}{id};
+my $follow = $t->connect_gw;
+print $follow KimiTest::request_text('GET',
+    "/v1/responses/$id?stream=true&starting_after=2");
+sleep 0.2;
+is($t->post("/v1/responses/$id/cancel", undef)->{json}{status},
+    'cancelled', 'a followed stream cancelled');
+my $raw = '';
+{
+    local $SIG{ALRM} = sub { die "timeout\n" };
+    alarm 10;
+    while (sysread($follow, my $buf, 65536)) { $raw .= $buf }
+    alarm 0;
+}
+close $follow;
+like($raw, qr/0\r\n\r\n$/, 'its follower ends');
+ok(KimiTest::wait_for(5, sub { cancel_line($id) }),
+    'and its sequence is cancelled');
+
+# the event log is bounded: the oldest events go, re-attaching before
+# them is refused, after them served
+$r = $t->sse('/small/v1/responses', { model => 'kimi-test',
+    input => 'tell a long story', max_output_tokens => 100,
+    stream => $true, background => $true });
+$bge = sse_events($r->{body});
+is($bge->[-1]{type}, 'response.incomplete',
+    'a stream longer than its event bound reaches its end live');
+$id = $bge->[0]{response}{id};
+$r = $t->get("/small/v1/responses/$id?stream=true");
+is($r->{status}, 400, 're-attaching before the kept events: 400');
+is($r->{json}{error}{param}, 'starting_after', 'naming starting_after');
+like($r->{json}{error}{message} // '',
+    qr/no longer kept.*kimi_responses_stream_events/, 'saying why');
+my ($from) = ($r->{json}{error}{message} // '')
+    =~ /starting_after (\d+) or later/;
+ok($from && $from > 10, 'and from where it can');
+$r = $t->get("/small/v1/responses/$id?stream=true&starting_after="
+    . ($from // 0));
+is($r->{status}, 200, 'from there: 200');
+$rest = sse_events($r->{body});
+is_deeply($rest, [ @$bge[$from + 1 .. $#$bge] ], 'the kept events');
+
+# API keys: a stream is its key's
+$r = $t->sse('/keyed/v1/responses', { model => 'kimi-test', input => 'hello',
+    stream => $true, background => $true },
+    headers => { Authorization => 'Bearer sk-alice-0123456789' });
+$id = sse_events($r->{body})->[0]{response}{id};
+is($t->get("/keyed/v1/responses/$id?stream=true",
+    Authorization => 'Bearer sk-bob-abcdefghij')->{status}, 404,
+    'another key re-attaching: 404');
+is($t->get("/keyed/v1/responses/$id?stream=true")->{status}, 401,
+    'no key: 401');
+$r = $t->get("/keyed/v1/responses/$id?stream=true",
+    Authorization => 'Bearer sk-alice-0123456789');
+is($r->{status}, 200, 'its key: 200');
+is(sse_events($r->{body})->[-1]{type}, 'response.completed',
+    'the whole stream');
+
 # --- refused ----------------------------------------------------------------
 
 $r = $bg->(input => 'x', store => $false);
 is($r->{status}, 400, 'background with store false: 400');
 is($r->{json}{error}{param}, 'background', 'naming background');
 like($r->{json}{error}{message}, qr/store/, 'saying store');
-$r = $bg->(input => 'x', stream => $true);
-is($r->{status}, 400, 'background with stream: 400');
-like($r->{json}{error}{message}, qr/stream/, 'saying stream');
 is($bg->(input => 'x', background => 'yes')->{status}, 400,
     'background not a boolean: 400');
 $r = $t->post('/nostore/v1/responses', { model => 'kimi-test', input => 'x',
@@ -327,6 +521,33 @@ my $n_remote = () = $t->read_file('error.log')
     =~ /background response cancelled, cancelling slot/g;
 diag("$n_remote of 6 cancels came from the other worker");
 
+# a stream re-attached from either worker: the worker that does not run
+# it reads the shared log on a timer (reuseport spreads the sixteen
+# connections over both workers)
+$seen = stream_cut('/v1/responses', { model => 'kimi-test',
+    input => 'tell a long story', max_output_tokens => 100,
+    stream => $true, background => $true }, 3);
+$id = $seen->[0]{response}{id};
+my @follows = $t->many(16, 'GET', "/v1/responses/$id?stream=true"
+    . '&starting_after=2', undef);
+is_deeply([ map { $_->{status} } @follows ], [ (200) x 16 ],
+    'sixteen re-attach while it runs');
+is_deeply([ map { sse_events($_->{body})->[0]{sequence_number} } @follows ],
+    [ (3) x 16 ], 'each from event 3');
+is_deeply([ map { sse_events($_->{body})->[-1]{type} } @follows ],
+    [ ('response.incomplete') x 16 ], 'each to the end');
+my $whole = sse_events($follows[0]{body})->[-1]{response}{output}[0]
+    {content}[0]{text};
+is_deeply([ map { deltas([ @$seen[0 .. 2], @{sse_events($_->{body})} ]) }
+    @follows ], [ ($whole) x 16 ], 'each with the whole text');
+my $elog = $t->read_file('error.log');
+my ($runs) = $elog =~ /(\d+)#\d+: \*\d+ kimi background response \Q$id\E queued/;
+my %by = map { $_ => 1 }
+    $elog =~ /(\d+)#\d+: \*\d+ kimi: following response \Q$id\E from event 3/g;
+ok(grep({ $_ != $runs } keys %by),
+    'some were followed from the worker that does not run it')
+    or diag("runs in $runs, followed in " . join(' ', keys %by));
+
 # a worker killed while one runs: its entry names a pid that is gone, and
 # reads as failed (the engine reclaims the dead worker's slot)
 $id = $bg->(input => 'long story killed', max_output_tokens => 2000)
@@ -380,6 +601,62 @@ is($done->{output}[0]{content}[0]{text}, $fg->{output}[0]{content}[0]{text},
     'greedy output equal to the foreground request\'s');
 is($done->{usage}{output_tokens}, $fg->{usage}{output_tokens},
     'and as many tokens');
+
+$fgs = $t->sse('/v1/responses', { model => 'kimi-test', %req,
+    stream => $true });
+$fge = sse_events($fgs->{body});
+$r = $t->sse('/v1/responses', { model => 'kimi-test', %req, stream => $true,
+    background => $true });
+$bge = sse_events($r->{body});
+is_deeply(types($bge), types($fge),
+    'tiny model: streamed in the background, the foreground\'s events');
+is(deltas($bge), deltas($fge), 'and its text');
+ok(length deltas($bge), 'some text');
+
+$t->stop;
+
+# --- worker_shutdown_timeout cuts background responses -----------------------
+
+# without it a reload lets them finish (above); with it the old worker
+# cuts them when it expires, as it closes its connections
+$t = KimiTest->new(workers => 1, delay_ms => 20,
+    main_conf => 'worker_shutdown_timeout 1s;',
+    replies => [ { match => 'long story', text => $long } ],
+    default => { text => 'plain answer' },
+    http_conf => 'kimi_responses_store resp:1m;');
+$t->start;
+
+$id = $bg->(input => 'long story cut', max_output_tokens => 2000)
+    ->{json}{id};
+$seen = stream_cut('/v1/responses', { model => 'kimi-test',
+    input => 'long story streamed', max_output_tokens => 2000,
+    stream => $true, background => $true }, 3);
+my $sid = $seen->[0]{response}{id};
+ok(running($id) && running($sid), 'two run when nginx reloads');
+my $t0 = time;
+$t->reload;
+$r = settle($id);
+my $took = time - $t0;
+is($r->{json}{status}, 'failed', 'worker_shutdown_timeout: it is failed');
+like($r->{json}{error}{message} // '', qr/shut down \(worker_shutdown_timeout\)/,
+    'saying the worker shut down');
+is($r->{json}{error}{code}, 'server_error', 'a server_error');
+cmp_ok($took, '<', 6, 'about when the timeout expired, not at its end')
+    or diag("took $took s");
+ok(KimiTest::wait_for(5, sub { cancel_line($id) }),
+    'its engine sequence is cancelled');
+ok(KimiTest::wait_for(5, sub { cancel_line($sid) }),
+    'the streamed one\'s too');
+is(settle($sid)->{json}{status}, 'failed', 'which is failed too');
+$r = $t->get("/v1/responses/$sid?stream=true&starting_after=2");
+is(sse_events($r->{body})->[-1]{type}, 'response.failed',
+    'its stream ends with response.failed');
+like($t->read_file('error.log'),
+    qr/background response cancelled: worker_shutdown_timeout expired/,
+    'the old worker says so');
+$r = $resp->(input => 'after');
+is($r->{json}{output}[0]{content}[0]{text}, 'plain answer',
+    'the new worker serves');
 
 $t->stop;
 
