@@ -407,6 +407,7 @@ void ngx_http_kimi_submit(ngx_http_kimi_ctx_t *ctx);
 void ngx_http_kimi_touch(ngx_http_kimi_ctx_t *ctx);
 void ngx_http_kimi_observe(ngx_http_kimi_ctx_t *ctx, ngx_uint_t final);
 void ngx_http_kimi_observe_tokens(ngx_http_kimi_ctx_t *ctx, ngx_uint_t n);
+ngx_int_t ngx_http_kimi_request_id_header(ngx_http_request_t *r);
 
 /* ngx_http_kimi_openai.c */
 ngx_int_t ngx_http_kimi_parse_request(ngx_http_kimi_ctx_t *ctx, u_char *body,

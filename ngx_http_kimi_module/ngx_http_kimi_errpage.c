@@ -7,7 +7,10 @@
  *
  * Owns:   a header filter that, for a special response (r->err_status)
  *         in a kimi_pass location, swaps the HTML page for JSON, and the
- *         body filter that drops the page's buffers in its favour.
+ *         body filter that drops the page's buffers in its favour.  The
+ *         same header filter names every response of such a location with
+ *         X-Request-Id (ngx_http_kimi_request_id_header()): filters see
+ *         all of them, the module's own, the keys' 401 and nginx's.
  * Never:  touches responses the module built (they are JSON already and
  *         carry no err_status), an operator's error_page (an error page
  *         is a redirect: it runs with err_status reset by nginx), or
@@ -94,8 +97,16 @@ ngx_http_kimi_errpage_header_filter(ngx_http_request_t *r)
     status = r->err_status;
     klcf = ngx_http_get_module_loc_conf(r, ngx_http_kimi_module);
 
-    if (status < NGX_HTTP_BAD_REQUEST || klcf == NULL || klcf->pass != 1
-        || r != r->main || r->headers_out.content_type.len != 9
+    if (klcf == NULL || klcf->pass != 1 || r != r->main) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    if (ngx_http_kimi_request_id_header(r) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (status < NGX_HTTP_BAD_REQUEST
+        || r->headers_out.content_type.len != 9
         || ngx_strncmp(r->headers_out.content_type.data, "text/html", 9)
            != 0)
     {

@@ -748,40 +748,52 @@ invalid:
 }
 
 
+/* The client's X-Request-Id into *given when it is one we can take: 1 to
+ * 128 characters that need no JSON escaping (the id is written as it is
+ * into every chunk) nor any in a header; else given is left empty. */
+static void
+ngx_http_kimi_request_id_in(ngx_http_request_t *r, ngx_str_t *given)
+{
+    u_char            c;
+    size_t            i;
+    ngx_table_elt_t  *h;
+
+    ngx_str_null(given);
+
+    h = ngx_http_kimi_header_in(r, "X-Request-Id", sizeof("X-Request-Id") - 1);
+
+    if (h == NULL || h->value.len == 0 || h->value.len > 128) {
+        return;
+    }
+
+    for (i = 0; i < h->value.len; i++) {
+        c = h->value.data[i];
+
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z')
+              || (c >= 'A' && c <= 'Z')
+              || (c != '\0' && ngx_strchr("-_.:/+=@", c) != NULL)))
+        {
+            return;
+        }
+    }
+
+    *given = h->value;
+}
+
+
 /* "chatcmpl-" or "cmpl-" and the client's X-Request-Id, as vLLM names a
  * request after that header, or 96 random bits, as OpenAI's ids look; a
  * Responses id ("resp_") is always random: the store is keyed by it */
 static ngx_int_t
 ngx_http_kimi_request_id(ngx_http_kimi_ctx_t *ctx)
 {
-    u_char           *p, c;
-    size_t            i;
-    ngx_str_t         given;
-    ngx_table_elt_t  *h;
+    u_char     *p;
+    ngx_str_t   given;
 
     ngx_str_null(&given);
 
-    h = ctx->responses ? NULL
-        : ngx_http_kimi_header_in(ctx->request, "X-Request-Id",
-                                  sizeof("X-Request-Id") - 1);
-
-    if (h != NULL && h->value.len > 0 && h->value.len <= 128) {
-        /* (characters that need no JSON escaping only: the id is written
-         * as it is into every chunk) */
-        for (i = 0; i < h->value.len; i++) {
-            c = h->value.data[i];
-
-            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z')
-                  || (c >= 'A' && c <= 'Z')
-                  || (c != '\0' && ngx_strchr("-_.:/+=@", c) != NULL)))
-            {
-                break;
-            }
-        }
-
-        if (i == h->value.len) {
-            given = h->value;
-        }
+    if (!ctx->responses) {
+        ngx_http_kimi_request_id_in(ctx->request, &given);
     }
 
     p = ngx_pnalloc(ctx->request->pool,
@@ -804,6 +816,62 @@ ngx_http_kimi_request_id(ngx_http_kimi_ctx_t *ctx)
     }
 
     ctx->id.len = p - ctx->id.data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * X-Request-Id on every response of a kimi_pass location, as vLLM's
+ * --enable-request-id-headers and OpenAI's API send it (the openai client
+ * reads it into _request_id and an APIError's request_id): the client's
+ * own when it sent one we can take, else the request's id without its
+ * "chatcmpl-"/"cmpl-"/"resp_" prefix, else (an answer before there is an
+ * id: a 401, a 404, a bad body) 96 random bits.
+ */
+ngx_int_t
+ngx_http_kimi_request_id_header(ngx_http_request_t *r)
+{
+    u_char               *p;
+    ngx_str_t             id;
+    ngx_table_elt_t      *h;
+    ngx_http_kimi_ctx_t  *ctx;
+
+    ngx_http_kimi_request_id_in(r, &id);
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_kimi_module);
+
+    if (id.len == 0 && ctx != NULL && ctx->id.len) {
+        id = ctx->id;
+
+        p = ngx_strlchr(id.data, id.data + id.len,
+                        ctx->responses ? '_' : '-');
+        if (p != NULL) {
+            id.len -= p + 1 - id.data;
+            id.data = p + 1;
+        }
+    }
+
+    if (id.len == 0) {
+        id.data = ngx_pnalloc(r->pool, 24);
+        if (id.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        id.len = ngx_sprintf(id.data, "%08xD%08xD%08xD",
+                             (uint32_t) ngx_random(), (uint32_t) ngx_random(),
+                             (uint32_t) ngx_random())
+                 - id.data;
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "X-Request-Id");
+    h->value = id;
 
     return NGX_OK;
 }
