@@ -349,11 +349,15 @@ struct ngx_http_kimi_ctx_s {
     ngx_uint_t                   n_calls;
     ngx_uint_t                   n_calls_streamed;
     ngx_str_t                    stop_reason;      /* matched stop string */
+    int32_t                      stop_token_id;    /* the stop id it ended
+                                                      on, with stopped_on_id */
     uint32_t                     finish;           /* kimi_finish_e */
     ngx_int_t                    final_rc;         /* when failed is set */
 
     unsigned                     headers_sent:1;
     unsigned                     role_sent:1;
+    unsigned                     stopped_on_id:1;  /* a stop id, not the
+                                                      tokenizer's eos */
     unsigned                     echo_pending:1;   /* streamed echo with
                                                       logprobs: the prompt's
                                                       chunk waits for its

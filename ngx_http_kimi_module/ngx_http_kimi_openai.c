@@ -2222,13 +2222,16 @@ ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx)
 
         json_object_set_new(msg, "role", json_string("assistant"));
         /* with a reasoning parser an answer all reasoning has no content,
-         * as vLLM's (null) */
+         * as vLLM's (null); an empty answer (a stop token first) is "",
+         * not a missing key: jansson makes no string of a NULL pointer */
         json_object_set_new(msg, "content",
                             ctx->content.len
                             || (ctx->n_calls == 0
                                 && !(ctx->conf->reasoning_parser
                                      && ctx->reasoning.len))
-                            ? json_stringn_nocheck((char *) ctx->content.data,
+                            ? json_stringn_nocheck(ctx->content.len
+                                                   ? (char *) ctx->content.data
+                                                   : "",
                                                    ctx->content.len)
                             : json_null());
 
@@ -2276,7 +2279,9 @@ ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx)
 
     } else {
         json_object_set_new(choice, "text",
-                            json_stringn_nocheck((char *) ctx->content.data,
+                            json_stringn_nocheck(ctx->content.len
+                                                 ? (char *) ctx->content.data
+                                                 : "",
                                                  ctx->content.len));
     }
 
@@ -2337,11 +2342,14 @@ ngx_http_kimi_choice_json(ngx_http_kimi_ctx_t *ctx)
                                 ctx->out_ids ? ctx->out_ids->nelts : 0));
     }
 
-    if (ctx->stop_reason.len) {
-        json_object_set_new(choice, "stop_reason",
-                            json_stringn_nocheck((char *) ctx->stop_reason.data,
-                                                 ctx->stop_reason.len));
-    }
+    /* vLLM's stop_reason, on every choice: the stop string matched, the
+     * stop token id it ended on, or null (eos, length) */
+    json_object_set_new(choice, "stop_reason",
+        ctx->stop_reason.len
+        ? json_stringn_nocheck((char *) ctx->stop_reason.data,
+                               ctx->stop_reason.len)
+        : ctx->stopped_on_id ? json_integer(ctx->stop_token_id)
+                             : json_null());
 
     return choice;
 

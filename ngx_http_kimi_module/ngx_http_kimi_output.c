@@ -346,6 +346,17 @@ ngx_http_kimi_output_token(ngx_http_kimi_ctx_t *ctx,
      * min_tokens, so one that comes is the last) */
     for (i = 0; i < ctx->params.sampling.n_stop_ids; i++) {
         if (ctx->params.sampling.stop_ids[i] == tok->token) {
+            /* vLLM's stop_reason names the stop id, generation_config's
+             * <|im_end|> too, but not the tokenizer's own eos: vLLM stops
+             * on that one apart from its stop_token_ids */
+            if (ctx->text == NULL
+                || tok->token != kimi_tokenizer_eos(
+                                    ngx_http_kimi_text_tokenizer(ctx->text)))
+            {
+                ctx->stop_token_id = tok->token;
+                ctx->stopped_on_id = 1;
+            }
+
             return NGX_OK;
         }
     }
