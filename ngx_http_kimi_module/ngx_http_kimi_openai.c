@@ -2090,7 +2090,12 @@ ngx_http_kimi_send_json(ngx_http_request_t *r, ngx_uint_t status,
         return NGX_ERROR;
     }
 
-    s = json_dumps(body, JSON_COMPACT);
+    /*
+     * 9 significant digits: enough for a float32 (the logprobs, read back
+     * from the 6 decimals the streams send) and for a client's 0.7, which
+     * jansson's default of 17 writes as 0.69999999999999996
+     */
+    s = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(9));
     if (s == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
