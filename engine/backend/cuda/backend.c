@@ -50,7 +50,9 @@ kimi_cuda_check_shapes(const kimi_model_config_t *c, uint32_t H, uint32_t tp,
     KIMI_NEED(tp == 1 || (c->qk_nope_head_dim + c->v_head_dim) * head_first
               % 128 == 0, "a tensor-parallel shard's kv_b_proj rows do not "
               "start on a 128-row FP8 block (heads from %u)", head_first);
-    KIMI_NEED(c->intermediate_size % (128 * tp) == 0
+    /* one rank's dense MLP of any width is padded to 128 columns at
+     * upload (DeepSeek-V2-Lite's 10944); a shard must fall on blocks */
+    KIMI_NEED((tp == 1 || c->intermediate_size % (128 * tp) == 0)
               && c->moe_intermediate_size % (128 * tp) == 0,
               "intermediate_size %u / moe_intermediate_size %u do not split"
               " over %u tensor-parallel ranks on 128 columns",
@@ -63,8 +65,6 @@ kimi_cuda_check_shapes(const kimi_model_config_t *c, uint32_t H, uint32_t tp,
               H * c->v_head_dim);
     KIMI_NEED((H * kimi_model_qk_head_dim(c)) % 32 == 0 && c->qk_nope_head_dim
               <= 1536, "qk_nope_head_dim %u", c->qk_nope_head_dim);
-    KIMI_NEED(c->intermediate_size % 128 == 0, "intermediate_size %u is not a "
-              "multiple of 128", c->intermediate_size);
     KIMI_NEED(c->quant_fp8 && c->weight_block_size[0] == 128
               && c->weight_block_size[1] == 128, "the model is not FP8 with "
               "128x128 block scales (no quantization_config): serve it with"
@@ -1307,7 +1307,10 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
         uint32_t  tp = model->tp_size > 1 ? model->tp_size : 1;
 
         b->H = model->n_heads;
-        b->I_dense = c->intermediate_size / tp;
+        /* zero rows of gate / up and columns of down pad a dense MLP to
+         * whole 128-column blocks: silu(0) * 0 adds nothing */
+        b->I_dense = tp > 1 ? c->intermediate_size / tp
+                            : (c->intermediate_size + 127) / 128 * 128;
         /* tensor + expert parallel: routed experts whole, E / tp of them */
         b->I_moe = c->moe_intermediate_size
                    / (model->tp_experts_whole ? 1 : tp);

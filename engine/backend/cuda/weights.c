@@ -101,6 +101,51 @@ kimi_cuda_put_fp8(kimi_cuda_arena_t *ar, const kimi_weight_t *w,
 }
 
 
+/* The same, zero-padded to rows_to x cols_to (>= the weight's, whole
+ * 128-blocks: its scale grid already covers them) */
+static int
+kimi_cuda_put_fp8_pad(kimi_cuda_arena_t *ar, const kimi_weight_t *w,
+    uint32_t rows_to, uint32_t cols_to, const char *what, uint32_t l,
+    kimi_cuda_fp8_t *d, kimi_err_t *err)
+{
+    kimi_weight_t  p;
+    uint8_t       *t;
+
+    if (rows_to == w->rows && cols_to == w->cols) {
+        return kimi_cuda_put_fp8(ar, w, what, l, d, err);
+    }
+
+    if (rows_to < w->rows || cols_to < w->cols
+        || (rows_to + 127) / 128 != (w->rows + 127) / 128
+        || (cols_to + 127) / 128 != (w->cols + 127) / 128)
+    {
+        return kimi_err_set(err, KIMI_EINVAL, "cuda backend: layer %u %s: "
+                            "%ux%u does not pad to %ux%u", l, what, w->rows,
+                            w->cols, rows_to, cols_to);
+    }
+
+    p = *w;
+    p.rows = rows_to;
+    p.cols = cols_to;
+    t = kimi_cuda_tmp(ar, (size_t) rows_to * cols_to);
+
+    if (ar->base != NULL && w->data != NULL) {
+        if (t == NULL) {
+            return kimi_err_set(err, KIMI_ENOMEM, "cuda weights: padding");
+        }
+
+        memset(t, 0, (size_t) rows_to * cols_to);
+        for (uint32_t r = 0; r < w->rows; r++) {
+            memcpy(t + (size_t) r * cols_to,
+                   (const uint8_t *) w->data + (size_t) r * w->cols, w->cols);
+        }
+        p.data = t;
+    }
+
+    return kimi_cuda_put_fp8(ar, &p, what, l, d, err);
+}
+
+
 /* Any 2-D weight as bf16 (transposed: [cols][rows]) */
 static int
 kimi_cuda_put_bf16(kimi_cuda_arena_t *ar, const kimi_weight_t *w,
@@ -357,12 +402,20 @@ kimi_cuda_walk(kimi_cuda_t *b, kimi_cuda_arena_t *ar, kimi_err_t *err)
         d->is_moe = L->is_moe;
 
         if (!L->is_moe) {
-            if ((rc = kimi_cuda_put_fp8(ar, &L->mlp.gate_proj, "gate_proj", l,
-                                        &d->gate, err)) != 0
-                || (rc = kimi_cuda_put_fp8(ar, &L->mlp.up_proj, "up_proj", l,
-                                           &d->up, err)) != 0
-                || (rc = kimi_cuda_put_fp8(ar, &L->mlp.down_proj, "down_proj",
-                                           l, &d->down, err)) != 0)
+            uint32_t  I = b->I_dense;
+
+            if ((rc = kimi_cuda_put_fp8_pad(ar, &L->mlp.gate_proj, I,
+                                            L->mlp.gate_proj.cols,
+                                            "gate_proj", l, &d->gate, err))
+                != 0
+                || (rc = kimi_cuda_put_fp8_pad(ar, &L->mlp.up_proj, I,
+                                               L->mlp.up_proj.cols,
+                                               "up_proj", l, &d->up, err))
+                   != 0
+                || (rc = kimi_cuda_put_fp8_pad(ar, &L->mlp.down_proj,
+                                               L->mlp.down_proj.rows, I,
+                                               "down_proj", l, &d->down,
+                                               err)) != 0)
             {
                 return rc;
             }
