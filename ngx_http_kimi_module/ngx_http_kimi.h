@@ -138,6 +138,18 @@ typedef struct {
 } ngx_http_kimi_main_conf_t;
 
 
+/* kimi_rank_hash: the data-parallel rank a request goes to, by a key
+ * (its KV cache then holds the key's earlier prompts) */
+typedef struct {
+    ngx_http_complex_value_t    *key;              /* KEY, or NULL: */
+    ngx_uint_t                   prompt_prefix;    /* the first N prompt
+                                                      tokens */
+    ngx_uint_t                   slack;            /* requests the keyed
+                                                      rank may carry over
+                                                      the least loaded */
+} ngx_http_kimi_rank_hash_t;
+
+
 typedef struct {
     ngx_flag_t                   pass;             /* kimi_pass */
     ngx_str_t                    served_model_name;
@@ -158,6 +170,8 @@ typedef struct {
                                                       events: bytes of a
                                                       background stream's
                                                       events kept */
+    ngx_http_kimi_rank_hash_t   *rank_hash;        /* kimi_rank_hash: NULL
+                                                      off */
 } ngx_http_kimi_loc_conf_t;
 
 

@@ -570,6 +570,83 @@ ngx_http_kimi_engine_pending_done(ngx_http_kimi_ctx_t *ctx)
 
 
 /*
+ * kimi_rank_hash: the ready rank whose rendezvous score for the request's
+ * key is highest (the same key goes to the same rank while the set of
+ * ranks stays; a rank's loss moves only its own keys), or n_ranks when
+ * the request has no key (empty value, or a prompt shorter than the
+ * prefix).
+ */
+static uint32_t
+ngx_http_kimi_rank_by_key(ngx_http_kimi_ctx_t *ctx,
+    ngx_http_kimi_rank_hash_t *h, ngx_http_kimi_attach_t *a, uint64_t now)
+{
+    u_char      *p, *end;
+    uint32_t     r, pick;
+    uint64_t     key, x, top;
+    ngx_str_t    v;
+
+    if (h->key != NULL) {
+        if (ngx_http_complex_value(ctx->request, h->key, &v) != NGX_OK
+            || v.len == 0)
+        {
+            return a->n_ranks;
+        }
+
+        p = v.data;
+        end = v.data + v.len;
+
+    } else {
+        if (ctx->n_prompt < h->prompt_prefix) {
+            return a->n_ranks;
+        }
+
+        p = (u_char *) ctx->prompt;
+        end = p + h->prompt_prefix * sizeof(int32_t);
+    }
+
+    /* FNV-1a over the key's bytes */
+    key = 0xcbf29ce484222325ULL;
+    for ( /* void */ ; p < end; p++) {
+        key = (key ^ *p) * 0x100000001b3ULL;
+    }
+
+    pick = a->n_ranks;
+    top = 0;
+
+    for (r = 0; r < a->n_ranks; r++) {
+        if (ngx_http_kimi_rank_ready(a, r, now) != NGX_OK) {
+            continue;
+        }
+
+        /* splitmix64 of key and rank: every rank's score independent */
+        x = key + (r + 1) * 0x9e3779b97f4a7c15ULL;
+        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+        x ^= x >> 31;
+
+        if (pick == a->n_ranks || x > top) {
+            pick = r;
+            top = x;
+        }
+    }
+
+    return pick;
+}
+
+
+static uint64_t
+ngx_http_kimi_rank_load(ngx_http_kimi_attach_t *a, uint32_t r)
+{
+    kimi_shm_rank_t  *rk = kimi_shm_rank(&a->shm, r);
+
+    /* the rank's published queue plus what this worker submitted since,
+     * which the rank may not have counted yet */
+    return (uint64_t) atomic_load(&rk->num_running)
+           + atomic_load(&rk->num_waiting) + a->inflight[r];
+}
+
+
+/*
  * Slot, prompt, rank, ring, doorbell.  Returns NGX_OK, or an HTTP status
  * with *error set (no slot: 503; a pinned rank that is not up: 400).
  */
@@ -577,14 +654,14 @@ ngx_int_t
 ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
 {
     int32_t                    idx, eos;
-    uint32_t                   r, best, gen, n_ranks;
+    uint32_t                   r, best, gen, n_ranks, keyed;
     uint64_t                   now, load, best_load;
-    kimi_shm_rank_t           *rk;
     kimi_shm_slot_t           *s;
     kimi_shm_ring_t           *ring;
     kimi_shm_sampling_t       *sp;
     ngx_http_kimi_attach_t    *a;
     const kimi_tokenizer_t    *tok;
+    ngx_http_kimi_loc_conf_t  *lcf;
 
     a = ngx_http_kimi_engine.current;
 
@@ -608,8 +685,6 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
         }
 
     } else {
-        /* least loaded: the rank's published queue plus what this worker
-         * submitted since, which the rank may not have counted yet */
         best = n_ranks;
         best_load = UINT64_MAX;
 
@@ -618,9 +693,7 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
                 continue;
             }
 
-            rk = kimi_shm_rank(&a->shm, r);
-            load = (uint64_t) atomic_load(&rk->num_running)
-                   + atomic_load(&rk->num_waiting) + a->inflight[r];
+            load = ngx_http_kimi_rank_load(a, r);
 
             if (load < best_load) {
                 best = r;
@@ -631,6 +704,27 @@ ngx_http_kimi_engine_submit(ngx_http_kimi_ctx_t *ctx, ngx_str_t *error)
         if (best == n_ranks) {
             ngx_str_set(error, "No engine rank is ready");
             return NGX_HTTP_SERVICE_UNAVAILABLE;
+        }
+
+        /* the key's rank, unless it runs more than slack requests over
+         * the least loaded one */
+        lcf = ngx_http_get_module_loc_conf(ctx->request,
+                                           ngx_http_kimi_module);
+
+        if (n_ranks > 1 && lcf->rank_hash != NULL) {
+            keyed = ngx_http_kimi_rank_by_key(ctx, lcf->rank_hash, a, now);
+
+            if (keyed < n_ranks
+                && ngx_http_kimi_rank_load(a, keyed)
+                   <= best_load + lcf->rank_hash->slack)
+            {
+                best = keyed;
+            }
+
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP,
+                           ctx->request->connection->log, 0,
+                           "kimi rank by key: %uD, least loaded %uL, sent"
+                           " to %uD", keyed, best_load, best);
         }
     }
 

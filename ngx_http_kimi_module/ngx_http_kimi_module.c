@@ -67,6 +67,8 @@ static void ngx_http_kimi_choice_end(ngx_http_kimi_ctx_t *c);
 
 static void *ngx_http_kimi_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_kimi_init_main_conf(ngx_conf_t *cf, void *conf);
+static char *ngx_http_kimi_rank_hash(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static void *ngx_http_kimi_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -263,6 +265,13 @@ static ngx_command_t  ngx_http_kimi_commands[] = {
       ngx_conf_set_size_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_kimi_loc_conf_t, responses_events),
+      NULL },
+
+    { ngx_string("kimi_rank_hash"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_kimi_rank_hash,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
       ngx_null_command
@@ -2299,6 +2308,7 @@ ngx_http_kimi_create_loc_conf(ngx_conf_t *cf)
     conf->responses_zone = NGX_CONF_UNSET_PTR;
     conf->responses_background = NGX_CONF_UNSET_UINT;
     conf->responses_events = NGX_CONF_UNSET_SIZE;
+    conf->rank_hash = NGX_CONF_UNSET_PTR;
 
     return conf;
 }
@@ -2346,7 +2356,97 @@ ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
      * of deltas; the oldest go past it */
     ngx_conf_merge_size_value(conf->responses_events,
                               prev->responses_events, 512 * 1024);
+    ngx_conf_merge_ptr_value(conf->rank_hash, prev->rank_hash, NULL);
 
+    return NGX_CONF_OK;
+}
+
+
+/* kimi_rank_hash KEY | prompt_prefix=N | off [slack=N] */
+static char *
+ngx_http_kimi_rank_hash(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_kimi_loc_conf_t  *lcf = conf;
+
+    ngx_int_t                           n;
+    ngx_str_t                          *value;
+    ngx_uint_t                          i;
+    ngx_http_kimi_rank_hash_t          *h;
+    ngx_http_compile_complex_value_t    ccv;
+
+    if (lcf->rank_hash != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        if (cf->args->nelts != 2) {
+            return "takes no parameters with \"off\"";
+        }
+
+        lcf->rank_hash = NULL;
+        return NGX_CONF_OK;
+    }
+
+    h = ngx_pcalloc(cf->pool, sizeof(ngx_http_kimi_rank_hash_t));
+    if (h == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    /* a keyed rank may run this many more requests than the least loaded
+     * before its requests go elsewhere (and lose their cached prefix) */
+    h->slack = 16;
+
+    if (ngx_strncmp(value[1].data, "prompt_prefix=", 14) == 0) {
+        n = ngx_atoi(value[1].data + 14, value[1].len - 14);
+        if (n == NGX_ERROR || n == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid prompt_prefix \"%V\" (a number of"
+                               " tokens, at least 1)", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+
+        h->prompt_prefix = (ngx_uint_t) n;
+
+    } else {
+        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+        ccv.cf = cf;
+        ccv.value = &value[1];
+        ccv.complex_value = ngx_palloc(cf->pool,
+                                       sizeof(ngx_http_complex_value_t));
+        if (ccv.complex_value == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        h->key = ccv.complex_value;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+        if (ngx_strncmp(value[i].data, "slack=", 6) == 0) {
+            n = ngx_atoi(value[i].data + 6, value[i].len - 6);
+            if (n == NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid slack \"%V\" (a number of "
+                                   "requests)", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            h->slack = (ngx_uint_t) n;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"",
+                           &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    lcf->rank_hash = h;
     return NGX_CONF_OK;
 }
 

@@ -545,7 +545,7 @@ sub many {
     for my $i (0 .. $n - 1) {
         my $s = $self->connect_gw($opt{port});
         my $b = ref $body eq 'CODE' ? $body->($i) : $body;
-        print $s request_text($method, $path, $b);
+        print $s request_text($method, $path, $b, @{$opt{headers} // []});
         $sel->add($s);
         $idx{fileno $s} = $i;
         $raw{$i} = '';
