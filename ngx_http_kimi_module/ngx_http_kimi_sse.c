@@ -45,6 +45,9 @@ static u_char *ngx_http_kimi_sse_close(ngx_http_kimi_ctx_t *ctx,
     u_char *start, u_char *p);
 static u_char *ngx_http_kimi_sse_ids(ngx_http_kimi_ctx_t *ctx, u_char *start,
     u_char *p);
+static size_t ngx_http_kimi_sse_finish_len(ngx_http_kimi_ctx_t *ctx);
+static u_char *ngx_http_kimi_sse_finish_tail(ngx_http_kimi_ctx_t *ctx,
+    u_char *p);
 
 
 /* The headers and the chunk prefix, once per request: the first choice
@@ -475,9 +478,13 @@ ngx_http_kimi_sse_content(ngx_http_kimi_ctx_t *ctx, const u_char *text,
                              "delta", (char *) text, len, "logprobs"), 0);
     }
 
+    /* (in the last drain, with room for the finish patched into the
+     * chunk: ngx_http_kimi_sse_finish_held()) */
     cl = ngx_http_kimi_sse_buf(ctx, ctx->prefix.len + 128 + ctx->logprobs.len
                                + ngx_http_kimi_logprobs_legacy_len(ctx)
-                               + ngx_http_kimi_json_escape_len(text, len));
+                               + ngx_http_kimi_json_escape_len(text, len)
+                               + (ctx->sse_final
+                                  ? ngx_http_kimi_sse_finish_len(ctx) : 0));
     if (cl == NULL) {
         return NGX_ERROR;
     }
@@ -819,7 +826,8 @@ ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx, ngx_uint_t last)
 
     cl = ngx_http_kimi_sse_buf(ctx, 2 * ctx->prefix.len + 512
                                     + ctx->logprobs.len
-                                    + ngx_http_kimi_logprobs_legacy_len(ctx));
+                                    + ngx_http_kimi_logprobs_legacy_len(ctx)
+                                    + ngx_http_kimi_sse_finish_len(ctx));
     if (cl == NULL) {
         return NGX_ERROR;
     }
@@ -835,14 +843,13 @@ ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx, ngx_uint_t last)
         p = ngx_sprintf(p, "{\"index\":%ui,\"delta\":{", ctx->index);
         p = ngx_http_kimi_sse_logprobs(ctx, p, "}");
         p -= sizeof("\"finish_reason\":null}]}\n\n") - 1;
-        p = ngx_sprintf(p, "\"finish_reason\":\"%V\"}]}\n\n",
-                        &ctx->usage.finish_reason);
+        p = ngx_http_kimi_sse_finish_tail(ctx, p);
 
     } else if (ctx->route == NGX_HTTP_KIMI_ROUTE_CHAT) {
         p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
-        p = ngx_sprintf(p, "{\"index\":%ui,\"delta\":{},\"logprobs\":null,"
-                        "\"finish_reason\":\"%V\"}]}\n\n", ctx->index,
-                        &ctx->usage.finish_reason);
+        p = ngx_sprintf(p, "{\"index\":%ui,\"delta\":{},\"logprobs\":null,",
+                        ctx->index);
+        p = ngx_http_kimi_sse_finish_tail(ctx, p);
 
     } else if (ctx->params.sampling.logprobs) {
         /* lists of tokens whose text was held back or never shown */
@@ -850,14 +857,14 @@ ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx, ngx_uint_t last)
         p = ngx_sprintf(p, "{\"index\":%ui,\"text\":\"\",\"logprobs\":",
                         ctx->index);
         p = ngx_http_kimi_logprobs_legacy(ctx, p);
-        p = ngx_sprintf(p, ",\"finish_reason\":\"%V\"}]}\n\n",
-                        &ctx->usage.finish_reason);
+        *p++ = ',';
+        p = ngx_http_kimi_sse_finish_tail(ctx, p);
 
     } else {
         p = ngx_cpymem(p, ctx->prefix.data, ctx->prefix.len);
-        p = ngx_sprintf(p, "{\"index\":%ui,\"text\":\"\",\"logprobs\":null,"
-                        "\"finish_reason\":\"%V\"}]}\n\n", ctx->index,
-                        &ctx->usage.finish_reason);
+        p = ngx_sprintf(p, "{\"index\":%ui,\"text\":\"\",\"logprobs\":null,",
+                        ctx->index);
+        p = ngx_http_kimi_sse_finish_tail(ctx, p);
     }
 
     if (p > cl->buf->last) {
@@ -995,17 +1002,16 @@ ngx_http_kimi_sse_unhold(ngx_http_kimi_ctx_t *ctx, ngx_chain_t *out)
 
 
 /*
- * Puts finish_reason on the held last content chunk (its tail reads
- * "finish_reason":null}]}) unless logprob entries of held-back tokens
- * still need a chunk of their own.  NGX_DECLINED: nothing to patch.
+ * Puts finish_reason and stop_reason on the held last content chunk (its
+ * tail reads "finish_reason":null}]}) unless logprob entries of held-back
+ * tokens still need a chunk of their own.  NGX_DECLINED: nothing to patch.
  */
 static ngx_int_t
 ngx_http_kimi_sse_finish_held(ngx_http_kimi_ctx_t *ctx)
 {
-    u_char     *p;
     ngx_buf_t  *b;
 
-    static const u_char  tail[] = "null}]}\n\n";
+    static const u_char  tail[] = "\"finish_reason\":null}]}\n\n";
 
     if (ctx->last_chunk == NULL || ctx->logprobs.len || ctx->lp[0].len
         || (ctx->out_ids && ctx->out_ids->nelts > ctx->ids_sent))
@@ -1019,15 +1025,57 @@ ngx_http_kimi_sse_finish_held(ngx_http_kimi_ctx_t *ctx)
     if ((size_t) (b->last - b->pos) < sizeof(tail) - 1
         || ngx_memcmp(b->last - (sizeof(tail) - 1), tail, sizeof(tail) - 1)
            != 0
-        || (size_t) (b->end - b->last) < ctx->usage.finish_reason.len + 2)
+        || (size_t) (b->end - b->last) < ngx_http_kimi_sse_finish_len(ctx))
     {
         return NGX_DECLINED;
     }
 
-    p = b->last - (sizeof(tail) - 1);
-    b->last = ngx_sprintf(p, "\"%V\"}]}\n\n", &ctx->usage.finish_reason);
+    b->last = ngx_http_kimi_sse_finish_tail(ctx,
+                                            b->last - (sizeof(tail) - 1));
 
     return NGX_OK;
+}
+
+
+/* the most bytes ngx_http_kimi_sse_finish_tail() writes, known before the
+ * finish_reason is (the longest name is "tool_calls") */
+static size_t
+ngx_http_kimi_sse_finish_len(ngx_http_kimi_ctx_t *ctx)
+{
+    return sizeof("\"finish_reason\":\"tool_calls\","
+                  "\"stop_reason\":\"\"}]}\n\n") - 1
+           + NGX_INT32_LEN
+           + ngx_http_kimi_json_escape_len(ctx->stop_reason.data,
+                                           ctx->stop_reason.len);
+}
+
+
+/*
+ * A finish chunk's end, as vLLM's: "finish_reason", then "stop_reason":
+ * the stop string matched, the stop token id the choice ended on, or null
+ * (the tokenizer's eos, a length cut), as the answer not streamed has it
+ * (ngx_http_kimi_choice_json()).
+ */
+static u_char *
+ngx_http_kimi_sse_finish_tail(ngx_http_kimi_ctx_t *ctx, u_char *p)
+{
+    p = ngx_sprintf(p, "\"finish_reason\":\"%V\",\"stop_reason\":",
+                    &ctx->usage.finish_reason);
+
+    if (ctx->stop_reason.len) {
+        *p++ = '"';
+        p = ngx_http_kimi_json_escape(p, ctx->stop_reason.data,
+                                      ctx->stop_reason.len);
+        *p++ = '"';
+
+    } else if (ctx->stopped_on_id) {
+        p = ngx_sprintf(p, "%D", ctx->stop_token_id);
+
+    } else {
+        p = ngx_cpymem(p, "null", sizeof("null") - 1);
+    }
+
+    return ngx_cpymem(p, "}]}\n\n", sizeof("}]}\n\n") - 1);
 }
 
 

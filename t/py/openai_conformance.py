@@ -188,6 +188,78 @@ check(r.choices[0].finish_reason == "stop"
       and "stop_reason" in r.choices[0].model_extra
       and r.choices[0].model_extra["stop_reason"] is None,
       "ended by the tokenizer's eos: stop_reason null, as vLLM")
+
+# vLLM's stop_reason rides on the streamed finish chunk too, with the value
+# the answer not streamed has: the same request at temperature 0 (or with a
+# seed) both ways
+
+
+def finishes(create, **kw):
+    """{index: (finish_reason, stop_reason)} of an answer and of its stream,
+    and whether every streamed finish chunk had the stop_reason key."""
+    r = create(**kw)
+    whole = {c.index: (c.finish_reason, (c.model_extra or {}).get(
+        "stop_reason", "absent")) for c in r.choices}
+    streamed, keyed = {}, True
+    for c in create(stream=True, **kw):
+        for ch in c.choices:
+            if ch.finish_reason:
+                extra = ch.model_extra or {}
+                keyed = keyed and "stop_reason" in extra
+                streamed[ch.index] = (ch.finish_reason,
+                                      extra.get("stop_reason", "absent"))
+    return whole, streamed, keyed
+
+
+def claim_finishes(create, what, want, **kw):
+    whole, streamed, keyed = finishes(create, **kw)
+    check(keyed and streamed == whole,
+          "%s streamed: stop_reason on the finish chunk, as not streamed"
+          % what)
+    if want is not None:
+        check(all(v == want for v in whole.values()),
+              "%s: finish_reason and stop_reason %r" % (what, want))
+
+
+def token_of(text):
+    return client.post("/../tokenize", cast_to=object, body={
+        "model": model, "prompt": text})["tokens"][0]
+
+
+quote, backslash = token_of('"'), token_of("\\")
+claim_finishes(chat, "a stop string after some text", ("stop", stop),
+               max_tokens=12, seed=7, stop=[stop, "\x00never"])
+claim_finishes(chat, "a stop string with a quote", ("stop", '"'),
+               max_tokens=4, temperature=0, logit_bias={str(quote): 100},
+               stop=['"', "\x01never"])
+claim_finishes(chat, "n=2, a stop string with a quote", ("stop", '"'),
+               n=2, max_tokens=4, seed=3, logit_bias={str(quote): 100},
+               stop='"')
+claim_finishes(chat, "ended by <|im_end|>", ("stop", im_end), max_tokens=3,
+               temperature=0, logit_bias={str(im_end): 100})
+claim_finishes(chat, "ended by <|im_end|> with logprobs", ("stop", im_end),
+               max_tokens=3, temperature=0, logprobs=True,
+               logit_bias={str(im_end): 100})
+claim_finishes(chat, "ended by the tokenizer's eos", ("stop", None),
+               max_tokens=3, temperature=0, logit_bias={str(eos): 100})
+claim_finishes(chat, "cut by max_tokens", ("length", None), max_tokens=3,
+               temperature=0, stop=["\x01nope"])
+claim_finishes(client.completions.create,
+               "completions, a stop string with a backslash", ("stop", "\\"),
+               model=model, prompt="Once", max_tokens=4, temperature=0,
+               logit_bias={str(backslash): 100}, stop=["\\"])
+claim_finishes(client.completions.create,
+               "completions with logprobs, a stop string", ("stop", "\\"),
+               model=model, prompt="Once", max_tokens=4, temperature=0,
+               logprobs=1, logit_bias={str(backslash): 100}, stop="\\")
+claim_finishes(client.completions.create, "completions ended by a stop id",
+               ("stop", im_end), model=model, prompt="Once", max_tokens=3,
+               temperature=0, logit_bias={str(im_end): 100},
+               extra_body={"stop_token_ids": [im_end]})
+claim_finishes(client.completions.create, "completions cut by max_tokens",
+               ("length", None), model=model, prompt="Once", max_tokens=2,
+               temperature=0)
+
 e = error_of(lambda: chat(stop=["a", "b", "c", "d", "e"] * 20, max_tokens=1))
 check(e is None or isinstance(e, openai.BadRequestError),
       "many stop strings: served, or a 400")
@@ -357,6 +429,12 @@ r = chat(max_tokens=400, seed=2, tools=TOOLS, tool_choice="required",
 m = r.choices[0].message
 check(m.tool_calls and len(m.tool_calls) == 1,
       "parallel_tool_calls false: exactly one call")
+
+whole, streamed, keyed = finishes(chat, max_tokens=400, seed=2, tools=TOOLS,
+                                  tool_choice="required")
+check(keyed and streamed == whole
+      and whole[0][0] in ("tool_calls", "length"),
+      "tool_calls streamed: stop_reason on the finish chunk, as not streamed")
 
 e = error_of(lambda: chat(max_tokens=1, tools=TOOLS, tool_choice={
     "type": "function", "function": {"name": "nope"}}))
