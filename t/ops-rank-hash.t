@@ -62,6 +62,8 @@ for my $s (map { "s$_" } 1 .. 16) {
         my $r = $t->post('/v1/chat/completions', chat_body(max_tokens => 3),
             'X-Session' => $s);
         is($r->{status}, 200, "session $s: served") unless $_ > 1;
+        diag("session $s: status $r->{status} $r->{body}")
+            if $r->{status} != 200;
     }
 }
 ok(KimiTest::wait_for(5, sub {
@@ -70,7 +72,11 @@ ok(KimiTest::wait_for(5, sub {
 my $same = 0;
 for my $s (map { "s$_" } 1 .. 16) {
     my @r = ranks_of('/v1/chat/completions', $s);
-    $same++ if @r == 3 && uniq(@r) == 1;
+    if (@r == 3 && uniq(@r) == 1) {
+        $same++;
+    } else {
+        diag("session $s: ranks @r");
+    }
     $rank_of{$s} = $r[0];
 }
 is($same, 16, 'each session\'s three requests went to one rank');
@@ -164,5 +170,53 @@ for my $case (
 }
 
 $t->stop;
+
+# ---- what it is for: the prefix cache, cpu ranks with the tiny model --------------------
+
+# six sessions, each a 130-token prompt then the same prompt and 20 more
+# tokens, both turns sent six at once: keyed by their first 64 tokens the
+# second turns find their first turns' two full blocks on their rank
+my $c = KimiTest->new(workers => 1);
+my $tiny = $c->tiny_model;
+$c->{engine_args} = [ '--backend', 'cpu', '--model', $tiny, '--threads', 1,
+    '--cpu-kv-cache-bytes', '32M', '--data-parallel-size', '2' ];
+$c->{loc_conf} = 'kimi_rank_hash prompt_prefix=64;';
+$c->{server_conf} = <<'EOF';
+        location /lb/ {
+            kimi_pass;
+            rewrite ^/lb(/.*)$ $1 break;
+        }
+EOF
+$c->start;
+my $cbin = $c->{engine_bin};
+my $cipc = $c->dir . '/ipc';
+ok(KimiTest::wait_for(60, sub {
+        `$cbin status --ipc-dir $cipc 2>&1` =~ /rank=1 .*state=ready/ }),
+    'cpu: both ranks are ready');
+
+sub cached { $_[0]{json}{usage}{prompt_tokens_details}{cached_tokens} // 0 }
+
+srand(11);
+for my $where ('', '/lb') {
+    my @first = map { [ map { 1000 + int(rand(90000)) } 1 .. 130 ] } 1 .. 6;
+    my @turn1 = $c->many(6, 'POST', "$where/v1/completions", sub {
+        completion_body(prompt => $first[$_[0]], max_tokens => 2) },
+        timeout => 120);
+    my @turn2 = $c->many(6, 'POST', "$where/v1/completions", sub {
+        completion_body(prompt => [ @{$first[5 - $_[0]]},
+                                    map { 5000 + $_ } 1 .. 20 ],
+                        max_tokens => 2) }, timeout => 120);
+    my $hits = grep { $_->{status} == 200 && cached($_) == 128 } @turn2;
+    if ($where eq '') {
+        is(scalar(grep { $_->{status} == 200 } @turn1, @turn2), 12,
+            'cpu, keyed: 12 requests served');
+        is($hits, 6, 'cpu, keyed: every second turn took its first turn\'s'
+            . ' 128 tokens from its rank\'s cache');
+    } else {
+        diag("cpu, least loaded: $hits of 6 second turns found their first"
+            . ' turn cached');
+    }
+}
+$c->stop;
 
 done_testing();
