@@ -560,6 +560,11 @@ ngx_int_t ngx_http_kimi_sse_finish(ngx_http_kimi_ctx_t *ctx,
 ngx_int_t ngx_http_kimi_sse_error(ngx_http_kimi_ctx_t *ctx,
     const char *message, size_t len, const char *type);
 void ngx_http_kimi_write_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_kimi_sse_headers(ngx_http_request_t *r);
+ngx_int_t ngx_http_kimi_sse_nodelay(ngx_http_request_t *r);
+ngx_chain_t *ngx_http_kimi_sse_get_buf(ngx_pool_t *pool, ngx_chain_t **free,
+    size_t size);
+ngx_int_t ngx_http_kimi_sse_wait(ngx_http_request_t *r);
 
 /* ngx_http_kimi_engine.c */
 ngx_int_t ngx_http_kimi_engine_init_process(ngx_cycle_t *cycle);

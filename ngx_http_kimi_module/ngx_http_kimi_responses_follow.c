@@ -63,7 +63,6 @@ static ngx_uint_t   ngx_http_kimi_followers_ready;
 static ngx_int_t ngx_http_kimi_follow_refuse(ngx_http_request_t *r,
     ngx_http_kimi_events_e rc, ngx_http_kimi_events_t *ev, ngx_str_t *id,
     ngx_int_t starting_after);
-static ngx_int_t ngx_http_kimi_follow_headers(ngx_http_request_t *r);
 static void ngx_http_kimi_follow_handler(ngx_event_t *ev);
 static void ngx_http_kimi_follow_pump(ngx_http_kimi_follow_t *f);
 static ngx_int_t ngx_http_kimi_follow_send(ngx_http_kimi_follow_t *f,
@@ -134,9 +133,14 @@ ngx_http_kimi_responses_follow(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     cln->handler = ngx_http_kimi_follow_cleanup;
     cln->data = f;
 
-    rc = ngx_http_kimi_follow_headers(r);
-    if (rc == NGX_ERROR || rc > NGX_OK) {
+    rc = ngx_http_kimi_sse_headers(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
         return rc;
+    }
+
+    if (ngx_http_kimi_sse_nodelay(r) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     if (!ngx_http_kimi_followers_ready) {
@@ -235,57 +239,6 @@ ngx_http_kimi_follow_refuse(ngx_http_request_t *r, ngx_http_kimi_events_e rc,
 }
 
 
-static ngx_int_t
-ngx_http_kimi_follow_headers(ngx_http_request_t *r)
-{
-    ngx_int_t         rc;
-    ngx_table_elt_t  *h;
-
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = -1;
-    ngx_str_set(&r->headers_out.content_type, "text/event-stream");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    h->hash = 1;
-    ngx_str_set(&h->key, "Cache-Control");
-    ngx_str_set(&h->value, "no-cache");
-
-    /* a fronting nginx proxy relays the stream unbuffered */
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    h->hash = 1;
-    ngx_str_set(&h->key, "X-Accel-Buffering");
-    ngx_str_set(&h->value, "no");
-
-    r->limit_rate = 0;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-#if (NGX_HTTP_V2)
-    if (r->stream == NULL)
-#endif
-    {
-        if (ngx_tcp_nodelay(r->connection) != NGX_OK) {
-            return NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
-}
-
-
 /* New events of response id were appended in this worker: its followers
  * here read them now (after the event that appended them). */
 void
@@ -352,7 +305,6 @@ static void
 ngx_http_kimi_follow_pump(ngx_http_kimi_follow_t *f)
 {
     size_t                   size;
-    ngx_buf_t               *b;
     ngx_uint_t               found;
     ngx_chain_t             *cl;
     ngx_http_request_t      *r;
@@ -377,33 +329,15 @@ ngx_http_kimi_follow_pump(ngx_http_kimi_follow_t *f)
 
     again:
 
-        cl = ngx_chain_get_free_buf(r->pool, &f->free);
+        cl = ngx_http_kimi_sse_get_buf(r->pool, &f->free, size);
         if (cl == NULL) {
             ngx_http_kimi_follow_end(f, NGX_ERROR);
             return;
         }
 
-        b = cl->buf;
-
-        if (b->start == NULL || (size_t) (b->end - b->start) < size) {
-            b->start = ngx_palloc(r->pool, size);
-            if (b->start == NULL) {
-                ngx_http_kimi_follow_end(f, NGX_ERROR);
-                return;
-            }
-
-            b->end = b->start + size;
-        }
-
-        b->pos = b->start;
-        b->last = b->start;
-        b->temporary = 1;
-        b->flush = 1;
-        b->tag = (ngx_buf_tag_t) &ngx_http_kimi_module;
-
         ngx_memzero(&ev, sizeof(ngx_http_kimi_events_t));
         ev.next = f->next;
-        ev.buf = b;
+        ev.buf = cl->buf;
 
         state = ngx_http_kimi_responses_events(r, f->zone, &f->id, &ev);
 
@@ -442,7 +376,7 @@ ngx_http_kimi_follow_pump(ngx_http_kimi_follow_t *f)
             break;
         }
 
-        if (b->last == b->pos) {
+        if (cl->buf->last == cl->buf->pos) {
             /* nothing new: the response runs on; a worker that died
              * never closes its log, a read of its entry marks it failed
              * (ngx_http_kimi_responses_lookup()) */
@@ -482,10 +416,8 @@ static ngx_int_t
 ngx_http_kimi_follow_send(ngx_http_kimi_follow_t *f, ngx_chain_t *cl,
     ngx_uint_t last)
 {
-    ngx_int_t                  rc;
-    ngx_event_t               *wev;
-    ngx_http_request_t        *r;
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_int_t            rc;
+    ngx_http_request_t  *r;
 
     r = f->request;
 
@@ -520,16 +452,8 @@ ngx_http_kimi_follow_send(ngx_http_kimi_follow_t *f, ngx_chain_t *cl,
 
     /* the client is slower than the response: wait for it to drain, and
      * give up on it after send_timeout */
-    wev = r->connection->write;
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-
-    if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
+    if (ngx_http_kimi_sse_wait(r) == NGX_ERROR) {
         ngx_http_kimi_follow_end(f, NGX_ERROR);
-        return NGX_DONE;
-    }
-
-    if (wev->active && !wev->ready) {
-        ngx_add_timer(wev, clcf->send_timeout);
     }
 
     return NGX_DONE;
@@ -600,12 +524,11 @@ ngx_http_kimi_follow_end(ngx_http_kimi_follow_t *f, ngx_int_t rc)
 static void
 ngx_http_kimi_follow_write_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                  rc;
-    ngx_event_t               *wev;
-    ngx_chain_t               *none;
-    ngx_http_cleanup_t        *cln;
-    ngx_http_kimi_follow_t    *f;
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_int_t                rc;
+    ngx_event_t             *wev;
+    ngx_chain_t             *none;
+    ngx_http_cleanup_t      *cln;
+    ngx_http_kimi_follow_t  *f;
 
     wev = r->connection->write;
 
@@ -641,15 +564,8 @@ ngx_http_kimi_follow_write_handler(ngx_http_request_t *r)
     }
 
     if (f->busy != NULL) {
-        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-
-        if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
+        if (ngx_http_kimi_sse_wait(r) == NGX_ERROR) {
             ngx_http_kimi_follow_end(f, NGX_ERROR);
-            return;
-        }
-
-        if (wev->active && !wev->ready) {
-            ngx_add_timer(wev, clcf->send_timeout);
         }
 
         return;

@@ -58,8 +58,6 @@ ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx)
     u_char              *p;
     size_t               len;
     ngx_int_t            rc;
-    ngx_table_elt_t     *h;
-    ngx_connection_t    *c;
     ngx_http_request_t  *r;
     ngx_http_kimi_ctx_t *choice;
 
@@ -78,35 +76,8 @@ ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx)
     }
 
     r = ctx->request;
-    c = r->connection;
 
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = -1;
-    ngx_str_set(&r->headers_out.content_type, "text/event-stream");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    h->hash = 1;
-    ngx_str_set(&h->key, "Cache-Control");
-    ngx_str_set(&h->value, "no-cache");
-
-    /* a fronting nginx proxy relays the stream unbuffered */
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    h->hash = 1;
-    ngx_str_set(&h->key, "X-Accel-Buffering");
-    ngx_str_set(&h->value, "no");
-
-    r->limit_rate = 0;
-
-    rc = ngx_http_send_header(r);
+    rc = ngx_http_kimi_sse_headers(r);
 
     if (rc == NGX_ERROR || rc > NGX_OK) {
         return rc;
@@ -115,13 +86,8 @@ ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx)
     ctx->headers_sent = 1;
     ctx->usage.status = NGX_HTTP_OK;
 
-#if (NGX_HTTP_V2)
-    if (r->stream == NULL)
-#endif
-    {
-        if (ngx_tcp_nodelay(c) != NGX_OK) {
-            return NGX_ERROR;
-        }
+    if (ngx_http_kimi_sse_nodelay(r) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     /* the part every chunk of this response shares, escaped once */
@@ -149,6 +115,58 @@ ngx_http_kimi_sse_start(ngx_http_kimi_ctx_t *ctx)
     choice->prefix = ctx->prefix;
 
     return NGX_OK;
+}
+
+
+/* A 200 text/event-stream header, no cache, unbuffered by a fronting
+ * proxy, no limit_rate: every stream's (a background stream's follower
+ * too, ngx_http_kimi_responses_follow.c).  ngx_http_send_header()'s rc. */
+ngx_int_t
+ngx_http_kimi_sse_headers(ngx_http_request_t *r)
+{
+    ngx_table_elt_t  *h;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = -1;
+    ngx_str_set(&r->headers_out.content_type, "text/event-stream");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Cache-Control");
+    ngx_str_set(&h->value, "no-cache");
+
+    /* a fronting nginx proxy relays the stream unbuffered */
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "X-Accel-Buffering");
+    ngx_str_set(&h->value, "no");
+
+    r->limit_rate = 0;
+
+    return ngx_http_send_header(r);
+}
+
+
+/* once the header went: each event leaves at once (HTTP/2 has none) */
+ngx_int_t
+ngx_http_kimi_sse_nodelay(ngx_http_request_t *r)
+{
+#if (NGX_HTTP_V2)
+    if (r->stream != NULL) {
+        return NGX_OK;
+    }
+#endif
+
+    return ngx_tcp_nodelay(r->connection);
 }
 
 
@@ -1083,16 +1101,30 @@ ngx_http_kimi_sse_finish_tail(ngx_http_kimi_ctx_t *ctx, u_char *p)
 static ngx_chain_t *
 ngx_http_kimi_sse_buf(ngx_http_kimi_ctx_t *ctx, size_t size)
 {
-    ngx_buf_t    *b;
-    ngx_chain_t  *cl;
-
     /* room for the [DONE] a finishing event may append, for the usage
      * every chunk carries with continuous_usage_stats and for the ids of
-     * return_token_ids */
+     * return_token_ids; a new buffer is never smaller than the typical
+     * event, so one on the free chain is not either */
     size += sizeof("data: [DONE]\n\n") + NGX_HTTP_KIMI_USAGE_LEN
             + ngx_http_kimi_sse_ids_room(ctx);
 
-    cl = ngx_chain_get_free_buf(ctx->request->pool, &ctx->free);
+    return ngx_http_kimi_sse_get_buf(ctx->request->pool, &ctx->free,
+                                     ngx_max(size, NGX_HTTP_KIMI_SSE_BUF));
+}
+
+
+/*
+ * An empty flushed buffer of the module, of size bytes at least: from
+ * *free when one is that large, else with new memory.  A stream's buffers
+ * cycle through its free and busy chains (ngx_chain_update_chains()).
+ */
+ngx_chain_t *
+ngx_http_kimi_sse_get_buf(ngx_pool_t *pool, ngx_chain_t **free, size_t size)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    cl = ngx_chain_get_free_buf(pool, free);
     if (cl == NULL) {
         return NULL;
     }
@@ -1100,9 +1132,7 @@ ngx_http_kimi_sse_buf(ngx_http_kimi_ctx_t *ctx, size_t size)
     b = cl->buf;
 
     if (b->start == NULL || (size_t) (b->end - b->start) < size) {
-        size = ngx_max(size, NGX_HTTP_KIMI_SSE_BUF);
-
-        b->start = ngx_palloc(ctx->request->pool, size);
+        b->start = ngx_palloc(pool, size);
         if (b->start == NULL) {
             return NULL;
         }
@@ -1123,10 +1153,8 @@ ngx_http_kimi_sse_buf(ngx_http_kimi_ctx_t *ctx, size_t size)
 static ngx_int_t
 ngx_http_kimi_sse_send(ngx_http_kimi_ctx_t *ctx, ngx_chain_t *out)
 {
-    ngx_int_t                  rc;
-    ngx_event_t               *wev;
-    ngx_http_request_t        *r;
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_int_t            rc;
+    ngx_http_request_t  *r;
 
     r = ctx->request;
 
@@ -1149,6 +1177,36 @@ ngx_http_kimi_sse_send(ngx_http_kimi_ctx_t *ctx, ngx_chain_t *out)
 
     /* the client is slower than the engine: wait for it to drain, and
      * give up on it after send_timeout (upstream does the same) */
+    rc = ngx_http_kimi_sse_wait(r);
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (rc == NGX_AGAIN) {
+        /* the engine is paused by us, not late: send_timeout rules now */
+        if (ctx->timer.timer_set) {
+            ngx_del_timer(&ctx->timer);
+        }
+
+    } else if (r->connection->write->timer_set) {
+        ngx_del_timer(r->connection->write);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Output is left in the busy chain: r's write event is armed, with
+ * send_timeout while the socket is not writable (NGX_AGAIN then).
+ */
+ngx_int_t
+ngx_http_kimi_sse_wait(ngx_http_request_t *r)
+{
+    ngx_event_t               *wev;
+    ngx_http_core_loc_conf_t  *clcf;
+
     wev = r->connection->write;
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
@@ -1158,14 +1216,7 @@ ngx_http_kimi_sse_send(ngx_http_kimi_ctx_t *ctx, ngx_chain_t *out)
 
     if (wev->active && !wev->ready) {
         ngx_add_timer(wev, clcf->send_timeout);
-
-        /* the engine is paused by us, not late: send_timeout rules now */
-        if (ctx->timer.timer_set) {
-            ngx_del_timer(&ctx->timer);
-        }
-
-    } else if (wev->timer_set) {
-        ngx_del_timer(wev);
+        return NGX_AGAIN;
     }
 
     return NGX_OK;
@@ -1175,13 +1226,12 @@ ngx_http_kimi_sse_send(ngx_http_kimi_ctx_t *ctx, ngx_chain_t *out)
 void
 ngx_http_kimi_write_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                  rc;
-    ngx_uint_t                 i, busy;
-    ngx_chain_t               *none;
-    ngx_event_t               *wev;
-    ngx_connection_t          *c;
-    ngx_http_kimi_ctx_t       *ctx, *c2;
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_int_t             rc;
+    ngx_uint_t            i, busy;
+    ngx_chain_t          *none;
+    ngx_event_t          *wev;
+    ngx_connection_t     *c;
+    ngx_http_kimi_ctx_t  *ctx, *c2;
 
     c = r->connection;
     wev = c->write;
@@ -1224,16 +1274,9 @@ ngx_http_kimi_write_handler(ngx_http_request_t *r)
         return;
     }
 
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-
     if (busy) {
-        if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
+        if (ngx_http_kimi_sse_wait(r) == NGX_ERROR) {
             ngx_http_kimi_finalize(ctx, NGX_ERROR);
-            return;
-        }
-
-        if (wev->active && !wev->ready) {
-            ngx_add_timer(wev, clcf->send_timeout);
         }
 
         return;
