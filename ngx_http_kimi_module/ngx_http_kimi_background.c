@@ -84,6 +84,8 @@ static ngx_int_t ngx_http_kimi_background_open(ngx_http_kimi_ctx_t *ctx,
 static void ngx_http_kimi_background_watch(void);
 static void ngx_http_kimi_background_watch_handler(ngx_event_t *ev);
 static void ngx_http_kimi_background_cut_handler(ngx_event_t *ev);
+static void ngx_http_kimi_background_stop_all(const char *why,
+    const char *message, size_t len, ngx_uint_t abort);
 static ngx_int_t ngx_http_kimi_background_ops(ngx_http_request_t *r,
     ngx_http_request_t *br);
 static void ngx_http_kimi_background_close(ngx_http_kimi_bg_t *bg);
@@ -789,37 +791,12 @@ ngx_http_kimi_background_watch_handler(ngx_event_t *ev)
 static void
 ngx_http_kimi_background_cut_handler(ngx_event_t *ev)
 {
-    ngx_queue_t          *q;
-    ngx_http_kimi_bg_t   *bg;
-    ngx_http_kimi_ctx_t  *ctx;
-
     static const char  msg[] = "The nginx worker running this response "
                                "shut down (worker_shutdown_timeout) before "
                                "it finished; run it again";
 
-    while (!ngx_queue_empty(&ngx_http_kimi_background.running)) {
-        q = ngx_queue_head(&ngx_http_kimi_background.running);
-        bg = ngx_queue_data(q, ngx_http_kimi_bg_t, queue);
-        ctx = bg->ctx;
-
-        ngx_log_error(NGX_LOG_NOTICE, &bg->log, 0,
-                      "kimi background response cancelled: "
-                      "worker_shutdown_timeout expired");
-
-        if (!ctx->stored && ctx->params.root != NULL) {
-            ngx_http_kimi_background_fail(ctx, "server_error", msg,
-                                          sizeof(msg) - 1);
-        }
-
-        if (ctx->finalized) {
-            /* cannot happen: a finalized one is closed at once */
-            ngx_http_kimi_background_close(bg);
-            continue;
-        }
-
-        ngx_str_set(&ctx->usage.finish_reason, "abort");
-        ngx_http_kimi_finalize(ctx, NGX_HTTP_SERVICE_UNAVAILABLE);
-    }
+    ngx_http_kimi_background_stop_all("cancelled: worker_shutdown_timeout "
+                                      "expired", msg, sizeof(msg) - 1, 1);
 }
 
 
@@ -831,10 +808,6 @@ ngx_http_kimi_background_cut_handler(ngx_event_t *ev)
 void
 ngx_http_kimi_background_exit_process(ngx_cycle_t *cycle)
 {
-    ngx_queue_t          *q;
-    ngx_http_kimi_bg_t   *bg;
-    ngx_http_kimi_ctx_t  *ctx;
-
     static const char  msg[] = "The server stopped before the response "
                                "finished; run it again";
 
@@ -842,23 +815,43 @@ ngx_http_kimi_background_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    ngx_http_kimi_background_stop_all("stopped: the worker exits", msg,
+                                      sizeof(msg) - 1, 0);
+}
+
+
+/* Every response this worker still runs ends now, failed with message in
+ * its entry (unless stored already), its slot given back; why goes to its
+ * log; abort: its access log says finish_reason abort. */
+static void
+ngx_http_kimi_background_stop_all(const char *why, const char *message,
+    size_t len, ngx_uint_t abort)
+{
+    ngx_queue_t          *q;
+    ngx_http_kimi_bg_t   *bg;
+    ngx_http_kimi_ctx_t  *ctx;
+
     while (!ngx_queue_empty(&ngx_http_kimi_background.running)) {
         q = ngx_queue_head(&ngx_http_kimi_background.running);
         bg = ngx_queue_data(q, ngx_http_kimi_bg_t, queue);
         ctx = bg->ctx;
 
         ngx_log_error(NGX_LOG_NOTICE, &bg->log, 0,
-                      "kimi background response stopped: the worker exits");
+                      "kimi background response %s", why);
 
         if (!ctx->stored && ctx->params.root != NULL) {
-            ngx_http_kimi_background_fail(ctx, "server_error", msg,
-                                          sizeof(msg) - 1);
+            ngx_http_kimi_background_fail(ctx, "server_error", message,
+                                          len);
         }
 
         if (ctx->finalized) {
             /* cannot happen: a finalized one is closed at once */
             ngx_http_kimi_background_close(bg);
             continue;
+        }
+
+        if (abort) {
+            ngx_str_set(&ctx->usage.finish_reason, "abort");
         }
 
         ngx_http_kimi_finalize(ctx, NGX_HTTP_SERVICE_UNAVAILABLE);
