@@ -103,6 +103,12 @@ static ngx_int_t ngx_http_kimi_store_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_http_kimi_store_node_t *ngx_http_kimi_store_find(
     ngx_http_kimi_store_t *st, ngx_str_t *id);
+static ngx_http_kimi_store_node_t *ngx_http_kimi_store_lock_find(
+    ngx_http_kimi_ctx_t *ctx, ngx_http_kimi_store_t **stp);
+static ngx_uint_t ngx_http_kimi_store_runs_here(
+    ngx_http_kimi_store_node_t *sn);
+static ngx_http_kimi_store_log_t *ngx_http_kimi_store_own_log(
+    ngx_http_kimi_store_node_t *sn);
 static void ngx_http_kimi_store_delete(ngx_http_kimi_store_t *st,
     ngx_http_kimi_store_node_t *sn);
 static void *ngx_http_kimi_store_alloc(ngx_http_kimi_store_t *st,
@@ -238,6 +244,41 @@ ngx_http_kimi_store_find(ngx_http_kimi_store_t *st, ngx_str_t *id)
     return (ngx_http_kimi_store_node_t *)
            ngx_str_rbtree_lookup(&st->sh->rbtree, id,
                                  ngx_crc32_short(id->data, id->len));
+}
+
+
+/* Takes the zone's mutex (*stp: its store, to unlock) and finds the entry
+ * of ctx's background response (NULL: gone) */
+static ngx_http_kimi_store_node_t *
+ngx_http_kimi_store_lock_find(ngx_http_kimi_ctx_t *ctx,
+    ngx_http_kimi_store_t **stp)
+{
+    ngx_http_kimi_store_t  *st;
+
+    st = ctx->conf->responses_zone->data;
+    *stp = st;
+
+    ngx_shmtx_lock(&st->shpool->mutex);
+
+    return ngx_http_kimi_store_find(st, &ctx->id);
+}
+
+
+/* Zone mutex held: sn (NULL: gone) still runs, in this worker */
+static ngx_uint_t
+ngx_http_kimi_store_runs_here(ngx_http_kimi_store_node_t *sn)
+{
+    return sn != NULL && sn->state == NGX_HTTP_KIMI_STORE_RUNNING
+           && sn->pid == ngx_pid;
+}
+
+
+/* Zone mutex held: sn's event log while this worker appends to it */
+static ngx_http_kimi_store_log_t *
+ngx_http_kimi_store_own_log(ngx_http_kimi_store_node_t *sn)
+{
+    return (sn != NULL && sn->log != NULL && sn->log->pid == ngx_pid)
+           ? sn->log : NULL;
 }
 
 
@@ -578,14 +619,8 @@ ngx_http_kimi_responses_running(ngx_http_kimi_ctx_t *ctx)
     ngx_http_kimi_store_t       *st;
     ngx_http_kimi_store_node_t  *sn;
 
-    st = ctx->conf->responses_zone->data;
-
-    ngx_shmtx_lock(&st->shpool->mutex);
-
-    sn = ngx_http_kimi_store_find(st, &ctx->id);
-    rc = (sn != NULL && sn->state == NGX_HTTP_KIMI_STORE_RUNNING
-          && sn->pid == ngx_pid)
-         ? NGX_OK : NGX_DECLINED;
+    sn = ngx_http_kimi_store_lock_find(ctx, &st);
+    rc = ngx_http_kimi_store_runs_here(sn) ? NGX_OK : NGX_DECLINED;
 
     ngx_shmtx_unlock(&st->shpool->mutex);
 
@@ -605,16 +640,10 @@ ngx_http_kimi_responses_log_open(ngx_http_kimi_ctx_t *ctx, ngx_uint_t first)
     ngx_http_kimi_store_log_t   *log;
     ngx_http_kimi_store_node_t  *sn;
 
-    st = ctx->conf->responses_zone->data;
     rc = NGX_ERROR;
+    sn = ngx_http_kimi_store_lock_find(ctx, &st);
 
-    ngx_shmtx_lock(&st->shpool->mutex);
-
-    sn = ngx_http_kimi_store_find(st, &ctx->id);
-
-    if (sn != NULL && sn->state == NGX_HTTP_KIMI_STORE_RUNNING
-        && sn->pid == ngx_pid && sn->log == NULL)
-    {
+    if (ngx_http_kimi_store_runs_here(sn) && sn->log == NULL) {
         log = ngx_http_kimi_store_alloc(st, sizeof(ngx_http_kimi_store_log_t),
                                         sn);
         if (log != NULL) {
@@ -650,15 +679,11 @@ ngx_http_kimi_responses_log_append(ngx_http_kimi_ctx_t *ctx, ngx_uint_t seq,
     ngx_http_kimi_store_log_t   *log;
     ngx_http_kimi_store_node_t  *sn;
 
-    st = ctx->conf->responses_zone->data;
     rc = NGX_DECLINED;
+    sn = ngx_http_kimi_store_lock_find(ctx, &st);
+    log = ngx_http_kimi_store_own_log(sn);
 
-    ngx_shmtx_lock(&st->shpool->mutex);
-
-    sn = ngx_http_kimi_store_find(st, &ctx->id);
-    log = (sn != NULL) ? sn->log : NULL;
-
-    if (log != NULL && log->pid == ngx_pid && !log->closed) {
+    if (log != NULL && !log->closed) {
         rc = ngx_http_kimi_store_log_add(st, sn, seq, frame, len,
                                          ctx->conf->responses_events);
         if (last) {
@@ -733,17 +758,13 @@ ngx_http_kimi_store_log_add(ngx_http_kimi_store_t *st,
 void
 ngx_http_kimi_responses_log_close(ngx_http_kimi_ctx_t *ctx)
 {
-    ngx_http_kimi_store_t       *st;
-    ngx_http_kimi_store_node_t  *sn;
+    ngx_http_kimi_store_t      *st;
+    ngx_http_kimi_store_log_t  *log;
 
-    st = ctx->conf->responses_zone->data;
+    log = ngx_http_kimi_store_own_log(ngx_http_kimi_store_lock_find(ctx, &st));
 
-    ngx_shmtx_lock(&st->shpool->mutex);
-
-    sn = ngx_http_kimi_store_find(st, &ctx->id);
-
-    if (sn != NULL && sn->log != NULL && sn->log->pid == ngx_pid) {
-        sn->log->closed = 1;
+    if (log != NULL) {
+        log->closed = 1;
     }
 
     ngx_shmtx_unlock(&st->shpool->mutex);
