@@ -75,6 +75,19 @@ kimi_stag_put1(kimi_stag_cc_t *cc, int32_t v)
     return kimi_stag_put(cc, &v, 1);
 }
 
+/* a compiled program (schema.h, regex.h) as its length and its words;
+ * prog is freed */
+static int
+kimi_stag_put_prog(kimi_stag_cc_t *cc, int32_t *prog, size_t np)
+{
+    int  rc;
+
+    rc = kimi_stag_put1(cc, (int32_t) np) != 0
+         || kimi_stag_put(cc, prog, np) != 0 ? -1 : 0;
+    free(prog);
+    return rc;
+}
+
 /* a text as its length and one word a byte */
 static int
 kimi_stag_put_text(kimi_stag_cc_t *cc, const char *s, size_t len)
@@ -172,7 +185,6 @@ kimi_stag_emit_json(kimi_stag_cc_t *cc, const json_t *schema,
     int32_t  *prog;
     size_t    np;
     char      msg[160];
-    int       rc;
 
     if (kimi_stag_node(cc, KIMI_STAG_N_JSON, path, depth) != 0) {
         return -1;
@@ -184,10 +196,7 @@ kimi_stag_emit_json(kimi_stag_cc_t *cc, const json_t *schema,
         snprintf(cc->err, cc->errlen, "the schema of %s: %s", path, msg);
         return -1;
     }
-    rc = kimi_stag_put1(cc, (int32_t) np) != 0
-         || kimi_stag_put(cc, prog, np) != 0 ? -1 : 0;
-    free(prog);
-    return rc;
+    return kimi_stag_put_prog(cc, prog, np);
 }
 
 /* a pattern, or a grammar without recursion as one (ebnf.h) */
@@ -236,10 +245,7 @@ kimi_stag_emit_regex(kimi_stag_cc_t *cc, const json_t *f, int gr,
         snprintf(cc->err, cc->errlen, "the %s of %s: %s", what, path, msg);
         return -1;
     }
-    rc = kimi_stag_put1(cc, (int32_t) np) != 0
-         || kimi_stag_put(cc, prog, np) != 0 ? -1 : 0;
-    free(prog);
-    return rc;
+    return kimi_stag_put_prog(cc, prog, np);
 }
 
 /* {"begin", "content", "end"} (legacy: {"begin", "schema", "end"}) */
