@@ -61,6 +61,12 @@ typedef struct {
                                               stops it when it sees this */
 
 
+/* a full zone trims the event logs of background streams down to this
+ * many bytes of their newest events (a stream's last few, its final
+ * Response among them) before it evicts finished responses */
+#define NGX_HTTP_KIMI_STORE_LOG_KEEP   8192
+
+
 /* one event of a background stream, in the zone */
 typedef struct {
     ngx_queue_t                  queue;            /* in its log, oldest
@@ -113,6 +119,7 @@ static void ngx_http_kimi_store_delete(ngx_http_kimi_store_t *st,
     ngx_http_kimi_store_node_t *sn);
 static void *ngx_http_kimi_store_alloc(ngx_http_kimi_store_t *st,
     size_t size, ngx_http_kimi_store_node_t *keep);
+static ngx_int_t ngx_http_kimi_store_log_trim(ngx_http_kimi_store_t *st);
 static void ngx_http_kimi_store_log_free(ngx_http_kimi_store_t *st,
     ngx_http_kimi_store_log_t *log);
 static ngx_int_t ngx_http_kimi_store_log_add(ngx_http_kimi_store_t *st,
@@ -301,8 +308,10 @@ ngx_http_kimi_store_delete(ngx_http_kimi_store_t *st,
 
 /*
  * Zone mutex held.  size bytes of the zone; when it is full the oldest
- * finished responses make room (running ones, and keep, stay).  NULL when
- * nothing more can go.
+ * events of the largest event logs make room (a follower that keeps up
+ * reads the newest; only a re-attach from that far back is refused),
+ * then the oldest finished responses (running ones, and keep, stay).
+ * NULL when nothing more can go.
  */
 static void *
 ngx_http_kimi_store_alloc(ngx_http_kimi_store_t *st, size_t size,
@@ -335,6 +344,12 @@ ngx_http_kimi_store_alloc(ngx_http_kimi_store_t *st, size_t size,
             victim = NULL;
         }
 
+        /* old events first: a finished response is worth more than a
+         * re-attach from far back */
+        if (ngx_http_kimi_store_log_trim(st) == NGX_OK) {
+            continue;
+        }
+
         if (victim == NULL) {
             return NULL;
         }
@@ -342,6 +357,57 @@ ngx_http_kimi_store_alloc(ngx_http_kimi_store_t *st, size_t size,
         ngx_http_kimi_store_delete(st, victim);
         st->sh->evicted++;
     }
+}
+
+
+/* Zone mutex held: the oldest event of the log holding the most bytes
+ * goes, while that log keeps NGX_HTTP_KIMI_STORE_LOG_KEEP bytes of its
+ * newest.  NGX_DECLINED: no log holds more. */
+static ngx_int_t
+ngx_http_kimi_store_log_trim(ngx_http_kimi_store_t *st)
+{
+    ngx_queue_t                  *q;
+    ngx_http_kimi_store_log_t    *log, *most;
+    ngx_http_kimi_store_node_t   *sn;
+    ngx_http_kimi_store_event_t  *ev;
+
+    most = NULL;
+
+    for (q = ngx_queue_head(&st->sh->queue);
+         q != ngx_queue_sentinel(&st->sh->queue);
+         q = ngx_queue_next(q))
+    {
+        sn = ngx_queue_data(q, ngx_http_kimi_store_node_t, queue);
+        log = sn->log;
+
+        if (log == NULL || ngx_queue_empty(&log->events)
+            || (most != NULL && log->size <= most->size))
+        {
+            continue;
+        }
+
+        ev = ngx_queue_data(ngx_queue_head(&log->events),
+                            ngx_http_kimi_store_event_t, queue);
+
+        /* its newest events stay: those its followers have yet to read */
+        if (log->size - offsetof(ngx_http_kimi_store_event_t, data) - ev->len
+            >= NGX_HTTP_KIMI_STORE_LOG_KEEP)
+        {
+            most = log;
+        }
+    }
+
+    if (most == NULL) {
+        return NGX_DECLINED;
+    }
+
+    q = ngx_queue_head(&most->events);
+    ngx_queue_remove(q);
+    ev = ngx_queue_data(q, ngx_http_kimi_store_event_t, queue);
+    most->size -= offsetof(ngx_http_kimi_store_event_t, data) + ev->len;
+    ngx_slab_free_locked(st->shpool, ev);
+
+    return NGX_OK;
 }
 
 
@@ -547,19 +613,19 @@ ngx_http_kimi_store_write(ngx_shm_zone_t *zone, ngx_str_t *id,
             return NGX_DECLINED;
         }
 
-        /* the event log goes on with the new state */
-        events = old->log;
-        old->log = NULL;
-
     } else if (old != NULL) {
         ngx_http_kimi_store_delete(st, old);
         old = NULL;
     }
 
+    /* the event log stays on old while room is made: its oldest events
+     * may go for the new state */
     sn = ngx_http_kimi_store_alloc(st, size, old);
 
     if (sn == NULL && old != NULL) {
-        /* the last resort: its own earlier state */
+        /* the last resort: its own earlier state (the log goes on) */
+        events = old->log;
+        old->log = NULL;
         ngx_http_kimi_store_delete(st, old);
         old = NULL;
 
@@ -568,6 +634,9 @@ ngx_http_kimi_store_write(ngx_shm_zone_t *zone, ngx_str_t *id,
 
     if (sn != NULL) {
         if (old != NULL) {
+            /* the event log goes on with the new state */
+            events = old->log;
+            old->log = NULL;
             ngx_http_kimi_store_delete(st, old);
         }
 
