@@ -694,6 +694,7 @@ static ngx_int_t
 ngx_http_kimi_metrics_render_engines(ngx_http_request_t *r,
     ngx_http_kimi_metrics_out_t *out)
 {
+    u_char                            *p;
     size_t                             len;
     uint64_t                           now, hb, micro;
     uint32_t                           n_ranks, i;
@@ -729,6 +730,12 @@ ngx_http_kimi_metrics_render_engines(ngx_http_request_t *r,
         n_ranks = shm->n_ranks;
         len = ngx_strnlen((u_char *) shm->hdr->served_model_name,
                           KIMI_SHM_NAME_LEN);
+        /* of several served names, the first (the one answers carry) */
+        p = ngx_strlchr((u_char *) shm->hdr->served_model_name,
+                        (u_char *) shm->hdr->served_model_name + len, ' ');
+        if (p != NULL) {
+            len = (size_t) (p - (u_char *) shm->hdr->served_model_name);
+        }
 
         for (i = 0; i < n_ranks && i < KIMI_SHM_MAX_RANKS; i++) {
             rk = kimi_shm_rank(shm, i);

@@ -49,6 +49,12 @@ static ngx_int_t ngx_http_kimi_request_id(ngx_http_kimi_ctx_t *ctx);
 static ngx_int_t ngx_http_kimi_read_body(ngx_http_request_t *r,
     ngx_str_t *body);
 static ngx_int_t ngx_http_kimi_bad_words(ngx_http_kimi_ctx_t *ctx);
+static ngx_uint_t ngx_http_kimi_next_name(ngx_str_t *list, size_t *pos,
+    ngx_str_t *name);
+static ngx_int_t ngx_http_kimi_name_served(ngx_str_t *list,
+    ngx_str_t *model);
+static char *ngx_http_kimi_served_names(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_kimi_models(ngx_http_request_t *r,
     ngx_str_t *model);
 static ngx_int_t ngx_http_kimi_model_not_found(ngx_http_request_t *r,
@@ -198,8 +204,8 @@ static ngx_command_t  ngx_http_kimi_commands[] = {
       NULL },
 
     { ngx_string("kimi_served_model_name"),
-      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_kimi_served_names,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_kimi_loc_conf_t, served_model_name),
       NULL },
@@ -624,6 +630,7 @@ ngx_http_kimi_route_find(ngx_str_t *uri, ngx_uint_t *method,
 static void
 ngx_http_kimi_body_handler(ngx_http_request_t *r)
 {
+    size_t                   pos;
     ngx_int_t                rc;
     ngx_str_t                body, error, param, name, why;
     ngx_connection_t        *c;
@@ -700,15 +707,16 @@ ngx_http_kimi_body_handler(ngx_http_request_t *r)
     }
 
     if (ctx->params.model.len
-        && (ctx->params.model.len != name.len
-            || ngx_strncmp(ctx->params.model.data, name.data, name.len) != 0))
+        && ngx_http_kimi_name_served(&name, &ctx->params.model) != NGX_OK)
     {
         ngx_http_kimi_finalize(ctx,
             ngx_http_kimi_model_not_found(r, &ctx->params.model));
         return;
     }
 
-    ctx->usage.model = name;
+    /* answers carry the first served name, as vLLM's do */
+    pos = 0;
+    (void) ngx_http_kimi_next_name(&name, &pos, &ctx->usage.model);
     ctx->usage.stream = ctx->params.stream;
 
     if (ngx_http_kimi_request_id(ctx) != NGX_OK) {
@@ -977,14 +985,85 @@ ngx_http_kimi_model_not_found(ngx_http_request_t *r, ngx_str_t *model)
 }
 
 
-/* GET /v1/models: the list of the one served model; GET /v1/models/{model}
- * (model not empty): its card, or the chat route's 404 for another name */
+/* The next name of a space-separated list of served names (vLLM's
+ * --served-model-name a b c) from *pos; 0 when none is left. */
+static ngx_uint_t
+ngx_http_kimi_next_name(ngx_str_t *list, size_t *pos, ngx_str_t *name)
+{
+    size_t  i = *pos;
+
+    while (i < list->len && list->data[i] == ' ') {
+        i++;
+    }
+
+    name->data = list->data + i;
+
+    while (i < list->len && list->data[i] != ' ') {
+        i++;
+    }
+
+    name->len = (size_t) (list->data + i - name->data);
+    *pos = i;
+
+    return name->len > 0;
+}
+
+
+/* NGX_OK when model is one of the served names */
+static ngx_int_t
+ngx_http_kimi_name_served(ngx_str_t *list, ngx_str_t *model)
+{
+    size_t     pos = 0;
+    ngx_str_t  name;
+
+    while (ngx_http_kimi_next_name(list, &pos, &name)) {
+        if (name.len == model->len
+            && ngx_strncmp(name.data, model->data, name.len) == 0)
+        {
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
+static json_t *
+ngx_http_kimi_model_card(ngx_str_t *name, kimi_shm_header_t *hdr)
+{
+    json_t  *card;
+
+    card = json_pack("{s:s%,s:s,s:I,s:s,s:s%}",
+                     "id", name->data, name->len,
+                     "object", "model",
+                     "created", (json_int_t) (hdr ? hdr->model_created
+                                                  : (uint64_t) ngx_time()),
+                     "owned_by", "kimi",
+                     "root", name->data, name->len);
+    if (card == NULL) {
+        return NULL;
+    }
+
+    if (hdr) {
+        json_object_set_new(card, "max_model_len",
+                            json_integer(hdr->max_model_len));
+    }
+
+    json_object_set_new(card, "parent", json_null());
+    return card;
+}
+
+
+/* GET /v1/models: a card per served name, as vLLM lists them; GET
+ * /v1/models/{model} (model not empty): its card, or the chat route's 404
+ * for another name */
 static ngx_int_t
 ngx_http_kimi_models(ngx_http_request_t *r, ngx_str_t *model)
 {
     json_t                  *root, *data, *card;
+    size_t                   pos;
     ngx_int_t                rc;
-    ngx_str_t                name;
+    ngx_str_t                names, name;
     kimi_shm_header_t       *hdr;
     ngx_http_kimi_ctx_t     *ctx;
     ngx_http_kimi_attach_t  *a;
@@ -1001,52 +1080,47 @@ ngx_http_kimi_models(ngx_http_request_t *r, ngx_str_t *model)
                                         NULL, NULL);
     }
 
-    rc = ngx_http_kimi_served_name(ctx, a, &name);
+    rc = ngx_http_kimi_served_name(ctx, a, &names);
     if (rc != NGX_OK) {
         return rc;
     }
 
-    card = json_pack("{s:s%,s:s,s:I,s:s,s:s%}",
-                     "id", name.data, name.len,
-                     "object", "model",
-                     "created", (json_int_t) (hdr ? hdr->model_created
-                                                  : (uint64_t) ngx_time()),
-                     "owned_by", "kimi",
-                     "root", name.data, name.len);
-    if (card == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (hdr) {
-        json_object_set_new(card, "max_model_len",
-                            json_integer(hdr->max_model_len));
-    }
-
-    json_object_set_new(card, "parent", json_null());
-
     if (model->len) {
-        if (model->len == name.len
-            && ngx_strncmp(model->data, name.data, name.len) == 0)
-        {
-            rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, card);
-            json_decref(card);
-            return rc;
+        if (ngx_http_kimi_name_served(&names, model) != NGX_OK) {
+            return ngx_http_kimi_model_not_found(r, model);
         }
 
+        card = ngx_http_kimi_model_card(model, hdr);
+        if (card == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, card);
         json_decref(card);
-        return ngx_http_kimi_model_not_found(r, model);
+        return rc;
     }
 
     data = json_array();
     root = json_object();
 
     if (data == NULL || root == NULL
-        || json_array_append_new(data, card) != 0
         || json_object_set_new(root, "object", json_string("list")) != 0
-        || json_object_set_new(root, "data", data) != 0)
+        || json_object_set(root, "data", data) != 0)
     {
+        json_decref(data);
         json_decref(root);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json_decref(data);              /* root holds it */
+
+    for (pos = 0; ngx_http_kimi_next_name(&names, &pos, &name); /* void */) {
+        card = ngx_http_kimi_model_card(&name, hdr);
+
+        if (card == NULL || json_array_append_new(data, card) != 0) {
+            json_decref(root);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
     }
 
     rc = ngx_http_kimi_send_json(r, NGX_HTTP_OK, root);
@@ -2358,6 +2432,57 @@ ngx_http_kimi_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               prev->responses_events, 512 * 1024);
     ngx_conf_merge_ptr_value(conf->rank_hash, prev->rank_hash, NULL);
 
+    return NGX_CONF_OK;
+}
+
+
+/* kimi_served_model_name NAME [NAME ...]: kept space-separated, as the
+ * engine publishes its --served-model-name list */
+static char *
+ngx_http_kimi_served_names(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_kimi_loc_conf_t  *lcf = conf;
+
+    u_char      *p;
+    size_t       len;
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (lcf->served_model_name.data != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    len = 0;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (value[i].len == 0
+            || ngx_strlchr(value[i].data, value[i].data + value[i].len, ' ')
+               != NULL)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid model name "
+                               "\"%V\" (empty, or with a space)", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        len += value[i].len + 1;
+    }
+
+    p = ngx_pnalloc(cf->pool, len);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    lcf->served_model_name.data = p;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (i > 1) {
+            *p++ = ' ';
+        }
+        p = ngx_cpymem(p, value[i].data, value[i].len);
+    }
+
+    lcf->served_model_name.len = p - lcf->served_model_name.data;
     return NGX_CONF_OK;
 }
 

@@ -120,7 +120,8 @@ static const kimi_opt_t  kimi_serve_opts[] = {
     { "--model", OPT_STR, O(model), 0, 0, NULL,
       "model directory (Hugging Face layout: config.json, shards, tokenizer)" },
     { "--served-model-name", OPT_STR, O(served_model_name), 0, 0, NULL,
-      "name clients use in \"model\" (default: --model as given)" },
+      "names clients use in \"model\", one or more (answers carry the"
+      " first; default: --model as given)" },
     { "--backend", OPT_STR, O(backend), 0, 0, "auto|cpu|cuda|replay",
       "compute backend (auto: cuda when built with it, an NVIDIA GPU is"
       " present and the kernels take the model's shapes, else cpu)" },
@@ -423,6 +424,43 @@ bad_int:
 }
 
 
+/* The names after --served-model-name's first, up to the next flag. */
+static int
+kimi_serve_more_names(int argc, char **argv, int *i, kimi_serve_opts_t *opts)
+{
+    static char  names[KIMI_SHM_NAME_LEN];
+    size_t       len = strlen(opts->served_model_name), n;
+
+    if (len >= sizeof(names)) {
+        return kimi_serve_bad("--served-model-name: \"%s\" is longer than"
+                              " the segment's name field%s",
+                              opts->served_model_name, "");
+    }
+
+    memcpy(names, opts->served_model_name, len + 1);
+
+    while (*i + 1 < argc && argv[*i + 1][0] != '-') {
+        n = strlen(argv[*i + 1]);
+
+        if (n == 0 || strchr(argv[*i + 1], ' ') != NULL
+            || len + 1 + n >= sizeof(names))
+        {
+            return kimi_serve_bad("--served-model-name: \"%s\" (names have"
+                                  " no spaces and fit %s bytes in all)",
+                                  argv[*i + 1], "127");
+        }
+
+        names[len++] = ' ';
+        memcpy(names + len, argv[*i + 1], n + 1);
+        len += n;
+        ++*i;
+    }
+
+    opts->served_model_name = names;
+    return 0;
+}
+
+
 /* One of kimi_vllm_flags: 0 taken (a note on stderr), 2 refused, -1 not
  * one of them.  *i moves past a value given as the next argument. */
 static int
@@ -541,6 +579,15 @@ kimi_serve_parse(int argc, char **argv, kimi_serve_opts_t *opts)
         rc = kimi_opt_set(o, opts, val);
         if (rc != 0) {
             return rc;
+        }
+
+        /* vLLM's --served-model-name a b c: every name is served, the
+         * first is the one answers carry; kept space-separated */
+        if (o->off == O(served_model_name) && eq == NULL) {
+            rc = kimi_serve_more_names(argc, argv, &i, opts);
+            if (rc != 0) {
+                return rc;
+            }
         }
     }
 
