@@ -101,6 +101,7 @@ typedef struct {
     float        gpu_memory_utilization;
     int          enable_chunked_prefill;
     int          enable_prefix_caching;
+    int          enforce_eager;
     int          help;
 } kimi_serve_opts_t;
 
@@ -223,6 +224,9 @@ static const kimi_opt_t  kimi_serve_opts[] = {
       "emerg|alert|error|err|warn|notice|info|debug", "log level (notice)" },
     { "--log-format", OPT_STR, O(log_format), 0, 0, "text|json",
       "log line format (text)" },
+    { "--enforce-eager", OPT_ON, O(enforce_eager), 0, 0, NULL,
+      "cuda: no CUDA graphs, every step launched eagerly (as"
+      " KIMI_CUDA_GRAPHS=0)" },
     { "--help", OPT_ON, O(help), 0, 0, NULL, "this list" },
     { NULL, 0, 0, 0, 0, NULL, NULL }
 };
@@ -257,6 +261,16 @@ static const kimi_vllm_flag_t  kimi_vllm_flags[] = {
     { "--enable-log-requests", 0, NULL, 0, "requests are logged by nginx"
       " (access_log)" },
     { "--disable-uvicorn-access-log", 0, NULL, 0, "nginx's access_log" },
+    { "--disable-log-stats", 0, NULL, 0, "the engine logs no periodic"
+      " stats; /metrics has them" },
+    { "--enable-prompt-tokens-details", 0, NULL, 0, "usage always has"
+      " prompt_tokens_details.cached_tokens" },
+    { "--async-scheduling", 0, NULL, 0, "the host's share of a decode step"
+      " is under 3 % (bench/RESULTS.md)" },
+    { "--max-logprobs", 1, "20", 0, "requests may ask for up to 20"
+      " logprobs" },
+    { "--distributed-executor-backend", 1, "mp|uni", 0, "the ranks are"
+      " processes kimi-engine starts (other nodes: --headless)" },
     { "--tool-call-parser", 1, NULL, 1, "the gateway parses tool calls in"
       " the tokenizer's format: kimi_tool_call_parser in nginx.conf" },
     { "--reasoning-parser", 1, NULL, 1, "kimi_reasoning_parser in"
@@ -1167,6 +1181,13 @@ kimi_cmd_serve(int argc, char **argv)
                 " --max-num-seqs %u: the extra sequences could never"
                 " arrive\n", o.max_slots, o.max_num_seqs);
         return 2;
+    }
+
+    /* before any rank or backend exists: they all read it at init */
+    if (o.enforce_eager && setenv("KIMI_CUDA_GRAPHS", "0", 1) != 0) {
+        fprintf(stderr, "kimi-engine: --enforce-eager: %s\n",
+                strerror(errno));
+        return 1;
     }
 
     if (o.served_model_name == NULL) {

@@ -112,6 +112,16 @@ main(void)
     ok(rc == 2 && strstr(out, "kimi_tool_call_parser") != NULL,
        "--tool-call-parser: refused, naming the directive");
 
+    rc = run(ARGS("serve", "--max-logprobs", "5"));
+    ok(rc == 2 && strstr(out, "--max-logprobs 5 is not supported") != NULL,
+       "--max-logprobs other than 20: refused");
+
+    rc = run(ARGS("serve", "--enforce-eager", "--disable-log-stats",
+                  "--max-num-seqs", "0"));
+    ok(rc == 2 && strstr(out, "unknown option") == NULL
+       && strstr(out, "note: --disable-log-stats") != NULL,
+       "--enforce-eager is a flag, --disable-log-stats a noted no-op");
+
     rc = run(ARGS("serve", "--dtype", "float16"));
     ok(rc == 2 && strstr(out, "--dtype float16 is not supported") != NULL,
        "--dtype float16: refused");
