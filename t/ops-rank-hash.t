@@ -54,6 +54,13 @@ sub ranks_of {
         split /\n/, $t->read_file('ranks.log');
 }
 
+# the worker connects to a rank at its first use: until then a rank is
+# passed over (by key too), so reach both first
+for my $rank (0, 1) {
+    is($t->post('/v1/chat/completions', chat_body(max_tokens => 1),
+        'X-Kimi-Rank' => $rank)->{status}, 200, "rank $rank answers");
+}
+
 # ---- one key, one rank ------------------------------------------------------------
 
 my %rank_of;
