@@ -26,6 +26,10 @@ $t->{http_conf} = "log_format ranks '\$request_uri \$http_x_session"
 $t->{loc_conf} = "access_log $d/ranks.log ranks;"
     . ' kimi_rank_hash $http_x_session;';
 $t->{server_conf} = <<"EOF";
+        location /warm/ {
+            kimi_pass;
+            rewrite ^/warm(/.*)\$ \$1 break;
+        }
         location /tight/ {
             kimi_pass;
             access_log $d/ranks.log ranks;
@@ -57,7 +61,7 @@ sub ranks_of {
 # the worker connects to a rank at its first use: until then a rank is
 # passed over (by key too), so reach both first
 for my $rank (0, 1) {
-    is($t->post('/v1/chat/completions', chat_body(max_tokens => 1),
+    is($t->post('/warm/v1/chat/completions', chat_body(max_tokens => 1),
         'X-Kimi-Rank' => $rank)->{status}, 200, "rank $rank answers");
 }
 
