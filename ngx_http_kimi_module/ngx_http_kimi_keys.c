@@ -22,7 +22,10 @@
  * + completion tokens) is debited when it ends, so concurrent requests
  * may overdraw.  The debt is capped at one full bucket, which bounds a
  * key's lock-out to one PERIOD.  A refused request gets 429 and a
- * Retry-After of the seconds until one token has refilled.
+ * Retry-After of the seconds until one token has refilled.  Requests on
+ * a stored response (/v1/responses/{id}: GET, DELETE, .../input_items,
+ * .../cancel) make no tokens and are not refused: a key that spent its
+ * budget on background responses still reads, cancels and deletes them.
  */
 
 #include <ngx_config.h>
@@ -60,6 +63,7 @@ static ngx_http_kimi_key_t *ngx_http_kimi_keys_find(ngx_http_kimi_keys_t *keys,
     ngx_str_t *secret);
 static ngx_int_t ngx_http_kimi_keys_bearer(ngx_http_request_t *r,
     ngx_str_t *secret);
+static ngx_uint_t ngx_http_kimi_keys_stored_response(ngx_http_request_t *r);
 static ngx_http_kimi_budget_node_t *ngx_http_kimi_budget_lookup(
     ngx_http_kimi_budget_zone_t *ctx, ngx_http_kimi_key_t *key);
 static void ngx_http_kimi_budget_refill(ngx_http_kimi_budget_node_t *bn,
@@ -131,7 +135,9 @@ ngx_http_kimi_keys_check(ngx_http_request_t *r,
     ops->key = key;
     ops->loc_conf = klcf;
 
-    if (key->budget == 0 || klcf->budget_zone == NULL) {
+    if (key->budget == 0 || klcf->budget_zone == NULL
+        || ngx_http_kimi_keys_stored_response(r))
+    {
         return NGX_DECLINED;
     }
 
@@ -208,6 +214,27 @@ ngx_http_kimi_keys_check(ngx_http_request_t *r,
 
     return ngx_http_kimi_keys_respond(r, NGX_HTTP_TOO_MANY_REQUESTS, &json,
                                       retry);
+}
+
+
+/*
+ * r names a stored response (/v1/responses/{id} and what is under it, at
+ * the end of any location's prefix): reading, cancelling or deleting it
+ * makes no tokens, so a spent budget does not refuse it.  POST
+ * /v1/responses itself (a new response) is not one.
+ */
+static ngx_uint_t
+ngx_http_kimi_keys_stored_response(ngx_http_request_t *r)
+{
+    u_char  *p, *last;
+
+    static const char  prefix[] = "/v1/responses/";
+
+    last = r->uri.data + r->uri.len;
+    p = ngx_strlcasestrn(r->uri.data, last, (u_char *) prefix,
+                         sizeof(prefix) - 2);
+
+    return p != NULL && last - p > (ssize_t) sizeof(prefix) - 1;
 }
 
 
