@@ -10,8 +10,9 @@
  *         "queued" Response; each state written into the response store
  *         (queued, in_progress, then completed, incomplete or failed with
  *         an error object; "cancelled" is written by the cancel request);
- *         stopping one that was cancelled or deleted; marking those still
- *         running failed when the worker exits.
+ *         stopping one that was cancelled or deleted; holding an exiting
+ *         worker until they end (or worker_shutdown_timeout cuts them);
+ *         marking those still running failed when the worker exits.
  * Never:  writes to its request's connection (ngx_http_kimi_send_json()
  *         hands such answers here), runs more than kimi_responses_background
  *         at once in a worker, or rewrites an entry that no longer says
@@ -668,6 +669,17 @@ ngx_http_kimi_background_close(ngx_http_kimi_bg_t *bg)
         bg->running = 0;
         ngx_http_kimi_background.n_running--;
         ngx_queue_remove(&bg->queue);
+
+        if (ngx_http_kimi_background.n_running == 0) {
+            /* nothing left to hold an exiting worker for */
+            if (ngx_http_kimi_background.watch.timer_set) {
+                ngx_del_timer(&ngx_http_kimi_background.watch);
+            }
+
+            if (ngx_http_kimi_background.cut.timer_set) {
+                ngx_del_timer(&ngx_http_kimi_background.cut);
+            }
+        }
     }
 
     bg->ctx = NULL;
@@ -723,11 +735,14 @@ ngx_http_kimi_background_abort(ngx_str_t *id)
 
 
 /*
- * Armed while background responses run: a graceful stop or reload lets
- * them finish (their token timers hold the worker), unless
- * worker_shutdown_timeout is set; then, that long after the worker began
- * to exit, they are cut as its connections are.  Both timers are
- * cancelable: they never keep a worker alive.
+ * Armed while background responses run, and not cancelable: it holds an
+ * exiting worker until they end, whatever phase they are in (one whose
+ * input is still tokenized on the thread pool has no other timer that
+ * would), so a graceful stop or reload lets them finish.  With
+ * worker_shutdown_timeout set, that long after the worker began to exit
+ * they are cut as its connections are (the cancelable cut timer, which
+ * fires because the watch still holds the worker).  It goes with the last
+ * response (ngx_http_kimi_background_close()).
  */
 static void
 ngx_http_kimi_background_watch(void)
@@ -736,13 +751,12 @@ ngx_http_kimi_background_watch(void)
 
     ev = &ngx_http_kimi_background.watch;
 
-    if (ev->timer_set || ngx_http_kimi_background.cut.timer_set) {
+    if (ev->timer_set) {
         return;
     }
 
     ev->handler = ngx_http_kimi_background_watch_handler;
     ev->log = ngx_cycle->log;
-    ev->cancelable = 1;
 
     ngx_add_timer(ev, NGX_HTTP_KIMI_BG_WATCH_MS);
 }
@@ -758,8 +772,11 @@ ngx_http_kimi_background_watch_handler(ngx_event_t *ev)
         return;
     }
 
-    if (!ngx_exiting) {
-        ngx_add_timer(ev, NGX_HTTP_KIMI_BG_WATCH_MS);
+    ngx_add_timer(ev, NGX_HTTP_KIMI_BG_WATCH_MS);
+
+    cut = &ngx_http_kimi_background.cut;
+
+    if (!ngx_exiting || cut->timer_set) {
         return;
     }
 
@@ -777,7 +794,6 @@ ngx_http_kimi_background_watch_handler(ngx_event_t *ev)
                   ngx_http_kimi_background.n_running,
                   ccf->shutdown_timeout);
 
-    cut = &ngx_http_kimi_background.cut;
     cut->handler = ngx_http_kimi_background_cut_handler;
     cut->log = ngx_cycle->log;
     cut->cancelable = 1;
