@@ -337,6 +337,7 @@ static ngx_int_t
 ngx_http_kimi_resp_finish(ngx_http_kimi_ctx_t *ctx)
 {
     json_t                     *choice, *resp;
+    ngx_int_t                   rc;
     ngx_uint_t                  i;
     ngx_http_kimi_tool_call_t  *tc;
 
@@ -384,12 +385,19 @@ ngx_http_kimi_resp_finish(ngx_http_kimi_ctx_t *ctx)
 
     resp = ngx_http_kimi_responses_object(ctx, choice,
                                           ctx->usage.completion_tokens);
-    if (resp != NULL) {
-        ngx_http_kimi_responses_keep(ctx, resp, choice);
-    }
+    rc = (resp != NULL) ? ngx_http_kimi_responses_keep(ctx, resp, choice)
+                        : NGX_ERROR;
     json_decref(choice);
     if (resp == NULL) {
         return NGX_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
+        /* a background response cancelled or deleted (from any worker)
+         * before its end was written: the entry says so, and its stream
+         * ends without a final event, as a cancelled stream does */
+        json_decref(resp);
+        return NGX_OK;
     }
 
     return ngx_http_kimi_resp_event(ctx,
