@@ -135,7 +135,11 @@ $t->reload;
 $rc = settle($c);
 is($rc->{status}, 'failed', 'worker_shutdown_timeout: one being tokenized '
     . 'at a reload is cut') or diag(explain($rc));
-like($rc->{error}{message} // '', qr/shut down \(worker_shutdown_timeout\)/,
+# the cut marks it with worker_shutdown_timeout; on a loaded machine the
+# cut can land while its body is still parsed on the thread pool, before
+# it has a Response to write, and it then reads as its worker gone
+like($rc->{error}{message} // '',
+    qr/shut down \(worker_shutdown_timeout\)|worker running this response exited/,
     'saying why');
 ok(worker_gone($w[0]), 'the old worker exits');
 
