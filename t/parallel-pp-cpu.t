@@ -56,8 +56,10 @@ like($out, qr/--decode-context-parallel-size is implemented on the cuda backend 
     'DCP without TP: refused with a message');
 $out = `$ref->{engine_bin} serve --backend cpu --model $tiny -x 3 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
 like($out, qr/unknown option "-x"/, 'an unknown short flag: refused naming it');
+# with TP: t/parallel-tp-pp-cpu.t (tiny's own 3 heads do not split in two)
 $out = `$ref->{engine_bin} serve --backend cpu --model $tiny --threads 1 --pipeline-parallel-size 2 --tensor-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
-like($out, qr/not implemented/, 'PP with TP: refused with a message');
+like($out, qr/--tensor-parallel-size 2 does not divide the model's 3 attention heads/,
+    'PP with TP over heads that do not split: refused with a message');
 # what another backend cannot do is refused before anything starts
 $out = `$ref->{engine_bin} serve --backend replay --replay-script /dev/null --pipeline-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
 like($out, qr/--pipeline-parallel-size is implemented on the cpu and cuda backends only/,

@@ -60,7 +60,7 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
             return kimi_err_set(err, KIMI_EINVAL, "cpu backend needs a model");
         }
         kimi_backend_cpu_params_t  cp = { p->n_threads, -1, p->ep, p->tp,
-                                         p->pp };
+                                         p->pp, p->lead };
 
         return kimi_backend_cpu_init_params(out, p->model, &cp, err);
     }
@@ -77,6 +77,7 @@ kimi_backend_create(kimi_backend_t **out, const kimi_backend_params_t *p,
         gp.ep = p->ep;
         gp.tp = p->tp;
         gp.pp = p->pp;
+        gp.lead = p->lead;
         gp.dcp = p->dcp;
         gp.max_batched_tokens = p->max_batched_tokens
                                 ? p->max_batched_tokens

@@ -123,6 +123,10 @@ typedef struct {
                                             off) */
     struct kimi_group  *pp;              /* cpu, cuda: pipeline-parallel
                                             group */
+    struct kimi_group  *lead;            /* cpu, cuda: every member of the
+                                            rank (the step channel) when
+                                            tp and pp are both set, each
+                                            linked to it; NULL: tp or pp */
 } kimi_backend_params_t;
 
 /* Creates the named backend; *out is the caller's (ops->free).  A backend

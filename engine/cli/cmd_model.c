@@ -61,7 +61,8 @@ kimi_runner_init(kimi_runner_t *r, const kimi_run_opts_t *o,
     uint32_t max_tokens, kimi_err_t *err)
 {
     kimi_model_params_t        mp = kimi_model_default_params();
-    kimi_backend_cpu_params_t  bp = { o->n_threads, o->act_fp32, NULL, NULL, NULL };
+    kimi_backend_cpu_params_t  bp = { o->n_threads, o->act_fp32, NULL, NULL,
+                                       NULL, NULL };
     kimi_kv_params_t           kp;
     uint32_t                   n;
     int                        rc;

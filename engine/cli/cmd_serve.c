@@ -724,8 +724,8 @@ kimi_serve_kv_params(const kimi_serve_opts_t *o)
 
 
 /*
- * --tensor-parallel-size T or --pipeline-parallel-size P: what this build
- * can do (cpu and cuda backends, one kind of parallelism at a time) and
+ * --tensor-parallel-size T and/or --pipeline-parallel-size P: what this
+ * build can do (cpu and cuda backends, at most 64 members a rank) and
  * the largest message of the rank's group: an all-reduce or hop of one
  * step's hidden rows (cpu; the cuda backend's sums and hops go over
  * NCCL), the leader's step (sequence headers, tokens, block tables), and
@@ -746,14 +746,18 @@ kimi_serve_group_check(const kimi_serve_opts_t *o,
         return 2;
     }
 
-    if ((tp > 1 && pp > 1)
-        || (o->enable_expert_parallel && o->data_parallel_size > 1))
-    {
-        fprintf(stderr, "kimi-engine: %s with %s is not implemented\n", flag,
-                tp > 1 && pp > 1 ? "--pipeline-parallel-size"
-                : "--enable-expert-parallel and --data-parallel-size > 1"
-                  " (expert parallelism runs over the data-parallel ranks,"
-                  " or over the tensor-parallel ranks of one)");
+    if (o->enable_expert_parallel && o->data_parallel_size > 1) {
+        fprintf(stderr, "kimi-engine: %s with --enable-expert-parallel and"
+                " --data-parallel-size > 1 (expert parallelism runs over the"
+                " data-parallel ranks, or over the tensor-parallel ranks of"
+                " one) is not implemented\n", flag);
+        return 2;
+    }
+
+    if ((size_t) tp * pp > KIMI_GROUP_MAX_RANKS) {
+        fprintf(stderr, "kimi-engine: --tensor-parallel-size %u x "
+                "--pipeline-parallel-size %u: at most %d processes a rank\n",
+                tp, pp, KIMI_GROUP_MAX_RANKS);
         return 2;
     }
 
@@ -795,30 +799,140 @@ kimi_serve_group_check(const kimi_serve_opts_t *o,
 }
 
 
-/* Followers per rank and what they split: T heads/widths or P stages. */
+/* Processes per rank: T heads/widths times P stages; member k is tensor-
+ * parallel rank k % T of stage k / T. */
 static uint32_t
 kimi_serve_group_size(const kimi_serve_opts_t *o)
 {
-    return o->tensor_parallel_size > 1 ? o->tensor_parallel_size
-                                       : o->pipeline_parallel_size;
+    return o->tensor_parallel_size * o->pipeline_parallel_size;
 }
 
 
 static const char *
 kimi_serve_group_kind(const kimi_serve_opts_t *o)
 {
-    return o->tensor_parallel_size > 1 ? "tensor-parallel"
-                                       : "pipeline-parallel";
+    return o->pipeline_parallel_size == 1 ? "tensor-parallel"
+           : o->tensor_parallel_size == 1 ? "pipeline-parallel"
+           : "tensor- and pipeline-parallel";
 }
 
 
-/* Member k's share of the weights and its group in the backend. */
+/*
+ * The shared mappings of a rank's members, made before the fork: one for
+ * all of them (the leader's steps, the ready vote, KV blocks); with both
+ * T > 1 and P > 1 also one per stage (its T tensor-parallel ranks' sums)
+ * and one per tensor-parallel rank (its P stages' hops).
+ */
+typedef struct {
+    void  *all;
+    void  *stage[KIMI_GROUP_MAX_RANKS];            /* [P] */
+    void  *column[KIMI_GROUP_MAX_RANKS];           /* [T] */
+} kimi_serve_maps_t;
+
+/* One member's handles; stage and column are linked to all. */
+typedef struct {
+    kimi_group_t  *all;
+    kimi_group_t  *stage;
+    kimi_group_t  *column;
+} kimi_serve_member_t;
+
+
+static void *
+kimi_serve_map_group(uint32_t world, size_t seg_bytes)
+{
+    size_t   bytes = kimi_group_bytes(world, seg_bytes);
+    void    *mem;
+
+    mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+               -1, 0);
+    if (mem == MAP_FAILED) {
+        kimi_log(KIMI_LOG_EMERG, "parallel group: mmap of %zu bytes: %s",
+                 bytes, strerror(errno));
+        return NULL;
+    }
+
+    kimi_group_init(mem, world, seg_bytes);
+    return mem;
+}
+
+
+static int
+kimi_serve_maps_make(const kimi_serve_opts_t *o, size_t seg_bytes,
+    kimi_serve_maps_t *maps)
+{
+    uint32_t  T = o->tensor_parallel_size, P = o->pipeline_parallel_size;
+
+    memset(maps, 0, sizeof(*maps));
+    if ((maps->all = kimi_serve_map_group(T * P, seg_bytes)) == NULL) {
+        return 1;
+    }
+
+    for (uint32_t s = 0; T > 1 && P > 1 && s < P; s++) {
+        if ((maps->stage[s] = kimi_serve_map_group(T, seg_bytes)) == NULL) {
+            return 1;
+        }
+    }
+
+    for (uint32_t t = 0; T > 1 && P > 1 && t < T; t++) {
+        if ((maps->column[t] = kimi_serve_map_group(P, seg_bytes)) == NULL) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static int
+kimi_serve_member_attach(const kimi_serve_opts_t *o,
+    const kimi_serve_maps_t *maps, uint32_t k, kimi_serve_member_t *m,
+    kimi_err_t *err)
+{
+    uint32_t  T = o->tensor_parallel_size, s = k / T, t = k % T;
+    int       rc;
+
+    memset(m, 0, sizeof(*m));
+    if ((rc = kimi_group_attach(&m->all, maps->all, k, err)) != 0) {
+        return rc;
+    }
+
+    if (maps->stage[0] == NULL) {
+        return 0;
+    }
+
+    if ((rc = kimi_group_attach(&m->stage, maps->stage[s], t, err)) != 0
+        || (rc = kimi_group_attach(&m->column, maps->column[t], s, err)) != 0)
+    {
+        return rc;
+    }
+
+    kimi_group_link(m->stage, m->all);
+    kimi_group_link(m->column, m->all);
+    return 0;
+}
+
+
+static void
+kimi_serve_member_free(kimi_serve_member_t *m)
+{
+    kimi_group_free(m->stage);
+    kimi_group_free(m->column);
+    kimi_group_free(m->all);
+    memset(m, 0, sizeof(*m));
+}
+
+
+/* Member k's share of the weights and its groups in the backend. */
 static void
 kimi_serve_group_shard(const kimi_serve_opts_t *o,
-    const kimi_model_config_t *cfg, uint32_t k, kimi_group_t *g,
+    const kimi_model_config_t *cfg, uint32_t k, const kimi_serve_member_t *g,
     kimi_model_params_t *mp, kimi_backend_params_t *bp)
 {
-    if (o->tensor_parallel_size > 1) {
+    uint32_t  T = o->tensor_parallel_size, P = o->pipeline_parallel_size;
+    int       both = T > 1 && P > 1;
+
+    if (T > 1) {
+        k %= T;
         mp->tp_rank = k;
         mp->tp_size = o->tensor_parallel_size;
         /* vLLM's -tp T --enable-expert-parallel: expert parallel over the
@@ -831,14 +945,18 @@ kimi_serve_group_shard(const kimi_serve_opts_t *o,
             mp->expert_first = k * per;
             mp->expert_last = mp->expert_first + per;
         }
-        bp->tp = g;
+        bp->tp = both ? g->stage : g->all;
         bp->dcp = o->decode_context_parallel_size;
-
-    } else {
-        kimi_model_pp_layers(cfg, k, o->pipeline_parallel_size,
-                             &mp->layer_first, &mp->layer_last);
-        bp->pp = g;
     }
+
+    if (P > 1) {
+        kimi_model_pp_layers(cfg, both ? kimi_group_rank(g->column)
+                                       : kimi_group_rank(g->all),
+                             P, &mp->layer_first, &mp->layer_last);
+        bp->pp = both ? g->column : g->all;
+    }
+
+    bp->lead = both ? g->all : NULL;
 }
 
 
@@ -847,10 +965,10 @@ kimi_serve_group_shard(const kimi_serve_opts_t *o,
  * death). */
 static int
 kimi_serve_follower(const kimi_serve_opts_t *o,
-    const kimi_model_config_t *cfg, void *mem, uint32_t k, pid_t leader,
-    uint32_t n_threads, int device)
+    const kimi_model_config_t *cfg, const kimi_serve_maps_t *maps,
+    uint32_t k, pid_t leader, uint32_t n_threads, int device)
 {
-    kimi_group_t          *g = NULL;
+    kimi_serve_member_t    g;
     kimi_model_t          *model = NULL;
     kimi_backend_t        *backend = NULL;
     kimi_model_params_t    mp;
@@ -865,7 +983,7 @@ kimi_serve_follower(const kimi_serve_opts_t *o,
         return 1;
     }
 
-    if ((rc = kimi_group_attach(&g, mem, k, &err)) != 0) {
+    if ((rc = kimi_serve_member_attach(o, maps, k, &g, &err)) != 0) {
         goto failed;
     }
 
@@ -876,7 +994,7 @@ kimi_serve_follower(const kimi_serve_opts_t *o,
     mp.seed = o->seed;
     mp.quantize_fp8 = o->quantization != NULL;
     memset(&bp, 0, sizeof(bp));
-    kimi_serve_group_shard(o, cfg, k, g, &mp, &bp);
+    kimi_serve_group_shard(o, cfg, k, &g, &mp, &bp);
 
     if ((rc = kimi_model_load(&model, &mp, &err)) != 0) {
         goto failed;
@@ -900,23 +1018,29 @@ kimi_serve_follower(const kimi_serve_opts_t *o,
         goto failed;
     }
 
-    if (o->tensor_parallel_size > 1) {
-        char  experts[64] = "";
+    {
+        char  what[160] = "", experts[64] = "";
 
         if (model->tp_experts_whole) {
             snprintf(experts, sizeof(experts), ", routed experts [%u, %u)"
                      " whole", model->expert_first, model->expert_last);
         }
 
-        kimi_log(KIMI_LOG_NOTICE, "tensor-parallel follower %u of %u ready"
-                 " (heads [%u, %u)%s, %u KV blocks)", k,
-                 o->tensor_parallel_size, model->head_first,
-                 model->head_first + model->n_heads, experts, n_blocks);
-    } else {
-        kimi_log(KIMI_LOG_NOTICE, "pipeline-parallel follower %u of %u ready"
-                 " (layers [%u, %u), %u KV blocks)", k,
-                 o->pipeline_parallel_size, model->layer_first,
-                 model->layer_last, n_blocks);
+        if (o->tensor_parallel_size > 1) {
+            snprintf(what, sizeof(what), "heads [%u, %u)%s, ",
+                     model->head_first, model->head_first + model->n_heads,
+                     experts);
+        }
+
+        if (o->pipeline_parallel_size > 1) {
+            snprintf(what + strlen(what), sizeof(what) - strlen(what),
+                     "layers [%u, %u), ", model->layer_first,
+                     model->layer_last);
+        }
+
+        kimi_log(KIMI_LOG_NOTICE, "%s follower %u of %u ready (%s%u KV "
+                 "blocks)", kimi_serve_group_kind(o), k,
+                 kimi_serve_group_size(o), what, n_blocks);
     }
 
     rc = kimi_backend_follow(backend, &err);
@@ -930,8 +1054,8 @@ failed:
     if (rc != 0) {
         kimi_log(KIMI_LOG_EMERG, "%s follower %u: %s",
                  kimi_serve_group_kind(o), k, err.msg);
-        if (g != NULL) {
-            kimi_group_abort(g, err.msg);
+        if (g.all != NULL) {
+            kimi_group_abort(g.all, err.msg);
         }
     }
 
@@ -939,36 +1063,31 @@ failed:
         backend->ops->free(backend);
     }
     kimi_model_free(model);
-    kimi_group_free(g);
+    kimi_serve_member_free(&g);
 
     return rc == 0 ? 0 : 1;
 }
 
 
-/* The leader forks its T - 1 followers into a fresh group and watches
+/* The leader forks its T x P - 1 followers into fresh groups and watches
  * them.  Returns 0 in the leader (*group set), or the exit code of a
  * follower in the follower (*is_follower set). */
 static int
 kimi_serve_followers_start(const kimi_serve_opts_t *o,
     const kimi_model_config_t *cfg, size_t seg_bytes, uint32_t n_threads,
-    int device, kimi_group_t **group, pid_t *pids, int *is_follower, int sfd)
+    int device, kimi_serve_member_t *group, pid_t *pids, int *is_follower,
+    int sfd)
 {
-    uint32_t     T = kimi_serve_group_size(o), ranks[KIMI_GROUP_MAX_RANKS];
-    size_t       bytes = kimi_group_bytes(T, seg_bytes);
-    void        *mem;
-    pid_t        leader = getpid();
-    int          ipids[KIMI_GROUP_MAX_RANKS];
-    kimi_err_t   err;
+    uint32_t           T = kimi_serve_group_size(o);
+    uint32_t           ranks[KIMI_GROUP_MAX_RANKS];
+    pid_t              leader = getpid();
+    int                ipids[KIMI_GROUP_MAX_RANKS];
+    kimi_serve_maps_t  maps;
+    kimi_err_t         err;
 
-    mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-               -1, 0);
-    if (mem == MAP_FAILED) {
-        kimi_log(KIMI_LOG_EMERG, "tensor parallel: mmap of %zu bytes: %s",
-                 bytes, strerror(errno));
+    if (kimi_serve_maps_make(o, seg_bytes, &maps) != 0) {
         return 1;
     }
-
-    kimi_group_init(mem, T, seg_bytes);
 
     for (uint32_t k = 1; k < T; k++) {
         pids[k] = fork();
@@ -977,14 +1096,15 @@ kimi_serve_followers_start(const kimi_serve_opts_t *o,
             close(sfd);
             *is_follower = 1;
             /* cuda: member k of local rank R on --device + R * T + k */
-            return kimi_serve_follower(o, cfg, mem, k, leader, n_threads,
+            return kimi_serve_follower(o, cfg, &maps, k, leader, n_threads,
                                        device + (int) k);
         }
 
         if (pids[k] == -1) {
-            kimi_log(KIMI_LOG_EMERG, "tensor parallel: fork: %s",
-                     strerror(errno));
-            kimi_group_fail(mem, "the leader could not fork its followers");
+            kimi_log(KIMI_LOG_EMERG, "%s: fork: %s",
+                     kimi_serve_group_kind(o), strerror(errno));
+            kimi_group_fail(maps.all, "the leader could not fork its "
+                            "followers");
             return 1;
         }
 
@@ -992,11 +1112,11 @@ kimi_serve_followers_start(const kimi_serve_opts_t *o,
         ranks[k - 1] = k;
     }
 
-    if (kimi_group_attach(group, mem, 0, &err) != 0
-        || kimi_group_watch(*group, ipids, T - 1, ranks, &err) != 0)
+    if (kimi_serve_member_attach(o, &maps, 0, group, &err) != 0
+        || kimi_group_watch(group->all, ipids, T - 1, ranks, &err) != 0)
     {
-        kimi_log(KIMI_LOG_EMERG, "tensor parallel: %s", err.msg);
-        kimi_group_fail(mem, err.msg);
+        kimi_log(KIMI_LOG_EMERG, "%s: %s", kimi_serve_group_kind(o), err.msg);
+        kimi_group_fail(maps.all, err.msg);
         return 1;
     }
 
@@ -1099,6 +1219,7 @@ kimi_cmd_serve(int argc, char **argv)
     kimi_server_t         *srv = NULL;
     kimi_group_t          *group = NULL;
     kimi_group_t          *followers = NULL;
+    kimi_serve_member_t    members;
     pid_t                  follower_pids[KIMI_GROUP_MAX_RANKS];
     size_t                 followers_seg_bytes = 0;
     int                    is_follower = 0;
@@ -1337,11 +1458,12 @@ kimi_cmd_serve(int argc, char **argv)
         rc = kimi_serve_followers_start(&o, &cfg, followers_seg_bytes, o.threads,
                                  (int) (o.device + dp.local_rank
                                         * kimi_serve_group_size(&o)),
-                                 &followers,
+                                 &members,
                                  follower_pids, &is_follower, sfd);
         if (is_follower || rc != 0) {
             return rc;
         }
+        followers = members.all;
     }
 
     if (dp.group_mem != NULL && dp.mesh_n > 0) {
@@ -1470,7 +1592,7 @@ kimi_cmd_serve(int argc, char **argv)
         mp.quantize_fp8 = o.quantization != NULL;
 
         if (followers != NULL) {
-            kimi_serve_group_shard(&o, &cfg, 0, followers, &mp, &bp);
+            kimi_serve_group_shard(&o, &cfg, 0, &members, &mp, &bp);
         }
 
         if (group != NULL) {
@@ -1539,7 +1661,9 @@ done:
     }
     kimi_model_free(model);
     kimi_group_free(group);
-    kimi_group_free(followers);
+    if (followers != NULL) {
+        kimi_serve_member_free(&members);
+    }
     kimi_tokenizer_free(tok);
     if (sfd != -1) {
         close(sfd);

@@ -63,6 +63,7 @@ struct kimi_group {
     size_t              seg_bytes;
     kimi_group_net_t   *net;                      /* ranks across nodes:
                                                      every sync goes here */
+    kimi_group_t       *parent;                   /* kimi_group_link() */
 };
 
 
@@ -150,6 +151,9 @@ kimi_group_abort(kimi_group_t *g, const char *why)
     char  msg[256];
 
     snprintf(msg, sizeof(msg), "rank %u: %s", g->rank, why);
+    if (g->parent != NULL) {
+        kimi_group_abort(g->parent, why);
+    }
     if (g->net != NULL) {
         kimi_group_net_fail(g->net, msg);      /* tells the other nodes */
         return;
@@ -162,7 +166,38 @@ int
 kimi_group_failed(const kimi_group_t *g)
 {
     return atomic_load(&g->hdr->failed) != 0
-           || (g->net != NULL && kimi_group_net_failed(g->net) != NULL);
+           || (g->net != NULL && kimi_group_net_failed(g->net) != NULL)
+           || (g->parent != NULL && kimi_group_failed(g->parent));
+}
+
+
+void
+kimi_group_link(kimi_group_t *g, kimi_group_t *parent)
+{
+    g->parent = parent;
+}
+
+
+static void kimi_group_check_watched(kimi_group_t *g);
+static int  kimi_group_error(kimi_group_t *g, kimi_err_t *err);
+
+
+/* A linked group takes its parent's failure (and the parent watches the
+ * processes): the first message stays, here as there. */
+static void
+kimi_group_inherit(kimi_group_t *g)
+{
+    kimi_err_t  e;
+
+    if (g->parent == NULL) {
+        return;
+    }
+
+    kimi_group_check_watched(g->parent);
+    if (kimi_group_failed(g->parent) && atomic_load(&g->hdr->failed) == 0) {
+        (void) kimi_group_error(g->parent, &e);
+        kimi_group_fail(g->hdr, e.msg + strlen("parallel group failed: "));
+    }
 }
 
 
@@ -426,6 +461,7 @@ kimi_group_sync(kimi_group_t *g, uint64_t tag, int ring, kimi_err_t *err)
     /* gen cannot move before our arrival: it needs every rank's */
     gen = atomic_load(&h->gen);
 
+    kimi_group_inherit(g);
     if (atomic_load(&h->failed)) {
         return kimi_group_error(g, err);
     }
@@ -464,6 +500,7 @@ kimi_group_sync(kimi_group_t *g, uint64_t tag, int ring, kimi_err_t *err)
             (void) syscall(SYS_futex, (uint32_t *) &h->gen, FUTEX_WAIT, gen,
                            &nap, NULL, 0);
             kimi_group_check_watched(g);
+            kimi_group_inherit(g);
         }
     }
 
@@ -481,6 +518,9 @@ kimi_group_sync(kimi_group_t *g, uint64_t tag, int ring, kimi_err_t *err)
                      " for 0x%llx, rank %u for 0x%llx", g->rank,
                      (unsigned long long) tag, r, (unsigned long long) t);
             kimi_group_fail(h, why);
+            if (g->parent != NULL) {
+                kimi_group_abort(g->parent, why);
+            }
             return kimi_group_error(g, err);
         }
     }

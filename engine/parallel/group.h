@@ -60,6 +60,12 @@ int    kimi_group_failed(const kimi_group_t *g);
 /* The same from a rank that cannot go on (its peers wait for it). */
 void   kimi_group_abort(kimi_group_t *g, const char *why);
 
+/* g runs inside parent (a pipeline stage's tensor-parallel ranks, the
+ * stages of one tensor-parallel rank, all in the leader's group): a
+ * failure of either is both's, and g's waits watch the parent's processes
+ * too.  Node-local groups only. */
+void   kimi_group_link(kimi_group_t *g, kimi_group_t *parent);
+
 /* A rank's handle on the mapping (after fork). */
 int    kimi_group_attach(kimi_group_t **out, void *mem, uint32_t rank,
     kimi_err_t *err);

@@ -343,7 +343,7 @@ hf_run(const hf_fixture_t *fx, kimi_model_t *m, kimi_backend_t *be32,
     int kv_fp8)
 {
     json_t                     *p;
-    kimi_backend_cpu_params_t   cp = { 0, -1, NULL, NULL, NULL };
+    kimi_backend_cpu_params_t   cp = { 0, -1, NULL, NULL, NULL, NULL };
     kimi_backend_t             *be[3] = { NULL, NULL, be32 };
     kimi_kv_params_t            kp;
     kimi_err_t                  err = { 0 };
@@ -528,7 +528,7 @@ hf_check(const char *fxdir)
     hf_fixture_t                fx = { 0 };
     json_error_t                je;
     kimi_model_params_t         mp = kimi_model_default_params();
-    kimi_backend_cpu_params_t   cp32 = { 0, 1, NULL, NULL, NULL };
+    kimi_backend_cpu_params_t   cp32 = { 0, 1, NULL, NULL, NULL, NULL };
     kimi_backend_t             *be32 = NULL;
     kimi_model_t               *m = NULL;
     kimi_kv_params_t            kp;
@@ -629,10 +629,10 @@ main(int argc, char **argv)
     };
 
     kimi_model_params_t         mp = kimi_model_default_params();
-    kimi_backend_cpu_params_t   cp = { 0, -1, NULL, NULL, NULL };
+    kimi_backend_cpu_params_t   cp = { 0, -1, NULL, NULL, NULL, NULL };
     kimi_kv_params_t            kp;
     kimi_model_t               *m = NULL, bad;
-    kimi_backend_cpu_params_t   cp32 = { 0, 1, NULL, NULL, NULL };
+    kimi_backend_cpu_params_t   cp32 = { 0, 1, NULL, NULL, NULL, NULL };
     kimi_backend_t             *cpu = NULL, *gpu = NULL, *tmp = NULL;
     kimi_backend_t             *cpu32 = NULL;
     double                      e_gpu[16], e_ref[16], e_g32[16];

@@ -353,8 +353,8 @@ main(int argc, char **argv)
     };
 
     kimi_model_params_t         mp = kimi_model_default_params();
-    kimi_backend_cpu_params_t   cp8 = { 0, -1, NULL, NULL, NULL };
-    kimi_backend_cpu_params_t   cp32 = { 0, 1, NULL, NULL, NULL };
+    kimi_backend_cpu_params_t   cp8 = { 0, -1, NULL, NULL, NULL, NULL };
+    kimi_backend_cpu_params_t   cp32 = { 0, 1, NULL, NULL, NULL, NULL };
     kimi_kv_params_t            kp;
     kimi_model_t               *m = NULL;
     kimi_backend_t             *cpu8 = NULL, *cpu32 = NULL, *one, *ep;

@@ -25,7 +25,7 @@ static int
 cpu_script(kimi_model_t *m, const int32_t *tok, uint32_t n_prompt,
     uint32_t n_decode, float *out, kimi_err_t *err)
 {
-    kimi_backend_cpu_params_t  bp = { 1, 1, NULL, NULL, NULL };
+    kimi_backend_cpu_params_t  bp = { 1, 1, NULL, NULL, NULL, NULL };
     kimi_backend_t            *be;
     kimi_kv_params_t           kp;
     kimi_batch_seq_t           s;

@@ -122,7 +122,7 @@ static int
 runner_init(runner_t *r, kimi_model_t *m, int act_fp32, int kv_dtype,
     uint32_t block_size)
 {
-    kimi_backend_cpu_params_t  bp = { 2, act_fp32, NULL, NULL, NULL };
+    kimi_backend_cpu_params_t  bp = { 2, act_fp32, NULL, NULL, NULL, NULL };
     kimi_kv_params_t           kp;
     kimi_err_t                 err;
 
@@ -624,7 +624,7 @@ main(void)
 
     /* bad batches are errors, not crashes */
     {
-        kimi_backend_cpu_params_t  bp = { 1, 1, NULL, NULL, NULL };
+        kimi_backend_cpu_params_t  bp = { 1, 1, NULL, NULL, NULL, NULL };
         kimi_backend_t            *be = NULL;
         kimi_batch_seq_t           s = { 0 };
         kimi_batch_t               b = { 1, &s };

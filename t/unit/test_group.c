@@ -10,6 +10,9 @@
  *   - a rank that dies, reported by the parent as the launcher does,
  *     releases the others' barrier with its message, no hang;
  *   - a message larger than a segment fails the group;
+ *   - groups linked inside a group (tensor x pipeline parallelism): sums
+ *     in a stage, hops in a column and votes of all agree, and a failure
+ *     of either kind reaches the members waiting in the other;
  *   - the step channel (parallel/step.c): a leader's batches reach two
  *     followers field for field, a step too big for the segment fails the
  *     group with why, the stop message ends the followers.
@@ -599,6 +602,173 @@ rank_step_too_big(kimi_group_t *g, void *mem)
 }
 
 
+/*
+ * Groups inside a group (tensor x pipeline parallelism): 4 members of one
+ * "all" group, two stage groups {0, 1} {2, 3} and two column groups
+ * {0, 2} {1, 3}, the sub-groups linked to all.  mode 0: 40 rounds of a
+ * stage all-reduce, a column exchange and a vote of all, every value
+ * checked; mode 1: member 3 is gone and the launcher fails all: the
+ * members waiting in a stage or column sync end with its message; mode 2:
+ * member 3 aborts its stage group: the members waiting in a vote of all
+ * end with member 3's message.
+ */
+static int
+linked_member(void *all_mem, void **stage_mem, void **column_mem, uint32_t k,
+    int mode)
+{
+    kimi_group_t  *all, *stage, *column;
+    uint32_t       s = k / 2, t = k % 2;
+    size_t         bytes[KIMI_GROUP_MAX_RANKS], got;
+    kimi_err_t     err;
+    int            any, every;
+
+    if (kimi_group_attach(&all, all_mem, k, &err) != 0
+        || kimi_group_attach(&stage, stage_mem[s], t, &err) != 0
+        || kimi_group_attach(&column, column_mem[t], s, &err) != 0)
+    {
+        return 3;
+    }
+
+    kimi_group_link(stage, all);
+    kimi_group_link(column, all);
+
+    if (mode == 1) {
+        if (k == 3) {
+            return 0;                       /* gone before its syncs */
+        }
+
+        /* 2 waits for 3 in their stage, 1 in their column, 0 in a vote
+         * of all */
+        float  x[4] = { 1, 2, 3, 4 };
+
+        if (k == 1) {
+            bytes[0] = bytes[1] = 0;
+            return kimi_group_exchange(column, 7, bytes, &err) != 0
+                   && strstr(err.msg, "member 3 died") != NULL ? 0 : 1;
+        }
+
+        if (k == 0) {
+            return kimi_group_vote(all, 9, 1, 1, &any, &every, &err) != 0
+                   && strstr(err.msg, "member 3 died") != NULL ? 0 : 1;
+        }
+
+        return kimi_group_allreduce_f32(stage, 5, x, 4, &err) != 0
+               && strstr(err.msg, "member 3 died") != NULL ? 0 : 1;
+    }
+
+    if (mode == 2) {
+        if (k == 3) {
+            usleep(200000);
+            kimi_group_abort(stage, "member 3 could not go on");
+            return 0;
+        }
+
+        return kimi_group_vote(all, 9, 1, 1, &any, &every, &err) != 0
+               && strstr(err.msg, "member 3 could not go on") != NULL
+               ? 0 : 1;
+    }
+
+    for (uint32_t round = 0; round < 40; round++) {
+        float  x[64];
+
+        for (uint32_t i = 0; i < 64; i++) {
+            x[i] = (float) (mix(round, k, i, 1) % 1000);
+        }
+
+        if (kimi_group_allreduce_f32(stage, 0x100 + round, x, 64, &err)
+            != 0)
+        {
+            return 1;
+        }
+
+        for (uint32_t i = 0; i < 64; i++) {
+            float  want = (float) (mix(round, 2 * s, i, 1) % 1000)
+                          + (float) (mix(round, 2 * s + 1, i, 1) % 1000);
+
+            if (x[i] != want) {
+                return 1;
+            }
+        }
+
+        /* the stage's rows on to the other stage, rank by rank */
+        *(uint32_t *) kimi_group_sendbuf(column, 1 - s) = mix(round, k, 2, 0);
+        bytes[0] = bytes[1] = 0;
+        bytes[1 - s] = 4;
+        if (kimi_group_exchange(column, 0x200 + round, bytes, &err) != 0) {
+            return 1;
+        }
+
+        const uint32_t  *in = kimi_group_recvbuf(column, 1 - s, &got);
+
+        if (got != 4 || *in != mix(round, 2 * (1 - s) + t, 2, 0)) {
+            return 1;
+        }
+
+        if (kimi_group_vote(all, 0x300 + round, k == round % 4, 1, &any,
+                            &every, &err) != 0
+            || any != 1 || every != 1)
+        {
+            return 1;
+        }
+    }
+
+    kimi_group_free(stage);
+    kimi_group_free(column);
+    kimi_group_free(all);
+    return 0;
+}
+
+
+static int
+run_linked(int mode)
+{
+    void   *all, *stage[2], *column[2];
+    pid_t   pid[4];
+    int     good = 0, status;
+
+    all = mmap(NULL, kimi_group_bytes(4, SEG), PROT_READ | PROT_WRITE,
+               MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    kimi_group_init(all, 4, SEG);
+    for (int i = 0; i < 2; i++) {
+        stage[i] = mmap(NULL, kimi_group_bytes(2, SEG), PROT_READ
+                        | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        column[i] = mmap(NULL, kimi_group_bytes(2, SEG), PROT_READ
+                         | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        kimi_group_init(stage[i], 2, SEG);
+        kimi_group_init(column[i], 2, SEG);
+    }
+
+    for (uint32_t k = 0; k < 4; k++) {
+        pid[k] = fork();
+        if (pid[k] == 0) {
+            alarm(20);
+            _exit(linked_member(all, stage, column, k, mode));
+        }
+    }
+
+    if (mode == 1) {
+        /* the launcher's part: reap the dead member, fail the group */
+        (void) waitpid(pid[3], &status, 0);
+        good += WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        kimi_group_fail(all, "member 3 died");
+    }
+
+    for (uint32_t k = 0; k < 4; k++) {
+        if (mode == 1 && k == 3) {
+            continue;
+        }
+        (void) waitpid(pid[k], &status, 0);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+            good++;
+        } else {
+            fprintf(stderr, "# member %u: status 0x%x\n", k, status);
+        }
+    }
+
+    return good;
+}
+
+
 int
 main(void)
 {
@@ -623,6 +793,15 @@ main(void)
     ok(run_group(3, rank_node_fails, -2, "node 7 went away") == 3,
        "the launcher failing the group ends the ranks' wait with its"
        " message");
+    ok(run_linked(0) == 4,
+       "2 x 2 linked groups: 40 rounds of stage all-reduces, column"
+       " exchanges and votes of all, every value right");
+    ok(run_linked(1) == 4,
+       "linked groups: the launcher failing all ends waits in a stage and"
+       " in a column with its message");
+    ok(run_linked(2) == 4,
+       "linked groups: a member aborting its stage ends a vote of all with"
+       " its message");
 
     use_net = 1;
     silent_stranger = 1;

@@ -943,10 +943,17 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
                             " not match", model->tp_rank, model->tp_size);
     }
 
-    if ((p->tp != NULL) + (p->pp != NULL) + (p->ep != NULL) > 1) {
-        return kimi_err_set(err, KIMI_EUNSUPPORTED, "cpu backend: tensor,"
-                            " pipeline and expert parallelism are"
-                            " implemented one at a time");
+    if (p->ep != NULL && (p->tp != NULL || p->pp != NULL)) {
+        return kimi_err_set(err, KIMI_EUNSUPPORTED, "cpu backend: expert "
+                            "parallelism over data-parallel ranks with "
+                            "tensor or pipeline parallelism is not "
+                            "implemented");
+    }
+
+    if ((p->tp != NULL && p->pp != NULL) != (p->lead != NULL)) {
+        return kimi_err_set(err, KIMI_EINVAL, "cpu backend: tensor with "
+                            "pipeline parallelism needs the rank's whole "
+                            "group, and only it");
     }
 
     l_first = 0;
@@ -990,7 +997,7 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
     b->act_fp32 = p->act_fp32;
     b->tp = p->tp;
     b->pp = p->pp;
-    b->lead = p->tp ? p->tp : p->pp;
+    b->lead = p->lead ? p->lead : p->tp ? p->tp : p->pp;
     b->ep = p->ep;
     if (b->ep != NULL) {
         b->ep_cap = (uint32_t) (kimi_group_seg_bytes(b->ep)
@@ -1059,7 +1066,7 @@ int
 kimi_backend_cpu_init(kimi_backend_t **out, struct kimi_model *model,
     uint32_t n_threads, kimi_err_t *err)
 {
-    kimi_backend_cpu_params_t  p = { n_threads, -1, NULL, NULL, NULL };
+    kimi_backend_cpu_params_t  p = { n_threads, -1, NULL, NULL, NULL, NULL };
 
     return kimi_backend_cpu_init_params(out, model, &p, err);
 }

@@ -33,6 +33,10 @@ typedef struct {
                                           this rank's stages (borrowed);
                                           stage 0 leads, the model holds
                                           the stage's layers */
+    struct kimi_group *lead;           /* tp and pp together: all of the
+                                          rank's members (rank 0 leads);
+                                          tp is the stage's, pp the
+                                          stages of one tp rank */
 } kimi_backend_cpu_params_t;
 
 /* Borrows model, which must outlive the backend. */

@@ -143,9 +143,9 @@ kimi_cuda_check_ep(kimi_cuda_t *b, const kimi_group_t *g, kimi_err_t *err)
      * split the experts whole (no exchange: every rank routes every token
      * and the FFN's all-reduce sums the ranks' experts) */
     if (g == NULL && m->tp_experts_whole) {
-        uint32_t  T = b->lead != NULL ? kimi_group_world(b->lead) : 1;
+        uint32_t  T = b->tp != NULL ? kimi_group_world(b->tp) : 1;
 
-        if (b->lead == NULL || b->E == 0 || b->E % T != 0) {
+        if (b->tp == NULL || b->E == 0 || b->E % T != 0) {
             return kimi_err_set(err, KIMI_EINVAL, "cuda backend: routed "
                                 "experts split over tensor-parallel ranks "
                                 "need the group and E %% %u == 0", T);
@@ -153,8 +153,8 @@ kimi_cuda_check_ep(kimi_cuda_t *b, const kimi_group_t *g, kimi_err_t *err)
 
         b->tp_ep = 1;
         b->E_local = b->E / T;
-        b->expert_first = kimi_group_rank(b->lead) * b->E_local;
-        r = kimi_group_rank(b->lead);
+        b->expert_first = kimi_group_rank(b->tp) * b->E_local;
+        r = kimi_group_rank(b->tp);
         W = T;
     }
 
@@ -1245,7 +1245,7 @@ kimi_backend_cuda_default_params(void)
 {
     kimi_backend_cuda_params_t  p = { 0, KIMI_CUDA_DEFAULT_TOKENS, 0,
                                        KIMI_CUDA_DEFAULT_ROWS, NULL, NULL,
-                                       0, NULL };
+                                       0, NULL, NULL };
 
     return p;
 }
@@ -1402,10 +1402,17 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
         goto failed;
     }
 
-    if ((p->ep != NULL) + (p->tp != NULL) + (p->pp != NULL) > 1) {
-        rc = kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda backend: expert,"
-                          " tensor and pipeline parallelism are implemented"
-                          " one at a time");
+    if (p->ep != NULL && (p->tp != NULL || p->pp != NULL)) {
+        rc = kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda backend: expert "
+                          "parallelism over data-parallel ranks with tensor"
+                          " or pipeline parallelism is not implemented");
+        goto failed;
+    }
+
+    if ((p->tp != NULL && p->pp != NULL) != (p->lead != NULL)) {
+        rc = kimi_err_set(err, KIMI_EINVAL, "cuda backend: tensor with "
+                          "pipeline parallelism needs the rank's whole "
+                          "group, and only it");
         goto failed;
     }
 
@@ -1426,7 +1433,8 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
         goto failed;
     }
 
-    b->lead = p->tp != NULL ? p->tp : p->pp;
+    b->lead = p->lead != NULL ? p->lead : p->tp != NULL ? p->tp : p->pp;
+    b->tp = p->tp;                  /* check_ep: the experts' split */
 
     b->dcp = p->dcp > 1 ? p->dcp : 1;
     if (b->dcp > 1

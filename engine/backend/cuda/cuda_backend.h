@@ -45,6 +45,12 @@ typedef struct {
                                                 kimi_model_pp_layers splits
                                                 them; stage 0 leads), NULL:
                                                 none */
+    struct kimi_group  *lead;                /* tp and pp together: all of
+                                                the rank's members (rank 0
+                                                leads; tp is the stage's
+                                                group, pp the stages of
+                                                one tp rank), NULL: the
+                                                one of tp, pp that is set */
 } kimi_backend_cuda_params_t;
 
 kimi_backend_cuda_params_t kimi_backend_cuda_default_params(void);

@@ -888,16 +888,52 @@ kimi_cuda_step(kimi_cuda_t *b, uint32_t T, uint32_t rows, uint32_t splits,
 }
 
 
+/* The group whose failure ends this rank's steps (with tensor and
+ * pipeline parallelism together, the rank's whole group: both sub-groups
+ * are linked to it). */
+static kimi_group_t *
+kimi_cuda_group(const kimi_cuda_t *b)
+{
+    return b->nccl != NULL ? b->ep : b->lead;
+}
+
+
+/* Every communicator of this rank ended: a peer's kernels that wait on
+ * this rank return. */
+static void
+kimi_cuda_comms_abort(kimi_cuda_t *b)
+{
+    kimi_nccl_abort(b->nccl);
+    kimi_nccl_abort(b->tp_nccl);
+    kimi_nccl_abort(b->pp_nccl);
+    kimi_cuda_p2p_abort(b);
+}
+
+
+/* An asynchronous error on any of this rank's communicators. */
+static int
+kimi_cuda_comms_check(kimi_cuda_t *b, kimi_err_t *err)
+{
+    kimi_nccl_t  *comms[3] = { b->nccl, b->tp_nccl, b->pp_nccl };
+
+    for (int i = 0; i < 3; i++) {
+        if (comms[i] != NULL && kimi_nccl_check(comms[i], err) != 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 int
 kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err)
 {
     cudaError_t    ce;
     kimi_err_t     lerr;
-    kimi_nccl_t   *comm = b->nccl ? b->nccl : b->tp_nccl ? b->tp_nccl
-                                                           : b->pp_nccl;
-    kimi_group_t  *g = b->nccl ? b->ep : b->tp ? b->tp : b->pp;
+    kimi_group_t  *g = kimi_cuda_group(b);
 
-    if (comm == NULL) {
+    if (b->nccl == NULL && b->tp_nccl == NULL && b->pp_nccl == NULL) {
         KIMI_CU(cudaEventSynchronize(b->ev1), err);
         return 0;
     }
@@ -915,14 +951,14 @@ kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err)
             KIMI_CU(ce, err);
         }
 
-        if (kimi_group_failed(g) || kimi_nccl_check(comm, &lerr) != 0) {
-            kimi_nccl_abort(comm);
-            kimi_cuda_p2p_abort(b);
+        if (kimi_group_failed(g) || kimi_cuda_comms_check(b, &lerr) != 0) {
+            kimi_cuda_comms_abort(b);
             (void) cudaStreamSynchronize(b->stream);
             (void) cudaGetLastError();
             return kimi_err_set(err, KIMI_EIO, "%s parallel: %s",
-                                b->nccl ? "expert" : b->tp ? "tensor"
-                                                           : "pipeline",
+                                b->nccl ? "expert"
+                                : b->tp && b->pp ? "tensor and pipeline"
+                                : b->tp ? "tensor" : "pipeline",
                                 kimi_group_failed(g)
                                 ? "the group failed (a rank ended)"
                                 : lerr.msg);
@@ -1080,11 +1116,8 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
         /* drain what was queued so the next step starts clean; under EP
          * the peers wait for this rank's rows: the group ends */
         if (b->nccl != NULL || b->tp_nccl != NULL || b->pp_nccl != NULL) {
-            kimi_group_abort(b->nccl ? b->ep : b->tp ? b->tp : b->pp,
-                             err->msg);
-            kimi_nccl_abort(b->nccl ? b->nccl : b->tp_nccl ? b->tp_nccl
-                                                           : b->pp_nccl);
-            kimi_cuda_p2p_abort(b);
+            kimi_group_abort(kimi_cuda_group(b), err->msg);
+            kimi_cuda_comms_abort(b);
         }
         (void) cudaStreamSynchronize(b->stream);
         (void) cudaGetLastError();
