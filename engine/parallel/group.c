@@ -355,6 +355,18 @@ kimi_group_watch(kimi_group_t *g, const int *pids, uint32_t n,
 }
 
 
+int
+kimi_group_poll(kimi_group_t *g)
+{
+    kimi_group_check_watched(g);
+    kimi_group_inherit(g);
+    if (g->parent != NULL) {
+        (void) kimi_group_poll(g->parent);
+    }
+    return kimi_group_failed(g);
+}
+
+
 /* A watched process that exited fails the group: it will never arrive. */
 static void
 kimi_group_check_watched(kimi_group_t *g)

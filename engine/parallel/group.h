@@ -95,6 +95,11 @@ uint32_t kimi_group_rank(const kimi_group_t *g);
 uint32_t kimi_group_world(const kimi_group_t *g);
 size_t   kimi_group_seg_bytes(const kimi_group_t *g);
 
+/* kimi_group_failed() after looking at the processes this rank (or a
+ * parent's) watches: for a rank that waits outside the group's syncs
+ * (on its GPU), so a dead member fails the group there too. */
+int    kimi_group_poll(kimi_group_t *g);
+
 /* Some peer waits at the barrier: an idle rank must join it. */
 int    kimi_group_pending(const kimi_group_t *g);
 

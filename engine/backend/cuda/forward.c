@@ -932,6 +932,8 @@ kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err)
     cudaError_t    ce;
     kimi_err_t     lerr;
     kimi_group_t  *g = kimi_cuda_group(b);
+    uint32_t       spins = 0;
+    int            failed;
 
     if (b->nccl == NULL && b->tp_nccl == NULL && b->pp_nccl == NULL) {
         KIMI_CU(cudaEventSynchronize(b->ev1), err);
@@ -939,19 +941,29 @@ kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err)
     }
 
     /* a dead peer would leave the NCCL kernels waiting forever: look at
-     * the group between polls, and abort the communicator if it failed */
+     * the group (and, now and then, the processes it watches) between
+     * polls, and abort the communicators if it failed */
     for ( ;; ) {
         ce = cudaEventQuery(b->ev1);
+        failed = (++spins & 1023) == 0 ? kimi_group_poll(g)
+                                       : kimi_group_failed(g);
 
-        if (ce == cudaSuccess) {
+        /* a step that completed while the group failed ran on a peer's
+         * aborted sums or hops: not to be trusted */
+        if (ce == cudaSuccess && !failed) {
             return 0;
         }
 
-        if (ce != cudaErrorNotReady) {
+        if (ce != cudaSuccess && ce != cudaErrorNotReady) {
             KIMI_CU(ce, err);
         }
 
-        if (kimi_group_failed(g) || kimi_cuda_comms_check(b, &lerr) != 0) {
+        if (failed || kimi_cuda_comms_check(b, &lerr) != 0) {
+            /* the group first: a peer that still gets rows from this
+             * rank's aborted kernels must not take them for a step */
+            if (!failed) {
+                kimi_group_abort(g, lerr.msg);
+            }
             kimi_cuda_comms_abort(b);
             (void) cudaStreamSynchronize(b->stream);
             (void) cudaGetLastError();
