@@ -1532,10 +1532,11 @@ extern "C" size_t
 kimi_mla_ws_bytes(int B, int H, int n_splits)
 {
     (void) n_splits;
-    if (H <= MLA_GROUP) {
+    if (H <= MLA_GROUP && H % 16 == 0) {
         return mla_part_bytes(B, H);
     }
-    /* more heads: a group's partials, then its q and o gathered */
+    /* more heads, or a count the 16-row MMA steps do not divide: a
+     * group's partials, then its q and o gathered */
     return mla_part_bytes(B, MLA_GROUP) + (size_t) B * MLA_GROUP * (MLA_D + MLA_DV) * sizeof(kimi_bf16_t);
 }
 /* One wave: at most n_sm blocks in all (the kernel holds one block per SM),
@@ -1597,16 +1598,18 @@ kimi_mla_decode_lse(const kimi_bf16_t *q, int B, int H, const void *kv,
                     cudaStream_t s, kimi_err_t *err)
 {
     if (q == NULL || kv == NULL || block_table == NULL || seq_len == NULL || ws == NULL
-        || o == NULL || B <= 0 || H <= 0 || H % 16 != 0 || H > MLA_MAX_HEADS || bs <= 0
-        || bt_ld <= 0 || n_splits <= 0 || (kv_fp8 && kv_scale == NULL)) {
+        || o == NULL || B <= 0 || H <= 0 || H > MLA_MAX_HEADS || bs <= 0
+        || bt_ld <= 0 || n_splits <= 0 || (kv_fp8 && kv_scale == NULL)
+        || (lse != NULL && H % 16 != 0)) {
         return kimi_err_set(err, KIMI_EINVAL,
-                            "mla_decode: B=%d H=%d bs=%d bt_ld=%d splits=%d fp8=%d (H %% 16, H <= %d)",
-                            B, H, bs, bt_ld, n_splits, kv_fp8, MLA_MAX_HEADS);
+                            "mla_decode: B=%d H=%d bs=%d bt_ld=%d splits=%d fp8=%d lse=%d (H <= %d;"
+                            " with lse H %% 16 == 0)",
+                            B, H, bs, bt_ld, n_splits, kv_fp8, lse != NULL, MLA_MAX_HEADS);
     }
     if (((uintptr_t) q | (uintptr_t) kv | (uintptr_t) ws) & 15) {
         return kimi_err_set(err, KIMI_EINVAL, "mla_decode: q, kv or ws not 16-byte aligned");
     }
-    if (H <= MLA_GROUP) {
+    if (H <= MLA_GROUP && H % 16 == 0) {
         return mla_decode_group(q, B, H, kv, kv_scale, kv_fp8, bs, block_table, bt_ld, seq_len, n_splits,
                                 scale, ws, o, lse, s, err);
     }
@@ -1614,23 +1617,30 @@ kimi_mla_decode_lse(const kimi_bf16_t *q, int B, int H, const void *kv,
         return kimi_err_set(err, KIMI_EINVAL, "mla_decode: the lse of more than %d heads", MLA_GROUP);
     }
     /* The kernels serve up to 64 heads from one read of each tile (the
-     * 64-row wgmma tile): more heads (DeepSeek-V3's 128 on one rank) run
-     * as groups of 64, each gathered into ws, decoded, and scattered back;
-     * the cache is read once a group. */
+     * 64-row wgmma tile) in steps of 16 rows: more heads (DeepSeek-V3's
+     * 128 on one rank) run as groups of 64, and a group of a count that is
+     * not a multiple of 16 (Kimi-K2's 64 heads over 8 tensor-parallel
+     * ranks: 8) is padded with zero heads; each group is gathered into ws,
+     * decoded, and its own heads scattered back.  The cache is read once a
+     * group. */
     kimi_bf16_t *qg = (kimi_bf16_t *) ((uint8_t *) ws + mla_part_bytes(B, MLA_GROUP));
     kimi_bf16_t *og = qg + (size_t) B * MLA_GROUP * MLA_D;
     for (int h0 = 0; h0 < H; h0 += MLA_GROUP) {
         const int hn = H - h0 < MLA_GROUP ? H - h0 : MLA_GROUP;
-        KIMI_CUDA_TRY(cudaMemcpy2DAsync(qg, (size_t) hn * MLA_D * 2, q + (size_t) h0 * MLA_D,
+        const int hp = (hn + 15) / 16 * 16;
+        if (hp != hn) {
+            KIMI_CUDA_TRY(cudaMemsetAsync(qg, 0, (size_t) B * hp * MLA_D * 2, s), err);
+        }
+        KIMI_CUDA_TRY(cudaMemcpy2DAsync(qg, (size_t) hp * MLA_D * 2, q + (size_t) h0 * MLA_D,
                                         (size_t) H * MLA_D * 2, (size_t) hn * MLA_D * 2, B,
                                         cudaMemcpyDeviceToDevice, s), err);
-        int rc = mla_decode_group(qg, B, hn, kv, kv_scale, kv_fp8, bs, block_table, bt_ld, seq_len,
+        int rc = mla_decode_group(qg, B, hp, kv, kv_scale, kv_fp8, bs, block_table, bt_ld, seq_len,
                                   n_splits, scale, ws, og, NULL, s, err);
         if (rc != KIMI_OK) {
             return rc;
         }
         KIMI_CUDA_TRY(cudaMemcpy2DAsync(o + (size_t) h0 * MLA_DV, (size_t) H * MLA_DV * 2, og,
-                                        (size_t) hn * MLA_DV * 2, (size_t) hn * MLA_DV * 2, B,
+                                        (size_t) hp * MLA_DV * 2, (size_t) hn * MLA_DV * 2, B,
                                         cudaMemcpyDeviceToDevice, s), err);
     }
     return KIMI_OK;

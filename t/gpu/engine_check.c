@@ -643,7 +643,7 @@ main(int argc, char **argv)
     uint32_t                    P = 40, ND = 8, iters = 30, nb, V, rows;
     uint32_t                    bt_a[8], bt_b[8];
     int32_t                    *toks, next, ids[2];
-    int                         kv_fp8 = 0, c, agree = 0, ambiguous = 0;
+    int                         kv_fp8 = 0, c, agree = 0, ambiguous = 0, rc;
     double                      t0, worst_cos = 1, worst_rel = 0;
     kimi_batch_seq_t            s[2];
     const char                 *hf_dir = NULL;
@@ -701,11 +701,15 @@ main(int argc, char **argv)
        && strstr(err.msg, "hidden_size") != NULL,
        "hidden_size 64 refused at init: %s", err.msg);
     bad = *m;
-    bad.cfg.num_attention_heads = 8;
-    bad.n_heads = 8;                      /* as the loader sets it */
-    ok(kimi_backend_cuda_init(&tmp, &bad, 0, &err) == KIMI_EUNSUPPORTED
-       && strstr(err.msg, "num_attention_heads") != NULL,
-       "8 heads refused at init: %s", err.msg);
+    bad.cfg.num_attention_heads = 320;
+    bad.n_heads = 320;                    /* as the loader sets it */
+    err.msg[0] = '\0';
+    rc = kimi_backend_cuda_init(&tmp, &bad, 0, &err);
+    if (rc == KIMI_OK) {
+        tmp->ops->free(tmp);
+    }
+    ok(rc == KIMI_EUNSUPPORTED && strstr(err.msg, "num_attention_heads")
+       != NULL, "320 heads on a rank refused at init: %s", err.msg);
 
     t0 = now();
 

@@ -1535,6 +1535,12 @@ test_mla_decode_all(void)
     test_mla(4, l3, 1, 128, 64);
     test_mla_runs(3, l2, 0, 80, 16, 1);
     test_mla_runs(3, l2, 1, 128, 64, 1);
+    /* head counts the 16-row steps do not divide (Kimi-K2's 64 heads over
+     * 8 tensor-parallel ranks: 8; 72 = 64 + 8), padded with zero heads */
+    test_mla(4, l3, 0, 8, 64);
+    test_mla(3, l1, 1, 8, 64);
+    test_mla_runs(3, l2, 1, 8, 64, 1);
+    test_mla_runs(3, l2, 0, 72, 64, 1);
     int l4[70];
     for (int b = 0; b < 70; b++) l4[b] = 1 + (int) (rnext() % 700);
     test_mla(70, l4, 0, 64, 64);   /* 70 sequences: one split each */

@@ -44,9 +44,8 @@ kimi_cuda_check_shapes(const kimi_model_config_t *c, uint32_t H, uint32_t tp,
     KIMI_NEED(c->kv_lora_rank == 512 && c->qk_rope_head_dim == 64,
               "kv_lora_rank %u + qk_rope_head_dim %u: the MLA kernels take "
               "512 + 64 only", c->kv_lora_rank, c->qk_rope_head_dim);
-    KIMI_NEED(H % 16 == 0 && H <= 256, "num_attention_heads %u (per "
-              "tensor-parallel rank): the MLA kernels need a multiple of 16,"
-              " at most 256", H);
+    KIMI_NEED(H <= 256, "num_attention_heads %u (per tensor-parallel "
+              "rank): the MLA kernels take at most 256", H);
     KIMI_NEED(tp == 1 || (c->qk_nope_head_dim + c->v_head_dim) * head_first
               % 128 == 0, "a tensor-parallel shard's kv_b_proj rows do not "
               "start on a 128-row FP8 block (heads from %u)", head_first);
@@ -1439,12 +1438,12 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
     b->dcp = p->dcp > 1 ? p->dcp : 1;
     if (b->dcp > 1
         && (p->tp == NULL || kimi_group_world(p->tp) != b->dcp
-            || b->H > 64))
+            || b->H > 64 || b->H % 16 != 0))
     {
         rc = kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda backend: decode "
                           "context parallelism %u needs tensor parallelism"
-                          " of the same size (and at most 64 heads a rank;"
-                          " %u here)", b->dcp, b->H);
+                          " of the same size (and a multiple of 16 heads a"
+                          " rank, at most 64; %u here)", b->dcp, b->H);
         goto failed;
     }
     b->dcp_rank = b->dcp > 1 ? kimi_group_rank(p->tp) : 0;
