@@ -145,21 +145,10 @@ is($r->{json} && $r->{json}{choices}[0]{text}, $want{$prompts[0]}{text},
 my @pids = map { /kimi-engine\[(\d+)\] rank=1 engine ready/ ? $1 : () }
     split /\n/, $log;
 ok(@pids, 'rank 1 pid found in the log');
-my $s = $t->connect_gw;
-print $s KimiTest::request_text('POST', '/v1/completions',
-    completion_body(prompt => 'The capital of France is', max_tokens => 400,
-                    temperature => 0, stream => $true), 'X-Kimi-Rank' => 0);
-select(undef, undef, undef, 0.3);
-kill 'KILL', $pids[0] if @pids;
-my $raw = '';
-my $end = time + 20;
-while (time < $end) {
-    my $n = sysread($s, my $buf, 65536);
-    last unless $n;
-    $raw .= $buf;
-}
+my ($raw, $ended) = $t->stream_across_signal('KILL', [ @pids ? $pids[0] : () ], 20,
+    'The capital of France is', 400, 'X-Kimi-Rank' => 0);
 like($raw, qr/"error"/, 'a stream on the surviving rank ends with an error');
-ok(time < $end, 'it ends, no hang');
+ok($ended, 'it ends, no hang');
 
 ok(KimiTest::wait_for(15, sub { !$t->alive('engine') }),
     'the engine group exits when a rank dies');
@@ -180,20 +169,9 @@ $t->start;
 ok(KimiTest::wait_for(20, sub {
         `$bin status --ipc-dir ${\ $t->dir}/ipc 2>&1` =~ /rank=1 .*state=ready/ }),
     'drain: rank 1 is ready');
-$s = $t->connect_gw;
-print $s KimiTest::request_text('POST', '/v1/completions',
-    completion_body(prompt => 'Once upon a time, in a', max_tokens => 60,
-                    temperature => 0, stream => $true), 'X-Kimi-Rank' => 1);
-select(undef, undef, undef, 0.3);
 my $epid = $t->engine_pid;
-kill 'TERM', $epid;
-$raw = '';
-$end = time + 30;
-while (time < $end) {
-    my $n = sysread($s, my $buf, 65536);
-    last unless $n;
-    $raw .= $buf;
-}
+($raw) = $t->stream_across_signal('TERM', [ $epid ], 30,
+    'Once upon a time, in a', 60, 'X-Kimi-Rank' => 1);
 like($raw, qr/"finish_reason":"length".*data: \[DONE\]/s,
     'a stream on rank 1 runs to its end through the drain (rank 0 idle,'
     . ' serving its experts)');

@@ -138,21 +138,10 @@ check($wr->[$_] // {}, $ws[$_][1], "concurrent on the other node ($_)")
 my ($rank1) = $work->read_file('engine.log')
     =~ /kimi-engine\[(\d+)\] rank=1 engine ready/;
 ok($rank1, 'the other node\'s rank 1 pid is in its log');
-my $s = $head->connect_gw;
-print $s KimiTest::request_text('POST', '/v1/completions',
-    completion_body(prompt => 'The capital of France is', max_tokens => 400,
-                    temperature => 0, stream => $true));
-select(undef, undef, undef, 0.3);
-kill 'KILL', $rank1 if $rank1;
-my $raw = '';
-my $end = time + 20;
-while (time < $end) {
-    my $n = sysread($s, my $buf, 65536);
-    last unless $n;
-    $raw .= $buf;
-}
+my ($raw, $ended) = $head->stream_across_signal('KILL', [ $rank1 || () ], 20,
+    'The capital of France is', 400);
 like($raw, qr/"error"/, 'the stream on the head ends with an error');
-ok(time < $end, 'it ends, no hang');
+ok($ended, 'it ends, no hang');
 for my $t ($head, $work) {
     ok(KimiTest::wait_for(15, sub { !$t->alive('engine') }),
         'the node\'s engine exits when a rank of the group dies');
@@ -199,20 +188,9 @@ diag(sprintf 'worst logprob |diff| vs one rank: %.3g', $worst);
 
 # SIGTERM on the head: every node drains, a stream on the other node runs
 # to its end, both exit 0
-$s = $work->connect_gw;
-print $s KimiTest::request_text('POST', '/v1/completions',
-    completion_body(prompt => 'Once upon a time, in a', max_tokens => 60,
-                    temperature => 0, stream => $true), 'X-Kimi-Rank' => 1);
-select(undef, undef, undef, 0.3);
 my %code;
-kill 'TERM', $head->engine_pid;
-$raw = '';
-$end = time + 30;
-while (time < $end) {
-    my $n = sysread($s, my $buf, 65536);
-    last unless $n;
-    $raw .= $buf;
-}
+($raw) = $work->stream_across_signal('TERM', [ $head->engine_pid ], 30,
+    'Once upon a time, in a', 60, 'X-Kimi-Rank' => 1);
 like($raw, qr/"finish_reason":"length".*data: \[DONE\]/s,
     'a stream on the other node runs to its end through the drain');
 for my $t ($head, $work) {
@@ -236,20 +214,9 @@ $_->stop for ($head, $work);
 my @frozen = ($work->engine_pid, $work->read_file('engine.log')
     =~ /kimi-engine\[(\d+)\] rank=1 engine ready/);
 is(scalar @frozen, 2, 'the other node\'s launcher and rank pids are known');
-$s = $head->connect_gw;
-print $s KimiTest::request_text('POST', '/v1/completions',
-    completion_body(prompt => 'The capital of France is', max_tokens => 400,
-                    temperature => 0, stream => $true));
-select(undef, undef, undef, 0.3);
-kill 'STOP', @frozen;
 my $t0 = time;
-$raw = '';
-$end = time + 30;
-while (time < $end) {
-    my $n = sysread($s, my $buf, 65536);
-    last unless $n;
-    $raw .= $buf;
-}
+($raw) = $head->stream_across_signal('STOP', \@frozen, 30,
+    'The capital of France is', 400);
 my $took = time - $t0;
 like($raw, qr/"error"/, 'the stream on the head ends with an error');
 cmp_ok($took, '<', 12, "within the liveness timeout and a margin ($took s)");

@@ -146,21 +146,10 @@ my $log = $t->read_file('engine.log');
 my @f = map { /kimi-engine\[(\d+)\] rank=0 pipeline-parallel follower 1 of 2/
     ? $1 : () } split /\n/, $log;
 ok(@f, 'rank 0 second-stage pid found in the log');
-my $s = $t->connect_gw;
-print $s KimiTest::request_text('POST', '/v1/completions',
-    completion_body(prompt => 'The capital of France is', max_tokens => 400,
-                    temperature => 0, stream => $true), 'X-Kimi-Rank' => 0);
-select(undef, undef, undef, 0.3);
-kill 'KILL', $f[0] if @f;
-my $raw = '';
-my $end = time + 20;
-while (time < $end) {
-    my $n = sysread($s, my $buf, 65536);
-    last unless $n;
-    $raw .= $buf;
-}
+my ($raw, $ended) = $t->stream_across_signal('KILL', [ @f ? $f[0] : () ], 20,
+    'The capital of France is', 400, 'X-Kimi-Rank' => 0);
 like($raw, qr/"error"/, 'the stream on the broken rank ends with an error');
-ok(time < $end, 'it ends, no hang');
+ok($ended, 'it ends, no hang');
 my $r = complete($t, 'The capital of France is', 'X-Kimi-Rank' => 1);
 is($r->{status}, 200, 'DP rank 1 and its stage still serve');
 ok(KimiTest::wait_for(10, sub { $t->read_file('engine.log')

@@ -141,21 +141,10 @@ my $log = $t->read_file('engine.log');
 my @f = map { /kimi-engine\[(\d+)\] rank=1 tensor- and pipeline-parallel follower 3 of 4/
     ? $1 : () } split /\n/, $log;
 ok(@f, 'rank 1 member 3 (stage 1, TP rank 1): pid found in the log');
-my $s = $t->connect_gw;
-print $s KimiTest::request_text('POST', '/v1/completions',
-    completion_body(prompt => 'The capital of France is', max_tokens => 400,
-                    temperature => 0, stream => $true), 'X-Kimi-Rank' => 1);
-select(undef, undef, undef, 0.3);
-kill 'KILL', $f[0] if @f;
-my $raw = '';
-my $end = time + 30;
-while (time < $end) {
-    my $n = sysread($s, my $buf, 65536);
-    last unless $n;
-    $raw .= $buf;
-}
+my ($raw, $ended) = $t->stream_across_signal('KILL', [ @f ? $f[0] : () ], 30,
+    'The capital of France is', 400, 'X-Kimi-Rank' => 1);
 like($raw, qr/"error"/, 'the stream on the broken rank ends with an error');
-ok(time < $end, 'it ends, no hang');
+ok($ended, 'it ends, no hang');
 ok(KimiTest::wait_for(10, sub { $t->read_file('engine.log')
     =~ /rank 3 \(pid \d+\) exited/ }), 'the log names the dead member');
 ok(KimiTest::wait_for(15, sub { $t->read_file('engine.log')

@@ -643,6 +643,28 @@ sub relay_py_tap {
     return ($n, $?);
 }
 
+# A greedy completion of $prompt streamed ($max_tokens; %hdr: e.g.
+# 'X-Kimi-Rank' => 1) with $sig sent to each of @$pids 0.3 s in: what the
+# stream carried until it ended or $secs passed, and whether it ended in
+# time.
+sub stream_across_signal {
+    my ($self, $sig, $pids, $secs, $prompt, $max_tokens, %hdr) = @_;
+    my $s = $self->connect_gw;
+    print $s request_text('POST', '/v1/completions',
+        completion_body(prompt => $prompt, max_tokens => $max_tokens,
+                        temperature => 0, stream => JSON::PP::true), %hdr);
+    select(undef, undef, undef, 0.3);
+    kill $sig, @$pids if @$pids;
+    my ($raw, $end) = ('', time + $secs);
+    while (time < $end) {
+        my $n = sysread($s, my $buf, 65536);
+        last unless $n;
+        $raw .= $buf;
+    }
+    close $s;
+    return ($raw, time < $end);
+}
+
 sub stream_text {
     my ($events) = @_;
     my $t = '';
