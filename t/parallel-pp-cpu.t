@@ -49,11 +49,14 @@ $out = `$ref->{engine_bin} serve --backend cpu --model $tiny --threads 1 -pp 5 -
 like($out, qr/--pipeline-parallel-size 5 exceeds the model's 4 layers/, '-pp 5 is --pipeline-parallel-size 5');
 # decode context parallelism: cuda, with tensor parallelism of its size
 $out = `$ref->{engine_bin} serve --backend cpu --model $tiny --threads 1 -tp 2 -dcp 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
-like($out, qr/--decode-context-parallel-size is implemented on the cuda backend with --tensor-parallel-size equal to it/,
+like($out, qr/--decode-context-parallel-size is implemented on the cuda backend with --tensor-parallel-size a multiple of it/,
     'DCP on the cpu backend: refused with a message');
 $out = `$ref->{engine_bin} serve --backend cuda --model $tiny --decode-context-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
-like($out, qr/--decode-context-parallel-size is implemented on the cuda backend with --tensor-parallel-size equal to it/,
+like($out, qr/--decode-context-parallel-size is implemented on the cuda backend with --tensor-parallel-size a multiple of it/,
     'DCP without TP: refused with a message');
+$out = `$ref->{engine_bin} serve --backend cuda --model $tiny -tp 3 -dcp 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
+like($out, qr/--decode-context-parallel-size is implemented on the cuda backend with --tensor-parallel-size a multiple of it/,
+    'DCP 2 in TP 3: refused with a message');
 $out = `$ref->{engine_bin} serve --backend cpu --model $tiny -x 3 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
 like($out, qr/unknown option "-x"/, 'an unknown short flag: refused naming it');
 # with TP: t/parallel-tp-pp-cpu.t (tiny's own 3 heads do not split in two)

@@ -1398,11 +1398,11 @@ kimi_cmd_serve(int argc, char **argv)
 
     if (o.decode_context_parallel_size > 1
         && (strcmp(o.backend, "cuda") != 0
-            || o.decode_context_parallel_size != o.tensor_parallel_size))
+            || o.tensor_parallel_size % o.decode_context_parallel_size != 0))
     {
         fprintf(stderr, "kimi-engine: --decode-context-parallel-size is "
                 "implemented on the cuda backend with --tensor-parallel-size"
-                " equal to it\n");
+                " a multiple of it\n");
         return 2;
     }
 

@@ -35,7 +35,9 @@
  * --tp --dcp adds decode context parallelism of the same size: rank r
  * holds the latent rows of positions p % W == r (blocks of 64 rows a rank,
  * 64 W tokens a table entry) and the attention partials are merged across
- * ranks; compared with one GPU and the oracle as TP alone.
+ * ranks; compared with one GPU and the oracle as TP alone.  --dcp=D (D
+ * dividing W): runs of D consecutive ranks split the cache, each run with
+ * a communicator of its own.
  *
  * --pp checks pipeline parallelism: rank r is stage r, holding layers
  * kimi_model_pp_layers(r, W) (rank 0 also the embedding and lm_head), the
@@ -222,7 +224,8 @@ cuda_backend(kimi_model_t *m, int device, kimi_group_t *g, int kv_fp8)
     p.ep = tp_mode || pp_mode ? NULL : g;
     p.tp = tp_mode ? g : NULL;
     p.pp = pp_mode ? g : NULL;
-    p.dcp = dcp_mode && g != NULL ? kimi_group_world(g) : 1;
+    p.dcp = !dcp_mode || g == NULL ? 1
+            : dcp_mode > 0 ? (uint32_t) dcp_mode : kimi_group_world(g);
     p.max_batched_tokens = 512;
     p.max_model_len = 1024;
 
@@ -347,7 +350,7 @@ main(int argc, char **argv)
         { "ranks", required_argument, NULL, 'r' },
         { "tp", no_argument, NULL, 't' },
         { "pp", no_argument, NULL, 'P' },
-        { "dcp", no_argument, NULL, 'D' },
+        { "dcp", optional_argument, NULL, 'D' },
         { "tp-ep", no_argument, NULL, 'X' },
         { NULL, 0, NULL, 0 }
     };
@@ -390,7 +393,7 @@ main(int argc, char **argv)
         case 'r': W = (uint32_t) atoi(optarg); break;
         case 't': tp_mode = 1; break;
         case 'P': pp_mode = 1; break;
-        case 'D': dcp_mode = 1; break;
+        case 'D': dcp_mode = optarg != NULL ? atoi(optarg) : -1; break;
         case 'X': tp_ep_mode = 1; break;
         default:
             return 2;
@@ -664,7 +667,11 @@ main(int argc, char **argv)
     {
         double  m8 = median(e8, (int) ND + 1), m1 = median(e1, (int) ND + 1);
         double  ma = median(ea, (int) ND + 1), mb = median(eb, (int) ND + 1);
-        const char *kind = dcp_mode ? "TP+DCP" : tp_ep_mode ? "TP+EP"
+        /* DCP inside TP: "TP+DCP2=4" */
+        char        dcp_kind[32];
+        snprintf(dcp_kind, sizeof(dcp_kind), dcp_mode > 0 ? "TP+DCP%d" : "TP+DCP",
+                 dcp_mode);
+        const char *kind = dcp_mode ? dcp_kind : tp_ep_mode ? "TP+EP"
                            : tp_mode ? "TP" : pp_mode ? "PP" : "EP";
 
         printf("# median (1 - cos) vs the fp32-activation cpu: cpu fp8 %.2e,"

@@ -182,24 +182,27 @@ kimi_cuda_ep_stop(void *group)
 
 /*
  * Joins the NCCL communicator of a group's ranks (expert or tensor
- * parallel): rank 0 makes the ncclUniqueId and hands it over through the
- * node's group (every rank is here, in the same order of group syncs),
- * then a first collective sets up the connections outside any graph
- * capture.  Every wait gives up when the group fails (a rank died): no
- * rank waits for a dead peer.
+ * parallel), or with sub < the group's size one communicator per run of
+ * sub consecutive ranks (decode context parallelism inside tensor
+ * parallelism): the first rank of each makes the ncclUniqueId and hands
+ * it over through the node's group (every rank is here, in the same order
+ * of group syncs), then a first collective sets up the connections
+ * outside any graph capture.  Every wait gives up when the group fails (a
+ * rank died): no rank waits for a dead peer.
  */
 static int
-kimi_cuda_join(kimi_cuda_t *b, kimi_group_t *g, kimi_nccl_t **comm,
-    kimi_err_t *err)
+kimi_cuda_join(kimi_cuda_t *b, kimi_group_t *g, uint32_t sub,
+    kimi_nccl_t **comm, kimi_err_t *err)
 {
     uint8_t      blob[256];              /* an ncclUniqueId: 128 */
     uint32_t     len = 0, W = kimi_group_world(g), me = kimi_group_rank(g);
+    uint32_t     first = me - me % sub;
     size_t       bytes[KIMI_GROUP_MAX_RANKS];
     const void  *in;
     size_t       n;
     int          rc;
 
-    if (me == 0) {
+    if (me == first) {
         rc = kimi_nccl_unique_id(blob, sizeof(blob), &len, err);
         if (rc != 0) {
             kimi_group_abort(g, err->msg);
@@ -208,9 +211,9 @@ kimi_cuda_join(kimi_cuda_t *b, kimi_group_t *g, kimi_nccl_t **comm,
     }
 
     for (uint32_t p = 0; p < W; p++) {
-        bytes[p] = me == 0 ? 4 + len : 0;
+        bytes[p] = me == first && p / sub == me / sub ? 4 + len : 0;
 
-        if (me == 0) {
+        if (bytes[p] != 0) {
             memcpy(kimi_group_sendbuf(g, p), &len, 4);
             memcpy((uint8_t *) kimi_group_sendbuf(g, p) + 4, blob, len);
         }
@@ -220,20 +223,21 @@ kimi_cuda_join(kimi_cuda_t *b, kimi_group_t *g, kimi_nccl_t **comm,
         return rc;
     }
 
-    in = kimi_group_recvbuf(g, 0, &n);
+    in = kimi_group_recvbuf(g, first, &n);
     if (n < 4) {
         return kimi_err_set(err, KIMI_EIO, "parallel group: no NCCL id from"
-                            " rank 0");
+                            " rank %u", first);
     }
     memcpy(&len, in, 4);
     if (len > sizeof(blob) || n < 4 + (size_t) len) {
         return kimi_err_set(err, KIMI_EIO, "parallel group: a bad NCCL id"
-                            " from rank 0");
+                            " from rank %u", first);
     }
     memcpy(blob, (const uint8_t *) in + 4, len);
 
-    kimi_log(KIMI_LOG_INFO, "rank %u of %u joins NCCL", me, W);
-    rc = kimi_nccl_init(comm, blob, len, me, W, kimi_cuda_ep_stop, g, err);
+    kimi_log(KIMI_LOG_INFO, "rank %u of %u joins NCCL", me % sub, sub);
+    rc = kimi_nccl_init(comm, blob, len, me % sub, sub, kimi_cuda_ep_stop, g,
+                        err);
     if (rc != 0) {
         kimi_group_abort(g, err->msg);
         return rc;
@@ -425,7 +429,8 @@ kimi_cuda_ep_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
     int  rc;
 
     b->ep = g;
-    if ((rc = kimi_cuda_join(b, g, &b->nccl, err)) != 0
+    if ((rc = kimi_cuda_join(b, g, kimi_group_world(g), &b->nccl, err))
+        != 0
         || (rc = kimi_cuda_p2p_join(b, g, err)) != 0)
     {
         return rc;
@@ -444,8 +449,22 @@ kimi_cuda_tp_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
     int  rc;
 
     b->tp = g;
-    if ((rc = kimi_cuda_join(b, g, &b->tp_nccl, err)) != 0) {
+    if ((rc = kimi_cuda_join(b, g, kimi_group_world(g), &b->tp_nccl, err))
+        != 0)
+    {
         return rc;
+    }
+
+    /* decode context parallelism over runs of dcp ranks (all of them, or
+     * a communicator of each run) */
+    b->dcp_nccl = b->tp_nccl;
+    if (b->dcp > 1 && b->dcp < kimi_group_world(g)
+        && (rc = kimi_cuda_join(b, g, b->dcp, &b->dcp_own, err)) != 0)
+    {
+        return rc;
+    }
+    if (b->dcp_own != NULL) {
+        b->dcp_nccl = b->dcp_own;
     }
 
     if (b->tp_ep) {
@@ -478,7 +497,9 @@ kimi_cuda_pp_join(kimi_cuda_t *b, kimi_group_t *g, kimi_err_t *err)
     int       rc;
 
     b->pp = g;
-    if ((rc = kimi_cuda_join(b, g, &b->pp_nccl, err)) != 0) {
+    if ((rc = kimi_cuda_join(b, g, kimi_group_world(g), &b->pp_nccl, err))
+        != 0)
+    {
         return rc;
     }
 
@@ -1188,6 +1209,8 @@ kimi_cuda_free(kimi_backend_t *base)
     kimi_nccl_free(b->nccl);
     kimi_nccl_abort(b->tp_nccl);
     kimi_nccl_free(b->tp_nccl);
+    kimi_nccl_abort(b->dcp_own);
+    kimi_nccl_free(b->dcp_own);
     kimi_nccl_abort(b->pp_nccl);
     kimi_nccl_free(b->pp_nccl);
     kimi_step_buf_free(&b->lead_buf);
@@ -1437,16 +1460,18 @@ kimi_backend_cuda_init_params(kimi_backend_t **out, struct kimi_model *model,
 
     b->dcp = p->dcp > 1 ? p->dcp : 1;
     if (b->dcp > 1
-        && (p->tp == NULL || kimi_group_world(p->tp) != b->dcp
+        && (p->tp == NULL || kimi_group_world(p->tp) % b->dcp != 0
             || b->H > 64 || b->H % 16 != 0))
     {
         rc = kimi_err_set(err, KIMI_EUNSUPPORTED, "cuda backend: decode "
                           "context parallelism %u needs tensor parallelism"
-                          " of the same size (and a multiple of 16 heads a"
-                          " rank, at most 64; %u here)", b->dcp, b->H);
+                          " of a multiple of its size (and a multiple of 16"
+                          " heads a rank, at most 64; %u here)", b->dcp,
+                          b->H);
         goto failed;
     }
-    b->dcp_rank = b->dcp > 1 ? kimi_group_rank(p->tp) : 0;
+    /* runs of dcp consecutive tensor-parallel ranks split the cache */
+    b->dcp_rank = b->dcp > 1 ? kimi_group_rank(p->tp) % b->dcp : 0;
 
     if ((rc = kimi_cuda_check_ep(b, p->ep, err)) != 0
         || (rc = kimi_cuda_weights_upload(b, err)) != 0

@@ -152,14 +152,17 @@ typedef struct {
     kimi_group_t               *tp;
     kimi_nccl_t                *tp_nccl;
 
-    /* decode context parallelism over the tensor-parallel group (dcp =
-     * its size, 1: off): rank r holds the latent rows of positions p with
-     * p % dcp == r, block b of the scheduler's (vbs = dcp * bs tokens)
+    /* decode context parallelism over runs of dcp consecutive tensor-
+     * parallel ranks (dcp divides the group's size, 1: off): the run's
+     * rank r holds the latent rows of positions p with p % dcp == r, block b of the scheduler's (vbs = dcp * bs tokens)
      * being rows of its physical block b of bs; attention gathers every
      * rank's q, decodes each rank's heads over the rows held here, and
      * sends each partial (o, lse) to the rank owning those heads, which
-     * merges them */
+     * merges them (all within the run) */
     uint32_t                    dcp, dcp_rank, vbs;
+    kimi_nccl_t                *dcp_nccl;     /* tp_nccl, or with dcp <
+                                                 tp the run's own: */
+    kimi_nccl_t                *dcp_own;      /* (owned) */
     kimi_bf16_t                *dcp_q;        /* [dcp][cap][H][576] */
     uint8_t                    *dcp_send, *dcp_recv;  /* [dcp][part] */
 

@@ -418,7 +418,7 @@ kimi_cuda_mla_dcp(kimi_cuda_t *b, uint32_t T, void *kv, float *ks,
                                               + b->cfg->qk_rope_head_dim);
     size_t          part = kimi_cuda_dcp_part(T, b->H);
 
-    KIMI_K(kimi_nccl_all_gather(b->tp_nccl, b->qlat, b->dcp_q,
+    KIMI_K(kimi_nccl_all_gather(b->dcp_nccl, b->qlat, b->dcp_q,
                                 qn * sizeof(kimi_bf16_t), b->stream, err));
 
     for (uint32_t r = 0; r < b->dcp; r++) {
@@ -434,7 +434,7 @@ kimi_cuda_mla_dcp(kimi_cuda_t *b, uint32_t T, void *kv, float *ks,
                                    b->stream, err));
     }
 
-    KIMI_K(kimi_nccl_all_to_all(b->tp_nccl, b->dcp_send, b->dcp_recv, part,
+    KIMI_K(kimi_nccl_all_to_all(b->dcp_nccl, b->dcp_send, b->dcp_recv, part,
                                 b->stream, err));
     return kimi_mla_merge_parts(b->dcp_recv, part, (int) b->dcp, (int) T,
                                 (int) b->H, b->olat, b->stream, err);
@@ -905,6 +905,7 @@ kimi_cuda_comms_abort(kimi_cuda_t *b)
 {
     kimi_nccl_abort(b->nccl);
     kimi_nccl_abort(b->tp_nccl);
+    kimi_nccl_abort(b->dcp_own);
     kimi_nccl_abort(b->pp_nccl);
     kimi_cuda_p2p_abort(b);
 }
@@ -914,9 +915,9 @@ kimi_cuda_comms_abort(kimi_cuda_t *b)
 static int
 kimi_cuda_comms_check(kimi_cuda_t *b, kimi_err_t *err)
 {
-    kimi_nccl_t  *comms[3] = { b->nccl, b->tp_nccl, b->pp_nccl };
+    kimi_nccl_t  *comms[4] = { b->nccl, b->tp_nccl, b->dcp_own, b->pp_nccl };
 
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         if (comms[i] != NULL && kimi_nccl_check(comms[i], err) != 0) {
             return 1;
         }
