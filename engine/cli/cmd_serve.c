@@ -234,17 +234,24 @@ static const kimi_opt_t  kimi_serve_opts[] = {
 
 /*
  * vLLM's flags that have no engine meaning here: taken and noted (the
- * recipe's command line works as it is), or refused naming the nginx
+ * recipe's command line works as it is), refused naming the nginx
  * setting that does the job, where ignoring them would change what the
- * user asked for.
+ * user asked for, or refused as not implemented, saying what happens
+ * instead.
  */
+typedef enum {
+    KIMI_VLLM_NOTE = 0,
+    KIMI_VLLM_GATEWAY,
+    KIMI_VLLM_MISSING
+} kimi_vllm_kind_e;
+
 typedef struct {
-    const char  *name;
-    int          takes_value;
-    const char  *ok_values;               /* "a|b" the engine goes along
+    const char        *name;
+    int                takes_value;
+    const char        *ok_values;         /* "a|b" the engine goes along
                                              with; NULL: any */
-    int          refuse;
-    const char  *why;
+    kimi_vllm_kind_e   refuse;
+    const char        *why;
 } kimi_vllm_flag_t;
 
 static const kimi_vllm_flag_t  kimi_vllm_flags[] = {
@@ -271,6 +278,44 @@ static const kimi_vllm_flag_t  kimi_vllm_flags[] = {
       " logprobs" },
     { "--distributed-executor-backend", 1, "mp|uni", 0, "the ranks are"
       " processes kimi-engine starts (other nodes: --headless)" },
+    { "--cuda-graph-sizes", 1, NULL, 0, "CUDA graphs are captured per"
+      " batch size as steps need them (--enforce-eager: none)" },
+    { "--max-cudagraph-capture-size", 1, NULL, 0, "CUDA graphs are captured"
+      " per batch size as steps need them (--enforce-eager: none)" },
+    { "--max-seq-len-to-capture", 1, NULL, 0, "CUDA graphs cover every"
+      " context length" },
+    { "--compilation-config", 1, NULL, 0, "the kernels are compiled ahead;"
+      " CUDA graphs per batch size (--enforce-eager: none)" },
+    { "--all2all-backend", 1, NULL, 0, "expert-parallel dispatch goes over"
+      " NVLink peer memory on one node, NCCL across nodes" },
+    { "--calculate-kv-scales", 0, NULL, 0, "the fp8 cache keeps a scale"
+      " per row, computed as it is written" },
+    { "--scheduling-policy", 1, "fcfs", 0, "waiting requests start in"
+      " arrival order (preempted ones first)" },
+    { "--long-prefill-token-threshold", 1, NULL, 0, "chunked prefill"
+      " splits prompts by --max-num-batched-tokens only" },
+    { "--enable-eplb", 0, NULL, 2, "experts are placed statically, E / N"
+      " to a rank (no redundant experts, no rebalancing)" },
+    { "--eplb-config", 1, NULL, 2, "experts are placed statically, E / N"
+      " to a rank" },
+    { "--speculative-config", 1, NULL, 2, "no speculative decoding"
+      " (Kimi-K2 ships no MTP layers)" },
+    { "--swap-space", 1, NULL, 2, "preempted sequences are recomputed, not"
+      " swapped to host memory" },
+    { "--cpu-offload-gb", 1, NULL, 2, "weights stay on the GPUs (spread"
+      " them with -tp, -pp or expert parallelism)" },
+    { "--kv-transfer-config", 1, NULL, 2, "no disaggregated prefill or KV"
+      " transfer between engines" },
+    { "--enable-dbo", 0, NULL, 2, "no dual-batch overlap of expert-parallel"
+      " communication" },
+    { "--enable-sleep-mode", 0, NULL, 2, "no sleep mode: stop the engine"
+      " (nginx answers 503 meanwhile)" },
+    { "--revision", 1, NULL, 2, "--model is a local directory; nothing is"
+      " downloaded" },
+    { "--download-dir", 1, NULL, 2, "--model is a local directory; nothing"
+      " is downloaded" },
+    { "--tokenizer", 1, NULL, 1, "the gateway tokenizes: kimi_model_dir in"
+      " nginx.conf names the tokenizer's directory" },
     { "--tool-call-parser", 1, NULL, 1, "the gateway parses tool calls in"
       " the tokenizer's format: kimi_tool_call_parser in nginx.conf" },
     { "--reasoning-parser", 1, NULL, 1, "kimi_reasoning_parser in"
@@ -303,11 +348,13 @@ kimi_serve_usage(FILE *f)
         fprintf(f, "  %-28s %s\n", o->name, o->help);
     }
 
-    fprintf(f, "\nvLLM flags taken without effect here, or refused for the"
-            " nginx setting that does their job:\n");
+    fprintf(f, "\nvLLM flags taken without effect here, refused for the"
+            " nginx setting that does their job, or not implemented:\n");
 
     for (v = kimi_vllm_flags; v->name != NULL; v++) {
-        fprintf(f, "  %-28s %s%s\n", v->name, v->refuse ? "refused: " : "",
+        fprintf(f, "  %-28s %s%s\n", v->name,
+                v->refuse == KIMI_VLLM_GATEWAY ? "refused: "
+                : v->refuse == KIMI_VLLM_MISSING ? "not implemented: " : "",
                 v->why);
     }
 }
@@ -509,10 +556,16 @@ kimi_serve_vllm_flag(const char *name, const char *eq, int argc, char **argv,
         return kimi_serve_bad("%s takes no value%s", name, "");
     }
 
-    if (v->refuse) {
+    if (v->refuse == KIMI_VLLM_GATEWAY) {
         fprintf(stderr, "kimi-engine: %s is not an engine setting here: %s"
                 " (see README, \"From vLLM's Kimi-K2 recipe\")\n", name,
                 v->why);
+        return 2;
+    }
+
+    if (v->refuse == KIMI_VLLM_MISSING) {
+        fprintf(stderr, "kimi-engine: vLLM's %s is not implemented here: "
+                "%s\n", name, v->why);
         return 2;
     }
 

@@ -15,7 +15,7 @@
 
 
 static char  bin[512];
-static char  out[8192];
+static char  out[32768];
 
 
 /* Runs kimi-engine with args; returns the exit status, output in out[]. */
@@ -121,6 +121,31 @@ main(void)
     ok(rc == 2 && strstr(out, "unknown option") == NULL
        && strstr(out, "note: --disable-log-stats") != NULL,
        "--enforce-eager is a flag, --disable-log-stats a noted no-op");
+
+    rc = run(ARGS("serve", "--enable-eplb"));
+    ok(rc == 2 && strstr(out, "vLLM's --enable-eplb is not implemented here:"
+                         " experts are placed statically") != NULL,
+       "--enable-eplb: refused as not implemented, saying what happens");
+
+    rc = run(ARGS("serve", "--speculative-config", "{\"method\": \"mtp\"}"));
+    ok(rc == 2 && strstr(out, "--speculative-config is not implemented")
+       != NULL, "--speculative-config: refused as not implemented");
+
+    rc = run(ARGS("serve", "--scheduling-policy", "priority"));
+    ok(rc == 2 && strstr(out, "--scheduling-policy priority is not"
+                         " supported (fcfs") != NULL,
+       "--scheduling-policy priority: refused; fcfs is what runs");
+
+    rc = run(ARGS("serve", "--cuda-graph-sizes", "8", "--scheduling-policy",
+                  "fcfs", "--max-num-seqs", "0"));
+    ok(rc == 2 && strstr(out, "note: --cuda-graph-sizes 8 has no effect")
+       != NULL && strstr(out, "note: --scheduling-policy fcfs has no effect")
+       != NULL && strstr(out, "--max-num-seqs: invalid value") != NULL,
+       "graph sizes and fcfs: noted, the next flag still parsed");
+
+    rc = run(ARGS("serve", "--tokenizer", "/srv/tok"));
+    ok(rc == 2 && strstr(out, "kimi_model_dir") != NULL,
+       "--tokenizer: refused, naming the gateway's kimi_model_dir");
 
     rc = run(ARGS("serve", "--dtype", "float16"));
     ok(rc == 2 && strstr(out, "--dtype float16 is not supported") != NULL,
