@@ -1013,6 +1013,20 @@ kimi_serve_group_shard(const kimi_serve_opts_t *o,
 }
 
 
+/* A member still running KIMI_SERVE_GROUP_GRACE_MS after its group failed
+ * is stuck (in a device call waiting on a dead peer): it ends, so a
+ * failed group never leaves a process behind (the others' waits have
+ * given up by then; the leader's end takes the followers with it). */
+#define KIMI_SERVE_GROUP_GRACE_MS  10000
+
+static void
+kimi_serve_group_expire(const char *why)
+{
+    kimi_log(KIMI_LOG_EMERG, "parallel group failed: %s: exiting", why);
+    _exit(1);
+}
+
+
 /* A follower of a tensor- or pipeline-parallel rank: loads its share,
  * runs the leader's steps, ends with the leader (stop message or its
  * death). */
@@ -1036,7 +1050,11 @@ kimi_serve_follower(const kimi_serve_opts_t *o,
         return 1;
     }
 
-    if ((rc = kimi_serve_member_attach(o, maps, k, &g, &err)) != 0) {
+    if ((rc = kimi_serve_member_attach(o, maps, k, &g, &err)) != 0
+        || (rc = kimi_group_watchdog(maps->all, k, NULL, 0, NULL,
+                                     KIMI_SERVE_GROUP_GRACE_MS,
+                                     kimi_serve_group_expire, &err)) != 0)
+    {
         goto failed;
     }
 
@@ -1098,6 +1116,7 @@ kimi_serve_follower(const kimi_serve_opts_t *o,
 
     rc = kimi_backend_follow(backend, &err);
     if (rc == 0) {
+        kimi_group_watchdog_stop();         /* the leader's stop message */
         kimi_log(KIMI_LOG_NOTICE, "%s follower %u done",
                  kimi_serve_group_kind(o), k);
     }
@@ -1166,7 +1185,10 @@ kimi_serve_followers_start(const kimi_serve_opts_t *o,
     }
 
     if (kimi_serve_member_attach(o, &maps, 0, group, &err) != 0
-        || kimi_group_watch(group->all, ipids, T - 1, ranks, &err) != 0)
+        || kimi_group_watch(group->all, ipids, T - 1, ranks, &err) != 0
+        || kimi_group_watchdog(maps.all, 0, ipids, T - 1, ranks,
+                               KIMI_SERVE_GROUP_GRACE_MS,
+                               kimi_serve_group_expire, &err) != 0)
     {
         kimi_log(KIMI_LOG_EMERG, "%s: %s", kimi_serve_group_kind(o), err.msg);
         kimi_group_fail(maps.all, err.msg);
@@ -1701,8 +1723,13 @@ kimi_cmd_serve(int argc, char **argv)
 
 done:
 
-    /* the server (and its scheduler) goes before the backend it borrows */
+    /* the server (and its scheduler) goes before the backend it borrows;
+     * freeing the backend sends the followers the stop message, and their
+     * exits are then no failure */
     kimi_server_free(srv);
+    if (followers != NULL && exit_code == 0) {
+        kimi_group_watchdog_stop();
+    }
     if (backend != NULL) {
         backend->ops->free(backend);
     }

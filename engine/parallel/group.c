@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <linux/futex.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -364,6 +365,100 @@ kimi_group_poll(kimi_group_t *g)
         (void) kimi_group_poll(g->parent);
     }
     return kimi_group_failed(g);
+}
+
+
+static _Atomic int  kimi_group_dog_off;
+
+typedef struct {
+    kimi_group_t  *g;
+    uint32_t       grace_ms;
+    void         (*expire)(const char *why);
+} kimi_group_dog_t;
+
+
+static void *
+kimi_group_dog_run(void *arg)
+{
+    kimi_group_dog_t  *d = arg;
+    struct timespec    nap = { 0, 100000000 };
+    uint32_t           failed_ms = 0;
+    kimi_err_t         e;
+    char               why[sizeof(e.msg) + 64];
+
+    for ( ;; ) {
+        (void) nanosleep(&nap, NULL);
+
+        if (atomic_load(&kimi_group_dog_off)) {
+            return NULL;
+        }
+
+        if (!kimi_group_poll(d->g)) {
+            continue;
+        }
+
+        failed_ms += 100;
+        if (failed_ms < d->grace_ms) {
+            continue;
+        }
+
+        (void) kimi_group_error(d->g, &e);
+        snprintf(why, sizeof(why), "%s; this process was still here %u ms"
+                 " later", e.msg, d->grace_ms);
+        d->expire(why);
+        _exit(1);                           /* expire must not return */
+    }
+
+    return NULL;
+}
+
+
+void
+kimi_group_watchdog_stop(void)
+{
+    atomic_store(&kimi_group_dog_off, 1);
+}
+
+
+int
+kimi_group_watchdog(void *mem, uint32_t rank, const int *pids, uint32_t n,
+    const uint32_t *ranks, uint32_t grace_ms,
+    void (*expire)(const char *why), kimi_err_t *err)
+{
+    kimi_group_dog_t  *d;
+    pthread_attr_t     attr;
+    pthread_t          t;
+    int                rc;
+
+    d = calloc(1, sizeof(*d));
+    if (d == NULL) {
+        return kimi_err_set(err, KIMI_ENOMEM, "group: out of memory");
+    }
+
+    if ((rc = kimi_group_attach(&d->g, mem, rank, err)) != 0
+        || (rc = kimi_group_watch(d->g, pids, n, ranks, err)) != 0)
+    {
+        kimi_group_free(d->g);
+        free(d);
+        return rc;
+    }
+
+    d->grace_ms = grace_ms;
+    d->expire = expire;
+
+    (void) pthread_attr_init(&attr);
+    (void) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    rc = pthread_create(&t, &attr, kimi_group_dog_run, d);
+    (void) pthread_attr_destroy(&attr);
+
+    if (rc != 0) {
+        kimi_group_free(d->g);
+        free(d);
+        return kimi_err_set(err, KIMI_EIO, "group: watchdog thread: %s",
+                            strerror(rc));
+    }
+
+    return 0;
 }
 
 

@@ -100,6 +100,22 @@ size_t   kimi_group_seg_bytes(const kimi_group_t *g);
  * (on its GPU), so a dead member fails the group there too. */
 int    kimi_group_poll(kimi_group_t *g);
 
+/*
+ * Last resort of a member whose own thread may be stuck where it cannot
+ * look at the group (a device call waiting on a dead peer): a thread of
+ * its own, on its own handle of mem (never freed), looks at the group
+ * every 100 ms - and at the processes pids [n] (ranks [n]), as
+ * kimi_group_watch - and calls expire(why) once the group has been failed
+ * for grace_ms; expire must end the process.  Node-local groups only;
+ * start it after the last fork.
+ */
+int    kimi_group_watchdog(void *mem, uint32_t rank, const int *pids,
+    uint32_t n, const uint32_t *ranks, uint32_t grace_ms,
+    void (*expire)(const char *why), kimi_err_t *err);
+/* An orderly end begins (the stop message sent or received): members
+ * exiting now are not a failure, and the watchdog stands down. */
+void   kimi_group_watchdog_stop(void);
+
 /* Some peer waits at the barrier: an idle rank must join it. */
 int    kimi_group_pending(const kimi_group_t *g);
 

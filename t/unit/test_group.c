@@ -10,6 +10,8 @@
  *   - a rank that dies, reported by the parent as the launcher does,
  *     releases the others' barrier with its message, no hang;
  *   - a message larger than a segment fails the group;
+ *   - the watchdog ends a member whose own thread is stuck once the
+ *     group has been failed for its grace;
  *   - groups linked inside a group (tensor x pipeline parallelism): sums
  *     in a stage, hops in a column and votes of all agree, and a failure
  *     of either kind reaches the members waiting in the other;
@@ -769,6 +771,98 @@ run_linked(int mode)
 }
 
 
+/* The watchdog's end: tells the test why through the pipe, then exits 7. */
+static int  dog_fd = -1;
+
+static void
+dog_expire(const char *why)
+{
+    (void) !write(dog_fd, why, strlen(why));
+    _exit(7);
+}
+
+
+/*
+ * A member whose main thread is stuck (pause(), as a thread blocked in a
+ * device call): its watchdog must end it grace_ms after the group failed.
+ * mode 0: the watched process (rank 1) exits, which fails the group;
+ * mode 1: the launcher fails the group and the member watches nobody.
+ * Returns 1 when the member exited 7 in time with the expected message.
+ */
+static int
+run_watchdog(int mode)
+{
+    void           *mem;
+    int             fds[2], status, rc = 0;
+    pid_t           dying, stuck;
+    char            msg[600];
+    ssize_t         n;
+    struct timespec t0, t1;
+    kimi_err_t      err;
+
+    mem = mmap(NULL, kimi_group_bytes(2, SEG), PROT_READ | PROT_WRITE,
+               MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED || pipe(fds) != 0) {
+        return 0;
+    }
+    kimi_group_init(mem, 2, SEG);
+
+    dying = fork();
+    if (dying == 0) {
+        usleep(mode == 0 ? 300000 : 5000000);
+        _exit(0);
+    }
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    stuck = fork();
+    if (stuck == 0) {
+        int       pid = (int) dying;
+        uint32_t  rank = 1;
+
+        alarm(20);
+        close(fds[0]);
+        dog_fd = fds[1];
+        if (kimi_group_watchdog(mem, 0, mode == 0 ? &pid : NULL,
+                                mode == 0 ? 1 : 0, &rank, 1000, dog_expire,
+                                &err) != 0)
+        {
+            _exit(3);
+        }
+        for ( ;; ) {
+            pause();
+        }
+    }
+    close(fds[1]);
+
+    if (mode == 1) {
+        usleep(300000);
+        kimi_group_fail(mem, "the launcher lost a node");
+    }
+
+    (void) waitpid(stuck, &status, 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    n = read(fds[0], msg, sizeof(msg) - 1);
+    msg[n > 0 ? n : 0] = '\0';
+    close(fds[0]);
+    kill(dying, SIGKILL);
+    (void) waitpid(dying, NULL, 0);
+
+    double  s = (double) (t1.tv_sec - t0.tv_sec)
+                + (double) (t1.tv_nsec - t0.tv_nsec) / 1e9;
+
+    rc = WIFEXITED(status) && WEXITSTATUS(status) == 7 && s > 1.2 && s < 3.0
+         && strstr(msg, mode == 0 ? "rank 1 (pid" : "the launcher lost a"
+                                                    " node") != NULL
+         && strstr(msg, "still here 1000 ms later") != NULL;
+    if (!rc) {
+        fprintf(stderr, "# watchdog mode %d: status 0x%x after %.2f s: %s\n",
+                mode, status, s, msg);
+    }
+    munmap(mem, kimi_group_bytes(2, SEG));
+    return rc;
+}
+
+
 int
 main(void)
 {
@@ -799,6 +893,12 @@ main(void)
     ok(run_linked(1) == 4,
        "linked groups: the launcher failing all ends waits in a stage and"
        " in a column with its message");
+    ok(run_watchdog(0),
+       "watchdog: a member stuck in a call is ended 1 s after a watched"
+       " process exited, saying which");
+    ok(run_watchdog(1),
+       "watchdog: a member stuck in a call is ended 1 s after the launcher"
+       " failed the group, with its message");
     ok(run_linked(2) == 4,
        "linked groups: a member aborting its stage ends a vote of all with"
        " its message");

@@ -22,6 +22,7 @@
  */
 
 #include <string.h>
+#include <time.h>
 
 #include "../../common/kimi_log.h"
 #include "cuda_impl.h"
@@ -911,6 +912,27 @@ kimi_cuda_comms_abort(kimi_cuda_t *b)
 }
 
 
+/* After the communicators were aborted: the stream's kernels should end;
+ * wait for them at most ms (a kernel still waiting on a dead peer must
+ * not hold the process: it exits on the group's failure anyway). */
+static void
+kimi_cuda_drain(kimi_cuda_t *b, uint32_t ms)
+{
+    struct timespec  nap = { 0, 1000000 };
+
+    for (uint32_t i = 0; i < ms; i++) {
+        if (cudaStreamQuery(b->stream) != cudaErrorNotReady) {
+            (void) cudaGetLastError();
+            return;
+        }
+        (void) nanosleep(&nap, NULL);
+    }
+
+    kimi_log(KIMI_LOG_WARN, "cuda: the stream did not drain %u ms after the"
+             " communicators were aborted; leaving it", ms);
+}
+
+
 /* An asynchronous error on any of this rank's communicators. */
 static int
 kimi_cuda_comms_check(kimi_cuda_t *b, kimi_err_t *err)
@@ -965,9 +987,10 @@ kimi_cuda_wait(kimi_cuda_t *b, kimi_err_t *err)
             if (!failed) {
                 kimi_group_abort(g, lerr.msg);
             }
+            kimi_log(KIMI_LOG_NOTICE, "cuda: the parallel group failed "
+                     "while a step ran: aborting its communicators");
             kimi_cuda_comms_abort(b);
-            (void) cudaStreamSynchronize(b->stream);
-            (void) cudaGetLastError();
+            kimi_cuda_drain(b, 5000);
             return kimi_err_set(err, KIMI_EIO, "%s parallel: %s",
                                 b->nccl ? "expert"
                                 : b->tp && b->pp ? "tensor and pipeline"
@@ -1132,8 +1155,7 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
             kimi_group_abort(kimi_cuda_group(b), err->msg);
             kimi_cuda_comms_abort(b);
         }
-        (void) cudaStreamSynchronize(b->stream);
-        (void) cudaGetLastError();
+        kimi_cuda_drain(b, 5000);
         return rc;
     }
 
