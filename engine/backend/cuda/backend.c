@@ -173,10 +173,13 @@ kimi_cuda_check_ep(kimi_cuda_t *b, const kimi_group_t *g, kimi_err_t *err)
 }
 
 
+/* Asked between looks while NCCL settles a call (connection setup on a
+ * first send or collective): the group's state, and the processes the
+ * leader watches, so a follower that died during it is seen here too. */
 static int
 kimi_cuda_ep_stop(void *group)
 {
-    return kimi_group_failed(group);
+    return kimi_group_poll(group);
 }
 
 
