@@ -40,12 +40,8 @@ sub logprobs_of { $_[0]{json}{choices}[0]{logprobs}{token_logprobs} // [] }
 my $ref = KimiTest->new(workers => 1);
 my $tiny = $ref->tiny_model;
 
-my $shape = '{"num_attention_heads": 4, "num_key_value_heads": 4,'
-    . ' "qk_nope_head_dim": 112, "qk_rope_head_dim": 16, "v_head_dim": 128,'
-    . ' "intermediate_size": 512, "moe_intermediate_size": 256}';
-my @common = ('--backend', 'cpu', '--model', $tiny, '--load-format', 'dummy',
-    '--hf-overrides', $shape, '--threads', 1, '--cpu-kv-cache-bytes', '64M',
-    '--max-num-batched-tokens', 256);
+my $shape = $KimiTest::TP_SHAPE;
+my @common = KimiTest::tp_engine_args($tiny);
 
 # tiny's own shapes: a clear refusal, not a crash
 my $out = `$ref->{engine_bin} serve --backend cpu --model $tiny --threads 1 --tensor-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;

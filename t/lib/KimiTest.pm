@@ -643,6 +643,20 @@ sub relay_py_tap {
     return ($n, $?);
 }
 
+# The tiny model's shapes overridden so that tensor parallelism over 2
+# processes splits on whole FP8 128x128 blocks (its own 3 heads do not
+# split), and the cpu engine arguments the tensor-parallel tests share.
+our $TP_SHAPE = '{"num_attention_heads": 4, "num_key_value_heads": 4,'
+    . ' "qk_nope_head_dim": 112, "qk_rope_head_dim": 16, "v_head_dim": 128,'
+    . ' "intermediate_size": 512, "moe_intermediate_size": 256}';
+
+sub tp_engine_args {
+    my ($tiny) = @_;
+    return ('--backend', 'cpu', '--model', $tiny, '--load-format', 'dummy',
+        '--hf-overrides', $TP_SHAPE, '--threads', 1, '--cpu-kv-cache-bytes',
+        '64M', '--max-num-batched-tokens', 256);
+}
+
 # A greedy completion of $prompt streamed ($max_tokens; %hdr: e.g.
 # 'X-Kimi-Rank' => 1) with $sig sent to each of @$pids 0.3 s in: what the
 # stream carried until it ended or $secs passed, and whether it ended in
