@@ -404,7 +404,8 @@ kimi_group_dog_run(void *arg)
 
         (void) kimi_group_error(d->g, &e);
         snprintf(why, sizeof(why), "%s; this process was still here %u ms"
-                 " later", e.msg, d->grace_ms);
+                 " later", e.msg + strlen("parallel group failed: "),
+                 d->grace_ms);
         d->expire(why);
         _exit(1);                           /* expire must not return */
     }
