@@ -124,9 +124,10 @@ cmp_ok($worst_ep, '<', 1e-2, 'TP 2 + EP: logprobs within 1e-2 nats of whole'
     . ' weights') or diag("worst |diff| $worst_ep");
 diag(sprintf 'TP 2 + EP: worst logprob |diff| vs whole weights: %.3g',
     $worst_ep);
-$out = `$ref->{engine_bin} serve --backend cpu --model $tiny --load-format dummy --hf-overrides '$shape' --threads 1 -tp 2 --enable-expert-parallel --data-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
-like($out, qr/--tensor-parallel-size with --enable-expert-parallel and --data-parallel-size > 1 .* is not implemented/,
-    'TP + EP + DP: refused with a message');
+# with --data-parallel-size too: t/parallel-ep-tp-cpu.t (cpu only)
+$out = `$ref->{engine_bin} serve --backend cuda --model $tiny --load-format dummy --hf-overrides '$shape' -tp 2 --enable-expert-parallel --data-parallel-size 2 --ipc-dir ${\ $ref->dir}/bad 2>&1`;
+like($out, qr/--tensor-parallel-size with --enable-expert-parallel and --data-parallel-size > 1 is implemented on the cpu backend/,
+    'TP + EP + DP on cuda: refused with a message');
 
 # ---- fp32 activations: only the summation order differs ----------------------------
 

@@ -799,11 +799,20 @@ kimi_serve_group_check(const kimi_serve_opts_t *o,
         return 2;
     }
 
-    if (o->enable_expert_parallel && o->data_parallel_size > 1) {
+    /* expert parallelism over the data-parallel ranks' tensor-parallel
+     * processes (vLLM's -dp N -tp T --enable-expert-parallel): the cpu
+     * backend, on one node, without pipeline stages */
+    if (o->enable_expert_parallel && o->data_parallel_size > 1
+        && (pp > 1 || strcmp(o->backend, "cpu") != 0 || o->headless
+            || (o->data_parallel_size_local != 0
+                && o->data_parallel_size_local != o->data_parallel_size)))
+    {
         fprintf(stderr, "kimi-engine: %s with --enable-expert-parallel and"
-                " --data-parallel-size > 1 (expert parallelism runs over the"
-                " data-parallel ranks, or over the tensor-parallel ranks of"
-                " one) is not implemented\n", flag);
+                " --data-parallel-size > 1 is implemented on the cpu backend"
+                " on one node, without --pipeline-parallel-size (expert"
+                " parallelism over the data-parallel ranks alone, or over"
+                " the tensor-parallel ranks of one, runs everywhere)\n",
+                flag);
         return 2;
     }
 
@@ -877,9 +886,13 @@ kimi_serve_group_kind(const kimi_serve_opts_t *o)
  * and one per tensor-parallel rank (its P stages' hops).
  */
 typedef struct {
-    void  *all;
-    void  *stage[KIMI_GROUP_MAX_RANKS];            /* [P] */
-    void  *column[KIMI_GROUP_MAX_RANKS];           /* [T] */
+    void      *all;
+    void      *stage[KIMI_GROUP_MAX_RANKS];        /* [P] */
+    void      *column[KIMI_GROUP_MAX_RANKS];       /* [T] */
+    void      *ep;            /* expert parallel over DP x TP: the node's
+                                 group (the launcher's), member k at
+                                 ep_base + k */
+    uint32_t   ep_base;
 } kimi_serve_maps_t;
 
 /* One member's handles; stage and column are linked to all. */
@@ -887,6 +900,7 @@ typedef struct {
     kimi_group_t  *all;
     kimi_group_t  *stage;
     kimi_group_t  *column;
+    kimi_group_t  *ep;
 } kimi_serve_member_t;
 
 
@@ -968,6 +982,7 @@ kimi_serve_member_attach(const kimi_serve_opts_t *o,
 static void
 kimi_serve_member_free(kimi_serve_member_t *m)
 {
+    kimi_group_free(m->ep);
     kimi_group_free(m->stage);
     kimi_group_free(m->column);
     kimi_group_free(m->all);
@@ -1067,6 +1082,23 @@ kimi_serve_follower(const kimi_serve_opts_t *o,
     memset(&bp, 0, sizeof(bp));
     kimi_serve_group_shard(o, cfg, k, &g, &mp, &bp);
 
+    if (maps->ep != NULL) {
+        uint32_t  per;
+
+        if ((rc = kimi_group_attach(&g.ep, maps->ep, maps->ep_base + k,
+                                    &err)) != 0)
+        {
+            goto failed;
+        }
+
+        /* this process's share of the routed experts, whole */
+        kimi_group_link(g.ep, g.all);
+        per = cfg->n_routed_experts / kimi_group_world(g.ep);
+        mp.expert_first = kimi_group_rank(g.ep) * per;
+        mp.expert_last = mp.expert_first + per;
+        bp.ep = g.ep;
+    }
+
     if ((rc = kimi_model_load(&model, &mp, &err)) != 0) {
         goto failed;
     }
@@ -1147,8 +1179,8 @@ failed:
 static int
 kimi_serve_followers_start(const kimi_serve_opts_t *o,
     const kimi_model_config_t *cfg, size_t seg_bytes, uint32_t n_threads,
-    int device, kimi_serve_member_t *group, pid_t *pids, int *is_follower,
-    int sfd)
+    int device, void *ep_mem, uint32_t ep_base, kimi_serve_member_t *group,
+    pid_t *pids, int *is_follower, int sfd)
 {
     uint32_t           T = kimi_serve_group_size(o);
     uint32_t           ranks[KIMI_GROUP_MAX_RANKS];
@@ -1160,6 +1192,8 @@ kimi_serve_followers_start(const kimi_serve_opts_t *o,
     if (kimi_serve_maps_make(o, seg_bytes, &maps) != 0) {
         return 1;
     }
+    maps.ep = ep_mem;
+    maps.ep_base = ep_base;
 
     for (uint32_t k = 1; k < T; k++) {
         pids[k] = fork();
@@ -1237,7 +1271,7 @@ static int
 kimi_serve_ep_check(const kimi_serve_opts_t *o,
     const kimi_model_config_t *cfg, size_t *seg_bytes)
 {
-    uint32_t  W = o->data_parallel_size;
+    uint32_t  W = o->data_parallel_size * o->tensor_parallel_size;
     size_t    row;
 
     if (strcmp(o->backend, "cpu") != 0 && strcmp(o->backend, "cuda") != 0) {
@@ -1256,7 +1290,9 @@ kimi_serve_ep_check(const kimi_serve_opts_t *o,
     if (cfg->n_routed_experts == 0 || cfg->n_routed_experts % W != 0) {
         fprintf(stderr, "kimi-engine: --enable-expert-parallel: %u routed"
                 " experts do not split evenly over --data-parallel-size"
-                " %u\n", cfg->n_routed_experts, W);
+                " %u%s\n", cfg->n_routed_experts, o->data_parallel_size,
+                o->tensor_parallel_size > 1 ? " x --tensor-parallel-size"
+                                            : "");
         return 2;
     }
 
@@ -1293,6 +1329,7 @@ kimi_cmd_serve(int argc, char **argv)
     kimi_backend_t        *backend = NULL;
     kimi_server_t         *srv = NULL;
     kimi_group_t          *group = NULL;
+    kimi_group_t          *ep_members = NULL;   /* EP over DP x TP */
     kimi_group_t          *followers = NULL;
     kimi_serve_member_t    members;
     pid_t                  follower_pids[KIMI_GROUP_MAX_RANKS];
@@ -1469,6 +1506,7 @@ kimi_cmd_serve(int argc, char **argv)
         if (rc != 0) {
             return rc;
         }
+        dpp.group_members = o.tensor_parallel_size;
     }
 
     if (o.decode_context_parallel_size > 1
@@ -1530,9 +1568,13 @@ kimi_cmd_serve(int argc, char **argv)
     }
 
     if (kimi_serve_group_size(&o) > 1) {
+        /* expert parallelism over DP x TP: the followers are members of
+         * the node's group too */
         rc = kimi_serve_followers_start(&o, &cfg, followers_seg_bytes, o.threads,
                                  (int) (o.device + dp.local_rank
                                         * kimi_serve_group_size(&o)),
+                                 dp.members_mem,
+                                 dp.local_rank * dpp.group_members,
                                  &members,
                                  follower_pids, &is_follower, sfd);
         if (is_follower || rc != 0) {
@@ -1562,6 +1604,20 @@ kimi_cmd_serve(int argc, char **argv)
     {
         kimi_log(KIMI_LOG_EMERG, "expert parallel: %s", err.msg);
         return 1;
+    }
+
+    /* expert parallelism over DP x TP: the ranks vote in group, and all
+     * their processes trade MoE rows in the members' group */
+    if (dp.members_mem != NULL) {
+        if (kimi_group_attach(&ep_members, dp.members_mem, dp.local_rank
+                              * dpp.group_members, &err) != 0)
+        {
+            kimi_log(KIMI_LOG_EMERG, "expert parallel: %s", err.msg);
+            return 1;
+        }
+        /* a follower's death (its pid watched there) fails the exchanges
+         * too; the launcher fails both groups when a rank dies */
+        kimi_group_link(ep_members, followers != NULL ? followers : group);
     }
 
     memset(&sp, 0, sizeof(sp));
@@ -1671,15 +1727,16 @@ kimi_cmd_serve(int argc, char **argv)
         }
 
         if (group != NULL) {
-            uint32_t  per = cfg.n_routed_experts / kimi_group_world(group);
+            kimi_group_t  *ep = ep_members != NULL ? ep_members : group;
+            uint32_t       per = cfg.n_routed_experts / kimi_group_world(ep);
 
-            mp.expert_first = kimi_group_rank(group) * per;
+            mp.expert_first = kimi_group_rank(ep) * per;
             mp.expert_last = mp.expert_first + per;
-            bp.ep = group;
-            kimi_log(KIMI_LOG_NOTICE, "expert parallel: rank %u of %u holds"
-                     " experts [%u, %u)", kimi_group_rank(group),
-                     kimi_group_world(group), mp.expert_first,
-                     mp.expert_last);
+            bp.ep = ep;
+            kimi_log(KIMI_LOG_NOTICE, "expert parallel: %s %u of %u holds"
+                     " experts [%u, %u)", ep_members ? "process" : "rank",
+                     kimi_group_rank(ep), kimi_group_world(ep),
+                     mp.expert_first, mp.expert_last);
         }
 
         rc = kimi_model_load(&model, &mp, &err);
@@ -1740,6 +1797,7 @@ done:
         kimi_serve_followers_reap(follower_pids, kimi_serve_group_size(&o));
     }
     kimi_model_free(model);
+    kimi_group_free(ep_members);
     kimi_group_free(group);
     if (followers != NULL) {
         kimi_serve_member_free(&members);

@@ -179,6 +179,9 @@ kimi_dp_fail(kimi_dp_launcher_t *l, const char *why)
     if (l->dp->group_mem != NULL) {
         kimi_group_fail(l->dp->group_mem, why);
     }
+    if (l->dp->members_mem != NULL) {
+        kimi_group_fail(l->dp->members_mem, why);
+    }
 
     /* INT starts the drain and TERM, a second signal, aborts in-flight
      * requests: two different signals cannot merge while pending */
@@ -249,6 +252,9 @@ kimi_dp_reap(kimi_dp_launcher_t *l)
          * while the group drains */
         if (l->dp->group_mem != NULL) {
             kimi_group_fail(l->dp->group_mem, why);
+        }
+        if (l->dp->members_mem != NULL) {
+            kimi_group_fail(l->dp->members_mem, why);
         }
 
         if (l->stopping) {
@@ -642,22 +648,27 @@ kimi_dp_launch(kimi_dp_t *dp, const kimi_dp_params_t *p, kimi_err_t *err)
     }
 
     if (p->group_seg_bytes > 0) {
-        /* made before the forks: every rank inherits the same pages */
-        size_t  bytes = kimi_group_bytes(dp->n_local, p->group_seg_bytes);
-        void   *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        /* made before the forks: every rank inherits the same pages; with
+         * members, the ranks vote in the first and their processes trade
+         * rows in the second */
+        for (int i = 0; i < (p->group_members > 1 ? 2 : 1); i++) {
+            uint32_t  world = dp->n_local * (i == 1 ? p->group_members : 1);
+            size_t    bytes = kimi_group_bytes(world, p->group_seg_bytes);
+            void     *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 
-        if (mem == MAP_FAILED) {
-            rc = kimi_err_set(err, KIMI_ENOMEM, "expert-parallel exchange:"
-                              " mmap of %zu bytes failed: %s",
-                              bytes, strerror(errno));
-            dp->is_rank = 1;
-            free(l);
-            return rc;
+            if (mem == MAP_FAILED) {
+                rc = kimi_err_set(err, KIMI_ENOMEM, "expert-parallel "
+                                  "exchange: mmap of %zu bytes failed: %s",
+                                  bytes, strerror(errno));
+                dp->is_rank = 1;
+                free(l);
+                return rc;
+            }
+
+            kimi_group_init(mem, world, p->group_seg_bytes);
+            *(i == 1 ? &dp->members_mem : &dp->group_mem) = mem;
         }
-
-        kimi_group_init(mem, dp->n_local, p->group_seg_bytes);
-        dp->group_mem = mem;
     }
 
     sigemptyset(&set);

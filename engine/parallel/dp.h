@@ -50,6 +50,11 @@ typedef struct {
                                              parallel group (group.h) with
                                              this segment size, before the
                                              forks */
+    uint32_t     group_members;           /* > 1: also a group of every
+                                             rank's M processes (its
+                                             tensor-parallel ones: local
+                                             rank R's are R M .. R M + M -
+                                             1) for the MoE exchanges */
 } kimi_dp_params_t;
 
 typedef struct {
@@ -67,6 +72,7 @@ typedef struct {
     uint32_t     blob_len;       /* collective bootstrap blob (opaque) */
     uint8_t      blob[KIMI_BOOT_BLOB_MAX];
     void        *group_mem;      /* group_seg_bytes asked: its mapping */
+    void        *members_mem;    /* group_members > 1: that group's */
     /* expert parallel across nodes: every rank's mesh address and this
      * rank's listening socket (mesh_n 0: the group is this node's) */
     int          mesh_fd;

@@ -921,7 +921,7 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
     /* tensor parallel with expert parallelism: the ranks split the routed
      * experts whole; every rank routes all tokens, runs its own experts
      * and the sums meet in the FFN's all-reduce */
-    if (model->tp_experts_whole && p->tp != NULL) {
+    if (model->tp_experts_whole && p->tp != NULL && p->ep == NULL) {
         uint32_t  W = kimi_group_world(p->tp), r = kimi_group_rank(p->tp);
 
         if (c->n_routed_experts % W != 0) {
@@ -943,11 +943,10 @@ kimi_backend_cpu_init_params(kimi_backend_t **out, struct kimi_model *model,
                             " not match", model->tp_rank, model->tp_size);
     }
 
-    if (p->ep != NULL && (p->tp != NULL || p->pp != NULL)) {
+    if (p->ep != NULL && p->pp != NULL) {
         return kimi_err_set(err, KIMI_EUNSUPPORTED, "cpu backend: expert "
                             "parallelism over data-parallel ranks with "
-                            "tensor or pipeline parallelism is not "
-                            "implemented");
+                            "pipeline parallelism is not implemented");
     }
 
     if ((p->tp != NULL && p->pp != NULL) != (p->lead != NULL)) {

@@ -1,7 +1,8 @@
 /*
  * Expert-parallel MoE layers of the cpu backend (DP attention + EP MoE):
- * the node's ranks each hold E / world routed experts and trade token
- * rows through the group (engine/parallel/group.h) twice per MoE layer.
+ * the node's ranks (with tensor parallelism, each rank's processes) each
+ * hold E / world routed experts and trade token rows through the group
+ * (engine/parallel/group.h) twice per MoE layer.
  *
  * Owns:   the dispatch row layout, the per-layer exchange tags, and the
  *         empty participation of a rank without tokens of its own.
@@ -47,6 +48,14 @@ kimi_cpu_moe_ep(kimi_cpu_t *b, uint32_t l, const kimi_layer_weights_t *L,
     /* a routing error still takes part in both exchanges, with no rows */
     route_rc = kimi_cpu_route_shared(b, L, T, err);
     if (route_rc != 0) {
+        T = 0;
+    }
+
+    /* over DP x TP every tensor-parallel process of a rank holds its
+     * tokens: the first dispatches them, the others only run their own
+     * experts for everyone (the FFN's all-reduce then adds the routed sums
+     * once, beside the shared expert's slices) */
+    if (b->tp != NULL && kimi_group_rank(b->tp) != 0) {
         T = 0;
     }
 
