@@ -45,20 +45,8 @@ like($out, qr/implemented on the cpu backend/, 'EP over DP x TP on cuda: refused
 # one layout's answers, one prompt at a time
 sub answers {
     my (@args) = @_;
-    my $t = KimiTest->new(workers => 1);
-    $t->{engine_args} = [ @common, @args ];
-    $t->start;
-    my %got;
-    for my $p (@prompts) {
-        my $r = $t->post('/v1/completions', completion_body(prompt => $p,
-            max_tokens => 10, temperature => 0, logprobs => 1));
-        is($r->{status}, 200, (@args ? "@args" : 'whole weights')
-            . ": '$p' served");
-        $got{$p} = { text => $r->{json}{choices}[0]{text},
-                     lp => logprobs_of($r) };
-    }
-    $t->stop;
-    return \%got;
+    return KimiTest::greedy_answers([ @common, @args ], \@prompts,
+        @args ? "@args" : 'whole weights');
 }
 
 my $whole = answers();

@@ -54,22 +54,11 @@ $out = `$cmd -tp 8 -pp 16 --ipc-dir $bad 2>&1`;
 like($out, qr/--tensor-parallel-size 8 x --pipeline-parallel-size 16: at most 64 processes a rank/,
     'TP 8 x PP 16: more processes than a group holds, refused');
 
-# one layout's answers to the prompts, one at a time
+# one layout's answers, one prompt at a time
 sub answers {
     my (@args) = @_;
-    my $t = KimiTest->new(workers => 1);
-    $t->{engine_args} = [ @common, @args ];
-    $t->start;
-    my %got;
-    for my $p (@prompts) {
-        my $r = complete($t, $p);
-        is($r->{status}, 200, (@args ? "@args" : 'whole weights')
-            . ": '$p' served");
-        $got{$p} = { text => $r->{json}{choices}[0]{text},
-                     lp => logprobs_of($r) };
-    }
-    $t->stop;
-    return \%got;
+    return KimiTest::greedy_answers([ @common, @args ], \@prompts,
+        @args ? "@args" : 'whole weights');
 }
 
 sub compare {

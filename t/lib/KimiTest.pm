@@ -657,6 +657,27 @@ sub tp_engine_args {
         '64M', '--max-num-batched-tokens', 256);
 }
 
+# Starts a fresh gateway and engine with @$args, asks each of @$prompts
+# for 10 greedy tokens with logprobs one at a time (one test each, named
+# $what), stops, and returns { prompt => { text, lp } }.
+sub greedy_answers {
+    my ($args, $prompts, $what) = @_;
+    my $t = KimiTest->new(workers => 1);
+    $t->{engine_args} = $args;
+    $t->start;
+    my %got;
+    for my $p (@$prompts) {
+        my $r = $t->post('/v1/completions', completion_body(prompt => $p,
+            max_tokens => 10, temperature => 0, logprobs => 1));
+        Test::More::is($r->{status}, 200, "$what: '$p' served");
+        $got{$p} = { text => $r->{json}{choices}[0]{text},
+                     lp => $r->{json}{choices}[0]{logprobs}{token_logprobs}
+                           // [] };
+    }
+    $t->stop;
+    return \%got;
+}
+
 # A greedy completion of $prompt streamed ($max_tokens; %hdr: e.g.
 # 'X-Kimi-Rank' => 1) with $sig sent to each of @$pids 0.3 s in: what the
 # stream carried until it ended or $secs passed, and whether it ended in
