@@ -979,6 +979,7 @@ ngx_http_kimi_store_read(ngx_http_request_t *r, ngx_shm_zone_t *zone,
     u_char                      *copy;
     size_t                       len;
     json_t                      *entry, *resp;
+    ngx_int_t                    rc;
     ngx_str_t                    owner;
     json_error_t                 jerr;
     ngx_http_kimi_store_t       *st;
@@ -1048,15 +1049,21 @@ ngx_http_kimi_store_read(ngx_http_request_t *r, ngx_shm_zone_t *zone,
 
     blob = json_dumps(entry, JSON_COMPACT);
     if (blob != NULL) {
-        if (ngx_http_kimi_store_write(zone, id, &owner, blob,
-                                      NGX_HTTP_KIMI_STORE_DONE, *pid, 1,
-                                      r->connection->log)
-            == NGX_OK)
-        {
+        rc = ngx_http_kimi_store_write(zone, id, &owner, blob,
+                                       NGX_HTTP_KIMI_STORE_DONE, *pid, 1,
+                                       r->connection->log);
+        free(blob);
+
+        if (rc == NGX_OK) {
             *state = NGX_HTTP_KIMI_STORE_DONE;
             ngx_http_kimi_store_log_failed(r, zone, id, resp);
+
+        } else if (rc == NGX_DECLINED) {
+            /* its worker wrote the end (then exited) between the read and
+             * the look at its pid: that end is the answer, read again */
+            json_decref(entry);
+            return ngx_http_kimi_store_read(r, zone, id, found, state, pid);
         }
-        free(blob);
     }
 
     return entry;
