@@ -11,8 +11,10 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <execinfo.h>
 #include <float.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1033,12 +1035,61 @@ kimi_serve_group_shard(const kimi_serve_opts_t *o,
  * failed group never leaves a process behind (the others' waits have
  * given up by then; the leader's end takes the followers with it). */
 #define KIMI_SERVE_GROUP_GRACE_MS  10000
+#define KIMI_SERVE_STUCK_SIGNAL    (SIGRTMIN + 3)
+#define KIMI_SERVE_STUCK_FRAMES    48
+
+static pthread_t  kimi_serve_main_thread;
+
+
+/* Runs on the stuck main thread: where it is, into the log (the operator's
+ * only clue to a call that never returned).  write() and backtrace only:
+ * backtrace was called once at arming, so it allocates nothing here. */
+static void
+kimi_serve_stuck_trace(int sig)
+{
+    void        *frames[KIMI_SERVE_STUCK_FRAMES];
+    int          n;
+    static const char  head[] = "kimi-engine: the main thread is stuck in:\n";
+
+    (void) sig;
+    n = backtrace(frames, KIMI_SERVE_STUCK_FRAMES);
+    (void) !write(STDERR_FILENO, head, sizeof(head) - 1);
+    backtrace_symbols_fd(frames, n, STDERR_FILENO);
+}
+
 
 static void
 kimi_serve_group_expire(const char *why)
 {
+    struct timespec  nap = { 0, 300000000 };
+
     kimi_log(KIMI_LOG_EMERG, "parallel group failed: %s: exiting", why);
+    if (pthread_kill(kimi_serve_main_thread, KIMI_SERVE_STUCK_SIGNAL) == 0) {
+        (void) nanosleep(&nap, NULL);
+    }
     _exit(1);
+}
+
+
+/* The watchdog of this process's group: called on the main thread, whose
+ * stack it prints if it expires. */
+static int
+kimi_serve_watchdog(void *mem, uint32_t rank, const int *pids, uint32_t n,
+    const uint32_t *ranks, kimi_err_t *err)
+{
+    struct sigaction  sa;
+    void             *frame;
+
+    kimi_serve_main_thread = pthread_self();
+    (void) backtrace(&frame, 1);            /* loads the unwinder now */
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = kimi_serve_stuck_trace;
+    (void) sigemptyset(&sa.sa_mask);
+    (void) sigaction(KIMI_SERVE_STUCK_SIGNAL, &sa, NULL);
+
+    return kimi_group_watchdog(mem, rank, pids, n, ranks,
+                               KIMI_SERVE_GROUP_GRACE_MS,
+                               kimi_serve_group_expire, err);
 }
 
 
@@ -1066,9 +1117,8 @@ kimi_serve_follower(const kimi_serve_opts_t *o,
     }
 
     if ((rc = kimi_serve_member_attach(o, maps, k, &g, &err)) != 0
-        || (rc = kimi_group_watchdog(maps->all, k, NULL, 0, NULL,
-                                     KIMI_SERVE_GROUP_GRACE_MS,
-                                     kimi_serve_group_expire, &err)) != 0)
+        || (rc = kimi_serve_watchdog(maps->all, k, NULL, 0, NULL, &err))
+           != 0)
     {
         goto failed;
     }
@@ -1220,9 +1270,7 @@ kimi_serve_followers_start(const kimi_serve_opts_t *o,
 
     if (kimi_serve_member_attach(o, &maps, 0, group, &err) != 0
         || kimi_group_watch(group->all, ipids, T - 1, ranks, &err) != 0
-        || kimi_group_watchdog(maps.all, 0, ipids, T - 1, ranks,
-                               KIMI_SERVE_GROUP_GRACE_MS,
-                               kimi_serve_group_expire, &err) != 0)
+        || kimi_serve_watchdog(maps.all, 0, ipids, T - 1, ranks, &err) != 0)
     {
         kimi_log(KIMI_LOG_EMERG, "%s: %s", kimi_serve_group_kind(o), err.msg);
         kimi_group_fail(maps.all, err.msg);

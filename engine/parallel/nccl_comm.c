@@ -6,11 +6,14 @@
  *         return KIMI_EUNSUPPORTED without KIMI_HAVE_CUDA.
  */
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "nccl_comm.h"
+#include "../common/kimi_log.h"
 
 #ifdef KIMI_HAVE_CUDA
 
@@ -193,13 +196,111 @@ kimi_nccl_init(kimi_nccl_t **out, const uint8_t *blob, uint32_t blob_len,
 }
 
 
+/* One communicator's abort on its own thread: ncclCommAbort stops the
+ * kernels at once (its abort flag) but may then wait, forever, for a peer
+ * that died to take part in freeing what they share (NVIDIA/nccl#863): a
+ * process whose group failed must not wait with it.  The waiter and the
+ * thread both hold the record; the last to let go frees it. */
+typedef struct {
+    ncclComm_t   comm;
+    _Atomic int  done;
+    _Atomic int  refs;
+} kimi_nccl_aborter_t;
+
+
+static void
+kimi_nccl_aborter_put(kimi_nccl_aborter_t *a)
+{
+    if (atomic_fetch_sub(&a->refs, 1) == 1) {
+        free(a);
+    }
+}
+
+
+static void *
+kimi_nccl_abort_run(void *arg)
+{
+    kimi_nccl_aborter_t  *a = arg;
+
+    (void) ncclCommAbort(a->comm);
+    atomic_store(&a->done, 1);
+    kimi_nccl_aborter_put(a);
+    return NULL;
+}
+
+
+void
+kimi_nccl_abort_all(kimi_nccl_t *const *cs, uint32_t n, uint32_t ms)
+{
+    kimi_nccl_aborter_t  *a[KIMI_NCCL_ABORT_MAX];
+    pthread_attr_t        attr;
+    pthread_t             t;
+    struct timespec       nap = { 0, 1000000 };
+    uint32_t              m = 0, left = 0;
+
+    (void) pthread_attr_init(&attr);
+    (void) pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+
+    for (uint32_t i = 0; i < n; i++) {
+        kimi_nccl_t  *c = cs[i];
+
+        if (c == NULL || c->comm == NULL) {
+            continue;
+        }
+
+        kimi_nccl_aborter_t  *r = m < KIMI_NCCL_ABORT_MAX
+                                  ? calloc(1, sizeof(*r)) : NULL;
+
+        if (r == NULL) {
+            (void) ncclCommAbort(c->comm);      /* no thread: wait here */
+            c->comm = NULL;
+            continue;
+        }
+
+        r->comm = c->comm;
+        atomic_store(&r->refs, 2);
+        c->comm = NULL;
+
+        if (pthread_create(&t, &attr, kimi_nccl_abort_run, r) != 0) {
+            (void) ncclCommAbort(r->comm);
+            free(r);
+            continue;
+        }
+
+        a[m++] = r;
+    }
+
+    (void) pthread_attr_destroy(&attr);
+
+    for (uint32_t waited = 0; ; waited++) {
+        left = 0;
+        for (uint32_t i = 0; i < m; i++) {
+            left += !atomic_load(&a[i]->done);
+        }
+
+        if (left == 0 || waited >= ms) {
+            break;
+        }
+
+        (void) nanosleep(&nap, NULL);
+    }
+
+    if (left != 0 && ms != 0) {
+        kimi_log(KIMI_LOG_WARN, "nccl: %u of %u communicator aborts had not"
+                 " returned after %u ms (a peer is gone); going on without"
+                 " them", left, m, ms);
+    }
+
+    for (uint32_t i = 0; i < m; i++) {
+        kimi_nccl_aborter_put(a[i]);
+    }
+}
+
+
 void
 kimi_nccl_abort(kimi_nccl_t *c)
 {
-    if (c != NULL && c->comm != NULL) {
-        (void) ncclCommAbort(c->comm);
-        c->comm = NULL;
-    }
+    kimi_nccl_abort_all(&c, 1, KIMI_NCCL_ABORT_MS);
 }
 
 
@@ -394,6 +495,12 @@ kimi_nccl_init(kimi_nccl_t **out, const uint8_t *blob, uint32_t blob_len,
 {
     *out = NULL;
     return kimi_nccl_none(err);
+}
+
+
+void
+kimi_nccl_abort_all(kimi_nccl_t *const *cs, uint32_t n, uint32_t ms)
+{
 }
 
 

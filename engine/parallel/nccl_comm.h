@@ -60,8 +60,19 @@ int  kimi_nccl_init(kimi_nccl_t **out, const uint8_t *blob, uint32_t blob_len,
     kimi_err_t *err);
 
 /* Ends the communicator now, from any thread: kernels waiting on a dead
- * peer return; every later call fails.  NULL is a no-op. */
+ * peer return; every later call fails.  NULL is a no-op.  NCCL's abort
+ * may go on waiting for a dead peer after it stopped the kernels: it runs
+ * on a thread of its own and is left there after KIMI_NCCL_ABORT_MS (a
+ * warning) - the process is ending. */
+#define KIMI_NCCL_ABORT_MS   2000
+#define KIMI_NCCL_ABORT_MAX  8
+
 void kimi_nccl_abort(kimi_nccl_t *c);
+
+/* The same for n (<= KIMI_NCCL_ABORT_MAX, NULLs skipped) at once: each on
+ * its own thread, waited for together, at most ms (0: not at all, for a
+ * caller that waits for its kernels to end instead). */
+void kimi_nccl_abort_all(kimi_nccl_t *const *cs, uint32_t n, uint32_t ms);
 
 /* An asynchronous NCCL error (a peer's failure seen by the proxy), or an
  * aborted communicator, as an error; 0 while sound. */

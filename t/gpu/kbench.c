@@ -443,6 +443,106 @@ bench_moe(kimi_cublaslt_t *lt, int NE, const int *Ts, int nT)
     free(tp);
 }
 
+/* ---- the expert GEMMs as one cuBLASLt call per expert ----------------------
+ * What a loop of dense block-scaled calls would give at prefill sizes (rows
+ * an expert known on the host), on 1-4 streams so that one expert's tail
+ * overlaps the next: the grouped kernel's alternative, timed beside it. */
+
+#define LT_MAX_STREAMS 4
+
+typedef struct {
+    kimi_cublaslt_t *lt[LT_MAX_STREAMS];
+    cudaStream_t side[LT_MAX_STREAMS];
+    cudaEvent_t fork, join[LT_MAX_STREAMS];
+    uint8_t *x, *w, *hq;
+    float *xs, *ws, *hs;
+    uint16_t *y, *h;
+    int E, R, N, K, ns, part;     /* part: 0 GEMMs, 1 silu + quant pass */
+} lt_ex_ctx;
+
+static void
+lt_ex_fn(void *c, int r)
+{
+    lt_ex_ctx *g = c;
+    (void) r;
+    if (g->part == 1) {
+        const size_t n = (size_t) g->E * g->R * (g->N / 2);
+        KK(kimi_silu_mul_bf16(g->y, g->y + n, g->h, n, st, ERR));
+        KK(kimi_fp8_quant_1x128(g->h, g->N / 2, g->E * g->R, g->N / 2, g->hq, g->hs, 0, g->N / 256, st, ERR));
+        return;
+    }
+    CK(cudaEventRecord(g->fork, st));
+    for (int i = 0; i < g->ns; i++) {
+        CK(cudaStreamWaitEvent(g->side[i], g->fork, 0));
+    }
+    for (int e = 0; e < g->E; e++) {
+        const int i = e % g->ns;
+        KK(kimi_fp8_gemm_nt_cublaslt(g->lt[i], g->x + (size_t) e * g->R * g->K,
+                                     g->xs + (size_t) e * g->R * (g->K / 128), g->R, g->K,
+                                     g->w + (size_t) e * g->N * g->K,
+                                     g->ws + (size_t) e * (g->N / 128) * (g->K / 128), g->N,
+                                     g->y + (size_t) e * g->R * g->N, g->side[i], ERR));
+    }
+    for (int i = 0; i < g->ns; i++) {
+        CK(cudaEventRecord(g->join[i], g->side[i]));
+        CK(cudaStreamWaitEvent(st, g->join[i], 0));
+    }
+}
+
+static void
+bench_lt_experts(void)
+{
+    const int E = 33, D = 7168, I = 2048;
+    const int real_rows[2] = {18432, 36864};          /* bench_moe's 32 experts at B 2048 / 4096 */
+    lt_ex_ctx g;
+    memset(&g, 0, sizeof(g));
+    for (int i = 0; i < LT_MAX_STREAMS; i++) {
+        KK(kimi_cublaslt_create(&g.lt[i], dalloc(32 << 20), 32 << 20, ERR));
+        CK(cudaStreamCreateWithFlags(&g.side[i], cudaStreamNonBlocking));
+        CK(cudaEventCreateWithFlags(&g.join[i], cudaEventDisableTiming));
+    }
+    CK(cudaEventCreateWithFlags(&g.fork, cudaEventDisableTiming));
+    g.E = E;
+    g.w = dalloc((size_t) E * 2 * I * D);
+    g.ws = dalloc((size_t) E * (2 * I / 128) * (D / 128) * 4);
+    KK(kimi_fill_fp8(g.w, (size_t) E * 2 * I * D, 61, st, ERR));
+    KK(kimi_fill_f32(g.ws, (size_t) E * (2 * I / 128) * (D / 128), 62, 0.5f / 1024, 1.5f / 1024, st, ERR));
+    for (int ri = 0; ri < 2; ri++) {
+        const int R = (real_rows[ri] / E + 1 + 3) / 4 * 4;
+        g.R = R;
+        g.x = dalloc((size_t) E * R * D);
+        g.xs = dalloc((size_t) E * R * (D / 128) * 4);
+        g.y = dalloc((size_t) E * R * D * 2);
+        g.h = dalloc((size_t) E * R * I * 2);
+        g.hq = dalloc((size_t) E * R * I);
+        g.hs = dalloc((size_t) E * R * (I / 128) * 4);
+        KK(kimi_fill_fp8(g.x, (size_t) E * R * D, 63, st, ERR));
+        KK(kimi_fill_f32(g.xs, (size_t) E * R * (D / 128), 64, 0.5f / 64, 1.5f / 64, st, ERR));
+        CK(cudaStreamSynchronize(st));
+        for (int pass = 0; pass < 2; pass++) {          /* gate_up, down */
+            g.N = pass == 0 ? 2 * I : D;
+            g.K = pass == 0 ? D : I;
+            const double flop = 2.0 * real_rows[ri] * g.N * g.K;
+            for (int ns = 1; ns <= LT_MAX_STREAMS; ns *= 2) {
+                g.ns = ns;
+                g.part = 0;
+                const double us = time_graph(lt_ex_fn, &g, 3, 9);
+                printf("moelt %s rows %d (%d an expert, padded %d): %d stream(s) %.1f us = %.0f TFLOP/s\n",
+                       pass ? "down" : "gate_up", real_rows[ri], real_rows[ri] / E, R, ns, us, flop / (us * 1e6));
+                fprintf(tab, "moelt  cuBLASLt a call an expert, %-7s %4d rows/expert, %d stream(s) %8.1f us  %5.0f TFLOP/s\n",
+                        pass ? "down" : "gate_up", real_rows[ri] / E, ns, us, flop / (us * 1e6));
+            }
+            if (pass == 0) {
+                g.part = 1;
+                const double us = time_graph(lt_ex_fn, &g, 3, 9);
+                fprintf(tab, "moelt  silu*up + 1x128 quant pass over gate_up's bf16 out      %8.1f us\n", us);
+            }
+        }
+        cudaFree(g.x); cudaFree(g.xs); cudaFree(g.y); cudaFree(g.h); cudaFree(g.hq); cudaFree(g.hs);
+    }
+    cudaFree(g.w); cudaFree(g.ws);
+}
+
 /* ---- router logits: GEMV kernel vs tensor cores ---------------------------- */
 
 typedef struct {
@@ -730,6 +830,9 @@ run_bench(int argc, char **argv)
         }
         /* 32 experts: 512 and 1024 rows per expert, the grouped GEMM target's size */
         bench_moe(lt, 32, tg, 2);
+    }
+    if (strstr(what, "moelt")) {        /* "moelt": expert GEMMs as cuBLASLt calls */
+        bench_lt_experts();
     }
     if (strstr(what, "prefill")) {      /* "prefill": MLA prefill alone */
         bench_mla_prefill();

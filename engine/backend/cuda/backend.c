@@ -1208,14 +1208,12 @@ kimi_cuda_free(kimi_backend_t *base)
 
     /* abort, not destroy: the stream is idle, and a destroy may wait for
      * peers that already exited (or died) */
-    kimi_nccl_abort(b->nccl);
-    kimi_nccl_free(b->nccl);
-    kimi_nccl_abort(b->tp_nccl);
-    kimi_nccl_free(b->tp_nccl);
-    kimi_nccl_abort(b->dcp_own);
-    kimi_nccl_free(b->dcp_own);
-    kimi_nccl_abort(b->pp_nccl);
-    kimi_nccl_free(b->pp_nccl);
+    kimi_nccl_t  *comms[4] = { b->nccl, b->tp_nccl, b->dcp_own, b->pp_nccl };
+
+    kimi_nccl_abort_all(comms, 4, KIMI_NCCL_ABORT_MS);
+    for (int i = 0; i < 4; i++) {
+        kimi_nccl_free(comms[i]);
+    }
     kimi_step_buf_free(&b->lead_buf);
     cudaFree(b->ep_ws);
     cudaFree(b->ep_moe_ws);

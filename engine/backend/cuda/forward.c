@@ -900,14 +900,15 @@ kimi_cuda_group(const kimi_cuda_t *b)
 
 
 /* Every communicator of this rank ended: a peer's kernels that wait on
- * this rank return. */
+ * this rank return.  Not waited for: NCCL's abort stops the kernels at
+ * once, then may wait for the dead peer for good (the drain that follows
+ * waits for the kernels). */
 static void
 kimi_cuda_comms_abort(kimi_cuda_t *b)
 {
-    kimi_nccl_abort(b->nccl);
-    kimi_nccl_abort(b->tp_nccl);
-    kimi_nccl_abort(b->dcp_own);
-    kimi_nccl_abort(b->pp_nccl);
+    kimi_nccl_t  *comms[4] = { b->nccl, b->tp_nccl, b->dcp_own, b->pp_nccl };
+
+    kimi_nccl_abort_all(comms, 4, 0);
     kimi_cuda_p2p_abort(b);
 }
 
