@@ -411,7 +411,8 @@ ngx_http_kimi_structured_outputs(json_t *root, u_char *err, const char **param)
  * the program the slot carries after the prompt; vLLM's guided_regex the
  * same way, compiled into a DFA (engine/text/regex_dfa.c), and its
  * guided_grammar (GBNF) translated into such a pattern first
- * (engine/text/ebnf.c: grammars without recursion).  A schema, pattern or
+ * (engine/text/ebnf.c), or, where its rules recurse, into a grammar
+ * program the sampler runs as a pushdown automaton (engine/text/gram.c).  A schema, pattern or
  * grammar outside the supported subset gets a 400 naming it, never text
  * that silently ignores the constraint. */
 static ngx_int_t
@@ -517,10 +518,26 @@ ngx_http_kimi_check_structured(ngx_http_kimi_ctx_t *ctx, json_t *root,
             return NGX_ERROR;
         }
 
-        if (kimi_ebnf_to_regex(json_string_value(v), json_string_length(v),
-                               &pattern, &plen, msg, sizeof(msg))
-            != 0)
-        {
+        rc = kimi_ebnf_to_regex(json_string_value(v), json_string_length(v),
+                                &pattern, &plen, msg, sizeof(msg));
+
+        if (rc == -2) {
+            /* rules that refer back to themselves: a pushdown automaton */
+            if (kimi_ebnf_to_grammar(json_string_value(v),
+                                     json_string_length(v), &prog, &n, msg,
+                                     sizeof(msg))
+                != 0)
+            {
+                ngx_sprintf(err, "\"guided_grammar\" cannot be enforced: %s",
+                            msg);
+                return NGX_ERROR;
+            }
+
+            return ngx_http_kimi_guided_program(ctx, KIMI_GRAMMAR_TAG, prog, n,
+                                                err);
+        }
+
+        if (rc != 0) {
             ngx_sprintf(err, "\"guided_grammar\" cannot be enforced: %s",
                         msg);
             return NGX_ERROR;

@@ -521,7 +521,7 @@ $r = $t->post('/v1/chat/completions', chat_body(content => 'hi', max_tokens => 4
     temperature => 0, structured_outputs => { json_object => $true }));
 like($r->{json}{choices}[0]{message}{content} // '', qr/^\s*[\{\[]/,
     'structured_outputs json_object: JSON mode');
-for my $case ([ { grammar => 'root ::= "a" root | "a"' }, 'refers back' ],
+for my $case ([ { grammar => 'root ::= root "a" | "a"' }, 'left-recursive' ],
               [ { structural_tag => '{}' }, 'structural_tag' ],
               [ { regex => 'a', choice => [ 'a' ] }, 'one of' ],
               [ { nonsense => 1 }, 'unknown' ], [ 'regex', 'object' ])
@@ -568,7 +568,51 @@ $r = $t->post('/v1/completions', completion_body(prompt => 'x', max_tokens => 40
     temperature => 1, seed => 5, structured_outputs => { grammar => $sql }));
 like($r->{json}{choices}[0]{text} // '', qr/^SELECT /,
     'structured_outputs grammar: the same constraint');
-for my $case ([ "root ::= \"(\" root \")\" | \"x\"", 'refers back to itself' ],
+# ---- guided_grammar with recursion: a pushdown automaton ---------------------
+
+# balanced parentheses, arithmetic with nested groups, a JSON-like value;
+# each output checked by a recursive Perl pattern: whole when it stopped,
+# a prefix of a sentence when it ran out of tokens
+my $arith = <<'G';
+root ::= expr
+expr ::= term (("+" | "-") term)*
+term ::= factor (("*" | "/") factor)*
+factor ::= [0-9]{1,3} | "(" expr ")"
+G
+my $value = <<'G';
+root ::= value
+value ::= "[" (value ("," value)*)? "]" | "{" (pair ("," pair)*)? "}" | [0-9]{1,2}
+pair ::= "\"" [a-z]{1,4} "\":" value
+G
+my %stops;
+for my $case ([ "root ::= \"(\" root \")\" | \"x\"", qr/^(\((?1)\)|x)$/, qr/^\(*(x\)*)?$/ ],
+              [ $arith, qr/^((?<t>(?<f>[0-9]{1,3}|\((?1)\))([*\/](?&f))*)([+\-](?&t))*)$/,
+                qr/^[0-9()+\-*\/]*$/ ],
+              [ $value, qr/^(?<v>\[((?&v)(,(?&v))*)?\]|\{((?<p>"[a-z]{1,4}":(?&v))(,(?&p))*)?\}|[0-9]{1,2})$/,
+                qr/^[\[\]{}",:a-z0-9]*$/ ])
+{
+    my ($g, $whole, $chars) = @$case;
+    for my $seed (1 .. 3) {
+        $r = $t->post('/v1/completions', completion_body(prompt => 'x',
+            max_tokens => 80, temperature => 1, seed => $seed,
+            guided_grammar => $g));
+        is($r->{status}, 200, "recursive guided_grammar (seed $seed): 200")
+            or diag($r->{body});
+        my $text = $r->{json}{choices}[0]{text} // '';
+        my $fin = $r->{json}{choices}[0]{finish_reason} // '';
+        $stops{$g}++ if $fin eq 'stop';
+        if ($fin eq 'stop') {
+            like($text, $whole, "... stopped on a whole sentence: $text");
+        } else {
+            is($fin, 'length', '... or ran out of tokens');
+            like($text, $chars, "... on a prefix: $text");
+        }
+    }
+}
+ok(scalar(keys %stops) >= 2, 'recursive grammars: most runs end on their own (stop)')
+    or diag(explain(\%stops));
+for my $case ([ "root ::= root \"a\" | \"a\"", 'left-recursive' ],
+              [ "root ::= e root \"x\" | \"y\"\ne ::= \"\" | \"z\"", 'left-recursive' ],
               [ 'root ::= item', 'not defined' ],
               [ "rule ::= \"a\"", 'no "root"' ],
               [ "root ::= \"a\"\nroot ::= \"b\"", 'twice' ],

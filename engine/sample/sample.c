@@ -18,6 +18,7 @@
 #include "sample.h"
 #include "json_mode.h"
 #include "stag_mode.h"
+#include "../text/gram.h"
 #include "../text/regex_dfa.h"
 #include "../text/kimi_text.h"
 
@@ -101,6 +102,7 @@ struct kimi_sampler {
     kimi_json_vocab_t  jv;
     kimi_regex_mask_t  rmask[KIMI_REGEX_CACHE];
     uint64_t           rclock;
+    kimi_gram_arena_t *garena;    /* guided grammars' stacks (on first use) */
     uint32_t      vocab;
     float        *x;          /* [vocab] row after suppression/penalties */
     uint32_t     *count;      /* [vocab] occurrences in the output */
@@ -343,6 +345,7 @@ kimi_sampler_free(kimi_sampler_t *s)
     for (int i = 0; i < KIMI_REGEX_CACHE; i++) {
         free(s->rmask[i].bits);
     }
+    kimi_gram_arena_free(s->garena);
 
     free(s->x);
     free(s->count);
@@ -428,6 +431,13 @@ kimi_sample_guided_check(const int32_t *words, uint32_t n_words,
 
     if (n_words > 0 && words[0] == KIMI_REGEX_TAG) {
         if (kimi_regex_check(words + 1, n_words - 1, msg, sizeof(msg)) != 0) {
+            return kimi_err_set(err, KIMI_EINVAL, "%s", msg);
+        }
+        return KIMI_OK;
+    }
+
+    if (n_words > 0 && words[0] == KIMI_GRAMMAR_TAG) {
+        if (kimi_gram_check(words + 1, n_words - 1, msg, sizeof(msg)) != 0) {
             return kimi_err_set(err, KIMI_EINVAL, "%s", msg);
         }
         return KIMI_OK;
@@ -521,6 +531,8 @@ kimi_sample_is_plain_random(const kimi_sample_req_t *req)
 
 static uint32_t kimi_sample_argmax(const float *x, uint32_t n);
 static void kimi_sample_stag_mask(kimi_sampler_t *s,
+    const kimi_sample_req_t *req);
+static void kimi_sample_gram_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req);
 static void kimi_sample_json_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req, const int32_t *prog,
@@ -657,6 +669,11 @@ kimi_sample_process(kimi_sampler_t *s, const float *logits,
     } else if (req->n_guided > 0 && req->guided[0] == KIMI_REGEX_TAG) {
         if (req->tokenizer != NULL) {
             kimi_sample_regex_mask(s, req, req->guided + 1);
+        }
+
+    } else if (req->n_guided > 0 && req->guided[0] == KIMI_GRAMMAR_TAG) {
+        if (req->tokenizer != NULL) {
+            kimi_sample_gram_mask(s, req);
         }
 
     } else if (req->n_guided > 0 && req->guided[0] == KIMI_STAG_TAG) {
@@ -1075,6 +1092,19 @@ kimi_sample_stag_try(void *scratch, const void *st, const char *p, size_t n)
     return kimi_stag_feed(scratch, p, n);
 }
 
+/* the stack nodes a trial feed made are dropped after it */
+static int
+kimi_sample_gram_try(void *scratch, const void *st, const char *p, size_t n)
+{
+    uint32_t  mark = kimi_gram_mark(st);
+    int       rc;
+
+    kimi_gram_copy(scratch, st);
+    rc = kimi_gram_feed(scratch, p, n);
+    kimi_gram_rewind(st, mark);
+    return rc;
+}
+
 
 /* Masks every token the recogniser refuses.  in_string: inside a JSON
  * string, where the plain tokens pass unread; elsewhere a refused first
@@ -1375,6 +1405,67 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
 
 
 #define KIMI_STAG_EOS_KEPT  8      /* eos ids a forced format may restore */
+
+/* guided_grammar with recursion (gram.h): the output so far through the
+ * pushdown recogniser (no special token may come), then every token it
+ * would refuse is masked; eos only where the grammar's root may end, and
+ * alone once no byte may follow (or where the output left the grammar,
+ * which this mask never allows). */
+static void
+kimi_sample_gram_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
+{
+    const kimi_tokenizer_t  *tk = req->tokenizer;
+    const int32_t           *out = req->tokens + req->n_prompt;
+    kimi_json_vocab_t       *jv = &s->jv;
+    kimi_gram_state_t        st, t;
+    const char              *b;
+    size_t                   len;
+    uint32_t                 i, id;
+    int                      broken;
+    float                    eos_x[KIMI_STAG_EOS_KEPT];
+
+    if (kimi_sample_json_vocab(s, tk) != 0
+        || (s->garena == NULL && (s->garena = kimi_gram_arena_new()) == NULL))
+    {
+        return;                         /* out of memory: unconstrained */
+    }
+
+    broken = kimi_gram_init(&st, req->guided + 1, s->garena) != 0;
+    for (i = 0; i < req->n_output && !broken; i++) {
+        id = (uint32_t) out[i];
+        b = id < s->vocab && jv->cls[id] != KIMI_JV_SPECIAL
+            ? kimi_token_bytes(tk, (int32_t) id, &len) : NULL;
+        broken = b == NULL || kimi_gram_feed(&st, b, len) != 0;
+    }
+
+    if (broken || !kimi_gram_more(&st)) {
+        for (id = 0; id < s->vocab; id++) {
+            if (s->x[id] > -INFINITY && !kimi_sample_is_eos(req, id)) {
+                s->x[id] = -INFINITY;
+            }
+        }
+        return;
+    }
+
+    for (i = 0; i < req->n_eos && i < KIMI_STAG_EOS_KEPT; i++) {
+        eos_x[i] = (uint32_t) req->eos_ids[i] < s->vocab
+                   ? s->x[req->eos_ids[i]] : -INFINITY;
+    }
+    for (i = 0; i < jv->n_special; i++) {
+        s->x[jv->special[i]] = -INFINITY;
+    }
+    if (kimi_gram_accepts(&st)) {               /* a whole sentence: may end */
+        for (i = 0; i < req->n_eos && i < KIMI_STAG_EOS_KEPT; i++) {
+            if ((uint32_t) req->eos_ids[i] < s->vocab) {
+                s->x[req->eos_ids[i]] = eos_x[i];
+            }
+        }
+    }
+
+    kimi_sample_bytes_mask(s, req, kimi_sample_gram_try, &st, &t, 0);
+}
+
+
 
 /* Structural tags: the output so far through the recogniser (a special
  * token only in triggered_tags' free text), then every token it would

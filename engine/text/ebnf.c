@@ -16,6 +16,8 @@
 #include <string.h>
 
 #include "ebnf.h"
+#include "gram.h"
+#include "regex_dfa.h"
 #include "text_internal.h"
 
 #define EBNF_MAX_RULES    256
@@ -51,6 +53,7 @@ typedef struct {
     char         *msg;
     size_t        msg_len;
     int           failed;
+    int           cycle;                  /* what failed is a recursion */
 } ebnf_t;
 
 
@@ -702,6 +705,7 @@ ebnf_expand(ebnf_t *g, ebnf_rule_t *r, char *path, size_t path_len)
                  "regular language) can be enforced", r->name, path,
                  r->name);
         g->failed = 1;
+        g->cycle = 1;
         return -1;
     }
 
@@ -799,6 +803,7 @@ kimi_ebnf_to_regex(const char *grammar, size_t len, char **pattern,
     }
 
     if (ebnf_expand(&g, root, path, sizeof(path)) != 0) {
+        rc = g.cycle ? -2 : -1;
         goto done;
     }
 
@@ -814,5 +819,121 @@ done:
         free(g.rules[i].expanded);
     }
     free(g.rules);
+    return rc;
+}
+
+
+int
+kimi_ebnf_to_grammar(const char *grammar, size_t len, int32_t **prog,
+    size_t *n, char *msg, size_t msg_len)
+{
+    ebnf_t        g;
+    const char  **bodies = NULL, **names = NULL;
+    size_t       *lens = NULL;
+    int           rc = -1, root = -1;
+
+    *prog = NULL;
+    *n = 0;
+    memset(&g, 0, sizeof(g));
+    g.s = grammar;
+    g.len = len;
+    g.msg = msg;
+    g.msg_len = msg_len;
+    g.rules = calloc(EBNF_MAX_RULES, sizeof(ebnf_rule_t));
+
+    if (g.rules == NULL) {
+        snprintf(msg, msg_len, "out of memory");
+        return -1;
+    }
+
+    if (memchr(grammar, '\0', len) != NULL) {
+        snprintf(msg, msg_len, "the grammar contains a NUL byte");
+        goto done;
+    }
+
+    if (ebnf_rules(&g) != 0) {
+        goto done;
+    }
+
+    bodies = calloc(g.n_rules, sizeof(*bodies));
+    names = calloc(g.n_rules, sizeof(*names));
+    lens = calloc(g.n_rules, sizeof(*lens));
+    if (g.n_rules == 0 || bodies == NULL || names == NULL || lens == NULL) {
+        snprintf(msg, msg_len, g.n_rules ? "out of memory"
+                                         : "the grammar has no rules");
+        goto done;
+    }
+
+    for (int i = 0; i < g.n_rules; i++) {
+        ebnf_rule_t  *r = &g.rules[i];
+
+        /* every reference names a rule (the message the regex path gives) */
+        for (size_t k = 0; k < r->body.len; k++) {
+            size_t  j;
+
+            if (r->body.p[k] != EBNF_REF_OPEN) {
+                continue;
+            }
+            for (j = k + 1; j < r->body.len && r->body.p[j] != EBNF_REF_CLOSE; j++) {
+                /* the name */
+            }
+            if (ebnf_find(&g, r->body.p + k + 1, j - k - 1) == NULL) {
+                snprintf(msg, msg_len, "grammar rule \"%s\" refers to \"%.*s\","
+                         " which is not defined", r->name, (int) (j - k - 1),
+                         r->body.p + k + 1);
+                goto done;
+            }
+            k = j;
+        }
+
+        bodies[i] = r->body.p != NULL ? r->body.p : "";
+        lens[i] = r->body.len;
+        names[i] = r->name;
+        if (strcmp(r->name, "root") == 0) {
+            root = i;
+        }
+    }
+
+    if (root < 0) {
+        snprintf(msg, msg_len, "the grammar has no \"root\" rule");
+        goto done;
+    }
+
+    if (kimi_regex_rtn_compile(bodies, lens, names, g.n_rules, root, prog, n,
+                               msg, msg_len) != 0)
+    {
+        goto done;
+    }
+
+    if (kimi_gram_check(*prog, *n, msg, msg_len) != 0) {
+        int  bad = -1;
+
+        /* name the rule of a left recursion */
+        if (sscanf(msg, "rule %d is left-recursive", &bad) == 1
+            && bad >= 0 && bad < g.n_rules)
+        {
+            snprintf(msg, msg_len, "grammar rule \"%s\" is left-recursive (it"
+                     " can refer to itself before any text): write it as a"
+                     " repetition, e.g. a ::= b (\"+\" b)*",
+                     g.rules[bad].name);
+        }
+        free(*prog);
+        *prog = NULL;
+        *n = 0;
+        goto done;
+    }
+
+    rc = 0;
+
+done:
+
+    for (int i = 0; i < g.n_rules; i++) {
+        free(g.rules[i].body.p);
+        free(g.rules[i].expanded);
+    }
+    free(g.rules);
+    free(bodies);
+    free(names);
+    free(lens);
     return rc;
 }

@@ -3,12 +3,13 @@
  * {"grammar": ...}): an EBNF grammar in the GBNF notation xgrammar and
  * llama.cpp read, translated into a pattern of regex_dfa.h's dialect,
  * which the gateway then compiles and the sampler enforces like any
- * guided_regex.  So only grammars that describe a regular language are
- * taken: a rule that refers back to itself, directly or through others, is
- * refused with a message naming the cycle (a context-free grammar needs a
- * pushdown automaton this server does not have).
+ * guided_regex (a DFA: the fast way).  A grammar whose rules refer back to
+ * themselves, directly or through others, describes more than a regular
+ * language: it is compiled instead into one NFA a rule with calls between
+ * them (kimi_ebnf_to_grammar), which the sampler runs as a pushdown
+ * automaton (gram.h); only left recursion is refused.
  *
- * Owns:   the EBNF parser and the translation; nothing of the DFA.
+ * Owns:   the EBNF parser and the translations; nothing of the automata.
  * Never:  guesses: anything outside the notation below is an error naming
  *         the place (line and column).
  *
@@ -24,10 +25,19 @@
 #define KIMI_EBNF_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* grammar[0..len) -> *pattern (malloc'd, NUL-terminated, *plen bytes).
- * 0, or -1 with a message in msg. */
+ * 0, or with a message in msg -1, or -2 when a rule refers back to
+ * itself (then kimi_ebnf_to_grammar takes it). */
 int kimi_ebnf_to_regex(const char *grammar, size_t len, char **pattern,
     size_t *plen, char *msg, size_t msg_len);
+
+/* The same grammar with recursion allowed: *prog (malloc'd, *n words) is
+ * a grammar program (regex_dfa.h, run by gram.h).  Left recursion (a rule
+ * that can refer to itself before any text) is refused, naming the rule.
+ * 0, or -1 with a message in msg. */
+int kimi_ebnf_to_grammar(const char *grammar, size_t len, int32_t **prog,
+    size_t *n, char *msg, size_t msg_len);
 
 #endif /* KIMI_EBNF_H */

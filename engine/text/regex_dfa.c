@@ -20,7 +20,9 @@
 
 #define NFA_MAX     200000         /* NFA states: bounds {m,n} blow-ups */
 
-enum { N_EPS, N_RANGE, N_MATCH };
+/* the grammar program's kinds (regex_dfa.h) are the NFA's own */
+enum { N_EPS = KIMI_GRAM_EPS, N_RANGE = KIMI_GRAM_RANGE,
+       N_MATCH = KIMI_GRAM_END, N_CALL = KIMI_GRAM_CALL };
 
 typedef struct {
     uint8_t   kind, lo, hi;
@@ -39,6 +41,10 @@ typedef struct {
     char                 *msg;
     size_t                msg_len;
     int                   failed;
+    /* grammars (kimi_regex_rtn_compile): a rule reference in the text,
+     * \x01 name \x02, is a call of the rule names[i] */
+    const char *const    *names;
+    int                   n_names;
 } rx_t;
 
 
@@ -594,6 +600,30 @@ rx_atom(rx_t *rx, frag_t *f, int depth)
     size_t         n;
     int            ch = rx->p[rx->at], cls;
 
+    if (ch == 0x01 && rx->names != NULL) {
+        const unsigned char  *e = memchr(rx->p + rx->at, 0x02, rx->len - rx->at);
+        size_t                k = e != NULL ? (size_t) (e - rx->p) - rx->at - 1 : 0;
+
+        for (int i = 0; e != NULL && i < rx->n_names; i++) {
+            if (strlen(rx->names[i]) == k
+                && memcmp(rx->names[i], rx->p + rx->at + 1, k) == 0)
+            {
+                int32_t  c = rx_state(rx, N_CALL, i & 0xff, i >> 8);
+                int32_t  t = rx_state(rx, N_EPS, 0, 0);
+
+                if (c < 0 || t < 0) {
+                    return -1;
+                }
+                rx->st[c].out = t;
+                f->s = c;
+                f->e = t;
+                rx->at += k + 2;
+                return 0;
+            }
+        }
+        return rx_fail(rx, "a reference to an unknown rule");
+    }
+
     switch (ch) {
     case '(':
         rx->at++;
@@ -969,7 +999,7 @@ kimi_regex_compile_forbid(const char *pattern, size_t len,
     size_t msg_len)
 {
     rx_t       rx = { (const unsigned char *) pattern, len, 0, NULL, 0, 0,
-                      msg, msg_len, 0 };
+                      msg, msg_len, 0, NULL, 0 };
     frag_t     f;
     sets_t     ss = { 0 };
     int32_t   *stack = NULL, *buf = NULL, *seed = NULL, *touched = NULL;
@@ -1278,4 +1308,94 @@ kimi_regex_accepts(const int32_t *p, int32_t s)
 {
     return s >= 0 && s < p[1]
            && (((uint32_t) p[3 + 64 + s / 32] >> (s % 32)) & 1);
+}
+
+
+/* ---- grammars: one NFA per rule, calls between them --------------------- */
+
+int
+kimi_regex_rtn_compile(const char *const *bodies, const size_t *lens,
+    const char *const *names, int n_rules, int root, int32_t **prog,
+    size_t *n_out, char *msg, size_t msg_len)
+{
+    rx_t      rx = { NULL, 0, 0, NULL, 0, 0, msg, msg_len, 0, names, n_rules };
+    int32_t  *start = NULL, *p = NULL;
+    frag_t    f;
+    size_t    words;
+    int       rc = -1;
+
+    *prog = NULL;
+    *n_out = 0;
+
+    if (n_rules < 1 || n_rules > KIMI_GRAMMAR_MAX_RULES || root < 0
+        || root >= n_rules)
+    {
+        snprintf(msg, msg_len, "a grammar of 1 to %d rules",
+                 KIMI_GRAMMAR_MAX_RULES);
+        return -1;
+    }
+
+    start = malloc(n_rules * sizeof(*start));
+    if (start == NULL) {
+        snprintf(msg, msg_len, "out of memory");
+        return -1;
+    }
+
+    for (int r = 0; r < n_rules; r++) {
+        int32_t  match;
+
+        rx.p = (const unsigned char *) bodies[r];
+        rx.len = lens[r];
+        rx.at = 0;
+        if (rx_alternation(&rx, &f, 0) != 0) {
+            goto done;
+        }
+        if (rx.at < rx.len) {
+            rx_fail(&rx, "unbalanced )");
+            goto done;
+        }
+        match = rx_state(&rx, N_MATCH, 0, 0);
+        if (match < 0) {
+            goto done;
+        }
+        rx_link(&rx, f.e, match);
+        start[r] = f.s;
+        if (rx.n > KIMI_GRAMMAR_MAX_STATES) {
+            snprintf(msg, msg_len, "the grammar needs more than %d automaton"
+                     " states", KIMI_GRAMMAR_MAX_STATES);
+            goto done;
+        }
+    }
+
+    words = 4 + (size_t) n_rules + 3 * rx.n;
+    p = malloc(words * sizeof(*p));
+    if (p == NULL) {
+        snprintf(msg, msg_len, "out of memory");
+        goto done;
+    }
+
+    p[0] = (int32_t) words;
+    p[1] = (int32_t) rx.n;
+    p[2] = n_rules;
+    p[3] = root;
+    memcpy(p + 4, start, n_rules * sizeof(*start));
+    for (size_t i = 0; i < rx.n; i++) {
+        int32_t  *w = p + 4 + n_rules + 3 * i;
+
+        w[0] = rx.st[i].kind | rx.st[i].lo << 8 | rx.st[i].hi << 16;
+        w[1] = rx.st[i].out;
+        w[2] = rx.st[i].out2;
+    }
+
+    *prog = p;
+    *n_out = words;
+    p = NULL;
+    rc = 0;
+
+done:
+
+    free(p);
+    free(start);
+    free(rx.st);
+    return rc;
 }

@@ -64,4 +64,26 @@ int32_t kimi_regex_step(const int32_t *p, int32_t s, const char *b,
 /* 1 if state s (>= 0) accepts. */
 int kimi_regex_accepts(const int32_t *p, int32_t s);
 
+/*
+ * Grammars with recursion (guided_grammar, ebnf.h): each rule's body is
+ * compiled as a pattern into an NFA of its own over bytes, in which a
+ * reference to a rule (\x01 name \x02 in the body's text) is a call; the
+ * sampler runs the rules as a pushdown automaton (engine/sample/
+ * gram_mode.c).  Program (p[0..n)), after the KIMI_GRAMMAR_TAG word:
+ *   p[0] = n, p[1] = n_states, p[2] = n_rules, p[3] = the start rule,
+ *   p[4 .. 4 + n_rules): each rule's first state, then three words a
+ *   state: kind | lo << 8 | hi << 16 (KIMI_GRAM_RANGE: bytes lo..hi;
+ *   KIMI_GRAM_CALL: rule lo | hi << 8; KIMI_GRAM_EPS; KIMI_GRAM_END: the
+ *   rule is complete), out, out2 (-1: none; only EPS has two).
+ */
+#define KIMI_GRAMMAR_TAG         (-5)
+#define KIMI_GRAMMAR_MAX_RULES   256
+#define KIMI_GRAMMAR_MAX_STATES  16384
+
+enum { KIMI_GRAM_EPS, KIMI_GRAM_RANGE, KIMI_GRAM_END, KIMI_GRAM_CALL };
+
+int kimi_regex_rtn_compile(const char *const *bodies, const size_t *lens,
+    const char *const *names, int n_rules, int root, int32_t **prog,
+    size_t *n, char *msg, size_t msg_len);
+
 #endif /* KIMI_REGEX_DFA_H */
