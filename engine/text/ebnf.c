@@ -905,7 +905,7 @@ kimi_ebnf_to_grammar(const char *grammar, size_t len, int32_t **prog,
         goto done;
     }
 
-    if (kimi_gram_check(*prog, *n, msg, msg_len) != 0) {
+    if (kimi_gram_prune(*prog, *n, msg, msg_len) != 0) {
         int  bad = -1;
 
         /* name the rule of a left recursion */

@@ -55,7 +55,9 @@ gram_left_recursive(const int32_t *p, char *msg, size_t msg_len)
     int32_t   ns = GP_STATES(p), nr = GP_RULES(p);
     uint8_t  *nullable = calloc(nr, 1), *seen = malloc(ns);
     uint8_t  *edge = calloc((size_t) nr * nr, 1), *color = calloc(nr, 1);
-    int32_t  *stack = malloc((size_t) 2 * ns * sizeof(int32_t));
+    /* a state pushes at most two, a rule on the DFS path two */
+    int32_t  *stack = malloc(((size_t) 2 * (ns > nr ? ns : nr) + 2)
+                             * sizeof(int32_t));
     int       changed = 1, bad = -1;
 
     if (nullable == NULL || seen == NULL || edge == NULL || color == NULL
@@ -219,6 +221,82 @@ kimi_gram_check(const int32_t *p, size_t n, char *msg, size_t msg_len)
     }
 
     return gram_left_recursive(p, msg, msg_len) == -1 ? 0 : -1;
+}
+
+
+int
+kimi_gram_prune(int32_t *p, size_t n, char *msg, size_t msg_len)
+{
+    int32_t   ns;
+    uint8_t  *alive;
+    int       changed = 1;
+
+    if (kimi_gram_check(p, n, msg, msg_len) != 0) {
+        return -1;
+    }
+
+    ns = GP_STATES(p);
+    alive = calloc(ns, 1);
+    if (alive == NULL) {
+        snprintf(msg, msg_len, "out of memory");
+        return -1;
+    }
+
+    /* a state is alive when its rule can still reach its END from it,
+     * calls counting only into rules that can end (a fixpoint) */
+    while (changed) {
+        changed = 0;
+        for (int32_t s = 0; s < ns; s++) {
+            int32_t  o = GP_OUT(p, s), o2 = GP_OUT2(p, s);
+            int      a = 0;
+
+            if (alive[s]) {
+                continue;
+            }
+            switch (GP_KIND(p, s)) {
+            case KIMI_GRAM_END:
+                a = 1;
+                break;
+            case KIMI_GRAM_EPS:
+                a = (o >= 0 && alive[o]) || (o2 >= 0 && alive[o2]);
+                break;
+            case KIMI_GRAM_RANGE:
+                a = alive[o];
+                break;
+            case KIMI_GRAM_CALL:
+                a = alive[o] && alive[GP_START(p, GP_RULE(p, s))];
+                break;
+            }
+            if (a) {
+                alive[s] = 1;
+                changed = 1;
+            }
+        }
+    }
+
+    if (!alive[GP_START(p, GP_ROOT(p))]) {
+        snprintf(msg, msg_len, "the grammar has no finite sentence: its root"
+                 " never ends");
+        free(alive);
+        return -1;
+    }
+
+    /* what cannot end is never offered: dead states lead nowhere */
+    for (int32_t s = 0; s < ns; s++) {
+        int32_t  *w = GP_W(p, s);
+
+        if (!alive[s]) {
+            w[0] = KIMI_GRAM_EPS;
+            w[1] = -1;
+            w[2] = -1;
+        } else if (GP_KIND(p, s) == KIMI_GRAM_EPS) {
+            w[1] = w[1] >= 0 && alive[w[1]] ? w[1] : -1;
+            w[2] = w[2] >= 0 && alive[w[2]] ? w[2] : -1;
+        }
+    }
+
+    free(alive);
+    return 0;
 }
 
 

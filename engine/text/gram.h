@@ -49,6 +49,12 @@ typedef struct {
  * else -1 with a message (the gateway's compile and the engine's check). */
 int  kimi_gram_check(const int32_t *p, size_t n, char *msg, size_t msg_len);
 
+/* After a compile: every state from which its rule can no longer end
+ * (calls into rules that never end, loops without a way out) becomes a
+ * dead end, so the recogniser never offers text that cannot complete;
+ * -1 with a message when the root rule itself never ends. */
+int  kimi_gram_prune(int32_t *p, size_t n, char *msg, size_t msg_len);
+
 /* An arena for one sampler (reused; NULL on out of memory). */
 kimi_gram_arena_t *kimi_gram_arena_new(void);
 void kimi_gram_arena_free(kimi_gram_arena_t *a);

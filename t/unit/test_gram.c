@@ -3,9 +3,11 @@
  * compiled by kimi_ebnf_to_grammar and run by the pushdown recogniser of
  * gram.h; strings of its language must be accepted whole, their prefixes
  * kept alive, strings outside it refused; left recursion is refused at
- * compile time naming the rule; nesting past KIMI_GRAM_MAX_DEPTH is
+ * compile time naming the rule, and so is a root that never ends, while
+ * a branch that cannot end is never offered; nesting past KIMI_GRAM_MAX_DEPTH is
  * refused while a right-recursive list of any length is not; a trial feed
- * rewound leaves the arena as it was; a damaged program fails the check.
+ * rewound leaves the arena as it was; a damaged program fails the check,
+ * and random ones are taken or refused without harm.
  */
 
 #include <stdio.h>
@@ -79,6 +81,9 @@ main(void)
         { "root ::= \"\\u00e9\" root?",
           { "\xc3\xa9", "\xc3\xa9\xc3\xa9\xc3\xa9" }, { "\xc3", "\xc3\xa9\xc3" },
           { "e", "\xc3\xa9" "e", "\xc3\xa8" } },
+        /* a branch that can never end is never offered */
+        { "root ::= \"a\" | \"b\" loop\nloop ::= \"c\" loop",
+          { "a" }, { "" }, { "b", "bc", "c" } },
         /* ambiguous: two parses of the same text */
         { "root ::= a | b\na ::= \"x\" a | \"x\"\nb ::= \"x\" b \"y\" | \"x\" \"y\"?",
           { "x", "xxx", "xxyy", "xxy" }, { "xxxy", "" }, { "y", "xyy", "xxyyy" } },
@@ -92,6 +97,7 @@ main(void)
         { "root ::= e root \"x\" | \"y\"\ne ::= \"\" | \"z\"", "\"root\" is left-recursive" },
         { "root ::= \"(\" item \")\"", "\"item\", which is not defined" },
         { "rule ::= \"a\" rule?", "no \"root\" rule" },
+        { "root ::= \"x\" root", "no finite sentence" },
     };
     kimi_gram_arena_t  *a = kimi_gram_arena_new();
     char                msg[512], *pat, buf[512];
@@ -206,6 +212,58 @@ main(void)
                "check: a length that does not add up");
         }
         free(prog);
+    }
+
+    /* random programs: the check takes or refuses each, and whatever it
+     * takes runs on random bytes within its bounds */
+    {
+        uint64_t  x = 88172645463325252ull;
+        int       taken = 0, ran = 1;
+
+        for (int iter = 0; iter < 3000; iter++) {
+            int32_t  ns, nr, *q;
+            size_t   nw;
+
+#define RND() (x ^= x << 13, x ^= x >> 7, x ^= x << 17, x)
+            ns = 1 + (int32_t) (RND() % 24);
+            nr = 1 + (int32_t) (RND() % 4);
+            nw = 4 + (size_t) nr + 3 * (size_t) ns;
+            q = malloc(nw * sizeof(*q));
+            q[0] = (int32_t) nw;
+            q[1] = ns;
+            q[2] = nr;
+            q[3] = (int32_t) (RND() % (uint64_t) nr);
+            for (int32_t r = 0; r < nr; r++) {
+                q[4 + r] = (int32_t) (RND() % (uint64_t) ns);
+            }
+            for (int32_t st = 0; st < ns; st++) {
+                int32_t  *w = q + 4 + nr + 3 * st, k = (int32_t) (RND() % 4);
+                int32_t   lo = (int32_t) (RND() % 256), hi = lo + (int32_t) (RND() % (256 - lo));
+
+                w[0] = k == KIMI_GRAM_CALL ? k | (int32_t) (RND() % (uint64_t) nr) << 8
+                                           : k | lo << 8 | hi << 16;
+                w[1] = k == KIMI_GRAM_END ? -1 : (int32_t) (RND() % (uint64_t) ns);
+                w[2] = k == KIMI_GRAM_EPS && RND() % 2 ? (int32_t) (RND() % (uint64_t) ns) : -1;
+            }
+            if (kimi_gram_check(q, nw, msg, sizeof(msg)) == 0) {
+                kimi_gram_state_t  st;
+                char               bytes[32];
+
+                taken++;
+                for (int i = 0; i < 32; i++) {
+                    bytes[i] = (char) RND();
+                }
+                if (kimi_gram_init(&st, q, a) == 0) {
+                    for (int i = 0; i < 32 && kimi_gram_feed(&st, bytes + i, 1) == 0; i++) {
+                        ran &= st.n <= KIMI_GRAM_MAX_CONFIGS;
+                    }
+                }
+            }
+            free(q);
+#undef RND
+        }
+        ok(taken > 100 && ran, "3000 random programs: %d taken, each ran within its"
+           " bounds", taken);
     }
 
     kimi_gram_arena_free(a);
