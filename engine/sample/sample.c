@@ -534,6 +534,12 @@ static void kimi_sample_stag_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req);
 static void kimi_sample_gram_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req);
+static void kimi_sample_only_eos(kimi_sampler_t *s,
+    const kimi_sample_req_t *req);
+static void kimi_sample_specials_off(kimi_sampler_t *s,
+    const kimi_sample_req_t *req, float *eos_x);
+static void kimi_sample_eos_restore(kimi_sampler_t *s,
+    const kimi_sample_req_t *req, const float *eos_x);
 static void kimi_sample_json_mask(kimi_sampler_t *s,
     const kimi_sample_req_t *req, const int32_t *prog,
     const kimi_sample_frame_t *frame);
@@ -1384,11 +1390,7 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
     done = broken || kimi_json_done(&st);
 
     if (done) {
-        for (id = 0; id < s->vocab; id++) {
-            if (s->x[id] > -INFINITY && !kimi_sample_is_eos(req, id)) {
-                s->x[id] = -INFINITY;
-            }
-        }
+        kimi_sample_only_eos(s, req);
         return;
     }
 
@@ -1405,6 +1407,48 @@ kimi_sample_json_mask(kimi_sampler_t *s, const kimi_sample_req_t *req,
 
 
 #define KIMI_STAG_EOS_KEPT  8      /* eos ids a forced format may restore */
+
+
+/* Only an eos id may follow (its logit as the model gave it). */
+static void
+kimi_sample_only_eos(kimi_sampler_t *s, const kimi_sample_req_t *req)
+{
+    for (uint32_t id = 0; id < s->vocab; id++) {
+        if (s->x[id] > -INFINITY && !kimi_sample_is_eos(req, id)) {
+            s->x[id] = -INFINITY;
+        }
+    }
+}
+
+
+/* No special token may come, eos included; the eos ids' logits are kept
+ * in eos_x [KIMI_STAG_EOS_KEPT] for kimi_sample_eos_restore. */
+static void
+kimi_sample_specials_off(kimi_sampler_t *s, const kimi_sample_req_t *req,
+    float *eos_x)
+{
+    for (uint32_t i = 0; i < req->n_eos && i < KIMI_STAG_EOS_KEPT; i++) {
+        eos_x[i] = (uint32_t) req->eos_ids[i] < s->vocab
+                   ? s->x[req->eos_ids[i]] : -INFINITY;
+    }
+    for (uint32_t i = 0; i < s->jv.n_special; i++) {
+        s->x[s->jv.special[i]] = -INFINITY;
+    }
+}
+
+
+/* The output may end here after all: eos as the model gave it. */
+static void
+kimi_sample_eos_restore(kimi_sampler_t *s, const kimi_sample_req_t *req,
+    const float *eos_x)
+{
+    for (uint32_t i = 0; i < req->n_eos && i < KIMI_STAG_EOS_KEPT; i++) {
+        if ((uint32_t) req->eos_ids[i] < s->vocab) {
+            s->x[req->eos_ids[i]] = eos_x[i];
+        }
+    }
+}
+
 
 /* guided_grammar with recursion (gram.h): the output so far through the
  * pushdown recogniser (no special token may come), then every token it
@@ -1439,30 +1483,15 @@ kimi_sample_gram_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
     }
 
     if (broken || !kimi_gram_more(&st)) {
-        for (id = 0; id < s->vocab; id++) {
-            if (s->x[id] > -INFINITY && !kimi_sample_is_eos(req, id)) {
-                s->x[id] = -INFINITY;
-            }
-        }
+        kimi_sample_only_eos(s, req);
         return;
     }
 
-    for (i = 0; i < req->n_eos && i < KIMI_STAG_EOS_KEPT; i++) {
-        eos_x[i] = (uint32_t) req->eos_ids[i] < s->vocab
-                   ? s->x[req->eos_ids[i]] : -INFINITY;
-    }
-    for (i = 0; i < jv->n_special; i++) {
-        s->x[jv->special[i]] = -INFINITY;
-    }
-    if (kimi_gram_accepts(&st)) {               /* a whole sentence: may end */
-        for (i = 0; i < req->n_eos && i < KIMI_STAG_EOS_KEPT; i++) {
-            if ((uint32_t) req->eos_ids[i] < s->vocab) {
-                s->x[req->eos_ids[i]] = eos_x[i];
-            }
-        }
-    }
-
+    kimi_sample_specials_off(s, req, eos_x);
     kimi_sample_bytes_mask(s, req, kimi_sample_gram_try, &st, &t, 0);
+    if (kimi_gram_accepts(&st)) {               /* a whole sentence: may end */
+        kimi_sample_eos_restore(s, req, eos_x);
+    }
 }
 
 
@@ -1515,11 +1544,7 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
     /* an output the grammar refuses (it cannot come from this mask) can
      * only end, as can one whose format is complete */
     if (broken || st.mode == KIMI_STAG_DONE) {
-        for (id = 0; id < s->vocab; id++) {
-            if (s->x[id] > -INFINITY && !kimi_sample_is_eos(req, id)) {
-                s->x[id] = -INFINITY;
-            }
-        }
+        kimi_sample_only_eos(s, req);
         return;
     }
 
@@ -1552,24 +1577,14 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
 
     /* no special token outside free text; eos only where the output may
      * end (kept as the model gave it) */
-    for (i = 0; i < req->n_eos && i < KIMI_STAG_EOS_KEPT; i++) {
-        eos_x[i] = (uint32_t) req->eos_ids[i] < s->vocab
-                   ? s->x[req->eos_ids[i]] : -INFINITY;
-    }
-    for (i = 0; i < jv->n_special; i++) {
-        s->x[jv->special[i]] = -INFINITY;
-    }
+    kimi_sample_specials_off(s, req, eos_x);
 
     kimi_sample_bytes_mask(s, req, kimi_sample_stag_try, &st, &c1,
                            st.mode == KIMI_STAG_JSON
                            && kimi_json_in_string(&st.json));
 
-    for (i = 0; kimi_stag_may_end(&st) && i < req->n_eos
-                && i < KIMI_STAG_EOS_KEPT; i++)
-    {
-        if ((uint32_t) req->eos_ids[i] < s->vocab) {
-            s->x[req->eos_ids[i]] = eos_x[i];
-        }
+    if (kimi_stag_may_end(&st)) {
+        kimi_sample_eos_restore(s, req, eos_x);
     }
 }
 

@@ -764,6 +764,44 @@ ebnf_expand(ebnf_t *g, ebnf_rule_t *r, char *path, size_t path_len)
 }
 
 
+/* g over grammar[0..len), its rules parsed: 0, or -1 with a message
+ * (ebnf_release in both cases) */
+static int
+ebnf_parse(ebnf_t *g, const char *grammar, size_t len, char *msg,
+    size_t msg_len)
+{
+    memset(g, 0, sizeof(*g));
+    g->s = grammar;
+    g->len = len;
+    g->msg = msg;
+    g->msg_len = msg_len;
+    g->rules = calloc(EBNF_MAX_RULES, sizeof(ebnf_rule_t));
+
+    if (g->rules == NULL) {
+        snprintf(msg, msg_len, "out of memory");
+        return -1;
+    }
+
+    if (memchr(grammar, '\0', len) != NULL) {
+        snprintf(msg, msg_len, "the grammar contains a NUL byte");
+        return -1;
+    }
+
+    return ebnf_rules(g);
+}
+
+
+static void
+ebnf_release(ebnf_t *g)
+{
+    for (int i = 0; g->rules != NULL && i < g->n_rules; i++) {
+        free(g->rules[i].body.p);
+        free(g->rules[i].expanded);
+    }
+    free(g->rules);
+}
+
+
 int
 kimi_ebnf_to_regex(const char *grammar, size_t len, char **pattern,
     size_t *plen, char *msg, size_t msg_len)
@@ -775,24 +813,8 @@ kimi_ebnf_to_regex(const char *grammar, size_t len, char **pattern,
 
     *pattern = NULL;
     *plen = 0;
-    memset(&g, 0, sizeof(g));
-    g.s = grammar;
-    g.len = len;
-    g.msg = msg;
-    g.msg_len = msg_len;
-    g.rules = calloc(EBNF_MAX_RULES, sizeof(ebnf_rule_t));
 
-    if (g.rules == NULL) {
-        snprintf(msg, msg_len, "out of memory");
-        return -1;
-    }
-
-    if (memchr(grammar, '\0', len) != NULL) {
-        snprintf(msg, msg_len, "the grammar contains a NUL byte");
-        goto done;
-    }
-
-    if (ebnf_rules(&g) != 0) {
+    if (ebnf_parse(&g, grammar, len, msg, msg_len) != 0) {
         goto done;
     }
 
@@ -814,11 +836,7 @@ kimi_ebnf_to_regex(const char *grammar, size_t len, char **pattern,
 
 done:
 
-    for (int i = 0; i < g.n_rules; i++) {
-        free(g.rules[i].body.p);
-        free(g.rules[i].expanded);
-    }
-    free(g.rules);
+    ebnf_release(&g);
     return rc;
 }
 
@@ -834,24 +852,8 @@ kimi_ebnf_to_grammar(const char *grammar, size_t len, int32_t **prog,
 
     *prog = NULL;
     *n = 0;
-    memset(&g, 0, sizeof(g));
-    g.s = grammar;
-    g.len = len;
-    g.msg = msg;
-    g.msg_len = msg_len;
-    g.rules = calloc(EBNF_MAX_RULES, sizeof(ebnf_rule_t));
 
-    if (g.rules == NULL) {
-        snprintf(msg, msg_len, "out of memory");
-        return -1;
-    }
-
-    if (memchr(grammar, '\0', len) != NULL) {
-        snprintf(msg, msg_len, "the grammar contains a NUL byte");
-        goto done;
-    }
-
-    if (ebnf_rules(&g) != 0) {
+    if (ebnf_parse(&g, grammar, len, msg, msg_len) != 0) {
         goto done;
     }
 
@@ -927,11 +929,7 @@ kimi_ebnf_to_grammar(const char *grammar, size_t len, int32_t **prog,
 
 done:
 
-    for (int i = 0; i < g.n_rules; i++) {
-        free(g.rules[i].body.p);
-        free(g.rules[i].expanded);
-    }
-    free(g.rules);
+    ebnf_release(&g);
     free(bodies);
     free(names);
     free(lens);
