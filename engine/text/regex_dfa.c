@@ -865,6 +865,27 @@ rx_alternation(rx_t *rx, frag_t *f, int depth)
 }
 
 
+/* The whole text from rx->at as f, ending in a MATCH state. */
+static int
+rx_whole(rx_t *rx, frag_t *f)
+{
+    int32_t  match;
+
+    if (rx_alternation(rx, f, 0) != 0) {
+        return -1;
+    }
+    if (rx->at < rx->len) {
+        return rx_fail(rx, "unbalanced )");
+    }
+    match = rx_state(rx, N_MATCH, 0, 0);
+    if (match < 0) {
+        return -1;
+    }
+    rx_link(rx, f->e, match);
+    return 0;
+}
+
+
 /* ---- subset construction ------------------------------------------------ */
 
 typedef struct {
@@ -1007,7 +1028,7 @@ kimi_regex_compile_forbid(const char *pattern, size_t len,
     uint8_t   *mark = NULL, cls_of[256];
     int        n_cls = 0, rc = -1, added;
     size_t     n_dfa = 0, cap_trans = 0, words;
-    int32_t    match, rep[256];
+    int32_t    rep[256];
 
     *prog = NULL;
     *n_out = 0;
@@ -1018,18 +1039,9 @@ kimi_regex_compile_forbid(const char *pattern, size_t len,
         return -1;
     }
 
-    if (rx_alternation(&rx, &f, 0) != 0) {
+    if (rx_whole(&rx, &f) != 0) {
         goto done;
     }
-    if (rx.at < rx.len) {
-        rx_fail(&rx, "unbalanced )");
-        goto done;
-    }
-    match = rx_state(&rx, N_MATCH, 0, 0);
-    if (match < 0) {
-        goto done;
-    }
-    rx_link(&rx, f.e, match);
 
     /* byte classes: boundaries of every range */
     {
@@ -1342,23 +1354,12 @@ kimi_regex_rtn_compile(const char *const *bodies, const size_t *lens,
     }
 
     for (int r = 0; r < n_rules; r++) {
-        int32_t  match;
-
         rx.p = (const unsigned char *) bodies[r];
         rx.len = lens[r];
         rx.at = 0;
-        if (rx_alternation(&rx, &f, 0) != 0) {
+        if (rx_whole(&rx, &f) != 0) {
             goto done;
         }
-        if (rx.at < rx.len) {
-            rx_fail(&rx, "unbalanced )");
-            goto done;
-        }
-        match = rx_state(&rx, N_MATCH, 0, 0);
-        if (match < 0) {
-            goto done;
-        }
-        rx_link(&rx, f.e, match);
         start[r] = f.s;
         if (rx.n > KIMI_GRAMMAR_MAX_STATES) {
             snprintf(msg, msg_len, "the grammar needs more than %d automaton"
