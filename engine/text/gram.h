@@ -12,7 +12,8 @@
  *
  * Owns:   the program's check (bounds, every call's rule, no left
  *         recursion: a rule that can call itself before reading a byte),
- *         the recogniser and its arena.
+ *         its pruning after a compile (what can never end is never
+ *         offered), the recogniser and its arena.
  * Never:  grows without bound: at most KIMI_GRAM_MAX_CONFIGS
  *         configurations, KIMI_GRAM_MAX_DEPTH nested calls and
  *         KIMI_GRAM_MAX_NODES stack nodes; text that would need more is
