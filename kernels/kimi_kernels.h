@@ -325,6 +325,11 @@ int kimi_moe_grouped_gate_up(const uint8_t *xq, const float *xs, int D, int I,
                              const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err);
 int kimi_moe_grouped_down(int D, int I, int max_slots, const kimi_experts_t *ex,
                           const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err);
+/* gate_up's GEMM alone, over the tile list and gathered rows that the last
+ * kimi_moe_grouped_gate_up on this ws left there (ws->y not written since):
+ * what a benchmark times beside the whole call, as down beside its combine. */
+int kimi_moe_grouped_gate_up_gemm(int D, int I, int max_slots, const kimi_experts_t *ex,
+                                  const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err);
 
 /* kimi_moe_down then kimi_moe_combine into out: up to 16 tokens in one
  * launch (the last block of each column range sums its columns; the same

@@ -13,14 +13,17 @@
  *          128-blocks.  Persistent: one block per SM walks the items, the
  *          stage ring running on across them (the next item's loads overlap
  *          this one's epilogue).
- * Roles:   warpgroup 0 produces (registers cut to 40): one thread issues
+ * Roles:   warpgroup 0 produces (registers cut to 40; its first warp
+ *          alone works, the other three exit): one thread issues
  *          the weights by TMA (128-byte swizzle; gate_up as four boxes of
  *          64 rows x 128 bytes, interleaving gate and up by 64 rows so each
  *          128-row half holds both for the same 64 columns of h; down as
  *          one box of 256 rows, the same layout); the activation rows
  *          (down's h, gate_up's tokens, both contiguous per tile) come in the
- *          same thread's fifth box; all 128 fetch the row and weight-block
- *          scales; a stage is full on its mbarrier when all landed.  Warpgroups 1
+ *          same thread's fifth box; the warp's 32 lanes fetch the row and
+ *          weight-block scales; a stage is full on its mbarrier when all
+ *          landed.  The ring's stage and phase are counters, its barriers
+ *          and wgmma descriptors warp-uniform adds.  Warpgroups 1
  *          and 2 consume: each 128-block is 4 wgmma m64n128k32 e4m3 per
  *          half into a temporary, promoted into the fp32 accumulator times
  *          the row's and the weight block's scales (DeepSeek's promotion
@@ -60,13 +63,14 @@
 #define KG_Q_B     (64 * 128)                   /* one TMA box: 64 weight rows */
 #define KG_MAX_KB  64                           /* K <= 8192 */
 /* KG_ABL (measurement builds only, results wrong): 1 loads half of the
- * weight boxes, 2 skips the MMAs and the promotion (the loads alone) */
+ * weight boxes, 2 skips the MMAs and the promotion (the loads alone), 4
+ * skips the loads (the MMAs alone, on whatever the stages hold) */
 #ifndef KG_ABL
 #define KG_ABL 0
 #endif
 
 /* Shared memory of one BM: stages of A + 4 boxes of B, then the scales of
- * every stage, the producer's row table, the amax exchange, the barriers,
+ * every stage, the amax exchange, the barriers,
  * the epilogue's staged rows: a group's 64 rows of its tile, 16 bytes of
  * padding a row (two wavefronts a 16-row store, the minimum).  gate_up's
  * rows are 128 bytes of h (at BM 64 the group's 64 in the first half);
@@ -80,8 +84,7 @@ struct kg_layout {
     static constexpr int stage_b = a_b + 4 * KG_Q_B;
     static constexpr int off_as = stages * stage_b;          /* [stage][128] */
     static constexpr int off_bs = off_as + stages * 128 * 4;  /* [stage][4] */
-    static constexpr int off_row = off_bs + stages * 4 * 4;   /* [128] */
-    static constexpr int off_amax = off_row + 128 * 4;        /* [2][2][64] */
+    static constexpr int off_amax = off_bs + stages * 4 * 4;  /* [2][2][64] */
     static constexpr int off_bar = off_amax + 2 * 2 * 64 * 4; /* full[S], empty[S] */
     static constexpr int off_out = off_bar + 2 * stages * 8;  /* [2][out_b], 16-aligned */
     static constexpr int smem = off_out + 2 * out_b + 1024;
@@ -181,7 +184,6 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap a_map, const float *__res
     uint8_t *sm = kg_smem_raw + ((1024 - (kimi_smem_addr(kg_smem_raw) & 1023)) & 1023);
     float *a_sc = (float *) (sm + L::off_as);
     float *b_sc = (float *) (sm + L::off_bs);
-    int32_t *a_row = (int32_t *) (sm + L::off_row);
     float *amax_x = (float *) (sm + L::off_amax);
     uint64_t *full = (uint64_t *) (sm + L::off_bar), *empty = full + S;
     static_assert(L::off_out % 16 == 0 && L::smem <= 227 * 1024, "grouped GEMM shared memory");
@@ -190,12 +192,16 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap a_map, const float *__res
     const int nN = N / (GATE_UP ? 128 : 256);
     const int n_work = ws.tiles[3 * max_tiles] * nN;
     const int n_tab = ex.n_tmaps;
-    const int wg = threadIdx.x >> 7, wt = threadIdx.x & 127;
+    const int wg = __shfl_sync(0xffffffffu, threadIdx.x >> 7, 0), wt = threadIdx.x & 127;
+    /* warp-uniform shared addresses: the k-loop's descriptors and barrier
+     * addresses then live in uniform registers, as plain adds */
+    const uint32_t sm_addr = __shfl_sync(0xffffffffu, kimi_smem_addr(sm), 0);
+    const uint32_t full_addr = sm_addr + L::off_bar, empty_addr = full_addr + 8 * S;
 
     if (threadIdx.x == 0) {
         for (int i = 0; i < S; i++) {
-            kimi_mbar_init(&full[i], 128 + 1);        /* producers' cp.async + the TMA thread */
-            kimi_mbar_init(&empty[i], 8);             /* one lane per consumer warp */
+            kimi_mbar_init(&full[i], 32 + 1);     /* the producer warp's cp.async + its TMA lane */
+            kimi_mbar_init(&empty[i], 8);           /* one lane per consumer warp */
         }
         kimi_mbar_init_fence();
     }
@@ -203,8 +209,11 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap a_map, const float *__res
 
     if (wg == 0) {
         kimi_setmaxnreg_dec<40>();
+        if (wt >= 32) {
+            return;                     /* one warp produces: lane 0 the boxes, all 32 the scales */
+        }
         const float *s_base = GATE_UP ? xs : ws.hs;
-        int it = 0;
+        uint32_t pst = 0, pph = 0;          /* the ring's stage and phase */
         for (int w = blockIdx.x; w < n_work; w += gridDim.x) {
             const int tile = w / nN, n0 = (w % nN) * (GATE_UP ? 128 : 256);
             const int e = ws.tiles[3 * tile], row0 = ws.tiles[3 * tile + 1], rows = ws.tiles[3 * tile + 2];
@@ -216,19 +225,22 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap a_map, const float *__res
                 bs = GATE_UP ? ((wt & 1) ? ex.up_s[e] : ex.gate_s[e]) + (size_t) (n0 / 128) * KB
                              : ex.down_s[e] + (size_t) ((n0 + 64 * wt) / 128) * KB;
             }
-            kimi_bar_sync(2, 128);          /* every producer is done with the last table */
-            a_row[wt] = row0 + min(wt, rows - 1);
-            kimi_bar_sync(2, 128);
             if (wt == 0) {
                 kimi_tma_prefetch_map(mg);
                 kimi_tma_prefetch_map(mu);
                 kimi_tma_prefetch_map(&a_map);
             }
-            for (int kb = 0; kb < KB; kb++, it++) {
-                const int st = it % S;
-                kimi_mbar_wait(&empty[st], ((it / S) & 1) ^ 1);
+            for (int kb = 0; kb < KB; kb++) {
+                const int st = pst;
+                kimi_mbar_wait(empty_addr + 8 * pst, pph ^ 1);
+                if (++pst == S) {
+                    pst = 0;
+                    pph ^= 1;
+                }
                 uint8_t *stg = sm + st * L::stage_b;
-                if (wt == 0) {
+                if (wt == 0 && KG_ABL == 4) {
+                    kimi_mbar_arrive(&full[st]);    /* no loads: the MMAs run on what the stage holds */
+                } else if (wt == 0) {
                     kimi_mbar_arrive_tx(&full[st], (KG_ABL == 1 ? 2 : 4) * KG_Q_B + BM * 128);
                     if (GATE_UP || KG_ABL == 1) {
 #pragma unroll
@@ -249,8 +261,9 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap a_map, const float *__res
                      * and zero: never stored) */
                     kimi_tma_load_2d(stg, &a_map, kb * 128, row0, &full[st]);
                 }
-                if (wt < BM) {
-                    kimi_cp_async4(a_sc + st * 128 + wt, s_base + (size_t) a_row[wt] * KB + kb);
+#pragma unroll
+                for (int r = wt; r < BM; r += 32) {
+                    kimi_cp_async4(a_sc + st * 128 + r, s_base + (size_t) (row0 + min(r, rows - 1)) * KB + kb);
                 }
                 if (wt < 4) {
                     kimi_cp_async4(b_sc + st * 4 + wt, bs + kb);
@@ -272,7 +285,9 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap a_map, const float *__res
      * out 2-8 bytes a lane, a 32-byte sector half filled per store */
     uint8_t *out = sm + L::off_out + cg * L::out_b;
     const int h0 = BM == 128 ? 0 : cg;              /* this group's first half */
-    int it = 0, parity = 0;
+    int parity = 0;
+    uint32_t cst = 0, cph = 0;                      /* the ring's stage and phase */
+    const uint64_t desc0 = wg_desc(sm_addr, 16, 1024);   /* + (byte offset >> 4): any operand of a stage */
 
     for (int w = blockIdx.x; w < n_work; w += gridDim.x, parity ^= 1) {
         const int tile = w / nN, n0 = (w % nN) * (GATE_UP ? 128 : 256);
@@ -285,32 +300,37 @@ moe_grouped_kernel(const __grid_constant__ CUtensorMap a_map, const float *__res
          * nothing to compute; it still keeps the ring's count */
         const bool live = m_off < rows;
 
-        for (int kb = 0; kb < KB; kb++, it++) {
-            const int st = it % S;
-            kimi_mbar_wait(&full[st], (it / S) & 1);
+        for (int kb = 0; kb < KB; kb++) {
+            const int st = cst;
+            const uint32_t full_st = full_addr + 8 * cst, empty_st = empty_addr + 8 * cst;
+            kimi_mbar_wait(full_st, cph);
+            if (++cst == S) {
+                cst = 0;
+                cph ^= 1;
+            }
             if (!live || KG_ABL == 2) {
                 if (lane == 0) {
-                    kimi_mbar_arrive(&empty[st]);
+                    kimi_mbar_arrive(empty_st);
                 }
                 continue;
             }
             const float x0 = a_sc[st * 128 + m_off + r0], x1 = a_sc[st * 128 + m_off + r1];
-            const uint32_t sa = kimi_smem_addr(sm + st * L::stage_b) + m_off * 128;
+            const uint32_t so = st * L::stage_b;
 #pragma unroll
             for (int hh = 0; hh < NH; hh++) {
                 const int h = h0 + hh;
-                const uint32_t sb = kimi_smem_addr(sm + st * L::stage_b + L::a_b + h * 2 * KG_Q_B);
                 const float wlo = b_sc[st * 4 + 2 * h], whi = b_sc[st * 4 + 2 * h + 1];
                 wg_arrive();
 #pragma unroll
                 for (int kk = 0; kk < 4; kk++) {
-                    wgmma_m64n128k32_e4m3(tmp, wg_desc(sa + kk * 32, 16, 1024), wg_desc(sb + kk * 32, 16, 1024), kk > 0);
+                    wgmma_m64n128k32_e4m3(tmp, desc0 + ((so + m_off * 128 + kk * 32) >> 4),
+                                          desc0 + ((so + L::a_b + h * 2 * KG_Q_B + kk * 32) >> 4), kk > 0);
                 }
                 wg_commit();
                 wg_wait<0>();
                 wg_fence_regs(tmp);
                 if (hh == NH - 1 && lane == 0) {
-                    kimi_mbar_arrive(&empty[st]);   /* this warp is done with the stage */
+                    kimi_mbar_arrive(empty_st);     /* this warp is done with the stage */
                 }
 #pragma unroll
                 for (int j = 0; j < 16; j++) {
@@ -516,20 +536,26 @@ kg_launch_bm(const uint8_t *xq, const float *xs, int K, int N, int max_tiles, co
     return KIMI_OK;
 }
 
+/* gemm_only: the tile list and gate_up's gathered rows are those the last
+ * full call left in ws (kimi_moe_grouped_gate_up_gemm) */
 template <bool GATE_UP>
 static int
 kg_launch(const uint8_t *xq, const float *xs, int K, int N, int max_slots, const kimi_experts_t *ex,
-          const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
+          const kimi_moe_ws_t *ws, bool gemm_only, cudaStream_t s, kimi_err_t *err)
 {
     const int bm = kg_bm(ws, max_slots);
     const int max_tiles = kimi_moe_grouped_max_tiles(ws->rows, max_slots);
-    KIMI_LAUNCH(err, moe_tile_list_kernel, 1, KG_LIST_THREADS, 0, s, *ws, max_slots, bm, max_tiles);
+    if (!gemm_only) {
+        KIMI_LAUNCH(err, moe_tile_list_kernel, 1, KG_LIST_THREADS, 0, s, *ws, max_slots, bm, max_tiles);
+    }
     if (GATE_UP) {
         /* into y's memory: down writes y only after this GEMM has read it */
         uint8_t *xq_rows = (uint8_t *) ws->y;
         float *xs_rows = (float *) (xq_rows + (((size_t) ws->rows * K + 255) & ~(size_t) 255));
-        KIMI_LAUNCH(err, moe_gather_rows_kernel, 4 * kg_n_sm(), KG_GATHER_THREADS, 0, s, xq, xs, K, max_tiles,
-                    *ws, xq_rows, xs_rows);
+        if (!gemm_only) {
+            KIMI_LAUNCH(err, moe_gather_rows_kernel, 4 * kg_n_sm(), KG_GATHER_THREADS, 0, s, xq, xs, K,
+                        max_tiles, *ws, xq_rows, xs_rows);
+        }
         xq = xq_rows;
         xs = xs_rows;
     }
@@ -542,7 +568,15 @@ kimi_moe_grouped_gate_up(const uint8_t *xq, const float *xs, int D, int I, int m
                          const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
 {
     int rc = kg_check(D, I, 128, ex, ws, err);
-    return rc != KIMI_OK ? rc : kg_launch<true>(xq, xs, D, I, max_slots, ex, ws, s, err);
+    return rc != KIMI_OK ? rc : kg_launch<true>(xq, xs, D, I, max_slots, ex, ws, false, s, err);
+}
+
+extern "C" int
+kimi_moe_grouped_gate_up_gemm(int D, int I, int max_slots, const kimi_experts_t *ex, const kimi_moe_ws_t *ws,
+                              cudaStream_t s, kimi_err_t *err)
+{
+    int rc = kg_check(D, I, 128, ex, ws, err);
+    return rc != KIMI_OK ? rc : kg_launch<true>(NULL, NULL, D, I, max_slots, ex, ws, true, s, err);
 }
 
 extern "C" int
@@ -550,7 +584,7 @@ kimi_moe_grouped_down(int D, int I, int max_slots, const kimi_experts_t *ex,
                       const kimi_moe_ws_t *ws, cudaStream_t s, kimi_err_t *err)
 {
     int rc = kg_check(I, D, 256, ex, ws, err);
-    return rc != KIMI_OK ? rc : kg_launch<false>(NULL, NULL, I, D, max_slots, ex, ws, s, err);
+    return rc != KIMI_OK ? rc : kg_launch<false>(NULL, NULL, I, D, max_slots, ex, ws, false, s, err);
 }
 
 /* ---- tensor maps ---------------------------------------------------------- */

@@ -40,10 +40,14 @@ static __device__ __forceinline__ void kimi_mbar_init_fence(void)
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
 
+static __device__ __forceinline__ void kimi_mbar_arrive(uint32_t a)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" :: "r"(a) : "memory");
+}
+
 static __device__ __forceinline__ void kimi_mbar_arrive(uint64_t *bar)
 {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n"
-                 :: "r"(kimi_smem_addr(bar)) : "memory");
+    kimi_mbar_arrive(kimi_smem_addr(bar));
 }
 
 static __device__ __forceinline__ void kimi_mbar_arrive_tx(uint64_t *bar, uint32_t bytes)
@@ -61,10 +65,12 @@ static __device__ __forceinline__ void kimi_mbar_cp_async_arrive(uint64_t *bar)
 }
 
 /* Waits until the phase of the given parity has completed.  A fresh barrier
- * counts as having completed the phase of parity 1. */
-static __device__ __forceinline__ void kimi_mbar_wait(uint64_t *bar, uint32_t parity)
+ * counts as having completed the phase of parity 1.  Also by shared-memory
+ * address: a loop that keeps its barriers' addresses in (uniform) registers
+ * spares the generic-to-shared conversion, an S2R on the critical path of
+ * every k-block. */
+static __device__ __forceinline__ void kimi_mbar_wait(uint32_t a, uint32_t parity)
 {
-    const uint32_t a = kimi_smem_addr(bar);
     uint32_t done;
     do {
         asm volatile("{\n"
@@ -74,6 +80,11 @@ static __device__ __forceinline__ void kimi_mbar_wait(uint64_t *bar, uint32_t pa
                      "}\n"
                      : "=r"(done) : "r"(a), "r"(parity) : "memory");
     } while (!done);
+}
+
+static __device__ __forceinline__ void kimi_mbar_wait(uint64_t *bar, uint32_t parity)
+{
+    kimi_mbar_wait(kimi_smem_addr(bar), parity);
 }
 
 static __device__ __forceinline__ void kimi_fence_proxy_async(void)
