@@ -1669,7 +1669,7 @@ mla_decode_group(const kimi_bf16_t *q, int B, int H, const void *kv, const float
          * many blocks the cache has); the block table is trusted here as in
          * every path of this kernel */
         int rc = kimi_tmap_2d(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, kv, MLA_D, 1ull << 31,
-                              MLA_D * 2, 64, (uint32_t) rows_box, err);
+                              MLA_D * 2, 64, (uint32_t) rows_box, 128, err);
         if (rc != KIMI_OK) {
             return rc;
         }

@@ -527,7 +527,7 @@ kg_launch_bm(const uint8_t *xq, const float *xs, int K, int N, int max_tiles, co
      * [rows][K] in boxes of BM rows x 128 bytes */
     CUtensorMap a_map;
     int rc = kimi_tmap_2d(&a_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, GATE_UP ? xq : ws->hq, K,
-                          ws->rows, K, 128, BM, err);
+                          ws->rows, K, 128, BM, 256, err);
     if (rc != KIMI_OK) {
         return rc;
     }
@@ -602,13 +602,13 @@ kimi_moe_tmaps_encode(void *out, const uint8_t *const *gate, const uint8_t *cons
     CUtensorMap *m = (CUtensorMap *) out;
     for (int e = 0; e < n; e++) {
         int rc;
-        /* [rows][cols] e4m3 as boxes of 64 rows x 128 bytes (KG_Q_B) */
-        /* gate/up: boxes of 64 rows x 128 bytes (KG_Q_B); down: 256 rows
-         * (KG_ABL 1, half the boxes, keeps 64) */
-        if ((rc = kimi_tmap_2d(&m[e], CU_TENSOR_MAP_DATA_TYPE_UINT8, gate[e], D, I, D, 128, 64, err)) != KIMI_OK
-            || (rc = kimi_tmap_2d(&m[n + e], CU_TENSOR_MAP_DATA_TYPE_UINT8, up[e], D, I, D, 128, 64, err)) != KIMI_OK
+        /* [rows][cols] e4m3; gate/up: boxes of 64 rows x 128 bytes
+         * (KG_Q_B); down: 256 rows (KG_ABL 1, half the boxes, keeps 64) */
+        if ((rc = kimi_tmap_2d(&m[e], CU_TENSOR_MAP_DATA_TYPE_UINT8, gate[e], D, I, D, 128, 64, 256, err)) != KIMI_OK
+            || (rc = kimi_tmap_2d(&m[n + e], CU_TENSOR_MAP_DATA_TYPE_UINT8, up[e], D, I, D, 128, 64, 256,
+                                  err)) != KIMI_OK
             || (rc = kimi_tmap_2d(&m[2 * n + e], CU_TENSOR_MAP_DATA_TYPE_UINT8, down[e], I, D, I, 128,
-                                  KG_ABL == 1 ? 64 : 256, err)) != KIMI_OK) {
+                                  KG_ABL == 1 ? 64 : 256, 256, err)) != KIMI_OK) {
             return rc;
         }
     }

@@ -22,7 +22,7 @@ typedef CUresult (*tmap_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_
 int
 kimi_tmap_2d(CUtensorMap *m, CUtensorMapDataType type, const void *base, uint64_t cols,
              uint64_t rows, uint64_t row_bytes, uint32_t box_cols, uint32_t box_rows,
-             kimi_err_t *err)
+             uint32_t l2_promotion, kimi_err_t *err)
 {
     static tmap_encode_fn fn;   /* a benign race: every caller finds the same */
 
@@ -41,12 +41,16 @@ kimi_tmap_2d(CUtensorMap *m, CUtensorMapDataType type, const void *base, uint64_
         }
         fn = (tmap_encode_fn) p;
     }
+    const CUtensorMapL2promotion l2 = l2_promotion == 0 ? CU_TENSOR_MAP_L2_PROMOTION_NONE
+                                      : l2_promotion == 64 ? CU_TENSOR_MAP_L2_PROMOTION_L2_64B
+                                      : l2_promotion == 128 ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B
+                                      : CU_TENSOR_MAP_L2_PROMOTION_L2_256B;
     const cuuint64_t dim[2] = { cols, rows };
     const cuuint64_t stride[1] = { row_bytes };
     const cuuint32_t box[2] = { box_cols, box_rows }, estride[2] = { 1, 1 };
     CUresult r = fn(m, type, 2, (void *) base, dim, stride, box, estride,
                     CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+                    l2, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS) {
         return kimi_err_set(err, KIMI_ECUDA, "tensor map: cuTensorMapEncodeTiled error %d "
                             "(%llu x %llu, row %llu bytes, box %u x %u at %p)", (int) r,
