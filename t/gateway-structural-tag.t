@@ -250,6 +250,10 @@ every_e_followed('regex [0-9]{2}', { type => 'regex', pattern => '[0-9]{2}' }, '
     qr/[0-9]{2};/, qr/(?:[0-9][0-9]?)?/);
 every_e_followed('grammar', { type => 'grammar', grammar => 'root ::= "ab" | "cd"' },
     ';', qr/(?:ab|cd);/, qr/(?:a|c|ab|cd)?/);
+# a grammar whose rule refers back to itself: the pushdown recogniser
+every_e_followed('recursive grammar', { type => 'grammar',
+        grammar => 'root ::= "x" | "(" root ")"' },
+    ';', qr/(\((?-1)\)|x);/, qr/\(*(?:x\)*)?/);
 
 # the forced formats: the whole answer is one tag; tags with a separator
 my $one = { type => 'structural_tag', format => { type => 'tag', begin => '<f>',

@@ -1091,23 +1091,35 @@ kimi_sample_json_try(void *scratch, const void *st, const char *p, size_t n)
     return kimi_json_feed(scratch, p, n);
 }
 
+/* a grammar's stack nodes a trial feed made are dropped after it */
 static int
 kimi_sample_stag_try(void *scratch, const void *st, const char *p, size_t n)
 {
-    kimi_stag_copy(scratch, st);
-    return kimi_stag_feed(scratch, p, n);
+    const kimi_stag_state_t  *g = st;
+    uint32_t                  mark;
+    int                       rc;
+
+    mark = g->arena != NULL ? kimi_gram_mark(g->arena) : 0;
+
+    kimi_stag_copy(scratch, g);
+    rc = kimi_stag_feed(scratch, p, n);
+    if (g->arena != NULL) {
+        kimi_gram_rewind(g->arena, mark);
+    }
+    return rc;
 }
 
 /* the stack nodes a trial feed made are dropped after it */
 static int
 kimi_sample_gram_try(void *scratch, const void *st, const char *p, size_t n)
 {
-    uint32_t  mark = kimi_gram_mark(st);
-    int       rc;
+    const kimi_gram_state_t  *g = st;
+    uint32_t                  mark = kimi_gram_mark(g->arena);
+    int                       rc;
 
-    kimi_gram_copy(scratch, st);
+    kimi_gram_copy(scratch, g);
     rc = kimi_gram_feed(scratch, p, n);
-    kimi_gram_rewind(st, mark);
+    kimi_gram_rewind(g->arena, mark);
     return rc;
 }
 
@@ -1522,12 +1534,15 @@ kimi_sample_stag_mask(kimi_sampler_t *s, const kimi_sample_req_t *req)
 
     if (kimi_sample_json_vocab(s, tk) != 0
         || kimi_stag_view(req->guided + 1, req->n_guided - 1, &t, msg,
-                          sizeof(msg)) != 0)
+                          sizeof(msg)) != 0
+        || (kimi_stag_has_gram(&t) && s->garena == NULL
+            && (s->garena = kimi_gram_arena_new()) == NULL))
     {
         return;                 /* out of memory (the words were checked) */
     }
 
-    kimi_stag_init(&st, &t, req->sampling->json_no_ws);
+    kimi_stag_init(&st, &t, req->sampling->json_no_ws,
+                   kimi_stag_has_gram(&t) ? s->garena : NULL);
 
     for (i = 0; i < req->n_output && !broken; i++) {
         id = (uint32_t) out[i];

@@ -3,7 +3,8 @@
  * fed byte by byte.  Its state is the path of open formats from the root
  * (stack[]) and what the innermost one is reading: a fixed text of a
  * choice (the texts still possible), a JSON value (json_mode.c), a
- * pattern's DFA state, or free / any text (its last bytes).
+ * pattern's DFA state, a grammar's configurations (gram.h), or free / any
+ * text (its last bytes).
  *
  * Owns:   moving through the tree: a format complete hands over to its
  *         parent (the next element, the tag's end, free text again, the
@@ -91,6 +92,13 @@ kimi_stag_enter(kimi_stag_state_t *s, uint32_t n)
         case KIMI_STAG_N_REGEX:
             s->mode = KIMI_STAG_REGEX;
             s->rx = 0;
+            memset(s->ends, 0, sizeof(s->ends));
+            return;
+        case KIMI_STAG_N_GRAM:
+            s->mode = KIMI_STAG_GRAM;
+            s->rx = s->arena != NULL
+                    && kimi_gram_start(&s->gram, nd->prog, s->arena) == 0
+                    ? 0 : -1;
             memset(s->ends, 0, sizeof(s->ends));
             return;
         default:                                /* any text */
@@ -203,9 +211,14 @@ kimi_stag_jump(kimi_stag_state_t *s, const kimi_stag_alt_t *a)
 
 
 void
-kimi_stag_init(kimi_stag_state_t *s, const kimi_stag_t *t, int no_ws)
+kimi_stag_init(kimi_stag_state_t *s, const kimi_stag_t *t, int no_ws,
+    kimi_gram_arena_t *arena)
 {
     s->t = t;
+    s->arena = arena;
+    if (arena != NULL) {
+        kimi_gram_clear(arena);
+    }
     s->no_ws = (unsigned char) (no_ws != 0);
     s->tail = 0;
     s->depth = 0;
@@ -225,7 +238,22 @@ kimi_stag_copy(kimi_stag_state_t *dst, const kimi_stag_state_t *src)
         memcpy(dst->recent, src->recent, src->tail);
     } else if (src->mode == KIMI_STAG_JSON) {
         kimi_json_copy(&dst->json, &src->json);
+    } else if (src->mode == KIMI_STAG_GRAM && src->rx >= 0) {
+        kimi_gram_copy(&dst->gram, &src->gram);
     }
+    dst->arena = src->arena;
+}
+
+
+int
+kimi_stag_has_gram(const kimi_stag_t *t)
+{
+    for (uint32_t i = 0; i < t->n_node; i++) {
+        if (t->node[i].type == KIMI_STAG_N_GRAM) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 
@@ -244,6 +272,37 @@ kimi_stag_stops(const kimi_stag_state_t *s)
 }
 
 
+/* a pattern or a grammar: whether the text so far is a whole match */
+static int
+kimi_stag_pat_accepts(const kimi_stag_state_t *s)
+{
+    if (s->rx < 0) {
+        return 0;
+    }
+    return s->mode == KIMI_STAG_GRAM
+           ? kimi_gram_accepts(&s->gram)
+           : kimi_regex_accepts(s->t->node[s->stack[s->depth - 1]].prog,
+                                s->rx);
+}
+
+
+/* ... and one more byte of it: 0 while a match may still go on */
+static int
+kimi_stag_pat_step(kimi_stag_state_t *s, unsigned char c)
+{
+    if (s->rx < 0) {
+        return -1;
+    }
+    if (s->mode == KIMI_STAG_GRAM) {
+        s->rx = kimi_gram_feed(&s->gram, (const char *) &c, 1) == 0 ? 0 : -1;
+    } else {
+        s->rx = kimi_regex_step(s->t->node[s->stack[s->depth - 1]].prog,
+                                s->rx, (const char *) &c, 1);
+    }
+    return s->rx >= 0 ? 0 : -1;
+}
+
+
 int
 kimi_stag_may_end(const kimi_stag_state_t *s)
 {
@@ -258,9 +317,8 @@ kimi_stag_may_end(const kimi_stag_state_t *s)
     case KIMI_STAG_TEXT:
         return kimi_stag_stops(s)->eof;
     case KIMI_STAG_REGEX:
-        return kimi_stag_stops(s)->eof && s->rx >= 0
-               && kimi_regex_accepts(t->node[s->stack[s->depth - 1]].prog,
-                                     s->rx);
+    case KIMI_STAG_GRAM:
+        return kimi_stag_stops(s)->eof && kimi_stag_pat_accepts(s);
     default:
         return 0;
     }
@@ -413,22 +471,19 @@ kimi_stag_text_byte(kimi_stag_state_t *s, unsigned char c)
 }
 
 
-/* A pattern's text: the match going on, and the text after it begun at
- * each place the match could stop; the first such text written ends it.
- * Where nothing follows, the output's end does. */
+/* A pattern's (or a grammar's) text: the match going on, and the text
+ * after it begun at each place the match could stop; the first such text
+ * written ends it.  Where nothing follows, the output's end does. */
 static int
-kimi_stag_regex_byte(kimi_stag_state_t *s, unsigned char c)
+kimi_stag_pattern_byte(kimi_stag_state_t *s, unsigned char c)
 {
     const kimi_stag_set_t  *st = kimi_stag_stops(s);
     const kimi_stag_alt_t  *a = &s->t->alt[st->first];
-    const int32_t          *prog = s->t->node[s->stack[s->depth - 1]].prog;
     uint64_t                next[4] = { 0, 0, 0, 0 };
     int                     any = 0;
 
     if (st->n == 0) {
-        s->rx = s->rx >= 0 ? kimi_regex_step(prog, s->rx, (const char *) &c,
-                                             1) : -1;
-        return s->rx >= 0 ? 0 : -1;
+        return kimi_stag_pat_step(s, c);
     }
 
     for (uint32_t p = 1; p < a->len; p++) {
@@ -441,7 +496,7 @@ kimi_stag_regex_byte(kimi_stag_state_t *s, unsigned char c)
             any = 1;
         }
     }
-    if (s->rx >= 0 && kimi_regex_accepts(prog, s->rx) && a->text[0] == c) {
+    if (kimi_stag_pat_accepts(s) && a->text[0] == c) {
         if (a->len == 1) {
             kimi_stag_jump(s, a);
             return 0;
@@ -450,8 +505,7 @@ kimi_stag_regex_byte(kimi_stag_state_t *s, unsigned char c)
         any = 1;
     }
 
-    s->rx = s->rx >= 0 ? kimi_regex_step(prog, s->rx, (const char *) &c, 1)
-                       : -1;
+    kimi_stag_pat_step(s, c);
     memcpy(s->ends, next, sizeof(next));
     return s->rx >= 0 || any ? 0 : -1;
 }
@@ -467,7 +521,8 @@ kimi_stag_byte(kimi_stag_state_t *s, unsigned char c)
     case KIMI_STAG_TEXT:
         return kimi_stag_text_byte(s, c);
     case KIMI_STAG_REGEX:
-        return kimi_stag_regex_byte(s, c);
+    case KIMI_STAG_GRAM:
+        return kimi_stag_pattern_byte(s, c);
     case KIMI_STAG_JSON:
         if (kimi_json_feed(&s->json, (const char *) &c, 1) != 0) {
             return -1;

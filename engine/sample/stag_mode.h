@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "json_mode.h"
+#include "../text/gram.h"
 #include "../text/struct_tag.h"
 
 typedef struct {
@@ -22,7 +23,8 @@ typedef struct {
     uint16_t            set;        /* fixed text: the choice */
     uint32_t            pos;        /* and its bytes matched */
     uint64_t            cand;       /* and its texts still possible */
-    int32_t             rx;         /* pattern: its DFA state (-1: no more) */
+    int32_t             rx;         /* pattern: its DFA state (-1: no more);
+                                       grammar: -1 once it refused a byte */
     uint64_t            ends[4];    /* pattern: bit p = the text after it
                                        has its first p bytes just written,
                                        after a match */
@@ -34,6 +36,8 @@ typedef struct {
      * that may end it) */
     unsigned char       recent[KIMI_STAG_MAX_TEXT];
     kimi_json_state_t   json;
+    kimi_gram_arena_t  *arena;      /* grammars with recursion: their stacks */
+    kimi_gram_state_t   gram;
 } kimi_stag_state_t;
 
 enum {
@@ -42,12 +46,21 @@ enum {
     KIMI_STAG_JSON,         /* a JSON value */
     KIMI_STAG_TEXT,         /* any text, which the text after it ends */
     KIMI_STAG_REGEX,        /* text a pattern matches, ended likewise */
-    KIMI_STAG_DONE          /* the whole format is complete: nothing */
+    KIMI_STAG_DONE,         /* the whole format is complete: nothing */
+    KIMI_STAG_GRAM          /* text a grammar with recursion derives,
+                               ended as a pattern's */
 };
 
-void kimi_stag_init(kimi_stag_state_t *s, const kimi_stag_t *t, int no_ws);
+/* arena: for the grammars with recursion (kimi_stag_has_gram), emptied
+ * here; NULL where there are none (such a grammar then accepts nothing). */
+void kimi_stag_init(kimi_stag_state_t *s, const kimi_stag_t *t, int no_ws,
+    kimi_gram_arena_t *arena);
 
-/* Copies what a feed can change. */
+/* 1 if some format is a grammar with recursion (needs an arena). */
+int  kimi_stag_has_gram(const kimi_stag_t *t);
+
+/* Copies what a feed can change.  A trial feed of the copy may add stack
+ * nodes to the arena: kimi_gram_mark / kimi_gram_rewind around it. */
 void kimi_stag_copy(kimi_stag_state_t *dst, const kimi_stag_state_t *src);
 
 /* Feeds bytes: 0 while the text so far can still be completed, -1 (and s

@@ -380,9 +380,9 @@ gram_node(kimi_gram_arena_t *a, int32_t ret, int32_t parent)
 
 
 uint32_t
-kimi_gram_mark(const kimi_gram_state_t *s)
+kimi_gram_mark(const kimi_gram_arena_t *a)
 {
-    return s->arena->n;
+    return a->n;
 }
 
 
@@ -399,9 +399,16 @@ gram_rewind(kimi_gram_arena_t *a, uint32_t mark)
 
 
 void
-kimi_gram_rewind(const kimi_gram_state_t *s, uint32_t mark)
+kimi_gram_rewind(kimi_gram_arena_t *a, uint32_t mark)
 {
-    gram_rewind(s->arena, mark);
+    gram_rewind(a, mark);
+}
+
+
+void
+kimi_gram_clear(kimi_gram_arena_t *a)
+{
+    gram_rewind(a, 1);
 }
 
 
@@ -517,6 +524,14 @@ kimi_gram_init(kimi_gram_state_t *s, const int32_t *prog,
     kimi_gram_arena_t *a)
 {
     gram_rewind(a, 1);
+    return kimi_gram_start(s, prog, a);
+}
+
+
+int
+kimi_gram_start(kimi_gram_state_t *s, const int32_t *prog,
+    kimi_gram_arena_t *a)
+{
     s->prog = prog;
     s->arena = a;
     s->n = 0;
@@ -580,4 +595,72 @@ int
 kimi_gram_more(const kimi_gram_state_t *s)
 {
     return s->n > 0;
+}
+
+
+/* Rules that match the empty text, to a fixed point: a rule is nullable
+ * when its start reaches its END through EPS links and calls of nullable
+ * rules alone. */
+int
+kimi_gram_nullable(const int32_t *p)
+{
+    int32_t   n_states = GP_STATES(p), n_rules = GP_RULES(p);
+    uint8_t  *null = calloc((size_t) n_rules, 1);
+    uint8_t  *seen = malloc((size_t) n_states);
+    int32_t  *work = malloc((2 * (size_t) n_states + 2) * sizeof(int32_t));
+    int       changed = 1, root = 0;
+
+    if (null == NULL || seen == NULL || work == NULL) {
+        free(null);
+        free(seen);
+        free(work);
+        return 0;
+    }
+
+    while (changed) {
+        changed = 0;
+
+        for (int32_t r = 0; r < n_rules; r++) {
+            uint32_t  sp = 0;
+
+            if (null[r]) {
+                continue;
+            }
+            memset(seen, 0, (size_t) n_states);
+            work[sp++] = GP_START(p, r);
+
+            while (sp > 0 && !null[r]) {
+                int32_t  s = work[--sp];
+
+                if (s < 0 || s >= n_states || seen[s]) {
+                    continue;
+                }
+                seen[s] = 1;
+
+                switch (GP_KIND(p, s)) {
+                case KIMI_GRAM_END:
+                    null[r] = 1;
+                    changed = 1;
+                    break;
+                case KIMI_GRAM_EPS:
+                    work[sp++] = GP_OUT(p, s);      /* each state expands once: */
+                    work[sp++] = GP_OUT2(p, s);     /* 2 n_states pushes at most */
+                    break;
+                case KIMI_GRAM_CALL:
+                    if (null[GP_RULE(p, s)]) {
+                        work[sp++] = GP_OUT(p, s);
+                    }
+                    break;
+                default:                        /* RANGE: reads a byte */
+                    break;
+                }
+            }
+        }
+    }
+
+    root = null[GP_ROOT(p)];
+    free(null);
+    free(seen);
+    free(work);
+    return root;
 }

@@ -61,9 +61,18 @@ kimi_gram_arena_t *kimi_gram_arena_new(void);
 void kimi_gram_arena_free(kimi_gram_arena_t *a);
 
 /* The state before any text (the arena emptied first): 0, or -1 when it
- * ran out of arena. */
+ * ran out of arena.  kimi_gram_start: the same without emptying the
+ * arena, for a grammar that starts after others in one output (structural
+ * tags: the stacks of states made before stay valid); kimi_gram_clear
+ * empties it. */
 int  kimi_gram_init(kimi_gram_state_t *s, const int32_t *prog,
     kimi_gram_arena_t *a);
+int  kimi_gram_start(kimi_gram_state_t *s, const int32_t *prog,
+    kimi_gram_arena_t *a);
+void kimi_gram_clear(kimi_gram_arena_t *a);
+
+/* 1 if the root rule matches the empty text (a checked program). */
+int  kimi_gram_nullable(const int32_t *prog);
 
 /* Feeds bytes: 0 while the text so far is a prefix of a sentence (or a
  * whole one), -1 otherwise (s is then undefined). */
@@ -79,7 +88,7 @@ int  kimi_gram_more(const kimi_gram_state_t *s);
 
 /* The arena's size now, and back to it: nodes a trial feed made are
  * dropped (feeds from states made before the mark stay valid). */
-uint32_t kimi_gram_mark(const kimi_gram_state_t *s);
-void kimi_gram_rewind(const kimi_gram_state_t *s, uint32_t mark);
+uint32_t kimi_gram_mark(const kimi_gram_arena_t *a);
+void kimi_gram_rewind(kimi_gram_arena_t *a, uint32_t mark);
 
 #endif /* KIMI_GRAM_H */

@@ -65,11 +65,12 @@ int32_t kimi_regex_step(const int32_t *p, int32_t s, const char *b,
 int kimi_regex_accepts(const int32_t *p, int32_t s);
 
 /*
- * Grammars with recursion (guided_grammar, ebnf.h): each rule's body is
- * compiled as a pattern into an NFA of its own over bytes, in which a
- * reference to a rule (\x01 name \x02 in the body's text) is a call; the
- * sampler runs the rules as a pushdown automaton (engine/sample/
- * gram_mode.c).  Program (p[0..n)), after the KIMI_GRAMMAR_TAG word:
+ * Grammars with recursion (guided_grammar and structural tags' grammar
+ * format, ebnf.h): each rule's body is compiled as a pattern into an NFA
+ * of its own over bytes, in which a reference to a rule (\x01 name \x02
+ * in the body's text) is a call; the sampler runs the rules as a pushdown
+ * automaton (engine/text/gram.c).  Program (p[0..n)), after the
+ * KIMI_GRAMMAR_TAG word (a structural tag's GRAM format: without it):
  *   p[0] = n, p[1] = n_states, p[2] = n_rules, p[3] = the start rule,
  *   p[4 .. 4 + n_rules): each rule's first state, then three words a
  *   state: kind | lo << 8 | hi << 16 (KIMI_GRAM_RANGE: bytes lo..hi;

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "ebnf.h"
+#include "gram.h"
 #include "json_schema.h"
 #include "regex_dfa.h"
 #include "struct_tag.h"
@@ -199,7 +200,8 @@ kimi_stag_emit_json(kimi_stag_cc_t *cc, const json_t *schema,
     return kimi_stag_put_prog(cc, prog, np);
 }
 
-/* a pattern, or a grammar without recursion as one (ebnf.h) */
+/* a pattern, or a grammar: without recursion as a pattern (ebnf.h), with
+ * it as a grammar program (gram.h) */
 static int
 kimi_stag_emit_regex(kimi_stag_cc_t *cc, const json_t *f, int gr,
     const char *path, int depth)
@@ -216,13 +218,25 @@ kimi_stag_emit_regex(kimi_stag_cc_t *cc, const json_t *f, int gr,
                  gr ? "grammar" : "regex", what);
         return -1;
     }
-    if (kimi_stag_node(cc, KIMI_STAG_N_REGEX, path, depth) != 0) {
-        return -1;
-    }
     if (gr) {
-        if (kimi_ebnf_to_regex(json_string_value(v), json_string_length(v),
-                               &pattern, &plen, msg, sizeof(msg)) != 0)
-        {
+        rc = kimi_ebnf_to_regex(json_string_value(v), json_string_length(v),
+                                &pattern, &plen, msg, sizeof(msg));
+        if (rc == -2) {                 /* rules that refer back to themselves */
+            if (kimi_ebnf_to_grammar(json_string_value(v),
+                                     json_string_length(v), &prog, &np, msg,
+                                     sizeof(msg)) != 0)
+            {
+                snprintf(cc->err, cc->errlen, "the grammar of %s: %s", path,
+                         msg);
+                return -1;
+            }
+            if (kimi_stag_node(cc, KIMI_STAG_N_GRAM, path, depth) != 0) {
+                free(prog);
+                return -1;
+            }
+            return kimi_stag_put_prog(cc, prog, np);
+        }
+        if (rc != 0) {
             snprintf(cc->err, cc->errlen, "the grammar of %s: %s", path, msg);
             return -1;
         }
@@ -236,6 +250,12 @@ kimi_stag_emit_regex(kimi_stag_cc_t *cc, const json_t *f, int gr,
     } else {
         pattern = (char *) json_string_value(v);
         plen = json_string_length(v);
+    }
+    if (kimi_stag_node(cc, KIMI_STAG_N_REGEX, path, depth) != 0) {
+        if (gr) {
+            free(pattern);
+        }
+        return -1;
     }
     rc = kimi_regex_compile(pattern, plen, &prog, &np, msg, sizeof(msg));
     if (gr) {
@@ -1094,6 +1114,7 @@ kimi_stag_analyse(kimi_stag_an_t *an)
             break;
 
         case KIMI_STAG_N_REGEX:
+        case KIMI_STAG_N_GRAM:
             if (kimi_stag_set_open(an, n, 1) != 0
                 || kimi_stag_follow(an, n) != 0)
             {
@@ -1217,10 +1238,14 @@ kimi_stag_view(const int32_t *w, size_t n, kimi_stag_t *t, char *err,
             break;
         case KIMI_STAG_N_JSON:
         case KIMI_STAG_N_REGEX:
+        case KIMI_STAG_N_GRAM:
             bad = kimi_stag_view_prog(w, n, &at, nd) != 0
                   || (k == KIMI_STAG_N_REGEX
                       ? kimi_regex_check(nd->prog, nd->prog_len, msg,
                                          sizeof(msg))
+                      : k == KIMI_STAG_N_GRAM
+                      ? kimi_gram_check(nd->prog, nd->prog_len, msg,
+                                        sizeof(msg))
                       : kimi_json_schema_check(nd->prog, nd->prog_len, msg,
                                                sizeof(msg))) != 0;
             break;
@@ -1274,11 +1299,11 @@ kimi_stag_view(const int32_t *w, size_t n, kimi_stag_t *t, char *err,
                                       == KIMI_STAG_N_SEPTAGS)
                     && k != KIMI_STAG_N_TAG))
         {
+            int  prog = k == KIMI_STAG_N_JSON || k == KIMI_STAG_N_REGEX
+                        || k == KIMI_STAG_N_GRAM;
+
             snprintf(err, errlen, "structural tag words: format %u%s%s", i,
-                     bad && (k == KIMI_STAG_N_JSON || k == KIMI_STAG_N_REGEX)
-                     ? ": " : "", bad && (k == KIMI_STAG_N_JSON
-                                          || k == KIMI_STAG_N_REGEX)
-                                  ? msg : "");
+                     bad && prog ? ": " : "", bad && prog ? msg : "");
             return -1;
         }
 
@@ -1323,6 +1348,9 @@ kimi_stag_view(const int32_t *w, size_t n, kimi_stag_t *t, char *err,
             break;
         case KIMI_STAG_N_REGEX:
             nd->nullable = (uint8_t) kimi_regex_accepts(nd->prog, 0);
+            break;
+        case KIMI_STAG_N_GRAM:
+            nd->nullable = (uint8_t) kimi_gram_nullable(nd->prog);
             break;
         case KIMI_STAG_N_SEQ:
             nd->nullable = (uint8_t) all;

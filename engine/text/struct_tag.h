@@ -14,7 +14,9 @@
  *   {"type": "const_string", "value": "..."}       that text
  *   {"type": "json_schema", "json_schema": {...}}  a JSON value by it
  *   {"type": "regex", "pattern": "..."}            text the pattern matches
- *   {"type": "grammar", "grammar": "..."}          GBNF without recursion
+ *   {"type": "grammar", "grammar": "..."}          text the GBNF grammar
+ *       derives (rules that refer back to themselves too: then run by the
+ *       pushdown recogniser of gram.h, not a DFA)
  *   {"type": "any_text"}                           any text
  *   {"type": "sequence", "elements": [F, ...]}     each, one after another
  *   {"type": "or", "elements": [F, ...]}           exactly one of them
@@ -51,6 +53,8 @@
  *   CONST:    the text (length, one word a byte)
  *   JSON:     the schema program's length and words (json_schema.h)
  *   REGEX:    the DFA program's length and words (regex_dfa.h)
+ *   GRAM:     a grammar with recursion: its program's length and words
+ *             (kimi_ebnf_to_grammar; checked by kimi_gram_check)
  *   TEXT:     nothing
  *   SEQ, OR:  the number of elements
  *   TAG:      begin text, end text (its one element: the content)
@@ -90,7 +94,8 @@ enum {                                  /* a format's type */
     KIMI_STAG_N_OR,
     KIMI_STAG_N_TAG,
     KIMI_STAG_N_TRIG,                   /* triggered_tags */
-    KIMI_STAG_N_SEPTAGS                 /* tags_with_separator */
+    KIMI_STAG_N_SEPTAGS,                /* tags_with_separator */
+    KIMI_STAG_N_GRAM                    /* a grammar with recursion */
 };
 
 enum {                                  /* what writing a fixed text does */
@@ -137,7 +142,7 @@ typedef struct {
     uint32_t        len;                /* TRIG: the number of triggers */
     const int32_t  *end;                /* TAG end */
     uint32_t        end_len;
-    const int32_t  *prog;               /* JSON, REGEX: the program */
+    const int32_t  *prog;               /* JSON, REGEX, GRAM: the program */
     uint32_t        prog_len;
     /* the choices (sets) it owns, or KIMI_STAG_NO_SET:
      *   CONST:   [0] its text
@@ -147,7 +152,7 @@ typedef struct {
      *            that end it and the end it may not hold
      *   SEPTAGS: [0] at its start, [1] after a tag, [2] after a separator
      *   TEXT:    [1] the texts that end it, and what it may not hold
-     *   REGEX:   [1] the one text that ends it, or eof */
+     *   REGEX, GRAM: [1] the one text that ends it, or eof */
     uint16_t        set[3];
 } kimi_stag_node_t;
 

@@ -32,11 +32,11 @@ feed(const int32_t *prog, const char *text, size_t n, size_t step)
     }
     for (size_t i = 0; i < n; ) {
         size_t    k = step == 0 || step > n - i ? n - i : step;
-        uint32_t  mark = kimi_gram_mark(&s);
+        uint32_t  mark = kimi_gram_mark(arena);
 
         kimi_gram_copy(&c, &s);             /* a trial, rewound */
         (void) kimi_gram_feed(&c, text + i, k);
-        kimi_gram_rewind(&s, mark);
+        kimi_gram_rewind(arena, mark);
         if (kimi_gram_feed(&s, text + i, k) != 0) {
             return -1;
         }

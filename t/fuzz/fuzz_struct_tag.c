@@ -24,9 +24,13 @@
 static int
 feed(const kimi_stag_t *t, const char *text, size_t n, size_t step)
 {
-    kimi_stag_state_t  s, c;
+    static kimi_gram_arena_t  *arena;      /* grammars with recursion */
+    kimi_stag_state_t          s, c;
 
-    kimi_stag_init(&s, t, 0);
+    if (arena == NULL && (arena = kimi_gram_arena_new()) == NULL) {
+        abort();
+    }
+    kimi_stag_init(&s, t, 0, arena);
     for (size_t i = 0; i < n; ) {
         size_t  k = step == 0 || step > n - i ? n - i : step;
 

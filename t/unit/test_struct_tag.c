@@ -10,7 +10,9 @@
  * element starts with), any_text and patterns ended by the text after
  * them, tags in tags, triggered_tags inside a tag (its free text ended by
  * the tag's end), tags_with_separator that may be empty; and what the
- * recogniser could not follow, refused with the format's path.
+ * recogniser could not follow, refused with the format's path.  Grammars
+ * with recursion (the pushdown recogniser of gram.h) in a tag, in a
+ * sequence and matching the empty text; left recursion refused.
  * Then the sampler with Kimi's real tokenizer on random rows: every drawn
  * token keeps the output a prefix the recogniser accepts, and eos comes
  * only where the output may end (the mask's cost a draw printed).
@@ -35,6 +37,8 @@
 static int32_t  *words;
 static size_t    n_words;
 static kimi_stag_t  tag;
+/* grammars with recursion: the stacks of two recognisers fed side by side */
+static kimi_gram_arena_t  *arena_a, *arena_b;
 
 /* compiles the JSON text into words and tag; 0, or -1 with err */
 static int
@@ -66,13 +70,13 @@ accepts(const char *text, int *free_at_end)
     kimi_stag_state_t  a, b;
     size_t             n = strlen(text);
 
-    kimi_stag_init(&a, &tag, 0);
+    kimi_stag_init(&a, &tag, 0, arena_a);
     for (size_t i = 0; i < n; i++) {
         if (kimi_stag_feed(&a, text + i, 1) != 0) {
             return 0;
         }
     }
-    kimi_stag_init(&b, &tag, 0);
+    kimi_stag_init(&b, &tag, 0, arena_b);
     if (kimi_stag_feed(&b, text, n) != 0 || b.mode != a.mode) {
         return 0;
     }
@@ -91,7 +95,7 @@ ends(const char *text)
     if (!accepts(text, NULL)) {
         return 0;
     }
-    kimi_stag_init(&a, &tag, 0);
+    kimi_stag_init(&a, &tag, 0, arena_a);
     return kimi_stag_feed(&a, text, strlen(text)) == 0 && kimi_stag_may_end(&a);
 }
 
@@ -99,9 +103,10 @@ ends(const char *text)
 /* Random 163840-entry rows drawn under the tag in words/tag: every token
  * the sampler gives must keep the recogniser's prefix valid, and an eos
  * may come only where kimi_stag_may_end holds.  eos and the trigger's
- * tokens are pushed up so that runs both open structures and end. */
+ * tokens are pushed up so that runs both open structures and end (push:
+ * one more token's text, what closes a grammar's nesting). */
 static void
-sample_runs(const char *what, int runs, int steps)
+sample_runs(const char *what, int runs, int steps, const char *push)
 {
     kimi_tokenizer_t    *tok;
     kimi_sampler_t      *smp;
@@ -113,7 +118,7 @@ sample_runs(const char *what, int runs, int steps)
     kimi_stag_state_t    st;
     struct timespec      t0, t1;
     float               *row;
-    int32_t             *w, seq[512], eos[2], lt = -1;
+    int32_t             *w, seq[512], eos[2], lt = -1, up = -1;
     uint32_t             vocab = 163840, bad = 0, ended = 0, inside = 0, calls = 0;
     double               secs = 0;
     const char          *b;
@@ -133,9 +138,17 @@ sample_runs(const char *what, int runs, int steps)
     }
     w[0] = KIMI_STAG_TAG;
     memcpy(w + 1, words, n_words * sizeof(int32_t));
-    for (int32_t i = 0; i < (int32_t) vocab && lt < 0; i++) {
+    for (int32_t i = 0; i < (int32_t) vocab; i++) {
         const char  *cb = kimi_token_bytes(tok, i, &len);
-        lt = cb != NULL && len == 1 && cb[0] == '<' ? i : -1;
+
+        if (cb != NULL && len == 1 && cb[0] == '<') {
+            lt = i;
+        }
+        if (cb != NULL && push != NULL && len == strlen(push)
+            && memcmp(cb, push, len) == 0)
+        {
+            up = i;
+        }
     }
     kimi_rng_seed(&rng, 9);
 
@@ -149,13 +162,16 @@ sample_runs(const char *what, int runs, int steps)
         sp.max_tokens = (uint32_t) steps;
         kimi_rng_seed(&draw, 400 + run);
         seq[0] = 1000;
-        kimi_stag_init(&st, &tag, 0);
+        kimi_stag_init(&st, &tag, 0, arena_a);
 
         for (int step = 0; step < steps && n < 512; step++) {
             for (uint32_t i = 0; i < vocab; i++) {
                 row[i] = (float) (kimi_rng_uniform(&rng) * 8.0);
             }
             row[lt] += 12.0f;                   /* triggers come often */
+            if (up >= 0) {
+                row[up] += 10.0f;               /* and what closes nesting */
+            }
             row[eos[0]] += step > steps / 2 ? 14.0f : 4.0f;
             memset(&req, 0, sizeof(req));
             req.sampling = &sp;
@@ -211,6 +227,12 @@ main(void)
     int                 fr = -1, rc;
     kimi_stag_state_t   s, c;
 
+    arena_a = kimi_gram_arena_new();
+    arena_b = kimi_gram_arena_new();
+    if (arena_a == NULL || arena_b == NULL) {
+        return 1;
+    }
+
     /* ---- compile: two structures behind one trigger ---- */
     rc = compile("{\"triggers\": [\"<fn=\"], \"structures\": ["
                "{\"begin\": \"<fn=get>\", \"end\": \"</fn>\", \"schema\":"
@@ -247,22 +269,22 @@ main(void)
     ok(!accepts("<fn=get>[1]</fn>", NULL), "an array for an object schema: refused");
 
     /* specials: in free text they pass and break a trigger being matched */
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     ok(kimi_stag_feed(&s, "a <fn", 5) == 0 && kimi_stag_special(&s) == 0
        && kimi_stag_feed(&s, "=get>", 5) == 0 && kimi_stag_is_free(&s),
        "a special token between \"<fn\" and \"=get>\": no trigger, free text");
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     ok(kimi_stag_feed(&s, "<fn=put>{", 9) == 0 && kimi_stag_special(&s) != 0,
        "a special token inside a structure: refused");
 
     /* the fast path: a token without a trigger's last byte passes unread */
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     ok(!kimi_stag_must_feed(&s, "hello", 5)
        && kimi_stag_must_feed(&s, "a=b", 3),
        "only bytes holding a trigger's last byte ('=') need feeding");
 
     /* copies are independent */
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     kimi_stag_feed(&s, "go <fn=get>{\"city\": ", 20);
     kimi_stag_copy(&c, &s);
     ok(kimi_stag_feed(&c, "\"A\"}</fn>", 9) == 0 && kimi_stag_is_free(&c)
@@ -270,7 +292,7 @@ main(void)
        "a copy of the state goes on alone");
 
     /* no whitespace in the value (disable_any_whitespace) */
-    kimi_stag_init(&s, &tag, 1);
+    kimi_stag_init(&s, &tag, 1, arena_a);
     ok(kimi_stag_feed(&s, "<fn=put>{\"n\": 2}", 16) != 0,
        "no_ws: a space inside the value is refused");
 
@@ -297,7 +319,7 @@ main(void)
                                         | KIMI_STAG_STOP_AFTER)
        && tag.node[0].n_child == 1, "format triggered_tags: one structure,"
        " both flags%s%s", rc ? ": " : "", rc ? err : "");
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     ok(!kimi_stag_may_end(&s) && kimi_stag_feed(&s, "<a>{}</a>", 9) == 0
        && kimi_stag_may_end(&s) && s.mode == KIMI_STAG_DONE
        && kimi_stag_feed(&s, " ", 1) != 0,
@@ -310,7 +332,7 @@ main(void)
                  " {\"type\": \"json_schema\", \"json_schema\": {\"type\":"
                  " \"object\"}}, \"end\": \"</a>\"}], \"at_least_one\": true}}",
                  err, sizeof(err));
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     ok(rc == 0 && !kimi_stag_may_end(&s)
        && kimi_stag_feed(&s, "<a>{}</a> and <a>{}</a>", 23) == 0
        && kimi_stag_may_end(&s) && kimi_stag_is_free(&s),
@@ -332,10 +354,10 @@ main(void)
     ok(accepts("<think>still thinking </th", &fr) && !fr,
        "inside any text: a prefix, not free");
     ok(!accepts("<ok>yep", NULL), "a constant's other text: refused");
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     ok(kimi_stag_feed(&s, "<think>a", 8) == 0 && kimi_stag_special(&s) != 0,
        "a special token inside any text: refused");
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     kimi_stag_feed(&s, "<think>", 7);
     ok(!kimi_stag_must_feed(&s, "abc", 3) && kimi_stag_must_feed(&s, "x>", 2),
        "inside any text only bytes holding the end's last byte need feeding");
@@ -380,13 +402,56 @@ main(void)
        " compiles as a pattern%s%s", rc ? ": " : "", rc ? err : "");
     ok(accepts("so <a>yes no yes! ok", &fr) && fr && !accepts("<a>maybe!", NULL),
        "the grammar's text, closed by its end; other text refused");
+    /* a grammar with recursion: run by the pushdown recogniser (gram.h),
+     * ended by the text after it as a pattern is */
     rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
                  " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
                  " {\"type\": \"grammar\", \"grammar\": \"root ::= \\\"(\\\" root"
                  " \\\")\\\" | \\\"x\\\"\"}, \"end\": \"!\"}]}}", err, sizeof(err));
-    ok(rc != 0 && strstr(err, "the grammar of format.tags[0].content")
-       != NULL,
-       "a recursive grammar: %s", err);
+    ok(rc == 0 && tag.node[2].type == KIMI_STAG_N_GRAM && kimi_stag_has_gram(&tag),
+       "a recursive grammar content compiles as a grammar%s%s", rc ? ": " : "",
+       rc ? err : "");
+    ok(accepts("so <a>((x))! then <a>x! ok", &fr) && fr
+       && accepts("<a>(((", NULL) && !accepts("<a>((x)!", NULL)
+       && !accepts("<a>(x))!", NULL) && !accepts("<a>!", NULL)
+       && !accepts("<a>(y)!", NULL),
+       "balanced parentheses closed by the end; the end before the match"
+       " is whole, an extra ')', an empty match, another byte refused");
+    {
+        char  deep[200];
+        int   k = snprintf(deep, sizeof(deep), "<a>");
+
+        for (int i = 0; i < 60; i++) {
+            deep[k++] = '(';
+        }
+        deep[k++] = 'x';
+        for (int i = 0; i < 60; i++) {
+            deep[k++] = ')';
+        }
+        deep[k++] = '!';
+        deep[k] = '\0';
+        ok(accepts(deep, &fr) && fr, "60 nested parentheses (the depth bound"
+           " is %d)", KIMI_GRAM_MAX_DEPTH);
+    }
+    /* recursion that may match nothing, in a sequence, the output's end
+     * after it */
+    rc = compile("{\"format\": {\"type\": \"sequence\", \"elements\": ["
+                 " {\"type\": \"const_string\", \"value\": \"A=\"},"
+                 " {\"type\": \"grammar\", \"grammar\": \"root ::= \\\"\\\" |"
+                 " \\\"[\\\" root \\\"]\\\" root\"}, {\"type\": \"const_string\","
+                 " \"value\": \";\"}]}}", err, sizeof(err));
+    ok(rc == 0 && tag.node[2].nullable, "a nullable recursive grammar in a"
+       " sequence%s%s", rc ? ": " : "", rc ? err : "");
+    ok(ends("A=;") && ends("A=[][[]];") && accepts("A=[[]", NULL)
+       && !accepts("A=[;", NULL) && !accepts("A=]", NULL) && !ends("A=[]"),
+       "Dyck words between two fixed texts, the empty one too");
+    rc = compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<e>\","
+                 " \"content\": {\"type\": \"grammar\", \"grammar\": \"root ::="
+                 " e\\ne ::= e \\\"+\\\" t | t\\nt ::= \\\"1\\\"\"}, \"end\":"
+                 " \"</e>\"}}", err, sizeof(err));
+    ok(rc != 0 && strstr(err, "the grammar of format.content") != NULL
+       && strstr(err, "left-recursive") != NULL,
+       "a left-recursive grammar refused: %s", err);
     rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
                  " [\"<\"], \"tags\": [{\"begin\": \"<a>\", \"content\":"
                  " {\"type\": \"optional\", \"content\": {}}, \"end\":"
@@ -401,11 +466,11 @@ main(void)
                  sizeof(err));
     ok(rc == 0 && tag.node[0].type == KIMI_STAG_N_TAG,
        "format tag: forced, no trigger%s%s", rc ? ": " : "", rc ? err : "");
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     ok(!kimi_stag_may_end(&s) && !accepts("x<f>{}</f>", NULL)
        && accepts("<f>{\"a\": 1}</f>", NULL),
        "format tag: the whole output is the tag (no text before it)");
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     ok(kimi_stag_feed(&s, "<f>{}</f>", 9) == 0 && kimi_stag_may_end(&s)
        && kimi_stag_feed(&s, "<", 1) != 0, "... and nothing after it");
     rc = compile("{\"format\": {\"type\": \"tags_with_separator\","
@@ -417,7 +482,7 @@ main(void)
     ok(rc == 0 && tag.node[0].type == KIMI_STAG_N_SEPTAGS
        && tag.node[0].len == 2, "format tags_with_separator%s%s",
        rc ? ": " : "", rc ? err : "");
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     ok(!kimi_stag_may_end(&s) && kimi_stag_feed(&s, "<a>1</a>", 8) == 0
        && kimi_stag_may_end(&s) && kimi_stag_feed(&s, ", ", 2) == 0
        && !kimi_stag_may_end(&s) && kimi_stag_feed(&s, "<b>hi</b>", 9) == 0
@@ -426,7 +491,7 @@ main(void)
        " after a separator");
     ok(!accepts("<a>1</a><b>x</b>", NULL) && !accepts("hi <a>1</a>", NULL),
        "no tag without its separator, no free text");
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     ok(kimi_stag_special(&s) != 0, "forced: no special token anywhere");
 
     /* ---- sequence: its elements one after another ---- */
@@ -504,7 +569,7 @@ main(void)
        && !ends("abc EN") && !accepts("xENDy", NULL) && ends("END"),
        "any_text then a constant: the first \"END\" ends the text%s%s",
        rc ? ": " : "", rc ? err : "");
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     ok(!kimi_stag_must_feed(&s, "abc", 3) && kimi_stag_must_feed(&s, "xD", 2),
        "... only bytes holding the constant's last byte need feeding");
     rc = compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<t>\","
@@ -553,7 +618,7 @@ main(void)
                                                                  NULL),
        "triggered tags inside a tag: free text and tags up to the end%s%s",
        rc ? ": " : "", rc ? err : "");
-    kimi_stag_init(&s, &tag, 0);
+    kimi_stag_init(&s, &tag, 0, arena_a);
     ok(kimi_stag_feed(&s, "<r>a", 4) == 0 && kimi_stag_special(&s) == 0,
        "... a special token in that free text passes");
     ok(compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<r>\","
@@ -617,7 +682,7 @@ main(void)
                  " [\"n\"]}}]}", err, sizeof(err));
     ok(rc == 0, "a tag for the sampler runs%s%s", rc ? ": " : "", rc ? err : "");
     if (rc == 0) {
-        sample_runs("triggered, JSON", 4, 120);
+        sample_runs("triggered, JSON", 4, 120, NULL);
     }
     rc = compile("{\"format\": {\"type\": \"tags_with_separator\","
                  " \"separator\": \",\", \"at_least_one\": true, \"tags\":"
@@ -625,7 +690,7 @@ main(void)
                  " \"pattern\": \"[0-9]+\"}, \"end\": \"</a>\"}]}}", err,
                  sizeof(err));
     if (rc == 0) {
-        sample_runs("forced, regex", 4, 60);
+        sample_runs("forced, regex", 4, 60, NULL);
     }
     rc = compile("{\"format\": {\"type\": \"sequence\", \"elements\": ["
                  "{\"type\": \"or\", \"elements\": [{\"type\": \"tag\","
@@ -642,7 +707,17 @@ main(void)
     ok(rc == 0, "a nested format for the sampler runs%s%s", rc ? ": " : "",
        rc ? err : "");
     if (rc == 0) {
-        sample_runs("nested: or of tags, then triggered", 4, 120);
+        sample_runs("nested: or of tags, then triggered", 4, 120, NULL);
+    }
+    rc = compile("{\"format\": {\"type\": \"triggered_tags\", \"triggers\":"
+                 " [\"<\"], \"tags\": [{\"begin\": \"<calc>\", \"content\":"
+                 " {\"type\": \"grammar\", \"grammar\": \"root ::= expr\\n"
+                 "expr ::= term ([-+*/] term)*\\nterm ::= [0-9]+ | \\\"(\\\" expr"
+                 " \\\")\\\"\"}, \"end\": \"</calc>\"}]}}", err, sizeof(err));
+    ok(rc == 0 && kimi_stag_has_gram(&tag), "a recursive grammar for the"
+       " sampler runs%s%s", rc ? ": " : "", rc ? err : "");
+    if (rc == 0) {
+        sample_runs("triggered, recursive grammar", 4, 120, ")");
     }
 
     /* ---- refused at compile ---- */
