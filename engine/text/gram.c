@@ -46,31 +46,22 @@ struct kimi_gram_arena {
 #define GP_OUT2(p, s)   (GP_W(p, s)[2])
 
 
-/* The rule a left-recursive cycle runs through, or -1: a rule that may
- * call itself, directly or through others, before reading a byte (the
- * recogniser would nest calls without end). */
-static int
-gram_left_recursive(const int32_t *p, char *msg, size_t msg_len)
+/* The rules that match the empty text (nullable[r] = 1), to a fixed
+ * point: a rule is nullable when its start reaches its END through EPS
+ * links and calls of nullable rules alone.  With edge (nr x nr) not NULL,
+ * then also edge[r][q] = 1 for each call of q that rule r can make before
+ * reading a byte.  stamp: ns zeroed words (a visit's mark: no clearing
+ * between the walks, each of which stays inside its own rule); stack:
+ * 2 ns + 2 words. */
+static void
+gram_left_calls(const int32_t *p, uint8_t *nullable, uint8_t *edge,
+    uint32_t *stamp, int32_t *stack)
 {
-    int32_t   ns = GP_STATES(p), nr = GP_RULES(p);
-    uint8_t  *nullable = calloc(nr, 1), *seen = malloc(ns);
-    uint8_t  *edge = calloc((size_t) nr * nr, 1), *color = calloc(nr, 1);
-    /* a state pushes at most two, a rule on the DFS path two */
-    int32_t  *stack = malloc(((size_t) 2 * (ns > nr ? ns : nr) + 2)
-                             * sizeof(int32_t));
-    int       changed = 1, bad = -1;
+    int32_t   nr = GP_RULES(p);
+    uint32_t  gen = 0;
+    int       changed = 1;
 
-    if (nullable == NULL || seen == NULL || edge == NULL || color == NULL
-        || stack == NULL)
-    {
-        snprintf(msg, msg_len, "out of memory");
-        bad = -2;
-        goto done;
-    }
-
-    /* nullable rules (a fixpoint), then the calls each rule makes before
-     * its first byte (through EPS and past nullable calls) */
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < (edge != NULL ? 2 : 1); pass++) {
         changed = 1;
         while (changed) {
             changed = 0;
@@ -80,15 +71,15 @@ gram_left_recursive(const int32_t *p, char *msg, size_t msg_len)
                 if (pass == 0 && nullable[r]) {
                     continue;
                 }
-                memset(seen, 0, ns);
+                gen++;
                 stack[sp++] = GP_START(p, r);
                 while (sp > 0) {
                     int32_t  s = stack[--sp];
 
-                    if (s < 0 || seen[s]) {
+                    if (s < 0 || stamp[s] == gen) {
                         continue;
                     }
-                    seen[s] = 1;
+                    stamp[s] = gen;
                     switch (GP_KIND(p, s)) {
                     case KIMI_GRAM_EPS:
                         stack[sp++] = GP_OUT(p, s);
@@ -119,6 +110,33 @@ gram_left_recursive(const int32_t *p, char *msg, size_t msg_len)
             }
         }
     }
+}
+
+
+/* The rule a left-recursive cycle runs through, or -1: a rule that may
+ * call itself, directly or through others, before reading a byte (the
+ * recogniser would nest calls without end). */
+static int
+gram_left_recursive(const int32_t *p, char *msg, size_t msg_len)
+{
+    int32_t   ns = GP_STATES(p), nr = GP_RULES(p);
+    uint8_t  *nullable = calloc(nr, 1);
+    uint8_t  *edge = calloc((size_t) nr * nr, 1), *color = calloc(nr, 1);
+    uint32_t *stamp = calloc(ns, sizeof(uint32_t));
+    /* a state pushes at most two, a rule on the DFS path two */
+    int32_t  *stack = malloc(((size_t) 2 * (ns > nr ? ns : nr) + 2)
+                             * sizeof(int32_t));
+    int       bad = -1;
+
+    if (nullable == NULL || stamp == NULL || edge == NULL || color == NULL
+        || stack == NULL)
+    {
+        snprintf(msg, msg_len, "out of memory");
+        bad = -2;
+        goto done;
+    }
+
+    gram_left_calls(p, nullable, edge, stamp, stack);
 
     /* a cycle in the left-call graph (colors: 1 on the path, 2 done) */
     for (int32_t r0 = 0; r0 < nr && bad < 0; r0++) {
@@ -159,7 +177,7 @@ gram_left_recursive(const int32_t *p, char *msg, size_t msg_len)
 done:
 
     free(nullable);
-    free(seen);
+    free(stamp);
     free(edge);
     free(color);
     free(stack);
@@ -598,69 +616,22 @@ kimi_gram_more(const kimi_gram_state_t *s)
 }
 
 
-/* Rules that match the empty text, to a fixed point: a rule is nullable
- * when its start reaches its END through EPS links and calls of nullable
- * rules alone. */
 int
 kimi_gram_nullable(const int32_t *p)
 {
-    int32_t   n_states = GP_STATES(p), n_rules = GP_RULES(p);
-    uint8_t  *null = calloc((size_t) n_rules, 1);
-    uint8_t  *seen = malloc((size_t) n_states);
-    int32_t  *work = malloc((2 * (size_t) n_states + 2) * sizeof(int32_t));
-    int       changed = 1, root = 0;
+    int32_t    ns = GP_STATES(p);
+    uint8_t   *nullable = calloc((size_t) GP_RULES(p), 1);
+    uint32_t  *stamp = calloc((size_t) ns, sizeof(uint32_t));
+    int32_t   *stack = malloc((2 * (size_t) ns + 2) * sizeof(int32_t));
+    int        root = 0;
 
-    if (null == NULL || seen == NULL || work == NULL) {
-        free(null);
-        free(seen);
-        free(work);
-        return 0;
+    if (nullable != NULL && stamp != NULL && stack != NULL) {
+        gram_left_calls(p, nullable, NULL, stamp, stack);
+        root = nullable[GP_ROOT(p)];
     }
 
-    while (changed) {
-        changed = 0;
-
-        for (int32_t r = 0; r < n_rules; r++) {
-            uint32_t  sp = 0;
-
-            if (null[r]) {
-                continue;
-            }
-            memset(seen, 0, (size_t) n_states);
-            work[sp++] = GP_START(p, r);
-
-            while (sp > 0 && !null[r]) {
-                int32_t  s = work[--sp];
-
-                if (s < 0 || s >= n_states || seen[s]) {
-                    continue;
-                }
-                seen[s] = 1;
-
-                switch (GP_KIND(p, s)) {
-                case KIMI_GRAM_END:
-                    null[r] = 1;
-                    changed = 1;
-                    break;
-                case KIMI_GRAM_EPS:
-                    work[sp++] = GP_OUT(p, s);      /* each state expands once: */
-                    work[sp++] = GP_OUT2(p, s);     /* 2 n_states pushes at most */
-                    break;
-                case KIMI_GRAM_CALL:
-                    if (null[GP_RULE(p, s)]) {
-                        work[sp++] = GP_OUT(p, s);
-                    }
-                    break;
-                default:                        /* RANGE: reads a byte */
-                    break;
-                }
-            }
-        }
-    }
-
-    root = null[GP_ROOT(p)];
-    free(null);
-    free(seen);
-    free(work);
+    free(nullable);
+    free(stamp);
+    free(stack);
     return root;
 }
