@@ -361,6 +361,22 @@ for my $a (answers({ type => 'or', elements => [
 ok($branch{a} && $branch{b}, 'both elements were written: '
     . join(', ', map { "$_ x$branch{$_}" } sort keys %branch));
 
+# an or of texts that no fixed text decides (a pattern, constants): one
+# pattern, their union, closed by the tag's end
+my %picked;
+for my $a (answers({ type => 'tag', begin => '<v>', end => '</v>', content => {
+        type => 'or', elements => [ { type => 'regex', pattern => '[0-9]{1,3}' },
+            { type => 'const_string', value => 'none' },
+            { type => 'const_string', value => 'n/a' } ] } }, 20, 1 .. 8)) {
+    my ($status, $text, $cut) = @$a;
+    my $ok = $text =~ /^<v>([0-9]{1,3}|none|n\/a)<\/v>$/;
+    $picked{$1 =~ /^[0-9]/ ? 'number' : $1}++ if $ok;
+    $ok ||= $cut && $text =~ /^(?:<(?:v(?:>(?:[0-9]{0,3}|n(?:o(?:ne?)?|\/a?)?)(?:<\/?v?)?)?)?)?$/;
+    ok($status == 200 && $ok, 'or of a pattern and constants: one of them, whole') or diag($text);
+}
+ok(scalar(keys %picked) >= 2, 'more than one text was written: '
+    . join(', ', map { "$_ x$picked{$_}" } sort keys %picked));
+
 # sequence of two tags: a pattern closed by its end, then a JSON value
 for my $a (answers({ type => 'sequence', elements => [
         { type => 'tag', begin => '<x>', end => '</x>',

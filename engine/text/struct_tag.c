@@ -268,6 +268,198 @@ kimi_stag_emit_regex(kimi_stag_cc_t *cc, const json_t *f, int gr,
     return kimi_stag_put_prog(cc, prog, np);
 }
 
+/* An or of texts (const_string, regex, grammar), one of them without a
+ * fixed start: no fixed text decides it, so it becomes one pattern, the
+ * alternatives' union, ended as a pattern is.  0 if f's elements are not
+ * all such texts with a pattern or grammar among them (the or stays a
+ * choice between fixed texts). */
+static int
+kimi_stag_or_of_texts(const json_t *elements)
+{
+    const json_t  *e;
+    const char    *type;
+    size_t         i;
+    int            pattern = 0;
+
+    json_array_foreach(elements, i, e) {
+        type = json_string_value(json_object_get(e, "type"));
+        if (type == NULL) {
+            return 0;
+        }
+        if (strcmp(type, "regex") == 0 || strcmp(type, "grammar") == 0) {
+            pattern = 1;
+        } else if (strcmp(type, "const_string") != 0) {
+            return 0;
+        }
+    }
+    return pattern;
+}
+
+static int
+kimi_stag_cat(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t  c = (*len + n + 1) * 2;
+        char   *nb = realloc(*buf, c);
+
+        if (nb == NULL) {
+            return -1;
+        }
+        *buf = nb;
+        *cap = c;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+    return 0;
+}
+
+static int
+kimi_stag_emit_or_pattern(kimi_stag_cc_t *cc, const json_t *elements,
+    const char *path, int depth)
+{
+    const json_t  *e;
+    size_t         i, len, plen = 0, pcap = 0, np;
+    char          *pat = NULL, *piece, sub[KIMI_STAG_PATH], msg[160];
+    char           what[KIMI_STAG_PATH + 16], esc[8];
+    const char    *text, *type;
+    int32_t       *prog;
+    int            rc = -1;
+
+    json_array_foreach(elements, i, e) {
+        snprintf(sub, sizeof(sub), "%s.elements[%zu]", path, i);
+        type = json_string_value(json_object_get(e, "type"));
+        if (kimi_stag_cat(&pat, &plen, &pcap, i ? "|(?:" : "(?:", i ? 4 : 3)
+            != 0)
+        {
+            goto nomem;
+        }
+
+        if (type[0] == 'c') {                   /* const_string: escaped */
+            snprintf(what, sizeof(what), "the value of %s", sub);
+            text = kimi_stag_text(cc, json_object_get(e, "value"), what, 0,
+                                  &len);
+            if (text == NULL) {
+                goto done;
+            }
+            for (size_t k = 0; k < len; k++) {
+                unsigned char  c = (unsigned char) text[k];
+                size_t         n = 1;
+
+                if (c < 0x20 || c == 0x7f) {
+                    n = (size_t) snprintf(esc, sizeof(esc), "\\x%02X", c);
+                } else if (c < 0x80 && strchr(".^$|?*+()[]{}\\", c) != NULL) {
+                    esc[0] = '\\';
+                    esc[1] = (char) c;
+                    n = 2;
+                } else {
+                    esc[0] = (char) c;          /* UTF-8 bytes as they are */
+                }
+                if (kimi_stag_cat(&pat, &plen, &pcap, esc, n) != 0) {
+                    goto nomem;
+                }
+            }
+
+        } else if (type[0] == 'r') {            /* regex: as written */
+            const json_t  *r = json_object_get(e, "pattern");
+            size_t         bs = 0;
+
+            if (!json_is_string(r)) {
+                snprintf(cc->err, cc->errlen, "%s: a regex needs a"
+                         " \"pattern\" string", sub);
+                goto done;
+            }
+            text = json_string_value(r);
+            len = json_string_length(r);
+            if (kimi_regex_compile(text, len, &prog, &np, msg, sizeof(msg))
+                != 0)
+            {
+                snprintf(cc->err, cc->errlen, "the pattern of %s: %s", sub,
+                         msg);
+                goto done;
+            }
+            free(prog);
+            /* its anchors, allowed only at its ends, go: the match is
+             * whole anyway */
+            if (len > 0 && text[0] == '^') {
+                text++;
+                len--;
+            }
+            while (bs + 1 < len && text[len - 2 - bs] == '\\') {
+                bs++;
+            }
+            if (len > 0 && text[len - 1] == '$' && bs % 2 == 0) {
+                len--;
+            }
+            if (kimi_stag_cat(&pat, &plen, &pcap, text, len) != 0) {
+                goto nomem;
+            }
+
+        } else {                                /* grammar: as a pattern */
+            const json_t  *g = json_object_get(e, "grammar");
+
+            if (!json_is_string(g)) {
+                snprintf(cc->err, cc->errlen, "%s: a grammar needs a"
+                         " \"grammar\" string", sub);
+                goto done;
+            }
+            rc = kimi_ebnf_to_regex(json_string_value(g),
+                                    json_string_length(g), &piece, &len, msg,
+                                    sizeof(msg));
+            if (rc == -2) {
+                snprintf(cc->err, cc->errlen, "%s: a grammar whose rules"
+                         " refer back to themselves cannot be one of the"
+                         " texts of an or that no fixed text decides (put"
+                         " each alternative behind a fixed text: a tag)",
+                         sub);
+                rc = -1;
+                goto done;
+            }
+            if (rc != 0) {
+                snprintf(cc->err, cc->errlen, "the grammar of %s: %s", sub,
+                         msg);
+                goto done;
+            }
+            rc = kimi_stag_cat(&pat, &plen, &pcap, piece, len);
+            free(piece);
+            if (rc != 0) {
+                rc = -1;
+                goto nomem;
+            }
+            rc = -1;
+        }
+
+        if (kimi_stag_cat(&pat, &plen, &pcap, ")", 1) != 0) {
+            goto nomem;
+        }
+    }
+
+    if (plen > KIMI_REGEX_MAX_PATTERN) {
+        snprintf(cc->err, cc->errlen, "%s: its texts make a %zu-byte pattern"
+                 " (at most %d)", path, plen, KIMI_REGEX_MAX_PATTERN);
+        goto done;
+    }
+    if (kimi_stag_node(cc, KIMI_STAG_N_REGEX, path, depth) != 0) {
+        goto done;
+    }
+    if (kimi_regex_compile(pat, plen, &prog, &np, msg, sizeof(msg)) != 0) {
+        snprintf(cc->err, cc->errlen, "%s, its texts as one pattern: %s",
+                 path, msg);
+        goto done;
+    }
+    rc = kimi_stag_put_prog(cc, prog, np);
+    goto done;
+
+nomem:
+
+    snprintf(cc->err, cc->errlen, "%s: out of memory", path);
+
+done:
+
+    free(pat);
+    return rc;
+}
+
 /* {"begin", "content", "end"} (legacy: {"begin", "schema", "end"}) */
 static int
 kimi_stag_emit_tag(kimi_stag_cc_t *cc, const json_t *tag, int legacy,
@@ -480,6 +672,9 @@ kimi_stag_emit(kimi_stag_cc_t *cc, const json_t *f, const char *path,
             snprintf(cc->err, cc->errlen, "%s: \"elements\" must be an array"
                      " of 1 to %d formats", path, KIMI_STAG_MAX_STRUCTS);
             return -1;
+        }
+        if (type[0] == 'o' && kimi_stag_or_of_texts(v)) {
+            return kimi_stag_emit_or_pattern(cc, v, path, depth);
         }
         if (kimi_stag_node(cc, type[0] == 's' ? KIMI_STAG_N_SEQ
                                               : KIMI_STAG_N_OR, path, depth)

@@ -10,7 +10,8 @@
  * element starts with), any_text and patterns ended by the text after
  * them, tags in tags, triggered_tags inside a tag (its free text ended by
  * the tag's end), tags_with_separator that may be empty; and what the
- * recogniser could not follow, refused with the format's path.  Grammars
+ * recogniser could not follow, refused with the format's path.  An or
+ * of texts no fixed text decides, as one pattern.  Grammars
  * with recursion (the pushdown recogniser of gram.h) in a tag, in a
  * sequence and matching the empty text; left recursion refused.
  * Then the sampler with Kimi's real tokenizer on random rows: every drawn
@@ -544,6 +545,52 @@ main(void)
        && strstr(err, "format: an or is decided") != NULL
        && strstr(err, "json_schema at format.elements[0]") != NULL,
        "or of two JSON values: %s", err);
+    /* an or of texts no fixed text decides: one pattern, their union */
+    rc = compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<v>\","
+                 " \"content\": {\"type\": \"or\", \"elements\": [{\"type\":"
+                 " \"regex\", \"pattern\": \"^[0-9]+$\"}, {\"type\":"
+                 " \"const_string\", \"value\": \"none\"}, {\"type\":"
+                 " \"const_string\", \"value\": \"n/a (1.5)\"}, {\"type\":"
+                 " \"grammar\", \"grammar\": \"root ::= \\\"x\\\" [a-c]{2}\"}]},"
+                 " \"end\": \"</v>\"}}", err, sizeof(err));
+    ok(rc == 0 && tag.node[1].type == KIMI_STAG_N_REGEX, "an or of a regex,"
+       " constants and a grammar compiles as one pattern%s%s", rc ? ": " : "",
+       rc ? err : "");
+    ok(ends("<v>42</v>") && ends("<v>none</v>") && ends("<v>n/a (1.5)</v>")
+       && ends("<v>xab</v>") && !accepts("<v>n/a (1x5)", NULL)
+       && !accepts("<v>4a", NULL) && !accepts("<v>nonx", NULL)
+       && !accepts("<v></v>", NULL) && !accepts("<v>xa</v>", NULL),
+       "one of the texts, whole, then the end; metacharacters of a constant"
+       " taken literally; anchors of a regex dropped");
+    rc = compile("{\"format\": {\"type\": \"sequence\", \"elements\": ["
+                 " {\"type\": \"or\", \"elements\": [{\"type\": \"const_string\","
+                 " \"value\": \"ab\"}, {\"type\": \"const_string\", \"value\":"
+                 " \"abc\"}, {\"type\": \"regex\", \"pattern\": \"x+\"}]},"
+                 " {\"type\": \"const_string\", \"value\": \";\"}]}}", err,
+                 sizeof(err));
+    ok(rc == 0 && ends("ab;") && ends("abc;") && ends("xxx;") && !accepts("abx", NULL)
+       && !accepts("a;", NULL), "constants one a prefix of another beside a"
+       " regex: the text after them decides%s%s", rc ? ": " : "", rc ? err : "");
+    ok(compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<v>\","
+               " \"content\": {\"type\": \"or\", \"elements\": [{\"type\":"
+               " \"regex\", \"pattern\": \"[0-9]+\"}, {\"type\": \"grammar\","
+               " \"grammar\": \"root ::= \\\"(\\\" root \\\")\\\" | \\\"x\\\"\"}]},"
+               " \"end\": \"</v>\"}}", err, sizeof(err)) != 0
+       && strstr(err, "format.content.elements[1]: a grammar whose rules refer"
+                 " back to themselves") != NULL,
+       "a recursive grammar among the texts: %s", err);
+    ok(compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<v>\","
+               " \"content\": {\"type\": \"or\", \"elements\": [{\"type\":"
+               " \"regex\", \"pattern\": \"[0-9\"}, {\"type\": \"const_string\","
+               " \"value\": \"n\"}]}, \"end\": \"</v>\"}}", err, sizeof(err)) != 0
+       && strstr(err, "the pattern of format.content.elements[0]") != NULL,
+       "a bad pattern among the texts, named: %s", err);
+    ok(compile("{\"format\": {\"type\": \"sequence\", \"elements\": ["
+               " {\"type\": \"or\", \"elements\": [{\"type\": \"regex\","
+               " \"pattern\": \"[0-9]+\"}, {\"type\": \"const_string\", \"value\":"
+               " \"n\"}]}, {\"type\": \"any_text\"}]}}", err, sizeof(err)) != 0
+       && strstr(err, "needs an end text") != NULL,
+       "an or of texts needs an end text, as a pattern: %s", err);
 
     /* ---- xgrammar's recipe: think, then tool calls in free text ---- */
     rc = compile("{\"format\": {\"type\": \"sequence\", \"elements\": ["
