@@ -841,6 +841,71 @@ done:
 }
 
 
+/* 0 if every reference in g's rules names one of its rules, else -1 with
+ * the message the regex path gives */
+static int
+ebnf_check_refs(ebnf_t *g, char *msg, size_t msg_len)
+{
+    for (int i = 0; i < g->n_rules; i++) {
+        ebnf_rule_t  *r = &g->rules[i];
+
+        for (size_t k = 0; k < r->body.len; k++) {
+            size_t  j;
+
+            if (r->body.p[k] != EBNF_REF_OPEN) {
+                continue;
+            }
+            for (j = k + 1; j < r->body.len && r->body.p[j] != EBNF_REF_CLOSE; j++) {
+                /* the name */
+            }
+            if (ebnf_find(g, r->body.p + k + 1, j - k - 1) == NULL) {
+                snprintf(msg, msg_len, "grammar rule \"%s\" refers to \"%.*s\","
+                         " which is not defined", r->name, (int) (j - k - 1),
+                         r->body.p + k + 1);
+                return -1;
+            }
+            k = j;
+        }
+    }
+
+    return 0;
+}
+
+
+/* Rule bodies (patterns with call markers) -> a pruned grammar program;
+ * shown[i]: rule i as a message names it (a left recursion) */
+static int
+ebnf_program(const char *const *bodies, const size_t *lens,
+    const char *const *names, const char *const *shown, int n_rules, int root,
+    int32_t **prog, size_t *n, char *msg, size_t msg_len)
+{
+    int  bad = -1;
+
+    if (kimi_regex_rtn_compile(bodies, lens, names, n_rules, root, prog, n,
+                               msg, msg_len) != 0)
+    {
+        return -1;
+    }
+
+    if (kimi_gram_prune(*prog, *n, msg, msg_len) == 0) {
+        return 0;
+    }
+
+    /* name the rule of a left recursion */
+    if (sscanf(msg, "rule %d is left-recursive", &bad) == 1
+        && bad >= 0 && bad < n_rules)
+    {
+        snprintf(msg, msg_len, "grammar rule \"%s\" is left-recursive (it"
+                 " can refer to itself before any text): write it as a"
+                 " repetition, e.g. a ::= b (\"+\" b)*", shown[bad]);
+    }
+    free(*prog);
+    *prog = NULL;
+    *n = 0;
+    return -1;
+}
+
+
 int
 kimi_ebnf_to_grammar(const char *grammar, size_t len, int32_t **prog,
     size_t *n, char *msg, size_t msg_len)
@@ -865,28 +930,12 @@ kimi_ebnf_to_grammar(const char *grammar, size_t len, int32_t **prog,
                                          : "the grammar has no rules");
         goto done;
     }
+    if (ebnf_check_refs(&g, msg, msg_len) != 0) {
+        goto done;
+    }
 
     for (int i = 0; i < g.n_rules; i++) {
         ebnf_rule_t  *r = &g.rules[i];
-
-        /* every reference names a rule (the message the regex path gives) */
-        for (size_t k = 0; k < r->body.len; k++) {
-            size_t  j;
-
-            if (r->body.p[k] != EBNF_REF_OPEN) {
-                continue;
-            }
-            for (j = k + 1; j < r->body.len && r->body.p[j] != EBNF_REF_CLOSE; j++) {
-                /* the name */
-            }
-            if (ebnf_find(&g, r->body.p + k + 1, j - k - 1) == NULL) {
-                snprintf(msg, msg_len, "grammar rule \"%s\" refers to \"%.*s\","
-                         " which is not defined", r->name, (int) (j - k - 1),
-                         r->body.p + k + 1);
-                goto done;
-            }
-            k = j;
-        }
 
         bodies[i] = r->body.p != NULL ? r->body.p : "";
         lens[i] = r->body.len;
@@ -901,37 +950,150 @@ kimi_ebnf_to_grammar(const char *grammar, size_t len, int32_t **prog,
         goto done;
     }
 
-    if (kimi_regex_rtn_compile(bodies, lens, names, g.n_rules, root, prog, n,
-                               msg, msg_len) != 0)
-    {
-        goto done;
-    }
-
-    if (kimi_gram_prune(*prog, *n, msg, msg_len) != 0) {
-        int  bad = -1;
-
-        /* name the rule of a left recursion */
-        if (sscanf(msg, "rule %d is left-recursive", &bad) == 1
-            && bad >= 0 && bad < g.n_rules)
-        {
-            snprintf(msg, msg_len, "grammar rule \"%s\" is left-recursive (it"
-                     " can refer to itself before any text): write it as a"
-                     " repetition, e.g. a ::= b (\"+\" b)*",
-                     g.rules[bad].name);
-        }
-        free(*prog);
-        *prog = NULL;
-        *n = 0;
-        goto done;
-    }
-
-    rc = 0;
+    rc = ebnf_program(bodies, lens, names, names, g.n_rules, root, prog, n,
+                      msg, msg_len);
 
 done:
 
     ebnf_release(&g);
     free(bodies);
     free(names);
+    free(lens);
+    return rc;
+}
+
+
+int
+kimi_ebnf_union_to_grammar(const kimi_ebnf_alt_t *alts, int n_alts,
+    int32_t **prog, size_t *n, char *msg, size_t msg_len)
+{
+    ebnf_t       *g = calloc(n_alts > 0 ? n_alts : 1, sizeof(ebnf_t));
+    const char  **bodies = NULL, **names = NULL, **shown = NULL;
+    char        **own = NULL;
+    size_t       *lens = NULL;
+    ebnf_buf_t    rb = { 0 };
+    int           rc = -1, n_rules = 1, parsed = 0, k;
+    char          name[EBNF_MAX_NAME + 16];
+
+    *prog = NULL;
+    *n = 0;
+
+    if (g == NULL || n_alts < 1) {
+        snprintf(msg, msg_len, n_alts < 1 ? "no alternatives" : "out of memory");
+        goto done;
+    }
+
+    /* every grammar parsed and checked; its rules are renamed apart ("1:e"
+     * for rule e of alternative 1: no rule name holds a colon) */
+    for (parsed = 0; parsed < n_alts; parsed++) {
+        char  m[160];
+
+        if (!alts[parsed].grammar) {
+            continue;
+        }
+        if (ebnf_parse(&g[parsed], alts[parsed].text, alts[parsed].len, m,
+                       sizeof(m)) != 0
+            || ebnf_check_refs(&g[parsed], m, sizeof(m)) != 0)
+        {
+            snprintf(msg, msg_len, "alternative %d: %s", parsed, m);
+            parsed++;
+            goto done;
+        }
+        if (ebnf_find(&g[parsed], "root", 4) == NULL) {
+            snprintf(msg, msg_len, "alternative %d: the grammar has no"
+                     " \"root\" rule", parsed);
+            parsed++;
+            goto done;
+        }
+        n_rules += g[parsed].n_rules;
+    }
+
+    bodies = calloc(n_rules, sizeof(*bodies));
+    names = calloc(n_rules, sizeof(*names));
+    shown = calloc(n_rules, sizeof(*shown));
+    own = calloc(n_rules, sizeof(*own));
+    lens = calloc(n_rules, sizeof(*lens));
+    if (bodies == NULL || names == NULL || shown == NULL || own == NULL
+        || lens == NULL)
+    {
+        snprintf(msg, msg_len, "out of memory");
+        goto done;
+    }
+
+    /* rule 0, the root: (?:alternative 0)|(?:alternative 1)|... */
+    k = 1;
+    for (int j = 0; j < n_alts; j++) {
+        ebnf_puts(&rb, j ? "|(?:" : "(?:");
+        if (!alts[j].grammar) {
+            if (memchr(alts[j].text, EBNF_REF_OPEN, alts[j].len) != NULL
+                || memchr(alts[j].text, EBNF_REF_CLOSE, alts[j].len) != NULL)
+            {
+                snprintf(msg, msg_len, "alternative %d: the bytes \\x01 and"
+                         " \\x02 cannot be in a pattern beside a grammar", j);
+                goto done;
+            }
+            ebnf_put(&rb, alts[j].text, alts[j].len);
+            ebnf_puts(&rb, ")");
+            continue;
+        }
+        snprintf(name, sizeof(name), "%c%d:root%c", EBNF_REF_OPEN, j,
+                 EBNF_REF_CLOSE);
+        ebnf_puts(&rb, name);
+        ebnf_puts(&rb, ")");
+
+        /* its rules, each reference renamed as its rule is */
+        for (int i = 0; i < g[j].n_rules; i++, k++) {
+            ebnf_rule_t  *r = &g[j].rules[i];
+            ebnf_buf_t    body = { 0 };
+
+            for (size_t c = 0; c < r->body.len; c++) {
+                ebnf_put(&body, r->body.p + c, 1);
+                if (r->body.p[c] == EBNF_REF_OPEN) {
+                    snprintf(name, sizeof(name), "%d:", j);
+                    ebnf_puts(&body, name);
+                }
+            }
+            snprintf(name, sizeof(name), "%d:%s", j, r->name);
+            own[k] = body.p;
+            bodies[k] = body.p != NULL ? body.p : "";
+            lens[k] = body.len;
+            names[k] = strdup(name);
+            shown[k] = r->name;
+            if (body.failed || names[k] == NULL) {
+                snprintf(msg, msg_len, "out of memory");
+                goto done;
+            }
+        }
+    }
+    if (rb.failed) {
+        snprintf(msg, msg_len, "out of memory");
+        goto done;
+    }
+    bodies[0] = rb.p;
+    lens[0] = rb.len;
+    names[0] = "root";
+    shown[0] = "root";
+
+    rc = ebnf_program(bodies, lens, names, shown, n_rules, 0, prog, n, msg,
+                      msg_len);
+
+done:
+
+    for (int j = 0; j < parsed && g != NULL; j++) {
+        if (alts[j].grammar) {
+            ebnf_release(&g[j]);
+        }
+    }
+    for (int i = 1; own != NULL && names != NULL && i < n_rules; i++) {
+        free(own[i]);
+        free((char *) names[i]);
+    }
+    free(rb.p);
+    free(g);
+    free(bodies);
+    free(names);
+    free(shown);
+    free(own);
     free(lens);
     return rc;
 }

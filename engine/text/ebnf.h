@@ -40,4 +40,18 @@ int kimi_ebnf_to_regex(const char *grammar, size_t len, char **pattern,
 int kimi_ebnf_to_grammar(const char *grammar, size_t len, int32_t **prog,
     size_t *n, char *msg, size_t msg_len);
 
+/* One grammar program for the union of alternatives, each a grammar (the
+ * notation above, rules that refer back to themselves too) or a pattern
+ * (regex_dfa.h's syntax): a root rule takes exactly one of them, whole;
+ * each grammar's rules are renamed apart.  Structural tags' or of texts
+ * with such a grammar among them.  0, or -1 with a message in msg. */
+typedef struct {
+    const char  *text;
+    size_t       len;
+    int          grammar;           /* 1: EBNF, 0: a pattern */
+} kimi_ebnf_alt_t;
+
+int kimi_ebnf_union_to_grammar(const kimi_ebnf_alt_t *alts, int n_alts,
+    int32_t **prog, size_t *n, char *msg, size_t msg_len);
+
 #endif /* KIMI_EBNF_H */

@@ -270,9 +270,10 @@ kimi_stag_emit_regex(kimi_stag_cc_t *cc, const json_t *f, int gr,
 
 /* An or of texts (const_string, regex, grammar), one of them without a
  * fixed start: no fixed text decides it, so it becomes one pattern, the
- * alternatives' union, ended as a pattern is.  0 if f's elements are not
- * all such texts with a pattern or grammar among them (the or stays a
- * choice between fixed texts). */
+ * alternatives' union (one grammar program where a grammar refers back to
+ * itself), ended as a pattern is.  0 if f's elements are not all such
+ * texts with a pattern or grammar among them (the or stays a choice
+ * between fixed texts). */
 static int
 kimi_stag_or_of_texts(const json_t *elements)
 {
@@ -314,33 +315,36 @@ kimi_stag_cat(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
     return 0;
 }
 
+/* each element's text as a pattern (a constant escaped, a regex without
+ * its anchors); a grammar's stays its own text, *recursive set when one
+ * refers back to itself.  The pieces are malloc'd; -1 with cc->err. */
 static int
-kimi_stag_emit_or_pattern(kimi_stag_cc_t *cc, const json_t *elements,
-    const char *path, int depth)
+kimi_stag_or_pieces(kimi_stag_cc_t *cc, const json_t *elements,
+    const char *path, kimi_ebnf_alt_t *alt, int *recursive)
 {
-    const json_t  *e;
-    size_t         i, len, plen = 0, pcap = 0, np;
-    char          *pat = NULL, *piece, sub[KIMI_STAG_PATH], msg[160];
-    char           what[KIMI_STAG_PATH + 16], esc[8];
+    const json_t  *e, *v;
+    size_t         i, len, np;
+    char           sub[KIMI_STAG_PATH], what[KIMI_STAG_PATH + 16], msg[160];
+    char           esc[8], *pat, *piece;
     const char    *text, *type;
     int32_t       *prog;
-    int            rc = -1;
+    int            rc;
 
+    *recursive = 0;
+    pat = NULL;
     json_array_foreach(elements, i, e) {
+        size_t  plen = 0, pcap = 0;
+
         snprintf(sub, sizeof(sub), "%s.elements[%zu]", path, i);
         type = json_string_value(json_object_get(e, "type"));
-        if (kimi_stag_cat(&pat, &plen, &pcap, i ? "|(?:" : "(?:", i ? 4 : 3)
-            != 0)
-        {
-            goto nomem;
-        }
+        pat = NULL;
 
         if (type[0] == 'c') {                   /* const_string: escaped */
             snprintf(what, sizeof(what), "the value of %s", sub);
             text = kimi_stag_text(cc, json_object_get(e, "value"), what, 0,
                                   &len);
             if (text == NULL) {
-                goto done;
+                return -1;
             }
             for (size_t k = 0; k < len; k++) {
                 unsigned char  c = (unsigned char) text[k];
@@ -361,22 +365,22 @@ kimi_stag_emit_or_pattern(kimi_stag_cc_t *cc, const json_t *elements,
             }
 
         } else if (type[0] == 'r') {            /* regex: as written */
-            const json_t  *r = json_object_get(e, "pattern");
-            size_t         bs = 0;
+            size_t  bs = 0;
 
-            if (!json_is_string(r)) {
+            v = json_object_get(e, "pattern");
+            if (!json_is_string(v)) {
                 snprintf(cc->err, cc->errlen, "%s: a regex needs a"
                          " \"pattern\" string", sub);
-                goto done;
+                return -1;
             }
-            text = json_string_value(r);
-            len = json_string_length(r);
+            text = json_string_value(v);
+            len = json_string_length(v);
             if (kimi_regex_compile(text, len, &prog, &np, msg, sizeof(msg))
                 != 0)
             {
                 snprintf(cc->err, cc->errlen, "the pattern of %s: %s", sub,
                          msg);
-                goto done;
+                return -1;
             }
             free(prog);
             /* its anchors, allowed only at its ends, go: the match is
@@ -395,45 +399,95 @@ kimi_stag_emit_or_pattern(kimi_stag_cc_t *cc, const json_t *elements,
                 goto nomem;
             }
 
-        } else {                                /* grammar: as a pattern */
-            const json_t  *g = json_object_get(e, "grammar");
-
-            if (!json_is_string(g)) {
+        } else {                                /* grammar */
+            v = json_object_get(e, "grammar");
+            if (!json_is_string(v)) {
                 snprintf(cc->err, cc->errlen, "%s: a grammar needs a"
                          " \"grammar\" string", sub);
-                goto done;
+                return -1;
             }
-            rc = kimi_ebnf_to_regex(json_string_value(g),
-                                    json_string_length(g), &piece, &len, msg,
+            rc = kimi_ebnf_to_regex(json_string_value(v),
+                                    json_string_length(v), &piece, &len, msg,
                                     sizeof(msg));
-            if (rc == -2) {
-                snprintf(cc->err, cc->errlen, "%s: a grammar whose rules"
-                         " refer back to themselves cannot be one of the"
-                         " texts of an or that no fixed text decides (put"
-                         " each alternative behind a fixed text: a tag)",
-                         sub);
-                rc = -1;
-                goto done;
+            if (rc == -2) {             /* its rules refer back to themselves */
+                *recursive = 1;
+                alt[i].grammar = 1;
+                alt[i].text = json_string_value(v);
+                alt[i].len = json_string_length(v);
+                continue;
             }
             if (rc != 0) {
                 snprintf(cc->err, cc->errlen, "the grammar of %s: %s", sub,
                          msg);
-                goto done;
+                return -1;
             }
-            rc = kimi_stag_cat(&pat, &plen, &pcap, piece, len);
-            free(piece);
-            if (rc != 0) {
-                rc = -1;
-                goto nomem;
-            }
-            rc = -1;
+            pat = piece;
+            plen = len;
         }
 
-        if (kimi_stag_cat(&pat, &plen, &pcap, ")", 1) != 0) {
+        if (pat == NULL && kimi_stag_cat(&pat, &plen, &pcap, "", 0) != 0) {
             goto nomem;
         }
+        alt[i].grammar = 0;
+        alt[i].text = pat;
+        alt[i].len = plen;
     }
 
+    return 0;
+
+nomem:
+
+    free(pat);
+    snprintf(cc->err, cc->errlen, "%s: out of memory", path);
+    return -1;
+}
+
+static int
+kimi_stag_emit_or_pattern(kimi_stag_cc_t *cc, const json_t *elements,
+    const char *path, int depth)
+{
+    size_t            n_el = json_array_size(elements), np, plen = 0, pcap = 0;
+    kimi_ebnf_alt_t  *alt = calloc(n_el, sizeof(*alt));
+    char             *pat = NULL, msg[200];
+    int32_t          *prog;
+    int               rc = -1, recursive;
+
+    if (alt == NULL) {
+        snprintf(cc->err, cc->errlen, "%s: out of memory", path);
+        return -1;
+    }
+    if (kimi_stag_or_pieces(cc, elements, path, alt, &recursive) != 0) {
+        goto done;
+    }
+
+    if (recursive) {
+        /* a grammar refers back to itself: all of them as one grammar
+         * program, run by the pushdown recogniser */
+        if (kimi_ebnf_union_to_grammar(alt, (int) n_el, &prog, &np, msg,
+                                       sizeof(msg)) != 0)
+        {
+            snprintf(cc->err, cc->errlen, "%s, its texts as one grammar: %s",
+                     path, msg);
+            goto done;
+        }
+        if (kimi_stag_node(cc, KIMI_STAG_N_GRAM, path, depth) != 0) {
+            free(prog);
+            goto done;
+        }
+        rc = kimi_stag_put_prog(cc, prog, np);
+        goto done;
+    }
+
+    for (size_t i = 0; i < n_el; i++) {
+        if (kimi_stag_cat(&pat, &plen, &pcap, i ? "|(?:" : "(?:", i ? 4 : 3)
+            != 0
+            || kimi_stag_cat(&pat, &plen, &pcap, alt[i].text, alt[i].len) != 0
+            || kimi_stag_cat(&pat, &plen, &pcap, ")", 1) != 0)
+        {
+            snprintf(cc->err, cc->errlen, "%s: out of memory", path);
+            goto done;
+        }
+    }
     if (plen > KIMI_REGEX_MAX_PATTERN) {
         snprintf(cc->err, cc->errlen, "%s: its texts make a %zu-byte pattern"
                  " (at most %d)", path, plen, KIMI_REGEX_MAX_PATTERN);
@@ -448,14 +502,15 @@ kimi_stag_emit_or_pattern(kimi_stag_cc_t *cc, const json_t *elements,
         goto done;
     }
     rc = kimi_stag_put_prog(cc, prog, np);
-    goto done;
-
-nomem:
-
-    snprintf(cc->err, cc->errlen, "%s: out of memory", path);
 
 done:
 
+    for (size_t i = 0; i < n_el; i++) {
+        if (!alt[i].grammar) {
+            free((char *) alt[i].text);
+        }
+    }
+    free(alt);
     free(pat);
     return rc;
 }

@@ -39,8 +39,9 @@
  * formats may come next (or, tags_with_separator, an element that may be
  * empty), each must start with a fixed text, none a prefix of another's,
  * and that text decides; but an or of texts alone (const_string, regex,
- * grammar without recursion) with a pattern among them is compiled into
- * one pattern, their union (a REGEX format).  What breaks these rules is refused, naming the
+ * grammar) with a pattern or grammar among them is compiled into one
+ * pattern, their union (a REGEX format; a GRAM one when a grammar refers
+ * back to itself: kimi_ebnf_union_to_grammar).  What breaks these rules is refused, naming the
  * format: an any_text followed by a JSON value, an or of two JSON schemas,
  * two begins one a prefix of the other, a trigger inside the end text.
  *

@@ -571,14 +571,30 @@ main(void)
     ok(rc == 0 && ends("ab;") && ends("abc;") && ends("xxx;") && !accepts("abx", NULL)
        && !accepts("a;", NULL), "constants one a prefix of another beside a"
        " regex: the text after them decides%s%s", rc ? ": " : "", rc ? err : "");
+    /* with a grammar whose rules refer back to themselves among them: one
+     * grammar program (each grammar's rules renamed apart) */
+    rc = compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<v>\","
+                 " \"content\": {\"type\": \"or\", \"elements\": [{\"type\":"
+                 " \"regex\", \"pattern\": \"^[0-9]+$\"}, {\"type\": \"grammar\","
+                 " \"grammar\": \"root ::= \\\"(\\\" root \\\")\\\" | x\\nx ::="
+                 " \\\"x\\\"\"}, {\"type\": \"grammar\", \"grammar\": \"root ::="
+                 " \\\"[\\\" root? \\\"]\\\"\"}, {\"type\": \"const_string\","
+                 " \"value\": \"a|b\"}]}, \"end\": \"</v>\"}}", err, sizeof(err));
+    ok(rc == 0 && tag.node[1].type == KIMI_STAG_N_GRAM, "an or of texts with"
+       " recursive grammars compiles as one grammar%s%s", rc ? ": " : "",
+       rc ? err : "");
+    ok(ends("<v>42</v>") && ends("<v>((x))</v>") && ends("<v>[[[]]]</v>")
+       && ends("<v>a|b</v>") && !accepts("<v>((x)</v>", NULL)
+       && !accepts("<v>([])</v>", NULL) && !accepts("<v>a</v>", NULL)
+       && !accepts("<v>4x", NULL),
+       "each alternative whole, none mixed with another");
     ok(compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<v>\","
                " \"content\": {\"type\": \"or\", \"elements\": [{\"type\":"
                " \"regex\", \"pattern\": \"[0-9]+\"}, {\"type\": \"grammar\","
-               " \"grammar\": \"root ::= \\\"(\\\" root \\\")\\\" | \\\"x\\\"\"}]},"
+               " \"grammar\": \"root ::= root \\\"a\\\" | \\\"(\\\" root \\\")\\\" | \\\"b\\\"\"}]},"
                " \"end\": \"</v>\"}}", err, sizeof(err)) != 0
-       && strstr(err, "format.content.elements[1]: a grammar whose rules refer"
-                 " back to themselves") != NULL,
-       "a recursive grammar among the texts: %s", err);
+       && strstr(err, "grammar rule \"root\" is left-recursive") != NULL,
+       "a left-recursive grammar among the texts, its rule named: %s", err);
     ok(compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<v>\","
                " \"content\": {\"type\": \"or\", \"elements\": [{\"type\":"
                " \"regex\", \"pattern\": \"[0-9\"}, {\"type\": \"const_string\","
