@@ -16,7 +16,8 @@
  * separators where RFC 3339 and RFC 4122 put them), pattern (a regex_dfa.h
  * DFA over the raw text, which then holds no escapes), integer bounds
  * (minimum, maximum, exclusive ones; within +-10^18), enum,
- * const, anyOf/oneOf whose alternatives start with different bytes, local
+ * const, anyOf/oneOf whose alternatives start with different bytes (an
+ * anyOf's alternatives that another takes whole dropped first), local
  * $ref into $defs/definitions (recursion allowed), and annotations (title,
  * description, default, examples, $schema, $id, $comment).  Objects carry
  * only their listed properties, in any order, each at most once; a schema
@@ -292,12 +293,65 @@ kimi_sc_first(const kimi_sc_t *c, int32_t node, unsigned char set[256])
 }
 
 
+/* 1 if every value of an enum node starts with one of the bytes in s */
+static int
+kimi_sc_enum_starts(const int32_t *p, int32_t e, const char *s)
+{
+    for (int32_t i = 0; i < p[e + 1]; i++) {
+        const char  *b = (const char *) kimi_json_schema_bytes(p,
+                                                           p[e + 2 + 2 * i]);
+
+        if (strchr(s, b[0]) == NULL) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+
+/* 1 if node a takes every value node b takes (an anyOf may then drop b):
+ * the same node, a number beside an integer or numeric enum values, a
+ * string without constraints beside any string or string enum values,
+ * a boolean or null beside enum values of its own. */
+static int
+kimi_sc_covers(const int32_t *p, int32_t a, int32_t b)
+{
+    if (a == b) {
+        return 1;
+    }
+    switch (p[a]) {
+    case KIMI_SN_NUMBER:
+        return p[b] == KIMI_SN_NUMBER || p[b] == KIMI_SN_INTEGER
+               || (p[b] == KIMI_SN_ENUM
+                   && kimi_sc_enum_starts(p, b, "-0123456789"));
+    case KIMI_SN_STRING:
+        if (p[a + 1] != 0 || p[a + 2] != -1 || p[a + 3] != 0) {
+            return 0;                   /* constrained: not every string */
+        }
+        return p[b] == KIMI_SN_STRING
+               || (p[b] == KIMI_SN_ENUM && kimi_sc_enum_starts(p, b, "\""));
+    case KIMI_SN_BOOLEAN:
+        return p[b] == KIMI_SN_BOOLEAN
+               || (p[b] == KIMI_SN_ENUM && kimi_sc_enum_starts(p, b, "tf"));
+    case KIMI_SN_NULL:
+        return p[b] == KIMI_SN_NULL
+               || (p[b] == KIMI_SN_ENUM && kimi_sc_enum_starts(p, b, "n"));
+    default:
+        return 0;
+    }
+}
+
+
 /* Fills the UNION node u (allocated with room for 64 alternatives and
  * remembered for its schema before the alternatives were compiled, so a
  * $ref inside one of them may name it) from alts, nested unions
- * flattened; the alternatives' first bytes must be disjoint. */
+ * flattened; the alternatives' first bytes must be disjoint.  any (an
+ * anyOf or a list of types, not a oneOf): an alternative another takes
+ * whole is dropped first (integer beside number, a constrained string
+ * beside any string, a repeated schema), since the union is the same. */
 static int
-kimi_sc_union(kimi_sc_t *c, int32_t u, const int32_t *alts, size_t n)
+kimi_sc_union(kimi_sc_t *c, int32_t u, const int32_t *alts, size_t n,
+    int any)
 {
     int32_t        flat[64];
     size_t         k = 0;
@@ -317,6 +371,19 @@ kimi_sc_union(kimi_sc_t *c, int32_t u, const int32_t *alts, size_t n)
             }
         } else if (k < 64) {
             flat[k++] = alts[i];
+        }
+    }
+    for (size_t i = 0; any && i < k; i++) {
+        for (size_t j = 0; j < k; j++) {
+            /* of two that take the same values the later goes */
+            if (j != i && kimi_sc_covers(c->w, flat[j], flat[i])
+                && (j < i || !kimi_sc_covers(c->w, flat[i], flat[j])))
+            {
+                memmove(flat + i, flat + i + 1, (k - i - 1) * sizeof(flat[0]));
+                k--;
+                i--;
+                break;
+            }
         }
     }
     memset(seen, 0, sizeof(seen));
@@ -844,7 +911,7 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
             }
             c->path[was] = '\0';
         }
-        rc = kimi_sc_union(c, u, alts, n);
+        rc = kimi_sc_union(c, u, alts, n, any_key[0] == 'a');
         *node = u;
         c->depth--;
         return rc;
@@ -943,7 +1010,7 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
                 return -1;
             }
         }
-        rc = kimi_sc_union(c, u, alts, k2);
+        rc = kimi_sc_union(c, u, alts, k2, 1);
         *node = u;
     }
     c->depth--;

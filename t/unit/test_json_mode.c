@@ -310,8 +310,10 @@ test_schema_compile(void)
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\", \"multipleOf\": 3}}}", "\"multipleOf\" is not supported" },
         { "{\"type\": \"object\", \"required\": [\"b\"], \"properties\": {\"a\": {}}}",
           "names no property" },
-        { "{\"type\": \"object\", \"properties\": {\"a\": {\"anyOf\": [{\"type\": \"integer\"}, {\"type\": \"number\"}]}}}",
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"oneOf\": [{\"type\": \"integer\"}, {\"type\": \"number\"}]}}}",
           "different character" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"anyOf\": [{\"type\": \"string\", \"maxLength\": 3},"
+          " {\"type\": \"string\", \"minLength\": 5}]}}}", "different character" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"$ref\": \"#/$defs/none\"}}}", "$ref" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"$ref\": \"http://x/y\"}}}", "$ref" },
         { "{\"type\": \"array\", \"items\": [{}, {}]}", "tuples" },
@@ -432,6 +434,26 @@ test_schema_grammar(void)
            " maxLength, inside anyOf (%s)", p3 == NULL || p4 == NULL ? e3 : "ok");
         free(p3);
         free(p4);
+    }
+    /* an anyOf whose alternatives overlap where one takes all the other
+     * does (integer beside number, any string beside a constrained one or
+     * string values, a repeated schema): the same union without it */
+    {
+        char      e5[256];
+        size_t    n5;
+        int32_t  *p5 = compile("{\"type\": \"array\", \"items\": {\"anyOf\": ["
+                               "{\"type\": \"integer\"}, {\"type\": \"number\"},"
+                               " {\"type\": \"string\", \"format\": \"date\"}, {\"enum\":"
+                               " [\"a\", \"b\"]}, {\"type\": \"string\"}, {\"const\": null},"
+                               " {\"type\": \"null\"}, {\"type\": \"null\"}]}}",
+                               &n5, e5, sizeof(e5));
+
+        ok(p5 != NULL && kimi_json_schema_check(p5, n5, e5, sizeof(e5)) == 0
+           && accepts(p5, "[1, -2.5e3, \"x y\", \"2024-13-99\", null, 7]", &done)
+           && done && !accepts(p5, "[true]", &done),
+           "anyOf of overlapping alternatives, the covered ones dropped (%s)",
+           p5 == NULL ? e5 : "ok");
+        free(p5);
     }
     /* string lengths in code points: an escape and a 2-byte UTF-8
      * character count one each */
