@@ -386,188 +386,268 @@ kimi_head_mv_bf16(const kimi_bf16_t *x, int x_ld_t, int x_ld_h, const kimi_bf16_
 
 /* ---- MLA absorption on the FP8 kv_b_proj -------------------------------------------- */
 
-/* kv_b_proj W [H*(nope+dv)][R] e4m3 with 128x128 block multipliers, dequantised
- * on the fly as the CPU oracle dequantises it (fp32 product of code and
- * multiplier), so both apply the same fp32 matrix; 1 byte per weight read.
- * A warp reads one whole 512-wide row per instruction (32 lanes x 16 bytes),
- * AB_U rows in flight per warp; a block serves one head and AB_TOK tokens. */
-#define AB_WARPS 8
-#define AB_TOK 4
-#define AB_U 8
+/* kv_b_proj W [H*(nope+dv)][R] e4m3 with 128x128 block multipliers, applied
+ * as the CPU oracle applies its dequantised fp32 matrix.  Per head both are
+ * small GEMMs: q_lat = q_nope W_UK (K = nope, N = R) and o = o_lat W_UV^T
+ * (K = R, N = dv), on mma.sync m16n8k16 bf16 with fp32 sums.  The codes are
+ * exact in bf16; the block multipliers go where they stay exact in fp32:
+ * absorb_q folds them into q (within a 128-column block a multiplier
+ * depends on the row d only) before q is split into bf16 hi + lo (16 of
+ * its 24 bits, two MMAs), absorb_o scales each 128-wide K block's partial
+ * sum (o_lat is bf16 already).  So the sums are the fp32 loops' up to
+ * order, at a fraction of their cost once a step has more than a few
+ * tokens (B=64: 69 + 77 us a layer on the CUDA cores).
+ *
+ * A block: one head, AT_TOK tokens (the MMA's M) at a time, striding over
+ * the token tiles along grid.y with its weights staged once; a warp stages
+ * its own AT_N columns x AT_KC of K as bf16 [n][k] rows (AT_LD: 16 bytes of
+ * padding put a fragment's 32 reads on 32 banks).  absorb_q's warps split
+ * the 128 columns of grid.z's block, absorb_o's the 512 of K. */
 #define AB_R 512
 #define AB_MAX_NOPE 256
+#define AT_WARPS 4
+#define AT_TOK 16
+#define AT_N 32                          /* a warp's columns: 4 n8 tiles */
+#define AT_KC 128                        /* K a staged chunk: one multiplier block */
+#define AT_LD (AT_KC + 8)
+#define AT_TILES_Y 16                    /* grid.y at most (blocks stride the tiles) */
+static_assert(AB_R == AT_WARPS * AT_KC, "absorb_o: a K chunk a warp");
 
-static __device__ __forceinline__ void
-ab_dequant(uint4 raw, float sc, float wf[16])
+typedef uint16_t at_stage_t[AT_N][AT_LD];
+
+static __device__ __forceinline__ uint32_t at_fp8x2_bf16(uint32_t lo, uint32_t hi)
 {
-    const uint8_t *p = (const uint8_t *) &raw;
-#pragma unroll
-    for (int i = 0; i < 16; i++) {
-        wf[i] = kimi_fp82f(p[i]) * sc;
-    }
+    return (__float_as_uint(kimi_fp82f((uint8_t) lo)) >> 16)
+           | (__float_as_uint(kimi_fp82f((uint8_t) hi)) & 0xffff0000u);
 }
 
-/* AB_U rows d0.. of a head (rows past n read as zero weights) */
-static __device__ __forceinline__ void
-ab_load(const uint8_t *__restrict__ w, const float *__restrict__ ws, int row0, int d0, int n,
-        int lane, uint4 raw[AB_U], float sc[AB_U])
+/* bf16 hi + lo of (x0, x1): packed pairs for the A fragment */
+static __device__ __forceinline__ void at_split2(float x0, float x1, uint32_t *hi, uint32_t *lo)
 {
+    const uint16_t h0 = kimi_f2bf(x0), h1 = kimi_f2bf(x1);
+    *hi = (uint32_t) h0 | (uint32_t) h1 << 16;
+    *lo = (uint32_t) kimi_f2bf(x0 - kimi_bf2f(h0)) | (uint32_t) kimi_f2bf(x1 - kimi_bf2f(h1)) << 16;
+}
+
+/* W_UK^T of a warp: st[n][k] = W(row0 + k, c0 + n), k < kn (zero past kn):
+ * a lane loads two rows' halves (16 codes each) four times, every load
+ * issued before the first conversion */
+static __device__ __forceinline__ void
+at_stage_uk(at_stage_t &st, const uint8_t *__restrict__ w, int row0, int kn, int c0, int lane)
+{
+    uint4 r0[AT_KC / 32], r1[AT_KC / 32];
 #pragma unroll
-    for (int u = 0; u < AB_U; u++) {
-        const int d = d0 + u;
-        if (d < n) {
-            raw[u] = kimi_ld_stream(w + (size_t) (row0 + d) * AB_R + lane * 16);
-            sc[u] = ws[(size_t) ((row0 + d) / 128) * (AB_R / 128) + lane / 8];
-        } else {
-            raw[u] = make_uint4(0, 0, 0, 0);
-            sc[u] = 0.f;
+    for (int it = 0; it < AT_KC / 32; it++) {   /* AT_KC / 2 row pairs x 2 halves */
+        const int item = lane + 32 * it, k = 2 * (item >> 1), half = item & 1;
+        r0[it] = r1[it] = make_uint4(0, 0, 0, 0);
+        if (k < kn) {
+            r0[it] = kimi_ld_stream(w + (size_t) (row0 + k) * AB_R + c0 + half * 16);
+            r1[it] = kimi_ld_stream(w + (size_t) (row0 + k + 1) * AB_R + c0 + half * 16);
+        }
+    }
+#pragma unroll
+    for (int it = 0; it < AT_KC / 32; it++) {
+        const int item = lane + 32 * it, k = 2 * (item >> 1), half = item & 1;
+        const uint32_t a[4] = { r0[it].x, r0[it].y, r0[it].z, r0[it].w };
+        const uint32_t b[4] = { r1[it].x, r1[it].y, r1[it].z, r1[it].w };
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int sh = 8 * (j & 3);
+            *(uint32_t *) &st[half * 16 + j][k] = at_fp8x2_bf16(a[j >> 2] >> sh, b[j >> 2] >> sh);
         }
     }
 }
 
-/* qlat[t,h,0:R] = bf16(sum_d q[t,h,d] W(h,d,:)), qlat[t,h,R:R+P] = bf16(q_pe).
- * A block serves one head, AB_TOK tokens and AB_QC of the R columns
- * (grid.z = R / AB_QC): 4x the blocks of a head-per-block grid, and every
- * weight row of the block in flight at once (a warp: AB_QROWS rows, 4 a
- * load: lane = 8 * row + 16-byte chunk). */
-#define AB_QC    128
-#define AB_QROWS 16
-static __global__ void __launch_bounds__(AB_WARPS * 32)
+/* qlat[t,h,0:R] = bf16(sum_d q[t,h,d] W(h,d,:)), qlat[t,h,R:R+P] = bf16(q_pe);
+ * grid.z: the 128-column block of R.  A tile's q values and multipliers
+ * of a K chunk are loaded before the weights are staged, so a block waits
+ * on memory once a chunk, not once a k step. */
+static __global__ void __launch_bounds__(AT_WARPS * 32)
 absorb_q_kernel(const float *__restrict__ q, int T, int H, int nope, int P,
                 const uint8_t *__restrict__ w, const float *__restrict__ ws, int rows_h,
                 uint16_t *__restrict__ qlat)
 {
+    __shared__ __align__(16) at_stage_t stage[AT_WARPS];
     KIMI_GRID_ENTRY();
-    __shared__ float qs[AB_TOK][AB_MAX_NOPE];
-    __shared__ __align__(16) float red[AB_WARPS][AB_TOK][AB_QC];
-    const int h = blockIdx.x, t0 = blockIdx.y * AB_TOK, nt = min(AB_TOK, T - t0);
-    const int c0 = blockIdx.z * AB_QC;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int rg = lane >> 3, cc = lane & 7;    /* row of 4, 16-byte chunk */
-    const int qk = nope + P;
+    const int h = blockIdx.x, cb = blockIdx.z, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, tq = lane & 3;
+    const int c0 = cb * AT_KC + warp * AT_N, row0 = h * rows_h, qk = nope + P;
+    const int n_tiles = (T + AT_TOK - 1) / AT_TOK;
     const size_t ldo = (size_t) H * (AB_R + P);
+    at_stage_t &st = stage[warp];
 
-    for (int i = threadIdx.x; i < AB_TOK * nope; i += blockDim.x) {
-        const int j = i / nope, d = i % nope;
-        qs[j][d] = j < nt ? q[((size_t) (t0 + j) * H + h) * qk + d] : 0.f;
-    }
-    for (int i = threadIdx.x; blockIdx.z == 0 && i < nt * P; i += blockDim.x) {
-        const int j = i / P, d = i % P;
-        qlat[(size_t) (t0 + j) * ldo + (size_t) h * (AB_R + P) + AB_R + d] =
-            kimi_f2bf(q[((size_t) (t0 + j) * H + h) * qk + nope + d]);
-    }
-    __syncthreads();
-
-    float acc[AB_TOK][16];
-#pragma unroll
-    for (int j = 0; j < AB_TOK; j++)
-#pragma unroll
-        for (int i = 0; i < 16; i++) acc[j][i] = 0.f;
-
-    const int row0 = h * rows_h;
-    for (int d0 = warp * AB_QROWS; d0 < nope; d0 += AB_WARPS * AB_QROWS) {
-        uint4 raw[AB_QROWS / 4];
-        float sc[AB_QROWS / 4];
-#pragma unroll
-        for (int u = 0; u < AB_QROWS / 4; u++) {
-            const int d = d0 + 4 * u + rg;
-            if (d < nope) {
-                raw[u] = kimi_ld_stream(w + (size_t) (row0 + d) * AB_R + c0 + cc * 16);
-                sc[u] = ws[(size_t) ((row0 + d) / 128) * (AB_R / 128) + c0 / 128];
-            } else {
-                raw[u] = make_uint4(0, 0, 0, 0);
-                sc[u] = 0.f;
+    for (int tile = blockIdx.y; tile < n_tiles; tile += gridDim.y) {
+        const int t0 = tile * AT_TOK, nt = min(AT_TOK, T - t0);
+        if (cb == 0) {                   /* q_pe rides along, rounded as the cache is */
+            for (int i = threadIdx.x; i < nt * P; i += blockDim.x) {
+                const int j = i / P, d = i % P;
+                qlat[(size_t) (t0 + j) * ldo + (size_t) h * (AB_R + P) + AB_R + d] =
+                    kimi_f2bf(q[((size_t) (t0 + j) * H + h) * qk + nope + d]);
             }
         }
+        const float *qa = q + ((size_t) (t0 + g) * H + h) * qk;
+        const float *qb = qa + (size_t) 8 * H * qk;
+        const bool va = g < nt, vb = g + 8 < nt;
+        float acc[4][4] = {};
+        for (int kc = 0; kc < nope; kc += AT_KC) {
+            const int kn = min(AT_KC, nope - kc);
+            float2 x[AT_KC / 16][4];
+            float m[AT_KC / 16];
 #pragma unroll
-        for (int u = 0; u < AB_QROWS / 4; u++) {
-            const int d = d0 + 4 * u + rg;
-            float wf[16];
-            ab_dequant(raw[u], sc[u], wf);
+            for (int ks = 0; ks < AT_KC / 16; ks++) {
+                const int d = kc + ks * 16 + 2 * tq;
+                const float2 z = make_float2(0.f, 0.f);
+                const bool live = ks * 16 < kn;
+                x[ks][0] = live && va ? *(const float2 *) (qa + d) : z;
+                x[ks][1] = live && vb ? *(const float2 *) (qb + d) : z;
+                x[ks][2] = live && va ? *(const float2 *) (qa + d + 8) : z;
+                x[ks][3] = live && vb ? *(const float2 *) (qb + d + 8) : z;
+                /* rows_h % 16 == 0: a 16-row step lies in one multiplier block */
+                m[ks] = live ? ws[(size_t) ((row0 + kc + ks * 16) / 128) * (AB_R / 128) + cb] : 0.f;
+            }
+            if (nope > AT_KC || tile == blockIdx.y) {
+                __syncwarp();
+                at_stage_uk(st, w, row0 + kc, kn, c0, lane);
+                __syncwarp();
+            }
 #pragma unroll
-            for (int j = 0; j < AB_TOK; j++) {
-                const float x = d < nope ? qs[j][d] : 0.f;
+            for (int ks = 0; ks < AT_KC / 16; ks++) {
+                if (ks * 16 >= kn) {
+                    break;
+                }
+                uint32_t ah[4], al[4];
 #pragma unroll
-                for (int i = 0; i < 16; i++) acc[j][i] += x * wf[i];
+                for (int i = 0; i < 4; i++) {
+                    at_split2(x[ks][i].x * m[ks], x[ks][i].y * m[ks], &ah[i], &al[i]);
+                }
+#pragma unroll
+                for (int n8 = 0; n8 < 4; n8++) {
+                    const uint32_t b0 = *(const uint32_t *) &st[n8 * 8 + g][ks * 16 + 2 * tq];
+                    const uint32_t b1 = *(const uint32_t *) &st[n8 * 8 + g][ks * 16 + 2 * tq + 8];
+                    kimi_mma_bf16(acc[n8], ah[0], ah[1], ah[2], ah[3], b0, b1);
+                    kimi_mma_bf16(acc[n8], al[0], al[1], al[2], al[3], b0, b1);
+                }
             }
         }
-    }
-
-    /* the 4 row lanes of a chunk, then the warps */
+        uint16_t *oa = qlat + (size_t) (t0 + g) * ldo + (size_t) h * (AB_R + P) + c0 + 2 * tq;
 #pragma unroll
-    for (int j = 0; j < AB_TOK; j++)
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            acc[j][i] += __shfl_xor_sync(0xffffffffu, acc[j][i], 8);
-            acc[j][i] += __shfl_xor_sync(0xffffffffu, acc[j][i], 16);
-        }
-    if (rg == 0) {
-#pragma unroll
-        for (int j = 0; j < AB_TOK; j++)
-#pragma unroll
-            for (int i = 0; i < 16; i += 4) {
-                *(float4 *) &red[warp][j][cc * 16 + i] =
-                    make_float4(acc[j][i], acc[j][i + 1], acc[j][i + 2], acc[j][i + 3]);
+        for (int n8 = 0; n8 < 4; n8++) {
+            if (va) {
+                *(uint32_t *) (oa + n8 * 8) = (uint32_t) kimi_f2bf(acc[n8][0])
+                                              | (uint32_t) kimi_f2bf(acc[n8][1]) << 16;
             }
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < nt * AB_QC; i += blockDim.x) {
-        const int j = i / AB_QC, r = i % AB_QC;
-        float v = 0.f;
-#pragma unroll
-        for (int k = 0; k < AB_WARPS; k++) v += red[k][j][r];
-        qlat[(size_t) (t0 + j) * ldo + (size_t) h * (AB_R + P) + c0 + r] = kimi_f2bf(v);
+            if (vb) {
+                *(uint32_t *) (oa + 8 * ldo + n8 * 8) = (uint32_t) kimi_f2bf(acc[n8][2])
+                                                        | (uint32_t) kimi_f2bf(acc[n8][3]) << 16;
+            }
+        }
     }
 }
 
-/* out[t,h,d] = sum_r W(h,nope+d,r) olat[t,h,r], fp32; grid.z splits the rows */
-static __global__ void __launch_bounds__(AB_WARPS * 32)
+/* out[t,h,v] = sum_r W(h,nope+v,r) olat[t,h,r], fp32; grid.z: groups of
+ * AT_N rows v.  Warp w takes the K chunk r in [128 w, 128 w + 128) (one
+ * multiplier block, AB_R / AT_KC = AT_WARPS of them): its weights staged
+ * once, its o_lat fragments loaded before them, its partial sum scaled by
+ * its multipliers; the four partials are added in shared memory in warp
+ * order. */
+static __global__ void __launch_bounds__(AT_WARPS * 32)
 absorb_o_kernel(const uint16_t *__restrict__ olat, int T, int H, int nope, int dv,
                 const uint8_t *__restrict__ w, const float *__restrict__ ws, int rows_h,
                 float *__restrict__ out)
 {
+    __shared__ __align__(16) at_stage_t stage[AT_WARPS];
+    __shared__ float red[AT_WARPS][4][4][32];
     KIMI_GRID_ENTRY();
-    const int h = blockIdx.x, t0 = blockIdx.y * AB_TOK, nt = min(AB_TOK, T - t0);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int nw = AB_WARPS * gridDim.z, wg = blockIdx.z * AB_WARPS + warp;
-    float ol[AB_TOK][16];
+    const int h = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, tq = lane & 3;
+    const int v0 = blockIdx.z * AT_N, kc = warp * AT_KC;
+    const int row0 = h * rows_h + nope + v0;
+    const int n_tiles = (T + AT_TOK - 1) / AT_TOK;
+    at_stage_t &st = stage[warp];
+    float m[4];
 
 #pragma unroll
-    for (int j = 0; j < AB_TOK; j++) {
-        if (j < nt) {
-            const uint16_t *p = olat + ((size_t) (t0 + j) * H + h) * AB_R + lane * 16;
-            kimi_ld8(p, ol[j]);
-            kimi_ld8(p + 8, ol[j] + 8);
-        } else {
-#pragma unroll
-            for (int i = 0; i < 16; i++) ol[j][i] = 0.f;
-        }
+    for (int n8 = 0; n8 < 4; n8++) {   /* rows (v, v + 1): an even pair never straddles a block */
+        const int v = n8 * 8 + 2 * tq;
+        m[n8] = v0 + v < dv ? ws[(size_t) ((row0 + v) / 128) * (AB_R / 128) + warp] : 0.f;
     }
 
-    const int row0 = h * rows_h + nope;
-    for (int d0 = wg * AB_U; d0 < dv; d0 += nw * AB_U) {
-        uint4 raw[AB_U];
-        float sc[AB_U];
-        ab_load(w, ws, row0, d0, dv, lane, raw, sc);
+    for (int tile = blockIdx.y; tile < n_tiles; tile += gridDim.y) {
+        const int t0 = tile * AT_TOK, nt = min(AT_TOK, T - t0);
+        const bool va = g < nt, vb = g + 8 < nt;
+        const uint16_t *oa = olat + ((size_t) (t0 + g) * H + h) * AB_R + kc;
+        const uint16_t *ob = oa + (size_t) 8 * H * AB_R;
+        uint32_t a[AT_KC / 16][4];
 #pragma unroll
-        for (int u = 0; u < AB_U; u++) {
-            if (d0 + u < dv) {
-                float wf[16];
-                ab_dequant(raw[u], sc[u], wf);
+        for (int ks = 0; ks < AT_KC / 16; ks++) {
+            const int k = ks * 16 + 2 * tq;
+            a[ks][0] = va ? *(const uint32_t *) (oa + k) : 0u;
+            a[ks][1] = vb ? *(const uint32_t *) (ob + k) : 0u;
+            a[ks][2] = va ? *(const uint32_t *) (oa + k + 8) : 0u;
+            a[ks][3] = vb ? *(const uint32_t *) (ob + k + 8) : 0u;
+        }
+        if (tile == blockIdx.y) {
+            uint4 raw[8];
+            /* lane: row n = (lane >> 3) + 4 i, 16-byte chunk lane & 7 of the K chunk */
 #pragma unroll
-                for (int j = 0; j < AB_TOK; j++) {
-                    if (j < nt) {
-                        float p = 0.f;
+            for (int i = 0; i < 8; i++) {
+                const int n = (lane >> 3) + 4 * i;
+                raw[i] = v0 + n < dv ? kimi_ld_stream(w + (size_t) (row0 + n) * AB_R + kc + (lane & 7) * 16)
+                                     : make_uint4(0, 0, 0, 0);
+            }
 #pragma unroll
-                        for (int i = 0; i < 16; i++) p += wf[i] * ol[j][i];
-                        p = kimi_warp_sum(p);
-                        if (lane == 0) {
-                            out[((size_t) (t0 + j) * H + h) * dv + d0 + u] = p;
-                        }
-                    }
+            for (int i = 0; i < 8; i++) {
+                const int n = (lane >> 3) + 4 * i;
+                const uint32_t r[4] = { raw[i].x, raw[i].y, raw[i].z, raw[i].w };
+                uint32_t o[8];
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const uint32_t x = r[j >> 1] >> (16 * (j & 1));
+                    o[j] = at_fp8x2_bf16(x, x >> 8);
+                }
+                *(uint4 *) &st[n][(lane & 7) * 16] = make_uint4(o[0], o[1], o[2], o[3]);
+                *(uint4 *) &st[n][(lane & 7) * 16 + 8] = make_uint4(o[4], o[5], o[6], o[7]);
+            }
+            __syncwarp();
+        }
+        float part[4][4] = {};
+#pragma unroll
+        for (int ks = 0; ks < AT_KC / 16; ks++) {
+#pragma unroll
+            for (int n8 = 0; n8 < 4; n8++) {
+                kimi_mma_bf16(part[n8], a[ks][0], a[ks][1], a[ks][2], a[ks][3],
+                              *(const uint32_t *) &st[n8 * 8 + g][ks * 16 + 2 * tq],
+                              *(const uint32_t *) &st[n8 * 8 + g][ks * 16 + 2 * tq + 8]);
+            }
+        }
+#pragma unroll
+        for (int n8 = 0; n8 < 4; n8++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) red[warp][n8][i][lane] = m[n8] * part[n8][i];
+        __syncthreads();
+        if (warp == 0) {
+#pragma unroll
+            for (int n8 = 0; n8 < 4; n8++) {
+                float r[4];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    r[i] = red[0][n8][i][lane];
+#pragma unroll
+                    for (int k = 1; k < AT_WARPS; k++) r[i] += red[k][n8][i][lane];
+                }
+                const int v = v0 + n8 * 8 + 2 * tq;
+                if (v >= dv) {
+                    continue;
+                }
+                if (va) {
+                    *(float2 *) (out + ((size_t) (t0 + g) * H + h) * dv + v) = make_float2(r[0], r[1]);
+                }
+                if (vb) {
+                    *(float2 *) (out + ((size_t) (t0 + g + 8) * H + h) * dv + v) = make_float2(r[2], r[3]);
                 }
             }
         }
+        __syncthreads();
     }
 }
 
@@ -576,9 +656,10 @@ absorb_check(const void *x, const void *y, int T, int H, int R, int nope, int dv
              const uint8_t *w, const float *ws, kimi_err_t *err)
 {
     if (x == NULL || y == NULL || w == NULL || ws == NULL || T < 0 || H <= 0 || R != AB_R
-        || nope <= 0 || nope > AB_MAX_NOPE || dv <= 0) {
+        || nope <= 0 || nope > AB_MAX_NOPE || nope % 16 || dv <= 0 || dv % 8) {
         return kimi_err_set(err, KIMI_EINVAL, "mla_absorb: T=%d H=%d R=%d nope=%d dv=%d "
-                            "(R == %d, nope <= %d)", T, H, R, nope, dv, AB_R, AB_MAX_NOPE);
+                            "(R == %d, nope a multiple of 16 <= %d, dv of 8)", T, H, R, nope, dv,
+                            AB_R, AB_MAX_NOPE);
     }
     if (((uintptr_t) w | (uintptr_t) x) & 15) {
         return kimi_err_set(err, KIMI_EINVAL, "mla_absorb: kv_b or input not 16-byte aligned");
@@ -598,8 +679,9 @@ kimi_mla_absorb_q(const float *q, int T, int H, int nope, int P, int R, int dv,
     if (P < 0) {
         return kimi_err_set(err, KIMI_EINVAL, "mla_absorb_q: P=%d", P);
     }
-    dim3 grid(H, (T + AB_TOK - 1) / AB_TOK, AB_R / AB_QC);
-    KIMI_LAUNCH(err, absorb_q_kernel, grid, AB_WARPS * 32, 0, s, q, T, H, nope, P, kv_b, kv_b_s,
+    const int tiles = (T + AT_TOK - 1) / AT_TOK;
+    dim3 grid(H, tiles < AT_TILES_Y ? tiles : AT_TILES_Y, AB_R / AT_KC);
+    KIMI_LAUNCH(err, absorb_q_kernel, grid, AT_WARPS * 32, 0, s, q, T, H, nope, P, kv_b, kv_b_s,
                 nope + dv, qlat);
     return KIMI_OK;
 }
@@ -613,12 +695,9 @@ kimi_mla_absorb_o(const kimi_bf16_t *olat, int T, int H, int R, int nope, int dv
     if (rc != KIMI_OK || T == 0) {
         return rc;
     }
-    /* a head's rows over z blocks, so that the grid has ~66 blocks or more
-     * (64 heads: 2 a head; 16 heads, Moonlight's or a TP=4 rank's: 5) */
-    int z = (66 + H - 1) / H;
-    z = z < (dv + AB_U - 1) / AB_U ? z : (dv + AB_U - 1) / AB_U;
-    dim3 grid(H, (T + AB_TOK - 1) / AB_TOK, z);
-    KIMI_LAUNCH(err, absorb_o_kernel, grid, AB_WARPS * 32, 0, s, olat, T, H, nope, dv, kv_b, kv_b_s,
+    const int tiles = (T + AT_TOK - 1) / AT_TOK;
+    dim3 grid(H, tiles < AT_TILES_Y ? tiles : AT_TILES_Y, (dv + AT_N - 1) / AT_N);
+    KIMI_LAUNCH(err, absorb_o_kernel, grid, AT_WARPS * 32, 0, s, olat, T, H, nope, dv, kv_b, kv_b_s,
                 nope + dv, out);
     return KIMI_OK;
 }

@@ -15,6 +15,10 @@
  *   (dummy weights by default; auto reads the checkpoint, and
  *   --quantization fp8 quantises a BF16 one at load for both backends)
  *
+ *   engine_check --model DIR [--hf-overrides JSON] [--kv ...] --attn-table
+ *   the attention layer's decode time at batch 1 / 16 / 64 and contexts
+ *   1K / 8K against its weights + KV bytes (attn_table below)
+ *
  *   engine_check --hf FIXTURE_DIR
  *   the cuda backend against transformers' own logits (hf_check below,
  *   bf16 and fp8 cache):
@@ -188,15 +192,16 @@ step(kimi_backend_t *be, const kimi_batch_seq_t *seqs, uint32_t n,
 }
 
 
-/* HBM bytes a batch-1 decode step must read, by phase: every weight it
- * uses once (top_k routed experts per MoE layer), the KV rows, lm_head. */
+/* HBM bytes a decode step of n_seq sequences of ctx tokens must read, by
+ * phase: every weight it uses once, the KV rows of every sequence,
+ * lm_head; the MoE term counts top_k experts (a batch of one). */
 typedef struct {
     double  attn, dense, moe, head;
 } floor_t;
 
 
 static floor_t
-floor_bytes(const kimi_model_t *m, uint32_t ctx, int kv_fp8)
+floor_bytes(const kimi_model_t *m, uint32_t n_seq, uint32_t ctx, int kv_fp8)
 {
     const kimi_model_config_t  *c = &m->cfg;
     floor_t                     f = { 0, 0, 0, 0 };
@@ -212,8 +217,9 @@ floor_bytes(const kimi_model_t *m, uint32_t ctx, int kv_fp8)
         f.attn += FP8(L->kv_b_proj);      /* absorbed straight from FP8 */
         f.attn += 2.0 * (2 * c->hidden_size + c->q_lora_rank
                          + c->kv_lora_rank);
-        f.attn += (double) ctx * (c->kv_lora_rank + c->qk_rope_head_dim)
-                  * (kv_fp8 ? 1 : 2);
+        f.attn += (double) n_seq * ctx
+                  * ((c->kv_lora_rank + c->qk_rope_head_dim) * (kv_fp8 ? 1 : 2)
+                     + (kv_fp8 ? 4 : 0));   /* fp8: a float scale a row */
 
         if (!L->is_moe) {
             f.dense += FP8(L->mlp.gate_proj) + FP8(L->mlp.up_proj)
@@ -612,6 +618,151 @@ hf_check(const char *fxdir)
     return rc != 0 || n_fail ? 1 : 0;
 }
 
+/*
+ * The attention layer at decode, the issue's "MLA decode" on weights + KV
+ * bytes: batches of 1, 16 and 64 sequences at contexts of 1K and 8K tokens
+ * (distinct cache blocks for every sequence, the cache as kv_init left
+ * it), the per-phase event profile of 10 eager steps summed over the
+ * layers, against the attention weights (q_a, q_b, kv_a, kv_b, o_proj,
+ * norms) plus every sequence's KV rows at the copy bandwidth of the same
+ * run.  The step's graph-replayed device time is printed beside it.
+ */
+static int
+attn_table(kimi_model_t *m, int kv_fp8)
+{
+    static const uint32_t       Bs[] = { 1, 16, 64 }, ctxs[] = { 1024, 8192 };
+    kimi_backend_cuda_params_t  p = kimi_backend_cuda_default_params();
+    kimi_kv_params_t            kp;
+    kimi_backend_t             *gpu = NULL;
+    kimi_err_t                  err = { 0 };
+    kimi_batch_seq_t           *s = calloc(64, sizeof(*s));
+    uint32_t                   *bt = malloc(64 * 128 * sizeof(uint32_t));
+    int32_t                     toks[64];
+    uint32_t                    nb, L = m->cfg.num_hidden_layers;
+    double                      gbps = copy_gbps();
+
+    p.max_batched_tokens = 256;
+    p.max_logit_rows = 64;
+    p.max_model_len = 8192;
+
+    memset(&kp, 0, sizeof(kp));
+    kp.block_size = 64;
+    kp.max_blocks = 64 * 128;
+    kp.gpu_memory_utilization = 0.9f;
+    kp.dtype = kv_fp8 ? KIMI_KV_DTYPE_FP8 : KIMI_KV_DTYPE_AUTO;
+
+    if (kimi_backend_cuda_init_params(&gpu, m, &p, &err) != 0
+        || gpu->ops->kv_init(gpu, &kp, &nb, &err) != 0)
+    {
+        fprintf(stderr, "attn table: %s\n", err.msg);
+        return 1;
+    }
+
+    ok(nb == 64 * 128, "attn table: %u cache blocks of 64 (%s)", nb,
+       kv_fp8 ? "fp8" : "bf16");
+
+    for (uint32_t i = 0; i < 64 * 128; i++) {
+        bt[i] = (i * 2654435761u) % (64 * 128);   /* scattered, distinct */
+    }
+
+    for (uint32_t ci = 0; ci < 2; ci++) {
+        for (uint32_t bi = 0; bi < 3; bi++) {
+            uint32_t             B = Bs[bi], ctx = ctxs[ci];
+            kimi_batch_t         batch = { B, s };
+            kimi_cuda_profile_t  pr, acc;
+            floor_t              f = floor_bytes(m, B, ctx, kv_fp8);
+            double               step_us = 0, kv_mb, floor_us;
+            char                 want[32];
+            int                  prof;
+
+            for (uint32_t b = 0; b < B; b++) {
+                toks[b] = (int32_t) ((b * 7919u + 11u) % m->cfg.vocab_size);
+                memset(&s[b], 0, sizeof(s[b]));
+                s[b].seq_id = b + 1;
+                s[b].tokens = &toks[b];
+                s[b].n_tokens = 1;
+                s[b].pos = ctx - 1;
+                s[b].block_table = bt + b * 128;
+                s[b].n_blocks = ctx / 64;
+                s[b].want_logits = 1;
+            }
+
+            kimi_backend_cuda_set_graphs(gpu, 1);
+
+            /* EC_PROFILE_ATTN=B,ctx: the 6th graph-replayed step of that
+             * row is the only one a profiler started with its capture
+             * range off sees */
+            snprintf(want, sizeof(want), "%u,%u", B, ctx);
+            prof = getenv("EC_PROFILE_ATTN") != NULL
+                   && strcmp(getenv("EC_PROFILE_ATTN"), want) == 0;
+
+            for (int i = 0; i < 13; i++) {
+                if (prof && i == 5) {
+                    cudaProfilerStart();
+                }
+                if (gpu->ops->forward(gpu, &batch, &err) != 0) {
+                    fprintf(stderr, "attn table: %s\n", err.msg);
+                    return 1;
+                }
+                if (kimi_backend_cuda_greedy(gpu, toks, &nb, &err) != 0) {
+                    fprintf(stderr, "attn table: %s\n", err.msg);
+                    return 1;
+                }
+                if (prof && i == 5) {
+                    cudaProfilerStop();
+                }
+                step_us += i >= 3 ? kimi_backend_cuda_last_step_us(gpu) / 10 : 0;
+                for (uint32_t b = 0; b < B; b++) {
+                    toks[b] = (int32_t) ((b * 7919u + 11u) % m->cfg.vocab_size);
+                }
+            }
+
+            memset(&acc, 0, sizeof(acc));
+            kimi_backend_cuda_set_profile(gpu, 1);
+
+            for (int i = 0; i < 11; i++) {
+                if (gpu->ops->forward(gpu, &batch, &err) != 0
+                    || kimi_backend_cuda_profile(gpu, &pr, &err) != 0)
+                {
+                    fprintf(stderr, "attn table: %s\n", err.msg);
+                    return 1;
+                }
+                if (i == 0) {
+                    continue;                /* warm-up */
+                }
+                acc.attn_us += pr.attn_us / 10;
+                acc.attn_proj_us += pr.attn_proj_us / 10;
+                acc.absorb_q_us += pr.absorb_q_us / 10;
+                acc.mla_us += pr.mla_us / 10;
+                acc.absorb_o_us += pr.absorb_o_us / 10;
+                acc.attn_out_us += pr.attn_out_us / 10;
+            }
+
+            kimi_backend_cuda_set_profile(gpu, 0);
+
+            kv_mb = (f.attn - floor_bytes(m, 0, 0, kv_fp8).attn) / 1e6;
+            floor_us = f.attn / (gbps * 1e3);
+            printf("# attn layer %s B=%-2u ctx=%-4u %7.1f us a layer "
+                   "(proj %.1f, W_UK %.1f, MLA %.1f, W_UV %.1f, o_proj %.1f)"
+                   "  floor %6.1f us (weights %.1f + KV %.1f MB)"
+                   "  %3.0f%% of copy; step (graph) %.1f us\n",
+                   kv_fp8 ? "fp8 " : "bf16", B, ctx, acc.attn_us / L,
+                   acc.attn_proj_us / L, acc.absorb_q_us / L, acc.mla_us / L,
+                   acc.absorb_o_us / L, acc.attn_out_us / L, floor_us / L,
+                   (f.attn / 1e6 - kv_mb) / L, kv_mb / L,
+                   100.0 * floor_us / acc.attn_us, step_us);
+            ok(acc.attn_us > 0 && floor_us > 0, "attn layer B=%u ctx=%u "
+               "timed", B, ctx);
+        }
+    }
+
+    gpu->ops->free(gpu);
+    free(s);
+    free(bt);
+    return 0;
+}
+
+
 int
 main(int argc, char **argv)
 {
@@ -625,6 +776,7 @@ main(int argc, char **argv)
         { "load-format", required_argument, NULL, 'l' },
         { "quantization", required_argument, NULL, 'q' },
         { "hf", required_argument, NULL, 'H' },
+        { "attn-table", no_argument, NULL, 'A' },
         { NULL, 0, NULL, 0 }
     };
 
@@ -647,6 +799,7 @@ main(int argc, char **argv)
     double                      t0, worst_cos = 1, worst_rel = 0;
     kimi_batch_seq_t            s[2];
     const char                 *hf_dir = NULL;
+    int                         attn_only = 0;
 
     mp.load_format = "dummy";
     mp.seed = 7;
@@ -662,6 +815,7 @@ main(int argc, char **argv)
         case 'l': mp.load_format = optarg; break;
         case 'q': mp.quantize_fp8 = strcmp(optarg, "fp8") == 0; break;
         case 'H': hf_dir = optarg; break;
+        case 'A': attn_only = 1; break;
         default:
             return 2;
         }
@@ -683,6 +837,13 @@ main(int argc, char **argv)
     if (kimi_model_load(&m, &mp, &err) != 0) {
         fprintf(stderr, "model: %s\n", err.msg);
         return 1;
+    }
+
+    if (attn_only) {
+        rc = attn_table(m, kv_fp8);
+        kimi_model_free(m);
+        printf("1..%d\n", n_test);
+        return rc != 0 || n_fail ? 1 : 0;
     }
 
     V = m->cfg.vocab_size;
@@ -1036,7 +1197,7 @@ main(int argc, char **argv)
 
         wall = wall / iters * 1e6;
         dev /= iters;
-        f = floor_bytes(m, pos, kv_fp8);
+        f = floor_bytes(m, 1, pos, kv_fp8);
         bytes = f.attn + f.dense + f.moe + f.head;
         floor_us = bytes / (gbps * 1e3);
         printf("# decode step B=1 %s (%u layers + lm_head, ctx ~%u): wall "

@@ -1552,6 +1552,17 @@ test_mla_decode_all(void)
     test_mla_runs(40, l5, 0, 32, 16, 1);
 }
 
+/* Every absorption case (KCHECK_ONLY=absorb runs these alone). */
+static void
+test_absorb_all(void)
+{
+    test_absorb(1, 64, 128, 128, 64);
+    test_absorb(7, 16, 128, 128, 64);     /* a partial 16-token tile */
+    test_absorb(37, 64, 128, 128, 64);    /* three tiles, the last partial */
+    test_absorb(300, 8, 128, 128, 64);    /* 19 tiles: blocks stride over them (grid.y 16) */
+    test_absorb(3, 8, 192, 64, 64);       /* nope 192: two K chunks; dv 64: two idle warps */
+}
+
 /* Every MLA prefill case (KCHECK_ONLY=prefill runs these alone). */
 static void
 test_mla_prefill_all(void)
@@ -1585,6 +1596,11 @@ main(int argc, char **argv)
     }
     if (getenv("KCHECK_ONLY") != NULL && strcmp(getenv("KCHECK_ONLY"), "mla") == 0) {
         test_mla_decode_all();
+        printf("1..%d\n", n_test);
+        return n_fail ? 1 : 0;
+    }
+    if (getenv("KCHECK_ONLY") != NULL && strcmp(getenv("KCHECK_ONLY"), "absorb") == 0) {
+        test_absorb_all();
         printf("1..%d\n", n_test);
         return n_fail ? 1 : 0;
     }
@@ -1656,9 +1672,7 @@ main(int argc, char **argv)
     test_mla_prefill_all();
     test_add(7 * 7168 + 3);
     test_logit_edit(5, 163840, 4000);
-    test_absorb(1, 64, 128, 128, 64);
-    test_absorb(7, 16, 128, 128, 64);     /* partial token group (AB_TOK 4) */
-    test_absorb(3, 8, 192, 64, 64);       /* nope 192: rows past one warp pass */
+    test_absorb_all();
     test_greedy(3, 163840);
     test_greedy_logprob(5, 163840);
     test_greedy(3, 1001);            /* rows 1, 2 not 16-byte aligned: the scalar path */
