@@ -666,8 +666,11 @@ attn_table(kimi_model_t *m, int kv_fp8)
     }
 
     for (uint32_t ci = 0; ci < 2; ci++) {
-        for (uint32_t bi = 0; bi < 3; bi++) {
-            uint32_t             B = Bs[bi], ctx = ctxs[ci];
+        for (uint32_t bi = 0; bi < 4; bi++) {
+            /* the last row: B=64 again with the dense projections on the
+             * own GEMM kernel instead of cuBLASLt (which takes T >= 64) */
+            uint32_t             B = Bs[bi < 3 ? bi : 2], ctx = ctxs[ci];
+            int                  own = bi == 3;
             kimi_batch_t         batch = { B, s };
             kimi_cuda_profile_t  pr, acc;
             floor_t              f = floor_bytes(m, B, ctx, kv_fp8);
@@ -688,11 +691,12 @@ attn_table(kimi_model_t *m, int kv_fp8)
             }
 
             kimi_backend_cuda_set_graphs(gpu, 1);
+            kimi_backend_cuda_set_cublaslt(gpu, !own);
 
             /* EC_PROFILE_ATTN=B,ctx: the 6th graph-replayed step of that
              * row is the only one a profiler started with its capture
              * range off sees */
-            snprintf(want, sizeof(want), "%u,%u", B, ctx);
+            snprintf(want, sizeof(want), "%u,%u%s", B, ctx, own ? ",own" : "");
             prof = getenv("EC_PROFILE_ATTN") != NULL
                    && strcmp(getenv("EC_PROFILE_ATTN"), want) == 0;
 
@@ -742,17 +746,18 @@ attn_table(kimi_model_t *m, int kv_fp8)
 
             kv_mb = (f.attn - floor_bytes(m, 0, 0, kv_fp8).attn) / 1e6;
             floor_us = f.attn / (gbps * 1e3);
-            printf("# attn layer %s B=%-2u ctx=%-4u %7.1f us a layer "
+            printf("# attn layer %s B=%-2u ctx=%-4u%s %7.1f us a layer "
                    "(proj %.1f, W_UK %.1f, MLA %.1f, W_UV %.1f, o_proj %.1f)"
                    "  floor %6.1f us (weights %.1f + KV %.1f MB)"
                    "  %3.0f%% of copy; step (graph) %.1f us\n",
-                   kv_fp8 ? "fp8 " : "bf16", B, ctx, acc.attn_us / L,
+                   kv_fp8 ? "fp8 " : "bf16", B, ctx,
+                   own ? " own GEMM" : "", acc.attn_us / L,
                    acc.attn_proj_us / L, acc.absorb_q_us / L, acc.mla_us / L,
                    acc.absorb_o_us / L, acc.attn_out_us / L, floor_us / L,
                    (f.attn / 1e6 - kv_mb) / L, kv_mb / L,
                    100.0 * floor_us / acc.attn_us, step_us);
-            ok(acc.attn_us > 0 && floor_us > 0, "attn layer B=%u ctx=%u "
-               "timed", B, ctx);
+            ok(acc.attn_us > 0 && floor_us > 0, "attn layer B=%u ctx=%u%s "
+               "timed", B, ctx, own ? " (own GEMM)" : "");
         }
     }
 

@@ -1086,7 +1086,13 @@ kimi_backend_cuda_set_profile(kimi_backend_t *base, int on)
 void
 kimi_backend_cuda_set_cublaslt(kimi_backend_t *base, int on)
 {
-    ((kimi_cuda_t *) base)->lt_fp8 = on;
+    kimi_cuda_t  *b = (kimi_cuda_t *) base;
+
+    if (b->lt_fp8 != on) {
+        kimi_cuda_graphs_drop(b);   /* the captured steps hold the other GEMMs */
+    }
+
+    b->lt_fp8 = on;
 }
 
 

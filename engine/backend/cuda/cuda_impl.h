@@ -278,6 +278,7 @@ void kimi_cuda_p2p_abort(kimi_cuda_t *b);
 int  kimi_cuda_graphs_init(kimi_cuda_t *b, kimi_err_t *err);
 int  kimi_cuda_graph_step(kimi_cuda_t *b, uint32_t T, uint32_t rows,
     uint32_t splits, kimi_err_t *err);
+void kimi_cuda_graphs_drop(kimi_cuda_t *b);
 void kimi_cuda_graphs_free(kimi_cuda_t *b);
 
 #endif

@@ -20,6 +20,7 @@
  */
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "../../common/kimi_log.h"
 #include "cuda_impl.h"
@@ -148,15 +149,24 @@ kimi_cuda_graph_step(kimi_cuda_t *b, uint32_t T, uint32_t rows,
 }
 
 
+/* Every captured step destroyed, to be captured again when next seen. */
 void
-kimi_cuda_graphs_free(kimi_cuda_t *b)
+kimi_cuda_graphs_drop(kimi_cuda_t *b)
 {
     for (uint32_t t = 0; b->graphs != NULL && t <= b->graph_max_t; t++) {
         if (b->graphs[t].exec != NULL) {
             (void) cudaGraphExecDestroy(b->graphs[t].exec);
         }
-    }
 
+        memset(&b->graphs[t], 0, sizeof(b->graphs[t]));
+    }
+}
+
+
+void
+kimi_cuda_graphs_free(kimi_cuda_t *b)
+{
+    kimi_cuda_graphs_drop(b);
     free(b->graphs);
     b->graphs = NULL;
 }
