@@ -11,11 +11,15 @@
  * Twin:    kimi_cpu_rmsnorm / residual add in engine/backend/cpu/ops.h.
  */
 
+#include <cooperative_groups.h>
+
 #include "kimi_cuda.cuh"
 #include "kimi_kernels.h"
 
+namespace cg = cooperative_groups;
+
 #define NORM_THREADS 256
-#define NORM_VEC     8         /* float4 a thread kept in registers: D <= 8192 */
+#define NORM_VEC     8         /* float4 a thread kept in registers: a slice <= 8192 */
 
 /* One block per row; 16-byte vectors of 8 bf16. */
 template <bool RESIDUAL>
@@ -160,22 +164,28 @@ norm_out4(const float4 a, int i, float rstd, const uint16_t *__restrict__ w,
     }
 }
 
-template <bool RESIDUAL, bool QUANT>
-static __global__ void __launch_bounds__(NORM_THREADS)
+/* A row over a cluster of CS blocks, each a D / CS slice (whole 1x128
+ * groups, so the fused quantisation stays in the block): one block a row
+ * was a dependent chain of loads, reductions and quantisations of 7
+ * float4 a thread, ~5 us above launch at T = 1 for D = 7168.  The sum of
+ * squares: warps in order, then the blocks in rank order (DSMEM), so a
+ * row's result does not depend on T. */
+template <bool RESIDUAL, bool QUANT, int CS>
+static __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(NORM_THREADS)
 rmsnorm_f32_kernel(const float *__restrict__ x, float *__restrict__ res,
                    const uint16_t *__restrict__ w, float *__restrict__ y, int D, float eps,
                    uint8_t *__restrict__ xq, float *__restrict__ xs)
 {
     KIMI_GRID_ENTRY();
     __shared__ float part[NORM_THREADS / 32];
-    const size_t  row = (size_t) blockIdx.x * D;
-    const float4 *xv = (const float4 *) (x + row);
-    float4       *rv = (float4 *) ((RESIDUAL ? res : (float *) x) + row);
-    const int     nv = D / 4;
+    __shared__ float slice_ss;
+    const int     nv = D / 4 / CS, i0 = blockIdx.x * nv;   /* this slice's float4 */
+    const size_t  row = (size_t) blockIdx.y * D;
+    const float4 *xv = (const float4 *) (x + row) + i0;
+    float4       *rv = (float4 *) ((RESIDUAL ? res : (float *) x) + row) + i0;
     float         ss = 0.f;
-    /* rows up to NORM_VEC float4 a thread stay in registers, their loads
-     * issued together (a strided loop of dependent passes is latency bound
-     * at one row: 5-7 us for 7168) */
+    /* up to NORM_VEC float4 a thread stay in registers, their loads
+     * issued together */
     float4        keep[NORM_VEC];
 
 #pragma unroll
@@ -224,18 +234,55 @@ rmsnorm_f32_kernel(const float *__restrict__ x, float *__restrict__ res,
     for (int i = 0; i < NORM_THREADS / 32; i++) {
         tot += part[i];
     }
+    if (CS > 1) {
+        cg::cluster_group cluster = cg::this_cluster();
+        if (threadIdx.x == 0) {
+            slice_ss = tot;
+        }
+        cluster.sync();
+        tot = 0.f;
+#pragma unroll
+        for (int r = 0; r < CS; r++) {
+            tot += *cluster.map_shared_rank(&slice_ss, r);
+        }
+        cluster.sync();                  /* every rank has read every slice */
+    }
     const float rstd = 1.f / sqrtf(tot / (float) D + eps);
 
 #pragma unroll
     for (int k = 0; k < NORM_VEC; k++) {
         const int i = threadIdx.x + k * NORM_THREADS;
         if (i < nv) {
-            norm_out4<QUANT>(keep[k], i, rstd, w, y, blockIdx.x, D, xq, xs);
+            norm_out4<QUANT>(keep[k], i0 + i, rstd, w, y, blockIdx.y, D, xq, xs);
         }
     }
     for (int i = threadIdx.x + NORM_VEC * NORM_THREADS; i < nv; i += NORM_THREADS) {
-        norm_out4<QUANT>(rv[i], i, rstd, w, y, blockIdx.x, D, xq, xs);
+        norm_out4<QUANT>(rv[i], i0 + i, rstd, w, y, blockIdx.y, D, xq, xs);
     }
+}
+
+/* The cluster a row takes: the most blocks (8 at most) whose slices are
+ * whole 1x128 groups */
+template <bool RESIDUAL, bool QUANT>
+static int
+rmsnorm_f32_launch(const float *x, float *res, const kimi_bf16_t *w, float *y, int T, int D,
+                   float eps, uint8_t *xq, float *xs, cudaStream_t s, kimi_err_t *err)
+{
+    const uint16_t *wb = (const uint16_t *) w;
+    if (D % (8 * 128) == 0) {
+        KIMI_LAUNCH(err, rmsnorm_f32_kernel<RESIDUAL, QUANT, 8>, dim3(8, T), NORM_THREADS, 0, s, x, res,
+                    wb, y, D, eps, xq, xs);
+    } else if (D % (4 * 128) == 0) {
+        KIMI_LAUNCH(err, rmsnorm_f32_kernel<RESIDUAL, QUANT, 4>, dim3(4, T), NORM_THREADS, 0, s, x, res,
+                    wb, y, D, eps, xq, xs);
+    } else if (D % (2 * 128) == 0) {
+        KIMI_LAUNCH(err, rmsnorm_f32_kernel<RESIDUAL, QUANT, 2>, dim3(2, T), NORM_THREADS, 0, s, x, res,
+                    wb, y, D, eps, xq, xs);
+    } else {
+        KIMI_LAUNCH(err, rmsnorm_f32_kernel<RESIDUAL, QUANT, 1>, dim3(1, T), NORM_THREADS, 0, s, x, res,
+                    wb, y, D, eps, xq, xs);
+    }
+    return KIMI_OK;
 }
 
 extern "C" int
@@ -246,9 +293,7 @@ kimi_rmsnorm_f32(const float *x, const kimi_bf16_t *w, float *y, int T, int D,
     if (rc != KIMI_OK || T == 0) {
         return rc;
     }
-    KIMI_LAUNCH(err, rmsnorm_f32_kernel<false, false>, T, NORM_THREADS, 0, s, x, nullptr, w, y, D,
-                eps, nullptr, nullptr);
-    return KIMI_OK;
+    return rmsnorm_f32_launch<false, false>(x, nullptr, w, y, T, D, eps, nullptr, nullptr, s, err);
 }
 
 extern "C" int
@@ -263,9 +308,7 @@ kimi_rmsnorm_residual_f32(const float *x, float *res, const kimi_bf16_t *w,
     if (res == NULL || ((uintptr_t) res & 15)) {
         return kimi_err_set(err, KIMI_EINVAL, "rmsnorm_residual: res NULL or unaligned");
     }
-    KIMI_LAUNCH(err, rmsnorm_f32_kernel<true, false>, T, NORM_THREADS, 0, s, x, res, w, y, D, eps,
-                nullptr, nullptr);
-    return KIMI_OK;
+    return rmsnorm_f32_launch<true, false>(x, res, w, y, T, D, eps, nullptr, nullptr, s, err);
 }
 
 extern "C" int
@@ -281,12 +324,7 @@ kimi_rmsnorm_quant_f32(const float *x, float *res, const kimi_bf16_t *w, float *
         || (res != NULL && ((uintptr_t) res & 15))) {
         return kimi_err_set(err, KIMI_EINVAL, "rmsnorm_quant: D=%d (D %% 128), xq/xs/res", D);
     }
-    if (res != NULL) {
-        KIMI_LAUNCH(err, rmsnorm_f32_kernel<true, true>, T, NORM_THREADS, 0, s, x, res, w, y, D,
-                    eps, xq, xs);
-    } else {
-        KIMI_LAUNCH(err, rmsnorm_f32_kernel<false, true>, T, NORM_THREADS, 0, s, x, nullptr, w, y,
-                    D, eps, xq, xs);
-    }
-    return KIMI_OK;
+    return res != NULL
+           ? rmsnorm_f32_launch<true, true>(x, res, w, y, T, D, eps, xq, xs, s, err)
+           : rmsnorm_f32_launch<false, true>(x, nullptr, w, y, T, D, eps, xq, xs, s, err);
 }

@@ -1618,7 +1618,8 @@ main(int argc, char **argv)
     test_rmsnorm(3, 264);
     test_rmsnorm_quant(1, 7168, 1);
     test_rmsnorm_quant(5, 1536, 0);
-    test_rmsnorm_quant(3, 9216, 1);     /* past the registers' 8192: the strided tail */
+    test_rmsnorm_quant(3, 9216, 1);     /* a cluster of 8 slices of 1152 */
+    test_rmsnorm_quant(2, 8576, 0);     /* 67 groups: one block a row, past its registers' 8192 */
     test_rope(7, 64);
     test_quant(5, 7168, 0);
     test_quant(9, 1152, 1);
