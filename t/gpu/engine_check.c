@@ -246,6 +246,23 @@ floor_bytes(const kimi_model_t *m, uint32_t n_seq, uint32_t ctx, int kv_fp8)
 }
 
 
+/* acc += w * p, phase by phase */
+static void
+profile_add(kimi_cuda_profile_t *acc, const kimi_cuda_profile_t *p, double w)
+{
+    acc->embed_us += w * p->embed_us;
+    acc->attn_us += w * p->attn_us;
+    acc->ffn_dense_us += w * p->ffn_dense_us;
+    acc->ffn_moe_us += w * p->ffn_moe_us;
+    acc->head_us += w * p->head_us;
+    acc->attn_proj_us += w * p->attn_proj_us;
+    acc->absorb_q_us += w * p->absorb_q_us;
+    acc->mla_us += w * p->mla_us;
+    acc->absorb_o_us += w * p->absorb_o_us;
+    acc->attn_out_us += w * p->attn_out_us;
+}
+
+
 static double
 copy_gbps(void)
 {
@@ -734,12 +751,7 @@ attn_table(kimi_model_t *m, int kv_fp8)
                 if (i == 0) {
                     continue;                /* warm-up */
                 }
-                acc.attn_us += pr.attn_us / 10;
-                acc.attn_proj_us += pr.attn_proj_us / 10;
-                acc.absorb_q_us += pr.absorb_q_us / 10;
-                acc.mla_us += pr.mla_us / 10;
-                acc.absorb_o_us += pr.absorb_o_us / 10;
-                acc.attn_out_us += pr.attn_out_us / 10;
+                profile_add(&acc, &pr, 0.1);
             }
 
             kimi_backend_cuda_set_profile(gpu, 0);
@@ -1237,16 +1249,7 @@ main(int argc, char **argv)
                 return 1;
             }
 
-            acc.embed_us += pr.embed_us / 10;
-            acc.attn_us += pr.attn_us / 10;
-            acc.ffn_dense_us += pr.ffn_dense_us / 10;
-            acc.ffn_moe_us += pr.ffn_moe_us / 10;
-            acc.head_us += pr.head_us / 10;
-            acc.attn_proj_us += pr.attn_proj_us / 10;
-            acc.absorb_q_us += pr.absorb_q_us / 10;
-            acc.mla_us += pr.mla_us / 10;
-            acc.absorb_o_us += pr.absorb_o_us / 10;
-            acc.attn_out_us += pr.attn_out_us / 10;
+            profile_add(&acc, &pr, 0.1);
         }
 
         kimi_backend_cuda_set_profile(gpu, 0);
