@@ -56,12 +56,13 @@ int kimi_rmsnorm_residual_f32(const float *x, float *res, const kimi_bf16_t *w,
                               cudaStream_t s, kimi_err_t *err);
 
 /* rmsnorm_f32 (res NULL) or rmsnorm_residual_f32 (res set) that also
- * writes y's FP8 e4m3 codes and token-major 1x128 scales (xq [T][D], xs
- * [T][D/128]) exactly as kimi_fp8_quant_1x128_f32 would from y: one launch
- * instead of two at decode sizes.  D % 128 == 0. */
+ * writes y's FP8 e4m3 codes and 1x128 scales (xq [T][D]; xs [T][D/128],
+ * and xs_mn [D/128][ld_mn] for cuBLASLt when not NULL) exactly as
+ * kimi_fp8_quant_1x128_f32 would from y: one launch instead of two or
+ * three.  D % 128 == 0. */
 int kimi_rmsnorm_quant_f32(const float *x, float *res, const kimi_bf16_t *w, float *y,
                            int T, int D, float eps, uint8_t *xq, float *xs,
-                           cudaStream_t s, kimi_err_t *err);
+                           float *xs_mn, int ld_mn, cudaStream_t s, kimi_err_t *err);
 
 /* ---- rope.cu --------------------------------------------------------- */
 
@@ -94,17 +95,18 @@ int kimi_rope_f32(float *q, int q_ld, int q_hd, int n_heads, float *k,
 
 /* ---- quant.cu -------------------------------------------------------- */
 
-/* xq[t,k] = e4m3(x[t,k] / s[t,k/128]); K % 128 == 0.
- * scale_mn_major = 0: scales[t*(K/128) + kb]; 1: scales[kb*ld_scale + t]
- * (cuBLASLt VEC128 layout, ld_scale >= T, rows T..ld_scale-1 untouched). */
+/* xq[t,k] = e4m3(x[t,k] / s[t,k/128]); K % 128 == 0.  The scales go to
+ * xs[t*(K/128) + kb] (token-major) and/or xs_mn[kb*ld_mn + t] (cuBLASLt's
+ * VEC128 layout, ld_mn >= T, rows T..ld_mn-1 untouched); either may be
+ * NULL, not both. */
 int kimi_fp8_quant_1x128(const kimi_bf16_t *x, int ldx, int T, int K,
-                         uint8_t *xq, float *scales, int scale_mn_major,
-                         int ld_scale, cudaStream_t s, kimi_err_t *err);
+                         uint8_t *xq, float *xs, float *xs_mn, int ld_mn,
+                         cudaStream_t s, kimi_err_t *err);
 
 /* The same from fp32 x (16-byte aligned). */
 int kimi_fp8_quant_1x128_f32(const float *x, int ldx, int T, int K,
-                             uint8_t *xq, float *scales, int scale_mn_major,
-                             int ld_scale, cudaStream_t s, kimi_err_t *err);
+                             uint8_t *xq, float *xs, float *xs_mn, int ld_mn,
+                             cudaStream_t s, kimi_err_t *err);
 
 /* ---- gemm_fp8.cu ----------------------------------------------------- */
 

@@ -137,11 +137,15 @@ kimi_rmsnorm_residual_bf16(const kimi_bf16_t *x, kimi_bf16_t *res,
  * group: D % 128 == 0) to e4m3 codes with the group's scale, exactly as
  * quant.cu's kernel does from y. */
 static __device__ __forceinline__ void
-norm_quant4(const float4 v, int i, uint8_t *__restrict__ xq, float *__restrict__ xs)
+norm_quant4(const float4 v, int i, int t, uint8_t *__restrict__ xq, float *__restrict__ xs,
+            float *__restrict__ xs_mn, int ld_mn)
 {
     const float f[4] = { v.x, v.y, v.z, v.w };
     float s;
     *(uint32_t *) (xq + 4 * i) = kimi_quant128_warp(f, &s);
+    if ((i & 31) == 0 && xs_mn != NULL) {
+        xs_mn[(size_t) (i / 32) * ld_mn + t] = s;
+    }
     if ((i & 31) == 0) {
         xs[i / 32] = s;
     }
@@ -152,7 +156,7 @@ template <bool QUANT>
 static __device__ __forceinline__ void
 norm_out4(const float4 a, int i, float rstd, const uint16_t *__restrict__ w,
           float *__restrict__ y, int t, int D, uint8_t *__restrict__ xq,
-          float *__restrict__ xs)
+          float *__restrict__ xs, float *__restrict__ xs_mn, int ld_mn)
 {
     float wf[4];
     kimi_ld4(w + 4 * i, wf);
@@ -160,7 +164,7 @@ norm_out4(const float4 a, int i, float rstd, const uint16_t *__restrict__ w,
                                  wf[2] * (a.z * rstd), wf[3] * (a.w * rstd));
     ((float4 *) (y + (size_t) t * D))[i] = o;
     if (QUANT) {
-        norm_quant4(o, i, xq + (size_t) t * D, xs + (size_t) t * (D / 128));
+        norm_quant4(o, i, t, xq + (size_t) t * D, xs + (size_t) t * (D / 128), xs_mn, ld_mn);
     }
 }
 
@@ -174,7 +178,8 @@ template <bool RESIDUAL, bool QUANT, int CS>
 static __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(NORM_THREADS)
 rmsnorm_f32_kernel(const float *__restrict__ x, float *__restrict__ res,
                    const uint16_t *__restrict__ w, float *__restrict__ y, int D, float eps,
-                   uint8_t *__restrict__ xq, float *__restrict__ xs)
+                   uint8_t *__restrict__ xq, float *__restrict__ xs, float *__restrict__ xs_mn,
+                   int ld_mn)
 {
     KIMI_GRID_ENTRY();
     __shared__ float part[NORM_THREADS / 32];
@@ -253,11 +258,11 @@ rmsnorm_f32_kernel(const float *__restrict__ x, float *__restrict__ res,
     for (int k = 0; k < NORM_VEC; k++) {
         const int i = threadIdx.x + k * NORM_THREADS;
         if (i < nv) {
-            norm_out4<QUANT>(keep[k], i0 + i, rstd, w, y, blockIdx.y, D, xq, xs);
+            norm_out4<QUANT>(keep[k], i0 + i, rstd, w, y, blockIdx.y, D, xq, xs, xs_mn, ld_mn);
         }
     }
     for (int i = threadIdx.x + NORM_VEC * NORM_THREADS; i < nv; i += NORM_THREADS) {
-        norm_out4<QUANT>(rv[i], i0 + i, rstd, w, y, blockIdx.y, D, xq, xs);
+        norm_out4<QUANT>(rv[i], i0 + i, rstd, w, y, blockIdx.y, D, xq, xs, xs_mn, ld_mn);
     }
 }
 
@@ -266,22 +271,17 @@ rmsnorm_f32_kernel(const float *__restrict__ x, float *__restrict__ res,
 template <bool RESIDUAL, bool QUANT>
 static int
 rmsnorm_f32_launch(const float *x, float *res, const kimi_bf16_t *w, float *y, int T, int D,
-                   float eps, uint8_t *xq, float *xs, cudaStream_t s, kimi_err_t *err)
+                   float eps, uint8_t *xq, float *xs, float *xs_mn, int ld_mn, cudaStream_t s,
+                   kimi_err_t *err)
 {
     const uint16_t *wb = (const uint16_t *) w;
-    if (D % (8 * 128) == 0) {
-        KIMI_LAUNCH(err, rmsnorm_f32_kernel<RESIDUAL, QUANT, 8>, dim3(8, T), NORM_THREADS, 0, s, x, res,
-                    wb, y, D, eps, xq, xs);
-    } else if (D % (4 * 128) == 0) {
-        KIMI_LAUNCH(err, rmsnorm_f32_kernel<RESIDUAL, QUANT, 4>, dim3(4, T), NORM_THREADS, 0, s, x, res,
-                    wb, y, D, eps, xq, xs);
-    } else if (D % (2 * 128) == 0) {
-        KIMI_LAUNCH(err, rmsnorm_f32_kernel<RESIDUAL, QUANT, 2>, dim3(2, T), NORM_THREADS, 0, s, x, res,
-                    wb, y, D, eps, xq, xs);
-    } else {
-        KIMI_LAUNCH(err, rmsnorm_f32_kernel<RESIDUAL, QUANT, 1>, dim3(1, T), NORM_THREADS, 0, s, x, res,
-                    wb, y, D, eps, xq, xs);
-    }
+    const int cs = D % (8 * 128) == 0 ? 8 : D % (4 * 128) == 0 ? 4 : D % (2 * 128) == 0 ? 2 : 1;
+    void (*kern)(const float *, float *, const uint16_t *, float *, int, float, uint8_t *, float *,
+                 float *, int) = cs == 8 ? rmsnorm_f32_kernel<RESIDUAL, QUANT, 8>
+                                 : cs == 4 ? rmsnorm_f32_kernel<RESIDUAL, QUANT, 4>
+                                 : cs == 2 ? rmsnorm_f32_kernel<RESIDUAL, QUANT, 2>
+                                           : rmsnorm_f32_kernel<RESIDUAL, QUANT, 1>;
+    KIMI_LAUNCH(err, kern, dim3(cs, T), NORM_THREADS, 0, s, x, res, wb, y, D, eps, xq, xs, xs_mn, ld_mn);
     return KIMI_OK;
 }
 
@@ -293,7 +293,8 @@ kimi_rmsnorm_f32(const float *x, const kimi_bf16_t *w, float *y, int T, int D,
     if (rc != KIMI_OK || T == 0) {
         return rc;
     }
-    return rmsnorm_f32_launch<false, false>(x, nullptr, w, y, T, D, eps, nullptr, nullptr, s, err);
+    return rmsnorm_f32_launch<false, false>(x, nullptr, w, y, T, D, eps, nullptr, nullptr, nullptr, 0, s,
+                                            err);
 }
 
 extern "C" int
@@ -308,23 +309,25 @@ kimi_rmsnorm_residual_f32(const float *x, float *res, const kimi_bf16_t *w,
     if (res == NULL || ((uintptr_t) res & 15)) {
         return kimi_err_set(err, KIMI_EINVAL, "rmsnorm_residual: res NULL or unaligned");
     }
-    return rmsnorm_f32_launch<true, false>(x, res, w, y, T, D, eps, nullptr, nullptr, s, err);
+    return rmsnorm_f32_launch<true, false>(x, res, w, y, T, D, eps, nullptr, nullptr, nullptr, 0, s,
+                                           err);
 }
 
 extern "C" int
 kimi_rmsnorm_quant_f32(const float *x, float *res, const kimi_bf16_t *w, float *y,
-                       int T, int D, float eps, uint8_t *xq, float *xs,
-                       cudaStream_t s, kimi_err_t *err)
+                       int T, int D, float eps, uint8_t *xq, float *xs, float *xs_mn,
+                       int ld_mn, cudaStream_t s, kimi_err_t *err)
 {
     int rc = norm_check(x, w, y, T, D, err);
     if (rc != KIMI_OK || T == 0) {
         return rc;
     }
     if (D % 128 != 0 || xq == NULL || xs == NULL || ((uintptr_t) xq & 3)
-        || (res != NULL && ((uintptr_t) res & 15))) {
-        return kimi_err_set(err, KIMI_EINVAL, "rmsnorm_quant: D=%d (D %% 128), xq/xs/res", D);
+        || (res != NULL && ((uintptr_t) res & 15)) || (xs_mn != NULL && ld_mn < T)) {
+        return kimi_err_set(err, KIMI_EINVAL, "rmsnorm_quant: D=%d T=%d ld_mn=%d (D %% 128), "
+                            "xq/xs/res", D, T, ld_mn);
     }
     return res != NULL
-           ? rmsnorm_f32_launch<true, true>(x, res, w, y, T, D, eps, xq, xs, s, err)
-           : rmsnorm_f32_launch<false, true>(x, nullptr, w, y, T, D, eps, xq, xs, s, err);
+           ? rmsnorm_f32_launch<true, true>(x, res, w, y, T, D, eps, xq, xs, xs_mn, ld_mn, s, err)
+           : rmsnorm_f32_launch<false, true>(x, nullptr, w, y, T, D, eps, xq, xs, xs_mn, ld_mn, s, err);
 }

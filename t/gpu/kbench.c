@@ -276,7 +276,7 @@ typedef struct {
 static void
 moe_route(moe_ctx *m)
 {
-    KK(kimi_fp8_quant_1x128(m->x, m->D, m->T, m->D, m->xq, m->xs, 0, 0, st, ERR));
+    KK(kimi_fp8_quant_1x128(m->x, m->D, m->T, m->D, m->xq, m->xs, NULL, 0, st, ERR));
     if (kimi_moe_route_fused_fits(KIMI_ROUTER_NOAUX_TC, m->T, m->K, m->E, 1, 1) && getenv("KIMI_MOE_ROUTE_SPLIT") == NULL) {
         KK(kimi_moe_route_fused(m->x, m->wr, m->bias, KIMI_ROUTER_NOAUX_TC, m->T, m->D, m->E, m->K, 1, 1, 1, 2.827f, 1, m->logits,
                                 m->idx, m->tw, &m->ws, st, ERR));
@@ -305,7 +305,7 @@ moe_fn(void *c, int r)
     }
     /* the glue alone, one piece each (parts 3..7) */
     switch (m->part) {
-    case 3: KK(kimi_fp8_quant_1x128(m->x, m->D, m->T, m->D, m->xq, m->xs, 0, 0, st, ERR)); return;
+    case 3: KK(kimi_fp8_quant_1x128(m->x, m->D, m->T, m->D, m->xq, m->xs, NULL, 0, st, ERR)); return;
     case 4:
         if (m->T >= KIMI_ROUTER_LT_ROWS) {
             KK(kimi_moe_router_logits_f32_lt(m->lt, m->xf, m->wr, m->logits, m->T, m->D, m->E, m->rws, st, ERR));
@@ -481,7 +481,7 @@ lt_ex_fn(void *c, int r)
     if (g->part == 1) {
         const size_t n = (size_t) g->E * g->R * (g->N / 2);
         KK(kimi_silu_mul_bf16(g->y, g->y + n, g->h, n, st, ERR));
-        KK(kimi_fp8_quant_1x128(g->h, g->N / 2, g->E * g->R, g->N / 2, g->hq, g->hs, 0, g->N / 256, st, ERR));
+        KK(kimi_fp8_quant_1x128(g->h, g->N / 2, g->E * g->R, g->N / 2, g->hq, g->hs, NULL, 0, st, ERR));
         return;
     }
     CK(cudaEventRecord(g->fork, st));

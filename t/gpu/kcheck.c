@@ -212,6 +212,8 @@ test_rmsnorm_quant(int T, int D, int residual)
     rand_bf16(hw, D, 0.5f, 1.5f);
     float *dx = dmalloc(n * 4), *dr[2] = { dmalloc(n * 4), dmalloc(n * 4) };
     float *dy[2] = { dmalloc(n * 4), dmalloc(n * 4) }, *ds[2] = { dmalloc(ns * 4), dmalloc(ns * 4) };
+    const size_t nsm = (size_t) (T + 1) * (D / 128);   /* MN-major, one padding row */
+    float *dsm[2] = { dmalloc(nsm * 4), dmalloc(nsm * 4) };
     uint8_t *dq[2] = { dmalloc(n), dmalloc(n) };
     uint16_t *dw = dmalloc(D * 2);
     up(dx, hx, n * 4);
@@ -221,14 +223,16 @@ test_rmsnorm_quant(int T, int D, int residual)
         CK(cudaMemset(dy[k], 0xff, n * 4));
         CK(cudaMemset(dq[k], 0xff, n));
         CK(cudaMemset(ds[k], 0xff, ns * 4));
+        CK(cudaMemset(dsm[k], 0xff, nsm * 4));
     }
     if (residual) {
         KK(kimi_rmsnorm_residual_f32(dx, dr[0], dw, dy[0], T, D, 1e-6f, 0, ERR));
     } else {
         KK(kimi_rmsnorm_f32(dx, dw, dy[0], T, D, 1e-6f, 0, ERR));
     }
-    KK(kimi_fp8_quant_1x128_f32(dy[0], D, T, D, dq[0], ds[0], 0, 0, 0, ERR));
-    KK(kimi_rmsnorm_quant_f32(dx, residual ? dr[1] : NULL, dw, dy[1], T, D, 1e-6f, dq[1], ds[1], 0, ERR));
+    KK(kimi_fp8_quant_1x128_f32(dy[0], D, T, D, dq[0], ds[0], dsm[0], T + 1, 0, ERR));
+    KK(kimi_rmsnorm_quant_f32(dx, residual ? dr[1] : NULL, dw, dy[1], T, D, 1e-6f, dq[1], ds[1], dsm[1], T + 1,
+                              0, ERR));
     CK(cudaDeviceSynchronize());
     int same = 1;
     float *a = hmalloc(n * 4), *b = hmalloc(n * 4);
@@ -237,9 +241,14 @@ test_rmsnorm_quant(int T, int D, int residual)
     down(a, dr[0], n * 4); down(b, dr[1], n * 4); same &= memcmp(a, b, n * 4) == 0;
     down(a, ds[0], ns * 4); down(b, ds[1], ns * 4); same &= memcmp(a, b, ns * 4) == 0;
     down(qa, dq[0], n); down(qb, dq[1], n); same &= memcmp(qa, qb, n) == 0;
-    ok(same, "rmsnorm%s_quant_f32 T=%d D=%d: y, residual, codes and scales equal the two launches bit for bit",
-       residual ? "_residual" : "", T, D);
-    for (int k = 0; k < 2; k++) { cudaFree(dr[k]); cudaFree(dy[k]); cudaFree(ds[k]); cudaFree(dq[k]); }
+    float *ma = hmalloc(nsm * 4), *mb = hmalloc(nsm * 4);
+    down(ma, dsm[0], nsm * 4); down(mb, dsm[1], nsm * 4); same &= memcmp(ma, mb, nsm * 4) == 0;
+    ok(same, "rmsnorm%s_quant_f32 T=%d D=%d: y, residual, codes and both scale layouts equal the two "
+       "launches bit for bit", residual ? "_residual" : "", T, D);
+    free(ma); free(mb);
+    for (int k = 0; k < 2; k++) {
+        cudaFree(dr[k]); cudaFree(dy[k]); cudaFree(ds[k]); cudaFree(dq[k]); cudaFree(dsm[k]);
+    }
     cudaFree(dx); cudaFree(dw);
     free(hx); free(hr); free(hw); free(a); free(b); free(qa); free(qb);
 }
@@ -325,7 +334,7 @@ test_quant(int T, int K, int mn)
     uint8_t *dq = dmalloc(n);
     float *ds = dmalloc((size_t) G * lds * 4);
     up(dx, hx, n * 2);
-    KK(kimi_fp8_quant_1x128(dx, K, T, K, dq, ds, mn, lds, 0, ERR));
+    KK(kimi_fp8_quant_1x128(dx, K, T, K, dq, mn ? NULL : ds, mn ? ds : NULL, lds, 0, ERR));
     CK(cudaDeviceSynchronize());
     uint8_t *gq = hmalloc(n), *rq = hmalloc(n);
     float *gs = hmalloc((size_t) G * lds * 4), *rs = hmalloc((size_t) T * G * 4), *fx = hmalloc(n * 4);
@@ -377,7 +386,7 @@ test_gemm(int T, int N, int K, kimi_cublaslt_t *lt)
     up(dw, hw, nw);
     up(dws, hs, (size_t) NB * KB * 4);
     up(dx, hx, nx * 2);
-    KK(kimi_fp8_quant_1x128(dx, K, T, K, dxq, dxs, 0, 0, 0, ERR));
+    KK(kimi_fp8_quant_1x128(dx, K, T, K, dxq, dxs, NULL, 0, 0, ERR));
     KK(kimi_fp8_gemm_nt(dxq, dxs, T, K, dw, dws, N, dy, N, 0, ERR));
     CK(cudaDeviceSynchronize());
     down(gy, dy, ny * 2);
@@ -389,7 +398,7 @@ test_gemm(int T, int N, int K, kimi_cublaslt_t *lt)
     if (lt != NULL && T % 4 == 0) {
         float *dxs_mn = dmalloc((size_t) T * KB * 4);
         CK(cudaMemset(dy, 0xff, ny * 2));
-        KK(kimi_fp8_quant_1x128(dx, K, T, K, dxq, dxs_mn, 1, T, 0, ERR));
+        KK(kimi_fp8_quant_1x128(dx, K, T, K, dxq, NULL, dxs_mn, T, 0, ERR));
         kimi_err_t err = {0};
         int rc = kimi_fp8_gemm_nt_cublaslt(lt, dxq, dxs_mn, T, K, dw, dws, N, dy, 0, &err);
         CK(cudaDeviceSynchronize());
@@ -455,7 +464,7 @@ test_gemm2(int T, int N1, int N2, int K)
     uint8_t *dxq = dmalloc(nx);
     float *dxs = dmalloc((size_t) T * KB * 4);
     up(dx, hx, nx * 2);
-    KK(kimi_fp8_quant_1x128(dx, K, T, K, dxq, dxs, 0, 0, 0, ERR));
+    KK(kimi_fp8_quant_1x128(dx, K, T, K, dxq, dxs, NULL, 0, 0, ERR));
     KK(kimi_fp8_gemm_nt2_f32(dxq, dxs, T, K, dw[0], dws[0], N1, dy[0], dw[1], dws[1], N2, dy[1],
                              0, ERR));
     CK(cudaDeviceSynchronize());
@@ -795,7 +804,7 @@ test_moe(int T, int D, int I, int E_, int top_k, int skew)
     kimi_moe_ws_t ws;
     kimi_moe_ws_carve(&ws, dws, T, top_k, E_, 1, D, I);
     int ms = kimi_moe_max_slots(T, top_k, E_, 1);
-    KK(kimi_fp8_quant_1x128(dx, D, T, D, dxq, dxs, 0, 0, 0, ERR));
+    KK(kimi_fp8_quant_1x128(dx, D, T, D, dxq, dxs, NULL, 0, 0, ERR));
     KK(kimi_moe_plan(didx, T, top_k, E_, 1, &ws, 0, ERR));
     KK(kimi_moe_gate_up(dxq, dxs, T, D, I, ms, &ex, &ws, 0, ERR));
     /* down + combine as the engine runs them (one launch up to 16 tokens),

@@ -350,33 +350,32 @@ kimi_cuda_gemm2(kimi_cuda_t *b, uint32_t T, const kimi_cuda_fp8_t *w1,
 }
 
 
+/* x's FP8 codes in xq with token-major scales in xs, and at cuBLASLt
+ * sizes MN-major ones in xs_mn too (one pass) */
 static int
 kimi_cuda_quant(kimi_cuda_t *b, const float *x, uint32_t T, uint32_t K,
     kimi_err_t *err)
 {
-    if (kimi_cuda_use_lt(b, T)) {
-        /* the same codes again, scales MN-major for cuBLASLt */
-        KIMI_K(kimi_fp8_quant_1x128_f32(x, (int) K, (int) T, (int) K, b->xq,
-                                        b->xs_mn, 1, (int) ((T + 3) & ~3u),
-                                        b->stream, err));
-    }
-
     return kimi_fp8_quant_1x128_f32(x, (int) K, (int) T, (int) K, b->xq,
-                                    b->xs, 0, 0, b->stream, err);
+                                    b->xs,
+                                    kimi_cuda_use_lt(b, T) ? b->xs_mn : NULL,
+                                    (int) ((T + 3) & ~3u), b->stream, err);
 }
 
 
-/* y = rms(x) (res NULL) or rms(res += x), then y's FP8 codes in xq/xs for
- * the next GEMM: one launch when no cuBLASLt scales are wanted */
+/* y = rms(x) (res NULL) or rms(res += x), then y's FP8 codes in xq/xs (and
+ * xs_mn at cuBLASLt sizes) for the next GEMM: one launch */
 static int
 kimi_cuda_norm_quant(kimi_cuda_t *b, const float *x, float *res,
     const kimi_bf16_t *w, float *y, uint32_t T, uint32_t D, kimi_err_t *err)
 {
     float  eps = b->cfg->rms_norm_eps;
 
-    if (!kimi_cuda_use_lt(b, T) && D % 128 == 0) {
+    if (D % 128 == 0) {
         return kimi_rmsnorm_quant_f32(x, res, w, y, (int) T, (int) D, eps,
-                                      b->xq, b->xs, b->stream, err);
+                                      b->xq, b->xs,
+                                      kimi_cuda_use_lt(b, T) ? b->xs_mn : NULL,
+                                      (int) ((T + 3) & ~3u), b->stream, err);
     }
 
     if (res == NULL) {
