@@ -186,6 +186,41 @@ for my $seed (1 .. 3) {
        '... {"v": a number} when it ended') or diag($text);
 }
 
+# a union of objects at the top, told apart by a discriminator (pydantic's
+# Annotated[Union[Cat, Dog], Field(discriminator="kind")]): every answer
+# that ended is exactly one of them
+my $pets = { oneOf => [
+    { type => 'object', properties => { kind => { const => 'cat' },
+        lives => { type => 'integer' } }, required => [ 'kind', 'lives' ],
+        additionalProperties => JSON::PP::false },
+    { type => 'object', properties => { kind => { const => 'dog' },
+        good => { type => 'boolean' } }, required => [ 'kind', 'good' ],
+        additionalProperties => JSON::PP::false } ] };
+my $pet_ended = 0;
+for my $seed (1 .. 4) {
+    $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+        max_tokens => 80, temperature => 1.0, seed => $seed, logit_bias => \%nudge,
+        response_format => { type => 'json_schema', json_schema => { name => 'pet',
+            schema => $pets } }));
+    is($r->{status}, 200, "oneOf of two objects with a discriminator (seed $seed): 200");
+    my $text = $r->{json}{choices}[0]{message}{content} // '';
+    next unless ($r->{json}{choices}[0]{finish_reason} // '') eq 'stop';
+    $pet_ended++;
+    my $o = eval { JSON::PP->new->decode($text) };
+    my $keys = ref $o eq 'HASH' ? join(',', sort keys %$o) : '';
+    ok(($keys eq 'kind,lives' && $o->{kind} eq 'cat' && !ref $o->{lives}
+        && $o->{lives} =~ /^-?[0-9]+$/)
+       || ($keys eq 'good,kind' && $o->{kind} eq 'dog' && JSON::PP::is_bool($o->{good})),
+       "... ended by stop, it is a cat or a dog: $text");
+}
+ok($pet_ended > 0, "$pet_ended of 4 random-model answers completed the pet");
+$pets->{oneOf}[1]{properties}{kind} = { const => 'cat' };
+$r = $t->post('/v1/chat/completions', chat_body(content => 'hi', max_tokens => 8,
+    response_format => { type => 'json_schema', json_schema => { name => 'pet',
+        schema => $pets } }));
+is($r->{status}, 400, 'a oneOf of objects that nothing tells apart: 400');
+like($r->{json}{error}{message} // '', qr/discriminator/, '... naming the discriminator');
+
 # structured_outputs' disable_any_whitespace: no whitespace outside strings
 # (the same seeds without it: the random model's JSON has some); a space
 # favoured, so a model that may write whitespace does

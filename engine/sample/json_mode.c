@@ -365,6 +365,104 @@ kimi_json_all_props(const int32_t *p, int32_t node)
 }
 
 
+/* A UOBJECT's words (json_schema.h): where its alternatives start, their
+ * required properties, the alternatives having property i, and where the
+ * alternatives of property i's enum values are listed (0: none). */
+static int32_t
+kimi_json_uo_base(const int32_t *p, int32_t node)
+{
+    return node + 5 + 3 * p[node + 1];
+}
+
+
+static uint32_t
+kimi_json_uo_palts(const int32_t *p, int32_t node, int32_t i)
+{
+    int32_t  b = kimi_json_uo_base(p, node);
+
+    return (uint32_t) p[b + 1 + 2 * p[b] + i];
+}
+
+
+static int32_t
+kimi_json_uo_vtable(const int32_t *p, int32_t node, int32_t i)
+{
+    int32_t  b = kimi_json_uo_base(p, node);
+
+    return p[b + 1 + 2 * p[b] + p[node + 1] + i];
+}
+
+
+/* the properties frame f may still name: not written yet and, under a
+ * UOBJECT, held by an alternative still open */
+static uint64_t
+kimi_json_open_props(const int32_t *p, const kimi_json_frame_t *f)
+{
+    uint64_t  open = kimi_json_all_props(p, f->node) & ~f->seen;
+
+    if (p[f->node] == KIMI_SN_UOBJECT) {
+        for (int32_t i = 0; i < p[f->node + 1]; i++) {
+            if (!(kimi_json_uo_palts(p, f->node, i) & f->alts)) {
+                open &= ~((uint64_t) 1 << i);
+            }
+        }
+    }
+    return open;
+}
+
+
+/* The enum values of node e that may follow here (a bit each): under a
+ * UOBJECT whose property being read has e as its merged values, those of
+ * an alternative still open; else all. */
+static uint64_t
+kimi_json_uo_values(const kimi_json_state_t *s, int32_t e)
+{
+    const int32_t            *p = s->prog;
+    const kimi_json_frame_t  *f;
+    int32_t                   t;
+    uint64_t                  ok = 0;
+
+    if (s->depth == 0 || s->stack[s->depth - 1] != '{') {
+        return ~(uint64_t) 0;
+    }
+    f = &s->frame[s->depth - 1];
+    if (f->node == 0 || p[f->node] != KIMI_SN_UOBJECT
+        || p[f->node + 7 + 3 * f->prop] != e
+        || (t = kimi_json_uo_vtable(p, f->node, f->prop)) == 0)
+    {
+        return ~(uint64_t) 0;
+    }
+    for (int32_t v = 0; v < p[e + 1]; v++) {
+        if ((uint32_t) p[t + v] & f->alts) {
+            ok |= (uint64_t) 1 << v;
+        }
+    }
+    return ok;
+}
+
+
+/* enum value v of node e was written: a UOBJECT keeps the alternatives it
+ * belongs to */
+static void
+kimi_json_uo_value_done(kimi_json_state_t *s, int32_t e, int32_t v)
+{
+    const int32_t      *p = s->prog;
+    kimi_json_frame_t  *f;
+    int32_t             t;
+
+    if (s->depth == 0 || s->stack[s->depth - 1] != '{') {
+        return;
+    }
+    f = &s->frame[s->depth - 1];
+    if (f->node != 0 && p[f->node] == KIMI_SN_UOBJECT
+        && p[f->node + 7 + 3 * f->prop] == e
+        && (t = kimi_json_uo_vtable(p, f->node, f->prop)) != 0)
+    {
+        f->alts &= (uint32_t) p[t + v];
+    }
+}
+
+
 /* a value ended: back to the container (an array counts the item) */
 static void
 kimi_json_value_end(kimi_json_state_t *s)
@@ -391,6 +489,12 @@ kimi_json_push(kimi_json_state_t *s, unsigned char c, int32_t node)
         f->prop = 0;
         f->count = 0;
         f->seen = 0;
+        f->alts = 0;
+        if (node != 0 && s->prog[node] == KIMI_SN_UOBJECT) {
+            int32_t  m = s->prog[kimi_json_uo_base(s->prog, node)];
+
+            f->alts = m >= 32 ? ~0u : (1u << m) - 1;
+        }
         if (c == '[') {
             s->expect = (uint16_t) (node ? s->prog[node + 1] : 0);
         }
@@ -411,6 +515,7 @@ kimi_json_starts(const int32_t *p, int32_t e, unsigned char c)
     }
     switch (p[e]) {
     case KIMI_SN_OBJECT:
+    case KIMI_SN_UOBJECT:
         return c == '{';
     case KIMI_SN_ARRAY:
         return c == '[';
@@ -459,6 +564,7 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
 
     switch (p[e]) {
     case KIMI_SN_OBJECT:
+    case KIMI_SN_UOBJECT:
         if (c != '{') {
             return -1;
         }
@@ -472,6 +578,7 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
                 s->cand |= (uint64_t) 1 << i;
             }
         }
+        s->cand &= kimi_json_uo_values(s, e);
         if (s->cand == 0) {
             return -1;
         }
@@ -578,7 +685,21 @@ kimi_json_close(kimi_json_state_t *s, unsigned char c)
     }
     if (p != NULL && s->frame[s->depth - 1].node != 0) {
         f = &s->frame[s->depth - 1];
-        if (c == '}') {
+        if (c == '}' && p[f->node] == KIMI_SN_UOBJECT) {
+            /* some alternative still open has all it requires */
+            int32_t  b = kimi_json_uo_base(p, f->node), a;
+
+            for (a = 0; a < p[b]; a++) {
+                req = ((uint64_t) (uint32_t) p[b + 2 + 2 * a] << 32)
+                      | (uint32_t) p[b + 1 + 2 * a];
+                if ((f->alts >> a & 1) && (f->seen & req) == req) {
+                    break;
+                }
+            }
+            if (a == p[b]) {
+                return -1;
+            }
+        } else if (c == '}') {
             req = ((uint64_t) (uint32_t) p[f->node + 3] << 32)
                   | (uint32_t) p[f->node + 2];
             if ((f->seen & req) != req) {
@@ -616,6 +737,9 @@ kimi_json_key_byte(kimi_json_state_t *s, unsigned char c)
         if (c == '"' && len == s->pos) {          /* the name is complete */
             f->prop = (uint16_t) i;
             f->seen |= (uint64_t) 1 << i;
+            if (p[node] == KIMI_SN_UOBJECT) {
+                f->alts &= kimi_json_uo_palts(p, node, i);
+            }
             s->state = J_COLON;
             return 0;
         }
@@ -641,7 +765,7 @@ kimi_json_enum_byte(kimi_json_state_t *s, unsigned char c)
     const int32_t  *p = s->prog;
     int32_t         e = s->enode, at, len;
     uint64_t        next = 0;
-    int             complete = 0;
+    int32_t         complete = -1;      /* the value the text so far is */
 
     for (int32_t i = 0; i < p[e + 1]; i++) {
         if (!(s->cand >> i & 1)) {
@@ -652,7 +776,7 @@ kimi_json_enum_byte(kimi_json_state_t *s, unsigned char c)
         if (s->pos < len && kimi_json_schema_bytes(p, at)[s->pos] == c) {
             next |= (uint64_t) 1 << i;
         } else if (s->pos == len) {
-            complete = 1;
+            complete = i;
         }
     }
     if (next != 0) {
@@ -660,9 +784,10 @@ kimi_json_enum_byte(kimi_json_state_t *s, unsigned char c)
         s->pos++;
         return 0;
     }
-    if (!complete) {
+    if (complete < 0) {
         return -1;
     }
+    kimi_json_uo_value_done(s, e, complete);
     kimi_json_value_end(s);             /* c belongs to what follows */
     return kimi_json_byte(s, c);
 }
@@ -716,7 +841,7 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         if (s->prog != NULL && s->frame[s->depth - 1].node != 0) {
             const kimi_json_frame_t  *f = &s->frame[s->depth - 1];
 
-            s->cand = kimi_json_all_props(s->prog, f->node) & ~f->seen;
+            s->cand = kimi_json_open_props(s->prog, f);
             s->pos = 0;
             s->state = J_SKEY;
             return s->cand != 0 ? 0 : -1;
@@ -756,9 +881,7 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
                     s->expect = 0;
                 } else if (s->state == J_KEY) {
                     /* another key only while a property is left */
-                    if ((f->seen & kimi_json_all_props(p, f->node))
-                        == kimi_json_all_props(p, f->node))
-                    {
+                    if (kimi_json_open_props(p, f) == 0) {
                         return -1;
                     }
                 } else {

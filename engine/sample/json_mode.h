@@ -22,6 +22,7 @@ typedef struct {
     uint16_t       prop;       /* object: the property being read */
     uint32_t       count;      /* array: items so far */
     uint64_t       seen;       /* object: properties written */
+    uint32_t       alts;       /* a UOBJECT: its alternatives still open */
 } kimi_json_frame_t;
 
 typedef struct {

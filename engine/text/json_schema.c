@@ -17,7 +17,9 @@
  * DFA over the raw text, which then holds no escapes), integer bounds
  * (minimum, maximum, exclusive ones; within +-10^18), enum,
  * const, anyOf/oneOf whose alternatives start with different bytes (an
- * anyOf's alternatives that another takes whole dropped first), local
+ * anyOf's alternatives that another takes whole dropped first; their
+ * objects merged into one node that keys and const/enum values narrow,
+ * a oneOf's only when a discriminator tells them apart), local
  * $ref into $defs/definitions (recursion allowed), and annotations (title,
  * description, default, examples, $schema, $id, $comment).  Objects carry
  * only their listed properties, in any order, each at most once; a schema
@@ -266,7 +268,8 @@ kimi_sc_first(const kimi_sc_t *c, int32_t node, unsigned char set[256])
         return;
     }
     switch (p[node]) {
-    case KIMI_SN_OBJECT: set['{'] = 1; break;
+    case KIMI_SN_OBJECT:
+    case KIMI_SN_UOBJECT: set['{'] = 1; break;
     case KIMI_SN_ARRAY: set['['] = 1; break;
     case KIMI_SN_STRING: set['"'] = 1; break;
     case KIMI_SN_NUMBER:
@@ -342,6 +345,252 @@ kimi_sc_covers(const int32_t *p, int32_t a, int32_t b)
 }
 
 
+/* 1 if the texts at a and b of the program's bytes are the same */
+static int
+kimi_sc_text_eq(const int32_t *p, int32_t a, int32_t alen, int32_t b,
+    int32_t blen)
+{
+    return alen == blen
+           && memcmp(kimi_json_schema_bytes(p, a), kimi_json_schema_bytes(p, b),
+                     (size_t) alen) == 0;
+}
+
+
+/* 1 if nodes a and b take the same values: the same node, or the same
+ * words and texts down to depth 8 (two models of a union that both list
+ * {"name": {"type": "string"}} compile it twice) */
+static int
+kimi_sc_same(const int32_t *p, int32_t a, int32_t b, int depth)
+{
+    if (a == b) {
+        return 1;
+    }
+    if (a == 0 || b == 0 || depth > 8 || p[a] != p[b]) {
+        return 0;
+    }
+    switch (p[a]) {
+    case KIMI_SN_ANY:
+    case KIMI_SN_NUMBER:
+    case KIMI_SN_BOOLEAN:
+    case KIMI_SN_NULL:
+        return 1;
+    case KIMI_SN_STRING:                /* a pattern: only the same node */
+        return p[a + 1] == p[b + 1] && p[a + 2] == p[b + 2]
+               && p[a + 3] == p[b + 3] && p[a + 3] != KIMI_SF_PATTERN;
+    case KIMI_SN_INTEGER:
+        return memcmp(p + a + 1, p + b + 1, 6 * sizeof(int32_t)) == 0;
+    case KIMI_SN_ARRAY:
+        return p[a + 2] == p[b + 2] && p[a + 3] == p[b + 3]
+               && kimi_sc_same(p, p[a + 1], p[b + 1], depth + 1);
+    case KIMI_SN_ENUM:
+        if (p[a + 1] != p[b + 1]) {
+            return 0;
+        }
+        for (int32_t i = 0; i < p[a + 1]; i++) {
+            if (!kimi_sc_text_eq(p, p[a + 2 + 2 * i], p[a + 3 + 2 * i],
+                                 p[b + 2 + 2 * i], p[b + 3 + 2 * i]))
+            {
+                return 0;
+            }
+        }
+        return 1;
+    case KIMI_SN_UNION:
+        if (p[a + 1] != p[b + 1]) {
+            return 0;
+        }
+        for (int32_t i = 0; i < p[a + 1]; i++) {
+            if (!kimi_sc_same(p, p[a + 2 + i], p[b + 2 + i], depth + 1)) {
+                return 0;
+            }
+        }
+        return 1;
+    case KIMI_SN_OBJECT:
+        if (memcmp(p + a + 1, p + b + 1, 4 * sizeof(int32_t)) != 0) {
+            return 0;
+        }
+        for (int32_t i = 0; i < p[a + 1]; i++) {
+            if (!kimi_sc_text_eq(p, p[a + 5 + 3 * i], p[a + 6 + 3 * i],
+                                 p[b + 5 + 3 * i], p[b + 6 + 3 * i])
+                || !kimi_sc_same(p, p[a + 7 + 3 * i], p[b + 7 + 3 * i],
+                                 depth + 1))
+            {
+                return 0;
+            }
+        }
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+
+/* The m objects of an anyOf (disc: of a oneOf) merged into one UOBJECT
+ * node (json_schema.h) in *out: the union of their properties; where
+ * alternatives share one they must give it the same schema, or enum
+ * values, which become one ENUM with the alternatives each value belongs
+ * to, so that a value tells them apart as a key does.  A oneOf's objects
+ * must be told apart so, by a property all of them require whose values
+ * belong to one alternative each (a discriminator): a value valid for two
+ * of them would break its "exactly one". */
+static int
+kimi_sc_merge_objects(kimi_sc_t *c, const int32_t *objs, int m, int disc,
+    int32_t *out)
+{
+    int32_t   at[KIMI_SCHEMA_MAX_PROPS], len[KIMI_SCHEMA_MAX_PROPS];
+    int32_t   kid[KIMI_SCHEMA_MAX_PROPS][KIMI_SCHEMA_MAX_UALTS];
+    int32_t   child[KIMI_SCHEMA_MAX_PROPS], vm[KIMI_SCHEMA_MAX_PROPS];
+    uint32_t  palts[KIMI_SCHEMA_MAX_PROPS];
+    uint64_t  req[KIMI_SCHEMA_MAX_UALTS];
+    int32_t   n = 0, o, u, base, j;
+    int       told_apart = 0;
+
+    memset(palts, 0, sizeof(palts));
+    memset(req, 0, sizeof(req));
+
+    for (int a = 0; a < m; a++) {
+        o = objs[a];
+        for (int32_t i = 0; i < c->w[o + 1]; i++) {
+            int32_t  na = c->w[o + 5 + 3 * i], nl = c->w[o + 6 + 3 * i];
+
+            for (j = 0; j < n; j++) {
+                if (kimi_sc_text_eq(c->w, at[j], len[j], na, nl)) {
+                    break;
+                }
+            }
+            if (j == n) {
+                if (n == KIMI_SCHEMA_MAX_PROPS) {
+                    return kimi_sc_fail(c, "the objects of the alternatives"
+                                        " have more than %d properties in"
+                                        " all", KIMI_SCHEMA_MAX_PROPS);
+                }
+                at[n] = na;
+                len[n++] = nl;
+            }
+            palts[j] |= (uint32_t) 1 << a;
+            kid[j][a] = c->w[o + 7 + 3 * i];
+            if ((((uint64_t) (uint32_t) c->w[o + 3] << 32)
+                 | (uint32_t) c->w[o + 2]) >> i & 1)
+            {
+                req[a] |= (uint64_t) 1 << j;
+            }
+        }
+    }
+
+    for (j = 0; j < n; j++) {
+        int       first = __builtin_ctz(palts[j]), same = 1, enums = 1;
+        int32_t   e, nv = 0, vat[KIMI_SCHEMA_MAX_ENUM], vlen[KIMI_SCHEMA_MAX_ENUM];
+        uint32_t  vmask[KIMI_SCHEMA_MAX_ENUM];
+
+        child[j] = kid[j][first];
+        vm[j] = 0;
+        for (int a = first; a < m; a++) {
+            if (palts[j] >> a & 1) {
+                same &= kimi_sc_same(c->w, child[j], kid[j][a], 0);
+                enums &= kid[j][a] != 0 && c->w[kid[j][a]] == KIMI_SN_ENUM;
+            }
+        }
+        if (same && !(disc && enums)) {
+            continue;
+        }
+        if (!enums) {
+            return kimi_sc_fail(c, "the objects of the alternatives give"
+                                " property \"%.*s\" different schemas (shared"
+                                " properties must agree, or hold const or"
+                                " enum values)", (int) len[j],
+                                (const char *) kimi_json_schema_bytes(c->w,
+                                                                      at[j]));
+        }
+        for (int a = first; a < m; a++) {
+            if (!(palts[j] >> a & 1)) {
+                continue;
+            }
+            e = kid[j][a];
+            for (int32_t i = 0; i < c->w[e + 1]; i++) {
+                int32_t  t = c->w[e + 2 + 2 * i], tl = c->w[e + 3 + 2 * i], v;
+
+                for (v = 0; v < nv; v++) {
+                    if (kimi_sc_text_eq(c->w, vat[v], vlen[v], t, tl)) {
+                        break;
+                    }
+                }
+                if (v == nv) {
+                    if (nv == KIMI_SCHEMA_MAX_ENUM) {
+                        return kimi_sc_fail(c, "the alternatives' values of"
+                                            " \"%.*s\" are more than %d",
+                                            (int) len[j],
+                                            (const char *) kimi_json_schema_bytes(c->w, at[j]),
+                                            KIMI_SCHEMA_MAX_ENUM);
+                    }
+                    vat[nv] = t;
+                    vlen[nv] = tl;
+                    vmask[nv++] = 0;
+                }
+                vmask[v] |= (uint32_t) 1 << a;
+            }
+        }
+        e = kimi_sc_alloc(c, 2 + 2 * (size_t) nv + (size_t) nv);
+        if (e < 0) {
+            return -1;
+        }
+        c->w[e] = KIMI_SN_ENUM;
+        c->w[e + 1] = nv;
+        for (int32_t v = 0; v < nv; v++) {
+            c->w[e + 2 + 2 * v] = vat[v];
+            c->w[e + 3 + 2 * v] = vlen[v];
+            c->w[e + 2 + 2 * nv + v] = (int32_t) vmask[v];
+        }
+        child[j] = e;
+        vm[j] = e + 2 + 2 * nv;
+
+        /* a discriminator: required by all, each value one alternative's */
+        if (palts[j] == (m == 32 ? ~0u : (1u << m) - 1)) {
+            int  all = 1;
+
+            for (int a = 0; a < m; a++) {
+                all &= (int) (req[a] >> j & 1);
+            }
+            for (int32_t v = 0; v < nv; v++) {
+                all &= __builtin_popcount(vmask[v]) == 1;
+            }
+            told_apart |= all;
+        }
+    }
+    if (disc && !told_apart) {
+        return kimi_sc_fail(c, "the objects of a oneOf must be told apart by"
+                            " a property all of them require whose const or"
+                            " enum values belong to one of them each (a"
+                            " discriminator); use anyOf if a value may"
+                            " satisfy several");
+    }
+
+    u = kimi_sc_alloc(c, 5 + 3 * (size_t) n + 1 + 2 * (size_t) m
+                         + 2 * (size_t) n);
+    if (u < 0) {
+        return -1;
+    }
+    c->w[u] = KIMI_SN_UOBJECT;
+    c->w[u + 1] = n;
+    c->w[u + 2] = c->w[u + 3] = c->w[u + 4] = 0;
+    for (j = 0; j < n; j++) {
+        c->w[u + 5 + 3 * j] = at[j];
+        c->w[u + 6 + 3 * j] = len[j];
+        c->w[u + 7 + 3 * j] = child[j];
+    }
+    base = u + 5 + 3 * n;
+    c->w[base] = m;
+    for (int a = 0; a < m; a++) {
+        c->w[base + 1 + 2 * a] = (int32_t) (uint32_t) req[a];
+        c->w[base + 2 + 2 * a] = (int32_t) (uint32_t) (req[a] >> 32);
+    }
+    for (j = 0; j < n; j++) {
+        c->w[base + 1 + 2 * m + j] = (int32_t) palts[j];
+        c->w[base + 1 + 2 * m + n + j] = vm[j];
+    }
+    *out = u;
+    return 0;
+}
+
+
 /* Fills the UNION node u (allocated with room for 64 alternatives and
  * remembered for its schema before the alternatives were compiled, so a
  * $ref inside one of them may name it) from alts, nested unions
@@ -384,6 +633,45 @@ kimi_sc_union(kimi_sc_t *c, int32_t u, const int32_t *alts, size_t n,
                 i--;
                 break;
             }
+        }
+    }
+    /* objects all start with '{': an anyOf's merge into one node (any
+     * object, if one of them is that), a oneOf's when a discriminator
+     * tells them apart */
+    {
+        int32_t  objs[64], merged = -1, free_obj = 0;
+        int      m = 0;
+
+        for (size_t i = 0; i < k; i++) {
+            if (c->w[flat[i]] == KIMI_SN_OBJECT) {
+                objs[m++] = flat[i];
+                free_obj = c->w[flat[i] + 4] ? flat[i] : free_obj;
+            }
+        }
+        if (m >= 2 && free_obj != 0 && any) {
+            merged = free_obj;
+        } else if (m >= 2 && free_obj == 0) {
+            if (m > KIMI_SCHEMA_MAX_UALTS) {
+                return kimi_sc_fail(c, "more than %d objects among the"
+                                    " alternatives", KIMI_SCHEMA_MAX_UALTS);
+            }
+            if (kimi_sc_merge_objects(c, objs, m, !any, &merged) != 0) {
+                return -1;
+            }
+        }
+        if (merged >= 0) {
+            size_t  w = 0;
+            int     put = 0;
+
+            for (size_t i = 0; i < k; i++) {
+                if (c->w[flat[i]] != KIMI_SN_OBJECT) {
+                    flat[w++] = flat[i];
+                } else if (!put) {
+                    flat[w++] = merged;
+                    put = 1;
+                }
+            }
+            k = w;
         }
     }
     memset(seen, 0, sizeof(seen));
@@ -1018,6 +1306,28 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
 }
 
 
+/* 1 if every value of node e (in range) is an object or an array: what
+ * may stand at the top */
+static int
+kimi_sc_container(const int32_t *p, int32_t e)
+{
+    if (p[e] == KIMI_SN_UNION) {
+        for (int32_t i = 0; i < p[e + 1]; i++) {
+            int32_t  a = p[e + 2 + i];
+
+            if (a < 2 || (p[a] != KIMI_SN_OBJECT && p[a] != KIMI_SN_ARRAY
+                          && p[a] != KIMI_SN_UOBJECT))
+            {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    return p[e] == KIMI_SN_OBJECT || p[e] == KIMI_SN_ARRAY
+           || p[e] == KIMI_SN_UOBJECT;
+}
+
+
 int
 kimi_json_schema_compile(const json_t *schema, int32_t **prog, size_t *n,
     char *err, size_t errlen)
@@ -1043,10 +1353,13 @@ kimi_json_schema_compile(const json_t *schema, int32_t **prog, size_t *n,
         c.w[root] = KIMI_SN_OBJECT;
         c.w[root + 4] = 1;
     }
-    if (c.w[root] != KIMI_SN_OBJECT && c.w[root] != KIMI_SN_ARRAY) {
+    if (c.w[root] == KIMI_SN_UNION && c.w[root + 1] == 1) {
+        root = c.w[root + 2];          /* an anyOf of objects, merged */
+    }
+    if (!kimi_sc_container(c.w, root)) {
         c.path[0] = '\0';
         kimi_sc_fail(&c, "the schema's top level must be an object or an"
-                     " array");
+                     " array (or a choice of them)");
         free(c.w);
         return -1;
     }
@@ -1080,9 +1393,26 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
     int        rc = 0;
 
     if (n < 3 || n > KIMI_SCHEMA_MAX_WORDS || (size_t) p[0] != n
-        || p[1] < 2 || (size_t) p[1] >= n
-        || (p[p[1]] != KIMI_SN_OBJECT && p[p[1]] != KIMI_SN_ARRAY))
+        || p[1] < 2 || (size_t) p[1] >= n)
     {
+        snprintf(err, errlen, "structured output program: bad header");
+        return -1;
+    }
+    if (p[p[1]] == KIMI_SN_UNION) {     /* its alternatives in range first */
+        if ((size_t) p[1] + 2 > n || p[p[1] + 1] < 1 || p[p[1] + 1] > 64
+            || (size_t) p[1] + 2 + (size_t) p[p[1] + 1] > n)
+        {
+            snprintf(err, errlen, "structured output program: bad header");
+            return -1;
+        }
+        for (int32_t i = 0; i < p[p[1] + 1]; i++) {
+            if (p[p[1] + 2 + i] < 2 || (size_t) p[p[1] + 2 + i] >= n) {
+                snprintf(err, errlen, "structured output program: bad header");
+                return -1;
+            }
+        }
+    }
+    if (!kimi_sc_container(p, p[1])) {
         snprintf(err, errlen, "structured output program: bad header");
         return -1;
     }
@@ -1143,6 +1473,69 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
                 }
             }
             break;
+        case KIMI_SN_UOBJECT: {
+            int32_t   m, base, v, nv;
+            uint32_t  all;
+
+            KIMI_SC_NEED(6);
+            cnt = p[at + 1];
+            if (cnt < 1 || cnt > KIMI_SCHEMA_MAX_PROPS || p[at + 2] != 0
+                || p[at + 3] != 0 || p[at + 4] != 0)
+            {
+                rc = kimi_sc_check_fail(err, errlen, at, "property count");
+                break;
+            }
+            KIMI_SC_NEED(6 + 3 * (size_t) cnt);
+            base = at + 5 + 3 * cnt;
+            m = p[base];
+            if (m < 2 || m > KIMI_SCHEMA_MAX_UALTS) {
+                rc = kimi_sc_check_fail(err, errlen, at, "alternative count");
+                break;
+            }
+            KIMI_SC_NEED(6 + 3 * (size_t) cnt + 2 * (size_t) m
+                         + 2 * (size_t) cnt);
+            all = m == 32 ? ~0u : (1u << m) - 1;
+            for (int32_t a = 0; a < m && rc == 0; a++) {
+                if (cnt < 64 && ((((uint64_t) (uint32_t) p[base + 2 + 2 * a]
+                                   << 32) | (uint32_t) p[base + 1 + 2 * a])
+                                 >> cnt) != 0)
+                {
+                    rc = kimi_sc_check_fail(err, errlen, at, "required bits");
+                }
+            }
+            for (int32_t i = 0; i < cnt && rc == 0; i++) {
+                uint32_t  pa = (uint32_t) p[base + 1 + 2 * m + i];
+
+                v = p[base + 1 + 2 * m + cnt + i];
+                KIMI_SC_TEXT(p[at + 5 + 3 * i], p[at + 6 + 3 * i], 0);
+                if (rc == 0 && (pa == 0 || (pa & ~all) != 0)) {
+                    rc = kimi_sc_check_fail(err, errlen, at, "alternatives");
+                }
+                if (rc == 0) {
+                    KIMI_SC_CHILD(p[at + 7 + 3 * i]);
+                }
+                if (rc == 0 && v != 0) {    /* the child's values' table */
+                    child = p[at + 7 + 3 * i];
+                    nv = child >= 2 && (size_t) child + 2 <= n
+                         && p[child] == KIMI_SN_ENUM ? p[child + 1] : 0;
+                    if (nv < 1 || nv > KIMI_SCHEMA_MAX_ENUM || v < 2
+                        || (size_t) v + (size_t) nv > n)
+                    {
+                        rc = kimi_sc_check_fail(err, errlen, at,
+                                                "value table");
+                        break;
+                    }
+                    for (int32_t k = 0; k < nv; k++) {
+                        if (((uint32_t) p[v + k] & ~all) != 0) {
+                            rc = kimi_sc_check_fail(err, errlen, at,
+                                                    "value table");
+                            break;
+                        }
+                    }
+                }
+            }
+            break;
+        }
         case KIMI_SN_ARRAY:
             KIMI_SC_NEED(4);
             if (p[at + 2] < 0 || p[at + 3] < -1

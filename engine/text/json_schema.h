@@ -13,6 +13,15 @@
  *   ARRAY   kind, items, min_items, max_items (-1: no maximum)
  *   ENUM    kind, n_values, then per value: text_at, text_len (its JSON text)
  *   UNION   kind, n_alts, then the alternatives (first bytes never shared)
+ *   UOBJECT an anyOf of objects (or a oneOf of objects told apart by a
+ *           discriminator): the OBJECT layout over the union of their
+ *           properties (required words 0, not free), then n_alts (2..32),
+ *           per alternative its required bits (two words, over the merged
+ *           properties), per property the alternatives having it (a bit
+ *           mask), per property 0 or where a table of the alternatives
+ *           each value of its ENUM child belongs to starts (one mask a
+ *           value).  Where alternatives share a property they give it the
+ *           same schema, or enum values (merged into one ENUM child)
  *   STRING  kind, min_length, max_length (-1: no maximum), in code points,
  *           format (KIMI_SF_*: the text's shape, no escapes); with
  *           KIMI_SF_PATTERN a fifth word: where its DFA program starts
@@ -61,7 +70,10 @@ enum {
     KIMI_SN_NULL,
     KIMI_SN_ENUM,
     KIMI_SN_UNION,
+    KIMI_SN_UOBJECT,
 };
+
+#define KIMI_SCHEMA_MAX_UALTS  32       /* objects merged into a UOBJECT */
 
 /* string formats whose shape is enforced (RFC 3339 date, full-time,
  * date-time; RFC 4122 uuid text) */

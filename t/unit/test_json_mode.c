@@ -296,6 +296,7 @@ test_schema_compile(void)
 {
     static const struct { const char *schema, *err; } bad[] = {
         { "{\"type\": \"string\"}", "top level must be an object or an array" },
+        { "{\"anyOf\": [{\"type\": \"object\"}, {\"type\": \"string\"}]}", "top level must be an object" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"number\", \"multipleOf\": 2}}}",
           "keyword \"multipleOf\" is not supported" },
         { "{\"type\": \"array\", \"items\": {\"type\": \"string\", \"pattern\": \"a(?=b)\"}}",
@@ -1038,6 +1039,89 @@ test_schema_dead_end(void)
 }
 
 
+/* anyOf / oneOf of objects: merged into one node whose open alternatives
+ * narrow with every key and every discriminating value */
+static void
+test_schema_union_objects(void)
+{
+    static const char  *cat_or_dog =
+        "{\"type\": \"array\", \"items\": {\"%s\": ["
+        "{\"type\": \"object\", \"properties\": {\"kind\": {\"const\": \"cat\"},"
+        " \"name\": {\"type\": \"string\"}, \"lives\": {\"type\": \"integer\"}},"
+        " \"required\": [\"kind\", \"name\"]},"
+        "{\"type\": \"object\", \"properties\": {\"kind\": {\"enum\": [\"dog\", \"wolf\"]},"
+        " \"name\": {\"type\": \"string\"}, \"good\": {\"type\": \"boolean\"}},"
+        " \"required\": [\"kind\", \"name\", \"good\"]}]}}";
+    char       text[1024], err[512];
+    size_t     n;
+    int32_t   *prog;
+    int        done, good;
+
+    for (int one = 0; one < 2; one++) {
+        snprintf(text, sizeof(text), cat_or_dog, one ? "oneOf" : "anyOf");
+        prog = compile(text, &n, err, sizeof(err));
+        good = prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0;
+        good = good && accepts(prog, "[{\"kind\": \"cat\", \"name\": \"Tom\", \"lives\": 9},"
+                               " {\"name\": \"Rex\", \"kind\": \"wolf\", \"good\": true},"
+                               " {\"good\": false, \"name\": \"x\", \"kind\": \"dog\"}]", &done) && done;
+        /* a cat has no "good"; after "good" only a dog's kinds; a dog needs "good" */
+        good = good && !accepts(prog, "[{\"kind\": \"cat\", \"g", &done);
+        good = good && !accepts(prog, "[{\"good\": true, \"kind\": \"c", &done);
+        good = good && !(accepts(prog, "[{\"kind\": \"dog\", \"name\": \"R\"}", &done));
+        good = good && accepts(prog, "[{\"kind\": \"dog\", \"name\": \"R\"", &done) && !done;
+        good = good && !accepts(prog, "[{\"kind\": \"cat\", \"kind", &done);
+        good = good && !(accepts(prog, "[{}", &done));
+        ok(good, "%s of two objects told apart by \"kind\": keys and values narrow the"
+           " alternatives (%s)", one ? "oneOf" : "anyOf", prog == NULL ? err : "ok");
+        free(prog);
+    }
+
+    /* no discriminator: an anyOf by its keys, at the top; a oneOf refused */
+    {
+        static const char  *by_keys =
+            "{\"%s\": [{\"type\": \"object\", \"properties\": {\"meow\": {\"type\": \"integer\"},"
+            " \"id\": {\"type\": \"integer\"}}, \"required\": [\"meow\"]},"
+            " {\"type\": \"object\", \"properties\": {\"bark\": {\"type\": \"string\"},"
+            " \"id\": {\"type\": \"integer\"}}, \"required\": [\"bark\"]}]}";
+
+        snprintf(text, sizeof(text), by_keys, "anyOf");
+        prog = compile(text, &n, err, sizeof(err));
+        good = prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0;
+        good = good && accepts(prog, "{\"id\": 1, \"meow\": 3}", &done) && done;
+        good = good && accepts(prog, "{\"bark\": \"w\", \"id\": 2}", &done) && done;
+        good = good && accepts(prog, "{\"id\": 1", &done) && !done;
+        good = good && !(accepts(prog, "{\"id\": 1}", &done) && done);
+        good = good && !accepts(prog, "{\"meow\": 3, \"b", &done);
+        ok(good, "anyOf of objects at the top, told apart by their keys (%s)",
+           prog == NULL ? err : "ok");
+        free(prog);
+
+        snprintf(text, sizeof(text), by_keys, "oneOf");
+        prog = compile(text, &n, err, sizeof(err));
+        ok(prog == NULL && strstr(err, "discriminator") != NULL,
+           "a oneOf of objects without a discriminator is refused: %s",
+           prog ? "(compiled)" : err);
+        free(prog);
+    }
+
+    /* shared properties must agree; an object taking any keys takes all */
+    prog = compile("{\"type\": \"object\", \"properties\": {\"v\": {\"anyOf\": ["
+                   "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"string\"}}},"
+                   " {\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\"}}}]}}}",
+                   &n, err, sizeof(err));
+    ok(prog == NULL && strstr(err, "property \"a\" different schemas") != NULL,
+       "objects giving a shared property different schemas are refused: %s",
+       prog ? "(compiled)" : err);
+    free(prog);
+    prog = compile("{\"type\": \"array\", \"items\": {\"anyOf\": [{\"type\": \"object\","
+                   " \"properties\": {\"a\": {\"type\": \"string\"}}}, {\"type\": \"object\"},"
+                   " {\"type\": \"null\"}]}}", &n, err, sizeof(err));
+    ok(prog != NULL && accepts(prog, "[{\"z\": [1, {}]}, null, {\"a\": 2}]", &done) && done,
+       "anyOf beside an object of any keys: any object (%s)", prog == NULL ? err : "ok");
+    free(prog);
+}
+
+
 int
 main(void)
 {
@@ -1045,6 +1129,7 @@ main(void)
     test_sampler();
     test_schema_compile();
     test_schema_grammar();
+    test_schema_union_objects();
     test_schema_sampler();
     test_schema_dead_end();
     test_tool_calls();
