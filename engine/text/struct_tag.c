@@ -200,6 +200,68 @@ kimi_stag_emit_json(kimi_stag_cc_t *cc, const json_t *schema,
     return kimi_stag_put_prog(cc, prog, np);
 }
 
+/* a json_schema format's options: "style" json only, no "any_order" */
+static int
+kimi_stag_json_options(kimi_stag_cc_t *cc, const json_t *f, const char *path)
+{
+    const json_t  *v = json_object_get(f, "style");
+
+    if (v != NULL && !json_is_null(v)
+        && (!json_is_string(v) || strcmp(json_string_value(v), "json") != 0))
+    {
+        snprintf(cc->err, cc->errlen, "%s: a \"style\" other than \"json\""
+                 " is not supported", path);
+        return -1;
+    }
+    return kimi_stag_unsupported(cc, f, "any_order", path);
+}
+
+/* an or of json_schema formats as one value, its schema their anyOf (an
+ * element without a schema: any object, as alone) */
+static int
+kimi_stag_emit_or_json(kimi_stag_cc_t *cc, const json_t *elements,
+    const char *path, int depth)
+{
+    json_t        *alts = json_array(), *any = NULL, *sch;
+    const json_t  *e;
+    size_t         i;
+    char           sub[KIMI_STAG_PATH];
+    int            rc = -1;
+
+    if (alts == NULL) {
+        snprintf(cc->err, cc->errlen, "%s: out of memory", path);
+        return -1;
+    }
+    json_array_foreach(elements, i, e) {
+        snprintf(sub, sizeof(sub), "%s.elements[%zu]", path, i);
+        if (kimi_stag_json_options(cc, e, sub) != 0) {
+            goto done;
+        }
+        sch = json_object_get(e, "json_schema");
+        if (sch == NULL || json_is_null(sch) || json_is_true(sch)) {
+            sch = json_pack("{s:s}", "type", "object");
+        } else {
+            json_incref(sch);
+        }
+        if (sch == NULL || json_array_append_new(alts, sch) != 0) {
+            snprintf(cc->err, cc->errlen, "%s: out of memory", path);
+            goto done;
+        }
+    }
+    any = json_pack("{s:O}", "anyOf", alts);
+    if (any == NULL) {
+        snprintf(cc->err, cc->errlen, "%s: out of memory", path);
+        goto done;
+    }
+    rc = kimi_stag_emit_json(cc, any, path, depth);
+
+done:
+
+    json_decref(any);
+    json_decref(alts);
+    return rc;
+}
+
 /* a pattern, or a grammar: without recursion as a pattern (ebnf.h), with
  * it as a grammar program (gram.h) */
 static int
@@ -294,6 +356,26 @@ kimi_stag_or_of_texts(const json_t *elements)
         }
     }
     return pattern;
+}
+
+/* 1 if an or's elements are all JSON values (json_schema formats): one
+ * value whose schema is the anyOf of theirs, which the JSON recogniser
+ * tells apart by its first byte, or as objects by their keys and const
+ * values (the or's own choice needs a fixed text to start each) */
+static int
+kimi_stag_or_of_json(const json_t *elements)
+{
+    const json_t  *e;
+    const char    *type;
+    size_t         i;
+
+    json_array_foreach(elements, i, e) {
+        type = json_string_value(json_object_get(e, "type"));
+        if (type == NULL || strcmp(type, "json_schema") != 0) {
+            return 0;
+        }
+    }
+    return json_array_size(elements) > 1;
 }
 
 static int
@@ -689,16 +771,7 @@ kimi_stag_emit(kimi_stag_cc_t *cc, const json_t *f, const char *path,
     }
 
     if (strcmp(type, "json_schema") == 0) {
-        v = json_object_get(f, "style");
-        if (v != NULL && !json_is_null(v)
-            && (!json_is_string(v) || strcmp(json_string_value(v), "json")
-                                      != 0))
-        {
-            snprintf(cc->err, cc->errlen, "%s: a \"style\" other than"
-                     " \"json\" is not supported", path);
-            return -1;
-        }
-        if (kimi_stag_unsupported(cc, f, "any_order", path) != 0) {
+        if (kimi_stag_json_options(cc, f, path) != 0) {
             return -1;
         }
         return kimi_stag_emit_json(cc, json_object_get(f, "json_schema"),
@@ -730,6 +803,9 @@ kimi_stag_emit(kimi_stag_cc_t *cc, const json_t *f, const char *path,
         }
         if (type[0] == 'o' && kimi_stag_or_of_texts(v)) {
             return kimi_stag_emit_or_pattern(cc, v, path, depth);
+        }
+        if (type[0] == 'o' && kimi_stag_or_of_json(v)) {
+            return kimi_stag_emit_or_json(cc, v, path, depth);
         }
         if (kimi_stag_node(cc, type[0] == 's' ? KIMI_STAG_N_SEQ
                                               : KIMI_STAG_N_OR, path, depth)

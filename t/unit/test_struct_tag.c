@@ -538,13 +538,28 @@ main(void)
                " \">\"}]}}", err, sizeof(err)) != 0
        && strstr(err, "one a prefix of the other") != NULL,
        "or of begins one a prefix of the other: %s", err);
+    /* an or of JSON values: one value, the anyOf of their schemas */
+    rc = compile("{\"format\": {\"type\": \"or\", \"elements\": ["
+                 "{\"type\": \"json_schema\", \"json_schema\": {\"type\":"
+                 " \"object\", \"properties\": {\"op\": {\"const\": \"add\"},"
+                 " \"n\": {\"type\": \"integer\"}}, \"required\": [\"op\", \"n\"]}},"
+                 " {\"type\": \"json_schema\", \"json_schema\": {\"type\":"
+                 " \"object\", \"properties\": {\"op\": {\"const\": \"clear\"}},"
+                 " \"required\": [\"op\"]}}, {\"type\": \"json_schema\","
+                 " \"json_schema\": {\"type\": \"array\", \"items\": {\"type\":"
+                 " \"integer\"}}}]}}", err, sizeof(err));
+    ok(rc == 0 && tag.node[0].type == KIMI_STAG_N_JSON, "an or of three JSON"
+       " values compiles as one value%s%s", rc ? ": " : "", rc ? err : "");
+    ok(ends("{\"op\": \"add\", \"n\": 2}") && ends("{\"op\": \"clear\"}")
+       && ends("[1, 2]") && !ends("{\"op\": \"add\"}")
+       && !accepts("{\"op\": \"clear\", \"n", NULL) && !accepts("\"x", NULL),
+       "... each alternative, told apart by its first byte and its \"op\"");
     ok(compile("{\"format\": {\"type\": \"or\", \"elements\": ["
                "{\"type\": \"json_schema\", \"json_schema\": {\"type\":"
                " \"object\"}}, {\"type\": \"json_schema\", \"json_schema\":"
-               " {\"type\": \"array\"}}]}}", err, sizeof(err)) != 0
-       && strstr(err, "format: an or is decided") != NULL
-       && strstr(err, "json_schema at format.elements[0]") != NULL,
-       "or of two JSON values: %s", err);
+               " {\"type\": \"string\"}}]}}", err, sizeof(err)) != 0
+       && strstr(err, "top level must be an object or an array") != NULL,
+       "or of an object and a string: %s", err);
     /* an or of texts no fixed text decides: one pattern, their union */
     rc = compile("{\"format\": {\"type\": \"tag\", \"begin\": \"<v>\","
                  " \"content\": {\"type\": \"or\", \"elements\": [{\"type\":"
