@@ -255,6 +255,32 @@ every_e_followed('recursive grammar', { type => 'grammar',
         grammar => 'root ::= "x" | "(" root ")"' },
     ';', qr/(\((?-1)\)|x);/, qr/\(*(?:x\)*)?/);
 
+# an or of JSON values alone: one value, the anyOf of their schemas (two
+# objects told apart by "op", and an array)
+my $ops = { type => 'structural_tag', format => { type => 'tag', begin => '<f>',
+    end => '</f>', content => { type => 'or', elements => [
+        { type => 'json_schema', json_schema => { type => 'object',
+            properties => { op => { const => 'add' }, n => { type => 'integer' } },
+            required => [ 'op', 'n' ] } },
+        { type => 'json_schema', json_schema => { type => 'object',
+            properties => { op => { const => 'clear' } }, required => [ 'op' ] } },
+        { type => 'json_schema', json_schema => { type => 'array',
+            items => { type => 'integer' }, maxItems => 3 } } ] } } };
+for my $seed (1 .. 3) {
+    $r = $t->post('/v1/completions', completion_body(prompt => 'Tell me',
+        max_tokens => 48, temperature => 1, seed => $seed, response_format => $ops));
+    my $c = $r->{json}{choices}[0] // {};
+    my $text = $c->{text} // '';
+    my $ok = $text =~ /^<f>(.*)<\/f>$/s && eval { my $v = decode_json($1);
+        (ref $v eq 'ARRAY' && @$v <= 3 && !grep { !/^-?[0-9]+$/ } @$v)
+        || (ref $v eq 'HASH' && (($v->{op} // '') eq 'clear' ? join(',', keys %$v) eq 'op'
+            : ($v->{op} // '') eq 'add' && join(',', sort keys %$v) eq 'n,op'
+              && $v->{n} =~ /^-?[0-9]+$/)) };
+    is($r->{status}, 200, "or of JSON values (seed $seed): 200");
+    ok(($c->{finish_reason} // '') eq 'length' ? index($text, '<f>') == 0 : $ok,
+       "... the answer is one of them ($c->{finish_reason})") or diag($text);
+}
+
 # the forced formats: the whole answer is one tag; tags with a separator
 my $one = { type => 'structural_tag', format => { type => 'tag', begin => '<f>',
     end => '</f>', content => { type => 'json_schema', json_schema =>
