@@ -411,29 +411,43 @@ kimi_json_open_props(const int32_t *p, const kimi_json_frame_t *f)
 }
 
 
-/* The enum values of node e that may follow here (a bit each): under a
- * UOBJECT whose property being read has e as its merged values, those of
- * an alternative still open; else all. */
-static uint64_t
-kimi_json_uo_values(const kimi_json_state_t *s, int32_t e)
+/* Node e is the merged value of the UOBJECT property being read: the
+ * table of the alternatives each of its values (ENUM) or parts (UNION)
+ * belongs to, and the frame; else 0. */
+static int32_t
+kimi_json_uo_table(kimi_json_state_t *s, int32_t e, kimi_json_frame_t **fp)
 {
-    const int32_t            *p = s->prog;
-    const kimi_json_frame_t  *f;
-    int32_t                   t;
-    uint64_t                  ok = 0;
+    const int32_t      *p = s->prog;
+    kimi_json_frame_t  *f;
 
     if (s->depth == 0 || s->stack[s->depth - 1] != '{') {
-        return ~(uint64_t) 0;
+        return 0;
     }
     f = &s->frame[s->depth - 1];
     if (f->node == 0 || p[f->node] != KIMI_SN_UOBJECT
-        || p[f->node + 7 + 3 * f->prop] != e
-        || (t = kimi_json_uo_vtable(p, f->node, f->prop)) == 0)
+        || p[f->node + 7 + 3 * f->prop] != e)
     {
+        return 0;
+    }
+    *fp = f;
+    return kimi_json_uo_vtable(p, f->node, f->prop);
+}
+
+
+/* The enum values of node e that may follow here (a bit each): those of
+ * an alternative still open, under a UOBJECT; else all. */
+static uint64_t
+kimi_json_uo_values(kimi_json_state_t *s, int32_t e)
+{
+    kimi_json_frame_t  *f = NULL;
+    int32_t             t = kimi_json_uo_table(s, e, &f);
+    uint64_t            ok = 0;
+
+    if (t == 0) {
         return ~(uint64_t) 0;
     }
-    for (int32_t v = 0; v < p[e + 1]; v++) {
-        if ((uint32_t) p[t + v] & f->alts) {
+    for (int32_t v = 0; v < s->prog[e + 1]; v++) {
+        if ((uint32_t) s->prog[t + v] & f->alts) {
             ok |= (uint64_t) 1 << v;
         }
     }
@@ -441,24 +455,16 @@ kimi_json_uo_values(const kimi_json_state_t *s, int32_t e)
 }
 
 
-/* enum value v of node e was written: a UOBJECT keeps the alternatives it
+/* value or part v of node e was taken: a UOBJECT keeps the alternatives it
  * belongs to */
 static void
-kimi_json_uo_value_done(kimi_json_state_t *s, int32_t e, int32_t v)
+kimi_json_uo_taken(kimi_json_state_t *s, int32_t e, int32_t v)
 {
-    const int32_t      *p = s->prog;
-    kimi_json_frame_t  *f;
-    int32_t             t;
+    kimi_json_frame_t  *f = NULL;
+    int32_t             t = kimi_json_uo_table(s, e, &f);
 
-    if (s->depth == 0 || s->stack[s->depth - 1] != '{') {
-        return;
-    }
-    f = &s->frame[s->depth - 1];
-    if (f->node != 0 && p[f->node] == KIMI_SN_UOBJECT
-        && p[f->node + 7 + 3 * f->prop] == e
-        && (t = kimi_json_uo_vtable(p, f->node, f->prop)) != 0)
-    {
-        f->alts &= (uint32_t) p[t + v];
+    if (t != 0) {
+        f->alts &= (uint32_t) s->prog[t + v];
     }
 }
 
@@ -550,8 +556,13 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
 
     *generic = 0;
     if (p[e] == KIMI_SN_UNION) {
+        kimi_json_frame_t  *f = NULL;
+        int32_t             t = kimi_json_uo_table(s, e, &f);
+
         for (i = 0; i < p[e + 1]; i++) {
-            if (kimi_json_starts(p, p[e + 2 + i], c)) {
+            if (kimi_json_starts(p, p[e + 2 + i], c)
+                && (t == 0 || ((uint32_t) p[t + i] & f->alts) != 0))
+            {
                 pick = p[e + 2 + i];
                 break;
             }
@@ -559,6 +570,7 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
         if (pick < 0) {
             return -1;
         }
+        kimi_json_uo_taken(s, e, i);    /* a merged property's part */
         e = pick;
     }
 
@@ -787,7 +799,7 @@ kimi_json_enum_byte(kimi_json_state_t *s, unsigned char c)
     if (complete < 0) {
         return -1;
     }
-    kimi_json_uo_value_done(s, e, complete);
+    kimi_json_uo_taken(s, e, complete);
     kimi_json_value_end(s);             /* c belongs to what follows */
     return kimi_json_byte(s, c);
 }

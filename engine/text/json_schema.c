@@ -424,6 +424,74 @@ kimi_sc_same(const int32_t *p, int32_t a, int32_t b, int depth)
 }
 
 
+/* A shared property's schemas in the alternatives of mask palts (kid[a]
+ * alternative a's) as one UNION: their parts (a union's alternatives, or
+ * the schema itself), the same ones kept once, must start with different
+ * bytes; after it the alternatives each part belongs to (one mask a part),
+ * so the value's first byte narrows them.  -1 when two parts overlap,
+ * -2 when out of room (c->err set). */
+static int
+kimi_sc_merge_parts(kimi_sc_t *c, const int32_t *kid, uint32_t palts, int m,
+    int32_t *out, int32_t *table)
+{
+    int32_t        part[64], u, x, np = 0, q;
+    uint32_t       mask[64];
+    unsigned char  seen[256], one[256];
+
+    for (int a = 0; a < m; a++) {
+        if (!(palts >> a & 1)) {
+            continue;
+        }
+        if (kid[a] == 0) {
+            return -1;                  /* any value overlaps every part */
+        }
+        q = c->w[kid[a]] == KIMI_SN_UNION ? c->w[kid[a] + 1] : 1;
+        for (int32_t i = 0; i < q; i++) {
+            x = c->w[kid[a]] == KIMI_SN_UNION ? c->w[kid[a] + 2 + i] : kid[a];
+            int32_t  k;
+
+            for (k = 0; k < np; k++) {
+                if (kimi_sc_same(c->w, part[k], x, 0)) {
+                    break;
+                }
+            }
+            if (k == np) {
+                if (np == 64) {
+                    return -1;
+                }
+                part[np] = x;
+                mask[np++] = 0;
+            }
+            mask[k] |= (uint32_t) 1 << a;
+        }
+    }
+    memset(seen, 0, sizeof(seen));
+    for (int32_t k = 0; k < np; k++) {
+        memset(one, 0, sizeof(one));
+        kimi_sc_first(c, part[k], one);
+        for (int b = 0; b < 256; b++) {
+            if (one[b] && seen[b]) {
+                return -1;
+            }
+            seen[b] |= one[b];
+        }
+    }
+    u = kimi_sc_alloc(c, 2 + 2 * (size_t) np);
+    if (u < 0) {
+        return -2;                      /* c->err says why */
+    }
+    c->w[u] = KIMI_SN_UNION;
+    c->w[u + 1] = np;
+    for (int32_t k = 0; k < np; k++) {
+        c->w[u + 2 + k] = part[k];
+        c->w[u + 2 + np + k] = (int32_t) mask[k];
+    }
+    *out = u;
+    *table = u + 2 + np;
+    return 0;
+}
+
+
 /* The m objects of an anyOf (disc: of a oneOf) merged into one UOBJECT
  * node (json_schema.h) in *out: the union of their properties; where
  * alternatives share one they must give it the same schema, or enum
@@ -493,12 +561,22 @@ kimi_sc_merge_objects(kimi_sc_t *c, const int32_t *objs, int m, int disc,
             continue;
         }
         if (!enums) {
-            return kimi_sc_fail(c, "the objects of the alternatives give"
-                                " property \"%.*s\" different schemas (shared"
-                                " properties must agree, or hold const or"
-                                " enum values)", (int) len[j],
-                                (const char *) kimi_json_schema_bytes(c->w,
-                                                                      at[j]));
+            int  mp = kimi_sc_merge_parts(c, kid[j], palts[j], m, &child[j],
+                                          &vm[j]);
+
+            if (mp == -2) {
+                return -1;
+            }
+            if (mp != 0) {
+                return kimi_sc_fail(c, "the objects of the alternatives give"
+                                    " property \"%.*s\" different schemas"
+                                    " (shared properties must agree, hold"
+                                    " const or enum values, or take values"
+                                    " that start differently)", (int) len[j],
+                                    (const char *) kimi_json_schema_bytes(c->w,
+                                                                          at[j]));
+            }
+            continue;
         }
         for (int a = first; a < m; a++) {
             if (!(palts[j] >> a & 1)) {
@@ -1514,10 +1592,11 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
                 if (rc == 0) {
                     KIMI_SC_CHILD(p[at + 7 + 3 * i]);
                 }
-                if (rc == 0 && v != 0) {    /* the child's values' table */
+                if (rc == 0 && v != 0) {    /* the child's values' or parts' table */
                     child = p[at + 7 + 3 * i];
                     nv = child >= 2 && (size_t) child + 2 <= n
-                         && p[child] == KIMI_SN_ENUM ? p[child + 1] : 0;
+                         && (p[child] == KIMI_SN_ENUM || p[child] == KIMI_SN_UNION)
+                         ? p[child + 1] : 0;
                     if (nv < 1 || nv > KIMI_SCHEMA_MAX_ENUM || v < 2
                         || (size_t) v + (size_t) nv > n)
                     {

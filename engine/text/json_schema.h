@@ -20,8 +20,10 @@
  *           properties), per property the alternatives having it (a bit
  *           mask), per property 0 or where a table of the alternatives
  *           each value of its ENUM child belongs to starts (one mask a
- *           value).  Where alternatives share a property they give it the
- *           same schema, or enum values (merged into one ENUM child)
+ *           value or part).  Where alternatives share a property they
+ *           give it the same schema, enum values (merged into one ENUM
+ *           child), or values that start differently (their parts merged
+ *           into one UNION child, the table one mask a part)
  *   STRING  kind, min_length, max_length (-1: no maximum), in code points,
  *           format (KIMI_SF_*: the text's shape, no escapes); with
  *           KIMI_SF_PATTERN a fifth word: where its DFA program starts
