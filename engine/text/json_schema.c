@@ -225,16 +225,18 @@ static const char *const  kimi_sc_known[] = {
     "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const",
     "anyOf", "oneOf", "$ref",
     "$defs", "definitions", "title", "description", "default", "examples",
-    "$schema", "$id", "$comment", NULL
+    "$schema", "$id", "$comment", "discriminator", NULL
 };
 
 /* keywords that only describe: allowed beside $ref and anyOf */
 static int
 kimi_sc_annotation(const char *k)
 {
+    /* "discriminator" (OpenAPI's, beside a oneOf as pydantic writes it)
+     * names what the alternatives' const values already hold apart */
     static const char *const  a[] = { "title", "description", "default",
         "examples", "$schema", "$id", "$comment", "$defs", "definitions",
-        NULL };
+        "discriminator", NULL };
 
     for (size_t i = 0; a[i] != NULL; i++) {
         if (strcmp(k, a[i]) == 0) {

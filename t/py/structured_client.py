@@ -13,7 +13,7 @@ import json
 import re
 import sys
 import uuid
-from typing import List, Literal, Optional
+from typing import List, Literal, Optional, Union
 
 import openai
 
@@ -46,6 +46,28 @@ class Answer(BaseModel):
     code: str = Field(pattern=r"^[A-Z]{2}-[0-9]{2,4}$")
 
 
+class Cat(BaseModel):
+    kind: Literal["cat"]
+    lives: int = Field(ge=0, le=9)
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"]
+    good: bool
+
+
+class Bird(BaseModel):
+    wings: int
+    name: str
+
+
+class Owner(BaseModel):
+    """Unions of objects: one told apart by a discriminator (a oneOf with
+    pydantic's "discriminator" beside it), one by the objects' keys"""
+    pet: Union[Cat, Dog] = Field(discriminator="kind")
+    other: Union[Bird, Cat]
+
+
 parsed, cut = 0, 0
 for seed in range(1, 7):
     try:
@@ -66,4 +88,21 @@ for seed in range(1, 7):
 
 check(parsed > 0, "%d of 6 answers parsed (%d cut by max_tokens)"
       % (parsed, cut))
+
+owners = 0
+for seed in range(1, 5):
+    try:
+        r = client.chat.completions.parse(
+            model=model, messages=[{"role": "user", "content": "hi"}],
+            response_format=Owner, max_tokens=200, temperature=1.0,
+            seed=seed, logit_bias=bias)
+    except openai.LengthFinishReasonError:
+        continue
+    o = r.choices[0].message.parsed
+    check(isinstance(o, Owner) and isinstance(o.pet, (Cat, Dog))
+          and isinstance(o.other, (Bird, Cat)),
+          "seed %d: unions of models parsed: %s"
+          % (seed, o.model_dump_json() if o is not None else None))
+    owners += o is not None
+check(owners > 0, "%d of 4 union answers parsed" % owners)
 plan()
