@@ -221,6 +221,35 @@ $r = $t->post('/v1/chat/completions', chat_body(content => 'hi', max_tokens => 8
 is($r->{status}, 400, 'a oneOf of objects that nothing tells apart: 400');
 like($r->{json}{error}{message} // '', qr/discriminator/, '... naming the discriminator');
 
+# additionalProperties as a schema (pydantic's Dict[str, int]): any keys,
+# every value an integer (no whitespace, so the random model ends it)
+my $dict = { type => 'object', properties => { id => { type => 'integer',
+        minimum => 0, maximum => 999 } },
+    additionalProperties => { type => 'integer',
+        minimum => 0, maximum => 99 } };
+my %dict_nudge = (%nudge, map { ($t->post('/tokenize', { prompt => $_ })->{json}{tokens}[0] => 12) }
+    ('"', '}'));
+my $dict_ended = 0;
+for my $seed (1 .. 4) {
+    $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+        max_tokens => 120, temperature => 1.0, seed => $seed,
+        logit_bias => \%dict_nudge,
+        structured_outputs => { json => $dict, disable_any_whitespace => $true }));
+    is($r->{status}, 200, "additionalProperties {integer} (seed $seed): 200");
+    my $text = $r->{json}{choices}[0]{message}{content} // '';
+    like($text, qr/^\s*\{/, '... the text opens the object');
+    next unless ($r->{json}{choices}[0]{finish_reason} // '') eq 'stop';
+    $dict_ended++;
+    my $o = eval { JSON::PP->new->decode($text) };
+    my @bad = ref $o eq 'HASH'
+        ? grep { ref $o->{$_} || $o->{$_} !~ /^-?[0-9]+$/
+                 || ($_ ne 'id' && ($o->{$_} < 0 || $o->{$_} > 99)) } keys %$o
+        : ('not an object');
+    ok(!@bad, "... ended by stop, every value an integer (0-99 but \"id\"): $text")
+       or diag("@bad");
+}
+ok($dict_ended > 0, "$dict_ended of 4 dict answers completed the object");
+
 # structured_outputs' disable_any_whitespace: no whitespace outside strings
 # (the same seeds without it: the random model's JSON has some); a space
 # favoured, so a model that may write whitespace does

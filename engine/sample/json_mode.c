@@ -365,6 +365,15 @@ kimi_json_all_props(const int32_t *p, int32_t node)
 }
 
 
+/* 1 if object node takes keys no property names (word 4: the node of
+ * their values, an additionalProperties schema) */
+static int
+kimi_json_free_keys(const int32_t *p, int32_t node)
+{
+    return p[node] == KIMI_SN_OBJECT && p[node + 4] >= 2;
+}
+
+
 /* A UOBJECT's words (json_schema.h): where its alternatives start, their
  * required properties, the alternatives having property i, and where the
  * alternatives of property i's enum values are listed (0: none). */
@@ -580,7 +589,7 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
         if (c != '{') {
             return -1;
         }
-        return kimi_json_push(s, c, p[e + 4] ? 0 : e);   /* free: any keys */
+        return kimi_json_push(s, c, p[e + 4] == 1 ? 0 : e);   /* free: any keys */
     case KIMI_SN_ARRAY:
         return c == '[' ? kimi_json_push(s, c, e) : -1;
     case KIMI_SN_ENUM:
@@ -731,6 +740,27 @@ kimi_json_close(kimi_json_state_t *s, unsigned char c)
 }
 
 
+/* a byte of a key no property names: UTF-8 text, no control bytes and
+ * no escapes (an escape could spell a property's name another way) */
+static int
+kimi_json_free_key_byte(kimi_json_state_t *s, unsigned char c)
+{
+    if (s->ucont > 0) {
+        if (c < s->ulo || c > s->uhi) {
+            return -1;
+        }
+        s->ucont--;
+        s->ulo = 0x80;
+        s->uhi = 0xbf;
+        return 0;
+    }
+    if (c < 0x20 || c == '\\' || c == '"') {
+        return -1;
+    }
+    return c >= 0x80 ? kimi_json_utf8_lead(s, c) : 0;
+}
+
+
 /* a schema object's key: c is its next byte */
 static int
 kimi_json_key_byte(kimi_json_state_t *s, unsigned char c)
@@ -747,6 +777,9 @@ kimi_json_key_byte(kimi_json_state_t *s, unsigned char c)
         at = p[node + 5 + 3 * i];
         len = p[node + 6 + 3 * i];
         if (c == '"' && len == s->pos) {          /* the name is complete */
+            if (f->seen >> i & 1) {
+                return -1;              /* written before (free keys' cand) */
+            }
             f->prop = (uint16_t) i;
             f->seen |= (uint64_t) 1 << i;
             if (p[node] == KIMI_SN_UOBJECT) {
@@ -761,7 +794,17 @@ kimi_json_key_byte(kimi_json_state_t *s, unsigned char c)
             next |= (uint64_t) 1 << i;
         }
     }
-    if (next == 0) {
+    if (s->kfree && c == '"' && s->ucont == 0) {  /* a key no property names */
+        f->prop = KIMI_JSON_FREE_PROP;
+        s->state = J_COLON;
+        return 0;
+    }
+    if (s->kfree && (s->pos >= KIMI_SCHEMA_MAX_TEXT
+                     || kimi_json_free_key_byte(s, c) != 0))
+    {
+        s->kfree = 0;                   /* only a property's name is left */
+    }
+    if (next == 0 && !s->kfree) {
         return -1;
     }
     s->cand = next;
@@ -853,9 +896,15 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         if (s->prog != NULL && s->frame[s->depth - 1].node != 0) {
             const kimi_json_frame_t  *f = &s->frame[s->depth - 1];
 
-            s->cand = kimi_json_open_props(s->prog, f);
             s->pos = 0;
             s->state = J_SKEY;
+            s->ucont = 0;
+            s->kfree = kimi_json_free_keys(s->prog, f->node);
+            if (s->kfree) {             /* a written name is refused at its end */
+                s->cand = kimi_json_all_props(s->prog, f->node);
+                return 0;
+            }
+            s->cand = kimi_json_open_props(s->prog, f);
             return s->cand != 0 ? 0 : -1;
         }
         s->state = J_STRING;
@@ -874,8 +923,10 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         if (s->prog != NULL) {
             const kimi_json_frame_t  *f = &s->frame[s->depth - 1];
 
-            s->expect = (uint16_t) (f->node ? s->prog[f->node + 7 + 3 * f->prop]
-                                            : 0);
+            s->expect = (uint16_t) (f->node == 0 ? 0
+                                    : f->prop == KIMI_JSON_FREE_PROP
+                                    ? s->prog[f->node + 4]
+                                    : s->prog[f->node + 7 + 3 * f->prop]);
         }
         return 0;
 
@@ -893,7 +944,9 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
                     s->expect = 0;
                 } else if (s->state == J_KEY) {
                     /* another key only while a property is left */
-                    if (kimi_json_open_props(p, f) == 0) {
+                    if (!kimi_json_free_keys(p, f->node)
+                        && kimi_json_open_props(p, f) == 0)
+                    {
                         return -1;
                     }
                 } else {

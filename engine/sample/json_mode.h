@@ -16,6 +16,9 @@
  * whitespace forever (as OpenAI's JSON mode warns) */
 #define KIMI_JSON_MAX_WS     16
 
+/* frame.prop of a key no property names (additionalProperties) */
+#define KIMI_JSON_FREE_PROP  0xffff
+
 /* A container under a schema: which node, and how far it got */
 typedef struct {
     uint16_t       node;       /* its program node; 0: any content */
@@ -59,6 +62,8 @@ typedef struct {
     unsigned char  ndig;
     uint64_t       nval;
     uint64_t       cand;
+    unsigned char  kfree;      /* the key may be one no property names (an
+                                  object's additionalProperties schema) */
     kimi_json_frame_t  frame[KIMI_SCHEMA_MAX_DEPTH];
 } kimi_json_state_t;
 

@@ -10,7 +10,8 @@
  *         skipped.
  *
  * The subset: type (one or a list), properties, required,
- * additionalProperties (true/false), items, minItems, maxItems,
+ * additionalProperties (true/false, or a schema other keys' values follow:
+ * such a key is written without escapes), items, minItems, maxItems,
  * minLength/maxLength (in code points; an escape is one, a \u surrogate
  * pair two), format date/time/date-time/uuid (the shape: digits and
  * separators where RFC 3339 and RFC 4122 put them), pattern (a regex_dfa.h
@@ -23,7 +24,8 @@
  * $ref into $defs/definitions (recursion allowed), and annotations (title,
  * description, default, examples, $schema, $id, $comment).  Objects carry
  * only their listed properties, in any order, each at most once; a schema
- * without properties takes any object.  Strings, numbers and enum values
+ * without properties takes any object (or, with additionalProperties a
+ * schema, keys of any name).  Strings, numbers and enum values
  * are written in one canonical form (integers as plain digits).
  */
 
@@ -722,11 +724,19 @@ kimi_sc_union(kimi_sc_t *c, int32_t u, const int32_t *alts, size_t n,
         int32_t  objs[64], merged = -1, free_obj = 0;
         int      m = 0;
 
+        int      open = 0;
+
         for (size_t i = 0; i < k; i++) {
             if (c->w[flat[i]] == KIMI_SN_OBJECT) {
                 objs[m++] = flat[i];
-                free_obj = c->w[flat[i] + 4] ? flat[i] : free_obj;
+                free_obj = c->w[flat[i] + 4] == 1 ? flat[i] : free_obj;
+                open |= c->w[flat[i] + 4] >= 2;
             }
+        }
+        if (m >= 2 && free_obj == 0 && open) {
+            return kimi_sc_fail(c, "an object with \"additionalProperties\" as"
+                                " a schema among several objects of a union"
+                                " (their keys cannot tell them apart)");
         }
         if (m >= 2 && free_obj != 0 && any) {
             merged = free_obj;
@@ -850,9 +860,9 @@ kimi_sc_object(kimi_sc_t *c, const json_t *s, int32_t *node)
     if (props != NULL && !json_is_object(props)) {
         return kimi_sc_fail(c, "\"properties\" must be an object");
     }
-    if (add != NULL && !json_is_boolean(add)) {
-        return kimi_sc_fail(c, "\"additionalProperties\" as a schema is not"
-                            " supported (true or false only)");
+    if (add != NULL && !json_is_boolean(add) && !json_is_object(add)) {
+        return kimi_sc_fail(c, "\"additionalProperties\" must be true, false"
+                            " or a schema");
     }
     n = props ? json_object_size(props) : 0;
     if (n > KIMI_SCHEMA_MAX_PROPS) {
@@ -880,9 +890,29 @@ kimi_sc_object(kimi_sc_t *c, const json_t *s, int32_t *node)
     c->w[o] = KIMI_SN_OBJECT;
     c->w[o + 1] = (int32_t) n;
     /* no properties listed: any object, unless none may be added */
-    c->w[o + 4] = n == 0 && !json_is_false(add);
+    c->w[o + 4] = n == 0 && !json_is_false(add) && !json_is_object(add);
     kimi_sc_memo(c, s, o);
     *node = o;
+
+    /* additionalProperties as a schema (a dict's values): other keys'
+     * values held to it, word 4 its node (an ANY node for {}) */
+    if (json_is_object(add)) {
+        int32_t  a;
+
+        was = kimi_sc_push(c, "additionalProperties");
+        if (kimi_sc_node(c, add, &a) != 0) {
+            return -1;
+        }
+        c->path[was] = '\0';
+        if (a == 0) {
+            a = kimi_sc_alloc(c, 1);
+            if (a < 0) {
+                return -1;
+            }
+            c->w[a] = KIMI_SN_ANY;
+        }
+        c->w[o + 4] = a;
+    }
 
     i = 0;
     json_object_foreach((json_t *) props, k, v) {
@@ -1551,6 +1581,13 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
                 if (rc == 0) {
                     KIMI_SC_CHILD(p[at + 7 + 3 * i]);
                 }
+            }
+            /* word 4: 0 only these keys, 1 any object, else the node
+             * other keys' values follow */
+            if (rc == 0 && p[at + 4] < 0) {
+                rc = kimi_sc_check_fail(err, errlen, at, "additional keys");
+            } else if (rc == 0 && p[at + 4] >= 2) {
+                KIMI_SC_CHILD(p[at + 4]);
             }
             break;
         case KIMI_SN_UOBJECT: {

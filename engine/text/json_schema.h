@@ -7,9 +7,11 @@
  *
  * Program (p[0..n)):
  *   p[0] = n, p[1] = the root node; a node is the index of its first word:
- *   OBJECT  kind, n_props, required bits 0-31, bits 32-63, then per
- *           property: name_at, name_len, child (the name JSON-escaped,
- *           without quotes: byte name_at of the program's bytes)
+ *   OBJECT  kind, n_props, required bits 0-31, bits 32-63, other keys
+ *           (0: none, 1: any object, else the node their values follow:
+ *           additionalProperties as a schema), then per property: name_at,
+ *           name_len, child (the name JSON-escaped, without quotes: byte
+ *           name_at of the program's bytes)
  *   ARRAY   kind, items, min_items, max_items (-1: no maximum)
  *   ENUM    kind, n_values, then per value: text_at, text_len (its JSON text)
  *   UNION   kind, n_alts, then the alternatives (first bytes never shared)

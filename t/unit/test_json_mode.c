@@ -319,7 +319,7 @@ test_schema_compile(void)
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"$ref\": \"http://x/y\"}}}", "$ref" },
         { "{\"type\": \"array\", \"items\": [{}, {}]}", "tuples" },
         { "{\"type\": \"array\", \"minItems\": 3, \"maxItems\": 2}", "below" },
-        { "{\"type\": \"object\", \"additionalProperties\": {\"type\": \"string\"}}", "additionalProperties" },
+        { "{\"type\": \"object\", \"additionalProperties\": \"string\"}", "must be true, false or a schema" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"enum\": [{\"x\": 1}]}}}", "enum" },
         { "{\"$defs\": {\"a\": {\"$ref\": \"#/$defs/b\"}, \"b\": {\"$ref\": \"#/$defs/a\"}}, \"$ref\": \"#/$defs/a\"}",
           "deeper than 64" },
@@ -1140,6 +1140,53 @@ test_schema_union_objects(void)
 }
 
 
+/* additionalProperties as a schema: keys no property names, their values
+ * held to it (pydantic's Dict[str, X]) */
+static void
+test_schema_additional(void)
+{
+    char      err[512];
+    size_t    n;
+    int32_t  *prog;
+    int       done, good;
+
+    prog = compile("{\"type\": \"object\", \"properties\": {\"id\": {\"type\": \"integer\"}},"
+                   " \"required\": [\"id\"], \"additionalProperties\": {\"type\": \"integer\"}}",
+                   &n, err, sizeof(err));
+    good = prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0;
+    good = good && accepts(prog, "{\"i\": 5, \"id\": 1, \"idx\": 2, \"\xc3\xa9t\xc3\xa9\": 3, \"\": 4}",
+                           &done) && done;
+    good = good && !accepts(prog, "{\"id\": 1, \"x\": \"", &done);      /* a free key's value */
+    good = good && !accepts(prog, "{\"id\": 1, \"id\"", &done);         /* a property twice */
+    good = good && !accepts(prog, "{\"\\u0069d\"", &done);              /* no escapes in a free key */
+    good = good && !accepts(prog, "{\"a\xc3\"", &done);                 /* half a UTF-8 character */
+    good = good && !(accepts(prog, "{\"x\": 1}", &done) && done);       /* "id" is required */
+    ok(good, "additionalProperties {integer} beside a property: free keys, each name"
+       " once (%s)", prog == NULL ? err : "ok");
+    free(prog);
+
+    prog = compile("{\"type\": \"object\", \"additionalProperties\": {\"type\": \"object\","
+                   " \"properties\": {\"n\": {\"type\": \"integer\"}}, \"required\": [\"n\"]}}",
+                   &n, err, sizeof(err));
+    good = prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0;
+    good = good && accepts(prog, "{\"a\": {\"n\": 1}, \"b\": {\"n\": 2}}", &done) && done;
+    good = good && accepts(prog, "{}", &done) && done;
+    good = good && !(accepts(prog, "{\"a\": {}", &done));
+    good = good && !accepts(prog, "{\"a\": 1", &done);
+    ok(good, "a dict of objects (no properties, additionalProperties a schema) (%s)",
+       prog == NULL ? err : "ok");
+    free(prog);
+
+    prog = compile("{\"type\": \"array\", \"items\": {\"type\": \"object\", \"properties\":"
+                   " {\"k\": {\"const\": 1}}, \"additionalProperties\": {}}}", &n, err, sizeof(err));
+    good = prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0;
+    good = good && accepts(prog, "[{\"z\": [true, {\"q\": null}], \"k\": 1}, {}]", &done) && done;
+    good = good && !accepts(prog, "[{\"k\": 2", &done);
+    ok(good, "additionalProperties {}: other keys take any value (%s)", prog == NULL ? err : "ok");
+    free(prog);
+}
+
+
 int
 main(void)
 {
@@ -1148,6 +1195,7 @@ main(void)
     test_schema_compile();
     test_schema_grammar();
     test_schema_union_objects();
+    test_schema_additional();
     test_schema_sampler();
     test_schema_dead_end();
     test_tool_calls();
