@@ -365,6 +365,18 @@ kimi_json_all_props(const int32_t *p, int32_t node)
 }
 
 
+/* The node item i of array or tuple node follows (0: any value), or -1
+ * when the tuple takes no item i */
+static int32_t
+kimi_json_item(const int32_t *p, int32_t node, uint32_t i)
+{
+    if (p[node] == KIMI_SN_TUPLE && i < (uint32_t) p[node + 4]) {
+        return p[node + 5 + i];
+    }
+    return p[node + 1];
+}
+
+
 /* 1 if object node takes keys no property names (word 4: the node of
  * their values, an additionalProperties schema) */
 static int
@@ -510,8 +522,9 @@ kimi_json_push(kimi_json_state_t *s, unsigned char c, int32_t node)
 
             f->alts = m >= 32 ? ~0u : (1u << m) - 1;
         }
-        if (c == '[') {
-            s->expect = (uint16_t) (node ? s->prog[node + 1] : 0);
+        if (c == '[') {                 /* a tuple has a first item */
+            s->expect = (uint16_t) (node ? kimi_json_item(s->prog, node, 0)
+                                         : 0);
         }
     }
     s->stack[s->depth++] = c;
@@ -533,6 +546,7 @@ kimi_json_starts(const int32_t *p, int32_t e, unsigned char c)
     case KIMI_SN_UOBJECT:
         return c == '{';
     case KIMI_SN_ARRAY:
+    case KIMI_SN_TUPLE:
         return c == '[';
     case KIMI_SN_STRING:
         return c == '"';
@@ -591,6 +605,7 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
         }
         return kimi_json_push(s, c, p[e + 4] == 1 ? 0 : e);   /* free: any keys */
     case KIMI_SN_ARRAY:
+    case KIMI_SN_TUPLE:
         return c == '[' ? kimi_json_push(s, c, e) : -1;
     case KIMI_SN_ENUM:
         s->cand = 0;
@@ -950,12 +965,13 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
                         return -1;
                     }
                 } else {
-                    if (p[f->node + 3] >= 0
-                        && f->count >= (uint32_t) p[f->node + 3])
+                    if ((p[f->node + 3] >= 0
+                         && f->count >= (uint32_t) p[f->node + 3])
+                        || kimi_json_item(p, f->node, f->count) < 0)
                     {
                         return -1;
                     }
-                    s->expect = (uint16_t) p[f->node + 1];
+                    s->expect = (uint16_t) kimi_json_item(p, f->node, f->count);
                 }
             }
             return 0;

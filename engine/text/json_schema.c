@@ -11,7 +11,8 @@
  *
  * The subset: type (one or a list), properties, required,
  * additionalProperties (true/false, or a schema other keys' values follow:
- * such a key is written without escapes), items, minItems, maxItems,
+ * such a key is written without escapes), items, prefixItems (tuples;
+ * draft 7's items list too), minItems, maxItems,
  * minLength/maxLength (in code points; an escape is one, a \u surrogate
  * pair two), format date/time/date-time/uuid (the shape: digits and
  * separators where RFC 3339 and RFC 4122 put them), pattern (a regex_dfa.h
@@ -222,7 +223,8 @@ kimi_sc_pattern(kimi_sc_t *c, const char *pat, size_t len, int32_t **dfa,
 
 static const char *const  kimi_sc_known[] = {
     "type", "properties", "required", "additionalProperties", "items",
-    "minItems", "maxItems", "minLength", "maxLength", "format", "pattern",
+    "minItems", "maxItems", "prefixItems", "minLength", "maxLength",
+    "format", "pattern",
     "minimum",
     "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const",
     "anyOf", "oneOf", "$ref",
@@ -274,7 +276,8 @@ kimi_sc_first(const kimi_sc_t *c, int32_t node, unsigned char set[256])
     switch (p[node]) {
     case KIMI_SN_OBJECT:
     case KIMI_SN_UOBJECT: set['{'] = 1; break;
-    case KIMI_SN_ARRAY: set['['] = 1; break;
+    case KIMI_SN_ARRAY:
+    case KIMI_SN_TUPLE: set['['] = 1; break;
     case KIMI_SN_STRING: set['"'] = 1; break;
     case KIMI_SN_NUMBER:
     case KIMI_SN_INTEGER:
@@ -956,8 +959,11 @@ static int
 kimi_sc_array(kimi_sc_t *c, const json_t *s, int32_t *node)
 {
     const json_t  *items = json_object_get(s, "items");
-    int32_t        a, child = 0, mn = 0, mx = -1;
-    size_t         was;
+    const json_t  *prefix = json_object_get(s, "prefixItems");
+    const json_t  *v;
+    int32_t        a, child = 0, mn = 0, mx = -1, np = 0;
+    size_t         was, i;
+    char           seg[48];
 
     if (kimi_sc_count(c, json_object_get(s, "minItems"), "minItems", &mn) != 0
         || kimi_sc_count(c, json_object_get(s, "maxItems"), "maxItems", &mx)
@@ -968,27 +974,77 @@ kimi_sc_array(kimi_sc_t *c, const json_t *s, int32_t *node)
     if (mx >= 0 && mx < mn) {
         return kimi_sc_fail(c, "\"maxItems\" is below \"minItems\"");
     }
-    a = kimi_sc_alloc(c, 4);
+    /* a tuple: prefixItems, or draft 7's items as a list */
+    if (prefix == NULL && json_is_array(items)) {
+        prefix = items;
+        items = NULL;
+    }
+    if (prefix != NULL) {
+        if (!json_is_array(prefix) || json_array_size(prefix) == 0
+            || json_array_size(prefix) > 64)
+        {
+            return kimi_sc_fail(c, "\"prefixItems\" must list 1 to 64"
+                                " schemas");
+        }
+        np = (int32_t) json_array_size(prefix);
+    }
+    if (items != NULL && !json_is_false(items) && !json_is_object(items)
+        && !json_is_true(items))
+    {
+        return kimi_sc_fail(c, "\"items\" must be a schema, true or false");
+    }
+    if (np == 0 && json_is_false(items)) {
+        mx = 0;                         /* no items at all */
+        if (mn > 0) {
+            return kimi_sc_fail(c, "\"items\" false below \"minItems\"");
+        }
+    }
+
+    a = kimi_sc_alloc(c, np > 0 ? 5 + (size_t) np : 4);
     if (a < 0) {
         return -1;
     }
-    c->w[a] = KIMI_SN_ARRAY;
+    c->w[a] = np > 0 ? KIMI_SN_TUPLE : KIMI_SN_ARRAY;
     kimi_sc_memo(c, s, a);
     *node = a;
-    if (items != NULL) {
-        if (json_is_array(items)) {
-            return kimi_sc_fail(c, "\"items\" as a list (tuples) is not"
-                                " supported");
-        }
+    if (items != NULL && json_is_false(items)) {
+        child = -1;                     /* none past the prefix */
+    } else if (items != NULL && !json_is_true(items)) {
         was = kimi_sc_push(c, "items");
         if (kimi_sc_node(c, items, &child) != 0) {
             return -1;
         }
         c->path[was] = '\0';
     }
+    if (np > 0 && child == -1) {
+        if (mx < 0 || mx > np) {
+            mx = np;
+        }
+        if (mn > np) {
+            return kimi_sc_fail(c, "\"minItems\" above the tuple's %d items"
+                                " and nothing after them", (int) np);
+        }
+    }
+    if (np == 0 && child == -1) {
+        child = 0;
+    }
+    json_array_foreach(prefix, i, v) {
+        int32_t  e;
+
+        snprintf(seg, sizeof(seg), "prefixItems/%zu", i);
+        was = kimi_sc_push(c, seg);
+        if (kimi_sc_node(c, v, &e) != 0) {
+            return -1;
+        }
+        c->path[was] = '\0';
+        c->w[a + 5 + i] = e;
+    }
     c->w[a + 1] = child;
     c->w[a + 2] = mn;
     c->w[a + 3] = mx;
+    if (np > 0) {
+        c->w[a + 4] = np;
+    }
     return 0;
 }
 
@@ -1426,7 +1482,7 @@ kimi_sc_container(const int32_t *p, int32_t e)
             int32_t  a = p[e + 2 + i];
 
             if (a < 2 || (p[a] != KIMI_SN_OBJECT && p[a] != KIMI_SN_ARRAY
-                          && p[a] != KIMI_SN_UOBJECT))
+                          && p[a] != KIMI_SN_UOBJECT && p[a] != KIMI_SN_TUPLE))
             {
                 return 0;
             }
@@ -1434,7 +1490,7 @@ kimi_sc_container(const int32_t *p, int32_t e)
         return 1;
     }
     return p[e] == KIMI_SN_OBJECT || p[e] == KIMI_SN_ARRAY
-           || p[e] == KIMI_SN_UOBJECT;
+           || p[e] == KIMI_SN_UOBJECT || p[e] == KIMI_SN_TUPLE;
 }
 
 
@@ -1663,6 +1719,25 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
                 break;
             }
             KIMI_SC_CHILD(p[at + 1]);
+            break;
+        case KIMI_SN_TUPLE:
+            KIMI_SC_NEED(6);
+            cnt = p[at + 4];
+            if (p[at + 2] < 0 || p[at + 3] < -1
+                || (p[at + 3] >= 0 && p[at + 3] < p[at + 2])
+                || cnt < 1 || cnt > 64 || p[at + 1] < -1
+                || (p[at + 1] == -1 && (p[at + 3] < 0 || p[at + 3] > cnt)))
+            {
+                rc = kimi_sc_check_fail(err, errlen, at, "tuple items");
+                break;
+            }
+            KIMI_SC_NEED(5 + (size_t) cnt);
+            if (p[at + 1] > 0) {
+                KIMI_SC_CHILD(p[at + 1]);
+            }
+            for (int32_t i = 0; i < cnt && rc == 0; i++) {
+                KIMI_SC_CHILD(p[at + 5 + i]);
+            }
             break;
         case KIMI_SN_ENUM:
             KIMI_SC_NEED(2);

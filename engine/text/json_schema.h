@@ -13,6 +13,9 @@
  *           name_len, child (the name JSON-escaped, without quotes: byte
  *           name_at of the program's bytes)
  *   ARRAY   kind, items, min_items, max_items (-1: no maximum)
+ *   TUPLE   kind, items after the prefix (-1: none, then max_items is at
+ *           most n_prefix), min_items, max_items, n_prefix (1..64), then
+ *           the prefix's nodes (prefixItems: item i's schema)
  *   ENUM    kind, n_values, then per value: text_at, text_len (its JSON text)
  *   UNION   kind, n_alts, then the alternatives (first bytes never shared)
  *   UOBJECT an anyOf of objects (or a oneOf of objects told apart by a
@@ -75,6 +78,7 @@ enum {
     KIMI_SN_ENUM,
     KIMI_SN_UNION,
     KIMI_SN_UOBJECT,
+    KIMI_SN_TUPLE,
 };
 
 #define KIMI_SCHEMA_MAX_UALTS  32       /* objects merged into a UOBJECT */

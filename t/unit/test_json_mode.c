@@ -317,7 +317,8 @@ test_schema_compile(void)
           " {\"type\": \"string\", \"minLength\": 5}]}}}", "different character" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"$ref\": \"#/$defs/none\"}}}", "$ref" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"$ref\": \"http://x/y\"}}}", "$ref" },
-        { "{\"type\": \"array\", \"items\": [{}, {}]}", "tuples" },
+        { "{\"type\": \"array\", \"prefixItems\": [{}], \"items\": false, \"minItems\": 2}",
+          "above the tuple's 1 items" },
         { "{\"type\": \"array\", \"minItems\": 3, \"maxItems\": 2}", "below" },
         { "{\"type\": \"object\", \"additionalProperties\": \"string\"}", "must be true, false or a schema" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"enum\": [{\"x\": 1}]}}}", "enum" },
@@ -1187,6 +1188,53 @@ test_schema_additional(void)
 }
 
 
+/* tuples: prefixItems (pydantic's Tuple[int, str]), draft 7's items list */
+static void
+test_schema_tuples(void)
+{
+    char      err[512];
+    size_t    n;
+    int32_t  *prog;
+    int       done, good;
+
+    prog = compile("{\"type\": \"object\", \"properties\": {\"t\": {\"type\": \"array\","
+                   " \"prefixItems\": [{\"type\": \"integer\"}, {\"type\": \"string\"}],"
+                   " \"minItems\": 2, \"maxItems\": 2}}}", &n, err, sizeof(err));
+    good = prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0;
+    good = good && accepts(prog, "{\"t\": [1, \"a\"]}", &done) && done;
+    good = good && !accepts(prog, "{\"t\": [\"", &done);
+    good = good && !accepts(prog, "{\"t\": [1, 2", &done);
+    good = good && !accepts(prog, "{\"t\": [1, \"a\",", &done);
+    good = good && !(accepts(prog, "{\"t\": [1]", &done));
+    ok(good, "a tuple (integer, string): each place its schema, two items (%s)",
+       prog == NULL ? err : "ok");
+    free(prog);
+
+    prog = compile("{\"type\": \"array\", \"prefixItems\": [{\"const\": \"x\"}],"
+                   " \"items\": {\"type\": \"boolean\"}}", &n, err, sizeof(err));
+    good = prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0;
+    good = good && accepts(prog, "[\"x\", true, false]", &done) && done;
+    good = good && accepts(prog, "[]", &done) && done;
+    good = good && !accepts(prog, "[\"x\", 1", &done);
+    good = good && !accepts(prog, "[true", &done);
+    ok(good, "a tuple's rest held to items (%s)", prog == NULL ? err : "ok");
+    free(prog);
+
+    prog = compile("{\"type\": \"array\", \"items\": [{\"type\": \"null\"}, {\"type\": \"integer\"}]}",
+                   &n, err, sizeof(err));
+    good = prog != NULL && accepts(prog, "[null, 3, {\"any\": []}]", &done) && done
+           && !accepts(prog, "[1", &done);
+    ok(good, "draft 7's items list: a tuple, anything after it (%s)", prog == NULL ? err : "ok");
+    free(prog);
+
+    prog = compile("{\"type\": \"array\", \"prefixItems\": [{\"type\": \"integer\"}], \"items\": false}",
+                   &n, err, sizeof(err));
+    good = prog != NULL && accepts(prog, "[7]", &done) && done && !accepts(prog, "[7,", &done);
+    ok(good, "items false after the prefix: nothing more (%s)", prog == NULL ? err : "ok");
+    free(prog);
+}
+
+
 int
 main(void)
 {
@@ -1196,6 +1244,7 @@ main(void)
     test_schema_grammar();
     test_schema_union_objects();
     test_schema_additional();
+    test_schema_tuples();
     test_schema_sampler();
     test_schema_dead_end();
     test_tool_calls();
