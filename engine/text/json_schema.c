@@ -15,7 +15,8 @@
  * draft 7's items list too), minItems, maxItems,
  * minLength/maxLength (in code points; an escape is one, a \u surrogate
  * pair two), format date/time/date-time/uuid (the shape: digits and
- * separators where RFC 3339 and RFC 4122 put them), pattern (a regex_dfa.h
+ * separators where RFC 3339 and RFC 4122 put them) and email/hostname/
+ * ipv4/uri (a pattern of their shape), pattern (a regex_dfa.h
  * DFA over the raw text, which then holds no escapes), integer bounds
  * (minimum, maximum, exclusive ones; within +-10^18), enum,
  * const, anyOf/oneOf whose alternatives start with different bytes (an
@@ -157,6 +158,21 @@ kimi_sc_push(kimi_sc_t *c, const char *seg)
 
 static int kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node);
 
+
+/* formats held to a shape by a pattern: email as HTML's "valid e-mail
+ * address" (what pydantic's EmailStr takes, without quoted local parts),
+ * hostname by RFC 1123's labels, ipv4 dotted decimal, uri an absolute
+ * URI of RFC 3986's characters (a scheme, ':', then no space) */
+static const char *const  kimi_sc_format_shapes[][2] = {
+    { "email", "^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*"
+               "[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$" },
+    { "hostname", "^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9]"
+                  "(?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$" },
+    { "ipv4", "^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}"
+              "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$" },
+    { "uri", "^[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9._~:/?#@!$&'()*+,;=%\\[\\]-]+$" },
+    { NULL, NULL }
+};
 
 /*
  * A string's "pattern" (ECMA-262 semantics: found anywhere in the string
@@ -1197,9 +1213,18 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
             return kimi_sc_fail(c, "\"maxLength\" is below \"minLength\"");
         }
         fmt = json_object_get(s, "format");
+        pat = json_object_get(s, "pattern");
+        if (pat != NULL && !json_is_string(pat)) {
+            return kimi_sc_fail(c, "\"pattern\" must be a string");
+        }
+        if (pat != NULL && fmt != NULL) {
+            return kimi_sc_fail(c, "\"pattern\" beside \"format\" is not"
+                                " supported");
+        }
         if (fmt != NULL) {
             static const char *const  formats[] = { "", "date", "time",
                                                     "date-time", "uuid" };
+            const char               *shape = NULL;
 
             for (f = KIMI_SF_DATE; f <= KIMI_SF_UUID; f++) {
                 if (json_is_string(fmt)
@@ -1208,22 +1233,31 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
                     break;
                 }
             }
-            if (f > KIMI_SF_UUID) {
+            for (size_t j = 0; f > KIMI_SF_UUID && json_is_string(fmt)
+                               && kimi_sc_format_shapes[j][0] != NULL; j++)
+            {
+                if (strcmp(json_string_value(fmt), kimi_sc_format_shapes[j][0])
+                    == 0)
+                {
+                    shape = kimi_sc_format_shapes[j][1];
+                }
+            }
+            if (shape != NULL) {        /* held to its shape as a pattern */
+                if (kimi_sc_pattern(c, shape, strlen(shape), &dfa, &n_dfa)
+                    != 0)
+                {
+                    return -1;
+                }
+                f = KIMI_SF_PATTERN;
+            } else if (f > KIMI_SF_UUID) {
                 return kimi_sc_fail(c, "\"format\" \"%.64s\" is not"
-                                    " supported (date, time, date-time and"
-                                    " uuid are)", json_is_string(fmt)
+                                    " supported (date, time, date-time, uuid,"
+                                    " email, hostname, ipv4 and uri are)",
+                                    json_is_string(fmt)
                                     ? json_string_value(fmt) : "?");
             }
         }
-        pat = json_object_get(s, "pattern");
         if (pat != NULL) {
-            if (!json_is_string(pat)) {
-                return kimi_sc_fail(c, "\"pattern\" must be a string");
-            }
-            if (fmt != NULL) {
-                return kimi_sc_fail(c, "\"pattern\" beside \"format\" is not"
-                                    " supported");
-            }
             if (kimi_sc_pattern(c, json_string_value(pat),
                                 json_string_length(pat), &dfa, &n_dfa) != 0)
             {
