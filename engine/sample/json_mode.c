@@ -159,6 +159,21 @@ kimi_json_utf8_lead(kimi_json_state_t *s, unsigned char c)
 }
 
 
+/* c continues the UTF-8 sequence under way: in the range kimi_json_utf8_lead
+ * set, the next one of any continuation byte */
+static int
+kimi_json_utf8_cont(kimi_json_state_t *s, unsigned char c)
+{
+    if (c < s->ulo || c > s->uhi) {
+        return -1;
+    }
+    s->ucont--;
+    s->ulo = 0x80;
+    s->uhi = 0xbf;
+    return 0;
+}
+
+
 /* The shapes of the string formats: the fixed text (d a digit, h a hex
  * digit, 1 [01], 2 [0-2], 3 [0-3], 5 [0-5]; the second digit of a month
  * m, of a day D, of an hour H, bounded by the first; anything else
@@ -761,13 +776,7 @@ static int
 kimi_json_free_key_byte(kimi_json_state_t *s, unsigned char c)
 {
     if (s->ucont > 0) {
-        if (c < s->ulo || c > s->uhi) {
-            return -1;
-        }
-        s->ucont--;
-        s->ulo = 0x80;
-        s->uhi = 0xbf;
-        return 0;
+        return kimi_json_utf8_cont(s, c);
     }
     if (c < 0x20 || c == '\\' || c == '"') {
         return -1;
@@ -1011,13 +1020,7 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
             return r < 0 ? -1 : 0;
         }
         if (s->ucont > 0) {             /* inside a UTF-8 sequence */
-            if (c < s->ulo || c > s->uhi) {
-                return -1;
-            }
-            s->ucont--;
-            s->ulo = 0x80;
-            s->uhi = 0xbf;
-            return 0;
+            return kimi_json_utf8_cont(s, c);
         }
         if (c >= 0x80 && kimi_json_utf8_lead(s, c) != 0) {
             return -1;
