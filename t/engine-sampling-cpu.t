@@ -250,6 +250,26 @@ for my $seed (1 .. 4) {
 }
 ok($dict_ended > 0, "$dict_ended of 4 dict answers completed the object");
 
+# bounds on a number (pydantic's Field(ge=0, le=1) on a float): written
+# without an exponent, every digit still leading to a value in range
+my $prob = { type => 'object', properties => { p => { type => 'number',
+    minimum => 0, maximum => 1 }, t => { type => 'number', exclusiveMinimum => -2.5,
+    maximum => 40 } }, required => [ 'p', 't' ], additionalProperties => JSON::PP::false };
+my $prob_ended = 0;
+for my $seed (1 .. 4) {
+    $r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+        max_tokens => 80, temperature => 1.0, seed => $seed, logit_bias => \%dict_nudge,
+        structured_outputs => { json => $prob, disable_any_whitespace => $true }));
+    is($r->{status}, 200, "number bounds (seed $seed): 200");
+    my $text = $r->{json}{choices}[0]{message}{content} // '';
+    next unless ($r->{json}{choices}[0]{finish_reason} // '') eq 'stop';
+    $prob_ended++;
+    my $o = eval { JSON::PP->new->decode($text) };
+    ok(ref $o eq 'HASH' && $text !~ /[eE]/ && $o->{p} >= 0 && $o->{p} <= 1
+       && $o->{t} > -2.5 && $o->{t} <= 40, "... p in [0, 1], t in (-2.5, 40]: $text");
+}
+ok($prob_ended > 0, "$prob_ended of 4 bounded-number answers completed the object");
+
 # structured_outputs' disable_any_whitespace: no whitespace outside strings
 # (the same seeds without it: the random model's JSON has some); a space
 # favoured, so a model that may write whitespace does

@@ -358,6 +358,121 @@ kimi_json_int_can(const kimi_json_state_t *s, int whole)
 }
 
 
+/* the bounds of a bounded number's magnitude (values times 10^S) */
+typedef struct {
+    int       has_lo, lo_ex, has_hi, hi_ex;
+    __int128  lo, hi;
+} kimi_json_dec_bounds_t;
+
+
+/* 1 if some magnitude v with a < v < b (a and b themselves where not
+ * open; b_inf: no end) is within the bounds */
+static int
+kimi_json_dec_meets(const kimi_json_dec_bounds_t *m, __int128 a, int a_open,
+    __int128 b, int b_open, int b_inf)
+{
+    if (m->has_lo && (m->lo > a || (m->lo == a && m->lo_ex))) {
+        a_open = m->lo > a ? m->lo_ex : 1;
+        a = m->lo;
+    }
+    if (m->has_hi && (b_inf || m->hi < b || (m->hi == b && m->hi_ex))) {
+        b_open = b_inf || m->hi < b ? m->hi_ex : 1;
+        b = m->hi;
+        b_inf = 0;
+    }
+    return b_inf || a < b || (a == b && !a_open && !b_open);
+}
+
+
+/* A bounded number (DECIMAL node s->dnode) written as its sign, integer
+ * digits (nval, ndig) and fraction digits (fdig; fval the first S of
+ * them, ftail a nonzero one after those) so far: 1 if some number within
+ * the bounds starts so (whole: is exactly that).  Magnitudes times 10^S,
+ * the bounds turned to the magnitude's for a negative number. */
+static int
+kimi_json_dec_can(const kimi_json_state_t *s, int whole)
+{
+    const int32_t           *p = s->prog;
+    int32_t                  e = s->dnode, fl = p[e + 1], S = p[e + 2];
+    __int128                 pw = 1, lo, hi, x, span = 1;
+    kimi_json_dec_bounds_t   m;
+
+    for (int32_t i = 0; i < S; i++) {
+        pw *= 10;
+    }
+    lo = (int64_t) (((uint64_t) (uint32_t) p[e + 4] << 32) | (uint32_t) p[e + 3]);
+    hi = (int64_t) (((uint64_t) (uint32_t) p[e + 6] << 32) | (uint32_t) p[e + 5]);
+    if (s->nneg) {                      /* -v >= lo is v <= -lo */
+        m.has_lo = (fl & KIMI_SD_HI) != 0;
+        m.lo_ex = (fl & KIMI_SD_HI_EX) != 0;
+        m.lo = -hi;
+        m.has_hi = (fl & KIMI_SD_LO) != 0;
+        m.hi_ex = (fl & KIMI_SD_LO_EX) != 0;
+        m.hi = -lo;
+    } else {
+        m.has_lo = (fl & KIMI_SD_LO) != 0;
+        m.lo_ex = (fl & KIMI_SD_LO_EX) != 0;
+        m.lo = lo;
+        m.has_hi = (fl & KIMI_SD_HI) != 0;
+        m.hi_ex = (fl & KIMI_SD_HI_EX) != 0;
+        m.hi = hi;
+    }
+
+    if (s->ndig == 0) {                 /* "-" alone: any magnitude */
+        return !whole && kimi_json_dec_meets(&m, 0, 0, 0, 1, 1);
+    }
+    x = (__int128) s->nval * pw;
+    if (s->num == N_DOT || s->num == N_FRAC) {
+        for (int32_t i = s->fdig < S ? s->fdig : S; i < S; i++) {
+            span *= 10;
+        }
+        x += (__int128) s->fval * span;
+        if (whole) {                    /* x, or just above it after a tail */
+            return s->fdig > 0 && (s->ftail ? kimi_json_dec_meets(&m, x, 1, x + 1, 1, 0)
+                                            : kimi_json_dec_meets(&m, x, 0, x, 0, 0));
+        }
+        return kimi_json_dec_meets(&m, x, s->ftail, x + span, 1, 0);
+    }
+    if (whole) {
+        return kimi_json_dec_meets(&m, x, 0, x, 0, 0);
+    }
+    for (int32_t j = 0; ; j++) {
+        /* with j more integer digits: [nval 10^j, (nval + 1) 10^j) */
+        if (kimi_json_dec_meets(&m, (__int128) s->nval * span * pw, 0,
+                                ((__int128) s->nval + 1) * span * pw, 1, 0))
+        {
+            return 1;
+        }
+        if (s->nval == 0 || s->ndig + j >= 18) {
+            return 0;                   /* "0" takes no more digits */
+        }
+        span *= 10;
+    }
+}
+
+
+/* a digit of a bounded number (s->num already says which part) */
+static int
+kimi_json_dec_digit(kimi_json_state_t *s, unsigned char c)
+{
+    if (s->num == N_DOT || s->num == N_FRAC) {
+        if (s->fdig < s->prog[s->dnode + 2]) {
+            s->fval = s->fval * 10 + (uint64_t) (c - '0');
+        } else if (c != '0') {
+            s->ftail = 1;
+        }
+        s->fdig += s->fdig < 255;
+    } else {
+        if (s->ndig >= 18) {
+            return -1;
+        }
+        s->nval = s->nval * 10 + (uint64_t) (c - '0');
+        s->ndig++;
+    }
+    return kimi_json_dec_can(s, 0) ? 0 : -1;
+}
+
+
 /* a digit of a bounded integer */
 static int
 kimi_json_int_digit(kimi_json_state_t *s, unsigned char c)
@@ -567,6 +682,7 @@ kimi_json_starts(const int32_t *p, int32_t e, unsigned char c)
         return c == '"';
     case KIMI_SN_NUMBER:
     case KIMI_SN_INTEGER:
+    case KIMI_SN_DECIMAL:
         return c == '-' || kimi_json_digit(c);
     case KIMI_SN_BOOLEAN:
         return c == 't' || c == 'f';
@@ -647,6 +763,25 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
         s->fpos = 0;
         s->pstate = 0;
         return 0;
+    case KIMI_SN_DECIMAL:              /* digits held to its bounds */
+        s->dnode = (uint16_t) e;
+        s->nneg = 0;
+        s->ndig = 0;
+        s->nval = 0;
+        s->fdig = 0;
+        s->fval = 0;
+        s->ftail = 0;
+        s->num = N_INT;
+        if (c == '-') {
+            s->nneg = 1;
+            if (!kimi_json_dec_can(s, 0)) {
+                return -1;
+            }
+        } else if (!kimi_json_digit(c) || kimi_json_dec_digit(s, c) != 0) {
+            return -1;
+        }
+        *generic = 1;
+        return 0;
     case KIMI_SN_INTEGER:
         s->intonly = 1;
         if (p[e + 1] || p[e + 4]) {     /* bounded: its digits are held */
@@ -682,6 +817,7 @@ kimi_json_value_start(kimi_json_state_t *s, unsigned char c)
 
     s->intonly = 0;
     s->inode = 0;
+    s->dnode = 0;
     s->snode = 0;
     s->slen = 0;
     if (s->prog != NULL && s->expect != 0) {
@@ -1091,10 +1227,14 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         if (s->intonly && (c == '.' || c == 'e' || c == 'E')) {
             return -1;                  /* a schema integer: digits only */
         }
+        if (s->dnode != 0 && (c == 'e' || c == 'E')) {
+            return -1;                  /* a bounded number: no exponent */
+        }
         switch (s->num) {
         case N_MINUS:
             if (!kimi_json_digit(c)
-                || (s->inode != 0 && kimi_json_int_digit(s, c) != 0))
+                || (s->inode != 0 && kimi_json_int_digit(s, c) != 0)
+                || (s->dnode != 0 && kimi_json_dec_digit(s, c) != 0))
             {
                 return -1;
             }
@@ -1103,11 +1243,12 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         case N_ZERO:
         case N_INT:
             if (kimi_json_digit(c) && s->num == N_INT) {
-                return s->inode != 0 ? kimi_json_int_digit(s, c) : 0;
+                return s->inode != 0 ? kimi_json_int_digit(s, c)
+                       : s->dnode != 0 ? kimi_json_dec_digit(s, c) : 0;
             }
             if (c == '.') {
                 s->num = N_DOT;
-                return 0;
+                return s->dnode != 0 && !kimi_json_dec_can(s, 0) ? -1 : 0;
             }
             if (c == 'e' || c == 'E') {
                 s->num = N_EXP;
@@ -1117,12 +1258,12 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         case N_DOT:
             if (c >= '0' && c <= '9') {
                 s->num = N_FRAC;
-                return 0;
+                return s->dnode != 0 ? kimi_json_dec_digit(s, c) : 0;
             }
             return -1;
         case N_FRAC:
             if (c >= '0' && c <= '9') {
-                return 0;
+                return s->dnode != 0 ? kimi_json_dec_digit(s, c) : 0;
             }
             if (c == 'e' || c == 'E') {
                 s->num = N_EXP;
@@ -1148,7 +1289,9 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
             break;
         }
         /* a complete number ends here; c belongs to what follows it */
-        if (s->inode != 0 && !kimi_json_int_can(s, 1)) {
+        if ((s->inode != 0 && !kimi_json_int_can(s, 1))
+            || (s->dnode != 0 && !kimi_json_dec_can(s, 1)))
+        {
             return -1;                  /* outside its bounds */
         }
         kimi_json_value_end(s);

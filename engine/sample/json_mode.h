@@ -61,6 +61,10 @@ typedef struct {
     unsigned char  nneg;       /* and its sign, digits and value so far */
     unsigned char  ndig;
     uint64_t       nval;
+    uint16_t       dnode;      /* a bounded number's node (DECIMAL), or 0 */
+    unsigned char  fdig;       /* and its fraction digits (at most 255) */
+    unsigned char  ftail;      /* a nonzero one past its scale */
+    uint64_t       fval;       /* its first S fraction digits */
     uint64_t       cand;
     unsigned char  kfree;      /* the key may be one no property names (an
                                   object's additionalProperties schema) */

@@ -18,7 +18,8 @@
  * separators where RFC 3339 and RFC 4122 put them) and email/hostname/
  * ipv4/uri (a pattern of their shape), pattern (a regex_dfa.h
  * DFA over the raw text, which then holds no escapes), integer bounds
- * (minimum, maximum, exclusive ones; within +-10^18), enum,
+ * (minimum, maximum, exclusive ones; within +-10^18), number bounds (at
+ * most 9 decimals; the number then written without an exponent), enum,
  * const, anyOf/oneOf whose alternatives start with different bytes (an
  * anyOf's alternatives that another takes whole dropped first; their
  * objects merged into one node that keys and const/enum values narrow,
@@ -297,6 +298,7 @@ kimi_sc_first(const kimi_sc_t *c, int32_t node, unsigned char set[256])
     case KIMI_SN_STRING: set['"'] = 1; break;
     case KIMI_SN_NUMBER:
     case KIMI_SN_INTEGER:
+    case KIMI_SN_DECIMAL:
         set['-'] = 1;
         memset(&set['0'], 1, 10);
         break;
@@ -1126,6 +1128,123 @@ kimi_sc_bound(kimi_sc_t *c, const json_t *s, const char *k, int lower,
 }
 
 
+/* A number's bound k as m / 10^scale: the shortest decimal spelling that
+ * reads back as the same double, at most 9 decimals; 0 when absent. */
+static int
+kimi_sc_decimal(kimi_sc_t *c, const json_t *s, const char *k, int64_t *m,
+    int *scale)
+{
+    const json_t  *v = json_object_get(s, k);
+    char           buf[64], *q;
+    double         d;
+    int64_t        digits = 0;
+    int            nd = 0, e, neg, prec;
+
+    if (v == NULL) {
+        return 0;
+    }
+    if (!json_is_number(v)) {
+        return kimi_sc_fail(c, "\"%s\" must be a number", k);
+    }
+    d = json_number_value(v);
+    if (!isfinite(d) || d < -1e18 || d > 1e18) {
+        return kimi_sc_fail(c, "\"%s\" beyond +-10^18 is not supported", k);
+    }
+    for (prec = 1; prec <= 17; prec++) {
+        snprintf(buf, sizeof(buf), "%.*e", prec - 1, d);
+        if (strtod(buf, NULL) == d) {
+            break;
+        }
+    }
+    neg = buf[0] == '-';
+    for (q = buf + neg; *q != 'e'; q++) {
+        if (*q != '.') {
+            digits = digits * 10 + (*q - '0');
+            nd++;
+        }
+    }
+    e = atoi(q + 1) - (nd - 1);         /* value = digits * 10^e */
+    for (; e > 0; e--) {
+        digits *= 10;
+    }
+    for (; e < 0 && digits % 10 == 0; e++) {
+        digits /= 10;
+    }
+    if (-e > 9) {
+        return kimi_sc_fail(c, "\"%s\" has more than 9 decimals", k);
+    }
+    *m = neg ? -digits : digits;
+    *scale = -e;
+    return 1;
+}
+
+
+/* a number with bounds: the bounds at one scale (json_schema.h DECIMAL) */
+static int
+kimi_sc_decimal_node(kimi_sc_t *c, const json_t *s, int32_t *node)
+{
+    static const char *const  keys[4] = { "minimum", "exclusiveMinimum",
+                                          "maximum", "exclusiveMaximum" };
+    int64_t   m[4], pow10[10] = { 1 };
+    int       sc[4], has[4], scale = 0, r, flags = 0;
+    __int128  v[4], lo = 0, hi = 0;
+    int32_t   k;
+
+    for (int i = 1; i < 10; i++) {
+        pow10[i] = pow10[i - 1] * 10;
+    }
+    for (int i = 0; i < 4; i++) {
+        if ((r = kimi_sc_decimal(c, s, keys[i], &m[i], &sc[i])) < 0) {
+            return -1;
+        }
+        has[i] = r;
+        scale = r && sc[i] > scale ? sc[i] : scale;
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = has[i] ? (__int128) m[i] * pow10[scale - sc[i]] : 0;
+        if (has[i] && (v[i] >= ((__int128) 1 << 62) || v[i] <= -((__int128) 1 << 62))) {
+            return kimi_sc_fail(c, "\"%s\" is too large at %d decimals",
+                                keys[i], scale);
+        }
+    }
+    /* of an inclusive and an exclusive bound the stricter one */
+    if (has[0]) {
+        lo = v[0];
+        flags |= KIMI_SD_LO;
+    }
+    if (has[1] && (!has[0] || v[1] >= lo)) {
+        lo = v[1];
+        flags |= KIMI_SD_LO | KIMI_SD_LO_EX;
+    }
+    if (has[2]) {
+        hi = v[2];
+        flags |= KIMI_SD_HI;
+    }
+    if (has[3] && (!has[2] || v[3] <= hi)) {
+        hi = v[3];
+        flags |= KIMI_SD_HI | KIMI_SD_HI_EX;
+    }
+    if ((flags & KIMI_SD_LO) && (flags & KIMI_SD_HI)
+        && (hi < lo || (hi == lo && (flags & (KIMI_SD_LO_EX | KIMI_SD_HI_EX)))))
+    {
+        return kimi_sc_fail(c, "no number lies within the bounds");
+    }
+    k = kimi_sc_alloc(c, 7);
+    if (k < 0) {
+        return -1;
+    }
+    c->w[k] = KIMI_SN_DECIMAL;
+    c->w[k + 1] = flags;
+    c->w[k + 2] = scale;
+    c->w[k + 3] = (int32_t) (uint32_t) (uint64_t) (int64_t) lo;
+    c->w[k + 4] = (int32_t) (uint32_t) ((uint64_t) (int64_t) lo >> 32);
+    c->w[k + 5] = (int32_t) (uint32_t) (uint64_t) (int64_t) hi;
+    c->w[k + 6] = (int32_t) (uint32_t) ((uint64_t) (int64_t) hi >> 32);
+    *node = k;
+    return 0;
+}
+
+
 /* an integer, with its bounds if any */
 static int
 kimi_sc_integer(kimi_sc_t *c, const json_t *s, int32_t *node)
@@ -1291,8 +1410,7 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
             || json_object_get(s, "exclusiveMinimum")
             || json_object_get(s, "exclusiveMaximum")))
     {
-        return kimi_sc_fail(c, "bounds on a \"number\" are not supported"
-                            " (on an \"integer\" they are)");
+        return kimi_sc_decimal_node(c, s, node);
     }
     for (size_t i = 0; scalars[i].name != NULL; i++) {
         if (strcmp(type, scalars[i].name) == 0) {
@@ -1341,10 +1459,12 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
             return kimi_sc_fail(c, "keyword \"%.64s\" is not supported:"
                                 " structured output here enforces type,"
                                 " properties, required, additionalProperties,"
-                                " items, minItems, maxItems, minLength,"
-                                " maxLength, format (date, time, date-time,"
-                                " uuid), pattern, integer bounds, enum, const,"
-                                " anyOf/oneOf and $ref", k);
+                                " items, prefixItems, minItems, maxItems,"
+                                " minLength, maxLength, format (date, time,"
+                                " date-time, uuid, email, hostname, ipv4,"
+                                " uri), pattern, minimum/maximum (and their"
+                                " exclusive forms), enum, const, anyOf/oneOf"
+                                " and $ref", k);
         }
         if (!kimi_sc_annotation(k) && strcmp(k, "$ref") != 0
             && strcmp(k, "anyOf") != 0 && strcmp(k, "oneOf") != 0)
@@ -1830,6 +1950,14 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
                 || (p[at + 4] != 0 && p[at + 4] != 1))
             {
                 rc = kimi_sc_check_fail(err, errlen, at, "integer bounds");
+            }
+            break;
+        case KIMI_SN_DECIMAL:
+            KIMI_SC_NEED(7);
+            if (p[at + 1] < 0 || p[at + 1] > 15 || p[at + 2] < 0
+                || p[at + 2] > 9)
+            {
+                rc = kimi_sc_check_fail(err, errlen, at, "number bounds");
             }
             break;
         case KIMI_SN_ANY:

@@ -34,6 +34,9 @@
  *           KIMI_SF_PATTERN a fifth word: where its DFA program starts
  *   INTEGER kind, has_min, min (low word, high word), has_max, max (ditto):
  *           inclusive bounds, |bound| <= 10^18
+ *   DECIMAL a number with bounds: kind, flags (KIMI_SD_*), scale S (0..9),
+ *           lo (low word, high word), hi (ditto): the bounds times 10^S,
+ *           |bound| * 10^S < 2^62; written without an exponent
  *   ANY, NUMBER, BOOLEAN, NULL: kind alone
  *   Node 0 (the header word) stands for "any value" inside containers.
  */
@@ -79,9 +82,18 @@ enum {
     KIMI_SN_UNION,
     KIMI_SN_UOBJECT,
     KIMI_SN_TUPLE,
+    KIMI_SN_DECIMAL,
 };
 
 #define KIMI_SCHEMA_MAX_UALTS  32       /* objects merged into a UOBJECT */
+
+/* a DECIMAL's bounds: which it has, and which exclude their value */
+enum {
+    KIMI_SD_LO = 1,
+    KIMI_SD_LO_EX = 2,
+    KIMI_SD_HI = 4,
+    KIMI_SD_HI_EX = 8,
+};
 
 /* string formats whose shape is enforced (RFC 3339 date, full-time,
  * date-time; RFC 4122 uuid text) */

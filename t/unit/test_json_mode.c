@@ -306,7 +306,7 @@ test_schema_compile(void)
         { "{\"type\": \"array\", \"items\": {\"type\": \"string\", \"pattern\": \"^a$\", \"format\": \"date\"}}",
           "\"pattern\" beside \"format\"" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"minimum\": 1}}}", "\"minimum\" is supported beside" },
-        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"number\", \"maximum\": 1}}}", "bounds on a \"number\"" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"number\", \"maximum\": 0.0000000001}}}", "more than 9 decimals" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\", \"minimum\": 3, \"exclusiveMaximum\": 3}}}", "no integer" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\", \"multipleOf\": 3}}}", "\"multipleOf\" is not supported" },
         { "{\"type\": \"object\", \"required\": [\"b\"], \"properties\": {\"a\": {}}}",
@@ -1264,6 +1264,126 @@ test_schema_format_shapes(void)
 }
 
 
+/* a decimal text (no exponent) times 10^12, exactly */
+static __int128
+dec12(const char *t)
+{
+    __int128  v = 0;
+    int       neg = *t == '-', frac = -1;
+
+    for (t += neg; *t != '\0'; t++) {
+        if (*t == '.') {
+            frac = 0;
+            continue;
+        }
+        v = v * 10 + (*t - '0');
+        frac += frac >= 0;
+    }
+    for (frac = frac < 0 ? 0 : frac; frac < 12; frac++) {
+        v *= 10;
+    }
+    return neg ? -v : v;
+}
+
+
+/* bounds on a number: every number the recogniser takes whole lies
+ * within them, and every one within them is taken (so no prefix of it
+ * is refused), on random decimals against exact arithmetic */
+static void
+test_schema_number_bounds(void)
+{
+    static const struct { const char *lo, *hi; int lo_ex, hi_ex; } b[] = {
+        { "0", "1", 0, 0 }, { "0", "100", 1, 0 }, { "-2.5", "3.75", 0, 1 },
+        { "0.001", NULL, 0, 0 }, { NULL, "-10", 0, 0 }, { "5", "10", 0, 0 },
+        { "0.000000001", "0.000001", 0, 0 }, { "-1", "-0.5", 1, 1 }, { "0", "0", 0, 0 },
+    };
+    char      text[256], num[64], arr[80], err[512];
+    size_t    n;
+    int32_t  *prog;
+    int       done, bad = 0, tried = 0, inside = 0;
+    uint64_t  r = 88172645463325252ull;
+
+    for (size_t i = 0; i < sizeof(b) / sizeof(b[0]); i++) {
+        int  k = snprintf(text, sizeof(text), "{\"type\": \"array\", \"items\": {\"type\": \"number\"");
+
+        if (b[i].lo != NULL) {
+            k += snprintf(text + k, sizeof(text) - k, ", \"%s\": %s",
+                          b[i].lo_ex ? "exclusiveMinimum" : "minimum", b[i].lo);
+        }
+        if (b[i].hi != NULL) {
+            k += snprintf(text + k, sizeof(text) - k, ", \"%s\": %s",
+                          b[i].hi_ex ? "exclusiveMaximum" : "maximum", b[i].hi);
+        }
+        snprintf(text + k, sizeof(text) - k, "}}");
+        prog = compile(text, &n, err, sizeof(err));
+        if (prog == NULL || kimi_json_schema_check(prog, n, err, sizeof(err)) != 0) {
+            ok(0, "number bounds %zu compile: %s", i, err);
+            free(prog);
+            continue;
+        }
+        for (int t = 0; t < 4000; t++) {
+            int  m = 0, il, fl;
+
+            r ^= r << 13; r ^= r >> 7; r ^= r << 17;
+            if (r % 5 == 0) {
+                num[m++] = '-';
+            }
+            il = (int) (r >> 8) % 5;            /* 0: "0", else 1-4 digits */
+            if (il == 0) {
+                num[m++] = '0';
+            } else {
+                num[m++] = (char) ('1' + (r >> 12) % 9);
+                for (int d = 1; d < il; d++) {
+                    num[m++] = (char) ('0' + (r >> (16 + 3 * d)) % 10);
+                }
+            }
+            fl = (r >> 32) % 2 ? (int) ((r >> 36) % 11) + 1 : 0;
+            if (fl > 0) {
+                num[m++] = '.';
+                for (int d = 0; d < fl; d++) {
+                    num[m++] = (char) ('0' + (r >> (40 + 2 * d)) % 10);
+                }
+            }
+            num[m] = '\0';
+            {
+                __int128  v = dec12(num);
+                int       want = 1, got;
+
+                if (b[i].lo != NULL) {
+                    want &= b[i].lo_ex ? v > dec12(b[i].lo) : v >= dec12(b[i].lo);
+                }
+                if (b[i].hi != NULL) {
+                    want &= b[i].hi_ex ? v < dec12(b[i].hi) : v <= dec12(b[i].hi);
+                }
+                snprintf(arr, sizeof(arr), "[%s]", num);
+                got = accepts(prog, arr, &done) && done;
+                tried++;
+                inside += want;
+                if (got != want && bad++ < 5) {
+                    printf("# bounds %zu: %s %s\n", i, num, want ? "refused" : "taken");
+                }
+            }
+        }
+        /* an exponent never; "-" alone where only positives fit */
+        if (accepts(prog, "[1e", &done) || (b[i].lo != NULL && dec12(b[i].lo) >= 0
+                                             && accepts(prog, "[-1", &done)))
+        {
+            bad++;
+            printf("# bounds %zu: an exponent or a negative taken\n", i);
+        }
+        free(prog);
+    }
+    ok(bad == 0, "number bounds: %d random decimals (%d within) against exact"
+       " arithmetic over %zu bound pairs, %d wrong", tried, inside,
+       sizeof(b) / sizeof(b[0]), bad);
+    prog = compile("{\"type\": \"array\", \"items\": {\"type\": \"number\", \"minimum\": 2,"
+                   " \"exclusiveMaximum\": 2}}", &n, err, sizeof(err));
+    ok(prog == NULL && strstr(err, "no number lies within") != NULL,
+       "bounds with nothing between them refused: %s", prog ? "(compiled)" : err);
+    free(prog);
+}
+
+
 int
 main(void)
 {
@@ -1275,6 +1395,7 @@ main(void)
     test_schema_additional();
     test_schema_tuples();
     test_schema_format_shapes();
+    test_schema_number_bounds();
     test_schema_sampler();
     test_schema_dead_end();
     test_tool_calls();
