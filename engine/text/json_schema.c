@@ -338,8 +338,9 @@ kimi_sc_enum_starts(const int32_t *p, int32_t e, const char *s)
 
 
 /* 1 if node a takes every value node b takes (an anyOf may then drop b):
- * the same node, a number beside an integer or numeric enum values, a
- * string without constraints beside any string or string enum values,
+ * the same node, a number beside an integer, a bounded number or numeric
+ * enum values, a string without constraints beside any string or string
+ * enum values,
  * a boolean or null beside enum values of its own. */
 static int
 kimi_sc_covers(const int32_t *p, int32_t a, int32_t b)
@@ -350,6 +351,7 @@ kimi_sc_covers(const int32_t *p, int32_t a, int32_t b)
     switch (p[a]) {
     case KIMI_SN_NUMBER:
         return p[b] == KIMI_SN_NUMBER || p[b] == KIMI_SN_INTEGER
+               || p[b] == KIMI_SN_DECIMAL
                || (p[b] == KIMI_SN_ENUM
                    && kimi_sc_enum_starts(p, b, "-0123456789"));
     case KIMI_SN_STRING:

@@ -1376,6 +1376,11 @@ test_schema_number_bounds(void)
     ok(bad == 0, "number bounds: %d random decimals (%d within) against exact"
        " arithmetic over %zu bound pairs, %d wrong", tried, inside,
        sizeof(b) / sizeof(b[0]), bad);
+    prog = compile("{\"type\": \"array\", \"items\": {\"anyOf\": [{\"type\": \"number\","
+                   " \"minimum\": 0}, {\"type\": \"number\"}]}}", &n, err, sizeof(err));
+    ok(prog != NULL && accepts(prog, "[-1e5, 2]", &done) && done,
+       "anyOf of a bounded number and any number: any number (%s)", prog ? "ok" : err);
+    free(prog);
     prog = compile("{\"type\": \"array\", \"items\": {\"type\": \"number\", \"minimum\": 2,"
                    " \"exclusiveMaximum\": 2}}", &n, err, sizeof(err));
     ok(prog == NULL && strstr(err, "no number lies within") != NULL,
