@@ -260,9 +260,10 @@ kimi_fp8_gemm_nt2_f32(const uint8_t *xq, const float *xs, int T, int K,
 #define LT_FP8      0                /* e4m3 x e4m3 -> bf16 */
 #define LT_BF16     1                /* bf16 x bf16 -> fp32 */
 #define LT_FP8_F32  2                /* e4m3 x e4m3 -> fp32 */
+#define LT_BF16_BF16 3               /* bf16 x bf16 -> bf16 */
 
 typedef struct {
-    int                      kind;             /* LT_FP8 | LT_BF16 */
+    int                      kind;             /* LT_* */
     int                      T, K, N;
     cublasLtMatmulDesc_t     op;
     cublasLtMatrixLayout_t   a, b, d;
@@ -368,9 +369,9 @@ lt_plan_get(kimi_cublaslt_t *h, int kind, int T, int K, int N, const void *ws,
             return KIMI_OK;
         }
     }
-    const int fp8 = kind != LT_BF16;
+    const int fp8 = kind == LT_FP8 || kind == LT_FP8_F32;
     const cudaDataType_t ab = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
-    const cudaDataType_t dt = kind == LT_FP8 ? CUDA_R_16BF : CUDA_R_32F;
+    const cudaDataType_t dt = kind == LT_FP8 || kind == LT_BF16_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     lt_plan_t *p = lt_plan_slot(h);
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     KIMI_LT_TRY(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), err);
@@ -401,7 +402,7 @@ lt_plan_get(kimi_cublaslt_t *h, int kind, int T, int K, int N, const void *ws,
         lt_plan_destroy(p);
         return kimi_err_set(err, KIMI_EUNSUPPORTED,
                             "cublaslt: no %s algorithm for T=%d N=%d K=%d (status %d)",
-                            kind == LT_BF16 ? "bf16" : kind == LT_FP8_F32
+                            !fp8 ? "bf16" : kind == LT_FP8_F32
                             ? "block-scaled FP8 (fp32 out)" : "block-scaled FP8",
                             T, N, K, (int) st);
     }
@@ -457,10 +458,9 @@ kimi_fp8_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
     return fp8_lt_launch(h, LT_FP8_F32, xq, xs_mn, T, K, w, ws, N, y, s, err);
 }
 
-extern "C" int
-kimi_bf16_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const kimi_bf16_t *x, int T, int K,
-                               const kimi_bf16_t *w, int N, float *y, cudaStream_t s,
-                               kimi_err_t *err)
+static int
+bf16_lt_launch(kimi_cublaslt_t *h, int kind, const kimi_bf16_t *x, int T, int K,
+               const kimi_bf16_t *w, int N, void *y, cudaStream_t s, kimi_err_t *err)
 {
     if (h == NULL || x == NULL || w == NULL || y == NULL || T <= 0 || K <= 0 || K % 8 != 0
         || N <= 0 || N % 4 != 0 || (((uintptr_t) x | (uintptr_t) w | (uintptr_t) y) & 15)) {
@@ -469,7 +469,7 @@ kimi_bf16_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const kimi_bf16_t *x, int T, 
                             T, N, K);
     }
     lt_plan_t *p = NULL;
-    int rc = lt_plan_get(h, LT_BF16, T, K, N, NULL, NULL, &p, err);
+    int rc = lt_plan_get(h, kind, T, K, N, NULL, NULL, &p, err);
     if (rc != KIMI_OK) {
         return rc;
     }
@@ -477,4 +477,20 @@ kimi_bf16_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const kimi_bf16_t *x, int T, 
     KIMI_LT_TRY(cublasLtMatmul(h->lt, p->op, &alpha, w, p->a, x, p->b, &beta, y, p->d, y, p->d,
                                &p->algo, h->ws, h->ws_bytes, s), err);
     return KIMI_OK;
+}
+
+extern "C" int
+kimi_bf16_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const kimi_bf16_t *x, int T, int K,
+                               const kimi_bf16_t *w, int N, float *y, cudaStream_t s,
+                               kimi_err_t *err)
+{
+    return bf16_lt_launch(h, LT_BF16, x, T, K, w, N, y, s, err);
+}
+
+extern "C" int
+kimi_bf16_gemm_nt_cublaslt(kimi_cublaslt_t *h, const kimi_bf16_t *x, int T, int K,
+                           const kimi_bf16_t *w, int N, kimi_bf16_t *y, cudaStream_t s,
+                           kimi_err_t *err)
+{
+    return bf16_lt_launch(h, LT_BF16_BF16, x, T, K, w, N, y, s, err);
 }

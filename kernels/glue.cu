@@ -321,6 +321,75 @@ kimi_mla_kv_write_f32(const float *ckv, const kimi_bf16_t *norm_w, float eps,
     return kv_write_launch(ckv, norm_w, eps, slot, T, kv, kv_scale, kv_fp8, bs, s, err);
 }
 
+/* Rows [k0, k0 + S) of one sequence's latent cache in bf16, c [S][512] and
+ * k_pe [S][64]: a thread per 8 elements (16 bytes out), GATHER_ROWS rows a
+ * block; fp8 rows are dequantised with their multiplier (byte i of a row in
+ * plane i / 16 of its block, as kv_write_kernel stores them). */
+#define GATHER_ROWS 8
+
+template <bool FP8>
+static __global__ void __launch_bounds__(GATHER_ROWS * KV_ROW / 8)
+kv_gather_kernel(const uint8_t *__restrict__ kv, const float *__restrict__ kv_scale, int bs,
+                 const int32_t *__restrict__ bt, int k0, int S, uint16_t *__restrict__ c_out,
+                 uint16_t *__restrict__ pe_out)
+{
+    KIMI_GRID_ENTRY();
+    const int r = blockIdx.x * GATHER_ROWS + threadIdx.x / (KV_ROW / 8);
+    const int c = threadIdx.x % (KV_ROW / 8) * 8;   /* first element */
+    if (r >= S) {
+        return;
+    }
+    const int pos = k0 + r;
+    const size_t blk = (size_t) bt[pos / bs], row = (size_t) (pos % bs);
+    uint4 v;
+    if (!FP8) {
+        v = *(const uint4 *) (kv + ((blk * bs + row) * KV_ROW + c) * 2);
+    } else {
+        const float sc = kv_scale[blk * bs + row];
+        const uint2 q = *(const uint2 *) (kv + blk * bs * KV_ROW + (size_t) (c >> 4) * bs * 16
+                                          + row * 16 + (c & 15));
+        float f[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[i] = kimi_fp82f((q.x >> (8 * i)) & 0xff) * sc;
+            f[4 + i] = kimi_fp82f((q.y >> (8 * i)) & 0xff) * sc;
+        }
+        v.x = (uint32_t) kimi_f2bf(f[0]) | (uint32_t) kimi_f2bf(f[1]) << 16;
+        v.y = (uint32_t) kimi_f2bf(f[2]) | (uint32_t) kimi_f2bf(f[3]) << 16;
+        v.z = (uint32_t) kimi_f2bf(f[4]) | (uint32_t) kimi_f2bf(f[5]) << 16;
+        v.w = (uint32_t) kimi_f2bf(f[6]) | (uint32_t) kimi_f2bf(f[7]) << 16;
+    }
+    if (c < KV_LATENT) {
+        *(uint4 *) (c_out + (size_t) r * KV_LATENT + c) = v;
+    } else {
+        *(uint4 *) (pe_out + (size_t) r * (KV_ROW - KV_LATENT) + c - KV_LATENT) = v;
+    }
+}
+
+extern "C" int
+kimi_mla_kv_gather(const void *kv, const float *kv_scale, int kv_fp8, int bs, const int32_t *bt,
+                   int k0, int S, kimi_bf16_t *c, kimi_bf16_t *pe, cudaStream_t s,
+                   kimi_err_t *err)
+{
+    if (kv == NULL || bt == NULL || c == NULL || pe == NULL || (kv_fp8 && kv_scale == NULL)
+        || bs <= 0 || k0 < 0 || S < 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "mla_kv_gather: k0=%d S=%d bs=%d fp8=%d", k0, S,
+                            bs, kv_fp8);
+    }
+    if (S == 0) {
+        return KIMI_OK;
+    }
+    const unsigned blocks = (unsigned) ((S + GATHER_ROWS - 1) / GATHER_ROWS);
+    if (kv_fp8) {
+        KIMI_LAUNCH(err, kv_gather_kernel<true>, blocks, GATHER_ROWS * KV_ROW / 8, 0, s,
+                    (const uint8_t *) kv, kv_scale, bs, bt, k0, S, c, pe);
+    } else {
+        KIMI_LAUNCH(err, kv_gather_kernel<false>, blocks, GATHER_ROWS * KV_ROW / 8, 0, s,
+                    (const uint8_t *) kv, kv_scale, bs, bt, k0, S, c, pe);
+    }
+    return KIMI_OK;
+}
+
 /* ---- per-head vector x matrix --------------------------------------------------------- */
 
 /* y[t,h,n] = sum_k x[t,h,k] * M[h][k][n]: thread n of block (h, token tile)

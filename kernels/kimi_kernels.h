@@ -108,6 +108,13 @@ int kimi_fp8_quant_1x128_f32(const float *x, int ldx, int T, int K,
                              uint8_t *xq, float *xs, float *xs_mn, int ld_mn,
                              cudaStream_t s, kimi_err_t *err);
 
+/* out[r][c] = bf16(w[r][c] * ws[r/128][c/128]): a block-scaled FP8 weight
+ * [rows][cols] (scales [ceil(rows/128)][ceil(cols/128)]) in bf16;
+ * cols % 16 == 0. */
+int kimi_fp8_dequant_bf16(const uint8_t *w, const float *ws, int rows,
+                          int cols, kimi_bf16_t *out, cudaStream_t s,
+                          kimi_err_t *err);
+
 /* ---- gemm_fp8.cu ----------------------------------------------------- */
 
 /* Decode-size FP8 block-scaled GEMM on the tensor cores (mma.sync), weights
@@ -158,6 +165,10 @@ int  kimi_fp8_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const uint8_t *xq,
 int  kimi_bf16_gemm_nt_f32_cublaslt(kimi_cublaslt_t *h, const kimi_bf16_t *x,
                                     int T, int K, const kimi_bf16_t *w, int N,
                                     float *y, cudaStream_t s, kimi_err_t *err);
+/* The same with bf16 y (the expanded MLA prefill's kv_b output). */
+int  kimi_bf16_gemm_nt_cublaslt(kimi_cublaslt_t *h, const kimi_bf16_t *x,
+                                int T, int K, const kimi_bf16_t *w, int N,
+                                kimi_bf16_t *y, cudaStream_t s, kimi_err_t *err);
 
 /* ---- router.cu ------------------------------------------------------- */
 
@@ -403,13 +414,29 @@ int kimi_mla_merge_parts(const void *parts, size_t part_bytes, int D, int T,
 
 /* ---- mla_prefill.cu ---------------------------------------------------- */
 
-/* Causal MLA prefill in the expanded form: q [T][H][192], k [S][H][192],
- * v [S][H][128], query t at position pos0 + t sees keys s <= pos0 + t
- * (S <= pos0 + T), o [T][H][128] = softmax(scale * q.k) v.  bf16. */
-int kimi_mla_prefill(const kimi_bf16_t *q, const kimi_bf16_t *k,
-                     const kimi_bf16_t *v, int T, int S, int pos0, int H,
-                     float scale, kimi_bf16_t *o, cudaStream_t s,
-                     kimi_err_t *err);
+/* Causal MLA prefill in the expanded form over one sequence: T queries,
+ * query t at position pos0 + t (relative to the first key given), sees
+ * keys s <= pos0 + t of S (S <= pos0 + T); per head h:
+ *   q   fp32 row t at q + t*ld_q + 192h: [q_nope 128 | q_pe 64];
+ *   kv  bf16 row s at kv + s*ld_kv + 256h: [k_nope 128 | v 128] (kv_b's output);
+ *   kpe bf16 row s at kpe + s*ld_pe: k_pe [64], shared by the heads;
+ *   o   fp32 row t at o + t*ld_o + 128h = softmax(scale * q.k) v,
+ *   lse fp32 [T][H] (may be NULL without merge): log2 of the softmax's sum.
+ * merge != 0: these keys continue a context whose earlier keys a call
+ * before gave to o and lse; the two softmaxes are joined.  Strides are
+ * multiples of 16 bytes (ld_o: 8), buffers 16-byte aligned. */
+int kimi_mla_prefill(const float *q, int ld_q, const kimi_bf16_t *kv, int ld_kv,
+                     const kimi_bf16_t *kpe, int ld_pe, int T, int S, int pos0,
+                     int H, float scale, float *o, int ld_o, float *lse,
+                     int merge, cudaStream_t s, kimi_err_t *err);
+
+/* Gathers rows [k0, k0 + S) of one sequence's latent cache (its block
+ * table bt, blocks of bs rows; bf16 or e4m3 with one multiplier a row as
+ * kimi_mla_kv_write stores them) in bf16: c [S][512] and k_pe [S][64]. */
+int kimi_mla_kv_gather(const void *kv, const float *kv_scale, int kv_fp8,
+                       int bs, const int32_t *bt, int k0, int S,
+                       kimi_bf16_t *c, kimi_bf16_t *pe, cudaStream_t s,
+                       kimi_err_t *err);
 
 /* ---- sample.cu ------------------------------------------------------- */
 

@@ -1,26 +1,33 @@
 /*
- * MLA prefill attention in the expanded (MHA) form, causal, bf16 in and out.
+ * MLA prefill attention in the expanded (MHA) form, causal.
  *
- *   q [T][H][192], k [S][H][192], v [S][H][128] (k_nope|k_pe and v from kv_b,
- *   k_pe broadcast over heads by the caller); query t sits at position
- *   pos0 + t and sees keys s <= pos0 + t:
+ *   One sequence's T queries against S keys of its context, per head h:
+ *   q[t,h] = [q_nope 128 | q_pe 64] (fp32, the engine's q_b output after
+ *   rope), k[s,h] = [k_nope 128 | k_pe 64] and v[s,h] (128) from kv_b's
+ *   bf16 output [k_nope | v] per head and the latent row's k_pe, one for
+ *   all heads.  Query t sees keys s <= pos0 + t:
  *   o[t,h,:] = sum_s softmax_s(scale * q[t,h,:].k[s,h,:]) v[s,h,:]
+ *   The keys may come in chunks (a context longer than the caller's
+ *   expansion buffer): each launch after the first merges its partial
+ *   softmax into o through lse (log2 units), so o is the same softmax over
+ *   every chunk's keys.
  *
- * Layout:  row-major as above (ld = H*192 / H*128 per token); o [T][H][128].
+ * Layout:  row strides ld_q / ld_kv / ld_pe / ld_o (elements); heads 192
+ *          (q), 256 (kv), 128 (o) apart; lse [T][H] fp32.
  * Work:    grid (query tiles of 64 PW_WG, heads), query tiles longest-first
  *          (the causal diagonal makes late tiles the long ones: they start
  *          first, short ones fill the tail).  Each warpgroup owns 64
  *          queries; the block's groups share 64-key tiles of K and V, two
  *          stages deep by cp.async (the next tile lands while this one is
- *          multiplied).  Q, K and V sit in shared memory in the 128-byte
- *          swizzled layout (wgmma.cuh), Q and K as K-major operands, V as
- *          the N-major B of P V.  S[64 q x 64 keys] = Q K^T is 12
- *          m64n64k16 wgmma steps from shared memory; the online softmax runs
- *          on the accumulators, and P, packed to bf16 in registers, is the A
- *          operand of the 4 m64n128k16 steps of O += P V; S of the next
- *          tile is issued with P V of this one, so the softmax runs under
- *          P V (three stages).  Masks only on the tiles that cross the
- *          diagonal or the end of the keys.
+ *          multiplied).  Q (rounded to bf16 on its way in), K and V sit in
+ *          shared memory in the 128-byte swizzled layout (wgmma.cuh), Q and
+ *          K as K-major operands, V as the N-major B of P V.  S[64 q x 64
+ *          keys] = Q K^T is 12 m64n64k16 wgmma steps from shared memory;
+ *          the online softmax runs on the accumulators, and P, packed to
+ *          bf16 in registers, is the A operand of the 4 m64n128k16 steps of
+ *          O += P V; S of the next tile is issued with P V of this one, so
+ *          the softmax runs under P V (three stages).  Masks only on the
+ *          tiles that cross the diagonal or the end of the keys.
  * Cost:    FLOPs ~ H * T * S_avg * (192 + 128) * 2 with causal halving;
  *          compute bound for prompts over a few hundred tokens: the floor is
  *          FLOPs / bf16 tensor peak (989 TFLOP/s dense).  No ping-pong
@@ -74,6 +81,36 @@ pw_load_rows(uint8_t *dst, const uint16_t *src, size_t ld, int row0, int n_rows,
                       src + (size_t) row * ld + cc * 8, row0 + r < row_lim);
     }
 }
+
+/* 64 query rows of one head from fp32, rounded to bf16, into the same
+ * layout (plain stores: the fence before the first wgmma covers them) */
+static __device__ __forceinline__ void
+pw_load_q(uint8_t *dst, const float *src, size_t ld, int row0, int row_lim)
+{
+    const int cpr = PF_DQK / 8;
+    for (int c = threadIdx.x; c < 64 * cpr; c += PW_THREADS) {
+        const int r = c / cpr, cc = c % cpr;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (row0 + r < row_lim) {
+            const float4 *p = (const float4 *) (src + (size_t) (row0 + r) * ld + cc * 8);
+            const float4 a = p[0], b = p[1];
+            v = make_uint4(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w), pack_bf16(b.x, b.y),
+                           pack_bf16(b.z, b.w));
+        }
+        *(uint4 *) (dst + (cc >> 3) * PW_BLK + wg_swz128(r, (cc & 7) * 8)) = v;
+    }
+}
+
+/* One stage's key tile: K = [k_nope | k_pe] (blocks 0-2), V (blocks 3-4) */
+static __device__ __forceinline__ void
+pw_load_kv(uint8_t *dst, const uint16_t *kvh, size_t ld_kv, const uint16_t *kpe, size_t ld_pe,
+           int row0, int S)
+{
+    pw_load_rows(dst, kvh, ld_kv, row0, PF_KT, S, 128);
+    pw_load_rows(dst + 2 * PW_BLK, kpe, ld_pe, row0, PF_KT, S, PF_DQK - 128);
+    pw_load_rows(dst + 3 * PW_BLK, kvh + 128, ld_kv, row0, PF_KT, S, PF_DV);
+}
+
 
 /* One key tile's online softmax on a group's S accumulators (rows r0 =
  * 16 w4 + g and r0 + 8 of its 64 queries; columns keys kt + 8 n + 2 t, + 1):
@@ -178,21 +215,52 @@ pw_pv_issue(float (&oacc)[64], const uint32_t (&pa)[PF_KT / 16][4], uint32_t sv)
 }
 
 
-/* O / l of rows r0, r0 + 8 to o (bf16), rows past T not stored */
+/* O / l of rows r0, r0 + 8 to o (fp32) with their lse (log2 units); with
+ * merge, the softmax of the keys before (o and lse as stored) joins in */
 static __device__ __forceinline__ void
-pw_store(uint16_t *o, const float (&oacc)[64], const float (&l)[2], int qr0, int T, int H, int h, int t)
+pw_store(float *o, size_t ld_o, float *lse, bool merge, const float (&oacc)[64],
+         const float (&m)[2], const float (&l)[2], int qr0, int T, int H, int h, int t)
 {
-    const float inv0 = l[0] > 0.f ? 1.f / l[0] : 0.f, inv1 = l[1] > 0.f ? 1.f / l[1] : 0.f;
-    const int qr1 = qr0 + 8;
+    float lse_old[2] = {-INFINITY, -INFINITY};
+    /* both rows' old lse are read before the quad's lane 0 writes either */
 #pragma unroll
-    for (int j = 0; j < PF_DV / 8; j++) {
-        const int col = j * 8 + 2 * t;
-        if (qr0 < T) {
-            *(uint32_t *) (o + ((size_t) qr0 * H + h) * PF_DV + col) = pack_bf16(oacc[4 * j] * inv0, oacc[4 * j + 1] * inv0);
+    for (int r = 0; r < 2; r++) {
+        if (merge && qr0 + 8 * r < T) {
+            lse_old[r] = lse[(size_t) (qr0 + 8 * r) * H + h];
         }
-        if (qr1 < T) {
-            *(uint32_t *) (o + ((size_t) qr1 * H + h) * PF_DV + col) =
-                pack_bf16(oacc[4 * j + 2] * inv1, oacc[4 * j + 3] * inv1);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int qr = qr0 + 8 * r;
+        if (qr >= T) {
+            continue;
+        }
+        float *orow = o + (size_t) qr * ld_o + (size_t) h * PF_DV;
+        const float lse_new = l[r] > 0.f ? m[r] + log2f(l[r]) : -INFINITY;
+        float w_new = l[r] > 0.f ? 1.f / l[r] : 0.f, w_old = 0.f, lse_out = lse_new;
+        if (merge) {
+            const float mx = fmaxf(lse_old[r], lse_new);
+            if (mx > -INFINITY) {
+                const float a = exp2f(lse_old[r] - mx), b = exp2f(lse_new - mx);
+                w_old = a / (a + b);
+                w_new *= b / (a + b);
+                lse_out = mx + log2f(a + b);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < PF_DV / 8; j++) {
+            float2 *p = (float2 *) (orow + j * 8 + 2 * t);
+            float2 v = make_float2(oacc[4 * j + 2 * r] * w_new, oacc[4 * j + 2 * r + 1] * w_new);
+            if (merge) {
+                const float2 old = *p;
+                v.x += old.x * w_old;
+                v.y += old.y * w_old;
+            }
+            *p = v;
+        }
+        if (lse != NULL && t == 0) {
+            lse[(size_t) qr * H + h] = lse_out;
         }
     }
 }
@@ -208,9 +276,10 @@ pw_store(uint16_t *o, const float (&oacc)[64], const float (&l)[2], int qr0, int
  * may reload) and B (tile i + 1 landed for every thread).
  */
 static __global__ void __launch_bounds__(PW_THREADS, 1)
-mla_prefill_wg_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict__ k,
-                           const uint16_t *__restrict__ v, int T, int S, int pos0, int H,
-                           float scale2, uint16_t *__restrict__ o)
+mla_prefill_wg_kernel(const float *__restrict__ q, int ld_q, const uint16_t *__restrict__ kv,
+                      int ld_kv, const uint16_t *__restrict__ kpe, int ld_pe, int T, int S,
+                      int pos0, int H, float scale2, float *__restrict__ o, int ld_o,
+                      float *__restrict__ lse, int merge)
 {
     KIMI_GRID_ENTRY();
     extern __shared__ __align__(1024) uint8_t pw_smem_raw[];
@@ -219,25 +288,22 @@ mla_prefill_wg_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict
     const int wg = threadIdx.x >> 7, w4 = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     const int qb = (gridDim.x - 1 - blockIdx.x) * PW_QT, q0 = qb + wg * 64;
-    const size_t qld = (size_t) H * PF_DQK, vld = (size_t) H * PF_DV;
     const int kend = min(S, pos0 + min(qb + PW_QT, T));   /* keys this block needs */
     const int nkt = (kend + PF_KT - 1) / PF_KT;
     /* tiles this group needs: up to its last query's last key */
     const int ntw = q0 < T ? min(nkt, (pos0 + q0 + 63) / PF_KT + 1) : 0;
-    const uint16_t *kh = k + (size_t) h * PF_DQK, *vh = v + (size_t) h * PF_DV;
+    const uint16_t *kvh = kv + (size_t) h * (128 + PF_DV);
 
-    /* Q of every group with tile 0 (one cp.async group), tile 1 (another) */
-    for (int w = 0; w < PW_WG; w++) {
-        pw_load_rows(sm + w * PW_Q_B, q + (size_t) h * PF_DQK, qld, qb + 64 * w, 64, T, PF_DQK);
-    }
-    pw_load_rows(sm + PW_OFF_ST, kh, qld, 0, PF_KT, S, PF_DQK);
-    pw_load_rows(sm + PW_OFF_ST + 3 * PW_BLK, vh, vld, 0, PF_KT, S, PF_DV);
+    /* tile 0 (one cp.async group), tile 1 (another), Q of every group */
+    pw_load_kv(sm + PW_OFF_ST, kvh, ld_kv, kpe, ld_pe, 0, S);
     kimi_cp_async_commit();
     if (nkt > 1) {
-        pw_load_rows(sm + PW_OFF_ST + PW_STAGE_B, kh, qld, PF_KT, PF_KT, S, PF_DQK);
-        pw_load_rows(sm + PW_OFF_ST + PW_STAGE_B + 3 * PW_BLK, vh, vld, PF_KT, PF_KT, S, PF_DV);
+        pw_load_kv(sm + PW_OFF_ST + PW_STAGE_B, kvh, ld_kv, kpe, ld_pe, PF_KT, S);
     }
     kimi_cp_async_commit();
+    for (int w = 0; w < PW_WG; w++) {
+        pw_load_q(sm + w * PW_Q_B, q + (size_t) h * PF_DQK, ld_q, qb + 64 * w, T);
+    }
     kimi_cp_async_wait<1>();
     wg_fence_proxy();
     __syncthreads();   /* Q and tile 0 landed */
@@ -266,8 +332,7 @@ mla_prefill_wg_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict
         __syncthreads();   /* A: every group is done with tile it - 1 */
         if (it + 2 < nkt) {
             uint8_t *nx = sm + PW_OFF_ST + ((it + 2) % 3) * PW_STAGE_B;
-            pw_load_rows(nx, kh, qld, (it + 2) * PF_KT, PF_KT, S, PF_DQK);
-            pw_load_rows(nx + 3 * PW_BLK, vh, vld, (it + 2) * PF_KT, PF_KT, S, PF_DV);
+            pw_load_kv(nx, kvh, ld_kv, kpe, ld_pe, (it + 2) * PF_KT, S);
         }
         kimi_cp_async_commit();
         kimi_cp_async_wait<1>();
@@ -301,23 +366,31 @@ mla_prefill_wg_kernel(const uint16_t *__restrict__ q, const uint16_t *__restrict
         }
     }
     if (q0 < T) {
-        pw_store(o, oacc, l, q0 + r0, T, H, h, t);
+        pw_store(o, (size_t) ld_o, lse, merge != 0, oacc, m, l, q0 + r0, T, H, h, t);
     }
 }
 
 
 extern "C" int
-kimi_mla_prefill(const kimi_bf16_t *q, const kimi_bf16_t *k, const kimi_bf16_t *v,
-                 int T, int S, int pos0, int H, float scale, kimi_bf16_t *o,
-                 cudaStream_t s, kimi_err_t *err)
+kimi_mla_prefill(const float *q, int ld_q, const kimi_bf16_t *kv, int ld_kv,
+                 const kimi_bf16_t *kpe, int ld_pe, int T, int S, int pos0, int H,
+                 float scale, float *o, int ld_o, float *lse, int merge, cudaStream_t s,
+                 kimi_err_t *err)
 {
-    if (q == NULL || k == NULL || v == NULL || o == NULL || T < 0 || S <= 0 || pos0 < 0
-        || H <= 0 || S > pos0 + T) {
-        return kimi_err_set(err, KIMI_EINVAL, "mla_prefill: T=%d S=%d pos0=%d H=%d (S <= pos0+T)",
-                            T, S, pos0, H);
+    if (q == NULL || kv == NULL || kpe == NULL || o == NULL || T < 0 || S <= 0 || pos0 < 0
+        || H <= 0 || S > pos0 + T || (merge && lse == NULL)) {
+        return kimi_err_set(err, KIMI_EINVAL, "mla_prefill: T=%d S=%d pos0=%d H=%d merge=%d "
+                            "(S <= pos0+T; merging needs lse)", T, S, pos0, H, merge);
     }
-    if (((uintptr_t) q | (uintptr_t) k | (uintptr_t) v | (uintptr_t) o) & 15) {
-        return kimi_err_set(err, KIMI_EINVAL, "mla_prefill: buffers not 16-byte aligned");
+    if (ld_q < H * PF_DQK || ld_kv < H * (128 + PF_DV) || ld_pe < PF_DQK - 128
+        || ld_o < H * PF_DV) {
+        return kimi_err_set(err, KIMI_EINVAL, "mla_prefill: row strides q %d kv %d pe %d o %d "
+                            "under H=%d heads' widths", ld_q, ld_kv, ld_pe, ld_o, H);
+    }
+    if (((uintptr_t) q | (uintptr_t) kv | (uintptr_t) kpe | (uintptr_t) o) & 15
+        || ld_q % 4 != 0 || ld_kv % 8 != 0 || ld_pe % 8 != 0 || ld_o % 2 != 0) {
+        return kimi_err_set(err, KIMI_EINVAL, "mla_prefill: buffers not 16-byte aligned or "
+                            "row strides not multiples of 16 bytes (o: 8)");
     }
     if (T == 0) {
         return KIMI_OK;
@@ -325,7 +398,7 @@ kimi_mla_prefill(const kimi_bf16_t *q, const kimi_bf16_t *k, const kimi_bf16_t *
     KIMI_CUDA_TRY(cudaFuncSetAttribute(mla_prefill_wg_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        PW_SMEM), err);
     dim3 grid((T + PW_QT - 1) / PW_QT, H);
-    KIMI_LAUNCH(err, mla_prefill_wg_kernel, grid, PW_THREADS, PW_SMEM, s, q, k, v, T, S, pos0, H,
-                scale * LOG2E, o);
+    KIMI_LAUNCH(err, mla_prefill_wg_kernel, grid, PW_THREADS, PW_SMEM, s, q, ld_q, kv, ld_kv,
+                kpe, ld_pe, T, S, pos0, H, scale * LOG2E, o, ld_o, lse, merge);
     return KIMI_OK;
 }

@@ -10,7 +10,9 @@
  *          VEC128), or both from one pass, K % 128 == 0.  One warp per
  *          group, 4 values per lane.
  * Cost:    reads 2*T*K, writes T*K + 4*T*K/128 bytes: memory bound.
- * Twin:    the act-quant of engine/backend/cpu/ops.h.
+ *          And back: a block-scaled FP8 weight to bf16 (the expanded MLA
+ *          prefill's kv_b, for a bf16 GEMM on its bf16 latent rows).
+ * Twin:    the act-quant and kimi_fp8_dequant of engine/backend/cpu/ops.h.
  */
 
 #include "kimi_cuda.cuh"
@@ -77,4 +79,45 @@ kimi_fp8_quant_1x128_f32(const float *x, int ldx, int T, int K, uint8_t *xq,
                          float *xs, float *xs_mn, int ld_mn, cudaStream_t s, kimi_err_t *err)
 {
     return quant_launch(x, ldx, T, K, xq, xs, xs_mn, ld_mn, s, err);
+}
+
+/* 16 codes a thread: out = bf16(code * ws[r/128][c/128]) */
+static __global__ void
+dequant_kernel(const uint8_t *__restrict__ w, const float *__restrict__ ws, int rows, int cols,
+               uint16_t *__restrict__ out)
+{
+    KIMI_GRID_ENTRY();
+    const size_t i = ((size_t) blockIdx.x * blockDim.x + threadIdx.x) * 16;
+    if (i >= (size_t) rows * cols) {
+        return;
+    }
+    const int r = (int) (i / cols), c = (int) (i % cols);
+    const float sc = ws[(size_t) (r / 128) * ((cols + 127) / 128) + c / 128];
+    const uint4 q = *(const uint4 *) (w + i);
+    const uint32_t qw[4] = { q.x, q.y, q.z, q.w };
+    uint32_t o[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const uint32_t b = qw[j / 2] >> (16 * (j & 1));
+        o[j] = (uint32_t) kimi_f2bf(kimi_fp82f(b & 0xff) * sc)
+               | (uint32_t) kimi_f2bf(kimi_fp82f((b >> 8) & 0xff) * sc) << 16;
+    }
+    uint4 *dst = (uint4 *) (out + i);
+    dst[0] = make_uint4(o[0], o[1], o[2], o[3]);
+    dst[1] = make_uint4(o[4], o[5], o[6], o[7]);
+}
+
+extern "C" int
+kimi_fp8_dequant_bf16(const uint8_t *w, const float *ws, int rows, int cols, kimi_bf16_t *out,
+                      cudaStream_t s, kimi_err_t *err)
+{
+    if (w == NULL || ws == NULL || out == NULL || rows <= 0 || cols <= 0 || cols % 16 != 0
+        || (((uintptr_t) w | (uintptr_t) out) & 15)) {
+        return kimi_err_set(err, KIMI_EINVAL, "fp8_dequant_bf16: rows=%d cols=%d (cols %% 16, "
+                            "16-byte aligned)", rows, cols);
+    }
+    const size_t threads = (size_t) rows * cols / 16;
+    KIMI_LAUNCH(err, dequant_kernel, (unsigned) ((threads + 255) / 256), 256, 0, s, w, ws, rows,
+                cols, out);
+    return KIMI_OK;
 }

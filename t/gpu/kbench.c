@@ -690,13 +690,16 @@ bench_mla(int n_sm)
     cudaFree(kv); cudaFree(kv8); cudaFree(kvs);
 }
 
-typedef struct { int T, H; uint16_t *q, *k, *v, *o; } pf_ctx;
+/* the engine's layout (kimi_mla_prefill): q fp32, kv_b's output, the
+ * latent rows' k_pe, o fp32 */
+typedef struct { int T, H; float *q, *o; uint16_t *kv, *lat; } pf_ctx;
 
 static void
 pf_fn(void *c, int r)
 {
     pf_ctx *p = c;
-    KK(kimi_mla_prefill(p->q, p->k, p->v, p->T, p->T, 0, p->H, 0.1308608f, p->o, st, ERR));
+    KK(kimi_mla_prefill(p->q, p->H * 192, p->kv, p->H * 256, p->lat + 512, 576, p->T, p->T, 0,
+                        p->H, 0.1308608f, p->o, p->H * 128, NULL, 0, st, ERR));
 }
 
 #ifdef KIMI_MLA_TRACE
@@ -757,13 +760,13 @@ bench_mla_prefill(void)
     for (int i = 0; i < 2; i++) {
         pf_ctx p = { .T = Ts[i], .H = 64 };
         size_t n = (size_t) p.T * p.H;
-        p.q = dalloc(n * 192 * 2);
-        p.k = dalloc(n * 192 * 2);
-        p.v = dalloc(n * 128 * 2);
-        p.o = dalloc(n * 128 * 2);
-        KK(kimi_fill_bf16(p.q, n * 192, 41, -1, 1, st, ERR));
-        KK(kimi_fill_bf16(p.k, n * 192, 42, -1, 1, st, ERR));
-        KK(kimi_fill_bf16(p.v, n * 128, 43, -1, 1, st, ERR));
+        p.q = dalloc(n * 192 * 4);
+        p.kv = dalloc(n * 256 * 2);
+        p.lat = dalloc((size_t) p.T * 576 * 2);
+        p.o = dalloc(n * 128 * 4);
+        KK(kimi_fill_f32(p.q, n * 192, 41, -1, 1, st, ERR));
+        KK(kimi_fill_bf16(p.kv, n * 256, 42, -1, 1, st, ERR));
+        KK(kimi_fill_bf16(p.lat, (size_t) p.T * 576, 43, -1, 1, st, ERR));
         double us = time_graph(pf_fn, &p, 3, 7);
         /* causal: query t sees t+1 keys */
         double flops = 2.0 * p.H * (192 + 128) * ((double) p.T * (p.T + 1) / 2);
@@ -771,7 +774,7 @@ bench_mla_prefill(void)
         printf("mla prefill T=%d H=64 causal: %.1f us, %.0f TFLOP/s (bf16 dense peak 989)\n", p.T, us, tf);
         fprintf(tab, "mla    prefill T=%-4d H=64 causal %8.1f us  %5.0f TFLOP/s = %3.0f%% of 989 bf16 peak (wgmma)\n",
                 p.T, us, tf, 100 * tf / 989);
-        cudaFree(p.q); cudaFree(p.k); cudaFree(p.v); cudaFree(p.o);
+        cudaFree(p.q); cudaFree(p.kv); cudaFree(p.lat); cudaFree(p.o);
     }
 }
 

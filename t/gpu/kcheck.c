@@ -995,35 +995,169 @@ test_mla_runs(int B, const int *lens, int fp8, int H, int bs, int all_sms)
     free(perm); free(bt); free(kv.data); free(kv.scales); free(hq); free(gout);
 }
 
+/* The engine's layout: q fp32 rows (ld_q), kv_b's bf16 output [k_nope |
+ * v] a head (ld_kv), k_pe from the gathered latent rows (ld 576), o fp32
+ * (ld_o) poisoned first; the keys in one call (chunk 0) or in chunks of
+ * `chunk` merged through lse, as the engine expands a long context. */
 static void
-test_mla_prefill(int T, int S, int pos0, int H)
+test_mla_prefill(int T, int S, int pos0, int H, int chunk)
 {
-    size_t nq = (size_t) T * H * 192, nk = (size_t) S * H * 192, nv = (size_t) S * H * 128, no = (size_t) T * H * 128;
-    uint16_t *hq = hmalloc(nq * 2), *hk = hmalloc(nk * 2), *hv = hmalloc(nv * 2), *go = hmalloc(no * 2);
-    rand_bf16(hq, nq, -1, 1);
-    rand_bf16(hk, nk, -1, 1);
-    rand_bf16(hv, nv, -1, 1);
-    uint16_t *dq = dmalloc(nq * 2), *dk = dmalloc(nk * 2), *dv = dmalloc(nv * 2), *dout = dmalloc(no * 2);
-    up(dq, hq, nq * 2);
-    up(dk, hk, nk * 2);
-    up(dv, hv, nv * 2);
+    const int ld_q = H * 192 + 4, ld_kv = H * 256 + 8, ld_o = H * 128 + 2;
+    size_t nq = (size_t) T * ld_q, nkv = (size_t) S * ld_kv, nl = (size_t) S * 576;
+    size_t no = (size_t) T * ld_o;
+    float *hq = hmalloc(nq * 4);
+    uint16_t *hkv = hmalloc(nkv * 2), *hl = hmalloc(nl * 2);
+    for (size_t i = 0; i < nq; i++) hq[i] = runi(-1, 1);
+    rand_bf16(hkv, nkv, -1, 1);
+    rand_bf16(hl, nl, -1, 1);
+    float *dq = dmalloc(nq * 4), *dout = dmalloc(no * 4), *dlse = dmalloc((size_t) T * H * 4);
+    uint16_t *dkv = dmalloc(nkv * 2), *dl = dmalloc(nl * 2);
+    up(dq, hq, nq * 4);
+    up(dkv, hkv, nkv * 2);
+    up(dl, hl, nl * 2);
+    CK(cudaMemset(dout, 0xff, no * 4));      /* NaN: every row must be written */
+    CK(cudaMemset(dlse, 0xff, (size_t) T * H * 4));
     const float scale = 0.1308608f;
-    KK(kimi_mla_prefill(dq, dk, dv, T, S, pos0, H, scale, dout, 0, ERR));
+    const int step = chunk > 0 ? chunk : S;
+    for (int k0 = 0; k0 < S; k0 += step) {
+        const int Sk = S - k0 < step ? S - k0 : step, t1 = k0 > pos0 ? k0 - pos0 : 0;
+        KK(kimi_mla_prefill(dq + (size_t) t1 * ld_q, ld_q, dkv + (size_t) k0 * ld_kv, ld_kv,
+                            dl + (size_t) k0 * 576 + 512, 576, T - t1, Sk, pos0 + t1 - k0, H,
+                            scale, dout + (size_t) t1 * ld_o, ld_o, dlse + (size_t) t1 * H,
+                            k0 > 0, 0, ERR));
+    }
     CK(cudaDeviceSynchronize());
-    down(go, dout, no * 2);
-    float *fq = hmalloc(nq * 4), *fk = hmalloc(nk * 4), *fv = hmalloc(nv * 4), *ref = hmalloc(no * 4);
-    float *got = hmalloc(no * 4), *scr = hmalloc((size_t) S * 4);
-    bf16_to_f32(hq, fq, nq);
-    bf16_to_f32(hk, fk, nk);
-    bf16_to_f32(hv, fv, nv);
-    bf16_to_f32(go, got, no);
+    float *go = hmalloc(no * 4);
+    down(go, dout, no * 4);
+    /* the twin on the same values: q rounded to bf16 as the kernel takes it */
+    float *fq = hmalloc((size_t) T * H * 192 * 4), *fk = hmalloc((size_t) S * H * 192 * 4);
+    float *fv = hmalloc((size_t) S * H * 128 * 4), *ref = hmalloc((size_t) T * H * 128 * 4);
+    float *got = hmalloc((size_t) T * H * 128 * 4), *scr = hmalloc((size_t) S * 4);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < H * 192; i++)
+            fq[(size_t) t * H * 192 + i] = kimi_bf16_to_f32(kimi_f32_to_bf16(hq[(size_t) t * ld_q + i]));
+    for (int s2 = 0; s2 < S; s2++)
+        for (int h = 0; h < H; h++) {
+            const uint16_t *row = hkv + (size_t) s2 * ld_kv + h * 256;
+            float *k = fk + ((size_t) s2 * H + h) * 192, *v = fv + ((size_t) s2 * H + h) * 128;
+            for (int d = 0; d < 128; d++) k[d] = kimi_bf16_to_f32(row[d]);
+            for (int d = 0; d < 64; d++) k[128 + d] = kimi_bf16_to_f32(hl[(size_t) s2 * 576 + 512 + d]);
+            for (int d = 0; d < 128; d++) v[d] = kimi_bf16_to_f32(row[128 + d]);
+        }
+    for (int t = 0; t < T; t++)
+        memcpy(got + (size_t) t * H * 128, go + (size_t) t * ld_o, (size_t) H * 128 * 4);
     kimi_mla_prefill_naive(fq, fk, fv, T, S, pos0, H, 192, 128, scale, 0, H, scr, ref);
     size_t nf;
-    double e = rel_err(got, ref, no, &nf);
-    ok(nf == 0 && e < 1e-2, "mla_prefill T=%d S=%d pos0=%d H=%d causal: rel err %.2e (tol 1e-2, bf16 P and out), nonfinite %zu",
-       T, S, pos0, H, e, nf);
-    cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout);
-    free(hq); free(hk); free(hv); free(go); free(fq); free(fk); free(fv); free(ref); free(got); free(scr);
+    double e = rel_err(got, ref, (size_t) T * H * 128, &nf);
+    ok(nf == 0 && e < 1e-2, "mla_prefill T=%d S=%d pos0=%d H=%d causal, keys %s: rel err %.2e "
+       "(tol 1e-2, bf16 q, P), nonfinite %zu", T, S, pos0, H,
+       chunk > 0 ? "in chunks merged through lse" : "in one call", e, nf);
+    cudaFree(dq); cudaFree(dkv); cudaFree(dl); cudaFree(dout); cudaFree(dlse);
+    free(hq); free(hkv); free(hl); free(go); free(fq); free(fk); free(fv); free(ref); free(got);
+    free(scr);
+}
+
+/* Rows [k0, k0 + S) of a paged latent cache (scattered blocks, bf16 or
+ * fp8 written by the cpu twin) gathered to bf16: each value exactly the
+ * twin's read, rounded to bf16. */
+static void
+test_kv_gather(int fp8, int bs, int ctx, int k0, int S)
+{
+    const int nb = (ctx + bs - 1) / bs, nblk = nb + 5, W = 576;
+    uint32_t *perm = hmalloc(nblk * 4), *bt = hmalloc(nb * 4);
+    for (int i = 0; i < nblk; i++) perm[i] = (uint32_t) i;
+    for (int i = nblk - 1; i > 0; i--) {   /* distinct scattered blocks */
+        int j = (int) (rnext() % (i + 1));
+        uint32_t x = perm[i]; perm[i] = perm[j]; perm[j] = x;
+    }
+    memcpy(bt, perm, nb * 4);
+    free(perm);
+    size_t rows = (size_t) nblk * bs;
+    kimi_cpu_kv_view_t kv = { .dtype = fp8 ? KIMI_CPU_KV_FP8 : KIMI_CPU_KV_BF16, .block_size = bs,
+                              .kv_lora_rank = 512, .rope_dim = 64, .n_blocks = nblk };
+    kv.data = hmalloc(rows * W * (fp8 ? 1 : 2));
+    kv.scales = hmalloc(rows * 4);
+    memset(kv.data, 0xff, rows * W * (fp8 ? 1 : 2));
+    memset(kv.scales, 0xff, rows * 4);
+    float tokv[576], want[576];
+    for (int p = 0; p < ctx; p++) {
+        for (int i = 0; i < W; i++) tokv[i] = runi(-1.5f, 1.5f);
+        kimi_kv_write(&kv, bt, p, tokv, tokv + 512);
+    }
+    void *dkv = dmalloc(rows * W * (fp8 ? 1 : 2));
+    float *dks = dmalloc(rows * 4);
+    int32_t *dbt = dmalloc(nb * 4);
+    uint16_t *dc = dmalloc((size_t) S * 512 * 2), *dpe = dmalloc((size_t) S * 64 * 2);
+    uint16_t *gc = hmalloc((size_t) S * 512 * 2), *gpe = hmalloc((size_t) S * 64 * 2);
+    up(dkv, kv.data, rows * W * (fp8 ? 1 : 2));
+    up(dks, kv.scales, rows * 4);
+    up(dbt, bt, nb * 4);
+    KK(kimi_mla_kv_gather(dkv, dks, fp8, bs, dbt, k0, S, dc, dpe, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    down(gc, dc, (size_t) S * 512 * 2);
+    down(gpe, dpe, (size_t) S * 64 * 2);
+    int bad = 0;
+    for (int r = 0; r < S; r++) {
+        kimi_kv_read(&kv, bt, (uint32_t) (k0 + r), want);
+        for (int i = 0; i < 512; i++) bad += gc[(size_t) r * 512 + i] != kimi_f32_to_bf16(want[i]);
+        for (int i = 0; i < 64; i++) bad += gpe[(size_t) r * 64 + i] != kimi_f32_to_bf16(want[512 + i]);
+    }
+    ok(bad == 0, "mla_kv_gather %s bs=%d rows [%d, %d) of %d: %d values differ from the twin's read",
+       fp8 ? "fp8" : "bf16", bs, k0, k0 + S, ctx, bad);
+    cudaFree(dkv); cudaFree(dks); cudaFree(dbt); cudaFree(dc); cudaFree(dpe);
+    free(bt); free(kv.data); free(kv.scales); free(gc); free(gpe);
+}
+
+/* The expansion's GEMM: kv_b dequantised to bf16 (bit for bit the twin's
+ * dequantisation rounded to bf16), then bf16 x bf16 -> bf16 on cuBLASLt
+ * against fp64 sums of the same bf16 values. */
+static void
+test_kv_b_expand(int S, int rows)
+{
+    const int K = 512, KB = K / 128, RB = (rows + 127) / 128;
+    uint8_t *hw = hmalloc((size_t) rows * K);
+    float *hs = hmalloc((size_t) RB * KB * 4), *fw = hmalloc((size_t) rows * K * 4);
+    uint16_t *hx = hmalloc((size_t) S * K * 2), *gw = hmalloc((size_t) rows * K * 2);
+    uint16_t *gy = hmalloc((size_t) S * rows * 2);
+    rand_fp8(hw, (size_t) rows * K);
+    for (int i = 0; i < RB * KB; i++) hs[i] = runi(1e-3f, 4e-3f);
+    rand_bf16(hx, (size_t) S * K, -1, 1);
+    kimi_fp8_dequant(hw, hs, (uint32_t) rows, (uint32_t) K, fw);
+    uint8_t *dw = dmalloc((size_t) rows * K);
+    float *dsc = dmalloc((size_t) RB * KB * 4);
+    uint16_t *dwb = dmalloc((size_t) rows * K * 2), *dx = dmalloc((size_t) S * K * 2);
+    uint16_t *dy = dmalloc((size_t) S * rows * 2);
+    up(dw, hw, (size_t) rows * K);
+    up(dsc, hs, (size_t) RB * KB * 4);
+    up(dx, hx, (size_t) S * K * 2);
+    CK(cudaMemset(dy, 0xff, (size_t) S * rows * 2));
+    kimi_cublaslt_t *lt = NULL;
+    void *lws = dmalloc(32 << 20);
+    KK(kimi_cublaslt_create(&lt, lws, 32 << 20, ERR));
+    KK(kimi_fp8_dequant_bf16(dw, dsc, rows, K, dwb, 0, ERR));
+    KK(kimi_bf16_gemm_nt_cublaslt(lt, dx, S, K, dwb, rows, dy, 0, ERR));
+    CK(cudaDeviceSynchronize());
+    down(gw, dwb, (size_t) rows * K * 2);
+    down(gy, dy, (size_t) S * rows * 2);
+    int bad = 0;
+    for (size_t i = 0; i < (size_t) rows * K; i++) bad += gw[i] != kimi_f32_to_bf16(fw[i]);
+    ok(bad == 0, "fp8_dequant_bf16 %dx%d: %d values differ from the twin's, rounded to bf16", rows, K, bad);
+    float *ref = hmalloc((size_t) S * rows * 4), *got = hmalloc((size_t) S * rows * 4);
+    for (int t = 0; t < S; t++)
+        for (int n = 0; n < rows; n++) {
+            double acc = 0;
+            for (int k = 0; k < K; k++)
+                acc += (double) kimi_bf16_to_f32(hx[(size_t) t * K + k]) * kimi_bf16_to_f32(gw[(size_t) n * K + k]);
+            ref[(size_t) t * rows + n] = (float) acc;
+        }
+    bf16_to_f32(gy, got, (size_t) S * rows);
+    size_t nf;
+    double e = rel_err(got, ref, (size_t) S * rows, &nf);
+    ok(nf == 0 && e < 4e-3, "bf16_gemm_nt_cublaslt (bf16 out) T=%d K=%d N=%d: rel err %.2e (tol 4e-3: "
+       "the bf16 rounding of y), nonfinite %zu", S, K, rows, e, nf);
+    kimi_cublaslt_destroy(lt);
+    cudaFree(lws); cudaFree(dw); cudaFree(dsc); cudaFree(dwb); cudaFree(dx); cudaFree(dy);
+    free(hw); free(hs); free(fw); free(hx); free(gw); free(gy); free(ref); free(got);
 }
 
 static void
@@ -1576,12 +1710,21 @@ test_absorb_all(void)
 static void
 test_mla_prefill_all(void)
 {
-    test_mla_prefill(77, 77, 0, 8);
-    test_mla_prefill(100, 300, 200, 4);
-    test_mla_prefill(5, 1029, 1024, 64);
-    test_mla_prefill(300, 300, 0, 16);       /* query tiles crossing the diagonal, a partial last one */
-    test_mla_prefill(129, 1153, 1024, 8);    /* a chunk after a cached prefix: one query past a tile */
-    test_mla_prefill(1000, 1000, 0, 2);      /* 16 key tiles: a long pipeline */
+    test_mla_prefill(77, 77, 0, 8, 0);
+    test_mla_prefill(100, 300, 200, 4, 0);
+    test_mla_prefill(5, 1029, 1024, 64, 0);
+    test_mla_prefill(300, 300, 0, 16, 0);    /* query tiles crossing the diagonal, a partial last one */
+    test_mla_prefill(129, 1153, 1024, 8, 0); /* a chunk after a cached prefix: one query past a tile */
+    test_mla_prefill(1000, 1000, 0, 2, 0);   /* 16 key tiles: a long pipeline */
+    test_mla_prefill(300, 300, 0, 16, 128);  /* key chunks inside the run: early queries see none of the last */
+    test_mla_prefill(129, 1153, 1024, 8, 448);   /* prefix chunks, then one crossing the run */
+    test_mla_prefill(200, 1000, 800, 64, 64);    /* 16 merges, all 64 heads */
+    test_kv_gather(0, 64, 1000, 0, 1000);
+    test_kv_gather(0, 16, 300, 37, 200);
+    test_kv_gather(1, 64, 1000, 0, 1000);
+    test_kv_gather(1, 48, 500, 130, 333);
+    test_kv_b_expand(333, 1024);                 /* 4 heads' k_nope | v */
+    test_kv_b_expand(64, 16384);                 /* 64 heads */
 }
 
 int run_bench(int argc, char **argv);

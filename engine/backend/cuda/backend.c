@@ -1097,6 +1097,16 @@ kimi_backend_cuda_set_cublaslt(kimi_backend_t *base, int on)
 
 
 void
+kimi_backend_cuda_set_mla_expand(kimi_backend_t *base, uint32_t min_tokens)
+{
+    kimi_cuda_t  *b = (kimi_cuda_t *) base;
+
+    /* only where init found the form usable (its buffers exist) */
+    b->expand_min = b->ex_kv != NULL ? min_tokens : 0;
+}
+
+
+void
 kimi_backend_cuda_set_graphs(kimi_backend_t *base, int on)
 {
     ((kimi_cuda_t *) base)->graphs_on = on;

@@ -85,6 +85,24 @@ typedef struct {
  * own kernel's one pass over the weights, bench/RESULTS.md) */
 #define KIMI_CUDA_LT_MIN_T           64
 
+/* A sequence's prefill chunk of at least expand_min tokens attends in the
+ * expanded form (kimi_mla_prefill: kv_b applied to its context's latent
+ * rows, then attention with 192-wide keys and 128-wide values) instead of
+ * the absorbed decode one query at a time: 3.4x fewer FLOPs a query-key
+ * pair, paid for by one kv_b GEMM over the context per chunk, in bf16 (the
+ * latent rows as cached, kv_b dequantised once a layer) so the keys and
+ * values carry no more rounding than the absorbed form's. */
+typedef struct {
+    uint32_t                    tok0, n;      /* its tokens in the step */
+    uint32_t                    pos0;         /* the first one's position */
+} kimi_cuda_run_t;
+
+#define KIMI_CUDA_MAX_RUNS           16
+#define KIMI_CUDA_EXPAND_MIN_T       64
+/* the context is expanded in chunks of at most this many bytes of kv_b
+ * output (bf16 [keys][H][256]): 4096 keys at 64 heads */
+#define KIMI_CUDA_EXPAND_BYTES       ((size_t) 128 << 20)
+
 /* Profiled steps record events: [0] start, [1] after the embedding, then
  * per layer l six marks KIMI_CUDA_MARK(l, k): k = 0 after the q/kv
  * projections, rope and the cache write, 1 after the W_UK absorption, 2
@@ -211,6 +229,16 @@ typedef struct {
      * lt_fp8 0 when this cuBLASLt has no algorithm (the own kernel then) */
     float                      *xs_mn;
     int                         lt_fp8;
+
+    /* expanded prefill attention (kimi_cuda_run_t): expand_min 0 = off;
+     * the context expanded expand_rows keys at a time through ex_* */
+    uint32_t                    expand_min, expand_rows;
+    kimi_cuda_run_t             runs[KIMI_CUDA_MAX_RUNS];
+    uint32_t                    n_runs;
+    kimi_bf16_t                *ex_c, *ex_pe; /* [rows][512], [rows][64] */
+    kimi_bf16_t                *ex_w;         /* the layer's kv_b in bf16 */
+    kimi_bf16_t                *ex_kv;        /* [rows][H][256] kv_b out */
+    float                      *ex_lse;       /* [cap][H] */
 
     /* per-step metadata: host pinned staging mirrored on the device */
     int32_t                    *meta_h, *meta_d;

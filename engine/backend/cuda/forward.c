@@ -11,16 +11,20 @@
  *         the leader's step hand-over.
  * Never:  allocates in a step, picks blocks, or samples.
  * Holds:  the KV of every new token is written before any attention runs,
- *         and attention is the absorbed MLA decode with one query per token
- *         (its own block table row and length pos + 1), so a prefill chunk
- *         sees itself causally and earlier chunks through the cache, as on
- *         the CPU.  Activations stay fp32 between kernels as on the CPU
+ *         so a prefill chunk sees itself causally and earlier chunks
+ *         through the cache, as on the CPU.  Attention is the absorbed MLA
+ *         decode with one query per token (its own block table row and
+ *         length pos + 1), except for a sequence's prefill chunk of
+ *         expand_min tokens or more: its context's latent rows are
+ *         expanded by kv_b and it attends in the MHA form (cheaper per
+ *         query-key pair; the CPU oracle stays absorbed).  Activations stay fp32 between kernels as on the CPU
  *         oracle (residual stream, GEMM outputs, norms, the absorptions
  *         from the FP8 kv_b_proj), except q_lat / o_lat, which the MLA
  *         kernel takes in bf16; every FP8 GEMM input is quantised per
  *         1x128 group first, from fp32.
  */
 
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -63,7 +67,9 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
                                         ? b->I_dense : b->I_shared;
     size_t                      bmax = T > (size_t) b->n_sm ? T
                                                             : (size_t) b->n_sm;
+    size_t                      ex_rows = 0;
     char                       *p;
+    const char                 *e;
 
     maxk = D;
     maxk = c->q_lora_rank > maxk ? c->q_lora_rank : maxk;
@@ -108,6 +114,25 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
     /* B * n_splits <= max(B, n_sm) (kimi_mla_n_splits) */
     mla = kimi_mla_ws_bytes((int) bmax, (int) H, 1);
 
+    /* expanded prefill attention: the kernel's head widths (Kimi-K2's) and
+     * the whole latent cache on this rank; the context is expanded in
+     * chunks of ex_rows keys (a multiple of 64) */
+    if (c->qk_nope_head_dim == 128 && c->qk_rope_head_dim == 64
+        && c->v_head_dim == 128 && R == 512 && b->dcp <= 1)
+    {
+        size_t  ml = ((size_t) b->base.max_model_len + 63) / 64 * 64;
+
+        ex_rows = KIMI_CUDA_EXPAND_BYTES / ((size_t) H * 256 * 2) / 64 * 64;
+        ex_rows = ex_rows < 64 ? 64 : ex_rows;
+        ex_rows = ex_rows < ml ? ex_rows : ml;
+
+        /* smaller chunks (tests of the merge across chunks) */
+        e = getenv("KIMI_MLA_EXPAND_ROWS");
+        if (e != NULL && atoi(e) >= 64 && (size_t) atoi(e) / 64 * 64 < ex_rows) {
+            ex_rows = (size_t) atoi(e) / 64 * 64;
+        }
+    }
+
 #define KIMI_WS(ptr, bytes)                                                  \
     do {                                                                     \
         ptr = (void *) (p ? p + off : NULL);                                 \
@@ -147,6 +172,13 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
                           * sizeof(float));
         KIMI_WS(b->moe_ws, moe ? moe : 256);    /* tickets: zeroed below */
         KIMI_WS(b->mla_ws, mla);
+        if (ex_rows > 0) {
+            KIMI_WS(b->ex_c, ex_rows * R * 2);
+            KIMI_WS(b->ex_pe, ex_rows * c->qk_rope_head_dim * 2);
+            KIMI_WS(b->ex_w, (size_t) H * 256 * R * 2);
+            KIMI_WS(b->ex_kv, ex_rows * H * 256 * 2);
+            KIMI_WS(b->ex_lse, T * H * sizeof(float));
+        }
         if (b->dcp > 1) {
             KIMI_WS(b->dcp_q, b->dcp * T * H * (R + c->qk_rope_head_dim) * 2);
             KIMI_WS(b->dcp_send, b->dcp * kimi_cuda_dcp_part(T, H));
@@ -173,6 +205,13 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
 
 #undef KIMI_WS
 
+    b->expand_rows = (uint32_t) ex_rows;
+    b->expand_min = 0;
+    if (ex_rows > 0) {
+        e = getenv("KIMI_MLA_EXPAND_MIN");
+        b->expand_min = e != NULL ? (uint32_t) atoi(e) : KIMI_CUDA_EXPAND_MIN_T;
+    }
+
     b->lt_fp8 = 1;
     return kimi_cublaslt_create(&b->lt, b->lt_ws, KIMI_CUDA_LT_WS, err);
 }
@@ -181,12 +220,16 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
 /* Checks the batch as the CPU backend does and fills the host staging. */
 static int
 kimi_cuda_stage(kimi_cuda_t *b, const kimi_batch_t *batch, uint32_t *T_out,
-    uint32_t *rows_out, uint32_t *max_ctx, kimi_err_t *err)
+    uint32_t *rows_out, uint32_t *max_ctx, uint32_t *rest_T,
+    uint32_t *rest_ctx, kimi_err_t *err)
 {
     int32_t   *m = b->meta_h, *bt;
     uint32_t   T = 0, rows = 0, cap = b->cap;
 
     *max_ctx = 0;
+    *rest_T = 0;
+    *rest_ctx = 0;
+    b->n_runs = 0;
 
     for (uint32_t i = 0; i < batch->n_seqs; i++) {
         const kimi_batch_seq_t  *s = &batch->seqs[i];
@@ -227,6 +270,17 @@ kimi_cuda_stage(kimi_cuda_t *b, const kimi_batch_t *batch, uint32_t *T_out,
                                     (unsigned long long) s->seq_id,
                                     s->block_table[k], b->n_blocks);
             }
+        }
+
+        if (b->expand_min > 0 && s->n_tokens >= b->expand_min
+            && b->n_runs < KIMI_CUDA_MAX_RUNS)
+        {
+            b->runs[b->n_runs++] = (kimi_cuda_run_t) { T, s->n_tokens,
+                                                       s->pos };
+
+        } else {
+            *rest_T += s->n_tokens;
+            *rest_ctx = end > *rest_ctx ? (uint32_t) end : *rest_ctx;
         }
 
         for (uint32_t k = 0; k < s->n_tokens; k++, T++) {
@@ -441,6 +495,102 @@ kimi_cuda_mla_dcp(kimi_cuda_t *b, uint32_t T, void *kv, float *ks,
 }
 
 
+/* attention of tokens [t0, t0 + n) in the absorbed form: q_lat of each
+ * (W_UK), the MLA decode over the latent cache with its own block table
+ * and length, o (W_UV) to b->attn */
+static int
+kimi_cuda_mla_absorbed(kimi_cuda_t *b, const kimi_cuda_layer_t *L,
+    uint32_t l, void *kv, float *ks, uint32_t t0, uint32_t n,
+    uint32_t splits, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    const int32_t              *md = b->meta_d;
+    int                         H = (int) b->H;
+    int                         R = (int) c->kv_lora_rank;
+    int                         P = (int) c->qk_rope_head_dim;
+    int                         nope = (int) c->qk_nope_head_dim;
+    int                         dv = (int) c->v_head_dim, qk = nope + P;
+    kimi_bf16_t                *qlat = b->qlat + (size_t) t0 * H * (R + P);
+    kimi_bf16_t                *olat = b->olat + (size_t) t0 * H * R;
+
+    /* q_lat[h] = W_UK_h^T q_nope_h, q_pe alongside: [n][H][R + P] */
+    KIMI_K(kimi_mla_absorb_q(b->q + (size_t) t0 * H * qk, (int) n, H, nope,
+                             P, R, dv, L->kv_b.w, L->kv_b.s, qlat, b->stream,
+                             err));
+    KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 1), err));
+
+    if (b->dcp > 1) {
+        /* no expanded runs under DCP (workspaces): t0 = 0, n = T */
+        KIMI_K(kimi_cuda_mla_dcp(b, n, kv, ks, splits, err));
+
+    } else {
+        KIMI_K(kimi_mla_decode(qlat, (int) n, H, kv, ks, b->kv_fp8,
+                               (int) b->bs,
+                               md + KIMI_M_N * b->cap + (size_t) t0 * b->max_bt,
+                               (int) b->max_bt, md + KIMI_M_LEN * b->cap + t0,
+                               (int) splits, b->softmax_scale, b->mla_ws,
+                               olat, b->stream, err));
+    }
+    KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 2), err));
+
+    /* o_h = W_UV_h o_lat_h */
+    KIMI_K(kimi_mla_absorb_o(olat, (int) n, H, R, nope, dv, L->kv_b.w,
+                             L->kv_b.s, b->attn + (size_t) t0 * H * dv,
+                             b->stream, err));
+    return kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 3), err);
+}
+
+
+/*
+ * A run's attention in the expanded form: its context's latent rows,
+ * ex_rows keys at a time, gathered from the cache (written for this step's
+ * tokens already), kv_b applied (bf16, ex_w holds the layer's), then
+ * kimi_mla_prefill of the run's queries that see those keys, each chunk
+ * after the first merged into b->attn through the lse rows.
+ */
+static int
+kimi_cuda_mla_expanded(kimi_cuda_t *b, void *kv, float *ks,
+    const kimi_cuda_run_t *run, kimi_err_t *err)
+{
+    const kimi_model_config_t  *c = b->cfg;
+    int                         H = (int) b->H;
+    int                         R = (int) c->kv_lora_rank;
+    int                         P = (int) c->qk_rope_head_dim;
+    int                         qk = (int) c->qk_nope_head_dim + P;
+    int                         dv = (int) c->v_head_dim;
+    int                         N = H * 256;
+    uint32_t                    S = run->pos0 + run->n;
+    const int32_t              *bt;
+
+    /* the run's last token's block table covers its whole context */
+    bt = b->meta_d + KIMI_M_N * b->cap
+         + (size_t) (run->tok0 + run->n - 1) * b->max_bt;
+
+    for (uint32_t k0 = 0; k0 < S; k0 += b->expand_rows) {
+        uint32_t  Sk = S - k0 < b->expand_rows ? S - k0 : b->expand_rows;
+        uint32_t  t1 = k0 > run->pos0 ? k0 - run->pos0 : 0;  /* first
+                                                  query to see these keys */
+        uint32_t  t = run->tok0 + t1;
+
+        KIMI_K(kimi_mla_kv_gather(kv, ks, b->kv_fp8, (int) b->bs, bt,
+                                  (int) k0, (int) Sk, b->ex_c, b->ex_pe,
+                                  b->stream, err));
+        KIMI_K(kimi_bf16_gemm_nt_cublaslt(b->lt, b->ex_c, (int) Sk, R,
+                                          b->ex_w, N, b->ex_kv, b->stream,
+                                          err));
+        KIMI_K(kimi_mla_prefill(b->q + (size_t) t * H * qk, H * qk, b->ex_kv,
+                                N, b->ex_pe, P, (int) (run->n - t1),
+                                (int) Sk, (int) (run->pos0 + t1 - k0), H,
+                                b->softmax_scale,
+                                b->attn + (size_t) t * H * dv, H * dv,
+                                b->ex_lse + (size_t) t1 * H, k0 > 0,
+                                b->stream, err));
+    }
+
+    return 0;
+}
+
+
 /* attention of layer l over b->a, already quantised in xq/xs */
 static int
 kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
@@ -455,6 +605,7 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
     int                         nope = (int) c->qk_nope_head_dim;
     int                         dv = (int) c->v_head_dim, qk = nope + P;
     size_t                      kv_per = (size_t) b->n_blocks * b->bs;
+    uint32_t                    t0 = 0;
     void                       *kv;
     float                      *ks = NULL;
 
@@ -486,27 +637,36 @@ kimi_cuda_mla(kimi_cuda_t *b, uint32_t l, uint32_t T, uint32_t splits,
                                  b->kv_fp8, (int) b->bs, b->stream, err));
     KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 0), err));
 
-    /* q_lat[h] = W_UK_h^T q_nope_h, q_pe alongside: [T][H][R + P] */
-    KIMI_K(kimi_mla_absorb_q(b->q, (int) T, H, nope, P, R, dv, L->kv_b.w,
-                             L->kv_b.s, b->qlat, b->stream, err));
-    KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 1), err));
-
-    if (b->dcp > 1) {
-        KIMI_K(kimi_cuda_mla_dcp(b, T, kv, ks, splits, err));
-
-    } else {
-        KIMI_K(kimi_mla_decode(b->qlat, (int) T, H, kv, ks, b->kv_fp8,
-                               (int) b->bs, md + KIMI_M_N * b->cap,
-                               (int) b->max_bt, md + KIMI_M_LEN * b->cap,
-                               (int) splits, b->softmax_scale, b->mla_ws,
-                               b->olat, b->stream, err));
+    /* the runs in the expanded form, the tokens between them absorbed */
+    if (b->n_runs > 0) {
+        KIMI_K(kimi_fp8_dequant_bf16(L->kv_b.w, L->kv_b.s, (int) L->kv_b.rows,
+                                     R, b->ex_w, b->stream, err));
     }
-    KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 2), err));
 
-    /* o_h = W_UV_h o_lat_h, then o_proj */
-    KIMI_K(kimi_mla_absorb_o(b->olat, (int) T, H, R, nope, dv, L->kv_b.w,
-                             L->kv_b.s, b->attn, b->stream, err));
-    KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 3), err));
+    for (uint32_t r = 0; r < b->n_runs; r++) {
+        const kimi_cuda_run_t  *run = &b->runs[r];
+
+        if (run->tok0 > t0) {
+            KIMI_K(kimi_cuda_mla_absorbed(b, L, l, kv, ks, t0,
+                                          run->tok0 - t0, splits, err));
+        }
+        KIMI_K(kimi_cuda_mla_expanded(b, kv, ks, run, err));
+        t0 = run->tok0 + run->n;
+    }
+
+    if (t0 < T) {
+        KIMI_K(kimi_cuda_mla_absorbed(b, L, l, kv, ks, t0, T - t0, splits,
+                                      err));
+    }
+
+    if (b->n_runs > 0) {
+        /* a profiled step's phases: the runs count as the MLA's */
+        KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 1), err));
+        KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 2), err));
+        KIMI_K(kimi_cuda_mark(b, KIMI_CUDA_MARK(l, 3), err));
+    }
+
+    /* o_proj */
     KIMI_K(kimi_cuda_quant(b, b->attn, T, (uint32_t) (H * dv), err));
     KIMI_K(kimi_cuda_gemm(b, T, &L->o, b->o, err));
 
@@ -1077,6 +1237,7 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
     kimi_err_t *err)
 {
     uint32_t      T = 0, rows = 0, max_ctx = 0, splits = 0, max_T;
+    uint32_t      rest_T = 0, rest_ctx = 0;
     size_t        words;
     int           rc, batch_rc = 0;
     kimi_err_t    batch_err;
@@ -1091,7 +1252,8 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
     b->greedy_on_host = 0;
 
     if (batch->n_seqs > 0 || b->nccl == NULL) {
-        batch_rc = kimi_cuda_stage(b, batch, &T, &rows, &max_ctx, &batch_err);
+        batch_rc = kimi_cuda_stage(b, batch, &T, &rows, &max_ctx, &rest_T,
+                                   &rest_ctx, &batch_err);
 
         if (batch_rc != 0 && b->nccl == NULL) {
             *err = batch_err;
@@ -1103,6 +1265,7 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
         /* a refused batch still serves the peers' experts, with no tokens */
         T = 0;
         rows = 0;
+        b->n_runs = 0;
     }
 
     if (b->nccl != NULL) {
@@ -1135,13 +1298,17 @@ kimi_cuda_forward_local(kimi_cuda_t *b, const kimi_batch_t *batch,
                                   cudaMemcpyHostToDevice, b->stream), err);
 
         /* the MLA split count is a launch shape: part of a graph's key
-         * (decode context parallel: over the rows held here) */
-        splits = (uint32_t) kimi_mla_n_splits((int) T,
-                                              (int) ((max_ctx + b->dcp - 1)
-                                                     / b->dcp), b->n_sm);
+         * (decode context parallel: over the rows held here); for the
+         * tokens the absorbed decode takes (not the expanded runs) */
+        splits = rest_T == 0 ? 1
+                 : (uint32_t) kimi_mla_n_splits((int) rest_T,
+                                                (int) ((rest_ctx + b->dcp - 1)
+                                                       / b->dcp), b->n_sm);
     }
 
-    if (b->graphs_on && !b->prof && T <= b->graph_max_t) {
+    /* a step with expanded runs is never captured: its launches depend on
+     * the runs, not only on T */
+    if (b->graphs_on && !b->prof && T <= b->graph_max_t && b->n_runs == 0) {
         rc = kimi_cuda_graph_step(b, T, rows, splits, err);
 
     } else {
