@@ -689,7 +689,7 @@ prefill_table(kimi_model_t *m, int kv_fp8)
         cmp_t     r;
 
         for (int ex = 1; ex >= 0; ex--) {
-            kimi_backend_cuda_set_mla_expand(gpu, ex ? 64 : 0);
+            kimi_backend_cuda_set_mla_expand(gpu, ex ? 64 : 0, 0);
 
             for (int rep = 0; rep < 2; rep++) {
                 double  t = now();
@@ -720,7 +720,7 @@ prefill_table(kimi_model_t *m, int kv_fp8)
                 memcpy(l_ex, lo, (size_t) V * sizeof(float));
             }
         }
-        kimi_backend_cuda_set_mla_expand(gpu, 64);
+        kimi_backend_cuda_set_mla_expand(gpu, 64, 12);
 
         r = compare(l_ex, lo, V);
         printf("# prefill %s %5u tokens in steps of %d (%u layers + lm_head), "
@@ -732,6 +732,52 @@ prefill_table(kimi_model_t *m, int kv_fp8)
         ok(r.cos >= 0.99, "prefill of %u tokens: expanded and absorbed "
            "attention agree (last-row logits cos %.6f >= 0.99)", L, r.cos);
     }
+
+    /* a chunk of n tokens after a prefix of pre in the cache (the last
+     * prefill above wrote it): where the expansion of the whole context
+     * stops paying for itself, and what the default rule picks */
+    for (uint32_t pi = 0; pi < 4; pi++) {
+        static const uint32_t  pres[] = { 0, 1024, 4096, 12288 };
+        uint32_t               pre = pres[pi];
+
+        for (uint32_t n = 64; n <= CH; n *= 2) {
+            double  best[3] = { 1e9, 1e9, 1e9 };
+
+            for (int mode = 0; mode < 3; mode++) {
+                /* 0 absorbed, 1 expanded, 2 the default rule */
+                kimi_backend_cuda_set_mla_expand(gpu, mode == 0 ? 0
+                                                 : mode == 1 ? 1 : 64,
+                                                 mode == 2 ? 12 : 0);
+                for (int rep = 0; rep < 3; rep++) {
+                    double  t = now();
+
+                    memset(&one, 0, sizeof(one));
+                    one.seq_id = 300;
+                    one.tokens = toks + pre;
+                    one.pos = pre;
+                    one.n_tokens = n;
+                    one.block_table = bt;
+                    one.n_blocks = (pre + n + 63) / 64;
+                    one.want_logits = 1;
+                    if (gpu->ops->forward(gpu, &b1, &err) != 0
+                        || gpu->ops->logits(gpu, &rows, &V) == NULL)
+                    {
+                        fprintf(stderr, "prefill table chunk: %s\n",
+                                err.msg);
+                        return 1;
+                    }
+                    t = now() - t;
+                    best[mode] = t < best[mode] ? t : best[mode];
+                }
+            }
+            printf("# prefill %s chunk of %4u after %5u cached: expanded "
+                   "%7.3f ms, absorbed %7.3f ms (x%.2f); the default rule "
+                   "(%s) %7.3f ms\n", kv_fp8 ? "fp8 " : "bf16", n, pre,
+                   best[1] * 1e3, best[0] * 1e3, best[0] / best[1],
+                   pre <= 12 * n ? "expanded" : "absorbed", best[2] * 1e3);
+        }
+    }
+    kimi_backend_cuda_set_mla_expand(gpu, 64, 12);
 
     gpu->ops->free(gpu);
     free(bt);

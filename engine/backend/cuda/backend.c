@@ -1097,12 +1097,14 @@ kimi_backend_cuda_set_cublaslt(kimi_backend_t *base, int on)
 
 
 void
-kimi_backend_cuda_set_mla_expand(kimi_backend_t *base, uint32_t min_tokens)
+kimi_backend_cuda_set_mla_expand(kimi_backend_t *base, uint32_t min_tokens,
+    uint32_t max_prefix_x)
 {
     kimi_cuda_t  *b = (kimi_cuda_t *) base;
 
     /* only where init found the form usable (its buffers exist) */
     b->expand_min = b->ex_kv != NULL ? min_tokens : 0;
+    b->expand_prefix = max_prefix_x;
 }
 
 

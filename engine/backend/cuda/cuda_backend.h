@@ -114,11 +114,14 @@ void kimi_backend_cuda_set_cublaslt(kimi_backend_t *b, int on);
 void kimi_backend_cuda_graph_stats(kimi_backend_t *b, uint64_t *captures,
     uint64_t *launches);
 
-/* A sequence's prefill chunk of at least min_tokens attends in the expanded
- * form (0: every token through the absorbed decode), for checks and A/B
- * timings; KIMI_MLA_EXPAND_MIN in the environment sets it at init (64 by
+/* A sequence's prefill chunk of at least min_tokens after a cached prefix
+ * of at most max_prefix_x times its length (0: any) attends in the
+ * expanded form (min_tokens 0: every token through the absorbed decode),
+ * for checks and A/B timings.  KIMI_MLA_EXPAND_MIN and
+ * KIMI_MLA_EXPAND_PREFIX in the environment set them at init (64 and 12 by
  * default where the head widths are Kimi-K2's and no decode context
  * parallelism splits the cache). */
-void kimi_backend_cuda_set_mla_expand(kimi_backend_t *b, uint32_t min_tokens);
+void kimi_backend_cuda_set_mla_expand(kimi_backend_t *b, uint32_t min_tokens,
+    uint32_t max_prefix_x);
 
 #endif

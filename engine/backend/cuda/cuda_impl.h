@@ -99,6 +99,12 @@ typedef struct {
 
 #define KIMI_CUDA_MAX_RUNS           16
 #define KIMI_CUDA_EXPAND_MIN_T       64
+/* ... and whose cached prefix is at most this many times its length: the
+ * expansion costs every key of the context once a chunk, the form saves on
+ * every query-key pair (H200, 3 K2-wide layers: a chunk of 1024 after 12K
+ * cached gains 9 %, one of 512 loses 13 %, one of 256 after 4K loses 5 %;
+ * bench/RESULTS.md 2026-11-30) */
+#define KIMI_CUDA_EXPAND_PREFIX_X    12
 /* the context is expanded in chunks of at most this many bytes of kv_b
  * output (bf16 [keys][H][256]): 4096 keys at 64 heads */
 #define KIMI_CUDA_EXPAND_BYTES       ((size_t) 128 << 20)
@@ -230,9 +236,10 @@ typedef struct {
     float                      *xs_mn;
     int                         lt_fp8;
 
-    /* expanded prefill attention (kimi_cuda_run_t): expand_min 0 = off;
+    /* expanded prefill attention (kimi_cuda_run_t): expand_min 0 = off,
+     * expand_prefix 0 = any cached prefix;
      * the context expanded expand_rows keys at a time through ex_* */
-    uint32_t                    expand_min, expand_rows;
+    uint32_t                    expand_min, expand_prefix, expand_rows;
     kimi_cuda_run_t             runs[KIMI_CUDA_MAX_RUNS];
     uint32_t                    n_runs;
     kimi_bf16_t                *ex_c, *ex_pe; /* [rows][512], [rows][64] */

@@ -15,7 +15,8 @@
  *         through the cache, as on the CPU.  Attention is the absorbed MLA
  *         decode with one query per token (its own block table row and
  *         length pos + 1), except for a sequence's prefill chunk of
- *         expand_min tokens or more: its context's latent rows are
+ *         expand_min tokens or more after a prefix of at most
+ *         expand_prefix times that: its context's latent rows are
  *         expanded by kv_b and it attends in the MHA form (cheaper per
  *         query-key pair; the CPU oracle stays absorbed).  Activations stay fp32 between kernels as on the CPU
  *         oracle (residual stream, GEMM outputs, norms, the absorptions
@@ -207,9 +208,13 @@ kimi_cuda_workspaces(kimi_cuda_t *b, kimi_err_t *err)
 
     b->expand_rows = (uint32_t) ex_rows;
     b->expand_min = 0;
+    b->expand_prefix = KIMI_CUDA_EXPAND_PREFIX_X;
     if (ex_rows > 0) {
         e = getenv("KIMI_MLA_EXPAND_MIN");
         b->expand_min = e != NULL ? (uint32_t) atoi(e) : KIMI_CUDA_EXPAND_MIN_T;
+        e = getenv("KIMI_MLA_EXPAND_PREFIX");
+        b->expand_prefix = e != NULL ? (uint32_t) atoi(e)
+                                     : KIMI_CUDA_EXPAND_PREFIX_X;
     }
 
     b->lt_fp8 = 1;
@@ -273,6 +278,8 @@ kimi_cuda_stage(kimi_cuda_t *b, const kimi_batch_t *batch, uint32_t *T_out,
         }
 
         if (b->expand_min > 0 && s->n_tokens >= b->expand_min
+            && (b->expand_prefix == 0
+                || s->pos <= (uint64_t) b->expand_prefix * s->n_tokens)
             && b->n_runs < KIMI_CUDA_MAX_RUNS)
         {
             b->runs[b->n_runs++] = (kimi_cuda_run_t) { T, s->n_tokens,
