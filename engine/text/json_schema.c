@@ -15,8 +15,9 @@
  * draft 7's items list too), minItems, maxItems,
  * minLength/maxLength (in code points; an escape is one, a \u surrogate
  * pair two), format date/time/date-time/uuid (the shape: digits and
- * separators where RFC 3339 and RFC 4122 put them) and email/hostname/
- * ipv4/uri (a pattern of their shape), pattern (a regex_dfa.h
+ * separators where RFC 3339 and RFC 4122 put them), email/hostname/
+ * ipv4/ipv6/uri/duration (a pattern of their shape) and password/binary
+ * (no syntax: any string), pattern (a regex_dfa.h
  * DFA over the raw text, which then holds no escapes), integer bounds
  * (minimum, maximum, exclusive ones; within +-10^18), number bounds (at
  * most 9 decimals; the number then written without an exponent), enum,
@@ -25,7 +26,9 @@
  * objects merged into one node that keys and const/enum values narrow,
  * a oneOf's only when a discriminator tells them apart), local
  * $ref into $defs/definitions (recursion allowed), and annotations (title,
- * description, default, examples, $schema, $id, $comment).  Objects carry
+ * description, default, examples, $schema, $id, $comment, deprecated,
+ * readOnly, writeOnly, and the content vocabulary's contentMediaType and
+ * contentEncoding, which JSON Schema never asserts).  Objects carry
  * only their listed properties, in any order, each at most once; a schema
  * without properties takes any object (or, with additionalProperties a
  * schema, keys of any name).  Strings, numbers and enum values
@@ -163,7 +166,10 @@ static int kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node);
 /* formats held to a shape by a pattern: email as HTML's "valid e-mail
  * address" (what pydantic's EmailStr takes, without quoted local parts),
  * hostname by RFC 1123's labels, ipv4 dotted decimal, uri an absolute
- * URI of RFC 3986's characters (a scheme, ':', then no space) */
+ * URI of RFC 3986's characters (a scheme, ':', then no space), ipv6 in
+ * RFC 4291's hexadecimal forms (every "::" form; no IPv4 tail, whose
+ * DFA would be 27K words against 1.5K: the output only needs to be one
+ * valid address; no zone), duration by RFC 3339's ISO 8601 rule (whole numbers, as it has them) */
 static const char *const  kimi_sc_format_shapes[][2] = {
     { "email", "^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*"
                "[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$" },
@@ -172,8 +178,24 @@ static const char *const  kimi_sc_format_shapes[][2] = {
     { "ipv4", "^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}"
               "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$" },
     { "uri", "^[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9._~:/?#@!$&'()*+,;=%\\[\\]-]+$" },
+    { "ipv6", "^(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|(?:[0-9A-Fa-f]{1,4}"
+              ":){1,7}:|(?:[0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|(?:[0-9A-Fa"
+              "-f]{1,4}:){1,5}(?::[0-9A-Fa-f]{1,4}){1,2}|(?:[0-9A-Fa-f]{1,4}:){"
+              "1,4}(?::[0-9A-Fa-f]{1,4}){1,3}|(?:[0-9A-Fa-f]{1,4}:){1,3}(?::[0-"
+              "9A-Fa-f]{1,4}){1,4}|(?:[0-9A-Fa-f]{1,4}:){1,2}(?::[0-9A-Fa-f]{1,"
+              "4}){1,5}|[0-9A-Fa-f]{1,4}:(?::[0-9A-Fa-f]{1,4}){1,6}|:(?:(?::[0-"
+              "9A-Fa-f]{1,4}){1,7}|:))$" },
+    { "duration", "^P(?:(?:[0-9]+D|[0-9]+M(?:[0-9]+D)?|[0-9]+Y(?:[0-9]+M(?:[0-9]+D)?)"
+                  "?)(?:T(?:[0-9]+H(?:[0-9]+M(?:[0-9]+S)?)?|[0-9]+M(?:[0-9]+S)?|[0-9]"
+                  "+S))?|T(?:[0-9]+H(?:[0-9]+M(?:[0-9]+S)?)?|[0-9]+M(?:[0-9]+S)?|[0-9"
+                  "]+S)|[0-9]+W)$" },
     { NULL, NULL }
 };
+
+/* formats that name no syntax (OpenAPI's display hints: pydantic's
+ * SecretStr is "password", bytes "binary"): any string */
+static const char *const  kimi_sc_format_hints[] = { "password", "binary",
+    NULL };
 
 /*
  * A string's "pattern" (ECMA-262 semantics: found anywhere in the string
@@ -246,7 +268,8 @@ static const char *const  kimi_sc_known[] = {
     "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const",
     "anyOf", "oneOf", "$ref",
     "$defs", "definitions", "title", "description", "default", "examples",
-    "$schema", "$id", "$comment", "discriminator", NULL
+    "$schema", "$id", "$comment", "discriminator", "deprecated", "readOnly",
+    "writeOnly", "contentMediaType", "contentEncoding", NULL
 };
 
 /* keywords that only describe: allowed beside $ref and anyOf */
@@ -257,7 +280,8 @@ kimi_sc_annotation(const char *k)
      * names what the alternatives' const values already hold apart */
     static const char *const  a[] = { "title", "description", "default",
         "examples", "$schema", "$id", "$comment", "$defs", "definitions",
-        "discriminator", NULL };
+        "discriminator", "deprecated", "readOnly", "writeOnly",
+        "contentMediaType", "contentEncoding", NULL };
 
     for (size_t i = 0; a[i] != NULL; i++) {
         if (strcmp(k, a[i]) == 0) {
@@ -1363,6 +1387,15 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
                     shape = kimi_sc_format_shapes[j][1];
                 }
             }
+            for (size_t j = 0; f > KIMI_SF_UUID && json_is_string(fmt)
+                               && kimi_sc_format_hints[j] != NULL; j++)
+            {
+                if (strcmp(json_string_value(fmt), kimi_sc_format_hints[j])
+                    == 0)
+                {
+                    f = KIMI_SF_NONE;
+                }
+            }
             if (shape != NULL) {        /* held to its shape as a pattern */
                 if (kimi_sc_pattern(c, shape, strlen(shape), &dfa, &n_dfa)
                     != 0)
@@ -1373,7 +1406,8 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
             } else if (f > KIMI_SF_UUID) {
                 return kimi_sc_fail(c, "\"format\" \"%.64s\" is not"
                                     " supported (date, time, date-time, uuid,"
-                                    " email, hostname, ipv4 and uri are)",
+                                    " email, hostname, ipv4, ipv6, uri,"
+                                    " duration, password and binary are)",
                                     json_is_string(fmt)
                                     ? json_string_value(fmt) : "?");
             }
@@ -1464,7 +1498,8 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
                                 " items, prefixItems, minItems, maxItems,"
                                 " minLength, maxLength, format (date, time,"
                                 " date-time, uuid, email, hostname, ipv4,"
-                                " uri), pattern, minimum/maximum (and their"
+                                " ipv6, uri, duration, password, binary),"
+                                " pattern, minimum/maximum (and their"
                                 " exclusive forms), enum, const, anyOf/oneOf"
                                 " and $ref", k);
         }

@@ -1053,10 +1053,12 @@ kimi_regex_compile_forbid(const char *pattern, size_t len,
                 cut[rx.st[i].hi + 1] = 1;
             }
         }
-        for (int b = 0; forbid != NULL && b < 256; b++) {
-            if (forbid[b]) {                  /* a class of its own */
+        /* a run of forbidden bytes is a class apart from its allowed
+         * neighbours (one class, not one a byte: the control bytes alone
+         * would add 32 columns to every state) */
+        for (int b = 1; forbid != NULL && b <= 256; b++) {
+            if ((b < 256 && forbid[b]) != (forbid[b - 1] != 0)) {
                 cut[b] = 1;
-                cut[b + 1] = 1;
             }
         }
         for (int b = 0; b < 256; b++) {

@@ -3,12 +3,14 @@
 Usage: structured_client.py BASE_URL MODEL LOGIT_BIAS_JSON.  A Pydantic model
 goes through client.chat.completions.parse() (response_format json_schema,
 strict, as the client writes it: $defs, $ref, anyOf with null, enum,
-Literal); the engine must make the random tiny model's answers fit it.
+Literal, unions of models, formats, writeOnly / deprecated annotations);
+the engine must make the random tiny model's answers fit it.
 Prints TAP lines ("ok N - claim") for the calling .t to relay.
 """
 
 import datetime
 import enum
+import ipaddress
 import json
 import re
 import sys
@@ -18,7 +20,7 @@ from typing import List, Literal, Optional, Union
 import openai
 
 from tap import check, plan
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 base, model, bias = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0)
@@ -68,6 +70,14 @@ class Owner(BaseModel):
     other: Union[Bird, Cat]
 
 
+class Host(BaseModel):
+    """Formats and annotations pydantic writes: format ipv6, SecretStr's
+    format password with writeOnly, a deprecated field"""
+    addr: ipaddress.IPv6Address
+    secret: SecretStr = Field(max_length=24)
+    port: int = Field(ge=1, le=65535, json_schema_extra={"deprecated": True})
+
+
 parsed, cut = 0, 0
 for seed in range(1, 7):
     try:
@@ -105,4 +115,20 @@ for seed in range(1, 5):
           % (seed, o.model_dump_json() if o is not None else None))
     owners += o is not None
 check(owners > 0, "%d of 4 union answers parsed" % owners)
+
+hosts = 0
+for seed in range(1, 5):
+    try:
+        r = client.chat.completions.parse(
+            model=model, messages=[{"role": "user", "content": "hi"}],
+            response_format=Host, max_tokens=200, temperature=1.0,
+            seed=seed, logit_bias=bias)
+    except openai.LengthFinishReasonError:
+        continue
+    h = r.choices[0].message.parsed
+    check(isinstance(h, Host) and isinstance(h.addr, ipaddress.IPv6Address),
+          "seed %d: an IPv6 address, a secret, a deprecated field parsed: %s"
+          % (seed, h.model_dump_json() if h is not None else None))
+    hosts += h is not None
+check(hosts > 0, "%d of 4 host answers parsed" % hosts)
 plan()

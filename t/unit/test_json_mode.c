@@ -1235,7 +1235,8 @@ test_schema_tuples(void)
 }
 
 
-/* formats held to their shape by a pattern: email, hostname, ipv4, uri */
+/* formats held to their shape by a pattern (email, hostname, ipv4, ipv6,
+ * uri, duration), and the hints that name no syntax (password, binary) */
 static void
 test_schema_format_shapes(void)
 {
@@ -1244,6 +1245,18 @@ test_schema_format_shapes(void)
         { "hostname", "[\"example.com\", \"a-1.b\", \"x\"]", "[\"-a.com\"]" },
         { "ipv4", "[\"192.168.0.1\", \"0.0.0.0\", \"255.255.255.255\"]", "[\"256.1.1.1\"]" },
         { "uri", "[\"https://example.com/a?b=c#d\", \"urn:isbn:0451450523\"]", "[\"no scheme\"]" },
+        { "ipv6", "[\"2001:db8::1\", \"::\", \"::1\", \"fe80::\", \"1:2:3:4:5:6:7:8\"]", "[\"1:2:3:4:5:6:7:8:9\"]" },
+        { "ipv6", "[\"1::2:3:4:5:6:7\", \"::ffff:c000:201\"]", "[\"1::2::3\"]" },
+        /* the IPv4 tail is valid but left out (hexadecimal forms only) */
+        { "ipv6", "[\"a:b:c:d:e:f:0:1\"]", "[\"::ffff:192.0.2.1\"]" },
+        { "ipv6", "[\"::1:2:3:4:5:6:7\", \"ABCD:ef01::\"]", "[\"12345::\"]" },
+        { "ipv6", "[\"1:2:3:4:5:6::\"]", "[\":1\"]" },
+        { "duration", "[\"P1Y2M3DT4H5M6S\", \"PT0S\", \"P2W\", \"P1D\", \"PT36H\"]", "[\"P\"]" },
+        { "duration", "[\"P1M\", \"PT1M30S\"]", "[\"P1DT\"]" },
+        { "duration", "[\"P3Y\"]", "[\"P1W2D\"]" },
+        { "duration", "[\"PT2H\"]", "[\"PT0.5S\"]" },
+        { "password", "[\"hunter2\", \"\"]", "[1]" },
+        { "binary", "[\"\\u0000x\"]", "[true]" },
     };
     char      text[256], err[512];
     size_t    n;
