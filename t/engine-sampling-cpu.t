@@ -348,6 +348,28 @@ like($r->{json}{choices}[0]{message}{content} // '',
     'a forced key and const value come out whatever the bias: '
     . ($r->{json}{choices}[0]{message}{content} // ''));
 
+# allOf as OpenAPI composes models (a base by $ref, then its extension):
+# the answer holds both members' required keys, of their types
+$r = $t->post('/v1/chat/completions', chat_body(content => 'hi',
+    max_tokens => 60, temperature => 1.0, seed => 3, logit_bias => \%nudge,
+    response_format => { type => 'json_schema', json_schema => { name => 'pet',
+        schema => { '$defs' => { Base => { type => 'object',
+                        properties => { id => { type => 'integer', minimum => 0, maximum => 99 } },
+                        required => [ 'id' ] } },
+                    allOf => [ { '$ref' => '#/$defs/Base' },
+                               { type => 'object',
+                                 properties => { name => { type => 'string', maxLength => 4 } },
+                                 required => [ 'name' ] } ] } } }));
+{
+    my $c = $r->{json}{choices}[0];
+    my $v = eval { JSON::PP->new->decode($c->{message}{content} // '') };
+    ok($r->{status} == 200 && ref $v eq 'HASH' && defined $v->{id}
+       && $v->{id} =~ /^\d+$/ && $v->{id} <= 99 && defined $v->{name}
+       && length($v->{name}) <= 4 && keys(%$v) == 2,
+       'allOf of a $ref and an extension: both members\' keys, of their types: '
+       . (defined $v ? JSON::PP->new->canonical->encode($v) : $r->{status}));
+}
+
 # the official openai client: a Pydantic model through
 # client.chat.completions.parse() (strict json_schema with $defs, $ref,
 # anyOf with null, enum, Literal), answers parsed into the model

@@ -21,7 +21,10 @@
  * DFA over the raw text, which then holds no escapes), integer bounds
  * (minimum, maximum, exclusive ones; within +-10^18), number bounds (at
  * most 9 decimals; the number then written without an exponent), enum,
- * const, anyOf/oneOf whose alternatives start with different bytes (an
+ * const, allOf (the members' keywords merged into one schema: types
+ * intersect, bounds tighten, enums intersect, required adds up, a name's
+ * schemas meet; a $ref with keywords beside it the same), anyOf/oneOf
+ * whose alternatives start with different bytes (an
  * anyOf's alternatives that another takes whole dropped first; their
  * objects merged into one node that keys and const/enum values narrow,
  * a oneOf's only when a discriminator tells them apart), local
@@ -57,6 +60,8 @@ typedef struct {
     char           path[256];
     char          *err;
     size_t         errlen;
+    json_t        *owned;          /* allOf's merged schemas, alive until
+                                      the program is built */
 } kimi_sc_t;
 
 
@@ -266,7 +271,7 @@ static const char *const  kimi_sc_known[] = {
     "format", "pattern",
     "minimum",
     "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const",
-    "anyOf", "oneOf", "$ref",
+    "anyOf", "oneOf", "allOf", "$ref",
     "$defs", "definitions", "title", "description", "default", "examples",
     "$schema", "$id", "$comment", "discriminator", "deprecated", "readOnly",
     "writeOnly", "contentMediaType", "contentEncoding", NULL
@@ -873,6 +878,491 @@ kimi_sc_ref(kimi_sc_t *c, const char *ref, int32_t *node)
         }
     }
     return kimi_sc_node(c, t, node);
+}
+
+
+/* ---- allOf: its members merged into one schema ---------------------------- */
+
+/* a member as a schema of keywords: $refs followed (beside annotations),
+ * nested allOfs and the keywords beside them flattened into out */
+static int
+kimi_sc_allof_members(kimi_sc_t *c, const json_t *s, json_t *out, int depth)
+{
+    const json_t  *v, *all;
+    const char    *k;
+    json_t        *rest;
+    size_t         i;
+
+    if (depth > 16) {
+        return kimi_sc_fail(c, "\"allOf\" nested or referenced deeper than"
+                            " 16");
+    }
+    if (json_is_true(s)) {
+        return 0;
+    }
+    if (!json_is_object(s)) {
+        return kimi_sc_fail(c, "an \"allOf\" member must be a schema");
+    }
+    v = json_object_get(s, "$ref");
+    if (v != NULL) {
+        const json_t  *t = NULL;
+        const char    *ref = json_is_string(v) ? json_string_value(v) : "";
+
+        /* keywords beside a $ref apply too (draft 2019-09 on) */
+        rest = json_object();
+        if (rest == NULL) {
+            return kimi_sc_fail(c, "out of memory");
+        }
+        json_object_foreach((json_t *) s, k, v) {
+            if (strcmp(k, "$ref") != 0) {
+                json_object_set(rest, k, (json_t *) v);
+            }
+        }
+        if (json_object_size(rest) > 0
+            && kimi_sc_allof_members(c, rest, out, depth + 1) != 0)
+        {
+            json_decref(rest);
+            return -1;
+        }
+        json_decref(rest);
+        if (strcmp(ref, "#") == 0) {
+            t = c->root;
+        } else if (strncmp(ref, "#/$defs/", 8) == 0) {
+            t = json_object_get(json_object_get(c->root, "$defs"), ref + 8);
+        } else if (strncmp(ref, "#/definitions/", 14) == 0) {
+            t = json_object_get(json_object_get(c->root, "definitions"),
+                                ref + 14);
+        }
+        if (t == NULL) {
+            return kimi_sc_fail(c, "\"$ref\" \"%.128s\" in an \"allOf\":"
+                                " only references into this schema's"
+                                " \"$defs\" or \"definitions\" are"
+                                " supported, and that one is not there",
+                                ref);
+        }
+        return kimi_sc_allof_members(c, t, out, depth + 1);
+    }
+    all = json_object_get(s, "allOf");
+    rest = json_object();
+    if (rest == NULL) {
+        return kimi_sc_fail(c, "out of memory");
+    }
+    json_object_foreach((json_t *) s, k, v) {
+        if (strcmp(k, "allOf") != 0 && !kimi_sc_annotation(k)) {
+            json_object_set(rest, k, (json_t *) v);
+        }
+    }
+    if (json_object_size(rest) > 0) {
+        json_array_append(out, rest);
+    }
+    json_decref(rest);
+    if (all != NULL) {
+        if (!json_is_array(all) || json_array_size(all) == 0
+            || json_array_size(all) > 16)
+        {
+            return kimi_sc_fail(c, "\"allOf\" must list 1 to 16 schemas");
+        }
+        json_array_foreach(all, i, v) {
+            if (kimi_sc_allof_members(c, v, out, depth + 1) != 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+
+/* the schemas of list (json values), one if they are equal, else an allOf
+ * of them (merged in its turn when compiled); NULL: none */
+static json_t *
+kimi_sc_allof_of(json_t *list)
+{
+    size_t   i;
+    json_t  *v;
+
+    if (json_array_size(list) == 0) {
+        return NULL;
+    }
+    json_array_foreach(list, i, v) {
+        if (!json_equal(v, json_array_get(list, 0))) {
+            return json_pack("{sO}", "allOf", list);
+        }
+    }
+    return json_incref(json_array_get(list, 0));
+}
+
+
+/* the types a member allows, as bits (1 object, 2 array, 4 string,
+ * 8 integer, 16 number = both numbers, 32 boolean, 64 null); all without
+ * "type" */
+static int
+kimi_sc_type_bits(kimi_sc_t *c, const json_t *t, unsigned *bits)
+{
+    static const char *const  names[] = { "object", "array", "string",
+        "integer", "number", "boolean", "null" };
+    const json_t             *v;
+    size_t                    i, j, n;
+
+    if (t == NULL) {
+        *bits = 127;
+        return 0;
+    }
+    *bits = 0;
+    n = json_is_array(t) ? json_array_size(t) : 1;
+    for (i = 0; i < n; i++) {
+        v = json_is_array(t) ? json_array_get(t, i) : t;
+        for (j = 0; j < 7; j++) {
+            if (json_is_string(v) && strcmp(json_string_value(v), names[j])
+                == 0)
+            {
+                break;
+            }
+        }
+        if (j == 7) {
+            return kimi_sc_fail(c, "\"type\" must be a type name or a list"
+                                " of them");
+        }
+        *bits |= j == 4 ? 8 | 16 : 1u << j;
+    }
+    return 0;
+}
+
+
+/* 1 if value v is of a type in bits (kimi_sc_type_bits) */
+static int
+kimi_sc_type_allows(unsigned bits, const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:  return (bits & 1) != 0;
+    case JSON_ARRAY:   return (bits & 2) != 0;
+    case JSON_STRING:  return (bits & 4) != 0;
+    case JSON_INTEGER: return (bits & 8) != 0;
+    case JSON_REAL:    return (bits & 16) != 0
+                              || ((bits & 8) != 0
+                                  && json_real_value(v)
+                                     == floor(json_real_value(v)));
+    case JSON_TRUE:
+    case JSON_FALSE:   return (bits & 32) != 0;
+    default:           return (bits & 64) != 0;
+    }
+}
+
+
+/*
+ * allOf: every member must hold, so the members' keywords are merged into
+ * one schema.  Each keyword of a schema already applies on its own, so a
+ * keyword only one member has is taken as it is; shared ones merge by what
+ * they mean: types intersect, required adds up, lower bounds take the
+ * highest and upper ones the lowest, enum values intersect, equal values
+ * stay, and a property's schemas (or those additionalProperties give a
+ * name) meet in an allOf of their own.  A name one member's
+ * additionalProperties false leaves out is left out (an error if another
+ * requires it); the merged object writes only its listed names.  What
+ * cannot merge (two patterns, formats or anyOfs, prefixItems beside
+ * another member's items) is an error that names it.
+ */
+static int
+kimi_sc_allof(kimi_sc_t *c, const json_t *s, int32_t *node)
+{
+    static const char *const  lower[] = { "minimum", "exclusiveMinimum",
+        "minLength", "minItems", NULL };
+    static const char *const  upper[] = { "maximum", "exclusiveMaximum",
+        "maxLength", "maxItems", NULL };
+    static const char *const  types[] = { "object", "array", "string",
+        "integer", "number", "boolean", "null" };
+    json_t        *mem = json_array(), *m = json_object(), *names = NULL;
+    json_t        *req = json_array(), *v, *w, *x;
+    const char    *k;
+    size_t         i, j, n;
+    unsigned       tb = 127, b;
+    int            any_props = 0, rc = -1;
+
+    if (mem == NULL || m == NULL || req == NULL) {
+        kimi_sc_fail(c, "out of memory");
+        goto done;
+    }
+    if (kimi_sc_allof_members(c, s, mem, 0) != 0) {
+        goto done;
+    }
+    n = json_array_size(mem);
+
+    /* keywords one at a time across the members */
+    json_array_foreach(mem, i, v) {
+        json_object_foreach(v, k, w) {
+            if (strcmp(k, "type") == 0) {
+                if (kimi_sc_type_bits(c, w, &b) != 0) {
+                    goto done;
+                }
+                tb &= b;
+                continue;
+            }
+            if (strcmp(k, "required") == 0) {
+                if (!json_is_array(w)) {
+                    kimi_sc_fail(c, "\"required\" must be a list of names");
+                    goto done;
+                }
+                json_array_foreach(w, j, x) {
+                    size_t  q;
+                    json_t *y;
+                    int     seen = 0;
+
+                    json_array_foreach(req, q, y) {
+                        seen |= json_equal(x, y);
+                    }
+                    if (!seen) {
+                        json_array_append(req, x);
+                    }
+                }
+                continue;
+            }
+            if (strcmp(k, "properties") == 0
+                || strcmp(k, "additionalProperties") == 0)
+            {
+                any_props = 1;
+                continue;
+            }
+            x = json_object_get(m, k);
+            if (x == NULL) {
+                json_object_set(m, k, w);
+                continue;
+            }
+            if (json_equal(x, w)) {
+                continue;
+            }
+            for (j = 0; lower[j] != NULL; j++) {
+                if (strcmp(k, lower[j]) == 0 || strcmp(k, upper[j]) == 0) {
+                    break;
+                }
+            }
+            if (lower[j] != NULL && json_is_number(x) && json_is_number(w)) {
+                int  hi = json_number_value(w) > json_number_value(x);
+
+                if (strcmp(k, lower[j]) == 0 ? hi : !hi) {
+                    json_object_set(m, k, w);
+                }
+                continue;
+            }
+            if (strcmp(k, "enum") == 0 && json_is_array(x)
+                && json_is_array(w))
+            {
+                json_t  *both = json_array(), *y;
+                size_t   q;
+
+                json_array_foreach(x, j, y) {
+                    json_t  *z;
+
+                    json_array_foreach(w, q, z) {
+                        if (json_equal(y, z)) {
+                            json_array_append(both, y);
+                            break;
+                        }
+                    }
+                }
+                json_object_set_new(m, k, both);
+                continue;
+            }
+            if (strcmp(k, "items") == 0) {
+                json_t  *two = json_pack("[OO]", x, w);
+                json_t  *one = two != NULL ? kimi_sc_allof_of(two) : NULL;
+
+                json_decref(two);
+                if (one == NULL) {
+                    kimi_sc_fail(c, "out of memory");
+                    goto done;
+                }
+                json_object_set_new(m, k, one);
+                continue;
+            }
+            kimi_sc_fail(c, "\"allOf\" members give \"%.64s\" different"
+                         " values: only equal ones, bounds, types, enum,"
+                         " required, items and properties merge", k);
+            goto done;
+        }
+    }
+    if (json_object_get(m, "prefixItems") != NULL
+        && json_object_get(m, "items") != NULL)
+    {
+        json_array_foreach(mem, i, v) {
+            if (json_object_get(v, "items") != NULL
+                && json_object_get(v, "prefixItems") == NULL)
+            {
+                kimi_sc_fail(c, "\"allOf\": one member's \"prefixItems\""
+                             " beside another's \"items\" is not"
+                             " supported");
+                goto done;
+            }
+        }
+    }
+    if (json_object_get(m, "const") != NULL
+        && json_object_get(m, "enum") != NULL)
+    {
+        int  in = 0;
+
+        json_array_foreach(json_object_get(m, "enum"), j, x) {
+            in |= json_equal(x, json_object_get(m, "const"));
+        }
+        if (!in) {
+            kimi_sc_fail(c, "\"allOf\": the \"const\" of one member is not"
+                         " among another's \"enum\" values");
+            goto done;
+        }
+        json_object_del(m, "enum");
+    }
+    if (json_is_array(json_object_get(m, "enum"))
+        && json_array_size(json_object_get(m, "enum")) == 0)
+    {
+        kimi_sc_fail(c, "\"allOf\": the members' \"enum\" values have none"
+                     " in common");
+        goto done;
+    }
+    if (tb == 0) {
+        kimi_sc_fail(c, "\"allOf\": the members allow no common \"type\"");
+        goto done;
+    }
+    if (tb != 127) {
+        json_t  *t = json_array(), *e = json_object_get(m, "enum"), *kept;
+
+        /* enum and const values of the types every member allows */
+        x = json_object_get(m, "const");
+        if (x != NULL && !kimi_sc_type_allows(tb, x)) {
+            json_decref(t);
+            kimi_sc_fail(c, "\"allOf\": one member's \"const\" is not of a"
+                         " \"type\" another allows");
+            goto done;
+        }
+        if (json_is_array(e)) {
+            kept = json_array();
+            json_array_foreach(e, j, x) {
+                if (kimi_sc_type_allows(tb, x)) {
+                    json_array_append(kept, x);
+                }
+            }
+            if (json_array_size(kept) == 0) {
+                json_decref(kept);
+                json_decref(t);
+                kimi_sc_fail(c, "\"allOf\": no \"enum\" value is of a"
+                             " \"type\" every member allows");
+                goto done;
+            }
+            json_object_set_new(m, "enum", kept);
+        }
+
+        for (j = 0; j < 7; j++) {
+            if (j == 3 ? (tb & 24) == 8 : j == 4 ? (tb & 16) != 0
+                : (tb & (1u << j)) != 0)
+            {
+                json_array_append_new(t, json_string(types[j]));
+            }
+        }
+        json_object_set_new(m, "type", json_array_size(t) == 1
+                            ? json_incref(json_array_get(t, 0)) : t);
+        if (json_array_size(t) == 1) {
+            json_decref(t);
+        }
+    }
+
+    /* properties: every name any member lists, held to each member's
+     * schema for it (its property, or its additionalProperties) */
+    if (any_props) {
+        json_t  *props = json_object(), *adds = json_array();
+
+        names = json_array();
+        json_array_foreach(mem, i, v) {
+            json_object_foreach(json_object_get(v, "properties"), k, w) {
+                if (json_object_get(props, k) == NULL) {
+                    json_object_set_new(props, k, json_array());
+                    json_array_append_new(names, json_string(k));
+                }
+            }
+        }
+        json_array_foreach(names, j, x) {
+            const char  *name = json_string_value(x);
+            json_t      *cons = json_object_get(props, name), *one;
+            int          allowed = 1;
+
+            json_array_foreach(mem, i, v) {
+                const json_t  *p = json_object_get(v, "properties");
+                const json_t  *a = json_object_get(v, "additionalProperties");
+
+                if (json_object_get(p, name) != NULL) {
+                    json_array_append(cons, json_object_get(p, name));
+                } else if (json_is_false(a)) {
+                    allowed = 0;
+                } else if (json_is_object(a)) {
+                    json_array_append(cons, (json_t *) a);
+                }
+            }
+            if (!allowed) {
+                json_t  *y;
+                size_t   q;
+
+                json_array_foreach(req, q, y) {
+                    if (strcmp(json_string_value(y), name) == 0) {
+                        json_decref(props);
+                        json_decref(adds);
+                        kimi_sc_fail(c, "\"allOf\": \"%.64s\" is required"
+                                     " by one member and not allowed by"
+                                     " another's additionalProperties",
+                                     name);
+                        goto done;
+                    }
+                }
+                json_object_del(props, name);
+                continue;
+            }
+            one = kimi_sc_allof_of(cons);
+            json_object_set_new(props, name, one != NULL ? one
+                                                         : json_object());
+        }
+        if (json_object_size(props) > 0) {
+            json_object_set(m, "properties", props);
+            json_object_set_new(m, "additionalProperties", json_false());
+        } else {
+            /* no names: the members' additionalProperties meet */
+            int  none = 0;
+
+            json_array_foreach(mem, i, v) {
+                const json_t  *a = json_object_get(v, "additionalProperties");
+
+                none |= json_is_false(a);
+                if (json_is_object(a)) {
+                    json_array_append(adds, (json_t *) a);
+                }
+            }
+            x = none ? json_false() : kimi_sc_allof_of(adds);
+            if (x != NULL) {
+                json_object_set_new(m, "additionalProperties", x);
+            }
+        }
+        json_decref(props);
+        json_decref(adds);
+    }
+    json_array_foreach(req, j, x) {
+        if (json_object_get(json_object_get(m, "properties"),
+                            json_string_value(x)) == NULL)
+        {
+            kimi_sc_fail(c, "\"allOf\": \"required\" names \"%.64s\", which"
+                         " no member lists in its \"properties\"",
+                         json_string_value(x));
+            goto done;
+        }
+    }
+    if (json_array_size(req) > 0) {
+        json_object_set(m, "required", req);
+    }
+    if (json_array_append(c->owned, m) != 0) {
+        kimi_sc_fail(c, "out of memory");
+        goto done;
+    }
+    (void) n;
+    rc = kimi_sc_node(c, m, node);
+
+done:
+    json_decref(mem);
+    json_decref(m);
+    json_decref(req);
+    json_decref(names);
+    return rc;
 }
 
 
@@ -1500,14 +1990,26 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
                                 " date-time, uuid, email, hostname, ipv4,"
                                 " ipv6, uri, duration, password, binary),"
                                 " pattern, minimum/maximum (and their"
-                                " exclusive forms), enum, const, anyOf/oneOf"
-                                " and $ref", k);
+                                " exclusive forms), enum, const, allOf,"
+                                " anyOf/oneOf and $ref", k);
         }
         if (!kimi_sc_annotation(k) && strcmp(k, "$ref") != 0
             && strcmp(k, "anyOf") != 0 && strcmp(k, "oneOf") != 0)
         {
             only_annotations = 0;
         }
+    }
+
+    /* allOf, and a $ref with keywords beside it (draft 2019-09 on: both
+     * apply), merge into one schema */
+    if (json_object_get(s, "allOf") != NULL
+        || (json_object_get(s, "$ref") != NULL && !only_annotations
+            && json_object_get(s, "anyOf") == NULL
+            && json_object_get(s, "oneOf") == NULL))
+    {
+        rc = kimi_sc_allof(c, s, node);
+        c->depth--;
+        return rc;
     }
 
     v = json_object_get(s, "$ref");
@@ -1696,11 +2198,16 @@ kimi_json_schema_compile(const json_t *schema, int32_t **prog, size_t *n,
     c.root = schema;
     c.err = err;
     c.errlen = errlen;
+    c.owned = json_array();
 
-    if (kimi_sc_alloc(&c, 2) < 0 || kimi_sc_node(&c, schema, &root) != 0) {
+    if (c.owned == NULL || kimi_sc_alloc(&c, 2) < 0
+        || kimi_sc_node(&c, schema, &root) != 0)
+    {
+        json_decref(c.owned);
         free(c.w);
         return -1;
     }
+    json_decref(c.owned);               /* the program holds no pointers */
     if (root == 0) {                   /* any value at the top: an object */
         root = kimi_sc_alloc(&c, 5);
         if (root < 0) {

@@ -1277,6 +1277,80 @@ test_schema_format_shapes(void)
 }
 
 
+/* allOf: the members' keywords merged into one schema, a $ref with
+ * keywords beside it the same; what cannot merge is refused naming it */
+static void
+test_schema_allof(void)
+{
+    static const struct { const char *schema, *good, *bad; } t[] = {
+        /* OpenAPI-style composition: a base model and its extension */
+        { "{\"$defs\": {\"Base\": {\"type\": \"object\", \"properties\": {\"id\": {\"type\": \"integer\"}},"
+          " \"required\": [\"id\"]}}, \"allOf\": [{\"$ref\": \"#/$defs/Base\"}, {\"type\": \"object\","
+          " \"properties\": {\"name\": {\"type\": \"string\", \"maxLength\": 3}}, \"required\": [\"name\"]}]}",
+          "{\"id\": 1, \"name\": \"ab\"}", "{\"id\": 1}" },
+        /* a property both members constrain: bounds meet */
+        { "{\"type\": \"object\", \"allOf\": [{\"properties\": {\"n\": {\"type\": \"integer\", \"minimum\": 0}}},"
+          " {\"properties\": {\"n\": {\"maximum\": 9}}, \"required\": [\"n\"]}]}",
+          "{\"n\": 9}", "{\"n\": 10}" },
+        { "{\"type\": \"object\", \"allOf\": [{\"properties\": {\"n\": {\"type\": \"integer\", \"minimum\": 0}}},"
+          " {\"properties\": {\"n\": {\"maximum\": 9}}, \"required\": [\"n\"]}]}",
+          "{\"n\": 0}", "{\"n\": -1}" },
+        /* one member closes the object: the other's extra name is left out */
+        { "{\"type\": \"object\", \"allOf\": [{\"properties\": {\"a\": {\"type\": \"boolean\"}},"
+          " \"additionalProperties\": false}, {\"properties\": {\"b\": {\"type\": \"boolean\"}}}]}",
+          "{\"a\": true}", "{\"b\": true}" },
+        /* enum values intersect; type keeps only the values of its type */
+        { "{\"type\": \"object\", \"properties\": {\"c\": {\"allOf\": [{\"enum\": [\"r\", \"g\", 1]},"
+          " {\"enum\": [\"g\", \"b\", 1]}, {\"type\": \"string\"}]}}, \"required\": [\"c\"]}",
+          "{\"c\": \"g\"}", "{\"c\": 1}" },
+        /* a $ref with keywords beside it (pydantic's field with a constraint) */
+        { "{\"$defs\": {\"S\": {\"type\": \"string\", \"minLength\": 2}}, \"type\": \"object\","
+          " \"properties\": {\"s\": {\"$ref\": \"#/$defs/S\", \"maxLength\": 2}}, \"required\": [\"s\"]}",
+          "{\"s\": \"ab\"}", "{\"s\": \"abc\"}" },
+        /* integer within number: integer */
+        { "{\"type\": \"array\", \"items\": {\"allOf\": [{\"type\": \"number\"}, {\"type\": [\"integer\", \"string\"]}]}}",
+          "[1, 2]", "[1.5]" },
+        /* items of both members meet */
+        { "{\"allOf\": [{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"minimum\": 0}},"
+          " {\"items\": {\"maximum\": 5}, \"maxItems\": 2}]}", "[0, 5]", "[6]" },
+    };
+    static const struct { const char *schema, *err; } bad[] = {
+        { "{\"type\": \"object\", \"allOf\": [{\"properties\": {\"a\": {\"type\": \"string\"}},"
+          " \"additionalProperties\": false}, {\"properties\": {\"b\": {}}, \"required\": [\"b\"]}]}",
+          "\"b\" is required by one member and not allowed" },
+        { "{\"type\": \"object\", \"properties\": {\"s\": {\"allOf\": [{\"type\": \"string\", \"pattern\": \"^a\"},"
+          " {\"pattern\": \"b$\"}]}}}", "give \"pattern\" different values" },
+        { "{\"type\": \"object\", \"properties\": {\"s\": {\"allOf\": [{\"type\": \"string\"}, {\"type\": \"integer\"}]}}}",
+          "no common \"type\"" },
+        { "{\"type\": \"object\", \"properties\": {\"s\": {\"allOf\": [{\"enum\": [1, 2]}, {\"enum\": [3]}]}}}",
+          "have none in common" },
+        { "{\"type\": \"object\", \"properties\": {\"s\": {\"allOf\": [{\"const\": \"x\"}, {\"type\": \"integer\"}]}}}",
+          "\"const\" is not of a \"type\"" },
+        { "{\"type\": \"object\", \"allOf\": [{\"$ref\": \"#/$defs/Missing\"}]}", "that one is not there" },
+    };
+    char      err[512];
+    size_t    n;
+    int32_t  *prog;
+    int       done, good;
+
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        prog = compile(t[i].schema, &n, err, sizeof(err));
+        good = prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0;
+        good = good && accepts(prog, t[i].good, &done) && done;
+        good = good && !(accepts(prog, t[i].bad, &done) && done);
+        ok(good, "allOf %zu: %s taken, %s refused (%s)", i, t[i].good, t[i].bad,
+           prog == NULL ? err : "ok");
+        free(prog);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        prog = compile(bad[i].schema, &n, err, sizeof(err));
+        ok(prog == NULL && strstr(err, bad[i].err) != NULL, "allOf refused %zu: %s",
+           i, prog == NULL ? err : "compiled");
+        free(prog);
+    }
+}
+
+
 /* a decimal text (no exponent) times 10^12, exactly */
 static __int128
 dec12(const char *t)
@@ -1413,6 +1487,7 @@ main(void)
     test_schema_additional();
     test_schema_tuples();
     test_schema_format_shapes();
+    test_schema_allof();
     test_schema_number_bounds();
     test_schema_sampler();
     test_schema_dead_end();
