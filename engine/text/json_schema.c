@@ -851,11 +851,11 @@ kimi_sc_union_node(kimi_sc_t *c, const json_t *s)
 }
 
 
-static int
-kimi_sc_ref(kimi_sc_t *c, const char *ref, int32_t *node)
+/* the schema a local $ref names, or NULL (an error set) */
+static const json_t *
+kimi_sc_ref_target(kimi_sc_t *c, const char *ref)
 {
     const json_t  *t = NULL;
-    size_t         i;
 
     if (strcmp(ref, "#") == 0) {
         t = c->root;
@@ -866,10 +866,22 @@ kimi_sc_ref(kimi_sc_t *c, const char *ref, int32_t *node)
                             ref + 14);
     }
     if (t == NULL) {
-        return kimi_sc_fail(c, "\"$ref\" \"%.128s\": only references into"
-                            " this schema's \"$defs\" or \"definitions\""
-                            " are supported, and that one is not there",
-                            ref);
+        kimi_sc_fail(c, "\"$ref\" \"%.128s\": only references into this"
+                     " schema's \"$defs\" or \"definitions\" are supported,"
+                     " and that one is not there", ref);
+    }
+    return t;
+}
+
+
+static int
+kimi_sc_ref(kimi_sc_t *c, const char *ref, int32_t *node)
+{
+    const json_t  *t = kimi_sc_ref_target(c, ref);
+    size_t         i;
+
+    if (t == NULL) {
+        return -1;
     }
     for (i = 0; i < c->n_memo; i++) {
         if (c->memo_schema[i] == t) {
@@ -925,22 +937,8 @@ kimi_sc_allof_members(kimi_sc_t *c, const json_t *s, json_t *out, int depth)
             return -1;
         }
         json_decref(rest);
-        if (strcmp(ref, "#") == 0) {
-            t = c->root;
-        } else if (strncmp(ref, "#/$defs/", 8) == 0) {
-            t = json_object_get(json_object_get(c->root, "$defs"), ref + 8);
-        } else if (strncmp(ref, "#/definitions/", 14) == 0) {
-            t = json_object_get(json_object_get(c->root, "definitions"),
-                                ref + 14);
-        }
-        if (t == NULL) {
-            return kimi_sc_fail(c, "\"$ref\" \"%.128s\" in an \"allOf\":"
-                                " only references into this schema's"
-                                " \"$defs\" or \"definitions\" are"
-                                " supported, and that one is not there",
-                                ref);
-        }
-        return kimi_sc_allof_members(c, t, out, depth + 1);
+        t = kimi_sc_ref_target(c, ref);
+        return t != NULL ? kimi_sc_allof_members(c, t, out, depth + 1) : -1;
     }
     all = json_object_get(s, "allOf");
     rest = json_object();

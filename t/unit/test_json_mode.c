@@ -1326,7 +1326,7 @@ test_schema_allof(void)
           "have none in common" },
         { "{\"type\": \"object\", \"properties\": {\"s\": {\"allOf\": [{\"const\": \"x\"}, {\"type\": \"integer\"}]}}}",
           "\"const\" is not of a \"type\"" },
-        { "{\"type\": \"object\", \"allOf\": [{\"$ref\": \"#/$defs/Missing\"}]}", "that one is not there" },
+        { "{\"type\": \"object\", \"allOf\": [{\"$ref\": \"#/$defs/Missing\"}]}", "\"#/$defs/Missing\": only references" },
     };
     char      err[512];
     size_t    n;
