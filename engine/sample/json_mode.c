@@ -324,8 +324,22 @@ kimi_json_format_byte(kimi_json_state_t *s, int32_t fmt, unsigned char c)
 }
 
 
-/* 1 if an integer within the bounds of s->inode is written with the
- * sign and digits read so far at its start (whole: is exactly that) */
+/* 1 if a multiple of m lies in [x, y] (and within the node's bounds) */
+static int
+kimi_json_int_meets(__int128 x, __int128 y, int has_lo, __int128 lo,
+    int has_hi, __int128 hi, __int128 m)
+{
+    x = has_lo && lo > x ? lo : x;
+    y = has_hi && hi < y ? hi : y;
+    /* the least multiple at or above x (% keeps x's sign) */
+    x = x % m > 0 ? x + m - x % m : x - x % m;
+    return x <= y;
+}
+
+
+/* 1 if an integer within the bounds of s->inode, and a multiple of its
+ * multipleOf, is written with the sign and digits read so far at its
+ * start (whole: is exactly that) */
 static int
 kimi_json_int_can(const kimi_json_state_t *s, int whole)
 {
@@ -336,10 +350,12 @@ kimi_json_int_can(const kimi_json_state_t *s, int whole)
                                     | (uint32_t) p[e + 2]);
     __int128        hi = (int64_t) (((uint64_t) (uint32_t) p[e + 6] << 32)
                                     | (uint32_t) p[e + 5]);
-    __int128        a, b, span = 1, x, y;
+    __int128        m = p[e + 7], a, b, span = 1, x, y;
 
     if (s->ndig == 0) {                 /* "-" alone: a negative one fits */
-        return !has_lo || lo <= (has_hi && hi < -1 ? hi : -1);
+        y = has_hi && hi < -1 ? hi : -1;
+        return kimi_json_int_meets(has_lo ? lo : y - m + 1, -1, has_lo, lo,
+                                   has_hi, hi, m);
     }
     for (;;) {
         /* the numbers with this many more digits: [a, b] or [-b, -a] */
@@ -347,7 +363,7 @@ kimi_json_int_can(const kimi_json_state_t *s, int whole)
         b = a + span - 1;
         x = s->nneg ? -b : a;
         y = s->nneg ? -a : b;
-        if ((!has_lo || y >= lo) && (!has_hi || x <= hi)) {
+        if (kimi_json_int_meets(x, y, has_lo, lo, has_hi, hi, m)) {
             return 1;
         }
         if (whole || s->nval == 0 || a > (__int128) 1000000000000000000LL) {
@@ -784,7 +800,8 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
         return 0;
     case KIMI_SN_INTEGER:
         s->intonly = 1;
-        if (p[e + 1] || p[e + 4]) {     /* bounded: its digits are held */
+        if (p[e + 1] || p[e + 4] || p[e + 7] > 1) {
+            /* bounded, or multiples only: its digits are held */
             s->inode = (uint16_t) e;
             s->nneg = 0;
             s->ndig = 0;

@@ -19,7 +19,9 @@
  * ipv4/ipv6/uri/duration (a pattern of their shape) and password/binary
  * (no syntax: any string), pattern (a regex_dfa.h
  * DFA over the raw text, which then holds no escapes), integer bounds
- * (minimum, maximum, exclusive ones; within +-10^18), number bounds (at
+ * (minimum, maximum, exclusive ones; within +-10^18) and multipleOf (a
+ * whole number up to 2^31 - 1; a number with one is an integer), number
+ * bounds (at
  * most 9 decimals; the number then written without an exponent), enum,
  * const, allOf (the members' keywords merged into one schema: types
  * intersect, bounds tighten, enums intersect, required adds up, a name's
@@ -270,7 +272,8 @@ static const char *const  kimi_sc_known[] = {
     "minItems", "maxItems", "prefixItems", "minLength", "maxLength",
     "format", "pattern",
     "minimum",
-    "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const",
+    "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "enum",
+    "const",
     "anyOf", "oneOf", "allOf", "$ref",
     "$defs", "definitions", "title", "description", "default", "examples",
     "$schema", "$id", "$comment", "discriminator", "deprecated", "readOnly",
@@ -434,7 +437,7 @@ kimi_sc_same(const int32_t *p, int32_t a, int32_t b, int depth)
         return p[a + 1] == p[b + 1] && p[a + 2] == p[b + 2]
                && p[a + 3] == p[b + 3] && p[a + 3] != KIMI_SF_PATTERN;
     case KIMI_SN_INTEGER:
-        return memcmp(p + a + 1, p + b + 1, 6 * sizeof(int32_t)) == 0;
+        return memcmp(p + a + 1, p + b + 1, 7 * sizeof(int32_t)) == 0;
     case KIMI_SN_ARRAY:
         return p[a + 2] == p[b + 2] && p[a + 3] == p[b + 3]
                && kimi_sc_same(p, p[a + 1], p[b + 1], depth + 1);
@@ -1763,9 +1766,10 @@ kimi_sc_decimal_node(kimi_sc_t *c, const json_t *s, int32_t *node)
 static int
 kimi_sc_integer(kimi_sc_t *c, const json_t *s, int32_t *node)
 {
-    int64_t  lo = 0, hi = 0, v;
-    int      has_lo = 0, has_hi = 0, r;
-    int32_t  k;
+    const json_t  *mv;
+    int64_t        lo = 0, hi = 0, v, m = 1;
+    int            has_lo = 0, has_hi = 0, r;
+    int32_t        k;
 
     if ((r = kimi_sc_bound(c, s, "minimum", 1, 0, &v)) < 0) {
         return -1;
@@ -1798,8 +1802,25 @@ kimi_sc_integer(kimi_sc_t *c, const json_t *s, int32_t *node)
     if (has_lo && has_hi && hi < lo) {
         return kimi_sc_fail(c, "no integer lies within the bounds");
     }
+    mv = json_object_get(s, "multipleOf");
+    if (mv != NULL) {
+        double  d = json_is_number(mv) ? json_number_value(mv) : 0;
 
-    k = kimi_sc_alloc(c, 7);
+        if (!(d >= 1 && d <= 2147483647.0 && d == floor(d))) {
+            return kimi_sc_fail(c, "\"multipleOf\" is supported as a whole"
+                                " number from 1 to 2^31 - 1");
+        }
+        m = (int64_t) d;
+        /* the least multiple of m at or above lo (% keeps lo's sign) */
+        if (has_lo && has_hi
+            && (lo % m > 0 ? lo + m - lo % m : lo - lo % m) > hi)
+        {
+            return kimi_sc_fail(c, "no multiple of %lld lies within the"
+                                " bounds", (long long) m);
+        }
+    }
+
+    k = kimi_sc_alloc(c, 8);
     if (k < 0) {
         return -1;
     }
@@ -1810,6 +1831,7 @@ kimi_sc_integer(kimi_sc_t *c, const json_t *s, int32_t *node)
     c->w[k + 4] = has_hi;
     c->w[k + 5] = (int32_t) (uint32_t) (uint64_t) hi;
     c->w[k + 6] = (int32_t) (uint32_t) ((uint64_t) hi >> 32);
+    c->w[k + 7] = (int32_t) m;
     *node = k;
     return 0;
 }
@@ -1926,7 +1948,11 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
         *node = k;
         return 0;
     }
-    if (strcmp(type, "integer") == 0) {
+    /* a number that is a multiple of a whole number is an integer */
+    if (strcmp(type, "integer") == 0
+        || (strcmp(type, "number") == 0
+            && json_object_get(s, "multipleOf") != NULL))
+    {
         return kimi_sc_integer(c, s, node);
     }
     if (strcmp(type, "number") == 0
@@ -1988,7 +2014,8 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
                                 " date-time, uuid, email, hostname, ipv4,"
                                 " ipv6, uri, duration, password, binary),"
                                 " pattern, minimum/maximum (and their"
-                                " exclusive forms), enum, const, allOf,"
+                                " exclusive forms), multipleOf (whole),"
+                                " enum, const, allOf,"
                                 " anyOf/oneOf and $ref", k);
         }
         if (!kimi_sc_annotation(k) && strcmp(k, "$ref") != 0
@@ -2084,8 +2111,8 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
     type = json_object_get(s, "type");
     if (type == NULL) {
         static const char *const  typed[] = { "minimum", "maximum",
-            "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
-            "format", "pattern", NULL };
+            "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+            "minLength", "maxLength", "format", "pattern", NULL };
 
         /* they bind one type and let any other value through: say which */
         for (i = 0; typed[i] != NULL; i++) {
@@ -2487,9 +2514,9 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
             }
             break;
         case KIMI_SN_INTEGER:
-            KIMI_SC_NEED(7);
+            KIMI_SC_NEED(8);
             if ((p[at + 1] != 0 && p[at + 1] != 1)
-                || (p[at + 4] != 0 && p[at + 4] != 1))
+                || (p[at + 4] != 0 && p[at + 4] != 1) || p[at + 7] < 1)
             {
                 rc = kimi_sc_check_fail(err, errlen, at, "integer bounds");
             }

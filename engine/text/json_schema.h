@@ -32,8 +32,9 @@
  *   STRING  kind, min_length, max_length (-1: no maximum), in code points,
  *           format (KIMI_SF_*: the text's shape, no escapes); with
  *           KIMI_SF_PATTERN a fifth word: where its DFA program starts
- *   INTEGER kind, has_min, min (low word, high word), has_max, max (ditto):
- *           inclusive bounds, |bound| <= 10^18
+ *   INTEGER kind, has_min, min (low word, high word), has_max, max (ditto),
+ *           multipleOf (1: any integer; at most 2^31 - 1): inclusive
+ *           bounds, |bound| <= 10^18
  *   DECIMAL a number with bounds: kind, flags (KIMI_SD_*), scale S (0..9),
  *           lo (low word, high word), hi (ditto): the bounds times 10^S,
  *           |bound| * 10^S < 2^62; written without an exponent

@@ -918,6 +918,35 @@ mla_err_vs_twin(const kimi_cpu_kv_view_t *kv, const int32_t *bt, int maxb, const
     return e;
 }
 
+/* 0..n-1 in a random order */
+static uint32_t *
+shuffled(int n)
+{
+    uint32_t *p = hmalloc(n * 4);
+    for (int i = 0; i < n; i++) p[i] = (uint32_t) i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int) (rnext() % (i + 1));
+        uint32_t x = p[i]; p[i] = p[j]; p[j] = x;
+    }
+    return p;
+}
+
+/* A latent cache of nblk blocks in the kimi_mla_decode layout whose rows
+ * are NaN (e4m3 0xff, bf16 0xffff) with NaN scales until written: a kernel
+ * that lets an unwritten row into P V or the softmax fails. */
+static kimi_cpu_kv_view_t
+poisoned_cache(int fp8, int bs, int nblk)
+{
+    size_t rows = (size_t) nblk * bs, bytes = rows * 576 * (fp8 ? 1 : 2);
+    kimi_cpu_kv_view_t kv = { .dtype = fp8 ? KIMI_CPU_KV_FP8 : KIMI_CPU_KV_BF16, .block_size = bs,
+                              .kv_lora_rank = 512, .rope_dim = 64, .n_blocks = nblk };
+    kv.data = hmalloc(bytes);
+    kv.scales = hmalloc(rows * 4);
+    memset(kv.data, 0xff, bytes);
+    memset(kv.scales, 0xff, rows * 4);
+    return kv;
+}
+
 /* all_sms: splits = every SM (the flat schedule's one run per SM), which
  * is also what puts an fp8 cache of 64-multiple blocks on the bulk-copy
  * kernel (short contexts on few sequences take the cp.async one). */
@@ -932,27 +961,14 @@ test_mla_runs(int B, const int *lens, int fp8, int H, int bs, int all_sms)
         tot += nb;
     }
     const int nblk = tot + 3;
-    /* random distinct block ids */
-    uint32_t *perm = hmalloc(nblk * 4);
-    for (int i = 0; i < nblk; i++) perm[i] = i;
-    for (int i = nblk - 1; i > 0; i--) {
-        int j = (int) (rnext() % (i + 1));
-        uint32_t x = perm[i]; perm[i] = perm[j]; perm[j] = x;
-    }
+    uint32_t *perm = shuffled(nblk);   /* random distinct block ids */
     int32_t *bt = hmalloc((size_t) B * maxb * 4);
     int c = 0;
     for (int b = 0; b < B; b++)
         for (int i = 0; i < maxb; i++)
             bt[b * maxb + i] = i < (lens[b] + bs - 1) / bs ? (int32_t) perm[c++] : -1;
     size_t rows = (size_t) nblk * bs;
-    kimi_cpu_kv_view_t kv = { .dtype = fp8 ? KIMI_CPU_KV_FP8 : KIMI_CPU_KV_BF16, .block_size = bs,
-                              .kv_lora_rank = 512, .rope_dim = 64, .n_blocks = nblk };
-    kv.data = hmalloc(rows * W * (fp8 ? 1 : 2));
-    kv.scales = hmalloc(rows * 4);
-    /* rows no sequence wrote are NaN (e4m3 0xff, bf16 0xffff) with NaN
-     * scales: a kernel that lets them into P V or the softmax fails */
-    memset(kv.data, 0xff, rows * W * (fp8 ? 1 : 2));
-    memset(kv.scales, 0xff, rows * 4);
+    kimi_cpu_kv_view_t kv = poisoned_cache(fp8, bs, nblk);
     float tokv[576];
     for (int b = 0; b < B; b++)
         for (int p = 0; p < lens[b]; p++) {
@@ -1064,21 +1080,9 @@ static void
 test_kv_gather(int fp8, int bs, int ctx, int k0, int S)
 {
     const int nb = (ctx + bs - 1) / bs, nblk = nb + 5, W = 576;
-    uint32_t *perm = hmalloc(nblk * 4), *bt = hmalloc(nb * 4);
-    for (int i = 0; i < nblk; i++) perm[i] = (uint32_t) i;
-    for (int i = nblk - 1; i > 0; i--) {   /* distinct scattered blocks */
-        int j = (int) (rnext() % (i + 1));
-        uint32_t x = perm[i]; perm[i] = perm[j]; perm[j] = x;
-    }
-    memcpy(bt, perm, nb * 4);
-    free(perm);
+    uint32_t *bt = shuffled(nblk);     /* distinct scattered blocks */
     size_t rows = (size_t) nblk * bs;
-    kimi_cpu_kv_view_t kv = { .dtype = fp8 ? KIMI_CPU_KV_FP8 : KIMI_CPU_KV_BF16, .block_size = bs,
-                              .kv_lora_rank = 512, .rope_dim = 64, .n_blocks = nblk };
-    kv.data = hmalloc(rows * W * (fp8 ? 1 : 2));
-    kv.scales = hmalloc(rows * 4);
-    memset(kv.data, 0xff, rows * W * (fp8 ? 1 : 2));
-    memset(kv.scales, 0xff, rows * 4);
+    kimi_cpu_kv_view_t kv = poisoned_cache(fp8, bs, nblk);
     float tokv[576], want[576];
     for (int p = 0; p < ctx; p++) {
         for (int i = 0; i < W; i++) tokv[i] = runi(-1.5f, 1.5f);

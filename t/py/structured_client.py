@@ -72,63 +72,56 @@ class Owner(BaseModel):
 
 class Host(BaseModel):
     """Formats and annotations pydantic writes: format ipv6, SecretStr's
-    format password with writeOnly, a deprecated field"""
+    format password with writeOnly, a deprecated field, multipleOf"""
     addr: ipaddress.IPv6Address
     secret: SecretStr = Field(max_length=24)
     port: int = Field(ge=1, le=65535, json_schema_extra={"deprecated": True})
+    step: int = Field(multiple_of=25, le=1000)
 
 
-parsed, cut = 0, 0
-for seed in range(1, 7):
-    try:
-        r = client.chat.completions.parse(
-            model=model, messages=[{"role": "user", "content": "hi"}],
-            response_format=Answer, max_tokens=300, temperature=1.0,
-            seed=seed, logit_bias=bias)
-    except openai.LengthFinishReasonError:
-        cut += 1                          # a prefix: max_tokens came first
-        continue
-    a = r.choices[0].message.parsed
+def answers(fmt, seeds, max_tokens):
+    """(seed, parsed answer) for each seed whose answer was not cut by
+    max_tokens (a prefix), and how many were cut"""
+    got, cut = [], 0
+    for seed in seeds:
+        try:
+            r = client.chat.completions.parse(
+                model=model, messages=[{"role": "user", "content": "hi"}],
+                response_format=fmt, max_tokens=max_tokens, temperature=1.0,
+                seed=seed, logit_bias=bias)
+        except openai.LengthFinishReasonError:
+            cut += 1
+            continue
+        got.append((seed, r.choices[0].message.parsed))
+    return got, cut
+
+
+def dump(x):
+    return x.model_dump_json() if x is not None else None
+
+
+got, cut = answers(Answer, range(1, 7), 300)
+for seed, a in got:
     check(isinstance(a, Answer), "seed %d: parsed into the Pydantic model: %s"
-          % (seed, a.model_dump_json() if a is not None else None))
+          % (seed, dump(a)))
     check(a is None or re.fullmatch(r"[A-Z]{2}-[0-9]{2,4}", a.code),
           "seed %d: the code fits its pattern: %s"
           % (seed, a.code if a is not None else None))
-    parsed += a is not None
+check(len(got) > 0, "%d of 6 answers parsed (%d cut by max_tokens)"
+      % (len(got), cut))
 
-check(parsed > 0, "%d of 6 answers parsed (%d cut by max_tokens)"
-      % (parsed, cut))
-
-owners = 0
-for seed in range(1, 5):
-    try:
-        r = client.chat.completions.parse(
-            model=model, messages=[{"role": "user", "content": "hi"}],
-            response_format=Owner, max_tokens=200, temperature=1.0,
-            seed=seed, logit_bias=bias)
-    except openai.LengthFinishReasonError:
-        continue
-    o = r.choices[0].message.parsed
+got, cut = answers(Owner, range(1, 5), 200)
+for seed, o in got:
     check(isinstance(o, Owner) and isinstance(o.pet, (Cat, Dog))
           and isinstance(o.other, (Bird, Cat)),
-          "seed %d: unions of models parsed: %s"
-          % (seed, o.model_dump_json() if o is not None else None))
-    owners += o is not None
-check(owners > 0, "%d of 4 union answers parsed" % owners)
+          "seed %d: unions of models parsed: %s" % (seed, dump(o)))
+check(len(got) > 0, "%d of 4 union answers parsed" % len(got))
 
-hosts = 0
-for seed in range(1, 5):
-    try:
-        r = client.chat.completions.parse(
-            model=model, messages=[{"role": "user", "content": "hi"}],
-            response_format=Host, max_tokens=200, temperature=1.0,
-            seed=seed, logit_bias=bias)
-    except openai.LengthFinishReasonError:
-        continue
-    h = r.choices[0].message.parsed
-    check(isinstance(h, Host) and isinstance(h.addr, ipaddress.IPv6Address),
-          "seed %d: an IPv6 address, a secret, a deprecated field parsed: %s"
-          % (seed, h.model_dump_json() if h is not None else None))
-    hosts += h is not None
-check(hosts > 0, "%d of 4 host answers parsed" % hosts)
+got, cut = answers(Host, range(1, 5), 200)
+for seed, h in got:
+    check(isinstance(h, Host) and isinstance(h.addr, ipaddress.IPv6Address)
+          and h.step % 25 == 0,
+          "seed %d: an IPv6 address, a secret, a deprecated field, a multiple"
+          " of 25 parsed: %s" % (seed, dump(h)))
+check(len(got) > 0, "%d of 4 host answers parsed" % len(got))
 plan()

@@ -10,6 +10,7 @@
  * programs, sampling under a schema, and a schema that never ends.
  */
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <time.h>
@@ -297,8 +298,8 @@ test_schema_compile(void)
     static const struct { const char *schema, *err; } bad[] = {
         { "{\"type\": \"string\"}", "top level must be an object or an array" },
         { "{\"anyOf\": [{\"type\": \"object\"}, {\"type\": \"string\"}]}", "top level must be an object" },
-        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"number\", \"multipleOf\": 2}}}",
-          "keyword \"multipleOf\" is not supported" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"array\", \"uniqueItems\": true}}}",
+          "keyword \"uniqueItems\" is not supported" },
         { "{\"type\": \"array\", \"items\": {\"type\": \"string\", \"pattern\": \"a(?=b)\"}}",
           "\"pattern\" cannot be enforced: lookaround" },
         { "{\"type\": \"array\", \"items\": {\"type\": \"string\", \"pattern\": \"^a\\\"b$\"}}",
@@ -308,7 +309,7 @@ test_schema_compile(void)
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"minimum\": 1}}}", "\"minimum\" is supported beside" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"number\", \"maximum\": 0.0000000001}}}", "more than 9 decimals" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\", \"minimum\": 3, \"exclusiveMaximum\": 3}}}", "no integer" },
-        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\", \"multipleOf\": 3}}}", "\"multipleOf\" is not supported" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"object\", \"minProperties\": 1}}}", "\"minProperties\" is not supported" },
         { "{\"type\": \"object\", \"required\": [\"b\"], \"properties\": {\"a\": {}}}",
           "names no property" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"oneOf\": [{\"type\": \"integer\"}, {\"type\": \"number\"}]}}}",
@@ -1277,6 +1278,149 @@ test_schema_format_shapes(void)
 }
 
 
+/* multipleOf on integers (and on numbers, which it makes integers): every
+ * integer the recogniser takes whole is a multiple within the bounds, and
+ * every such one is taken */
+static void
+test_schema_multiple_of(void)
+{
+    static const struct { const char *extra; long long lo, hi; int m; } t[] = {
+        { "\"type\": \"integer\", \"multipleOf\": 7", LLONG_MIN, LLONG_MAX, 7 },
+        { "\"type\": \"integer\", \"multipleOf\": 5, \"minimum\": -23, \"maximum\": 41", -23, 41, 5 },
+        { "\"type\": \"integer\", \"multipleOf\": 4, \"exclusiveMinimum\": 3, \"maximum\": 100", 4, 100, 4 },
+        { "\"type\": \"integer\", \"multipleOf\": 10, \"maximum\": -15", LLONG_MIN, -15, 10 },
+        { "\"type\": \"number\", \"multipleOf\": 3, \"minimum\": 0", 0, LLONG_MAX, 3 },
+        { "\"type\": \"integer\", \"multipleOf\": 1000, \"minimum\": 1", 1, LLONG_MAX, 1000 },
+    };
+    char      text[256], num[64], err[512];
+    size_t    n;
+    int32_t  *prog;
+    int       done, bad = 0, tried = 0;
+
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        snprintf(text, sizeof(text), "{\"type\": \"array\", \"items\": {%s}}", t[i].extra);
+        prog = compile(text, &n, err, sizeof(err));
+        if (prog == NULL || kimi_json_schema_check(prog, n, err, sizeof(err)) != 0) {
+            ok(0, "multipleOf schema %zu compiles: %s", i, err);
+            free(prog);
+            continue;
+        }
+        for (long long v = -1100; v <= 1100; v++) {
+            long long  w = t[i].m == 1000 ? v * 97 : v;
+            int        want = w >= t[i].lo && w <= t[i].hi && w % t[i].m == 0;
+            int        got;
+
+            snprintf(num, sizeof(num), "[%lld]", w);
+            got = accepts(prog, num, &done) && done;
+            if (got != want && bad < 8) {
+                printf("# multipleOf %zu: %s taken %d, wanted %d\n", i, num, got, want);
+            }
+            bad += got != want;
+            tried++;
+        }
+        free(prog);
+    }
+    ok(bad == 0, "multipleOf: %d integers against the rule, %d wrong", tried, bad);
+
+    /* random walks over the bytes each state takes: never a dead end, and
+     * every array that closes holds multiples within the bounds */
+    {
+        static const char *const  walk[] = {
+            "{\"type\": \"array\", \"maxItems\": 4, \"items\": {\"type\": \"integer\", \"multipleOf\": 7, \"minimum\": -50, \"maximum\": 300}}",
+            "{\"type\": \"array\", \"maxItems\": 4, \"items\": {\"type\": \"integer\", \"multipleOf\": 1000, \"minimum\": -123456, \"maximum\": -2500}}",
+        };
+        static const long long  lo[] = { -50, -123456 }, hi[] = { 300, -2500 }, mul[] = { 7, 1000 };
+        uint64_t  r = 0x9e3779b97f4a7c15ull;
+        int       stuck = 0, wrong = 0, walks = 0;
+
+        for (int w = 0; w < 2; w++) {
+            prog = compile(walk[w], &n, err, sizeof(err));
+            for (int k = 0; prog != NULL && k < 300; k++) {
+                kimi_json_state_t  st, t2;
+                char               out[256];
+                size_t             len = 0;
+
+                kimi_json_init_schema(&st, prog);
+                while (!kimi_json_done(&st) && len < 200) {
+                    static const char  bytes[] = "-0123456789,]";
+                    char               can[16];
+                    int                nc = 0;
+
+                    for (int b = 0; b < 13; b++) {
+                        t2 = st;
+                        if (kimi_json_feed(&t2, &bytes[b], 1) == 0) {
+                            can[nc++] = bytes[b];
+                        }
+                    }
+                    if (len == 0) {
+                        can[0] = '[';
+                        nc = 1;
+                    }
+                    if (nc == 0) {
+                        stuck++;
+                        break;
+                    }
+                    r ^= r << 13; r ^= r >> 7; r ^= r << 17;
+                    out[len] = can[r % (uint64_t) nc];
+                    if (kimi_json_feed(&st, &out[len], 1) != 0) {
+                        stuck++;
+                        break;
+                    }
+                    len++;
+                }
+                out[len] = '\0';
+                walks++;
+                if (kimi_json_done(&st)) {
+                    json_t  *a = json_loads(out, JSON_DECODE_ANY, NULL);
+                    size_t   q;
+                    json_t  *v;
+
+                    if (!json_is_array(a) && wrong++ < 6) {
+                        printf("# multipleOf walk %d: %s is not JSON\n", w, out);
+                    }
+                    json_array_foreach(a, q, v) {
+                        long long  x = json_is_integer(v) ? json_integer_value(v) : 1;
+
+                        if (!json_is_integer(v) || x < lo[w] || x > hi[w] || x % mul[w] != 0) {
+                            if (wrong < 6) {
+                                printf("# multipleOf walk %d: %s\n", w, out);
+                            }
+                            wrong++;
+                        }
+                    }
+                    json_decref(a);
+                }
+            }
+            free(prog);
+        }
+        ok(walks == 600 && stuck == 0 && wrong == 0, "multipleOf: %d random walks, %d stuck, %d"
+           " values outside the rule", walks, stuck, wrong);
+    }
+
+    prog = compile("{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"multipleOf\": 5, \"maximum\": -12}}",
+                   &n, err, sizeof(err));
+    done = 0;
+    ok(prog != NULL && accepts(prog, "[-1", &done) && !accepts(prog, "[1", &done)
+       && !(accepts(prog, "[-10]", &done) && done) && accepts(prog, "[-15]", &done) && done,
+       "multipleOf 5 below -12: \"-1\" goes on (to -15), \"1\" and -10 do not (%s)",
+       prog == NULL ? err : "ok");
+    free(prog);
+
+    static const struct { const char *schema, *err; } refused[] = {
+        { "{\"type\": \"array\", \"items\": {\"type\": \"number\", \"multipleOf\": 0.5}}",
+          "\"multipleOf\" is supported as a whole number" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"multipleOf\": 7, \"minimum\": 1, \"maximum\": 6}}",
+          "no multiple of 7 lies within the bounds" },
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        prog = compile(refused[i].schema, &n, err, sizeof(err));
+        ok(prog == NULL && strstr(err, refused[i].err) != NULL, "multipleOf refused: %s",
+           prog == NULL ? err : "compiled");
+        free(prog);
+    }
+}
+
+
 /* allOf: the members' keywords merged into one schema, a $ref with
  * keywords beside it the same; what cannot merge is refused naming it */
 static void
@@ -1488,6 +1632,7 @@ main(void)
     test_schema_tuples();
     test_schema_format_shapes();
     test_schema_allof();
+    test_schema_multiple_of();
     test_schema_number_bounds();
     test_schema_sampler();
     test_schema_dead_end();
