@@ -400,17 +400,38 @@ kimi_json_dec_meets(const kimi_json_dec_bounds_t *m, __int128 a, int a_open,
 }
 
 
+/* 1 if some magnitude in [a, b] (b_inf: no end), a whole number at the
+ * node's scale, is a multiple of mult within the bounds */
+static int
+kimi_json_dec_meets_mult(const kimi_json_dec_bounds_t *m, __int128 a,
+    __int128 b, int b_inf, __int128 mult)
+{
+    if (m->has_lo && m->lo + m->lo_ex > a) {
+        a = m->lo + m->lo_ex;
+    }
+    if (m->has_hi && (b_inf || m->hi - m->hi_ex < b)) {
+        b = m->hi - m->hi_ex;
+        b_inf = 0;
+    }
+    /* the least multiple at or above a (% keeps a's sign) */
+    a = a % mult > 0 ? a + mult - a % mult : a - a % mult;
+    return b_inf || a <= b;
+}
+
+
 /* A bounded number (DECIMAL node s->dnode) written as its sign, integer
  * digits (nval, ndig) and fraction digits (fdig; fval the first S of
  * them, ftail a nonzero one after those) so far: 1 if some number within
  * the bounds starts so (whole: is exactly that).  Magnitudes times 10^S,
- * the bounds turned to the magnitude's for a negative number. */
+ * the bounds turned to the magnitude's for a negative number.  With a
+ * multipleOf (mult, times 10^S) no digit goes past the S-th decimal, so
+ * every magnitude is a whole number at that scale. */
 static int
 kimi_json_dec_can(const kimi_json_state_t *s, int whole)
 {
     const int32_t           *p = s->prog;
     int32_t                  e = s->dnode, fl = p[e + 1], S = p[e + 2];
-    __int128                 pw = 1, lo, hi, x, span = 1;
+    __int128                 pw = 1, lo, hi, x, span = 1, mult = p[e + 7];
     kimi_json_dec_bounds_t   m;
 
     for (int32_t i = 0; i < S; i++) {
@@ -435,7 +456,8 @@ kimi_json_dec_can(const kimi_json_state_t *s, int whole)
     }
 
     if (s->ndig == 0) {                 /* "-" alone: any magnitude */
-        return !whole && kimi_json_dec_meets(&m, 0, 0, 0, 1, 1);
+        return !whole && (mult > 0 ? kimi_json_dec_meets_mult(&m, 0, 0, 1, mult)
+                                   : kimi_json_dec_meets(&m, 0, 0, 0, 1, 1));
     }
     x = (__int128) s->nval * pw;
     if (s->num == N_DOT || s->num == N_FRAC) {
@@ -443,6 +465,11 @@ kimi_json_dec_can(const kimi_json_state_t *s, int whole)
             span *= 10;
         }
         x += (__int128) s->fval * span;
+        if (mult > 0) {                 /* x + [0, span): whole numbers */
+            return (!whole || s->fdig > 0)
+                   && kimi_json_dec_meets_mult(&m, x, whole ? x : x + span - 1,
+                                               0, mult);
+        }
         if (whole) {                    /* x, or just above it after a tail */
             return s->fdig > 0 && (s->ftail ? kimi_json_dec_meets(&m, x, 1, x + 1, 1, 0)
                                             : kimi_json_dec_meets(&m, x, 0, x, 0, 0));
@@ -450,12 +477,17 @@ kimi_json_dec_can(const kimi_json_state_t *s, int whole)
         return kimi_json_dec_meets(&m, x, s->ftail, x + span, 1, 0);
     }
     if (whole) {
-        return kimi_json_dec_meets(&m, x, 0, x, 0, 0);
+        return mult > 0 ? kimi_json_dec_meets_mult(&m, x, x, 0, mult)
+                        : kimi_json_dec_meets(&m, x, 0, x, 0, 0);
     }
     for (int32_t j = 0; ; j++) {
         /* with j more integer digits: [nval 10^j, (nval + 1) 10^j) */
-        if (kimi_json_dec_meets(&m, (__int128) s->nval * span * pw, 0,
-                                ((__int128) s->nval + 1) * span * pw, 1, 0))
+        if (mult > 0
+            ? kimi_json_dec_meets_mult(&m, (__int128) s->nval * span * pw,
+                                       ((__int128) s->nval + 1) * span * pw - 1,
+                                       0, mult)
+            : kimi_json_dec_meets(&m, (__int128) s->nval * span * pw, 0,
+                                  ((__int128) s->nval + 1) * span * pw, 1, 0))
         {
             return 1;
         }
@@ -474,6 +506,8 @@ kimi_json_dec_digit(kimi_json_state_t *s, unsigned char c)
     if (s->num == N_DOT || s->num == N_FRAC) {
         if (s->fdig < s->prog[s->dnode + 2]) {
             s->fval = s->fval * 10 + (uint64_t) (c - '0');
+        } else if (s->prog[s->dnode + 7] > 0) {
+            return -1;                  /* a multiple: at most S decimals */
         } else if (c != '0') {
             s->ftail = 1;
         }

@@ -21,7 +21,7 @@
  * DFA over the raw text, which then holds no escapes), integer bounds
  * (minimum, maximum, exclusive ones; within +-10^18) and multipleOf (a
  * whole number up to 2^31 - 1; a number with one is an integer), number
- * bounds (at
+ * bounds and a fractional multipleOf (at
  * most 9 decimals; the number then written without an exponent), enum,
  * const, allOf (the members' keywords merged into one schema: types
  * intersect, bounds tighten, enums intersect, required adds up, a name's
@@ -1702,9 +1702,9 @@ kimi_sc_decimal_node(kimi_sc_t *c, const json_t *s, int32_t *node)
 {
     static const char *const  keys[4] = { "minimum", "exclusiveMinimum",
                                           "maximum", "exclusiveMaximum" };
-    int64_t   m[4], pow10[10] = { 1 };
-    int       sc[4], has[4], scale = 0, r, flags = 0;
-    __int128  v[4], lo = 0, hi = 0;
+    int64_t   m[4], pow10[10] = { 1 }, mm = 0;
+    int       sc[4], has[4], scale = 0, r, flags = 0, msc = 0;
+    __int128  v[4], lo = 0, hi = 0, mult = 0;
     int32_t   k;
 
     for (int i = 1; i < 10; i++) {
@@ -1716,6 +1716,19 @@ kimi_sc_decimal_node(kimi_sc_t *c, const json_t *s, int32_t *node)
         }
         has[i] = r;
         scale = r && sc[i] > scale ? sc[i] : scale;
+    }
+    /* a multipleOf of up to 9 decimals: the number is written with at
+     * most as many, so its value is a whole multiple at that scale */
+    if ((r = kimi_sc_decimal(c, s, "multipleOf", &mm, &msc)) < 0) {
+        return -1;
+    }
+    if (r) {
+        scale = msc > scale ? msc : scale;
+        mult = (__int128) mm * pow10[scale - msc];
+        if (mm <= 0 || mult > 2147483647) {
+            return kimi_sc_fail(c, "\"multipleOf\" must be positive, and at"
+                                " most 2^31 - 1 times 10^%d", scale);
+        }
     }
     for (int i = 0; i < 4; i++) {
         v[i] = has[i] ? (__int128) m[i] * pow10[scale - sc[i]] : 0;
@@ -1746,7 +1759,17 @@ kimi_sc_decimal_node(kimi_sc_t *c, const json_t *s, int32_t *node)
     {
         return kimi_sc_fail(c, "no number lies within the bounds");
     }
-    k = kimi_sc_alloc(c, 7);
+    if (mult > 0 && (flags & KIMI_SD_LO) && (flags & KIMI_SD_HI)) {
+        __int128  a = lo + ((flags & KIMI_SD_LO_EX) != 0);
+        __int128  b = hi - ((flags & KIMI_SD_HI_EX) != 0);
+
+        a = a % mult > 0 ? a + mult - a % mult : a - a % mult;
+        if (a > b) {
+            return kimi_sc_fail(c, "no multiple of \"multipleOf\" lies within"
+                                " the bounds");
+        }
+    }
+    k = kimi_sc_alloc(c, 8);
     if (k < 0) {
         return -1;
     }
@@ -1757,6 +1780,7 @@ kimi_sc_decimal_node(kimi_sc_t *c, const json_t *s, int32_t *node)
     c->w[k + 4] = (int32_t) (uint32_t) ((uint64_t) (int64_t) lo >> 32);
     c->w[k + 5] = (int32_t) (uint32_t) (uint64_t) (int64_t) hi;
     c->w[k + 6] = (int32_t) (uint32_t) ((uint64_t) (int64_t) hi >> 32);
+    c->w[k + 7] = (int32_t) mult;
     *node = k;
     return 0;
 }
@@ -1848,7 +1872,7 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
     };
     int32_t        k, mn = 0, mx = -1, f = KIMI_SF_NONE, *dfa = NULL, d;
     size_t         n_dfa = 0;
-    const json_t  *fmt, *pat;
+    const json_t  *fmt, *pat, *mo;
 
     if (strcmp(type, "object") == 0) {
         return kimi_sc_object(c, s, node);
@@ -1949,16 +1973,18 @@ kimi_sc_typed(kimi_sc_t *c, const json_t *s, const char *type, int32_t *node)
         return 0;
     }
     /* a number that is a multiple of a whole number is an integer */
+    mo = json_object_get(s, "multipleOf");
     if (strcmp(type, "integer") == 0
-        || (strcmp(type, "number") == 0
-            && json_object_get(s, "multipleOf") != NULL))
+        || (strcmp(type, "number") == 0 && json_is_number(mo)
+            && json_number_value(mo) >= 1
+            && json_number_value(mo) == floor(json_number_value(mo))))
     {
         return kimi_sc_integer(c, s, node);
     }
     if (strcmp(type, "number") == 0
         && (json_object_get(s, "minimum") || json_object_get(s, "maximum")
             || json_object_get(s, "exclusiveMinimum")
-            || json_object_get(s, "exclusiveMaximum")))
+            || json_object_get(s, "exclusiveMaximum") || mo != NULL))
     {
         return kimi_sc_decimal_node(c, s, node);
     }
@@ -2014,7 +2040,7 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
                                 " date-time, uuid, email, hostname, ipv4,"
                                 " ipv6, uri, duration, password, binary),"
                                 " pattern, minimum/maximum (and their"
-                                " exclusive forms), multipleOf (whole),"
+                                " exclusive forms), multipleOf,"
                                 " enum, const, allOf,"
                                 " anyOf/oneOf and $ref", k);
         }
@@ -2522,9 +2548,9 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
             }
             break;
         case KIMI_SN_DECIMAL:
-            KIMI_SC_NEED(7);
+            KIMI_SC_NEED(8);
             if (p[at + 1] < 0 || p[at + 1] > 15 || p[at + 2] < 0
-                || p[at + 2] > 9)
+                || p[at + 2] > 9 || p[at + 7] < 0)
             {
                 rc = kimi_sc_check_fail(err, errlen, at, "number bounds");
             }

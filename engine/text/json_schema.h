@@ -35,9 +35,11 @@
  *   INTEGER kind, has_min, min (low word, high word), has_max, max (ditto),
  *           multipleOf (1: any integer; at most 2^31 - 1): inclusive
  *           bounds, |bound| <= 10^18
- *   DECIMAL a number with bounds: kind, flags (KIMI_SD_*), scale S (0..9),
- *           lo (low word, high word), hi (ditto): the bounds times 10^S,
- *           |bound| * 10^S < 2^62; written without an exponent
+ *   DECIMAL a number with bounds or a fractional multipleOf: kind, flags
+ *           (KIMI_SD_*), scale S (0..9), lo (low word, high word), hi
+ *           (ditto): the bounds times 10^S, |bound| * 10^S < 2^62, then
+ *           the multipleOf times 10^S (0: none; then at most S decimals
+ *           are written); written without an exponent
  *   ANY, NUMBER, BOOLEAN, NULL: kind alone
  *   Node 0 (the header word) stands for "any value" inside containers.
  */

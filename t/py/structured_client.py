@@ -77,6 +77,7 @@ class Host(BaseModel):
     secret: SecretStr = Field(max_length=24)
     port: int = Field(ge=1, le=65535, json_schema_extra={"deprecated": True})
     step: int = Field(multiple_of=25, le=1000)
+    ratio: float = Field(multiple_of=0.25, ge=0, le=10)
 
 
 def answers(fmt, seeds, max_tokens):
@@ -120,8 +121,9 @@ check(len(got) > 0, "%d of 4 union answers parsed" % len(got))
 got, cut = answers(Host, range(1, 5), 200)
 for seed, h in got:
     check(isinstance(h, Host) and isinstance(h.addr, ipaddress.IPv6Address)
-          and h.step % 25 == 0,
-          "seed %d: an IPv6 address, a secret, a deprecated field, a multiple"
-          " of 25 parsed: %s" % (seed, dump(h)))
+          and h.step % 25 == 0 and (h.ratio * 4).is_integer()
+          and 0 <= h.ratio <= 10,
+          "seed %d: an IPv6 address, a secret, a deprecated field, multiples"
+          " of 25 and of 0.25 parsed: %s" % (seed, dump(h)))
 check(len(got) > 0, "%d of 4 host answers parsed" % len(got))
 plan()

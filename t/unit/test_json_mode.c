@@ -1328,12 +1328,15 @@ test_schema_multiple_of(void)
         static const char *const  walk[] = {
             "{\"type\": \"array\", \"maxItems\": 4, \"items\": {\"type\": \"integer\", \"multipleOf\": 7, \"minimum\": -50, \"maximum\": 300}}",
             "{\"type\": \"array\", \"maxItems\": 4, \"items\": {\"type\": \"integer\", \"multipleOf\": 1000, \"minimum\": -123456, \"maximum\": -2500}}",
+            "{\"type\": \"array\", \"maxItems\": 4, \"items\": {\"type\": \"number\", \"multipleOf\": 0.25, \"minimum\": -3, \"maximum\": 1000}}",
         };
-        static const long long  lo[] = { -50, -123456 }, hi[] = { 300, -2500 }, mul[] = { 7, 1000 };
+        /* bounds and multiple in hundredths */
+        static const long long  lo[] = { -5000, -12345600, -300 }, hi[] = { 30000, -250000, 100000 };
+        static const long long  mul[] = { 700, 100000, 25 };
         uint64_t  r = 0x9e3779b97f4a7c15ull;
         int       stuck = 0, wrong = 0, walks = 0;
 
-        for (int w = 0; w < 2; w++) {
+        for (int w = 0; w < 3; w++) {
             prog = compile(walk[w], &n, err, sizeof(err));
             for (int k = 0; prog != NULL && k < 300; k++) {
                 kimi_json_state_t  st, t2;
@@ -1342,11 +1345,11 @@ test_schema_multiple_of(void)
 
                 kimi_json_init_schema(&st, prog);
                 while (!kimi_json_done(&st) && len < 200) {
-                    static const char  bytes[] = "-0123456789,]";
+                    static const char  bytes[] = "-0123456789.,]";
                     char               can[16];
                     int                nc = 0;
 
-                    for (int b = 0; b < 13; b++) {
+                    for (int b = 0; b < 14; b++) {
                         t2 = st;
                         if (kimi_json_feed(&t2, &bytes[b], 1) == 0) {
                             can[nc++] = bytes[b];
@@ -1379,9 +1382,13 @@ test_schema_multiple_of(void)
                         printf("# multipleOf walk %d: %s is not JSON\n", w, out);
                     }
                     json_array_foreach(a, q, v) {
-                        long long  x = json_is_integer(v) ? json_integer_value(v) : 1;
+                        /* in hundredths (every value has at most 2 decimals) */
+                        double     f = json_number_value(v) * 100;
+                        long long  x = (long long) llround(f);
 
-                        if (!json_is_integer(v) || x < lo[w] || x > hi[w] || x % mul[w] != 0) {
+                        if (!json_is_number(v) || fabs(f - (double) x) > 1e-6 || x < lo[w]
+                            || x > hi[w] || x % mul[w] != 0)
+                        {
                             if (wrong < 6) {
                                 printf("# multipleOf walk %d: %s\n", w, out);
                             }
@@ -1393,7 +1400,7 @@ test_schema_multiple_of(void)
             }
             free(prog);
         }
-        ok(walks == 600 && stuck == 0 && wrong == 0, "multipleOf: %d random walks, %d stuck, %d"
+        ok(walks == 900 && stuck == 0 && wrong == 0, "multipleOf: %d random walks, %d stuck, %d"
            " values outside the rule", walks, stuck, wrong);
     }
 
@@ -1406,9 +1413,68 @@ test_schema_multiple_of(void)
        prog == NULL ? err : "ok");
     free(prog);
 
+    /* a fraction: numbers of at most the scale's decimals (that of the
+     * multipleOf and the bounds), multiples within the bounds; exact, on
+     * every hundredth of [-12, 12] written with 0-3 decimals */
+    {
+        static const struct { const char *extra; long lo, hi; int lo_ex, hi_ex, m, S; } d[] = {
+            { "\"multipleOf\": 0.25", -100000, 100000, 0, 0, 25, 2 },
+            { "\"multipleOf\": 0.01, \"minimum\": -3.5, \"exclusiveMaximum\": 7.25", -350, 725, 0, 1, 1, 2 },
+            { "\"multipleOf\": 0.5, \"exclusiveMinimum\": 0, \"maximum\": 10", 0, 1000, 1, 0, 50, 1 },
+            { "\"multipleOf\": 0.3, \"minimum\": -1.05", -105, 100000, 0, 0, 30, 2 },
+        };
+        int  wrongd = 0, triedd = 0;
+
+        for (size_t i = 0; i < sizeof(d) / sizeof(d[0]); i++) {
+            snprintf(text, sizeof(text), "{\"type\": \"array\", \"items\": {\"type\": \"number\", %s}}",
+                     d[i].extra);
+            prog = compile(text, &n, err, sizeof(err));
+            if (prog == NULL || kimi_json_schema_check(prog, n, err, sizeof(err)) != 0) {
+                ok(0, "fractional multipleOf schema %zu compiles: %s", i, err);
+                free(prog);
+                continue;
+            }
+            for (long v = -1200; v <= 1200; v++) {        /* v / 100 */
+                for (int dec = 0; dec <= 3; dec++) {
+                    long  av = v < 0 ? -v : v;
+                    int   want, got;
+
+                    if (dec < 2 && av % (dec == 0 ? 100 : 10) != 0) {
+                        continue;               /* not writable with dec decimals */
+                    }
+                    if (dec == 0) {
+                        snprintf(num, sizeof(num), "[%s%ld]", v < 0 ? "-" : "", av / 100);
+                    } else {
+                        snprintf(num, sizeof(num), "[%s%ld.%02ld%s]", v < 0 ? "-" : "", av / 100,
+                                 av % 100, dec == 3 ? "0" : "");
+                        if (dec == 1) {
+                            num[strlen(num) - 2] = ']';
+                            num[strlen(num) - 1] = '\0';
+                        }
+                    }
+                    want = (dec <= d[i].S || (dec == 3 && d[i].S >= 3))
+                           && (d[i].lo_ex ? v > d[i].lo : v >= d[i].lo)
+                           && (d[i].hi_ex ? v < d[i].hi : v <= d[i].hi)
+                           && v % d[i].m == 0 && (d[i].S >= 2 || av % 10 == 0);
+                    got = accepts(prog, num, &done) && done;
+                    if (got != want && wrongd < 8) {
+                        printf("# fractional multipleOf %zu: %s taken %d, wanted %d\n", i, num, got, want);
+                    }
+                    wrongd += got != want;
+                    triedd++;
+                }
+            }
+            free(prog);
+        }
+        ok(wrongd == 0, "fractional multipleOf: %d numbers against exact arithmetic, %d wrong",
+           triedd, wrongd);
+    }
+
     static const struct { const char *schema, *err; } refused[] = {
-        { "{\"type\": \"array\", \"items\": {\"type\": \"number\", \"multipleOf\": 0.5}}",
-          "\"multipleOf\" is supported as a whole number" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"number\", \"multipleOf\": 0.0000000001}}",
+          "has more than 9 decimals" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"number\", \"multipleOf\": 0.5, \"minimum\": 0.1, \"maximum\": 0.4}}",
+          "no multiple of \"multipleOf\" lies within the bounds" },
         { "{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"multipleOf\": 7, \"minimum\": 1, \"maximum\": 6}}",
           "no multiple of 7 lies within the bounds" },
     };
