@@ -635,6 +635,45 @@ hf_check(const char *fxdir)
     return rc != 0 || n_fail ? 1 : 0;
 }
 
+/* A cuda backend of its own for a table: steps of up to cap tokens and
+ * rows logit rows, contexts up to max_len, as many 64-token cache blocks
+ * as those take, with the cache's dtype; NULL (said why) if it fails. */
+static kimi_backend_t *
+table_backend(kimi_model_t *m, int kv_fp8, uint32_t cap, uint32_t rows,
+    uint32_t max_len, uint32_t blocks, const char *what)
+{
+    kimi_backend_cuda_params_t  p = kimi_backend_cuda_default_params();
+    kimi_kv_params_t            kp;
+    kimi_backend_t             *gpu = NULL;
+    kimi_err_t                  err = { 0 };
+    uint32_t                    nb = 0;
+
+    p.max_batched_tokens = cap;
+    p.max_logit_rows = rows;
+    p.max_model_len = max_len;
+
+    memset(&kp, 0, sizeof(kp));
+    kp.block_size = 64;
+    kp.max_blocks = blocks;
+    kp.gpu_memory_utilization = 0.9f;
+    kp.dtype = kv_fp8 ? KIMI_KV_DTYPE_FP8 : KIMI_KV_DTYPE_AUTO;
+
+    if (kimi_backend_cuda_init_params(&gpu, m, &p, &err) != 0
+        || gpu->ops->kv_init(gpu, &kp, &nb, &err) != 0)
+    {
+        fprintf(stderr, "%s: %s\n", what, err.msg);
+        if (gpu != NULL) {
+            gpu->ops->free(gpu);
+        }
+        return NULL;
+    }
+
+    ok(nb == blocks, "%s: %u cache blocks of 64 (%s)", what, nb,
+       kv_fp8 ? "fp8" : "bf16");
+    return gpu;
+}
+
+
 /*
  * Long prefills (1K, 4K, 16K tokens in steps of 2048, as a scheduler
  * chunks them) with the prefill attention in the expanded form (the
@@ -647,32 +686,18 @@ prefill_table(kimi_model_t *m, int kv_fp8)
 {
     enum { CH = 2048, MAXL = 16384 };
     static const uint32_t       Ls[] = { 1024, 4096, MAXL };
-    kimi_backend_cuda_params_t  p = kimi_backend_cuda_default_params();
-    kimi_kv_params_t            kp;
     kimi_backend_t             *gpu = NULL;
     kimi_err_t                  err = { 0 };
     kimi_batch_seq_t            one;
     kimi_batch_t                b1 = { 1, &one };
     uint32_t                   *bt = malloc(MAXL / 64 * sizeof(uint32_t));
     int32_t                    *toks = malloc(MAXL * sizeof(int32_t));
-    uint32_t                    nb, V = m->cfg.vocab_size, rows;
+    uint32_t                    V = m->cfg.vocab_size, rows;
     float                      *l_ex = malloc((size_t) V * sizeof(float));
     const float                *lo;
 
-    p.max_batched_tokens = CH;
-    p.max_logit_rows = 1;
-    p.max_model_len = MAXL;
-
-    memset(&kp, 0, sizeof(kp));
-    kp.block_size = 64;
-    kp.max_blocks = MAXL / 64;
-    kp.gpu_memory_utilization = 0.9f;
-    kp.dtype = kv_fp8 ? KIMI_KV_DTYPE_FP8 : KIMI_KV_DTYPE_AUTO;
-
-    if (kimi_backend_cuda_init_params(&gpu, m, &p, &err) != 0
-        || gpu->ops->kv_init(gpu, &kp, &nb, &err) != 0)
-    {
-        fprintf(stderr, "prefill table: %s\n", err.msg);
+    gpu = table_backend(m, kv_fp8, CH, 1, MAXL, MAXL / 64, "prefill table");
+    if (gpu == NULL) {
         return 1;
     }
 
@@ -800,8 +825,6 @@ static int
 attn_table(kimi_model_t *m, int kv_fp8)
 {
     static const uint32_t       Bs[] = { 1, 16, 64 }, ctxs[] = { 1024, 8192 };
-    kimi_backend_cuda_params_t  p = kimi_backend_cuda_default_params();
-    kimi_kv_params_t            kp;
     kimi_backend_t             *gpu = NULL;
     kimi_err_t                  err = { 0 };
     kimi_batch_seq_t           *s = calloc(64, sizeof(*s));
@@ -810,25 +833,10 @@ attn_table(kimi_model_t *m, int kv_fp8)
     uint32_t                    nb, L = m->cfg.num_hidden_layers;
     double                      gbps = copy_gbps();
 
-    p.max_batched_tokens = 256;
-    p.max_logit_rows = 64;
-    p.max_model_len = 8192;
-
-    memset(&kp, 0, sizeof(kp));
-    kp.block_size = 64;
-    kp.max_blocks = 64 * 128;
-    kp.gpu_memory_utilization = 0.9f;
-    kp.dtype = kv_fp8 ? KIMI_KV_DTYPE_FP8 : KIMI_KV_DTYPE_AUTO;
-
-    if (kimi_backend_cuda_init_params(&gpu, m, &p, &err) != 0
-        || gpu->ops->kv_init(gpu, &kp, &nb, &err) != 0)
-    {
-        fprintf(stderr, "attn table: %s\n", err.msg);
+    gpu = table_backend(m, kv_fp8, 256, 64, 8192, 64 * 128, "attn table");
+    if (gpu == NULL) {
         return 1;
     }
-
-    ok(nb == 64 * 128, "attn table: %u cache blocks of 64 (%s)", nb,
-       kv_fp8 ? "fp8" : "bf16");
 
     for (uint32_t i = 0; i < 64 * 128; i++) {
         bt[i] = (i * 2654435761u) % (64 * 128);   /* scattered, distinct */
