@@ -1162,6 +1162,23 @@ kimi_sc_allof(kimi_sc_t *c, const json_t *s, int32_t *node)
                 json_object_set_new(m, k, both);
                 continue;
             }
+            if (strcmp(k, "multipleOf") == 0 && json_is_integer(x)
+                && json_is_integer(w) && json_integer_value(x) > 0
+                && json_integer_value(w) > 0)
+            {
+                /* multiples of both: of their least common multiple */
+                json_int_t  a = json_integer_value(x), b = json_integer_value(w);
+                json_int_t  g = a, h = b, t;
+
+                while (h != 0) {
+                    t = g % h;
+                    g = h;
+                    h = t;
+                }
+                json_object_set_new(m, k, json_integer(a / g * b <= INT32_MAX
+                                                       ? a / g * b : 0));
+                continue;
+            }
             if (strcmp(k, "items") == 0) {
                 json_t  *two = json_pack("[OO]", x, w);
                 json_t  *one = two != NULL ? kimi_sc_allof_of(two) : NULL;
@@ -1176,7 +1193,8 @@ kimi_sc_allof(kimi_sc_t *c, const json_t *s, int32_t *node)
             }
             kimi_sc_fail(c, "\"allOf\" members give \"%.64s\" different"
                          " values: only equal ones, bounds, types, enum,"
-                         " required, items and properties merge", k);
+                         " required, whole multipleOf, items and"
+                         " properties merge", k);
             goto done;
         }
     }

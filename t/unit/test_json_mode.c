@@ -1520,6 +1520,9 @@ test_schema_allof(void)
         /* integer within number: integer */
         { "{\"type\": \"array\", \"items\": {\"allOf\": [{\"type\": \"number\"}, {\"type\": [\"integer\", \"string\"]}]}}",
           "[1, 2]", "[1.5]" },
+        /* whole multipleOfs meet at their least common multiple */
+        { "{\"type\": \"array\", \"items\": {\"allOf\": [{\"type\": \"integer\", \"multipleOf\": 4},"
+          " {\"multipleOf\": 6}]}}", "[12, -24, 0]", "[8]" },
         /* items of both members meet */
         { "{\"allOf\": [{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"minimum\": 0}},"
           " {\"items\": {\"maximum\": 5}, \"maxItems\": 2}]}", "[0, 5]", "[6]" },
