@@ -656,8 +656,24 @@ kimi_json_uo_values(kimi_json_state_t *s, int32_t e)
 }
 
 
+/* the frame of the uniqueItems array whose items enum node e is read in
+ * (its seen bits: the values written), or NULL */
+static kimi_json_frame_t *
+kimi_json_set_frame(kimi_json_state_t *s, int32_t e)
+{
+    kimi_json_frame_t  *f;
+
+    if (s->depth == 0 || s->stack[s->depth - 1] != '[') {
+        return NULL;
+    }
+    f = &s->frame[s->depth - 1];
+    return f->node != 0 && s->prog[f->node] == KIMI_SN_ARRAY
+           && s->prog[f->node + 4] == 1 && s->prog[f->node + 1] == e ? f : NULL;
+}
+
+
 /* value or part v of node e was taken: a UOBJECT keeps the alternatives it
- * belongs to */
+ * belongs to, a uniqueItems array notes the value */
 static void
 kimi_json_uo_taken(kimi_json_state_t *s, int32_t e, int32_t v)
 {
@@ -666,6 +682,10 @@ kimi_json_uo_taken(kimi_json_state_t *s, int32_t e, int32_t v)
 
     if (t != 0) {
         f->alts &= (uint32_t) s->prog[t + v];
+    }
+    f = kimi_json_set_frame(s, e);
+    if (f != NULL) {
+        f->seen |= (uint64_t) 1 << v;
     }
 }
 
@@ -796,6 +816,9 @@ kimi_json_schema_start(kimi_json_state_t *s, int32_t e, unsigned char c,
             }
         }
         s->cand &= kimi_json_uo_values(s, e);
+        if (kimi_json_set_frame(s, e) != NULL) {
+            s->cand &= ~kimi_json_set_frame(s, e)->seen;   /* not again */
+        }
         if (s->cand == 0) {
             return -1;
         }

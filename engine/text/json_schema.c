@@ -12,7 +12,8 @@
  * The subset: type (one or a list), properties, required,
  * additionalProperties (true/false, or a schema other keys' values follow:
  * such a key is written without escapes), items, prefixItems (tuples;
- * draft 7's items list too), minItems, maxItems,
+ * draft 7's items list too), minItems, maxItems, uniqueItems over enum
+ * values (a set of Literals or of an Enum),
  * minLength/maxLength (in code points; an escape is one, a \u surrogate
  * pair two), format date/time/date-time/uuid (the shape: digits and
  * separators where RFC 3339 and RFC 4122 put them), email/hostname/
@@ -269,7 +270,8 @@ kimi_sc_pattern(kimi_sc_t *c, const char *pat, size_t len, int32_t **dfa,
 
 static const char *const  kimi_sc_known[] = {
     "type", "properties", "required", "additionalProperties", "items",
-    "minItems", "maxItems", "prefixItems", "minLength", "maxLength",
+    "minItems", "maxItems", "prefixItems", "uniqueItems", "minLength",
+    "maxLength",
     "format", "pattern",
     "minimum",
     "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "enum",
@@ -440,6 +442,7 @@ kimi_sc_same(const int32_t *p, int32_t a, int32_t b, int depth)
         return memcmp(p + a + 1, p + b + 1, 7 * sizeof(int32_t)) == 0;
     case KIMI_SN_ARRAY:
         return p[a + 2] == p[b + 2] && p[a + 3] == p[b + 3]
+               && p[a + 4] == p[b + 4]
                && kimi_sc_same(p, p[a + 1], p[b + 1], depth + 1);
     case KIMI_SN_ENUM:
         if (p[a + 1] != p[b + 1]) {
@@ -1553,7 +1556,7 @@ kimi_sc_array(kimi_sc_t *c, const json_t *s, int32_t *node)
         }
     }
 
-    a = kimi_sc_alloc(c, np > 0 ? 5 + (size_t) np : 4);
+    a = kimi_sc_alloc(c, np > 0 ? 5 + (size_t) np : 5);
     if (a < 0) {
         return -1;
     }
@@ -1591,6 +1594,29 @@ kimi_sc_array(kimi_sc_t *c, const json_t *s, int32_t *node)
         }
         c->path[was] = '\0';
         c->w[a + 5 + i] = e;
+    }
+    /* uniqueItems over enum values (pydantic's Set[Literal[...]] or
+     * Set[SomeEnum]): each value at most once, so no more items than
+     * values; other items would need every earlier one remembered */
+    if (json_is_true(json_object_get(s, "uniqueItems"))) {
+        if (np > 0 || child <= 0 || c->w[child] != KIMI_SN_ENUM) {
+            return kimi_sc_fail(c, "\"uniqueItems\" is supported on arrays"
+                                " of enum or const values (a set of"
+                                " Literals or of an Enum) only");
+        }
+        if (mn > c->w[child + 1]) {
+            return kimi_sc_fail(c, "\"minItems\" above the %d distinct"
+                                " values \"uniqueItems\" leaves",
+                                (int) c->w[child + 1]);
+        }
+        if (mx < 0 || mx > c->w[child + 1]) {
+            mx = c->w[child + 1];
+        }
+        c->w[a + 4] = 1;
+    } else if (json_object_get(s, "uniqueItems") != NULL
+               && !json_is_false(json_object_get(s, "uniqueItems")))
+    {
+        return kimi_sc_fail(c, "\"uniqueItems\" must be true or false");
     }
     c->w[a + 1] = child;
     c->w[a + 2] = mn;
@@ -2054,6 +2080,7 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
                                 " structured output here enforces type,"
                                 " properties, required, additionalProperties,"
                                 " items, prefixItems, minItems, maxItems,"
+                                " uniqueItems (of enum values),"
                                 " minLength, maxLength, format (date, time,"
                                 " date-time, uuid, email, hostname, ipv4,"
                                 " ipv6, uri, duration, password, binary),"
@@ -2478,14 +2505,23 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
             break;
         }
         case KIMI_SN_ARRAY:
-            KIMI_SC_NEED(4);
+            KIMI_SC_NEED(5);
             if (p[at + 2] < 0 || p[at + 3] < -1
-                || (p[at + 3] >= 0 && p[at + 3] < p[at + 2]))
+                || (p[at + 3] >= 0 && p[at + 3] < p[at + 2])
+                || (p[at + 4] != 0 && p[at + 4] != 1))
             {
                 rc = kimi_sc_check_fail(err, errlen, at, "item counts");
                 break;
             }
             KIMI_SC_CHILD(p[at + 1]);
+            /* unique items: enum values, no more than there are */
+            if (p[at + 4] == 1
+                && (p[at + 1] < 2 || (size_t) p[at + 1] + 2 > n
+                    || p[p[at + 1]] != KIMI_SN_ENUM || p[at + 3] < 0
+                    || p[at + 3] > p[p[at + 1] + 1]))
+            {
+                rc = kimi_sc_check_fail(err, errlen, at, "unique items");
+            }
             break;
         case KIMI_SN_TUPLE:
             KIMI_SC_NEED(6);

@@ -12,7 +12,9 @@
  *           additionalProperties as a schema), then per property: name_at,
  *           name_len, child (the name JSON-escaped, without quotes: byte
  *           name_at of the program's bytes)
- *   ARRAY   kind, items, min_items, max_items (-1: no maximum)
+ *   ARRAY   kind, items, min_items, max_items (-1: no maximum), unique
+ *           (1: uniqueItems, items an ENUM node, max_items at most its
+ *           count of values)
  *   TUPLE   kind, items after the prefix (-1: none, then max_items is at
  *           most n_prefix), min_items, max_items, n_prefix (1..64), then
  *           the prefix's nodes (prefixItems: item i's schema)

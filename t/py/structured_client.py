@@ -15,7 +15,7 @@ import json
 import re
 import sys
 import uuid
-from typing import List, Literal, Optional, Union
+from typing import List, Literal, Optional, Set, Union
 
 import openai
 
@@ -72,17 +72,19 @@ class Owner(BaseModel):
 
 class Host(BaseModel):
     """Formats and annotations pydantic writes: format ipv6, SecretStr's
-    format password with writeOnly, a deprecated field, multipleOf"""
+    format password with writeOnly, a deprecated field, multipleOf, a set
+    (uniqueItems)"""
     addr: ipaddress.IPv6Address
     secret: SecretStr = Field(max_length=24)
     port: int = Field(ge=1, le=65535, json_schema_extra={"deprecated": True})
     step: int = Field(multiple_of=25, le=1000)
     ratio: float = Field(multiple_of=0.25, ge=0, le=10)
+    tags: Set[Literal["x", "y", "z"]]
 
 
 def answers(fmt, seeds, max_tokens):
-    """(seed, parsed answer) for each seed whose answer was not cut by
-    max_tokens (a prefix), and how many were cut"""
+    """(seed, parsed answer, its text) for each seed whose answer was not
+    cut by max_tokens (a prefix), and how many were cut"""
     got, cut = [], 0
     for seed in seeds:
         try:
@@ -93,7 +95,8 @@ def answers(fmt, seeds, max_tokens):
         except openai.LengthFinishReasonError:
             cut += 1
             continue
-        got.append((seed, r.choices[0].message.parsed))
+        got.append((seed, r.choices[0].message.parsed,
+                    r.choices[0].message.content))
     return got, cut
 
 
@@ -102,7 +105,7 @@ def dump(x):
 
 
 got, cut = answers(Answer, range(1, 7), 300)
-for seed, a in got:
+for seed, a, _ in got:
     check(isinstance(a, Answer), "seed %d: parsed into the Pydantic model: %s"
           % (seed, dump(a)))
     check(a is None or re.fullmatch(r"[A-Z]{2}-[0-9]{2,4}", a.code),
@@ -112,18 +115,20 @@ check(len(got) > 0, "%d of 6 answers parsed (%d cut by max_tokens)"
       % (len(got), cut))
 
 got, cut = answers(Owner, range(1, 5), 200)
-for seed, o in got:
+for seed, o, _ in got:
     check(isinstance(o, Owner) and isinstance(o.pet, (Cat, Dog))
           and isinstance(o.other, (Bird, Cat)),
           "seed %d: unions of models parsed: %s" % (seed, dump(o)))
 check(len(got) > 0, "%d of 4 union answers parsed" % len(got))
 
 got, cut = answers(Host, range(1, 5), 200)
-for seed, h in got:
+for seed, h, text in got:
+    tags = json.loads(text)["tags"]       # as written: a set parses away repeats
     check(isinstance(h, Host) and isinstance(h.addr, ipaddress.IPv6Address)
           and h.step % 25 == 0 and (h.ratio * 4).is_integer()
-          and 0 <= h.ratio <= 10,
+          and 0 <= h.ratio <= 10 and len(tags) == len(set(tags)),
           "seed %d: an IPv6 address, a secret, a deprecated field, multiples"
-          " of 25 and of 0.25 parsed: %s" % (seed, dump(h)))
+          " of 25 and of 0.25, distinct tags %s parsed: %s"
+          % (seed, tags, dump(h)))
 check(len(got) > 0, "%d of 4 host answers parsed" % len(got))
 plan()

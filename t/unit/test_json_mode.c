@@ -299,7 +299,7 @@ test_schema_compile(void)
         { "{\"type\": \"string\"}", "top level must be an object or an array" },
         { "{\"anyOf\": [{\"type\": \"object\"}, {\"type\": \"string\"}]}", "top level must be an object" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"array\", \"uniqueItems\": true}}}",
-          "keyword \"uniqueItems\" is not supported" },
+          "\"uniqueItems\" is supported on arrays of enum or const values" },
         { "{\"type\": \"array\", \"items\": {\"type\": \"string\", \"pattern\": \"a(?=b)\"}}",
           "\"pattern\" cannot be enforced: lookaround" },
         { "{\"type\": \"array\", \"items\": {\"type\": \"string\", \"pattern\": \"^a\\\"b$\"}}",
@@ -1487,6 +1487,107 @@ test_schema_multiple_of(void)
 }
 
 
+/* uniqueItems over enum values: each at most once (no prefix of a value
+ * written before starts again), no more items than values; random walks
+ * never stick and never repeat a value */
+static void
+test_schema_unique_items(void)
+{
+    static const struct { const char *schema, *good, *bad; } t[] = {
+        { "{\"type\": \"array\", \"items\": {\"enum\": [\"a\", \"b\", \"c\"]}, \"uniqueItems\": true}",
+          "[\"c\", \"a\", \"b\"]", "[\"a\", \"a\"]" },
+        { "{\"type\": \"array\", \"items\": {\"enum\": [\"a\", \"b\", \"c\"]}, \"uniqueItems\": true}",
+          "[\"b\"]", "[\"a\", \"b\", \"c\", " },
+        { "{\"type\": \"array\", \"items\": {\"enum\": [1, 12, 123]}, \"uniqueItems\": true}",
+          "[12, 1, 123]", "[12, 12]" },
+        { "{\"$defs\": {\"Color\": {\"enum\": [\"red\", \"green\"]}}, \"type\": \"array\","
+          " \"items\": {\"$ref\": \"#/$defs/Color\"}, \"uniqueItems\": true, \"minItems\": 2}",
+          "[\"green\", \"red\"]", "[\"red\"]" },
+        /* a value used in one set is free in another */
+        { "{\"type\": \"array\", \"items\": {\"type\": \"array\", \"items\": {\"enum\": [\"x\", \"y\"]},"
+          " \"uniqueItems\": true}}", "[[\"x\"], [\"x\", \"y\"]]", "[[\"y\", \"y\"]]" },
+    };
+    static const struct { const char *schema, *err; } refused[] = {
+        { "{\"type\": \"array\", \"items\": {\"type\": \"string\"}, \"uniqueItems\": true}",
+          "supported on arrays of enum or const values" },
+        { "{\"type\": \"array\", \"items\": {\"enum\": [1, 2]}, \"uniqueItems\": true, \"minItems\": 3}",
+          "\"minItems\" above the 2 distinct values" },
+    };
+    char      err[512];
+    size_t    n;
+    int32_t  *prog;
+    int       done, good;
+
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        prog = compile(t[i].schema, &n, err, sizeof(err));
+        good = prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0;
+        good = good && accepts(prog, t[i].good, &done) && done;
+        good = good && !(accepts(prog, t[i].bad, &done) && done);
+        ok(good, "uniqueItems %zu: %s taken, %s refused (%s)", i, t[i].good, t[i].bad,
+           prog == NULL ? err : "ok");
+        free(prog);
+    }
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        prog = compile(refused[i].schema, &n, err, sizeof(err));
+        ok(prog == NULL && strstr(err, refused[i].err) != NULL, "uniqueItems refused: %s",
+           prog == NULL ? err : "compiled");
+        free(prog);
+    }
+
+    /* random walks over the bytes each state takes */
+    {
+        uint64_t  r = 0x2545f4914f6cdd1dull;
+        int       stuck = 0, dup = 0, walks = 0;
+
+        prog = compile("{\"type\": \"array\", \"items\": {\"enum\": [1, 12, 2, \"a\", \"ab\", null]},"
+                       " \"uniqueItems\": true}", &n, err, sizeof(err));
+        for (int k = 0; prog != NULL && k < 500; k++) {
+            kimi_json_state_t  st, t2;
+            char               out[256];
+            size_t             len = 0;
+
+            kimi_json_init_schema(&st, prog);
+            while (!kimi_json_done(&st) && len < 200) {
+                static const char  bytes[] = "[]12ab\",nul ";
+                char               can[16];
+                int                nc = 0;
+
+                for (int b = 0; b < 12; b++) {
+                    t2 = st;
+                    if (kimi_json_feed(&t2, &bytes[b], 1) == 0) {
+                        can[nc++] = bytes[b];
+                    }
+                }
+                if (nc == 0) {
+                    stuck++;
+                    break;
+                }
+                r ^= r << 13; r ^= r >> 7; r ^= r << 17;
+                out[len] = can[r % (uint64_t) nc];
+                kimi_json_feed(&st, &out[len], 1);
+                len++;
+            }
+            out[len] = '\0';
+            walks++;
+            if (kimi_json_done(&st)) {
+                json_t  *a = json_loads(out, JSON_DECODE_ANY, NULL);
+
+                for (size_t x = 0; x < json_array_size(a); x++) {
+                    for (size_t y = x + 1; y < json_array_size(a); y++) {
+                        dup += json_equal(json_array_get(a, x), json_array_get(a, y));
+                    }
+                }
+                dup += a == NULL;
+                json_decref(a);
+            }
+        }
+        free(prog);
+        ok(walks == 500 && stuck == 0 && dup == 0, "uniqueItems: %d random walks, %d stuck,"
+           " %d repeated values", walks, stuck, dup);
+    }
+}
+
+
 /* allOf: the members' keywords merged into one schema, a $ref with
  * keywords beside it the same; what cannot merge is refused naming it */
 static void
@@ -1702,6 +1803,7 @@ main(void)
     test_schema_format_shapes();
     test_schema_allof();
     test_schema_multiple_of();
+    test_schema_unique_items();
     test_schema_number_bounds();
     test_schema_sampler();
     test_schema_dead_end();
