@@ -1278,6 +1278,43 @@ test_schema_format_shapes(void)
 }
 
 
+/* A random walk through program prog: at each step one of the bytes of
+ * `bytes` that the state takes, chosen by xorshift state *r, into out (up
+ * to cap - 1 bytes, terminated).  1: the value is complete; 0: cap came
+ * first; -1: stuck, no byte taken (a dead end the sampler could meet). */
+static int
+random_walk(const int32_t *prog, const char *bytes, uint64_t *r, char *out, size_t cap)
+{
+    kimi_json_state_t  st, t2;
+    size_t             len = 0, nb = strlen(bytes);
+
+    kimi_json_init_schema(&st, prog);
+    while (!kimi_json_done(&st) && len + 1 < cap) {
+        char  can[32];
+        int   nc = 0;
+
+        for (size_t b = 0; b < nb && nc < 32; b++) {
+            t2 = st;
+            if (kimi_json_feed(&t2, &bytes[b], 1) == 0) {
+                can[nc++] = bytes[b];
+            }
+        }
+        if (nc == 0) {
+            out[len] = '\0';
+            return -1;
+        }
+        *r ^= *r << 13;
+        *r ^= *r >> 7;
+        *r ^= *r << 17;
+        out[len] = can[*r % (uint64_t) nc];
+        kimi_json_feed(&st, &out[len], 1);
+        len++;
+    }
+    out[len] = '\0';
+    return kimi_json_done(&st);
+}
+
+
 /* multipleOf on integers (and on numbers, which it makes integers): every
  * integer the recogniser takes whole is a multiple within the bounds, and
  * every such one is taken */
@@ -1339,41 +1376,12 @@ test_schema_multiple_of(void)
         for (int w = 0; w < 3; w++) {
             prog = compile(walk[w], &n, err, sizeof(err));
             for (int k = 0; prog != NULL && k < 300; k++) {
-                kimi_json_state_t  st, t2;
-                char               out[256];
-                size_t             len = 0;
+                char  out[256];
+                int   rc = random_walk(prog, "[-0123456789.,]", &r, out, 200);
 
-                kimi_json_init_schema(&st, prog);
-                while (!kimi_json_done(&st) && len < 200) {
-                    static const char  bytes[] = "-0123456789.,]";
-                    char               can[16];
-                    int                nc = 0;
-
-                    for (int b = 0; b < 14; b++) {
-                        t2 = st;
-                        if (kimi_json_feed(&t2, &bytes[b], 1) == 0) {
-                            can[nc++] = bytes[b];
-                        }
-                    }
-                    if (len == 0) {
-                        can[0] = '[';
-                        nc = 1;
-                    }
-                    if (nc == 0) {
-                        stuck++;
-                        break;
-                    }
-                    r ^= r << 13; r ^= r >> 7; r ^= r << 17;
-                    out[len] = can[r % (uint64_t) nc];
-                    if (kimi_json_feed(&st, &out[len], 1) != 0) {
-                        stuck++;
-                        break;
-                    }
-                    len++;
-                }
-                out[len] = '\0';
+                stuck += rc < 0;
                 walks++;
-                if (kimi_json_done(&st)) {
+                if (rc == 1) {
                     json_t  *a = json_loads(out, JSON_DECODE_ANY, NULL);
                     size_t   q;
                     json_t  *v;
@@ -1542,34 +1550,12 @@ test_schema_unique_items(void)
         prog = compile("{\"type\": \"array\", \"items\": {\"enum\": [1, 12, 2, \"a\", \"ab\", null]},"
                        " \"uniqueItems\": true}", &n, err, sizeof(err));
         for (int k = 0; prog != NULL && k < 500; k++) {
-            kimi_json_state_t  st, t2;
-            char               out[256];
-            size_t             len = 0;
+            char  out[256];
+            int   rc = random_walk(prog, "[]12ab\",nul ", &r, out, 200);
 
-            kimi_json_init_schema(&st, prog);
-            while (!kimi_json_done(&st) && len < 200) {
-                static const char  bytes[] = "[]12ab\",nul ";
-                char               can[16];
-                int                nc = 0;
-
-                for (int b = 0; b < 12; b++) {
-                    t2 = st;
-                    if (kimi_json_feed(&t2, &bytes[b], 1) == 0) {
-                        can[nc++] = bytes[b];
-                    }
-                }
-                if (nc == 0) {
-                    stuck++;
-                    break;
-                }
-                r ^= r << 13; r ^= r >> 7; r ^= r << 17;
-                out[len] = can[r % (uint64_t) nc];
-                kimi_json_feed(&st, &out[len], 1);
-                len++;
-            }
-            out[len] = '\0';
+            stuck += rc < 0;
             walks++;
-            if (kimi_json_done(&st)) {
+            if (rc == 1) {
                 json_t  *a = json_loads(out, JSON_DECODE_ANY, NULL);
 
                 for (size_t x = 0; x < json_array_size(a); x++) {
