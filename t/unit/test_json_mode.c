@@ -1278,6 +1278,46 @@ test_schema_format_shapes(void)
 }
 
 
+/* schemas with a value each takes whole and one it refuses */
+typedef struct { const char *schema, *good, *bad; } schema_case_t;
+/* schemas refused, with what the message must say */
+typedef struct { const char *schema, *err; } schema_refusal_t;
+
+static void
+schema_cases(const char *what, const schema_case_t *t, size_t n_cases)
+{
+    char      err[512];
+    size_t    n;
+    int32_t  *prog;
+    int       done, good;
+
+    for (size_t i = 0; i < n_cases; i++) {
+        prog = compile(t[i].schema, &n, err, sizeof(err));
+        good = prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0;
+        good = good && accepts(prog, t[i].good, &done) && done;
+        good = good && !(accepts(prog, t[i].bad, &done) && done);
+        ok(good, "%s %zu: %s taken, %s refused (%s)", what, i, t[i].good, t[i].bad,
+           prog == NULL ? err : "ok");
+        free(prog);
+    }
+}
+
+static void
+schema_refusals(const char *what, const schema_refusal_t *t, size_t n_cases)
+{
+    char      err[512];
+    size_t    n;
+    int32_t  *prog;
+
+    for (size_t i = 0; i < n_cases; i++) {
+        prog = compile(t[i].schema, &n, err, sizeof(err));
+        ok(prog == NULL && strstr(err, t[i].err) != NULL, "%s refused %zu: %s", what, i,
+           prog == NULL ? err : "compiled");
+        free(prog);
+    }
+}
+
+
 /* A random walk through program prog: at each step one of the bytes of
  * `bytes` that the state takes, chosen by xorshift state *r, into out (up
  * to cap - 1 bytes, terminated).  1: the value is complete; 0: cap came
@@ -1478,7 +1518,7 @@ test_schema_multiple_of(void)
            triedd, wrongd);
     }
 
-    static const struct { const char *schema, *err; } refused[] = {
+    static const schema_refusal_t  refused[] = {
         { "{\"type\": \"array\", \"items\": {\"type\": \"number\", \"multipleOf\": 0.0000000001}}",
           "has more than 9 decimals" },
         { "{\"type\": \"array\", \"items\": {\"type\": \"number\", \"multipleOf\": 0.5, \"minimum\": 0.1, \"maximum\": 0.4}}",
@@ -1486,12 +1526,7 @@ test_schema_multiple_of(void)
         { "{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"multipleOf\": 7, \"minimum\": 1, \"maximum\": 6}}",
           "no multiple of 7 lies within the bounds" },
     };
-    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
-        prog = compile(refused[i].schema, &n, err, sizeof(err));
-        ok(prog == NULL && strstr(err, refused[i].err) != NULL, "multipleOf refused: %s",
-           prog == NULL ? err : "compiled");
-        free(prog);
-    }
+    schema_refusals("multipleOf", refused, sizeof(refused) / sizeof(refused[0]));
 }
 
 
@@ -1501,7 +1536,7 @@ test_schema_multiple_of(void)
 static void
 test_schema_unique_items(void)
 {
-    static const struct { const char *schema, *good, *bad; } t[] = {
+    static const schema_case_t  t[] = {
         { "{\"type\": \"array\", \"items\": {\"enum\": [\"a\", \"b\", \"c\"]}, \"uniqueItems\": true}",
           "[\"c\", \"a\", \"b\"]", "[\"a\", \"a\"]" },
         { "{\"type\": \"array\", \"items\": {\"enum\": [\"a\", \"b\", \"c\"]}, \"uniqueItems\": true}",
@@ -1515,7 +1550,7 @@ test_schema_unique_items(void)
         { "{\"type\": \"array\", \"items\": {\"type\": \"array\", \"items\": {\"enum\": [\"x\", \"y\"]},"
           " \"uniqueItems\": true}}", "[[\"x\"], [\"x\", \"y\"]]", "[[\"y\", \"y\"]]" },
     };
-    static const struct { const char *schema, *err; } refused[] = {
+    static const schema_refusal_t  refused[] = {
         { "{\"type\": \"array\", \"items\": {\"type\": \"string\"}, \"uniqueItems\": true}",
           "supported on arrays of enum or const values" },
         { "{\"type\": \"array\", \"items\": {\"enum\": [1, 2]}, \"uniqueItems\": true, \"minItems\": 3}",
@@ -1524,23 +1559,9 @@ test_schema_unique_items(void)
     char      err[512];
     size_t    n;
     int32_t  *prog;
-    int       done, good;
 
-    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-        prog = compile(t[i].schema, &n, err, sizeof(err));
-        good = prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0;
-        good = good && accepts(prog, t[i].good, &done) && done;
-        good = good && !(accepts(prog, t[i].bad, &done) && done);
-        ok(good, "uniqueItems %zu: %s taken, %s refused (%s)", i, t[i].good, t[i].bad,
-           prog == NULL ? err : "ok");
-        free(prog);
-    }
-    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
-        prog = compile(refused[i].schema, &n, err, sizeof(err));
-        ok(prog == NULL && strstr(err, refused[i].err) != NULL, "uniqueItems refused: %s",
-           prog == NULL ? err : "compiled");
-        free(prog);
-    }
+    schema_cases("uniqueItems", t, sizeof(t) / sizeof(t[0]));
+    schema_refusals("uniqueItems", refused, sizeof(refused) / sizeof(refused[0]));
 
     /* random walks over the bytes each state takes */
     {
@@ -1579,7 +1600,7 @@ test_schema_unique_items(void)
 static void
 test_schema_allof(void)
 {
-    static const struct { const char *schema, *good, *bad; } t[] = {
+    static const schema_case_t  t[] = {
         /* OpenAPI-style composition: a base model and its extension */
         { "{\"$defs\": {\"Base\": {\"type\": \"object\", \"properties\": {\"id\": {\"type\": \"integer\"}},"
           " \"required\": [\"id\"]}}, \"allOf\": [{\"$ref\": \"#/$defs/Base\"}, {\"type\": \"object\","
@@ -1614,7 +1635,7 @@ test_schema_allof(void)
         { "{\"allOf\": [{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"minimum\": 0}},"
           " {\"items\": {\"maximum\": 5}, \"maxItems\": 2}]}", "[0, 5]", "[6]" },
     };
-    static const struct { const char *schema, *err; } bad[] = {
+    static const schema_refusal_t  bad[] = {
         { "{\"type\": \"object\", \"allOf\": [{\"properties\": {\"a\": {\"type\": \"string\"}},"
           " \"additionalProperties\": false}, {\"properties\": {\"b\": {}}, \"required\": [\"b\"]}]}",
           "\"b\" is required by one member and not allowed" },
@@ -1628,26 +1649,8 @@ test_schema_allof(void)
           "\"const\" is not of a \"type\"" },
         { "{\"type\": \"object\", \"allOf\": [{\"$ref\": \"#/$defs/Missing\"}]}", "\"#/$defs/Missing\": only references" },
     };
-    char      err[512];
-    size_t    n;
-    int32_t  *prog;
-    int       done, good;
-
-    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-        prog = compile(t[i].schema, &n, err, sizeof(err));
-        good = prog != NULL && kimi_json_schema_check(prog, n, err, sizeof(err)) == 0;
-        good = good && accepts(prog, t[i].good, &done) && done;
-        good = good && !(accepts(prog, t[i].bad, &done) && done);
-        ok(good, "allOf %zu: %s taken, %s refused (%s)", i, t[i].good, t[i].bad,
-           prog == NULL ? err : "ok");
-        free(prog);
-    }
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        prog = compile(bad[i].schema, &n, err, sizeof(err));
-        ok(prog == NULL && strstr(err, bad[i].err) != NULL, "allOf refused %zu: %s",
-           i, prog == NULL ? err : "compiled");
-        free(prog);
-    }
+    schema_cases("allOf", t, sizeof(t) / sizeof(t[0]));
+    schema_refusals("allOf", bad, sizeof(bad) / sizeof(bad[0]));
 }
 
 
