@@ -41,19 +41,10 @@
 #define MLA_GROUP  64            /* heads one kernel call serves (the wgmma tile's rows) */
 #define MLA_MAX_HEADS 256        /* more in groups of MLA_GROUP */
 
-/* The split partials' O: bf16 halves the bytes the decode kernels write and
- * the combine reads back (7 % of a B=64 x 8K bf16 call as fp32); O is
- * rounded once more before the fp32 merge, as o itself is rounded after
- * it.  m and l stay fp32.  -DMLA_PART_F32=1: fp32 (A/B measurements). */
-#if MLA_PART_F32
-typedef float mla_part_t;
-
-static __device__ __forceinline__ void
-mla_part_st2(float *p, float a, float b)
-{
-    *(float2 *) p = make_float2(a, b);
-}
-#else
+/* The split partials' O in bf16: half the bytes the decode kernels write
+ * and the combine reads back of fp32 (7 % of a B=64 x 8K bf16 call as
+ * fp32; session 17); O is rounded once more before the fp32 merge, as o
+ * itself is rounded after it.  m and l stay fp32. */
 typedef uint16_t mla_part_t;
 
 static __device__ __forceinline__ void
@@ -61,7 +52,6 @@ mla_part_st2(uint16_t *p, float a, float b)
 {
     *(uint32_t *) p = (uint32_t) kimi_f2bf(a) | (uint32_t) kimi_f2bf(b) << 16;
 }
-#endif
 #define LOG2E      1.4426950408889634f
 
 /* ---- wgmma kernel (sm_90a) ------------------------------------------------
@@ -561,9 +551,9 @@ mla_decode_wg_kernel(const uint16_t *__restrict__ q, int H, int B, const void *_
  *
  * Group 0 computes S, the softmax and P (kept in registers as its own P V's
  * A operand, stored to shared memory for group 1) and issues P V of a tile
- * before S of the next, so a buffer is held from its S to its P V only; the
- * next tile's softmax runs while both groups' P V of this one are on the
- * tensor cores.  Group 1 does the other half of P V.  Named barriers:
+ * before S of the next, and gives the buffer back as soon as that P V is
+ * done (not after S of the next, whose chunk waits would hold it until the
+ * next tile has landed): a buffer is held from its S to its P V only.  Group 1 does the other half of P V.  Named barriers:
  * MT_BAR_P (P and alpha of a tile stored; group 0 arrives, group 1 waits),
  * MT_BAR_PFREE (group 1's P V done with P; the reverse), MT_BAR_G0 (group 0
  * alone).  Rows of the last tile past the sequence are zeroed before P V
@@ -706,6 +696,12 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
         uint32_t pw[16];
         float a0, a1;
 
+        auto release = [&](int st) {   /* after this group's P V of the buffer */
+            wg_fence_regs(o);
+            if (lane == 0) {
+                kimi_mbar_arrive(&empty[st]);
+            }
+        };
         /* S of the item in buffer st (use parity par) into s, each 64-dim
          * chunk's k-steps issued as soon as the chunk has landed */
         auto s_issue = [&](int st, int par) {
@@ -752,12 +748,6 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
             }
             wg_commit();
         };
-        auto release = [&](int st) {   /* after this group's P V of the buffer */
-            wg_fence_regs(o);
-            if (lane == 0) {
-                kimi_mbar_arrive(&empty[st]);
-            }
-        };
 
         mf_walk cur = w0;
         wg_arrive();
@@ -772,6 +762,10 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
             }
             const int st = i & 1;
             pv_issue(i, st);
+            /* the buffer back before S of the next item, which may wait
+             * for that item to land (released after S: 1-4 % slower) */
+            wg_wait<0>();
+            release(st);
             if (nxt.b != cur.b) {   /* a new sequence: its Q (S of cur is done) */
                 for (int h2 = 0; h2 < 2; h2++) {
                     const int tid = wt + 128 * h2;
@@ -782,9 +776,7 @@ mla_decode_tma_kernel(const __grid_constant__ CUtensorMap kv_map, const uint16_t
                 wg_fence_proxy();
                 kimi_bar_sync(MT_BAR_G0, 128);
             }
-            s_issue(st ^ 1, ((i + 1) >> 1) & 1);   /* S of the next item behind P V */
-            wg_wait<1>();
-            release(st);
+            s_issue(st ^ 1, ((i + 1) >> 1) & 1);
             wg_wait<0>();
             if (nxt.b != cur.b) {
                 seg_out(cur.b);
@@ -1403,66 +1395,106 @@ mla_decode_fp8_kernel(const uint8_t *__restrict__ kv, const uint16_t *__restrict
 
 /* o[b,h,:] = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s over sequence b's
  * partial slots b + k, k the runs of the flat schedule that hold its tiles
- * (found from the tile counts, as mf_start cut them; none: o = 0). */
-static __global__ void
+ * (found from the tile counts, as mf_start cut them; none: o = 0).  One
+ * warp a (sequence, head), lane j holding dims 8j.. and 256 + 8j.. (each
+ * load a warp-wide 512 contiguous bytes), the slots' m and l a lane a slot
+ * and their O MC_SLOTS slots at a time, all loads of a group issued before
+ * their first use: the merge is a chain of a few memory round trips, not
+ * bandwidth (the partials are in L2), so the round trips are what counts. */
+#define MC_WARPS 4
+#define MC_SLOTS 2         /* 58 registers, 8 blocks an SM (4: 80 and 6, no faster) */
+
+static __global__ void __launch_bounds__(MC_WARPS * 32, 8)
 mla_combine_kernel(const mla_part_t *__restrict__ opart, const float *__restrict__ mlpart,
                    int H, const int32_t *__restrict__ seq_len, int B, int n_runs,
                    uint16_t *__restrict__ o, float *__restrict__ lse)
 {
-    KIMI_GRID_ENTRY();
-    __shared__ int sums[2][MLA_DV / 4 / 32];
-    const int b = blockIdx.x, h = blockIdx.y;
+    const int lane = threadIdx.x & 31, b = blockIdx.x, h = blockIdx.y * MC_WARPS + (threadIdx.x >> 5);
+    /* seq_len is not the decode kernel's output (it was complete before
+     * that kernel passed its own grid wait): read under the decode's tail */
     int all = 0, before = 0;
-    for (int i = threadIdx.x; i < B; i += blockDim.x) {
+    for (int i = lane; i < B; i += 32) {
         const int nt = mf_ntiles(seq_len[i]);
         all += nt;
         before += i < b ? nt : 0;
     }
     all = __reduce_add_sync(0xffffffffu, all);
     before = __reduce_add_sync(0xffffffffu, before);
-    if ((threadIdx.x & 31) == 0) {
-        sums[0][threadIdx.x >> 5] = all;
-        sums[1][threadIdx.x >> 5] = before;
-    }
-    __syncthreads();
-    all = before = 0;
-    for (int w = 0; w < MLA_DV / 4 / 32; w++) {
-        all += sums[0][w];
-        before += sums[1][w];
-    }
     const int nt = mf_ntiles(seq_len[b]), per = (all + n_runs - 1) / n_runs;
+    KIMI_GRID_ENTRY();
+    if (h >= H) {
+        return;
+    }
     const int k0 = nt > 0 ? before / per : 0;
-    const size_t slot0 = (size_t) b + k0;
     const int n = nt > 0 ? (before + nt - 1) / per - k0 + 1 : 0;
-    float M = -INFINITY;
-    for (int s = 0; s < n; s++) {
-        const float *ml = mlpart + ((slot0 + s) * H + h) * 2;
-        if (ml[1] > 0.f) {
-            M = fmaxf(M, ml[0]);
+    const size_t row0 = ((size_t) b + k0) * H + h;   /* slot s: row0 + s H */
+
+    float M = -INFINITY, L = 0.f, a[16];
+#pragma unroll
+    for (int i = 0; i < 16; i++) a[i] = 0.f;
+    for (int c = 0; c < n; c += 32) {
+        const int m = n - c < 32 ? n - c : 32;
+        float2 ml = make_float2(-INFINITY, 0.f);
+        if (lane < m) {
+            ml = *(const float2 *) (mlpart + (row0 + (size_t) (c + lane) * H) * 2);
+        }
+        /* empty splits have l = 0 and O = 0: weight 0, never NaN */
+        float mc = ml.y > 0.f ? ml.x : -INFINITY;
+        for (int d = 16; d > 0; d >>= 1) {
+            mc = fmaxf(mc, __shfl_xor_sync(0xffffffffu, mc, d));
+        }
+        const float Mn = fmaxf(M, mc);
+        if (Mn == -INFINITY) {
+            continue;   /* no tokens in any slot so far */
+        }
+        const float keep = M == -INFINITY ? 0.f : exp2f(M - Mn);
+        M = Mn;
+        L *= keep;
+#pragma unroll
+        for (int i = 0; i < 16; i++) a[i] *= keep;
+        const float f = ml.y > 0.f ? exp2f(ml.x - M) : 0.f;
+        float fl = f * ml.y;
+        for (int d = 16; d > 0; d >>= 1) {
+            fl += __shfl_xor_sync(0xffffffffu, fl, d);
+        }
+        L += fl;
+        for (int s0 = 0; s0 < m; s0 += MC_SLOTS) {
+            uint4 v[MC_SLOTS][2];   /* 8 bf16 each */
+#pragma unroll
+            for (int u = 0; u < MC_SLOTS; u++) {
+                if (s0 + u < m) {
+                    const mla_part_t *p = opart + (row0 + (size_t) (c + s0 + u) * H) * MLA_DV + 8 * lane;
+                    v[u][0] = *(const uint4 *) p;
+                    v[u][1] = *(const uint4 *) (p + 256);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < MC_SLOTS; u++) {
+                const float fu = __shfl_sync(0xffffffffu, f, (s0 + u) & 31);
+                if (s0 + u < m) {
+#pragma unroll
+                    for (int i = 0; i < 8; i++) {
+                        const uint32_t w = (&v[u][i >> 2].x)[i & 3];
+                        a[2 * i] += fu * __uint_as_float(w << 16);
+                        a[2 * i + 1] += fu * __uint_as_float(w & 0xffff0000u);
+                    }
+                }
+            }
         }
     }
-    float L = 0.f;
-    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-    for (int s = 0; s < n; s++) {
-        const size_t idx = (slot0 + s) * H + h;
-        const float2 ml = *(const float2 *) (mlpart + idx * 2);
-        float v[4];
-        kimi_ld4(opart + idx * MLA_DV + threadIdx.x * 4, v);
-        /* empty splits have l = 0 and O = 0: weight 0, never NaN */
-        const float f = ml.y > 0.f ? exp2f(ml.x - M) : 0.f;
-        L += f * ml.y;
-        a.x += f * v[0];
-        a.y += f * v[1];
-        a.z += f * v[2];
-        a.w += f * v[3];
-    }
     const float inv = L > 0.f ? 1.f / L : 0.f;
-    uint2 out;
-    out.x = (uint32_t) kimi_f2bf(a.x * inv) | (uint32_t) kimi_f2bf(a.y * inv) << 16;
-    out.y = (uint32_t) kimi_f2bf(a.z * inv) | (uint32_t) kimi_f2bf(a.w * inv) << 16;
-    *(uint2 *) (o + ((size_t) b * H + h) * MLA_DV + threadIdx.x * 4) = out;
-    if (lse != NULL && threadIdx.x == 0) {
+    uint16_t *dst = o + ((size_t) b * H + h) * MLA_DV + 8 * lane;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        uint4 out;
+        uint32_t *w = &out.x;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            w[i] = (uint32_t) kimi_f2bf(a[8 * half + 2 * i] * inv) | (uint32_t) kimi_f2bf(a[8 * half + 2 * i + 1] * inv) << 16;
+        }
+        *(uint4 *) (dst + 256 * half) = out;
+    }
+    if (lse != NULL && lane == 0) {
         /* log2 of the softmax denominator (scores in log2 units) */
         lse[(size_t) b * H + h] = L > 0.f ? M + log2f(L) : -INFINITY;
     }
@@ -1698,7 +1730,7 @@ mla_decode_group(const kimi_bf16_t *q, int B, int H, const void *kv, const float
         KIMI_LAUNCH(err, mla_decode_wg_kernel<false>, dim3(runs), MW_THREADS, MW_SMEM, s, q, H, B, kv,
                     kv_scale, bs, block_table, bt_ld, seq_len, scale2, opart, mlpart);
     }
-    KIMI_LAUNCH(err, mla_combine_kernel, dim3(B, H), MLA_DV / 4, 0, s, opart, mlpart, H, seq_len, B,
-                runs, o, lse);
+    KIMI_LAUNCH(err, mla_combine_kernel, dim3(B, (H + MC_WARPS - 1) / MC_WARPS), MC_WARPS * 32, 0, s, opart,
+                mlpart, H, seq_len, B, runs, o, lse);
     return KIMI_OK;
 }
