@@ -1638,6 +1638,23 @@ test_mla(int B, const int *lens, int fp8, int H, int bs)
     test_mla_runs(B, lens, fp8, H, bs, 0);
 }
 
+/* Every dense FP8 GEMM case (KCHECK_ONLY=gemm runs these alone). */
+static void
+test_gemm_all(kimi_cublaslt_t *lt)
+{
+    test_gemm(1, 2112, 1536, lt);
+    test_gemm(3, 512, 512, lt);      /* K/128 = 4 < 8 warps: some split-K warps idle */
+    test_gemm(5, 576, 7168, lt);
+    test_gemm(13, 4096, 1024, lt);
+    test_gemm(2, 8192, 7168, lt);    /* 2-block clusters, 7 stages a block: the ring wraps */
+    test_gemm(9, 7168, 8192, lt);    /* two token groups, 8 stages */
+    test_gemm(16, 1536, 7168, lt);   /* 8-block clusters, T at the shared-memory path's top */
+    test_gemm2(1, 1536, 576, 7168);  /* q_a + kv_a in one launch */
+    test_gemm2(11, 1536, 576, 7168);
+    test_gemm(40, 1056, 2048, lt);
+    test_gemm(64, 2112, 7168, lt);
+}
+
 /* Every MLA decode case (KCHECK_ONLY=mla runs these alone). */
 static void
 test_mla_decode_all(void)
@@ -1768,6 +1785,11 @@ main(int argc, char **argv)
     void *ltws = dmalloc(32 << 20);
     kimi_cublaslt_t *lt = NULL;
     KK(kimi_cublaslt_create(&lt, ltws, 32 << 20, ERR));
+    if (getenv("KCHECK_ONLY") != NULL && strcmp(getenv("KCHECK_ONLY"), "gemm") == 0) {
+        test_gemm_all(lt);
+        printf("1..%d\n", n_test);
+        return n_fail ? 1 : 0;
+    }
 
     test_errors();
     test_rmsnorm(5, 7168);
@@ -1779,17 +1801,7 @@ main(int argc, char **argv)
     test_rope(7, 64);
     test_quant(5, 7168, 0);
     test_quant(9, 1152, 1);
-    test_gemm(1, 2112, 1536, lt);
-    test_gemm(3, 512, 512, lt);      /* K/128 = 4 < 8 warps: some split-K warps idle */
-    test_gemm(5, 576, 7168, lt);
-    test_gemm(13, 4096, 1024, lt);
-    test_gemm(2, 8192, 7168, lt);    /* 2-block clusters, 7 stages a block: the ring wraps */
-    test_gemm(9, 7168, 8192, lt);    /* two token groups, 8 stages */
-    test_gemm(16, 1536, 7168, lt);   /* 8-block clusters, T at the shared-memory path's top */
-    test_gemm2(1, 1536, 576, 7168);  /* q_a + kv_a in one launch */
-    test_gemm2(11, 1536, 576, 7168);
-    test_gemm(40, 1056, 2048, lt);
-    test_gemm(64, 2112, 7168, lt);
+    test_gemm_all(lt);
     test_router(KIMI_ROUTER_NOAUX_TC, 7, 7168, 384, 8, 1, 1, 1, 2.827f);
     test_router(KIMI_ROUTER_NOAUX_TC, 37, 1024, 256, 8, 8, 4, 1, 2.827f);
     /* DeepSeek-V2's: 160 experts in 8 groups keeping 3, top 6, x16, not
