@@ -1409,9 +1409,8 @@ mla_combine_kernel(const mla_part_t *__restrict__ opart, const float *__restrict
                    int H, const int32_t *__restrict__ seq_len, int B, int n_runs,
                    uint16_t *__restrict__ o, float *__restrict__ lse)
 {
+    KIMI_GRID_ENTRY();
     const int lane = threadIdx.x & 31, b = blockIdx.x, h = blockIdx.y * MC_WARPS + (threadIdx.x >> 5);
-    /* seq_len is not the decode kernel's output (it was complete before
-     * that kernel passed its own grid wait): read under the decode's tail */
     int all = 0, before = 0;
     for (int i = lane; i < B; i += 32) {
         const int nt = mf_ntiles(seq_len[i]);
@@ -1421,7 +1420,6 @@ mla_combine_kernel(const mla_part_t *__restrict__ opart, const float *__restrict
     all = __reduce_add_sync(0xffffffffu, all);
     before = __reduce_add_sync(0xffffffffu, before);
     const int nt = mf_ntiles(seq_len[b]), per = (all + n_runs - 1) / n_runs;
-    KIMI_GRID_ENTRY();
     if (h >= H) {
         return;
     }

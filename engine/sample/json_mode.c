@@ -566,6 +566,32 @@ kimi_json_free_keys(const int32_t *p, int32_t node)
 }
 
 
+/* An OBJECT's key counts (json_schema.h: after its properties): the
+ * fewest keys before '}' and the most (-1: no limit); a UOBJECT has none */
+static int32_t
+kimi_json_min_keys(const int32_t *p, int32_t node)
+{
+    return p[node] == KIMI_SN_OBJECT ? p[node + 5 + 3 * p[node + 1]] : 0;
+}
+
+
+static int32_t
+kimi_json_max_keys(const int32_t *p, int32_t node)
+{
+    return p[node] == KIMI_SN_OBJECT ? p[node + 6 + 3 * p[node + 1]] : -1;
+}
+
+
+/* 1 if the object of frame f takes no more keys */
+static int
+kimi_json_keys_full(const int32_t *p, const kimi_json_frame_t *f)
+{
+    int32_t  mx = kimi_json_max_keys(p, f->node);
+
+    return mx >= 0 && f->count >= (uint32_t) mx;
+}
+
+
 /* A UOBJECT's words (json_schema.h): where its alternatives start, their
  * required properties, the alternatives having property i, and where the
  * alternatives of property i's enum values are listed (0: none). */
@@ -963,7 +989,9 @@ kimi_json_close(kimi_json_state_t *s, unsigned char c)
         } else if (c == '}') {
             req = ((uint64_t) (uint32_t) p[f->node + 3] << 32)
                   | (uint32_t) p[f->node + 2];
-            if ((f->seen & req) != req) {
+            if ((f->seen & req) != req
+                || f->count < (uint32_t) kimi_json_min_keys(p, f->node))
+            {
                 return -1;
             }
         } else if (f->count < (uint32_t) p[f->node + 2]) {
@@ -1016,6 +1044,7 @@ kimi_json_key_byte(kimi_json_state_t *s, unsigned char c)
             }
             f->prop = (uint16_t) i;
             f->seen |= (uint64_t) 1 << i;
+            f->count++;
             if (p[node] == KIMI_SN_UOBJECT) {
                 f->alts &= kimi_json_uo_palts(p, node, i);
             }
@@ -1029,18 +1058,34 @@ kimi_json_key_byte(kimi_json_state_t *s, unsigned char c)
         }
     }
     if (s->kfree && c == '"' && s->ucont == 0) {  /* a key no property names */
+        if (p[node + 1] == 0 && kimi_json_min_keys(p, node) >= 2) {
+            /* a key written twice would count twice toward minProperties
+             * but be one key once parsed: refused (a hash collision only
+             * makes the key go on) */
+            uint64_t  bits = (uint64_t) 1 << (s->khash & 63)
+                             | (uint64_t) 1 << (s->khash >> 6 & 63);
+
+            if ((f->seen & bits) == bits) {
+                return -1;
+            }
+            f->seen |= bits;
+        }
         f->prop = KIMI_JSON_FREE_PROP;
+        f->count++;
         s->state = J_COLON;
         return 0;
     }
-    if (s->kfree && (s->pos >= KIMI_SCHEMA_MAX_TEXT
-                     || kimi_json_free_key_byte(s, c) != 0))
+    /* a free key's character only where it fits whole within the
+     * limit: a lead byte past it would leave the key no way to end */
+    if (s->kfree && (kimi_json_free_key_byte(s, c) != 0
+                     || s->pos + 1 + s->ucont > KIMI_SCHEMA_MAX_TEXT))
     {
         s->kfree = 0;                   /* only a property's name is left */
     }
     if (next == 0 && !s->kfree) {
         return -1;
     }
+    s->khash = (s->khash ^ c) * 16777619u;
     s->cand = next;
     s->pos++;
     return 0;
@@ -1130,9 +1175,13 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
         if (s->prog != NULL && s->frame[s->depth - 1].node != 0) {
             const kimi_json_frame_t  *f = &s->frame[s->depth - 1];
 
+            if (kimi_json_keys_full(s->prog, f)) {
+                return -1;              /* maxProperties 0 */
+            }
             s->pos = 0;
             s->state = J_SKEY;
             s->ucont = 0;
+            s->khash = 2166136261u;
             s->kfree = kimi_json_free_keys(s->prog, f->node);
             if (s->kfree) {             /* a written name is refused at its end */
                 s->cand = kimi_json_all_props(s->prog, f->node);
@@ -1177,9 +1226,11 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
                 if (f->node == 0) {
                     s->expect = 0;
                 } else if (s->state == J_KEY) {
-                    /* another key only while a property is left */
-                    if (!kimi_json_free_keys(p, f->node)
-                        && kimi_json_open_props(p, f) == 0)
+                    /* another key only while a property is left and the
+                     * object takes one more */
+                    if ((!kimi_json_free_keys(p, f->node)
+                         && kimi_json_open_props(p, f) == 0)
+                        || kimi_json_keys_full(p, f))
                     {
                         return -1;
                     }

@@ -23,8 +23,10 @@
 typedef struct {
     uint16_t       node;       /* its program node; 0: any content */
     uint16_t       prop;       /* object: the property being read */
-    uint32_t       count;      /* array: items so far */
-    uint64_t       seen;       /* object: properties written */
+    uint32_t       count;      /* array: items so far; object: keys */
+    uint64_t       seen;       /* object: properties written (a dict counted
+                                  by minProperties >= 2: its keys' hashes, two
+                                  bits a key, so none is written twice) */
     uint32_t       alts;       /* a UOBJECT: its alternatives still open */
 } kimi_json_frame_t;
 
@@ -68,6 +70,7 @@ typedef struct {
     uint64_t       cand;
     unsigned char  kfree;      /* the key may be one no property names (an
                                   object's additionalProperties schema) */
+    uint32_t       khash;      /* and its bytes' hash (FNV-1a) so far */
     kimi_json_frame_t  frame[KIMI_SCHEMA_MAX_DEPTH];
 } kimi_json_state_t;
 

@@ -11,7 +11,10 @@
  *
  * The subset: type (one or a list), properties, required,
  * additionalProperties (true/false, or a schema other keys' values follow:
- * such a key is written without escapes), items, prefixItems (tuples;
+ * such a key is written without escapes), minProperties/maxProperties
+ * (keys counted; a dict counted by a minimum writes no key twice; a
+ * maximum beside required is refused), propertyNames as an enum or const
+ * of names (those names as optional properties), items, prefixItems (tuples;
  * draft 7's items list too), minItems, maxItems, uniqueItems over enum
  * values (a set of Literals or of an Enum),
  * minLength/maxLength (in code points; an escape is one, a \u surrogate
@@ -271,7 +274,7 @@ kimi_sc_pattern(kimi_sc_t *c, const char *pat, size_t len, int32_t **dfa,
 static const char *const  kimi_sc_known[] = {
     "type", "properties", "required", "additionalProperties", "items",
     "minItems", "maxItems", "prefixItems", "uniqueItems", "minLength",
-    "maxLength",
+    "maxLength", "minProperties", "maxProperties", "propertyNames",
     "format", "pattern",
     "minimum",
     "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "enum",
@@ -467,7 +470,10 @@ kimi_sc_same(const int32_t *p, int32_t a, int32_t b, int depth)
         }
         return 1;
     case KIMI_SN_OBJECT:
-        if (memcmp(p + a + 1, p + b + 1, 4 * sizeof(int32_t)) != 0) {
+        if (memcmp(p + a + 1, p + b + 1, 4 * sizeof(int32_t)) != 0
+            || memcmp(p + a + 5 + 3 * p[a + 1], p + b + 5 + 3 * p[b + 1],
+                      2 * sizeof(int32_t)) != 0)
+        {
             return 0;
         }
         for (int32_t i = 0; i < p[a + 1]; i++) {
@@ -579,6 +585,10 @@ kimi_sc_merge_objects(kimi_sc_t *c, const int32_t *objs, int m, int disc,
 
     for (int a = 0; a < m; a++) {
         o = objs[a];
+        if (c->w[o + 5 + 3 * c->w[o + 1]] != 0 || c->w[o + 6 + 3 * c->w[o + 1]] != -1) {
+            return kimi_sc_fail(c, "\"minProperties\" or \"maxProperties\" on"
+                                " an object among several of a union");
+        }
         for (int32_t i = 0; i < c->w[o + 1]; i++) {
             int32_t  na = c->w[o + 5 + 3 * i], nl = c->w[o + 6 + 3 * i];
 
@@ -1069,9 +1079,9 @@ static int
 kimi_sc_allof(kimi_sc_t *c, const json_t *s, int32_t *node)
 {
     static const char *const  lower[] = { "minimum", "exclusiveMinimum",
-        "minLength", "minItems", NULL };
+        "minLength", "minItems", "minProperties", NULL };
     static const char *const  upper[] = { "maximum", "exclusiveMaximum",
-        "maxLength", "maxItems", NULL };
+        "maxLength", "maxItems", "maxProperties", NULL };
     static const char *const  types[] = { "object", "array", "string",
         "integer", "number", "boolean", "null" };
     json_t        *mem = json_array(), *m = json_object(), *names = NULL;
@@ -1404,8 +1414,162 @@ kimi_sc_count(kimi_sc_t *c, const json_t *v, const char *k, int32_t *out)
 }
 
 
+/* propertyNames as an enum or a const of names (pydantic's
+ * Dict[Literal[...], V], or a dict keyed by an Enum): *out (owned by c)
+ * becomes s with those names as optional properties, each held to its own
+ * schema where s lists it or else to additionalProperties', and no other
+ * keys; NULL where propertyNames asks nothing (true, or only "type":
+ * "string" and annotations). */
+static int
+kimi_sc_property_names(kimi_sc_t *c, const json_t *s, const json_t **out)
+{
+    const json_t  *pn = json_object_get(s, "propertyNames");
+    const json_t  *props = json_object_get(s, "properties");
+    const json_t  *add = json_object_get(s, "additionalProperties");
+    const json_t  *req = json_object_get(s, "required");
+    const json_t  *v, *names = NULL, *one = NULL;
+    const char    *k;
+    json_t        *m = NULL, *np = NULL, *nr = NULL;
+    size_t         i, j, was;
+    int            depth, rc = -1;
+
+    *out = NULL;
+    was = kimi_sc_push(c, "propertyNames");
+    for (depth = 0; json_is_object(pn) && json_object_get(pn, "$ref") != NULL; depth++) {
+        v = json_object_get(pn, "$ref");
+        if (depth == 16 || !json_is_string(v)) {
+            return kimi_sc_fail(c, "\"$ref\" must be a string (and not"
+                                " nested deeper than 16)");
+        }
+        json_object_foreach((json_t *) pn, k, v) {
+            if (strcmp(k, "$ref") != 0 && !kimi_sc_annotation(k)) {
+                return kimi_sc_fail(c, "\"%.64s\" beside the \"$ref\" of"
+                                    " \"propertyNames\"", k);
+            }
+        }
+        pn = kimi_sc_ref_target(c, json_string_value(json_object_get(pn, "$ref")));
+        if (pn == NULL) {
+            return -1;
+        }
+    }
+    if (json_is_true(pn)) {
+        c->path[was] = '\0';
+        return 0;
+    }
+    if (json_is_object(pn)) {
+        json_object_foreach((json_t *) pn, k, v) {
+            if (strcmp(k, "enum") == 0 && json_is_array(v)) {
+                names = v;
+            } else if (strcmp(k, "const") == 0) {
+                one = v;
+            } else if (!kimi_sc_annotation(k)
+                       && !(strcmp(k, "type") == 0 && json_is_string(v)
+                            && strcmp(json_string_value(v), "string") == 0))
+            {
+                return kimi_sc_fail(c, "\"propertyNames\" is supported as an"
+                                    " \"enum\" or \"const\" of names (not"
+                                    " \"%.64s\")", k);
+            }
+        }
+        if (names == NULL && one == NULL) {
+            c->path[was] = '\0';
+            return 0;                   /* any string names a key */
+        }
+    } else if (!json_is_false(pn)) {
+        return kimi_sc_fail(c, "\"propertyNames\" must be a schema");
+    }
+    c->path[was] = '\0';
+
+    m = json_object();
+    np = json_object();
+    nr = json_array();
+    if (m == NULL || np == NULL || nr == NULL) {
+        kimi_sc_fail(c, "out of memory");
+        goto done;
+    }
+    json_object_foreach((json_t *) s, k, v) {
+        if (strcmp(k, "propertyNames") != 0 && strcmp(k, "properties") != 0
+            && strcmp(k, "required") != 0
+            && strcmp(k, "additionalProperties") != 0)
+        {
+            json_object_set(m, k, (json_t *) v);
+        }
+    }
+    /* names: the enum's strings (others can name no key), in its order */
+    for (i = 0; i < (names != NULL ? json_array_size(names) : one != NULL); i++) {
+        const json_t  *nv = names != NULL ? json_array_get(names, i) : one;
+        const json_t  *ps;
+
+        if (!json_is_string(nv) || json_object_get(np, json_string_value(nv)) != NULL) {
+            continue;
+        }
+        ps = props != NULL ? json_object_get(props, json_string_value(nv)) : NULL;
+        if (ps == NULL) {
+            ps = json_is_object(add) ? add : NULL;
+        }
+        if (json_object_set_new(np, json_string_value(nv), ps != NULL ? json_incref((json_t *) ps)
+                                                                      : json_object()) != 0)
+        {
+            kimi_sc_fail(c, "out of memory");
+            goto done;
+        }
+    }
+    if (json_is_array(req)) {
+        json_array_foreach(req, j, v) {
+            if (!json_is_string(v) || json_object_get(np, json_string_value(v)) == NULL) {
+                kimi_sc_fail(c, "\"required\"[%zu] names a key"
+                             " \"propertyNames\" does not allow", j);
+                goto done;
+            }
+            json_array_append(nr, (json_t *) v);
+        }
+    } else if (req != NULL) {
+        kimi_sc_fail(c, "\"required\" must be a list of names");
+        goto done;
+    }
+    json_object_set(m, "properties", np);
+    if (json_array_size(nr) > 0) {
+        json_object_set(m, "required", nr);
+    }
+    json_object_set_new(m, "additionalProperties", json_false());
+    if (json_array_append(c->owned, m) != 0) {
+        kimi_sc_fail(c, "out of memory");
+        goto done;
+    }
+    *out = m;
+    rc = 0;
+
+done:
+    json_decref(m);
+    json_decref(np);
+    json_decref(nr);
+    return rc;
+}
+
+
+static int kimi_sc_object_as(kimi_sc_t *c, const json_t *s, const json_t *key,
+                             int32_t *node);
+
 static int
 kimi_sc_object(kimi_sc_t *c, const json_t *s, int32_t *node)
+{
+    const json_t  *named;
+
+    if (json_object_get(s, "propertyNames") != NULL) {
+        if (kimi_sc_property_names(c, s, &named) != 0) {
+            return -1;
+        }
+        if (named != NULL) {
+            return kimi_sc_object_as(c, named, s, node);
+        }
+    }
+    return kimi_sc_object_as(c, s, s, node);
+}
+
+
+/* the object s, remembered as the node of key (a $ref may recur to it) */
+static int
+kimi_sc_object_as(kimi_sc_t *c, const json_t *s, const json_t *key, int32_t *node)
 {
     const json_t  *props = json_object_get(s, "properties");
     const json_t  *req = json_object_get(s, "required");
@@ -1413,7 +1577,7 @@ kimi_sc_object(kimi_sc_t *c, const json_t *s, int32_t *node)
     const json_t  *v;
     const char    *k;
     size_t         n, i, was;
-    int32_t        o, at, len, child;
+    int32_t        o, at, len, child, min_props = 0, max_props = -1;
     uint64_t       bits = 0;
 
     if (props != NULL && !json_is_object(props)) {
@@ -1442,7 +1606,19 @@ kimi_sc_object(kimi_sc_t *c, const json_t *s, int32_t *node)
         }
     }
 
-    o = kimi_sc_alloc(c, 5 + 3 * n);
+    if (kimi_sc_count(c, json_object_get(s, "minProperties"), "minProperties", &min_props) != 0
+        || kimi_sc_count(c, json_object_get(s, "maxProperties"), "maxProperties", &max_props) != 0)
+    {
+        return -1;
+    }
+    if (json_object_get(s, "maxProperties") == NULL) {
+        max_props = -1;
+    }
+    if (max_props >= 0 && max_props < min_props) {
+        return kimi_sc_fail(c, "\"maxProperties\" is below \"minProperties\"");
+    }
+
+    o = kimi_sc_alloc(c, 7 + 3 * n);
     if (o < 0) {
         return -1;
     }
@@ -1450,8 +1626,19 @@ kimi_sc_object(kimi_sc_t *c, const json_t *s, int32_t *node)
     c->w[o + 1] = (int32_t) n;
     /* no properties listed: any object, unless none may be added */
     c->w[o + 4] = n == 0 && !json_is_false(add) && !json_is_object(add);
-    kimi_sc_memo(c, s, o);
+    kimi_sc_memo(c, key, o);
     *node = o;
+    if (c->w[o + 4] == 1 && (min_props > 0 || max_props >= 0)) {
+        /* counted keys: as additionalProperties {} (keys of any name,
+         * written without escapes, values of any kind) */
+        int32_t  a = kimi_sc_alloc(c, 1);
+
+        if (a < 0) {
+            return -1;
+        }
+        c->w[a] = KIMI_SN_ANY;
+        c->w[o + 4] = a;
+    }
 
     /* additionalProperties as a schema (a dict's values): other keys'
      * values held to it, word 4 its node (an ANY node for {}) */
@@ -1507,6 +1694,27 @@ kimi_sc_object(kimi_sc_t *c, const json_t *s, int32_t *node)
     }
     c->w[o + 2] = (int32_t) (uint32_t) bits;
     c->w[o + 3] = (int32_t) (uint32_t) (bits >> 32);
+
+    /* keys counted: at least min_props before '}', at most max_props;
+     * neither may leave the object nowhere to go */
+    if (c->w[o + 4] == 0 && (size_t) min_props > n) {
+        return kimi_sc_fail(c, "\"minProperties\" %d above the %zu properties"
+                            " the object may have", min_props, n);
+    }
+    if (max_props >= 0 && max_props < __builtin_popcountll(bits)) {
+        return kimi_sc_fail(c, "\"maxProperties\" %d below the %d required"
+                            " properties", max_props, __builtin_popcountll(bits));
+    }
+    if (max_props >= 0 && c->w[o + 4] == 0 && (size_t) max_props >= n) {
+        max_props = -1;                 /* never reached */
+    }
+    if (max_props >= 0 && bits != 0) {
+        return kimi_sc_fail(c, "\"maxProperties\" beside \"required\" is not"
+                            " supported (other keys could leave no room for"
+                            " the required ones)");
+    }
+    c->w[o + 5 + 3 * n] = min_props;
+    c->w[o + 6 + 3 * n] = max_props;
     return 0;
 }
 
@@ -2079,6 +2287,8 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
             return kimi_sc_fail(c, "keyword \"%.64s\" is not supported:"
                                 " structured output here enforces type,"
                                 " properties, required, additionalProperties,"
+                                " minProperties, maxProperties, propertyNames"
+                                " (an enum or const of names),"
                                 " items, prefixItems, minItems, maxItems,"
                                 " uniqueItems (of enum values),"
                                 " minLength, maxLength, format (date, time,"
@@ -2195,7 +2405,10 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
         }
         if (json_object_get(s, "properties") != NULL
             || json_object_get(s, "required") != NULL
-            || json_object_get(s, "additionalProperties") != NULL)
+            || json_object_get(s, "additionalProperties") != NULL
+            || json_object_get(s, "minProperties") != NULL
+            || json_object_get(s, "maxProperties") != NULL
+            || json_object_get(s, "propertyNames") != NULL)
         {
             rc = kimi_sc_object(c, s, node);
         } else if (json_object_get(s, "items") != NULL
@@ -2305,13 +2518,14 @@ kimi_json_schema_compile(const json_t *schema, int32_t **prog, size_t *n,
     }
     json_decref(c.owned);               /* the program holds no pointers */
     if (root == 0) {                   /* any value at the top: an object */
-        root = kimi_sc_alloc(&c, 5);
+        root = kimi_sc_alloc(&c, 7);
         if (root < 0) {
             free(c.w);
             return -1;
         }
         c.w[root] = KIMI_SN_OBJECT;
         c.w[root + 4] = 1;
+        c.w[root + 6] = -1;            /* no maximum of keys */
     }
     if (c.w[root] == KIMI_SN_UNION && c.w[root + 1] == 1) {
         root = c.w[root + 2];          /* an anyOf of objects, merged */
@@ -2419,11 +2633,21 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
                 rc = kimi_sc_check_fail(err, errlen, at, "property count");
                 break;
             }
-            KIMI_SC_NEED(5 + 3 * (size_t) cnt);
+            KIMI_SC_NEED(7 + 3 * (size_t) cnt);
             if (cnt < 64 && ((((uint64_t) (uint32_t) p[at + 3] << 32)
                               | (uint32_t) p[at + 2]) >> cnt) != 0)
             {
                 rc = kimi_sc_check_fail(err, errlen, at, "required bits");
+                break;
+            }
+            /* the key counts: 0 <= min, max -1 (none) or >= min, and
+             * min within the keys the object can take */
+            if (p[at + 5 + 3 * cnt] < 0 || p[at + 6 + 3 * cnt] < -1
+                || (p[at + 6 + 3 * cnt] >= 0 && p[at + 6 + 3 * cnt] < p[at + 5 + 3 * cnt])
+                || (p[at + 4] == 0 && p[at + 5 + 3 * cnt] > cnt)
+                || (p[at + 4] == 1 && (p[at + 5 + 3 * cnt] != 0 || p[at + 6 + 3 * cnt] != -1)))
+            {
+                rc = kimi_sc_check_fail(err, errlen, at, "key counts");
                 break;
             }
             for (int32_t i = 0; i < cnt && rc == 0; i++) {

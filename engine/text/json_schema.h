@@ -11,7 +11,9 @@
  *           (0: none, 1: any object, else the node their values follow:
  *           additionalProperties as a schema), then per property: name_at,
  *           name_len, child (the name JSON-escaped, without quotes: byte
- *           name_at of the program's bytes)
+ *           name_at of the program's bytes), then min_keys, max_keys (-1:
+ *           no maximum; minProperties / maxProperties: at most n_props
+ *           without other keys, 0 and -1 with other keys 1)
  *   ARRAY   kind, items, min_items, max_items (-1: no maximum), unique
  *           (1: uniqueItems, items an ENUM node, max_items at most its
  *           count of values)
@@ -22,7 +24,8 @@
  *   UNION   kind, n_alts, then the alternatives (first bytes never shared)
  *   UOBJECT an anyOf of objects (or a oneOf of objects told apart by a
  *           discriminator): the OBJECT layout over the union of their
- *           properties (required words 0, not free), then n_alts (2..32),
+ *           properties (required words 0, not free; no key counts), then
+ *           n_alts (2..32),
  *           per alternative its required bits (two words, over the merged
  *           properties), per property the alternatives having it (a bit
  *           mask), per property 0 or where a table of the alternatives

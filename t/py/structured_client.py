@@ -3,7 +3,8 @@
 Usage: structured_client.py BASE_URL MODEL LOGIT_BIAS_JSON.  A Pydantic model
 goes through client.chat.completions.parse() (response_format json_schema,
 strict, as the client writes it: $defs, $ref, anyOf with null, enum,
-Literal, unions of models, formats, writeOnly / deprecated annotations);
+Literal, unions of models, formats, writeOnly / deprecated annotations,
+dicts with a size or keyed by Literals or an Enum);
 the engine must make the random tiny model's answers fit it.
 Prints TAP lines ("ok N - claim") for the calling .t to relay.
 """
@@ -15,7 +16,7 @@ import json
 import re
 import sys
 import uuid
-from typing import List, Literal, Optional, Set, Union
+from typing import Dict, List, Literal, Optional, Set, Union
 
 import openai
 
@@ -82,6 +83,14 @@ class Host(BaseModel):
     tags: Set[Literal["x", "y", "z"]]
 
 
+class Counts(BaseModel):
+    """Dicts: one of 1 to 3 entries (minProperties / maxProperties), one
+    keyed by Literals and one by an Enum (propertyNames)"""
+    scores: Dict[str, int] = Field(min_length=1, max_length=3)
+    by_kind: Dict[Literal["a", "b"], int]
+    by_color: Dict[Color, bool] = Field(min_length=1)
+
+
 def answers(fmt, seeds, max_tokens):
     """(seed, parsed answer, its text) for each seed whose answer was not
     cut by max_tokens (a prefix), and how many were cut"""
@@ -131,4 +140,24 @@ for seed, h, text in got:
           " of 25 and of 0.25, distinct tags %s parsed: %s"
           % (seed, tags, dump(h)))
 check(len(got) > 0, "%d of 4 host answers parsed" % len(got))
+
+
+def pairs(text, name):
+    """the keys of object `name` as written (a key twice stays twice)"""
+    top = json.loads(text, object_pairs_hook=lambda kv: kv)
+    return [k for k, _ in dict(top)[name]]
+
+
+got, cut = answers(Counts, range(1, 9), 800)
+for seed, c, text in got:
+    scores, kinds = pairs(text, "scores"), pairs(text, "by_kind")
+    colors = pairs(text, "by_color")
+    check(isinstance(c, Counts) and 1 <= len(scores) <= 3
+          and len(set(scores)) == len(scores) and set(kinds) <= {"a", "b"}
+          and len(set(kinds)) == len(kinds) and len(colors) >= 1
+          and set(colors) <= {"red", "blue"},
+          "seed %d: a dict of 1-3 distinct keys %s, one keyed by Literals %s"
+          " and one by an Enum %s parsed: %s"
+          % (seed, scores, kinds, colors, dump(c)))
+check(len(got) > 0, "%d of 8 dict answers parsed (%d cut by max_tokens)" % (len(got), cut))
 plan()

@@ -309,7 +309,7 @@ test_schema_compile(void)
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"minimum\": 1}}}", "\"minimum\" is supported beside" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"number\", \"maximum\": 0.0000000001}}}", "more than 9 decimals" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\", \"minimum\": 3, \"exclusiveMaximum\": 3}}}", "no integer" },
-        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"object\", \"minProperties\": 1}}}", "\"minProperties\" is not supported" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"object\", \"patternProperties\": {\"^a\": {}}}}}", "\"patternProperties\" is not supported" },
         { "{\"type\": \"object\", \"required\": [\"b\"], \"properties\": {\"a\": {}}}",
           "names no property" },
         { "{\"type\": \"object\", \"properties\": {\"a\": {\"oneOf\": [{\"type\": \"integer\"}, {\"type\": \"number\"}]}}}",
@@ -1595,6 +1595,139 @@ test_schema_unique_items(void)
 }
 
 
+/* minProperties / maxProperties (pydantic's Dict with min_length /
+ * max_length) and propertyNames as an enum or const of names (a dict keyed
+ * by Literals or an Enum): keys counted, a counted dict's keys never
+ * written twice, the names' own schemas; random walks never stick, never
+ * break a count and never repeat a key */
+static void
+test_schema_property_counts(void)
+{
+    static const schema_case_t  t[] = {
+        { "{\"type\": \"object\", \"additionalProperties\": {\"type\": \"integer\"},"
+          " \"minProperties\": 1, \"maxProperties\": 3}", "{\"a\": 1}", "{}" },
+        { "{\"type\": \"object\", \"additionalProperties\": {\"type\": \"integer\"},"
+          " \"minProperties\": 1, \"maxProperties\": 3}", "{\"a\": 1, \"b\": 2, \"c\": 3}",
+          "{\"a\": 1, \"b\": 2, \"c\": 3, \"d\": 4}" },
+        { "{\"type\": \"object\", \"additionalProperties\": {\"type\": \"integer\"},"
+          " \"minProperties\": 2}", "{\"a\": 1, \"ab\": 2}", "{\"a\": 1, \"a\": 2}" },
+        { "{\"type\": \"object\", \"minProperties\": 2}", "{\"a\": [1], \"b\": {}}",
+          "{\"a\": 1}" },
+        { "{\"type\": \"object\", \"maxProperties\": 0}", "{}", "{\"a\": 1}" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {}, \"b\": {}}, \"minProperties\": 1}",
+          "{\"b\": null}", "{}" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\"}, \"b\": {\"type\":"
+          " \"integer\"}, \"c\": {\"type\": \"integer\"}}, \"maxProperties\": 2}",
+          "{\"c\": 1, \"a\": 2}", "{\"a\": 1, \"b\": 2, \"c\": 3}" },
+        { "{\"type\": \"object\", \"additionalProperties\": {\"type\": \"integer\"},"
+          " \"propertyNames\": {\"enum\": [\"x\", \"y\"]}}", "{\"y\": 2, \"x\": 1}", "{\"z\": 1}" },
+        { "{\"type\": \"object\", \"additionalProperties\": {\"type\": \"integer\"},"
+          " \"propertyNames\": {\"enum\": [\"x\", \"y\"]}}", "{}", "{\"x\": 1, \"x\": 2}" },
+        { "{\"$defs\": {\"E\": {\"enum\": [\"a\", \"b\"], \"title\": \"E\", \"type\": \"string\"}},"
+          " \"type\": \"object\", \"additionalProperties\": {\"type\": \"string\"},"
+          " \"propertyNames\": {\"$ref\": \"#/$defs/E\"}}", "{\"b\": \"s\"}", "{\"a\": 1}" },
+        { "{\"type\": \"object\", \"propertyNames\": {\"const\": \"k\"}}", "{\"k\": [true]}",
+          "{\"j\": 1}" },
+        { "{\"type\": \"object\", \"properties\": {\"x\": {\"type\": \"string\"}},"
+          " \"additionalProperties\": {\"type\": \"integer\"}, \"propertyNames\": {\"enum\":"
+          " [\"x\", \"y\", 3]}, \"required\": [\"x\"]}", "{\"y\": 1, \"x\": \"s\"}", "{\"y\": 1}" },
+        { "{\"type\": \"object\", \"additionalProperties\": false, \"propertyNames\": false}", "{}",
+          "{\"a\": 1}" },
+        { "{\"type\": \"object\", \"propertyNames\": {\"type\": \"string\"}, \"minProperties\": 1}",
+          "{\"q\": 0}", "{}" },
+        { "{\"allOf\": [{\"minProperties\": 1}, {\"type\": \"object\", \"additionalProperties\":"
+          " {\"type\": \"integer\"}, \"minProperties\": 2, \"maxProperties\": 5}, {\"maxProperties\": 2}]}",
+          "{\"a\": 1, \"b\": 2}", "{\"a\": 1, \"b\": 2, \"c\": 3}" },
+    };
+    static const schema_refusal_t  refused[] = {
+        { "{\"type\": \"object\", \"minProperties\": 3, \"maxProperties\": 2}",
+          "\"maxProperties\" is below \"minProperties\"" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {}}, \"additionalProperties\": false,"
+          " \"minProperties\": 2}", "\"minProperties\" 2 above the 1 properties" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {}, \"b\": {}, \"c\": {}}, \"required\":"
+          " [\"a\"], \"maxProperties\": 2}", "beside \"required\" is not supported" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {}, \"b\": {}}, \"required\": [\"a\", \"b\"],"
+          " \"maxProperties\": 1}", "\"maxProperties\" 1 below the 2 required" },
+        { "{\"type\": \"object\", \"propertyNames\": {\"pattern\": \"^a\"}}",
+          "supported as an \"enum\" or \"const\" of names" },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {}}, \"required\": [\"a\"],"
+          " \"propertyNames\": {\"enum\": [\"b\"]}}", "names a key \"propertyNames\" does not allow" },
+        { "{\"type\": \"object\", \"minProperties\": -1}", "\"minProperties\" must be a non-negative" },
+        { "{\"anyOf\": [{\"type\": \"object\", \"properties\": {\"a\": {\"const\": 1}}, \"required\":"
+          " [\"a\"], \"minProperties\": 1}, {\"type\": \"object\", \"properties\": {\"b\": {\"const\": 2}},"
+          " \"required\": [\"b\"]}]}", "among several of a union" },
+    };
+    static const struct { const char *schema, *bytes; int lo, hi; } walks[] = {
+        { "{\"type\": \"object\", \"additionalProperties\": {\"type\": \"integer\"},"
+          " \"minProperties\": 2, \"maxProperties\": 4}", "{}\":,ab1 ", 2, 4 },
+        { "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\"}, \"b\": {\"type\":"
+          " \"integer\"}, \"c\": {}}, \"minProperties\": 2, \"maxProperties\": 2}", "{}\":,abc1 ", 2, 2 },
+        { "{\"type\": \"object\", \"additionalProperties\": {\"type\": \"integer\"},"
+          " \"propertyNames\": {\"enum\": [\"a\", \"ab\", \"b\"]}, \"minProperties\": 1}",
+          "{}\":,ab1 ", 1, 3 },
+    };
+    char      err[512];
+    size_t    n;
+    int32_t  *prog;
+
+    /* a dict's key at the length limit: a character that would not fit
+     * whole is refused, the closing quote still taken (a lead byte there
+     * once left the key no way to end) */
+    prog = compile("{\"type\": \"object\", \"additionalProperties\": {\"type\": \"integer\"}}",
+                   &n, err, sizeof(err));
+    if (prog != NULL) {
+        char               key[KIMI_SCHEMA_MAX_TEXT + 8];
+        kimi_json_state_t  st, t2;
+        int                good = 1;
+
+        memset(key, 'k', sizeof(key));
+        kimi_json_init_schema(&st, prog);
+        good &= kimi_json_feed(&st, "{\"", 2) == 0;
+        good &= kimi_json_feed(&st, key, KIMI_SCHEMA_MAX_TEXT - 2) == 0;
+        t2 = st;
+        good &= kimi_json_feed(&t2, "\xe4", 1) != 0;       /* needs 3 bytes, 2 fit */
+        t2 = st;
+        good &= kimi_json_feed(&t2, "\xc3\xa9\":1}", 6) == 0 && kimi_json_done(&t2);
+        good &= kimi_json_feed(&st, "kk", 2) == 0;        /* 1024 bytes: the limit */
+        t2 = st;
+        good &= kimi_json_feed(&t2, "k", 1) != 0;
+        good &= kimi_json_feed(&st, "\":1}", 4) == 0 && kimi_json_done(&st);
+        ok(good, "a dict's key at the %d-byte limit: a character that does not fit whole refused,"
+           " the key still ends", KIMI_SCHEMA_MAX_TEXT);
+        free(prog);
+    }
+
+    schema_cases("property counts", t, sizeof(t) / sizeof(t[0]));
+    schema_refusals("property counts", refused, sizeof(refused) / sizeof(refused[0]));
+
+    for (size_t i = 0; i < sizeof(walks) / sizeof(walks[0]); i++) {
+        uint64_t  r = 0x9e3779b97f4a7c15ull + i;
+        int       stuck = 0, bad = 0, done = 0;
+
+        prog = compile(walks[i].schema, &n, err, sizeof(err));
+        for (int k = 0; prog != NULL && k < 400; k++) {
+            char  out[256];
+            int   rc = random_walk(prog, walks[i].bytes, &r, out, 200);
+
+            stuck += rc < 0;
+            if (rc == 1) {
+                /* a key written twice is refused by the parse */
+                json_t  *o = json_loads(out, JSON_REJECT_DUPLICATES, NULL);
+
+                bad += o == NULL || (int) json_object_size(o) < walks[i].lo
+                       || (int) json_object_size(o) > walks[i].hi;
+                done++;
+                json_decref(o);
+            }
+        }
+        ok(prog != NULL && stuck == 0 && bad == 0 && done > 300,
+           "property counts walk %zu: %d complete of 400, %d stuck, %d outside [%d, %d] or with a"
+           " key twice (%s)", i, done, stuck, bad, walks[i].lo, walks[i].hi, prog ? "ok" : err);
+        free(prog);
+    }
+}
+
+
 /* allOf: the members' keywords merged into one schema, a $ref with
  * keywords beside it the same; what cannot merge is refused naming it */
 static void
@@ -1793,6 +1926,7 @@ main(void)
     test_schema_allof();
     test_schema_multiple_of();
     test_schema_unique_items();
+    test_schema_property_counts();
     test_schema_number_bounds();
     test_schema_sampler();
     test_schema_dead_end();
