@@ -537,7 +537,7 @@ for my $case (
       qr/"multipleOf" has more than 9 decimals/ ],
     [ { type => 'json_schema', json_schema => { name => 'x',
         schema => { type => 'object', properties => { a => { type => 'array',
-        items => { type => 'string' }, uniqueItems => JSON::PP::true } } } } },
+        items => { type => 'string', maxLength => 3 }, uniqueItems => JSON::PP::true } } } } },
       'response_format', qr/"uniqueItems" is supported on arrays of enum/ ],
     [ { type => 'json_schema', json_schema => { name => 'x' } },
       'response_format', qr/needs "json_schema"/ ],

@@ -89,6 +89,9 @@ kimi_json_copy(kimi_json_state_t *dst, const kimi_json_state_t *src)
     memcpy(dst, src, offsetof(kimi_json_state_t, frame)
                      + (src->prog ? src->depth * sizeof(kimi_json_frame_t)
                                   : 0));
+    if (src->hn > 0) {
+        memcpy(dst->hset, src->hset, src->hn * sizeof(src->hset[0]));
+    }
 }
 
 
@@ -716,6 +719,57 @@ kimi_json_uo_taken(kimi_json_state_t *s, int32_t e, int32_t v)
 }
 
 
+/* the uniqueItems array of strings or integers (unique 2) whose item is
+ * being read, or NULL */
+static const kimi_json_frame_t *
+kimi_json_hset_frame(const kimi_json_state_t *s)
+{
+    const kimi_json_frame_t  *f;
+
+    if (s->prog == NULL || s->depth == 0 || s->stack[s->depth - 1] != '[') {
+        return NULL;
+    }
+    f = &s->frame[s->depth - 1];
+    return f->node != 0 && s->prog[f->node] == KIMI_SN_ARRAY
+           && s->prog[f->node + 4] == 2 ? f : NULL;
+}
+
+
+#define KIMI_FNV_BASIS  2166136261u
+#define KIMI_FNV_PRIME  16777619u
+
+/* 1 if an item whose text hashes to h was written before */
+static int
+kimi_json_hset_has(const kimi_json_state_t *s, uint32_t h)
+{
+    for (unsigned i = 0; i < s->hn; i++) {
+        if (s->hset[i] == h) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+
+/* the hash of an integer item 0 (and of -0, the same value) */
+#define KIMI_FNV_ZERO   ((KIMI_FNV_BASIS ^ '0') * KIMI_FNV_PRIME)
+
+/* the item whose text hashes to h ended: refused if one written before
+ * hashes the same (a collision only makes the item go on), else noted */
+static int
+kimi_json_hset_add(kimi_json_state_t *s, uint32_t h)
+{
+    if (kimi_json_hset_has(s, h)) {
+        return -1;
+    }
+    if (s->hn == KIMI_SCHEMA_MAX_SET) {
+        return -1;                      /* max_items keeps this from coming */
+    }
+    s->hset[s->hn++] = h;
+    return 0;
+}
+
+
 /* a value ended: back to the container (an array counts the item) */
 static void
 kimi_json_value_end(kimi_json_state_t *s)
@@ -751,6 +805,7 @@ kimi_json_push(kimi_json_state_t *s, unsigned char c, int32_t node)
         if (c == '[') {                 /* a tuple has a first item */
             s->expect = (uint16_t) (node ? kimi_json_item(s->prog, node, 0)
                                          : 0);
+            s->hn = 0;                  /* a set of strings or integers: empty */
         }
     }
     s->stack[s->depth++] = c;
@@ -920,12 +975,20 @@ kimi_json_value_start(kimi_json_state_t *s, unsigned char c)
     s->dnode = 0;
     s->snode = 0;
     s->slen = 0;
+    s->hitem = 0;
     if (s->prog != NULL && s->expect != 0) {
         if (kimi_json_schema_start(s, s->expect, c, &generic) != 0) {
             return -1;
         }
         if (!generic) {
             return 0;
+        }
+        s->hitem = kimi_json_hset_frame(s) != NULL;
+        if (s->hitem) {                 /* an item of a set: its text hashed */
+            if (c == '0' && kimi_json_hset_has(s, KIMI_FNV_ZERO)) {
+                return -1;              /* 0 written: it cannot go on */
+            }
+            s->hhash = c == '"' ? KIMI_FNV_BASIS : (KIMI_FNV_BASIS ^ c) * KIMI_FNV_PRIME;
         }
     }
 
@@ -1280,6 +1343,13 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
             }
             return r < 0 ? -1 : 0;
         }
+        if (s->hitem && !s->key && c != '"') {
+            if (c == '\\') {
+                return -1;              /* a set's strings: no escapes, so
+                                           equal values are equal texts */
+            }
+            s->hhash = (s->hhash ^ c) * KIMI_FNV_PRIME;
+        }
         if (s->ucont > 0) {             /* inside a UTF-8 sequence */
             return kimi_json_utf8_cont(s, c);
         }
@@ -1293,6 +1363,9 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
             if (s->key) {
                 s->state = J_COLON;
             } else {
+                if (s->hitem && kimi_json_hset_add(s, s->hhash) != 0) {
+                    return -1;          /* written before */
+                }
                 kimi_json_value_end(s);
             }
             return 0;
@@ -1351,6 +1424,12 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
     case J_NUMBER:
         if (s->intonly && (c == '.' || c == 'e' || c == 'E')) {
             return -1;                  /* a schema integer: digits only */
+        }
+        if (s->hitem && kimi_json_digit(c)) {
+            if (s->num == N_MINUS && c == '0' && kimi_json_hset_has(s, KIMI_FNV_ZERO)) {
+                return -1;              /* -0 is 0, written: it cannot go on */
+            }
+            s->hhash = (s->hhash ^ c) * KIMI_FNV_PRIME;   /* a set's integer */
         }
         if (s->dnode != 0 && (c == 'e' || c == 'E')) {
             return -1;                  /* a bounded number: no exponent */
@@ -1418,6 +1497,14 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
             || (s->dnode != 0 && !kimi_json_dec_can(s, 1)))
         {
             return -1;                  /* outside its bounds */
+        }
+        if (s->hitem) {
+            /* -0 is 0 */
+            const uint32_t  minus0 = (((KIMI_FNV_BASIS ^ '-') * KIMI_FNV_PRIME) ^ '0') * KIMI_FNV_PRIME;
+
+            if (kimi_json_hset_add(s, s->hhash == minus0 ? KIMI_FNV_ZERO : s->hhash) != 0) {
+                return -1;              /* written before */
+            }
         }
         kimi_json_value_end(s);
         return kimi_json_byte(s, c);

@@ -71,7 +71,15 @@ typedef struct {
     unsigned char  kfree;      /* the key may be one no property names (an
                                   object's additionalProperties schema) */
     uint32_t       khash;      /* and its bytes' hash (FNV-1a) so far */
+    /* the uniqueItems array of strings or integers open (at most one: its
+     * items hold no containers): how many items it holds (their hashes in
+     * hset, after the frames: a copy takes only those), and the hash of
+     * the one being read */
+    unsigned char  hn;
+    unsigned char  hitem;      /* the value being read is one of its items */
+    uint32_t       hhash;
     kimi_json_frame_t  frame[KIMI_SCHEMA_MAX_DEPTH];
+    uint32_t       hset[KIMI_SCHEMA_MAX_SET];
 } kimi_json_state_t;
 
 void kimi_json_init(kimi_json_state_t *s);

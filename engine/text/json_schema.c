@@ -16,7 +16,11 @@
  * maximum beside required is refused), propertyNames as an enum or const
  * of names (those names as optional properties), items, prefixItems (tuples;
  * draft 7's items list too), minItems, maxItems, uniqueItems over enum
- * values (a set of Literals or of an Enum),
+ * values (a set of Literals or of an Enum), over strings without a
+ * maximum length or shape and over integers (a Set[str] or Set[int]: up
+ * to KIMI_SCHEMA_MAX_SET items, remembered by hash; such strings are
+ * written without escapes; bounded integers as the enum of their values,
+ * at most 64),
  * minLength/maxLength (in code points; an escape is one, a \u surrogate
  * pair two), format date/time/date-time/uuid (the shape: digits and
  * separators where RFC 3339 and RFC 4122 put them), email/hostname/
@@ -1719,6 +1723,48 @@ kimi_sc_object_as(kimi_sc_t *c, const json_t *s, const json_t *key, int32_t *nod
 }
 
 
+static int kimi_sc_enum(kimi_sc_t *c, const json_t *vals, int32_t *node);
+
+/* The values INTEGER node e (bounded on both sides) holds, as an ENUM node
+ * *out: a uniqueItems array's items; more than an enum takes is an error */
+static int
+kimi_sc_int_values(kimi_sc_t *c, int32_t e, int32_t *out)
+{
+    const int32_t  *w = c->w;
+    int64_t         lo, hi, m, first, n;
+    json_t         *vals;
+    int             rc;
+
+    if (!w[e + 1] || !w[e + 4]) {
+        return kimi_sc_fail(c, "\"uniqueItems\" over integers bounded on one side"
+                            " only is not supported (a minimum and a maximum, or"
+                            " neither)");
+    }
+    lo = (int64_t) ((uint64_t) (uint32_t) w[e + 3] << 32 | (uint32_t) w[e + 2]);
+    hi = (int64_t) ((uint64_t) (uint32_t) w[e + 6] << 32 | (uint32_t) w[e + 5]);
+    m = w[e + 7] > 1 ? w[e + 7] : 1;
+    /* the first multiple of m at or above lo (|bounds| <= 10^18) */
+    first = lo % m == 0 ? lo : lo > 0 ? lo + (m - lo % m) : lo - lo % m;
+    n = first > hi ? 0 : (hi - first) / m + 1;
+    if (n == 0 || n > KIMI_SCHEMA_MAX_ENUM) {
+        return kimi_sc_fail(c, "\"uniqueItems\" over integers whose bounds hold"
+                            " %lld values (1 to %d are supported)", (long long) n,
+                            KIMI_SCHEMA_MAX_ENUM);
+    }
+    vals = json_array();
+    for (int64_t i = 0; vals != NULL && i < n; i++) {
+        json_array_append_new(vals, json_integer(first + i * m));
+    }
+    if (vals == NULL || json_array_size(vals) != (size_t) n) {
+        json_decref(vals);
+        return kimi_sc_fail(c, "out of memory");
+    }
+    rc = kimi_sc_enum(c, vals, out);
+    json_decref(vals);
+    return rc;
+}
+
+
 static int
 kimi_sc_array(kimi_sc_t *c, const json_t *s, int32_t *node)
 {
@@ -1806,11 +1852,42 @@ kimi_sc_array(kimi_sc_t *c, const json_t *s, int32_t *node)
     /* uniqueItems over enum values (pydantic's Set[Literal[...]] or
      * Set[SomeEnum]): each value at most once, so no more items than
      * values; other items would need every earlier one remembered */
-    if (json_is_true(json_object_get(s, "uniqueItems"))) {
+    if (json_is_true(json_object_get(s, "uniqueItems")) && np == 0 && child > 0
+        && c->w[child] == KIMI_SN_INTEGER && (c->w[child + 1] || c->w[child + 4]))
+    {
+        /* a set of bounded integers: as the enum of the values the bounds
+         * hold (an enum's prefixes tell which values are still free, so
+         * no digit leads where only written values go on) */
+        if (kimi_sc_int_values(c, child, &child) != 0) {
+            return -1;
+        }
+    }
+    if (json_is_true(json_object_get(s, "uniqueItems")) && np == 0 && child > 0
+        && (c->w[child] == KIMI_SN_INTEGER
+            || (c->w[child] == KIMI_SN_STRING && c->w[child + 2] < 0
+                && c->w[child + 3] == KIMI_SF_NONE)))
+    {
+        /* strings without a maximum length or shape, or integers without
+         * bounds (pydantic's Set[str], Set[int]): the items written so far
+         * remembered by hash, at most KIMI_SCHEMA_MAX_SET of them (strings
+         * then written without escapes); such an item can always go on to
+         * a value not written yet, but for 0 (json_mode.c refuses it
+         * once written) */
+        if (mn > KIMI_SCHEMA_MAX_SET) {
+            return kimi_sc_fail(c, "\"minItems\" above the %d distinct items"
+                                " \"uniqueItems\" can hold here", KIMI_SCHEMA_MAX_SET);
+        }
+        if (mx < 0 || mx > KIMI_SCHEMA_MAX_SET) {
+            mx = KIMI_SCHEMA_MAX_SET;
+        }
+        c->w[a + 4] = 2;
+    } else if (json_is_true(json_object_get(s, "uniqueItems"))) {
         if (np > 0 || child <= 0 || c->w[child] != KIMI_SN_ENUM) {
             return kimi_sc_fail(c, "\"uniqueItems\" is supported on arrays"
                                 " of enum or const values (a set of"
-                                " Literals or of an Enum) only");
+                                " Literals or of an Enum), of strings"
+                                " without maxLength, pattern or format, and"
+                                " of integers only");
         }
         if (mn > c->w[child + 1]) {
             return kimi_sc_fail(c, "\"minItems\" above the %d distinct"
@@ -2290,7 +2367,8 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
                                 " minProperties, maxProperties, propertyNames"
                                 " (an enum or const of names),"
                                 " items, prefixItems, minItems, maxItems,"
-                                " uniqueItems (of enum values),"
+                                " uniqueItems (of enum values, strings or"
+                                " integers),"
                                 " minLength, maxLength, format (date, time,"
                                 " date-time, uuid, email, hostname, ipv4,"
                                 " ipv6, uri, duration, password, binary),"
@@ -2732,7 +2810,7 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
             KIMI_SC_NEED(5);
             if (p[at + 2] < 0 || p[at + 3] < -1
                 || (p[at + 3] >= 0 && p[at + 3] < p[at + 2])
-                || (p[at + 4] != 0 && p[at + 4] != 1))
+                || p[at + 4] < 0 || p[at + 4] > 2)
             {
                 rc = kimi_sc_check_fail(err, errlen, at, "item counts");
                 break;
@@ -2743,6 +2821,19 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
                 && (p[at + 1] < 2 || (size_t) p[at + 1] + 2 > n
                     || p[p[at + 1]] != KIMI_SN_ENUM || p[at + 3] < 0
                     || p[at + 3] > p[p[at + 1] + 1]))
+            {
+                rc = kimi_sc_check_fail(err, errlen, at, "unique items");
+            }
+            /* unique items remembered by hash: strings without a maximum
+             * or shape, or integers without bounds; no more than the set
+             * holds */
+            if (rc == 0 && p[at + 4] == 2
+                && (p[at + 1] < 2 || (size_t) p[at + 1] + 4 > n || p[at + 3] < 0
+                    || p[at + 3] > KIMI_SCHEMA_MAX_SET
+                    || !((p[p[at + 1]] == KIMI_SN_INTEGER && (size_t) p[at + 1] + 5 <= n
+                          && !p[p[at + 1] + 1] && !p[p[at + 1] + 4])
+                         || (p[p[at + 1]] == KIMI_SN_STRING && p[p[at + 1] + 2] < 0
+                             && p[p[at + 1] + 3] == KIMI_SF_NONE))))
             {
                 rc = kimi_sc_check_fail(err, errlen, at, "unique items");
             }

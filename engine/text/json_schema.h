@@ -16,7 +16,9 @@
  *           without other keys, 0 and -1 with other keys 1)
  *   ARRAY   kind, items, min_items, max_items (-1: no maximum), unique
  *           (1: uniqueItems, items an ENUM node, max_items at most its
- *           count of values)
+ *           count of values; 2: uniqueItems, items a STRING node without
+ *           max_length or format or an INTEGER node without bounds,
+ *           max_items at most KIMI_SCHEMA_MAX_SET)
  *   TUPLE   kind, items after the prefix (-1: none, then max_items is at
  *           most n_prefix), min_items, max_items, n_prefix (1..64), then
  *           the prefix's nodes (prefixItems: item i's schema)
@@ -76,6 +78,8 @@
 #define KIMI_SCHEMA_MAX_WORDS  65535    /* nodes fit 16 bits */
 #define KIMI_SCHEMA_MAX_DEPTH  16       /* nested containers in the output */
 #define KIMI_SCHEMA_MAX_TEXT   1024     /* bytes of a name or enum text */
+#define KIMI_SCHEMA_MAX_SET    32       /* items of a uniqueItems array of
+                                           strings or integers */
 
 enum {
     KIMI_SN_ANY = 1,

@@ -4,7 +4,8 @@ Usage: structured_client.py BASE_URL MODEL LOGIT_BIAS_JSON.  A Pydantic model
 goes through client.chat.completions.parse() (response_format json_schema,
 strict, as the client writes it: $defs, $ref, anyOf with null, enum,
 Literal, unions of models, formats, writeOnly / deprecated annotations,
-dicts with a size or keyed by Literals or an Enum);
+dicts with a size or keyed by Literals or an Enum, sets of strings and
+integers);
 the engine must make the random tiny model's answers fit it.
 Prints TAP lines ("ok N - claim") for the calling .t to relay.
 """
@@ -16,7 +17,7 @@ import json
 import re
 import sys
 import uuid
-from typing import Dict, List, Literal, Optional, Set, Union
+from typing import Annotated, Dict, List, Literal, Optional, Set, Union
 
 import openai
 
@@ -85,10 +86,14 @@ class Host(BaseModel):
 
 class Counts(BaseModel):
     """Dicts: one of 1 to 3 entries (minProperties / maxProperties), one
-    keyed by Literals and one by an Enum (propertyNames)"""
+    keyed by Literals and one by an Enum (propertyNames); sets of strings
+    and of integers (uniqueItems)"""
     scores: Dict[str, int] = Field(min_length=1, max_length=3)
     by_kind: Dict[Literal["a", "b"], int]
     by_color: Dict[Color, bool] = Field(min_length=1)
+    words: Set[str] = Field(max_length=4)
+    nums: Set[int]
+    small: Set[Annotated[int, Field(ge=0, le=3)]]
 
 
 def answers(fmt, seeds, max_tokens):
@@ -152,12 +157,17 @@ got, cut = answers(Counts, range(1, 9), 800)
 for seed, c, text in got:
     scores, kinds = pairs(text, "scores"), pairs(text, "by_kind")
     colors = pairs(text, "by_color")
+    raw = json.loads(text)              # as written: a set parses away repeats
+    sets = [raw["words"], raw["nums"], raw["small"]]
     check(isinstance(c, Counts) and 1 <= len(scores) <= 3
           and len(set(scores)) == len(scores) and set(kinds) <= {"a", "b"}
           and len(set(kinds)) == len(kinds) and len(colors) >= 1
-          and set(colors) <= {"red", "blue"},
+          and set(colors) <= {"red", "blue"} and len(sets[0]) <= 4
+          and all(len(set(x)) == len(x) for x in sets)
+          and set(sets[2]) <= {0, 1, 2, 3},
           "seed %d: a dict of 1-3 distinct keys %s, one keyed by Literals %s"
-          " and one by an Enum %s parsed: %s"
-          % (seed, scores, kinds, colors, dump(c)))
-check(len(got) > 0, "%d of 8 dict answers parsed (%d cut by max_tokens)" % (len(got), cut))
+          " and one by an Enum %s, sets %s parsed: %s"
+          % (seed, scores, kinds, colors, sets, dump(c)))
+check(len(got) > 0, "%d of 8 dict and set answers parsed (%d cut by max_tokens)"
+      % (len(got), cut))
 plan()

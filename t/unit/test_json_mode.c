@@ -1546,13 +1546,43 @@ test_schema_unique_items(void)
         { "{\"$defs\": {\"Color\": {\"enum\": [\"red\", \"green\"]}}, \"type\": \"array\","
           " \"items\": {\"$ref\": \"#/$defs/Color\"}, \"uniqueItems\": true, \"minItems\": 2}",
           "[\"green\", \"red\"]", "[\"red\"]" },
+        /* sets of strings and of integers (Set[str], Set[int]): remembered
+         * by hash, strings written without escapes, -0 the same as 0 */
+        { "{\"type\": \"array\", \"items\": {\"type\": \"string\"}, \"uniqueItems\": true}",
+          "[\"a\", \"ab\", \"b\", \"\xc3\xa9\"]", "[\"ab\", \"a\", \"ab\"]" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"string\", \"minLength\": 1}, \"uniqueItems\": true}",
+          "[\"x\"]", "[\"x\\n\"]" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"integer\"}, \"uniqueItems\": true}",
+          "[1, 12, -3, 0]", "[1, 12, 1]" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"integer\"}, \"uniqueItems\": true}",
+          "[-1]", "[0, -0]" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"multipleOf\": 3}, \"uniqueItems\": true}",
+          "[3, -30, 0]", "[0, 0" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"minimum\": 0, \"maximum\": 2},"
+          " \"uniqueItems\": true}", "[2, 0, 1]", "[0, 1, 2, " },
+        { "{\"type\": \"object\", \"properties\": {\"s\": {\"type\": \"array\", \"items\": {\"type\":"
+          " \"string\"}, \"uniqueItems\": true}, \"t\": {\"type\": \"array\", \"items\": {\"type\":"
+          " \"string\"}, \"uniqueItems\": true}}}", "{\"s\": [\"a\"], \"t\": [\"a\"]}",
+          "{\"s\": [\"a\"], \"t\": [\"b\", \"b\"]}" },
         /* a value used in one set is free in another */
         { "{\"type\": \"array\", \"items\": {\"type\": \"array\", \"items\": {\"enum\": [\"x\", \"y\"]},"
           " \"uniqueItems\": true}}", "[[\"x\"], [\"x\", \"y\"]]", "[[\"y\", \"y\"]]" },
     };
     static const schema_refusal_t  refused[] = {
-        { "{\"type\": \"array\", \"items\": {\"type\": \"string\"}, \"uniqueItems\": true}",
+        { "{\"type\": \"array\", \"items\": {\"type\": \"string\", \"maxLength\": 3}, \"uniqueItems\": true}",
           "supported on arrays of enum or const values" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"number\"}, \"uniqueItems\": true}",
+          "and of integers only" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"minimum\": 0, \"maximum\": 2},"
+          " \"uniqueItems\": true, \"minItems\": 4}", "\"minItems\" above the 3 distinct values" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"multipleOf\": 5, \"minimum\": -7,"
+          " \"maximum\": 12}, \"uniqueItems\": true, \"minItems\": 5}", "\"minItems\" above the 4 distinct values" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"minimum\": 0}, \"uniqueItems\": true}",
+          "bounded on one side only" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"minimum\": 0, \"maximum\": 64},"
+          " \"uniqueItems\": true}", "whose bounds hold 65 values" },
+        { "{\"type\": \"array\", \"items\": {\"type\": \"string\"}, \"uniqueItems\": true, \"minItems\": 33}",
+          "\"minItems\" above the 32 distinct items" },
         { "{\"type\": \"array\", \"items\": {\"enum\": [1, 2]}, \"uniqueItems\": true, \"minItems\": 3}",
           "\"minItems\" above the 2 distinct values" },
     };
@@ -1591,6 +1621,48 @@ test_schema_unique_items(void)
         free(prog);
         ok(walks == 500 && stuck == 0 && dup == 0, "uniqueItems: %d random walks, %d stuck,"
            " %d repeated values", walks, stuck, dup);
+    }
+    /* and over sets of strings and of (bounded) integers */
+    {
+        static const struct { const char *schema, *bytes; } sw[] = {
+            { "{\"type\": \"array\", \"items\": {\"type\": \"string\"}, \"uniqueItems\": true}",
+              "[]ab\", " },
+            { "{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"minimum\": -1, \"maximum\":"
+              " 3}, \"uniqueItems\": true}", "[]0123-, " },
+            { "{\"type\": \"array\", \"items\": {\"type\": \"integer\"}, \"uniqueItems\": true}",
+              "[]01-, " },
+            { "{\"type\": \"array\", \"items\": {\"type\": \"integer\", \"multipleOf\": 2},"
+              " \"uniqueItems\": true}", "[]0124-, " },
+        };
+
+        for (size_t i = 0; i < sizeof(sw) / sizeof(sw[0]); i++) {
+            uint64_t  r = 0x5851f42d4c957f2dull + i;
+            int       stuck = 0, dup = 0, done = 0;
+
+            prog = compile(sw[i].schema, &n, err, sizeof(err));
+            for (int k = 0; prog != NULL && k < 400; k++) {
+                char  out[256];
+                int   rc = random_walk(prog, sw[i].bytes, &r, out, 200);
+
+                stuck += rc < 0;
+                if (rc == 1) {
+                    json_t  *a = json_loads(out, JSON_DECODE_ANY, NULL);
+
+                    for (size_t x = 0; x < json_array_size(a); x++) {
+                        for (size_t y = x + 1; y < json_array_size(a); y++) {
+                            dup += json_equal(json_array_get(a, x), json_array_get(a, y));
+                        }
+                    }
+                    dup += a == NULL || json_array_size(a) > KIMI_SCHEMA_MAX_SET;
+                    done++;
+                    json_decref(a);
+                }
+            }
+            ok(prog != NULL && stuck == 0 && dup == 0 && done > 200,
+               "uniqueItems walk %zu: %d complete of 400, %d stuck, %d with a value twice (%s)",
+               i, done, stuck, dup, prog ? "ok" : err);
+            free(prog);
+        }
     }
 }
 
