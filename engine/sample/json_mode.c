@@ -1086,6 +1086,39 @@ kimi_json_free_key_byte(kimi_json_state_t *s, unsigned char c)
 }
 
 
+/* The STRING node an object's free keys follow (propertyNames' lengths
+ * and pattern), or 0 */
+static int32_t
+kimi_json_key_node(const int32_t *p, int32_t node)
+{
+    return p[node] == KIMI_SN_OBJECT ? p[node + 7 + 3 * p[node + 1]] : 0;
+}
+
+
+/* byte c of a free key held to STRING node kn: a code point past its
+ * maxLength, or a byte its pattern's DFA refuses, is refused */
+static int
+kimi_json_key_text(kimi_json_state_t *s, int32_t kn, unsigned char c)
+{
+    const int32_t  *p = s->prog;
+    char            ch = (char) c;
+
+    if (c < 0x80 || c >= 0xc0) {        /* a code point starts */
+        if (p[kn + 2] >= 0 && s->slen >= (uint32_t) p[kn + 2]) {
+            return -1;
+        }
+        s->slen++;
+    }
+    if (p[kn + 3] == KIMI_SF_PATTERN) {
+        s->pstate = kimi_regex_step(p + p[kn + 4], s->pstate, &ch, 1);
+        if (s->pstate < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+
 /* a schema object's key: c is its next byte */
 static int
 kimi_json_key_byte(kimi_json_state_t *s, unsigned char c)
@@ -1093,6 +1126,7 @@ kimi_json_key_byte(kimi_json_state_t *s, unsigned char c)
     const int32_t      *p = s->prog;
     kimi_json_frame_t  *f = &s->frame[s->depth - 1];
     int32_t             node = f->node, at, len;
+    int32_t             kn = kimi_json_key_node(p, node);
     uint64_t            next = 0;
 
     for (int32_t i = 0; i < p[node + 1]; i++) {
@@ -1121,6 +1155,12 @@ kimi_json_key_byte(kimi_json_state_t *s, unsigned char c)
         }
     }
     if (s->kfree && c == '"' && s->ucont == 0) {  /* a key no property names */
+        if (kn != 0 && (s->slen < (uint32_t) p[kn + 1]
+                        || (p[kn + 3] == KIMI_SF_PATTERN
+                            && !kimi_regex_accepts(p + p[kn + 4], s->pstate))))
+        {
+            return -1;                  /* short of propertyNames' text */
+        }
         if (p[node + 1] == 0 && kimi_json_min_keys(p, node) >= 2) {
             /* a key written twice would count twice toward minProperties
              * but be one key once parsed: refused (a hash collision only
@@ -1141,7 +1181,8 @@ kimi_json_key_byte(kimi_json_state_t *s, unsigned char c)
     /* a free key's character only where it fits whole within the
      * limit: a lead byte past it would leave the key no way to end */
     if (s->kfree && (kimi_json_free_key_byte(s, c) != 0
-                     || s->pos + 1 + s->ucont > KIMI_SCHEMA_MAX_TEXT))
+                     || s->pos + 1 + s->ucont > KIMI_SCHEMA_MAX_TEXT
+                     || (kn != 0 && kimi_json_key_text(s, kn, c) != 0)))
     {
         s->kfree = 0;                   /* only a property's name is left */
     }
@@ -1245,6 +1286,8 @@ kimi_json_byte(kimi_json_state_t *s, unsigned char c)
             s->state = J_SKEY;
             s->ucont = 0;
             s->khash = 2166136261u;
+            s->slen = 0;                /* a free key's code points and */
+            s->pstate = 0;              /* pattern state (propertyNames) */
             s->kfree = kimi_json_free_keys(s->prog, f->node);
             if (s->kfree) {             /* a written name is refused at its end */
                 s->cand = kimi_json_all_props(s->prog, f->node);

@@ -14,7 +14,10 @@
  * such a key is written without escapes), minProperties/maxProperties
  * (keys counted; a dict counted by a minimum writes no key twice; a
  * maximum beside required is refused), propertyNames as an enum or const
- * of names (those names as optional properties), items, prefixItems (tuples;
+ * of names (those names as optional properties) or as a string's
+ * minLength, maxLength and pattern (a dict's keys, which are written
+ * without escapes), patternProperties of one pattern (its keys only: as
+ * additionalProperties with the pattern in propertyNames), items, prefixItems (tuples;
  * draft 7's items list too), minItems, maxItems, uniqueItems over enum
  * values (a set of Literals or of an Enum), over strings without a
  * maximum length or shape and over integers (a Set[str] or Set[int]: up
@@ -279,6 +282,7 @@ static const char *const  kimi_sc_known[] = {
     "type", "properties", "required", "additionalProperties", "items",
     "minItems", "maxItems", "prefixItems", "uniqueItems", "minLength",
     "maxLength", "minProperties", "maxProperties", "propertyNames",
+    "patternProperties",
     "format", "pattern",
     "minimum",
     "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "enum",
@@ -476,7 +480,7 @@ kimi_sc_same(const int32_t *p, int32_t a, int32_t b, int depth)
     case KIMI_SN_OBJECT:
         if (memcmp(p + a + 1, p + b + 1, 4 * sizeof(int32_t)) != 0
             || memcmp(p + a + 5 + 3 * p[a + 1], p + b + 5 + 3 * p[b + 1],
-                      2 * sizeof(int32_t)) != 0)
+                      3 * sizeof(int32_t)) != 0)
         {
             return 0;
         }
@@ -589,9 +593,12 @@ kimi_sc_merge_objects(kimi_sc_t *c, const int32_t *objs, int m, int disc,
 
     for (int a = 0; a < m; a++) {
         o = objs[a];
-        if (c->w[o + 5 + 3 * c->w[o + 1]] != 0 || c->w[o + 6 + 3 * c->w[o + 1]] != -1) {
-            return kimi_sc_fail(c, "\"minProperties\" or \"maxProperties\" on"
-                                " an object among several of a union");
+        if (c->w[o + 5 + 3 * c->w[o + 1]] != 0 || c->w[o + 6 + 3 * c->w[o + 1]] != -1
+            || c->w[o + 7 + 3 * c->w[o + 1]] != 0)
+        {
+            return kimi_sc_fail(c, "\"minProperties\", \"maxProperties\" or"
+                                " \"propertyNames\" on an object among several"
+                                " of a union");
         }
         for (int32_t i = 0; i < c->w[o + 1]; i++) {
             int32_t  na = c->w[o + 5 + 3 * i], nl = c->w[o + 6 + 3 * i];
@@ -1425,7 +1432,8 @@ kimi_sc_count(kimi_sc_t *c, const json_t *v, const char *k, int32_t *out)
  * keys; NULL where propertyNames asks nothing (true, or only "type":
  * "string" and annotations). */
 static int
-kimi_sc_property_names(kimi_sc_t *c, const json_t *s, const json_t **out)
+kimi_sc_property_names(kimi_sc_t *c, const json_t *s, const json_t **out,
+                       json_t **keys)
 {
     const json_t  *pn = json_object_get(s, "propertyNames");
     const json_t  *props = json_object_get(s, "properties");
@@ -1438,6 +1446,7 @@ kimi_sc_property_names(kimi_sc_t *c, const json_t *s, const json_t **out)
     int            depth, rc = -1;
 
     *out = NULL;
+    *keys = NULL;
     was = kimi_sc_push(c, "propertyNames");
     for (depth = 0; json_is_object(pn) && json_object_get(pn, "$ref") != NULL; depth++) {
         v = json_object_get(pn, "$ref");
@@ -1461,23 +1470,42 @@ kimi_sc_property_names(kimi_sc_t *c, const json_t *s, const json_t **out)
         return 0;
     }
     if (json_is_object(pn)) {
+        json_t  *str = NULL;
+
         json_object_foreach((json_t *) pn, k, v) {
             if (strcmp(k, "enum") == 0 && json_is_array(v)) {
                 names = v;
             } else if (strcmp(k, "const") == 0) {
                 one = v;
+            } else if (strcmp(k, "minLength") == 0 || strcmp(k, "maxLength") == 0
+                       || strcmp(k, "pattern") == 0)
+            {
+                /* the keys' text, held as a string of the same keywords */
+                if (str == NULL && (str = json_pack("{ss}", "type", "string")) == NULL) {
+                    return kimi_sc_fail(c, "out of memory");
+                }
+                json_object_set(str, k, (json_t *) v);
             } else if (!kimi_sc_annotation(k)
                        && !(strcmp(k, "type") == 0 && json_is_string(v)
                             && strcmp(json_string_value(v), "string") == 0))
             {
+                json_decref(str);
                 return kimi_sc_fail(c, "\"propertyNames\" is supported as an"
-                                    " \"enum\" or \"const\" of names (not"
+                                    " \"enum\" or \"const\" of names, or as"
+                                    " minLength, maxLength and pattern (not"
                                     " \"%.64s\")", k);
             }
         }
+        if (str != NULL && (names != NULL || one != NULL)) {
+            json_decref(str);
+            return kimi_sc_fail(c, "\"propertyNames\": an \"enum\" or"
+                                " \"const\" beside minLength, maxLength or"
+                                " pattern is not supported");
+        }
         if (names == NULL && one == NULL) {
             c->path[was] = '\0';
-            return 0;                   /* any string names a key */
+            *keys = str;                /* NULL: any string names a key */
+            return 0;
         }
     } else if (!json_is_false(pn)) {
         return kimi_sc_fail(c, "\"propertyNames\" must be a schema");
@@ -1552,28 +1580,92 @@ done:
 
 
 static int kimi_sc_object_as(kimi_sc_t *c, const json_t *s, const json_t *key,
-                             int32_t *node);
+                             const json_t *keys, int32_t *node);
+
+/* patternProperties of one pattern and no other keys (pydantic's Dict
+ * keyed by a constr with a pattern): as additionalProperties its schema
+ * and the pattern added to propertyNames; *out owned by c */
+static int
+kimi_sc_pattern_properties(kimi_sc_t *c, const json_t *s, const json_t **out)
+{
+    const json_t  *pp = json_object_get(s, "patternProperties");
+    const json_t  *add = json_object_get(s, "additionalProperties");
+    const json_t  *pn = json_object_get(s, "propertyNames");
+    const char    *k;
+    json_t        *m, *npn, *v;
+
+    if (!json_is_object(pp) || json_object_size(pp) != 1) {
+        return kimi_sc_fail(c, "\"patternProperties\" is supported with one"
+                            " pattern");
+    }
+    if (json_object_get(s, "properties") != NULL || (add != NULL && !json_is_false(add))) {
+        return kimi_sc_fail(c, "\"patternProperties\" beside \"properties\" or"
+                            " \"additionalProperties\" is not supported (only"
+                            " keys its pattern takes)");
+    }
+    if (pn != NULL && !json_is_object(pn)) {
+        return kimi_sc_fail(c, "\"propertyNames\" beside \"patternProperties\""
+                            " must be a schema");
+    }
+    if (pn != NULL && (json_object_get(pn, "pattern") != NULL || json_object_get(pn, "$ref") != NULL)) {
+        return kimi_sc_fail(c, "\"propertyNames\" with a pattern or \"$ref\" beside"
+                            " \"patternProperties\" is not supported");
+    }
+    m = json_copy((json_t *) s);
+    npn = pn != NULL ? json_copy((json_t *) pn) : json_object();
+    if (m == NULL || npn == NULL) {
+        json_decref(m);
+        json_decref(npn);
+        return kimi_sc_fail(c, "out of memory");
+    }
+    json_object_foreach((json_t *) pp, k, v) {
+        json_object_set_new(npn, "pattern", json_string(k));
+        json_object_set(m, "additionalProperties", v);
+    }
+    json_object_del(m, "patternProperties");
+    json_object_set_new(m, "propertyNames", npn);
+    if (json_array_append_new(c->owned, m) != 0) {
+        return kimi_sc_fail(c, "out of memory");
+    }
+    *out = m;
+    return 0;
+}
+
 
 static int
 kimi_sc_object(kimi_sc_t *c, const json_t *s, int32_t *node)
 {
-    const json_t  *named;
+    const json_t  *key = s, *named;
+    json_t        *keys = NULL;
+    int            rc;
 
+    if (json_object_get(s, "patternProperties") != NULL
+        && kimi_sc_pattern_properties(c, s, &s) != 0)
+    {
+        return -1;
+    }
     if (json_object_get(s, "propertyNames") != NULL) {
-        if (kimi_sc_property_names(c, s, &named) != 0) {
+        if (kimi_sc_property_names(c, s, &named, &keys) != 0) {
             return -1;
         }
         if (named != NULL) {
-            return kimi_sc_object_as(c, named, s, node);
+            return kimi_sc_object_as(c, named, key, NULL, node);
         }
     }
-    return kimi_sc_object_as(c, s, s, node);
+    /* alive until the program is built (the memo holds its address) */
+    if (keys != NULL && json_array_append_new(c->owned, keys) != 0) {
+        return kimi_sc_fail(c, "out of memory");
+    }
+    rc = kimi_sc_object_as(c, s, key, keys, node);
+    return rc;
 }
 
 
-/* the object s, remembered as the node of key (a $ref may recur to it) */
+/* the object s, remembered as the node of key (a $ref may recur to it);
+ * keys: a string schema its free keys follow (propertyNames), or NULL */
 static int
-kimi_sc_object_as(kimi_sc_t *c, const json_t *s, const json_t *key, int32_t *node)
+kimi_sc_object_as(kimi_sc_t *c, const json_t *s, const json_t *key, const json_t *keys,
+                  int32_t *node)
 {
     const json_t  *props = json_object_get(s, "properties");
     const json_t  *req = json_object_get(s, "required");
@@ -1622,7 +1714,7 @@ kimi_sc_object_as(kimi_sc_t *c, const json_t *s, const json_t *key, int32_t *nod
         return kimi_sc_fail(c, "\"maxProperties\" is below \"minProperties\"");
     }
 
-    o = kimi_sc_alloc(c, 7 + 3 * n);
+    o = kimi_sc_alloc(c, 8 + 3 * n);
     if (o < 0) {
         return -1;
     }
@@ -1632,7 +1724,15 @@ kimi_sc_object_as(kimi_sc_t *c, const json_t *s, const json_t *key, int32_t *nod
     c->w[o + 4] = n == 0 && !json_is_false(add) && !json_is_object(add);
     kimi_sc_memo(c, key, o);
     *node = o;
-    if (c->w[o + 4] == 1 && (min_props > 0 || max_props >= 0)) {
+    if (keys != NULL && n > 0) {
+        return kimi_sc_fail(c, "\"propertyNames\" with a length or pattern beside"
+                            " \"properties\" is not supported");
+    }
+    if (keys != NULL && json_is_false(add)) {
+        c->w[o + 4] = 0;                /* no keys at all: nothing to hold */
+        keys = NULL;
+    }
+    if (c->w[o + 4] == 1 && (min_props > 0 || max_props >= 0 || keys != NULL)) {
         /* counted keys: as additionalProperties {} (keys of any name,
          * written without escapes, values of any kind) */
         int32_t  a = kimi_sc_alloc(c, 1);
@@ -1719,6 +1819,29 @@ kimi_sc_object_as(kimi_sc_t *c, const json_t *s, const json_t *key, int32_t *nod
     }
     c->w[o + 5 + 3 * n] = min_props;
     c->w[o + 6 + 3 * n] = max_props;
+
+    /* the free keys' text (propertyNames' lengths and pattern) */
+    if (keys != NULL) {
+        int32_t  kn;
+
+        if (min_props >= 2 && json_object_get(keys, "pattern") != NULL) {
+            return kimi_sc_fail(c, "\"minProperties\" above 1 beside a key"
+                                " pattern is not supported (the pattern could"
+                                " run out of distinct keys)");
+        }
+        was = kimi_sc_push(c, "propertyNames");
+        if (kimi_sc_node(c, keys, &kn) != 0) {
+            return -1;
+        }
+        c->path[was] = '\0';
+        if (kn < 2 || c->w[kn] != KIMI_SN_STRING
+            || (c->w[kn + 3] != KIMI_SF_NONE && c->w[kn + 3] != KIMI_SF_PATTERN))
+        {
+            return kimi_sc_fail(c, "\"propertyNames\" must hold the keys to a"
+                                " string's lengths or pattern");
+        }
+        c->w[o + 7 + 3 * n] = kn;
+    }
     return 0;
 }
 
@@ -2365,7 +2488,8 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
                                 " structured output here enforces type,"
                                 " properties, required, additionalProperties,"
                                 " minProperties, maxProperties, propertyNames"
-                                " (an enum or const of names),"
+                                " (an enum or const of names, or lengths and"
+                                " a pattern), patternProperties (one pattern),"
                                 " items, prefixItems, minItems, maxItems,"
                                 " uniqueItems (of enum values, strings or"
                                 " integers),"
@@ -2486,7 +2610,8 @@ kimi_sc_node(kimi_sc_t *c, const json_t *s, int32_t *node)
             || json_object_get(s, "additionalProperties") != NULL
             || json_object_get(s, "minProperties") != NULL
             || json_object_get(s, "maxProperties") != NULL
-            || json_object_get(s, "propertyNames") != NULL)
+            || json_object_get(s, "propertyNames") != NULL
+            || json_object_get(s, "patternProperties") != NULL)
         {
             rc = kimi_sc_object(c, s, node);
         } else if (json_object_get(s, "items") != NULL
@@ -2596,7 +2721,7 @@ kimi_json_schema_compile(const json_t *schema, int32_t **prog, size_t *n,
     }
     json_decref(c.owned);               /* the program holds no pointers */
     if (root == 0) {                   /* any value at the top: an object */
-        root = kimi_sc_alloc(&c, 7);
+        root = kimi_sc_alloc(&c, 8);
         if (root < 0) {
             free(c.w);
             return -1;
@@ -2711,7 +2836,7 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
                 rc = kimi_sc_check_fail(err, errlen, at, "property count");
                 break;
             }
-            KIMI_SC_NEED(7 + 3 * (size_t) cnt);
+            KIMI_SC_NEED(8 + 3 * (size_t) cnt);
             if (cnt < 64 && ((((uint64_t) (uint32_t) p[at + 3] << 32)
                               | (uint32_t) p[at + 2]) >> cnt) != 0)
             {
@@ -2727,6 +2852,18 @@ kimi_json_schema_check(const int32_t *p, size_t n, char *err, size_t errlen)
             {
                 rc = kimi_sc_check_fail(err, errlen, at, "key counts");
                 break;
+            }
+            /* the free keys' string: only with free keys, no format */
+            if (p[at + 7 + 3 * cnt] != 0) {
+                int32_t  kn = p[at + 7 + 3 * cnt];
+
+                if (p[at + 4] < 2 || kn < 2 || (size_t) kn + 4 > n || p[kn] != KIMI_SN_STRING
+                    || (p[kn + 3] != KIMI_SF_NONE && p[kn + 3] != KIMI_SF_PATTERN))
+                {
+                    rc = kimi_sc_check_fail(err, errlen, at, "key string");
+                    break;
+                }
+                KIMI_SC_CHILD(kn);
             }
             for (int32_t i = 0; i < cnt && rc == 0; i++) {
                 KIMI_SC_TEXT(p[at + 5 + 3 * i], p[at + 6 + 3 * i], 0);

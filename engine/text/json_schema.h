@@ -13,7 +13,10 @@
  *           name_len, child (the name JSON-escaped, without quotes: byte
  *           name_at of the program's bytes), then min_keys, max_keys (-1:
  *           no maximum; minProperties / maxProperties: at most n_props
- *           without other keys, 0 and -1 with other keys 1)
+ *           without other keys, 0 and -1 with other keys 1), key_node (0,
+ *           or with other keys >= 2 and no properties a STRING node, no
+ *           format but a pattern, whose lengths and pattern the other
+ *           keys' text follows: propertyNames)
  *   ARRAY   kind, items, min_items, max_items (-1: no maximum), unique
  *           (1: uniqueItems, items an ENUM node, max_items at most its
  *           count of values; 2: uniqueItems, items a STRING node without
@@ -26,7 +29,8 @@
  *   UNION   kind, n_alts, then the alternatives (first bytes never shared)
  *   UOBJECT an anyOf of objects (or a oneOf of objects told apart by a
  *           discriminator): the OBJECT layout over the union of their
- *           properties (required words 0, not free; no key counts), then
+ *           properties (required words 0, not free; no key counts or
+ *           key node), then
  *           n_alts (2..32),
  *           per alternative its required bits (two words, over the merged
  *           properties), per property the alternatives having it (a bit

@@ -86,14 +86,20 @@ class Host(BaseModel):
 
 class Counts(BaseModel):
     """Dicts: one of 1 to 3 entries (minProperties / maxProperties), one
-    keyed by Literals and one by an Enum (propertyNames); sets of strings
-    and of integers (uniqueItems)"""
+    keyed by Literals and one by an Enum (propertyNames)"""
     scores: Dict[str, int] = Field(min_length=1, max_length=3)
     by_kind: Dict[Literal["a", "b"], int]
     by_color: Dict[Color, bool] = Field(min_length=1)
+
+
+class Sets(BaseModel):
+    """Sets of strings and of integers (uniqueItems), dicts keyed by
+    constrained strings (propertyNames lengths, patternProperties)"""
     words: Set[str] = Field(max_length=4)
     nums: Set[int]
     small: Set[Annotated[int, Field(ge=0, le=3)]]
+    short_keys: Dict[Annotated[str, Field(max_length=4)], int]
+    word_keys: Dict[Annotated[str, Field(pattern=r"^[a-z]+$", max_length=6)], bool]
 
 
 def answers(fmt, seeds, max_tokens):
@@ -157,17 +163,28 @@ got, cut = answers(Counts, range(1, 9), 800)
 for seed, c, text in got:
     scores, kinds = pairs(text, "scores"), pairs(text, "by_kind")
     colors = pairs(text, "by_color")
-    raw = json.loads(text)              # as written: a set parses away repeats
-    sets = [raw["words"], raw["nums"], raw["small"]]
     check(isinstance(c, Counts) and 1 <= len(scores) <= 3
           and len(set(scores)) == len(scores) and set(kinds) <= {"a", "b"}
           and len(set(kinds)) == len(kinds) and len(colors) >= 1
-          and set(colors) <= {"red", "blue"} and len(sets[0]) <= 4
-          and all(len(set(x)) == len(x) for x in sets)
-          and set(sets[2]) <= {0, 1, 2, 3},
+          and set(colors) <= {"red", "blue"},
           "seed %d: a dict of 1-3 distinct keys %s, one keyed by Literals %s"
-          " and one by an Enum %s, sets %s parsed: %s"
-          % (seed, scores, kinds, colors, sets, dump(c)))
-check(len(got) > 0, "%d of 8 dict and set answers parsed (%d cut by max_tokens)"
+          " and one by an Enum %s parsed: %s"
+          % (seed, scores, kinds, colors, dump(c)))
+check(len(got) > 0, "%d of 8 dict answers parsed (%d cut by max_tokens)"
+      % (len(got), cut))
+
+got, cut = answers(Sets, range(1, 9), 800)
+for seed, c, text in got:
+    raw = json.loads(text)              # as written: a set parses away repeats
+    sets = [raw["words"], raw["nums"], raw["small"]]
+    keyed = list(raw["short_keys"]) + list(raw["word_keys"])
+    check(isinstance(c, Sets) and len(sets[0]) <= 4
+          and all(len(set(x)) == len(x) for x in sets)
+          and set(sets[2]) <= {0, 1, 2, 3}
+          and all(len(k) <= 4 for k in raw["short_keys"])
+          and all(re.fullmatch(r"[a-z]{1,6}", k) for k in raw["word_keys"]),
+          "seed %d: sets %s and keys held to their lengths and pattern %s"
+          " parsed: %s" % (seed, sets, keyed, dump(c)))
+check(len(got) > 0, "%d of 8 set answers parsed (%d cut by max_tokens)"
       % (len(got), cut))
 plan()
